@@ -1,0 +1,199 @@
+"""Block: one `[section]` of a cfg file, as immutable data with positions.
+
+Values are typed at parse time (from the schema) and read through typed getters, which record the
+keys a builder looked at so the unread ones can be reported like Darknet's "Unused field".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from .errors import ERROR, CfgError, Diagnostic
+
+_MISSING: Any = object()
+
+
+class Option(NamedTuple):  # a NamedTuple: immutable and cheap to make in the parse loop
+    key: str
+    raw: str  # the value as Darknet sees it: all whitespace removed
+    value: Any  # typed (int, float, str, list[int], list[float])
+    line: int = 0
+    column: int = 0  # column of the key
+    value_column: int = 0  # column of the value
+    source: str = ""  # the whole source line, for diagnostics
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    type: str  # canonical section name, e.g. "convolutional"
+    name: str = ""  # as written, e.g. "conv"
+    options: Mapping[str, Option] = field(default_factory=dict)
+    line: int = 0
+    column: int = 0
+    path: str = "<string>"
+    source: str = ""  # the header line
+    index: int = -1  # layer index (Darknet numbering); -1 for [net]
+    _read: set = field(default_factory=set, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.type)
+
+    # -- equality is on data, not on read-tracking ---------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Block):
+            return NotImplemented
+        return self.type == other.type and self.values() == other.values()
+
+    def __hash__(self) -> int:
+        return hash((self.type, tuple(self.options)))
+
+    # -- mapping-like access ---------------------------------------------------------------------
+    def __contains__(self, key: str) -> bool:
+        return key in self.options
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.options)
+
+    def keys(self):
+        return self.options.keys()
+
+    def values(self) -> dict[str, Any]:
+        return {k: o.value for k, o in self.options.items()}
+
+    def option(self, key: str) -> Option | None:
+        return self.options.get(key)
+
+    # -- typed getters ---------------------------------------------------------------------------
+    def _get(self, key: str, default: Any, kind: str) -> Any:
+        self._read.add(key)
+        opt = self.options.get(key)
+        if opt is None:
+            if default is _MISSING:
+                from .schema import default_for
+
+                default = default_for(self.type, key)
+                if default is _MISSING or default is None:
+                    raise self.error(
+                        "E202",
+                        f"[{self.name}] needs '{key}'",
+                        hint=f"add a line '{key}=...' to this section",
+                    )
+            return default
+        return _coerce(self, opt, kind)
+
+    def has(self, key: str) -> bool:
+        self._read.add(key)
+        return key in self.options
+
+    def int(self, key: str, default: Any = _MISSING) -> int:
+        return self._get(key, default, "int")
+
+    def float(self, key: str, default: Any = _MISSING) -> float:
+        return self._get(key, default, "float")
+
+    def str(self, key: str, default: Any = _MISSING) -> str:
+        return self._get(key, default, "str")
+
+    def bool(self, key: str, default: Any = _MISSING) -> bool:
+        return bool(self._get(key, default, "int"))
+
+    def ints(self, key: str, default: Any = _MISSING) -> list[int]:
+        return self._get(key, default, "ints")
+
+    def floats(self, key: str, default: Any = _MISSING) -> list[float]:
+        return self._get(key, default, "floats")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Untyped read (the schema already typed the value)."""
+        self._read.add(key)
+        opt = self.options.get(key)
+        return default if opt is None else opt.value
+
+    def mark_read(self, *keys: str) -> None:
+        self._read.update(keys)
+
+    def unread(self) -> list[Option]:
+        return [o for k, o in self.options.items() if k not in self._read]
+
+    # -- derived blocks (never mutate) -----------------------------------------------------------
+    def with_values(self, **values: Any) -> Block:
+        """A copy with some values replaced or added (used by --set and presets)."""
+        from .schema import coerce_text
+
+        opts = dict(self.options)
+        for key, value in values.items():
+            old = opts.get(key)
+            raw = value if isinstance(value, str) else format_value(value)
+            typed = coerce_text(self.type, key, raw) if isinstance(value, str) else value
+            opts[key] = Option(
+                key,
+                raw,
+                typed,
+                old.line if old else 0,
+                old.column if old else 0,
+                old.value_column if old else 0,
+                old.source if old else "",
+            )
+        return Block(self.type, self.name, opts, self.line, self.column, self.path, self.source,
+                     self.index)
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "line": self.line, "options": self.values()}
+
+    # -- diagnostics -----------------------------------------------------------------------------
+    def diagnostic(self, code: str, message: str, key: str | None = None, hint: str = "",
+                   severity: str = ERROR, on_value: bool = True) -> Diagnostic:
+        opt = self.options.get(key) if key else None
+        if opt is not None and opt.line:
+            col = opt.value_column if on_value else opt.column
+            span = len(opt.raw) if on_value else len(opt.key)
+            return Diagnostic(code, message, self.path, opt.line, col, severity, hint,
+                              opt.source, max(span, 1))
+        return Diagnostic(code, message, self.path, self.line, self.column, severity, hint,
+                          self.source, max(len(self.name) + 2, 1))
+
+    def error(self, code: str, message: str, key: str | None = None, hint: str = "",
+              on_value: bool = True) -> CfgError:
+        return CfgError(self.diagnostic(code, message, key, hint, ERROR, on_value))
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_value(v) for v in value)
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return str(value)
+
+
+def _coerce(block: Block, opt: Option, kind: str) -> Any:
+    """Convert an already-typed value to what the getter asks for; error at the value if not."""
+    value = opt.value
+    try:
+        if kind == "int":
+            if isinstance(value, bool):
+                return int(value)
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            return int(str(opt.raw))
+        if kind == "float":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            return float(opt.raw)
+        if kind == "str":
+            return opt.raw if not isinstance(value, str) else value
+        if kind in ("ints", "floats"):
+            items = value if isinstance(value, list) else [value]
+            conv = int if kind == "ints" else float
+            return [conv(v) for v in items]
+    except (TypeError, ValueError):
+        pass
+    want = {"int": "an integer", "float": "a number", "ints": "a list of integers",
+            "floats": "a list of numbers", "str": "text"}[kind]
+    raise block.error("E202", f"'{opt.key}' must be {want}, got '{opt.raw}'", opt.key,
+                      hint=f"write {opt.key}=<{kind}>")

@@ -1,0 +1,144 @@
+"""Diagnostics: one format for every error and warning darkcfg reports.
+
+    path:line:col: error[CODE]: message
+       |
+    12 | filters=abc
+       |         ^^^
+    help: how to fix it
+
+Codes are stable (tests, CI scripts and the README table depend on them).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+ERROR = "error"
+WARNING = "warning"
+
+# Stable codes. Syntax: E1xx, schema/values: E2xx/W2xx, graph: E3xx/W3xx, resources: E4xx, I/O: E9xx.
+CODES = {
+    "E100": "empty file",
+    "E101": "missing ']' in section header",
+    "E102": "missing '=' in option line",
+    "E103": "option before any section",
+    "E104": "binary or non-UTF-8 input",
+    "E105": "empty value",
+    "E106": "malformed section header",
+    "E107": "first section is not [net]",
+    "E201": "unknown section type",
+    "E202": "ill-typed value",
+    "E203": "value out of range",
+    "E204": "unknown value (activation, policy, ...)",
+    "W201": "unknown key (Darknet: Unused field)",
+    "W202": "duplicate key",
+    "W203": "value Darknet truncates or reinterprets",
+    "W204": "unknown activation (Darknet falls back to relu)",
+    "E300": "layer cannot be built",
+    "E301": "layer reference out of range",
+    "E302": "incompatible input shapes",
+    "E303": "non-positive output size",
+    "E304": "detection head inconsistent with its anchors or input",
+    "E305": "[net] training settings inconsistent",
+    "W301": "key read by no builder",
+    "W302": "class count disagrees between heads or with [net]",
+    "E401": "estimated memory over the limit",
+    "E901": "cannot read file",
+}
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    message: str
+    path: str = "<string>"
+    line: int = 0
+    column: int = 0
+    severity: str = ERROR
+    hint: str = ""
+    source: str = ""  # the source line, for the caret display
+    span: int = 1  # caret width
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.path,
+            "line": self.line,
+            "column": self.column,
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+    def format(self) -> str:
+        head = f"{self.path}:{self.line}:{self.column}: {self.severity}[{self.code}]: {self.message}"
+        lines = [head]
+        if self.line and self.source:
+            gutter = str(self.line)
+            pad = " " * len(gutter)
+            lines.append(f"{pad} |")
+            lines.append(f"{gutter} | {self.source.rstrip()}")
+            caret = " " * max(self.column - 1, 0) + "^" * max(self.span, 1)
+            lines.append(f"{pad} | {caret}")
+        if self.hint:
+            lines.append(f"help: {self.hint}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+class CfgError(Exception):
+    """Bad input. Carries one or more located diagnostics; never a traceback for users."""
+
+    def __init__(self, diagnostics: Diagnostic | Iterable[Diagnostic]):
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics: list[Diagnostic] = list(diagnostics)
+        super().__init__("\n".join(d.format() for d in self.errors))
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == ERROR] or self.diagnostics
+
+    @property
+    def code(self) -> str:
+        return self.first.code if self.diagnostics else ""
+
+    @property
+    def first(self) -> Diagnostic:
+        return self.errors[0]
+
+
+@dataclass
+class Collector:
+    """Accumulates diagnostics so one run can report several problems."""
+
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def add(self, diag: Diagnostic) -> None:
+        self.items.append(diag)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.items if d.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.items if d.severity == WARNING]
+
+    def raise_if_errors(self) -> None:
+        if self.errors:  # warnings travel along, so `check` can show everything at once
+            raise CfgError(sorted(self.items, key=lambda d: (d.line, d.column)))
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """A 'did you mean' hint from difflib, or '' when nothing is close."""
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    if not matches:
+        lowered = {c.lower(): c for c in candidates}
+        if word.lower() in lowered:
+            matches = [lowered[word.lower()]]
+    return f"did you mean '{matches[0]}'?" if matches else ""
