@@ -1,0 +1,8 @@
+"""builders: cfg blocks -> a plain nn.Module graph (Network)."""
+
+from .graph import LayerInfo, Network, build
+from .layer import Layer
+from .registry import SECTION_BUILDERS, BuildContext, NetInfo, Shape, register
+
+__all__ = ["SECTION_BUILDERS", "BuildContext", "Layer", "LayerInfo", "NetInfo", "Network",
+           "Shape", "build", "register"]

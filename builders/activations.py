@@ -1,0 +1,144 @@
+"""Darknet activations (SEMANTICS.md §8) as functions on tensors.
+
+We implement the intended formula everywhere. Darknet's CPU build returns 0 for relu6, swish, mish,
+hard_mish and normalize_channels* outside [convolutional]/[shortcut] (§11 #2); that is a Darknet
+bug we do not copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _leaky(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.1)
+
+
+def _loggy(x: torch.Tensor) -> torch.Tensor:
+    return 2 * torch.sigmoid(x) - 1
+
+
+def _relie(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, x, 0.01 * x)
+
+
+def _ramp(x: torch.Tensor) -> torch.Tensor:
+    return x * (x > 0) + 0.1 * x
+
+
+def _elu(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= 0, x, torch.expm1(x))
+
+
+def _selu(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= 0, 1.0507 * x, 1.0507 * 1.6732 * torch.expm1(x))
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1 + torch.tanh(0.797885 * x + 0.035677 * x * x * x))
+
+
+def _plse(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < -4, 0.01 * (x + 4), torch.where(x > 4, 0.01 * (x - 4) + 1,
+                                                           0.125 * x + 0.5))
+
+
+def _stair(x: torch.Tensor) -> torch.Tensor:
+    n = torch.floor(x)
+    half = torch.floor(x / 2)
+    return torch.where(torch.remainder(n, 2) == 0, half, (x - n) + half)
+
+
+def _lhtan(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < 0, 0.001 * x, torch.where(x > 1, 0.001 * (x - 1) + 1, x))
+
+
+def _mish(x: torch.Tensor) -> torch.Tensor:
+    # Darknet's softplus uses thresholds at +-20; torch's softplus(threshold=20) matches above,
+    # and below -20 log1p(e^x) == e^x to float precision.
+    return x * torch.tanh(F.softplus(x, threshold=20))
+
+
+def _hard_mish(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, x, torch.where(x > -2, x * x / 2 + x, torch.zeros_like(x)))
+
+
+def _normalize_channels(x: torch.Tensor) -> torch.Tensor:
+    pos = torch.clamp(x, min=0)
+    return torch.where(x > 0, x / (1e-4 + pos.sum(dim=1, keepdim=True)), torch.zeros_like(x))
+
+
+def _normalize_channels_softmax(x: torch.Tensor) -> torch.Tensor:
+    e = torch.exp(x)
+    return e / (1e-4 + e.sum(dim=1, keepdim=True))
+
+
+def _normalize_channels_softmax_maxval(x: torch.Tensor) -> torch.Tensor:
+    e = torch.exp(x - x.amax(dim=1, keepdim=True))
+    return e / (1e-4 + e.sum(dim=1, keepdim=True))
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "linear": _identity,
+    "logistic": torch.sigmoid,
+    "loggy": _loggy,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "elu": _elu,
+    "selu": _selu,
+    "gelu": _gelu,
+    "relie": _relie,
+    "ramp": _ramp,
+    "leaky": _leaky,
+    "revleaky": _leaky,
+    "tanh": torch.tanh,
+    "plse": _plse,
+    "stair": _stair,
+    "hardtan": lambda x: torch.clamp(x, -1, 1),
+    "lhtan": _lhtan,
+    "swish": F.silu,
+    "mish": _mish,
+    "hard_mish": _hard_mish,
+    "normalize_channels": _normalize_channels,
+    "normalize_channels_softmax": _normalize_channels_softmax,
+    "normalize_channels_softmax_maxval": _normalize_channels_softmax_maxval,
+}
+
+# Activations that are in-place safe nn.Modules (faster, and what torchvision uses for VGG).
+_INPLACE = {"relu": torch.nn.ReLU, "leaky": lambda: torch.nn.LeakyReLU(0.1),
+            "logistic": torch.nn.Sigmoid, "linear": torch.nn.Identity, "swish": torch.nn.SiLU,
+            "mish": torch.nn.Mish, "tanh": torch.nn.Tanh, "relu6": torch.nn.ReLU6}
+
+
+def activation(name: str) -> Activation:
+    """The function for a Darknet activation name (the schema already rejected unknown names)."""
+    return ACTIVATIONS[name]
+
+
+def activation_module(name: str) -> torch.nn.Module:
+    """An nn.Module for an activation: torch's own where it matches Darknet exactly."""
+    factory = _INPLACE.get(name)
+    if factory is not None:
+        return factory()
+    return Lambda(ACTIVATIONS[name], name)
+
+
+class Lambda(torch.nn.Module):
+    def __init__(self, fn: Activation, name: str):
+        super().__init__()
+        self.fn, self.name = fn, name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name

@@ -1,0 +1,43 @@
+"""The base class of every built layer: what the graph, .weights I/O and summary ask of it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Layer(nn.Module):
+    """A Darknet layer as an nn.Module.
+
+    forward(x, *refs): `x` is the previous layer's output, `refs` the outputs of the layers the
+    builder listed with `ctx.refs(...)`, in that order.
+    """
+
+    #: Darknet treats this layer type as a network output ([yolo], [region], [softmax], ...).
+    is_output: bool = False
+    #: This layer defines the training loss (see `loss`); the runner uses the last such layer.
+    takes_loss: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bflops: float = 0.0  # Darknet's BFLOPs for this layer at batch 1
+        self.describe: str = ""  # summary column: e.g. "3 x 3/ 1" or "-1,-4"
+        self.filters: int | str = ""  # summary column
+
+    def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
+        """Tensors in Darknet .weights file order (the parameters/buffers themselves, so that
+        .weights I/O can copy into them). `scales=False` is Darknet's `dontloadscales`: a layer
+        with batch-norm then lists only its biases and weights."""
+        return []
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training loss from this layer's *input* `x` (e.g. logits for [softmax]), mean over the
+        batch. Only layers with `takes_loss = True` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no loss")
+
+    def darknet_output(self, y: torch.Tensor) -> torch.Tensor:
+        """`y` flattened in Darknet's memory order (per batch item), for --dump-outputs."""
+        return y.reshape(y.shape[0], -1)
+
+    def extra_repr(self) -> str:
+        return self.describe

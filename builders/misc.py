@@ -1,0 +1,1 @@
+"""Builders: misc family."""

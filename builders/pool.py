@@ -1,0 +1,1 @@
+"""Builders: pool family."""

@@ -1,0 +1,141 @@
+"""One dispatch: section type -> builder function.
+
+A builder is Darknet's `parse_<section>(options, size_params)` in Python:
+
+    @register("convolutional")
+    def build_conv(block: Block, ctx: BuildContext) -> tuple[nn.Module, Shape]:
+        ...
+
+It reads its keys through the block's typed getters, may ask `ctx` for the shapes of the layers it
+references (`ctx.refs(block, "layers")`), and returns the module and its output shape. Anything it
+cannot build raises `CfgError` located at the block or key (`block.error(...)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from torch import nn
+
+from cfgparse import Block, CfgError, schema
+from cfgparse.errors import did_you_mean
+
+
+class Shape(NamedTuple):
+    """Darknet's out_c, out_h, out_w and outputs (flat size; softmax/cost/detection set c=h=w=0
+    and only `outputs`)."""
+
+    c: int
+    h: int
+    w: int
+    outputs: int = -1
+
+    @classmethod
+    def chw(cls, c: int, h: int, w: int) -> Shape:
+        return cls(c, h, w, c * h * w)
+
+    @classmethod
+    def flat(cls, n: int) -> Shape:
+        return cls(0, 0, 0, n)
+
+    @property
+    def size(self) -> int:
+        return self.outputs if self.outputs >= 0 else self.c * self.h * self.w
+
+
+@dataclass
+class NetInfo:
+    """What builders may need from [net] (input size, batch for BN, ...)."""
+
+    width: int
+    height: int
+    channels: int
+    inputs: int
+    batch: int = 1
+    flavor: str = "alexeyab"  # "pjreddie" switches the few places where the forks differ
+
+
+@dataclass
+class BuildContext:
+    """Per-layer view of the graph under construction, handed to each builder."""
+
+    index: int  # this layer's index
+    shapes: list[Shape]  # output shapes of layers 0..index-1
+    input: Shape  # the previous layer's output shape (or the network input)
+    net: NetInfo
+    types: list[str] = field(default_factory=list)  # section types of layers 0..index-1
+    sources: list[int] = field(default_factory=list)  # extra layers this one reads
+
+    def resolve(self, block: Block, key: str, ref: int) -> int:
+        """Darknet's rule: negative = relative to this layer; check it exists."""
+        absolute = self.index + ref if ref < 0 else ref
+        if not 0 <= absolute < self.index:
+            raise block.error(
+                "E301",
+                f"'{key}' refers to layer {ref} (absolute {absolute}), which does not exist "
+                f"before layer {self.index}",
+                key,
+                hint=f"use an index in 0..{self.index - 1} or -1..-{self.index}",
+            )
+        return absolute
+
+    def refs(self, block: Block, key: str) -> list[int]:
+        """The absolute indices listed in `key`; recorded as this layer's extra inputs.
+        The module's forward then receives them, in order, after the previous output."""
+        raw = block.ints(key)
+        out = [self.resolve(block, key, r) for r in raw]
+        self.sources.extend(out)
+        return out
+
+    def shape_of(self, index: int) -> Shape:
+        return self.shapes[index]
+
+
+Builder = Callable[[Block, BuildContext], tuple[nn.Module, Shape]]
+SECTION_BUILDERS: dict[str, Builder] = {}
+
+
+def register(*sections: str) -> Callable[[Builder], Builder]:
+    """Register a builder for canonical section names (aliases come from cfgparse.schema)."""
+
+    def deco(fn: Builder) -> Builder:
+        for name in sections:
+            if schema.canonical_section(name) != name:
+                raise ValueError(f"register() takes canonical section names, got {name!r}")
+            SECTION_BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def builder_for(block: Block) -> Builder:
+    _load_families()
+    fn = SECTION_BUILDERS.get(block.type)
+    if fn is None:
+        hint = did_you_mean(block.name, SECTION_BUILDERS) or (
+            "darkcfg builds: " + ", ".join(sorted(SECTION_BUILDERS)))
+        raise CfgError(block.diagnostic("E300", f"darkcfg cannot build [{block.name}] layers",
+                                        hint=hint))
+    return fn
+
+
+# The modules whose import registers builders, one per family of sections.
+FAMILIES = ("conv", "pool", "dense", "routing", "heads", "recurrent", "misc")
+_loaded = False
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        import importlib
+
+        for family in FAMILIES:
+            importlib.import_module(f"builders.{family}")
+        _loaded = True
+
+
+def registered_sections() -> list[str]:
+    _load_families()
+    return sorted(SECTION_BUILDERS)
