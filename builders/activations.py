@@ -113,23 +113,33 @@ ACTIVATIONS: dict[str, Activation] = {
     "normalize_channels_softmax_maxval": _normalize_channels_softmax_maxval,
 }
 
-# Activations that are in-place safe nn.Modules (faster, and what torchvision uses for VGG).
-_INPLACE = {"relu": torch.nn.ReLU, "leaky": lambda: torch.nn.LeakyReLU(0.1),
-            "logistic": torch.nn.Sigmoid, "linear": torch.nn.Identity, "swish": torch.nn.SiLU,
-            "mish": torch.nn.Mish, "tanh": torch.nn.Tanh, "relu6": torch.nn.ReLU6}
+# Activations torch implements exactly as Darknet does, as nn.Modules (faster than a Lambda).
+_MODULES = {"relu": torch.nn.ReLU, "leaky": lambda: torch.nn.LeakyReLU(0.1),
+            "revleaky": lambda: torch.nn.LeakyReLU(0.1), "logistic": torch.nn.Sigmoid,
+            "linear": torch.nn.Identity, "swish": torch.nn.SiLU, "mish": torch.nn.Mish,
+            "tanh": torch.nn.Tanh, "relu6": torch.nn.ReLU6}
+# Those whose backward needs only their output, so they may overwrite their input (as
+# torchvision's VGG does with ReLU(inplace=True)).
+_INPLACE = {"relu": lambda: torch.nn.ReLU(inplace=True),
+            "leaky": lambda: torch.nn.LeakyReLU(0.1, inplace=True),
+            "revleaky": lambda: torch.nn.LeakyReLU(0.1, inplace=True),
+            "relu6": lambda: torch.nn.ReLU6(inplace=True)}
 
 
 def activation(name: str) -> Activation:
-    """The function for a Darknet activation name (the schema already rejected unknown names)."""
-    return ACTIVATIONS[name]
+    """The function for a Darknet activation name; an unknown name is relu, as in Darknet
+    ("Couldn't find activation function X, going with ReLU"; the parser warns W204)."""
+    return ACTIVATIONS.get(name, F.relu)
 
 
-def activation_module(name: str) -> torch.nn.Module:
-    """An nn.Module for an activation: torch's own where it matches Darknet exactly."""
-    factory = _INPLACE.get(name)
+def activation_module(name: str, inplace: bool = False) -> torch.nn.Module:
+    """An nn.Module for an activation: torch's own where it matches Darknet exactly.
+    `inplace=True` may overwrite the input: only for a tensor nobody else holds (a fresh conv
+    output), never for a layer input that the graph may keep for a later route."""
+    factory = (_INPLACE.get(name) if inplace else None) or _MODULES.get(name)
     if factory is not None:
         return factory()
-    return Lambda(ACTIVATIONS[name], name)
+    return Lambda(activation(name), name)
 
 
 class Lambda(torch.nn.Module):

@@ -1,1 +1,334 @@
-"""Builders: conv family."""
+"""Builders: [convolutional], [deconvolutional], [local] (SEMANTICS.md §7.1, §7.21, §9).
+
+A plain convolution is exactly `nn.Conv2d` (+ `nn.BatchNorm2d`-compatible BN) + an activation
+module, with a forward that does nothing else, so that a VGG made of these layers runs as fast as
+torchvision's. The rarer Darknet features (antialiasing, XNOR, shared weights) use a slower class.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cfgparse import Block
+
+from .activations import activation_module
+from .layer import Layer
+from .norm import batch_norm
+from .registry import BuildContext, Shape, register
+
+# Training-only or GPU-only [convolutional] keys: Darknet's CPU inference never reads them.
+_CONV_TRAINING_KEYS = ("assisted_excitation", "sway", "rotate", "stretch", "stretch_sway", "dot",
+                       "angle", "grad_centr", "reverse", "coordconv", "deform", "adam",
+                       "bin_output", "cbn")
+
+
+def c_div(a: int, b: int) -> int:
+    """C integer division (truncates toward zero), which all Darknet size formulas use."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
+
+
+def need_chw(block: Block, ctx: BuildContext) -> Shape:
+    """The input shape, which must be an image (C x H x W), not a flat vector."""
+    shape = ctx.input
+    if shape.c <= 0 or shape.h <= 0 or shape.w <= 0:
+        raise block.error(
+            "E302", f"[{block.name}] needs a C x H x W input, but layer {ctx.index - 1} gives a "
+            f"flat vector of {shape.size} values", hint="put it before [connected]/[softmax] "
+            "layers, or give [net] width, height and channels")
+    return shape
+
+
+def check_output(block: Block, key: str, what: str, *sizes: int) -> None:
+    if min(sizes) <= 0:
+        raise block.error("E303", f"[{block.name}] output would be {what}: nothing left",
+                          key, hint="use a smaller size/stride or a larger input")
+
+
+def blur(x: torch.Tensor, kind: int, stride: tuple[int, int]) -> torch.Tensor:
+    """Darknet's antialiasing blur, a fixed depthwise conv with the layer's real stride:
+    kind 1: [1 2 1] x [1 2 1] / 16 with padding 1; kind 2: 2 x 2 box / 4, no padding."""
+    if kind == 2:
+        return F.avg_pool2d(x, 2, stride)
+    taps = x.new_tensor([1.0, 2.0, 1.0])
+    kernel = (taps[:, None] * taps[None, :] / 16).expand(x.shape[1], 1, 3, 3)
+    return F.conv2d(x, kernel, stride=stride, padding=1, groups=x.shape[1])
+
+
+def blurred_size(kind: int, h: int, w: int, sy: int, sx: int) -> tuple[int, int]:
+    size, pad = (2, 0) if kind == 2 else (3, 1)
+    return c_div(h + 2 * pad - size, sy) + 1, c_div(w + 2 * pad - size, sx) + 1
+
+
+def binarize_weights(w: torch.Tensor) -> torch.Tensor:
+    """XNOR-net weights: sign(w) times the mean |w| of each filter (Darknet `binarize_weights`),
+    with a straight-through gradient for training."""
+    scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    binary = torch.where(w > 0, scale, -scale)
+    return w + (binary - w).detach()
+
+
+def binarize_input(x: torch.Tensor) -> torch.Tensor:
+    """Darknet `binarize_cpu`: +1 where x > 0, else -1 (straight-through gradient)."""
+    binary = torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+    return x + (binary - x).detach()
+
+
+def describe_window(size: int, sy: int, sx: int) -> str:
+    stride = f"{sx:2d}" if sx == sy else f"{sx}x{sy}"
+    return f"{size} x {size}/{stride}"
+
+
+class Convolutional(Layer):
+    """[convolutional]: conv (bias only without BN) -> BN -> activation [-> blur].
+
+    `conv.weight` is Darknet's weights array ([filters][c/groups][ky][kx]); with BN, `bn.bias` is
+    Darknet's biases and `bn.weight` its scales. This generic forward handles every option; the
+    plain cases use the subclasses below, whose forward does nothing but the modules' work."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.Module | None, act: nn.Module, *,
+                 antialiasing: int = 0, blur_stride: tuple[int, int] = (1, 1),
+                 xnor: bool = False, binary: bool = False, flipped: bool = False,
+                 shared_from: int | None = None) -> None:
+        super().__init__()
+        self.conv = conv
+        if bn is not None:
+            self.bn = bn
+        self.act = act
+        self.antialiasing = antialiasing
+        self.blur_stride = blur_stride
+        self.xnor, self.binary, self.flipped = xnor, binary, flipped
+        self.shared_from = shared_from
+
+    @property
+    def has_bn(self) -> bool:
+        return "bn" in self._modules
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.conv.weight
+        if self.xnor or self.binary:
+            weight = binarize_weights(weight)
+        if self.xnor:
+            x = binarize_input(x)
+        y = self.conv._conv_forward(x, weight, self.conv.bias)
+        if self.has_bn:
+            y = self.bn(y)
+        y = self.act(y)
+        if self.antialiasing:
+            y = blur(y, self.antialiasing, self.blur_stride)
+        return y
+
+    def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
+        if self.shared_from is not None:
+            return []  # Darknet stores a shared layer's weights only once, at the source layer
+        weights = self.conv.weight
+        if self.flipped:  # stored transposed, [c/groups*size*size][filters]
+            weights = weights.view(weights.shape[0], -1).t()
+        if not self.has_bn:
+            return [self.conv.bias, weights]
+        if not scales:
+            return [self.bn.bias, weights]
+        return [self.bn.bias, self.bn.weight, self.bn.running_mean, self.bn.running_var, weights]
+
+
+class PlainConv(Convolutional):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+
+class PlainConvBN(Convolutional):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+def _shared_source(block: Block, ctx: BuildContext) -> tuple[int | None, Convolutional | None]:
+    """The [convolutional] layer whose weights `share_index` reuses (index and module)."""
+    if not block.has("share_index"):
+        return None, None
+    index = ctx.resolve(block, "share_index", block.int("share_index"))
+    source = ctx.layers[index]
+    if not isinstance(source, Convolutional):
+        raise block.error("E302", f"share_index refers to layer {index}, which is "
+                          f"[{ctx.types[index]}], not [convolutional]", "share_index",
+                          hint="point share_index at a [convolutional] layer")
+    return index, source
+
+
+@register("convolutional")
+def build_convolutional(block: Block, ctx: BuildContext) -> tuple[Layer, Shape]:
+    inp = need_chw(block, ctx)
+    filters, size = block.int("filters"), block.int("size")
+    stride = block.int("stride")
+    sx, sy = block.int("stride_x"), block.int("stride_y")
+    if sx < 1 or sy < 1:  # Darknet uses stride_x/stride_y only when both are given
+        sx = sy = stride
+    dilation = 1 if size == 1 else block.int("dilation")
+    padding = size // 2 if block.int("pad") else block.int("padding")
+    xnor, binary = block.bool("xnor"), block.bool("binary")
+    groups = 1 if xnor else max(block.int("groups"), 1)
+    batch_normalize = block.bool("batch_normalize") or block.bool("cbn")
+    act_name = block.str("activation")
+    antialiasing = block.int("antialiasing")
+    flipped = block.bool("flipped")
+    block.mark_read(*_CONV_TRAINING_KEYS)
+
+    if inp.c % groups or filters % groups:
+        raise block.error("E302", f"groups={groups} must divide both the input channels "
+                          f"({inp.c}) and filters ({filters})", "groups")
+    if antialiasing not in (0, 1, 2):
+        raise block.error("E204", f"antialiasing must be 0, 1 or 2, got {antialiasing}",
+                          "antialiasing")
+    conv_sy, conv_sx = (1, 1) if antialiasing else (sy, sx)  # antialiasing: stride in the blur
+    out_h = c_div(inp.h + 2 * padding - size, conv_sy) + 1
+    out_w = c_div(inp.w + 2 * padding - size, conv_sx) + 1
+    check_output(block, "size", f"{out_w} x {out_h}", out_h, out_w)
+    if dilation > 1 and 2 * padding != size - 1:
+        # Darknet sizes the output without dilation but runs im2col with it: the two disagree
+        # and its GEMM then reads the im2col buffer with the wrong row length.
+        raise block.error("E300", f"dilation={dilation} with size={size} needs pad=1 (padding "
+                          f"{(size - 1) // 2}); otherwise Darknet's output is scrambled",
+                          "dilation", hint="set pad=1 with an odd size")
+
+    shared_from, source = _shared_source(block, ctx)
+    conv = nn.Conv2d(inp.c, filters, size, (conv_sy, conv_sx), padding * dilation, dilation,
+                     groups, bias=not batch_normalize)
+    bn = batch_norm(filters, ctx.net.flavor) if batch_normalize else None
+    if source is not None:
+        if source.conv.weight.shape != conv.weight.shape:
+            raise block.error(
+                "E302", f"share_index layer has weights {tuple(source.conv.weight.shape)}, this "
+                f"layer needs {tuple(conv.weight.shape)}", "share_index",
+                hint="share weights only between layers with equal filters, size, channels")
+        # Darknet shares the weights and biases; BN scales and statistics stay per layer.
+        conv.weight = source.conv.weight
+        source_bias = source.bn.bias if source.has_bn else source.conv.bias
+        if bn is not None:
+            bn.bias = source_bias
+        else:
+            conv.bias = source_bias
+    plain = not (antialiasing or xnor or binary or flipped or source is not None)
+    cls = (PlainConvBN if bn is not None else PlainConv) if plain else Convolutional
+    layer = cls(conv, bn, activation_module(act_name, inplace=True),
+                antialiasing=antialiasing, blur_stride=(sy, sx), xnor=xnor, binary=binary,
+                flipped=flipped, shared_from=shared_from)
+
+    nweights = inp.c // groups * filters * size * size
+    layer.bflops = 2.0 * nweights * out_h * out_w / 1e9 / (32 if xnor else 1)
+    layer.filters = filters
+    extras = [f"g{groups}"] * (groups > 1) + [f"d{dilation}"] * (dilation > 1) + \
+        ["xnor"] * xnor + [f"AA{antialiasing}"] * bool(antialiasing)
+    layer.describe = " ".join([describe_window(size, sy, sx)] + extras)
+    if antialiasing:
+        out_h, out_w = blurred_size(antialiasing, out_h, out_w, sy, sx)
+        check_output(block, "antialiasing", f"{out_w} x {out_h} after the blur", out_h, out_w)
+    return layer, Shape.chw(filters, out_h, out_w)
+
+
+class Deconvolutional(Layer):
+    """pjreddie [deconvolutional]: `nn.ConvTranspose2d` (weights [c][filters][ky][kx], Darknet's
+    layout) -> BN or bias -> activation."""
+
+    def __init__(self, deconv: nn.ConvTranspose2d, bn: nn.Module | None, act: nn.Module):
+        super().__init__()
+        self.deconv = deconv
+        if bn is not None:
+            self.bn = bn
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.deconv(x)
+        if "bn" in self._modules:
+            y = self.bn(y)
+        return self.act(y)
+
+    def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
+        if "bn" not in self._modules:
+            return [self.deconv.bias, self.deconv.weight]
+        if not scales:
+            return [self.bn.bias, self.deconv.weight]
+        return [self.bn.bias, self.bn.weight, self.bn.running_mean, self.bn.running_var,
+                self.deconv.weight]
+
+
+@register("deconvolutional")
+def build_deconvolutional(block: Block, ctx: BuildContext) -> tuple[Layer, Shape]:
+    inp = need_chw(block, ctx)
+    filters, size, stride = block.int("filters"), block.int("size"), block.int("stride")
+    padding = size // 2 if block.int("pad") else block.int("padding")
+    batch_normalize = block.bool("batch_normalize")
+    out_h = (inp.h - 1) * stride + size - 2 * padding
+    out_w = (inp.w - 1) * stride + size - 2 * padding
+    check_output(block, "padding", f"{out_w} x {out_h}", out_h, out_w)
+    deconv = nn.ConvTranspose2d(inp.c, filters, size, stride, padding, bias=not batch_normalize)
+    bn = batch_norm(filters, ctx.net.flavor) if batch_normalize else None
+    layer = Deconvolutional(deconv, bn, activation_module(block.str("activation"),
+                                                          inplace=True))
+    layer.bflops = 2.0 * inp.c * filters * size * size * inp.h * inp.w / 1e9
+    layer.filters = filters
+    layer.describe = describe_window(size, stride, stride)
+    return layer, Shape.chw(filters, out_h, out_w)
+
+
+class LocallyConnected(Layer):
+    """[local]: a convolution with separate weights at every output location.
+
+    `weight` is (locations, filters, c*size*size), Darknet's file order; `bias` is
+    (filters, out_h*out_w), one per output element. Darknet sizes the output with `pad` as a flag
+    but pads im2col by its value and reads the im2col buffer with its own row length; `take`
+    reproduces that when the two disagree."""
+
+    def __init__(self, c: int, filters: int, size: int, stride: int, pad: int,
+                 out_hw: tuple[int, int], act: nn.Module):
+        super().__init__()
+        self.size, self.stride, self.pad = size, stride, pad
+        self.out_hw = out_hw
+        locations = out_hw[0] * out_hw[1]
+        fan_in = c * size * size
+        bound = (2.0 / fan_in) ** 0.5  # Darknet's init: U(-1, 1) * sqrt(2 / fan_in)
+        self.weight = nn.Parameter(torch.empty(locations, filters, fan_in).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(filters, locations))
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cols = F.unfold(x, self.size, padding=self.pad, stride=self.stride)  # (B, c*k*k, L')
+        fan_in, locations = self.weight.shape[2], self.weight.shape[0]
+        if cols.shape[2] != locations:
+            # Darknet reads the (c*k*k, L') buffer as (c*k*k, L); any missing tail reads zeros
+            flat = cols.reshape(cols.shape[0], -1)
+            need = fan_in * locations
+            if flat.shape[1] < need:
+                flat = F.pad(flat, (0, need - flat.shape[1]))
+            cols = flat[:, :need].reshape(cols.shape[0], fan_in, locations)
+        y = torch.einsum("bkl,lfk->bfl", cols, self.weight) + self.bias
+        return self.act(y.reshape(y.shape[0], y.shape[1], *self.out_hw))
+
+    def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
+        return [self.bias, self.weight]
+
+
+@register("local")
+def build_local(block: Block, ctx: BuildContext) -> tuple[Layer, Shape]:
+    inp = need_chw(block, ctx)
+    filters, size, stride = block.int("filters"), block.int("size"), block.int("stride")
+    pad = block.int("pad")
+    window = 1 if pad else size  # Darknet: pad is a flag in the size formula (§11 #9)
+    out_h = c_div(inp.h - window, stride) + 1
+    out_w = c_div(inp.w - window, stride) + 1
+    check_output(block, "size", f"{out_w} x {out_h}", out_h, out_w)
+    in_h = c_div(inp.h + 2 * pad - size, stride) + 1
+    in_w = c_div(inp.w + 2 * pad - size, stride) + 1
+    if in_h <= 0 or in_w <= 0:
+        raise block.error("E303", f"[{block.name}] im2col would produce no columns "
+                          f"(size {size} on {inp.w} x {inp.h} with padding {pad})", "size")
+    if in_h * in_w < out_h * out_w:
+        # Darknet would read past its im2col buffer into stale workspace memory
+        raise block.error("E300", f"[local] pad={pad} with size={size}: Darknet computes "
+                          f"{out_w} x {out_h} outputs but only {in_w} x {in_h} windows",
+                          "pad", hint="use pad=1 with size=3, or pad=0")
+    layer = LocallyConnected(inp.c, filters, size, stride, pad, (out_h, out_w),
+                             activation_module(block.str("activation"), inplace=True))
+    layer.filters = filters
+    layer.describe = describe_window(size, stride, stride)
+    return layer, Shape.chw(filters, out_h, out_w)

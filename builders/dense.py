@@ -1,1 +1,276 @@
-"""Builders: dense family."""
+"""Builders: dense family — [connected], [softmax], [cost] (SEMANTICS.md §7.2, §7.12, §7.19).
+
+Tensor convention shared by the families in this repository: a layer whose Darknet shape has
+out_c*out_h*out_w > 0 returns (N, C, H, W) (a [connected] layer returns (N, output, 1, 1), as
+Darknet reports 1x1xoutput); layers that only set `outputs` ([softmax], [cost], [detection]) return
+(N, outputs). Every layer here accepts either form and flattens in CHW order, as Darknet does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cfgparse import Block, CfgError
+
+from .activations import activation_module
+from .layer import Layer
+from .norm import batch_norm
+from .registry import BuildContext, Shape, register
+
+# Darknet's [cost] skips truth entries equal to this marker when type=masked.
+SECRET_NUM = -1234.0
+
+
+def as_shape(t: torch.Tensor, shape: Shape) -> torch.Tensor:
+    """`t` viewed the way this repository represents a tensor of Darknet shape `shape`."""
+    if shape.c * shape.h * shape.w:
+        return t.reshape(t.shape[0], shape.c, shape.h, shape.w)
+    return t.reshape(t.shape[0], -1)
+
+
+def flat_input(block: Block, ctx: BuildContext) -> int:
+    """Darknet's `inputs` for layers that read the previous output as a flat vector."""
+    inputs = ctx.input.size
+    if inputs <= 0:
+        raise block.error("E303", f"[{block.name}] gets an empty input (the previous layer has "
+                          "no outputs)", hint="check the layer before this one")
+    return inputs
+
+
+class DarknetLinear(nn.Module):
+    """Darknet's connected computation y = act(BN?(W x) + b); also the sub-layer of [rnn],
+    [gru] and [lstm]. With batch-norm the bias is the BN's bias (Darknet adds it after BN)."""
+
+    def __init__(self, inputs: int, outputs: int, activation: str = "linear",
+                 batch_normalize: bool = False, flavor: str = "alexeyab"):
+        super().__init__()
+        self.linear = nn.Linear(inputs, outputs, bias=not batch_normalize)
+        # [connected] rolls its BN statistics at 0.95/0.05 in AlexeyAB (conv: 0.9/0.1), §4
+        self.bn = batch_norm(outputs, flavor, 0.05 if flavor == "alexeyab" else None) \
+            if batch_normalize else None
+        self.act = activation_module(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x.reshape(x.shape[0], -1))
+        if self.bn is not None:
+            y = self.bn(y)
+        return self.act(y)
+
+    def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
+        # file order: biases, weights, then (BN) scales, rolling mean, rolling variance (§9)
+        if self.bn is None:
+            return [self.linear.bias, self.linear.weight]
+        arrays = [self.bn.bias, self.linear.weight]
+        if scales:
+            arrays += [self.bn.weight, self.bn.running_mean, self.bn.running_var]
+        return arrays
+
+
+class Connected(Layer):
+    def __init__(self, inputs: int, outputs: int, activation: str, batch_normalize: bool,
+                 flavor: str):
+        super().__init__()
+        self.unit = DarknetLinear(inputs, outputs, activation, batch_normalize, flavor)
+        self.outputs = outputs
+        self.filters = outputs
+        self.describe = f"{inputs} -> {outputs}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unit(x).view(x.shape[0], self.outputs, 1, 1)
+
+    def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
+        return self.unit.darknet_arrays(scales)
+
+
+@register("connected")
+def build_connected(block: Block, ctx: BuildContext):
+    inputs = flat_input(block, ctx)
+    outputs = block.int("output")
+    layer = Connected(inputs, outputs, block.str("activation"), block.bool("batch_normalize"),
+                      ctx.net.flavor)
+    # Darknet counts no FLOPs for [connected] (its shape dumps say 0), and totals must match
+    layer.bflops = 0.0
+    return layer, Shape.chw(outputs, 1, 1)
+
+
+# -- [softmax] ------------------------------------------------------------------------------------
+
+def read_tree_groups(path: str) -> list[int]:
+    """Group sizes of a Darknet hierarchy file (one `name parent` per line): consecutive lines
+    with the same parent form one softmax group, as Darknet's read_tree groups them."""
+    sizes: list[int] = []
+    last_parent = None
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            parent = int(parts[1]) if len(parts) > 1 else -1
+            if parent != last_parent or not sizes:
+                sizes.append(0)
+                last_parent = parent
+            sizes[-1] += 1
+    return sizes
+
+
+def find_tree(block: Block, key: str) -> str | None:
+    """The hierarchy file named by `key`: as written (Darknet opens it relative to the working
+    directory), else next to the cfg or one folder up (the `data/` of a Darknet checkout)."""
+    name = block.str(key)
+    here = Path(block.path).resolve().parent if block.path and block.path != "<string>" else None
+    candidates = [Path(name)] + ([here / name, here.parent / name] if here else [])
+    return next((os.fspath(p) for p in candidates if p.is_file()), None)
+
+
+def load_tree(block: Block, key: str, count: int) -> tuple[list[int] | None, CfgError | None]:
+    """(group sizes, None), or (None, the error to raise if the layer is run) when the file is
+    absent: a missing tree file does not change shapes, so building (and --summary) still work."""
+    path = find_tree(block, key)
+    if path is None:
+        return None, block.error("E901", f"cannot open the hierarchy file '{block.str(key)}'",
+                                 key, hint="run from the folder that holds it, or put it next "
+                                 "to the cfg")
+    try:
+        sizes = read_tree_groups(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise block.error("E901", f"cannot read the hierarchy file '{path}': {exc}", key) from None
+    if sum(sizes) != count:
+        raise block.error("E302", f"the hierarchy '{path}' has {sum(sizes)} nodes, but this layer "
+                          f"has {count} values to normalise", key)
+    return sizes, None
+
+
+def grouped_log_softmax(x: torch.Tensor, sizes: list[int], temperature: float) -> torch.Tensor:
+    """log-softmax of (N, K) `x / temperature` over consecutive groups of the given sizes."""
+    if len(set(sizes)) == 1:
+        n = x.shape[0]
+        return F.log_softmax(x.reshape(n, len(sizes), sizes[0]) / temperature, -1).reshape(n, -1)
+    return torch.cat([F.log_softmax(part / temperature, -1)
+                      for part in torch.split(x, sizes, dim=1)], 1)
+
+
+class Softmax(Layer):
+    is_output = True
+
+    def __init__(self, inputs: int, groups: int, temperature: float, spatial: bool,
+                 channels: int, tree: list[int] | None, tree_error: CfgError | None,
+                 takes_loss: bool):
+        super().__init__()
+        self.inputs, self.groups, self.temperature = inputs, groups, temperature
+        self.spatial, self.channels = spatial, channels
+        self.tree, self.tree_error = tree, tree_error
+        self.takes_loss = takes_loss
+        self.describe = f"{inputs}" + (f" /{groups}" if groups > 1 else "")
+
+    def _sizes(self) -> list[int]:
+        if self.tree_error is not None:
+            raise self.tree_error
+        return self.tree if self.tree is not None else [self.inputs // self.groups] * self.groups
+
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-value log-probabilities, flattened in Darknet's order: (N, inputs)."""
+        n = x.shape[0]
+        if self.spatial:  # softmax over the channels of each location (Darknet's GPU path)
+            y = F.log_softmax(x.reshape(n, self.channels, -1) / self.temperature, 1)
+            return y.reshape(n, -1)
+        return grouped_log_softmax(x.reshape(n, -1), self._sizes(), self.temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.tree is None and not self.spatial and self.tree_error is None:
+            y = torch.softmax(x.reshape(n, self.groups, -1) / self.temperature, -1)
+            return y.reshape(n, -1)
+        return self.log_probs(x).exp()
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy -sum(truth * log p) per image, mean over the batch; `target` holds class
+        indices (N,) into the flattened output, or a probability / one-hot matrix (N, inputs).
+        Darknet's gradient is truth - p; autograd's also carries the 1/temperature factor."""
+        logp = self.log_probs(x)
+        truth = _truth_matrix(target, logp, "softmax")
+        return -(truth * logp).sum(1).mean()
+
+
+def _truth_matrix(target: torch.Tensor, like: torch.Tensor, what: str) -> torch.Tensor:
+    n, k = like.shape
+    if target.dim() == 1:
+        if target.shape[0] != n:
+            raise ValueError(f"[{what}] target has {target.shape[0]} labels for {n} inputs")
+        return F.one_hot(target.long(), k).to(like.dtype)
+    truth = target.reshape(target.shape[0], -1).to(like.dtype)
+    if truth.shape != like.shape:
+        raise ValueError(f"[{what}] target has shape {tuple(target.shape)}, expected ({n}, {k})")
+    return truth
+
+
+@register("softmax")
+def build_softmax(block: Block, ctx: BuildContext):
+    inputs = flat_input(block, ctx)
+    groups = block.int("groups")
+    if inputs % groups:
+        raise block.error("E302", f"groups={groups} does not divide the {inputs} inputs", "groups",
+                          hint=f"use a divisor of {inputs}")
+    temperature = block.float("temperature")
+    if temperature == 0:
+        raise block.error("E203", "temperature must not be 0", "temperature")
+    spatial = block.bool("spatial")
+    if spatial and not ctx.input.c * ctx.input.h * ctx.input.w:
+        raise block.error("E302", "spatial=1 needs an input with channels, height and width",
+                          "spatial")
+    tree, tree_error = (load_tree(block, "tree", inputs) if block.has("tree") else (None, None))
+    layer = Softmax(inputs, groups, temperature, spatial, ctx.input.c, tree, tree_error,
+                    takes_loss=not block.bool("noloss"))
+    return layer, Shape.flat(inputs)
+
+
+# -- [cost] ---------------------------------------------------------------------------------------
+
+class Cost(Layer):
+    """Darknet's [cost]: its output buffer stays zero at inference (there is no truth), so the
+    forward returns zeros; training goes through `loss`."""
+
+    is_output = True
+
+    def __init__(self, inputs: int, cost_type: str, scale: float, takes_loss: bool):
+        super().__init__()
+        self.inputs, self.cost_type, self.scale = inputs, cost_type, scale
+        self.takes_loss = takes_loss
+        self.describe = cost_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], self.inputs)
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Darknet's error summed over the values of each image, times `scale`, mean over the
+        batch: sse (seg, wgan on CPU) sum((t - x)^2); L1 sum|t - x|; smooth: d^2 where |d| < 1
+        else 2|d| - 1 (Darknet's smooth_l1); masked = sse skipping truth == -1234."""
+        pred = x.reshape(x.shape[0], -1)
+        truth = target.reshape(target.shape[0], -1).to(pred.dtype)
+        if truth.shape != pred.shape:
+            raise ValueError(f"[cost] target has shape {tuple(target.shape)}, expected "
+                             f"{tuple(pred.shape)}")
+        diff = truth - pred
+        if self.cost_type == "masked":
+            diff = torch.where(truth == SECRET_NUM, torch.zeros_like(diff), diff)
+        if self.cost_type == "L1":
+            err = diff.abs()
+        elif self.cost_type == "smooth":
+            err = torch.where(diff.abs() < 1, diff * diff, 2 * diff.abs() - 1)
+        else:
+            err = diff * diff
+        return self.scale * err.sum(1).mean()
+
+
+@register("cost")
+def build_cost(block: Block, ctx: BuildContext):
+    inputs = flat_input(block, ctx)
+    # ratio (top-k of the error) and pjreddie's noobj/thresh only act in the GPU code
+    block.mark_read("ratio", *(("noobj", "thresh") if ctx.net.flavor == "pjreddie" else ()))
+    after_softmax = bool(ctx.types) and ctx.types[-1] == "softmax"
+    layer = Cost(inputs, block.str("type"), block.float("scale"), takes_loss=not after_softmax)
+    return layer, Shape.flat(inputs)

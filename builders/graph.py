@@ -44,7 +44,8 @@ def net_info(net: Block, flavor: str = "alexeyab") -> NetInfo:
     if not inputs:
         raise net.error("E305", "[net] gives no input size",
                         hint="set width, height and channels (or inputs for flat data)")
-    return NetInfo(width, height, channels, inputs, max(net.int("batch"), 1), flavor)
+    return NetInfo(width, height, channels, inputs, max(net.int("batch"), 1), flavor,
+                   net.int("time_steps"))
 
 
 class Network(nn.Module):
@@ -68,7 +69,7 @@ class Network(nn.Module):
         with torch.device(device) if device is not None else _nullcontext():
             for index, block in enumerate(blocks[1:]):
                 ctx = BuildContext(index, shapes, shapes[-1] if shapes else first, self.info,
-                                   [m.type for m in self.meta])
+                                   [m.type for m in self.meta], layers=self.layers)
                 module, shape = builder_for(block)(block, ctx)
                 if not isinstance(module, Layer):
                     raise TypeError(f"builder for [{block.type}] returned {type(module)}")

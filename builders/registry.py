@@ -13,7 +13,7 @@ cannot build raises `CfgError` located at the block or key (`block.error(...)`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -55,6 +55,7 @@ class NetInfo:
     inputs: int
     batch: int = 1
     flavor: str = "alexeyab"  # "pjreddie" switches the few places where the forks differ
+    time_steps: int = 1  # recurrent layers split the batch into time_steps consecutive chunks
 
 
 @dataclass
@@ -67,6 +68,7 @@ class BuildContext:
     net: NetInfo
     types: list[str] = field(default_factory=list)  # section types of layers 0..index-1
     sources: list[int] = field(default_factory=list)  # extra layers this one reads
+    layers: Sequence[nn.Module] = ()  # modules of layers 0..index-1 (conv share_index)
 
     def resolve(self, block: Block, key: str, ref: int) -> int:
         """Darknet's rule: negative = relative to this layer; check it exists."""
@@ -122,7 +124,7 @@ def builder_for(block: Block) -> Builder:
 
 
 # The modules whose import registers builders, one per family of sections.
-FAMILIES = ("conv", "pool", "dense", "routing", "heads", "recurrent", "misc")
+FAMILIES = ("conv", "pool", "dense", "routing", "heads", "recurrent", "misc", "adaptive")
 _loaded = False
 
 

@@ -1,46 +1,257 @@
-"""Darknet .weights I/O (SEMANTICS.md §9). Minimal reader; extended by the weights work."""
+"""Darknet .weights I/O (SEMANTICS.md §9).
+
+A file is a header (int32 major, minor, revision, then `seen` as uint64, or uint32 for old
+versions) followed by float32 arrays, layer by layer, in the order each layer's
+`darknet_arrays()` lists them. This module never looks at layer types: the layers say what they
+store, the graph says which layers to skip (`dontload`) or to load without BN scales
+(`dontloadscales`).
+
+Unlike Darknet, a file whose size does not match the network is an error (E902) raised before
+any tensor is touched, so a network is never left half-loaded.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
+from torch import nn
 
 from cfgparse import CfgError, Diagnostic
 
 from .graph import Network
 
+DEFAULT_VERSION = (0, 2, 5)  # what AlexeyAB Darknet writes (pjreddie writes 0.2.0)
+_FLOAT = np.dtype("<f4")
 
-def read_header(data: bytes, path: str) -> tuple[tuple[int, int, int], int, int]:
-    """(major, minor, revision), seen, and the offset where the floats start."""
-    if len(data) < 16:
-        raise CfgError(Diagnostic("E901", f"'{path}' is too short to be a .weights file "
-                                  f"({len(data)} bytes)", path, hint="check the file"))
-    major, minor, revision = np.frombuffer(data[:12], "<i4").tolist()
-    if major * 10 + minor >= 2 and major < 1000 and minor < 1000:
-        seen, offset = int(np.frombuffer(data[12:20], "<u8")[0]), 20
-    else:
-        seen, offset = int(np.frombuffer(data[12:16], "<u4")[0]), 16
-    return (major, minor, revision), seen, offset
+
+@dataclass(frozen=True)
+class Header:
+    version: tuple[int, int, int]
+    seen: int
+    size: int  # bytes: 16 (32-bit seen) or 20 (64-bit seen)
+
+    @property
+    def transposed(self) -> bool:
+        """Files written with major or minor > 1000 store [connected] matrices as [in][out]."""
+        major, minor, _ = self.version
+        return major > 1000 or minor > 1000
+
+
+def seen_is_64bit(version: Sequence[int], flavor: str = "alexeyab") -> bool:
+    """AlexeyAB reads a 64-bit `seen` when major*10+minor >= 2; pjreddie also requires
+    major and minor < 1000 (so its transposed files have a 32-bit `seen`)."""
+    major, minor = int(version[0]), int(version[1])
+    wide = major * 10 + minor >= 2
+    if flavor == "pjreddie":
+        wide = wide and major < 1000 and minor < 1000
+    return wide
+
+
+def read_header(data: bytes, path: str, flavor: str = "alexeyab") -> Header:
+    """Parse the header at the start of `data` (at least the first 20 bytes of the file)."""
+    if len(data) < 12:
+        raise _error("E901", f"'{path}' is too short to be a .weights file ({len(data)} bytes)",
+                     path, "a .weights file starts with a 16- or 20-byte header")
+    version = tuple(int(v) for v in np.frombuffer(data[:12], "<i4"))
+    wide = seen_is_64bit(version, flavor)
+    size = 20 if wide else 16
+    if len(data) < size:
+        raise _error("E901", f"'{path}' is too short to be a .weights file ({len(data)} bytes, "
+                     f"the header of version {'.'.join(map(str, version))} takes {size})", path,
+                     "check that the file was copied completely")
+    seen = int(np.frombuffer(data[12:size], "<u8" if wide else "<u4")[0])
+    return Header(version, seen, size)  # type: ignore[arg-type]
+
+
+def _error(code: str, message: str, path: str, hint: str = "") -> CfgError:
+    return CfgError(Diagnostic(code, message, path, hint=hint))
+
+
+def _layers_upto(net: Network, cutoff: int | None, path: str) -> range:
+    n = len(net.layers)
+    if cutoff is None:
+        return range(n)
+    if cutoff < 0:
+        raise _error("E203", f"cutoff must be a layer count >= 0, got {cutoff}", path,
+                     f"this network has {n} layers (0..{n - 1})")
+    return range(min(cutoff, n))  # like `darknet partial`, a cutoff past the end means all
+
+
+def _load_plan(net: Network, layers: range) -> list[tuple[int, list[torch.Tensor]]]:
+    """(layer index, tensors in file order) for the layers a load reads."""
+    plan = []
+    for i in layers:
+        meta = net.meta[i]
+        if meta.dontload:  # Darknet skips the layer without consuming bytes
+            continue
+        plan.append((i, net.layers[i].darknet_arrays(scales=not meta.dontloadscales)))
+    return plan
+
+
+def _matrices(net: Network) -> set[int]:
+    """ids of the [connected] matrices (nn.Linear weights, also inside recurrent layers): the
+    arrays that files with major or minor > 1000 store transposed."""
+    return {id(m.weight) for m in net.modules() if isinstance(m, nn.Linear)}
+
+
+def _count(plan: list[tuple[int, list[torch.Tensor]]]) -> int:
+    return sum(t.numel() for _, tensors in plan for t in tensors)
+
+
+def weight_floats(net: Network, cutoff: int | None = None) -> int:
+    """Floats a load of this network (up to `cutoff` layers) reads."""
+    return _count(_load_plan(net, _layers_upto(net, cutoff, "<network>")))
 
 
 @torch.no_grad()
-def load_weights(net: Network, path: str | os.PathLike) -> dict:
+def load_weights(net: Network, path: str | os.PathLike, cutoff: int | None = None) -> dict:
+    """Load a Darknet .weights file into `net` (the first `cutoff` layers only, if given).
+
+    Without `cutoff` the file must hold exactly the floats the network reads. With `cutoff` it
+    must hold at least those of the first `cutoff` layers; the rest (later layers, e.g. a full
+    file loaded for `darknet partial`) is ignored. Sizes are checked before anything is copied.
+    Returns {"version": (major, minor, revision), "seen": int, "floats": floats read}.
+    """
     path = str(path)
-    data = open(path, "rb").read()
-    version, seen, offset = read_header(data, path)
-    floats = np.frombuffer(data, "<f4", offset=offset, count=(len(data) - offset) // 4)
+    flavor = net.info.flavor
+    try:
+        with open(path, "rb") as f:
+            header = read_header(f.read(20), path, flavor)
+            f.seek(header.size)
+            body = f.read()
+    except OSError as exc:
+        raise _error("E901", f"cannot read '{path}': {exc.strerror or exc}", path,
+                     "check the path and its permissions") from None
+    plan = _load_plan(net, _layers_upto(net, cutoff, path))
+    expected = _count(plan)
+    actual, odd = divmod(len(body), _FLOAT.itemsize)
+    if odd or actual < expected or (cutoff is None and actual != expected):
+        _size_error(net, plan, path, header, expected, actual, odd, cutoff)
+    floats = np.frombuffer(body, _FLOAT, count=expected)
+    transposed = _matrices(net) if header.transposed else set()
     pos = 0
-    for layer, meta in zip(net.layers, net.meta):
-        if meta.dontload:
-            continue
-        for t in layer.darknet_arrays(scales=not meta.dontloadscales):
+    for _, tensors in plan:
+        for t in tensors:
             n = t.numel()
-            chunk = torch.from_numpy(floats[pos:pos + n].copy())
-            if chunk.numel() != n:
-                raise CfgError(Diagnostic("E901", f"'{path}' ends early at layer {meta.index}",
-                                          path))
-            t.copy_(chunk.view_as(t))
+            chunk = floats[pos:pos + n]
+            if id(t) in transposed:  # stored [in][out]
+                chunk = chunk.reshape(t.shape[1], t.shape[0]).T
+            # .copy(): the file buffer is read-only, and torch wants writable memory
+            t.copy_(torch.from_numpy(chunk.copy()).view(t.shape))
             pos += n
-    return {"version": version, "seen": seen, "floats": pos}
+    return {"version": header.version, "seen": header.seen, "floats": pos}
+
+
+def _size_error(net: Network, plan, path: str, header: Header, expected: int, actual: int,
+                odd: int, cutoff: int | None) -> None:
+    what = f"the first {cutoff} layers of this network read" if cutoff is not None else \
+        "this network reads"
+    message = (f"'{path}' holds {actual} floats{f' and {odd} stray bytes' if odd else ''} after "
+               f"its {header.size}-byte header, but {what} {expected}")
+    if actual < expected:
+        # name the layer where the file runs out, to tell a partial file from a wrong cfg
+        pos = 0
+        for i, tensors in plan:
+            pos += sum(t.numel() for t in tensors)
+            if pos > actual:
+                message += f"; it ends inside layer {i} ([{net.meta[i].type}])"
+                break
+        hint = ("a partial file (e.g. from `darknet partial`) loads with --cutoff N; "
+                "otherwise check that the cfg matches the weights")
+    else:
+        hint = ("check that the cfg matches the weights (filters, classes, batch_normalize...); "
+                "to load only the first N layers of a longer file use --cutoff N")
+    raise _error("E902", message, path, hint)
+
+
+@torch.no_grad()
+def save_weights(net: Network, path: str | os.PathLike, cutoff: int | None = None,
+                 seen: int = 0, version: Sequence[int] = DEFAULT_VERSION) -> int:
+    """Write `net` (its first `cutoff` layers, if given) as a Darknet .weights file; returns the
+    number of floats written.
+
+    Like Darknet every layer is saved in full, `dontload`/`dontloadscales` notwithstanding; pjreddie
+    flavor honours its `dontsave` key. `darknet partial` (AlexeyAB) writes seen = 0, the default.
+    The file is written to a temporary name, synced, then renamed over `path`.
+    """
+    path = str(path)
+    version = tuple(int(v) for v in version)
+    if len(version) != 3:
+        raise ValueError(f"version is (major, minor, revision), got {version!r}")
+    header = Header(version, int(seen), 0)  # type: ignore[arg-type]
+    wide = seen_is_64bit(version, net.info.flavor)
+    limit = 2**64 if wide else 2**32
+    if not 0 <= header.seen < limit:
+        raise ValueError(f"seen={seen} does not fit the {'64' if wide else '32'}-bit header field")
+    arrays = []
+    for i in _layers_upto(net, cutoff, path):
+        if net.info.flavor == "pjreddie" and net.meta[i].block.bool("dontsave"):
+            continue
+        arrays.extend(net.layers[i].darknet_arrays(scales=True))
+    head = np.array(version, "<i4").tobytes() + np.array([header.seen],
+                                                          "<u8" if wide else "<u4").tobytes()
+    transposed = _matrices(net) if header.transposed else set()
+    written = 0
+    with atomic_open(path) as f:
+        f.write(head)
+        for t in arrays:
+            a = t.detach().to("cpu", torch.float32)
+            if id(t) in transposed:
+                a = a.T
+            f.write(np.ascontiguousarray(a.numpy(), _FLOAT).tobytes())
+            written += t.numel()
+    return written
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file that replaces `path` only once it is completely written and synced, so a
+    crash or a full disk never leaves a truncated file under the real name."""
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _error("E901", f"cannot write '{target}': {exc.strerror or exc}", str(target),
+                     "check that the folder exists and is writable") from None
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; ours should not be
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(target.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable too (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

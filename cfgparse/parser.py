@@ -1,23 +1,32 @@
-"""Text -> [Block]: the lark LALR grammar in grammar.lark plus an inline transformer.
+"""Text -> [Block]: the lark LALR grammar in grammar.lark, then one pass over its tokens.
 
 Darknet's rules (SEMANTICS.md §1) are kept: all whitespace inside a line is removed, the first of
-duplicate keys wins, comments start a line with '#' or ';'. Beyond Darknet we strip a UTF-8 BOM
-(which crashes Darknet) and report problems as located diagnostics instead of aborting.
+duplicate keys wins, comments start a line with '#' or ';', values keep inline '#' text. Beyond
+Darknet we strip a UTF-8 BOM (which crashes Darknet), read CR-only line ends as line ends, and
+report problems as located diagnostics (several per run) instead of aborting.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from types import MappingProxyType
 
 from lark import Lark, Token, Transformer
+from lark.exceptions import LarkError, UnexpectedCharacters
+from lark.lexer import Lexer
 
 from . import schema
-from .blocks import Block, Option
+from .blocks import Block, Option, make_block
 from .errors import ERROR, WARNING, CfgError, Collector, Diagnostic, did_you_mean
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
-_parser: Lark | None = None
+_lark: Lark | None = None
+
+# C0 controls other than tab/LF/CR (and DEL): never in a text cfg, always in binary files.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]")
+_YAML_SUFFIXES = (".yaml", ".yml")
 
 
 class ParseResult(list):
@@ -29,62 +38,196 @@ class ParseResult(list):
 
 
 def parse(source: str | os.PathLike | bytes, *, path: str | None = None,
-          strict_first: bool = True) -> ParseResult:
+          strict_first: bool = True, flavor: str | None = None) -> ParseResult:
     """Parse a cfg (or YAML) file path, or cfg text, into blocks.
 
+    A str is cfg text when it has a line break or looks like cfg content ('[', '#', ';' first,
+    or an '=' and no such file); otherwise it is a path. `flavor` ('alexeyab' or 'pjreddie')
+    additionally warns (W201/W206) for keys and sections only the other Darknet fork reads.
     Raises CfgError (with every error found) on bad input; warnings are on `.warnings`.
     """
     text, path = read_source(source, path)
-    if path.endswith((".yaml", ".yml")):
+    if path.endswith(_YAML_SUFFIXES):
         from .writer import blocks_from_yaml
 
-        return blocks_from_yaml(text, path)
-    return parse_text(text, path, strict_first=strict_first)
+        return blocks_from_yaml(text, path, strict_first=strict_first, flavor=flavor)
+    return parse_text(text, path, strict_first=strict_first, flavor=flavor)
+
+
+def looks_like_text(source: str) -> bool:
+    """True when a str passed to parse() is cfg text rather than a path."""
+    if "\n" in source or "\r" in source:
+        return True
+    stripped = source.strip()
+    if not stripped or stripped[0] in "[#;":
+        return True  # '' and blanks: an empty cfg (E100), not the current directory
+    return "=" in stripped and not os.path.exists(source)
 
 
 def read_source(source: str | os.PathLike | bytes, path: str | None) -> tuple[str, str]:
-    if isinstance(source, bytes):
-        return decode(source, path or "<bytes>"), path or "<bytes>"
-    if isinstance(source, os.PathLike) or (
-        isinstance(source, str) and "\n" not in source and not source.lstrip().startswith("[")
-        and source.strip() != ""
-    ):
-        p = Path(source)
-        try:
-            data = p.read_bytes()
-        except OSError as exc:
-            raise CfgError(Diagnostic("E901", f"cannot read '{p}': {exc.strerror or exc}",
-                                      str(p), hint="check the path and its permissions")) from None
-        return decode(data, str(p)), path or str(p)
-    return source, path or "<string>"
+    """(text, path) for parse(): decode bytes, read a path, or take cfg text as it is."""
+    if isinstance(source, (bytes, bytearray)):
+        name = path or "<bytes>"
+        return decode(bytes(source), name), name
+    if isinstance(source, str) and looks_like_text(source):
+        return source, path or "<string>"
+    name = os.fspath(source)
+    try:
+        data = Path(name).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, IsADirectoryError):
+            reason = "it is a directory"
+        raise CfgError(Diagnostic("E901", f"cannot read '{name}': {reason}", name,
+                                  hint="check the path and its permissions")) from None
+    except ValueError as exc:  # e.g. an embedded NUL in the path
+        raise CfgError(Diagnostic("E901", f"cannot read {name!r}: {exc}", "<path>",
+                                  hint="pass the path of a .cfg or .yaml file")) from None
+    return decode(data, name), path or name
 
 
 def decode(data: bytes, path: str) -> str:
-    if b"\x00" in data[:4096]:
-        raise CfgError(Diagnostic("E104", "this looks like a binary file, not a cfg", path, 1, 1,
+    """UTF-8 text of a file, or E104 for binary, UTF-16 or otherwise non-UTF-8 data."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise CfgError(Diagnostic("E104", "this file is UTF-16 text, not UTF-8", path, 1, 1,
+                                  hint="save the file as UTF-8 (Darknet reads bytes, not UTF-16)"))
+    if b"\x00" in data:
+        pos = data.index(b"\x00")
+        line, col = _line_col(data, pos, b"\n")
+        raise CfgError(Diagnostic("E104", "this looks like a binary file, not a cfg (NUL byte)",
+                                  path, line, col,
                                   hint="pass a Darknet .cfg text file (is this a .weights file?)"))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        line, col = _line_col(data, exc.start, b"\n")
         raise CfgError(Diagnostic("E104", f"invalid UTF-8 byte 0x{data[exc.start]:02x}", path,
                                   line, col, hint="save the file as UTF-8 text")) from None
 
 
-def parse_text(text: str, path: str = "<string>", *, strict_first: bool = True) -> ParseResult:
-    global _parser
-    if text.startswith("\ufeff"):
+def _line_col(data, pos: int, newline) -> tuple[int, int]:
+    return data.count(newline, 0, pos) + 1, pos - (data.rfind(newline, 0, pos) + 1) + 1
+
+
+class _Passthrough(Transformer):
+    """Inline LALR callbacks that build no tree: the result is [preamble BODY?, [HEADER, BODY?],
+    ...]."""
+
+    def start(self, children):
+        if not children:
+            return []
+        if isinstance(children[-1], list):  # the sections
+            return children[:-1] + children[-1]
+        return children  # a preamble only
+
+    def sections(self, children):
+        if len(children) == 1:
+            return children
+        children[0].append(children[1])
+        return children[0]
+
+    def section(self, tokens):
+        return tokens
+
+    def preamble(self, tokens):
+        return tokens[0]  # a bare BODY token: options before any header
+
+
+_token_new = str.__new__
+
+
+class _TerminalLexer(Lexer):
+    """Lark's lexer contract, for the grammar's own terminals, in one re.finditer pass.
+
+    Same tokens as lark's basic lexer (tests/test_parser.py compares them); it only skips the
+    generic per-token bookkeeping, which is a third of the parse time on whole-file tokens.
+    """
+
+    __future_interface__ = 2
+
+    def __init__(self, lexer_conf):
+        terminals = sorted(lexer_conf.terminals, key=lambda t: -t.priority)
+        self.pattern = re.compile("|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})"
+                                           for t in terminals))
+        self.ignore = frozenset(lexer_conf.ignore)
+
+    def lex(self, lexer_state, parser_state):
+        chunk = lexer_state.text
+        text, end = chunk.text, chunk.end
+        ignore = self.ignore
+        line, line_start, pos = 1, 0, chunk.start
+        for match in self.pattern.finditer(text, pos, end):
+            start = match.start()
+            if start != pos:  # cannot happen with a total grammar; lark would raise too
+                raise UnexpectedCharacters(text, pos, line, pos - line_start + 1)
+            pos = match.end()
+            kind = match.lastgroup
+            if kind in ignore:
+                continue
+            newlines = text.count("\n", line_start, start)
+            if newlines:
+                line += newlines
+                line_start = text.rfind("\n", 0, start) + 1
+            value = match.group()
+            token = _token_new(Token, value)
+            token.type, token.value, token.start_pos = kind, value, start
+            token.line, token.column = line, start - line_start + 1
+            token.end_line = token.end_column = token.end_pos = None
+            yield token
+        if pos != end:
+            raise UnexpectedCharacters(text, pos, line, pos - line_start + 1)
+
+
+def _parser() -> Lark:
+    global _lark
+    if _lark is None:
+        _lark = Lark(_GRAMMAR.read_text(encoding="utf-8"), parser="lalr",
+                     lexer=_TerminalLexer, transformer=_Passthrough(), maybe_placeholders=False)
+    return _lark
+
+
+def parse_text(text: str, path: str = "<string>", *, strict_first: bool = True,
+               flavor: str | None = None) -> ParseResult:
+    """Parse cfg text. Raises CfgError with every error found; warnings are on `.warnings`."""
+    if text[:1] == "\ufeff":
         text = text[1:]  # a BOM segfaults Darknet; we simply drop it
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    bad = _CONTROL.search(text)
+    if bad:
+        line, col = _line_col(text, bad.start(), "\n")
+        source = text.split("\n")[line - 1]
+        raise CfgError(Diagnostic(
+            "E104", f"control character U+{ord(bad.group()):04X}: binary or garbage input", path,
+            line, col, ERROR, "a cfg is plain text: '[section]' lines and key=value lines",
+            source.translate(_VISIBLE), 1))
+    tables = schema.tables(flavor)
     diags = Collector()
-    if _parser is None:
-        _parser = Lark(_GRAMMAR.read_text(), parser="lalr", lexer="basic",
-                       transformer=_ToBlocks(), maybe_placeholders=False)
-    _ToBlocks.context = (path, diags)
-    blocks: list[Block] = _parser.parse(text)
+    try:
+        items = _parser().parse(text)
+    except LarkError as exc:  # the grammar is total; this is a safety net, not a code path
+        line, col = getattr(exc, "line", 1), getattr(exc, "column", 1)
+        raise CfgError(Diagnostic("E106", f"cannot parse: {exc}".splitlines()[0], path, line,
+                                  col)) from None
+    fast_ok = text.isascii()  # the fast path's str.isdigit() is ASCII-only only then
+    blocks: list[Block] = []
+    layer = 0
+    for item in items:
+        if isinstance(item, Token):
+            _preamble(item, text, path, diags)
+            continue
+        header = item[0]
+        name, canonical, table, source = _header(header, text, path, diags, tables, flavor)
+        options = _options(item[1], text, path, diags, table, name, flavor, fast_ok) \
+            if len(item) > 1 else {}
+        index = -1 if not blocks and canonical == "net" else layer  # [net] is no layer
+        if index >= 0:
+            layer += 1
+        blocks.append(make_block(canonical, name, MappingProxyType(options), header.line,
+                                 header.column, path, source, index))
     if not blocks and not diags.errors:
-        diags.add(Diagnostic("E100", "empty cfg: no [section] found", path, 1, 1,
-                             hint="a cfg starts with a [net] section, then one section per layer"))
+        diags.add(Diagnostic("E100", "empty cfg: no [section] found", path, 1, 1, ERROR,
+                             "a cfg starts with a [net] section, then one section per layer"))
     elif blocks and strict_first and blocks[0].type != "net":
         b = blocks[0]
         diags.add(Diagnostic("E107", f"the first section must be [net], not [{b.name}]", path,
@@ -98,127 +241,189 @@ def parse_text(text: str, path: str = "<string>", *, strict_first: bool = True) 
     return result
 
 
-class _ToBlocks(Transformer):
-    """Inline LALR callbacks: build Blocks straight from tokens, no tree."""
+_VISIBLE = {c: 0x2400 + c for c in range(0x20)}  # control pictures, so the caret line shows them
+_VISIBLE[0x7F] = 0x2421
+del _VISIBLE[0x09]
 
-    context: tuple[str, Collector] = ("<string>", Collector())
 
-    def start(self, children):
-        sections = [c for c in children if c is not None]
-        layer = 0
-        for i, b in enumerate(sections):
-            if i > 0 or b.type != "net":
-                object.__setattr__(b, "index", layer)
-                layer += 1
-        return sections
+def _preamble(body: Token, text: str, path: str, diags: Collector) -> None:
+    for line, col, stripped, source in _body_lines(body, text):
+        diags.add(Diagnostic("E103", "option before any section", path, line, col, ERROR,
+                             "put a [net] (or other [section]) header above this line",
+                             source, len(stripped.rstrip())))
 
-    def preamble(self, tokens: list[Token]):
-        path, diags = self.context
-        for line, col, text, source in _body_lines(tokens[0]):
-            diags.add(Diagnostic("E103", "option before any section", path, line, col, ERROR,
-                                 "put a [net] (or other [section]) header above this line",
-                                 source, len(text.rstrip())))
-        return None
 
-    def section(self, tokens: list[Token]) -> Block:
-        path, diags = self.context
-        header = tokens[0]
-        name, canonical = _header(header, path, diags)
-        specs = schema.SECTIONS.get(canonical)
-        options: dict[str, Option] = {}
-        if len(tokens) > 1:
-            body = tokens[1]
-            first_line = body.line
-            for offset, source in enumerate(body.value.split("\n")):
-                # the hot loop of the parser: plain str methods, one Option per line
-                text = source.lstrip()
-                if not text or text[0] in "#;":
-                    continue
-                col = body.column if offset == 0 else len(source) - len(text) + 1
-                key, eq, value_text = text.partition("=")
-                raw = value_text.strip()
-                spec = specs.get(key) if specs is not None and eq else None
-                fast = spec.fast if spec is not None else None
-                opt = None
-                if fast is not None and raw and " " not in raw and "\t" not in raw:
+def _body_lines(body: Token, text: str):
+    """(line, column, text, source) of each non-comment line of a BODY token."""
+    for offset, source in enumerate(_full_lines(body, text)):
+        stripped = source.lstrip()
+        if stripped and stripped[0] not in "#;":
+            yield body.line + offset, len(source) - len(stripped) + 1, stripped, source
+
+
+def _full_lines(tok: Token, text: str) -> list[str]:
+    """The token's lines, the first one with the indentation the lexer skipped put back."""
+    lines = tok.split("\n")
+    if tok.column > 1:
+        lines[0] = text[tok.start_pos - tok.column + 1:tok.start_pos] + lines[0]
+    return lines
+
+
+_new_option = tuple.__new__  # Option(...) without the NamedTuple's Python-level __new__
+_SLOW = object()
+_NO_FAST: dict = {}
+_FAST_INT, _FAST_FLOAT, _FAST_CHOICE, _FAST_TEXT, _FAST_INTS, _FAST_FLOATS = (
+    schema.FAST_INT, schema.FAST_FLOAT, schema.FAST_CHOICE, schema.FAST_TEXT, schema.FAST_INTS,
+    schema.FAST_FLOATS)
+
+
+def _options(body: Token, text: str, path: str, diags: Collector, table, name: str,
+             flavor: str | None, fast_ok: bool) -> dict[str, Option]:
+    """The options of one section body, first of duplicates kept (Darknet's option_find)."""
+    options: dict[str, Option] = {}
+    fast = table.fast if table is not None and fast_ok else _NO_FAST
+    lineno = body.line - 1
+    # The hot loop of the parser. A plain `key=value` line of a key the schema knows is typed
+    # right here with str methods and builtins; anything else (spaces in the key, comments in
+    # values, errors, unknown keys) takes _option(), which has every diagnostic.
+    for source in _full_lines(body, text):
+        lineno += 1
+        stripped = source.lstrip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        key, _, value_text = stripped.partition("=")
+        entry = fast.get(key)
+        value = _SLOW
+        if entry is not None:
+            raw = value_text.strip()
+            kind, choices, low = entry
+            if kind == _FAST_INT:
+                if raw.isdigit():  # no sign, no '_' (Python's int() takes both)
+                    value = int(raw)
+                    if low is not None and value < low:
+                        value = _SLOW
+            elif kind == _FAST_CHOICE:
+                if raw in choices:
+                    value = raw
+            elif kind == _FAST_FLOAT:
+                if "_" not in raw:
                     try:
-                        value = fast(raw)
-                        if spec.min is None or value >= spec.min:
-                            opt = Option(key, raw, value, first_line + offset, col,
-                                         col + len(text) - len(value_text.lstrip()), source)
+                        value = float(raw)
                     except ValueError:
                         pass
-                if opt is None:  # anything unusual: the full path with its diagnostics
-                    opt = _option(text, first_line + offset, col, source, specs, name, path,
-                                  diags)
-                    if opt is None:
-                        continue
-                first = options.get(opt.key)
-                if first is None:
-                    options[opt.key] = opt
-                else:
-                    diags.add(Diagnostic(
-                        "W202", f"duplicate key '{opt.key}' in [{name}]", path, opt.line,
-                        opt.column, WARNING,
-                        f"Darknet uses the first value '{first.raw}' (line {first.line}); "
-                        "delete one of them", opt.source, len(opt.key)))
-        return Block(canonical, name, options, header.line, header.column, path,
-                     header.value.rstrip())
+                    else:  # inf/nan and out-of-range values get their messages below
+                        if value - value != 0.0 or (low is not None and value < low):
+                            value = _SLOW
+            elif kind == _FAST_TEXT:
+                if raw and " " not in raw and "\t" not in raw:
+                    value = raw
+            elif " " not in raw and "\t" not in raw and "_" not in raw:  # number lists
+                try:
+                    if kind == _FAST_INTS:
+                        value = [int(p) for p in raw.split(",")]
+                    else:
+                        value = [float(p) for p in raw.split(",")]
+                        if any(v - v != 0.0 for v in value):
+                            value = _SLOW
+                except ValueError:
+                    value = _SLOW
+        if value is _SLOW:
+            opt = _option(stripped, lineno, len(source) - len(stripped) + 1, source, table,
+                          name, path, diags, flavor)
+            if opt is None:
+                continue
+            key = opt.key
+        else:
+            col = len(source) - len(stripped) + 1
+            skipped = 0 if value_text is raw else len(value_text) - len(value_text.lstrip())
+            opt = _new_option(Option, (key, raw, value, lineno, col,
+                                       col + len(key) + 1 + skipped, source))
+        first = options.setdefault(key, opt)
+        if first is not opt:
+            diags.add(Diagnostic(
+                "W202", f"duplicate key '{key}' in [{name}]: Darknet uses the first value, "
+                f"'{first.raw}' (line {first.line})", path, opt.line, opt.column, WARNING,
+                "delete one of the two lines", source, len(key)))
+    return options
 
 
-def _body_lines(tok: Token):
-    """(line, column, text, source) of each option line in a BODY token; comments skipped."""
-    for offset, source in enumerate(tok.value.split("\n")):
-        text = source.lstrip()
-        if text and text[0] not in "#;":
-            col = tok.column if offset == 0 else len(source) - len(text) + 1
-            yield tok.line + offset, col, text, source
-
-
-def _header(tok: Token, path: str, diags: Collector) -> tuple[str, str]:
-    text = tok.value.rstrip()
-    source = text
-    close = text.find("]")
+def _header(tok: Token, text: str, path: str, diags: Collector, tables: dict,
+            flavor: str | None):
+    """(name as written, canonical name, schema table or None, source line) of a header."""
+    if tok.column == 1:  # the common '[name]' line: one dict lookup
+        written = tok.rstrip()
+        canonical = _CANONICAL.get(written[1:-1]) if written[-1] == "]" else None
+        if canonical is not None:
+            table = tables[canonical]
+            if flavor is None or not table.fork or table.fork == flavor:
+                return written[1:-1], canonical, table, written
+    source = _full_lines(tok, text)[0]
+    line, col0 = tok.line, tok.column  # col0: the column of '['
+    written = tok.rstrip()
+    close = written.find("]")
+    inner = written[1:] if close < 0 else written[1:close]
+    name = "".join(inner.split())  # Darknet removes every space, also inside the brackets
+    name_col = col0 + 1 + len(inner) - len(inner.lstrip())
     if close < 0:
-        diags.add(Diagnostic("E101", f"missing ']' in section header '{text}'", path, tok.line,
-                             tok.column + len(text), ERROR,
-                             f"write '{text}]'", source, 1))
-        name = "".join(text[1:].split())
+        diags.add(Diagnostic("E101", f"missing ']' in section header '{written}'", path, line,
+                             col0 + len(written), ERROR, f"write '[{name}]'", source, 1))
     else:
-        name = "".join(text[1:close].split())
-        rest = text[close + 1:].strip()
-        if rest and rest[0] not in "#;":
-            diags.add(Diagnostic("E106", f"unexpected text '{rest}' after section header", path,
-                                 tok.line, tok.column + close + 1 + text[close + 1:].find(rest[0]),
-                                 ERROR, "a header line holds only '[name]'", source, len(rest)))
+        rest = written[close + 1:]
+        extra = rest.strip()
+        extra_col = col0 + close + 1 + len(rest) - len(rest.lstrip())
+        if extra[:1] in ("#", ";"):
+            diags.add(Diagnostic("W205", "comment after a section header", path, line,
+                                 extra_col, WARNING, "Darknet takes the whole line as the section "
+                                 f"name and does not know '[{name}]{extra}'; move the comment to "
+                                 "its own line", source, len(extra)))
+        elif extra:
+            diags.add(Diagnostic("E106", f"unexpected text '{extra}' after section header",
+                                 path, line, extra_col, ERROR,
+                                 "a header line holds only '[name]'", source, len(extra)))
+    if not name:
+        diags.add(Diagnostic("E106", "empty section name", path, line, col0, ERROR,
+                             "write the layer type between the brackets, e.g. [convolutional]",
+                             source, len(written)))
+        return name, name, None, source
     canonical = schema.canonical_section(name)
     if canonical is None:
         hint = did_you_mean(name, schema.section_names()) or (
-            "see the README for the sections darkcfg knows")
-        diags.add(Diagnostic("E201", f"unknown section type [{name}]", path, tok.line,
-                             tok.column + 1, ERROR, hint, source, max(len(name), 1)))
-        canonical = name
-    return name, canonical
+            "see docs/parser.md for the sections darkcfg knows")
+        diags.add(Diagnostic("E201", f"unknown section type [{name}]", path, line, name_col,
+                             ERROR, hint, source, len(name)))
+        return name, name, None, source
+    table = tables[canonical]
+    if flavor is not None and table.fork and table.fork != flavor:
+        diags.add(Diagnostic("W206", f"[{name}] is {_FORK_NAMES[table.fork]}-only; "
+                             f"{_FORK_NAMES[flavor]} Darknet does not know it", path, line,
+                             name_col, WARNING, "Darknet prints 'Type not recognized' and makes "
+                             "an empty layer", source, len(name)))
+    return name, canonical, table, source
 
 
-def _option(text: str, line: int, col: int, source: str, specs: dict | None, name: str,
-            path: str, diags: Collector) -> Option | None:
+_FORK_NAMES = {schema.AB: "AlexeyAB", schema.PJ: "pjreddie"}
+_CANONICAL = {name: schema.canonical_section(name) for name in schema.section_names()}
+
+
+def _option(text: str, line: int, col: int, source: str, table, name: str, path: str,
+            diags: Collector, flavor: str | None) -> Option | None:
+    """One option line with all of Darknet's rules and all of our diagnostics."""
     eq = text.find("=")
     if eq < 0:
-        key = "".join(text.split())
-        diags.add(Diagnostic("E102", f"missing '=' in '{key}'", path, line,
-                             col + len(text.rstrip()), ERROR,
-                             f"write '{key}=<value>'", source, 1))
+        written = text.rstrip()
+        parts = written.split(None, 1)
+        if len(parts) == 2:  # 'filters 32': point at the gap where '=' belongs
+            gap = col + len(parts[0])
+            hint = f"write '{parts[0]}={''.join(parts[1].split())}'"
+        else:
+            gap, hint = col + len(written), f"write '{written}=<value>'"
+        diags.add(Diagnostic("E102", f"missing '=' in '{written}'", path, line, gap, ERROR,
+                             hint, source, 1))
         return None
-    key = text[:eq]
+    key = "".join(text[:eq].split())  # Darknet drops every space, also inside key and value
     value_text = text[eq + 1:]
-    raw = value_text.strip()
-    if " " in raw or "\t" in raw or " " in key or "\t" in key:  # Darknet drops inner spaces
-        raw = "".join(raw.split())
-        key = "".join(key.split())
-    else:
-        key = key.rstrip()
-    value_col = col + eq + 1 + (len(value_text) - len(value_text.lstrip()))
+    raw = "".join(value_text.split())
+    value_col = col + eq + 1 + len(value_text) - len(value_text.lstrip())
     if not key:
         diags.add(Diagnostic("E102", "option without a key", path, line, col, ERROR,
                              "write 'key=value'", source, 1))
@@ -228,19 +433,33 @@ def _option(text: str, line: int, col: int, source: str, specs: dict | None, nam
                              ERROR, f"give '{key}' a value or delete the line (Darknet rejects it)",
                              source, 1))
         return None
-    spec = specs.get(key) if specs is not None else None
-    if spec is None and specs is not None:
-        hint = did_you_mean(key, specs) or f"[{name}] does not read '{key}'; delete it"
-        diags.add(Diagnostic("W201", f"unknown key '{key}' in [{name}] (Darknet: Unused field)",
-                             path, line, col, WARNING, hint, source, len(key)))
+    spec = None
+    if table is not None:
+        spec = table.read.get(key)
+        if spec is None:
+            spec = table.known.get(key)
+            if spec is not None:  # read only by the fork the caller did not choose
+                other = _FORK_NAMES[spec.fork]
+                message = (f"{_FORK_NAMES[flavor]} Darknet does not read '{key}' in [{name}] "
+                           f"(Unused field; only {other} does)")
+                hint = "delete it, or parse for the other fork"
+            else:
+                message = f"unknown key '{key}' in [{name}] (Darknet: Unused field)"
+                if name in ("net", "network"):
+                    message = f"unknown key '{key}' in [{name}] (Darknet ignores it)"
+                hint = did_you_mean(key, table.known) or f"no Darknet reads '{key}' here; " \
+                    "delete it"
+            diags.add(Diagnostic("W201", message, path, line, col, WARNING, hint, source,
+                                 len(key)))
     try:
         value, note = schema.convert(spec, key, raw)
     except schema.ValueProblem as exc:
         diags.add(Diagnostic(exc.code, str(exc), path, line, value_col, ERROR, exc.hint,
-                             source, len(raw)))
+                             source, len(value_text.strip())))
         return None
     if note:
-        diags.add(Diagnostic("W203", note, path, line, value_col, WARNING, "", source, len(raw)))
+        diags.add(Diagnostic("W203", note, path, line, value_col, WARNING,
+                             "write the value Darknet uses", source, len(value_text.strip())))
     return Option(key, raw, value, line, col, value_col, source)
 
 

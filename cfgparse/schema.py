@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+AB, PJ = "alexeyab", "pjreddie"  # the two Darknet forks (SEMANTICS.md; [pj] = pjreddie only)
+
 
 @dataclass(frozen=True)
 class KeySpec:
@@ -19,25 +21,12 @@ class KeySpec:
     min: float | None = None  # inclusive lower bound, checked at parse time
     choices: tuple[str, ...] | None = None
     doc: str = ""
-
-    @property
-    def fast(self):
-        """A converter for the parser's common case (plain int/float), or None."""
-        return _FAST.get(self.type) if self.choices is None else None
-
-
-def _plain_float(text: str) -> float:
-    if text[-1:].isalpha() and not text[-1:] in "eE":  # 'inf', 'nan' and the like
-        raise ValueError(text)
-    return float(text)
-
-
-_FAST = {"i": int, "b": int, "f": _plain_float}
+    fork: str = ""  # "" = both forks read it; else the only fork that does (AB or PJ)
 
 
 def K(type_: str, default: Any = None, min: float | None = None,
-      choices: tuple[str, ...] | None = None, doc: str = "") -> KeySpec:
-    return KeySpec(type_, default, min, choices, doc)
+      choices: tuple[str, ...] | None = None, doc: str = "", fork: str = "") -> KeySpec:
+    return KeySpec(type_, default, min, choices, doc, fork)
 
 
 ACTIVATIONS = (
@@ -48,45 +37,51 @@ ACTIVATIONS = (
 )
 POLICIES = ("constant", "step", "steps", "exp", "poly", "sigmoid", "random", "sgdr")
 
-# Keys every layer section reads (SEMANTICS.md §5; [pj] extras at the end).
+# Keys every layer section reads (SEMANTICS.md §5; stream/wait_stream are AlexeyAB GPU keys).
 COMMON = {
-    "clip": K("f", 0), "onlyforward": K("b", 0), "dont_update": K("b", 0),
-    "burnin_update": K("b", 0), "stopbackward": K("i", 0), "train_only_bn": K("b", 0),
-    "dontload": K("b", 0), "dontloadscales": K("b", 0), "learning_rate": K("f", 1.0),
-    "stream": K("i", -1), "wait_stream": K("i", -1),
-    "truth": K("b", 0), "dontsave": K("b", 0), "numload": K("i", 0), "smooth": K("f", 0),
+    "onlyforward": K("b", 0), "stopbackward": K("i", 0), "dontload": K("b", 0),
+    "dontloadscales": K("b", 0), "learning_rate": K("f", 1.0),
+    "clip": K("f", 0, fork=AB), "dont_update": K("b", 0, fork=AB),
+    "burnin_update": K("b", 0, fork=AB), "train_only_bn": K("b", 0, fork=AB),
+    "stream": K("i", -1, fork=AB), "wait_stream": K("i", -1, fork=AB),
+    "truth": K("b", 0, fork=PJ), "dontsave": K("b", 0, fork=PJ), "numload": K("i", 0, fork=PJ),
+    "smooth": K("f", 0, fork=PJ),
 }
 
 _ACT = K("s", "logistic", choices=ACTIVATIONS)
 _LINEAR = K("s", "linear", choices=ACTIVATIONS)
-_CONV_GEOMETRY = {
-    "size": K("i", 1, min=1), "stride": K("i", 1, min=1), "stride_x": K("i", -1),
-    "stride_y": K("i", -1), "dilation": K("i", 1, min=1), "pad": K("i", 0, min=0),
-    "padding": K("i", 0, min=0), "groups": K("i", 1, min=1),
+_CONV_GEOMETRY = {  # [crnn] and [conv_lstm] (SEMANTICS.md §7.27): a 3x3 kernel by default
+    "size": K("i", 3, min=1), "stride": K("i", 1, min=1), "dilation": K("i", 1, min=1),
+    "pad": K("i", 0, min=0), "padding": K("i", 0, min=0), "groups": K("i", 1, min=1),
 }
 _POOL = {
-    "size": K("i", None, min=1), "stride": K("i", 1, min=1), "stride_x": K("i", None, min=1),
-    "stride_y": K("i", None, min=1), "padding": K("i", None, min=0),
-    "maxpool_depth": K("b", 0), "out_channels": K("i", 1, min=1), "antialiasing": K("i", 0),
-    "maxpool_zero_nonmax": K("b", 0),
+    "size": K("i", None, min=1), "stride": K("i", 1, min=1), "padding": K("i", None, min=0),
+    "stride_x": K("i", None, min=1, fork=AB), "stride_y": K("i", None, min=1, fork=AB),
+    "maxpool_depth": K("b", 0, fork=AB), "out_channels": K("i", 1, min=1, fork=AB),
+    "antialiasing": K("i", 0, fork=AB), "maxpool_zero_nonmax": K("b", 0, fork=AB),
 }
+# [yolo]: pjreddie reads only the first line's keys (SEMANTICS.md §7.15); `beta1` is read by no
+# Darknet (AlexeyAB reports it as an unused field in yolov4-sam-mish-csp-reorg-bfm.cfg).
 _YOLO_COMMON = {
     "classes": K("i", 20, min=1), "num": K("i", 1, min=1), "mask": K("I", None),
-    "anchors": K("F", None), "max": K("i", 200), "jitter": K("f", 0.2),
-    "resize": K("f", 1.0), "random": K("f", 0), "focal_loss": K("b", 0),
-    "ignore_thresh": K("f", 0.5), "truth_thresh": K("f", 1.0), "iou_thresh": K("f", 1.0),
-    "iou_normalizer": K("f", 0.75), "obj_normalizer": K("f", 1.0),
-    "cls_normalizer": K("f", 1.0), "delta_normalizer": K("f", 1.0),
-    "iou_loss": K("s", "mse"), "iou_thresh_kind": K("s", "iou"), "beta_nms": K("f", 0.6),
-    "nms_kind": K("s", "default"), "scale_x_y": K("f", 1.0), "max_delta": K("f", None),
-    "label_smooth_eps": K("f", 0), "objectness_smooth": K("f", 0), "show_details": K("b", 0),
-    "map": K("s", None), "counters_per_class": K("s", None), "embedding_layer": K("i", None),
-    "track_history_size": K("i", 5), "sim_thresh": K("f", 0.8), "dets_for_track": K("i", 1),
-    "dets_for_show": K("i", 1), "track_ciou_norm": K("f", 0.01), "beta1": K("f", 0),
+    "anchors": K("F", None), "max": K("i", 200), "jitter": K("f", 0.2), "random": K("f", 0),
+    "ignore_thresh": K("f", 0.5), "truth_thresh": K("f", 1.0), "map": K("s", None),
+    **{key: KeySpec(spec.type, spec.default, spec.min, spec.choices, spec.doc, AB)
+       for key, spec in {
+           "resize": K("f", 1.0), "focal_loss": K("b", 0), "iou_thresh": K("f", 1.0),
+           "iou_normalizer": K("f", 0.75), "obj_normalizer": K("f", 1.0),
+           "cls_normalizer": K("f", 1.0), "delta_normalizer": K("f", 1.0),
+           "iou_loss": K("s", "mse"), "iou_thresh_kind": K("s", "iou"),
+           "beta_nms": K("f", 0.6), "nms_kind": K("s", "default"), "scale_x_y": K("f", 1.0),
+           "max_delta": K("f", None), "label_smooth_eps": K("f", 0),
+           "objectness_smooth": K("f", 0), "show_details": K("b", 0),
+           "counters_per_class": K("s", None), "embedding_layer": K("i", None),
+           "track_history_size": K("i", 5), "sim_thresh": K("f", 0.8),
+           "dets_for_track": K("i", 1), "dets_for_show": K("i", 1),
+           "track_ciou_norm": K("f", 0.01),
+       }.items()},
 }
-_RECURRENT_COMMON = {
-    "output": K("i", 1, min=1), "batch_normalize": K("b", 0), "shortcut": K("b", 0),
-}
+_RECURRENT_COMMON = {"output": K("i", 1, min=1), "batch_normalize": K("b", 0)}
 
 SECTIONS: dict[str, dict[str, KeySpec]] = {
     "net": {
@@ -122,14 +117,18 @@ SECTIONS: dict[str, dict[str, KeySpec]] = {
         "seen": K("i", 0), "max_epochs": K("i", 0),
     },
     "convolutional": {
-        "filters": K("i", 1, min=1), **_CONV_GEOMETRY, "activation": _ACT,
-        "batch_normalize": K("b", 0), "cbn": K("b", 0), "antialiasing": K("i", 0),
-        "binary": K("b", 0), "xnor": K("b", 0), "bin_output": K("b", 0),
-        "share_index": K("i", None), "assisted_excitation": K("f", 0), "sway": K("b", 0),
-        "rotate": K("b", 0), "stretch": K("b", 0), "stretch_sway": K("b", 0),
-        "flipped": K("b", 0), "dot": K("f", 0), "angle": K("f", 15), "grad_centr": K("b", 0),
-        "reverse": K("b", 0), "coordconv": K("b", 0), "deform": K("b", 0),
-        "adam": K("b", 0),
+        "filters": K("i", 1, min=1), "size": K("i", 1, min=1), "stride": K("i", 1, min=1),
+        "pad": K("i", 0, min=0), "padding": K("i", 0, min=0), "groups": K("i", 1, min=1),
+        "activation": _ACT, "batch_normalize": K("b", 0), "binary": K("b", 0),
+        "xnor": K("b", 0), "flipped": K("b", 0), "dot": K("f", 0),
+        "stride_x": K("i", -1, fork=AB), "stride_y": K("i", -1, fork=AB),
+        "dilation": K("i", 1, min=1, fork=AB), "antialiasing": K("i", 0, fork=AB),
+        "cbn": K("b", 0, fork=AB), "bin_output": K("b", 0, fork=AB),
+        "share_index": K("i", None, fork=AB), "assisted_excitation": K("f", 0, fork=AB),
+        "sway": K("b", 0, fork=AB), "rotate": K("b", 0, fork=AB), "stretch": K("b", 0, fork=AB),
+        "stretch_sway": K("b", 0, fork=AB), "angle": K("f", 15, fork=AB),
+        "grad_centr": K("b", 0, fork=AB), "reverse": K("b", 0, fork=AB),
+        "coordconv": K("b", 0, fork=AB),
     },
     "deconvolutional": {
         "filters": K("i", 1, min=1), "size": K("i", 1, min=1), "stride": K("i", 1, min=1),
@@ -153,23 +152,24 @@ SECTIONS: dict[str, dict[str, KeySpec]] = {
     },
     "batchnorm": {},
     "dropout": {
-        "probability": K("f", 0.2, min=0), "dropblock": K("b", 0),
-        "dropblock_size_rel": K("f", 0), "dropblock_size_abs": K("f", 0),
+        "probability": K("f", 0.2, min=0), "dropblock": K("b", 0, fork=AB),
+        "dropblock_size_rel": K("f", 0, fork=AB), "dropblock_size_abs": K("f", 0, fork=AB),
     },
-    "route": {"layers": K("I", None), "groups": K("i", 1, min=1), "group_id": K("i", 0, min=0)},
+    "route": {"layers": K("I", None), "groups": K("i", 1, min=1, fork=AB),
+              "group_id": K("i", 0, min=0, fork=AB)},
     "shortcut": {
         "from": K("I", None), "activation": _LINEAR,
         "weights_type": K("s", "none", choices=("none", "per_feature", "per_layer",
-                                                 "per_channel")),
+                                                 "per_channel"), fork=AB),
         "weights_normalization": K("s", "none", choices=("none", "relu", "avg_relu",
-                                                          "softmax")),
-        "alpha": K("f", 1), "beta": K("f", 1),
+                                                          "softmax"), fork=AB),
+        "alpha": K("f", 1, fork=PJ), "beta": K("f", 1, fork=PJ),
     },
     "scale_channels": {"from": K("i", None), "scale_wh": K("b", 0), "activation": _LINEAR},
     "sam": {"from": K("i", None), "activation": _LINEAR},
     "upsample": {"stride": K("i", 2), "scale": K("f", 1)},
-    "reorg": {"stride": K("i", 1, min=1), "reverse": K("b", 0), "flatten": K("b", 0),
-              "extra": K("i", 0)},
+    "reorg": {"stride": K("i", 1, min=1), "reverse": K("b", 0), "flatten": K("b", 0, fork=PJ),
+              "extra": K("i", 0, fork=PJ)},
     "reorg3d": {"stride": K("i", 1, min=1), "reverse": K("b", 0)},
     "yolo": dict(_YOLO_COMMON, new_coords=K("b", 0)),
     "Gaussian_yolo": dict(_YOLO_COMMON, uc_normalizer=K("f", 1.0),
@@ -178,23 +178,25 @@ SECTIONS: dict[str, dict[str, KeySpec]] = {
     "region": {
         "coords": K("i", 4), "classes": K("i", 20, min=1), "num": K("i", 1, min=1),
         "max": K("i", 200), "log": K("i", 0), "sqrt": K("b", 0), "softmax": K("b", 0),
-        "focal_loss": K("b", 0), "jitter": K("f", 0.2), "resize": K("f", 1),
+        "focal_loss": K("b", 0, fork=AB), "jitter": K("f", 0.2), "resize": K("f", 1, fork=AB),
         "rescore": K("b", 0), "thresh": K("f", 0.5), "classfix": K("i", 0),
         "absolute": K("b", 0), "random": K("b", 0), "coord_scale": K("f", 1),
         "object_scale": K("f", 1), "noobject_scale": K("f", 1), "mask_scale": K("f", 1),
         "class_scale": K("f", 1), "bias_match": K("b", 0), "tree": K("s", None),
-        "map": K("s", None), "anchors": K("F", None), "background": K("b", 0),
+        "map": K("s", None), "anchors": K("F", None), "background": K("b", 0, fork=PJ),
     },
     "detection": {
         "coords": K("i", 1), "classes": K("i", 1, min=1), "rescore": K("b", 0),
         "num": K("i", 1, min=1), "side": K("i", 7, min=1), "softmax": K("b", 0),
         "sqrt": K("b", 0), "max": K("i", 200), "coord_scale": K("f", 1), "forced": K("b", 0),
         "object_scale": K("f", 1), "noobject_scale": K("f", 1), "class_scale": K("f", 1),
-        "jitter": K("f", 0.2), "resize": K("f", 1), "random": K("b", 0), "reorg": K("b", 0),
+        "jitter": K("f", 0.2), "resize": K("f", 1, fork=AB), "random": K("b", 0),
+        "reorg": K("b", 0),
     },
     "cost": {
         "type": K("s", "sse", choices=("sse", "masked", "smooth", "seg", "L1", "wgan")),
-        "scale": K("f", 1), "ratio": K("f", 0), "noobj": K("f", 1), "thresh": K("f", 0),
+        "scale": K("f", 1), "ratio": K("f", 0), "noobj": K("f", 1, fork=PJ),
+        "thresh": K("f", 0, fork=PJ),
     },
     "crop": {
         "crop_height": K("i", 1, min=1), "crop_width": K("i", 1, min=1), "flip": K("b", 0),
@@ -209,14 +211,18 @@ SECTIONS: dict[str, dict[str, KeySpec]] = {
     "implicit": {"mean": K("f", 0), "std": K("f", 0.2), "filters": K("i", 128, min=1),
                  "atoms": K("i", 1, min=1)},
     "empty": {},
-    "rnn": dict(_RECURRENT_COMMON, hidden=K("i", 1, min=1), activation=_ACT,
-                logistic=K("b", 0)),
-    "gru": dict(_RECURRENT_COMMON, tanh=K("b", 0)),
+    "rnn": dict(_RECURRENT_COMMON, hidden=K("i", 1, min=1, fork=AB), activation=_ACT,
+                logistic=K("b", 0), shortcut=K("b", 0)),
+    "gru": dict(_RECURRENT_COMMON, tanh=K("b", 0, fork=PJ)),
     "lstm": dict(_RECURRENT_COMMON),
-    "crnn": dict(_RECURRENT_COMMON, **{k: v for k, v in _CONV_GEOMETRY.items()},
-                 hidden=K("i", 1, min=1), activation=_ACT, xnor=K("b", 0),
-                 output_filters=K("i", None), hidden_filters=K("i", None)),
-    "conv_lstm": dict(_RECURRENT_COMMON, **{k: v for k, v in _CONV_GEOMETRY.items()},
+    # pjreddie's [crnn] reads output_filters/hidden_filters and nothing of the geometry
+    "crnn": dict(_RECURRENT_COMMON, shortcut=K("b", 0), activation=_ACT,
+                 **{k: KeySpec(v.type, v.default, v.min, fork=AB)
+                    for k, v in _CONV_GEOMETRY.items()},
+                 output=K("i", 1, min=1, fork=AB), hidden=K("i", 1, min=1, fork=AB),
+                 xnor=K("b", 0, fork=AB), output_filters=K("i", 1, min=1, fork=PJ),
+                 hidden_filters=K("i", 1, min=1, fork=PJ)),
+    "conv_lstm": dict(_RECURRENT_COMMON, **_CONV_GEOMETRY, shortcut=K("b", 0),
                       activation=_LINEAR, xnor=K("b", 0), peephole=K("b", 0),
                       bottleneck=K("b", 0), state_constrain=K("i", None),
                       lstm_activation=K("s", "tanh", choices=ACTIVATIONS),
@@ -229,14 +235,16 @@ SECTIONS: dict[str, dict[str, KeySpec]] = {
     },
     "logistic": {},
     "l2norm": {},
+    "iseg": {"classes": K("i", 1, min=1), "ids": K("i", 32, min=1)},
+    # darkcfg extension (not Darknet): torchvision's AdaptiveAvgPool2d, see docs/builders.md
+    "adaptive_avgpool": {"width": K("i", 7, min=1), "height": K("i", 7, min=1)},
 }
 # Keys every layer reads (the [net] section is not a layer).
 for _name, _keys in SECTIONS.items():
     if _name != "net":
         for _k, _v in COMMON.items():
             _keys.setdefault(_k, _v)
-# conv's default stride is 1, but conv's "size" default is 1 and pad/padding interplay is the
-# builder's; pools compute defaults from each other (size = stride, padding = size-1).
+# Pools compute defaults from each other (size = stride, padding = size-1): the builder's job.
 
 ALIASES = {
     "network": "net", "conv": "convolutional", "conn": "connected", "max": "maxpool",
@@ -265,6 +273,68 @@ def key_spec(section: str, key: str) -> KeySpec | None:
     return None if keys is None else keys.get(key)
 
 
+def default_for(section: str, key: str) -> Any:
+    from .blocks import _MISSING as missing
+
+    spec = key_spec(section, key)
+    return missing if spec is None else spec.default
+
+
+# -- which fork reads what --------------------------------------------------------------------
+# Sections only one fork knows (SEMANTICS.md §2); the other prints "Type not recognized".
+SECTION_FORK = {
+    **dict.fromkeys(("scale_channels", "sam", "reorg3d", "Gaussian_yolo", "local_avgpool",
+                     "conv_lstm", "history", "contrastive", "empty", "implicit"), AB),
+    **dict.fromkeys(("deconvolutional", "logistic", "l2norm", "iseg"), PJ),
+}
+FLAVORS = (AB, PJ)
+
+# Kinds of the parser's fast path (parser._section): a plain value of these types is typed inline;
+# anything unusual goes through convert() and its diagnostics.
+FAST_INT, FAST_FLOAT, FAST_CHOICE, FAST_TEXT, FAST_INTS, FAST_FLOATS = range(6)
+
+
+class SectionTable:
+    """Per section (and fork): `known` = every key some Darknet reads (the typing), `read` = the
+    keys the chosen fork reads (no W201 for those), `fast` = key -> (kind, choices, min) for the
+    keys of `read` the hot loop types itself, `fork` = the only fork knowing the section, or ''."""
+
+    __slots__ = ("known", "read", "fast", "fork")
+
+    def __init__(self, known: dict[str, KeySpec], read: dict[str, KeySpec], fork: str):
+        self.known, self.read, self.fork = known, read, fork
+        self.fast = {key: _fast_entry(spec) for key, spec in read.items()}
+
+
+def _fast_entry(spec: KeySpec) -> tuple[int, frozenset | None, float | None]:
+    t = spec.type
+    if t == "s":
+        return (FAST_CHOICE, frozenset(spec.choices), None) if spec.choices else \
+            (FAST_TEXT, None, None)
+    kind = {"i": FAST_INT, "b": FAST_INT, "f": FAST_FLOAT, "I": FAST_INTS, "F": FAST_FLOATS}[t]
+    return kind, None, spec.min
+
+
+_TABLES: dict[str | None, dict[str, SectionTable]] = {}
+
+
+def tables(flavor: str | None = None) -> dict[str, SectionTable]:
+    """Canonical section name -> SectionTable. With a flavor, keys only the other fork reads get
+    W201 like Darknet's "Unused field" ([net] keys never do: Darknet ignores them silently)."""
+    found = _TABLES.get(flavor)
+    if found is None:
+        if flavor is not None and flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {FLAVORS} or None, not {flavor!r}")
+        found = {}
+        for name, known in SECTIONS.items():
+            read = known if flavor is None or name == "net" else \
+                {k: v for k, v in known.items() if v.fork in ("", flavor)}
+            found[name] = SectionTable(known, read, SECTION_FORK.get(name, ""))
+        _TABLES[flavor] = found
+    return found
+
+
+# -- typing values ----------------------------------------------------------------------------
 class ValueProblem(ValueError):
     """An ill-typed (E202), out-of-range (E203) or unknown (E204) value."""
 
@@ -273,69 +343,46 @@ class ValueProblem(ValueError):
         self.code, self.hint = code, hint
 
 
-def default_for(section: str, key: str) -> Any:
-    from .blocks import _MISSING as missing
-
-    spec = key_spec(section, key)
-    return missing if spec is None else spec.default
-
-
-_INT = re.compile(r"[+-]?\d+\Z")
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
-
-
-def _number(text: str, key: str, want: str) -> int | float:
-    if want == "i":
-        if _INT.match(text):
-            return int(text)
-        raise ValueProblem("E202", f"'{key}' must be an integer, got '{text}'",
-                           f"write {key}=<integer>")
-    if _FLOAT.match(text):
-        return float(text)
-    raise ValueProblem("E202", f"'{key}' must be a number, got '{text}'",
-                       f"write {key}=<number>")
+# ASCII digits only: Python's int() also takes other scripts' digits and '_', C's atoi does not.
+_INT = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
+_ATOI = re.compile(r"[+-]?[0-9]*")
+_NUMERIC = frozenset("ifbIF")
+_WANT = {"i": "an integer", "b": "0 or 1", "f": "a number", "I": "a comma-separated list of "
+         "integers", "F": "a comma-separated list of numbers"}
+_EXAMPLE = {"i": "<integer>", "b": "1", "f": "<number>", "I": "1,2,3", "F": "0.5,1,2"}
 
 
 def convert(spec: KeySpec | None, key: str, raw: str) -> tuple[Any, str]:
     """Typed value for `raw` (Darknet's whitespace-free text), plus a note when Darknet would read
-    it differently. Raises ValueError with a message that names the key."""
+    it differently. Raises ValueProblem with a message that names the key."""
     if spec is None:
         return infer(raw), ""
     t = spec.type
-    if spec.min is None or t not in ("i", "b", "f"):
-        pass
-    elif t == "f":
-        try:  # fast path for the common case; the checks below give the messages
-            value = float(raw)
-            if value >= spec.min and _FLOAT.match(raw):
-                return value, ""
-        except ValueError:
-            pass
-    else:
-        try:
-            value = int(raw)
-            if value >= spec.min:
-                return value, ""
-        except ValueError:
-            pass
-    note = ""
     text = raw
-    if spec.type in ("i", "f", "b", "I", "F") and "#" in text:
+    if t in _NUMERIC and "#" in text:
         text = text.split("#", 1)[0]  # atoi/atof (and the list parsers) stop at '#' too
+    note = ""
     if t in ("i", "b"):
-        if not _INT.match(text) and _FLOAT.match(text):
-            value = int(float(text))  # C atoi truncates; so do we, with a warning
+        if _INT.match(text):
+            value: Any = int(text)
+        elif _FLOAT.match(text):
+            value = int(_ATOI.match(text).group().lstrip("+") or 0)  # C atoi stops at '.', 'e'
             note = f"'{key}' is an integer; Darknet reads '{text}' as {value}"
         else:
-            value = _number(text, key, "i")
+            raise _ill_typed(key, raw, t)
     elif t == "f":
-        value = _number(text, key, "f")
+        value = _float(text, key, raw, t)
     elif t in ("I", "F"):
-        parts = [p for p in text.split(",") if p != ""]
+        parts = [p for p in text.split(",") if p != ""]  # Darknet skips empty items
         if not parts:
-            raise ValueProblem("E202", f"'{key}' must be a comma-separated list, got '{raw}'",
-                               f"write {key}=1,2,3")
-        value = [_number(p, key, "i" if t == "I" else "f") for p in parts]
+            raise _ill_typed(key, raw, t)
+        if t == "I":
+            if not all(_INT.match(p) for p in parts):
+                raise _ill_typed(key, raw, t)
+            value = [int(p) for p in parts]
+        else:
+            value = [_float(p, key, raw, t) for p in parts]
     else:
         value = text
         if spec.choices and value not in spec.choices:
@@ -347,6 +394,21 @@ def convert(spec: KeySpec | None, key: str, raw: str) -> tuple[Any, str]:
         raise ValueProblem("E203", f"'{key}' = {value} is out of range (must be >= {spec.min:g})",
                            f"use a value >= {spec.min:g}")
     return value, note
+
+
+def _float(text: str, key: str, raw: str, t: str) -> float:
+    if not _FLOAT.match(text):
+        raise _ill_typed(key, raw, t)
+    value = float(text)
+    if value - value != 0.0:  # inf: a literal too large for a double
+        raise ValueProblem("E203", f"'{key}' = {text} is too large for a number",
+                           f"write {key}=<number>")
+    return value
+
+
+def _ill_typed(key: str, raw: str, t: str) -> ValueProblem:
+    return ValueProblem("E202", f"'{key}' must be {_WANT[t]}, got '{raw}'",
+                        f"write {key}={_EXAMPLE[t]}")
 
 
 def coerce_text(section: str, key: str, raw: str) -> Any:

@@ -1,0 +1,64 @@
+"""Darknet's batch normalisation, for (N, C, H, W) and (N, C) input.
+
+AlexeyAB inference is exactly torch's `(x - mean) / sqrt(var + 1e-5) * scale + bias`, so
+`DarknetBatchNorm` is a plain `_BatchNorm` (torch's fast kernels, torchvision-compatible state-dict
+names: weight=scales, bias=biases, running_mean, running_var). pjreddie puts the epsilon outside
+the root, `(x - mean) / (sqrt(var) + 1e-6)`, which torch has no kernel for: `PjreddieBatchNorm`.
+
+Training differs slightly from Darknet's CPU code, which normalises with the unbiased batch
+variance; torch normalises with the biased one (and updates the running variance with the
+unbiased one, as Darknet does). The rolling momentum is Darknet's: 0.1 for AlexeyAB conv/batchnorm
+(`rolling = 0.9 * rolling + 0.1 * batch`), 0.05 for [connected], 0.01 for pjreddie.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ALEXEYAB_EPS = 1e-5
+PJREDDIE_EPS = 1e-6
+
+
+class DarknetBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """AlexeyAB batch-norm over channel dim 1 of (N, C) or (N, C, H, W) input."""
+
+    def __init__(self, num_features: int, momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps=ALEXEYAB_EPS, momentum=momentum)
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected (N, C) or (N, C, H, W) input, got {x.dim()}D")
+
+
+class PjreddieBatchNorm(DarknetBatchNorm):
+    """pjreddie's batch-norm: epsilon 1e-6 added to the standard deviation, not the variance."""
+
+    def __init__(self, num_features: int, momentum: float = 0.01) -> None:
+        super().__init__(num_features, momentum=momentum)
+        self.eps = PJREDDIE_EPS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        if self.training:
+            dims = [0] + list(range(2, x.dim()))
+            mean = x.mean(dims)
+            var = x.var(dims, unbiased=True)  # Darknet's CPU code normalises with /(N-1)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach(), self.momentum)
+                self.num_batches_tracked += 1
+        else:
+            mean, var = self.running_mean, self.running_var
+        return ((x - mean.view(view)) / (var.sqrt().view(view) + self.eps) * self.weight.view(view)
+                + self.bias.view(view))
+
+
+def batch_norm(num_features: int, flavor: str = "alexeyab",
+               momentum: float | None = None) -> DarknetBatchNorm:
+    """The batch-norm module for a Darknet flavor ('alexeyab' or 'pjreddie'); `momentum=None`
+    takes the flavor's conv/batchnorm default."""
+    if flavor == "pjreddie":
+        return PjreddieBatchNorm(num_features, 0.01 if momentum is None else momentum)
+    return DarknetBatchNorm(num_features, 0.1 if momentum is None else momentum)

@@ -1,0 +1,237 @@
+"""darkcfg's command line: train, validate, predict, summarise, convert and dump any cfg.
+
+    python runner.py cfg/vgg16.cfg --train [--set KEY=VALUE ...] [--data SRC] [--out DIR]
+    python runner.py CFG --summary [--format text|json]
+    python runner.py CFG --weights IN.weights --save-weights OUT.weights [--cutoff N]
+    python runner.py CFG --weights W --input X.npy --dump-outputs OUT.npz [--all-layers]
+    python runner.py CFG --check [check options]        (= darkcfg check CFG ...)
+    torchrun --standalone --nproc-per-node N runner.py CFG --train ...
+
+Bad input (cfg, overrides, data) prints located diagnostics and exits 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cfgparse import CfgError
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="darkcfg", description="Build, train and run Darknet .cfg models with PyTorch.",
+        epilog="`darkcfg check FILE...` lints cfgs (see `darkcfg check --help`).")
+    p.add_argument("cfg", help="the .cfg (or .yaml) model")
+    p.add_argument("--flavor", choices=("alexeyab", "pjreddie"), default="alexeyab",
+                   help="which Darknet's formulas to follow (default alexeyab)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a [net] key (repeatable), e.g. --set batch=64")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, data, order (0)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, mps (default: CUDA, else MPS, else CPU)")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--train", action="store_true", help="train with the [net] settings")
+    g.add_argument("--data", default=None, metavar="SRC",
+                   help="FOLDER (ImageFolder), X.data (Darknet), X.csv (regression) or "
+                   "torchvision:NAME:ROOT; default: the embedded shapes dataset")
+    g.add_argument("--out", default=None, metavar="DIR", help="run folder (runs/<cfg-name>)")
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                   help="continue from DIR/checkpoint.pt (or CKPT)")
+    g.add_argument("--weights", default=None, metavar="W",
+                   help="start from Darknet .weights (partial ok) or a torch state_dict")
+    g.add_argument("--cutoff", type=int, default=None, metavar="N",
+                   help="read/write only the first N layers' weights")
+    g.add_argument("--freeze", type=int, default=0, metavar="N",
+                   help="do not train layers 0..N-1 (Darknet stopbackward)")
+    g.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="also write <cfg>_<N>.weights every N iterations")
+    g.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+                   help="checkpoint + <cfg>_last.weights every N iterations (100)")
+    g.add_argument("--valid-every", type=int, default=None, metavar="N",
+                   help="validate every N iterations (default: 4 times per run; 0: never)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="DataLoader processes (default: sized to the machine)")
+    g.add_argument("--batch-per-process", action="store_true",
+                   help="under torchrun, [net] batch is per process (default: global)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--valid", action="store_true", help="top-1/top-5 on the validation split")
+    g.add_argument("--predict", nargs="+", default=None, metavar="IMAGE",
+                   help="classify images (top-k with class names)")
+    g.add_argument("--top", type=int, default=5, help="classes shown by --predict (5)")
+    g.add_argument("--plot-lr", default=None, metavar="PNG",
+                   help="plot the learning-rate schedule over max_batches")
+
+    g = p.add_argument_group("model tools")
+    g.add_argument("--summary", action="store_true", help="print the layer table")
+    g.add_argument("--format", choices=("text", "json"), default="text")
+    g.add_argument("--save-weights", default=None, metavar="OUT",
+                   help="write the (loaded) weights as Darknet .weights")
+    g.add_argument("--input", default=None, metavar="X.npy", help="input for --dump-outputs")
+    g.add_argument("--dump-outputs", default=None, metavar="OUT.npz",
+                   help="write layer outputs in Darknet order")
+    g.add_argument("--all-layers", action="store_true", help="--dump-outputs every layer")
+    g.add_argument("--check", action="store_true", help="lint the cfg (darkcfg check)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["check"]:
+            return check(argv[1:])
+        if "--check" in argv:
+            return check([a for a in argv if a != "--check"])
+        args = arg_parser().parse_args(argv)
+        return run(args)
+    except CfgError as exc:
+        for d in exc.diagnostics:
+            print(d.format(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from training.data import DataError
+        from training.loop import NonFiniteLoss
+
+        if isinstance(exc, DataError):
+            # from a loader worker the message carries the worker's traceback: keep the gist
+            text = str(exc).strip().splitlines()
+            print(f"error[E901]: {text[-1].split('DataError: ')[-1] if text else exc}",
+                  file=sys.stderr)
+            return 2
+        if isinstance(exc, NonFiniteLoss):
+            print(f"error: {exc}; training stopped. The last good checkpoint (if any) is kept; "
+                  "lower learning_rate or check the data, then --resume", file=sys.stderr)
+            return 1
+        raise
+
+
+def check(argv: list[str]) -> int:
+    from cfgparse import check as linter
+
+    return int(linter.main(argv) or 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.loop import Schedule
+    from training.session import RunOptions
+
+    name = Path(args.cfg).stem
+    opts = RunOptions(
+        cfg_path=args.cfg, name=name, out=Path(args.out or Path("runs") / name), data=args.data,
+        seed=args.seed, device=args.device, flavor=args.flavor, sets=tuple(args.set),
+        weights=args.weights, cutoff=args.cutoff, freeze=args.freeze, resume=args.resume,
+        compile=args.compile, amp=False if args.no_amp else None, workers=args.workers,
+        batch_per_process=args.batch_per_process, progress=not args.no_progress,
+        explicit_out=args.out is not None)
+    did = False
+    if args.summary:
+        summary(opts, args.format)
+        did = True
+    if args.plot_lr:
+        from training.outputs import plot_lr
+        from training.session import load_blocks
+
+        blocks, _ = load_blocks(args.cfg, args.set)
+        from training.config import NetConfig
+
+        cfg = NetConfig.from_block(blocks[0], seed=args.seed)
+        if cfg.max_batches <= 0:
+            raise blocks[0].error("E305", "--plot-lr needs max_batches > 0", "max_batches",
+                                  hint="pass --set max_batches=N")
+        plot_lr(cfg, Path(args.plot_lr), f"{name}: policy={cfg.policy}")
+        print(f"wrote {args.plot_lr}", file=sys.stderr)
+        did = True
+    if args.save_weights or args.dump_outputs:
+        convert(opts, args)
+        did = True
+    trainer = None
+    if args.train:
+        from training import session
+
+        opts.schedule = Schedule(checkpoint_every=args.checkpoint_every,
+                                 save_every=args.save_every,
+                                 valid_every=-1 if args.valid_every is None else args.valid_every)
+        how, trainer = session.train(opts)
+        if how != "done" or os.environ.get("WORLD_SIZE", "1") != "1":
+            return 0
+        did = True
+    if args.valid:
+        from training.session import validate
+
+        result = validate(opts, trainer)
+        print("  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        did = True
+    if args.predict:
+        from training.session import predict
+
+        for path, ranked in predict(opts, args.predict, args.top, trainer):
+            print(f"{path}: " + ", ".join(f"{100 * p:.2f}% {n}" for n, p in ranked))
+        did = True
+    if not did:
+        print("darkcfg: nothing to do: pass --train, --valid, --predict, --summary, --check, "
+              "--plot-lr, --save-weights or --dump-outputs (see --help)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def summary(opts, fmt: str) -> None:
+    import json
+
+    from builders.summary import summary_json, summary_text
+    from training.session import build_network
+
+    net, _, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed,
+                              device="meta")
+    print(json.dumps(summary_json(net), indent=2) if fmt == "json" else summary_text(net))
+
+
+def convert(opts, args) -> None:
+    from training.session import build_network
+
+    if not args.weights:
+        raise usage_error("--save-weights and --dump-outputs need --weights")
+    net, _, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    from training.checkpoint import load_any_weights
+
+    print(load_any_weights(net, args.weights, args.cutoff), file=sys.stderr)
+    if args.save_weights:
+        from builders.weights import save_weights
+
+        n = save_weights(net, args.save_weights, cutoff=args.cutoff)
+        print(f"wrote {args.save_weights} ({n} floats)", file=sys.stderr)
+    if args.dump_outputs:
+        import numpy as np
+
+        from builders.dump import dump_outputs
+
+        if not args.input:
+            raise usage_error("--dump-outputs needs --input X.npy")
+        try:
+            x = np.load(args.input)
+        except (OSError, ValueError) as exc:
+            from cfgparse import Diagnostic
+
+            raise CfgError(Diagnostic("E901", f"cannot read '{args.input}': {exc}",
+                                      args.input, hint="save the input with numpy.save")) from None
+        written = dump_outputs(net, x, args.dump_outputs, args.all_layers, input_name=args.input)
+        print(f"wrote {args.dump_outputs} ({len(written)} layers)", file=sys.stderr)
+
+
+def usage_error(message: str) -> CfgError:
+    from cfgparse import Diagnostic
+
+    return CfgError(Diagnostic("E100", message, "<command line>", hint="see --help"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,646 @@
+"""`darkcfg check`: the must-show bad cases, block and graph rules, output formats, exit codes,
+the memory guard, and the real Darknet corpus (../shared/darknet)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cfgparse.check import check_file, main, parse_size, sarif_log
+from cfgparse.errors import CODES, ERROR, WARNING, Diagnostic
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "darknet"
+SARIF_SCHEMA = Path(__file__).with_name("data") / "sarif-2.1.0-rtm.5.json"
+
+# Lines 1-5; the first layer section starts on line 6.
+NET = "[net]\nwidth=32\nheight=32\nchannels=3\n\n"
+CONV = "[convolutional]\nfilters=8\nsize=3\nstride=1\npad=1\nactivation=leaky\n\n"
+
+
+def write(tmp_path: Path, text: str, name: str = "model.cfg") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+# -- the twelve must-show cases: exactly one located diagnostic each -------------------------------
+
+MUST_SHOW = {
+    # name: (cfg text, code, line, column)
+    "missing '='": (NET + "[convolutional]\nfilters 16\nsize=3\n", "E102", 7, 8),
+    "unknown section": (NET + "[convolutinal]\nfilters=16\n", "E201", 6, 2),
+    "typo'd key": (NET + "[convolutional]\nfilters=16\nsize=3\nstrid=1\nactivation=leaky\n",
+                   "W201", 9, 1),
+    "route to a nonexistent layer": (NET + CONV + "[route]\nlayers=-1, -5\n", "E301", 14, 12),
+    "non-numeric value": (NET + "[convolutional]\nfilters=abc\n", "E202", 7, 9),
+    "missing ']'": (NET + "[convolutional\nfilters=16\n", "E101", 6, 15),
+    "empty file": ("", "E100", 1, 1),
+    "option before any section": ("batch=1\n" + NET + CONV, "E103", 1, 1),
+    "negative size": (NET + "[convolutional]\nfilters=16\nsize=-3\n", "E203", 8, 6),
+    "filters=1000000000": (NET + "[convolutional]\nfilters=1000000000\nsize=3\npad=1\n"
+                           "activation=leaky\n", "E401", 7, 9),
+    # 32x32 -> (32-3)/3+1 = 10x10: not a whole up/down-scale, so no fork can add them
+    "shortcut between layers of different spatial size": (
+        NET + CONV + "[convolutional]\nfilters=8\nsize=3\nstride=3\nactivation=leaky\n\n"
+        "[shortcut]\nfrom=-2\n", "E302", 20, 6),
+    "unknown activation": (NET + "[convolutional]\nfilters=16\nactivation=lekay\n", "E204", 8, 12),
+}
+
+
+@pytest.mark.parametrize("name", list(MUST_SHOW))
+def test_must_show_case_gives_one_located_diagnostic(tmp_path, name):
+    text, code, line, column = MUST_SHOW[name]
+    path = write(tmp_path, text)
+    found = check_file(path)
+    assert [(d.code, d.line, d.column) for d in found] == [(code, line, column)], \
+        "\n".join(d.format() for d in found)
+    d = found[0]
+    assert d.path == str(path)
+    assert d.hint, "every diagnostic says how to fix it"
+    if line > 0 and text:
+        assert d.source.strip() == text.splitlines()[line - 1].strip()
+
+
+def test_must_show_hints_name_the_fix(tmp_path):
+    hints = {}
+    for name in ("typo'd key", "unknown section", "unknown activation", "missing '='"):
+        text = MUST_SHOW[name][0]
+        hints[name] = check_file(write(tmp_path, text))[0].hint
+    assert "stride" in hints["typo'd key"]
+    assert "convolutional" in hints["unknown section"]
+    assert "leaky" in hints["unknown activation"]
+    assert "filters=" in hints["missing '='"]
+
+
+def test_huge_filters_are_estimated_not_allocated(tmp_path):
+    """The 1e9-filter conv (108 GB of weights) is reported from a meta build: peak RSS stays near
+    that of checking a tiny cfg in the same process."""
+    small = write(tmp_path, NET + CONV, "small.cfg")
+    huge = write(tmp_path, MUST_SHOW["filters=1000000000"][0], "huge.cfg")
+    script = textwrap.dedent(f"""
+        import json, resource
+        from cfgparse.check import check_file
+        assert check_file({str(small)!r}) == []
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        found = check_file({str(huge)!r})
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({{"codes": [d.code for d in found], "message": found[0].message,
+                          "grown_kib": after - before}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["codes"] == ["E401"]
+    floats = int(re.search(r"([\d,]+) floats", report["message"]).group(1).replace(",", ""))
+    assert floats >= 27 * 10**9  # 1e9 filters x 3 channels x 3 x 3
+    assert report["grown_kib"] < 64 * 1024, report
+
+
+# -- block rules -----------------------------------------------------------------------------------
+
+def codes_at(found: list[Diagnostic]) -> list[tuple[str, int, int]]:
+    return [(d.code, d.line, d.column) for d in found]
+
+
+@pytest.mark.parametrize("settings, code, key", [
+    ("batch=64\nsubdivisions=3\n", "E305", "subdivisions"),
+    ("batch=4\nsubdivisions=8\n", "E305", "subdivisions"),
+    ("policy=steps\nsteps=100,200\nscales=.1\n", "E305", "scales"),
+    ("policy=steps\nsteps=100\n", "E305", "policy"),
+    ("policy=steps\nsteps=300,200\nscales=.1,.1\n", "E305", "steps"),
+    ("max_batches=100\nburn_in=1000\n", "E305", "burn_in"),
+    ("policy=poly\nmax_batches=0\n", "E305", "max_batches"),
+    ("policy=step\nstep=0\n", "E305", "step"),
+    ("policy=stepz\n", "E204", "policy"),
+])
+def test_net_rules(tmp_path, settings, code, key):
+    text = "[net]\nwidth=32\nheight=32\nchannels=3\n" + settings + "\n" + CONV
+    found = check_file(write(tmp_path, text), )
+    assert [d.code for d in found] == [code], "\n".join(d.format() for d in found)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith(key + "="))
+    assert found[0].line == line
+
+
+def test_net_rules_accept_good_schedules(tmp_path):
+    text = ("[net]\nwidth=32\nheight=32\nchannels=3\nbatch=64\nsubdivisions=16\npolicy=steps\n"
+            "steps=100,200\nscales=.1,.1\nburn_in=10\nmax_batches=300\n\n" + CONV)
+    assert check_file(write(tmp_path, text)) == []
+
+
+def test_net_without_input_size(tmp_path):
+    found = check_file(write(tmp_path, "[net]\nbatch=1\n\n" + CONV))
+    assert codes_at(found) == [("E305", 1, 1)]
+
+
+def test_decreasing_step_is_pointed_at(tmp_path):
+    text = "[net]\nwidth=32\nheight=32\nchannels=3\npolicy=steps\nsteps=100, 300,200\n" \
+        "scales=.1,.1,.1\n\n" + CONV
+    (d,) = check_file(write(tmp_path, text))
+    assert (d.code, d.line, d.column) == ("E305", 6, 16)
+    assert "200" in d.message and "300" in d.message
+
+
+@pytest.mark.parametrize("layers, column", [("0", 8), ("1", 8), ("-2", 8), ("-1,-3", 11)])
+def test_route_reference_out_of_range(tmp_path, layers, column):
+    # the route is layer 1: only layer 0 (-1) exists before it
+    found = check_file(write(tmp_path, NET + CONV + f"[route]\nlayers={layers}\n"))
+    bad = [d for d in found if d.code == "E301"]
+    if layers == "0":
+        assert bad == [] and not any(d.severity == ERROR for d in found)
+        return
+    assert codes_at(bad) == [("E301", 14, column)]
+
+
+@pytest.mark.parametrize("section, key", [("shortcut", "from"), ("sam", "from"),
+                                          ("scale_channels", "from")])
+def test_other_references_out_of_range(tmp_path, section, key):
+    found = check_file(write(tmp_path, NET + CONV + f"[{section}]\n{key}=-3\n"))
+    assert codes_at(found) == [("E301", 14, len(key) + 2)]
+
+
+def test_reference_key_missing(tmp_path):
+    found = check_file(write(tmp_path, NET + CONV + "[route]\n"))
+    assert codes_at(found) == [("E301", 13, 1)]
+
+
+def test_share_index_out_of_range(tmp_path):
+    text = NET + CONV + CONV.replace("activation=leaky", "activation=leaky\nshare_index=5")
+    found = check_file(write(tmp_path, text))
+    assert [d.code for d in found] == ["E301"]
+    assert found[0].line == text.splitlines().index("share_index=5") + 1
+
+
+def yolo_cfg(filters: int, head: str, *, section: str = "yolo") -> str:
+    return (NET + CONV + f"[convolutional]\nfilters={filters}\nsize=1\nactivation=linear\n\n"
+            f"[{section}]\n{head}\n")
+
+
+YOLO = "mask=0,1,2\nanchors=10,13, 16,30, 33,23\nclasses=80\nnum=3"
+
+
+def test_yolo_filters_must_match_mask_and_classes(tmp_path):
+    found = check_file(write(tmp_path, yolo_cfg(100, YOLO)))
+    assert codes_at(found) == [("E304", 14, 9)]  # at the conv's filters
+    assert "filters=255" in found[0].hint and "line 18" in found[0].message
+    assert check_file(write(tmp_path, yolo_cfg(3 * (80 + 5), YOLO))) == []
+
+
+def test_gaussian_yolo_region_detection_variants(tmp_path):
+    gaussian = check_file(write(tmp_path, yolo_cfg(3 * (80 + 5), YOLO, section="Gaussian_yolo")))
+    assert [d.code for d in gaussian] == ["E304"] and "filters=267" in gaussian[0].hint
+    assert check_file(write(tmp_path, yolo_cfg(3 * (80 + 9), YOLO,
+                                               section="Gaussian_yolo"))) == []
+    region = "anchors=1,1, 2,2\nclasses=20\ncoords=4\nnum=2"
+    found = check_file(write(tmp_path, yolo_cfg(100, region, section="region")))
+    assert [d.code for d in found] == ["E304"] and "filters=50" in found[0].hint
+    assert check_file(write(tmp_path, yolo_cfg(2 * (4 + 1 + 20), region, section="region"))) == []
+    detection = (NET + "[connected]\noutput=100\nactivation=linear\n\n"
+                 "[detection]\nclasses=20\ncoords=4\nnum=2\nside=7\n")
+    found = check_file(write(tmp_path, detection))
+    assert codes_at(found) == [("E304", 7, 8)] and "output=1470" in found[0].hint
+
+
+def test_mask_index_without_anchor_is_pointed_at(tmp_path):
+    head = "mask=0, 7\nanchors=10,13, 16,30, 33,23\nclasses=1\nnum=3"
+    found = check_file(write(tmp_path, yolo_cfg(2 * 6, head)))
+    assert codes_at(found) == [("E304", 19, 9)]
+
+
+def test_anchor_count_and_mask_beyond_num_warn(tmp_path):
+    # Darknet pads a short anchors list with 0.5 and reads past num for mask >= num
+    head = "mask=2,3\nanchors=10,13, 16,30, 33,23, 40,40\nclasses=1\nnum=3"
+    found = check_file(write(tmp_path, yolo_cfg(2 * 6, head)))
+    assert [(d.code, d.severity) for d in found] == [("W304", WARNING), ("W304", WARNING)]
+    merged = "mask=0\nanchors=10,13 16,30\nclasses=1\nnum=2"
+    (d,) = check_file(write(tmp_path, yolo_cfg(6, merged)))
+    assert d.code == "W304" and "comma" in d.hint
+
+
+def test_classes_must_agree_across_heads(tmp_path):
+    text = yolo_cfg(255, YOLO) + "\n" + CONV.replace("filters=8", "filters=75") + \
+        "[yolo]\nmask=0,1,2\nanchors=10,13, 16,30, 33,23\nclasses=20\nnum=3\n"
+    found = check_file(write(tmp_path, text))
+    assert [(d.code, d.severity) for d in found] == [("W302", WARNING)]
+    assert "80" in found[0].message and found[0].line == text.splitlines().index("classes=20") + 1
+
+
+# -- graph rules ------------------------------------------------------------------------------------
+
+def test_resampling_shortcut_warns_for_alexeyab_only(tmp_path):
+    # 32x32 -> 16x16: pjreddie's ResNets subsample the from-layer; AlexeyAB's Darknet asserts
+    text = NET + CONV + "[convolutional]\nfilters=8\nsize=3\nstride=2\npad=1\nactivation=leaky\n" \
+        "\n[shortcut]\nfrom=-2\n"
+    path = write(tmp_path, text)
+    found = check_file(path)
+    assert [(d.code, d.severity, d.line) for d in found] == [("W303", WARNING, 21)]
+    rc, out, _ = run_main_json(path, "--flavor", "pjreddie")
+    assert (rc, out) == (0, [])
+
+
+def run_main_json(*args) -> tuple[int, list, str]:
+    result = subprocess.run([sys.executable, "-m", "cfgparse", "check", "--format", "json",
+                             *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    return result.returncode, json.loads(result.stdout or "[]"), result.stderr
+
+
+def test_builder_errors_come_back_located(tmp_path):
+    # a route of 32x32 and 16x16 outputs: the route builder's E302, at the route
+    text = NET + CONV + "[maxpool]\nsize=2\nstride=2\n\n[route]\nlayers=-1,-2\n"
+    found = check_file(write(tmp_path, text))
+    assert [(d.code, d.line) for d in found] == [("E302", 18)]
+
+
+def test_unread_keys_are_reported_once(tmp_path):
+    # 'extra' is a schema key of [reorg] (pjreddie) that the AlexeyAB build does not read
+    text = NET + CONV + "[reorg]\nstride=2\nextra=1\n"
+    found = check_file(write(tmp_path, text))
+    assert codes_at(found) == [("W301", 15, 1)]
+
+
+def test_builder_crash_is_located_not_a_traceback(tmp_path, monkeypatch):
+    from builders import registry
+
+    registry._load_families()
+
+    def broken_builder(block, ctx):
+        return 1 // 0
+
+    monkeypatch.setitem(registry.SECTION_BUILDERS, "maxpool", broken_builder)
+    found = check_file(write(tmp_path, NET + CONV + "[maxpool]\nsize=2\nstride=2\n"))
+    assert codes_at(found) == [("E300", 13, 1)]
+    assert "ZeroDivisionError" in found[0].message
+
+
+def test_non_positive_output_shape_is_reported(tmp_path, monkeypatch):
+    from builders import registry
+    from builders.layer import Layer
+
+    registry._load_families()
+
+    def empty_output(block, ctx):
+        block.mark_read("size", "stride")
+        return Layer(), registry.Shape(ctx.input.c, 0, -1, 0)
+
+    monkeypatch.setitem(registry.SECTION_BUILDERS, "maxpool", empty_output)
+    found = check_file(write(tmp_path, NET + CONV + "[maxpool]\nsize=2\nstride=2\n"))
+    assert codes_at(found) == [("E303", 14, 6)]  # at size
+
+
+def test_conv_larger_than_its_input(tmp_path):
+    text = NET.replace("width=32\nheight=32", "width=4\nheight=4") + \
+        "[convolutional]\nfilters=8\nsize=7\nactivation=leaky\n"
+    found = check_file(write(tmp_path, text))
+    assert [d.code for d in found] == ["E303"]
+
+
+# -- memory -----------------------------------------------------------------------------------------
+
+SMALL = NET.replace("[net]\n", "[net]\nbatch=4\nsubdivisions=2\n") + CONV + \
+    "[convolutional]\nbatch_normalize=1\nfilters=16\nsize=3\nstride=2\npad=1\n" \
+    "activation=leaky\n\n[route]\nlayers=-2\n\n[avgpool]\n\n[softmax]\n"
+
+
+def test_estimate_matches_a_real_build(tmp_path):
+    import torch
+
+    from builders import build
+    from builders.check_graph import estimate_memory
+    from cfgparse import parse
+
+    est = estimate_memory(parse(SMALL))
+    assert est["batch"] == 2  # the mini-batch: batch / subdivisions
+    net = build(parse(SMALL))  # a real (CPU) build, small
+    real_params = sum(t.numel() * t.element_size()
+                      for t in list(net.parameters()) + list(net.buffers()))
+    assert est["params_bytes"] == real_params
+    with torch.no_grad():
+        outs = net(torch.zeros(2, 3, 32, 32), collect=range(len(net.layers)))
+    assert est["activation_bytes"] == sum(t.numel() * 4 for t in outs.values())
+    biggest = max(t.numel() * 4 for t in outs.values())
+    assert biggest <= est["peak_activation_bytes"] < est["activation_bytes"]
+    assert est["inference_bytes"] == est["params_bytes"] + est["peak_activation_bytes"]
+    assert estimate_memory(parse(SMALL), batch=1)["activation_bytes"] * 2 == \
+        est["activation_bytes"]
+
+
+def test_guard_memory_raises_over_the_limit():
+    from builders import build
+    from builders.check_graph import estimate_memory, guard_memory
+    from cfgparse import CfgError, parse
+
+    net = build(parse(SMALL), device="meta")
+    need = estimate_memory(net)["training_bytes"]
+    assert guard_memory(net, need)["training_bytes"] == need
+    with pytest.raises(CfgError) as err:
+        guard_memory(net, need - 1)
+    assert err.value.code == "E401" and "training" in err.value.first.message
+    assert guard_memory(net, need - 1, training=False)["inference_bytes"] < need
+
+
+def test_max_memory_option(tmp_path, capsys):
+    path = write(tmp_path, NET + CONV)
+    rc, out, _ = run_main(capsys, "--format", "json", "--max-memory", "10K", str(path))
+    (d,) = json.loads(out)
+    assert rc == 1 and (d["code"], d["line"], d["column"]) == ("E401", 7, 9)
+    rc, out, _ = run_main(capsys, "--format", "json", "--max-memory", "1G", str(path))
+    assert (rc, json.loads(out)) == (0, [])
+
+
+@pytest.mark.parametrize("text, size", [("8G", 8 * 2**30), ("512M", 512 * 2**20),
+                                        ("1.5GiB", 3 * 2**29), ("4gb", 4 * 2**30),
+                                        ("1000", 1000), ("2k", 2048)])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["", "G", "-1G", "8X", "0"])
+def test_bad_max_memory_is_a_usage_error(tmp_path, capsys, bad):
+    rc, _, err = run_main(capsys, "--max-memory", bad, str(write(tmp_path, NET + CONV)))
+    assert rc == 2 and "max-memory" in err
+
+
+# -- command line, exit codes -------------------------------------------------------------------------
+
+def test_exit_codes_and_strict(tmp_path, capsys):
+    clean = write(tmp_path, NET + CONV, "clean.cfg")
+    warned = write(tmp_path, MUST_SHOW["typo'd key"][0], "warned.cfg")
+    broken = write(tmp_path, MUST_SHOW["non-numeric value"][0], "broken.cfg")
+    assert run_main(capsys, str(clean))[0] == 0
+    assert run_main(capsys, str(warned))[0] == 0
+    rc, out, _ = run_main(capsys, "--strict", "--format", "json", str(warned))
+    assert rc == 1 and [d["severity"] for d in json.loads(out)] == ["error"]
+    assert run_main(capsys, str(broken))[0] == 1
+
+
+def test_missing_file_is_an_io_error_but_others_are_checked(tmp_path, capsys):
+    broken = write(tmp_path, MUST_SHOW["non-numeric value"][0], "broken.cfg")
+    missing = tmp_path / "nope.cfg"
+    rc, out, err = run_main(capsys, "--format", "json", str(missing), str(broken))
+    assert rc == 2 and "nope.cfg" in err
+    found = json.loads(out)
+    assert [(d["file"], d["code"]) for d in found] == [(str(missing), "E901"),
+                                                       (str(broken), "E202")]
+
+
+def test_usage_errors(capsys):
+    assert run_main(capsys)[0] == 2
+    assert run_main(capsys, "--format", "xml", "a.cfg")[0] == 2
+    rc, out, _ = run_main(capsys, "--help")
+    assert rc == 0 and "--max-memory" in out
+
+
+def test_directory_stands_for_its_cfg_files(tmp_path, capsys):
+    write(tmp_path, NET + CONV, "a.cfg")
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", MUST_SHOW["unknown activation"][0], "b.cfg")
+    write(tmp_path, "not a cfg", "notes.txt")
+    rc, out, _ = run_main(capsys, "--format", "json", str(tmp_path))
+    assert rc == 1 and [Path(d["file"]).name for d in json.loads(out)] == ["b.cfg"]
+
+
+def test_one_bad_file_does_not_hide_the_next(tmp_path, capsys):
+    files = [write(tmp_path, MUST_SHOW[name][0], f"{i}.cfg")
+             for i, name in enumerate(["missing ']'", "route to a nonexistent layer",
+                                       "filters=1000000000", "typo'd key"])]
+    rc, out, _ = run_main(capsys, "--format", "json", *map(str, files))
+    assert rc == 1
+    assert [d["code"] for d in json.loads(out)] == ["E101", "E301", "E401", "W201"]
+
+
+def test_no_build_stays_torch_free(tmp_path):
+    path = write(tmp_path, MUST_SHOW["route to a nonexistent layer"][0])
+    script = ("import sys; from cfgparse.check import main; "
+              f"rc = main(['--no-build', '--format', 'json', {str(path)!r}]); "
+              "print('torch' in sys.modules, rc)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "False 1", result.stderr
+    assert '"E301"' in result.stdout
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    path = write(tmp_path, MUST_SHOW["unknown section"][0])
+    result = subprocess.run([sys.executable, "-m", "cfgparse", "check", "--no-build", str(path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1
+    assert f"{path}:6:2: error[E201]" in result.stdout
+
+
+# -- output formats ----------------------------------------------------------------------------------
+
+def test_text_format_shows_source_caret_and_help(tmp_path, capsys):
+    path = write(tmp_path, MUST_SHOW["unknown activation"][0])
+    rc, out, _ = run_main(capsys, str(path))
+    lines = out.splitlines()
+    assert lines[0] == f"{path}:8:12: error[E204]: unknown activation 'lekay'"
+    assert lines[2] == "8 | activation=lekay"
+    assert lines[3] == "  | " + " " * 11 + "^" * 5
+    assert lines[4] == "help: did you mean 'leaky'?"
+    assert lines[-1] == "1 file checked: 1 error, 0 warnings"
+
+
+def test_json_format(tmp_path, capsys):
+    path = write(tmp_path, MUST_SHOW["typo'd key"][0])
+    rc, out, _ = run_main(capsys, "--format", "json", str(path))
+    (d,) = json.loads(out)
+    assert rc == 0
+    assert {k: d[k] for k in ("file", "line", "column", "severity", "code")} == {
+        "file": str(path), "line": 9, "column": 1, "severity": "warning", "code": "W201"}
+    assert "strid" in d["message"]
+
+
+def test_github_format(tmp_path, capsys):
+    err = write(tmp_path, MUST_SHOW["non-numeric value"][0], "a,b.cfg")
+    warn = write(tmp_path, MUST_SHOW["typo'd key"][0], "warn.cfg")
+    rc, out, _ = run_main(capsys, "--format", "github", str(err), str(warn))
+    lines = out.splitlines()
+    assert rc == 1 and len(lines) == 2
+    # property values escape ',' and ':'; the message escapes newlines
+    assert re.fullmatch(r"::error file=.*a%2Cb\.cfg,line=7,col=9,title=E202::'filters' must be "
+                        r"an integer, got 'abc'%0Ahelp: .*", lines[0]), lines[0]
+    assert lines[1].startswith(f"::warning file={warn},line=9,col=1,title=W201::unknown key")
+
+
+def test_sarif_is_valid_and_lists_rules(tmp_path, capsys):
+    files = [write(tmp_path, MUST_SHOW[n][0], f"{i}.cfg")
+             for i, n in enumerate(["typo'd key", "negative size", "empty file"])]
+    rc, out, _ = run_main(capsys, "--format", "sarif", *map(str, files), str(tmp_path / "x.cfg"))
+    log = json.loads(out)
+    assert validate_sarif(log) == []
+    run = log["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    assert [r["id"] for r in rules] == list(CODES)
+    results = run["results"]
+    assert [(r["ruleId"], r["level"]) for r in results] == [
+        ("W201", "warning"), ("E203", "error"), ("E100", "error"), ("E901", "error")]
+    for r in results:
+        assert rules[r["ruleIndex"]]["id"] == r["ruleId"]
+    region = results[1]["locations"][0]["physicalLocation"]["region"]
+    assert (region["startLine"], region["startColumn"], region["endColumn"]) == (8, 6, 8)
+    assert "region" not in results[3]["locations"][0]["physicalLocation"]  # no line: file only
+
+
+def test_strict_promotes_warnings_in_every_format(tmp_path, capsys):
+    path = write(tmp_path, MUST_SHOW["typo'd key"][0])
+    rc, out, _ = run_main(capsys, "--strict", "--format", "github", str(path))
+    assert rc == 1 and out.startswith("::error ")
+    log = sarif_log([Diagnostic("W201", "m", "a.cfg", 1, 1, ERROR)])
+    assert log["runs"][0]["results"][0]["level"] == "error"
+
+
+# A draft-04 validator for the keywords the SARIF schema uses (no jsonschema dependency).
+
+def validate_sarif(log: dict) -> list[str]:
+    schema = json.loads(SARIF_SCHEMA.read_text())
+    return _validate(log, schema, schema, "$")
+
+
+def _is_type(value, name: str) -> bool:
+    return {
+        "object": isinstance(value, dict), "array": isinstance(value, list),
+        "string": isinstance(value, str), "boolean": isinstance(value, bool),
+        "null": value is None,
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+    }[name]
+
+
+def _validate(value, schema: dict, root: dict, where: str) -> list[str]:
+    if "$ref" in schema:
+        target = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        return _validate(value, target, root, where)
+    types = schema.get("type")
+    if types is not None:
+        types = types if isinstance(types, list) else [types]
+        if not any(_is_type(value, t) for t in types):
+            return [f"{where}: {value!r} is not of type {types}"]
+    errors = []
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{where}: {value!r} not in {schema['enum']}")
+    if isinstance(value, dict):
+        errors += [f"{where}: missing '{k}'" for k in schema.get("required", []) if k not in value]
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties", True)
+        for k, v in value.items():
+            if k in props:
+                errors += _validate(v, props[k], root, f"{where}.{k}")
+            elif extra is False:
+                errors.append(f"{where}: unexpected property '{k}'")
+            elif isinstance(extra, dict):
+                errors += _validate(v, extra, root, f"{where}.{k}")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            errors += _validate(item, schema.get("items", {}), root, f"{where}[{i}]")
+        if len(value) < schema.get("minItems", 0):
+            errors.append(f"{where}: fewer than {schema['minItems']} items")
+        if schema.get("uniqueItems") and len({json.dumps(v, sort_keys=True) for v in value}) \
+                != len(value):
+            errors.append(f"{where}: items are not unique")
+    if _is_type(value, "number"):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{where}: {value} < {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{where}: {value} > {schema['maximum']}")
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
+        errors.append(f"{where}: {value!r} does not match {schema['pattern']}")
+    if "anyOf" in schema and all(_validate(value, s, root, where) for s in schema["anyOf"]):
+        errors.append(f"{where}: matches none of anyOf")
+    if "oneOf" in schema and sum(not _validate(value, s, root, where)
+                                 for s in schema["oneOf"]) != 1:
+        errors.append(f"{where}: does not match exactly one of oneOf")
+    return errors
+
+
+def test_sarif_validator_rejects_broken_logs():
+    good = sarif_log([Diagnostic("E202", "m", "a.cfg", 3, 2, ERROR, "h", "x=1", 1)])
+    assert validate_sarif(good) == []
+    broken = json.loads(json.dumps(good))
+    del broken["version"]
+    assert any("version" in e for e in validate_sarif(broken))
+    broken["version"] = "2.0.0"
+    assert any("version" in e for e in validate_sarif(broken))
+    broken = json.loads(json.dumps(good))
+    broken["runs"][0]["results"][0]["level"] = "fatal"
+    assert any("level" in e for e in validate_sarif(broken))
+    broken = json.loads(json.dumps(good))
+    broken["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["region"]["startLine"] = 0
+    assert any("startLine" in e for e in validate_sarif(broken))
+    broken = json.loads(json.dumps(good))
+    del broken["runs"][0]["tool"]["driver"]["name"]
+    assert any("name" in e for e in validate_sarif(broken))
+
+
+def test_sarif_against_jsonschema_when_installed():
+    jsonschema = pytest.importorskip("jsonschema")
+    log = sarif_log([Diagnostic("W201", "m", "dir/a b.cfg", 3, 2, WARNING, "h", "x=1", 1),
+                     Diagnostic("E901", "cannot read", "/abs/x.cfg")])
+    jsonschema.Draft4Validator(json.loads(SARIF_SCHEMA.read_text())).validate(log)
+
+
+# -- packaging: pre-commit hook, docs ----------------------------------------------------------------
+
+def test_pre_commit_hook():
+    (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert hook["id"] == "darkcfg-check"
+    assert hook["entry"] == "python -m cfgparse check"
+    assert re.search(hook["files"], "models/yolov4.cfg")
+    assert not re.search(hook["files"], "models/yolov4.cfg.bak")
+    assert not re.search(hook["files"], "README.md")
+
+
+def test_docs_list_every_code_with_an_example():
+    doc = (ROOT / "docs" / "checker.md").read_text()
+    table = [line for line in doc.splitlines() if re.match(r"\| `[EW]\d{3}` \|", line)]
+    documented = [re.match(r"\| `(\w+)`", line).group(1) for line in table]
+    assert sorted(documented) == sorted(CODES)
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 4 and all(cells), line  # code, severity, meaning, example
+
+
+# -- the real Darknet corpus -----------------------------------------------------------------------
+
+def darknet_parsed_corpus() -> list[Path]:
+    """The corpus cfgs real Darknet parsed (a shape JSON in shapes/alexeyab or shapes/pjreddie)."""
+    if not (SHARED / "shapes").is_dir():
+        pytest.skip("../shared/darknet is not available")
+    return [SHARED / "corpus" / fork / f"{j.stem}.cfg"
+            for fork in ("alexeyab", "pjreddie")
+            for j in sorted((SHARED / "shapes" / fork).glob("*.json"))
+            if not j.name.startswith("_")]
+
+
+def test_every_darknet_parsed_corpus_cfg_checks_clean(capsys):
+    files = darknet_parsed_corpus()
+    assert len(files) == 126 and all(f.exists() for f in files)
+    rc, out, err = run_main(capsys, "--format", "json", *map(str, files))
+    errors = [d for d in json.loads(out) if d["severity"] == "error"]
+    assert errors == [] and rc == 0, errors[:5]
+
+
+def test_pjreddie_resnets_only_warn():
+    """AlexeyAB Darknet aborts on these (resampling shortcuts); pjreddie runs them."""
+    if not (SHARED / "corpus").is_dir():
+        pytest.skip("../shared/darknet is not available")
+    resnet = SHARED / "corpus" / "pjreddie" / "resnet50.cfg"
+    found = check_file(resnet)
+    assert found and {d.code for d in found} == {"W303"}
+    rc, out, _ = run_main_json(resnet, "--flavor", "pjreddie")
+    assert (rc, out) == (0, [])

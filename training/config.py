@@ -1,0 +1,210 @@
+"""[net] training settings with Darknet's meaning (SEMANTICS.md §3, §4), and the pure LR schedule.
+
+Imports no torch: `lr_at` is a plain function of the iteration, so it can be tabled, plotted and
+tested without building a network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from cfgparse import Block, CfgError, Diagnostic, schema
+from cfgparse.errors import did_you_mean
+
+# [net] keys darkcfg does not act on (GPU-only knobs, detector-only augmentations, label-noise
+# handling, ...): read here so they are not reported as ignored by accident; docs/runner.md lists
+# them.
+NOT_HONOURED = (
+    "time_steps", "track", "augment_speed", "sequential_subdivisions", "try_fix_nan",
+    "weights_reject_freq", "equidistant_point", "badlabels_rejection_percentage",
+    "num_sigmas_reject_badlabels", "ema_alpha", "use_cuda_graph", "loss_scale",
+    "dynamic_minibatch", "optimized_memory", "workspace_size_limit_MB", "blur",
+    "gaussian_noise", "mixup", "cutmix", "mosaic", "letter_box", "mosaic_bound", "contrastive",
+    "contrastive_jit_flip", "contrastive_color", "unsupervised", "label_smooth_eps",
+    "resize_step", "attention", "adversarial_lr", "max_chart_loss", "seq_scales",
+    "show_receptive_field", "notruth", "random", "max_ratio", "min_ratio", "center", "clip",
+    "seen", "max_epochs",
+)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """The [net] settings the trainer uses, resolved with Darknet's defaults."""
+
+    batch: int = 1  # images per iteration (all subdivisions), as written in the cfg
+    subdivisions: int = 1
+    learning_rate: float = 0.001
+    momentum: float = 0.9
+    decay: float = 0.0001
+    max_batches: int = 0
+    policy: str = "constant"
+    burn_in: int = 0
+    power: float = 4.0
+    step: int = 1
+    scale: float = 1.0
+    steps: tuple[int, ...] = ()
+    scales: tuple[float, ...] = ()
+    gamma: float = 1.0
+    learning_rate_min: float = 0.00001
+    sgdr_cycle: int = 0  # 0: max_batches (Darknet's default)
+    sgdr_mult: float = 2.0
+    adam: bool = False
+    B1: float = 0.9
+    B2: float = 0.999
+    eps: float = 0.000001
+    width: int = 0
+    height: int = 0
+    channels: int = 0
+    inputs: int = 0
+    # augmentations (classifier training)
+    angle: float = 0.0
+    saturation: float = 1.0
+    exposure: float = 1.0
+    hue: float = 0.0
+    flip: bool = True
+    aspect: float = 1.0
+    min_crop: int | None = None  # None: not set in the cfg (see docs/runner.md)
+    max_crop: int | None = None
+    seed: int = 0  # for the `random` policy (not a [net] key: the runner's --seed)
+    overrides: dict = field(default_factory=dict, compare=False)
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def mini_batch(self) -> int:
+        """Darknet's net.batch: batch / subdivisions (C division, at least 1)."""
+        return max(self.batch // self.subdivisions, 1)
+
+    @property
+    def images_per_iteration(self) -> int:
+        return self.mini_batch * self.subdivisions
+
+    @classmethod
+    def from_block(cls, net: Block, seed: int = 0) -> NetConfig:
+        """Read [net] through the typed getters (so every key counts as read)."""
+        max_batches = net.int("max_batches")
+        policy = net.str("policy")
+        cfg = cls(
+            batch=net.int("batch"), subdivisions=net.int("subdivisions"),
+            learning_rate=net.float("learning_rate"), momentum=net.float("momentum"),
+            decay=net.float("decay"), max_batches=max_batches, policy=policy,
+            burn_in=net.int("burn_in"), power=net.float("power"), step=net.int("step"),
+            scale=net.float("scale"), steps=tuple(net.ints("steps", [])),
+            scales=tuple(net.floats("scales", [])), gamma=net.float("gamma"),
+            learning_rate_min=net.float("learning_rate_min"),
+            sgdr_cycle=net.int("sgdr_cycle", max_batches), sgdr_mult=net.float("sgdr_mult"),
+            adam=net.bool("adam"), B1=net.float("B1"), B2=net.float("B2"),
+            eps=net.float("eps"), width=net.int("width"), height=net.int("height"),
+            channels=net.int("channels"), inputs=net.int("inputs", 0),
+            angle=net.float("angle"), saturation=net.float("saturation"),
+            exposure=net.float("exposure"), hue=net.float("hue"), flip=net.bool("flip"),
+            aspect=net.float("aspect"), min_crop=net.int("min_crop", None),
+            max_crop=net.int("max_crop", None), seed=seed,
+        )
+        net.mark_read(*NOT_HONOURED)
+        cfg.check(net)
+        return cfg
+
+    def check(self, net: Block | None = None) -> None:
+        """Settings Darknet would divide by zero on or loop forever with: a located error."""
+        def fail(key: str, message: str, hint: str) -> None:
+            if net is not None:
+                raise net.error("E305", message, key if key in net else None, hint=hint)
+            raise CfgError(Diagnostic("E305", message, hint=hint))
+
+        if self.policy == "steps" and not self.steps:
+            fail("policy", "policy=steps needs 'steps' (and 'scales')",
+                 "add steps=N1,N2 and scales=S1,S2 to [net]")
+        if self.policy == "step" and self.step <= 0:
+            fail("step", f"policy=step needs step > 0, got {self.step}", "set step=N in [net]")
+        if self.policy == "poly" and self.max_batches <= 0:
+            fail("policy", "policy=poly needs max_batches > 0", "set max_batches=N in [net]")
+        if self.policy == "sgdr" and self.sgdr_cycle <= 0:
+            fail("policy", "policy=sgdr needs sgdr_cycle (or max_batches) > 0",
+                 "set sgdr_cycle=N or max_batches=N in [net]")
+        if self.policy == "sgdr" and self.sgdr_mult <= 0:
+            fail("sgdr_mult", "sgdr_mult must be > 0", "set sgdr_mult=2")
+        if self.burn_in < 0:
+            fail("burn_in", "burn_in must be >= 0", "set burn_in=0")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["steps"], out["scales"] = list(self.steps), list(self.scales)
+        out["mini_batch"] = self.mini_batch
+        return out
+
+    # -- the schedule ----------------------------------------------------------------------------
+    def lr_at(self, batch_num: int) -> float:
+        """Darknet's get_current_rate(batch_num). The k-th optimizer update (k = 1, 2, ...) uses
+        batch_num = k (SEMANTICS.md §4). Pure: `random` draws from (seed, batch_num)."""
+        return lr_at(self, batch_num)
+
+
+def lr_at(cfg: NetConfig, batch_num: int) -> float:
+    lr = cfg.learning_rate
+    if batch_num < cfg.burn_in:
+        return lr * (batch_num / cfg.burn_in) ** cfg.power
+    policy = cfg.policy
+    if policy == "constant":
+        return lr
+    if policy == "step":
+        return lr * cfg.scale ** (batch_num // cfg.step)
+    if policy == "steps":
+        rate = lr
+        for i, step in enumerate(cfg.steps):
+            if step > batch_num:
+                return rate
+            rate *= cfg.scales[i] if i < len(cfg.scales) else 1.0  # missing scales are 1
+        return rate
+    if policy == "exp":
+        return lr * cfg.gamma ** batch_num
+    if policy == "poly":
+        return lr * (1 - batch_num / cfg.max_batches) ** cfg.power
+    if policy == "random":
+        return lr * uniform01(cfg.seed, batch_num) ** cfg.power
+    if policy == "sigmoid":
+        return lr * (1.0 / (1.0 + math.exp(cfg.gamma * (batch_num - cfg.step))))
+    if policy == "sgdr":
+        start, cycle = 0, float(cfg.sgdr_cycle)
+        while start + cycle < batch_num:
+            start += cycle
+            cycle *= cfg.sgdr_mult
+        low = cfg.learning_rate_min
+        return low + 0.5 * (lr - low) * (1 + math.cos((batch_num - start) * math.pi / cycle))
+    raise ValueError(f"unknown policy {policy!r}")  # the schema already rejected it
+
+
+def uniform01(seed: int, batch_num: int) -> float:
+    """A uniform [0, 1) number that depends only on (seed, batch_num): Darknet's rand_uniform,
+    made reproducible (and identical after --resume)."""
+    return float(np.random.default_rng([seed & 0xFFFFFFFF, batch_num]).random())
+
+
+# -- --set KEY=VALUE -----------------------------------------------------------------------------
+def apply_overrides(net: Block, assignments: Iterable[str]) -> tuple[Block, dict]:
+    """[net] with each 'KEY=VALUE' applied, typed and range-checked by the schema. Unknown keys
+    and bad values raise CfgError naming the --set argument (with "did you mean")."""
+    known = schema.SECTIONS["net"]
+    values: dict[str, str] = {}
+    for text in assignments:
+        key, eq, raw = text.partition("=")
+        key, raw = key.strip(), "".join(raw.split())
+        where = f"--set {text}"
+        if not eq or not key:
+            raise CfgError(Diagnostic("E102", f"'{text}' is not KEY=VALUE", where,
+                                      hint="write e.g. --set batch=64"))
+        if key not in known:
+            hint = did_you_mean(key, known) or "see the [net] keys in docs/runner.md"
+            raise CfgError(Diagnostic("E201", f"unknown [net] key '{key}'", where, hint=hint))
+        if not raw:
+            raise CfgError(Diagnostic("E105", f"empty value for '{key}'", where,
+                                      hint=f"write --set {key}=<value>"))
+        try:
+            schema.convert(known[key], key, raw)
+        except schema.ValueProblem as exc:
+            raise CfgError(Diagnostic(exc.code, str(exc), where, hint=exc.hint)) from None
+        values[key] = raw
+    return (net.with_values(**values) if values else net), values

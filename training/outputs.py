@@ -1,0 +1,225 @@
+"""What a run leaves in --out: progress bar, settings.yaml, metrics.csv, chart.png, Darknet
+.weights (_last, _N, _final, _best) and checkpoint.pt. Rank 0 writes; every rank takes part in
+the collective steps (RNG gathering for checkpoints)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from .checkpoint import atomic_write, atomic_write_text, rng_states, save_checkpoint
+from .distributed import Dist
+from .loop import NonFiniteLoss, Trainer
+
+COLUMNS = ("iteration", "epoch", "loss", "avg_loss", "lr", "images_per_s", "val_top1",
+           "val_top5", "val_loss")
+CHECKPOINT = "checkpoint.pt"
+
+
+def write_settings(path: Path, settings: dict) -> None:
+    atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
+
+
+class RunLog:
+    def __init__(self, out: Path, name: str, dist: Dist, max_batches: int, epoch_images: int,
+                 start: int = 0, state: dict | None = None, progress: bool = True,
+                 meta: dict | None = None):
+        self.out, self.name, self.dist = out, name, dist
+        self.main = dist.main
+        self.epoch_images = max(epoch_images, 1)
+        self.meta = meta or {}  # saved into checkpoints (settings, names, ...)
+        self.pending = None  # the last step, read one step late: no host sync in the step
+        self.avg_loss = -1.0
+        self.best: float | None = None
+        self.speed = 0.0
+        self.last_time: float | None = None
+        self.last_lr = 0.0
+        self.rows: list[dict] = []
+        if state:
+            self.avg_loss, self.best = state["avg_loss"], state["best"]
+        if self.main:
+            out.mkdir(parents=True, exist_ok=True)
+            self.rows = self._read_metrics(start)
+            self._csv = open(out / "metrics.csv", "a", newline="", buffering=1)
+            self._writer = csv.DictWriter(self._csv, COLUMNS, extrasaction="ignore")
+            if not self.rows:
+                self._writer.writeheader()
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=max_batches, initial=start, desc=name, unit="it",
+                        dynamic_ncols=True, mininterval=0.5, file=sys.stderr,
+                        disable=not (self.main and progress))
+
+    def _read_metrics(self, start: int) -> list[dict]:
+        """On resume keep the rows up to the checkpoint (later ones are redone)."""
+        path = self.out / "metrics.csv"
+        if not start or not path.exists():
+            path.unlink(missing_ok=True)
+            return []
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= start]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
+                for r in rows]
+
+    # -- per step ----------------------------------------------------------------------------------
+    def step(self, iteration: int, loss: torch.Tensor, lr: float, images: int,
+             started: float) -> None:
+        self.flush()
+        self.pending = (iteration, loss, lr, images, started)
+
+    def flush(self, val: dict | None = None) -> None:
+        """Record the pending step (the .item() here is one step behind the device)."""
+        if self.pending is None:
+            return
+        iteration, loss, lr, images, started = self.pending
+        self.pending = None
+        value = float(loss)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(iteration, value)
+        now = time.perf_counter()
+        elapsed = now - (self.last_time if self.last_time is not None else started)
+        self.last_time = now
+        rate = images / max(elapsed, 1e-9)
+        self.speed = rate if self.speed == 0 else 0.9 * self.speed + 0.1 * rate
+        self.avg_loss = value if self.avg_loss < 0 else 0.9 * self.avg_loss + 0.1 * value
+        self.last_lr = lr
+        row = {"iteration": iteration, "epoch": round(iteration * images / self.epoch_images, 4),
+               "loss": value, "avg_loss": self.avg_loss, "lr": lr, "images_per_s": round(rate, 2),
+               **(val or {})}
+        if self.main:
+            self.rows.append(row)
+            self._writer.writerow(row)
+            self.bar.set_postfix_str(
+                f"epoch {row['epoch']:.2f} loss {value:.4f} avg {self.avg_loss:.4f} "
+                f"lr {lr:.3g} {self.speed:.1f} img/s", refresh=False)
+            self.bar.update(iteration - self.bar.n)
+
+    def validated(self, iteration: int, val: dict, trainer: Trainer) -> None:
+        self.flush(val)
+        score = val.get("val_top1", -val["val_loss"])
+        if self.main:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in val.items())
+            self.bar.write(f"iteration {iteration}: {shown}", file=sys.stderr)
+        if self.best is None or score > self.best:
+            self.best = score
+            if self.main:
+                self.save_weights(trainer, "best")
+
+    # -- files -----------------------------------------------------------------------------------
+    def path(self, suffix: str) -> Path:
+        return self.out / f"{self.name}_{suffix}.weights"
+
+    def save_weights(self, trainer: Trainer, suffix: str) -> None:
+        from builders.weights import save_weights
+
+        save_weights(trainer.net, self.path(suffix), seen=trainer.images_seen)
+
+    def save_numbered(self, trainer: Trainer) -> None:
+        self.flush()
+        if self.main:
+            self.save_weights(trainer, str(trainer.iteration))
+
+    def checkpoint(self, trainer: Trainer) -> None:
+        """Checkpoint + _last.weights + chart, after checking the pending loss is finite."""
+        self.flush()
+        states = gather(self.dist, rng_states())
+        if not self.main:
+            return
+        state = trainer.state_dict()
+        state.update(rng=states, world=self.dist.world, format="darkcfg-checkpoint-1",
+                     log={"avg_loss": self.avg_loss, "best": self.best}, **self.meta)
+        save_checkpoint(self.out / CHECKPOINT, state)
+        self.save_weights(trainer, "last")
+        self.chart()
+
+    def finish(self, trainer: Trainer) -> None:
+        self.checkpoint(trainer)
+        if self.main:
+            self.save_weights(trainer, "final")
+        self.close()
+
+    def close(self) -> None:
+        if self.main:
+            self.bar.close()
+            self._csv.close()
+
+    def chart(self) -> None:
+        if not self.rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        its = [r["iteration"] for r in self.rows]
+        val = [(r["iteration"], r) for r in self.rows if r.get("val_loss") is not None]
+        accuracy = [(i, r) for i, r in val if r.get("val_top1") is not None]
+        panels = 3 if accuracy else 2
+        fig, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels), sharex=True)
+        axes[0].plot(its, [r["loss"] for r in self.rows], lw=0.6, alpha=0.5, label="loss")
+        axes[0].plot(its, [r["avg_loss"] for r in self.rows], lw=1.5, label="avg loss")
+        if val:
+            axes[0].plot([i for i, _ in val], [r["val_loss"] for _, r in val], "o-",
+                         label="val loss")
+        axes[0].set_ylabel("loss")
+        axes[0].legend(loc="upper right")
+        axes[1].plot(its, [r["lr"] for r in self.rows], color="tab:green")
+        axes[1].set_ylabel("learning rate")
+        if accuracy:
+            for key, label in (("val_top1", "top-1"), ("val_top5", "top-5")):
+                axes[2].plot([i for i, _ in accuracy], [r[key] for _, r in accuracy], "o-",
+                             label=label)
+            axes[2].set_ylabel("val accuracy")
+            axes[2].set_ylim(0, 1)
+            axes[2].legend(loc="lower right")
+        axes[-1].set_xlabel("iteration")
+        axes[0].set_title(self.name)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        atomic_write(self.out / "chart.png", lambda fh: fh.write(buf.getvalue()))
+
+
+def gather(dist: Dist, obj):
+    """[obj of rank 0, obj of rank 1, ...] (collective under DDP)."""
+    if not dist.enabled:
+        return [obj]
+    import torch.distributed as tdist
+
+    out = [None] * dist.world
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def plot_lr(cfg, path: Path, title: str = "") -> None:
+    """The learning rate for every update 1..max_batches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(cfg.max_batches, 1)
+    its = list(range(1, n + 1))
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(its, [cfg.lr_at(k) for k in its])
+    ax.set_xlabel("iteration (batch_num)")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title or f"policy={cfg.policy}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))

@@ -1,0 +1,275 @@
+"""Puts a run together for runner.py: cfg + overrides -> network, data, Trainer, RunLog."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cfgparse import CfgError, Diagnostic, parse
+
+from . import distributed
+from .checkpoint import load_any_weights, load_checkpoint, set_rng_states
+from .config import NetConfig, apply_overrides
+from .data import (
+    Augment,
+    DataSplits,
+    EmbeddedShapes,
+    Samples,
+    Task,
+    Tensors,
+    default_workers,
+    eval_loader,
+    make_stream,
+    open_data,
+    read_image,
+)
+from .loop import Schedule, Trainer, evaluate, fit, loss_layer_index
+from .outputs import CHECKPOINT, RunLog, write_settings
+
+
+def say(message: str, dist: distributed.Dist | None = None) -> None:
+    if dist is None or dist.main:
+        print(message, file=sys.stderr, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    torch.manual_seed(seed)
+
+
+def load_blocks(cfg_path: str, assignments: list[str]):
+    blocks = list(parse(cfg_path))
+    net_block, overrides = apply_overrides(blocks[0], assignments)
+    return [net_block, *blocks[1:]], overrides
+
+
+def build_network(cfg_path: str, assignments: list[str], flavor: str, seed: int,
+                  device: str | None = None):
+    from builders import build
+
+    blocks, overrides = load_blocks(cfg_path, assignments)
+    seed_everything(seed)  # the initial weights depend on the seed only
+    net = build(blocks, flavor=flavor, device=device)
+    cfg = NetConfig.from_block(net.net_block, seed=seed)
+    return net, cfg, overrides
+
+
+def task_of(net) -> Task:
+    index = loss_layer_index(net)
+    meta = net.meta[index]
+    shape = net.input_shape
+    inputs = (shape.c, shape.h, shape.w) if shape.c * shape.h * shape.w else (shape.size,)
+    # the loss layer's type decides the targets: class indices for [softmax], vectors otherwise
+    kind = "classify" if meta.type == "softmax" else "regress"
+    return Task(kind, meta.input.size, inputs)
+
+
+def prepared(splits: DataSplits, cfg: NetConfig, seed: int):
+    """(train, val) datasets with [net]'s augmentations (train) and eval resizing (val)."""
+    if not splits.augment:
+        return Samples(splits.train, None, seed), \
+            (Samples(splits.val, None, seed) if splits.val is not None else None)
+    train_aug, val_aug = Augment(cfg, True), Augment(cfg, False)
+    train = Samples(splits.train, train_aug, seed, random=train_aug.random)
+    val = Samples(splits.val, val_aug, seed) if splits.val is not None else None
+    return train, val
+
+
+def workers_for(opts, splits: DataSplits, train_set: Samples, device, world: int) -> int:
+    if opts.workers is not None:
+        return opts.workers
+    busy = train_set.random or not isinstance(splits.train, (EmbeddedShapes, Tensors))
+    return default_workers(device, world, busy)
+
+
+@dataclass
+class RunOptions:
+    cfg_path: str
+    name: str
+    out: Path
+    data: str | None = None
+    seed: int = 0
+    device: str | None = None
+    flavor: str = "alexeyab"
+    sets: tuple[str, ...] = ()
+    weights: str | None = None
+    cutoff: int | None = None
+    freeze: int = 0
+    resume: str | bool = False
+    compile: bool = False
+    amp: bool | None = None
+    workers: int | None = None
+    batch_per_process: bool = False
+    schedule: Schedule = None  # type: ignore[assignment]
+    progress: bool = True
+    explicit_out: bool = False
+
+
+def train(opts: RunOptions) -> tuple[str, Trainer]:
+    dist, device = distributed.setup(opts.device)
+    try:
+        return _train(opts, dist, device)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
+    net, cfg, overrides = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    for w in net.warnings:
+        say(w.format(), dist)
+    if cfg.max_batches <= 0:
+        raise net.net_block.error("E305", "max_batches is 0 (Darknet: train forever); darkcfg "
+                                  "needs a stop", "max_batches",
+                                  hint="set max_batches=N in [net] or pass --set max_batches=N")
+    task = task_of(net)
+    splits = open_data(opts.data, task, opts.seed)
+    say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
+         + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
+    out = opts.out
+    if splits.backup and not opts.explicit_out:
+        out = Path(splits.backup)
+    if opts.weights:
+        say(load_any_weights(net, opts.weights, opts.cutoff), dist)
+    trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
+                      amp=opts.amp, batch_is_global=not opts.batch_per_process)
+    train_set, val_set = prepared(splits, cfg, opts.seed)
+    workers = workers_for(opts, splits, train_set, device, dist.world)
+    stream = make_stream(train_set, trainer.batch, dist.world, dist.rank, opts.seed, device,
+                         workers)
+    val_loader = eval_loader(val_set, max(trainer.batch // trainer.subdivisions, 1), device,
+                             workers, dist.world, dist.rank) \
+        if val_set is not None and len(val_set) else None
+
+    state = None
+    if opts.resume:
+        path = Path(opts.resume) if isinstance(opts.resume, str) else out / CHECKPOINT
+        state = load_checkpoint(path)
+        trainer.load_state_dict(state)
+        say(f"resuming from {path} at iteration {trainer.iteration}", dist)
+    settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
+                "data": opts.data or "embedded", "data_description": splits.description,
+                "task": task.kind, "outputs": task.outputs, "seed": opts.seed,
+                "device": str(device), "world_size": dist.world,
+                "images_per_iteration": trainer.global_batch,
+                "per_process_batch": trainer.batch, "subdivisions": trainer.subdivisions,
+                "frozen_layers": trainer.frozen, "amp": str(trainer.amp_dtype),
+                "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor}
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_settings(out / "settings.yaml", settings)
+    log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train),
+                 start=trainer.iteration, state=state and state.get("log"),
+                 progress=opts.progress, meta={"names": splits.names})
+    if state is not None:  # last, so that nothing above draws from the restored generators
+        rng = state["rng"]
+        set_rng_states(rng[dist.rank] if len(rng) == dist.world else rng[0])
+    schedule = opts.schedule or Schedule()
+    if val_loader is None:
+        schedule.valid_every = 0
+    elif schedule.valid_every < 0:  # the default: four validations over the run
+        schedule.valid_every = max(-(-cfg.max_batches // 4), 1)
+    try:
+        how = fit(trainer, stream, val_loader, log, schedule, task.kind == "classify")
+    except BaseException:
+        log.pending = None
+        log.close()
+        raise
+    if how != "done":
+        log.close()
+        say(f"stopped by {how} at iteration {trainer.iteration}; checkpoint saved in {out} "
+            "(continue with --resume)", dist)
+    else:
+        last = log.rows[-1] if log.rows else {}
+        summary = f"finished {trainer.iteration} iterations"
+        if last:
+            summary += f": loss {last['loss']:.4f}, avg loss {last['avg_loss']:.4f}"
+        val = [r for r in log.rows if r.get("val_top1") is not None]
+        if val:
+            summary += f", val top-1 {val[-1]['val_top1']:.3f} top-5 {val[-1]['val_top5']:.3f}"
+        say(summary + f"; outputs in {out}", dist)
+        if dist.enabled:
+            prints = distributed.parameter_fingerprints(dist, trainer.net)
+            if dist.main:
+                same = len(set(prints)) == 1
+                say(f"DDP: parameters {'identical' if same else 'DIFFER'} on all "
+                    f"{dist.world} ranks", dist)
+                from .checkpoint import atomic_write_text
+
+                atomic_write_text(out / "ranks.txt", "\n".join(prints) + "\n")
+    return how, trainer
+
+
+# -- evaluation and prediction without training ---------------------------------------------------
+def prepare_eval(opts: RunOptions):
+    dist, device = distributed.Dist(), distributed.pick_device(opts.device)
+    net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    if opts.weights:
+        say(load_any_weights(net, opts.weights, opts.cutoff))
+    trainer = Trainer(net, cfg, device, dist=dist, amp=opts.amp)
+    return trainer, cfg
+
+
+def validate(opts: RunOptions, trainer: Trainer | None = None) -> dict:
+    if trainer is None:
+        trainer, cfg = prepare_eval(opts)
+    cfg = trainer.cfg
+    task = task_of(trainer.net)
+    splits = open_data(opts.data, task, opts.seed)
+    _, val_set = prepared(splits, cfg, opts.seed)
+    if val_set is None or not len(val_set):
+        raise CfgError(Diagnostic("E901", f"{splits.description} has no validation split",
+                                  opts.data or "--data",
+                                  hint="add a val/ folder or a valid= list"))
+    loader = eval_loader(val_set, max(cfg.mini_batch, 1), trainer.device,
+                         workers_for(opts, splits, val_set, trainer.device, 1))
+    return evaluate(trainer, loader, task.kind == "classify")
+
+
+@torch.no_grad()
+def predict(opts: RunOptions, images: list[str], top: int,
+            trainer: Trainer | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+    if trainer is None:
+        trainer, _ = prepare_eval(opts)
+    net, cfg = trainer.net, trainer.cfg
+    task = task_of(net)
+    if task.kind != "classify" or len(task.inputs) != 3:
+        raise CfgError(Diagnostic("E300", "--predict is for image classifiers", opts.cfg_path))
+    names = class_names(opts, task)
+    view = Augment(cfg, train=False)
+    index = trainer.loss_index
+    net.eval()
+    results = []
+    for path in images:
+        if not os.path.isfile(path):
+            raise CfgError(Diagnostic("E901", f"image '{path}' does not exist", path))
+        x = view(read_image(path, task.inputs[0]))[None]
+        probs = net(trainer.to_device(x), collect=[index])[index].float().reshape(-1)
+        k = min(top, probs.numel())
+        p, i = probs.topk(k)
+        results.append((path, [(names[j] if j < len(names) else f"class {j}", float(q))
+                               for q, j in zip(p.tolist(), i.tolist(), strict=True)]))
+    return results
+
+
+def class_names(opts: RunOptions, task: Task) -> list[str]:
+    try:
+        return open_data(opts.data, task, opts.seed).names
+    except CfgError:
+        if opts.data is not None:
+            raise
+        return []
+
+
+def write_image(path: str, tensor: torch.Tensor) -> None:
+    """A uint8 CHW tensor as PNG (examples of the embedded data for tests and docs)."""
+    from PIL import Image
+
+    arr = tensor.permute(1, 2, 0).numpy()
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(path)
