@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except CfgError as exc:
         for d in exc.diagnostics:
-            print(d.format(), file=sys.stderr)
+            print(describe(d), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -113,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                   "lower learning_rate or check the data, then --resume", file=sys.stderr)
             return 1
         raise
+
+
+def describe(d) -> str:
+    """A diagnostic as text; ones about the command line or a whole file have no line:col."""
+    if d.line:
+        return d.format()
+    text = f"{d.path}: {d.severity}[{d.code}]: {d.message}"
+    return text + (f"\nhelp: {d.hint}" if d.hint else "")
 
 
 def check(argv: list[str]) -> int:

@@ -8,9 +8,13 @@ what a successful build can still get wrong, and the memory estimate.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from torch import nn
 
 from cfgparse import Block, CfgError, Diagnostic
 from cfgparse.check import DEFAULT_MAX_MEMORY, item_diagnostic, value
@@ -26,7 +30,7 @@ def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
                 max_memory: int | None = DEFAULT_MAX_MEMORY) -> list[Diagnostic]:
     """Diagnostics from a meta-device build of `blocks` (already through the block rules)."""
     try:
-        net = build(list(blocks), device="meta", flavor=flavor)
+        net = meta_build(blocks, flavor)
     except CfgError as exc:
         return list(exc.diagnostics)
     except Exception as exc:  # a builder that failed without a CfgError: locate it anyway
@@ -35,6 +39,41 @@ def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
     if max_memory and not any(d.severity == ERROR for d in found):
         found += memory_rule(net, max_memory)
     return found
+
+
+def meta_build(blocks: Sequence[Block], flavor: str) -> Network:
+    with _skip_parameter_init():
+        return build(list(blocks), device="meta", flavor=flavor)
+
+
+@contextlib.contextmanager
+def _skip_parameter_init():
+    """Meta tensors hold no values, so initialising them only costs time: torch's
+    reset_parameters are ~40% of a corpus check. Only torch's own modules are skipped (a
+    darkcfg layer's own initialisation still runs, e.g. to create its tensors)."""
+    classes = [nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Linear,
+               nn.modules.normalization.LayerNorm, nn.modules.normalization.GroupNorm]
+    saved = [(cls, cls.__dict__["reset_parameters"]) for cls in classes
+             if "reset_parameters" in cls.__dict__]
+    for cls, _ in saved:
+        cls.reset_parameters = _no_reset
+    try:
+        yield
+    finally:
+        for cls, method in saved:
+            cls.reset_parameters = method
+
+
+def _no_reset(self) -> None:
+    return None
+
+
+def prepare_workers() -> None:
+    """Import every builder family now (the registry loads them lazily), so that processes
+    forked for `check --jobs` start with them."""
+    from .registry import registered_sections
+
+    registered_sections()
 
 
 def crash_diagnostic(exc: Exception, blocks: Sequence[Block]) -> Diagnostic:
@@ -150,17 +189,19 @@ def estimate_memory(net_or_blocks: Network | Sequence[Block], *, batch: int | No
     inference_bytes = params + peak; training_bytes = 2 x (params + activations) (weights and
     their updates, outputs and their gradients; optimizer extras and workspaces not counted).
     `batch` defaults to the [net] mini-batch (batch/subdivisions)."""
-    net = net_or_blocks if isinstance(net_or_blocks, Network) else build(
-        list(net_or_blocks), device="meta", flavor=flavor)
+    net = net_or_blocks if isinstance(net_or_blocks, Network) else meta_build(
+        net_or_blocks, flavor)
     batch = mini_batch(net) if batch is None else max(int(batch), 1)
     seen: set[int] = set()
     layers = []
+    count = 0
     for meta, layer in zip(net.meta, net.layers, strict=True):
         params = 0
-        for t in list(layer.parameters()) + list(layer.buffers()):
+        for t in itertools.chain(layer.parameters(), layer.buffers()):
             if id(t) not in seen:  # shared weights (share_index) count once
                 seen.add(id(t))
                 params += t.numel() * t.element_size()
+                count += t.numel()
         layers.append(LayerBytes(meta.index, params, max(meta.output.size, 0) * FLOAT_BYTES))
     params_bytes = sum(b.params for b in layers)
     activation_bytes = batch * sum(b.output for b in layers)
@@ -168,7 +209,7 @@ def estimate_memory(net_or_blocks: Network | Sequence[Block], *, batch: int | No
     largest = max(layers, key=lambda b: b.params + batch * b.output, default=None)
     return {
         "batch": batch,
-        "params": params_bytes // FLOAT_BYTES,
+        "params": count,
         "params_bytes": params_bytes,
         "activation_bytes": activation_bytes,
         "peak_activation_bytes": peak,
@@ -220,7 +261,7 @@ def memory_diagnostic(net: Network, estimate: dict, what: str, limit: int,
     key = next((k for k in ("filters", "output") if k in block), None)
     message = (f"estimated {what} memory {format_bytes(total)} is over the "
                f"{format_bytes(limit)} limit (parameters {format_bytes(estimate['params_bytes'])}"
-               f" = {estimate['params']:,} floats, activations {format_bytes(activations)} at "
+               f" = {estimate['params']:,} values, activations {format_bytes(activations)} at "
                f"batch {estimate['batch']})")
     if index is not None:
         message += (f"; layer {index} [{block.name}] alone needs "

@@ -45,6 +45,12 @@ def _transform_runs(entries: int, logistic: set[int], scaled: set[int]):
     return [tuple(r) for r in runs]
 
 
+def _grid(x: torch.Tensor, out: Shape) -> tuple[int, int]:
+    """H, W of a head's input: the tensor's own (a fully convolutional net may run at another
+    size than the cfg's), or the built shape for a flat tensor."""
+    return (x.shape[2], x.shape[3]) if x.dim() == 4 else (out.h, out.w)
+
+
 def _grouped_softmax(t: torch.Tensor, sizes: list[int] | None, dim: int) -> torch.Tensor:
     if sizes is None:
         return torch.softmax(t, dim)
@@ -66,8 +72,8 @@ def _mask(block: Block, num: int, anchors: list[float]) -> list[int]:
     pairs = len(anchors) // 2
     bad = [m for m in mask if not 0 <= m < pairs]
     if bad:
-        raise block.error("E304", f"mask refers to anchor {bad[0]}, but the anchors list "
-                          f"{pairs} w,h pairs", "mask",
+        raise block.error("E304", f"mask refers to anchor {bad[0]}, but there are only "
+                          f"{pairs} anchors (w,h pairs)", "mask",
                           hint=f"use anchor indices 0..{pairs - 1}, or list more anchors")
     return mask
 
@@ -95,8 +101,8 @@ class YoloHead(Layer):
         self.runs = _transform_runs(entries, logistic, scaled if scale_x_y != 1 else set())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        v = x.reshape(n, self.n, self.entries, h, w)
+        h, w = _grid(x, self.out)
+        v = x.reshape(x.shape[0], self.n, self.entries, h, w)
         s = self.scale_x_y
         parts = []
         for start, stop, logistic, scaled in self.runs:
@@ -106,7 +112,7 @@ class YoloHead(Layer):
             if scaled:
                 p = p * s - 0.5 * (s - 1)
             parts.append(p)
-        return torch.cat(parts, 2).reshape(x.shape)
+        return torch.cat(parts, 2).reshape(x.shape[0], self.n * self.entries, h, w)
 
 
 def _build_yolo(block: Block, ctx: BuildContext, gaussian: bool):
@@ -173,8 +179,8 @@ class Region(Layer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tree_error is not None:
             raise self.tree_error
-        n, _, h, w = x.shape
-        v = x.reshape(n, self.n, self.entries, h, w)
+        h, w = _grid(x, self.out)
+        v = x.reshape(x.shape[0], self.n, self.entries, h, w)
         k = self.coords
         if not self.pjreddie:
             cls = v[:, :, k + 1:]
@@ -195,7 +201,7 @@ class Region(Layer):
             else:
                 cls = torch.sigmoid(cls)
             parts = [xy, wh, obj, cls]
-        return torch.cat(parts, 2).reshape(x.shape)
+        return torch.cat(parts, 2).reshape(x.shape[0], self.n * self.entries, h, w)
 
     def darknet_output(self, y: torch.Tensor) -> torch.Tensor:
         if self.pjreddie:

@@ -119,8 +119,9 @@ def build_batchnorm(block: Block, ctx: BuildContext) -> tuple[Layer, Shape]:
 
 class LocalResponseNorm(Layer):
     """[lrn] as Darknet computes it: out_k = x_k * (kappa + alpha * S_k)^-beta with
-    S_k = sum of x_j^2 over j in [k - (size-1)/2, k + size/2] minus x_{size/2}^2 (its running sum
-    starts without channel size/2, for every k; SEMANTICS.md §7.23). alpha is not divided by size."""
+    S_k = sum of x_j^2 over j in [k - (size-1)/2, k + size/2] minus x_{size/2}^2: its running
+    sum starts without channel size/2, for every k (SEMANTICS.md §7.23). alpha is not divided
+    by size."""
 
     def __init__(self, size: int, alpha: float, beta: float, kappa: float) -> None:
         super().__init__()

@@ -121,21 +121,21 @@ def load_weights(net: Network, path: str | os.PathLike, cutoff: int | None = Non
     Returns {"version": (major, minor, revision), "seen": int, "floats": floats read}.
     """
     path = str(path)
-    flavor = net.info.flavor
+    plan = _load_plan(net, _layers_upto(net, cutoff, path))
+    expected = _count(plan)
     try:
         with open(path, "rb") as f:
-            header = read_header(f.read(20), path, flavor)
+            header = read_header(f.read(20), path, net.info.flavor)
+            actual, odd = divmod(os.fstat(f.fileno()).st_size - header.size, _FLOAT.itemsize)
+            if odd or actual < expected or (cutoff is None and actual != expected):
+                _size_error(net, plan, path, header, expected, actual, odd, cutoff)
             f.seek(header.size)
-            body = f.read()
+            floats = np.empty(expected, _FLOAT)  # writable, so torch can share it
+            if f.readinto(memoryview(floats).cast("B")) != floats.nbytes:
+                raise _error("E901", f"'{path}' changed while it was read", path)
     except OSError as exc:
         raise _error("E901", f"cannot read '{path}': {exc.strerror or exc}", path,
                      "check the path and its permissions") from None
-    plan = _load_plan(net, _layers_upto(net, cutoff, path))
-    expected = _count(plan)
-    actual, odd = divmod(len(body), _FLOAT.itemsize)
-    if odd or actual < expected or (cutoff is None and actual != expected):
-        _size_error(net, plan, path, header, expected, actual, odd, cutoff)
-    floats = np.frombuffer(body, _FLOAT, count=expected)
     transposed = _matrices(net) if header.transposed else set()
     pos = 0
     for _, tensors in plan:
@@ -144,8 +144,7 @@ def load_weights(net: Network, path: str | os.PathLike, cutoff: int | None = Non
             chunk = floats[pos:pos + n]
             if id(t) in transposed:  # stored [in][out]
                 chunk = chunk.reshape(t.shape[1], t.shape[0]).T
-            # .copy(): the file buffer is read-only, and torch wants writable memory
-            t.copy_(torch.from_numpy(chunk.copy()).view(t.shape))
+            t.copy_(torch.from_numpy(chunk).view(t.shape))
             pos += n
     return {"version": header.version, "seen": header.seen, "floats": pos}
 
@@ -206,7 +205,7 @@ def save_weights(net: Network, path: str | os.PathLike, cutoff: int | None = Non
             a = t.detach().to("cpu", torch.float32)
             if id(t) in transposed:
                 a = a.T
-            f.write(np.ascontiguousarray(a.numpy(), _FLOAT).tobytes())
+            f.write(memoryview(np.ascontiguousarray(a.numpy(), _FLOAT)).cast("B"))
             written += t.numel()
     return written
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from .errors import ERROR, CfgError, Diagnostic
+from .errors import ERROR, CfgError, Diagnostic, did_you_mean
 
 _MISSING: Any = object()
 
@@ -40,12 +41,14 @@ class Block:
     def __post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", self.type)
+        # a read-only view of a private copy: the caller's dict cannot change the block later
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
-    # -- equality is on data, not on read-tracking ---------------------------------------------
+    # -- equality is on data (type and typed values), not on positions or read-tracking -------
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Block):
             return NotImplemented
-        return self.type == other.type and self.values() == other.values()
+        return self.type == other.type and _strict(self.values()) == _strict(other.values())
 
     def __hash__(self) -> int:
         return hash((self.type, tuple(self.options)))
@@ -120,23 +123,36 @@ class Block:
 
     # -- derived blocks (never mutate) -----------------------------------------------------------
     def with_values(self, **values: Any) -> Block:
-        """A copy with some values replaced or added (used by --set and presets)."""
-        from .schema import coerce_text
+        """A copy with some values replaced, added, or (value None) removed; used by --set and
+        presets. Every value is typed and checked by the schema exactly like cfg text, so
+        `with_values(filters="64")` and `with_values(filters=64)` give the same block; bad values
+        and unknown keys raise CfgError at the replaced option (or the header)."""
+        from .schema import SECTIONS, ValueProblem, convert
 
+        known = SECTIONS.get(self.type)
         opts = dict(self.options)
         for key, value in values.items():
             old = opts.get(key)
-            raw = value if isinstance(value, str) else format_value(value)
-            typed = coerce_text(self.type, key, raw) if isinstance(value, str) else value
-            opts[key] = Option(
-                key,
-                raw,
-                typed,
-                old.line if old else 0,
-                old.column if old else 0,
-                old.value_column if old else 0,
-                old.source if old else "",
-            )
+            where = key if old is not None else None
+            if value is None:
+                opts.pop(key, None)
+                continue
+            if known is not None and key not in known:
+                raise self.error("E205", f"[{self.name}] has no key '{key}' to set", where,
+                                 hint=did_you_mean(key, known) or
+                                 f"see the keys of [{self.type}] in docs/parser.md")
+            raw = "".join(value.split()) if isinstance(value, str) else format_value(
+                int(value) if isinstance(value, bool) else value)
+            if not raw:
+                raise self.error("E105", f"empty value for '{key}'", where,
+                                 hint=f"set {key} to a value")
+            try:
+                typed, _ = convert(known.get(key) if known is not None else None, key, raw)
+            except ValueProblem as exc:
+                raise self.error(exc.code, f"cannot set {key}={raw}: {exc}", where,
+                                 hint=exc.hint) from None
+            position = old[3:] if old is not None else (0, 0, 0, "")
+            opts[key] = Option(key, raw, typed, *position)
         return Block(self.type, self.name, opts, self.line, self.column, self.path, self.source,
                      self.index)
 
@@ -160,6 +176,15 @@ class Block:
         return CfgError(self.diagnostic(code, message, key, hint, ERROR, on_value))
 
 
+def _strict(value: Any) -> Any:
+    """`value` with each number paired with its type, so that 1 != 1.0 (Python says equal)."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return (type(value), value)
+
+
 _object_new = object.__new__
 
 
@@ -174,6 +199,7 @@ def make_block(type: str, name: str, options: Mapping[str, Option], line: int, c
 
 
 def format_value(value: Any) -> str:
+    """cfg text of a typed value: lists comma-separated, floats without a trailing '.0'."""
     if isinstance(value, (list, tuple)):
         return ",".join(format_value(v) for v in value)
     if isinstance(value, float):

@@ -22,10 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
+import os
 import re
 import sys
 import urllib.parse
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -373,17 +377,40 @@ def expand(paths: Iterable[str]) -> list[str]:
     return out
 
 
-def check_paths(paths: Iterable[str], options: Options | None = None) -> list[Diagnostic]:
-    """Findings for every file; a file that fails unexpectedly does not stop the others."""
-    found: list[Diagnostic] = []
-    for path in expand(paths):
+def check_paths(paths: Iterable[str], options: Options | None = None,
+                jobs: int = 1) -> list[Diagnostic]:
+    """Findings for every file, in order; a file that fails unexpectedly does not stop the
+    others. With jobs > 1 the graph checks of several files run in forked worker processes."""
+    options = options or Options()
+    files = expand(paths)
+    jobs = min(jobs, len(files))
+    if jobs > 1 and options.build and "fork" in multiprocessing.get_all_start_methods():
+        from builders.check_graph import prepare_workers
+
+        prepare_workers()  # import torch and every builder once, before forking
+        context = multiprocessing.get_context("fork")  # workers inherit those imports
         try:
-            found += check_file(path, options)
-        except Exception as exc:  # a darkcfg bug: report it as a finding and go on
-            found.append(Diagnostic("E300", f"darkcfg failed on this file: "
-                                    f"{type(exc).__name__}: {exc}", path,
-                                    hint="this is a darkcfg bug; please report it with the cfg"))
-    return found
+            with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+                return [d for found in pool.map(check_one, files, [options] * len(files))
+                        for d in found]
+        except BrokenProcessPool:  # a worker died (out of memory, a signal): go on serially
+            pass
+    return [d for path in files for d in check_one(path, options)]
+
+
+def check_one(path: str, options: Options) -> list[Diagnostic]:
+    try:
+        return check_file(path, options)
+    except Exception as exc:  # a darkcfg bug: report it as a finding and go on
+        return [Diagnostic("E300", f"darkcfg failed on this file: {type(exc).__name__}: {exc}",
+                           path, hint="this is a darkcfg bug; please report it with the cfg")]
+
+
+def default_jobs() -> int:
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 # -- output formats ------------------------------------------------------------------------------
@@ -511,6 +538,8 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="syntax, schema and block rules only (no torch, no graph checks)")
     p.add_argument("--max-memory", type=parse_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
                    help="memory limit for the estimate (default 4G; e.g. 8G, 512M)")
+    p.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
+                   help="check files in N processes (default: one per CPU)")
     p.add_argument("--flavor", choices=("alexeyab", "pjreddie"), default="alexeyab",
                    help="which Darknet's rules to check against (default alexeyab)")
     return p
@@ -528,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = Options(build=not args.no_build, max_memory=args.max_memory, flavor=args.flavor)
     files = expand(args.files)
-    found = check_paths(files, options)
+    found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
     if args.strict:
         found = [dataclasses.replace(d, severity=ERROR) if d.severity == WARNING else d
                  for d in found]

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 ERROR = "error"
 WARNING = "warning"
 
-# Stable codes. Syntax: E1xx, schema/values: E2xx/W2xx, graph: E3xx/W3xx, resources: E4xx, I/O: E9xx.
+# Stable codes. Syntax: E1xx, schema/values: E2xx/W2xx, graph: E3xx/W3xx, resources: E4xx,
+# I/O: E9xx.
 CODES = {
     "E100": "empty file",
     "E101": "missing ']' in section header",
@@ -80,15 +81,16 @@ class Diagnostic:
         }
 
     def format(self) -> str:
-        head = f"{self.path}:{self.line}:{self.column}: {self.severity}[{self.code}]: {self.message}"
-        lines = [head]
+        where = f"{self.path}:{self.line}:{self.column}"
+        lines = [f"{where}: {self.severity}[{self.code}]: {self.message}"]
         if self.line and self.source:
             gutter = str(self.line)
             pad = " " * len(gutter)
             lines.append(f"{pad} |")
             lines.append(f"{gutter} | {self.source.rstrip()}")
-            caret = " " * max(self.column - 1, 0) + "^" * max(self.span, 1)
-            lines.append(f"{pad} | {caret}")
+            # keep the source's tabs in the indent, so the caret lands under the same character
+            indent = "".join(c if c == "\t" else " " for c in self.source[:max(self.column - 1, 0)])
+            lines.append(f"{pad} | {indent}{'^' * max(self.span, 1)}")
         if self.hint:
             lines.append(f"help: {self.hint}")
         return "\n".join(lines)

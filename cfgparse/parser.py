@@ -225,10 +225,16 @@ def parse_text(text: str, path: str = "<string>", *, strict_first: bool = True,
             layer += 1
         blocks.append(make_block(canonical, name, MappingProxyType(options), header.line,
                                  header.column, path, source, index))
+    return finish(blocks, diags, path, strict_first)
+
+
+def finish(blocks: list[Block], diags: Collector, path: str, strict_first: bool) -> ParseResult:
+    """The file-level checks (E100 empty, E107 first not [net]); raise or return the result."""
     if not blocks and not diags.errors:
         diags.add(Diagnostic("E100", "empty cfg: no [section] found", path, 1, 1, ERROR,
                              "a cfg starts with a [net] section, then one section per layer"))
-    elif blocks and strict_first and blocks[0].type != "net":
+    elif blocks and strict_first and blocks[0].type != "net" and \
+            blocks[0].type in schema.SECTIONS:  # an unknown first section has its E201/E106
         b = blocks[0]
         diags.add(Diagnostic("E107", f"the first section must be [net], not [{b.name}]", path,
                              b.line, b.column, ERROR, "add a [net] section with width, height, "
@@ -271,7 +277,9 @@ def _full_lines(tok: Token, text: str) -> list[str]:
 
 _new_option = tuple.__new__  # Option(...) without the NamedTuple's Python-level __new__
 _SLOW = object()
+_SKIP = object()  # memo entry of a blank or comment line
 _NO_FAST: dict = {}
+_MEMO_LIMIT = 50_000  # distinct lines cached per section type before the cache starts over
 _FAST_INT, _FAST_FLOAT, _FAST_CHOICE, _FAST_TEXT, _FAST_INTS, _FAST_FLOATS = (
     schema.FAST_INT, schema.FAST_FLOAT, schema.FAST_CHOICE, schema.FAST_TEXT, schema.FAST_INTS,
     schema.FAST_FLOATS)
@@ -281,63 +289,79 @@ def _options(body: Token, text: str, path: str, diags: Collector, table, name: s
              flavor: str | None, fast_ok: bool) -> dict[str, Option]:
     """The options of one section body, first of duplicates kept (Darknet's option_find)."""
     options: dict[str, Option] = {}
-    fast = table.fast if table is not None and fast_ok else _NO_FAST
+    if table is not None and fast_ok:
+        fast, memo = table.fast, table.memo
+        if len(memo) > _MEMO_LIMIT:
+            memo.clear()
+    else:  # unknown section, or non-ASCII text (str.isdigit() would take other digits)
+        fast, memo = _NO_FAST, {}
     lineno = body.line - 1
-    # The hot loop of the parser. A plain `key=value` line of a key the schema knows is typed
-    # right here with str methods and builtins; anything else (spaces in the key, comments in
-    # values, errors, unknown keys) takes _option(), which has every diagnostic.
+    # The hot loop of the parser. A line seen before in this section type comes from the memo
+    # (its key, value and columns do not depend on where it is). A plain `key=value` line of a
+    # known key is typed right here with str methods and builtins; anything else (spaces in the
+    # key, comments in values, errors, unknown keys) takes _option(), which has every diagnostic.
     for source in _full_lines(body, text):
         lineno += 1
-        stripped = source.lstrip()
-        if not stripped or stripped[0] in "#;":
-            continue
-        key, _, value_text = stripped.partition("=")
-        entry = fast.get(key)
-        value = _SLOW
-        if entry is not None:
-            raw = value_text.strip()
-            kind, choices, low = entry
-            if kind == _FAST_INT:
-                if raw.isdigit():  # no sign, no '_' (Python's int() takes both)
-                    value = int(raw)
-                    if low is not None and value < low:
-                        value = _SLOW
-            elif kind == _FAST_CHOICE:
-                if raw in choices:
-                    value = raw
-            elif kind == _FAST_FLOAT:
-                if "_" not in raw:
-                    try:
-                        value = float(raw)
-                    except ValueError:
-                        pass
-                    else:  # inf/nan and out-of-range values get their messages below
-                        if value - value != 0.0 or (low is not None and value < low):
-                            value = _SLOW
-            elif kind == _FAST_TEXT:
-                if raw and " " not in raw and "\t" not in raw:
-                    value = raw
-            elif " " not in raw and "\t" not in raw and "_" not in raw:  # number lists
-                try:
-                    if kind == _FAST_INTS:
-                        value = [int(p) for p in raw.split(",")]
-                    else:
-                        value = [float(p) for p in raw.split(",")]
-                        if any(v - v != 0.0 for v in value):
-                            value = _SLOW
-                except ValueError:
-                    value = _SLOW
-        if value is _SLOW:
-            opt = _option(stripped, lineno, len(source) - len(stripped) + 1, source, table,
-                          name, path, diags, flavor)
-            if opt is None:
+        hit = memo.get(source)
+        if hit is not None:
+            if hit is _SKIP:
                 continue
-            key = opt.key
+            key, raw, value, col, value_col = hit
+            opt = _new_option(Option, (key, raw, value, lineno, col, value_col, source))
         else:
-            col = len(source) - len(stripped) + 1
-            skipped = 0 if value_text is raw else len(value_text) - len(value_text.lstrip())
-            opt = _new_option(Option, (key, raw, value, lineno, col,
-                                       col + len(key) + 1 + skipped, source))
+            stripped = source.lstrip()
+            if not stripped or stripped[0] in "#;":
+                memo[source] = _SKIP
+                continue
+            key, _, value_text = stripped.partition("=")
+            entry = fast.get(key)
+            value = _SLOW
+            if entry is not None:
+                raw = value_text.strip()
+                kind, choices, low = entry
+                if kind == _FAST_INT:
+                    if raw.isdigit():  # no sign, no '_' (Python's int() takes both)
+                        value = int(raw)
+                        if low is not None and value < low:
+                            value = _SLOW
+                elif kind == _FAST_CHOICE:
+                    if raw in choices:
+                        value = raw
+                elif kind == _FAST_FLOAT:
+                    if "_" not in raw:
+                        try:
+                            value = float(raw)
+                        except ValueError:
+                            pass
+                        else:  # inf/nan and out-of-range values get their messages below
+                            if value - value != 0.0 or (low is not None and value < low):
+                                value = _SLOW
+                elif kind == _FAST_TEXT:
+                    if raw and " " not in raw and "\t" not in raw:
+                        value = raw
+                elif " " not in raw and "\t" not in raw and "_" not in raw:  # number lists
+                    try:
+                        if kind == _FAST_INTS:
+                            value = [int(p) for p in raw.split(",")]
+                        else:
+                            value = [float(p) for p in raw.split(",")]
+                            if any(v - v != 0.0 for v in value):
+                                value = _SLOW
+                    except ValueError:
+                        value = _SLOW
+            if value is _SLOW:
+                opt = _option(stripped, lineno, len(source) - len(stripped) + 1, source, table,
+                              name, path, diags, flavor)
+                if opt is None:
+                    continue
+                key = opt.key
+            else:
+                col = len(source) - len(stripped) + 1
+                skipped = 0 if value_text is raw else len(value_text) - len(value_text.lstrip())
+                value_col = col + len(key) + 1 + skipped
+                if kind < _FAST_INTS:  # immutable values only: lists are not shared
+                    memo[source] = (key, raw, value, col, value_col)
+                opt = _new_option(Option, (key, raw, value, lineno, col, value_col, source))
         first = options.setdefault(key, opt)
         if first is not opt:
             diags.add(Diagnostic(
@@ -374,8 +398,8 @@ def _header(tok: Token, text: str, path: str, diags: Collector, tables: dict,
         if extra[:1] in ("#", ";"):
             diags.add(Diagnostic("W205", "comment after a section header", path, line,
                                  extra_col, WARNING, "Darknet takes the whole line as the section "
-                                 f"name and does not know '[{name}]{extra}'; move the comment to "
-                                 "its own line", source, len(extra)))
+                                 f"name and does not know '{''.join(written.split())}'; move "
+                                 "the comment to its own line", source, len(extra)))
         elif extra:
             diags.add(Diagnostic("E106", f"unexpected text '{extra}' after section header",
                                  path, line, extra_col, ERROR,
@@ -433,6 +457,15 @@ def _option(text: str, line: int, col: int, source: str, table, name: str, path:
                              ERROR, f"give '{key}' a value or delete the line (Darknet rejects it)",
                              source, 1))
         return None
+    return typed_option(key, raw, line, col, value_col, source, len(value_text.strip()), table,
+                        name, path, diags, flavor)
+
+
+def typed_option(key: str, raw: str, line: int, col: int, value_col: int, source: str,
+                 span: int, table, name: str, path: str, diags: Collector,
+                 flavor: str | None) -> Option | None:
+    """The schema's part of an option (cfg or YAML): W201 for keys the chosen Darknet does not
+    read, typing and range checks (E202-E204), W203 for values Darknet reads differently."""
     spec = None
     if table is not None:
         spec = table.read.get(key)
@@ -444,9 +477,10 @@ def _option(text: str, line: int, col: int, source: str, table, name: str, path:
                            f"(Unused field; only {other} does)")
                 hint = "delete it, or parse for the other fork"
             else:
-                message = f"unknown key '{key}' in [{name}] (Darknet: Unused field)"
-                if name in ("net", "network"):
+                if table.known is schema.SECTIONS["net"]:
                     message = f"unknown key '{key}' in [{name}] (Darknet ignores it)"
+                else:
+                    message = f"unknown key '{key}' in [{name}] (Darknet: Unused field)"
                 hint = did_you_mean(key, table.known) or f"no Darknet reads '{key}' here; " \
                     "delete it"
             diags.add(Diagnostic("W201", message, path, line, col, WARNING, hint, source,
@@ -455,11 +489,11 @@ def _option(text: str, line: int, col: int, source: str, table, name: str, path:
         value, note = schema.convert(spec, key, raw)
     except schema.ValueProblem as exc:
         diags.add(Diagnostic(exc.code, str(exc), path, line, value_col, ERROR, exc.hint,
-                             source, len(value_text.strip())))
+                             source, span))
         return None
     if note:
         diags.add(Diagnostic("W203", note, path, line, value_col, WARNING,
-                             "write the value Darknet uses", source, len(value_text.strip())))
+                             "write the value Darknet uses", source, span))
     return Option(key, raw, value, line, col, value_col, source)
 
 

@@ -297,13 +297,16 @@ FAST_INT, FAST_FLOAT, FAST_CHOICE, FAST_TEXT, FAST_INTS, FAST_FLOATS = range(6)
 class SectionTable:
     """Per section (and fork): `known` = every key some Darknet reads (the typing), `read` = the
     keys the chosen fork reads (no W201 for those), `fast` = key -> (kind, choices, min) for the
-    keys of `read` the hot loop types itself, `fork` = the only fork knowing the section, or ''."""
+    keys of `read` the hot loop types itself, `fork` = the only fork knowing the section, or ''.
+    `memo` is the parser's per-section cache of typed lines (cfgs repeat 'size=3' thousands of
+    times)."""
 
-    __slots__ = ("known", "read", "fast", "fork")
+    __slots__ = ("known", "read", "fast", "fork", "memo")
 
     def __init__(self, known: dict[str, KeySpec], read: dict[str, KeySpec], fork: str):
         self.known, self.read, self.fork = known, read, fork
         self.fast = {key: _fast_entry(spec) for key, spec in read.items()}
+        self.memo: dict = {}  # the parser's cache: source line -> its typed option (or a skip)
 
 
 def _fast_entry(spec: KeySpec) -> tuple[int, frozenset | None, float | None]:
@@ -332,6 +335,13 @@ def tables(flavor: str | None = None) -> dict[str, SectionTable]:
             found[name] = SectionTable(known, read, SECTION_FORK.get(name, ""))
         _TABLES[flavor] = found
     return found
+
+
+def clear_memos() -> None:
+    """Empty the parser's per-section line caches (for benchmarks of a first parse)."""
+    for found in _TABLES.values():
+        for table in found.values():
+            table.memo.clear()
 
 
 # -- typing values ----------------------------------------------------------------------------

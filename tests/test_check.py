@@ -106,7 +106,7 @@ def test_huge_filters_are_estimated_not_allocated(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["codes"] == ["E401"]
-    floats = int(re.search(r"([\d,]+) floats", report["message"]).group(1).replace(",", ""))
+    floats = int(re.search(r"([\d,]+) values", report["message"]).group(1).replace(",", ""))
     assert floats >= 27 * 10**9  # 1e9 filters x 3 channels x 3 x 3
     assert report["grown_kib"] < 64 * 1024, report
 

@@ -151,7 +151,7 @@ def test_corpus_layers_match_darknet_shapes(folder, dump):
     layers: list[torch.nn.Module] = []
     checked = 0
     with torch.device("meta"):
-        for i, (block, darknet) in enumerate(zip(blocks, data["layers"])):
+        for i, (block, darknet) in enumerate(zip(blocks, data["layers"], strict=True)):
             out = Shape(darknet["out_c"], darknet["out_h"], darknet["out_w"], darknet["outputs"])
             kind = TYPE_NAMES.get(darknet["type"], darknet["type"])
             if block.type not in family_sections() or kind != block.type:

@@ -323,7 +323,7 @@ def _read_list(path: Path, where: str, key: str) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise data_error(f"cannot read the {key} file '{path}': {exc}", where,
                          f"fix the '{key}=' line of the .data file") from None
-    out = ["".join(line.split()) for line in lines]
+    out = [line.strip() for line in lines]  # Darknet's fgetl keeps inner spaces ("a cat")
     out = [line for line in out if line]
     if not out:
         raise data_error(f"the {key} file '{path}' is empty", where, "add one entry per line")

@@ -1,0 +1,231 @@
+"""Data sources, [net] augmentations and the resumable sample order (training/data.py)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cfgparse import CfgError
+from training.config import NetConfig
+from training.data import (
+    Augment,
+    EmbeddedShapes,
+    Samples,
+    Task,
+    make_stream,
+    open_data,
+)
+
+IMAGES = Task("classify", 3, (3, 12, 12))
+
+
+def save_png(path: Path, colour: tuple[int, int, int], size=(20, 14)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+# -- embedded -------------------------------------------------------------------------------------
+def test_embedded_is_deterministic_balanced_and_sized_by_the_network():
+    task = Task("classify", 10, (3, 16, 24))
+    a, b, c = (open_data(None, task, seed) for seed in (0, 0, 1))
+    x0, y0 = a.train[7]
+    assert x0.shape == (3, 16, 24) and x0.dtype == torch.uint8
+    assert torch.equal(x0, b.train[7][0]) and y0 == b.train[7][1]  # pure in (seed, index)
+    assert not torch.equal(x0, c.train[7][0])  # the seed matters
+    labels = [a.train[i][1] for i in range(200)]
+    assert sorted(set(labels)) == list(range(10)) and np.bincount(labels).min() == 20
+    assert len(a.names) == 10 and len(set(a.names)) == 10
+    assert a.val is not None and not torch.equal(a.val[7][0], x0)  # val is another draw
+    # channels follow [net]
+    grey = open_data(None, Task("classify", 4, (1, 8, 8)), 0).train[0][0]
+    assert grey.shape == (1, 8, 8)
+
+
+def test_embedded_many_classes_are_distinct_factors():
+    ds = EmbeddedShapes(8, 1000, 3, 16, 16, seed=0, split=0)
+    assert len(set(ds.names)) == 1000  # shape x colour x quadrant x backdrop
+    assert "disc" in ds.names[0] and ds.names[0] != ds.names[64]
+
+
+def test_embedded_refuses_regression():
+    with pytest.raises(CfgError, match="regresses"):
+        open_data(None, Task("regress", 1, (1,)), 0)
+
+
+# -- files ----------------------------------------------------------------------------------------
+def test_image_folder_with_train_and_val(tmp_path):
+    for split, n in (("train", 3), ("val", 1)):
+        for name, colour in (("cat", (200, 0, 0)), ("dog", (0, 200, 0))):
+            for i in range(n):
+                save_png(tmp_path / split / name / f"{i}.png", colour)
+    splits = open_data(str(tmp_path), IMAGES, 0)
+    assert splits.names == ["cat", "dog"]
+    assert len(splits.train) == 6 and len(splits.val) == 2
+    x, y = splits.train[4]
+    assert x.shape == (3, 14, 20) and y == 1 and int(x[1].float().mean()) == 200
+
+
+def test_image_folder_split_is_seeded(tmp_path):
+    for i in range(20):
+        save_png(tmp_path / ("a" if i % 2 else "b") / f"{i}.png", (i, i, i))
+    one, two = open_data(str(tmp_path), IMAGES, 0), open_data(str(tmp_path), IMAGES, 0)
+    assert len(one.train) == 18 and len(one.val) == 2
+    assert one.val.items == two.val.items
+
+
+def test_darknet_data_file_labels_by_substring(tmp_path):
+    root = tmp_path / "set"
+    for name in ("n01_cat_1.png", "n02_dog_1.png", "n01_cat_2.png"):
+        save_png(root / "img" / name, (10, 20, 30))
+    (root / "labels.txt").write_text("cat\ndog\n")
+    (root / "train.list").write_text("img/n01_cat_1.png\nimg/n02_dog_1.png\n")
+    (root / "valid.list").write_text(f"{root}/img/n01_cat_2.png\n")
+    (root / "names.txt").write_text("a cat\na dog\n")
+    data = root / "my.data"
+    data.write_text("classes= 2\ntrain = train.list\nvalid=valid.list\nlabels=labels.txt\n"
+                    "names=names.txt\nbackup=backup/\n")
+    splits = open_data(str(data), IMAGES, 0)
+    assert [y for _, y in splits.train.items] == [0, 1]
+    assert splits.names == ["a cat", "a dog"] and len(splits.val) == 1
+    assert splits.backup == str(root / "backup")
+
+    (root / "train.list").write_text("img/n01_cat_1.png\nimg/catdog.png\n")
+    with pytest.raises(CfgError, match="matches 2 labels"):
+        open_data(str(data), IMAGES, 0)
+    (root / "train.list").write_text("img/n01_cat_9.png\n")
+    with pytest.raises(CfgError, match="does not exist"):
+        open_data(str(data), IMAGES, 0)
+    data.write_text("classes=3\ntrain=train.list\nlabels=labels.txt\n")
+    with pytest.raises(CfgError, match="classes=3"):
+        open_data(str(data), IMAGES, 0)
+
+
+def test_regression_csv(tmp_path):
+    task = Task("regress", 1, (2,))
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,target\n1,2,3\n4,5,9\n")
+    splits = open_data(str(path), task, 0)
+    x, y = splits.train[1]
+    assert x.tolist() == [4.0, 5.0] and y.tolist() == [9.0]
+    path.write_text("1,2\n")
+    with pytest.raises(CfgError, match="2 columns"):
+        open_data(str(path), task, 0)
+    path.write_text("a,b,c\n")
+    with pytest.raises(CfgError, match="no data rows"):
+        open_data(str(path), task, 0)
+    with pytest.raises(CfgError, match="regression"):
+        open_data(str(path), IMAGES, 0)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """The IDX format of MNIST: 0, 0, type 0x08 (uint8), ndim, big-endian sizes, the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    path.write_bytes(head + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_dataset_from_a_local_root(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 2)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    splits = open_data(f"torchvision:MNIST:{tmp_path}", Task("classify", 10, (3, 28, 28)), 0)
+    x, y = splits.train[3]
+    assert x.shape == (3, 28, 28) and x.dtype == torch.uint8 and y == 3
+    assert len(splits.train) == 6 and len(splits.val) == 2 and splits.names[0].startswith("0")
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("torchvision:MNIST:/no/such/root", "does not exist"),
+    ("torchvision:MNSIT:/tmp", "MNIST"),
+    ("torchvision:CIFAR10", "torchvision:NAME:ROOT"),
+    ("/no/such/folder", "does not exist"),
+])
+def test_missing_data_is_a_clear_error(spec, match):
+    with pytest.raises(CfgError) as err:
+        open_data(spec, IMAGES, 0)
+    assert match in str(err.value) + err.value.first.hint
+
+
+def test_empty_and_unreadable_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CfgError, match="no images"):
+        open_data(str(tmp_path / "empty"), IMAGES, 0)
+    bad = tmp_path / "bad" / "cls" / "broken.png"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a png")
+    from training.data import DataError
+
+    with pytest.raises(DataError, match="broken.png"):
+        open_data(str(tmp_path / "bad"), IMAGES, 0)
+
+
+def test_torchvision_dataset_without_files_is_a_clear_error(tmp_path):
+    with pytest.raises(CfgError, match="cannot open torchvision MNIST"):
+        open_data(f"torchvision:MNIST:{tmp_path}", Task("classify", 10, (1, 28, 28)), 0)
+
+
+# -- augmentations --------------------------------------------------------------------------------
+def net_cfg(**keys) -> NetConfig:
+    base = dict(width=12, height=12, channels=3, flip=False)
+    return NetConfig(**{**base, **keys})
+
+
+def gradient_image() -> torch.Tensor:
+    x = torch.arange(20 * 30, dtype=torch.float32).reshape(20, 30) % 256
+    return torch.stack([x, x.flip(1), 255 - x]).to(torch.uint8)
+
+
+def test_eval_view_resizes_the_shorter_side_and_centre_crops():
+    out = Augment(net_cfg(), train=False)(gradient_image())
+    assert out.shape == (3, 12, 12) and out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("keys", [
+    {"flip": True}, {"angle": 20.0}, {"saturation": 1.5}, {"exposure": 1.5}, {"hue": 0.2},
+    {"aspect": 1.5, "min_crop": 12, "max_crop": 24},
+])
+def test_each_augmentation_is_random_but_seeded(keys):
+    aug = Augment(net_cfg(**keys), train=True)
+    assert aug.random
+    img = gradient_image()
+    outs = [aug(img, np.random.default_rng(s)) for s in range(8)]
+    assert all(o.shape == (3, 12, 12) for o in outs)
+    assert len({o.numpy().tobytes() for o in outs}) > 1  # the draws change the image
+    again = aug(img, np.random.default_rng(3))
+    assert torch.equal(again, outs[3])  # and the seed fixes it
+
+
+def test_no_augmentation_keys_means_no_randomness():
+    assert not Augment(net_cfg(), train=True).random
+    assert not Augment(net_cfg(flip=True, angle=10.0), train=False).random
+
+
+# -- order ----------------------------------------------------------------------------------------
+def test_stream_resumes_mid_epoch_and_shards_ranks():
+    ds = Samples(torch.utils.data.TensorDataset(torch.arange(20), torch.arange(20)), None, 0)
+    stream = make_stream(ds, 4, 1, 0, seed=7, device=torch.device("cpu"), workers=0)
+    assert stream.iterations_per_epoch == 5
+    it = stream.batches(0)
+    full = [next(it)[0].tolist() for _ in range(12)]
+    assert sorted(sum(full[:5], [])) == list(range(20))  # an epoch sees every sample once
+    assert full[:5] != full[5:10]  # and each epoch has its own order
+    resumed = stream.batches(7)
+    assert [next(resumed)[0].tolist() for _ in range(5)] == full[7:12]
+    ranks = [make_stream(ds, 2, 2, r, 7, torch.device("cpu"), 0).batches(0) for r in (0, 1)]
+    first = [next(r)[0].tolist() for r in ranks]
+    assert not set(first[0]) & set(first[1])
+
+
+def test_samples_seed_augmentations_per_epoch_and_index():
+    base = open_data(None, Task("classify", 4, (3, 12, 12)), 0).train
+    aug = Augment(net_cfg(angle=30.0), train=True)
+    samples = Samples(base, aug, seed=5, random=True)
+    assert torch.equal(samples[(3, 1)][0], samples[(3, 1)][0])
+    assert not torch.equal(samples[(3, 1)][0], samples[(3, 2)][0])

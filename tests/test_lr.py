@@ -1,0 +1,215 @@
+"""[net] -> learning rate and parameter update, against SEMANTICS.md §3/§4.
+
+The expected values are written out from the formulas in SEMANTICS.md §4 (by hand, per case),
+not computed by calling the code under test."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cfgparse import CfgError, parse
+from training.config import NetConfig, apply_overrides
+from training.loop import Trainer
+
+
+def cfg_of(text: str, seed: int = 0) -> NetConfig:
+    return NetConfig.from_block(parse("[net]\nwidth=4\nheight=4\nchannels=1\n" + text)[0], seed)
+
+
+# (net keys, [(batch_num, expected lr)])
+TABLE = [
+    ("learning_rate=0.01\npolicy=constant", [(1, 0.01), (500, 0.01)]),
+    ("learning_rate=0.1\npolicy=step\nstep=10\nscale=0.5",
+     [(1, 0.1), (9, 0.1), (10, 0.05), (19, 0.05), (20, 0.025), (35, 0.0125)]),
+    ("learning_rate=0.1\npolicy=steps\nsteps=10,20,30\nscales=0.1,0.5,2",
+     [(1, 0.1), (9, 0.1), (10, 0.01), (19, 0.01), (20, 0.005), (29, 0.005), (30, 0.01),
+      (1000, 0.01)]),
+    # missing scale entries count as 1.0
+    ("learning_rate=0.1\npolicy=steps\nsteps=5,8\nscales=0.1", [(4, 0.1), (5, 0.01), (9, 0.01)]),
+    ("learning_rate=0.2\npolicy=exp\ngamma=0.9", [(1, 0.2 * 0.9), (7, 0.2 * 0.9 ** 7)]),
+    ("learning_rate=0.1\npolicy=poly\npower=2\nmax_batches=100",
+     [(1, 0.1 * 0.99 ** 2), (50, 0.1 * 0.25), (100, 0.0)]),
+    ("learning_rate=0.1\npolicy=poly\nmax_batches=10",  # power defaults to 4
+     [(5, 0.1 * 0.5 ** 4)]),
+    ("learning_rate=0.3\npolicy=sigmoid\ngamma=0.5\nstep=40",
+     [(40, 0.15), (42, 0.3 / (1 + math.exp(1.0))), (30, 0.3 / (1 + math.exp(-5.0)))]),
+    # sgdr: cycles of 10, 20, 40 (sgdr_mult 2): restarts after batch_num 10 and 30
+    ("learning_rate=0.1\nlearning_rate_min=0.001\npolicy=sgdr\nsgdr_cycle=10",
+     [(0, 0.1), (5, 0.001 + 0.5 * 0.099 * (1 + math.cos(math.pi * 5 / 10))),
+      (10, 0.001), (11, 0.001 + 0.5 * 0.099 * (1 + math.cos(math.pi * 1 / 20))),
+      (30, 0.001), (40, 0.001 + 0.5 * 0.099 * (1 + math.cos(math.pi * 10 / 40)))]),
+    # sgdr_cycle defaults to max_batches
+    ("learning_rate=0.1\nlearning_rate_min=0\npolicy=sgdr\nmax_batches=8\nsgdr_mult=1",
+     [(4, 0.05), (8, 0.0), (12, 0.05)]),
+    # burn-in overrides every policy: lr * (batch_num / burn_in) ** power
+    ("learning_rate=0.1\npolicy=steps\nsteps=2\nscales=0.1\nburn_in=10\npower=2",
+     [(1, 0.1 * 0.01), (5, 0.1 * 0.25), (9, 0.1 * 0.81), (10, 0.01)]),
+    ("learning_rate=0.01\nburn_in=100", [(50, 0.01 * 0.5 ** 4), (100, 0.01)]),
+]
+
+
+@pytest.mark.parametrize("keys,expected", TABLE, ids=[t[0].split("policy=")[-1].split("\n")[0]
+                                                      for t in TABLE])
+def test_lr_table(keys, expected):
+    cfg = cfg_of(keys)
+    for batch_num, lr in expected:
+        assert cfg.lr_at(batch_num) == pytest.approx(lr, rel=1e-9, abs=1e-15), batch_num
+
+
+def test_random_policy_is_pure_and_seeded():
+    a, b, c = (cfg_of("learning_rate=0.5\npolicy=random\npower=1", seed) for seed in (1, 1, 2))
+    first = [a.lr_at(k) for k in range(1, 50)]
+    assert first == [b.lr_at(k) for k in range(1, 50)]  # same seed, same schedule
+    assert first == [a.lr_at(k) for k in range(1, 50)]  # asking again changes nothing
+    assert first != [c.lr_at(k) for k in range(1, 50)]  # another seed, another schedule
+    assert all(0 <= v <= 0.5 for v in first) and len(set(first)) > 40
+    # power shapes it: lr * u ** 4 for the same draws u
+    d = cfg_of("learning_rate=0.5\npolicy=random\npower=4", 1)
+    assert [d.lr_at(k) for k in range(1, 50)] == pytest.approx(
+        [0.5 * (v / 0.5) ** 4 for v in first])
+
+
+@pytest.mark.parametrize("keys,code", [
+    ("policy=steps", "E305"),  # Darknet: fatal without steps
+    ("policy=poly\nmax_batches=0", "E305"),  # Darknet divides by zero
+    ("policy=sgdr\nmax_batches=0", "E305"),  # Darknet loops forever
+    ("policy=step\nstep=0", "E305"),
+])
+def test_impossible_schedules_are_located_errors(keys, code):
+    with pytest.raises(CfgError) as err:
+        cfg_of(keys)
+    assert err.value.code == code and err.value.first.line > 0
+
+
+def test_set_overrides_are_typed_and_checked():
+    net = parse("[net]\nwidth=4\nheight=4\nchannels=1\nbatch=8\n")[0]
+    block, values = apply_overrides(net, ["batch=32", "policy=exp", "learning_rate = 0.5"])
+    cfg = NetConfig.from_block(block)
+    assert (cfg.batch, cfg.policy, cfg.learning_rate) == (32, "exp", 0.5)
+    assert values == {"batch": "32", "policy": "exp", "learning_rate": "0.5"}
+    with pytest.raises(CfgError) as err:
+        apply_overrides(net, ["learnig_rate=0.1"])
+    assert err.value.code == "E201" and "learning_rate" in err.value.first.hint
+    with pytest.raises(CfgError) as err:
+        apply_overrides(net, ["batch=many"])
+    assert err.value.code == "E202"
+    with pytest.raises(CfgError) as err:
+        apply_overrides(net, ["policy=cosine"])
+    assert err.value.code == "E204"
+    with pytest.raises(CfgError) as err:
+        apply_overrides(net, ["momentum=-1"])
+    assert err.value.code == "E203"
+    with pytest.raises(CfgError):
+        apply_overrides(net, ["batch"])
+
+
+# -- the update --------------------------------------------------------------------------------------
+REGRESSOR = """
+[net]
+inputs=3
+batch={batch}
+subdivisions={subdivisions}
+learning_rate=0.1
+momentum=0.9
+decay=0.01
+max_batches=10
+policy=steps
+steps=2
+scales=0.5
+{extra}
+
+[connected]
+output=2
+activation=linear
+learning_rate=0.5
+
+[connected]
+output=2
+activation=linear
+
+[cost]
+type=sse
+"""
+
+
+def build(text: str):
+    from builders import build as build_net
+
+    torch.manual_seed(0)
+    net = build_net(parse(text))
+    return net, NetConfig.from_block(net.net_block)
+
+
+def test_step_equals_darknet_update_rule():
+    """Darknet (§4): updates += -decay*B*w (weights only); w += lr*scale/B * updates;
+    updates *= momentum, where updates accumulate the *summed* negative gradient of B images
+    over all subdivisions, and the k-th update uses lr_at(k)."""
+    net, cfg = build(REGRESSOR.format(batch=8, subdivisions=2, extra=""))
+    trainer = Trainer(net, cfg, "cpu")
+    ref = {n: p.detach().clone().double() for n, p in net.named_parameters()}
+    scale = {n: (0.5 if n.startswith("layers.0.") else 1.0) for n in ref}
+    updates = {n: torch.zeros_like(p) for n, p in ref.items()}
+    gen = torch.Generator().manual_seed(3)
+    for k in (1, 2, 3):
+        x, y = torch.randn(8, 3, generator=gen), torch.randn(8, 2, generator=gen)
+        # Darknet's gradients: the sum over the 8 images of d(sum of squared error)/dw
+        model = {n: v.clone().requires_grad_(True) for n, v in ref.items()}
+        h = x.double() @ model["layers.0.unit.linear.weight"].T + model["layers.0.unit.linear.bias"]
+        out = h @ model["layers.1.unit.linear.weight"].T + model["layers.1.unit.linear.bias"]
+        ((out - y.double()) ** 2).sum().backward()
+        lr = {1: 0.1, 2: 0.05, 3: 0.05}[k]  # steps=2, scales=0.5
+        for n in ref:
+            updates[n] -= model[n].grad
+            if n.endswith("weight"):
+                updates[n] -= 0.01 * 8 * ref[n]
+            ref[n] = ref[n] + lr * scale[n] / 8 * updates[n]
+            updates[n] *= 0.9
+        trainer.step(x, y)
+        assert trainer.optimizer.param_groups[0]["lr"] in (lr, lr * 0.5)
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.detach().double(), ref[n], rtol=1e-5, atol=1e-6)
+    assert trainer.iteration == 3 and trainer.images_seen == 24
+
+
+def test_param_groups_decay_weights_only_and_scale_lr():
+    net, cfg = build(REGRESSOR.format(batch=4, subdivisions=1, extra=""))
+    trainer = Trainer(net, cfg, "cpu")
+    trainer.step(torch.randn(4, 3), torch.randn(4, 2))
+    for group in trainer.optimizer.param_groups:
+        for p in group["params"]:
+            assert group["weight_decay"] == (0.01 if p.dim() > 1 else 0.0)
+        assert group["lr"] == pytest.approx(0.1 * group["lr_scale"])
+    first = {id(p) for p in net.layers[0].parameters()}
+    scales = {g["lr_scale"] for g in trainer.optimizer.param_groups
+              if first & {id(p) for p in g["params"]}}
+    assert scales == {0.5}
+
+
+def test_adam_maps_to_torch_adam():
+    net, cfg = build(REGRESSOR.format(batch=4, subdivisions=1, extra="adam=1\nB1=0.8\nB2=0.99\n"
+                                      "eps=0.0004"))
+    opt = Trainer(net, cfg, "cpu").optimizer
+    assert isinstance(opt, torch.optim.Adam)
+    assert opt.defaults["betas"] == (0.8, 0.99)
+    # Darknet's Adam sees gradients summed over the batch of 4: eps / 4 on the mean loss
+    assert opt.defaults["eps"] == pytest.approx(0.0001)
+
+
+def test_subdivisions_accumulate_to_the_full_batch_gradient():
+    """batch=8 in 4 subdivisions takes the same step as batch=8 at once (no BN, no dropout)."""
+    results = []
+    for subdivisions in (1, 4):
+        net, cfg = build(REGRESSOR.format(batch=8, subdivisions=subdivisions, extra=""))
+        trainer = Trainer(net, cfg, "cpu")
+        assert trainer.subdivisions == subdivisions and trainer.batch == 8
+        gen = torch.Generator().manual_seed(5)
+        losses = [float(trainer.step(torch.randn(8, 3, generator=gen),
+                                     torch.randn(8, 2, generator=gen))) for _ in range(3)]
+        results.append((losses, [p.detach().clone() for p in net.parameters()]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,324 @@
+"""runner.py end to end, in-process: training outputs, evaluation, transfer, the model tools and
+the command line's error handling (exit 2, located message, no traceback)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import runner
+from builders.weights import load_weights
+from training.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """
+[net]
+width=12
+height=12
+channels=3
+batch=16
+subdivisions=2
+learning_rate=0.05
+momentum=0.9
+decay=0.0005
+max_batches=30
+policy=steps
+steps=20
+scales=0.1
+burn_in=3
+flip=1
+
+[convolutional]
+filters=8
+size=3
+pad=1
+batch_normalize=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+filters=16
+size=3
+pad=1
+batch_normalize=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[dropout]
+probability=0.1
+
+[connected]
+output=4
+activation=linear
+
+[softmax]
+
+[cost]
+"""
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = runner.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.cfg"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cfg, tmp_path_factory) -> Path:
+    """One training run shared by the output checks (30 iterations on the embedded data)."""
+    out = tmp_path_factory.mktemp("run")
+    code = runner.main([str(tiny_cfg), "--train", "--out", str(out), "--no-progress",
+                        "--save-every", "10", "--checkpoint-every", "10", "--valid-every", "15",
+                        "--set", "momentum=0.8"])
+    assert code == 0
+    return out
+
+
+def metrics(out: Path) -> list[dict]:
+    with open(out / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_training_learns_the_embedded_data(trained):
+    rows = metrics(trained)
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 31))
+    losses = [float(r["loss"]) for r in rows]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    val = [r for r in rows if r["val_top1"]]
+    assert [int(r["iteration"]) for r in val] == [15, 30]
+    assert float(val[-1]["val_top1"]) > 0.4  # 4 classes: chance is 0.25
+    assert float(val[-1]["val_top5"]) == 1.0  # only 4 classes
+    # the schedule as Darknet's: burn_in 3 (power 4), then steps=20 scales=0.1
+    lrs = {int(r["iteration"]): float(r["lr"]) for r in rows}
+    assert lrs[1] == pytest.approx(0.05 / 81) and lrs[10] == 0.05
+    assert lrs[25] == pytest.approx(0.005)
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+
+
+def test_run_outputs(trained, tiny_cfg):
+    names = {p.name for p in trained.iterdir()}
+    assert {"settings.yaml", "metrics.csv", "chart.png", "checkpoint.pt", "tiny_last.weights",
+            "tiny_final.weights", "tiny_best.weights", "tiny_10.weights", "tiny_20.weights",
+            "tiny_30.weights"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert (trained / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    settings = yaml.safe_load((trained / "settings.yaml").read_text())
+    assert settings["overrides"] == {"momentum": "0.8"}
+    assert settings["net"]["momentum"] == 0.8 and settings["net"]["max_batches"] == 30
+    assert settings["images_per_iteration"] == 16 and settings["subdivisions"] == 2
+    # Darknet .weights: header with seen = images trained, then every float of the network
+    from training.session import build_network
+
+    net, _, _ = build_network(str(tiny_cfg), [], "alexeyab", 0)
+    info = load_weights(net, trained / "tiny_final.weights")
+    assert info["seen"] == 30 * 16
+    assert (trained / "tiny_final.weights").stat().st_size == 20 + 4 * net.num_weight_floats()
+    assert load_weights(net, trained / "tiny_10.weights")["seen"] == 160
+    state = load_checkpoint(trained / "checkpoint.pt")
+    assert state["iteration"] == 30 and state["images_seen"] == 480
+
+
+def test_valid_and_predict_with_trained_weights(trained, tiny_cfg, capsys, tmp_path):
+    final = trained / "tiny_final.weights"
+    code, out, _ = run(capsys, tiny_cfg, "--valid", "--weights", final)
+    assert code == 0
+    top1 = float(out.split("val_top1")[1].split()[0])
+    last = [r for r in metrics(trained) if r["val_top1"]][-1]
+    assert top1 == pytest.approx(float(last["val_top1"]))  # the same model, the same val set
+
+    from training.data import Task, open_data
+    from training.session import write_image
+
+    data = open_data(None, Task("classify", 4, (3, 12, 12)), 0)
+    paths = []
+    for i in range(8):
+        paths.append(tmp_path / f"{i}.png")
+        write_image(str(paths[-1]), data.val[i][0])
+    code, out, _ = run(capsys, tiny_cfg, "--weights", final, "--predict", *paths, "--top", "2")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 8 and all(line.count("%") == 2 for line in lines)
+    right = sum(data.names[data.val[i][1]] in line.split(",")[0] for i, line in enumerate(lines))
+    assert right >= 4  # chance would be 2 of 8
+
+
+def test_regression_csv_trains_the_howto_example(capsys, tmp_path):
+    code, _, err = run(capsys, ROOT / "cfg/linear_regression.cfg", "--train", "--data",
+                       ROOT / "cfg/linear_regression.csv", "--out", tmp_path, "--no-progress")
+    assert code == 0, err
+    losses = [float(r["loss"]) for r in metrics(tmp_path)]
+    assert len(losses) == 60 and losses[-1] < losses[0] / 5
+    assert not [r for r in metrics(tmp_path) if r["val_top1"]]
+    assert (tmp_path / "linear_regression_final.weights").stat().st_size == 20 + 4 * 2
+
+
+def test_transfer_from_a_state_dict_is_non_strict(tiny_cfg, trained, tmp_path):
+    from training.checkpoint import load_any_weights
+    from training.session import build_network
+
+    donor, _, _ = build_network(str(tiny_cfg), ["width=16"], "alexeyab", 1)
+    torch.save(donor.state_dict(), tmp_path / "donor.pt")
+    net, _, _ = build_network(str(tiny_cfg), [], "alexeyab", 0)
+    report = load_any_weights(net, tmp_path / "donor.pt")
+    # the conv layers match; the first [connected] sees 16*3*3 inputs instead of 16*4*4
+    assert "shape mismatch: 1 (layers.5.unit.linear.weight)" in report
+    torch.testing.assert_close(net.layers[0].conv.weight, donor.layers[0].conv.weight)
+    torch.testing.assert_close(net.layers[5].unit.linear.bias, donor.layers[5].unit.linear.bias)
+    assert net.layers[5].unit.linear.weight.shape == (4, 16 * 3 * 3)  # kept its own
+    report = load_any_weights(net, trained / "checkpoint.pt")  # a darkcfg checkpoint works too
+    assert report.startswith(f"loaded {len(net.state_dict())}/{len(net.state_dict())}")
+
+
+def test_freeze_keeps_the_first_layers(tiny_cfg, trained, tmp_path, capsys):
+    code, _, err = run(capsys, tiny_cfg, "--train", "--weights", trained / "tiny_final.weights",
+                       "--freeze", "3", "--set", "max_batches=3", "--out", tmp_path,
+                       "--no-progress")
+    assert code == 0, err
+    from training.session import build_network
+
+    before, _, _ = build_network(str(tiny_cfg), [], "alexeyab", 0)
+    after, _, _ = build_network(str(tiny_cfg), [], "alexeyab", 0)
+    load_weights(before, trained / "tiny_final.weights")
+    load_weights(after, tmp_path / "tiny_final.weights")
+    for i in (0, 2):  # parameters of frozen convs are untouched (BN statistics still roll)
+        for a, b in zip(before.layers[i].parameters(), after.layers[i].parameters(), strict=True):
+            assert torch.equal(a, b)
+    assert not torch.equal(before.layers[5].unit.linear.weight, after.layers[5].unit.linear.weight)
+
+
+def test_stopbackward_in_the_cfg_freezes_that_layer_and_earlier(tmp_path):
+    from training.loop import Trainer
+    from training.session import build_network
+
+    path = tmp_path / "s.cfg"
+    path.write_text(TINY.replace("[maxpool]\nsize=2\nstride=2\n\n[conv",
+                                 "[maxpool]\nsize=2\nstride=2\nstopbackward=1\n\n[conv"))
+    net, cfg, _ = build_network(str(path), [], "alexeyab", 0)
+    trainer = Trainer(net, cfg, "cpu")
+    assert trainer.frozen == 2
+    assert not any(p.requires_grad for p in net.layers[0].parameters())
+    assert all(p.requires_grad for p in net.layers[2].parameters())
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(capsys, tmp_path):
+    code, _, err = run(capsys, ROOT / "cfg/linear_regression.cfg", "--train", "--data",
+                       ROOT / "cfg/linear_regression.csv", "--set", "learning_rate=1000",
+                       "--checkpoint-every", "1", "--out", tmp_path, "--no-progress")
+    assert code == 1
+    bad = int(err.split("at iteration ")[1].split(";")[0])
+    assert f"is inf at iteration {bad}" in err or f"is nan at iteration {bad}" in err
+    assert "Traceback" not in err
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["iteration"] == bad - 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert not (tmp_path / "linear_regression_final.weights").exists()
+
+
+def test_plot_lr(tiny_cfg, tmp_path, capsys):
+    code, _, _ = run(capsys, tiny_cfg, "--plot-lr", tmp_path / "lr.png", "--set", "policy=sgdr")
+    assert code == 0 and (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- model tools ---------------------------------------------------------------------------------
+def test_summary_text_and_json(tiny_cfg, capsys):
+    code, out, _ = run(capsys, tiny_cfg, "--summary")
+    assert code == 0 and "convolutional" in out and "softmax" in out
+    code, out, _ = run(capsys, tiny_cfg, "--summary", "--format", "json", "--set", "width=24")
+    layers = json.loads(out)["layers"]
+    assert code == 0 and layers[0]["output"] == [8, 12, 24]
+
+
+def test_convert_partial_weights_and_dump(tiny_cfg, trained, tmp_path, capsys):
+    out = tmp_path / "partial.weights"
+    code, _, err = run(capsys, tiny_cfg, "--weights", trained / "tiny_final.weights",
+                       "--save-weights", out, "--cutoff", "3")
+    assert code == 0, err
+    full = (trained / "tiny_final.weights").read_bytes()
+    part = out.read_bytes()
+    conv_floats = (8 * 4 + 8 * 27) + (16 * 4 + 16 * 72)  # biases, BN, kernels of both convs
+    assert len(part) == 20 + 4 * conv_floats and part[20:] == full[20:len(part)]
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).random((2, 3, 12, 12), dtype=np.float32))
+    code, _, err = run(capsys, tiny_cfg, "--weights", trained / "tiny_final.weights", "--input",
+                       x, "--dump-outputs", tmp_path / "o.npz", "--all-layers")
+    assert code == 0, err
+    assert len(np.load(tmp_path / "o.npz").files) == 8
+
+
+def test_check_both_spellings(tiny_cfg, tmp_path, capsys):
+    assert run(capsys, tiny_cfg, "--check")[0] == 0
+    assert run(capsys, "check", tiny_cfg)[0] == 0
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=x\n")
+    assert run(capsys, "check", bad)[0] != 0
+
+
+# -- errors ------------------------------------------------------------------------------------------
+DETECTOR = """
+[net]
+width=32
+height=32
+channels=3
+batch=2
+max_batches=10
+
+[convolutional]
+filters=18
+size=1
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=10,13,16,30,33,23
+classes=1
+num=3
+"""
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--train", "--set", "learnig_rate=0.1"], "did you mean 'learning_rate'"),
+    (["--train", "--set", "batch=0"], "out of range"),
+    (["--train", "--set", "max_batches=0"], "max_batches"),
+    (["--train", "--data", "/no/such/data"], "does not exist"),
+    (["--train", "--data", "torchvision:CIFAR10:/no/root"], "does not exist"),
+    (["--save-weights", "x.weights"], "need --weights"),
+    (["--train", "--resume", "/no/such.pt"], "no checkpoint"),
+    (["--weights", "/no/such.weights", "--valid"], "does not exist"),
+    ([], "nothing to do"),
+])
+def test_bad_input_is_exit_2_with_a_message(tiny_cfg, capsys, argv, message):
+    code, _, err = run(capsys, tiny_cfg, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_detector_training_says_not_supported(tmp_path, capsys):
+    path = tmp_path / "det.cfg"
+    path.write_text(DETECTOR)
+    code, _, err = run(capsys, path, "--train", "--out", tmp_path)
+    assert code == 2 and "detection training is not supported yet" in err
+    assert f"{path}:" in err and "[yolo]" in err  # located at the head
+
+
+def test_missing_cfg(capsys):
+    code, _, err = run(capsys, "/no/such.cfg", "--train")
+    assert code == 2 and "cannot read" in err
