@@ -51,12 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     start = time.perf_counter()
+    from builders.check_graph import prepare_workers
     from cfgparse.check import Options, check_paths, default_jobs
 
-    import builders.check_graph  # noqa: F401  (torch and every builder family)
-    from builders.registry import registered_sections
-
-    registered_sections()
+    prepare_workers()  # torch and every builder family
     import_s = time.perf_counter() - start
 
     blocks_only = Options(build=False)

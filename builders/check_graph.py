@@ -297,5 +297,6 @@ def guard_memory(net: Network, limit_bytes: int, *, batch: int | None = None,
 
 
 def _suggest(total: int) -> str:
+    """A --max-memory value just above `total`, in whole GiB or TiB."""
     gib = -(-total // 2**30)
-    return f"{gib}G"
+    return f"{gib}G" if gib < 1024 else f"{-(-gib // 1024)}T"

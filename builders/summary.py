@@ -42,13 +42,14 @@ def summary_text(net: Network) -> str:
     """Darknet-style table: index, type, filters, size/stride, input -> output, BFLOPs, params;
     then the totals."""
     width = max([len(m.type) for m in net.meta] + [4])
-    head = (f"{'layer':>5} {'type':<{width}} {'filters':>7}  {'size/stride':<14}"
+    window = max([len(layer.describe) + 1 for layer in net.layers] + [12])
+    head = (f"{'layer':>5} {'type':<{width}} {'filters':>7}  {'size/stride':<{window}}"
             f"{'input':>17}    {'output':>17} {'BFLOPs':>9} {'params':>11}")
     lines = [head]
     for meta, layer in zip(net.meta, net.layers, strict=True):
         lines.append(
             f"{meta.index:>5} {meta.type:<{width}} {str(layer.filters):>7}  "
-            f"{layer.describe:<14}{_dims(meta.input)} -> {_dims(meta.output)} "
+            f"{layer.describe:<{window}}{_dims(meta.input)} -> {_dims(meta.output)} "
             f"{float(layer.bflops):>9.3f} {_params(layer):>11,}")
     info = _totals(net)
     lines.append(f"Total: {info['params']:,} params, {info['weight_floats']:,} weight floats "

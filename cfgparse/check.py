@@ -329,21 +329,22 @@ def feeding_layer_rule(head: Block, prev: Block | None) -> list[Diagnostic]:
 class Options:
     build: bool = True
     max_memory: int = DEFAULT_MAX_MEMORY
-    flavor: str = "alexeyab"
+    flavor: str | None = None  # None: accept both forks' keys; build with AlexeyAB's rules
 
 
 def check_file(path: str | Path, options: Options | None = None) -> list[Diagnostic]:
     """All findings for one file, sorted by position; never raises for bad input."""
     options = options or Options()
     try:
-        blocks = parse(Path(path))
+        blocks = parse(Path(path), flavor=options.flavor)
     except CfgError as exc:
         return ordered(exc.diagnostics)
     found = list(blocks.warnings) + check_blocks(blocks)
     if options.build and not any(d.severity == ERROR for d in found):
         from builders.check_graph import check_graph  # torch only when the graph is checked
 
-        found += check_graph(blocks, flavor=options.flavor, max_memory=options.max_memory)
+        found += check_graph(blocks, flavor=options.flavor or "alexeyab",
+                             max_memory=options.max_memory)
     return ordered(dedupe(found))
 
 
@@ -540,8 +541,10 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="memory limit for the estimate (default 4G; e.g. 8G, 512M)")
     p.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
                    help="check files in N processes (default: one per CPU)")
-    p.add_argument("--flavor", choices=("alexeyab", "pjreddie"), default="alexeyab",
-                   help="which Darknet's rules to check against (default alexeyab)")
+    p.add_argument("--flavor", choices=("alexeyab", "pjreddie"), default=None,
+                   help="check against one Darknet fork: warn about keys and sections only the "
+                   "other fork reads, and judge shortcuts as this fork does (default: accept "
+                   "both forks' keys, AlexeyAB's shapes)")
     return p
 
 
@@ -564,16 +567,15 @@ def main(argv: list[str] | None = None) -> int:
     for d in found:
         if d.code in IO_CODES:
             print(f"darkcfg check: {d.message}", file=sys.stderr)
-    if args.format == "text":
-        print(format_text(found, len(files)))
-    elif args.format == "json":
-        print(format_json(found))
-    elif args.format == "github":
-        text = format_github(found)
-        if text:
-            print(text)
-    else:
-        print(json.dumps(sarif_log(found), indent=2))
+    report = {"text": lambda: format_text(found, len(files)), "json": lambda: format_json(found),
+              "github": lambda: format_github(found),
+              "sarif": lambda: json.dumps(sarif_log(found), indent=2)}[args.format]()
+    try:
+        if report:
+            sys.stdout.write(report + "\n")
+            sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader left early; the exit status still counts
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if any(d.code in IO_CODES for d in found):
         return 2
     return 1 if any(d.severity == ERROR for d in found) else 0

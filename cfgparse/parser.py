@@ -452,8 +452,8 @@ def _option(text: str, line: int, col: int, source: str, table, name: str, path:
         diags.add(Diagnostic("E102", "option without a key", path, line, col, ERROR,
                              "write 'key=value'", source, 1))
         return None
-    if not raw:
-        diags.add(Diagnostic("E105", f"empty value for '{key}'", path, line, value_col,
+    if not raw:  # point just after the '='
+        diags.add(Diagnostic("E105", f"empty value for '{key}'", path, line, col + eq + 1,
                              ERROR, f"give '{key}' a value or delete the line (Darknet rejects it)",
                              source, 1))
         return None

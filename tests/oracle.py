@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +29,13 @@ def weights_file(name: str, calibrated: bool = False) -> Path:
     suffix = ".calibrated.weights" if calibrated else ".weights"
     out = CACHE / f"{name}{suffix}"
     if not out.exists():
+        tmp = f"{out}.{os.getpid()}.tmp"  # per process: pytest-xdist workers may race here
         cmd = [sys.executable, str(ORACLE / "make_weights.py"),
-               str(ORACLE / "cfg" / f"{name}.shapes.json"), str(out) + ".tmp"]
+               str(ORACLE / "cfg" / f"{name}.shapes.json"), tmp]
         if calibrated:
             cmd += ["--bn-stats", str(ORACLE / "weights" / f"{name}.bnstats.json")]
         subprocess.run(cmd, check=True, capture_output=True)
-        Path(str(out) + ".tmp").rename(out)
+        os.replace(tmp, out)
     return out
 
 

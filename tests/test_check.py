@@ -239,24 +239,17 @@ def test_classes_must_agree_across_heads(tmp_path):
     assert "80" in found[0].message and found[0].line == text.splitlines().index("classes=20") + 1
 
 
-# -- graph rules ------------------------------------------------------------------------------------
+# -- graph rules -----------------------------------------------------------------------------------
 
-def test_resampling_shortcut_warns_for_alexeyab_only(tmp_path):
+def test_resampling_shortcut_warns_for_alexeyab_only(tmp_path, capsys):
     # 32x32 -> 16x16: pjreddie's ResNets subsample the from-layer; AlexeyAB's Darknet asserts
     text = NET + CONV + "[convolutional]\nfilters=8\nsize=3\nstride=2\npad=1\nactivation=leaky\n" \
         "\n[shortcut]\nfrom=-2\n"
     path = write(tmp_path, text)
     found = check_file(path)
     assert [(d.code, d.severity, d.line) for d in found] == [("W303", WARNING, 21)]
-    rc, out, _ = run_main_json(path, "--flavor", "pjreddie")
-    assert (rc, out) == (0, [])
-
-
-def run_main_json(*args) -> tuple[int, list, str]:
-    result = subprocess.run([sys.executable, "-m", "cfgparse", "check", "--format", "json",
-                             *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                            timeout=120)
-    return result.returncode, json.loads(result.stdout or "[]"), result.stderr
+    rc, out, _ = run_main(capsys, "--format", "json", "--flavor", "pjreddie", str(path))
+    assert (rc, json.loads(out)) == (0, [])
 
 
 def test_builder_errors_come_back_located(tmp_path):
@@ -309,7 +302,7 @@ def test_conv_larger_than_its_input(tmp_path):
     assert [d.code for d in found] == ["E303"]
 
 
-# -- memory -----------------------------------------------------------------------------------------
+# -- memory ----------------------------------------------------------------------------------------
 
 SMALL = NET.replace("[net]\n", "[net]\nbatch=4\nsubdivisions=2\n") + CONV + \
     "[convolutional]\nbatch_normalize=1\nfilters=16\nsize=3\nstride=2\npad=1\n" \
@@ -375,7 +368,7 @@ def test_bad_max_memory_is_a_usage_error(tmp_path, capsys, bad):
     assert rc == 2 and "max-memory" in err
 
 
-# -- command line, exit codes -------------------------------------------------------------------------
+# -- command line, exit codes ----------------------------------------------------------------------
 
 def test_exit_codes_and_strict(tmp_path, capsys):
     clean = write(tmp_path, NET + CONV, "clean.cfg")
@@ -442,7 +435,7 @@ def test_python_dash_m_entry_point(tmp_path):
     assert f"{path}:6:2: error[E201]" in result.stdout
 
 
-# -- output formats ----------------------------------------------------------------------------------
+# -- output formats --------------------------------------------------------------------------------
 
 def test_text_format_shows_source_caret_and_help(tmp_path, capsys):
     path = write(tmp_path, MUST_SHOW["unknown activation"][0])
@@ -594,7 +587,7 @@ def test_sarif_against_jsonschema_when_installed():
     jsonschema.Draft4Validator(json.loads(SARIF_SCHEMA.read_text())).validate(log)
 
 
-# -- packaging: pre-commit hook, docs ----------------------------------------------------------------
+# -- packaging: pre-commit hook, docs --------------------------------------------------------------
 
 def test_pre_commit_hook():
     (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
@@ -635,12 +628,12 @@ def test_every_darknet_parsed_corpus_cfg_checks_clean(capsys):
     assert errors == [] and rc == 0, errors[:5]
 
 
-def test_pjreddie_resnets_only_warn():
+def test_pjreddie_resnets_only_warn(capsys):
     """AlexeyAB Darknet aborts on these (resampling shortcuts); pjreddie runs them."""
     if not (SHARED / "corpus").is_dir():
         pytest.skip("../shared/darknet is not available")
     resnet = SHARED / "corpus" / "pjreddie" / "resnet50.cfg"
     found = check_file(resnet)
     assert found and {d.code for d in found} == {"W303"}
-    rc, out, _ = run_main_json(resnet, "--flavor", "pjreddie")
-    assert (rc, out) == (0, [])
+    rc, out, _ = run_main(capsys, "--format", "json", "--flavor", "pjreddie", str(resnet))
+    assert (rc, json.loads(out)) == (0, [])

@@ -21,15 +21,15 @@ from oracle import (
 )
 
 from builders import build
+from builders.dump import dump_outputs
 from builders.weights import load_weights
+from cfgparse import CfgError
 
 SPEC_TOLERANCE = 1e-4
 # calibrated: the README's conditioning (perturbation response 1.4e-3 for yolov4)
 CALIBRATED_TOLERANCE = {"yolov4": 2e-3}
 # stats of layers Darknet did not ship: a coarse check (float32 drift accumulates in deep nets)
 STATS_TOLERANCE = 1e-3
-# the largest networks (weights generation, load and forward take the longest)
-SLOW = {"yolov4", "yolov3", "densenet201"}
 
 # SEMANTICS.md §11 #2: on CPU, Darknet's activate() has no case for these activations outside
 # [convolutional] (and [convolutional] none for relu6): the output is all zeros. We implement
@@ -44,8 +44,7 @@ def _targets(calibrated: bool) -> list:
     folder = ORACLE / ("out-calibrated" if calibrated else "out")
     if not folder.is_dir():
         return [pytest.param(None, id="no-oracle")]
-    return [pytest.param(p.name, id=p.name,
-                         marks=[pytest.mark.slow] if p.name in SLOW else [])
+    return [pytest.param(p.name, id=p.name)
             for p in sorted(folder.iterdir()) if (p / "index.json").exists()]
 
 
@@ -126,3 +125,40 @@ def test_darknet_cpu_zero_activations_are_the_only_exclusions():
         torch.testing.assert_close(outs[i], want, rtol=1e-5, atol=1e-6)
     # every other layer of this cfg matches Darknet (test_spec_weights_outputs_equal_darknet)
     assert set(refs) - set(DARKNET_CPU_ZERO_ACTIVATION[name]), "nothing else to compare"
+
+
+def test_dump_outputs_equal_darknet(tmp_path):
+    """--dump-outputs: the output layers (or every layer) in Darknet's memory order."""
+    name = "yolov3-tiny"  # every layer shipped, two [yolo] heads
+    if not (ORACLE / "out" / name).is_dir():
+        pytest.skip("../shared/darknet/oracle is not available")
+    net = build(ORACLE / "cfg" / f"{name}.cfg")
+    load_weights(net, weights_file(name))
+    refs = oracle_outputs(name)
+    x = np.concatenate([oracle_input(name)] * 2)  # a batch of two: each item dumped alike
+    written = dump_outputs(net, x, tmp_path / "out.npz")
+    assert written == [16, 23] and net.training  # the heads (the last is one); mode restored
+    with np.load(tmp_path / "out.npz") as dump:
+        assert sorted(dump.files) == ["layer16", "layer23"]
+        for i in written:
+            assert dump[f"layer{i}"].shape == (2, refs[i].size)
+            for item in dump[f"layer{i}"]:
+                assert rel_err(item, refs[i]) < SPEC_TOLERANCE
+    path = tmp_path / "all"  # no .npz suffix: numpy must not add one
+    assert dump_outputs(net, x[:1], path, all_layers=True) == list(range(len(net.layers)))
+    with np.load(path) as dump:
+        errors = {i: rel_err(dump[f"layer{i}"][0], ref) for i, ref in refs.items()}
+    assert max(errors.values()) < SPEC_TOLERANCE, errors
+
+
+def test_dump_outputs_rejects_bad_input(tmp_path):
+    net = build("[net]\nwidth=4\nheight=3\nchannels=2\n\n[maxpool]\nsize=2\nstride=2\n")
+    for bad in (np.zeros((1, 2, 4, 3), np.float32), np.zeros((2, 3, 4), np.float32),
+                np.zeros((1, 2, 3, 4), np.int64)):
+        with pytest.raises(CfgError):
+            dump_outputs(net, bad, tmp_path / "x.npz")
+    assert not list(tmp_path.iterdir())
+    ok = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    assert dump_outputs(net, ok, tmp_path / "x.npz") == [0]
+    with np.load(tmp_path / "x.npz") as dump:  # 2 x 2 x 2: Darknet pads the odd height
+        assert dump["layer0"].tolist() == [[5, 7, 9, 11, 17, 19, 21, 23]]

@@ -144,7 +144,7 @@ def test_valid_and_predict_with_trained_weights(trained, tiny_cfg, capsys, tmp_p
     assert code == 0
     top1 = float(out.split("val_top1")[1].split()[0])
     last = [r for r in metrics(trained) if r["val_top1"]][-1]
-    assert top1 == pytest.approx(float(last["val_top1"]))  # the same model, the same val set
+    assert top1 == pytest.approx(float(last["val_top1"]), abs=1e-4)  # same model, same val set
 
     from training.data import Task, open_data
     from training.session import write_image

@@ -1,0 +1,26 @@
+"""bench/gpu.py --smoke: the GPU benchmark's code path, run on CPU at tiny size so it keeps
+working between the (rare) runs on a GPU machine. Timings are printed, never asserted."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_bench_smoke_prints_the_table():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    row = re.search(r"^fp32\s+channels_last\s+eager\s+([\d.]+)/s\s+([\d.]+)/s\s+([\d.]+)", out,
+                    re.M)
+    assert row, out
+    tv, dk, ratio = map(float, row.groups())
+    assert tv > 0 and dk > 0
+    assert ratio == pytest.approx(dk / tv, rel=0.01, abs=0.002)
+    assert re.search(r"real data .*loader alone [\d.]+ img/s, loader \+ step [\d.]+ img/s", out)

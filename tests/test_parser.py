@@ -1,0 +1,425 @@
+"""cfgparse: the real Darknet corpus, Darknet's syntax rules, positions, every diagnostic (code,
+line and column), typing, blocks and the path/text heuristic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lark import Lark
+
+from cfgparse import Block, CfgError, Option, parse, parse_text, schema
+from cfgparse.errors import CODES
+from cfgparse.parser import _GRAMMAR, _parser, looks_like_text
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "darknet"
+CORPUS = SHARED / "corpus"
+SHAPES = SHARED / "shapes"
+
+
+def corpus_files() -> list[Path]:
+    files = sorted(CORPUS.glob("*/*.cfg"))
+    if not files:
+        pytest.skip("../shared/darknet/corpus is not available")
+    return files
+
+
+def shape_dumps() -> list[Path]:
+    dumps = sorted(p for p in SHAPES.glob("*/*.json") if not p.name.startswith("_"))
+    if not dumps:
+        pytest.skip("../shared/darknet/shapes is not available")
+    return dumps
+
+
+def error_of(text: str, **kw) -> CfgError:
+    with pytest.raises(CfgError) as info:
+        parse_text(text, "t.cfg", **kw)
+    return info.value
+
+
+def located(diags) -> list[tuple[str, int, int]]:
+    return [(d.code, d.line, d.column) for d in diags]
+
+
+# -- the real corpus ------------------------------------------------------------------------------
+def test_every_corpus_file_parses_with_no_error_and_only_expected_warnings():
+    files = corpus_files()
+    assert len(files) == 148
+    for path in files:
+        result = parse(path)
+        assert result and result[0].type == "net", path
+        assert {w.code for w in result.warnings} <= {"W201", "W202"}, path
+        # without a flavor, W201 only for the keys no Darknet fork reads (see the next tests)
+        assert {w.source.split("=")[0].strip() for w in result.warnings if w.code == "W201"} \
+            <= {"beta1", "uc_normalizer"}, path
+
+
+def _unused_by_darknet(dump: dict) -> set[str]:
+    return set(dump.get("darknet_messages", {}).get("unused_fields", []))
+
+
+def _w201_fields(result) -> set[str]:
+    """Our W201s in Darknet's 'key = value' spelling (whitespace removed, like Darknet)."""
+    fields = set()
+    for w in result.warnings:
+        if w.code == "W201":
+            key, _, value = w.source.partition("=")
+            fields.add(f"{''.join(key.split())} = {''.join(value.split())}")
+    return fields
+
+
+def test_w201_is_exactly_darknets_unused_fields_for_the_fork_that_parsed():
+    """Each shape dump records the keys Darknet reported as 'Unused field' while it parsed the
+    cfg. Parsing with that Darknet's flavor must warn W201 for exactly those keys."""
+    checked = 0
+    for dump_path in shape_dumps():
+        dump = json.loads(dump_path.read_text())
+        flavor = "pjreddie" if dump["parser"].lower().startswith("pjreddie") else "alexeyab"
+        result = parse((dump_path.parent / dump["cfg"]).resolve(), flavor=flavor)
+        assert _w201_fields(result) == _unused_by_darknet(dump), dump_path
+        checked += 1
+    assert checked == 182
+
+
+def test_without_flavor_w201_only_for_keys_that_both_forks_report_unused():
+    by_cfg: dict[Path, list[set[str]]] = {}
+    for dump_path in shape_dumps():
+        dump = json.loads(dump_path.read_text())
+        by_cfg.setdefault((dump_path.parent / dump["cfg"]).resolve(), []).append(
+            _unused_by_darknet(dump))
+    warned = 0
+    for cfg, reports in by_cfg.items():
+        fields = _w201_fields(parse(cfg))
+        assert fields <= set.intersection(*reports) if len(reports) > 1 else fields <= reports[0]
+        warned += len(fields)
+    assert warned == 2  # beta1 and uc_normalizer in [yolo]: read by no Darknet
+
+
+def test_corpus_sections_and_keys_from_stats_are_in_the_schema():
+    stats = json.loads((CORPUS / "STATS.json").read_text())
+    for fork in ("alexeyab", "pjreddie"):
+        assert set(stats[fork]["net_keys_cfgs"]) <= set(schema.SECTIONS["net"]), fork
+        for section, keys in stats[fork]["section_keys_cfgs"].items():
+            canonical = schema.canonical_section(section.strip("[]"))
+            assert canonical is not None, section
+            missing = set(keys) - set(schema.SECTIONS[canonical])
+            assert missing <= {"beta1", "uc_normalizer"}, (section, missing)
+
+
+def test_our_lexer_gives_the_same_tokens_as_larks_basic_lexer():
+    reference = Lark(_GRAMMAR.read_text(), parser="lalr", lexer="basic")
+    ours = _parser()
+    texts = [p.read_text() for p in corpus_files()[::10]]
+    texts += ["", "  \n\n", "x=1\n[net]\n  [conv] \n a=1\n\n[", "[a\n[b]c\n\t;x\n k = v \n"]
+    for text in texts:
+        expected = [(t.type, str(t), t.line, t.column, t.start_pos) for t in
+                    reference.lex(text)]
+        got = [(t.type, str(t), t.line, t.column, t.start_pos) for t in ours.lex(text)]
+        assert got == expected
+
+
+# -- Darknet's syntax ---------------------------------------------------------------------------
+NET = "[net]\nwidth=8\nheight=8\nchannels=3\n"
+
+
+def test_whitespace_anywhere_is_removed_like_darknet():
+    blocks = parse(NET + "[convolutional]\n  fil ters = 1 6\n\tactivation =\tleaky \n"
+                   "[yolo]\nanchors = 10,13,  16,30\n")
+    assert blocks[1].values() == {"filters": 16, "activation": "leaky"}
+    assert blocks[2].get("anchors") == [10.0, 13.0, 16.0, 30.0]
+
+
+def test_comments_blank_lines_and_inline_hash():
+    blocks = parse("# top\n; also\n[net]\n# w\nbatch=2\n\n   \n;x=1\n[route]\nlayers = -1, 4 ###P4"
+                   "\n[yolo]\nmask=0,1,2#foo\nmap=data/x#y\n")
+    assert blocks[0].values() == {"batch": 2}
+    assert blocks[1].get("layers") == [-1, 4]  # list parsers stop at '#', like Darknet's
+    assert blocks[2].get("mask") == [0, 1, 2]
+    assert blocks[2].get("map") == "data/x#y"  # text keeps it: Darknet strips no comment
+
+
+def test_crlf_cr_and_bom_read_like_lf():
+    text = NET + "[convolutional]\nfilters=4\nactivation=leaky\n"
+    plain = parse(text)
+    for variant in (text.replace("\n", "\r\n"), text.replace("\n", "\r"), "\ufeff" + text):
+        again = parse(variant)
+        assert list(again) == list(plain)
+        assert [o.line for b in again for o in b.options.values()] == \
+            [o.line for b in plain for o in b.options.values()]
+    assert list(parse(b"\xef\xbb\xbf" + text.encode())) == list(plain)
+    crlf = parse(text.replace("\n", "\r\n"))
+    assert crlf[1].option("filters").source == "filters=4"
+
+
+def test_duplicate_key_first_wins_and_warns_with_darknets_value():
+    result = parse("[net]\nbatch=64\nwidth=8\nbatch=1\n")
+    assert result[0].get("batch") == 64
+    (w,) = result.warnings
+    assert located([w]) == [("W202", 4, 1)]
+    assert "Darknet uses the first value, '64' (line 2)" in w.message
+
+
+def test_aliases_are_normalised_and_the_written_name_kept():
+    blocks = parse("[network]\nbatch=1\n[conv]\n[max]\n[avg]\n[soft]\n[conn]\n[lrn]\n"
+                   "[local_avg]\n[silence]\n[deconv]\n")
+    assert [b.type for b in blocks] == ["net", "convolutional", "maxpool", "avgpool", "softmax",
+                                        "connected", "normalization", "local_avgpool", "empty",
+                                        "deconvolutional"]
+    assert [b.name for b in blocks][:3] == ["network", "conv", "max"]
+
+
+def test_layer_indices_follow_darknet():
+    blocks = parse(NET + "[convolutional]\n[maxpool]\n[route]\nlayers=-1\n")
+    assert [b.index for b in blocks] == [-1, 0, 1, 2]
+
+
+# -- positions ----------------------------------------------------------------------------------
+def test_positions_of_headers_keys_and_values():
+    text = "[net]\n  batch = 64\n\twidth=\t8\n [conv]\nfilters=16\n   size  =   3\n"
+    blocks = parse_text(text, "p.cfg")
+    net, conv = blocks
+    assert (net.line, net.column, net.path) == (1, 1, "p.cfg")
+    assert (conv.line, conv.column, conv.source) == (4, 2, " [conv]")
+    batch, width = net.option("batch"), net.option("width")
+    assert (batch.line, batch.column, batch.value_column) == (2, 3, 11)
+    assert batch.source == "  batch = 64"  # the first body line keeps its indentation
+    assert (width.line, width.column, width.value_column) == (3, 2, 9)
+    size = conv.option("size")
+    assert (size.line, size.column, size.value_column, size.raw) == (6, 4, 14, "3")
+    assert conv.option("filters")[3:6] == (5, 1, 9)
+
+
+def test_positions_are_the_same_on_the_fast_path_and_from_the_line_cache():
+    text = NET + "[convolutional]\n  filters = 8\nsize=3\n" * 2
+    blocks = parse(text)
+    first, second = blocks[1], blocks[2]
+    for key in ("filters", "size"):
+        a, b = first.option(key), second.option(key)
+        assert a[:3] == b[:3] and a[4:] == b[4:] and b.line == a.line + 3
+
+
+# -- every diagnostic: code, line and column ----------------------------------------------------
+ERRORS = [
+    # (text, [(code, line, column), ...])
+    ("", [("E100", 1, 1)]),
+    ("# only a comment\n\n", [("E100", 1, 1)]),
+    (NET + "[convolutional\nfilters=1\n", [("E101", 5, 15)]),
+    (NET + "[convolutional]\nfilters 16\n", [("E102", 6, 8)]),
+    (NET + "[convolutional]\n  filters\n", [("E102", 6, 10)]),
+    (NET + "[convolutional]\n=3\n", [("E102", 6, 1)]),
+    ("batch=1\n" + NET, [("E103", 1, 1)]),
+    ("[net]\nbatch=\n", [("E105", 2, 7)]),
+    ("[net]\n  batch =  \n", [("E105", 2, 10)]),
+    (NET + "[conv] x\n", [("E106", 5, 8)]),
+    (NET + "[]\n", [("E106", 5, 1)]),
+    ("[convolutional]\nfilters=1\n", [("E107", 1, 1)]),
+    (NET + "[convolutonal]\n", [("E201", 5, 2)]),
+    (NET + "[ Conv ]\n", [("E201", 5, 3)]),
+    (NET + "[convolutional]\nfilters=abc\n", [("E202", 6, 9)]),
+    (NET + "[convolutional]\nfilters = 1_000\n", [("E202", 6, 11)]),
+    (NET + "[route]\nlayers=-1,x\n", [("E202", 6, 8)]),
+    (NET + "[convolutional]\nsize=-3\n", [("E203", 6, 6)]),
+    (NET + "[convolutional]\n\tsize = 0\n", [("E203", 6, 9)]),
+    ("[net]\nlearning_rate=1e999\n", [("E203", 2, 15)]),
+    (NET + "[convolutional]\nactivation=leeky\n", [("E204", 6, 12)]),
+    ("[net]\npolicy=stepz\n", [("E204", 2, 8)]),
+]
+
+
+@pytest.mark.parametrize("text, expected", ERRORS,
+                         ids=[f"{e[1][0][0]}-{i}" for i, e in enumerate(ERRORS)])
+def test_error_code_line_and_column(text, expected):
+    assert located(error_of(text).errors) == expected
+
+
+WARNINGS = [
+    (NET + "[convolutional]\n  filter=16\n", {}, [("W201", 6, 3)]),
+    ("[net]\nbatch=1\n  batch = 2\n", {}, [("W202", 3, 3)]),
+    ("[net]\nbatch=3.7\n", {}, [("W203", 2, 7)]),
+    (NET + "[convolutional]\nsize=1e3\n", {}, [("W203", 6, 6)]),
+    ("[net] # comment\n", {}, [("W205", 1, 7)]),
+    (NET + "[sam]\nfrom=-1\n", {"flavor": "pjreddie"}, [("W206", 5, 2)]),
+    (NET + "[rnn]\nhidden=4\n", {"flavor": "pjreddie"}, [("W201", 6, 1)]),
+    (NET + "[reorg]\nextra=1\n", {"flavor": "alexeyab"}, [("W201", 6, 1)]),
+]
+
+
+@pytest.mark.parametrize("text, kw, expected", WARNINGS,
+                         ids=[f"{w[2][0][0]}-{i}" for i, w in enumerate(WARNINGS)])
+def test_warning_code_line_and_column(text, kw, expected):
+    assert located(parse_text(text, "t.cfg", **kw).warnings) == expected
+
+
+def test_fork_specific_keys_warn_only_for_the_other_fork():
+    text = NET + "[rnn]\nhidden=4\n[reorg]\nextra=1\n"
+    assert parse(text).warnings == []
+    assert [w.message for w in parse(text, flavor="pjreddie").warnings] == [
+        "pjreddie Darknet does not read 'hidden' in [rnn] (Unused field; only AlexeyAB does)"]
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"[net]\nbatch=1\n\x00\x01\x02", ("E104", 3, 1)),
+    (b"[net]\nbatch=\xff\xfe1\n", ("E104", 2, 7)),
+    (b"\xff\xfe[\x00n\x00", ("E104", 1, 1)),
+    (b"[net]\nbatch=1\x07\n", ("E104", 2, 8)),
+    (bytes(range(256)), ("E104", 1, 1)),
+])
+def test_binary_and_garbage_input(data, expected):
+    with pytest.raises(CfgError) as info:
+        parse(data)
+    assert located(info.value.errors) == [expected]
+
+
+def test_did_you_mean_hints():
+    assert error_of(NET + "[convolutonal]\n").first.hint == "did you mean 'convolutional'?"
+    assert error_of(NET + "[Yolo]\n").first.hint == "did you mean 'yolo'?"
+    assert error_of(NET + "[convolutional]\nactivation=Leaky\n").first.hint == \
+        "did you mean 'leaky'?"
+    assert error_of("[net]\npolicy=setps\n").first.hint == "did you mean 'steps'?"
+    (w,) = parse(NET + "[convolutional]\nfliters=1\n").warnings
+    assert w.hint == "did you mean 'filters'?"
+
+
+def test_the_error_format():
+    err = error_of(NET + "[convolutional]\n\tsize = -3\n")
+    assert str(err) == (
+        "t.cfg:6:9: error[E203]: 'size' = -3 is out of range (must be >= 1)\n"
+        "  |\n"
+        "6 | \tsize = -3\n"
+        "  | \t       ^^\n"  # the tab is kept, so the caret lands under the value
+        "help: use a value >= 1")
+    assert set(CODES) >= {"E100", "E101", "E102", "E103", "E104", "E105", "E201", "E202",
+                          "E203", "E204", "W201", "W202"}
+
+
+def test_several_errors_in_one_run_with_warnings_alongside():
+    err = error_of("[net]\nbatch=x\nwidth=1\nwidth=2\n[conv]\nfilters=y\nsize 3\n[bogus]\n"
+                   "size=\n")
+    assert located(err.diagnostics) == [("E202", 2, 7), ("W202", 4, 1), ("E202", 6, 9),
+                                        ("E102", 7, 5), ("E201", 8, 2), ("E105", 9, 6)]
+    assert err.code == "E202"
+
+
+# -- values -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw, value", [
+    ("3", 3), ("+3", 3), ("-0", 0), ("007", 7), ("3#x", 3), ("3.9", 3), ("-3.9", -3),
+    ("1e3", 1), (".5", 0),  # C atoi reads the leading digits only (W203 says so)
+])
+def test_integers_read_like_c_atoi(raw, value):
+    assert parse(f"[net]\ntrack={raw}\n")[0].get("track") == value
+
+
+@pytest.mark.parametrize("raw", ["1_000", "\u0663", "0x10", "inf", "nan", "3,4", "--1"])
+def test_not_integers(raw):
+    assert error_of(f"[net]\nmax_batches={raw}\n").code == "E202"
+
+
+@pytest.mark.parametrize("raw, value", [
+    ("0.001", 0.001), ("1e-3", 0.001), ("5.", 5.0), (".5", 0.5), ("+2E2", 200.0), ("0.5#c", 0.5),
+])
+def test_floats(raw, value):
+    got = parse(f"[net]\nlearning_rate={raw}\n")[0].get("learning_rate")
+    assert got == value and isinstance(got, float)
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-infinity", "1_0", "1.2.3", "\u0663"])
+def test_not_floats(raw):
+    assert error_of(f"[net]\nhue={raw}\n").code == "E202"
+
+
+def test_lists_and_unknown_keys_are_typed():
+    blocks = parse("[net]\nsteps=100,200,\nscales=.1,1\n[convolutional]\nfoo=1,2\nbar=0.5\n"
+                   "baz=x,y\nqux=4\n")
+    assert blocks[0].get("steps") == [100, 200]
+    assert blocks[0].get("scales") == [0.1, 1.0]
+    assert blocks[1].values() == {"foo": [1, 2], "bar": 0.5, "baz": "x,y", "qux": 4}
+
+
+# -- blocks ---------------------------------------------------------------------------------------
+def test_blocks_are_immutable():
+    block = parse(NET + "[convolutional]\nfilters=8\n")[1]
+    with pytest.raises(TypeError):
+        block.options["filters"] = None  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        block.type = "maxpool"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        block.option("filters").value = 3  # type: ignore[misc]
+    mine = {"filters": Option("filters", "8", 8)}
+    made = Block("convolutional", options=mine)
+    mine["filters"] = Option("filters", "9", 9)
+    assert made.get("filters") == 8
+
+
+def test_getters_type_default_and_track_reads():
+    block = parse(NET + "[convolutional]\nfilters=8\nsize=3\nfoo=1\n")[1]
+    assert block.int("filters") == 8 and block.float("filters") == 8.0
+    assert block.int("stride") == 1  # the schema's default
+    assert block.str("activation") == "logistic"
+    assert [o.key for o in block.unread()] == ["size", "foo"]
+    assert block.ints("size") == [3]
+    assert [o.key for o in block.unread()] == ["foo"]
+    with pytest.raises(CfgError) as info:
+        parse(NET + "[convolutional]\nfilters=8\n[yolo]\nmask=1,2\n")[2].int("mask")
+    assert located(info.value.errors) == [("E202", 8, 6)]
+
+
+def test_equality_is_on_types_and_values():
+    a = parse("[net]\nbatch=1\n")[0]
+    b = parse("[net]\n\n  batch = 1\n")[0]
+    assert a == b
+    assert Block("net", options={"x": Option("x", "1", 1)}) != \
+        Block("net", options={"x": Option("x", "1", 1.0)})
+
+
+def test_with_values_types_through_the_schema_and_keeps_the_original():
+    block = parse(NET + "[convolutional]\nfilters=8\nactivation=leaky\n")[1]
+    changed = block.with_values(filters="16", size=3, pad=True, activation=None)
+    assert changed.values() == {"filters": 16, "size": 3, "pad": 1}
+    assert block.values() == {"filters": 8, "activation": "leaky"}
+    assert changed.option("filters").line == 6  # the replaced option keeps its place
+    assert block.with_values(filters=" 1 6 ").get("filters") == 16
+    assert parse("[net]\nlearning_rate=0.1\n")[0].with_values(learning_rate=1).get(
+        "learning_rate") == 1.0
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"filters": "abc"}, ("E202", 6, 9)),
+    ({"size": "-3"}, ("E203", 5, 1)),  # no size line: located at the header
+    ({"filters": -3}, ("E203", 6, 9)),
+    ({"activation": "leeky"}, ("E204", 5, 1)),
+    ({"filtres": 3}, ("E205", 5, 1)),
+    ({"filters": ""}, ("E105", 6, 9)),
+])
+def test_with_values_errors_are_located(values, expected):
+    block = parse(NET + "[convolutional]\nfilters=8\n")[1]
+    with pytest.raises(CfgError) as info:
+        block.with_values(**values)
+    assert located(info.value.errors) == [expected]
+    if expected[0] == "E205":
+        assert info.value.first.hint == "did you mean 'filters'?"
+
+
+# -- path or text -------------------------------------------------------------------------------
+def test_path_or_text(tmp_path):
+    cfg = tmp_path / "a.cfg"
+    cfg.write_text(NET)
+    assert parse(str(cfg))[0].get("width") == 8
+    assert parse(cfg)[0].get("width") == 8
+    assert parse("[net]")[0].values() == {}  # one line, no newline: still text
+    assert looks_like_text("batch=1") and not looks_like_text("cfg/yolov3.cfg")
+    assert located(error_of("batch=1").errors) == [("E103", 1, 1)]  # text, not a missing file
+    assert looks_like_text("") and looks_like_text("  ")
+    eq_path = tmp_path / "lr=0.1.cfg"
+    eq_path.write_text(NET)
+    assert not looks_like_text(str(eq_path))  # an existing file with '=' in its name
+
+
+@pytest.mark.parametrize("name", ["missing.cfg", "dir", "bad\x00name"])
+def test_unreadable_paths_are_e901(tmp_path, name):
+    (tmp_path / "dir").mkdir()
+    target = str(tmp_path / name) if name != "bad\x00name" else name
+    with pytest.raises(CfgError) as info:
+        parse(target)
+    assert info.value.code == "E901"
+    assert info.value.first.message.startswith("cannot read")
