@@ -1,9 +1,10 @@
 """Darknet's batch normalisation, for (N, C, H, W) and (N, C) input.
 
 AlexeyAB inference is exactly torch's `(x - mean) / sqrt(var + 1e-5) * scale + bias`, so
-`DarknetBatchNorm` is a plain `_BatchNorm` (torch's fast kernels, torchvision-compatible state-dict
-names: weight=scales, bias=biases, running_mean, running_var). pjreddie puts the epsilon outside
-the root, `(x - mean) / (sqrt(var) + 1e-6)`, which torch has no kernel for: `PjreddieBatchNorm`.
+`DarknetBatchNorm` is an `nn.BatchNorm2d` that also takes (N, C) input (torch's fast kernels,
+torchvision-compatible state-dict names: weight=scales, bias=biases, running_mean, running_var).
+pjreddie puts the epsilon outside the root, `(x - mean) / (sqrt(var) + 1e-6)`, which torch has no
+kernel for: `PjreddieBatchNorm`.
 
 Training differs slightly from Darknet's CPU code, which normalises with the unbiased batch
 variance; torch normalises with the biased one (and updates the running variance with the
@@ -20,7 +21,7 @@ ALEXEYAB_EPS = 1e-5
 PJREDDIE_EPS = 1e-6
 
 
-class DarknetBatchNorm(nn.modules.batchnorm._BatchNorm):
+class DarknetBatchNorm(nn.BatchNorm2d):
     """AlexeyAB batch-norm over channel dim 1 of (N, C) or (N, C, H, W) input."""
 
     def __init__(self, num_features: int, momentum: float = 0.1) -> None:

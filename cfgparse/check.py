@@ -1,7 +1,8 @@
 """`darkcfg check`: lint Darknet cfg files for CI.
 
     python -m cfgparse check [--format text|json|github|sarif] [--strict] [--no-build]
-                             [--max-memory SIZE] [--flavor alexeyab|pjreddie] FILE|DIR ...
+                             [--max-memory SIZE] [--flavor alexeyab|pjreddie] [--jobs N]
+                             FILE|DIR ...
 
 Three stages per file, each run only when the previous one found no error (a later stage would
 mostly repeat the earlier error in other words):
@@ -348,7 +349,7 @@ def check_file(path: str | Path, options: Options | None = None) -> list[Diagnos
     return ordered(dedupe(found))
 
 
-def dedupe(found: Iterable[Diagnostic]) -> list[Diagnostic]:
+def dedupe(found: Sequence[Diagnostic]) -> list[Diagnostic]:
     """One diagnostic per place and code; an unknown key (W201) is not also a key no builder
     reads (W301)."""
     unknown_keys = {(d.path, d.line, d.column) for d in found if d.code == "W201"}
@@ -417,13 +418,19 @@ def default_jobs() -> int:
 # -- output formats ------------------------------------------------------------------------------
 
 def format_text(found: Sequence[Diagnostic], n_files: int) -> str:
-    parts = [d.format() for d in found]
+    parts = [d.format() if d.line else _file_level(d) for d in found]
     errors = sum(d.severity == ERROR for d in found)
     warnings = len(found) - errors
     parts.append(f"{n_files} file{'s' if n_files != 1 else ''} checked: "
                  f"{errors} error{'s' if errors != 1 else ''}, "
                  f"{warnings} warning{'s' if warnings != 1 else ''}")
     return "\n\n".join(parts)
+
+
+def _file_level(d: Diagnostic) -> str:
+    """A finding about the whole file (no line to show)."""
+    return f"{d.path}: {d.severity}[{d.code}]: {d.message}" + (
+        f"\nhelp: {d.hint}" if d.hint else "")
 
 
 def format_json(found: Sequence[Diagnostic]) -> str:
@@ -564,9 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.strict:
         found = [dataclasses.replace(d, severity=ERROR) if d.severity == WARNING else d
                  for d in found]
-    for d in found:
-        if d.code in IO_CODES:
-            print(f"darkcfg check: {d.message}", file=sys.stderr)
+    if args.format != "text":  # the machine formats keep stdout parseable; say it here too
+        for d in found:
+            if d.code in IO_CODES:
+                print(f"darkcfg check: {d.message}", file=sys.stderr)
     report = {"text": lambda: format_text(found, len(files)), "json": lambda: format_json(found),
               "github": lambda: format_github(found),
               "sarif": lambda: json.dumps(sarif_log(found), indent=2)}[args.format]()

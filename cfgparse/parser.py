@@ -100,9 +100,16 @@ def decode(data: bytes, path: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line, col = _line_col(data, exc.start, b"\n")
+        line = data.count(b"\n", 0, exc.start) + 1
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        col = len(data[start:exc.start].decode("utf-8", "replace")) + 1  # in characters
+        end = data.find(b"\n", exc.start)
+        source = data[start:end if end >= 0 else len(data)]
+        # show the line when it is text with a stray byte (say Latin-1), not a binary blob
+        shown = source.decode("utf-8", "replace") if len(source) <= 200 else ""
         raise CfgError(Diagnostic("E104", f"invalid UTF-8 byte 0x{data[exc.start]:02x}", path,
-                                  line, col, hint="save the file as UTF-8 text")) from None
+                                  line, col, ERROR, "save the file as UTF-8 text",
+                                  shown.translate(_VISIBLE), 1)) from None
 
 
 def _line_col(data, pos: int, newline) -> tuple[int, int]:

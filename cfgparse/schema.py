@@ -3,6 +3,9 @@
 Source: ../shared/darknet/SEMANTICS.md (AlexeyAB `parse_*`, plus pjreddie-only keys marked [pj]).
 Types: i = int, f = float, s = text, I = list of ints, F = list of numbers, b = 0/1 flag.
 A default of None means "required" (or "no default": the builder decides from other keys).
+`fork=AB`/`fork=PJ` marks a key only one Darknet fork reads; SECTION_FORK does so for sections.
+The shape dumps (../shared/darknet/shapes) confirm it: parsed for the fork that made each dump,
+W201 falls on exactly the keys that Darknet reported as "Unused field" (tests/test_parser.py).
 """
 
 from __future__ import annotations

@@ -161,6 +161,9 @@ def _options(node: Any, name: str, table: Any, path: str, lines: list[str],
         if not isinstance(key_node, yaml.ScalarNode):
             raise _shape(key_node, path, lines, f"a key of [{name}] must be a plain name")
         key = "".join(key_node.value.split())
+        if not key or "=" in key or key[0] in "#;[":  # not expressible as a cfg line
+            raise _shape(key_node, path, lines, f"'{key}' cannot be a key: keys are non-empty, "
+                         "have no '=' and do not start with '#', ';' or '['")
         same_line = value_node.start_mark.line + 1 == line
         value_col = value_node.start_mark.column + 1 if same_line else col
         raw = _raw(value_node, key, path, lines, diags)

@@ -391,6 +391,13 @@ def test_missing_file_is_an_io_error_but_others_are_checked(tmp_path, capsys):
                                                        (str(broken), "E202")]
 
 
+def test_missing_file_in_text_format(tmp_path, capsys):
+    rc, out, _ = run_main(capsys, str(tmp_path / "nope.cfg"))
+    assert rc == 2
+    assert out.splitlines()[0] == (f"{tmp_path / 'nope.cfg'}: error[E901]: cannot read "
+                                   f"'{tmp_path / 'nope.cfg'}': No such file or directory")
+
+
 def test_usage_errors(capsys):
     assert run_main(capsys)[0] == 2
     assert run_main(capsys, "--format", "xml", "a.cfg")[0] == 2

@@ -128,15 +128,17 @@ def test_mutated_yaml_raises_only_cfgerror(data):
             text = text[:i] + data.draw(st.sampled_from(list(":-[]{}#&*!|>'\" \n\t,?")) |
                                         st.characters()) + text[i:]
     try:
-        blocks_from_yaml(text, "fuzz.yaml")
+        result = blocks_from_yaml(text, "fuzz.yaml")
     except CfgError as exc:
         assert exc.diagnostics
+        return
+    assert typed(parse_text(write(result), "written.cfg")) == typed(result)
 
 
 NUMERIC_KEYS = [("net", "batch"), ("net", "track"), ("net", "learning_rate"), ("net", "steps"),
                 ("net", "scales"), ("net", "policy"), ("convolutional", "activation"),
                 ("yolo", "map"), ("convolutional", "size"), ("net", "hue")]
-VALUE_TEXT = st.text(st.sampled_from(list("0123456789+-.eE_#, \tabx\u0663")), min_size=0,
+VALUE_TEXT = st.text(st.sampled_from(list("0123456789+-.eE_#, \tainfx\u0663")), min_size=0,
                      max_size=8)
 
 

@@ -72,7 +72,7 @@ def rows(out: Path) -> list[dict]:
 
 
 def start(cmd: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -138,6 +138,6 @@ def test_sigterm_saves_and_exits_cleanly(cfg, tmp_path):
     more = subprocess.run(command(cfg, out, "--resume", "--set",
                                   f"max_batches={state['iteration'] + 2}"),
                           cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
     assert more.returncode == 0, more.stderr
     assert int(rows(out)[-1]["iteration"]) == state["iteration"] + 2

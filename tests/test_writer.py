@@ -102,6 +102,8 @@ def test_a_yaml_path_is_accepted_wherever_a_cfg_is(tmp_path):
     ("- net: {}\n- [1, 2]\n", [("E108", 2, 3)]),
     ("- net: {}\n  conv: {}\n", [("E108", 1, 3)]),
     ("- net: 3\n", [("E108", 1, 8)]),
+    ("- net: {'#x': 1}\n", [("E108", 1, 9)]),
+    ("- net: {a=b: 1}\n", [("E108", 1, 9)]),
 ])
 def test_yaml_errors_are_located_in_the_yaml(text, expected):
     with pytest.raises(CfgError) as info:

@@ -21,6 +21,7 @@ from .loop import NonFiniteLoss, Trainer
 COLUMNS = ("iteration", "epoch", "loss", "avg_loss", "lr", "images_per_s", "val_top1",
            "val_top5", "val_loss")
 CHECKPOINT = "checkpoint.pt"
+CHART_EVERY_S = 60  # redraw chart.png at checkpoints at most this often (and at the end)
 
 
 def write_settings(path: Path, settings: dict) -> None:
@@ -42,6 +43,8 @@ class RunLog:
         self.last_time: float | None = None
         self.last_lr = 0.0
         self.rows: list[dict] = []
+        self.charted = time.monotonic()  # when chart.png was last drawn
+        self.charted_rows = 0  # and how many rows it showed
         if state:
             self.avg_loss, self.best = state["avg_loss"], state["best"]
         if self.main:
@@ -142,7 +145,8 @@ class RunLog:
                      log={"avg_loss": self.avg_loss, "best": self.best}, **self.meta)
         save_checkpoint(self.out / CHECKPOINT, state)
         self.save_weights(trainer, "last")
-        self.chart()
+        if time.monotonic() - self.charted > CHART_EVERY_S:
+            self.chart()
 
     def finish(self, trainer: Trainer) -> None:
         self.checkpoint(trainer)
@@ -152,6 +156,8 @@ class RunLog:
 
     def close(self) -> None:
         if self.main:
+            if len(self.rows) != self.charted_rows:
+                self.chart()
             self.bar.close()
             self._csv.close()
 
@@ -191,6 +197,7 @@ class RunLog:
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         atomic_write(self.out / "chart.png", lambda fh: fh.write(buf.getvalue()))
+        self.charted, self.charted_rows = time.monotonic(), len(self.rows)
 
 
 def gather(dist: Dist, obj):
