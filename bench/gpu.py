@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from builders.presets import load_torchvision_state_dict  # noqa: E402
-from training.config import NetConfig  # noqa: E402
 from training.loop import Trainer  # noqa: E402
 from training.session import build_network  # noqa: E402
 
@@ -81,6 +80,11 @@ def torchvision_step(model, x, y, bf16: bool, device: torch.device):
     return step
 
 
+def runner_step(trainer, x, y):
+    """The runner's own training step (training.loop.Trainer.step) on in-device data."""
+    return lambda: trainer.step(x, y)
+
+
 def darkcfg_trainer(size: int, batch: int, bf16: bool, channels_last: bool, compile: bool,
                     device: torch.device, state_dict: dict, classes: int):
     overrides = [f"width={size}", f"height={size}", f"batch={batch}", "subdivisions=1",
@@ -113,7 +117,7 @@ def measure_modes(args, device: torch.device) -> list[dict]:
                        batch, device)
         del model, tv
         trainer = darkcfg_trainer(size, batch, bf16, cl, comp, device, state, classes)
-        dk_ips = timed(lambda: trainer.step(xm, y), args.steps, args.warmup, batch, device)
+        dk_ips = timed(runner_step(trainer, xm, y), args.steps, args.warmup, batch, device)
         del trainer
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -153,21 +153,26 @@ def _size_error(net: Network, plan, path: str, header: Header, expected: int, ac
                 odd: int, cutoff: int | None) -> None:
     what = f"the first {cutoff} layers of this network read" if cutoff is not None else \
         "this network reads"
+    version = ".".join(map(str, header.version))
     message = (f"'{path}' holds {actual} floats{f' and {odd} stray bytes' if odd else ''} after "
-               f"its {header.size}-byte header, but {what} {expected}")
+               f"its {header.size}-byte header (version {version}), but {what} {expected}")
+    hint = ("check that the cfg matches the weights (filters, classes, batch_normalize...); "
+            "to load only the first N layers of a longer file use --cutoff N")
     if actual < expected:
-        # name the layer where the file runs out, to tell a partial file from a wrong cfg
-        pos = 0
+        # where the file runs out tells a partial file from a wrong cfg
+        start = 0
         for i, tensors in plan:
-            pos += sum(t.numel() for t in tensors)
-            if pos > actual:
-                message += f"; it ends inside layer {i} ([{net.meta[i].type}])"
+            end = start + sum(t.numel() for t in tensors)
+            if start == actual:
+                message += f"; it ends exactly where layer {i} begins"
+                hint = (f"if it is a partial file (e.g. from `darknet partial`), load it with "
+                        f"--cutoff {i}; otherwise check that the cfg matches the weights")
                 break
-        hint = ("a partial file (e.g. from `darknet partial`) loads with --cutoff N; "
-                "otherwise check that the cfg matches the weights")
-    else:
-        hint = ("check that the cfg matches the weights (filters, classes, batch_normalize...); "
-                "to load only the first N layers of a longer file use --cutoff N")
+            if end > actual:
+                message += f"; it ends inside layer {i} ([{net.meta[i].type}])"
+                hint = "check that the cfg matches the weights, and that the file is complete"
+                break
+            start = end
     raise _error("E902", message, path, hint)
 
 

@@ -4,6 +4,7 @@ parser's fast path and line cache type every value exactly like the schema does.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,9 @@ def _seeds() -> list[str]:
 
 
 SEEDS = _seeds()
-FUZZ = settings(max_examples=120, deadline=None, database=None,
+# a few seconds in the suite; DARKCFG_FUZZ_EXAMPLES=5000 for a longer hunt
+FUZZ = settings(max_examples=int(os.environ.get("DARKCFG_FUZZ_EXAMPLES", "120")), deadline=None,
+                database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 # characters that matter to the grammar and the value rules, plus anything at all
 INTERESTING = st.sampled_from(list("[]=#;,.-+_eE09 \t\n\r\ufeff\x00\x07"))

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from oracle import ORACLE, require_oracle, weights_file
 
 from builders import build
 from builders.weights import load_weights, read_header, save_weights, weight_floats
@@ -216,7 +217,7 @@ def test_partial_save_and_load(tmp_path):
     # a partial file does not fit the whole network...
     with pytest.raises(CfgError) as err:
         load_weights(fresh, part)
-    assert "--cutoff" in str(err.value)
+    assert "where layer 2 begins" in str(err.value) and "--cutoff 2" in str(err.value)
     assert_unchanged(fresh, before)
     # ...but loads with the cutoff, leaving the later layers alone
     assert load_weights(fresh, part, cutoff=2)["floats"] == 144
@@ -267,3 +268,17 @@ def test_save_is_atomic(tmp_path):
     with pytest.raises(CfgError) as err:
         save_weights(make_net(), tmp_path / "no" / "such" / "dir.weights")
     assert err.value.code == "E901"
+
+
+def test_real_darknet_file_round_trips(tmp_path):
+    """The weights the oracle ran real Darknet with: every byte back as it was."""
+    require_oracle()
+    for name in ("yolov3-tiny", "yolov2.pjreddie"):  # AlexeyAB and pjreddie networks
+        source = weights_file(name)
+        flavor = "pjreddie" if name.endswith("pjreddie") else "alexeyab"
+        net = build(ORACLE / "cfg" / f"{name}.cfg", flavor=flavor)
+        info = load_weights(net, source)
+        assert info["floats"] == (source.stat().st_size - 20) // 4
+        out = tmp_path / f"{name}.weights"
+        save_weights(net, out, seen=info["seen"], version=info["version"])
+        assert out.read_bytes() == source.read_bytes()

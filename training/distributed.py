@@ -98,11 +98,12 @@ def broadcast_flag(ctx: Dist, flag: bool, device: torch.device) -> bool:
 
 
 def parameter_fingerprints(ctx: Dist, module: torch.nn.Module) -> list[str]:
-    """Every rank's hash of its parameters and buffers (rank order): DDP keeps them equal."""
+    """Every rank's hash of its parameters (rank order): DDP keeps them equal. (Buffers such as
+    BN statistics are each rank's own until the next forward broadcasts rank 0's.)"""
     import hashlib
 
     digest = hashlib.sha256()
-    for t in list(module.parameters()) + list(module.buffers()):
+    for t in module.parameters():
         digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     mine = digest.hexdigest()
     if not ctx.enabled:

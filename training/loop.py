@@ -120,8 +120,9 @@ class Trainer:
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            # buffers (BN statistics) follow rank 0 at every forward; SyncBN does better on CUDA
             self.ddp = self.model = DDP(self.model, device_ids=[device] if device.type == "cuda"
-                                        else None, broadcast_buffers=False)
+                                        else None)
         if compile:
             self.model = torch.compile(self.model)
 

@@ -1,0 +1,84 @@
+"""torchrun: two CPU processes on gloo train one model; DDP keeps every rank's parameters equal
+and only rank 0 writes the run's files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CFG = """
+[net]
+width=12
+height=12
+channels=3
+batch=16
+subdivisions=2
+learning_rate=0.05
+momentum=0.9
+decay=0.0005
+max_batches=6
+burn_in=2
+flip=1
+
+[convolutional]
+filters=8
+size=3
+pad=1
+batch_normalize=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[dropout]
+probability=0.2
+
+[connected]
+output=4
+activation=linear
+
+[softmax]
+"""
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch built without gloo")
+def test_two_processes_on_gloo_keep_equal_parameters(tmp_path):
+    cfg = tmp_path / "ddp.cfg"
+    cfg.write_text(CFG)
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(ROOT / "runner.py"), str(cfg), "--train", "--device", "cpu", "--out", str(out),
+         "--no-progress", "--checkpoint-every", "3", "--valid-every", "6"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fingerprints = (out / "ranks.txt").read_text().split()
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    assert "parameters identical on all 2 ranks" in result.stderr
+    # rank 0 alone logs: one banner, one row per iteration; batch 16 is global (8 per process)
+    assert result.stderr.count("no --data: training on the embedded dataset") == 1
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 7))
+    assert rows[-1]["val_top1"] != ""
+    import yaml
+
+    settings = yaml.safe_load((out / "settings.yaml").read_text())
+    assert settings["world_size"] == 2 and settings["per_process_batch"] == 8
+    from builders.weights import read_header
+
+    header = read_header((out / "ddp_final.weights").read_bytes()[:20], "ddp_final.weights")
+    assert header.seen == 6 * 16
