@@ -13,7 +13,6 @@ from builders import build
 from builders.presets import (
     PRESET_NAMES,
     VGG_DEPTHS,
-    cfg_text,
     load_torchvision_state_dict,
     preset_text,
     to_torchvision_state_dict,
@@ -21,6 +20,7 @@ from builders.presets import (
 )
 from builders.weights import load_weights, save_weights
 from cfgparse import CfgError, parse
+from cfgparse.writer import write
 
 CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"
 VARIANTS = [(depth, bn) for bn in (False, True) for depth in VGG_DEPTHS]
@@ -76,7 +76,7 @@ def test_generated_cfg_is_up_to_date_and_parses_to_the_same_blocks(depth, bn):
     assert not parsed.warnings
     assert [b.type for b in parsed] == [b.type for b in blocks]
     assert [b.index for b in parsed] == [b.index for b in blocks]
-    assert list(parse(cfg_text(blocks))) == blocks
+    assert list(parse(write(blocks))) == blocks
 
 
 def test_presets_are_data_with_the_requested_sizes():

@@ -424,7 +424,12 @@ def torchvision_data(spec: str, channels: int) -> DataSplits:
         problem: Exception | None = None
         for kwargs in attempts:
             try:
-                return cls(root, download=False, **kwargs)
+                try:
+                    return cls(root, download=False, **kwargs)
+                except TypeError as exc:
+                    if "download" not in str(exc):
+                        raise
+                    return cls(root, **kwargs)  # a dataset that never downloads
             except TypeError as exc:  # this dataset takes the other keyword
                 problem = exc
             except (RuntimeError, OSError, ValueError) as exc:

@@ -29,7 +29,7 @@ from .data import (
     open_data,
     read_image,
 )
-from .loop import Schedule, Trainer, evaluate, fit, loss_layer_index
+from .loop import Schedule, Trainer, darknet_init, evaluate, fit, loss_layer_index
 from .outputs import CHECKPOINT, RunLog, write_settings
 
 
@@ -135,6 +135,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     out = opts.out
     if splits.backup and not opts.explicit_out:
         out = Path(splits.backup)
+    darknet_init(net)  # before --weights, which may load only some layers
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff), dist)
     trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
