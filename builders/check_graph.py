@@ -8,13 +8,10 @@ what a successful build can still get wrong, and the memory estimate.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from torch import nn
 
 from cfgparse import Block, CfgError, Diagnostic
 from cfgparse.check import DEFAULT_MAX_MEMORY, item_diagnostic, value
@@ -42,30 +39,7 @@ def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
 
 
 def meta_build(blocks: Sequence[Block], flavor: str) -> Network:
-    with _skip_parameter_init():
-        return build(list(blocks), device="meta", flavor=flavor)
-
-
-@contextlib.contextmanager
-def _skip_parameter_init():
-    """Meta tensors hold no values, so initialising them only costs time: torch's
-    reset_parameters are ~40% of a corpus check. Only torch's own modules are skipped (a
-    darkcfg layer's own initialisation still runs, e.g. to create its tensors)."""
-    classes = [nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Linear,
-               nn.modules.normalization.LayerNorm, nn.modules.normalization.GroupNorm]
-    saved = [(cls, cls.__dict__["reset_parameters"]) for cls in classes
-             if "reset_parameters" in cls.__dict__]
-    for cls, _ in saved:
-        cls.reset_parameters = _no_reset
-    try:
-        yield
-    finally:
-        for cls, method in saved:
-            cls.reset_parameters = method
-
-
-def _no_reset(self) -> None:
-    return None
+    return build(list(blocks), device="meta", flavor=flavor)
 
 
 def prepare_workers() -> None:
