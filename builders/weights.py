@@ -2,9 +2,10 @@
 
 A file is a header (int32 major, minor, revision, then `seen` as uint64, or uint32 for old
 versions) followed by float32 arrays, layer by layer, in the order each layer's
-`darknet_arrays()` lists them. This module never looks at layer types: the layers say what they
-store, the graph says which layers to skip (`dontload`) or to load without BN scales
-(`dontloadscales`).
+`darknet_arrays()` lists them. This module never looks at section types: the layers say what
+they store, the graph says which layers to skip (`dontload`) or to load without BN scales
+(`dontloadscales`). The one layout variant, transposed [connected] matrices, is recognised by
+the tensor being an `nn.Linear` weight.
 
 Unlike Darknet, a file whose size does not match the network is an error (E902) raised before
 any tensor is touched, so a network is never left half-loaded.
