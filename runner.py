@@ -38,6 +38,8 @@ def arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", default=None, metavar="SRC",
                    help="FOLDER (ImageFolder), X.data (Darknet), X.csv (regression) or "
                    "torchvision:NAME:ROOT; default: the embedded shapes dataset")
+    g.add_argument("--classes", type=int, default=None, metavar="N",
+                   help="embedded data: only the first N of the network's classes (default all)")
     g.add_argument("--out", default=None, metavar="DIR", help="run folder (runs/<cfg-name>)")
     g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue from DIR/checkpoint.pt (or CKPT)")
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     name = Path(args.cfg).stem
     opts = RunOptions(
         cfg_path=args.cfg, name=name, out=Path(args.out or Path("runs") / name), data=args.data,
-        seed=args.seed, device=args.device, flavor=args.flavor, sets=tuple(args.set),
+        classes=args.classes, seed=args.seed, device=args.device, flavor=args.flavor, sets=tuple(args.set),
         weights=args.weights, cutoff=args.cutoff, freeze=args.freeze, resume=args.resume,
         compile=args.compile, amp=False if args.no_amp else None, workers=args.workers,
         batch_per_process=args.batch_per_process, progress=not args.no_progress,

@@ -103,6 +103,13 @@ def blocks_from_yaml(text: str, path: str = "<yaml>", *, strict_first: bool = Tr
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise CfgError(Diagnostic("E108", f"invalid YAML: {problem}", path, line, col, ERROR,
                                   "fix the YAML syntax", _line(lines, line), 1)) from None
+    except UnicodeError as exc:  # lone surrogates in a str (file input is decoded strictly)
+        before = text[: getattr(exc, "start", 0)]
+        line = before.count("\n") + 1
+        col = len(before) - (before.rfind("\n") + 1) + 1
+        raise CfgError(Diagnostic("E104", "text that is not valid Unicode", path, line, col,
+                                  ERROR, "save the file as UTF-8 text", _line(lines, line),
+                                  1)) from None
     if root is None:
         return finish([], diags, path, strict_first)  # E100
     if not isinstance(root, yaml.SequenceNode):

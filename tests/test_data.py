@@ -61,6 +61,16 @@ def test_embedded_many_classes_are_distinct_factors():
     assert "disc" in ds.names[0] and ds.names[0] != ds.names[64]
 
 
+def test_embedded_can_use_a_few_of_many_classes():
+    splits = open_data(None, Task("classify", 1000, (3, 8, 8)), 0, classes=5)
+    assert len(splits.names) == 5 and {splits.train[i][1] for i in range(50)} == set(range(5))
+    assert "5 of the network's 1000 classes" in splits.description
+    with pytest.raises(CfgError, match="1000 outputs"):
+        open_data(None, Task("classify", 1000, (3, 8, 8)), 0, classes=1001)
+    with pytest.raises(CfgError, match="embedded"):
+        open_data("x.csv", Task("classify", 1000, (3, 8, 8)), 0, classes=5)
+
+
 def test_embedded_refuses_regression():
     with pytest.raises(CfgError, match="regresses"):
         open_data(None, Task("regress", 1, (1,)), 0)

@@ -313,6 +313,7 @@ num=3
     (["--save-weights", "x.weights"], "need --weights"),
     (["--train", "--resume", "/no/such.pt"], "no checkpoint"),
     (["--weights", "/no/such.weights", "--valid"], "does not exist"),
+    (["--train", "--classes", "9"], "the network has 4 outputs"),
     ([], "nothing to do"),
 ])
 def test_bad_input_is_exit_2_with_a_message(tiny_cfg, capsys, argv, message):

@@ -157,20 +157,29 @@ def _shape_mask(shape: int, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     return inside & (np.floor((dx + 1) * 2.5) % 2 == 0)  # vstripes
 
 
-def embedded(task: Task, seed: int, train_size: int = 0, val_size: int = 0) -> DataSplits:
+def embedded(task: Task, seed: int, classes: int | None = None, train_size: int = 0,
+             val_size: int = 0) -> DataSplits:
+    """The embedded data for `task`: as many classes as the network outputs, or the first
+    `classes` of them (a quick demo of a 1000-way net on a few classes)."""
     if task.kind != "classify" or len(task.inputs) != 3:
         raise data_error("the embedded dataset is images for a classifier; this network "
                          f"{'regresses' if task.kind == 'regress' else 'takes flat inputs'}",
                          "--data", "pass --data X.csv (regression) or another data source")
+    if classes is not None and not 1 <= classes <= task.outputs:
+        raise data_error(f"--classes {classes}: the network has {task.outputs} outputs",
+                         "--classes", f"use 1..{task.outputs}")
+    k = classes or task.outputs
     c, h, w = task.inputs
-    train_size = train_size or max(8192, 16 * task.outputs)
-    val_size = val_size or max(512, min(2 * task.outputs, 4096))
-    train = EmbeddedShapes(train_size, task.outputs, c, h, w, seed, 0)
-    val = EmbeddedShapes(val_size, task.outputs, c, h, w, seed, 1)
+    train_size = train_size or max(8192, 16 * k)
+    val_size = val_size or 512
+    train = EmbeddedShapes(train_size, k, c, h, w, seed, 0)
+    val = EmbeddedShapes(val_size, k, c, h, w, seed, 1)
     distinct = math.prod(train.factors)
-    note = f" ({distinct} distinguishable)" if task.outputs > distinct else ""
+    note = f" ({distinct} distinguishable)" if k > distinct else ""
+    used = f"{k} of the network's {task.outputs} classes" if k < task.outputs else \
+        f"{k} classes"
     return DataSplits(train, val, train.names,
-                      f"embedded shapes: {task.outputs} classes{note}, {w}x{h}x{c}, "
+                      f"embedded shapes: {used}{note}, {w}x{h}x{c}, "
                       f"{train_size} train / {val_size} val images, seed {seed}")
 
 
@@ -450,10 +459,14 @@ def torchvision_data(spec: str, channels: int) -> DataSplits:
                       f"{len(val) if val else 0} val images")
 
 
-def open_data(spec: str | None, task: Task, seed: int) -> DataSplits:
-    """The data for `task` from a --data argument (None = embedded)."""
+def open_data(spec: str | None, task: Task, seed: int, classes: int | None = None) -> DataSplits:
+    """The data for `task` from a --data argument (None = embedded, optionally with only
+    `classes` of the network's classes)."""
+    if classes is not None and spec is not None:
+        raise data_error("--classes is for the embedded dataset", "--classes",
+                         "the classes of --data come from the data")
     if spec is None:
-        splits = embedded(task, seed)
+        splits = embedded(task, seed, classes)
     elif spec.startswith("torchvision:"):
         splits = torchvision_data(spec, _channels(task))
     else:

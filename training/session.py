@@ -95,6 +95,7 @@ class RunOptions:
     name: str
     out: Path
     data: str | None = None
+    classes: int | None = None  # embedded data: use only this many of the network's classes
     seed: int = 0
     device: str | None = None
     flavor: str = "alexeyab"
@@ -129,7 +130,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                                   "needs a stop", "max_batches",
                                   hint="set max_batches=N in [net] or pass --set max_batches=N")
     task = task_of(net)
-    splits = open_data(opts.data, task, opts.seed)
+    splits = open_data(opts.data, task, opts.seed, opts.classes)
     say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
          + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
     out = opts.out
@@ -155,7 +156,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         trainer.load_state_dict(state)
         say(f"resuming from {path} at iteration {trainer.iteration}", dist)
     settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
-                "data": opts.data or "embedded", "data_description": splits.description,
+                "data": opts.data or "embedded", "classes": opts.classes,
+                "data_description": splits.description,
                 "task": task.kind, "outputs": task.outputs, "seed": opts.seed,
                 "device": str(device), "world_size": dist.world,
                 "images_per_iteration": trainer.global_batch,
@@ -222,7 +224,7 @@ def validate(opts: RunOptions, trainer: Trainer | None = None) -> dict:
         trainer, cfg = prepare_eval(opts)
     cfg = trainer.cfg
     task = task_of(trainer.net)
-    splits = open_data(opts.data, task, opts.seed)
+    splits = open_data(opts.data, task, opts.seed, opts.classes)
     _, val_set = prepared(splits, cfg, opts.seed)
     if val_set is None or not len(val_set):
         raise CfgError(Diagnostic("E901", f"{splits.description} has no validation split",
@@ -261,7 +263,7 @@ def predict(opts: RunOptions, images: list[str], top: int,
 
 def class_names(opts: RunOptions, task: Task) -> list[str]:
     try:
-        return open_data(opts.data, task, opts.seed).names
+        return open_data(opts.data, task, opts.seed, opts.classes).names
     except CfgError:
         if opts.data is not None:
             raise
