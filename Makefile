@@ -19,8 +19,9 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/python runner.py cfg/vgg16.cfg --train --set width=32 --set height=32 \
-		--set batch=32 --set max_batches=150 --set learning_rate=0.01 --out runs/vgg16
+	$(BIN)/python runner.py cfg/vgg16.cfg --train --classes 10 --set width=32 --set height=32 \
+		--set batch=32 --set subdivisions=1 --set max_batches=150 --set burn_in=20 \
+		--set steps=100 --set scales=0.1 --out runs/vgg16
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests

@@ -137,10 +137,11 @@ def run(args: argparse.Namespace) -> int:
 
     name = Path(args.cfg).stem
     opts = RunOptions(
-        cfg_path=args.cfg, name=name, out=Path(args.out or Path("runs") / name), data=args.data,
-        classes=args.classes, seed=args.seed, device=args.device, flavor=args.flavor, sets=tuple(args.set),
-        weights=args.weights, cutoff=args.cutoff, freeze=args.freeze, resume=args.resume,
-        compile=args.compile, amp=False if args.no_amp else None, workers=args.workers,
+        cfg_path=args.cfg, name=name, out=Path(args.out or Path("runs") / name),
+        data=args.data, classes=args.classes, seed=args.seed, device=args.device,
+        flavor=args.flavor, sets=tuple(args.set), weights=args.weights, cutoff=args.cutoff,
+        freeze=args.freeze, resume=args.resume, compile=args.compile,
+        amp=False if args.no_amp else None, workers=args.workers,
         batch_per_process=args.batch_per_process, progress=not args.no_progress,
         explicit_out=args.out is not None)
     did = False

@@ -91,8 +91,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cfg", default=None, help="cfg file (default: a small built-in classifier)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--steps", type=int, default=10, help="steps per round (10)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds per side (5)")
+    p.add_argument("--steps", type=int, default=20, help="steps per round (20)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds per side (10)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
 
@@ -125,7 +125,7 @@ def main() -> int:
         loss = loss_fn(logits.reshape(batch, -1), y)
         loss.backward()
         opt.step()
-        return loss
+        return loss.detach()
 
     def sync():
         if device.type == "cuda":

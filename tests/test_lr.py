@@ -222,3 +222,21 @@ def test_subdivisions_accumulate_to_the_full_batch_gradient():
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_stopbackward_n_freezes_for_the_first_n_updates():
+    """AlexeyAB: stopbackward=N > 1 skips backward through that layer (and earlier ones) while
+    fewer than N updates are done."""
+    text = REGRESSOR.format(batch=4, subdivisions=1, extra="").replace(
+        "learning_rate=0.5\n", "learning_rate=0.5\nstopbackward=2\n", 1)
+    net, cfg = build(text)
+    trainer = Trainer(net, cfg, "cpu")
+    first = [p.detach().clone() for p in net.layers[0].parameters()]
+    second = [p.detach().clone() for p in net.layers[1].parameters()]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        trainer.step(torch.randn(4, 3, generator=gen), torch.randn(4, 2, generator=gen))
+    assert all(torch.equal(a, b) for a, b in zip(first, net.layers[0].parameters(), strict=True))
+    assert not torch.equal(second[0], net.layers[1].unit.linear.weight)
+    trainer.step(torch.randn(4, 3, generator=gen), torch.randn(4, 2, generator=gen))
+    assert not torch.equal(first[0], net.layers[0].unit.linear.weight)

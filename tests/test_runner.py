@@ -181,6 +181,27 @@ def test_regression_csv_trains_the_howto_example(capsys, tmp_path):
     assert (tmp_path / "linear_regression_final.weights").stat().st_size == 20 + 4 * 2
 
 
+def test_image_folder_training_and_an_unreadable_image(tiny_cfg, capsys, tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 6), ("val", 2)):
+        for name, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+            for i in range(n):
+                folder = tmp_path / "data" / split / name
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (20, 16), colour).save(folder / f"{i}.png")
+    code, _, err = run(capsys, tiny_cfg, "--train", "--data", tmp_path / "data", "--out",
+                       tmp_path / "run", "--set", "max_batches=4", "--no-progress")
+    assert code == 0, err
+    assert "ImageFolder" in err and "2 classes, 12 train / 4 val images" in err
+    assert (tmp_path / "run" / "tiny_final.weights").exists()
+    (tmp_path / "data" / "train" / "red" / "5.png").write_bytes(b"garbage")
+    code, _, err = run(capsys, tiny_cfg, "--train", "--data", tmp_path / "data", "--out",
+                       tmp_path / "run2", "--set", "max_batches=4", "--no-progress")
+    assert code == 2 and "cannot read image" in err and "5.png" in err
+    assert "Traceback" not in err
+
+
 def test_transfer_from_a_state_dict_is_non_strict(tiny_cfg, trained, tmp_path):
     from training.checkpoint import load_any_weights
     from training.session import build_network

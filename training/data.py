@@ -75,7 +75,7 @@ BACKDROPS = ("dark", "reddish", "greenish", "bluish")
 class EmbeddedShapes(Dataset):
     """Coloured shapes on noisy backgrounds; class = (shape, colour[, quadrant, backdrop]).
 
-    Up to 8 shapes x 8 colours = 64 classes vary shape and colour only (size and position are
+    Up to 8 shapes x 8 colours = 64 classes vary shape and colour (size and position are
     nuisances); larger class counts also fix the quadrant and the backdrop tint (up to 1024
     distinguishable classes; beyond that classes repeat). Sample i is a pure function of
     (seed, split, i), so the set needs no storage and is identical on every run and rank."""
@@ -94,10 +94,14 @@ class EmbeddedShapes(Dataset):
         self.ys, self.xs = (ys + 0.5) / height, (xs + 0.5) / width
 
     def _digits(self, label: int) -> list[int]:
+        """(shape, colour[, quadrant, backdrop]) of a class. Colours run diagonally (class k < 8
+        is shape k in colour k, then shape k in colour k+1, ...), so that few classes differ
+        in both shape and colour, the easiest start for a net trained from scratch."""
         out = []
         for n in self.factors:
             out.append(label % n)
             label //= n
+        out[1] = (out[0] + out[1]) % self.factors[1]
         return out
 
     def _name(self, label: int, colour_names: list[str]) -> str:
@@ -622,8 +626,11 @@ class Repeated(Dataset):
     def __len__(self) -> int:
         return len(self.dataset) * self.times
 
-    def __getitem__(self, index: int):
-        return self.dataset[index % len(self.dataset)]
+    def __getitem__(self, key):
+        if isinstance(key, tuple):  # (index, epoch): each repeat draws its own augmentation
+            copy, index = divmod(key[0], len(self.dataset))
+            return self.dataset[(index, key[1] * self.times + copy)]
+        return self.dataset[key % len(self.dataset)]
 
 
 @dataclass

@@ -116,10 +116,10 @@ class Trainer:
             if i < self.frozen or i > self.loss_index or net.meta[i].block.bool("dont_update"):
                 layer.requires_grad_(False)
         net.to(device)
-        self.spatial = len(net.input_shape) == 4 and net.input_shape.c * net.input_shape.h > 0
+        shape = net.input_shape
         if channels_last is None:
             channels_last = device.type == "cuda"
-        self.channels_last = channels_last and self.spatial
+        self.channels_last = channels_last and shape.c * shape.h * shape.w > 0  # image input
         if self.channels_last:
             net.to(memory_format=torch.channels_last)
         if dist.enabled and device.type == "cuda":
@@ -220,7 +220,8 @@ def make_optimizer(net, cfg: NetConfig, device: torch.device,
     param_groups = [{"params": ps, "lr_scale": scale, "weight_decay": decay,
                      "lr": cfg.learning_rate * scale} for (scale, decay), ps in groups.items()]
     if not param_groups:  # everything frozen: keep a valid optimizer with nothing to do
-        param_groups = [{"params": [torch.zeros(0, requires_grad=True)], "lr_scale": 1.0}]
+        param_groups = [{"params": [torch.zeros(0, device=device, requires_grad=True)],
+                         "lr_scale": 1.0}]
     fused = {"fused": True} if device.type == "cuda" else {}
     if cfg.adam:
         # Darknet's Adam runs on gradients summed over the batch: its eps is eps/B on the mean
