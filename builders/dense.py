@@ -156,6 +156,7 @@ def grouped_log_softmax(x: torch.Tensor, sizes: list[int], temperature: float) -
 
 class Softmax(Layer):
     is_output = True
+    loss_target = "classes"
 
     def __init__(self, inputs: int, groups: int, temperature: float, spatial: bool,
                  channels: int, tree: list[int] | None, tree_error: CfgError | None,

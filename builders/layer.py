@@ -17,6 +17,8 @@ class Layer(nn.Module):
     is_output: bool = False
     #: This layer defines the training loss (see `loss`); the runner uses the last such layer.
     takes_loss: bool = False
+    #: What its loss compares with: "classes" (class indices) or "values" (regression vectors).
+    loss_target: str = "values"
 
     def __init__(self) -> None:
         super().__init__()

@@ -140,7 +140,7 @@ class Block:
             if known is not None and key not in known:
                 raise self.error("E205", f"[{self.name}] has no key '{key}' to set", where,
                                  hint=did_you_mean(key, known) or
-                                 f"see the keys of [{self.type}] in docs/parser.md")
+                                 f"see the keys of [{self.type}] in cfgparse/schema.py")
             raw = "".join(value.split()) if isinstance(value, str) else format_value(
                 int(value) if isinstance(value, bool) else value)
             if not raw:

@@ -15,7 +15,7 @@ mostly repeat the earlier error in other words):
    memory estimate.
 
 Exit status: 0 clean, 1 findings (errors; warnings too with --strict), 2 usage or I/O error.
-The rule codes are stable; docs/checker.md lists each with an example.
+The rule codes are stable; the README (Checking cfg files) lists each with an example.
 """
 
 from __future__ import annotations

@@ -419,7 +419,7 @@ def _header(tok: Token, text: str, path: str, diags: Collector, tables: dict,
     canonical = schema.canonical_section(name)
     if canonical is None:
         hint = did_you_mean(name, schema.section_names()) or (
-            "see docs/parser.md for the sections darkcfg knows")
+            "see the README for the sections darkcfg knows")
         diags.add(Diagnostic("E201", f"unknown section type [{name}]", path, line, name_col,
                              ERROR, hint, source, len(name)))
         return name, name, None, source

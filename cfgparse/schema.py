@@ -239,7 +239,7 @@ SECTIONS: dict[str, dict[str, KeySpec]] = {
     "logistic": {},
     "l2norm": {},
     "iseg": {"classes": K("i", 1, min=1), "ids": K("i", 32, min=1)},
-    # darkcfg extension (not Darknet): torchvision's AdaptiveAvgPool2d, see docs/builders.md
+    # darkcfg extension (not Darknet): torchvision's AdaptiveAvgPool2d, see the README
     "adaptive_avgpool": {"width": K("i", 7, min=1), "height": K("i", 7, min=1)},
 }
 # Keys every layer reads (the [net] section is not a layer).

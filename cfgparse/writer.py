@@ -126,7 +126,7 @@ def blocks_from_yaml(text: str, path: str = "<yaml>", *, strict_first: bool = Tr
         table = tables.get(canonical) if canonical else None
         if canonical is None:
             hint = did_you_mean(name, schema.section_names()) or (
-                "see docs/parser.md for the sections darkcfg knows")
+                "see the README for the sections darkcfg knows")
             diags.add(Diagnostic("E201", f"unknown section type [{name}]", path, line, col,
                                  ERROR, hint, source, max(len(name), 1)))
             canonical = name

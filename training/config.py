@@ -16,7 +16,7 @@ from cfgparse import Block, CfgError, Diagnostic, schema
 from cfgparse.errors import did_you_mean
 
 # [net] keys darkcfg does not act on (GPU-only knobs, detector-only augmentations, label-noise
-# handling, ...): read here so they are not reported as ignored by accident; docs/runner.md lists
+# handling, ...): read here so they are not reported as ignored by accident; the README lists
 # them.
 NOT_HONOURED = (
     "time_steps", "track", "augment_speed", "sequential_subdivisions", "try_fix_nan",
@@ -67,7 +67,7 @@ class NetConfig:
     hue: float = 0.0
     flip: bool = True
     aspect: float = 1.0
-    min_crop: int | None = None  # None: not set in the cfg (see docs/runner.md)
+    min_crop: int | None = None  # None: not set in the cfg (see the README)
     max_crop: int | None = None
     seed: int = 0  # for the `random` policy (not a [net] key: the runner's --seed)
     overrides: dict = field(default_factory=dict, compare=False)
@@ -197,7 +197,7 @@ def apply_overrides(net: Block, assignments: Iterable[str]) -> tuple[Block, dict
             raise CfgError(Diagnostic("E102", f"'{text}' is not KEY=VALUE", where,
                                       hint="write e.g. --set batch=64"))
         if key not in known:
-            hint = did_you_mean(key, known) or "see the [net] keys in docs/runner.md"
+            hint = did_you_mean(key, known) or "see the [net] keys in the README"
             raise CfgError(Diagnostic("E201", f"unknown [net] key '{key}'", where, hint=hint))
         if not raw:
             raise CfgError(Diagnostic("E105", f"empty value for '{key}'", where,

@@ -66,8 +66,7 @@ def task_of(net) -> Task:
     meta = net.meta[index]
     shape = net.input_shape
     inputs = (shape.c, shape.h, shape.w) if shape.c * shape.h * shape.w else (shape.size,)
-    # the loss layer's type decides the targets: class indices for [softmax], vectors otherwise
-    kind = "classify" if meta.type == "softmax" else "regress"
+    kind = "classify" if net.layers[index].loss_target == "classes" else "regress"
     return Task(kind, meta.input.size, inputs)
 
 
