@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from cfgparse import CfgError
+from cfgparse.check import parse_size
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,11 @@ def arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-per-process", action="store_true",
                    help="under torchrun, [net] batch is per process (default: global)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--max-memory", type=parse_size, default=None, metavar="SIZE",
+                   help="refuse to train a network estimated to need more (e.g. 8G; default: "
+                   "the device's memory)")
+    g.add_argument("--force", action="store_true",
+                   help="train even when the memory estimate is over --max-memory")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--valid", action="store_true", help="top-1/top-5 on the validation split")
@@ -143,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         freeze=args.freeze, resume=args.resume, compile=args.compile,
         amp=False if args.no_amp else None, workers=args.workers,
         batch_per_process=args.batch_per_process, progress=not args.no_progress,
-        explicit_out=args.out is not None)
+        explicit_out=args.out is not None, max_memory=args.max_memory, force=args.force)
     did = False
     if args.summary:
         summary(opts, args.format)

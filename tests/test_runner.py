@@ -353,3 +353,19 @@ def test_detector_training_says_not_supported(tmp_path, capsys):
 def test_missing_cfg(capsys):
     code, _, err = run(capsys, "/no/such.cfg", "--train")
     assert code == 2 and "cannot read" in err
+
+
+def test_training_refuses_a_network_over_the_memory_limit_unless_forced(tiny_cfg, capsys,
+                                                                         tmp_path):
+    huge = tmp_path / "huge.cfg"
+    huge.write_text(tiny_cfg.read_text().replace("filters=16", "filters=1000000000", 1))
+    code, _, err = run(capsys, huge, "--train", "--out", tmp_path / "run", "--no-progress")
+    assert code == 2
+    assert "error[E401]" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    code, _, err = run(capsys, tiny_cfg, "--train", "--max-memory", "64K", "--out",
+                       tmp_path / "small", "--no-progress")
+    assert code == 2 and "error[E401]" in err
+    code, _, _ = run(capsys, tiny_cfg, "--train", "--max-memory", "64K", "--force", "--set",
+                     "max_batches=1", "--out", tmp_path / "forced", "--no-progress")
+    assert code == 0 and (tmp_path / "forced" / "tiny_final.weights").exists()

@@ -110,6 +110,27 @@ class RunOptions:
     schedule: Schedule = None  # type: ignore[assignment]
     progress: bool = True
     explicit_out: bool = False
+    max_memory: int | None = None  # bytes; None: the device's memory
+    force: bool = False  # train even when the estimate is over max_memory
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes the device has: the GPU's memory, else the machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(opts: RunOptions, device: torch.device) -> None:
+    """Refuse, before allocating anything, a network whose training would not fit (the
+    checker's estimate from a meta build: E401), unless --force."""
+    if opts.force:
+        return
+    from builders.check_graph import guard_memory
+
+    meta, _, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed,
+                               device="meta")
+    guard_memory(meta, opts.max_memory or device_memory(device))
 
 
 def train(opts: RunOptions) -> tuple[str, Trainer]:
@@ -121,6 +142,7 @@ def train(opts: RunOptions) -> tuple[str, Trainer]:
 
 
 def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
+    check_memory(opts, device)
     net, cfg, overrides = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
     for w in net.warnings:
         say(w.format(), dist)
