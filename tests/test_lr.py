@@ -102,7 +102,7 @@ def test_set_overrides_are_typed_and_checked():
     assert values == {"batch": "32", "policy": "exp", "learning_rate": "0.5"}
     with pytest.raises(CfgError) as err:
         apply_overrides(net, ["learnig_rate=0.1"])
-    assert err.value.code == "E201" and "learning_rate" in err.value.first.hint
+    assert err.value.code == "E205" and "learning_rate" in err.value.first.hint
     with pytest.raises(CfgError) as err:
         apply_overrides(net, ["batch=many"])
     assert err.value.code == "E202"

@@ -198,7 +198,7 @@ def apply_overrides(net: Block, assignments: Iterable[str]) -> tuple[Block, dict
                                       hint="write e.g. --set batch=64"))
         if key not in known:
             hint = did_you_mean(key, known) or "see the [net] keys in the README"
-            raise CfgError(Diagnostic("E201", f"unknown [net] key '{key}'", where, hint=hint))
+            raise CfgError(Diagnostic("E205", f"unknown [net] key '{key}'", where, hint=hint))
         if not raw:
             raise CfgError(Diagnostic("E105", f"empty value for '{key}'", where,
                                       hint=f"write --set {key}=<value>"))
