@@ -24,14 +24,6 @@ from training.data import (
 IMAGES = Task("classify", 3, (3, 12, 12))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine (pytest -n 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def save_png(path: Path, colour: tuple[int, int, int], size=(20, 14)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

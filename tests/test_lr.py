@@ -16,15 +16,6 @@ from training.config import NetConfig, apply_overrides
 from training.loop import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine (pytest -n 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cfg_of(text: str, seed: int = 0) -> NetConfig:
     return NetConfig.from_block(parse("[net]\nwidth=4\nheight=4\nchannels=1\n" + text)[0], seed)
 

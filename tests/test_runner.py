@@ -70,14 +70,6 @@ activation=linear
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine (pytest -n 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def run(capsys, *argv) -> tuple[int, str, str]:
     code = runner.main([str(a) for a in argv])
