@@ -53,7 +53,7 @@ class DarknetLinear(nn.Module):
         # [connected] rolls its BN statistics at 0.95/0.05 in AlexeyAB (conv: 0.9/0.1), §4
         self.bn = batch_norm(outputs, flavor, 0.05 if flavor == "alexeyab" else None) \
             if batch_normalize else None
-        self.act = activation_module(activation)
+        self.act = activation_module(activation, inplace=True)  # y is fresh: safe
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.linear(x.reshape(x.shape[0], -1))
