@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from cfgparse import Block, CfgError, Diagnostic, schema
-from cfgparse.errors import did_you_mean
+from cfgparse import Block, CfgError, Diagnostic
 
 # [net] keys darkcfg does not act on (GPU-only knobs, detector-only augmentations, label-noise
 # handling, ...): read here so they are not reported as ignored by accident; the README lists
@@ -185,26 +184,20 @@ def uniform01(seed: int, batch_num: int) -> float:
 
 # -- --set KEY=VALUE -----------------------------------------------------------------------------
 def apply_overrides(net: Block, assignments: Iterable[str]) -> tuple[Block, dict]:
-    """[net] with each 'KEY=VALUE' applied, typed and range-checked by the schema. Unknown keys
-    and bad values raise CfgError naming the --set argument (with "did you mean")."""
-    known = schema.SECTIONS["net"]
+    """[net] with each 'KEY=VALUE' applied through `Block.with_values` (typed and range-checked
+    by the schema); errors are located at the --set argument, with "did you mean"."""
     values: dict[str, str] = {}
     for text in assignments:
         key, eq, raw = text.partition("=")
-        key, raw = key.strip(), "".join(raw.split())
+        key = key.strip()
         where = f"--set {text}"
         if not eq or not key:
             raise CfgError(Diagnostic("E102", f"'{text}' is not KEY=VALUE", where,
                                       hint="write e.g. --set batch=64"))
-        if key not in known:
-            hint = did_you_mean(key, known) or "see the [net] keys in the README"
-            raise CfgError(Diagnostic("E205", f"unknown [net] key '{key}'", where, hint=hint))
-        if not raw:
-            raise CfgError(Diagnostic("E105", f"empty value for '{key}'", where,
-                                      hint=f"write --set {key}=<value>"))
         try:
-            schema.convert(known[key], key, raw)
-        except schema.ValueProblem as exc:
-            raise CfgError(Diagnostic(exc.code, str(exc), where, hint=exc.hint)) from None
-        values[key] = raw
-    return (net.with_values(**values) if values else net), values
+            net = net.with_values(**{key: raw})
+        except CfgError as exc:
+            d = exc.first
+            raise CfgError(Diagnostic(d.code, d.message, where, hint=d.hint)) from None
+        values[key] = "".join(raw.split())
+    return net, values
