@@ -119,8 +119,13 @@ class Network(nn.Module):
         `collect`, a dict {index: tensor} of those layers instead."""
         wanted = None if collect is None else list(collect)
         store = self._store if wanted is None else self._store | set(wanted)
+        # with `collect`, layers after the last wanted one are not run (e.g. the training step
+        # asks for the loss layer's input: the [softmax]/[cost] after it would be wasted work)
+        stop = len(self.layers) - 1 if wanted is None else max(wanted, default=-1)
         saved: dict[int, torch.Tensor] = {}
         for i, layer in enumerate(self.layers):
+            if i > stop:
+                break
             srcs = self._sources[i]
             x = layer(x, *[saved[j] for j in srcs]) if srcs else layer(x)
             if i in store:
