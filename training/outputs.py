@@ -40,7 +40,6 @@ class RunLog:
         self.avg_loss = -1.0
         self.best: float | None = None
         self.speed = 0.0
-        self.last_time: float | None = None
         self.last_lr = 0.0
         self.rows: list[dict] = []
         self.charted = time.monotonic()  # when chart.png was last drawn
@@ -79,11 +78,13 @@ class RunLog:
     # -- per step ----------------------------------------------------------------------------------
     def step(self, iteration: int, loss: torch.Tensor, lr: float, images: int,
              started: float) -> None:
-        self.flush()
+        self.flush(next_started=started)
         self.pending = (iteration, loss, lr, images, started)
 
-    def flush(self, val: dict | None = None) -> None:
-        """Record the pending step (the .item() here is one step behind the device)."""
+    def flush(self, val: dict | None = None, next_started: float | None = None) -> None:
+        """Record the pending step (the .item() here is one step behind the device). Its time
+        runs from its start to the next step's start (or now, when flushed early: validation,
+        checkpoints), so every step is timed once, whenever it is recorded."""
         if self.pending is None:
             return
         iteration, loss, lr, images, started = self.pending
@@ -91,9 +92,7 @@ class RunLog:
         value = float(loss)
         if not math.isfinite(value):
             raise NonFiniteLoss(iteration, value)
-        now = time.perf_counter()
-        elapsed = now - (self.last_time if self.last_time is not None else started)
-        self.last_time = now
+        elapsed = (next_started if next_started is not None else time.perf_counter()) - started
         rate = images / max(elapsed, 1e-9)
         self.speed = rate if self.speed == 0 else 0.9 * self.speed + 0.1 * rate
         self.avg_loss = value if self.avg_loss < 0 else 0.9 * self.avg_loss + 0.1 * value
