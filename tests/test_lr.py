@@ -231,3 +231,27 @@ def test_stopbackward_n_freezes_for_the_first_n_updates():
     assert not torch.equal(second[0], net.layers[1].unit.linear.weight)
     trainer.step(torch.randn(4, 3, generator=gen), torch.randn(4, 2, generator=gen))
     assert not torch.equal(first[0], net.layers[0].unit.linear.weight)
+
+
+def test_label_smoothing_uses_darknets_truth_vectors():
+    """[net] label_smooth_eps: the loss equals cross-entropy against Darknet's fill_truth_smooth
+    vectors (1 - eps for the class, eps/(k-1) elsewhere), computed here by hand."""
+    from builders import build
+    from training.loop import LossModel
+
+    cfg = "[net]\nwidth=2\nheight=2\nchannels=1\n[connected]\noutput=4\nactivation=linear\n" \
+          "[softmax]\n"
+    torch.manual_seed(0)
+    net = build(cfg)
+    x, y = torch.rand(3, 1, 2, 2), torch.tensor([0, 2, 3])
+    logits = net(x, collect=[0])[0].reshape(3, 4)
+    logp = torch.log_softmax(logits, 1)
+    eps = 0.1
+    truth = torch.full((3, 4), eps / 3)
+    truth[torch.arange(3), y] = 1 - eps
+    expected = -(truth * logp).sum(1).mean()
+    smoothed = LossModel(net, net.loss_index, eps)(x, y)
+    assert torch.allclose(smoothed, expected, atol=1e-6)
+    plain = LossModel(net, net.loss_index, 0.0)(x, y)
+    assert torch.allclose(plain, -logp[torch.arange(3), y].mean(), atol=1e-6)
+    assert not torch.allclose(smoothed, plain)

@@ -23,7 +23,7 @@ NOT_HONOURED = (
     "num_sigmas_reject_badlabels", "ema_alpha", "use_cuda_graph", "loss_scale",
     "dynamic_minibatch", "optimized_memory", "workspace_size_limit_MB", "blur",
     "gaussian_noise", "mixup", "cutmix", "mosaic", "letter_box", "mosaic_bound", "contrastive",
-    "contrastive_jit_flip", "contrastive_color", "unsupervised", "label_smooth_eps",
+    "contrastive_jit_flip", "contrastive_color", "unsupervised",
     "resize_step", "attention", "adversarial_lr", "max_chart_loss", "seq_scales",
     "show_receptive_field", "notruth", "random", "max_ratio", "min_ratio", "center", "clip",
     "seen", "max_epochs",
@@ -68,6 +68,7 @@ class NetConfig:
     aspect: float = 1.0
     min_crop: int | None = None  # None: not set in the cfg (see the README)
     max_crop: int | None = None
+    label_smooth_eps: float = 0.0  # classifier targets: 1-eps for the class, eps/(k-1) elsewhere
     seed: int = 0  # for the `random` policy (not a [net] key: the runner's --seed)
     overrides: dict = field(default_factory=dict, compare=False)
 
@@ -101,7 +102,8 @@ class NetConfig:
             angle=net.float("angle"), saturation=net.float("saturation"),
             exposure=net.float("exposure"), hue=net.float("hue"), flip=net.bool("flip"),
             aspect=net.float("aspect"), min_crop=net.int("min_crop", None),
-            max_crop=net.int("max_crop", None), seed=seed,
+            max_crop=net.int("max_crop", None),
+            label_smooth_eps=net.float("label_smooth_eps"), seed=seed,
         )
         net.mark_read(*NOT_HONOURED)
         cfg.check(net)

@@ -47,36 +47,25 @@ def loss_layer_index(net) -> int:
 
 
 class LossModel(nn.Module):
-    """images, targets -> the loss layer's loss on its input (what DDP and compile wrap)."""
+    """images, targets -> the loss layer's loss on its input (what DDP and compile wrap).
+    With [net] label_smooth_eps, class targets become Darknet's smoothed truth vectors
+    (fill_truth_smooth: 1 - eps for the class, eps / (k - 1) for every other one)."""
 
-    def __init__(self, net, loss_index: int):
+    def __init__(self, net, loss_index: int, label_smooth_eps: float = 0.0):
         super().__init__()
         self.net, self.loss_index = net, loss_index
+        layer = net.layers[loss_index]
+        self.smooth = label_smooth_eps if layer.loss_target == "classes" else 0.0
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         feature = self.loss_index - 1
         if feature >= 0:
             x = self.net(x, collect=[feature])[feature]
+        if self.smooth and target.dim() == 1:
+            k = x[0].numel()
+            truth = torch.full((len(target), k), self.smooth / max(k - 1, 1), device=x.device)
+            target = truth.scatter_(1, target.long().view(-1, 1), 1 - self.smooth)
         return self.net.layers[self.loss_index].loss(x, target)
-
-
-@torch.no_grad()
-def darknet_init(net) -> None:
-    """Darknet's initial weights for training from scratch: convolution kernels N(0, 2/fan_in)
-    (He), connected matrices U(-sqrt(2/inputs), +sqrt(2/inputs)), biases 0. torch's default
-    init (uniform with a = sqrt(5)) starves deep plain nets such as VGG of signal."""
-    for module in net.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            fan_in = module.weight[0].numel() if not module.transposed else \
-                module.weight.shape[0] * module.weight[0, 0].numel() // module.groups
-            module.weight.normal_(0, (2 / fan_in) ** 0.5)
-        elif isinstance(module, nn.Linear):
-            bound = (2 / module.in_features) ** 0.5
-            module.weight.uniform_(-bound, bound)
-        else:
-            continue
-        if module.bias is not None:
-            module.bias.zero_()
 
 
 def frozen_prefix(net, freeze: int = 0) -> int:
@@ -134,7 +123,7 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-        self.model: nn.Module = LossModel(net, self.loss_index)
+        self.model: nn.Module = LossModel(net, self.loss_index, cfg.label_smooth_eps)
         self.ddp = None
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
