@@ -68,6 +68,25 @@ class LossModel(nn.Module):
         return self.net.layers[self.loss_index].loss(x, target)
 
 
+@torch.no_grad()
+def darknet_init(net) -> None:
+    """Darknet's initial weights for training from scratch: convolution kernels N(0, 2/fan_in)
+    (He), connected matrices U(-sqrt(2/inputs), +sqrt(2/inputs)), biases 0. torch's default
+    init (uniform with a = sqrt(5)) starves deep plain nets such as VGG of signal."""
+    for module in net.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            fan_in = module.weight[0].numel() if not module.transposed else \
+                module.weight.shape[0] * module.weight[0, 0].numel() // module.groups
+            module.weight.normal_(0, (2 / fan_in) ** 0.5)
+        elif isinstance(module, nn.Linear):
+            bound = (2 / module.in_features) ** 0.5
+            module.weight.uniform_(-bound, bound)
+        else:
+            continue
+        if module.bias is not None:
+            module.bias.zero_()
+
+
 def frozen_prefix(net, freeze: int = 0) -> int:
     """Layers 0..n-1 get no gradient: --freeze n, or Darknet's stopbackward=1 at layer n-1 (that
     layer and every earlier one are skipped by backward)."""
