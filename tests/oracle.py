@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,12 @@ def weights_file(name: str, calibrated: bool = False) -> Path:
     suffix = ".calibrated.weights" if calibrated else ".weights"
     out = CACHE / f"{name}{suffix}"
     if not out.exists():
+        shapes = json.loads((ORACLE / "cfg" / f"{name}.shapes.json").read_text())
+        size = 20 + 4 * int(shapes["total_weight_floats"])
+        free = shutil.disk_usage(CACHE).free
+        if free < size + 256 * 2**20:  # a full disk would fail mid-write: say so instead
+            pytest.skip(f"{name}: {size / 2**20:.0f} MiB of oracle weights do not fit in the "
+                        f"{free / 2**20:.0f} MiB free under {CACHE}")
         tmp = f"{out}.{os.getpid()}.tmp"  # per process: pytest-xdist workers may race here
         cmd = [sys.executable, str(ORACLE / "make_weights.py"),
                str(ORACLE / "cfg" / f"{name}.shapes.json"), tmp]
