@@ -2,7 +2,7 @@
 
 from .graph import LayerInfo, Network, build
 from .layer import Layer
-from .registry import SECTION_BUILDERS, BuildContext, NetInfo, Shape, register
+from .registry import SECTION_BUILDERS, BuildContext, NetInfo, Shape, register, register_section
 
 __all__ = ["SECTION_BUILDERS", "BuildContext", "Layer", "LayerInfo", "NetInfo", "Network",
-           "Shape", "build", "register"]
+           "Shape", "build", "register", "register_section"]
