@@ -471,6 +471,8 @@ def open_data(spec: str | None, task: Task, seed: int, classes: int | None = Non
                          "the classes of --data come from the data")
     if spec is None:
         splits = embedded(task, seed, classes)
+    elif spec == "digits":
+        splits = digits_data(task, seed)
     elif spec.startswith("torchvision:"):
         splits = torchvision_data(spec, _channels(task))
     else:
@@ -499,6 +501,19 @@ def open_data(spec: str | None, task: Task, seed: int, classes: int | None = Non
                          f"set the last [connected]/[convolutional] to {len(splits.names)} "
                          "outputs")
     return splits
+
+
+def digits_data(task: Task, seed: int) -> DataSplits:
+    from .digits import DIGIT_NAMES, digits_arrays
+
+    if task.inputs != (1, 8, 8):
+        raise data_error(f"--data digits holds 8x8x1 images, but the network takes "
+                         f"{'x'.join(map(str, task.inputs))}", "--data",
+                         "set width=8 height=8 channels=1 in [net] (see cfg/digits.cfg)")
+    x_train, y_train, x_val, y_val = digits_arrays(seed)
+    return DataSplits(Tensors(x_train, y_train), Tensors(x_val, y_val), DIGIT_NAMES,
+                      f"scikit-learn digits: {len(x_train)} train / {len(x_val)} val 8x8 "
+                      "images (seeded 80/20 split)")
 
 
 def _channels(task: Task) -> int:
