@@ -108,3 +108,16 @@ def test_a_new_task_plugs_into_the_trainer(monkeypatch):
     assert trainer.task.seen_log == [2, 4, 6, 8]  # two mini-batches of 2 per iteration
     assert float(trainer.stats["mean_seen"]) == pytest.approx((6 + 8) / 2)
     assert trainer.task.columns[len(tasks.STEP_COLUMNS)] == "mean_seen"
+
+
+def test_heads_of_different_tasks_or_an_unknown_one_are_located_errors(monkeypatch):
+    net = build(TWO_HEADS)
+    monkeypatch.setattr(net.layers[1], "loss_target", "values")
+    with pytest.raises(CfgError) as err:
+        task_for(net)
+    assert "'values' but the last loss layer's with 'classes'" in err.value.first.message
+    assert err.value.first.line == TWO_HEADS.splitlines().index("[softmax]") + 1
+    monkeypatch.setattr(net.layers[1], "loss_target", "boxes")
+    monkeypatch.setattr(net.layers[4], "loss_target", "boxes")
+    with pytest.raises(CfgError, match="no training task for losses against 'boxes'"):
+        task_for(net)

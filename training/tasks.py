@@ -61,7 +61,8 @@ class Task:
     metrics: ClassVar[tuple[str, ...]] = ("val_loss",)
     best: ClassVar[str] = "val_loss"
     higher_is_better: ClassVar[bool] = False
-    #: what `batch_sums` adds up per validation batch (each divided by the sample count)
+    #: what `batch_sums` adds up per validation batch, each divided by the sample count at the
+    #: end (fixed names: every rank reduces the same shape, even with an empty share)
     sums: ClassVar[tuple[str, ...]] = ("val_loss",)
     #: per-step statistics `loss` returns beside the loss (progress bar and metrics.csv)
     stats: ClassVar[tuple[str, ...]] = ()
@@ -183,10 +184,6 @@ class ClassifyTask(Task):
 
     label_smooth_eps: float = 0.0
 
-    @classmethod
-    def options(cls, cfg) -> dict:
-        return {"label_smooth_eps": cfg.label_smooth_eps}
-
     name = "classify"
     metrics = ("val_top1", "val_top5", "val_loss")
     best = "val_top1"
@@ -194,6 +191,10 @@ class ClassifyTask(Task):
     plots = (("val_top1", "top-1"), ("val_top5", "top-5"))
     plot_label = "val accuracy"
     sums = ("val_loss", "val_top1", "val_top5")
+
+    @classmethod
+    def options(cls, cfg) -> dict:
+        return {"label_smooth_eps": cfg.label_smooth_eps}
 
     def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
         if classes is not None and spec is not None:
@@ -268,8 +269,7 @@ def task_for(net, cfg=None) -> Task:
     """The task that trains `net`: from its loss layers (Network.loss_layers) and, for the
     options a task reads from [net], its NetConfig."""
     heads = tuple(net.loss_layers)
-    targets = {net.layers[i].loss_target for i in heads}
-    if not heads or len(targets) != 1 or next(iter(targets)) not in TASKS:
+    if not heads:
         outs = sorted({m.type for i, m in enumerate(net.meta) if i in net.output_indices})
         last = net.meta[-1].block if net.meta else net.net_block
         raise NoLossError(last.diagnostic(
@@ -277,8 +277,18 @@ def task_for(net, cfg=None) -> Task:
             "defines no loss; detection training is not supported yet",
             hint="classifiers ([softmax]) and regressors ([connected] + [cost]) train; a "
             "detector can still be built, summarised and run (--summary, --dump-outputs)"))
+    targets = [net.layers[i].loss_target for i in heads]
+    odd = next((i for i, t in zip(heads, targets, strict=True)
+                if t != targets[-1] or t not in TASKS), None)
+    if odd is not None:
+        raise NoLossError(net.meta[odd].block.diagnostic(
+            "E300", f"darkcfg cannot train this network: this layer's loss compares with "
+            f"'{net.layers[odd].loss_target}' but the last loss layer's with "
+            f"'{targets[-1]}'" if targets[-1] in TASKS else
+            f"darkcfg has no training task for losses against '{targets[-1]}'",
+            hint=f"one network trains one task: {', '.join(sorted(TASKS))}"))
     shape = net.input_shape
     inputs = (shape.c, shape.h, shape.w) if shape.c * shape.h * shape.w else (shape.size,)
-    kind = TASKS[next(iter(targets))]
+    kind = TASKS[targets[-1]]
     outputs = net.meta[heads[-1]].input.size
     return kind(outputs, inputs, heads, **(kind.options(cfg) if cfg is not None else {}))
