@@ -10,8 +10,7 @@ from ..config import NetConfig
 
 
 class Augment:
-    """[net]'s classifier augmentations through torchvision.transforms.v2 functionals, drawing
-    from the global torch RNG (the caller seeds it per sample).
+    """[net]'s classifier augmentations through torchvision.transforms.v2 functionals.
 
     train: random shorter-side resize in [min_crop, max_crop] (only when the cfg sets them) with
     aspect jitter, random crop to width x height, rotation by +-angle, horizontal flip, and
