@@ -155,7 +155,8 @@ class Trainer:
             seen += len(xj) * self.dist.world  # Darknet's net.seen counts this mini-batch
             with sync, self.autocast():
                 loss, part = self.model(xj, yj, seen)
-            loss = loss / len(xs)
+            if len(xs) > 1:
+                loss = loss / len(xs)
             self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
             for name, value in part.items():
