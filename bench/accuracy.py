@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import runner  # noqa: E402
-from training.digits import digits_arrays  # noqa: E402
+from training.data.digits import digits_arrays  # noqa: E402
 
 CFG = ROOT / "cfg" / "digits.cfg"
 # cfg/digits.cfg's [net], written out again by hand for the PyTorch side
@@ -128,7 +128,8 @@ def main() -> None:
         accs, times = [r[0] for r in rows], [r[1] for r in rows]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         summary[name] = (statistics.mean(accs), statistics.mean(times))
-        print(f"{name:14} {100 * summary[name][0]:9.2f}% {100 * std:6.2f}  {summary[name][1]:10.1f}")
+        mean_acc, mean_time = summary[name]
+        print(f"{name:14} {100 * mean_acc:9.2f}% {100 * std:6.2f}  {mean_time:10.1f}")
     gap = 100 * (summary["darkcfg"][0] - summary["hand-written"][0])
     ratio = summary["darkcfg"][1] / summary["hand-written"][1]
     print(f"darkcfg - hand-written: {gap:+.2f} points top-1; wall time ratio {ratio:.2f}x "

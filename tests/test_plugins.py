@@ -186,3 +186,4 @@ def test_register_section_in_process_and_twice():
         schema._CANONICAL.pop(name, None)
         for found in schema._TABLES.values():
             found.pop(name, None)
+

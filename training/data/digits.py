@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .base import DataSplits, data_error
+
 DIGIT_NAMES = [str(d) for d in range(10)]
 
 
@@ -15,8 +17,6 @@ def digits_arrays(seed: int, val_share: float = 0.2):
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        from .data import data_error
-
         raise data_error("--data digits needs scikit-learn", "--data",
                          "pip install scikit-learn (or: pip install 'darkcfg[dev]')") from None
     digits = load_digits()
@@ -27,3 +27,17 @@ def digits_arrays(seed: int, val_share: float = 0.2):
     train, val = order[:cut], order[cut:]
     return (torch.from_numpy(images[train]), torch.from_numpy(labels[train]),
             torch.from_numpy(images[val]), torch.from_numpy(labels[val]))
+
+
+def digits_data(inputs: tuple[int, ...], seed: int) -> DataSplits:
+    """`--data digits` for a network taking 8x8x1 images."""
+    from .sources import Tensors
+
+    if tuple(inputs) != (1, 8, 8):
+        raise data_error(f"--data digits holds 8x8x1 images, but the network takes "
+                         f"{'x'.join(map(str, inputs))}", "--data",
+                         "set width=8 height=8 channels=1 in [net] (see cfg/digits.cfg)")
+    x_train, y_train, x_val, y_val = digits_arrays(seed)
+    return DataSplits(Tensors(x_train, y_train), Tensors(x_val, y_val), DIGIT_NAMES,
+                      f"scikit-learn digits: {len(x_train)} train / {len(x_val)} val 8x8 "
+                      "images (seeded 80/20 split)", in_memory=True)
