@@ -49,7 +49,7 @@ def _head_input(folder, layer) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(x.copy()).requires_grad_(), delta
 
 
-@pytest.mark.parametrize("case", YOLO_CASES or ["(no oracle)"])
+@pytest.mark.parametrize("case", CASES or ["(no oracle)"])
 def test_gradient_is_minus_darknet_delta_over_batch(case):
     folder, index, net = _oracle_case(case)
     truth, seen = _truth(folder), index["net_seen_before_forward"]
