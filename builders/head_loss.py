@@ -295,7 +295,10 @@ def yolo_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> tor
         usable = alive & (cls_id >= 0) & (cls_id < classes)
         cm_all = (torch.tensor(cfg["class_multipliers"], dtype=dt, device=dev)
                   if cfg["class_multipliers"] else None)
-        delta = torch.zeros_like(v)
+        # deltas are built slot-major (B, n, H, W, entries): one row per (image, anchor, cell)
+        dl = torch.zeros(batch, n, lh, lw, entries, dtype=dt, device=dev)
+        flat = dl.view(-1, entries)
+        out_flat = out.permute(0, 1, 3, 4, 2).reshape(-1, entries)
         on = cfg["obj_norm"]
 
         # Phase A: every prediction against every truth
@@ -340,7 +343,6 @@ def yolo_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> tor
         key = torch.cat([torch.full_like(a_t, -2), 2 * b_t])
         phase_b = key >= 0
         slot = ((all_b * n + all_m) * lh + all_j) * lw + all_i
-        slots = batch * n * lh * lw
         tbox = t[all_b, all_t, :4]
         tcls = cls_id[all_b, all_t]
         cm = cm_all[tcls] if cm_all is not None else torch.ones_like(tbox[:, 0])
@@ -358,30 +360,27 @@ def yolo_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> tor
                                    net_w, net_h, a_aw, a_ah, cm)
             stat_iou = box_iou(pbox, tbox)
         stat_giou = box_giou(pbox, tbox)
-        box_view = delta[:, :, :box_n].permute(0, 1, 3, 4, 2).reshape(-1, box_n)
         if cfg["pjreddie"]:  # pjreddie's delta_yolo_box assigns: the last truth wins
-            last = _pick(slot, key, slots, "amax")
-            box_view[slot[last]] = dbox[last].to(dt)
+            last = _pick(slot, key, "amax")
+            flat[slot[last], :box_n] = dbox[last].to(dt)
         else:
-            box_view.index_add_(0, slot, dbox.to(dt))
-        delta[:, :, :box_n] = box_view.view(batch, n, lh, lw, box_n).permute(0, 1, 4, 2, 3)
+            flat[:, :box_n].index_add_(0, slot, dbox.to(dt))
 
         # objectness of Phase B slots: the last truth's value ([yolo] with objectness_smooth:
         # only where it is still exactly 0, i.e. the first truth's)
-        d_obj_flat = d_obj.reshape(-1)
+        dl[..., obj_e] = d_obj
         p_obj_flat = p_obj.reshape(-1)
         if bool(phase_b.any()):
             sb, cmb, kb = slot[phase_b], cm[phase_b], key[phase_b]
             if smooth and not gaussian:
-                first = _pick(sb, kb, slots, "amin")
+                first = _pick(sb, kb, "amin")
                 s_first = sb[first]
-                zero = d_obj_flat[s_first] == 0
+                zero = flat[s_first, obj_e] == 0
                 vals = cmb[first] * on * (1 - p_obj_flat[s_first])
-                d_obj_flat[s_first[zero]] = vals[zero]
+                flat[s_first[zero], obj_e] = vals[zero]
             else:
-                last = _pick(sb, kb, slots, "amax")
-                d_obj_flat[sb[last]] = cmb[last] * on * (1 - p_obj_flat[sb[last]])
-        delta[:, :, obj_e] = d_obj_flat.view(batch, n, lh, lw)
+                last = _pick(sb, kb, "amax")
+                flat[sb[last], obj_e] = cmb[last] * on * (1 - p_obj_flat[sb[last]])
 
         # class deltas
         c_slot, c_cls, c_key, c_cm = slot, tcls, key, cm
@@ -399,46 +398,47 @@ def yolo_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> tor
             c_slot, c_cls = torch.cat([g_slot, c_slot]), torch.cat([g_cls, c_cls])
             c_key = torch.cat([torch.full_like(g_slot, -4), c_key])
             c_cm = torch.cat([g_cm, c_cm])
-        _class_deltas(delta, obj_e, p_cls, c_slot, c_cls, c_key, c_cm, over, cfg,
+        _class_deltas(flat[:, obj_e + 1:], out_flat[:, obj_e + 1:], c_slot, c_cls, c_key, c_cm,
+                      over, cfg,
                       focal=cfg["focal"] and not gaussian, cls_norm=cfg["cls_norm"],
                       multipliers=cm_all is not None)
 
         # Phase C: average a slot's box delta over its positive classes ([yolo]: only with
         # iou_thresh < 1 and a nonzero objectness delta; [Gaussian_yolo]: always)
-        if gaussian or cfg["iou_thresh"] < 1:
-            k = (delta[:, :, obj_e + 1:] > 0).sum(2, keepdim=True).to(dt)
+        if (gaussian or cfg["iou_thresh"] < 1) and len(slot):  # (other slots have no classes)
+            us = torch.unique(c_slot)
+            rows = flat[us]
+            k = (rows[:, obj_e + 1:] > 0).sum(1, keepdim=True).to(dt)
             divide = k > 0
             if not gaussian:
-                divide &= delta[:, :, obj_e:obj_e + 1] != 0
-            delta[:, :, :box_n] = delta[:, :, :box_n] / torch.where(divide, k, torch.ones_like(k))
+                divide &= rows[:, obj_e:obj_e + 1] != 0
+            flat[us, :box_n] = rows[:, :box_n] / torch.where(divide, k, torch.ones_like(k))
 
         count = int(phase_b.sum())
+        delta = dl.permute(0, 1, 4, 2, 3)  # Darknet's layout (a view)
         if gaussian:
-            stats, cost = _gaussian_cost(delta, obj_e, stat_iou[phase_b], outa[phase_b],
+            stats, cost = _gaussian_cost(dl, obj_e, stat_iou[phase_b], outa[phase_b],
                                          tcls[phase_b], p_obj, count, batch)
         else:
-            stats, cost = _yolo_cost(delta, cfg, obj_e, stat_iou[phase_b], stat_giou[phase_b],
+            stats, cost = _yolo_cost(dl, cfg, obj_e, stat_iou[phase_b], stat_giou[phase_b],
                                      count, batch)
         layer.loss_stats = stats
         layer.last_delta = delta
     return _finish(x, delta.reshape(x.shape), cost)
 
 
-def _class_deltas(delta, obj_e, p_cls, slot, cls, key, cm, over, cfg, focal, cls_norm,
+def _class_deltas(cls_view, pc_view, slot, cls, key, cm, over, cfg, focal, cls_norm,
                   multipliers):
-    """delta_yolo_class over all assignments in Darknet's order (`key`): a slot's first
-    assignment writes every class (smoothed labels, or focal); each later one (multi-label)
-    only its own class, to (y_true - p)·cm; `over` = (slot, class, key, cm, target): extra
-    writes cm·(target - p) (objectness_smooth at truth_thresh slots). Per entry the last write
-    (largest key) wins."""
+    """delta_yolo_class over all assignments in Darknet's order (`key`), on the slot-major
+    (slots, classes) delta and output views: a slot's first assignment writes every class
+    (smoothed labels, or focal); each later one (multi-label) only its own class, to
+    (y_true - p)·cm; `over` = (slot, class, key, cm, target): extra writes cm·(target - p)
+    (objectness_smooth at truth_thresh slots). Per entry the last write (largest key) wins."""
     if not len(slot):
         return
-    batch, n, classes, lh, lw = p_cls.shape
-    slots = batch * n * lh * lw
-    dt = delta.dtype
-    cls_view = delta[:, :, obj_e + 1:].permute(0, 1, 3, 4, 2).reshape(-1, classes)
-    pc_view = p_cls.permute(0, 1, 3, 4, 2).reshape(-1, classes)
-    first = _pick(slot, key, slots, "amin")
+    classes = cls_view.shape[1]
+    dt = cls_view.dtype
+    first = _pick(slot, key, "amin")
     sf, cf = slot[first], cls[first]
     pf = pc_view[sf]
     eps = cfg["smooth_eps"]
@@ -465,10 +465,8 @@ def _class_deltas(delta, obj_e, p_cls, slot, cls, key, cm, over, cfg, focal, cls
         w_key = torch.cat([w_key, o_key])
         w_val = torch.cat([w_val, o_cm * (o_target - pc_view[o_slot, o_cls])])
     if len(w_slot):
-        entry = w_slot * classes + w_cls
-        last = _pick(entry, w_key, slots * classes, "amax")
+        last = _pick(w_slot * classes + w_cls, w_key, "amax")
         cls_view[w_slot[last], w_cls[last]] = w_val[last].to(dt)
-    delta[:, :, obj_e + 1:] = cls_view.view(batch, n, lh, lw, classes).permute(0, 1, 4, 2, 3)
 
 
 def _net_size(layer, lw: int, lh: int) -> tuple[int, int]:
@@ -510,13 +508,15 @@ def _truth_cell(tb: torch.Tensor, lw: int, lh: int, point: str):
     return i, j
 
 
-def _pick(slot: torch.Tensor, key: torch.Tensor, slots: int, how: str) -> torch.Tensor:
-    """Indices of the assignment with the smallest/largest `key` per slot (one per slot)."""
-    best = torch.full((slots,), -2 if how == "amax" else 1 << 40, dtype=key.dtype,
-                      device=key.device)
-    best.scatter_reduce_(0, slot, key, how, include_self=True)
-    # a slot is never assigned twice with the same key (one truth, one slot)
-    return (key == best[slot]).nonzero(as_tuple=True)[0]
+def _pick(slot: torch.Tensor, key: torch.Tensor, how: str) -> torch.Tensor:
+    """Indices of the assignment with the smallest/largest `key` per slot (one per slot: a slot
+    is never assigned twice with the same key)."""
+    if not len(slot):
+        return slot
+    uniq, inverse = torch.unique(slot, return_inverse=True)
+    best = torch.zeros(len(uniq), dtype=key.dtype, device=key.device)
+    best.scatter_reduce_(0, inverse, key, how, include_self=False)
+    return (key == best[inverse]).nonzero(as_tuple=True)[0]
 
 
 def _yolo_matches(layer, t, usable, anchors, net_w, net_h, cfg):
@@ -579,9 +579,11 @@ def _yolo_box_delta(cfg, layer, pbox, tbox, raw, outa, i, j, lw, lh, net_w, net_
     return g
 
 
-def _yolo_cost(delta, cfg, obj_e, ious, gious, count, batch):
-    total = (delta.double() ** 2).sum()
-    nonbox = (delta[:, :, obj_e:].double() ** 2).sum()
+def _yolo_cost(dl, cfg, obj_e, ious, gious, count, batch):
+    """l.cost and the printed line; `dl` is the slot-major delta (entries last)."""
+    sq = dl * dl
+    total = sq.sum(dtype=torch.float64)
+    nonbox = sq[..., obj_e:].sum(dtype=torch.float64)
     class_loss = cfg["obj_norm"] * nonbox
     if cfg["kind"] == "mse" or not cfg["show_details"]:
         cost = total
@@ -640,11 +642,12 @@ def _gaussian_box_delta(cfg, pbox, tbox, raw, outa, i, j, lw, lh, net_w, net_h, 
     return torch.stack([d_mu, d_sigma], -1).reshape(-1, 8), reported
 
 
-def _gaussian_cost(delta, obj_e, ious, outa, tcls, p_obj, count, batch):
-    total = float((delta.double() ** 2).sum())
-    class_loss = float((delta[:, :, obj_e:].double() ** 2).sum())
+def _gaussian_cost(dl, obj_e, ious, outa, tcls, p_obj, count, batch):
+    sq = dl * dl
+    total = float(sq.sum(dtype=torch.float64))
+    class_loss = float(sq[..., obj_e:].sum(dtype=torch.float64))
     # Darknet's "uncertainty" split zeroes entries 4..7 (the w/h mean and sigma), not the sigmas
-    except_uc = total - float((delta[:, :, 4:8].double() ** 2).sum())
+    except_uc = total - float(sq[..., 4:8].sum(dtype=torch.float64))
     avg_cat = float(outa[torch.arange(len(tcls)), obj_e + 1 + tcls].double().sum()) \
         if count else 0.0
     stats = {
@@ -741,7 +744,7 @@ def region_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> t
         ious_t = box_iou(pred[b_b, best_n, j, i], tb[:, :4])
         count = len(b_b)
         slot = ((b_b * n + best_n) * lh + j) * lw + i
-        last = _pick(slot, b_t, batch * n * lh * lw, "amax")
+        last = _pick(slot, b_t, "amax")
         lb, ln, lj, li, lt = b_b[last], best_n[last], j[last], i[last], tb[last]
         cs = cfg["coord_scale"]
         lsx, lsy = sx[lb, ln, lj, li], sy[lb, ln, lj, li]
@@ -813,7 +816,7 @@ def detection_truth(truth: torch.Tensor, side: int, classes: int, max_boxes: int
     col = (tb[:, 0] * side).long().clamp(0, side - 1)
     row = (tb[:, 1] * side).long().clamp(0, side - 1)
     cell = b * cells + row * side + col
-    first = _pick(cell, k, batch * cells, "amin")
+    first = _pick(cell, k, "amin")
     cell, tb, col, row = cell[first], tb[first], col[first], row[first]
     is_obj = torch.zeros(batch * cells, dtype=torch.bool, device=truth.device)
     cls = torch.full((batch * cells,), -1, dtype=torch.long, device=truth.device)
