@@ -117,8 +117,15 @@ def configure_detection(block: Block, layer, side: int, num: int, coords: int) -
 def _finish(x: torch.Tensor, delta: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
     """Surrogate with gradient -delta/N, whose value is Darknet's cost / N."""
     n = x.shape[0]
-    surrogate = -(delta.detach() * x).sum() / n
+    surrogate = -(delta.detach() * x).sum(dtype=delta.dtype) / n
     return surrogate + (cost.detach().to(surrogate.dtype) / n - surrogate.detach())
+
+
+def _work(x: torch.Tensor) -> torch.Tensor:
+    """The head input, detached, in at least float32 (AMP gives half precision: IoUs and
+    thresholds need float32, as in Darknet)."""
+    x = x.detach()
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _alive(truth: torch.Tensor, max_boxes: int) -> tuple[torch.Tensor, int]:
@@ -273,11 +280,12 @@ def yolo_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> tor
     n, entries, classes = layer.n, layer.entries, layer.classes
     batch, _, lh, lw = x.shape
     net_w, net_h = _net_size(layer, lw, lh)
-    dt, dev = x.dtype, x.device
+    xd = _work(x)
+    dt, dev = xd.dtype, x.device
     smooth = cfg["objectness_smooth"]
     with torch.no_grad():
-        v = x.detach().reshape(batch, n, entries, lh, lw)
-        out = layer.forward(x.detach()).view_as(v)  # the layer output Darknet's deltas use
+        v = xd.reshape(batch, n, entries, lh, lw)
+        out = layer.forward(xd).view_as(v)  # the layer output Darknet's deltas use
         mask = torch.tensor(layer.mask, device=dev)
         anchors = torch.tensor(layer.anchors, dtype=dt, device=dev).view(-1, 2)
         aw = anchors[mask, 0].view(1, n, 1, 1)
@@ -675,10 +683,11 @@ def region_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> t
     cfg = layer.loss_cfg
     n, k, classes, entries = layer.n, layer.coords, layer.classes, layer.entries
     batch, _, lh, lw = x.shape
-    dt, dev = x.dtype, x.device
+    xd = _work(x)
+    dt, dev = xd.dtype, x.device
     with torch.no_grad():
-        v = x.detach().reshape(batch, n, entries, lh, lw)
-        out = layer.forward(x.detach()).view_as(v)  # sigma on obj, softmax on the classes
+        v = xd.reshape(batch, n, entries, lh, lw)
+        out = layer.forward(xd).view_as(v)  # sigma on obj, softmax on the classes
         anchors = torch.tensor(layer.anchors[:2 * n], dtype=dt, device=dev).view(n, 2)
         aw, ah = anchors[:, 0].view(1, n, 1, 1), anchors[:, 1].view(1, n, 1, 1)
         col = torch.arange(lw, device=dev, dtype=dt).view(1, 1, 1, lw)
@@ -835,9 +844,10 @@ def detection_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -
     side, n, coords, classes = layer.side, layer.num, layer.coords, layer.classes
     cells = side * side
     batch = x.shape[0]
-    dt = x.dtype
+    xd = _work(x)
+    dt = xd.dtype
     with torch.no_grad():
-        out = layer.forward(x.detach()).reshape(batch, -1)
+        out = layer.forward(xd).reshape(batch, -1)
         split, conf_end = cells * classes, cells * (classes + n)
         p_cls = out[:, :split].view(batch, cells, classes)
         conf = out[:, split:conf_end].view(batch, cells, n)
