@@ -89,8 +89,9 @@ class Network(nn.Module):
                                      hint="remove it, or see the README for supported keys")
                     for o in block.unread())
                 self.warnings.extend(  # keys a head's loss reads but does not honour
-                    block.diagnostic("W310", f"'{key}' in [{block.name}] is read, not honoured: "
-                                     f"{why}", key, severity=WARNING, on_value=False,
+                    block.diagnostic("W310", (f"'{key}' in [{block.name}] is read, not honoured: "
+                                              if key else f"[{block.name}]: ") + why,
+                                     key, severity=WARNING, on_value=False,
                                      hint="remove it, or see the README (detection losses)")
                     for key, why in getattr(module, "unhonoured_keys", ()))
                 self.layers.append(module)

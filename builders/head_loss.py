@@ -95,7 +95,7 @@ def configure_region(block: Block, layer, flavor: str) -> None:
     layer.loss_cfg.setdefault("focal_loss", 0)
     found = [(k, why) for k, why in _REGION_NOT_HONOURED.items() if block.has(k)]
     if flavor == "pjreddie":
-        found.append(("classes", "the loss follows AlexeyAB's forward_region_layer; pjreddie's "
+        found.append((None, "its loss follows AlexeyAB's forward_region_layer; pjreddie's "
                       "[region] loss (other layout and activations) is not reproduced"))
     layer.unhonoured_keys = found
 

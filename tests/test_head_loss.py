@@ -370,3 +370,19 @@ def test_half_precision_input_is_computed_in_float32():
     loss.backward()
     assert loss.dtype == torch.float32 and xh.grad.dtype == torch.bfloat16
     torch.testing.assert_close(xh.grad.float(), x.grad, atol=0.02, rtol=0.05)
+
+
+def test_pjreddie_region_loss_is_reported_at_the_section():
+    net = build(REGION.format(keys=""), flavor="pjreddie")
+    (w,) = [w for w in net.warnings if w.code == "W310"]
+    assert w.line == REGION.split("\n").index("[region]") + 1
+    assert "AlexeyAB" in w.message
+
+
+def test_pjreddie_yolo_loss_has_unit_normalizers_and_no_class_condition():
+    net = build(YOLO.format(keys=""), flavor="pjreddie")
+    head = net.layers[-1]
+    assert head.loss_cfg["iou_norm"] == 1.0 and head.loss_cfg["pjreddie"]
+    x = torch.randn(2, 21, 8, 8, requires_grad=True)
+    head.loss(x, TRUTH).backward()
+    assert torch.isfinite(x.grad).all() and head.loss_stats["count"] == 3
