@@ -150,8 +150,8 @@ class Network(nn.Module):
 
     @property
     def loss_index(self) -> int | None:
-        """The layer whose `loss` trains this network (its input is layer loss_index-1's
-        output), or None (e.g. detectors: their loss is not implemented yet)."""
+        """The last layer whose `loss` trains this network (its input is layer loss_index-1's
+        output), or None. A detector has one such head per [yolo]; its loss is their sum."""
         found = [i for i, layer in enumerate(self.layers) if layer.takes_loss]
         return found[-1] if found else None
 
