@@ -106,10 +106,7 @@ def configure_detection(block: Block, layer, side: int, num: int, coords: int) -
                                           "object_scale", "noobject_scale", "class_scale",
                                           "max")}
     layer.side, layer.num, layer.coords = side, num, coords
-    found = []
-    if block.has("reorg"):
-        found.append(("reorg", "Darknet's [detection] forward does not use it either"))
-    layer.unhonoured_keys = found
+    layer.unhonoured_keys = []  # (`reorg` is parsed but unused by Darknet's forward too)
 
 
 # -- shared helpers --------------------------------------------------------------------------------
@@ -430,6 +427,13 @@ def yolo_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> tor
         else:
             stats, cost = _yolo_cost(dl, cfg, obj_e, stat_iou[phase_b], stat_giou[phase_b],
                                      count, batch)
+            # what Darknet's commented-out line would print (Obj, No Obj, class prob)
+            hit_b = outa[phase_b]
+            stats["avg_obj"] = float(hit_b[:, obj_e].double().mean()) if count else 0.0
+            stats["avg_noobj"] = float(p_obj.double().mean())
+            stats["avg_class"] = float(hit_b[torch.arange(count, device=dev),
+                                             obj_e + 1 + tcls[phase_b]].double().mean()) \
+                if count else 0.0
         layer.loss_stats = stats
         layer.last_delta = delta
     return _finish(x, delta.reshape(x.shape), cost)

@@ -71,6 +71,8 @@ def test_gradient_is_minus_darknet_delta_over_batch(case):
         assert float(loss.detach()) == pytest.approx(head["cost"] / x.shape[0], rel=1e-4)
         printed = head["printed"]
         assert stats["count"] == printed["count"]
+        assert {"avg_iou", "count", "class_loss", "iou_loss", "total_loss", "cost", "avg_obj",
+                "avg_noobj", "avg_class"} <= set(stats)
         if head["type"] == "yolo":
             for key in ("avg_iou", "class_loss", "iou_loss", "total_loss"):
                 assert stats[key] == pytest.approx(printed[key], rel=1e-4, abs=1e-4), key
