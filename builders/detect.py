@@ -389,15 +389,17 @@ def box_diou(a: torch.Tensor, b: torch.Tensor, beta: float = 0.6) -> torch.Tenso
     return torch.where(c == 0, iou, iou - term)
 
 
-def _greedy(similar: np.ndarray) -> np.ndarray:
-    """Greedy suppression over a score-sorted list: `similar[i, j]` (j > i) means i suppresses
-    j if i itself survives. Returns the survivors' mask."""
-    n = similar.shape[0]
-    removed = np.zeros(n, dtype=bool)
-    for i in np.flatnonzero(similar.any(1)):  # rows that suppress nothing need no visit
-        if not removed[i]:
-            removed |= similar[i]
-    return ~removed
+def _greedy(similar: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Greedy suppression: visit `rows` (indices into the symmetric `similar`, diagonal False)
+    in descending score order; a row not yet removed removes all it is similar to. An earlier
+    survivor is never hit (it would have removed the later row first), so no triangle is needed.
+    Returns the mask of `rows` that survive."""
+    removed = np.zeros(similar.shape[0], dtype=bool)
+    suppresses = similar.any(1)
+    for r in rows[suppresses[rows]]:  # rows that suppress nothing need no visit
+        if not removed[r]:
+            removed |= similar[r]
+    return ~removed[rows]
 
 
 def _suppressed_default(boxes, probs, active, thresh):
@@ -418,15 +420,29 @@ def _suppressed_default(boxes, probs, active, thresh):
 
 def _suppressed_diou(boxes, probs, active, thresh, beta):
     """diounms_sort: the same per-class greedy loop with a DIoU test (Darknet's, not in
-    torchvision)."""
+    torchvision). The similarity matrix is computed once over the boxes any class uses (when it
+    fits) and each class walks its rows in its own order."""
     out = torch.zeros_like(probs, dtype=torch.bool)
-    for k in torch.nonzero(((probs > 0) & active[:, None]).any(0)).flatten().tolist():
-        members = torch.nonzero((probs[:, k] > 0) & active).flatten()
+    positive = (probs > 0) & active[:, None]
+    used = torch.nonzero(positive.any(1)).flatten()
+
+    def similar_of(index):
+        b = boxes[index]
+        m = (box_diou(b, b, beta) > thresh).cpu().numpy()
+        np.fill_diagonal(m, False)
+        return m
+
+    shared = similar_of(used) if used.numel() <= 4096 else None  # 4096² bools = 16 MiB
+    local = torch.full((probs.shape[0],), -1, dtype=torch.long, device=probs.device)
+    local[used] = torch.arange(used.numel(), device=probs.device)
+    for k in torch.nonzero(positive.any(0)).flatten().tolist():
+        members = torch.nonzero(positive[:, k]).flatten()
         order = members[torch.sort(probs[members, k], descending=True, stable=True).indices]
-        b = boxes[order]
-        similar = (box_diou(b, b, beta) > thresh).triu(1).cpu().numpy()
-        survivors = torch.from_numpy(_greedy(similar)).to(order.device)
-        out[order[~survivors], k] = True
+        if shared is not None:
+            survivors = _greedy(shared, local[order].cpu().numpy())
+        else:
+            survivors = _greedy(similar_of(order), np.arange(order.numel()))
+        out[order[~torch.from_numpy(survivors).to(order.device)], k] = True
     return out
 
 
