@@ -562,38 +562,52 @@ def net_letter_box(net) -> bool:
     return bool(net.net_block.get("letter_box", 0))
 
 
+def _device_of(net) -> torch.device:
+    param = next(iter(net.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 @torch.no_grad()
-def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: bool | None = None,
-           *, names: Sequence[str] = (), batch_size: int = 8,
-           nms_kind: str | None = None) -> list[list[Found]]:
-    """Images (paths, PIL images or (C,H,W) tensors; one or a list) -> per image a list of
-    `Found` (class id, name, score, box in original pixels), as `darknet detector test`:
-    RGB in [0,1], resize_image or letterbox_image (`letter_box`, default [net] letter_box),
-    get_network_boxes(thresh, relative), the last head's NMS at `nms` (0: none).
-    Batched, on the net's device, under autocast on CUDA. The net is put in eval mode."""
-    single = isinstance(images, (str, os.PathLike, torch.Tensor)) and \
-        not (isinstance(images, torch.Tensor) and images.dim() == 4)
-    if single or not isinstance(images, (list, tuple, torch.Tensor)):
-        images = [images] if single or not hasattr(images, "__iter__") else list(images)
+def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.45,
+                   letter_box: bool | None = None, *, names: Sequence[str] = (),
+                   batch_size: int = 8, nms_kind: str | None = None):
+    """`detect`, one batch at a time: yields (images (each (C,H,W) in [0,1]), their
+    Detections (after NMS, boxes relative to the original image), their `Found` lists)."""
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
     net.eval()
-    param = next(iter(net.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = _device_of(net)
     heads = head_indices(net)
     if not heads:
         raise ValueError("the network has no detection head ([yolo], [Gaussian_yolo], "
                          "[region] or [detection])")
     w, h, c = net.info.width, net.info.height, net.info.channels
-    results: list[list[Found]] = []
+    fit = letterbox_image if letter else resize_image
     for start in range(0, len(images), batch_size):
         chunk = [load_image(im, c) for im in images[start:start + batch_size]]
         sizes = [(im.shape[-1], im.shape[-2]) for im in chunk]
-        fit = letterbox_image if letter else resize_image
         x = torch.cat([fit(im[None].to(device), w, h) for im in chunk])
         dets = detections_for_input(net, x, thresh, image_size=sizes, letter_box=letter,
                                     nms_thresh=nms, nms_kind=nms_kind, heads=heads)
-        results += [found_objects(d, thresh, iw, ih, names)
-                    for d, (iw, ih) in zip(dets, sizes, strict=True)]
+        yield chunk, dets, [found_objects(d, thresh, iw, ih, names)
+                            for d, (iw, ih) in zip(dets, sizes, strict=True)]
+
+
+def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: bool | None = None,
+           *, names: Sequence[str] = (), batch_size: int = 8,
+           nms_kind: str | None = None) -> list[list[Found]]:
+    """Images (paths, PIL images or (C,H,W) tensors; one or a list) -> per image a list of
+    `Found` (class id, name, score, box (left, top, right, bottom) in original pixels), as
+    `darknet detector test`: RGB in [0,1], resize_image or letterbox_image (`letter_box`,
+    default [net] letter_box), get_network_boxes at `thresh`, the last head's NMS at `nms`
+    (0: none), the objects in the order Darknet prints them. Batched, on the net's device, under
+    autocast on CUDA. The net is put in eval mode."""
+    if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)) and \
+            not (isinstance(images, torch.Tensor) and images.dim() == 4):
+        images = [images]
+    results: list[list[Found]] = []
+    for _, _, found in detect_batches(net, list(images), thresh, nms, letter_box, names=names,
+                                      batch_size=batch_size, nms_kind=nms_kind):
+        results += found
     return results
 
 

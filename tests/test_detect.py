@@ -428,3 +428,180 @@ def test_every_corpus_detector_decodes(cfg):
     for before, after in zip(dets, kept, strict=True):
         assert after.pairs() <= before.pairs()
         assert torch.equal(after.boxes, before.boxes)
+
+
+# -- detect() and the command line -------------------------------------------------------------
+
+TINY = """
+[net]
+width=64
+height=64
+channels=3
+{letter}
+
+[convolutional]
+filters=8
+size=3
+stride=4
+pad=1
+activation=leaky
+
+[convolutional]
+filters=24
+size=1
+activation=linear
+
+[yolo]
+mask=0,1
+anchors=10,14, 23,27
+classes=7
+num=2
+nms_kind=greedynms
+"""
+
+
+def tiny_cfg(tmp_path: Path, letter: bool = False) -> Path:
+    path = tmp_path / "tiny.cfg"
+    path.write_text(TINY.format(letter="letter_box=1" if letter else ""))
+    return path
+
+
+def write_images(folder: Path) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, (h, w) in [("000012.jpg", (48, 80)), ("b.png", (64, 64))]:
+        arr = (rng.uniform(0, 1, (h, w, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+def run_cli(*argv: str) -> int:
+    import runner
+
+    return runner.main([str(a) for a in argv])
+
+
+def test_detect_api_returns_pixel_boxes_of_the_original_image(tmp_path):
+    from builders.detect import detect, load_image
+
+    torch.manual_seed(0)
+    net = build(tiny_cfg(tmp_path, letter=True))
+    image = write_images(tmp_path / "imgs")[0]  # 80x48: letterboxed into 64x64
+    found = detect(net, [image], thresh=0.3, names=[f"c{i}" for i in range(7)])[0]
+    assert found, "random weights give some boxes above 0.3"
+    x = letterbox_image(load_image(image)[None], 64, 64)
+    outputs = net(x, collect=head_indices(net))
+    dets = nms(decode(net, outputs, 0.3, image_size=(80, 48), letter_box=True))[0]
+    expect = set()
+    for i, c in dets.pairs():
+        if dets.probs[i, c] > 0.3:
+            bx, by, bw, bh = dets.boxes[i].tolist()
+            expect.add((c, round((bx - bw / 2) * 80, 3), round((by + bh / 2) * 48, 3)))
+    assert {(f.class_id, round(f.box[0], 3), round(f.box[3], 3)) for f in found} == expect
+    assert all(f.name == f"c{f.class_id}" for f in found)
+    lefts = [f.box[0] for f in found]
+    assert lefts == sorted(lefts)  # Darknet prints by left edge
+    # a tensor and a PIL image give the same as the path
+    from PIL import Image
+
+    assert detect(net, load_image(image), thresh=0.3) == detect(net, Image.open(image), thresh=0.3)
+
+
+def test_cli_detect_folder(tmp_path, capsys):
+    import re
+
+    cfg = tiny_cfg(tmp_path)
+    images = write_images(tmp_path / "imgs")
+    (tmp_path / "imgs" / "readme.txt").write_text("not an image")
+    names = tmp_path / "seven.names"
+    names.write_text("".join(f"thing{i}\n" for i in range(7)))
+    out = tmp_path / "out"
+    assert run_cli(cfg, "--detect", tmp_path / "imgs", "--names", names, "--out", out,
+                   "--save-labels", "--thresh", "0.3", "--no-progress") == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("not images") == 1 and "readme.txt" in captured.err
+    lines = re.findall(r"^(thing\d): (\d+)%\t\(left_x: +-?\d+ +top_y: +-?\d+ +width: +\d+ +"
+                       r"height: +\d+\)$", captured.out, re.M)
+    assert lines and all(int(p) >= 30 for _, p in lines)
+    assert re.search(r"^2 image\(s\), \d+ object\(s\) above thresh 0.3", captured.out, re.M)
+    results = json.loads((out / "detections.json").read_text())
+    assert len(results) == len(lines)
+    assert {r["image_id"] for r in results} <= {12, "b"}
+    for r in results:
+        assert set(r) == {"image_id", "category_id", "bbox", "score"}
+        x, y, w, h = r["bbox"]
+        assert x >= 0 and y >= 0 and w >= 0 and h >= 0 and r["score"] > 0.3
+    from PIL import Image
+
+    for p in images:
+        with Image.open(out / f"{p.stem}.jpg") as im:
+            assert im.size == Image.open(p).size
+        for line in (out / f"{p.stem}.txt").read_text().splitlines():
+            c, *box = line.split()
+            assert 0 <= int(c) < 7 and len(box) == 4
+
+
+def test_cli_unreadable_image_is_a_located_error(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path)
+    write_images(tmp_path / "imgs")
+    bad = tmp_path / "imgs" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    assert run_cli(cfg, "--detect", tmp_path / "imgs", "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "error[E901]" in err and "broken.jpg" in err and "Traceback" not in err
+    assert run_cli(cfg, "--detect", tmp_path / "missing.jpg") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_cfg_without_a_head(tmp_path, capsys):
+    cfg = tmp_path / "classify.cfg"
+    cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n[convolutional]\nfilters=4\nsize=3\n"
+                   "activation=leaky\n\n[avgpool]\n\n[softmax]\n")
+    write_images(tmp_path / "imgs")
+    assert run_cli(cfg, "--detect", tmp_path / "imgs") == 2
+    err = capsys.readouterr().err
+    assert "error[E300]" in err and "no detection head" in err and "Traceback" not in err
+
+
+def test_cli_names_that_do_not_match_classes(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path)
+    write_images(tmp_path / "imgs")
+    names = tmp_path / "two.names"
+    names.write_text("cat\ndog\n")
+    assert run_cli(cfg, "--detect", tmp_path / "imgs", "--names", names) == 2
+    err = capsys.readouterr().err
+    assert "error[E304]" in err and "2 class names" in err and "classes=7" in err
+    assert f"{cfg}:" in err  # located at the head's classes= line
+    data = tmp_path / "x.data"
+    data.write_text(f"classes=2\nnames={names}\n")
+    assert run_cli(cfg, "--detect", tmp_path / "imgs", "--data", data) == 2
+    assert "2 class names" in capsys.readouterr().err
+
+
+def test_cli_detections_of_a_raw_input(tmp_path, capsys):
+    from builders.weights import save_weights
+
+    cfg = tiny_cfg(tmp_path)
+    torch.manual_seed(0)
+    net = build(cfg)
+    weights = tmp_path / "tiny.weights"
+    save_weights(net, weights)
+    x = torch.rand(2, 3, 64, 64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    out = tmp_path / "dets.json"
+    assert run_cli(cfg, "--weights", weights, "--input", tmp_path / "x.npy", "--detections", out,
+                   "--thresh", "0.3") == 0
+    entries = json.loads(out.read_text())
+    net.eval()
+    with torch.no_grad():
+        dets = nms(decode(net, net(x, collect=head_indices(net)), 0.3))
+    assert len(entries) == sum(len(d.pairs()) for d in dets) > 0
+    for e in entries:
+        d = dets[e["image"]]
+        assert e["score"] == pytest.approx(float(d.probs[e["detection"], e["category_id"]]),
+                                           abs=1e-6)
+        assert e["bbox"] == pytest.approx(d.boxes[e["detection"]].tolist(), abs=1e-6)
