@@ -48,10 +48,14 @@ class HeadDecoding:
     def predictions(self, layer: Layer, y: torch.Tensor, net_w: int, net_h: int) -> HeadParts:
         raise NotImplementedError
 
-    def threshold(self, layer: Layer, parts: HeadParts, thresh: torch.Tensor):
-        """(keep (N,k) bool or None = keep all, objectness (N,k), probs (N,k,C))."""
-        probs = torch.where(parts.scores > thresh, parts.scores, 0.0)
-        return None, parts.objectness, probs
+    def keep(self, layer: Layer, parts: HeadParts, thresh: torch.Tensor):
+        """Which candidates Darknet emits: (N,k) bool, or None for all of them."""
+        return None
+
+    def threshold(self, layer: Layer, objectness: torch.Tensor, scores: torch.Tensor,
+                  thresh: torch.Tensor):
+        """(objectness, probs) of the emitted candidates (any leading shape)."""
+        return objectness, torch.where(scores > thresh, scores, 0.0)
 
     def nms_kind(self, layer: Layer) -> tuple[str, float]:
         """(nms_kind, beta_nms) as Darknet parses them for this head (unknown -> default)."""
@@ -111,10 +115,8 @@ class YoloDecoding(HeadDecoding):
             scores = scores * (1 - uncertainty)[..., None]
         return HeadParts(torch.stack([bx, by, bw, bh], -1), obj, scores)
 
-    def threshold(self, layer, parts, thresh):
-        keep = parts.objectness > thresh  # strict; NaN is dropped
-        probs = torch.where(parts.scores > thresh, parts.scores, 0.0)
-        return keep, parts.objectness, probs
+    def keep(self, layer, parts, thresh):
+        return parts.objectness > thresh  # strict; NaN is dropped
 
 
 class RegionDecoding(HeadDecoding):
@@ -147,12 +149,12 @@ class RegionDecoding(HeadDecoding):
         objectness = scale if pj else torch.ones_like(scale)
         return HeadParts(boxes, objectness, scores)
 
-    def threshold(self, layer, parts, thresh):
-        probs = torch.where(parts.scores > thresh, parts.scores, 0.0)
+    def threshold(self, layer, objectness, scores, thresh):
+        probs = torch.where(scores > thresh, scores, 0.0)
         if not layer.pjreddie:
-            return None, parts.objectness, probs
-        objectness = torch.where(parts.objectness > thresh, parts.objectness, 0.0)
-        return None, objectness, torch.where(objectness[..., None] != 0, probs, 0.0)
+            return objectness, probs
+        objectness = torch.where(objectness > thresh, objectness, 0.0)
+        return objectness, torch.where(objectness[..., None] != 0, probs, 0.0)
 
 
 class DetectionDecoding(HeadDecoding):
@@ -334,20 +336,26 @@ def decode(net, outputs: dict[int, torch.Tensor], thresh: float = 0.25, *, image
         if parts.scores.shape[-1] != classes:
             raise ValueError(f"head {i} has {parts.scores.shape[-1]} classes, the first head "
                              f"{classes}: Darknet decodes with the first head's count")
-        keep, objectness, probs = decoding.threshold(layer, parts, t.to(parts.boxes.device))
+        t = t.to(parts.boxes.device)
+        keep = decoding.keep(layer, parts, t)
         net_size = _net_size(net, i, outputs[i], input_size)
-        per_head.append((i, decoding, parts.boxes, keep, objectness, probs, start, net_size))
+        per_head.append((i, layer, decoding, parts, keep, start, net_size))
         start += parts.boxes.shape[1]
     results = []
     for b in range(batch):
         pieces = []
-        for _, decoding, boxes, keep, objectness, probs, first, net_size in per_head:
-            index = torch.arange(first, first + boxes.shape[1], device=boxes.device)
-            sel = slice(None) if keep is None else keep[b]
-            bx = boxes[b][sel]
+        for _, layer, decoding, parts, keep, first, net_size in per_head:
+            index = torch.arange(first, first + parts.boxes.shape[1], device=parts.boxes.device)
+            if keep is not None:  # select first: thresholding only the emitted rows is cheaper
+                sel = torch.nonzero(keep[b]).flatten()
+                bx, obj, scores, index = (parts.boxes[b, sel], parts.objectness[b, sel],
+                                          parts.scores[b, sel], index[sel])
+            else:
+                bx, obj, scores = parts.boxes[b], parts.objectness[b], parts.scores[b]
+            obj, probs = decoding.threshold(layer, obj, scores, t)
             if decoding.letterbox:
                 bx = correct_boxes(bx, sizes[b], net_size, letter_box)
-            pieces.append((bx, objectness[b][sel], probs[b][sel], index[sel]))
+            pieces.append((bx, obj, probs, index))
         cat = [torch.cat([p[j] for p in pieces]) for j in range(4)]
         layer_of = torch.cat([torch.full((p[0].shape[0],), i, dtype=torch.long,
                                          device=p[0].device)
