@@ -7,6 +7,7 @@ match `classes`) raises a located CfgError: the runner prints it and exits 2.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -177,8 +178,23 @@ def drawn(image: torch.Tensor, found: list[Found]) -> torch.Tensor:
         labels.append(", ".join(f"{f.name or f.class_id} {f.score * 100:.0f}%" for f in items))
         colours.append(class_colour(items[0].class_id))
     width = max(1, round(max(h, w) / 250))
+    font, size = label_font(), max(10, round(max(h, w) / 40))
     return draw_bounding_boxes(rgb, torch.tensor(boxes, dtype=torch.float32), labels,
-                               colors=colours, width=width)
+                               colors=colours, width=width, font=font,
+                               font_size=size if font else None, label_colors="white",
+                               label_background_colors=colours, fill_labels=True)
+
+
+@functools.cache
+def label_font() -> str | None:
+    """A scalable font if the system has DejaVu Sans (most Linux systems), else PIL's default."""
+    from PIL import ImageFont
+
+    try:
+        ImageFont.truetype("DejaVuSans.ttf", 12)
+        return "DejaVuSans.ttf"
+    except OSError:
+        return None
 
 
 def save_jpeg(path: Path, rgb: torch.Tensor) -> None:
