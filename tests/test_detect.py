@@ -605,3 +605,23 @@ def test_cli_detections_of_a_raw_input(tmp_path, capsys):
         assert e["score"] == pytest.approx(float(d.probs[e["detection"], e["category_id"]]),
                                            abs=1e-6)
         assert e["bbox"] == pytest.approx(d.boxes[e["detection"]].tolist(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_head_predictions_exports_with_torch_export(tmp_path):
+    """The exporter's contract: no data-dependent control flow, so torch.export captures it."""
+    net = build(tiny_cfg(tmp_path)).eval()
+
+    class Boxes(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return head_predictions(self.net, self.net(x, collect=head_indices(self.net)))
+
+    x = torch.rand(2, 3, 64, 64)
+    exported = torch.export.export(Boxes(), (x,))
+    for ours, theirs in zip(exported.module()(x), Boxes()(x), strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-6)
+    assert exported.module()(x)[0].shape == (2, 16 * 16 * 2, 4)  # 16x16 grid, 2 anchors
