@@ -13,7 +13,8 @@ import pytest
 from cfgparse import CfgError, parse, parse_text
 from cfgparse.__main__ import main
 from cfgparse.blocks import _strict
-from cfgparse.writer import blocks_from_yaml, to_yaml, write
+from cfgparse.writer import to_yaml, write
+from cfgparse.yaml_io import blocks_from_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "darknet" / "corpus"
