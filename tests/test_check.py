@@ -437,9 +437,13 @@ def test_no_build_stays_torch_free(tmp_path):
     assert '"E301"' in result.stdout
 
 
-def test_python_dash_m_entry_point(tmp_path):
+@pytest.mark.parametrize("command", [["-m", "lint"], ["-m", "cfgparse", "check"],
+                                     ["runner.py", "check"], ["runner.py", "--check"]])
+def test_entry_points(tmp_path, command):
+    """`python -m lint` (the pre-commit hook), the `python -m cfgparse check` shim, `darkcfg
+    check` and `runner.py CFG --check` are one checker."""
     path = write(tmp_path, MUST_SHOW["unknown section"][0])
-    result = subprocess.run([sys.executable, "-m", "cfgparse", "check", "--no-build", str(path)],
+    result = subprocess.run([sys.executable, *command, "--no-build", str(path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1
     assert f"{path}:6:2: error[E201]" in result.stdout
