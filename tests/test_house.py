@@ -126,16 +126,16 @@ TORCH_FREE = ["cfgparse", "cfgparse.parser", "cfgparse.yaml_io", "cfgparse.write
 
 def test_cfgparse_and_the_linters_block_rules_import_no_torch():
     """In a fresh interpreter: cfgparse, the linter without its graph stage (torch-free by
-    design: `--no-build`), and the builders' memory arithmetic and liveness planner. The graph
-    stage, imported last, does pull torch in (so the check can fail)."""
+    design: `--no-build`), and the builders' memory arithmetic and liveness planner. (Only the
+    graph stage, lint.graph_rules, imports torch: not imported here, a torch import costs CI
+    seconds.)"""
     script = ("import importlib, sys\n"
               f"for name in {TORCH_FREE!r}:\n"
               "    importlib.import_module(name)\n"
               "    assert 'torch' not in sys.modules, name\n"
-              "import lint.graph_rules\n"
-              "print('torch' in sys.modules)\n")
+              "print('lark' in sys.modules)\n")  # the parser's own dependency: it does look
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=ROOT, timeout=120)
+                            cwd=ROOT, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
 
 
