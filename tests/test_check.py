@@ -437,16 +437,27 @@ def test_no_build_stays_torch_free(tmp_path):
     assert '"E301"' in result.stdout
 
 
-@pytest.mark.parametrize("command", [["-m", "lint"], ["-m", "cfgparse", "check"],
-                                     ["runner.py", "check"], ["runner.py", "--check"]])
-def test_entry_points(tmp_path, command):
-    """`python -m lint` (the pre-commit hook), the `python -m cfgparse check` shim, `darkcfg
-    check` and `runner.py CFG --check` are one checker."""
+def test_python_dash_m_entry_point(tmp_path):
+    """`python -m lint`, what the pre-commit hook runs, in a real process."""
     path = write(tmp_path, MUST_SHOW["unknown section"][0])
-    result = subprocess.run([sys.executable, *command, "--no-build", str(path)],
+    result = subprocess.run([sys.executable, "-m", "lint", "--no-build", str(path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1
     assert f"{path}:6:2: error[E201]" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["cfgparse", "check"], ["runner", "check"],
+                                     ["runner", "--check"]])
+def test_other_entry_points(tmp_path, capsys, command):
+    """The `python -m cfgparse check` shim, `darkcfg check` and `runner.py CFG --check` are the
+    same checker (in this process: a subprocess each would cost CI seconds)."""
+    import runner
+    from cfgparse.__main__ import main as cfgparse_main
+
+    path = write(tmp_path, MUST_SHOW["unknown section"][0])
+    entry = cfgparse_main if command[0] == "cfgparse" else runner.main
+    assert entry([*command[1:], "--no-build", str(path)]) == 1
+    assert f"{path}:6:2: error[E201]" in capsys.readouterr().out
 
 
 # -- output formats --------------------------------------------------------------------------------
