@@ -21,7 +21,7 @@ from torch import nn
 
 from cfgparse import Block, CfgError, schema
 from cfgparse.errors import did_you_mean
-from cfgparse.rules import absolute_reference, reference_problem
+from cfgparse.rules import absolute_reference, missing_reference, reference_problem
 
 
 class Shape(NamedTuple):
@@ -82,6 +82,8 @@ class BuildContext:
     def refs(self, block: Block, key: str) -> list[int]:
         """The absolute indices listed in `key`; recorded as this layer's extra inputs.
         The module's forward then receives them, in order, after the previous output."""
+        if key not in block:
+            raise CfgError(missing_reference(block, key))
         raw = block.ints(key)
         out = [self.resolve(block, key, r, item) for item, r in enumerate(raw)]
         self.sources.extend(out)

@@ -220,13 +220,13 @@ def test_builder_and_linter_resolve_references_alike(tmp_path):
     from cfgparse import CfgError
     from lint import Options, check_file
 
-    text = NET + "[maxpool]\nsize=2\nstride=2\n\n[route]\nlayers=-1, -5\n"
-    path = tmp_path / "m.cfg"
-    path.write_text(text)
-    (linted,) = check_file(path, Options(build=False))
-    with pytest.raises(CfgError) as err:
-        build(path)
-    assert err.value.first.format() == linted.format()
+    for route in ("[route]\nlayers=-1, -5\n", "[route]\n", "[sam]\nfrom=3\n"):
+        path = tmp_path / "m.cfg"
+        path.write_text(NET + "[maxpool]\nsize=2\nstride=2\n\n" + route)
+        (linted,) = check_file(path, Options(build=False))
+        with pytest.raises(CfgError) as err:
+            build(path)
+        assert err.value.first.format() == linted.format()
 
 
 def test_one_liveness_planner_for_forward_and_the_memory_estimate():
