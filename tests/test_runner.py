@@ -285,7 +285,8 @@ def test_detector_training_says_not_supported(tmp_path, capsys):
     path = tmp_path / "det.cfg"
     path.write_text(DETECTOR)
     code, _, err = run(capsys, path, "--train", "--out", tmp_path)
-    assert code == 2 and "detection training is not supported yet" in err
+    # interim, until the detection task lands: the heads own a loss but no task trains 'boxes'
+    assert code == 2 and "E300" in err and "'boxes'" in err and "Traceback" not in err
     assert f"{path}:" in err and "[yolo]" in err  # located at the head
 
 
