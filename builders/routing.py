@@ -25,6 +25,11 @@ def _chw(shape: Shape) -> tuple[int, int, int]:
 
 
 def _as4d(t: torch.Tensor, shape: Shape) -> torch.Tensor:
+    """An image tensor as it is (a fully convolutional net may run at another size than the
+    cfg's: random=1 multi-scale training, detection at any size); a flat one in its built
+    shape."""
+    if t.dim() == 4:
+        return t
     c, h, w = _chw(shape)
     return t.reshape(t.shape[0], c, h, w)
 
