@@ -18,8 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from builders.memory import parse_size
 from cfgparse import CfgError
-from cfgparse.check import parse_size
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -152,9 +152,9 @@ def describe(d) -> str:
 
 
 def check(argv: list[str]) -> int:
-    from cfgparse import check as linter
+    from lint.cli import main as check_main
 
-    return int(linter.main(argv) or 0)
+    return int(check_main(argv) or 0)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from cfgparse import Block, schema
+from cfgparse import Block, CfgError, schema
+from cfgparse.rules import anchor_pairs, head_input_problem, mask_problem
 
 from . import head_loss
 from .dense import flat_input, load_tree
@@ -59,32 +60,22 @@ def _grouped_softmax(t: torch.Tensor, sizes: list[int] | None, dim: int) -> torc
 
 
 def _anchors(block: Block, num: int) -> list[float]:
-    """The anchors' w,h pairs as Darknet fills them: at least `num` pairs, missing numbers keep
-    the initial 0.5 (corpus cfgs list fewer, or more, than num pairs)."""
-    given = block.floats("anchors", None) or []
-    pairs = max(num, (len(given) + 1) // 2)
-    return given + [0.5] * (2 * pairs - len(given))
+    return anchor_pairs(block.floats("anchors", None), num)
 
 
-def _mask(block: Block, num: int, anchors: list[float]) -> list[int]:
+def _mask(block: Block, num: int) -> list[int]:
     mask = block.ints("mask", None)
-    if mask is None:
-        return list(range(num))
-    pairs = len(anchors) // 2
-    bad = [m for m in mask if not 0 <= m < pairs]
-    if bad:
-        raise block.error("E304", f"mask refers to anchor {bad[0]}, but there are only "
-                          f"{pairs} anchors (w,h pairs)", "mask",
-                          hint=f"use anchor indices 0..{pairs - 1}, or list more anchors")
-    return mask
+    problem = mask_problem(block)
+    if problem is not None:
+        raise CfgError(problem)
+    return list(range(num)) if mask is None else mask
 
 
-def _check_channels(block: Block, ctx: BuildContext, expected: int, formula: str) -> None:
-    if ctx.input.c != expected:
-        key = "mask" if block.option("mask") is not None else "classes"
-        raise block.error("E304", f"[{block.name}] needs {expected} input channels ({formula}), "
-                          f"but the previous layer gives {ctx.input.c}", key,
-                          hint=f"set filters={expected} in the layer before this one")
+def _check_input(block: Block, have: int) -> None:
+    """The head's input against what it decodes (cfgparse.rules.HEAD_INPUTS)."""
+    problem = head_input_problem(block, have)
+    if problem is not None:
+        raise CfgError(problem)
 
 
 # -- [yolo], [Gaussian_yolo] ----------------------------------------------------------------------
@@ -126,11 +117,11 @@ def _build_yolo(block: Block, ctx: BuildContext, gaussian: bool):
     classes = block.int("classes")
     num = block.int("num")
     anchors = _anchors(block, num)
-    mask = _mask(block, num, anchors)
+    mask = _mask(block, num)
     box = 8 if gaussian else 4
     entries = box + 1 + classes
     n = len(mask)
-    _check_channels(block, ctx, n * entries, f"{n} anchors x ({box}+1+{classes} classes)")
+    _check_input(block, ctx.input.c)
     scale_x_y = 1.0 if pjreddie else block.float("scale_x_y")
     new_coords = False if (pjreddie or gaussian) else block.bool("new_coords")
     if gaussian:  # x,y,w,h means and sigmas: logistic on all but the w/h means (4, 6)
@@ -231,8 +222,7 @@ def build_region(block: Block, ctx: BuildContext):
     if coords < 2:
         raise block.error("E203", f"coords={coords}: a [region] box has at least x and y",
                           "coords")
-    _check_channels(block, ctx, num * (coords + 1 + classes),
-                    f"num={num} x ({coords} coords + 1 + {classes} classes)")
+    _check_input(block, ctx.input.c)
     tree, tree_error = load_tree(block, "tree", classes) if block.has("tree") else (None, None)
     background = block.bool("background") if pjreddie else False
     layer = Region(ctx.input, num, coords, classes, block.bool("softmax"), tree, tree_error,
@@ -276,11 +266,7 @@ class Detection(Layer):
 def build_detection(block: Block, ctx: BuildContext):
     inputs = flat_input(block, ctx)
     classes, coords, num, side = (block.int(k) for k in ("classes", "coords", "num", "side"))
-    expected = side * side * ((1 + coords) * num + classes)
-    if inputs != expected:
-        raise block.error("E304", f"[detection] needs side*side*((1+coords)*num + classes) = "
-                          f"{expected} inputs, but the previous layer gives {inputs}", "side",
-                          hint=f"set output={expected} in the [connected] layer before this one")
+    _check_input(block, inputs)
     layer = Detection(inputs, side * side, classes, block.bool("softmax"))
     layer.side, layer.num, layer.coords = side, num, coords  # for decoding (builders/detect.py)
     layer.train_options = training_options(block, ctx.net.flavor)

@@ -36,10 +36,11 @@ def _as4d(t: torch.Tensor, shape: Shape) -> torch.Tensor:
 
 def _single_ref(block: Block, ctx: BuildContext, key: str) -> int:
     """The one layer `key` names (Darknet reads a single index there)."""
-    if len(block.ints(key)) != 1:
+    refs = ctx.refs(block, key)
+    if len(refs) != 1:
         raise block.error("E302", f"[{block.name}] takes one '{key}' layer", key,
                           hint=f"write {key}=<one layer index>")
-    return ctx.refs(block, key)[0]
+    return refs[0]
 
 
 def _raw(block: Block, key: str) -> str:
