@@ -11,15 +11,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cfgparse import Block, CfgError, Diagnostic, parse
+from cfgparse import Block, CfgError, Diagnostic, parse, schema
 from cfgparse.errors import WARNING
+from cfgparse.rules import input_size_rule
 
 from .layer import Layer
+from .plan import plan_liveness
 from .registry import BuildContext, NetInfo, Shape, builder_for
-
-# Keys every layer section may carry (SEMANTICS.md §5); the graph reads them, not the builders.
-_COMMON_KEYS = ("clip", "onlyforward", "dont_update", "burnin_update", "train_only_bn",
-                "stream", "wait_stream", "truth", "dontsave", "numload", "smooth")
 
 
 @dataclass(frozen=True)
@@ -39,12 +37,12 @@ class LayerInfo:
 
 
 def net_info(net: Block, flavor: str = "alexeyab") -> NetInfo:
+    problem = input_size_rule(net)
+    if problem is not None:
+        raise CfgError(problem)
     width, height, channels = net.int("width"), net.int("height"), net.int("channels")
     image = width * height * channels
-    inputs = net.int("inputs", image or None) if "inputs" in net or image else None
-    if not inputs:
-        raise net.error("E305", "[net] gives no input size",
-                        hint="set width, height and channels (or inputs for flat data)")
+    inputs = net.int("inputs", image or None)
     return NetInfo(width, height, channels, inputs, max(net.int("batch"), 1), flavor,
                    net.int("time_steps"))
 
@@ -82,12 +80,18 @@ class Network(nn.Module):
                     dontloadscales=block.bool("dontloadscales"),
                     lr_scale=block.float("learning_rate"),
                 )
-                block.mark_read(*_COMMON_KEYS)
+                block.mark_read(*schema.COMMON)  # every layer's keys: the graph's, not a builder's
                 self.warnings.extend(
                     block.diagnostic("W301", f"darkcfg ignores '{o.key}' in [{block.name}]",
                                      o.key, severity=WARNING, on_value=False,
                                      hint="remove it, or see the README for supported keys")
                     for o in block.unread())
+                self.warnings.extend(  # keys a head's loss reads but does not honour
+                    block.diagnostic("W310", (f"'{key}' in [{block.name}] is read, not honoured: "
+                                              if key else f"[{block.name}]: ") + why,
+                                     key, severity=WARNING, on_value=False,
+                                     hint="remove it, or see the README (detection losses)")
+                    for key, why in getattr(module, "unhonoured_keys", ()))
                 self.layers.append(module)
                 self.meta.append(meta)
                 shapes.append(shape)
@@ -101,18 +105,10 @@ class Network(nn.Module):
         self._plan(outputs)
 
     def _plan(self, keep: Iterable[int]) -> None:
-        """Which outputs to hold on to, and when each can be dropped."""
-        keep = set(keep)
-        last_use: dict[int, int] = {}
-        for i, srcs in enumerate(self._sources):
-            for j in srcs:
-                last_use[j] = i
-        self._store = frozenset(last_use) | keep
-        free: list[list[int]] = [[] for _ in self._sources]
-        for j, i in last_use.items():
-            if j not in keep:
-                free[i].append(j)
-        self._free_after = free
+        """Which outputs to hold on to, and when each can be dropped (builders.plan, which the
+        memory estimate's peak uses too)."""
+        self.liveness = plan_liveness(self._sources, keep)
+        self._store, self._free_after = self.liveness.store, self.liveness.free_after
 
     def forward(self, x: torch.Tensor, collect: Iterable[int] | None = None):
         """Run the network. Returns the output layers' tensors (a list, in layer order); with
@@ -146,7 +142,7 @@ class Network(nn.Module):
     def loss_layers(self) -> list[int]:
         """Every layer whose `loss` trains this network (layer i's loss reads layer i-1's output),
         in layer order; the network's loss is their sum (training.tasks). Empty: nothing to
-        train (e.g. detectors, whose loss is not implemented yet)."""
+        train."""
         return [i for i, layer in enumerate(self.layers) if layer.takes_loss]
 
     def num_weight_floats(self) -> int:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from cfgparse import Block, schema
+from cfgparse import Block, CfgError, schema
+from cfgparse.rules import anchor_pairs, head_input_problem, mask_problem
 
+from . import head_loss
 from .dense import flat_input, load_tree
 from .layer import Layer
 from .registry import BuildContext, Shape, register
@@ -58,32 +60,22 @@ def _grouped_softmax(t: torch.Tensor, sizes: list[int] | None, dim: int) -> torc
 
 
 def _anchors(block: Block, num: int) -> list[float]:
-    """The anchors' w,h pairs as Darknet fills them: at least `num` pairs, missing numbers keep
-    the initial 0.5 (corpus cfgs list fewer, or more, than num pairs)."""
-    given = block.floats("anchors", None) or []
-    pairs = max(num, (len(given) + 1) // 2)
-    return given + [0.5] * (2 * pairs - len(given))
+    return anchor_pairs(block.floats("anchors", None), num)
 
 
-def _mask(block: Block, num: int, anchors: list[float]) -> list[int]:
+def _mask(block: Block, num: int) -> list[int]:
     mask = block.ints("mask", None)
-    if mask is None:
-        return list(range(num))
-    pairs = len(anchors) // 2
-    bad = [m for m in mask if not 0 <= m < pairs]
-    if bad:
-        raise block.error("E304", f"mask refers to anchor {bad[0]}, but there are only "
-                          f"{pairs} anchors (w,h pairs)", "mask",
-                          hint=f"use anchor indices 0..{pairs - 1}, or list more anchors")
-    return mask
+    problem = mask_problem(block)
+    if problem is not None:
+        raise CfgError(problem)
+    return list(range(num)) if mask is None else mask
 
 
-def _check_channels(block: Block, ctx: BuildContext, expected: int, formula: str) -> None:
-    if ctx.input.c != expected:
-        key = "mask" if block.option("mask") is not None else "classes"
-        raise block.error("E304", f"[{block.name}] needs {expected} input channels ({formula}), "
-                          f"but the previous layer gives {ctx.input.c}", key,
-                          hint=f"set filters={expected} in the layer before this one")
+def _check_input(block: Block, have: int) -> None:
+    """The head's input against what it decodes (cfgparse.rules.HEAD_INPUTS)."""
+    problem = head_input_problem(block, have)
+    if problem is not None:
+        raise CfgError(problem)
 
 
 # -- [yolo], [Gaussian_yolo] ----------------------------------------------------------------------
@@ -92,6 +84,8 @@ class YoloHead(Layer):
     """Layout [anchor][entry][h][w]: logistic on the listed entries, then x,y -> x*s - (s-1)/2."""
 
     is_output = True
+    takes_loss = True
+    loss_target = "boxes"  # truth (N, M, 5) [x, y, w, h, class] (head_loss)
 
     def __init__(self, out: Shape, n: int, entries: int, logistic: set[int], scaled: set[int],
                  scale_x_y: float):
@@ -114,17 +108,20 @@ class YoloHead(Layer):
             parts.append(p)
         return torch.cat(parts, 2).reshape(x.shape[0], self.n * self.entries, h, w)
 
+    def loss(self, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> torch.Tensor:
+        return head_loss.yolo_loss(self, x, truth, seen)
+
 
 def _build_yolo(block: Block, ctx: BuildContext, gaussian: bool):
     pjreddie = ctx.net.flavor == "pjreddie" and not gaussian
     classes = block.int("classes")
     num = block.int("num")
     anchors = _anchors(block, num)
-    mask = _mask(block, num, anchors)
+    mask = _mask(block, num)
     box = 8 if gaussian else 4
     entries = box + 1 + classes
     n = len(mask)
-    _check_channels(block, ctx, n * entries, f"{n} anchors x ({box}+1+{classes} classes)")
+    _check_input(block, ctx.input.c)
     scale_x_y = 1.0 if pjreddie else block.float("scale_x_y")
     new_coords = False if (pjreddie or gaussian) else block.bool("new_coords")
     if gaussian:  # x,y,w,h means and sigmas: logistic on all but the w/h means (4, 6)
@@ -143,6 +140,8 @@ def _build_yolo(block: Block, ctx: BuildContext, gaussian: bool):
         layer.train_options["embedding_layer"] = ctx.resolve(block, "embedding_layer", embedding)
     layer.describe = f"{classes} classes"
     layer.filters = ctx.input.c
+    layer.pjreddie = pjreddie
+    head_loss.configure_yolo(block, layer, ctx.net.width, ctx.net.height)
     return layer, ctx.input
 
 
@@ -167,6 +166,8 @@ class Region(Layer):
     (+ background) or, with softmax=0, logistic on them."""
 
     is_output = True
+    takes_loss = True
+    loss_target = "boxes"
 
     def __init__(self, out: Shape, n: int, coords: int, classes: int, softmax: bool,
                  tree: list[int] | None, tree_error, pjreddie: bool, background: bool):
@@ -208,6 +209,9 @@ class Region(Layer):
             return y.reshape(y.shape[0], -1)
         return y.permute(0, 2, 3, 1).reshape(y.shape[0], -1)  # AlexeyAB's flatten to HWC
 
+    def loss(self, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> torch.Tensor:
+        return head_loss.region_loss(self, x, truth, seen)
+
 
 @register("region")
 def build_region(block: Block, ctx: BuildContext):
@@ -218,8 +222,7 @@ def build_region(block: Block, ctx: BuildContext):
     if coords < 2:
         raise block.error("E203", f"coords={coords}: a [region] box has at least x and y",
                           "coords")
-    _check_channels(block, ctx, num * (coords + 1 + classes),
-                    f"num={num} x ({coords} coords + 1 + {classes} classes)")
+    _check_input(block, ctx.input.c)
     tree, tree_error = load_tree(block, "tree", classes) if block.has("tree") else (None, None)
     background = block.bool("background") if pjreddie else False
     layer = Region(ctx.input, num, coords, classes, block.bool("softmax"), tree, tree_error,
@@ -229,6 +232,7 @@ def build_region(block: Block, ctx: BuildContext):
                                            {"max": 30} if pjreddie else None)
     layer.describe = f"{classes} classes"
     layer.filters = ctx.input.c
+    head_loss.configure_region(block, layer, ctx.net.flavor)
     return layer, ctx.input
 
 
@@ -239,6 +243,8 @@ class Detection(Layer):
     softmax=1), then side*side*num confidences, then the boxes — those stay raw."""
 
     is_output = True
+    takes_loss = True
+    loss_target = "boxes"
 
     def __init__(self, inputs: int, cells: int, classes: int, softmax: bool):
         super().__init__()
@@ -252,19 +258,20 @@ class Detection(Layer):
         probs = torch.softmax(y[:, :split].reshape(-1, self.cells, self.classes), -1)
         return torch.cat([probs.reshape(y.shape[0], split), y[:, split:]], 1)
 
+    def loss(self, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> torch.Tensor:
+        return head_loss.detection_loss(self, x, truth, seen)
+
 
 @register("detection")
 def build_detection(block: Block, ctx: BuildContext):
     inputs = flat_input(block, ctx)
     classes, coords, num, side = (block.int(k) for k in ("classes", "coords", "num", "side"))
-    expected = side * side * ((1 + coords) * num + classes)
-    if inputs != expected:
-        raise block.error("E304", f"[detection] needs side*side*((1+coords)*num + classes) = "
-                          f"{expected} inputs, but the previous layer gives {inputs}", "side",
-                          hint=f"set output={expected} in the [connected] layer before this one")
+    _check_input(block, inputs)
     layer = Detection(inputs, side * side, classes, block.bool("softmax"))
+    layer.side, layer.num, layer.coords = side, num, coords  # for decoding (builders/detect.py)
     layer.train_options = training_options(block, ctx.net.flavor)
     layer.describe = f"{side}x{side} {classes} cls"
+    head_loss.configure_detection(block, layer, side, num, coords)
     return layer, Shape.flat(inputs)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from cfgparse import Block, CfgError, schema
 from cfgparse.errors import did_you_mean
+from cfgparse.rules import absolute_reference, missing_reference, reference_problem
 
 
 class Shape(NamedTuple):
@@ -70,24 +71,21 @@ class BuildContext:
     sources: list[int] = field(default_factory=list)  # extra layers this one reads
     layers: Sequence[nn.Module] = ()  # modules of layers 0..index-1 (conv share_index)
 
-    def resolve(self, block: Block, key: str, ref: int) -> int:
-        """Darknet's rule: negative = relative to this layer; check it exists."""
-        absolute = self.index + ref if ref < 0 else ref
-        if not 0 <= absolute < self.index:
-            raise block.error(
-                "E301",
-                f"'{key}' refers to layer {ref} (absolute {absolute}), which does not exist "
-                f"before layer {self.index}",
-                key,
-                hint=f"use an index in 0..{self.index - 1} or -1..-{self.index}",
-            )
-        return absolute
+    def resolve(self, block: Block, key: str, ref: int, item: int = 0) -> int:
+        """Darknet's rule (cfgparse.rules): negative = relative to this layer; check it exists.
+        `item`: which entry of a list value `ref` is (for the error's column)."""
+        problem = reference_problem(block, key, ref, self.index, item)
+        if problem is not None:
+            raise CfgError(problem)
+        return absolute_reference(self.index, ref)
 
     def refs(self, block: Block, key: str) -> list[int]:
         """The absolute indices listed in `key`; recorded as this layer's extra inputs.
         The module's forward then receives them, in order, after the previous output."""
+        if key not in block:
+            raise CfgError(missing_reference(block, key))
         raw = block.ints(key)
-        out = [self.resolve(block, key, r) for r in raw]
+        out = [self.resolve(block, key, r, item) for item, r in enumerate(raw)]
         self.sources.extend(out)
         return out
 

@@ -25,16 +25,22 @@ def _chw(shape: Shape) -> tuple[int, int, int]:
 
 
 def _as4d(t: torch.Tensor, shape: Shape) -> torch.Tensor:
+    """An image tensor as it is (a fully convolutional net may run at another size than the
+    cfg's: random=1 multi-scale training, detection at any size); a flat one in its built
+    shape."""
+    if t.dim() == 4:
+        return t
     c, h, w = _chw(shape)
     return t.reshape(t.shape[0], c, h, w)
 
 
 def _single_ref(block: Block, ctx: BuildContext, key: str) -> int:
     """The one layer `key` names (Darknet reads a single index there)."""
-    if len(block.ints(key)) != 1:
+    refs = ctx.refs(block, key)
+    if len(refs) != 1:
         raise block.error("E302", f"[{block.name}] takes one '{key}' layer", key,
                           hint=f"write {key}=<one layer index>")
-    return ctx.refs(block, key)[0]
+    return refs[0]
 
 
 def _raw(block: Block, key: str) -> str:

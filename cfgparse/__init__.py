@@ -3,7 +3,8 @@
 from .blocks import Block, Option
 from .errors import CfgError, Diagnostic
 from .parser import ParseResult, parse, parse_text
-from .writer import blocks_from_yaml, to_yaml, write
+from .writer import to_yaml, write
+from .yaml_io import blocks_from_yaml
 
 __all__ = ["Block", "CfgError", "Diagnostic", "Option", "ParseResult", "blocks_from_yaml", "parse",
            "parse_text", "to_yaml", "write"]

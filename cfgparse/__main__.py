@@ -1,4 +1,5 @@
-"""Command line: `python -m cfgparse dump FILE` and `python -m cfgparse check FILE...`.
+"""Command line: `python -m cfgparse dump FILE`, and `python -m cfgparse check FILE...` (kept for
+existing pre-commit configs and CI scripts; the checker is `lint`, also `python -m lint`).
 
 Exit status: 0 ok, 1 findings (errors in the cfg), 2 usage or I/O error.
 """
@@ -46,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["check"]:
-        from .check import main as check_main  # lazily: the checker pulls in the graph tools
+    if argv[:1] == ["check"]:  # a shim for existing configs: the checker is the lint package
+        from lint.cli import main as check_main
 
-        return check_main(argv[1:])
+        return check_main(argv[1:], prog="python -m cfgparse check")
     parser = arg_parser()
     try:
         args = parser.parse_args(argv)

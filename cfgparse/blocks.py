@@ -12,8 +12,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from .errors import ERROR, CfgError, Diagnostic, did_you_mean
-
-_MISSING: Any = object()
+from .schema import _MISSING, SECTIONS, ValueProblem, convert, default_for
 
 
 class Option(NamedTuple):  # a NamedTuple: immutable and cheap to make in the parse loop
@@ -75,8 +74,6 @@ class Block:
         opt = self.options.get(key)
         if opt is None:
             if default is _MISSING:
-                from .schema import default_for
-
                 default = default_for(self.type, key)
                 if default is _MISSING or default is None:
                     raise self.error(
@@ -127,8 +124,6 @@ class Block:
         presets. Every value is typed and checked by the schema exactly like cfg text, so
         `with_values(filters="64")` and `with_values(filters=64)` give the same block; bad values
         and unknown keys raise CfgError at the replaced option (or the header)."""
-        from .schema import SECTIONS, ValueProblem, convert
-
         known = SECTIONS.get(self.type)
         opts = dict(self.options)
         for key, value in values.items():

@@ -18,6 +18,7 @@ from lark.exceptions import LarkError, UnexpectedCharacters
 from lark.lexer import Lexer
 
 from . import schema
+from .assembly import FORK_NAMES, LayerNumbering, ParseResult, duplicate_key, finish, typed_option
 from .blocks import Block, Option, make_block
 from .errors import ERROR, WARNING, CfgError, Collector, Diagnostic, did_you_mean
 
@@ -27,14 +28,6 @@ _lark: Lark | None = None
 # C0 controls other than tab/LF/CR (and DEL): never in a text cfg, always in binary files.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]")
 _YAML_SUFFIXES = (".yaml", ".yml")
-
-
-class ParseResult(list):
-    """The blocks, plus the warnings found while parsing (a list subclass, so `parse()` reads
-    like returning a list of blocks)."""
-
-    warnings: list[Diagnostic]
-    path: str
 
 
 def parse(source: str | os.PathLike | bytes, *, path: str | None = None,
@@ -48,7 +41,7 @@ def parse(source: str | os.PathLike | bytes, *, path: str | None = None,
     """
     text, path = read_source(source, path)
     if path.endswith(_YAML_SUFFIXES):
-        from .writer import blocks_from_yaml
+        from .yaml_io import blocks_from_yaml  # only YAML input needs pyyaml
 
         return blocks_from_yaml(text, path, strict_first=strict_first, flavor=flavor)
     return parse_text(text, path, strict_first=strict_first, flavor=flavor)
@@ -218,7 +211,7 @@ def parse_text(text: str, path: str = "<string>", *, strict_first: bool = True,
                                   col)) from None
     fast_ok = text.isascii()  # the fast path's str.isdigit() is ASCII-only only then
     blocks: list[Block] = []
-    layer = 0
+    numbering = LayerNumbering()
     for item in items:
         if isinstance(item, Token):
             _preamble(item, text, path, diags)
@@ -227,31 +220,10 @@ def parse_text(text: str, path: str = "<string>", *, strict_first: bool = True,
         name, canonical, table, source = _header(header, text, path, diags, tables, flavor)
         options = _options(item[1], text, path, diags, table, name, flavor, fast_ok) \
             if len(item) > 1 else {}
-        index = -1 if not blocks and canonical == "net" else layer  # [net] is no layer
-        if index >= 0:
-            layer += 1
         blocks.append(make_block(canonical, name, MappingProxyType(options), header.line,
-                                 header.column, path, source, index))
+                                 header.column, path, source,
+                                 numbering.index(len(blocks), canonical)))
     return finish(blocks, diags, path, strict_first)
-
-
-def finish(blocks: list[Block], diags: Collector, path: str, strict_first: bool) -> ParseResult:
-    """The file-level checks (E100 empty, E107 first not [net]); raise or return the result."""
-    if not blocks and not diags.errors:
-        diags.add(Diagnostic("E100", "empty cfg: no [section] found", path, 1, 1, ERROR,
-                             "a cfg starts with a [net] section, then one section per layer"))
-    elif blocks and strict_first and blocks[0].type != "net" and \
-            blocks[0].type in schema.SECTIONS:  # an unknown first section has its E201/E106
-        b = blocks[0]
-        diags.add(Diagnostic("E107", f"the first section must be [net], not [{b.name}]", path,
-                             b.line, b.column, ERROR, "add a [net] section with width, height, "
-                             "channels and the training settings at the top", b.source,
-                             len(b.name) + 2))
-    diags.raise_if_errors()
-    result = ParseResult(blocks)
-    result.warnings = diags.warnings
-    result.path = path
-    return result
 
 
 _VISIBLE = {c: 0x2400 + c for c in range(0x20)}  # control pictures, so the caret line shows them
@@ -371,10 +343,7 @@ def _options(body: Token, text: str, path: str, diags: Collector, table, name: s
                 opt = _new_option(Option, (key, raw, value, lineno, col, value_col, source))
         first = options.setdefault(key, opt)
         if first is not opt:
-            diags.add(Diagnostic(
-                "W202", f"duplicate key '{key}' in [{name}]: Darknet uses the first value, "
-                f"'{first.raw}' (line {first.line})", path, opt.line, opt.column, WARNING,
-                "delete one of the two lines", source, len(key)))
+            diags.add(duplicate_key(first, opt, name, path))
     return options
 
 
@@ -425,14 +394,13 @@ def _header(tok: Token, text: str, path: str, diags: Collector, tables: dict,
         return name, name, None, source
     table = tables[canonical]
     if flavor is not None and table.fork and table.fork != flavor:
-        diags.add(Diagnostic("W206", f"[{name}] is {_FORK_NAMES[table.fork]}-only; "
-                             f"{_FORK_NAMES[flavor]} Darknet does not know it", path, line,
+        diags.add(Diagnostic("W206", f"[{name}] is {FORK_NAMES[table.fork]}-only; "
+                             f"{FORK_NAMES[flavor]} Darknet does not know it", path, line,
                              name_col, WARNING, "Darknet prints 'Type not recognized' and makes "
                              "an empty layer", source, len(name)))
     return name, canonical, table, source
 
 
-_FORK_NAMES = {schema.AB: "AlexeyAB", schema.PJ: "pjreddie"}
 _CANONICAL = schema._CANONICAL  # the same dict: sections added by plugins appear here
 
 
@@ -466,48 +434,3 @@ def _option(text: str, line: int, col: int, source: str, table, name: str, path:
         return None
     return typed_option(key, raw, line, col, value_col, source, len(value_text.strip()), table,
                         name, path, diags, flavor)
-
-
-def typed_option(key: str, raw: str, line: int, col: int, value_col: int, source: str,
-                 span: int, table, name: str, path: str, diags: Collector,
-                 flavor: str | None) -> Option | None:
-    """The schema's part of an option (cfg or YAML): W201 for keys the chosen Darknet does not
-    read, typing and range checks (E202-E204), W203 for values Darknet reads differently."""
-    spec = None
-    if table is not None:
-        spec = table.read.get(key)
-        if spec is None:
-            spec = table.known.get(key)
-            if spec is not None:  # read only by the fork the caller did not choose
-                other = _FORK_NAMES[spec.fork]
-                message = (f"{_FORK_NAMES[flavor]} Darknet does not read '{key}' in [{name}] "
-                           f"(Unused field; only {other} does)")
-                hint = "delete it, or parse for the other fork"
-            else:
-                if table.known is schema.SECTIONS["net"]:
-                    message = f"unknown key '{key}' in [{name}] (Darknet ignores it)"
-                else:
-                    message = f"unknown key '{key}' in [{name}] (Darknet: Unused field)"
-                hint = did_you_mean(key, table.known) or f"no Darknet reads '{key}' here; " \
-                    "delete it"
-            diags.add(Diagnostic("W201", message, path, line, col, WARNING, hint, source,
-                                 len(key)))
-    try:
-        value, note = schema.convert(spec, key, raw)
-    except schema.ValueProblem as exc:
-        diags.add(Diagnostic(exc.code, str(exc), path, line, value_col, ERROR, exc.hint,
-                             source, span))
-        return None
-    if note:
-        diags.add(Diagnostic("W203", note, path, line, value_col, WARNING,
-                             "write the value Darknet uses", source, span))
-    return Option(key, raw, value, line, col, value_col, source)
-
-
-def check_text(text: str, path: str = "<string>") -> list[Diagnostic]:
-    """All diagnostics (errors and warnings) for a cfg text, without raising."""
-    try:
-        result = parse_text(text, path)
-    except CfgError as exc:
-        return exc.diagnostics
-    return list(result.warnings)

@@ -14,6 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import did_you_mean
+
+# "No default given" for the Block getters (None is a real default: "required").
+_MISSING: Any = object()
+
 AB, PJ = "alexeyab", "pjreddie"  # the two Darknet forks (SEMANTICS.md; [pj] = pjreddie only)
 
 
@@ -297,20 +302,14 @@ def section_names() -> list[str]:
     return _SECTION_NAMES
 
 
-def section_keys(section: str) -> list[str]:
-    return sorted(SECTIONS.get(canonical_section(section) or section, {}))
-
-
 def key_spec(section: str, key: str) -> KeySpec | None:
     keys = SECTIONS.get(section)
     return None if keys is None else keys.get(key)
 
 
 def default_for(section: str, key: str) -> Any:
-    from .blocks import _MISSING as missing
-
     spec = key_spec(section, key)
-    return missing if spec is None else spec.default
+    return _MISSING if spec is None else spec.default
 
 
 # -- which fork reads what --------------------------------------------------------------------
@@ -429,8 +428,6 @@ def convert(spec: KeySpec | None, key: str, raw: str) -> tuple[Any, str]:
     else:
         value = text
         if spec.choices and value not in spec.choices:
-            from .errors import did_you_mean
-
             hint = did_you_mean(value, spec.choices) or "one of: " + ", ".join(spec.choices)
             raise ValueProblem("E204", f"unknown {key} '{value}'", hint)
     if spec.min is not None and t in ("i", "f") and value < spec.min:

@@ -1,4 +1,4 @@
-"""Blocks -> canonical cfg text, and cfg <-> YAML.
+"""Blocks -> canonical cfg text, and blocks -> YAML (reading YAML: yaml_io.py).
 
 Canonical cfg: one `[canonical_name]` header per block, a blank line between blocks, `key=value`
 lines in the order parsed (first of duplicates only), no comments, typed values written back so
@@ -11,29 +11,18 @@ YAML: a list with one single-key mapping per section, section name -> its option
         filters: 32
         activation: leaky
     - avgpool: {}
-
-The form `{type: NAME, options: {...}}` (what `python -m cfgparse dump --format json` prints) is
-read as well. Every value goes through the same schema as cfg text (its YAML text is the cfg
-value; lists are joined with ','; true/false mean 1/0), with the same diagnostics, located at the
-YAML line and column.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from . import schema
-from .blocks import Block, Option, format_value, make_block
-from .errors import ERROR, WARNING, CfgError, Collector, Diagnostic, did_you_mean
+from .blocks import Block, format_value
 
-if TYPE_CHECKING:
-    from .parser import ParseResult
-
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed: 10x faster
 _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -82,148 +71,3 @@ def to_yaml(blocks: Iterable[Block]) -> str:
                           for key, v in block.values().items()}} for block in blocks]
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      allow_unicode=True, width=100)
-
-
-def blocks_from_yaml(text: str, path: str = "<yaml>", *, strict_first: bool = True,
-                     flavor: str | None = None) -> ParseResult:
-    """Parse a YAML architecture into blocks, like parser.parse_text does cfg text: returns a
-    ParseResult (blocks + `.warnings`), raises CfgError with every error found."""
-    from .parser import finish
-
-    if text[:1] == "\ufeff":
-        text = text[1:]
-    lines = text.splitlines()
-    diags = Collector()
-    tables = schema.tables(flavor)
-    try:
-        root = yaml.compose(text, Loader=_SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise CfgError(Diagnostic("E108", f"invalid YAML: {problem}", path, line, col, ERROR,
-                                  "fix the YAML syntax", _line(lines, line), 1)) from None
-    except UnicodeError as exc:  # lone surrogates in a str (file input is decoded strictly)
-        before = text[: getattr(exc, "start", 0)]
-        line = before.count("\n") + 1
-        col = len(before) - (before.rfind("\n") + 1) + 1
-        raise CfgError(Diagnostic("E104", "text that is not valid Unicode", path, line, col,
-                                  ERROR, "save the file as UTF-8 text", _line(lines, line),
-                                  1)) from None
-    if root is None:
-        return finish([], diags, path, strict_first)  # E100
-    if not isinstance(root, yaml.SequenceNode):
-        raise _shape(root, path, lines, "a YAML architecture is a list of sections, e.g. "
-                     "'- net: {width: 416}'")
-    blocks: list[Block] = []
-    layer = 0
-    for item in root.value:
-        name_node, options_node = _section_nodes(item, path, lines)
-        name = "".join(str(name_node.value).split())
-        line, col = name_node.start_mark.line + 1, name_node.start_mark.column + 1
-        source = _line(lines, line)
-        canonical = schema.canonical_section(name)
-        table = tables.get(canonical) if canonical else None
-        if canonical is None:
-            hint = did_you_mean(name, schema.section_names()) or (
-                "see the README for the sections darkcfg knows")
-            diags.add(Diagnostic("E201", f"unknown section type [{name}]", path, line, col,
-                                 ERROR, hint, source, max(len(name), 1)))
-            canonical = name
-        options = _options(options_node, name, table, path, lines, diags, flavor)
-        index = -1 if not blocks and canonical == "net" else layer
-        if index >= 0:
-            layer += 1
-        blocks.append(make_block(canonical, name, MappingProxyType(options), line, col, path,
-                                 source, index))
-    return finish(blocks, diags, path, strict_first)
-
-
-def _section_nodes(item: yaml.Node, path: str, lines: list[str]) -> tuple[yaml.Node, Any]:
-    """(name node, options node or None) of one list item, in either accepted form."""
-    if not isinstance(item, yaml.MappingNode) or not item.value:
-        raise _shape(item, path, lines, "each list item is one section: '- NAME: {KEY: VALUE}'")
-    keys = {k.value: (k, v) for k, v in item.value if isinstance(k, yaml.ScalarNode)}
-    if "type" in keys and set(keys) <= {"type", "options", "line"} and \
-            isinstance(keys["type"][1], yaml.ScalarNode):
-        return keys["type"][1], keys["options"][1] if "options" in keys else None
-    if len(item.value) != 1 or not isinstance(item.value[0][0], yaml.ScalarNode):
-        raise _shape(item, path, lines, "each list item is one section: '- NAME: {KEY: VALUE}' "
-                     "(or '{type: NAME, options: {...}}')")
-    return item.value[0]
-
-
-def _options(node: Any, name: str, table: Any, path: str, lines: list[str],
-             diags: Collector, flavor: str | None) -> dict[str, Option]:
-    from .parser import typed_option
-
-    options: dict[str, Option] = {}
-    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
-        return options
-    if not isinstance(node, yaml.MappingNode):
-        raise _shape(node, path, lines, f"the options of [{name}] are a mapping 'KEY: VALUE'")
-    for key_node, value_node in node.value:
-        line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-        source = _line(lines, line)
-        if not isinstance(key_node, yaml.ScalarNode):
-            raise _shape(key_node, path, lines, f"a key of [{name}] must be a plain name")
-        key = "".join(key_node.value.split())
-        if not key or "=" in key or key[0] in "#;[":  # not expressible as a cfg line
-            raise _shape(key_node, path, lines, f"'{key}' cannot be a key: keys are non-empty, "
-                         "have no '=' and do not start with '#', ';' or '['")
-        same_line = value_node.start_mark.line + 1 == line
-        value_col = value_node.start_mark.column + 1 if same_line else col
-        raw = _raw(value_node, key, path, lines, diags)
-        if raw is None:
-            continue
-        if not raw:
-            diags.add(Diagnostic("E105", f"empty value for '{key}'", path, line, value_col,
-                                 ERROR, f"give '{key}' a value or delete it", source, 1))
-            continue
-        span = max(value_node.end_mark.column - value_node.start_mark.column, 1) \
-            if same_line and value_node.end_mark.line == value_node.start_mark.line else 1
-        opt = typed_option(key, raw, line, col, value_col, source, span, table, name, path,
-                           diags, flavor)
-        if opt is None:
-            continue
-        first = options.setdefault(key, opt)
-        if first is not opt:
-            diags.add(Diagnostic(
-                "W202", f"duplicate key '{key}' in [{name}]: darkcfg uses the first value, "
-                f"'{first.raw}' (line {first.line})", path, line, col, WARNING,
-                "delete one of the two", source, len(key)))
-    return options
-
-
-def _raw(node: yaml.Node, key: str, path: str, lines: list[str],
-         diags: Collector) -> str | None:
-    """The cfg text of a YAML value: its scalar text, list items joined by ','; None after an
-    error (reported)."""
-    if isinstance(node, yaml.ScalarNode):
-        return _scalar(node)
-    if isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.ScalarNode)
-                                                    for n in node.value):
-        return ",".join(_scalar(n) for n in node.value)
-    line, col = node.start_mark.line + 1, node.start_mark.column + 1
-    diags.add(Diagnostic("E202", f"'{key}' must be a value or a list of values", path, line, col,
-                         ERROR, f"write {key}: VALUE or {key}: [A, B, C]", _line(lines, line),
-                         1))
-    return None
-
-
-def _scalar(node: yaml.ScalarNode) -> str:
-    if node.tag.endswith(":bool") and not node.style:
-        return "1" if node.value.lower() in ("true", "yes", "on", "y") else "0"
-    if node.tag.endswith(":null") and not node.style:
-        return ""
-    return "".join(str(node.value).split())  # Darknet drops whitespace inside values
-
-
-def _shape(node: yaml.Node, path: str, lines: list[str], hint: str) -> CfgError:
-    line, col = node.start_mark.line + 1, node.start_mark.column + 1
-    return CfgError(Diagnostic("E108", "unexpected YAML structure", path, line, col, ERROR, hint,
-                               _line(lines, line), 1))
-
-
-def _line(lines: list[str], line: int) -> str:
-    return lines[line - 1] if 0 < line <= len(lines) else ""

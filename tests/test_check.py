@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cfgparse.check import check_file, main, parse_size, sarif_log
+from builders.memory import parse_size
 from cfgparse.errors import CODES, ERROR, WARNING, Diagnostic
+from lint.cli import main
+from lint.report import sarif_log
+from lint.stages import check_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "darknet"
@@ -93,7 +96,7 @@ def test_huge_filters_are_estimated_not_allocated(tmp_path):
     huge = write(tmp_path, MUST_SHOW["filters=1000000000"][0], "huge.cfg")
     script = textwrap.dedent(f"""
         import json, resource
-        from cfgparse.check import check_file
+        from lint import check_file
         assert check_file({str(small)!r}) == []
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         found = check_file({str(huge)!r})
@@ -313,7 +316,7 @@ def test_estimate_matches_a_real_build(tmp_path):
     import torch
 
     from builders import build
-    from builders.check_graph import estimate_memory
+    from builders.memory import estimate_memory
     from cfgparse import parse
 
     est = estimate_memory(parse(SMALL))
@@ -334,7 +337,7 @@ def test_estimate_matches_a_real_build(tmp_path):
 
 def test_guard_memory_raises_over_the_limit():
     from builders import build
-    from builders.check_graph import estimate_memory, guard_memory
+    from builders.memory import estimate_memory, guard_memory
     from cfgparse import CfgError, parse
 
     net = build(parse(SMALL), device="meta")
@@ -425,7 +428,7 @@ def test_one_bad_file_does_not_hide_the_next(tmp_path, capsys):
 
 def test_no_build_stays_torch_free(tmp_path):
     path = write(tmp_path, MUST_SHOW["route to a nonexistent layer"][0])
-    script = ("import sys; from cfgparse.check import main; "
+    script = ("import sys; from lint.cli import main; "
               f"rc = main(['--no-build', '--format', 'json', {str(path)!r}]); "
               "print('torch' in sys.modules, rc)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -435,11 +438,26 @@ def test_no_build_stays_torch_free(tmp_path):
 
 
 def test_python_dash_m_entry_point(tmp_path):
+    """`python -m lint`, what the pre-commit hook runs, in a real process."""
     path = write(tmp_path, MUST_SHOW["unknown section"][0])
-    result = subprocess.run([sys.executable, "-m", "cfgparse", "check", "--no-build", str(path)],
+    result = subprocess.run([sys.executable, "-m", "lint", "--no-build", str(path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1
     assert f"{path}:6:2: error[E201]" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["cfgparse", "check"], ["runner", "check"],
+                                     ["runner", "--check"]])
+def test_other_entry_points(tmp_path, capsys, command):
+    """The `python -m cfgparse check` shim, `darkcfg check` and `runner.py CFG --check` are the
+    same checker (in this process: a subprocess each would cost CI seconds)."""
+    import runner
+    from cfgparse.__main__ import main as cfgparse_main
+
+    path = write(tmp_path, MUST_SHOW["unknown section"][0])
+    entry = cfgparse_main if command[0] == "cfgparse" else runner.main
+    assert entry([*command[1:], "--no-build", str(path)]) == 1
+    assert f"{path}:6:2: error[E201]" in capsys.readouterr().out
 
 
 # -- output formats --------------------------------------------------------------------------------
@@ -599,7 +617,7 @@ def test_sarif_against_jsonschema_when_installed():
 def test_pre_commit_hook():
     (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
     assert hook["id"] == "darkcfg-check"
-    assert hook["entry"] == "python -m cfgparse check"
+    assert hook["entry"] == "python -m lint"
     assert re.search(hook["files"], "models/yolov4.cfg")
     assert not re.search(hook["files"], "models/yolov4.cfg.bak")
     assert not re.search(hook["files"], "README.md")

@@ -14,47 +14,13 @@ import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CFG = """
-[net]
-width=12
-height=12
-channels=3
-batch=16
-subdivisions=2
-learning_rate=0.05
-momentum=0.9
-decay=0.0005
-max_batches=6
-burn_in=2
-flip=1
-
-[convolutional]
-filters=8
-size=3
-pad=1
-batch_normalize=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[dropout]
-probability=0.2
-
-[connected]
-output=4
-activation=linear
-
-[softmax]
-"""
-
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch built without gloo")
-def test_two_processes_on_gloo_keep_equal_parameters(tmp_path):
-    cfg = tmp_path / "ddp.cfg"
-    cfg.write_text(CFG)
+def test_two_processes_on_gloo_keep_equal_parameters(tmp_path, tiny_classifier):
+    cfg = tiny_classifier.write(tmp_path / "ddp.cfg", max_batches=6, burn_in=2, policy=None,
+                                steps=None, scales=None, second_conv=False, dropout=0.2,
+                                cost=False)
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

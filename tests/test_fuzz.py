@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from cfgparse import CfgError, parse, parse_text, schema
 from cfgparse.blocks import _strict
-from cfgparse.writer import blocks_from_yaml, to_yaml, write
+from cfgparse.writer import to_yaml, write
+from cfgparse.yaml_io import blocks_from_yaml
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "darknet" / "corpus"
 # small corpus files with many section types; the built-in seed keeps the test meaningful when

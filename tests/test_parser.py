@@ -97,6 +97,8 @@ def test_without_flavor_w201_only_for_keys_that_both_forks_report_unused():
 
 
 def test_corpus_sections_and_keys_from_stats_are_in_the_schema():
+    if not (CORPUS / "STATS.json").is_file():
+        pytest.skip("../shared/darknet/corpus/STATS.json is not available")
     stats = json.loads((CORPUS / "STATS.json").read_text())
     for fork in ("alexeyab", "pjreddie"):
         assert set(stats[fork]["net_keys_cfgs"]) <= set(schema.SECTIONS["net"]), fork
@@ -110,7 +112,8 @@ def test_corpus_sections_and_keys_from_stats_are_in_the_schema():
 def test_our_lexer_gives_the_same_tokens_as_larks_basic_lexer():
     reference = Lark(_GRAMMAR.read_text(), parser="lalr", lexer="basic")
     ours = _parser()
-    texts = [p.read_text() for p in corpus_files()[::10]]
+    # every 10th corpus file when ../shared is there; the edge cases below in any case
+    texts = [p.read_text() for p in sorted(CORPUS.glob("*/*.cfg"))[::10]]
     texts += ["", "  \n\n", "x=1\n[net]\n  [conv] \n a=1\n\n[", "[a\n[b]c\n\t;x\n k = v \n"]
     for text in texts:
         expected = [(t.type, str(t), t.line, t.column, t.start_pos) for t in

@@ -15,48 +15,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# BN, dropout and random augmentations: everything that draws from an RNG or depends on the
-# sample order has to come back exactly.
-CFG = """
-[net]
-width=12
-height=12
-channels=3
-batch=8
-subdivisions=2
-learning_rate=0.05
-momentum=0.9
-decay=0.0005
-max_batches=40
-policy=steps
-steps=20
-scales=0.1
-burn_in=4
-flip=1
-angle=10
-exposure=1.3
-
-[convolutional]
-filters=8
-size=3
-pad=1
-batch_normalize=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[dropout]
-probability=0.3
-
-[connected]
-output=4
-activation=linear
-
-[softmax]
-"""
-
 
 def command(cfg: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
@@ -89,10 +47,12 @@ def wait_for_rows(proc: subprocess.Popen, out: Path, n: int, timeout: float = 12
 
 
 @pytest.fixture
-def cfg(tmp_path) -> Path:
-    path = tmp_path / "resume.cfg"
-    path.write_text(CFG)
-    return path
+def cfg(tmp_path, tiny_classifier) -> Path:
+    # BN, dropout and random augmentations: everything that draws from an RNG or depends on the
+    # sample order has to come back exactly
+    return tiny_classifier.write(tmp_path / "resume.cfg", batch=8, max_batches=40, burn_in=4,
+                                 angle=10, exposure=1.3, second_conv=False, dropout=0.3,
+                                 cost=False)
 
 
 def test_sigkill_then_resume_is_byte_identical(cfg, tmp_path):

@@ -18,58 +18,6 @@ from training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = """
-[net]
-width=12
-height=12
-channels=3
-batch=16
-subdivisions=2
-learning_rate=0.05
-momentum=0.9
-decay=0.0005
-max_batches=30
-policy=steps
-steps=20
-scales=0.1
-burn_in=3
-flip=1
-
-[convolutional]
-filters=8
-size=3
-pad=1
-batch_normalize=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-filters=16
-size=3
-pad=1
-batch_normalize=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[dropout]
-probability=0.1
-
-[connected]
-output=4
-activation=linear
-
-[softmax]
-
-[cost]
-"""
-
-
 
 def run(capsys, *argv) -> tuple[int, str, str]:
     code = runner.main([str(a) for a in argv])
@@ -78,10 +26,8 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.cfg"
-    path.write_text(TINY)
-    return path
+def tiny_cfg(tmp_path_factory, tiny_classifier) -> Path:
+    return tiny_classifier.write(tmp_path_factory.mktemp("cfg") / "tiny.cfg")
 
 
 @pytest.fixture(scope="module")
@@ -229,12 +175,12 @@ def test_freeze_keeps_the_first_layers(tiny_cfg, trained, tmp_path, capsys):
     assert not torch.equal(before.layers[5].unit.linear.weight, after.layers[5].unit.linear.weight)
 
 
-def test_stopbackward_in_the_cfg_freezes_that_layer_and_earlier(tmp_path):
+def test_stopbackward_in_the_cfg_freezes_that_layer_and_earlier(tmp_path, tiny_classifier):
     from training.loop import Trainer
     from training.session import build_network
 
     path = tmp_path / "s.cfg"
-    path.write_text(TINY.replace("[maxpool]\nsize=2\nstride=2\n\n[conv",
+    path.write_text(tiny_classifier.text().replace("[maxpool]\nsize=2\nstride=2\n\n[conv",
                                  "[maxpool]\nsize=2\nstride=2\nstopbackward=1\n\n[conv"))
     net, cfg, _ = build_network(str(path), [], "alexeyab", 0)
     trainer = Trainer(net, cfg, "cpu")
@@ -339,7 +285,8 @@ def test_detector_training_says_not_supported(tmp_path, capsys):
     path = tmp_path / "det.cfg"
     path.write_text(DETECTOR)
     code, _, err = run(capsys, path, "--train", "--out", tmp_path)
-    assert code == 2 and "detection training is not supported yet" in err
+    # interim, until the detection task lands: the heads own a loss but no task trains 'boxes'
+    assert code == 2 and "E300" in err and "'boxes'" in err and "Traceback" not in err
     assert f"{path}:" in err and "[yolo]" in err  # located at the head
 
 

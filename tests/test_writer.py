@@ -13,7 +13,8 @@ import pytest
 from cfgparse import CfgError, parse, parse_text
 from cfgparse.__main__ import main
 from cfgparse.blocks import _strict
-from cfgparse.writer import blocks_from_yaml, to_yaml, write
+from cfgparse.writer import to_yaml, write
+from cfgparse.yaml_io import blocks_from_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "darknet" / "corpus"
@@ -160,13 +161,13 @@ def test_dump_exit_codes(tmp_path, capsys):
     assert main(["frobnicate"]) == 2
 
 
-def test_check_is_dispatched_to_cfgparse_check(monkeypatch):
+def test_check_is_dispatched_to_the_lint_package(monkeypatch):
     import types
 
     seen = []
-    fake = types.ModuleType("cfgparse.check")
-    fake.main = lambda argv: seen.append(argv) or 7
-    monkeypatch.setitem(sys.modules, "cfgparse.check", fake)
+    fake = types.ModuleType("lint.cli")
+    fake.main = lambda argv, prog: seen.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "lint.cli", fake)
     assert main(["check", "--format", "json", "a.cfg"]) == 7
     assert seen == [["--format", "json", "a.cfg"]]
 

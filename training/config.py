@@ -8,26 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from cfgparse import Block, CfgError, Diagnostic
-
-# [net] keys darkcfg does not act on (GPU-only knobs, detector-only augmentations, label-noise
-# handling, ...): read here so they are not reported as ignored by accident; the README lists
-# them.
-NOT_HONOURED = (
-    "time_steps", "track", "augment_speed", "sequential_subdivisions", "try_fix_nan",
-    "weights_reject_freq", "equidistant_point", "badlabels_rejection_percentage",
-    "num_sigmas_reject_badlabels", "ema_alpha", "use_cuda_graph", "loss_scale",
-    "dynamic_minibatch", "optimized_memory", "workspace_size_limit_MB", "blur",
-    "gaussian_noise", "mixup", "cutmix", "mosaic", "letter_box", "mosaic_bound", "contrastive",
-    "contrastive_jit_flip", "contrastive_color", "unsupervised",
-    "resize_step", "attention", "adversarial_lr", "max_chart_loss", "seq_scales",
-    "show_receptive_field", "notruth", "random", "max_ratio", "min_ratio", "center", "clip",
-    "seen", "max_epochs",
-)
+from cfgparse import Block, CfgError, Diagnostic, schema
+from cfgparse.rules import net_rules
 
 
 @dataclass(frozen=True)
@@ -109,27 +95,12 @@ class NetConfig:
         cfg.check(net)
         return cfg
 
-    def check(self, net: Block | None = None) -> None:
-        """Settings Darknet would divide by zero on or loop forever with: a located error."""
-        def fail(key: str, message: str, hint: str) -> None:
-            if net is not None:
-                raise net.error("E305", message, key if key in net else None, hint=hint)
-            raise CfgError(Diagnostic("E305", message, hint=hint))
-
-        if self.policy == "steps" and not self.steps:
-            fail("policy", "policy=steps needs 'steps' (and 'scales')",
-                 "add steps=N1,N2 and scales=S1,S2 to [net]")
-        if self.policy == "step" and self.step <= 0:
-            fail("step", f"policy=step needs step > 0, got {self.step}", "set step=N in [net]")
-        if self.policy == "poly" and self.max_batches <= 0:
-            fail("policy", "policy=poly needs max_batches > 0", "set max_batches=N in [net]")
-        if self.policy == "sgdr" and self.sgdr_cycle <= 0:
-            fail("policy", "policy=sgdr needs sgdr_cycle (or max_batches) > 0",
-                 "set sgdr_cycle=N or max_batches=N in [net]")
-        if self.policy == "sgdr" and self.sgdr_mult <= 0:
-            fail("sgdr_mult", "sgdr_mult must be > 0", "set sgdr_mult=2")
-        if self.burn_in < 0:
-            fail("burn_in", "burn_in must be >= 0", "set burn_in=0")
+    def check(self, net: Block) -> None:
+        """Settings Darknet stops on, divides by zero with or loops forever on: a located error
+        (the same rules and messages as the linter's E305, cfgparse.rules.net_rules)."""
+        problems = net_rules(net, fatal_only=True)
+        if problems:
+            raise CfgError(problems)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -142,6 +113,13 @@ class NetConfig:
         """Darknet's get_current_rate(batch_num). The k-th optimizer update (k = 1, 2, ...) uses
         batch_num = k (SEMANTICS.md §4). Pure: `random` draws from (seed, batch_num)."""
         return lr_at(self, batch_num)
+
+
+# [net] keys darkcfg does not act on (GPU-only knobs, detector-only augmentations, label-noise
+# handling, ...): every key of the schema's [net] that NetConfig has no field for. Read so that
+# they are not reported as ignored by accident; the README lists them.
+NOT_HONOURED = tuple(key for key in schema.SECTIONS["net"]
+                     if key not in {f.name for f in fields(NetConfig)})
 
 
 def lr_at(cfg: NetConfig, batch_num: int) -> float:

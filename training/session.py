@@ -102,7 +102,7 @@ def check_memory(opts: RunOptions, device: torch.device) -> None:
     checker's estimate from a meta build: E401), unless --force."""
     if opts.force:
         return
-    from builders.check_graph import guard_memory
+    from builders.memory import guard_memory
 
     meta, _, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed,
                                device="meta")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import DataSplits, data_error
+from .base import data_error
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 
@@ -28,16 +28,3 @@ def digits_arrays(seed: int, val_share: float = 0.2):
     return (torch.from_numpy(images[train]), torch.from_numpy(labels[train]),
             torch.from_numpy(images[val]), torch.from_numpy(labels[val]))
 
-
-def digits_data(inputs: tuple[int, ...], seed: int) -> DataSplits:
-    """`--data digits` for a network taking 8x8x1 images."""
-    from .sources import Tensors
-
-    if tuple(inputs) != (1, 8, 8):
-        raise data_error(f"--data digits holds 8x8x1 images, but the network takes "
-                         f"{'x'.join(map(str, inputs))}", "--data",
-                         "set width=8 height=8 channels=1 in [net] (see cfg/digits.cfg)")
-    x_train, y_train, x_val, y_val = digits_arrays(seed)
-    return DataSplits(Tensors(x_train, y_train), Tensors(x_val, y_val), DIGIT_NAMES,
-                      f"scikit-learn digits: {len(x_train)} train / {len(x_val)} val 8x8 "
-                      "images (seeded 80/20 split)", in_memory=True)

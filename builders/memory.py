@@ -1,0 +1,147 @@
+"""How much memory a network needs, from shapes only: the runner's guard (`guard_memory`) and
+the figures the linter reports (E401). Works on a meta-device build, so a cfg with
+`filters=1000000000` is estimated, never allocated. Imports no torch itself."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cfgparse import Block, CfgError, Diagnostic
+from cfgparse.rules import value
+
+if TYPE_CHECKING:
+    from .graph import Network
+
+FLOAT_BYTES = 4
+DEFAULT_MAX_MEMORY = 4 * 2**30  # the linter's limit when --max-memory is not given
+
+
+@dataclass(frozen=True)
+class LayerBytes:
+    index: int
+    params: int
+    output: int  # one batch's worth
+
+    @property
+    def total(self) -> int:
+        return self.params + self.output
+
+
+def mini_batch(net: Network) -> int:
+    """Darknet's images per forward: batch / subdivisions ([net], at least 1)."""
+    batch, subdivisions = value(net.net_block, "batch"), value(net.net_block, "subdivisions")
+    return max(int(batch or 1) // max(int(subdivisions or 1), 1), 1)
+
+
+def meta_build(blocks: Sequence[Block], flavor: str = "alexeyab") -> Network:
+    from .graph import build  # torch: only when there is something to build
+
+    return build(list(blocks), device="meta", flavor=flavor)
+
+
+def estimate_memory(net_or_blocks: Network | Sequence[Block], *, batch: int | None = None,
+                    flavor: str = "alexeyab") -> dict:
+    """Float32 memory of a network, from shapes only (a meta build when given blocks).
+
+    params_bytes: parameters and buffers. activation_bytes: every layer's output at `batch`
+    (what training keeps for backward, and what Darknet allocates). peak_activation_bytes: the
+    most outputs alive at once in a forward pass (the network's own liveness plan).
+    inference_bytes = params + peak; training_bytes = 2 x (params + activations) (weights and
+    their updates, outputs and their gradients; optimizer extras and workspaces not counted).
+    `batch` defaults to the [net] mini-batch (batch/subdivisions)."""
+    net = meta_build(net_or_blocks, flavor) if isinstance(net_or_blocks, Sequence) \
+        else net_or_blocks
+    batch = mini_batch(net) if batch is None else max(int(batch), 1)
+    seen: set[int] = set()
+    layers = []
+    count = 0
+    for meta, layer in zip(net.meta, net.layers, strict=True):
+        params = 0
+        # each module's own tensors: a third of the time of parameters() + buffers(), which
+        # matters when the whole corpus is checked
+        for module in layer.modules():
+            for t in itertools.chain(module._parameters.values(), module._buffers.values()):
+                if t is not None and id(t) not in seen:  # shared weights count once
+                    seen.add(id(t))
+                    params += t.numel() * t.element_size()
+                    count += t.numel()
+        layers.append(LayerBytes(meta.index, params, max(meta.output.size, 0) * FLOAT_BYTES))
+    params_bytes = sum(b.params for b in layers)
+    activation_bytes = batch * sum(b.output for b in layers)
+    peak = batch * net.liveness.peak([m.output.size for m in net.meta],
+                                     net.input_shape.size) * FLOAT_BYTES
+    largest = max(layers, key=lambda b: b.params + batch * b.output, default=None)
+    return {
+        "batch": batch,
+        "params": count,
+        "params_bytes": params_bytes,
+        "activation_bytes": activation_bytes,
+        "peak_activation_bytes": peak,
+        "inference_bytes": params_bytes + peak,
+        "training_bytes": 2 * (params_bytes + activation_bytes),
+        "largest_layer": None if largest is None else largest.index,
+        "largest_layer_bytes": 0 if largest is None else largest.params + batch * largest.output,
+    }
+
+
+def memory_diagnostic(net: Network, estimate: dict, what: str, limit: int,
+                      hint: str) -> Diagnostic:
+    """E401 located where the memory goes: the largest layer's filters/output, else its header."""
+    total = estimate[f"{what}_bytes"]
+    activations = estimate["peak_activation_bytes" if what == "inference" else "activation_bytes"]
+    index = estimate["largest_layer"]
+    block = net.meta[index].block if index is not None else net.net_block
+    key = next((k for k in ("filters", "output") if k in block), None)
+    message = (f"estimated {what} memory {format_bytes(total)} is over the "
+               f"{format_bytes(limit)} limit (parameters {format_bytes(estimate['params_bytes'])}"
+               f" = {estimate['params']:,} values, activations {format_bytes(activations)} at "
+               f"batch {estimate['batch']})")
+    if index is not None:
+        message += (f"; layer {index} [{block.name}] alone needs "
+                    f"{format_bytes(estimate['largest_layer_bytes'])}")
+    return block.diagnostic("E401", message, key, hint=hint)
+
+
+def guard_memory(net: Network, limit_bytes: int, *, batch: int | None = None,
+                 training: bool = True) -> dict:
+    """Raise CfgError E401 when `net` (built on any device, or meta) would need more than
+    `limit_bytes` to train (or, with training=False, to run); return the estimate otherwise.
+    The runner calls this before allocating, unless forced."""
+    estimate = estimate_memory(net, batch=batch)
+    what = "training" if training else "inference"
+    total = estimate[f"{what}_bytes"]
+    if total > limit_bytes:
+        raise CfgError(memory_diagnostic(
+            net, estimate, what, limit_bytes,
+            "reduce batch/subdivisions, filters, width or height, raise the limit, or force it"))
+    return estimate
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*\Z", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'4G', '512M', '1.5GiB', '8gb', '1000000' -> bytes (binary units: 1G = 2**30). An argparse
+    `type=` for --max-memory (the runner's and the linter's)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"invalid size '{text}' (use e.g. 4G, 512M, 1.5GiB or a number of bytes)")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    size = int(number * 1024 ** " kmgt".index(unit or " "))
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"--max-memory must be positive, got '{text}'")
+    return size

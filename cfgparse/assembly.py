@@ -1,0 +1,99 @@
+"""What the cfg reader (parser.py) and the YAML reader (yaml_io.py) share: typing one option
+against the schema, the duplicate-key rule, layer numbering, and the file-level checks that end a
+parse. Both readers import this module; it imports neither."""
+
+from __future__ import annotations
+
+from . import schema
+from .blocks import Block, Option
+from .errors import ERROR, WARNING, Collector, Diagnostic, did_you_mean
+
+FORK_NAMES = {schema.AB: "AlexeyAB", schema.PJ: "pjreddie"}
+
+
+class ParseResult(list):
+    """The blocks, plus the warnings found while parsing (a list subclass, so `parse()` reads
+    like returning a list of blocks)."""
+
+    warnings: list[Diagnostic]
+    path: str
+
+
+def typed_option(key: str, raw: str, line: int, col: int, value_col: int, source: str,
+                 span: int, table, name: str, path: str, diags: Collector,
+                 flavor: str | None) -> Option | None:
+    """The schema's part of an option (cfg or YAML): W201 for keys the chosen Darknet does not
+    read, typing and range checks (E202-E204), W203 for values Darknet reads differently."""
+    spec = None
+    if table is not None:
+        spec = table.read.get(key)
+        if spec is None:
+            spec = table.known.get(key)
+            if spec is not None:  # read only by the fork the caller did not choose
+                other = FORK_NAMES[spec.fork]
+                message = (f"{FORK_NAMES[flavor]} Darknet does not read '{key}' in [{name}] "
+                           f"(Unused field; only {other} does)")
+                hint = "delete it, or parse for the other fork"
+            else:
+                if table.known is schema.SECTIONS["net"]:
+                    message = f"unknown key '{key}' in [{name}] (Darknet ignores it)"
+                else:
+                    message = f"unknown key '{key}' in [{name}] (Darknet: Unused field)"
+                hint = did_you_mean(key, table.known) or f"no Darknet reads '{key}' here; " \
+                    "delete it"
+            diags.add(Diagnostic("W201", message, path, line, col, WARNING, hint, source,
+                                 len(key)))
+    try:
+        value, note = schema.convert(spec, key, raw)
+    except schema.ValueProblem as exc:
+        diags.add(Diagnostic(exc.code, str(exc), path, line, value_col, ERROR, exc.hint,
+                             source, span))
+        return None
+    if note:
+        diags.add(Diagnostic("W203", note, path, line, value_col, WARNING,
+                             "write the value Darknet uses", source, span))
+    return Option(key, raw, value, line, col, value_col, source)
+
+
+def duplicate_key(first: Option, again: Option, name: str, path: str) -> Diagnostic:
+    """W202 for a key given twice in one section: the first value counts (Darknet's
+    option_find); located at the second."""
+    return Diagnostic(
+        "W202", f"duplicate key '{again.key}' in [{name}]: Darknet uses the first value, "
+        f"'{first.raw}' (line {first.line})", path, again.line, again.column, WARNING,
+        "delete one of the two", again.source, len(again.key))
+
+
+class LayerNumbering:
+    """Darknet's layer indices: a leading [net] is no layer (-1), every other section is the
+    next layer, from 0."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def index(self, blocks_so_far: int, canonical: str) -> int:
+        if not blocks_so_far and canonical == "net":
+            return -1
+        self.count += 1
+        return self.count - 1
+
+
+def finish(blocks: list[Block], diags: Collector, path: str, strict_first: bool) -> ParseResult:
+    """The file-level checks (E100 empty, E107 first not [net]); raise or return the result."""
+    if not blocks and not diags.errors:
+        diags.add(Diagnostic("E100", "empty cfg: no [section] found", path, 1, 1, ERROR,
+                             "a cfg starts with a [net] section, then one section per layer"))
+    elif blocks and strict_first and blocks[0].type != "net" and \
+            blocks[0].type in schema.SECTIONS:  # an unknown first section has its E201/E106
+        b = blocks[0]
+        diags.add(Diagnostic("E107", f"the first section must be [net], not [{b.name}]", path,
+                             b.line, b.column, ERROR, "add a [net] section with width, height, "
+                             "channels and the training settings at the top", b.source,
+                             len(b.name) + 2))
+    diags.raise_if_errors()
+    result = ParseResult(blocks)
+    result.warnings = diags.warnings
+    result.path = path
+    return result

@@ -1,0 +1,146 @@
+"""Stage 3 of `darkcfg check` (skipped by --no-build): rules that need a build, on PyTorch's meta
+device (shapes and parameter counts without memory).
+
+The builders raise located CfgErrors for most graph problems themselves (references, route
+sizes, head channels, ...); the rules below add what a successful build can still get wrong
+([shortcut] sizes, non-positive sizes), the keys no builder read (W301) and the memory estimate
+(E401, `builders.memory`)."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+
+from builders.graph import Network
+from builders.memory import DEFAULT_MAX_MEMORY, estimate_memory, memory_diagnostic, meta_build
+from builders.registry import Shape
+from cfgparse import Block, CfgError, Diagnostic
+from cfgparse.errors import ERROR, WARNING
+from cfgparse.rules import item_diagnostic
+
+
+def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
+                max_memory: int | None = DEFAULT_MAX_MEMORY) -> list[Diagnostic]:
+    """Diagnostics from a meta-device build of `blocks` (already through the block rules)."""
+    try:
+        net = meta_build(blocks, flavor)
+    except CfgError as exc:
+        return list(exc.diagnostics)
+    except Exception as exc:  # a builder that failed without a CfgError: locate it anyway
+        return [crash_diagnostic(exc, blocks)]
+    found = list(net.warnings) + shape_rules(net)
+    if max_memory and not any(d.severity == ERROR for d in found):
+        found += memory_rule(net, max_memory)
+    return found
+
+
+def prepare_workers() -> None:
+    """Import every builder family now (the registry loads them lazily), so that processes
+    forked for `check --jobs` start with them."""
+    from builders.registry import registered_sections
+
+    registered_sections()
+
+
+def crash_diagnostic(exc: Exception, blocks: Sequence[Block]) -> Diagnostic:
+    """E300 at the block whose builder raised (the innermost frame holding a `block`)."""
+    block = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        candidate = frame.f_locals.get("block")
+        if isinstance(candidate, Block):
+            block = candidate
+    message = f"this layer cannot be built: {type(exc).__name__}: {exc}"
+    hint = "check this section's values against the README; if they look right, it is a " \
+        "darkcfg bug"
+    if block is None:
+        path = blocks[0].path if blocks else "<string>"
+        return Diagnostic("E300", message, path, hint=hint)
+    return block.diagnostic("E300", f"[{block.name}] {message}", hint=hint)
+
+
+# -- shapes --------------------------------------------------------------------------------------
+
+def _grid(shape: Shape) -> tuple[int, int]:
+    """Height and width as Darknet compares them; a flat output counts as 1x1."""
+    if shape.c * shape.h * shape.w:
+        return shape.h, shape.w
+    return 1, 1
+
+
+def _positive(shape: Shape) -> bool:
+    if shape.size <= 0 or min(shape.c, shape.h, shape.w) < 0:
+        return False
+    return (shape.h == 0) == (shape.w == 0)  # flat (no grid) or a whole grid
+
+
+def shape_rules(net: Network) -> list[Diagnostic]:
+    found: list[Diagnostic] = []
+    for meta in net.meta:
+        block = meta.block
+        if not _positive(meta.output):
+            key = next((k for k in ("size", "stride", "stride_x", "stride_y") if k in block), None)
+            o, i = meta.output, meta.input
+            found.append(block.diagnostic(
+                "E303", f"[{block.name}] output is {o.c}x{o.h}x{o.w} ({o.size} values) for a "
+                f"{i.c}x{i.h}x{i.w} input: sizes must be positive", key,
+                hint="use a smaller size or stride, pad=1, or a larger input (width/height)"))
+            break  # every later shape follows from this one
+        if meta.type == "shortcut":
+            found += shortcut_rule(net, meta)
+    return found
+
+
+def shortcut_rule(net: Network, meta) -> list[Diagnostic]:
+    """Same grid: fine. An integer up/down-scale of the grid: pjreddie's resampling shortcut
+    (AlexeyAB Darknet aborts on it), a warning unless checking for pjreddie. Anything else loses
+    positions in either fork: an error."""
+    block = meta.block
+    out_h, out_w = _grid(meta.input)
+    found = []
+    for item, src in enumerate(meta.sources):
+        h, w = _grid(net.shapes[src])
+        if (h, w) == (out_h, out_w):
+            continue
+        scale = _integer_scale(h, w, out_h, out_w)
+        sizes = f"layer {src} is {w}x{h}, the previous layer {out_w}x{out_h}"
+        if scale is None:
+            found.append(item_diagnostic(
+                block, "from", item, "E302",
+                f"[shortcut] adds layers of different width/height ({sizes})",
+                "add layers of the same spatial size (route/shortcut from a layer before the "
+                "stride, or resize with [upsample]/[maxpool])"))
+        elif net.info.flavor != "pjreddie":
+            found.append(item_diagnostic(
+                block, "from", item, "W303",
+                f"[shortcut] resamples by {scale} ({sizes}): only pjreddie's Darknet runs this; "
+                "AlexeyAB's asserts equal sizes", "use a strided 1x1 [convolutional] on the "
+                "from-layer to match sizes, or check with --flavor pjreddie", WARNING))
+    return found
+
+
+def _integer_scale(h: int, w: int, out_h: int, out_w: int) -> str | None:
+    """'1/k' or 'k' when one grid is exactly k times the other in both directions."""
+    for a_h, a_w, b_h, b_w, name in ((h, w, out_h, out_w, "1/{}"), (out_h, out_w, h, w, "{}")):
+        if b_h and b_w and a_h % b_h == 0 and a_w % b_w == 0 and a_h // b_h == a_w // b_w:
+            return name.format(a_h // b_h)
+    return None
+
+
+# -- memory --------------------------------------------------------------------------------------
+
+def memory_rule(net: Network, limit: int) -> list[Diagnostic]:
+    """The check's guard: can this network be instantiated and run once (batch 1 forward)?"""
+    estimate = estimate_memory(net, batch=1)
+    total = estimate["inference_bytes"]
+    if total <= limit:
+        return []
+    return [memory_diagnostic(
+        net, estimate, "inference", limit,
+        f"reduce filters/output/width/height, or raise the limit with --max-memory "
+        f"{_suggest(total)}")]
+
+
+def _suggest(total: int) -> str:
+    """A --max-memory value just above `total`, in whole GiB or TiB."""
+    gib = -(-total // 2**30)
+    return f"{gib}G" if gib < 1024 else f"{-(-gib // 1024)}T"

@@ -1,0 +1,249 @@
+"""The house rules: the layers import one way and never in a circle, cfgparse (and the linter's
+torch-free half) imports no torch, and each rule has one home that builders, trainer and linter
+share."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("cfgparse", "builders", "lint", "training")
+
+NET = "[net]\nwidth=8\nheight=8\nchannels=3\n\n"
+
+
+# -- imports ---------------------------------------------------------------------------------------
+
+def project_modules() -> dict[str, Path]:
+    """Dotted name -> file, for every module of the project's packages and runner.py."""
+    found = {"runner": ROOT / "runner.py"}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `name` imports anywhere in its file: top level, inside functions,
+    under TYPE_CHECKING. `from package import module` counts as importing that module."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in modules else target)
+    return {m for m in found if m in modules and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search, three colours)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_the_walker_sees_function_level_and_relative_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from . import b\n    from .c import x\n")
+    modules = {"pkg": pkg / "__init__.py", "pkg.a": pkg / "a.py", "pkg.b": pkg / "b.py",
+               "pkg.c": pkg / "c.py"}
+    assert imports_of("pkg.a", pkg / "a.py", modules) == {"pkg.b", "pkg.c"}
+
+
+def test_no_import_cycle_among_the_project_modules():
+    graph = import_graph()
+    assert {"cfgparse.parser", "builders.graph", "lint.cli", "runner"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_layers_point_one_way():
+    """cfgparse <- builders <- training <- runner, the linter above cfgparse and builders. The one
+    exception: `python -m cfgparse check`, a shim that hands over to the linter."""
+    rank = {"cfgparse": 0, "builders": 1, "lint": 2, "training": 2, "runner": 3}
+    upward = []
+    for name, targets in import_graph().items():
+        for target in targets:
+            a, b = name.split(".")[0], target.split(".")[0]
+            if rank[b] > rank[a] or (rank[a] == rank[b] and a != b):
+                upward.append(f"{name} -> {target}")
+    assert upward == ["cfgparse.__main__ -> lint.cli"]
+
+
+TORCH_FREE = ["cfgparse", "cfgparse.parser", "cfgparse.yaml_io", "cfgparse.writer",
+              "cfgparse.rules", "cfgparse.assembly", "cfgparse.__main__", "lint",
+              "lint.block_rules", "lint.stages", "lint.pool", "lint.report", "lint.cli",
+              "builders.memory", "builders.plan"]
+
+
+def test_cfgparse_and_the_linters_block_rules_import_no_torch():
+    """In a fresh interpreter: cfgparse, the linter without its graph stage (torch-free by
+    design: `--no-build`), and the builders' memory arithmetic and liveness planner. (Only the
+    graph stage, lint.graph_rules, imports torch: not imported here, a torch import costs CI
+    seconds.)"""
+    script = ("import importlib, sys\n"
+              f"for name in {TORCH_FREE!r}:\n"
+              "    importlib.import_module(name)\n"
+              "    assert 'torch' not in sys.modules, name\n"
+              "print('lark' in sys.modules)\n")  # the parser's own dependency: it does look
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
+
+
+# -- one home per rule -----------------------------------------------------------------------------
+
+def test_every_registered_section_has_a_test_case():
+    from test_layers_conv_pool_misc import SECTION_CASES
+    from test_layers_dense_routing_heads import SECTION_CFGS
+
+    from builders.registry import registered_sections
+
+    assert not set(SECTION_CASES) & set(SECTION_CFGS), "one test file per section"
+    assert set(SECTION_CASES) | set(SECTION_CFGS) == set(registered_sections())
+
+
+def test_schema_and_builders_know_the_same_activations():
+    from builders.activations import ACTIVATIONS as BUILT
+    from cfgparse.schema import ACTIVATIONS as PARSED
+
+    assert sorted(PARSED) == sorted(BUILT)
+
+
+def test_not_honoured_and_common_keys_come_from_the_schema():
+    import dataclasses
+
+    from builders import build
+    from cfgparse import schema
+    from training.config import NOT_HONOURED, NetConfig
+
+    fields = {f.name for f in dataclasses.fields(NetConfig)}
+    assert set(NOT_HONOURED) == set(schema.SECTIONS["net"]) - fields
+    assert "mosaic" in NOT_HONOURED and "batch" not in NOT_HONOURED
+    # every common layer key is the graph's: never reported as ignored (W301)
+    common = "\n".join(f"{key}={spec.default if spec.default is not None else 1}"
+                       for key, spec in schema.COMMON.items())
+    net = build(NET + "[maxpool]\nsize=2\nstride=2\n" + common + "\n", device="meta")
+    assert [w.code for w in net.warnings] == []
+
+
+@pytest.mark.parametrize("settings", ["policy=poly\nmax_batches=0", "policy=step\nstep=0",
+                                      "policy=steps\nsteps=10\nscales=.1\npolicy=steps",
+                                      "policy=sgdr\nsgdr_mult=0\nmax_batches=10"])
+def test_trainer_and_linter_say_the_same_about_net(tmp_path, settings):
+    from cfgparse import CfgError, parse
+    from lint import Options, check_file
+    from training.config import NetConfig
+
+    text = "[net]\nwidth=8\nheight=8\nchannels=3\n" + settings + "\n\n[maxpool]\nsize=2\n"
+    path = tmp_path / "m.cfg"
+    path.write_text(text)
+    linted = [d for d in check_file(path, Options(build=False)) if d.code == "E305"]
+    blocks = parse(path)
+    if "scales=.1" in settings:  # runs as written: neither complains
+        assert linted == []
+        NetConfig.from_block(blocks[0])
+        return
+    with pytest.raises(CfgError) as err:
+        NetConfig.from_block(blocks[0])
+    assert [d.format() for d in err.value.diagnostics] == [d.format() for d in linted]
+
+
+def test_builder_and_linter_give_the_same_head_formula(tmp_path):
+    from builders import build
+    from cfgparse import CfgError
+    from lint import check_file
+
+    text = (NET + "[convolutional]\nfilters=100\nsize=1\nactivation=linear\n\n"
+            "[yolo]\nmask=0,1,2\nanchors=10,13, 16,30, 33,23\nclasses=80\nnum=3\n")
+    path = tmp_path / "m.cfg"
+    path.write_text(text)
+    (linted,) = check_file(path)
+    with pytest.raises(CfgError) as err:
+        build(path)
+    formula = "len(mask)=3 x (classes=80 + 5)"
+    assert "filters=255 = " + formula in linted.message
+    assert "255 input channels = " + formula in err.value.first.message
+    assert (linted.line, err.value.first.line) == (7, 12)  # the conv's filters; the head's mask
+
+
+def test_builder_and_linter_resolve_references_alike(tmp_path):
+    from builders import build
+    from cfgparse import CfgError
+    from lint import Options, check_file
+
+    for route in ("[route]\nlayers=-1, -5\n", "[route]\n", "[sam]\nfrom=3\n"):
+        path = tmp_path / "m.cfg"
+        path.write_text(NET + "[maxpool]\nsize=2\nstride=2\n\n" + route)
+        (linted,) = check_file(path, Options(build=False))
+        with pytest.raises(CfgError) as err:
+            build(path)
+        assert err.value.first.format() == linted.format()
+
+
+def test_one_liveness_planner_for_forward_and_the_memory_estimate():
+    from builders import build
+    from builders.memory import FLOAT_BYTES, estimate_memory
+    from builders.plan import plan_liveness
+
+    # layer 3 reads layer 0: layer 0 is kept until then, layers 1 and 2 are not kept at all
+    plan = plan_liveness([(), (), (), (0,)], keep=[3])
+    assert plan.store == {0, 3} and plan.free_after == ((), (), (), (0,))
+    assert plan.peak([10, 1, 1, 1], input_size=5) == 5 + 10
+    assert plan.peak([1, 1, 1, 10], input_size=5) == 1 + 1 + 10  # layer 0 and 2 alive at 3
+
+    net = build(NET + "[maxpool]\nsize=2\nstride=2\n\n[maxpool]\nsize=2\nstride=2\n\n"
+                "[route]\nlayers=-2\n", device="meta")
+    assert net.liveness == plan_liveness([m.sources for m in net.meta], net.output_indices)
+    assert (net._store, net._free_after) == (net.liveness.store, net.liveness.free_after)
+    sizes = [m.output.size for m in net.meta]
+    assert estimate_memory(net, batch=1)["peak_activation_bytes"] == \
+        net.liveness.peak(sizes, net.input_shape.size) * FLOAT_BYTES
