@@ -38,7 +38,7 @@ def arg_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training")
     g.add_argument("--train", action="store_true", help="train with the [net] settings")
     g.add_argument("--data", default=None, metavar="SRC",
-                   help="FOLDER (ImageFolder), X.data (Darknet), X.csv (regression) or "
+                   help="FOLDER (ImageFolder), X.data (Darknet), X.csv (regression), digits or "
                    "torchvision:NAME:ROOT; default: the embedded shapes dataset")
     g.add_argument("--classes", type=int, default=None, metavar="N",
                    help="embedded data: only the first N of the network's classes (default all)")

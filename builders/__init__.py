@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .graph import LayerInfo, Network, build
     from .layer import Layer
-    from .registry import SECTION_BUILDERS, BuildContext, NetInfo, Shape, register
+    from .registry import SECTION_BUILDERS, BuildContext, NetInfo, Shape, register, register_section
 
 __all__ = ["SECTION_BUILDERS", "BuildContext", "Layer", "LayerInfo", "NetInfo", "Network",
-           "Shape", "build", "register"]
+           "Shape", "build", "register", "register_section"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,7 +21,8 @@ def __getattr__(name: str) -> Any:
         from . import graph as module
     elif name == "Layer":
         from . import layer as module
-    elif name in ("SECTION_BUILDERS", "BuildContext", "NetInfo", "Shape", "register"):
+    elif name in ("SECTION_BUILDERS", "BuildContext", "NetInfo", "Shape", "register",
+                  "register_section"):
         from . import registry as module
     else:
         raise AttributeError(f"module 'builders' has no attribute {name!r}")

@@ -110,6 +110,53 @@ def register(*sections: str) -> Callable[[Builder], Builder]:
     return deco
 
 
+# Python types a plugin's key may have -> the schema's type letters (cfgparse.schema).
+_KEY_TYPES = {int: "i", float: "f", str: "s", bool: "b", list[int]: "I", list[float]: "F"}
+
+
+def _key_spec(section: str, key: str, spec) -> schema.KeySpec:
+    if isinstance(spec, schema.KeySpec):
+        return spec
+    type_, default, minimum = (tuple(spec) + (None, None))[:3] if isinstance(spec, tuple) \
+        else (spec, None, None)
+    if type_ not in _KEY_TYPES:
+        raise TypeError(f"[{section}] key '{key}': type must be one of int, float, str, bool, "
+                        f"list[int], list[float], not {type_!r}")
+    if type_ is str:  # a text key's third item lists the values it may take
+        return schema.KeySpec("s", default, None, tuple(minimum) if minimum else None)
+    return schema.KeySpec(_KEY_TYPES[type_], default, minimum)
+
+
+def register_section(name: str, builder: Builder | None = None, *,
+                     keys: dict | None = None, aliases: Sequence[str] = (),
+                     override: bool = False):
+    """Add a user-defined section type: `builder(block, ctx) -> (Layer, Shape)`, like the
+    built-in ones, and its keys `{key: (type, default, lower bound)}` (type int, float, str,
+    bool, list[int] or list[float]; a default of None means required; for str, the third item
+    is the tuple of allowed values, e.g. `schema.ACTIVATIONS`), which go into the schema:
+    the parser types them, the linter checks them (W201 unknown key, E202/E203 bad values).
+
+    Registering a name (or alias) twice raises ValueError unless `override=True`. Without
+    `builder`, returns a decorator:
+
+        @register_section("scaled_relu", keys={"alpha": (float, 1.0, 0)})
+        def build_scaled_relu(block, ctx): ...
+    """
+    if builder is None:
+        return lambda fn: register_section(name, fn, keys=keys, aliases=aliases,
+                                           override=override)
+    _load_families()
+    specs = {key: _key_spec(name, key, spec) for key, spec in (keys or {}).items()}
+    taken = [n for n in (name, *aliases) if n in SECTION_BUILDERS or
+             schema._CANONICAL.get(n) is not None]
+    if taken and not override:
+        raise ValueError(f"section [{taken[0]}] is already registered; pass override=True "
+                         "to replace it")
+    schema.add_section(name, specs, tuple(aliases), replace=override)
+    SECTION_BUILDERS[name] = builder
+    return builder
+
+
 def builder_for(block: Block) -> Builder:
     _load_families()
     fn = SECTION_BUILDERS.get(block.type)

@@ -35,6 +35,7 @@ CODES = {
     "E203": "value out of range",
     "E204": "unknown value (activation, policy, ...)",
     "E205": "unknown key in an override (--set, presets)",
+    "E206": "a section plugin failed to import",
     "W201": "unknown key (Darknet: Unused field)",
     "W202": "duplicate key",
     "W203": "value Darknet truncates or reinterprets",

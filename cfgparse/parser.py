@@ -401,7 +401,7 @@ def _header(tok: Token, text: str, path: str, diags: Collector, tables: dict,
     return name, canonical, table, source
 
 
-_CANONICAL = {name: schema.canonical_section(name) for name in schema.section_names()}
+_CANONICAL = schema._CANONICAL  # the same dict: sections added by plugins appear here
 
 
 def _option(text: str, line: int, col: int, source: str, table, name: str, path: str,

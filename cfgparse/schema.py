@@ -265,7 +265,37 @@ _SECTION_NAMES = sorted(_CANONICAL)
 
 
 def canonical_section(name: str) -> str | None:
-    return _CANONICAL.get(name)
+    found = _CANONICAL.get(name)
+    if found is None:
+        from .plugins import load_plugins  # lazily: only a name no built-in section has
+
+        if load_plugins():
+            found = _CANONICAL.get(name)
+    return found
+
+
+def add_section(name: str, keys: dict[str, KeySpec], aliases: tuple[str, ...] = (), *,
+                fork: str = "", replace: bool = False) -> None:
+    """Make a user-defined section known to the parser, the linter and the writer: its keys are
+    typed and checked like a built-in section's, and every layer's common keys are added.
+    Names (and aliases) already known raise ValueError unless `replace`."""
+    for n in (name, *aliases):
+        if not replace and n in _CANONICAL:
+            raise ValueError(f"section name [{n}] is already known; pass override=True to "
+                             "replace it")
+    SECTIONS[name] = {**COMMON, **keys}
+    if fork:
+        SECTION_FORK[name] = fork
+    for n in (name, *aliases):
+        _CANONICAL[n] = name
+        if n != name:
+            ALIASES[n] = name
+    _SECTION_NAMES[:] = sorted(_CANONICAL)
+    for flavor, found in _TABLES.items():  # in place: a parse in progress holds these dicts
+        known = SECTIONS[name]
+        read = known if flavor is None else \
+            {k: v for k, v in known.items() if v.fork in ("", flavor)}
+        found[name] = SectionTable(known, read, fork)
 
 
 def section_names() -> list[str]:

@@ -18,7 +18,7 @@ from cfgparse import CfgError, Diagnostic
 
 from .base import IMAGE_EXTENSIONS, DataSplits, data_error, image_tensor, read_image
 
-KINDS_HINT = "pass a folder, a .data file, a .csv file or torchvision:NAME:ROOT"
+KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
 
 
 def data_path(spec: str) -> Path:
@@ -36,6 +36,8 @@ def open_images(spec: str, inputs: tuple[int, ...], seed: int) -> DataSplits:
         raise data_error("image data needs a [net] with width, height and channels", "--data",
                          "set width/height/channels in [net], or use --data X.csv")
     channels = inputs[0]
+    if spec == "digits":
+        return digits_data(inputs, seed)
     if spec.startswith("torchvision:"):
         return torchvision_data(spec, channels)
     path = data_path(spec)
@@ -302,3 +304,17 @@ def torchvision_data(spec: str, channels: int) -> DataSplits:
     return DataSplits(Converted(train, channels), Converted(val, channels) if val else None,
                       names, f"torchvision {name} ({root}): {len(train)} train / "
                       f"{len(val) if val else 0} val images")
+
+
+def digits_data(inputs: tuple[int, ...], seed: int) -> DataSplits:
+    """`--data digits` (training/data/digits.py) for a network taking 8x8x1 images."""
+    from .digits import DIGIT_NAMES, digits_arrays
+
+    if tuple(inputs) != (1, 8, 8):
+        raise data_error(f"--data digits holds 8x8x1 images, but the network takes "
+                         f"{'x'.join(map(str, inputs))}", "--data",
+                         "set width=8 height=8 channels=1 in [net] (see cfg/digits.cfg)")
+    x_train, y_train, x_val, y_val = digits_arrays(seed)
+    return DataSplits(Tensors(x_train, y_train), Tensors(x_val, y_val), DIGIT_NAMES,
+                      f"scikit-learn digits: {len(x_train)} train / {len(x_val)} val 8x8 "
+                      "images (seeded 80/20 split)", in_memory=True)
