@@ -19,6 +19,9 @@ class Layer(nn.Module):
     takes_loss: bool = False
     #: What its loss compares with: "classes" (class indices) or "values" (regression vectors).
     loss_target: str = "values"
+    #: forward accepts channels-last input (only logical-order ops, no `.view`): the inference
+    #: fast path then passes such tensors on without converting them back to NCHW.
+    channels_last_ok: bool = False
 
     def __init__(self) -> None:
         super().__init__()

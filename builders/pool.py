@@ -50,6 +50,8 @@ class MaxPool(Layer):
 
 
 class PlainMaxPool(MaxPool):
+    channels_last_ok = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(x)
 

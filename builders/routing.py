@@ -47,6 +47,8 @@ def _raw(block: Block, key: str) -> str:
 class Route(Layer):
     """Concatenation along channels of each input's `group_id`-th 1/`groups` channel chunk."""
 
+    channels_last_ok = True
+
     def __init__(self, in_shapes: list[Shape], out: Shape, groups: int, group_id: int):
         super().__init__()
         self.in_shapes, self.out = in_shapes, out
@@ -98,6 +100,8 @@ class Shortcut(Layer):
     """AlexeyAB's multi-input shortcut: out = w0*prev + sum_k w_k*from_k, where from_k adds into
     the first min(C, C_k) channels only; weights per layer (per_feature) or per layer and channel
     (per_channel), normalised with relu or softmax across the n+1 inputs; then the activation."""
+
+    channels_last_ok = True
 
     def __init__(self, out: Shape, from_shapes: list[Shape], weights_type: str,
                  normalization: str, activation: str):
