@@ -122,7 +122,7 @@ def test_small_nets_fast_equals_plain(act, bn, flavor):
 
 
 CORPUS_CASES = [("alexeyab/yolov4-tiny.cfg", 96), ("alexeyab/yolov4-csp-s-mish.cfg", 64),
-                ("alexeyab/yolov4.cfg", 64), ("alexeyab/vgg-16.cfg", 64),
+                ("alexeyab/yolov4.cfg", 64), ("alexeyab/vgg-conv.cfg", 64),
                 ("alexeyab/efficientnet_b0.cfg", 64), ("pjreddie/darknet53.cfg", 64)]
 
 
@@ -138,7 +138,7 @@ def test_corpus_fast_equals_plain(cfg, size):
 
 
 @pytest.mark.parametrize("name", ["yolov4-tiny", "csdarknet53-omega", "efficientnet_b0",
-                                  "u_conv", "u_activations", "u_route_shortcut"])
+                                  "u_conv", "u_pool", "u_route_shortcut"])
 def test_oracle_nets_fast_equals_plain(name):
     if not ORACLE.is_dir():
         pytest.skip("../shared/darknet/oracle is not available")
