@@ -29,6 +29,8 @@ SECRET_NUM = -1234.0
 def as_shape(t: torch.Tensor, shape: Shape) -> torch.Tensor:
     """`t` viewed the way this repository represents a tensor of Darknet shape `shape`."""
     if shape.c * shape.h * shape.w:
+        if t.shape[1:] == (shape.c, shape.h, shape.w):
+            return t  # as is: a same-shape reshape of batch 1 would lose channels-last strides
         return t.reshape(t.shape[0], shape.c, shape.h, shape.w)
     return t.reshape(t.shape[0], -1)
 

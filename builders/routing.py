@@ -26,6 +26,8 @@ def _chw(shape: Shape) -> tuple[int, int, int]:
 
 def _as4d(t: torch.Tensor, shape: Shape) -> torch.Tensor:
     c, h, w = _chw(shape)
+    if t.shape[1:] == (c, h, w):
+        return t  # as is: a same-shape reshape of batch 1 would lose channels-last strides
     return t.reshape(t.shape[0], c, h, w)
 
 
