@@ -1,7 +1,14 @@
-"""Model speed: our VGG-16 (cfg/vgg16.cfg) against torchvision's vgg16 with the same weights,
-forward + backward on the CPU; and the time to meta-build every corpus cfg.
+"""Model speed: inference GFLOP/s and share of the CPU's fp32 peak of vgg-16, darknet53,
+yolov4-tiny and yolov4 (plain path against the inference fast path, same run); our VGG-16
+(cfg/vgg16.cfg) against torchvision's vgg16 with the same weights, forward + backward on the
+CPU; and the time to meta-build every corpus cfg.
 
     python bench/model.py [--batch 4] [--size 64] [--repeat 9] [--threads N]
+    python bench/model.py --only inference [--peak 157] [--threads 2] [--clock cpu]
+
+Inference: batch 1, eval mode, no autograd; the work is Darknet's BFLOPs (`net.bflops()`). The
+default peak, 157 GFLOP/s, is this project's machine: 2 Zen-3 cores x 2.45 GHz x 32 FLOP/cycle
+(two 8-wide FMA units); pass `--peak` for another one.
 
 The two models run back to back within each repeat (in alternating order), so a busy machine
 slows both alike; min and median over the repeats are printed, their ratios, and the median of
@@ -11,6 +18,7 @@ the per-repeat ratios (target: ours <= 1.02x torchvision).
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -26,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from builders import build  # noqa: E402
 from builders.presets import load_torchvision_state_dict  # noqa: E402
 from cfgparse import CfgError  # noqa: E402
+from training.loop import darknet_init  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "darknet" / "corpus"
 
@@ -80,6 +89,61 @@ def bench_vgg16(batch: int, size: int, repeat: int) -> None:
     print(f"  paired ratio (median over repeats) {paired:.3f}x   (target <= 1.02x)")
 
 
+# the issue's nets and input sizes (AlexeyAB corpus cfgs)
+INFERENCE_NETS = {"vgg-16": 224, "darknet53": 256, "yolov4-tiny": 416, "yolov4": 416}
+DEFAULT_PEAK = 157.0  # GFLOP/s: 2 Zen-3 cores x 2.45 GHz x 32 fp32 FLOP/cycle
+
+
+def sized_cfg(path: Path, size: int) -> str:
+    """The cfg text with [net] width = height = size and batch 1."""
+    text = path.read_text()
+    for key, value in (("width", size), ("height", size), ("batch", 1)):
+        text = re.sub(rf"(?m)^\s*{key}\s*=.*$", f"{key}={value}", text, count=1)
+    return text
+
+
+def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, clock: str) -> None:
+    """Batch-1 eval forward: plain path against the fast path, interleaved within each repeat."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    threads = torch.get_num_threads()
+    # cpu time adds up all threads: divide by them for a wall-equivalent figure
+    per = threads if clock == "cpu" else 1
+    print(f"Inference, batch 1, eval, CPU, {threads} threads, {clock} clock, {repeat} repeats; "
+          f"peak {peak:g} GFLOP/s (--peak; 157 = this project's 2 Zen-3 cores); best repeat")
+    print(f"  {'net':<12} {'size':>4} {'BFLOPs':>7} {'plain':>16} {'fast':>16} {'speedup':>8} "
+          f"{'paired':>7}")
+    for name in names:
+        path = corpus / "alexeyab" / f"{name}.cfg"
+        if not path.exists():
+            print(f"  {name}: {path} not found")
+            continue
+        size = INFERENCE_NETS.get(name, 416)
+        torch.manual_seed(0)
+        net = build(sized_cfg(path, size)).eval()
+        with torch.no_grad():
+            darknet_init(net)  # He init: torch's default starves deep nets into denormals
+        x = torch.rand(1, 3, size, size)
+        bflops = net.bflops()
+        times: dict[bool, list[float]] = {False: [], True: []}
+        with torch.no_grad():
+            for fast in (False, True, False, True):  # warm-up: allocator, packed weights
+                net.use_fast_inference(fast)(x)
+            for r in range(repeat):
+                for fast in ((False, True) if r % 2 else (True, False)):
+                    net.use_fast_inference(fast)
+                    start = now()
+                    net(x)
+                    times[fast].append((now() - start) / per)
+        net.use_fast_inference(True)
+        cells = []
+        for fast in (False, True):
+            rate = bflops / min(times[fast])
+            cells.append(f"{rate:6.1f} GF/s {rate / peak:4.0%}")
+        paired = statistics.median(p / f for p, f in zip(times[False], times[True], strict=True))
+        print(f"  {name:<12} {size:>4} {bflops:7.2f} {cells[0]:>16} {cells[1]:>16} "
+              f"{min(times[False]) / min(times[True]):7.2f}x {paired:6.2f}x", flush=True)
+
+
 def bench_meta_build(corpus: Path) -> None:
     files = sorted(corpus.glob("*/*.cfg"))
     if not files:
@@ -111,11 +175,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--corpus", type=Path, default=CORPUS)
+    ap.add_argument("--only", choices=("inference", "train", "meta"), action="append",
+                    help="run only these parts (repeatable); default all")
+    ap.add_argument("--peak", type=float, default=DEFAULT_PEAK,
+                    help=f"fp32 peak GFLOP/s of the machine (default {DEFAULT_PEAK:g})")
+    ap.add_argument("--nets", nargs="+", default=list(INFERENCE_NETS),
+                    help="AlexeyAB corpus cfg names for the inference part")
+    ap.add_argument("--inference-threads", type=int, default=2,
+                    help="torch threads for the inference part (default 2, the peak's cores)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="inference timing: wall time, or process CPU time / threads (steadier "
+                    "on a shared machine; counts OpenMP spin-waits, so it errs low)")
     args = ap.parse_args(argv)
+    parts = args.only or ["inference", "train", "meta"]
+    if "inference" in parts:
+        saved = torch.get_num_threads()
+        torch.set_num_threads(args.inference_threads)
+        bench_inference(args.corpus, args.nets, max(args.repeat // 2, 3), args.peak, args.clock)
+        torch.set_num_threads(saved)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench_vgg16(args.batch, args.size, args.repeat)
-    bench_meta_build(args.corpus)
+    if "train" in parts:
+        bench_vgg16(args.batch, args.size, args.repeat)
+    if "meta" in parts:
+        bench_meta_build(args.corpus)
     return 0
 
 

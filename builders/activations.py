@@ -153,3 +153,45 @@ class Lambda(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return self.name
+
+
+# -- inference fast path (builders.conv: eval mode, no autograd, CPU float32) --------------------
+
+#: Activations oneDNN applies inside the convolution kernel (name, scalars of
+#: `torch.ops.mkldnn._convolution_pointwise`), each equal to Darknet's formula.
+CONV_POST_OPS: dict[str, tuple[str, list[float]]] = {
+    "linear": ("none", []), "relu": ("relu", []), "leaky": ("leaky_relu", [0.1]),
+    "revleaky": ("leaky_relu", [0.1]), "logistic": ("sigmoid", []), "tanh": ("tanh", []),
+    "swish": ("swish", []), "hardtan": ("hardtanh", [-1.0, 1.0]), "relu6": ("hardtanh", [0.0, 6.0]),
+}
+
+# elements per step of `mish_`: two 1 MiB buffers stay in the caches of two cores
+_MISH_CHUNK = 1 << 18
+
+
+def _flat_dense(x: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of every element of a dense (NCHW or channels-last) tensor, or None."""
+    if x.is_contiguous():
+        return x.view(-1)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(-1)  # a view: the permuted tensor is contiguous
+    return None
+
+
+def mish_(x: torch.Tensor) -> torch.Tensor:
+    """Mish in place, without autograd: x * tanh(softplus(x)) = x - 2x / ((1 + e^x)^2 + 1).
+
+    One exp and one division instead of torch's exp, log1p and tanh (about 3x faster on CPU),
+    in cache-sized chunks. Large x: the denominator overflows to inf and the result is x, as
+    Darknet's softplus threshold gives; the absolute error stays below ~2e-6 for |x| <= 20."""
+    flat = _flat_dense(x)
+    if flat is None:
+        return x.copy_(_mish(x))
+    tmp = torch.empty(min(_MISH_CHUNK, flat.numel()), dtype=x.dtype, device=x.device)
+    for start in range(0, flat.numel(), _MISH_CHUNK):
+        part = flat[start:start + _MISH_CHUNK]
+        d = tmp[:part.numel()]
+        torch.exp(part, out=d)
+        d.add_(1).mul_(d).add_(1)
+        part.addcdiv_(part, d, value=-2)
+    return x

@@ -13,7 +13,7 @@ from torch import nn
 
 from cfgparse import Block
 
-from .activations import activation_module
+from .activations import CONV_POST_OPS, activation_module, mish_
 from .layer import Layer
 from .norm import batch_norm
 from .registry import BuildContext, Shape, register
@@ -76,6 +76,21 @@ def binarize_input(x: torch.Tensor) -> torch.Tensor:
     return x + (binary - x).detach()
 
 
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                          "_convolution_pointwise")
+
+
+def fast_inference_ok(x: torch.Tensor) -> bool:
+    """Whether the inference fast path may run on input `x`: no autograd, a plain CPU float32
+    tensor, oneDNN present, and no tracer, compiler, exporter or autocast watching (they need the
+    plain modules' ops)."""
+    return (_ONEDNN and not torch.is_grad_enabled() and type(x) is torch.Tensor
+            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export())
+
+
 def describe_window(size: int, sy: int, sx: int) -> str:
     stride = f"{sx:2d}" if sx == sy else f"{sx}x{sy}"
     return f"{size} x {size}/{stride}"
@@ -101,6 +116,9 @@ class Convolutional(Layer):
         self.blur_stride = blur_stride
         self.xnor, self.binary, self.flipped = xnor, binary, flipped
         self.shared_from = shared_from
+        self.activation = ""  # the Darknet activation name (set by the builder)
+        self.fast_inference = True  # Network.use_fast_inference(False) selects the plain path
+        self._inference_cache = None
 
     @property
     def has_bn(self) -> bool:
@@ -120,6 +138,60 @@ class Convolutional(Layer):
             y = blur(y, self.antialiasing, self.blur_stride)
         return y
 
+    def train(self, mode: bool = True):
+        self._inference_cache = None  # rebuilt from the parameters at the next fast forward
+        return super().train(mode)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()  # deepcopy/pickle: oneDNN's packed weights cannot be
+        state["_inference_cache"] = None  # copied; they are rebuilt on demand
+        return state
+
+    def _inference_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolution's weight with batch-norm folded in, packed for oneDNN, and its bias;
+        packed for the layout oneDNN picks for `x`'s shape (other shapes still work), and
+        cached while the parameters' storage and version counters (bumped by every in-place
+        update: optimizer steps, load_state_dict, .weights loading) stay the same."""
+        sources = [self.conv.weight]
+        sources += [self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var] \
+            if self.has_bn else [self.conv.bias]
+        key = tuple((t.data_ptr(), t._version) for t in sources)
+        cache = self.__dict__.get("_inference_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1], cache[2]
+        conv = self.conv
+        with torch.no_grad():
+            weight = conv.weight.float()
+            if self.has_bn:
+                scale, bias = self.bn.inference_scale_shift()
+                weight = weight * scale.view(-1, 1, 1, 1)
+            else:
+                bias = conv.bias
+            bias = bias.detach().float().contiguous()
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                weight.contiguous(), list(conv.padding), list(conv.stride), list(conv.dilation),
+                conv.groups, list(x.shape))
+        self._inference_cache = (key, packed, bias)
+        return packed, bias
+
+    def inference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The eval-mode forward in one oneDNN call: batch-norm folded into the weights, the
+        activation fused into the kernel where oneDNN has it (mish: in place after it), weights
+        packed once, channels-last output. Same values as `forward` to float32 rounding."""
+        weight, bias = self._inference_params(x)
+        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            x = x.contiguous(memory_format=torch.channels_last)
+        post_op, scalars = CONV_POST_OPS.get(self.activation, ("none", []))
+        conv = self.conv
+        y = torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+            conv.groups, post_op, scalars, "")
+        if self.activation in CONV_POST_OPS:
+            return y
+        if self.activation == "mish":
+            return mish_(y)
+        return self.act(y)
+
     def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
         if self.shared_from is not None:
             return []  # Darknet stores a shared layer's weights only once, at the source layer
@@ -134,12 +206,20 @@ class Convolutional(Layer):
 
 
 class PlainConv(Convolutional):
+    channels_last_ok = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.fast_inference and fast_inference_ok(x):
+            return self.inference_forward(x)
         return self.act(self.conv(x))
 
 
 class PlainConvBN(Convolutional):
+    channels_last_ok = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.fast_inference and fast_inference_ok(x):
+            return self.inference_forward(x)
         return self.act(self.bn(self.conv(x)))
 
 
@@ -215,6 +295,7 @@ def build_convolutional(block: Block, ctx: BuildContext) -> tuple[Layer, Shape]:
                 flipped=flipped, shared_from=shared_from)
 
     nweights = inp.c // groups * filters * size * size
+    layer.activation = act_name
     layer.bflops = 2.0 * nweights * out_h * out_w / 1e9 / (32 if xnor else 1)
     layer.filters = filters
     extras = [f"g{groups}"] * (groups > 1) + [f"d{dilation}"] * (dilation > 1) + \

@@ -31,7 +31,7 @@ def as_shape(t: torch.Tensor, shape: Shape) -> torch.Tensor:
     image tensor keeps its own height and width (a fully convolutional net runs at any size)."""
     if shape.c * shape.h * shape.w:
         if t.dim() == 4:
-            return t
+            return t  # as is (a same-shape reshape of batch 1 would also lose channels-last)
         return t.reshape(t.shape[0], shape.c, shape.h, shape.w)
     return t.reshape(t.shape[0], -1)
 

@@ -15,6 +15,7 @@ from cfgparse import Block, CfgError, Diagnostic, parse, schema
 from cfgparse.errors import WARNING
 from cfgparse.rules import input_size_rule
 
+from .conv import fast_inference_ok
 from .layer import Layer
 from .plan import plan_liveness
 from .registry import BuildContext, NetInfo, Shape, builder_for
@@ -103,6 +104,17 @@ class Network(nn.Module):
         self.output_indices: list[int] = outputs
         self._sources = [m.sources for m in self.meta]
         self._plan(outputs)
+        self.fast_inference = True
+
+    def use_fast_inference(self, enabled: bool = True) -> Network:
+        """Select (default) or turn off the inference fast path that eval mode without autograd
+        takes on CPU (builders.conv `inference_forward`: folded batch-norm, fused activations,
+        channels-last). Off, every layer runs its plain modules, as in training."""
+        self.fast_inference = enabled
+        for module in self.modules():
+            if module is not self and hasattr(module, "fast_inference"):
+                module.fast_inference = enabled
+        return self
 
     def _plan(self, keep: Iterable[int]) -> None:
         """Which outputs to hold on to, and when each can be dropped (builders.plan, which the
@@ -119,19 +131,25 @@ class Network(nn.Module):
         # asks for the loss layer's input: the [softmax]/[cost] after it would be wasted work)
         stop = len(self.layers) - 1 if wanted is None else max(wanted, default=-1)
         saved: dict[int, torch.Tensor] = {}
+        # fast path: convolutions hand channels-last tensors on; a layer that may not take them
+        # gets NCHW ones (a no-op for tensors that already are)
+        fast = self.fast_inference and not self.training and fast_inference_ok(x)
         for i, layer in enumerate(self.layers):
             if i > stop:
                 break
             srcs = self._sources[i]
-            x = layer(x, *[saved[j] for j in srcs]) if srcs else layer(x)
+            refs = [saved[j] for j in srcs]
+            if fast and not layer.channels_last_ok:
+                x, refs = x.contiguous(), [r.contiguous() for r in refs]
+            x = layer(x, *refs) if srcs else layer(x)
             if i in store:
                 saved[i] = x
             for j in self._free_after[i]:
                 if wanted is None or j not in wanted:
                     del saved[j]
         if wanted is not None:
-            return {i: saved[i] for i in wanted}
-        return [saved[i] for i in self.output_indices]
+            return {i: saved[i].contiguous() if fast else saved[i] for i in wanted}
+        return [saved[i].contiguous() if fast else saved[i] for i in self.output_indices]
 
     # -- conveniences ---------------------------------------------------------------------------
     @property

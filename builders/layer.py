@@ -22,6 +22,9 @@ class Layer(nn.Module):
     #: "classes" (class indices), "values" (regression vectors) or "boxes" (detection heads:
     #: truth (N, M, 5) [x, y, w, h, class], builders/head_loss.py).
     loss_target: str = "values"
+    #: forward accepts channels-last input (only logical-order ops, no `.view`): the inference
+    #: fast path then passes such tensors on without converting them back to NCHW.
+    channels_last_ok: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -153,6 +153,8 @@ class Upsample(Layer):
     """[upsample]: stride > 0 nearest-neighbour x stride; stride < 0 the SUM of each |s| x |s|
     block (not the mean); both times `scale`."""
 
+    channels_last_ok = True
+
     def __init__(self, stride: int, scale: float) -> None:
         super().__init__()
         self.stride, self.scale = stride, scale

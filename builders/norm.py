@@ -31,6 +31,11 @@ class DarknetBatchNorm(nn.BatchNorm2d):
         if x.dim() not in (2, 4):
             raise ValueError(f"expected (N, C) or (N, C, H, W) input, got {x.dim()}D")
 
+    def inference_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) with eval-mode output = a * x + b per channel (to fold into a convolution)."""
+        scale = self.weight / torch.sqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
+
 
 class PjreddieBatchNorm(DarknetBatchNorm):
     """pjreddie's batch-norm: epsilon 1e-6 added to the standard deviation, not the variance."""
@@ -38,6 +43,10 @@ class PjreddieBatchNorm(DarknetBatchNorm):
     def __init__(self, num_features: int, momentum: float = 0.01) -> None:
         super().__init__(num_features, momentum=momentum)
         self.eps = PJREDDIE_EPS
+
+    def inference_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.weight / (torch.sqrt(self.running_var) + self.eps)
+        return scale, self.bias - self.running_mean * scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)

@@ -30,6 +30,8 @@ class MaxPool(Layer):
     """[maxpool] with explicit padding (`pads` = left, right, top, bottom). Padded positions hold
     the lowest float, so a window entirely outside the input gives -FLT_MAX as in Darknet."""
 
+    channels_last_ok = True
+
     def __init__(self, size: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
                  antialiasing: int = 0, blur_stride: tuple[int, int] = (1, 1)) -> None:
         super().__init__()

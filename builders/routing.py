@@ -29,7 +29,7 @@ def _as4d(t: torch.Tensor, shape: Shape) -> torch.Tensor:
     cfg's: random=1 multi-scale training, detection at any size); a flat one in its built
     shape."""
     if t.dim() == 4:
-        return t
+        return t  # as is (a same-shape reshape of batch 1 would also lose channels-last)
     c, h, w = _chw(shape)
     return t.reshape(t.shape[0], c, h, w)
 
@@ -52,6 +52,8 @@ def _raw(block: Block, key: str) -> str:
 
 class Route(Layer):
     """Concatenation along channels of each input's `group_id`-th 1/`groups` channel chunk."""
+
+    channels_last_ok = True
 
     def __init__(self, in_shapes: list[Shape], out: Shape, groups: int, group_id: int):
         super().__init__()
@@ -104,6 +106,8 @@ class Shortcut(Layer):
     """AlexeyAB's multi-input shortcut: out = w0*prev + sum_k w_k*from_k, where from_k adds into
     the first min(C, C_k) channels only; weights per layer (per_feature) or per layer and channel
     (per_channel), normalised with relu or softmax across the n+1 inputs; then the activation."""
+
+    channels_last_ok = True
 
     def __init__(self, out: Shape, from_shapes: list[Shape], weights_type: str,
                  normalization: str, activation: str):
