@@ -88,6 +88,11 @@ class Network(nn.Module):
                                      o.key, severity=WARNING, on_value=False,
                                      hint="remove it, or see the README for supported keys")
                     for o in block.unread())
+                self.warnings.extend(  # keys a head's loss reads but does not honour
+                    block.diagnostic("W310", f"'{key}' in [{block.name}] is read, not honoured: "
+                                     f"{why}", key, severity=WARNING, on_value=False,
+                                     hint="remove it, or see the README (detection losses)")
+                    for key, why in getattr(module, "unhonoured_keys", ()))
                 self.layers.append(module)
                 self.meta.append(meta)
                 shapes.append(shape)

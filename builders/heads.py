@@ -12,6 +12,7 @@ import torch
 
 from cfgparse import Block, schema
 
+from . import head_loss
 from .dense import flat_input, load_tree
 from .layer import Layer
 from .registry import BuildContext, Shape, register
@@ -92,6 +93,8 @@ class YoloHead(Layer):
     """Layout [anchor][entry][h][w]: logistic on the listed entries, then x,y -> x*s - (s-1)/2."""
 
     is_output = True
+    takes_loss = True
+    loss_target = "boxes"  # truth (N, M, 5) [x, y, w, h, class] (head_loss)
 
     def __init__(self, out: Shape, n: int, entries: int, logistic: set[int], scaled: set[int],
                  scale_x_y: float):
@@ -113,6 +116,9 @@ class YoloHead(Layer):
                 p = p * s - 0.5 * (s - 1)
             parts.append(p)
         return torch.cat(parts, 2).reshape(x.shape[0], self.n * self.entries, h, w)
+
+    def loss(self, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> torch.Tensor:
+        return head_loss.yolo_loss(self, x, truth, seen)
 
 
 def _build_yolo(block: Block, ctx: BuildContext, gaussian: bool):
@@ -143,6 +149,9 @@ def _build_yolo(block: Block, ctx: BuildContext, gaussian: bool):
         layer.train_options["embedding_layer"] = ctx.resolve(block, "embedding_layer", embedding)
     layer.describe = f"{classes} classes"
     layer.filters = ctx.input.c
+    layer.pjreddie = pjreddie
+    layer.takes_loss = not gaussian  # the [Gaussian_yolo] loss lands in a later commit
+    head_loss.configure_yolo(block, layer, ctx.net.width, ctx.net.height)
     return layer, ctx.input
 
 
@@ -208,6 +217,9 @@ class Region(Layer):
             return y.reshape(y.shape[0], -1)
         return y.permute(0, 2, 3, 1).reshape(y.shape[0], -1)  # AlexeyAB's flatten to HWC
 
+    def loss(self, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> torch.Tensor:
+        return head_loss.region_loss(self, x, truth, seen)
+
 
 @register("region")
 def build_region(block: Block, ctx: BuildContext):
@@ -229,6 +241,7 @@ def build_region(block: Block, ctx: BuildContext):
                                            {"max": 30} if pjreddie else None)
     layer.describe = f"{classes} classes"
     layer.filters = ctx.input.c
+    head_loss.configure_region(block, layer, ctx.net.flavor)
     return layer, ctx.input
 
 
@@ -252,6 +265,9 @@ class Detection(Layer):
         probs = torch.softmax(y[:, :split].reshape(-1, self.cells, self.classes), -1)
         return torch.cat([probs.reshape(y.shape[0], split), y[:, split:]], 1)
 
+    def loss(self, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> torch.Tensor:
+        return head_loss.detection_loss(self, x, truth, seen)
+
 
 @register("detection")
 def build_detection(block: Block, ctx: BuildContext):
@@ -265,6 +281,7 @@ def build_detection(block: Block, ctx: BuildContext):
     layer = Detection(inputs, side * side, classes, block.bool("softmax"))
     layer.train_options = training_options(block, ctx.net.flavor)
     layer.describe = f"{side}x{side} {classes} cls"
+    head_loss.configure_detection(block, layer, side, num, coords)
     return layer, Shape.flat(inputs)
 
 

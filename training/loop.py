@@ -33,9 +33,10 @@ class NonFiniteLoss(RuntimeError):
 
 def loss_layer_index(net) -> int:
     """The layer whose loss trains `net` (Network.loss_index), or a clear error for heads that
-    have none yet ([yolo], [region], [detection])."""
+    have none yet. Detection heads own a loss (loss_target "boxes", builders/head_loss.py) that
+    this classifier/regressor loop does not feed yet."""
     index = net.loss_index
-    if index is None:
+    if index is None or net.layers[index].loss_target == "boxes":
         heads = sorted({m.type for i, m in enumerate(net.meta) if i in net.output_indices})
         last = net.meta[-1].block if net.meta else net.net_block
         raise DetectionNotSupported(last.diagnostic(
