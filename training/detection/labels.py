@@ -8,7 +8,8 @@ does not exist there, darkcfg also tries the folder of the file that names it (t
 for an image, the `.data` file's folder for a list), so a data set can be moved as one folder.
 
 Labels. The label file of an image is Darknet's `replace_image_to_label` applied to the image
-path *as written in the list* (then resolved against the same folder as the image): the first
+path as opened (as written in the list when Darknet would find it, else joined to the folder it
+was found in, so `JPEGImages/x.jpg` listed in `voc/train.txt` reads `voc/labels/x.txt`): the first
 occurrence of each of these folder names is replaced, in this order,
 `/images/train2017/`->`/labels/train2017/`, `/images/val2017/`->`/labels/val2017/`,
 `/JPEGImages/`->`/labels/`, the same four with backslashes plus `\\images\\train2014\\` and
@@ -159,7 +160,7 @@ def open_detection_data(path: Path) -> DetectionData:
                 missing.append(raw)
                 continue
             out.append(image)
-            labels.append(os.path.join(base, label_path(raw)) if base else label_path(raw))
+            labels.append(label_path(image))
         if missing:
             raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "
                          f"'{missing[0]}'", where,
