@@ -54,6 +54,7 @@ CODES = {
     "E401": "estimated memory over the limit",
     "E901": "cannot read file",
     "E902": ".weights file size does not match the network",
+    "E903": "bad detection label file (malformed line, class or coordinates out of range)",
 }
 
 
