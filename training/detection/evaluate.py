@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torchvision.ops import box_convert, box_iou
@@ -25,6 +25,7 @@ MAP_NMS_THRESH = 0.45
 MAP_IOU_THRESH = 0.5
 MAP_CONF_THRESH = 0.25  # precision/recall/F1/avg IoU are counted above this
 MAP_POINTS = (0, 11, 101)  # 0 = all-point (VOC2010+), 11 = VOC2007, 101 = COCO-style at one IoU
+COCO_MAX_DETS = 100  # COCOeval's largest maxDets, the one its AP uses
 
 
 @dataclass(frozen=True)
@@ -159,28 +160,40 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return box_iou(box_convert(a, "cxcywh", "xyxy"), box_convert(b, "cxcywh", "xyxy"))
 
 
-def average_precision(tp: Sequence[bool], truths: int, points: int = 0) -> float:
+def average_precision(tp, truths: int, points: int = 0) -> float:
     """AP of one class from its entries' TP flags in descending-score order (§7 step 5)."""
     if points < 0 or points == 1:
         raise ValueError(f"map points must be 0 (all-point) or > 1, got {points}")
-    if truths <= 0 or not len(tp):
+    hits = torch.as_tensor(tp, dtype=torch.float64).reshape(-1)
+    if truths <= 0 or not len(hits):
         return 0.0
-    hits = torch.as_tensor(list(tp), dtype=torch.float64)
     tp_sum = hits.cumsum(0)
-    fp_sum = (1 - hits).cumsum(0)
-    precision = tp_sum / (tp_sum + fp_sum)
+    precision = tp_sum / torch.arange(1, len(hits) + 1, dtype=torch.float64)
     recall = tp_sum / truths
     # max precision at this rank or later: the monotone envelope
     envelope = precision.flip(0).cummax(0).values.flip(0)
     if points == 0:
         previous = torch.cat([recall.new_zeros(1), recall[:-1]])
         return float(((recall - previous) * envelope).sum())
-    total = 0.0
-    for point in range(points):
-        level = point / (points - 1)  # Darknet's `point * 1.0 / (points - 1)`
-        reached = (recall >= level).nonzero()
-        total += float(envelope[int(reached[0])]) if len(reached) else 0.0
-    return total / points
+    # Darknet's levels `point * 1.0 / (points - 1)`; the first rank reaching each one
+    levels = torch.tensor([point / (points - 1) for point in range(points)], dtype=torch.float64)
+    first = torch.searchsorted(recall, levels)  # recall never decreases
+    reached = first < len(recall)
+    return float(envelope[first[reached]].sum()) / points
+
+
+def _first_claims(keys: torch.Tensor) -> torch.Tensor:
+    """True where an entry is the first, in order, with its key (keys < 0: never)."""
+    out = torch.zeros(len(keys), dtype=torch.bool)
+    valid = keys >= 0
+    if not valid.any():
+        return out
+    position = torch.arange(len(keys))
+    k = keys[valid]
+    first = torch.full((int(k.max()) + 1,), len(keys), dtype=torch.long)
+    first = first.scatter_reduce(0, k, position[valid], "amin")
+    out[valid] = first[k] == position[valid]
+    return out
 
 
 def darknet_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
@@ -195,71 +208,59 @@ def darknet_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
     if len(detections) != len(truths):
         raise ValueError(f"{len(detections)} detection lists but {len(truths)} truth lists")
     classes = len(names)
-    truth_count = [0] * classes
-    class_tp = [0] * classes
-    class_fp = [0] * classes
-    tp_thresh = fp_thresh = 0
+    truth_count = torch.zeros(classes, dtype=torch.long)
+    class_tp = torch.zeros(classes, dtype=torch.long)
+    class_fp = torch.zeros(classes, dtype=torch.long)
     iou_sum = 0.0
-    scores: list[float] = []
-    entry_class: list[int] = []
-    entry_truth: list[int] = []  # global truth index, -1 if none
+    kept_scores, kept_classes, kept_truths = [], [], []
     offset = 0
     for det, gt in zip(detections, truths, strict=True):
-        for c in gt.classes.tolist():
-            if not 0 <= c < classes:
-                raise ValueError(f"truth class {c} outside 0..{classes - 1}")
-            truth_count[c] += 1
+        for what, c in (("truth", gt.classes), ("detection", det.classes)):
+            if len(c) and (int(c.min()) < 0 or int(c.max()) >= classes):
+                bad = int(c.max()) if int(c.max()) >= classes else int(c.min())
+                raise ValueError(f"{what} class {bad} outside 0..{classes - 1}")
         if det.scores is None:
             raise ValueError("detections need scores")
-        ious = _iou(det.boxes, gt.boxes) if len(det.boxes) and len(gt.boxes) else None
-        same = (det.classes[:, None] == gt.classes[None, :]) if ious is not None else None
-        hard = None
-        if gt.difficult is not None and len(gt.difficult) and len(det.boxes):
-            hard_iou = _iou(det.boxes, gt.difficult[:, :4])
-            hard_same = det.classes[:, None] == gt.difficult[None, :, 4].round().long()
-            hard = ((hard_iou > iou_thresh) & hard_same).any(1)
-        claimed: list[int] = []  # this image's entries' truths, in entry order (step 3)
-        for i, (c, p) in enumerate(zip(det.classes.tolist(), det.scores.tolist(), strict=True)):
-            if not 0 <= c < classes:
-                raise ValueError(f"detection class {c} outside 0..{classes - 1}")
-            if p <= 0:
-                continue
-            truth, best = -1, 0.0
-            if ious is not None:
-                row = torch.where(same[i], ious[i], torch.zeros_like(ious[i]))
-                j = int(row.argmax())  # first of equal maxima, like Darknet's `>` scan
-                best = float(row[j])
-                if best > iou_thresh:
-                    truth = offset + j
-            dropped = truth < 0 and hard is not None and bool(hard[i])
-            if p > conf_thresh:
-                if truth >= 0 and truth not in claimed:
-                    tp_thresh += 1
-                    class_tp[c] += 1
-                    iou_sum += best
-                else:
-                    fp_thresh += 1
-                    class_fp[c] += 1
-            claimed.append(truth)
-            if not dropped:
-                scores.append(p)
-                entry_class.append(c)
-                entry_truth.append(truth)
+        truth_count += torch.bincount(gt.classes, minlength=classes)
+        live = det.scores > 0
+        boxes, cls, score = det.boxes[live], det.classes[live], det.scores[live]
+        truth = torch.full((len(boxes),), -1, dtype=torch.long)
+        best = torch.zeros(len(boxes), dtype=torch.float64)
+        if len(boxes) and len(gt.boxes):
+            ious = _iou(boxes, gt.boxes)
+            ious = torch.where(cls[:, None] == gt.classes[None, :], ious, 0.0)
+            best, j = ious.max(1)  # the first of equal maxima, as Darknet's `>` scan
+            truth = torch.where(best > iou_thresh, j, -1)
+        # conf_thresh statistics in entry order: TP if no earlier entry claimed the truth
+        above = score > conf_thresh
+        tp = above & _first_claims(truth)
+        fp = above & ~tp
+        class_tp += torch.bincount(cls[tp], minlength=classes)
+        class_fp += torch.bincount(cls[fp], minlength=classes)
+        iou_sum += float(best[tp].sum())
+        keep = torch.ones(len(boxes), dtype=torch.bool)
+        if gt.difficult is not None and len(gt.difficult) and len(boxes):
+            hard = (_iou(boxes, gt.difficult[:, :4]) > iou_thresh) & \
+                (cls[:, None] == gt.difficult[None, :, 4].round().long())
+            keep = (truth >= 0) | ~hard.any(1)  # only a difficult object matched: dropped
+        kept_scores.append(score[keep])
+        kept_classes.append(cls[keep])
+        kept_truths.append(torch.where(truth[keep] >= 0, truth[keep] + offset, -1))
         offset += len(gt.boxes)
 
-    order = torch.sort(torch.tensor(scores, dtype=torch.float64), descending=True,
-                       stable=True).indices.tolist()
-    taken: set[int] = set()
-    flags: list[list[bool]] = [[] for _ in range(classes)]
-    for k in order:
-        truth = entry_truth[k]
-        hit = truth >= 0 and truth not in taken
-        if hit:
-            taken.add(truth)
-        flags[entry_class[k]].append(hit)
-    per_class = [ClassResult(str(names[c]), average_precision(flags[c], truth_count[c], map_points),
-                             truth_count[c], class_tp[c], class_fp[c]) for c in range(classes)]
-    total_truth = sum(truth_count)
+    scores = torch.cat(kept_scores) if kept_scores else torch.zeros(0, dtype=torch.float64)
+    entry_class = torch.cat(kept_classes) if kept_classes else torch.zeros(0, dtype=torch.long)
+    entry_truth = torch.cat(kept_truths) if kept_truths else torch.zeros(0, dtype=torch.long)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    hit = _first_claims(entry_truth[order])  # ranked: a truth is taken by its first entry
+    ranked_class = entry_class[order]
+    per_class = [ClassResult(str(names[c]),
+                             average_precision(hit[ranked_class == c], int(truth_count[c]),
+                                               map_points),
+                             int(truth_count[c]), int(class_tp[c]), int(class_fp[c]))
+                 for c in range(classes)]
+    total_truth = int(truth_count.sum())
+    tp_thresh, fp_thresh = int(class_tp.sum()), int(class_fp.sum())
     precision = tp_thresh / (tp_thresh + fp_thresh) if tp_thresh + fp_thresh else 0.0
     recall = tp_thresh / total_truth if total_truth else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -297,11 +298,11 @@ def coco_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
                                 "area": box[2] * box[3], "iscrowd": 0})
         if det.scores is None:
             raise ValueError("detections need scores")
-        for box, c, p in zip((_xywh(det.boxes) * scale).tolist(), det.classes.tolist(),
-                             det.scores.tolist(), strict=True):
-            if p > 0:
-                results.append({"image_id": image_id, "category_id": int(c) + 1, "bbox": box,
-                                "score": p})
+        top = _top_per_class(det.scores, det.classes, COCO_MAX_DETS)
+        for box, c, p in zip((_xywh(det.boxes[top]) * scale).tolist(), det.classes[top].tolist(),
+                             det.scores[top].tolist(), strict=True):
+            results.append({"image_id": image_id, "category_id": int(c) + 1, "bbox": box,
+                            "score": p})
     if not annotations or not results:
         return 0.0, 0.0
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
@@ -315,6 +316,19 @@ def coco_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
         evaluator.accumulate()
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [iou, recall, class] all areas, 100
     return _mean_valid(precision), _mean_valid(precision[0])
+
+
+def _top_per_class(scores: torch.Tensor, classes: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of each class's k best entries with score > 0 (stable: ties keep entry order).
+    COCOeval looks at no more than maxDets per image and class; cutting them here is the same
+    result at a fraction of the cost for an untrained network's thousands of boxes."""
+    live = torch.nonzero(scores > 0).flatten()
+    by_score = live[torch.sort(scores[live], descending=True, stable=True).indices]
+    grouped = by_score[torch.sort(classes[by_score], stable=True).indices]
+    cls = classes[grouped]
+    start = torch.searchsorted(cls, cls)  # first position of each entry's class
+    rank = torch.arange(len(grouped)) - start
+    return grouped[rank < k].sort().values
 
 
 def _mean_valid(values) -> float:
@@ -335,3 +349,46 @@ def evaluate(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes], nam
         metrics.map50_95, metrics.coco_map50 = coco_map(detections, truths, len(names))
     return metrics
 
+
+
+# -- a network on a validation split --------------------------------------------------------------
+@torch.no_grad()
+def network_detections(net, loader, device, classes: int | None = None, dist=None
+                       ) -> tuple[list[ImageBoxes], list[ImageBoxes]]:
+    """(detections, truths) per validation image, the way `validate_detector_map` gets them:
+    the batches of `DetectionEval` (images at the network size, truth relative to the original
+    image, original sizes), `get_network_boxes` at thresh 0.005 (letterbox undone when [net]
+    letter_box=1), NMS 0.45 of the last head's `nms_kind`. `classes`: score only the first
+    `classes` classes (the data's; NMS is per class, so the others change nothing for them).
+    Under DDP each rank runs its share and every rank gets all images (rank-interleaved)."""
+    from builders.detect import decode, head_indices, net_letter_box, nms, run_heads
+
+    heads = head_indices(net)
+    letter = net_letter_box(net)
+    was_training = net.training
+    net.eval()
+    detections, truths = [], []
+    try:
+        for images, truth, sizes in loader:
+            x = images.to(device, non_blocking=True)
+            outputs = run_heads(net, x, heads)
+            found = decode(net, outputs, MAP_DETECTION_THRESH, image_size=sizes.tolist(),
+                           letter_box=letter, input_size=(x.shape[-1], x.shape[-2]))
+            if classes is not None:
+                found = [replace(d, probs=d.probs[:, :classes]) for d in found]
+            found = nms(found, MAP_NMS_THRESH)
+            for dets, rows, size in zip(found, truth, sizes.tolist(), strict=True):
+                size = (int(size[0]), int(size[1]))
+                detections.append(entries_from_probs(dets.boxes.cpu(), dets.probs.cpu(), size))
+                gt = ImageBoxes.from_truth(rows)
+                truths.append(ImageBoxes(gt.boxes, gt.classes, None, None, size))
+    finally:
+        net.train(was_training)
+    if dist is not None and dist.enabled:
+        import torch.distributed as tdist
+
+        parts: list = [None] * dist.world
+        tdist.all_gather_object(parts, (detections, truths))
+        detections = [d for part in parts for d in part[0]]
+        truths = [t for part in parts for t in part[1]]
+    return detections, truths
