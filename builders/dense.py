@@ -27,8 +27,12 @@ SECRET_NUM = -1234.0
 
 
 def as_shape(t: torch.Tensor, shape: Shape) -> torch.Tensor:
-    """`t` viewed the way this repository represents a tensor of Darknet shape `shape`."""
+    """`t` viewed the way this repository represents a tensor of Darknet shape `shape`. An
+    image tensor with the right channels keeps its own height and width: a fully convolutional
+    network runs at other input sizes (multi-scale training, `random=1`)."""
     if shape.c * shape.h * shape.w:
+        if t.dim() == 4 and t.shape[1] == shape.c:
+            return t
         return t.reshape(t.shape[0], shape.c, shape.h, shape.w)
     return t.reshape(t.shape[0], -1)
 

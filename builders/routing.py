@@ -26,6 +26,8 @@ def _chw(shape: Shape) -> tuple[int, int, int]:
 
 def _as4d(t: torch.Tensor, shape: Shape) -> torch.Tensor:
     c, h, w = _chw(shape)
+    if t.dim() == 4 and t.shape[1] == c:  # keeps its size (a net run at another input size)
+        return t
     return t.reshape(t.shape[0], c, h, w)
 
 

@@ -78,7 +78,7 @@ def entries_from_probs(boxes, probs, size=None) -> ImageBoxes:
     order (the order `validate_detector_map` appends them)."""
     boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
     probs = torch.as_tensor(probs, dtype=torch.float64)
-    probs = probs.reshape(len(boxes), -1)
+    probs = probs.reshape(len(boxes), probs.shape[-1] if probs.dim() else 0)
     box_index, class_index = (probs > 0).nonzero(as_tuple=True)  # row-major: box, then class
     return ImageBoxes(boxes[box_index], class_index, probs[box_index, class_index], None, size)
 
