@@ -89,8 +89,9 @@ class Network(nn.Module):
                                      hint="remove it, or see the README for supported keys")
                     for o in block.unread())
                 self.warnings.extend(  # keys a head's loss reads but does not honour
-                    block.diagnostic("W310", f"'{key}' in [{block.name}] is read, not honoured: "
-                                     f"{why}", key, severity=WARNING, on_value=False,
+                    block.diagnostic("W310", (f"'{key}' in [{block.name}] is read, not honoured: "
+                                              if key else f"[{block.name}]: ") + why,
+                                     key, severity=WARNING, on_value=False,
                                      hint="remove it, or see the README (detection losses)")
                     for key, why in getattr(module, "unhonoured_keys", ()))
                 self.layers.append(module)
@@ -151,7 +152,7 @@ class Network(nn.Module):
     def loss_layers(self) -> list[int]:
         """Every layer whose `loss` trains this network (layer i's loss reads layer i-1's output),
         in layer order; the network's loss is their sum (training.tasks). Empty: nothing to
-        train (e.g. detectors, whose loss is not implemented yet)."""
+        train."""
         return [i for i, layer in enumerate(self.layers) if layer.takes_loss]
 
     def num_weight_floats(self) -> int:

@@ -95,7 +95,7 @@ def configure_region(block: Block, layer, flavor: str) -> None:
     layer.loss_cfg.setdefault("focal_loss", 0)
     found = [(k, why) for k, why in _REGION_NOT_HONOURED.items() if block.has(k)]
     if flavor == "pjreddie":
-        found.append(("classes", "the loss follows AlexeyAB's forward_region_layer; pjreddie's "
+        found.append((None, "its loss follows AlexeyAB's forward_region_layer; pjreddie's "
                       "[region] loss (other layout and activations) is not reproduced"))
     layer.unhonoured_keys = found
 
@@ -106,10 +106,7 @@ def configure_detection(block: Block, layer, side: int, num: int, coords: int) -
                                           "object_scale", "noobject_scale", "class_scale",
                                           "max")}
     layer.side, layer.num, layer.coords = side, num, coords
-    found = []
-    if block.has("reorg"):
-        found.append(("reorg", "Darknet's [detection] forward does not use it either"))
-    layer.unhonoured_keys = found
+    layer.unhonoured_keys = []  # (`reorg` is parsed but unused by Darknet's forward too)
 
 
 # -- shared helpers --------------------------------------------------------------------------------
@@ -117,8 +114,15 @@ def configure_detection(block: Block, layer, side: int, num: int, coords: int) -
 def _finish(x: torch.Tensor, delta: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
     """Surrogate with gradient -delta/N, whose value is Darknet's cost / N."""
     n = x.shape[0]
-    surrogate = -(delta.detach() * x).sum() / n
+    surrogate = -(delta.detach() * x).sum(dtype=delta.dtype) / n
     return surrogate + (cost.detach().to(surrogate.dtype) / n - surrogate.detach())
+
+
+def _work(x: torch.Tensor) -> torch.Tensor:
+    """The head input, detached, in at least float32 (AMP gives half precision: IoUs and
+    thresholds need float32, as in Darknet)."""
+    x = x.detach()
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _alive(truth: torch.Tensor, max_boxes: int) -> tuple[torch.Tensor, int]:
@@ -273,19 +277,18 @@ def yolo_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> tor
     n, entries, classes = layer.n, layer.entries, layer.classes
     batch, _, lh, lw = x.shape
     net_w, net_h = _net_size(layer, lw, lh)
-    dt, dev = x.dtype, x.device
+    xd = _work(x)
+    dt, dev = xd.dtype, x.device
+    smooth = cfg["objectness_smooth"]
     with torch.no_grad():
-        v = x.detach().reshape(batch, n, entries, lh, lw)
-        out = _yolo_activate(layer, v, gaussian)
+        v = xd.reshape(batch, n, entries, lh, lw)
+        out = layer.forward(xd).view_as(v)  # the layer output Darknet's deltas use
         mask = torch.tensor(layer.mask, device=dev)
         anchors = torch.tensor(layer.anchors, dtype=dt, device=dev).view(-1, 2)
         aw = anchors[mask, 0].view(1, n, 1, 1)
         ah = anchors[mask, 1].view(1, n, 1, 1)
-        col = torch.arange(lw, device=dev, dtype=dt).view(1, 1, 1, lw)
-        row = torch.arange(lh, device=dev, dtype=dt).view(1, 1, lh, 1)
-        ix, iy, iw, ih = (0, 2, 4, 6) if gaussian else (0, 1, 2, 3)
-        pred = torch.stack(_yolo_box(layer, out, v, ix, iy, iw, ih, aw, ah, col, row, lw, lh,
-                                     net_w, net_h), -1)  # (B, n, H, W, 4)
+        pred = torch.stack(_yolo_box(layer, out, v, gaussian, aw, ah, lw, lh, net_w, net_h,
+                                     cfg["yolo_point"]), -1)  # (B, n, H, W, 4)
         obj_e = box_n
         p_obj = out[:, :, obj_e]
         p_obj = torch.where(torch.isfinite(p_obj), p_obj, torch.zeros_like(p_obj))
@@ -293,14 +296,16 @@ def yolo_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> tor
         alive, m_used = _alive(truth, cfg["max"])
         t = truth[:, :m_used].to(dev, dt)
         alive = alive[:, :m_used].to(dev)
-        cls_id = t[..., 4].long() if m_used else torch.zeros(batch, 0, dtype=torch.long,
-                                                             device=dev)
+        cls_id = t[..., 4].long()
         usable = alive & (cls_id >= 0) & (cls_id < classes)
         cm_all = (torch.tensor(cfg["class_multipliers"], dtype=dt, device=dev)
                   if cfg["class_multipliers"] else None)
+        # deltas are built slot-major (B, n, H, W, entries): one row per (image, anchor, cell)
+        dl = torch.zeros(batch, n, lh, lw, entries, dtype=dt, device=dev)
+        flat = dl.view(-1, entries)
+        out_flat = out.permute(0, 1, 3, 4, 2).reshape(-1, entries)
+        on = cfg["obj_norm"]
 
-        delta = torch.zeros_like(v)
-        on, tn = cfg["obj_norm"], cfg["truth_thresh"]
         # Phase A: every prediction against every truth
         if m_used:
             ious = box_iou(pred.unsqueeze(4), t[:, None, None, None, :, :4])
@@ -310,41 +315,39 @@ def yolo_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> tor
             best_iou = torch.zeros_like(p_obj)
             best_t = torch.zeros_like(p_obj, dtype=torch.long)
         if cfg["pjreddie"]:  # pjreddie's ignore test has no class condition
-            best_match = best_iou
-        else:
+            best_match, match_t = best_iou, best_t
+        else:  # only predictions with any class > 0.25 count (compare_yolo_class)
             any_cls = (p_cls > 0.25).any(2)
             best_match = torch.where(any_cls, best_iou, torch.zeros_like(best_iou))
+            match_t = best_t
         d_obj = on * (0 - p_obj)
         ignore = best_match > cfg["ignore_thresh"]
-        if cfg["objectness_smooth"]:
+        if smooth and gaussian:
+            d_obj = torch.where(ignore, on * (best_match ** 2 - p_obj), d_obj)
+        elif smooth:
             d_obj = torch.where(ignore, torch.maximum(d_obj, on * (best_match - p_obj)), d_obj)
         else:
             d_obj = torch.where(ignore, torch.zeros_like(d_obj), d_obj)
-        if gaussian and cfg["objectness_smooth"]:
-            _gaussian_ignore_classes(delta, ignore, best_match, best_t, t, p_cls, obj_e, cfg)
-
-        # assignments (b, m, j, i, t, order): Phase A truth_thresh ones come first (order -1)
-        hit = (best_iou > tn) & (m_used > 0)
+        hit = (best_iou > cfg["truth_thresh"]) & (m_used > 0)
+        if smooth:
+            d_obj = torch.where(hit, on * (best_iou ** 2 - p_obj), d_obj)
+        else:
+            d_obj = torch.where(hit, on * (1 - p_obj), d_obj)
         a_b, a_m, a_j, a_i = hit.nonzero(as_tuple=True)
         a_t = best_t[a_b, a_m, a_j, a_i]
-        if cfg["objectness_smooth"]:
-            d_obj[hit] = on * (best_iou[hit] ** 2 - p_obj[hit])
-        else:
-            d_obj[hit] = on * (1 - p_obj[hit])
 
         # Phase B: every truth at its cell, its best anchor (of all num) and iou_thresh extras
         b_b, b_t, b_m = _yolo_matches(layer, t, usable, anchors, net_w, net_h, cfg)
-        b_i = (t[b_b, b_t, 0] * lw).long().clamp(0, lw - 1)
-        b_j = (t[b_b, b_t, 1] * lh).long().clamp(0, lh - 1)
+        b_i, b_j = _truth_cell(t[b_b, b_t], lw, lh, cfg["yolo_point"] if gaussian else "center")
 
-        all_b = torch.cat([a_b, b_b])
-        all_m = torch.cat([a_m, b_m])
-        all_j = torch.cat([a_j, b_j])
-        all_i = torch.cat([a_i, b_i])
+        # every assignment (image, slot, truth) in Darknet's order: key -1 = Phase A
+        # truth_thresh, 2t = Phase B truth t (its own class write), see _class_deltas
+        all_b, all_m = torch.cat([a_b, b_b]), torch.cat([a_m, b_m])
+        all_j, all_i = torch.cat([a_j, b_j]), torch.cat([a_i, b_i])
         all_t = torch.cat([a_t, b_t])
-        order = torch.cat([torch.full_like(a_t, -1), b_t])
-        phase_b = torch.cat([torch.zeros_like(a_t, dtype=torch.bool),
-                             torch.ones_like(b_t, dtype=torch.bool)])
+        key = torch.cat([torch.full_like(a_t, -2), 2 * b_t])
+        phase_b = key >= 0
+        slot = ((all_b * n + all_m) * lh + all_j) * lw + all_i
         tbox = t[all_b, all_t, :4]
         tcls = cls_id[all_b, all_t]
         cm = cm_all[tcls] if cm_all is not None else torch.ones_like(tbox[:, 0])
@@ -352,93 +355,130 @@ def yolo_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> tor
         raw = v[all_b, all_m, :, all_j, all_i]  # (A, entries)
         outa = out[all_b, all_m, :, all_j, all_i]
         a_aw, a_ah = aw.view(-1)[all_m], ah.view(-1)[all_m]
-        stat_iou = box_iou(pbox, tbox)
-        stat_giou = box_giou(pbox, tbox)
 
         # box deltas accumulate (+=) over every assignment of a slot
         if gaussian:
-            dbox = _gaussian_box_delta(cfg, layer, pbox, tbox, raw, outa, all_i, all_j, lw, lh,
-                                       net_w, net_h, a_aw, a_ah, cm)
+            dbox, stat_iou = _gaussian_box_delta(cfg, pbox, tbox, raw, outa, all_i, all_j, lw,
+                                                 lh, net_w, net_h, a_aw, a_ah, cm)
         else:
             dbox = _yolo_box_delta(cfg, layer, pbox, tbox, raw, outa, all_i, all_j, lw, lh,
                                    net_w, net_h, a_aw, a_ah, cm)
-        slot = ((all_b * n + all_m) * lh + all_j) * lw + all_i
-        slots = batch * n * lh * lw
-        box_view = delta[:, :, :box_n].permute(0, 1, 3, 4, 2).reshape(-1, box_n)
+            stat_iou = box_iou(pbox, tbox)
+        stat_giou = box_giou(pbox, tbox)
         if cfg["pjreddie"]:  # pjreddie's delta_yolo_box assigns: the last truth wins
-            last = _pick(slot, order, slots, "amax")
-            box_view[slot[last]] = dbox[last].to(dt)
+            last = _pick(slot, key, "amax")
+            flat[slot[last], :box_n] = dbox[last].to(dt)
         else:
-            box_view.index_add_(0, slot, dbox.to(dt))
-        delta[:, :, :box_n] = box_view.view(batch, n, lh, lw, box_n).permute(0, 1, 4, 2, 3)
+            flat[:, :box_n].index_add_(0, slot, dbox.to(dt))
 
-        # objectness of Phase B slots: the last truth's value (with objectness_smooth: only
-        # where it is still exactly 0, i.e. the first truth's)
-        d_obj_flat = d_obj.reshape(-1)
+        # objectness of Phase B slots: the last truth's value ([yolo] with objectness_smooth:
+        # only where it is still exactly 0, i.e. the first truth's)
+        dl[..., obj_e] = d_obj
         p_obj_flat = p_obj.reshape(-1)
-        if len(b_t):
-            sb = slot[phase_b]
-            cmb = cm[phase_b]
-            keys = order[phase_b]
-            if cfg["objectness_smooth"]:
-                first = _pick(sb, keys, slots, "amin")
+        if bool(phase_b.any()):
+            sb, cmb, kb = slot[phase_b], cm[phase_b], key[phase_b]
+            if smooth and not gaussian:
+                first = _pick(sb, kb, "amin")
                 s_first = sb[first]
-                zero = d_obj_flat[s_first] == 0
+                zero = flat[s_first, obj_e] == 0
                 vals = cmb[first] * on * (1 - p_obj_flat[s_first])
-                d_obj_flat[s_first[zero]] = vals[zero]
+                flat[s_first[zero], obj_e] = vals[zero]
             else:
-                last = _pick(sb, keys, slots, "amax")
-                d_obj_flat[sb[last]] = cmb[last] * on * (1 - p_obj_flat[sb[last]])
-        delta[:, :, obj_e] = d_obj_flat.view(batch, n, lh, lw)
+                last = _pick(sb, kb, "amax")
+                flat[sb[last], obj_e] = cmb[last] * on * (1 - p_obj_flat[sb[last]])
 
-        # classes: the first assignment of a slot writes every class; later ones (multi-label)
-        # only their own class, to (y_true - p) * cm
-        if len(all_t):
-            cls_view = delta[:, :, obj_e + 1:].permute(0, 1, 3, 4, 2).reshape(-1, classes)
-            pc_view = p_cls.permute(0, 1, 3, 4, 2).reshape(-1, classes)
-            first = _pick(slot, order, slots, "amin")
-            sf, cf = slot[first], tcls[first]
-            pf = pc_view[sf]
-            eps = cfg["smooth_eps"]
-            onehot = torch.nn.functional.one_hot(cf, classes).to(dt)
-            if cfg["focal"]:
-                pt = pf.gather(1, cf[:, None]) + 1e-15
-                grad = -(1 - pt) * (2 * pt * torch.log(pt) + pt - 1)
-                full = (onehot - pf) * (0.5 * grad)
-            else:
-                y = onehot * (1 - eps) + 0.5 * eps if eps else onehot
-                full = y - pf
-                if cm_all is not None:
-                    full = full * (1 + onehot * (cm[first][:, None] * cfg["cls_norm"] - 1))
-            if cfg["objectness_smooth"]:  # a truth_thresh slot: class target iou²
-                was_a = ~phase_b[first]
-                if was_a.any():
-                    sa = sf[was_a]
-                    iou2 = best_iou.reshape(-1)[sa] ** 2
-                    ca = cf[was_a]
-                    full[was_a, ca] = cm[first][was_a] * (iou2 - pc_view[sa, ca])
-            cls_view[sf] = full
-            later = torch.ones_like(slot, dtype=torch.bool)
-            later[first] = False
-            if later.any():
-                sl, cl = slot[later], tcls[later]
-                y_true = 1 * (1 - eps) + 0.5 * eps if eps else 1.0
-                cls_view[sl, cl] = (y_true - pc_view[sl, cl]) * cm[later]
-            delta[:, :, obj_e + 1:] = cls_view.view(batch, n, lh, lw, classes).permute(
-                0, 1, 4, 2, 3)
+        # class deltas
+        c_slot, c_cls, c_key, c_cm = slot, tcls, key, cm
+        over = None
+        if smooth and len(a_t):  # truth_thresh slots: the true class targets iou²
+            sa = slot[~phase_b]
+            over = (sa, tcls[~phase_b], key[~phase_b] + 1, cm[~phase_b],
+                    best_iou.reshape(-1)[sa] ** 2)
+        if gaussian and smooth:  # ignored slots also get class deltas (class of the match)
+            g_b, g_m, g_j, g_i = ignore.nonzero(as_tuple=True)
+            g_t = match_t[g_b, g_m, g_j, g_i]
+            g_slot = ((g_b * n + g_m) * lh + g_j) * lw + g_i
+            g_cls = cls_id[g_b, g_t]
+            g_cm = cm_all[g_cls] if cm_all is not None else torch.ones_like(g_slot, dtype=dt)
+            c_slot, c_cls = torch.cat([g_slot, c_slot]), torch.cat([g_cls, c_cls])
+            c_key = torch.cat([torch.full_like(g_slot, -4), c_key])
+            c_cm = torch.cat([g_cm, c_cm])
+        _class_deltas(flat[:, obj_e + 1:], out_flat[:, obj_e + 1:], c_slot, c_cls, c_key, c_cm,
+                      over, cfg,
+                      focal=cfg["focal"] and not gaussian, cls_norm=cfg["cls_norm"],
+                      multipliers=cm_all is not None)
 
-        # Phase C (iou_thresh < 1): average a slot's box delta over its positive classes
-        if cfg["iou_thresh"] < 1:
-            k = (delta[:, :, obj_e + 1:] > 0).sum(2, keepdim=True).to(dt)
-            divide = (delta[:, :, obj_e:obj_e + 1] != 0) & (k > 0)
-            delta[:, :, :4] = delta[:, :, :4] / torch.where(divide, k, torch.ones_like(k))
+        # Phase C: average a slot's box delta over its positive classes ([yolo]: only with
+        # iou_thresh < 1 and a nonzero objectness delta; [Gaussian_yolo]: always)
+        if (gaussian or cfg["iou_thresh"] < 1) and len(slot):  # (other slots have no classes)
+            us = torch.unique(c_slot)
+            rows = flat[us]
+            k = (rows[:, obj_e + 1:] > 0).sum(1, keepdim=True).to(dt)
+            divide = k > 0
+            if not gaussian:
+                divide &= rows[:, obj_e:obj_e + 1] != 0
+            flat[us, :box_n] = rows[:, :box_n] / torch.where(divide, k, torch.ones_like(k))
 
         count = int(phase_b.sum())
-        stats, cost = _yolo_cost(delta, cfg, box_n, obj_e, stat_iou[phase_b],
-                                 stat_giou[phase_b], count, batch)
+        delta = dl.permute(0, 1, 4, 2, 3)  # Darknet's layout (a view)
+        if gaussian:
+            stats, cost = _gaussian_cost(dl, obj_e, stat_iou[phase_b], outa[phase_b],
+                                         tcls[phase_b], p_obj, count, batch)
+        else:
+            stats, cost = _yolo_cost(dl, cfg, obj_e, stat_iou[phase_b], stat_giou[phase_b],
+                                     count, batch)
+            # what Darknet's commented-out line would print (Obj, No Obj, class prob)
+            hit_b = outa[phase_b]
+            stats["avg_obj"] = float(hit_b[:, obj_e].double().mean()) if count else 0.0
+            stats["avg_noobj"] = float(p_obj.double().mean())
+            stats["avg_class"] = float(hit_b[torch.arange(count, device=dev),
+                                             obj_e + 1 + tcls[phase_b]].double().mean()) \
+                if count else 0.0
         layer.loss_stats = stats
         layer.last_delta = delta
     return _finish(x, delta.reshape(x.shape), cost)
+
+
+def _class_deltas(cls_view, pc_view, slot, cls, key, cm, over, cfg, focal, cls_norm,
+                  multipliers):
+    """delta_yolo_class over all assignments in Darknet's order (`key`), on the slot-major
+    (slots, classes) delta and output views: a slot's first assignment writes every class
+    (smoothed labels, or focal); each later one (multi-label) only its own class, to
+    (y_true - p)·cm; `over` = (slot, class, key, cm, target): extra writes cm·(target - p)
+    (objectness_smooth at truth_thresh slots). Per entry the last write (largest key) wins."""
+    if not len(slot):
+        return
+    classes = cls_view.shape[1]
+    dt = cls_view.dtype
+    first = _pick(slot, key, "amin")
+    sf, cf = slot[first], cls[first]
+    pf = pc_view[sf]
+    eps = cfg["smooth_eps"]
+    onehot = torch.nn.functional.one_hot(cf, classes).to(dt)
+    if focal:
+        pt = pf.gather(1, cf[:, None]) + 1e-15
+        grad = -(1 - pt) * (2 * pt * torch.log(pt) + pt - 1)
+        full = (onehot - pf) * (0.5 * grad)
+    else:
+        y = onehot * (1 - eps) + 0.5 * eps if eps else onehot
+        full = y - pf
+        if multipliers:
+            full = full * (1 + onehot * (cm[first][:, None] * cls_norm - 1))
+    cls_view[sf] = full
+    # single-class writes: later assignments, then the objectness_smooth overrides
+    later = torch.ones_like(slot, dtype=torch.bool)
+    later[first] = False
+    y_true = (1 - eps) + 0.5 * eps if eps else 1.0
+    w_slot, w_cls, w_key = slot[later], cls[later], key[later]
+    w_val = (y_true - pc_view[w_slot, w_cls]) * cm[later]
+    if over is not None:
+        o_slot, o_cls, o_key, o_cm, o_target = over
+        w_slot, w_cls = torch.cat([w_slot, o_slot]), torch.cat([w_cls, o_cls])
+        w_key = torch.cat([w_key, o_key])
+        w_val = torch.cat([w_val, o_cm * (o_target - pc_view[o_slot, o_cls])])
+    if len(w_slot):
+        last = _pick(w_slot * classes + w_cls, w_key, "amax")
+        cls_view[w_slot[last], w_cls[last]] = w_val[last].to(dt)
 
 
 def _net_size(layer, lw: int, lh: int) -> tuple[int, int]:
@@ -450,12 +490,11 @@ def _net_size(layer, lw: int, lh: int) -> tuple[int, int]:
     return net_w, net_h
 
 
-def _yolo_activate(layer, v: torch.Tensor, gaussian: bool) -> torch.Tensor:
-    """The layer output in training (what Darknet's deltas are written against)."""
-    return layer.forward(v.reshape(v.shape[0], -1, v.shape[3], v.shape[4])).view_as(v)
-
-
-def _yolo_box(layer, out, v, ix, iy, iw, ih, aw, ah, col, row, lw, lh, net_w, net_h):
+def _yolo_box(layer, out, v, gaussian, aw, ah, lw, lh, net_w, net_h, point):
+    """get_yolo_box / get_gaussian_yolo_box for every slot: (bx, by, bw, bh), relative."""
+    ix, iy, iw, ih = (0, 2, 4, 6) if gaussian else (0, 1, 2, 3)
+    col = torch.arange(lw, device=v.device, dtype=v.dtype).view(1, 1, 1, lw)
+    row = torch.arange(lh, device=v.device, dtype=v.dtype).view(1, 1, lh, 1)
     bx = (col + out[:, :, ix]) / lw
     by = (row + out[:, :, iy]) / lh
     if layer.new_coords:
@@ -464,16 +503,32 @@ def _yolo_box(layer, out, v, ix, iy, iw, ih, aw, ah, col, row, lw, lh, net_w, ne
     else:
         bw = torch.exp(v[:, :, iw]) * aw / net_w
         bh = torch.exp(v[:, :, ih]) * ah / net_h
+    if point in ("left_top", "right_bottom"):  # [Gaussian_yolo] yolo_point
+        sign = 1 if point == "left_top" else -1
+        bx, by = bx + sign * bw / 2, by + sign * bh / 2
     return bx, by, bw, bh
 
 
-def _pick(slot: torch.Tensor, key: torch.Tensor, slots: int, how: str) -> torch.Tensor:
-    """Indices of the assignment with the smallest/largest `key` per slot (one per slot)."""
-    best = torch.full((slots,), -2 if how == "amax" else 1 << 40, dtype=key.dtype,
-                      device=key.device)
-    best.scatter_reduce_(0, slot, key, how, include_self=True)
-    # a slot is never assigned twice with the same key (one truth, one slot)
-    return (key == best[slot]).nonzero(as_tuple=True)[0]
+def _truth_cell(tb: torch.Tensor, lw: int, lh: int, point: str):
+    """The cell (i, j) a truth is assigned to: its centre's, or a corner's (yolo_point)."""
+    x, y = tb[:, 0], tb[:, 1]
+    if point in ("left_top", "right_bottom"):
+        sign = -1 if point == "left_top" else 1
+        x, y = x + sign * tb[:, 2] / 2, y + sign * tb[:, 3] / 2
+    i = (x * lw).clamp(0, lw - 1).long()
+    j = (y * lh).clamp(0, lh - 1).long()
+    return i, j
+
+
+def _pick(slot: torch.Tensor, key: torch.Tensor, how: str) -> torch.Tensor:
+    """Indices of the assignment with the smallest/largest `key` per slot (one per slot: a slot
+    is never assigned twice with the same key)."""
+    if not len(slot):
+        return slot
+    uniq, inverse = torch.unique(slot, return_inverse=True)
+    best = torch.zeros(len(uniq), dtype=key.dtype, device=key.device)
+    best.scatter_reduce_(0, inverse, key, how, include_self=False)
+    return (key == best[inverse]).nonzero(as_tuple=True)[0]
 
 
 def _yolo_matches(layer, t, usable, anchors, net_w, net_h, cfg):
@@ -536,9 +591,11 @@ def _yolo_box_delta(cfg, layer, pbox, tbox, raw, outa, i, j, lw, lh, net_w, net_
     return g
 
 
-def _yolo_cost(delta, cfg, box_n, obj_e, ious, gious, count, batch):
-    total = (delta.double() ** 2).sum()
-    nonbox = (delta[:, :, obj_e:].double() ** 2).sum()
+def _yolo_cost(dl, cfg, obj_e, ious, gious, count, batch):
+    """l.cost and the printed line; `dl` is the slot-major delta (entries last)."""
+    sq = dl * dl
+    total = sq.sum(dtype=torch.float64)
+    nonbox = sq[..., obj_e:].sum(dtype=torch.float64)
     class_loss = cfg["obj_norm"] * nonbox
     if cfg["kind"] == "mse" or not cfg["show_details"]:
         cost = total
@@ -560,10 +617,297 @@ def _yolo_cost(delta, cfg, box_n, obj_e, ious, gious, count, batch):
 
 # -- [Gaussian_yolo] (DETECTION.md §3.10) ----------------------------------------------------------
 
-def _gaussian_ignore_classes(delta, ignore, best_match, best_t, t, p_cls, obj_e, cfg):
-    raise NotImplementedError
+def _gaussian_box_delta(cfg, pbox, tbox, raw, outa, i, j, lw, lh, net_w, net_h, a_aw, a_ah, cm):
+    """delta_gaussian_yolo_box per assignment: (A, 8) in entry order (x, σx, y, σy, w, σw, h,
+    σh), and the IoU it reports (GIoU for the IoU family)."""
+    point = cfg["yolo_point"]
+    scale = 2 - tbox[:, 2] * tbox[:, 3]
+    tx, ty = tbox[:, 0], tbox[:, 1]
+    if point in ("left_top", "right_bottom"):
+        sign = -1 if point == "left_top" else 1
+        tx, ty = tx + sign * tbox[:, 2] / 2, ty + sign * tbox[:, 3] / 2
+    target = torch.stack([tx * lw - i, ty * lh - j, torch.log(tbox[:, 2] * net_w / a_aw),
+                          torch.log(tbox[:, 3] * net_h / a_ah)], -1)
+    mu, sigma = outa[:, [0, 2, 4, 6]], outa[:, [1, 3, 5, 7]]
+    z = (target - mu) / sigma
+    pdf = torch.exp(z * z * -0.5) / (math.sqrt(2 * math.pi) * (sigma + 0.3))
+    temp = 0.5 / (pdf + 1e-9) * pdf * scale[:, None]
+    d_mu = temp * z / sigma
+    d_sigma = temp * (z * z / sigma - 1 / (sigma + 0.3))
+    if cfg["kind"] == "mse":
+        reported = box_iou(pbox, tbox)
+    else:
+        reported = box_giou(pbox, tbox)
+        p = pbox.clone()
+        p[:, 2:] = torch.where(p[:, 2:] == 0, torch.ones_like(p[:, 2:]), p[:, 2:])
+        g = dx_box_iou(p, tbox, cfg["kind"])
+        gx, gy, gw, gh = g.unbind(-1)
+        if point in ("left_top", "right_bottom"):
+            sign = -1 if point == "left_top" else 1
+            gx, gy = gx + sign * gw / 2, gy + sign * gh / 2
+        d_mu = torch.stack([gx, gy, gw * torch.exp(raw[:, 4]), gh * torch.exp(raw[:, 6])], -1)
+    d_mu = _finite(d_mu * (cfg["iou_norm"] * cm)[:, None])
+    d_sigma = _finite(d_sigma * cfg["uc_norm"])
+    if cfg["max_delta"] is not None:
+        d_mu = d_mu.clamp(-cfg["max_delta"], cfg["max_delta"])
+        d_sigma = d_sigma.clamp(-cfg["max_delta"], cfg["max_delta"])
+    return torch.stack([d_mu, d_sigma], -1).reshape(-1, 8), reported
 
 
-def _gaussian_box_delta(cfg, layer, pbox, tbox, raw, outa, i, j, lw, lh, net_w, net_h, a_aw,
-                        a_ah, cm):
-    raise NotImplementedError
+def _gaussian_cost(dl, obj_e, ious, outa, tcls, p_obj, count, batch):
+    sq = dl * dl
+    total = float(sq.sum(dtype=torch.float64))
+    class_loss = float(sq[..., obj_e:].sum(dtype=torch.float64))
+    # Darknet's "uncertainty" split zeroes entries 4..7 (the w/h mean and sigma), not the sigmas
+    except_uc = total - float(sq[..., 4:8].sum(dtype=torch.float64))
+    avg_cat = float(outa[torch.arange(len(tcls)), obj_e + 1 + tcls].double().sum()) \
+        if count else 0.0
+    stats = {
+        "avg_iou": float(ious.double().sum()) / count if count else 0.0,
+        "count": count,
+        "avg_class": avg_cat / count if count else 0.0,
+        "avg_obj": float(outa[:, obj_e].double().sum()) / count if count else 0.0,
+        "avg_noobj": float(p_obj.double().mean()),
+        "recall50": float((ious > 0.5).sum()) / count if count else 0.0,
+        "recall75": float((ious > 0.75).sum()) / count if count else 0.0,
+        "class_loss": class_loss / batch,
+        "iou_loss": (except_uc - class_loss) / batch,
+        "uc_loss": (total - except_uc) / batch,
+        "total_loss": total / batch,
+        "cost": total,
+    }
+    return stats, torch.as_tensor(total, dtype=torch.float64)
+
+
+# -- [region] (YOLOv2, DETECTION.md §4) ------------------------------------------------------------
+
+def region_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> torch.Tensor:
+    """AlexeyAB's forward_region_layer. Its deltas are true negative gradients with respect to
+    the raw input (sigma' applied, softmax + cross-entropy on the classes)."""
+    cfg = layer.loss_cfg
+    n, k, classes, entries = layer.n, layer.coords, layer.classes, layer.entries
+    batch, _, lh, lw = x.shape
+    xd = _work(x)
+    dt, dev = xd.dtype, x.device
+    with torch.no_grad():
+        v = xd.reshape(batch, n, entries, lh, lw)
+        out = layer.forward(xd).view_as(v)  # sigma on obj, softmax on the classes
+        anchors = torch.tensor(layer.anchors[:2 * n], dtype=dt, device=dev).view(n, 2)
+        aw, ah = anchors[:, 0].view(1, n, 1, 1), anchors[:, 1].view(1, n, 1, 1)
+        col = torch.arange(lw, device=dev, dtype=dt).view(1, 1, 1, lw)
+        row = torch.arange(lh, device=dev, dtype=dt).view(1, 1, lh, 1)
+        sx, sy = torch.sigmoid(v[:, :, 0]), torch.sigmoid(v[:, :, 1])
+        pred = torch.stack([(col + sx) / lw, (row + sy) / lh, torch.exp(v[:, :, 2]) * aw / lw,
+                            torch.exp(v[:, :, 3]) * ah / lh], -1)  # (B, n, H, W, 4)
+        p_obj = out[:, :, k]
+        p_cls = out[:, :, k + 1:]
+        obj_grad = p_obj * (1 - p_obj)
+        alive, m_used = _alive(truth, int(cfg.get("max", 200)))
+        t = truth[:, :m_used].to(dev, dt)
+        alive = alive[:, :m_used].to(dev)
+        cls_id = t[..., 4].long()
+        usable = alive & (cls_id >= 0) & (cls_id < classes)
+        delta = torch.zeros_like(v)
+
+        # every slot: no-object objectness, ignored above thresh; classfix
+        if m_used:
+            ious = box_iou(pred.unsqueeze(4), t[:, None, None, None, :, :4])
+            ious = torch.where(usable[:, None, None, None, :], ious, torch.zeros_like(ious))
+            best_iou, best_t = ious.max(4)
+        else:
+            best_iou = torch.zeros_like(p_obj)
+            best_t = torch.zeros_like(p_obj, dtype=torch.long)
+        noobj = cfg["noobject_scale"]
+        class_scale = cfg["class_scale"]
+        avg_cat, class_count = 0.0, 0
+        if cfg["classfix"] == -1:
+            delta[:, :, k] = noobj * (best_iou - p_obj) * obj_grad
+        else:
+            above = best_iou > cfg["thresh"]
+            delta[:, :, k] = torch.where(above, torch.zeros_like(p_obj),
+                                         noobj * (0 - p_obj) * obj_grad)
+            if cfg["classfix"] > 0 and bool(above.any()):
+                fb, fm, fj, fi = above.nonzero(as_tuple=True)
+                fc = cls_id[fb, best_t[fb, fm, fj, fi]]
+                scale = class_scale * (p_obj[fb, fm, fj, fi] if cfg["classfix"] == 2 else 1.0)
+                d, cat = _region_class(p_cls[fb, fm, :, fj, fi], fc, scale, cfg["focal_loss"])
+                delta[fb, fm, k + 1:, fj, fi] = d
+                avg_cat, class_count = avg_cat + cat, class_count + len(fb)
+        if seen < 12800:  # the prior: every box pulled to its anchor at the cell centre
+            delta[:, :, 0] = 0.01 * (0.5 - sx) * sx * (1 - sx)
+            delta[:, :, 1] = 0.01 * (0.5 - sy) * sy * (1 - sy)
+            delta[:, :, 2] = 0.01 * (0 - v[:, :, 2])
+            delta[:, :, 3] = 0.01 * (0 - v[:, :, 3])
+
+        # every truth: its cell, the anchor whose (predicted, or with bias_match the anchor's)
+        # shape fits best; a later truth in the same slot overwrites an earlier one
+        b_b, b_t = usable.nonzero(as_tuple=True)
+        tb = t[b_b, b_t]
+        i = (tb[:, 0] * lw).long().clamp(0, lw - 1)
+        j = (tb[:, 1] * lh).long().clamp(0, lh - 1)
+        if cfg["bias_match"]:
+            shapes = (anchors / torch.tensor([lw, lh], dtype=dt, device=dev))[None].expand(
+                len(b_b), n, 2)
+        else:
+            shapes = pred[b_b, :, j, i, 2:]  # (T, n, 2)
+        zeros = torch.zeros_like(shapes)
+        fit = box_iou(torch.cat([zeros, shapes], -1),
+                      torch.cat([torch.zeros_like(tb[:, None, :2]), tb[:, None, 2:4]], -1))
+        best_n = _first_argmax(fit)
+        ious_t = box_iou(pred[b_b, best_n, j, i], tb[:, :4])
+        count = len(b_b)
+        slot = ((b_b * n + best_n) * lh + j) * lw + i
+        last = _pick(slot, b_t, "amax")
+        lb, ln, lj, li, lt = b_b[last], best_n[last], j[last], i[last], tb[last]
+        cs = cfg["coord_scale"]
+        lsx, lsy = sx[lb, ln, lj, li], sy[lb, ln, lj, li]
+        delta[lb, ln, 0, lj, li] = cs * (lt[:, 0] * lw - li - lsx) * lsx * (1 - lsx)
+        delta[lb, ln, 1, lj, li] = cs * (lt[:, 1] * lh - lj - lsy) * lsy * (1 - lsy)
+        delta[lb, ln, 2, lj, li] = cs * (torch.log(lt[:, 2] * lw / anchors[ln, 0])
+                                         - v[lb, ln, 2, lj, li])
+        delta[lb, ln, 3, lj, li] = cs * (torch.log(lt[:, 3] * lh / anchors[ln, 1])
+                                         - v[lb, ln, 3, lj, li])
+        po = p_obj[lb, ln, lj, li]
+        target = ious_t[last] if cfg["rescore"] else torch.ones_like(po)
+        delta[lb, ln, k, lj, li] = cfg["object_scale"] * (target - po) * po * (1 - po)
+        d, _ = _region_class(p_cls[lb, ln, :, lj, li], lt[:, 4].long(), class_scale,
+                             cfg["focal_loss"])
+        delta[lb, ln, k + 1:, lj, li] = d
+        # statistics of every truth (Darknet prints them per truth, overwritten or not)
+        avg_cat += float(p_cls[b_b, best_n, :, j, i].gather(
+            1, tb[:, 4].long()[:, None]).double().sum()) if count else 0.0
+        class_count += count
+        cost = (delta.double() ** 2).sum()
+        layer.loss_stats = _region_stats(delta, k, ious_t, p_obj[b_b, best_n, j, i], p_obj,
+                                         avg_cat, class_count, count, batch, float(cost))
+        layer.last_delta = delta
+    return _finish(x, delta.reshape(x.shape), cost)
+
+
+def _region_class(p: torch.Tensor, cls: torch.Tensor, scale, focal: bool):
+    """delta_region_class (flat): scale·(onehot - out), focal as in [yolo]; and Σ out[class]."""
+    onehot = torch.nn.functional.one_hot(cls, p.shape[1]).to(p.dtype)
+    scale = torch.as_tensor(scale, dtype=p.dtype, device=p.device)
+    scale = scale[:, None] if scale.dim() else scale
+    d = scale * (onehot - p)
+    if focal:
+        pt = p.gather(1, cls[:, None]) + 1e-15
+        d = d * (0.5 * -(1 - pt) * (2 * pt * torch.log(pt) + pt - 1))
+    return d, float(p.gather(1, cls[:, None]).double().sum()) if len(cls) else 0.0
+
+
+def _region_stats(delta, k, ious, p_obj_t, p_obj, avg_cat, class_count, count, batch, cost):
+    total = float((delta.double() ** 2).sum())
+    box = float((delta[:, :, :k].double() ** 2).sum())
+    return {
+        "avg_iou": float(ious.double().sum()) / count if count else 0.0,
+        "count": count,
+        "avg_class": avg_cat / class_count if class_count else 0.0,
+        "avg_obj": float(p_obj_t.double().sum()) / count if count else 0.0,
+        "avg_noobj": float(p_obj.double().mean()),
+        "avg_recall": float((ious > 0.5).sum()) / count if count else 0.0,
+        "class_loss": (total - box) / batch,
+        "iou_loss": box / batch,
+        "total_loss": total / batch,
+        "cost": cost,
+    }
+
+
+# -- [detection] (YOLOv1, DETECTION.md §5) ---------------------------------------------------------
+
+def detection_truth(truth: torch.Tensor, side: int, classes: int, max_boxes: int = 200):
+    """fill_truth_region: Darknet's per-cell truth grid from box lists. Returns is_obj (N, L),
+    class (N, L; -1 = none or out of range), and (x_off, y_off, w, h) (N, L, 4). Only the first
+    box per cell is kept (Darknet shuffles the boxes first), boxes under .001 are dropped."""
+    batch = truth.shape[0]
+    cells = side * side
+    alive, m_used = _alive(truth, max_boxes)
+    t = truth[:, :m_used]
+    keep = alive[:, :m_used] & (t[..., 2] >= .001) & (t[..., 3] >= .001)
+    b, k = keep.nonzero(as_tuple=True)
+    tb = t[b, k]
+    col = (tb[:, 0] * side).long().clamp(0, side - 1)
+    row = (tb[:, 1] * side).long().clamp(0, side - 1)
+    cell = b * cells + row * side + col
+    first = _pick(cell, k, "amin")
+    cell, tb, col, row = cell[first], tb[first], col[first], row[first]
+    is_obj = torch.zeros(batch * cells, dtype=torch.bool, device=truth.device)
+    cls = torch.full((batch * cells,), -1, dtype=torch.long, device=truth.device)
+    box = torch.zeros(batch * cells, 4, dtype=truth.dtype, device=truth.device)
+    is_obj[cell] = True
+    c = tb[:, 4].long()
+    cls[cell] = torch.where((c >= 0) & (c < classes), c, torch.full_like(c, -1))
+    box[cell] = torch.stack([tb[:, 0] * side - col, tb[:, 1] * side - row, tb[:, 2], tb[:, 3]], -1)
+    return is_obj.view(batch, cells), cls.view(batch, cells), box.view(batch, cells, 4)
+
+
+def detection_loss(layer, x: torch.Tensor, truth: torch.Tensor, seen: int = 0) -> torch.Tensor:
+    """forward_detection_layer: plain deltas on the raw input (after the in-layer softmax of the
+    classes, whose Jacobian Darknet's backward skips)."""
+    cfg = layer.loss_cfg
+    side, n, coords, classes = layer.side, layer.num, layer.coords, layer.classes
+    cells = side * side
+    batch = x.shape[0]
+    xd = _work(x)
+    dt = xd.dtype
+    with torch.no_grad():
+        out = layer.forward(xd).reshape(batch, -1)
+        split, conf_end = cells * classes, cells * (classes + n)
+        p_cls = out[:, :split].view(batch, cells, classes)
+        conf = out[:, split:conf_end].view(batch, cells, n)
+        boxes = out[:, conf_end:].view(batch, cells, n, coords)
+        is_obj, cls, tbox = detection_truth(truth.to(x.device, dt), side, classes,
+                                            int(cfg["max"]))
+        d_cls = torch.zeros_like(p_cls)
+        d_conf = cfg["noobject_scale"] * (0 - conf)
+        d_box = torch.zeros_like(boxes)
+        onehot = torch.zeros_like(p_cls)
+        has_cls = is_obj & (cls >= 0)
+        onehot[has_cls] = torch.nn.functional.one_hot(cls[has_cls], classes).to(dt)
+        d_cls[is_obj] = cfg["class_scale"] * (onehot[is_obj] - p_cls[is_obj])
+
+        ob, oc = is_obj.nonzero(as_tuple=True)
+        tb = tbox[ob, oc]  # (T, 4): x_off, y_off, w, h
+        truth_rel = torch.cat([tb[:, :2] / side, tb[:, 2:]], -1)[:, None]
+        pb = boxes[ob, oc][..., :4]  # (T, n, 4)
+        pb = torch.cat([pb[..., :2] / side,
+                        pb[..., 2:] ** 2 if cfg["sqrt"] else pb[..., 2:]], -1)
+        iou = box_iou(pb, truth_rel)
+        rmse = ((pb - truth_rel) ** 2).sum(-1).sqrt()
+        by_iou = _first_argmax(iou)
+        low = torch.where(rmse < 20, rmse, torch.full_like(rmse, math.inf))
+        by_rmse = torch.where(torch.isfinite(low.min(-1).values), low.argmin(-1),
+                              torch.zeros_like(by_iou))
+        best = torch.where((iou > 0).any(-1), by_iou, by_rmse)
+        if cfg["forced"]:
+            best = torch.where(tb[:, 2] * tb[:, 3] < .1, torch.ones_like(best),
+                               torch.zeros_like(best)).clamp(max=n - 1)
+        if cfg["random"] and seen < 64000:
+            best = torch.randint(0, n, best.shape, device=best.device)
+        rows = torch.arange(len(ob), device=x.device)
+        iou_best = iou[rows, best]
+        c_best = conf[ob, oc, best]
+        target = iou_best if cfg["rescore"] else torch.ones_like(c_best)
+        d_conf[ob, oc, best] = cfg["object_scale"] * (target - c_best)
+        want = torch.cat([tb[:, :2], tb[:, 2:].sqrt() if cfg["sqrt"] else tb[:, 2:]], -1)
+        d_box[ob, oc, best, :4] = cfg["coord_scale"] * (want - boxes[ob, oc, best, :4])
+        delta = torch.cat([d_cls.reshape(batch, -1), d_conf.reshape(batch, -1),
+                           d_box.reshape(batch, -1)], 1)
+        count = len(ob)
+        cost = (delta.double() ** 2).sum()
+        pos_cat = float((p_cls[ob, oc] * onehot[ob, oc]).double().sum())
+        layer.loss_stats = {
+            "avg_iou": float(iou_best.double().sum()) / count if count else 0.0,
+            "count": count,
+            "avg_class": pos_cat / count if count else 0.0,
+            "avg_allcat": float(p_cls[ob, oc].double().sum()) / (count * classes)
+            if count else 0.0,
+            "avg_obj": float(c_best.double().sum()) / count if count else 0.0,
+            "avg_noobj": float(conf.double().mean()),
+            "class_loss": float((delta[:, :conf_end].double() ** 2).sum()) / batch,
+            "iou_loss": float((delta[:, conf_end:].double() ** 2).sum()) / batch,
+            "total_loss": float(cost) / batch,
+            "cost": float(cost),
+        }
+        layer.last_delta = delta
+    return _finish(x, delta.reshape(x.shape), cost)

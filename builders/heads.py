@@ -150,7 +150,6 @@ def _build_yolo(block: Block, ctx: BuildContext, gaussian: bool):
     layer.describe = f"{classes} classes"
     layer.filters = ctx.input.c
     layer.pjreddie = pjreddie
-    layer.takes_loss = not gaussian  # the [Gaussian_yolo] loss lands in a later commit
     head_loss.configure_yolo(block, layer, ctx.net.width, ctx.net.height)
     return layer, ctx.input
 
@@ -176,6 +175,8 @@ class Region(Layer):
     (+ background) or, with softmax=0, logistic on them."""
 
     is_output = True
+    takes_loss = True
+    loss_target = "boxes"
 
     def __init__(self, out: Shape, n: int, coords: int, classes: int, softmax: bool,
                  tree: list[int] | None, tree_error, pjreddie: bool, background: bool):
@@ -252,6 +253,8 @@ class Detection(Layer):
     softmax=1), then side*side*num confidences, then the boxes — those stay raw."""
 
     is_output = True
+    takes_loss = True
+    loss_target = "boxes"
 
     def __init__(self, inputs: int, cells: int, classes: int, softmax: bool):
         super().__init__()

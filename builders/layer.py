@@ -19,7 +19,8 @@ class Layer(nn.Module):
     #: such layers (`Network.loss_layers`).
     takes_loss: bool = False
     #: What its loss compares with, which picks the training task (training.tasks.TASKS):
-    #: "classes" (class indices) or "values" (regression vectors).
+    #: "classes" (class indices), "values" (regression vectors) or "boxes" (detection heads:
+    #: truth (N, M, 5) [x, y, w, h, class], builders/head_loss.py).
     loss_target: str = "values"
 
     def __init__(self) -> None:
@@ -36,7 +37,8 @@ class Layer(nn.Module):
 
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Training loss from this layer's *input* `x` (e.g. logits for [softmax]), mean over the
-        batch. Only layers with `takes_loss = True` implement it."""
+        batch. Only layers with `takes_loss = True` implement it. Detection heads take
+        `(x, truth, seen=0)` instead (loss_target "boxes")."""
         raise NotImplementedError(f"{type(self).__name__} defines no loss")
 
     def darknet_output(self, y: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,7 @@ CODES = {
     "W302": "class count disagrees between heads or with [net]",
     "W303": "shortcut resamples a layer of another size (pjreddie only; AlexeyAB aborts)",
     "W304": "anchors, num and mask disagree (Darknet pads or reads past the anchors)",
+    "W310": "a detection head's loss reads this key but does not honour it",
     "E401": "estimated memory over the limit",
     "E901": "cannot read file",
     "E902": ".weights file size does not match the network",
