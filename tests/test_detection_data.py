@@ -494,8 +494,9 @@ def test_settings_come_from_net_and_the_last_head(tmp_path):
     s = DetectionSettings.from_network(net)
     assert (s.mix, s.hue, s.exposure, s.resize_step) == (MOSAIC, 0.2, 1.0, 16)
     assert (s.jitter, s.random, s.max_boxes, s.resize, s.classes) == (0.1, 1.0, 50, 1.5, 2)
-    with pytest.raises(CfgError, match="letter_box=1 cannot be combined with mosaic=1"):
-        DetectionSettings.from_network(detector(tmp_path, net="mosaic=1\nletter_box=1"))
+    both = DetectionSettings.from_network(detector(tmp_path, net="mosaic=1\nletter_box=1"))
+    assert both.mix == MOSAIC and both.letter_box  # as yolov4-csp.cfg: applied, with a warning
+    assert len(both.notes) == 1 and "warning[W305]: letter_box=1 with mosaic=1" in both.notes[0]
 
 
 def test_pad_truth_and_letterbox_layout():

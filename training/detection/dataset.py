@@ -261,7 +261,8 @@ def embedded_detection(settings: DetectionSettings, seed: int, classes: int | No
                    f"{s.channels}, {train_size} train / {val_size} val images of 1-4 objects, "
                    f"seed {seed}; augment: {', '.join(s.honoured()) or 'none'}")
     return DetectionSplits(DetectionTrain(train_src, s, seed), DetectionEval(val_src, s),
-                           collate, train_src.names, description, s, embedded=True)
+                           collate, train_src.names, description, s, embedded=True,
+                           warnings=list(s.notes))
 
 
 def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> DetectionSplits:
@@ -272,7 +273,7 @@ def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> Det
                                   hint=f"set classes={data.classes} in every [yolo] (and the "
                                   "filters before it) or fix the .data file"))
     train_labels = validate_labels(data.train_labels, data.classes)
-    warnings = [w for w in [train_labels.warning("train images")] if w]
+    warnings = list(settings.notes) + [w for w in [train_labels.warning("train images")] if w]
     if data.valid_is_train:
         valid_paths, valid_labels = data.train, train_labels
     else:
