@@ -507,3 +507,35 @@ def test_pad_truth_and_letterbox_layout():
     assert boxed.shape == (3, 32, 32)
     assert boxed[:, :8].eq(0.5).all() and boxed[:, 24:].eq(0.5).all()
     torch.testing.assert_close(boxed[:, 8:24], torch.ones(3, 16, 32))
+
+
+def test_batches_leave_the_global_random_state_alone():
+    ds = embedded_train()
+    torch.manual_seed(11)
+    want = torch.rand(3)
+    torch.manual_seed(11)
+    ds_batches(ds, 0, 2)
+    assert torch.equal(torch.rand(3), want)  # resume restores the RNG: the loader must not use it
+
+
+def test_grey_images_take_exposure_only():
+    s = DetectionSettings(32, 32, channels=1, classes=2, jitter=0.2, hue=0.1, saturation=1.5,
+                          exposure=1.5)
+    img, box = rect_image(40, 40, np.random.default_rng(0))
+    out = augment(img[:1], box, 32, 32, s, np.random.default_rng(0))
+    assert out.image.shape == (1, 32, 32)
+    assert_boxes_cover_pixels(out.image, out.boxes)
+
+
+def test_difficult_list_is_read_parallel_to_valid(tmp_path):
+    path = make_data_set(tmp_path / "set")
+    (tmp_path / "set" / "hard").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "set" / "hard" / f"{i}.jpg")
+    (tmp_path / "set" / "hard" / "1.txt").write_text("1 0.3 0.3 0.1 0.1\n")
+    (tmp_path / "set" / "difficult.txt").write_text("".join(f"hard/{i}.jpg\n" for i in range(3)))
+    with open(path, "a") as fh:
+        fh.write("difficult=difficult.txt\n")
+    splits = detection_datasets(detector(tmp_path), str(path), seed=0)
+    assert [len(b) for b in splits.difficult] == [0, 1, 0]
+    np.testing.assert_allclose(splits.difficult[1], [[0.3, 0.3, 0.1, 0.1, 1]])

@@ -122,11 +122,12 @@ class DetectionStream:
 
     def batches(self, start_iteration: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         sampler = IterationSampler(self.batch, self.rank, start_iteration)
+        generator = torch.Generator().manual_seed(self.dataset.seed)  # global RNG untouched
         loader = DataLoader(self.dataset, batch_size=self.batch, sampler=sampler,
                             num_workers=self.workers, collate_fn=collate,
                             pin_memory=self.pin_memory,
                             prefetch_factor=2 if self.workers else None,
-                            persistent_workers=False)
+                            persistent_workers=False, generator=generator)
         yield from loader
 
 
@@ -199,6 +200,9 @@ class DetectionSplits:
     backup: str | None = None
     embedded: bool = False
     warnings: list[str] = field(default_factory=list)  # lines to print (e.g. missing labels)
+    # the .data file's `difficult` list (parallel to valid): per validation image, boxes (n, 5)
+    # [x, y, w, h, class] that detector map neither rewards nor counts as missed; None: no list
+    difficult: list[np.ndarray] | None = None
 
     def banner(self) -> str:
         if not self.embedded:
@@ -281,6 +285,14 @@ def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> Det
         valid_labels = validate_labels(data.valid_labels, data.classes)
         if valid_labels.warning():
             warnings.append(valid_labels.warning("valid images"))
+    difficult = None
+    if data.difficult_labels:
+        difficult = validate_labels(data.difficult_labels, data.classes).boxes
+        if len(difficult) != len(valid_paths):
+            raise CfgError(Diagnostic("E901", f"the difficult list of '{path}' has "
+                                      f"{len(difficult)} images, the valid list "
+                                      f"{len(valid_paths)}", str(path),
+                                      hint="list the difficult images parallel to valid="))
     from ..data import read_image
 
     read_image(data.train[0], settings.channels)  # an unreadable image fails now, not later
@@ -293,4 +305,5 @@ def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> Det
                    f"images; augment: {', '.join(settings.honoured()) or 'none'}")
     return DetectionSplits(DetectionTrain(train_src, settings, seed),
                            DetectionEval(val_src, settings), collate, data.names, description,
-                           settings, backup=data.backup, warnings=warnings)
+                           settings, backup=data.backup, warnings=warnings,
+                           difficult=difficult)
