@@ -123,7 +123,7 @@ def test_bad_label_lines_are_located_errors(line, message, column):
 
 def test_validate_labels_checks_every_file_and_counts_missing_ones(tmp_path):
     good, bad, absent = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
-    good.write_text("1 0.5 0.5 0.1 0.1\n")
+    good.write_text("\ufeff1 0.5 0.5 0.1 0.1\r\n")  # a BOM and CRLF from Windows tools
     labels = validate_labels([str(good), str(absent), str(absent)], classes=2)
     assert [len(b) for b in labels.boxes] == [1, 0, 0] and labels.missing == 2
     assert labels.warning() == ("warning: 2 of 3 images have no label file (trained as images "

@@ -293,7 +293,7 @@ def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 
     empty = np.zeros((0, 5), np.float32)
     for path in label_paths:
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:  # a BOM from Windows tools is no error
                 text = fh.read()
         except FileNotFoundError:
             missing += 1
