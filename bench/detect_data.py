@@ -3,8 +3,8 @@
     python bench/detect_data.py [--cfg CFG] [--size 160] [--images 64] [--rounds 3] [--set K=V]
 
 Both sides run on one thread in this process and are timed in CPU seconds (a shared machine's
-load inflates neither much). The data side is `DetectionTrain[(iteration, slot)]` on the
-embedded set (decode-free: generation + the cfg's augmentation, multi-scale sizes included);
+load inflates neither much). The data side is `DetectionTrain[Slot(iteration, slot)]` on
+the embedded set (decode-free: generation + the cfg's augmentation, multi-scale included);
 the network side is a forward and backward of a batch at the cfg size. Prints images/s of both
 and their ratio: the share of one core the loader needs per core of training (< 1: a single
 loader worker keeps up with one training core).
@@ -27,7 +27,7 @@ CORPUS = Path(__file__).resolve().parents[2] / "shared" / "darknet" / "corpus" /
 def main(argv: list[str] | None = None) -> None:
     from builders import build
     from training.detection.augment import DetectionSettings
-    from training.detection.dataset import embedded_detection
+    from training.detection.dataset import Slot, embedded_detection
     from training.session import load_blocks
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     def data_round(r: int) -> float:
         t = time.process_time()
         for k in range(args.images):
-            train[(r * 1000 + k // 8, k % 8)]
+            train[Slot(r * 1000 + k // 8, k % 8)]
         return args.images / (time.process_time() - t)
 
     def net_round(_: int) -> float:

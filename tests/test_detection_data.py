@@ -26,6 +26,7 @@ from training.detection.augment import (
 )
 from training.detection.dataset import (
     DetectionTrain,
+    Slot,
     collate,
     detection_datasets,
     letterbox,
@@ -424,12 +425,14 @@ def embedded_train(seed: int = 0, **settings) -> DetectionTrain:
 
 def test_samples_are_pure_functions_of_seed_iteration_and_slot():
     a, b, c = embedded_train(mix=MOSAIC), embedded_train(mix=MOSAIC), embedded_train(1)
-    for key in [(0, 0), (5, 3), (123, 1)]:
+    for key in [Slot(0, 0), Slot(5, 3), Slot(123, 1)]:
         x, t = a[key]
         assert torch.equal(x, b[key][0]) and torch.equal(t, b[key][1])
         assert not torch.equal(x, c[key][0])
-    assert not torch.equal(a[(0, 0)][0], a[(0, 1)][0]) and not torch.equal(a[(0, 0)][0],
-                                                                           a[(1, 0)][0])
+    assert not torch.equal(a[Slot(0, 0)][0], a[Slot(0, 1)][0])
+    assert not torch.equal(a[Slot(0, 0)][0], a[Slot(1, 0)][0])
+    with pytest.raises(TypeError, match="Slot"):
+        a[(3, 0)]  # an (index, epoch) key from a plain sampler
 
 
 def test_stream_resumes_byte_identically_and_ranks_differ():

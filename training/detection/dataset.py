@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,9 +60,17 @@ def pad_truth(boxes: np.ndarray, max_boxes: int) -> torch.Tensor:
 
 
 # -- training -------------------------------------------------------------------------------------
+class Slot(NamedTuple):
+    """A training sample's key: which iteration (0-based) and which place in its global batch."""
+
+    iteration: int
+    slot: int
+
+
 class DetectionTrain(Dataset):
-    """Indexed by (iteration, slot): one augmented image at that iteration's size (multi-scale)
-    and its truth (max, 5)."""
+    """Indexed by Slot(iteration, slot): one augmented image at that iteration's size
+    (multi-scale) and its truth (max, 5). Batches come from `DetectionStream` (a plain
+    index/epoch sampler cannot give the iteration the size depends on)."""
 
     def __init__(self, source: Dataset, settings: DetectionSettings, seed: int):
         self.source, self.settings, self.seed = source, settings, seed
@@ -75,7 +84,10 @@ class DetectionTrain(Dataset):
         return training_size(iteration, s.width, s.height, s.random, self.seed, s.max_batches,
                              s.resize_step)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: Slot) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(key, Slot):
+            raise TypeError(f"DetectionTrain takes Slot(iteration, slot) keys, not {key!r}: "
+                            "use DetectionSplits.stream() for training batches")
         iteration, slot = key
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, iteration, slot])
         w, h = self.size_at(iteration)
@@ -91,12 +103,12 @@ class IterationSampler(Sampler):
     def __init__(self, batch: int, rank: int = 0, start: int = 0):
         self.batch, self.rank, self.start = batch, rank, start
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[Slot]:
         i = self.start
         first = self.rank * self.batch
         while True:
             for slot in range(first, first + self.batch):
-                yield i, slot
+                yield Slot(i, slot)
             i += 1
 
 
@@ -203,6 +215,8 @@ class DetectionSplits:
     # the .data file's `difficult` list (parallel to valid): per validation image, boxes (n, 5)
     # [x, y, w, h, class] that detector map neither rewards nor counts as missed; None: no list
     difficult: list[np.ndarray] | None = None
+    augment: bool = False  # as training.data.DataSplits: augmentation is built into `train`
+    in_memory: bool = False  # samples cost work (generation or decoding, and augmentation)
 
     def banner(self) -> str:
         if not self.embedded:
@@ -224,8 +238,9 @@ def detection_datasets(net, source: str | Path | None, seed: int, classes: int |
     `.data` file (classes, train, valid, names, backup; labels by replace_image_to_label, all
     checked before returning). Raises CfgError (located) for bad data or labels.
 
-    Returns DetectionSplits: `train` indexed by (iteration, slot) (use `.stream(batch, ...)`
-    for fit), `val` indexed by image, and `collate`, which gives
+    Returns DetectionSplits: `train` indexed by Slot(iteration, slot) (use
+    `.stream(batch, world, rank, workers)` for training.loop.fit: it has Stream's
+    `batches(start_iteration)`), `val` indexed by image, and `collate`, which gives
       training:   images (N, C, H, W) float32 [0, 1] at the iteration's size, truth (N, M, 5)
       validation: images (N, C, h, w) at the cfg size, truth (N, M, 5) relative to the original
                   image, sizes (N, 2) original (width, height)
