@@ -542,3 +542,17 @@ def test_difficult_list_is_read_parallel_to_valid(tmp_path):
     splits = detection_datasets(detector(tmp_path), str(path), seed=0)
     assert [len(b) for b in splits.difficult] == [0, 1, 0]
     np.testing.assert_allclose(splits.difficult[1], [[0.3, 0.3, 0.1, 0.1, 1]])
+
+
+def test_preview_draws_training_samples_with_boxes(tmp_path, capsys):
+    from training.detection.preview import main
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG.format(net="", yolo=""))
+    out = tmp_path / "p.png"
+    assert main([str(cfg), "--count", "3", "--out", str(out)]) == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (68, 200, 3)  # 3 tiles of 64x64 with 2-pixel padding
+    assert (grid == 255).all(-1).sum() > 50  # white box outlines
+    assert "embedded detection set" in capsys.readouterr().err
+    assert main([str(cfg), "--data", str(tmp_path / "none.data")]) == 2  # located error
