@@ -188,8 +188,8 @@ def run(args: argparse.Namespace) -> int:
     if args.valid:
         from training.session import validate
 
-        result = validate(opts, trainer)
-        print("  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        task, result = validate(opts, trainer)
+        print(task.describe(result))
         did = True
     if args.predict:
         from training.session import predict

@@ -144,8 +144,8 @@ def make_jpegs(folder: Path, count: int, size: int, classes: int = 4) -> None:
 def measure_real_data(args, device: torch.device) -> dict:
     """The runner's own data path (ImageFolder -> augment -> DataLoader) alone and with the
     step, at the same size and batch."""
-    from training.data import Task, default_workers, make_stream, open_data
-    from training.session import prepared
+    from training.data import default_workers, make_stream
+    from training.tasks import ClassifyTask
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
@@ -153,9 +153,9 @@ def measure_real_data(args, device: torch.device) -> dict:
         overrides = [f"width={args.size}", f"height={args.size}", f"batch={args.batch}",
                      "subdivisions=1", "burn_in=0"]
         net, cfg, _ = build_network(str(ROOT / "cfg" / "vgg16.cfg"), overrides, "alexeyab", 0)
-        task = Task("classify", 1000, (3, args.size, args.size))
-        splits = open_data(str(folder), task, seed=0)
-        train, _ = prepared(splits, cfg, seed=0)
+        task = ClassifyTask(1000, (3, args.size, args.size))
+        splits = task.open_data(str(folder), seed=0)
+        train, _ = task.prepare(splits, cfg, seed=0)
         workers = default_workers(device, 1, busy=True)
         stream = make_stream(train, args.batch, 1, 0, 0, device, workers)
         batches = stream.batches(0)

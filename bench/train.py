@@ -105,7 +105,7 @@ def main() -> int:
     runner_net, cfg = build(source, sets, 0)
     hand_net, _ = build(source, sets, 0)
     trainer = Trainer(runner_net, cfg, device)
-    index = trainer.loss_index
+    index = trainer.task.heads[-1]
 
     shape = runner_net.input_shape
     batch = cfg.images_per_iteration

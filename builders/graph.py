@@ -143,11 +143,11 @@ class Network(nn.Module):
         return [self.net_block] + [m.block for m in self.meta]
 
     @property
-    def loss_index(self) -> int | None:
-        """The layer whose `loss` trains this network (its input is layer loss_index-1's
-        output), or None (e.g. detectors: their loss is not implemented yet)."""
-        found = [i for i, layer in enumerate(self.layers) if layer.takes_loss]
-        return found[-1] if found else None
+    def loss_layers(self) -> list[int]:
+        """Every layer whose `loss` trains this network (layer i's loss reads layer i-1's output),
+        in layer order; the network's loss is their sum (training.tasks). Empty: nothing to
+        train (e.g. detectors, whose loss is not implemented yet)."""
+        return [i for i, layer in enumerate(self.layers) if layer.takes_loss]
 
     def num_weight_floats(self) -> int:
         return sum(t.numel() for layer in self.layers for t in layer.darknet_arrays())

@@ -15,9 +15,11 @@ class Layer(nn.Module):
 
     #: Darknet treats this layer type as a network output ([yolo], [region], [softmax], ...).
     is_output: bool = False
-    #: This layer defines the training loss (see `loss`); the runner uses the last such layer.
+    #: This layer defines a training loss (see `loss`); a network trains on the sum over all
+    #: such layers (`Network.loss_layers`).
     takes_loss: bool = False
-    #: What its loss compares with: "classes" (class indices) or "values" (regression vectors).
+    #: What its loss compares with, which picks the training task (training.tasks.TASKS):
+    #: "classes" (class indices) or "values" (regression vectors).
     loss_target: str = "values"
 
     def __init__(self) -> None:

@@ -14,12 +14,8 @@ any tensor is touched, so a network is never left half-loaded.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -27,6 +23,7 @@ from torch import nn
 
 from cfgparse import CfgError, Diagnostic
 
+from .atomic import atomic_open
 from .graph import Network
 
 DEFAULT_VERSION = (0, 2, 5)  # what AlexeyAB Darknet writes (pjreddie writes 0.2.0)
@@ -214,49 +211,3 @@ def save_weights(net: Network, path: str | os.PathLike, cutoff: int | None = Non
             f.write(memoryview(np.ascontiguousarray(a.numpy(), _FLOAT)).cast("B"))
             written += t.numel()
     return written
-
-
-@contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file that replaces `path` only once it is completely written and synced, so a
-    crash or a full disk never leaves a truncated file under the real name."""
-    target = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise _error("E901", f"cannot write '{target}': {exc.strerror or exc}", str(target),
-                     "check that the folder exists and is writable") from None
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; ours should not be
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(target.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable too (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -16,12 +16,12 @@ from training.data import (
     Augment,
     EmbeddedShapes,
     Samples,
-    Task,
     make_stream,
     open_data,
 )
+from training.tasks import ClassifyTask, RegressTask
 
-IMAGES = Task("classify", 3, (3, 12, 12))
+IMAGES = ClassifyTask(3, (3, 12, 12))
 
 
 
@@ -32,7 +32,7 @@ def save_png(path: Path, colour: tuple[int, int, int], size=(20, 14)) -> None:
 
 # -- embedded -------------------------------------------------------------------------------------
 def test_embedded_is_deterministic_balanced_and_sized_by_the_network():
-    task = Task("classify", 10, (3, 16, 24))
+    task = ClassifyTask(10, (3, 16, 24))
     a, b, c = (open_data(None, task, seed) for seed in (0, 0, 1))
     x0, y0 = a.train[7]
     assert x0.shape == (3, 16, 24) and x0.dtype == torch.uint8
@@ -43,7 +43,7 @@ def test_embedded_is_deterministic_balanced_and_sized_by_the_network():
     assert len(a.names) == 10 and len(set(a.names)) == 10
     assert a.val is not None and not torch.equal(a.val[7][0], x0)  # val is another draw
     # channels follow [net]
-    grey = open_data(None, Task("classify", 4, (1, 8, 8)), 0).train[0][0]
+    grey = open_data(None, ClassifyTask(4, (1, 8, 8)), 0).train[0][0]
     assert grey.shape == (1, 8, 8)
 
 
@@ -54,18 +54,18 @@ def test_embedded_many_classes_are_distinct_factors():
 
 
 def test_embedded_can_use_a_few_of_many_classes():
-    splits = open_data(None, Task("classify", 1000, (3, 8, 8)), 0, classes=5)
+    splits = open_data(None, ClassifyTask(1000, (3, 8, 8)), 0, classes=5)
     assert len(splits.names) == 5 and {splits.train[i][1] for i in range(50)} == set(range(5))
     assert "5 of the network's 1000 classes" in splits.description
     with pytest.raises(CfgError, match="1000 outputs"):
-        open_data(None, Task("classify", 1000, (3, 8, 8)), 0, classes=1001)
+        open_data(None, ClassifyTask(1000, (3, 8, 8)), 0, classes=1001)
     with pytest.raises(CfgError, match="embedded"):
-        open_data("x.csv", Task("classify", 1000, (3, 8, 8)), 0, classes=5)
+        open_data("x.csv", ClassifyTask(1000, (3, 8, 8)), 0, classes=5)
 
 
 def test_embedded_refuses_regression():
     with pytest.raises(CfgError, match="regresses"):
-        open_data(None, Task("regress", 1, (1,)), 0)
+        open_data(None, RegressTask(1, (1,)), 0)
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_darknet_data_file_labels_by_substring(tmp_path):
 
 
 def test_regression_csv(tmp_path):
-    task = Task("regress", 1, (2,))
+    task = RegressTask(1, (2,))
     path = tmp_path / "d.csv"
     path.write_text("a,b,target\n1,2,3\n4,5,9\n")
     splits = open_data(str(path), task, 0)
@@ -146,7 +146,7 @@ def test_torchvision_dataset_from_a_local_root(tmp_path):
     for prefix, n in (("train", 6), ("t10k", 2)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
-    splits = open_data(f"torchvision:MNIST:{tmp_path}", Task("classify", 10, (3, 28, 28)), 0)
+    splits = open_data(f"torchvision:MNIST:{tmp_path}", ClassifyTask(10, (3, 28, 28)), 0)
     x, y = splits.train[3]
     assert x.shape == (3, 28, 28) and x.dtype == torch.uint8 and y == 3
     assert len(splits.train) == 6 and len(splits.val) == 2 and splits.names[0].startswith("0")
@@ -179,7 +179,7 @@ def test_empty_and_unreadable_folders(tmp_path):
 
 def test_torchvision_dataset_without_files_is_a_clear_error(tmp_path):
     with pytest.raises(CfgError, match="cannot open torchvision MNIST"):
-        open_data(f"torchvision:MNIST:{tmp_path}", Task("classify", 10, (1, 28, 28)), 0)
+        open_data(f"torchvision:MNIST:{tmp_path}", ClassifyTask(10, (1, 28, 28)), 0)
 
 
 # -- augmentations --------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_stream_resumes_mid_epoch_and_shards_ranks():
 
 
 def test_samples_seed_augmentations_per_epoch_and_index():
-    base = open_data(None, Task("classify", 4, (3, 12, 12)), 0).train
+    base = open_data(None, ClassifyTask(4, (3, 12, 12)), 0).train
     aug = Augment(net_cfg(angle=30.0), train=True)
     samples = Samples(base, aug, seed=5, random=True)
     assert torch.equal(samples[(3, 1)][0], samples[(3, 1)][0])

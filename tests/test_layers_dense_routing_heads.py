@@ -171,7 +171,7 @@ def test_softmax_groups_temperature_and_loss():
     logits, probs = out[0].reshape(2, 6), out[1]
     expected = torch.softmax(logits.reshape(2, 2, 3) / 2, -1).reshape(2, 6)
     torch.testing.assert_close(probs, expected)
-    assert net.loss_index == 1
+    assert net.loss_layers == [1]
     target = torch.tensor([1, 4])
     loss = net.layers[1].loss(out[0], target)
     torch.testing.assert_close(loss, -torch.log(expected[[0, 1], [1, 4]]).mean())
@@ -209,7 +209,7 @@ def test_cost_losses():
         assert net.layers[0].takes_loss
         torch.testing.assert_close(net.layers[0].loss(x, t), torch.tensor(2 * expected))
     after_softmax = build(_cfg("[net]\ninputs=3", "[softmax]\n[cost]"))
-    assert not after_softmax.layers[1].takes_loss and after_softmax.loss_index == 0
+    assert not after_softmax.layers[1].takes_loss and after_softmax.loss_layers == [0]
 
 
 def test_route_and_shortcut_formulas():

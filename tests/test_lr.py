@@ -236,8 +236,11 @@ def test_stopbackward_n_freezes_for_the_first_n_updates():
 def test_label_smoothing_uses_darknets_truth_vectors():
     """[net] label_smooth_eps: the loss equals cross-entropy against Darknet's fill_truth_smooth
     vectors (1 - eps for the class, eps/(k-1) elsewhere), computed here by hand."""
+    from dataclasses import replace
+
     from builders import build
     from training.loop import LossModel
+    from training.tasks import task_for
 
     cfg = "[net]\nwidth=2\nheight=2\nchannels=1\n[connected]\noutput=4\nactivation=linear\n" \
           "[softmax]\n"
@@ -250,8 +253,8 @@ def test_label_smoothing_uses_darknets_truth_vectors():
     truth = torch.full((3, 4), eps / 3)
     truth[torch.arange(3), y] = 1 - eps
     expected = -(truth * logp).sum(1).mean()
-    smoothed = LossModel(net, net.loss_index, eps)(x, y)
+    smoothed, _ = LossModel(net, replace(task_for(net), label_smooth_eps=eps))(x, y)
     assert torch.allclose(smoothed, expected, atol=1e-6)
-    plain = LossModel(net, net.loss_index, 0.0)(x, y)
+    plain, _ = LossModel(net, task_for(net))(x, y)
     assert torch.allclose(plain, -logp[torch.arange(3), y].mean(), atol=1e-6)
     assert not torch.allclose(smoothed, plain)

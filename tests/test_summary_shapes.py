@@ -129,3 +129,31 @@ def test_summary_text_lists_every_layer_and_the_totals():
     assert f"{info['params']:,} params" in lines[-1]
     assert f"{info['weight_floats']:,} weight floats" in lines[-1]
     assert f"{info['bflops']:.3f} BFLOPs" in lines[-1]
+
+
+# -- the detectors shipped in cfg/ ----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = SHARED / "corpus" / "alexeyab"
+# what each shipped cfg changes from its Darknet source, per its header comment
+SHIPPED = {"yolov3-tiny": {"batch": 64, "subdivisions": 2}, "yolov4-tiny": {}}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_detector_is_darknets_network(name, capsys):
+    import runner
+    from cfgparse import parse
+
+    path = ROOT / "cfg" / f"{name}.cfg"
+    assert runner.main(["check", "--strict", str(path)]) == 0, capsys.readouterr().out
+    if not (SHAPES / "alexeyab" / f"{name}.json").is_file():
+        pytest.skip("../shared/darknet is not available")
+    ours, source = list(parse(path)), list(parse(CORPUS / f"{name}.cfg"))
+    assert len(ours) == len(source)
+    assert dict(ours[0].values()) == {**dict(source[0].values()), **SHIPPED[name]}
+    assert ours[1:] == source[1:]  # every layer as Darknet has it
+    dump = json.loads((SHAPES / "alexeyab" / f"{name}.json").read_text())
+    net = build(path, device="meta")
+    assert [(s.c, s.h, s.w) for s in net.shapes] == \
+        [(d["out_c"], d["out_h"], d["out_w"]) for d in dump["layers"]]
+    assert net.num_weight_floats() == dump["total_weight_floats"]

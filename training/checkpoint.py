@@ -1,53 +1,18 @@
-"""Checkpoints for --resume, written atomically (temp file + fsync + rename), so a kill at any
-moment leaves either the previous checkpoint or the new one, never a torn file."""
+"""Checkpoints for --resume, written atomically (builders.atomic: temp file + fsync + rename), so
+a kill at any moment leaves either the previous checkpoint or the new one, never a torn file;
+and --weights loading (Darknet .weights or a torch state_dict)."""
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from builders.atomic import atomic_open
 from cfgparse import CfgError, Diagnostic
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> None:
-    """Call write(binary file) on a temp file beside `path`, fsync it, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's files are private; a run's are not
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def rng_states() -> dict:
@@ -72,7 +37,8 @@ def set_rng_states(states: dict) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    atomic_write(path, lambda fh: torch.save(state, fh))
+    with atomic_open(path, parents=True) as fh:
+        torch.save(state, fh)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -67,20 +67,6 @@ def teardown(ctx: Dist) -> None:
         dist.destroy_process_group()
 
 
-def barrier(ctx: Dist) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
-
-def all_mean(ctx: Dist, values: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over ranks (for logged loss and validation counts)."""
-    if ctx.enabled:
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= ctx.world
-    return values
-
-
 def all_sum(ctx: Dist, values: torch.Tensor) -> torch.Tensor:
     if ctx.enabled:
         values = values.clone()

@@ -18,11 +18,8 @@ from torch import nn
 from cfgparse import CfgError, Diagnostic
 
 from .config import NetConfig
-from .distributed import Dist, all_sum, broadcast_flag
-
-
-class DetectionNotSupported(CfgError):
-    pass
+from .distributed import Dist, broadcast_flag
+from .tasks import Task, task_for
 
 
 class NonFiniteLoss(RuntimeError):
@@ -31,41 +28,15 @@ class NonFiniteLoss(RuntimeError):
         self.iteration, self.value = iteration, value
 
 
-def loss_layer_index(net) -> int:
-    """The layer whose loss trains `net` (Network.loss_index), or a clear error for heads that
-    have none yet ([yolo], [region], [detection])."""
-    index = net.loss_index
-    if index is None:
-        heads = sorted({m.type for i, m in enumerate(net.meta) if i in net.output_indices})
-        last = net.meta[-1].block if net.meta else net.net_block
-        raise DetectionNotSupported(last.diagnostic(
-            "E300", f"darkcfg cannot train this network yet: its output ({', '.join(heads)}) "
-            "defines no loss; detection training is not supported yet",
-            hint="classifiers ([softmax]) and regressors ([connected] + [cost]) train; a "
-            "detector can still be built, summarised and run (--summary, --dump-outputs)"))
-    return index
-
-
 class LossModel(nn.Module):
-    """images, targets -> the loss layer's loss on its input (what DDP and compile wrap).
-    With [net] label_smooth_eps, class targets become Darknet's smoothed truth vectors
-    (fill_truth_smooth: 1 - eps for the class, eps / (k - 1) for every other one)."""
+    """(images, targets, seen) -> the task's (loss, stats): what DDP and torch.compile wrap."""
 
-    def __init__(self, net, loss_index: int, label_smooth_eps: float = 0.0):
+    def __init__(self, net, task: Task):
         super().__init__()
-        self.net, self.loss_index = net, loss_index
-        layer = net.layers[loss_index]
-        self.smooth = label_smooth_eps if layer.loss_target == "classes" else 0.0
+        self.net, self.task = net, task
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        feature = self.loss_index - 1
-        if feature >= 0:
-            x = self.net(x, collect=[feature])[feature]
-        if self.smooth and target.dim() == 1:
-            k = x[0].numel()
-            truth = torch.full((len(target), k), self.smooth / max(k - 1, 1), device=x.device)
-            target = truth.scatter_(1, target.long().view(-1, 1), 1 - self.smooth)
-        return self.net.layers[self.loss_index].loss(x, target)
+    def forward(self, x: torch.Tensor, target: torch.Tensor, seen: int = 0):
+        return self.task.loss(self.net, x, target, seen)
 
 
 @torch.no_grad()
@@ -98,11 +69,11 @@ class Trainer:
     def __init__(self, net, cfg: NetConfig, device: torch.device | str = "cpu", *,
                  dist: Dist | None = None, freeze: int = 0, compile: bool = False,
                  amp: bool | None = None, channels_last: bool | None = None,
-                 batch_is_global: bool = True):
+                 batch_is_global: bool = True, task: Task | None = None):
         self.device = device = torch.device(device)
         self.dist = dist = dist or Dist()
         self.cfg, self.net = cfg, net
-        self.loss_index = loss_layer_index(net)
+        self.task = task = task or task_for(net, cfg)
         # Darknet's `batch` is images per iteration; with DDP it is split over the processes
         # (the default, so results do not depend on the process count) or taken per process.
         share = dist.world if batch_is_global else 1
@@ -116,12 +87,13 @@ class Trainer:
         self.subdivisions = min(cfg.subdivisions, self.batch)
         self.global_batch = self.batch * dist.world
         self.iteration, self.images_seen = 0, 0
+        self.stats: dict[str, torch.Tensor] = {}  # the last step's task statistics (device)
 
         self.frozen = frozen_prefix(net, freeze)
         self.temporarily_frozen = [(m.index, m.stopbackward) for m in net.meta
                                    if m.stopbackward > 1]
         for i, layer in enumerate(net.layers):
-            if i < self.frozen or i > self.loss_index or net.meta[i].block.bool("dont_update"):
+            if i < self.frozen or i > max(task.heads) or net.meta[i].block.bool("dont_update"):
                 layer.requires_grad_(False)
         net.to(device)
         shape = net.input_shape
@@ -142,7 +114,7 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-        self.model: nn.Module = LossModel(net, self.loss_index, cfg.label_smooth_eps)
+        self.model: nn.Module = LossModel(net, task)
         self.ddp = None
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -167,7 +139,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """One iteration; returns the mean loss as a device tensor (no host sync)."""
+        """One iteration; returns the mean loss as a device tensor (no host sync). The task's
+        statistics, averaged over the mini-batches, are left in `self.stats`."""
         k = self.iteration + 1  # the k-th update uses batch_num = k (SEMANTICS.md §4)
         lr = self.cfg.lr_at(k)
         for group in self.optimizer.param_groups:
@@ -175,16 +148,19 @@ class Trainer:
         x, y = self.to_device(images), targets.to(self.device, non_blocking=True)
         parts = self.subdivisions
         xs, ys = (x.chunk(parts), y.chunk(parts)) if parts > 1 else ((x,), (y,))
-        total = None
+        total, stats, seen = None, {}, self.images_seen
         for j, (xj, yj) in enumerate(zip(xs, ys, strict=True)):
             sync = self.ddp.no_sync() if self.ddp is not None and j < len(xs) - 1 \
                 else nullcontext()
+            seen += len(xj) * self.dist.world  # Darknet's net.seen counts this mini-batch
             with sync, self.autocast():
-                loss = self.model(xj, yj)
+                loss, part = self.model(xj, yj, seen)
             if len(xs) > 1:
                 loss = loss / len(xs)
             self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
+            for name, value in part.items():
+                stats[name] = stats.get(name, 0) + value.detach() / len(xs)
         for index, until in self.temporarily_frozen:  # AlexeyAB: stopbackward=N for N updates
             if k - 1 < until:
                 for layer in self.net.layers[: index + 1]:
@@ -193,7 +169,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.iteration = k
+        self.iteration, self.stats = k, stats
         self.images_seen += self.global_batch
         return total
 
@@ -239,36 +215,6 @@ def make_optimizer(net, cfg: NetConfig, device: torch.device,
                            dampening=0, **fused)
 
 
-# -- evaluation -----------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(trainer: Trainer, loader, classify: bool) -> dict:
-    """Top-1 / top-5 accuracy (classifiers) and the mean loss over `loader` (this rank's share;
-    summed over ranks)."""
-    net, index = trainer.net, trainer.loss_index
-    net.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=trainer.device)  # n, top1, top5, loss
-    for images, targets in loader:
-        x, y = trainer.to_device(images), targets.to(trainer.device)
-        with trainer.autocast():
-            out = net(x, collect=[index - 1, index] if index > 0 else [index])
-        feats = (out[index - 1] if index > 0 else x).float()
-        sums[0] += len(x)
-        sums[3] += net.layers[index].loss(feats, y).double() * len(x)
-        if classify:
-            scores = out[index].float().reshape(len(x), -1)
-            top = scores.topk(min(5, scores.shape[1]), 1).indices
-            hit = top == y.view(-1, 1)
-            sums[1] += hit[:, :1].sum()
-            sums[2] += hit.any(1).sum()
-    net.train()
-    n, top1, top5, loss = all_sum(trainer.dist, sums).tolist()
-    n = max(n, 1)
-    result = {"val_loss": loss / n}
-    if classify:
-        result.update(val_top1=top1 / n, val_top5=top5 / n)
-    return result
-
-
 # -- the loop -------------------------------------------------------------------------------------
 @dataclass
 class Schedule:
@@ -304,7 +250,7 @@ class StopFlag:
         return False
 
 
-def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule, classify: bool) -> str:
+def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
     """Train until max_batches; returns "done" or the name of the signal that stopped it.
     `log` (training.outputs.RunLog) records, plots and saves; only rank 0 writes files."""
     cfg, dist = trainer.cfg, trainer.dist
@@ -314,9 +260,10 @@ def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule, classify:
             images, targets = next(batches)
             started = time.perf_counter()
             loss = trainer.step(images, targets)
-            log.step(trainer.iteration, loss, trainer.lr, trainer.global_batch, started)
+            log.step(trainer.iteration, loss, trainer.lr, trainer.global_batch, started,
+                     trainer.stats)
             k = trainer.iteration
-            val = evaluate(trainer, val_loader, classify) if val_loader is not None and (
+            val = trainer.task.evaluate(trainer, val_loader) if val_loader is not None and (
                 schedule.valid_every and (k % schedule.valid_every == 0 or
                                           k == cfg.max_batches)) else None
             if val is not None:

@@ -14,25 +14,30 @@ from pathlib import Path
 import torch
 import yaml
 
-from .checkpoint import atomic_write, atomic_write_text, rng_states, save_checkpoint
+from builders.atomic import atomic_write
+
+from .checkpoint import rng_states, save_checkpoint
 from .distributed import Dist
 from .loop import NonFiniteLoss, Trainer
+from .tasks import Task
 
-COLUMNS = ("iteration", "epoch", "loss", "avg_loss", "lr", "images_per_s", "val_top1",
-           "val_top5", "val_loss")
 CHECKPOINT = "checkpoint.pt"
 CHART_EVERY_S = 60  # redraw chart.png at checkpoints at most this often (and at the end)
 
 
 def write_settings(path: Path, settings: dict) -> None:
-    atomic_write_text(path, yaml.safe_dump(settings, sort_keys=False))
+    atomic_write(path, yaml.safe_dump(settings, sort_keys=False))
 
 
 class RunLog:
+    """metrics.csv (the task's columns), the progress bar, chart.png and every file of a run;
+    `<cfg>_best.weights` follows `task.score` of each validation."""
+
     def __init__(self, out: Path, name: str, dist: Dist, max_batches: int, epoch_images: int,
-                 start: int = 0, state: dict | None = None, progress: bool = True,
+                 task: Task, start: int = 0, state: dict | None = None, progress: bool = True,
                  meta: dict | None = None):
-        self.out, self.name, self.dist = out, name, dist
+        self.out, self.name, self.dist, self.task = out, name, dist, task
+        self.columns = task.columns
         self.main = dist.main
         self.epoch_images = max(epoch_images, 1)
         self.meta = meta or {}  # saved into checkpoints (settings, names, ...)
@@ -50,7 +55,7 @@ class RunLog:
             out.mkdir(parents=True, exist_ok=True)
             self.rows = self._read_metrics(start)
             self._csv = open(out / "metrics.csv", "a", newline="", buffering=1)
-            self._writer = csv.DictWriter(self._csv, COLUMNS, extrasaction="ignore")
+            self._writer = csv.DictWriter(self._csv, self.columns, extrasaction="ignore")
             if not self.rows:
                 self._writer.writeheader()
         from tqdm import tqdm
@@ -68,18 +73,18 @@ class RunLog:
         with open(path, newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= start]
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(buf, self.columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
+        atomic_write(path, buf.getvalue())
         return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
                 for r in rows]
 
     # -- per step ----------------------------------------------------------------------------------
     def step(self, iteration: int, loss: torch.Tensor, lr: float, images: int,
-             started: float) -> None:
+             started: float, stats: dict | None = None) -> None:
         self.flush(next_started=started)
-        self.pending = (iteration, loss, lr, images, started)
+        self.pending = (iteration, loss, lr, images, started, stats or {})
 
     def flush(self, val: dict | None = None, next_started: float | None = None) -> None:
         """Record the pending step (the .item() here is one step behind the device). Its time
@@ -87,7 +92,7 @@ class RunLog:
         checkpoints), so every step is timed once, whenever it is recorded."""
         if self.pending is None:
             return
-        iteration, loss, lr, images, started = self.pending
+        iteration, loss, lr, images, started, stats = self.pending
         self.pending = None
         value = float(loss)
         if not math.isfinite(value):
@@ -99,18 +104,19 @@ class RunLog:
         self.last_lr = lr
         row = {"iteration": iteration, "epoch": round(iteration * images / self.epoch_images, 4),
                "loss": value, "avg_loss": self.avg_loss, "lr": lr, "images_per_s": round(rate, 2),
-               **(val or {})}
+               **{k: float(v) for k, v in stats.items()}, **(val or {})}
         if self.main:
             self.rows.append(row)
             self._writer.writerow(row)
+            shown = "".join(f" {k} {row[k]:.3g}" for k in stats)
             self.bar.set_postfix_str(
-                f"epoch {row['epoch']:.2f} loss {value:.4f} avg {self.avg_loss:.4f} "
+                f"epoch {row['epoch']:.2f} loss {value:.4f} avg {self.avg_loss:.4f}{shown} "
                 f"lr {lr:.3g} {self.speed:.1f} img/s", refresh=False)
             self.bar.update(iteration - self.bar.n)
 
     def validated(self, iteration: int, val: dict, trainer: Trainer) -> None:
         self.flush(val)
-        score = val.get("val_top1", -val["val_loss"])
+        score = self.task.score(val)
         if self.main:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in val.items())
             self.bar.write(f"iteration {iteration}: {shown}", file=sys.stderr)
@@ -169,24 +175,27 @@ class RunLog:
         import matplotlib.pyplot as plt
 
         its = [r["iteration"] for r in self.rows]
-        val = [(r["iteration"], r) for r in self.rows if r.get("val_loss") is not None]
-        accuracy = [(i, r) for i, r in val if r.get("val_top1") is not None]
-        panels = 3 if accuracy else 2
+        val = [(r["iteration"], r) for r in self.rows
+               if any(r.get(m) is not None for m in self.task.metrics)]
+        losses = [(i, r) for i, r in val if r.get("val_loss") is not None]
+        plots = self.task.plots
+        scored = [(i, r) for i, r in val if plots and r.get(plots[0][0]) is not None]
+        panels = 3 if scored else 2
         fig, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels), sharex=True)
         axes[0].plot(its, [r["loss"] for r in self.rows], lw=0.6, alpha=0.5, label="loss")
         axes[0].plot(its, [r["avg_loss"] for r in self.rows], lw=1.5, label="avg loss")
-        if val:
-            axes[0].plot([i for i, _ in val], [r["val_loss"] for _, r in val], "o-",
+        if losses:
+            axes[0].plot([i for i, _ in losses], [r["val_loss"] for _, r in losses], "o-",
                          label="val loss")
         axes[0].set_ylabel("loss")
         axes[0].legend(loc="upper right")
         axes[1].plot(its, [r["lr"] for r in self.rows], color="tab:green")
         axes[1].set_ylabel("learning rate")
-        if accuracy:
-            for key, label in (("val_top1", "top-1"), ("val_top5", "top-5")):
-                axes[2].plot([i for i, _ in accuracy], [r[key] for _, r in accuracy], "o-",
+        if scored:
+            for key, label in plots:
+                axes[2].plot([i for i, _ in scored], [r[key] for _, r in scored], "o-",
                              label=label)
-            axes[2].set_ylabel("val accuracy")
+            axes[2].set_ylabel(self.task.plot_label)
             axes[2].set_ylim(0, 1)
             axes[2].legend(loc="lower right")
         axes[-1].set_xlabel("iteration")
@@ -195,7 +204,7 @@ class RunLog:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
-        atomic_write(self.out / "chart.png", lambda fh: fh.write(buf.getvalue()))
+        atomic_write(self.out / "chart.png", buf.getvalue())
         self.charted, self.charted_rows = time.monotonic(), len(self.rows)
 
 
@@ -228,4 +237,4 @@ def plot_lr(cfg, path: Path, title: str = "") -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+    atomic_write(path, buf.getvalue())

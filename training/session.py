@@ -19,18 +19,15 @@ from .config import NetConfig, apply_overrides
 from .data import (
     Augment,
     DataSplits,
-    EmbeddedShapes,
     Samples,
-    Task,
-    Tensors,
     default_workers,
     eval_loader,
     make_stream,
-    open_data,
     read_image,
 )
-from .loop import Schedule, Trainer, darknet_init, evaluate, fit, loss_layer_index
+from .loop import Schedule, Trainer, darknet_init, fit
 from .outputs import CHECKPOINT, RunLog, write_settings
+from .tasks import Task, task_for
 
 
 def say(message: str, dist: distributed.Dist | None = None) -> None:
@@ -61,31 +58,10 @@ def build_network(cfg_path: str, assignments: list[str], flavor: str, seed: int,
     return net, cfg, overrides
 
 
-def task_of(net) -> Task:
-    index = loss_layer_index(net)
-    meta = net.meta[index]
-    shape = net.input_shape
-    inputs = (shape.c, shape.h, shape.w) if shape.c * shape.h * shape.w else (shape.size,)
-    kind = "classify" if net.layers[index].loss_target == "classes" else "regress"
-    return Task(kind, meta.input.size, inputs)
-
-
-def prepared(splits: DataSplits, cfg: NetConfig, seed: int):
-    """(train, val) datasets with [net]'s augmentations (train) and eval resizing (val)."""
-    if not splits.augment:
-        return Samples(splits.train, None, seed), \
-            (Samples(splits.val, None, seed) if splits.val is not None else None)
-    train_aug, val_aug = Augment(cfg, True), Augment(cfg, False)
-    train = Samples(splits.train, train_aug, seed, random=train_aug.random)
-    val = Samples(splits.val, val_aug, seed) if splits.val is not None else None
-    return train, val
-
-
 def workers_for(opts, splits: DataSplits, train_set: Samples, device, world: int) -> int:
     if opts.workers is not None:
         return opts.workers
-    busy = train_set.random or not isinstance(splits.train, (EmbeddedShapes, Tensors))
-    return default_workers(device, world, busy)
+    return default_workers(device, world, busy=train_set.random or not splits.in_memory)
 
 
 @dataclass
@@ -150,8 +126,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         raise net.net_block.error("E305", "max_batches is 0 (Darknet: train forever); darkcfg "
                                   "needs a stop", "max_batches",
                                   hint="set max_batches=N in [net] or pass --set max_batches=N")
-    task = task_of(net)
-    splits = open_data(opts.data, task, opts.seed, opts.classes)
+    task = task_for(net, cfg)
+    splits = task.open_data(opts.data, opts.seed, opts.classes)
     say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
          + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
     out = opts.out
@@ -161,13 +137,13 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff), dist)
     trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
-                      amp=opts.amp, batch_is_global=not opts.batch_per_process)
-    train_set, val_set = prepared(splits, cfg, opts.seed)
+                      amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
+    train_set, val_set = task.prepare(splits, cfg, opts.seed)
     workers = workers_for(opts, splits, train_set, device, dist.world)
     stream = make_stream(train_set, trainer.batch, dist.world, dist.rank, opts.seed, device,
-                         workers)
+                         workers, task.collate)
     val_loader = eval_loader(val_set, max(trainer.batch // trainer.subdivisions, 1), device,
-                             workers, dist.world, dist.rank) \
+                             workers, dist.world, dist.rank, task.collate) \
         if val_set is not None and len(val_set) else None
 
     state = None
@@ -179,7 +155,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
                 "data": opts.data or "embedded", "classes": opts.classes,
                 "data_description": splits.description,
-                "task": task.kind, "outputs": task.outputs, "seed": opts.seed,
+                "task": task.name, "outputs": task.outputs, "seed": opts.seed,
                 "device": str(device), "world_size": dist.world,
                 "images_per_iteration": trainer.global_batch,
                 "per_process_batch": trainer.batch, "subdivisions": trainer.subdivisions,
@@ -188,7 +164,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         write_settings(out / "settings.yaml", settings)
-    log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train),
+    log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train), task,
                  start=trainer.iteration, state=state and state.get("log"),
                  progress=opts.progress, meta={"names": splits.names})
     if state is not None:  # last, so that nothing above draws from the restored generators
@@ -200,7 +176,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     elif schedule.valid_every < 0:  # the default: four validations over the run
         schedule.valid_every = max(-(-cfg.max_batches // 4), 1)
     try:
-        how = fit(trainer, stream, val_loader, log, schedule, task.kind == "classify")
+        how = fit(trainer, stream, val_loader, log, schedule)
     except BaseException:
         log.pending = None
         log.close()
@@ -214,9 +190,9 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         summary = f"finished {trainer.iteration} iterations"
         if last:
             summary += f": loss {last['loss']:.4f}, avg loss {last['avg_loss']:.4f}"
-        val = [r for r in log.rows if r.get("val_top1") is not None]
-        if val:
-            summary += f", val top-1 {val[-1]['val_top1']:.3f} top-5 {val[-1]['val_top5']:.3f}"
+        val = [r for r in log.rows if r.get(task.best) is not None]
+        if val and task.summary(val[-1]):
+            summary += ", " + task.summary(val[-1])
         say(summary + f"; outputs in {out}", dist)
         if dist.enabled:
             prints = distributed.parameter_fingerprints(dist, trainer.net)
@@ -224,9 +200,9 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                 same = len(set(prints)) == 1
                 say(f"DDP: parameters {'identical' if same else 'DIFFER'} on all "
                     f"{dist.world} ranks", dist)
-                from .checkpoint import atomic_write_text
+                from builders.atomic import atomic_write
 
-                atomic_write_text(out / "ranks.txt", "\n".join(prints) + "\n")
+                atomic_write(out / "ranks.txt", "\n".join(prints) + "\n")
     return how, trainer
 
 
@@ -240,20 +216,22 @@ def prepare_eval(opts: RunOptions):
     return trainer, cfg
 
 
-def validate(opts: RunOptions, trainer: Trainer | None = None) -> dict:
+def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, dict]:
+    """The task's validation metrics on the validation split (and the task, which says how to
+    show them: `task.describe`)."""
     if trainer is None:
-        trainer, cfg = prepare_eval(opts)
-    cfg = trainer.cfg
-    task = task_of(trainer.net)
-    splits = open_data(opts.data, task, opts.seed, opts.classes)
-    _, val_set = prepared(splits, cfg, opts.seed)
+        trainer, _ = prepare_eval(opts)
+    cfg, task = trainer.cfg, trainer.task
+    splits = task.open_data(opts.data, opts.seed, opts.classes)
+    _, val_set = task.prepare(splits, cfg, opts.seed)
     if val_set is None or not len(val_set):
         raise CfgError(Diagnostic("E901", f"{splits.description} has no validation split",
                                   opts.data or "--data",
                                   hint="add a val/ folder or a valid= list"))
     loader = eval_loader(val_set, max(cfg.mini_batch, 1), trainer.device,
-                         workers_for(opts, splits, val_set, trainer.device, 1))
-    return evaluate(trainer, loader, task.kind == "classify")
+                         workers_for(opts, splits, val_set, trainer.device, 1),
+                         collate=task.collate)
+    return task, task.evaluate(trainer, loader)
 
 
 @torch.no_grad()
@@ -261,20 +239,18 @@ def predict(opts: RunOptions, images: list[str], top: int,
             trainer: Trainer | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
     if trainer is None:
         trainer, _ = prepare_eval(opts)
-    net, cfg = trainer.net, trainer.cfg
-    task = task_of(net)
-    if task.kind != "classify" or len(task.inputs) != 3:
+    net, cfg, task = trainer.net, trainer.cfg, trainer.task
+    if not task.predicts:
         raise CfgError(Diagnostic("E300", "--predict is for image classifiers", opts.cfg_path))
     names = class_names(opts, task)
     view = Augment(cfg, train=False)
-    index = trainer.loss_index
     net.eval()
     results = []
     for path in images:
         if not os.path.isfile(path):
             raise CfgError(Diagnostic("E901", f"image '{path}' does not exist", path))
         x = view(read_image(path, task.inputs[0]))[None]
-        probs = net(trainer.to_device(x), collect=[index])[index].float().reshape(-1)
+        probs = task.scores(trainer, x).reshape(-1)
         k = min(top, probs.numel())
         p, i = probs.topk(k)
         results.append((path, [(names[j] if j < len(names) else f"class {j}", float(q))
@@ -284,7 +260,7 @@ def predict(opts: RunOptions, images: list[str], top: int,
 
 def class_names(opts: RunOptions, task: Task) -> list[str]:
     try:
-        return open_data(opts.data, task, opts.seed, opts.classes).names
+        return task.open_data(opts.data, opts.seed, opts.classes).names
     except CfgError:
         if opts.data is not None:
             raise
