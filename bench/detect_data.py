@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "darknet" / "corpus" / "alexeyab"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     from training.session import load_blocks
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cfg", default=str(CORPUS / "yolov3-tiny.cfg"))
+    ap.add_argument("--cfg", default=str(ROOT / "cfg" / "yolov3-tiny.cfg"))
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
