@@ -556,3 +556,11 @@ def test_preview_draws_training_samples_with_boxes(tmp_path, capsys):
     assert (grid == 255).all(-1).sum() > 50  # white box outlines
     assert "embedded detection set" in capsys.readouterr().err
     assert main([str(cfg), "--data", str(tmp_path / "none.data")]) == 2  # located error
+
+
+def test_multiscale_can_be_switched_off(tmp_path):
+    net = detector(tmp_path, yolo="random=1")
+    on = detection_datasets(net, None, 0, train_size=8, val_size=2)
+    off = detection_datasets(net, None, 0, train_size=8, val_size=2, multiscale=False)
+    assert on.train.size_at(0) == (128, 128) and off.train.size_at(0) == (64, 64)
+    assert {off.train.size_at(i) for i in range(0, 300, 10)} == {(64, 64)}

@@ -15,7 +15,7 @@ byte on a CPU.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -230,7 +230,8 @@ class DetectionSplits:
 
 
 def detection_datasets(net, source: str | Path | None, seed: int, classes: int | None = None,
-                       train_size: int = 0, val_size: int = 0) -> DetectionSplits:
+                       train_size: int = 0, val_size: int = 0, multiscale: bool = True
+                       ) -> DetectionSplits:
     """Training and validation data for the detector `net` (a built builders.Network).
 
     source: None -> the embedded detection set (deterministic from `seed`; objects of the
@@ -245,8 +246,13 @@ def detection_datasets(net, source: str | Path | None, seed: int, classes: int |
       validation: images (N, C, h, w) at the cfg size, truth (N, M, 5) relative to the original
                   image, sizes (N, 2) original (width, height)
     with truth rows [x, y, w, h, class] relative and zero rows after the last box,
-    M = the last detection layer's `max`."""
+    M = the last detection layer's `max`.
+
+    multiscale=False keeps every training batch at the cfg size whatever `random` says (for a
+    network that cannot run at other input sizes)."""
     settings = DetectionSettings.from_network(net)
+    if not multiscale and settings.random:
+        settings = replace(settings, random=0.0)
     if source is None:
         return embedded_detection(settings, seed, classes, train_size, val_size)
     if classes is not None:
