@@ -26,6 +26,7 @@ from training.detection.augment import (
 )
 from training.detection.dataset import (
     DetectionTrain,
+    Slot,
     collate,
     detection_datasets,
     letterbox,
@@ -123,7 +124,7 @@ def test_bad_label_lines_are_located_errors(line, message, column):
 
 def test_validate_labels_checks_every_file_and_counts_missing_ones(tmp_path):
     good, bad, absent = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
-    good.write_text("1 0.5 0.5 0.1 0.1\n")
+    good.write_text("\ufeff1 0.5 0.5 0.1 0.1\r\n")  # a BOM and CRLF from Windows tools
     labels = validate_labels([str(good), str(absent), str(absent)], classes=2)
     assert [len(b) for b in labels.boxes] == [1, 0, 0] and labels.missing == 2
     assert labels.warning() == ("warning: 2 of 3 images have no label file (trained as images "
@@ -424,12 +425,14 @@ def embedded_train(seed: int = 0, **settings) -> DetectionTrain:
 
 def test_samples_are_pure_functions_of_seed_iteration_and_slot():
     a, b, c = embedded_train(mix=MOSAIC), embedded_train(mix=MOSAIC), embedded_train(1)
-    for key in [(0, 0), (5, 3), (123, 1)]:
+    for key in [Slot(0, 0), Slot(5, 3), Slot(123, 1)]:
         x, t = a[key]
         assert torch.equal(x, b[key][0]) and torch.equal(t, b[key][1])
         assert not torch.equal(x, c[key][0])
-    assert not torch.equal(a[(0, 0)][0], a[(0, 1)][0]) and not torch.equal(a[(0, 0)][0],
-                                                                           a[(1, 0)][0])
+    assert not torch.equal(a[Slot(0, 0)][0], a[Slot(0, 1)][0])
+    assert not torch.equal(a[Slot(0, 0)][0], a[Slot(1, 0)][0])
+    with pytest.raises(TypeError, match="Slot"):
+        a[(3, 0)]  # an (index, epoch) key from a plain sampler
 
 
 def test_stream_resumes_byte_identically_and_ranks_differ():
@@ -494,8 +497,9 @@ def test_settings_come_from_net_and_the_last_head(tmp_path):
     s = DetectionSettings.from_network(net)
     assert (s.mix, s.hue, s.exposure, s.resize_step) == (MOSAIC, 0.2, 1.0, 16)
     assert (s.jitter, s.random, s.max_boxes, s.resize, s.classes) == (0.1, 1.0, 50, 1.5, 2)
-    with pytest.raises(CfgError, match="letter_box=1 cannot be combined with mosaic=1"):
-        DetectionSettings.from_network(detector(tmp_path, net="mosaic=1\nletter_box=1"))
+    both = DetectionSettings.from_network(detector(tmp_path, net="mosaic=1\nletter_box=1"))
+    assert both.mix == MOSAIC and both.letter_box  # as yolov4-csp.cfg: applied, with a warning
+    assert len(both.notes) == 1 and "warning[W305]: letter_box=1 with mosaic=1" in both.notes[0]
 
 
 def test_pad_truth_and_letterbox_layout():
@@ -506,3 +510,57 @@ def test_pad_truth_and_letterbox_layout():
     assert boxed.shape == (3, 32, 32)
     assert boxed[:, :8].eq(0.5).all() and boxed[:, 24:].eq(0.5).all()
     torch.testing.assert_close(boxed[:, 8:24], torch.ones(3, 16, 32))
+
+
+def test_batches_leave_the_global_random_state_alone():
+    ds = embedded_train()
+    torch.manual_seed(11)
+    want = torch.rand(3)
+    torch.manual_seed(11)
+    ds_batches(ds, 0, 2)
+    assert torch.equal(torch.rand(3), want)  # resume restores the RNG: the loader must not use it
+
+
+def test_grey_images_take_exposure_only():
+    s = DetectionSettings(32, 32, channels=1, classes=2, jitter=0.2, hue=0.1, saturation=1.5,
+                          exposure=1.5)
+    img, box = rect_image(40, 40, np.random.default_rng(0))
+    out = augment(img[:1], box, 32, 32, s, np.random.default_rng(0))
+    assert out.image.shape == (1, 32, 32)
+    assert_boxes_cover_pixels(out.image, out.boxes)
+
+
+def test_difficult_list_is_read_parallel_to_valid(tmp_path):
+    path = make_data_set(tmp_path / "set")
+    (tmp_path / "set" / "hard").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "set" / "hard" / f"{i}.jpg")
+    (tmp_path / "set" / "hard" / "1.txt").write_text("1 0.3 0.3 0.1 0.1\n")
+    (tmp_path / "set" / "difficult.txt").write_text("".join(f"hard/{i}.jpg\n" for i in range(3)))
+    with open(path, "a") as fh:
+        fh.write("difficult=difficult.txt\n")
+    splits = detection_datasets(detector(tmp_path), str(path), seed=0)
+    assert [len(b) for b in splits.difficult] == [0, 1, 0]
+    np.testing.assert_allclose(splits.difficult[1], [[0.3, 0.3, 0.1, 0.1, 1]])
+
+
+def test_preview_draws_training_samples_with_boxes(tmp_path, capsys):
+    from training.detection.preview import main
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG.format(net="", yolo=""))
+    out = tmp_path / "p.png"
+    assert main([str(cfg), "--count", "3", "--out", str(out)]) == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (68, 200, 3)  # 3 tiles of 64x64 with 2-pixel padding
+    assert (grid == 255).all(-1).sum() > 50  # white box outlines
+    assert "embedded detection set" in capsys.readouterr().err
+    assert main([str(cfg), "--data", str(tmp_path / "none.data")]) == 2  # located error
+
+
+def test_multiscale_can_be_switched_off(tmp_path):
+    net = detector(tmp_path, yolo="random=1")
+    on = detection_datasets(net, None, 0, train_size=8, val_size=2)
+    off = detection_datasets(net, None, 0, train_size=8, val_size=2, multiscale=False)
+    assert on.train.size_at(0) == (128, 128) and off.train.size_at(0) == (64, 64)
+    assert {off.train.size_at(i) for i in range(0, 300, 10)} == {(64, 64)}

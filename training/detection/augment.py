@@ -52,6 +52,7 @@ class DetectionSettings:
     mosaic_bound: bool = False
     resize_step: int = 32
     max_batches: int = 0
+    notes: tuple[str, ...] = ()  # formatted warnings about these settings, for the run to print
 
     @classmethod
     def from_network(cls, net) -> DetectionSettings:
@@ -68,7 +69,7 @@ class DetectionSettings:
                                       hint="detection data is for detectors"))
         head = heads[-1]
         shape = net.input_shape
-        return cls.from_block(net.net_block, head.train_options, head.classes,
+        return cls.from_block(net.net_block, head.train_options, getattr(head, "classes", 1),
                               (shape.w, shape.h, shape.c))
 
     @classmethod
@@ -79,10 +80,16 @@ class DetectionSettings:
         mosaic, cutmix, mixup = block.bool("mosaic"), block.bool("cutmix"), block.int("mixup")
         mix = MOSAIC if mosaic else CUTMIX if cutmix else MIXUP if mixup else NO_MIX
         letter_box = block.bool("letter_box")
-        if letter_box and mix == MOSAIC:
-            raise block.error("E305", "letter_box=1 cannot be combined with mosaic=1 (Darknet: "
-                              "fatal error)", "letter_box",
-                              hint="remove letter_box or mosaic from [net]")
+        notes = []
+        if letter_box and mix == MOSAIC:  # yolov4-csp.cfg and its kin ship with both
+            from cfgparse.errors import WARNING
+
+            notes.append(block.diagnostic(
+                "W305", "letter_box=1 with mosaic=1: some Darknet builds stop with a fatal "
+                "error here (DETECTION.md §6.2); darkcfg applies both (each mosaic part keeps "
+                "its aspect ratio)", "letter_box", severity=WARNING,
+                hint="remove letter_box or mosaic from [net] to train as those builds "
+                "require").format())
         return cls(
             width=w, height=h, channels=c, classes=int(classes),
             max_boxes=int(head.get("max", 200)), jitter=float(head.get("jitter", 0.2)),
@@ -93,7 +100,7 @@ class DetectionSettings:
             exposure=block.float("exposure") or 1.0, blur=block.int("blur"),
             gaussian_noise=block.int("gaussian_noise"), mix=mix,
             mosaic_bound=block.bool("mosaic_bound"), resize_step=block.int("resize_step"),
-            max_batches=block.int("max_batches"))
+            max_batches=block.int("max_batches"), notes=tuple(notes))
 
     def honoured(self) -> list[str]:
         """The augmentation keys with an effect in this cfg (for the run's banner)."""

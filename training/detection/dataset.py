@@ -15,8 +15,9 @@ byte on a CPU.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,9 +60,17 @@ def pad_truth(boxes: np.ndarray, max_boxes: int) -> torch.Tensor:
 
 
 # -- training -------------------------------------------------------------------------------------
+class Slot(NamedTuple):
+    """A training sample's key: which iteration (0-based) and which place in its global batch."""
+
+    iteration: int
+    slot: int
+
+
 class DetectionTrain(Dataset):
-    """Indexed by (iteration, slot): one augmented image at that iteration's size (multi-scale)
-    and its truth (max, 5)."""
+    """Indexed by Slot(iteration, slot): one augmented image at that iteration's size
+    (multi-scale) and its truth (max, 5). Batches come from `DetectionStream` (a plain
+    index/epoch sampler cannot give the iteration the size depends on)."""
 
     def __init__(self, source: Dataset, settings: DetectionSettings, seed: int):
         self.source, self.settings, self.seed = source, settings, seed
@@ -75,7 +84,10 @@ class DetectionTrain(Dataset):
         return training_size(iteration, s.width, s.height, s.random, self.seed, s.max_batches,
                              s.resize_step)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: Slot) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(key, Slot):
+            raise TypeError(f"DetectionTrain takes Slot(iteration, slot) keys, not {key!r}: "
+                            "use DetectionSplits.stream() for training batches")
         iteration, slot = key
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, iteration, slot])
         w, h = self.size_at(iteration)
@@ -91,12 +103,12 @@ class IterationSampler(Sampler):
     def __init__(self, batch: int, rank: int = 0, start: int = 0):
         self.batch, self.rank, self.start = batch, rank, start
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[Slot]:
         i = self.start
         first = self.rank * self.batch
         while True:
             for slot in range(first, first + self.batch):
-                yield i, slot
+                yield Slot(i, slot)
             i += 1
 
 
@@ -122,11 +134,12 @@ class DetectionStream:
 
     def batches(self, start_iteration: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         sampler = IterationSampler(self.batch, self.rank, start_iteration)
+        generator = torch.Generator().manual_seed(self.dataset.seed)  # global RNG untouched
         loader = DataLoader(self.dataset, batch_size=self.batch, sampler=sampler,
                             num_workers=self.workers, collate_fn=collate,
                             pin_memory=self.pin_memory,
                             prefetch_factor=2 if self.workers else None,
-                            persistent_workers=False)
+                            persistent_workers=False, generator=generator)
         yield from loader
 
 
@@ -199,6 +212,11 @@ class DetectionSplits:
     backup: str | None = None
     embedded: bool = False
     warnings: list[str] = field(default_factory=list)  # lines to print (e.g. missing labels)
+    # the .data file's `difficult` list (parallel to valid): per validation image, boxes (n, 5)
+    # [x, y, w, h, class] that detector map neither rewards nor counts as missed; None: no list
+    difficult: list[np.ndarray] | None = None
+    augment: bool = False  # as training.data.DataSplits: augmentation is built into `train`
+    in_memory: bool = False  # samples cost work (generation or decoding, and augmentation)
 
     def banner(self) -> str:
         if not self.embedded:
@@ -212,7 +230,8 @@ class DetectionSplits:
 
 
 def detection_datasets(net, source: str | Path | None, seed: int, classes: int | None = None,
-                       train_size: int = 0, val_size: int = 0) -> DetectionSplits:
+                       train_size: int = 0, val_size: int = 0, multiscale: bool = True
+                       ) -> DetectionSplits:
     """Training and validation data for the detector `net` (a built builders.Network).
 
     source: None -> the embedded detection set (deterministic from `seed`; objects of the
@@ -220,14 +239,20 @@ def detection_datasets(net, source: str | Path | None, seed: int, classes: int |
     `.data` file (classes, train, valid, names, backup; labels by replace_image_to_label, all
     checked before returning). Raises CfgError (located) for bad data or labels.
 
-    Returns DetectionSplits: `train` indexed by (iteration, slot) (use `.stream(batch, ...)`
-    for fit), `val` indexed by image, and `collate`, which gives
+    Returns DetectionSplits: `train` indexed by Slot(iteration, slot) (use
+    `.stream(batch, world, rank, workers)` for training.loop.fit: it has Stream's
+    `batches(start_iteration)`), `val` indexed by image, and `collate`, which gives
       training:   images (N, C, H, W) float32 [0, 1] at the iteration's size, truth (N, M, 5)
       validation: images (N, C, h, w) at the cfg size, truth (N, M, 5) relative to the original
                   image, sizes (N, 2) original (width, height)
     with truth rows [x, y, w, h, class] relative and zero rows after the last box,
-    M = the last detection layer's `max`."""
+    M = the last detection layer's `max`.
+
+    multiscale=False keeps every training batch at the cfg size whatever `random` says (for a
+    network that cannot run at other input sizes)."""
     settings = DetectionSettings.from_network(net)
+    if not multiscale and settings.random:
+        settings = replace(settings, random=0.0)
     if source is None:
         return embedded_detection(settings, seed, classes, train_size, val_size)
     if classes is not None:
@@ -261,7 +286,8 @@ def embedded_detection(settings: DetectionSettings, seed: int, classes: int | No
                    f"{s.channels}, {train_size} train / {val_size} val images of 1-4 objects, "
                    f"seed {seed}; augment: {', '.join(s.honoured()) or 'none'}")
     return DetectionSplits(DetectionTrain(train_src, s, seed), DetectionEval(val_src, s),
-                           collate, train_src.names, description, s, embedded=True)
+                           collate, train_src.names, description, s, embedded=True,
+                           warnings=list(s.notes))
 
 
 def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> DetectionSplits:
@@ -272,7 +298,7 @@ def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> Det
                                   hint=f"set classes={data.classes} in every [yolo] (and the "
                                   "filters before it) or fix the .data file"))
     train_labels = validate_labels(data.train_labels, data.classes)
-    warnings = [w for w in [train_labels.warning("train images")] if w]
+    warnings = list(settings.notes) + [w for w in [train_labels.warning("train images")] if w]
     if data.valid_is_train:
         valid_paths, valid_labels = data.train, train_labels
     else:
@@ -280,6 +306,14 @@ def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> Det
         valid_labels = validate_labels(data.valid_labels, data.classes)
         if valid_labels.warning():
             warnings.append(valid_labels.warning("valid images"))
+    difficult = None
+    if data.difficult_labels:
+        difficult = validate_labels(data.difficult_labels, data.classes).boxes
+        if len(difficult) != len(valid_paths):
+            raise CfgError(Diagnostic("E901", f"the difficult list of '{path}' has "
+                                      f"{len(difficult)} images, the valid list "
+                                      f"{len(valid_paths)}", str(path),
+                                      hint="list the difficult images parallel to valid="))
     from ..data import read_image
 
     read_image(data.train[0], settings.channels)  # an unreadable image fails now, not later
@@ -292,4 +326,5 @@ def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> Det
                    f"images; augment: {', '.join(settings.honoured()) or 'none'}")
     return DetectionSplits(DetectionTrain(train_src, settings, seed),
                            DetectionEval(val_src, settings), collate, data.names, description,
-                           settings, backup=data.backup, warnings=warnings)
+                           settings, backup=data.backup, warnings=warnings,
+                           difficult=difficult)

@@ -85,7 +85,7 @@ class EmbeddedDetection(Dataset):
         xs = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
         slope = rng.uniform(-20, 20, 2).astype(np.float32)
         img = base[:, None, None] + (slope[0] * ys + slope[1] * xs)[None] + \
-            rng.normal(0, 12, (3, h, w)).astype(np.float32)
+            rng.standard_normal((3, h, w), dtype=np.float32) * 12
         boxes: list[list[float]] = []
         for _ in range(int(rng.integers(1, 5))):
             for _try in range(20):
@@ -126,7 +126,8 @@ class EmbeddedDetection(Dataset):
             stripes = (np.add.outer(np.arange(bh), np.arange(bw)) // 3) % 2 == 1
             patch[:, stripes] *= 0.4
         region = img[:, y0:y0 + bh, x0:x0 + bw]
-        region[:, mask] = patch[:, mask] + rng.normal(0, 6, (3, int(mask.sum())))
+        region[:, mask] = patch[:, mask] + \
+            rng.standard_normal((3, int(mask.sum())), dtype=np.float32) * 6
         top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         return [x0 + left, y0 + top, right - left, bottom - top, cls]
 

@@ -83,6 +83,7 @@ class DetectionData:
     train_labels: list[str] = field(default_factory=list)  # label path of each train image
     valid_labels: list[str] = field(default_factory=list)
     valid_is_train: bool = False  # no valid= key: Darknet's map falls back to train
+    difficult_labels: list[str] = field(default_factory=list)  # `difficult` list's label paths
 
 
 def read_data_file(path: Path) -> dict[str, str]:
@@ -173,6 +174,7 @@ def open_detection_data(path: Path) -> DetectionData:
 
     train, train_labels = images("train")
     valid, valid_labels = images("valid") if "valid" in opts else ([], [])
+    difficult = images("difficult")[1] if "difficult" in opts else []
     if "names" in opts:
         names = read_list(resolve(opts["names"], here), where, "names")
         if len(names) < classes:
@@ -183,7 +185,8 @@ def open_detection_data(path: Path) -> DetectionData:
         names = [str(i) for i in range(classes)]
     backup = str(resolve(opts["backup"], here)) if "backup" in opts else None
     return DetectionData(path, classes, train, valid, names, backup, train_labels,
-                         valid_labels, valid_is_train="valid" not in opts)
+                         valid_labels, valid_is_train="valid" not in opts,
+                         difficult_labels=difficult)
 
 
 # -- label files ----------------------------------------------------------------------------------
@@ -290,7 +293,7 @@ def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 
     empty = np.zeros((0, 5), np.float32)
     for path in label_paths:
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:  # a BOM from Windows tools is no error
                 text = fh.read()
         except FileNotFoundError:
             missing += 1
