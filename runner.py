@@ -4,6 +4,7 @@
     python runner.py CFG --summary [--format text|json]
     python runner.py CFG --weights IN.weights --save-weights OUT.weights [--cutoff N]
     python runner.py CFG --weights W --input X.npy --dump-outputs OUT.npz [--all-layers]
+    python runner.py CFG --weights W --detect IMG_OR_DIR... [--names F] [--out DIR]
     python runner.py CFG --check [check options]        (= darkcfg check CFG ...)
     torchrun --standalone --nproc-per-node N runner.py CFG --train ...
 
@@ -91,6 +92,22 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="write layer outputs in Darknet order")
     g.add_argument("--all-layers", action="store_true", help="--dump-outputs every layer")
     g.add_argument("--check", action="store_true", help="lint the cfg (darkcfg check)")
+
+    g = p.add_argument_group("detection (darknet detector test)")
+    g.add_argument("--detect", nargs="+", default=None, metavar="IMG_OR_DIR",
+                   help="detect objects in images and folders: prints Darknet's -ext_output "
+                   "lines, writes OUT/<image>.jpg with the boxes and OUT/detections.json (COCO)")
+    g.add_argument("--names", default=None, metavar="F",
+                   help="class names, one a line (default: names= of --data F.data)")
+    g.add_argument("--thresh", type=float, default=0.25, help="detection threshold (.25)")
+    g.add_argument("--nms", type=float, default=0.45,
+                   help="NMS threshold (.45; 0: none); the kind is the last head's nms_kind")
+    g.add_argument("--letter-box", action="store_true",
+                   help="letterbox the images (default: [net] letter_box)")
+    g.add_argument("--save-labels", action="store_true",
+                   help="also write OUT/<image>.txt: 'class x y w h' per object")
+    g.add_argument("--detections", default=None, metavar="OUT.json",
+                   help="with --input X.npy: the detections of a raw network input")
     return p
 
 
@@ -179,6 +196,11 @@ def run(args: argparse.Namespace) -> int:
     if args.save_weights or args.dump_outputs:
         convert(opts, args)
         did = True
+    if args.detect or args.detections:
+        from training.inference import run_detect
+
+        run_detect(opts, args)
+        did = True
     trainer = None
     if args.train:
         from training import session
@@ -209,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         did = True
     if not did:
         print("darkcfg: nothing to do: pass --train, --valid, --predict, --summary, --check, "
-              "--plot-lr, --save-weights or --dump-outputs (see --help)", file=sys.stderr)
+              "--plot-lr, --save-weights, --dump-outputs or --detect (see --help)", file=sys.stderr)
         return 2
     return 0
 

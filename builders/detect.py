@@ -48,10 +48,14 @@ class HeadDecoding:
     def predictions(self, layer: Layer, y: torch.Tensor, net_w: int, net_h: int) -> HeadParts:
         raise NotImplementedError
 
-    def threshold(self, layer: Layer, parts: HeadParts, thresh: torch.Tensor):
-        """(keep (N,k) bool or None = keep all, objectness (N,k), probs (N,k,C))."""
-        probs = torch.where(parts.scores > thresh, parts.scores, 0.0)
-        return None, parts.objectness, probs
+    def keep(self, layer: Layer, parts: HeadParts, thresh: torch.Tensor):
+        """Which candidates Darknet emits: (N,k) bool, or None for all of them."""
+        return None
+
+    def threshold(self, layer: Layer, objectness: torch.Tensor, scores: torch.Tensor,
+                  thresh: torch.Tensor):
+        """(objectness, probs) of the emitted candidates (any leading shape)."""
+        return objectness, torch.where(scores > thresh, scores, 0.0)
 
     def nms_kind(self, layer: Layer) -> tuple[str, float]:
         """(nms_kind, beta_nms) as Darknet parses them for this head (unknown -> default)."""
@@ -111,10 +115,8 @@ class YoloDecoding(HeadDecoding):
             scores = scores * (1 - uncertainty)[..., None]
         return HeadParts(torch.stack([bx, by, bw, bh], -1), obj, scores)
 
-    def threshold(self, layer, parts, thresh):
-        keep = parts.objectness > thresh  # strict; NaN is dropped
-        probs = torch.where(parts.scores > thresh, parts.scores, 0.0)
-        return keep, parts.objectness, probs
+    def keep(self, layer, parts, thresh):
+        return parts.objectness > thresh  # strict; NaN is dropped
 
 
 class RegionDecoding(HeadDecoding):
@@ -147,12 +149,12 @@ class RegionDecoding(HeadDecoding):
         objectness = scale if pj else torch.ones_like(scale)
         return HeadParts(boxes, objectness, scores)
 
-    def threshold(self, layer, parts, thresh):
-        probs = torch.where(parts.scores > thresh, parts.scores, 0.0)
+    def threshold(self, layer, objectness, scores, thresh):
+        probs = torch.where(scores > thresh, scores, 0.0)
         if not layer.pjreddie:
-            return None, parts.objectness, probs
-        objectness = torch.where(parts.objectness > thresh, parts.objectness, 0.0)
-        return None, objectness, torch.where(objectness[..., None] != 0, probs, 0.0)
+            return objectness, probs
+        objectness = torch.where(objectness > thresh, objectness, 0.0)
+        return objectness, torch.where(objectness[..., None] != 0, probs, 0.0)
 
 
 class DetectionDecoding(HeadDecoding):
@@ -334,20 +336,26 @@ def decode(net, outputs: dict[int, torch.Tensor], thresh: float = 0.25, *, image
         if parts.scores.shape[-1] != classes:
             raise ValueError(f"head {i} has {parts.scores.shape[-1]} classes, the first head "
                              f"{classes}: Darknet decodes with the first head's count")
-        keep, objectness, probs = decoding.threshold(layer, parts, t.to(parts.boxes.device))
+        t = t.to(parts.boxes.device)
+        keep = decoding.keep(layer, parts, t)
         net_size = _net_size(net, i, outputs[i], input_size)
-        per_head.append((i, decoding, parts.boxes, keep, objectness, probs, start, net_size))
+        per_head.append((i, layer, decoding, parts, keep, start, net_size))
         start += parts.boxes.shape[1]
     results = []
     for b in range(batch):
         pieces = []
-        for _, decoding, boxes, keep, objectness, probs, first, net_size in per_head:
-            index = torch.arange(first, first + boxes.shape[1], device=boxes.device)
-            sel = slice(None) if keep is None else keep[b]
-            bx = boxes[b][sel]
+        for _, layer, decoding, parts, keep, first, net_size in per_head:
+            index = torch.arange(first, first + parts.boxes.shape[1], device=parts.boxes.device)
+            if keep is not None:  # select first: thresholding only the emitted rows is cheaper
+                sel = torch.nonzero(keep[b]).flatten()
+                bx, obj, scores, index = (parts.boxes[b, sel], parts.objectness[b, sel],
+                                          parts.scores[b, sel], index[sel])
+            else:
+                bx, obj, scores = parts.boxes[b], parts.objectness[b], parts.scores[b]
+            obj, probs = decoding.threshold(layer, obj, scores, t)
             if decoding.letterbox:
                 bx = correct_boxes(bx, sizes[b], net_size, letter_box)
-            pieces.append((bx, objectness[b][sel], probs[b][sel], index[sel]))
+            pieces.append((bx, obj, probs, index))
         cat = [torch.cat([p[j] for p in pieces]) for j in range(4)]
         layer_of = torch.cat([torch.full((p[0].shape[0],), i, dtype=torch.long,
                                          device=p[0].device)
@@ -389,15 +397,17 @@ def box_diou(a: torch.Tensor, b: torch.Tensor, beta: float = 0.6) -> torch.Tenso
     return torch.where(c == 0, iou, iou - term)
 
 
-def _greedy(similar: np.ndarray) -> np.ndarray:
-    """Greedy suppression over a score-sorted list: `similar[i, j]` (j > i) means i suppresses
-    j if i itself survives. Returns the survivors' mask."""
-    n = similar.shape[0]
-    removed = np.zeros(n, dtype=bool)
-    for i in np.flatnonzero(similar.any(1)):  # rows that suppress nothing need no visit
-        if not removed[i]:
-            removed |= similar[i]
-    return ~removed
+def _greedy(similar: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Greedy suppression: visit `rows` (indices into the symmetric `similar`, diagonal False)
+    in descending score order; a row not yet removed removes all it is similar to. An earlier
+    survivor is never hit (it would have removed the later row first), so no triangle is needed.
+    Returns the mask of `rows` that survive."""
+    removed = np.zeros(similar.shape[0], dtype=bool)
+    suppresses = similar.any(1)
+    for r in rows[suppresses[rows]]:  # rows that suppress nothing need no visit
+        if not removed[r]:
+            removed |= similar[r]
+    return ~removed[rows]
 
 
 def _suppressed_default(boxes, probs, active, thresh):
@@ -418,15 +428,29 @@ def _suppressed_default(boxes, probs, active, thresh):
 
 def _suppressed_diou(boxes, probs, active, thresh, beta):
     """diounms_sort: the same per-class greedy loop with a DIoU test (Darknet's, not in
-    torchvision)."""
+    torchvision). The similarity matrix is computed once over the boxes any class uses (when it
+    fits) and each class walks its rows in its own order."""
     out = torch.zeros_like(probs, dtype=torch.bool)
-    for k in torch.nonzero(((probs > 0) & active[:, None]).any(0)).flatten().tolist():
-        members = torch.nonzero((probs[:, k] > 0) & active).flatten()
+    positive = (probs > 0) & active[:, None]
+    used = torch.nonzero(positive.any(1)).flatten()
+
+    def similar_of(index):
+        b = boxes[index]
+        m = (box_diou(b, b, beta) > thresh).cpu().numpy()
+        np.fill_diagonal(m, False)
+        return m
+
+    shared = similar_of(used) if used.numel() <= 4096 else None  # 4096² bools = 16 MiB
+    local = torch.full((probs.shape[0],), -1, dtype=torch.long, device=probs.device)
+    local[used] = torch.arange(used.numel(), device=probs.device)
+    for k in torch.nonzero(positive.any(0)).flatten().tolist():
+        members = torch.nonzero(positive[:, k]).flatten()
         order = members[torch.sort(probs[members, k], descending=True, stable=True).indices]
-        b = boxes[order]
-        similar = (box_diou(b, b, beta) > thresh).triu(1).cpu().numpy()
-        survivors = torch.from_numpy(_greedy(similar)).to(order.device)
-        out[order[~survivors], k] = True
+        if shared is not None:
+            survivors = _greedy(shared, local[order].cpu().numpy())
+        else:
+            survivors = _greedy(similar_of(order), np.arange(order.numel()))
+        out[order[~torch.from_numpy(survivors).to(order.device)], k] = True
     return out
 
 
@@ -546,38 +570,52 @@ def net_letter_box(net) -> bool:
     return bool(net.net_block.get("letter_box", 0))
 
 
+def _device_of(net) -> torch.device:
+    param = next(iter(net.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 @torch.no_grad()
-def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: bool | None = None,
-           *, names: Sequence[str] = (), batch_size: int = 8,
-           nms_kind: str | None = None) -> list[list[Found]]:
-    """Images (paths, PIL images or (C,H,W) tensors; one or a list) -> per image a list of
-    `Found` (class id, name, score, box in original pixels), as `darknet detector test`:
-    RGB in [0,1], resize_image or letterbox_image (`letter_box`, default [net] letter_box),
-    get_network_boxes(thresh, relative), the last head's NMS at `nms` (0: none).
-    Batched, on the net's device, under autocast on CUDA. The net is put in eval mode."""
-    single = isinstance(images, (str, os.PathLike, torch.Tensor)) and \
-        not (isinstance(images, torch.Tensor) and images.dim() == 4)
-    if single or not isinstance(images, (list, tuple, torch.Tensor)):
-        images = [images] if single or not hasattr(images, "__iter__") else list(images)
+def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.45,
+                   letter_box: bool | None = None, *, names: Sequence[str] = (),
+                   batch_size: int = 8, nms_kind: str | None = None):
+    """`detect`, one batch at a time: yields (images (each (C,H,W) in [0,1]), their
+    Detections (after NMS, boxes relative to the original image), their `Found` lists)."""
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
     net.eval()
-    param = next(iter(net.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = _device_of(net)
     heads = head_indices(net)
     if not heads:
         raise ValueError("the network has no detection head ([yolo], [Gaussian_yolo], "
                          "[region] or [detection])")
     w, h, c = net.info.width, net.info.height, net.info.channels
-    results: list[list[Found]] = []
+    fit = letterbox_image if letter else resize_image
     for start in range(0, len(images), batch_size):
         chunk = [load_image(im, c) for im in images[start:start + batch_size]]
         sizes = [(im.shape[-1], im.shape[-2]) for im in chunk]
-        fit = letterbox_image if letter else resize_image
         x = torch.cat([fit(im[None].to(device), w, h) for im in chunk])
         dets = detections_for_input(net, x, thresh, image_size=sizes, letter_box=letter,
                                     nms_thresh=nms, nms_kind=nms_kind, heads=heads)
-        results += [found_objects(d, thresh, iw, ih, names)
-                    for d, (iw, ih) in zip(dets, sizes, strict=True)]
+        yield chunk, dets, [found_objects(d, thresh, iw, ih, names)
+                            for d, (iw, ih) in zip(dets, sizes, strict=True)]
+
+
+def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: bool | None = None,
+           *, names: Sequence[str] = (), batch_size: int = 8,
+           nms_kind: str | None = None) -> list[list[Found]]:
+    """Images (paths, PIL images or (C,H,W) tensors; one or a list) -> per image a list of
+    `Found` (class id, name, score, box (left, top, right, bottom) in original pixels), as
+    `darknet detector test`: RGB in [0,1], resize_image or letterbox_image (`letter_box`,
+    default [net] letter_box), get_network_boxes at `thresh`, the last head's NMS at `nms`
+    (0: none), the objects in the order Darknet prints them. Batched, on the net's device, under
+    autocast on CUDA. The net is put in eval mode."""
+    if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)) and \
+            not (isinstance(images, torch.Tensor) and images.dim() == 4):
+        images = [images]
+    results: list[list[Found]] = []
+    for _, _, found in detect_batches(net, list(images), thresh, nms, letter_box, names=names,
+                                      batch_size=batch_size, nms_kind=nms_kind):
+        results += found
     return results
 
 

@@ -1,0 +1,149 @@
+"""Detection speed: `--detect` end to end (image file -> boxes: read, resize, forward, decode,
+NMS; drawing off) against the forward pass alone, yolov4-tiny at 416x416 on the CPU, batch 1.
+
+    python bench/detect.py [--repeat 15] [--threads N] [--cfg CFG] [--weights W]
+
+Weights: the oracle's calibrated yolov4-tiny weights when ../shared is there (else the initial
+weights of seed 0). Two regimes, both printed:
+  * typical: the objectness biases of the convs before the heads lowered until at most 40
+    boxes pass thresh .25 before NMS, as for a trained net on a real photo;
+  * dense: the weights as they are (nearly every cell passes: the NMS worst case).
+Each repeat times the forward alone, then decode+NMS on that forward's outputs, then the whole
+`detect()` call, back to back, so a busy machine slows all alike; medians are printed, and the
+decode+NMS share of the forward (target <= 10%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from builders import build  # noqa: E402
+from builders.detect import decode, detect, head_indices, nms  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "darknet"
+CFG = SHARED / "corpus" / "alexeyab" / "yolov4-tiny.cfg"
+ORACLE_WEIGHTS = ROOT / ".oracle_cache" / "yolov4-tiny.calibrated.weights"
+
+
+def lower_objectness(net, shift: float) -> None:
+    """Subtract `shift` from the bias of every objectness channel feeding a head."""
+    for i in head_indices(net):
+        layer = net.layers[i]
+        conv = net.layers[i - 1]  # the conv that feeds the head
+        bias = next(p for name, p in conv.named_parameters() if name.endswith("bias"))
+        box = layer.entries - 1 - layer.classes
+        with torch.no_grad():
+            for a in range(layer.n):
+                bias[a * layer.entries + box] -= shift
+
+
+def calibrate(net, image: Path, boxes: int) -> float:
+    """Lower the objectness biases in steps of 0.25 until at most `boxes` pass .25 (at least
+    one where possible). Returns the total shift."""
+    from builders.detect import load_image, resize_image
+
+    x = resize_image(load_image(image)[None], net.info.width, net.info.height)
+    shift = 0.0
+    with torch.no_grad():
+        while len(decode(net, net(x, collect=head_indices(net)), 0.25)[0]) > boxes:
+            lower_objectness(net, 0.25)
+            shift += 0.25
+    return shift
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def run(net, image: Path, repeat: int, label: str) -> dict:
+    heads = head_indices(net)
+    from builders.detect import load_image, resize_image
+
+    x = resize_image(load_image(image)[None], net.info.width, net.info.height)
+    with torch.no_grad():
+        for _ in range(2):  # warm-up
+            outputs = net(x, collect=heads)
+            nms(decode(net, outputs, 0.25))
+            detect(net, [image])
+    fwd, post, e2e, prep = [], [], [], []
+    candidates = kept = 0
+    for _ in range(repeat):
+        with torch.no_grad():
+            t, outputs = timed(lambda: net(x, collect=heads))
+            fwd.append(t)
+            t, dets = timed(lambda o=outputs: nms(decode(net, o, 0.25)))
+            post.append(t)
+            t, found = timed(lambda: detect(net, [image]))
+            e2e.append(t)
+            t, _ = timed(lambda: resize_image(load_image(image)[None], net.info.width,
+                                              net.info.height))
+            prep.append(t)
+        before = decode(net, outputs, 0.25)[0]
+        candidates, kept = len(before), len(found[0])
+    f, p, e, r = (statistics.median(v) for v in (fwd, post, e2e, prep))
+    print(f"{label:8s} forward {1 / f:6.2f} img/s ({1e3 * f:7.1f} ms) | decode+NMS "
+          f"{1e3 * p:6.2f} ms = {100 * p / f:5.1f}% of forward | --detect end to end "
+          f"{1 / e:6.2f} img/s ({1e3 * e:7.1f} ms, {e / f:4.2f}x forward; read+resize "
+          f"{1e3 * r:.1f} ms) | {candidates} boxes "
+          f"before NMS, {kept} objects printed")
+    return {"forward": f, "post": p, "e2e": e}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cfg", default=str(CFG))
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--size", type=int, default=416)
+    ap.add_argument("--boxes", type=int, default=40,
+                    help="typical regime: at most this many boxes pass .25 before NMS (40)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from cfgparse import parse
+    from training.config import apply_overrides
+
+    blocks = list(parse(args.cfg))
+    net_block, _ = apply_overrides(blocks[0], [f"width={args.size}", f"height={args.size}",
+                                               "batch=1", "subdivisions=1"])
+    torch.manual_seed(0)
+    net = build([net_block, *blocks[1:]]).eval()
+    weights = args.weights or (ORACLE_WEIGHTS if ORACLE_WEIGHTS.exists() else None)
+    if weights:
+        from builders.weights import load_weights
+
+        load_weights(net, weights)
+    print(f"{Path(args.cfg).name} {args.size}x{args.size}, batch 1, CPU, "
+          f"{torch.get_num_threads()} threads, weights: {weights or 'initial (seed 0)'}, "
+          f"{args.repeat} repeats (medians)")
+    with tempfile.TemporaryDirectory() as tmp:
+        from PIL import Image
+
+        image = Path(tmp) / "photo.jpg"  # a 640x480 JPEG, decoded and resized each time
+        rng = np.random.default_rng(0)
+        Image.fromarray((rng.uniform(0, 1, (480, 640, 3)) * 255).astype(np.uint8)).save(image)
+        dense = run(net, image, args.repeat, "dense")
+        shift = calibrate(net, image, args.boxes)
+        print(f"typical: objectness biases lowered by {shift:g}")
+        typical = run(net, image, args.repeat, "typical")
+    share = 100 * typical["post"] / typical["forward"]
+    print(f"typical decode+NMS = {share:.1f}% of the forward (target <= 10%): "
+          f"{'OK' if share <= 10 else 'over'}; dense {100 * dense['post'] / dense['forward']:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
