@@ -248,3 +248,31 @@ def test_a_killed_detector_resumes_byte_identically(tmp_path):
     keys = ("iteration", "loss", "h4_avg_iou", "val_map50", "val_map50_95")
     assert [[r[k] for k in keys] for r in rows(killed)] == \
         [[r[k] for k in keys] for r in rows(straight)]
+
+
+def test_valid_on_darknet_detection_data(cfg, tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    lines = []
+    for i, rows in enumerate(([(0, 0.3, 0.3, 0.2, 0.2)], [(1, 0.6, 0.5, 0.3, 0.4),
+                                                           (0, 0.2, 0.8, 0.1, 0.1)])):
+        path = images / f"im{i}.png"
+        Image.new("RGB", (80, 60), (20 * i, 40, 60)).save(path)
+        path.with_suffix(".txt").write_text("".join(f"{c} {x} {y} {w} {h}\n"
+                                                    for c, x, y, w, h in rows))
+        lines.append(str(path))
+    (tmp_path / "data" / "list.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "data" / "obj.names").write_text("cat\ndog\n")
+    data = tmp_path / "data" / "obj.data"
+    data.write_text("classes=2\ntrain=list.txt\nvalid=list.txt\nnames=obj.names\n"
+                    f"backup={tmp_path / 'backup'}\n")
+    assert runner.main([str(cfg), "--valid", "--data", str(data), "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["per_class"]) == {"cat", "dog"}
+    assert result["fn"] + result["tp"] == 3  # every label line is a truth
+    # a bad label is a located error before anything runs
+    (images / "im1.txt").write_text("7 0.5 0.5 0.2 0.2\n")
+    assert runner.main([str(cfg), "--valid", "--data", str(data)]) == 2
+    assert "im1.txt:1" in capsys.readouterr().err
