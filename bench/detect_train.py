@@ -13,8 +13,9 @@ end. Validation time is not part of the budget. Prints one row per cfg and a JSO
 folders (metrics.csv, chart.png with the mAP curve, weights) stay under --out.
 
 Overrides the bench applies to the cfg (the rest of [net] and every [yolo] key stay):
-width/height = SIZE, batch = --batch with subdivisions=1, learning_rate = --lr (0.001), burn_in = 10% of
-the run (the cfgs' 1000 is meant for 500k-iteration GPU runs), steps/scales, max_batches.
+width/height = SIZE, batch = --batch with subdivisions=1, learning_rate = --lr (0.001),
+burn_in = 10% of the run (the cfgs' 1000 is meant for 500k-iteration GPU runs), steps/scales,
+max_batches.
 """
 
 from __future__ import annotations
