@@ -27,7 +27,8 @@ from builders.detect import (
 )
 from cfgparse import CfgError, Diagnostic
 
-from .data import IMAGE_EXTENSIONS, _resolve, read_data_file
+from .data.base import IMAGE_EXTENSIONS
+from .data.sources import _resolve, read_data_file
 
 
 def say(message: str) -> None:
