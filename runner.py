@@ -71,7 +71,11 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="train even when the memory estimate is over --max-memory")
 
     g = p.add_argument_group("evaluation")
-    g.add_argument("--valid", action="store_true", help="top-1/top-5 on the validation split")
+    g.add_argument("--valid", action="store_true",
+                   help="validation metrics: top-1/top-5 (classifiers), mAP and the per-class "
+                   "AP table (detectors; --format json for one JSON object)")
+    g.add_argument("--map-points", type=int, choices=(0, 11, 101), default=0, metavar="N",
+                   help="detectors' AP: 0 all-point (default, Darknet's), 11 (VOC2007), 101")
     g.add_argument("--predict", nargs="+", default=None, metavar="IMAGE",
                    help="classify images (top-k with class names)")
     g.add_argument("--top", type=int, default=5, help="classes shown by --predict (5)")
@@ -169,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
         freeze=args.freeze, resume=args.resume, compile=args.compile,
         amp=False if args.no_amp else None, workers=args.workers,
         batch_per_process=args.batch_per_process, progress=not args.no_progress,
-        explicit_out=args.out is not None, max_memory=args.max_memory, force=args.force)
+        explicit_out=args.out is not None, max_memory=args.max_memory, force=args.force,
+        map_points=args.map_points)
     did = False
     if args.summary:
         summary(opts, args.format)
@@ -211,7 +216,12 @@ def run(args: argparse.Namespace) -> int:
         from training.session import validate
 
         task, result = validate(opts, trainer)
-        print(task.describe(result))
+        if args.format == "json":
+            import json
+
+            print(json.dumps(task.as_json(result)))
+        else:
+            print(task.describe(result))
         did = True
     if args.predict:
         from training.session import predict

@@ -28,9 +28,10 @@ SECRET_NUM = -1234.0
 
 def as_shape(t: torch.Tensor, shape: Shape) -> torch.Tensor:
     """`t` viewed the way this repository represents a tensor of Darknet shape `shape`. An
-    image tensor keeps its own height and width (a fully convolutional net runs at any size)."""
+    image tensor with the right channels keeps its own height and width (a fully convolutional
+    net runs at any input size: random=1 multi-scale, detection, export)."""
     if shape.c * shape.h * shape.w:
-        if t.dim() == 4:
+        if t.dim() == 4 and t.shape[1] == shape.c:
             return t  # as is (a same-shape reshape of batch 1 would also lose channels-last)
         return t.reshape(t.shape[0], shape.c, shape.h, shape.w)
     return t.reshape(t.shape[0], -1)

@@ -31,6 +31,8 @@ def _as4d(t: torch.Tensor, shape: Shape) -> torch.Tensor:
     if t.dim() == 4:
         return t  # as is (a same-shape reshape of batch 1 would also lose channels-last)
     c, h, w = _chw(shape)
+    if t.dim() == 4 and t.shape[1] == c:  # keeps its size (a net run at another input size)
+        return t
     return t.reshape(t.shape[0], c, h, w)
 
 

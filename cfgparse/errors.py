@@ -48,6 +48,7 @@ CODES = {
     "E303": "non-positive output size",
     "E304": "detection head inconsistent with its anchors or input",
     "E305": "[net] training settings inconsistent",
+    "W305": "[net] augmentation keys some Darknet builds refuse together (applied anyway)",
     "W301": "key read by no builder",
     "W302": "class count disagrees between heads or with [net]",
     "W303": "shortcut resamples a layer of another size (pjreddie only; AlexeyAB aborts)",
@@ -56,6 +57,7 @@ CODES = {
     "E401": "estimated memory over the limit",
     "E901": "cannot read file",
     "E902": ".weights file size does not match the network",
+    "E903": "bad detection label file (malformed line, class or coordinates out of range)",
 }
 
 

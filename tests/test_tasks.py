@@ -62,12 +62,26 @@ def test_the_task_follows_the_loss_layers():
     assert task.predicts and "val_top1 0.5000" in task.describe({"val_top1": 0.5})
 
 
+NO_LOSS = NET + "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
+
+
 def test_a_network_without_a_loss_is_a_located_error():
     with pytest.raises(CfgError) as err:
-        task_for(build(DETECTOR))
+        task_for(build(NO_LOSS))
     where = err.value.first
-    assert err.value.code == "E300" and "'boxes'" in where.message  # interim: no detection task yet
-    assert where.source == "[yolo]" and where.line == DETECTOR.splitlines().index("[yolo]") + 1
+    assert err.value.code == "E300" and "defines no loss" in where.message
+    assert where.source == "[convolutional]"
+    assert where.line == NO_LOSS.splitlines().index("[convolutional]") + 1
+
+
+def test_a_detector_gets_the_detection_task():
+    from training.detection.task import DetectionTask
+
+    net = build(DETECTOR)
+    task = task_for(net, config(net))
+    assert isinstance(task, DetectionTask) and task.heads == (1,) and task.outputs == 1
+    assert task.best == "val_map50" and "val_map50_95" in task.columns
+    assert "h1_avg_iou" in task.columns
 
 
 def test_label_smoothing_is_the_classify_tasks_truth():
@@ -117,7 +131,7 @@ def test_heads_of_different_tasks_or_an_unknown_one_are_located_errors(monkeypat
         task_for(net)
     assert "'values' but the last loss layer's with 'classes'" in err.value.first.message
     assert err.value.first.line == TWO_HEADS.splitlines().index("[softmax]") + 1
-    monkeypatch.setattr(net.layers[1], "loss_target", "boxes")
-    monkeypatch.setattr(net.layers[4], "loss_target", "boxes")
-    with pytest.raises(CfgError, match="no training task for losses against 'boxes'"):
+    monkeypatch.setattr(net.layers[1], "loss_target", "pixels")
+    monkeypatch.setattr(net.layers[4], "loss_target", "pixels")
+    with pytest.raises(CfgError, match="no training task for losses against 'pixels'"):
         task_for(net)

@@ -108,7 +108,7 @@ class RunLog:
         if self.main:
             self.rows.append(row)
             self._writer.writerow(row)
-            shown = "".join(f" {k} {row[k]:.3g}" for k in stats)
+            shown = self.task.progress(stats)
             self.bar.set_postfix_str(
                 f"epoch {row['epoch']:.2f} loss {value:.4f} avg {self.avg_loss:.4f}{shown} "
                 f"lr {lr:.3g} {self.speed:.1f} img/s", refresh=False)
@@ -118,8 +118,9 @@ class RunLog:
         self.flush(val)
         score = self.task.score(val)
         if self.main:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in val.items())
-            self.bar.write(f"iteration {iteration}: {shown}", file=sys.stderr)
+            shown = self.task.describe(val)
+            sep = "\n" if "\n" in shown else " "  # a table starts on its own line
+            self.bar.write(f"iteration {iteration}:{sep}{shown}", file=sys.stderr)
         if self.best is None or score > self.best:
             self.best = score
             if self.main:

@@ -22,7 +22,6 @@ from .data import (
     Samples,
     default_workers,
     eval_loader,
-    make_stream,
     read_image,
 )
 from .loop import Schedule, Trainer, darknet_init, fit
@@ -61,7 +60,8 @@ def build_network(cfg_path: str, assignments: list[str], flavor: str, seed: int,
 def workers_for(opts, splits: DataSplits, train_set: Samples, device, world: int) -> int:
     if opts.workers is not None:
         return opts.workers
-    return default_workers(device, world, busy=train_set.random or not splits.in_memory)
+    return default_workers(device, world,
+                           busy=getattr(train_set, "random", False) or not splits.in_memory)
 
 
 @dataclass
@@ -86,6 +86,7 @@ class RunOptions:
     schedule: Schedule = None  # type: ignore[assignment]
     progress: bool = True
     explicit_out: bool = False
+    map_points: int = 0  # detectors' mAP: 0 all-point, 11 or 101 (--map-points)
     max_memory: int | None = None  # bytes; None: the device's memory
     force: bool = False  # train even when the estimate is over max_memory
 
@@ -127,6 +128,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                                   "needs a stop", "max_batches",
                                   hint="set max_batches=N in [net] or pass --set max_batches=N")
     task = task_for(net, cfg)
+    task.use_options(opts)
     splits = task.open_data(opts.data, opts.seed, opts.classes)
     say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
          + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
@@ -140,8 +142,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                       amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
     train_set, val_set = task.prepare(splits, cfg, opts.seed)
     workers = workers_for(opts, splits, train_set, device, dist.world)
-    stream = make_stream(train_set, trainer.batch, dist.world, dist.rank, opts.seed, device,
-                         workers, task.collate)
+    stream = task.stream(train_set, trainer.batch, dist.world, dist.rank, opts.seed, device,
+                         workers)
     val_loader = eval_loader(val_set, max(trainer.batch // trainer.subdivisions, 1), device,
                              workers, dist.world, dist.rank, task.collate) \
         if val_set is not None and len(val_set) else None
@@ -212,7 +214,9 @@ def prepare_eval(opts: RunOptions):
     net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff))
-    trainer = Trainer(net, cfg, device, dist=dist, amp=opts.amp)
+    task = task_for(net, cfg)
+    task.use_options(opts)
+    trainer = Trainer(net, cfg, device, dist=dist, amp=opts.amp, task=task)
     return trainer, cfg
 
 

@@ -75,6 +75,17 @@ class Task:
         """Constructor arguments this task reads from [net] (a NetConfig)."""
         return {}
 
+    @classmethod
+    def for_network(cls, net, heads: tuple[int, ...], cfg=None) -> Task:
+        """The task for `net` whose loss layers are `heads` (task_for picked the class)."""
+        shape = net.input_shape
+        inputs = (shape.c, shape.h, shape.w) if shape.c * shape.h * shape.w else (shape.size,)
+        outputs = net.meta[heads[-1]].input.size
+        return cls(outputs, inputs, heads, **(cls.options(cfg) if cfg is not None else {}))
+
+    def use_options(self, opts) -> None:
+        """Read the run's command-line options that concern this task (RunOptions)."""
+
     @property
     def columns(self) -> tuple[str, ...]:
         """metrics.csv header."""
@@ -98,6 +109,13 @@ class Task:
     def collate(self, samples: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         """DataLoader collate_fn: same-sized targets stack (a detection task pads boxes)."""
         return default_collate(samples)
+
+    def stream(self, train_set, batch: int, world: int, rank: int, seed: int, device,
+               workers: int):
+        """The endless training batches `fit` reads (`.batches(start_iteration)`)."""
+        from .data import make_stream
+
+        return make_stream(train_set, batch, world, rank, seed, device, workers, self.collate)
 
     # -- loss ---------------------------------------------------------------------------------
     @property
@@ -161,6 +179,14 @@ class Task:
     def describe(self, metrics: dict[str, float]) -> str:
         """What --valid prints."""
         return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+    def as_json(self, metrics: dict[str, float]) -> dict:
+        """What --valid --format json prints."""
+        return dict(metrics)
+
+    def progress(self, stats: dict) -> str:
+        """The step statistics on the progress bar."""
+        return "".join(f" {k} {float(v):.3g}" for k, v in stats.items())
 
     def summary(self, row: dict) -> str:
         """The end-of-run words about the last validation ('' for none)."""
@@ -273,10 +299,11 @@ def task_for(net, cfg=None) -> Task:
         outs = sorted({m.type for i, m in enumerate(net.meta) if i in net.output_indices})
         last = net.meta[-1].block if net.meta else net.net_block
         raise NoLossError(last.diagnostic(
-            "E300", f"darkcfg cannot train this network yet: its output ({', '.join(outs)}) "
-            "defines no loss; detection training is not supported yet",
-            hint="classifiers ([softmax]) and regressors ([connected] + [cost]) train; a "
-            "detector can still be built, summarised and run (--summary, --dump-outputs)"))
+            "E300", f"darkcfg cannot train this network: its output ({', '.join(outs)}) "
+            "defines no loss",
+            hint="classifiers ([softmax]), regressors ([connected] + [cost]) and detectors "
+            "([yolo]) train; any network can be built, summarised and run (--summary, "
+            "--dump-outputs)"))
     targets = [net.layers[i].loss_target for i in heads]
     odd = next((i for i, t in zip(heads, targets, strict=True)
                 if t != targets[-1] or t not in TASKS), None)
@@ -287,8 +314,9 @@ def task_for(net, cfg=None) -> Task:
             f"'{targets[-1]}'" if targets[-1] in TASKS else
             f"darkcfg has no training task for losses against '{targets[-1]}'",
             hint=f"one network trains one task: {', '.join(sorted(TASKS))}"))
-    shape = net.input_shape
-    inputs = (shape.c, shape.h, shape.w) if shape.c * shape.h * shape.w else (shape.size,)
-    kind = TASKS[targets[-1]]
-    outputs = net.meta[heads[-1]].input.size
-    return kind(outputs, inputs, heads, **(kind.options(cfg) if cfg is not None else {}))
+    return TASKS[targets[-1]].for_network(net, heads, cfg)
+
+
+# The detection task lives with its data and metrics (training/detection) and adds itself to
+# TASKS ("boxes") when imported; importing it here makes task_for know it.
+from .detection import task as _detection_task  # noqa: E402, F401

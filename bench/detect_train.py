@@ -1,0 +1,135 @@
+"""Detector training on a CPU: images/s and validation mAP after a fixed training budget.
+
+    python bench/detect_train.py [--cfg CFG ...] [--size 160] [--budget-min 20] [--threads 2]
+                                 [--batch 16] [--lr 0.002] [--set KEY=VALUE ...] [--out DIR]
+
+For each cfg (default cfg/yolov3-tiny.cfg and cfg/yolov4-tiny.cfg) at SIZE x SIZE on the
+embedded detection set: a short probe measures the training speed (at the first multi-scale
+period's size, the largest, so the estimate errs short), `max_batches` is set so that training
+fills the budget, and the run goes through the runner's own code (`training.session.train`:
+the cfg's loss, augmentation and `random=1` multi-scale, Darknet's lr schedule with burn-in and
+steps at 80%/90%), validating (Darknet's -map: mAP@0.5, COCO mAP@[.5:.95]) four times and at the
+end. Validation time is not part of the budget. Prints one row per cfg and a JSON line; the run
+folders (metrics.csv, chart.png with the mAP curve, weights) stay under --out.
+
+Overrides the bench applies to the cfg (the rest of [net] and every [yolo] key stay):
+width/height = SIZE, batch = --batch with subdivisions=1, learning_rate = --lr (0.001),
+burn_in = 10% of the run (the cfgs' 1000 is meant for 500k-iteration GPU runs), steps/scales,
+max_batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.loop import Schedule  # noqa: E402
+from training.session import RunOptions, build_network, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CFGS = ("cfg/yolov3-tiny.cfg", "cfg/yolov4-tiny.cfg")
+
+
+def probe_speed(cfg: str, sets: list[str], iterations: int, seed: int) -> float:
+    """Training images/s of the runner's step on the real detection batches (after one warm-up
+    iteration), at iteration 0's size: multi-scale starts at its largest."""
+    from training.detection.task import DetectionTask
+    from training.loop import Trainer, darknet_init
+    from training.tasks import task_for
+
+    net, netcfg, _ = build_network(cfg, sets, "alexeyab", seed)
+    darknet_init(net)
+    task = task_for(net, netcfg)
+    assert isinstance(task, DetectionTask), f"{cfg} is not a detector"
+    splits = task.open_data(None, seed)
+    trainer = Trainer(net, netcfg, "cpu", task=task)
+    batches = task.stream(splits.train, trainer.batch, 1, 0, seed, "cpu", 0).batches(0)
+    data = [next(batches) for _ in range(iterations + 1)]
+    trainer.step(*data[0])
+    started = time.perf_counter()
+    for images, truth in data[1:]:
+        trainer.step(images, truth)
+    return iterations * trainer.batch / (time.perf_counter() - started)
+
+
+def read_rows(out: Path) -> list[dict]:
+    with open(out / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_one(cfg: str, args) -> dict:
+    name = Path(cfg).stem
+    base = [f"width={args.size}", f"height={args.size}", f"batch={args.batch}",
+            "subdivisions=1", f"learning_rate={args.lr}", *args.set]
+    probe = probe_speed(cfg, [*base, "max_batches=1000"], args.probe, args.seed)
+    iterations = args.iterations or max(int(args.budget_min * 60 * probe / args.batch), 10)
+    sets = [*base, f"max_batches={iterations}", f"burn_in={max(iterations // 10, 1)}",
+            "policy=steps", f"steps={int(iterations * 0.8)},{int(iterations * 0.9)}",
+            "scales=.1,.1"]
+    out = Path(args.out) / name
+    opts = RunOptions(cfg_path=cfg, name=name, out=out, seed=args.seed, device="cpu",
+                      sets=tuple(sets), progress=not args.no_progress, explicit_out=True,
+                      workers=args.workers,
+                      schedule=Schedule(valid_every=max(-(-iterations // 4), 1),
+                                        checkpoint_every=max(iterations // 4, 1)))
+    started = time.perf_counter()
+    how, trainer = train(opts)
+    wall = time.perf_counter() - started
+    rows = read_rows(out)
+    speeds = [float(r["images_per_s"]) for r in rows[1:]] or [0.0]
+    train_s = sum(args.batch / s for s in speeds if s > 0)
+    val = [r for r in rows if r.get("val_map50")]
+    last = val[-1] if val else {}
+    return {"cfg": cfg, "size": args.size, "batch": args.batch, "iterations": iterations,
+            "stopped": how, "probe_images_per_s": round(probe, 2),
+            "images_per_s": round(statistics.median(speeds), 2),
+            "train_min": round(train_s / 60, 2), "wall_min": round(wall / 60, 2),
+            "map50": float(last.get("val_map50", "nan")),
+            "map50_95": float(last.get("val_map50_95", "nan")),
+            "map50_curve": [(int(r["iteration"]), round(float(r["val_map50"]), 4)) for r in val],
+            "threads": torch.get_num_threads(), "out": str(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cfg", nargs="+", default=list(DEFAULT_CFGS))
+    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--budget-min", type=float, default=20.0,
+                   help="training minutes per cfg (validation not counted; default 20)")
+    p.add_argument("--iterations", type=int, default=0,
+                   help="a fixed max_batches instead of the time budget")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=0.001,
+                   help="learning_rate (0.001, the cfgs'; 0.004 diverged at batch 16)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="more [net] overrides")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--probe", type=int, default=3, help="probe iterations (3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench-detect"))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = [run_one(cfg, args) for cfg in args.cfg]
+    print(f"{'cfg':<22} {'size':>4} {'iters':>6} {'train min':>9} {'img/s':>7} "
+          f"{'mAP@0.5':>8} {'mAP@.5:.95':>10}")
+    for r in results:
+        print(f"{Path(r['cfg']).name:<22} {r['size']:>4} {r['iterations']:>6} "
+              f"{r['train_min']:>9.1f} {r['images_per_s']:>7.1f} {r['map50']:>8.3f} "
+              f"{r['map50_95']:>10.3f}")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,566 @@
+"""Detection data (training/detection): .data files, label paths and lines, the embedded set,
+augmentation keeping boxes on their pixels, per-sample determinism and multi-scale sizes."""
+
+from __future__ import annotations
+
+import colorsys
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from builders import build
+from cfgparse import CfgError
+from training.detection.augment import (
+    MIXUP,
+    MOSAIC,
+    DetectionSettings,
+    augment,
+    hsv_shift,
+    mixup,
+    mosaic,
+    training_sample,
+)
+from training.detection.dataset import (
+    DetectionTrain,
+    Slot,
+    collate,
+    detection_datasets,
+    letterbox,
+    pad_truth,
+)
+from training.detection.embedded import EmbeddedDetection, class_look
+from training.detection.labels import (
+    label_path,
+    open_detection_data,
+    parse_labels,
+    validate_labels,
+)
+from training.detection.scales import possible_sizes, training_size
+
+DETECTOR_CFG = """[net]
+batch=4
+subdivisions=1
+width=64
+height=64
+channels=3
+max_batches=100
+{net}
+
+[convolutional]
+filters=14
+size=1
+stride=1
+activation=linear
+
+[yolo]
+mask=0,1
+anchors=10,14, 23,27
+classes=2
+num=2
+{yolo}
+"""
+
+
+def detector(tmp_path: Path, net: str = "", yolo: str = ""):
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG.format(net=net, yolo=yolo))
+    return build(str(cfg))
+
+
+# -- label paths (replace_image_to_label) ---------------------------------------------------------
+@pytest.mark.parametrize("image, label", [
+    ("data/obj/img1.jpg", "data/obj/img1.txt"),
+    ("data/obj/images/img1.jpg", "data/obj/images/img1.txt"),  # a plain /images/ stays
+    ("/coco/images/train2017/0001.jpg", "/coco/labels/train2017/0001.txt"),
+    ("/coco/images/val2014/0001.jpg", "/coco/labels/val2014/0001.txt"),
+    ("VOC/VOC2007/JPEGImages/000005.jpg", "VOC/VOC2007/labels/000005.txt"),
+    ("C:\\voc\\JPEGImages\\a.JPEG", "C:\\voc\\labels\\a.txt"),
+    ("a.PNG", "a.txt"), ("a.bmp", "a.txt"), ("a.tiff", "a.txt"), ("a.jpeg", "a.txt"),
+    ("a.Jpg", "a.Jpg"), ("a.tif", "a.tif"),  # not in Darknet's list: no label file
+    ("x.jpg.png", "x.jpg.txt"),
+    ("shots.jpg/x.jpg", "shots.jpg/x.jpg"),  # Darknet checks the *first* '.jpg' only
+    ("/JPEGImages/JPEGImages/a.jpg", "/labels/JPEGImages/a.txt"),  # first occurrence only
+])
+def test_label_path_is_darknets_replace_image_to_label(image, label):
+    assert label_path(image) == label
+
+
+# -- label lines ----------------------------------------------------------------------------------
+def test_label_lines_parse_to_darknet_truth_rows():
+    boxes, problems = parse_labels("0 0.5 0.5 0.2 0.4\n\n  1 1 1 1 1  \n", "l.txt", 2)
+    assert not problems
+    assert boxes.dtype == np.float32 and boxes.shape == (2, 5)
+    np.testing.assert_allclose(boxes[0], [0.5, 0.5, 0.2, 0.4, 0])
+    np.testing.assert_allclose(boxes[1], [1, 1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("line, message, column", [
+    ("91 0.5 0.5 0.1 0.1", "class 91 but classes=80", 1),
+    ("-1 0.5 0.5 0.1 0.1", "class -1 but classes=80", 1),
+    ("1.0 0.5 0.5 0.1 0.1", "class '1.0' is not an integer", 1),
+    ("3 0.5 0.5 0.1", "4 values, expected 5 (class x y w h)", 1),
+    ("3 0.5 0.5 0.1 0.1 0.9", "6 values, expected 5 (class x y w h)", 1),
+    ("3 0.5 zz 0.1 0.1", "y 'zz' is not a number", 7),
+    ("3 1.2 0.5 0.1 0.1", "x = 1.2 is outside (0, 1]", 3),
+    ("3 0.5 0.5 0 0.1", "w = 0 is outside (0, 1]", 11),
+    ("3 0.5 0.5 0.1 -0.2", "h = -0.2 is outside (0, 1]", 15),
+    ("3 0.5 0.5 0.1 nan", "h = nan is outside (0, 1]", 15),
+])
+def test_bad_label_lines_are_located_errors(line, message, column):
+    text = "0 0.5 0.5 0.2 0.2\n\n" + line + "\n"
+    boxes, problems = parse_labels(text, "labels/x.txt", 80)
+    assert len(boxes) == 1 and len(problems) == 1
+    d = problems[0]
+    assert (d.path, d.line, d.column, d.code, d.message) == ("labels/x.txt", 3, column, "E903",
+                                                             message)
+    shown = d.format()
+    assert shown.startswith(f"labels/x.txt:3:{column}: error[E903]: {message}")
+    assert line in shown and "help:" in shown  # the source line with a caret, and a fix
+
+
+def test_validate_labels_checks_every_file_and_counts_missing_ones(tmp_path):
+    good, bad, absent = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
+    good.write_text("\ufeff1 0.5 0.5 0.1 0.1\r\n")  # a BOM and CRLF from Windows tools
+    labels = validate_labels([str(good), str(absent), str(absent)], classes=2)
+    assert [len(b) for b in labels.boxes] == [1, 0, 0] and labels.missing == 2
+    assert labels.warning() == ("warning: 2 of 3 images have no label file (trained as images "
+                                "without objects)")
+    bad.write_text("0 0.5 0.5 0.1 0.1\n5 0.5 0.5 0.1 0.1\n0 0.5 0.5 2 0.1\n")
+    with pytest.raises(CfgError) as err:
+        validate_labels([str(good), str(bad)], classes=2)
+    found = [(d.path, d.line, d.message) for d in err.value.diagnostics]
+    assert found == [(str(bad), 2, "class 5 but classes=2"),
+                     (str(bad), 3, "w = 2 is outside (0, 1]")]
+
+
+# -- .data files ----------------------------------------------------------------------------------
+def make_data_set(root: Path, images: int = 3, labels: dict | None = None, valid: bool = True):
+    """root/obj.data, root/train.txt (paths relative to root), images under root/JPEGImages."""
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "labels").mkdir()
+    names = []
+    for i in range(images):
+        Image.new("RGB", (40, 30), (10 * i, 50, 90)).save(root / "JPEGImages" / f"{i}.jpg")
+        names.append(f"JPEGImages/{i}.jpg")
+        text = (labels or {}).get(i, f"{i % 2} 0.5 0.5 0.25 0.5\n")
+        if text is not None:
+            (root / "labels" / f"{i}.txt").write_text(text)
+    (root / "train.txt").write_text("\n".join(names) + "\n")
+    (root / "obj.names").write_text("cat\ndog\n")
+    data = "classes = 2\ntrain = train.txt\nnames = obj.names\nbackup = backup/\n"
+    if valid:
+        data += "valid = train.txt\n"
+    (root / "obj.data").write_text(data)
+    return root / "obj.data"
+
+
+def test_data_file_lists_names_and_label_paths(tmp_path):
+    path = make_data_set(tmp_path / "set")
+    data = open_detection_data(path)
+    assert data.classes == 2 and data.names == ["cat", "dog"] and len(data.train) == 3
+    assert data.train[0] == str(tmp_path / "set" / "JPEGImages" / "0.jpg")
+    assert data.train_labels[0] == str(tmp_path / "set" / "labels" / "0.txt")
+    assert data.backup == "backup"  # a folder that does not exist yet: the current directory
+
+
+def test_data_file_paths_are_relative_to_the_current_directory_first(tmp_path, monkeypatch):
+    make_data_set(tmp_path / "set")
+    (tmp_path / "cwd.txt").write_text("set/JPEGImages/1.jpg\n")  # relative to tmp_path
+    (tmp_path / "cwd.data").write_text("classes=2\ntrain=cwd.txt\n")
+    monkeypatch.chdir(tmp_path)
+    data = open_detection_data(Path("cwd.data"))
+    assert data.train == ["set/JPEGImages/1.jpg"]
+    assert data.train_labels == ["set/labels/1.txt"]
+    assert data.valid_is_train and data.names == ["0", "1"]
+
+
+def test_data_file_errors_are_located(tmp_path):
+    path = make_data_set(tmp_path / "set")
+    (tmp_path / "set" / "train.txt").write_text("JPEGImages/0.jpg\nJPEGImages/nope.jpg\n")
+    with pytest.raises(CfgError, match="1 image.* do not exist, e.g. 'JPEGImages/nope.jpg'"):
+        open_detection_data(path)
+    (tmp_path / "set" / "obj.data").write_text("classes=2\nvalid=train.txt\n")
+    with pytest.raises(CfgError, match="has no 'train' list"):
+        open_detection_data(path)
+
+
+def test_detection_datasets_from_a_data_file(tmp_path):
+    path = make_data_set(tmp_path / "set", labels={1: None})
+    net = detector(tmp_path, net="jitter=0\nflip=0")
+    splits = detection_datasets(net, str(path), seed=0)
+    assert splits.names == ["cat", "dog"] and not splits.embedded
+    assert splits.warnings == [f"warning: 1 of 3 {which} images have no label file (trained as "
+                               "images without objects)" for which in ("train", "valid")]
+    images, truth, sizes = collate([splits.val[i] for i in range(3)])
+    assert images.shape == (3, 3, 64, 64) and images.dtype == torch.float32
+    assert truth.shape == (3, 200, 5) and sizes.tolist() == [[40, 30]] * 3
+    torch.testing.assert_close(truth[0, 0], torch.tensor([0.5, 0.5, 0.25, 0.5, 0.0]))
+    assert not truth[1].any()  # the image without a label file has no objects
+    assert not truth[0, 1:].any()  # zero rows after the last box
+
+
+def test_detection_datasets_refuse_bad_labels_before_training(tmp_path):
+    path = make_data_set(tmp_path / "set", labels={2: "0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1\n"})
+    with pytest.raises(CfgError) as err:
+        detection_datasets(detector(tmp_path), str(path), seed=0)
+    d = err.value.first
+    assert d.path.endswith(os.path.join("labels", "2.txt")) and d.line == 2
+    assert d.message == "class 7 but classes=2"
+
+
+# -- the embedded set -----------------------------------------------------------------------------
+def test_embedded_set_is_deterministic_with_exact_boxes():
+    a, b = EmbeddedDetection(20, 8, 3, 96, 128, 0, 0), EmbeddedDetection(20, 8, 3, 96, 128, 0, 0)
+    other, val = EmbeddedDetection(20, 8, 3, 96, 128, 1, 0), EmbeddedDetection(20, 8, 3, 96, 128,
+                                                                               0, 1)
+    x, boxes = a[3]
+    assert x.shape == (3, 96, 128) and x.dtype == torch.uint8
+    assert torch.equal(x, b[3][0]) and np.array_equal(boxes, b[3][1])
+    assert not torch.equal(x, other[3][0]) and not torch.equal(x, val[3][0])
+    counts = []
+    for i in range(20):
+        img, boxes = a[i]
+        counts.append(len(boxes))
+        bright = img.max(0)[0].numpy() > 150  # objects; the background stays far darker
+        for j, (cx, cy, w, h, cls) in enumerate(boxes):
+            assert 0 <= cls < 8 and 0 < w <= 1 and 0 < h <= 1
+            x0, x1 = round((cx - w / 2) * 128), round((cx + w / 2) * 128)
+            y0, y1 = round((cy - h / 2) * 96), round((cy + h / 2) * 96)
+            assert abs((cx - w / 2) * 128 - x0) < 1e-3 and abs((cy + h / 2) * 96 - y1) < 1e-3
+            inside = bright[y0:y1, x0:x1]
+            # the shape touches all four sides of its box
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and \
+                inside[:, -1].any()
+            others = [o for k, o in enumerate(boxes) if k != j]
+            ring = np.zeros_like(bright)
+            ring[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = True
+            ring[y0:y1, x0:x1] = False
+            for ox, oy, ow, oh, _ in others:  # ignore pixels of overlapping neighbours
+                ring[max(int((oy - oh / 2) * 96) - 1, 0):int((oy + oh / 2) * 96) + 2,
+                     max(int((ox - ow / 2) * 128) - 1, 0):int((ox + ow / 2) * 128) + 2] = False
+            assert not (bright & ring).any()  # and nothing of it lies outside
+    assert min(counts) >= 1 and max(counts) <= 4 and np.mean(counts) > 1.5
+
+
+def test_embedded_classes_look_distinct():
+    looks = [class_look(k) for k in range(128)]
+    assert len(set(looks)) == 128
+    assert len({s for s, _, _ in looks[:8]}) == 8 and len({c for _, c, _ in looks[:8]}) == 8
+
+
+def test_embedded_default_uses_few_classes_of_a_big_head(tmp_path):
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text(DETECTOR_CFG.format(net="", yolo="").replace("filters=14", "filters=170")
+                   .replace("classes=2", "classes=80"))
+    splits = detection_datasets(build(str(cfg)), None, seed=3, train_size=16, val_size=8)
+    assert len(splits.names) == 8 and splits.embedded
+    assert "8 of the network's 80 classes" in splits.banner() and "seed 3" in splits.banner()
+    assert len(detection_datasets(build(str(cfg)), None, 3, classes=20).names) == 20
+    with pytest.raises(CfgError, match="--classes 81"):
+        detection_datasets(build(str(cfg)), None, 3, classes=81)
+
+
+# -- augmentation keeps boxes on their pixels -----------------------------------------------------
+def rect_image(w: int, h: int, rng: np.random.Generator):
+    """A black image with one white rectangle (under a quarter of the image, so the mean colour
+    used for padding stays dark) and its box."""
+    img = torch.zeros(3, h, w, dtype=torch.uint8)
+    bw, bh = int(rng.integers(w // 8, w // 2)), int(rng.integers(h // 8, h // 2))
+    x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+    img[:, y0:y0 + bh, x0:x0 + bw] = 255
+    box = np.array([[(x0 + bw / 2) / w, (y0 + bh / 2) / h, bw / w, bh / h, 1]], np.float32)
+    return img, box
+
+
+def assert_boxes_cover_pixels(img: torch.Tensor, boxes: np.ndarray, threshold: int = 100,
+                              band: int = 1, only_outside: bool = False):
+    """The union of the boxes and the bright pixels differ only in a band of `band` pixels
+    along the edges (bilinear resampling; mosaic truncates its edges to whole pixels) and in
+    slivers that thin (dropped boxes). `only_outside`: only bright pixels outside every box
+    count (boxes may cover more)."""
+    h, w = img.shape[-2:]
+    bright = img[0] > threshold
+    union = torch.zeros(h, w, dtype=torch.bool)
+    for cx, cy, bw, bh, _ in boxes:
+        x0, x1 = max(round((cx - bw / 2) * w), 0), round((cx + bw / 2) * w)
+        y0, y1 = max(round((cy - bh / 2) * h), 0), round((cy + bh / 2) * h)
+        union[y0:y1, x0:x1] = True
+    wrong = ((bright & ~union) if only_outside else (bright ^ union)).float()[None, None]
+    core = -torch.nn.functional.max_pool2d(-wrong, 2 * band + 1, 1, band)  # erode the band
+    assert core.sum() == 0, f"{int(wrong.sum())} pixels disagree with the boxes"
+
+
+GEOMETRY = {
+    "jitter": dict(jitter=0.3, flip=False),
+    "resize zoom in": dict(jitter=0.0, resize=1.5, flip=False),
+    "resize zoom out": dict(jitter=0.0, resize=0.6, flip=False),
+    "letter_box": dict(jitter=0.1, letter_box=True, flip=False),
+    "flip": dict(jitter=0.2, flip=True),
+    "everything": dict(jitter=0.3, resize=1.5, flip=True, hue=0.0),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRY))
+def test_geometry_moves_boxes_with_their_pixels(name):
+    s = DetectionSettings(64, 48, classes=2, **GEOMETRY[name])
+    rng = np.random.default_rng(7)
+    kept = 0
+    for _ in range(25):
+        img, box = rect_image(int(rng.integers(40, 120)), int(rng.integers(40, 120)), rng)
+        out = augment(img, box, 64, 48, s, rng)
+        assert out.image.shape == (3, 48, 64) and out.image.dtype == torch.uint8
+        assert_boxes_cover_pixels(out.image, out.boxes)
+        kept += len(out.boxes)
+    assert kept >= 15  # most boxes survive the crop
+
+
+def test_flip_mirrors_the_box():
+    s = DetectionSettings(64, 64, classes=2, jitter=0.0, flip=True)
+    img, box = rect_image(64, 64, np.random.default_rng(1))
+    flips = set()
+    for seed in range(8):
+        out = augment(img, box, 64, 64, s, np.random.default_rng(seed))
+        flips.add(out.flip)
+        expect = box[0, 0] if not out.flip else 1 - box[0, 0]
+        assert out.boxes[0, 0] == pytest.approx(expect, abs=1e-6)
+        assert_boxes_cover_pixels(out.image, out.boxes)
+    assert flips == {False, True}
+
+
+def test_photometric_steps_leave_boxes_alone():
+    s = DetectionSettings(64, 64, classes=2, jitter=0.0, flip=False, hue=0.1, saturation=1.5,
+                          exposure=1.5, gaussian_noise=3)
+    img, box = rect_image(64, 64, np.random.default_rng(2))
+    for seed in range(6):
+        out = augment(img, box, 64, 64, s, np.random.default_rng(seed))
+        np.testing.assert_allclose(out.boxes, box, atol=1e-6)
+        assert_boxes_cover_pixels(out.image, out.boxes, threshold=60)
+
+
+def test_background_blur_keeps_the_objects_sharp():
+    s = DetectionSettings(64, 64, classes=2, jitter=0.0, flip=False, blur=1)
+    rng = np.random.default_rng(4)
+    img, box = rect_image(64, 64, rng)
+    img = img // 2 + torch.randint(0, 100, img.shape, generator=torch.Generator().manual_seed(0),
+                                   dtype=torch.uint8)
+    kinds = set()
+    for seed in range(12):
+        out = augment(img, box, 64, 64, s, np.random.default_rng(seed))
+        x0, x1 = round((box[0, 0] - box[0, 2] / 2) * 64), round((box[0, 0] + box[0, 2] / 2) * 64)
+        y0, y1 = round((box[0, 1] - box[0, 3] / 2) * 64), round((box[0, 1] + box[0, 3] / 2) * 64)
+        assert torch.equal(out.image[:, y0 + 1:y1 - 1, x0 + 1:x1 - 1],
+                           img[:, y0 + 1:y1 - 1, x0 + 1:x1 - 1])  # the object stays as it was
+        kinds.add(torch.equal(out.image, img))
+    assert kinds == {True, False}  # blur 0 (none) or 1 (the background), a third each
+
+
+@pytest.mark.parametrize("bound", [True, False])
+def test_mosaic_places_boxes_on_their_pixels(bound):
+    s = DetectionSettings(96, 80, classes=2, jitter=0.3, flip=True, mix=MOSAIC,
+                          mosaic_bound=bound)
+    rng = np.random.default_rng(5)
+    pool = [rect_image(int(rng.integers(50, 120)), int(rng.integers(50, 120)), rng)
+            for _ in range(8)]
+    for _ in range(12):
+        parts = [augment(*pool[int(rng.integers(8))], 96, 80, s, rng, corner=q)
+                 for q in range(4)]
+        cut_x, cut_y = int(rng.integers(19, 77)), int(rng.integers(16, 65))
+        img, boxes = mosaic(parts, cut_x, cut_y, s, 96, 80)
+        assert img.shape == (3, 80, 96)
+        # bound: clipped to its quadrant, exactly the visible part; else clipped to the canvas
+        # only, so a box covers its visible part and may reach into the next quadrant
+        assert_boxes_cover_pixels(img, boxes, band=2, only_outside=not bound)
+
+
+def test_mixup_blends_images_and_concatenates_boxes():
+    s = DetectionSettings(64, 64, classes=2, jitter=0.2)
+    rng = np.random.default_rng(3)
+    a = augment(*rect_image(64, 64, rng), 64, 64, s, rng)
+    b = augment(*rect_image(64, 64, rng), 64, 64, s, rng)
+    img, boxes = mixup(a, b, 200)
+    assert np.array_equal(boxes, np.concatenate([a.boxes, b.boxes]))
+    torch.testing.assert_close(img.float(), (a.image.float() + b.image.float()).div(2),
+                               atol=0.5, rtol=0)
+    assert_boxes_cover_pixels(img, boxes)
+
+
+def test_boxes_are_truncated_to_max_then_filtered():
+    s = DetectionSettings(32, 32, classes=2, max_boxes=3, jitter=0.0, flip=False)
+    img = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    boxes = np.array([[0.5, 0.5, 0.2, 0.2, c] for c in (0, 1, 5, 0, 1)], np.float32)
+    boxes[0, 2] = 0.01  # under one pixel: dropped
+    for seed in range(5):
+        out = augment(img, boxes, 32, 32, s, np.random.default_rng(seed))
+        assert len(out.boxes) <= 3  # truncation first: the dropped ones are not replaced
+        assert all(c < 2 for c in out.boxes[:, 4]) and all(out.boxes[:, 2] >= 1 / 32)
+
+
+def test_hsv_matches_opencv_8bit_semantics():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (200, 3))
+    img = torch.from_numpy(pixels.T.reshape(3, 10, 20).astype(np.uint8))
+    same = hsv_shift(img, 0.0, 1.0, 1.0)
+    assert (same.int() - img.int()).abs().max() <= 4  # 8-bit HSV round trip
+    out = hsv_shift(img, 0.05, 1.3, 0.7).reshape(3, -1).T.int().numpy()
+    for (r, g, b), got in zip(pixels, out, strict=True):
+        h, s, v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+        hh = min(max(round(h * 180) % 180 + 179 * 0.05, 0), 255) % 180
+        want = colorsys.hsv_to_rgb(hh / 180, min(s * 1.3, 1), v * 0.7)
+        assert np.abs(np.array(want) * 255 - got).max() <= 8
+    red = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1)
+    assert hsv_shift(red, -0.1, 1, 1).flatten().tolist() == [255, 0, 0]  # clips at hue 0
+    assert hsv_shift(red, 1 / 3 * 180 / 179, 1, 1).flatten().tolist() == [0, 255, 0]  # +120°
+
+
+# -- determinism, batches, multi-scale ------------------------------------------------------------
+def embedded_train(seed: int = 0, **settings) -> DetectionTrain:
+    s = DetectionSettings(64, 64, classes=3, jitter=0.3, flip=True, hue=0.1, saturation=1.5,
+                          exposure=1.5, **settings)
+    return DetectionTrain(EmbeddedDetection(50, 3, 3, 64, 64, seed, 0), s, seed)
+
+
+def test_samples_are_pure_functions_of_seed_iteration_and_slot():
+    a, b, c = embedded_train(mix=MOSAIC), embedded_train(mix=MOSAIC), embedded_train(1)
+    for key in [Slot(0, 0), Slot(5, 3), Slot(123, 1)]:
+        x, t = a[key]
+        assert torch.equal(x, b[key][0]) and torch.equal(t, b[key][1])
+        assert not torch.equal(x, c[key][0])
+    assert not torch.equal(a[Slot(0, 0)][0], a[Slot(0, 1)][0])
+    assert not torch.equal(a[Slot(0, 0)][0], a[Slot(1, 0)][0])
+    with pytest.raises(TypeError, match="Slot"):
+        a[(3, 0)]  # an (index, epoch) key from a plain sampler
+
+
+def test_stream_resumes_byte_identically_and_ranks_differ():
+    ds = embedded_train(mix=MIXUP, random=1.0, max_batches=100)
+    whole = ds_batches(ds, 0, 4)
+    resumed = ds_batches(ds, 2, 2)
+    for got, want in zip(resumed, whole[2:], strict=True):
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    images, truth = whole[0]
+    assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
+    assert images.shape == (3, 3, 128, 128)  # period 0: roundl(1.4·64/32 + 1)·32
+    assert truth.shape == (3, 200, 5)
+    rank1 = next(iter(ds_batches(ds, 0, 1, rank=1)))
+    assert not torch.equal(rank1[0], images)
+
+
+def ds_batches(ds, start: int, count: int, rank: int = 0, workers: int = 0):
+    from training.detection.dataset import DetectionStream
+
+    it = DetectionStream(ds, batch=3, world=2, rank=rank, workers=workers).batches(start)
+    return [next(it) for _ in range(count)]
+
+
+def test_a_loader_worker_gives_the_same_batches():
+    ds = embedded_train(random=1.0, max_batches=100)
+    for (a, ta), (b, tb) in zip(ds_batches(ds, 9, 2), ds_batches(ds, 9, 2, workers=1),
+                                strict=True):
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+
+
+def test_training_sample_draws_images_with_replacement():
+    s = DetectionSettings(32, 32, classes=2, jitter=0.0, flip=False)
+    seen = []
+    loader = lambda i: (seen.append(i), (torch.zeros(3, 32, 32, dtype=torch.uint8),  # noqa: E731
+                                         np.zeros((0, 5), np.float32)))[1]
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        training_sample(loader, 5, 32, 32, s, rng)
+    assert set(seen) == set(range(5)) and len(seen) == 60
+
+
+def test_multiscale_sizes_follow_darknet():
+    assert possible_sizes(416, 1) == list(range(320, 609, 32))
+    assert possible_sizes(160, 1) == [160, 192, 224, 256]  # r < 1 rounds back up to 160
+    sizes = [training_size(i, 416, 416, 1.0, 0, 10000) for i in range(2000)]
+    assert sizes[0] == (608, 608) and len(set(sizes[:10])) == 1
+    for p in range(200):  # constant over each period of 10 iterations
+        assert len(set(sizes[10 * p:10 * p + 10])) == 1
+    assert {w for w, _ in sizes} == set(range(320, 609, 32))
+    assert all(w == h for w, h in sizes)
+    assert training_size(9950, 416, 416, 1.0, 0, 10000) == (608, 608)  # the last 100
+    assert training_size(55, 416, 320, 0.0, 0, 10000) == (416, 320)  # random=0
+    w, h = training_size(10, 416, 320, 1.0, 0, 10000)
+    assert w % 32 == 0 and h % 32 == 0
+    other = [training_size(i, 416, 416, 1.0, 1, 10000) for i in range(0, 2000, 10)]
+    assert other != sizes[::10]  # the seed picks the sizes
+
+
+def test_settings_come_from_net_and_the_last_head(tmp_path):
+    net = detector(tmp_path, net="mosaic=1\nhue=.2\nexposure=0\nresize_step=16",
+                   yolo="jitter=.1\nrandom=1\nmax=50\nresize=1.5")
+    s = DetectionSettings.from_network(net)
+    assert (s.mix, s.hue, s.exposure, s.resize_step) == (MOSAIC, 0.2, 1.0, 16)
+    assert (s.jitter, s.random, s.max_boxes, s.resize, s.classes) == (0.1, 1.0, 50, 1.5, 2)
+    both = DetectionSettings.from_network(detector(tmp_path, net="mosaic=1\nletter_box=1"))
+    assert both.mix == MOSAIC and both.letter_box  # as yolov4-csp.cfg: applied, with a warning
+    assert len(both.notes) == 1 and "warning[W305]: letter_box=1 with mosaic=1" in both.notes[0]
+
+
+def test_pad_truth_and_letterbox_layout():
+    t = pad_truth(np.array([[0.5, 0.5, 0.1, 0.2, 1]], np.float32), 4)
+    assert t.shape == (4, 5) and t[0].tolist() == pytest.approx([0.5, 0.5, 0.1, 0.2, 1])
+    assert not t[1:].any()
+    boxed = letterbox(torch.full((3, 20, 40), 255, dtype=torch.uint8), 32, 32)
+    assert boxed.shape == (3, 32, 32)
+    assert boxed[:, :8].eq(0.5).all() and boxed[:, 24:].eq(0.5).all()
+    torch.testing.assert_close(boxed[:, 8:24], torch.ones(3, 16, 32))
+
+
+def test_batches_leave_the_global_random_state_alone():
+    ds = embedded_train()
+    torch.manual_seed(11)
+    want = torch.rand(3)
+    torch.manual_seed(11)
+    ds_batches(ds, 0, 2)
+    assert torch.equal(torch.rand(3), want)  # resume restores the RNG: the loader must not use it
+
+
+def test_grey_images_take_exposure_only():
+    s = DetectionSettings(32, 32, channels=1, classes=2, jitter=0.2, hue=0.1, saturation=1.5,
+                          exposure=1.5)
+    img, box = rect_image(40, 40, np.random.default_rng(0))
+    out = augment(img[:1], box, 32, 32, s, np.random.default_rng(0))
+    assert out.image.shape == (1, 32, 32)
+    assert_boxes_cover_pixels(out.image, out.boxes)
+
+
+def test_difficult_list_is_read_parallel_to_valid(tmp_path):
+    path = make_data_set(tmp_path / "set")
+    (tmp_path / "set" / "hard").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "set" / "hard" / f"{i}.jpg")
+    (tmp_path / "set" / "hard" / "1.txt").write_text("1 0.3 0.3 0.1 0.1\n")
+    (tmp_path / "set" / "difficult.txt").write_text("".join(f"hard/{i}.jpg\n" for i in range(3)))
+    with open(path, "a") as fh:
+        fh.write("difficult=difficult.txt\n")
+    splits = detection_datasets(detector(tmp_path), str(path), seed=0)
+    assert [len(b) for b in splits.difficult] == [0, 1, 0]
+    np.testing.assert_allclose(splits.difficult[1], [[0.3, 0.3, 0.1, 0.1, 1]])
+
+
+def test_preview_draws_training_samples_with_boxes(tmp_path, capsys):
+    from training.detection.preview import main
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG.format(net="", yolo=""))
+    out = tmp_path / "p.png"
+    assert main([str(cfg), "--count", "3", "--out", str(out)]) == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (68, 200, 3)  # 3 tiles of 64x64 with 2-pixel padding
+    assert (grid == 255).all(-1).sum() > 50  # white box outlines
+    assert "embedded detection set" in capsys.readouterr().err
+    assert main([str(cfg), "--data", str(tmp_path / "none.data")]) == 2  # located error
+
+
+def test_multiscale_can_be_switched_off(tmp_path):
+    net = detector(tmp_path, yolo="random=1")
+    on = detection_datasets(net, None, 0, train_size=8, val_size=2)
+    off = detection_datasets(net, None, 0, train_size=8, val_size=2, multiscale=False)
+    assert on.train.size_at(0) == (128, 128) and off.train.size_at(0) == (64, 64)
+    assert {off.train.size_at(i) for i in range(0, 300, 10)} == {(64, 64)}

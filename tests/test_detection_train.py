@@ -1,0 +1,278 @@
+"""Detectors train through the DetectionTask: the loss is the sum of every head's loss with
+Darknet's `seen`, per-head statistics reach metrics.csv, validation is Darknet's -map (mAP,
+per-class table, JSON), `_best.weights` follows mAP, and a killed run resumes byte-identically."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import runner
+from builders import build
+from training.config import NetConfig
+from training.detection.task import DetectionTask
+from training.loop import Trainer
+from training.tasks import task_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# two [yolo] heads (8x8 and 4x4 grids at 64x64), multi-scale and Darknet's augmentations on
+CFG = """
+[net]
+width=64
+height=64
+channels=3
+batch=4
+subdivisions=2
+learning_rate=0.002
+momentum=0.9
+decay=0.0005
+burn_in=3
+max_batches={max_batches}
+policy=steps
+steps=100
+scales=0.1
+hue=.1
+saturation=1.5
+exposure=1.5
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+size=1
+filters=21
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=6,6, 12,12, 20,20, 32,32, 44,44, 60,60
+classes=2
+num=6
+jitter=.2
+random=1
+
+[route]
+layers=-3
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+size=1
+filters=21
+activation=linear
+
+[yolo]
+mask=3,4,5
+anchors=6,6, 12,12, 20,20, 32,32, 44,44, 60,60
+classes=2
+num=6
+jitter=.2
+random=1
+"""
+
+
+@pytest.fixture
+def cfg(tmp_path) -> Path:
+    path = tmp_path / "tiny.cfg"
+    path.write_text(CFG.format(max_batches=12))
+    return path
+
+
+def test_the_loss_is_the_sum_of_the_heads_with_seen_and_stats(cfg, monkeypatch):
+    net = build(str(cfg))
+    task = task_for(net, NetConfig.from_block(net.net_block))
+    assert isinstance(task, DetectionTask) and task.heads == (4, 8)
+    seen_by_head = []
+    for i in task.heads:
+        original = net.layers[i].loss
+
+        def spy(x, truth, seen=0, _original=original, _i=i):
+            seen_by_head.append((_i, seen))
+            return _original(x, truth, seen=seen)
+
+        monkeypatch.setattr(net.layers[i], "loss", spy)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    truth = torch.zeros(2, 5, 5)
+    truth[0, 0] = torch.tensor([0.3, 0.4, 0.2, 0.3, 1])
+    truth[1, :2] = torch.tensor([[0.7, 0.6, 0.5, 0.4, 0], [0.2, 0.2, 0.1, 0.1, 1]])
+    loss, stats = task.loss(net, x, truth, seen=64)
+    out = net(x, collect=[3, 7])
+    expected = net.layers[4].loss(out[3], truth, seen=64) + net.layers[8].loss(out[7], truth,
+                                                                               seen=64)
+    torch.testing.assert_close(loss, expected)
+    assert seen_by_head[:2] == [(4, 64), (8, 64)]
+    assert set(stats) == {f"h{i}_{s}" for i in (4, 8) for s in
+                          ("avg_iou", "count", "class_loss", "iou_loss", "total_loss")}
+    assert float(stats["h4_count"]) + float(stats["h8_count"]) >= 1  # some truth matched
+    assert "h4 iou" in task.progress(stats)
+
+
+def test_the_trainer_passes_seen_per_mini_batch_and_runs_other_sizes(cfg, monkeypatch):
+    net = build(str(cfg))
+    trainer = Trainer(net, NetConfig.from_block(net.net_block))
+    seen = []
+    original = trainer.task.loss
+
+    def spy(net, x, targets, seen_now=0):
+        seen.append((seen_now, tuple(x.shape[-2:])))
+        return original(net, x, targets, seen_now)
+
+    monkeypatch.setattr(trainer.task, "loss", spy)
+    truth = torch.zeros(4, 5, 5)
+    truth[:, 0] = torch.tensor([0.5, 0.5, 0.3, 0.3, 0])
+    trainer.step(torch.rand(4, 3, 64, 64), truth)
+    trainer.step(torch.rand(4, 3, 96, 96), truth)  # a multi-scale size: the net follows
+    assert seen == [(2, (64, 64)), (4, (64, 64)), (6, (96, 96)), (8, (96, 96))]
+
+
+def rows(out: Path) -> list[dict]:
+    path = out / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.slow
+def test_train_validate_and_json(cfg, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = runner.main([str(cfg), "--train", "--out", str(out), "--no-progress", "--workers",
+                        "0", "--valid-every", "6"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "embedded detection set" in err and "mean average precision (mAP@0.50)" in err
+    log = rows(out)
+    assert [int(r["iteration"]) for r in log] == list(range(1, 13))
+    validated = [r for r in log if r["val_map50"]]
+    assert [int(r["iteration"]) for r in validated] == [6, 12]
+    for r in validated:
+        assert 0 <= float(r["val_map50"]) <= 1 and 0 <= float(r["val_map50_95"]) <= 1
+    assert all(r["h4_avg_iou"] != "" and r["h8_total_loss"] != "" for r in log)
+    for name in ("chart.png", "tiny_best.weights", "tiny_final.weights", "checkpoint.pt"):
+        assert (out / name).exists(), name
+    settings = (out / "settings.yaml").read_text()
+    assert "task: detect" in settings
+
+    weights = str(out / "tiny_final.weights")
+    assert runner.main([str(cfg), "--valid", "--weights", weights, "--format", "json",
+                        "--map-points", "101"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) >= {"map50", "map50_95", "per_class", "precision", "recall", "f1",
+                           "avg_iou", "thresholds"}
+    assert len(result["per_class"]) == 2
+    assert result["thresholds"] == {"detection": 0.005, "nms": 0.45, "iou": 0.5, "conf": 0.25,
+                                    "map_points": 101}
+    assert runner.main([str(cfg), "--valid", "--weights", weights]) == 0
+    text = capsys.readouterr().out
+    assert "mean average precision (mAP@0.50)" in text and "truths" in text
+    # the same weights evaluated twice give the same all-point mAP as the training run's last
+    assert f"= {float(validated[-1]['val_map50']):.6f}" in text
+
+
+def command(cfg: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
+            "--no-progress", "--checkpoint-every", "3", "--valid-every", "10", "--workers", "0",
+            *extra]
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_detector_resumes_byte_identically(tmp_path):
+    import time
+
+    cfg = tmp_path / "resume.cfg"
+    cfg.write_text(CFG.format(max_batches=20))  # crosses a multi-scale period (10)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    proc = start(command(cfg, killed))
+    deadline = time.monotonic() + 300
+    while len(rows(killed)) < 8:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended early: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the run made no progress")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "resume_final.weights").exists(), "killed too late to test anything"
+    reference = start(command(cfg, straight))
+    resumed = start(command(cfg, killed, "--resume"))
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()
+    assert "resuming from" in err
+    for name in ("resume_final.weights", "resume_best.weights"):
+        assert (killed / name).read_bytes() == (straight / name).read_bytes(), name
+    keys = ("iteration", "loss", "h4_avg_iou", "val_map50", "val_map50_95")
+    assert [[r[k] for k in keys] for r in rows(killed)] == \
+        [[r[k] for k in keys] for r in rows(straight)]
+
+
+def test_valid_on_darknet_detection_data(cfg, tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    lines = []
+    for i, rows in enumerate(([(0, 0.3, 0.3, 0.2, 0.2)], [(1, 0.6, 0.5, 0.3, 0.4),
+                                                           (0, 0.2, 0.8, 0.1, 0.1)])):
+        path = images / f"im{i}.png"
+        Image.new("RGB", (80, 60), (20 * i, 40, 60)).save(path)
+        path.with_suffix(".txt").write_text("".join(f"{c} {x} {y} {w} {h}\n"
+                                                    for c, x, y, w, h in rows))
+        lines.append(str(path))
+    (tmp_path / "data" / "list.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "data" / "obj.names").write_text("cat\ndog\n")
+    data = tmp_path / "data" / "obj.data"
+    data.write_text("classes=2\ntrain=list.txt\nvalid=list.txt\nnames=obj.names\n"
+                    f"backup={tmp_path / 'backup'}\n")
+    assert runner.main([str(cfg), "--valid", "--data", str(data), "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["per_class"]) == {"cat", "dog"}
+    assert result["fn"] + result["tp"] == 3  # every label line is a truth
+    # a bad label is a located error before anything runs
+    (images / "im1.txt").write_text("7 0.5 0.5 0.2 0.2\n")
+    assert runner.main([str(cfg), "--valid", "--data", str(data)]) == 2
+    assert "im1.txt:1" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Detection training: data, augmentation, evaluation."""

@@ -1,0 +1,331 @@
+"""Darknet detection data on disk: `.data` files, image lists, label paths and YOLO label lines.
+
+Torch-free (numpy only), so the checks run before anything is built.
+
+Paths. A `.data` value (`train=`, `valid=`, `names=`, `backup=`) and every line of an image list
+is used as Darknet uses it, relative to the current directory (Darknet just `fopen`s it). When it
+does not exist there, darkcfg also tries the folder of the file that names it (the list's folder
+for an image, the `.data` file's folder for a list), so a data set can be moved as one folder.
+
+Labels. The label file of an image is Darknet's `replace_image_to_label` applied to the image
+path as opened (as written in the list when Darknet would find it, else joined to the folder it
+was found in, so `JPEGImages/x.jpg` listed in `voc/train.txt` reads `voc/labels/x.txt`): the first
+occurrence of each of these folder names is replaced, in this order,
+`/images/train2017/`->`/labels/train2017/`, `/images/val2017/`->`/labels/val2017/`,
+`/JPEGImages/`->`/labels/`, the same four with backslashes plus `\\images\\train2014\\` and
+`\\images\\val2014\\`, then `/images/train2014/`, `/images/val2014/` (AlexeyAB's order; a plain
+`/images/` is *not* replaced, so labels live next to the images), and then the extension: when
+the first occurrence of one of `.jpg .JPG .jpeg .JPEG .png .PNG .bmp .BMP .ppm .PPM .tiff .TIFF`
+ends the path, it becomes `.txt` (`x.Jpg` or `x.tif` keep their name: Darknet then warns and
+reads no labels).
+
+A label file holds lines `class x y w h`: an integer class id in [0, classes) and the box centre
+and size as fractions of the image, each in (0, 1]. A missing file means an image without
+objects (counted in one warning line); a malformed line or a value out of range is a located
+error (`labels/x.txt:3:1: error[E903]: class 91 but classes=80`) found by `validate_labels`
+before training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cfgparse import CfgError, Diagnostic
+
+LABEL_CODE = "E903"  # a bad label file (cfgparse.errors.CODES)
+
+# replace_image_to_label's folder substitutions, in Darknet's order (each: first occurrence only)
+LABEL_FOLDERS = (
+    ("/images/train2017/", "/labels/train2017/"),
+    ("/images/val2017/", "/labels/val2017/"),
+    ("/JPEGImages/", "/labels/"),
+    ("\\images\\train2017\\", "\\labels\\train2017\\"),
+    ("\\images\\val2017\\", "\\labels\\val2017\\"),
+    ("\\images\\train2014\\", "\\labels\\train2014\\"),
+    ("\\images\\val2014\\", "\\labels\\val2014\\"),
+    ("/images/train2014/", "/labels/train2014/"),
+    ("/images/val2014/", "/labels/val2014/"),
+    ("\\JPEGImages\\", "\\labels\\"),
+)
+LABEL_EXTENSIONS = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".bmp", ".BMP", ".ppm",
+                    ".PPM", ".tiff", ".TIFF")
+
+
+def label_path(image: str) -> str:
+    """The label file Darknet reads for `image` (replace_image_to_label; see the module doc)."""
+    out = image
+    for old, new in LABEL_FOLDERS:
+        out = out.replace(old, new, 1)
+    out = out.strip()  # Darknet trims the path
+    for ext in LABEL_EXTENSIONS:
+        at = out.find(ext)  # Darknet: the first occurrence, replaced only if it ends the path
+        if at >= 0 and at + len(ext) == len(out):
+            out = out[:at] + ".txt"
+    return out
+
+
+# -- .data files ----------------------------------------------------------------------------------
+@dataclass
+class DetectionData:
+    """A Darknet detection `.data` file, resolved."""
+
+    path: Path
+    classes: int
+    train: list[str]  # image paths (resolved)
+    valid: list[str]  # the `valid` list; empty when the file has none
+    names: list[str]
+    backup: str | None
+    train_labels: list[str] = field(default_factory=list)  # label path of each train image
+    valid_labels: list[str] = field(default_factory=list)
+    valid_is_train: bool = False  # no valid= key: Darknet's map falls back to train
+    difficult_labels: list[str] = field(default_factory=list)  # `difficult` list's label paths
+
+
+def read_data_file(path: Path) -> dict[str, str]:
+    """key=value lines, all whitespace removed, '#'/';' comment lines; the first key wins."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _error(f"cannot read '{path}': {exc}", str(path), code="E901") from None
+    options: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = "".join(raw.split())
+        if not line or line[0] in "#;":
+            continue
+        key, eq, value = line.partition("=")
+        if not eq:
+            raise CfgError(Diagnostic("E102", f"missing '=' in '{line}'", str(path), n, 1,
+                                      hint="a .data line is key=value", source=raw,
+                                      span=len(raw.strip()) or 1))
+        options.setdefault(key, value)
+    return options
+
+
+def resolve(raw: str, *fallbacks: Path) -> Path:
+    """`raw` as Darknet opens it (absolute, or relative to the current directory), else under
+    the first fallback folder where it exists; the Darknet reading when it exists nowhere."""
+    base = _base(raw, fallbacks)
+    return Path(os.path.join(base, raw)) if base else Path(raw)
+
+
+def _base(raw: str, fallbacks: Sequence[Path]) -> str:
+    """The folder `raw` is found under ('' = as written)."""
+    if os.path.isabs(raw) or os.path.exists(raw):
+        return ""
+    for base in fallbacks:
+        if os.path.exists(os.path.join(base, raw)):
+            return str(base)
+    return ""
+
+
+def read_list(path: Path, where: str, key: str) -> list[str]:
+    """Non-empty lines of a list file (whitespace at the ends removed, as Darknet's fgetl+trim)."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _error(f"cannot read the {key} file '{path}': {exc}", where, code="E901",
+                     hint=f"fix the '{key}=' line of the .data file") from None
+    return [s for s in (line.strip() for line in lines) if s]
+
+
+def open_detection_data(path: Path) -> DetectionData:
+    """Read a detection `.data` file: its lists, names and backup, and where each image's labels
+    are. Raises a located CfgError for a missing key, list or image."""
+    path = Path(path)
+    opts = read_data_file(path)
+    where = str(path)
+    here = path.parent
+    if "train" not in opts:
+        raise _error(f"'{path}' has no 'train' list", where,
+                     hint="add train=path/to/train.txt (one image path per line)")
+    try:
+        classes = int(opts.get("classes", "20"))
+    except ValueError:
+        raise _error(f"classes={opts['classes']} is not an integer", where) from None
+    if classes < 1:
+        raise _error(f"classes={classes}: a detector needs at least one class", where)
+
+    def images(key: str) -> tuple[list[str], list[str]]:
+        list_path = resolve(opts[key], here)
+        out, labels = [], []
+        missing = []
+        for raw in read_list(list_path, where, key):
+            base = _base(raw, (list_path.parent, here))
+            image = os.path.join(base, raw) if base else raw
+            if not os.path.isfile(image):
+                missing.append(raw)
+                continue
+            out.append(image)
+            labels.append(label_path(image))
+        if missing:
+            raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "
+                         f"'{missing[0]}'", where,
+                         hint=f"paths are tried relative to the current directory, "
+                         f"{list_path.parent} and {here}")
+        if not out:
+            raise _error(f"the {key} list '{list_path}' is empty", where,
+                         hint="list one image path per line")
+        return out, labels
+
+    train, train_labels = images("train")
+    valid, valid_labels = images("valid") if "valid" in opts else ([], [])
+    difficult = images("difficult")[1] if "difficult" in opts else []
+    if "names" in opts:
+        names = read_list(resolve(opts["names"], here), where, "names")
+        if len(names) < classes:
+            raise _error(f"'{path}' says classes={classes} but its names file lists "
+                         f"{len(names)} names", where, hint="one class name per line")
+        names = names[:classes]
+    else:
+        names = [str(i) for i in range(classes)]
+    backup = str(resolve(opts["backup"], here)) if "backup" in opts else None
+    return DetectionData(path, classes, train, valid, names, backup, train_labels,
+                         valid_labels, valid_is_train="valid" not in opts,
+                         difficult_labels=difficult)
+
+
+# -- label files ----------------------------------------------------------------------------------
+_LINE_HINT = ("a label line is 'class x y w h' (class id, then the box centre and size as "
+              "fractions of the image)")
+
+
+def parse_labels(text: str, path: str, classes: int) -> tuple[np.ndarray, list[Diagnostic]]:
+    """Boxes (n, 5) float32 `[x, y, w, h, class]` of a label file's text, and a diagnostic for
+    each bad line (those lines are left out)."""
+    boxes: list[list[float]] = []
+    problems: list[Diagnostic] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if not words:
+            continue
+        box, problem = _parse_line(words, classes)
+        if box is not None:
+            boxes.append(box)
+            continue
+        message, word, hint = problem
+        if word is None:
+            col, span = len(line) - len(line.lstrip()) + 1, len(line.strip())
+        else:
+            col, span = _column(line, word), len(words[word])
+        problems.append(Diagnostic(LABEL_CODE, message, path, n, col, hint=hint or _LINE_HINT,
+                                   source=line, span=max(span, 1)))
+    return np.asarray(boxes, np.float32).reshape(-1, 5), problems
+
+
+def _parse_line(words: list[str], classes: int):
+    """([x, y, w, h, class], None) or (None, (message, index of the bad word or None, hint))."""
+    if len(words) != 5:
+        return None, (f"{len(words)} value{'s' if len(words) != 1 else ''}, expected 5 "
+                      "(class x y w h)", None, "")
+    try:
+        cls = int(words[0])
+    except ValueError:
+        return None, (f"class '{words[0]}' is not an integer", 0, "")
+    try:
+        x, y, w, h = (float(v) for v in words[1:])
+    except ValueError:
+        k = next(i for i in range(1, 5) if not _is_float(words[i]))
+        return None, (f"{'xywh'[k - 1]} '{words[k]}' is not a number", k, "")
+    if not 0 <= cls < classes:
+        return None, (f"class {cls} but classes={classes}", 0,
+                      f"class ids run from 0 to {classes - 1} (the 'classes' of the .data file)")
+    out = [k for k, v in enumerate((x, y, w, h), 1) if not 0 < v <= 1]  # NaN fails too
+    if out:
+        k = out[0]
+        return None, (f"{'xywh'[k - 1]} = {words[k]} is outside (0, 1]", k,
+                      "coordinates are fractions of the image size: centre x, y and width, "
+                      "height in (0, 1]")
+    return [x, y, w, h, float(cls)], None
+
+
+def _column(line: str, word: int) -> int:
+    at = 0
+    for i, w in enumerate(line.split()):
+        at = line.index(w, at)
+        if i == word:
+            return at + 1
+        at += len(w)
+    return 1
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class Labels:
+    """The boxes of every image of a list, read once before training."""
+
+    boxes: list[np.ndarray]  # per image: (n, 5) float32 [x, y, w, h, class]
+    missing: int  # images without a label file (no objects)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def objects(self) -> int:
+        return sum(len(b) for b in self.boxes)
+
+    def warning(self, what: str = "images") -> str:
+        """The one-line warning for missing label files ('' when none is missing)."""
+        if not self.missing:
+            return ""
+        return (f"warning: {self.missing} of {len(self.boxes)} {what} have no label file "
+                "(trained as images without objects)")
+
+
+def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 20) -> Labels:
+    """Read and check every label file before training. Raises CfgError with the first
+    `max_errors` located problems (and a count of the rest); a missing file is no objects."""
+    boxes: list[np.ndarray] = []
+    missing = 0
+    problems: list[Diagnostic] = []
+    more = 0
+    empty = np.zeros((0, 5), np.float32)
+    for path in label_paths:
+        try:
+            with open(path, encoding="utf-8-sig") as fh:  # a BOM from Windows tools is no error
+                text = fh.read()
+        except FileNotFoundError:
+            missing += 1
+            boxes.append(empty)
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Diagnostic(LABEL_CODE, f"cannot read label file: {exc}", path,
+                                       hint="a label file is plain text"))
+            boxes.append(empty)
+            continue
+        found, bad = parse_labels(text, path, classes)
+        boxes.append(found)
+        room = max_errors - len(problems)
+        problems += bad[:room]
+        more += max(len(bad) - room, 0)
+    if problems:
+        if more:
+            last = problems[-1]
+            problems[-1] = Diagnostic(last.code, last.message, last.path, last.line,
+                                      last.column, hint=f"{last.hint} ({more} more problems "
+                                      "not shown)", source=last.source, span=last.span)
+        raise CfgError(problems)
+    return Labels(boxes, missing)
+
+
+def _error(message: str, where: str, hint: str = "", code: str = "E901") -> CfgError:
+    return CfgError(Diagnostic(code, message, where, hint=hint))
+
+
+def relative_to_cwd(path: str) -> str:
+    """A path for messages: relative to the current directory when inside it."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
