@@ -263,6 +263,7 @@ def build_detection(block: Block, ctx: BuildContext):
                           f"{expected} inputs, but the previous layer gives {inputs}", "side",
                           hint=f"set output={expected} in the [connected] layer before this one")
     layer = Detection(inputs, side * side, classes, block.bool("softmax"))
+    layer.side, layer.num, layer.coords = side, num, coords  # for decoding (builders/detect.py)
     layer.train_options = training_options(block, ctx.net.flavor)
     layer.describe = f"{side}x{side} {classes} cls"
     return layer, Shape.flat(inputs)

@@ -1,0 +1,430 @@
+"""Detection inference (builders/detect.py, training/inference.py): Darknet's decoding and NMS
+against the decode oracle of real Darknet (../shared/darknet/oracle-detect, README part A: fed
+Darknet's own head outputs), the DETECTION.md formulas for the heads the oracle does not cover,
+every detector cfg of the corpus, and the --detect command line."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from builders import build
+from builders.detect import (
+    Detections,
+    box_diou,
+    box_iou,
+    correct_boxes,
+    decode,
+    head_indices,
+    head_predictions,
+    letterbox_image,
+    letterbox_size,
+    nms,
+    resize_image,
+)
+from tests.oracle import ORACLE, SHARED
+
+DETECT = SHARED / "oracle-detect"
+NETS = ["yolov3-tiny", "yolov4-tiny", "yolov3", "yolov4", "yolov2", "yolov2-tiny", "yolov4-csp"]
+NMS_NAMES = {"do_nms_sort": "default", "greedynms": "greedynms", "diounms": "diounms"}
+
+
+def require_detect_oracle() -> None:
+    if not DETECT.is_dir() or not ORACLE.is_dir():
+        pytest.skip("../shared/darknet/oracle-detect (and oracle/) are not available")
+
+
+@functools.cache
+def oracle_case(name: str):
+    """(net built on meta, {head: Darknet's own output as our tensor layout}, decode.json)."""
+    cfg = DETECT / "cfg" / f"{name}.cfg" if name == "yolov4-csp" else ORACLE / "cfg" / f"{name}.cfg"
+    folder = DETECT / name if name == "yolov4-csp" else ORACLE / "out-calibrated" / name
+    net = build(cfg, device="meta")
+    outputs = {}
+    for i in head_indices(net):
+        flat = torch.from_numpy(np.fromfile(folder / f"layer{i:03d}.f32", "<f4"))
+        s = net.shapes[i]
+        shape = (1, s.c, s.h, s.w)
+        # invert the layer's own Darknet-order flattening (AlexeyAB [region] is HWC)
+        where = net.layers[i].darknet_output(torch.arange(flat.numel()).reshape(shape))[0]
+        ours = torch.empty_like(flat)
+        ours[where] = flat
+        outputs[i] = ours.reshape(shape)
+    with gzip.open(DETECT / name / "decode.json.gz") as f:
+        reference = json.load(f)
+    return net, outputs, reference
+
+
+@functools.cache
+def decoded(name: str, t: int) -> Detections:
+    net, outputs, reference = oracle_case(name)
+    return decode(net, outputs, reference["results"][t]["thresh"])[0]
+
+
+def dense_probs(entries: list[dict], classes: int) -> np.ndarray:
+    probs = np.zeros((len(entries), classes))
+    for s, e in enumerate(entries):
+        for c, p in e["prob"]:
+            probs[s, c] = p
+    return probs
+
+
+CASES = [(name, t) for name in NETS for t in range(3)]
+
+
+@pytest.mark.parametrize("name,t", CASES)
+def test_decode_matches_darknet(name, t):
+    require_detect_oracle()
+    _, _, reference = oracle_case(name)
+    result = reference["results"][t]
+    thresh, ref = result["thresh"], result["before_nms"]
+    dets = decoded(name, t)
+    assert len(dets) == result["nboxes"]
+    assert np.abs(dets.boxes.numpy() - np.array([e["bbox"] for e in ref])).max() <= 1e-5
+    assert np.abs(dets.objectness.numpy() - np.array([e["objectness"] for e in ref])).max() <= 1e-6
+    probs = dense_probs(ref, dets.classes)
+    assert np.abs(dets.probs.numpy() - probs).max() <= 1e-6
+    ours = dets.pairs()
+    theirs = {(s, c) for s, e in enumerate(ref) for c, _ in e["prob"]}
+    ours_p = dets.probs.numpy()
+    borderline = {(s, c) for s, c in ours ^ theirs
+                  if abs(max(ours_p[s, c], probs[s, c]) - thresh) <= 1e-5}
+    assert ours ^ theirs == borderline
+    # the same boxes, in the same place, as the dense tensors the exporter uses
+    net, outputs, _ = oracle_case(name)
+    boxes, objectness, scores = head_predictions(net, outputs)
+    assert torch.equal(boxes[0, dets.index], dets.boxes)
+    assert [e["layer"] for e in ref] == dets.layer.tolist()
+
+
+def _similarity(kind: str, beta: float):
+    if kind == "default":
+        return lambda a, b: box_iou(a, b)
+    return lambda a, b: box_diou(a, b, 0.6 if kind == "greedynms" else beta)
+
+
+@pytest.mark.parametrize("kind", list(NMS_NAMES))
+@pytest.mark.parametrize("name,t", CASES)
+def test_nms_matches_darknet(name, t, kind):
+    require_detect_oracle()
+    _, _, reference = oracle_case(name)
+    result = reference["results"][t]
+    dets = decoded(name, t)
+    after = nms(dets, reference["nms_thresh"], NMS_NAMES[kind])
+    theirs = {tuple(p) for p in result["nms"][kind]["kept"]}
+    ours = after.pairs()
+    # the README allows a mismatch only where a similarity is within 1e-5 of the threshold
+    similarity = _similarity(NMS_NAMES[kind], dets.beta_nms)
+    for s, c in ours ^ theirs:
+        rivals = torch.nonzero(dets.probs[:, c] > 0).flatten()
+        sims = similarity(dets.boxes[s:s + 1], dets.boxes[rivals])[0]
+        assert (sims - reference["nms_thresh"]).abs().min() <= 1e-5, (s, c)
+    assert len(ours ^ theirs) <= 2
+    assert torch.equal(after.boxes, dets.boxes)  # NMS only zeroes probs
+    assert torch.equal(after.objectness, dets.objectness)
+    assert after.probs[after.probs != dets.probs].eq(0).all()
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_default_nms_is_what_darknet_detector_test_runs(name):
+    require_detect_oracle()
+    _, _, reference = oracle_case(name)
+    dets = decoded(name, 0)
+    kind = reference["darknet_detector_nms"]
+    assert (dets.nms_kind, round(dets.beta_nms, 6)) == (
+        NMS_NAMES[kind], round(reference["last_layer"]["beta_nms"], 6))
+    assert nms(dets).pairs() == {tuple(p) for p in reference["results"][0]["nms"][kind]["kept"]}
+
+
+# -- heads the oracle does not cover: the DETECTION.md formulas, element by element --------------
+
+def sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+GAUSSIAN = """
+[net]
+width=96
+height=64
+channels=3
+
+[convolutional]
+filters={filters}
+size=1
+activation=linear
+
+[Gaussian_yolo]
+mask=1,2
+anchors=10,14, 23,27, 37,58
+classes=3
+num=3
+scale_x_y=1.1
+yolo_point={point}
+"""
+
+
+@pytest.mark.parametrize("point", ["center", "left_top", "right_bottom"])
+def test_gaussian_yolo_against_the_formulas(point):
+    net = build(GAUSSIAN.format(filters=2 * 12, point=point))
+    head = head_indices(net)[0]
+    assert net.meta[head].type == "Gaussian_yolo"
+    torch.manual_seed(0)
+    raw = torch.randn(2, 24, 2, 3) * 2  # the head's input: 2 images, 2x3 grid
+    out = {head: net.layers[head](raw)}
+    thresh = 0.3
+    dets = decode(net, out, thresh, input_size=(96, 64))  # a 2x3 grid of a 96x64 input
+    anchors = [(23, 27), (37, 58)]
+    s = 1.1
+    for b in range(2):
+        expect = []
+        for row in range(2):
+            for col in range(3):
+                for n, (aw, ah) in enumerate(anchors):
+                    z = raw[b, n * 12:(n + 1) * 12, row, col].tolist()
+                    obj = sigmoid(z[8])
+                    if not obj > thresh:
+                        continue
+                    x = (col + s * sigmoid(z[0]) - (s - 1) / 2) / 3
+                    y = (row + s * sigmoid(z[2]) - (s - 1) / 2) / 2
+                    w, h = math.exp(z[4]) * aw / 96, math.exp(z[6]) * ah / 64
+                    shift = {"center": 0, "left_top": 1, "right_bottom": -1}[point]
+                    x, y = x + shift * w / 2, y + shift * h / 2
+                    uc = (sigmoid(z[1]) + sigmoid(z[3]) + sigmoid(z[5]) + sigmoid(z[7])) / 4
+                    probs = [obj * sigmoid(z[9 + c]) * (1 - uc) for c in range(3)]
+                    expect.append(([x, y, w, h], obj, [p if p > thresh else 0 for p in probs]))
+        got = dets[b]
+        assert len(got) == len(expect) > 0
+        np.testing.assert_allclose(got.boxes.numpy(), [e[0] for e in expect], atol=1e-5)
+        np.testing.assert_allclose(got.objectness.numpy(), [e[1] for e in expect], atol=1e-6)
+        np.testing.assert_allclose(got.probs.numpy(), [e[2] for e in expect], atol=1e-6)
+
+
+YOLOV1 = """
+[net]
+width=32
+height=32
+channels=3
+
+[connected]
+output={output}
+activation=linear
+
+[detection]
+classes=3
+coords=4
+num=2
+side=3
+softmax=1
+sqrt={sqrt}
+"""
+
+
+@pytest.mark.parametrize("sqrt", [0, 1])
+def test_detection_yolov1_against_the_formulas(sqrt):
+    side, n, classes = 3, 2, 3
+    net = build(YOLOV1.format(output=side * side * (5 * n + classes), sqrt=sqrt))
+    head = head_indices(net)[0]
+    torch.manual_seed(1)
+    raw = torch.rand(1, side * side * (5 * n + classes))
+    y = net.layers[head](raw)[0].tolist()
+    thresh = 0.1
+    dets = decode(net, {head: net.layers[head](raw)}, thresh)[0]
+    cells = side * side
+    expect = []
+    for i in range(cells):
+        row, col = divmod(i, side)
+        for k in range(n):
+            conf = y[cells * classes + i * n + k]
+            b = y[cells * (classes + n) + (i * n + k) * 4:][:4]
+            power = 2 if sqrt else 1
+            box = [(b[0] + col) / side, (b[1] + row) / side, b[2] ** power, b[3] ** power]
+            probs = [conf * y[i * classes + c] for c in range(classes)]
+            expect.append((box, conf, [p if p > thresh else 0 for p in probs]))
+    assert len(dets) == cells * n  # every box is emitted
+    np.testing.assert_allclose(dets.boxes.numpy(), [e[0] for e in expect], atol=1e-6)
+    np.testing.assert_allclose(dets.objectness.numpy(), [e[1] for e in expect], atol=1e-6)
+    np.testing.assert_allclose(dets.probs.numpy(), [e[2] for e in expect], atol=1e-6)
+    assert nms(dets).pairs() <= dets.pairs()
+    # no letterbox correction for [detection], as in Darknet
+    same = decode(net, {head: net.layers[head](raw)}, thresh, image_size=(64, 32), letter_box=True)
+    assert torch.equal(same[0].boxes, dets.boxes)
+
+
+REGION = """
+[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+filters={filters}
+size=1
+activation=linear
+
+[region]
+anchors=1.1,2.2, 3.3,1.4
+classes=3
+coords=4
+num=2
+softmax=1
+"""
+
+
+def test_pjreddie_region_layout_and_order():
+    """pjreddie's get_region_detections: anchor-major order, x,y activated in the forward,
+    objectness = sigma(obj) when it passes thresh (else 0, and no class probs)."""
+    net = build(REGION.format(filters=2 * 8), flavor="pjreddie")
+    head = head_indices(net)[0]
+    torch.manual_seed(2)
+    raw = torch.randn(1, 16, 2, 2)
+    thresh = 0.5
+    dets = decode(net, {head: net.layers[head](raw)}, thresh)[0]
+    anchors = [(1.1, 2.2), (3.3, 1.4)]
+    expect = []
+    for k, (aw, ah) in enumerate(anchors):
+        for row in range(2):
+            for col in range(2):
+                z = raw[0, k * 8:(k + 1) * 8, row, col].tolist()
+                scale = sigmoid(z[4])
+                e = [math.exp(v) for v in z[5:]]
+                cls = [v / sum(e) for v in e]
+                box = [(col + sigmoid(z[0])) / 2, (row + sigmoid(z[1])) / 2,
+                       math.exp(z[2]) * aw / 2, math.exp(z[3]) * ah / 2]
+                obj = scale if scale > thresh else 0
+                probs = [scale * c if obj and scale * c > thresh else 0 for c in cls]
+                expect.append((box, obj, probs))
+    assert len(dets) == 8
+    np.testing.assert_allclose(dets.boxes.numpy(), [e[0] for e in expect], atol=1e-6)
+    np.testing.assert_allclose(dets.objectness.numpy(), [e[1] for e in expect], atol=1e-6)
+    np.testing.assert_allclose(dets.probs.numpy(), [e[2] for e in expect], atol=1e-6)
+
+
+def test_region_classfix_and_alexeyab_objectness():
+    net = build(REGION.format(filters=16) + "classfix=-1\n")
+    head = head_indices(net)[0]
+    torch.manual_seed(3)
+    out = {head: net.layers[head](torch.randn(1, 16, 2, 2) * 3)}
+    dets = decode(net, out, 0.0)[0]
+    _, objectness, scores = head_predictions(net, out)
+    assert torch.equal(dets.objectness, torch.ones(8))
+    v = out[head].reshape(1, 2, 8, 2, 2).permute(0, 3, 4, 1, 2).reshape(8, 8)
+    low = v[:, 4] < 0.5
+    assert low.any() and (~low).any()
+    assert scores[0][low].eq(0).all() and scores[0][~low].gt(0).all()
+
+
+def test_correct_yolo_boxes_letterbox():
+    """§1.3 with image 200x100 in a 64x64 net: new_w=64, new_h=32, 16 px bars top and bottom."""
+    assert letterbox_size(200, 100, 64, 64) == (64, 32)
+    assert letterbox_size(100, 200, 64, 64) == (32, 64)
+    assert letterbox_size(99, 100, 64, 64) == ((99 * 64) // 100, 64)
+    boxes = torch.tensor([[0.5, 0.5, 0.25, 0.25], [0.25, 0.3, 0.5, 0.1]])
+    got = correct_boxes(boxes, (200, 100), (64, 64), True)
+    expect = [[0.5, (0.5 - 16 / 64) * 2, 0.25, 0.5], [0.25, (0.3 - 16 / 64) * 2, 0.5, 0.2]]
+    np.testing.assert_allclose(got.numpy(), expect, atol=1e-6)
+    assert torch.equal(correct_boxes(boxes, (200, 100), (64, 64), False), boxes)
+
+
+def test_letterbox_and_resize_images():
+    x = torch.rand(1, 3, 50, 100)
+    y = letterbox_image(x, 64, 64)
+    assert y.shape == (1, 3, 64, 64)
+    assert (y[..., :16, :] == 0.5).all() and (y[..., 48:, :] == 0.5).all()
+    inner = y[..., 16:48, :]
+    # align-corners bilinear: the corners are copied
+    assert torch.allclose(inner[..., 0, 0], x[..., 0, 0]) and \
+        torch.allclose(inner[..., -1, -1], x[..., -1, -1])
+    r = resize_image(torch.arange(3.0).reshape(1, 1, 1, 3), 5, 1)
+    assert r.flatten().tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]
+
+
+def test_nms_zeroes_only_suppressed_and_skips_zero_objectness():
+    boxes = torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.51, 0.5, 0.4, 0.4], [0.2, 0.2, 0.1, 0.1],
+                          [0.5, 0.5, 0.4, 0.4]])
+    probs = torch.tensor([[0.9, 0.0], [0.8, 0.7], [0.6, 0.0], [0.95, 0.0]])
+    dets = Detections(boxes, torch.tensor([1.0, 1.0, 1.0, 0.0]), probs,
+                      torch.zeros(4, dtype=torch.long), torch.arange(4))
+    for kind in ("default", "greedynms", "diounms", "cornersnms"):
+        after = nms(dets, 0.45, kind)
+        # box 3 has objectness 0: Darknet partitions it out, it neither suppresses nor is touched
+        expect = torch.tensor([[0.9, 0.0], [0.0, 0.7], [0.6, 0.0], [0.95, 0.0]])
+        assert torch.equal(after.probs, expect), kind
+    with pytest.raises(ValueError, match="nms kind"):
+        nms(dets, 0.45, "soft")
+
+
+def test_batch_decode_is_per_image():
+    require_detect_oracle()
+    net, outputs, reference = oracle_case("yolov4-tiny")
+    two = {i: torch.cat([y, y.flip(-1)]) for i, y in outputs.items()}
+    dets = decode(net, two, 0.5)
+    assert len(dets) == 2
+    assert len(dets[0]) == reference["results"][2]["nboxes"]
+    assert torch.equal(dets[0].boxes, decoded("yolov4-tiny", 2).boxes)
+
+
+# -- every detector cfg of the corpus -----------------------------------------------------------
+
+CORPUS = SHARED / "corpus"
+HEADS = ("[yolo]", "[region]", "[Gaussian_yolo]", "[detection]")
+
+
+def corpus_detectors() -> list[str]:
+    if not CORPUS.is_dir():
+        return []
+    return [f"{p.parent.name}/{p.name}" for p in sorted(CORPUS.glob("*/*.cfg"))
+            if any(line.strip() in HEADS for line in p.read_text(errors="replace").splitlines())]
+
+
+def small_build(path: Path, flavor: str):
+    """The cfg at 128x128 (or its own size where a layer needs it), built on meta."""
+    from cfgparse import CfgError, parse
+    from training.config import apply_overrides
+
+    blocks = list(parse(path, flavor=flavor))
+    for size in (128, None):
+        try:
+            if size is None:
+                return build(blocks, device="meta", flavor=flavor)
+            net_block, _ = apply_overrides(blocks[0], [f"width={size}", f"height={size}"])
+            return build([net_block, *blocks[1:]], device="meta", flavor=flavor)
+        except CfgError:
+            if size is None:
+                raise
+    return None
+
+
+@pytest.mark.parametrize("cfg", corpus_detectors() or ["(no corpus)"])
+def test_every_corpus_detector_decodes(cfg):
+    if cfg == "(no corpus)":
+        pytest.skip("../shared/darknet/corpus is not available")
+    fork = cfg.split("/")[0]
+    net = small_build(CORPUS / cfg, "pjreddie" if fork == "pjreddie" else "alexeyab")
+    heads = head_indices(net)
+    assert heads, "no head found"
+    if any(getattr(net.layers[i], "tree", None) is not None or
+           getattr(net.layers[i], "tree_error", None) is not None for i in heads):
+        pytest.skip("[region] tree= (yolo9000): hierarchical decoding is not implemented")
+    gen = torch.Generator().manual_seed(0)
+    outputs = {}
+    for i in heads:  # the heads hold no parameters: run them for real on their input's shape
+        s = net.meta[i].input
+        shape = (2, s.c, s.h, s.w) if s.c * s.h * s.w else (2, s.size)
+        # shifted down: like a trained net, few cells pass thresh (keeps NMS small and fast)
+        outputs[i] = net.layers[i](torch.randn(*shape, generator=gen) * 1.5 - 3)
+    boxes, objectness, scores = head_predictions(net, outputs)
+    assert boxes.shape[:2] == objectness.shape == scores.shape[:2] and boxes.shape[0] == 2
+    assert torch.isfinite(scores).all()
+    dets = decode(net, outputs, 0.25, image_size=(320, 200), letter_box=True)
+    assert len(dets) == 2
+    kept = nms(dets)
+    for before, after in zip(dets, kept, strict=True):
+        assert after.pairs() <= before.pairs()
+        assert torch.equal(after.boxes, before.boxes)
