@@ -64,6 +64,12 @@ class _ConcreteProxy(fx.Proxy):
             return lambda: ndim
         return super().__getattr__(name)
 
+    def __len__(self) -> int:
+        lengths = {len(v) for v in self.node.meta["vals"]}
+        if len(lengths) != 1:
+            raise EmitError("the forward takes the length of the batch dimension")
+        return lengths.pop()
+
 
 class _Tracer(fx.Tracer):
     """fx tracing that also runs every node on two examples (batch 1 and batch 2), so that
@@ -665,8 +671,8 @@ def _examples(net: Network) -> list[dict[int, torch.Tensor]]:
     from .export import example_input
 
     outs = []
-    for batch in (1, 2):
-        x = example_input(net, batch)
+    for batch in (1, 2):  # recurrent layers take time_steps items per sequence
+        x = example_input(net, batch * max(net.info.time_steps, 1))
         collected = net(x, collect=range(len(net.layers)))
         outs.append({-1: x, **collected})
     return outs

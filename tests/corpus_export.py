@@ -60,7 +60,7 @@ def check_emit(net, folder: Path, name: str) -> float:
     module = load_emitted(emit_module(net, name), folder / f"{_ident(name)}.py")
     emitted = module.Net().eval()
     emitted.load_state_dict(net.state_dict())
-    x = example_input(net, 2, seed=1)
+    x = example_input(net, 2 * max(net.info.time_steps, 1), seed=1)
     with torch.no_grad():
         return max_rel_error(emitted(x), net(x))
 
