@@ -485,6 +485,12 @@ class EmitContext:
             return self._modules[(id(layer), target)]
         name = self._name(target.replace(".", "_"))
         shape = ", ".join(str(s) for s in tensor.shape)
+        shared = self.tensor_names.get(id(tensor))
+        if shared is not None and isinstance(tensor, nn.Parameter):  # share_index: tie
+            self.init.append(f"self.{name} = self.{shared}")
+            self.key_map[f"layers.{self.index}.{target}"] = name
+            self._modules[(id(layer), target)] = f"self.{name}"
+            return f"self.{name}"
         if isinstance(tensor, nn.Parameter):
             grad = "" if tensor.requires_grad else ", requires_grad=False"
             self.init.append(f"self.{name} = nn.Parameter(torch.zeros({shape}){grad})")
@@ -692,8 +698,10 @@ def _emit(net: Network, name: str) -> str:
         ctx.init.append(f"# {i}: [{meta.block.name}]")
         try:
             result = layer.emit(ctx)
-        except EmitError as exc:
-            raise EmitError(f"layer {i} [{meta.block.name}]: {exc}") from None
+        except Exception as exc:  # tracing fails in many ways; say which layer, and why
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise EmitError(f"layer {i} [{meta.block.name}] cannot be written as torch code: "
+                            f"{type(exc).__name__}: {reason}") from None
         forward.extend(_comment(f"{i}: {_section_text(meta.block)}", "        "))
         for line in ctx.statements + [f"x{i} = {result}"]:
             forward.extend(wrap("        " + line))
@@ -762,8 +770,15 @@ def _file(net: Network, name: str, ctx: EmitContext, forward: list[str], outputs
 
 def write_module(net: Network, path: str | os.PathLike, name: str = "") -> str:
     """Write emit_module(net) to `path` atomically; returns a one-line report."""
+    from cfgparse import CfgError, Diagnostic
+
     path = Path(path)
-    text = emit_module(net, name or path.stem)
+    try:
+        text = emit_module(net, name or path.stem)
+    except EmitError as exc:
+        raise CfgError(Diagnostic("E903", str(exc), str(path),
+                                  hint="give the layer an `emit` method (builders/emit.py)")) \
+            from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     with os.fdopen(fd, "w") as f:
         f.write(text)

@@ -199,14 +199,16 @@ def _atomic_target(path: Path) -> str:
 
 def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = None,
                 dynamic_batch: bool = False, decode: bool = False, name: str = "",
-                check: bool = True, tolerance: float = 1e-4) -> ExportReport:
+                check: bool = True, tolerance: float = 1e-4,
+                program: torch.export.ExportedProgram | None = None) -> ExportReport:
     """Export to ONNX (dynamo exporter), add metadata, run it once in onnxruntime (CPU) on a
     random input and compare with PyTorch; an error over `tolerance` is an ExportError (the
     file is not kept)."""
     require_onnx_packages(str(path))
     path = Path(path)
     x = example_input(net, 2 if dynamic_batch else 1)
-    program = export_program(net, x, dynamic_batch, decode)
+    if program is None:
+        program = export_program(net, x, dynamic_batch, decode)
     names = output_names(net, decode)
     try:
         with _quiet():
@@ -218,6 +220,8 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
         raise _error(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
     meta = metadata(net, name or path.stem, decode)
     onnx_program.model.metadata_props.update(meta)
+    if dynamic_batch:
+        _name_batch_dim(onnx_program.model)
     native = onnx_program.model.opset_imports.get("", 18)
     tmp = _atomic_target(path)
     try:
@@ -235,6 +239,21 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
         if os.path.exists(tmp):
             os.unlink(tmp)
     return ExportReport(str(path), "onnx", names, err, opset_used, meta)
+
+
+def _name_batch_dim(model) -> None:
+    """Call the dynamic first dimension of the inputs and outputs `batch` (the exporter
+    names it after its internal symbol, e.g. `s77`)."""
+    import onnx_ir as ir
+
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        shape = value.shape
+        if shape is not None and len(shape) and isinstance(shape[0], ir.SymbolicDim):
+            value.shape = ir.Shape(["batch", *list(shape)[1:]])
+
+
+_REDUCE_18 = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+              "ReduceMin", "ReduceProd", "ReduceSumSquare"}
 
 
 def convert_opset(path: str | os.PathLike, opset: int) -> int:
@@ -264,6 +283,13 @@ def convert_opset(path: str | os.PathLike, opset: int) -> int:
     for node in converted.graph.node:
         if node.domain == "darkcfg.parked":
             node.domain = ""
+        elif opset < 18 and node.op_type in _REDUCE_18 and node.domain == "":
+            # the converter moves `axes` to an attribute but leaves this opset-18 attribute
+            # behind; its default (0) is the older opsets' only behaviour
+            kept = [a for a in node.attribute
+                    if not (a.name == "noop_with_empty_axes" and a.i == 0)]
+            del node.attribute[:]
+            node.attribute.extend(kept)
     kept = [o for o in converted.opset_import if o.domain != "darkcfg.parked"]
     del converted.opset_import[:]
     converted.opset_import.extend(kept)
@@ -299,11 +325,13 @@ def check_onnx(path: str | os.PathLike, net: Network, x: torch.Tensor,
 
 
 def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = False,
-               decode: bool = False, check: bool = True, tolerance: float = 1e-6) -> ExportReport:
+               decode: bool = False, check: bool = True, tolerance: float = 1e-6,
+               program: torch.export.ExportedProgram | None = None) -> ExportReport:
     """Save a strict torch.export ExportedProgram; reload it and compare with the network."""
     path = Path(path)
     x = example_input(net, 2 if dynamic_batch else 1)
-    program = export_program(net, x, dynamic_batch, decode)
+    if program is None:
+        program = export_program(net, x, dynamic_batch, decode)
     tmp = _atomic_target(path)
     try:
         torch.export.save(program, tmp)
