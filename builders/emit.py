@@ -687,7 +687,7 @@ def _examples(net: Network) -> list[dict[int, torch.Tensor]]:
 def _emit(net: Network, name: str) -> str:
     runs = _examples(net)
     ctx = EmitContext(net)
-    forward: list[str] = []
+    layers: list[tuple[list[str], list[str]]] = []  # per layer: comment, statements
     for i, layer in enumerate(net.layers):
         meta = net.meta[i]
         sources = [i - 1] + list(meta.sources)
@@ -702,10 +702,25 @@ def _emit(net: Network, name: str) -> str:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise EmitError(f"layer {i} [{meta.block.name}] cannot be written as torch code: "
                             f"{type(exc).__name__}: {reason}") from None
-        forward.extend(_comment(f"{i}: {_section_text(meta.block)}", "        "))
-        for line in ctx.statements + [f"x{i} = {result}"]:
-            forward.extend(wrap("        " + line))
+        layers.append((_comment(f"{i}: {_section_text(meta.block)}", "        "),
+                       ctx.statements + [f"x{i} = {result}"]))
     outputs = ", ".join(f"x{i}" for i in net.output_indices)
+    # a layer whose output nothing reads (e.g. a route ignores the previous layer) is not
+    # computed: the emitted forward has no dead assignments
+    needed = set(re.findall(r"\bx\d+\b", outputs))
+    live = [False] * len(layers)
+    for i in reversed(range(len(layers))):
+        if f"x{i}" in needed:
+            live[i] = True
+            needed |= set(re.findall(r"\bx\d+\b", " ".join(layers[i][1])))
+    forward: list[str] = []
+    for (comment, statements), alive in zip(layers, live, strict=True):
+        forward.extend(comment)
+        if not alive:
+            forward.append("        # (not computed: no later layer or output reads it)")
+            continue
+        for line in statements:
+            forward.extend(wrap("        " + line))
     order = [_darknet_entries(net, i, ctx) for i in range(len(net.layers))]
     return _file(net, name, ctx, forward, outputs, order)
 

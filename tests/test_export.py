@@ -96,6 +96,17 @@ def test_emitted_module_equals_the_graph(path, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
 
 
+@pytest.mark.parametrize("name", ORACLE_UNITS)
+def test_emitted_oracle_unit_cfgs_equal_the_graph(name, tmp_path):
+    """Every layer type of the oracle unit cfgs (all activations, attention, heads ...)."""
+    if not (ORACLE / "cfg" / f"{name}.cfg").exists():
+        pytest.skip("../shared/darknet/oracle is not available")
+    net = _unit_net(name).eval()
+    assert check_emit(net, tmp_path, name) <= EMIT_TOLERANCE
+    result = _ruff(next(tmp_path.glob("*.py")))
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
 def test_emitted_file_reads_like_pytorch(tmp_path):
     text = ("[net]\nwidth=16\nheight=16\nchannels=3\n\n"
             "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\nstride=1\npad=1\n"
