@@ -43,10 +43,6 @@ def one(path: Path, folder: Path, opset: int | None, onnx: bool, emit: bool) -> 
     stages = []
     if emit:
         stages.append(("emit", lambda: check_emit(net, folder, name)))
-    if onnx and net.info.time_steps > 32:
-        row["onnx+pt2"] = f"not run: {net.info.time_steps} time steps unroll into a huge graph"
-        row["onnx+pt2_s"] = 0.0
-        onnx = False
     if onnx:
         def both():
             x = example_input(net, 2 * max(net.info.time_steps, 1))
