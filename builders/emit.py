@@ -585,15 +585,15 @@ def _section_text(block) -> str:
     return f"{where}[{block.name}] {options}".rstrip()
 
 
-def wrap(line: str) -> list[str]:
+def wrap(line: str, limit: int = LINE) -> list[str]:
     """Split an over-long `name = call(a, b, ...)` line at its top-level commas."""
-    if len(line) <= LINE:
+    if len(line) <= limit:
         return [line]
     indent = len(line) - len(line.lstrip())
     depth, open_at = 0, -1
     for i, ch in enumerate(line):
         if ch in "([{":
-            if depth == 0 and open_at < 0 and i > indent:
+            if depth == 0 and open_at < 0 and i >= indent:
                 open_at = i
             depth += 1
         elif ch in ")]}":
@@ -774,7 +774,8 @@ def _file(net: Network, name: str, ctx: EmitContext, forward: list[str], outputs
     for entries in order:
         if entries:
             quoted = ", ".join(f'"{e}"' for e in entries) + ("," if len(entries) == 1 else "")
-            lines.extend(wrap(f"    ({quoted}),"))
+            wrapped = wrap(f"    ({quoted})", LINE - 1)  # room for the comma
+            lines.extend(wrapped[:-1] + [wrapped[-1] + ","])
     lines += ["]", "", "# darkcfg state_dict key -> this file's", "DARKCFG_KEYS = {"]
     for k, v in ctx.key_map.items():
         lines.append(f'    "{k}": "{v}",')

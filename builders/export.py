@@ -206,7 +206,7 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
     file is not kept)."""
     require_onnx_packages(str(path))
     path = Path(path)
-    x = example_input(net, 2 if dynamic_batch else 1)
+    x = example_input(net, (2 if dynamic_batch else 1) * max(net.info.time_steps, 1))
     if program is None:
         program = export_program(net, x, dynamic_batch, decode)
     names = output_names(net, decode)
@@ -214,7 +214,9 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
         with _quiet():
             # the exporter writes its native opset; older ones are converted below
             onnx_program = torch.onnx.export(program, (x,), dynamo=True, input_names=["images"],
-                                             output_names=names, verbose=False)
+                                             output_names=names, verbose=False,
+                                             **({} if opset is None else
+                                                {"opset_version": max(opset, 18)}))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _error(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
@@ -252,6 +254,9 @@ def _name_batch_dim(model) -> None:
             value.shape = ir.Shape(["batch", *list(shape)[1:]])
 
 
+# ops whose versions after 15 only accept more tensor types: the converter lacks some of their
+# down-adapters (e.g. ConstantOfShape 20 -> 19), and the float graphs here need none
+_TYPES_ONLY = {"ConstantOfShape", "Reshape", "Shape", "Size", "Identity"}
 _REDUCE_18 = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
               "ReduceMin", "ReduceProd", "ReduceSumSquare"}
 
@@ -260,16 +265,18 @@ def convert_opset(path: str | os.PathLike, opset: int) -> int:
     """Rewrite the ONNX file at `path` to `opset` with onnx's version converter.
 
     The converter has no 18 -> 17 adapter for Pad, although a Pad-18 without its optional
-    `axes` input means exactly what Pad-13 does: such nodes are set aside under a private
-    domain while the rest is converted, then put back."""
+    `axes` input means exactly what Pad-13 does, nor some for ops whose new versions only
+    widen their types: such nodes are set aside under a private domain while the rest is
+    converted, then put back (onnx's checker and onnxruntime then check the result)."""
     import onnx
     from onnx import version_converter
 
     model = onnx.load(str(path))
     parked = []
-    if opset < 18:
+    if opset >= 15:
         for node in model.graph.node:
-            if node.op_type == "Pad" and node.domain == "" and len(node.input) <= 3:
+            if node.domain == "" and (node.op_type in _TYPES_ONLY or (
+                    node.op_type == "Pad" and len(node.input) <= 3)):
                 node.domain = "darkcfg.parked"
                 parked.append(node)
         if parked:
@@ -329,7 +336,7 @@ def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = F
                program: torch.export.ExportedProgram | None = None) -> ExportReport:
     """Save a strict torch.export ExportedProgram; reload it and compare with the network."""
     path = Path(path)
-    x = example_input(net, 2 if dynamic_batch else 1)
+    x = example_input(net, (2 if dynamic_batch else 1) * max(net.info.time_steps, 1))
     if program is None:
         program = export_program(net, x, dynamic_batch, decode)
     tmp = _atomic_target(path)
