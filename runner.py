@@ -6,6 +6,9 @@
     python runner.py CFG --weights W --input X.npy --dump-outputs OUT.npz [--all-layers]
     python runner.py CFG --weights W --detect IMG_OR_DIR... [--names F] [--out DIR]
     python runner.py CFG --check [check options]        (= darkcfg check CFG ...)
+    python runner.py CFG [--weights W] --export M.onnx|M.pt2 [--opset N] [--dynamic-batch]
+                         [--decode] [--input-size WxH]
+    python runner.py CFG [--weights W] --emit M.py
     torchrun --standalone --nproc-per-node N runner.py CFG --train ...
 
 Bad input (cfg, overrides, data) prints located diagnostics and exits 2; never a traceback.
@@ -108,6 +111,19 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="also write OUT/<image>.txt: 'class x y w h' per object")
     g.add_argument("--detections", default=None, metavar="OUT.json",
                    help="with --input X.npy: the detections of a raw network input")
+
+    g = p.add_argument_group("export")
+    g.add_argument("--export", default=None, metavar="MODEL.onnx|MODEL.pt2",
+                   help="write ONNX (checked with onnxruntime) or a torch.export program")
+    g.add_argument("--opset", type=int, default=None, metavar="N",
+                   help="ONNX opset (default: the exporter's; 17 and 18 are tested)")
+    g.add_argument("--dynamic-batch", action="store_true", help="export a dynamic batch size")
+    g.add_argument("--decode", action="store_true",
+                   help="export the detection heads' decoded boxes, objectness and class scores")
+    g.add_argument("--input-size", default=None, metavar="WxH",
+                   help="build (and export/emit) the network at this input size")
+    g.add_argument("--emit", default=None, metavar="MODEL.py",
+                   help="write a self-contained PyTorch module (class Net) for the cfg")
     return p
 
 
@@ -201,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
 
         run_detect(opts, args)
         did = True
+    if args.export or args.emit:
+        export_model(opts, args)
+        did = True
     trainer = None
     if args.train:
         from training import session
@@ -231,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
         did = True
     if not did:
         print("darkcfg: nothing to do: pass --train, --valid, --predict, --summary, --check, "
-              "--plot-lr, --save-weights, --dump-outputs or --detect (see --help)", file=sys.stderr)
+              "--plot-lr, --save-weights, --dump-outputs, --detect, --export or --emit "
+              "(see --help)", file=sys.stderr)
         return 2
     return 0
 
@@ -277,6 +297,29 @@ def convert(opts, args) -> None:
                                       args.input, hint="save the input with numpy.save")) from None
         written = dump_outputs(net, x, args.dump_outputs, args.all_layers, input_name=args.input)
         print(f"wrote {args.dump_outputs} ({len(written)} layers)", file=sys.stderr)
+
+
+def export_model(opts, args) -> None:
+    """--export MODEL.onnx|MODEL.pt2 and --emit MODEL.py (builders/export.py, builders/emit.py)."""
+    from builders.export import export, parse_input_size, require_onnx_packages
+
+    if args.export and Path(args.export).suffix.lower() == ".onnx":
+        require_onnx_packages()  # before the (slow) build
+    sets = list(opts.sets) + parse_input_size(args.input_size)
+    from training.session import build_network
+
+    net, _, _ = build_network(opts.cfg_path, sets, opts.flavor, opts.seed)
+    if args.weights:
+        from training.checkpoint import load_any_weights
+
+        print(load_any_weights(net, args.weights, args.cutoff), file=sys.stderr)
+    if args.emit:
+        from builders.emit import write_module
+
+        print(write_module(net, args.emit, name=Path(opts.cfg_path).name), file=sys.stderr)
+    if args.export:
+        print(export(net, args.export, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                     decode=args.decode, name=Path(opts.cfg_path).name), file=sys.stderr)
 
 
 def usage_error(message: str) -> CfgError:

@@ -154,6 +154,10 @@ class Lambda(torch.nn.Module):
     def extra_repr(self) -> str:
         return self.name
 
+    def emitted(self, ctx, ndim: int | None) -> str:
+        """In an emitted module (builders/emit.py): a small class traced from the function."""
+        name = "".join(part.title() for part in self.name.split("_"))
+        return ctx.helper_class(self, name) + "()"
 
 # -- inference fast path (builders.conv: eval mode, no autograd, CPU float32) --------------------
 

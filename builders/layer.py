@@ -48,5 +48,12 @@ class Layer(nn.Module):
         """`y` flattened in Darknet's memory order (per batch item), for --dump-outputs."""
         return y.reshape(y.shape[0], -1)
 
+    def emit(self, ctx) -> str:
+        """This layer as code in an emitted module (builders/emit.py): register submodules and
+        helpers on `ctx`, add statements, and return the expression of the output in terms of
+        `ctx.inputs` (the previous output's variable, then the referenced layers'). The default
+        traces this forward with torch.fx; override it for code that reads better."""
+        return ctx.traced(self)
+
     def extra_repr(self) -> str:
         return self.describe

@@ -36,6 +36,12 @@ class DarknetBatchNorm(nn.BatchNorm2d):
         scale = self.weight / torch.sqrt(self.running_var + self.eps)
         return scale, self.bias - self.running_mean * scale
 
+    def emitted(self, ctx, ndim: int | None) -> str:
+        """Its constructor in an emitted module (builders/emit.py): torch's own class, which
+        computes the same (and has the same state_dict names)."""
+        cls = "BatchNorm1d" if ndim == 2 else "BatchNorm2d"
+        return f"nn.{cls}({self.num_features}, eps={self.eps}, momentum={self.momentum})"
+
 
 class PjreddieBatchNorm(DarknetBatchNorm):
     """pjreddie's batch-norm: epsilon 1e-6 added to the standard deviation, not the variance."""
@@ -63,6 +69,34 @@ class PjreddieBatchNorm(DarknetBatchNorm):
             mean, var = self.running_mean, self.running_var
         return ((x - mean.view(view)) / (var.sqrt().view(view) + self.eps) * self.weight.view(view)
                 + self.bias.view(view))
+
+    def emitted(self, ctx, ndim: int | None) -> str:
+        """No torch class computes this: a copy of it at the top of the emitted module."""
+        ctx.helper("PjreddieBatchNorm", _PJREDDIE_SOURCE)
+        return f"PjreddieBatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum})"
+
+
+_PJREDDIE_SOURCE = '''class PjreddieBatchNorm(nn.BatchNorm2d):
+    """pjreddie Darknet's batch-norm: epsilon added to the standard deviation, (N, C) or
+    (N, C, H, W) input."""
+
+    def _check_input_dim(self, x):
+        pass
+
+    def forward(self, x):
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        if self.training:
+            dims = [0] + list(range(2, x.dim()))
+            mean, var = x.mean(dims), x.var(dims, unbiased=True)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach(), self.momentum)
+                self.num_batches_tracked += 1
+        else:
+            mean, var = self.running_mean, self.running_var
+        return ((x - mean.view(view)) / (var.sqrt().view(view) + self.eps)
+                * self.weight.view(view) + self.bias.view(view))
+'''
 
 
 def batch_norm(num_features: int, flavor: str = "alexeyab",
