@@ -617,8 +617,9 @@ def wrap(line: str, limit: int = LINE) -> list[str]:
                 line[-1]]
     out = [line[:open_at + 1]]
     for p in parts:
-        if p:
-            out.extend(wrap(f"{pad}{p},"))
+        if p:  # a part may itself be a long call or list: wrap it, then put its comma back
+            inner_lines = wrap(f"{pad}{p}")
+            out.extend(inner_lines[:-1] + [inner_lines[-1] + ","])
     out.append(" " * indent + line[-1])
     return out
 

@@ -339,6 +339,8 @@ def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = F
     x = example_input(net, (2 if dynamic_batch else 1) * max(net.info.time_steps, 1))
     if program is None:
         program = export_program(net, x, dynamic_batch, decode)
+    elif getattr(program, "example_inputs", None):  # check at the size it was exported for
+        x = program.example_inputs[0][0]
     tmp = _atomic_target(path)
     try:
         torch.export.save(program, tmp)

@@ -138,7 +138,7 @@ def test_emitted_file_reads_like_pytorch(tmp_path):
     emitted.load_state_dict(net.state_dict())  # darkcfg's keys map onto the emitted names
     x = example_input(net, 3)
     with torch.no_grad():
-        assert max_rel_error(emitted(x), net(x)) == 0.0
+        assert max_rel_error(emitted(x), net(x)) <= 1e-6  # the graph's eval path folds BN
 
 
 def test_emitted_module_loads_darknet_weights(tmp_path):
@@ -167,7 +167,7 @@ def test_emitted_module_loads_darknet_weights(tmp_path):
         info = module.load_darknet_weights(emitted, str(tmp_path / "a.weights"))
         assert info["version"] == version
         with torch.no_grad():
-            assert max_rel_error(emitted(x), ref) == 0.0
+            assert max_rel_error(emitted(x), ref) <= 1e-6  # the graph's eval path folds BN
     (tmp_path / "short.weights").write_bytes((tmp_path / "a.weights").read_bytes()[:-4])
     with pytest.raises(ValueError, match="floats"):
         module.load_darknet_weights(module.Net(), str(tmp_path / "short.weights"))
@@ -200,7 +200,7 @@ def test_shared_weights_stay_tied_and_plugins_emit(tmp_path):
     emitted.load_state_dict(net.state_dict())
     x = example_input(net, 2)
     with torch.no_grad():
-        assert max_rel_error(emitted(x), net(x)) == 0.0
+        assert max_rel_error(emitted(x), net(x)) <= 1e-6  # the graph's eval path folds BN
 
     tied = build(text).eval()
     source = emit_module(tied, "tied")
@@ -209,7 +209,7 @@ def test_shared_weights_stay_tied_and_plugins_emit(tmp_path):
     assert emitted.conv_weight_1 is emitted.conv_0.weight
     emitted.load_state_dict(tied.state_dict())
     with torch.no_grad():
-        assert max_rel_error(emitted(x), tied(x)) == 0.0
+        assert max_rel_error(emitted(x), tied(x)) <= 1e-6
 
 
 # -- ONNX and torch.export ------------------------------------------------------------------------

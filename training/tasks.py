@@ -19,6 +19,7 @@ The interface, in the order a run uses it:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -289,6 +290,16 @@ class RegressTask(Task):
 
 #: Layer.loss_target -> the task that trains such heads.
 TASKS: dict[str, type[Task]] = {"classes": ClassifyTask, "values": RegressTask}
+#: Tasks of packages above this module, imported (once) when first asked for: the detection task
+#: lives with its data and metrics in training/detection, which builds on this module.
+LAZY_TASKS = {"boxes": "training.detection.task"}
+
+
+def _known(target: str) -> bool:
+    module = LAZY_TASKS.pop(target, None)
+    if module is not None:
+        importlib.import_module(module)  # it adds itself to TASKS
+    return target in TASKS
 
 
 def task_for(net, cfg=None) -> Task:
@@ -306,17 +317,13 @@ def task_for(net, cfg=None) -> Task:
             "--dump-outputs)"))
     targets = [net.layers[i].loss_target for i in heads]
     odd = next((i for i, t in zip(heads, targets, strict=True)
-                if t != targets[-1] or t not in TASKS), None)
+                if t != targets[-1] or not _known(t)), None)
     if odd is not None:
         raise NoLossError(net.meta[odd].block.diagnostic(
             "E300", f"darkcfg cannot train this network: this layer's loss compares with "
             f"'{net.layers[odd].loss_target}' but the last loss layer's with "
             f"'{targets[-1]}'" if targets[-1] in TASKS else
             f"darkcfg has no training task for losses against '{targets[-1]}'",
-            hint=f"one network trains one task: {', '.join(sorted(TASKS))}"))
+            hint=f"one network trains one task: {', '.join(sorted({*TASKS, *LAZY_TASKS}))}"))
     return TASKS[targets[-1]].for_network(net, heads, cfg)
 
-
-# The detection task lives with its data and metrics (training/detection) and adds itself to
-# TASKS ("boxes") when imported; importing it here makes task_for know it.
-from .detection import task as _detection_task  # noqa: E402, F401
