@@ -569,7 +569,9 @@ def torch_constructor(module: nn.Module) -> str:
 
 def _comment(text: str, indent: str) -> list[str]:
     """A comment wrapped to the line length."""
-    words, lines, line = text.split(), [], indent + "#"
+    room = LINE - len(indent) - 4  # a word longer than a line (a long anchors list) is cut
+    words = [w[i:i + room] for w in text.split() for i in range(0, len(w), room)]
+    lines, line = [], indent + "#"
     for w in words:
         if len(line) + 1 + len(w) > LINE and line != indent + "#":
             lines.append(line)
@@ -612,13 +614,13 @@ def wrap(line: str, limit: int = LINE) -> list[str]:
             start = i + 1
     parts.append(inner[start:].strip())
     pad = " " * (indent + 4)
-    if len(pad) + len(", ".join(parts)) <= LINE:
+    if len(pad) + len(", ".join(parts)) <= limit:
         return [line[:open_at + 1], pad + ", ".join(p for p in parts if p), " " * indent +
                 line[-1]]
     out = [line[:open_at + 1]]
     for p in parts:
         if p:  # a part may itself be a long call or list: wrap it, then put its comma back
-            inner_lines = wrap(f"{pad}{p}")
+            inner_lines = wrap(f"{pad}{p}", limit - 1)  # room for the comma
             out.extend(inner_lines[:-1] + [inner_lines[-1] + ","])
     out.append(" " * indent + line[-1])
     return out
@@ -750,7 +752,8 @@ def _file(net: Network, name: str, ctx: EmitContext, forward: list[str], outputs
           order: list[list[str]]) -> str:
     shape = net.input_shape
     size = f"{shape.w}x{shape.h}x{shape.c}" if shape.c * shape.h * shape.w else f"{shape.size}"
-    head = [f'"""{name or "network"}: emitted by darkcfg (`darkcfg CFG --emit`); input {size}.',
+    head = [f'"""{name or "network"}: emitted by darkcfg (`darkcfg CFG --emit`),',
+            f"input {size}.",
             "",
             "Net().forward(x) returns the output layers' tensors, in layer order, as darkcfg's",
             "Network does. Load Darknet weights with load_darknet_weights(net, path), or a darkcfg",

@@ -116,7 +116,7 @@ def test_emitted_file_reads_like_pytorch(tmp_path):
             "[shortcut]\nfrom=-2\nactivation=linear\n\n[route]\nlayers=-1,-3\n\n"
             "[reorg]\nstride=2\n\n[convolutional]\nfilters=255\nsize=1\nactivation=linear\n\n"
             "[yolo]\nmask=0,1,2\nanchors=10,13,16,30,33,23\nclasses=80\nnum=3\n")
-    net = build(text).eval()
+    net = build(text).eval().use_fast_inference(False)
     source = emit_module(net, "demo.cfg")
     lines = source.splitlines()
     assert lines[0].startswith('"""demo.cfg')
@@ -138,7 +138,7 @@ def test_emitted_file_reads_like_pytorch(tmp_path):
     emitted.load_state_dict(net.state_dict())  # darkcfg's keys map onto the emitted names
     x = example_input(net, 3)
     with torch.no_grad():
-        assert max_rel_error(emitted(x), net(x)) <= 1e-6  # the graph's eval path folds BN
+        assert max_rel_error(emitted(x), net(x)) <= 1e-6
 
 
 def test_emitted_module_loads_darknet_weights(tmp_path):
@@ -149,7 +149,7 @@ def test_emitted_module_loads_darknet_weights(tmp_path):
             "[shortcut]\nfrom=-1\nweights_type=per_channel\nactivation=linear\n\n"
             "[connected]\noutput=5\nactivation=linear\n\n[softmax]\n")
     torch.manual_seed(3)
-    net = build(text).eval()
+    net = build(text).eval().use_fast_inference(False)
     for p in net.parameters():
         p.data.normal_()
     for name, b in net.named_buffers():
@@ -167,7 +167,7 @@ def test_emitted_module_loads_darknet_weights(tmp_path):
         info = module.load_darknet_weights(emitted, str(tmp_path / "a.weights"))
         assert info["version"] == version
         with torch.no_grad():
-            assert max_rel_error(emitted(x), ref) <= 1e-6  # the graph's eval path folds BN
+            assert max_rel_error(emitted(x), ref) <= 1e-6
     (tmp_path / "short.weights").write_bytes((tmp_path / "a.weights").read_bytes()[:-4])
     with pytest.raises(ValueError, match="floats"):
         module.load_darknet_weights(module.Net(), str(tmp_path / "short.weights"))
@@ -181,7 +181,7 @@ def test_shared_weights_stay_tied_and_plugins_emit(tmp_path):
     text = ("[net]\nwidth=8\nheight=8\nchannels=4\n\n"
             "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n\n"
             "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\nshare_index=0\n")
-    net = build(text).eval()
+    net = build(text).eval().use_fast_inference(False)
 
     class Plugin(Layer):  # e.g. a user's squeeze-excitation block
         def __init__(self):
@@ -200,9 +200,9 @@ def test_shared_weights_stay_tied_and_plugins_emit(tmp_path):
     emitted.load_state_dict(net.state_dict())
     x = example_input(net, 2)
     with torch.no_grad():
-        assert max_rel_error(emitted(x), net(x)) <= 1e-6  # the graph's eval path folds BN
+        assert max_rel_error(emitted(x), net(x)) <= 1e-6
 
-    tied = build(text).eval()
+    tied = build(text).eval().use_fast_inference(False)
     source = emit_module(tied, "tied")
     assert "self.conv_weight_1 = self.conv_0.weight" in source
     emitted = load_emitted(source, tmp_path / "tied.py").Net().eval()
@@ -317,7 +317,7 @@ def test_opsets_17_and_18(opset, tmp_path):
             "[maxpool]\nsize=2\nstride=1\n\n[upsample]\nstride=2\n\n[route]\nlayers=-1\n\n"
             "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n\n"
             "[yolo]\nmask=0,1,2\nanchors=10,13,16,30,33,23\nclasses=1\nnum=3\n")
-    net = build(text).eval()
+    net = build(text).eval().use_fast_inference(False)
     report = export_onnx(net, tmp_path / "m.onnx", opset=opset, name="t.cfg")
     assert report.opset == opset and report.max_rel_error <= ONNX_TOLERANCE
     model = onnx.load(str(tmp_path / "m.onnx"))
@@ -338,7 +338,7 @@ def test_reorg_is_reshape_transpose_and_batch_is_dynamic(tmp_path):
 
     text = ("[net]\nwidth=8\nheight=8\nchannels=4\n\n[reorg]\nstride=2\n\n"
             "[reorg3d]\nstride=2\n\n[route]\nlayers=-1\n")
-    net = build(text).eval()
+    net = build(text).eval().use_fast_inference(False)
     export_onnx(net, tmp_path / "m.onnx", dynamic_batch=True)
     model = onnx.load(str(tmp_path / "m.onnx"))
     ops = {n.op_type for n in model.graph.node}
@@ -361,7 +361,7 @@ def test_decode_exports_boxes_objectness_class_scores(tmp_path):
             "[convolutional]\nfilters=8\nsize=3\nstride=2\npad=1\nactivation=leaky\n\n"
             "[convolutional]\nfilters=21\nsize=1\nactivation=linear\n\n"
             "[yolo]\nmask=0,1,2\nanchors=10,13,16,30,33,23\nclasses=2\nnum=3\n")
-    net = build(text).eval()
+    net = build(text).eval().use_fast_inference(False)
     report = export_onnx(net, tmp_path / "d.onnx", decode=True, dynamic_batch=True)
     assert report.outputs == ["boxes", "objectness", "class_scores"]
     x = example_input(net, 3, seed=5)
