@@ -209,6 +209,8 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
     x = example_input(net, (2 if dynamic_batch else 1) * max(net.info.time_steps, 1))
     if program is None:
         program = export_program(net, x, dynamic_batch, decode)
+    elif getattr(program, "example_inputs", None):  # check at the size it was exported for
+        x = program.example_inputs[0][0]
     names = output_names(net, decode)
     try:
         with _quiet():
