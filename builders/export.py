@@ -206,11 +206,7 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
     file is not kept)."""
     require_onnx_packages(str(path))
     path = Path(path)
-    x = example_input(net, (2 if dynamic_batch else 1) * max(net.info.time_steps, 1))
-    if program is None:
-        program = export_program(net, x, dynamic_batch, decode)
-    elif getattr(program, "example_inputs", None):  # check at the size it was exported for
-        x = program.example_inputs[0][0]
+    program, x = _program_and_input(net, program, dynamic_batch, decode)
     names = output_names(net, decode)
     try:
         with _quiet():
@@ -333,16 +329,21 @@ def check_onnx(path: str | os.PathLike, net: Network, x: torch.Tensor,
     return max_rel_error(run_onnx(onnx_session(path), x), reference_outputs(net, x, decode))
 
 
+def _program_and_input(net: Network, program, dynamic_batch: bool, decode: bool):
+    """The program to save (exported here unless given) and the input to check it with: the
+    size it was exported for (recurrent nets take time_steps x 2 images)."""
+    if program is not None and getattr(program, "example_inputs", None):
+        return program, program.example_inputs[0][0]
+    x = example_input(net, (2 if dynamic_batch else 1) * max(net.info.time_steps, 1))
+    return program or export_program(net, x, dynamic_batch, decode), x
+
+
 def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = False,
                decode: bool = False, check: bool = True, tolerance: float = 1e-6,
                program: torch.export.ExportedProgram | None = None) -> ExportReport:
     """Save a strict torch.export ExportedProgram; reload it and compare with the network."""
     path = Path(path)
-    x = example_input(net, (2 if dynamic_batch else 1) * max(net.info.time_steps, 1))
-    if program is None:
-        program = export_program(net, x, dynamic_batch, decode)
-    elif getattr(program, "example_inputs", None):  # check at the size it was exported for
-        x = program.example_inputs[0][0]
+    program, x = _program_and_input(net, program, dynamic_batch, decode)
     tmp = _atomic_target(path)
     try:
         torch.export.save(program, tmp)
