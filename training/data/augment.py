@@ -35,12 +35,13 @@ class Augment:
 
     def __call__(self, img: torch.Tensor, rng: np.random.Generator | None = None
                  ) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        if not self.random and (h, w) == (self.h, self.w):
+            return img  # nothing to do: no import, no generator (tiny in-memory sets feel it)
         from torchvision.transforms.v2 import functional as F
 
         if rng is None:
             rng = np.random.default_rng()
-
-        h, w = img.shape[-2:]
         if self.train and (self.crop or self.aspect != 1):
             lo, hi = self.crop or (min(self.h, self.w), min(self.h, self.w))
             side = int(rng.integers(lo, max(hi, lo) + 1))
