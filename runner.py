@@ -33,7 +33,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--flavor", choices=("alexeyab", "pjreddie"), default="alexeyab",
                    help="which Darknet's formulas to follow (default alexeyab)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a [net] key (repeatable), e.g. --set batch=64")
+                   help="override a [net] key (repeatable), e.g. --set batch=64; "
+                        "SECTION.KEY=VALUE sets KEY in every [SECTION], e.g. "
+                        "--set convolutional.batch_normalize=1")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data, order (0)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, mps (default: CUDA, else MPS, else CPU)")

@@ -6,11 +6,15 @@ yolov4-tiny 416x416 and vgg16 224x224 (random weights, batch 1); ratios to the g
 
 The variants run round-robin within each repeat, so a busy machine slows all alike; the median
 of each is printed with its ratio to the graph's median (target: the emitted module <= 1.0x).
+"graph (eager)" is the Network's plain path, the same modules the emitted file holds; the
+graph's CPU fast path for eval (folded batch-norm, oneDNN-fused activations: README, *Inference
+speed*) has its own row, since the emitted module and the exported programs do not take it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import statistics
 import sys
@@ -48,7 +52,9 @@ def variants(name: str, folder: Path) -> dict:
     emitted.load_state_dict(net.state_dict())
     compiled = torch.compile(emitted)
     program = export_program(net, x).module()
-    out = {"graph (eager)": lambda: net(x), "emitted (eager)": lambda: emitted(x),
+    plain = copy.deepcopy(net).use_fast_inference(False)
+    out = {"graph (eager)": lambda: plain(x), "graph (CPU fast path)": lambda: net(x),
+           "emitted (eager)": lambda: emitted(x),
            "emitted (torch.compile)": lambda: compiled(x),
            "torch.export program": lambda: program(x)}
     if all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")):

@@ -28,7 +28,7 @@ def test_the_guide_has_every_kind_of_block():
     assert {"python", "ini", "sh", "toml"} <= kinds
     text = GUIDE.read_text()
     for topic in ("[route]", "[shortcut]", "check", "--summary", "--train", "register_section",
-                  "DARKCFG_PLUGINS", "darkcfg.sections", "--format yaml"):
+                  "DARKCFG_PLUGINS", "darkcfg.sections", "--format yaml", "--emit"):
         assert topic in text, topic
 
 

@@ -6,6 +6,7 @@ not computed by calling the code under test."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ import torch
 from cfgparse import CfgError, parse
 from training.config import NetConfig, apply_overrides
 from training.loop import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg_of(text: str, seed: int = 0) -> NetConfig:
@@ -258,3 +261,23 @@ def test_label_smoothing_uses_darknets_truth_vectors():
     plain, _ = LossModel(net, task_for(net))(x, y)
     assert torch.allclose(plain, -logp[torch.arange(3), y].mean(), atol=1e-6)
     assert not torch.allclose(smoothed, plain)
+
+
+def test_set_a_key_in_every_section_of_a_type(tmp_path):
+    from training.config import apply_overrides_to_blocks
+
+    blocks = list(parse(ROOT / "cfg" / "vgg16.cfg"))
+    new, values = apply_overrides_to_blocks(
+        blocks, ["convolutional.batch_normalize=1", "width=32", "net.height=32"])
+    convs = [b for b in new if b.type == "convolutional"]
+    assert len(convs) == 13 and all(b.int("batch_normalize") == 1 for b in convs)
+    assert all(b.int("batch_normalize") == 0 for b in blocks if b.type == "convolutional")
+    assert new[0].int("width") == 32 and new[0].int("height") == 32
+    assert all(a is b for a, b in zip(blocks, new, strict=True) if a.type == "maxpool")
+    assert values == {"convolutional.batch_normalize": "1", "width": "32", "net.height": "32"}
+    with pytest.raises(CfgError, match="no \\[yolo\\] section") as err:
+        apply_overrides_to_blocks(blocks, ["yolo.ignore_thresh=.5"])
+    assert "--set yolo.ignore_thresh=.5" in str(err.value)
+    with pytest.raises(CfgError, match="E205") as err:
+        apply_overrides_to_blocks(blocks, ["convolutional.filtres=8"])
+    assert "filters" in str(err.value)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from cfgparse import Block, CfgError, Diagnostic, schema
+from cfgparse.errors import did_you_mean
 from cfgparse.rules import net_rules
 
 
@@ -168,16 +169,51 @@ def apply_overrides(net: Block, assignments: Iterable[str]) -> tuple[Block, dict
     by the schema); errors are located at the --set argument, with "did you mean"."""
     values: dict[str, str] = {}
     for text in assignments:
-        key, eq, raw = text.partition("=")
-        key = key.strip()
-        where = f"--set {text}"
-        if not eq or not key:
-            raise CfgError(Diagnostic("E102", f"'{text}' is not KEY=VALUE", where,
-                                      hint="write e.g. --set batch=64"))
-        try:
-            net = net.with_values(**{key: raw})
-        except CfgError as exc:
-            d = exc.first
-            raise CfgError(Diagnostic(d.code, d.message, where, hint=d.hint)) from None
+        key, raw = split_assignment(text)
+        net = _set(net, key, raw, text)
         values[key] = "".join(raw.split())
     return net, values
+
+
+def apply_overrides_to_blocks(blocks: list[Block], assignments: Iterable[str]
+                              ) -> tuple[list[Block], dict]:
+    """`--set KEY=VALUE` sets a [net] key; `--set SECTION.KEY=VALUE` sets KEY in every section
+    of that type (e.g. `convolutional.batch_normalize=1`), a darkcfg extension for trying a
+    variant of a cfg without copying it. Blocks stay immutable: changed ones are new copies."""
+    blocks = list(blocks)
+    values: dict[str, str] = {}
+    for text in assignments:
+        key, raw = split_assignment(text)
+        section, dot, name = key.rpartition(".")
+        if not dot or section == "net":
+            blocks[0] = _set(blocks[0], name, raw, text)
+        else:
+            kind = schema.canonical_section(section)
+            hits = [i for i, b in enumerate(blocks) if kind is not None and b.type == kind]
+            if not hits:
+                present = sorted({b.name for b in blocks[1:]})
+                raise CfgError(Diagnostic(
+                    "E205", f"the cfg has no [{section}] section to set '{name}' in",
+                    f"--set {text}", hint=did_you_mean(section, present) or
+                    f"its sections: {', '.join(present)}"))
+            for i in hits:
+                blocks[i] = _set(blocks[i], name, raw, text)
+        values[key] = "".join(raw.split())
+    return blocks, values
+
+
+def split_assignment(text: str) -> tuple[str, str]:
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise CfgError(Diagnostic("E102", f"'{text}' is not KEY=VALUE", f"--set {text}",
+                                  hint="write e.g. --set batch=64"))
+    return key, raw
+
+
+def _set(block: Block, key: str, raw: str, text: str) -> Block:
+    try:
+        return block.with_values(**{key: raw})
+    except CfgError as exc:
+        d = exc.first
+        raise CfgError(Diagnostic(d.code, d.message, f"--set {text}", hint=d.hint)) from None

@@ -15,7 +15,7 @@ from cfgparse import CfgError, Diagnostic, parse
 
 from . import distributed
 from .checkpoint import load_any_weights, load_checkpoint, set_rng_states
-from .config import NetConfig, apply_overrides
+from .config import NetConfig, apply_overrides_to_blocks
 from .data import (
     Augment,
     DataSplits,
@@ -41,9 +41,7 @@ def seed_everything(seed: int) -> None:
 
 
 def load_blocks(cfg_path: str, assignments: list[str]):
-    blocks = list(parse(cfg_path))
-    net_block, overrides = apply_overrides(blocks[0], assignments)
-    return [net_block, *blocks[1:]], overrides
+    return apply_overrides_to_blocks(list(parse(cfg_path)), assignments)
 
 
 def build_network(cfg_path: str, assignments: list[str], flavor: str, seed: int,
