@@ -12,8 +12,9 @@ Both sides run in this process, one after the other per seed (interleaved, so lo
 both), after one untimed warm-up pair: the first run in a process pays one-off costs that are not
 training (importing torch._dynamo on the first SGD, scikit-learn, matplotlib), and whichever side
 ran first would pay them. One thread by default: 8x8 images in batches of 32 are too little work
-to split across cores (two threads take 2.6x longer here, and far more on a loaded machine). darkcfg runs as a user would run it (`runner.main`, progress bar off), validating once at
-the end (`--valid-every 1350`) and checkpointing once, as the hand-written loop does.
+to split across cores (two threads take 2.6x longer here, and far more on a loaded machine).
+darkcfg runs as a user would run it (`runner.main`, progress bar off), validating once at the
+end (`--valid-every 1350`) and checkpointing once, as the hand-written loop does.
 """
 
 from __future__ import annotations
