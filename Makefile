@@ -19,8 +19,9 @@ $(STAMP): setup.cfg pyproject.toml
 
 train: $(STAMP)
 	$(BIN)/python runner.py cfg/vgg16.cfg --train --classes 10 --set width=32 --set height=32 \
-		--set batch=32 --set subdivisions=1 --set max_batches=150 --set burn_in=20 \
-		--set steps=100 --set scales=0.1 --out runs/vgg16
+		--set batch=32 --set subdivisions=1 --set max_batches=100 --set burn_in=10 \
+		--set steps=80 --set scales=0.1 --set hue=0 \
+		--set convolutional.batch_normalize=1 --set connected.batch_normalize=1 --out runs/vgg16
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
