@@ -308,3 +308,21 @@ def test_training_refuses_a_network_over_the_memory_limit_unless_forced(tiny_cfg
     code, _, _ = run(capsys, tiny_cfg, "--train", "--max-memory", "64K", "--force", "--set",
                      "max_batches=1", "--out", tmp_path / "forced", "--no-progress")
     assert code == 0 and (tmp_path / "forced" / "tiny_final.weights").exists()
+
+
+def test_the_make_train_line_builds_what_the_readme_says(capsys):
+    """`make train`'s overrides (section-wide --set included) give VGG-16 with batch-norm after
+    every convolution and hidden [connected] layer, at 32x32 (the summary, not a run)."""
+    recipe = (ROOT / "Makefile").read_text().split("\ntrain:", 1)[1].split("\n\n", 1)[0]
+    args = recipe.replace("\\\n", " ").split("runner.py", 1)[1].split()
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert "convolutional.batch_normalize=1" in sets and "hue=0" in sets
+    code, out, _ = run(capsys, ROOT / "cfg" / "vgg16.cfg", "--summary", "--format", "json",
+                       *[x for s in sets for x in ("--set", s)])
+    layers = json.loads(out)["layers"]
+    assert code == 0 and layers[0]["output"] == [64, 32, 32]
+    convs = [la for la in layers if la["type"] == "convolutional"]
+    # batch-norm adds a scale per filter to the bias Darknet counts (running stats are buffers)
+    assert len(convs) == 13 and convs[0]["params"] == 3 * 9 * 64 + 2 * 64
+    hidden = [la for la in layers if la["type"] == "connected"][:2]
+    assert [la["params"] for la in hidden] == [512 * 49 * 4096 + 2 * 4096, 4096 * 4096 + 2 * 4096]
