@@ -14,7 +14,6 @@ speed*) has its own row, since the emitted module and the exported programs do n
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import statistics
 import sys
@@ -52,7 +51,8 @@ def variants(name: str, folder: Path) -> dict:
     emitted.load_state_dict(net.state_dict())
     compiled = torch.compile(emitted)
     program = export_program(net, x).module()
-    plain = copy.deepcopy(net).use_fast_inference(False)
+    plain = build(blocks).eval().use_fast_inference(False)
+    plain.load_state_dict(net.state_dict())
     out = {"graph (eager)": lambda: plain(x), "graph (CPU fast path)": lambda: net(x),
            "emitted (eager)": lambda: emitted(x),
            "emitted (torch.compile)": lambda: compiled(x),
