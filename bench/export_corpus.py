@@ -4,6 +4,7 @@ compared) and the emitted module (== the graph's outputs, <= 1e-6). Prints one l
 and the counts (they go in the README's Export section). Slow: ~10-40 s per cfg on a CPU.
 
     python bench/export_corpus.py [--opset 18] [--only NAME ...] [--no-onnx] [--no-emit]
+                                  [--reverse]
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="cfgs whose name contains one of these")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--no-emit", action="store_true")
+    ap.add_argument("--reverse", action="store_true",
+                    help="last cfg first (a second process can start from the other end)")
     args = ap.parse_args(argv)
     files = corpus_cfgs()
     if not files:
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.only:
         files = [f for f in files if any(o in f"{f.parent.name}/{f.stem}" for o in args.only)]
+    if args.reverse:
+        files = files[::-1]
     torch.set_num_threads(1)
     counts: Counter = Counter()
     failures = []
