@@ -5,11 +5,12 @@
 
 For each cfg (default cfg/yolov3-tiny.cfg and cfg/yolov4-tiny.cfg) at SIZE x SIZE on the
 embedded detection set: a short probe measures the training speed (at the first multi-scale
-period's size, the largest, so the estimate errs short), `max_batches` is set so that training
-fills the budget, and the run goes through the runner's own code (`training.session.train`:
-the cfg's loss, augmentation and `random=1` multi-scale, Darknet's lr schedule with burn-in and
-steps at 80%/90%), validating (Darknet's -map: mAP@0.5, COCO mAP@[.5:.95]) four times and at the
-end. Validation time is not part of the budget. Prints one row per cfg and a JSON line; the run
+period's size, the largest), `max_batches` is set so that training fills the budget (a step's
+time taken as proportional to the input's area, summed over the sizes multi-scale will draw),
+and the run goes through the runner's own code (`training.session.train`: the cfg's loss,
+augmentation and `random=1` multi-scale, Darknet's lr schedule with burn-in and steps at
+80%/90%), validating (Darknet's -map: mAP@0.5, COCO mAP@[.5:.95]) four times and at the end.
+Validation time is not part of the budget. Prints one row per cfg and a JSON line; the run
 folders (metrics.csv, chart.png with the mAP curve, weights) stay under --out.
 
 Overrides the bench applies to the cfg (the rest of [net] and every [yolo] key stay):
@@ -39,9 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CFGS = ("cfg/yolov3-tiny.cfg", "cfg/yolov4-tiny.cfg")
 
 
-def probe_speed(cfg: str, sets: list[str], iterations: int, seed: int) -> float:
+def probe_speed(cfg: str, sets: list[str], iterations: int, seed: int):
     """Training images/s of the runner's step on the real detection batches (after one warm-up
-    iteration), at iteration 0's size: multi-scale starts at its largest."""
+    iteration), at iteration 0's size (multi-scale starts at its largest), and the training
+    set, whose `size_at` gives every later iteration's size."""
     from training.detection.task import DetectionTask
     from training.loop import Trainer, darknet_init
     from training.tasks import task_for
@@ -58,7 +60,26 @@ def probe_speed(cfg: str, sets: list[str], iterations: int, seed: int) -> float:
     started = time.perf_counter()
     for images, truth in data[1:]:
         trainer.step(images, truth)
-    return iterations * trainer.batch / (time.perf_counter() - started)
+    return iterations * trainer.batch / (time.perf_counter() - started), splits.train
+
+
+def iterations_for_budget(budget_s: float, probe: float, batch: int, train_set) -> int:
+    """How many iterations fill `budget_s` seconds of training: a step's time taken as
+    proportional to the input's area (the probe ran at iteration 0's, the largest), summed over
+    the multi-scale sizes the run will draw. Those depend on max_batches (its last 100
+    iterations use the largest size), so the count is refined a few times."""
+    from training.detection.scales import training_size
+
+    s = train_set.settings
+    w0, h0 = train_set.size_at(0)
+    per_pixel = 1 / (probe * w0 * h0)  # seconds per image per input pixel
+    n = max(int(budget_s * probe / batch), 10)
+    for _ in range(6):
+        areas = (w * h for w, h in (training_size(i, s.width, s.height, s.random, train_set.seed,
+                                                  n, s.resize_step) for i in range(n)))
+        total = batch * per_pixel * sum(areas)
+        n = max(int(n * budget_s / total), 10)
+    return n
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -70,8 +91,9 @@ def run_one(cfg: str, args) -> dict:
     name = Path(cfg).stem
     base = [f"width={args.size}", f"height={args.size}", f"batch={args.batch}",
             "subdivisions=1", f"learning_rate={args.lr}", *args.set]
-    probe = probe_speed(cfg, [*base, "max_batches=1000"], args.probe, args.seed)
-    iterations = args.iterations or max(int(args.budget_min * 60 * probe / args.batch), 10)
+    probe, train_set = probe_speed(cfg, [*base, "max_batches=1000"], args.probe, args.seed)
+    iterations = args.iterations or iterations_for_budget(args.budget_min * 60, probe,
+                                                          args.batch, train_set)
     sets = [*base, f"max_batches={iterations}", f"burn_in={max(iterations // 10, 1)}",
             "policy=steps", f"steps={int(iterations * 0.8)},{int(iterations * 0.9)}",
             "scales=.1,.1"]
