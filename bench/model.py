@@ -4,7 +4,7 @@ yolov4-tiny and yolov4 (plain path against the inference fast path, same run); o
 CPU; and the time to meta-build every corpus cfg.
 
     python bench/model.py [--batch 4] [--size 64] [--repeat 9] [--threads N]
-    python bench/model.py --only inference [--peak 157] [--threads 2] [--clock cpu]
+    python bench/model.py --only inference [--peak 157] [--threads 2] [--clock cpu] [--compiled]
 
 Inference: batch 1, eval mode, no autograd; the work is Darknet's BFLOPs (`net.bflops()`). The
 default peak, 157 GFLOP/s, is this project's machine: 2 Zen-3 cores x 2.45 GHz x 32 FLOP/cycle
@@ -102,8 +102,11 @@ def sized_cfg(path: Path, size: int) -> str:
     return text
 
 
-def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, clock: str) -> None:
-    """Batch-1 eval forward: plain path against the fast path, interleaved within each repeat."""
+def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, clock: str,
+                    compiled: bool = False) -> None:
+    """Batch-1 eval forward: plain path against the fast path, interleaved within each repeat;
+    with `compiled`, also torch.compile (Inductor, freezing=True: batch-norm folded, weights
+    prepacked, pointwise ops fused) after the first two, its compilation time printed."""
     now = time.process_time if clock == "cpu" else time.perf_counter
     threads = torch.get_num_threads()
     # cpu time adds up all threads: divide by them for a wall-equivalent figure
@@ -111,7 +114,7 @@ def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, cl
     print(f"Inference, batch 1, eval, CPU, {threads} threads, {clock} clock, {repeat} repeats; "
           f"peak {peak:g} GFLOP/s (--peak; 157 = this project's 2 Zen-3 cores); best repeat")
     print(f"  {'net':<12} {'size':>4} {'BFLOPs':>7} {'plain':>16} {'fast':>16} {'speedup':>8} "
-          f"{'paired':>7}")
+          f"{'paired':>7}" + (f" {'compiled':>16} {'compile s':>9}" if compiled else ""))
     for name in names:
         path = corpus / "alexeyab" / f"{name}.cfg"
         if not path.exists():
@@ -140,8 +143,30 @@ def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, cl
             rate = bflops / min(times[fast])
             cells.append(f"{rate:6.1f} GF/s {rate / peak:4.0%}")
         paired = statistics.median(p / f for p, f in zip(times[False], times[True], strict=True))
+        extra = ""
+        if compiled:
+            rate, took = compiled_rate(net, x, repeat, now, per, bflops)
+            extra = f" {f'{rate:6.1f} GF/s {rate / peak:4.0%}':>16} {took:9.0f}"
         print(f"  {name:<12} {size:>4} {bflops:7.2f} {cells[0]:>16} {cells[1]:>16} "
-              f"{min(times[False]) / min(times[True]):7.2f}x {paired:6.2f}x", flush=True)
+              f"{min(times[False]) / min(times[True]):7.2f}x {paired:6.2f}x" + extra, flush=True)
+
+
+def compiled_rate(net, x: torch.Tensor, repeat: int, now, per: int, bflops: float):
+    """GFLOP/s of torch.compile(net) (best of `repeat`) and the seconds its compilation took."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    with torch.no_grad():
+        start = time.perf_counter()
+        program = torch.compile(net)
+        program(x)
+        took = time.perf_counter() - start
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = now()
+            program(x)
+            best = min(best, (now() - t0) / per)
+    return bflops / best, took
 
 
 def bench_meta_build(corpus: Path) -> None:
@@ -186,12 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="inference timing: wall time, or process CPU time / threads (steadier "
                     "on a shared machine; counts OpenMP spin-waits, so it errs low)")
+    ap.add_argument("--compiled", action="store_true",
+                    help="inference: also torch.compile (Inductor, freezing), and its compile time")
     args = ap.parse_args(argv)
     parts = args.only or ["inference", "train", "meta"]
     if "inference" in parts:
         saved = torch.get_num_threads()
         torch.set_num_threads(args.inference_threads)
-        bench_inference(args.corpus, args.nets, max(args.repeat // 2, 3), args.peak, args.clock)
+        bench_inference(args.corpus, args.nets, max(args.repeat // 2, 3), args.peak, args.clock,
+                        args.compiled)
         torch.set_num_threads(saved)
     if args.threads:
         torch.set_num_threads(args.threads)
