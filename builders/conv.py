@@ -67,13 +67,20 @@ def binarize_weights(w: torch.Tensor) -> torch.Tensor:
     with a straight-through gradient for training."""
     scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
     binary = torch.where(w > 0, scale, -scale)
-    return w + (binary - w).detach()
+    return straight_through(binary, w)
 
 
 def binarize_input(x: torch.Tensor) -> torch.Tensor:
     """Darknet `binarize_cpu`: +1 where x > 0, else -1 (straight-through gradient)."""
     binary = torch.where(x > 0, 1.0, -1.0).to(x.dtype)
-    return x + (binary - x).detach()
+    return straight_through(binary, x)
+
+
+def straight_through(binary: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`binary` in the forward, the identity's gradient for `t` in the backward. Written as
+    binary + (t - t.detach()), which is exactly `binary` (t - t is 0); the textbook
+    t + (binary - t).detach() is off by t's rounding, which for |t| ~ 1e7 is the whole value."""
+    return binary.detach() + (t - t.detach())
 
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,

@@ -157,12 +157,17 @@ class ExportReport:
     max_rel_error: float
     opset: int | None = None
     metadata: dict = field(default_factory=dict)
+    allowed: float = 0.0  # over the default only for XNOR nets (float32_sensitivity)
 
     def __str__(self) -> str:
         what = f"ONNX opset {self.opset}" if self.format == "onnx" else "torch.export program"
         check = "onnxruntime" if self.format == "onnx" else "the reloaded program"
-        return (f"wrote {self.path} ({what}; outputs {', '.join(self.outputs)}); "
+        text = (f"wrote {self.path} ({what}; outputs {', '.join(self.outputs)}); "
                 f"{check} vs PyTorch on a random input: max rel. error {self.max_rel_error:.2e}")
+        if self.allowed > 1e-4:
+            text += (f" (XNOR layers take sign(x): PyTorch's own float32 and float64 outputs "
+                     f"differ by {self.allowed / 2:.2e}, so up to {self.allowed:.2e} is allowed)")
+        return text
 
 
 def metadata(net: Network, name: str, decode: bool) -> dict[str, str]:
@@ -230,15 +235,20 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
         if opset is not None and opset != native:
             opset_used = convert_opset(tmp, opset)
         err = check_onnx(tmp, net, x, decode) if check else 0.0
-        if err > tolerance:
+        allowed = tolerance
+        if check and err > tolerance and binarizes(net):
+            # sign(x) flips where float rounding moves x across 0: PyTorch's own float32 and
+            # float64 outputs differ as much, so that is the yardstick
+            allowed = max(tolerance, 2 * float32_sensitivity(net, x, decode))
+        if err > allowed:
             raise _error(f"onnxruntime's outputs differ from PyTorch's: max rel. error {err:.2e} "
-                         f"(allowed {tolerance:g})", str(path),
+                         f"(allowed {allowed:g})", str(path),
                          hint="report the cfg; the file was not written")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return ExportReport(str(path), "onnx", names, err, opset_used, meta)
+    return ExportReport(str(path), "onnx", names, err, opset_used, meta, allowed)
 
 
 def _name_batch_dim(model) -> None:
@@ -328,6 +338,22 @@ def reference_outputs(net: Network, x: torch.Tensor, decode: bool = False) -> li
         return list(Exportable(net, decode)(x))
     finally:
         net.use_fast_inference(fast)
+
+
+def binarizes(net: Network) -> bool:
+    """Whether a layer takes sign(x) of its input ([convolutional] xnor=1)."""
+    return any(getattr(layer, "xnor", False) for layer in net.layers)
+
+
+def float32_sensitivity(net: Network, x: torch.Tensor, decode: bool = False) -> float:
+    """Max rel. error of PyTorch's float32 outputs against the same network in float64: ~1e-7
+    for most nets, but up to the whole value for XNOR nets, where rounding flips signs."""
+    ref32 = reference_outputs(net, x, decode)
+    try:
+        ref64 = reference_outputs(net.double(), x.double(), decode)
+    finally:
+        net.float()  # float32 -> float64 -> float32 is exact: the weights are unchanged
+    return max_rel_error(ref32, ref64)
 
 
 def check_onnx(path: str | os.PathLike, net: Network, x: torch.Tensor,

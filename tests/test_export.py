@@ -444,3 +444,37 @@ def test_emit_rejects_what_it_cannot_write():
     net.layers[0] = Opaque()
     with pytest.raises(EmitError, match="layer 0"):
         emit_module(net)
+
+
+def test_binarized_values_are_exact_and_the_gradient_passes_straight_through():
+    from builders.conv import binarize_input, binarize_weights
+
+    x = torch.tensor([3e7, -3e7, 0.25, -0.5, 0.0], requires_grad=True)
+    y = binarize_input(x)  # the textbook x + (b - x).detach() gives 0 for 3e7
+    assert y.tolist() == [1.0, -1.0, 1.0, -1.0, -1.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0] * 5
+    w = torch.tensor([[[[3e7, -1e7]]]], requires_grad=True)
+    assert binarize_weights(w).tolist() == [[[[2e7, -2e7]]]]  # sign times the mean |w|
+
+
+@needs_onnx
+def test_an_xnor_net_exports_within_float32s_own_sensitivity(tmp_path):
+    """sign(x) flips wherever rounding moves x across 0, so an XNOR net's float32 and float64
+    outputs differ a lot (0.25-0.42 on the corpus' xnor cfgs): the check allows twice that."""
+    from builders.export import float32_sensitivity
+
+    text = ("[net]\nwidth=16\nheight=16\nchannels=3\n\n"
+            "[convolutional]\nfilters=16\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky\n\n"
+            "[convolutional]\nxnor=1\nfilters=16\nsize=3\npad=1\nbatch_normalize=1\n"
+            "activation=leaky\n\n"
+            "[convolutional]\nxnor=1\nfilters=8\nsize=3\npad=1\nbatch_normalize=1\n"
+            "activation=leaky\n")
+    torch.manual_seed(0)
+    net = build(text).eval()
+    x = example_input(net, 2)
+    sensitivity = float32_sensitivity(net, x)
+    assert next(net.parameters()).dtype == torch.float32
+    rep = export_onnx(net, tmp_path / "x.onnx")
+    assert rep.max_rel_error <= max(1e-4, 2 * sensitivity)
+    assert rep.allowed == max(1e-4, rep.allowed) and (tmp_path / "x.onnx").exists()
