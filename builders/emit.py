@@ -600,8 +600,10 @@ def wrap(line: str, limit: int = LINE) -> list[str]:
             depth += 1
         elif ch in ")]}":
             depth -= 1
-    if open_at < 0 or line[-1] not in ")]}":
+    if open_at < 0:
         return [line]
+    if line[-1] not in ")]}" or _matching(line, open_at) != len(line) - 1:
+        return _wrap_operators(line, limit)  # e.g. `f(a, b).detach() + (c - d)`
     inner = line[open_at + 1:-1]
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(inner):
@@ -624,6 +626,56 @@ def wrap(line: str, limit: int = LINE) -> list[str]:
             out.extend(inner_lines[:-1] + [inner_lines[-1] + ","])
     out.append(" " * indent + line[-1])
     return out
+
+
+def _matching(line: str, open_at: int) -> int:
+    """Index of the bracket that closes the one at `open_at`."""
+    depth = 0
+    for i in range(open_at, len(line)):
+        if line[i] in "([{":
+            depth += 1
+        elif line[i] in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def _wrap_operators(line: str, limit: int) -> list[str]:
+    """`name = a + b` over the limit as `name = (`, one operand per line (`+ b`), `)`; a
+    method chain `name = f(a).view(b)` likewise, one `.call(...)` per line."""
+    indent = len(line) - len(line.lstrip())
+    head, eq, rhs = line.partition(" = ")
+    if not eq:
+        return [line]
+    pieces, depth, start = [], 0, 0
+    for i, ch in enumerate(rhs):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and rhs[i:i + 3] in (" + ", " - ", " * ", " / ") and i > start:
+            pieces.append(rhs[start:i].strip())
+            start = i + 1
+    pieces.append(rhs[start:].strip())
+    if len(pieces) < 2:  # a method chain instead: break before each `.call(` after a `)`
+        pieces, depth, start = [], 0, 0
+        for i, ch in enumerate(rhs):
+            if ch in "([{":
+                depth += 1
+            elif ch in ")]}":
+                depth -= 1
+            elif depth == 0 and ch == "." and i and rhs[i - 1] in ")]":
+                pieces.append(rhs[start:i].strip())
+                start = i
+        pieces.append(rhs[start:].strip())
+    if len(pieces) < 2:
+        return [line]
+    pad = " " * (indent + 4)
+    out = [f"{head} = ("]
+    for piece in pieces:
+        out.extend(wrap(pad + piece, limit))
+    return out + [" " * indent + ")"]
 
 
 _LOADER = '''
