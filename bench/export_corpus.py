@@ -76,7 +76,7 @@ def one(path: Path, folder: Path, opset: int | None, onnx: bool, emit: bool) -> 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--opset", type=int, default=None)
-    ap.add_argument("--only", nargs="*", default=None, help="cfgs whose name contains one of these")
+    ap.add_argument("--only", nargs="*", default=None, help="cfgs whose name contains one of these (FORK/NAME: exactly that one)")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--no-emit", action="store_true")
     ap.add_argument("--reverse", action="store_true",
@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no corpus at {CORPUS}")
         return 0
     if args.only:
-        files = [f for f in files if any(o in f"{f.parent.name}/{f.stem}" for o in args.only)]
+        def wanted(name: str) -> bool:  # "fork/name" is exact, anything else a substring
+            return any(name == o if "/" in o else o in name for o in args.only)
+
+        files = [f for f in files if wanted(f"{f.parent.name}/{f.stem}")]
     if args.reverse:
         files = files[::-1]
     torch.set_num_threads(1)
