@@ -76,7 +76,8 @@ def one(path: Path, folder: Path, opset: int | None, onnx: bool, emit: bool) -> 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--opset", type=int, default=None)
-    ap.add_argument("--only", nargs="*", default=None, help="cfgs whose name contains one of these (FORK/NAME: exactly that one)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="cfgs whose name contains one of these (FORK/NAME: exactly that one)")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--no-emit", action="store_true")
     ap.add_argument("--reverse", action="store_true",
