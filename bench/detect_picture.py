@@ -23,15 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+from torchvision.ops import box_convert, box_iou  # noqa: E402
+
 import runner  # noqa: E402
 from training.detection.embedded import EmbeddedDetection, class_name  # noqa: E402
-
-
-def iou(a, b) -> float:
-    ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
-    bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
-    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         s = args.image_size
         for stem, boxes in truths.items():
             mine = [d for d in dets if str(d["image_id"]) == stem]
-            for x, y, w, h, c in boxes.tolist():
-                total += 1
-                found += any(d["category_id"] == int(c) and iou(
-                    (x, y, w, h), ((d["bbox"][0] + d["bbox"][2] / 2) / s,
-                                   (d["bbox"][1] + d["bbox"][3] / 2) / s,
-                                   d["bbox"][2] / s, d["bbox"][3] / s)) >= 0.5 for d in mine)
+            truth = box_convert(torch.from_numpy(boxes[:, :4]) * s, "cxcywh", "xyxy")
+            pred = box_convert(torch.tensor([d["bbox"] for d in mine]).reshape(-1, 4),
+                               "xywh", "xyxy")
+            same_class = torch.tensor([[d["category_id"] == int(c) for d in mine]
+                                       for c in boxes[:, 4]]).reshape(len(boxes), len(mine))
+            hits = (box_iou(truth, pred) >= 0.5) & same_class
+            total += len(boxes)
+            found += int(hits.any(1).sum())
         tiles = [Image.open(drawn / f"{stem}.jpg") for stem in truths]
         cols = min(4, len(tiles))
         rows = -(-len(tiles) // cols)

@@ -592,29 +592,12 @@ def wrap(line: str, limit: int = LINE) -> list[str]:
     if len(line) <= limit:
         return [line]
     indent = len(line) - len(line.lstrip())
-    depth, open_at = 0, -1
-    for i, ch in enumerate(line):
-        if ch in "([{":
-            if depth == 0 and open_at < 0 and i >= indent:
-                open_at = i
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
+    open_at = next((i for i, ch in enumerate(line) if ch in "([{"), -1)
     if open_at < 0:
         return [line]
     if line[-1] not in ")]}" or _matching(line, open_at) != len(line) - 1:
         return _wrap_operators(line, limit)  # e.g. `f(a, b).detach() + (c - d)`
-    inner = line[open_at + 1:-1]
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(inner):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(inner[start:i].strip())
-            start = i + 1
-    parts.append(inner[start:].strip())
+    parts = _split_top_level(line[open_at + 1:-1], lambda t, i: t[i] == ",", skip=1)
     pad = " " * (indent + 4)
     if len(pad) + len(", ".join(parts)) <= limit:
         return [line[:open_at + 1], pad + ", ".join(p for p in parts if p), " " * indent +
@@ -626,6 +609,22 @@ def wrap(line: str, limit: int = LINE) -> list[str]:
             out.extend(inner_lines[:-1] + [inner_lines[-1] + ","])
     out.append(" " * indent + line[-1])
     return out
+
+
+def _split_top_level(text: str, cut, skip: int) -> list[str]:
+    """`text` cut where `cut(text, i)` holds outside every bracket; the `skip` characters at a
+    cut are dropped (a comma, or the space before an operator)."""
+    pieces, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and i > start and cut(text, i):
+            pieces.append(text[start:i].strip())
+            start = i + skip
+    pieces.append(text[start:].strip())
+    return pieces
 
 
 def _matching(line: str, open_at: int) -> int:
@@ -648,27 +647,10 @@ def _wrap_operators(line: str, limit: int) -> list[str]:
     head, eq, rhs = line.partition(" = ")
     if not eq:
         return [line]
-    pieces, depth, start = [], 0, 0
-    for i, ch in enumerate(rhs):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif depth == 0 and rhs[i:i + 3] in (" + ", " - ", " * ", " / ") and i > start:
-            pieces.append(rhs[start:i].strip())
-            start = i + 1
-    pieces.append(rhs[start:].strip())
+    pieces = _split_top_level(rhs, lambda t, i: t[i:i + 3] in (" + ", " - ", " * ", " / "),
+                              skip=1)
     if len(pieces) < 2:  # a method chain instead: break before each `.call(` after a `)`
-        pieces, depth, start = [], 0, 0
-        for i, ch in enumerate(rhs):
-            if ch in "([{":
-                depth += 1
-            elif ch in ")]}":
-                depth -= 1
-            elif depth == 0 and ch == "." and i and rhs[i - 1] in ")]":
-                pieces.append(rhs[start:i].strip())
-                start = i
-        pieces.append(rhs[start:].strip())
+        pieces = _split_top_level(rhs, lambda t, i: t[i] == "." and t[i - 1] in ")]", skip=0)
     if len(pieces) < 2:
         return [line]
     pad = " " * (indent + 4)

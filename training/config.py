@@ -167,12 +167,8 @@ def uniform01(seed: int, batch_num: int) -> float:
 def apply_overrides(net: Block, assignments: Iterable[str]) -> tuple[Block, dict]:
     """[net] with each 'KEY=VALUE' applied through `Block.with_values` (typed and range-checked
     by the schema); errors are located at the --set argument, with "did you mean"."""
-    values: dict[str, str] = {}
-    for text in assignments:
-        key, raw = split_assignment(text)
-        net = _set(net, key, raw, text)
-        values[key] = "".join(raw.split())
-    return net, values
+    blocks, values = apply_overrides_to_blocks([net], assignments)
+    return blocks[0], values
 
 
 def apply_overrides_to_blocks(blocks: list[Block], assignments: Iterable[str]
