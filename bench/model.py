@@ -31,7 +31,7 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from builders import build  # noqa: E402
+from builders import build, native  # noqa: E402
 from builders.presets import load_torchvision_state_dict  # noqa: E402
 from cfgparse import CfgError  # noqa: E402
 from training.loop import darknet_init  # noqa: E402
@@ -113,6 +113,7 @@ def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, cl
     per = threads if clock == "cpu" else 1
     print(f"Inference, batch 1, eval, CPU, {threads} threads, {clock} clock, {repeat} repeats; "
           f"peak {peak:g} GFLOP/s (--peak; 157 = this project's 2 Zen-3 cores); best repeat")
+    print(f"  fast path's mish: {native.status()}")
     print(f"  {'net':<12} {'size':>4} {'BFLOPs':>7} {'plain':>16} {'fast':>16} {'speedup':>8} "
           f"{'paired':>7}" + (f" {'compiled':>16} {'compile s':>9}" if compiled else ""))
     for name in names:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -185,12 +187,16 @@ def _flat_dense(x: torch.Tensor) -> torch.Tensor | None:
 def mish_(x: torch.Tensor) -> torch.Tensor:
     """Mish in place, without autograd: x * tanh(softplus(x)) = x - 2x / ((1 + e^x)^2 + 1).
 
-    One exp and one division instead of torch's exp, log1p and tanh (about 3x faster on CPU),
-    in cache-sized chunks. Large x: the denominator overflows to inf and the result is x, as
-    Darknet's softplus threshold gives; the absolute error stays below ~2e-6 for |x| <= 20."""
+    The native kernel (builders.native: one pass, ~3x faster than the torch ops below) when it
+    is available; else one exp and one division instead of torch's exp, log1p and tanh (about
+    3x faster than F.mish on CPU), in cache-sized chunks. Large x: the denominator overflows to
+    inf and the result is x, as Darknet's softplus threshold gives; the absolute error stays
+    below ~2e-6 for |x| <= 20."""
     flat = _flat_dense(x)
     if flat is None:
         return x.copy_(_mish(x))
+    if x.dtype == torch.float32 and x.device.type == "cpu" and native.mish_inplace(flat):
+        return x
     tmp = torch.empty(min(_MISH_CHUNK, flat.numel()), dtype=x.dtype, device=x.device)
     for start in range(0, flat.numel(), _MISH_CHUNK):
         part = flat[start:start + _MISH_CHUNK]
