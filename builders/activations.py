@@ -163,8 +163,9 @@ class Lambda(torch.nn.Module):
 
 # -- inference fast path (builders.conv: eval mode, no autograd, CPU float32) --------------------
 
-#: Activations oneDNN applies inside the convolution kernel (name, scalars of
-#: `torch.ops.mkldnn._convolution_pointwise`), each equal to Darknet's formula.
+#: Activations oneDNN applies inside the convolution and inner-product kernels (name, scalars
+#: of `torch.ops.mkldnn._convolution_pointwise` / `_linear_pointwise`), each equal to Darknet's
+#: formula.
 CONV_POST_OPS: dict[str, tuple[str, list[float]]] = {
     "linear": ("none", []), "relu": ("relu", []), "leaky": ("leaky_relu", [0.1]),
     "revleaky": ("leaky_relu", [0.1]), "logistic": ("sigmoid", []), "tanh": ("tanh", []),

@@ -83,8 +83,8 @@ def straight_through(binary: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return binary.detach() + (t - t.detach())
 
 
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                          "_convolution_pointwise")
+_ONEDNN = torch.backends.mkldnn.is_available() and all(
+    hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise", "_linear_pointwise"))
 
 
 def fast_inference_ok(x: torch.Tensor) -> bool:

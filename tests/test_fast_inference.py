@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from oracle import ORACLE, SHARED, run_network
 
-from builders import build
+from builders import build, native
 from builders.activations import mish_
 from builders.conv import fast_inference_ok
 
@@ -102,6 +102,11 @@ groups=1
 [maxpool]
 size=2
 stride=2
+
+[connected]
+output=7
+activation={act}
+batch_normalize={bn}
 """
 
 
@@ -248,8 +253,20 @@ def test_plain_path_where_fast_does_not_apply():
     assert y.dtype == torch.float64
 
 
-def test_mish_in_place_matches_torch():
-    x = torch.cat([torch.linspace(-100, 100, 20001), torch.tensor([-1e4, 1e4, 0.0])])
+@pytest.fixture(params=["native", "torch ops"])
+def mish_kernel(request, monkeypatch):
+    """mish_ through the native kernel (skipped without a C compiler) and through torch ops."""
+    if request.param == "native":
+        if native.library() is None:
+            pytest.skip(native.status())
+    else:
+        monkeypatch.setattr(native, "_state", {"lib": None, "why": "test"})
+    return request.param
+
+
+def test_mish_in_place_matches_torch(mish_kernel):
+    x = torch.cat([torch.linspace(-100, 100, 20001), torch.tensor([-1e4, 1e4, 0.0, -0.0]),
+                   torch.tensor([1e-30, -1e-30, 1e-40, -1e-40, -87.5, 19.99, 20.01])])
     x = x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0))]
     x = x[: 4 * 5 * 7 * 142].reshape(4, 5, 7, 142)
     ref = F.mish(x.double()).float()
@@ -259,5 +276,45 @@ def test_mish_in_place_matches_torch():
         got = mish_(t)
         assert got.data_ptr() == t.data_ptr()
         assert float((got - want).abs().max()) < 4e-6
-    big = torch.randn(3, 1 << 17) * 10  # several chunks
+    big = torch.randn(3, 1 << 17) * 10  # several chunks / blocks
     assert float((mish_(big.clone()) - F.mish(big)).abs().max()) < 4e-6
+    assert torch.equal(mish_(torch.tensor([float("nan"), 3.0])).isnan(),
+                       torch.tensor([True, False]))
+
+
+def test_native_mish_is_the_same_on_any_thread_count():
+    if native.library() is None:
+        pytest.skip(native.status())
+    x = torch.randn(1 << 20) * 8
+    saved = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(mish_(x.clone()))
+    finally:
+        torch.set_num_threads(saved)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])  # elementwise: no order effects
+
+
+def test_native_kernels_fall_back_with_the_reason(tmp_path, monkeypatch):
+    """A compiler that fails (or none) leaves the torch-op mish, and status() says why; a build
+    goes to the cache folder under a hashed name, atomically (no temp file left)."""
+    monkeypatch.setenv("DARKCFG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "false")  # exits 1 on anything
+    monkeypatch.setattr(native, "_state", {})
+    assert native.library() is None
+    assert native.status().startswith("torch ops: could not build native_kernels.c with false")
+    x = torch.randn(1000)
+    assert float((mish_(x.clone()) - F.mish(x)).abs().max()) < 4e-6
+    monkeypatch.setenv("DARKCFG_NATIVE", "0")
+    monkeypatch.setattr(native, "_state", {})
+    assert native.status() == "torch ops: disabled by DARKCFG_NATIVE=0"
+    if native._compiler() is None:
+        return
+    monkeypatch.delenv("CC")
+    monkeypatch.delenv("DARKCFG_NATIVE")
+    monkeypatch.setattr(native, "_state", {})
+    assert native.status().startswith(f"native: {tmp_path / 'cache'}")
+    assert [p.name for p in (tmp_path / "cache").iterdir()][0].startswith("kernels-")
+    assert len(list((tmp_path / "cache").iterdir())) == 1
