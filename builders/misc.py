@@ -162,7 +162,11 @@ class Upsample(Layer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         s = abs(self.stride)
-        if self.stride > 1:
+        if self.stride > 1 and x.is_contiguous(memory_format=torch.channels_last) \
+                and not x.is_contiguous():  # fast path's layout: copy pixels, stay channels-last
+            nhwc = x.permute(0, 2, 3, 1)[:, :, None, :, None]
+            y = nhwc.expand(b, h, s, w, s, c).reshape(b, h * s, w * s, c).permute(0, 3, 1, 2)
+        elif self.stride > 1:
             y = x[:, :, :, None, :, None].expand(b, c, h, s, w, s).reshape(b, c, h * s, w * s)
         elif self.stride < -1:
             oh, ow = h // s, w // s
