@@ -102,6 +102,19 @@ def sized_cfg(path: Path, size: int) -> str:
     return text
 
 
+def gemm_rate(now, per: int, repeat: int = 5, n: int = 2048) -> float:
+    """GFLOP/s of one large float32 matrix product (oneDNN/MKL's best case, about 98% of the
+    nominal peak on an idle machine): the machine's speed right now, as a same-run yardstick."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeat):
+        start = now()
+        torch.mm(a, b)
+        best = min(best, (now() - start) / per)
+    return 2 * n ** 3 / best / 1e9
+
+
 def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, clock: str,
                     compiled: bool = False) -> None:
     """Batch-1 eval forward: plain path against the fast path, interleaved within each repeat;
@@ -114,8 +127,11 @@ def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, cl
     print(f"Inference, batch 1, eval, CPU, {threads} threads, {clock} clock, {repeat} repeats; "
           f"peak {peak:g} GFLOP/s (--peak; 157 = this project's 2 Zen-3 cores); best repeat")
     print(f"  fast path's mish: {native.status()}")
+    print("  gemm: a 2048 x 2048 matrix product just before the net's repeats (the machine's "
+          "speed now);\n  fast/gemm: the fast path's rate as a share of it")
     print(f"  {'net':<12} {'size':>4} {'BFLOPs':>7} {'plain':>16} {'fast':>16} {'speedup':>8} "
-          f"{'paired':>7}" + (f" {'compiled':>16} {'compile s':>9}" if compiled else ""))
+          f"{'paired':>7} {'gemm':>16} {'fast/gemm':>9}"
+          + (f" {'compiled':>16} {'compile s':>9}" if compiled else ""))
     for name in names:
         path = corpus / "alexeyab" / f"{name}.cfg"
         if not path.exists():
@@ -129,6 +145,7 @@ def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, cl
         x = torch.rand(1, 3, size, size)
         bflops = net.bflops()
         times: dict[bool, list[float]] = {False: [], True: []}
+        gemm = gemm_rate(now, per)
         with torch.no_grad():
             for fast in (False, True, False, True):  # warm-up: allocator, packed weights
                 net.use_fast_inference(fast)(x)
@@ -148,8 +165,11 @@ def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, cl
         if compiled:
             rate, took = compiled_rate(net, x, repeat, now, per, bflops)
             extra = f" {f'{rate:6.1f} GF/s {rate / peak:4.0%}':>16} {took:9.0f}"
+        fast_rate = bflops / min(times[True])
         print(f"  {name:<12} {size:>4} {bflops:7.2f} {cells[0]:>16} {cells[1]:>16} "
-              f"{min(times[False]) / min(times[True]):7.2f}x {paired:6.2f}x" + extra, flush=True)
+              f"{min(times[False]) / min(times[True]):7.2f}x {paired:6.2f}x "
+              f"{f'{gemm:6.1f} GF/s {gemm / peak:4.0%}':>16} {fast_rate / gemm:9.0%}" + extra,
+              flush=True)
 
 
 def compiled_rate(net, x: torch.Tensor, repeat: int, now, per: int, bflops: float):
