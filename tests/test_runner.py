@@ -326,3 +326,12 @@ def test_the_make_train_line_builds_what_the_readme_says(capsys):
     assert len(convs) == 13 and convs[0]["params"] == 3 * 9 * 64 + 2 * 64
     hidden = [la for la in layers if la["type"] == "connected"][:2]
     assert [la["params"] for la in hidden] == [512 * 49 * 4096 + 2 * 4096, 4096 * 4096 + 2 * 4096]
+
+
+def test_loss_chart_goes_log_when_the_loss_spans_decades():
+    from training.outputs import loss_axis_scale
+
+    assert loss_axis_scale([420.0, 60.0, 8.0, 3.1]) == "log"  # a detector's first iterations
+    assert loss_axis_scale([2.3, 1.1, 0.4]) == "linear"  # a classifier's
+    assert loss_axis_scale([5.0, 0.0, 0.01]) == "linear"  # a zero: no log axis
+    assert loss_axis_scale([]) == "linear"

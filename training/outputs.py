@@ -189,6 +189,9 @@ class RunLog:
             axes[0].plot([i for i, _ in losses], [r["val_loss"] for _, r in losses], "o-",
                          label="val loss")
         axes[0].set_ylabel("loss")
+        if loss_axis_scale([r["loss"] for r in self.rows]) == "log":
+            axes[0].set_yscale("log")
+            axes[0].set_ylabel("loss (log scale)")
         axes[0].legend(loc="upper right")
         axes[1].plot(its, [r["lr"] for r in self.rows], color="tab:green")
         axes[1].set_ylabel("learning rate")
@@ -218,6 +221,14 @@ def gather(dist: Dist, obj):
     out = [None] * dist.world
     tdist.all_gather_object(out, obj)
     return out
+
+
+def loss_axis_scale(losses: list[float]) -> str:
+    """"log" when every loss is positive and they span over two decades (a detector's loss
+    falls from hundreds to a few units: a linear axis flattens the whole tail), else "linear"."""
+    if losses and min(losses) > 0 and max(losses) > 100 * min(losses):
+        return "log"
+    return "linear"
 
 
 def plot_lr(cfg, path: Path, title: str = "") -> None:
