@@ -2,9 +2,9 @@
 
 torch has no fused mish that is fast on the CPU, and mish is a tenth of yolov4's inference time
 in torch ops. The C file is compiled once per machine with the system C compiler (`$CC`, else
-cc, gcc or clang; `-O3 -march=native -fopenmp`) into a cache folder (`$DARKCFG_CACHE`, else
-`~/.cache/darkcfg`), named by a hash of the source, the flags, the compiler and the CPU, and
-loaded with ctypes. Compiling takes well under a second.
+cc, gcc or clang; `-O3 -march=native -fopenmp`, or without -fopenmp where that fails) into a
+cache folder (`$DARKCFG_CACHE`, else `~/.cache/darkcfg`), named by a hash of the source, the
+flags, the compiler and the CPU, and loaded with ctypes. Compiling takes well under a second.
 
 Nothing depends on it: without a compiler, on a read-only disk, or with `DARKCFG_NATIVE=0`, the
 torch-op versions run instead (the same values to ~1e-6); `status()` says which, and why.
@@ -61,8 +61,14 @@ def _build(cc: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True,
-                       timeout=120)
+        try:
+            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], check=True,
+                           capture_output=True, timeout=120)
+        except subprocess.CalledProcessError:
+            # e.g. clang without libomp: single-threaded, still faster than the torch ops
+            serial = [f for f in FLAGS if f != "-fopenmp"]
+            subprocess.run([cc, *serial, str(SOURCE), "-o", tmp], check=True,
+                           capture_output=True, timeout=120)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
