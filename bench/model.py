@@ -102,7 +102,7 @@ def sized_cfg(path: Path, size: int) -> str:
     return text
 
 
-def gemm_rate(now, per: int, repeat: int = 5, n: int = 2048) -> float:
+def gemm_rate(now, per: int, repeat: int = 8, n: int = 2048) -> float:
     """GFLOP/s of one large float32 matrix product (oneDNN/MKL's best case, about 98% of the
     nominal peak on an idle machine): the machine's speed right now, as a same-run yardstick."""
     a, b = torch.rand(n, n), torch.rand(n, n)
