@@ -33,7 +33,12 @@ _state: dict[str, object] = {}
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DARKCFG_CACHE") or Path.home() / ".cache" / "darkcfg")
+    if os.environ.get("DARKCFG_CACHE"):
+        return Path(os.environ["DARKCFG_CACHE"])
+    try:
+        return Path.home() / ".cache" / "darkcfg"
+    except RuntimeError:  # no home directory (some containers)
+        return Path(tempfile.gettempdir()) / "darkcfg-cache"
 
 
 def _compiler() -> str | None:
