@@ -98,6 +98,12 @@ def fast_inference_ok(x: torch.Tensor) -> bool:
             and not torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export())
 
 
+def version_key(tensors) -> tuple:
+    """Identifies the values of `tensors` for a cache: their storage and version counters (every
+    in-place update bumps them: optimizer steps, load_state_dict, .weights loading)."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 def describe_window(size: int, sy: int, sx: int) -> str:
     stride = f"{sx:2d}" if sx == sy else f"{sx}x{sy}"
     return f"{size} x {size}/{stride}"
@@ -162,7 +168,7 @@ class Convolutional(Layer):
         sources = [self.conv.weight]
         sources += [self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var] \
             if self.has_bn else [self.conv.bias]
-        key = tuple((t.data_ptr(), t._version) for t in sources)
+        key = version_key(sources)
         cache = self.__dict__.get("_inference_cache")
         if cache is not None and cache[0] == key:
             return cache[1], cache[2]

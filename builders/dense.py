@@ -18,7 +18,7 @@ from torch import nn
 from cfgparse import Block, CfgError
 
 from .activations import CONV_POST_OPS, activation_module
-from .conv import fast_inference_ok
+from .conv import fast_inference_ok, version_key
 from .layer import Layer
 from .norm import batch_norm
 from .registry import BuildContext, Shape, register
@@ -103,7 +103,7 @@ class Connected(Layer):
         sources = [unit.linear.weight] + ([unit.bn.weight, unit.bn.bias, unit.bn.running_mean,
                                            unit.bn.running_var] if unit.bn is not None
                                           else [unit.linear.bias])
-        key = tuple((t.data_ptr(), t._version) for t in sources)
+        key = version_key(sources)
         cache = self._inference_cache
         if cache is not None and cache[0] == key:
             return cache[1], cache[2]
