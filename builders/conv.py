@@ -109,7 +109,24 @@ def describe_window(size: int, sy: int, sx: int) -> str:
     return f"{size} x {size}/{stride}"
 
 
-class Convolutional(Layer):
+class FastPathCache:
+    """Mixin of the layers whose eval forward uses derived weights (batch-norm folded, packed for
+    oneDNN) in `_inference_cache`: dropped by train()/eval() and never copied or pickled
+    (oneDNN's packed tensors cannot be); rebuilt at the next fast forward."""
+
+    _inference_cache = None
+
+    def train(self, mode: bool = True):
+        self._inference_cache = None
+        return super().train(mode)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_inference_cache"] = None
+        return state
+
+
+class Convolutional(FastPathCache, Layer):
     """[convolutional]: conv (bias only without BN) -> BN -> activation [-> blur].
 
     `conv.weight` is Darknet's weights array ([filters][c/groups][ky][kx]); with BN, `bn.bias` is
@@ -131,7 +148,6 @@ class Convolutional(Layer):
         self.shared_from = shared_from
         self.activation = ""  # the Darknet activation name (set by the builder)
         self.fast_inference = True  # Network.use_fast_inference(False) selects the plain path
-        self._inference_cache = None
 
     @property
     def has_bn(self) -> bool:
@@ -150,15 +166,6 @@ class Convolutional(Layer):
         if self.antialiasing:
             y = blur(y, self.antialiasing, self.blur_stride)
         return y
-
-    def train(self, mode: bool = True):
-        self._inference_cache = None  # rebuilt from the parameters at the next fast forward
-        return super().train(mode)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()  # deepcopy/pickle: oneDNN's packed weights cannot be
-        state["_inference_cache"] = None  # copied; they are rebuilt on demand
-        return state
 
     def _inference_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The convolution's weight with batch-norm folded in, packed for oneDNN, and its bias;

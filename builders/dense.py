@@ -18,7 +18,7 @@ from torch import nn
 from cfgparse import Block, CfgError
 
 from .activations import CONV_POST_OPS, activation_module
-from .conv import fast_inference_ok, version_key
+from .conv import FastPathCache, fast_inference_ok, version_key
 from .layer import Layer
 from .norm import batch_norm
 from .registry import BuildContext, Shape, register
@@ -77,7 +77,7 @@ class DarknetLinear(nn.Module):
         return arrays
 
 
-class Connected(Layer):
+class Connected(FastPathCache, Layer):
     def __init__(self, inputs: int, outputs: int, activation: str, batch_normalize: bool,
                  flavor: str):
         super().__init__()
@@ -86,16 +86,11 @@ class Connected(Layer):
         self.filters = outputs
         self.describe = f"{inputs} -> {outputs}"
         self.fast_inference = True  # Network.use_fast_inference(False) selects the plain path
-        self._inference_cache = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.fast_inference and fast_inference_ok(x):
             return self.inference_forward(x)
         return self.unit(x).view(x.shape[0], self.outputs, 1, 1)
-
-    def train(self, mode: bool = True):
-        self._inference_cache = None
-        return super().train(mode)
 
     def _inference_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight with batch-norm folded in, and bias; cached like Convolutional's."""
@@ -129,11 +124,6 @@ class Connected(Layer):
         if self.unit.activation not in CONV_POST_OPS:
             y = self.unit.act(y)
         return y.view(x.shape[0], self.outputs, 1, 1)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_inference_cache"] = None  # a copy of the weights: rebuilt on demand
-        return state
 
     def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
         return self.unit.darknet_arrays(scales)
