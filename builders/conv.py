@@ -111,13 +111,16 @@ def describe_window(size: int, sy: int, sx: int) -> str:
 
 class FastPathCache:
     """Mixin of the layers whose eval forward uses derived weights (batch-norm folded, packed for
-    oneDNN) in `_inference_cache`: dropped by train()/eval() and never copied or pickled
-    (oneDNN's packed tensors cannot be); rebuilt at the next fast forward."""
+    oneDNN) in `_inference_cache`: dropped when the layer enters or leaves training mode (so a
+    training net holds no second copy), kept by eval() on an eval net (callers may call it on
+    every batch), never copied or pickled (oneDNN's packed tensors cannot be); rebuilt at the
+    next fast forward, or whenever a parameter's version changes."""
 
     _inference_cache = None
 
     def train(self, mode: bool = True):
-        self._inference_cache = None
+        if mode or self.training:
+            self._inference_cache = None
         return super().train(mode)
 
     def __getstate__(self):

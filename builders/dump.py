@@ -47,13 +47,11 @@ def dump_outputs(net: Network, x: np.ndarray, out_path: str | os.PathLike,
     device = next((p.device for p in net.parameters()), None) or \
         next((b.device for b in net.buffers()), torch.device("cpu"))
     was_training = net.training
-    if was_training:  # (eval() on an eval net drops the fast path's packed weights)
-        net.eval()
+    net.eval()
     try:
         outputs = net(xt.to(device), collect=indices)
     finally:
-        if was_training:
-            net.train()
+        net.train(was_training)
     arrays = {f"layer{i}": net.layers[i].darknet_output(outputs[i]).float().cpu().numpy()
               for i in indices}
     _write_npz(Path(out_path), arrays)
