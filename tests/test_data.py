@@ -234,6 +234,18 @@ def test_stream_resumes_mid_epoch_and_shards_ranks():
     assert not set(first[0]) & set(first[1])
 
 
+def test_closing_the_batches_stops_the_loader_processes():
+    import multiprocessing
+
+    ds = Samples(torch.utils.data.TensorDataset(torch.arange(20), torch.arange(20)), None, 0)
+    stream = make_stream(ds, 4, 1, 0, seed=7, device=torch.device("cpu"), workers=1)
+    it = stream.batches(0)
+    assert [next(it)[0].numel() for _ in range(7)] == [4] * 7  # across an epoch boundary
+    assert multiprocessing.active_children()  # persistent workers: the loader keeps them
+    it.close()  # what training.loop.fit does when it returns
+    assert not multiprocessing.active_children()
+
+
 def test_samples_seed_augmentations_per_epoch_and_index():
     base = open_data(None, ClassifyTask(4, (3, 12, 12)), 0).train
     aug = Augment(net_cfg(angle=30.0), train=True)

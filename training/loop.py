@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -255,7 +255,7 @@ def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
     `log` (training.outputs.RunLog) records, plots and saves; only rank 0 writes files."""
     cfg, dist = trainer.cfg, trainer.dist
     batches = stream.batches(trainer.iteration)
-    with StopFlag() as stop:
+    with closing(batches), StopFlag() as stop:  # closing: the loader's workers stop
         while trainer.iteration < cfg.max_batches:
             images, targets = next(batches)
             started = time.perf_counter()

@@ -87,11 +87,22 @@ class Stream:
     def batches(self, start_iteration: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         per_epoch = self.iterations_per_epoch
         epoch, skip = divmod(start_iteration, per_epoch)
-        while True:
-            self.sampler.set_epoch(epoch)
-            self.sampler.start = skip * self.batch
-            yield from self.loader
-            epoch, skip = epoch + 1, 0
+        try:
+            while True:
+                self.sampler.set_epoch(epoch)
+                self.sampler.start = skip * self.batch
+                yield from self.loader
+                epoch, skip = epoch + 1, 0
+        finally:  # closed (fit returned): stop the loader's processes now, not at exit
+            self.close()
+
+    def close(self) -> None:
+        """Stop the loader's worker processes. With persistent workers the DataLoader keeps its
+        iterator (and the processes) for the next epoch; torch has no public call for this."""
+        pool = getattr(self.loader, "_iterator", None)
+        if pool is not None and hasattr(pool, "_shutdown_workers"):
+            pool._shutdown_workers()
+        self.loader._iterator = None
 
 
 def make_stream(dataset: Dataset, batch: int, world: int, rank: int, seed: int,
