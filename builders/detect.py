@@ -13,6 +13,8 @@ class, found through `decoding_for(layer)` (a registry keyed by layer class, or 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
 from collections.abc import Sequence
@@ -386,24 +388,43 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def box_diou(a: torch.Tensor, b: torch.Tensor, beta: float = 0.6) -> torch.Tensor:
     """Darknet's box_diou (beta 0.6) / box_diounms: iou - (d²/c²)^beta, c = the enclosing box's
     diagonal (iou alone when c² = 0)."""
-    iou = box_iou(a, b)
-    left = torch.minimum(a[:, None, 0] - a[:, None, 2] / 2, b[None, :, 0] - b[None, :, 2] / 2)
-    right = torch.maximum(a[:, None, 0] + a[:, None, 2] / 2, b[None, :, 0] + b[None, :, 2] / 2)
-    top = torch.minimum(a[:, None, 1] - a[:, None, 3] / 2, b[None, :, 1] - b[None, :, 3] / 2)
-    bot = torch.maximum(a[:, None, 1] + a[:, None, 3] / 2, b[None, :, 1] + b[None, :, 3] / 2)
+    return _diou_of_pairs(a[:, None], b[None], box_iou(a, b), beta)
+
+
+def _diou_of_pairs(a: torch.Tensor, b: torch.Tensor, iou: torch.Tensor, beta: float):
+    """box_diou of the boxes a and b (..., 4, broadcasting) whose IoU is `iou`."""
+    left = torch.minimum(a[..., 0] - a[..., 2] / 2, b[..., 0] - b[..., 2] / 2)
+    right = torch.maximum(a[..., 0] + a[..., 2] / 2, b[..., 0] + b[..., 2] / 2)
+    top = torch.minimum(a[..., 1] - a[..., 3] / 2, b[..., 1] - b[..., 3] / 2)
+    bot = torch.maximum(a[..., 1] + a[..., 3] / 2, b[..., 1] + b[..., 3] / 2)
     c = (right - left) ** 2 + (bot - top) ** 2
-    d = (a[:, None, 0] - b[None, :, 0]) ** 2 + (a[:, None, 1] - b[None, :, 1]) ** 2
+    d = (a[..., 0] - b[..., 0]) ** 2 + (a[..., 1] - b[..., 1]) ** 2
     term = torch.pow((d.double() / c.double()), beta).float()
     return torch.where(c == 0, iou, iou - term)
 
 
-def _greedy(similar: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _diou_above(boxes: torch.Tensor, thresh: float, beta: float) -> np.ndarray:
+    """box_diou(boxes, boxes, beta) > thresh as a numpy bool matrix, diagonal False. The distance
+    term is >= 0, so only pairs whose IoU alone passes can pass: the term is computed for those
+    (few) pairs only."""
+    iou = box_iou(boxes, boxes)
+    i, j = torch.nonzero(iou > thresh, as_tuple=True)
+    passes = _diou_of_pairs(boxes[i], boxes[j], iou[i, j], beta) > thresh
+    similar = torch.zeros_like(iou, dtype=torch.bool)
+    similar[i[passes], j[passes]] = True
+    similar.fill_diagonal_(False)
+    return similar.cpu().numpy()
+
+
+def _greedy(similar: np.ndarray, rows: np.ndarray, suppresses: np.ndarray | None = None
+            ) -> np.ndarray:
     """Greedy suppression: visit `rows` (indices into the symmetric `similar`, diagonal False)
     in descending score order; a row not yet removed removes all it is similar to. An earlier
     survivor is never hit (it would have removed the later row first), so no triangle is needed.
     Returns the mask of `rows` that survive."""
     removed = np.zeros(similar.shape[0], dtype=bool)
-    suppresses = similar.any(1)
+    if suppresses is None:
+        suppresses = similar.any(1)
     for r in rows[suppresses[rows]]:  # rows that suppress nothing need no visit
         if not removed[r]:
             removed |= similar[r]
@@ -435,19 +456,17 @@ def _suppressed_diou(boxes, probs, active, thresh, beta):
     used = torch.nonzero(positive.any(1)).flatten()
 
     def similar_of(index):
-        b = boxes[index]
-        m = (box_diou(b, b, beta) > thresh).cpu().numpy()
-        np.fill_diagonal(m, False)
-        return m
+        return _diou_above(boxes[index], thresh, beta)
 
     shared = similar_of(used) if used.numel() <= 4096 else None  # 4096² bools = 16 MiB
+    shared_suppresses = shared.any(1) if shared is not None else None
     local = torch.full((probs.shape[0],), -1, dtype=torch.long, device=probs.device)
     local[used] = torch.arange(used.numel(), device=probs.device)
     for k in torch.nonzero(positive.any(0)).flatten().tolist():
         members = torch.nonzero(positive[:, k]).flatten()
         order = members[torch.sort(probs[members, k], descending=True, stable=True).indices]
         if shared is not None:
-            survivors = _greedy(shared, local[order].cpu().numpy())
+            survivors = _greedy(shared, local[order].cpu().numpy(), shared_suppresses)
         else:
             survivors = _greedy(similar_of(order), np.arange(order.numel()))
         out[order[~torch.from_numpy(survivors).to(order.device)], k] = True
@@ -548,22 +567,41 @@ def c_round(v: float) -> float:
 def found_objects(dets: Detections, thresh: float, image_w: float, image_h: float,
                   names: Sequence[str] = ()) -> list[Found]:
     """What `detector test` prints (draw_detections_v3): detections with a class prob > thresh,
-    by left edge; for each, the best class first, then the other classes > thresh."""
-    probs = dets.probs.float().cpu()
-    boxes = dets.boxes.float().cpu()
-    rows = torch.nonzero((probs > thresh).any(1)).flatten().tolist()
-    lefts = (boxes[:, 0] - boxes[:, 2] / 2).tolist()
-    rows.sort(key=lambda i: lefts[i])
-    out = []
-    for i in rows:
-        p = probs[i]
-        best = int(torch.argmax(torch.where(p > thresh, p, -1.0)))
-        x, y, w, h = boxes[i].tolist()
-        box = ((x - w / 2) * image_w, (y - h / 2) * image_h,
-               (x + w / 2) * image_w, (y + h / 2) * image_h)
-        for c in [best] + [c for c in torch.nonzero(p > thresh).flatten().tolist() if c != best]:
-            out.append(Found(c, names[c] if c < len(names) else "", float(p[c]), box))
-    return out
+    by left edge (ties in detection order); for each, the best class first (the lowest id among
+    equals), then the other classes > thresh in id order."""
+    probs = dets.probs.float().cpu().numpy()
+    boxes = dets.boxes.double().cpu().numpy()
+    above = probs > thresh
+    rows = np.flatnonzero(above.any(1))
+    rows = rows[np.argsort(boxes[rows, 0] - boxes[rows, 2] / 2, kind="stable")]
+    best = np.where(above[rows], probs[rows], -1.0).argmax(1)
+    # every (row, class) pair above thresh, row by row in print order, the best class first
+    at, cls = np.nonzero(above[rows])
+    order = np.lexsort((cls, cls != best[at], at))
+    at, cls = at[order], cls[order]
+    det = rows[at]
+    x, y, w, h = boxes[det].T
+    label = [names[c] if c < len(names) else "" for c in range(probs.shape[1])]
+    with _collector_paused():
+        corners = zip(((x - w / 2) * image_w).tolist(), ((y - h / 2) * image_h).tolist(),
+                      ((x + w / 2) * image_w).tolist(), ((y + h / 2) * image_h).tolist(),
+                      strict=True)
+        return [Found(c, label[c], score, box) for c, score, box in
+                zip(cls.tolist(), probs[det, cls].astype(np.float64).tolist(), corners,
+                    strict=True)]
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Builds tens of thousands of small objects without the cyclic collector running midway
+    (at a low thresh it took 3/4 of the time: 0.27 s of 0.35 s for 39k objects)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def net_letter_box(net) -> bool:

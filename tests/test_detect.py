@@ -22,6 +22,7 @@ from builders.detect import (
     box_iou,
     correct_boxes,
     decode,
+    found_objects,
     head_indices,
     head_predictions,
     letterbox_image,
@@ -358,6 +359,41 @@ def test_nms_zeroes_only_suppressed_and_skips_zero_objectness():
         assert torch.equal(after.probs, expect), kind
     with pytest.raises(ValueError, match="nms kind"):
         nms(dets, 0.45, "soft")
+
+
+def test_diou_similarity_of_the_passing_pairs_only_is_the_full_one():
+    from builders.detect import _diou_above
+
+    torch.manual_seed(3)
+    boxes = torch.rand(300, 4) * torch.tensor([1.0, 1.0, 0.3, 0.3])
+    boxes[50:60] = boxes[50]  # identical boxes
+    boxes[60:63] = torch.tensor([0.5, 0.5, 0.0, 0.0])  # points: c = 0 between them
+    for thresh, beta in ((0.45, 0.6), (0.3, 1.0), (0.0, 0.6)):
+        full = box_diou(boxes, boxes, beta) > thresh
+        full.fill_diagonal_(False)
+        assert np.array_equal(_diou_above(boxes, thresh, beta), full.numpy()), (thresh, beta)
+        assert full.sum() > 0
+
+
+def test_found_objects_print_order_and_pixels():
+    # what draw_detections_v3 prints: rows by left edge (ties in detection order), the best
+    # class first (the lowest id among equals), then the other classes above thresh by id
+    boxes = torch.tensor([[0.6, 0.5, 0.2, 0.2], [0.3, 0.5, 0.2, 0.4], [0.3, 0.2, 0.2, 0.2],
+                          [0.1, 0.1, 0.1, 0.1]])
+    probs = torch.tensor([[0.0, 0.9, 0.3, 0.0], [0.5, 0.2, 0.7, 0.7], [0.3, 0.0, 0.0, 0.26],
+                          [0.1, 0.2, 0.0, 0.25]])  # row 3: nothing above .25
+    dets = Detections(boxes, torch.ones(4), probs, torch.zeros(4, dtype=torch.long),
+                      torch.arange(4))
+    found = found_objects(dets, 0.25, 100, 50, ["a", "b", "c"])
+    assert [(f.class_id, f.name) for f in found] == [
+        (2, "c"), (0, "a"), (3, ""),  # row 1: 0.7 = 0.7, class 2 first; then 0 and 3
+        (0, "a"), (3, ""),  # row 2, same left edge as row 1, after it
+        (1, "b"), (2, "c")]  # row 0
+    assert [f.score for f in found] == pytest.approx([0.7, 0.5, 0.7, 0.3, 0.26, 0.9, 0.3])
+    assert found[0].box == pytest.approx((20.0, 15.0, 40.0, 35.0))
+    assert found[-1].box == pytest.approx((50.0, 20.0, 70.0, 30.0))
+    assert all(isinstance(v, float) for f in found for v in (f.score, *f.box))
+    assert found_objects(dets, 0.95, 100, 50) == []
 
 
 def test_batch_decode_is_per_image():
