@@ -239,11 +239,12 @@ def test_closing_the_batches_stops_the_loader_processes():
 
     ds = Samples(torch.utils.data.TensorDataset(torch.arange(20), torch.arange(20)), None, 0)
     stream = make_stream(ds, 4, 1, 0, seed=7, device=torch.device("cpu"), workers=1)
+    before = set(multiprocessing.active_children())  # other tests' processes, if any
     it = stream.batches(0)
     assert [next(it)[0].numel() for _ in range(7)] == [4] * 7  # across an epoch boundary
-    assert multiprocessing.active_children()  # persistent workers: the loader keeps them
+    assert set(multiprocessing.active_children()) - before  # persistent: the loader keeps them
     it.close()  # what training.loop.fit does when it returns
-    assert not multiprocessing.active_children()
+    assert not set(multiprocessing.active_children()) - before
 
 
 def test_samples_seed_augmentations_per_epoch_and_index():
