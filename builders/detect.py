@@ -50,6 +50,10 @@ class HeadDecoding:
     def predictions(self, layer: Layer, y: torch.Tensor, net_w: int, net_h: int) -> HeadParts:
         raise NotImplementedError
 
+    def unsupported(self, layer: Layer) -> tuple[str, str] | None:
+        """(the cfg key at fault, why) when this layer's options cannot be decoded; else None."""
+        return None
+
     def keep(self, layer: Layer, parts: HeadParts, thresh: torch.Tensor):
         """Which candidates Darknet emits: (N,k) bool, or None for all of them."""
         return None
@@ -126,10 +130,15 @@ class RegionDecoding(HeadDecoding):
     x,y get their logistic here. pjreddie (`get_region_detections`): anchor-major, x,y were
     activated in the forward, objectness = the scale when it passes thresh, else 0."""
 
-    def predictions(self, layer, y, net_w, net_h):
+    def unsupported(self, layer):
         if layer.tree is not None or layer.tree_error is not None:
-            raise NotImplementedError("decoding a [region] with tree= (hierarchical classes, "
-                                      "yolo9000) is not supported")
+            return "tree", ("decoding a [region] with tree= (yolo9000's hierarchical classes) is "
+                            "not supported")
+        return None
+
+    def predictions(self, layer, y, net_w, net_h):
+        if self.unsupported(layer):
+            raise NotImplementedError(self.unsupported(layer)[1])
         n, entries, k = layer.n, layer.entries, layer.coords
         h, w = y.shape[-2], y.shape[-1]
         pj = layer.pjreddie

@@ -603,6 +603,18 @@ def test_cli_cfg_without_a_head(tmp_path, capsys):
     assert "error[E300]" in err and "no detection head" in err and "Traceback" not in err
 
 
+def test_cli_region_with_a_tree_is_a_located_error(tmp_path, capsys):
+    (tmp_path / "h.tree").write_text("".join(f"n{i} -1\n" for i in range(3)))
+    cfg = tmp_path / "tree.cfg"
+    cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n\n[convolutional]\nfilters=8\n"
+                   "size=1\nactivation=linear\n\n[region]\nanchors=1,1\nclasses=3\n"
+                   "coords=4\nnum=1\ntree=h.tree\n")
+    write_images(tmp_path / "imgs")
+    assert run_cli(cfg, "--flavor", "pjreddie", "--detect", tmp_path / "imgs") == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}:16:6: error[E300]" in err and "tree=" in err and "Traceback" not in err
+
+
 def test_cli_names_that_do_not_match_classes(tmp_path, capsys):
     cfg = tiny_cfg(tmp_path)
     write_images(tmp_path / "imgs")

@@ -20,6 +20,7 @@ from builders.detect import (
     Detections,
     Found,
     c_round,
+    decoding_for,
     detect_batches,
     detections_for_input,
     head_indices,
@@ -104,6 +105,13 @@ def detector(opts, args):
             "E300", f"'{opts.cfg_path}' has no detection head", opts.cfg_path,
             hint="--detect needs a [yolo], [Gaussian_yolo], [region] or [detection] layer; "
             "use --predict for a classifier"))
+    for i in head_indices(net):
+        fault = decoding_for(net.layers[i]).unsupported(net.layers[i])
+        if fault is not None:
+            key, why = fault
+            raise net.meta[i].block.error("E300", why, key,
+                                          hint="--detect decodes [yolo], [Gaussian_yolo], flat "
+                                          "[region] and [detection] heads")
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff))
     else:
