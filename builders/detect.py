@@ -579,10 +579,12 @@ def found_objects(dets: Detections, thresh: float, image_w: float, image_h: floa
     by left edge (ties in detection order); for each, the best class first (the lowest id among
     equals), then the other classes > thresh in id order."""
     probs = dets.probs.float().cpu().numpy()
-    boxes = dets.boxes.double().cpu().numpy()
+    single = dets.boxes.float().cpu().numpy()
+    boxes = single.astype(np.float64)  # pixel corners in double, as Python floats would be
     above = probs > thresh
     rows = np.flatnonzero(above.any(1))
-    rows = rows[np.argsort(boxes[rows, 0] - boxes[rows, 2] / 2, kind="stable")]
+    left = single[rows, 0] - single[rows, 2] / np.float32(2)  # the sort key in float32
+    rows = rows[np.argsort(left, kind="stable")]
     best = np.where(above[rows], probs[rows], -1.0).argmax(1)
     # every (row, class) pair above thresh, row by row in print order, the best class first
     at, cls = np.nonzero(above[rows])

@@ -20,7 +20,7 @@ import torch
 from oracle import oracle_index, oracle_input, oracle_outputs, rel_err, weights_file
 
 from builders import build
-from builders.registry import SECTION_BUILDERS, BuildContext, NetInfo, Shape
+from builders.registry import BuildContext, NetInfo, Shape, builder_for
 from builders.weights import load_weights
 from cfgparse import CfgError, parse
 
@@ -154,7 +154,7 @@ def test_corpus_layers_match_darknet_shapes(folder, dump):
             first = Shape(net["c"], net["h"], net["w"], net["inputs"])
             ctx = BuildContext(i, shapes, shapes[-1] if shapes else first, info,
                                [b.type for b in blocks[:i]], layers=layers)
-            layer, shape = SECTION_BUILDERS[block.type](block, ctx)
+            layer, shape = builder_for(block)(block, ctx)
             where = f"{dump} layer {i} [{block.type}]"
             expected = (out.c, out.h, out.w, out.outputs)
             if "antialias_out_w" in darknet:  # the next layer sees the blurred output
