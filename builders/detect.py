@@ -137,8 +137,8 @@ class RegionDecoding(HeadDecoding):
         return None
 
     def predictions(self, layer, y, net_w, net_h):
-        if self.unsupported(layer):
-            raise NotImplementedError(self.unsupported(layer)[1])
+        if fault := self.unsupported(layer):
+            raise NotImplementedError(fault[1])
         n, entries, k = layer.n, layer.entries, layer.coords
         h, w = y.shape[-2], y.shape[-1]
         pj = layer.pjreddie
