@@ -34,8 +34,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import runner  # noqa: E402
-from training.data.digits import digits_arrays  # noqa: E402
+import darkcfg.cli.flags as runner  # noqa: E402
+from darkcfg.data.digits import digits_arrays  # noqa: E402
 
 CFG = ROOT / "cfg" / "digits.cfg"
 # cfg/digits.cfg's [net], written out again by hand for the PyTorch side

@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     start = time.perf_counter()
-    from lint.graph_rules import prepare_workers
-    from lint.pool import check_paths, default_jobs
-    from lint.stages import Options
+    from darkcfg.lint.graph_rules import prepare_workers
+    from darkcfg.lint.pool import check_paths, default_jobs
+    from darkcfg.lint.stages import Options
 
     prepare_workers()  # torch and every builder family
     import_s = time.perf_counter() - start

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from builders import build  # noqa: E402
-from builders.detect import decode, detect, head_indices, nms  # noqa: E402
+from darkcfg.detect.decode import decode, detect, head_indices, nms  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "darknet"
 CFG = SHARED / "corpus" / "alexeyab" / "yolov4-tiny.cfg"
@@ -51,7 +51,7 @@ def lower_objectness(net, shift: float) -> None:
 def calibrate(net, image: Path, boxes: int) -> float:
     """Lower the objectness biases in steps of 0.25 until at most `boxes` pass .25 (at least
     one where possible). Returns the total shift."""
-    from builders.detect import load_image, resize_image
+    from darkcfg.detect.decode import load_image, resize_image
 
     x = resize_image(load_image(image)[None], net.info.width, net.info.height)
     shift = 0.0
@@ -70,7 +70,7 @@ def timed(fn):
 
 def run(net, image: Path, repeat: int, label: str) -> dict:
     heads = head_indices(net)
-    from builders.detect import load_image, resize_image
+    from darkcfg.detect.decode import load_image, resize_image
 
     x = resize_image(load_image(image)[None], net.info.width, net.info.height)
     with torch.no_grad():
@@ -115,7 +115,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from cfgparse import parse
-    from training.config import apply_overrides
+    from darkcfg.config import apply_overrides
 
     blocks = list(parse(args.cfg))
     net_block, _ = apply_overrides(blocks[0], [f"width={args.size}", f"height={args.size}",

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> None:
     from builders import build
-    from training.detection.augment import DetectionSettings
-    from training.detection.dataset import Slot, embedded_detection
-    from training.session import load_blocks
+    from darkcfg.data.detection.augment import DetectionSettings
+    from darkcfg.data.detection.dataset import Slot, embedded_detection
+    from darkcfg.model import load_blocks
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cfg", default=str(ROOT / "cfg" / "yolov3-tiny.cfg"))

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torchvision.ops import box_convert, box_iou  # noqa: E402
 
-import runner  # noqa: E402
-from training.detection.embedded import EmbeddedDetection, class_name  # noqa: E402
+import darkcfg.cli.flags as runner  # noqa: E402
+from darkcfg.data.detection.embedded import EmbeddedDetection, class_name  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ For each cfg (default cfg/yolov3-tiny.cfg and cfg/yolov4-tiny.cfg) at SIZE x SIZ
 embedded detection set: a short probe measures the training speed (at the first multi-scale
 period's size, the largest), `max_batches` is set so that training fills the budget (a step's
 time taken as proportional to the input's area, summed over the sizes multi-scale will draw),
-and the run goes through the runner's own code (`training.session.train`: the cfg's loss,
+and the run goes through the runner's own code (`darkcfg.train.session.train`: the cfg's loss,
 augmentation and `random=1` multi-scale, Darknet's lr schedule with burn-in and steps at
 80%/90%), validating (Darknet's -map: mAP@0.5, COCO mAP@[.5:.95]) four times and at the end.
 Validation time is not part of the budget. Prints one row per cfg and a JSON line; the run
@@ -33,8 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.loop import Schedule  # noqa: E402
-from training.session import RunOptions, build_network, train  # noqa: E402
+from darkcfg.model import build_network  # noqa: E402
+from darkcfg.train.loop import Schedule  # noqa: E402
+from darkcfg.train.session import RunOptions, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CFGS = ("cfg/yolov3-tiny.cfg", "cfg/yolov4-tiny.cfg")
@@ -44,9 +45,9 @@ def probe_speed(cfg: str, sets: list[str], iterations: int, seed: int):
     """Training images/s of the runner's step on the real detection batches (after one warm-up
     iteration), at iteration 0's size (multi-scale starts at its largest), and the training
     set, whose `size_at` gives every later iteration's size."""
-    from training.detection.task import DetectionTask
-    from training.loop import Trainer, darknet_init
-    from training.tasks import task_for
+    from darkcfg.train.detection import DetectionTask
+    from darkcfg.train.loop import Trainer, darknet_init
+    from darkcfg.train.tasks import task_for
 
     net, netcfg, _ = build_network(cfg, sets, "alexeyab", seed)
     darknet_init(net)
@@ -68,7 +69,7 @@ def iterations_for_budget(budget_s: float, probe: float, batch: int, train_set) 
     proportional to the input's area (the probe ran at iteration 0's, the largest), summed over
     the multi-scale sizes the run will draw. Those depend on max_batches (its last 100
     iterations use the largest size), so the count is refined a few times."""
-    from training.detection.scales import training_size
+    from darkcfg.data.detection.scales import training_size
 
     s = train_set.settings
     w0, h0 = train_set.size_at(0)

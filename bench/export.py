@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from builders import build  # noqa: E402
-from builders.emit import emit_module  # noqa: E402
-from builders.export import example_input, export_onnx, export_program  # noqa: E402
+from darkcfg.export.emit import emit_module  # noqa: E402
+from darkcfg.export.onnx import example_input, export_onnx, export_program  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "darknet" / "corpus"
 MODELS = {"yolov4-tiny": (CORPUS / "alexeyab" / "yolov4-tiny.cfg", 416),
@@ -58,7 +58,7 @@ def variants(name: str, folder: Path) -> dict:
            "emitted (torch.compile)": lambda: compiled(x),
            "torch.export program": lambda: program(x)}
     if all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")):
-        from builders.export import onnx_session
+        from darkcfg.export.onnx import onnx_session
 
         export_onnx(net, folder / f"{name}.onnx")
         session = onnx_session(folder / f"{name}.onnx")

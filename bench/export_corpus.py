@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 from corpus_export import CORPUS, build_small, check_emit, corpus_cfgs  # noqa: E402
 
-from builders.export import (  # noqa: E402
+from darkcfg.export.onnx import (  # noqa: E402
     example_input,
     export_onnx,
     export_program,

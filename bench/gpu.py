@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from builders.presets import load_torchvision_state_dict  # noqa: E402
-from training.loop import Trainer  # noqa: E402
-from training.session import build_network  # noqa: E402
+from darkcfg.model import build_network  # noqa: E402
+from darkcfg.train.loop import Trainer  # noqa: E402
 
 VGG16_GMAC = 15.47  # forward, 224x224, per image
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets), matched on the device name.
@@ -81,7 +81,7 @@ def torchvision_step(model, x, y, bf16: bool, device: torch.device):
 
 
 def runner_step(trainer, x, y):
-    """The runner's own training step (training.loop.Trainer.step) on in-device data."""
+    """The runner's own training step (darkcfg.train.loop.Trainer.step) on in-device data."""
     return lambda: trainer.step(x, y)
 
 
@@ -144,8 +144,8 @@ def make_jpegs(folder: Path, count: int, size: int, classes: int = 4) -> None:
 def measure_real_data(args, device: torch.device) -> dict:
     """The runner's own data path (ImageFolder -> augment -> DataLoader) alone and with the
     step, at the same size and batch."""
-    from training.data import default_workers, make_stream
-    from training.tasks import ClassifyTask
+    from darkcfg.data import default_workers, make_stream
+    from darkcfg.train.tasks import ClassifyTask
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from builders import build, native  # noqa: E402
 from builders.presets import load_torchvision_state_dict  # noqa: E402
 from cfgparse import CfgError  # noqa: E402
-from training.loop import darknet_init  # noqa: E402
+from darkcfg.train.loop import darknet_init  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "darknet" / "corpus"
 

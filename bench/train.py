@@ -3,7 +3,7 @@
     python bench/train.py [--cfg CFG] [--set KEY=VALUE ...] [--steps N] [--rounds R] [--device D]
 
 Both sides train the same network (two copies with identical initial weights) on the same
-in-memory batch: the runner through `training.loop.Trainer.step` (Darknet lr schedule, param
+in-memory batch: the runner through `darkcfg.train.loop.Trainer.step` (Darknet lr schedule, param
 groups, accumulation, AMP/channels_last on CUDA), the baseline through the PyTorch how-to's
 zero_grad / forward / loss / backward / step with one torch.optim.SGD. Rounds alternate between
 the two and each side's figure is its best round, so a shared machine's background load inflates
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import apply_overrides  # noqa: E402
+from darkcfg.config import apply_overrides  # noqa: E402
 
 # A small classifier in the shape of the presets (conv/BN/leaky, pools, connected, softmax).
 DEFAULT_CFG = """
@@ -79,7 +79,7 @@ activation=linear
 def build(source: str, sets: list[str], seed: int):
     from builders import build as build_net
     from cfgparse import parse
-    from training.config import NetConfig
+    from darkcfg.config import NetConfig
 
     blocks = list(parse(source))
     blocks[0], _ = apply_overrides(blocks[0], sets)
@@ -97,7 +97,7 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
 
-    from training.loop import Trainer
+    from darkcfg.train.loop import Trainer
 
     device = torch.device(args.device)
     source = args.cfg or DEFAULT_CFG

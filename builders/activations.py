@@ -157,7 +157,7 @@ class Lambda(torch.nn.Module):
         return self.name
 
     def emitted(self, ctx, ndim: int | None) -> str:
-        """In an emitted module (builders/emit.py): a small class traced from the function."""
+        """In an emitted module (darkcfg/export/emit.py): a small class traced from the function."""
         name = "".join(part.title() for part in self.name.split("_"))
         return ctx.helper_class(self, name) + "()"
 

@@ -159,7 +159,7 @@ class Network(nn.Module):
     @property
     def loss_layers(self) -> list[int]:
         """Every layer whose `loss` trains this network (layer i's loss reads layer i-1's output),
-        in layer order; the network's loss is their sum (training.tasks). Empty: nothing to
+        in layer order; the network's loss is their sum (darkcfg.train.tasks). Empty: nothing to
         train."""
         return [i for i, layer in enumerate(self.layers) if layer.takes_loss]
 

@@ -268,7 +268,7 @@ def build_detection(block: Block, ctx: BuildContext):
     classes, coords, num, side = (block.int(k) for k in ("classes", "coords", "num", "side"))
     _check_input(block, inputs)
     layer = Detection(inputs, side * side, classes, block.bool("softmax"))
-    layer.side, layer.num, layer.coords = side, num, coords  # for decoding (builders/detect.py)
+    layer.side, layer.num, layer.coords = side, num, coords  # for decoding
     layer.train_options = training_options(block, ctx.net.flavor)
     layer.describe = f"{side}x{side} {classes} cls"
     head_loss.configure_detection(block, layer, side, num, coords)

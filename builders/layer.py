@@ -18,7 +18,7 @@ class Layer(nn.Module):
     #: This layer defines a training loss (see `loss`); a network trains on the sum over all
     #: such layers (`Network.loss_layers`).
     takes_loss: bool = False
-    #: What its loss compares with, which picks the training task (training.tasks.TASKS):
+    #: What its loss compares with, which picks the training task (darkcfg.train.tasks.TASKS):
     #: "classes" (class indices), "values" (regression vectors) or "boxes" (detection heads:
     #: truth (N, M, 5) [x, y, w, h, class], builders/head_loss.py).
     loss_target: str = "values"
@@ -49,7 +49,7 @@ class Layer(nn.Module):
         return y.reshape(y.shape[0], -1)
 
     def emit(self, ctx) -> str:
-        """This layer as code in an emitted module (builders/emit.py): register submodules and
+        """This layer as code in an emitted module (darkcfg/export/emit.py): register submodules and
         helpers on `ctx`, add statements, and return the expression of the output in terms of
         `ctx.inputs` (the previous output's variable, then the referenced layers'). The default
         traces this forward with torch.fx; override it for code that reads better."""

@@ -37,7 +37,7 @@ class DarknetBatchNorm(nn.BatchNorm2d):
         return scale, self.bias - self.running_mean * scale
 
     def emitted(self, ctx, ndim: int | None) -> str:
-        """Its constructor in an emitted module (builders/emit.py): torch's own class, which
+        """Its constructor in an emitted module (darkcfg/export/emit.py): torch's own class, which
         computes the same (and has the same state_dict names)."""
         cls = "BatchNorm1d" if ndim == 2 else "BatchNorm2d"
         return f"nn.{cls}({self.num_features}, eps={self.eps}, momentum={self.momentum})"

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["check"]:  # a shim for existing configs: the checker is the lint package
-        from lint.cli import main as check_main
+        from darkcfg.lint.cli import main as check_main
 
         return check_main(argv[1:], prog="python -m cfgparse check")
     parser = arg_parser()

@@ -60,8 +60,8 @@ def check_emit(net, folder: Path, name: str) -> float:
     """Emit, import, load the network's state_dict (darkcfg keys), compare at batch 2 with the
     graph's plain path (its CPU eval fast path folds BN and fuses oneDNN ops: ~1e-6 apart)."""
     net.use_fast_inference(False)
-    from builders.emit import emit_module
-    from builders.export import example_input, max_rel_error
+    from darkcfg.export.emit import emit_module
+    from darkcfg.export.onnx import example_input, max_rel_error
 
     module = load_emitted(emit_module(net, name), folder / f"{_ident(name)}.py")
     emitted = module.Net().eval()

@@ -15,9 +15,9 @@ import yaml
 
 from builders.memory import parse_size
 from cfgparse.errors import CODES, ERROR, WARNING, Diagnostic
-from lint.cli import main
-from lint.report import sarif_log
-from lint.stages import check_file
+from darkcfg.lint.cli import main
+from darkcfg.lint.report import sarif_log
+from darkcfg.lint.stages import check_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "darknet"
@@ -96,7 +96,7 @@ def test_huge_filters_are_estimated_not_allocated(tmp_path):
     huge = write(tmp_path, MUST_SHOW["filters=1000000000"][0], "huge.cfg")
     script = textwrap.dedent(f"""
         import json, resource
-        from lint import check_file
+        from darkcfg.lint import check_file
         assert check_file({str(small)!r}) == []
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         found = check_file({str(huge)!r})
@@ -428,7 +428,7 @@ def test_one_bad_file_does_not_hide_the_next(tmp_path, capsys):
 
 def test_no_build_stays_torch_free(tmp_path):
     path = write(tmp_path, MUST_SHOW["route to a nonexistent layer"][0])
-    script = ("import sys; from lint.cli import main; "
+    script = ("import sys; from darkcfg.lint.cli import main; "
               f"rc = main(['--no-build', '--format', 'json', {str(path)!r}]); "
               "print('torch' in sys.modules, rc)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -451,7 +451,7 @@ def test_python_dash_m_entry_point(tmp_path):
 def test_other_entry_points(tmp_path, capsys, command):
     """The `python -m cfgparse check` shim, `darkcfg check` and `runner.py CFG --check` are the
     same checker (in this process: a subprocess each would cost CI seconds)."""
-    import runner
+    import darkcfg.cli.flags as runner
     from cfgparse.__main__ import main as cfgparse_main
 
     path = write(tmp_path, MUST_SHOW["unknown section"][0])

@@ -1,4 +1,4 @@
-"""Data sources, [net] augmentations and the resumable sample order (training/data.py)."""
+"""Data sources, [net] augmentations and the resumable sample order (darkcfg/data/__init__.py)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 
 from cfgparse import CfgError
-from training.config import NetConfig
-from training.data import (
+from darkcfg.config import NetConfig
+from darkcfg.data import (
     Augment,
     EmbeddedShapes,
     Samples,
     make_stream,
     open_data,
 )
-from training.tasks import ClassifyTask, RegressTask
+from darkcfg.train.tasks import ClassifyTask, RegressTask
 
 IMAGES = ClassifyTask(3, (3, 12, 12))
 
@@ -171,7 +171,7 @@ def test_empty_and_unreadable_folders(tmp_path):
     bad = tmp_path / "bad" / "cls" / "broken.png"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a png")
-    from training.data import DataError
+    from darkcfg.data import DataError
 
     with pytest.raises(DataError, match="broken.png"):
         open_data(str(tmp_path / "bad"), IMAGES, 0)
@@ -243,7 +243,7 @@ def test_closing_the_batches_stops_the_loader_processes():
     it = stream.batches(0)
     assert [next(it)[0].numel() for _ in range(7)] == [4] * 7  # across an epoch boundary
     assert set(multiprocessing.active_children()) - before  # persistent: the loader keeps them
-    it.close()  # what training.loop.fit does when it returns
+    it.close()  # what darkcfg.train.loop.fit does when it returns
     assert not set(multiprocessing.active_children()) - before
 
 

@@ -1,4 +1,4 @@
-"""Detection inference (builders/detect.py, training/inference.py): Darknet's decoding and NMS
+"""Detection inference (darkcfg/detect/decode.py, darkcfg/detect/run.py): Darknet's decoding and NMS
 against the decode oracle of real Darknet (../shared/darknet/oracle-detect, README part A: fed
 Darknet's own head outputs), the DETECTION.md formulas for the heads the oracle does not cover,
 every detector cfg of the corpus, and the --detect command line."""
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from builders import build
-from builders.detect import (
+from darkcfg.detect.decode import (
     Detections,
     box_diou,
     box_iou,
@@ -362,7 +362,7 @@ def test_nms_zeroes_only_suppressed_and_skips_zero_objectness():
 
 
 def test_diou_similarity_of_the_passing_pairs_only_is_the_full_one():
-    from builders.detect import _diou_above
+    from darkcfg.detect.decode import _diou_above
 
     torch.manual_seed(3)
     boxes = torch.rand(300, 4) * torch.tensor([1.0, 1.0, 0.3, 0.3])
@@ -422,7 +422,7 @@ def corpus_detectors() -> list[str]:
 def small_build(path: Path, flavor: str):
     """The cfg at 128x128 (or its own size where a layer needs it), built on meta."""
     from cfgparse import CfgError, parse
-    from training.config import apply_overrides
+    from darkcfg.config import apply_overrides
 
     blocks = list(parse(path, flavor=flavor))
     for size in (128, None):
@@ -516,13 +516,13 @@ def write_images(folder: Path) -> list[Path]:
 
 
 def run_cli(*argv: str) -> int:
-    import runner
+    import darkcfg.cli.flags as runner
 
     return runner.main([str(a) for a in argv])
 
 
 def test_detect_api_returns_pixel_boxes_of_the_original_image(tmp_path):
-    from builders.detect import detect, load_image
+    from darkcfg.detect.decode import detect, load_image
 
     torch.manual_seed(0)
     net = build(tiny_cfg(tmp_path, letter=True))

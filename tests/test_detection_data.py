@@ -1,4 +1,4 @@
-"""Detection data (training/detection): .data files, label paths and lines, the embedded set,
+"""Detection data (darkcfg/train/detection): .data files, label paths and lines, the embedded set,
 augmentation keeping boxes on their pixels, per-sample determinism and multi-scale sizes."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 
 from builders import build
 from cfgparse import CfgError
-from training.detection.augment import (
+from darkcfg.data.detection.augment import (
     MIXUP,
     MOSAIC,
     DetectionSettings,
@@ -24,7 +24,7 @@ from training.detection.augment import (
     mosaic,
     training_sample,
 )
-from training.detection.dataset import (
+from darkcfg.data.detection.dataset import (
     DetectionTrain,
     Slot,
     collate,
@@ -32,14 +32,14 @@ from training.detection.dataset import (
     letterbox,
     pad_truth,
 )
-from training.detection.embedded import EmbeddedDetection, class_look
-from training.detection.labels import (
+from darkcfg.data.detection.embedded import EmbeddedDetection, class_look
+from darkcfg.data.detection.labels import (
     label_path,
     open_detection_data,
     parse_labels,
     validate_labels,
 )
-from training.detection.scales import possible_sizes, training_size
+from darkcfg.data.detection.scales import possible_sizes, training_size
 
 DETECTOR_CFG = """[net]
 batch=4
@@ -450,7 +450,7 @@ def test_stream_resumes_byte_identically_and_ranks_differ():
 
 
 def ds_batches(ds, start: int, count: int, rank: int = 0, workers: int = 0):
-    from training.detection.dataset import DetectionStream
+    from darkcfg.data.detection.dataset import DetectionStream
 
     it = DetectionStream(ds, batch=3, world=2, rank=rank, workers=workers).batches(start)
     return [next(it) for _ in range(count)]
@@ -545,7 +545,7 @@ def test_difficult_list_is_read_parallel_to_valid(tmp_path):
 
 
 def test_preview_draws_training_samples_with_boxes(tmp_path, capsys):
-    from training.detection.preview import main
+    from darkcfg.data.detection.preview import main
 
     cfg = tmp_path / "det.cfg"
     cfg.write_text(DETECTOR_CFG.format(net="", yolo=""))

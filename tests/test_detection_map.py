@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from training.detection.evaluate import (
+from darkcfg.detect.metrics import (
     ImageBoxes,
     average_precision,
     coco_map,

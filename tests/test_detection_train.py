@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import runner
+import darkcfg.cli.flags as runner
 from builders import build
-from training.config import NetConfig
-from training.detection.task import DetectionTask
-from training.loop import Trainer
-from training.tasks import task_for
+from darkcfg.config import NetConfig
+from darkcfg.train.detection import DetectionTask
+from darkcfg.train.loop import Trainer
+from darkcfg.train.tasks import task_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

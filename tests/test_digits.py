@@ -10,7 +10,7 @@ from cfgparse import CfgError
 
 def test_digits_data_source():
     pytest.importorskip("sklearn")
-    from training.data import open_images
+    from darkcfg.data import open_images
 
     splits = open_images("digits", (1, 8, 8), seed=3)
     assert len(splits.train) + len(splits.val) == 1797

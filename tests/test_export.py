@@ -1,5 +1,5 @@
 """The compiler's outputs: ONNX (checked with onnxruntime), torch.export, and the emitted PyTorch
-module (builders/export.py, builders/emit.py, `runner.py --export/--emit`).
+module (darkcfg/export/onnx.py, darkcfg/export/emit.py, `runner.py --export/--emit`).
 
 * every corpus cfg (small input size, random weights) emits a ruff-clean module whose outputs
   equal the graph's (<= 1e-6; they are bit-identical in practice);
@@ -23,8 +23,10 @@ from corpus_export import CORPUS, build_small, check_emit, corpus_cfgs, flavor_o
 from oracle import ORACLE, oracle_input, oracle_outputs, rel_err, weights_file
 
 from builders import build
-from builders.emit import emit_module
-from builders.export import (
+from builders.weights import save_weights
+from cfgparse import CfgError
+from darkcfg.export.emit import emit_module
+from darkcfg.export.onnx import (
     example_input,
     export_onnx,
     export_program,
@@ -32,8 +34,6 @@ from builders.export import (
     max_rel_error,
     output_names,
 )
-from builders.weights import save_weights
-from cfgparse import CfgError
 
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
 needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason="pip install 'darkcfg[export]'")
@@ -283,8 +283,8 @@ def test_oracle_networks_through_onnxruntime_equal_darknet(name, tmp_path):
     real Darknet's dump within the oracle tolerance."""
     if not (ORACLE / "out" / name).is_dir():
         pytest.skip("../shared/darknet/oracle is not available")
-    from builders.export import onnx_session, run_onnx
     from builders.weights import load_weights
+    from darkcfg.export.onnx import onnx_session, run_onnx
 
     net = _unit_net(name) if name.startswith("u_") else build(ORACLE / "cfg" / f"{name}.cfg")
     load_weights(net, weights_file(name))
@@ -334,7 +334,7 @@ def test_opsets_17_and_18(opset, tmp_path):
 def test_reorg_is_reshape_transpose_and_batch_is_dynamic(tmp_path):
     import onnx
 
-    from builders.export import onnx_session, run_onnx
+    from darkcfg.export.onnx import onnx_session, run_onnx
 
     text = ("[net]\nwidth=8\nheight=8\nchannels=4\n\n[reorg]\nstride=2\n\n"
             "[reorg3d]\nstride=2\n\n[route]\nlayers=-1\n")
@@ -354,8 +354,8 @@ def test_reorg_is_reshape_transpose_and_batch_is_dynamic(tmp_path):
 
 @needs_onnx
 def test_decode_exports_boxes_objectness_class_scores(tmp_path):
-    from builders.detect import head_predictions
-    from builders.export import onnx_session, run_onnx
+    from darkcfg.detect.decode import head_predictions
+    from darkcfg.export.onnx import onnx_session, run_onnx
 
     text = ("[net]\nwidth=32\nheight=32\nchannels=3\n\n"
             "[convolutional]\nfilters=8\nsize=3\nstride=2\npad=1\nactivation=leaky\n\n"
@@ -380,7 +380,7 @@ CLI_CFG = ("[net]\nwidth=16\nheight=16\nchannels=3\n\n"
 
 
 def test_cli_export_pt2_and_emit(tmp_path, capsys):
-    import runner
+    import darkcfg.cli.flags as runner
 
     cfg = tmp_path / "small.cfg"
     cfg.write_text(CLI_CFG)
@@ -402,7 +402,7 @@ def test_cli_export_pt2_and_emit(tmp_path, capsys):
 def test_cli_export_onnx(tmp_path, capsys):
     import onnx
 
-    import runner
+    import darkcfg.cli.flags as runner
 
     cfg = tmp_path / "small.cfg"
     cfg.write_text(CLI_CFG)
@@ -413,7 +413,7 @@ def test_cli_export_onnx(tmp_path, capsys):
 
 
 def test_cli_export_errors(tmp_path, capsys, monkeypatch):
-    import runner
+    import darkcfg.cli.flags as runner
 
     cfg = tmp_path / "small.cfg"
     cfg.write_text(CLI_CFG)
@@ -432,8 +432,8 @@ def test_cli_export_errors(tmp_path, capsys, monkeypatch):
 
 def test_emit_rejects_what_it_cannot_write():
     """A layer whose forward calls a non-torch function on tensors is refused with a reason."""
-    from builders.emit import EmitError
     from builders.layer import Layer
+    from darkcfg.export.emit import EmitError
 
     net = build("[net]\nwidth=4\nheight=4\nchannels=1\n\n[empty]\n").eval()
 
@@ -462,7 +462,7 @@ def test_binarized_values_are_exact_and_the_gradient_passes_straight_through():
 def test_an_xnor_net_exports_within_float32s_own_sensitivity(tmp_path):
     """sign(x) flips wherever rounding moves x across 0, so an XNOR net's float32 and float64
     outputs differ a lot (0.25-0.42 on the corpus' xnor cfgs): the check allows twice that."""
-    from builders.export import float32_sensitivity
+    from darkcfg.export.onnx import float32_sensitivity
 
     text = ("[net]\nwidth=16\nheight=16\nchannels=3\n\n"
             "[convolutional]\nfilters=16\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky\n\n"

@@ -323,7 +323,7 @@ def test_native_kernels_fall_back_with_the_reason(tmp_path, monkeypatch):
 def test_detect_keeps_the_packed_weights_of_an_eval_net():
     """detect() on a net already in eval mode reuses the fast path's folded, packed weights
     (calling eval() again would drop them: re-packing cost a third of a yolov4-tiny forward)."""
-    from builders.detect import detect
+    from darkcfg.detect.decode import detect
 
     root = Path(__file__).resolve().parents[1]
     net = build(sized(root / "cfg" / "yolov4-tiny.cfg", 64, 1)).eval()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cfgparse", "builders", "lint", "training")
+PACKAGES = ("cfgparse", "builders", "darkcfg")
 
 NET = "[net]\nwidth=8\nheight=8\nchannels=3\n\n"
 
@@ -100,34 +100,84 @@ def test_the_walker_sees_function_level_and_relative_imports(tmp_path):
 
 def test_no_import_cycle_among_the_project_modules():
     graph = import_graph()
-    assert {"cfgparse.parser", "builders.graph", "lint.cli", "runner"} <= set(graph)
+    assert {"cfgparse.parser", "builders.graph", "darkcfg.lint.cli", "runner"} <= set(graph)
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
 
 
+#: The layers, bottom up. A module may import its own layer and the ones below it, never one above;
+#: within darkcfg the job packages sit side by side unless listed here.
+LAYERS = {
+    "cfgparse": 0,
+    "builders": 1,
+    "darkcfg": 2, "darkcfg.config": 2, "darkcfg.model": 2, "darkcfg.lint": 2,
+    "darkcfg.data": 3, "darkcfg.detect": 4, "darkcfg.export": 5,
+    "darkcfg.train": 6,
+    "darkcfg.cli": 7,
+    "runner": 8,
+}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "darkcfg" and len(parts) > 1 else parts[0]
+
+
 def test_layers_point_one_way():
-    """cfgparse <- builders <- training <- runner, the linter above cfgparse and builders. The one
-    exception: `python -m cfgparse check`, a shim that hands over to the linter."""
-    rank = {"cfgparse": 0, "builders": 1, "lint": 2, "training": 2, "runner": 3}
+    """cfgparse <- builders <- darkcfg's jobs <- cli <- runner.py; inference and export never import
+    training. The one exception: `python -m cfgparse check`, a shim that hands over to the
+    linter."""
     upward = []
     for name, targets in import_graph().items():
         for target in targets:
-            a, b = name.split(".")[0], target.split(".")[0]
-            if rank[b] > rank[a] or (rank[a] == rank[b] and a != b):
+            a, b = layer_of(name), layer_of(target)
+            if LAYERS[b] > LAYERS[a] or (LAYERS[a] == LAYERS[b] and a != b and LAYERS[a] != 2):
                 upward.append(f"{name} -> {target}")
-    assert upward == ["cfgparse.__main__ -> lint.cli"]
+    assert upward == ["cfgparse.__main__ -> darkcfg.lint.cli"]
+
+
+def test_only_the_three_packages_and_the_runner_shim_are_top_level():
+    """`pip install darkcfg` puts cfgparse, builders, darkcfg and runner (the design card's
+    shim) into site-packages: nothing with a generic name like `training` or `lint`."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    include = setup["options.packages.find"]["include"].split()
+    assert {name.split(".")[0] for name in include} == {"cfgparse", "builders", "darkcfg"}
+    assert setup["options"]["py_modules"].split() == ["runner"]
+    top = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    assert top == {"cfgparse", "builders", "darkcfg"}
+
+
+def test_inference_and_export_never_import_training():
+    graph = import_graph()
+    reach: dict[str, set[str]] = {}
+
+    def closure(module: str) -> set[str]:
+        if module not in reach:
+            reach[module] = set()
+            for t in graph[module]:
+                reach[module] |= {t} | closure(t)
+        return reach[module]
+
+    for name in graph:
+        if layer_of(name) in ("darkcfg.detect", "darkcfg.export", "darkcfg.model", "builders"):
+            bad = {m for m in closure(name) if layer_of(m) in ("darkcfg.train", "darkcfg.cli")}
+            assert not bad, f"{name} reaches {sorted(bad)}"
 
 
 TORCH_FREE = ["cfgparse", "cfgparse.parser", "cfgparse.yaml_io", "cfgparse.writer",
-              "cfgparse.rules", "cfgparse.assembly", "cfgparse.__main__", "lint",
-              "lint.block_rules", "lint.stages", "lint.pool", "lint.report", "lint.cli",
+              "cfgparse.rules", "cfgparse.assembly", "cfgparse.__main__", "darkcfg.lint",
+              "darkcfg.lint.block_rules", "darkcfg.lint.stages", "darkcfg.lint.pool",
+              "darkcfg.lint.report", "darkcfg.lint.cli",
               "builders.memory", "builders.plan"]
 
 
 def test_cfgparse_and_the_linters_block_rules_import_no_torch():
     """In a fresh interpreter: cfgparse, the linter without its graph stage (torch-free by
     design: `--no-build`), and the builders' memory arithmetic and liveness planner. (Only the
-    graph stage, lint.graph_rules, imports torch: not imported here, a torch import costs CI
+    graph stage, darkcfg.lint.graph_rules, imports torch: not imported here, a torch import costs CI
     seconds.)"""
     script = ("import importlib, sys\n"
               f"for name in {TORCH_FREE!r}:\n"
@@ -163,7 +213,7 @@ def test_not_honoured_and_common_keys_come_from_the_schema():
 
     from builders import build
     from cfgparse import schema
-    from training.config import NOT_HONOURED, NetConfig
+    from darkcfg.config import NOT_HONOURED, NetConfig
 
     fields = {f.name for f in dataclasses.fields(NetConfig)}
     assert set(NOT_HONOURED) == set(schema.SECTIONS["net"]) - fields
@@ -180,8 +230,8 @@ def test_not_honoured_and_common_keys_come_from_the_schema():
                                       "policy=sgdr\nsgdr_mult=0\nmax_batches=10"])
 def test_trainer_and_linter_say_the_same_about_net(tmp_path, settings):
     from cfgparse import CfgError, parse
-    from lint import Options, check_file
-    from training.config import NetConfig
+    from darkcfg.config import NetConfig
+    from darkcfg.lint import Options, check_file
 
     text = "[net]\nwidth=8\nheight=8\nchannels=3\n" + settings + "\n\n[maxpool]\nsize=2\n"
     path = tmp_path / "m.cfg"
@@ -200,7 +250,7 @@ def test_trainer_and_linter_say_the_same_about_net(tmp_path, settings):
 def test_builder_and_linter_give_the_same_head_formula(tmp_path):
     from builders import build
     from cfgparse import CfgError
-    from lint import check_file
+    from darkcfg.lint import check_file
 
     text = (NET + "[convolutional]\nfilters=100\nsize=1\nactivation=linear\n\n"
             "[yolo]\nmask=0,1,2\nanchors=10,13, 16,30, 33,23\nclasses=80\nnum=3\n")
@@ -218,7 +268,7 @@ def test_builder_and_linter_give_the_same_head_formula(tmp_path):
 def test_builder_and_linter_resolve_references_alike(tmp_path):
     from builders import build
     from cfgparse import CfgError
-    from lint import Options, check_file
+    from darkcfg.lint import Options, check_file
 
     for route in ("[route]\nlayers=-1, -5\n", "[route]\n", "[sam]\nfrom=3\n"):
         path = tmp_path / "m.cfg"

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from cfgparse import CfgError, parse
-from training.config import NetConfig, apply_overrides
-from training.loop import Trainer
+from darkcfg.config import NetConfig, apply_overrides
+from darkcfg.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,8 +242,8 @@ def test_label_smoothing_uses_darknets_truth_vectors():
     from dataclasses import replace
 
     from builders import build
-    from training.loop import LossModel
-    from training.tasks import task_for
+    from darkcfg.train.loop import LossModel
+    from darkcfg.train.tasks import task_for
 
     cfg = "[net]\nwidth=2\nheight=2\nchannels=1\n[connected]\noutput=4\nactivation=linear\n" \
           "[softmax]\n"
@@ -264,7 +264,7 @@ def test_label_smoothing_uses_darknets_truth_vectors():
 
 
 def test_set_a_key_in_every_section_of_a_type(tmp_path):
-    from training.config import apply_overrides_to_blocks
+    from darkcfg.config import apply_overrides_to_blocks
 
     blocks = list(parse(ROOT / "cfg" / "vgg16.cfg"))
     new, values = apply_overrides_to_blocks(

@@ -20,9 +20,9 @@ from oracle import (
 )
 
 from builders import build
-from builders.dump import dump_outputs
 from builders.weights import load_weights
 from cfgparse import CfgError
+from darkcfg.export.dump import dump_outputs
 
 SPEC_TOLERANCE = 1e-4
 # calibrated: the README's conditioning (perturbation response 1.4e-3 for yolov4)

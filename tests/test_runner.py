@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-import runner
+import darkcfg.cli.flags as runner
 from builders.weights import load_weights
-from training.checkpoint import load_checkpoint
+from darkcfg.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_run_outputs(trained, tiny_cfg):
     assert settings["net"]["momentum"] == 0.8 and settings["net"]["max_batches"] == 30
     assert settings["images_per_iteration"] == 16 and settings["subdivisions"] == 2
     # Darknet .weights: header with seen = images trained, then every float of the network
-    from training.session import build_network
+    from darkcfg.model import build_network
 
     net, _, _ = build_network(str(tiny_cfg), [], "alexeyab", 0)
     info = load_weights(net, trained / "tiny_final.weights")
@@ -93,9 +93,9 @@ def test_valid_and_predict_with_trained_weights(trained, tiny_cfg, capsys, tmp_p
     last = [r for r in metrics(trained) if r["val_top1"]][-1]
     assert top1 == pytest.approx(float(last["val_top1"]), abs=1e-4)  # same model, same val set
 
-    from training.data import open_data
-    from training.session import write_image
-    from training.tasks import ClassifyTask
+    from darkcfg.data import open_data
+    from darkcfg.data.base import write_image
+    from darkcfg.train.tasks import ClassifyTask
 
     data = open_data(None, ClassifyTask(4, (3, 12, 12)), 0)
     paths = []
@@ -142,8 +142,7 @@ def test_image_folder_training_and_an_unreadable_image(tiny_cfg, capsys, tmp_pat
 
 
 def test_transfer_from_a_state_dict_is_non_strict(tiny_cfg, trained, tmp_path):
-    from training.checkpoint import load_any_weights
-    from training.session import build_network
+    from darkcfg.model import build_network, load_any_weights
 
     donor, _, _ = build_network(str(tiny_cfg), ["width=16"], "alexeyab", 1)
     torch.save(donor.state_dict(), tmp_path / "donor.pt")
@@ -163,7 +162,7 @@ def test_freeze_keeps_the_first_layers(tiny_cfg, trained, tmp_path, capsys):
                        "--freeze", "3", "--set", "max_batches=3", "--out", tmp_path,
                        "--no-progress")
     assert code == 0, err
-    from training.session import build_network
+    from darkcfg.model import build_network
 
     before, _, _ = build_network(str(tiny_cfg), [], "alexeyab", 0)
     after, _, _ = build_network(str(tiny_cfg), [], "alexeyab", 0)
@@ -176,8 +175,8 @@ def test_freeze_keeps_the_first_layers(tiny_cfg, trained, tmp_path, capsys):
 
 
 def test_stopbackward_in_the_cfg_freezes_that_layer_and_earlier(tmp_path, tiny_classifier):
-    from training.loop import Trainer
-    from training.session import build_network
+    from darkcfg.model import build_network
+    from darkcfg.train.loop import Trainer
 
     path = tmp_path / "s.cfg"
     path.write_text(tiny_classifier.text().replace("[maxpool]\nsize=2\nstride=2\n\n[conv",
@@ -329,7 +328,7 @@ def test_the_make_train_line_builds_what_the_readme_says(capsys):
 
 
 def test_loss_chart_goes_log_when_the_loss_spans_decades():
-    from training.outputs import loss_axis_scale
+    from darkcfg.train.outputs import loss_axis_scale
 
     assert loss_axis_scale([420.0, 60.0, 8.0, 3.1]) == "log"  # a detector's first iterations
     assert loss_axis_scale([2.3, 1.1, 0.4]) == "linear"  # a classifier's

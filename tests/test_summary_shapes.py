@@ -141,7 +141,7 @@ SHIPPED = {"yolov3-tiny": {"batch": 64, "subdivisions": 2}, "yolov4-tiny": {}}
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_detector_is_darknets_network(name, capsys):
-    import runner
+    import darkcfg.cli.flags as runner
     from cfgparse import parse
 
     path = ROOT / "cfg" / f"{name}.cfg"

@@ -1,4 +1,4 @@
-"""Tasks as data (training/tasks.py): which task a network gets, the loss summed over every loss
+"""Tasks as data (darkcfg.train.tasks): which task a network gets, the loss summed over every loss
 layer, what "best" means, metrics.csv columns, and the hooks a detection task will use (`seen`,
 per-step statistics) flowing through the real Trainer."""
 
@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from builders import build
 from cfgparse import CfgError
-from training import tasks
-from training.config import NetConfig
-from training.loop import Trainer
-from training.tasks import ClassifyTask, RegressTask, Task, task_for
+from darkcfg.config import NetConfig
+from darkcfg.train import tasks
+from darkcfg.train.loop import Trainer
+from darkcfg.train.tasks import ClassifyTask, RegressTask, Task, task_for
 
 NET = "[net]\nwidth=2\nheight=2\nchannels=1\nbatch=4\nsubdivisions=2\nlearning_rate=0.1\n" \
       "max_batches=3\n"
@@ -75,7 +75,7 @@ def test_a_network_without_a_loss_is_a_located_error():
 
 
 def test_a_detector_gets_the_detection_task():
-    from training.detection.task import DetectionTask
+    from darkcfg.train.detection import DetectionTask
 
     net = build(DETECTOR)
     task = task_for(net, config(net))

@@ -165,9 +165,9 @@ def test_check_is_dispatched_to_the_lint_package(monkeypatch):
     import types
 
     seen = []
-    fake = types.ModuleType("lint.cli")
+    fake = types.ModuleType("darkcfg.lint.cli")
     fake.main = lambda argv, prog: seen.append(argv) or 7
-    monkeypatch.setitem(sys.modules, "lint.cli", fake)
+    monkeypatch.setitem(sys.modules, "darkcfg.lint.cli", fake)
     assert main(["check", "--format", "json", "a.cfg"]) == 7
     assert seen == [["--format", "json", "a.cfg"]]
 

@@ -1,0 +1,329 @@
+"""Detection datasets, batches and the resumable training stream.
+
+Entry point: `detection_datasets(net, source, seed, classes=None)` -> `DetectionSplits` (train
+set, validation set, `collate`, class names, banner text, backup folder, the settings read from
+the cfg). See its docstring for the batch layout.
+
+Training follows Darknet's sampling (DETECTION.md §6.1): there are no epochs; every image of
+every batch is drawn uniformly with replacement. Sample `slot` of iteration `i` is a pure
+function of (seed, i, slot): its images, augmentation and size (multi-scale, `scales.py`) all
+come from a generator seeded by those three numbers, so a killed and resumed run, any number of
+loader workers, and DDP ranks (each takes its own slots) reproduce the same batches byte for
+byte on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.data.detection.augment import DetectionSettings, training_sample
+from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
+from darkcfg.data.detection.labels import Labels, open_detection_data, validate_labels
+from darkcfg.data.detection.scales import training_size
+
+EMBEDDED_TRAIN, EMBEDDED_VAL = 8192, 256
+
+
+# -- sources: (uint8 image (C, H, W), boxes (n, 5) [x, y, w, h, class] relative) ------------------
+class LabelledImages(Dataset):
+    """Image files and their (already validated) boxes."""
+
+    def __init__(self, paths: list[str], labels: Labels, channels: int):
+        self.paths, self.labels, self.channels = paths, labels, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
+        from darkcfg.data import read_image
+
+        return read_image(self.paths[index], self.channels), self.labels.boxes[index]
+
+
+def pad_truth(boxes: np.ndarray, max_boxes: int) -> torch.Tensor:
+    """(max_boxes, 5) float32 [x, y, w, h, class], zero rows after the last box (Darknet's truth
+    layout without the track id)."""
+    out = torch.zeros(max_boxes, 5, dtype=torch.float32)
+    n = min(len(boxes), max_boxes)
+    if n:
+        out[:n] = torch.from_numpy(np.asarray(boxes[:n], np.float32))
+    return out
+
+
+# -- training -------------------------------------------------------------------------------------
+class Slot(NamedTuple):
+    """A training sample's key: which iteration (0-based) and which place in its global batch."""
+
+    iteration: int
+    slot: int
+
+
+class DetectionTrain(Dataset):
+    """Indexed by Slot(iteration, slot): one augmented image at that iteration's size
+    (multi-scale) and its truth (max, 5). Batches come from `DetectionStream` (a plain
+    index/epoch sampler cannot give the iteration the size depends on)."""
+
+    def __init__(self, source: Dataset, settings: DetectionSettings, seed: int):
+        self.source, self.settings, self.seed = source, settings, seed
+
+    def __len__(self) -> int:  # the images drawn from (sampling is with replacement)
+        return len(self.source)
+
+    def size_at(self, iteration: int) -> tuple[int, int]:
+        """(width, height) of iteration `iteration` (0-based)."""
+        s = self.settings
+        return training_size(iteration, s.width, s.height, s.random, self.seed, s.max_batches,
+                             s.resize_step)
+
+    def __getitem__(self, key: Slot) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(key, Slot):
+            raise TypeError(f"DetectionTrain takes Slot(iteration, slot) keys, not {key!r}: "
+                            "use DetectionSplits.stream() for training batches")
+        iteration, slot = key
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, iteration, slot])
+        w, h = self.size_at(iteration)
+        image, boxes = training_sample(self.source.__getitem__, len(self.source), w, h,
+                                       self.settings, rng)
+        return image, pad_truth(boxes, self.settings.max_boxes)
+
+
+class IterationSampler(Sampler):
+    """(iteration, slot) keys from `start` on, forever: slots rank·batch .. rank·batch+batch-1
+    of each iteration, so ranks draw disjoint samples of the same global batch."""
+
+    def __init__(self, batch: int, rank: int = 0, start: int = 0):
+        self.batch, self.rank, self.start = batch, rank, start
+
+    def __iter__(self) -> Iterator[Slot]:
+        i = self.start
+        first = self.rank * self.batch
+        while True:
+            for slot in range(first, first + self.batch):
+                yield Slot(i, slot)
+            i += 1
+
+
+@dataclass
+class DetectionStream:
+    """Endless (images, truth) batches for `darkcfg.train.loop.fit`: batch k of `batches(start)` is
+    iteration start + k, whatever iteration the run (re)started at."""
+
+    dataset: DetectionTrain
+    batch: int  # per process
+    world: int = 1
+    rank: int = 0
+    workers: int = 0
+    pin_memory: bool = False
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        """Darknet's nominal epoch: train images / images per iteration (at least 1)."""
+        return max(len(self.dataset) // (self.batch * self.world), 1)
+
+    def epoch_of(self, iteration: int) -> float:
+        return iteration / self.iterations_per_epoch
+
+    def batches(self, start_iteration: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        sampler = IterationSampler(self.batch, self.rank, start_iteration)
+        generator = torch.Generator().manual_seed(self.dataset.seed)  # global RNG untouched
+        loader = DataLoader(self.dataset, batch_size=self.batch, sampler=sampler,
+                            num_workers=self.workers, collate_fn=collate,
+                            pin_memory=self.pin_memory,
+                            prefetch_factor=2 if self.workers else None,
+                            persistent_workers=False, generator=generator)
+        yield from loader
+
+
+# -- validation -----------------------------------------------------------------------------------
+def resize_align_corners(image: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """Darknet's resize_image: bilinear with the corner pixels aligned, float [0, 1]."""
+    x = image.float().div(255) if image.dtype == torch.uint8 else image.float()
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    return torch.nn.functional.interpolate(x[None], size=(h, w), mode="bilinear",
+                                           align_corners=True)[0]
+
+
+def letterbox(image: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """Darknet's letterbox_image: keep the aspect ratio, resize_image, paste centred (integer
+    offset) on 0.5 grey."""
+    ih, iw = image.shape[-2:]
+    if w / iw < h / ih:
+        new_w, new_h = w, ih * w // iw
+    else:
+        new_w, new_h = iw * h // ih, h
+    inner = resize_align_corners(image, new_w, new_h)
+    out = torch.full((image.shape[0], h, w), 0.5)
+    top, left = (h - new_h) // 2, (w - new_w) // 2
+    out[:, top:top + new_h, left:left + new_w] = inner
+    return out
+
+
+class DetectionEval(Dataset):
+    """Index i: (float image (C, h, w) at the network size the way `detector map` feeds it:
+    letterbox_image with [net] letter_box=1, else resize_image; truth (max, 5) relative to the
+    *original* image; the original (width, height) as a tensor)."""
+
+    def __init__(self, source: Dataset, settings: DetectionSettings):
+        self.source, self.settings = source, settings
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        image, boxes = self.source[index]
+        s = self.settings
+        view = letterbox(image, s.width, s.height) if s.letter_box else \
+            resize_align_corners(image, s.width, s.height)
+        size = torch.tensor([image.shape[-1], image.shape[-2]], dtype=torch.int64)
+        return view, pad_truth(boxes, s.max_boxes), size
+
+
+def collate(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
+    """Training samples -> (images (N, C, H, W) float32 in [0, 1], truth (N, M, 5));
+    validation samples -> (images, truth, sizes (N, 2) = original width, height).
+    truth rows are [x, y, w, h, class] relative, zero rows after the last box, M = the last
+    detection layer's `max` (Darknet's truth layout without the track id)."""
+    columns = list(zip(*samples, strict=True))
+    images = torch.stack(columns[0])
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255)
+    return (images, *(torch.stack(c) for c in columns[1:]))
+
+
+# -- entry point ----------------------------------------------------------------------------------
+@dataclass
+class DetectionSplits:
+    train: DetectionTrain
+    val: DetectionEval | None
+    collate: Callable
+    names: list[str]  # the data's classes (mAP averages over these)
+    description: str  # one line for the banner / log
+    settings: DetectionSettings
+    backup: str | None = None
+    embedded: bool = False
+    warnings: list[str] = field(default_factory=list)  # lines to print (e.g. missing labels)
+    # the .data file's `difficult` list (parallel to valid): per validation image, boxes (n, 5)
+    # [x, y, w, h, class] that detector map neither rewards nor counts as missed; None: no list
+    difficult: list[np.ndarray] | None = None
+    augment: bool = False  # as darkcfg.data.DataSplits: augmentation is built into `train`
+    in_memory: bool = False  # samples cost work (generation or decoding, and augmentation)
+
+    def banner(self) -> str:
+        if not self.embedded:
+            return f"data: {self.description}"
+        return ("=" * 78 + "\n  no --data: training on the embedded detection set\n  "
+                + self.description + "\n" + "=" * 78)
+
+    def stream(self, batch: int, world: int = 1, rank: int = 0, workers: int = 0,
+               pin_memory: bool = False) -> DetectionStream:
+        return DetectionStream(self.train, batch, world, rank, workers, pin_memory)
+
+
+def detection_datasets(net, source: str | Path | None, seed: int, classes: int | None = None,
+                       train_size: int = 0, val_size: int = 0, multiscale: bool = True
+                       ) -> DetectionSplits:
+    """Training and validation data for the detector `net` (a built builders.Network).
+
+    source: None -> the embedded detection set (deterministic from `seed`; objects of the
+    first `classes` classes, default min(network classes, 8)); a path to a Darknet detection
+    `.data` file (classes, train, valid, names, backup; labels by replace_image_to_label, all
+    checked before returning). Raises CfgError (located) for bad data or labels.
+
+    Returns DetectionSplits: `train` indexed by Slot(iteration, slot) (use
+    `.stream(batch, world, rank, workers)` for darkcfg.train.loop.fit: it has Stream's
+    `batches(start_iteration)`), `val` indexed by image, and `collate`, which gives
+      training:   images (N, C, H, W) float32 [0, 1] at the iteration's size, truth (N, M, 5)
+      validation: images (N, C, h, w) at the cfg size, truth (N, M, 5) relative to the original
+                  image, sizes (N, 2) original (width, height)
+    with truth rows [x, y, w, h, class] relative and zero rows after the last box,
+    M = the last detection layer's `max`.
+
+    multiscale=False keeps every training batch at the cfg size whatever `random` says (for a
+    network that cannot run at other input sizes)."""
+    settings = DetectionSettings.from_network(net)
+    if not multiscale and settings.random:
+        settings = replace(settings, random=0.0)
+    if source is None:
+        return embedded_detection(settings, seed, classes, train_size, val_size)
+    if classes is not None:
+        raise CfgError(Diagnostic("E901", "--classes is for the embedded dataset", "--classes",
+                                  hint="the classes of --data come from its .data file"))
+    path = Path(source).expanduser()
+    if not path.is_file() or path.suffix != ".data":
+        raise CfgError(Diagnostic("E901", f"'{source}' is not a Darknet .data file", str(source),
+                                  hint="a detector trains on a .data file (classes=, train=, "
+                                  "valid=, names=, backup=) or, without --data, on the "
+                                  "embedded set"))
+    return darknet_detection(path, settings, seed)
+
+
+def embedded_detection(settings: DetectionSettings, seed: int, classes: int | None = None,
+                       train_size: int = 0, val_size: int = 0) -> DetectionSplits:
+    net_classes = settings.classes
+    if classes is not None and not 1 <= classes <= net_classes:
+        raise CfgError(Diagnostic("E901", f"--classes {classes}: the network detects "
+                                  f"{net_classes} classes", "--classes",
+                                  hint=f"use 1..{net_classes}"))
+    k = classes or min(net_classes, DEFAULT_CLASSES)
+    s = settings
+    train_size, val_size = train_size or EMBEDDED_TRAIN, val_size or EMBEDDED_VAL
+    train_src = EmbeddedDetection(train_size, k, s.channels, s.height, s.width, seed, 0)
+    val_src = EmbeddedDetection(val_size, k, s.channels, s.height, s.width, seed, 1)
+    used = f"{k} of the network's {net_classes} classes" if k < net_classes else f"{k} classes"
+    more = f" (--classes K for up to {net_classes})" if k < net_classes else ""
+    repeat = f", looks repeat beyond {DISTINCT}" if k > DISTINCT else ""
+    description = (f"embedded detection set: {used}{more}{repeat}, {s.width}x{s.height}x"
+                   f"{s.channels}, {train_size} train / {val_size} val images of 1-4 objects, "
+                   f"seed {seed}; augment: {', '.join(s.honoured()) or 'none'}")
+    return DetectionSplits(DetectionTrain(train_src, s, seed), DetectionEval(val_src, s),
+                           collate, train_src.names, description, s, embedded=True,
+                           warnings=list(s.notes))
+
+
+def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> DetectionSplits:
+    data = open_detection_data(path)
+    if data.classes > settings.classes:
+        raise CfgError(Diagnostic("E901", f"'{path}' has classes={data.classes} but the network "
+                                  f"detects {settings.classes}", str(path),
+                                  hint=f"set classes={data.classes} in every [yolo] (and the "
+                                  "filters before it) or fix the .data file"))
+    train_labels = validate_labels(data.train_labels, data.classes)
+    warnings = list(settings.notes) + [w for w in [train_labels.warning("train images")] if w]
+    if data.valid_is_train:
+        valid_paths, valid_labels = data.train, train_labels
+    else:
+        valid_paths = data.valid
+        valid_labels = validate_labels(data.valid_labels, data.classes)
+        if valid_labels.warning():
+            warnings.append(valid_labels.warning("valid images"))
+    difficult = None
+    if data.difficult_labels:
+        difficult = validate_labels(data.difficult_labels, data.classes).boxes
+        if len(difficult) != len(valid_paths):
+            raise CfgError(Diagnostic("E901", f"the difficult list of '{path}' has "
+                                      f"{len(difficult)} images, the valid list "
+                                      f"{len(valid_paths)}", str(path),
+                                      hint="list the difficult images parallel to valid="))
+    from darkcfg.data import read_image
+
+    read_image(data.train[0], settings.channels)  # an unreadable image fails now, not later
+    c = settings.channels
+    train_src = LabelledImages(data.train, train_labels, c)
+    val_src = LabelledImages(valid_paths, valid_labels, c)
+    valid = "train list (no valid=)" if data.valid_is_train else f"{len(valid_paths)} valid"
+    description = (f"Darknet detection data {path}: {data.classes} classes, "
+                   f"{len(data.train)} train images ({train_labels.objects} objects), {valid} "
+                   f"images; augment: {', '.join(settings.honoured()) or 'none'}")
+    return DetectionSplits(DetectionTrain(train_src, settings, seed),
+                           DetectionEval(val_src, settings), collate, data.names, description,
+                           settings, backup=data.backup, warnings=warnings,
+                           difficult=difficult)

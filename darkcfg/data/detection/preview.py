@@ -1,0 +1,80 @@
+"""A picture of what a detector trains on: augmented training samples with their truth boxes.
+
+    python -m darkcfg.data.detection.preview CFG [--data X.data] [--set KEY=VALUE ...] [--seed N]
+                                         [--iteration I] [--count 16] [--out preview.png]
+
+Draws `count` samples of iteration `iteration` (and the following ones, a batch of 8 each) as
+the training loop gets them, boxes and class names drawn with torchvision's
+`draw_bounding_boxes`: a quick look at a .data set's labels and at what the cfg's augmentation
+keys do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def preview_grid(splits, count: int = 16, iteration: int = 0, per_row: int = 8
+                 ) -> torch.Tensor:
+    """uint8 (3, H, W) grid of `count` training samples with their boxes, each sample resized
+    to the cfg size (multi-scale sizes differ)."""
+    from torchvision.transforms.v2 import functional as F
+    from torchvision.utils import draw_bounding_boxes, make_grid
+
+    from darkcfg.data.detection.dataset import Slot
+
+    s = splits.settings
+    tiles = []
+    for k in range(count):
+        image, truth = splits.train[Slot(iteration + k // 8, k % 8)]
+        rows = truth[truth[:, 2] > 0]
+        h, w = image.shape[-2:]
+        xyxy = torch.stack([(rows[:, 0] - rows[:, 2] / 2) * w, (rows[:, 1] - rows[:, 3] / 2) * h,
+                            (rows[:, 0] + rows[:, 2] / 2) * w, (rows[:, 1] + rows[:, 3] / 2) * h],
+                           1) if len(rows) else torch.zeros(0, 4)
+        names = [splits.names[int(c)] if int(c) < len(splits.names) else str(int(c))
+                 for c in rows[:, 4]]
+        rgb = image if image.shape[0] == 3 else image[:1].expand(3, -1, -1)
+        tile = draw_bounding_boxes(rgb, xyxy, labels=names, colors="white")
+        tiles.append(F.resize(tile, [s.height, s.width], antialias=True))
+    return make_grid(tiles, nrow=per_row, padding=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from builders import build
+    from cfgparse import CfgError
+    from darkcfg.data.base import write_image
+    from darkcfg.data.detection.dataset import detection_datasets
+    from darkcfg.model import load_blocks
+
+    ap = argparse.ArgumentParser(prog="python -m darkcfg.data.detection.preview",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("cfg")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--classes", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--iteration", type=int, default=0)
+    ap.add_argument("--count", type=int, default=16)
+    ap.add_argument("--out", default="preview.png")
+    args = ap.parse_args(argv)
+    try:
+        blocks, _ = load_blocks(args.cfg, args.sets)
+        splits = detection_datasets(build(blocks, device="meta"), args.data, args.seed,
+                                    args.classes)
+    except CfgError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(splits.banner(), file=sys.stderr)
+    for line in splits.warnings:
+        print(line, file=sys.stderr)
+    write_image(args.out, preview_grid(splits, args.count, args.iteration))
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Labelled data from disk: ImageFolders, Darknet classifier .data files, regression CSV files and
+torchvision datasets already on disk (never downloaded). Every problem found here is a located
+E901 error, before training starts."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.data.base import IMAGE_EXTENSIONS, DataSplits, data_error, image_tensor, read_image
+
+KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
+
+
+def data_path(spec: str) -> Path:
+    """--data SPEC as an existing path."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise data_error(f"'{spec}' does not exist", "--data", KINDS_HINT)
+    return path
+
+
+def open_images(spec: str, inputs: tuple[int, ...], seed: int) -> DataSplits:
+    """Labelled images from a --data argument: torchvision:NAME:ROOT, an ImageFolder or a
+    Darknet classifier .data file, decoded with the network's channels."""
+    if len(inputs) != 3:
+        raise data_error("image data needs a [net] with width, height and channels", "--data",
+                         "set width/height/channels in [net], or use --data X.csv")
+    channels = inputs[0]
+    if spec == "digits":
+        return digits_data(inputs, seed)
+    if spec.startswith("torchvision:"):
+        return torchvision_data(spec, channels)
+    path = data_path(spec)
+    if path.suffix == ".csv":
+        raise data_error("CSV data is for regression networks ([connected] + [cost])",
+                         spec, "use an ImageFolder or a .data file for a classifier")
+    if path.is_dir():
+        return image_folder(path, channels, seed)
+    if path.suffix == ".data":
+        return darknet_data(path, channels)
+    raise data_error(f"cannot tell what kind of data '{spec}' is", spec, KINDS_HINT)
+
+
+# -- image files ----------------------------------------------------------------------------------
+class ImageFiles(Dataset):
+    """(path, label) pairs decoded with PIL into uint8 CHW tensors with the net's channels."""
+
+    def __init__(self, items: Sequence[tuple[str, int]], channels: int):
+        self.items, self.channels = list(items), channels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.items[index]
+        return read_image(path, self.channels), label
+
+
+def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
+    def scan(folder: Path, classes: list[str] | None = None):
+        found = sorted(d.name for d in folder.iterdir() if d.is_dir()) if classes is None \
+            else classes
+        items = []
+        for label, name in enumerate(found):
+            sub = folder / name
+            if not sub.is_dir():
+                continue
+            items += [(str(p), label) for p in sorted(sub.rglob("*"))
+                      if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        return found, items
+
+    train_dir, val_dir = root / "train", root / "val"
+    if train_dir.is_dir():
+        names, train = scan(train_dir)
+        val = scan(val_dir, names)[1] if val_dir.is_dir() else []
+        where = f"{train_dir} (+ {val_dir.name}/)" if val else str(train_dir)
+    else:
+        names, items = scan(root)
+        order = np.random.default_rng(seed).permutation(len(items))
+        nval = len(items) // 10
+        val = [items[i] for i in sorted(order[:nval])]
+        train = [items[i] for i in sorted(order[nval:])]
+        where = f"{root} (split 90/10 by seed {seed})"
+    if not names or not train:
+        raise data_error(f"no images in '{root}'", str(root),
+                         "an ImageFolder holds one sub-folder of images per class, "
+                         "optionally under train/ and val/")
+    read_image(train[0][0], channels)  # fail now, not in a worker, if the files are unreadable
+    return DataSplits(ImageFiles(train, channels), ImageFiles(val, channels) if val else None,
+                      names, f"ImageFolder {where}: {len(names)} classes, {len(train)} train / "
+                      f"{len(val)} val images")
+
+
+def read_data_file(path: Path) -> dict[str, str]:
+    """A Darknet .data file: key=value lines, whitespace removed, '#'/';' comment lines."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise data_error(f"cannot read '{path}': {exc}", str(path)) from None
+    options: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = "".join(line.split())
+        if not line or line[0] in "#;":
+            continue
+        key, eq, value = line.partition("=")
+        if not eq:
+            raise CfgError(Diagnostic("E102", f"missing '=' in '{line}'", str(path), n, 1,
+                                      hint="a .data line is key=value"))
+        options.setdefault(key, value)  # like option_find, the first occurrence wins
+    return options
+
+
+def _resolve(raw: str, bases: Sequence[Path]) -> Path:
+    """A path from a .data file or list: absolute as is, else the first base it exists under."""
+    p = Path(raw)
+    if p.is_absolute():
+        return p
+    for base in bases:
+        if (base / p).exists():
+            return base / p
+    return bases[0] / p
+
+
+def darknet_data(path: Path, channels: int) -> DataSplits:
+    opts = read_data_file(path)
+    bases = [path.parent, Path.cwd()]
+    where = str(path)
+    if "train" not in opts:
+        raise data_error(f"'{path}' has no 'train' list", where,
+                         "add train=path/to/train.list (one image path per line)")
+    labels_path = _resolve(opts.get("labels", "data/labels.list"), bases)
+    labels = _read_list(labels_path, where, "labels")
+    names_path = _resolve(opts["names"], bases) if "names" in opts else labels_path
+    names = _read_list(names_path, where, "names") if names_path != labels_path else labels
+    classes = int(opts.get("classes", 2))
+    if classes != len(labels):
+        raise data_error(f"'{path}' says classes={classes} but {labels_path} lists "
+                         f"{len(labels)} labels", where, "make classes= match the labels file")
+
+    def items(key: str) -> list[tuple[str, int]]:
+        list_path = _resolve(opts[key], bases)
+        out = []
+        for raw in _read_list(list_path, where, key):
+            # Darknet's fill_truth: the label whose text occurs in the path as written
+            hits = [i for i, label in enumerate(labels) if label in raw]
+            if len(hits) != 1:
+                raise data_error(f"'{raw}' in {list_path} matches {len(hits)} labels "
+                                 f"({', '.join(labels[i] for i in hits) or 'none'})", where,
+                                 "each image path must contain exactly one label string "
+                                 "(Darknet: 'Too many or too few labels')")
+            image = _resolve(raw, [list_path.parent, *bases])
+            if not image.is_file():
+                raise data_error(f"image '{raw}' (listed in {list_path}) does not exist", where,
+                                 f"paths are tried relative to {list_path.parent}, "
+                                 f"{path.parent} and the current directory")
+            out.append((str(image), hits[0]))
+        return out
+
+    train = items("train")
+    val = items("valid") if "valid" in opts else []
+    if not train:
+        raise data_error(f"the train list of '{path}' is empty", where, "list image paths")
+    read_image(train[0][0], channels)
+    backup = str(_resolve(opts["backup"], bases)) if "backup" in opts else None
+    return DataSplits(ImageFiles(train, channels), ImageFiles(val, channels) if val else None,
+                      names[: len(labels)], f"Darknet data {path}: {classes} classes, "
+                      f"{len(train)} train / {len(val)} valid images", backup=backup)
+
+
+def _read_list(path: Path, where: str, key: str) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise data_error(f"cannot read the {key} file '{path}': {exc}", where,
+                         f"fix the '{key}=' line of the .data file") from None
+    out = [line.strip() for line in lines]  # Darknet's fgetl keeps inner spaces ("a cat")
+    out = [line for line in out if line]
+    if not out:
+        raise data_error(f"the {key} file '{path}' is empty", where, "add one entry per line")
+    return out
+
+
+# -- regression CSV -------------------------------------------------------------------------------
+def regression_csv(path: str | Path, inputs: tuple[int, ...], outputs: int) -> DataSplits:
+    """Regression rows: the network's `inputs` numbers, then its `outputs` targets per line (an
+    optional header line)."""
+    path = Path(path)
+    n_in = math.prod(inputs)
+    try:
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise data_error(f"cannot read '{path}': {exc}", str(path)) from None
+    if rows and not _numeric(rows[0]):
+        rows = rows[1:]  # a header line
+    if not rows:
+        raise data_error(f"'{path}' has no data rows", str(path), "one sample per line")
+    want = n_in + outputs
+    values = []
+    for n, row in enumerate(rows, 1):
+        if len(row) != want or not _numeric(row):
+            raise data_error(f"row {n} of '{path}' has {len(row)} columns "
+                             f"({', '.join(row)[:60]}); this network needs {n_in} input and "
+                             f"{outputs} target numbers", str(path),
+                             "columns: the inputs first, then the targets")
+        values.append([float(c) for c in row])
+    table = torch.tensor(values, dtype=torch.float32)
+    x, y = table[:, :n_in].reshape(-1, *inputs), table[:, n_in:]
+    return DataSplits(Tensors(x, y), None, [], f"CSV {path}: {len(values)} rows, "
+                      f"{n_in} inputs -> {outputs} targets", augment=False,
+                      in_memory=True)
+
+
+def _numeric(row: Sequence[str]) -> bool:
+    try:
+        [float(c) for c in row]
+    except ValueError:
+        return False
+    return True
+
+
+class Tensors(Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int):
+        return self.x[index], self.y[index]
+
+
+# -- torchvision datasets -------------------------------------------------------------------------
+class Converted(Dataset):
+    """A torchvision dataset's (PIL image, label) as (uint8 CHW tensor, label)."""
+
+    def __init__(self, dataset, channels: int):
+        self.dataset, self.channels = dataset, channels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image_tensor(image, self.channels), int(label)
+
+
+def torchvision_data(spec: str, channels: int) -> DataSplits:
+    import torchvision.datasets as tvd
+
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise data_error(f"'{spec}' is not torchvision:NAME:ROOT", "--data",
+                         "e.g. --data torchvision:CIFAR10:~/data")
+    name, root = parts[1], os.path.expanduser(parts[2])
+    cls = getattr(tvd, name, None)
+    if not isinstance(cls, type):
+        from cfgparse.errors import did_you_mean
+
+        known = [n for n in dir(tvd) if isinstance(getattr(tvd, n), type) and n[0].isupper()]
+        raise data_error(f"torchvision has no dataset '{name}'", "--data",
+                         did_you_mean(name, known) or "see torchvision.datasets")
+    if not Path(root).is_dir():
+        raise data_error(f"dataset root '{root}' does not exist", "--data",
+                         f"put {name} under {root} (darkcfg never downloads)")
+
+    def load(train: bool):
+        attempts = ({"train": train}, {"split": "train" if train else "test"},
+                    {"split": "train" if train else "val"})
+        problem: Exception | None = None
+        for kwargs in attempts:
+            try:
+                try:
+                    return cls(root, download=False, **kwargs)
+                except TypeError as exc:
+                    if "download" not in str(exc):
+                        raise
+                    return cls(root, **kwargs)  # a dataset that never downloads
+            except TypeError as exc:  # this dataset takes the other keyword
+                problem = exc
+            except (RuntimeError, OSError, ValueError) as exc:
+                problem = exc
+                if "split" not in str(exc):
+                    break
+        if train:
+            raise data_error(f"cannot open torchvision {name} in '{root}': {problem}", "--data",
+                             "check the root folder (darkcfg never downloads)")
+        return None
+
+    train, val = load(True), load(False)
+    if len(train) == 0:
+        raise data_error(f"torchvision {name} in '{root}' is empty", "--data")
+    names = [str(c) for c in getattr(train, "classes", [])]
+    return DataSplits(Converted(train, channels), Converted(val, channels) if val else None,
+                      names, f"torchvision {name} ({root}): {len(train)} train / "
+                      f"{len(val) if val else 0} val images")
+
+
+def digits_data(inputs: tuple[int, ...], seed: int) -> DataSplits:
+    """`--data digits` (darkcfg/data/digits.py) for a network taking 8x8x1 images."""
+    from darkcfg.data.digits import DIGIT_NAMES, digits_arrays
+
+    if tuple(inputs) != (1, 8, 8):
+        raise data_error(f"--data digits holds 8x8x1 images, but the network takes "
+                         f"{'x'.join(map(str, inputs))}", "--data",
+                         "set width=8 height=8 channels=1 in [net] (see cfg/digits.cfg)")
+    x_train, y_train, x_val, y_val = digits_arrays(seed)
+    return DataSplits(Tensors(x_train, y_train), Tensors(x_val, y_val), DIGIT_NAMES,
+                      f"scikit-learn digits: {len(x_train)} train / {len(x_val)} val 8x8 "
+                      "images (seeded 80/20 split)", in_memory=True)

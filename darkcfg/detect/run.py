@@ -1,0 +1,335 @@
+"""`runner.py CFG --detect IMG_OR_DIR...` and `--input X.npy --detections OUT.json`: what
+`darknet detector test -ext_output` does, plus drawn images, COCO-format JSON and label files.
+
+Bad input (a missing or unreadable image, a cfg without a detection head, names that do not
+match `classes`) raises a located CfgError: the runner prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.data.base import IMAGE_EXTENSIONS
+from darkcfg.data.sources import _resolve, read_data_file
+from darkcfg.detect.decode import (
+    Detections,
+    Found,
+    c_round,
+    decoding_for,
+    detect_batches,
+    detections_for_input,
+    head_indices,
+    net_letter_box,
+)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
+    """The images to run: files as given, folders' image files (recursive, sorted). Non-image
+    files inside folders are skipped with one warning line. Returns (paths, any folder?)."""
+    paths: list[Path] = []
+    skipped: list[Path] = []
+    folder = False
+    for target in targets:
+        p = Path(target)
+        if p.is_dir():
+            folder = True
+            for f in sorted(q for q in p.rglob("*") if q.is_file()):
+                (paths if f.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(f)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise CfgError(Diagnostic("E901", f"image or folder '{target}' does not exist",
+                                      target, hint="check the path given to --detect"))
+    if skipped:
+        say(f"warning: skipped {len(skipped)} file(s) that are not images "
+            f"(e.g. {skipped[0]}; images end in {', '.join(IMAGE_EXTENSIONS)})")
+    if not paths:
+        raise CfgError(Diagnostic("E901", "no images to run", " ".join(targets),
+                                  hint="give image files or folders that hold some"))
+    return paths, folder
+
+
+def read_names(names_file: str | None, data_file: str | None) -> tuple[list[str], str | None]:
+    """Class names from --names, or the names= of a Darknet --data file; ([], None) if neither."""
+    if names_file is None and data_file is not None and data_file.endswith(".data"):
+        path = Path(data_file)
+        options = read_data_file(path)
+        if "names" not in options:
+            return [], None
+        names_file = str(_resolve(options["names"], [path.parent, Path.cwd()]))
+    if names_file is None:
+        return [], None
+    try:
+        lines = Path(names_file).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CfgError(Diagnostic("E901", f"cannot read the names file '{names_file}': {exc}",
+                                  names_file, hint="one class name per line")) from None
+    return [line.strip() for line in lines if line.strip()], names_file
+
+
+def check_names(net, names: list[str], where: str | None) -> None:
+    heads = head_indices(net)
+    classes = net.layers[heads[0]].classes
+    if names and len(names) != classes:
+        block = net.meta[heads[0]].block
+        raise block.error("E304", f"'{where}' lists {len(names)} class names, but "
+                          f"[{block.name}] has classes={classes}", "classes",
+                          hint="use the names file the weights were trained with, or fix "
+                          "classes= in every head")
+
+
+def detector(opts, args):
+    """The built network with its weights, on its device, in eval mode."""
+    from darkcfg.model import build_network, load_any_weights, pick_device
+
+    net, _, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    if not head_indices(net):
+        raise CfgError(Diagnostic(
+            "E300", f"'{opts.cfg_path}' has no detection head", opts.cfg_path,
+            hint="--detect needs a [yolo], [Gaussian_yolo], [region] or [detection] layer; "
+            "use --predict for a classifier"))
+    for i in head_indices(net):
+        fault = decoding_for(net.layers[i]).unsupported(net.layers[i])
+        if fault is not None:
+            key, why = fault
+            raise net.meta[i].block.error("E300", why, key,
+                                          hint="--detect decodes [yolo], [Gaussian_yolo], flat "
+                                          "[region] and [detection] heads")
+    if opts.weights:
+        say(load_any_weights(net, opts.weights, opts.cutoff))
+    else:
+        say(f"warning: no --weights: the initial weights of seed {opts.seed} (boxes are noise)")
+    return net.to(pick_device(opts.device)).eval()
+
+
+# -- outputs --------------------------------------------------------------------------------------
+
+def ext_output(found: list[Found], image_w: int, image_h: int) -> list[str]:
+    """Darknet's `-ext_output` lines (draw_detections_v3): name: prob% and the unclipped box."""
+    lines = []
+    for f in found:
+        left, top, right, bottom = f.box
+        name = f.name or str(f.class_id)
+        lines.append(f"{name}: {f.score * 100:.0f}%\t(left_x: {c_round(left):4.0f}   "
+                     f"top_y: {c_round(top):4.0f}   width: {c_round(right - left):4.0f}   "
+                     f"height: {c_round(bottom - top):4.0f})")
+    return lines
+
+
+def coco_results(found: list[Found], image_id, image_w: int, image_h: int) -> list[dict]:
+    """COCO results entries (print_cocos): bbox [x, y, w, h] in pixels, clipped to the image."""
+    out = []
+    for f in found:
+        left, top = max(f.box[0], 0.0), max(f.box[1], 0.0)
+        right, bottom = min(f.box[2], float(image_w)), min(f.box[3], float(image_h))
+        out.append({"image_id": image_id, "category_id": f.class_id,
+                    "bbox": [round(left, 3), round(top, 3), round(right - left, 3),
+                             round(bottom - top, 3)], "score": round(f.score, 6)})
+    return out
+
+
+def label_lines(dets: Detections, thresh: float) -> list[str]:
+    """Darknet's -save_labels: `class x y w h` (relative centre) for each detection's best class
+    above thresh."""
+    lines = []
+    for box, probs in zip(dets.boxes.tolist(), dets.probs.float().cpu(), strict=True):
+        above = torch.where(probs > thresh, probs, -1.0)
+        if above.max() > 0:
+            x, y, w, h = box
+            lines.append(f"{int(above.argmax())} {x:2.4f} {y:2.4f} {w:2.4f} {h:2.4f}")
+    return lines
+
+
+def class_colour(class_id: int) -> tuple[int, int, int]:
+    """A fixed colour per class (golden-angle hues)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((class_id * 0.618034) % 1.0, 0.85, 0.95)
+    return int(255 * r), int(255 * g), int(255 * b)
+
+
+def drawn(image: torch.Tensor, found: list[Found]) -> torch.Tensor:
+    """The image (C,H,W in [0,1]) as uint8 RGB with one box per detection and its labels."""
+    from torchvision.utils import draw_bounding_boxes
+
+    rgb = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    if rgb.shape[0] == 1:
+        rgb = rgb.repeat(3, 1, 1)
+    rgb = rgb[:3]
+    h, w = rgb.shape[-2:]
+    by_box: dict[tuple, list[Found]] = {}
+    for f in found:
+        by_box.setdefault(f.box, []).append(f)
+    if not by_box:
+        return rgb
+    boxes, labels, colours = [], [], []
+    for box, items in by_box.items():
+        left, top, right, bottom = box  # clipped as Darknet draws them
+        boxes.append([min(max(left, 0), w - 1), min(max(top, 0), h - 1),
+                      min(max(right, 0), w - 1), min(max(bottom, 0), h - 1)])
+        labels.append(", ".join(f"{f.name or f.class_id} {f.score * 100:.0f}%" for f in items))
+        colours.append(class_colour(items[0].class_id))
+    width = max(1, round(max(h, w) / 250))
+    font, size = label_font(), max(10, round(max(h, w) / 40))
+    return draw_bounding_boxes(rgb, torch.tensor(boxes, dtype=torch.float32), labels,
+                               colors=colours, width=width, font=font,
+                               font_size=size if font else None, label_colors="white",
+                               label_background_colors=colours, fill_labels=True)
+
+
+@functools.cache
+def label_font() -> str | None:
+    """A scalable font if the system has DejaVu Sans (most Linux systems), else PIL's default."""
+    from PIL import ImageFont
+
+    try:
+        ImageFont.truetype("DejaVuSans.ttf", 12)
+        return "DejaVuSans.ttf"
+    except OSError:
+        return None
+
+
+def save_jpeg(path: Path, rgb: torch.Tensor) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(rgb.permute(1, 2, 0).numpy()).save(tmp, format="JPEG", quality=90)
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def image_id(path: Path):
+    """COCO image_id: the file name's number (Darknet's atoi(basename)), else the name."""
+    return int(path.stem) if path.stem.isdigit() else path.stem
+
+
+def unique_stem(path: Path, taken: set[str]) -> str:
+    stem, n = path.stem, 1
+    while stem in taken:
+        stem, n = f"{path.stem}_{n}", n + 1
+    taken.add(stem)
+    return stem
+
+
+# -- the commands ---------------------------------------------------------------------------------
+
+def run_detect(opts, args) -> None:
+    """--detect and/or --input X.npy --detections OUT.json."""
+    if args.detections and not args.input:
+        raise CfgError(Diagnostic("E100", "--detections needs --input X.npy", "<command line>",
+                                  hint="or use --detect IMAGE... for image files"))
+    names, names_where = read_names(args.names, args.data)
+    net = detector(opts, args)
+    check_names(net, names, names_where)
+    if args.input and args.detections:
+        detections_json(net, args, names)
+    if args.detect:
+        out = Path(args.out) if args.out else Path("runs") / opts.name / "detect"
+        detect_images(net, args, names, out, progress=opts.progress)
+
+
+def detections_json(net, args, names: list[str]) -> None:
+    import numpy as np
+
+    try:
+        x = torch.from_numpy(np.asarray(np.load(args.input), dtype=np.float32))
+    except (OSError, ValueError) as exc:
+        raise CfgError(Diagnostic("E901", f"cannot read '{args.input}': {exc}", args.input,
+                                  hint="save the input with numpy.save")) from None
+    s = net.input_shape
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4 or x.shape[1] != s.c:
+        raise CfgError(Diagnostic("E901", f"'{args.input}' holds an array of shape "
+                                  f"{tuple(x.shape)}, not (N, {s.c}, H, W)", args.input,
+                                  hint=f"the network takes ({s.c}, {s.h}, {s.w}) inputs"))
+    dets = detections_for_input(net, x.to(next(net.parameters()).device), args.thresh,
+                                nms_thresh=args.nms)
+    entries = []
+    for b, d in enumerate(dets):
+        probs = d.probs.float().cpu()
+        for i, c in torch.nonzero(probs).tolist():
+            entries.append({"image": b, "detection": i, "category_id": c,
+                            "name": names[c] if c < len(names) else "",
+                            "score": float(probs[i, c]),
+                            "objectness": float(d.objectness[i]),
+                            "bbox": [float(v) for v in d.boxes[i].tolist()]})
+    path = Path(args.detections)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(entries, indent=1) + "\n")
+    say(f"wrote {path} ({len(entries)} detections of {len(dets)} input(s); bbox = relative "
+        f"centre x, y, w, h)")
+
+
+def detect_images(net, args, names: list[str], out: Path, progress: bool = True) -> None:
+    from tqdm import tqdm
+
+    paths, folder = image_paths(args.detect)
+    out.mkdir(parents=True, exist_ok=True)
+    letter = args.letter_box or net_letter_box(net)
+    loaded = []
+    for p in paths:  # fail on an unreadable image before any work, with its path
+        try:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                im.verify()
+        except Exception as exc:  # PIL raises many kinds for a broken file
+            raise CfgError(Diagnostic("E901", f"cannot read image '{p}': {exc}", str(p),
+                                      hint="remove it or convert it to JPEG/PNG")) from None
+        loaded.append(str(p))
+    results, taken, objects = [], set(), 0
+    bar = tqdm(total=len(paths), unit="img", disable=not (progress and folder), file=sys.stderr)
+    start = time.perf_counter()
+    done = 0
+    try:
+        batches = detect_batches(net, loaded, args.thresh, args.nms, letter, names=names)
+        for images, dets, found in batches:
+            for image, det, objs in zip(images, dets, found, strict=True):
+                path = paths[done]
+                done += 1
+                h, w = image.shape[-2:]
+                lines = ext_output(objs, w, h)
+                objects += len(objs)
+                text = f"{path}: {len(objs)} object(s)" + "".join(f"\n{li}" for li in lines)
+                if bar.disable:
+                    print(text)
+                else:
+                    bar.write(text, file=sys.stdout)
+                stem = unique_stem(path, taken)
+                save_jpeg(out / f"{stem}.jpg", drawn(image, objs))
+                results += coco_results(objs, image_id(path), w, h)
+                if args.save_labels:
+                    labels = label_lines(det, args.thresh)
+                    write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))
+            bar.update(len(images))
+    except OSError as exc:  # an image that verified but does not decode
+        raise CfgError(Diagnostic("E901", str(exc), str(paths[min(done, len(paths) - 1)]),
+                                  hint="remove it or convert it to JPEG/PNG")) from None
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    write_text(out / "detections.json", json.dumps(results) + "\n")
+    how = "letterbox" if letter else "resize"
+    print(f"{done} image(s), {objects} object(s) above thresh {args.thresh:g} "
+          f"(nms {args.nms:g}, {how}) in {elapsed:.2f} s ({done / max(elapsed, 1e-9):.1f} img/s)"
+          f" -> {out}/")

@@ -1,0 +1,1 @@
+"""darkcfg.export."""

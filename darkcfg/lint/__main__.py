@@ -1,0 +1,7 @@
+"""`python -m lint FILE|DIR ...`: the cfg checker (see darkcfg.lint.cli)."""
+
+import sys
+
+from darkcfg.lint.cli import main
+
+sys.exit(main(prog="python -m lint"))

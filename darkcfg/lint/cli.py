@@ -1,0 +1,75 @@
+"""`darkcfg check` (also `python -m lint`, `python runner.py CFG --check`, and the old
+`python -m cfgparse check`): lint Darknet cfg files for CI.
+
+Exit status: 0 clean, 1 findings (errors; warnings too with --strict), 2 usage or I/O error.
+The rule codes are stable; the README (Checking cfg files) lists each with an example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from builders.memory import DEFAULT_MAX_MEMORY, parse_size
+from cfgparse.errors import ERROR, WARNING
+from darkcfg.lint.pool import check_paths, default_jobs, expand
+from darkcfg.lint.report import FORMATS, render
+from darkcfg.lint.stages import Options
+
+IO_CODES = frozenset({"E901"})  # findings that mean "could not check", not "the cfg is wrong"
+
+
+def arg_parser(prog: str = "darkcfg check") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Check Darknet .cfg files: syntax, schema, graph (meta-device build) and "
+        "memory. Exit 0 clean, 1 findings, 2 usage or I/O error.")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="cfg files (a directory stands for the .cfg files under it)")
+    p.add_argument("--format", choices=FORMATS, default="text", help="output format")
+    p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.add_argument("--no-build", action="store_true",
+                   help="syntax, schema and block rules only (no torch, no graph checks)")
+    p.add_argument("--max-memory", type=parse_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                   help="memory limit for the estimate (default 4G; e.g. 8G, 512M)")
+    p.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
+                   help="check files in N processes (default: one per CPU)")
+    p.add_argument("--flavor", choices=("alexeyab", "pjreddie"), default=None,
+                   help="check against one Darknet fork: warn about keys and sections only the "
+                   "other fork reads, and judge shortcuts as this fork does (default: accept "
+                   "both forks' keys, AlexeyAB's shapes)")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
+    parser = arg_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, message already printed)
+        return int(exc.code or 0)
+    if not args.files:
+        parser.print_usage(sys.stderr)
+        print("error: no files to check", file=sys.stderr)
+        return 2
+    options = Options(build=not args.no_build, max_memory=args.max_memory, flavor=args.flavor)
+    files = expand(args.files)
+    found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
+    if args.strict:
+        found = [dataclasses.replace(d, severity=ERROR) if d.severity == WARNING else d
+                 for d in found]
+    if args.format != "text":  # the machine formats keep stdout parseable; say it here too
+        for d in found:
+            if d.code in IO_CODES:
+                print(f"darkcfg check: {d.message}", file=sys.stderr)
+    report = render(args.format, found, len(files))
+    try:
+        if report:
+            sys.stdout.write(report + "\n")
+            sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader left early; the exit status still counts
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if any(d.code in IO_CODES for d in found):
+        return 2
+    return 1 if any(d.severity == ERROR for d in found) else 0

@@ -1,0 +1,61 @@
+"""Many files: directories expanded, each file checked on its own (one bad file does not stop the
+others), in forked worker processes when there are several."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from cfgparse import Diagnostic
+from darkcfg.lint.stages import Options, check_file
+
+
+def expand(paths: Iterable[str]) -> list[str]:
+    """Files as given; a directory stands for the .cfg files under it."""
+    out: list[str] = []
+    for p in paths:
+        if Path(p).is_dir():
+            out += sorted(str(f) for f in Path(p).rglob("*.cfg"))
+        else:
+            out.append(p)
+    return out
+
+
+def check_paths(paths: Iterable[str], options: Options | None = None,
+                jobs: int = 1) -> list[Diagnostic]:
+    """Findings for every file, in order; a file that fails unexpectedly does not stop the
+    others. With jobs > 1 the graph checks of several files run in forked worker processes."""
+    options = options or Options()
+    files = expand(paths)
+    jobs = min(jobs, len(files))
+    if jobs > 1 and options.build and "fork" in multiprocessing.get_all_start_methods():
+        from darkcfg.lint.graph_rules import prepare_workers
+
+        prepare_workers()  # import torch and every builder once, before forking
+        context = multiprocessing.get_context("fork")  # workers inherit those imports
+        try:
+            with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+                return [d for found in pool.map(check_one, files, [options] * len(files))
+                        for d in found]
+        except BrokenProcessPool:  # a worker died (out of memory, a signal): go on serially
+            pass
+    return [d for path in files for d in check_one(path, options)]
+
+
+def check_one(path: str, options: Options) -> list[Diagnostic]:
+    try:
+        return check_file(path, options)
+    except Exception as exc:  # a darkcfg bug: report it as a finding and go on
+        return [Diagnostic("E300", f"darkcfg failed on this file: {type(exc).__name__}: {exc}",
+                           path, hint="this is a darkcfg bug; please report it with the cfg")]
+
+
+def default_jobs() -> int:
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

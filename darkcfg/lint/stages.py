@@ -1,0 +1,60 @@
+"""One file through the checker's stages, each run only when the ones before it found no error
+(a later stage would mostly repeat the first error in other words):
+
+1. parse: syntax and schema (E1xx, E2xx, W2xx; `cfgparse.parser`);
+2. block rules (`darkcfg.lint.block_rules`, no torch);
+3. graph rules (`darkcfg.lint.graph_rules`, a meta-device build; skipped by --no-build).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from builders.memory import DEFAULT_MAX_MEMORY
+from cfgparse import CfgError, Diagnostic, parse
+from cfgparse.errors import ERROR
+from darkcfg.lint.block_rules import check_blocks
+
+
+@dataclasses.dataclass
+class Options:
+    build: bool = True
+    max_memory: int = DEFAULT_MAX_MEMORY
+    flavor: str | None = None  # None: accept both forks' keys; build with AlexeyAB's rules
+
+
+def check_file(path: str | Path, options: Options | None = None) -> list[Diagnostic]:
+    """All findings for one file, sorted by position; never raises for bad input."""
+    options = options or Options()
+    try:
+        blocks = parse(Path(path), flavor=options.flavor)
+    except CfgError as exc:
+        return ordered(exc.diagnostics)
+    found = list(blocks.warnings) + check_blocks(blocks)
+    if options.build and not any(d.severity == ERROR for d in found):
+        from darkcfg.lint.graph_rules import check_graph  # torch only when the graph is checked
+
+        found += check_graph(blocks, flavor=options.flavor or "alexeyab",
+                             max_memory=options.max_memory)
+    return ordered(dedupe(found))
+
+
+def dedupe(found: Sequence[Diagnostic]) -> list[Diagnostic]:
+    """One diagnostic per place and code; an unknown key (W201) is not also a key no builder
+    reads (W301)."""
+    unknown_keys = {(d.path, d.line, d.column) for d in found if d.code == "W201"}
+    seen: set = set()
+    out = []
+    for d in found:
+        key = (d.path, d.line, d.column, d.code)
+        if key in seen or (d.code == "W301" and key[:3] in unknown_keys):
+            continue
+        seen.add(key)
+        out.append(d)
+    return out
+
+
+def ordered(found: Iterable[Diagnostic]) -> list[Diagnostic]:
+    return sorted(found, key=lambda d: (d.line, d.column, d.code))

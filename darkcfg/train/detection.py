@@ -1,0 +1,166 @@
+"""The detection task: how a network with [yolo] (or other box-loss) heads trains and validates.
+
+Loss: the sum of every head's `loss(x, truth, seen)` on its own input, `seen` = Darknet's
+net.seen during that forward (images trained so far, this mini-batch included; the Trainer
+passes it). Each head leaves `loss_stats` (Darknet's printed line: avg IoU, count, class/iou/total
+loss); they go to metrics.csv as `h<layer>_<stat>` and, the IoU and count, to the progress bar.
+
+Data: `darkcfg.data.detection.dataset` (the embedded detection set or a Darknet `.data` file),
+batches indexed by (iteration, slot) so multi-scale (`random=`) sizes, augmentation and order
+are pure functions of the seed and the iteration (exact resume).
+
+Validation: Darknet's `-map` / `detector map` (darkcfg.detect.metrics): mAP@0.5 with the
+per-class table, P/R/F1/avg IoU at 0.25, and COCO mAP@[.5:.95]; `<cfg>_best.weights` follows
+mAP@0.5."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.data import DataSplits
+from darkcfg.data.detection.augment import DetectionSettings
+from darkcfg.data.detection.dataset import collate as detection_collate
+from darkcfg.data.detection.dataset import darknet_detection, embedded_detection
+from darkcfg.detect.metrics import (
+    MAP_CONF_THRESH,
+    MAP_IOU_THRESH,
+    MAP_POINTS,
+    DetectionMetrics,
+    evaluate,
+    network_detections,
+)
+from darkcfg.train.tasks import TASKS, Task
+
+#: what each head's `loss_stats` contributes to metrics.csv (Darknet's per-layer line)
+HEAD_STATS = ("avg_iou", "count", "class_loss", "iou_loss", "total_loss")
+#: ... and to the progress bar
+BAR_STATS = ("avg_iou", "count")
+
+
+@dataclass
+class DetectionTask(Task):
+    """Boxes against detection heads (loss_target "boxes"): best = highest mAP@0.5."""
+
+    settings: DetectionSettings | None = None
+    map_points: int = 0  # 0 all-point, 11, 101 (--map-points)
+    conf_thresh: float = MAP_CONF_THRESH
+    iou_thresh: float = MAP_IOU_THRESH
+    coco: bool = True  # COCO mAP@[.5:.95] (needs pycocotools)
+    names: list[str] = field(default_factory=list)  # the data's classes (set by open_data)
+    last: DetectionMetrics | None = field(default=None, repr=False)  # the last validation
+
+    name: ClassVar[str] = "detect"
+    metrics: ClassVar[tuple[str, ...]] = ("val_map50", "val_map50_95", "val_precision",
+                                          "val_recall", "val_f1", "val_avg_iou")
+    best: ClassVar[str] = "val_map50"
+    higher_is_better: ClassVar[bool] = True
+    plots: ClassVar[tuple[tuple[str, str], ...]] = (("val_map50", "mAP@0.5"),
+                                                    ("val_map50_95", "mAP@[.5:.95]"))
+    plot_label: ClassVar[str] = "val mAP"
+
+    def __post_init__(self):
+        # per-head columns: known once the heads are
+        self.stats = tuple(f"h{i}_{s}" for i in self.heads for s in HEAD_STATS)
+
+    @classmethod
+    def for_network(cls, net, heads: tuple[int, ...], cfg=None) -> DetectionTask:
+        task = super().for_network(net, heads, cfg)
+        task.settings = DetectionSettings.from_network(net)
+        task.outputs = task.settings.classes
+        return task
+
+    def use_options(self, opts) -> None:
+        points = getattr(opts, "map_points", 0)
+        if points not in MAP_POINTS:
+            raise CfgError(Diagnostic("E100", f"--map-points {points}: use 0 (all-point), 11 or "
+                                      "101", "<command line>", hint="see --help"))
+        self.map_points = points
+
+    # -- data ---------------------------------------------------------------------------------
+    def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
+        if spec is None:
+            splits = embedded_detection(self.settings, seed, classes)
+        else:
+            if classes is not None:
+                raise CfgError(Diagnostic("E901", "--classes is for the embedded dataset",
+                                          "--classes",
+                                          hint="the classes of --data come from its .data file"))
+            path = Path(spec).expanduser()
+            if not path.is_file() or path.suffix != ".data":
+                raise CfgError(Diagnostic(
+                    "E901", f"'{spec}' is not a Darknet detection .data file", str(spec),
+                    hint="a detector trains on a .data file (classes=, train=, valid=, names=, "
+                    "backup=) or, without --data, on the embedded detection set"))
+            splits = darknet_detection(path, self.settings, seed)
+        for line in splits.warnings:
+            print(line, file=sys.stderr)
+        self.names = list(splits.names)
+        return DataSplits(splits.train, splits.val, self.names, splits.description,
+                          backup=splits.backup, augment=True, in_memory=False)
+
+    def prepare(self, splits: DataSplits, cfg, seed: int):
+        """The detection sets augment (train) and resize (val) themselves."""
+        return splits.train, splits.val
+
+    collate = staticmethod(detection_collate)
+
+    def stream(self, train_set, batch: int, world: int, rank: int, seed: int, device,
+               workers: int):
+        """(iteration, slot)-indexed batches: the seed is the dataset's."""
+        from darkcfg.data.detection.dataset import DetectionStream
+
+        return DetectionStream(train_set, batch, world, rank, workers,
+                               pin_memory=torch.device(device).type == "cuda")
+
+    # -- loss ---------------------------------------------------------------------------------
+    def loss(self, net, x: torch.Tensor, targets: torch.Tensor, seen: int = 0
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        inputs = self.head_inputs(net, x)
+        total, stats = None, {}
+        for i in self.heads:
+            layer = net.layers[i]
+            part = layer.loss(inputs[i].float(), targets, seen=seen)
+            total = part if total is None else total + part
+            found = getattr(layer, "loss_stats", None) or {}
+            for s in HEAD_STATS:
+                stats[f"h{i}_{s}"] = torch.tensor(float(found.get(s, 0.0)))
+        return total, stats
+
+    def progress(self, stats: dict) -> str:
+        return "".join(f" h{i} iou {float(stats[f'h{i}_avg_iou']):.2f} "
+                       f"n {float(stats[f'h{i}_count']):.0f}" for i in self.heads
+                       if f"h{i}_avg_iou" in stats)
+
+    # -- validation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, trainer, loader) -> dict[str, float]:
+        detections, truths = network_detections(trainer.net, loader, trainer.device,
+                                                classes=len(self.names), dist=trainer.dist)
+        m = evaluate(detections, truths, self.names, self.iou_thresh, self.conf_thresh,
+                     self.map_points, coco=self.coco)
+        self.last = m
+        return {"val_map50": m.map50, "val_map50_95": m.map50_95 or 0.0,
+                "val_precision": m.precision, "val_recall": m.recall, "val_f1": m.f1,
+                "val_avg_iou": m.avg_iou}
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        """The per-class AP table and Darknet's summary lines (the last validation)."""
+        if self.last is None:
+            return super().describe(metrics)
+        return self.last.table()
+
+    def as_json(self, metrics: dict[str, float]) -> dict:
+        return self.last.to_json() if self.last is not None else dict(metrics)
+
+    def summary(self, row: dict) -> str:
+        return (f"val mAP@0.5 {row['val_map50']:.3f}, mAP@[.5:.95] "
+                f"{row['val_map50_95']:.3f}")
+
+
+TASKS["boxes"] = DetectionTask

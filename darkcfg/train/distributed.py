@@ -1,0 +1,87 @@
+"""torchrun support: one process per device, DDP, rank-0 logging and saving.
+
+`torchrun --standalone --nproc-per-node N runner.py CFG --train ...` (or a multi-node torchrun)
+sets RANK / WORLD_SIZE / LOCAL_RANK; `setup()` then joins the process group (NCCL on CUDA, gloo
+on CPU) and picks this process's device.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from darkcfg.model import pick_device
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 logs, plots and writes every file."""
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device_name: str | None) -> tuple[Dist, torch.device]:
+    if not launched_by_torchrun():
+        return Dist(), pick_device(device_name)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    return Dist(rank, world, local_rank), device
+
+
+def teardown(ctx: Dist) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(ctx: Dist, values: torch.Tensor) -> torch.Tensor:
+    if ctx.enabled:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+def broadcast_flag(ctx: Dist, flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on any (e.g. SIGTERM seen by one process)."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def parameter_fingerprints(ctx: Dist, module: torch.nn.Module) -> list[str]:
+    """Every rank's hash of its parameters (rank order): DDP keeps them equal. (Buffers such as
+    BN statistics are each rank's own until the next forward broadcasts rank 0's.)"""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for t in module.parameters():
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    mine = digest.hexdigest()
+    if not ctx.enabled:
+        return [mine]
+    gathered: list[str] = [""] * ctx.world
+    dist.all_gather_object(gathered, mine)
+    return gathered

@@ -1,0 +1,280 @@
+"""The training step (`Trainer`) and the training loop (`fit`).
+
+`Trainer(net, cfg, device).step(images, targets)` is one Darknet iteration: `batch` images in
+`subdivisions` mini-batches, gradients accumulated, one optimizer update with `lr_at(k)` for the
+k-th update. It is the runner's own step; benchmarks call it directly on in-memory data.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import closing, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.config import NetConfig
+from darkcfg.train.distributed import Dist, broadcast_flag
+from darkcfg.train.tasks import Task, task_for
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, iteration: int, value: float):
+        super().__init__(f"the loss is {value} at iteration {iteration}")
+        self.iteration, self.value = iteration, value
+
+
+class LossModel(nn.Module):
+    """(images, targets, seen) -> the task's (loss, stats): what DDP and torch.compile wrap."""
+
+    def __init__(self, net, task: Task):
+        super().__init__()
+        self.net, self.task = net, task
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor, seen: int = 0):
+        return self.task.loss(self.net, x, target, seen)
+
+
+@torch.no_grad()
+def darknet_init(net) -> None:
+    """Darknet's initial weights for training from scratch: convolution kernels N(0, 2/fan_in)
+    (He), connected matrices U(-sqrt(2/inputs), +sqrt(2/inputs)), biases 0. torch's default
+    init (uniform with a = sqrt(5)) starves deep plain nets such as VGG of signal."""
+    for module in net.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            fan_in = module.weight[0].numel() if not module.transposed else \
+                module.weight.shape[0] * module.weight[0, 0].numel() // module.groups
+            module.weight.normal_(0, (2 / fan_in) ** 0.5)
+        elif isinstance(module, nn.Linear):
+            bound = (2 / module.in_features) ** 0.5
+            module.weight.uniform_(-bound, bound)
+        else:
+            continue
+        if module.bias is not None:
+            module.bias.zero_()
+
+
+def frozen_prefix(net, freeze: int = 0) -> int:
+    """Layers 0..n-1 get no gradient: --freeze n, or Darknet's stopbackward=1 at layer n-1 (that
+    layer and every earlier one are skipped by backward)."""
+    marked = [m.index + 1 for m in net.meta if m.stopbackward == 1]
+    return max([freeze, *marked])
+
+
+class Trainer:
+    def __init__(self, net, cfg: NetConfig, device: torch.device | str = "cpu", *,
+                 dist: Dist | None = None, freeze: int = 0, compile: bool = False,
+                 amp: bool | None = None, channels_last: bool | None = None,
+                 batch_is_global: bool = True, task: Task | None = None):
+        self.device = device = torch.device(device)
+        self.dist = dist = dist or Dist()
+        self.cfg, self.net = cfg, net
+        self.task = task = task or task_for(net, cfg)
+        # Darknet's `batch` is images per iteration; with DDP it is split over the processes
+        # (the default, so results do not depend on the process count) or taken per process.
+        share = dist.world if batch_is_global else 1
+        if cfg.images_per_iteration % (share * cfg.subdivisions) and share > 1:
+            raise CfgError(Diagnostic(
+                "E305", f"batch={cfg.batch} does not split into {share} processes x "
+                f"{cfg.subdivisions} subdivisions", "[net]",
+                hint=f"use a batch divisible by {share * cfg.subdivisions}, or "
+                "--batch-per-process"))
+        self.batch = cfg.images_per_iteration // share  # this process's images per iteration
+        self.subdivisions = min(cfg.subdivisions, self.batch)
+        self.global_batch = self.batch * dist.world
+        self.iteration, self.images_seen = 0, 0
+        self.stats: dict[str, torch.Tensor] = {}  # the last step's task statistics (device)
+
+        self.frozen = frozen_prefix(net, freeze)
+        self.temporarily_frozen = [(m.index, m.stopbackward) for m in net.meta
+                                   if m.stopbackward > 1]
+        for i, layer in enumerate(net.layers):
+            if i < self.frozen or i > max(task.heads) or net.meta[i].block.bool("dont_update"):
+                layer.requires_grad_(False)
+        net.to(device)
+        shape = net.input_shape
+        if channels_last is None:
+            channels_last = device.type == "cuda"
+        self.channels_last = channels_last and shape.c * shape.h * shape.w > 0  # image input
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if dist.enabled and device.type == "cuda":
+            nn.SyncBatchNorm.convert_sync_batchnorm(net)
+
+        self.optimizer = make_optimizer(net, cfg, device, self.global_batch)
+        if amp is None:
+            amp = device.type == "cuda"
+        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
+            if amp and device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+        self.model: nn.Module = LossModel(net, task)
+        self.ddp = None
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # buffers (BN statistics) follow rank 0 at every forward; SyncBN does better on CUDA
+            self.ddp = self.model = DDP(self.model, device_ids=[device] if device.type == "cuda"
+                                        else None)
+        if compile:
+            self.model = torch.compile(self.model)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)  # images travel as bytes; Darknet feeds [0, 1] floats
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One iteration; returns the mean loss as a device tensor (no host sync). The task's
+        statistics, averaged over the mini-batches, are left in `self.stats`."""
+        k = self.iteration + 1  # the k-th update uses batch_num = k (SEMANTICS.md §4)
+        lr = self.cfg.lr_at(k)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        x, y = self.to_device(images), targets.to(self.device, non_blocking=True)
+        parts = self.subdivisions
+        xs, ys = (x.chunk(parts), y.chunk(parts)) if parts > 1 else ((x,), (y,))
+        total, stats, seen = None, {}, self.images_seen
+        for j, (xj, yj) in enumerate(zip(xs, ys, strict=True)):
+            sync = self.ddp.no_sync() if self.ddp is not None and j < len(xs) - 1 \
+                else nullcontext()
+            seen += len(xj) * self.dist.world  # Darknet's net.seen counts this mini-batch
+            with sync, self.autocast():
+                loss, part = self.model(xj, yj, seen)
+            if len(xs) > 1:
+                loss = loss / len(xs)
+            self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+            for name, value in part.items():
+                stats[name] = stats.get(name, 0) + value.detach() / len(xs)
+        for index, until in self.temporarily_frozen:  # AlexeyAB: stopbackward=N for N updates
+            if k - 1 < until:
+                for layer in self.net.layers[: index + 1]:
+                    for p in layer.parameters():
+                        p.grad = None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iteration, self.stats = k, stats
+        self.images_seen += self.global_batch
+        return total
+
+    @property
+    def lr(self) -> float:
+        return self.cfg.lr_at(max(self.iteration, 1))
+
+    def state_dict(self) -> dict:
+        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "iteration": self.iteration,
+                "images_seen": self.images_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.images_seen = state["iteration"], state["images_seen"]
+
+
+def make_optimizer(net, cfg: NetConfig, device: torch.device,
+                   images_per_iteration: int) -> torch.optim.Optimizer:
+    """Darknet's update as a torch optimizer, one param group per (layer lr scale, decay):
+    decay only on weight matrices/kernels (ndim > 1), never on biases or BN scales (§4)."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for meta, layer in zip(net.meta, net.layers, strict=True):
+        for p in layer.parameters():
+            if p.requires_grad and id(p) not in seen:  # [conv] share_index reuses parameters
+                seen.add(id(p))
+                decay = cfg.decay if p.dim() > 1 else 0.0
+                groups.setdefault((meta.lr_scale, decay), []).append(p)
+    param_groups = [{"params": ps, "lr_scale": scale, "weight_decay": decay,
+                     "lr": cfg.learning_rate * scale} for (scale, decay), ps in groups.items()]
+    if not param_groups:  # everything frozen: keep a valid optimizer with nothing to do
+        param_groups = [{"params": [torch.zeros(0, device=device, requires_grad=True)],
+                         "lr_scale": 1.0}]
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.adam:
+        # Darknet's Adam runs on gradients summed over the batch: its eps is eps/B on the mean
+        return torch.optim.Adam(param_groups, lr=cfg.learning_rate, betas=(cfg.B1, cfg.B2),
+                                eps=cfg.eps / images_per_iteration, **fused)
+    return torch.optim.SGD(param_groups, lr=cfg.learning_rate, momentum=cfg.momentum,
+                           dampening=0, **fused)
+
+
+# -- the loop -------------------------------------------------------------------------------------
+@dataclass
+class Schedule:
+    valid_every: int = 0  # 0: no validation
+    checkpoint_every: int = 100
+    save_every: int = 0  # 0: no numbered weights
+    sync_every: int = 10  # DDP: how often ranks agree on a stop request
+
+
+class StopFlag:
+    """SIGTERM/SIGINT ask for a clean stop at the end of the current iteration."""
+
+    def __init__(self):
+        self.requested, self.signal = False, None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested, self.signal = True, signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
+    """Train until max_batches; returns "done" or the name of the signal that stopped it.
+    `log` (darkcfg.train.outputs.RunLog) records, plots and saves; only rank 0 writes files."""
+    cfg, dist = trainer.cfg, trainer.dist
+    batches = stream.batches(trainer.iteration)
+    with closing(batches), StopFlag() as stop:  # closing: the loader's workers stop
+        while trainer.iteration < cfg.max_batches:
+            images, targets = next(batches)
+            started = time.perf_counter()
+            loss = trainer.step(images, targets)
+            log.step(trainer.iteration, loss, trainer.lr, trainer.global_batch, started,
+                     trainer.stats)
+            k = trainer.iteration
+            val = trainer.task.evaluate(trainer, val_loader) if val_loader is not None and (
+                schedule.valid_every and (k % schedule.valid_every == 0 or
+                                          k == cfg.max_batches)) else None
+            if val is not None:
+                log.validated(k, val, trainer)
+            stopping = (stop.requested if not dist.enabled else
+                        k % schedule.sync_every == 0 and
+                        broadcast_flag(dist, stop.requested, trainer.device))
+            if schedule.save_every and k % schedule.save_every == 0:
+                log.save_numbered(trainer)
+            if stopping or (schedule.checkpoint_every and k % schedule.checkpoint_every == 0):
+                log.checkpoint(trainer)
+            if stopping:
+                return stop.signal or "signal"
+    log.finish(trainer)
+    return "done"

@@ -1,0 +1,251 @@
+"""What a run leaves in --out: progress bar, settings.yaml, metrics.csv, chart.png, Darknet
+.weights (_last, _N, _final, _best) and checkpoint.pt. Rank 0 writes; every rank takes part in
+the collective steps (RNG gathering for checkpoints)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from builders.atomic import atomic_write
+from darkcfg.train.checkpoint import rng_states, save_checkpoint
+from darkcfg.train.distributed import Dist
+from darkcfg.train.loop import NonFiniteLoss, Trainer
+from darkcfg.train.tasks import Task
+
+CHECKPOINT = "checkpoint.pt"
+CHART_EVERY_S = 60  # redraw chart.png at checkpoints at most this often (and at the end)
+
+
+def write_settings(path: Path, settings: dict) -> None:
+    atomic_write(path, yaml.safe_dump(settings, sort_keys=False))
+
+
+class RunLog:
+    """metrics.csv (the task's columns), the progress bar, chart.png and every file of a run;
+    `<cfg>_best.weights` follows `task.score` of each validation."""
+
+    def __init__(self, out: Path, name: str, dist: Dist, max_batches: int, epoch_images: int,
+                 task: Task, start: int = 0, state: dict | None = None, progress: bool = True,
+                 meta: dict | None = None):
+        self.out, self.name, self.dist, self.task = out, name, dist, task
+        self.columns = task.columns
+        self.main = dist.main
+        self.epoch_images = max(epoch_images, 1)
+        self.meta = meta or {}  # saved into checkpoints (settings, names, ...)
+        self.pending = None  # the last step, read one step late: no host sync in the step
+        self.avg_loss = -1.0
+        self.best: float | None = None
+        self.speed = 0.0
+        self.last_lr = 0.0
+        self.rows: list[dict] = []
+        self.charted = time.monotonic()  # when chart.png was last drawn
+        self.charted_rows = 0  # and how many rows it showed
+        if state:
+            self.avg_loss, self.best = state["avg_loss"], state["best"]
+        if self.main:
+            out.mkdir(parents=True, exist_ok=True)
+            self.rows = self._read_metrics(start)
+            self._csv = open(out / "metrics.csv", "a", newline="", buffering=1)
+            self._writer = csv.DictWriter(self._csv, self.columns, extrasaction="ignore")
+            if not self.rows:
+                self._writer.writeheader()
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=max_batches, initial=start, desc=name, unit="it",
+                        dynamic_ncols=True, mininterval=0.5, file=sys.stderr,
+                        disable=not (self.main and progress))
+
+    def _read_metrics(self, start: int) -> list[dict]:
+        """On resume keep the rows up to the checkpoint (later ones are redone)."""
+        path = self.out / "metrics.csv"
+        if not start or not path.exists():
+            path.unlink(missing_ok=True)
+            return []
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= start]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, self.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(path, buf.getvalue())
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
+                for r in rows]
+
+    # -- per step ----------------------------------------------------------------------------------
+    def step(self, iteration: int, loss: torch.Tensor, lr: float, images: int,
+             started: float, stats: dict | None = None) -> None:
+        self.flush(next_started=started)
+        self.pending = (iteration, loss, lr, images, started, stats or {})
+
+    def flush(self, val: dict | None = None, next_started: float | None = None) -> None:
+        """Record the pending step (the .item() here is one step behind the device). Its time
+        runs from its start to the next step's start (or now, when flushed early: validation,
+        checkpoints), so every step is timed once, whenever it is recorded."""
+        if self.pending is None:
+            return
+        iteration, loss, lr, images, started, stats = self.pending
+        self.pending = None
+        value = float(loss)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(iteration, value)
+        elapsed = (next_started if next_started is not None else time.perf_counter()) - started
+        rate = images / max(elapsed, 1e-9)
+        self.speed = rate if self.speed == 0 else 0.9 * self.speed + 0.1 * rate
+        self.avg_loss = value if self.avg_loss < 0 else 0.9 * self.avg_loss + 0.1 * value
+        self.last_lr = lr
+        row = {"iteration": iteration, "epoch": round(iteration * images / self.epoch_images, 4),
+               "loss": value, "avg_loss": self.avg_loss, "lr": lr, "images_per_s": round(rate, 2),
+               **{k: float(v) for k, v in stats.items()}, **(val or {})}
+        if self.main:
+            self.rows.append(row)
+            self._writer.writerow(row)
+            shown = self.task.progress(stats)
+            self.bar.set_postfix_str(
+                f"epoch {row['epoch']:.2f} loss {value:.4f} avg {self.avg_loss:.4f}{shown} "
+                f"lr {lr:.3g} {self.speed:.1f} img/s", refresh=False)
+            self.bar.update(iteration - self.bar.n)
+
+    def validated(self, iteration: int, val: dict, trainer: Trainer) -> None:
+        self.flush(val)
+        score = self.task.score(val)
+        if self.main:
+            shown = self.task.describe(val)
+            sep = "\n" if "\n" in shown else " "  # a table starts on its own line
+            self.bar.write(f"iteration {iteration}:{sep}{shown}", file=sys.stderr)
+        if self.best is None or score > self.best:
+            self.best = score
+            if self.main:
+                self.save_weights(trainer, "best")
+
+    # -- files -----------------------------------------------------------------------------------
+    def path(self, suffix: str) -> Path:
+        return self.out / f"{self.name}_{suffix}.weights"
+
+    def save_weights(self, trainer: Trainer, suffix: str) -> None:
+        from builders.weights import save_weights
+
+        save_weights(trainer.net, self.path(suffix), seen=trainer.images_seen)
+
+    def save_numbered(self, trainer: Trainer) -> None:
+        self.flush()
+        if self.main:
+            self.save_weights(trainer, str(trainer.iteration))
+
+    def checkpoint(self, trainer: Trainer) -> None:
+        """Checkpoint + _last.weights + chart, after checking the pending loss is finite."""
+        self.flush()
+        states = gather(self.dist, rng_states())
+        if not self.main:
+            return
+        state = trainer.state_dict()
+        state.update(rng=states, world=self.dist.world, format="darkcfg-checkpoint-1",
+                     log={"avg_loss": self.avg_loss, "best": self.best}, **self.meta)
+        save_checkpoint(self.out / CHECKPOINT, state)
+        self.save_weights(trainer, "last")
+        if time.monotonic() - self.charted > CHART_EVERY_S:
+            self.chart()
+
+    def finish(self, trainer: Trainer) -> None:
+        self.checkpoint(trainer)
+        if self.main:
+            self.save_weights(trainer, "final")
+        self.close()
+
+    def close(self) -> None:
+        if self.main:
+            if len(self.rows) != self.charted_rows:
+                self.chart()
+            self.bar.close()
+            self._csv.close()
+
+    def chart(self) -> None:
+        if not self.rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        its = [r["iteration"] for r in self.rows]
+        val = [(r["iteration"], r) for r in self.rows
+               if any(r.get(m) is not None for m in self.task.metrics)]
+        losses = [(i, r) for i, r in val if r.get("val_loss") is not None]
+        plots = self.task.plots
+        scored = [(i, r) for i, r in val if plots and r.get(plots[0][0]) is not None]
+        panels = 3 if scored else 2
+        fig, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels), sharex=True)
+        axes[0].plot(its, [r["loss"] for r in self.rows], lw=0.6, alpha=0.5, label="loss")
+        axes[0].plot(its, [r["avg_loss"] for r in self.rows], lw=1.5, label="avg loss")
+        if losses:
+            axes[0].plot([i for i, _ in losses], [r["val_loss"] for _, r in losses], "o-",
+                         label="val loss")
+        axes[0].set_ylabel("loss")
+        if loss_axis_scale([r["loss"] for r in self.rows]) == "log":
+            axes[0].set_yscale("log")
+            axes[0].set_ylabel("loss (log scale)")
+        axes[0].legend(loc="upper right")
+        axes[1].plot(its, [r["lr"] for r in self.rows], color="tab:green")
+        axes[1].set_ylabel("learning rate")
+        if scored:
+            for key, label in plots:
+                axes[2].plot([i for i, _ in scored], [r[key] for _, r in scored], "o-",
+                             label=label)
+            axes[2].set_ylabel(self.task.plot_label)
+            axes[2].set_ylim(0, 1)
+            axes[2].legend(loc="lower right")
+        axes[-1].set_xlabel("iteration")
+        axes[0].set_title(self.name)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        atomic_write(self.out / "chart.png", buf.getvalue())
+        self.charted, self.charted_rows = time.monotonic(), len(self.rows)
+
+
+def gather(dist: Dist, obj):
+    """[obj of rank 0, obj of rank 1, ...] (collective under DDP)."""
+    if not dist.enabled:
+        return [obj]
+    import torch.distributed as tdist
+
+    out = [None] * dist.world
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def loss_axis_scale(losses: list[float]) -> str:
+    """"log" when every loss is positive and they span over two decades (a detector's loss
+    falls from hundreds to a few units: a linear axis flattens the whole tail), else "linear"."""
+    if losses and min(losses) > 0 and max(losses) > 100 * min(losses):
+        return "log"
+    return "linear"
+
+
+def plot_lr(cfg, path: Path, title: str = "") -> None:
+    """The learning rate for every update 1..max_batches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(cfg.max_batches, 1)
+    its = list(range(1, n + 1))
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(its, [cfg.lr_at(k) for k in its])
+    ax.set_xlabel("iteration (batch_num)")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title or f"policy={cfg.policy}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())

@@ -1,0 +1,245 @@
+"""Puts a run together for runner.py: cfg + overrides -> network, data, Trainer, RunLog."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.data import (
+    Augment,
+    DataSplits,
+    Samples,
+    default_workers,
+    eval_loader,
+    read_image,
+)
+from darkcfg.model import build_network, load_any_weights, pick_device
+from darkcfg.train import distributed
+from darkcfg.train.checkpoint import load_checkpoint, set_rng_states
+from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit
+from darkcfg.train.outputs import CHECKPOINT, RunLog, write_settings
+from darkcfg.train.tasks import Task, task_for
+
+
+def say(message: str, dist: distributed.Dist | None = None) -> None:
+    if dist is None or dist.main:
+        print(message, file=sys.stderr, flush=True)
+
+
+def workers_for(opts, splits: DataSplits, train_set: Samples, device, world: int) -> int:
+    if opts.workers is not None:
+        return opts.workers
+    return default_workers(device, world,
+                           busy=getattr(train_set, "random", False) or not splits.in_memory)
+
+
+@dataclass
+class RunOptions:
+    cfg_path: str
+    name: str
+    out: Path
+    data: str | None = None
+    classes: int | None = None  # embedded data: use only this many of the network's classes
+    seed: int = 0
+    device: str | None = None
+    flavor: str = "alexeyab"
+    sets: tuple[str, ...] = ()
+    weights: str | None = None
+    cutoff: int | None = None
+    freeze: int = 0
+    resume: str | bool = False
+    compile: bool = False
+    amp: bool | None = None
+    workers: int | None = None
+    batch_per_process: bool = False
+    schedule: Schedule = None  # type: ignore[assignment]
+    progress: bool = True
+    explicit_out: bool = False
+    map_points: int = 0  # detectors' mAP: 0 all-point, 11 or 101 (--map-points)
+    max_memory: int | None = None  # bytes; None: the device's memory
+    force: bool = False  # train even when the estimate is over max_memory
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes the device has: the GPU's memory, else the machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(opts: RunOptions, device: torch.device) -> None:
+    """Refuse, before allocating anything, a network whose training would not fit (the
+    checker's estimate from a meta build: E401), unless --force."""
+    if opts.force:
+        return
+    from builders.memory import guard_memory
+
+    meta, _, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed,
+                               device="meta")
+    guard_memory(meta, opts.max_memory or device_memory(device))
+
+
+def train(opts: RunOptions) -> tuple[str, Trainer]:
+    dist, device = distributed.setup(opts.device)
+    try:
+        return _train(opts, dist, device)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
+    check_memory(opts, device)
+    net, cfg, overrides = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    for w in net.warnings:
+        say(w.format(), dist)
+    if cfg.max_batches <= 0:
+        raise net.net_block.error("E305", "max_batches is 0 (Darknet: train forever); darkcfg "
+                                  "needs a stop", "max_batches",
+                                  hint="set max_batches=N in [net] or pass --set max_batches=N")
+    task = task_for(net, cfg)
+    task.use_options(opts)
+    splits = task.open_data(opts.data, opts.seed, opts.classes)
+    say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
+         + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
+    out = opts.out
+    if splits.backup and not opts.explicit_out:
+        out = Path(splits.backup)
+    darknet_init(net)  # before --weights, which may load only some layers
+    if opts.weights:
+        say(load_any_weights(net, opts.weights, opts.cutoff), dist)
+    trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
+                      amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
+    train_set, val_set = task.prepare(splits, cfg, opts.seed)
+    workers = workers_for(opts, splits, train_set, device, dist.world)
+    stream = task.stream(train_set, trainer.batch, dist.world, dist.rank, opts.seed, device,
+                         workers)
+    val_loader = eval_loader(val_set, max(trainer.batch // trainer.subdivisions, 1), device,
+                             workers, dist.world, dist.rank, task.collate) \
+        if val_set is not None and len(val_set) else None
+
+    state = None
+    if opts.resume:
+        path = Path(opts.resume) if isinstance(opts.resume, str) else out / CHECKPOINT
+        state = load_checkpoint(path)
+        trainer.load_state_dict(state)
+        say(f"resuming from {path} at iteration {trainer.iteration}", dist)
+    settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
+                "data": opts.data or "embedded", "classes": opts.classes,
+                "data_description": splits.description,
+                "task": task.name, "outputs": task.outputs, "seed": opts.seed,
+                "device": str(device), "world_size": dist.world,
+                "images_per_iteration": trainer.global_batch,
+                "per_process_batch": trainer.batch, "subdivisions": trainer.subdivisions,
+                "frozen_layers": trainer.frozen, "amp": str(trainer.amp_dtype),
+                "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor}
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_settings(out / "settings.yaml", settings)
+    log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train), task,
+                 start=trainer.iteration, state=state and state.get("log"),
+                 progress=opts.progress, meta={"names": splits.names})
+    if state is not None:  # last, so that nothing above draws from the restored generators
+        rng = state["rng"]
+        set_rng_states(rng[dist.rank] if len(rng) == dist.world else rng[0])
+    schedule = opts.schedule or Schedule()
+    if val_loader is None:
+        schedule.valid_every = 0
+    elif schedule.valid_every < 0:  # the default: four validations over the run
+        schedule.valid_every = max(-(-cfg.max_batches // 4), 1)
+    try:
+        how = fit(trainer, stream, val_loader, log, schedule)
+    except BaseException:
+        log.pending = None
+        log.close()
+        raise
+    if how != "done":
+        log.close()
+        say(f"stopped by {how} at iteration {trainer.iteration}; checkpoint saved in {out} "
+            "(continue with --resume)", dist)
+    else:
+        last = log.rows[-1] if log.rows else {}
+        summary = f"finished {trainer.iteration} iterations"
+        if last:
+            summary += f": loss {last['loss']:.4f}, avg loss {last['avg_loss']:.4f}"
+        val = [r for r in log.rows if r.get(task.best) is not None]
+        if val and task.summary(val[-1]):
+            summary += ", " + task.summary(val[-1])
+        say(summary + f"; outputs in {out}", dist)
+        if dist.enabled:
+            prints = distributed.parameter_fingerprints(dist, trainer.net)
+            if dist.main:
+                same = len(set(prints)) == 1
+                say(f"DDP: parameters {'identical' if same else 'DIFFER'} on all "
+                    f"{dist.world} ranks", dist)
+                from builders.atomic import atomic_write
+
+                atomic_write(out / "ranks.txt", "\n".join(prints) + "\n")
+    return how, trainer
+
+
+# -- evaluation and prediction without training ---------------------------------------------------
+def prepare_eval(opts: RunOptions):
+    dist, device = distributed.Dist(), pick_device(opts.device)
+    net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    if opts.weights:
+        say(load_any_weights(net, opts.weights, opts.cutoff))
+    task = task_for(net, cfg)
+    task.use_options(opts)
+    trainer = Trainer(net, cfg, device, dist=dist, amp=opts.amp, task=task)
+    return trainer, cfg
+
+
+def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, dict]:
+    """The task's validation metrics on the validation split (and the task, which says how to
+    show them: `task.describe`)."""
+    if trainer is None:
+        trainer, _ = prepare_eval(opts)
+    cfg, task = trainer.cfg, trainer.task
+    splits = task.open_data(opts.data, opts.seed, opts.classes)
+    _, val_set = task.prepare(splits, cfg, opts.seed)
+    if val_set is None or not len(val_set):
+        raise CfgError(Diagnostic("E901", f"{splits.description} has no validation split",
+                                  opts.data or "--data",
+                                  hint="add a val/ folder or a valid= list"))
+    loader = eval_loader(val_set, max(cfg.mini_batch, 1), trainer.device,
+                         workers_for(opts, splits, val_set, trainer.device, 1),
+                         collate=task.collate)
+    return task, task.evaluate(trainer, loader)
+
+
+@torch.no_grad()
+def predict(opts: RunOptions, images: list[str], top: int,
+            trainer: Trainer | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+    if trainer is None:
+        trainer, _ = prepare_eval(opts)
+    net, cfg, task = trainer.net, trainer.cfg, trainer.task
+    if not task.predicts:
+        raise CfgError(Diagnostic("E300", "--predict is for image classifiers", opts.cfg_path))
+    names = class_names(opts, task)
+    view = Augment(cfg, train=False)
+    net.eval()
+    results = []
+    for path in images:
+        if not os.path.isfile(path):
+            raise CfgError(Diagnostic("E901", f"image '{path}' does not exist", path))
+        x = view(read_image(path, task.inputs[0]))[None]
+        probs = task.scores(trainer, x).reshape(-1)
+        k = min(top, probs.numel())
+        p, i = probs.topk(k)
+        results.append((path, [(names[j] if j < len(names) else f"class {j}", float(q))
+                               for q, j in zip(p.tolist(), i.tolist(), strict=True)]))
+    return results
+
+
+def class_names(opts: RunOptions, task: Task) -> list[str]:
+    try:
+        return task.open_data(opts.data, opts.seed, opts.classes).names
+    except CfgError:
+        if opts.data is not None:
+            raise
+        return []
