@@ -1,5 +1,39 @@
-"""darkcfg's command line."""
+"""darkcfg's command line: `darkcfg COMMAND ...`, one module per command, and the flag form of
+runner.py (`darkcfg CFG --train ...`, darkcfg.cli.flags), kept as a thin translation.
 
-from darkcfg.cli.flags import main
+Each command module has `main(argv: list[str]) -> int`: it parses its own arguments into typed
+options and calls library functions that never see argparse. Modules load on first use, so that
+`darkcfg check` stays torch-free."""
 
-__all__ = ["main"]
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: command -> the module whose main(argv) runs it.
+COMMANDS = {
+    "train": "darkcfg.cli.train",
+    "valid": "darkcfg.cli.valid",
+    "predict": "darkcfg.cli.predict",
+    "detect": "darkcfg.cli.detect",
+    "export": "darkcfg.cli.export",
+    "emit": "darkcfg.cli.emit",
+    "summary": "darkcfg.cli.summary",
+    "weights": "darkcfg.cli.weights",
+    "check": "darkcfg.lint.cli",
+    "data": "darkcfg.cli.data",
+    "anchors": "darkcfg.cli.anchors",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[argv[0]])
+        return int(module.main(argv[1:]) or 0)
+    from darkcfg.cli.flags import main as flag_form
+
+    return flag_form(argv)
+
+
+__all__ = ["COMMANDS", "main"]
