@@ -299,7 +299,9 @@ def _options(body: Token, text: str, path: str, diags: Collector, table, name: s
                 raw = value_text.strip()
                 kind, choices, low = entry
                 if kind == _FAST_INT:
-                    if raw.isdigit():  # no sign, no '_' (Python's int() takes both)
+                    # ASCII, no sign, no '_' (Python's int() takes those, and '²' is a
+                    # digit to isdigit()); long values take the slow path's range check
+                    if raw.isdigit() and raw.isascii() and len(raw) < 10:
                         value = int(raw)
                         if low is not None and value < low:
                             value = _SLOW
@@ -322,6 +324,8 @@ def _options(body: Token, text: str, path: str, diags: Collector, table, name: s
                     try:
                         if kind == _FAST_INTS:
                             value = [int(p) for p in raw.split(",")]
+                            if any(abs(v) > 999_999_999 for v in value):
+                                value = _SLOW
                         else:
                             value = [float(p) for p in raw.split(",")]
                             if any(v - v != 0.0 for v in value):

@@ -390,6 +390,13 @@ _INT = re.compile(r"[+-]?[0-9]+\Z")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _ATOI = re.compile(r"[+-]?[0-9]*")
 _NUMERIC = frozenset("ifbIF")
+# Darknet reads integers with atoi into a C int (src/option_list.c option_find_int): a value
+# beyond 32 bits has no meaning there (and Python's int() refuses over 4300 digits).
+INT_MAX = 2**31 - 1
+# Names other frameworks use for one of Darknet's activations (Darknet itself knows none of them:
+# src/activations.c get_activation falls back to relu with a warning).
+ACTIVATION_SYNONYMS = {"silu": "swish", "sigmoid": "logistic", "identity": "linear",
+                       "none": "linear", "hardtanh": "hardtan"}
 _WANT = {"i": "an integer", "b": "0 or 1", "f": "a number", "I": "a comma-separated list of "
          "integers", "F": "a comma-separated list of numbers"}
 _EXAMPLE = {"i": "<integer>", "b": "1", "f": "<number>", "I": "1,2,3", "F": "0.5,1,2"}
@@ -407,7 +414,7 @@ def convert(spec: KeySpec | None, key: str, raw: str) -> tuple[Any, str]:
     note = ""
     if t in ("i", "b"):
         if _INT.match(text):
-            value: Any = int(text)
+            value: Any = _int(text, key)
         elif _FLOAT.match(text):
             value = int(_ATOI.match(text).group().lstrip("+") or 0)  # C atoi stops at '.', 'e'
             note = f"'{key}' is an integer; Darknet reads '{text}' as {value}"
@@ -422,18 +429,32 @@ def convert(spec: KeySpec | None, key: str, raw: str) -> tuple[Any, str]:
         if t == "I":
             if not all(_INT.match(p) for p in parts):
                 raise _ill_typed(key, raw, t)
-            value = [int(p) for p in parts]
+            value = [_int(p, key) for p in parts]
         else:
             value = [_float(p, key, raw, t) for p in parts]
     else:
         value = text
         if spec.choices and value not in spec.choices:
             hint = did_you_mean(value, spec.choices) or "one of: " + ", ".join(spec.choices)
+            darknet_name = ACTIVATION_SYNONYMS.get(value.lower())
+            if darknet_name in spec.choices:
+                hint = (f"Darknet calls it '{darknet_name}' (it has no '{value}' and would "
+                        f"silently use relu): write {key}={darknet_name}")
             raise ValueProblem("E204", f"unknown {key} '{value}'", hint)
     if spec.min is not None and t in ("i", "f") and value < spec.min:
         raise ValueProblem("E203", f"'{key}' = {value} is out of range (must be >= {spec.min:g})",
                            f"use a value >= {spec.min:g}")
     return value, note
+
+
+def _int(text: str, key: str) -> int:
+    """A C int, as Darknet's atoi reads it; anything wider is out of range (E203)."""
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 10 or abs(int(text)) > INT_MAX:
+        shown = text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
+        raise ValueProblem("E203", f"'{key}' = {shown} is too large (Darknet reads integers "
+                           f"as 32-bit C ints: at most {INT_MAX})", f"write a {key} that fits")
+    return int(text)
 
 
 def _float(text: str, key: str, raw: str, t: str) -> float:
@@ -458,12 +479,12 @@ def coerce_text(section: str, key: str, raw: str) -> Any:
 def infer(raw: str) -> Any:
     """Type a value the schema does not know: int, float, number list, else text."""
     if _INT.match(raw):
-        return int(raw)
+        return int(raw) if len(raw) <= 4000 else raw  # int() refuses over 4300 digits
     if _FLOAT.match(raw):
         return float(raw)
     if "," in raw:
         parts = raw.split(",")
-        if all(_INT.match(p) for p in parts):
+        if all(_INT.match(p) and len(p) <= 4000 for p in parts):
             return [int(p) for p in parts]
         if all(_FLOAT.match(p) for p in parts):
             return [float(p) for p in parts]
