@@ -3,6 +3,7 @@ it, so a crash, a kill or a full disk never leaves a truncated file under the re
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,14 +20,15 @@ def atomic_open(path: str | os.PathLike, parents: bool = False) -> Iterator[Bina
     file beside `path`, fsynced, renamed over it, and the folder synced. With `parents`, missing
     folders are created; otherwise a missing folder is an E901 error."""
     target = Path(path)
+    if target.is_dir():
+        raise CfgError(Diagnostic("E901", f"cannot write '{target}': it is a folder", str(target),
+                                  hint="name a file, not a folder"))
     if parents:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(target.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise CfgError(Diagnostic("E901", f"cannot write '{target}': {exc.strerror or exc}",
-                                  str(target),
-                                  hint="check that the folder exists and is writable")) from None
+        raise write_error(target, exc) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; ours should not be
         with os.fdopen(fd, "wb") as f:
@@ -34,13 +36,91 @@ def atomic_open(path: str | os.PathLike, parents: bool = False) -> Iterator[Bina
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) or is_torch_write_failure(exc):
+            raise write_error(target, exc, started=True) from None
         raise
     _fsync_dir(target.parent)
+
+
+def is_torch_write_failure(exc: BaseException) -> bool:
+    """torch.save reports a failed write (a full disk, a quota) as a RuntimeError from its zip
+    writer (caffe2/serialize/inline_container.cc), not as an OSError."""
+    return isinstance(exc, RuntimeError) and ("inline_container" in str(exc)
+                                              or "file write failed" in str(exc))
+
+
+def write_error(target: str | os.PathLike, exc: BaseException, started: bool = False,
+                what: str = "") -> CfgError:
+    """A failed write as one located diagnostic: what could not be written, where, why, and (once
+    a temp file was started) that the file under the real name is untouched."""
+    target = Path(target)
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or "No space left" in str(exc):
+        why, hint = "no space left on the device", "free some space (or write elsewhere)"
+    elif code == errno.EDQUOT:
+        why, hint = "disk quota exceeded", "free some space (or write elsewhere)"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why, hint = "permission denied", "write to a folder you may write to"
+    elif code == errno.ENOENT:
+        why, hint = "its folder does not exist", "create the folder first, or name another one"
+    elif code == errno.ENOTDIR:
+        why, hint = "a part of the path is a file, not a folder", "name a path inside a folder"
+    elif code == errno.EISDIR:
+        why, hint = "it is a folder", "name a file, not a folder"
+    elif isinstance(exc, OSError):
+        why, hint = exc.strerror or str(exc), "check that the folder exists and is writable"
+    else:
+        why, hint = str(exc).strip().splitlines()[-1], "free some space (or write elsewhere)"
+    kept = ""
+    if started:
+        kept = ("; the previous file is intact" if target.exists()
+                else "; nothing was written under that name")
+    return CfgError(Diagnostic("E901", f"cannot write {what or repr(str(target))}: {why}{kept}",
+                               str(target), hint=hint))
+
+
+def ensure_folder(folder: str | os.PathLike, flag: str = "") -> Path:
+    """Create `folder` (and its parents) for output; a file in the way, a missing permission or a
+    full disk is a located E901 naming the folder (and the flag that chose it)."""
+    folder = Path(folder)
+    named = f"{flag} folder '{folder}'" if flag else f"folder '{folder}'"
+    if folder.exists() and not folder.is_dir():
+        raise CfgError(Diagnostic("E901", f"cannot use {named}: it is a file", str(folder),
+                                  hint="name a folder (or a new path) for the outputs"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(folder, exc, what=named) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CfgError(Diagnostic("E901", f"cannot write to {named}: permission denied",
+                                  str(folder), hint="name a folder you may write to"))
+    return folder
+
+
+def check_writable(path: str | os.PathLike, flag: str = "") -> Path:
+    """Before any slow work: `path` can be written (it is not a folder and its folder exists, or
+    can be created, and is writable). Raises a located E901 otherwise."""
+    path = Path(path)
+    named = f"{flag} '{path}'" if flag else f"'{path}'"
+    if path.is_dir():
+        raise CfgError(Diagnostic("E901", f"cannot write {named}: it is a folder", str(path),
+                                  hint="name a file, not a folder"))
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CfgError(Diagnostic("E901", f"cannot write {named}: '{ancestor}' is a file, not a "
+                                  "folder", str(path), hint="name a path inside a folder"))
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CfgError(Diagnostic("E901", f"cannot write {named}: permission denied in "
+                                  f"'{ancestor}'", str(path),
+                                  hint="name a folder you may write to"))
+    return path
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str, parents: bool = True) -> None:

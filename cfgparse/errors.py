@@ -58,6 +58,8 @@ CODES = {
     "E901": "cannot read file",
     "E902": ".weights file size does not match the network",
     "E903": "bad detection label file (malformed line, class or coordinates out of range)",
+    "E904": "export or emit failed (the network cannot be written in that form)",
+    "E905": "an optional package is missing (install the extra the hint names)",
 }
 
 

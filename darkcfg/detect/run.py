@@ -212,9 +212,9 @@ def save_jpeg(path: Path, rgb: torch.Tensor) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from builders.atomic import atomic_write
+
+    atomic_write(path, text)
 
 
 def image_id(path: Path):
@@ -237,13 +237,19 @@ def run_detect(opts, args) -> None:
     if args.detections and not args.input:
         raise CfgError(Diagnostic("E100", "--detections needs --input X.npy", "<command line>",
                                   hint="or use --detect IMAGE... for image files"))
+    from builders.atomic import check_writable, ensure_folder
+
+    if args.input and args.detections:
+        check_writable(args.detections, "--detections")  # before the (slow) build
+    out = Path(args.out) if args.out else Path("runs") / opts.name / "detect"
+    if args.detect:
+        ensure_folder(out, "--out")
     names, names_where = read_names(args.names, args.data)
     net = detector(opts, args)
     check_names(net, names, names_where)
     if args.input and args.detections:
         detections_json(net, args, names)
     if args.detect:
-        out = Path(args.out) if args.out else Path("runs") / opts.name / "detect"
         detect_images(net, args, names, out, progress=opts.progress)
 
 
@@ -262,8 +268,15 @@ def detections_json(net, args, names: list[str]) -> None:
         raise CfgError(Diagnostic("E901", f"'{args.input}' holds an array of shape "
                                   f"{tuple(x.shape)}, not (N, {s.c}, H, W)", args.input,
                                   hint=f"the network takes ({s.c}, {s.h}, {s.w}) inputs"))
-    dets = detections_for_input(net, x.to(next(net.parameters()).device), args.thresh,
-                                nms_thresh=args.nms)
+    try:
+        dets = detections_for_input(net, x.to(next(net.parameters()).device), args.thresh,
+                                    nms_thresh=args.nms)
+    except RuntimeError as exc:  # a size the network's routes, pools or heads cannot take
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CfgError(Diagnostic("E302", f"the network cannot take the {x.shape[3]}x"
+                                  f"{x.shape[2]} input of '{args.input}': {first}", args.input,
+                                  hint=f"use the cfg's size ({s.w}x{s.h}) or another multiple "
+                                  "of the network's stride")) from None
     entries = []
     for b, d in enumerate(dets):
         probs = d.probs.float().cpu()
@@ -274,7 +287,6 @@ def detections_json(net, args, names: list[str]) -> None:
                             "objectness": float(d.objectness[i]),
                             "bbox": [float(v) for v in d.boxes[i].tolist()]})
     path = Path(args.detections)
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(entries, indent=1) + "\n")
     say(f"wrote {path} ({len(entries)} detections of {len(dets)} input(s); bbox = relative "
         f"centre x, y, w, h)")
@@ -283,8 +295,10 @@ def detections_json(net, args, names: list[str]) -> None:
 def detect_images(net, args, names: list[str], out: Path, progress: bool = True) -> None:
     from tqdm import tqdm
 
+    from builders.atomic import ensure_folder
+
     paths, folder = image_paths(args.detect)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out, "--out")
     letter = args.letter_box or net_letter_box(net)
     loaded = []
     for p in paths:  # fail on an unreadable image before any work, with its path

@@ -27,7 +27,6 @@ import math
 import operator
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -824,17 +823,16 @@ def _file(net: Network, name: str, ctx: EmitContext, forward: list[str], outputs
 
 def write_module(net: Network, path: str | os.PathLike, name: str = "") -> str:
     """Write emit_module(net) to `path` atomically; returns a one-line report."""
+    from builders.atomic import atomic_write, check_writable
     from cfgparse import CfgError, Diagnostic
 
     path = Path(path)
+    check_writable(path, "--emit")
     try:
         text = emit_module(net, name or path.stem)
     except EmitError as exc:
-        raise CfgError(Diagnostic("E903", str(exc), str(path),
+        raise CfgError(Diagnostic("E904", str(exc), str(path),
                                   hint="give the layer an `emit` method (darkcfg.export.emit)")) \
             from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text, parents=False)
     return f"wrote {path} ({len(text.splitlines())} lines, class Net)"

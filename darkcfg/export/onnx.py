@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from builders.atomic import check_writable, is_torch_write_failure, write_error
 from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
 
@@ -39,8 +40,8 @@ class ExportError(CfgError):
     """An export that cannot be done or does not reproduce PyTorch's outputs (exit status 2)."""
 
 
-def _error(message: str, path: str, hint: str = "") -> ExportError:
-    return ExportError(Diagnostic("E903", message, path, hint=hint))
+def _error(message: str, path: str, hint: str = "", code: str = "E904") -> ExportError:
+    return ExportError(Diagnostic(code, message, path, hint=hint))
 
 
 def require_onnx_packages(path: str = "<command line>") -> None:
@@ -53,7 +54,7 @@ def require_onnx_packages(path: str = "<command line>") -> None:
         raise _error(f"ONNX export needs {', '.join(missing)}, which "
                      f"{'is' if len(missing) == 1 else 'are'} not installed", path,
                      hint="pip install 'darkcfg[export]' (or: pip install onnx onnxscript "
-                     "onnxruntime)")
+                     "onnxruntime)", code="E905")
 
 
 def parse_input_size(text: str | None) -> list[str]:
@@ -197,9 +198,27 @@ def _classifier_outputs(net: Network) -> int:
 
 
 def _atomic_target(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    check_writable(path, "--export")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     os.close(fd)
     return tmp
+
+
+@contextlib.contextmanager
+def _write_failures(path: Path):
+    """A full disk (or a quota) while the exporter writes the temp file: a located error; the
+    file under the real name is untouched (the temp file is removed by the caller)."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(path, exc, started=True) from None
+    except RuntimeError as exc:
+        if is_torch_write_failure(exc):
+            raise write_error(path, exc, started=True) from None
+        raise
 
 
 def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = None,
@@ -230,7 +249,8 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
     native = onnx_program.model.opset_imports.get("", 18)
     tmp = _atomic_target(path)
     try:
-        onnx_program.save(tmp)
+        with _write_failures(path):
+            onnx_program.save(tmp)
         opset_used = native
         if opset is not None and opset != native:
             opset_used = convert_opset(tmp, opset)
@@ -379,7 +399,8 @@ def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = F
     program, x = _program_and_input(net, program, dynamic_batch, decode)
     tmp = _atomic_target(path)
     try:
-        torch.export.save(program, tmp)
+        with _write_failures(path):
+            torch.export.save(program, tmp)
         err = 0.0
         if check:
             with torch.no_grad():
@@ -399,6 +420,8 @@ def export(net: Network, path: str | os.PathLike, *, opset: int | None = None,
            dynamic_batch: bool = False, decode: bool = False, name: str = "") -> ExportReport:
     """`.onnx` -> export_onnx, `.pt2` -> export_pt2 (by the file's suffix)."""
     suffix = Path(path).suffix.lower()
+    if suffix in (".onnx", ".pt2"):
+        check_writable(path, "--export")  # before the (slow) export
     if suffix == ".onnx":
         return export_onnx(net, path, opset=opset, dynamic_batch=dynamic_batch, decode=decode,
                            name=name)
