@@ -78,6 +78,18 @@ def input_size_rule(net: Block) -> Diagnostic | None:
     return None
 
 
+def subdivisions_rule(net: Block) -> Diagnostic | None:
+    """subdivisions > batch: Darknet's mini-batch (batch / subdivisions) is 0 images. Builds go
+    on (inference does not read it); training refuses it (darkcfg.train.loop.Trainer)."""
+    batch, subdivisions = value(net, "batch"), value(net, "subdivisions")
+    if subdivisions <= batch:
+        return None
+    return net.diagnostic(
+        "E305", f"subdivisions={subdivisions} is larger than batch={batch}: each step would "
+        "train on 0 images", "subdivisions",
+        hint=f"use subdivisions <= batch, e.g. subdivisions={batch}")
+
+
 def net_rules(net: Block, *, fatal_only: bool = False) -> list[Diagnostic]:
     """[net]: an input size, whole mini-batches, a learning-rate schedule Darknet can run.
 
@@ -90,11 +102,9 @@ def net_rules(net: Block, *, fatal_only: bool = False) -> list[Diagnostic]:
     if missing_input is not None:
         fatal.append(missing_input)
     batch, subdivisions = value(net, "batch"), value(net, "subdivisions")
-    if subdivisions > batch:
-        other.append(net.diagnostic(
-            "E305", f"subdivisions={subdivisions} is larger than batch={batch}: each step would "
-            "train on 0 images", "subdivisions",
-            hint=f"use subdivisions <= batch, e.g. subdivisions={batch}"))
+    empty_steps = subdivisions_rule(net)
+    if empty_steps is not None:
+        other.append(empty_steps)
     elif batch % subdivisions:
         other.append(net.diagnostic(
             "E305", f"batch={batch} is not divisible by subdivisions={subdivisions}: Darknet "

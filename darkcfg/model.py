@@ -15,7 +15,31 @@ from cfgparse import CfgError, Diagnostic, parse
 from darkcfg.config import NetConfig, apply_overrides_to_blocks
 
 
+def option_error(flag: str, message: str, hint: str = "") -> CfgError:
+    """A bad option value (a flag, or the same setting given to a library function)."""
+    return CfgError(Diagnostic("E100", message, flag, hint=hint))
+
+
+SEED_LIMIT = 2**64  # torch.manual_seed takes 64 bits
+
+
+def check_seed(seed: int) -> int:
+    if not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise option_error("--seed", f"--seed {seed} is out of range",
+                           f"use an integer from 0 to {SEED_LIMIT - 1}")
+    return seed
+
+
+def check_count(flag: str, value: int | None, what: str) -> int | None:
+    """A count option (--workers, --freeze, --cutoff): None or an integer >= 0."""
+    if value is not None and (not isinstance(value, int) or value < 0):
+        raise option_error(flag, f"{flag} {value}: {what} cannot be negative",
+                           f"use {flag} 0 or more")
+    return value
+
+
 def seed_everything(seed: int) -> None:
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
     torch.manual_seed(seed)
@@ -39,15 +63,45 @@ def build_network(cfg_path: str, assignments: list[str], flavor: str, seed: int,
 def pick_device(name: str | None, local_rank: int = 0) -> torch.device:
     """--device, else CUDA (this process's GPU under torchrun), else MPS, else CPU."""
     if name and name != "auto":
-        device = torch.device(name)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-        return device
+        return named_device(name, local_rank)
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+DEVICE_HINT = "use --device cpu, cuda, cuda:N or mps, or leave it out for the best available"
+
+
+def named_device(name: str, local_rank: int = 0) -> torch.device:
+    """--device NAME, checked: a device this machine has, else a located E100 (torch would fail
+    later, deep inside, with a traceback)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise option_error("--device", f"unknown device '{name}'", DEVICE_HINT) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()  # 0 without a driver; initialises nothing
+        if count == 0:
+            raise option_error("--device", f"--device {name}: this machine has no CUDA GPU "
+                               "(or no driver for it)", "use --device cpu (or leave it out)")
+        if device.index is None:
+            return torch.device("cuda", local_rank % count)
+        if device.index >= count:
+            raise option_error("--device", f"--device {name}: this machine has {count} CUDA "
+                               f"GPU(s), numbered 0..{count - 1}", DEVICE_HINT)
+        return device
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise option_error("--device", "--device mps: Apple's MPS is not available here",
+                               "use --device cpu (or leave it out)")
+        return device
+    if device.type != "cpu":
+        raise option_error("--device", f"--device {name}: darkcfg runs on cpu, cuda or mps",
+                           DEVICE_HINT)
+    return device
 
 
 # -- --weights: Darknet .weights or a torch state_dict ---------------------------------------------
@@ -57,9 +111,16 @@ def is_torch_file(path: Path) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
-def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None) -> str:
+#: A torch state_dict that fills less than this share of the network's tensors is refused
+#: (likely another network's file) unless the caller asks for a partial load (--partial).
+PARTIAL_SHARE = 0.5
+
+
+def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
+                     partial: bool = False) -> str:
     """Load Darknet .weights (partial files with `cutoff`) or a torch state_dict / darkcfg
-    checkpoint (non-strictly: tensors whose name and shape match). Returns a one-line report."""
+    checkpoint (non-strictly: tensors whose name and shape match; under PARTIAL_SHARE of the
+    network's tensors only with `partial`). Returns a one-line report."""
     path = Path(path)
     if not path.is_file():
         raise CfgError(Diagnostic("E901", f"weights file '{path}' does not exist", str(path),
@@ -94,6 +155,14 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None) ->
                                   f"({len(wrong_shape)} with the wrong shape, "
                                   f"{len(unexpected)} unknown names)", str(path),
                                   hint="was it saved from a network built from this cfg?"))
+    if len(matched) < PARTIAL_SHARE * len(own) and not partial:
+        raise CfgError(Diagnostic("E902", f"only {len(matched)} of the network's {len(own)} "
+                                  f"tensors match '{path}' ({len(wrong_shape)} with the wrong "
+                                  f"shape, {len(unexpected)} unknown names, {len(missing)} "
+                                  "missing)", str(path),
+                                  hint="was it saved from a network built from this cfg? To "
+                                  "load just the matching tensors (transfer learning), add "
+                                  "--partial"))
     net.load_state_dict(matched, strict=False)
     report = f"loaded {len(matched)}/{len(own)} tensors from {path}"
     for label, names in (("missing", missing), ("shape mismatch", wrong_shape),
@@ -106,10 +175,11 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None) ->
 
 def load_model(cfg_path: str, weights: str | os.PathLike | None = None, *,
                sets: list[str] | tuple[str, ...] = (), flavor: str = "alexeyab", seed: int = 0,
-               device: str | torch.device | None = None, cutoff: int | None = None):
+               device: str | torch.device | None = None, cutoff: int | None = None,
+               partial: bool = False):
     """The network of `cfg_path` with `sets` applied, its weights loaded, on `device` (None: the
     best available) in eval mode. Returns (net, report): report is the weights line (or '')."""
     net, _, _ = build_network(cfg_path, list(sets), flavor, seed)
-    report = load_any_weights(net, weights, cutoff) if weights else ""
+    report = load_any_weights(net, weights, cutoff, partial) if weights else ""
     where = device if isinstance(device, torch.device) else pick_device(device)
     return net.to(where).eval(), report

@@ -52,6 +52,9 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="continue from DIR/checkpoint.pt (or CKPT)")
     g.add_argument("--weights", default=None, metavar="W",
                    help="start from Darknet .weights (partial ok) or a torch state_dict")
+    g.add_argument("--partial", action="store_true",
+                   help="--weights (a torch state_dict) may fill under half the network's "
+                   "tensors: load the matching ones (transfer learning)")
     g.add_argument("--cutoff", type=int, default=None, metavar="N",
                    help="read/write only the first N layers' weights")
     g.add_argument("--freeze", type=int, default=0, metavar="N",
@@ -192,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         amp=False if args.no_amp else None, workers=args.workers,
         batch_per_process=args.batch_per_process, progress=not args.no_progress,
         explicit_out=args.out is not None, max_memory=args.max_memory, force=args.force,
-        map_points=args.map_points)
+        map_points=args.map_points, partial=args.partial)
     did = False
     if args.summary:
         summary(opts, args.format)
@@ -277,7 +280,7 @@ def convert(opts, args) -> None:
     net, _, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
     from darkcfg.model import load_any_weights
 
-    print(load_any_weights(net, args.weights, args.cutoff), file=sys.stderr)
+    print(load_any_weights(net, args.weights, args.cutoff, args.partial), file=sys.stderr)
     if args.save_weights:
         from builders.weights import save_weights
 
@@ -314,7 +317,7 @@ def export_model(opts, args) -> None:
     if args.weights:
         from darkcfg.model import load_any_weights
 
-        print(load_any_weights(net, args.weights, args.cutoff), file=sys.stderr)
+        print(load_any_weights(net, args.weights, args.cutoff, args.partial), file=sys.stderr)
     if args.emit:
         from darkcfg.export.emit import write_module
 

@@ -110,7 +110,7 @@ def detector(opts, args):
                                           hint="--detect decodes [yolo], [Gaussian_yolo], flat "
                                           "[region] and [detection] heads")
     if opts.weights:
-        say(load_any_weights(net, opts.weights, opts.cutoff))
+        say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial))
     else:
         say(f"warning: no --weights: the initial weights of seed {opts.seed} (boxes are noise)")
     return net.to(pick_device(opts.device)).eval()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.rules import subdivisions_rule
 from darkcfg.config import NetConfig
 from darkcfg.train.distributed import Dist, broadcast_flag
 from darkcfg.train.tasks import Task, task_for
@@ -181,7 +182,63 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "iteration": self.iteration,
                 "images_seen": self.images_seen}
 
-    def load_state_dict(self, state: dict) -> None:
+    def checkpoint_problem(self, state) -> str:
+        """Why `state` is not a checkpoint of this network ('' when it is one)."""
+        if not isinstance(state, dict):
+            return "it holds no checkpoint"
+        needed = ("model", "optimizer", "scaler", "iteration", "images_seen")
+        missing = [k for k in needed if k not in state]
+        if "model" not in state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return "it is a plain state_dict (weights only, no training state)"
+        if missing:
+            return f"it has no {', '.join(repr(k) for k in missing)}"
+        model = state["model"]
+        if not isinstance(model, dict):
+            return "its 'model' is not a state_dict"
+        own = self.net.state_dict()
+        differ = [k for k in own if k not in model or not isinstance(model[k], torch.Tensor)
+                  or model[k].shape != own[k].shape]
+        extra = [k for k in model if k not in own]
+        if differ or extra:
+            first = (differ or extra)[0]
+            return (f"it was saved from another network ({len(differ)} of {len(own)} tensors "
+                    f"missing or of another shape, {len(extra)} unknown; first: {first})")
+        groups = state["optimizer"].get("param_groups") if isinstance(state["optimizer"],
+                                                                       dict) else None
+        if not isinstance(groups, list) or len(groups) != len(self.optimizer.param_groups) or \
+                any(len(a.get("params", ())) != len(b["params"])
+                    for a, b in zip(groups, self.optimizer.param_groups, strict=True)):
+            return ("its optimizer state belongs to another setup (other frozen layers or "
+                    "another optimizer)")
+        return ""
+
+    def check_trainable(self, freeze: int = 0) -> None:
+        """Training needs one layer that takes a gradient (else backward has nothing to do)."""
+        net = self.net
+        empty_steps = subdivisions_rule(net.net_block) if net.net_block is not None else None
+        if empty_steps is not None:  # the linter's E305: train on what the cfg says, or refuse
+            raise CfgError(empty_steps)
+        if not any(p.requires_grad for p in net.parameters()):
+            last = max((i for i, layer in enumerate(net.layers)
+                        if any(True for _ in layer.parameters())), default=-1)
+            why = (f"--freeze {freeze}" if freeze > last else
+                   "stopbackward/dont_update in the cfg") if last >= 0 else "it has no weights"
+            raise CfgError(Diagnostic(
+                "E100", f"nothing to train: no layer of the network takes a gradient ({why})",
+                "--freeze" if freeze > last >= 0 else str(net.net_block.path
+                                                          if net.net_block else "[net]"),
+                hint=f"freeze fewer layers (--freeze {last} or less leaves layer {last} "
+                "trainable)" if last >= 0 else "add a layer with weights"))
+
+    def load_state_dict(self, state: dict, where: str = "<checkpoint>") -> None:
+        """Continue from a darkcfg checkpoint; anything else (a plain state_dict, another cfg's
+        checkpoint, one without the optimizer) is a located E901 before anything changes."""
+        problem = self.checkpoint_problem(state)
+        if problem:
+            raise CfgError(Diagnostic(
+                "E901", f"cannot resume from '{where}': {problem}", where,
+                hint="--resume takes the checkpoint.pt of a darkcfg run of this cfg; to start "
+                "from other weights use --weights (without --resume)"))
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from builders.atomic import ensure_folder
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data import (
     Augment,
@@ -18,7 +19,14 @@ from darkcfg.data import (
     eval_loader,
     read_image,
 )
-from darkcfg.model import build_network, load_any_weights, pick_device
+from darkcfg.model import (
+    build_network,
+    check_count,
+    check_seed,
+    load_any_weights,
+    option_error,
+    pick_device,
+)
 from darkcfg.train import distributed
 from darkcfg.train.checkpoint import load_checkpoint, set_rng_states
 from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit
@@ -63,6 +71,22 @@ class RunOptions:
     map_points: int = 0  # detectors' mAP: 0 all-point, 11 or 101 (--map-points)
     max_memory: int | None = None  # bytes; None: the device's memory
     force: bool = False  # train even when the estimate is over max_memory
+    partial: bool = False  # --weights may fill fewer than half the tensors (transfer learning)
+
+    def __post_init__(self) -> None:
+        """Values no run can use are refused here, whichever command built the options."""
+        check_seed(self.seed)
+        check_count("--workers", self.workers, "the number of loader processes")
+        check_count("--freeze", self.freeze, "the number of frozen layers")
+        check_count("--cutoff", self.cutoff, "the number of layers")
+        if self.classes is not None and self.classes < 1:
+            raise option_error("--classes", f"--classes {self.classes}: need at least 1",
+                               "use --classes 1 or more (or leave it out: all)")
+        if self.resume and self.weights:
+            # one would silently replace the other: --resume restores every weight
+            raise option_error("--resume", "--resume and --weights both set the weights",
+                               "--resume continues a run (its checkpoint has the weights); "
+                               "--weights starts a new one: pass one of them")
 
 
 def device_memory(device: torch.device) -> int:
@@ -93,6 +117,8 @@ def train(opts: RunOptions) -> tuple[str, Trainer]:
 
 
 def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
+    if opts.explicit_out and dist.main:
+        ensure_folder(opts.out, "--out")  # a file in the way fails now, not after the build
     check_memory(opts, device)
     net, cfg, overrides = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
     for w in net.warnings:
@@ -111,9 +137,10 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         out = Path(splits.backup)
     darknet_init(net)  # before --weights, which may load only some layers
     if opts.weights:
-        say(load_any_weights(net, opts.weights, opts.cutoff), dist)
+        say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial), dist)
     trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
                       amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
+    trainer.check_trainable(opts.freeze)
     train_set, val_set = task.prepare(splits, cfg, opts.seed)
     workers = workers_for(opts, splits, train_set, device, dist.world)
     stream = task.stream(train_set, trainer.batch, dist.world, dist.rank, opts.seed, device,
@@ -126,7 +153,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if opts.resume:
         path = Path(opts.resume) if isinstance(opts.resume, str) else out / CHECKPOINT
         state = load_checkpoint(path)
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, str(path))
         say(f"resuming from {path} at iteration {trainer.iteration}", dist)
     settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
                 "data": opts.data or "embedded", "classes": opts.classes,
@@ -138,7 +165,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                 "frozen_layers": trainer.frozen, "amp": str(trainer.amp_dtype),
                 "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor}
     if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_folder(out, "--out" if opts.explicit_out else "backup=")
         write_settings(out / "settings.yaml", settings)
     log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train), task,
                  start=trainer.iteration, state=state and state.get("log"),
@@ -187,7 +214,7 @@ def prepare_eval(opts: RunOptions):
     dist, device = distributed.Dist(), pick_device(opts.device)
     net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
     if opts.weights:
-        say(load_any_weights(net, opts.weights, opts.cutoff))
+        say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial))
     task = task_for(net, cfg)
     task.use_options(opts)
     trainer = Trainer(net, cfg, device, dist=dist, amp=opts.amp, task=task)
