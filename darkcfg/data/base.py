@@ -40,7 +40,8 @@ def image_tensor(image, channels: int) -> torch.Tensor:
     channels, a colour one averaged to grey for 1 and repeated cyclically for other counts (a
     4-channel net sees R, G, B, R)."""
     if not isinstance(image, torch.Tensor):
-        arr = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        arr = np.asarray(eight_bit(image).convert("L" if channels == 1 else "RGB"),
+                         dtype=np.uint8)
         image = torch.from_numpy(arr.copy())
         image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
     have = image.shape[0]
@@ -52,14 +53,49 @@ def image_tensor(image, channels: int) -> torch.Tensor:
     return image.contiguous()
 
 
+def eight_bit(image):
+    """A PIL image with 8 bits a channel. Pillow's convert() clips 16-bit grey ('I;16', and 'I'
+    from 16-bit PNGs and TIFFs) at 255, which makes nearly every pixel white: scale instead, as
+    a 16-bit reader would (value / 257, so 65535 -> 255). 32-bit float images ('F') are taken
+    as 0..1 when they fit, else 0..255."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(image, dtype=np.float64)
+        if mode == "I" and arr.max(initial=0) <= 255:
+            scaled = arr  # an 'I' image that already holds 8-bit values
+        else:
+            scaled = arr / 257.0
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+    if mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        if arr.size and np.nanmax(arr) <= 1.0:
+            arr = arr * 255.0
+        return Image.fromarray(np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8),
+                               "L")
+    return image
+
+
+#: What a broken or hostile image file may raise while being opened or decoded.
+def image_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image, UnidentifiedImageError
+
+    return (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError,
+            SyntaxError, EOFError)
+
+
 def read_image(path: str, channels: int) -> torch.Tensor:
     """An image file as uint8 CHW; an unreadable file is a DataError naming it."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             return image_tensor(im, channels)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except image_errors() as exc:
+        if isinstance(exc, Image.DecompressionBombError):
+            raise DataError(f"cannot read image '{path}': it has more pixels than darkcfg "
+                            f"reads ({exc}); resize it (or remove it from the list)") from None
         raise DataError(f"cannot read image '{path}': {exc}") from None
 
 

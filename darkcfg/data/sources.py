@@ -103,7 +103,7 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
 def read_data_file(path: Path) -> dict[str, str]:
     """A Darknet .data file: key=value lines, whitespace removed, '#'/';' comment lines."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM must not hide the first key
     except (OSError, UnicodeDecodeError) as exc:
         raise data_error(f"cannot read '{path}': {exc}", str(path)) from None
     options: dict[str, str] = {}
@@ -141,7 +141,11 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
     labels = _read_list(labels_path, where, "labels")
     names_path = _resolve(opts["names"], bases) if "names" in opts else labels_path
     names = _read_list(names_path, where, "names") if names_path != labels_path else labels
-    classes = int(opts.get("classes", 2))
+    try:
+        classes = int(opts.get("classes", 2))  # src/classifier.c: option_find_int(.., 2)
+    except ValueError:
+        raise data_error(f"classes={opts['classes']} is not an integer", where,
+                         "write classes=N") from None
     if classes != len(labels):
         raise data_error(f"'{path}' says classes={classes} but {labels_path} lists "
                          f"{len(labels)} labels", where, "make classes= match the labels file")
@@ -178,7 +182,7 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
 
 def _read_list(path: Path, where: str, key: str) -> list[str]:
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise data_error(f"cannot read the {key} file '{path}': {exc}", where,
                          f"fix the '{key}=' line of the .data file") from None

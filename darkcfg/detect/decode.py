@@ -542,15 +542,20 @@ def load_image(image, channels: int = 3) -> torch.Tensor:
     """A path, PIL image or tensor as a (C,H,W) float tensor in [0,1] (uint8 tensors are /255).
     Raises OSError (with the path) for an unreadable file."""
     if isinstance(image, (str, os.PathLike)):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
+
+        from darkcfg.data.base import eight_bit, image_errors
 
         try:
             with Image.open(image) as im:
-                image = im.convert("L" if channels == 1 else "RGB")
+                image = eight_bit(im).convert("L" if channels == 1 else "RGB")
                 image.load()
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except image_errors() as exc:
             raise OSError(f"cannot read image '{image}': {exc}") from None
     if not isinstance(image, torch.Tensor):
+        from darkcfg.data.base import eight_bit
+
+        image = eight_bit(image)
         if channels == 1:
             image = image.convert("L")
         elif image.mode != "RGB":

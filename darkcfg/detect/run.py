@@ -74,7 +74,7 @@ def read_names(names_file: str | None, data_file: str | None) -> tuple[list[str]
     if names_file is None:
         return [], None
     try:
-        lines = Path(names_file).read_text().splitlines()
+        lines = Path(names_file).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise CfgError(Diagnostic("E901", f"cannot read the names file '{names_file}': {exc}",
                                   names_file, hint="one class name per line")) from None
@@ -219,7 +219,8 @@ def write_text(path: Path, text: str) -> None:
 
 def image_id(path: Path):
     """COCO image_id: the file name's number (Darknet's atoi(basename)), else the name."""
-    return int(path.stem) if path.stem.isdigit() else path.stem
+    stem = path.stem  # isdigit() alone also takes '²' and other scripts' digits
+    return int(stem) if stem.isascii() and stem.isdigit() and len(stem) < 19 else stem
 
 
 def unique_stem(path: Path, taken: set[str]) -> str:

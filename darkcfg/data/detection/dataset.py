@@ -290,7 +290,7 @@ def embedded_detection(settings: DetectionSettings, seed: int, classes: int | No
 
 
 def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> DetectionSplits:
-    data = open_detection_data(path)
+    data = open_detection_data(path, default_classes=settings.classes)
     if data.classes > settings.classes:
         raise CfgError(Diagnostic("E901", f"'{path}' has classes={data.classes} but the network "
                                   f"detects {settings.classes}", str(path),
@@ -298,6 +298,9 @@ def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> Det
                                   "filters before it) or fix the .data file"))
     train_labels = validate_labels(data.train_labels, data.classes)
     warnings = list(settings.notes) + [w for w in [train_labels.warning("train images")] if w]
+    if not data.classes_given:  # Darknet would silently use 20
+        warnings.append(f"warning: '{path}' has no classes= line: using the network's "
+                        f"{data.classes} classes (Darknet's default is 20; add classes=N)")
     if data.valid_is_train:
         valid_paths, valid_labels = data.train, train_labels
     else:

@@ -66,7 +66,30 @@ def label_path(image: str) -> str:
         at = out.find(ext)  # Darknet: the first occurrence, replaced only if it ends the path
         if at >= 0 and at + len(ext) == len(out):
             out = out[:at] + ".txt"
+    # Darknet's table misses `.tif`, `.webp`, `.Jpg`... and then reads the image itself as its
+    # label file. darkcfg replaces any extension Pillow reads, in any case.
+    stem, ext = os.path.splitext(out)
+    if ext.lower() != ".txt" and ext.lower() in image_extensions():
+        out = stem + ".txt"
     return out
+
+
+def image_extensions() -> frozenset[str]:
+    """Every file extension (lower case, with the dot) Pillow opens, and the usual ones."""
+    global _IMAGE_EXTENSIONS
+    if _IMAGE_EXTENSIONS is None:
+        try:
+            from PIL import Image
+
+            found = {e.lower() for e in Image.registered_extensions()}
+        except ImportError:  # pragma: no cover - Pillow is a base dependency
+            found = set()
+        _IMAGE_EXTENSIONS = frozenset(found | {e.lower() for e in LABEL_EXTENSIONS}
+                                      | {".webp", ".tif", ".gif"})
+    return _IMAGE_EXTENSIONS
+
+
+_IMAGE_EXTENSIONS: frozenset[str] | None = None
 
 
 # -- .data files ----------------------------------------------------------------------------------
@@ -84,12 +107,13 @@ class DetectionData:
     valid_labels: list[str] = field(default_factory=list)
     valid_is_train: bool = False  # no valid= key: Darknet's map falls back to train
     difficult_labels: list[str] = field(default_factory=list)  # `difficult` list's label paths
+    classes_given: bool = True  # False: no classes= line (the count is a default)
 
 
 def read_data_file(path: Path) -> dict[str, str]:
     """key=value lines, all whitespace removed, '#'/';' comment lines; the first key wins."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM must not hide the first key
     except (OSError, UnicodeDecodeError) as exc:
         raise _error(f"cannot read '{path}': {exc}", str(path), code="E901") from None
     options: dict[str, str] = {}
@@ -126,16 +150,18 @@ def _base(raw: str, fallbacks: Sequence[Path]) -> str:
 def read_list(path: Path, where: str, key: str) -> list[str]:
     """Non-empty lines of a list file (whitespace at the ends removed, as Darknet's fgetl+trim)."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise _error(f"cannot read the {key} file '{path}': {exc}", where, code="E901",
                      hint=f"fix the '{key}=' line of the .data file") from None
     return [s for s in (line.strip() for line in lines) if s]
 
 
-def open_detection_data(path: Path) -> DetectionData:
+def open_detection_data(path: Path, default_classes: int | None = None) -> DetectionData:
     """Read a detection `.data` file: its lists, names and backup, and where each image's labels
-    are. Raises a located CfgError for a missing key, list or image."""
+    are. Raises a located CfgError for a missing key, list or image. Without `classes=`, the
+    count is `default_classes` (the network's, when the caller knows it), else Darknet's 20
+    (src/detector.c option_find_int(options, "classes", 20)); `classes_given` says which."""
     path = Path(path)
     opts = read_data_file(path)
     where = str(path)
@@ -144,7 +170,7 @@ def open_detection_data(path: Path) -> DetectionData:
         raise _error(f"'{path}' has no 'train' list", where,
                      hint="add train=path/to/train.txt (one image path per line)")
     try:
-        classes = int(opts.get("classes", "20"))
+        classes = int(opts["classes"]) if "classes" in opts else (default_classes or 20)
     except ValueError:
         raise _error(f"classes={opts['classes']} is not an integer", where) from None
     if classes < 1:
@@ -186,7 +212,7 @@ def open_detection_data(path: Path) -> DetectionData:
     backup = str(resolve(opts["backup"], here)) if "backup" in opts else None
     return DetectionData(path, classes, train, valid, names, backup, train_labels,
                          valid_labels, valid_is_train="valid" not in opts,
-                         difficult_labels=difficult)
+                         difficult_labels=difficult, classes_given="classes" in opts)
 
 
 # -- label files ----------------------------------------------------------------------------------
