@@ -71,6 +71,13 @@ def pick_device(name: str | None, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def device_memory(device: torch.device) -> int:
+    """Bytes the device has: the GPU's memory, else the machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 DEVICE_HINT = "use --device cpu, cuda, cuda:N or mps, or leave it out for the best available"
 
 

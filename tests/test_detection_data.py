@@ -80,9 +80,10 @@ def detector(tmp_path: Path, net: str = "", yolo: str = ""):
     ("VOC/VOC2007/JPEGImages/000005.jpg", "VOC/VOC2007/labels/000005.txt"),
     ("C:\\voc\\JPEGImages\\a.JPEG", "C:\\voc\\labels\\a.txt"),
     ("a.PNG", "a.txt"), ("a.bmp", "a.txt"), ("a.tiff", "a.txt"), ("a.jpeg", "a.txt"),
-    ("a.Jpg", "a.Jpg"), ("a.tif", "a.tif"),  # not in Darknet's list: no label file
+    # not in Darknet's list (it would read the image as its labels): any Pillow extension
+    ("a.Jpg", "a.txt"), ("a.tif", "a.txt"), ("a.webp", "a.txt"), ("a.GIF", "a.txt"),
     ("x.jpg.png", "x.jpg.txt"),
-    ("shots.jpg/x.jpg", "shots.jpg/x.jpg"),  # Darknet checks the *first* '.jpg' only
+    ("shots.jpg/x.jpg", "shots.jpg/x.txt"),  # Darknet checks the *first* '.jpg' only
     ("/JPEGImages/JPEGImages/a.jpg", "/labels/JPEGImages/a.txt"),  # first occurrence only
 ])
 def test_label_path_is_darknets_replace_image_to_label(image, label):

@@ -96,7 +96,11 @@ def detector(opts, args):
     """The built network with its weights, on its device, in eval mode."""
     from darkcfg.model import build_network, load_any_weights, pick_device
 
-    net, _, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    # Darknet's detector builds the network for one image of one time step (src/detector.c
+    # test_detector: parse_network_cfg_custom(cfgfile, 1, 1)), so a [crnn]/[conv_lstm] detector
+    # trained with time_steps=N runs on single images; a --set time_steps=... still wins.
+    sets = ["time_steps=1", *opts.sets]
+    net, _, _ = build_network(opts.cfg_path, sets, opts.flavor, opts.seed)
     if not head_indices(net):
         raise CfgError(Diagnostic(
             "E300", f"'{opts.cfg_path}' has no detection head", opts.cfg_path,
@@ -109,11 +113,17 @@ def detector(opts, args):
             raise net.meta[i].block.error("E300", why, key,
                                           hint="--detect decodes [yolo], [Gaussian_yolo], flat "
                                           "[region] and [detection] heads")
+    device = pick_device(opts.device)
+    if not opts.force:  # one image's feature maps, estimated from shapes before any allocation
+        from builders.memory import guard_memory
+        from darkcfg.model import device_memory
+
+        guard_memory(net, opts.max_memory or device_memory(device), batch=1, training=False)
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial))
     else:
         say(f"warning: no --weights: the initial weights of seed {opts.seed} (boxes are noise)")
-    return net.to(pick_device(opts.device)).eval()
+    return net.to(device).eval()
 
 
 # -- outputs --------------------------------------------------------------------------------------

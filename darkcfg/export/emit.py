@@ -665,11 +665,17 @@ def load_darknet_weights(net: Net, path: str) -> dict:
     """Load a Darknet .weights file (header, then float32 arrays in DARKNET_ORDER)."""
     with open(path, "rb") as f:
         data = f.read()
+    if len(data) < 16:
+        raise ValueError(f"{path} holds {len(data)} bytes: too short for a .weights header")
     major, minor, revision = (int(v) for v in torch.frombuffer(bytearray(data[:12]),
                                                                dtype=torch.int32))
     wide = major * 10 + minor >= 2 and (not PJREDDIE or (major < 1000 and minor < 1000))
     header = 20 if wide else 16
-    floats = torch.frombuffer(bytearray(data[header:]), dtype=torch.float32)
+    body = bytearray(data[header:])
+    if len(body) % 4:
+        raise ValueError(f"{path}: {len(body)} bytes after the header is no whole float32s")
+    # torch.frombuffer refuses an empty buffer: a network without weights reads no floats
+    floats = torch.frombuffer(body, dtype=torch.float32) if body else torch.zeros(0)
     transposed = major > 1000 or minor > 1000  # such files store [connected] matrices [in][out]
     state = net.state_dict()
     names = [name for layer in DARKNET_ORDER for name in layer]

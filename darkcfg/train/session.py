@@ -23,6 +23,7 @@ from darkcfg.model import (
     build_network,
     check_count,
     check_seed,
+    device_memory,
     load_any_weights,
     option_error,
     pick_device,
@@ -87,13 +88,6 @@ class RunOptions:
             raise option_error("--resume", "--resume and --weights both set the weights",
                                "--resume continues a run (its checkpoint has the weights); "
                                "--weights starts a new one: pass one of them")
-
-
-def device_memory(device: torch.device) -> int:
-    """Bytes the device has: the GPU's memory, else the machine's physical memory."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_memory(opts: RunOptions, device: torch.device) -> None:

@@ -16,8 +16,9 @@ occurrence of each of these folder names is replaced, in this order,
 `\\images\\val2014\\`, then `/images/train2014/`, `/images/val2014/` (AlexeyAB's order; a plain
 `/images/` is *not* replaced, so labels live next to the images), and then the extension: when
 the first occurrence of one of `.jpg .JPG .jpeg .JPEG .png .PNG .bmp .BMP .ppm .PPM .tiff .TIFF`
-ends the path, it becomes `.txt` (`x.Jpg` or `x.tif` keep their name: Darknet then warns and
-reads no labels).
+ends the path, it becomes `.txt`. Darknet stops there (`x.Jpg`, `x.tif`, `x.webp` keep their
+name, and it reads the image as its label file); darkcfg then replaces any extension Pillow
+reads, in any case, so the label file is never the image.
 
 A label file holds lines `class x y w h`: an integer class id in [0, classes) and the box centre
 and size as fractions of the image, each in (0, 1]. A missing file means an image without
