@@ -66,12 +66,13 @@ class Network(nn.Module):
         self.meta: list[LayerInfo] = []
         self.warnings: list[Diagnostic] = []
         shapes: list[Shape] = []
+        types: list[str] = []  # grows with the layers: each builder sees 0..index-1 (linear)
         on_meta = device is not None and torch.device(device).type == "meta"
         with torch.device(device) if device is not None else contextlib.nullcontext(), \
                 _skip_torch_init() if on_meta else contextlib.nullcontext():
             for index, block in enumerate(blocks[1:]):
                 ctx = BuildContext(index, shapes, shapes[-1] if shapes else first, self.info,
-                                   [m.type for m in self.meta], layers=self.layers)
+                                   types, layers=self.layers)
                 module, shape = builder_for(block)(block, ctx)
                 if not isinstance(module, Layer):
                     raise TypeError(f"builder for [{block.type}] returned {type(module)}")
@@ -96,6 +97,7 @@ class Network(nn.Module):
                 self.layers.append(module)
                 self.meta.append(meta)
                 shapes.append(shape)
+                types.append(block.type)
         self.shapes = shapes
         n = len(self.layers)
         outputs = [i for i, m in enumerate(self.layers) if m.is_output]

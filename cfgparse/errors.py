@@ -12,6 +12,7 @@ Codes are stable (tests, CI scripts and the README table depend on them).
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -150,7 +151,13 @@ class Collector:
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """A 'did you mean' hint from difflib, or '' when nothing is close."""
+    """A 'did you mean' hint from difflib, or '' when nothing is close. Cached: a cfg repeats
+    its unknown keys section after section, and difflib costs a fraction of a millisecond."""
+    return _did_you_mean(word, tuple(candidates))
+
+
+@functools.lru_cache(maxsize=4096)
+def _did_you_mean(word: str, candidates: tuple[str, ...]) -> str:
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     if not matches:
         lowered = {c.lower(): c for c in candidates}
