@@ -1,0 +1,477 @@
+"""Bad values at the edges users reach (issue 19: "No traceback", "No silent wrong result",
+"Scale"): each class gets a located error (exit 2, the one diagnostic format) or the right value.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cfgparse import CfgError
+
+TINY = """[net]
+width=12
+height=12
+channels=3
+batch=4
+subdivisions=1
+learning_rate=0.05
+momentum=0.9
+decay=0.0005
+max_batches=2
+policy=constant
+
+[convolutional]
+filters={filters}
+size=3
+pad=1
+batch_normalize=1
+activation={activation}
+
+[maxpool]
+size=2
+stride=2
+
+[connected]
+output=4
+activation=linear
+
+[softmax]
+
+[cost]
+"""
+
+# a small detector with a [crnn] trained at time_steps=4 (like yolov3-tiny_occlusion_track.cfg)
+DETECTOR = """[net]
+width=32
+height=32
+channels=3
+batch=8
+subdivisions=1
+time_steps={time_steps}
+max_batches=2
+
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[crnn]
+batch_normalize=1
+size=3
+pad=1
+output=8
+hidden=8
+activation=leaky
+
+[convolutional]
+filters=18
+size=1
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=4,4, 8,8, 16,16
+classes=1
+num=3
+"""
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    from darkcfg.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err + out
+    return code, err
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    path = tmp_path / "tiny.cfg"
+    path.write_text(TINY.format(filters=8, activation="leaky"))
+    return path
+
+
+@pytest.fixture
+def detector(tmp_path) -> Path:
+    path = tmp_path / "det.cfg"
+    path.write_text(DETECTOR.format(time_steps=4))
+    return path
+
+
+def image(path: Path, size=(20, 16), mode="RGB") -> Path:
+    arr = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
+
+
+# -- cfg numbers ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("filters", ["9" * 5000, "100000000000000000000000000", "3000000000"])
+def test_integers_beyond_a_c_int_are_located_errors(capsys, tmp_path, filters):
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text(TINY.format(filters=filters, activation="leaky"))
+    code, err = run(capsys, cfg, "--summary")
+    assert code == 2
+    assert f"{cfg}:14:9: error[E203]" in err and "32-bit" in err
+    from darkcfg.lint import check_file  # the linter's own verdict: no "darkcfg bug"
+
+    found = check_file(str(cfg))
+    assert [d.code for d in found if d.severity == "error"] == ["E203"]
+    assert not any("darkcfg bug" in d.hint for d in found)
+
+
+def test_a_superscript_digit_is_no_integer(tmp_path, capsys):
+    cfg = tmp_path / "sup.cfg"
+    cfg.write_text(TINY.format(filters="²", activation="leaky"))
+    code, err = run(capsys, cfg, "--summary")
+    assert code == 2 and "error[E202]" in err
+
+
+def test_silu_names_darknets_swish(capsys, tmp_path):
+    cfg = tmp_path / "silu.cfg"
+    cfg.write_text(TINY.format(filters=8, activation="silu"))
+    code, err = run(capsys, cfg, "--summary")
+    assert code == 2
+    assert "unknown activation 'silu'" in err and "activation=swish" in err
+    assert "selu" not in err
+
+
+# -- options --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, named", [
+    (["--workers", "-1"], "--workers"),
+    (["--seed", str(2**64 + 1)], "--seed"),
+    (["--seed", "-3"], "--seed"),
+    (["--device", "tpu"], "--device"),
+    (["--device", "cuda:99"], "--device"),
+    (["--freeze", "1000"], "--freeze"),
+    (["--freeze", "-2"], "--freeze"),
+    (["--cutoff", "-1"], "--cutoff"),
+    (["--classes", "0"], "--classes"),
+    (["--resume", "--weights", "w.pt"], "--resume"),
+    (["--set", "batch=2", "--set", "subdivisions=4"], "subdivisions=4 is larger than batch=2"),
+])
+def test_bad_options_are_refused_before_training(capsys, tiny, tmp_path, flags, named):
+    out = tmp_path / "run"
+    code, err = run(capsys, tiny, "--train", "--no-progress", "--out", out, *flags)
+    assert code == 2
+    assert named in err and "error[" in err and "help:" in err
+    assert not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu(capsys, tiny, tmp_path):
+    code, err = run(capsys, tiny, "--summary", "--train", "--device", "cuda",
+                    "--out", tmp_path / "r")
+    assert code == 2 and "--device: error[E100]" in err and "no CUDA GPU" in err
+
+
+def test_options_are_checked_by_the_library_too(tiny):
+    """Every command shares the typed options and the library entry points."""
+    from darkcfg.model import pick_device, seed_everything
+    from darkcfg.train.session import RunOptions
+
+    with pytest.raises(CfgError, match="--workers"):
+        RunOptions(str(tiny), "tiny", Path("x"), workers=-1)
+    with pytest.raises(CfgError, match="--seed"):
+        RunOptions(str(tiny), "tiny", Path("x"), seed=2**64)
+    with pytest.raises(CfgError, match="both set the weights"):
+        RunOptions(str(tiny), "tiny", Path("x"), resume=True, weights="w")
+    with pytest.raises(CfgError, match="unknown device 'tpu'"):
+        pick_device("tpu")
+    with pytest.raises(CfgError, match="--seed"):
+        seed_everything(-1)
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+def test_out_that_is_a_file(capsys, tiny, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    code, err = run(capsys, tiny, "--train", "--no-progress", "--out", afile)
+    assert code == 2 and "it is a file" in err
+    code, err = run(capsys, tiny, "--train", "--no-progress", "--out", afile / "run")
+    assert code == 2 and "not a folder" in err
+    assert afile.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("flag, target", [
+    ("--emit", "afile/m.py"), ("--emit", "."), ("--export", "afile/m.pt2"),
+    ("--save-weights", "afile/w.weights"),
+])
+def test_unwritable_outputs(capsys, tiny, tmp_path, flag, target, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("keep me")
+    extra = []
+    if flag == "--save-weights":
+        from builders.weights import save_weights
+        from darkcfg.model import build_network
+
+        save_weights(build_network(str(tiny), [], "alexeyab", 0)[0], tmp_path / "w0.weights")
+        extra = ["--weights", tmp_path / "w0.weights"]
+    code, err = run(capsys, tiny, flag, target, *extra)
+    assert code == 2 and "error[E901]: cannot write" in err
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_detect_outputs_and_inputs(capsys, detector, tmp_path, monkeypatch):
+    """--detect into a file, --detections into a folder or at a size the net cannot take, an
+    image named '².jpg', and a [crnn] at time_steps=4 (run at 1 as Darknet's detector)."""
+    monkeypatch.chdir(tmp_path)
+    pic = image(tmp_path / "².jpg")
+    (tmp_path / "afile").write_text("x")
+    code, err = run(capsys, detector, "--detect", pic, "--out", "afile")
+    assert code == 2 and "it is a file" in err
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
+    code, err = run(capsys, detector, "--input", "x.npy", "--detections", tmp_path)
+    assert code == 2 and "it is a folder" in err
+    np.save(tmp_path / "odd.npy", np.zeros((1, 3, 1, 1), np.float32))
+    code, err = run(capsys, detector, "--input", "odd.npy", "--detections", "d.json")
+    assert code == 2 and "error[E302]" in err and "32x32" in err
+    code, err = run(capsys, detector, "--detect", pic, "--out", "det", "--thresh", "0.9")
+    assert code == 0, err
+    found = json.loads((tmp_path / "det" / "detections.json").read_text())
+    assert all(d["image_id"] == "²" for d in found)
+
+
+def test_detect_memory_guard(capsys, detector, tmp_path):
+    pic = image(tmp_path / "a.jpg")
+    code, err = run(capsys, detector, "--detect", pic, "--out", tmp_path / "d",
+                    "--set", "width=100000", "--set", "height=100000")
+    assert code == 2 and "error[E401]" in err and "inference" in err
+
+
+# -- writes that fail -----------------------------------------------------------------------------
+def test_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
+    from builders.atomic import atomic_write
+
+    target = tmp_path / "settings.yaml"
+    atomic_write(target, "old\n")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CfgError) as info:
+        atomic_write(target, "new\n")
+    message = str(info.value)
+    assert "no space left on the device" in message and "previous file is intact" in message
+    assert str(target) in message
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.yaml"]
+
+
+def test_torch_write_failure_in_a_checkpoint(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError from inline_container.cc."""
+    from darkcfg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"iteration": 1})
+
+    def failing_save(obj, f, *a, **k):
+        f.write(b"PK\x03\x04partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter "
+                           "failed writing file data/3: file write failed")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(CfgError, match="previous file is intact"):
+        save_checkpoint(path, {"iteration": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+# -- --resume and --weights -----------------------------------------------------------------------
+@pytest.fixture
+def trained(tiny, tmp_path) -> Path:
+    from darkcfg.cli import main
+
+    out = tmp_path / "run"
+    assert main([str(tiny), "--train", "--no-progress", "--out", str(out),
+                 "--checkpoint-every", "1", "--valid-every", "0"]) == 0
+    return out
+
+
+def test_resume_from_what_is_not_this_runs_checkpoint(capsys, tiny, trained, tmp_path):
+    state = torch.load(trained / "checkpoint.pt", weights_only=True)
+    plain = tmp_path / "plain.pt"
+    torch.save(state["model"], plain)
+    no_opt = tmp_path / "no_opt.pt"
+    torch.save({k: v for k, v in state.items() if k != "optimizer"}, no_opt)
+    other = tmp_path / "other.cfg"
+    other.write_text(TINY.format(filters=16, activation="leaky"))
+    for cfg, ckpt, why in ((tiny, plain, "plain state_dict"), (tiny, no_opt, "'optimizer'"),
+                           (other, trained / "checkpoint.pt", "another network")):
+        code, err = run(capsys, cfg, "--train", "--no-progress", "--out", tmp_path / "r2",
+                        "--resume", ckpt, "--set", "max_batches=4")
+        assert code == 2, err
+        assert f"cannot resume from '{ckpt}'" in err and why in err
+
+
+def test_weights_from_another_network_need_partial(tiny, tmp_path):
+    from darkcfg.model import build_network, load_any_weights
+
+    net, _, _ = build_network(str(tiny), [], "alexeyab", 0)
+    state = net.state_dict()
+    one = tmp_path / "one.pt"
+    torch.save({"layers.0.conv.weight": state["layers.0.conv.weight"],
+                **{f"other.{i}": torch.zeros(3) for i in range(30)}}, one)
+    with pytest.raises(CfgError, match="--partial") as info:
+        load_any_weights(net, one)
+    assert f"only 1 of the network's {len(state)} tensors" in str(info.value)
+    assert "loaded 1/" in load_any_weights(net, one, partial=True)
+    whole = tmp_path / "whole.pt"
+    torch.save(state, whole)
+    assert f"loaded {len(state)}/{len(state)}" in load_any_weights(net, whole)
+
+
+# -- images and data ------------------------------------------------------------------------------
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    from darkcfg.data import read_image
+    from darkcfg.detect.decode import load_image
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    path = tmp_path / "g16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    got = read_image(str(path), 3)
+    want = np.rint(ramp / 257.0).astype(np.uint8)
+    assert got.shape == (3, 64, 64)
+    assert np.array_equal(got[0].numpy(), want)
+    assert float((got == 255).float().mean()) < 0.01  # clipping made ~99.6% white
+    assert torch.allclose(load_image(str(path)) * 255, got.float(), atol=0.5)
+
+
+def test_decompression_bomb_is_a_located_data_error(tmp_path, monkeypatch):
+    from darkcfg.data import DataError, read_image
+    from darkcfg.detect.decode import load_image
+
+    path = image(tmp_path / "big.png", size=(40, 40))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x40 is over twice the limit
+    with pytest.raises(DataError, match="big.png.*more pixels than darkcfg reads"):
+        read_image(str(path), 3)
+    with pytest.raises(OSError, match="big.png"):
+        load_image(str(path))
+
+
+def detection_set(tmp_path: Path, data_text: str, ext: str = ".jpg") -> Path:
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for i in range(2):
+        image(folder / f"im{i}{ext}", size=(32, 32))
+        (folder / f"im{i}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    (folder / "train.txt").write_text("".join(f"{folder}/im{i}{ext}\n" for i in range(2)))
+    data = tmp_path / "obj.data"
+    data.write_text(data_text.format(folder=folder), encoding="utf-8")
+    return data
+
+
+def test_data_file_with_a_bom_keeps_its_first_key(tmp_path):
+    from darkcfg.data.detection.labels import open_detection_data
+
+    data = detection_set(tmp_path, "\ufeffclasses=3\ntrain={folder}/train.txt\n")
+    assert open_detection_data(data).classes == 3
+
+
+def test_data_file_without_classes_uses_the_networks(tmp_path):
+    from darkcfg.data.detection.augment import DetectionSettings
+    from darkcfg.data.detection.dataset import darknet_detection
+    from darkcfg.data.detection.labels import open_detection_data
+
+    data = detection_set(tmp_path, "train={folder}/train.txt\n")
+    assert open_detection_data(data).classes == 20  # Darknet's default, when nothing is known
+    assert not open_detection_data(data).classes_given
+    assert open_detection_data(data, default_classes=3).classes == 3
+    from darkcfg.model import build_network
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR.format(time_steps=1))
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    splits = darknet_detection(data, DetectionSettings.from_network(net), 0)
+    assert "1 classes" in splits.description
+    assert any("no classes= line" in w and "network's 1 classes" in w for w in splits.warnings)
+
+
+@pytest.mark.parametrize("ext", [".tif", ".Jpg", ".webp"])
+def test_labels_of_every_image_type_are_read(tmp_path, ext):
+    from darkcfg.data.detection.labels import label_path, open_detection_data, validate_labels
+
+    data = detection_set(tmp_path, "classes=1\ntrain={folder}/train.txt\n", ext)
+    opened = open_detection_data(data)
+    assert opened.train_labels == [label_path(p) for p in opened.train]
+    assert all(p.endswith(".txt") for p in opened.train_labels)
+    assert validate_labels(opened.train_labels, 1).objects == 2
+
+
+# -- export ---------------------------------------------------------------------------------------
+def test_missing_export_package_has_its_own_code(monkeypatch):
+    import importlib.util
+
+    from darkcfg.export.onnx import require_onnx_packages
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(CfgError) as info:
+        require_onnx_packages("m.onnx")
+    (d,) = info.value.diagnostics
+    assert d.code == "E905" and "onnxscript" in d.message and "pip install" in d.hint
+
+
+def test_emitted_loader_reads_a_weight_free_network(tmp_path):
+    import importlib.util
+
+    from builders.weights import save_weights
+    from darkcfg.export.emit import write_module
+    from darkcfg.model import build_network
+
+    cfg = tmp_path / "pool.cfg"
+    cfg.write_text("[net]\nwidth=16\nheight=16\nchannels=3\n\n[maxpool]\nsize=2\nstride=2\n")
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    save_weights(net, tmp_path / "pool.weights")
+    write_module(net, tmp_path / "pool_net.py")
+    spec = importlib.util.spec_from_file_location("pool_net", tmp_path / "pool_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.load_darknet_weights(module.Net(), str(tmp_path / "pool.weights"))["floats"] == 0
+
+
+# -- scale ----------------------------------------------------------------------------------------
+def deep_cfg(path: Path, layers: int) -> Path:
+    """`layers` layers: 1x1 convolutions and shortcuts, each shortcut with an unknown key."""
+    parts = ["[net]\nwidth=4\nheight=4\nchannels=2\nbatch=1\n"]
+    for i in range(layers):
+        if i % 4 == 3:
+            parts.append("[shortcut]\nfrom=-2\nactivation=linear\nnot_a_key=1\n")
+        elif i % 4 == 1:
+            parts.append("[maxpool]\nsize=1\nstride=1\n")
+        else:
+            parts.append("[convolutional]\nfilters=2\nsize=1\nactivation=leaky\n")
+    path.write_text("\n".join(parts))
+    return path
+
+
+def test_build_and_check_grow_linearly_with_the_layer_count(tmp_path):
+    from darkcfg.lint import check_file
+    from darkcfg.model import build_network
+
+    def seconds(n: int) -> float:
+        cfg = deep_cfg(tmp_path / f"deep{n}.cfg", n)
+        start = time.perf_counter()
+        build_network(str(cfg), [], "alexeyab", 0, device="meta")
+        found = check_file(str(cfg))
+        assert sum(d.code == "W201" for d in found) == n // 4
+        return time.perf_counter() - start
+
+    seconds(200)  # warm up (imports, caches)
+    small, large = seconds(2000), seconds(8000)
+    assert large / small < 6, f"2k layers {small:.2f} s, 8k layers {large:.2f} s"
