@@ -4,6 +4,7 @@ and runs a generic forward that keeps only the outputs later layers (or the call
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,20 @@ def net_info(net: Block, flavor: str = "alexeyab") -> NetInfo:
                    net.int("time_steps"))
 
 
+@contextlib.contextmanager
+def _no_gc():
+    """The cyclic garbage collector off while the layers are made: each of its full passes walks
+    every module made so far, which made building superlinear in the layer count (a build makes
+    no reference cycles to collect)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class Network(nn.Module):
     def __init__(self, blocks: Sequence[Block], *, flavor: str = "alexeyab",
                  device: torch.device | str | None = None):
@@ -69,7 +84,7 @@ class Network(nn.Module):
         types: list[str] = []  # grows with the layers: each builder sees 0..index-1 (linear)
         on_meta = device is not None and torch.device(device).type == "meta"
         with torch.device(device) if device is not None else contextlib.nullcontext(), \
-                _skip_torch_init() if on_meta else contextlib.nullcontext():
+                _skip_torch_init() if on_meta else contextlib.nullcontext(), _no_gc():
             for index, block in enumerate(blocks[1:]):
                 ctx = BuildContext(index, shapes, shapes[-1] if shapes else first, self.info,
                                    types, layers=self.layers)

@@ -447,31 +447,38 @@ def test_emitted_loader_reads_a_weight_free_network(tmp_path):
 
 # -- scale ----------------------------------------------------------------------------------------
 def deep_cfg(path: Path, layers: int) -> Path:
-    """`layers` layers: 1x1 convolutions and shortcuts, each shortcut with an unknown key."""
+    """`layers` cheap layers (so that a per-layer cost growing with the depth shows): maxpools,
+    a 1x1 convolution every 16, and shortcuts, each with an unknown key."""
     parts = ["[net]\nwidth=4\nheight=4\nchannels=2\nbatch=1\n"]
     for i in range(layers):
         if i % 4 == 3:
             parts.append("[shortcut]\nfrom=-2\nactivation=linear\nnot_a_key=1\n")
-        elif i % 4 == 1:
-            parts.append("[maxpool]\nsize=1\nstride=1\n")
-        else:
+        elif i % 16 == 0:
             parts.append("[convolutional]\nfilters=2\nsize=1\nactivation=leaky\n")
+        else:
+            parts.append("[maxpool]\nsize=1\nstride=1\n")
     path.write_text("\n".join(parts))
     return path
 
 
+@pytest.mark.slow
 def test_build_and_check_grow_linearly_with_the_layer_count(tmp_path):
     from darkcfg.lint import check_file
     from darkcfg.model import build_network
 
     def seconds(n: int) -> float:
+        """The best of two (a busy machine only adds time)."""
         cfg = deep_cfg(tmp_path / f"deep{n}.cfg", n)
-        start = time.perf_counter()
-        build_network(str(cfg), [], "alexeyab", 0, device="meta")
-        found = check_file(str(cfg))
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            build_network(str(cfg), [], "alexeyab", 0, device="meta")
+            found = check_file(str(cfg))
+            best = min(best, time.perf_counter() - start)
         assert sum(d.code == "W201" for d in found) == n // 4
-        return time.perf_counter() - start
+        return best
 
     seconds(200)  # warm up (imports, caches)
     small, large = seconds(2000), seconds(8000)
+    print(f"2k layers {small:.2f} s, 8k layers {large:.2f} s: x{large / small:.2f}")
     assert large / small < 6, f"2k layers {small:.2f} s, 8k layers {large:.2f} s"
