@@ -102,6 +102,27 @@ def ensure_folder(folder: str | os.PathLike, flag: str = "") -> Path:
     return folder
 
 
+def check_folder(folder: str | os.PathLike, flag: str = "") -> Path:
+    """Before any slow work, without creating anything: `folder` is, or can be made, a writable
+    folder. Raises a located E901 otherwise (ensure_folder creates it later)."""
+    folder = Path(folder)
+    named = f"{flag} folder '{folder}'" if flag else f"folder '{folder}'"
+    if folder.exists() and not folder.is_dir():
+        raise CfgError(Diagnostic("E901", f"cannot use {named}: it is a file", str(folder),
+                                  hint="name a folder (or a new path) for the outputs"))
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CfgError(Diagnostic("E901", f"cannot use {named}: '{ancestor}' is a file, not a "
+                                  "folder", str(folder), hint="name a path inside a folder"))
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CfgError(Diagnostic("E901", f"cannot write to {named}: permission denied in "
+                                  f"'{ancestor}'", str(folder),
+                                  hint="name a folder you may write to"))
+    return folder
+
+
 def check_writable(path: str | os.PathLike, flag: str = "") -> Path:
     """Before any slow work: `path` can be written (it is not a folder and its folder exists, or
     can be created, and is writable). Raises a located E901 otherwise."""

@@ -248,13 +248,13 @@ def run_detect(opts, args) -> None:
     if args.detections and not args.input:
         raise CfgError(Diagnostic("E100", "--detections needs --input X.npy", "<command line>",
                                   hint="or use --detect IMAGE... for image files"))
-    from builders.atomic import check_writable, ensure_folder
+    from builders.atomic import check_folder, check_writable
 
     if args.input and args.detections:
         check_writable(args.detections, "--detections")  # before the (slow) build
     out = Path(args.out) if args.out else Path("runs") / opts.name / "detect"
     if args.detect:
-        ensure_folder(out, "--out")
+        check_folder(out, "--out")
     names, names_where = read_names(args.names, args.data)
     net = detector(opts, args)
     check_names(net, names, names_where)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from builders.atomic import ensure_folder
+from builders.atomic import check_folder, ensure_folder
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data import (
     Augment,
@@ -112,7 +112,7 @@ def train(opts: RunOptions) -> tuple[str, Trainer]:
 
 def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if opts.explicit_out and dist.main:
-        ensure_folder(opts.out, "--out")  # a file in the way fails now, not after the build
+        check_folder(opts.out, "--out")  # a file in the way fails now, not after the build
     check_memory(opts, device)
     net, cfg, overrides = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
     for w in net.warnings:

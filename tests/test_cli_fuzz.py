@@ -1,0 +1,176 @@
+"""The command line under random combinations of flags and bad values (issue 19): whatever the
+mix, darkcfg answers with its own message (or does the work) and never prints a traceback.
+
+In-process through darkcfg.cli.main (hypothesis, bounded to about a minute), plus a few fixed
+combinations through a real subprocess (what a user's shell sees)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """[net]
+width=12
+height=12
+channels=3
+batch=2
+subdivisions=1
+learning_rate=0.05
+max_batches=1
+policy=constant
+
+[convolutional]
+filters=4
+size=3
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[connected]
+output=3
+activation=linear
+
+[softmax]
+"""
+
+# flag -> values worth trying: good ones, wrong types, out of range, odd paths
+NUMBERS = ["-1", "0", "3", "1000", str(2**64 + 1), "1e26", "abc", "", "²", "-0"]
+PATHS = ["missing.file", "afile", "afile/below.x", ".", "folder", "img.png", "x.npy",
+         "bad.npy", "²", "w.weights", "not.data"]
+FLAGS: dict[str, list[str] | None] = {
+    "--workers": NUMBERS, "--freeze": NUMBERS, "--seed": NUMBERS, "--cutoff": NUMBERS,
+    "--classes": NUMBERS, "--top": NUMBERS, "--opset": NUMBERS,
+    "--save-every": NUMBERS, "--checkpoint-every": NUMBERS, "--valid-every": NUMBERS,
+    "--thresh": NUMBERS + ["nan", "inf"], "--nms": NUMBERS + ["nan"],
+    "--map-points": NUMBERS + ["11"],
+    "--device": ["cpu", "cuda", "cuda:7", "tpu", "mps", "meta", "", "cpu:0"],
+    "--flavor": ["alexeyab", "pjreddie", "darknet"],
+    "--format": ["text", "json", "xml"],
+    "--set": ["batch=2", "subdivisions=4", "width=0", "nokey=1", "batch", "=", "width=1e26",
+              "convolutional.filters=-3", "max_batches=99999999999", "time_steps=0"],
+    "--max-memory": ["1K", "8G", "-1", "lots", "0"],
+    "--input-size": ["16x16", "0x0", "axb", "100000x100000", "7"],
+    "--out": PATHS, "--data": PATHS + ["digits", "torchvision:NOPE:x"],
+    "--weights": PATHS, "--resume": PATHS, "--names": PATHS, "--input": PATHS,
+    "--export": ["m.onnx", "m.pt2", "m.txt", "afile/m.pt2", "folder"],
+    "--emit": ["m.py", "afile/m.py", "folder"], "--save-weights": ["o.weights", "folder"],
+    "--dump-outputs": ["o.npz", "folder"], "--plot-lr": ["lr.png", "afile/lr.png", "folder"],
+    "--detections": ["d.json", "folder"], "--detect": PATHS, "--predict": PATHS,
+    "--summary": None, "--valid": None, "--partial": None, "--force": None,
+    "--letter-box": None, "--save-labels": None, "--dynamic-batch": None, "--decode": None,
+    "--all-layers": None, "--no-amp": None, "--batch-per-process": None, "--check": None,
+}
+# --train trains for real (max_batches=1, 2 images): cheap, and the combinations matter
+ACTIONS = ["--summary", "--train", "--valid", "--check", "--emit", "--export", "--detect",
+           "--predict", "--save-weights", "--dump-outputs", "--plot-lr", "--detections"]
+
+
+WELL_TYPED = {"-1", "0", "3", "1000", str(2**64 + 1), "-0", "1", "8G", "16x16"}
+
+
+def flag_and_value(flag: str) -> st.SearchStrategy[list[str]]:
+    values = FLAGS[flag]
+    if values is None:
+        return st.just([flag])
+    # half the time a value argparse takes, so that the typed checks behind it are reached
+    typed = [v for v in values if v in WELL_TYPED] or values
+    return st.one_of(st.sampled_from(typed), st.sampled_from(values)).map(lambda v: [flag, v])
+
+
+COMMAND_LINES = st.tuples(
+    st.sampled_from(["tiny.cfg"] * 6 + ["missing.cfg", "afile", "folder", "bad.cfg"]),
+    st.lists(st.sampled_from(sorted(FLAGS)).flatmap(flag_and_value), min_size=1, max_size=5),
+).map(lambda t: [t[0], *[part for pair in t[1] for part in pair]])
+
+
+@pytest.fixture(scope="module")
+def playground(tmp_path_factory) -> Path:
+    """A folder with every kind of file the command lines name."""
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "tiny.cfg").write_text(TINY)
+    (root / "bad.cfg").write_text("[net]\nwidth=8\n[convolutional]\nfilters=9" + "9" * 5000)
+    (root / "afile").write_text("not a folder\n")
+    (root / "folder").mkdir()
+    Image.fromarray(np.zeros((10, 14, 3), np.uint8)).save(root / "img.png")
+    np.save(root / "x.npy", np.zeros((1, 3, 12, 12), np.float32))
+    (root / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+    (root / "w.weights").write_bytes(np.zeros(9, np.int32).tobytes())
+    (root / "not.data").write_text("\ufeffclasses=x\ntrain=missing.txt\n")
+    (root / "²").write_text("?")
+    return root
+
+
+def run_in_process(argv: list[str]) -> tuple[object, str]:
+    from darkcfg.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code: object = main(argv)
+        except SystemExit as exc:  # argparse's usage errors: exit 2 with its message
+            code = exc.code
+    return code, err.getvalue()
+
+
+FUZZ_SECONDS = 60.0
+_spent = [0.0]
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(argv=COMMAND_LINES, action=st.sampled_from(ACTIONS))
+def test_random_command_lines_never_print_a_traceback(playground, argv, action):
+    if _spent[0] > FUZZ_SECONDS:  # bounded time, whatever the examples cost
+        return
+    if action not in argv:
+        value = FLAGS.get(action)
+        argv = [*argv, action, *([] if value is None else [value[0]])]
+    if "--out" not in argv:
+        argv += ["--out", "runs_fuzz"]
+    start = time.perf_counter()
+    cwd = os.getcwd()
+    os.chdir(playground)
+    try:
+        code, err = run_in_process(argv)
+    finally:
+        os.chdir(cwd)
+        _spent[0] += time.perf_counter() - start
+    assert "Traceback" not in err, f"darkcfg {' '.join(argv)}\n{err}"
+    assert code in (0, 1, 2), f"darkcfg {' '.join(argv)} -> {code}\n{err}"
+    if code == 2:
+        assert "error" in err, f"darkcfg {' '.join(argv)}: exit 2 without a message"
+    assert (playground / "afile").read_text() == "not a folder\n"  # never written over
+    assert (playground / "tiny.cfg").read_text() == TINY
+
+
+@pytest.mark.parametrize("argv", [
+    ["tiny.cfg", "--train", "--workers", "-1", "--seed", str(2**64 + 1)],
+    ["tiny.cfg", "--summary", "--device", "tpu"],
+    ["bad.cfg", "--summary"],
+    ["tiny.cfg", "--emit", "afile/m.py"],
+    ["tiny.cfg", "--detect", "²", "--out", "afile"],
+])
+def test_a_real_shell_sees_no_traceback(playground, argv):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "runner.py"), *argv], cwd=playground,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "error[" in result.stderr and "help:" in result.stderr
