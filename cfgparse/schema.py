@@ -453,7 +453,8 @@ def _int(text: str, key: str) -> int:
     if len(digits) > 10 or abs(int(text)) > INT_MAX:
         shown = text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
         raise ValueProblem("E203", f"'{key}' = {shown} is too large (Darknet reads integers "
-                           f"as 32-bit C ints: at most {INT_MAX})", f"write a {key} that fits")
+                           f"as 32-bit C ints: at most {INT_MAX})",
+                           f"write {key}=<an integer up to {INT_MAX}>")
     return int(text)
 
 
