@@ -438,9 +438,9 @@ def test_no_build_stays_torch_free(tmp_path):
 
 
 def test_python_dash_m_entry_point(tmp_path):
-    """`python -m lint`, what the pre-commit hook runs, in a real process."""
+    """`python -m darkcfg.lint`, what the pre-commit hook runs, in a real process."""
     path = write(tmp_path, MUST_SHOW["unknown section"][0])
-    result = subprocess.run([sys.executable, "-m", "lint", "--no-build", str(path)],
+    result = subprocess.run([sys.executable, "-m", "darkcfg.lint", "--no-build", str(path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1
     assert f"{path}:6:2: error[E201]" in result.stdout
