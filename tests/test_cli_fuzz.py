@@ -93,10 +93,21 @@ def flag_and_value(flag: str) -> st.SearchStrategy[list[str]]:
     return st.one_of(st.sampled_from(typed), st.sampled_from(values)).map(lambda v: [flag, v])
 
 
+def subcommands() -> list[str]:
+    """The `darkcfg COMMAND` forms whose module exists (the flag form is the empty one)."""
+    import importlib.util
+
+    from darkcfg.cli import COMMANDS
+
+    return [name for name, module in sorted(COMMANDS.items())
+            if importlib.util.find_spec(module) is not None]
+
+
 COMMAND_LINES = st.tuples(
+    st.sampled_from([""] * 4 + subcommands()),
     st.sampled_from(["tiny.cfg"] * 6 + ["missing.cfg", "afile", "folder", "bad.cfg"]),
     st.lists(st.sampled_from(sorted(FLAGS)).flatmap(flag_and_value), min_size=1, max_size=5),
-).map(lambda t: [t[0], *[part for pair in t[1] for part in pair]])
+).map(lambda t: [*([t[0]] if t[0] else []), t[1], *[part for pair in t[2] for part in pair]])
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from darkcfg.model import (
     check_seed,
     device_memory,
     load_any_weights,
+    named_device,
     option_error,
     pick_device,
 )
@@ -77,6 +78,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         """Values no run can use are refused here, whichever command built the options."""
         check_seed(self.seed)
+        if self.device and self.device != "auto":
+            named_device(self.device)  # every command: a device this machine does not have
         check_count("--workers", self.workers, "the number of loader processes")
         check_count("--freeze", self.freeze, "the number of frozen layers")
         check_count("--cutoff", self.cutoff, "the number of layers")
