@@ -244,6 +244,20 @@ def test_detect_outputs_and_inputs(capsys, detector, tmp_path, monkeypatch):
     assert all(d["image_id"] == "²" for d in found)
 
 
+@pytest.mark.parametrize("flags", [["--thresh", "nan"], ["--thresh", "-1"], ["--nms", "7"]])
+def test_detect_thresholds_are_fractions(capsys, detector, tmp_path, flags):
+    pic = image(tmp_path / "a.jpg")
+    code, err = run(capsys, detector, "--detect", pic, "--out", tmp_path / "d", *flags)
+    assert code == 2 and f"{flags[0]}: error[E100]" in err and "between 0 and 1" in err
+
+
+@pytest.mark.parametrize("flags", [["--checkpoint-every", "-1"], ["--save-every", "-3"],
+                                   ["--valid-every", "-2"]])
+def test_negative_periods_are_refused(capsys, tiny, tmp_path, flags):
+    code, err = run(capsys, tiny, "--train", "--no-progress", "--out", tmp_path / "r", *flags)
+    assert code == 2 and f"{flags[0]}: error[E100]" in err
+
+
 def test_detect_memory_guard(capsys, detector, tmp_path):
     pic = image(tmp_path / "a.jpg")
     code, err = run(capsys, detector, "--detect", pic, "--out", tmp_path / "d",

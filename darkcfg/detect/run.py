@@ -250,6 +250,12 @@ def run_detect(opts, args) -> None:
                                   hint="or use --detect IMAGE... for image files"))
     from builders.atomic import check_folder, check_writable
 
+    for flag, value in (("--thresh", args.thresh), ("--nms", args.nms)):
+        if not 0.0 <= value <= 1.0:  # also nan: no comparison holds
+            raise CfgError(Diagnostic("E100", f"{flag} {value}: must be between 0 and 1", flag,
+                                      hint=f"e.g. {flag} {0.25 if flag == '--thresh' else 0.45}"
+                                      + (" (0: no NMS)" if flag == "--nms" else "")))
+
     if args.input and args.detections:
         check_writable(args.detections, "--detections")  # before the (slow) build
     out = Path(args.out) if args.out else Path("runs") / opts.name / "detect"

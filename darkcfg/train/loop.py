@@ -279,6 +279,18 @@ class Schedule:
     save_every: int = 0  # 0: no numbered weights
     sync_every: int = 10  # DDP: how often ranks agree on a stop request
 
+    def __post_init__(self) -> None:
+        # valid_every -1 is "the default" (four validations); other negatives mean nothing
+        for flag, value, low in (("--valid-every", self.valid_every, -1),
+                                 ("--checkpoint-every", self.checkpoint_every, 0),
+                                 ("--save-every", self.save_every, 0),
+                                 ("--sync-every", self.sync_every, 1)):
+            if value < low:
+                raise CfgError(Diagnostic("E100", f"{flag} {value}: must be {max(low, 0)} or "
+                                          "more", flag, hint=f"use {flag} N with N >= "
+                                          f"{max(low, 0)} (0: never)" if low < 1 else
+                                          f"use {flag} 1 or more"))
+
 
 class StopFlag:
     """SIGTERM/SIGINT ask for a clean stop at the end of the current iteration."""
