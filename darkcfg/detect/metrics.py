@@ -17,7 +17,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_convert
+
+from builders.boxes import pairwise_iou
 
 # What `detector map` and training's -map use (DETECTION.md §1.7, §7).
 MAP_DETECTION_THRESH = 0.005  # get_network_boxes threshold for mAP
@@ -156,10 +158,6 @@ class DetectionMetrics:
         return "\n".join(lines)
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return box_iou(box_convert(a, "cxcywh", "xyxy"), box_convert(b, "cxcywh", "xyxy"))
-
-
 def average_precision(tp, truths: int, points: int = 0) -> float:
     """AP of one class from its entries' TP flags in descending-score order (§7 step 5)."""
     if points < 0 or points == 1:
@@ -227,7 +225,7 @@ def darknet_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
         truth = torch.full((len(boxes),), -1, dtype=torch.long)
         best = torch.zeros(len(boxes), dtype=torch.float64)
         if len(boxes) and len(gt.boxes):
-            ious = _iou(boxes, gt.boxes)
+            ious = pairwise_iou(boxes, gt.boxes)
             ious = torch.where(cls[:, None] == gt.classes[None, :], ious, 0.0)
             best, j = ious.max(1)  # the first of equal maxima, as Darknet's `>` scan
             truth = torch.where(best > iou_thresh, j, -1)
@@ -240,7 +238,7 @@ def darknet_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
         iou_sum += float(best[tp].sum())
         keep = torch.ones(len(boxes), dtype=torch.bool)
         if gt.difficult is not None and len(gt.difficult) and len(boxes):
-            hard = (_iou(boxes, gt.difficult[:, :4]) > iou_thresh) & \
+            hard = (pairwise_iou(boxes, gt.difficult[:, :4]) > iou_thresh) & \
                 (cls[:, None] == gt.difficult[None, :, 4].round().long())
             keep = (truth >= 0) | ~hard.any(1)  # only a difficult object matched: dropped
         kept_scores.append(score[keep])

@@ -2,8 +2,9 @@
 
 Loss: the sum of every head's `loss(x, truth, seen)` on its own input, `seen` = Darknet's
 net.seen during that forward (images trained so far, this mini-batch included; the Trainer
-passes it). Each head leaves `loss_stats` (Darknet's printed line: avg IoU, count, class/iou/total
-loss); they go to metrics.csv as `h<layer>_<stat>` and, the IoU and count, to the progress bar.
+passes it). Each head's loss returns `(loss, stats)`, stats being Darknet's printed line (avg IoU,
+count, class/iou/total loss); they go to metrics.csv as `h<layer>_<stat>` and, the IoU and count,
+to the progress bar.
 
 Data: `darkcfg.data.detection.dataset` (the embedded detection set or a Darknet `.data` file),
 batches indexed by (iteration, slot) so multi-scale (`random=`) sizes, augmentation and order
@@ -37,7 +38,7 @@ from darkcfg.detect.metrics import (
 )
 from darkcfg.train.tasks import TASKS, Task
 
-#: what each head's `loss_stats` contributes to metrics.csv (Darknet's per-layer line)
+#: what each head's loss statistics contribute to metrics.csv (Darknet's per-layer line)
 HEAD_STATS = ("avg_iou", "count", "class_loss", "iou_loss", "total_loss")
 #: ... and to the progress bar
 BAR_STATS = ("avg_iou", "count")
@@ -124,10 +125,8 @@ class DetectionTask(Task):
         inputs = self.head_inputs(net, x)
         total, stats = None, {}
         for i in self.heads:
-            layer = net.layers[i]
-            part = layer.loss(inputs[i].float(), targets, seen=seen)
+            part, found = net.layers[i].loss(inputs[i].float(), targets, seen=seen)
             total = part if total is None else total + part
-            found = getattr(layer, "loss_stats", None) or {}
             for s in HEAD_STATS:
                 stats[f"h{i}_{s}"] = torch.tensor(float(found.get(s, 0.0)))
         return total, stats

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from builders.boxes import letterbox_image, resize_image
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
@@ -143,30 +144,6 @@ class DetectionStream:
 
 
 # -- validation -----------------------------------------------------------------------------------
-def resize_align_corners(image: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    """Darknet's resize_image: bilinear with the corner pixels aligned, float [0, 1]."""
-    x = image.float().div(255) if image.dtype == torch.uint8 else image.float()
-    if tuple(x.shape[-2:]) == (h, w):
-        return x
-    return torch.nn.functional.interpolate(x[None], size=(h, w), mode="bilinear",
-                                           align_corners=True)[0]
-
-
-def letterbox(image: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    """Darknet's letterbox_image: keep the aspect ratio, resize_image, paste centred (integer
-    offset) on 0.5 grey."""
-    ih, iw = image.shape[-2:]
-    if w / iw < h / ih:
-        new_w, new_h = w, ih * w // iw
-    else:
-        new_w, new_h = iw * h // ih, h
-    inner = resize_align_corners(image, new_w, new_h)
-    out = torch.full((image.shape[0], h, w), 0.5)
-    top, left = (h - new_h) // 2, (w - new_w) // 2
-    out[:, top:top + new_h, left:left + new_w] = inner
-    return out
-
-
 class DetectionEval(Dataset):
     """Index i: (float image (C, h, w) at the network size the way `detector map` feeds it:
     letterbox_image with [net] letter_box=1, else resize_image; truth (max, 5) relative to the
@@ -181,8 +158,10 @@ class DetectionEval(Dataset):
     def __getitem__(self, index: int):
         image, boxes = self.source[index]
         s = self.settings
-        view = letterbox(image, s.width, s.height) if s.letter_box else \
-            resize_align_corners(image, s.width, s.height)
+        x = image.float().div(255) if image.dtype == torch.uint8 else image.float()
+        # the same geometry as --detect (builders.boxes), as `detector map` and `detector test`
+        view = letterbox_image(x, s.width, s.height) if s.letter_box else \
+            resize_image(x, s.width, s.height)
         size = torch.tensor([image.shape[-1], image.shape[-2]], dtype=torch.int64)
         return view, pad_truth(boxes, s.max_boxes), size
 
