@@ -24,6 +24,7 @@ import torch
 from cfgparse import Block, CfgError, schema
 from cfgparse.rules import anchor_pairs, head_input_problem, mask_problem
 
+from ..boxes import box_iou
 from ..layer import Layer
 from ..registry import Shape
 
@@ -236,6 +237,18 @@ def alive_truth(truth: torch.Tensor, max_boxes: int) -> tuple[torch.Tensor, int]
     truth = truth[:, :max_boxes]
     alive = torch.cumprod((truth[..., 0] != 0).to(torch.int32), 1).bool()
     return alive, int(alive.sum(1).max()) if alive.numel() else 0
+
+
+def best_truth(pred: torch.Tensor, truth: torch.Tensor, usable: torch.Tensor):
+    """Every predicted box (B, n, H, W, 4) against every usable truth of its image (truth
+    (B, M, 5), usable (B, M)): (the best IoU, the index of that truth (the first of equal
+    maxima)), each (B, n, H, W); 0 and 0 without truths."""
+    if not truth.shape[1]:
+        return (torch.zeros(pred.shape[:-1], dtype=pred.dtype, device=pred.device),
+                torch.zeros(pred.shape[:-1], dtype=torch.long, device=pred.device))
+    ious = box_iou(pred.unsqueeze(4), truth[:, None, None, None, :, :4])
+    ious = torch.where(usable[:, None, None, None, :], ious, torch.zeros_like(ious))
+    return ious.max(4)
 
 
 def finite(t: torch.Tensor) -> torch.Tensor:

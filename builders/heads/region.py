@@ -26,6 +26,7 @@ from .base import (
     HeadParts,
     alive_truth,
     anchors_of,
+    best_truth,
     cells,
     check_input,
     first_argmax,
@@ -227,13 +228,7 @@ def region_deltas(layer: Region, x: torch.Tensor, truth: torch.Tensor, seen: int
         delta = torch.zeros_like(v)
 
         # every slot: no-object objectness, ignored above thresh; classfix
-        if m_used:
-            ious = box_iou(pred.unsqueeze(4), t[:, None, None, None, :, :4])
-            ious = torch.where(usable[:, None, None, None, :], ious, torch.zeros_like(ious))
-            best_iou, best_t = ious.max(4)
-        else:
-            best_iou = torch.zeros_like(p_obj)
-            best_t = torch.zeros_like(p_obj, dtype=torch.long)
+        best_iou, best_t = best_truth(pred, t, usable)
         noobj = cfg.noobject_scale
         class_scale = cfg.class_scale
         avg_cat, class_count = 0.0, 0

@@ -26,6 +26,7 @@ from .base import (
     HeadParts,
     alive_truth,
     anchors_of,
+    best_truth,
     cells,
     check_input,
     finite,
@@ -287,13 +288,7 @@ def yolo_deltas(layer: YoloHead, x: torch.Tensor, truth: torch.Tensor, seen: int
         on = cfg.obj_norm
 
         # Phase A: every prediction against every truth
-        if m_used:
-            ious = box_iou(pred.unsqueeze(4), t[:, None, None, None, :, :4])
-            ious = torch.where(usable[:, None, None, None, :], ious, torch.zeros_like(ious))
-            best_iou, best_t = ious.max(4)
-        else:
-            best_iou = torch.zeros_like(p_obj)
-            best_t = torch.zeros_like(p_obj, dtype=torch.long)
+        best_iou, best_t = best_truth(pred, t, usable)
         if cfg.pjreddie:  # pjreddie's ignore test has no class condition
             best_match, match_t = best_iou, best_t
         else:  # only predictions with any class > 0.25 count (compare_yolo_class)
