@@ -85,6 +85,21 @@ class DataOptions:
                    random=float(keys.get("random", 0) or 0))
 
 
+@dataclass(frozen=True)
+class LossScales:
+    """The four weights of the YOLOv1/v2 losses ([detection], [region])."""
+
+    coord_scale: float = 1.0
+    object_scale: float = 1.0
+    noobject_scale: float = 1.0
+    class_scale: float = 1.0
+
+    @staticmethod
+    def read(keys: dict) -> dict[str, float]:
+        return {k: float(keys[k]) for k in ("coord_scale", "object_scale", "noobject_scale",
+                                            "class_scale")}
+
+
 NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
 
 

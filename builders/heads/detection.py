@@ -23,6 +23,7 @@ from .base import (
     DetectionHead,
     HeadDecoding,
     HeadParts,
+    LossScales,
     alive_truth,
     cells,
     check_input,
@@ -36,7 +37,7 @@ _FORWARD_KEYS = frozenset({"classes", "num", "coords", "softmax", "side"})
 
 
 @dataclass(frozen=True)
-class DetectionLoss:
+class DetectionLoss(LossScales):
     """The loss settings of a [detection], read once from its block
     (src/parser.c parse_detection)."""
 
@@ -44,20 +45,13 @@ class DetectionLoss:
     sqrt: bool = False
     forced: bool = False
     random: bool = False
-    coord_scale: float = 1.0
-    object_scale: float = 1.0
-    noobject_scale: float = 1.0
-    class_scale: float = 1.0
     max_boxes: int = 200
 
     @classmethod
     def from_keys(cls, keys: dict) -> DetectionLoss:
         return cls(rescore=bool(keys["rescore"]), sqrt=bool(keys["sqrt"]),
                    forced=bool(keys["forced"]), random=bool(keys["random"]),
-                   coord_scale=float(keys["coord_scale"]),
-                   object_scale=float(keys["object_scale"]),
-                   noobject_scale=float(keys["noobject_scale"]),
-                   class_scale=float(keys["class_scale"]), max_boxes=int(keys["max"]))
+                   max_boxes=int(keys["max"]), **LossScales.read(keys))
 
 
 class DetectionDecoding(HeadDecoding):

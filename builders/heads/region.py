@@ -24,6 +24,7 @@ from .base import (
     DetectionHead,
     HeadDecoding,
     HeadParts,
+    LossScales,
     alive_truth,
     anchors_of,
     best_truth,
@@ -48,7 +49,7 @@ _NOT_HONOURED = {
 
 
 @dataclass(frozen=True)
-class RegionLoss:
+class RegionLoss(LossScales):
     """The loss settings of a [region], read once from its block (src/parser.c parse_region)."""
 
     thresh: float = 0.5
@@ -56,21 +57,14 @@ class RegionLoss:
     rescore: bool = False
     bias_match: bool = False
     max_boxes: int = 200
-    coord_scale: float = 1.0
-    object_scale: float = 1.0
-    noobject_scale: float = 1.0
-    class_scale: float = 1.0
     focal_loss: bool = False
 
     @classmethod
     def from_keys(cls, keys: dict) -> RegionLoss:
         return cls(thresh=float(keys["thresh"]), classfix=int(keys["classfix"]),
                    rescore=bool(keys["rescore"]), bias_match=bool(keys["bias_match"]),
-                   max_boxes=int(keys["max"]), coord_scale=float(keys["coord_scale"]),
-                   object_scale=float(keys["object_scale"]),
-                   noobject_scale=float(keys["noobject_scale"]),
-                   class_scale=float(keys["class_scale"]),
-                   focal_loss=bool(keys.get("focal_loss", 0)))
+                   max_boxes=int(keys["max"]), focal_loss=bool(keys.get("focal_loss", 0)),
+                   **LossScales.read(keys))
 
 
 class RegionDecoding(HeadDecoding):
