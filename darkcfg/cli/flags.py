@@ -142,11 +142,9 @@ def plan(args: argparse.Namespace) -> list[tuple[str, object]]:
 def execute(steps: list[tuple[str, object]]) -> int:
     """Run planned steps with the subcommands' own `run`; the network a `train` step trained is
     the one a following `valid`/`predict` step evaluates."""
-    from darkcfg.cli import COMMANDS
-
     trainer = None
     for name, options in steps:
-        command = importlib.import_module(COMMANDS[name])
+        command = importlib.import_module(f"darkcfg.cli.{name}")  # = darkcfg.cli.COMMANDS[name]
         if name == "train":
             trainer = command.run(options)
             if trainer is None:  # stopped early (signal) or one of several torchrun processes
