@@ -9,12 +9,12 @@ import os
 import sys
 from collections.abc import Callable
 
-from builders.memory import parse_size
 from cfgparse import CfgError, Diagnostic
+from darkcfg.lint.cli import memory_size
 from darkcfg.model import ModelSpec
 
 __all__ = ["ModelSpec", "add_model_arguments", "command_parser", "guarded", "model_spec",
-           "parse_size", "usage_error"]
+           "memory_size", "usage_error"]
 
 
 def command_parser(command: str, description: str) -> argparse.ArgumentParser:

@@ -12,8 +12,8 @@ from darkcfg.cli.common import (
     add_model_arguments,
     command_parser,
     guarded,
+    memory_size,
     model_spec,
-    parse_size,
 )
 
 
@@ -50,7 +50,7 @@ def add_schedule_arguments(p) -> None:
     p.add_argument("--batch-per-process", action="store_true",
                    help="under torchrun, [net] batch is per process (default: global)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--max-memory", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
                    help="refuse to train a network estimated to need more (e.g. 8G; default: "
                    "the device's memory)")
     p.add_argument("--force", action="store_true",
