@@ -178,7 +178,7 @@ def test_train_then_valid_evaluates_the_network_just_trained(work, capsys, monke
     code, out, err = call(capsys, ["tiny.cfg", "--train", "--valid", "--out", "tv",
                                    "--no-progress", "--set", "max_batches=2"])
     assert code == 0 and "finished 2 iterations" in err
-    assert "top-1" in out and "loaded" not in err  # no weights file read back: the trainer's net
+    assert "val_top1" in out and "loaded" not in err  # no weights file read back: the trainer's net
 
 
 def run_both(capsys, monkeypatch, work, flags, sub, tmp_path):
@@ -273,7 +273,7 @@ def test_train_valid_predict_alike(work, capsys, monkeypatch, tmp_path):
     valid = [call(capsys, argv) for argv in (["tiny.cfg", "--weights", w, "--valid"],
                                              ["valid", "tiny.cfg", "--weights", w])]
     assert valid[0][0] == valid[1][0] == 0 and valid[0][1] == valid[1][1]
-    assert "top-1" in valid[0][1]
+    assert "val_top1" in valid[0][1]
     image = str(work / "imgs" / "b.png")
     predicted = [call(capsys, argv) for argv in (
         ["tiny.cfg", "--weights", w, "--predict", image, "--top", "2"],
