@@ -12,37 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_detect import TINY
 
 from darkcfg.cli import COMMANDS
 from darkcfg.cli import flags as flag_form
 from darkcfg.cli import main as darkcfg
 
-DETECTOR = """
-[net]
-width=32
-height=32
-channels=3
-batch=2
-max_batches=10
-
-[convolutional]
-filters=8
-size=3
-stride=4
-pad=1
-activation=leaky
-
-[convolutional]
-filters=18
-size=1
-activation=linear
-
-[yolo]
-mask=0,1
-anchors=10,14, 23,27
-classes=4
-num=2
-"""
+DETECTOR = TINY.format(letter="max_batches=10")  # 64x64x3, [yolo] with classes=7
 
 OWN_COMMANDS = ("train", "valid", "predict", "detect", "export", "emit", "summary", "weights")
 
@@ -81,9 +57,9 @@ def work(tmp_path_factory, tiny_classifier) -> Path:
     rng = np.random.default_rng(0)
     for name, (h, w) in (("1.jpg", (24, 40)), ("b.png", (32, 32))):
         Image.fromarray((rng.uniform(0, 255, (h, w, 3))).astype(np.uint8)).save(images / name)
-    (root / "names.txt").write_text("a\nb\nc\nd\n")
+    (root / "names.txt").write_text("a\nb\nc\nd\ne\nf\ng\n")
     np.save(root / "x.npy", rng.uniform(0, 1, (1, 3, 12, 12)).astype(np.float32))
-    np.save(root / "xd.npy", rng.uniform(0, 1, (1, 3, 32, 32)).astype(np.float32))
+    np.save(root / "xd.npy", rng.uniform(0, 1, (1, 3, 64, 64)).astype(np.float32))
     return root
 
 
