@@ -81,16 +81,6 @@ def test_every_command_is_a_module_that_parses_into_typed_options(work):
         assert "Namespace" not in text, name
 
 
-def test_library_code_never_sees_argparse():
-    root = Path(__file__).resolve().parents[1]
-    users = sorted(str(p.relative_to(root)) for p in root.glob("*/**/*.py")
-                   if "import argparse" in p.read_text() and p.parts[-2] != "tests")
-    # the command lines: darkcfg.cli, the linter's, cfgparse's, presets' and preview's own
-    assert [u for u in users if not u.startswith(("darkcfg/cli/", "bench/"))] == [
-        "builders/presets.py", "cfgparse/__main__.py", "darkcfg/data/detection/preview.py",
-        "darkcfg/lint/cli.py"]
-
-
 # -- every README/docs line in flag form and its subcommand: the same options, the same result -----
 
 #: (flag form, subcommand form): the lines of today's docs, on the tiny cfgs above.
