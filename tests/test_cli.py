@@ -258,6 +258,20 @@ def test_check_in_every_spelling(work, capsys, monkeypatch):
     assert results[0][1] == results[1][1] == direct and "did you mean 'leaky'" in direct
 
 
+def test_darkcfg_check_stays_torch_free():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = ("import sys\nfrom darkcfg.cli import main\n"
+              "code = main(['check', '--no-build', 'cfg/digits.cfg'])\n"
+              "assert 'torch' not in sys.modules\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "1 file checked: 0 errors" in done.stdout
+
+
 # -- errors: one handler, exit 2, located, no traceback --------------------------------------------
 
 @pytest.mark.parametrize("argv,message", [

@@ -1,6 +1,6 @@
 """What every command shares: the model arguments (cfg, --set, --flavor, --seed, --device,
 --weights, --cutoff) parsed into a `darkcfg.model.ModelSpec`, and the one error handler that turns
-bad input into located diagnostics and exit status 2 (never a traceback)."""
+bad input into located diagnostics and exit status 2 (never a traceback). Torch-free."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from collections.abc import Callable
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.lint.cli import memory_size
-from darkcfg.model import ModelSpec
 
-__all__ = ["ModelSpec", "add_model_arguments", "command_parser", "guarded", "model_spec",
+__all__ = ["add_model_arguments", "command_parser", "guarded", "model_spec",
            "memory_size", "usage_error"]
 
 
@@ -40,7 +39,11 @@ def add_model_arguments(p: argparse.ArgumentParser, weights: bool = True) -> Non
                        help="read/write only the first N layers' weights")
 
 
-def model_spec(args: argparse.Namespace) -> ModelSpec:
+def model_spec(args: argparse.Namespace):
+    """darkcfg.model.ModelSpec from the model arguments (imported here: torch comes with it, and
+    `darkcfg check` goes through this module without torch)."""
+    from darkcfg.model import ModelSpec
+
     cutoff = getattr(args, "cutoff", None)
     if cutoff is not None and cutoff < 0:
         raise usage_error(f"--cutoff {cutoff}: a layer count is 0 or more")

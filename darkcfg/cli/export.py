@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from darkcfg.cli.common import ModelSpec, add_model_arguments, command_parser, guarded, model_spec
+from darkcfg.cli.common import add_model_arguments, command_parser, guarded, model_spec
+from darkcfg.model import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ import os
 from pathlib import Path
 
 from darkcfg.cli.common import (
-    ModelSpec,
     add_model_arguments,
     command_parser,
     guarded,
     memory_size,
     model_spec,
 )
+from darkcfg.model import ModelSpec
 
 
 def add_data_arguments(p) -> None:

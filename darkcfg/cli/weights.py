@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.cli.common import (
-    ModelSpec,
     add_model_arguments,
     command_parser,
     guarded,
     model_spec,
     usage_error,
 )
+from darkcfg.model import ModelSpec
 
 
 @dataclass(frozen=True)
