@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,40 @@ def load_model(cfg_path: str, weights: str | os.PathLike | None = None, *,
     report = load_any_weights(net, weights, cutoff) if weights else ""
     where = device if isinstance(device, torch.device) else pick_device(device)
     return net.to(where).eval(), report
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a command runs: the cfg, its `--set` overrides, whose formulas (`flavor`), the
+    seed of the initial weights, the weights to load (the first `cutoff` layers) and the device
+    (None: the best available). Every command's typed options hold one."""
+
+    cfg: str
+    sets: tuple[str, ...] = ()
+    flavor: str = "alexeyab"
+    seed: int = 0
+    weights: str | None = None
+    cutoff: int | None = None
+    device: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The cfg's file name without its extension: runs/<name>, <name>_final.weights."""
+        return Path(self.cfg).stem
+
+    def build(self, extra_sets: list[str] | tuple[str, ...] = (), device: str | None = None):
+        """The network with the initial weights of `seed` (no weights loaded, not moved)."""
+        return build_network(self.cfg, [*self.sets, *extra_sets], self.flavor, self.seed,
+                             device=device)[0]
+
+    def with_weights(self, extra_sets: list[str] | tuple[str, ...] = ()):
+        """(net, report): built on the CPU, `weights` loaded when given (report: '' if not),
+        left in training mode where it is (for conversion and export)."""
+        net = self.build(extra_sets)
+        return net, load_any_weights(net, self.weights, self.cutoff) if self.weights else ""
+
+    def load(self, extra_sets: list[str] | tuple[str, ...] = ()):
+        """(net, report): built, its weights loaded, on the device, in eval mode."""
+        return load_model(self.cfg, self.weights, sets=[*self.sets, *extra_sets],
+                          flavor=self.flavor, seed=self.seed, device=self.device,
+                          cutoff=self.cutoff)

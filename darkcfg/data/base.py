@@ -23,6 +23,14 @@ def data_error(message: str, where: str, hint: str = "") -> CfgError:
     return CfgError(Diagnostic("E901", message, where, hint=hint))
 
 
+def check_classes_option(classes: int | None, spec) -> None:
+    """`--classes N` picks N of the network's classes for the embedded data; any other data
+    brings its own classes. Every task's data dispatch asks here."""
+    if classes is not None and spec is not None:
+        raise data_error("--classes is for the embedded dataset", "--classes",
+                         "the classes of --data come from the data")
+
+
 @dataclass
 class DataSplits:
     train: Dataset

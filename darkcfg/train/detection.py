@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -27,7 +26,7 @@ from cfgparse import CfgError, Diagnostic
 from darkcfg.data import DataSplits
 from darkcfg.data.detection.augment import DetectionSettings
 from darkcfg.data.detection.dataset import collate as detection_collate
-from darkcfg.data.detection.dataset import darknet_detection, embedded_detection
+from darkcfg.data.detection.dataset import open_detection_source
 from darkcfg.detect.metrics import (
     MAP_CONF_THRESH,
     MAP_IOU_THRESH,
@@ -85,20 +84,7 @@ class DetectionTask(Task):
 
     # -- data ---------------------------------------------------------------------------------
     def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
-        if spec is None:
-            splits = embedded_detection(self.settings, seed, classes)
-        else:
-            if classes is not None:
-                raise CfgError(Diagnostic("E901", "--classes is for the embedded dataset",
-                                          "--classes",
-                                          hint="the classes of --data come from its .data file"))
-            path = Path(spec).expanduser()
-            if not path.is_file() or path.suffix != ".data":
-                raise CfgError(Diagnostic(
-                    "E901", f"'{spec}' is not a Darknet detection .data file", str(spec),
-                    hint="a detector trains on a .data file (classes=, train=, valid=, names=, "
-                    "backup=) or, without --data, on the embedded detection set"))
-            splits = darknet_detection(path, self.settings, seed)
+        splits = open_detection_source(spec, self.settings, seed, classes)
         for line in splits.warnings:
             print(line, file=sys.stderr)
         self.names = list(splits.names)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from builders.heads import DataOptions, DetectionHead
-from darkcfg.data.detection.scales import rand_scale
+from darkcfg.config import NetConfig
+from darkcfg.data.draws import rand_scale
 
 NO_MIX, MIXUP, CUTMIX, MOSAIC = 0, 1, 2, 3
 
@@ -76,10 +77,11 @@ class DetectionSettings:
     def from_block(cls, block, head: DataOptions, classes: int,
                    size: tuple[int, int, int] | None = None) -> DetectionSettings:
         """[net] `block` (a cfgparse Block) and the last head's `DataOptions`."""
-        w, h, c = size or (block.int("width"), block.int("height"), block.int("channels"))
-        mosaic, cutmix, mixup = block.bool("mosaic"), block.bool("cutmix"), block.int("mixup")
-        mix = MOSAIC if mosaic else CUTMIX if cutmix else MIXUP if mixup else NO_MIX
-        letter_box = block.bool("letter_box")
+        # the one [net] reader; Darknet's parse_net_options reads these whatever the task
+        net = NetConfig.from_block(block, check=False)
+        w, h, c = size or (net.width, net.height, net.channels)
+        mix = MOSAIC if net.mosaic else CUTMIX if net.cutmix else MIXUP if net.mixup else NO_MIX
+        letter_box = net.letter_box
         notes = []
         if letter_box and mix == MOSAIC:  # yolov4-csp.cfg and its kin ship with both
             from cfgparse.errors import WARNING
@@ -94,12 +96,10 @@ class DetectionSettings:
             width=w, height=h, channels=c, classes=int(classes),
             max_boxes=head.max_boxes, jitter=head.jitter, resize=head.resize,
             random=head.random, letter_box=letter_box,
-            flip=block.bool("flip"), hue=block.float("hue"),
-            saturation=block.float("saturation") or 1.0,
-            exposure=block.float("exposure") or 1.0, blur=block.int("blur"),
-            gaussian_noise=block.int("gaussian_noise"), mix=mix,
-            mosaic_bound=block.bool("mosaic_bound"), resize_step=block.int("resize_step"),
-            max_batches=block.int("max_batches"), notes=tuple(notes))
+            flip=net.flip, hue=net.hue, saturation=net.saturation or 1.0,
+            exposure=net.exposure or 1.0, blur=net.blur, gaussian_noise=net.gaussian_noise,
+            mix=mix, mosaic_bound=net.mosaic_bound, resize_step=net.resize_step,
+            max_batches=net.max_batches, notes=tuple(notes))
 
     def honoured(self) -> list[str]:
         """The augmentation keys with an effect in this cfg (for the run's banner)."""

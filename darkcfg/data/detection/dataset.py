@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from builders.boxes import letterbox_image, resize_image
 from cfgparse import CfgError, Diagnostic
+from darkcfg.data.base import check_classes_option
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
 from darkcfg.data.detection.labels import Labels, open_detection_data, validate_labels
@@ -231,17 +232,24 @@ def detection_datasets(net, source: str | Path | None, seed: int, classes: int |
     settings = DetectionSettings.from_network(net)
     if not multiscale and settings.random:
         settings = replace(settings, random=0.0)
+    return open_detection_source(source, settings, seed, classes, train_size, val_size)
+
+
+def open_detection_source(source: str | Path | None, settings: DetectionSettings, seed: int,
+                          classes: int | None = None, train_size: int = 0, val_size: int = 0
+                          ) -> DetectionSplits:
+    """Where detection `--data` is dispatched: None is the embedded set, a `.data` file is
+    Darknet's detection data (see detection_datasets)."""
+    check_classes_option(classes, source)
     if source is None:
         return embedded_detection(settings, seed, classes, train_size, val_size)
-    if classes is not None:
-        raise CfgError(Diagnostic("E901", "--classes is for the embedded dataset", "--classes",
-                                  hint="the classes of --data come from its .data file"))
     path = Path(source).expanduser()
     if not path.is_file() or path.suffix != ".data":
-        raise CfgError(Diagnostic("E901", f"'{source}' is not a Darknet .data file", str(source),
+        raise CfgError(Diagnostic("E901", f"'{source}' is not a Darknet detection .data file",
+                                  str(source),
                                   hint="a detector trains on a .data file (classes=, train=, "
                                   "valid=, names=, backup=) or, without --data, on the "
-                                  "embedded set"))
+                                  "embedded detection set"))
     return darknet_detection(path, settings, seed)
 
 
