@@ -280,10 +280,25 @@ def detections_json(net, args, names: list[str]) -> None:
         f"centre x, y, w, h)")
 
 
+def refuse_output_over_inputs(out: Path, paths: list[Path]) -> None:
+    """--out may not be a folder that holds an input image: the annotated `<stem>.jpg` and the
+    --save-labels `<stem>.txt` would replace the image or its ground-truth label file (Darknet's
+    -save_labels writes beside the image; darkcfg never writes over an input)."""
+    target = out.resolve()
+    for p in paths:
+        if p.resolve().parent == target:
+            raise CfgError(Diagnostic(
+                "E901", f"--out '{out}' holds the input image '{p}': the annotated images and "
+                "label files written there would replace inputs (images or their labels)",
+                str(out), hint="give --out a folder that holds no input image (the default is "
+                "runs/<cfg-name>/detect)"))
+
+
 def detect_images(net, args, names: list[str], out: Path, progress: bool = True) -> None:
     from tqdm import tqdm
 
     paths, folder = image_paths(args.detect)
+    refuse_output_over_inputs(out, paths)
     out.mkdir(parents=True, exist_ok=True)
     letter = args.letter_box or net_letter_box(net)
     loaded = []
