@@ -200,11 +200,11 @@ def find_cfg_file(block: Block, key: str) -> tuple[str | None, str | None]:
 
 def load_tree(block: Block, key: str, count: int) -> tuple[list[int] | None, CfgError | None]:
     """(group sizes, None), or (None, the error to raise if the layer is run) when the file is
-    absent or not allowed: a tree does not change shapes, so building (and --summary) still
-    work."""
+    absent: a missing tree does not change shapes, so building (and --summary) still work. A
+    path the cfg may not name is an error now (the linter reports it)."""
     path, refused = find_cfg_file(block, key)
     if refused:
-        return None, block.error(
+        raise block.error(
             "E901", f"the hierarchy file '{block.str(key)}' is {refused}: a cfg may only name "
             "files below the working folder, its own folder or the folder above it", key,
             hint=f"copy the file next to the cfg and name it relatively, or set "

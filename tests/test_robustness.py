@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import darkcfg.cli.flags as runner
 from builders import build, native
@@ -60,7 +59,7 @@ def test_the_linter_never_prints_a_file_the_cfg_names(tmp_path, capsys, fmt):
     assert "Traceback" not in out.err
 
 
-def test_a_cfg_cannot_reach_outside_its_folders(tmp_path, monkeypatch):
+def test_a_cfg_cannot_reach_outside_its_folders(tmp_path, monkeypatch, capsys):
     secret_dir = tmp_path / "elsewhere"
     secret_dir.mkdir()
     secret = secret_dir / "secret.tree"
@@ -70,13 +69,16 @@ def test_a_cfg_cannot_reach_outside_its_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(project)
     (project / "link.tree").symlink_to(secret)
     for name in (str(secret), "../../../elsewhere/secret.tree", "link.tree"):
-        net = build(tree_cfg(project, name))  # builds (shapes do not depend on the tree) ...
-        assert net.layers[1].tree is None
-        with pytest.raises(CfgError) as err:  # ... but never read it: refused when run
-            net(torch.zeros(1, 3, 4, 4))
+        with pytest.raises(CfgError) as err:  # refused: located, with the way out
+            build(tree_cfg(project, name))
         text = str(err.value)
         assert "outside the cfg's folders" in text or "absolute path" in text, text
         assert "DARKCFG_CFG_PATHS=any" in text and SECRET not in text
+        assert err.value.first.line == 11 and err.value.code == "E901"
+    # the linter says so too (without reading the file)
+    assert check_main([str(tree_cfg(project, str(secret))), "--format", "github"]) == 2
+    out = capsys.readouterr().out
+    assert "::error file=" in out and "absolute path" in out and SECRET not in out
     # relative paths below the cfg's folder (or the one above: a Darknet checkout's data/) work
     (project / "data").mkdir()
     (project / "data" / "ok.tree").write_text("a -1\nb -1\nc 0\n")
