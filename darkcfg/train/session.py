@@ -121,13 +121,13 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     task = task_for(net, cfg)
     task.use_options(opts)
     splits = task.open_data(opts.data, opts.seed, opts.classes)
-    say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
-         + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
     out = opts.out
     if splits.backup and not opts.explicit_out:
         out = Path(splits.backup)
     if not opts.resume:
         refuse_existing_run(out)
+    say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
+         + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
     darknet_init(net)  # before --weights, which may load only some layers
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff), dist)
