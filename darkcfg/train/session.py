@@ -88,15 +88,16 @@ def check_memory(opts: RunOptions, device: torch.device) -> None:
 RUN_FILES = (CHECKPOINT, "metrics.csv")  # a folder holding either already holds a run
 
 
-def refuse_existing_run(out: Path) -> None:
+def refuse_existing_run(out: Path, dist: distributed.Dist, device) -> None:
     """A fresh --train (no --resume) never reuses a run folder: it would drop that run's
     metrics.csv and replace its checkpoint, so forgetting --resume after a crash would lose
-    the run. Refuse before anything is written; the user chooses --resume or a new --out."""
+    the run. Refuse before anything is written; the user chooses --resume or a new --out. Under
+    DDP every rank looks before any rank writes (the flag is a collective), and all refuse."""
     found = [name for name in RUN_FILES if (out / name).exists()]
-    if found:
+    if distributed.broadcast_flag(dist, bool(found), device):
         raise CfgError(Diagnostic(
-            "E901", f"'{out}' already holds a run ({', '.join(found)}): a fresh --train there "
-            "would replace it", str(out),
+            "E901", f"'{out}' already holds a run ({', '.join(found) or 'on rank 0'}): a fresh "
+            "--train there would replace it", str(out),
             hint="continue it with --resume, or start a new run with --out NEW_FOLDER (or "
             "delete the folder)"))
 
@@ -125,7 +126,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if splits.backup and not opts.explicit_out:
         out = Path(splits.backup)
     if not opts.resume:
-        refuse_existing_run(out)
+        refuse_existing_run(out, dist, device)
     say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
          + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
     darknet_init(net)  # before --weights, which may load only some layers
