@@ -234,6 +234,16 @@ def test_detect_never_writes_over_its_inputs(tmp_path, capsys):
     # one input file named directly, --out its folder: the same
     assert run(cfg, "--detect", images / "im1.jpg", "--out", images, "--save-labels") == 2
     assert snapshot(images) == before
+    # nor the labels/ folder Darknet reads a JPEGImages/ image's labels from
+    voc = tmp_path / "voc"
+    image_files(voc / "JPEGImages", 1)
+    (voc / "labels").mkdir()
+    (voc / "JPEGImages" / "im0.txt").rename(voc / "labels" / "im0.txt")
+    truth = snapshot(voc / "labels")
+    assert run(cfg, "--detect", voc / "JPEGImages", "--out", voc / "labels",
+               "--save-labels") == 2
+    assert "label files of the image" in capsys.readouterr().err
+    assert snapshot(voc / "labels") == truth
     # elsewhere is fine
     assert run(cfg, "--detect", images, "--out", tmp_path / "o", "--save-labels",
                "--no-progress") == 0

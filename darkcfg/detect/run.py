@@ -281,17 +281,23 @@ def detections_json(net, args, names: list[str]) -> None:
 
 
 def refuse_output_over_inputs(out: Path, paths: list[Path]) -> None:
-    """--out may not be a folder that holds an input image: the annotated `<stem>.jpg` and the
-    --save-labels `<stem>.txt` would replace the image or its ground-truth label file (Darknet's
-    -save_labels writes beside the image; darkcfg never writes over an input)."""
+    """--out may not be a folder that holds an input image or an input's label file (beside it,
+    or in the `labels/` folder Darknet's label path maps `images/`, `JPEGImages/` to): the
+    annotated `<stem>.jpg` and the --save-labels `<stem>.txt` would replace the image or its
+    ground truth. (Darknet's -save_labels writes beside the image; darkcfg never writes over an
+    input.)"""
+    from darkcfg.data.detection.labels import label_path
+
     target = out.resolve()
     for p in paths:
-        if p.resolve().parent == target:
+        labels = Path(label_path(str(p))).resolve().parent
+        if target in (p.resolve().parent, labels):
+            what = "input image" if p.resolve().parent == target else "label files of the image"
             raise CfgError(Diagnostic(
-                "E901", f"--out '{out}' holds the input image '{p}': the annotated images and "
+                "E901", f"--out '{out}' holds the {what} '{p}': the annotated images and "
                 "label files written there would replace inputs (images or their labels)",
-                str(out), hint="give --out a folder that holds no input image (the default is "
-                "runs/<cfg-name>/detect)"))
+                str(out), hint="give --out a folder that holds no input image or label file "
+                "(the default is runs/<cfg-name>/detect)"))
 
 
 def detect_images(net, args, names: list[str], out: Path, progress: bool = True) -> None:
