@@ -329,7 +329,8 @@ def test_sigterm_to_the_process_group_checkpoints_and_exits_0(tmp_path, tiny_cla
 
 
 def test_a_detector_trains_and_validates_without_pycocotools(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "pycocotools", None)  # as if not installed
+    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed (even if imported)
     cfg = detector_cfg(tmp_path, max_batches=2)
     out = tmp_path / "run"
     assert run(cfg, "--train", "--out", out, "--no-progress", "--workers", "0",
