@@ -4,6 +4,7 @@ trainer all build through here."""
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from builders.atomic import read_checked
 from cfgparse import CfgError, Diagnostic, parse
 from darkcfg.config import NetConfig, apply_overrides_to_blocks
 
@@ -74,7 +76,10 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None) ->
         return (f"loaded Darknet weights {path}{upto}: {info.get('floats', '?')} floats, "
                 f"seen={info.get('seen', 0)}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(read_checked(path, "weights file")), map_location="cpu",
+                           weights_only=True)
+    except CfgError:
+        raise
     except Exception as exc:
         raise CfgError(Diagnostic("E901", f"cannot read '{path}' as a torch state_dict: {exc}",
                                   str(path))) from None

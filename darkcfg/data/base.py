@@ -60,6 +60,17 @@ def image_tensor(image, channels: int) -> torch.Tensor:
     return image.contiguous()
 
 
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader worker_init_fn: loader processes ignore SIGTERM and SIGINT. A stop signal sent
+    to the whole process group (systemd, Slurm, `kill -- -PGID`, Ctrl-C in a terminal) must not
+    kill them under the training process, which finishes its iteration, checkpoints and then
+    stops them itself (and they exit on their own should it die)."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def read_image(path: str, channels: int) -> torch.Tensor:
     """An image file as uint8 CHW; an unreadable file is a DataError naming it."""
     from PIL import Image, UnidentifiedImageError

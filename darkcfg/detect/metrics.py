@@ -275,8 +275,19 @@ def _pycocotools():
         from pycocotools.cocoeval import COCOeval
     except ImportError as err:  # optional extra
         raise ImportError("COCO mAP@[.5:.95] needs pycocotools: pip install 'darkcfg[detect]' "
-                          "(or pip install pycocotools), or pass --no-coco") from err
+                          "(or pip install pycocotools)") from err
     return COCO, COCOeval
+
+
+def coco_available() -> bool:
+    """Whether pycocotools (the optional `detect` extra) can be imported. Without it, training
+    and --valid report Darknet's metrics (mAP@0.5, precision, recall, F1, IoU: no library
+    needed) and leave COCO mAP@[.5:.95] out."""
+    try:
+        _pycocotools()
+    except ImportError:
+        return False
+    return True
 
 
 def coco_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],

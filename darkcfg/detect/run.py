@@ -313,11 +313,32 @@ def detections_json(net, opts: DetectOptions, names: list[str]) -> None:
         f"centre x, y, w, h)")
 
 
+def refuse_output_over_inputs(out: Path, paths: list[Path]) -> None:
+    """--out may not be a folder that holds an input image or an input's label file (beside it,
+    or in the `labels/` folder Darknet's label path maps `images/`, `JPEGImages/` to): the
+    annotated `<stem>.jpg` and the --save-labels `<stem>.txt` would replace the image or its
+    ground truth. (Darknet's -save_labels writes beside the image; darkcfg never writes over an
+    input.)"""
+    from darkcfg.data.detection.labels import label_path
+
+    target = out.resolve()
+    for p in paths:
+        labels = Path(label_path(str(p))).resolve().parent
+        if target in (p.resolve().parent, labels):
+            what = "input image" if p.resolve().parent == target else "label files of the image"
+            raise CfgError(Diagnostic(
+                "E901", f"--out '{out}' holds the {what} '{p}': the annotated images and "
+                "label files written there would replace inputs (images or their labels)",
+                str(out), hint="give --out a folder that holds no input image or label file "
+                "(the default is runs/<cfg-name>/detect)"))
+
+
 def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                   progress: bool = True) -> None:
     from tqdm import tqdm
 
     paths, folder = image_paths(list(opts.targets))
+    refuse_output_over_inputs(out, paths)
     out.mkdir(parents=True, exist_ok=True)
     letter = opts.letter_box or net_letter_box(net)
     loaded = []

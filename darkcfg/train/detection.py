@@ -32,6 +32,7 @@ from darkcfg.detect.metrics import (
     MAP_IOU_THRESH,
     MAP_POINTS,
     DetectionMetrics,
+    coco_available,
     evaluate,
     network_detections,
 )
@@ -81,6 +82,11 @@ class DetectionTask(Task):
             raise CfgError(Diagnostic("E100", f"--map-points {points}: use 0 (all-point), 11 or "
                                       "101", "<command line>", hint="see --help"))
         self.map_points = points
+        if self.coco and not coco_available():  # said once, at start-up, not at a validation
+            self.coco = False
+            print("warning: pycocotools is not installed: validation reports Darknet's mAP@0.5, "
+                  "precision, recall and F1 but not COCO mAP@[.5:.95] (pip install "
+                  "'darkcfg[detect]' to add it)", file=sys.stderr)
 
     # -- data ---------------------------------------------------------------------------------
     def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
@@ -130,9 +136,11 @@ class DetectionTask(Task):
         m = evaluate(detections, truths, self.names, self.iou_thresh, self.conf_thresh,
                      self.map_points, coco=self.coco)
         self.last = m
-        return {"val_map50": m.map50, "val_map50_95": m.map50_95 or 0.0,
-                "val_precision": m.precision, "val_recall": m.recall, "val_f1": m.f1,
-                "val_avg_iou": m.avg_iou}
+        found = {"val_map50": m.map50, "val_precision": m.precision, "val_recall": m.recall,
+                 "val_f1": m.f1, "val_avg_iou": m.avg_iou}
+        if m.map50_95 is not None:  # absent (an empty cell), not 0, when COCO mAP was skipped
+            found["val_map50_95"] = m.map50_95
+        return found
 
     def describe(self, metrics: dict[str, float]) -> str:
         """The per-class AP table and Darknet's summary lines (the last validation)."""
@@ -144,8 +152,10 @@ class DetectionTask(Task):
         return self.last.to_json() if self.last is not None else dict(metrics)
 
     def summary(self, row: dict) -> str:
-        return (f"val mAP@0.5 {row['val_map50']:.3f}, mAP@[.5:.95] "
-                f"{row['val_map50_95']:.3f}")
+        text = f"val mAP@0.5 {row['val_map50']:.3f}"
+        if row.get("val_map50_95") is not None:
+            text += f", mAP@[.5:.95] {row['val_map50_95']:.3f}"
+        return text
 
 
 TASKS["boxes"] = DetectionTask

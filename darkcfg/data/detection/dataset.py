@@ -14,6 +14,7 @@ byte on a CPU.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from builders.boxes import letterbox_image, resize_image
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.base import check_classes_option
+from darkcfg.data.base import check_classes_option, loader_worker_init
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
 from darkcfg.data.detection.labels import Labels, open_detection_data, validate_labels
@@ -36,18 +37,63 @@ EMBEDDED_TRAIN, EMBEDDED_VAL = 8192, 256
 
 # -- sources: (uint8 image (C, H, W), boxes (n, 5) [x, y, w, h, class] relative) ------------------
 class LabelledImages(Dataset):
-    """Image files and their (already validated) boxes."""
+    """Image files (headers checked at start: `check_image_headers`) and their (already
+    validated) boxes. An image that still fails to decode (e.g. a JPEG cut short after its
+    header) is skipped with a warning, as Darknet's load_image_mat_cv logs it to bad.list and goes
+    on: its place is taken by the next readable image of the list, so a run never stops on it."""
 
     def __init__(self, paths: list[str], labels: Labels, channels: int):
         self.paths, self.labels, self.channels = paths, labels, channels
+        self.bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
-        from darkcfg.data import read_image
+        from darkcfg.data import DataError, read_image
 
-        return read_image(self.paths[index], self.channels), self.labels.boxes[index]
+        for step in range(len(self.paths)):
+            at = (index + step) % len(self.paths)
+            if at in self.bad:
+                continue
+            try:
+                return read_image(self.paths[at], self.channels), self.labels.boxes[at]
+            except DataError as exc:
+                self.bad.add(at)  # per loader process: each says it once
+                print(f"warning: skipped {exc} (Darknet: 'Cannot load image'); training goes on "
+                      "with the next image", file=sys.stderr, flush=True)
+        raise DataError(f"none of the {len(self.paths)} images can be read")
+
+
+HEADER_THREADS = 8  # reading headers waits on the disk, not the CPU
+
+
+def check_image_headers(paths, where: str, max_listed: int = 5) -> None:
+    """Open every image's header (Pillow reads the format, size and mode, not the pixels: a
+    fraction of a millisecond each) before the first iteration, so a corrupt file anywhere in the
+    lists is an E901 error now, not a crash hours into the run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def problem(path: str) -> str | None:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+            return None if w > 0 and h > 0 else f"size {w}x{h}"
+        except Exception as exc:  # Pillow raises many kinds (OSError, DecompressionBomb, ...)
+            return f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
+
+    paths = list(paths)
+    with ThreadPoolExecutor(HEADER_THREADS) as pool:
+        bad = [(p, why) for p, why in zip(paths, pool.map(problem, paths), strict=True) if why]
+    if bad:
+        shown = "\n".join(f"  {p}: {why}" for p, why in bad[:max_listed])
+        more = f"\n  ... and {len(bad) - max_listed} more" if len(bad) > max_listed else ""
+        raise CfgError(Diagnostic(
+            "E901", f"{len(bad)} of the {len(paths)} images of '{where}' cannot be read:\n"
+            f"{shown}{more}", bad[0][0],
+            hint="remove them from the lists or convert them to JPEG/PNG"))
 
 
 def pad_truth(boxes: np.ndarray, max_boxes: int) -> torch.Tensor:
@@ -140,7 +186,8 @@ class DetectionStream:
                             num_workers=self.workers, collate_fn=collate,
                             pin_memory=self.pin_memory,
                             prefetch_factor=2 if self.workers else None,
-                            persistent_workers=False, generator=generator)
+                            persistent_workers=False, generator=generator,
+                            worker_init_fn=loader_worker_init)
         yield from loader
 
 
@@ -300,9 +347,7 @@ def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> Det
                                       f"{len(difficult)} images, the valid list "
                                       f"{len(valid_paths)}", str(path),
                                       hint="list the difficult images parallel to valid="))
-    from darkcfg.data import read_image
-
-    read_image(data.train[0], settings.channels)  # an unreadable image fails now, not later
+    check_image_headers(dict.fromkeys([*data.train, *valid_paths]), str(path))
     c = settings.channels
     train_src = LabelledImages(data.train, train_labels, c)
     val_src = LabelledImages(valid_paths, valid_labels, c)
