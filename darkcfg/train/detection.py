@@ -5,7 +5,8 @@ net.seen during that forward (images trained so far, this mini-batch included; t
 passes it). Each head leaves `loss_stats` (Darknet's printed line: avg IoU, count, class/iou/total
 loss); they go to metrics.csv as `h<layer>_<stat>` and, the IoU and count, to the progress bar.
 
-Data: `darkcfg.data.detection.dataset` (the embedded detection set or a Darknet `.data` file),
+Data: `darkcfg.data.detection.dataset` (the embedded detection set, or a Darknet `.data` file,
+a data.yaml, a COCO JSON or a VOC folder: `darkcfg.data.detection.formats`),
 batches indexed by (iteration, slot) so multi-scale (`random=`) sizes, augmentation and order
 are pure functions of the seed and the iteration (exact resume).
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -26,7 +26,7 @@ from cfgparse import CfgError, Diagnostic
 from darkcfg.data import DataSplits
 from darkcfg.data.detection.augment import DetectionSettings
 from darkcfg.data.detection.dataset import collate as detection_collate
-from darkcfg.data.detection.dataset import darknet_detection, embedded_detection
+from darkcfg.data.detection.dataset import embedded_detection, file_detection
 from darkcfg.detect.metrics import (
     MAP_CONF_THRESH,
     MAP_IOU_THRESH,
@@ -90,14 +90,8 @@ class DetectionTask(Task):
             if classes is not None:
                 raise CfgError(Diagnostic("E901", "--classes is for the embedded dataset",
                                           "--classes",
-                                          hint="the classes of --data come from its .data file"))
-            path = Path(spec).expanduser()
-            if not path.is_file() or path.suffix != ".data":
-                raise CfgError(Diagnostic(
-                    "E901", f"'{spec}' is not a Darknet detection .data file", str(spec),
-                    hint="a detector trains on a .data file (classes=, train=, valid=, names=, "
-                    "backup=) or, without --data, on the embedded detection set"))
-            splits = darknet_detection(path, self.settings, seed)
+                                          hint="the classes of --data come from the data set"))
+            splits = file_detection(spec, self.settings, seed)
         for line in splits.warnings:
             print(line, file=sys.stderr)
         self.names = list(splits.names)
