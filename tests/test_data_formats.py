@@ -419,3 +419,52 @@ def test_check_reports_problems_histograms_and_small_boxes(four, tmp_path, capsy
     # im4's difficult one is not a box; train boxes are all > 8 px
     assert "stride  8 (8x8 cells): train 0 of 5" in out
     assert Image.open(png).size[0] > 500
+
+
+# -- --valid on every format ---------------------------------------------------------------------
+def test_valid_json_is_the_same_on_every_format(four, tmp_path, capsys):
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    results = {}
+    for k, src in (("darknet", four["darknet"]), ("yolo", four["yolo"]),
+                   ("coco", four["coco"][1]), ("voc", four["voc"])):
+        assert cli([str(cfg), "--valid", "--data", str(src), "--format", "json", "--seed", "1",
+                    "--device", "cpu"]) == 0, k
+        results[k] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = results["darknet"]
+    assert "map50" in json.dumps(want)
+    for k in ("yolo", "coco", "voc"):
+        assert results[k].keys() == want.keys(), k
+    # the same images, truths and objects not to score: the same numbers
+    assert results["coco"] == results["voc"] == want
+    # yolo has no list of objects not to score: the same truths (the difficult object is not
+    # one), only a detection of it counts as a false positive there
+    truths = [(c["name"], c["truths"]) for c in want["per_class_detail"]]
+    assert [(c["name"], c["truths"]) for c in results["yolo"]["per_class_detail"]] == truths
+    assert results["yolo"]["tp"] == want["tp"] and results["yolo"]["fn"] == want["fn"]
+
+
+def test_difficult_objects_reach_the_map(four, tmp_path):
+    from darkcfg.data.detection.dataset import collate
+    from darkcfg.data.sampling import eval_loader
+    from darkcfg.detect.metrics import network_detections
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    net = build(str(cfg))
+    splits = detection_datasets(net, str(four["voc"]), seed=0)
+    loader = eval_loader(splits.val, 2, torch.device("cpu"), 0, collate=collate)
+    _, truths = network_detections(net, loader, "cpu", classes=3)
+    assert [len(t.boxes) for t in truths] == [1, 1]
+    assert [len(t.difficult) for t in truths] == [1, 0]
+    w, h = 64, 32  # image 4's difficult circle (52, 6)-(60, 14)
+    np.testing.assert_allclose(truths[0].difficult[0].tolist(),
+                               [(56 - 1) / w, (10 - 1) / h, 8 / w, 8 / h, 0])
+
+
+def test_detect_takes_class_names_from_any_format(four):
+    from darkcfg.detect.run import read_names
+
+    for src in (four["yolo"], four["coco"][0], four["voc"], four["darknet"]):
+        names, where = read_names(None, str(src))
+        assert names == NAMES, src

@@ -44,7 +44,8 @@ def arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--train", action="store_true", help="train with the [net] settings")
     g.add_argument("--data", default=None, metavar="SRC",
                    help="FOLDER (ImageFolder), X.data (Darknet), X.csv (regression), digits or "
-                   "torchvision:NAME:ROOT; default: the embedded shapes dataset")
+                   "torchvision:NAME:ROOT; detectors: X.data, data.yaml, a COCO .json or a VOC "
+                   "folder; default: the embedded dataset")
     g.add_argument("--classes", type=int, default=None, metavar="N",
                    help="embedded data: only the first N of the network's classes (default all)")
     g.add_argument("--out", default=None, metavar="DIR", help="run folder (runs/<cfg-name>)")
@@ -103,7 +104,7 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="detect objects in images and folders: prints Darknet's -ext_output "
                    "lines, writes OUT/<image>.jpg with the boxes and OUT/detections.json (COCO)")
     g.add_argument("--names", default=None, metavar="F",
-                   help="class names, one a line (default: names= of --data F.data)")
+                   help="class names, one a line (default: the names of --data)")
     g.add_argument("--thresh", type=float, default=0.25, help="detection threshold (.25)")
     g.add_argument("--nms", type=float, default=0.45,
                    help="NMS threshold (.45; 0: none); the kind is the last head's nms_kind")

@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.detection.formats import DetectionSet, Split, box_rows, located, relative_box
+from darkcfg.data.detection.formats.base import (
+    DetectionSet,
+    Split,
+    box_rows,
+    image_size,
+    located,
+    relative_box,
+)
 
 OUTSIDE_TOLERANCE = 1.0  # pixels a bbox may exceed the image by (then clipped)
 _WS = re.compile(r"\s*")
@@ -139,7 +146,7 @@ def read_coco(path: Path) -> DetectionSet:
         width, height = entry.get("width"), entry.get("height")
         if not (isinstance(width, (int, float)) and isinstance(height, (int, float))
                 and width > 0 and height > 0):
-            width, height = _image_size(found)
+            width, height = image_size(found)
         index_of[entry["id"]] = len(images)
         images.append(found)
         sizes.append((float(width), float(height)))
@@ -195,16 +202,6 @@ def read_coco(path: Path) -> DetectionSet:
     return DetectionSet(path, "coco", names, split, None, problems=problems)
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError as exc:
-        raise CfgError(Diagnostic("E901", f"cannot read image '{path}': {exc}", path)) from None
-
-
 # -- writing --------------------------------------------------------------------------------------
 def coco_document(images: list[tuple[str, tuple[int, int]]], boxes: list[np.ndarray],
                   difficult: list[np.ndarray] | None, names: list[str]) -> dict:
@@ -227,4 +224,4 @@ def coco_document(images: list[tuple[str, tuple[int, int]]], boxes: list[np.ndar
 
 
 def file_name_size(path: str) -> tuple[str, tuple[int, int]]:
-    return os.path.basename(path), _image_size(path)
+    return os.path.basename(path), image_size(path)

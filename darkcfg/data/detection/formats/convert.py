@@ -27,7 +27,7 @@ import numpy as np
 
 from builders.atomic import atomic_open, atomic_write
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.detection.formats import DetectionSet, Split
+from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import label_path
 
 TARGETS = ("darknet", "yolo", "coco")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from darkcfg.data.detection.formats import DetectionSet, Split
+from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import collect_labels, open_detection_data
 
 

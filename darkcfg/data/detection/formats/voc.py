@@ -26,7 +26,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.detection.formats import DetectionSet, Split, box_rows
+from darkcfg.data.detection.formats.base import DetectionSet, Split, box_rows, image_size
 from darkcfg.data.detection.labels import LABEL_CODE
 
 VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -185,9 +185,7 @@ def _boxes(ann: _Annotation, image: str, classes: dict[str, int], problems):
         width, height = (float(v) if v and v.strip().replace(".", "", 1).isdigit() else None
                          for v in (size.findtext("width"), size.findtext("height")))
     if not width or not height:  # some exporters write 0: the image knows
-        from darkcfg.data.detection.formats.coco import _image_size
-
-        width, height = (float(v) for v in _image_size(image))
+        width, height = (float(v) for v in image_size(image))
     rows, difficult = [], []
     for obj in ann.objects():
         name_el = obj.find("name")

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.detection.formats import DetectionSet, Split
+from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import collect_labels
 
 # ultralytics/data/utils.py IMG_FORMATS (the ones PIL reads)
