@@ -61,12 +61,13 @@ class DetectionSet:
 
     def describe(self) -> str:
         v = self.valid
-        valid = f"{len(v)} valid" if v is not None else "train list (no valid=)" \
-            if self.format == "darknet" else "train images (no validation split)"
+        valid = f"{len(v)} valid images" if v is not None else \
+            "train list (no valid=) images" if self.format == "darknet" else \
+            "validation on the train images"
         kind = {"darknet": "Darknet detection data", "yolo": "YOLO data.yaml",
                 "coco": "COCO annotations", "voc": "Pascal VOC folder"}[self.format]
         return (f"{kind} {self.path}: {self.classes} classes, {len(self.train)} train images "
-                f"({self.train.objects} objects), {valid} images")
+                f"({self.train.objects} objects), {valid}")
 
 
 def located(message: str, path: str, text: str, offset: int, span: int = 1,

@@ -55,7 +55,7 @@ class _Annotation:
         try:
             parser.Parse(data, True)
         except expat.ExpatError as exc:
-            source = self.lines[exc.lineno - 1] if 0 < exc.lineno <= len(self.lines) else ""
+            source = self._source(exc.lineno)
             raise CfgError(Diagnostic(LABEL_CODE, f"malformed XML: {expat.ErrorString(exc.code)}",
                                       str(path), exc.lineno, exc.offset + 1, source=source,
                                       hint="a VOC annotation is an <annotation> XML "
@@ -64,10 +64,16 @@ class _Annotation:
 
     def error(self, element: ET.Element | None, message: str, hint: str = "") -> Diagnostic:
         line, col = self.where.get(element, (0, 0)) if element is not None else (0, 0)
-        source = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        source = self._source(line)
         span = len(element.tag) + 2 if element is not None else 1
         return Diagnostic(LABEL_CODE, message, str(self.path), line, col, hint=hint,
                           source=source, span=span)
+
+    def _source(self, line: int) -> str:
+        """The line to show under the message; none for a one-line document too long to read
+        (line:column still say where)."""
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        return text if len(text) <= 160 else ""
 
     def objects(self) -> list[ET.Element]:
         return self.root.findall("object")
