@@ -114,12 +114,13 @@ class CheckReport:
         axes[0].set_title("objects per class")
         axes[0].legend()
         w, h = self.net_size
-        top = max(w, h) + 1  # a box is at most the network's size
-        edges = [e for e in SIZE_EDGES if e < top] + [top]
-        for name, s in splits:
-            axes[1].hist(np.sqrt(self.pixel_sizes(s).prod(1)), bins=edges, alpha=0.6,
-                         label=name)
-        axes[1].set_xscale("symlog", linthresh=8)
+        bins = list(zip(SIZE_EDGES[:-1], SIZE_EDGES[1:], strict=True))
+        labels = [f"{lo:g}-{hi:g}" if hi != float("inf") else f">={lo:g}" for lo, hi in bins]
+        for i, (name, s) in enumerate(splits):
+            size = np.sqrt(self.pixel_sizes(s).prod(1))
+            counts = [int(((size >= lo) & (size < hi)).sum()) for lo, hi in bins]
+            axes[1].bar(np.arange(len(bins)) + i * bar, counts, bar, label=name)
+        axes[1].set_xticks(np.arange(len(bins)) + bar * (len(splits) - 1) / 2, labels)
         axes[1].set_title(f"box size sqrt(w*h), pixels at {w}x{h}")
         axes[1].legend()
         for name, s in splits:
