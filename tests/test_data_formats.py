@@ -256,17 +256,23 @@ def test_yaml_names_as_list_list_files_and_missing_val(tmp_path):
     assert [len(b) for b in data.train.boxes] == [1, 0] and data.train.missing == 1
 
 
-def test_voc_names_are_the_twenty_or_the_sorted_found_or_classes_txt(tmp_path):
+def test_voc_names_are_the_sorted_found_or_classes_txt(tmp_path):
+    from darkcfg.data.detection.formats.voc import VOC_NAMES
+
     root = write_voc(tmp_path / "voc")
     assert open_set(root).names == NAMES  # found, sorted
+    assert list(VOC_NAMES) == sorted(VOC_NAMES)  # so a full VOC set gets voc.names' ids
     for i, (w, h, objects) in enumerate(IMAGES):
         (root / "Annotations" / f"im{i}.xml").write_text(
             voc_xml(i, w, h, objects).replace("circle", "dog").replace("square", "cat")
             .replace("triangle", "person"))
     data = open_set(root)
-    assert len(data.names) == 20 and data.names[11] == "dog"  # voc.names order
-    assert data.train.boxes[0][0, 4] == 11
-    (root / "classes.txt").write_text("person\ndog\ncat\n")
+    assert data.names == ["cat", "dog", "person"]
+    assert data.train.boxes[0][0, 4] == 1  # im0's first object: a dog
+    (root / "Annotations" / "classes.txt").write_text("\n".join(VOC_NAMES) + "\n")
+    data = open_set(root)
+    assert len(data.names) == 20 and data.train.boxes[0][0, 4] == VOC_NAMES.index("dog")
+    (root / "classes.txt").write_text("person\ndog\ncat\n")  # the VOC folder's comes first
     assert open_set(root).names == ["person", "dog", "cat"]
 
 

@@ -8,9 +8,10 @@ Read as Darknet's `scripts/voc_label.py` converts VOC for training:
   * a box (`bndbox` xmin, ymin, xmax, ymax; VOC pixels count from 1) becomes
     x = ((xmin + xmax) / 2 - 1) / width, y likewise, w = (xmax - xmin) / width, h likewise, with
     width and height from `<size>` (voc_label.py convert; ultralytics' VOC.yaml does the same);
-  * class names: `classes.txt` in the VOC folder (one a line), else the 20 VOC names (in VOC's
-    order, which is alphabetical) when every name found is one of them, else the names found,
-    sorted; an object of another name is an error with classes.txt (voc_label.py skips it);
+  * class names: `classes.txt` in the VOC folder or in Annotations/ (one a line), else the
+    names found, sorted (for VOC itself the 20 names of Darknet's voc.names in its order, which
+    is alphabetical); an object of another name is an error with classes.txt (voc_label.py
+    skips it);
   * `difficult` objects are not trained (voc_label.py skips them) and not scored: the VOC devkit's
     evaluation (VOCevaldet, and py-faster-rcnn's voc_eval.py) neither counts them as positives nor
     counts a detection of one as a false positive; they go to the set's `difficult` boxes
@@ -86,10 +87,18 @@ def read_voc(root: Path) -> DetectionSet:
     problems: list[Diagnostic] = []
     parsed: dict[str, _Annotation] = {}
 
+    malformed: set[str] = set()
+
     def annotation(image_id: str) -> _Annotation | None:
         if image_id not in parsed:
             path = annotations / f"{image_id}.xml"
-            parsed[image_id] = _Annotation(path) if path.is_file() else None
+            parsed[image_id] = None
+            if path.is_file():
+                try:
+                    parsed[image_id] = _Annotation(path)
+                except CfgError as exc:  # reported with the others; the image is left out
+                    problems.extend(exc.diagnostics)
+                    malformed.add(image_id)
         return parsed[image_id]
 
     def ids(name: str) -> list[tuple[str, Path, int]] | None:
@@ -115,6 +124,8 @@ def read_voc(root: Path) -> DetectionSet:
         images, boxes, hard = [], [], []
         for image_id, listed_in, line in entries:
             ann = parsed[image_id]
+            if image_id in malformed:
+                continue
             if ann is None:
                 problems.append(_listed(listed_in, line, f"no annotation "
                                         f"'Annotations/{image_id}.xml' for id '{image_id}'"))
@@ -145,8 +156,9 @@ def _listed(path: Path, line: int, message: str) -> Diagnostic:
 
 
 def _names(root: Path, parsed: dict[str, _Annotation | None], problems) -> list[str]:
-    listed = root / "classes.txt"
-    if listed.is_file():
+    listed = next((p for p in (root / "classes.txt", root / "Annotations" / "classes.txt")
+                   if p.is_file()), None)
+    if listed is not None:
         names = [s.strip() for s in listed.read_text().splitlines() if s.strip()]
         if not names:
             raise CfgError(Diagnostic("E901", f"'{listed}' is empty", str(listed),
@@ -160,7 +172,7 @@ def _names(root: Path, parsed: dict[str, _Annotation | None], problems) -> list[
     if not found:
         raise CfgError(Diagnostic("E901", f"no object in the annotations of '{root}'", str(root),
                                   hint="or list the class names in classes.txt"))
-    return list(VOC_NAMES) if found <= set(VOC_NAMES) else sorted(found)
+    return sorted(found)  # all 20 VOC classes: VOC_NAMES, voc.names' order (alphabetical)
 
 
 def _image(ann: _Annotation, folder: Path, image_id: str) -> str | None:
