@@ -1,7 +1,7 @@
 """`darkcfg data`: detection data sets in the formats people have.
 
     darkcfg data convert SRC --to darknet|yolo|coco OUT [--link]
-    darkcfg data check SRC [--cfg CFG | --size WxH] [--plot PNG]
+    darkcfg data check SRC [--cfg CFG] [--size WxH] [--plot PNG]
 
 SRC is anything `--data` takes for a detector: a Darknet .data file, an ultralytics data.yaml,
 a COCO annotation .json or a Pascal VOC folder (darkcfg.data.detection.formats).
@@ -31,7 +31,8 @@ def arg_parser() -> argparse.ArgumentParser:
     k.add_argument("src", help=".data, data.yaml, COCO .json or VOC folder")
     k.add_argument("--cfg", default=None, help="measure boxes at this detector's size and strides")
     k.add_argument("--size", default=None, metavar="WxH",
-                   help="network size without --cfg (416x416; strides 8, 16, 32)")
+                   help="network size (default: the cfg's, else 416x416; strides: the cfg's "
+                   "heads', else 8, 16, 32)")
     k.add_argument("--plot", default="data_check.png", metavar="PNG",
                    help="where to write the histograms (data_check.png)")
     return p
@@ -67,13 +68,12 @@ def convert(src: str, to: str, out: Path, link: bool) -> int:
 def check(src: str, cfg: str | None, size: str | None, plot: Path) -> int:
     from darkcfg.data.detection.formats.check import check_set
 
-    net_size, strides, origin = (416, 416), (8, 16, 32), "416x416, strides 8, 16, 32"
+    net_size, strides, origin = (416, 416), (8, 16, 32), "strides 8, 16, 32"
     if cfg is not None:
         net_size, strides = network_geometry(cfg)
         origin = f"{Path(cfg).name}: strides {', '.join(map(str, strides))}"
-    elif size is not None:
+    if size is not None:  # the cfg's strides at another size (a fully convolutional net)
         net_size = parse_size(size)
-        origin = f"--size {size}, strides 8, 16, 32"
     report = check_set(src, net_size, strides, origin)
     for d in report.problems:
         print(d.format() if d.line else f"{d.path}: {d.severity}[{d.code}]: {d.message}",

@@ -148,7 +148,7 @@ def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
 
     data = open_set(source, strict=False)
     report = CheckReport(data, net_size, tuple(sorted(set(strides))),
-                         size_from=size_from or f"{net_size[0]}x{net_size[1]}")
+                         size_from=size_from or "strides " + ", ".join(map(str, strides)))
     seen = set()
     for _, split in report.splits():
         for image in split.images:
