@@ -474,3 +474,27 @@ def test_detect_takes_class_names_from_any_format(four):
     for src in (four["yolo"], four["coco"][0], four["voc"], four["darknet"]):
         names, where = read_names(None, str(src))
         assert names == NAMES, src
+
+
+def test_objects_not_to_score_leave_both_maps():
+    """A confident detection of a difficult (crowd) object: a false positive without the
+    list, ignored with it, in Darknet's mAP and in COCOeval's."""
+    from darkcfg.detect.metrics import ImageBoxes, evaluate
+
+    pytest.importorskip("pycocotools")
+    a, b = [0.25, 0.25, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]
+    detections = [ImageBoxes.of([b, a], [0, 0], scores=[0.9, 0.8], size=(100, 100))]
+    plain = evaluate(detections, [ImageBoxes.of([a], [0], size=(100, 100))], ["x"])
+    marked = evaluate(detections, [ImageBoxes.of([a], [0], difficult=[[*b, 0]],
+                                                 size=(100, 100))], ["x"])
+    assert plain.map50 == pytest.approx(0.5) and marked.map50 == pytest.approx(1.0)
+    assert plain.map50_95 < 0.9 and marked.map50_95 == pytest.approx(1.0)
+
+
+def test_coco_images_next_to_the_json(tmp_path):
+    train, _ = write_coco(tmp_path / "c")
+    (tmp_path / "c" / "images").rename(tmp_path / "c" / "pictures")
+    for f in (tmp_path / "c" / "pictures").iterdir():
+        f.rename(tmp_path / "c" / f.name)
+    data = open_set(train)
+    assert [Path(p).parent for p in data.train.images] == [tmp_path / "c"] * 4
