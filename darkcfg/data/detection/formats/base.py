@@ -12,7 +12,6 @@ from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.labels import LABEL_CODE
 
 FORMATS = ("darknet", "yolo", "coco", "voc")
-EMPTY = np.zeros((0, 5), np.float32)
 
 
 @dataclass
