@@ -498,3 +498,10 @@ def test_coco_images_next_to_the_json(tmp_path):
         f.rename(tmp_path / "c" / f.name)
     data = open_set(train)
     assert [Path(p).parent for p in data.train.images] == [tmp_path / "c"] * 4
+
+
+def test_coco_images_in_cocos_own_layout(tmp_path):
+    train, _ = write_coco(tmp_path / "coco" / "annotations")
+    (tmp_path / "coco" / "annotations" / "images").rename(tmp_path / "coco" / "train")
+    data = open_set(train)
+    assert [Path(p).parent for p in data.train.images] == [tmp_path / "coco" / "train"] * 4

@@ -2,7 +2,9 @@
 
 One JSON is one set: its `images` are both the train and the validation images (a COCO file
 names no split; `--valid --data instances_val2017.json` validates on that file's images).
-  * an image is found by its `file_name` next to the JSON, else in an `images/` folder beside it;
+  * an image is found by its `file_name` next to the JSON, else in an `images/` folder beside it,
+    else (COCO's own layout, `annotations/instances_val2017.json`) in `../val2017/` or
+    `../images/val2017/`;
   * `bbox` is [x, y, width, height] in pixels from the top-left corner; the Darknet box is its
     centre and size divided by the image's `width`/`height` (ultralytics' convert_coco,
     `ultralytics/data/converter.py`); a box may poke out of the image by less than a pixel
@@ -129,7 +131,10 @@ def read_coco(path: Path) -> DetectionSet:
         raise CfgError(Diagnostic("E901", f"'{path}' has no categories", str(path),
                                   hint="list the classes in 'categories' ({id, name})"))
 
-    folders = (path.parent, path.parent / "images")
+    folders = [path.parent, path.parent / "images"]
+    split = path.stem.split("_", 1)[1] if "_" in path.stem else ""
+    if split:  # COCO's own layout: annotations/instances_val2017.json beside val2017/
+        folders += [path.parent.parent / split, path.parent.parent / "images" / split]
     images: list[str] = []
     sizes: list[tuple[float, float]] = []
     index_of: dict[object, int] = {}
@@ -141,7 +146,7 @@ def read_coco(path: Path) -> DetectionSet:
         found = next((str(f / name) for f in folders if (f / name).is_file()), None)
         if found is None:
             problems.append(where.at("images", i, "file_name", f"image '{name}' not found",
-                                     hint=f"looked in {folders[0]} and {folders[1]}"))
+                                     hint="looked in " + ", ".join(map(str, folders))))
             continue
         width, height = entry.get("width"), entry.get("height")
         if not (isinstance(width, (int, float)) and isinstance(height, (int, float))
