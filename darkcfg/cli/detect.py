@@ -17,8 +17,9 @@ def arg_parser():
                    "OUT/<image>.jpg with the boxes and OUT/detections.json (COCO)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder "
                    "(runs/<cfg-name>/detect)")
-    p.add_argument("--data", default=None, metavar="F.data",
-                   help="a Darknet .data file whose names= are the class names")
+    p.add_argument("--data", default=None, metavar="SRC",
+                   help="a data set whose class names to print (X.data names=, data.yaml, "
+                   "COCO .json, VOC folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -21,7 +21,8 @@ def add_data_arguments(p) -> None:
     """Where samples come from (train, valid, predict)."""
     p.add_argument("--data", default=None, metavar="SRC",
                    help="FOLDER (ImageFolder), X.data (Darknet), X.csv (regression), digits or "
-                   "torchvision:NAME:ROOT; default: the embedded dataset")
+                   "torchvision:NAME:ROOT; detectors: X.data, data.yaml, a COCO .json or a VOC "
+                   "folder; default: the embedded dataset")
     p.add_argument("--classes", type=int, default=None, metavar="N",
                    help="embedded data: only the first N of the network's classes (default all)")
     p.add_argument("--workers", type=int, default=None, metavar="N",

@@ -305,6 +305,14 @@ def coco_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": int(c) + 1, "bbox": box,
                                 "area": box[2] * box[3], "iscrowd": 0})
+        if gt.difficult is not None and len(gt.difficult):
+            # objects not to score are COCO's crowd regions: COCOeval ignores what matches them
+            hard = _xywh(gt.difficult[:, :4]) * scale
+            for box, c in zip(hard.tolist(), gt.difficult[:, 4].round().long().tolist(),
+                              strict=True):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": int(c) + 1, "bbox": box,
+                                    "area": box[2] * box[3], "iscrowd": 1})
         if det.scores is None:
             raise ValueError("detections need scores")
         top = _top_per_class(det.scores, det.classes, COCO_MAX_DETS)
@@ -378,7 +386,7 @@ def network_detections(net, loader, device, classes: int | None = None, dist=Non
     net.eval()
     detections, truths = [], []
     try:
-        for images, truth, sizes in loader:
+        for images, truth, sizes, *hard in loader:  # hard: objects not scored, if any
             x = images.to(device, non_blocking=True)
             outputs = run_heads(net, x, heads)
             found = decode(net, outputs, MAP_DETECTION_THRESH, image_size=sizes.tolist(),
@@ -386,11 +394,15 @@ def network_detections(net, loader, device, classes: int | None = None, dist=Non
             if classes is not None:
                 found = [replace(d, probs=d.probs[:, :classes]) for d in found]
             found = nms(found, MAP_NMS_THRESH)
-            for dets, rows, size in zip(found, truth, sizes.tolist(), strict=True):
+            difficult = hard[0] if hard else [None] * len(found)
+            for dets, rows, size, dif in zip(found, truth, sizes.tolist(), difficult,
+                                             strict=True):
                 size = (int(size[0]), int(size[1]))
                 detections.append(entries_from_probs(dets.boxes.cpu(), dets.probs.cpu(), size))
                 gt = ImageBoxes.from_truth(rows)
-                truths.append(ImageBoxes(gt.boxes, gt.classes, None, None, size))
+                if dif is not None:
+                    dif = dif[dif[:, 2] > 0].double()  # zero rows: padding
+                truths.append(ImageBoxes(gt.boxes, gt.classes, None, dif, size))
     finally:
         net.train(was_training)
     if dist is not None and dist.enabled:

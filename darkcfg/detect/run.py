@@ -92,7 +92,12 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
 
 
 def read_names(names_file: str | None, data_file: str | None) -> tuple[list[str], str | None]:
-    """Class names from --names, or the names= of a Darknet --data file; ([], None) if neither."""
+    """Class names from --names, or those of --data (a Darknet .data file's names=, or a
+    data.yaml, COCO JSON or VOC folder's classes); ([], None) if neither."""
+    if names_file is None and data_file is not None and not data_file.endswith(".data"):
+        from darkcfg.data.detection.formats import open_set
+
+        return open_set(data_file, strict=False).names, data_file
     if names_file is None and data_file is not None and data_file.endswith(".data"):
         path = Path(data_file)
         options = read_data_file(path)

@@ -6,7 +6,8 @@ passes it). Each head's loss returns `(loss, stats)`, stats being Darknet's prin
 count, class/iou/total loss); they go to metrics.csv as `h<layer>_<stat>` and, the IoU and count,
 to the progress bar.
 
-Data: `darkcfg.data.detection.dataset` (the embedded detection set or a Darknet `.data` file),
+Data: `darkcfg.data.detection.dataset` (the embedded detection set, or a Darknet `.data` file,
+a data.yaml, a COCO JSON or a VOC folder: `darkcfg.data.detection.formats`),
 batches indexed by (iteration, slot) so multi-scale (`random=`) sizes, augmentation and order
 are pure functions of the seed and the iteration (exact resume).
 

@@ -29,7 +29,7 @@ from cfgparse import CfgError, Diagnostic
 from darkcfg.data.base import check_classes_option, loader_worker_init
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
-from darkcfg.data.detection.labels import Labels, open_detection_data, validate_labels
+from darkcfg.data.detection.labels import Labels
 from darkcfg.data.detection.scales import training_size
 
 EMBEDDED_TRAIN, EMBEDDED_VAL = 8192, 256
@@ -197,8 +197,9 @@ class DetectionEval(Dataset):
     letterbox_image with [net] letter_box=1, else resize_image; truth (max, 5) relative to the
     *original* image; the original (width, height) as a tensor)."""
 
-    def __init__(self, source: Dataset, settings: DetectionSettings):
-        self.source, self.settings = source, settings
+    def __init__(self, source: Dataset, settings: DetectionSettings,
+                 difficult: list[np.ndarray] | None = None):
+        self.source, self.settings, self.difficult = source, settings, difficult
 
     def __len__(self) -> int:
         return len(self.source)
@@ -211,18 +212,26 @@ class DetectionEval(Dataset):
         view = letterbox_image(x, s.width, s.height) if s.letter_box else \
             resize_image(x, s.width, s.height)
         size = torch.tensor([image.shape[-1], image.shape[-2]], dtype=torch.int64)
-        return view, pad_truth(boxes, s.max_boxes), size
+        if self.difficult is None:
+            return view, pad_truth(boxes, s.max_boxes), size
+        # objects not scored (Darknet's difficult= list, VOC difficult, COCO iscrowd)
+        hard = self.difficult[index]
+        return view, pad_truth(boxes, s.max_boxes), size, pad_truth(hard, max(len(hard), 1))
 
 
 def collate(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
     """Training samples -> (images (N, C, H, W) float32 in [0, 1], truth (N, M, 5));
-    validation samples -> (images, truth, sizes (N, 2) = original width, height).
+    validation samples -> (images, truth, sizes (N, 2) = original width, height), and when the
+    data has objects not to score, difficult (N, D, 5) in truth's layout.
     truth rows are [x, y, w, h, class] relative, zero rows after the last box, M = the last
     detection layer's `max` (Darknet's truth layout without the track id)."""
     columns = list(zip(*samples, strict=True))
     images = torch.stack(columns[0])
     if images.dtype == torch.uint8:
         images = images.float().div_(255)
+    if len(columns) == 4:  # difficult boxes: as many rows as the image with most of them
+        most = max(len(d) for d in columns[3])
+        columns[3] = [torch.cat([d, d.new_zeros(most - len(d), 5)]) for d in columns[3]]
     return (images, *(torch.stack(c) for c in columns[1:]))
 
 
@@ -262,8 +271,10 @@ def detection_datasets(net, source: str | Path | None, seed: int, classes: int |
 
     source: None -> the embedded detection set (deterministic from `seed`; objects of the
     first `classes` classes, default min(network classes, 8)); a path to a Darknet detection
-    `.data` file (classes, train, valid, names, backup; labels by replace_image_to_label, all
-    checked before returning). Raises CfgError (located) for bad data or labels.
+    `.data` file (classes, train, valid, names, backup; labels by replace_image_to_label), an
+    ultralytics data.yaml, a COCO annotation JSON or a Pascal VOC folder
+    (darkcfg.data.detection.formats; labels all checked before returning). Raises CfgError
+    (located) for bad data or labels.
 
     Returns DetectionSplits: `train` indexed by Slot(iteration, slot) (use
     `.stream(batch, world, rank, workers)` for darkcfg.train.loop.fit: it has Stream's
@@ -290,14 +301,7 @@ def open_detection_source(source: str | Path | None, settings: DetectionSettings
     check_classes_option(classes, source)
     if source is None:
         return embedded_detection(settings, seed, classes, train_size, val_size)
-    path = Path(source).expanduser()
-    if not path.is_file() or path.suffix != ".data":
-        raise CfgError(Diagnostic("E901", f"'{source}' is not a Darknet detection .data file",
-                                  str(source),
-                                  hint="a detector trains on a .data file (classes=, train=, "
-                                  "valid=, names=, backup=) or, without --data, on the "
-                                  "embedded detection set"))
-    return darknet_detection(path, settings, seed)
+    return file_detection(source, settings, seed)
 
 
 def embedded_detection(settings: DetectionSettings, seed: int, classes: int | None = None,
@@ -323,39 +327,35 @@ def embedded_detection(settings: DetectionSettings, seed: int, classes: int | No
                            warnings=list(s.notes))
 
 
-def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> DetectionSplits:
-    data = open_detection_data(path)
+def file_detection(source: str | Path, settings: DetectionSettings, seed: int) -> DetectionSplits:
+    """Splits of a data set on disk in any format darkcfg.data.detection.formats reads (a
+    Darknet .data file, a data.yaml, a COCO JSON, a VOC folder); every label checked first."""
+    from darkcfg.data.detection.formats import open_set
+
+    return set_detection(open_set(source), settings, seed)
+
+
+
+def set_detection(data, settings: DetectionSettings, seed: int) -> DetectionSplits:
+    """Splits of a read `formats.DetectionSet` (labels already checked)."""
+    path = data.path
     if data.classes > settings.classes:
-        raise CfgError(Diagnostic("E901", f"'{path}' has classes={data.classes} but the network "
+        raise CfgError(Diagnostic("E901", f"'{path}' has {data.classes} classes but the network "
                                   f"detects {settings.classes}", str(path),
                                   hint=f"set classes={data.classes} in every [yolo] (and the "
-                                  "filters before it) or fix the .data file"))
-    train_labels = validate_labels(data.train_labels, data.classes)
-    warnings = list(settings.notes) + [w for w in [train_labels.warning("train images")] if w]
-    if data.valid_is_train:
-        valid_paths, valid_labels = data.train, train_labels
-    else:
-        valid_paths = data.valid
-        valid_labels = validate_labels(data.valid_labels, data.classes)
-        if valid_labels.warning():
-            warnings.append(valid_labels.warning("valid images"))
-    difficult = None
-    if data.difficult_labels:
-        difficult = validate_labels(data.difficult_labels, data.classes).boxes
-        if len(difficult) != len(valid_paths):
-            raise CfgError(Diagnostic("E901", f"the difficult list of '{path}' has "
-                                      f"{len(difficult)} images, the valid list "
-                                      f"{len(valid_paths)}", str(path),
-                                      hint="list the difficult images parallel to valid="))
-    check_image_headers(dict.fromkeys([*data.train, *valid_paths]), str(path))
+                                  "filters before it) or fix the data's class names"))
+    train, valid = data.train, data.valid_or_train
+    warnings = list(settings.notes) + [w for w in [train.missing_warning("train images")] if w]
+    if data.valid is not None and valid.missing_warning("valid images"):
+        warnings.append(valid.missing_warning("valid images"))
+    # every image's header before the first iteration: a corrupt file is an error now
+    check_image_headers(dict.fromkeys([*train.images, *valid.images]), str(path))
     c = settings.channels
-    train_src = LabelledImages(data.train, train_labels, c)
-    val_src = LabelledImages(valid_paths, valid_labels, c)
-    valid = "train list (no valid=)" if data.valid_is_train else f"{len(valid_paths)} valid"
-    description = (f"Darknet detection data {path}: {data.classes} classes, "
-                   f"{len(data.train)} train images ({train_labels.objects} objects), {valid} "
-                   f"images; augment: {', '.join(settings.honoured()) or 'none'}")
+    train_src = LabelledImages(train.images, Labels(train.boxes, train.missing), c)
+    val_src = LabelledImages(valid.images, Labels(valid.boxes, valid.missing), c)
+    described = data.describe()
+    description = (f"{described}; augment: {', '.join(settings.honoured()) or 'none'}")
     return DetectionSplits(DetectionTrain(train_src, settings, seed),
-                           DetectionEval(val_src, settings), collate, data.names, description,
-                           settings, backup=data.backup, warnings=warnings,
-                           difficult=difficult)
+                           DetectionEval(val_src, settings, valid.difficult), collate,
+                           data.names, description, settings, backup=data.backup,
+                           warnings=warnings, difficult=valid.difficult)

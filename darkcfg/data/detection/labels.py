@@ -238,10 +238,17 @@ class Labels:
 def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 20) -> Labels:
     """Read and check every label file before training. Raises CfgError with the first
     `max_errors` located problems (and a count of the rest); a missing file is no objects."""
+    labels, problems = collect_labels(label_paths, classes)
+    raise_problems(problems, max_errors)
+    return labels
+
+
+def collect_labels(label_paths: Sequence[str], classes: int) -> tuple[Labels, list[Diagnostic]]:
+    """Every label file's boxes (bad lines left out) and a located diagnostic for each problem
+    (`darkcfg data check` shows them all; `validate_labels` raises them)."""
     boxes: list[np.ndarray] = []
     missing = 0
     problems: list[Diagnostic] = []
-    more = 0
     empty = np.zeros((0, 5), np.float32)
     for path in label_paths:
         try:
@@ -258,17 +265,23 @@ def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 
             continue
         found, bad = parse_labels(text, path, classes)
         boxes.append(found)
-        room = max_errors - len(problems)
-        problems += bad[:room]
-        more += max(len(bad) - room, 0)
-    if problems:
-        if more:
-            last = problems[-1]
-            problems[-1] = Diagnostic(last.code, last.message, last.path, last.line,
-                                      last.column, hint=f"{last.hint} ({more} more problems "
-                                      "not shown)", source=last.source, span=last.span)
-        raise CfgError(problems)
-    return Labels(boxes, missing)
+        problems += bad
+    return Labels(boxes, missing), problems
+
+
+def raise_problems(problems: Sequence[Diagnostic], max_errors: int = 20) -> None:
+    """Raise CfgError with the first `max_errors` problems, the last one's hint counting the
+    rest; nothing when there is none."""
+    if not problems:
+        return
+    shown = list(problems[:max_errors])
+    more = len(problems) - len(shown)
+    if more:
+        last = shown[-1]
+        shown[-1] = Diagnostic(last.code, last.message, last.path, last.line, last.column,
+                               hint=f"{last.hint} ({more} more problems not shown)",
+                               source=last.source, span=last.span)
+    raise CfgError(shown)
 
 
 def _error(message: str, where: str, hint: str = "", code: str = "E901") -> CfgError:
