@@ -134,9 +134,12 @@ def test_the_loss_is_the_sum_of_the_heads_with_seen_and_stats(cfg, monkeypatch):
     truth[1, :2] = torch.tensor([[0.7, 0.6, 0.5, 0.4, 0], [0.2, 0.2, 0.1, 0.1, 1]])
     loss, stats = task.loss(net, x, truth, seen=64)
     out = net(x, collect=[3, 7])
-    expected = net.layers[4].loss(out[3], truth, seen=64) + net.layers[8].loss(out[7], truth,
-                                                                               seen=64)
-    torch.testing.assert_close(loss, expected)
+    (loss4, stats4), (loss8, stats8) = (net.layers[i].loss(out[i - 1], truth, seen=64)
+                                        for i in (4, 8))
+    torch.testing.assert_close(loss, loss4 + loss8)
+    # the task's statistics are the heads' own (loss, stats) return values, nothing read aside
+    assert float(stats["h4_count"]) == stats4["count"]
+    assert float(stats["h8_avg_iou"]) == pytest.approx(stats8["avg_iou"])
     assert seen_by_head[:2] == [(4, 64), (8, 64)]
     assert set(stats) == {f"h{i}_{s}" for i in (4, 8) for s in
                           ("avg_iou", "count", "class_loss", "iou_loss", "total_loss")}
