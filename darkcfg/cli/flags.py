@@ -5,6 +5,7 @@
     python runner.py CFG --weights IN.weights --save-weights OUT.weights [--cutoff N]
     python runner.py CFG --weights W --input X.npy --dump-outputs OUT.npz [--all-layers]
     python runner.py CFG --weights W --detect IMG_OR_DIR... [--names F] [--out DIR]
+    python runner.py CFG --weights W --detect VIDEO|URL|CAMERA [--save-labels] [--out DIR]
     python runner.py CFG --check [check options]        (= darkcfg check CFG ...)
     python runner.py CFG [--weights W] --export M.onnx|M.pt2 [--opset N] [--dynamic-batch]
                          [--decode] [--input-size WxH]
@@ -101,7 +102,10 @@ def arg_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("detection (darknet detector test)")
     g.add_argument("--detect", nargs="+", default=None, metavar="IMG_OR_DIR",
                    help="detect objects in images and folders: prints Darknet's -ext_output "
-                   "lines, writes OUT/<image>.jpg with the boxes and OUT/detections.json (COCO)")
+                   "lines, writes OUT/<image>.jpg with the boxes and OUT/detections.json (COCO); "
+                   "in videos, rtsp:// or http:// streams and camera indices (0, 1, ...; needs "
+                   "the 'video' extra): writes OUT/<name>.mp4 drawn and OUT/<name>.jsonl, a line "
+                   "of Darknet -json_port fields per frame")
     g.add_argument("--names", default=None, metavar="F",
                    help="class names, one a line (default: names= of --data F.data)")
     g.add_argument("--thresh", type=float, default=0.25, help="detection threshold (.25)")

@@ -163,10 +163,12 @@ def class_colour(class_id: int) -> tuple[int, int, int]:
 
 
 def drawn(image: torch.Tensor, found: list[Found]) -> torch.Tensor:
-    """The image (C,H,W in [0,1]) as uint8 RGB with one box per detection and its labels."""
+    """The image (C,H,W in [0,1], or uint8) as uint8 RGB with one box per detection and its
+    labels."""
     from torchvision.utils import draw_bounding_boxes
 
-    rgb = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    rgb = image.cpu() if image.dtype == torch.uint8 else \
+        (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     if rgb.shape[0] == 1:
         rgb = rgb.repeat(3, 1, 1)
     rgb = rgb[:3]
@@ -243,8 +245,31 @@ def run_detect(opts, args) -> None:
     if args.input and args.detections:
         detections_json(net, args, names)
     if args.detect:
+        from darkcfg.detect.video import is_video
+
         out = Path(args.out) if args.out else Path("runs") / opts.name / "detect"
-        detect_images(net, args, names, out, progress=opts.progress)
+        videos = [t for t in args.detect if is_video(t)]
+        images = [t for t in args.detect if not is_video(t)]
+        if images:
+            detect_images(net, args, names, out, images, progress=opts.progress)
+        for video in videos:
+            detect_one_video(net, args, names, out, video, progress=opts.progress)
+
+
+def detect_one_video(net, args, names: list[str], out: Path, source: str, progress: bool) -> None:
+    from darkcfg.detect.video import detect_video
+
+    try:
+        r = detect_video(net, source, out, thresh=args.thresh, nms=args.nms,
+                         letter_box=args.letter_box or None, names=names,
+                         save_labels=args.save_labels, progress=progress)
+    except KeyboardInterrupt as stop:
+        r = stop.args[0] if stop.args else None
+        if r is not None:
+            say(f"interrupted: {r.frames} frame(s) written to {r.video} and {r.jsonl}")
+        raise
+    print(f"{r.source}: {r.frames} frame(s), {r.objects} object(s) above thresh "
+          f"{args.thresh:g} in {r.seconds:.2f} s ({r.fps:.1f} frames/s) -> {r.video}, {r.jsonl}")
 
 
 def detections_json(net, args, names: list[str]) -> None:
@@ -280,10 +305,11 @@ def detections_json(net, args, names: list[str]) -> None:
         f"centre x, y, w, h)")
 
 
-def detect_images(net, args, names: list[str], out: Path, progress: bool = True) -> None:
+def detect_images(net, args, names: list[str], out: Path, targets: list[str] | None = None,
+                  progress: bool = True) -> None:
     from tqdm import tqdm
 
-    paths, folder = image_paths(args.detect)
+    paths, folder = image_paths(args.detect if targets is None else targets)
     out.mkdir(parents=True, exist_ok=True)
     letter = args.letter_box or net_letter_box(net)
     loaded = []
