@@ -134,7 +134,7 @@ def test_a_frames_detections_equal_detect_on_that_frame_as_an_image(net, clip, t
 
 
 def test_ctrl_c_leaves_a_playable_video_of_the_frames_done(net, clip, tmp_path, monkeypatch):
-    real = video.detections_for_input
+    real = video.run_heads
     calls = []
 
     def interrupted_second_batch(*args, **kwargs):
@@ -143,7 +143,7 @@ def test_ctrl_c_leaves_a_playable_video_of_the_frames_done(net, clip, tmp_path, 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(video, "detections_for_input", interrupted_second_batch)
+    monkeypatch.setattr(video, "run_heads", interrupted_second_batch)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt) as stop:
         detect_video(net, str(clip), out, thresh=THRESH, names=NAMES, batch_size=4,

@@ -9,10 +9,11 @@
 - with `save_labels`, `OUT/<name>_labels/<name>_<frame>.txt`: Darknet label lines per frame.
 
 Three stages overlap: a reader thread decodes and prepares (resize or letterbox) the next batch,
-the calling thread runs the network, decoding and NMS, and a writer thread draws, encodes and
-writes. A frame goes through exactly the preparation, network and decoding that `detect` gives
-the same frame saved as an image. Ctrl-C (KeyboardInterrupt) stops reading, finishes the frames
-already detected, closes the video properly (a playable file) and re-raises.
+the calling thread runs the network, and a writer thread decodes the heads' outputs into boxes
+(+ NMS), draws, encodes and writes. A frame goes through exactly the preparation, network and
+box decoding that `detect` gives the same frame saved as an image. Ctrl-C (KeyboardInterrupt)
+stops reading, finishes the frames already detected, closes the video properly (a playable
+file) and re-raises.
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ import torch
 from cfgparse import CfgError, Diagnostic
 from darkcfg.detect.decode import (
     _device_of,
-    detections_for_input,
+    decode,
     found_objects,
     head_indices,
     letterbox_image,
     load_image,
     net_letter_box,
+    nms,
     resize_image,
+    run_heads,
 )
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",
@@ -173,9 +176,12 @@ def _reader(container, net_size: tuple[int, int, int], letter: bool, batch: int,
 class _Writer(threading.Thread):
     """Draws, encodes and writes the detected frames in order (its own thread)."""
 
-    def __init__(self, video_tmp: Path, jsonl, labels: Path | None, name: str, rate,
-                 codec: str, thresh: float):
+    def __init__(self, net, video_tmp: Path, jsonl, labels: Path | None, name: str, rate,
+                 codec: str, thresh: float, nms_thresh: float, letter: bool,
+                 names: Sequence[str]):
         super().__init__(daemon=True)
+        self.net, self.nms, self.letter, self.names = net, nms_thresh, letter, names
+        self.objects = 0
         self.jobs: queue.Queue = queue.Queue(maxsize=4)
         self.video_tmp, self.jsonl, self.labels, self.name = video_tmp, jsonl, labels, name
         self.rate, self.codec, self.thresh = rate, codec, thresh
@@ -200,11 +206,21 @@ class _Writer(threading.Thread):
         self.stream = self.container.add_stream(self.codec, rate=self.rate)
         self.stream.width, self.stream.height = width + width % 2, height + height % 2
         self.stream.pix_fmt = "yuv420p"  # what players expect (it needs even sizes)
+        if self.codec == "libx264":  # a quarter of the default preset's encoding time
+            self.stream.options = {"preset": "ultrafast"}
 
-    def write(self, frames, dets, found, first_id: int) -> None:
+    @torch.no_grad()
+    def write(self, frames, outputs, sizes, input_size, first_id: int) -> None:
         from darkcfg.detect.run import drawn, label_lines
 
         av = require_av()
+        # detections_for_input's decode + NMS, on the outputs the calling thread computed
+        dets = decode(self.net, outputs, self.thresh, image_size=sizes, letter_box=self.letter,
+                      input_size=input_size)
+        dets = nms(dets, self.nms) if self.nms else dets
+        found = [found_objects(d, self.thresh, w, h, self.names)
+                 for d, (w, h) in zip(dets, sizes, strict=True)]
+        self.objects += sum(len(f) for f in found)
         for k, (rgb, det, objs) in enumerate(zip(frames, dets, found, strict=True)):
             frame_id = first_id + k
             h, w = rgb.shape[-2:]
@@ -297,10 +313,11 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
                               args=(container, size, letter, batch_size, batches, stop,
                                     max_frames))
     jsonl = open(jsonl_tmp, "w")  # noqa: SIM115 - closed in the finally below
-    writer = _Writer(video_tmp, jsonl, labels, name, rate, video_codec(), thresh)
+    writer = _Writer(net, video_tmp, jsonl, labels, name, rate, video_codec(), thresh, nms,
+                     letter, names)
     bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr,
                desc=name, dynamic_ncols=True)
-    frames = objects = 0
+    frames = 0
     interrupted = False
     start = time.perf_counter()
     writer.start()
@@ -311,13 +328,9 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
                 raise _read_error(item, source)
             rgb, x = item
             sizes = [(f.shape[-1], f.shape[-2]) for f in rgb]
-            dets = detections_for_input(net, x.to(device), thresh, image_size=sizes,
-                                        letter_box=letter, nms_thresh=nms, heads=heads)
-            found = [found_objects(d, thresh, w, h, names)
-                     for d, (w, h) in zip(dets, sizes, strict=True)]
-            writer.jobs.put((rgb, [d.to("cpu") for d in dets], found, frames + 1))
+            outputs = run_heads(net, x.to(device), heads)
+            writer.jobs.put((rgb, outputs, sizes, (x.shape[-1], x.shape[-2]), frames + 1))
             frames += len(rgb)
-            objects += sum(len(f) for f in found)
             bar.update(len(rgb))
     except KeyboardInterrupt:
         interrupted = True
@@ -340,7 +353,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
             video_tmp.unlink(missing_ok=True)
         os.replace(jsonl_tmp, jsonl_path)
     seconds = time.perf_counter() - start
-    result = VideoResult(source, frames, objects, seconds, video_path, jsonl_path, labels,
+    result = VideoResult(source, frames, writer.objects, seconds, video_path, jsonl_path, labels,
                          interrupted)
     if interrupted:
         raise KeyboardInterrupt(result)
