@@ -151,7 +151,7 @@ def fit_anchors(boxes: np.ndarray, k: int, width: int, seed: int = 0, restarts: 
 
 
 # -- the boxes of a detection data set ------------------------------------------------------------
-EMBEDDED_IMAGES = 2048  # the embedded set is generated: this many images are plenty for k-means
+EMBEDDED_IMAGES = 1024  # the embedded set is generated: enough boxes (~2500) for k-means
 
 
 def data_boxes(net, source: str | None, seed: int = 0) -> tuple[np.ndarray, str]:
