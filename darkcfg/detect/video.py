@@ -211,7 +211,7 @@ class _Writer(threading.Thread):
 
     @torch.no_grad()
     def write(self, frames, outputs, sizes, input_size, first_id: int) -> None:
-        from darkcfg.detect.run import drawn, label_lines
+        from darkcfg.detect.draw import drawn, label_lines
 
         av = require_av()
         # detections_for_input's decode + NMS, on the outputs the calling thread computed
