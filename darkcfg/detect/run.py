@@ -8,7 +8,6 @@ match `classes`) raises a located CfgError: the command prints it and exits 2. T
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -22,7 +21,6 @@ from cfgparse import CfgError, Diagnostic
 from darkcfg.data.base import IMAGE_EXTENSIONS
 from darkcfg.data.datafile import read_data_file, resolve
 from darkcfg.detect.decode import (
-    Detections,
     Found,
     c_round,
     decoding_for,
@@ -31,6 +29,7 @@ from darkcfg.detect.decode import (
     head_indices,
     net_letter_box,
 )
+from darkcfg.detect.draw import drawn, label_lines
 from darkcfg.model import ModelSpec
 
 
@@ -175,67 +174,6 @@ def coco_results(found: list[Found], image_id, image_w: int, image_h: int) -> li
     return out
 
 
-def label_lines(dets: Detections, thresh: float) -> list[str]:
-    """Darknet's -save_labels: `class x y w h` (relative centre) for each detection's best class
-    above thresh."""
-    lines = []
-    for box, probs in zip(dets.boxes.tolist(), dets.probs.float().cpu(), strict=True):
-        above = torch.where(probs > thresh, probs, -1.0)
-        if above.max() > 0:
-            x, y, w, h = box
-            lines.append(f"{int(above.argmax())} {x:2.4f} {y:2.4f} {w:2.4f} {h:2.4f}")
-    return lines
-
-
-def class_colour(class_id: int) -> tuple[int, int, int]:
-    """A fixed colour per class (golden-angle hues)."""
-    import colorsys
-
-    r, g, b = colorsys.hsv_to_rgb((class_id * 0.618034) % 1.0, 0.85, 0.95)
-    return int(255 * r), int(255 * g), int(255 * b)
-
-
-def drawn(image: torch.Tensor, found: list[Found]) -> torch.Tensor:
-    """The image (C,H,W in [0,1]) as uint8 RGB with one box per detection and its labels."""
-    from torchvision.utils import draw_bounding_boxes
-
-    rgb = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    if rgb.shape[0] == 1:
-        rgb = rgb.repeat(3, 1, 1)
-    rgb = rgb[:3]
-    h, w = rgb.shape[-2:]
-    by_box: dict[tuple, list[Found]] = {}
-    for f in found:
-        by_box.setdefault(f.box, []).append(f)
-    if not by_box:
-        return rgb
-    boxes, labels, colours = [], [], []
-    for box, items in by_box.items():
-        left, top, right, bottom = box  # clipped as Darknet draws them
-        boxes.append([min(max(left, 0), w - 1), min(max(top, 0), h - 1),
-                      min(max(right, 0), w - 1), min(max(bottom, 0), h - 1)])
-        labels.append(", ".join(f"{f.name or f.class_id} {f.score * 100:.0f}%" for f in items))
-        colours.append(class_colour(items[0].class_id))
-    width = max(1, round(max(h, w) / 250))
-    font, size = label_font(), max(10, round(max(h, w) / 40))
-    return draw_bounding_boxes(rgb, torch.tensor(boxes, dtype=torch.float32), labels,
-                               colors=colours, width=width, font=font,
-                               font_size=size if font else None, label_colors="white",
-                               label_background_colors=colours, fill_labels=True)
-
-
-@functools.cache
-def label_font() -> str | None:
-    """A scalable font if the system has DejaVu Sans (most Linux systems), else PIL's default."""
-    from PIL import ImageFont
-
-    try:
-        ImageFont.truetype("DejaVuSans.ttf", 12)
-        return "DejaVuSans.ttf"
-    except OSError:
-        return None
-
-
 def save_jpeg(path: Path, rgb: torch.Tensor) -> None:
     from PIL import Image
 
@@ -281,8 +219,32 @@ def run_detect(opts: DetectOptions) -> None:
     if opts.input and opts.detections:
         detections_json(net, opts, names)
     if opts.targets:
+        from darkcfg.detect.video import is_video
+
         out = Path(opts.out) if opts.out else Path("runs") / model.name / "detect"
-        detect_images(net, opts, names, out, progress=opts.progress)
+        videos = [t for t in opts.targets if is_video(t)]
+        images = [t for t in opts.targets if not is_video(t)]
+        if images:
+            detect_images(net, opts, names, out, images, progress=opts.progress)
+        for video in videos:
+            detect_one_video(net, opts, names, out, video, progress=opts.progress)
+
+
+def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, source: str,
+                     progress: bool) -> None:
+    from darkcfg.detect.video import detect_video
+
+    try:
+        r = detect_video(net, source, out, thresh=opts.thresh, nms=opts.nms,
+                         letter_box=opts.letter_box or None, names=names,
+                         save_labels=opts.save_labels, progress=progress)
+    except KeyboardInterrupt as stop:
+        r = stop.args[0] if stop.args else None
+        if r is not None:
+            say(f"interrupted: {r.frames} frame(s) written to {r.video} and {r.jsonl}")
+        raise
+    print(f"{r.source}: {r.frames} frame(s), {r.objects} object(s) above thresh "
+          f"{opts.thresh:g} in {r.seconds:.2f} s ({r.fps:.1f} frames/s) -> {r.video}, {r.jsonl}")
 
 
 def detections_json(net, opts: DetectOptions, names: list[str]) -> None:
@@ -339,10 +301,10 @@ def refuse_output_over_inputs(out: Path, paths: list[Path]) -> None:
 
 
 def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
-                  progress: bool = True) -> None:
+                  targets: list[str] | None = None, progress: bool = True) -> None:
     from tqdm import tqdm
 
-    paths, folder = image_paths(list(opts.targets))
+    paths, folder = image_paths(list(opts.targets) if targets is None else targets)
     refuse_output_over_inputs(out, paths)
     out.mkdir(parents=True, exist_ok=True)
     letter = opts.letter_box or net_letter_box(net)
