@@ -39,15 +39,26 @@ class LossModel(nn.Module):
 
 
 @torch.no_grad()
-def darknet_init(net) -> None:
-    """Darknet's initial weights for training from scratch: convolution kernels N(0, 2/fan_in)
-    (He), connected matrices U(-sqrt(2/inputs), +sqrt(2/inputs)), biases 0. torch's default
-    init (uniform with a = sqrt(5)) starves deep plain nets such as VGG of signal."""
+def darknet_init(net, flavor: str | None = None) -> None:
+    """Darknet's initial weights for training from scratch, scale s = sqrt(2/fan_in) (He):
+    convolution kernels s * U(-1, 1) in AlexeyAB's fork (src/convolutional_layer.c
+    make_convolutional_layer; its rand_normal is commented out there) and s * N(0, 1) in
+    pjreddie's, connected matrices s * U(-1, 1) in both (src/connected_layer.c
+    make_connected_layer), biases 0. The uniform kernels have a sqrt(3) smaller norm than normal
+    ones: behind batch-norm that is a 3x larger effective step (the output does not depend on
+    the kernel's norm, its gradient scales with 1/norm), and the [yolo] inputs start smaller.
+    torch's default init (uniform with a = sqrt(5)) starves deep plain nets such as VGG of
+    signal. `flavor` None: the network's own (net.info.flavor)."""
+    flavor = flavor or getattr(getattr(net, "info", None), "flavor", "alexeyab")
     for module in net.modules():
         if isinstance(module, nn.modules.conv._ConvNd):
             fan_in = module.weight[0].numel() if not module.transposed else \
                 module.weight.shape[0] * module.weight[0, 0].numel() // module.groups
-            module.weight.normal_(0, (2 / fan_in) ** 0.5)
+            scale = (2 / fan_in) ** 0.5
+            if flavor == "pjreddie":
+                module.weight.normal_(0, scale)
+            else:
+                module.weight.uniform_(-scale, scale)
         elif isinstance(module, nn.Linear):
             bound = (2 / module.in_features) ** 0.5
             module.weight.uniform_(-bound, bound)
