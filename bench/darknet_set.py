@@ -9,8 +9,9 @@ OUT gets `images/{train,valid}/NNNNN.jpg` with a `.txt` label file beside each (
 `valid.txt` (absolute paths, one a line), `obj.names`, `obj.data` (classes, train, valid, names,
 backup=OUT/backup), and for each `--cfg` (default cfg/yolov3-tiny.cfg) a copy
 `OUT/<name>-<classes>c.cfg` with `classes=` in every [yolo] and the `filters=` of the
-[convolutional] before it (mask entries x (classes + 5)) set for the set's classes. The defaults mirror the set of issue 22 (2000 train / 300 valid images,
-160x160, 6 classes). Images are JPEG quality 95 (`--png`: lossless).
+[convolutional] before it (mask entries x (classes + 5)) set for the set's classes. The
+defaults mirror the set of issue 22 (2000 train / 300 valid images, 160x160, 6 classes).
+Images are JPEG quality 95 (`--png`: lossless).
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def frozen_prefix(net, freeze: int = 0) -> int:
 class Trainer:
     def __init__(self, net, cfg: NetConfig, device: torch.device | str = "cpu", *,
                  dist: Dist | None = None, freeze: int = 0, compile: bool = False,
-                 amp: bool | None = None, channels_last: bool | None = None,
+                 amp: bool | torch.dtype | None = None, channels_last: bool | None = None,
                  batch_is_global: bool = True, task: Task | None = None):
         self.device = device = torch.device(device)
         self.dist = dist = dist or Dist()
@@ -116,11 +116,14 @@ class Trainer:
             nn.SyncBatchNorm.convert_sync_batchnorm(net)
 
         self.optimizer = make_optimizer(net, cfg, device, self.global_batch)
-        if amp is None:
-            amp = device.type == "cuda"
-        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
-            if amp and device.type == "cuda" else None
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.amp_dtype = amp_dtype_for(device, amp)
+        # GradScaler only matters for float16 (bfloat16 has float32's range); torch runs it on
+        # the CPU too, so the CUDA path's scaling logic is exercised by CPU tests
+        # Darknet's deltas are O(1) per output and summed over the mini-batch: torch's default
+        # initial scale (65536) overflows float16 on the first steps (measured on the CPU), each
+        # overflow a skipped update; 1024 leaves headroom and still grows every 2000 steps.
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 10,
+                                           enabled=self.amp_dtype == torch.float16)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -197,6 +200,20 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.images_seen = state["iteration"], state["images_seen"]
+
+
+def amp_dtype_for(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
+    """The autocast dtype: `amp` None = on for CUDA only (bfloat16 where the GPU has it, else
+    float16), True = on (the CPU autocasts to bfloat16), False = off, or a dtype to use."""
+    if isinstance(amp, torch.dtype):
+        return amp
+    if amp is None:
+        amp = device.type == "cuda"
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
 
 
 def make_optimizer(net, cfg: NetConfig, device: torch.device,
