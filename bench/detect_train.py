@@ -141,7 +141,8 @@ def run_one(cfg: str, args) -> dict:
             "wall_s": round(wall, 1), "wall_images_per_s": round(rate, 2),
             "vs_darknet": round(rate / DARKNET_IMAGES_PER_S, 2),
             "avg_loss_curve": [(int(r["iteration"]), round(float(r["avg_loss"]), 3))
-                               for r in rows if int(r["iteration"]) in LOSS_POINTS],
+                               for r in rows if int(r["iteration"]) in LOSS_POINTS
+                               or int(r["iteration"]) == iterations],
             "images_per_s": round(statistics.median(speeds), 2),
             "train_min": round(train_s / 60, 2), "wall_min": round(wall / 60, 2),
             "map50": float(last.get("val_map50", "nan")),
