@@ -8,6 +8,7 @@ the same functions as `darkcfg train|valid|predict|detect|export|emit|summary|we
     python runner.py CFG --weights IN.weights --save-weights OUT.weights [--cutoff N]
     python runner.py CFG --weights W --input X.npy --dump-outputs OUT.npz [--all-layers]
     python runner.py CFG --weights W --detect IMG_OR_DIR... [--names F] [--out DIR]
+    python runner.py CFG --weights W --detect VIDEO|URL|CAMERA [--save-labels] [--out DIR]
     python runner.py CFG --check [check options]        (= darkcfg check CFG ...)
     python runner.py CFG [--weights W] --export M.onnx|M.pt2 [--opset N] [--dynamic-batch]
                          [--decode] [--input-size WxH]
@@ -72,7 +73,10 @@ def arg_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("detection (darknet detector test)")
     g.add_argument("--detect", nargs="+", default=None, metavar="IMG_OR_DIR",
                    help="detect objects in images and folders: prints Darknet's -ext_output "
-                   "lines, writes OUT/<image>.jpg with the boxes and OUT/detections.json (COCO)")
+                   "lines, writes OUT/<image>.jpg with the boxes and OUT/detections.json (COCO); "
+                   "in videos, rtsp:// or http:// streams and camera indices (0, 1, ...; needs "
+                   "the 'video' extra): writes OUT/<name>.mp4 drawn and OUT/<name>.jsonl, a line "
+                   "of Darknet -json_port fields per frame")
     add_detect_arguments(g, raw_input=False)
 
     g = p.add_argument_group("export")

@@ -1,6 +1,7 @@
 """The detection task: how a network with [yolo] (or other box-loss) heads trains and validates.
 
-Loss: the sum of every head's `loss(x, truth, seen)` on its own input, `seen` = Darknet's
+Loss: the sum of every head's `loss(x, truth, seen)` on its own input (its logged value the
+mean over the heads, as Darknet prints it), `seen` = Darknet's
 net.seen during that forward (images trained so far, this mini-batch included; the Trainer
 passes it). Each head's loss returns `(loss, stats)`, stats being Darknet's printed line (avg IoU,
 count, class/iou/total loss); they go to metrics.csv as `h<layer>_<stat>` and, the IoU and count,
@@ -122,6 +123,13 @@ class DetectionTask(Task):
             total = part if total is None else total + part
             for s in HEAD_STATS:
                 stats[f"h{i}_{s}"] = torch.tensor(float(found.get(s, 0.0)))
+        if len(self.heads) > 1:
+            # Darknet's printed loss is the *mean* of the heads' costs (src/network.c
+            # get_network_cost), while each head's delta reaches the network whole
+            # (backward_yolo_layer): the value is shifted to the mean by a constant, the
+            # gradient stays the sum's.
+            value = total.detach()
+            total = total + (value / len(self.heads) - value)
         return total, stats
 
     def progress(self, stats: dict) -> str:
