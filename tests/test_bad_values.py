@@ -285,8 +285,10 @@ def test_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.yaml"]
 
 
-def test_torch_write_failure_in_a_checkpoint(tmp_path, monkeypatch):
-    """torch.save reports a full disk as a RuntimeError from inline_container.cc."""
+def test_torch_write_failure_and_a_full_disk_under_a_checkpoint(tmp_path, monkeypatch):
+    """torch.save into a file reports a full disk as a RuntimeError from inline_container.cc;
+    the checkpoint writer's own write fails with OSError 28. Both keep the previous file."""
+    from builders.atomic import atomic_open
     from darkcfg.train.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "checkpoint.pt"
@@ -297,9 +299,16 @@ def test_torch_write_failure_in_a_checkpoint(tmp_path, monkeypatch):
         raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter "
                            "failed writing file data/3: file write failed")
 
-    monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(CfgError, match="previous file is intact"):
-        save_checkpoint(path, {"iteration": 2})
+        with atomic_open(path) as fh:
+            failing_save({"iteration": 2}, fh)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CfgError, match="no space left.*previous file is intact"):
+        save_checkpoint(path, {"iteration": 3})
     monkeypatch.undo()
     assert load_checkpoint(path)["iteration"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
@@ -397,23 +406,17 @@ def test_data_file_with_a_bom_keeps_its_first_key(tmp_path):
     assert open_detection_data(data).classes == 3
 
 
-def test_data_file_without_classes_uses_the_networks(tmp_path):
-    from darkcfg.data.detection.augment import DetectionSettings
-    from darkcfg.data.detection.dataset import darknet_detection
+def test_data_file_without_classes_counts_its_names(tmp_path, capsys):
     from darkcfg.data.detection.labels import open_detection_data
 
-    data = detection_set(tmp_path, "train={folder}/train.txt\n")
-    assert open_detection_data(data).classes == 20  # Darknet's default, when nothing is known
-    assert not open_detection_data(data).classes_given
-    assert open_detection_data(data, default_classes=3).classes == 3
-    from darkcfg.model import build_network
-
-    cfg = tmp_path / "det.cfg"
-    cfg.write_text(DETECTOR.format(time_steps=1))
-    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
-    splits = darknet_detection(data, DetectionSettings.from_network(net), 0)
-    assert "1 classes" in splits.description
-    assert any("no classes= line" in w and "network's 1 classes" in w for w in splits.warnings)
+    data = detection_set(tmp_path, "train={folder}/train.txt\nnames={folder}/obj.names\n")
+    (tmp_path / "set" / "obj.names").write_text("cat\ndog\nbird\n")
+    assert open_detection_data(data).classes == 3  # not Darknet's silent 20
+    assert "no classes= line: using the 3 names of its names file" in capsys.readouterr().err
+    bare = tmp_path / "bare.data"
+    bare.write_text(f"train={tmp_path / 'set' / 'train.txt'}\n")
+    assert open_detection_data(bare).classes == 20  # nothing better known: Darknet's default
+    assert "Darknet's default, 20" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("ext", [".tif", ".Jpg", ".webp"])
