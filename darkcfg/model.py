@@ -213,6 +213,13 @@ class ModelSpec:
     device: str | None = None
     partial: bool = False  # a torch state_dict may fill under half the tensors (--partial)
 
+    def __post_init__(self) -> None:
+        """Values no command can use are refused here, whichever command built the spec."""
+        check_seed(self.seed)
+        check_count("--cutoff", self.cutoff, "the number of layers")
+        if self.device and self.device != "auto":
+            named_device(self.device)  # a device this machine does not have
+
     @property
     def name(self) -> str:
         """The cfg's file name without its extension: runs/<name>, <name>_final.weights."""
