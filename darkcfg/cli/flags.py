@@ -7,7 +7,9 @@
     python runner.py CFG --weights W --detect IMG_OR_DIR... [--names F] [--out DIR]
     python runner.py CFG --check [check options]        (= darkcfg check CFG ...)
     python runner.py CFG [--weights W] --export M.onnx|M.pt2 [--opset N] [--dynamic-batch]
-                         [--decode] [--input-size WxH]
+                         [--decode [--nms [T]]] [--input-size WxH]
+    python runner.py CFG --weights W --export M.onnx --int8 --calibrate SRC [--calib-images N]
+                         [--keep-fp32 N|auto]
     python runner.py CFG [--weights W] --emit M.py
     torchrun --standalone --nproc-per-node N runner.py CFG --train ...
 
@@ -105,8 +107,9 @@ def arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--names", default=None, metavar="F",
                    help="class names, one a line (default: names= of --data F.data)")
     g.add_argument("--thresh", type=float, default=0.25, help="detection threshold (.25)")
-    g.add_argument("--nms", type=float, default=0.45,
-                   help="NMS threshold (.45; 0: none); the kind is the last head's nms_kind")
+    g.add_argument("--nms", type=float, nargs="?", const=0.45, default=None, metavar="T",
+                   help="NMS threshold (.45; 0: none); the kind is the last head's nms_kind. "
+                   "With --export --decode: put NMS in the graph (IoU > T, default .45)")
     g.add_argument("--letter-box", action="store_true",
                    help="letterbox the images (default: [net] letter_box)")
     g.add_argument("--save-labels", action="store_true",
@@ -124,6 +127,17 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="export the detection heads' decoded boxes, objectness and class scores")
     g.add_argument("--input-size", default=None, metavar="WxH",
                    help="build (and export/emit) the network at this input size")
+    g.add_argument("--int8", action="store_true",
+                   help="with --export M.onnx: calibrated static INT8 (QDQ, per-channel "
+                   "weights); prints fp32 vs INT8 accuracy and latency")
+    g.add_argument("--calibrate", default=None, metavar="SRC",
+                   help="--int8: calibration and validation data, as --data ('embedded': the "
+                   "embedded set)")
+    g.add_argument("--calib-images", type=int, default=64, metavar="N",
+                   help="--int8: calibrate on N training images (64)")
+    g.add_argument("--keep-fp32", default=None, metavar="N|auto",
+                   help="--int8: keep the N most sensitive layers in fp32, or 'auto': until "
+                   "the metric is within 1 point of fp32")
     g.add_argument("--emit", default=None, metavar="MODEL.py",
                    help="write a self-contained PyTorch module (class Net) for the cfg")
     return p
@@ -193,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
         batch_per_process=args.batch_per_process, progress=not args.no_progress,
         explicit_out=args.out is not None, max_memory=args.max_memory, force=args.force,
         map_points=args.map_points)
+    nms_in_graph = args.nms is not None and bool(args.export)
+    if args.nms is None:
+        args.nms = 0.45
     did = False
     if args.summary:
         summary(opts, args.format)
@@ -220,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         run_detect(opts, args)
         did = True
     if args.export or args.emit:
-        export_model(opts, args)
+        export_model(opts, args, nms_in_graph)
         did = True
     trainer = None
     if args.train:
@@ -301,16 +318,25 @@ def convert(opts, args) -> None:
         print(f"wrote {args.dump_outputs} ({len(written)} layers)", file=sys.stderr)
 
 
-def export_model(opts, args) -> None:
+def export_model(opts, args, nms_in_graph: bool = False) -> None:
     """--export MODEL.onnx|MODEL.pt2 and --emit MODEL.py (darkcfg.export)."""
     from darkcfg.export.onnx import export, parse_input_size, require_onnx_packages
 
-    if args.export and Path(args.export).suffix.lower() == ".onnx":
+    onnx_file = bool(args.export) and Path(args.export).suffix.lower() == ".onnx"
+    if (args.int8 or nms_in_graph) and not onnx_file:
+        raise usage_error("--int8 and --decode --nms write ONNX: pass --export MODEL.onnx")
+    if nms_in_graph and not args.decode:
+        raise usage_error("--nms in the exported graph needs --decode")
+    if args.int8 and (args.decode or nms_in_graph):
+        raise usage_error("--int8 quantizes the raw network outputs: drop --decode/--nms")
+    if args.int8 and not args.calibrate:
+        raise usage_error("--int8 needs --calibrate SRC (a --data source, or 'embedded')")
+    if onnx_file:
         require_onnx_packages()  # before the (slow) build
     sets = list(opts.sets) + parse_input_size(args.input_size)
     from darkcfg.model import build_network
 
-    net, _, _ = build_network(opts.cfg_path, sets, opts.flavor, opts.seed)
+    net, cfg, _ = build_network(opts.cfg_path, sets, opts.flavor, opts.seed)
     if args.weights:
         from darkcfg.model import load_any_weights
 
@@ -319,7 +345,21 @@ def export_model(opts, args) -> None:
         from darkcfg.export.emit import write_module
 
         print(write_module(net, args.emit, name=Path(opts.cfg_path).name), file=sys.stderr)
-    if args.export:
+    if args.export and args.int8:
+        from darkcfg.export.int8 import Int8Options, export_int8, open_int8_data, parse_keep_fp32
+
+        keep = parse_keep_fp32(args.keep_fp32)
+        source = None if args.calibrate == "embedded" else args.calibrate
+        data = open_int8_data(net, cfg, source, opts.seed, args.calib_images, opts.classes)
+        print(export_int8(net, args.export, data,
+                          Int8Options(keep_fp32=keep, name=Path(opts.cfg_path).name)))
+    elif args.export and nms_in_graph:
+        from darkcfg.export.nms import export_image_to_boxes
+
+        print(export_image_to_boxes(net, args.export, thresh=args.thresh, nms=args.nms,
+                                    dynamic_batch=args.dynamic_batch,
+                                    name=Path(opts.cfg_path).name), file=sys.stderr)
+    elif args.export:
         print(export(net, args.export, opset=args.opset, dynamic_batch=args.dynamic_batch,
                      decode=args.decode, name=Path(opts.cfg_path).name), file=sys.stderr)
 
