@@ -224,24 +224,28 @@ def detect_reference(net: Network, x: torch.Tensor, thresh: float, nms: float,
 
 def match(ours, theirs, size: tuple[int, int]) -> tuple[set, set, float]:
     """(only in ours, only in theirs, max box difference / input size) of two detection lists,
-    paired by class and nearest box."""
-    w, h = size
-    scale = torch.tensor([w, h, w, h], dtype=torch.float64)
-    left, right, worst = set(), set(range(len(theirs))), 0.0
-    for k, (c, _, box) in enumerate(ours):
-        best, where = float("inf"), None
-        for j in right:
-            if theirs[j][0] != c:
-                continue
-            d = float(((torch.tensor(box, dtype=torch.float64)
-                        - torch.tensor(theirs[j][2], dtype=torch.float64)).abs() / scale).max())
-            if d < best:
-                best, where = d, j
-        if where is None or best > 1e-3:
-            left.add(k)
-        else:
-            right.discard(where)
-            worst = max(worst, best)
+    paired within each class by the nearest box (a pair further apart than 1e-3 is no pair)."""
+    import numpy as np
+
+    scale = np.array([*size, *size], dtype=np.float64)
+    left, right, worst = set(), set(), 0.0
+    for c in {d[0] for d in ours} | {d[0] for d in theirs}:
+        mine = [k for k, d in enumerate(ours) if d[0] == c]
+        other = [j for j, d in enumerate(theirs) if d[0] == c]
+        a = np.array([ours[k][2] for k in mine], dtype=np.float64).reshape(-1, 4) / scale
+        b = np.array([theirs[j][2] for j in other], dtype=np.float64).reshape(-1, 4) / scale
+        dist = np.abs(a[:, None] - b[None]).max(-1) if len(a) and len(b) else \
+            np.full((len(a), len(b)), np.inf)
+        free = np.ones(len(b), dtype=bool)
+        for row, k in enumerate(mine):
+            d = np.where(free, dist[row], np.inf) if len(b) else np.array([])
+            j = int(d.argmin()) if len(d) else -1
+            if j < 0 or d[j] > 1e-3:
+                left.add(k)
+            else:
+                free[j] = False
+                worst = max(worst, float(d[j]))
+        right |= {other[j] for j in np.flatnonzero(free)}
     return left, right, worst
 
 
