@@ -24,7 +24,7 @@ train: $(STAMP)
 		--set convolutional.batch_normalize=1 --set connected.batch_normalize=1 --out runs/vgg16
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -n 2 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -438,9 +438,9 @@ def test_no_build_stays_torch_free(tmp_path):
 
 
 def test_python_dash_m_entry_point(tmp_path):
-    """`python -m lint`, what the pre-commit hook runs, in a real process."""
+    """`python -m darkcfg.lint`, what the pre-commit hook runs, in a real process."""
     path = write(tmp_path, MUST_SHOW["unknown section"][0])
-    result = subprocess.run([sys.executable, "-m", "lint", "--no-build", str(path)],
+    result = subprocess.run([sys.executable, "-m", "darkcfg.lint", "--no-build", str(path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1
     assert f"{path}:6:2: error[E201]" in result.stdout
@@ -617,14 +617,14 @@ def test_sarif_against_jsonschema_when_installed():
 def test_pre_commit_hook():
     (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
     assert hook["id"] == "darkcfg-check"
-    assert hook["entry"] == "python -m lint"
+    assert hook["entry"] == "python -m darkcfg.lint"
     assert re.search(hook["files"], "models/yolov4.cfg")
     assert not re.search(hook["files"], "models/yolov4.cfg.bak")
     assert not re.search(hook["files"], "README.md")
 
 
 def test_docs_list_every_code_with_an_example():
-    doc = (ROOT / "README.md").read_text()
+    doc = (ROOT / "docs" / "checking.md").read_text()
     table = [line for line in doc.splitlines() if re.match(r"\| `[EW]\d{3}` \|", line)]
     documented = [re.match(r"\| `(\w+)`", line).group(1) for line in table]
     assert sorted(documented) == sorted(CODES)

@@ -119,6 +119,8 @@ LAYERS = {
 
 
 def layer_of(module: str) -> str:
+    if module == "darkcfg.__main__":  # `python -m darkcfg` is the command line
+        return "darkcfg.cli"
     parts = module.split(".")
     return ".".join(parts[:2]) if parts[0] == "darkcfg" and len(parts) > 1 else parts[0]
 

@@ -1,4 +1,4 @@
-"""`python -m lint FILE|DIR ...`: the cfg checker (see darkcfg.lint.cli)."""
+"""`python -m darkcfg.lint FILE|DIR ...`: the cfg checker (see darkcfg.lint.cli)."""
 
 import sys
 
