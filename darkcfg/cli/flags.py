@@ -331,6 +331,10 @@ def export_model(opts, args, nms_in_graph: bool = False) -> None:
         raise usage_error("--int8 quantizes the raw network outputs: drop --decode/--nms")
     if args.int8 and not args.calibrate:
         raise usage_error("--int8 needs --calibrate SRC (a --data source, or 'embedded')")
+    if args.int8:
+        from darkcfg.export.int8 import parse_keep_fp32
+
+        keep = parse_keep_fp32(args.keep_fp32)  # before the (slow) build
     if onnx_file:
         require_onnx_packages()  # before the (slow) build
     sets = list(opts.sets) + parse_input_size(args.input_size)
@@ -346,9 +350,8 @@ def export_model(opts, args, nms_in_graph: bool = False) -> None:
 
         print(write_module(net, args.emit, name=Path(opts.cfg_path).name), file=sys.stderr)
     if args.export and args.int8:
-        from darkcfg.export.int8 import Int8Options, export_int8, open_int8_data, parse_keep_fp32
+        from darkcfg.export.int8 import Int8Options, export_int8, open_int8_data
 
-        keep = parse_keep_fp32(args.keep_fp32)
         source = None if args.calibrate == "embedded" else args.calibrate
         data = open_int8_data(net, cfg, source, opts.seed, args.calib_images, opts.classes)
         print(export_int8(net, args.export, data,
