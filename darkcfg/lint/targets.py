@@ -88,6 +88,22 @@ OPENCV_KEYS = (
             "(new_coords=0)", _not(0)),
 )
 
+
+
+def _anchor_count(block: Block) -> str | None:
+    """OpenCV asserts num * 2 == the number of anchor values (Darknet pads or reads past)."""
+    if block.type not in ("yolo", "region") or "anchors" not in block.options:
+        return None
+    anchors = block.options["anchors"].value
+    count = len(anchors) if isinstance(anchors, (list, tuple)) else 1
+    num = block.options["num"].value if "num" in block.options else None
+    if isinstance(num, int) and num * 2 != count:
+        return f"num={num} with {count} anchor values: OpenCV asserts num * 2 == anchors"
+    return None
+
+
+OPENCV_BLOCK_RULES = ((_anchor_count, "anchors"),)
+
 # -- ONNX (darkcfg's exporter) --------------------------------------------------------------------
 RECURRENT = frozenset({"rnn", "lstm", "gru", "crnn", "conv_lstm", "history"})
 ONNX_SECTIONS = {
@@ -134,10 +150,12 @@ class Target:
     sections: dict  # section -> why (only unsupported ones), or a frozenset of supported ones
     activations: dict  # activation -> why (unsupported), or a frozenset of supported ones
     keys: tuple
+    block_rules: tuple = ()  # (callable block -> why or None, key at fault): W603
 
 
 TARGET_RULES = {
-    "opencv": Target("opencv", OPENCV_SECTIONS, OPENCV_ACTIVATIONS, OPENCV_KEYS),
+    "opencv": Target("opencv", OPENCV_SECTIONS, OPENCV_ACTIVATIONS, OPENCV_KEYS,
+                     OPENCV_BLOCK_RULES),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
                        ONNX_KEYS[2:] + TENSORRT_KEYS),
@@ -178,6 +196,11 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
                 found.append(block.diagnostic(
                     "W602", f"{label}: activation={opt.value} {why}", "activation",
                     hint=_hint(target), severity=WARNING))
+        for rule, key in rules.block_rules:
+            why = rule(block)
+            if why is not None:
+                found.append(block.diagnostic("W603", f"{label}: {why}", key,
+                                              hint=_hint(target), severity=WARNING))
         for rule in rules.keys:
             if rule.applies(block):
                 found.append(block.diagnostic(
