@@ -80,15 +80,18 @@ def test_nms_graph_equals_detect_large(name, tmp_path):
 
 
 def test_greedynms_difference_is_measured(tmp_path):
-    """yolov4-tiny runs greedynms in Darknet: DIoU <= IoU, so the DIoU rule suppresses no more
-    than the graph's IoU rule: Darknet keeps a superset of the graph's pairs."""
+    """yolov4-tiny runs greedynms in Darknet; the graph runs IoU NMS. The graph equals --detect's
+    IoU rule (checked above); against Darknet's own greedynms the kept sets differ, in both
+    directions (DIoU <= IoU suppresses less per pair, but a box DIoU keeps can then suppress one
+    that IoU kept): the test measures and prints the difference."""
     net, x, iou_kept, _ = check_against_detect("yolov4-tiny", tmp_path, 0.005)
     diou_kept = detect_reference(net, x, 0.005, 0.45, kind="greedynms")
     for iou, diou in zip(iou_kept, diou_kept, strict=True):
         only_iou, only_diou, _ = match(iou, diou, (x.shape[-1], x.shape[-2]))
-        assert not only_iou
-        assert len(diou) >= len(iou)
-        print(f"yolov4-tiny at 0.005: IoU NMS keeps {len(iou)}, greedynms (DIoU) {len(diou)}")
+        print(f"yolov4-tiny at 0.005: IoU NMS keeps {len(iou)}, greedynms {len(diou)}; "
+              f"{len(only_iou)} only under IoU, {len(only_diou)} only under greedynms")
+        assert len(diou) >= len(iou) - len(only_iou)  # the common part is common
+        assert len(only_iou) + len(only_diou) < len(iou)  # mostly the same detections
 
 
 def test_cli_flag_form(tmp_path):
