@@ -51,7 +51,8 @@ def lower_objectness(net, shift: float) -> None:
 def calibrate(net, image: Path, boxes: int) -> float:
     """Lower the objectness biases in steps of 0.25 until at most `boxes` pass .25 (at least
     one where possible). Returns the total shift."""
-    from darkcfg.detect.decode import load_image, resize_image
+    from builders.boxes import resize_image
+    from darkcfg.detect.decode import load_image
 
     x = resize_image(load_image(image)[None], net.info.width, net.info.height)
     shift = 0.0
@@ -70,7 +71,8 @@ def timed(fn):
 
 def run(net, image: Path, repeat: int, label: str) -> dict:
     heads = head_indices(net)
-    from darkcfg.detect.decode import load_image, resize_image
+    from builders.boxes import resize_image
+    from darkcfg.detect.decode import load_image
 
     x = resize_image(load_image(image)[None], net.info.width, net.info.height)
     with torch.no_grad():

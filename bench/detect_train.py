@@ -2,6 +2,14 @@
 
     python bench/detect_train.py [--cfg CFG ...] [--size 160] [--budget-min 20] [--threads 2]
                                  [--batch 16] [--lr 0.002] [--set KEY=VALUE ...] [--out DIR]
+                                 [--data X.data] [--random 0] [--iterations N] [--burn-in N]
+
+`--data X.data` trains on a Darknet-format set (`bench/darknet_set.py` writes the embedded set
+as one) instead of the embedded set; `--random 0` sets every [yolo]'s `random` (0: fixed size).
+With `--iterations N` the run is Darknet's schedule (burn_in 10% or `--burn-in`, steps at
+80%/90%) with no speed probe, and the row also gives the wall time with the validations
+included and its img/s against Darknet's 7.1 img/s (issue 22: yolov3-tiny, 160x160, batch 16,
+900 iterations and four validations in 2,073 s on the CPU).
 
 For each cfg (default cfg/yolov3-tiny.cfg and cfg/yolov4-tiny.cfg) at SIZE x SIZE on the
 embedded detection set: a short probe measures the training speed (at the first multi-scale
@@ -39,9 +47,16 @@ from darkcfg.train.session import RunOptions, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CFGS = ("cfg/yolov3-tiny.cfg", "cfg/yolov4-tiny.cfg")
+#: the iterations whose avg loss issue 22 lists for Darknet
+LOSS_POINTS = (1, 50, 100, 200, 300, 500, 900)
 
 
-def probe_speed(cfg: str, sets: list[str], iterations: int, seed: int):
+#: Darknet's CPU training rate on issue 22's set (yolov3-tiny random=0, 160x160, batch 16: 900
+#: iterations and four mAP validations in 2,073 s)
+DARKNET_IMAGES_PER_S = 7.1
+
+
+def probe_speed(cfg: str, sets: list[str], iterations: int, seed: int, data: str | None = None):
     """Training images/s of the runner's step on the real detection batches (after one warm-up
     iteration), at iteration 0's size (multi-scale starts at its largest), and the training
     set, whose `size_at` gives every later iteration's size."""
@@ -53,7 +68,7 @@ def probe_speed(cfg: str, sets: list[str], iterations: int, seed: int):
     darknet_init(net)
     task = task_for(net, netcfg)
     assert isinstance(task, DetectionTask), f"{cfg} is not a detector"
-    splits = task.open_data(None, seed)
+    splits = task.open_data(data, seed)
     trainer = Trainer(net, netcfg, "cpu", task=task)
     batches = task.stream(splits.train, trainer.batch, 1, 0, seed, "cpu", 0).batches(0)
     data = [next(batches) for _ in range(iterations + 1)]
@@ -92,14 +107,21 @@ def run_one(cfg: str, args) -> dict:
     name = Path(cfg).stem
     base = [f"width={args.size}", f"height={args.size}", f"batch={args.batch}",
             "subdivisions=1", f"learning_rate={args.lr}", *args.set]
-    probe, train_set = probe_speed(cfg, [*base, "max_batches=1000"], args.probe, args.seed)
-    iterations = args.iterations or iterations_for_budget(args.budget_min * 60, probe,
-                                                          args.batch, train_set)
-    sets = [*base, f"max_batches={iterations}", f"burn_in={max(iterations // 10, 1)}",
+    if args.random is not None:
+        base.append(f"yolo.random={args.random:g}")
+    if args.iterations:
+        probe, iterations = None, args.iterations
+    else:
+        probe, train_set = probe_speed(cfg, [*base, "max_batches=1000"], args.probe, args.seed,
+                                       args.data)
+        iterations = iterations_for_budget(args.budget_min * 60, probe, args.batch, train_set)
+    burn_in = args.burn_in if args.burn_in is not None else max(iterations // 10, 1)
+    sets = [*base, f"max_batches={iterations}", f"burn_in={burn_in}",
             "policy=steps", f"steps={int(iterations * 0.8)},{int(iterations * 0.9)}",
             "scales=.1,.1"]
     out = Path(args.out) / name
     opts = RunOptions(cfg_path=cfg, name=name, out=out, seed=args.seed, device="cpu",
+                      data=args.data,
                       sets=tuple(sets), progress=not args.no_progress, explicit_out=True,
                       workers=args.workers,
                       schedule=Schedule(valid_every=max(-(-iterations // 4), 1),
@@ -112,8 +134,15 @@ def run_one(cfg: str, args) -> dict:
     train_s = sum(args.batch / s for s in speeds if s > 0)
     val = [r for r in rows if r.get("val_map50")]
     last = val[-1] if val else {}
+    rate = iterations * args.batch / wall  # validations, checkpoints and loading included
     return {"cfg": cfg, "size": args.size, "batch": args.batch, "iterations": iterations,
-            "stopped": how, "probe_images_per_s": round(probe, 2),
+            "data": args.data or "embedded",
+            "stopped": how, "probe_images_per_s": probe and round(probe, 2),
+            "wall_s": round(wall, 1), "wall_images_per_s": round(rate, 2),
+            "vs_darknet": round(rate / DARKNET_IMAGES_PER_S, 2),
+            "avg_loss_curve": [(int(r["iteration"]), round(float(r["avg_loss"]), 3))
+                               for r in rows if int(r["iteration"]) in LOSS_POINTS
+                               or int(r["iteration"]) == iterations],
             "images_per_s": round(statistics.median(speeds), 2),
             "train_min": round(train_s / 60, 2), "wall_min": round(wall / 60, 2),
             "map50": float(last.get("val_map50", "nan")),
@@ -131,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=0,
                    help="a fixed max_batches instead of the time budget")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--data", default=None, metavar="X.data",
+                   help="a Darknet .data file (default: the embedded set)")
+    p.add_argument("--random", type=float, default=None,
+                   help="set every [yolo] random= (0: no multi-scale)")
+    p.add_argument("--burn-in", type=int, default=None,
+                   help="burn_in iterations (default 10%% of the run)")
     p.add_argument("--lr", type=float, default=0.001,
                    help="learning_rate (0.001, the cfgs'; 0.004 diverged at batch 16)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -145,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     results = [run_one(cfg, args) for cfg in args.cfg]
     print(f"{'cfg':<22} {'size':>4} {'iters':>6} {'train min':>9} {'img/s':>7} "
-          f"{'mAP@0.5':>8} {'mAP@.5:.95':>10}")
+          f"{'wall s':>7} {'wall img/s':>10} {'/Darknet':>8} {'mAP@0.5':>8} {'mAP@.5:.95':>10}")
     for r in results:
         print(f"{Path(r['cfg']).name:<22} {r['size']:>4} {r['iterations']:>6} "
-              f"{r['train_min']:>9.1f} {r['images_per_s']:>7.1f} {r['map50']:>8.3f} "
+              f"{r['train_min']:>9.1f} {r['images_per_s']:>7.1f} {r['wall_s']:>7.0f} "
+              f"{r['wall_images_per_s']:>10.1f} {r['vs_darknet']:>7.2f}x {r['map50']:>8.3f} "
               f"{r['map50_95']:>10.3f}")
     print(json.dumps(results))
     return 0

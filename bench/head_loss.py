@@ -1,4 +1,4 @@
-"""Cost of the detection-head losses (builders/head_loss.py) relative to the network itself.
+"""Cost of the detection-head losses (builders/heads/) relative to the network itself.
 
     python bench/head_loss.py [--cfg CFG] [--size 416] [--batch 16] [--boxes 20] [--rounds 5]
 
@@ -69,8 +69,8 @@ def main(argv=None) -> None:
     inputs = [feats[i - 1].detach().requires_grad_() for i in heads]
 
     def losses():
-        total = sum(net.layers[i].loss(f, truth, seen=0) for i, f in zip(heads, inputs,
-                                                                          strict=True))
+        total = sum(net.layers[i].loss(f, truth, seen=0)[0] for i, f in zip(heads, inputs,
+                                                                             strict=True))
         total.backward()
         sync()
 

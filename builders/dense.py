@@ -142,17 +142,29 @@ def build_connected(block: Block, ctx: BuildContext):
 
 # -- [softmax] ------------------------------------------------------------------------------------
 
+# Which files a cfg may name (its path-valued keys: [softmax]/[region] tree=). A cfg is often
+# someone else's (a pull request linted in CI), so it may only reach files below its own folder,
+# the folder above it (a Darknet checkout's root, where cfg/x.cfg names data/9k.tree) or the
+# working folder -- after following links, with no `..` or absolute escape -- unless the user sets
+# DARKCFG_CFG_PATHS=any. And no diagnostic ever quotes the content of such a file.
+CFG_PATHS_ENV = "DARKCFG_CFG_PATHS"
+
+
 def read_tree_groups(path: str) -> list[int]:
     """Group sizes of a Darknet hierarchy file (one `name parent` per line): consecutive lines
-    with the same parent form one softmax group, as Darknet's read_tree groups them."""
+    with the same parent form one softmax group, as Darknet's read_tree (src/tree.c) groups them.
+    A ValueError says which line is bad, never what it holds."""
     sizes: list[int] = []
     last_parent = None
-    with open(path) as f:
-        for line in f:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
-            parent = int(parts[1]) if len(parts) > 1 else -1
+            try:
+                parent = int(parts[1]) if len(parts) > 1 else -1
+            except ValueError:
+                raise ValueError(f"line {number} is not 'name parent-index'") from None
             if parent != last_parent or not sizes:
                 sizes.append(0)
                 last_parent = parent
@@ -160,27 +172,60 @@ def read_tree_groups(path: str) -> list[int]:
     return sizes
 
 
-def find_tree(block: Block, key: str) -> str | None:
-    """The hierarchy file named by `key`: as written (Darknet opens it relative to the working
-    directory), else next to the cfg or one folder up (the `data/` of a Darknet checkout)."""
-    name = block.str(key)
+def cfg_roots(block: Block) -> list[Path]:
+    """The folders a cfg's relative paths resolve against, in order: the working folder (where
+    Darknet opens them), the cfg's folder and the one above it."""
     here = Path(block.path).resolve().parent if block.path and block.path != "<string>" else None
-    candidates = [Path(name)] + ([here / name, here.parent / name] if here else [])
-    return next((os.fspath(p) for p in candidates if p.is_file()), None)
+    return [Path.cwd().resolve()] + ([here, here.parent] if here else [])
+
+
+def find_cfg_file(block: Block, key: str) -> tuple[str | None, str | None]:
+    """(path, None) for the file named by `key`, or (None, why not): not found in any of
+    `cfg_roots`, or outside them (absolute, `..`, a link out) without DARKCFG_CFG_PATHS=any."""
+    name = block.str(key)
+    anywhere = os.environ.get(CFG_PATHS_ENV) == "any"
+    if Path(name).is_absolute() and not anywhere:
+        return None, "an absolute path"
+    outside = False
+    for root in cfg_roots(block):
+        candidate = root / name
+        if not candidate.is_file():
+            continue
+        real = candidate.resolve()
+        if anywhere or real.is_relative_to(root):
+            return os.fspath(real), None
+        outside = True
+    return None, ("outside the cfg's folders" if outside else None)
 
 
 def load_tree(block: Block, key: str, count: int) -> tuple[list[int] | None, CfgError | None]:
     """(group sizes, None), or (None, the error to raise if the layer is run) when the file is
-    absent: a missing tree file does not change shapes, so building (and --summary) still work."""
-    path = find_tree(block, key)
+    absent: a missing tree does not change shapes, so building (and --summary) still work. A
+    path the cfg may not name is an error now (the linter reports it)."""
+    path, refused = find_cfg_file(block, key)
+    if refused:
+        raise block.error(
+            "E901", f"the hierarchy file '{block.str(key)}' is {refused}: a cfg may only name "
+            "files below the working folder, its own folder or the folder above it", key,
+            hint=f"copy the file next to the cfg and name it relatively, or set "
+            f"{CFG_PATHS_ENV}=any if you trust this cfg")
     if path is None:
         return None, block.error("E901", f"cannot open the hierarchy file '{block.str(key)}'",
                                  key, hint="run from the folder that holds it, or put it next "
                                  "to the cfg")
     try:
         sizes = read_tree_groups(path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise block.error("E901", f"cannot read the hierarchy file '{path}': {exc}", key) from None
+    except UnicodeDecodeError:
+        raise block.error("E901", f"the hierarchy file '{path}' is not UTF-8 text", key,
+                          hint="give a Darknet .tree file: one 'name parent-index' per line") \
+            from None
+    except OSError as exc:
+        raise block.error("E901", f"cannot read the hierarchy file '{path}': "
+                          f"{exc.strerror or type(exc).__name__}", key) from None
+    except ValueError as exc:
+        raise block.error("E901", f"bad hierarchy file '{path}': {exc}", key,
+                          hint="give a Darknet .tree file: one 'name parent-index' per line") \
+            from None
     if sum(sizes) != count:
         raise block.error("E302", f"the hierarchy '{path}' has {sum(sizes)} nodes, but this layer "
                           f"has {count} values to normalise", key)

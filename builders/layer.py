@@ -20,7 +20,7 @@ class Layer(nn.Module):
     takes_loss: bool = False
     #: What its loss compares with, which picks the training task (darkcfg.train.tasks.TASKS):
     #: "classes" (class indices), "values" (regression vectors) or "boxes" (detection heads:
-    #: truth (N, M, 5) [x, y, w, h, class], builders/head_loss.py).
+    #: truth (N, M, 5) [x, y, w, h, class], builders/heads/).
     loss_target: str = "values"
     #: forward accepts channels-last input (only logical-order ops, no `.view`): the inference
     #: fast path then passes such tensors on without converting them back to NCHW.
@@ -40,8 +40,9 @@ class Layer(nn.Module):
 
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Training loss from this layer's *input* `x` (e.g. logits for [softmax]), mean over the
-        batch. Only layers with `takes_loss = True` implement it. Detection heads take
-        `(x, truth, seen=0)` instead (loss_target "boxes")."""
+        batch. Only layers with `takes_loss = True` implement it. Detection heads
+        (builders.heads.DetectionHead) take `(x, truth, seen=0)` instead and return
+        `(loss, stats)` (loss_target "boxes")."""
         raise NotImplementedError(f"{type(self).__name__} defines no loss")
 
     def darknet_output(self, y: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,6 @@ the figures the linter reports (E401). Works on a meta-device build, so a cfg wi
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import re
 from collections.abc import Sequence
@@ -134,14 +133,14 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*\Z", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
-    """'4G', '512M', '1.5GiB', '8gb', '1000000' -> bytes (binary units: 1G = 2**30). An argparse
-    `type=` for --max-memory (the runner's and the linter's)."""
+    """'4G', '512M', '1.5GiB', '8gb', '1000000' -> bytes (binary units: 1G = 2**30); ValueError
+    with the reason otherwise (the command lines' --max-memory: darkcfg.lint.cli.memory_size)."""
     m = _SIZE.match(text)
     if not m:
-        raise argparse.ArgumentTypeError(
+        raise ValueError(
             f"invalid size '{text}' (use e.g. 4G, 512M, 1.5GiB or a number of bytes)")
     number, unit = float(m.group(1)), m.group(2).lower()
     size = int(number * 1024 ** " kmgt".index(unit or " "))
     if size <= 0:
-        raise argparse.ArgumentTypeError(f"--max-memory must be positive, got '{text}'")
+        raise ValueError(f"--max-memory must be positive, got '{text}'")
     return size

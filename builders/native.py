@@ -3,8 +3,14 @@
 torch has no fused mish that is fast on the CPU, and mish is a tenth of yolov4's inference time
 in torch ops. The C file is compiled once per machine with the system C compiler (`$CC`, else
 cc, gcc or clang; `-O3 -march=native -fopenmp`, or without -fopenmp where that fails) into a
-cache folder (`$DARKCFG_CACHE`, else `~/.cache/darkcfg`), named by a hash of the source, the
-flags, the compiler and the CPU, and loaded with ctypes. Compiling takes well under a second.
+cache folder (`$DARKCFG_CACHE`, else `~/.cache/darkcfg`, else -- no home folder -- a per-user
+`darkcfg-<uid>` under the temp folder), named by a hash of the source, the flags, the compiler and
+the CPU, and loaded with ctypes. Compiling takes well under a second.
+
+A shared library runs code when loaded, so the cache is guarded: the folder is created 0700 and
+used only if it is a real folder owned by this user that nobody else can write (else a fresh
+private temp folder is used); the compiling process stores the library's SHA-256 beside it, and a
+library is loaded only through a descriptor whose content matched that hash (else rebuilt).
 
 Nothing depends on it: without a compiler, on a read-only disk, or with `DARKCFG_NATIVE=0`, the
 torch-op versions run instead (the same values to ~1e-6); `status()` says which, and why.
@@ -17,6 +23,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sysconfig
 import tempfile
@@ -24,6 +31,9 @@ import threading
 from pathlib import Path
 
 import torch
+
+from builders.atomic import atomic_write
+from cfgparse import CfgError
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
@@ -37,8 +47,60 @@ def cache_dir() -> Path:
         return Path(os.environ["DARKCFG_CACHE"])
     try:
         return Path.home() / ".cache" / "darkcfg"
-    except RuntimeError:  # no home directory (some containers)
-        return Path(tempfile.gettempdir()) / "darkcfg-cache"
+    except RuntimeError:  # no home directory (some containers): per user, never a shared name
+        return Path(tempfile.gettempdir()) / f"darkcfg-{_uid()}"
+
+
+def _uid() -> int | str:
+    return os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+
+
+def private_dir(folder: Path) -> Path:
+    """`folder`, created 0700, after checking nobody else could have put files in it: a real
+    folder (not a link), owned by this user, not writable by group or others. OSError if not."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise PermissionError(f"{folder} is not a folder")
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+        raise PermissionError(f"{folder} is not private to this user (owner {info.st_uid}, "
+                              f"mode {stat.S_IMODE(info.st_mode):o})")
+    return folder
+
+
+def _digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _open_verified(library: Path) -> int | None:
+    """A read-only descriptor of `library` whose bytes match the hash its compiling process
+    stored beside it, or None (missing, unreadable, foreign or altered: rebuild it)."""
+    try:
+        expected = _digest_path(library).read_text().strip()
+        fd = os.open(library, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    digest = hashlib.sha256()
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    owned = not hasattr(os, "getuid") or (info.st_uid == os.getuid() and
+                                          not info.st_mode & 0o022)
+    if digest.hexdigest() != expected or not owned:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _cdll(library: Path, fd: int) -> ctypes.CDLL:
+    """Load the very file that was verified: through its descriptor where the system names
+    descriptors as paths (so a rename in between cannot swap it), else by path."""
+    via_fd = Path(f"/proc/self/fd/{fd}")
+    try:
+        return ctypes.CDLL(str(via_fd) if via_fd.exists() else str(library))
+    finally:
+        os.close(fd)
 
 
 def _compiler() -> str | None:
@@ -74,6 +136,10 @@ def _build(cc: str, target: Path) -> None:
             serial = [f for f in FLAGS if f != "-fopenmp"]
             subprocess.run([cc, *serial, str(SOURCE), "-o", tmp], check=True,
                            capture_output=True, timeout=120)
+        os.chmod(tmp, 0o700)
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        # the hash first: a library never sits under its real name without its hash
+        atomic_write(_digest_path(target), digest + "\n", parents=False)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -93,17 +159,23 @@ def _load() -> ctypes.CDLL | None:
                                  timeout=30).stdout
         key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version,
                                         _cpu_id()]).encode()).hexdigest()[:16]
-        target = cache_dir() / f"kernels-{key}.so"
-        if not target.exists():
-            try:
+        name, fd = f"kernels-{key}.so", None
+        try:
+            target = private_dir(cache_dir()) / name
+            fd = _open_verified(target)
+            if fd is None:
                 _build(cc, target)
-            except OSError:  # cache folder not writable: build in a private temp folder
-                target = Path(tempfile.mkdtemp(prefix="darkcfg-")) / target.name
-                _build(cc, target)
-            for old in target.parent.glob("kernels-*.so"):  # builds of earlier sources
-                if old != target:
-                    old.unlink(missing_ok=True)
-        lib = ctypes.CDLL(str(target))
+        except (OSError, CfgError):  # not private or not writable: a fresh private temp folder
+            target = Path(tempfile.mkdtemp(prefix="darkcfg-")) / name
+            _build(cc, target)
+        if fd is None:
+            fd = _open_verified(target)
+        if fd is None:
+            raise OSError(f"{target} does not match the hash stored when it was compiled")
+        for old in target.parent.glob("kernels-*.so*"):  # builds of earlier sources
+            if not old.name.startswith(name):
+                old.unlink(missing_ok=True)
+        lib = _cdll(target, fd)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         if isinstance(detail, bytes):

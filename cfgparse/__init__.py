@@ -3,8 +3,8 @@
 from .blocks import Block, Option
 from .errors import CfgError, Diagnostic
 from .parser import ParseResult, parse, parse_text
-from .writer import to_yaml, write
+from .writer import edit, to_yaml, write
 from .yaml_io import blocks_from_yaml
 
 __all__ = ["Block", "CfgError", "Diagnostic", "Option", "ParseResult", "blocks_from_yaml", "parse",
-           "parse_text", "to_yaml", "write"]
+           "edit", "parse_text", "to_yaml", "write"]

@@ -6,7 +6,9 @@ not known (so a cfg of built-in sections never imports a plugin). A plugin that 
 an E206 error naming its package and entry point.
 
 `DARKCFG_PLUGINS=mod1,mod2` also imports those modules (a project's own sections, not installed as
-a package: the module must be importable, e.g. from the current folder or PYTHONPATH).
+a package: the module must be importable, e.g. from the current folder or PYTHONPATH). The
+current folder is searched last, after the standard library and installed packages, so a stray
+`colorsys.py` (or any other module name) in the working folder never shadows them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def load_plugins() -> bool:
     _loaded = True  # set first: a plugin's own imports may ask for sections again
     for name in filter(None, (n.strip() for n in os.environ.get(ENV, "").split(","))):
         if "" not in sys.path and os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())  # as `python -m`: modules of the current folder
+            # last, not first: the working folder may hold files named like stdlib modules
+            sys.path.append(os.getcwd())
         try:
             importlib.import_module(name)
         except Exception as exc:

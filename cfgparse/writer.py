@@ -15,6 +15,7 @@ YAML: a list with one single-key mapping per section, section name -> its option
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,3 +72,44 @@ def to_yaml(blocks: Iterable[Block]) -> str:
                           for key, v in block.values().items()}} for block in blocks]
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      allow_unicode=True, width=100)
+
+
+# -- editing cfg text in place --------------------------------------------------------------------
+_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def edit(text: str, changes: Iterable[tuple[Block, str, str]]) -> str:
+    """`text` (the cfg the blocks were parsed from) with some values replaced: each change is
+    (block, key, new value text). An existing key's value is replaced where it stands (what
+    follows an inline '#' and the line end are kept); a missing key gets a `key=value` line
+    after the block's last option. Every other byte is kept: comments, blank lines, spacing,
+    line ends, key order."""
+    lines = _LINES.findall(text)
+    replaced: dict[int, str] = {}
+    added: dict[int, list[str]] = {}
+    for block, key, new in changes:
+        opt = block.options.get(key)
+        if opt is not None and opt.line:
+            line = replaced.get(opt.line - 1, lines[opt.line - 1])
+            body = line.rstrip("\r\n")
+            start = opt.value_column - 1
+            comment = body.find("#", start)
+            end = comment if comment >= 0 else len(body)
+            while end > start and body[end - 1] in " \t":
+                end -= 1
+            replaced[opt.line - 1] = body[:start] + new + body[end:] + line[len(body):]
+        else:
+            last = max([o.line for o in block.options.values()] + [block.line])
+            added.setdefault(last - 1, []).append(f"{key}={new}")
+    ending = next((line[len(line.rstrip("\r\n")):] for line in lines
+                   if line.endswith(("\n", "\r"))), "\n")
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        line = replaced.get(i, line)
+        if i in added and not line.endswith(("\n", "\r")):
+            line += ending
+        out.append(line)
+        out.extend(f"{new}{ending}" for new in added.get(i, []))
+    if added and not text.endswith(("\n", "\r")) and out:  # keep a missing final line end
+        out[-1] = out[-1].rstrip("\r\n")
+    return "".join(out)

@@ -46,7 +46,8 @@ class NetConfig:
     height: int = 0
     channels: int = 0
     inputs: int = 0
-    # augmentations (classifier training)
+    # augmentations: classifier training reads angle..max_crop; detection training (through
+    # DetectionSettings) flip, saturation, exposure, hue and letter_box..resize_step
     angle: float = 0.0
     saturation: float = 1.0
     exposure: float = 1.0
@@ -55,6 +56,14 @@ class NetConfig:
     aspect: float = 1.0
     min_crop: int | None = None  # None: not set in the cfg (see the README)
     max_crop: int | None = None
+    letter_box: bool = False
+    blur: int = 0
+    gaussian_noise: int = 0
+    mixup: int = 0  # Darknet's net.mixup as written: 1 mixup, 2 cutmix, 3 mosaic (see mix)
+    cutmix: bool = False
+    mosaic: bool = False
+    mosaic_bound: bool = False
+    resize_step: int = 32
     label_smooth_eps: float = 0.0  # classifier targets: 1-eps for the class, eps/(k-1) elsewhere
     seed: int = 0  # for the `random` policy (not a [net] key: the runner's --seed)
     overrides: dict = field(default_factory=dict, compare=False)
@@ -70,8 +79,9 @@ class NetConfig:
         return self.mini_batch * self.subdivisions
 
     @classmethod
-    def from_block(cls, net: Block, seed: int = 0) -> NetConfig:
-        """Read [net] through the typed getters (so every key counts as read)."""
+    def from_block(cls, net: Block, seed: int = 0, check: bool = True) -> NetConfig:
+        """Read [net] through the typed getters (so every key counts as read). `check`: raise
+        the located errors of settings Darknet cannot train with (see `check`)."""
         max_batches = net.int("max_batches")
         policy = net.str("policy")
         cfg = cls(
@@ -89,11 +99,15 @@ class NetConfig:
             angle=net.float("angle"), saturation=net.float("saturation"),
             exposure=net.float("exposure"), hue=net.float("hue"), flip=net.bool("flip"),
             aspect=net.float("aspect"), min_crop=net.int("min_crop", None),
-            max_crop=net.int("max_crop", None),
+            max_crop=net.int("max_crop", None), letter_box=net.bool("letter_box"),
+            blur=net.int("blur"), gaussian_noise=net.int("gaussian_noise"),
+            mixup=net.int("mixup"), cutmix=net.bool("cutmix"), mosaic=net.bool("mosaic"),
+            mosaic_bound=net.bool("mosaic_bound"), resize_step=net.int("resize_step"),
             label_smooth_eps=net.float("label_smooth_eps"), seed=seed,
         )
         net.mark_read(*NOT_HONOURED)
-        cfg.check(net)
+        if check:
+            cfg.check(net)
         return cfg
 
     def check(self, net: Block) -> None:
@@ -116,9 +130,9 @@ class NetConfig:
         return lr_at(self, batch_num)
 
 
-# [net] keys darkcfg does not act on (GPU-only knobs, detector-only augmentations, label-noise
-# handling, ...): every key of the schema's [net] that NetConfig has no field for. Read so that
-# they are not reported as ignored by accident; the README lists them.
+# [net] keys darkcfg does not act on (GPU-only knobs, label-noise handling, ...): every key of
+# the schema's [net] that NetConfig has no field for. Read so that they are not reported as
+# ignored by accident; docs/darknet-differences.md lists them.
 NOT_HONOURED = tuple(key for key in schema.SECTIONS["net"]
                      if key not in {f.name for f in fields(NetConfig)})
 

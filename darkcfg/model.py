@@ -4,13 +4,16 @@ trainer all build through here."""
 
 from __future__ import annotations
 
+import io
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from builders.atomic import read_checked
 from cfgparse import CfgError, Diagnostic, parse
 from darkcfg.config import NetConfig, apply_overrides_to_blocks
 
@@ -73,7 +76,10 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None) ->
         return (f"loaded Darknet weights {path}{upto}: {info.get('floats', '?')} floats, "
                 f"seen={info.get('seen', 0)}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(read_checked(path, "weights file")), map_location="cpu",
+                           weights_only=True)
+    except CfgError:
+        raise
     except Exception as exc:
         raise CfgError(Diagnostic("E901", f"cannot read '{path}' as a torch state_dict: {exc}",
                                   str(path))) from None
@@ -113,3 +119,40 @@ def load_model(cfg_path: str, weights: str | os.PathLike | None = None, *,
     report = load_any_weights(net, weights, cutoff) if weights else ""
     where = device if isinstance(device, torch.device) else pick_device(device)
     return net.to(where).eval(), report
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a command runs: the cfg, its `--set` overrides, whose formulas (`flavor`), the
+    seed of the initial weights, the weights to load (the first `cutoff` layers) and the device
+    (None: the best available). Every command's typed options hold one."""
+
+    cfg: str
+    sets: tuple[str, ...] = ()
+    flavor: str = "alexeyab"
+    seed: int = 0
+    weights: str | None = None
+    cutoff: int | None = None
+    device: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The cfg's file name without its extension: runs/<name>, <name>_final.weights."""
+        return Path(self.cfg).stem
+
+    def build(self, extra_sets: list[str] | tuple[str, ...] = (), device: str | None = None):
+        """The network with the initial weights of `seed` (no weights loaded, not moved)."""
+        return build_network(self.cfg, [*self.sets, *extra_sets], self.flavor, self.seed,
+                             device=device)[0]
+
+    def with_weights(self, extra_sets: list[str] | tuple[str, ...] = ()):
+        """(net, report): built on the CPU, `weights` loaded when given (report: '' if not),
+        left in training mode where it is (for conversion and export)."""
+        net = self.build(extra_sets)
+        return net, load_any_weights(net, self.weights, self.cutoff) if self.weights else ""
+
+    def load(self, extra_sets: list[str] | tuple[str, ...] = ()):
+        """(net, report): built, its weights loaded, on the device, in eval mode."""
+        return load_model(self.cfg, self.weights, sets=[*self.sets, *extra_sets],
+                          flavor=self.flavor, seed=self.seed, device=self.device,
+                          cutoff=self.cutoff)

@@ -89,7 +89,8 @@ def test_image_folder_split_is_seeded(tmp_path):
     assert one.val.items == two.val.items
 
 
-def test_darknet_data_file_labels_by_substring(tmp_path):
+def test_darknet_data_file_labels_by_substring(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     root = tmp_path / "set"
     for name in ("n01_cat_1.png", "n02_dog_1.png", "n01_cat_2.png"):
         save_png(root / "img" / name, (10, 20, 30))
@@ -103,7 +104,11 @@ def test_darknet_data_file_labels_by_substring(tmp_path):
     splits = open_data(str(data), IMAGES, 0)
     assert [y for _, y in splits.train.items] == [0, 1]
     assert splits.names == ["a cat", "a dog"] and len(splits.val) == 1
-    assert splits.backup == str(root / "backup")
+    # backup= resolves as every .data path: as Darknet opens it (the current directory), else
+    # next to the .data file where it exists there (darkcfg.data.datafile.resolve)
+    assert splits.backup == "backup"
+    (root / "backup").mkdir()
+    assert open_data(str(data), IMAGES, 0).backup == str(root / "backup")
 
     (root / "train.list").write_text("img/n01_cat_1.png\nimg/catdog.png\n")
     with pytest.raises(CfgError, match="matches 2 labels"):

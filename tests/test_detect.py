@@ -16,19 +16,21 @@ import pytest
 import torch
 
 from builders import build
+from builders.boxes import (
+    box_diou,
+    correct_boxes,
+    letterbox_image,
+    letterbox_size,
+    pairwise_iou,
+    resize_image,
+)
 from darkcfg.detect.decode import (
     Detections,
-    box_diou,
-    box_iou,
-    correct_boxes,
     decode,
     found_objects,
     head_indices,
     head_predictions,
-    letterbox_image,
-    letterbox_size,
     nms,
-    resize_image,
 )
 from tests.oracle import ORACLE, SHARED
 
@@ -107,8 +109,8 @@ def test_decode_matches_darknet(name, t):
 
 def _similarity(kind: str, beta: float):
     if kind == "default":
-        return lambda a, b: box_iou(a, b)
-    return lambda a, b: box_diou(a, b, 0.6 if kind == "greedynms" else beta)
+        return pairwise_iou
+    return lambda a, b: box_diou(a[:, None], b[None], 0.6 if kind == "greedynms" else beta)
 
 
 @pytest.mark.parametrize("kind", list(NMS_NAMES))
@@ -369,7 +371,7 @@ def test_diou_similarity_of_the_passing_pairs_only_is_the_full_one():
     boxes[50:60] = boxes[50]  # identical boxes
     boxes[60:63] = torch.tensor([0.5, 0.5, 0.0, 0.0])  # points: c = 0 between them
     for thresh, beta in ((0.45, 0.6), (0.3, 1.0), (0.0, 0.6)):
-        full = box_diou(boxes, boxes, beta) > thresh
+        full = box_diou(boxes[:, None], boxes[None], beta) > thresh
         full.fill_diagonal_(False)
         assert np.array_equal(_diou_above(boxes, thresh, beta), full.numpy()), (thresh, beta)
         assert full.sum() > 0

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from builders import build
+from builders.boxes import letterbox_image
 from cfgparse import CfgError
 from darkcfg.data.detection.augment import (
     MIXUP,
@@ -29,7 +30,6 @@ from darkcfg.data.detection.dataset import (
     Slot,
     collate,
     detection_datasets,
-    letterbox,
     pad_truth,
 )
 from darkcfg.data.detection.embedded import EmbeddedDetection, class_look
@@ -506,7 +506,8 @@ def test_pad_truth_and_letterbox_layout():
     t = pad_truth(np.array([[0.5, 0.5, 0.1, 0.2, 1]], np.float32), 4)
     assert t.shape == (4, 5) and t[0].tolist() == pytest.approx([0.5, 0.5, 0.1, 0.2, 1])
     assert not t[1:].any()
-    boxed = letterbox(torch.full((3, 20, 40), 255, dtype=torch.uint8), 32, 32)
+    # validation letterboxes with --detect's function (builders.boxes)
+    boxed = letterbox_image(torch.full((3, 20, 40), 1.0), 32, 32)
     assert boxed.shape == (3, 32, 32)
     assert boxed[:, :8].eq(0.5).all() and boxed[:, 24:].eq(0.5).all()
     torch.testing.assert_close(boxed[:, 8:24], torch.ones(3, 16, 32))

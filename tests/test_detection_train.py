@@ -114,7 +114,8 @@ def cfg(tmp_path) -> Path:
     return path
 
 
-def test_the_loss_is_the_sum_of_the_heads_with_seen_and_stats(cfg, monkeypatch):
+def test_the_loss_gradient_is_the_heads_sum_its_value_their_mean_with_seen_and_stats(
+        cfg, monkeypatch):
     net = build(str(cfg))
     task = task_for(net, NetConfig.from_block(net.net_block))
     assert isinstance(task, DetectionTask) and task.heads == (4, 8)
@@ -133,10 +134,21 @@ def test_the_loss_is_the_sum_of_the_heads_with_seen_and_stats(cfg, monkeypatch):
     truth[0, 0] = torch.tensor([0.3, 0.4, 0.2, 0.3, 1])
     truth[1, :2] = torch.tensor([[0.7, 0.6, 0.5, 0.4, 0], [0.2, 0.2, 0.1, 0.1, 1]])
     loss, stats = task.loss(net, x, truth, seen=64)
+    grads = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
     out = net(x, collect=[3, 7])
-    expected = net.layers[4].loss(out[3], truth, seen=64) + net.layers[8].loss(out[7], truth,
-                                                                               seen=64)
-    torch.testing.assert_close(loss, expected)
+    (loss4, stats4), (loss8, stats8) = (net.layers[i].loss(out[i - 1], truth, seen=64)
+                                        for i in (4, 8))
+    expected = loss4 + loss8
+    # Darknet prints the mean of the heads' costs (get_network_cost); each head's delta counts
+    torch.testing.assert_close(loss, expected / 2)
+    for got, want in zip(grads, torch.autograd.grad(expected, list(net.parameters()),
+                                                    allow_unused=True), strict=True):
+        if want is not None:
+            torch.testing.assert_close(got, want)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    # the task's statistics are the heads' own (loss, stats) return values, nothing read aside
+    assert float(stats["h4_count"]) == stats4["count"]
+    assert float(stats["h8_avg_iou"]) == pytest.approx(stats8["avg_iou"])
     assert seen_by_head[:2] == [(4, 64), (8, 64)]
     assert set(stats) == {f"h{i}_{s}" for i in (4, 8) for s in
                           ("avg_iou", "count", "class_loss", "iou_loss", "total_loss")}
@@ -276,3 +288,27 @@ def test_valid_on_darknet_detection_data(cfg, tmp_path, capsys):
     (images / "im1.txt").write_text("7 0.5 0.5 0.2 0.2\n")
     assert runner.main([str(cfg), "--valid", "--data", str(data)]) == 2
     assert "im1.txt:1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flavor", ["alexeyab", "pjreddie"])
+def test_darknet_init_draws_the_forks_kernels(flavor):
+    """AlexeyAB: sqrt(2/fan_in) * U(-1, 1) (make_convolutional_layer); pjreddie: * N(0, 1)."""
+    from darkcfg.train.loop import darknet_init
+
+    net = build("\n".join(["[net]", "width=32", "height=32", "channels=3",
+                           "[convolutional]", "filters=64", "size=3", "stride=1", "pad=1",
+                           "activation=leaky", "batch_normalize=1",
+                           "[convolutional]", "filters=64", "size=3", "stride=1", "pad=1",
+                           "activation=linear"]) + "\n", flavor=flavor)
+    torch.manual_seed(0)
+    darknet_init(net)
+    w = next(p for p in net.layers[1].parameters() if p.dim() == 4).detach()
+    scale = (2 / (64 * 9)) ** 0.5
+    if flavor == "alexeyab":
+        assert float(w.abs().max()) <= scale
+        assert abs(float(w.std()) / (scale / 3 ** 0.5) - 1) < 0.03
+    else:
+        assert float(w.abs().max()) > scale  # a normal's tails pass the bound
+        assert abs(float(w.std()) / scale - 1) < 0.03
+    biases = [p for n, p in net.layers[1].named_parameters() if n.endswith("bias")]
+    assert biases and all(float(b.abs().sum()) == 0 for b in biases)

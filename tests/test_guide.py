@@ -28,7 +28,8 @@ def test_the_guide_has_every_kind_of_block():
     assert {"python", "ini", "sh", "toml"} <= kinds
     text = GUIDE.read_text()
     for topic in ("[route]", "[shortcut]", "check", "--summary", "--train", "register_section",
-                  "DARKCFG_PLUGINS", "darkcfg.sections", "--format yaml", "--emit"):
+                  "DARKCFG_PLUGINS", "darkcfg.sections", "--format yaml", "--emit",
+                  "Adding a detection head", "DetectionHead", "head_decoding"):
         assert topic in text, topic
 
 
@@ -69,3 +70,6 @@ def test_every_block_of_the_guide_runs(tmp_path):
     assert ran >= 8
     assert (tmp_path / "runs" / "tiny-resnet" / "tiny-resnet_final.weights").exists()
     assert (tmp_path / "runs" / "scaled" / "scaled_final.weights").exists()
+    # the plugin head trained and was validated through its own decoding (mAP in metrics.csv)
+    assert (tmp_path / "runs" / "grid" / "grid_final.weights").exists()
+    assert "val_map50" in (tmp_path / "runs" / "grid" / "metrics.csv").read_text()

@@ -1,4 +1,4 @@
-"""Detection-head losses (builders/head_loss.py) against real Darknet's training deltas
+"""Detection-head losses (builders/heads/) against real Darknet's training deltas
 (../shared/darknet/oracle-detect/train, README part B), plus properties of the losses."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_gradient_is_minus_darknet_delta_over_batch(case):
     for head in index["layers"]:
         x, delta = _head_input(folder, head)
         layer = net.layers[head["idx"]]
-        loss = layer.loss(x, truth, seen=seen)
+        loss, stats = layer.loss(x, truth, seen=seen)
         loss.backward()
         ours = -x.grad.double().numpy() * x.shape[0]  # gradient = -delta / N
         scale = np.abs(delta).max()
@@ -67,7 +67,6 @@ def test_gradient_is_minus_darknet_delta_over_batch(case):
         # the exactly-zero pattern matches too (entries below 1e-6 excepted, README part B)
         differ = ((ours == 0) != (delta == 0)) & (np.maximum(abs(ours), abs(delta)) > 1e-6)
         assert not differ.any(), f"{case} layer {head['idx']}: {differ.sum()} zero mismatches"
-        stats = layer.loss_stats
         assert stats["cost"] == pytest.approx(head["cost"], rel=1e-4)
         # the value is Darknet's cost per image (the mean over images of the batch)
         assert float(loss.detach()) == pytest.approx(head["cost"] / x.shape[0], rel=1e-4)
@@ -118,13 +117,14 @@ TRUTH = torch.tensor([[[0.3, 0.4, 0.2, 0.3, 1.0], [0.7, 0.6, 0.4, 0.3, 0.0], [0,
 def test_no_truth_only_objectness_gets_a_gradient(keys):
     _, head = _yolo_head(keys)
     x = torch.randn(2, 21, 8, 8, requires_grad=True)
-    head.loss(x, torch.zeros(2, 4, 5)).backward()
+    loss, stats = head.loss(x, torch.zeros(2, 4, 5))
+    loss.backward()
     g = x.grad.view(2, 3, 7, 8, 8)
     assert torch.isfinite(g).all()
     assert not g[:, :, [0, 1, 2, 3, 5, 6]].any()
     obj = torch.sigmoid(x.detach().view(2, 3, 7, 8, 8)[:, :, 4])
     torch.testing.assert_close(g[:, :, 4], obj / 2)  # delta = 0 - sigma, gradient = -delta/N
-    assert head.loss_stats["count"] == 0
+    assert stats["count"] == 0
 
 
 @pytest.mark.parametrize("keys", ["", "iou_loss=ciou\niou_normalizer=0.07\nmax_delta=5",
@@ -133,18 +133,18 @@ def test_no_truth_only_objectness_gets_a_gradient(keys):
 def test_gradient_is_finite_even_for_extreme_inputs(keys):
     _, head = _yolo_head(keys)
     x = (torch.randn(2, 21, 8, 8) * 30).requires_grad_()
-    head.loss(x, TRUTH).backward()
+    head.loss(x, TRUTH)[0].backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def test_images_of_a_batch_are_independent():
     _, head = _yolo_head("iou_loss=ciou\niou_thresh=0.213")
     x = torch.randn(2, 21, 8, 8, requires_grad=True)
-    head.loss(x, TRUTH).backward()
+    head.loss(x, TRUTH)[0].backward()
     both = x.grad.clone()
     for b in (0, 1):
         xb = x.detach()[b:b + 1].clone().requires_grad_()
-        head.loss(xb, TRUTH[b:b + 1]).backward()
+        head.loss(xb, TRUTH[b:b + 1])[0].backward()
         torch.testing.assert_close(both[b], xb.grad[0] / 2)  # /N: N=2 then 1
 
 
@@ -153,19 +153,19 @@ def test_truth_list_ends_at_the_first_zero_x_and_respects_max():
     x = torch.randn(1, 21, 8, 8)
     after_zero = torch.tensor([[[0.3, 0.4, 0.2, 0.3, 1.0], [0, 0, 0, 0, 0],
                                 [0.7, 0.6, 0.4, 0.3, 0.0]]])
-    head.loss(x, after_zero)
-    assert head.loss_stats["count"] == 1
-    head.loss(x, TRUTH[:1])  # two boxes, but max=1 reads only the first
-    assert head.loss_stats["count"] == 1
+    assert head.loss(x, after_zero)[1]["count"] == 1
+    # two boxes, but max=1 reads only the first
+    assert head.loss(x, TRUTH[:1])[1]["count"] == 1
 
 
 def test_loss_runs_at_another_grid_size_and_on_the_input_device():
     _, head = _yolo_head()
     x = torch.randn(2, 21, 12, 12, dtype=torch.float64, requires_grad=True)  # multi-scale 96 px
     assert head.out.w == 8  # built at 64 px
-    head.loss(x, TRUTH).backward()
+    loss, stats = head.loss(x, TRUTH)
+    loss.backward()
     assert x.grad.dtype == torch.float64 and torch.isfinite(x.grad).all()
-    assert head.loss_stats["count"] == 3
+    assert stats["count"] == 3
 
 
 def test_unhonoured_keys_are_located_warnings():
@@ -180,12 +180,10 @@ def test_unhonoured_keys_are_located_warnings():
 def test_counters_per_class_scale_the_true_class():
     _, plain = _yolo_head()
     _, weighted = _yolo_head("counters_per_class=100, 25\ncls_normalizer=0.5")
-    assert weighted.loss_cfg["class_multipliers"] == [1.0, 4.0]
+    assert weighted.settings.class_multipliers == (1.0, 4.0)
     x = torch.randn(1, 21, 8, 8)
     truth = TRUTH[:1, :1]  # one box of class 1 (multiplier 4)
-    plain.loss(x, truth)
-    weighted.loss(x, truth)
-    d0, d1 = plain.last_delta, weighted.last_delta
+    d0, d1 = plain.deltas(x, truth).delta, weighted.deltas(x, truth).delta
     hit = d0[0, :, 6].nonzero()[0]
     m, j, i = hit.tolist()
     assert d1[0, m, 6, j, i] == pytest.approx(float(d0[0, m, 6, j, i]) * 4 * 0.5)  # cm·cls_norm
@@ -205,7 +203,7 @@ def test_oracle_case_on_cuda():
     for head in index["layers"]:
         x, delta = _head_input(folder, head)
         x = x.detach().cuda().requires_grad_()
-        net.layers[head["idx"]].loss(x, truth, seen=index["net_seen_before_forward"]).backward()
+        net.layers[head["idx"]].loss(x, truth, seen=index["net_seen_before_forward"])[0].backward()
         ours = -x.grad.double().cpu().numpy() * x.shape[0]
         assert np.abs(ours - delta).max() / np.abs(delta).max() <= 1e-4
 
@@ -235,8 +233,8 @@ def test_gaussian_yolo_mse_deltas_follow_the_gaussian_formula():
     head = net.layers[-1]
     x = torch.randn(1, 24, 8, 8) * 0.5
     truth = torch.tensor([[[0.40, 0.55, 0.3, 0.35, 2.0]]])  # best anchor 1 (24x24 px)
-    head.loss(x, truth)
-    d = head.last_delta[0, 1, :, 4, 3]  # cell i=int(.4*8)=3, j=int(.55*8)=4
+    delta, _, stats = head.deltas(x, truth)
+    d = delta[0, 1, :, 4, 3]  # cell i=int(.4*8)=3, j=int(.55*8)=4
     out = head(x).view(1, 2, 12, 8, 8)[0, 1, :, 4, 3]
     raw = x.view(1, 2, 12, 8, 8)[0, 1, :, 4, 3]
     scale = 2 - 0.3 * 0.35
@@ -250,7 +248,7 @@ def test_gaussian_yolo_mse_deltas_follow_the_gaussian_formula():
         assert float(d[e + 1]) == pytest.approx(expected_u, rel=1e-4, abs=1e-6)
     assert float(d[8]) == pytest.approx(1 - float(out[8]), rel=1e-5)  # objectness
     torch.testing.assert_close(d[9:], torch.tensor([0.0, 0.0, 1.0]) - out[9:])
-    assert head.loss_stats["count"] == 1
+    assert stats["count"] == 1
 
 
 @pytest.mark.parametrize("keys", ["iou_loss=ciou\nmax_delta=2", "objectness_smooth=1",
@@ -259,9 +257,10 @@ def test_gaussian_yolo_mse_deltas_follow_the_gaussian_formula():
 def test_gaussian_yolo_variants_give_finite_gradients(keys):
     head = build(GAUSSIAN.format(keys=keys)).layers[-1]
     x = torch.randn(2, 24, 8, 8, requires_grad=True)
-    head.loss(x, TRUTH).backward()
+    loss, stats = head.loss(x, TRUTH)
+    loss.backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert head.loss_stats["count"] >= 1
+    assert stats["count"] >= 1
 
 
 REGION = """[net]
@@ -285,10 +284,8 @@ softmax=1
 def test_region_prior_term_only_before_12800_images():
     head = build(REGION.format(keys="")).layers[-1]
     x = torch.randn(1, 18, 4, 4, requires_grad=True)
-    head.loss(x, torch.zeros(1, 2, 5), seen=64)
-    early = head.last_delta.clone()
-    head.loss(x, torch.zeros(1, 2, 5), seen=12800)
-    late = head.last_delta
+    early = head.deltas(x, torch.zeros(1, 2, 5), seen=64).delta
+    late = head.deltas(x, torch.zeros(1, 2, 5), seen=12800).delta
     raw = x.detach().view(1, 2, 9, 4, 4)
     sx = torch.sigmoid(raw[:, :, 0])
     torch.testing.assert_close(early[:, :, 0], 0.01 * (0.5 - sx) * sx * (1 - sx))
@@ -302,8 +299,8 @@ def test_region_assigned_truth_gets_scaled_deltas():
     keys = "coord_scale=2\nobject_scale=5\nclass_scale=3\nbias_match=1\nrescore=0"
     head = build(REGION.format(keys=keys)).layers[-1]
     x = torch.randn(1, 18, 4, 4)
-    head.loss(x, torch.tensor([[[0.6, 0.3, 0.7, 0.5, 2.0]]]), seen=20000)
-    d = head.last_delta[0, 1, :, 1, 2]  # bias_match: anchor 1 (3x2 cells) fits .7x.5 best
+    delta = head.deltas(x, torch.tensor([[[0.6, 0.3, 0.7, 0.5, 2.0]]]), seen=20000).delta
+    d = delta[0, 1, :, 1, 2]  # bias_match: anchor 1 (3x2 cells) fits .7x.5 best
     raw = x.view(1, 2, 9, 4, 4)[0, 1, :, 1, 2]
     s = torch.sigmoid(raw[0])
     assert float(d[0]) == pytest.approx(float(2 * (0.6 * 4 - 2 - s) * s * (1 - s)), rel=1e-5)
@@ -339,8 +336,9 @@ def test_detection_loss_follows_yolov1():
     head = build(DETECTION).layers[-1]
     x = torch.rand(1, 52)
     truth = torch.tensor([[[0.7, 0.2, 0.4, 0.3, 1.0], [0.72, 0.22, 0.1, 0.1, 2.0]]])
-    head.loss(x, truth)  # both boxes fall in cell (row 0, col 1): only the first counts
-    d = head.last_delta[0]
+    # both boxes fall in cell (row 0, col 1): only the first counts
+    delta, _, stats = head.deltas(x, truth)
+    d = delta[0]
     out = head(x)[0]
     cell = 1
     probs = out[cell * 3:cell * 3 + 3]
@@ -351,7 +349,7 @@ def test_detection_loss_follows_yolov1():
     t = torch.tensor([0.7 * 2 - 1, 0.2 * 2 - 0, 0.4, 0.3])
     t_rel = torch.tensor([t[0] / 2, t[1] / 2, 0.4, 0.3])
     pred = torch.cat([boxes[cell, :, :2] / 2, boxes[cell, :, 2:] ** 2], -1)
-    from builders.head_loss import box_iou
+    from builders.boxes import box_iou
     ious = box_iou(pred, t_rel[None])
     rmse = ((pred - t_rel) ** 2).sum(-1).sqrt()
     best = int(ious.argmax()) if (ious > 0).any() else int(rmse.argmin())
@@ -362,15 +360,15 @@ def test_detection_loss_follows_yolov1():
     want = torch.tensor([t[0], t[1], 0.4 ** 0.5, 0.3 ** 0.5])
     torch.testing.assert_close(db[cell, best], 5 * (want - boxes[cell, best]))
     assert not db[cell, 1 - best].any()
-    assert head.loss_stats["count"] == 1
+    assert stats["count"] == 1
 
 
 def test_half_precision_input_is_computed_in_float32():
     _, head = _yolo_head("iou_loss=ciou")
     x = torch.randn(2, 21, 8, 8)
-    head.loss(x.requires_grad_(), TRUTH).backward()
+    head.loss(x.requires_grad_(), TRUTH)[0].backward()
     xh = x.detach().bfloat16().requires_grad_()
-    loss = head.loss(xh, TRUTH)
+    loss, _ = head.loss(xh, TRUTH)
     loss.backward()
     assert loss.dtype == torch.float32 and xh.grad.dtype == torch.bfloat16
     torch.testing.assert_close(xh.grad.float(), x.grad, atol=0.02, rtol=0.05)
@@ -386,7 +384,8 @@ def test_pjreddie_region_loss_is_reported_at_the_section():
 def test_pjreddie_yolo_loss_has_unit_normalizers_and_no_class_condition():
     net = build(YOLO.format(keys=""), flavor="pjreddie")
     head = net.layers[-1]
-    assert head.loss_cfg["iou_norm"] == 1.0 and head.loss_cfg["pjreddie"]
+    assert head.settings.iou_norm == 1.0 and head.settings.pjreddie
     x = torch.randn(2, 21, 8, 8, requires_grad=True)
-    head.loss(x, TRUTH).backward()
-    assert torch.isfinite(x.grad).all() and head.loss_stats["count"] == 3
+    loss, stats = head.loss(x, TRUTH)
+    loss.backward()
+    assert torch.isfinite(x.grad).all() and stats["count"] == 3

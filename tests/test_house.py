@@ -169,6 +169,16 @@ def test_inference_and_export_never_import_training():
             assert not bad, f"{name} reaches {sorted(bad)}"
 
 
+def test_library_code_never_sees_argparse():
+    """A command parses its arguments into typed options; the functions it calls take those."""
+    users = sorted(name for name, path in project_modules().items()
+                   if "import argparse" in path.read_text(encoding="utf-8"))
+    # the command lines: darkcfg.cli, the linter's, cfgparse's, presets' and preview's own
+    assert [u for u in users if not u.startswith("darkcfg.cli")] == [
+        "builders.presets", "cfgparse.__main__", "darkcfg.data.detection.preview",
+        "darkcfg.lint.cli"]
+
+
 TORCH_FREE = ["cfgparse", "cfgparse.parser", "cfgparse.yaml_io", "cfgparse.writer",
               "cfgparse.rules", "cfgparse.assembly", "cfgparse.__main__", "darkcfg.lint",
               "darkcfg.lint.block_rules", "darkcfg.lint.stages", "darkcfg.lint.pool",
@@ -219,7 +229,9 @@ def test_not_honoured_and_common_keys_come_from_the_schema():
 
     fields = {f.name for f in dataclasses.fields(NetConfig)}
     assert set(NOT_HONOURED) == set(schema.SECTIONS["net"]) - fields
-    assert "mosaic" in NOT_HONOURED and "batch" not in NOT_HONOURED
+    assert "ema_alpha" in NOT_HONOURED and "batch" not in NOT_HONOURED
+    # one [net] reader: the detection augmentations are NetConfig's, honoured by detection
+    assert not {"mosaic", "mixup", "letter_box", "blur"} & set(NOT_HONOURED)
     # every common layer key is the graph's: never reported as ignored (W301)
     common = "\n".join(f"{key}={spec.default if spec.default is not None else 1}"
                        for key, spec in schema.COMMON.items())
@@ -299,3 +311,69 @@ def test_one_liveness_planner_for_forward_and_the_memory_estimate():
     sizes = [m.output.size for m in net.meta]
     assert estimate_memory(net, batch=1)["peak_activation_bytes"] == \
         net.liveness.peak(sizes, net.input_shape.size) * FLOAT_BYTES
+
+
+# -- detection heads: one module each, one boxes module --------------------------------------------
+
+HEAD_MODULES = {"yolo": "yolo", "Gaussian_yolo": "gaussian_yolo", "region": "region",
+                "detection": "detection", "contrastive": "contrastive"}
+
+
+@pytest.mark.parametrize("section", sorted(HEAD_MODULES))
+def test_a_head_is_one_module(section):
+    """Its builder, layer class, typed loss settings and decoding live in builders/heads/<x>.py
+    (what it extends from another head aside); its torch-free rules stay in cfgparse."""
+    import dataclasses
+
+    from builders import build
+    from builders.registry import SECTION_BUILDERS, registered_sections
+    from cfgparse import schema
+
+    registered_sections()
+    module = f"builders.heads.{HEAD_MODULES[section]}"
+    assert SECTION_BUILDERS[section].__module__ == module
+    assert section in schema.SECTIONS
+    cfgs = {"yolo": "[convolutional]\nfilters=21\nsize=1\n\n[yolo]\nmask=0,1,2\nclasses=2\nnum=3",
+            "Gaussian_yolo": "[convolutional]\nfilters=36\nsize=1\n\n[Gaussian_yolo]\n"
+                             "mask=0,1,2\nclasses=3\nnum=3",
+            "region": "[convolutional]\nfilters=14\nsize=1\n\n[region]\nclasses=2\nnum=2",
+            "detection": "[connected]\noutput=48\n\n[detection]\nclasses=2\nside=2\nnum=2\n"
+                         "coords=4",
+            "contrastive": "[connected]\noutput=4\n\n[contrastive]\nclasses=4"}
+    layer = build(NET + cfgs[section] + "\n", device="meta").layers[-1]
+    assert type(layer).__module__ == module
+    assert dataclasses.is_dataclass(layer.settings)
+    assert dataclasses.fields(layer.settings)  # typed, read once from the block
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(layer.settings, dataclasses.fields(layer.settings)[0].name, 0)
+    if section != "contrastive":  # decoded by its own module (GaussianYolo's extends [yolo]'s)
+        assert type(layer.head_decoding).__module__ == module
+
+
+def test_losses_hand_results_back_by_value_and_the_trainer_asks_no_layer_its_type():
+    """No side-effect attributes (loss_stats, last_delta) and no untyped option dicts
+    (train_options, loss_cfg) remain; the training package never tests a layer's class."""
+    for path in [*sorted((ROOT / "darkcfg").rglob("*.py")),
+                 *sorted((ROOT / "builders").rglob("*.py"))]:
+        text = path.read_text(encoding="utf-8")
+        for name in ("loss_stats", "last_delta", "train_options", "loss_cfg"):
+            assert name not in text, f"{path.relative_to(ROOT)} uses {name}"
+    for path in sorted((ROOT / "darkcfg" / "train").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance":
+                target = ast.unparse(node.args[0])
+                assert "layer" not in target, f"{path.relative_to(ROOT)}: isinstance({target})"
+
+
+def test_box_geometry_has_one_home():
+    """IoU, letterbox and resize are defined in builders/boxes.py and nowhere else."""
+    import re
+
+    pattern = re.compile(r"^\s*def (box_iou|box_giou|box_diou|box_ciou|letterbox\w*|"
+                         r"resize_image|resize_align_corners|correct_boxes|_overlap)\b", re.M)
+    homes = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for name in pattern.findall(path.read_text(encoding="utf-8")):
+                homes.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    assert homes and all(places == ["builders/boxes.py"] for places in homes.values()), homes

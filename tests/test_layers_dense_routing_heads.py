@@ -125,7 +125,8 @@ def test_forward_backward(section):
     assert torch.isfinite(y).all()
     if layer.takes_loss and layer.loss_target == "boxes":  # detection heads: truth boxes
         truth = torch.tensor([[0.4, 0.6, 0.3, 0.2, 1.0], [0, 0, 0, 0, 0]]).expand(x.shape[0], 2, 5)
-        objective = layer.loss(out[index - 1], truth)
+        objective, stats = layer.loss(out[index - 1], truth)  # heads return (loss, stats)
+        assert all(isinstance(v, (int, float)) for v in stats.values())
     elif layer.takes_loss:
         prev = out[index - 1]
         target = torch.softmax(torch.randn(x.shape[0], shape.size), 1)

@@ -2,8 +2,9 @@
 runner.py (`darkcfg CFG --train ...`, darkcfg.cli.flags), kept as a thin translation.
 
 Each command module has `main(argv: list[str]) -> int`: it parses its own arguments into typed
-options and calls library functions that never see argparse. Modules load on first use, so that
-`darkcfg check` stays torch-free."""
+options (`parse(argv)`, a dataclass) and runs them (`run(options)`) with library functions that
+never see argparse; `darkcfg.cli.common.guarded` turns bad input into diagnostics and exit 2
+for all of them. Modules load on first use, so that `darkcfg check` stays torch-free."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
+        from darkcfg.cli.common import guarded
+
         module = importlib.import_module(COMMANDS[argv[0]])
-        return int(module.main(argv[1:]) or 0)
+        return guarded(lambda: module.main(argv[1:]))
     from darkcfg.cli.flags import main as flag_form
 
     return flag_form(argv)

@@ -2,8 +2,10 @@
 
   base.py       DataSplits, DataError, the one image -> uint8 CHW tensor conversion
   embedded.py   the embedded, procedurally generated shapes (deterministic from the seed)
+  datafile.py   the one Darknet .data reader and path resolver (classifier and detector data)
   sources.py    ImageFolder, Darknet classifier .data files, regression CSV, torchvision:NAME:ROOT
   augment.py    [net]'s classifier augmentations and the evaluation resize (transforms.v2)
+  draws.py      Darknet's shared random draws (rand_scale)
   sampling.py   per-sample seeding, the resumable sampler, training stream and eval loader
 
 Which sources a network can use is its task's business (`darkcfg.train.tasks`: `task.open_data`).
@@ -11,8 +13,16 @@ Which sources a network can use is its task's business (`darkcfg.train.tasks`: `
 
 from __future__ import annotations
 
-from darkcfg.data.augment import Augment, rand_scale
-from darkcfg.data.base import DataError, DataSplits, data_error, image_tensor, read_image
+from darkcfg.data.augment import Augment
+from darkcfg.data.base import (
+    DataError,
+    DataSplits,
+    check_classes_option,
+    data_error,
+    image_tensor,
+    read_image,
+)
+from darkcfg.data.draws import rand_scale
 from darkcfg.data.embedded import EmbeddedShapes, embedded_shapes
 from darkcfg.data.sampling import (
     Repeated,
@@ -45,7 +55,8 @@ def open_data(spec: str | None, task, seed: int, classes: int | None = None) -> 
 
 __all__ = [
     "Augment", "Converted", "DataError", "DataSplits", "EmbeddedShapes", "ImageFiles",
-    "Repeated", "ResumableSampler", "Samples", "Stream", "Tensors", "darknet_data", "data_error",
+    "Repeated", "ResumableSampler", "Samples", "Stream", "Tensors", "check_classes_option",
+    "darknet_data", "data_error",
     "data_path", "default_workers", "embedded_shapes", "eval_loader", "image_folder",
     "image_tensor", "make_stream", "open_data", "open_images", "rand_scale", "read_data_file",
     "read_image", "regression_csv", "torchvision_data",

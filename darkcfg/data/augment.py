@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from darkcfg.config import NetConfig
+from darkcfg.data.draws import rand_scale
 
 
 class Augment:
@@ -72,8 +73,3 @@ class Augment:
             img = F.adjust_brightness(img, rand_scale(self.exposure, rng))
         return img
 
-
-def rand_scale(s: float, rng: np.random.Generator) -> float:
-    """Darknet's rand_scale: uniform in [1, s], inverted half of the time."""
-    x = float(rng.uniform(1.0, max(s, 1 / s)))
-    return x if rng.random() < 0.5 else 1 / x

@@ -23,6 +23,14 @@ def data_error(message: str, where: str, hint: str = "") -> CfgError:
     return CfgError(Diagnostic("E901", message, where, hint=hint))
 
 
+def check_classes_option(classes: int | None, spec) -> None:
+    """`--classes N` picks N of the network's classes for the embedded data; any other data
+    brings its own classes. Every task's data dispatch asks here."""
+    if classes is not None and spec is not None:
+        raise data_error("--classes is for the embedded dataset", "--classes",
+                         "the classes of --data come from the data")
+
+
 @dataclass
 class DataSplits:
     train: Dataset
@@ -50,6 +58,17 @@ def image_tensor(image, channels: int) -> torch.Tensor:
         else:
             image = image.repeat(-(-channels // have), 1, 1)[:channels]
     return image.contiguous()
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader worker_init_fn: loader processes ignore SIGTERM and SIGINT. A stop signal sent
+    to the whole process group (systemd, Slurm, `kill -- -PGID`, Ctrl-C in a terminal) must not
+    kill them under the training process, which finishes its iteration, checkpoints and then
+    stops them itself (and they exit on their own should it die)."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def read_image(path: str, channels: int) -> torch.Tensor:

@@ -13,6 +13,8 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from darkcfg.data.base import loader_worker_init
+
 
 class Samples(Dataset):
     """Indexed by (index, epoch) from ResumableSampler; `transform(x, rng)` draws from a generator
@@ -115,7 +117,8 @@ def make_stream(dataset: Dataset, batch: int, world: int, rank: int, seed: int,
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=4 if workers else None, generator=generator, collate_fn=collate)
+        prefetch_factor=4 if workers else None, generator=generator, collate_fn=collate,
+        worker_init_fn=loader_worker_init)
     return Stream(loader, sampler, batch)
 
 
@@ -138,4 +141,5 @@ def eval_loader(dataset: Dataset, batch: int, device: torch.device, workers: int
     indices = list(range(rank, len(dataset), world))
     return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices),
                                        batch_size=batch, shuffle=False, num_workers=workers,
-                                       pin_memory=device.type == "cuda", collate_fn=collate)
+                                       pin_memory=device.type == "cuda", collate_fn=collate,
+                                       worker_init_fn=loader_worker_init)

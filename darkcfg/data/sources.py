@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cfgparse import CfgError, Diagnostic
 from darkcfg.data.base import IMAGE_EXTENSIONS, DataSplits, data_error, image_tensor, read_image
+from darkcfg.data.datafile import read_data_file, read_list, resolve
 
 KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
 
@@ -100,46 +100,15 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
                       f"{len(val)} val images")
 
 
-def read_data_file(path: Path) -> dict[str, str]:
-    """A Darknet .data file: key=value lines, whitespace removed, '#'/';' comment lines."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise data_error(f"cannot read '{path}': {exc}", str(path)) from None
-    options: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = "".join(line.split())
-        if not line or line[0] in "#;":
-            continue
-        key, eq, value = line.partition("=")
-        if not eq:
-            raise CfgError(Diagnostic("E102", f"missing '=' in '{line}'", str(path), n, 1,
-                                      hint="a .data line is key=value"))
-        options.setdefault(key, value)  # like option_find, the first occurrence wins
-    return options
-
-
-def _resolve(raw: str, bases: Sequence[Path]) -> Path:
-    """A path from a .data file or list: absolute as is, else the first base it exists under."""
-    p = Path(raw)
-    if p.is_absolute():
-        return p
-    for base in bases:
-        if (base / p).exists():
-            return base / p
-    return bases[0] / p
-
-
 def darknet_data(path: Path, channels: int) -> DataSplits:
     opts = read_data_file(path)
-    bases = [path.parent, Path.cwd()]
     where = str(path)
     if "train" not in opts:
         raise data_error(f"'{path}' has no 'train' list", where,
                          "add train=path/to/train.list (one image path per line)")
-    labels_path = _resolve(opts.get("labels", "data/labels.list"), bases)
+    labels_path = resolve(opts.get("labels", "data/labels.list"), path.parent)
     labels = _read_list(labels_path, where, "labels")
-    names_path = _resolve(opts["names"], bases) if "names" in opts else labels_path
+    names_path = resolve(opts["names"], path.parent) if "names" in opts else labels_path
     names = _read_list(names_path, where, "names") if names_path != labels_path else labels
     classes = int(opts.get("classes", 2))
     if classes != len(labels):
@@ -147,7 +116,7 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
                          f"{len(labels)} labels", where, "make classes= match the labels file")
 
     def items(key: str) -> list[tuple[str, int]]:
-        list_path = _resolve(opts[key], bases)
+        list_path = resolve(opts[key], path.parent)
         out = []
         for raw in _read_list(list_path, where, key):
             # Darknet's fill_truth: the label whose text occurs in the path as written
@@ -157,11 +126,11 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
                                  f"({', '.join(labels[i] for i in hits) or 'none'})", where,
                                  "each image path must contain exactly one label string "
                                  "(Darknet: 'Too many or too few labels')")
-            image = _resolve(raw, [list_path.parent, *bases])
+            image = resolve(raw, list_path.parent, path.parent)
             if not image.is_file():
                 raise data_error(f"image '{raw}' (listed in {list_path}) does not exist", where,
-                                 f"paths are tried relative to {list_path.parent}, "
-                                 f"{path.parent} and the current directory")
+                                 "paths are tried relative to the current directory, "
+                                 f"{list_path.parent} and {path.parent}")
             out.append((str(image), hits[0]))
         return out
 
@@ -170,20 +139,14 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
     if not train:
         raise data_error(f"the train list of '{path}' is empty", where, "list image paths")
     read_image(train[0][0], channels)
-    backup = str(_resolve(opts["backup"], bases)) if "backup" in opts else None
+    backup = str(resolve(opts["backup"], path.parent)) if "backup" in opts else None
     return DataSplits(ImageFiles(train, channels), ImageFiles(val, channels) if val else None,
                       names[: len(labels)], f"Darknet data {path}: {classes} classes, "
                       f"{len(train)} train / {len(val)} valid images", backup=backup)
 
 
 def _read_list(path: Path, where: str, key: str) -> list[str]:
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise data_error(f"cannot read the {key} file '{path}': {exc}", where,
-                         f"fix the '{key}=' line of the .data file") from None
-    out = [line.strip() for line in lines]  # Darknet's fgetl keeps inner spaces ("a cat")
-    out = [line for line in out if line]
+    out = read_list(path, where, key)
     if not out:
         raise data_error(f"the {key} file '{path}' is empty", where, "add one entry per line")
     return out

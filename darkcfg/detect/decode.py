@@ -1,10 +1,10 @@
 """Detection inference: Darknet's box decoding (`get_network_boxes`), NMS (`do_nms_sort`,
 `greedynms`, `diounms`) and an image -> boxes pipeline (`detect`). DETECTION.md §1-§2.
 
-Each head's forward already applies Darknet's in-layer activation (builders/heads.py); what is
-left is the per-head arithmetic of `get_*_detections`. That lives in one `HeadDecoding` per head
-class, found through `decoding_for(layer)` (a registry keyed by layer class, or a head's own
-`head_decoding` attribute), never through a chain of type tests.
+Each head's forward already applies Darknet's in-layer activation; what is left is the per-head
+arithmetic of `get_*_detections`. That lives in the head's own module (builders/heads/), as its
+`head_decoding`, found through `decoding_for(layer)`, never through a chain of type tests. Box
+geometry (IoU family, letterbox, resize, correct_yolo_boxes) is builders/boxes.py.
 
     outputs = net(x, collect=head_indices(net))
     dets = nms(decode(net, outputs, thresh=0.25))         # one Detections per image
@@ -23,193 +23,23 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from builders.heads import Detection, Region, YoloHead
+from builders.boxes import (
+    box_diou,
+    correct_boxes,
+    cxcywh_to_xyxy,
+    letterbox_image,
+    pairwise_iou,
+    resize_image,
+)
+from builders.heads import HeadDecoding
 from builders.layer import Layer
-
-# -- per-head decoding ----------------------------------------------------------------------------
-
-
-class HeadParts(NamedTuple):
-    """One head's candidates in Darknet's order: boxes (N,k,4) relative centre/size, Darknet's
-    `objectness` field (N,k) and the class probabilities before thresholding (N,k,C)."""
-
-    boxes: torch.Tensor
-    objectness: torch.Tensor
-    scores: torch.Tensor
-
-
-class HeadDecoding:
-    """What `get_network_boxes` does for one kind of head. Subclasses give `predictions`; the
-    default thresholding is Darknet's `prob = p if p > thresh else 0`, every box kept."""
-
-    #: `correct_yolo_boxes` (letterbox undo) applies to this head's boxes ([detection]: no).
-    letterbox: bool = True
-
-    def predictions(self, layer: Layer, y: torch.Tensor, net_w: int, net_h: int) -> HeadParts:
-        raise NotImplementedError
-
-    def unsupported(self, layer: Layer) -> tuple[str, str] | None:
-        """(the cfg key at fault, why) when this layer's options cannot be decoded; else None."""
-        return None
-
-    def keep(self, layer: Layer, parts: HeadParts, thresh: torch.Tensor):
-        """Which candidates Darknet emits: (N,k) bool, or None for all of them."""
-        return None
-
-    def threshold(self, layer: Layer, objectness: torch.Tensor, scores: torch.Tensor,
-                  thresh: torch.Tensor):
-        """(objectness, probs) of the emitted candidates (any leading shape)."""
-        return objectness, torch.where(scores > thresh, scores, 0.0)
-
-    def nms_kind(self, layer: Layer) -> tuple[str, float]:
-        """(nms_kind, beta_nms) as Darknet parses them for this head (unknown -> default)."""
-        options = getattr(layer, "train_options", {}) or {}
-        kind = str(options.get("nms_kind", "default"))
-        if kind not in ("greedynms", "diounms", "cornersnms"):
-            kind = "default"
-        return kind, float(options.get("beta_nms", 0.0))
-
-
-def _cells(h: int, w: int, n: int, device, anchor_major: bool = False):
-    """col, row (float) of every (cell, anchor) pair, cell-major with the anchor inner (Darknet's
-    [yolo]/AlexeyAB [region] order), or anchor-major (pjreddie [region])."""
-    rows, cols = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                                torch.arange(w, device=device, dtype=torch.float32),
-                                indexing="ij")
-    if anchor_major:
-        return cols.reshape(1, -1).expand(n, -1).reshape(-1), \
-            rows.reshape(1, -1).expand(n, -1).reshape(-1)
-    return cols.reshape(-1, 1).expand(-1, n).reshape(-1), \
-        rows.reshape(-1, 1).expand(-1, n).reshape(-1)
-
-
-def _per_anchor(values: list[float], h: int, w: int, device, anchor_major: bool = False):
-    t = torch.tensor(values, dtype=torch.float32, device=device)
-    return t.repeat_interleave(h * w) if anchor_major else t.repeat(h * w)
-
-
-class YoloDecoding(HeadDecoding):
-    """[yolo] (`get_yolo_box`, new_coords 0/1; scale_x_y is already in the forward) and
-    [Gaussian_yolo] (`get_gaussian_yolo_box`: means at 0/2/4/6, uncertainties at 1/3/5/7)."""
-
-    def predictions(self, layer, y, net_w, net_h):
-        n, entries, classes = layer.n, layer.entries, layer.classes
-        box = entries - 1 - classes  # 4, or 8 for [Gaussian_yolo]
-        h, w = y.shape[-2], y.shape[-1]
-        v = y.reshape(y.shape[0], n, entries, h, w).permute(0, 3, 4, 1, 2)
-        v = v.reshape(y.shape[0], h * w * n, entries).float()
-        step = box // 4  # entry stride between the four means
-        tx, ty, tw, th = (v[..., i * step] for i in range(4))
-        col, row = _cells(h, w, n, y.device)
-        aw = _per_anchor([layer.anchors[2 * k] for k in layer.mask], h, w, y.device)
-        ah = _per_anchor([layer.anchors[2 * k + 1] for k in layer.mask], h, w, y.device)
-        bx, by = (col + tx) / w, (row + ty) / h
-        if getattr(layer, "new_coords", False):
-            bw, bh = tw * tw * 4 * aw / net_w, th * th * 4 * ah / net_h
-        else:
-            bw, bh = torch.exp(tw) * aw / net_w, torch.exp(th) * ah / net_h
-        obj = v[..., box]
-        cls = v[..., box + 1:]
-        scores = obj[..., None] * cls
-        if box == 8:
-            point = (getattr(layer, "train_options", {}) or {}).get("yolo_point", "center")
-            sign = {"left_top": 1.0, "right_bottom": -1.0}.get(point, 0.0)
-            bx, by = bx + sign * bw / 2, by + sign * bh / 2
-            uncertainty = (v[..., 1] + v[..., 3] + v[..., 5] + v[..., 7]) / 4
-            scores = scores * (1 - uncertainty)[..., None]
-        return HeadParts(torch.stack([bx, by, bw, bh], -1), obj, scores)
-
-    def keep(self, layer, parts, thresh):
-        return parts.objectness > thresh  # strict; NaN is dropped
-
-
-class RegionDecoding(HeadDecoding):
-    """[region] (YOLOv2). AlexeyAB (`custom_get_region_detections`): cell-major, objectness 1,
-    x,y get their logistic here. pjreddie (`get_region_detections`): anchor-major, x,y were
-    activated in the forward, objectness = the scale when it passes thresh, else 0."""
-
-    def unsupported(self, layer):
-        if layer.tree is not None or layer.tree_error is not None:
-            return "tree", ("decoding a [region] with tree= (yolo9000's hierarchical classes) is "
-                            "not supported")
-        return None
-
-    def predictions(self, layer, y, net_w, net_h):
-        if fault := self.unsupported(layer):
-            raise NotImplementedError(fault[1])
-        n, entries, k = layer.n, layer.entries, layer.coords
-        h, w = y.shape[-2], y.shape[-1]
-        pj = layer.pjreddie
-        v = y.reshape(y.shape[0], n, entries, h, w)
-        v = (v.permute(0, 1, 3, 4, 2) if pj else v.permute(0, 3, 4, 1, 2))
-        v = v.reshape(y.shape[0], h * w * n, entries).float()
-        col, row = _cells(h, w, n, y.device, anchor_major=pj)
-        aw = _per_anchor(layer.anchors[0:2 * n:2], h, w, y.device, anchor_major=pj)
-        ah = _per_anchor(layer.anchors[1:2 * n:2], h, w, y.device, anchor_major=pj)
-        tx, ty = (v[..., 0], v[..., 1]) if pj else (torch.sigmoid(v[..., 0]),
-                                                     torch.sigmoid(v[..., 1]))
-        boxes = torch.stack([(col + tx) / w, (row + ty) / h,
-                             torch.exp(v[..., 2]) * aw / w, torch.exp(v[..., 3]) * ah / h], -1)
-        scale = torch.ones_like(v[..., k]) if layer.background else v[..., k]
-        options = getattr(layer, "train_options", {}) or {}
-        if not pj and options.get("classfix", 0) == -1:
-            scale = torch.where(scale < 0.5, 0.0, scale)
-        scores = scale[..., None] * v[..., k + 1:]
-        objectness = scale if pj else torch.ones_like(scale)
-        return HeadParts(boxes, objectness, scores)
-
-    def threshold(self, layer, objectness, scores, thresh):
-        probs = torch.where(scores > thresh, scores, 0.0)
-        if not layer.pjreddie:
-            return objectness, probs
-        objectness = torch.where(objectness > thresh, objectness, 0.0)
-        return objectness, torch.where(objectness[..., None] != 0, probs, 0.0)
-
-
-class DetectionDecoding(HeadDecoding):
-    """[detection] (YOLOv1, `get_detection_detections`): cell-major, then box. Boxes are given
-    relative (Darknet multiplies them by the caller's w,h whatever `relative` says) and get no
-    letterbox correction, as in Darknet."""
-
-    letterbox = False
-
-    def predictions(self, layer, y, net_w, net_h):
-        side, n, classes, coords = layer.side, layer.num, layer.classes, layer.coords
-        cells = side * side
-        y = y.reshape(y.shape[0], -1).float()
-        cls = y[:, :cells * classes].reshape(-1, cells, 1, classes)
-        conf = y[:, cells * classes:cells * (classes + n)].reshape(-1, cells, n)
-        box = y[:, cells * (classes + n):].reshape(-1, cells, n, coords)
-        col, row = _cells(side, side, n, y.device)
-        col, row = col.reshape(cells, n), row.reshape(cells, n)
-        power = 2 if (getattr(layer, "train_options", {}) or {}).get("sqrt") else 1
-        boxes = torch.stack([(box[..., 0] + col) / side, (box[..., 1] + row) / side,
-                             box[..., 2] ** power, box[..., 3] ** power], -1)
-        scores = conf[..., None] * cls
-        return HeadParts(boxes.reshape(y.shape[0], cells * n, 4), conf.reshape(y.shape[0], -1),
-                         scores.reshape(y.shape[0], cells * n, classes))
-
-
-_DECODINGS: dict[type, HeadDecoding] = {
-    YoloHead: YoloDecoding(), Region: RegionDecoding(), Detection: DetectionDecoding()}
-
-
-def register_decoding(layer_class: type, decoding: HeadDecoding) -> None:
-    """Teach `decode` a new head class (plugins)."""
-    _DECODINGS[layer_class] = decoding
 
 
 def decoding_for(layer: Layer) -> HeadDecoding | None:
-    """The layer's own `head_decoding`, else the registered one for its class (or a base)."""
-    own = getattr(layer, "head_decoding", None)
-    if own is not None:
-        return own
-    for cls in type(layer).__mro__:
-        if cls in _DECODINGS:
-            return _DECODINGS[cls]
-    return None
+    """How `decode` reads this layer's output: its head module's `head_decoding` (a plugin head
+    sets its own), None for a layer that is not a decoded head."""
+    return getattr(layer, "head_decoding", None)
 
 
 def head_indices(net) -> list[int]:
@@ -307,27 +137,6 @@ def _sizes(image_size, batch: int):
     return [tuple(s) for s in image_size]
 
 
-def letterbox_size(image_w: int, image_h: int, net_w: int, net_h: int) -> tuple[int, int]:
-    """(new_w, new_h) of the image inside a letterboxed net input (integer rule, §1.3)."""
-    if np.float32(net_w) / np.float32(image_w) < np.float32(net_h) / np.float32(image_h):
-        return net_w, (image_h * net_w) // image_w
-    return (image_w * net_h) // image_h, net_h
-
-
-def correct_boxes(boxes: torch.Tensor, image_size, net_size, letter_box: bool) -> torch.Tensor:
-    """Darknet's correct_yolo_boxes with relative=1: undo the letterbox (identity without)."""
-    if not letter_box or image_size is None:
-        return boxes
-    (w, h), (net_w, net_h) = image_size, net_size
-    new_w, new_h = letterbox_size(int(w), int(h), int(net_w), int(net_h))
-    b = boxes.double()
-    x = (b[:, 0] - (net_w - new_w) / 2.0 / net_w) / np.float32(new_w / net_w)
-    y = (b[:, 1] - (net_h - new_h) / 2.0 / net_h) / np.float32(new_h / net_h)
-    bw = b[:, 2] * np.float32(net_w / new_w)
-    bh = b[:, 3] * np.float32(net_h / new_h)
-    return torch.stack([x, y, bw, bh], 1).to(boxes.dtype)
-
-
 def decode(net, outputs: dict[int, torch.Tensor], thresh: float = 0.25, *, image_size=None,
            letter_box: bool = False, input_size=None) -> list[Detections]:
     """Darknet's get_network_boxes for every image of the batch: one `Detections` each.
@@ -380,45 +189,13 @@ def decode(net, outputs: dict[int, torch.Tensor], thresh: float = 0.25, *, image
 NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Darknet's box_iou between every box of a (n,4) and b (m,4), centre/size, float32."""
-    al, ar = a[:, None, 0] - a[:, None, 2] / 2, a[:, None, 0] + a[:, None, 2] / 2
-    bl, br = b[None, :, 0] - b[None, :, 2] / 2, b[None, :, 0] + b[None, :, 2] / 2
-    at, ab = a[:, None, 1] - a[:, None, 3] / 2, a[:, None, 1] + a[:, None, 3] / 2
-    bt, bb = b[None, :, 1] - b[None, :, 3] / 2, b[None, :, 1] + b[None, :, 3] / 2
-    ow = torch.minimum(ar, br) - torch.maximum(al, bl)
-    oh = torch.minimum(ab, bb) - torch.maximum(at, bt)
-    inter = torch.where((ow < 0) | (oh < 0), 0.0, ow * oh)
-    union = a[:, None, 2] * a[:, None, 3] + b[None, :, 2] * b[None, :, 3] - inter
-    iou = inter / union
-    return torch.where((inter == 0) | (union == 0), 0.0, iou)
-
-
-def box_diou(a: torch.Tensor, b: torch.Tensor, beta: float = 0.6) -> torch.Tensor:
-    """Darknet's box_diou (beta 0.6) / box_diounms: iou - (d²/c²)^beta, c = the enclosing box's
-    diagonal (iou alone when c² = 0)."""
-    return _diou_of_pairs(a[:, None], b[None], box_iou(a, b), beta)
-
-
-def _diou_of_pairs(a: torch.Tensor, b: torch.Tensor, iou: torch.Tensor, beta: float):
-    """box_diou of the boxes a and b (..., 4, broadcasting) whose IoU is `iou`."""
-    left = torch.minimum(a[..., 0] - a[..., 2] / 2, b[..., 0] - b[..., 2] / 2)
-    right = torch.maximum(a[..., 0] + a[..., 2] / 2, b[..., 0] + b[..., 2] / 2)
-    top = torch.minimum(a[..., 1] - a[..., 3] / 2, b[..., 1] - b[..., 3] / 2)
-    bot = torch.maximum(a[..., 1] + a[..., 3] / 2, b[..., 1] + b[..., 3] / 2)
-    c = (right - left) ** 2 + (bot - top) ** 2
-    d = (a[..., 0] - b[..., 0]) ** 2 + (a[..., 1] - b[..., 1]) ** 2
-    term = torch.pow((d.double() / c.double()), beta).float()
-    return torch.where(c == 0, iou, iou - term)
-
-
 def _diou_above(boxes: torch.Tensor, thresh: float, beta: float) -> np.ndarray:
     """box_diou(boxes, boxes, beta) > thresh as a numpy bool matrix, diagonal False. The distance
     term is >= 0, so only pairs whose IoU alone passes can pass: the term is computed for those
     (few) pairs only."""
-    iou = box_iou(boxes, boxes)
+    iou = pairwise_iou(boxes, boxes)
     i, j = torch.nonzero(iou > thresh, as_tuple=True)
-    passes = _diou_of_pairs(boxes[i], boxes[j], iou[i, j], beta) > thresh
+    passes = box_diou(boxes[i], boxes[j], beta, iou[i, j]) > thresh
     similar = torch.zeros_like(iou, dtype=torch.bool)
     similar[i[passes], j[passes]] = True
     similar.fill_diagonal_(False)
@@ -446,9 +223,7 @@ def _suppressed_default(boxes, probs, active, thresh):
     from torchvision.ops import batched_nms
 
     det, cls = torch.nonzero((probs > 0) & active[:, None], as_tuple=True)
-    b = boxes[det]
-    half = b[:, 2:] / 2
-    xyxy = torch.cat([b[:, :2] - half, b[:, :2] + half], 1).double()
+    xyxy = cxcywh_to_xyxy(boxes[det]).double()
     kept = batched_nms(xyxy, probs[det, cls].double(), cls, thresh)
     out = torch.zeros_like(probs, dtype=torch.bool)
     out[det, cls] = True
@@ -519,23 +294,6 @@ class Found(NamedTuple):
     name: str
     score: float
     box: tuple[float, float, float, float]
-
-
-def resize_image(x: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    """Darknet's resize_image on (N,C,H,W) floats: bilinear, align-corners, no antialias."""
-    if x.shape[-1] == w and x.shape[-2] == h:
-        return x
-    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=True)
-
-
-def letterbox_image(x: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    """Darknet's letterbox_image: keep the aspect ratio (integer rule), paste centred (integer
-    offset) on a 0.5 grey canvas."""
-    new_w, new_h = letterbox_size(x.shape[-1], x.shape[-2], w, h)
-    canvas = x.new_full((*x.shape[:-2], h, w), 0.5)
-    top, left = (h - new_h) // 2, (w - new_w) // 2
-    canvas[..., top:top + new_h, left:left + new_w] = resize_image(x, new_w, new_h)
-    return canvas
 
 
 def load_image(image, channels: int = 3) -> torch.Tensor:

@@ -17,7 +17,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_convert
+
+from builders.boxes import pairwise_iou
 
 # What `detector map` and training's -map use (DETECTION.md §1.7, §7).
 MAP_DETECTION_THRESH = 0.005  # get_network_boxes threshold for mAP
@@ -156,10 +158,6 @@ class DetectionMetrics:
         return "\n".join(lines)
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return box_iou(box_convert(a, "cxcywh", "xyxy"), box_convert(b, "cxcywh", "xyxy"))
-
-
 def average_precision(tp, truths: int, points: int = 0) -> float:
     """AP of one class from its entries' TP flags in descending-score order (§7 step 5)."""
     if points < 0 or points == 1:
@@ -227,7 +225,7 @@ def darknet_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
         truth = torch.full((len(boxes),), -1, dtype=torch.long)
         best = torch.zeros(len(boxes), dtype=torch.float64)
         if len(boxes) and len(gt.boxes):
-            ious = _iou(boxes, gt.boxes)
+            ious = pairwise_iou(boxes, gt.boxes)
             ious = torch.where(cls[:, None] == gt.classes[None, :], ious, 0.0)
             best, j = ious.max(1)  # the first of equal maxima, as Darknet's `>` scan
             truth = torch.where(best > iou_thresh, j, -1)
@@ -240,7 +238,7 @@ def darknet_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
         iou_sum += float(best[tp].sum())
         keep = torch.ones(len(boxes), dtype=torch.bool)
         if gt.difficult is not None and len(gt.difficult) and len(boxes):
-            hard = (_iou(boxes, gt.difficult[:, :4]) > iou_thresh) & \
+            hard = (pairwise_iou(boxes, gt.difficult[:, :4]) > iou_thresh) & \
                 (cls[:, None] == gt.difficult[None, :, 4].round().long())
             keep = (truth >= 0) | ~hard.any(1)  # only a difficult object matched: dropped
         kept_scores.append(score[keep])
@@ -277,8 +275,19 @@ def _pycocotools():
         from pycocotools.cocoeval import COCOeval
     except ImportError as err:  # optional extra
         raise ImportError("COCO mAP@[.5:.95] needs pycocotools: pip install 'darkcfg[detect]' "
-                          "(or pip install pycocotools), or pass --no-coco") from err
+                          "(or pip install pycocotools)") from err
     return COCO, COCOeval
+
+
+def coco_available() -> bool:
+    """Whether pycocotools (the optional `detect` extra) can be imported. Without it, training
+    and --valid report Darknet's metrics (mAP@0.5, precision, recall, F1, IoU: no library
+    needed) and leave COCO mAP@[.5:.95] out."""
+    try:
+        _pycocotools()
+    except ImportError:
+        return False
+    return True
 
 
 def coco_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
@@ -296,6 +305,14 @@ def coco_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": int(c) + 1, "bbox": box,
                                 "area": box[2] * box[3], "iscrowd": 0})
+        if gt.difficult is not None and len(gt.difficult):
+            # objects not to score are COCO's crowd regions: COCOeval ignores what matches them
+            hard = _xywh(gt.difficult[:, :4]) * scale
+            for box, c in zip(hard.tolist(), gt.difficult[:, 4].round().long().tolist(),
+                              strict=True):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": int(c) + 1, "bbox": box,
+                                    "area": box[2] * box[3], "iscrowd": 1})
         if det.scores is None:
             raise ValueError("detections need scores")
         top = _top_per_class(det.scores, det.classes, COCO_MAX_DETS)
@@ -369,7 +386,7 @@ def network_detections(net, loader, device, classes: int | None = None, dist=Non
     net.eval()
     detections, truths = [], []
     try:
-        for images, truth, sizes in loader:
+        for images, truth, sizes, *hard in loader:  # hard: objects not scored, if any
             x = images.to(device, non_blocking=True)
             outputs = run_heads(net, x, heads)
             found = decode(net, outputs, MAP_DETECTION_THRESH, image_size=sizes.tolist(),
@@ -377,11 +394,15 @@ def network_detections(net, loader, device, classes: int | None = None, dist=Non
             if classes is not None:
                 found = [replace(d, probs=d.probs[:, :classes]) for d in found]
             found = nms(found, MAP_NMS_THRESH)
-            for dets, rows, size in zip(found, truth, sizes.tolist(), strict=True):
+            difficult = hard[0] if hard else [None] * len(found)
+            for dets, rows, size, dif in zip(found, truth, sizes.tolist(), difficult,
+                                             strict=True):
                 size = (int(size[0]), int(size[1]))
                 detections.append(entries_from_probs(dets.boxes.cpu(), dets.probs.cpu(), size))
                 gt = ImageBoxes.from_truth(rows)
-                truths.append(ImageBoxes(gt.boxes, gt.classes, None, None, size))
+                if dif is not None:
+                    dif = dif[dif[:, 2] > 0].double()  # zero rows: padding
+                truths.append(ImageBoxes(gt.boxes, gt.classes, None, dif, size))
     finally:
         net.train(was_training)
     if dist is not None and dist.enabled:

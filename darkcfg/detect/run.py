@@ -2,25 +2,25 @@
 `darknet detector test -ext_output` does, plus drawn images, COCO-format JSON and label files.
 
 Bad input (a missing or unreadable image, a cfg without a detection head, names that do not
-match `classes`) raises a located CfgError: the runner prints it and exits 2.
+match `classes`) raises a located CfgError: the command prints it and exits 2. Typed options in
+(`ModelSpec`, `DetectOptions`), never argparse.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.base import IMAGE_EXTENSIONS
-from darkcfg.data.sources import _resolve, read_data_file
+from darkcfg.data.datafile import read_data_file, resolve
 from darkcfg.detect.decode import (
-    Detections,
     Found,
     c_round,
     decoding_for,
@@ -29,6 +29,33 @@ from darkcfg.detect.decode import (
     head_indices,
     net_letter_box,
 )
+from darkcfg.detect.draw import drawn, label_lines
+from darkcfg.model import ModelSpec
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Which model, what to detect in and what to write (`darkcfg detect`)."""
+
+    model: ModelSpec
+    targets: tuple[str, ...] = ()  # images and folders
+    names: str | None = None  # class names file (default: names= of a .data `data`)
+    data: str | None = None  # a Darknet .data file, for its names=
+    out: str | None = None  # the folder for drawn images, detections.json (runs/<cfg>/detect)
+    thresh: float = 0.25
+    nms: float = 0.45  # 0: no NMS
+    letter_box: bool = False  # letterbox (default: [net] letter_box)
+    save_labels: bool = False  # also OUT/<image>.txt
+    input: str | None = None  # X.npy: a raw network input ...
+    detections: str | None = None  # ... whose detections go to this JSON file
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("thresh", "nms"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:  # NaN fails too
+                raise CfgError(Diagnostic("E100", f"--{name} {value:g}: a threshold lies in "
+                                          "[0, 1]", "<command line>", hint="e.g. --thresh .25"))
 
 
 def say(message: str) -> None:
@@ -64,13 +91,18 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
 
 
 def read_names(names_file: str | None, data_file: str | None) -> tuple[list[str], str | None]:
-    """Class names from --names, or the names= of a Darknet --data file; ([], None) if neither."""
+    """Class names from --names, or those of --data (a Darknet .data file's names=, or a
+    data.yaml, COCO JSON or VOC folder's classes); ([], None) if neither."""
+    if names_file is None and data_file is not None and not data_file.endswith(".data"):
+        from darkcfg.data.detection.formats import open_set
+
+        return open_set(data_file, strict=False).names, data_file
     if names_file is None and data_file is not None and data_file.endswith(".data"):
         path = Path(data_file)
         options = read_data_file(path)
         if "names" not in options:
             return [], None
-        names_file = str(_resolve(options["names"], [path.parent, Path.cwd()]))
+        names_file = str(resolve(options["names"], path.parent))
     if names_file is None:
         return [], None
     try:
@@ -92,14 +124,14 @@ def check_names(net, names: list[str], where: str | None) -> None:
                           "classes= in every head")
 
 
-def detector(opts, args):
+def detector(model: ModelSpec):
     """The built network with its weights, on its device, in eval mode."""
-    from darkcfg.model import build_network, load_any_weights, pick_device
+    from darkcfg.model import load_any_weights, pick_device
 
-    net, _, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    net = model.build()
     if not head_indices(net):
         raise CfgError(Diagnostic(
-            "E300", f"'{opts.cfg_path}' has no detection head", opts.cfg_path,
+            "E300", f"'{model.cfg}' has no detection head", model.cfg,
             hint="--detect needs a [yolo], [Gaussian_yolo], [region] or [detection] layer; "
             "use --predict for a classifier"))
     for i in head_indices(net):
@@ -109,11 +141,11 @@ def detector(opts, args):
             raise net.meta[i].block.error("E300", why, key,
                                           hint="--detect decodes [yolo], [Gaussian_yolo], flat "
                                           "[region] and [detection] heads")
-    if opts.weights:
-        say(load_any_weights(net, opts.weights, opts.cutoff))
+    if model.weights:
+        say(load_any_weights(net, model.weights, model.cutoff))
     else:
-        say(f"warning: no --weights: the initial weights of seed {opts.seed} (boxes are noise)")
-    return net.to(pick_device(opts.device)).eval()
+        say(f"warning: no --weights: the initial weights of seed {model.seed} (boxes are noise)")
+    return net.to(pick_device(model.device)).eval()
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -140,67 +172,6 @@ def coco_results(found: list[Found], image_id, image_w: int, image_h: int) -> li
                     "bbox": [round(left, 3), round(top, 3), round(right - left, 3),
                              round(bottom - top, 3)], "score": round(f.score, 6)})
     return out
-
-
-def label_lines(dets: Detections, thresh: float) -> list[str]:
-    """Darknet's -save_labels: `class x y w h` (relative centre) for each detection's best class
-    above thresh."""
-    lines = []
-    for box, probs in zip(dets.boxes.tolist(), dets.probs.float().cpu(), strict=True):
-        above = torch.where(probs > thresh, probs, -1.0)
-        if above.max() > 0:
-            x, y, w, h = box
-            lines.append(f"{int(above.argmax())} {x:2.4f} {y:2.4f} {w:2.4f} {h:2.4f}")
-    return lines
-
-
-def class_colour(class_id: int) -> tuple[int, int, int]:
-    """A fixed colour per class (golden-angle hues)."""
-    import colorsys
-
-    r, g, b = colorsys.hsv_to_rgb((class_id * 0.618034) % 1.0, 0.85, 0.95)
-    return int(255 * r), int(255 * g), int(255 * b)
-
-
-def drawn(image: torch.Tensor, found: list[Found]) -> torch.Tensor:
-    """The image (C,H,W in [0,1]) as uint8 RGB with one box per detection and its labels."""
-    from torchvision.utils import draw_bounding_boxes
-
-    rgb = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    if rgb.shape[0] == 1:
-        rgb = rgb.repeat(3, 1, 1)
-    rgb = rgb[:3]
-    h, w = rgb.shape[-2:]
-    by_box: dict[tuple, list[Found]] = {}
-    for f in found:
-        by_box.setdefault(f.box, []).append(f)
-    if not by_box:
-        return rgb
-    boxes, labels, colours = [], [], []
-    for box, items in by_box.items():
-        left, top, right, bottom = box  # clipped as Darknet draws them
-        boxes.append([min(max(left, 0), w - 1), min(max(top, 0), h - 1),
-                      min(max(right, 0), w - 1), min(max(bottom, 0), h - 1)])
-        labels.append(", ".join(f"{f.name or f.class_id} {f.score * 100:.0f}%" for f in items))
-        colours.append(class_colour(items[0].class_id))
-    width = max(1, round(max(h, w) / 250))
-    font, size = label_font(), max(10, round(max(h, w) / 40))
-    return draw_bounding_boxes(rgb, torch.tensor(boxes, dtype=torch.float32), labels,
-                               colors=colours, width=width, font=font,
-                               font_size=size if font else None, label_colors="white",
-                               label_background_colors=colours, fill_labels=True)
-
-
-@functools.cache
-def label_font() -> str | None:
-    """A scalable font if the system has DejaVu Sans (most Linux systems), else PIL's default."""
-    from PIL import ImageFont
-
-    try:
-        ImageFont.truetype("DejaVuSans.ttf", 12)
-        return "DejaVuSans.ttf"
-    except OSError:
-        return None
 
 
 def save_jpeg(path: Path, rgb: torch.Tensor) -> None:
@@ -232,38 +203,67 @@ def unique_stem(path: Path, taken: set[str]) -> str:
 
 # -- the commands ---------------------------------------------------------------------------------
 
-def run_detect(opts, args) -> None:
-    """--detect and/or --input X.npy --detections OUT.json."""
-    if args.detections and not args.input:
+def run_detect(opts: DetectOptions) -> None:
+    """Detect in `opts.targets` and/or the raw input `opts.input` (-> `opts.detections`)."""
+    if opts.detections and not opts.input:
         raise CfgError(Diagnostic("E100", "--detections needs --input X.npy", "<command line>",
-                                  hint="or use --detect IMAGE... for image files"))
-    names, names_where = read_names(args.names, args.data)
-    net = detector(opts, args)
+                                  hint="or give IMAGE... files to detect in"))
+    if not (opts.targets or opts.detections):
+        raise CfgError(Diagnostic("E100", "nothing to detect in", "<command line>",
+                                  hint="give images or folders, or --input X.npy "
+                                  "--detections OUT.json"))
+    names, names_where = read_names(opts.names, opts.data)
+    model = opts.model
+    net = detector(model)
     check_names(net, names, names_where)
-    if args.input and args.detections:
-        detections_json(net, args, names)
-    if args.detect:
-        out = Path(args.out) if args.out else Path("runs") / opts.name / "detect"
-        detect_images(net, args, names, out, progress=opts.progress)
+    if opts.input and opts.detections:
+        detections_json(net, opts, names)
+    if opts.targets:
+        from darkcfg.detect.video import is_video
+
+        out = Path(opts.out) if opts.out else Path("runs") / model.name / "detect"
+        videos = [t for t in opts.targets if is_video(t)]
+        images = [t for t in opts.targets if not is_video(t)]
+        if images:
+            detect_images(net, opts, names, out, images, progress=opts.progress)
+        for video in videos:
+            detect_one_video(net, opts, names, out, video, progress=opts.progress)
 
 
-def detections_json(net, args, names: list[str]) -> None:
+def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, source: str,
+                     progress: bool) -> None:
+    from darkcfg.detect.video import detect_video
+
+    try:
+        r = detect_video(net, source, out, thresh=opts.thresh, nms=opts.nms,
+                         letter_box=opts.letter_box or None, names=names,
+                         save_labels=opts.save_labels, progress=progress)
+    except KeyboardInterrupt as stop:
+        r = stop.args[0] if stop.args else None
+        if r is not None:
+            say(f"interrupted: {r.frames} frame(s) written to {r.video} and {r.jsonl}")
+        raise
+    print(f"{r.source}: {r.frames} frame(s), {r.objects} object(s) above thresh "
+          f"{opts.thresh:g} in {r.seconds:.2f} s ({r.fps:.1f} frames/s) -> {r.video}, {r.jsonl}")
+
+
+def detections_json(net, opts: DetectOptions, names: list[str]) -> None:
     import numpy as np
 
     try:
-        x = torch.from_numpy(np.asarray(np.load(args.input), dtype=np.float32))
+        x = torch.from_numpy(np.asarray(np.load(opts.input), dtype=np.float32))
     except (OSError, ValueError) as exc:
-        raise CfgError(Diagnostic("E901", f"cannot read '{args.input}': {exc}", args.input,
+        raise CfgError(Diagnostic("E901", f"cannot read '{opts.input}': {exc}", opts.input,
                                   hint="save the input with numpy.save")) from None
     s = net.input_shape
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4 or x.shape[1] != s.c:
-        raise CfgError(Diagnostic("E901", f"'{args.input}' holds an array of shape "
-                                  f"{tuple(x.shape)}, not (N, {s.c}, H, W)", args.input,
+        raise CfgError(Diagnostic("E901", f"'{opts.input}' holds an array of shape "
+                                  f"{tuple(x.shape)}, not (N, {s.c}, H, W)", opts.input,
                                   hint=f"the network takes ({s.c}, {s.h}, {s.w}) inputs"))
-    dets = detections_for_input(net, x.to(next(net.parameters()).device), args.thresh,
-                                nms_thresh=args.nms)
+    dets = detections_for_input(net, x.to(next(net.parameters()).device), opts.thresh,
+                                nms_thresh=opts.nms)
     entries = []
     for b, d in enumerate(dets):
         probs = d.probs.float().cpu()
@@ -273,19 +273,41 @@ def detections_json(net, args, names: list[str]) -> None:
                             "score": float(probs[i, c]),
                             "objectness": float(d.objectness[i]),
                             "bbox": [float(v) for v in d.boxes[i].tolist()]})
-    path = Path(args.detections)
+    path = Path(opts.detections)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(entries, indent=1) + "\n")
     say(f"wrote {path} ({len(entries)} detections of {len(dets)} input(s); bbox = relative "
         f"centre x, y, w, h)")
 
 
-def detect_images(net, args, names: list[str], out: Path, progress: bool = True) -> None:
+def refuse_output_over_inputs(out: Path, paths: list[Path]) -> None:
+    """--out may not be a folder that holds an input image or an input's label file (beside it,
+    or in the `labels/` folder Darknet's label path maps `images/`, `JPEGImages/` to): the
+    annotated `<stem>.jpg` and the --save-labels `<stem>.txt` would replace the image or its
+    ground truth. (Darknet's -save_labels writes beside the image; darkcfg never writes over an
+    input.)"""
+    from darkcfg.data.detection.labels import label_path
+
+    target = out.resolve()
+    for p in paths:
+        labels = Path(label_path(str(p))).resolve().parent
+        if target in (p.resolve().parent, labels):
+            what = "input image" if p.resolve().parent == target else "label files of the image"
+            raise CfgError(Diagnostic(
+                "E901", f"--out '{out}' holds the {what} '{p}': the annotated images and "
+                "label files written there would replace inputs (images or their labels)",
+                str(out), hint="give --out a folder that holds no input image or label file "
+                "(the default is runs/<cfg-name>/detect)"))
+
+
+def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
+                  targets: list[str] | None = None, progress: bool = True) -> None:
     from tqdm import tqdm
 
-    paths, folder = image_paths(args.detect)
+    paths, folder = image_paths(list(opts.targets) if targets is None else targets)
+    refuse_output_over_inputs(out, paths)
     out.mkdir(parents=True, exist_ok=True)
-    letter = args.letter_box or net_letter_box(net)
+    letter = opts.letter_box or net_letter_box(net)
     loaded = []
     for p in paths:  # fail on an unreadable image before any work, with its path
         try:
@@ -302,7 +324,7 @@ def detect_images(net, args, names: list[str], out: Path, progress: bool = True)
     start = time.perf_counter()
     done = 0
     try:
-        batches = detect_batches(net, loaded, args.thresh, args.nms, letter, names=names)
+        batches = detect_batches(net, loaded, opts.thresh, opts.nms, letter, names=names)
         for images, dets, found in batches:
             for image, det, objs in zip(images, dets, found, strict=True):
                 path = paths[done]
@@ -318,8 +340,8 @@ def detect_images(net, args, names: list[str], out: Path, progress: bool = True)
                 stem = unique_stem(path, taken)
                 save_jpeg(out / f"{stem}.jpg", drawn(image, objs))
                 results += coco_results(objs, image_id(path), w, h)
-                if args.save_labels:
-                    labels = label_lines(det, args.thresh)
+                if opts.save_labels:
+                    labels = label_lines(det, opts.thresh)
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))
             bar.update(len(images))
     except OSError as exc:  # an image that verified but does not decode
@@ -330,6 +352,6 @@ def detect_images(net, args, names: list[str], out: Path, progress: bool = True)
     elapsed = time.perf_counter() - start
     write_text(out / "detections.json", json.dumps(results) + "\n")
     how = "letterbox" if letter else "resize"
-    print(f"{done} image(s), {objects} object(s) above thresh {args.thresh:g} "
-          f"(nms {args.nms:g}, {how}) in {elapsed:.2f} s ({done / max(elapsed, 1e-9):.1f} img/s)"
+    print(f"{done} image(s), {objects} object(s) above thresh {opts.thresh:g} "
+          f"(nms {opts.nms:g}, {how}) in {elapsed:.2f} s ({done / max(elapsed, 1e-9):.1f} img/s)"
           f" -> {out}/")

@@ -22,6 +22,14 @@ from darkcfg.lint.targets import TARGETS
 IO_CODES = frozenset({"E901"})  # findings that mean "could not check", not "the cfg is wrong"
 
 
+def memory_size(text: str) -> int:
+    """--max-memory SIZE for argparse (this command line's and darkcfg train's)."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def arg_parser(prog: str = "darkcfg check") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -33,7 +41,7 @@ def arg_parser(prog: str = "darkcfg check") -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     p.add_argument("--no-build", action="store_true",
                    help="syntax, schema and block rules only (no torch, no graph checks)")
-    p.add_argument("--max-memory", type=parse_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+    p.add_argument("--max-memory", type=memory_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
                    help="memory limit for the estimate (default 4G; e.g. 8G, 512M)")
     p.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
                    help="check files in N processes (default: one per CPU)")

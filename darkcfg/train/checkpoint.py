@@ -1,9 +1,14 @@
 """Checkpoints for --resume, written atomically (builders.atomic: temp file + fsync + rename), so
 a kill at any moment leaves either the previous checkpoint or the new one, never a torn file;
-and --weights loading (Darknet .weights or a torch state_dict)."""
+and --weights loading (Darknet .weights or a torch state_dict).
+
+A checkpoint is torch.save's bytes and a SHA-256 trailer (builders.atomic.atomic_write_checked):
+a bit flipped on disk or in a copy is an E901 error at --resume, not a run that silently goes on
+from wrong numbers. Checkpoints of earlier versions (no trailer) still load."""
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -11,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from builders.atomic import atomic_open
+from builders.atomic import atomic_write_checked, read_checked
 from cfgparse import CfgError, Diagnostic
 
 
@@ -37,8 +42,9 @@ def set_rng_states(states: dict) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    with atomic_open(path, parents=True) as fh:
-        torch.save(state, fh)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_checked(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -47,8 +53,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CfgError(Diagnostic("E901", f"no checkpoint to resume from: '{path}' does not exist",
                                   str(path), hint="run --train first (or without --resume), or "
                                   "pass the --out folder of the run to resume"))
+    payload = read_checked(path, "checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling problem means a file we cannot use
         raise CfgError(Diagnostic("E901", f"cannot read checkpoint '{path}': {exc}", str(path),
                                   hint="delete it to start over")) from None

@@ -1,11 +1,14 @@
 """The detection task: how a network with [yolo] (or other box-loss) heads trains and validates.
 
-Loss: the sum of every head's `loss(x, truth, seen)` on its own input, `seen` = Darknet's
+Loss: the sum of every head's `loss(x, truth, seen)` on its own input (its logged value the
+mean over the heads, as Darknet prints it), `seen` = Darknet's
 net.seen during that forward (images trained so far, this mini-batch included; the Trainer
-passes it). Each head leaves `loss_stats` (Darknet's printed line: avg IoU, count, class/iou/total
-loss); they go to metrics.csv as `h<layer>_<stat>` and, the IoU and count, to the progress bar.
+passes it). Each head's loss returns `(loss, stats)`, stats being Darknet's printed line (avg IoU,
+count, class/iou/total loss); they go to metrics.csv as `h<layer>_<stat>` and, the IoU and count,
+to the progress bar.
 
-Data: `darkcfg.data.detection.dataset` (the embedded detection set or a Darknet `.data` file),
+Data: `darkcfg.data.detection.dataset` (the embedded detection set, or a Darknet `.data` file,
+a data.yaml, a COCO JSON or a VOC folder: `darkcfg.data.detection.formats`),
 batches indexed by (iteration, slot) so multi-scale (`random=`) sizes, augmentation and order
 are pure functions of the seed and the iteration (exact resume).
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -26,18 +28,19 @@ from cfgparse import CfgError, Diagnostic
 from darkcfg.data import DataSplits
 from darkcfg.data.detection.augment import DetectionSettings
 from darkcfg.data.detection.dataset import collate as detection_collate
-from darkcfg.data.detection.dataset import darknet_detection, embedded_detection
+from darkcfg.data.detection.dataset import open_detection_source
 from darkcfg.detect.metrics import (
     MAP_CONF_THRESH,
     MAP_IOU_THRESH,
     MAP_POINTS,
     DetectionMetrics,
+    coco_available,
     evaluate,
     network_detections,
 )
 from darkcfg.train.tasks import TASKS, Task
 
-#: what each head's `loss_stats` contributes to metrics.csv (Darknet's per-layer line)
+#: what each head's loss statistics contribute to metrics.csv (Darknet's per-layer line)
 HEAD_STATS = ("avg_iou", "count", "class_loss", "iou_loss", "total_loss")
 #: ... and to the progress bar
 BAR_STATS = ("avg_iou", "count")
@@ -81,23 +84,15 @@ class DetectionTask(Task):
             raise CfgError(Diagnostic("E100", f"--map-points {points}: use 0 (all-point), 11 or "
                                       "101", "<command line>", hint="see --help"))
         self.map_points = points
+        if self.coco and not coco_available():  # said once, at start-up, not at a validation
+            self.coco = False
+            print("warning: pycocotools is not installed: validation reports Darknet's mAP@0.5, "
+                  "precision, recall and F1 but not COCO mAP@[.5:.95] (pip install "
+                  "'darkcfg[detect]' to add it)", file=sys.stderr)
 
     # -- data ---------------------------------------------------------------------------------
     def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
-        if spec is None:
-            splits = embedded_detection(self.settings, seed, classes)
-        else:
-            if classes is not None:
-                raise CfgError(Diagnostic("E901", "--classes is for the embedded dataset",
-                                          "--classes",
-                                          hint="the classes of --data come from its .data file"))
-            path = Path(spec).expanduser()
-            if not path.is_file() or path.suffix != ".data":
-                raise CfgError(Diagnostic(
-                    "E901", f"'{spec}' is not a Darknet detection .data file", str(spec),
-                    hint="a detector trains on a .data file (classes=, train=, valid=, names=, "
-                    "backup=) or, without --data, on the embedded detection set"))
-            splits = darknet_detection(path, self.settings, seed)
+        splits = open_detection_source(spec, self.settings, seed, classes)
         for line in splits.warnings:
             print(line, file=sys.stderr)
         self.names = list(splits.names)
@@ -124,12 +119,17 @@ class DetectionTask(Task):
         inputs = self.head_inputs(net, x)
         total, stats = None, {}
         for i in self.heads:
-            layer = net.layers[i]
-            part = layer.loss(inputs[i].float(), targets, seen=seen)
+            part, found = net.layers[i].loss(inputs[i].float(), targets, seen=seen)
             total = part if total is None else total + part
-            found = getattr(layer, "loss_stats", None) or {}
             for s in HEAD_STATS:
                 stats[f"h{i}_{s}"] = torch.tensor(float(found.get(s, 0.0)))
+        if len(self.heads) > 1:
+            # Darknet's printed loss is the *mean* of the heads' costs (src/network.c
+            # get_network_cost), while each head's delta reaches the network whole
+            # (backward_yolo_layer): the value is shifted to the mean by a constant, the
+            # gradient stays the sum's.
+            value = total.detach()
+            total = total + (value / len(self.heads) - value)
         return total, stats
 
     def progress(self, stats: dict) -> str:
@@ -145,9 +145,11 @@ class DetectionTask(Task):
         m = evaluate(detections, truths, self.names, self.iou_thresh, self.conf_thresh,
                      self.map_points, coco=self.coco)
         self.last = m
-        return {"val_map50": m.map50, "val_map50_95": m.map50_95 or 0.0,
-                "val_precision": m.precision, "val_recall": m.recall, "val_f1": m.f1,
-                "val_avg_iou": m.avg_iou}
+        found = {"val_map50": m.map50, "val_precision": m.precision, "val_recall": m.recall,
+                 "val_f1": m.f1, "val_avg_iou": m.avg_iou}
+        if m.map50_95 is not None:  # absent (an empty cell), not 0, when COCO mAP was skipped
+            found["val_map50_95"] = m.map50_95
+        return found
 
     def describe(self, metrics: dict[str, float]) -> str:
         """The per-class AP table and Darknet's summary lines (the last validation)."""
@@ -159,8 +161,10 @@ class DetectionTask(Task):
         return self.last.to_json() if self.last is not None else dict(metrics)
 
     def summary(self, row: dict) -> str:
-        return (f"val mAP@0.5 {row['val_map50']:.3f}, mAP@[.5:.95] "
-                f"{row['val_map50_95']:.3f}")
+        text = f"val mAP@0.5 {row['val_map50']:.3f}"
+        if row.get("val_map50_95") is not None:
+            text += f", mAP@[.5:.95] {row['val_map50_95']:.3f}"
+        return text
 
 
 TASKS["boxes"] = DetectionTask

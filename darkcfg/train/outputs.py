@@ -64,20 +64,21 @@ class RunLog:
                         disable=not (self.main and progress))
 
     def _read_metrics(self, start: int) -> list[dict]:
-        """On resume keep the rows up to the checkpoint (later ones are redone)."""
+        """On resume keep the rows up to the checkpoint (later ones are redone). A row that does
+        not parse -- the torn last line of a run killed while writing it -- is dropped."""
         path = self.out / "metrics.csv"
         if not start or not path.exists():
             path.unlink(missing_ok=True)
             return []
-        with open(path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= start]
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            rows = [row for row in map(parse_metrics_row, csv.DictReader(fh))
+                    if row is not None and row["iteration"] <= start]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, self.columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write(path, buf.getvalue())
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
-                for r in rows]
+        return rows
 
     # -- per step ----------------------------------------------------------------------------------
     def step(self, iteration: int, loss: torch.Tensor, lr: float, images: int,
@@ -196,8 +197,9 @@ class RunLog:
         axes[1].set_ylabel("learning rate")
         if scored:
             for key, label in plots:
-                axes[2].plot([i for i, _ in scored], [r[key] for _, r in scored], "o-",
-                             label=label)
+                points = [(i, r[key]) for i, r in scored if r.get(key) is not None]
+                if points:  # e.g. no COCO mAP without pycocotools
+                    axes[2].plot(*zip(*points, strict=True), "o-", label=label)
             axes[2].set_ylabel(self.task.plot_label)
             axes[2].set_ylim(0, 1)
             axes[2].legend(loc="lower right")
@@ -209,6 +211,21 @@ class RunLog:
         plt.close(fig)
         atomic_write(self.out / "chart.png", buf.getvalue())
         self.charted, self.charted_rows = time.monotonic(), len(self.rows)
+
+
+def parse_metrics_row(raw: dict) -> dict | None:
+    """A metrics.csv row as numbers (empty cells None), or None when it is not a whole row:
+    missing or extra cells, or a cell that is not a number (a line cut short by a kill)."""
+    if None in raw or any(v is None for v in raw.values()):  # extra / missing cells
+        return None
+    try:
+        row = {k: (float(v) if v != "" else None) for k, v in raw.items()}
+    except ValueError:
+        return None
+    if row.get("iteration") is None or not math.isfinite(row["iteration"]):
+        return None
+    row["iteration"] = int(row["iteration"])
+    return row
 
 
 def gather(dist: Dist, obj):

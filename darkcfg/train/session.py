@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from builders.atomic import remove_stale_temps
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data import (
     Augment,
@@ -84,6 +85,23 @@ def check_memory(opts: RunOptions, device: torch.device) -> None:
     guard_memory(meta, opts.max_memory or device_memory(device))
 
 
+RUN_FILES = (CHECKPOINT, "metrics.csv")  # a folder holding either already holds a run
+
+
+def refuse_existing_run(out: Path, dist: distributed.Dist, device) -> None:
+    """A fresh --train (no --resume) never reuses a run folder: it would drop that run's
+    metrics.csv and replace its checkpoint, so forgetting --resume after a crash would lose
+    the run. Refuse before anything is written; the user chooses --resume or a new --out. Under
+    DDP every rank looks before any rank writes (the flag is a collective), and all refuse."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if distributed.broadcast_flag(dist, bool(found), device):
+        raise CfgError(Diagnostic(
+            "E901", f"'{out}' already holds a run ({', '.join(found) or 'on rank 0'}): a fresh "
+            "--train there would replace it", str(out),
+            hint="continue it with --resume, or start a new run with --out NEW_FOLDER (or "
+            "delete the folder)"))
+
+
 def train(opts: RunOptions) -> tuple[str, Trainer]:
     dist, device = distributed.setup(opts.device)
     try:
@@ -104,11 +122,13 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     task = task_for(net, cfg)
     task.use_options(opts)
     splits = task.open_data(opts.data, opts.seed, opts.classes)
-    say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
-         + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
     out = opts.out
     if splits.backup and not opts.explicit_out:
         out = Path(splits.backup)
+    if not opts.resume:
+        refuse_existing_run(out, dist, device)
+    say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
+         + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
     darknet_init(net)  # before --weights, which may load only some layers
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff), dist)
@@ -139,6 +159,10 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                 "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor}
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temps(out, [CHECKPOINT, "metrics.csv", "settings.yaml", "chart.png",
+                                         "ranks.txt", "*.weights"])
+        if stale:  # a run killed (SIGKILL, power) while writing one of them
+            say(f"removed {len(stale)} temp file(s) left by an interrupted write in {out}", dist)
         write_settings(out / "settings.yaml", settings)
     log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train), task,
                  start=trainer.iteration, state=state and state.get("log"),

@@ -32,6 +32,7 @@ from darkcfg.data import (
     Augment,
     DataSplits,
     Samples,
+    check_classes_option,
     data_error,
     data_path,
     embedded_shapes,
@@ -225,9 +226,7 @@ class ClassifyTask(Task):
         return {"label_smooth_eps": cfg.label_smooth_eps}
 
     def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
-        if classes is not None and spec is not None:
-            raise data_error("--classes is for the embedded dataset", "--classes",
-                             "the classes of --data come from the data")
+        check_classes_option(classes, spec)
         if spec is None:
             if len(self.inputs) != 3:
                 raise data_error("the embedded dataset is images for a classifier; this "
@@ -275,9 +274,7 @@ class RegressTask(Task):
     name = "regress"
 
     def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
-        if classes is not None and spec is not None:
-            raise data_error("--classes is for the embedded dataset", "--classes",
-                             "the classes of --data come from the data")
+        check_classes_option(classes, spec)
         if spec is None:
             raise data_error("the embedded dataset is images for a classifier; this network "
                              "regresses", "--data",

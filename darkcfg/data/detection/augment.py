@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from darkcfg.data.detection.scales import rand_scale
+from builders.heads import DataOptions, DetectionHead
+from darkcfg.config import NetConfig
+from darkcfg.data.draws import rand_scale
 
 NO_MIX, MIXUP, CUTMIX, MOSAIC = 0, 1, 2, 3
 
@@ -56,10 +58,9 @@ class DetectionSettings:
 
     @classmethod
     def from_network(cls, net) -> DetectionSettings:
-        """From a built network: [net] and the last layer that has detection training options
-        (`train_options` with a `jitter`: [yolo], [Gaussian_yolo], [region], [detection])."""
-        heads = [layer for layer in net.layers
-                 if "jitter" in (getattr(layer, "train_options", None) or {})]
+        """From a built network: [net] and the last detection head's `DataOptions` ([yolo],
+        [Gaussian_yolo], [region], [detection]: builders.heads)."""
+        heads = [layer for layer in net.layers if isinstance(layer, DetectionHead)]
         if not heads:
             from cfgparse import CfgError, Diagnostic
 
@@ -69,17 +70,18 @@ class DetectionSettings:
                                       hint="detection data is for detectors"))
         head = heads[-1]
         shape = net.input_shape
-        return cls.from_block(net.net_block, head.train_options, getattr(head, "classes", 1),
+        return cls.from_block(net.net_block, head.data, getattr(head, "classes", 1),
                               (shape.w, shape.h, shape.c))
 
     @classmethod
-    def from_block(cls, block, head: dict, classes: int,
+    def from_block(cls, block, head: DataOptions, classes: int,
                    size: tuple[int, int, int] | None = None) -> DetectionSettings:
-        """[net] `block` (a cfgparse Block) and the last head's options (its `train_options`)."""
-        w, h, c = size or (block.int("width"), block.int("height"), block.int("channels"))
-        mosaic, cutmix, mixup = block.bool("mosaic"), block.bool("cutmix"), block.int("mixup")
-        mix = MOSAIC if mosaic else CUTMIX if cutmix else MIXUP if mixup else NO_MIX
-        letter_box = block.bool("letter_box")
+        """[net] `block` (a cfgparse Block) and the last head's `DataOptions`."""
+        # the one [net] reader; Darknet's parse_net_options reads these whatever the task
+        net = NetConfig.from_block(block, check=False)
+        w, h, c = size or (net.width, net.height, net.channels)
+        mix = MOSAIC if net.mosaic else CUTMIX if net.cutmix else MIXUP if net.mixup else NO_MIX
+        letter_box = net.letter_box
         notes = []
         if letter_box and mix == MOSAIC:  # yolov4-csp.cfg and its kin ship with both
             from cfgparse.errors import WARNING
@@ -92,15 +94,12 @@ class DetectionSettings:
                 "require").format())
         return cls(
             width=w, height=h, channels=c, classes=int(classes),
-            max_boxes=int(head.get("max", 200)), jitter=float(head.get("jitter", 0.2)),
-            resize=float(head.get("resize", 1.0) or 1.0),
-            random=float(head.get("random", 0) or 0), letter_box=letter_box,
-            flip=block.bool("flip"), hue=block.float("hue"),
-            saturation=block.float("saturation") or 1.0,
-            exposure=block.float("exposure") or 1.0, blur=block.int("blur"),
-            gaussian_noise=block.int("gaussian_noise"), mix=mix,
-            mosaic_bound=block.bool("mosaic_bound"), resize_step=block.int("resize_step"),
-            max_batches=block.int("max_batches"), notes=tuple(notes))
+            max_boxes=head.max_boxes, jitter=head.jitter, resize=head.resize,
+            random=head.random, letter_box=letter_box,
+            flip=net.flip, hue=net.hue, saturation=net.saturation or 1.0,
+            exposure=net.exposure or 1.0, blur=net.blur, gaussian_noise=net.gaussian_noise,
+            mix=mix, mosaic_bound=net.mosaic_bound, resize_step=net.resize_step,
+            max_batches=net.max_batches, notes=tuple(notes))
 
     def honoured(self) -> list[str]:
         """The augmentation keys with an effect in this cfg (for the run's banner)."""

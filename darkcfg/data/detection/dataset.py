@@ -14,6 +14,7 @@ byte on a CPU.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,10 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from builders.boxes import letterbox_image, resize_image
 from cfgparse import CfgError, Diagnostic
+from darkcfg.data.base import check_classes_option, loader_worker_init
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
-from darkcfg.data.detection.labels import Labels, open_detection_data, validate_labels
+from darkcfg.data.detection.labels import Labels
 from darkcfg.data.detection.scales import training_size
 
 EMBEDDED_TRAIN, EMBEDDED_VAL = 8192, 256
@@ -34,18 +37,63 @@ EMBEDDED_TRAIN, EMBEDDED_VAL = 8192, 256
 
 # -- sources: (uint8 image (C, H, W), boxes (n, 5) [x, y, w, h, class] relative) ------------------
 class LabelledImages(Dataset):
-    """Image files and their (already validated) boxes."""
+    """Image files (headers checked at start: `check_image_headers`) and their (already
+    validated) boxes. An image that still fails to decode (e.g. a JPEG cut short after its
+    header) is skipped with a warning, as Darknet's load_image_mat_cv logs it to bad.list and goes
+    on: its place is taken by the next readable image of the list, so a run never stops on it."""
 
     def __init__(self, paths: list[str], labels: Labels, channels: int):
         self.paths, self.labels, self.channels = paths, labels, channels
+        self.bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
-        from darkcfg.data import read_image
+        from darkcfg.data import DataError, read_image
 
-        return read_image(self.paths[index], self.channels), self.labels.boxes[index]
+        for step in range(len(self.paths)):
+            at = (index + step) % len(self.paths)
+            if at in self.bad:
+                continue
+            try:
+                return read_image(self.paths[at], self.channels), self.labels.boxes[at]
+            except DataError as exc:
+                self.bad.add(at)  # per loader process: each says it once
+                print(f"warning: skipped {exc} (Darknet: 'Cannot load image'); training goes on "
+                      "with the next image", file=sys.stderr, flush=True)
+        raise DataError(f"none of the {len(self.paths)} images can be read")
+
+
+HEADER_THREADS = 8  # reading headers waits on the disk, not the CPU
+
+
+def check_image_headers(paths, where: str, max_listed: int = 5) -> None:
+    """Open every image's header (Pillow reads the format, size and mode, not the pixels: a
+    fraction of a millisecond each) before the first iteration, so a corrupt file anywhere in the
+    lists is an E901 error now, not a crash hours into the run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def problem(path: str) -> str | None:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+            return None if w > 0 and h > 0 else f"size {w}x{h}"
+        except Exception as exc:  # Pillow raises many kinds (OSError, DecompressionBomb, ...)
+            return f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
+
+    paths = list(paths)
+    with ThreadPoolExecutor(HEADER_THREADS) as pool:
+        bad = [(p, why) for p, why in zip(paths, pool.map(problem, paths), strict=True) if why]
+    if bad:
+        shown = "\n".join(f"  {p}: {why}" for p, why in bad[:max_listed])
+        more = f"\n  ... and {len(bad) - max_listed} more" if len(bad) > max_listed else ""
+        raise CfgError(Diagnostic(
+            "E901", f"{len(bad)} of the {len(paths)} images of '{where}' cannot be read:\n"
+            f"{shown}{more}", bad[0][0],
+            hint="remove them from the lists or convert them to JPEG/PNG"))
 
 
 def pad_truth(boxes: np.ndarray, max_boxes: int) -> torch.Tensor:
@@ -138,42 +186,20 @@ class DetectionStream:
                             num_workers=self.workers, collate_fn=collate,
                             pin_memory=self.pin_memory,
                             prefetch_factor=2 if self.workers else None,
-                            persistent_workers=False, generator=generator)
+                            persistent_workers=False, generator=generator,
+                            worker_init_fn=loader_worker_init)
         yield from loader
 
 
 # -- validation -----------------------------------------------------------------------------------
-def resize_align_corners(image: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    """Darknet's resize_image: bilinear with the corner pixels aligned, float [0, 1]."""
-    x = image.float().div(255) if image.dtype == torch.uint8 else image.float()
-    if tuple(x.shape[-2:]) == (h, w):
-        return x
-    return torch.nn.functional.interpolate(x[None], size=(h, w), mode="bilinear",
-                                           align_corners=True)[0]
-
-
-def letterbox(image: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    """Darknet's letterbox_image: keep the aspect ratio, resize_image, paste centred (integer
-    offset) on 0.5 grey."""
-    ih, iw = image.shape[-2:]
-    if w / iw < h / ih:
-        new_w, new_h = w, ih * w // iw
-    else:
-        new_w, new_h = iw * h // ih, h
-    inner = resize_align_corners(image, new_w, new_h)
-    out = torch.full((image.shape[0], h, w), 0.5)
-    top, left = (h - new_h) // 2, (w - new_w) // 2
-    out[:, top:top + new_h, left:left + new_w] = inner
-    return out
-
-
 class DetectionEval(Dataset):
     """Index i: (float image (C, h, w) at the network size the way `detector map` feeds it:
     letterbox_image with [net] letter_box=1, else resize_image; truth (max, 5) relative to the
     *original* image; the original (width, height) as a tensor)."""
 
-    def __init__(self, source: Dataset, settings: DetectionSettings):
-        self.source, self.settings = source, settings
+    def __init__(self, source: Dataset, settings: DetectionSettings,
+                 difficult: list[np.ndarray] | None = None):
+        self.source, self.settings, self.difficult = source, settings, difficult
 
     def __len__(self) -> int:
         return len(self.source)
@@ -181,21 +207,31 @@ class DetectionEval(Dataset):
     def __getitem__(self, index: int):
         image, boxes = self.source[index]
         s = self.settings
-        view = letterbox(image, s.width, s.height) if s.letter_box else \
-            resize_align_corners(image, s.width, s.height)
+        x = image.float().div(255) if image.dtype == torch.uint8 else image.float()
+        # the same geometry as --detect (builders.boxes), as `detector map` and `detector test`
+        view = letterbox_image(x, s.width, s.height) if s.letter_box else \
+            resize_image(x, s.width, s.height)
         size = torch.tensor([image.shape[-1], image.shape[-2]], dtype=torch.int64)
-        return view, pad_truth(boxes, s.max_boxes), size
+        if self.difficult is None:
+            return view, pad_truth(boxes, s.max_boxes), size
+        # objects not scored (Darknet's difficult= list, VOC difficult, COCO iscrowd)
+        hard = self.difficult[index]
+        return view, pad_truth(boxes, s.max_boxes), size, pad_truth(hard, max(len(hard), 1))
 
 
 def collate(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
     """Training samples -> (images (N, C, H, W) float32 in [0, 1], truth (N, M, 5));
-    validation samples -> (images, truth, sizes (N, 2) = original width, height).
+    validation samples -> (images, truth, sizes (N, 2) = original width, height), and when the
+    data has objects not to score, difficult (N, D, 5) in truth's layout.
     truth rows are [x, y, w, h, class] relative, zero rows after the last box, M = the last
     detection layer's `max` (Darknet's truth layout without the track id)."""
     columns = list(zip(*samples, strict=True))
     images = torch.stack(columns[0])
     if images.dtype == torch.uint8:
         images = images.float().div_(255)
+    if len(columns) == 4:  # difficult boxes: as many rows as the image with most of them
+        most = max(len(d) for d in columns[3])
+        columns[3] = [torch.cat([d, d.new_zeros(most - len(d), 5)]) for d in columns[3]]
     return (images, *(torch.stack(c) for c in columns[1:]))
 
 
@@ -235,8 +271,10 @@ def detection_datasets(net, source: str | Path | None, seed: int, classes: int |
 
     source: None -> the embedded detection set (deterministic from `seed`; objects of the
     first `classes` classes, default min(network classes, 8)); a path to a Darknet detection
-    `.data` file (classes, train, valid, names, backup; labels by replace_image_to_label, all
-    checked before returning). Raises CfgError (located) for bad data or labels.
+    `.data` file (classes, train, valid, names, backup; labels by replace_image_to_label), an
+    ultralytics data.yaml, a COCO annotation JSON or a Pascal VOC folder
+    (darkcfg.data.detection.formats; labels all checked before returning). Raises CfgError
+    (located) for bad data or labels.
 
     Returns DetectionSplits: `train` indexed by Slot(iteration, slot) (use
     `.stream(batch, world, rank, workers)` for darkcfg.train.loop.fit: it has Stream's
@@ -252,18 +290,18 @@ def detection_datasets(net, source: str | Path | None, seed: int, classes: int |
     settings = DetectionSettings.from_network(net)
     if not multiscale and settings.random:
         settings = replace(settings, random=0.0)
+    return open_detection_source(source, settings, seed, classes, train_size, val_size)
+
+
+def open_detection_source(source: str | Path | None, settings: DetectionSettings, seed: int,
+                          classes: int | None = None, train_size: int = 0, val_size: int = 0
+                          ) -> DetectionSplits:
+    """Where detection `--data` is dispatched: None is the embedded set, a `.data` file is
+    Darknet's detection data (see detection_datasets)."""
+    check_classes_option(classes, source)
     if source is None:
         return embedded_detection(settings, seed, classes, train_size, val_size)
-    if classes is not None:
-        raise CfgError(Diagnostic("E901", "--classes is for the embedded dataset", "--classes",
-                                  hint="the classes of --data come from its .data file"))
-    path = Path(source).expanduser()
-    if not path.is_file() or path.suffix != ".data":
-        raise CfgError(Diagnostic("E901", f"'{source}' is not a Darknet .data file", str(source),
-                                  hint="a detector trains on a .data file (classes=, train=, "
-                                  "valid=, names=, backup=) or, without --data, on the "
-                                  "embedded set"))
-    return darknet_detection(path, settings, seed)
+    return file_detection(source, settings, seed)
 
 
 def embedded_detection(settings: DetectionSettings, seed: int, classes: int | None = None,
@@ -289,41 +327,35 @@ def embedded_detection(settings: DetectionSettings, seed: int, classes: int | No
                            warnings=list(s.notes))
 
 
-def darknet_detection(path: Path, settings: DetectionSettings, seed: int) -> DetectionSplits:
-    data = open_detection_data(path)
+def file_detection(source: str | Path, settings: DetectionSettings, seed: int) -> DetectionSplits:
+    """Splits of a data set on disk in any format darkcfg.data.detection.formats reads (a
+    Darknet .data file, a data.yaml, a COCO JSON, a VOC folder); every label checked first."""
+    from darkcfg.data.detection.formats import open_set
+
+    return set_detection(open_set(source), settings, seed)
+
+
+
+def set_detection(data, settings: DetectionSettings, seed: int) -> DetectionSplits:
+    """Splits of a read `formats.DetectionSet` (labels already checked)."""
+    path = data.path
     if data.classes > settings.classes:
-        raise CfgError(Diagnostic("E901", f"'{path}' has classes={data.classes} but the network "
+        raise CfgError(Diagnostic("E901", f"'{path}' has {data.classes} classes but the network "
                                   f"detects {settings.classes}", str(path),
                                   hint=f"set classes={data.classes} in every [yolo] (and the "
-                                  "filters before it) or fix the .data file"))
-    train_labels = validate_labels(data.train_labels, data.classes)
-    warnings = list(settings.notes) + [w for w in [train_labels.warning("train images")] if w]
-    if data.valid_is_train:
-        valid_paths, valid_labels = data.train, train_labels
-    else:
-        valid_paths = data.valid
-        valid_labels = validate_labels(data.valid_labels, data.classes)
-        if valid_labels.warning():
-            warnings.append(valid_labels.warning("valid images"))
-    difficult = None
-    if data.difficult_labels:
-        difficult = validate_labels(data.difficult_labels, data.classes).boxes
-        if len(difficult) != len(valid_paths):
-            raise CfgError(Diagnostic("E901", f"the difficult list of '{path}' has "
-                                      f"{len(difficult)} images, the valid list "
-                                      f"{len(valid_paths)}", str(path),
-                                      hint="list the difficult images parallel to valid="))
-    from darkcfg.data import read_image
-
-    read_image(data.train[0], settings.channels)  # an unreadable image fails now, not later
+                                  "filters before it) or fix the data's class names"))
+    train, valid = data.train, data.valid_or_train
+    warnings = list(settings.notes) + [w for w in [train.missing_warning("train images")] if w]
+    if data.valid is not None and valid.missing_warning("valid images"):
+        warnings.append(valid.missing_warning("valid images"))
+    # every image's header before the first iteration: a corrupt file is an error now
+    check_image_headers(dict.fromkeys([*train.images, *valid.images]), str(path))
     c = settings.channels
-    train_src = LabelledImages(data.train, train_labels, c)
-    val_src = LabelledImages(valid_paths, valid_labels, c)
-    valid = "train list (no valid=)" if data.valid_is_train else f"{len(valid_paths)} valid"
-    description = (f"Darknet detection data {path}: {data.classes} classes, "
-                   f"{len(data.train)} train images ({train_labels.objects} objects), {valid} "
-                   f"images; augment: {', '.join(settings.honoured()) or 'none'}")
+    train_src = LabelledImages(train.images, Labels(train.boxes, train.missing), c)
+    val_src = LabelledImages(valid.images, Labels(valid.boxes, valid.missing), c)
+    described = data.describe()
+    description = (f"{described}; augment: {', '.join(settings.honoured()) or 'none'}")
     return DetectionSplits(DetectionTrain(train_src, settings, seed),
-                           DetectionEval(val_src, settings), collate, data.names, description,
-                           settings, backup=data.backup, warnings=warnings,
-                           difficult=difficult)
+                           DetectionEval(val_src, settings, valid.difficult), collate,
+                           data.names, description, settings, backup=data.backup,
+                           warnings=warnings, difficult=valid.difficult)

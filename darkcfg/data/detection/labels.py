@@ -2,10 +2,8 @@
 
 Torch-free (numpy only), so the checks run before anything is built.
 
-Paths. A `.data` value (`train=`, `valid=`, `names=`, `backup=`) and every line of an image list
-is used as Darknet uses it, relative to the current directory (Darknet just `fopen`s it). When it
-does not exist there, darkcfg also tries the folder of the file that names it (the list's folder
-for an image, the `.data` file's folder for a list), so a data set can be moved as one folder.
+Paths: `.data` values and list lines resolve as darkcfg.data.datafile says (as Darknet opens
+them, relative to the current directory, else next to the file that names them).
 
 Labels. The label file of an image is Darknet's `replace_image_to_label` applied to the image
 path as opened (as written in the list when Darknet would find it, else joined to the folder it
@@ -36,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
+from darkcfg.data.datafile import found_under, read_data_file, read_list, resolve
 
 LABEL_CODE = "E903"  # a bad label file (cfgparse.errors.CODES)
 
@@ -86,53 +85,6 @@ class DetectionData:
     difficult_labels: list[str] = field(default_factory=list)  # `difficult` list's label paths
 
 
-def read_data_file(path: Path) -> dict[str, str]:
-    """key=value lines, all whitespace removed, '#'/';' comment lines; the first key wins."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _error(f"cannot read '{path}': {exc}", str(path), code="E901") from None
-    options: dict[str, str] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = "".join(raw.split())
-        if not line or line[0] in "#;":
-            continue
-        key, eq, value = line.partition("=")
-        if not eq:
-            raise CfgError(Diagnostic("E102", f"missing '=' in '{line}'", str(path), n, 1,
-                                      hint="a .data line is key=value", source=raw,
-                                      span=len(raw.strip()) or 1))
-        options.setdefault(key, value)
-    return options
-
-
-def resolve(raw: str, *fallbacks: Path) -> Path:
-    """`raw` as Darknet opens it (absolute, or relative to the current directory), else under
-    the first fallback folder where it exists; the Darknet reading when it exists nowhere."""
-    base = _base(raw, fallbacks)
-    return Path(os.path.join(base, raw)) if base else Path(raw)
-
-
-def _base(raw: str, fallbacks: Sequence[Path]) -> str:
-    """The folder `raw` is found under ('' = as written)."""
-    if os.path.isabs(raw) or os.path.exists(raw):
-        return ""
-    for base in fallbacks:
-        if os.path.exists(os.path.join(base, raw)):
-            return str(base)
-    return ""
-
-
-def read_list(path: Path, where: str, key: str) -> list[str]:
-    """Non-empty lines of a list file (whitespace at the ends removed, as Darknet's fgetl+trim)."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _error(f"cannot read the {key} file '{path}': {exc}", where, code="E901",
-                     hint=f"fix the '{key}=' line of the .data file") from None
-    return [s for s in (line.strip() for line in lines) if s]
-
-
 def open_detection_data(path: Path) -> DetectionData:
     """Read a detection `.data` file: its lists, names and backup, and where each image's labels
     are. Raises a located CfgError for a missing key, list or image."""
@@ -155,7 +107,7 @@ def open_detection_data(path: Path) -> DetectionData:
         out, labels = [], []
         missing = []
         for raw in read_list(list_path, where, key):
-            base = _base(raw, (list_path.parent, here))
+            base = found_under(raw, (list_path.parent, here))
             image = os.path.join(base, raw) if base else raw
             if not os.path.isfile(image):
                 missing.append(raw)
@@ -286,10 +238,17 @@ class Labels:
 def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 20) -> Labels:
     """Read and check every label file before training. Raises CfgError with the first
     `max_errors` located problems (and a count of the rest); a missing file is no objects."""
+    labels, problems = collect_labels(label_paths, classes)
+    raise_problems(problems, max_errors)
+    return labels
+
+
+def collect_labels(label_paths: Sequence[str], classes: int) -> tuple[Labels, list[Diagnostic]]:
+    """Every label file's boxes (bad lines left out) and a located diagnostic for each problem
+    (`darkcfg data check` shows them all; `validate_labels` raises them)."""
     boxes: list[np.ndarray] = []
     missing = 0
     problems: list[Diagnostic] = []
-    more = 0
     empty = np.zeros((0, 5), np.float32)
     for path in label_paths:
         try:
@@ -306,17 +265,23 @@ def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 
             continue
         found, bad = parse_labels(text, path, classes)
         boxes.append(found)
-        room = max_errors - len(problems)
-        problems += bad[:room]
-        more += max(len(bad) - room, 0)
-    if problems:
-        if more:
-            last = problems[-1]
-            problems[-1] = Diagnostic(last.code, last.message, last.path, last.line,
-                                      last.column, hint=f"{last.hint} ({more} more problems "
-                                      "not shown)", source=last.source, span=last.span)
-        raise CfgError(problems)
-    return Labels(boxes, missing)
+        problems += bad
+    return Labels(boxes, missing), problems
+
+
+def raise_problems(problems: Sequence[Diagnostic], max_errors: int = 20) -> None:
+    """Raise CfgError with the first `max_errors` problems, the last one's hint counting the
+    rest; nothing when there is none."""
+    if not problems:
+        return
+    shown = list(problems[:max_errors])
+    more = len(problems) - len(shown)
+    if more:
+        last = shown[-1]
+        shown[-1] = Diagnostic(last.code, last.message, last.path, last.line, last.column,
+                               hint=f"{last.hint} ({more} more problems not shown)",
+                               source=last.source, span=last.span)
+    raise CfgError(shown)
 
 
 def _error(message: str, where: str, hint: str = "", code: str = "E901") -> CfgError:

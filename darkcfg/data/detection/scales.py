@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from darkcfg.data.draws import rand_scale
+
 PERIOD = 10  # iterations between size changes (Darknet's `count++ % 10 == 0`)
 _STREAM = 0x5CA1E  # keeps these draws apart from the per-sample ones
 
@@ -29,12 +31,6 @@ _STREAM = 0x5CA1E  # keeps these draws apart from the per-sample ones
 def _roundl(v: float) -> int:
     """C roundl: half away from zero."""
     return int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
-
-
-def rand_scale(s: float, rng: np.random.Generator) -> float:
-    """Darknet's rand_scale(s): uniform in [1, s], its reciprocal half of the time."""
-    x = float(rng.uniform(1.0, s)) if s >= 1 else float(rng.uniform(s, 1.0))
-    return x if rng.random() < 0.5 else 1.0 / x
 
 
 def scale_dims(r: float, init_w: int, init_h: int, step: int) -> tuple[int, int]:

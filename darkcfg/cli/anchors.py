@@ -1,0 +1,197 @@
+"""`darkcfg anchors CFG [--data SRC] [--num N] [--size WxH] [--write] [--seed S] [--plot PNG]`:
+anchors fitted to a detector's training labels (Darknet's `detector calc_anchors`, see
+darkcfg.data.detection.anchors), printed in cfg syntax with their average IoU and that of the
+cfg's current anchors; --write puts them into the cfg's heads and re-checks it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import ERROR
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="darkcfg anchors",
+        description="Fit anchors to a detector's training labels (Darknet's calc_anchors: "
+        "k-means on the boxes' w,h at the net size with the distance 1 - IoU).")
+    p.add_argument("cfg", help="the detector's .cfg")
+    p.add_argument("--data", default=None, metavar="SRC",
+                   help="the detection data (what --train --data takes; default: the embedded "
+                   "set)")
+    p.add_argument("--num", type=int, default=None, metavar="N",
+                   help="how many anchors (default: the cfg's num)")
+    p.add_argument("--size", default=None, metavar="WxH",
+                   help="the size the boxes are scaled to (default: the net size; a [region] "
+                   "head: its grid, since its anchors are in cells)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the k-means starts (0)")
+    p.add_argument("--restarts", type=int, default=10, metavar="R",
+                   help="k-means++ starts besides Darknet's random one (10)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="the scatter plot (default: runs/<cfg-name>/anchors.png)")
+    p.add_argument("--write", action="store_true",
+                   help="put the anchors into the cfg's heads (num, masks and the filters "
+                   "before each head too when N changes), keeping every other byte")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from darkcfg.cli.flags import describe
+
+    try:
+        args = arg_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        return run(args)
+    except CfgError as exc:
+        for d in exc.diagnostics:
+            print(describe(d), file=sys.stderr)
+        return 2
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, x, h = text.lower().partition("x")
+    if not x or not w.isdigit() or not h.isdigit() or int(w) < 1 or int(h) < 1:
+        raise CfgError(Diagnostic("E100", f"--size {text}: not WxH", "--size",
+                                  hint="e.g. --size 416x416"))
+    return int(w), int(h)
+
+
+def run(args: argparse.Namespace) -> int:
+    from darkcfg.data.detection import anchors as fit
+    from darkcfg.model import build_network
+
+    net, _, _ = build_network(args.cfg, [], "alexeyab", args.seed, device="meta")
+    heads = anchored_heads(net)
+    if not heads:
+        raise CfgError(Diagnostic("E300", f"'{args.cfg}' has no head with anchors", args.cfg,
+                                  hint="anchors are for [yolo], [Gaussian_yolo] and [region]"))
+    first = net.meta[heads[0]]
+    num = int(first.block.get("num", 1) if "num" in first.block else 1)
+    current = current_anchors(first.block)
+    k = args.num if args.num is not None else num
+    region = first.type == "region"
+    if args.size:
+        width, height = parse_size(args.size)
+    elif region:  # [region] anchors are in grid cells (Darknet users run calc_anchors -width 13)
+        width, height = first.input.w, first.input.h
+    else:
+        width, height = net.input_shape.w, net.input_shape.h
+    relative, description = fit.data_boxes(net, args.data, args.seed)
+    boxes, dropped = fit.scaled(relative, width, height)
+    print(f"data: {description}", file=sys.stderr)
+    if dropped:
+        print(f"warning: {dropped} box(es) with no width or height left out", file=sys.stderr)
+    result = fit.fit_anchors(boxes, k, width, args.seed, args.restarts)
+    print(f"{len(boxes)} boxes at {width}x{height}, {k} anchors: k-means with 1 - IoU, "
+          f"{result.starts} starts from seed {args.seed}", file=sys.stderr)
+    print(fit.anchors_text(result.anchors, width))
+    now = fit.average_iou(boxes, current[:num]) if len(current) else 0.0
+    print(f"avg IoU = {100 * result.avg_iou:.2f} % (these anchors), "
+          f"{100 * now:.2f} % (the cfg's {num} current ones), "
+          f"{100 * result.darknet_avg_iou:.2f} % (Darknet's calc_anchors algorithm, "
+          "same seed)")
+    plot = Path(args.plot) if args.plot else Path("runs") / Path(args.cfg).stem / "anchors.png"
+    fit.plot_anchors(plot, boxes, result.anchors, current[:num] if len(current) else None,
+                     f"{Path(args.cfg).name}: {len(boxes)} boxes, {k} anchors, "
+                     f"avg IoU {100 * result.avg_iou:.1f}% (now {100 * now:.1f}%)")
+    print(f"wrote {plot}", file=sys.stderr)
+    if args.write:
+        write_anchors(args.cfg, net, heads, result.anchors, width)
+    return 0
+
+
+def anchored_heads(net) -> list[int]:
+    from cfgparse.rules import ANCHORED_HEADS
+
+    return [i for i, m in enumerate(net.meta) if m.type in ANCHORED_HEADS]
+
+
+def current_anchors(block) -> np.ndarray:
+    from cfgparse.rules import anchor_pairs, value
+
+    listed = value(block, "anchors")
+    if not listed:
+        return np.zeros((0, 2))
+    num = int(value(block, "num") or 1)
+    pairs = anchor_pairs(listed if isinstance(listed, list) else [listed], num)
+    return np.asarray(pairs, np.float64).reshape(-1, 2)
+
+
+def write_anchors(cfg_path: str, net, heads: list[int], anchors: np.ndarray, width: int) -> None:
+    """Edit the cfg file in place: anchors (and num, masks, the feeding filters when the count
+    changes) in every anchored head; the new text is linted before it replaces the file."""
+    from builders.atomic import atomic_write
+    from cfgparse import edit, parse_text
+    from cfgparse.rules import HEAD_INPUTS, MASKED_HEADS, as_list, value
+    from darkcfg.data.detection.anchors import cfg_anchors_value, split_masks
+
+    path = Path(cfg_path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        raise CfgError(Diagnostic("E901", "--write edits .cfg text, not YAML", cfg_path,
+                                  hint="copy the printed anchors into the YAML by hand"))
+    data = path.read_bytes()
+    bom = data.startswith(b"\xef\xbb\xbf")  # parse_text reads the text without it
+    text = data[3 if bom else 0:].decode()
+    blocks = list(parse_text(text, str(path)))
+    k = len(anchors)
+    strides = [net.input_shape.w / max(net.meta[i].input.w, 1) for i in heads]
+    masks = split_masks(k, strides)
+    changes = []
+    for head, mask in zip(heads, masks, strict=True):
+        block = blocks[head + 1]  # blocks[0] is [net]
+        num = int(value(block, "num") or 1)
+        changes.append((block, "anchors", cfg_anchors_value(anchors, width)))
+        if num == k:
+            continue
+        changes.append((block, "num", str(k)))
+        if block.type not in MASKED_HEADS:
+            continue
+        old_need = HEAD_INPUTS[block.type](block).count
+        changes.append((block, "mask", ",".join(map(str, mask))))
+        new_need = HEAD_INPUTS[block.type](block.with_values(mask=mask, num=k)).count
+        feeding = blocks[head] if head >= 1 else None  # the layer just before the head
+        if (feeding is not None and feeding.type == "convolutional"
+                and value(feeding, "filters") == old_need and new_need != old_need):
+            changes.append((feeding, "filters", str(new_need)))
+        elif new_need != old_need:
+            print(f"warning: [{block.name}] at line {block.line} now needs {new_need} input "
+                  f"channels (len(mask)={len(as_list(mask))}): set them where it is fed",
+                  file=sys.stderr)
+    new_text = edit(text, changes)
+    problems = lint_text(new_text, path)
+    if problems:
+        for d in problems:
+            print(d.format(), file=sys.stderr)
+        raise CfgError(Diagnostic("E300", f"not written: '{cfg_path}' would not check clean "
+                                  "with these anchors", cfg_path,
+                                  hint="fix the problems above (or use the printed anchors "
+                                  "by hand)"))
+    atomic_write(path, (b"\xef\xbb\xbf" if bom else b"") + new_text.encode())
+    edited = len({(id(b), key) for b, key, _ in changes})
+    print(f"wrote {cfg_path}: {edited} value(s) in {len(heads)} head(s) "
+          f"(checked: no errors)", file=sys.stderr)
+
+
+def lint_text(text: str, path: Path) -> list[Diagnostic]:
+    """`darkcfg check`'s errors for `text` as if it were `path` (linted from a temp file)."""
+    import tempfile
+
+    from darkcfg.lint.stages import check_file
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".cfg", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        found = check_file(tmp)
+    finally:
+        os.unlink(tmp)
+    return [dataclasses.replace(d, path=str(path)) for d in found if d.severity == ERROR]

@@ -1,0 +1,96 @@
+"""What every command shares: the model arguments (cfg, --set, --flavor, --seed, --device,
+--weights, --cutoff) parsed into a `darkcfg.model.ModelSpec`, and the one error handler that turns
+bad input into located diagnostics and exit status 2 (never a traceback). Torch-free."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.lint.cli import memory_size
+
+__all__ = ["add_model_arguments", "command_parser", "guarded", "model_spec",
+           "memory_size", "usage_error"]
+
+
+def command_parser(command: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"darkcfg {command}", description=description)
+
+
+def add_model_arguments(p: argparse.ArgumentParser, weights: bool = True) -> None:
+    """The cfg and the options that say which network to build (ModelSpec)."""
+    p.add_argument("cfg", help="the .cfg (or .yaml) model")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a [net] key (repeatable), e.g. --set batch=64; "
+                        "SECTION.KEY=VALUE sets KEY in every [SECTION], e.g. "
+                        "--set convolutional.batch_normalize=1")
+    p.add_argument("--flavor", choices=("alexeyab", "pjreddie"), default="alexeyab",
+                   help="which Darknet's formulas to follow (default alexeyab)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, data, order (0)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, mps (default: CUDA, else MPS, else CPU)")
+    if weights:
+        p.add_argument("--weights", default=None, metavar="W",
+                       help="Darknet .weights (partial ok) or a torch state_dict / checkpoint")
+        p.add_argument("--cutoff", type=int, default=None, metavar="N",
+                       help="read/write only the first N layers' weights")
+
+
+def model_spec(args: argparse.Namespace):
+    """darkcfg.model.ModelSpec from the model arguments (imported here: torch comes with it, and
+    `darkcfg check` goes through this module without torch)."""
+    from darkcfg.model import ModelSpec
+
+    cutoff = getattr(args, "cutoff", None)
+    if cutoff is not None and cutoff < 0:
+        raise usage_error(f"--cutoff {cutoff}: a layer count is 0 or more")
+    return ModelSpec(cfg=args.cfg, sets=tuple(args.set), flavor=args.flavor, seed=args.seed,
+                     weights=getattr(args, "weights", None), cutoff=cutoff, device=args.device)
+
+
+def usage_error(message: str, hint: str = "see --help") -> CfgError:
+    """A problem with the command line itself (E100): no file or line to point at."""
+    return CfgError(Diagnostic("E100", message, "<command line>", hint=hint))
+
+
+def describe(d: Diagnostic) -> str:
+    """A diagnostic as text; ones about the command line or a whole file have no line:col."""
+    if d.line:
+        return d.format()
+    text = f"{d.path}: {d.severity}[{d.code}]: {d.message}"
+    return text + (f"\nhelp: {d.hint}" if d.hint else "")
+
+
+def guarded(run: Callable[[], int]) -> int:
+    """Run a command: bad input (CfgError, a DataError from a loader worker) prints its
+    diagnostics and returns 2; a non-finite loss returns 1; Ctrl-C 130; a closed stdout
+    (`darkcfg summary CFG | head`) 0. Every command goes through here."""
+    try:
+        return int(run() or 0)
+    except CfgError as exc:
+        for d in exc.diagnostics:
+            print(describe(d), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader left early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        # only modules already loaded can have raised these (and `check` stays torch-free)
+        base, loop = sys.modules.get("darkcfg.data.base"), sys.modules.get("darkcfg.train.loop")
+        if base is not None and isinstance(exc, base.DataError):
+            # from a loader worker the message carries the worker's traceback: keep the gist
+            text = str(exc).strip().splitlines()
+            print(f"error[E901]: {text[-1].split('DataError: ')[-1] if text else exc}",
+                  file=sys.stderr)
+            return 2
+        if loop is not None and isinstance(exc, loop.NonFiniteLoss):
+            print(f"error: {exc}; training stopped. The last good checkpoint (if any) is kept; "
+                  "lower learning_rate or check the data, then --resume", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,109 @@
+"""`darkcfg data`: detection data sets in the formats people have.
+
+    darkcfg data convert SRC --to darknet|yolo|coco OUT [--link]
+    darkcfg data check SRC [--cfg CFG] [--size WxH] [--plot PNG]
+
+SRC is anything `--data` takes for a detector: a Darknet .data file, an ultralytics data.yaml,
+a COCO annotation .json or a Pascal VOC folder (darkcfg.data.detection.formats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cfgparse import CfgError, Diagnostic
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="darkcfg data",
+                                description="Convert and check detection data sets.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="write SRC as a Darknet, YOLO or COCO set in OUT")
+    c.add_argument("src", help=".data, data.yaml, COCO .json or VOC folder")
+    c.add_argument("--to", required=True, choices=("darknet", "yolo", "coco"))
+    c.add_argument("out", help="a new (or empty) folder")
+    c.add_argument("--link", action="store_true",
+                   help="hard-link the images instead of copying them (same file system)")
+    k = sub.add_parser("check", help="check a set: label errors, unreadable images, "
+                       "class and box-size histograms, boxes under one output cell")
+    k.add_argument("src", help=".data, data.yaml, COCO .json or VOC folder")
+    k.add_argument("--cfg", default=None, help="measure boxes at this detector's size and strides")
+    k.add_argument("--size", default=None, metavar="WxH",
+                   help="network size (default: the cfg's, else 416x416; strides: the cfg's "
+                   "heads', else 8, 16, 32)")
+    k.add_argument("--plot", default="data_check.png", metavar="PNG",
+                   help="where to write the histograms (data_check.png)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = arg_parser().parse_args(argv)
+    try:
+        if args.command == "convert":
+            return convert(args.src, args.to, Path(args.out), args.link)
+        return check(args.src, args.cfg, args.size, Path(args.plot))
+    except CfgError as exc:
+        from darkcfg.cli.flags import describe
+
+        for d in exc.diagnostics:
+            print(describe(d), file=sys.stderr)
+        return 2
+
+
+def convert(src: str, to: str, out: Path, link: bool) -> int:
+    from darkcfg.data.detection.formats import open_set
+    from darkcfg.data.detection.formats.convert import convert as write
+
+    data = open_set(src)
+    written = write(data, to, out, link)
+    valid = f", {len(data.valid)} valid" if data.valid is not None else ""
+    print(f"read {data.describe()}")
+    print(f"wrote {to} set {written[0]} ({len(data.train)} train{valid} images, "
+          f"{data.classes} classes)")
+    return 0
+
+
+def check(src: str, cfg: str | None, size: str | None, plot: Path) -> int:
+    from darkcfg.data.detection.formats.check import check_set
+
+    net_size, strides, origin = (416, 416), (8, 16, 32), "strides 8, 16, 32"
+    if cfg is not None:
+        net_size, strides = network_geometry(cfg)
+        origin = f"{Path(cfg).name}: strides {', '.join(map(str, strides))}"
+    if size is not None:  # the cfg's strides at another size (a fully convolutional net)
+        net_size = parse_size(size)
+    report = check_set(src, net_size, strides, origin)
+    for d in report.problems:
+        print(d.format() if d.line else f"{d.path}: {d.severity}[{d.code}]: {d.message}",
+              file=sys.stderr)
+    print(report.table())
+    report.plot(plot)
+    print(f"wrote {plot}")
+    return 0 if report.ok else 2
+
+
+def network_geometry(cfg: str) -> tuple[tuple[int, int], tuple[int, ...]]:
+    """(net width, height) and the detection heads' strides of a detector cfg."""
+    from darkcfg.detect.decode import head_indices
+    from darkcfg.model import build_network
+
+    net, _, _ = build_network(cfg, [], "alexeyab", 0, device="meta")
+    heads = head_indices(net)
+    if not heads:
+        raise CfgError(Diagnostic("E300", f"'{cfg}' has no detection head", cfg,
+                                  hint="--cfg takes a detector ([yolo], [region], ...)"))
+    w, h = net.info.width, net.info.height
+    return (w, h), tuple(sorted({w // net.shapes[i].w for i in heads if net.shapes[i].w}))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w > 0 and h > 0:
+            return w, h
+    except ValueError:
+        pass
+    raise CfgError(Diagnostic("E100", f"--size {text}: expected WxH, e.g. 416x416",
+                              "<command line>"))

@@ -1,0 +1,119 @@
+"""`darkcfg train CFG [--data SRC] [--out DIR] [--resume [CKPT]] ...`: train with the [net]
+settings (darkcfg.train.session). `torchrun --standalone --nproc-per-node N -m darkcfg train CFG`
+trains on N processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from darkcfg.cli.common import (
+    add_model_arguments,
+    command_parser,
+    guarded,
+    memory_size,
+    model_spec,
+)
+from darkcfg.model import ModelSpec
+
+
+def add_data_arguments(p) -> None:
+    """Where samples come from (train, valid, predict)."""
+    p.add_argument("--data", default=None, metavar="SRC",
+                   help="FOLDER (ImageFolder), X.data (Darknet), X.csv (regression), digits or "
+                   "torchvision:NAME:ROOT; detectors: X.data, data.yaml, a COCO .json or a VOC "
+                   "folder; default: the embedded dataset")
+    p.add_argument("--classes", type=int, default=None, metavar="N",
+                   help="embedded data: only the first N of the network's classes (default all)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="DataLoader processes (default: sized to the machine)")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+
+
+def add_map_points(p) -> None:
+    p.add_argument("--map-points", type=int, choices=(0, 11, 101), default=0, metavar="N",
+                   help="detectors' AP: 0 all-point (default, Darknet's), 11 (VOC2007), 101")
+
+
+def add_schedule_arguments(p) -> None:
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (runs/<cfg-name>)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                   help="continue from DIR/checkpoint.pt (or CKPT)")
+    p.add_argument("--freeze", type=int, default=0, metavar="N",
+                   help="do not train layers 0..N-1 (Darknet stopbackward)")
+    p.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="also write <cfg>_<N>.weights every N iterations")
+    p.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+                   help="checkpoint + <cfg>_last.weights every N iterations (100)")
+    p.add_argument("--valid-every", type=int, default=None, metavar="N",
+                   help="validate every N iterations (default: 4 times per run; 0: never)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--batch-per-process", action="store_true",
+                   help="under torchrun, [net] batch is per process (default: global)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
+                   help="refuse to train a network estimated to need more (e.g. 8G; default: "
+                   "the device's memory)")
+    p.add_argument("--force", action="store_true",
+                   help="train even when the memory estimate is over --max-memory")
+
+
+def arg_parser():
+    p = command_parser("train", "Train a cfg with its [net] settings.")
+    add_model_arguments(p)
+    add_data_arguments(p)
+    add_schedule_arguments(p)
+    add_map_points(p)
+    return p
+
+
+def run_options(model: ModelSpec, args, schedule: bool = False):
+    """darkcfg.train.session.RunOptions from parsed arguments; the ones a command does not take
+    keep their defaults. `schedule`: also the training schedule (--checkpoint-every ...)."""
+    from darkcfg.train.loop import Schedule
+    from darkcfg.train.session import RunOptions
+
+    def arg(name, default=None):
+        return getattr(args, name, default)
+
+    out = arg("out")
+    opts = RunOptions(
+        cfg_path=model.cfg, name=model.name, out=Path(out or Path("runs") / model.name),
+        data=arg("data"), classes=arg("classes"), seed=model.seed, device=model.device,
+        flavor=model.flavor, sets=model.sets, weights=model.weights, cutoff=model.cutoff,
+        freeze=arg("freeze", 0), resume=arg("resume", False), compile=arg("compile", False),
+        amp=False if arg("no_amp", False) else None, workers=arg("workers"),
+        batch_per_process=arg("batch_per_process", False),
+        progress=not arg("no_progress", False), explicit_out=out is not None,
+        max_memory=arg("max_memory"), force=arg("force", False),
+        map_points=arg("map_points", 0))
+    if schedule:
+        valid_every = arg("valid_every")
+        opts.schedule = Schedule(checkpoint_every=args.checkpoint_every,
+                                 save_every=args.save_every,
+                                 valid_every=-1 if valid_every is None else valid_every)
+    return opts
+
+
+def parse(argv: list[str]):
+    args = arg_parser().parse_args(argv)
+    return run_options(model_spec(args), args, schedule=True)
+
+
+def run(opts):
+    """Train; the Trainer when the run finished here (for a validation or prediction that
+    follows, in the flag form), None when it stopped early or ran under torchrun."""
+    from darkcfg.train import session
+
+    how, trainer = session.train(opts)
+    if how != "done" or os.environ.get("WORLD_SIZE", "1") != "1":
+        return None
+    return trainer
+
+
+def main(argv: list[str]) -> int:
+    def train() -> int:
+        run(parse(argv))
+        return 0
+
+    return guarded(train)

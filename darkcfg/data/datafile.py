@@ -1,0 +1,69 @@
+"""Darknet `.data` files and the lists they name, for every task (classifier and detector data,
+`detect`'s names=): the one reader and the one path resolver. Torch-free.
+
+A `.data` file is `key=value` lines (all whitespace removed, `#`/`;` comment lines, the first
+occurrence of a key wins: Darknet's `src/option_list.c read_data_cfg`/`option_find`).
+
+Paths. A value (`train=`, `valid=`, `names=`, `backup=`, ...) and every line of a list is used as
+Darknet uses it, relative to the current directory (Darknet just `fopen`s it). When it does not
+exist there, darkcfg also tries the folder of the file that names it (the list's folder for an
+image, the `.data` file's folder for a list), so a data set can be moved as one folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from cfgparse import CfgError, Diagnostic
+
+
+def read_data_file(path: Path) -> dict[str, str]:
+    """key=value lines, all whitespace removed, '#'/';' comment lines; the first key wins."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path))) from None
+    options: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = "".join(raw.split())
+        if not line or line[0] in "#;":
+            continue
+        key, eq, value = line.partition("=")
+        if not eq:
+            raise CfgError(Diagnostic("E102", f"missing '=' in '{line}'", str(path), n, 1,
+                                      hint="a .data line is key=value", source=raw,
+                                      span=len(raw.strip()) or 1))
+        options.setdefault(key, value)
+    return options
+
+
+def resolve(raw: str, *fallbacks: Path) -> Path:
+    """`raw` as Darknet opens it (absolute, or relative to the current directory), else under
+    the first fallback folder where it exists; the Darknet reading when it exists nowhere."""
+    base = found_under(raw, fallbacks)
+    return Path(os.path.join(base, raw)) if base else Path(raw)
+
+
+def found_under(raw: str, fallbacks: Sequence[Path]) -> str:
+    """The folder `raw` is found under ('' = as written: absolute, or under the current
+    directory, or nowhere)."""
+    if os.path.isabs(raw) or os.path.exists(raw):
+        return ""
+    for base in fallbacks:
+        if os.path.exists(os.path.join(base, raw)):
+            return str(base)
+    return ""
+
+
+def read_list(path: Path, where: str, key: str) -> list[str]:
+    """Non-empty lines of a list file (whitespace at the ends removed, as Darknet's fgetl+trim;
+    inner spaces stay: "a cat")."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CfgError(Diagnostic("E901", f"cannot read the {key} file '{path}': {exc}", where,
+                                  hint=f"fix the '{key}=' line of the .data file")) from None
+    return [s for s in (line.strip() for line in lines) if s]

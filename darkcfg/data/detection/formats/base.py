@@ -1,0 +1,103 @@
+"""The one in-memory structure every format reads into (see the package doc)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.data.detection.labels import LABEL_CODE
+
+FORMATS = ("darknet", "yolo", "coco", "voc")
+
+
+@dataclass
+class Split:
+    """The images of one split and their objects."""
+
+    images: list[str]  # paths as opened
+    boxes: list[np.ndarray]  # per image (n, 5) float32 [x, y, w, h, class], relative
+    difficult: list[np.ndarray] | None = None  # per image: objects not scored (None: no list)
+    missing: int = 0  # images without a label file (Darknet: no objects)
+    label_files: list[str] = field(default_factory=list)  # where the boxes came from, if files
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def objects(self) -> int:
+        return sum(len(b) for b in self.boxes)
+
+    def missing_warning(self, what: str) -> str:
+        if not self.missing:
+            return ""
+        return (f"warning: {self.missing} of {len(self.images)} {what} have no label file "
+                "(trained as images without objects)")
+
+
+@dataclass
+class DetectionSet:
+    """A detection data set, whatever its format on disk."""
+
+    path: Path  # what --data named
+    format: str  # one of FORMATS
+    names: list[str]
+    train: Split
+    valid: Split | None  # None: no validation split (Darknet's map then uses the train list)
+    backup: str | None = None
+    problems: list[Diagnostic] = field(default_factory=list)  # located, bad objects left out
+
+    @property
+    def classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def valid_or_train(self) -> Split:
+        return self.valid if self.valid is not None else self.train
+
+    def describe(self) -> str:
+        v = self.valid
+        valid = f"{len(v)} valid images" if v is not None else \
+            "train list (no valid=) images" if self.format == "darknet" else \
+            "validation on the train images"
+        kind = {"darknet": "Darknet detection data", "yolo": "YOLO data.yaml",
+                "coco": "COCO annotations", "voc": "Pascal VOC folder"}[self.format]
+        return (f"{kind} {self.path}: {self.classes} classes, {len(self.train)} train images "
+                f"({self.train.objects} objects), {valid}")
+
+
+def located(message: str, path: str, text: str, offset: int, span: int = 1,
+            hint: str = "", code: str = LABEL_CODE) -> Diagnostic:
+    """A diagnostic at character `offset` of a file's `text` (line and column from it; the
+    source line shown unless it is too long to read, as in a one-line JSON file)."""
+    line = text.count("\n", 0, offset) + 1
+    start = text.rfind("\n", 0, offset) + 1
+    end = text.find("\n", offset)
+    source = text[start:end if end >= 0 else len(text)]
+    return Diagnostic(code, message, path, line, offset - start + 1, hint=hint,
+                      source=source if len(source) <= 160 else "", span=span)
+
+
+def relative_box(x0: float, y0: float, x1: float, y1: float, width: float, height: float
+                 ) -> tuple[float, float, float, float]:
+    """Corner box in pixels -> Darknet's (centre x, centre y, width, height) as fractions."""
+    return ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width,
+            (y1 - y0) / height)
+
+
+def box_rows(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    return np.asarray(rows, np.float32).reshape(-1, 5)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) of an image file (its header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError as exc:
+        raise CfgError(Diagnostic("E901", f"cannot read image '{path}': {exc}", path)) from None

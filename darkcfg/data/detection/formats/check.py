@@ -1,0 +1,164 @@
+"""`darkcfg data check`: a detection set checked without training.
+
+Reads the set in any format (every label problem located, none fatal), opens every image,
+and measures what the network will see: objects per class, box sizes at the network size
+(Darknet resizes the image to width x height, so a box of relative size w, h is w*width by
+h*height pixels), and how many boxes are smaller than one output cell (w and h both below a
+detection head's stride: the head sees the object inside one cell or not at all).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cfgparse import Diagnostic
+from darkcfg.data.detection.formats import DetectionSet, open_set
+
+SIZE_EDGES = (0, 8, 16, 32, 64, 128, 256, float("inf"))  # box size bins, pixels at net size
+
+
+@dataclass
+class CheckReport:
+    data: DetectionSet
+    net_size: tuple[int, int]  # (width, height) the boxes are measured at
+    strides: tuple[int, ...]  # the detection heads' strides (cell sizes in pixels)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (image, why)
+    images_read: int = 0
+    size_from: str = ""  # where net_size and strides come from
+
+    @property
+    def problems(self) -> list[Diagnostic]:
+        return self.data.problems
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.unreadable
+
+    def splits(self):
+        yield "train", self.data.train
+        if self.data.valid is not None:
+            yield "valid", self.data.valid
+
+    def class_counts(self, split) -> np.ndarray:
+        boxes = [b for b in split.boxes if len(b)]
+        classes = np.concatenate([b[:, 4] for b in boxes]).astype(int) if boxes else \
+            np.zeros(0, int)
+        return np.bincount(classes, minlength=self.data.classes)
+
+    def pixel_sizes(self, split) -> np.ndarray:
+        """(n, 2) box width, height in pixels at the network size."""
+        boxes = [b for b in split.boxes if len(b)]
+        if not boxes:
+            return np.zeros((0, 2))
+        wh = np.concatenate(boxes)[:, 2:4].astype(np.float64)
+        return wh * np.asarray(self.net_size, np.float64)
+
+    def table(self) -> str:
+        d = self.data
+        w, h = self.net_size
+        lines = [f"data: {d.describe()}",
+                 f"labels: {len(self.problems)} problem(s)",
+                 f"images: {self.images_read} read, {len(self.unreadable)} unreadable"]
+        lines += [f"  unreadable: {path}: {why}" for path, why in self.unreadable[:10]]
+        names = [n for n, _ in self.splits()]
+        counts = {n: self.class_counts(s) for n, s in self.splits()}
+        width = max(12, *(len(n) for n in d.names)) + 6
+        lines += ["", f"{'class':<{width}}" + "".join(f"{n:>8}" for n in names)]
+        for k, name in enumerate(d.names):
+            lines.append(f"{f'{k} {name}':<{width}}" + "".join(f"{counts[n][k]:>8}"
+                                                             for n in names))
+        lines.append(f"{'total':<{width}}" + "".join(f"{counts[n].sum():>8}" for n in names))
+        sizes = {n: np.sqrt(self.pixel_sizes(s).prod(1)) for n, s in self.splits()}
+        lines += ["", f"{f'box size at {w}x{h}':<{width}}" + "".join(f"{n:>8}" for n in names)
+                  + f"   (sqrt(w*h) in pixels; {self.size_from})"]
+        for lo, hi in zip(SIZE_EDGES[:-1], SIZE_EDGES[1:], strict=True):
+            label = f"{lo:g}-{hi:g} px" if hi != float("inf") else f">= {lo:g} px"
+            lines.append(f"{label:<{width}}" + "".join(
+                f"{int(((sizes[n] >= lo) & (sizes[n] < hi)).sum()):>8}" for n in names))
+        lines += ["", f"boxes smaller than one output cell at {w}x{h} (width and height both "
+                  "below the stride):"]
+        for stride in self.strides:
+            parts = []
+            for n, s in self.splits():
+                px = self.pixel_sizes(s)
+                small = int(((px[:, 0] < stride) & (px[:, 1] < stride)).sum())
+                parts.append(f"{n} {small} of {len(px)} ({100 * small / max(len(px), 1):.1f}%)")
+            lines.append(f"  stride {stride:>2} ({w // stride}x{h // stride} cells): "
+                         + ", ".join(parts))
+        return "\n".join(lines)
+
+    def plot(self, path: Path) -> None:
+        """The class and box-size histograms and a w-h scatter with the strides, as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from builders.atomic import atomic_write
+
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        d = self.data
+        x = np.arange(d.classes)
+        splits = list(self.splits())
+        bar = 0.8 / len(splits)
+        for i, (name, s) in enumerate(splits):
+            axes[0].bar(x + i * bar, self.class_counts(s), bar, label=name)
+        axes[0].set_xticks(x + bar * (len(splits) - 1) / 2,
+                           [n if len(n) <= 12 else n[:11] + "…" for n in d.names],
+                           rotation=45 if d.classes > 6 else 0, ha="right" if d.classes > 6
+                           else "center", fontsize=8 if d.classes > 20 else 10)
+        axes[0].set_title("objects per class")
+        axes[0].legend()
+        w, h = self.net_size
+        bins = list(zip(SIZE_EDGES[:-1], SIZE_EDGES[1:], strict=True))
+        labels = [f"{lo:g}-{hi:g}" if hi != float("inf") else f">={lo:g}" for lo, hi in bins]
+        for i, (name, s) in enumerate(splits):
+            size = np.sqrt(self.pixel_sizes(s).prod(1))
+            counts = [int(((size >= lo) & (size < hi)).sum()) for lo, hi in bins]
+            axes[1].bar(np.arange(len(bins)) + i * bar, counts, bar, label=name)
+        axes[1].set_xticks(np.arange(len(bins)) + bar * (len(splits) - 1) / 2, labels)
+        axes[1].set_title(f"box size sqrt(w*h), pixels at {w}x{h}")
+        axes[1].legend()
+        for name, s in splits:
+            px = self.pixel_sizes(s)
+            axes[2].scatter(px[:, 0], px[:, 1], s=4, alpha=0.5, label=name)
+        for stride in self.strides:
+            axes[2].axvline(stride, color="grey", lw=0.8, ls="--")
+            axes[2].axhline(stride, color="grey", lw=0.8, ls="--")
+        axes[2].set_xlabel("width (px)")
+        axes[2].set_ylabel("height (px)")
+        axes[2].set_title(f"box width x height at {w}x{h}; dashed: strides "
+                          f"{', '.join(map(str, self.strides))}")
+        fig.suptitle(f"darkcfg data check {d.path}")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        atomic_write(path, buf.getvalue())
+
+
+def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
+              strides: tuple[int, ...] = (8, 16, 32), size_from: str = "") -> CheckReport:
+    """Read `source` keeping every problem, open every image; the report."""
+    from PIL import Image
+
+    data = open_set(source, strict=False)
+    report = CheckReport(data, net_size, tuple(sorted(set(strides))),
+                         size_from=size_from or "strides " + ", ".join(map(str, strides)))
+    seen = set()
+    for _, split in report.splits():
+        for image in split.images:
+            if image in seen:
+                continue
+            seen.add(image)
+            try:
+                with Image.open(image) as im:
+                    im.load()
+                report.images_read += 1
+            except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
+                report.unreadable.append((image, f"{type(exc).__name__}: {exc}"))
+    return report

@@ -1,0 +1,232 @@
+"""COCO object-detection annotation files (`instances_*.json`).
+
+One JSON is one set: its `images` are both the train and the validation images (a COCO file
+names no split; `--valid --data instances_val2017.json` validates on that file's images).
+  * an image is found by its `file_name` next to the JSON, else in an `images/` folder beside it,
+    else (COCO's own layout, `annotations/instances_val2017.json`) in `../val2017/` or
+    `../images/val2017/`;
+  * `bbox` is [x, y, width, height] in pixels from the top-left corner; the Darknet box is its
+    centre and size divided by the image's `width`/`height` (ultralytics' convert_coco,
+    `ultralytics/data/converter.py`); a box may poke out of the image by less than a pixel
+    (rounding in the published files) and is then clipped to it;
+  * category ids are mapped to contiguous classes 0..n-1 in id order (COCO's 1..90 with gaps
+    -> 80 classes), names from `categories`;
+  * `iscrowd: 1` objects are not trained (ultralytics skips them) and are not scored: COCOeval
+    (pycocotools/cocoeval.py evaluateImg) marks crowd truths `ignore`, so a detection matching
+    one is neither a TP nor an FP; they go to the set's `difficult` boxes, which the mAP treats so.
+Bad annotations are located errors (E903) at the line:column of the entry in the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.data.detection.formats.base import (
+    DetectionSet,
+    Split,
+    box_rows,
+    image_size,
+    located,
+    relative_box,
+)
+
+OUTSIDE_TOLERANCE = 1.0  # pixels a bbox may exceed the image by (then clipped)
+_WS = re.compile(r"\s*")
+
+
+class _Locator:
+    """Offsets of the entries of the top-level arrays, found only when an error needs them
+    (a second pass over the text with json's raw_decode)."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+        self._offsets: dict[str, list[int]] | None = None
+
+    def offsets(self, key: str) -> list[int]:
+        if self._offsets is None:
+            self._offsets = self._scan()
+        return self._offsets.get(key, [])
+
+    def _scan(self) -> dict[str, list[int]]:
+        text, decode = self.text, json.JSONDecoder().raw_decode
+        out: dict[str, list[int]] = {}
+        i = _WS.match(text, 0).end() + 1  # past '{'
+        while True:
+            i = _WS.match(text, i).end()
+            if text[i] == "}":
+                return out
+            key, i = decode(text, i)
+            i = _WS.match(text, i).end() + 1  # past ':'
+            i = _WS.match(text, i).end()
+            if text[i] == "[" and key in ("images", "annotations", "categories"):
+                starts = out.setdefault(key, [])
+                i += 1
+                while True:
+                    i = _WS.match(text, i).end()
+                    if text[i] == "]":
+                        i += 1
+                        break
+                    starts.append(i)
+                    _, i = decode(text, i)
+                    i = _WS.match(text, i).end()
+                    if text[i] == ",":
+                        i += 1
+            else:
+                _, i = decode(text, i)
+            i = _WS.match(text, i).end()
+            if text[i] == ",":
+                i += 1
+
+    def at(self, key: str, index: int, field: str | None, message: str, hint: str = ""
+           ) -> Diagnostic:
+        starts = self.offsets(key)
+        offset = starts[index] if index < len(starts) else 0
+        span = 1
+        if field is not None:
+            end = starts[index + 1] if index + 1 < len(starts) else len(self.text)
+            found = self.text.find(f'"{field}"', offset, end)
+            if found >= 0:
+                offset, span = found, len(field) + 2
+        return located(message, str(self.path), self.text, offset, span, hint=hint)
+
+
+def read_coco(path: Path) -> DetectionSet:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path))) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CfgError(located(f"invalid JSON: {exc.msg}", str(path), text, exc.pos,
+                               code="E901", hint="a COCO annotation file is one JSON object "
+                               "with images, annotations and categories")) from None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list)
+                                            for k in ("images", "annotations", "categories")):
+        raise CfgError(Diagnostic("E901", f"'{path}' is not a COCO annotation file", str(path),
+                                  hint="a COCO annotation file has the lists 'images', "
+                                  "'annotations' and 'categories'"))
+    where = _Locator(path, text)
+    problems: list[Diagnostic] = []
+
+    classes: dict[int, int] = {}
+    names: list[str] = []
+    categories = sorted(((c.get("id"), i, c) for i, c in enumerate(doc["categories"])
+                         if isinstance(c, dict) and isinstance(c.get("id"), int)),
+                        key=lambda t: t[0])
+    for k, (cid, _, c) in enumerate(categories):
+        classes[cid] = k
+        names.append(str(c.get("name", cid)))
+    if len(categories) != len(doc["categories"]):
+        bad = next(i for i, c in enumerate(doc["categories"])
+                   if not (isinstance(c, dict) and isinstance(c.get("id"), int)))
+        raise CfgError(where.at("categories", bad, "id", "a category needs an integer 'id'"))
+    if not names:
+        raise CfgError(Diagnostic("E901", f"'{path}' has no categories", str(path),
+                                  hint="list the classes in 'categories' ({id, name})"))
+
+    folders = [path.parent, path.parent / "images"]
+    split = path.stem.split("_", 1)[1] if "_" in path.stem else ""
+    if split:  # COCO's own layout: annotations/instances_val2017.json beside val2017/
+        folders += [path.parent.parent / split, path.parent.parent / "images" / split]
+    images: list[str] = []
+    sizes: list[tuple[float, float]] = []
+    index_of: dict[object, int] = {}
+    for i, entry in enumerate(doc["images"]):
+        name = entry.get("file_name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or "id" not in entry:
+            problems.append(where.at("images", i, None, "an image needs 'id' and 'file_name'"))
+            continue
+        found = next((str(f / name) for f in folders if (f / name).is_file()), None)
+        if found is None:
+            problems.append(where.at("images", i, "file_name", f"image '{name}' not found",
+                                     hint="looked in " + ", ".join(map(str, folders))))
+            continue
+        width, height = entry.get("width"), entry.get("height")
+        if not (isinstance(width, (int, float)) and isinstance(height, (int, float))
+                and width > 0 and height > 0):
+            width, height = image_size(found)
+        index_of[entry["id"]] = len(images)
+        images.append(found)
+        sizes.append((float(width), float(height)))
+
+    boxes: list[list[list[float]]] = [[] for _ in images]
+    crowd: list[list[list[float]]] = [[] for _ in images]
+    known_ids = {e.get("id") for e in doc["images"] if isinstance(e, dict)}
+    for i, ann in enumerate(doc["annotations"]):
+        if not isinstance(ann, dict):
+            problems.append(where.at("annotations", i, None, "an annotation is an object"))
+            continue
+        image = index_of.get(ann.get("image_id"))
+        if image is None:
+            if ann.get("image_id") not in known_ids:  # (a missing image is reported once)
+                problems.append(where.at("annotations", i, "image_id",
+                                         f"image_id {ann.get('image_id')!r} is not in 'images'"))
+            continue
+        cls = classes.get(ann.get("category_id"))
+        if cls is None:
+            problems.append(where.at(
+                "annotations", i, "category_id",
+                f"category_id {ann.get('category_id')!r} is not in 'categories'",
+                hint=f"the categories' ids are {sorted(classes)[:12]}"))
+            continue
+        box = ann.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) for v in box)):
+            problems.append(where.at("annotations", i, "bbox",
+                                     "bbox is not [x, y, width, height] (four numbers)"))
+            continue
+        width, height = sizes[image]
+        x, y, w, h = (float(v) for v in box)
+        if not (w > 0 and h > 0):
+            problems.append(where.at("annotations", i, "bbox",
+                                     f"bbox {box} has no area (width and height must be > 0)"))
+            continue
+        t = OUTSIDE_TOLERANCE
+        if x < -t or y < -t or x + w > width + t or y + h > height + t:
+            problems.append(where.at(
+                "annotations", i, "bbox",
+                f"bbox {box} is outside the image ({width:g}x{height:g})",
+                hint="bbox is [x, y, width, height] in pixels from the top-left corner"))
+            continue
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + w, width), min(y + h, height)
+        row = [*relative_box(x0, y0, x1, y1, width, height), float(cls)]
+        (crowd if ann.get("iscrowd") else boxes)[image].append(row)
+
+    if not images and not problems:
+        raise CfgError(Diagnostic("E901", f"'{path}' lists no images", str(path)))
+    split = Split(images, [box_rows(b) for b in boxes],
+                  difficult=[box_rows(c) for c in crowd] if any(crowd) else None)
+    return DetectionSet(path, "coco", names, split, None, problems=problems)
+
+
+# -- writing --------------------------------------------------------------------------------------
+def coco_document(images: list[tuple[str, tuple[int, int]]], boxes: list[np.ndarray],
+                  difficult: list[np.ndarray] | None, names: list[str]) -> dict:
+    """A COCO annotation dict: images [(file_name, (width, height))], boxes per image
+    (n, 5) relative [x, y, w, h, class]; difficult objects become iscrowd=1. Category ids are
+    1..n in class order."""
+    doc_images, annotations = [], []
+    for i, ((name, (width, height)), rows) in enumerate(zip(images, boxes, strict=True), 1):
+        doc_images.append({"id": i, "file_name": name, "width": width, "height": height})
+        hard = difficult[i - 1] if difficult is not None else np.zeros((0, 5), np.float32)
+        for crowd, group in ((0, rows), (1, hard)):
+            for x, y, w, h, c in np.asarray(group, np.float64).tolist():
+                bw, bh = w * width, h * height
+                bbox = [x * width - bw / 2, y * height - bh / 2, bw, bh]
+                annotations.append({"id": len(annotations) + 1, "image_id": i,
+                                    "category_id": int(c) + 1, "bbox": bbox,
+                                    "area": bw * bh, "iscrowd": crowd})
+    return {"images": doc_images, "annotations": annotations,
+            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)]}
+
+
+def file_name_size(path: str) -> tuple[str, tuple[int, int]]:
+    return os.path.basename(path), image_size(path)

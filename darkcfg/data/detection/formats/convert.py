@@ -1,0 +1,179 @@
+"""`darkcfg data convert`: write a read DetectionSet as a Darknet, YOLO (ultralytics) or COCO set.
+
+The output folder is new (or empty), so nothing of the input can be overwritten; every file is
+written atomically (builders.atomic). Images are copied (hard-linked with link=True), renamed
+only when two inputs share a file name. Label values are written as the shortest decimal that
+reads back to the same float32, so a round trip gives the same samples bit for bit.
+
+Layouts:
+  darknet  OUT/obj.data (classes, train, valid, difficult, names, backup), OUT/obj.names,
+           OUT/train.txt, OUT/valid.txt, OUT/images/<name>.jpg with OUT/images/<name>.txt beside
+           it (a plain images/ folder keeps Darknet's labels next to the image); objects not to
+           score in OUT/difficult/ (Darknet's `difficult=` list, parallel to valid)
+  yolo     OUT/data.yaml (train, val, names), OUT/images/{train,val}/, OUT/labels/{train,val}/
+           (objects not to score are dropped: ultralytics has no such list)
+  coco     OUT/instances_train.json, OUT/instances_val.json, OUT/images/ (objects not to score
+           are `iscrowd: 1`)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from builders.atomic import atomic_open, atomic_write
+from cfgparse import CfgError, Diagnostic
+from darkcfg.data.detection.formats.base import DetectionSet, Split
+from darkcfg.data.detection.labels import label_path
+
+TARGETS = ("darknet", "yolo", "coco")
+
+
+def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[Path]:
+    """Write `data` as a `to` set in the new folder `out`; the files written (main first)."""
+    if to not in TARGETS:
+        raise CfgError(Diagnostic("E100", f"--to {to}: use one of {', '.join(TARGETS)}",
+                                  "<command line>"))
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CfgError(Diagnostic("E901", f"'{out}' exists and is not an empty folder", str(out),
+                                  hint="convert writes a new set: name a new (or empty) folder"))
+    out.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(out, link)
+    if to == "darknet":
+        return writer.darknet(data)
+    if to == "yolo":
+        return writer.yolo(data)
+    return writer.coco(data)
+
+
+def label_text(boxes: np.ndarray) -> str:
+    """Darknet label lines `class x y w h`, each value the shortest decimal of its float32."""
+    return "".join(f"{int(c)} {_short(x)} {_short(y)} {_short(w)} {_short(h)}\n"
+                   for x, y, w, h, c in np.asarray(boxes, np.float32))
+
+
+def _short(v) -> str:
+    return np.format_float_positional(np.float32(v), unique=True, trim="-")
+
+
+class _Writer:
+    def __init__(self, out: Path, link: bool):
+        self.out, self.link = out, link
+        self.placed: dict[tuple[str, str], str] = {}  # (folder, source) -> name written
+        self.taken: set[tuple[str, str]] = set()
+
+    def image(self, source: str, folder: str) -> str:
+        """Copy (or link) `source` into OUT/folder once; its path relative to OUT."""
+        key = (folder, os.path.abspath(source))
+        if key in self.placed:
+            return self.placed[key]
+        name = os.path.basename(source)
+        stem, ext = os.path.splitext(name)
+        reencode = label_path(f"x{ext}") == f"x{ext}"  # Darknet would read it as its labels
+        if reencode:
+            ext = ext + ".png"
+        k = 1
+        name = stem + ext
+        while (folder, name) in self.taken:
+            name, k = f"{stem}_{k}{ext}", k + 1
+        self.taken.add((folder, name))
+        relative = f"{folder}/{name}"
+        target = self.out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if reencode:
+            from PIL import Image
+
+            with Image.open(source) as im, atomic_open(target) as fh:
+                im.save(fh, format="PNG")
+        elif self.link and _try_link(source, target):
+            pass
+        else:
+            with open(source, "rb") as src, atomic_open(target) as fh:
+                shutil.copyfileobj(src, fh)
+        self.placed[key] = relative
+        return relative
+
+    # -- Darknet ----------------------------------------------------------------------------
+    def darknet(self, data: DetectionSet) -> list[Path]:
+        written = []
+
+        def split(s: Split, list_name: str) -> Path:
+            lines = []
+            for image, boxes in zip(s.images, s.boxes, strict=True):
+                relative = self.image(image, "images")
+                atomic_write(self.out / label_path(relative), label_text(boxes))
+                lines.append(relative)
+            atomic_write(self.out / list_name, "".join(f"{x}\n" for x in lines))
+            return self.out / list_name
+
+        lines = [f"classes={data.classes}", "train=train.txt"]
+        written.append(split(data.train, "train.txt"))
+        if data.valid is not None:
+            written.append(split(data.valid, "valid.txt"))
+            lines.append("valid=valid.txt")
+        scored = data.valid_or_train
+        if scored.difficult is not None:
+            hard = []
+            for image, boxes in zip(scored.images, scored.difficult, strict=True):
+                relative = self.image(image, "difficult")
+                atomic_write(self.out / label_path(relative), label_text(boxes))
+                hard.append(relative)
+            atomic_write(self.out / "difficult.txt", "".join(f"{x}\n" for x in hard))
+            lines.append("difficult=difficult.txt")
+        atomic_write(self.out / "obj.names", "".join(f"{n}\n" for n in data.names))
+        lines += ["names=obj.names", "backup=backup/"]
+        atomic_write(self.out / "obj.data", "\n".join(lines) + "\n")
+        return [self.out / "obj.data", self.out / "obj.names", *written]
+
+    # -- YOLO (ultralytics) -------------------------------------------------------------------
+    def yolo(self, data: DetectionSet) -> list[Path]:
+        def split(s: Split, name: str) -> None:
+            for image, boxes in zip(s.images, s.boxes, strict=True):
+                relative = self.image(image, f"images/{name}")
+                label = f"labels/{name}/{os.path.splitext(os.path.basename(relative))[0]}.txt"
+                atomic_write(self.out / label, label_text(boxes))
+
+        split(data.train, "train")
+        val = "images/train"
+        if data.valid is not None:
+            split(data.valid, "val")
+            val = "images/val"
+        import yaml
+
+        doc = {"train": "images/train", "val": val,
+               "names": dict(enumerate(data.names))}
+        atomic_write(self.out / "data.yaml",
+                     f"# converted by darkcfg data convert from {data.path}\n"
+                     + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+        return [self.out / "data.yaml"]
+
+    # -- COCO ---------------------------------------------------------------------------------
+    def coco(self, data: DetectionSet) -> list[Path]:
+        from darkcfg.data.detection.formats.coco import coco_document, file_name_size
+
+        written = []
+        splits = [("train", data.train)] + ([("val", data.valid)] if data.valid else [])
+        for name, s in splits:
+            images = []
+            for image in s.images:
+                relative = self.image(image, "images")
+                images.append((os.path.basename(relative),
+                               file_name_size(str(self.out / relative))[1]))
+            doc = coco_document(images, s.boxes, s.difficult, data.names)
+            path = self.out / f"instances_{name}.json"
+            atomic_write(path, json.dumps(doc))
+            written.append(path)
+        return written
+
+
+def _try_link(source: str, target: Path) -> bool:
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,238 @@
+"""Pascal VOC folders: `Annotations/<id>.xml`, `JPEGImages/<id>.jpg`, `ImageSets/Main/*.txt`.
+
+Read as Darknet's `scripts/voc_label.py` converts VOC for training:
+  * the train images are the ids of `ImageSets/Main/train.txt` (else `trainval.txt`, else every
+    annotation), the validation images those of `val.txt` (none: validation falls back to the
+    train images, as a .data file without valid=);
+  * the image is `JPEGImages/<filename>` (the annotation's `<filename>`), else `<id>.jpg`;
+  * a box (`bndbox` xmin, ymin, xmax, ymax; VOC pixels count from 1) becomes
+    x = ((xmin + xmax) / 2 - 1) / width, y likewise, w = (xmax - xmin) / width, h likewise, with
+    width and height from `<size>` (voc_label.py convert; ultralytics' VOC.yaml does the same);
+  * class names: `classes.txt` in the VOC folder or in Annotations/ (one a line), else the
+    names found, sorted (for VOC itself the 20 names of Darknet's voc.names in its order, which
+    is alphabetical); an object of another name is an error with classes.txt (voc_label.py
+    skips it);
+  * `difficult` objects are not trained (voc_label.py skips them) and not scored: the VOC devkit's
+    evaluation (VOCevaldet, and py-faster-rcnn's voc_eval.py) neither counts them as positives nor
+    counts a detection of one as a false positive; they go to the set's `difficult` boxes
+    (Darknet's `difficult=` list, which `detector map` treats so).
+Bad annotations are located errors (E903) at the XML's line:column; malformed XML reports the
+parser's position.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from xml.parsers import expat
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.data.detection.formats.base import DetectionSet, Split, box_rows, image_size
+from darkcfg.data.detection.labels import LABEL_CODE
+
+VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+             "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+             "sheep", "sofa", "train", "tvmonitor")
+
+
+class _Annotation:
+    """One parsed XML file and the line:column of each element."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        data = path.read_bytes()
+        self.lines = data.decode("utf-8", "replace").splitlines()
+        parser = expat.ParserCreate()
+        builder = ET.TreeBuilder()
+        self.where: dict[ET.Element, tuple[int, int]] = {}
+
+        def start(tag, attrs):
+            element = builder.start(tag, attrs)
+            self.where[element] = (parser.CurrentLineNumber, parser.CurrentColumnNumber + 1)
+
+        parser.StartElementHandler = start
+        parser.EndElementHandler = builder.end
+        parser.CharacterDataHandler = builder.data
+        try:
+            parser.Parse(data, True)
+        except expat.ExpatError as exc:
+            source = self._source(exc.lineno)
+            raise CfgError(Diagnostic(LABEL_CODE, f"malformed XML: {expat.ErrorString(exc.code)}",
+                                      str(path), exc.lineno, exc.offset + 1, source=source,
+                                      hint="a VOC annotation is an <annotation> XML "
+                                      "document")) from None
+        self.root = builder.close()
+
+    def error(self, element: ET.Element | None, message: str, hint: str = "") -> Diagnostic:
+        line, col = self.where.get(element, (0, 0)) if element is not None else (0, 0)
+        source = self._source(line)
+        span = len(element.tag) + 2 if element is not None else 1
+        return Diagnostic(LABEL_CODE, message, str(self.path), line, col, hint=hint,
+                          source=source, span=span)
+
+    def _source(self, line: int) -> str:
+        """The line to show under the message; none for a one-line document too long to read
+        (line:column still say where)."""
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        return text if len(text) <= 160 else ""
+
+    def objects(self) -> list[ET.Element]:
+        return self.root.findall("object")
+
+
+def read_voc(root: Path) -> DetectionSet:
+    root = Path(root)
+    annotations, images_dir = root / "Annotations", root / "JPEGImages"
+    main = root / "ImageSets" / "Main"
+    problems: list[Diagnostic] = []
+    parsed: dict[str, _Annotation] = {}
+
+    malformed: set[str] = set()
+
+    def annotation(image_id: str) -> _Annotation | None:
+        if image_id not in parsed:
+            path = annotations / f"{image_id}.xml"
+            parsed[image_id] = None
+            if path.is_file():
+                try:
+                    parsed[image_id] = _Annotation(path)
+                except CfgError as exc:  # reported with the others; the image is left out
+                    problems.extend(exc.diagnostics)
+                    malformed.add(image_id)
+        return parsed[image_id]
+
+    def ids(name: str) -> list[tuple[str, Path, int]] | None:
+        path = main / name
+        if not path.is_file():
+            return None
+        lines = path.read_text().splitlines()
+        return [(line.split()[0], path, n) for n, line in enumerate(lines, 1) if line.split()]
+
+    train_ids = ids("train.txt") or ids("trainval.txt") or [
+        (p.stem, annotations / p.name, 0) for p in sorted(annotations.glob("*.xml"))]
+    valid_ids = ids("val.txt")
+    if not train_ids:
+        raise CfgError(Diagnostic("E901", f"'{root}' has no annotations", str(root),
+                                  hint="put <id>.xml files in Annotations/ and their ids in "
+                                  "ImageSets/Main/train.txt and val.txt"))
+    for image_id, _, _ in train_ids + (valid_ids or []):
+        annotation(image_id)
+    names = _names(root, parsed, problems)
+    classes = {n: i for i, n in enumerate(names)}
+
+    def split(entries) -> Split:
+        images, boxes, hard = [], [], []
+        for image_id, listed_in, line in entries:
+            ann = parsed[image_id]
+            if image_id in malformed:
+                continue
+            if ann is None:
+                problems.append(_listed(listed_in, line, f"no annotation "
+                                        f"'Annotations/{image_id}.xml' for id '{image_id}'"))
+                continue
+            image = _image(ann, images_dir, image_id)
+            if image is None:
+                problems.append(_listed(listed_in, line, f"no image for id '{image_id}' in "
+                                        f"{images_dir}") if line else
+                                ann.error(ann.root, f"no image for '{image_id}' in {images_dir}"))
+                continue
+            rows, difficult = _boxes(ann, image, classes, problems)
+            images.append(image)
+            boxes.append(box_rows(rows))
+            hard.append(box_rows(difficult))
+        return Split(images, boxes, difficult=hard if any(len(h) for h in hard) else None)
+
+    train = split(train_ids)
+    valid = split(valid_ids) if valid_ids else None
+    return DetectionSet(root, "voc", names, train, valid, problems=problems)
+
+
+def _listed(path: Path, line: int, message: str) -> Diagnostic:
+    source = path.read_text().splitlines()[line - 1] if line else ""
+    return Diagnostic(LABEL_CODE, message, str(path), line, 1 if line else 0, source=source,
+                      span=max(len(source.strip()), 1),
+                      hint="each id of ImageSets/Main/*.txt needs Annotations/<id>.xml and its "
+                      "image in JPEGImages/")
+
+
+def _names(root: Path, parsed: dict[str, _Annotation | None], problems) -> list[str]:
+    listed = next((p for p in (root / "classes.txt", root / "Annotations" / "classes.txt")
+                   if p.is_file()), None)
+    if listed is not None:
+        names = [s.strip() for s in listed.read_text().splitlines() if s.strip()]
+        if not names:
+            raise CfgError(Diagnostic("E901", f"'{listed}' is empty", str(listed),
+                                      hint="one class name per line"))
+        return names
+    found = set()
+    for ann in parsed.values():
+        for obj in ann.objects() if ann is not None else ():
+            found.add((obj.findtext("name") or "").strip())
+    found.discard("")
+    if not found:
+        raise CfgError(Diagnostic("E901", f"no object in the annotations of '{root}'", str(root),
+                                  hint="or list the class names in classes.txt"))
+    return sorted(found)  # all 20 VOC classes: VOC_NAMES, voc.names' order (alphabetical)
+
+
+def _image(ann: _Annotation, folder: Path, image_id: str) -> str | None:
+    name = (ann.root.findtext("filename") or "").strip()
+    for candidate in (name, f"{image_id}.jpg"):
+        if candidate and (folder / candidate).is_file():
+            return str(folder / candidate)
+    return None
+
+
+def _number(ann: _Annotation, parent: ET.Element, tag: str, problems) -> float | None:
+    element = parent.find(tag)
+    if element is None:
+        problems.append(ann.error(parent, f"<{parent.tag}> has no <{tag}>"))
+        return None
+    try:
+        return float((element.text or "").strip())
+    except ValueError:
+        problems.append(ann.error(element, f"<{tag}> '{(element.text or '').strip()}' is not a "
+                                  "number"))
+        return None
+
+
+def _boxes(ann: _Annotation, image: str, classes: dict[str, int], problems):
+    size = ann.root.find("size")
+    width = height = None
+    if size is not None:
+        width, height = (float(v) if v and v.strip().replace(".", "", 1).isdigit() else None
+                         for v in (size.findtext("width"), size.findtext("height")))
+    if not width or not height:  # some exporters write 0: the image knows
+        width, height = (float(v) for v in image_size(image))
+    rows, difficult = [], []
+    for obj in ann.objects():
+        name_el = obj.find("name")
+        name = (name_el.text or "").strip() if name_el is not None else ""
+        if name not in classes:
+            problems.append(ann.error(name_el if name_el is not None else obj,
+                                      f"class '{name}' is not one of the {len(classes)} names",
+                                      hint="add it to classes.txt (or fix the name)"))
+            continue
+        box = obj.find("bndbox")
+        if box is None:
+            problems.append(ann.error(obj, "<object> has no <bndbox>"))
+            continue
+        values = [_number(ann, box, t, problems) for t in ("xmin", "ymin", "xmax", "ymax")]
+        if any(v is None for v in values):
+            continue
+        xmin, ymin, xmax, ymax = values
+        if not (0 <= xmin < xmax <= width and 0 <= ymin < ymax <= height):
+            problems.append(ann.error(box, f"box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) is not "
+                                      f"inside the image ({width:g}x{height:g})",
+                                      hint="xmin < xmax <= width and ymin < ymax <= height"))
+            continue
+        row = [((xmin + xmax) / 2 - 1) / width, ((ymin + ymax) / 2 - 1) / height,
+               (xmax - xmin) / width, (ymax - ymin) / height, float(classes[name])]
+        if not all(0 < v <= 1 for v in row[:4]):  # Darknet's label rule (voc_label.py's -1)
+            problems.append(ann.error(box, f"box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) gives "
+                                      f"the Darknet label {row[:4]} outside (0, 1]",
+                                      hint="VOC pixels count from 1"))
+            continue
+        hard = (obj.findtext("difficult") or "0").strip()
+        (difficult if hard not in ("", "0") else rows).append(row)
+    return rows, difficult

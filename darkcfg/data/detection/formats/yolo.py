@@ -1,0 +1,185 @@
+"""ultralytics-style YOLO sets: a `data.yaml` naming image folders or list files, and a label
+file per image found by ultralytics' rule.
+
+The rules are ultralytics' (`ultralytics/data/utils.py` check_det_dataset and img2label_paths,
+`ultralytics/data/base.py` get_img_files):
+  * `path` is the root (absolute, else relative to the current directory when it exists there,
+    else to the yaml's folder; default: the yaml's folder); `train` and `val` are each a folder,
+    a list file or a list of them, relative to the root;
+  * a folder contributes every image under it (recursively), a list file its lines (a line
+    starting `./` is relative to the list's folder; other relative lines are tried in the current
+    directory, then the list's folder); images are sorted by path;
+  * the label file of `.../images/.../x.jpg` is `.../labels/.../x.txt` (the last `/images/`
+    becomes `/labels/`, the extension `.txt`);
+  * `names` is a list or a {id: name} mapping (ids 0..n-1); `nc`, when given, must agree.
+Label lines are Darknet's `class x y w h` and get its checks (E903). Without `val`, validation
+falls back to the train images (Darknet's rule for a .data file without valid=).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.data.detection.formats.base import DetectionSet, Split
+from darkcfg.data.detection.labels import collect_labels
+
+# ultralytics/data/utils.py IMG_FORMATS (the ones PIL reads)
+IMAGE_SUFFIXES = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm"}
+_HINT = ("a data.yaml has path: (root), train: and val: (folders or list files), and names: "
+         "(a list, or {0: name, ...})")
+
+
+def label_path(image: str) -> str:
+    """ultralytics' img2label_paths: the last /images/ -> /labels/, the extension -> .txt."""
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    head, sep, tail = image.rpartition(sa)
+    out = head + sb + tail if sep else image
+    stem = out.rsplit(".", 1)[0] if "." in os.path.basename(out) else out
+    return stem + ".txt"
+
+
+class _Yaml:
+    """The parsed yaml and where each top-level key is, for located errors."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.text = path.read_text()
+            self.data = yaml.safe_load(self.text)
+            node = yaml.compose(self.text)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path))) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+            lines = self.text.splitlines()
+            source = lines[line - 1] if 0 < line <= len(lines) else ""
+            raise CfgError(Diagnostic("E901", f"invalid YAML: {getattr(exc, 'problem', exc)}",
+                                      str(path), line, col, hint=_HINT, source=source)) from None
+        if not isinstance(self.data, dict):
+            raise CfgError(Diagnostic("E901", "a data.yaml is a mapping of keys", str(path),
+                                      hint=_HINT))
+        self.marks = {}
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                self.marks[str(key.value)] = value.start_mark
+
+    def error(self, key: str, message: str, hint: str = _HINT) -> CfgError:
+        mark = self.marks.get(key)
+        if mark is None:
+            return CfgError(Diagnostic("E901", message, str(self.path), hint=hint))
+        lines = self.text.splitlines()
+        source = lines[mark.line] if mark.line < len(lines) else ""
+        return CfgError(Diagnostic("E901", message, str(self.path), mark.line + 1,
+                                   mark.column + 1, hint=hint, source=source,
+                                   span=max(len(source.rstrip()) - mark.column, 1)))
+
+
+def read_yolo(path: Path) -> DetectionSet:
+    if path.is_dir():
+        path = next(p for p in (path / "data.yaml", path / "data.yml") if p.is_file())
+    doc = _Yaml(path)
+    data = doc.data
+    names = _names(doc)
+    root = _root(doc)
+    if "train" not in data:
+        raise doc.error("train", f"'{path}' has no 'train' key")
+    problems = []
+
+    def split(key: str) -> Split:
+        images = _images(doc, key, root)
+        labels = [label_path(p) for p in images]
+        found, bad = collect_labels(labels, len(names))
+        problems.extend(bad)
+        return Split(images, found.boxes, missing=found.missing, label_files=labels)
+
+    train = split("train")
+    valid = split("val") if data.get("val") else None
+    if valid is not None and valid.images == train.images:
+        valid = None  # the same images: Darknet's fallback, said once
+    return DetectionSet(path, "yolo", names, train, valid, problems=problems)
+
+
+def _names(doc: _Yaml) -> list[str]:
+    names = doc.data.get("names")
+    if isinstance(names, dict):
+        try:
+            ids = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise doc.error("names", "names: the keys of a names mapping are class ids "
+                            "0, 1, ...") from None
+        if ids != list(range(len(ids))):
+            raise doc.error("names", f"names: class ids {ids[:5]}... are not 0..{len(ids) - 1}")
+        names = [str(names[k] if k in names else names[str(k)]) for k in ids]
+    elif isinstance(names, list):
+        names = [str(n) for n in names]
+    else:
+        raise doc.error("names", f"'{doc.path}' needs names: (a list of class names, or "
+                        "{0: name, ...})")
+    if not names:
+        raise doc.error("names", "names: is empty", hint="list one name per class")
+    nc = doc.data.get("nc")
+    if nc is not None and nc != len(names):
+        raise doc.error("nc", f"nc: {nc} but names: lists {len(names)} classes",
+                        hint="drop nc: or make it the number of names")
+    return names
+
+
+def _root(doc: _Yaml) -> Path:
+    raw = doc.data.get("path")
+    here = doc.path.parent
+    if raw is None or raw == "":
+        return here
+    root = Path(str(raw)).expanduser()
+    if root.is_absolute() or root.exists():
+        return root
+    if (here / root).exists():
+        return here / root
+    raise doc.error("path", f"path: '{raw}' does not exist",
+                    hint=f"tried the current directory and {here}")
+
+
+def _images(doc: _Yaml, key: str, root: Path) -> list[str]:
+    entries = doc.data[key]
+    entries = entries if isinstance(entries, list) else [entries]
+    found: list[str] = []
+    for entry in entries:
+        raw = str(entry)
+        where = root / raw
+        if not where.exists() and raw.startswith("../"):
+            where = root / raw[3:]  # ultralytics' second try
+        if where.is_dir():
+            found += [str(p) for p in where.rglob("*.*") if p.is_file()]
+        elif where.is_file():
+            found += _list_file(doc, key, where)
+        else:
+            raise doc.error(key, f"{key}: '{raw}' is neither a folder nor a list file "
+                            f"(looked for {where})")
+    images = sorted(p for p in found if p.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise doc.error(key, f"{key}: no images found", hint="images end in "
+                        + ", ".join(f".{s}" for s in sorted(IMAGE_SUFFIXES)))
+    return images
+
+
+def _list_file(doc: _Yaml, key: str, list_path: Path) -> list[str]:
+    try:
+        lines = [s.strip() for s in list_path.read_text().splitlines() if s.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise doc.error(key, f"cannot read the list '{list_path}': {exc}") from None
+    parent = str(list_path.parent) + os.sep
+    out, missing = [], []
+    for line in lines:
+        image = line.replace("./", parent, 1) if line.startswith("./") else line
+        if not os.path.isabs(image) and not os.path.exists(image):
+            image = os.path.join(parent, image)
+        (out if os.path.isfile(image) else missing).append(image)
+    if missing:
+        raise doc.error(key, f"{len(missing)} image(s) listed in {list_path} do not exist, "
+                        f"e.g. '{missing[0]}'", hint="a list line is an image path: './x.jpg' "
+                        "is relative to the list's folder")
+    return out

@@ -1,0 +1,414 @@
+"""Detection on videos, streams and cameras (Darknet's `detector demo`): frames decoded with PyAV
+(the `video` extra; FFmpeg comes with it), the network on batches of frames, and out:
+
+- `OUT/<name>.mp4`: the frames with their boxes drawn (Darknet's `-out_filename`);
+- `OUT/<name>.jsonl`: one line per frame with Darknet's `-json_port` fields (`frame_id` from 1,
+  `objects`: `class_id`, `name`, `relative_coordinates` {`center_x`, `center_y`, `width`,
+  `height`}, `confidence`; src/demo.c sends them with `++frame_id`, an object per class above
+  the threshold as src/http_stream.cpp send_json does);
+- with `save_labels`, `OUT/<name>_labels/<name>_<frame>.txt`: Darknet label lines per frame.
+
+Three stages overlap: a reader thread decodes and prepares (resize or letterbox) the next batch,
+the calling thread runs the network, and a writer thread decodes the heads' outputs into boxes
+(+ NMS), draws, encodes and writes. A frame goes through exactly the preparation, network and
+box decoding that `detect` gives the same frame saved as an image. Ctrl-C (KeyboardInterrupt)
+stops reading, finishes the frames already detected, closes the video properly (a playable
+file) and re-raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cfgparse import CfgError, Diagnostic
+from darkcfg.detect.decode import (
+    _device_of,
+    decode,
+    found_objects,
+    head_indices,
+    letterbox_image,
+    load_image,
+    net_letter_box,
+    nms,
+    resize_image,
+    run_heads,
+)
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",
+                    ".flv", ".ts", ".mts", ".3gp", ".ogv")
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
+                  "srt://")
+
+
+def is_video(target: str) -> bool:
+    """A video file (by extension), a stream URL or a camera index ('0', '1', ...)."""
+    return (target.isdigit() or target.lower().startswith(STREAM_SCHEMES)
+            or Path(target).suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def require_av():
+    try:
+        import av
+    except ImportError:
+        raise CfgError(Diagnostic("E901", "video input needs PyAV, which is not installed",
+                                  "--detect", hint="pip install 'darkcfg[video]' (or: pip "
+                                  "install av); it brings its own FFmpeg")) from None
+    return av
+
+
+def source_name(target: str) -> str:
+    """The output files' stem: the file name, `camera<N>`, or the stream's last path part."""
+    if target.isdigit():
+        return f"camera{target}"
+    if target.lower().startswith(STREAM_SCHEMES):
+        tail = target.split("://", 1)[1].split("?", 1)[0].rstrip("/")
+        part = tail.rsplit("/", 1)[-1] if "/" in tail else tail.split(":", 1)[0]
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(part).stem) or \
+            "stream"
+    return Path(target).stem
+
+
+def open_source(target: str):
+    """A PyAV input container for a file, URL or camera index; E901 when it cannot be opened."""
+    av = require_av()
+    options: dict[str, str] = {}
+    fmt = None
+    where = target
+    if target.isdigit():  # a camera: the platform's capture device
+        if sys.platform.startswith("linux"):
+            where, fmt = f"/dev/video{target}", "v4l2"
+        elif sys.platform == "darwin":
+            fmt = "avfoundation"
+        else:
+            raise CfgError(Diagnostic("E901", f"camera {target}: camera indices are read on "
+                                      "Linux (v4l2) and macOS (avfoundation)", target,
+                                      hint="give the camera as a stream URL or a DirectShow "
+                                      "device through FFmpeg instead"))
+    elif target.lower().startswith(("rtsp://", "rtsps://")):
+        options = {"rtsp_transport": "tcp"}
+    elif not target.lower().startswith(STREAM_SCHEMES) and not Path(target).is_file():
+        raise CfgError(Diagnostic("E901", f"video '{target}' does not exist", target,
+                                  hint="check the path given to --detect"))
+    try:
+        container = av.open(where, format=fmt, options=options, timeout=(10.0, 30.0))
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise CfgError(Diagnostic("E901", f"cannot open video '{target}': {exc}", target,
+                                  hint="a video file, an rtsp:// or http:// stream, or a camera "
+                                  "index")) from None
+    if not container.streams.video:
+        container.close()
+        raise CfgError(Diagnostic("E901", f"'{target}' has no video stream", target,
+                                  hint="give a file or stream with video"))
+    return container
+
+
+@dataclass
+class VideoResult:
+    source: str
+    frames: int
+    objects: int
+    seconds: float
+    video: Path
+    jsonl: Path
+    labels: Path | None
+    interrupted: bool = False
+
+    @property
+    def fps(self) -> float:
+        return self.frames / max(self.seconds, 1e-9)
+
+
+_DONE = object()
+
+
+def frame_json(frame_id: int, found, image_w: int, image_h: int) -> dict:
+    """Darknet's -json_port record for one frame (relative centre and size, from the box)."""
+    objects = []
+    for f in found:
+        left, top, right, bottom = f.box
+        objects.append({"class_id": f.class_id, "name": f.name or str(f.class_id),
+                        "relative_coordinates": {
+                            "center_x": (left + right) / 2 / image_w,
+                            "center_y": (top + bottom) / 2 / image_h,
+                            "width": (right - left) / image_w,
+                            "height": (bottom - top) / image_h},
+                        "confidence": f.score})
+    return {"frame_id": frame_id, "objects": objects}
+
+
+def _reader(container, net_size: tuple[int, int, int], letter: bool, batch: int, out: queue.Queue,
+            stop: threading.Event, max_frames: int | None) -> None:
+    """Decode frames into batches: (uint8 frames (3,H,W), network input (B,C,h,w), sizes)."""
+    w, h, c = net_size
+    fit = letterbox_image if letter else resize_image
+    frames, inputs = [], []
+    count = 0
+    try:
+        for frame in container.decode(video=0):
+            if stop.is_set():
+                break
+            rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+            frames.append(rgb)
+            inputs.append(fit(load_image(rgb, c)[None], w, h))  # as detect_batches prepares it
+            count += 1
+            if len(frames) == batch:
+                out.put((frames, torch.cat(inputs)))
+                frames, inputs = [], []
+            if max_frames is not None and count >= max_frames:
+                break
+        if frames:
+            out.put((frames, torch.cat(inputs)))
+        out.put(_DONE)
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+        out.put(exc)
+
+
+class _Writer(threading.Thread):
+    """Draws, encodes and writes the detected frames in order (its own thread)."""
+
+    def __init__(self, net, video_tmp: Path, jsonl, labels: Path | None, name: str, rate,
+                 codec: str, thresh: float, nms_thresh: float, letter: bool,
+                 names: Sequence[str]):
+        super().__init__(daemon=True)
+        self.net, self.nms, self.letter, self.names = net, nms_thresh, letter, names
+        self.objects = 0
+        self.jobs: queue.Queue = queue.Queue(maxsize=4)
+        self.video_tmp, self.jsonl, self.labels, self.name = video_tmp, jsonl, labels, name
+        self.rate, self.codec, self.thresh = rate, codec, thresh
+        self.container = self.stream = None
+        self.error: BaseException | None = None
+        self.frames = 0
+
+    def run(self) -> None:
+        try:
+            while (job := self.jobs.get()) is not _DONE:
+                self.write(*job)
+        except BaseException as exc:  # noqa: BLE001 - reported by finish()
+            self.error = exc
+            while self.jobs.get() is not _DONE:  # let the producer finish without blocking
+                pass
+        finally:
+            self.close()
+
+    def open(self, width: int, height: int) -> None:
+        av = require_av()
+        self.container = av.open(str(self.video_tmp), "w", format="mp4")
+        self.stream = self.container.add_stream(self.codec, rate=self.rate)
+        self.stream.width, self.stream.height = width + width % 2, height + height % 2
+        self.stream.pix_fmt = "yuv420p"  # what players expect (it needs even sizes)
+        if self.codec == "libx264":  # a quarter of the default preset's encoding time
+            self.stream.options = {"preset": "ultrafast"}
+
+    @torch.no_grad()
+    def write(self, frames, outputs, sizes, input_size, first_id: int) -> None:
+        from darkcfg.detect.draw import drawn, label_lines
+
+        av = require_av()
+        # detections_for_input's decode + NMS, on the outputs the calling thread computed
+        dets = decode(self.net, outputs, self.thresh, image_size=sizes, letter_box=self.letter,
+                      input_size=input_size)
+        dets = nms(dets, self.nms) if self.nms else dets
+        found = [found_objects(d, self.thresh, w, h, self.names)
+                 for d, (w, h) in zip(dets, sizes, strict=True)]
+        self.objects += sum(len(f) for f in found)
+        for k, (rgb, det, objs) in enumerate(zip(frames, dets, found, strict=True)):
+            frame_id = first_id + k
+            h, w = rgb.shape[-2:]
+            if self.container is None:
+                self.open(w, h)
+            picture = drawn(rgb, objs).permute(1, 2, 0)
+            if w % 2 or h % 2:  # repeat the last column/row up to the even size yuv420p needs
+                picture = torch.nn.functional.pad(picture.permute(2, 0, 1)[None].float(),
+                                                  (0, w % 2, 0, h % 2), mode="replicate"
+                                                  )[0].to(torch.uint8).permute(1, 2, 0)
+            frame = av.VideoFrame.from_ndarray(picture.contiguous().numpy(), format="rgb24")
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+            self.jsonl.write(json.dumps(frame_json(frame_id, objs, w, h)) + "\n")
+            if self.labels is not None:
+                lines = label_lines(det, self.thresh)
+                (self.labels / f"{self.name}_{frame_id:06d}.txt").write_text(
+                    "".join(f"{li}\n" for li in lines))
+            self.frames += 1
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.container is not None:
+            try:
+                for packet in self.stream.encode(None):  # flush the encoder's delayed frames
+                    self.container.mux(packet)
+            finally:
+                self.container.close()
+
+    def finish(self) -> None:
+        self.jobs.put(_DONE)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def video_codec() -> str:
+    """H.264 when this PyAV's FFmpeg has an encoder for it, else MPEG-4 part 2."""
+    av = require_av()
+    available = av.codecs_available
+    return "libx264" if "libx264" in available else "h264" if "h264" in available and \
+        _can_encode("h264") else "mpeg4"
+
+
+def _can_encode(name: str) -> bool:
+    av = require_av()
+    try:
+        return av.Codec(name, "w") is not None
+    except Exception:  # noqa: BLE001 - PyAV raises several kinds for a missing encoder
+        return False
+
+
+@torch.no_grad()
+def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: float = 0.45,
+                 letter_box: bool | None = None, names: Sequence[str] = (),
+                 batch_size: int = 8, save_labels: bool = False, progress: bool = True,
+                 max_frames: int | None = None, name: str | None = None) -> VideoResult:
+    """Detect objects in every frame of `source` (a video file, an rtsp/http/... URL, or a
+    camera index as a string) with the eval-mode detector `net`, writing OUT/<name>.mp4,
+    OUT/<name>.jsonl (and per-frame labels with `save_labels`). Returns counts and timing.
+    Raises CfgError (E901) for a source that cannot be opened or read; KeyboardInterrupt after
+    closing the outputs properly."""
+    from tqdm import tqdm
+
+    if not head_indices(net):
+        raise ValueError("the network has no detection head")
+    container = open_source(source)
+    name = name or source_name(source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    video_path, jsonl_path = out / f"{name}.mp4", out / f"{name}.jsonl"
+    labels = out / f"{name}_labels" if save_labels else None
+    if labels is not None:
+        labels.mkdir(exist_ok=True)
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # FFmpeg's own frame threads for decoding
+    total = stream.frames or None
+    if max_frames is not None:
+        total = min(total, max_frames) if total else max_frames
+    rate = stream.average_rate or stream.guessed_rate or 25
+    letter = net_letter_box(net) if letter_box is None else bool(letter_box)
+    device = _device_of(net)
+    heads = head_indices(net)
+    size = (net.info.width, net.info.height, net.info.channels)
+    video_tmp = out / f".{name}.{os.getpid()}.tmp.mp4"
+    jsonl_tmp = out / f".{name}.{os.getpid()}.tmp.jsonl"
+    batches: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    reader = threading.Thread(target=_reader, daemon=True,
+                              args=(container, size, letter, batch_size, batches, stop,
+                                    max_frames))
+    jsonl = open(jsonl_tmp, "w")  # noqa: SIM115 - closed in the finally below
+    writer = _Writer(net, video_tmp, jsonl, labels, name, rate, video_codec(), thresh, nms,
+                     letter, names)
+    bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr,
+               desc=name, dynamic_ncols=True)
+    frames = 0
+    interrupted = False
+    start = time.perf_counter()
+    writer.start()
+    reader.start()
+    try:
+        while (item := batches.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise _read_error(item, source)
+            rgb, x = item
+            sizes = [(f.shape[-1], f.shape[-2]) for f in rgb]
+            outputs = run_heads(net, x.to(device), heads)
+            writer.jobs.put((rgb, outputs, sizes, (x.shape[-1], x.shape[-2]), frames + 1))
+            frames += len(rgb)
+            bar.update(len(rgb))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                batches.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        bar.close()
+        try:
+            writer.finish()
+        finally:
+            jsonl.close()
+            container.close()
+        if writer.frames:
+            os.replace(video_tmp, video_path)
+        else:
+            video_tmp.unlink(missing_ok=True)
+        os.replace(jsonl_tmp, jsonl_path)
+    seconds = time.perf_counter() - start
+    result = VideoResult(source, frames, writer.objects, seconds, video_path, jsonl_path, labels,
+                         interrupted)
+    if interrupted:
+        raise KeyboardInterrupt(result)
+    return result
+
+
+def _read_error(exc: BaseException, source: str) -> BaseException:
+    av = require_av()
+    if isinstance(exc, (av.FFmpegError, OSError)):
+        return CfgError(Diagnostic("E901", f"cannot decode '{source}': {exc}", source,
+                                   hint="the file may be damaged or the stream gone"))
+    return exc
+
+
+# -- a generated clip (for trying the pipeline, the tests and bench/detect_video.py) -------------
+def moving_shapes_clip(path: str | os.PathLike, frames: int = 48, width: int = 320,
+                       height: int = 240, fps: int = 24, objects: int = 3, classes: int = 8,
+                       seed: int = 0) -> list[list[tuple[int, float, float, float, float]]]:
+    """Write an H.264 (or MPEG-4) clip of the embedded detection set's shapes moving over a
+    dark background, and return each frame's true boxes (class, x, y, w, h relative)."""
+    import numpy as np
+
+    from darkcfg.data.detection.embedded import COLOURS, class_look, shape_mask
+
+    av = require_av()
+    rng = np.random.default_rng(seed)
+    colours = np.array(list(COLOURS.values()), np.float32)
+    side = rng.uniform(0.2, 0.35, objects) * min(width, height)
+    size = np.stack([side * rng.uniform(0.8, 1.25, objects), side], 1).astype(int)
+    pos = rng.uniform(0, 1, (objects, 2)) * ([width, height] - size)
+    speed = rng.uniform(-4, 4, (objects, 2))
+    kinds = rng.integers(classes, size=objects)
+    truth = []
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream(video_codec(), rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            img = np.full((height, width, 3), 30, np.float32)
+            boxes = []
+            for (x0, y0), (bw, bh), k in zip(pos.astype(int), size, kinds, strict=True):
+                shape, colour, _ = class_look(int(k))
+                dy = (np.arange(bh) + 0.5) / bh * 2 - 1
+                dx = (np.arange(bw) + 0.5) / bw * 2 - 1
+                mask = shape_mask(shape, dy[:, None], dx[None, :])
+                img[y0:y0 + bh, x0:x0 + bw][mask] = colours[colour]
+                boxes.append((int(k), (x0 + bw / 2) / width, (y0 + bh / 2) / height,
+                              bw / width, bh / height))
+            truth.append(boxes)
+            frame = av.VideoFrame.from_ndarray(img.astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            pos += speed  # bounce off the edges
+            limit = [width, height] - size
+            speed = np.where((pos < 0) | (pos > limit), -speed, speed)
+            pos = np.clip(pos, 0, limit)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return truth

@@ -1,0 +1,406 @@
+"""The command line (darkcfg.cli): one module per subcommand parsing into typed options, the flag
+form of runner.py as a translation onto the same options, the one error handler; and the one data
+stack (.data reader, path resolver, rand_scale, [net] reader, the --classes rule)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_detect import TINY
+
+from darkcfg.cli import COMMANDS
+from darkcfg.cli import flags as flag_form
+from darkcfg.cli import main as darkcfg
+
+DETECTOR = TINY.format(letter="max_batches=10")  # 64x64x3, [yolo] with classes=7
+
+OWN_COMMANDS = ("train", "valid", "predict", "detect", "export", "emit", "summary", "weights")
+
+
+def call(capsys, argv) -> tuple[int, str, str]:
+    code = darkcfg([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def planned(flags: list) -> list[tuple[str, object]]:
+    return flag_form.plan(flag_form.arg_parser().parse_args([str(a) for a in flags]))
+
+
+def parsed(sub: list) -> tuple[str, object]:
+    name, *argv = [str(a) for a in sub]
+    return name, importlib.import_module(COMMANDS[name]).parse(argv)
+
+
+# -- fixtures: a tiny classifier, a tiny detector, weights, images, an input -----------------------
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_classifier) -> Path:
+    from PIL import Image
+
+    from builders.weights import save_weights
+    from darkcfg.model import ModelSpec
+
+    root = tmp_path_factory.mktemp("cli")
+    tiny_classifier.write(root / "tiny.cfg", max_batches=4)
+    (root / "det.cfg").write_text(DETECTOR)
+    for name in ("tiny", "det"):
+        save_weights(ModelSpec(str(root / f"{name}.cfg"), seed=3).build(), root / f"{name}.weights")
+    images = root / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in (("1.jpg", (24, 40)), ("b.png", (32, 32))):
+        Image.fromarray((rng.uniform(0, 255, (h, w, 3))).astype(np.uint8)).save(images / name)
+    (root / "names.txt").write_text("a\nb\nc\nd\ne\nf\ng\n")
+    np.save(root / "x.npy", rng.uniform(0, 1, (1, 3, 12, 12)).astype(np.float32))
+    np.save(root / "xd.npy", rng.uniform(0, 1, (1, 3, 64, 64)).astype(np.float32))
+    return root
+
+
+# -- the house: one module per command, typed options, no argparse below the cli -------------------
+
+def test_every_command_is_a_module_that_parses_into_typed_options(work):
+    argv = {"train": ["tiny.cfg"], "valid": ["tiny.cfg"], "predict": ["tiny.cfg", "a.png"],
+            "detect": ["det.cfg", "imgs"], "export": ["tiny.cfg", "--out", "m.onnx"],
+            "emit": ["tiny.cfg", "--out", "m.py"], "summary": ["tiny.cfg"],
+            "weights": ["tiny.cfg", "--weights", "w", "--save-weights", "o"]}
+    assert set(OWN_COMMANDS) | {"check", "data", "anchors"} == set(COMMANDS)
+    assert COMMANDS["check"] == "darkcfg.lint.cli"
+    for name in OWN_COMMANDS:
+        module = importlib.import_module(COMMANDS[name])
+        assert callable(module.main) and callable(module.run)
+        options = module.parse(argv[name])
+        assert dataclasses.is_dataclass(options), name
+        text = repr(options)
+        assert "Namespace" not in text, name
+
+
+# -- every README/docs line in flag form and its subcommand: the same options, the same result -----
+
+#: (flag form, subcommand form): the lines of today's docs, on the tiny cfgs above.
+SAME = [
+    (["tiny.cfg", "--summary"], ["summary", "tiny.cfg"]),
+    (["tiny.cfg", "--summary", "--format", "json"], ["summary", "tiny.cfg", "--format", "json"]),
+    (["tiny.cfg", "--train", "--set", "batch=8", "--set", "max_batches=3", "--out", "runs/x"],
+     ["train", "tiny.cfg", "--set", "batch=8", "--set", "max_batches=3", "--out", "runs/x"]),
+    (["tiny.cfg", "--train", "--classes", "4", "--out", "r", "--no-progress", "--resume"],
+     ["train", "tiny.cfg", "--classes", "4", "--out", "r", "--no-progress", "--resume"]),
+    (["tiny.cfg", "--weights", "tiny.weights", "--valid", "--classes", "4"],
+     ["valid", "tiny.cfg", "--weights", "tiny.weights", "--classes", "4"]),
+    (["det.cfg", "--valid", "--weights", "W", "--format", "json", "--map-points", "101"],
+     ["valid", "det.cfg", "--weights", "W", "--format", "json", "--map-points", "101"]),
+    (["tiny.cfg", "--weights", "W", "--predict", "a.png", "b.png", "--top", "2"],
+     ["predict", "tiny.cfg", "--weights", "W", "a.png", "b.png", "--top", "2"]),
+    (["tiny.cfg", "--weights", "W", "--save-weights", "o.weights", "--cutoff", "2"],
+     ["weights", "tiny.cfg", "--weights", "W", "--save-weights", "o.weights", "--cutoff", "2"]),
+    (["tiny.cfg", "--weights", "W", "--input", "x.npy", "--dump-outputs", "out.npz"],
+     ["weights", "tiny.cfg", "--weights", "W", "--input", "x.npy", "--dump-outputs", "out.npz"]),
+    (["det.cfg", "--weights", "W", "--detect", "1.jpg", "imgs/", "--names", "n.txt"],
+     ["detect", "det.cfg", "--weights", "W", "1.jpg", "imgs/", "--names", "n.txt"]),
+    (["det.cfg", "--weights", "W", "--detect", "imgs/", "--data", "c.data", "--out", "o",
+      "--thresh", ".5", "--save-labels"],
+     ["detect", "det.cfg", "--weights", "W", "imgs/", "--data", "c.data", "--out", "o",
+      "--thresh", ".5", "--save-labels"]),
+    (["det.cfg", "--weights", "W", "--input", "x.npy", "--detections", "d.json"],
+     ["detect", "det.cfg", "--weights", "W", "--input", "x.npy", "--detections", "d.json"]),
+    (["tiny.cfg", "--weights", "W", "--export", "m.onnx"],
+     ["export", "tiny.cfg", "--weights", "W", "--out", "m.onnx"]),
+    (["tiny.cfg", "--export", "m.onnx", "--opset", "17", "--dynamic-batch", "--input-size",
+      "608x608"], ["export", "tiny.cfg", "--out", "m.onnx", "--opset", "17", "--dynamic-batch",
+                   "--input-size", "608x608"]),
+    (["det.cfg", "--export", "m.onnx", "--decode"],
+     ["export", "det.cfg", "--out", "m.onnx", "--decode"]),
+    (["tiny.cfg", "--weights", "W", "--emit", "model.py"],
+     ["emit", "tiny.cfg", "--weights", "W", "--out", "model.py"]),
+]
+
+
+@pytest.mark.parametrize("flags,sub", SAME, ids=[" ".join(f[1:3]) for f, _ in SAME])
+def test_the_flag_form_plans_the_subcommands_options(flags, sub):
+    assert planned(flags) == [parsed(sub)]
+
+
+def test_several_flags_plan_several_commands_in_the_old_order():
+    steps = planned(["tiny.cfg", "--train", "--valid", "--summary", "--plot-lr", "lr.png",
+                     "--emit", "m.py", "--export", "m.onnx", "--predict", "a.png"])
+    assert [name for name, _ in steps] == ["summary", "emit", "export", "train", "valid",
+                                           "predict"]
+    summary = steps[0][1]
+    assert summary.table and summary.plot_lr == Path("lr.png")
+    # --plot-lr alone plots without the table (as it always did); `summary --plot-lr` does both
+    (alone,) = planned(["tiny.cfg", "--plot-lr", "lr.png"])
+    assert alone[1].table is False and parsed(["summary", "tiny.cfg", "--plot-lr", "lr.png"]
+                                              )[1].table is True
+
+
+def test_train_then_valid_evaluates_the_network_just_trained(work, capsys, monkeypatch):
+    monkeypatch.chdir(work)
+    code, out, err = call(capsys, ["tiny.cfg", "--train", "--valid", "--out", "tv",
+                                   "--no-progress", "--set", "max_batches=2"])
+    assert code == 0 and "finished 2 iterations" in err
+    assert "val_top1" in out and "loaded" not in err  # no weights file read back: the trainer's net
+
+
+def run_both(capsys, monkeypatch, work, flags, sub, tmp_path):
+    """Run the flag form in tmp_path/flag and the subcommand in tmp_path/sub (each a copy of the
+    fixture folder): (code, stdout, stderr) of each."""
+    results = []
+    for name, argv in (("flag", flags), ("sub", sub)):
+        here = tmp_path / name
+        shutil.copytree(work, here)
+        monkeypatch.chdir(here)
+        results.append(call(capsys, argv))
+    return results
+
+
+def test_summary_and_plot_lr_alike(work, capsys, monkeypatch, tmp_path):
+    (fc, fo, _), (sc, so, _) = run_both(capsys, monkeypatch, work,
+                                        ["tiny.cfg", "--summary", "--plot-lr", "lr.png"],
+                                        ["summary", "tiny.cfg", "--plot-lr", "lr.png"], tmp_path)
+    assert fc == sc == 0 and fo == so and "connected" in fo
+    plots = [(tmp_path / f / "lr.png").read_bytes() for f in ("flag", "sub")]
+    assert plots[0][:8] == b"\x89PNG\r\n\x1a\n" and plots[0] == plots[1]
+
+
+def test_weights_and_dump_outputs_alike(work, capsys, monkeypatch, tmp_path):
+    common = ["--weights", "tiny.weights", "--save-weights", "o.weights", "--cutoff", "2",
+              "--input", "x.npy", "--dump-outputs", "o.npz"]
+    (fc, _, ferr), (sc, _, serr) = run_both(capsys, monkeypatch, work, ["tiny.cfg", *common],
+                                            ["weights", "tiny.cfg", *common], tmp_path)
+    assert fc == sc == 0 and ferr == serr and "wrote o.weights" in ferr
+    a, b = (tmp_path / f for f in ("flag", "sub"))
+    assert (a / "o.weights").read_bytes() == (b / "o.weights").read_bytes()
+    with np.load(a / "o.npz") as x, np.load(b / "o.npz") as y:
+        assert sorted(x) == sorted(y) and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_detect_alike(work, capsys, monkeypatch, tmp_path):
+    flags = ["det.cfg", "--weights", "det.weights", "--detect", "imgs", "--names", "names.txt",
+             "--out", "dets", "--thresh", "0.01", "--save-labels", "--no-progress"]
+    sub = ["detect", "det.cfg", "--weights", "det.weights", "imgs", "--names", "names.txt",
+           "--out", "dets", "--thresh", "0.01", "--save-labels", "--no-progress"]
+    (fc, fo, _), (sc, so, _) = run_both(capsys, monkeypatch, work, flags, sub, tmp_path)
+    assert fc == sc == 0
+    assert fo.splitlines()[:-1] == so.splitlines()[:-1]  # the last line has the timing
+    assert "imgs/1.jpg: " in fo
+    a, b = (tmp_path / f / "dets" for f in ("flag", "sub"))
+    assert json.loads((a / "detections.json").read_text()) == \
+        json.loads((b / "detections.json").read_text())
+    assert (a / "1.txt").read_text() == (b / "1.txt").read_text()
+
+
+def test_raw_input_detections_alike(work, capsys, monkeypatch, tmp_path):
+    common = ["--weights", "det.weights", "--input", "xd.npy", "--detections", "d.json",
+              "--thresh", "0.01"]
+    (fc, _, _), (sc, _, _) = run_both(capsys, monkeypatch, work, ["det.cfg", *common],
+                                      ["detect", "det.cfg", *common], tmp_path)
+    assert fc == sc == 0
+    texts = [(tmp_path / f / "d.json").read_text() for f in ("flag", "sub")]
+    assert texts[0] == texts[1] and json.loads(texts[0])
+
+
+def test_emit_and_export_alike(work, capsys, monkeypatch, tmp_path):
+    (fc, _, _), (sc, _, _) = run_both(
+        capsys, monkeypatch, work,
+        ["tiny.cfg", "--weights", "tiny.weights", "--emit", "m.py", "--export", "m.pt2"],
+        ["emit", "tiny.cfg", "--weights", "tiny.weights", "--out", "m.py"], tmp_path)
+    assert fc == sc == 0
+    a, b = (tmp_path / f for f in ("flag", "sub"))
+    assert (a / "m.py").read_text() == (b / "m.py").read_text()
+    monkeypatch.chdir(b)
+    assert call(capsys, ["export", "tiny.cfg", "--weights", "tiny.weights", "--out",
+                         "m.pt2"])[0] == 0
+    import torch
+
+    x = torch.from_numpy(np.load(work / "x.npy"))
+    outs = [torch.export.load(d / "m.pt2").module()(x) for d in (a, b)]
+    assert all(torch.equal(p, q) for p, q in zip(outs[0], outs[1], strict=True))
+
+
+def test_train_valid_predict_alike(work, capsys, monkeypatch, tmp_path):
+    train = ["--set", "max_batches=3", "--out", "run", "--no-progress", "--valid-every", "0"]
+    (fc, _, _), (sc, _, _) = run_both(capsys, monkeypatch, work, ["tiny.cfg", "--train", *train],
+                                      ["train", "tiny.cfg", *train], tmp_path)
+    assert fc == sc == 0
+    a, b = (tmp_path / f for f in ("flag", "sub"))
+    rows = [[r.split(",")[:3] for r in (d / "run" / "metrics.csv").read_text().splitlines()]
+            for d in (a, b)]
+    assert len(rows[0]) == 4 and rows[0] == rows[1]  # header + 3 iterations: the same losses
+    assert (a / "run" / "tiny_final.weights").read_bytes() == \
+        (b / "run" / "tiny_final.weights").read_bytes()
+    monkeypatch.chdir(a)
+    w = "run/tiny_final.weights"
+    valid = [call(capsys, argv) for argv in (["tiny.cfg", "--weights", w, "--valid"],
+                                             ["valid", "tiny.cfg", "--weights", w])]
+    assert valid[0][0] == valid[1][0] == 0 and valid[0][1] == valid[1][1]
+    assert "val_top1" in valid[0][1]
+    image = str(work / "imgs" / "b.png")
+    predicted = [call(capsys, argv) for argv in (
+        ["tiny.cfg", "--weights", w, "--predict", image, "--top", "2"],
+        ["predict", "tiny.cfg", "--weights", w, image, "--top", "2"])]
+    assert predicted[0][1] == predicted[1][1] and predicted[0][1].count("%") == 2
+
+
+def test_check_in_every_spelling(work, capsys, monkeypatch):
+    bad = work / "bad.cfg"
+    bad.write_text(DETECTOR.replace("activation=leaky", "activation=lekay"))
+    results = [call(capsys, argv) for argv in (["check", bad], [bad, "--check"])]
+    from darkcfg.lint.cli import main as lint_main
+
+    assert lint_main([str(bad)]) == results[0][0] == results[1][0] == 1
+    direct = capsys.readouterr().out
+    assert results[0][1] == results[1][1] == direct and "did you mean 'leaky'" in direct
+
+
+def test_darkcfg_check_stays_torch_free():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = ("import sys\nfrom darkcfg.cli import main\n"
+              "code = main(['check', '--no-build', 'cfg/digits.cfg'])\n"
+              "assert 'torch' not in sys.modules\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "1 file checked: 0 errors" in done.stdout
+
+
+# -- errors: one handler, exit 2, located, no traceback --------------------------------------------
+
+@pytest.mark.parametrize("argv,message", [
+    (["summary", "/no/such.cfg"], "cannot read"),
+    (["train", "tiny.cfg", "--data", "/no/such/data"], "does not exist"),
+    (["train", "tiny.cfg", "--data", "digits", "--classes", "2"], "--classes is for the embedded"),
+    (["valid", "tiny.cfg", "--weights", "/no/such.weights"], "does not exist"),
+    (["predict", "tiny.cfg", "a.png", "--top", "0"], "--top 0"),
+    (["detect", "tiny.cfg", "imgs"], "has no detection head"),
+    (["detect", "det.cfg", "imgs", "--thresh", "1.5"], "--thresh 1.5"),
+    (["detect", "det.cfg"], "nothing to detect in"),
+    (["weights", "tiny.cfg", "--save-weights", "o.weights"], "need --weights"),
+    (["weights", "tiny.cfg", "--weights", "tiny.weights", "--dump-outputs", "o.npz"],
+     "needs --input"),
+    (["weights", "tiny.cfg", "--weights", "tiny.weights", "--cutoff", "-1", "--save-weights",
+      "o"], "--cutoff -1"),
+    (["export", "tiny.cfg", "--out", "m.xyz"], "cannot tell the export format"),
+    (["export", "tiny.cfg", "--out", "m.onnx", "--input-size", "big"], "WxH"),
+    (["emit", "tiny.cfg", "--set", "batchz=3", "--out", "m.py"], "did you mean 'batch'"),
+    (["tiny.cfg"], "nothing to do"),
+])
+def test_bad_input_is_exit_2_with_a_diagnostic(work, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(work)
+    code, _, err = call(capsys, argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_a_usage_error_of_argparse_is_exit_2(work, capsys):
+    with pytest.raises(SystemExit) as stop:
+        darkcfg(["export", str(work / "tiny.cfg")])  # --out is required
+    assert stop.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+# -- one data stack --------------------------------------------------------------------------------
+
+def test_rand_scale_is_darknets_for_s_below_one():
+    """src/utils.c rand_scale: x = rand_uniform(1, s) (bounds swapped for s < 1), x or 1/x. For
+    s = .5 the half below 1 is uniform on [.5, 1] (mean .75), the half above is 1/x (mean
+    2 ln 2); the old classifier copy drew x in [1, 2] instead (means ln 2 and 1.5)."""
+    from darkcfg.data import rand_scale
+
+    rng = np.random.default_rng(0)
+    half = np.array([rand_scale(0.5, rng) for _ in range(20000)])
+    assert half.min() >= 0.5 and half.max() <= 2.0
+    assert abs((half < 1).mean() - 0.5) < 0.02
+    assert half[half < 1].mean() == pytest.approx(0.75, abs=0.01)
+    assert half[half >= 1].mean() == pytest.approx(2 * np.log(2), abs=0.01)
+    rng = np.random.default_rng(0)
+    double = np.array([rand_scale(2.0, rng) for _ in range(20000)])
+    assert double[double >= 1].mean() == pytest.approx(1.5, abs=0.01)  # uniform on [1, 2]
+    assert rand_scale(1.0, np.random.default_rng(0)) == 1.0
+
+
+def test_rand_scale_has_one_home():
+    from darkcfg.data import augment, draws
+    from darkcfg.data.detection import augment as detection_augment
+    from darkcfg.data.detection import scales
+
+    assert augment.rand_scale is draws.rand_scale is detection_augment.rand_scale \
+        is scales.rand_scale
+
+
+def test_one_data_reader_and_resolver_for_classifier_and_detector_data(tmp_path, monkeypatch):
+    """A list path resolves as Darknet opens it (the current directory first), then next to the
+    .data file, for classifier data, detection data and detect's names= alike."""
+    from darkcfg.data.datafile import read_data_file, resolve
+    from darkcfg.data.detection.labels import open_detection_data
+    from darkcfg.data.sources import darknet_data
+    from darkcfg.detect.run import read_names
+
+    here, cwd = tmp_path / "set", tmp_path / "cwd"
+    (here / "img").mkdir(parents=True)
+    cwd.mkdir()
+    from PIL import Image
+
+    for name in ("a_cat.png", "b_dog.png"):
+        Image.new("RGB", (4, 4)).save(here / "img" / name)
+    (here / "train.txt").write_text("img/a_cat.png\nimg/b_dog.png\n")
+    (here / "labels.txt").write_text("cat\ndog\n")
+    (here / "names.txt").write_text("near-cat\nnear-dog\n")
+    (cwd / "names.txt").write_text("cwd-cat\ncwd-dog\n")
+    data = here / "x.data"
+    data.write_text("classes = 2\n# comment\ntrain=train.txt\nlabels=labels.txt\n"
+                    "names=names.txt\nclasses=7\n")
+    monkeypatch.chdir(cwd)
+    assert read_data_file(data)["classes"] == "2"  # the first occurrence wins
+    assert resolve("names.txt", here) == Path("names.txt")  # the current directory first
+    assert resolve("train.txt", here) == here / "train.txt"
+    assert darknet_data(data, 3).names == ["cwd-cat", "cwd-dog"]
+    assert read_names(None, str(data))[0] == ["cwd-cat", "cwd-dog"]
+    assert open_detection_data(data).names == ["cwd-cat", "cwd-dog"]
+    (cwd / "names.txt").unlink()
+    assert darknet_data(data, 3).names == ["near-cat", "near-dog"]
+    assert read_names(None, str(data))[0] == ["near-cat", "near-dog"]
+
+
+def test_one_net_reader_for_classifier_and_detection_settings():
+    from builders import build
+    from darkcfg.config import NOT_HONOURED, NetConfig
+    from darkcfg.data.detection.augment import MOSAIC, DetectionSettings
+
+    text = DETECTOR.replace("max_batches=10", "max_batches=10\nmosaic=1\nletter_box=1\nblur=2\n"
+                            "gaussian_noise=5\nresize_step=16\nsaturation=1.5\nhue=.1\nflip=0")
+    net = build(text, device="meta")
+    cfg = NetConfig.from_block(net.net_block)
+    settings = DetectionSettings.from_network(net)
+    assert (cfg.mosaic, cfg.letter_box, cfg.blur, cfg.gaussian_noise, cfg.resize_step) == \
+        (True, True, 2, 5, 16)
+    assert (settings.mix, settings.letter_box, settings.blur, settings.gaussian_noise,
+            settings.resize_step, settings.saturation, settings.hue, settings.flip) == \
+        (MOSAIC, cfg.letter_box, cfg.blur, cfg.gaussian_noise, cfg.resize_step,
+         cfg.saturation, cfg.hue, cfg.flip)
+    assert not {"mosaic", "letter_box", "mixup", "cutmix", "blur"} & set(NOT_HONOURED)
+
+
+@pytest.mark.parametrize("cfg", ["tiny", "det", "regress"])
+def test_the_classes_rule_has_one_wording_for_every_task(tmp_path, tiny_classifier, cfg):
+    from builders import build
+    from cfgparse import CfgError
+    from darkcfg.config import NetConfig
+    from darkcfg.train.tasks import task_for
+
+    text = {"tiny": tiny_classifier.text(), "det": DETECTOR,
+            "regress": "[net]\ninputs=3\nbatch=2\nmax_batches=2\n\n[connected]\noutput=1\n"
+                       "activation=linear\n\n[cost]\ntype=sse\n"}[cfg]
+    net = build(text)
+    task = task_for(net, NetConfig.from_block(net.net_block))
+    with pytest.raises(CfgError) as err:
+        task.open_data("somewhere.data", 0, classes=2)
+    (d,) = err.value.diagnostics
+    assert (d.code, d.message, d.path) == ("E901", "--classes is for the embedded dataset",
+                                           "--classes")

@@ -1,0 +1,507 @@
+"""Detection sets in the formats people have: data.yaml, COCO JSON, Pascal VOC (and Darknet's
+.data), `darkcfg data convert` and `darkcfg data check`.
+
+One tiny set is written by hand in all four formats from the same pixel boxes (VOC's 1-based
+corners); every reader must give the same samples. Image sizes are powers of two, so every
+relative value is exact in binary and "the same" means bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from builders import build
+from cfgparse import CfgError
+from darkcfg.cli import main as cli
+from darkcfg.data.detection.dataset import Slot, detection_datasets
+from darkcfg.data.detection.formats import detect_format, open_set
+from darkcfg.data.detection.formats.convert import convert, label_text
+
+NAMES = ["circle", "square", "triangle"]
+# per image: (width, height, [(class, xmin, ymin, xmax, ymax, difficult)]) in VOC pixels (1-based)
+IMAGES = [
+    (64, 32, [(0, 3, 5, 21, 29, 0), (2, 40, 2, 64, 12, 0)]),
+    (32, 64, [(1, 1, 1, 32, 64, 0)]),
+    (64, 64, []),
+    (32, 32, [(0, 5, 9, 13, 17, 0), (1, 17, 3, 30, 31, 0), (2, 2, 20, 8, 30, 0)]),
+    (64, 32, [(1, 10, 4, 50, 28, 0), (0, 52, 6, 60, 14, 1)]),  # valid: one difficult object
+    (32, 64, [(2, 4, 30, 28, 60, 0)]),
+]
+TRAIN, VALID = [0, 1, 2, 3], [4, 5]
+
+DETECTOR_CFG = """[net]
+batch=2
+subdivisions=1
+width=64
+height=64
+channels=3
+max_batches=100
+jitter=0
+
+[convolutional]
+filters=16
+size=1
+stride=1
+activation=linear
+
+[yolo]
+mask=0,1
+anchors=10,14, 23,27
+classes=3
+num=2
+"""
+
+
+def darknet_row(w, h, obj):
+    """Darknet's scripts/voc_label.py convert of a VOC box (the centre moves by -1 pixel)."""
+    c, x0, y0, x1, y1, _ = obj
+    return c, ((x0 + x1) / 2 - 1) / w, ((y0 + y1) / 2 - 1) / h, (x1 - x0) / w, (y1 - y0) / h
+
+
+def picture(i, w, h) -> Image.Image:
+    rng = np.random.default_rng(i)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def label_lines(w, h, objects, difficult=False) -> str:
+    return "".join("{} {!r} {!r} {!r} {!r}\n".format(*darknet_row(w, h, o)) for o in objects
+                   if bool(o[5]) == difficult)
+
+
+def write_darknet(root: Path) -> Path:
+    (root / "img").mkdir(parents=True)
+    (root / "hard").mkdir()
+    for i, (w, h, objects) in enumerate(IMAGES):
+        picture(i, w, h).save(root / "img" / f"im{i}.png")
+        (root / "img" / f"im{i}.txt").write_text(label_lines(w, h, objects))
+    for i in VALID:
+        w, h, objects = IMAGES[i]
+        picture(i, w, h).save(root / "hard" / f"im{i}.png")
+        (root / "hard" / f"im{i}.txt").write_text(label_lines(w, h, objects, difficult=True))
+    (root / "train.txt").write_text("".join(f"img/im{i}.png\n" for i in TRAIN))
+    (root / "valid.txt").write_text("".join(f"img/im{i}.png\n" for i in VALID))
+    (root / "hard.txt").write_text("".join(f"hard/im{i}.png\n" for i in VALID))
+    (root / "obj.names").write_text("\n".join(NAMES) + "\n")
+    (root / "obj.data").write_text("classes=3\ntrain=train.txt\nvalid=valid.txt\n"
+                                   "difficult=hard.txt\nnames=obj.names\n")
+    return root / "obj.data"
+
+
+def write_yolo(root: Path) -> Path:
+    for split, ids in (("train", TRAIN), ("val", VALID)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in ids:
+            w, h, objects = IMAGES[i]
+            picture(i, w, h).save(root / "images" / split / f"im{i}.png")
+            (root / "labels" / split / f"im{i}.txt").write_text(label_lines(w, h, objects))
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\n"
+                                    "names:\n  0: circle\n  1: square\n  2: triangle\n"
+                                    .replace("path: .\n", f"path: {root}\n"))
+    return root / "data.yaml"
+
+
+def write_coco(root: Path) -> tuple[Path, Path]:
+    (root / "images").mkdir(parents=True)
+    out = []
+    for split, ids in (("train", TRAIN), ("val", VALID)):
+        images, annotations = [], []
+        for i in ids:
+            w, h, objects = IMAGES[i]
+            picture(i, w, h).save(root / "images" / f"im{i}.png")
+            images.append({"id": 100 + i, "file_name": f"im{i}.png", "width": w, "height": h})
+            for c, x0, y0, x1, y1, hard in objects:
+                annotations.append({"id": len(annotations) + 7, "image_id": 100 + i,
+                                    "category_id": [3, 7, 11][c], "iscrowd": hard,
+                                    "bbox": [x0 - 1, y0 - 1, x1 - x0, y1 - y0],
+                                    "area": (x1 - x0) * (y1 - y0)})
+        categories = [{"id": cid, "name": n} for cid, n in zip([11, 3, 7], ["triangle", *NAMES[:2]],
+                                                                strict=True)]
+        path = root / f"instances_{split}.json"
+        path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                    "categories": categories}, indent=1))
+        out.append(path)
+    return out[0], out[1]
+
+
+def voc_xml(i, w, h, objects) -> str:
+    parts = [f"<annotation>\n  <filename>im{i}.png</filename>\n  <size><width>{w}</width>"
+             f"<height>{h}</height><depth>3</depth></size>\n"]
+    for c, x0, y0, x1, y1, hard in objects:
+        parts.append(f"  <object>\n    <name>{NAMES[c]}</name>\n    <difficult>{hard}</difficult>"
+                     f"\n    <bndbox>\n      <xmin>{x0}</xmin>\n      <ymin>{y0}</ymin>\n"
+                     f"      <xmax>{x1}</xmax>\n      <ymax>{y1}</ymax>\n    </bndbox>\n"
+                     "  </object>\n")
+    return "".join(parts) + "</annotation>\n"
+
+
+def write_voc(root: Path) -> Path:
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / d).mkdir(parents=True)
+    for i, (w, h, objects) in enumerate(IMAGES):
+        picture(i, w, h).save(root / "JPEGImages" / f"im{i}.png")
+        (root / "Annotations" / f"im{i}.xml").write_text(voc_xml(i, w, h, objects))
+    (root / "ImageSets/Main/train.txt").write_text("".join(f"im{i}\n" for i in TRAIN))
+    (root / "ImageSets/Main/val.txt").write_text("".join(f"im{i}\n" for i in VALID))
+    return root
+
+
+def pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def samples(split, with_difficult=True):
+    """(pixels, boxes, difficult) per image: what a split feeds the network."""
+    out = []
+    for k, image in enumerate(split.images):
+        hard = split.difficult[k] if with_difficult and split.difficult is not None else None
+        out.append((pixels(image), split.boxes[k],
+                    np.zeros((0, 5), np.float32) if hard is None else hard))
+    return out
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for (pa, ba, da), (pb, bb, db) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(pa, pb)
+        assert ba.dtype == bb.dtype == np.float32
+        np.testing.assert_array_equal(ba, bb)
+        np.testing.assert_array_equal(da, db)
+
+
+@pytest.fixture
+def four(tmp_path):
+    return {"darknet": write_darknet(tmp_path / "darknet"), "yolo": write_yolo(tmp_path / "yolo"),
+            "coco": write_coco(tmp_path / "coco"), "voc": write_voc(tmp_path / "voc")}
+
+
+# -- one set, four formats, the same samples ----------------------------------------------------
+def test_four_formats_give_the_same_samples(four):
+    darknet = open_set(four["darknet"])
+    yolo = open_set(four["yolo"])
+    coco_train, coco_val = (open_set(p) for p in four["coco"])
+    voc = open_set(four["voc"])
+    assert [s.format for s in (darknet, yolo, coco_train, voc)] == ["darknet", "yolo", "coco",
+                                                                    "voc"]
+    for s in (darknet, yolo, coco_train, coco_val, voc):
+        assert s.names == NAMES, s.format
+    want = samples(darknet.train)
+    assert [len(b) for _, b, _ in want] == [2, 1, 0, 3]
+    assert_same(samples(yolo.train), want)
+    assert_same(samples(coco_train.train), want)
+    assert_same(samples(voc.train), want)
+    want = samples(darknet.valid)
+    assert [len(d) for _, _, d in want] == [1, 0]  # the difficult object: not a truth
+    assert_same(samples(coco_val.train), want)  # iscrowd: not scored, as COCOeval
+    assert_same(samples(voc.valid), want)  # VOC difficult: not scored, as VOC's eval
+    assert_same(samples(yolo.valid), samples(darknet.valid, with_difficult=False))
+    # the hand computation of one box (voc_label.py: centre - 1 pixel, divided by the size)
+    np.testing.assert_array_equal(darknet.train.boxes[0][0],
+                                  np.float32([(3 + 21) / 2 / 64 - 1 / 64, (5 + 29) / 2 / 32
+                                              - 1 / 32, 18 / 64, 24 / 32, 0]))
+
+
+def test_training_and_validation_batches_are_equal_across_formats(four, tmp_path):
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    net = build(str(cfg))
+    splits = {k: detection_datasets(net, str(p if k != "coco" else p[0]), seed=3)
+              for k, p in four.items()}
+    for k in ("darknet", "yolo", "coco", "voc"):
+        assert splits[k].names == NAMES
+    for slot in (Slot(0, 0), Slot(0, 1), Slot(5, 0)):
+        want = splits["darknet"].train[slot]
+        for k in ("yolo", "coco", "voc"):
+            got = splits[k].train[slot]
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (k, slot)
+    val = {k: splits[k].val for k in ("darknet", "voc")}
+    for i in range(2):
+        a, b = val["darknet"][i], val["voc"][i]
+        assert len(a) == len(b) == 4  # image, truth, size, difficult
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+
+
+def test_shapes_are_detected(four, tmp_path):
+    assert detect_format(four["darknet"]) == "darknet"
+    assert detect_format(four["yolo"]) == "yolo"
+    assert detect_format(four["yolo"].parent) == "yolo"  # a folder holding data.yaml
+    assert detect_format(four["coco"][0]) == "coco"
+    assert detect_format(four["voc"]) == "voc"
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CfgError) as err:
+        detect_format(tmp_path / "plain")
+    assert "Annotations/" in err.value.first.hint
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(CfgError, match="not a detection data set"):
+        detect_format(tmp_path / "x.csv")
+
+
+def test_yaml_names_as_list_list_files_and_missing_val(tmp_path):
+    root = tmp_path / "y"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(2):
+        picture(i, 32, 32).save(root / "images" / f"a{i}.png")
+    (root / "labels" / "a0.txt").write_text("1 0.5 0.5 0.25 0.25\n")
+    (root / "train.txt").write_text("./images/a0.png\n./images/a1.png\n")
+    (root / "d.yaml").write_text("train: train.txt\nnames: [x, y]\n")
+    data = open_set(root / "d.yaml")
+    assert data.names == ["x", "y"] and data.valid is None
+    assert [len(b) for b in data.train.boxes] == [1, 0] and data.train.missing == 1
+
+
+def test_voc_names_are_the_sorted_found_or_classes_txt(tmp_path):
+    from darkcfg.data.detection.formats.voc import VOC_NAMES
+
+    root = write_voc(tmp_path / "voc")
+    assert open_set(root).names == NAMES  # found, sorted
+    assert list(VOC_NAMES) == sorted(VOC_NAMES)  # so a full VOC set gets voc.names' ids
+    for i, (w, h, objects) in enumerate(IMAGES):
+        (root / "Annotations" / f"im{i}.xml").write_text(
+            voc_xml(i, w, h, objects).replace("circle", "dog").replace("square", "cat")
+            .replace("triangle", "person"))
+    data = open_set(root)
+    assert data.names == ["cat", "dog", "person"]
+    assert data.train.boxes[0][0, 4] == 1  # im0's first object: a dog
+    (root / "Annotations" / "classes.txt").write_text("\n".join(VOC_NAMES) + "\n")
+    data = open_set(root)
+    assert len(data.names) == 20 and data.train.boxes[0][0, 4] == VOC_NAMES.index("dog")
+    (root / "classes.txt").write_text("person\ndog\ncat\n")  # the VOC folder's comes first
+    assert open_set(root).names == ["person", "dog", "cat"]
+
+
+# -- bad input: located errors --------------------------------------------------------------------
+def first_error(path) -> str:
+    with pytest.raises(CfgError) as err:
+        open_set(path)
+    return err.value.first.format()
+
+
+def test_coco_errors_are_located(tmp_path):
+    train, _ = write_coco(tmp_path / "c")
+    doc = json.loads(train.read_text())
+    doc["annotations"][1]["bbox"] = [50, 20, 30, 4]  # 80 > 64 wide
+    doc["annotations"][2]["category_id"] = 99
+    train.write_text(json.dumps(doc, indent=1))
+    text = train.read_text().splitlines()
+    with pytest.raises(CfgError) as err:
+        open_set(train)
+    bbox, category = err.value.diagnostics
+    assert bbox.code == "E903" and "outside the image (64x32)" in bbox.message
+    assert text[bbox.line - 1].strip().startswith('"bbox"') and bbox.column == 4
+    assert "category_id 99" in category.message
+    assert '"category_id": 99' in text[category.line - 1]
+    # a missing image, and the file on one line: the column says where
+    doc["annotations"] = doc["annotations"][:1]
+    doc["images"][0]["file_name"] = "gone.png"
+    train.write_text(json.dumps(doc))
+    with pytest.raises(CfgError) as err:
+        open_set(train)
+    d = err.value.first
+    assert d.line == 1 and train.read_text()[d.column - 1:].startswith('"file_name"')
+    assert "image 'gone.png' not found" in d.message
+    train.write_text('{"images": [}')
+    assert "invalid JSON" in first_error(train) and ":1:13:" in first_error(train)
+
+
+def test_voc_errors_are_located(tmp_path):
+    root = write_voc(tmp_path / "voc")
+    xml = root / "Annotations" / "im0.xml"
+    xml.write_text(xml.read_text().replace("<xmax>21</xmax>", "<xmax>99</xmax>")
+                   .replace("<ymin>2</ymin>", "<ymin>two</ymin>"))
+    with pytest.raises(CfgError) as err:
+        open_set(root)
+    outside, number = err.value.diagnostics
+    lines = xml.read_text().splitlines()
+    assert outside.path == str(xml) and "<bndbox>" in lines[outside.line - 1]
+    assert "not inside the image (64x32)" in outside.message
+    assert number.message == "<ymin> 'two' is not a number" and \
+        "<ymin>two" in lines[number.line - 1][number.column - 1:]
+    xml.write_text("<annotation>\n  <object><name>circle</name>\n</annotation>\n")
+    d = CfgError  # malformed XML: the parser's line and column
+    with pytest.raises(d) as err:
+        open_set(root)
+    assert err.value.first.code == "E903" and err.value.first.line == 3
+    assert "mismatched tag" in err.value.first.message
+    xml.unlink()
+    msg = first_error(root)
+    assert "ImageSets/Main/train.txt:1:1" in msg and "no annotation" in msg
+
+
+def test_yolo_label_errors_are_darknets(tmp_path):
+    path = write_yolo(tmp_path / "y")
+    (tmp_path / "y" / "labels" / "train" / "im1.txt").write_text("1 0.5 0.5 0.5 0.5\n"
+                                                                 "3 0.5 0.5 0.5 0.5\n")
+    msg = first_error(path)
+    assert "labels/train/im1.txt:2:1: error[E903]: class 3 but classes=3" in msg
+    path.write_text("train: images/train\nnames: [a, b\n")
+    assert "invalid YAML" in first_error(path)
+    path.write_text("train: nowhere\nnames: [a]\n")
+    msg = first_error(path)
+    assert ":1:8:" in msg and "neither a folder nor a list file" in msg
+
+
+# -- convert --------------------------------------------------------------------------------------
+def as_samples(data):
+    """Order-free comparison: (pixels bytes, boxes bytes, difficult) per image, sorted."""
+    def key(split):
+        return sorted((pixels(p).tobytes(), b.tobytes()) for p, b in
+                      zip(split.images, split.boxes, strict=True))
+    return key(data.train), key(data.valid) if data.valid is not None else None, data.names
+
+
+def test_convert_round_trip_darknet_coco_yolo_darknet(tmp_path):
+    src = write_darknet(tmp_path / "src")
+    src.write_text("classes=3\ntrain=train.txt\nnames=obj.names\n")  # one split
+    rng = np.random.default_rng(0)
+    for i in TRAIN:  # values that are not dyadic: the writers keep every float32 bit
+        w, h, objects = IMAGES[i]
+        rows = [[c, *rng.uniform(0.2, 0.8, 2), *rng.uniform(0.01, 0.3, 2)]
+                for c, *_ in objects]
+        (tmp_path / "src" / "img" / f"im{i}.txt").write_text(
+            "".join("{} {:.9f} {:.9f} {:.9f} {:.9f}\n".format(*r) for r in rows))
+    original = open_set(src)
+    assert cli(["data", "convert", str(src), "--to", "coco", str(tmp_path / "coco")]) == 0
+    coco = open_set(tmp_path / "coco" / "instances_train.json")
+    assert cli(["data", "convert", str(tmp_path / "coco" / "instances_train.json"), "--to",
+                "yolo", str(tmp_path / "yolo")]) == 0
+    yolo = open_set(tmp_path / "yolo" / "data.yaml")
+    assert cli(["data", "convert", str(tmp_path / "yolo" / "data.yaml"), "--to", "darknet",
+                str(tmp_path / "back")]) == 0
+    back = open_set(tmp_path / "back" / "obj.data")
+    assert as_samples(original) == as_samples(coco) == as_samples(yolo) == as_samples(back)
+    assert back.valid is None and (tmp_path / "back" / "obj.data").read_text().startswith(
+        "classes=3\ntrain=train.txt\nnames=")
+
+
+def test_convert_keeps_splits_and_difficult(four, tmp_path):
+    for to in ("darknet", "coco", "yolo"):
+        convert(open_set(four["voc"]), to, tmp_path / "out" / to)
+    voc = open_set(four["voc"])
+    darknet = open_set(tmp_path / "out" / "darknet" / "obj.data")
+    assert as_samples(darknet) == as_samples(voc)
+    assert_same(samples(darknet.valid), samples(voc.valid))  # difficult= list written
+    coco_val = open_set(tmp_path / "out" / "coco" / "instances_val.json")
+    assert_same(samples(coco_val.train), samples(voc.valid))  # iscrowd: 1
+    assert as_samples(open_set(tmp_path / "out" / "yolo" / "data.yaml")) == as_samples(voc)
+
+
+def test_convert_never_writes_over_anything(four, tmp_path, capsys):
+    target = four["voc"]  # the input folder itself
+    before = sorted(p.stat().st_mtime_ns for p in target.rglob("*"))
+    assert cli(["data", "convert", str(target), "--to", "darknet", str(target)]) == 2
+    assert "is not an empty folder" in capsys.readouterr().err
+    assert sorted(p.stat().st_mtime_ns for p in target.rglob("*")) == before
+
+
+def test_label_text_is_the_shortest_float32_decimal():
+    boxes = np.float32([[0.1, 0.5, 1 / 3, 1.0, 2]])
+    assert label_text(boxes) == "2 0.1 0.5 0.33333334 1\n"
+
+
+# -- check ----------------------------------------------------------------------------------------
+def test_check_reports_problems_histograms_and_small_boxes(four, tmp_path, capsys):
+    (four["voc"] / "JPEGImages" / "im3.png").write_bytes(b"not a picture")
+    xml = four["voc"] / "Annotations" / "im1.xml"
+    xml.write_text(xml.read_text().replace("<name>square</name>", "<name>hexagon</name>")
+                   .replace("</annotation>", "").replace("<size>", "<size>\n") + "</annotation>")
+    (four["voc"] / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    png = tmp_path / "out" / "hist.png"
+    code = cli(["data", "check", str(four["voc"]), "--size", "64x64", "--plot", str(png)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "im1.xml:" in err and "class 'hexagon' is not one of the 3 names" in err
+    assert "images: 5 read, 1 unreadable" in out and "im3.png" in out
+    lines = {line.split("  ")[0]: line.split() for line in out.splitlines()}
+    # train: im0 circle+triangle, im3 (unreadable but labelled) circle+square+triangle
+    assert lines["0 circle"][-2:] == ["2", "0"] and lines["1 square"][-2:] == ["1", "1"]
+    # boxes under one cell at 64x64, stride 8: im3's circle (8x8 px of 32x32 -> 16x16) no;
+    # im4's difficult one is not a box; train boxes are all > 8 px
+    assert "stride  8 (8x8 cells): train 0 of 5" in out
+    assert Image.open(png).size[0] > 500
+
+
+# -- --valid on every format ---------------------------------------------------------------------
+def test_valid_json_is_the_same_on_every_format(four, tmp_path, capsys):
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    results = {}
+    for k, src in (("darknet", four["darknet"]), ("yolo", four["yolo"]),
+                   ("coco", four["coco"][1]), ("voc", four["voc"])):
+        assert cli([str(cfg), "--valid", "--data", str(src), "--format", "json", "--seed", "1",
+                    "--device", "cpu"]) == 0, k
+        results[k] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = results["darknet"]
+    assert "map50" in json.dumps(want)
+    for k in ("yolo", "coco", "voc"):
+        assert results[k].keys() == want.keys(), k
+    # the same images, truths and objects not to score: the same numbers
+    assert results["coco"] == results["voc"] == want
+    # yolo has no list of objects not to score: the same truths (the difficult object is not
+    # one), only a detection of it counts as a false positive there
+    truths = [(c["name"], c["truths"]) for c in want["per_class_detail"]]
+    assert [(c["name"], c["truths"]) for c in results["yolo"]["per_class_detail"]] == truths
+    assert results["yolo"]["tp"] == want["tp"] and results["yolo"]["fn"] == want["fn"]
+
+
+def test_difficult_objects_reach_the_map(four, tmp_path):
+    from darkcfg.data.detection.dataset import collate
+    from darkcfg.data.sampling import eval_loader
+    from darkcfg.detect.metrics import network_detections
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    net = build(str(cfg))
+    splits = detection_datasets(net, str(four["voc"]), seed=0)
+    loader = eval_loader(splits.val, 2, torch.device("cpu"), 0, collate=collate)
+    _, truths = network_detections(net, loader, "cpu", classes=3)
+    assert [len(t.boxes) for t in truths] == [1, 1]
+    assert [len(t.difficult) for t in truths] == [1, 0]
+    w, h = 64, 32  # image 4's difficult circle (52, 6)-(60, 14)
+    np.testing.assert_allclose(truths[0].difficult[0].tolist(),
+                               [(56 - 1) / w, (10 - 1) / h, 8 / w, 8 / h, 0])
+
+
+def test_detect_takes_class_names_from_any_format(four):
+    from darkcfg.detect.run import read_names
+
+    for src in (four["yolo"], four["coco"][0], four["voc"], four["darknet"]):
+        names, where = read_names(None, str(src))
+        assert names == NAMES, src
+
+
+def test_objects_not_to_score_leave_both_maps():
+    """A confident detection of a difficult (crowd) object: a false positive without the
+    list, ignored with it, in Darknet's mAP and in COCOeval's."""
+    from darkcfg.detect.metrics import ImageBoxes, evaluate
+
+    pytest.importorskip("pycocotools")
+    a, b = [0.25, 0.25, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]
+    detections = [ImageBoxes.of([b, a], [0, 0], scores=[0.9, 0.8], size=(100, 100))]
+    plain = evaluate(detections, [ImageBoxes.of([a], [0], size=(100, 100))], ["x"])
+    marked = evaluate(detections, [ImageBoxes.of([a], [0], difficult=[[*b, 0]],
+                                                 size=(100, 100))], ["x"])
+    assert plain.map50 == pytest.approx(0.5) and marked.map50 == pytest.approx(1.0)
+    assert plain.map50_95 < 0.9 and marked.map50_95 == pytest.approx(1.0)
+
+
+def test_coco_images_next_to_the_json(tmp_path):
+    train, _ = write_coco(tmp_path / "c")
+    (tmp_path / "c" / "images").rename(tmp_path / "c" / "pictures")
+    for f in (tmp_path / "c" / "pictures").iterdir():
+        f.rename(tmp_path / "c" / f.name)
+    data = open_set(train)
+    assert [Path(p).parent for p in data.train.images] == [tmp_path / "c"] * 4
+
+
+def test_coco_images_in_cocos_own_layout(tmp_path):
+    train, _ = write_coco(tmp_path / "coco" / "annotations")
+    (tmp_path / "coco" / "annotations" / "images").rename(tmp_path / "coco" / "train")
+    data = open_set(train)
+    assert [Path(p).parent for p in data.train.images] == [tmp_path / "coco" / "train"] * 4

@@ -1,0 +1,382 @@
+"""Issue 19, "Security" and "Nothing lost": what a hostile-but-realistic user can reach. Nothing
+a cfg names is leaked, nothing cached is loaded unchecked, no plugin shadows the standard library,
+no input is overwritten, no run is destroyed by a forgotten --resume, a stop signal sent to the
+whole process group still checkpoints, a detector trains without pycocotools, a corrupt image is
+found before the first iteration, and a kill mid-write / a torn line / a flipped bit never costs
+or corrupts a run silently. docs/robustness.md says the same in prose."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import darkcfg.cli.flags as runner
+from builders import build, native
+from cfgparse import CfgError
+from darkcfg.lint.cli import main as check_main
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "HUNTER2-DO-NOT-PRINT"
+
+
+def run(*argv) -> int:
+    return runner.main([str(a) for a in argv])
+
+
+def rows(out: Path) -> list[dict]:
+    path = out / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# == Security =====================================================================================
+
+def tree_cfg(folder: Path, tree: str) -> Path:
+    cfg = folder / "net.cfg"
+    cfg.write_text("[net]\nwidth=4\nheight=4\nchannels=3\n\n[connected]\noutput=3\n"
+                   f"activation=linear\n\n[softmax]\ntree={tree}\n")
+    return cfg
+
+
+@pytest.mark.parametrize("fmt", ["text", "github"])
+def test_the_linter_never_prints_a_file_the_cfg_names(tmp_path, capsys, fmt):
+    # a file inside the cfg's folder, with the secret where a number should be
+    (tmp_path / "bad.tree").write_text(f"a {SECRET}\nb 0\n")
+    assert check_main([str(tree_cfg(tmp_path, "bad.tree")), "--format", fmt]) == 2
+    out = capsys.readouterr()
+    assert "line 1" in out.out + out.err  # it says where the file is wrong...
+    assert SECRET not in out.out + out.err  # ...never what it holds
+    assert "Traceback" not in out.err
+
+
+def test_a_cfg_cannot_reach_outside_its_folders(tmp_path, monkeypatch, capsys):
+    secret_dir = tmp_path / "elsewhere"
+    secret_dir.mkdir()
+    secret = secret_dir / "secret.tree"
+    secret.write_text(f"{SECRET} 0\nb 0\nc 0\n")  # a valid tree: only confinement stops it
+    project = tmp_path / "a" / "b" / "project"
+    project.mkdir(parents=True)
+    monkeypatch.chdir(project)
+    (project / "link.tree").symlink_to(secret)
+    for name in (str(secret), "../../../elsewhere/secret.tree", "link.tree"):
+        with pytest.raises(CfgError) as err:  # refused: located, with the way out
+            build(tree_cfg(project, name))
+        text = str(err.value)
+        assert "outside the cfg's folders" in text or "absolute path" in text, text
+        assert "DARKCFG_CFG_PATHS=any" in text and SECRET not in text
+        assert err.value.first.line == 11 and err.value.code == "E901"
+    # the linter says so too (without reading the file)
+    assert check_main([str(tree_cfg(project, str(secret))), "--format", "github"]) == 2
+    out = capsys.readouterr().out
+    assert "::error file=" in out and "absolute path" in out and SECRET not in out
+    # relative paths below the cfg's folder (or the one above: a Darknet checkout's data/) work
+    (project / "data").mkdir()
+    (project / "data" / "ok.tree").write_text("a -1\nb -1\nc 0\n")
+    assert build(tree_cfg(project, "data/ok.tree")).layers[1].tree == [2, 1]
+    # and the user may allow any path for a cfg they trust
+    monkeypatch.setenv("DARKCFG_CFG_PATHS", "any")
+    assert build(tree_cfg(project, str(secret))).layers[1].tree == [3]
+
+
+def test_the_native_cache_is_private_and_checked(tmp_path, monkeypatch):
+    # no home folder: a per-user folder under the temp dir, never one shared name
+    monkeypatch.delenv("DARKCFG_CACHE", raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(
+        RuntimeError("no home"))))
+    assert native.cache_dir().name == f"darkcfg-{os.getuid()}"
+    # a folder others can write, or a link, is refused
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError):
+        native.private_dir(shared)
+    (tmp_path / "link").symlink_to(shared)
+    with pytest.raises(PermissionError):
+        native.private_dir(tmp_path / "link")
+    mine = native.private_dir(tmp_path / "new" / "cache")
+    assert (mine.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_planted_kernel_library_is_never_loaded(tmp_path):
+    if native.library() is None:
+        pytest.skip(native.status())
+    cache = tmp_path / "cache"
+    probe = ("from builders import native; print(native.status())")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DARKCFG_CACHE=str(cache), DARKCFG_NATIVE="1")
+    first = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                           text=True, check=True).stdout
+    assert first.startswith(f"native: {cache}/kernels-")
+    library = next(cache.glob("kernels-*.so"))
+    assert (library.parent / (library.name + ".sha256")).exists()
+    good = library.read_bytes()
+    library.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # not what was compiled
+    again = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                           text=True, check=True).stdout
+    assert again == first  # rebuilt, not loaded
+    assert library.read_bytes() == good
+
+
+def test_plugins_never_shadow_the_standard_library(tmp_path):
+    (tmp_path / "colorsys.py").write_text("raise SystemExit('the working folder shadowed the "
+                                          "standard library')\n")
+    (tmp_path / "my_sections.py").write_text("import colorsys\nLOADED = colorsys.__file__\n")
+    code = ("import sys; from cfgparse.plugins import load_plugins; load_plugins(); "
+            "import colorsys, my_sections; print(colorsys.__file__); print(my_sections.LOADED)")
+    # -P: Python itself puts no working folder on sys.path (as the `darkcfg` script, runner.py)
+    done = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                              DARKCFG_PLUGINS="my_sections"))
+    assert done.returncode == 0, done.stderr
+    stdlib, seen_by_plugin = done.stdout.split()
+    assert not stdlib.startswith(str(tmp_path)) and seen_by_plugin == stdlib
+
+
+def test_data_file_paths_keep_darknets_meaning(tmp_path, monkeypatch):
+    """backup= and names= keep Darknet's meaning (docs/robustness.md): as written, relative to
+    the working folder (`..` allowed: the user named the .data on the command line); names=, an
+    input, is also looked up beside the .data file."""
+    from PIL import Image
+
+    from darkcfg.data.detection.labels import open_detection_data
+
+    data = tmp_path / "d" / "obj.data"
+    data.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(data.parent / "a.png")
+    (data.parent / "train.txt").write_text("a.png\n")
+    (data.parent / "obj.names").write_text("x\n")
+    data.write_text("classes=1\ntrain=train.txt\nnames=obj.names\nbackup=../runs/b\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    opened = open_detection_data(data)
+    assert Path(opened.backup).resolve() == (tmp_path / "runs" / "b").resolve()
+    assert opened.names == ["x"]
+
+
+# == Nothing lost =================================================================================
+
+DETECTOR = """
+[net]
+width=32
+height=32
+channels=3
+batch=2
+subdivisions=1
+learning_rate=0.001
+burn_in=0
+max_batches={max_batches}
+policy=constant
+
+[convolutional]
+filters=8
+size=3
+stride=4
+pad=1
+activation=leaky
+
+[convolutional]
+filters=14
+size=1
+activation=linear
+
+[yolo]
+mask=0,1
+anchors=6,8, 16,20
+classes=2
+num=2
+"""
+
+
+def detector_cfg(folder: Path, max_batches: int = 2) -> Path:
+    path = folder / "det.cfg"
+    path.write_text(DETECTOR.format(max_batches=max_batches))
+    return path
+
+
+def image_files(folder: Path, n: int = 3) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"im{i}.jpg"
+        Image.fromarray((rng.uniform(0, 255, (40, 48, 3))).astype(np.uint8)).save(path)
+        path.with_suffix(".txt").write_text(f"{i % 2} 0.5 0.5 0.3 0.4\n")
+        paths.append(path)
+    return paths
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_detect_never_writes_over_its_inputs(tmp_path, capsys):
+    cfg = detector_cfg(tmp_path)
+    images = tmp_path / "imgs"
+    image_files(images)
+    before = snapshot(images)
+    assert run(cfg, "--detect", images, "--out", images, "--save-labels", "--thresh", "0.01",
+               "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert "holds the input image" in err and "--out" in err and "Traceback" not in err
+    assert snapshot(images) == before  # images and ground-truth labels untouched
+    # one input file named directly, --out its folder: the same
+    assert run(cfg, "--detect", images / "im1.jpg", "--out", images, "--save-labels") == 2
+    assert snapshot(images) == before
+    # nor the labels/ folder Darknet reads a JPEGImages/ image's labels from
+    voc = tmp_path / "voc"
+    image_files(voc / "JPEGImages", 1)
+    (voc / "labels").mkdir()
+    (voc / "JPEGImages" / "im0.txt").rename(voc / "labels" / "im0.txt")
+    truth = snapshot(voc / "labels")
+    assert run(cfg, "--detect", voc / "JPEGImages", "--out", voc / "labels",
+               "--save-labels") == 2
+    assert "label files of the image" in capsys.readouterr().err
+    assert snapshot(voc / "labels") == truth
+    # elsewhere is fine
+    assert run(cfg, "--detect", images, "--out", tmp_path / "o", "--save-labels",
+               "--no-progress") == 0
+    assert snapshot(images) == before and (tmp_path / "o" / "im0.jpg").exists()
+
+
+@pytest.fixture
+def classifier_run(tmp_path, tiny_classifier):
+    """A finished 4-iteration classifier run (checkpoints at 2 and 4)."""
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=4,
+                                burn_in=0, second_conv=False)
+    out = tmp_path / "run"
+    assert run(cfg, "--train", "--out", out, "--no-progress", "--workers", "0",
+               "--checkpoint-every", "2", "--valid-every", "0") == 0
+    return cfg, out
+
+
+def resume(cfg: Path, out: Path, max_batches: int) -> int:
+    return run(cfg, "--train", "--out", out, "--no-progress", "--workers", "0", "--resume",
+               "--checkpoint-every", "2", "--valid-every", "0", "--set",
+               f"max_batches={max_batches}")
+
+
+def test_a_fresh_train_never_replaces_an_existing_run(classifier_run, capsys):
+    cfg, out = classifier_run
+    capsys.readouterr()
+    before = snapshot(out)
+    assert run(cfg, "--train", "--out", out, "--no-progress", "--workers", "0") == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--out" in err
+    assert snapshot(out) == before
+    assert resume(cfg, out, 6) == 0  # what the hint says works
+    assert [int(r["iteration"]) for r in rows(out)] == list(range(1, 7))
+
+
+def test_kill_leftovers_torn_rows_and_flipped_bits(classifier_run, capsys):
+    cfg, out = classifier_run
+    # SIGKILL during a checkpoint write leaves atomic_open's temp file; a resume removes it
+    stale = out / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    # ... and a kill while a metrics row was written leaves a torn last line
+    with open(out / "metrics.csv", "a") as fh:
+        fh.write("5,1.2")
+    assert resume(cfg, out, 6) == 0, capsys.readouterr().err
+    assert not stale.exists() and "removed 1 temp file" in capsys.readouterr().err
+    assert [int(r["iteration"]) for r in rows(out)] == list(range(1, 7))
+    # one flipped bit anywhere in the checkpoint is found, located, and nothing is trained
+    ckpt = out / "checkpoint.pt"
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    ckpt.write_bytes(bytes(data))
+    before = snapshot(out)
+    assert resume(cfg, out, 8) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt}: error[E901]" in err and "corrupt" in err and "Traceback" not in err
+    assert snapshot(out) == before
+
+
+def test_sigterm_to_the_process_group_checkpoints_and_exits_0(tmp_path, tiny_classifier):
+    """systemd, Slurm and `kill -- -PGID` signal every process of the group, the loader workers
+    too: they must leave the stop to the trainer."""
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=8, max_batches=100000, angle=10,
+                                second_conv=False)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
+         "--no-progress", "--workers", "1", "--checkpoint-every", "1000", "--valid-every", "0"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(rows(out)) < 3:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no progress: {proc.communicate()[1]}")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == int(rows(out)[-1]["iteration"])
+
+
+def test_a_detector_trains_and_validates_without_pycocotools(tmp_path, monkeypatch, capsys):
+    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed (even if imported)
+    cfg = detector_cfg(tmp_path, max_batches=2)
+    out = tmp_path / "run"
+    assert run(cfg, "--train", "--out", out, "--no-progress", "--workers", "0",
+               "--valid-every", "2") == 0
+    err = capsys.readouterr().err
+    assert err.count("pycocotools is not installed") == 1 and "--no-coco" not in err
+    assert err.index("pycocotools is not installed") < err.index("iteration 2:")  # at start-up
+    validated = rows(out)[-1]
+    assert validated["val_map50"] != "" and validated["val_map50_95"] == ""  # absent, not 0
+    assert (out / "chart.png").exists()
+    assert run(cfg, "--valid", "--weights", out / "det_final.weights") == 0
+    assert "mean average precision" in capsys.readouterr().out
+
+
+def detection_data(tmp_path: Path) -> tuple[Path, list[Path]]:
+    paths = image_files(tmp_path / "images", 3)
+    (tmp_path / "train.txt").write_text("".join(f"{p}\n" for p in paths))
+    data = tmp_path / "obj.data"
+    data.write_text("classes=2\ntrain=train.txt\nvalid=train.txt\n")
+    return data, paths
+
+
+def test_a_corrupt_image_anywhere_is_found_before_the_first_iteration(tmp_path, capsys):
+    data, paths = detection_data(tmp_path)
+    paths[1].write_bytes(b"\xff\xd8 not really a jpeg")  # the second, not the first
+    out = tmp_path / "run"
+    assert run(detector_cfg(tmp_path), "--train", "--data", data, "--out", out,
+               "--no-progress", "--workers", "0") == 2
+    err = capsys.readouterr().err
+    assert "1 of the 3 images" in err and str(paths[1]) in err and "Traceback" not in err
+    assert not out.exists()  # nothing ran, nothing written
+
+
+def test_an_image_that_fails_to_decode_later_is_skipped_with_a_warning(tmp_path, capsys):
+    from darkcfg.data.detection.dataset import LabelledImages, check_image_headers
+    from darkcfg.data.detection.labels import validate_labels
+
+    _, paths = detection_data(tmp_path)
+    whole = paths[1].read_bytes()
+    paths[1].write_bytes(whole[:len(whole) * 4 // 5])  # the header is intact, the pixels are not
+    check_image_headers([str(p) for p in paths], "list")  # cheap check: passes
+    labels = validate_labels([str(p.with_suffix(".txt")) for p in paths], 2)
+    images = LabelledImages([str(p) for p in paths], labels, 3)
+    image, boxes = images[1]
+    assert "skipped cannot read image" in capsys.readouterr().err
+    expected, expected_boxes = images[2]  # the next readable image takes its place
+    assert image.equal(expected) and np.array_equal(boxes, expected_boxes)
+    images[1]
+    assert capsys.readouterr().err == ""  # said once

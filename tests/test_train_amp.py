@@ -1,0 +1,89 @@
+"""The CUDA-only branches of the training step, run on the CPU where torch allows it: autocast
+(bfloat16 on the CPU), GradScaler with float16 (skipped updates on overflow, its state in the
+checkpoint), and the step's deferred loss read (a tensor, no host sync)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from builders import build
+from darkcfg.config import NetConfig
+from darkcfg.train.loop import Trainer, amp_dtype_for, darknet_init
+from tests.test_detection_train import CFG
+
+
+def detector(tmp_path):
+    path = tmp_path / "tiny.cfg"
+    path.write_text(CFG.format(max_batches=12))
+    torch.manual_seed(0)
+    net = build(str(path))
+    darknet_init(net)
+    return net, NetConfig.from_block(net.net_block)
+
+
+def batch():
+    torch.manual_seed(1)
+    truth = torch.zeros(4, 5, 5)
+    truth[:, 0] = torch.tensor([0.5, 0.5, 0.3, 0.3, 0])
+    truth[:2, 1] = torch.tensor([0.2, 0.3, 0.2, 0.25, 1])
+    return (torch.rand(4, 3, 64, 64) * 255).to(torch.uint8), truth
+
+
+def test_amp_dtype_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype_for(cpu, None) is None and amp_dtype_for(cpu, False) is None
+    assert amp_dtype_for(cpu, True) == torch.bfloat16
+    assert amp_dtype_for(cpu, torch.float16) == torch.float16
+    assert amp_dtype_for(cuda, False) is None
+
+
+def test_bf16_autocast_step_on_the_cpu(tmp_path):
+    net, cfg = detector(tmp_path)
+    trainer = Trainer(net, cfg, "cpu", amp=True)
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    seen = []
+    hook = net.layers[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    before = [p.detach().clone() for p in net.parameters()]
+    loss = trainer.step(*batch())
+    hook.remove()
+    assert isinstance(loss, torch.Tensor) and loss.dtype == torch.float32  # the heads: float32
+    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.bfloat16 in seen  # the convolutions ran in bfloat16
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # master weights stay
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    # the same step without autocast: close, not equal
+    net2, cfg2 = detector(tmp_path)
+    plain = Trainer(net2, cfg2, "cpu", amp=False).step(*batch())
+    assert float(loss) == pytest.approx(float(plain), rel=0.05)
+
+
+def test_float16_grad_scaler_scales_skips_and_checkpoints(tmp_path):
+    net, cfg = detector(tmp_path)
+    trainer = Trainer(net, cfg, "cpu", amp=torch.float16)
+    assert trainer.scaler.is_enabled()
+    scale0 = trainer.scaler.get_scale()
+    images, truth = batch()
+    loss = trainer.step(images, truth)
+    assert torch.isfinite(loss)
+    assert trainer.scaler.get_scale() == scale0  # no overflow: unchanged (growth after 2000)
+
+    # an overflowing gradient: GradScaler skips the update and halves the scale
+    weights = [p.detach().clone() for p in net.parameters()]
+    handle = net.layers[0].register_full_backward_hook(
+        lambda m, gin, gout: tuple(torch.full_like(g, float("inf")) if g is not None else None
+                                   for g in gin))
+    first = next(p for p in net.layers[1].parameters())
+    first.register_hook(lambda g: torch.full_like(g, float("inf")))
+    trainer.step(images, truth)
+    handle.remove()
+    assert trainer.scaler.get_scale() == scale0 / 2
+    for a, b in zip(weights, net.parameters(), strict=True):
+        torch.testing.assert_close(a, b.detach())  # the update was skipped
+    assert trainer.iteration == 2  # ... but the iteration counts, as Darknet's would
+
+    state = trainer.state_dict()
+    net2, cfg2 = detector(tmp_path)
+    again = Trainer(net2, cfg2, "cpu", amp=torch.float16)
+    again.load_state_dict(state)
+    assert again.scaler.get_scale() == scale0 / 2 and again.iteration == 2

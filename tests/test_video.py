@@ -1,0 +1,198 @@
+"""--detect on videos (darkcfg.detect.video): a generated clip of moving shapes through a small
+detector; outputs, equality with still-image detection, Ctrl-C, flag form and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+av = pytest.importorskip("av")
+
+from darkcfg.cli import main  # noqa: E402
+from darkcfg.detect import video  # noqa: E402
+from darkcfg.detect.decode import detect  # noqa: E402
+from darkcfg.detect.video import detect_video, is_video, moving_shapes_clip, source_name  # noqa: E402
+
+CFG = """[net]
+width=96
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=2
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+activation=leaky
+
+[convolutional]
+filters=21
+size=1
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=2
+num=3
+"""
+THRESH = 0.27  # the initial weights of seed 1 give ~20 boxes a frame above it on this clip
+FRAMES = 10
+NAMES = ["a", "b"]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("clip")
+    path = folder / "moving.mp4"
+    truth = moving_shapes_clip(path, frames=FRAMES, width=160, height=120, seed=0)
+    assert len(truth) == FRAMES and truth[0] != truth[-1]  # the boxes move
+    return path
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.cfg"
+    path.write_text(CFG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def net(cfg):
+    from darkcfg.model import build_network
+
+    built, _, _ = build_network(str(cfg), [], "alexeyab", 1)
+    return built.eval()
+
+
+def decoded_frames(path: Path) -> list[torch.Tensor]:
+    with av.open(str(path)) as c:
+        return [torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                for f in c.decode(video=0)]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_outputs_one_video_and_one_jsonl_a_line_per_frame(net, clip, tmp_path):
+    out = tmp_path / "out"
+    r = detect_video(net, str(clip), out, thresh=THRESH, names=NAMES, batch_size=4,
+                     progress=False)
+    assert r.frames == FRAMES and not r.interrupted
+    assert sorted(p.name for p in out.iterdir()) == ["moving.jsonl", "moving.mp4"]
+    frames = decoded_frames(out / "moving.mp4")
+    assert len(frames) == FRAMES and frames[0].shape == (3, 120, 160)
+    lines = read_jsonl(out / "moving.jsonl")
+    assert [rec["frame_id"] for rec in lines] == list(range(1, FRAMES + 1))
+    assert sum(len(rec["objects"]) for rec in lines) == r.objects > 0
+    for rec in lines:
+        assert set(rec) == {"frame_id", "objects"}
+        for obj in rec["objects"]:
+            assert set(obj) == {"class_id", "name", "relative_coordinates", "confidence"}
+            assert obj["name"] == NAMES[obj["class_id"]] and obj["confidence"] > THRESH
+            assert set(obj["relative_coordinates"]) == {"center_x", "center_y", "width",
+                                                        "height"}
+    # the drawn video differs from the clip where boxes are drawn
+    assert not torch.equal(frames[0], decoded_frames(clip)[0])
+
+
+def test_a_frames_detections_equal_detect_on_that_frame_as_an_image(net, clip, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    detect_video(net, str(clip), out, thresh=THRESH, names=NAMES, batch_size=4, progress=False)
+    lines = read_jsonl(out / "moving.jsonl")
+    for k, frame in enumerate(decoded_frames(clip)):
+        png = tmp_path / f"frame{k}.png"
+        Image.fromarray(frame.permute(1, 2, 0).numpy()).save(png)
+        found = detect(net, str(png), THRESH, names=NAMES)[0]
+        expected = video.frame_json(k + 1, found, 160, 120)
+        got = lines[k]
+        assert len(got["objects"]) == len(expected["objects"])
+        for a, b in zip(got["objects"], expected["objects"], strict=True):
+            assert (a["class_id"], a["name"]) == (b["class_id"], b["name"])
+            assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+            for key in ("center_x", "center_y", "width", "height"):
+                assert a["relative_coordinates"][key] == pytest.approx(
+                    b["relative_coordinates"][key], abs=1e-5)
+
+
+def test_ctrl_c_leaves_a_playable_video_of_the_frames_done(net, clip, tmp_path, monkeypatch):
+    real = video.run_heads
+    calls = []
+
+    def interrupted_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video, "run_heads", interrupted_second_batch)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt) as stop:
+        detect_video(net, str(clip), out, thresh=THRESH, names=NAMES, batch_size=4,
+                     progress=False)
+    result = stop.value.args[0]
+    assert result.interrupted and result.frames == 4
+    assert len(decoded_frames(out / "moving.mp4")) == 4
+    assert len(read_jsonl(out / "moving.jsonl")) == 4
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_flag_form_with_labels(cfg, clip, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main([str(cfg), "--detect", str(clip), "--out", str(out), "--thresh", str(THRESH),
+               "--save-labels", "--no-progress", "--seed", "1"])
+    assert rc == 0
+    assert f"{FRAMES} frame(s)" in capsys.readouterr().out
+    labels = sorted((out / "moving_labels").iterdir())
+    assert [p.name for p in labels] == [f"moving_{k:06d}.txt" for k in range(1, FRAMES + 1)]
+    lines = read_jsonl(out / "moving.jsonl")
+    for p, rec in zip(labels, lines, strict=True):
+        rows = [li.split() for li in p.read_text().splitlines()]
+        assert len(rows) == len({tuple(round(v, 4) for v in o["relative_coordinates"].values())
+                                 for o in rec["objects"]})  # one line per box, best class
+        assert all(len(r) == 5 and r[0] in ("0", "1") for r in rows)
+
+
+def test_sources_are_recognised():
+    assert is_video("a/b.MP4") and is_video("0") and is_video("rtsp://cam.local/live")
+    assert is_video("http://host:8080/video.mjpg") and not is_video("photo.jpg")
+    assert source_name("3") == "camera3"
+    assert source_name("rtsp://user@cam.local:554/live/main") == "main"
+    assert source_name("http://host:8080/") == "host"
+    assert source_name("clips/street.mkv") == "street"
+
+
+def test_bad_sources_are_located_errors(cfg, tmp_path, capsys):
+    missing = tmp_path / "missing.mp4"
+    assert main([str(cfg), "--detect", str(missing), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: error[E901]: video '{missing}' does not exist" in err
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 10)
+    assert main([str(cfg), "--detect", str(broken), "--out", str(tmp_path)]) == 2
+    assert "error[E901]: cannot open video" in capsys.readouterr().err
+
+
+def test_missing_pyav_says_how_to_install(cfg, clip, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "av", None)
+    assert main([str(cfg), "--detect", str(clip), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error[E901]: video input needs PyAV" in err and "darkcfg[video]" in err
