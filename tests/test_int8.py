@@ -218,3 +218,25 @@ def test_detector_int8_reports_map(tmp_path):
     assert last_kept == len(report.kept_fp32)
     assert report.fp32 - last_map <= report.bound or last_kept == 2
     assert np.isfinite(report.correlation)
+
+
+@pytest.mark.slow
+def test_subcommand_form(trained, tmp_path, capsys):
+    from darkcfg.cli import main as darkcfg_main
+
+    cfg, weights = trained
+    out = tmp_path / "sub.onnx"
+    rc = darkcfg_main(["export", str(cfg), "--weights", str(weights), "--out", str(out),
+                       "--int8", "--calibrate", "embedded", "--calib-images", "8"])
+    assert rc == 0 and out.exists()
+    assert "top-1 on" in capsys.readouterr().out
+
+
+def test_subcommand_usage_errors(tmp_path, capsys):
+    from darkcfg.cli import main as darkcfg_main
+
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL)
+    assert darkcfg_main(["export", str(cfg), "--out", str(tmp_path / "m.pt2"), "--int8",
+                         "--calibrate", "embedded"]) == 2
+    assert "write ONNX" in capsys.readouterr().err
