@@ -43,18 +43,8 @@ def arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from darkcfg.cli.flags import describe
-
-    try:
-        args = arg_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        return run(args)
-    except CfgError as exc:
-        for d in exc.diagnostics:
-            print(describe(d), file=sys.stderr)
-        return 2
+    """Errors reach darkcfg.cli's one handler (located diagnostics, exit 2)."""
+    return run(arg_parser().parse_args(argv))
 
 
 def parse_size(text: str) -> tuple[int, int]:

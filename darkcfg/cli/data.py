@@ -39,17 +39,11 @@ def arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    """Errors reach darkcfg.cli's one handler (located diagnostics, exit 2)."""
     args = arg_parser().parse_args(argv)
-    try:
-        if args.command == "convert":
-            return convert(args.src, args.to, Path(args.out), args.link)
-        return check(args.src, args.cfg, args.size, Path(args.plot))
-    except CfgError as exc:
-        from darkcfg.cli.flags import describe
-
-        for d in exc.diagnostics:
-            print(describe(d), file=sys.stderr)
-        return 2
+    if args.command == "convert":
+        return convert(args.src, args.to, Path(args.out), args.link)
+    return check(args.src, args.cfg, args.size, Path(args.plot))
 
 
 def convert(src: str, to: str, out: Path, link: bool) -> int:
