@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,detect,export]'
+	$(BIN)/pip install -q -e '.[dev,detect,export,opencv,video]'
 	touch $(STAMP)
 
 train: $(STAMP)

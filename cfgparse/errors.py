@@ -20,7 +20,7 @@ ERROR = "error"
 WARNING = "warning"
 
 # Stable codes. Syntax: E1xx, schema/values: E2xx/W2xx, graph: E3xx/W3xx, resources: E4xx,
-# I/O: E9xx.
+# deployment targets (check --target): W6xx, I/O: E9xx.
 CODES = {
     "E100": "empty file",
     "E101": "missing ']' in section header",
@@ -56,6 +56,10 @@ CODES = {
     "W304": "anchors, num and mask disagree (Darknet pads or reads past the anchors)",
     "W310": "a detection head's loss reads this key but does not honour it",
     "E401": "estimated memory over the limit",
+    "W601": "section the deployment target (--target) cannot load or run",
+    "W602": "activation the deployment target does not have",
+    "W603": "key value the deployment target refuses",
+    "W604": "key the deployment target reads past (loads, computes without it)",
     "E901": "cannot read file",
     "E902": ".weights file size does not match the network",
     "E903": "bad detection label file (malformed line, class or coordinates out of range)",

@@ -30,8 +30,9 @@ def add_detect_arguments(p, raw_input: bool = True) -> None:
     p.add_argument("--names", default=None, metavar="F",
                    help="class names, one a line (default: names= of --data F.data)")
     p.add_argument("--thresh", type=float, default=0.25, help="detection threshold (.25)")
-    p.add_argument("--nms", type=float, default=0.45,
-                   help="NMS threshold (.45; 0: none); the kind is the last head's nms_kind")
+    p.add_argument("--nms", type=float, nargs="?", const=0.45, default=None, metavar="T",
+                   help="NMS threshold (.45; 0: none); the kind is the last head's nms_kind "
+                   "(flag form with --export --decode: NMS in the exported graph)")
     p.add_argument("--letter-box", action="store_true",
                    help="letterbox the images (default: [net] letter_box)")
     p.add_argument("--save-labels", action="store_true",
@@ -45,7 +46,8 @@ def add_detect_arguments(p, raw_input: bool = True) -> None:
 
 def detect_options(model, args, targets) -> DetectOptions:
     return DetectOptions(model, tuple(targets or ()), args.names, args.data, args.out,
-                         args.thresh, args.nms, args.letter_box, args.save_labels, args.input,
+                         args.thresh, 0.45 if args.nms is None else args.nms,
+                         args.letter_box, args.save_labels, args.input,
                          args.detections, progress=not args.no_progress,
                          max_memory=getattr(args, "max_memory", None),
                          force=getattr(args, "force", False))

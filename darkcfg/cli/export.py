@@ -1,5 +1,7 @@
 """`darkcfg export CFG [--weights W] --out MODEL.onnx|MODEL.pt2 [--opset N] [--dynamic-batch]
-[--decode] [--input-size WxH]`: ONNX (checked with onnxruntime) or a torch.export program."""
+[--decode [--nms [T]] [--thresh P]] [--input-size WxH]`: ONNX (checked with onnxruntime) or a
+torch.export program; `--int8 --calibrate SRC [--calib-images N] [--keep-fp32 N|auto]`: a
+calibrated INT8 ONNX model and what it costs (darkcfg.export.int8)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,13 @@ class ExportOptions:
     dynamic_batch: bool = False
     decode: bool = False  # the detection heads' decoded boxes, objectness and class scores
     input_size: str | None = None  # WxH: build (and export) the network at this input size
+    nms: float | None = None  # with decode: NMS in the graph at this IoU threshold
+    thresh: float = 0.25  # with nms: Darknet's detection threshold, a graph constant
+    int8: bool = False  # calibrated static INT8 (darkcfg.export.int8)
+    calibrate: str | None = None  # INT8 data: a --data source, or "embedded"
+    calib_images: int = 64
+    keep_fp32: str | None = None  # N or "auto"
+    classes: int | None = None  # embedded data: only the first N classes
 
 
 def add_input_size(p) -> None:
@@ -34,6 +43,13 @@ def arg_parser():
                    help="the file to write; its suffix picks the format")
     add_export_arguments(p)
     add_input_size(p)
+    p.add_argument("--nms", type=float, nargs="?", const=0.45, default=None, metavar="T",
+                   help="with --decode: NMS in the graph (ONNX NonMaxSuppression, IoU > T, "
+                   "default .45): the model returns boxes, scores, classes, batch_index")
+    p.add_argument("--thresh", type=float, default=0.25,
+                   help="with --decode --nms: the detection threshold (.25)")
+    p.add_argument("--classes", type=int, default=None, metavar="N",
+                   help="--int8 on the embedded data: only its first N classes")
     return p
 
 
@@ -43,12 +59,29 @@ def add_export_arguments(p) -> None:
     p.add_argument("--dynamic-batch", action="store_true", help="export a dynamic batch size")
     p.add_argument("--decode", action="store_true",
                    help="export the detection heads' decoded boxes, objectness and class scores")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX only: calibrated static INT8 (QDQ, per-channel weights); prints "
+                   "fp32 vs INT8 accuracy and latency")
+    p.add_argument("--calibrate", default=None, metavar="SRC",
+                   help="--int8: calibration and validation data, as --data ('embedded': the "
+                   "embedded set)")
+    p.add_argument("--calib-images", type=int, default=64, metavar="N",
+                   help="--int8: calibrate on N training images (64)")
+    p.add_argument("--keep-fp32", default=None, metavar="N|auto",
+                   help="--int8: keep the N most sensitive layers in fp32, or 'auto': until the "
+                   "metric is within 1 point of fp32")
 
 
 def parse(argv: list[str]) -> ExportOptions:
     args = arg_parser().parse_args(argv)
-    return ExportOptions(model_spec(args), args.out, args.opset, args.dynamic_batch,
-                         args.decode, args.input_size)
+    return options_from(model_spec(args), args.out, args)
+
+
+def options_from(model: ModelSpec, out: str, args) -> ExportOptions:
+    """ExportOptions from parsed arguments (this command's, or the flag form's)."""
+    return ExportOptions(model, out, args.opset, args.dynamic_batch, args.decode,
+                         args.input_size, args.nms, args.thresh, args.int8, args.calibrate,
+                         args.calib_images, args.keep_fp32, getattr(args, "classes", None))
 
 
 def sized_model(model: ModelSpec, input_size: str | None):
@@ -61,15 +94,53 @@ def sized_model(model: ModelSpec, input_size: str | None):
     return net
 
 
+def check_options(opts: ExportOptions) -> None:
+    """Usage errors before the (slow) build."""
+    from darkcfg.cli.common import usage_error
+
+    onnx_file = Path(opts.out).suffix.lower() == ".onnx"
+    if (opts.int8 or opts.nms is not None) and not onnx_file:
+        raise usage_error("--int8 and --decode --nms write ONNX: name the file MODEL.onnx")
+    if opts.nms is not None and not opts.decode:
+        raise usage_error("--nms in the exported graph needs --decode")
+    if opts.int8 and (opts.decode or opts.nms is not None):
+        raise usage_error("--int8 quantizes the raw network outputs: drop --decode/--nms")
+    if opts.int8 and not opts.calibrate:
+        raise usage_error("--int8 needs --calibrate SRC (a --data source, or 'embedded')")
+    if opts.int8:
+        from darkcfg.export.int8 import parse_keep_fp32
+
+        parse_keep_fp32(opts.keep_fp32)
+
+
 def run(opts: ExportOptions) -> int:
     from darkcfg.export.onnx import export, parse_input_size, require_onnx_packages
 
+    check_options(opts)
     if Path(opts.out).suffix.lower() == ".onnx":
         require_onnx_packages()  # before the (slow) build
     parse_input_size(opts.input_size)  # a bad size fails before the build too
     net = sized_model(opts.model, opts.input_size)
-    print(export(net, opts.out, opset=opts.opset, dynamic_batch=opts.dynamic_batch,
-                 decode=opts.decode, name=Path(opts.model.cfg).name), file=sys.stderr)
+    name = Path(opts.model.cfg).name
+    if opts.int8:
+        from darkcfg.config import NetConfig
+        from darkcfg.export.int8 import Int8Options, export_int8, open_int8_data, parse_keep_fp32
+
+        cfg = NetConfig.from_block(net.net_block, seed=opts.model.seed)
+        source = None if opts.calibrate == "embedded" else opts.calibrate
+        data = open_int8_data(net, cfg, source, opts.model.seed, opts.calib_images,
+                              opts.classes)
+        print(export_int8(net, opts.out, data,
+                          Int8Options(keep_fp32=parse_keep_fp32(opts.keep_fp32), name=name)))
+    elif opts.nms is not None:
+        from darkcfg.export.nms import export_image_to_boxes
+
+        print(export_image_to_boxes(net, opts.out, thresh=opts.thresh, nms=opts.nms,
+                                    dynamic_batch=opts.dynamic_batch, name=name),
+              file=sys.stderr)
+    else:
+        print(export(net, opts.out, opset=opts.opset, dynamic_batch=opts.dynamic_batch,
+                     decode=opts.decode, name=name), file=sys.stderr)
     return 0
 
 

@@ -11,7 +11,9 @@ the same functions as `darkcfg train|valid|predict|detect|export|emit|summary|we
     python runner.py CFG --weights W --detect VIDEO|URL|CAMERA [--save-labels] [--out DIR]
     python runner.py CFG --check [check options]        (= darkcfg check CFG ...)
     python runner.py CFG [--weights W] --export M.onnx|M.pt2 [--opset N] [--dynamic-batch]
-                         [--decode] [--input-size WxH]
+                         [--decode [--nms [T]]] [--input-size WxH]
+    python runner.py CFG --weights W --export M.onnx --int8 --calibrate SRC [--calib-images N]
+                         [--keep-fp32 N|auto]
     python runner.py CFG [--weights W] --emit M.py
     torchrun --standalone --nproc-per-node N runner.py CFG --train ...
 
@@ -124,9 +126,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, object]]:
     if args.emit:
         steps.append(("emit", emit.EmitOptions(model, args.emit, args.input_size)))
     if args.export:
-        steps.append(("export", export.ExportOptions(model, args.export, args.opset,
-                                                     args.dynamic_batch, args.decode,
-                                                     args.input_size)))
+        steps.append(("export", export.options_from(model, args.export, args)))
     if args.train:
         steps.append(("train", train.run_options(model, args, schedule=True)))
     if args.valid or args.predict:

@@ -17,6 +17,7 @@ from cfgparse.errors import ERROR, WARNING
 from darkcfg.lint.pool import check_paths, default_jobs, expand
 from darkcfg.lint.report import FORMATS, render
 from darkcfg.lint.stages import Options
+from darkcfg.lint.targets import TARGETS
 
 IO_CODES = frozenset({"E901"})  # findings that mean "could not check", not "the cfg is wrong"
 
@@ -48,6 +49,9 @@ def arg_parser(prog: str = "darkcfg check") -> argparse.ArgumentParser:
                    help="check against one Darknet fork: warn about keys and sections only the "
                    "other fork reads, and judge shortcuts as this fork does (default: accept "
                    "both forks' keys, AlexeyAB's shapes)")
+    p.add_argument("--target", action="append", default=[], choices=TARGETS,
+                   help="also warn about what this deployment runtime does not run as Darknet "
+                   "does (W601-W604; repeatable)")
     return p
 
 
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
         parser.print_usage(sys.stderr)
         print("error: no files to check", file=sys.stderr)
         return 2
-    options = Options(build=not args.no_build, max_memory=args.max_memory, flavor=args.flavor)
+    options = Options(build=not args.no_build, max_memory=args.max_memory, flavor=args.flavor,
+                      targets=tuple(dict.fromkeys(args.target)))
     files = expand(args.files)
     found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
     if args.strict:

@@ -23,6 +23,7 @@ class Options:
     build: bool = True
     max_memory: int = DEFAULT_MAX_MEMORY
     flavor: str | None = None  # None: accept both forks' keys; build with AlexeyAB's rules
+    targets: tuple[str, ...] = ()  # deployment runtimes to check against (darkcfg.lint.targets)
 
 
 def check_file(path: str | Path, options: Options | None = None) -> list[Diagnostic]:
@@ -33,6 +34,11 @@ def check_file(path: str | Path, options: Options | None = None) -> list[Diagnos
     except CfgError as exc:
         return ordered(exc.diagnostics)
     found = list(blocks.warnings) + check_blocks(blocks)
+    if options.targets:
+        from darkcfg.lint.targets import check_target
+
+        for target in options.targets:
+            found += check_target(blocks, target)
     if options.build and not any(d.severity == ERROR for d in found):
         from darkcfg.lint.graph_rules import check_graph  # torch only when the graph is checked
 

@@ -1,0 +1,466 @@
+"""Calibrated INT8 ONNX: static QDQ quantization with onnxruntime's tools, and what it costs.
+
+    from darkcfg.export.int8 import Int8Options, export_int8, open_int8_data
+    data = open_int8_data(net, cfg, source=None, seed=0, calib_images=64)
+    report = export_int8(net, "m.int8.onnx", data, Int8Options(keep_fp32="auto"))
+    print(report)      # mAP@0.5 (detectors) or top-1 (classifiers), fp32 vs INT8, latency
+
+How: the fp32 graph is exported as by `--export` (dynamic batch), its activation ranges are
+calibrated once (MinMax) on N images of the source's *training* split, each preprocessed the way
+the network sees it at inference (`letterbox_image` with [net] letter_box=1, else
+`resize_image`, as Darknet's `detector map`; classifiers: the evaluation resize/crop), and
+quantized to QDQ with per-channel int8 weights and uint8 activations (U8S8: the pair
+onnxruntime's x86 kernels run fastest with VNNI). The calibration ranges are cached, so each
+further quantization (sensitivity, keep-fp32 search) costs no calibration.
+
+Sensitivity of a layer = the relative error of the network outputs when only that layer's Conv is
+quantized (everything else fp32), measured on calibration images. `keep_fp32=N` leaves the N most
+sensitive layers in fp32; `keep_fp32="auto"` adds them one by one until the validation metric is
+within `bound` of fp32 (default 1 point: mAP@0.5 or top-1, in percentage points), at most
+`max_auto` layers.
+
+The metric is the validation split's: mAP@0.5 as `detector map` computes it (thresh 0.005, NMS
+0.45, darkcfg.detect.metrics) for detectors, top-1 for classifiers. Latency: best of `repeats`
+runs of onnxruntime (CPU, all threads) at each batch size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from builders.graph import Network
+from cfgparse import CfgError, Diagnostic
+from darkcfg.export.onnx import (
+    _atomic_target,
+    _quiet,
+    export_onnx,
+    onnx_session,
+    reference_outputs,
+    require_onnx_packages,
+)
+
+#: Default bound of `keep_fp32="auto"`: at most this many points of mAP@0.5 / top-1 lost.
+DEFAULT_BOUND = 1.0
+#: Images whose outputs measure each layer's sensitivity.
+SENSITIVITY_IMAGES = 8
+
+
+def _error(message: str, path: str, hint: str = "") -> CfgError:
+    return CfgError(Diagnostic("E903", message, path, hint=hint))
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """A validation split and how to score a runner on it. `run(x)` -> the network's outputs
+    (in `Network.output_indices` order) for a batch x (N, C, H, W)."""
+
+    metric: str  # "mAP@0.5" or "top-1"
+    score: Callable[[Callable[[torch.Tensor], list[torch.Tensor]]], float]
+    images: int
+
+
+@dataclass
+class Int8Data:
+    calibration: torch.Tensor  # (N, C, H, W) float32 network inputs
+    evaluation: Evaluation
+    description: str
+
+
+def _stack(dataset, count: int, image_of: Callable) -> torch.Tensor:
+    count = min(count, len(dataset))
+    if count <= 0:
+        raise _error("no images to calibrate with", "--calibrate",
+                     hint="give a data source with training images")
+    # spread over the split, not its first images (a sorted folder starts with one class)
+    picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
+    return torch.stack([image_of(dataset[int(i)]) for i in picks]).float()
+
+
+def open_int8_data(net: Network, cfg, source: str | None, seed: int, calib_images: int,
+                   classes: int | None = None, batch: int = 8) -> Int8Data:
+    """Calibration images and the validation evaluation from a --data-style source (None: the
+    embedded set). `cfg` is the network's NetConfig."""
+    from darkcfg.detect.decode import head_indices
+
+    if head_indices(net):
+        return _detection_data(net, source, seed, calib_images, classes, batch)
+    return _classifier_data(net, cfg, source, seed, calib_images, classes, batch)
+
+
+def _detection_data(net, source, seed, count, classes, batch) -> Int8Data:
+    from darkcfg.data.detection.dataset import DetectionEval, collate, detection_datasets
+
+    splits = detection_datasets(net, source, seed, classes, multiscale=False)
+    if splits.val is None or not len(splits.val):
+        raise _error(f"{splits.description} has no validation split", source or "--calibrate",
+                     hint="add a valid= list to the .data file")
+    view = DetectionEval(splits.train.source, splits.settings)
+    calibration = _stack(view, count, lambda sample: sample[0])
+    names = splits.names
+    loader = torch.utils.data.DataLoader(splits.val, batch_size=batch, collate_fn=collate)
+
+    def score(run) -> float:
+        return detection_map(net, run, loader, names)
+
+    return Int8Data(calibration, Evaluation("mAP@0.5", score, len(splits.val)),
+                    splits.description)
+
+
+def detection_map(net: Network, run, loader, names: Sequence[str]) -> float:
+    """mAP@0.5 in percent of `run`'s outputs over a DetectionEval loader, as `detector map`."""
+    from darkcfg.detect.decode import decode, net_letter_box, nms
+    from darkcfg.detect.metrics import (
+        MAP_DETECTION_THRESH,
+        MAP_NMS_THRESH,
+        ImageBoxes,
+        darknet_map,
+        entries_from_probs,
+    )
+
+    letter = net_letter_box(net)
+    outputs_at = net.output_indices
+    detections, truths = [], []
+    for images, truth, sizes in loader:
+        outs = dict(zip(outputs_at, run(images), strict=True))
+        found = decode(net, outs, MAP_DETECTION_THRESH, image_size=sizes.tolist(),
+                       letter_box=letter, input_size=(images.shape[-1], images.shape[-2]))
+        found = nms([_first_classes(d, len(names)) for d in found], MAP_NMS_THRESH)
+        for dets, rows, size in zip(found, truth, sizes.tolist(), strict=True):
+            size = (int(size[0]), int(size[1]))
+            detections.append(entries_from_probs(dets.boxes, dets.probs, size))
+            gt = ImageBoxes.from_truth(rows)
+            truths.append(ImageBoxes(gt.boxes, gt.classes, None, None, size))
+    return 100.0 * darknet_map(detections, truths, names).map50
+
+
+def _first_classes(dets, classes: int):
+    from dataclasses import replace
+
+    return replace(dets, probs=dets.probs[:, :classes])
+
+
+def _classifier_data(net, cfg, source, seed, count, classes, batch) -> Int8Data:
+    from darkcfg.data import Augment, embedded_shapes, open_images
+
+    shape = net.input_shape
+    inputs = (shape.c, shape.h, shape.w)
+    if not shape.c * shape.h * shape.w:
+        raise _error("INT8 calibration needs an image network", "--int8",
+                     hint="quantize image classifiers and detectors")
+    outputs = net.shapes[net.output_indices[-1]].size
+    splits = (embedded_shapes(inputs, outputs, seed, classes) if source is None
+              else open_images(source, inputs, seed))
+    if splits.val is None or not len(splits.val):
+        raise _error(f"{splits.description} has no validation split", source or "--calibrate",
+                     hint="add a val/ folder")
+    view = Augment(cfg, train=False)
+
+    def image_of(sample):
+        image = view(sample[0])
+        return image.float().div(255) if image.dtype == torch.uint8 else image.float()
+
+    calibration = _stack(splits.train, count, image_of)
+    val = splits.val
+
+    def score(run) -> float:
+        hits = total = 0
+        for start in range(0, len(val), batch):
+            samples = [val[i] for i in range(start, min(start + batch, len(val)))]
+            x = torch.stack([image_of(s) for s in samples])
+            y = torch.tensor([int(s[1]) for s in samples])
+            logits = run(x)[-1].reshape(len(samples), -1)
+            hits += int((logits.argmax(1) == y).sum())
+            total += len(samples)
+        return 100.0 * hits / max(total, 1)
+
+    return Int8Data(calibration, Evaluation("top-1", score, len(val)), splits.description)
+
+
+# -- quantization ---------------------------------------------------------------------------------
+
+
+def _reader(images: torch.Tensor, name: str = "images"):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{name: images[i:i + 1].numpy()} for i in range(len(images))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    return Reader()
+
+
+def layer_of(node) -> int | None:
+    """The darkcfg layer index a node of the exported graph comes from (the exporter records
+    the module path, `net.layers.<i>...`, in the node's `pkg.torch.onnx.name_scopes`)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            for scope in prop.value.replace("'", " ").replace(",", " ").split():
+                if scope.startswith("net.layers."):
+                    index = scope.split(".")[2]
+                    if index.isdigit():
+                        return int(index)
+    return None
+
+
+def quantizable_layers(path: str | os.PathLike) -> dict[str, int | None]:
+    """{Conv/Gemm/MatMul node name: its darkcfg layer} of an ONNX file: what INT8 changes."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {n.name: layer_of(n) for n in model.graph.node
+            if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")}
+
+
+class Quantizer:
+    """One fp32 ONNX file, calibrated once; `quantize(out, exclude)` then only rewrites."""
+
+    def __init__(self, fp32_path: str | os.PathLike, calibration: torch.Tensor, workdir: str):
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.workdir = Path(workdir)
+        self.source = self.workdir / "fp32.prep.onnx"
+        with _quiet():
+            quant_pre_process(str(fp32_path), str(self.source), skip_symbolic_shape=True)
+        self.cache = self.workdir / "ranges.json"
+        self.layers = quantizable_layers(self.source)
+        self._quantize(self.workdir / "calibrated.onnx", [], _reader(calibration))
+
+    def _quantize(self, out: Path, exclude: Sequence[str], reader=None) -> None:
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        with _quiet():
+            quantize_static(str(self.source), str(out), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                            calibrate_method=CalibrationMethod.MinMax,
+                            calibration_cache_path=str(self.cache))
+
+    def quantize(self, out: str | os.PathLike, exclude: Sequence[str] = ()) -> Path:
+        out = Path(out)
+        self._quantize(out, exclude)
+        return out
+
+    def only(self, node: str) -> Path:
+        """A model with only `node` quantized (for its sensitivity)."""
+        out = self.workdir / "one.onnx"
+        return self.quantize(out, [n for n in self.layers if n != node])
+
+
+def runner(path: str | os.PathLike, threads: int | None = None):
+    """A callable x -> list of outputs (torch) through an onnxruntime session on `path`."""
+    session = onnx_session(path, threads)
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.from_numpy(y) for y in session.run(None, {name: x.numpy()})]
+
+    run.session = session
+    return run
+
+
+def l2_error(ours: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    """||ours - reference|| / ||reference|| over all outputs together: unlike the max error it
+    does not saturate on the one worst element, so layers rank apart."""
+    a = torch.cat([t.double().flatten() for t in ours])
+    b = torch.cat([t.double().flatten() for t in reference])
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+@dataclass
+class Sensitivity:
+    node: str
+    layer: int | None
+    error: float  # relative L2 error of the outputs with only this layer quantized
+
+
+def sensitivities(quantizer: Quantizer, x: torch.Tensor, reference: list[torch.Tensor]
+                  ) -> list[Sensitivity]:
+    """Every quantizable layer's sensitivity, most sensitive first."""
+    found = []
+    for node, layer in quantizer.layers.items():
+        err = l2_error(runner(quantizer.only(node))(x), reference)
+        found.append(Sensitivity(node, layer, err))
+    return sorted(found, key=lambda s: -s.error)
+
+
+def latency(run, x: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
+    """Best-of-`repeats` seconds of one call (the least disturbed run on a shared machine)."""
+    for _ in range(warmup):
+        run(x)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(x)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Int8Options:
+    keep_fp32: int | str = 0  # N most sensitive layers kept fp32, or "auto"
+    bound: float = DEFAULT_BOUND  # "auto": points of the metric allowed to be lost
+    max_auto: int = 8  # "auto": at most this many layers kept fp32
+    batches: tuple[int, ...] = (1, 8)  # latency batch sizes
+    repeats: int = 10
+    name: str = ""
+    threads: int | None = None
+
+
+@dataclass
+class Int8Report:
+    path: str
+    metric: str
+    fp32: float
+    int8: float
+    kept_fp32: list[Sensitivity]
+    sensitivity: list[Sensitivity]
+    latency_fp32: dict[int, float]
+    latency_int8: dict[int, float]
+    output_error: float  # relative L2 error of INT8 vs fp32 outputs on calibration images
+    correlation: float  # Pearson correlation of all INT8 vs fp32 outputs
+    images: int
+    calibration_images: int
+    auto: bool = False
+    bound: float = DEFAULT_BOUND
+    tried: list[tuple[int, float]] = field(default_factory=list)  # auto: (kept, metric)
+
+    def __str__(self) -> str:
+        lines = [f"wrote {self.path} (INT8 QDQ, per-channel int8 weights, uint8 activations; "
+                 f"calibrated on {self.calibration_images} images)"]
+        lines.append(f"onnxruntime INT8 vs fp32 on {SENSITIVITY_IMAGES} calibration images: "
+                     f"relative L2 error {self.output_error:.4f}, "
+                     f"correlation {self.correlation:.4f}")
+        lines.append(f"{self.metric} on {self.images} validation images: fp32 "
+                     f"{self.fp32:.2f}, INT8 {self.int8:.2f} ({self.int8 - self.fp32:+.2f})")
+        for batch in sorted(self.latency_fp32):
+            f, q = self.latency_fp32[batch], self.latency_int8[batch]
+            lines.append(f"latency batch {batch}: fp32 {1e3 * f:.2f} ms, INT8 {1e3 * q:.2f} ms "
+                         f"({f / q:.2f}x)")
+        top = ", ".join(f"{_where(s)} {s.error:.3f}" for s in self.sensitivity[:5])
+        if top:
+            lines.append("most sensitive layers (relative L2 output error with only that "
+                         f"layer INT8): {top}")
+        if self.auto:
+            tried = ", ".join(f"{k} fp32: {m:.2f}" for k, m in self.tried)
+            lines.append(f"--keep-fp32 auto (bound {self.bound:g} points): {tried}")
+        if self.kept_fp32:
+            lines.append("kept in fp32: " + ", ".join(_where(s) for s in self.kept_fp32))
+        return "\n".join(lines)
+
+
+def _where(s: Sensitivity) -> str:
+    return f"layer {s.layer}" if s.layer is not None else s.node
+
+
+def _correlation(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    x = torch.cat([t.double().flatten() for t in a])
+    y = torch.cat([t.double().flatten() for t in b])
+    return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
+
+
+def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
+                options: Int8Options | None = None) -> Int8Report:
+    """Write a calibrated INT8 QDQ ONNX model to `path` (atomically), checked in onnxruntime,
+    with its accuracy and latency against the fp32 graph."""
+    options = options or Int8Options()
+    require_onnx_packages(str(path))
+    path = Path(path)
+    net.eval()
+    with tempfile.TemporaryDirectory(prefix="darkcfg-int8-") as work:
+        fp32 = Path(work) / "fp32.onnx"
+        export_onnx(net, fp32, dynamic_batch=True, name=options.name or path.stem)
+        quantizer = Quantizer(fp32, data.calibration, work)
+        if not quantizer.layers:
+            raise _error("the network has no Conv/Gemm layer to quantize", str(path))
+        probe = data.calibration[:SENSITIVITY_IMAGES]
+        reference = reference_outputs(net, probe)
+        fp32_run = runner(fp32, options.threads)
+        fp32_score = data.evaluation.score(fp32_run)
+        auto = options.keep_fp32 == "auto"
+        want = int(options.keep_fp32) if not auto else 0
+        if want < 0:
+            raise _error(f"--keep-fp32 must be >= 0 or 'auto', not {want}", "--keep-fp32")
+        ranked = sensitivities(quantizer, probe, reference)
+        tried = []
+        candidate = Path(work) / "int8.onnx"
+        kept = ranked[:want]
+        while True:
+            quantizer.quantize(candidate, [s.node for s in kept])
+            int8_run = runner(candidate, options.threads)
+            int8_score = data.evaluation.score(int8_run)
+            tried.append((len(kept), int8_score))
+            if not auto or fp32_score - int8_score <= options.bound or \
+                    len(kept) >= min(options.max_auto, len(ranked)):
+                break
+            kept = ranked[:len(kept) + 1]
+        got = int8_run(probe)
+        err = l2_error(got, reference)
+        corr = _correlation(got, reference)
+        lat32, lat8 = {}, {}
+        for batch in options.batches:
+            x = data.calibration[:1].expand(batch, -1, -1, -1).contiguous()
+            # alternate the two so that a load spike on a shared machine hits both alike
+            a, b = [], []
+            for _ in range(3):
+                a.append(latency(fp32_run, x, max(options.repeats // 3, 1)))
+                b.append(latency(int8_run, x, max(options.repeats // 3, 1)))
+            lat32[batch], lat8[batch] = min(a), min(b)
+        _write_with_metadata(candidate, path, net, kept, data)
+    return Int8Report(str(path), data.evaluation.metric, fp32_score, int8_score, kept, ranked,
+                      lat32, lat8, err, corr, data.evaluation.images, len(data.calibration),
+                      auto, options.bound, tried)
+
+
+def _write_with_metadata(candidate: Path, path: Path, net: Network, kept, data: Int8Data) -> None:
+    import onnx
+
+    model = onnx.load(str(candidate))
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({"quantization": "int8 QDQ per-channel (onnxruntime.quantization)",
+                  "calibration_images": str(len(data.calibration)),
+                  "kept_fp32_layers": ",".join(str(s.layer) for s in kept)})
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _atomic_target(path)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def parse_keep_fp32(text: str | None) -> int | str:
+    """--keep-fp32 N or auto."""
+    if text is None:
+        return 0
+    if text == "auto":
+        return "auto"
+    if text.isdigit():
+        return int(text)
+    raise _error(f"--keep-fp32 takes a number of layers or 'auto', not '{text}'",
+                 "<command line>", hint="e.g. --keep-fp32 2 or --keep-fp32 auto")

@@ -1,0 +1,219 @@
+"""`darkcfg check --target opencv|onnx|tensorrt CFG`: what a deployment runtime will not run
+as Darknet does, named before anyone exports. Torch-free: rules are data, applied to the parsed
+blocks.
+
+Codes (warnings):
+  W601  section the target cannot load or run
+  W602  activation the target does not have
+  W603  key value the target refuses
+  W604  key the target reads past (the layer loads, but computes without it)
+
+Sources of the data:
+- opencv: OpenCV 4.x's Darknet importer (modules/dnn/src/darknet/darknet_io.cpp,
+  ReadDarknetFromCfgStream and setActivation; OpenCV 5 removed the importer). The section and
+  activation lists were confirmed against opencv-python-headless 4.14 by loading one-layer cfgs
+  (tests/test_targets.py repeats that where OpenCV is installed).
+- onnx: darkcfg's own exporter (darkcfg/export/onnx.py, nms.py): every section exports, so the
+  rules are about what the ONNX graph cannot say as Darknet does.
+- tensorrt: the ONNX graph as TensorRT's ONNX parser sees it; plus what export turns into
+  plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cfgparse import Block, Diagnostic
+from cfgparse.errors import WARNING
+
+TARGETS = ("opencv", "onnx", "tensorrt")
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """`key` in [section] is flagged when `flagged(value)`; `code` W603 (refused) or W604
+    (ignored)."""
+
+    section: str
+    key: str
+    code: str
+    why: str
+    flagged: object  # a callable value -> bool
+
+    def applies(self, block: Block) -> bool:
+        if block.type != self.section or self.key not in block.options:
+            return False
+        try:
+            return bool(self.flagged(block.options[self.key].value))
+        except (TypeError, ValueError):
+            return False
+
+
+def _not(default):
+    return lambda v: v != default
+
+
+def _any(values):
+    return lambda v: (v[0] if isinstance(v, (list, tuple)) else v) not in values
+
+
+# -- OpenCV 4.x (darknet_io.cpp) ------------------------------------------------------------------
+OPENCV_SECTIONS = frozenset({
+    "convolutional", "connected", "maxpool", "avgpool", "softmax", "route", "dropout", "cost",
+    "reorg", "region", "shortcut", "scale_channels", "sam", "upsample", "yolo", "crop", "net"})
+OPENCV_ACTIVATIONS = frozenset({"linear", "leaky", "relu", "logistic", "tanh", "swish", "mish"})
+OPENCV_KEYS = (
+    KeyRule("convolutional", "flipped", "W603", "OpenCV does not transpose convolution "
+            "weights (flipped=1)", _not(0)),
+    KeyRule("softmax", "groups", "W603", "OpenCV's softmax takes groups=1 only", _not(1)),
+    KeyRule("region", "tree", "W603", "OpenCV's [region] has no softmax tree decoding "
+            "(yolo9000)", lambda v: bool(v)),
+    KeyRule("convolutional", "xnor", "W604", "OpenCV runs the convolution in float (no "
+            "sign binarisation)", _not(0)),
+    KeyRule("convolutional", "binary", "W604", "OpenCV runs the float weights (no binary "
+            "weights)", _not(0)),
+    KeyRule("convolutional", "antialiasing", "W604", "OpenCV's importer adds no blur "
+            "after the convolution", _not(0)),
+    KeyRule("convolutional", "share_index", "W604", "OpenCV's importer does not share "
+            "weights between layers", lambda v: True),
+    KeyRule("convolutional", "deform", "W604", "OpenCV has no deformable convolution",
+            _not(0)),
+    KeyRule("maxpool", "maxpool_depth", "W604", "OpenCV pools over space only", _not(0)),
+    KeyRule("maxpool", "antialiasing", "W604", "OpenCV's importer adds no blur after pooling",
+            _not(0)),
+    KeyRule("shortcut", "weights_type", "W604", "OpenCV's [shortcut] has no learned weights",
+            _any({"none"})),
+    KeyRule("yolo", "new_coords", "W604", "OpenCV's [yolo] decodes the logistic box "
+            "(new_coords=0)", _not(0)),
+)
+
+
+
+def _anchor_count(block: Block) -> str | None:
+    """OpenCV asserts num * 2 == the number of anchor values (Darknet pads or reads past)."""
+    if block.type not in ("yolo", "region") or "anchors" not in block.options:
+        return None
+    anchors = block.options["anchors"].value
+    count = len(anchors) if isinstance(anchors, (list, tuple)) else 1
+    num = block.options["num"].value if "num" in block.options else None
+    if isinstance(num, int) and num * 2 != count:
+        return f"num={num} with {count} anchor values: OpenCV asserts num * 2 == anchors"
+    return None
+
+
+OPENCV_BLOCK_RULES = ((_anchor_count, "anchors"),)
+
+# -- ONNX (darkcfg's exporter) --------------------------------------------------------------------
+RECURRENT = frozenset({"rnn", "lstm", "gru", "crnn", "conv_lstm", "history"})
+ONNX_SECTIONS = {
+    s: ("exported unrolled over [net] time_steps with a zero initial state: the graph does not "
+        "carry state from one call to the next as Darknet's does")
+    for s in RECURRENT}
+ONNX_KEYS = (
+    KeyRule("convolutional", "xnor", "W604", "sign(x) in float32: onnxruntime's rounding may "
+            "flip signs near 0 (the export allows the float32-vs-float64 difference)", _not(0)),
+    KeyRule("yolo", "nms_kind", "W604", "--decode --nms runs ONNX NonMaxSuppression, which is "
+            "IoU-based: this DIoU NMS becomes Darknet's do_nms_sort rule in the graph",
+            _any({"default", "cornersnms"})),
+    KeyRule("region", "tree", "W603", "a [region] softmax tree (yolo9000) cannot be decoded "
+            "(--decode)", lambda v: bool(v)),
+)
+
+# -- TensorRT (the ONNX graph through TensorRT's ONNX parser) -------------------------------------
+TENSORRT_SECTIONS = {
+    s: ("exported unrolled over [net] time_steps: TensorRT builds one fixed-length engine and "
+        "the state is not carried between calls") for s in RECURRENT}
+TENSORRT_ACTIVATIONS = {
+    "mish": "TensorRT's activation layer has no Mish before TensorRT 10 (the graph's Mish / "
+            "softplus-tanh ops run unfused, or a plugin replaces them)",
+    "hard_mish": "decomposed into elementwise ops (no TensorRT layer)",
+    "gelu": "the ONNX Gelu op needs opset 20; TensorRT before 10 needs the decomposed form",
+    "normalize_channels": "decomposed into reductions; a plugin is the usual replacement",
+    "normalize_channels_softmax": "decomposed into reductions; a plugin is the usual "
+                                  "replacement",
+    "normalize_channels_softmax_maxval": "decomposed into reductions; a plugin is the usual "
+                                         "replacement",
+}
+TENSORRT_KEYS = (
+    KeyRule("yolo", "nms_kind", "W604", "--decode --nms runs IoU NMS (ONNX NonMaxSuppression "
+            "or TensorRT's EfficientNMS plugin): this DIoU NMS becomes an IoU one",
+            _any({"default", "cornersnms"})),
+    KeyRule("convolutional", "xnor", "W604", "TensorRT runs sign() in float: no binary "
+            "kernels", _not(0)),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    sections: dict  # section -> why (only unsupported ones), or a frozenset of supported ones
+    activations: dict  # activation -> why (unsupported), or a frozenset of supported ones
+    keys: tuple
+    block_rules: tuple = ()  # (callable block -> why or None, key at fault): W603
+
+
+TARGET_RULES = {
+    "opencv": Target("opencv", OPENCV_SECTIONS, OPENCV_ACTIVATIONS, OPENCV_KEYS,
+                     OPENCV_BLOCK_RULES),
+    "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS),
+    "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
+                       ONNX_KEYS[2:] + TENSORRT_KEYS),
+}
+
+_LABEL = {"opencv": "OpenCV's Darknet importer (cv2.dnn.readNetFromDarknet, OpenCV 4.x)",
+          "onnx": "the ONNX export", "tensorrt": "TensorRT (from the ONNX export)"}
+
+
+def _section_problem(target: Target, section: str) -> str | None:
+    if isinstance(target.sections, frozenset):
+        return None if section in target.sections else "is not a layer it knows"
+    return target.sections.get(section)
+
+
+def _activation_problem(target: Target, activation: str) -> str | None:
+    if isinstance(target.activations, frozenset):
+        return None if activation in target.activations else "is not an activation it has"
+    return target.activations.get(activation)
+
+
+def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
+    """Warnings for everything in `blocks` that `target` does not run as Darknet does."""
+    rules = TARGET_RULES[target]
+    label = _label(target)
+    found: list[Diagnostic] = []
+    for block in blocks:
+        why = _section_problem(rules, block.type)
+        if why is not None:
+            found.append(block.diagnostic(
+                "W601", f"{label}: [{block.name}] {why}", None,
+                hint=_hint(target), severity=WARNING))
+            continue
+        opt = block.options.get("activation")
+        if opt is not None and isinstance(opt.value, str):
+            why = _activation_problem(rules, opt.value)
+            if why is not None:
+                found.append(block.diagnostic(
+                    "W602", f"{label}: activation={opt.value} {why}", "activation",
+                    hint=_hint(target), severity=WARNING))
+        for rule, key in rules.block_rules:
+            why = rule(block)
+            if why is not None:
+                found.append(block.diagnostic("W603", f"{label}: {why}", key,
+                                              hint=_hint(target), severity=WARNING))
+        for rule in rules.keys:
+            if rule.applies(block):
+                found.append(block.diagnostic(
+                    rule.code, f"{label}: {rule.key}={block.options[rule.key].raw}: {rule.why}",
+                    rule.key, hint=_hint(target), severity=WARNING))
+    return found
+
+
+def _label(target: str) -> str:
+    return _LABEL[target]
+
+
+def _hint(target: str) -> str:
+    if target == "opencv":
+        return "OpenCV will refuse or mis-run this cfg: export ONNX instead (--export m.onnx)"
+    return "see docs/deploy.md (Targets) for what the exported graph does instead"

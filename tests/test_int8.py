@@ -1,0 +1,242 @@
+"""Calibrated INT8 export (darkcfg/export/int8.py, `--export m.onnx --int8 --calibrate SRC`).
+
+The bound: with 8-bit weights (per channel) and 8-bit activations (per tensor, MinMax over the
+calibration images) each quantized tensor carries a rounding error of about 1/255 of its range
+(~48 dB); through a few layers that stays under a few percent of the signal. So a small trained
+network's INT8 outputs must be within 10% relative L2 error of fp32 and correlate with them at
+>= 0.99 (sqrt(1 - 0.1^2) = 0.995), and agree on the top-1 class of >= 90% of the validation
+images. A broken quantization (wrong ranges, wrong channel axis, a mis-read calibration image)
+gives errors of the order of the signal itself.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from darkcfg.cli.flags import main  # noqa: E402
+from darkcfg.export.int8 import (  # noqa: E402
+    Int8Options,
+    export_int8,
+    l2_error,
+    open_int8_data,
+    quantizable_layers,
+    runner,
+)
+from darkcfg.model import build_network, load_any_weights  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = """[net]
+batch=16
+subdivisions=1
+width=32
+height=32
+channels=3
+learning_rate=0.01
+momentum=0.9
+decay=0.0005
+max_batches=30
+policy=constant
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+filters=4
+size=1
+stride=1
+pad=0
+activation=linear
+
+[avgpool]
+
+[softmax]
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small classifier trained for 30 iterations on 4 embedded classes."""
+    folder = tmp_path_factory.mktemp("int8")
+    cfg = folder / "small.cfg"
+    cfg.write_text(SMALL)
+    subprocess.run([sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out",
+                    str(folder / "run"), "--no-progress", "--workers", "0", "--valid-every", "0"],
+                   check=True, cwd=ROOT, capture_output=True, timeout=600)
+    weights = folder / "run" / "small_final.weights"
+    assert weights.exists()
+    return cfg, weights
+
+
+def load(cfg, weights):
+    net, netcfg, _ = build_network(str(cfg), [], "alexeyab", 0)
+    load_any_weights(net, str(weights))
+    return net.eval(), netcfg
+
+
+@pytest.mark.slow
+def test_int8_runs_in_onnxruntime_and_tracks_fp32(trained, tmp_path):
+    cfg, weights = trained
+    net, netcfg = load(cfg, weights)
+    data = open_int8_data(net, netcfg, None, 0, calib_images=32)
+    report = export_int8(net, tmp_path / "small.int8.onnx", data,
+                         Int8Options(repeats=3, batches=(1, 8)))
+    assert report.metric == "top-1" and report.images > 0
+    assert report.output_error <= 0.1 and report.correlation >= 0.99
+    assert abs(report.fp32 - report.int8) <= 10.0  # points of top-1
+    assert set(report.latency_fp32) == {1, 8} and all(v > 0 for v in report.latency_int8.values())
+    # the file is INT8: every Conv reads a dequantized int8 weight
+    import onnx
+
+    model = onnx.load(str(tmp_path / "small.int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("DequantizeLinear") >= ops.count("Conv") + 1
+    inits = {i.name: i for i in model.graph.initializer}
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in inits.values())
+    # independent check of the report: run both in onnxruntime on validation images
+    x = data.calibration[:8]
+    with torch.no_grad():
+        fp32 = list(net(x))
+    int8 = runner(tmp_path / "small.int8.onnx")(x)
+    assert l2_error(int8, fp32) <= 0.1
+    agree = (int8[-1].reshape(8, -1).argmax(1) == fp32[-1].reshape(8, -1).argmax(1)).float()
+    assert agree.mean() >= 0.875  # 7 of 8
+    # sensitivity: every Conv measured, most sensitive first
+    assert len(report.sensitivity) == len(quantizable_layers_of(net, tmp_path))
+    errors = [s.error for s in report.sensitivity]
+    assert errors == sorted(errors, reverse=True) and errors[0] > 0
+    text = str(report)
+    assert "top-1" in text and "latency batch 8" in text
+
+
+def quantizable_layers_of(net, tmp_path):
+    from darkcfg.export.onnx import export_onnx
+
+    export_onnx(net, tmp_path / "fp32.onnx", dynamic_batch=True)
+    return quantizable_layers(tmp_path / "fp32.onnx")
+
+
+@pytest.mark.slow
+def test_keep_fp32_keeps_the_most_sensitive_layers(trained, tmp_path):
+    cfg, weights = trained
+    net, netcfg = load(cfg, weights)
+    data = open_int8_data(net, netcfg, None, 0, calib_images=16)
+    report = export_int8(net, tmp_path / "k.onnx", data,
+                         Int8Options(keep_fp32=2, repeats=1, batches=(1,)))
+    assert [s.node for s in report.kept_fp32] == [s.node for s in report.sensitivity[:2]]
+    assert all(s.layer is not None for s in report.kept_fp32)  # named by darkcfg layer
+    import onnx
+
+    model = onnx.load(str(tmp_path / "k.onnx"))
+    kept = {s.node for s in report.kept_fp32}
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear"
+                   for o in n.output}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.name in kept:
+            assert node.input[1] not in dequantized  # fp32 weight
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["kept_fp32_layers"] == ",".join(str(s.layer) for s in report.kept_fp32)
+
+
+@pytest.mark.slow
+def test_flag_form_contract(trained, tmp_path, capsys):
+    cfg, weights = trained
+    out = tmp_path / "m.onnx"
+    rc = main([str(cfg), "--weights", str(weights), "--export", str(out), "--int8",
+               "--calibrate", "embedded", "--calib-images", "8", "--keep-fp32", "1"])
+    assert rc == 0 and out.exists()
+    printed = capsys.readouterr().out
+    assert "top-1 on" in printed and "latency batch 1" in printed and "kept in fp32" in printed
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--int8"], "needs --calibrate"),
+    (["--int8", "--calibrate", "embedded", "--keep-fp32", "most"], "--keep-fp32"),
+    (["--int8", "--calibrate", "nowhere/x.data"], "nowhere/x.data"),
+    (["--int8", "--calibrate", "embedded", "--decode"], "drop --decode"),
+])
+def test_bad_flags_are_located_errors(tmp_path, capsys, args, needle):
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL)
+    rc = main([str(cfg), "--export", str(tmp_path / "m.onnx"), *args])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_detector_int8_reports_map(tmp_path):
+    """yolov3-tiny (initial weights) at 96: the detector path (calibration through the
+    network's resize, mAP@0.5 through darkcfg.detect.metrics) runs end to end; `auto` stops
+    at the bound or at max_auto."""
+    net, netcfg, _ = build_network(str(ROOT / "cfg" / "yolov3-tiny.cfg"),
+                                   ["width=96", "height=96"], "alexeyab", 0)
+    net.eval()
+    data = open_int8_data(net, netcfg, None, 0, calib_images=8, classes=2)
+    report = export_int8(net, tmp_path / "y.onnx", data,
+                         Int8Options(keep_fp32="auto", max_auto=2, repeats=1, batches=(1,)))
+    assert report.metric == "mAP@0.5"
+    assert report.tried and report.tried[0][0] == 0
+    last_kept, last_map = report.tried[-1]
+    assert last_kept == len(report.kept_fp32)
+    assert report.fp32 - last_map <= report.bound or last_kept == 2
+    assert np.isfinite(report.correlation)
+
+
+@pytest.mark.slow
+def test_subcommand_form(trained, tmp_path, capsys):
+    from darkcfg.cli import main as darkcfg_main
+
+    cfg, weights = trained
+    out = tmp_path / "sub.onnx"
+    rc = darkcfg_main(["export", str(cfg), "--weights", str(weights), "--out", str(out),
+                       "--int8", "--calibrate", "embedded", "--calib-images", "8"])
+    assert rc == 0 and out.exists()
+    assert "top-1 on" in capsys.readouterr().out
+
+
+def test_subcommand_usage_errors(tmp_path, capsys):
+    from darkcfg.cli import main as darkcfg_main
+
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL)
+    assert darkcfg_main(["export", str(cfg), "--out", str(tmp_path / "m.pt2"), "--int8",
+                         "--calibrate", "embedded"]) == 2
+    assert "write ONNX" in capsys.readouterr().err

@@ -1,0 +1,150 @@
+"""`darkcfg check --target opencv|onnx|tensorrt` (darkcfg/lint/targets.py): warnings W601-W604
+for what a deployment runtime does not run as Darknet does, torch-free; the OpenCV data checked
+against OpenCV itself where it is installed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cfgparse import parse
+from cfgparse.errors import CODES, WARNING
+from cfgparse.schema import ACTIVATIONS, SECTIONS
+from darkcfg.lint.cli import main
+from darkcfg.lint.targets import OPENCV_ACTIVATIONS, OPENCV_SECTIONS, check_target
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = """[net]
+width=32
+height=32
+channels=3
+
+[convolutional]
+filters=4
+size=3
+pad=1
+activation=leaky
+"""
+
+
+def cfg(tmp_path, text: str) -> Path:
+    path = tmp_path / "model.cfg"
+    path.write_text(BASE + textwrap.dedent(text))
+    return path
+
+
+def codes(path: Path, target: str) -> list[tuple[str, int]]:
+    return [(d.code, d.line) for d in check_target(parse(path), target)]
+
+
+def test_codes_are_in_the_table():
+    for code in ("W601", "W602", "W603", "W604"):
+        assert code in CODES
+
+
+def test_opencv_names_section_activation_and_keys(tmp_path):
+    path = cfg(tmp_path, """
+        [convolutional]
+        filters=4
+        size=3
+        pad=1
+        activation=relu6
+        flipped=1
+
+        [local]
+        filters=2
+        size=1
+
+        [softmax]
+        groups=2
+        """)
+    found = check_target(parse(path), "opencv")
+    assert [(d.code, d.line) for d in found] == [("W602", 16), ("W603", 17), ("W601", 19),
+                                                 ("W603", 24)]
+    assert all(d.severity == WARNING for d in found)
+    assert "relu6" in found[0].message and "[local]" in found[2].message
+
+
+def test_clean_cfg_has_no_target_warnings():
+    for target in ("opencv", "onnx", "tensorrt"):
+        assert codes(ROOT / "cfg" / "yolov3-tiny.cfg", target) == []
+
+
+def test_dious_nms_is_named_for_onnx_and_tensorrt():
+    # yolov4-tiny's heads ask for greedynms, which the in-graph (IoU) NMS cannot do
+    for target in ("onnx", "tensorrt"):
+        found = codes(ROOT / "cfg" / "yolov4-tiny.cfg", target)
+        assert [c for c, _ in found] == ["W604", "W604"]
+    assert codes(ROOT / "cfg" / "yolov4-tiny.cfg", "opencv") == []
+
+
+def test_recurrent_sections_for_onnx(tmp_path):
+    path = cfg(tmp_path, """
+        [rnn]
+        output=8
+        hidden=8
+        """)
+    assert [c for c, _ in codes(path, "onnx")] == ["W601"]
+    assert [c for c, _ in codes(path, "opencv")] == ["W601"]
+
+
+def test_command_line(tmp_path, capsys):
+    path = cfg(tmp_path, """
+        [convolutional]
+        filters=4
+        size=3
+        pad=1
+        activation=gelu
+        """)
+    assert main(["--no-build", "--target", "opencv", str(path)]) == 0  # warnings only
+    out = capsys.readouterr().out
+    assert "warning[W602]" in out and "activation=gelu" in out
+    assert main(["--no-build", "--strict", "--target", "opencv", str(path)]) == 1
+    capsys.readouterr()
+    assert main(["--no-build", str(path)]) == 0  # without --target: nothing about runtimes
+    assert "W602" not in capsys.readouterr().out
+
+
+def test_torch_free():
+    model = str(ROOT / "cfg" / "yolov4-tiny.cfg")
+    code = ("import sys; from darkcfg.lint.targets import check_target; "
+            "from darkcfg.lint.cli import main; "
+            f"main(['--no-build', '--target', 'opencv', {model!r}]);"
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+
+
+def _opencv_loads(tmp_path, body: str) -> bool:
+    cv2 = pytest.importorskip("cv2")
+    path = tmp_path / "one.cfg"
+    path.write_text(BASE + body)
+    try:
+        cv2.dnn.readNetFromDarknet(str(path))
+        return True
+    except cv2.error:
+        return False
+
+
+EXTRA = {"route": "layers=-1", "shortcut": "from=-2", "scale_channels": "from=-2",
+         "sam": "from=-2", "yolo": "mask=0\nanchors=1,1\nnum=1\nclasses=1",
+         "region": "anchors=1,1\nnum=1\nclasses=1", "connected": "output=2",
+         "crop": "crop_width=4\ncrop_height=4", "convolutional": "filters=4\nsize=1"}
+
+
+def test_opencv_lists_agree_with_opencv(tmp_path):
+    """The rules' data against the installed OpenCV: every section and activation darkcfg
+    knows, one at a time after a [convolutional]."""
+    pytest.importorskip("cv2")
+    for section in sorted(SECTIONS):
+        if section == "net":
+            continue
+        body = f"\n[convolutional]\nfilters=4\nsize=3\npad=1\n\n[{section}]\n" + \
+            EXTRA.get(section, "") + "\n"
+        assert _opencv_loads(tmp_path, body) == (section in OPENCV_SECTIONS), section
+    for activation in ACTIVATIONS:
+        body = f"\n[convolutional]\nfilters=4\nsize=3\npad=1\nactivation={activation}\n"
+        assert _opencv_loads(tmp_path, body) == (activation in OPENCV_ACTIVATIONS), activation
