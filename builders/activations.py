@@ -1,4 +1,4 @@
-"""Darknet activations (SEMANTICS.md §8) as functions on tensors.
+"""Darknet activations (src/activations.c) as functions on tensors.
 
 We implement the intended formula everywhere. Darknet's CPU build returns 0 for relu6, swish, mish,
 hard_mish and normalize_channels* outside [convolutional]/[shortcut] (§11 #2); that is a Darknet

@@ -1,4 +1,5 @@
-"""Builders: [convolutional], [deconvolutional], [local] (SEMANTICS.md §7.1, §7.21, §9).
+"""Builders: [convolutional], [deconvolutional], [local] (src/convolutional_layer.c
+make_convolutional_layer; src/local_layer.c; src/parser.c load_weights_upto, save_weights_upto).
 
 A plain convolution is exactly `nn.Conv2d` (+ `nn.BatchNorm2d`-compatible BN) + an activation
 module, with a forward that does nothing else, so that a VGG made of these layers runs as fast as

@@ -1,4 +1,5 @@
-"""Builders: dense family — [connected], [softmax], [cost] (SEMANTICS.md §7.2, §7.12, §7.19).
+"""Builders: dense family — [connected], [softmax], [cost] (src/connected_layer.c
+make_connected_layer; src/softmax_layer.c; src/cost_layer.c).
 
 Tensor convention shared by the families in this repository: a layer whose Darknet shape has
 out_c*out_h*out_w > 0 returns (N, C, H, W) (a [connected] layer returns (N, output, 1, 1), as

@@ -212,7 +212,8 @@ def build(source: str | os.PathLike | Sequence[Block], *, device: torch.device |
     """A Network from a cfg/yaml path, cfg text, or blocks (parsed, from YAML or a preset).
 
     `flavor="pjreddie"` selects the few formulas where pjreddie's Darknet differs from AlexeyAB's
-    (BN epsilon, [batchnorm] weights, [region] layout, ...; SEMANTICS.md [pj] notes)."""
+    (BN epsilon, [batchnorm] weights, [region] layout, ...; pjreddie-only keys, marked [pj] in
+    cfgparse.schema)."""
     if flavor not in ("alexeyab", "pjreddie"):
         raise ValueError(f"flavor must be 'alexeyab' or 'pjreddie', not {flavor!r}")
     blocks = source if isinstance(source, Sequence) and not isinstance(source, str) else \

@@ -1,4 +1,5 @@
-"""Builders: the small layers (SEMANTICS.md §7.10-§7.14, §7.20, §7.22-§7.26, pjreddie extras).
+"""Builders: the small layers (src/upsample_layer.c; src/reorg_layer.c; src/crop_layer.c;
+src/batchnorm_layer.c; src/parser.c parse_empty, pjreddie extras).
 
 [dropout] [crop] [batchnorm] [normalization] [upsample] [reorg] [reorg3d] [activation] [empty]
 [implicit], and pjreddie's [logistic] and [l2norm]. Where Darknet's element order is quirky
@@ -120,7 +121,7 @@ def build_batchnorm(block: Block, ctx: BuildContext) -> tuple[Layer, Shape]:
 class LocalResponseNorm(Layer):
     """[lrn] as Darknet computes it: out_k = x_k * (kappa + alpha * S_k)^-beta with
     S_k = sum of x_j^2 over j in [k - (size-1)/2, k + size/2] minus x_{size/2}^2: its running
-    sum starts without channel size/2, for every k (SEMANTICS.md §7.23). alpha is not divided
+    sum starts without channel size/2, for every k (src/normalization_layer.c). alpha is not divided
     by size."""
 
     def __init__(self, size: int, alpha: float, beta: float, kappa: float) -> None:

@@ -1,4 +1,5 @@
-"""Builders: [maxpool], [local_avgpool], [avgpool] (SEMANTICS.md §7.3-§7.5).
+"""Builders: [maxpool], [local_avgpool], [avgpool] (src/maxpool_layer.c make_maxpool_layer;
+src/avgpool_layer.c).
 
 Darknet pools with a *total* padding (default size-1): windows start at -padding/2 and positions
 outside the input are ignored. We pad explicitly only where torch's own pooling would differ, so

@@ -1,5 +1,6 @@
 """Builders: recurrent family — [rnn], [gru], [lstm], [crnn], [conv_lstm], [history]
-(SEMANTICS.md §7.27, §9).
+(src/rnn_layer.c, src/gru_layer.c, src/lstm_layer.c, src/crnn_layer.c, src/conv_lstm_layer.c;
+src/parser.c load_weights_upto, save_weights_upto).
 
 Darknet runs a recurrent net on a batch of `time_steps * B` items laid out step-major: items
 [t*B, (t+1)*B) are time step t. Layers that are not recurrent treat the whole batch alike; these

@@ -1,4 +1,5 @@
-"""Builders: routing family — [route], [shortcut], [scale_channels], [sam] (SEMANTICS.md §7.6–7.9).
+"""Builders: routing family — [route], [shortcut], [scale_channels], [sam] (src/parser.c
+parse_route; src/sam_layer.c).
 
 These layers read other layers' outputs: the builder lists them with `ctx.refs`, and the forward
 receives them after the previous layer's output.

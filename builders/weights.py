@@ -1,4 +1,4 @@
-"""Darknet .weights I/O (SEMANTICS.md §9).
+"""Darknet .weights I/O (src/parser.c load_weights_upto, save_weights_upto).
 
 A file is a header (int32 major, minor, revision, then `seen` as uint64, or uint32 for old
 versions) followed by float32 arrays, layer by layer, in the order each layer's

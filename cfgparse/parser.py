@@ -1,6 +1,7 @@
 """Text -> [Block]: the lark LALR grammar in grammar.lark, then one pass over its tokens.
 
-Darknet's rules (SEMANTICS.md §1) are kept: all whitespace inside a line is removed, the first of
+Darknet's rules (src/parser.c read_cfg, src/option_list.c read_option) are kept: all whitespace
+inside a line is removed, the first of
 duplicate keys wins, comments start a line with '#' or ';', values keep inline '#' text. Beyond
 Darknet we strip a UTF-8 BOM (which crashes Darknet), read CR-only line ends as line ends, and
 report problems as located diagnostics (several per run) instead of aborting.

@@ -1,6 +1,6 @@
 """What Darknet reads: every section type, its aliases, and every key with type and default.
 
-Source: ../shared/darknet/SEMANTICS.md (AlexeyAB `parse_*`, plus pjreddie-only keys marked [pj]).
+Source: Darknet's src/parser.c (AlexeyAB `parse_*`, plus pjreddie-only keys marked [pj]).
 Types: i = int, f = float, s = text, I = list of ints, F = list of numbers, b = 0/1 flag.
 A default of None means "required" (or "no default": the builder decides from other keys).
 `fork=AB`/`fork=PJ` marks a key only one Darknet fork reads; SECTION_FORK does so for sections.
@@ -19,7 +19,7 @@ from .errors import did_you_mean
 # "No default given" for the Block getters (None is a real default: "required").
 _MISSING: Any = object()
 
-AB, PJ = "alexeyab", "pjreddie"  # the two Darknet forks (SEMANTICS.md; [pj] = pjreddie only)
+AB, PJ = "alexeyab", "pjreddie"  # the two Darknet forks ([pj] = pjreddie only)
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ ACTIVATIONS = (
 )
 POLICIES = ("constant", "step", "steps", "exp", "poly", "sigmoid", "random", "sgdr")
 
-# Keys every layer section reads (SEMANTICS.md §5; stream/wait_stream are AlexeyAB GPU keys).
+# Keys every layer section reads (src/parser.c parse_network_cfg_custom; stream/wait_stream are
+# AlexeyAB GPU keys).
 COMMON = {
     "onlyforward": K("b", 0), "stopbackward": K("i", 0), "dontload": K("b", 0),
     "dontloadscales": K("b", 0), "learning_rate": K("f", 1.0),
@@ -58,7 +59,9 @@ COMMON = {
 
 _ACT = K("s", "logistic", choices=ACTIVATIONS)
 _LINEAR = K("s", "linear", choices=ACTIVATIONS)
-_CONV_GEOMETRY = {  # [crnn] and [conv_lstm] (SEMANTICS.md §7.27): a 3x3 kernel by default
+# [crnn] and [conv_lstm] (src/rnn_layer.c, src/gru_layer.c, src/lstm_layer.c, src/crnn_layer.c,
+# src/conv_lstm_layer.c): a 3x3 kernel by default
+_CONV_GEOMETRY = {
     "size": K("i", 3, min=1), "stride": K("i", 1, min=1), "dilation": K("i", 1, min=1),
     "pad": K("i", 0, min=0), "padding": K("i", 0, min=0), "groups": K("i", 1, min=1),
 }
@@ -68,7 +71,8 @@ _POOL = {
     "maxpool_depth": K("b", 0, fork=AB), "out_channels": K("i", 1, min=1, fork=AB),
     "antialiasing": K("i", 0, fork=AB), "maxpool_zero_nonmax": K("b", 0, fork=AB),
 }
-# [yolo]: pjreddie reads only the first line's keys (SEMANTICS.md §7.15); `beta1` is read by no
+# [yolo]: pjreddie reads only the first line's keys (src/yolo_layer.c make_yolo_layer); `beta1` is
+# read by no
 # Darknet (AlexeyAB reports it as an unused field in yolov4-sam-mish-csp-reorg-bfm.cfg).
 _YOLO_COMMON = {
     "classes": K("i", 20, min=1), "num": K("i", 1, min=1), "mask": K("I", None),
@@ -313,7 +317,8 @@ def default_for(section: str, key: str) -> Any:
 
 
 # -- which fork reads what --------------------------------------------------------------------
-# Sections only one fork knows (SEMANTICS.md §2); the other prints "Type not recognized".
+# Sections only one fork knows (src/parser.c string_to_layer_type); the other prints "Type not
+# recognized".
 SECTION_FORK = {
     **dict.fromkeys(("scale_channels", "sam", "reorg3d", "Gaussian_yolo", "local_avgpool",
                      "conv_lstm", "history", "contrastive", "empty", "implicit"), AB),

@@ -1,4 +1,5 @@
-"""[net] training settings with Darknet's meaning (SEMANTICS.md §3, §4), and the pure LR schedule.
+"""[net] training settings with Darknet's meaning (src/parser.c parse_net_options; src/network.c
+get_current_rate, update_network), and the pure LR schedule.
 
 Imports no torch: `lr_at` is a plain function of the iteration, so it can be tabled, plotted and
 tested without building a network.
@@ -126,7 +127,8 @@ class NetConfig:
     # -- the schedule ----------------------------------------------------------------------------
     def lr_at(self, batch_num: int) -> float:
         """Darknet's get_current_rate(batch_num). The k-th optimizer update (k = 1, 2, ...) uses
-        batch_num = k (SEMANTICS.md §4). Pure: `random` draws from (seed, batch_num)."""
+        batch_num = k (src/network.c get_current_rate, update_network). Pure: `random` draws from
+        (seed, batch_num)."""
         return lr_at(self, batch_num)
 
 

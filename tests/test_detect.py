@@ -1,7 +1,7 @@
 """Detection inference (darkcfg/detect/decode.py, darkcfg/detect/run.py): Darknet's decoding and NMS
 against the decode oracle of real Darknet (../shared/darknet/oracle-detect, README part A: fed
-Darknet's own head outputs), the DETECTION.md formulas for the heads the oracle does not cover,
-every detector cfg of the corpus, and the --detect command line."""
+Darknet's own head outputs), Darknet's formulas (src/*_layer.c get_*_detections) for the heads
+the oracle does not cover, every detector cfg of the corpus, and the --detect command line."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_default_nms_is_what_darknet_detector_test_runs(name):
     assert nms(dets).pairs() == {tuple(p) for p in reference["results"][0]["nms"][kind]["kept"]}
 
 
-# -- heads the oracle does not cover: the DETECTION.md formulas, element by element --------------
+# -- heads the oracle does not cover: Darknet's formulas, element by element ----------------------
 
 def sigmoid(v: float) -> float:
     return 1 / (1 + math.exp(-v))

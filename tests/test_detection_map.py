@@ -1,4 +1,5 @@
-"""mAP as `darknet detector map` computes it (DETECTION.md §7): hand-computed cases, and the
+"""mAP as `darknet detector map` computes it (src/detector.c validate_detector_map): hand-computed
+cases, and the
 101-point variant against pycocotools' AP50 on the same detections."""
 
 import math

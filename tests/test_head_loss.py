@@ -208,7 +208,7 @@ def test_oracle_case_on_cuda():
         assert np.abs(ours - delta).max() / np.abs(delta).max() <= 1e-4
 
 
-# -- [Gaussian_yolo], [region], [detection] without an oracle: the formulas of DETECTION.md ------
+# -- [Gaussian_yolo], [region], [detection] without an oracle: Darknet's formulas --------------
 
 GAUSSIAN = """[net]
 width=64

@@ -2,7 +2,8 @@
 
 * oracle unit cfgs (u_conv, u_pool, u_misc, u_upsample, u_reorg, u_activations): every layer's
   output equals Darknet's within rel.err 1e-4, except the layers that hit Darknet's CPU
-  activation bug (SEMANTICS.md §11 #2), which must give the intended formula instead;
+  activation bug (Darknet's CPU activation bugs, src/activations.c #2), which must give the intended
+  formula instead;
 * every layer of these families in every corpus cfg Darknet parsed: output shape, weight floats
   and BFLOPs equal Darknet's shape dump;
 * a tiny forward + backward per registered section type, and a meta-device build.
@@ -36,7 +37,8 @@ def require(path: Path) -> Path:
 
 UNIT_CFGS = ["u_conv", "u_pool", "u_misc", "u_upsample", "u_reorg", "u_activations"]
 
-# SEMANTICS.md §11 #2: Darknet's CPU activate() has no case for these outside [convolutional]
+# Darknet's CPU activation bugs, src/activations.c #2: Darknet's CPU activate() has no case for
+# these outside [convolutional]
 # (and none for relu6 at all), so its dump is all zeros there. We implement the formula.
 DARKNET_ZERO_LAYERS = {9: "relu6", 37: "mish", 39: "swish", 41: "hard_mish",
                        43: "normalize_channels", 53: "relu6"}
@@ -72,7 +74,7 @@ def test_unit_cfg_matches_darknet(name):
 
 
 def _intended(name: str, x: np.ndarray) -> np.ndarray:
-    """The activation formulas of SEMANTICS.md §8, in float64 numpy (x is C x H x W)."""
+    """The activation formulas of src/activations.c, in float64 numpy (x is C x H x W)."""
     if name == "relu6":
         return np.clip(x, 0, 6)
     if name == "mish":

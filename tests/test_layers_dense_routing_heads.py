@@ -255,7 +255,8 @@ def test_pjreddie_resampling_shortcut(w_from, w_out, c_from, c_out):
     prev, src = torch.randn(1, c_out, w_out, w_out), torch.randn(1, c_from, w_from, w_from)
     expected = prev.clone()
     stride, sample = max(w_from // w_out, 1), max(w_out // w_from, 1)
-    for k in range(min(c_from, c_out)):  # SEMANTICS.md §7.7 [pj], element by element
+    # src/shortcut_layer.c make_shortcut_layer [pj], element by element
+    for k in range(min(c_from, c_out)):
         for j in range(min(w_from, w_out)):
             for i in range(min(w_from, w_out)):
                 expected[0, k, j * sample, i * sample] = (
@@ -386,7 +387,7 @@ def test_bad_cfgs_give_located_errors(body, code, key):
 
 
 def test_region_pjreddie_numbers_match_numpy_formula():
-    # independent check of the pjreddie in-layer transform against numpy (SEMANTICS.md §7.17)
+    # independent check of the pjreddie in-layer transform against numpy (src/region_layer.c)
     x = np.random.default_rng(4).normal(size=(1, 2 * 7, 2, 2)).astype(np.float32)
     net = build(_cfg(IMAGE, "[convolutional]\nfilters=14\nsize=1\n[region]\nnum=2\nclasses=2\n"
                      "softmax=0"), flavor="pjreddie")

@@ -1,6 +1,7 @@
-"""[net] -> learning rate and parameter update, against SEMANTICS.md §3/§4.
+"""[net] -> learning rate and parameter update, against src/parser.c parse_net_options/§4.
 
-The expected values are written out from the formulas in SEMANTICS.md §4 (by hand, per case),
+The expected values are written out from the formulas in src/network.c get_current_rate,
+update_network (by hand, per case),
 not computed by calling the code under test."""
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ CALIBRATED_TOLERANCE = {"yolov4": 2e-3}
 # stats of layers Darknet did not ship: a coarse check (float32 drift accumulates in deep nets)
 STATS_TOLERANCE = 1e-3
 
-# SEMANTICS.md §11 #2: on CPU, Darknet's activate() has no case for these activations, so any
+# Darknet's CPU activation bugs, src/activations.c #2: on CPU, Darknet's activate() has no case for
+# these activations, so any
 # layer but [convolutional] (and [shortcut] for swish/mish) outputs zeros with them, and
 # [convolutional] does with relu6. We implement the intended formulas, so such layers cannot match
 # Darknet's dump. No other §11 item makes Darknet's output differ from its intended formula.

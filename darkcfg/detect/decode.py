@@ -1,5 +1,6 @@
 """Detection inference: Darknet's box decoding (`get_network_boxes`), NMS (`do_nms_sort`,
-`greedynms`, `diounms`) and an image -> boxes pipeline (`detect`). DETECTION.md §1-§2.
+`greedynms`, `diounms`) and an image -> boxes pipeline (`detect`). src/network.c get_network_boxes;
+src/box.c do_nms_sort, diounms_sort.
 
 Each head's forward already applies Darknet's in-layer activation; what is left is the per-head
 arithmetic of `get_*_detections`. That lives in the head's own module (builders/heads/), as its
@@ -97,7 +98,7 @@ def head_predictions(net, outputs: dict[int, torch.Tensor], input_size=None):
 
 @dataclass
 class Detections:
-    """One image's detections in get_network_boxes order (DETECTION.md §1.1).
+    """One image's detections in get_network_boxes order (src/network.c get_network_boxes).
 
     boxes (K,4): relative centre x, y and size w, h; objectness (K); probs (K,C): zero where
     Darknet zeroes them (below thresh, or suppressed by `nms`); layer (K): the head each came

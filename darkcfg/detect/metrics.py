@@ -1,4 +1,5 @@
-"""Detection metrics: mAP@0.5 exactly as `darknet detector map` computes it (DETECTION.md §7),
+"""Detection metrics: mAP@0.5 exactly as `darknet detector map` computes it (src/detector.c
+validate_detector_map),
 the per-class AP table, precision/recall/F1 and average IoU at a confidence threshold, and COCO
 mAP@[.5:.95] through pycocotools (the reference COCO API; optional extra `detect`).
 
@@ -21,7 +22,8 @@ from torchvision.ops import box_convert
 
 from builders.boxes import pairwise_iou
 
-# What `detector map` and training's -map use (DETECTION.md §1.7, §7).
+# What `detector map` and training's -map use (src/detector.c test_detector; src/detector.c
+# validate_detector_map).
 MAP_DETECTION_THRESH = 0.005  # get_network_boxes threshold for mAP
 MAP_NMS_THRESH = 0.45
 MAP_IOU_THRESH = 0.5
@@ -66,7 +68,7 @@ class ImageBoxes:
     @staticmethod
     def from_truth(truth) -> ImageBoxes:
         """Ground truth from a Darknet truth tensor (M, 5) `[cx, cy, w, h, class]`; rows after the
-        first with x == 0 are padding (DETECTION.md §9 #16)."""
+        first with x == 0 are padding (AlexeyAB src/detector.c, src/yolo_layer.c #16)."""
         truth = torch.as_tensor(truth, dtype=torch.float64).reshape(-1, 5)
         empty = (truth[:, 0] == 0).nonzero()
         if len(empty):
@@ -197,7 +199,8 @@ def _first_claims(keys: torch.Tensor) -> torch.Tensor:
 def darknet_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
                 names: Sequence[str], iou_thresh: float = MAP_IOU_THRESH,
                 conf_thresh: float = MAP_CONF_THRESH, map_points: int = 0) -> DetectionMetrics:
-    """`validate_detector_map` steps 2-6 (DETECTION.md §7) on post-NMS detections.
+    """`validate_detector_map` steps 2-6 (src/detector.c validate_detector_map) on post-NMS
+    detections.
 
     Per entry: its truth is the same-class truth of largest IoU if that IoU > iou_thresh. Ranked
     over all images by score (stable: ties keep image then entry order), an entry is TP if its

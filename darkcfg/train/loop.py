@@ -155,7 +155,8 @@ class Trainer:
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """One iteration; returns the mean loss as a device tensor (no host sync). The task's
         statistics, averaged over the mini-batches, are left in `self.stats`."""
-        k = self.iteration + 1  # the k-th update uses batch_num = k (SEMANTICS.md §4)
+        # the k-th update uses batch_num = k (src/network.c get_current_rate, update_network)
+        k = self.iteration + 1
         lr = self.cfg.lr_at(k)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]

@@ -1,4 +1,5 @@
-"""Darknet's detection augmentation (DETECTION.md §6, OpenCV build), with torchvision.transforms.v2.
+"""Darknet's detection augmentation (src/data.c load_data_detection, OpenCV build), with
+torchvision.transforms.v2.
 
 Geometry goes through `transforms.v2.functional` on a `tv_tensors.Image` and a
 `tv_tensors.BoundingBoxes` together (pad with the image's mean colour, crop, resize, flip), so
@@ -88,8 +89,8 @@ class DetectionSettings:
 
             notes.append(block.diagnostic(
                 "W305", "letter_box=1 with mosaic=1: some Darknet builds stop with a fatal "
-                "error here (DETECTION.md §6.2); darkcfg applies both (each mosaic part keeps "
-                "its aspect ratio)", "letter_box", severity=WARNING,
+                "error here (src/image_opencv.cpp image_data_augmentation); darkcfg applies "
+                "both (each mosaic part keeps its aspect ratio)", "letter_box", severity=WARNING,
                 hint="remove letter_box or mosaic from [net] to train as those builds "
                 "require").format())
         return cls(

@@ -4,7 +4,8 @@ Entry point: `detection_datasets(net, source, seed, classes=None)` -> `Detection
 set, validation set, `collate`, class names, banner text, backup folder, the settings read from
 the cfg). See its docstring for the batch layout.
 
-Training follows Darknet's sampling (DETECTION.md §6.1): there are no epochs; every image of
+Training follows Darknet's sampling (src/data.c fill_truth_detection): there are no epochs; every
+image of
 every batch is drawn uniformly with replacement. Sample `slot` of iteration `i` is a pure
 function of (seed, i, slot): its images, augmentation and size (multi-scale, `scales.py`) all
 come from a generator seeded by those three numbers, so a killed and resumed run, any number of

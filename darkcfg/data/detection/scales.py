@@ -1,4 +1,5 @@
-"""`random=1` multi-scale training (DETECTION.md §8): the input size of each iteration, as a pure
+"""`random=1` multi-scale training (src/detector.c train_detector): the input size of each
+iteration, as a pure
 function of (seed, iteration), torch-free.
 
 Darknet (`train_detector`) draws a new size every 10 loop passes: `coef` = 1.4 when the last
