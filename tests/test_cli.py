@@ -292,6 +292,8 @@ def test_darkcfg_check_stays_torch_free():
     (["export", "tiny.cfg", "--out", "m.onnx", "--input-size", "big"], "WxH"),
     (["emit", "tiny.cfg", "--set", "batchz=3", "--out", "m.py"], "did you mean 'batch'"),
     (["tiny.cfg"], "nothing to do"),
+    (["detekt", "det.cfg"], "did you mean 'detect'"),  # neither a command nor a cfg
+    (["nonsense"], "neither a command nor a cfg file"),
 ])
 def test_bad_input_is_exit_2_with_a_diagnostic(work, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(work)

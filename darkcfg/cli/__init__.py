@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 #: command -> the module whose main(argv) runs it.
 COMMANDS = {
@@ -34,9 +35,25 @@ def main(argv: list[str] | None = None) -> int:
 
         module = importlib.import_module(COMMANDS[argv[0]])
         return guarded(lambda: module.main(argv[1:]))
+    if argv and not argv[0].startswith("-") and not looks_like_a_model(argv[0]):
+        from cfgparse.errors import did_you_mean
+        from darkcfg.cli.common import describe, usage_error
+
+        guess = did_you_mean(argv[0], COMMANDS)
+        error = usage_error(f"'{argv[0]}' is neither a command nor a cfg file",
+                            hint=(f"{guess}; " if guess else "")
+                            + "commands: " + ", ".join(COMMANDS))
+        print(describe(error.first), file=sys.stderr)
+        return 2
     from darkcfg.cli.flags import main as flag_form
 
     return flag_form(argv)
+
+
+def looks_like_a_model(arg: str) -> bool:
+    """The flag form's first argument: an existing file, or a name that says cfg/YAML (a
+    missing one then gets the flag form's own located error)."""
+    return Path(arg).exists() or Path(arg).suffix.lower() in (".cfg", ".yaml", ".yml")
 
 
 __all__ = ["COMMANDS", "main"]
