@@ -112,17 +112,22 @@ def check_folder(folder: str | os.PathLike, flag: str = "") -> Path:
     if folder.exists() and not folder.is_dir():
         raise CfgError(Diagnostic("E901", f"cannot use {named}: it is a file", str(folder),
                                   hint="name a folder (or a new path) for the outputs"))
-    ancestor = folder
+    check_creatable(folder, f"use {named}", f"write to {named}", folder)
+    return folder
+
+
+def check_creatable(start: Path, use: str, write: str, path: Path) -> None:
+    """The nearest existing folder at or above `start` is a folder we may write into (what
+    check_folder and check_writable share)."""
+    ancestor = start
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise CfgError(Diagnostic("E901", f"cannot use {named}: '{ancestor}' is a file, not a "
-                                  "folder", str(folder), hint="name a path inside a folder"))
+        raise CfgError(Diagnostic("E901", f"cannot {use}: '{ancestor}' is a file, not a folder",
+                                  str(path), hint="name a path inside a folder"))
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise CfgError(Diagnostic("E901", f"cannot write to {named}: permission denied in "
-                                  f"'{ancestor}'", str(folder),
-                                  hint="name a folder you may write to"))
-    return folder
+        raise CfgError(Diagnostic("E901", f"cannot {write}: permission denied in '{ancestor}'",
+                                  str(path), hint="name a folder you may write to"))
 
 
 def check_writable(path: str | os.PathLike, flag: str = "") -> Path:
@@ -133,16 +138,7 @@ def check_writable(path: str | os.PathLike, flag: str = "") -> Path:
     if path.is_dir():
         raise CfgError(Diagnostic("E901", f"cannot write {named}: it is a folder", str(path),
                                   hint="name a file, not a folder"))
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise CfgError(Diagnostic("E901", f"cannot write {named}: '{ancestor}' is a file, not a "
-                                  "folder", str(path), hint="name a path inside a folder"))
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise CfgError(Diagnostic("E901", f"cannot write {named}: permission denied in "
-                                  f"'{ancestor}'", str(path),
-                                  hint="name a folder you may write to"))
+    check_creatable(path.parent, f"write {named}", f"write {named}", path)
     return path
 
 
