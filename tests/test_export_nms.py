@@ -57,7 +57,9 @@ def check_against_detect(name: str, tmp_path, thresh: float):
     for a, b in zip(ours, theirs, strict=True):
         only_ours, only_theirs, worst = match(a, b, (x.shape[-1], x.shape[-2]))
         assert not only_ours and not only_theirs, (only_ours, only_theirs)
-        assert worst <= 1e-4
+        # the tiny nets stay within 1e-4 of the input size; yolov3's 106 float32 layers run
+        # differently in onnxruntime and PyTorch (measured 1.09e-4 there): 2e-4 for the deep ones
+        assert worst <= (1e-4 if name in FAST else 2e-4), worst
         assert sorted(s for _, s, _ in a) == pytest.approx(sorted(s for _, s, _ in b), abs=1e-5)
         total += len(a)
     return net, x, theirs, total

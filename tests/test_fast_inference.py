@@ -138,7 +138,8 @@ def test_corpus_fast_equals_plain(cfg, size):
         pytest.skip(f"{path} is not available")
     net = build(sized(path, size, 2), flavor=cfg.split("/")[0]).eval()
     randomize(net)
-    x = torch.rand(2, 3, size, size)
+    # a seeded input: the error must not depend on which tests ran before in this process
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     assert_same(all_outputs(net, x, True), all_outputs(net, x, False))
 
 
