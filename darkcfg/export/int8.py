@@ -221,8 +221,11 @@ def quantizable_layers(path: str | os.PathLike) -> dict[str, int | None]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return {n.name: layer_of(n) for n in model.graph.node
-            if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")}
+    return {n.name: layer_of(n) for n in model.graph.node if n.op_type in QUANTIZED_OPS}
+
+
+#: What INT8 quantizes: the ops with weights (and their inputs); the rest stays fp32.
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
 class Quantizer:
@@ -251,6 +254,11 @@ class Quantizer:
             quantize_static(str(self.source), str(out), reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                            # only the layers with weights: with every op quantized (maxpool,
+                            # upsample, concat, the activations) a trained yolov3-tiny's outputs
+                            # were off by 0.70 (relative L2) and mAP@0.5 fell 84 -> 20; with
+                            # these alone, 0.097
+                            op_types_to_quantize=list(QUANTIZED_OPS),
                             calibrate_method=CalibrationMethod.MinMax,
                             calibration_cache_path=str(self.cache))
 
