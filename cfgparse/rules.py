@@ -247,6 +247,8 @@ HEAD_INPUTS: dict[str, Callable[[Block], HeadInput]] = {
 }
 ANCHORED_HEADS = ("yolo", "Gaussian_yolo", "region")  # heads with anchors=, num= pairs
 MASKED_HEADS = ("yolo", "Gaussian_yolo")  # heads whose mask= picks some of the anchors
+# heads whose anchors are in grid cells, not input pixels (src/region_layer.c get_region_box)
+CELL_ANCHORED_HEADS = ("region",)
 
 
 def head_input(block: Block) -> HeadInput:

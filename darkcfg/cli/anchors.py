@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     num = int(first.block.get("num", 1) if "num" in first.block else 1)
     current = current_anchors(first.block)
     k = args.num if args.num is not None else num
-    region = first.type == "region"
+    from cfgparse.rules import CELL_ANCHORED_HEADS
+
+    region = first.type in CELL_ANCHORED_HEADS
     if args.size:
         width, height = parse_size(args.size)
     elif region:  # [region] anchors are in grid cells (Darknet users run calc_anchors -width 13)
