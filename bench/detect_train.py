@@ -123,7 +123,7 @@ def run_one(cfg: str, args) -> dict:
     opts = RunOptions(cfg_path=cfg, name=name, out=out, seed=args.seed, device="cpu",
                       data=args.data,
                       sets=tuple(sets), progress=not args.no_progress, explicit_out=True,
-                      workers=args.workers,
+                      workers=args.workers, amp=True if args.amp else None,
                       schedule=Schedule(valid_every=max(-(-iterations // 4), 1),
                                         checkpoint_every=max(iterations // 4, 1)))
     started = time.perf_counter()
@@ -148,7 +148,7 @@ def run_one(cfg: str, args) -> dict:
             "map50": float(last.get("val_map50", "nan")),
             "map50_95": float(last.get("val_map50_95", "nan")),
             "map50_curve": [(int(r["iteration"]), round(float(r["val_map50"]), 4)) for r in val],
-            "threads": torch.get_num_threads(), "out": str(out)}
+            "amp": bool(args.amp), "threads": torch.get_num_threads(), "out": str(out)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="more [net] overrides")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast + channels-last on the CPU (the runner's --amp)")
     p.add_argument("--probe", type=int, default=3, help="probe iterations (3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-detect"))

@@ -82,6 +82,28 @@ def test_dious_nms_is_named_for_onnx_and_tensorrt():
     assert codes(ROOT / "cfg" / "yolov4-tiny.cfg", "opencv") == []
 
 
+def test_opencv_softmax_rules_need_the_input_shape(tmp_path):
+    """Measured against OpenCV 4.x (tests/test_opencv.py): its softmax ignores `temperature`
+    (cifar.test.cfg) and normalises channels per position where Darknet normalises the whole
+    c*h*w input (go.cfg); the second needs the graph's shapes, so only the build finds it."""
+    from darkcfg.lint.stages import Options, check_file
+
+    spatial = cfg(tmp_path, """
+        [softmax]
+        temperature=3
+        """)
+    assert codes(spatial, "opencv") == [("W604", 13)]  # block rules: the key only
+    found = [(d.code, d.line) for d in check_file(spatial, Options(targets=("opencv",)))
+             if d.code.startswith("W60")]
+    assert found == [("W604", 12), ("W604", 13)]
+    pooled = tmp_path / "pooled.cfg"
+    pooled.write_text(BASE + "\n[avgpool]\n\n[softmax]\n")
+    assert not [d for d in check_file(pooled, Options(targets=("opencv",)))
+                if d.code.startswith("W60")]
+    # without --target nothing about runtimes, with the build or without
+    assert not [d for d in check_file(spatial) if d.code.startswith("W60")]
+
+
 def test_recurrent_sections_for_onnx(tmp_path):
     path = cfg(tmp_path, """
         [rnn]

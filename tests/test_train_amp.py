@@ -50,6 +50,9 @@ def test_bf16_autocast_step_on_the_cpu(tmp_path):
     assert isinstance(loss, torch.Tensor) and loss.dtype == torch.float32  # the heads: float32
     assert torch.isfinite(loss) and float(loss) > 0
     assert torch.bfloat16 in seen  # the convolutions ran in bfloat16
+    # oneDNN's bfloat16 kernels want NHWC: --amp on the CPU trains channels-last
+    assert trainer.channels_last and net.layers[0].conv.weight.is_contiguous(
+        memory_format=torch.channels_last)
     assert all(p.dtype == torch.float32 for p in net.parameters())  # master weights stay
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
     # the same step without autocast: close, not equal
@@ -87,3 +90,13 @@ def test_float16_grad_scaler_scales_skips_and_checkpoints(tmp_path):
     again = Trainer(net2, cfg2, "cpu", amp=torch.float16)
     again.load_state_dict(state)
     assert again.scaler.get_scale() == scale0 / 2 and again.iteration == 2
+
+
+def test_amp_flag_reaches_the_run_options():
+    from darkcfg.cli.train import parse
+
+    assert parse(["cfg/yolov3-tiny.cfg", "--amp"]).amp is True
+    assert parse(["cfg/yolov3-tiny.cfg", "--no-amp"]).amp is False
+    assert parse(["cfg/yolov3-tiny.cfg"]).amp is None  # CUDA on, CPU off
+    with pytest.raises(SystemExit):
+        parse(["cfg/yolov3-tiny.cfg", "--amp", "--no-amp"])

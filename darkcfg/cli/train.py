@@ -27,7 +27,11 @@ def add_data_arguments(p) -> None:
                    help="embedded data: only the first N of the network's classes (default all)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="DataLoader processes (default: sized to the machine)")
-    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    amp = p.add_mutually_exclusive_group()
+    amp.add_argument("--amp", action="store_true",
+                     help="mixed precision on the CPU too (bfloat16 autocast, channels-last; "
+                     "fast where the CPU has AMX or AVX512-BF16)")
+    amp.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
 
 
 def add_map_points(p) -> None:
@@ -82,7 +86,8 @@ def run_options(model: ModelSpec, args, schedule: bool = False):
         data=arg("data"), classes=arg("classes"), seed=model.seed, device=model.device,
         flavor=model.flavor, sets=model.sets, weights=model.weights, cutoff=model.cutoff,
         freeze=arg("freeze", 0), resume=arg("resume", False), compile=arg("compile", False),
-        amp=False if arg("no_amp", False) else None, workers=arg("workers"),
+        amp=False if arg("no_amp", False) else True if arg("amp", False) else None,
+        workers=arg("workers"),
         batch_per_process=arg("batch_per_process", False),
         progress=not arg("no_progress", False), explicit_out=out is not None,
         max_memory=arg("max_memory"), force=arg("force", False),

@@ -20,8 +20,10 @@ from cfgparse.rules import item_diagnostic
 
 
 def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
-                max_memory: int | None = DEFAULT_MAX_MEMORY) -> list[Diagnostic]:
-    """Diagnostics from a meta-device build of `blocks` (already through the block rules)."""
+                max_memory: int | None = DEFAULT_MAX_MEMORY,
+                targets: Sequence[str] = ()) -> list[Diagnostic]:
+    """Diagnostics from a meta-device build of `blocks` (already through the block rules);
+    `targets`: also the deployment runtimes' rules that need layer shapes."""
     try:
         net = meta_build(blocks, flavor)
     except CfgError as exc:
@@ -29,6 +31,13 @@ def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
     except Exception as exc:  # a builder that failed without a CfgError: locate it anyway
         return [crash_diagnostic(exc, blocks)]
     found = list(net.warnings) + shape_rules(net)
+    if targets:
+        from darkcfg.lint.targets import check_target_shapes
+
+        inputs = [net.input_shape, *net.shapes[:-1]]
+        layers = [(m.block, (s.c, s.h, s.w)) for m, s in zip(net.meta, inputs, strict=True)]
+        for target in targets:
+            found += check_target_shapes(layers, target)
     if max_memory and not any(d.severity == ERROR for d in found):
         found += memory_rule(net, max_memory)
     return found

@@ -43,7 +43,7 @@ def check_file(path: str | Path, options: Options | None = None) -> list[Diagnos
         from darkcfg.lint.graph_rules import check_graph  # torch only when the graph is checked
 
         found += check_graph(blocks, flavor=options.flavor or "alexeyab",
-                             max_memory=options.max_memory)
+                             max_memory=options.max_memory, targets=options.targets)
     return ordered(dedupe(found))
 
 

@@ -21,7 +21,7 @@ Sources of the data:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cfgparse import Block, Diagnostic
@@ -86,7 +86,27 @@ OPENCV_KEYS = (
             _any({"none"})),
     KeyRule("yolo", "new_coords", "W604", "OpenCV's [yolo] decodes the logistic box "
             "(new_coords=0)", _not(0)),
+    KeyRule("softmax", "temperature", "W604", "OpenCV's softmax ignores the temperature "
+            "(Darknet divides its input by it: src/softmax_layer.c forward_softmax_layer)",
+            _not(1)),
 )
+
+
+def _spatial_softmax(block: Block, c: int, h: int, w: int) -> str | None:
+    """Darknet's [softmax] (groups=1) normalises the whole c*h*w input of each image
+    (src/softmax_layer.c forward_softmax_layer: inputs/groups values per group); OpenCV's
+    Softmax layer normalises the channels at each position (measured: pjreddie/go.cfg's
+    1x19x19 input gives 1.0 everywhere)."""
+    if block.type != "softmax" or h * w <= 1:
+        return None
+    groups = block.options["groups"].value if "groups" in block.options else 1
+    if groups != 1:
+        return None  # W603 already: OpenCV refuses groups != 1
+    return (f"[softmax] over a {c}x{h}x{w} input: OpenCV normalises the {c} channel(s) at each "
+            f"of the {h}x{w} positions, Darknet all {c * h * w} values together")
+
+
+OPENCV_SHAPE_RULES = (_spatial_softmax,)
 
 
 
@@ -151,11 +171,12 @@ class Target:
     activations: dict  # activation -> why (unsupported), or a frozenset of supported ones
     keys: tuple
     block_rules: tuple = ()  # (callable block -> why or None, key at fault): W603
+    shape_rules: tuple = ()  # callables (block, c, h, w of its input) -> why or None: W604
 
 
 TARGET_RULES = {
     "opencv": Target("opencv", OPENCV_SECTIONS, OPENCV_ACTIVATIONS, OPENCV_KEYS,
-                     OPENCV_BLOCK_RULES),
+                     OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
                        ONNX_KEYS[2:] + TENSORRT_KEYS),
@@ -206,6 +227,21 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
                 found.append(block.diagnostic(
                     rule.code, f"{label}: {rule.key}={block.options[rule.key].raw}: {rule.why}",
                     rule.key, hint=_hint(target), severity=WARNING))
+    return found
+
+
+def check_target_shapes(layers: Iterable[tuple[Block, tuple[int, int, int]]],
+                        target: str) -> list[Diagnostic]:
+    """Warnings that need each layer's input shape: `layers` = (block, (c, h, w) of its
+    input) pairs, from the graph check's build."""
+    rules = TARGET_RULES[target]
+    found = []
+    for block, (c, h, w) in layers:
+        for rule in rules.shape_rules:
+            why = rule(block, c, h, w)
+            if why is not None:
+                found.append(block.diagnostic("W604", f"{_label(target)}: {why}", None,
+                                              hint=_hint(target), severity=WARNING))
     return found
 
 

@@ -108,8 +108,11 @@ class Trainer:
                 layer.requires_grad_(False)
         net.to(device)
         shape = net.input_shape
+        self.amp_dtype = amp_dtype_for(device, amp)
         if channels_last is None:
-            channels_last = device.type == "cuda"
+            # oneDNN's bfloat16 kernels (AMX, AVX512-BF16) want NHWC: yolov3-tiny 160 b16 step
+            # 133 ms channels-last vs 164 ms NCHW; in float32 the CPU gains little (0.98-1.1x)
+            channels_last = device.type == "cuda" or self.amp_dtype is not None
         self.channels_last = channels_last and shape.c * shape.h * shape.w > 0  # image input
         if self.channels_last:
             net.to(memory_format=torch.channels_last)
@@ -117,7 +120,6 @@ class Trainer:
             nn.SyncBatchNorm.convert_sync_batchnorm(net)
 
         self.optimizer = make_optimizer(net, cfg, device, self.global_batch)
-        self.amp_dtype = amp_dtype_for(device, amp)
         # GradScaler only matters for float16 (bfloat16 has float32's range); torch runs it on
         # the CPU too, so the CUDA path's scaling logic is exercised by CPU tests
         # Darknet's deltas are O(1) per output and summed over the mini-batch: torch's default
