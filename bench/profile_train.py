@@ -1,7 +1,7 @@
 """Where one detector training iteration's time goes, on the CPU.
 
     python bench/profile_train.py [--cfg CFG ...] [--size 160 416] [--batch 16] [--iterations 3]
-                                  [--threads 2] [--channels-last]
+                                  [--threads 2] [--channels-last] [--amp]
 
 For each cfg and size: the data (16 augmented samples of the embedded set: generation,
 augmentation, collation; a Darknet-format set adds JPEG decoding), then the phases of
@@ -54,7 +54,8 @@ def profile_one(cfg: str, size: int, args) -> dict:
     darknet_init(net)
     task = task_for(net, netcfg)
     splits = task.open_data(args.data, 0)
-    trainer = Trainer(net, netcfg, "cpu", task=task, channels_last=args.channels_last)
+    trainer = Trainer(net, netcfg, "cpu", task=task, amp=bool(args.amp),
+                      channels_last=True if args.channels_last else None)
     train = splits.train
 
     data_ms = []
@@ -68,11 +69,12 @@ def profile_one(cfg: str, size: int, args) -> dict:
     for it, (images, truth) in enumerate(batches):
         x = trainer.to_device(images)
         t0 = time.perf_counter()
-        inputs = task.head_inputs(net, x)
+        with trainer.autocast():
+            inputs = task.head_inputs(net, x)
         t1 = time.perf_counter()
         total = None
         for i in task.heads:
-            part = net.layers[i].loss(inputs[i].float(), truth, seen=16)
+            part, _ = net.layers[i].loss(inputs[i].float(), truth, seen=16)
             total = part if total is None else total + part
         t2 = time.perf_counter()
         total.backward()
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None, help="a Darknet .data file (default: embedded)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast (channels-last unless told otherwise): train --amp")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     for cfg in args.cfg:

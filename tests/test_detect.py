@@ -675,3 +675,35 @@ def test_head_predictions_exports_with_torch_export(tmp_path):
     for ours, theirs in zip(exported.module()(x), Boxes()(x), strict=True):
         assert torch.allclose(ours, theirs, atol=1e-6)
     assert exported.module()(x)[0].shape == (2, 16 * 16 * 2, 4)  # 16x16 grid, 2 anchors
+
+
+@pytest.mark.parametrize("mode,subsampling,channels", [
+    ("RGB", 2, 3), ("RGB", 0, 3), ("L", 0, 1), ("L", 0, 3), ("RGB", 2, 1), ("CMYK", 0, 3)])
+def test_jpeg_fast_read_equals_pillow(tmp_path, mode, subsampling, channels):
+    """load_image reads JPEGs through torchvision's libjpeg-turbo when the file has the asked
+    channels (else Pillow): the pixels must be Pillow's, whichever path ran."""
+    from PIL import Image
+
+    from darkcfg.detect.decode import _jpeg_bytes, load_image
+
+    rng = np.random.default_rng(0)
+    bands = len(mode)
+    arr = rng.integers(0, 256, (37, 53, bands), dtype=np.uint8)
+    arr = arr[..., 0] if bands == 1 else arr
+    path = tmp_path / "x.jpg"
+    Image.fromarray(arr, mode).save(path, quality=90, subsampling=subsampling)
+    with Image.open(path) as im:
+        ref = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    ref = torch.from_numpy(ref / 255).reshape(37, 53, -1).permute(2, 0, 1)
+    assert torch.equal(load_image(path, channels), ref)
+    took_fast = _jpeg_bytes(path, channels) is not None
+    assert took_fast == ((mode, channels) in (("RGB", 3), ("L", 1)))
+
+
+def test_unreadable_jpeg_is_reported_by_path(tmp_path):
+    from darkcfg.detect.decode import load_image
+
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
+    with pytest.raises(OSError, match="broken.jpg"):
+        load_image(path)

@@ -19,6 +19,7 @@ import gc
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -297,20 +298,53 @@ class Found(NamedTuple):
     box: tuple[float, float, float, float]
 
 
+def decoded(image, channels: int = 3):
+    """A path as a decoded PIL image (RGB, or L for one channel); anything else as it is.
+    No torch work: safe to run in a reader thread beside the network's OpenMP threads.
+    Raises OSError (with the path) for an unreadable file."""
+    if not isinstance(image, (str, os.PathLike)):
+        return image
+    fast = _jpeg_bytes(image, channels)
+    if fast is not None:
+        return fast
+    from PIL import Image
+
+    from darkcfg.data.base import eight_bit, image_errors
+
+    try:
+        with Image.open(image) as im:
+            out = eight_bit(im).convert("L" if channels == 1 else "RGB")
+            out.load()
+            return out
+    except image_errors() as exc:
+        raise OSError(f"cannot read image '{image}': {exc}") from None
+
+
+def _jpeg_bytes(path, channels: int) -> torch.Tensor | None:
+    """A JPEG file with `channels` components as a uint8 (C, H, W) tensor, through
+    torchvision's libjpeg-turbo (the same pixels as Pillow's, 15-30% faster: 2.1 vs 2.5 ms for a
+    noisy 640x480 photo); None for anything else (other formats, CMYK, a grey JPEG asked for as
+    RGB and back, a file libjpeg refuses), which Pillow then reads or reports."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    try:
+        from torchvision.io import decode_jpeg
+
+        out = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    except Exception:  # noqa: BLE001 - Pillow reads it again and names the problem
+        return None
+    return out if out.dim() == 3 and out.shape[0] == channels else None
+
+
 def load_image(image, channels: int = 3) -> torch.Tensor:
     """A path, PIL image or tensor as a (C,H,W) float tensor in [0,1] (uint8 tensors are /255).
     Raises OSError (with the path) for an unreadable file."""
-    if isinstance(image, (str, os.PathLike)):
-        from PIL import Image
-
-        from darkcfg.data.base import eight_bit, image_errors
-
-        try:
-            with Image.open(image) as im:
-                image = eight_bit(im).convert("L" if channels == 1 else "RGB")
-                image.load()
-        except image_errors() as exc:
-            raise OSError(f"cannot read image '{image}': {exc}") from None
+    image = decoded(image, channels)
     if not isinstance(image, torch.Tensor):
         from darkcfg.data.base import eight_bit
 
@@ -324,9 +358,7 @@ def load_image(image, channels: int = 3) -> torch.Tensor:
         image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
     if image.dim() != 3:
         raise ValueError(f"an image tensor is (C, H, W), not {tuple(image.shape)}")
-    if image.dtype == torch.uint8:
-        image = image.float() / 255
-    image = image.float()
+    image = image.to(torch.float32).div_(255) if image.dtype == torch.uint8 else image.float()
     if image.shape[0] != channels:
         image = image.repeat((channels + image.shape[0] - 1) // image.shape[0], 1, 1)[:channels]
     return image
@@ -395,7 +427,8 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
     """`detect`, one batch at a time: yields (images (each (C,H,W) in [0,1]), their
     Detections (after NMS, boxes relative to the original image), their `Found` lists)."""
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
-    net.eval()
+    if any(layer.training for layer in net.layers):  # a walk over every module costs 0.7 ms
+        net.eval()
     device = _device_of(net)
     heads = head_indices(net)
     if not heads:
@@ -403,14 +436,47 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
                          "[region] or [detection])")
     w, h, c = net.info.width, net.info.height, net.info.channels
     fit = letterbox_image if letter else resize_image
-    for start in range(0, len(images), batch_size):
-        chunk = [load_image(im, c) for im in images[start:start + batch_size]]
-        sizes = [(im.shape[-1], im.shape[-2]) for im in chunk]
-        x = torch.cat([fit(im[None].to(device), w, h) for im in chunk])
-        dets = detections_for_input(net, x, thresh, image_size=sizes, letter_box=letter,
-                                    nms_thresh=nms, nms_kind=nms_kind, heads=heads)
-        yield chunk, dets, [found_objects(d, thresh, iw, ih, names)
-                            for d, (iw, ih) in zip(dets, sizes, strict=True)]
+
+    def read(start: int) -> list:
+        return [decoded(im, c) for im in images[start:start + batch_size]]
+
+    starts = range(0, len(images), batch_size)
+    if not starts:
+        return
+    if len(starts) == 1:
+        pending = [_Ready(read(0))]
+    else:
+        # the next chunk's files are decoded in a thread while this one runs through the net
+        # (PIL's decoder releases the GIL); the torch work (bytes to floats, resize) stays on
+        # this thread: a second OpenMP pool beside the network's slows both (measured: 1.58x
+        # the forward per image with the resize in the thread, on 2 cores)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkcfg-read")
+        pending = [pool.submit(read, starts[0])]
+    try:
+        for k, _ in enumerate(starts):
+            chunk = [load_image(im, c) for im in pending[k].result()]
+            if k + 1 < len(starts):
+                pending.append(pool.submit(read, starts[k + 1]))
+            pending[k] = None  # drop the reference: a chunk lives until the next yield only
+            x = torch.cat([fit(im[None].to(device), w, h) for im in chunk])
+            sizes = [(im.shape[-1], im.shape[-2]) for im in chunk]
+            dets = detections_for_input(net, x, thresh, image_size=sizes, letter_box=letter,
+                                        nms_thresh=nms, nms_kind=nms_kind, heads=heads)
+            yield chunk, dets, [found_objects(d, thresh, iw, ih, names)
+                                for d, (iw, ih) in zip(dets, sizes, strict=True)]
+    finally:
+        if len(starts) > 1:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Ready:
+    """An already computed result with a Future's `result()`."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
 
 
 def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: bool | None = None,
