@@ -707,3 +707,15 @@ def test_unreadable_jpeg_is_reported_by_path(tmp_path):
     path.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
     with pytest.raises(OSError, match="broken.jpg"):
         load_image(path)
+
+
+def test_decompression_bomb_limit_still_guards_the_fast_jpeg_path(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from darkcfg.detect.decode import load_image
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (53, 37), (9, 99, 199)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1961 pixels > 2x the limit
+    with pytest.raises(OSError, match="big.jpg"):
+        load_image(path)

@@ -324,15 +324,17 @@ def _jpeg_bytes(path, channels: int) -> torch.Tensor | None:
     """A JPEG file with `channels` components as a uint8 (C, H, W) tensor, through
     torchvision's libjpeg-turbo (the same pixels as Pillow's, 15-30% faster: 2.1 vs 2.5 ms for a
     noisy 640x480 photo); None for anything else (other formats, CMYK, a grey JPEG asked for as
-    RGB and back, a file libjpeg refuses), which Pillow then reads or reports."""
+    RGB and back, a file either library refuses), which Pillow then reads or reports. Pillow
+    reads the header first, so its decompression-bomb limit still guards the decoder."""
+    from PIL import Image
+
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    if data[:3] != b"\xff\xd8\xff":
-        return None
-    try:
+        with Image.open(path) as im:
+            wanted = {1: "L", 3: "RGB"}.get(channels)
+            if im.format != "JPEG" or im.mode != wanted:
+                return None
+            im.fp.seek(0)
+            data = im.fp.read()
         from torchvision.io import decode_jpeg
 
         out = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
