@@ -3,9 +3,11 @@ onnxruntime, against `--detect`'s own detections (darkcfg's decode + NMS) on the
 detectors with Darknet's weights and input.
 
 Where Darknet's greedy NMS and ONNX's differ, and how this test handles it:
-- nms_kind=greedynms (yolov4-tiny): Darknet suppresses on DIoU; ONNX NonMaxSuppression only
-  knows IoU, so the graph runs do_nms_sort's IoU rule and is compared with --detect run with
-  that rule (nms_kind "default"). The test also counts how many pairs the DIoU rule changes.
+- nms_kind=greedynms/diounms (yolov4, yolov4-tiny): Darknet suppresses on DIoU, for which ONNX
+  has no operator; the graph builds it from plain ones (an ONNX Loop over the (image, class)
+  groups, Cluster-NMS inside each) and is compared with --detect's own greedynms, exactly like
+  the IoU nets. The test also checks that the DIoU rule matters there (IoU NMS keeps another
+  set), so the comparison would catch a graph that fell back to IoU.
 - Equal scores: Darknet's qsort order among ties is unspecified, onnxruntime's is lowest index
   first. A kept set may differ only where a pair has an exactly tied, overlapping rival; the
   oracle nets have none, so the sets must be equal.
@@ -22,6 +24,7 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from darkcfg.export.nms import (  # noqa: E402
+    check_decodable,
     detect_reference,
     export_image_to_boxes,
     match,
@@ -52,7 +55,8 @@ def check_against_detect(name: str, tmp_path, thresh: float):
     # two images: the oracle input and its mirror, to check the batch index too
     x = torch.cat([x, x.flip(-1)])
     ours = run_image_to_boxes(onnx_session(path), x)
-    theirs = detect_reference(net, x, thresh, 0.45, kind="default")
+    kind, _ = check_decodable(net)  # what --detect runs: greedynms for yolov4-tiny
+    theirs = detect_reference(net, x, thresh, 0.45, kind=kind)
     total = 0
     for a, b in zip(ours, theirs, strict=True):
         only_ours, only_theirs, worst = match(a, b, (x.shape[-1], x.shape[-2]))
@@ -93,19 +97,70 @@ def test_nms_graph_equals_detect_large(name, tmp_path):
     check_against_detect(name, tmp_path, 0.005)
 
 
-def test_greedynms_difference_is_measured(tmp_path):
-    """yolov4-tiny runs greedynms in Darknet; the graph runs IoU NMS. The graph equals --detect's
-    IoU rule (checked above); against Darknet's own greedynms the kept sets differ, in both
-    directions (DIoU <= IoU suppresses less per pair, but a box DIoU keeps can then suppress one
-    that IoU kept): the test measures and prints the difference."""
-    net, x, iou_kept, _ = check_against_detect("yolov4-tiny", tmp_path, 0.005)
-    diou_kept = detect_reference(net, x, 0.005, 0.45, kind="greedynms")
+def test_greedynms_graph_is_not_iou_nms(tmp_path):
+    """yolov4-tiny runs greedynms: the graph equals --detect's DIoU rule (checked above), and
+    on these inputs that rule keeps a different set from IoU NMS, in both directions (DIoU <=
+    IoU suppresses less per pair, but a box DIoU keeps can then suppress one IoU kept)."""
+    net, x, diou_kept, _ = check_against_detect("yolov4-tiny", tmp_path, 0.005)
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "yolov4-tiny.onnx")).metadata_props}
+    assert meta["nms_rule"].startswith("DIoU, beta 0.6 (greedynms")
+    iou_kept = detect_reference(net, x, 0.005, 0.45, kind="default")
     for iou, diou in zip(iou_kept, diou_kept, strict=True):
         only_iou, only_diou, _ = match(iou, diou, (x.shape[-1], x.shape[-2]))
         print(f"yolov4-tiny at 0.005: IoU NMS keeps {len(iou)}, greedynms {len(diou)}; "
               f"{len(only_iou)} only under IoU, {len(only_diou)} only under greedynms")
-        assert len(diou) >= len(iou) - len(only_iou)  # the common part is common
-        assert len(only_iou) + len(only_diou) < len(iou)  # mostly the same detections
+        assert only_iou and only_diou
+
+
+DIOUNMS_CFG = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+filters=14
+size=1
+stride=8
+pad=0
+activation=linear
+
+[yolo]
+mask=0,1
+anchors=10,14, 23,27
+classes=2
+num=2
+nms_kind=diounms
+beta_nms={beta}
+"""
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0])
+def test_diounms_beta_and_an_empty_result(tmp_path, beta):
+    """diounms with its own beta_nms, on an input with many overlapping boxes (bias raised so
+    every cell passes), and at a threshold no box passes (the graph returns nothing)."""
+    from darkcfg.export.nms import run_image_to_boxes
+
+    cfg = tmp_path / "d.cfg"
+    cfg.write_text(DIOUNMS_CFG.format(beta=beta))
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.5)
+    net.eval()
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "d.onnx"
+    export_image_to_boxes(net, path, thresh=0.05, nms=0.3, dynamic_batch=True)
+    ours = run_image_to_boxes(onnx_session(path), x)
+    theirs = detect_reference(net, x, 0.05, 0.3, kind="diounms")
+    assert sum(map(len, theirs)) > 20
+    for a, b in zip(ours, theirs, strict=True):
+        only_ours, only_theirs, worst = match(a, b, (64, 64))
+        assert not only_ours and not only_theirs and worst <= 1e-5
+    export_image_to_boxes(net, path, thresh=0.999, nms=0.3, dynamic_batch=True)
+    assert run_image_to_boxes(onnx_session(path), x) == [[], [], []]
 
 
 def test_cli_flag_form(tmp_path):

@@ -10,23 +10,22 @@ resize is the caller's, so boxes are in input pixels) and returns
 
 Decoding is darkcfg's (`darkcfg.detect.decode`: each head's `predictions`, `keep` and
 `threshold`, i.e. Darknet's get_network_boxes with prob = p if p > thresh else 0), traced by the
-dynamo exporter. NMS is ONNX `NonMaxSuppression` appended to that graph: per class, greedy in
-descending score, IoU > nms suppresses, the same rule as Darknet's do_nms_sort
-(src/box.c). The thresholds are graph constants (`thresh`, `nms` are recorded in the metadata).
+dynamo exporter. NMS is the last head's nms_kind, appended to that graph: ONNX
+`NonMaxSuppression` for the IoU kinds (per class, greedy in descending score, IoU > nms
+suppresses: Darknet's do_nms_sort, src/box.c), and for greedynms/diounms Darknet's
+diounms_sort built from plain ONNX ops (`_append_diou_nms`). The thresholds are graph constants
+(`thresh`, `nms`, `nms_rule` are recorded in the metadata).
 
-Where the two can differ:
+Where the graph and Darknet can differ:
 - Ties: Darknet sorts with qsort (not stable), onnxruntime pops equal scores lowest index first;
   with two exactly equal scores on overlapping boxes either may survive.
-- nms_kind=greedynms/diounms (yolov4, yolov4-tiny): Darknet suppresses on DIoU (src/box.c
-  box_diou), which ONNX has no operator for; the graph runs IoU NMS and the export says so.
-- IoU is computed from corners by onnxruntime and from centres by Darknet: pairs within ~1e-6
+- IoU and DIoU are computed from corners here and from centres by Darknet: pairs within ~1e-6
   of the threshold may fall either way.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -45,6 +44,8 @@ from darkcfg.export.onnx import (
 )
 
 NMS_OUTPUTS = ("boxes", "scores", "classes", "batch_index")
+#: nms_kind values Darknet runs with a DIoU test (src/box.c diounms_sort); the others are IoU
+DIOU_KINDS = ("greedynms", "diounms")
 
 
 class DecodedProbs(nn.Module):
@@ -82,9 +83,9 @@ class DecodedProbs(nn.Module):
         return torch.cat(boxes, 1), torch.cat(probs, 1)
 
 
-def check_decodable(net: Network) -> str:
-    """The last head's nms_kind (what --detect runs); a located error for heads --detect
-    cannot decode."""
+def check_decodable(net: Network) -> tuple[str, float]:
+    """The last head's (nms_kind, beta_nms) (what --detect runs); a located error for heads
+    --detect cannot decode."""
     from darkcfg.detect.decode import decoding_for, head_indices
 
     heads = head_indices(net)
@@ -96,7 +97,7 @@ def check_decodable(net: Network) -> str:
         if fault is not None:
             raise net.meta[i].block.error("E300", fault[1], fault[0])
     last = net.layers[heads[-1]]
-    return decoding_for(last).nms_kind(last)[0]
+    return decoding_for(last).nms_kind(last)
 
 
 def _append_nms(model, candidates: int, thresh: float, nms: float) -> None:
@@ -144,6 +145,188 @@ def _append_nms(model, candidates: int, thresh: float, nms: float) -> None:
     onnx.checker.check_model(model)
 
 
+def _append_diou_nms(model, nms: float, beta: float) -> None:
+    """Append Darknet's DIoU NMS (greedynms: beta 0.6; diounms: beta_nms) to the exported
+    (boxes, probs) graph; ONNX has no operator for it, so it is built from plain ones.
+
+    The (image, detection, class) triples with prob > 0 are the candidates, sorted by prob
+    (TopK, descending). An ONNX Loop visits each (image, class) group present (Unique); in a
+    group, S[j, i] = "j comes before i and box_diou(j, i) > nms", and the greedy result of
+    src/box.c diounms_sort (visit in descending prob, a kept box drops the later ones it is
+    similar to) is the fixed point of keep[i] = not any_j (keep[j] and S[j, i]) reached from
+    "all kept" (Cluster-NMS, Zheng et al. 2021: each pass settles at least one more box), an
+    inner Loop that stops when nothing changes. Memory: one group's S (its candidates squared).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    boxes_in, probs_in = g.output[0].name, g.output[1].name
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+
+    def const(name, dtype, dims, values):
+        g.initializer.append(helper.make_tensor(name, dtype, dims, values))
+
+    const("dn_zero_f", f, [], [0.0])
+    const("dn_one_f", f, [], [1.0])
+    const("dn_half", f, [], [0.5])
+    const("dn_nms", f, [], [nms])
+    const("dn_beta", f, [], [beta])
+    const("dn_zero_i", i64, [], [0])
+    const("dn_one_i", i64, [], [1])
+    const("dn_cols_nk", i64, [2], [0, 1])
+    const("dn_col0", i64, [], [0])
+    const("dn_col2", i64, [], [2])
+    const("dn_axis0", i64, [1], [0])
+    const("dn_axis1", i64, [1], [1])
+    const("dn_true", TensorProto.BOOL, [], [True])
+    for k, side in enumerate(("l", "t", "r", "b")):
+        const(f"dn_c{side}", i64, [], [k])
+    n = helper.make_node
+    nodes = [
+        # candidates: (image, detection, class) with prob > 0, as rows (M, 3)
+        n("Greater", [probs_in, "dn_zero_f"], ["dn_pos"]),
+        n("NonZero", ["dn_pos"], ["dn_nz"]),
+        n("Transpose", ["dn_nz"], ["dn_idx"], perm=[1, 0]),
+        n("Gather", ["dn_idx", "dn_cols_nk"], ["dn_nk"], axis=1),
+        n("GatherND", [boxes_in, "dn_nk"], ["dn_cand_boxes"]),
+        n("GatherND", [probs_in, "dn_idx"], ["dn_cand_scores"]),
+        n("Shape", ["dn_cand_scores"], ["dn_m1"]),
+        n("TopK", ["dn_cand_scores", "dn_m1"], ["dn_scores", "dn_order"], axis=0, largest=1,
+          sorted=1),
+        n("Gather", ["dn_cand_boxes", "dn_order"], ["dn_boxes"], axis=0),
+        n("Gather", ["dn_idx", "dn_order"], ["dn_sorted_idx"], axis=0),
+        n("Gather", ["dn_sorted_idx", "dn_col0"], ["dn_image"], axis=1),
+        n("Gather", ["dn_sorted_idx", "dn_col2"], ["dn_class"], axis=1),
+        # one group per (image, class): image * classes + class
+        n("Shape", [probs_in], ["dn_pshape"]),
+        n("Gather", ["dn_pshape", "dn_col2"], ["dn_classes"]),
+        n("Mul", ["dn_image", "dn_classes"], ["dn_image_base"]),
+        n("Add", ["dn_image_base", "dn_class"], ["dn_group"]),
+        n("Unique", ["dn_group"], ["dn_groups"], sorted=1),
+        n("Shape", ["dn_groups"], ["dn_u1"]),
+        n("Squeeze", ["dn_u1", "dn_axis0"], ["dn_u"]),
+        n("ConstantOfShape", ["dn_m1"], ["dn_keep0"],
+          value=helper.make_tensor("dn_keep_value", f, [1], [1.0])),
+    ]
+    # -- one group: its candidates (in prob order), S, the fixed point ------------------------
+    body = [
+        n("Gather", ["dn_groups", "gr_u"], ["gr_g"], axis=0),
+        n("Equal", ["dn_group", "gr_g"], ["gr_member"]),
+        n("NonZero", ["gr_member"], ["gr_nz"]),
+        n("Squeeze", ["gr_nz", "dn_axis0"], ["gr_idx"]),
+        n("Gather", ["dn_boxes", "gr_idx"], ["gr_boxes"], axis=0),
+    ]
+    for side in ("l", "t", "r", "b"):  # (k,) corners as a column (k, 1) and a row (1, k)
+        body += [n("Gather", ["gr_boxes", f"dn_c{side}"], [f"gr_{side}"], axis=1),
+                 n("Unsqueeze", [f"gr_{side}", "dn_axis1"], [f"col_{side}"]),
+                 n("Unsqueeze", [f"gr_{side}", "dn_axis0"], [f"row_{side}"])]
+    for side in ("col", "row"):
+        body += [n("Sub", [f"{side}_r", f"{side}_l"], [f"{side}_w"]),
+                 n("Sub", [f"{side}_b", f"{side}_t"], [f"{side}_h"]),
+                 n("Mul", [f"{side}_w", f"{side}_h"], [f"{side}_area"]),
+                 n("Add", [f"{side}_l", f"{side}_r"], [f"{side}_x2"]),
+                 n("Mul", [f"{side}_x2", "dn_half"], [f"{side}_cx"]),
+                 n("Add", [f"{side}_t", f"{side}_b"], [f"{side}_y2"]),
+                 n("Mul", [f"{side}_y2", "dn_half"], [f"{side}_cy"])]
+    body += [
+        # src/box.c box_iou: the overlap of the two intervals, 0 when apart or empty
+        n("Min", ["col_r", "row_r"], ["p_ir"]), n("Max", ["col_l", "row_l"], ["p_il"]),
+        n("Sub", ["p_ir", "p_il"], ["p_iw"]),
+        n("Min", ["col_b", "row_b"], ["p_ib"]), n("Max", ["col_t", "row_t"], ["p_it"]),
+        n("Sub", ["p_ib", "p_it"], ["p_ih"]),
+        n("Mul", ["p_iw", "p_ih"], ["p_iwh"]),
+        n("Less", ["p_iw", "dn_zero_f"], ["p_w_neg"]),
+        n("Less", ["p_ih", "dn_zero_f"], ["p_h_neg"]),
+        n("Or", ["p_w_neg", "p_h_neg"], ["p_apart"]),
+        n("Where", ["p_apart", "dn_zero_f", "p_iwh"], ["p_inter"]),
+        n("Add", ["col_area", "row_area"], ["p_areas"]),
+        n("Sub", ["p_areas", "p_inter"], ["p_union"]),
+        n("Div", ["p_inter", "p_union"], ["p_ratio"]),
+        n("Equal", ["p_inter", "dn_zero_f"], ["p_no_inter"]),
+        n("Equal", ["p_union", "dn_zero_f"], ["p_no_union"]),
+        n("Or", ["p_no_inter", "p_no_union"], ["p_iou_zero"]),
+        n("Where", ["p_iou_zero", "dn_zero_f", "p_ratio"], ["p_iou"]),
+        # box_diou: IoU - (d²/c²)^beta, c the enclosing box's diagonal (IoU alone when c = 0)
+        n("Max", ["col_r", "row_r"], ["p_er"]), n("Min", ["col_l", "row_l"], ["p_el"]),
+        n("Sub", ["p_er", "p_el"], ["p_cw"]),
+        n("Max", ["col_b", "row_b"], ["p_eb"]), n("Min", ["col_t", "row_t"], ["p_et"]),
+        n("Sub", ["p_eb", "p_et"], ["p_ch"]),
+        n("Mul", ["p_cw", "p_cw"], ["p_cw2"]), n("Mul", ["p_ch", "p_ch"], ["p_ch2"]),
+        n("Add", ["p_cw2", "p_ch2"], ["p_c2"]),
+        n("Sub", ["col_cx", "row_cx"], ["p_dx"]), n("Sub", ["col_cy", "row_cy"], ["p_dy"]),
+        n("Mul", ["p_dx", "p_dx"], ["p_dx2"]), n("Mul", ["p_dy", "p_dy"], ["p_dy2"]),
+        n("Add", ["p_dx2", "p_dy2"], ["p_d2"]),
+        n("Equal", ["p_c2", "dn_zero_f"], ["p_no_c"]),
+        n("Div", ["p_d2", "p_c2"], ["p_dc"]),
+        n("Pow", ["p_dc", "dn_beta"], ["p_term"]),
+        n("Sub", ["p_iou", "p_term"], ["p_diou_raw"]),
+        n("Where", ["p_no_c", "p_iou", "p_diou_raw"], ["p_diou"]),
+        # S[j, i]: j (row index of the column vector) before i, similar
+        n("Greater", ["p_diou", "dn_nms"], ["p_similar"]),
+        n("Shape", ["gr_idx"], ["gr_k1"]),
+        n("Squeeze", ["gr_k1", "dn_axis0"], ["gr_k"]),
+        n("Range", ["dn_zero_i", "gr_k", "dn_one_i"], ["gr_pos"]),
+        n("Unsqueeze", ["gr_pos", "dn_axis1"], ["gr_pos_col"]),
+        n("Unsqueeze", ["gr_pos", "dn_axis0"], ["gr_pos_row"]),
+        n("Less", ["gr_pos_col", "gr_pos_row"], ["p_before"]),
+        n("And", ["p_similar", "p_before"], ["p_s"]),
+        n("Cast", ["p_s"], ["p_s_f"], to=f),
+        n("ConstantOfShape", ["gr_k1"], ["gr_keep0"],
+          value=helper.make_tensor("gr_keep_value", f, [1], [1.0])),
+    ]
+    # inner loop: keep' = 1 - any_j(keep[j] * S[j, :]); stop when keep' == keep
+    fixed = [
+        n("Unsqueeze", ["fx_keep_in", "dn_axis1"], ["fx_keep_col"]),
+        n("Mul", ["p_s_f", "fx_keep_col"], ["fx_hits"]),
+        n("ReduceMax", ["fx_hits", "dn_axis0"], ["fx_any"], keepdims=0),
+        n("Sub", ["dn_one_f", "fx_any"], ["fx_keep_out"]),
+        n("Equal", ["fx_keep_out", "fx_keep_in"], ["fx_same"]),
+        n("Cast", ["fx_same"], ["fx_same_f"], to=f),
+        n("ReduceMin", ["fx_same_f"], ["fx_all_same"], keepdims=0),
+        n("Less", ["fx_all_same", "dn_one_f"], ["fx_changed"]),
+    ]
+    fixed_graph = helper.make_graph(
+        fixed, "cluster_nms_pass",
+        [helper.make_tensor_value_info("fx_i", i64, []),
+         helper.make_tensor_value_info("fx_cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("fx_keep_in", f, ["K"])],
+        [helper.make_tensor_value_info("fx_changed", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("fx_keep_out", f, ["K"])])
+    body += [
+        n("Add", ["gr_k", "dn_one_i"], ["gr_passes"]),  # a group of k settles within k passes
+        n("Loop", ["gr_passes", "dn_true", "gr_keep0"], ["gr_keep"], body=fixed_graph),
+        n("ScatterElements", ["gr_keep_in", "gr_idx", "gr_keep"], ["gr_keep_out"], axis=0),
+        n("Identity", ["gr_cond_in"], ["gr_cond_out"]),
+    ]
+    body_graph = helper.make_graph(
+        body, "diou_nms_group",
+        [helper.make_tensor_value_info("gr_u", i64, []),
+         helper.make_tensor_value_info("gr_cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("gr_keep_in", f, ["M"])],
+        [helper.make_tensor_value_info("gr_cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("gr_keep_out", f, ["M"])])
+    nodes += [
+        n("Loop", ["dn_u", "dn_true", "dn_keep0"], ["dn_keep"], body=body_graph,
+          name="diou_nms"),
+        n("NonZero", ["dn_keep"], ["dn_kept_nz"]),
+        n("Squeeze", ["dn_kept_nz", "dn_axis0"], ["dn_kept"]),
+        n("Gather", ["dn_boxes", "dn_kept"], ["boxes"], axis=0),
+        n("Gather", ["dn_scores", "dn_kept"], ["scores"], axis=0),
+        n("Gather", ["dn_class", "dn_kept"], ["classes"], axis=0),
+        n("Gather", ["dn_image", "dn_kept"], ["batch_index"], axis=0),
+    ]
+    g.node.extend(nodes)
+    del g.output[:]
+    g.output.extend([
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["detections", 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["detections"]),
+        helper.make_tensor_value_info("classes", TensorProto.INT64, ["detections"]),
+        helper.make_tensor_value_info("batch_index", TensorProto.INT64, ["detections"]),
+    ])
+    onnx.checker.check_model(model)
+
+
 def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: float = 0.25,
                           nms: float = 0.45, dynamic_batch: bool = False, name: str = "",
                           check: bool = True) -> ExportReport:
@@ -156,10 +339,9 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
     if not 0 < nms <= 1:
         raise _error(f"--nms must be in (0, 1] for an NMS graph, got {nms:g}", str(path),
                      hint="e.g. --nms 0.45 (Darknet's default)")
-    kind = check_decodable(net)
-    if kind in ("greedynms", "diounms"):
-        print(f"warning: the last head has nms_kind={kind} (DIoU); ONNX NonMaxSuppression is "
-              f"IoU-based, so the graph runs Darknet's do_nms_sort rule instead", file=sys.stderr)
+    kind, beta = check_decodable(net)
+    diou = kind in DIOU_KINDS
+    beta = 0.6 if kind == "greedynms" else beta  # src/box.c box_diou's fixed power
     net.eval()
     module = DecodedProbs(net, thresh).eval()
     x = example_input(net, 2 if dynamic_batch else 1)
@@ -175,7 +357,8 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
         raise _error(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
     meta = metadata(net, name or path.stem, True)
     meta.update({"outputs": ",".join(NMS_OUTPUTS), "thresh": f"{thresh:g}", "nms": f"{nms:g}",
-                 "nms_rule": "IoU (do_nms_sort)", "boxes": "left,top,right,bottom input pixels"})
+                 "nms_rule": f"DIoU, beta {beta:g} ({kind}: diounms_sort)" if diou else
+                 "IoU (do_nms_sort)", "boxes": "left,top,right,bottom input pixels"})
     onnx_program.model.metadata_props.update(meta)
     tmp = _atomic_target(path)
     try:
@@ -183,11 +366,14 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
         model = onnx.load(tmp)
         with torch.no_grad():
             candidates = module(x)[1].shape[1]
-        _append_nms(model, candidates, thresh, nms)
+        if diou:
+            _append_diou_nms(model, nms, beta)
+        else:
+            _append_nms(model, candidates, thresh, nms)
         onnx.save(model, tmp)
         mismatch = 0.0
         if check:
-            mismatch = compare_with_detect(tmp, net, x, thresh, nms)
+            mismatch = compare_with_detect(tmp, net, x, thresh, nms, kind)
             # float32 in two runtimes: 1e-5 on the tiny nets, 1.1e-4 on yolov3 (106 layers);
             # a wrong graph (a box formula, an anchor) is off by 1e-2 or more
             if mismatch > NMS_CHECK_TOLERANCE:
@@ -255,12 +441,13 @@ def match(ours, theirs, size: tuple[int, int]) -> tuple[set, set, float]:
 NMS_CHECK_TOLERANCE = 1e-3
 
 
-def compare_with_detect(path, net: Network, x: torch.Tensor, thresh: float, nms: float) -> float:
-    """Max box difference between the graph and --detect (IoU NMS) on x; inf if the kept sets
-    differ other than by a score within 1e-4 of thresh (float rounding of the two runtimes may
-    put those on either side)."""
+def compare_with_detect(path, net: Network, x: torch.Tensor, thresh: float, nms: float,
+                        kind: str = "default") -> float:
+    """Max box difference between the graph and --detect (the `kind` of NMS) on x; inf if the
+    kept sets differ other than by a score within 1e-4 of thresh (float rounding of the two
+    runtimes may put those on either side)."""
     ours = run_image_to_boxes(onnx_session(path), x)
-    theirs = detect_reference(net, x, thresh, nms)
+    theirs = detect_reference(net, x, thresh, nms, kind if kind in DIOU_KINDS else "default")
     worst = 0.0
     for a, b in zip(ours, theirs, strict=True):
         only_ours, only_theirs, d = match(a, b, (x.shape[-1], x.shape[-2]))

@@ -130,14 +130,12 @@ ONNX_SECTIONS = {
     s: ("exported unrolled over [net] time_steps with a zero initial state: the graph does not "
         "carry state from one call to the next as Darknet's does")
     for s in RECURRENT}
+REGION_TREE = KeyRule("region", "tree", "W603", "a [region] softmax tree (yolo9000) cannot be "
+                      "decoded (--decode)", lambda v: bool(v))
 ONNX_KEYS = (
     KeyRule("convolutional", "xnor", "W604", "sign(x) in float32: onnxruntime's rounding may "
             "flip signs near 0 (the export allows the float32-vs-float64 difference)", _not(0)),
-    KeyRule("yolo", "nms_kind", "W604", "--decode --nms runs ONNX NonMaxSuppression, which is "
-            "IoU-based: this DIoU NMS becomes Darknet's do_nms_sort rule in the graph",
-            _any({"default", "cornersnms"})),
-    KeyRule("region", "tree", "W603", "a [region] softmax tree (yolo9000) cannot be decoded "
-            "(--decode)", lambda v: bool(v)),
+    REGION_TREE,
 )
 
 # -- TensorRT (the ONNX graph through TensorRT's ONNX parser) -------------------------------------
@@ -156,9 +154,10 @@ TENSORRT_ACTIVATIONS = {
                                          "replacement",
 }
 TENSORRT_KEYS = (
-    KeyRule("yolo", "nms_kind", "W604", "--decode --nms runs IoU NMS (ONNX NonMaxSuppression "
-            "or TensorRT's EfficientNMS plugin): this DIoU NMS becomes an IoU one",
-            _any({"default", "cornersnms"})),
+    KeyRule("yolo", "nms_kind", "W604", "--decode --nms builds this DIoU NMS from an ONNX "
+            "Loop over Unique groups, and TensorRT's ONNX parser has no Unique: export without "
+            "--nms and use TensorRT's EfficientNMS plugin, which is IoU-based (Darknet's "
+            "do_nms_sort rule, not this one)", _any({"default", "cornersnms"})),
     KeyRule("convolutional", "xnor", "W604", "TensorRT runs sign() in float: no binary "
             "kernels", _not(0)),
 )
@@ -179,7 +178,7 @@ TARGET_RULES = {
                      OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
-                       ONNX_KEYS[2:] + TENSORRT_KEYS),
+                       (REGION_TREE,) + TENSORRT_KEYS),
 }
 
 _LABEL = {"opencv": "OpenCV's Darknet importer (cv2.dnn.readNetFromDarknet, OpenCV 4.x)",
