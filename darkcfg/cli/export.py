@@ -44,8 +44,9 @@ def arg_parser():
     add_export_arguments(p)
     add_input_size(p)
     p.add_argument("--nms", type=float, nargs="?", const=0.45, default=None, metavar="T",
-                   help="with --decode: NMS in the graph (ONNX NonMaxSuppression, IoU > T, "
-                   "default .45): the model returns boxes, scores, classes, batch_index")
+                   help="with --decode: the cfg's NMS in the graph (IoU or Darknet's DIoU "
+                   "kinds, > T, default .45): the model returns boxes, scores, classes, "
+                   "batch_index")
     p.add_argument("--thresh", type=float, default=0.25,
                    help="with --decode --nms: the detection threshold (.25)")
     p.add_argument("--classes", type=int, default=None, metavar="N",
