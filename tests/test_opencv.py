@@ -134,16 +134,11 @@ def build_small(cfg: Path, tmp_path: Path, sizes=SIZES):
 #: cfgs OpenCV 4.14 reads but does not run like Darknet (observed; not darkcfg's .weights: every
 #: other cfg of the corpus matches within 1e-4). xfail, not skip: a fixed OpenCV shows up.
 OPENCV_DIVERGES = {
-    **{f"{fork}/{n}.cfg": "OpenCV's Eltwise (from [shortcut]) refuses its inputs' shapes "
-       "(eltwise_layer.cpp:258) at every size tried (not investigated further)"
-       for fork, names in (("alexeyab", ("resnet50", "resnet101", "resnet152", "resnet152_yolo",
-                                         "resnet50_yolo", "resnext152-32x4d")),
-                           ("pjreddie", ("resnet101", "resnet152", "resnet18", "resnet34",
-                                         "resnet50", "resnext101-32x4d", "resnext152-32x4d",
-                                         "resnext50")))
-       for n in names},
     **{f"{fork}/vgg-16.cfg": "OpenCV leaves a Convolution without weights after the leading "
-       "[crop] (convolution_layer.cpp:369)" for fork in ("alexeyab", "pjreddie")},
+       "[crop] (convolution_layer.cpp:369); measured: the same cfg without its [crop] runs, "
+       "while cifar.cfg's [crop] + batch-normalized convolutions run too, so the condition is "
+       "not pinned down and check --target opencv does not guess" for fork in ("alexeyab",
+                                                                              "pjreddie")},
     **{f"{fork}/yolo9000.cfg": "OpenCV: 'Yolo9000 is not implemented' ([region] tree=; "
        "check --target opencv names it, W603)" for fork in ("alexeyab", "pjreddie")},
     "pjreddie/darknet9000.cfg": "[softmax] tree=data/9k.tree: the hierarchy file is not in the "
@@ -187,8 +182,16 @@ def test_opencv_reads_darkcfg_weights(name, tmp_path, record_property):
     else:
         if not failures:
             pytest.skip(f"{name}: darkcfg builds it at no small size")
-        pytest.fail(f"{name}: OpenCV read the cfg but could not run it with darkcfg's weights "
-                    f"at any size: {failures}")
+        # a cfg OpenCV reads but cannot run (e.g. the resnets' resampling [shortcut]s): the
+        # check must have named why (W603, from the built shapes)
+        named = [d.message.split(": ", 1)[1] for d in check_file(cfg, Options(targets=(
+            "opencv",))) if d.code == "W603"]
+        record_property("opencv_refuses", f"{failures[0]}; darkcfg check --target opencv: "
+                        f"{'; '.join(dict.fromkeys(named))}")
+        assert named, (f"{name}: OpenCV read the cfg but could not run it with darkcfg's "
+                       f"weights at any size ({failures}), and check --target opencv names "
+                       "nothing")
+        return
     # W604: keys and shapes OpenCV computes differently (e.g. go.cfg's [softmax] over a 1x19x19
     # input, cifar.test.cfg's temperature=3: both measured, both named by the check)
     ignored = list(dict.fromkeys(d.message.split(": ", 1)[1]

@@ -34,8 +34,12 @@ def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
     if targets:
         from darkcfg.lint.targets import check_target_shapes
 
+        def chw(shape):
+            return shape.c, shape.h, shape.w
+
         inputs = [net.input_shape, *net.shapes[:-1]]
-        layers = [(m.block, (s.c, s.h, s.w)) for m, s in zip(net.meta, inputs, strict=True)]
+        layers = [(m.block, chw(s), [chw(net.shapes[j]) for j in m.sources])
+                  for m, s in zip(net.meta, inputs, strict=True)]
         for target in targets:
             found += check_target_shapes(layers, target)
     if max_memory and not any(d.severity == ERROR for d in found):

@@ -92,7 +92,20 @@ OPENCV_KEYS = (
 )
 
 
-def _spatial_softmax(block: Block, c: int, h: int, w: int) -> str | None:
+def _resampling_shortcut(block: Block, c: int, h: int, w: int, sources) -> str | None:
+    """pjreddie's [shortcut] adds layers of different width/height by striding over the larger
+    (src/blas.c shortcut_cpu); OpenCV's Eltwise asserts equal sizes (eltwise_layer.cpp;
+    measured: it refuses a 16x16 + 32x32 shortcut, takes 8 + 16 channels)."""
+    if block.type != "shortcut":
+        return None
+    odd = [(sw, sh) for _, sh, sw in sources if (sh, sw) != (h, w)]
+    if not odd:
+        return None
+    return (f"[shortcut] adds a {odd[0][0]}x{odd[0][1]} layer to a {w}x{h} one: OpenCV's "
+            "Eltwise asserts equal sizes")
+
+
+def _spatial_softmax(block: Block, c: int, h: int, w: int, sources=()) -> str | None:
     """Darknet's [softmax] (groups=1) normalises the whole c*h*w input of each image
     (src/softmax_layer.c forward_softmax_layer: inputs/groups values per group); OpenCV's
     Softmax layer normalises the channels at each position (measured: pjreddie/go.cfg's
@@ -106,7 +119,8 @@ def _spatial_softmax(block: Block, c: int, h: int, w: int) -> str | None:
             f"of the {h}x{w} positions, Darknet all {c * h * w} values together")
 
 
-OPENCV_SHAPE_RULES = (_spatial_softmax,)
+#: (rule, code): rules that need the layer shapes (the graph check's build)
+OPENCV_SHAPE_RULES = ((_spatial_softmax, "W604"), (_resampling_shortcut, "W603"))
 
 
 
@@ -170,7 +184,7 @@ class Target:
     activations: dict  # activation -> why (unsupported), or a frozenset of supported ones
     keys: tuple
     block_rules: tuple = ()  # (callable block -> why or None, key at fault): W603
-    shape_rules: tuple = ()  # callables (block, c, h, w of its input) -> why or None: W604
+    shape_rules: tuple = ()  # ((block, c, h, w of its input, source shapes) -> why, code)
 
 
 TARGET_RULES = {
@@ -229,17 +243,17 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
     return found
 
 
-def check_target_shapes(layers: Iterable[tuple[Block, tuple[int, int, int]]],
-                        target: str) -> list[Diagnostic]:
-    """Warnings that need each layer's input shape: `layers` = (block, (c, h, w) of its
-    input) pairs, from the graph check's build."""
+def check_target_shapes(layers: Iterable[tuple], target: str) -> list[Diagnostic]:
+    """Warnings that need layer shapes: `layers` = (block, (c, h, w) of its input, [(c, h, w)
+    of each layer it reads by reference (route/shortcut `from`)]), from the graph check's
+    build."""
     rules = TARGET_RULES[target]
     found = []
-    for block, (c, h, w) in layers:
-        for rule in rules.shape_rules:
-            why = rule(block, c, h, w)
+    for block, (c, h, w), sources in layers:
+        for rule, code in rules.shape_rules:
+            why = rule(block, c, h, w, sources)
             if why is not None:
-                found.append(block.diagnostic("W604", f"{_label(target)}: {why}", None,
+                found.append(block.diagnostic(code, f"{_label(target)}: {why}", None,
                                               hint=_hint(target), severity=WARNING))
     return found
 
