@@ -507,3 +507,15 @@ def test_build_and_check_grow_linearly_with_the_layer_count(tmp_path):
     small, large = seconds(2000), seconds(8000)
     print(f"2k layers {small:.2f} s, 8k layers {large:.2f} s: x{large / small:.2f}")
     assert large / small < 6, f"2k layers {small:.2f} s, 8k layers {large:.2f} s"
+
+
+def test_amp_on_a_cpu_without_bfloat16_warns(capsys, tiny, tmp_path, monkeypatch):
+    """--amp trains anyway (oneDNN emulates bfloat16), but says it will likely be slower."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    from darkcfg.cli import main
+
+    code = main([str(tiny), "--train", "--amp", "--no-progress", "--out", str(tmp_path / "r"),
+                 "--valid-every", "0"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "without native bfloat16" in out + err
+    assert "amp: torch.bfloat16" in (tmp_path / "r" / "settings.yaml").read_text()

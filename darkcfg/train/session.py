@@ -157,6 +157,10 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
                       amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
     trainer.check_trainable(opts.freeze)
+    if trainer.amp_dtype == torch.bfloat16 and device.type == "cpu" and \
+            not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        say("warning: --amp on a CPU without native bfloat16 (AVX512-BF16 or AMX): oneDNN "
+            "emulates it, which is usually slower than float32; drop --amp here", dist)
     train_set, val_set = task.prepare(splits, cfg, opts.seed)
     workers = workers_for(opts, splits, train_set, device, dist.world)
     stream = task.stream(train_set, trainer.batch, dist.world, dist.rank, opts.seed, device,
