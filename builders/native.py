@@ -185,6 +185,10 @@ def _load() -> ctypes.CDLL | None:
         return None
     lib.darkcfg_mish_inplace.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.darkcfg_mish_inplace.restype = None
+    lib.darkcfg_hsv_shift_u8.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                         ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                                         ctypes.c_float]
+    lib.darkcfg_hsv_shift_u8.restype = None
     _state["why"] = f"{target} ({'AVX2' if lib.darkcfg_kernels_vectorized() else 'scalar'})"
     return lib
 
@@ -212,3 +216,17 @@ def mish_inplace(flat: torch.Tensor) -> bool:
         return False
     lib.darkcfg_mish_inplace(flat.data_ptr(), flat.numel(), torch.get_num_threads())
     return True
+
+
+def hsv_shift_u8(image: torch.Tensor, hue_add: float, dsat: float, dexp: float,
+                 hue_to_sector: float) -> torch.Tensor | None:
+    """The colour jitter of darkcfg.data.detection.augment.hsv_shift on a contiguous uint8
+    (3, H, W) CPU tensor, into a new tensor; None (nothing done) without the native kernels.
+    The float arguments are the float32 values the torch version computes with."""
+    lib = library()
+    if lib is None:
+        return None
+    out = torch.empty_like(image)
+    lib.darkcfg_hsv_shift_u8(image.data_ptr(), out.data_ptr(), image.shape[1] * image.shape[2],
+                             hue_add, dsat, dexp, hue_to_sector)
+    return out

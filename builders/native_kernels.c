@@ -88,7 +88,58 @@ void darkcfg_mish_inplace(float *x, int64_t n, int threads) {
     }
 }
 
-int darkcfg_kernels_version(void) { return 1; }
+/* hsv_shift_u8: the training augmentation's colour jitter (darkcfg/data/detection/augment.py
+ * hsv_shift, OpenCV's 8-bit RGB -> HSV, S *= dsat, V *= dexp, H += hue_add, HSV -> RGB), the
+ * same float32 operations in the same order, so the bytes equal the torch version's exactly
+ * (tests/test_detection_data.py compares them). No contraction into FMAs: a fused
+ * multiply-add rounds once where torch rounds twice. `src`, `dst`: planar RGB (3, hw). */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#define NO_CONTRACT
+#elif defined(__GNUC__)
+#define NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define NO_CONTRACT
+#endif
+
+static inline float clamp255(float x) { return x < 0.0f ? 0.0f : (x > 255.0f ? 255.0f : x); }
+
+NO_CONTRACT
+void darkcfg_hsv_shift_u8(const uint8_t *src, uint8_t *dst, int64_t hw, float hue_add,
+                          float dsat, float dexp, float hue_to_sector) {
+    static const float sector_base[3] = {5.0f, 3.0f, 1.0f};  /* R, G, B */
+    for (int64_t p = 0; p < hw; p++) {
+        float r = src[p], g = src[hw + p], b = src[2 * hw + p];
+        /* the max channel, R winning ties, then G (torch's max returns the first) */
+        int arg = 0;
+        float v = r;
+        if (g > v) { v = g; arg = 1; }
+        if (b > v) { v = b; arg = 2; }
+        float mn = r < g ? r : g;
+        mn = mn < b ? mn : b;
+        float diff = v - mn;
+        float safe = diff < 1.0f ? 1.0f : diff;
+        float hraw = arg == 0 ? g - b : (arg == 1 ? (b - r) + 2.0f * diff : (r - g) + 4.0f * diff);
+        float h = __builtin_floorf(hraw * 30.0f / safe + 0.5f);
+        h = (h < 0.0f ? h + 180.0f : h) * (diff > 0.0f ? 1.0f : 0.0f);
+        float s = __builtin_floorf(diff * 255.0f / (v < 1.0f ? 1.0f : v) + 0.5f);
+        h = clamp255(__builtin_floorf(h + hue_add + 0.5f));
+        s = clamp255(__builtin_floorf(s * dsat + 0.5f)) / 255.0f;
+        v = clamp255(__builtin_floorf(v * dexp + 0.5f));
+        float vs = v * s, hs = h * hue_to_sector;
+        for (int c = 0; c < 3; c++) {
+            float k = sector_base[c] + hs;  /* in [1, 13.5]: k mod 6 is exact by subtraction */
+            k = k >= 12.0f ? k - 12.0f : (k >= 6.0f ? k - 6.0f : k);
+            float t = 4.0f - k;
+            t = k < t ? k : t;
+            t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+            float out = clamp255(__builtin_floorf((v - vs * t) + 0.5f));
+            dst[c * hw + p] = (uint8_t)out;
+        }
+    }
+}
+
+int darkcfg_kernels_version(void) { return 2; }
 
 int darkcfg_kernels_vectorized(void) {
 #ifdef DARKCFG_AVX2

@@ -417,6 +417,28 @@ def test_hsv_matches_opencv_8bit_semantics():
     assert hsv_shift(red, 1 / 3 * 180 / 179, 1, 1).flatten().tolist() == [0, 255, 0]  # +120°
 
 
+def test_native_hsv_equals_the_torch_reference():
+    """builders.native's C loop runs the same float32 steps: the same bytes (ties between
+    channels, greys, both hue directions, saturation and exposure both ways, odd sizes)."""
+    from builders import native
+    from darkcfg.data.detection.augment import hsv_constants, hsv_shift_reference
+
+    if native.library() is None:
+        pytest.skip(f"no native kernels here: {native.status()}")
+    rng = np.random.default_rng(0)
+    for t in range(60):
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        img = torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
+        if t % 3 == 0:
+            img[1] = img[0]
+        if t % 5 == 0:
+            img[:] = img[2]
+        dhue, dsat, dexp = rng.uniform(-0.5, 0.5), rng.uniform(0.3, 2), rng.uniform(0.3, 2)
+        native_out = native.hsv_shift_u8(img, *hsv_constants(dhue, dsat, dexp))
+        assert torch.equal(native_out, hsv_shift_reference(img, dhue, dsat, dexp)), t
+        assert torch.equal(hsv_shift(img, dhue, dsat, dexp), native_out)
+
+
 # -- determinism, batches, multi-scale ------------------------------------------------------------
 def embedded_train(seed: int = 0, **settings) -> DetectionTrain:
     s = DetectionSettings(64, 64, classes=3, jitter=0.3, flip=True, hue=0.1, saturation=1.5,
