@@ -139,8 +139,6 @@ OPENCV_DIVERGES = {
        "while cifar.cfg's [crop] + batch-normalized convolutions run too, so the condition is "
        "not pinned down and check --target opencv does not guess" for fork in ("alexeyab",
                                                                               "pjreddie")},
-    **{f"{fork}/yolo9000.cfg": "OpenCV: 'Yolo9000 is not implemented' ([region] tree=; "
-       "check --target opencv names it, W603)" for fork in ("alexeyab", "pjreddie")},
     "pjreddie/darknet9000.cfg": "[softmax] tree=data/9k.tree: the hierarchy file is not in the "
        "corpus, so darkcfg cannot build it here",
 }
