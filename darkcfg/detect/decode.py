@@ -299,8 +299,9 @@ class Found(NamedTuple):
 
 
 def decoded(image, channels: int = 3):
-    """A path as a decoded PIL image (RGB, or L for one channel); anything else as it is.
-    No torch work: safe to run in a reader thread beside the network's OpenMP threads.
+    """A path decoded: a JPEG with the asked channels as a uint8 (C, H, W) tensor
+    (`_jpeg_bytes`), anything else as a PIL image (RGB, or L for one channel); a non-path as it
+    is. No OpenMP work: safe to run in a reader thread beside the network's threads.
     Raises OSError (with the path) for an unreadable file."""
     if not isinstance(image, (str, os.PathLike)):
         return image
