@@ -373,12 +373,12 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
         onnx.save(model, tmp)
         mismatch = 0.0
         if check:
-            mismatch = compare_with_detect(tmp, net, x, thresh, nms, kind)
+            mismatch, why = check_nms_graph(model, module, x, thresh, nms, kind, beta)
             # float32 in two runtimes: 1e-5 on the tiny nets, 1.1e-4 on yolov3 (106 layers);
             # a wrong graph (a box formula, an anchor) is off by 1e-2 or more
-            if mismatch > NMS_CHECK_TOLERANCE:
-                raise _error(f"the NMS graph's boxes differ from --detect's by {mismatch:.2e} "
-                             "(relative to the input size)", str(path),
+            if why or mismatch > NMS_CHECK_TOLERANCE:
+                raise _error(why or f"the NMS graph's candidate boxes differ from darkcfg's by "
+                             f"{mismatch:.2e} (relative to the input size)", str(path),
                              hint="report the cfg; the file was not written")
         os.replace(tmp, path)
     finally:
@@ -439,6 +439,80 @@ def match(ours, theirs, size: tuple[int, int]) -> tuple[set, set, float]:
 
 #: How far (relative to the input size) the NMS graph's boxes may lie from --detect's.
 NMS_CHECK_TOLERANCE = 1e-3
+
+
+def check_nms_graph(model, module: DecodedProbs, x: torch.Tensor, thresh: float, nms: float,
+                    kind: str, beta: float) -> tuple[float, str]:
+    """The export's own check, in two parts that cannot blur into each other: (1) the graph's
+    candidates (its decoding, run in onnxruntime) against darkcfg's on x: the largest box
+    difference relative to the input size is returned, and a prob more than 1e-4 apart (or on
+    the other side of thresh by more than 1e-4) is a failure; (2) the graph's NMS against
+    darkcfg's NMS of `kind` (the code `--detect` runs) on those very candidates: the kept
+    (class, box) sets must be equal. Comparing NMS on the same floats keeps near-ties (an
+    untrained net's many almost equal scores) from counting as graph errors. Returns
+    (max box difference, why it failed or "")."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    probe = type(model)()
+    probe.CopyFrom(model)
+    probe.graph.output.extend([
+        helper.make_tensor_value_info("candidate_boxes", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("candidate_probs", TensorProto.FLOAT, None)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    boxes, scores, classes, batch, cand_boxes, cand_probs = session.run(
+        None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        ref_boxes, ref_probs = (t.numpy() for t in module(x))
+    size = float(max(x.shape[-1], x.shape[-2]))
+    scale = np.maximum(size, np.abs(ref_boxes))  # untrained nets: boxes far larger than the input
+    worst = float((np.abs(cand_boxes - ref_boxes) / scale).max(initial=0.0))
+    both = (cand_probs > 0) & (ref_probs > 0)
+    if both.any() and float(np.abs(cand_probs - ref_probs)[both].max()) > 1e-4:
+        return worst, "the NMS graph's candidate probs differ from darkcfg's by more than 1e-4"
+    one = (cand_probs > 0) != (ref_probs > 0)
+    sides = np.maximum(cand_probs, ref_probs)[one]
+    if sides.size and float(np.abs(sides - thresh).max()) > 1e-4:
+        return worst, ("the NMS graph keeps a candidate darkcfg's decoding drops at thresh "
+                       f"{thresh:g}, or the reverse")
+    graph = [[] for _ in range(x.shape[0])]
+    for b, c, s, box in zip(batch.tolist(), classes.tolist(), scores.tolist(), boxes.tolist(),
+                            strict=True):
+        graph[b].append((c, s, tuple(box)))
+    ours = nms_of_candidates(torch.from_numpy(cand_boxes), torch.from_numpy(cand_probs), nms,
+                             kind, beta)
+    for k, (a, b) in enumerate(zip(graph, ours, strict=True)):
+        only_graph, only_ours, _ = match(a, b, (x.shape[-1], x.shape[-2]))
+        if only_graph or only_ours:
+            return worst, (f"the NMS graph keeps {len(a)} (class, box) pairs of image {k}, "
+                           f"darkcfg's {kind} NMS on the same candidates {len(b)} "
+                           f"({len(only_graph)} only in the graph, {len(only_ours)} only in "
+                           "darkcfg's)")
+    return worst, ""
+
+
+def nms_of_candidates(boxes: torch.Tensor, probs: torch.Tensor, nms_thresh: float, kind: str,
+                      beta: float) -> list[list[tuple[int, float, tuple]]]:
+    """darkcfg's NMS (`darkcfg.detect.decode.nms`, what --detect runs) on a graph's candidates:
+    corner boxes (N, K, 4) and thresholded probs (N, K, C) -> per image [(class, score, box)]."""
+    from darkcfg.detect.decode import Detections
+    from darkcfg.detect.decode import nms as darknet_nms
+
+    out = []
+    for b, p in zip(boxes, probs, strict=True):
+        centre = torch.cat([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], 1)
+        active = (p > 0).any(1).float()  # Darknet's NMS skips objectness 0
+        k = torch.arange(len(b))
+        kept = darknet_nms(Detections(centre, active, p, torch.zeros_like(k), k, kind, beta),
+                           nms_thresh)
+        pairs = torch.nonzero(kept.probs > 0).tolist()
+        out.append([(c, float(kept.probs[i, c]), tuple(b[i].tolist())) for i, c in pairs])
+    return out
 
 
 def compare_with_detect(path, net: Network, x: torch.Tensor, thresh: float, nms: float,
