@@ -39,7 +39,6 @@ from darkcfg.export.onnx import (
     _quiet,
     example_input,
     metadata,
-    onnx_session,
     require_onnx_packages,
 )
 
@@ -513,20 +512,3 @@ def nms_of_candidates(boxes: torch.Tensor, probs: torch.Tensor, nms_thresh: floa
         pairs = torch.nonzero(kept.probs > 0).tolist()
         out.append([(c, float(kept.probs[i, c]), tuple(b[i].tolist())) for i, c in pairs])
     return out
-
-
-def compare_with_detect(path, net: Network, x: torch.Tensor, thresh: float, nms: float,
-                        kind: str = "default") -> float:
-    """Max box difference between the graph and --detect (the `kind` of NMS) on x; inf if the
-    kept sets differ other than by a score within 1e-4 of thresh (float rounding of the two
-    runtimes may put those on either side)."""
-    ours = run_image_to_boxes(onnx_session(path), x)
-    theirs = detect_reference(net, x, thresh, nms, kind if kind in DIOU_KINDS else "default")
-    worst = 0.0
-    for a, b in zip(ours, theirs, strict=True):
-        only_ours, only_theirs, d = match(a, b, (x.shape[-1], x.shape[-2]))
-        odd = [a[k] for k in only_ours] + [b[k] for k in only_theirs]
-        if any(abs(score - thresh) > 1e-4 for _, score, _ in odd):
-            return float("inf")
-        worst = max(worst, d)
-    return worst
