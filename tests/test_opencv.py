@@ -134,11 +134,6 @@ def build_small(cfg: Path, tmp_path: Path, sizes=SIZES):
 #: cfgs OpenCV 4.14 reads but does not run like Darknet (observed; not darkcfg's .weights: every
 #: other cfg of the corpus matches within 1e-4). xfail, not skip: a fixed OpenCV shows up.
 OPENCV_DIVERGES = {
-    **{f"{fork}/vgg-16.cfg": "OpenCV leaves a Convolution without weights after the leading "
-       "[crop] (convolution_layer.cpp:369); measured: the same cfg without its [crop] runs, "
-       "while cifar.cfg's [crop] + batch-normalized convolutions run too, so the condition is "
-       "not pinned down and check --target opencv does not guess" for fork in ("alexeyab",
-                                                                              "pjreddie")},
     "pjreddie/darknet9000.cfg": "[softmax] tree=data/9k.tree: the hierarchy file is not in the "
        "corpus, so darkcfg cannot build it here",
 }

@@ -105,6 +105,17 @@ def test_opencv_softmax_rules_need_the_input_shape(tmp_path):
     assert not [d for d in check_file(spatial) if d.code.startswith("W60")]
 
 
+def test_opencv_crop_needs_noadjust(tmp_path):
+    """Measured against OpenCV 4.14 (vgg-16.cfg, and a [crop] + [convolutional] cfg): after a
+    [crop] that rescales (noadjust=0, Darknet's default) OpenCV refuses to run; with
+    noadjust=1 it runs and matches."""
+    for noadjust, want in (("", [("W603", 6)]), ("noadjust=1", [])):
+        path = tmp_path / "c.cfg"
+        path.write_text(f"[net]\nwidth=32\nheight=32\nchannels=3\n\n[crop]\ncrop_width=28\n"
+                        f"crop_height=28\n{noadjust}\n\n[convolutional]\nfilters=4\nsize=1\n")
+        assert codes(path, "opencv") == want
+
+
 def test_recurrent_sections_for_onnx(tmp_path):
     path = cfg(tmp_path, """
         [rnn]

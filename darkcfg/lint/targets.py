@@ -136,7 +136,21 @@ def _anchor_count(block: Block) -> str | None:
     return None
 
 
-OPENCV_BLOCK_RULES = ((_anchor_count, "anchors"),)
+def _crop_adjust(block: Block) -> str | None:
+    """Darknet's [crop] maps its input to 2x - 1 unless noadjust=1 (src/crop_layer.c
+    forward_crop_layer). OpenCV's importer then misplaces the weights of the layers after it
+    (measured, OpenCV 4.14: a [crop] + [convolutional] cfg is refused at getMemoryShapes with
+    and without batch-norm; the same with noadjust=1 runs and matches): vgg-16.cfg."""
+    if block.type != "crop":
+        return None
+    noadjust = block.options["noadjust"].value if "noadjust" in block.options else 0
+    if noadjust:
+        return None
+    return ("[crop] without noadjust=1 (Darknet scales its output to 2x - 1): OpenCV's importer "
+            "then loads the following layers' weights misplaced and refuses to run")
+
+
+OPENCV_BLOCK_RULES = ((_anchor_count, "anchors"), (_crop_adjust, None))
 
 # -- ONNX (darkcfg's exporter) --------------------------------------------------------------------
 RECURRENT = frozenset({"rnn", "lstm", "gru", "crnn", "conv_lstm", "history"})
