@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch built without gloo")
-def test_two_processes_on_gloo_keep_equal_parameters(tmp_path, tiny_classifier):
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp"])
+def test_two_processes_on_gloo_keep_equal_parameters(tmp_path, tiny_classifier, amp):
+    # amp: bfloat16 autocast + channels-last under DDP, the CUDA run's combination, on the CPU
     cfg = tiny_classifier.write(tmp_path / "ddp.cfg", max_batches=6, burn_in=2, policy=None,
                                 steps=None, scales=None, second_conv=False, dropout=0.2,
                                 cost=False)
@@ -28,7 +30,8 @@ def test_two_processes_on_gloo_keep_equal_parameters(tmp_path, tiny_classifier):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(ROOT / "runner.py"), str(cfg), "--train", "--device", "cpu", "--out", str(out),
-         "--no-progress", "--checkpoint-every", "3", "--valid-every", "6"],
+         "--no-progress", "--checkpoint-every", "3", "--valid-every", "6"]
+        + (["--amp"] if amp else []),
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     fingerprints = (out / "ranks.txt").read_text().split()
@@ -44,6 +47,7 @@ def test_two_processes_on_gloo_keep_equal_parameters(tmp_path, tiny_classifier):
 
     settings = yaml.safe_load((out / "settings.yaml").read_text())
     assert settings["world_size"] == 2 and settings["per_process_batch"] == 8
+    assert settings["amp"] == ("torch.bfloat16" if amp else "None")
     from builders.weights import read_header
 
     header = read_header((out / "ddp_final.weights").read_bytes()[:20], "ddp_final.weights")
