@@ -165,6 +165,9 @@ class ExportReport:
         check = "onnxruntime" if self.format == "onnx" else "the reloaded program"
         text = (f"wrote {self.path} ({what}; outputs {', '.join(self.outputs)}); "
                 f"{check} vs PyTorch on a random input: max rel. error {self.max_rel_error:.2e}")
+        if "nms_rule" in self.metadata:  # an image-to-boxes graph: which NMS it runs
+            text += (f"; NMS in the graph: {self.metadata['nms_rule']} at {self.metadata['nms']}, "
+                     f"thresh {self.metadata['thresh']}, equal to darkcfg's on its candidates")
         if self.allowed > 1e-4:
             text += (f" (XNOR layers take sign(x): PyTorch's own float32 and float64 outputs "
                      f"differ by {self.allowed / 2:.2e}, so up to {self.allowed:.2e} is allowed)")
