@@ -519,3 +519,20 @@ def test_amp_on_a_cpu_without_bfloat16_warns(capsys, tiny, tmp_path, monkeypatch
     out, err = capsys.readouterr()
     assert code == 0 and "without native bfloat16" in out + err
     assert "amp: torch.bfloat16" in (tmp_path / "r" / "settings.yaml").read_text()
+
+
+def test_compile_failure_is_a_message(capsys, tiny, tmp_path, monkeypatch):
+    """torch.compile failing inside a step (an Inductor bug, no compiler) ends the run with a
+    message naming --compile, not a traceback."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    from darkcfg.train import loop
+
+    def broken(self, images, targets):
+        raise TorchDynamoException("backend='inductor' raised: RuntimeError: boom")
+
+    monkeypatch.setattr(loop.Trainer, "step", broken)
+    code, err = run(capsys, tiny, "--train", "--compile", "--no-progress", "--out",
+                    tmp_path / "r", "--valid-every", "0")
+    assert code == 2 and "--compile: torch.compile could not compile" in err
+    assert "run (or --resume) without --compile" in err

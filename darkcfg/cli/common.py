@@ -93,6 +93,14 @@ def guarded(run: Callable[[], int]) -> int:
             print(f"error[E901]: {text[-1].split('DataError: ')[-1] if text else exc}",
                   file=sys.stderr)
             return 2
+        dynamo = sys.modules.get("torch._dynamo.exc")
+        if dynamo is not None and isinstance(exc, dynamo.TorchDynamoException):
+            first = next((li for li in str(exc).splitlines() if li.strip()), type(exc).__name__)
+            print(f"error: --compile: torch.compile could not compile this network ({first}); "
+                  "the run stopped and its last checkpoint (if any) is kept. help: run (or "
+                  "--resume) without --compile; on the CPU it was slower than eager anyway "
+                  "(docs/training.md)", file=sys.stderr)
+            return 2
         if loop is not None and isinstance(exc, loop.NonFiniteLoss):
             print(f"error: {exc}; training stopped. The last good checkpoint (if any) is kept; "
                   "lower learning_rate or check the data, then --resume", file=sys.stderr)

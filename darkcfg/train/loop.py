@@ -130,7 +130,11 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-        self.model: nn.Module = LossModel(net, task)
+        # torch.compile: the network only. The heads' losses have data-dependent shapes (truth
+        # counts), and compiling them crashed Inductor in torch 2.14 (aten.set_ in a fake-tensor
+        # meta kernel; measured on yolov3-tiny). The compiled wrapper shares the parameters, so
+        # checkpoints and .weights still read `self.net`.
+        self.model: nn.Module = LossModel(torch.compile(net) if compile else net, task)
         self.ddp = None
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -138,8 +142,6 @@ class Trainer:
             # buffers (BN statistics) follow rank 0 at every forward; SyncBN does better on CUDA
             self.ddp = self.model = DDP(self.model, device_ids=[device] if device.type == "cuda"
                                         else None)
-        if compile:
-            self.model = torch.compile(self.model)
 
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
