@@ -505,3 +505,16 @@ def test_coco_images_in_cocos_own_layout(tmp_path):
     (tmp_path / "coco" / "annotations" / "images").rename(tmp_path / "coco" / "train")
     data = open_set(train)
     assert [Path(p).parent for p in data.train.images] == [tmp_path / "coco" / "train"] * 4
+
+
+def test_convert_link_hard_links_the_images(four, tmp_path):
+    """--link: the images are hard links to the source files (same inode), the set the same."""
+    out = tmp_path / "linked"
+    assert cli(["data", "convert", str(four["voc"]), "--to", "yolo", str(out), "--link"]) == 0
+    linked = open_set(out / "data.yaml")
+    assert as_samples(linked) == as_samples(open_set(four["voc"]))
+    sources = {Path(p).stat().st_ino for split in (linked.train, linked.valid) if split
+               for p in split.images}
+    originals = {p.stat().st_ino for p in four["voc"].rglob("*.jpg")} | \
+        {p.stat().st_ino for p in four["voc"].rglob("*.png")}
+    assert sources and sources <= originals
