@@ -146,31 +146,36 @@ def frame_json(frame_id: int, found, image_w: int, image_h: int) -> dict:
     return {"frame_id": frame_id, "objects": objects}
 
 
-def _reader(container, net_size: tuple[int, int, int], letter: bool, batch: int, out: queue.Queue,
-            stop: threading.Event, max_frames: int | None) -> None:
-    """Decode frames into batches: (uint8 frames (3,H,W), network input (B,C,h,w), sizes)."""
-    w, h, c = net_size
-    fit = letterbox_image if letter else resize_image
-    frames, inputs = [], []
+def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
+            max_frames: int | None) -> None:
+    """Decode frames into batches of uint8 (3, H, W) tensors. No torch work here: a second
+    OpenMP pool beside the network's slows both on a small CPU (the preparation, bytes to
+    floats and resize, runs on the calling thread: `_prepare`)."""
+    frames = []
     count = 0
     try:
         for frame in container.decode(video=0):
             if stop.is_set():
                 break
-            rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-            frames.append(rgb)
-            inputs.append(fit(load_image(rgb, c)[None], w, h))  # as detect_batches prepares it
+            frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
             count += 1
             if len(frames) == batch:
-                out.put((frames, torch.cat(inputs)))
-                frames, inputs = [], []
+                out.put(frames)
+                frames = []
             if max_frames is not None and count >= max_frames:
                 break
         if frames:
-            out.put((frames, torch.cat(inputs)))
+            out.put(frames)
         out.put(_DONE)
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
         out.put(exc)
+
+
+def _prepare(frames, net_size: tuple[int, int, int], letter: bool) -> torch.Tensor:
+    """The network input for a batch of frames, as detect_batches prepares an image."""
+    w, h, c = net_size
+    fit = letterbox_image if letter else resize_image
+    return torch.cat([fit(load_image(rgb, c)[None], w, h) for rgb in frames])
 
 
 class _Writer(threading.Thread):
@@ -310,8 +315,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     batches: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
     reader = threading.Thread(target=_reader, daemon=True,
-                              args=(container, size, letter, batch_size, batches, stop,
-                                    max_frames))
+                              args=(container, batch_size, batches, stop, max_frames))
     jsonl = open(jsonl_tmp, "w")  # noqa: SIM115 - closed in the finally below
     writer = _Writer(net, video_tmp, jsonl, labels, name, rate, video_codec(), thresh, nms,
                      letter, names)
@@ -326,7 +330,8 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
         while (item := batches.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise _read_error(item, source)
-            rgb, x = item
+            rgb = item
+            x = _prepare(rgb, size, letter)
             sizes = [(f.shape[-1], f.shape[-2]) for f in rgb]
             outputs = run_heads(net, x.to(device), heads)
             writer.jobs.put((rgb, outputs, sizes, (x.shape[-1], x.shape[-2]), frames + 1))
