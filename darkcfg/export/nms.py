@@ -39,6 +39,7 @@ from darkcfg.export.onnx import (
     _quiet,
     example_input,
     metadata,
+    onnx_session,
     require_onnx_packages,
 )
 
@@ -99,9 +100,25 @@ def check_decodable(net: Network) -> tuple[str, float]:
     return decoding_for(last).nms_kind(last)
 
 
+def _set_nms_outputs(model) -> None:
+    """The graph's outputs become NMS_OUTPUTS (the tensors of those names the NMS nodes made);
+    the model is checked."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    del g.output[:]
+    g.output.extend([
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["detections", 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["detections"]),
+        helper.make_tensor_value_info("classes", TensorProto.INT64, ["detections"]),
+        helper.make_tensor_value_info("batch_index", TensorProto.INT64, ["detections"]),
+    ])
+    onnx.checker.check_model(model)
+
+
 def _append_nms(model, candidates: int, thresh: float, nms: float) -> None:
     """Append NonMaxSuppression and the gathers to the exported (boxes, probs) graph."""
-    import onnx
     from onnx import TensorProto, helper
 
     g = model.graph
@@ -134,14 +151,7 @@ def _append_nms(model, candidates: int, thresh: float, nms: float) -> None:
                          name="nms_batch"),
     ]
     g.node.extend(nodes)
-    del g.output[:]
-    g.output.extend([
-        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["detections", 4]),
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["detections"]),
-        helper.make_tensor_value_info("classes", TensorProto.INT64, ["detections"]),
-        helper.make_tensor_value_info("batch_index", TensorProto.INT64, ["detections"]),
-    ])
-    onnx.checker.check_model(model)
+    _set_nms_outputs(model)
 
 
 def _append_diou_nms(model, nms: float, beta: float) -> None:
@@ -156,7 +166,6 @@ def _append_diou_nms(model, nms: float, beta: float) -> None:
     "all kept" (Cluster-NMS, Zheng et al. 2021: each pass settles at least one more box), an
     inner Loop that stops when nothing changes. Memory: one group's S (its candidates squared).
     """
-    import onnx
     from onnx import TensorProto, helper
 
     g = model.graph
@@ -316,14 +325,7 @@ def _append_diou_nms(model, nms: float, beta: float) -> None:
         n("Gather", ["dn_image", "dn_kept"], ["batch_index"], axis=0),
     ]
     g.node.extend(nodes)
-    del g.output[:]
-    g.output.extend([
-        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["detections", 4]),
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["detections"]),
-        helper.make_tensor_value_info("classes", TensorProto.INT64, ["detections"]),
-        helper.make_tensor_value_info("batch_index", TensorProto.INT64, ["detections"]),
-    ])
-    onnx.checker.check_model(model)
+    _set_nms_outputs(model)
 
 
 def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: float = 0.25,
@@ -451,7 +453,6 @@ def check_nms_graph(model, module: DecodedProbs, x: torch.Tensor, thresh: float,
     untrained net's many almost equal scores) from counting as graph errors. Returns
     (max box difference, why it failed or "")."""
     import numpy as np
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     probe = type(model)()
@@ -459,11 +460,7 @@ def check_nms_graph(model, module: DecodedProbs, x: torch.Tensor, thresh: float,
     probe.graph.output.extend([
         helper.make_tensor_value_info("candidate_boxes", TensorProto.FLOAT, None),
         helper.make_tensor_value_info("candidate_probs", TensorProto.FLOAT, None)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = onnx_session(probe.SerializeToString())
     boxes, scores, classes, batch, cand_boxes, cand_probs = session.run(
         None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():

@@ -336,13 +336,15 @@ def convert_opset(path: str | os.PathLike, opset: int) -> int:
     return opset
 
 
-def onnx_session(path: str | os.PathLike, threads: int | None = None):
+def onnx_session(path: str | os.PathLike | bytes, threads: int | None = None):
+    """An onnxruntime CPU session for a model file (or a serialized model's bytes)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, x: torch.Tensor) -> list[torch.Tensor]:
