@@ -283,12 +283,14 @@ def _append_diou_nms(model, nms: float, beta: float) -> None:
         n("ConstantOfShape", ["gr_k1"], ["gr_keep0"],
           value=helper.make_tensor("gr_keep_value", f, [1], [1.0])),
     ]
-    # inner loop: keep' = 1 - any_j(keep[j] * S[j, :]); stop when keep' == keep
+    # inner loop: keep' = 1 where no kept j is similar, i.e. keep @ S == 0 (a product, not a
+    # k x k temporary); stop when keep' == keep
     fixed = [
-        n("Unsqueeze", ["fx_keep_in", "dn_axis1"], ["fx_keep_col"]),
-        n("Mul", ["p_s_f", "fx_keep_col"], ["fx_hits"]),
-        n("ReduceMax", ["fx_hits", "dn_axis0"], ["fx_any"], keepdims=0),
-        n("Sub", ["dn_one_f", "fx_any"], ["fx_keep_out"]),
+        n("Unsqueeze", ["fx_keep_in", "dn_axis0"], ["fx_keep_row"]),
+        n("MatMul", ["fx_keep_row", "p_s_f"], ["fx_hits_row"]),
+        n("Squeeze", ["fx_hits_row", "dn_axis0"], ["fx_hits"]),
+        n("Equal", ["fx_hits", "dn_zero_f"], ["fx_free"]),
+        n("Cast", ["fx_free"], ["fx_keep_out"], to=f),
         n("Equal", ["fx_keep_out", "fx_keep_in"], ["fx_same"]),
         n("Cast", ["fx_same"], ["fx_same_f"], to=f),
         n("ReduceMin", ["fx_same_f"], ["fx_all_same"], keepdims=0),
