@@ -437,8 +437,7 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
     if not heads:
         raise ValueError("the network has no detection head ([yolo], [Gaussian_yolo], "
                          "[region] or [detection])")
-    w, h, c = net.info.width, net.info.height, net.info.channels
-    fit = letterbox_image if letter else resize_image
+    c = net.info.channels
 
     def read(start: int) -> list:
         return [decoded(im, c) for im in images[start:start + batch_size]]
@@ -461,7 +460,7 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
             if k + 1 < len(starts):
                 pending.append(pool.submit(read, starts[k + 1]))
             pending[k] = None  # drop the reference: a chunk lives until the next yield only
-            x = torch.cat([fit(im[None].to(device), w, h) for im in chunk])
+            x = network_input(net, chunk, letter, device)
             sizes = [(im.shape[-1], im.shape[-2]) for im in chunk]
             dets = detections_for_input(net, x, thresh, image_size=sizes, letter_box=letter,
                                         nms_thresh=nms, nms_kind=nms_kind, heads=heads)
@@ -470,6 +469,16 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
     finally:
         if len(starts) > 1:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def network_input(net, images: Sequence[torch.Tensor], letter: bool,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """(C, H, W) float images as one network input batch, as `detector test` prepares an
+    image: letterbox_image or resize_image to the network size."""
+    fit = letterbox_image if letter else resize_image
+    w, h = net.info.width, net.info.height
+    return torch.cat([fit(im[None].to(device) if device is not None else im[None], w, h)
+                      for im in images])
 
 
 class _Ready:

@@ -36,11 +36,10 @@ from darkcfg.detect.decode import (
     decode,
     found_objects,
     head_indices,
-    letterbox_image,
     load_image,
     net_letter_box,
+    network_input,
     nms,
-    resize_image,
     run_heads,
 )
 
@@ -150,7 +149,7 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
             max_frames: int | None) -> None:
     """Decode frames into batches of uint8 (3, H, W) tensors. No torch work here: a second
     OpenMP pool beside the network's slows both on a small CPU (the preparation, bytes to
-    floats and resize, runs on the calling thread: `_prepare`)."""
+    floats and resize, runs on the calling thread: decode.network_input)."""
     frames = []
     count = 0
     try:
@@ -169,13 +168,6 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
         out.put(_DONE)
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
         out.put(exc)
-
-
-def _prepare(frames, net_size: tuple[int, int, int], letter: bool) -> torch.Tensor:
-    """The network input for a batch of frames, as detect_batches prepares an image."""
-    w, h, c = net_size
-    fit = letterbox_image if letter else resize_image
-    return torch.cat([fit(load_image(rgb, c)[None], w, h) for rgb in frames])
 
 
 class _Writer(threading.Thread):
@@ -309,7 +301,6 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
     device = _device_of(net)
     heads = head_indices(net)
-    size = (net.info.width, net.info.height, net.info.channels)
     video_tmp = out / f".{name}.{os.getpid()}.tmp.mp4"
     jsonl_tmp = out / f".{name}.{os.getpid()}.tmp.jsonl"
     batches: queue.Queue = queue.Queue(maxsize=2)
@@ -331,7 +322,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
             if isinstance(item, BaseException):
                 raise _read_error(item, source)
             rgb = item
-            x = _prepare(rgb, size, letter)
+            x = network_input(net, [load_image(f, net.info.channels) for f in rgb], letter)
             sizes = [(f.shape[-1], f.shape[-2]) for f in rgb]
             outputs = run_heads(net, x.to(device), heads)
             writer.jobs.put((rgb, outputs, sizes, (x.shape[-1], x.shape[-2]), frames + 1))
