@@ -62,7 +62,8 @@ CODES = {
     "W604": "key the deployment target reads past (loads, computes without it)",
     "E901": "cannot read file",
     "E902": ".weights file size does not match the network",
-    "E903": "bad detection label file (malformed line, class or coordinates out of range)",
+    "E903": "bad detection label file (malformed line, class out of range, bad box)",
+    "W903": "label box at or past the image edge or of no size (clipped or left out, as Darknet)",
     "E904": "export or emit failed (the network cannot be written in that form)",
     "E905": "an optional package is missing (install the extra the hint names)",
 }

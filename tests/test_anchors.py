@@ -169,3 +169,24 @@ def test_command_errors(tmp_path, capsys):
     assert cfg.read_bytes() == before
     assert main(["anchors", str(cfg), "--size", "big"]) == 2
     assert "--size big" in capsys.readouterr().err
+
+
+def test_restarts_add_starts_and_zero_is_darknets_own(tmp_path, capsys):
+    """--restarts R: R k-means++ starts besides Darknet's; 0 prints exactly Darknet's anchors."""
+    rng = np.random.default_rng(5)
+    boxes = np.clip(np.exp(rng.normal(np.log(60), 0.8, (400, 2))), 4, 400)  # starts differ
+    only = fit_anchors(boxes, 6, 416, seed=2, restarts=0)
+    assert only.starts == 1
+    assert np.array_equal(only.anchors, only.darknet_anchors)
+    many = fit_anchors(boxes, 6, 416, seed=2, restarts=20)
+    assert many.starts == 21 and many.avg_iou >= only.avg_iou
+    assert np.array_equal(many.darknet_anchors, only.darknet_anchors)  # the same seeded start
+
+    data = labelled_set(tmp_path, boxes[:120] / 416)
+    cfg = tiny_cfg(tmp_path)
+    plot = str(tmp_path / "p.png")
+    assert main(["anchors", str(cfg), "--data", str(data), "--restarts", "0", "--plot", plot]) == 0
+    assert "1 starts from seed 0" in capsys.readouterr().err
+    assert main(["anchors", str(cfg), "--data", str(data), "--restarts", "-1", "--plot", plot]) == 2
+    err = capsys.readouterr().err
+    assert "error[E901]" in err and "--restarts -1" in err and "Traceback" not in err

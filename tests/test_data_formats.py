@@ -518,3 +518,58 @@ def test_convert_link_hard_links_the_images(four, tmp_path):
     originals = {p.stat().st_ino for p in four["voc"].rglob("*.jpg")} | \
         {p.stat().st_ino for p in four["voc"].rglob("*.png")}
     assert sources and sources <= originals
+
+
+# -- labels at the image edge (W903): trained as Darknet trains them ------------------------------
+def test_edge_labels_train_as_darknet_check_warns_and_convert_clips(tmp_path, capsys):
+    """An exported set with rounding artefacts and boxes past the edge: Darknet trains it
+    (correct_boxes clips, fill_truth_detection drops the empty ones), so darkcfg does too, with
+    one warning naming the lines; `data check` lists them and passes; COCO output is clipped."""
+    root = tmp_path / "edge"
+    data = write_darknet(root)
+    label = root / "img" / "im0.txt"
+    label.write_text(label.read_text()
+                     + "1 0.0 0.5 0.25 0.5\n"  # centre on the left edge: half of it inside
+                     + "2 0.5 0.5 1.0000001 0.25\n"  # a rounding artefact
+                     + "0 1.3 0.5 0.2 0.2\n")  # wholly outside: left out
+    (root / "train.txt").write_text("img/im0.png\n")  # every sample is im0
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG.replace("num=2", "num=2\njitter=0"))  # no crop: boxes stay
+    splits = detection_datasets(build(str(cfg)), str(data), seed=3)
+    warning = next(w for w in splits.warnings if "W903" in w)
+    assert "3 label box(es)" in warning and f"{label}:5:3: x = 1.3" not in warning
+    assert f"{label}:3:3: x = 0.0 is outside (0, 1]" in warning
+    assert f"{label}:5:3: the box lies wholly outside the image" in warning
+    raw = open_set(data).train.boxes[0]
+    assert len(raw) == 4  # two boxes of im0 plus the two kept edge boxes
+    np.testing.assert_allclose(raw[2, :4], [0.0, 0.5, 0.25, 0.5])
+    # what the network is trained on: the boxes clipped to the image, as correct_boxes does
+    flips = set()
+    for iteration in range(8):
+        image, truth = splits.train[Slot(iteration, 0)][:2]
+        rows = truth[truth[:, 2] > 0]
+        assert len(rows) == 4, rows
+        edge = rows[rows[:, 4] == 1][0]  # x 0 +- 0.125 -> [0, 0.125] (or flipped)
+        flips.add(bool(edge[0] > 0.5))
+        torch.testing.assert_close(edge[2:4], torch.tensor([0.125, 0.5]))
+        assert torch.isclose(edge[0], torch.tensor(0.9375 if edge[0] > 0.5 else 0.0625))
+        wide = rows[(rows[:, 4] == 2) & (rows[:, 1] == 0.5)][0]
+        assert wide[2] == 1.0  # 1.0000001 clipped to the image
+    assert flips == {True, False}
+
+    png = tmp_path / "check.png"
+    assert cli(["data", "check", str(data), "--size", "64x64", "--plot", str(png)]) == 0
+    out, err = capsys.readouterr()
+    assert "labels: 0 error(s), 3 warning(s)" in out
+    assert f"{label}:3:3: warning[W903]: x = 0.0 is outside (0, 1]" in err
+
+    out_dir = tmp_path / "coco"
+    assert cli(["data", "convert", str(data), "--to", "coco", str(out_dir)]) == 0
+    assert "W903" in capsys.readouterr().err
+    doc = json.loads((out_dir / "instances_train.json").read_text())
+    for ann in doc["annotations"]:
+        image = next(i for i in doc["images"] if i["id"] == ann["image_id"])
+        x, y, w, h = ann["bbox"]
+        assert x >= 0 and y >= 0 and x + w <= image["width"] + 1e-9
+        assert y + h <= image["height"] + 1e-9
+    assert len(open_set(out_dir / "instances_train.json").train.boxes[0]) == 4  # reads back

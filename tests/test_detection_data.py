@@ -106,10 +106,8 @@ def test_label_lines_parse_to_darknet_truth_rows():
     ("3 0.5 0.5 0.1", "4 values, expected 5 (class x y w h)", 1),
     ("3 0.5 0.5 0.1 0.1 0.9", "6 values, expected 5 (class x y w h)", 1),
     ("3 0.5 zz 0.1 0.1", "y 'zz' is not a number", 7),
-    ("3 1.2 0.5 0.1 0.1", "x = 1.2 is outside (0, 1]", 3),
-    ("3 0.5 0.5 0 0.1", "w = 0 is outside (0, 1]", 11),
-    ("3 0.5 0.5 0.1 -0.2", "h = -0.2 is outside (0, 1]", 15),
-    ("3 0.5 0.5 0.1 nan", "h = nan is outside (0, 1]", 15),
+    ("3 0.5 0.5 0.1 nan", "h = nan is not a finite number", 15),
+    ("3 inf 0.5 0.1 0.1", "x = inf is not a finite number", 3),
 ])
 def test_bad_label_lines_are_located_errors(line, message, column):
     text = "0 0.5 0.5 0.2 0.2\n\n" + line + "\n"
@@ -130,12 +128,38 @@ def test_validate_labels_checks_every_file_and_counts_missing_ones(tmp_path):
     assert [len(b) for b in labels.boxes] == [1, 0, 0] and labels.missing == 2
     assert labels.warning() == ("warning: 2 of 3 images have no label file (trained as images "
                                 "without objects)")
-    bad.write_text("0 0.5 0.5 0.1 0.1\n5 0.5 0.5 0.1 0.1\n0 0.5 0.5 2 0.1\n")
+    bad.write_text("0 0.5 0.5 0.1 0.1\n5 0.5 0.5 0.1 0.1\n0 0.5 0.5 2 0.1\n0 0.5 0.5 nan 1\n")
     with pytest.raises(CfgError) as err:
         validate_labels([str(good), str(bad)], classes=2)
     found = [(d.path, d.line, d.message) for d in err.value.diagnostics]
-    assert found == [(str(bad), 2, "class 5 but classes=2"),
-                     (str(bad), 3, "w = 2 is outside (0, 1]")]
+    assert found == [(str(bad), 2, "class 5 but classes=2"),  # line 3 (w = 2) only warns
+                     (str(bad), 4, "w = nan is not a finite number")]
+
+
+# Darknet trains boxes at or past the image edge: partly outside -> clipped by correct_boxes;
+# no size, wholly outside or x = y = 0 -> left out (src/data.c correct_boxes,
+# fill_truth_detection). darkcfg does the same and says so at the line (W903).
+@pytest.mark.parametrize("line, kept, message, column", [
+    ("3 0.0 0.5 0.2 0.2", True, "x = 0.0 is outside (0, 1]: trained as Darknet does", 3),
+    ("3 0.5 0.5 1.0000001 0.2", True, "w = 1.0000001 is outside (0, 1]", 11),
+    ("3 1.05 0.5 0.2 0.2", True, "x = 1.05 is outside (0, 1]", 3),
+    ("3 0.5 -0.02 0.2 0.2", True, "y = -0.02 is outside (0, 1]", 7),
+    ("3 1.2 0.5 0.1 0.1", False, "the box lies wholly outside the image: left out", 3),
+    ("3 0.5 0.5 0 0.1", False, "w = 0: a box of no size, left out", 11),
+    ("3 0.5 0.5 0.1 -0.2", False, "h = -0.2: a box of no size, left out", 15),
+    ("3 0 0 0.3 0.3", False, "x = y = 0 is Darknet's invalid-box marker: left out", 3),
+])
+def test_edge_boxes_train_as_darknet_does_with_a_located_warning(line, kept, message, column):
+    text = "0 0.5 0.5 0.2 0.2\n\n" + line + "\n"
+    boxes, problems = parse_labels(text, "labels/x.txt", 80)
+    assert len(boxes) == (2 if kept else 1) and len(problems) == 1
+    d = problems[0]
+    assert (d.path, d.line, d.column, d.code, d.severity) == ("labels/x.txt", 3, column, "W903",
+                                                              "warning")
+    assert d.message.startswith(message), d.message
+    assert d.format().startswith(f"labels/x.txt:3:{column}: warning[W903]: ")
+    if kept:  # the raw values, as Darknet's read_boxes keeps them (the augmentation clips)
+        np.testing.assert_allclose(boxes[1, :4], [float(v) for v in line.split()[1:]])
 
 
 # -- .data files ----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from cfgparse import CfgError, Diagnostic
 from darkcfg.data.base import check_classes_option, loader_worker_init
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
-from darkcfg.data.detection.labels import Labels
+from darkcfg.data.detection.labels import Labels, edge_warning
 from darkcfg.data.detection.scales import training_size
 
 EMBEDDED_TRAIN, EMBEDDED_VAL = 8192, 256
@@ -349,6 +349,8 @@ def set_detection(data, settings: DetectionSettings, seed: int) -> DetectionSpli
     warnings = list(settings.notes) + [w for w in [train.missing_warning("train images")] if w]
     if data.valid is not None and valid.missing_warning("valid images"):
         warnings.append(valid.missing_warning("valid images"))
+    if edge_warning(data.problems):
+        warnings.append(edge_warning(data.problems))
     # every image's header before the first iteration: a corrupt file is an error now
     check_image_headers(dict.fromkeys([*train.images, *valid.images]), str(path))
     c = settings.channels

@@ -19,10 +19,15 @@ name, and it reads the image as its label file); darkcfg then replaces any exten
 reads, in any case, so the label file is never the image.
 
 A label file holds lines `class x y w h`: an integer class id in [0, classes) and the box centre
-and size as fractions of the image, each in (0, 1]. A missing file means an image without
-objects (counted in one warning line); a malformed line or a value out of range is a located
-error (`labels/x.txt:3:1: error[E903]: class 91 but classes=80`) found by `validate_labels`
-before training starts.
+and size as fractions of the image. A missing file means an image without objects (counted in
+one warning line); a malformed line (not five numbers, NaN or infinity) or a class id out of
+range is a located error (`labels/x.txt:3:1: error[E903]: class 91 but classes=80`) found before
+training starts. Coordinates at or past the image edge train as Darknet trains them, with a
+located warning (W903) each: a box partly outside the image is kept and clipped to it by the
+augmentation (src/data.c `correct_boxes`), and a box of no width or height, one wholly outside
+the image, or one at x = y = 0 (`correct_boxes`' invalid marker) is left out
+(`fill_truth_detection`), so exported sets with rounding artefacts (`0.0`, `1.0000001`) train in
+darkcfg as they do in Darknet.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from pathlib import Path
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import ERROR, WARNING
 from darkcfg.data.datafile import found_under, read_data_file, read_list, resolve
 
 LABEL_CODE = "E903"  # a bad label file (cfgparse.errors.CODES)
+EDGE_CODE = "W903"  # a box Darknet clips or leaves out
 
 # replace_image_to_label's folder substitutions, in Darknet's order (each: first occurrence only)
 LABEL_FOLDERS = (
@@ -187,7 +194,8 @@ _LINE_HINT = ("a label line is 'class x y w h' (class id, then the box centre an
 
 def parse_labels(text: str, path: str, classes: int) -> tuple[np.ndarray, list[Diagnostic]]:
     """Boxes (n, 5) float32 `[x, y, w, h, class]` of a label file's text, and a diagnostic for
-    each bad line (those lines are left out)."""
+    each bad line (errors: the line is left out) or box at the image edge (warnings W903: kept
+    or left out as Darknet does, see the module doc)."""
     boxes: list[list[float]] = []
     problems: list[Diagnostic] = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -197,41 +205,62 @@ def parse_labels(text: str, path: str, classes: int) -> tuple[np.ndarray, list[D
         box, problem = _parse_line(words, classes)
         if box is not None:
             boxes.append(box)
+        if problem is None:
             continue
-        message, word, hint = problem
+        message, word, hint, severity = problem
         if word is None:
             col, span = len(line) - len(line.lstrip()) + 1, len(line.strip())
         else:
             col, span = _column(line, word), len(words[word])
-        problems.append(Diagnostic(LABEL_CODE, message, path, n, col, hint=hint or _LINE_HINT,
-                                   source=line, span=max(span, 1)))
+        problems.append(Diagnostic(LABEL_CODE if severity == ERROR else EDGE_CODE, message,
+                                   path, n, col, severity, hint=hint or _LINE_HINT, source=line,
+                                   span=max(span, 1)))
     return np.asarray(boxes, np.float32).reshape(-1, 5), problems
 
 
+_EDGE_HINT = ("coordinates are fractions of the image size: centre x, y and width, height in "
+              "(0, 1]; fix the label if the box is not meant to reach past the image")
+
+
 def _parse_line(words: list[str], classes: int):
-    """([x, y, w, h, class], None) or (None, (message, index of the bad word or None, hint))."""
+    """(box or None, problem or None); problem = (message, index of the word or None, hint,
+    severity). An error leaves the line out; a warning says what Darknet does with the box."""
     if len(words) != 5:
         return None, (f"{len(words)} value{'s' if len(words) != 1 else ''}, expected 5 "
-                      "(class x y w h)", None, "")
+                      "(class x y w h)", None, "", ERROR)
     try:
         cls = int(words[0])
     except ValueError:
-        return None, (f"class '{words[0]}' is not an integer", 0, "")
+        return None, (f"class '{words[0]}' is not an integer", 0, "", ERROR)
     try:
         x, y, w, h = (float(v) for v in words[1:])
     except ValueError:
         k = next(i for i in range(1, 5) if not _is_float(words[i]))
-        return None, (f"{'xywh'[k - 1]} '{words[k]}' is not a number", k, "")
+        return None, (f"{'xywh'[k - 1]} '{words[k]}' is not a number", k, "", ERROR)
     if not 0 <= cls < classes:
         return None, (f"class {cls} but classes={classes}", 0,
-                      f"class ids run from 0 to {classes - 1} (the 'classes' of the .data file)")
-    out = [k for k, v in enumerate((x, y, w, h), 1) if not 0 < v <= 1]  # NaN fails too
+                      f"class ids run from 0 to {classes - 1} (the 'classes' of the .data file)",
+                      ERROR)
+    if not all(np.isfinite((x, y, w, h))):
+        k = next(k for k, v in enumerate((x, y, w, h), 1) if not np.isfinite(v))
+        return None, (f"{'xywh'[k - 1]} = {words[k]} is not a finite number", k, "", ERROR)
+    box = [x, y, w, h, float(cls)]
+    if w <= 0 or h <= 0:  # fill_truth_detection: w < 1/net_w or h < 1/net_h is dropped
+        k = 3 if w <= 0 else 4
+        return None, (f"{'xywh'[k - 1]} = {words[k]}: a box of no size, left out (as Darknet "
+                      "does)", k, _EDGE_HINT, WARNING)
+    if x == 0 and y == 0:  # correct_boxes marks these invalid
+        return None, ("x = y = 0 is Darknet's invalid-box marker: left out (as Darknet does)", 1,
+                      _EDGE_HINT, WARNING)
+    if x + w / 2 <= 0 or x - w / 2 >= 1 or y + h / 2 <= 0 or y - h / 2 >= 1:
+        return None, ("the box lies wholly outside the image: left out (as Darknet does)", 1,
+                      _EDGE_HINT, WARNING)
+    out = [k for k, v in enumerate((x, y, w, h), 1) if not 0 < v <= 1]
     if out:
         k = out[0]
-        return None, (f"{'xywh'[k - 1]} = {words[k]} is outside (0, 1]", k,
-                      "coordinates are fractions of the image size: centre x, y and width, "
-                      "height in (0, 1]")
-    return [x, y, w, h, float(cls)], None
+        return box, (f"{'xywh'[k - 1]} = {words[k]} is outside (0, 1]: trained as Darknet "
+                     "does (the box clipped to the image)", k, _EDGE_HINT, WARNING)
+    return box, None
 
 
 def _column(line: str, word: int) -> int:
@@ -309,8 +338,10 @@ def collect_labels(label_paths: Sequence[str], classes: int) -> tuple[Labels, li
 
 
 def raise_problems(problems: Sequence[Diagnostic], max_errors: int = 20) -> None:
-    """Raise CfgError with the first `max_errors` problems, the last one's hint counting the
-    rest; nothing when there is none."""
+    """Raise CfgError with the first `max_errors` errors among `problems` (warnings are not
+    raised: see `edge_warning`), the last one's hint counting the rest; nothing when there is
+    none."""
+    problems = [d for d in problems if d.severity == ERROR]
     if not problems:
         return
     shown = list(problems[:max_errors])
@@ -321,6 +352,21 @@ def raise_problems(problems: Sequence[Diagnostic], max_errors: int = 20) -> None
                                hint=f"{last.hint} ({more} more problems not shown)",
                                source=last.source, span=last.span)
     raise CfgError(shown)
+
+
+def edge_warning(problems: Sequence[Diagnostic], shown: int = 3) -> str:
+    """The warning lines for the W903 boxes among `problems` ('' when none): a count, then the
+    first `shown` located."""
+    edges = [d for d in problems if d.code == EDGE_CODE]
+    if not edges:
+        return ""
+    lines = [f"warning[{EDGE_CODE}]: {len(edges)} label box(es) at or past the image edge or of "
+             "no size, trained as Darknet trains them (partly outside: clipped to the image; "
+             "no size or wholly outside: left out); `darkcfg data check` lists them all"]
+    lines += [f"  {d.path}:{d.line}:{d.column}: {d.message}" for d in edges[:shown]]
+    if len(edges) > shown:
+        lines.append(f"  ... and {len(edges) - shown} more")
+    return "\n".join(lines)
 
 
 def _error(message: str, where: str, hint: str = "", code: str = "E901") -> CfgError:

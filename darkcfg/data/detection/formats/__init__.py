@@ -60,10 +60,11 @@ def detect_format(path: Path) -> str:
 
 
 def open_set(path: str | Path, strict: bool = True) -> DetectionSet:
-    """Read a detection set in any supported format. strict: raise the located problems
-    (bad labels, boxes, classes) as one CfgError; else keep them in `.problems` (bad objects
-    left out) for `darkcfg data check`. Missing files and unreadable annotation files always
-    raise."""
+    """Read a detection set in any supported format. strict: raise the located errors (bad
+    labels, boxes, classes) as one CfgError; else keep them in `.problems` (bad objects left
+    out) for `darkcfg data check`. Warnings (W903: label boxes at the image edge, handled as
+    Darknet does) stay in `.problems` either way. Missing files and unreadable annotation files
+    always raise."""
     path = Path(path).expanduser()
     fmt = detect_format(path)
     data = READERS[fmt](path)

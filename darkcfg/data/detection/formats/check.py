@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cfgparse import Diagnostic
+from cfgparse.errors import ERROR
 from darkcfg.data.detection.formats import DetectionSet, open_set
 
 SIZE_EDGES = (0, 8, 16, 32, 64, 128, 256, float("inf"))  # box size bins, pixels at net size
@@ -35,8 +36,14 @@ class CheckReport:
         return self.data.problems
 
     @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.problems if d.severity == ERROR]
+
+    @property
     def ok(self) -> bool:
-        return not self.problems and not self.unreadable
+        """No error (warnings, such as W903 edge boxes, train as Darknet does) and every image
+        readable."""
+        return not self.errors and not self.unreadable
 
     def splits(self):
         yield "train", self.data.train
@@ -61,7 +68,8 @@ class CheckReport:
         d = self.data
         w, h = self.net_size
         lines = [f"data: {d.describe()}",
-                 f"labels: {len(self.problems)} problem(s)",
+                 f"labels: {len(self.errors)} error(s), "
+                 f"{len(self.problems) - len(self.errors)} warning(s)",
                  f"images: {self.images_read} read, {len(self.unreadable)} unreadable"]
         lines += [f"  unreadable: {path}: {why}" for path, why in self.unreadable[:10]]
         names = [n for n, _ in self.splits()]

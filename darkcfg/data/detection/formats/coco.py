@@ -212,7 +212,8 @@ def coco_document(images: list[tuple[str, tuple[int, int]]], boxes: list[np.ndar
                   difficult: list[np.ndarray] | None, names: list[str]) -> dict:
     """A COCO annotation dict: images [(file_name, (width, height))], boxes per image
     (n, 5) relative [x, y, w, h, class]; difficult objects become iscrowd=1. Category ids are
-    1..n in class order."""
+    1..n in class order. A box reaching past the image (a Darknet label Darknet clips, W903) is
+    clipped to it: COCO boxes lie inside their image."""
     doc_images, annotations = [], []
     for i, ((name, (width, height)), rows) in enumerate(zip(images, boxes, strict=True), 1):
         doc_images.append({"id": i, "file_name": name, "width": width, "height": height})
@@ -220,7 +221,12 @@ def coco_document(images: list[tuple[str, tuple[int, int]]], boxes: list[np.ndar
         for crowd, group in ((0, rows), (1, hard)):
             for x, y, w, h, c in np.asarray(group, np.float64).tolist():
                 bw, bh = w * width, h * height
-                bbox = [x * width - bw / 2, y * height - bh / 2, bw, bh]
+                x0, y0 = x * width - bw / 2, y * height - bh / 2
+                if x0 < 0 or y0 < 0 or x0 + bw > width or y0 + bh > height:
+                    x1, y1 = min(width, x0 + bw), min(height, y0 + bh)
+                    x0, y0 = max(0.0, x0), max(0.0, y0)
+                    bw, bh = x1 - x0, y1 - y0
+                bbox = [x0, y0, bw, bh]
                 annotations.append({"id": len(annotations) + 1, "image_id": i,
                                     "category_id": int(c) + 1, "bbox": bbox,
                                     "area": bw * bh, "iscrowd": crowd})
