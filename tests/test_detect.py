@@ -719,3 +719,37 @@ def test_decompression_bomb_limit_still_guards_the_fast_jpeg_path(tmp_path, monk
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1961 pixels > 2x the limit
     with pytest.raises(OSError, match="big.jpg"):
         load_image(path)
+
+
+@pytest.mark.parametrize("fmt, orientation", [("JPEG", 6), ("JPEG", 3), ("JPEG", 5),
+                                              ("PNG", 8), ("JPEG", 1)])
+def test_exif_orientation_is_applied_like_cv_imread(tmp_path, fmt, orientation):
+    """Darknet reads images with cv::imread, which turns them by their EXIF orientation: the
+    pixels --detect, training and the set readers see are the upright ones, on every path
+    (the JPEG fast path, Pillow, the training reader, the header-only size)."""
+    from PIL import Image, ImageOps
+
+    from darkcfg.data.base import read_image
+    from darkcfg.data.detection.formats.base import image_size
+    from darkcfg.detect.decode import load_image
+
+    rng = np.random.default_rng(orientation)
+    arr = np.kron(rng.integers(0, 256, (6, 10, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+    path = tmp_path / f"x.{fmt.lower()}"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(arr).save(path, fmt, exif=exif.tobytes(), **({"quality": 95}
+                                                                  if fmt == "JPEG" else {}))
+    with Image.open(path) as im:
+        want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.int16)
+    assert want.shape[:2] == ((80, 48) if orientation in (5, 6, 7, 8) else (48, 80))
+    got = read_image(str(path), 3).permute(1, 2, 0).numpy().astype(np.int16)
+    np.testing.assert_array_equal(got, want)
+    shown = (load_image(path, 3) * 255).round().permute(1, 2, 0).numpy().astype(np.int16)
+    assert shown.shape == want.shape
+    assert np.abs(shown - want).max() <= 1  # libjpeg-turbo vs Pillow's decoder, after the turn
+    assert image_size(str(path)) == (want.shape[1], want.shape[0])
+    if orientation != 1:  # really turned, not the stored pixels
+        with Image.open(path) as im:
+            stored = np.asarray(im.convert("RGB"), dtype=np.int16)
+        assert stored.shape != want.shape or np.abs(stored - want).mean() > 20

@@ -104,13 +104,34 @@ def loader_worker_init(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 upright; 2-8 mirrored and/or rotated
+
+
+def upright(im):
+    """A PIL image turned as its EXIF orientation says, as Darknet sees it: its loader
+    (src/image_opencv.cpp `load_image_mat_cv`) reads with cv::imread, which applies the tag (a
+    phone photo shot upright is stored sideways with the tag). Without a tag: the image itself."""
+    from PIL import ImageOps
+
+    if im.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+        return im
+    return ImageOps.exif_transpose(im)
+
+
+def upright_size(im) -> tuple[int, int]:
+    """(width, height) of a PIL image as `upright` turns it, from the header only."""
+    turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # 90 or 270 degrees
+    return (im.height, im.width) if turned else im.size
+
+
 def read_image(path: str, channels: int) -> torch.Tensor:
-    """An image file as uint8 CHW; an unreadable file is a DataError naming it."""
+    """An image file as uint8 CHW (turned upright by its EXIF orientation, as Darknet reads it);
+    an unreadable file is a DataError naming it."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return image_tensor(im, channels)
+            return image_tensor(upright(im), channels)
     except image_errors() as exc:
         if isinstance(exc, Image.DecompressionBombError):
             raise DataError(f"cannot read image '{path}': it has more pixels than darkcfg "

@@ -310,11 +310,11 @@ def decoded(image, channels: int = 3):
         return fast
     from PIL import Image
 
-    from darkcfg.data.base import eight_bit, image_errors
+    from darkcfg.data.base import eight_bit, image_errors, upright
 
     try:
         with Image.open(image) as im:
-            out = eight_bit(im).convert("L" if channels == 1 else "RGB")
+            out = eight_bit(upright(im)).convert("L" if channels == 1 else "RGB")
             out.load()
             return out
     except image_errors() as exc:
@@ -338,7 +338,9 @@ def _jpeg_bytes(path, channels: int) -> torch.Tensor | None:
             data = im.fp.read()
         from torchvision.io import decode_jpeg
 
-        out = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        # the EXIF orientation applied, as cv::imread does in Darknet's load_image
+        out = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                          apply_exif_orientation=True)
     except Exception:  # noqa: BLE001 - Pillow reads it again and names the problem
         return None
     return out if out.dim() == 3 and out.shape[0] == channels else None

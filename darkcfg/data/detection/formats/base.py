@@ -93,11 +93,14 @@ def box_rows(rows: Sequence[Sequence[float]]) -> np.ndarray:
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """(width, height) of an image file (its header only)."""
+    """(width, height) of an image file as darkcfg reads it (turned by its EXIF orientation,
+    `darkcfg.data.base.upright`), from its header only."""
     from PIL import Image
+
+    from darkcfg.data.base import upright_size
 
     try:
         with Image.open(path) as im:
-            return im.size
+            return upright_size(im)
     except OSError as exc:
         raise CfgError(Diagnostic("E901", f"cannot read image '{path}': {exc}", path)) from None
