@@ -2,6 +2,7 @@
 NMS; drawing off) against the forward pass alone, yolov4-tiny at 416x416 on the CPU, batch 1.
 
     python bench/detect.py [--repeat 15] [--threads N] [--cfg CFG] [--weights W]
+                           [--image noise|photo]
 
 Weights: the oracle's calibrated yolov4-tiny weights when ../shared is there (else the initial
 weights of seed 0). Two regimes, both printed:
@@ -110,6 +111,23 @@ def run(net, image: Path, repeat: int, label: str) -> dict:
 STREAM = 8  # images per `detect` call in the stream row
 
 
+def write_picture(path: Path, kind: str) -> None:
+    """The bench's 640x480 JPEG. "noise": uniform noise, 185 kB, the decoder's worst case (every
+    coefficient coded); "photo": a smooth random scene with a little sensor noise, sized like a
+    VGA photo at quality 90, so the JPEG decode costs what a camera frame's does."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    if kind == "noise":
+        pixels = rng.uniform(0, 1, (480, 640, 3)) * 255
+    else:
+        coarse = torch.from_numpy(rng.uniform(0, 255, (1, 3, 15, 20)).astype(np.float32))
+        field = torch.nn.functional.interpolate(coarse, size=(480, 640), mode="bicubic",
+                                                align_corners=False)[0].permute(1, 2, 0)
+        pixels = field.numpy() + rng.normal(0, 4, (480, 640, 3))
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=15)
@@ -117,6 +135,9 @@ def main() -> None:
     ap.add_argument("--cfg", default=str(CFG))
     ap.add_argument("--weights", default=None)
     ap.add_argument("--size", type=int, default=416)
+    ap.add_argument("--image", choices=("noise", "photo"), default="noise",
+                    help="the JPEG read: uniform noise (the decoder's worst case, the default) "
+                    "or a photo-like scene (a camera frame's decode cost)")
     ap.add_argument("--boxes", type=int, default=40,
                     help="typical regime: at most this many boxes pass .25 before NMS (40)")
     args = ap.parse_args()
@@ -139,11 +160,9 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, weights: {weights or 'initial (seed 0)'}, "
           f"{args.repeat} repeats (medians)")
     with tempfile.TemporaryDirectory() as tmp:
-        from PIL import Image
-
         image = Path(tmp) / "photo.jpg"  # a 640x480 JPEG, decoded and resized each time
-        rng = np.random.default_rng(0)
-        Image.fromarray((rng.uniform(0, 1, (480, 640, 3)) * 255).astype(np.uint8)).save(image)
+        write_picture(image, args.image)
+        print(f"image: {args.image}, 640x480 JPEG of {image.stat().st_size / 1e3:.0f} kB")
         dense = run(net, image, args.repeat, "dense")
         shift = calibrate(net, image, args.boxes)
         print(f"typical: objectness biases lowered by {shift:g}")

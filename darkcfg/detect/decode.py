@@ -237,26 +237,30 @@ def _suppressed_diou(boxes, probs, active, thresh, beta):
     """diounms_sort: the same per-class greedy loop with a DIoU test (Darknet's, not in
     torchvision). The similarity matrix is computed once over the boxes any class uses (when it
     fits) and each class walks its rows in its own order."""
-    out = torch.zeros_like(probs, dtype=torch.bool)
-    positive = (probs > 0) & active[:, None]
-    used = torch.nonzero(positive.any(1)).flatten()
+    # the per-class walk in numpy: a few small arrays per class, where torch ops would cost
+    # more in dispatch than in work (about half of decode + NMS for a typical image)
+    p = probs.detach().cpu().numpy()
+    positive = (p > 0) & active.cpu().numpy()[:, None]
+    out = np.zeros(p.shape, dtype=bool)
+    used = np.flatnonzero(positive.any(1))
 
-    def similar_of(index):
-        return _diou_above(boxes[index], thresh, beta)
+    def similar_of(index: np.ndarray) -> np.ndarray:
+        return _diou_above(boxes[torch.from_numpy(index).to(boxes.device)], thresh, beta)
 
-    shared = similar_of(used) if used.numel() <= 4096 else None  # 4096² bools = 16 MiB
+    shared = similar_of(used) if used.size <= 4096 else None  # 4096² bools = 16 MiB
     shared_suppresses = shared.any(1) if shared is not None else None
-    local = torch.full((probs.shape[0],), -1, dtype=torch.long, device=probs.device)
-    local[used] = torch.arange(used.numel(), device=probs.device)
-    for k in torch.nonzero(positive.any(0)).flatten().tolist():
-        members = torch.nonzero(positive[:, k]).flatten()
-        order = members[torch.sort(probs[members, k], descending=True, stable=True).indices]
+    local = np.full(p.shape[0], -1, dtype=np.int64)
+    local[used] = np.arange(used.size)
+    for k in np.flatnonzero(positive.any(0)):
+        members = np.flatnonzero(positive[:, k])
+        # descending prob, ties in detection order (a stable sort of the negated probs)
+        order = members[np.argsort(-p[members, k], kind="stable")]
         if shared is not None:
-            survivors = _greedy(shared, local[order].cpu().numpy(), shared_suppresses)
+            survivors = _greedy(shared, local[order], shared_suppresses)
         else:
-            survivors = _greedy(similar_of(order), np.arange(order.numel()))
-        out[order[~torch.from_numpy(survivors).to(order.device)], k] = True
-    return out
+            survivors = _greedy(similar_of(order), np.arange(order.size))
+        out[order[~survivors], k] = True
+    return torch.from_numpy(out).to(probs.device)
 
 
 def nms(dets, thresh: float = 0.45, kind: str | None = None, beta: float | None = None):
