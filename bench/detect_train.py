@@ -3,6 +3,7 @@
     python bench/detect_train.py [--cfg CFG ...] [--size 160] [--budget-min 20] [--threads 2]
                                  [--batch 16] [--lr 0.002] [--set KEY=VALUE ...] [--out DIR]
                                  [--data X.data] [--random 0] [--iterations N] [--burn-in N]
+                                 [--subdivisions 1] [--darknet-build opencv|native] [--amp]
 
 `--data X.data` trains on a Darknet-format set (`bench/darknet_set.py` writes the embedded set
 as one) instead of the embedded set; `--random 0` sets every [yolo]'s `random` (0: fixed size).
@@ -22,9 +23,9 @@ Validation time is not part of the budget. Prints one row per cfg and a JSON lin
 folders (metrics.csv, chart.png with the mAP curve, weights) stay under --out.
 
 Overrides the bench applies to the cfg (the rest of [net] and every [yolo] key stay):
-width/height = SIZE, batch = --batch with subdivisions=1, learning_rate = --lr (0.001),
-burn_in = 10% of the run (the cfgs' 1000 is meant for 500k-iteration GPU runs), steps/scales,
-max_batches.
+width/height = SIZE, batch = --batch with subdivisions = --subdivisions (1), learning_rate =
+--lr (0.001), burn_in = 10% of the run (the cfgs' 1000 is meant for 500k-iteration GPU runs),
+steps/scales, max_batches.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def read_rows(out: Path) -> list[dict]:
 def run_one(cfg: str, args) -> dict:
     name = Path(cfg).stem
     base = [f"width={args.size}", f"height={args.size}", f"batch={args.batch}",
-            "subdivisions=1", f"learning_rate={args.lr}", *args.set]
+            f"subdivisions={args.subdivisions}", f"learning_rate={args.lr}", *args.set]
     if args.random is not None:
         base.append(f"yolo.random={args.random:g}")
     if args.iterations:
@@ -124,6 +125,7 @@ def run_one(cfg: str, args) -> dict:
                       data=args.data,
                       sets=tuple(sets), progress=not args.no_progress, explicit_out=True,
                       workers=args.workers, amp=True if args.amp else None,
+                      darknet_build=args.darknet_build,
                       schedule=Schedule(valid_every=max(-(-iterations // 4), 1),
                                         checkpoint_every=max(iterations // 4, 1)))
     started = time.perf_counter()
@@ -160,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=0,
                    help="a fixed max_batches instead of the time budget")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--subdivisions", type=int, default=1,
+                   help="[net] subdivisions (1: one forward of `--batch` images an update)")
+    p.add_argument("--darknet-build", choices=("opencv", "native"), default="opencv",
+                   help="augment as Darknet built with OpenCV (default) or without it")
     p.add_argument("--data", default=None, metavar="X.data",
                    help="a Darknet .data file (default: the embedded set)")
     p.add_argument("--random", type=float, default=None,

@@ -612,3 +612,134 @@ def test_multiscale_can_be_switched_off(tmp_path):
     off = detection_datasets(net, None, 0, train_size=8, val_size=2, multiscale=False)
     assert on.train.size_at(0) == (128, 128) and off.train.size_at(0) == (64, 64)
     assert {off.train.size_at(i) for i in range(0, 300, 10)} == {(64, 64)}
+
+
+# -- Darknet built without OpenCV (--darknet-build native) ---------------------------------------
+def _darknet_rgb_to_hsv_to_rgb(r, g, b, dhue, dsat, dexp):
+    """One pixel through src/image.c rgb_to_hsv, scale S and V, shift and wrap H, hsv_to_rgb,
+    constrain (a scalar transcription in float32, for the vectorised distort_image)."""
+    f32 = np.float32
+    r, g, b = f32(r), f32(g), f32(b)
+    mx, mn = max(r, g, b), min(r, g, b)
+    delta = f32(mx - mn)
+    v = mx
+    if mx == 0:
+        s = h = f32(0)
+    else:
+        s = f32(delta / mx)
+        if delta == 0:
+            h = f32(0)  # Darknet gets 0/0 here; unused, since s == 0
+        elif r == mx:
+            h = f32((g - b) / delta)
+        elif g == mx:
+            h = f32(2 + f32((b - r) / delta))
+        else:
+            h = f32(4 + f32((r - g) / delta))
+        if h < 0:
+            h = f32(h + 6)
+        h = f32(h / 6)
+    s, v = f32(s * f32(dsat)), f32(v * f32(dexp))
+    h = f32(h + f32(dhue))
+    if h > 1:
+        h = f32(h - 1)
+    if h < 0:
+        h = f32(h + 1)
+    if s == 0:
+        rgb = (v, v, v)
+    else:
+        h6 = f32(6 * h)
+        index = int(np.floor(h6))
+        f = f32(h6 - index)
+        p, q, t = f32(v * (1 - s)), f32(v * f32(1 - f32(s * f))), \
+            f32(v * f32(1 - f32(s * f32(1 - f))))
+        rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v)][index] if index < 5 \
+            else (v, p, q)
+    return [min(max(c, 0.0), 1.0) for c in rgb]
+
+
+def test_native_build_colour_jitter_is_darknets_distort_image():
+    from darkcfg.data.detection.augment import distort_image
+
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 1, (3, 9, 11)).astype(np.float32)
+    x[:, 0, :3] = [[0.5, 0, 1]] * 3  # greys (s = 0) and black
+    x[:, 1, 0], x[:, 1, 1] = [1, 0, 0.01], [0.02, 0.9, 0.9]  # near the hue wrap
+    for dhue, dsat, dexp in ((0.1, 1.5, 0.7), (-0.1, 0.67, 1.5), (0.0, 1.0, 1.2), (-0.04, 1, 1)):
+        got = distort_image(torch.from_numpy(x.copy()), dhue, dsat, dexp).numpy()
+        want = np.array([[_darknet_rgb_to_hsv_to_rgb(*x[:, i, j], dhue, dsat, dexp)
+                          for j in range(11)] for i in range(9)]).transpose(2, 0, 1)
+        np.testing.assert_allclose(got, want, atol=2e-6)
+    red = torch.tensor([0.9, 0.1, 0.12]).view(3, 1, 1)  # hue just below 1: wraps, not clips
+    shifted = distort_image(red, 0.05, 1, 1)
+    assert shifted[2, 0, 0] < 0.2 and shifted[1, 0, 0] > 0.2  # towards orange, not magenta
+
+
+def _darknet_resize(im: np.ndarray, w: int, h: int) -> np.ndarray:
+    """src/image.c resize_image: two passes, corners aligned (a plain transcription)."""
+    c, ih, iw = im.shape
+    part = np.zeros((c, ih, w), np.float32)
+    ws = np.float32(iw - 1) / np.float32(w - 1)
+    hs = np.float32(ih - 1) / np.float32(h - 1)
+    for k in range(c):
+        for r in range(ih):
+            for col in range(w):
+                if col == w - 1 or iw == 1:
+                    part[k, r, col] = im[k, r, iw - 1]
+                else:
+                    sx = np.float32(col * ws)
+                    ix = int(sx)
+                    dx = np.float32(sx - ix)
+                    part[k, r, col] = (1 - dx) * im[k, r, ix] + dx * im[k, r, ix + 1]
+    out = np.zeros((c, h, w), np.float32)
+    for k in range(c):
+        for r in range(h):
+            sy = np.float32(r * hs)
+            iy = int(sy)
+            dy = np.float32(sy - iy)
+            out[k, r] = (1 - dy) * part[k, iy]
+            if r != h - 1 and ih != 1:
+                out[k, r] += dy * part[k, iy + 1]
+    return out
+
+
+def test_native_build_pixels_are_crop_image_then_resize_image():
+    """Outside the source, crop_image repeats the nearest edge pixel (the OpenCV build fills
+    the mean colour); then resize_image with corners aligned; then the flip."""
+    from darkcfg.data.detection.augment import place_native
+
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.integers(0, 256, (3, 12, 16), dtype=np.uint8))
+    src = image.numpy().astype(np.float32) / 255
+    for pleft, pright, ptop, pbot, flip in ((-3, 2, -2, -4, False), (4, -5, 1, 0, True)):
+        got = place_native(image, pleft, pright, ptop, pbot, 20, 14, flip).numpy()
+        rows = np.clip(np.arange(12 - ptop - pbot) + ptop, 0, 11)
+        cols = np.clip(np.arange(16 - pleft - pright) + pleft, 0, 15)
+        want = _darknet_resize(src[:, rows][:, :, cols], 20, 14)
+        want = want[:, :, ::-1] if flip else want
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        if pleft < 0:  # the padded columns repeat column 0 (before resizing)
+            cropped = src[:, rows][:, :, cols]
+            assert np.array_equal(cropped[:, :, 0], cropped[:, :, -pleft])
+
+
+def test_native_build_moves_boxes_as_the_opencv_build_and_refuses_mosaic():
+    image = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (3, 40, 56),
+                                                                dtype=np.uint8))
+    boxes = np.array([[0.3, 0.4, 0.2, 0.3, 0], [0.7, 0.6, 0.3, 0.2, 1], [0.05, 0.5, 0.1, 0.9, 1]],
+                     np.float32)
+    s = DetectionSettings(64, 48, classes=2, jitter=0.3, flip=True, hue=0.1, saturation=1.5,
+                          exposure=1.5)
+    native = s.for_build("native")
+    same_pixels = 0
+    for seed in range(20):
+        a = augment(image, boxes, 64, 48, s, np.random.default_rng(seed))
+        b = augment(image, boxes, 64, 48, native, np.random.default_rng(seed))
+        assert (a.pleft, a.pright, a.ptop, a.pbot, a.flip) == (b.pleft, b.pright, b.ptop, b.pbot,
+                                                               b.flip)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=2e-6)
+        assert b.image.dtype == torch.uint8 and b.image.shape == (3, 48, 64)
+        same_pixels += torch.equal(a.image, b.image)
+    assert same_pixels == 0  # another pad, resize and colour jitter
+    assert "as Darknet built without OpenCV" in native.honoured()
+    with pytest.raises(CfgError, match="mosaic needs OpenCV"):
+        DetectionSettings(64, 48, mix=MOSAIC).for_build("native")

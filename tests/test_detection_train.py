@@ -312,3 +312,24 @@ def test_darknet_init_draws_the_forks_kernels(flavor):
         assert abs(float(w.std()) / scale - 1) < 0.03
     biases = [p for n, p in net.layers[1].named_parameters() if n.endswith("bias")]
     assert biases and all(float(b.abs().sum()) == 0 for b in biases)
+
+
+def test_darknet_build_native_trains_and_is_recorded(cfg, tmp_path, capsys):
+    """--darknet-build native: the augmentation of Darknet built without OpenCV, in both forms
+    of the command line; settings.yaml records it; mosaic with it is a located error."""
+    from darkcfg.cli import main
+
+    out = tmp_path / "native"
+    assert main(["train", str(cfg), "--darknet-build", "native", "--out", str(out),
+                 "--no-progress", "--workers", "0", "--valid-every", "0", "--set",
+                 "max_batches=2"]) == 0
+    err = capsys.readouterr().err
+    assert "as Darknet built without OpenCV" in err
+    assert "darknet_build: native" in (out / "settings.yaml").read_text()
+    assert [int(r["iteration"]) for r in rows(out)] == [1, 2]
+    out2 = tmp_path / "mosaic"
+    assert runner.main([str(cfg), "--train", "--darknet-build", "native", "--out", str(out2),
+                        "--no-progress", "--workers", "0", "--set", "mosaic=1", "--set",
+                        "max_batches=2"]) == 2
+    err = capsys.readouterr().err
+    assert "error[E305]" in err and "mosaic needs OpenCV" in err and "Traceback" not in err

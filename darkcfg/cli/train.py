@@ -51,6 +51,10 @@ def add_schedule_arguments(p) -> None:
                    help="checkpoint + <cfg>_last.weights every N iterations (100)")
     p.add_argument("--valid-every", type=int, default=None, metavar="N",
                    help="validate every N iterations (default: 4 times per run; 0: never)")
+    p.add_argument("--darknet-build", choices=("opencv", "native"), default="opencv",
+                   help="detectors: augment as Darknet built with OpenCV does (default, the "
+                   "usual build) or as one built without it (OPENCV=0: edge-repeating pad, "
+                   "align-corners resize, float HSV; no blur, noise or mosaic)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--batch-per-process", action="store_true",
                    help="under torchrun, [net] batch is per process (default: global)")
@@ -91,7 +95,8 @@ def run_options(model: ModelSpec, args, schedule: bool = False):
         batch_per_process=arg("batch_per_process", False),
         progress=not arg("no_progress", False), explicit_out=out is not None,
         max_memory=arg("max_memory"), force=arg("force", False),
-        map_points=arg("map_points", 0), partial=model.partial)
+        map_points=arg("map_points", 0), partial=model.partial,
+        darknet_build=arg("darknet_build", "opencv"))
     if schedule:
         valid_every = arg("valid_every")
         opts.schedule = Schedule(checkpoint_every=args.checkpoint_every,

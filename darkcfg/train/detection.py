@@ -84,6 +84,7 @@ class DetectionTask(Task):
             raise CfgError(Diagnostic("E100", f"--map-points {points}: use 0 (all-point), 11 or "
                                       "101", "<command line>", hint="see --help"))
         self.map_points = points
+        self.settings = self.settings.for_build(getattr(opts, "darknet_build", "opencv"))
         if self.coco and not coco_available():  # said once, at start-up, not at a validation
             self.coco = False
             print("warning: pycocotools is not installed: validation reports Darknet's mAP@0.5, "

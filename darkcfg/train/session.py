@@ -71,6 +71,7 @@ class RunOptions:
     progress: bool = True
     explicit_out: bool = False
     map_points: int = 0  # detectors' mAP: 0 all-point, 11 or 101 (--map-points)
+    darknet_build: str = "opencv"  # detectors: whose augmentation (--darknet-build)
     max_memory: int | None = None  # bytes; None: the device's memory
     force: bool = False  # train even when the estimate is over max_memory
     partial: bool = False  # --weights may fill fewer than half the tensors (transfer learning)
@@ -183,7 +184,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                 "images_per_iteration": trainer.global_batch,
                 "per_process_batch": trainer.batch, "subdivisions": trainer.subdivisions,
                 "frozen_layers": trainer.frozen, "amp": str(trainer.amp_dtype),
-                "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor}
+                "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor,
+                "darknet_build": opts.darknet_build}
     if dist.main:
         ensure_folder(out, "--out" if opts.explicit_out else "backup=")
         stale = remove_stale_temps(out, [CHECKPOINT, "metrics.csv", "settings.yaml", "chart.png",

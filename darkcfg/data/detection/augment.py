@@ -15,6 +15,13 @@ do not apply to detectors (Darknet ignores them too).
 One deliberate difference: Darknet applies mixup/mosaic with p = 1/2 per loader chunk (a
 sixth of a batch); here each training sample draws its own coin, which gives every image the
 same probability without tying neighbours together.
+
+Darknet built without OpenCV (`OPENCV=0`, the Makefile's default) augments another way (src/data.c
+`load_data_detection`, the `#else` branch): the crop pads by repeating the edge pixels
+(src/image.c `crop_image`), resizes with its own align-corners bilinear (`resize_image`), and
+jitters colour in float HSV with the hue wrapping around (`distort_image`); no blur, no noise,
+no mosaic. `DetectionSettings.build = "native"` (`darkcfg train --darknet-build native`)
+reproduces that build, the default "opencv" the usual one.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from darkcfg.config import NetConfig
 from darkcfg.data.draws import rand_scale
 
 NO_MIX, MIXUP, CUTMIX, MOSAIC = 0, 1, 2, 3
+BUILDS = ("opencv", "native")  # which Darknet build's augmentation (see the module doc)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class DetectionSettings:
     resize_step: int = 32
     max_batches: int = 0
     notes: tuple[str, ...] = ()  # formatted warnings about these settings, for the run to print
+    build: str = "opencv"  # one of BUILDS: the Darknet build whose augmentation is reproduced
 
     @classmethod
     def from_network(cls, net) -> DetectionSettings:
@@ -106,17 +115,39 @@ class DetectionSettings:
     def honoured(self) -> list[str]:
         """The augmentation keys with an effect in this cfg (for the run's banner)."""
         on = []
+        native = self.build == "native"  # that build has no blur and no noise
         for key, value, off in (("jitter", self.jitter, 0), ("resize", self.resize, 1),
                                 ("random", self.random, 0), ("letter_box", self.letter_box, 0),
                                 ("flip", self.flip, 0), ("hue", self.hue, 0),
                                 ("saturation", self.saturation, 1),
-                                ("exposure", self.exposure, 1), ("blur", self.blur, 0),
-                                ("gaussian_noise", self.gaussian_noise, 0)):
+                                ("exposure", self.exposure, 1),
+                                ("blur", 0 if native else self.blur, 0),
+                                ("gaussian_noise", 0 if native else self.gaussian_noise, 0)):
             if value != off:
                 on.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={int(value)}")
         on += {MIXUP: ["mixup"], MOSAIC: [f"mosaic (bound={int(self.mosaic_bound)})"]}.get(
             self.mix, [])
+        if native:
+            on.append("as Darknet built without OpenCV")
         return on
+
+    def for_build(self, build: str) -> DetectionSettings:
+        """These settings with the augmentation of Darknet `build` (one of BUILDS). Raises
+        CfgError where that build cannot run the cfg (mosaic needs OpenCV in Darknet)."""
+        from dataclasses import replace
+
+        from cfgparse import CfgError, Diagnostic
+
+        if build not in BUILDS:
+            raise CfgError(Diagnostic("E100", f"--darknet-build {build}: not one of "
+                                      f"{', '.join(BUILDS)}", "<command line>",
+                                      hint="opencv (the usual build) or native (OPENCV=0)"))
+        if build == "native" and self.mix == MOSAIC:
+            raise CfgError(Diagnostic("E305", "mosaic=1 with --darknet-build native: Darknet "
+                                      "built without OpenCV stops here (mosaic needs OpenCV)",
+                                      "<command line>", hint="drop --darknet-build native or "
+                                      "set mosaic=0 in [net]"))
+        return replace(self, build=build)
 
 
 # -- one image: geometry + photometric ------------------------------------------------------------
@@ -316,11 +347,80 @@ def add_noise(image: torch.Tensor, std: int, rng: np.random.Generator) -> torch.
     return out.clamp(0, 255).to(torch.uint8)
 
 
+def moved_boxes(boxes: np.ndarray, ow: int, oh: int, pleft: int, pright: int, ptop: int,
+                pbot: int, flip: bool) -> np.ndarray:
+    """src/data.c correct_boxes in float32 for the crop (pleft, ptop, swidth, sheight): boxes
+    (n, 5) relative to the source -> relative to the crop, flipped if `flip`, each edge clamped
+    to [0, 1] (not yet filtered). `place` moves boxes the same way through torchvision."""
+    swidth, sheight = np.float32(ow - pleft - pright), np.float32(oh - ptop - pbot)
+    b = boxes.astype(np.float32)
+    left = ((b[:, 0] - b[:, 2] / 2) * ow - pleft) / swidth
+    right = ((b[:, 0] + b[:, 2] / 2) * ow - pleft) / swidth
+    top = ((b[:, 1] - b[:, 3] / 2) * oh - ptop) / sheight
+    bottom = ((b[:, 1] + b[:, 3] / 2) * oh - ptop) / sheight
+    if flip:
+        left, right = 1 - right, 1 - left
+    left, right, top, bottom = (np.clip(v, 0, 1) for v in (left, right, top, bottom))
+    out = np.empty((len(b), 5), np.float32)
+    out[:, 0], out[:, 1] = (left + right) / 2, (top + bottom) / 2
+    out[:, 2], out[:, 3], out[:, 4] = right - left, bottom - top, b[:, 4]
+    return out
+
+
+def place_native(image: torch.Tensor, pleft: int, pright: int, ptop: int, pbot: int,
+                 netw: int, neth: int, flip: bool) -> torch.Tensor:
+    """The non-OpenCV build's pixels: src/image.c crop_image (outside the source, the nearest
+    edge pixel), resize_image (bilinear, corners aligned, in float), flip_image. Float (C, h, w)
+    in [0, 1]."""
+    from builders.boxes import resize_image
+
+    c, oh, ow = image.shape
+    rows = (torch.arange(oh - ptop - pbot) + ptop).clamp_(0, oh - 1)
+    cols = (torch.arange(ow - pleft - pright) + pleft).clamp_(0, ow - 1)
+    x = image.to(torch.float32).div_(255)[:, rows][:, :, cols]
+    x = resize_image(x, netw, neth)
+    return x.flip(-1) if flip else x
+
+
+def distort_image(x: torch.Tensor, dhue: float, dsat: float, dexp: float) -> torch.Tensor:
+    """src/image.c distort_image on float RGB (3, h, w) in [0, 1]: rgb_to_hsv (H in [0, 1)),
+    S *= dsat, V *= dexp, H += dhue wrapped into [0, 1), hsv_to_rgb, then clamped to [0, 1]
+    (constrain_image). One channel: V *= dexp only."""
+    if x.shape[0] < 3:
+        return (x * np.float32(dexp)).clamp_(0, 1)
+    r, g, b = x[0], x[1], x[2]
+    v = torch.maximum(torch.maximum(r, g), b)
+    delta = v - torch.minimum(torch.minimum(r, g), b)
+    s = torch.where(v > 0, delta / torch.where(v > 0, v, 1), 0)
+    d = torch.where(delta > 0, delta, 1)  # grey: h is not used (s == 0 below)
+    h = torch.where(r == v, (g - b) / d, torch.where(g == v, 2 + (b - r) / d, 4 + (r - g) / d))
+    h = torch.where(h < 0, h + 6, h) / 6
+    s = s * np.float32(dsat)
+    v = v * np.float32(dexp)
+    h = h + np.float32(dhue)
+    h = torch.where(h > 1, h - 1, torch.where(h < 0, h + 1, h))
+    h6 = h * 6
+    index = torch.floor(h6)
+    f = h6 - index
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    # hsv_to_rgb's six sectors (index >= 5: the last one, as its else branch)
+    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v)]
+    out = [v.clone(), p.clone(), q.clone()]
+    for k, rgb in enumerate(table):
+        at = index == k
+        for ch in range(3):
+            out[ch] = torch.where(at, rgb[ch], out[ch])
+    grey = s == 0
+    out = torch.stack([torch.where(grey, v, o) for o in out])
+    return out.clamp_(0, 1)
+
+
 def augment(image: torch.Tensor, boxes: np.ndarray, netw: int, neth: int, s: DetectionSettings,
             rng: np.random.Generator, corner: int | None = None) -> Placed:
     """One image through load_data_detection's per-image path: random crop/pad (jitter, resize,
     letter_box), resize to the network size, flip, boxes shuffled, transformed, truncated to
-    `max` and filtered, then HSV, blur and Gaussian noise."""
+    `max` and filtered, then HSV, blur and Gaussian noise (OpenCV build; `s.build == "native"`:
+    that build's crop, resize and float HSV, no blur or noise)."""
     c, oh, ow = image.shape
     use_corner = corner is not None and rng.random() < 0.5
     flip = bool(s.flip) and rng.random() < 0.5
@@ -330,9 +430,18 @@ def augment(image: torch.Tensor, boxes: np.ndarray, netw: int, neth: int, s: Det
     dsat = rand_scale(s.saturation, rng) if s.saturation != 1 else 1.0
     dexp = rand_scale(s.exposure, rng) if s.exposure != 1 else 1.0
     blur = 0
-    if s.blur:
+    if s.blur and s.build == "opencv":
         blur = (0, 1, s.blur)[int(rng.integers(0, 3))]
     boxes = boxes[rng.permutation(len(boxes))] if len(boxes) > 1 else boxes  # randomize_boxes
+    if s.build == "native":
+        x = place_native(image, pleft, pright, ptop, pbot, netw, neth, flip)
+        if dsat != 1 or dexp != 1 or dhue != 0:
+            x = distort_image(x, dhue, dsat, dexp)
+        # the batch is uint8 until collation: Darknet's float pixels rounded to 1/255 here
+        img = x.mul_(255).round_().to(torch.uint8)
+        kept = keep_boxes(moved_boxes(boxes, ow, oh, pleft, pright, ptop, pbot, flip), netw,
+                          neth, s.max_boxes, s.classes)
+        return Placed(img, kept, pleft, pright, ptop, pbot, flip, (ow, oh))
     img, moved = place(image, boxes, pleft, pright, ptop, pbot, netw, neth, flip)
     kept = keep_boxes(moved, netw, neth, s.max_boxes, s.classes)
     if blur > 1:  # a blur wider than an eighth of the smallest box would erase it
@@ -438,6 +547,10 @@ def training_sample(load: Loader, count: int, netw: int, neth: int, s: Detection
         cut_y = int(rng.integers(int(0.2 * neth), int(0.8 * neth) + 1))
         return mosaic([one(q) for q in range(4)], cut_x, cut_y, s, netw, neth)
     if mix == MIXUP:
-        return mixup(one(), one(), s.max_boxes)
+        first, second = one(), one()
+        if s.build == "native":  # that build's blend puts the new image's boxes first
+            image, _ = mixup(first, second, s.max_boxes)
+            return image, np.concatenate([second.boxes, first.boxes])[:s.max_boxes]
+        return mixup(first, second, s.max_boxes)
     part = one()
     return part.image, part.boxes
