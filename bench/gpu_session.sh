@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Issue 22's GPU checks as one prepared command for a lent device (one H200, 15 minutes of
+# device time a session, 10 minutes a command; the device image has Python 3.12 with torch,
+# torchvision, onnx, onnxruntime, OpenCV, pytest and xdist, but not lark).
+#
+# Here, before the call (lark is pure Python; the device cannot reach a registry):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl 'lark>=1.1'
+# Then, with the device tool:
+#   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=590)
+# Each step has its own time limit (together under 9.5 minutes) and writes its log under $OUT,
+# so what finished comes back even when a later step runs out of time.
+set -u
+OUT=${OUT:-/tmp/darkcfg-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+step() {  # step NAME SECONDS COMMAND...: run, log to $OUT/NAME.txt, say how it ended
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s): $*"
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+    local rc=$?
+    tail -n 40 "$OUT/$name.txt"
+    echo "== $name: exit $rc after $((SECONDS - start))s"
+}
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+python3 -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, \
+torch.cuda.get_device_name(0))"
+# rows print as each mode finishes: a step cut by its limit still reports what it measured
+# VGG-16 training against a tuned torchvision loop, MFU (never run on a GPU: first)
+step vgg 240 python3 bench/gpu.py --steps 10 --warmup 3 --jpegs 512
+# yolov4-tiny 416: training img/s (AMP, channels-last, compile) and inference FPS at batch 1, 8
+step detect 170 python3 bench/gpu_detect.py --steps 10 --warmup 3
+# the test suite with CUDA present (the runner's default device is CUDA there)
+step tests 160 python3 -m pytest -q -x -n 8 -m "not slow" -p no:cacheprovider tests
