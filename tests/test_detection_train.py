@@ -327,6 +327,16 @@ def test_darknet_build_native_trains_and_is_recorded(cfg, tmp_path, capsys):
     assert "as Darknet built without OpenCV" in err
     assert "darknet_build: native" in (out / "settings.yaml").read_text()
     assert [int(r["iteration"]) for r in rows(out)] == [1, 2]
+    # resumed with other options: it continues, and says which setting changed
+    assert main(["train", str(cfg), "--resume", "--out", str(out), "--no-progress",
+                 "--workers", "0", "--valid-every", "0", "--set", "max_batches=3"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: resuming with other settings than the run had: darknet_build: opencv " \
+        "(was native)" in err
+    assert main(["train", str(cfg), "--resume", "--darknet-build", "opencv", "--out", str(out),
+                 "--no-progress", "--workers", "0", "--valid-every", "0", "--set",
+                 "max_batches=4"]) == 0
+    assert "other settings" not in capsys.readouterr().err  # extending max_batches is no change
     out2 = tmp_path / "mosaic"
     assert runner.main([str(cfg), "--train", "--darknet-build", "native", "--out", str(out2),
                         "--no-progress", "--workers", "0", "--set", "mosaic=1", "--set",

@@ -28,6 +28,25 @@ def write_settings(path: Path, settings: dict) -> None:
     atomic_write(path, yaml.safe_dump(settings, sort_keys=False))
 
 
+# what decides a run's samples and steps besides the cfg (whose max_batches and steps a resumed
+# run may extend on purpose): changed on --resume, the run continues as another run would
+RESUME_SETTINGS = ("data", "classes", "seed", "flavor", "amp", "darknet_build",
+                   "images_per_iteration", "subdivisions", "world_size", "frozen_layers")
+
+
+def resume_changes(path: Path, now: dict) -> list[str]:
+    """The settings of `now` that differ from the run's settings.yaml at `path`, as
+    'key: new (was old)' ([] when the file is missing or unreadable: nothing to compare)."""
+    try:
+        before = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    if not isinstance(before, dict):
+        return []
+    return [f"{key}: {now.get(key)} (was {before.get(key)})" for key in RESUME_SETTINGS
+            if key in before and before.get(key) != now.get(key)]
+
+
 class RunLog:
     """metrics.csv (the task's columns), the progress bar, chart.png and every file of a run;
     `<cfg>_best.weights` follows `task.score` of each validation."""

@@ -32,7 +32,7 @@ from darkcfg.model import (
 from darkcfg.train import distributed
 from darkcfg.train.checkpoint import load_checkpoint, set_rng_states
 from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit
-from darkcfg.train.outputs import CHECKPOINT, RunLog, write_settings
+from darkcfg.train.outputs import CHECKPOINT, RunLog, resume_changes, write_settings
 from darkcfg.train.tasks import Task, task_for
 
 
@@ -186,6 +186,12 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                 "frozen_layers": trainer.frozen, "amp": str(trainer.amp_dtype),
                 "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor,
                 "darknet_build": opts.darknet_build}
+    if opts.resume and dist.main:
+        changed = resume_changes(out / "settings.yaml", settings)
+        if changed:
+            say("warning: resuming with other settings than the run had: " + "; ".join(changed)
+                + " (the continuation differs from the run it would have been; pass the "
+                "run's options to continue it exactly)", dist)
     if dist.main:
         ensure_folder(out, "--out" if opts.explicit_out else "backup=")
         stale = remove_stale_temps(out, [CHECKPOINT, "metrics.csv", "settings.yaml", "chart.png",
