@@ -189,6 +189,11 @@ def _load() -> ctypes.CDLL | None:
                                          ctypes.c_float, ctypes.c_float, ctypes.c_float,
                                          ctypes.c_float]
     lib.darkcfg_hsv_shift_u8.restype = None
+    for name in ("darkcfg_maxpool2x2_forward", "darkcfg_maxpool2x2_backward"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                       ctypes.c_int]
+        getattr(lib, name).restype = None
     _state["why"] = f"{target} ({'AVX2' if lib.darkcfg_kernels_vectorized() else 'scalar'})"
     return lib
 
@@ -229,4 +234,29 @@ def hsv_shift_u8(image: torch.Tensor, hue_add: float, dsat: float, dexp: float,
     out = torch.empty_like(image)
     lib.darkcfg_hsv_shift_u8(image.data_ptr(), out.data_ptr(), image.shape[1] * image.shape[2],
                              hue_add, dsat, dexp, hue_to_sector)
+    return out
+
+
+def maxpool2x2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """2x2 stride-2 max-pool of a contiguous NCHW float32 CPU tensor: (values, which window
+    position 0..3 held the maximum, uint8); None (nothing done) without the native kernels."""
+    lib = library()
+    if lib is None:
+        return None
+    n, c, h, w = x.shape
+    y = x.new_empty((n, c, h // 2, w // 2))
+    which = torch.empty(y.shape, dtype=torch.uint8)
+    lib.darkcfg_maxpool2x2_forward(x.data_ptr(), y.data_ptr(), which.data_ptr(), n * c, h, w,
+                                   torch.get_num_threads())
+    return y, which
+
+
+def maxpool2x2_backward(grad: torch.Tensor, which: torch.Tensor, shape: torch.Size
+                        ) -> torch.Tensor:
+    """The input gradient of `maxpool2x2` (the library is loaded: the forward ran)."""
+    grad = grad.contiguous()
+    out = grad.new_empty(shape)
+    n, c, h, w = shape
+    library().darkcfg_maxpool2x2_backward(grad.data_ptr(), which.data_ptr(), out.data_ptr(),
+                                          n * c, h, w, torch.get_num_threads())
     return out

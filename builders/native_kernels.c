@@ -139,7 +139,58 @@ void darkcfg_hsv_shift_u8(const uint8_t *src, uint8_t *dst, int64_t hw, float hu
     }
 }
 
-int darkcfg_kernels_version(void) { return 2; }
+/* [maxpool] size=2 stride=2 over NCHW float32 planes, for training (torch's NCHW
+ * max_pool2d_with_indices runs 5-8x slower than this on the CPU; its channels-last kernel is
+ * fast, but the network trains in NCHW). y (planes, h/2, w/2); which: 0..3, the window position
+ * of the maximum in row-major order, the first of equal ones (src/maxpool_layer.c
+ * forward_maxpool_layer, and torch, keep the first); a NaN wins, as in torch. A trailing odd row
+ * or column is outside every window (torch's floor mode; Darknet's stride-2 shapes). */
+void darkcfg_maxpool2x2_forward(const float *x, float *y, uint8_t *which, int64_t planes,
+                                int64_t h, int64_t w, int threads) {
+    int64_t oh = h / 2, ow = w / 2;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t p = 0; p < planes; p++) {
+        for (int64_t i = 0; i < oh; i++) {
+            const float *r0 = x + (p * h + 2 * i) * w, *r1 = r0 + w;
+            float *yo = y + (p * oh + i) * ow;
+            uint8_t *wo = which + (p * oh + i) * ow;
+            for (int64_t j = 0; j < ow; j++) {
+                float m = r0[2 * j], v;
+                uint8_t k = 0;
+                v = r0[2 * j + 1];
+                if (v > m || v != v) { m = v; k = 1; }
+                v = r1[2 * j];
+                if (v > m || v != v) { m = v; k = 2; }
+                v = r1[2 * j + 1];
+                if (v > m || v != v) { m = v; k = 3; }
+                yo[j] = m;
+                wo[j] = k;
+            }
+        }
+    }
+}
+
+/* Its gradient: gx (planes, h, w) gets each gy at its window's maximum, 0 elsewhere. */
+void darkcfg_maxpool2x2_backward(const float *gy, const uint8_t *which, float *gx,
+                                 int64_t planes, int64_t h, int64_t w, int threads) {
+    int64_t oh = h / 2, ow = w / 2;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t p = 0; p < planes; p++) {
+        float *plane = gx + p * h * w;
+        memset(plane, 0, (size_t)(h * w) * sizeof(float));  /* then one store per window */
+        for (int64_t i = 0; i < oh; i++) {
+            float *r0 = plane + 2 * i * w;
+            const float *g = gy + (p * oh + i) * ow;
+            const uint8_t *wk = which + (p * oh + i) * ow;
+            for (int64_t j = 0; j < ow; j++) {
+                uint8_t k = wk[j];
+                r0[(k >> 1) * w + 2 * j + (k & 1)] = g[j];
+            }
+        }
+    }
+}
+
+int darkcfg_kernels_version(void) { return 3; }
 
 int darkcfg_kernels_vectorized(void) {
 #ifdef DARKCFG_AVX2

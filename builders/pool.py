@@ -14,6 +14,7 @@ from torch import nn
 
 from cfgparse import Block
 
+from . import native
 from .conv import blur, blurred_size, c_div, check_output, describe_window, need_chw
 from .layer import Layer
 from .registry import BuildContext, Shape, register
@@ -42,6 +43,8 @@ class MaxPool(Layer):
         # torch pads with -inf itself when the padding is symmetric and at most half the window
         self.pool = nn.MaxPool2d(size, stride, (top, left) if symmetric else 0)
         self.antialiasing, self.blur_stride = antialiasing, blur_stride
+        # Darknet's common [maxpool] size=2 stride=2: a native kernel in NCHW training
+        self.two_by_two = size == 2 and tuple(stride) == (2, 2) and not any(pads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pads is not None:
@@ -52,8 +55,39 @@ class MaxPool(Layer):
         return y
 
 
+class _NativeMaxPool2x2(torch.autograd.Function):
+    """size=2 stride=2 through builders.native: torch's values and gradients (the first of equal
+    maxima takes the gradient), 3-6x faster on NCHW tensors in training."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y, which = native.maxpool2x2(x)
+        ctx.save_for_backward(which)
+        ctx.shape = x.shape
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (which,) = ctx.saved_tensors
+        return native.maxpool2x2_backward(grad, which, ctx.shape)
+
+
+def native_pool_ok(x: torch.Tensor) -> bool:
+    """A plain NCHW float32 CPU tensor, the native kernels built, and nothing watching that
+    needs torch's own ops (tracer, compiler, exporter, autocast)."""
+    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and x.is_contiguous() and x.numel() > 0
+            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and not torch.onnx.is_in_onnx_export() and native.library() is not None)
+
+
 class PlainMaxPool(MaxPool):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.two_by_two and native_pool_ok(x):
+            if torch.is_grad_enabled() and x.requires_grad:
+                return _NativeMaxPool2x2.apply(x)
+            return native.maxpool2x2(x)[0]
         return self.pool(x)
 
 
