@@ -14,9 +14,10 @@ from torch import nn
 
 from cfgparse import Block
 
+from . import native
 from .activations import CONV_POST_OPS, activation_module, mish_
 from .layer import Layer
-from .norm import batch_norm
+from .norm import DarknetBatchNorm, batch_norm
 from .registry import BuildContext, Shape, register
 
 # Training-only or GPU-only [convolutional] keys: Darknet's CPU inference never reads them.
@@ -244,7 +245,55 @@ class PlainConvBN(Convolutional):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.fast_inference and fast_inference_ok(x):
             return self.inference_forward(x)
-        return self.act(self.bn(self.conv(x)))
+        y = self.conv(x)
+        slope = _FUSED_SLOPES.get(self.activation)
+        if slope is not None and self.training and fused_bn_ok(y, self.bn):
+            return _BatchNormAct.apply(y, self.bn.weight, self.bn.bias, self.bn, slope)
+        return self.act(self.bn(y))
+
+
+# activations the training kernel fuses after batch-norm: the slope below zero
+_FUSED_SLOPES = {"leaky": 0.1, "linear": 1.0}
+
+
+def fused_bn_ok(y: torch.Tensor, bn: nn.Module) -> bool:
+    """Whether training batch-norm + activation may run as builders.native's fused kernel: an
+    AlexeyAB batch-norm with running statistics on a plain NCHW float32 CPU tensor of more than
+    one value per channel, the native kernels built, and no tracer, compiler, exporter or
+    autocast watching."""
+    return (type(bn) is DarknetBatchNorm and bn.track_running_stats and bn.momentum is not None
+            and bn.affine and type(y) is torch.Tensor and y.device.type == "cpu"
+            and y.dtype == torch.float32 and y.dim() == 4 and y.is_contiguous()
+            and y.shape[0] * y.shape[2] * y.shape[3] > 1 and bn.weight.is_contiguous()
+            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and not torch.onnx.is_in_onnx_export() and native.library() is not None)
+
+
+class _BatchNormAct(torch.autograd.Function):
+    """Training batch-norm (torch's numbers: biased variance in the normalisation, the unbiased
+    one into the running variance, `momentum`) then leaky/linear, through builders.native: one
+    op of two passes each way where torch runs two ops of five to six passes together."""
+
+    @staticmethod
+    def forward(ctx, y, weight, bias, bn, slope):
+        out, mean, invstd, var = native.bn_act_forward(y, weight.detach(), bias.detach(),
+                                                       bn.eps, slope)
+        with torch.no_grad():
+            m = bn.momentum
+            bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
+            bn.running_var.mul_(1 - m).add_(var, alpha=m)
+            bn.num_batches_tracked.add_(1)
+        ctx.save_for_backward(y, weight, bias, mean, invstd)
+        ctx.slope = slope
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, weight, bias, mean, invstd = ctx.saved_tensors
+        dy, dw, db = native.bn_act_backward(y, grad, weight.detach(), bias.detach(), mean,
+                                            invstd, ctx.slope)
+        return dy, dw, db, None, None
 
 
 def _shared_source(block: Block, ctx: BuildContext) -> tuple[int | None, Convolutional | None]:

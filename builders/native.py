@@ -189,6 +189,10 @@ def _load() -> ctypes.CDLL | None:
                                          ctypes.c_float, ctypes.c_float, ctypes.c_float,
                                          ctypes.c_float]
     lib.darkcfg_hsv_shift_u8.restype = None
+    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    lib.darkcfg_bn_act_forward.argtypes = [p] * 7 + [i64] * 3 + [f32, f32, ctypes.c_int]
+    lib.darkcfg_bn_act_backward.argtypes = [p] * 9 + [i64] * 3 + [f32, ctypes.c_int]
+    lib.darkcfg_bn_act_forward.restype = lib.darkcfg_bn_act_backward.restype = None
     for name in ("darkcfg_maxpool2x2_forward", "darkcfg_maxpool2x2_backward"):
         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
@@ -260,3 +264,33 @@ def maxpool2x2_backward(grad: torch.Tensor, which: torch.Tensor, shape: torch.Si
     library().darkcfg_maxpool2x2_backward(grad.data_ptr(), which.data_ptr(), out.data_ptr(),
                                           n * c, h, w, torch.get_num_threads())
     return out
+
+
+def bn_act_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                   slope: float) -> tuple[torch.Tensor, ...] | None:
+    """Training batch-norm + leaky/linear of a contiguous NCHW float32 CPU tensor: (output,
+    batch mean, 1/sqrt(biased var + eps), unbiased var); None without the native kernels."""
+    lib = library()
+    if lib is None:
+        return None
+    n, c, h, w = x.shape
+    y = torch.empty_like(x)
+    mean, invstd, var = (x.new_empty(c) for _ in range(3))
+    lib.darkcfg_bn_act_forward(x.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+                               mean.data_ptr(), invstd.data_ptr(), var.data_ptr(), n, c, h * w,
+                               eps, slope, torch.get_num_threads())
+    return y, mean, invstd, var
+
+
+def bn_act_backward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, slope: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d input, d weight, d bias) of `bn_act_forward` (the library is loaded)."""
+    grad = grad.contiguous()
+    n, c, h, w = x.shape
+    dx, dw, db = torch.empty_like(x), x.new_empty(c), x.new_empty(c)
+    library().darkcfg_bn_act_backward(x.data_ptr(), grad.data_ptr(), weight.data_ptr(),
+                                      bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
+                                      dx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, c, h * w,
+                                      slope, torch.get_num_threads())
+    return dx, dw, db

@@ -190,7 +190,97 @@ void darkcfg_maxpool2x2_backward(const float *gy, const uint8_t *which, float *g
     }
 }
 
-int darkcfg_kernels_version(void) { return 3; }
+/* Batch-norm in training, then leaky (slope 0.1) or linear (slope 1), over NCHW float32:
+ * AlexeyAB's [convolutional] batch_normalize=1 (src/batchnorm_layer.c forward_batchnorm_layer,
+ * with torch's biased variance in the normalisation), one channel per thread. torch runs these
+ * as two ops of two to three passes each; here the forward is two passes (statistics, then
+ * normalise + activate) and the backward two (sums, then the input gradient), the activation's
+ * mask recomputed from the input rather than stored. Each row (one image's plane) is summed in
+ * float with SIMD lanes, the rows in double. */
+void darkcfg_bn_act_forward(const float *x, float *y, const float *w, const float *b,
+                            float *mean, float *invstd, float *var_unbiased, int64_t n,
+                            int64_t c, int64_t hw, float eps, float slope, int threads) {
+    int64_t count = n * hw;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t ch = 0; ch < c; ch++) {
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            const float *xp = x + (i * c + ch) * hw;
+            float row = 0.0f;
+#pragma omp simd reduction(+ : row)
+            for (int64_t p = 0; p < hw; p++) row += xp[p];
+            sum += row;
+        }
+        float m = (float)(sum / (double)count);
+        double sq = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            const float *xp = x + (i * c + ch) * hw;
+            float row = 0.0f;
+#pragma omp simd reduction(+ : row)
+            for (int64_t p = 0; p < hw; p++) {
+                float d = xp[p] - m;
+                row += d * d;
+            }
+            sq += row;
+        }
+        float inv = (float)(1.0 / __builtin_sqrt(sq / (double)count + (double)eps));
+        mean[ch] = m;
+        invstd[ch] = inv;
+        var_unbiased[ch] = (float)(sq / (double)(count - 1));
+        float a = w[ch] * inv, shift = b[ch];
+        for (int64_t i = 0; i < n; i++) {
+            const float *xp = x + (i * c + ch) * hw;
+            float *yp = y + (i * c + ch) * hw;
+#pragma omp simd
+            for (int64_t p = 0; p < hw; p++) {
+                float z = (xp[p] - m) * a + shift;
+                yp[p] = z > 0.0f ? z : z * slope;
+            }
+        }
+    }
+}
+
+/* Its gradients: dx, and d(weight), d(bias) per channel. */
+void darkcfg_bn_act_backward(const float *x, const float *dy, const float *w, const float *b,
+                             const float *mean, const float *invstd, float *dx, float *dw,
+                             float *db, int64_t n, int64_t c, int64_t hw, float slope,
+                             int threads) {
+    int64_t count = n * hw;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t ch = 0; ch < c; ch++) {
+        float inv = invstd[ch], m = mean[ch];
+        float a = w[ch] * inv, shift = b[ch];
+        double sdz = 0.0, sdzx = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            const float *xp = x + (i * c + ch) * hw, *gp = dy + (i * c + ch) * hw;
+            float rdz = 0.0f, rdzx = 0.0f;
+#pragma omp simd reduction(+ : rdz, rdzx)
+            for (int64_t p = 0; p < hw; p++) {
+                float z = (xp[p] - m) * a + shift;
+                float dz = z > 0.0f ? gp[p] : gp[p] * slope;
+                rdz += dz;
+                rdzx += dz * ((xp[p] - m) * inv);
+            }
+            sdz += rdz;
+            sdzx += rdzx;
+        }
+        dw[ch] = (float)sdzx;
+        db[ch] = (float)sdz;
+        float mdz = (float)(sdz / (double)count), mdzx = (float)(sdzx / (double)count);
+        for (int64_t i = 0; i < n; i++) {
+            const float *xp = x + (i * c + ch) * hw, *gp = dy + (i * c + ch) * hw;
+            float *dp = dx + (i * c + ch) * hw;
+#pragma omp simd
+            for (int64_t p = 0; p < hw; p++) {
+                float z = (xp[p] - m) * a + shift;
+                float dz = z > 0.0f ? gp[p] : gp[p] * slope;
+                dp[p] = a * (dz - mdz - (xp[p] - m) * inv * mdzx);
+            }
+        }
+    }
+}
+
+int darkcfg_kernels_version(void) { return 4; }
 
 int darkcfg_kernels_vectorized(void) {
 #ifdef DARKCFG_AVX2

@@ -468,3 +468,59 @@ def test_training_step_through_the_native_maxpool_equals_torchs(tmp_path, monkey
     plain = gradients()
     for a, b, c in zip(first, second, plain, strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+# -- the fused training batch-norm + activation -------------------------------------------------
+@pytest.mark.parametrize("activation, slope", [("leaky", 0.1), ("linear", 1.0)])
+def test_fused_training_batch_norm_activation_equals_torchs(activation, slope, monkeypatch):
+    """A training [convolutional] batch_normalize=1 with leaky or linear runs batch-norm and the
+    activation as one native op: outputs, every gradient and the running statistics equal
+    torch's BatchNorm2d + LeakyReLU within float32 rounding (an input where the activation's
+    kink falls within rounding of its input is avoided: either side is right there)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from builders import conv as conv_module
+    from builders import native
+
+    if native.library() is None:
+        pytest.skip(f"no native kernels here: {native.status()}")
+    ran = []
+    real = native.bn_act_forward
+    monkeypatch.setattr(native, "bn_act_forward", lambda *a: ran.append(1) or real(*a))
+    block = ("[net]\nwidth=14\nheight=12\nchannels=3\n\n[convolutional]\nbatch_normalize=1\n"
+             f"filters=6\nsize=3\npad=1\nactivation={activation}\n")
+    rng = np.random.default_rng(0)
+    for trial in range(40):  # a draw with no pre-activation within 1e-4 of the kink
+        torch.manual_seed(trial)
+        net = build(list(parse(block))).train()
+        layer = net.layers[0]
+        with torch.no_grad():
+            layer.bn.weight.uniform_(0.5, 1.5)
+            layer.bn.bias.uniform_(-0.5, 0.5)
+        x = torch.from_numpy(rng.normal(1, 2, (5, 3, 12, 14)).astype(np.float32))
+        with torch.no_grad():
+            z = layer.bn.train()(layer.conv(x))
+            layer.bn.running_mean.zero_(), layer.bn.running_var.fill_(1)
+            layer.bn.num_batches_tracked.zero_()
+        if slope == 1.0 or z.abs().min() > 1e-4:
+            break
+    reference = copy.deepcopy(layer)
+    grad = torch.from_numpy(rng.normal(size=(5, 6, 12, 14)).astype(np.float32))
+    x.requires_grad_(True)
+    got = layer(x)
+    got_grads = torch.autograd.grad(got, [x, *layer.parameters()], grad)
+    assert ran == [1]
+    monkeypatch.setattr(conv_module, "fused_bn_ok", lambda y, bn: False)
+    want = reference(x)
+    want_grads = torch.autograd.grad(want, [x, *reference.parameters()], grad)
+    assert ran == [1]  # the reference ran torch's ops
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        a, b = getattr(layer.bn, name), getattr(reference.bn, name)
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-7), name
+    if slope == 0.1:
+        assert F.leaky_relu(torch.tensor(-1.0), 0.1) == -0.1  # the slope Darknet's leaky has
