@@ -253,7 +253,7 @@ class PlainConvBN(Convolutional):
 
 
 # activations the training kernel fuses after batch-norm: the slope below zero
-_FUSED_SLOPES = {"leaky": 0.1, "linear": 1.0}
+_FUSED_SLOPES = {"leaky": 0.1, "relu": 0.0, "linear": 1.0}
 
 
 def fused_bn_ok(y: torch.Tensor, bn: nn.Module) -> bool:
@@ -272,7 +272,7 @@ def fused_bn_ok(y: torch.Tensor, bn: nn.Module) -> bool:
 
 class _BatchNormAct(torch.autograd.Function):
     """Training batch-norm (torch's numbers: biased variance in the normalisation, the unbiased
-    one into the running variance, `momentum`) then leaky/linear, through builders.native: one
+    one into the running variance, `momentum`) then leaky/relu/linear, through builders.native: one
     op of two passes each way where torch runs two ops of five to six passes together."""
 
     @staticmethod

@@ -268,7 +268,7 @@ def maxpool2x2_backward(grad: torch.Tensor, which: torch.Tensor, shape: torch.Si
 
 def bn_act_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                    slope: float) -> tuple[torch.Tensor, ...] | None:
-    """Training batch-norm + leaky/linear of a contiguous NCHW float32 CPU tensor: (output,
+    """Training batch-norm + leaky/relu/linear of a contiguous NCHW float32 CPU tensor: (output,
     batch mean, 1/sqrt(biased var + eps), unbiased var); None without the native kernels."""
     lib = library()
     if lib is None:

@@ -190,7 +190,7 @@ void darkcfg_maxpool2x2_backward(const float *gy, const uint8_t *which, float *g
     }
 }
 
-/* Batch-norm in training, then leaky (slope 0.1) or linear (slope 1), over NCHW float32:
+/* Batch-norm in training, then leaky (slope 0.1), relu (0) or linear (1), over NCHW float32:
  * AlexeyAB's [convolutional] batch_normalize=1 (src/batchnorm_layer.c forward_batchnorm_layer,
  * with torch's biased variance in the normalisation), one channel per thread. torch runs these
  * as two ops of two to three passes each; here the forward is two passes (statistics, then
@@ -234,7 +234,7 @@ void darkcfg_bn_act_forward(const float *x, float *y, const float *w, const floa
 #pragma omp simd
             for (int64_t p = 0; p < hw; p++) {
                 float z = (xp[p] - m) * a + shift;
-                yp[p] = z > 0.0f ? z : z * slope;
+                yp[p] = z > 0.0f ? z : (slope == 0.0f ? 0.0f : z * slope);  /* relu: +0 */
             }
         }
     }

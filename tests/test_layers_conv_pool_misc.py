@@ -471,7 +471,7 @@ def test_training_step_through_the_native_maxpool_equals_torchs(tmp_path, monkey
 
 
 # -- the fused training batch-norm + activation -------------------------------------------------
-@pytest.mark.parametrize("activation, slope", [("leaky", 0.1), ("linear", 1.0)])
+@pytest.mark.parametrize("activation, slope", [("leaky", 0.1), ("relu", 0.0), ("linear", 1.0)])
 def test_fused_training_batch_norm_activation_equals_torchs(activation, slope, monkeypatch):
     """A training [convolutional] batch_normalize=1 with leaky or linear runs batch-norm and the
     activation as one native op: outputs, every gradient and the running statistics equal
