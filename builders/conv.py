@@ -95,9 +95,7 @@ def fast_inference_ok(x: torch.Tensor) -> bool:
     plain modules' ops)."""
     return (_ONEDNN and not torch.is_grad_enabled() and type(x) is torch.Tensor
             and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export())
+            and torch.backends.mkldnn.enabled and not native.torch_ops_needed())
 
 
 def version_key(tensors) -> tuple:
@@ -262,12 +260,8 @@ def fused_bn_ok(y: torch.Tensor, bn: nn.Module) -> bool:
     one value per channel, the native kernels built, and no tracer, compiler, exporter or
     autocast watching."""
     return (type(bn) is DarknetBatchNorm and bn.track_running_stats and bn.momentum is not None
-            and bn.affine and type(y) is torch.Tensor and y.device.type == "cpu"
-            and y.dtype == torch.float32 and y.dim() == 4 and y.is_contiguous()
-            and y.shape[0] * y.shape[2] * y.shape[3] > 1 and bn.weight.is_contiguous()
-            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and not torch.onnx.is_in_onnx_export() and native.library() is not None)
+            and bn.affine and bn.weight.is_contiguous() and native.takes(y)
+            and y.shape[0] * y.shape[2] * y.shape[3] > 1)
 
 
 class _BatchNormAct(torch.autograd.Function):

@@ -294,3 +294,19 @@ def bn_act_backward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
                                       dx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, c, h * w,
                                       slope, torch.get_num_threads())
     return dx, dw, db
+
+
+def torch_ops_needed() -> bool:
+    """Whether something is watching that needs torch's own ops rather than a kernel behind
+    ctypes or a oneDNN cache: a tracer, the compiler, an exporter, or CPU autocast."""
+    return (torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
+            or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or torch.onnx.is_in_onnx_export())
+
+
+def takes(x: torch.Tensor) -> bool:
+    """Whether the NCHW kernels here may run on `x`: a plain contiguous 4-D float32 CPU tensor,
+    nothing watching (`torch_ops_needed`), and the library built."""
+    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and x.is_contiguous() and x.numel() > 0
+            and not torch_ops_needed() and library() is not None)

@@ -74,12 +74,8 @@ class _NativeMaxPool2x2(torch.autograd.Function):
 
 def native_pool_ok(x: torch.Tensor) -> bool:
     """A plain NCHW float32 CPU tensor, the native kernels built, and nothing watching that
-    needs torch's own ops (tracer, compiler, exporter, autocast)."""
-    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.dim() == 4 and x.is_contiguous() and x.numel() > 0
-            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and not torch.onnx.is_in_onnx_export() and native.library() is not None)
+    needs torch's own ops (builders.native.takes)."""
+    return native.takes(x)
 
 
 class PlainMaxPool(MaxPool):
