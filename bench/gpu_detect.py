@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,25 +32,11 @@ from darkcfg.model import build_network  # noqa: E402
 from darkcfg.train.loop import Trainer  # noqa: E402
 from darkcfg.train.tasks import task_for  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from gpu import timed  # noqa: E402  (images a second, device-synchronised: bench/gpu.py)
+
 CFG = ROOT / "cfg" / "yolov4-tiny.cfg"
 DARKNET_FPS = {"GTX 1080 Ti": 371, "RTX 2070": 330}  # yolov4-tiny 416, AlexeyAB's README
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def per_second(fn, count: int, steps: int, warmup: int, device: torch.device) -> float:
-    """`count` items per call of `fn`, per second, over `steps` calls after `warmup`."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync(device)
-    return steps * count / (time.perf_counter() - start)
 
 
 def network(size: int, batch: int, seed: int = 0):
@@ -82,7 +67,7 @@ def measure_training(args, device: torch.device) -> list[dict]:
             x, y = next(turn)
             trainer.step(x, y)
 
-        ips = per_second(step, args.batch, args.steps, args.warmup, device)
+        ips = timed(step, args.steps, args.warmup, args.batch, device)
         rows.append({"precision": precision, "format": fmt, "mode": mode, "img/s": ips})
         print(f"  train {precision:5} {fmt:13} {mode:8} {ips:9.1f} img/s", flush=True)
         del trainer, net
@@ -108,8 +93,8 @@ def measure_inference(args, device: torch.device) -> list[dict]:
             outputs = {i: y.float() for i, y in forward().items()}
             nms(decode(net, outputs, 0.25))
 
-        fps = per_second(forward, batch, args.steps * 2, args.warmup, device)
-        full = per_second(end_to_end, batch, args.steps * 2, args.warmup, device)
+        fps = timed(forward, args.steps * 2, args.warmup, batch, device)
+        full = timed(end_to_end, args.steps * 2, args.warmup, batch, device)
         rows.append({"batch": batch, "precision": precision, "forward": fps, "with NMS": full})
         print(f"  infer batch {batch} {precision:5} forward {fps:9.1f} FPS, with decode + NMS "
               f"{full:9.1f} FPS", flush=True)
