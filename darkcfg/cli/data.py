@@ -52,8 +52,9 @@ def convert(src: str, to: str, out: Path, link: bool) -> int:
     from darkcfg.data.detection.labels import edge_warning
 
     data = open_set(src)
-    if edge_warning(data.problems):
-        print(edge_warning(data.problems), file=sys.stderr)
+    edges = edge_warning(data.problems)
+    if edges:
+        print(edges, file=sys.stderr)
     written = write(data, to, out, link)
     valid = f", {len(data.valid)} valid" if data.valid is not None else ""
     print(f"read {data.describe()}")

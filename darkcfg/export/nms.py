@@ -498,12 +498,13 @@ def nms_of_candidates(boxes: torch.Tensor, probs: torch.Tensor, nms_thresh: floa
                       beta: float) -> list[list[tuple[int, float, tuple]]]:
     """darkcfg's NMS (`darkcfg.detect.decode.nms`, what --detect runs) on a graph's candidates:
     corner boxes (N, K, 4) and thresholded probs (N, K, C) -> per image [(class, score, box)]."""
+    from builders.boxes import xyxy_to_cxcywh
     from darkcfg.detect.decode import Detections
     from darkcfg.detect.decode import nms as darknet_nms
 
     out = []
     for b, p in zip(boxes, probs, strict=True):
-        centre = torch.cat([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], 1)
+        centre = xyxy_to_cxcywh(b)
         active = (p > 0).any(1).float()  # Darknet's NMS skips objectness 0
         k = torch.arange(len(b))
         kept = darknet_nms(Detections(centre, active, p, torch.zeros_like(k), k, kind, beta),

@@ -50,6 +50,13 @@ class KeyRule:
             return False
 
 
+def _option(block: Block, key: str, default=None):
+    """A key's typed value without marking it read (a target rule is no builder: W301 stays
+    the builders' say)."""
+    opt = block.options.get(key)
+    return default if opt is None else opt.value
+
+
 def _not(default):
     return lambda v: v != default
 
@@ -112,7 +119,7 @@ def _spatial_softmax(block: Block, c: int, h: int, w: int, sources=()) -> str | 
     1x19x19 input gives 1.0 everywhere)."""
     if block.type != "softmax" or h * w <= 1:
         return None
-    groups = block.options["groups"].value if "groups" in block.options else 1
+    groups = _option(block, "groups", 1)
     if groups != 1:
         return None  # W603 already: OpenCV refuses groups != 1
     return (f"[softmax] over a {c}x{h}x{w} input: OpenCV normalises the {c} channel(s) at each "
@@ -130,7 +137,7 @@ def _anchor_count(block: Block) -> str | None:
         return None
     anchors = block.options["anchors"].value
     count = len(anchors) if isinstance(anchors, (list, tuple)) else 1
-    num = block.options["num"].value if "num" in block.options else None
+    num = _option(block, "num")
     if isinstance(num, int) and num * 2 != count:
         return f"num={num} with {count} anchor values: OpenCV asserts num * 2 == anchors"
     return None
@@ -143,8 +150,7 @@ def _crop_adjust(block: Block) -> str | None:
     and without batch-norm; the same with noadjust=1 runs and matches): vgg-16.cfg."""
     if block.type != "crop":
         return None
-    noadjust = block.options["noadjust"].value if "noadjust" in block.options else 0
-    if noadjust:
+    if _option(block, "noadjust", 0):
         return None
     return ("[crop] without noadjust=1 (Darknet scales its output to 2x - 1): OpenCV's importer "
             "then loads the following layers' weights misplaced and refuses to run")

@@ -247,13 +247,19 @@ def place(image: torch.Tensor, boxes: np.ndarray, pleft: int, pright: int, ptop:
         img, bb = F.horizontal_flip(img), F.horizontal_flip(bb)
     edges = bb.as_subclass(torch.Tensor).numpy().astype(np.float32).reshape(-1, 4)
     edges = np.clip(edges / np.array([netw, neth, netw, neth], np.float32), 0, 1)
-    out = np.empty((len(boxes), 5), np.float32)
+    return img.as_subclass(torch.Tensor), _truth_rows(edges, boxes[:, 4])
+
+
+def _truth_rows(edges: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Relative corner boxes (n, 4) [left, top, right, bottom] and their classes -> truth rows
+    (n, 5) [x, y, w, h, class] (fill_truth_detection's layout)."""
+    out = np.empty((len(edges), 5), np.float32)
     out[:, 0] = (edges[:, 0] + edges[:, 2]) / 2
     out[:, 1] = (edges[:, 1] + edges[:, 3]) / 2
     out[:, 2] = edges[:, 2] - edges[:, 0]
     out[:, 3] = edges[:, 3] - edges[:, 1]
-    out[:, 4] = boxes[:, 4]
-    return img.as_subclass(torch.Tensor), out
+    out[:, 4] = classes
+    return out
 
 
 def keep_boxes(boxes: np.ndarray, netw: int, neth: int, max_boxes: int, classes: int
@@ -360,11 +366,7 @@ def moved_boxes(boxes: np.ndarray, ow: int, oh: int, pleft: int, pright: int, pt
     bottom = ((b[:, 1] + b[:, 3] / 2) * oh - ptop) / sheight
     if flip:
         left, right = 1 - right, 1 - left
-    left, right, top, bottom = (np.clip(v, 0, 1) for v in (left, right, top, bottom))
-    out = np.empty((len(b), 5), np.float32)
-    out[:, 0], out[:, 1] = (left + right) / 2, (top + bottom) / 2
-    out[:, 2], out[:, 3], out[:, 4] = right - left, bottom - top, b[:, 4]
-    return out
+    return _truth_rows(np.clip(np.stack([left, top, right, bottom], 1), 0, 1), b[:, 4])
 
 
 def place_native(image: torch.Tensor, pleft: int, pright: int, ptop: int, pbot: int,
@@ -548,9 +550,8 @@ def training_sample(load: Loader, count: int, netw: int, neth: int, s: Detection
         return mosaic([one(q) for q in range(4)], cut_x, cut_y, s, netw, neth)
     if mix == MIXUP:
         first, second = one(), one()
-        if s.build == "native":  # that build's blend puts the new image's boxes first
-            image, _ = mixup(first, second, s.max_boxes)
-            return image, np.concatenate([second.boxes, first.boxes])[:s.max_boxes]
+        if s.build == "native":  # that build puts the new image's boxes first (the blend of
+            first, second = second, first  # two halves is the same either way round)
         return mixup(first, second, s.max_boxes)
     part = one()
     return part.image, part.boxes

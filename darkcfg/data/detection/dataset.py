@@ -349,8 +349,9 @@ def set_detection(data, settings: DetectionSettings, seed: int) -> DetectionSpli
     warnings = list(settings.notes) + [w for w in [train.missing_warning("train images")] if w]
     if data.valid is not None and valid.missing_warning("valid images"):
         warnings.append(valid.missing_warning("valid images"))
-    if edge_warning(data.problems):
-        warnings.append(edge_warning(data.problems))
+    edges = edge_warning(data.problems)
+    if edges:
+        warnings.append(edges)
     # every image's header before the first iteration: a corrupt file is an error now
     check_image_headers(dict.fromkeys([*train.images, *valid.images]), str(path))
     c = settings.channels

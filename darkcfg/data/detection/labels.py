@@ -32,6 +32,7 @@ darkcfg as they do in Darknet.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -241,8 +242,8 @@ def _parse_line(words: list[str], classes: int):
         return None, (f"class {cls} but classes={classes}", 0,
                       f"class ids run from 0 to {classes - 1} (the 'classes' of the .data file)",
                       ERROR)
-    if not all(np.isfinite((x, y, w, h))):
-        k = next(k for k, v in enumerate((x, y, w, h), 1) if not np.isfinite(v))
+    if not all(map(math.isfinite, (x, y, w, h))):  # math, not numpy: once per label line
+        k = next(k for k, v in enumerate((x, y, w, h), 1) if not math.isfinite(v))
         return None, (f"{'xywh'[k - 1]} = {words[k]} is not a finite number", k, "", ERROR)
     box = [x, y, w, h, float(cls)]
     if w <= 0 or h <= 0:  # fill_truth_detection: w < 1/net_w or h < 1/net_h is dropped
