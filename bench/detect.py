@@ -73,9 +73,9 @@ def timed(fn):
 def run(net, image: Path, repeat: int, label: str) -> dict:
     heads = head_indices(net)
     from builders.boxes import resize_image
-    from darkcfg.detect.decode import load_image
+    from darkcfg.detect.decode import load_pixels
 
-    x = resize_image(load_image(image)[None], net.info.width, net.info.height)
+    x = resize_image(load_pixels(image)[None], net.info.width, net.info.height)
     with torch.no_grad():
         for _ in range(2):  # warm-up
             outputs = net(x, collect=heads)
@@ -91,7 +91,7 @@ def run(net, image: Path, repeat: int, label: str) -> dict:
             post.append(t)
             t, found = timed(lambda: detect(net, [image]))
             e2e.append(t)
-            t, _ = timed(lambda: resize_image(load_image(image)[None], net.info.width,
+            t, _ = timed(lambda: resize_image(load_pixels(image)[None], net.info.width,
                                               net.info.height))
             prep.append(t)
             # a folder/stream of images, one per batch: the next is read while this one runs

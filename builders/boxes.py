@@ -199,13 +199,29 @@ def dx_box_iou(p: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
 
 def resize_image(x: torch.Tensor, w: int, h: int) -> torch.Tensor:
     """src/image.c resize_image on (..., C, H, W) floats: bilinear with the corner pixels
-    aligned, no antialiasing."""
+    aligned, no antialiasing. uint8 pixels are read as value / 255 first (Darknet's load_image),
+    in one native pass where the kernels are there (no float copy of the whole image)."""
+    if x.dtype == torch.uint8:
+        out = torch.empty((*x.shape[:-2], h, w), dtype=torch.float32, device=x.device)
+        return out if _resize_bytes(x, out) else resize_image(x.float().div_(255), w, h)
     if x.shape[-1] == w and x.shape[-2] == h:
         return x
     batched = x.dim() == 4
     out = F.interpolate(x if batched else x[None], size=(h, w), mode="bilinear",
                         align_corners=True)
     return out if batched else out[0]
+
+
+def _resize_bytes(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """`resize_image` of uint8 `x` into the float view `out` by the native kernel, image by
+    image; False (out untouched) where it cannot."""
+    from . import native
+
+    if x.dim() == 3:
+        return native.resize_u8(x, out)
+    if x.dim() != 4 or native.library() is None:
+        return False
+    return all(native.resize_u8(a, b) for a, b in zip(x, out, strict=True))
 
 
 def letterbox_size(image_w: int, image_h: int, net_w: int, net_h: int) -> tuple[int, int]:
@@ -217,12 +233,17 @@ def letterbox_size(image_w: int, image_h: int, net_w: int, net_h: int) -> tuple[
 
 
 def letterbox_image(x: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    """src/image.c letterbox_image on (..., C, H, W) floats: keep the aspect ratio, resize_image,
-    paste centred (integer offset) on a 0.5 grey canvas."""
+    """src/image.c letterbox_image on (..., C, H, W) floats (or uint8, read as value / 255):
+    keep the aspect ratio, resize_image, paste centred (integer offset) on a 0.5 grey canvas."""
     new_w, new_h = letterbox_size(x.shape[-1], x.shape[-2], w, h)
-    canvas = x.new_full((*x.shape[:-2], h, w), 0.5)
+    canvas = torch.full((*x.shape[:-2], h, w), 0.5, dtype=torch.float32, device=x.device) \
+        if x.dtype == torch.uint8 else x.new_full((*x.shape[:-2], h, w), 0.5)
+    if new_w == 0 or new_h == 0:  # a sliver of an image: Darknet embeds nothing
+        return canvas
     top, left = (h - new_h) // 2, (w - new_w) // 2
-    canvas[..., top:top + new_h, left:left + new_w] = resize_image(x, new_w, new_h)
+    inside = canvas[..., top:top + new_h, left:left + new_w]
+    if x.dtype != torch.uint8 or not _resize_bytes(x, inside):
+        inside.copy_(resize_image(x, new_w, new_h))
     return canvas
 
 

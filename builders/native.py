@@ -198,6 +198,10 @@ def _load() -> ctypes.CDLL | None:
                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                        ctypes.c_int]
         getattr(lib, name).restype = None
+    lib.darkcfg_resize_u8.argtypes = [p] + [i64] * 6 + [p] + [i64] * 4 + [ctypes.c_int]
+    lib.darkcfg_resize_u8.restype = ctypes.c_int
+    lib.darkcfg_greedy_nms.argtypes = [p, p, p, i64, i64, f32, ctypes.c_double, i64, p]
+    lib.darkcfg_greedy_nms.restype = ctypes.c_int
     _state["why"] = f"{target} ({'AVX2' if lib.darkcfg_kernels_vectorized() else 'scalar'})"
     return lib
 
@@ -294,6 +298,44 @@ def bn_act_backward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
                                       dx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, c, h * w,
                                       slope, torch.get_num_threads())
     return dx, dw, db
+
+
+def resize_u8(image: torch.Tensor, out: torch.Tensor) -> bool:
+    """Bytes (C, H, W), any strides (a decoder's interleaved pixels too) -> `out` (C, h, w)
+    float32, a view whose rows are contiguous (a letterbox canvas's inside), as
+    builders.boxes.resize_image does to image / 255; False (nothing done) without the native
+    kernels or for tensors it does not take."""
+    lib = library()
+    if lib is None or image.dtype != torch.uint8 or image.device.type != "cpu" or \
+            out.dtype != torch.float32 or out.device.type != "cpu" or out.stride(-1) != 1 or \
+            image.dim() != 3 or out.dim() != 3 or image.shape[0] != out.shape[0] or \
+            image.numel() == 0 or out.numel() == 0:
+        return False
+    if min(image.stride()) < 0 or min(out.stride()) < 0:
+        return False
+    c, h, w = image.shape
+    return bool(lib.darkcfg_resize_u8(image.data_ptr(), c, h, w, *image.stride(),
+                                      out.data_ptr(), out.shape[1], out.shape[2],
+                                      out.stride(1), out.stride(0), torch.get_num_threads()))
+
+
+def greedy_nms_diou(boxes: torch.Tensor, probs: torch.Tensor, active: torch.Tensor,
+                    thresh: float, beta: float) -> torch.Tensor | None:
+    """Which (candidate, class) probs Darknet's DIoU NMS zeroes (darkcfg.detect.decode
+    `_suppressed_diou`, the same pairs): boxes (k, 4) [x, y, w, h], probs (k, c), active (k)
+    bool, CPU float32; a (k, c) bool tensor, or None without the native kernels."""
+    lib = library()
+    if lib is None or boxes.device.type != "cpu" or probs.device.type != "cpu":
+        return None
+    boxes = boxes.to(torch.float32).contiguous()
+    probs = probs.to(torch.float32).contiguous()
+    active = active.to(torch.uint8).contiguous()
+    out = torch.empty(probs.shape, dtype=torch.uint8)
+    k, c = probs.shape
+    if not lib.darkcfg_greedy_nms(boxes.data_ptr(), probs.data_ptr(), active.data_ptr(), k, c,
+                                  thresh, beta, 4096, out.data_ptr()):
+        return None
+    return out.bool()
 
 
 def torch_ops_needed() -> bool:

@@ -14,6 +14,7 @@
  * so this kernel shares torch's thread pool; `threads` is torch.get_num_threads(). */
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -280,7 +281,228 @@ void darkcfg_bn_act_backward(const float *x, const float *dy, const float *w, co
     }
 }
 
-int darkcfg_kernels_version(void) { return 4; }
+/* resize_u8: an image read as bytes -> the network input, in one pass over it: each byte read as
+ * byte / 255 (Darknet's load_image), then bilinear with the corners aligned (src/image.c
+ * resize_image), the arithmetic of torch's F.interpolate(mode="bilinear", align_corners=True)
+ * on those floats (builders/boxes.py resize_image): per axis, source = (in - 1) / (out - 1) * i
+ * in float, the lower index floored and kept inside, weight min(source - index, 1); an axis
+ * of equal size is copied. Rows first, then columns, no FMA contraction, so the values equal
+ * the torch path's within float rounding (tests/test_native.py). torch would take three
+ * passes and a float copy of the whole image (0.5 ms of a 640x480 photo; this: 0.2 ms).
+ * src: byte (p, y, x) at src[p * src_plane + y * src_row + x * src_col] (a decoder's
+ * interleaved rows as they are); dst: plane p, row r, column c at dst[p * dst_plane +
+ * r * dst_row + c] (a letterbox canvas's inside). */
+NO_CONTRACT
+static void axis_weights(int64_t in, int64_t out, int64_t *i0, int64_t *i1, float *w0,
+                         float *w1) {
+    float scale = out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f;
+    for (int64_t i = 0; i < out; i++) {
+        if (in == out) {
+            i0[i] = i1[i] = i;
+            w0[i] = 1.0f;
+            w1[i] = 0.0f;
+            continue;
+        }
+        float src = scale * (float)i;
+        int64_t lo = (int64_t)__builtin_floorf(src);
+        if (lo > in - 1) lo = in - 1;
+        float l = src - (float)lo;
+        l = l < 0.0f ? 0.0f : (l > 1.0f ? 1.0f : l);
+        i0[i] = lo;
+        i1[i] = lo < in - 1 ? lo + 1 : lo;
+        w1[i] = l;
+        w0[i] = 1.0f - l;
+    }
+}
+
+/* one source row resampled along x: bytes -> floats (byte / 255) -> two taps per column */
+NO_CONTRACT
+static void resample_row(const uint8_t *s, int64_t sx, int64_t w, float *floats,
+                         const int32_t *x0, const int32_t *x1, const float *wx0,
+                         const float *wx1, int64_t ow, float *t) {
+    if (sx == 1) {
+#pragma omp simd
+        for (int64_t i = 0; i < w; i++) floats[i] = (float)s[i] / 255.0f;
+    } else if (sx == 3) {  /* interleaved RGB, as decoders give it: a constant stride */
+#pragma omp simd
+        for (int64_t i = 0; i < w; i++) floats[i] = (float)s[3 * i] / 255.0f;
+    } else {
+        for (int64_t i = 0; i < w; i++) floats[i] = (float)s[i * sx] / 255.0f;
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < ow; c++)
+        t[c] = floats[x0[c]] * wx0[c] + floats[x1[c]] * wx1[c];
+}
+
+NO_CONTRACT
+int darkcfg_resize_u8(const uint8_t *src, int64_t planes, int64_t h, int64_t w,
+                      int64_t src_plane, int64_t src_row, int64_t src_col, float *dst,
+                      int64_t oh, int64_t ow, int64_t dst_row, int64_t dst_plane,
+                      int threads) {
+    if (w > INT32_MAX) return 0;
+    int64_t *index = malloc(sizeof(int64_t) * (size_t)(2 * oh + 2 * ow));
+    int32_t *xi = malloc(sizeof(int32_t) * (size_t)(2 * ow));
+    float *wts = malloc(sizeof(float) * (size_t)(2 * ow + 2 * oh));
+    if (!index || !xi || !wts) {
+        free(index); free(xi); free(wts);
+        return 0;
+    }
+    int64_t *y0 = index, *y1 = index + oh;
+    int32_t *x0 = xi, *x1 = xi + ow;  /* 32-bit: the column gathers vectorise */
+    float *wx0 = wts, *wx1 = wts + ow, *wy0 = wts + 2 * ow, *wy1 = wy0 + oh;
+    axis_weights(h, oh, y0, y1, wy0, wy1);
+    axis_weights(w, ow, index + 2 * oh, index + 2 * oh + ow, wx0, wx1);
+    for (int64_t c = 0; c < ow; c++) {
+        x0[c] = (int32_t)index[2 * oh + c];
+        x1[c] = (int32_t)index[2 * oh + ow + c];
+    }
+    int ok = 1;
+    if (threads < 1 || planes * oh * ow < 65536) threads = 1;
+#pragma omp parallel num_threads(threads)
+    {
+        /* each thread: a run of output rows, keeping the two source rows it last resampled */
+        float *buf = malloc(sizeof(float) * (size_t)(w + 2 * ow));
+        if (!buf) {
+#pragma omp atomic write
+            ok = 0;
+        }
+        float *rows[2] = {buf + w, buf + w + ow};
+        int64_t held[2] = {-1, -1};
+#pragma omp for schedule(static)
+        for (int64_t pr = 0; pr < planes * oh; pr++) {
+            if (!buf) continue;
+            int64_t p = pr / oh, r = pr % oh;
+            int64_t top = p * h + y0[r], bottom = p * h + y1[r];  /* (plane, row) keys */
+            int a = held[0] == top ? 0 : (held[1] == top ? 1 : -1);
+            if (a < 0) {
+                a = held[0] == bottom ? 1 : 0;  /* keep the row the lower tap needs */
+                resample_row(src + p * src_plane + y0[r] * src_row, src_col, w, buf, x0, x1,
+                             wx0, wx1, ow, rows[a]);
+                held[a] = top;
+            }
+            int b = held[a] == bottom ? a : (held[1 - a] == bottom ? 1 - a : -1);
+            if (b < 0) {
+                b = 1 - a;
+                resample_row(src + p * src_plane + y1[r] * src_row, src_col, w, buf, x0, x1,
+                             wx0, wx1, ow, rows[b]);
+                held[b] = bottom;
+            }
+            float *o = dst + p * dst_plane + r * dst_row, u = wy0[r], v = wy1[r];
+            const float *ra = rows[a], *rb = rows[b];
+#pragma omp simd
+            for (int64_t c = 0; c < ow; c++) o[c] = ra[c] * u + rb[c] * v;
+        }
+        free(buf);
+    }
+    free(index); free(xi); free(wts);
+    return ok;
+}
+
+/* greedy_nms: Darknet's per-class greedy NMS with its DIoU test (src/box.c diounms_sort,
+ * greedynms: box_diou / box_diounms against nms) on candidate boxes (k, 4) [x, y, w, h] and
+ * probs (k, c), writing suppressed (k, c) = 1 where a class's prob is zeroed. A class's rows
+ * with prob > 0 and active are visited in descending prob, ties in row order (qsort is not
+ * stable, so the row decides), each not yet removed one removing the later rows whose DIoU
+ * passes. The similarity is the float32 arithmetic of builders/boxes.py box_iou / box_diou
+ * (the power in double), so the kept pairs equal darkcfg/detect/decode.py's torch/numpy
+ * version's (tests/test_native.py compares them); it is symmetric, and computed once per
+ * pair of rows that take part in some class (an n x n byte matrix, n <= `limit`; else on
+ * each visit). torch's ops
+ * cost ~20 us each for a handful of boxes: 0.5-0.8 ms of a typical image's NMS, here 20 us. */
+typedef struct { float prob; int64_t row; } ranked;
+
+static int by_prob(const void *pa, const void *pb) {
+    const ranked *a = pa, *b = pb;
+    if (a->prob != b->prob) return a->prob > b->prob ? -1 : 1;
+    return (a->row > b->row) - (a->row < b->row);
+}
+
+NO_CONTRACT
+static float half_overlap(float c1, float w1, float c2, float w2) {
+    float l1 = c1 - w1 / 2, l2 = c2 - w2 / 2, r1 = c1 + w1 / 2, r2 = c2 + w2 / 2;
+    float left = l1 > l2 ? l1 : l2, right = r1 < r2 ? r1 : r2;
+    return right - left;
+}
+
+NO_CONTRACT
+static int diou_passes(const float *a, const float *b, float thresh, double beta) {
+    float w = half_overlap(a[0], a[2], b[0], b[2]);
+    float h = half_overlap(a[1], a[3], b[1], b[3]);
+    float inter = (w < 0 || h < 0) ? 0.0f : w * h;
+    float uni = a[2] * a[3] + b[2] * b[3] - inter;
+    float iou = (inter != 0 && uni != 0) ? inter / uni : 0.0f;
+    if (!(iou > thresh)) return 0;  /* DIoU <= IoU: only these can pass (NaN never does) */
+    float ra = a[0] + a[2] / 2, rb = b[0] + b[2] / 2, la = a[0] - a[2] / 2, lb = b[0] - b[2] / 2;
+    float cw = (ra > rb ? ra : rb) - (la < lb ? la : lb);
+    float ba = a[1] + a[3] / 2, bb = b[1] + b[3] / 2, ta = a[1] - a[3] / 2, tb = b[1] - b[3] / 2;
+    float ch = (ba > bb ? ba : bb) - (ta < tb ? ta : tb);
+    float c = cw * cw + ch * ch;
+    if (c == 0) return 1;
+    float dx = a[0] - b[0], dy = a[1] - b[1];
+    float d = dx * dx + dy * dy;
+    float term = (float)__builtin_pow((double)d / (double)c, beta);
+    return iou - term > thresh;
+}
+
+int darkcfg_greedy_nms(const float *boxes, const float *probs, const uint8_t *active,
+                       int64_t k, int64_t c, float thresh, double beta, int64_t limit,
+                       uint8_t *suppressed) {
+    int64_t *local = malloc(sizeof(int64_t) * (size_t)(k ? k : 1));
+    int64_t *rows = malloc(sizeof(int64_t) * (size_t)(k ? k : 1));
+    ranked *order = malloc(sizeof(ranked) * (size_t)(k ? k : 1));
+    uint8_t *removed = malloc((size_t)(k ? k : 1));
+    if (!local || !rows || !order || !removed) {
+        free(local); free(rows); free(order); free(removed);
+        return 0;
+    }
+    int64_t n = 0;  /* rows taking part in some class */
+    for (int64_t i = 0; i < k; i++) {
+        local[i] = -1;
+        if (!active[i]) continue;
+        for (int64_t j = 0; j < c; j++)
+            if (probs[i * c + j] > 0) { local[i] = n; rows[n++] = i; break; }
+    }
+    /* 0 unknown, 1 no, 2 yes, filled on first use (the test is symmetric) */
+    uint8_t *similar = n > 0 && n <= limit ? calloc((size_t)(n * n), 1) : NULL;
+    memset(suppressed, 0, (size_t)(k * c));
+    for (int64_t j = 0; j < c; j++) {
+        int64_t m = 0;
+        for (int64_t q = 0; q < n; q++) {
+            int64_t i = rows[q];
+            float p = probs[i * c + j];
+            if (p > 0) { order[m].prob = p; order[m].row = i; m++; }
+        }
+        if (m < 2) continue;
+        qsort(order, (size_t)m, sizeof(ranked), by_prob);
+        for (int64_t a = 0; a < m; a++) removed[a] = 0;
+        for (int64_t a = 0; a < m; a++) {
+            if (removed[a]) continue;
+            int64_t ra = order[a].row;
+            for (int64_t b = a + 1; b < m; b++) {
+                if (removed[b]) continue;
+                int64_t rb = order[b].row;
+                int yes;
+                if (similar) {
+                    uint8_t *s = &similar[local[ra] * n + local[rb]];
+                    if (!*s)
+                        *s = similar[local[rb] * n + local[ra]] =
+                            diou_passes(boxes + 4 * ra, boxes + 4 * rb, thresh, beta) ? 2 : 1;
+                    yes = *s == 2;
+                } else {
+                    yes = diou_passes(boxes + 4 * ra, boxes + 4 * rb, thresh, beta);
+                }
+                if (yes) {
+                    removed[b] = 1;
+                    suppressed[rb * c + j] = 1;
+                }
+            }
+        }
+    }
+    free(similar); free(local); free(rows); free(order); free(removed);
+    return 1;
+}
+
+int darkcfg_kernels_version(void) { return 6; }
 
 int darkcfg_kernels_vectorized(void) {
 #ifdef DARKCFG_AVX2

@@ -543,10 +543,18 @@ def test_detect_api_returns_pixel_boxes_of_the_original_image(tmp_path):
     assert all(f.name == f"c{f.class_id}" for f in found)
     lefts = [f.box[0] for f in found]
     assert lefts == sorted(lefts)  # Darknet prints by left edge
-    # a tensor and a PIL image give the same as the path
+    # a uint8 tensor and a PIL image give the same as the path; a float tensor the same to
+    # float rounding (the bytes are resized by the native kernel, floats by torch)
     from PIL import Image
 
-    assert detect(net, load_image(image), thresh=0.3) == detect(net, Image.open(image), thresh=0.3)
+    from darkcfg.detect.decode import load_pixels
+
+    assert detect(net, load_pixels(image), thresh=0.3) == \
+        detect(net, Image.open(image), thresh=0.3) == detect(net, [image], thresh=0.3)
+    floats = detect(net, load_image(image), thresh=0.3)[0]
+    assert [f.class_id for f in floats] == [f.class_id for f in found]
+    assert np.allclose([f.box for f in floats], [f.box for f in found], atol=1e-3)
+    assert np.allclose([f.score for f in floats], [f.score for f in found], atol=1e-5)
 
 
 def test_cli_detect_folder(tmp_path, capsys):

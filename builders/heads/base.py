@@ -159,6 +159,22 @@ class HeadDecoding:
         """Which candidates Darknet emits: (N,k) bool, or None for all of them."""
         return None
 
+    def emitted(self, layer: Layer, y: torch.Tensor, thresh: torch.Tensor, net_w: int,
+                net_h: int) -> tuple[torch.Tensor, torch.Tensor, HeadParts, int]:
+        """The candidates Darknet emits, in get_network_boxes order: (image (K,), index (K,)
+        among `predictions`' candidates of that image, their HeadParts with K rows, how many
+        candidates an image has). This default decodes every candidate, then selects; a head
+        may decode only the emitted ones."""
+        parts = self.predictions(layer, y, net_w, net_h)
+        keep = self.keep(layer, parts, thresh)
+        if keep is None:
+            keep = torch.ones(parts.objectness.shape, dtype=torch.bool,
+                              device=parts.objectness.device)
+        image, index = torch.nonzero(keep, as_tuple=True)
+        return image, index, HeadParts(parts.boxes[image, index],
+                                       parts.objectness[image, index],
+                                       parts.scores[image, index]), keep.shape[1]
+
     def threshold(self, layer: Layer, objectness: torch.Tensor, scores: torch.Tensor,
                   thresh: torch.Tensor):
         """(objectness, probs) of the emitted candidates (any leading shape)."""

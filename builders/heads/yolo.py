@@ -9,6 +9,7 @@ cfgparse (schema.SECTIONS["yolo"], rules.HEAD_INPUTS)."""
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,6 @@ from .base import (
     first_argmax,
     grid,
     mask_of,
-    per_anchor,
     pick,
     read_keys,
     transform_runs,
@@ -123,29 +123,64 @@ def _class_multipliers(block: Block, keys: dict, classes: int, max_delta: float 
     return tuple(min(top / c, max_delta if max_delta is not None else math.inf) for c in counts)
 
 
+_ANCHORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _mask_anchors(layer, device, cached: bool = False) -> torch.Tensor:
+    """(len(mask), 2) float32 anchor sizes of the layer's mask; `cached`: made once per layer
+    (a tensor from Python lists costs more than decoding a few boxes), for eager decoding only:
+    under tracing a cached tensor would be the tracer's."""
+    sizes = _ANCHORS.get(layer) if cached else None
+    if type(sizes) is not torch.Tensor:  # noqa: E721 - not a tracer's subclass either
+        sizes = torch.tensor([layer.anchors[2 * k: 2 * k + 2] for k in layer.mask],
+                             dtype=torch.float32)
+        if cached:
+            _ANCHORS[layer] = sizes
+    return sizes if device.type == "cpu" else sizes.to(device)
+
+
 class YoloDecoding(HeadDecoding):
     """src/yolo_layer.c get_yolo_detections / get_yolo_box (new_coords 0/1; scale_x_y is
     already in the forward); [Gaussian_yolo] adds its uncertainty (GaussianYoloDecoding)."""
 
     def predictions(self, layer, y, net_w, net_h):
-        n, entries, classes = layer.n, layer.entries, layer.classes
-        box = entries - 1 - classes  # 4, or 8 for [Gaussian_yolo]
+        n, entries = layer.n, layer.entries
         h, w = y.shape[-2], y.shape[-1]
         v = y.reshape(y.shape[0], n, entries, h, w).permute(0, 3, 4, 1, 2)
         v = v.reshape(y.shape[0], h * w * n, entries).float()
+        cell = torch.stack(cells(h, w, n, y.device), -1)
+        anchor = torch.arange(n, device=y.device).repeat(h * w)
+        return self._decoded(layer, v, cell, _mask_anchors(layer, y.device)[anchor], h, w,
+                             net_w, net_h)
+
+    def emitted(self, layer, y, thresh, net_w, net_h):
+        """Only the cells whose objectness passes are decoded (a few of thousands), from a view
+        of the head output: no copy of it. The same arithmetic as `predictions`."""
+        n, entries = layer.n, layer.entries
+        h, w = y.shape[-2], y.shape[-1]
+        v = y.reshape(y.shape[0], n, entries, h, w)
+        box = entries - 1 - layer.classes
+        # (image, row, col, anchor) in get_network_boxes order: cell-major, the anchor inner
+        image, r, c, a = torch.nonzero(v[:, :, box].permute(0, 2, 3, 1) > thresh,
+                                       as_tuple=True)
+        rows = v[image, a, :, r, c].float()  # (K, entries)
+        cell = torch.stack([c, r], -1).float()
+        return image, (r * w + c) * n + a, \
+            self._decoded(layer, rows, cell, _mask_anchors(layer, y.device, cached=True)[a], h,
+                          w, net_w, net_h), h * w * n
+
+    def _decoded(self, layer, v, cell, sizes, h, w, net_w, net_h) -> HeadParts:
+        """get_yolo_box and the class scores of candidate rows v (..., entries) in cells
+        (..., 2) = (col, row) with anchor sizes (..., 2)."""
+        box = layer.entries - 1 - layer.classes  # 4, or 8 for [Gaussian_yolo]
         step = box // 4  # entry stride between the four means
-        tx, ty, tw, th = (v[..., i * step] for i in range(4))
-        col, row = cells(h, w, n, y.device)
-        aw = per_anchor([layer.anchors[2 * k] for k in layer.mask], h, w, y.device)
-        ah = per_anchor([layer.anchors[2 * k + 1] for k in layer.mask], h, w, y.device)
-        bx, by = (col + tx) / w, (row + ty) / h
-        if layer.new_coords:
-            bw, bh = tw * tw * 4 * aw / net_w, th * th * 4 * ah / net_h
-        else:
-            bw, bh = torch.exp(tw) * aw / net_w, torch.exp(th) * ah / net_h
+        xy, twh = v[..., 0:2 * step:step], v[..., 2 * step:4 * step:step]
+        xy = (cell + xy) / torch.tensor([w, h], dtype=torch.float32, device=v.device)
+        net = torch.tensor([net_w, net_h], dtype=torch.float32, device=v.device)
+        wh = (twh * twh * 4 if layer.new_coords else torch.exp(twh)) * sizes / net
         obj = v[..., box]
         scores = obj[..., None] * v[..., box + 1:]
-        return self.finish(layer, v, torch.stack([bx, by, bw, bh], -1), obj, scores)
+        return self.finish(layer, v, torch.cat([xy, wh], -1), obj, scores)
 
     def finish(self, layer, v, boxes, obj, scores) -> HeadParts:
         return HeadParts(boxes, obj, scores)

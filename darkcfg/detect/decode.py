@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from builders import native
 from builders.boxes import (
     box_diou,
     correct_boxes,
@@ -41,7 +42,10 @@ from builders.layer import Layer
 def decoding_for(layer: Layer) -> HeadDecoding | None:
     """How `decode` reads this layer's output: its head module's `head_decoding` (a plugin head
     sets its own), None for a layer that is not a decoded head."""
-    return getattr(layer, "head_decoding", None)
+    # the instance's own, else its class's: a missing attribute costs nn.Module.__getattr__ an
+    # exception, which per layer per image added up to 0.1 ms
+    own = layer.__dict__.get("head_decoding")
+    return own if own is not None else getattr(type(layer), "head_decoding", None)
 
 
 def head_indices(net) -> list[int]:
@@ -147,42 +151,44 @@ def decode(net, outputs: dict[int, torch.Tensor], thresh: float = 0.25, *, image
     `image_size` = (w, h) of the original image (or one per image) with `letter_box` applies
     correct_yolo_boxes; boxes stay relative. `input_size` = the net input (w, h) if it is not the
     cfg's (default: inferred from the grids)."""
-    found = _heads(net, outputs, input_size)
+    heads = head_indices(net)
+    if not heads:
+        raise ValueError("the network has no detection head ([yolo], [Gaussian_yolo], "
+                         "[region] or [detection])")
+    missing = [i for i in heads if i not in outputs]
+    if missing:
+        raise KeyError(f"outputs lack head layer(s) {missing}: run net(x, collect={heads})")
     t = torch.tensor(thresh, dtype=torch.float32)
-    classes = found[0][3].scores.shape[-1]
-    batch = found[0][3].boxes.shape[0]
+    batch = outputs[heads[0]].shape[0]
     sizes = _sizes(image_size, batch)
-    kind, beta = found[-1][2].nms_kind(found[-1][1])  # the last head's, as detector test
-    per_head, start = [], 0
-    for i, layer, decoding, parts in found:
+    last = net.layers[heads[-1]]
+    kind, beta = decoding_for(last).nms_kind(last)  # the last head's, as detector test
+    per_head, start, classes = [], 0, None
+    for i in heads:
+        layer, decoding, y = net.layers[i], decoding_for(net.layers[i]), outputs[i]
+        net_size = _net_size(net, i, y, input_size)
+        image, index, parts, count = decoding.emitted(layer, y, t.to(y.device), *net_size)
+        classes = parts.scores.shape[-1] if classes is None else classes
         if parts.scores.shape[-1] != classes:
             raise ValueError(f"head {i} has {parts.scores.shape[-1]} classes, the first head "
                              f"{classes}: Darknet decodes with the first head's count")
-        t = t.to(parts.boxes.device)
-        keep = decoding.keep(layer, parts, t)
-        net_size = _net_size(net, i, outputs[i], input_size)
-        per_head.append((i, layer, decoding, parts, keep, start, net_size))
-        start += parts.boxes.shape[1]
+        obj, probs = decoding.threshold(layer, parts.objectness, parts.scores,
+                                        t.to(y.device))
+        per_head.append((i, decoding, image, index + start, parts.boxes, obj, probs,
+                         net_size))
+        start += count
     results = []
     for b in range(batch):
         pieces = []
-        for _, layer, decoding, parts, keep, first, net_size in per_head:
-            index = torch.arange(first, first + parts.boxes.shape[1], device=parts.boxes.device)
-            if keep is not None:  # select first: thresholding only the emitted rows is cheaper
-                sel = torch.nonzero(keep[b]).flatten()
-                bx, obj, scores, index = (parts.boxes[b, sel], parts.objectness[b, sel],
-                                          parts.scores[b, sel], index[sel])
-            else:
-                bx, obj, scores = parts.boxes[b], parts.objectness[b], parts.scores[b]
-            obj, probs = decoding.threshold(layer, obj, scores, t)
+        for i, decoding, image, index, bx, obj, probs, net_size in per_head:
+            if batch > 1:
+                sel = torch.nonzero(image == b).flatten()
+                bx, obj, probs, index = bx[sel], obj[sel], probs[sel], index[sel]
             if decoding.letterbox:
                 bx = correct_boxes(bx, sizes[b], net_size, letter_box)
-            pieces.append((bx, obj, probs, index))
-        cat = [torch.cat([p[j] for p in pieces]) for j in range(4)]
-        layer_of = torch.cat([torch.full((p[0].shape[0],), i, dtype=torch.long,
-                                         device=p[0].device)
-                              for (i, *_), p in zip(per_head, pieces, strict=True)])
-        results.append(Detections(cat[0], cat[1], cat[2], layer_of, cat[3], kind, beta))
+            pieces.append((bx, obj, probs, index, torch.full_like(index, i)))
+        cat = [torch.cat([p[j] for p in pieces]) for j in range(5)]
+        results.append(Detections(cat[0], cat[1], cat[2], cat[4], cat[3], kind, beta))
     return results
 
 
@@ -284,8 +290,10 @@ def nms(dets, thresh: float = 0.45, kind: str | None = None, beta: float | None 
     if kind in ("default", "cornersnms"):
         suppressed = _suppressed_default(boxes, probs, active, thresh)
     else:
-        suppressed = _suppressed_diou(boxes, probs, active, thresh,
-                                      0.6 if kind == "greedynms" else beta)
+        beta = 0.6 if kind == "greedynms" else beta
+        suppressed = native.greedy_nms_diou(boxes, probs, active, thresh, beta)
+        if suppressed is None:
+            suppressed = _suppressed_diou(boxes, probs, active, thresh, beta)
     return replace(dets, probs=probs.masked_fill(suppressed, 0.0))
 
 
@@ -350,9 +358,11 @@ def _jpeg_bytes(path, channels: int) -> torch.Tensor | None:
     return out if out.dim() == 3 and out.shape[0] == channels else None
 
 
-def load_image(image, channels: int = 3) -> torch.Tensor:
-    """A path, PIL image or tensor as a (C,H,W) float tensor in [0,1] (uint8 tensors are /255).
-    Raises OSError (with the path) for an unreadable file."""
+def load_pixels(image, channels: int = 3) -> torch.Tensor:
+    """A path, PIL image or tensor as a (C, H, W) tensor with `channels` channels: uint8 as
+    read (a file, a PIL image, a uint8 tensor), else the float tensor given. The network input
+    is made from these (`network_input` reads bytes as value / 255). Raises OSError (with the
+    path) for an unreadable file."""
     image = decoded(image, channels)
     if not isinstance(image, torch.Tensor):
         from darkcfg.data.base import eight_bit
@@ -367,10 +377,18 @@ def load_image(image, channels: int = 3) -> torch.Tensor:
         image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
     if image.dim() != 3:
         raise ValueError(f"an image tensor is (C, H, W), not {tuple(image.shape)}")
-    image = image.to(torch.float32).div_(255) if image.dtype == torch.uint8 else image.float()
+    if image.dtype != torch.uint8:
+        image = image.float()
     if image.shape[0] != channels:
         image = image.repeat((channels + image.shape[0] - 1) // image.shape[0], 1, 1)[:channels]
     return image
+
+
+def load_image(image, channels: int = 3) -> torch.Tensor:
+    """A path, PIL image or tensor as a (C,H,W) float tensor in [0,1] (uint8 tensors are /255).
+    Raises OSError (with the path) for an unreadable file."""
+    image = load_pixels(image, channels)
+    return image.to(torch.float32).div_(255) if image.dtype == torch.uint8 else image
 
 
 def c_round(v: float) -> float:
@@ -433,8 +451,9 @@ def _device_of(net) -> torch.device:
 def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.45,
                    letter_box: bool | None = None, *, names: Sequence[str] = (),
                    batch_size: int = 8, nms_kind: str | None = None):
-    """`detect`, one batch at a time: yields (images (each (C,H,W) in [0,1]), their
-    Detections (after NMS, boxes relative to the original image), their `Found` lists)."""
+    """`detect`, one batch at a time: yields (images (each (C,H,W): uint8 as read, or the
+    float tensor given, in [0,1]), their Detections (after NMS, boxes relative to the original
+    image), their `Found` lists)."""
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
     if any(layer.training for layer in net.layers):  # a walk over every module costs 0.7 ms
         net.eval()
@@ -454,22 +473,26 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
     if len(starts) == 1:
         pending = [_Ready(read(0))]
     else:
-        # the next chunk's files are decoded in a thread while this one runs through the net
-        # (PIL's decoder releases the GIL); the torch work (bytes to floats, resize) stays on
-        # this thread: a second OpenMP pool beside the network's slows both (measured: 1.58x
-        # the forward per image with the resize in the thread, on 2 cores)
+        # the next chunk's files are decoded in a thread (libjpeg-turbo and PIL release the
+        # GIL) from the end of this chunk's forward on: beside this chunk's decode + NMS and the
+        # caller's drawing, one core each. Not during the forward: both cores are the network's
+        # there, and a reader beside it only slows it. The torch work (resize) stays on this
+        # thread: a second OpenMP pool beside the network's slows both (measured: 1.58x the
+        # forward per image with the resize in the thread, on 2 cores)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkcfg-read")
         pending = [pool.submit(read, starts[0])]
     try:
         for k, _ in enumerate(starts):
-            chunk = [load_image(im, c) for im in pending[k].result()]
-            if k + 1 < len(starts):
-                pending.append(pool.submit(read, starts[k + 1]))
+            chunk = [load_pixels(im, c) for im in pending[k].result()]
             pending[k] = None  # drop the reference: a chunk lives until the next yield only
             x = network_input(net, chunk, letter, device)
             sizes = [(im.shape[-1], im.shape[-2]) for im in chunk]
-            dets = detections_for_input(net, x, thresh, image_size=sizes, letter_box=letter,
-                                        nms_thresh=nms, nms_kind=nms_kind, heads=heads)
+            outputs = run_heads(net, x, heads)
+            if k + 1 < len(starts):
+                pending.append(pool.submit(read, starts[k + 1]))
+            dets = detections_of_outputs(net, outputs, (x.shape[-1], x.shape[-2]), thresh,
+                                         image_size=sizes, letter_box=letter, nms_thresh=nms,
+                                         nms_kind=nms_kind)
             yield chunk, dets, [found_objects(d, thresh, iw, ih, names)
                                 for d, (iw, ih) in zip(dets, sizes, strict=True)]
     finally:
@@ -479,12 +502,14 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
 
 def network_input(net, images: Sequence[torch.Tensor], letter: bool,
                   device: torch.device | None = None) -> torch.Tensor:
-    """(C, H, W) float images as one network input batch, as `detector test` prepares an
-    image: letterbox_image or resize_image to the network size."""
+    """(C, H, W) images (float in [0,1], or uint8 read as value / 255) as one network input
+    batch, as `detector test` prepares an image: letterbox_image or resize_image to the
+    network size."""
     fit = letterbox_image if letter else resize_image
     w, h = net.info.width, net.info.height
-    return torch.cat([fit(im[None].to(device) if device is not None else im[None], w, h)
-                      for im in images])
+    batch = [fit(im[None].to(device) if device is not None else im[None], w, h)
+             for im in images]
+    return batch[0] if len(batch) == 1 else torch.cat(batch)
 
 
 class _Ready:
@@ -531,6 +556,17 @@ def detections_for_input(net, x: torch.Tensor, thresh: float = 0.25, *, image_si
                          nms_kind: str | None = None, heads=None) -> list[Detections]:
     """forward + decode + nms on a prepared network input (N,C,H,W)."""
     outputs = run_heads(net, x, heads)
+    return detections_of_outputs(net, outputs, (x.shape[-1], x.shape[-2]) if x.dim() == 4
+                                 else None, thresh, image_size=image_size,
+                                 letter_box=letter_box, nms_thresh=nms_thresh,
+                                 nms_kind=nms_kind)
+
+
+def detections_of_outputs(net, outputs: dict[int, torch.Tensor], input_size, thresh: float,
+                          *, image_size=None, letter_box: bool = False,
+                          nms_thresh: float = 0.45, nms_kind: str | None = None
+                          ) -> list[Detections]:
+    """decode + nms of the head outputs of a network input of `input_size` (w, h)."""
     dets = decode(net, outputs, thresh, image_size=image_size, letter_box=letter_box,
-                  input_size=(x.shape[-1], x.shape[-2]) if x.dim() == 4 else None)
+                  input_size=input_size)
     return nms(dets, nms_thresh, nms_kind) if nms_thresh else dets

@@ -33,13 +33,12 @@ import torch
 from cfgparse import CfgError, Diagnostic
 from darkcfg.detect.decode import (
     _device_of,
-    decode,
+    detections_of_outputs,
     found_objects,
     head_indices,
-    load_image,
+    load_pixels,
     net_letter_box,
     network_input,
-    nms,
     run_heads,
 )
 
@@ -211,10 +210,10 @@ class _Writer(threading.Thread):
         from darkcfg.detect.draw import drawn, label_lines
 
         av = require_av()
-        # detections_for_input's decode + NMS, on the outputs the calling thread computed
-        dets = decode(self.net, outputs, self.thresh, image_size=sizes, letter_box=self.letter,
-                      input_size=input_size)
-        dets = nms(dets, self.nms) if self.nms else dets
+        # decode + NMS on the outputs the calling thread computed
+        dets = detections_of_outputs(self.net, outputs, input_size, self.thresh,
+                                     image_size=sizes, letter_box=self.letter,
+                                     nms_thresh=self.nms)
         found = [found_objects(d, self.thresh, w, h, self.names)
                  for d, (w, h) in zip(dets, sizes, strict=True)]
         self.objects += sum(len(f) for f in found)
@@ -322,7 +321,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
             if isinstance(item, BaseException):
                 raise _read_error(item, source)
             rgb = item
-            x = network_input(net, [load_image(f, net.info.channels) for f in rgb], letter)
+            x = network_input(net, [load_pixels(f, net.info.channels) for f in rgb], letter)
             sizes = [(f.shape[-1], f.shape[-2]) for f in rgb]
             outputs = run_heads(net, x.to(device), heads)
             writer.jobs.put((rgb, outputs, sizes, (x.shape[-1], x.shape[-2]), frames + 1))
