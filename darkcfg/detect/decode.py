@@ -544,11 +544,15 @@ def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: boo
 def run_heads(net, x: torch.Tensor, heads: list[int] | None = None) -> dict[int, torch.Tensor]:
     """The head outputs for input x, under autocast on CUDA (decoded in float32 after)."""
     heads = head_indices(net) if heads is None else heads
-    autocast = torch.autocast("cuda", dtype=torch.float16) if x.device.type == "cuda" else \
-        torch.autocast("cpu", enabled=False)
+    if x.device.type == "cuda":
+        autocast = torch.autocast("cuda", dtype=torch.float16)
+    elif torch.is_autocast_enabled("cpu"):  # a caller's bfloat16 region: decode in float32
+        autocast = torch.autocast("cpu", enabled=False)
+    else:  # entering a disabled autocast costs more than the rest of this function
+        autocast = contextlib.nullcontext()
     with torch.no_grad(), autocast:
         outs = net(x, collect=heads)
-    return {i: y.float() for i, y in outs.items()}
+    return {i: y if y.dtype == torch.float32 else y.float() for i, y in outs.items()}
 
 
 def detections_for_input(net, x: torch.Tensor, thresh: float = 0.25, *, image_size=None,
