@@ -320,10 +320,13 @@ def resize_u8(image: torch.Tensor, out: torch.Tensor) -> bool:
 
 
 def greedy_nms_diou(boxes: torch.Tensor, probs: torch.Tensor, active: torch.Tensor,
-                    thresh: float, beta: float) -> torch.Tensor | None:
+                    thresh: float, beta: float, pair_budget: int = 1 << 22
+                    ) -> torch.Tensor | None:
     """Which (candidate, class) probs Darknet's DIoU NMS zeroes (darkcfg.detect.decode
     `_suppressed_diou`, the same pairs): boxes (k, 4) [x, y, w, h], probs (k, c), active (k)
-    bool, CPU float32; a (k, c) bool tensor, or None without the native kernels."""
+    bool, CPU float32; a (k, c) bool tensor, or None without the native kernels. Up to
+    `pair_budget` overlapping pairs are listed once (16 bytes each), beyond that each class
+    tests its own pairs."""
     lib = library()
     if lib is None or boxes.device.type != "cpu" or probs.device.type != "cpu":
         return None
@@ -333,7 +336,7 @@ def greedy_nms_diou(boxes: torch.Tensor, probs: torch.Tensor, active: torch.Tens
     out = torch.empty(probs.shape, dtype=torch.uint8)
     k, c = probs.shape
     if not lib.darkcfg_greedy_nms(boxes.data_ptr(), probs.data_ptr(), active.data_ptr(), k, c,
-                                  thresh, beta, 4096, out.data_ptr()):
+                                  thresh, beta, pair_budget, out.data_ptr()):
         return None
     return out.bool()
 

@@ -98,6 +98,9 @@ def test_native_diou_nms_keeps_the_pairs_the_numpy_walk_keeps():
             got = native.greedy_nms_diou(boxes, probs, active, thresh, beta)
             want = _suppressed_diou(boxes, probs, active, thresh, beta)
             assert torch.equal(got, want), (trial, thresh, beta)
+            # with too many overlapping pairs to list, each class tests its own
+            unlisted = native.greedy_nms_diou(boxes, probs, active, thresh, beta, pair_budget=1)
+            assert torch.equal(unlisted, want), (trial, thresh, beta)
             checked += int(want.sum())
     assert checked > 1000  # suppression happened: the comparison is not of empty masks
 
