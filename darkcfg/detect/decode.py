@@ -64,7 +64,8 @@ def _net_size(net, index: int, y: torch.Tensor, input_size) -> tuple[int, int]:
     return net.info.width, net.info.height
 
 
-def _heads(net, outputs: dict[int, torch.Tensor], input_size=None):
+def _checked_heads(net, outputs: dict[int, torch.Tensor]) -> list[int]:
+    """The head indices, all of them in `outputs` (else a KeyError saying how to run the net)."""
     heads = head_indices(net)
     if not heads:
         raise ValueError("the network has no detection head ([yolo], [Gaussian_yolo], "
@@ -72,8 +73,12 @@ def _heads(net, outputs: dict[int, torch.Tensor], input_size=None):
     missing = [i for i in heads if i not in outputs]
     if missing:
         raise KeyError(f"outputs lack head layer(s) {missing}: run net(x, collect={heads})")
+    return heads
+
+
+def _heads(net, outputs: dict[int, torch.Tensor], input_size=None):
     found = []
-    for i in heads:
+    for i in _checked_heads(net, outputs):
         layer, decoding = net.layers[i], decoding_for(net.layers[i])
         net_w, net_h = _net_size(net, i, outputs[i], input_size)
         found.append((i, layer, decoding, decoding.predictions(layer, outputs[i], net_w, net_h)))
@@ -151,13 +156,7 @@ def decode(net, outputs: dict[int, torch.Tensor], thresh: float = 0.25, *, image
     `image_size` = (w, h) of the original image (or one per image) with `letter_box` applies
     correct_yolo_boxes; boxes stay relative. `input_size` = the net input (w, h) if it is not the
     cfg's (default: inferred from the grids)."""
-    heads = head_indices(net)
-    if not heads:
-        raise ValueError("the network has no detection head ([yolo], [Gaussian_yolo], "
-                         "[region] or [detection])")
-    missing = [i for i in heads if i not in outputs]
-    if missing:
-        raise KeyError(f"outputs lack head layer(s) {missing}: run net(x, collect={heads})")
+    heads = _checked_heads(net, outputs)
     t = torch.tensor(thresh, dtype=torch.float32)
     batch = outputs[heads[0]].shape[0]
     sizes = _sizes(image_size, batch)
