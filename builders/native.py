@@ -328,7 +328,9 @@ def greedy_nms_diou(boxes: torch.Tensor, probs: torch.Tensor, active: torch.Tens
     `pair_budget` overlapping pairs are listed once (16 bytes each), beyond that each class
     tests its own pairs."""
     lib = library()
-    if lib is None or boxes.device.type != "cpu" or probs.device.type != "cpu":
+    if lib is None or any(t.device.type != "cpu" for t in (boxes, probs, active)) or \
+            probs.dim() != 2 or tuple(boxes.shape) != (probs.shape[0], 4) or \
+            tuple(active.shape) != (probs.shape[0],):
         return None
     boxes = boxes.to(torch.float32).contiguous()
     probs = probs.to(torch.float32).contiguous()
