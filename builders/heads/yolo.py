@@ -9,7 +9,6 @@ cfgparse (schema.SECTIONS["yolo"], rules.HEAD_INPUTS)."""
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -123,22 +122,6 @@ def _class_multipliers(block: Block, keys: dict, classes: int, max_delta: float 
     return tuple(min(top / c, max_delta if max_delta is not None else math.inf) for c in counts)
 
 
-_ANCHORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _mask_anchors(layer, device, cached: bool = False) -> torch.Tensor:
-    """(len(mask), 2) float32 anchor sizes of the layer's mask; `cached`: made once per layer
-    (a tensor from Python lists costs more than decoding a few boxes), for eager decoding only:
-    under tracing a cached tensor would be the tracer's."""
-    sizes = _ANCHORS.get(layer) if cached else None
-    if type(sizes) is not torch.Tensor:  # noqa: E721 - not a tracer's subclass either
-        sizes = torch.tensor([layer.anchors[2 * k: 2 * k + 2] for k in layer.mask],
-                             dtype=torch.float32)
-        if cached:
-            _ANCHORS[layer] = sizes
-    return sizes if device.type == "cpu" else sizes.to(device)
-
-
 class YoloDecoding(HeadDecoding):
     """src/yolo_layer.c get_yolo_detections / get_yolo_box (new_coords 0/1; scale_x_y is
     already in the forward); [Gaussian_yolo] adds its uncertainty (GaussianYoloDecoding)."""
@@ -150,7 +133,7 @@ class YoloDecoding(HeadDecoding):
         v = v.reshape(y.shape[0], h * w * n, entries).float()
         cell = torch.stack(cells(h, w, n, y.device), -1)
         anchor = torch.arange(n, device=y.device).repeat(h * w)
-        return self._decoded(layer, v, cell, _mask_anchors(layer, y.device)[anchor], h, w,
+        return self._decoded(layer, v, cell, layer.mask_anchors.to(y.device)[anchor], h, w,
                              net_w, net_h)
 
     def emitted(self, layer, y, thresh, net_w, net_h):
@@ -166,8 +149,8 @@ class YoloDecoding(HeadDecoding):
         rows = v[image, a, :, r, c].float()  # (K, entries)
         cell = torch.stack([c, r], -1).float()
         return image, (r * w + c) * n + a, \
-            self._decoded(layer, rows, cell, _mask_anchors(layer, y.device, cached=True)[a], h,
-                          w, net_w, net_h), h * w * n
+            self._decoded(layer, rows, cell, layer.mask_anchors.to(y.device)[a], h, w, net_w,
+                          net_h), h * w * n
 
     def _decoded(self, layer, v, cell, sizes, h, w, net_w, net_h) -> HeadParts:
         """get_yolo_box and the class scores of candidate rows v (..., entries) in cells
@@ -255,6 +238,11 @@ def build_yolo_head(block: Block, ctx: BuildContext, head_class: type[YoloHead])
     logistic, scaled = head_class.activations(entries, new_coords)
     layer = head_class(ctx.input, len(mask), entries, logistic, scaled, scale_x_y)
     layer.classes, layer.mask, layer.anchors, layer.num = classes, mask, anchors, num
+    # (len(mask), 2) anchor sizes the decoding indexes: made once (a tensor from Python lists
+    # costs more than decoding a few boxes); a CPU constant, not a buffer (not in checkpoints,
+    # not on the meta device of a meta build), moved where the head's output is
+    layer.mask_anchors = torch.tensor([anchors[2 * k: 2 * k + 2] for k in mask],
+                                      dtype=torch.float32, device="cpu")
     layer.new_coords = new_coords
     keys = read_keys(block, "pjreddie" if pjreddie else "alexeyab", _FORWARD_KEYS,
                      {"max": 90} if pjreddie else None)
