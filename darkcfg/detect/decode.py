@@ -241,7 +241,9 @@ def _suppressed_default(boxes, probs, active, thresh):
 def _suppressed_diou(boxes, probs, active, thresh, beta):
     """diounms_sort: the same per-class greedy loop with a DIoU test (Darknet's, not in
     torchvision). The similarity matrix is computed once over the boxes any class uses (when it
-    fits) and each class walks its rows in its own order."""
+    fits) and each class walks its rows in its own order. On the CPU `nms` runs the native
+    kernel instead (builders.native.greedy_nms_diou, the same kept pairs); this runs on other
+    devices and without a compiler."""
     # the per-class walk in numpy: a few small arrays per class, where torch ops would cost
     # more in dispatch than in work (about half of decode + NMS for a typical image)
     p = probs.detach().cpu().numpy()
