@@ -106,38 +106,116 @@ void darkcfg_mish_inplace(float *x, int64_t n, int threads) {
 static inline float clamp255(float x) { return x < 0.0f ? 0.0f : (x > 255.0f ? 255.0f : x); }
 
 NO_CONTRACT
+static inline void hsv_pixel(const uint8_t *src, uint8_t *dst, int64_t hw, int64_t p,
+                             float hue_add, float dsat, float dexp, float hue_to_sector) {
+    static const float sector_base[3] = {5.0f, 3.0f, 1.0f};  /* R, G, B */
+    float r = src[p], g = src[hw + p], b = src[2 * hw + p];
+    /* the max channel, R winning ties, then G (torch's max returns the first) */
+    int arg = 0;
+    float v = r;
+    if (g > v) { v = g; arg = 1; }
+    if (b > v) { v = b; arg = 2; }
+    float mn = r < g ? r : g;
+    mn = mn < b ? mn : b;
+    float diff = v - mn;
+    float safe = diff < 1.0f ? 1.0f : diff;
+    float hraw = arg == 0 ? g - b : (arg == 1 ? (b - r) + 2.0f * diff : (r - g) + 4.0f * diff);
+    float h = __builtin_floorf(hraw * 30.0f / safe + 0.5f);
+    h = (h < 0.0f ? h + 180.0f : h) * (diff > 0.0f ? 1.0f : 0.0f);
+    float s = __builtin_floorf(diff * 255.0f / (v < 1.0f ? 1.0f : v) + 0.5f);
+    h = clamp255(__builtin_floorf(h + hue_add + 0.5f));
+    s = clamp255(__builtin_floorf(s * dsat + 0.5f)) / 255.0f;
+    v = clamp255(__builtin_floorf(v * dexp + 0.5f));
+    float vs = v * s, hs = h * hue_to_sector;
+    for (int c = 0; c < 3; c++) {
+        float k = sector_base[c] + hs;  /* in [1, 13.5]: k mod 6 is exact by subtraction */
+        k = k >= 12.0f ? k - 12.0f : (k >= 6.0f ? k - 6.0f : k);
+        float t = 4.0f - k;
+        t = k < t ? k : t;
+        t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+        float out = clamp255(__builtin_floorf((v - vs * t) + 0.5f));
+        dst[c * hw + p] = (uint8_t)out;
+    }
+}
+
+#ifdef DARKCFG_AVX2
+/* hsv_pixel on 8 pixels: the same float32 operations lane by lane (selects for the branches;
+ * min/max written so their operand order gives the C conditionals' result), so the bytes are
+ * the same. GCC does not vectorise the scalar loop (the byte loads and the sector selects). */
+static inline __m256 bytes8(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+static inline void store8(uint8_t *p, __m256 x) {
+    __m256i i = _mm256_cvttps_epi32(x);  /* whole numbers in [0, 255] already */
+    __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extractf128_si256(i, 1));
+    _mm_storel_epi64((__m128i *)p, _mm_packus_epi16(w, w));
+}
+
+static inline __m256 clamp255_avx2(__m256 x) {
+    return _mm256_min_ps(_mm256_max_ps(x, _mm256_setzero_ps()), _mm256_set1_ps(255.0f));
+}
+
+static inline __m256 floor_avx2(__m256 x) {
+    return _mm256_round_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+}
+
+NO_CONTRACT
+static void hsv_avx2(const uint8_t *src, uint8_t *dst, int64_t hw, int64_t p, float hue_add,
+                     float dsat, float dexp, float hue_to_sector) {
+    const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+    __m256 r = bytes8(src + p), g = bytes8(src + hw + p), b = bytes8(src + 2 * hw + p);
+    __m256 g_max = _mm256_cmp_ps(g, r, _CMP_GT_OQ);
+    __m256 v = _mm256_blendv_ps(r, g, g_max);
+    __m256 b_max = _mm256_cmp_ps(b, v, _CMP_GT_OQ);
+    v = _mm256_blendv_ps(v, b, b_max);
+    __m256 mn = _mm256_min_ps(_mm256_min_ps(r, g), b);
+    __m256 diff = _mm256_sub_ps(v, mn);
+    __m256 safe = _mm256_max_ps(diff, one);
+    __m256 h_r = _mm256_sub_ps(g, b);
+    __m256 h_g = _mm256_add_ps(_mm256_sub_ps(b, r), _mm256_mul_ps(_mm256_set1_ps(2.0f), diff));
+    __m256 h_b = _mm256_add_ps(_mm256_sub_ps(r, g), _mm256_mul_ps(_mm256_set1_ps(4.0f), diff));
+    __m256 hraw = _mm256_blendv_ps(_mm256_blendv_ps(h_r, h_g, g_max), h_b, b_max);
+    __m256 h = floor_avx2(_mm256_add_ps(
+        _mm256_div_ps(_mm256_mul_ps(hraw, _mm256_set1_ps(30.0f)), safe), half));
+    __m256 negative = _mm256_cmp_ps(h, _mm256_setzero_ps(), _CMP_LT_OQ);
+    h = _mm256_blendv_ps(h, _mm256_add_ps(h, _mm256_set1_ps(180.0f)), negative);
+    __m256 coloured = _mm256_cmp_ps(diff, _mm256_setzero_ps(), _CMP_GT_OQ);
+    h = _mm256_mul_ps(h, _mm256_and_ps(coloured, one));
+    __m256 s = floor_avx2(_mm256_add_ps(
+        _mm256_div_ps(_mm256_mul_ps(diff, _mm256_set1_ps(255.0f)), _mm256_max_ps(v, one)),
+        half));
+    h = clamp255_avx2(floor_avx2(_mm256_add_ps(_mm256_add_ps(h, _mm256_set1_ps(hue_add)),
+                                               half)));
+    s = _mm256_div_ps(clamp255_avx2(floor_avx2(_mm256_add_ps(
+        _mm256_mul_ps(s, _mm256_set1_ps(dsat)), half))), _mm256_set1_ps(255.0f));
+    v = clamp255_avx2(floor_avx2(_mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(dexp)), half)));
+    __m256 vs = _mm256_mul_ps(v, s), hs = _mm256_mul_ps(h, _mm256_set1_ps(hue_to_sector));
+    static const float sector_base[3] = {5.0f, 3.0f, 1.0f};
+    for (int c = 0; c < 3; c++) {
+        __m256 k = _mm256_add_ps(_mm256_set1_ps(sector_base[c]), hs);
+        __m256 over12 = _mm256_cmp_ps(k, _mm256_set1_ps(12.0f), _CMP_GE_OQ);
+        __m256 over6 = _mm256_cmp_ps(k, _mm256_set1_ps(6.0f), _CMP_GE_OQ);
+        k = _mm256_blendv_ps(_mm256_blendv_ps(k, _mm256_sub_ps(k, _mm256_set1_ps(6.0f)), over6),
+                             _mm256_sub_ps(k, _mm256_set1_ps(12.0f)), over12);
+        __m256 t = _mm256_min_ps(k, _mm256_sub_ps(_mm256_set1_ps(4.0f), k));
+        t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), one);
+        __m256 out = clamp255_avx2(floor_avx2(_mm256_add_ps(
+            _mm256_sub_ps(v, _mm256_mul_ps(vs, t)), half)));
+        store8(dst + c * hw + p, out);
+    }
+}
+#endif
+
 void darkcfg_hsv_shift_u8(const uint8_t *src, uint8_t *dst, int64_t hw, float hue_add,
                           float dsat, float dexp, float hue_to_sector) {
-    static const float sector_base[3] = {5.0f, 3.0f, 1.0f};  /* R, G, B */
-    for (int64_t p = 0; p < hw; p++) {
-        float r = src[p], g = src[hw + p], b = src[2 * hw + p];
-        /* the max channel, R winning ties, then G (torch's max returns the first) */
-        int arg = 0;
-        float v = r;
-        if (g > v) { v = g; arg = 1; }
-        if (b > v) { v = b; arg = 2; }
-        float mn = r < g ? r : g;
-        mn = mn < b ? mn : b;
-        float diff = v - mn;
-        float safe = diff < 1.0f ? 1.0f : diff;
-        float hraw = arg == 0 ? g - b : (arg == 1 ? (b - r) + 2.0f * diff : (r - g) + 4.0f * diff);
-        float h = __builtin_floorf(hraw * 30.0f / safe + 0.5f);
-        h = (h < 0.0f ? h + 180.0f : h) * (diff > 0.0f ? 1.0f : 0.0f);
-        float s = __builtin_floorf(diff * 255.0f / (v < 1.0f ? 1.0f : v) + 0.5f);
-        h = clamp255(__builtin_floorf(h + hue_add + 0.5f));
-        s = clamp255(__builtin_floorf(s * dsat + 0.5f)) / 255.0f;
-        v = clamp255(__builtin_floorf(v * dexp + 0.5f));
-        float vs = v * s, hs = h * hue_to_sector;
-        for (int c = 0; c < 3; c++) {
-            float k = sector_base[c] + hs;  /* in [1, 13.5]: k mod 6 is exact by subtraction */
-            k = k >= 12.0f ? k - 12.0f : (k >= 6.0f ? k - 6.0f : k);
-            float t = 4.0f - k;
-            t = k < t ? k : t;
-            t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
-            float out = clamp255(__builtin_floorf((v - vs * t) + 0.5f));
-            dst[c * hw + p] = (uint8_t)out;
-        }
-    }
+    int64_t p = 0;
+#ifdef DARKCFG_AVX2
+    for (; p + 8 <= hw; p += 8)
+        hsv_avx2(src, dst, hw, p, hue_add, dsat, dexp, hue_to_sector);
+#endif
+    for (; p < hw; p++)
+        hsv_pixel(src, dst, hw, p, hue_add, dsat, dexp, hue_to_sector);
 }
 
 /* [maxpool] size=2 stride=2 over NCHW float32 planes, for training (torch's NCHW
@@ -554,7 +632,7 @@ int darkcfg_greedy_nms(const float *boxes, const float *probs, const uint8_t *ac
     return 1;
 }
 
-int darkcfg_kernels_version(void) { return 6; }
+int darkcfg_kernels_version(void) { return 7; }
 
 int darkcfg_kernels_vectorized(void) {
 #ifdef DARKCFG_AVX2
