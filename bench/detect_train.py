@@ -182,11 +182,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="bfloat16 autocast + channels-last on the CPU (the runner's --amp)")
     p.add_argument("--probe", type=int, default=3, help="probe iterations (3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "runs" / "bench-detect"))
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench-detect"),
+                   help="a folder per cfg is made here; one that holds a run is refused")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = [run_one(cfg, args) for cfg in args.cfg]
+    from cfgparse import CfgError
+
+    try:
+        results = [run_one(cfg, args) for cfg in args.cfg]
+    except CfgError as exc:  # e.g. --out already holds a run: say so, no traceback
+        print(exc, file=sys.stderr)
+        return 2
     print(f"{'cfg':<22} {'size':>4} {'iters':>6} {'train min':>9} {'img/s':>7} "
           f"{'wall s':>7} {'wall img/s':>10} {'/Darknet':>8} {'mAP@0.5':>8} {'mAP@.5:.95':>10}")
     for r in results:
