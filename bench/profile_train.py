@@ -31,7 +31,10 @@ GROUPS = (("convolution_backward", "conv backward"), ("mkldnn_convolution", "con
           ("batch_norm", "batch-norm"), ("leaky_relu", "activations"), ("mish", "activations"),
           ("sigmoid", "activations"), ("silu", "activations"), ("softplus", "activations"),
           ("max_pool", "pool/route/upsample"), ("upsample", "pool/route/upsample"),
-          ("cat", "pool/route/upsample"), ("sgd", "optimizer"), ("_foreach", "optimizer"))
+          ("cat", "pool/route/upsample"), ("sgd", "optimizer"), ("_foreach", "optimizer"),
+          # the native kernels' autograd functions (builders/native_kernels.c)
+          ("_batchnormact", "batch-norm + activation (native)"),
+          ("_nativemaxpool", "pool/route/upsample"))
 
 
 def group_of(name: str) -> str:
