@@ -309,9 +309,8 @@ def resize_u8(image: torch.Tensor, out: torch.Tensor) -> bool:
     if lib is None or image.dtype != torch.uint8 or image.device.type != "cpu" or \
             out.dtype != torch.float32 or out.device.type != "cpu" or out.stride(-1) != 1 or \
             image.dim() != 3 or out.dim() != 3 or image.shape[0] != out.shape[0] or \
-            image.numel() == 0 or out.numel() == 0:
-        return False
-    if min(image.stride()) < 0 or min(out.stride()) < 0:
+            image.numel() == 0 or out.numel() == 0 or min(image.stride()) < 0 or \
+            min(out.stride()) < 0:
         return False
     c, h, w = image.shape
     return bool(lib.darkcfg_resize_u8(image.data_ptr(), c, h, w, *image.stride(),
