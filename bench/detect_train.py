@@ -6,11 +6,14 @@
                                  [--subdivisions 1] [--darknet-build opencv|native] [--amp]
 
 `--data X.data` trains on a Darknet-format set (`bench/darknet_set.py` writes the embedded set
-as one) instead of the embedded set; `--random 0` sets every [yolo]'s `random` (0: fixed size).
-With `--iterations N` the run is Darknet's schedule (burn_in 10% or `--burn-in`, steps at
-80%/90%) with no speed probe, and the row also gives the wall time with the validations
-included and its img/s against Darknet's 7.1 img/s (issue 22: yolov3-tiny, 160x160, batch 16,
-900 iterations and four validations in 2,073 s on the CPU).
+as one) instead of the embedded set, the way `darknet detector train X.data CFG` does: with the
+cfg's own [net] schedule (max_batches, burn_in, steps, learning_rate, batch, subdivisions, size),
+flags given on the command line applied over it. `--random 0` sets every [yolo]'s `random` (0:
+fixed size). With `--iterations N` other than the cfg's max_batches the run is the bench's
+schedule (burn_in 10% or `--burn-in`, steps at 80%/90%). Either way there is no speed probe, and
+the row also gives the wall time with the validations included and its img/s against Darknet's
+7.1 img/s (issue 22: yolov3-tiny, 160x160, batch 16, 900 iterations and four validations in
+2,073 s on the CPU). The first line of each run says which schedule it follows.
 
 For each cfg (default cfg/yolov3-tiny.cfg and cfg/yolov4-tiny.cfg) at SIZE x SIZE on the
 embedded detection set: a short probe measures the training speed (at the first multi-scale
@@ -22,10 +25,10 @@ augmentation and `random=1` multi-scale, Darknet's lr schedule with burn-in and 
 Validation time is not part of the budget. Prints one row per cfg and a JSON line; the run
 folders (metrics.csv, chart.png with the mAP curve, weights) stay under --out.
 
-Overrides the bench applies to the cfg (the rest of [net] and every [yolo] key stay):
-width/height = SIZE, batch = --batch with subdivisions = --subdivisions (1), learning_rate =
---lr (0.001), burn_in = 10% of the run (the cfgs' 1000 is meant for 500k-iteration GPU runs),
-steps/scales, max_batches.
+Overrides the bench applies to the cfg when it does not keep the cfg's schedule (the rest of
+[net] and every [yolo] key stay): width/height = SIZE (160), batch = --batch (16) with
+subdivisions = --subdivisions (1), learning_rate = --lr (0.001), burn_in = 10% of the run (the
+cfgs' 1000 is meant for 500k-iteration GPU runs), steps/scales, max_batches.
 """
 
 from __future__ import annotations
@@ -104,22 +107,75 @@ def read_rows(out: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def run_one(cfg: str, args) -> dict:
-    name = Path(cfg).stem
-    base = [f"width={args.size}", f"height={args.size}", f"batch={args.batch}",
-            f"subdivisions={args.subdivisions}", f"learning_rate={args.lr}", *args.set]
+def as_written(net, args) -> bool:
+    """Whether the run keeps the cfg's own schedule: a `--data` run (Darknet's `detector train
+    X.data CFG`) without `--iterations`, or with the cfg's own max_batches."""
+    return args.data is not None and args.iterations in (0, net.int("max_batches", 0))
+
+
+def plan(net, args) -> tuple[list[str], int | None, str]:
+    """The [net] overrides of a run, its iterations (None: fill the time budget after a probe)
+    and a line saying where the schedule comes from. `net` is the cfg's [net] block. A flag given
+    on the command line always applies; an unset one takes the cfg's value when the run keeps the
+    cfg's schedule (`as_written`), else the bench's default (160, batch 16, subdivisions 1,
+    lr 0.001, burn-in 10%, steps at 80%/90%)."""
+    own = as_written(net, args)
+
+    def flag(value, default):
+        return value if value is not None or own else default
+
+    size, batch = flag(args.size, 160), flag(args.batch, 16)
+    subdivisions, lr = flag(args.subdivisions, 1), flag(args.lr, 0.001)
+    sets = [*(f"{k}={v}" for k, v in (("width", size), ("height", size), ("batch", batch),
+                                      ("subdivisions", subdivisions), ("learning_rate", lr))
+              if v is not None), *args.set]
     if args.random is not None:
-        base.append(f"yolo.random={args.random:g}")
-    if args.iterations:
-        probe, iterations = None, args.iterations
-    else:
-        probe, train_set = probe_speed(cfg, [*base, "max_batches=1000"], args.probe, args.seed,
+        sets.append(f"yolo.random={args.random:g}")
+    if own:
+        iterations = net.int("max_batches", 0)
+        if args.burn_in is not None:
+            sets.append(f"burn_in={args.burn_in}")
+        keys = ("max_batches", "burn_in", "policy", "steps", "learning_rate", "batch",
+                "subdivisions", "width", "height")
+        written = ", ".join(f"{k}={net.get(k)}" for k in keys if net.has(k))
+        return sets, iterations, f"schedule: the cfg's own ({written}), flags given applied"
+    iterations = args.iterations or None
+    if iterations is None:
+        return sets, None, "schedule: the bench's, max_batches from the time budget"
+    return (bench_schedule(sets, iterations, args.burn_in), iterations,
+            f"schedule: the bench's, {iterations} iterations")
+
+
+def bench_schedule(sets: list[str], iterations: int, burn_in: int | None) -> list[str]:
+    """Darknet's steps policy over `iterations`: burn-in 10% (the cfgs' 1000 is meant for
+    500k-iteration GPU runs) unless given, steps at 80% and 90%."""
+    burn_in = burn_in if burn_in is not None else max(iterations // 10, 1)
+    return [*sets, f"max_batches={iterations}", f"burn_in={burn_in}", "policy=steps",
+            f"steps={int(iterations * 0.8)},{int(iterations * 0.9)}", "scales=.1,.1"]
+
+
+def run_one(cfg: str, args) -> dict:
+    from cfgparse import CfgError, Diagnostic, parse
+    from darkcfg.config import apply_overrides
+
+    name = Path(cfg).stem
+    net, _ = apply_overrides(next(iter(parse(cfg))), [
+        kv for kv in args.set if "." not in kv.partition("=")[0]
+        or kv.startswith("net.")])  # the [net] the run will have, to read its schedule
+    sets, iterations, where = plan(net, args)
+    if iterations is not None and iterations < 1:
+        raise CfgError(Diagnostic("E901", f"{cfg}: [net] max_batches is {iterations}, so the "
+                                  "cfg's own schedule trains nothing", "--iterations",
+                                  hint="set max_batches in the cfg, or pass --iterations N"))
+    probe = None
+    if iterations is None:
+        probe, train_set = probe_speed(cfg, [*sets, "max_batches=1000"], args.probe, args.seed,
                                        args.data)
-        iterations = iterations_for_budget(args.budget_min * 60, probe, args.batch, train_set)
-    burn_in = args.burn_in if args.burn_in is not None else max(iterations // 10, 1)
-    sets = [*base, f"max_batches={iterations}", f"burn_in={burn_in}",
-            "policy=steps", f"steps={int(iterations * 0.8)},{int(iterations * 0.9)}",
-            "scales=.1,.1"]
+        iterations = iterations_for_budget(args.budget_min * 60, probe, args.batch or 16,
+                                           train_set)
+        sets = bench_schedule(sets, iterations, args.burn_in)
+        where += f": {iterations} iterations"
+    print(f"{name}: {where}", flush=True)
     out = Path(args.out) / name
     opts = RunOptions(cfg_path=cfg, name=name, out=out, seed=args.seed, device="cpu",
                       data=args.data,
@@ -133,11 +189,12 @@ def run_one(cfg: str, args) -> dict:
     wall = time.perf_counter() - started
     rows = read_rows(out)
     speeds = [float(r["images_per_s"]) for r in rows[1:]] or [0.0]
-    train_s = sum(args.batch / s for s in speeds if s > 0)
+    batch = trainer.global_batch
+    train_s = sum(batch / s for s in speeds if s > 0)
     val = [r for r in rows if r.get("val_map50")]
     last = val[-1] if val else {}
-    rate = iterations * args.batch / wall  # validations, checkpoints and loading included
-    return {"cfg": cfg, "size": args.size, "batch": args.batch, "iterations": iterations,
+    rate = iterations * batch / wall  # validations, checkpoints and loading included
+    return {"cfg": cfg, "size": trainer.cfg.width, "batch": batch, "iterations": iterations,
             "data": args.data or "embedded",
             "stopped": how, "probe_images_per_s": probe and round(probe, 2),
             "wall_s": round(wall, 1), "wall_images_per_s": round(rate, 2),
@@ -153,17 +210,22 @@ def run_one(cfg: str, args) -> dict:
             "amp": bool(args.amp), "threads": torch.get_num_threads(), "out": str(out)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cfg", nargs="+", default=list(DEFAULT_CFGS))
-    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--size", type=int, default=None,
+                   help="width = height (160; a --data run keeping the cfg's schedule: the cfg's)")
     p.add_argument("--budget-min", type=float, default=20.0,
                    help="training minutes per cfg (validation not counted; default 20)")
     p.add_argument("--iterations", type=int, default=0,
-                   help="a fixed max_batches instead of the time budget")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--subdivisions", type=int, default=1,
-                   help="[net] subdivisions (1: one forward of `--batch` images an update)")
+                   help="a fixed max_batches instead of the time budget (with --data: "
+                   "default the cfg's own schedule, as `darknet detector train` runs it)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="images an update (16; a --data run keeping the cfg's schedule: the "
+                   "cfg's)")
+    p.add_argument("--subdivisions", type=int, default=None,
+                   help="[net] subdivisions (1: one forward of `--batch` images an update; a "
+                   "--data run keeping the cfg's schedule: the cfg's)")
     p.add_argument("--darknet-build", choices=("opencv", "native"), default="opencv",
                    help="augment as Darknet built with OpenCV (default) or without it")
     p.add_argument("--data", default=None, metavar="X.data",
@@ -171,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random", type=float, default=None,
                    help="set every [yolo] random= (0: no multi-scale)")
     p.add_argument("--burn-in", type=int, default=None,
-                   help="burn_in iterations (default 10%% of the run)")
-    p.add_argument("--lr", type=float, default=0.001,
-                   help="learning_rate (0.001, the cfgs'; 0.004 diverged at batch 16)")
+                   help="burn_in iterations (default 10%% of the run, or the cfg's)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning_rate (0.001, the cfgs'; 0.004 diverged at batch 16; a --data "
+                   "run keeping the cfg's schedule: the cfg's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="more [net] overrides")
     p.add_argument("--threads", type=int, default=2)
@@ -185,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-detect"),
                    help="a folder per cfg is made here; one that holds a run is refused")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     from cfgparse import CfgError
 
