@@ -137,7 +137,7 @@ def plan(net, args) -> tuple[list[str], int | None, str]:
             sets.append(f"burn_in={args.burn_in}")
         keys = ("max_batches", "burn_in", "policy", "steps", "learning_rate", "batch",
                 "subdivisions", "width", "height")
-        written = ", ".join(f"{k}={net.get(k)}" for k in keys if net.has(k))
+        written = ", ".join(f"{k}={net.option(k).raw}" for k in keys if net.has(k))
         return sets, iterations, f"schedule: the cfg's own ({written}), flags given applied"
     iterations = args.iterations or None
     if iterations is None:

@@ -53,7 +53,7 @@ def test_a_data_run_keeps_the_cfgs_own_schedule(bench, tmp_path):
     sets, iterations, where = planned(bench, cfg, "--data", "x.data", "--random", "0")
     assert iterations == 900
     assert sets == ["yolo.random=0"]  # nothing of [net] replaced
-    assert "the cfg's own" in where and "burn_in=100" in where
+    assert "the cfg's own" in where and "burn_in=100" in where and "steps=720,810" in where
     # the cfg's own max_batches given as --iterations: still the cfg's schedule
     assert planned(bench, cfg, "--data", "x.data", "--iterations", "900")[:2] == ([], 900)
 
