@@ -4,8 +4,10 @@ darkcfg on the very same files).
     python bench/darknet_set.py OUT [--size 160] [--classes 6] [--train 2000] [--valid 300]
                                     [--seed 0] [--png] [--cfg CFG ...]
 
-OUT gets `images/{train,valid}/NNNNN.jpg` with a `.txt` label file beside each (Darknet's
-`replace_image_to_label` finds it: `class x y w h`, relative centre and size), `train.txt` and
+OUT gets `images/{train,valid}/NNNNN.jpg` with a `.txt` label file beside each (`class x y w h`,
+relative centre and size: where AlexeyAB's `replace_image_to_label` looks) and the same file
+under `labels/{train,valid}/` (where pjreddie's looks: it replaces "images" with "labels", so
+its Darknet, e.g. Debian's `darknet` package, trains on the set too), `train.txt` and
 `valid.txt` (absolute paths, one a line), `obj.names`, `obj.data` (classes, train, valid, names,
 backup=OUT/backup), and for each `--cfg` (default cfg/yolov3-tiny.cfg) a copy
 `OUT/<name>-<classes>c.cfg` with `classes=` in every [yolo] and the `filters=` of the
@@ -37,7 +39,9 @@ def write_set(out: Path, size: int = 160, classes: int = 6, train: int = 2000,
     for split, count, index in (("train", train, 0), ("valid", valid, 1)):
         source = EmbeddedDetection(count, classes, 3, size, size, seed, index)
         folder = out / "images" / split
-        folder.mkdir(parents=True, exist_ok=True)
+        labels = out / "labels" / split
+        for made in (folder, labels):
+            made.mkdir(parents=True, exist_ok=True)
         paths = []
         for i in range(count):
             image, boxes = source[i]
@@ -46,8 +50,10 @@ def write_set(out: Path, size: int = 160, classes: int = 6, train: int = 2000,
             # a fresh folder of many small files: plain writes (an fsync each costs minutes);
             # the lists and obj.data, written last and atomically, make the set usable
             path.write_bytes(bytes(data.numpy()))
-            path.with_suffix(".txt").write_text("".join(
-                f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for x, y, w, h, c in boxes))
+            label = "".join(f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n"
+                            for x, y, w, h, c in boxes)
+            path.with_suffix(".txt").write_text(label)  # AlexeyAB's place
+            (labels / f"{i:05d}.txt").write_text(label)  # pjreddie's: "images" -> "labels"
             paths.append(str(path))
         lists[split] = out / f"{split}.txt"
         atomic_write(lists[split], "\n".join(paths) + "\n")

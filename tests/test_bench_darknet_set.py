@@ -34,7 +34,10 @@ def test_the_written_set_reads_back_as_the_embedded_one(tmp_path):
     for i, path in enumerate(opened.train):
         image, boxes = source[i]
         assert torch.equal(read_image(path, 3), image)  # PNG: lossless
-        lines = Path(opened.train_labels[i]).read_text().split("\n")[:-1]
+        text = Path(opened.train_labels[i]).read_text()
+        # the same file where pjreddie's Darknet looks ("images" -> "labels")
+        assert (tmp_path / "set" / "labels" / "train" / f"{i:05d}.txt").read_text() == text
+        lines = text.split("\n")[:-1]
         assert len(lines) == len(boxes) >= 1
         for line, box in zip(lines, boxes, strict=True):
             c, *xywh = line.split()
