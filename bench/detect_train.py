@@ -156,12 +156,11 @@ def bench_schedule(sets: list[str], iterations: int, burn_in: int | None) -> lis
 
 def run_one(cfg: str, args) -> dict:
     from cfgparse import CfgError, Diagnostic, parse
-    from darkcfg.config import apply_overrides
+    from darkcfg.config import apply_overrides_to_blocks
 
     name = Path(cfg).stem
-    net, _ = apply_overrides(next(iter(parse(cfg))), [
-        kv for kv in args.set if "." not in kv.partition("=")[0]
-        or kv.startswith("net.")])  # the [net] the run will have, to read its schedule
+    # the [net] the run will have (--set applied), to read its schedule
+    net = apply_overrides_to_blocks(list(parse(cfg)), args.set)[0][0]
     sets, iterations, where = plan(net, args)
     if iterations is not None and iterations < 1:
         raise CfgError(Diagnostic("E901", f"{cfg}: [net] max_batches is {iterations}, so the "
