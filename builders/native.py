@@ -202,6 +202,9 @@ def _load() -> ctypes.CDLL | None:
     lib.darkcfg_resize_u8.restype = ctypes.c_int
     lib.darkcfg_greedy_nms.argtypes = [p, p, p, i64, i64, f32, ctypes.c_double, i64, p]
     lib.darkcfg_greedy_nms.restype = ctypes.c_int
+    lib.darkcfg_yolo_emit.argtypes = [p] + [i64] * 7 + [p, f32, f32, ctypes.c_int, f32, i64,
+                                                        p, p]
+    lib.darkcfg_yolo_emit.restype = i64
     _state["why"] = f"{target} ({'AVX2' if lib.darkcfg_kernels_vectorized() else 'scalar'})"
     return lib
 
@@ -340,6 +343,30 @@ def greedy_nms_diou(boxes: torch.Tensor, probs: torch.Tensor, active: torch.Tens
                                   thresh, beta, pair_budget, out.data_ptr()):
         return None
     return out.bool()
+
+
+def yolo_emitted(y: torch.Tensor, n: int, entries: int, box: int, step: int,
+                 anchors: torch.Tensor, net_w: float, net_h: float, new_coords: bool,
+                 thresh: float, guess: int = 64) -> tuple[torch.Tensor, ...] | None:
+    """The candidates a [yolo] head emits, decoded (builders/heads/yolo.py YoloDecoding.emitted,
+    the same values): (image (K,), index (K,), boxes (K, 4), objectness (K,), scores (K, C)) of
+    the head output y (N, n * entries, H, W); None (nothing done) without the native kernels
+    or for a tensor they do not take (`takes`)."""
+    if not takes(y) or anchors.shape != (n, 2):
+        return None
+    anchors = anchors.to(torch.float32).contiguous()
+    classes = entries - 1 - box
+    cap = guess
+    while True:  # two buffers: each tensor made costs more than the kernel's work
+        where, rows = torch.empty(2, cap, dtype=torch.int64), torch.empty(cap, 5 + classes)
+        found = library().darkcfg_yolo_emit(
+            y.data_ptr(), y.shape[0], n, entries, y.shape[2], y.shape[3], box, step,
+            anchors.data_ptr(), net_w, net_h, int(new_coords), thresh, cap, where.data_ptr(),
+            rows.data_ptr())
+        if found <= cap:
+            rows = rows[:found]
+            return where[0, :found], where[1, :found], rows[:, :4], rows[:, 4], rows[:, 5:]
+        cap = found
 
 
 def torch_ops_needed() -> bool:

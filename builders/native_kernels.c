@@ -632,7 +632,50 @@ int darkcfg_greedy_nms(const float *boxes, const float *probs, const uint8_t *ac
     return 1;
 }
 
-int darkcfg_kernels_version(void) { return 7; }
+/* yolo_emit: src/yolo_layer.c get_yolo_detections / get_yolo_box for the cells whose objectness
+ * passes `thresh` (strictly; NaN never does), in get_network_boxes order (image, row, column,
+ * anchor inner), straight from the head output y (batch, n * entries, h, w): the candidate's
+ * image and its index (r * w + c) * n + a (`found`: 2 x cap), and a row of 5 + classes floats:
+ * its box (relative x, y, w, h), objectness and the class scores objectness * p (before
+ * thresholding). The arithmetic of builders/heads/yolo.py
+ * YoloDecoding._decoded, operation by operation in float: x = (c + tx) / w, w = e^tw * anchor_w
+ * / net_w (new_coords: tw * tw * 4 * anchor_w / net_w); `step` is the entry stride between the
+ * four box values. At most `cap` candidates are written; the return value is how many passed,
+ * so a caller that gave too small a buffer calls again. torch takes ~25 small ops per head for
+ * this (0.3 ms of a typical image after the forward has emptied the caches). */
+NO_CONTRACT
+int64_t darkcfg_yolo_emit(const float *y, int64_t batch, int64_t n, int64_t entries, int64_t h,
+                          int64_t w, int64_t box, int64_t step, const float *anchors,
+                          float net_w, float net_h, int new_coords, float thresh, int64_t cap,
+                          int64_t *found, float *rows) {
+    int64_t hw = h * w, classes = entries - 1 - box, k = 0;
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t r = 0; r < h; r++)
+            for (int64_t c = 0; c < w; c++)
+                for (int64_t a = 0; a < n; a++) {
+                    const float *p = y + (b * n + a) * entries * hw + r * w + c;
+                    float o = p[box * hw];
+                    if (!(o > thresh)) continue;
+                    if (k < cap) {
+                        float tw = p[2 * step * hw], th = p[3 * step * hw];
+                        float ew = new_coords ? tw * tw * 4.0f : __builtin_expf(tw);
+                        float eh = new_coords ? th * th * 4.0f : __builtin_expf(th);
+                        float *bx = rows + (5 + classes) * k, *sc = bx + 5;
+                        found[k] = b;
+                        found[cap + k] = (r * w + c) * n + a;
+                        bx[0] = ((float)c + p[0]) / (float)w;
+                        bx[1] = ((float)r + p[step * hw]) / (float)h;
+                        bx[2] = ew * anchors[2 * a] / net_w;
+                        bx[3] = eh * anchors[2 * a + 1] / net_h;
+                        bx[4] = o;
+                        for (int64_t j = 0; j < classes; j++) sc[j] = o * p[(box + 1 + j) * hw];
+                    }
+                    k++;
+                }
+    return k;
+}
+
+int darkcfg_kernels_version(void) { return 8; }
 
 int darkcfg_kernels_vectorized(void) {
 #ifdef DARKCFG_AVX2

@@ -103,7 +103,10 @@ def test_decode_matches_darknet(name, t):
     # the same boxes, in the same place, as the dense tensors the exporter uses
     net, outputs, _ = oracle_case(name)
     boxes, objectness, scores = head_predictions(net, outputs)
-    assert torch.equal(boxes[0, dets.index], dets.boxes)
+    dense = boxes[0, dets.index]
+    assert torch.equal(dense[:, :2], dets.boxes[:, :2])
+    # w, h: [yolo]'s native decode takes C's expf (as Darknet), the dense path torch's exp
+    assert torch.allclose(dense[:, 2:], dets.boxes[:, 2:], rtol=2.4e-7, atol=0)
     assert [e["layer"] for e in ref] == dets.layer.tolist()
 
 

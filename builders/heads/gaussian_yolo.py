@@ -20,6 +20,8 @@ from .yolo import YoloDecoding, YoloHead, build_yolo_head
 
 
 class GaussianYoloDecoding(YoloDecoding):
+    native_decode = False  # its `finish` is torch's
+
     def finish(self, layer, v, boxes, obj, scores) -> HeadParts:
         sign = {"left_top": 1.0, "right_bottom": -1.0}.get(layer.settings.yolo_point, 0.0)
         bx = boxes[..., 0] + sign * boxes[..., 2] / 2

@@ -15,6 +15,7 @@ import torch
 
 from cfgparse import Block
 
+from .. import native
 from ..boxes import box_giou, box_iou, box_iou_kind, dx_box_iou
 from ..registry import BuildContext, Shape, register
 from .base import (
@@ -126,6 +127,8 @@ class YoloDecoding(HeadDecoding):
     """src/yolo_layer.c get_yolo_detections / get_yolo_box (new_coords 0/1; scale_x_y is
     already in the forward); [Gaussian_yolo] adds its uncertainty (GaussianYoloDecoding)."""
 
+    native_decode = True  # builders.native.yolo_emitted computes `emitted` (not `finish`)
+
     def predictions(self, layer, y, net_w, net_h):
         n, entries = layer.n, layer.entries
         h, w = y.shape[-2], y.shape[-1]
@@ -141,8 +144,16 @@ class YoloDecoding(HeadDecoding):
         of the head output: no copy of it. The same arithmetic as `predictions`."""
         n, entries = layer.n, layer.entries
         h, w = y.shape[-2], y.shape[-1]
-        v = y.reshape(y.shape[0], n, entries, h, w)
         box = entries - 1 - layer.classes
+        if self.native_decode and y.dim() == 4 and y.shape[1] == n * entries:
+            # one pass in C: ~25 small torch ops cost more than their work here
+            got = native.yolo_emitted(y, n, entries, box, box // 4, layer.mask_anchors,
+                                      float(net_w), float(net_h), bool(layer.new_coords),
+                                      float(thresh))
+            if got is not None:
+                image, index, boxes, obj, scores = got
+                return image, index, HeadParts(boxes, obj, scores), h * w * n
+        v = y.reshape(y.shape[0], n, entries, h, w)
         # (image, row, col, anchor) in get_network_boxes order: cell-major, the anchor inner
         image, r, c, a = torch.nonzero(v[:, :, box].permute(0, 2, 3, 1) > thresh,
                                        as_tuple=True)
