@@ -205,6 +205,9 @@ def _load() -> ctypes.CDLL | None:
     lib.darkcfg_yolo_emit.argtypes = [p] + [i64] * 7 + [p, f32, f32, ctypes.c_int, f32, i64,
                                                         p, p]
     lib.darkcfg_yolo_emit.restype = i64
+    lib.darkcfg_found_objects.argtypes = [p, p, i64, i64, f32, ctypes.c_double,
+                                          ctypes.c_double, i64, p, p, p]
+    lib.darkcfg_found_objects.restype = i64
     _state["why"] = f"{target} ({'AVX2' if lib.darkcfg_kernels_vectorized() else 'scalar'})"
     return lib
 
@@ -366,6 +369,32 @@ def yolo_emitted(y: torch.Tensor, n: int, entries: int, box: int, step: int,
         if found <= cap:
             rows = rows[:found]
             return where[0, :found], where[1, :found], rows[:, :4], rows[:, 4], rows[:, 5:]
+        cap = found
+
+
+def found_objects(probs: torch.Tensor, boxes: torch.Tensor, thresh: float, image_w: float,
+                  image_h: float, guess: int = 256) -> tuple[list, list, list, ...] | None:
+    """The pairs `detector test` prints, in its order (darkcfg.detect.decode.found_objects):
+    (class ids, probs, lefts, tops, rights, bottoms) as lists, the corners in pixels; None
+    (nothing done) without the native kernels or for CPU tensors it does not take (probs
+    (k, c), boxes (k, 4), float32)."""
+    lib = library()
+    if lib is None or probs.dim() != 2 or tuple(boxes.shape) != (probs.shape[0], 4) or \
+            any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (probs, boxes)):
+        return None
+    probs, boxes = probs.detach().contiguous(), boxes.detach().contiguous()
+    cap = guess
+    while True:
+        cls, pairs = torch.empty(cap, dtype=torch.int64), torch.empty(5, cap,
+                                                                      dtype=torch.float64)
+        found = lib.darkcfg_found_objects(probs.data_ptr(), boxes.data_ptr(), probs.shape[0],
+                                          probs.shape[1], thresh, image_w, image_h, cap,
+                                          cls.data_ptr(), pairs[0].data_ptr(),
+                                          pairs[1].data_ptr())
+        if found < 0:
+            return None
+        if found <= cap:
+            return (cls[:found].tolist(), *pairs[:, :found].tolist())
         cap = found
 
 

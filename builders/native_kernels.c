@@ -675,7 +675,70 @@ int64_t darkcfg_yolo_emit(const float *y, int64_t batch, int64_t n, int64_t entr
     return k;
 }
 
-int darkcfg_kernels_version(void) { return 8; }
+/* found_objects: what `detector test` prints (src/image.c draw_detections_v3), in its order:
+ * the candidates with some class prob > thresh, by left edge x - w / 2 (float; ties and NaN as
+ * a stable sort of numpy's: in row order, NaN last), and for each the best class first (the
+ * lowest id among equals), then its other classes > thresh in id order. Per printed pair: the
+ * class, the prob as a double, and the box corners in pixels, (x -+ w / 2) * image_w and
+ * (y -+ h / 2) * image_h in double (`corners`: 4 x cap, left, top, right, bottom). The
+ * arithmetic and order of darkcfg/detect/decode.py's numpy version (tests/test_detect_native.py
+ * compares them); at most `cap` pairs are written, the return value is how many there are. */
+typedef struct { float left; int64_t row; } edge;
+
+static int by_left(const void *pa, const void *pb) {
+    const edge *a = pa, *b = pb;
+    int na = a->left != a->left, nb = b->left != b->left;
+    if (na != nb) return na - nb;
+    if (!na && a->left != b->left) return a->left < b->left ? -1 : 1;
+    return (a->row > b->row) - (a->row < b->row);
+}
+
+NO_CONTRACT
+static void print_pair(const float *bx, double image_w, double image_h, int64_t n, int64_t cap,
+                       double *corners) {
+    double x = bx[0], y = bx[1], w = bx[2], h = bx[3];
+    corners[n] = (x - w / 2) * image_w;
+    corners[cap + n] = (y - h / 2) * image_h;
+    corners[2 * cap + n] = (x + w / 2) * image_w;
+    corners[3 * cap + n] = (y + h / 2) * image_h;
+}
+
+NO_CONTRACT
+int64_t darkcfg_found_objects(const float *probs, const float *boxes, int64_t k, int64_t c,
+                              float thresh, double image_w, double image_h, int64_t cap,
+                              int64_t *cls, double *scores, double *corners) {
+    edge *order = malloc(sizeof(edge) * (size_t)(k ? k : 1));
+    if (!order) return -1;
+    int64_t m = 0, n = 0;
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t j = 0; j < c; j++)
+            if (probs[i * c + j] > thresh) {
+                order[m].left = boxes[4 * i] - boxes[4 * i + 2] / 2.0f;
+                order[m++].row = i;
+                break;
+            }
+    qsort(order, (size_t)m, sizeof(edge), by_left);
+    for (int64_t q = 0; q < m; q++) {
+        const float *p = probs + order[q].row * c, *bx = boxes + 4 * order[q].row;
+        int64_t best = -1;
+        for (int64_t j = 0; j < c; j++)
+            if (p[j] > thresh && (best < 0 || p[j] > p[best])) best = j;
+        for (int64_t j = -1; j < c; j++) {  /* -1: the best class, first */
+            int64_t at = j < 0 ? best : j;
+            if (j == best || !(p[at] > thresh)) continue;
+            if (n < cap) {
+                cls[n] = at;
+                scores[n] = (double)p[at];
+                print_pair(bx, image_w, image_h, n, cap, corners);
+            }
+            n++;
+        }
+    }
+    free(order);
+    return n;
+}
+
+int darkcfg_kernels_version(void) { return 9; }
 
 int darkcfg_kernels_vectorized(void) {
 #ifdef DARKCFG_AVX2

@@ -711,6 +711,31 @@ def test_jpeg_fast_read_equals_pillow(tmp_path, mode, subsampling, channels):
     assert took_fast == ((mode, channels) in (("RGB", 3), ("L", 1)))
 
 
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"exif": b"Exif\0\0" + b"x" * 300},
+                                     {"mode": "L"}, {"mode": "CMYK"}])
+def test_jpeg_frame_header_is_pillows_size_and_bands(tmp_path, options):
+    """The fast JPEG path reads the frame header itself (not through Image.open): the size and
+    component count Pillow reports, past APPn segments, for baseline and progressive files;
+    None for truncated and non-JPEG bytes."""
+    from PIL import Image
+
+    from darkcfg.detect.decode import jpeg_frame
+
+    options = dict(options)
+    mode = options.pop("mode", "RGB")
+    path = tmp_path / "x.jpg"
+    Image.new(mode, (53, 37)).save(path, **options)
+    data = path.read_bytes()
+    with Image.open(path) as im:
+        assert jpeg_frame(data) == (im.height, im.width, len(im.getbands()))
+    frame_at = max(data.find(bytes([0xFF, m])) for m in (0xC0, 0xC2))
+    assert jpeg_frame(data[:frame_at + 5]) is None  # ends inside the frame header
+    assert jpeg_frame(data[:2]) is None
+    png = tmp_path / "x.png"
+    Image.new("RGB", (5, 5)).save(png)
+    assert jpeg_frame(png.read_bytes()) is None
+
+
 def test_unreadable_jpeg_is_reported_by_path(tmp_path):
     from darkcfg.detect.decode import load_image
 

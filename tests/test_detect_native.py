@@ -229,3 +229,32 @@ def test_detect_reads_bytes_and_gives_what_floats_give(tmp_path):
     assert found and [f.class_id for f in found] == [f.class_id for f in floats]
     assert np.allclose([f.box for f in found], [f.box for f in floats], atol=1e-3)
     assert np.allclose([f.score for f in found], [f.score for f in floats], atol=1e-5)
+
+
+def test_native_printed_objects_are_the_numpy_ones():
+    """`found_objects` through the native kernel lists the pairs, order, probs and pixel corners
+    of the numpy version (`_printed_pairs`): ties in left edge and in prob, NaN boxes and
+    probs, rows with many classes above thresh (more pairs than the first buffer holds), none."""
+    need_native()
+    from darkcfg.detect.decode import _printed_pairs
+
+    g = torch.Generator().manual_seed(1)
+    checked = 0
+    for trial in range(80):
+        k = int(torch.randint(0, 120, (1,), generator=g))
+        classes = int(torch.randint(1, 12, (1,), generator=g))
+        boxes, probs, _ = random_candidates(g, k, classes, grid=trial % 2 == 0)
+        if trial % 5 == 0 and k > 2:
+            boxes[1] = float("nan")
+            probs[2, 0] = float("nan")
+        thresh = (0.25, 0.5, 0.75)[trial % 3]
+        size = (640, 480) if trial % 4 else (417.5, 33)
+        got = native.found_objects(probs, boxes, thresh, *size)
+        want = _printed_pairs(probs.numpy(), boxes.numpy(), thresh, *size)
+        assert got is not None
+        np.testing.assert_array_equal(np.array(got[0], dtype=np.int64),
+                                      np.array(want[0], dtype=np.int64))
+        for ours, theirs in zip(got[1:], want[1:], strict=True):
+            np.testing.assert_array_equal(np.array(ours), np.array(theirs))  # NaN == NaN here
+        checked += len(want[0])
+    assert checked > 2000

@@ -15,6 +15,7 @@ geometry (IoU family, letterbox, resize, correct_yolo_boxes) is builders/boxes.p
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 import os
@@ -444,8 +445,24 @@ def found_objects(dets: Detections, thresh: float, image_w: float, image_h: floa
     """What `detector test` prints (draw_detections_v3): detections with a class prob > thresh,
     by left edge (ties in detection order); for each, the best class first (the lowest id among
     equals), then the other classes > thresh in id order."""
-    probs = dets.probs.float().cpu().numpy()
-    single = dets.boxes.float().cpu().numpy()
+    probs, boxes = dets.probs.float().cpu(), dets.boxes.float().cpu()
+    pairs = native.found_objects(probs, boxes, thresh, image_w, image_h)
+    if pairs is None:
+        pairs = _printed_pairs(probs.numpy(), boxes.numpy(), thresh, image_w, image_h)
+    cls, scores, *corners = pairs
+    label = [names[c] if c < len(names) else "" for c in range(probs.shape[1])]
+    with _collector_paused():
+        return list(map(_found, zip(cls, map(label.__getitem__, cls), scores,
+                                    zip(*corners, strict=True), strict=True)))
+
+
+_found = functools.partial(tuple.__new__, Found)  # Found(*t) without its __new__'s cost
+
+
+def _printed_pairs(probs: np.ndarray, single: np.ndarray, thresh: float, image_w: float,
+                   image_h: float) -> tuple[list, ...]:
+    """found_objects' pairs in numpy (builders.native.found_objects computes the same): (class
+    ids, probs, lefts, tops, rights, bottoms) as lists."""
     boxes = single.astype(np.float64)  # pixel corners in double, as Python floats would be
     above = probs > thresh
     rows = np.flatnonzero(above.any(1))
@@ -458,14 +475,9 @@ def found_objects(dets: Detections, thresh: float, image_w: float, image_h: floa
     at, cls = at[order], cls[order]
     det = rows[at]
     x, y, w, h = boxes[det].T
-    label = [names[c] if c < len(names) else "" for c in range(probs.shape[1])]
-    with _collector_paused():
-        corners = zip(((x - w / 2) * image_w).tolist(), ((y - h / 2) * image_h).tolist(),
-                      ((x + w / 2) * image_w).tolist(), ((y + h / 2) * image_h).tolist(),
-                      strict=True)
-        return [Found(c, label[c], score, box) for c, score, box in
-                zip(cls.tolist(), probs[det, cls].astype(np.float64).tolist(), corners,
-                    strict=True)]
+    return (cls.tolist(), probs[det, cls].astype(np.float64).tolist(),
+            ((x - w / 2) * image_w).tolist(), ((y - h / 2) * image_h).tolist(),
+            ((x + w / 2) * image_w).tolist(), ((y + h / 2) * image_h).tolist())
 
 
 @contextlib.contextmanager
