@@ -272,6 +272,35 @@ def test_darkcfg_check_stays_torch_free():
     assert "1 file checked: 0 errors" in done.stdout
 
 
+def test_top_level_help_lists_every_command_without_torch():
+    """`darkcfg --help` is the list of commands (each with what it does) and the two forms;
+    bare `darkcfg` prints it as a usage error (stderr, exit 2); `--version` the installed one.
+    None of them imports torch (a second, not five)."""
+    import subprocess
+    import sys
+
+    from darkcfg.cli import SUMMARIES
+
+    assert list(SUMMARIES) == list(COMMANDS)
+    root = Path(__file__).resolve().parents[1]
+    script = ("import sys\nfrom darkcfg.cli import main\n"
+              "code = main(sys.argv[1:])\n"
+              "assert 'torch' not in sys.modules\nsys.exit(code)\n")
+    runs = {args: subprocess.run([sys.executable, "-c", script, *args], cwd=root,
+                                 capture_output=True, text=True, timeout=60)
+            for args in (("--help",), ("-h",), (), ("--version",))}
+    listing = runs[("--help",)].stdout
+    assert runs[("--help",)].returncode == runs[("-h",)].returncode == 0
+    assert runs[("-h",)].stdout == listing
+    for name, summary in SUMMARIES.items():
+        assert f"  {name} " in listing and summary in listing
+    assert "darkcfg COMMAND --help" in listing and "darkcfg CFG --help" in listing
+    assert runs[()].returncode == 2 and runs[()].stderr.strip() == listing.strip()
+    assert runs[("--version",)].returncode == 0
+    assert runs[("--version",)].stdout.startswith("darkcfg ")
+    assert all("Traceback" not in r.stderr for r in runs.values())
+
+
 # -- errors: one handler, exit 2, located, no traceback --------------------------------------------
 
 @pytest.mark.parametrize("argv,message", [

@@ -28,8 +28,61 @@ COMMANDS = {
 }
 
 
+#: command -> what it does, for `darkcfg --help` (torch-free: no command module is imported).
+SUMMARIES = {
+    "train": "train a cfg with its [net] settings (classifier or detector data)",
+    "valid": "top-1/top-5, or mAP and the per-class AP table, of a cfg and its weights",
+    "predict": "a classifier's top classes for images",
+    "detect": "objects in images, folders, videos, streams and cameras",
+    "export": "ONNX (checked with onnxruntime; --int8) or a torch.export program",
+    "emit": "one readable PyTorch file (class Net) for a cfg",
+    "summary": "Darknet's layer table of a cfg; --plot-lr PNG draws its lr schedule",
+    "weights": "convert or cut Darknet .weights; dump layer outputs",
+    "check": "lint cfg files: syntax, schema, graph, memory (CI)",
+    "data": "convert and check detection data sets",
+    "anchors": "fit anchors to a detector's training labels",
+}
+
+
+def top_help() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: darkcfg COMMAND CFG [options]    a command's options: darkcfg COMMAND --help",
+        "       darkcfg CFG --train|--detect|... runner.py's flag form: darkcfg CFG --help",
+        "",
+        "Build, train and run Darknet .cfg models with PyTorch.",
+        "",
+        "commands:",
+        *(f"  {name:{width}}  {SUMMARIES[name]}" for name in COMMANDS),
+        "",
+        "options:",
+        "  -h, --help   this list",
+        "  --version    the installed version",
+        "",
+        "docs: README.md and docs/commands.md",
+    ]
+    return "\n".join(lines)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("darkcfg")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        # bare `darkcfg` is a usage error: the list goes where errors go
+        print(top_help(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"darkcfg {version()}")
+        return 0
     if argv and argv[0] in COMMANDS:
         from darkcfg.cli.common import guarded
 
@@ -56,4 +109,4 @@ def looks_like_a_model(arg: str) -> bool:
     return Path(arg).exists() or Path(arg).suffix.lower() in (".cfg", ".yaml", ".yml")
 
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "SUMMARIES", "main", "top_help"]

@@ -9,12 +9,15 @@ from darkcfg.detect.run import DetectOptions, run_detect
 
 
 def arg_parser():
-    p = command_parser("detect", "Detect objects in images and folders.")
+    p = command_parser("detect", "Detect objects in images, folders, videos, streams and "
+                       "cameras.")
     add_model_arguments(p)
     add_detect_arguments(p)
     p.add_argument("targets", nargs="*", metavar="IMG_OR_DIR",
                    help="images and folders: prints Darknet's -ext_output lines, writes "
-                   "OUT/<image>.jpg with the boxes and OUT/detections.json (COCO)")
+                   "OUT/<image>.jpg with the boxes and OUT/detections.json (COCO); videos "
+                   "(.mp4 ...), stream URLs and camera indices (0): OUT/<name>.mp4 and "
+                   ".jsonl (the video extra)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder "
                    "(runs/<cfg-name>/detect)")
     p.add_argument("--data", default=None, metavar="SRC",
