@@ -255,12 +255,14 @@ _FUSED_SLOPES = {"leaky": 0.1, "relu": 0.0, "linear": 1.0}
 
 
 def fused_bn_ok(y: torch.Tensor, bn: nn.Module) -> bool:
-    """Whether training batch-norm + activation may run as builders.native's fused kernel: an
-    AlexeyAB batch-norm with running statistics on a plain NCHW float32 CPU tensor of more than
-    one value per channel, the native kernels built, and no tracer, compiler, exporter or
-    autocast watching."""
+    """Whether training batch-norm + activation may run as builders.native's fused kernels: an
+    AlexeyAB batch-norm with running statistics (float32) on a CPU tensor of more than one value
+    per channel, the native kernels built, and either a plain NCHW float32 tensor with no
+    tracer, compiler, exporter or autocast watching, or (`--amp`) a channels-last bfloat16 one
+    with no tracer, compiler or exporter."""
     return (type(bn) is DarknetBatchNorm and bn.track_running_stats and bn.momentum is not None
-            and bn.affine and bn.weight.is_contiguous() and native.takes(y)
+            and bn.affine and bn.weight.is_contiguous() and bn.weight.dtype == torch.float32
+            and (native.takes(y) or native.takes_bf16(y))
             and y.shape[0] * y.shape[2] * y.shape[3] > 1)
 
 
@@ -271,22 +273,24 @@ class _BatchNormAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, weight, bias, bn, slope):
-        out, mean, invstd, var = native.bn_act_forward(y, weight.detach(), bias.detach(),
-                                                       bn.eps, slope)
+        # float32 NCHW, or bfloat16 channels-last under `--amp` (fused_bn_ok said which)
+        bf16 = y.dtype == torch.bfloat16
+        run = native.bn_act_forward_bf16 if bf16 else native.bn_act_forward
+        out, mean, invstd, var = run(y, weight.detach(), bias.detach(), bn.eps, slope)
         with torch.no_grad():
             m = bn.momentum
             bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
             bn.running_var.mul_(1 - m).add_(var, alpha=m)
             bn.num_batches_tracked.add_(1)
         ctx.save_for_backward(y, weight, bias, mean, invstd)
-        ctx.slope = slope
+        ctx.slope, ctx.bf16 = slope, bf16
         return out
 
     @staticmethod
     def backward(ctx, grad):
         y, weight, bias, mean, invstd = ctx.saved_tensors
-        dy, dw, db = native.bn_act_backward(y, grad, weight.detach(), bias.detach(), mean,
-                                            invstd, ctx.slope)
+        run = native.bn_act_backward_bf16 if ctx.bf16 else native.bn_act_backward
+        dy, dw, db = run(y, grad, weight.detach(), bias.detach(), mean, invstd, ctx.slope)
         return dy, dw, db, None, None
 
 

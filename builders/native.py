@@ -193,6 +193,11 @@ def _load() -> ctypes.CDLL | None:
     lib.darkcfg_bn_act_forward.argtypes = [p] * 7 + [i64] * 3 + [f32, f32, ctypes.c_int]
     lib.darkcfg_bn_act_backward.argtypes = [p] * 9 + [i64] * 3 + [f32, ctypes.c_int]
     lib.darkcfg_bn_act_forward.restype = lib.darkcfg_bn_act_backward.restype = None
+    lib.darkcfg_bn_act_forward_nhwc_bf16.argtypes = [p] * 7 + [i64] * 2 + [f32, f32,
+                                                                          ctypes.c_int]
+    lib.darkcfg_bn_act_backward_nhwc_bf16.argtypes = [p] * 9 + [i64] * 2 + [f32, ctypes.c_int]
+    lib.darkcfg_bn_act_forward_nhwc_bf16.restype = ctypes.c_int
+    lib.darkcfg_bn_act_backward_nhwc_bf16.restype = ctypes.c_int
     for name in ("darkcfg_maxpool2x2_forward", "darkcfg_maxpool2x2_backward"):
         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
@@ -306,6 +311,41 @@ def bn_act_backward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
     return dx, dw, db
 
 
+def bn_act_forward_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                        slope: float) -> tuple[torch.Tensor, ...] | None:
+    """`bn_act_forward` of a channels-last bfloat16 tensor (`takes_bf16`) with float32 weight
+    and bias: (output (bfloat16, channels-last), batch mean, 1/sqrt(biased var + eps), unbiased
+    var), the statistics float32; None (nothing done) without the kernels."""
+    lib = library()
+    if lib is None:
+        return None
+    n, c, h, w = x.shape
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    mean, invstd, var = (torch.empty(c) for _ in range(3))
+    if not lib.darkcfg_bn_act_forward_nhwc_bf16(
+            x.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(),
+            invstd.data_ptr(), var.data_ptr(), n * h * w, c, eps, slope,
+            torch.get_num_threads()):
+        raise MemoryError("bn_act_forward_bf16: out of memory")
+    return y, mean, invstd, var
+
+
+def bn_act_backward_bf16(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+                         slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d input (bfloat16, channels-last), d weight, d bias) of `bn_act_forward_bf16`."""
+    grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
+    dx = torch.empty_like(x, memory_format=torch.channels_last)
+    dw, db = torch.empty(c), torch.empty(c)
+    if not library().darkcfg_bn_act_backward_nhwc_bf16(
+            x.data_ptr(), grad.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(),
+            invstd.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr(), n * h * w, c, slope,
+            torch.get_num_threads()):
+        raise MemoryError("bn_act_backward_bf16: out of memory")
+    return dx, dw, db
+
+
 def resize_u8(image: torch.Tensor, out: torch.Tensor) -> bool:
     """Bytes (C, H, W), any strides (a decoder's interleaved pixels too) -> `out` (C, h, w)
     float32, a view whose rows are contiguous (a letterbox canvas's inside), as
@@ -401,9 +441,22 @@ def found_objects(probs: torch.Tensor, boxes: torch.Tensor, thresh: float, image
 def torch_ops_needed() -> bool:
     """Whether something is watching that needs torch's own ops rather than a kernel behind
     ctypes or a oneDNN cache: a tracer, the compiler, an exporter, or CPU autocast."""
-    return (torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
-            or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-            or torch.onnx.is_in_onnx_export())
+    return torch.is_autocast_enabled("cpu") or _graph_capture()
+
+
+def _graph_capture() -> bool:
+    """A tracer, the compiler or an exporter is recording the ops."""
+    return (torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+
+
+def takes_bf16(x: torch.Tensor) -> bool:
+    """Whether the bfloat16 channels-last kernels may run on `x` (`--amp` training on the CPU):
+    a plain 4-D bfloat16 CPU tensor, channels-last contiguous, nothing recording the ops
+    (autocast is what makes such tensors), and the library built."""
+    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.bfloat16
+            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and x.numel() > 0 and not _graph_capture() and library() is not None)
 
 
 def takes(x: torch.Tensor) -> bool:

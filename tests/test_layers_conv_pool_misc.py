@@ -524,3 +524,96 @@ def test_fused_training_batch_norm_activation_equals_torchs(activation, slope, m
         assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-7), name
     if slope == 0.1:
         assert F.leaky_relu(torch.tensor(-1.0), 0.1) == -0.1  # the slope Darknet's leaky has
+
+
+@pytest.mark.parametrize("slope", [0.1, 0.0, 1.0])
+@pytest.mark.parametrize("shape", [(4, 6, 9, 11), (2, 40, 5, 3), (3, 3, 1, 1)])
+def test_bfloat16_channels_last_batch_norm_activation_is_exact_arithmetic_rounded(shape, slope):
+    """`--amp`'s batch-norm + activation kernel (bfloat16 channels-last in and out, float32
+    parameters and statistics) against the same formulas in float64 on the same bfloat16
+    values: statistics to float32 rounding, outputs and the input gradient to bfloat16
+    rounding (2^-8 relative), the parameter gradients to float accumulation."""
+    from builders import native
+
+    if native.library() is None:
+        pytest.skip(f"no native kernels here: {native.status()}")
+    g = torch.Generator().manual_seed(len(shape) + int(10 * slope) + shape[1])
+    n, c, h, w = shape
+    x = (torch.randn(shape, generator=g) * 3 + 1).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(shape, generator=g).to(torch.bfloat16)
+    weight, bias = torch.rand(c, generator=g) + 0.5, torch.rand(c, generator=g) - 0.5
+    assert native.takes_bf16(x) and (h * w == 1 or not native.takes_bf16(x.contiguous()))
+    y, mean, invstd, var = native.bn_act_forward_bf16(x, weight, bias, 1e-5, slope)
+    dx, dw, db = native.bn_act_backward_bf16(x, grad, weight, bias, mean, invstd, slope)
+    assert y.dtype == dx.dtype == torch.bfloat16 and y.is_contiguous(
+        memory_format=torch.channels_last)
+
+    xd, gd = x.double(), grad.double()
+    m = xd.mean((0, 2, 3), keepdim=True)
+    centred = xd - m
+    biased = (centred ** 2).mean((0, 2, 3), keepdim=True)
+    inv = 1 / torch.sqrt(biased + 1e-5)
+    z = centred * inv * weight.double().view(1, -1, 1, 1) + bias.double().view(1, -1, 1, 1)
+    act = torch.where(z > 0, z, z * slope)
+    dz = torch.where(z > 0, gd, gd * slope)
+    want_db, want_dw = dz.sum((0, 2, 3)), (dz * centred * inv).sum((0, 2, 3))
+    want_dx = weight.double().view(1, -1, 1, 1) * inv * (
+        dz - dz.mean((0, 2, 3), keepdim=True)
+        - centred * inv * (dz * centred * inv).mean((0, 2, 3), keepdim=True))
+    count = n * h * w
+    torch.testing.assert_close(mean.double(), m.flatten(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(invstd.double(), inv.flatten(), rtol=1e-5, atol=0)
+    if count > 1:
+        torch.testing.assert_close(var.double(), biased.flatten() * count / (count - 1),
+                                   rtol=1e-5, atol=1e-6)
+    away = z.abs() > 1e-3  # not at the kink, where either side is right
+    ulp = 2.0 ** -8
+    assert ((y.double() - act).abs() <= ulp * act.abs() + 1e-6)[away].all()
+    scale = float(want_dx.abs().max())
+    assert ((dx.double() - want_dx).abs() <= ulp * want_dx.abs() + 1e-3 * scale)[away].all()
+    torch.testing.assert_close(db.double(), want_db, rtol=1e-4, atol=1e-4 * float(
+        want_db.abs().max()))
+    torch.testing.assert_close(dw.double(), want_dw, rtol=1e-4, atol=1e-4 * float(
+        want_dw.abs().max()))
+
+
+def test_amp_training_layers_take_the_bfloat16_kernel_and_match_torchs(monkeypatch):
+    """Under bfloat16 autocast on a channels-last net (what `--amp` runs on the CPU), a
+    [convolutional] batch_normalize=1 leaky layer in training goes through the bfloat16 kernel:
+    its output, running statistics and parameter gradients agree with torch's own bfloat16
+    batch-norm + leaky to bfloat16 rounding."""
+    import copy
+
+    from builders import conv as conv_module
+    from builders import native
+
+    if native.library() is None:
+        pytest.skip(f"no native kernels here: {native.status()}")
+    ran = []
+    real = native.bn_act_forward_bf16
+    monkeypatch.setattr(native, "bn_act_forward_bf16", lambda *a: ran.append(1) or real(*a))
+    block = ("[net]\nwidth=20\nheight=16\nchannels=3\n\n[convolutional]\nbatch_normalize=1\n"
+             "filters=8\nsize=3\npad=1\nactivation=leaky\n")
+    torch.manual_seed(0)
+    layer = build(list(parse(block))).train().layers[0].to(memory_format=torch.channels_last)
+    reference = copy.deepcopy(layer)
+    x = torch.rand(6, 3, 16, 20).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(6, 8, 16, 20)
+
+    def run(module):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(x)
+        return out, torch.autograd.grad(out.float(), list(module.parameters()), grad)
+
+    got, got_grads = run(layer)
+    assert ran == [1] and got.dtype == torch.bfloat16
+    monkeypatch.setattr(conv_module, "fused_bn_ok", lambda y, bn: False)
+    want, want_grads = run(reference)
+    assert ran == [1]
+    assert torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=2 ** -7)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(a, b, rtol=0.02, atol=0.02 * float(b.abs().max()))
+    for name in ("running_mean", "running_var"):
+        a, b = getattr(layer.bn, name), getattr(reference.bn, name)
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
