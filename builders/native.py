@@ -203,6 +203,9 @@ def _load() -> ctypes.CDLL | None:
                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                        ctypes.c_int]
         getattr(lib, name).restype = None
+    for name in ("darkcfg_maxpool2x2_forward_nhwc_bf16", "darkcfg_maxpool2x2_backward_nhwc_bf16"):
+        getattr(lib, name).argtypes = [p] * 3 + [i64] * 4 + [ctypes.c_int]
+        getattr(lib, name).restype = None
     lib.darkcfg_resize_u8.argtypes = [p] + [i64] * 6 + [p] + [i64] * 4 + [ctypes.c_int]
     lib.darkcfg_resize_u8.restype = ctypes.c_int
     lib.darkcfg_greedy_nms.argtypes = [p, p, p, i64, i64, f32, ctypes.c_double, i64, p]
@@ -278,6 +281,33 @@ def maxpool2x2_backward(grad: torch.Tensor, which: torch.Tensor, shape: torch.Si
     n, c, h, w = shape
     library().darkcfg_maxpool2x2_backward(grad.data_ptr(), which.data_ptr(), out.data_ptr(),
                                           n * c, h, w, torch.get_num_threads())
+    return out
+
+
+def maxpool2x2_bf16(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`maxpool2x2` of a channels-last bfloat16 tensor (`takes_bf16`): (values, channels-last
+    bfloat16; which window position held the maximum, uint8 in the same layout); None (nothing
+    done) without the kernels."""
+    lib = library()
+    if lib is None:
+        return None
+    n, c, h, w = x.shape
+    y = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, memory_format=torch.channels_last)
+    which = torch.empty(y.shape, dtype=torch.uint8, memory_format=torch.channels_last)
+    lib.darkcfg_maxpool2x2_forward_nhwc_bf16(x.data_ptr(), y.data_ptr(), which.data_ptr(), n, h,
+                                             w, c, torch.get_num_threads())
+    return y, which
+
+
+def maxpool2x2_backward_bf16(grad: torch.Tensor, which: torch.Tensor, shape: torch.Size
+                             ) -> torch.Tensor:
+    """The input gradient of `maxpool2x2_bf16` (channels-last bfloat16)."""
+    grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    n, c, h, w = shape
+    out = torch.empty(shape, dtype=torch.bfloat16, memory_format=torch.channels_last)
+    library().darkcfg_maxpool2x2_backward_nhwc_bf16(grad.data_ptr(), which.data_ptr(),
+                                                    out.data_ptr(), n, h, w, c,
+                                                    torch.get_num_threads())
     return out
 
 

@@ -57,11 +57,13 @@ class MaxPool(Layer):
 
 class _NativeMaxPool2x2(torch.autograd.Function):
     """size=2 stride=2 through builders.native: torch's values and gradients (the first of equal
-    maxima takes the gradient), 3-6x faster on NCHW tensors in training."""
+    maxima takes the gradient), 3-6x faster on NCHW float32 tensors in training; `--amp`'s
+    channels-last bfloat16 ones through their own kernels."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y, which = native.maxpool2x2(x)
+        ctx.bf16 = x.dtype == torch.bfloat16
+        y, which = (native.maxpool2x2_bf16 if ctx.bf16 else native.maxpool2x2)(x)
         ctx.save_for_backward(which)
         ctx.shape = x.shape
         return y
@@ -69,13 +71,15 @@ class _NativeMaxPool2x2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (which,) = ctx.saved_tensors
-        return native.maxpool2x2_backward(grad, which, ctx.shape)
+        backward = native.maxpool2x2_backward_bf16 if ctx.bf16 else native.maxpool2x2_backward
+        return backward(grad, which, ctx.shape)
 
 
 def native_pool_ok(x: torch.Tensor) -> bool:
-    """A plain NCHW float32 CPU tensor, the native kernels built, and nothing watching that
-    needs torch's own ops (builders.native.takes)."""
-    return native.takes(x)
+    """A plain NCHW float32 CPU tensor, or a channels-last bfloat16 one (`--amp`), the native
+    kernels built, and nothing watching that needs torch's own ops (builders.native.takes,
+    takes_bf16)."""
+    return native.takes(x) or native.takes_bf16(x)
 
 
 class PlainMaxPool(MaxPool):
@@ -83,7 +87,8 @@ class PlainMaxPool(MaxPool):
         if self.two_by_two and native_pool_ok(x):
             if torch.is_grad_enabled() and x.requires_grad:
                 return _NativeMaxPool2x2.apply(x)
-            return native.maxpool2x2(x)[0]
+            pool = native.maxpool2x2_bf16 if x.dtype == torch.bfloat16 else native.maxpool2x2
+            return pool(x)[0]
         return self.pool(x)
 
 

@@ -443,6 +443,46 @@ def test_native_maxpool_2x2_equals_torch_values_and_gradients(monkeypatch):
     assert calls == []
 
 
+def test_bfloat16_channels_last_maxpool_2x2_equals_torchs(monkeypatch):
+    """Under `--amp` (bfloat16 channels-last tensors) [maxpool] size=2 stride=2 runs its own
+    native kernel: values and gradients equal torch's channels-last bfloat16 pool bit for bit,
+    with ties, odd sizes, NaN, and channel counts around a vector's width; the gradient is
+    written whole (zero outside the windows' maxima and at a trailing odd row or column)."""
+    import torch.nn.functional as F
+
+    from builders import native
+    from builders.pool import PlainMaxPool
+
+    if native.library() is None:
+        pytest.skip(f"no native kernels here: {native.status()}")
+    layer = PlainMaxPool(2, (2, 2), (0, 0, 0, 0))
+    calls = []
+    real = native.maxpool2x2_bf16
+    monkeypatch.setattr(native, "maxpool2x2_bf16", lambda x: calls.append(x.shape) or real(x))
+    rng = np.random.default_rng(1)
+    cases = [rng.normal(size=(3, 5, 12, 16)), rng.normal(size=(2, 33, 7, 9)),
+             rng.integers(0, 3, size=(2, 17, 8, 8)).astype(float),  # many ties
+             np.zeros((1, 2, 4, 6)), rng.normal(size=(1, 1, 3, 3))]
+    nan = rng.normal(size=(1, 2, 6, 6))
+    nan[0, 1, 2, 3] = np.nan
+    cases.append(nan)
+    for case in cases:
+        x = torch.tensor(case, dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last).requires_grad_(True)
+        shape = (*case.shape[:2], case.shape[2] // 2, case.shape[3] // 2)
+        grad = torch.from_numpy(rng.normal(size=shape)).to(torch.bfloat16)
+        want = F.max_pool2d(x, 2, 2)
+        (want_grad,) = torch.autograd.grad(want, x, grad)
+        got = layer(x)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        (got_grad,) = torch.autograd.grad(got, x, grad)
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+        assert torch.equal(got_grad, want_grad)
+        with torch.no_grad():
+            assert torch.equal(layer(x).view(torch.int16), want.view(torch.int16))
+    assert len(calls) == 2 * len(cases)
+
+
 def test_training_step_through_the_native_maxpool_equals_torchs(tmp_path, monkeypatch):
     """A train step of a cfg with 2x2 max-pools gives the very gradients torch's own pooling
     gives, run after run (each window is written by one thread: resumes stay byte-identical)."""
