@@ -61,6 +61,41 @@ def test_bf16_autocast_step_on_the_cpu(tmp_path):
     assert float(loss) == pytest.approx(float(plain), rel=0.05)
 
 
+def test_bf16_steps_through_the_native_kernels_repeat_bit_for_bit(tmp_path, monkeypatch):
+    """`--amp` on the CPU runs batch-norm + leaky and the 2x2 max-pools through the bfloat16
+    channels-last native kernels; two runs of the same steps give the same weights to the bit
+    (what byte-identical kill-and-resume needs from them)."""
+    from builders import native
+
+    if native.library() is None:
+        pytest.skip(f"no native kernels here: {native.status()}")
+    ran = set()
+    for name in ("bn_act_forward_bf16", "maxpool2x2_bf16"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _r=real, _n=name: ran.add(_n) or _r(*a))
+
+    pooled = CFG.replace("filters=8\nsize=3\nstride=2\npad=1\nactivation=leaky\n",
+                         "filters=8\nsize=3\nstride=1\npad=1\nactivation=leaky\n\n"
+                         "[maxpool]\nsize=2\nstride=2\n", 1)
+    assert "[maxpool]" in pooled
+    path = tmp_path / "pooled.cfg"
+    path.write_text(pooled.format(max_batches=12))
+
+    def trained():
+        torch.manual_seed(0)
+        net = build(str(path))
+        darknet_init(net)
+        cfg = NetConfig.from_block(net.net_block)
+        trainer = Trainer(net, cfg, "cpu", amp=True)
+        for _ in range(2):
+            trainer.step(*batch())
+        return [p.detach().clone() for p in net.parameters()]
+
+    first, second = trained(), trained()
+    assert ran == {"bn_act_forward_bf16", "maxpool2x2_bf16"}
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
 def test_float16_grad_scaler_scales_skips_and_checkpoints(tmp_path):
     net, cfg = detector(tmp_path)
     trainer = Trainer(net, cfg, "cpu", amp=torch.float16)
