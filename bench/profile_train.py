@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="bfloat16 autocast (channels-last unless told otherwise): train --amp")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from darkcfg.train.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as `darkcfg train` on the CPU does
     for cfg in args.cfg:
         for size in args.size:
             r = profile_one(cfg, size, args)

@@ -30,6 +30,7 @@ from darkcfg.model import (
     pick_device,
 )
 from darkcfg.train import distributed
+from darkcfg.train.allocator import keep_freed_memory
 from darkcfg.train.checkpoint import load_checkpoint, set_rng_states
 from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit
 from darkcfg.train.outputs import CHECKPOINT, RunLog, resume_changes, write_settings
@@ -132,6 +133,8 @@ def train(opts: RunOptions) -> tuple[str, Trainer]:
 
 
 def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
+    if device.type == "cpu":
+        keep_freed_memory()  # the step's big tensors keep their pages (darkcfg.train.allocator)
     if opts.explicit_out and dist.main:
         check_folder(opts.out, "--out")  # a file in the way fails now, not after the build
     check_memory(opts, device)
