@@ -65,3 +65,28 @@ def test_training_on_the_cpu_applies_it_once():
     first = allocator.keep_freed_memory()
     assert allocator.keep_freed_memory() == first  # once per process, the same answer
     assert first == (glibc() and os.environ.get("DARKCFG_KEEP_MEMORY") != "0")
+
+
+@pytest.mark.parametrize("extra, kept", [((), True), (("--force",), False),
+                                         (("--max-memory", None), False)])
+def test_a_run_keeps_freed_memory_only_with_room_for_it(tmp_path, monkeypatch, tiny_classifier,
+                                                        extra, kept):
+    """`darkcfg train` on the CPU keeps freed memory when twice the checker's estimate fits the
+    memory limit; not under --force (no estimate), nor when the limit is tight."""
+    import torch
+
+    from darkcfg.cli import main
+    from darkcfg.train import session
+
+    calls = []
+    monkeypatch.setattr(session, "keep_freed_memory", lambda: calls.append(1) or True)
+    cfg = tiny_classifier.write(tmp_path / "tiny.cfg", max_batches=2)
+    if extra == ("--max-memory", None):  # just above the estimate: it fits, but not twice over
+        need, _ = session.check_memory(
+            session.RunOptions(cfg_path=str(cfg), name="tiny", out=tmp_path),
+            torch.device("cpu"))
+        extra = ("--max-memory", str(int(need * 1.5)))
+    code = main(["train", str(cfg), "--device", "cpu", "--no-progress",
+                 "--out", str(tmp_path / "run"), *extra])
+    assert code == 0
+    assert bool(calls) == kept

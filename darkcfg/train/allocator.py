@@ -6,7 +6,9 @@ when freed, so every iteration faults the pages of its big activations in again 
 416, batch 16: an 88 MB tensor costs 25 ms of page faults on first touch, ~1/4 of an `--amp`
 step). Serving everything from the heap and never trimming it keeps those pages mapped: the
 same steps ran 1.08-1.35x faster (docs/training-parity.md), the peak resident memory 1-38%
-higher. jemalloc or tcmalloc (LD_PRELOAD) do the same; this needs no install.
+higher, so darkcfg.train.session applies it only with room for that (twice the memory
+checker's estimate within the limit, not under --force). jemalloc or tcmalloc (LD_PRELOAD) do
+the same; this needs no install.
 """
 
 from __future__ import annotations

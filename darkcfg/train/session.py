@@ -95,16 +95,18 @@ class RunOptions:
                                "--weights starts a new one: pass one of them")
 
 
-def check_memory(opts: RunOptions, device: torch.device) -> None:
+def check_memory(opts: RunOptions, device: torch.device) -> tuple[int, int] | None:
     """Refuse, before allocating anything, a network whose training would not fit (the
-    checker's estimate from a meta build: E401), unless --force."""
+    checker's estimate from a meta build: E401), unless --force. Returns (the estimated bytes
+    training needs, the limit), or None when forced."""
     if opts.force:
-        return
+        return None
     from builders.memory import guard_memory
 
     meta, _, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed,
                                device="meta")
-    guard_memory(meta, opts.max_memory or device_memory(device))
+    limit = opts.max_memory or device_memory(device)
+    return guard_memory(meta, limit)["training_bytes"], limit
 
 
 RUN_FILES = (CHECKPOINT, "metrics.csv")  # a folder holding either already holds a run
@@ -133,11 +135,13 @@ def train(opts: RunOptions) -> tuple[str, Trainer]:
 
 
 def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
-    if device.type == "cpu":
-        keep_freed_memory()  # the step's big tensors keep their pages (darkcfg.train.allocator)
     if opts.explicit_out and dist.main:
         check_folder(opts.out, "--out")  # a file in the way fails now, not after the build
-    check_memory(opts, device)
+    need = check_memory(opts, device)
+    if device.type == "cpu" and need is not None and 2 * need[0] <= need[1]:
+        # the step's big tensors keep their pages (darkcfg.train.allocator); that raises the
+        # peak (up to +38% measured), so only with room for it, and not under --force
+        keep_freed_memory()
     net, cfg, overrides = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
     for w in net.warnings:
         say(w.format(), dist)
