@@ -63,7 +63,7 @@ class _NativeMaxPool2x2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.bf16 = x.dtype == torch.bfloat16
-        y, which = (native.maxpool2x2_bf16 if ctx.bf16 else native.maxpool2x2)(x)
+        y, which = _native_pool(x)(x)
         ctx.save_for_backward(which)
         ctx.shape = x.shape
         return y
@@ -73,6 +73,11 @@ class _NativeMaxPool2x2(torch.autograd.Function):
         (which,) = ctx.saved_tensors
         backward = native.maxpool2x2_backward_bf16 if ctx.bf16 else native.maxpool2x2_backward
         return backward(grad, which, ctx.shape)
+
+
+def _native_pool(x: torch.Tensor):
+    """The kernel for x's kind: float32 NCHW, or `--amp`'s bfloat16 channels-last."""
+    return native.maxpool2x2_bf16 if x.dtype == torch.bfloat16 else native.maxpool2x2
 
 
 def native_pool_ok(x: torch.Tensor) -> bool:
@@ -87,8 +92,7 @@ class PlainMaxPool(MaxPool):
         if self.two_by_two and native_pool_ok(x):
             if torch.is_grad_enabled() and x.requires_grad:
                 return _NativeMaxPool2x2.apply(x)
-            pool = native.maxpool2x2_bf16 if x.dtype == torch.bfloat16 else native.maxpool2x2
-            return pool(x)[0]
+            return _native_pool(x)(x)[0]
         return self.pool(x)
 
 
