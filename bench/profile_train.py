@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from darkcfg.train.allocator import keep_freed_memory
 
-    keep_freed_memory()  # as `darkcfg train` on the CPU does
+    keep_freed_memory()  # as `darkcfg train` does on the CPU where memory allows
     for cfg in args.cfg:
         for size in args.size:
             r = profile_one(cfg, size, args)

@@ -59,7 +59,7 @@ def test_freed_big_tensors_come_back_without_page_faults():
     assert min(kept[-3:]) < PAGES // 10, kept
 
 
-def test_training_on_the_cpu_applies_it_once():
+def test_the_setting_is_applied_once_per_process():
     from darkcfg.train import allocator
 
     first = allocator.keep_freed_memory()

@@ -83,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(f"darkcfg {version()}")
         return 0
-    if argv and argv[0] in COMMANDS:
+    if argv[0] in COMMANDS:
         from darkcfg.cli.common import guarded
 
         module = importlib.import_module(COMMANDS[argv[0]])
         return guarded(lambda: module.main(argv[1:]))
-    if argv and not argv[0].startswith("-") and not looks_like_a_model(argv[0]):
+    if not argv[0].startswith("-") and not looks_like_a_model(argv[0]):
         from cfgparse.errors import did_you_mean
         from darkcfg.cli.common import describe, usage_error
 
