@@ -103,8 +103,7 @@ def measure_modes(args, device: torch.device) -> list[dict]:
     x = torch.rand(batch, 3, size, size, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
     rows = []
-    modes = itertools.product(args.precisions, args.formats, args.compile_modes)
-    for precision, fmt, mode in modes:
+    for precision, fmt, mode in args.rows:
         bf16, cl, comp = precision == "bf16", fmt == "channels_last", mode == "compile"
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         memory_format = torch.channels_last if cl else torch.contiguous_format
@@ -123,9 +122,19 @@ def measure_modes(args, device: torch.device) -> list[dict]:
             torch.cuda.empty_cache()
         rows.append({"precision": precision, "format": fmt, "mode": mode,
                      "torchvision": tv_ips, "darkcfg": dk_ips})
-        print(f"  measured {precision:5} {fmt:13} {mode:8} tv {tv_ips:9.1f} img/s  "
-              f"darkcfg {dk_ips:9.1f} img/s", flush=True)
+        print("  " + row_line(rows[-1], device, size), flush=True)
     return rows
+
+
+def row_plan(precisions, formats, compile_modes, quick: bool) -> list[tuple[str, str, str]]:
+    """(precision, format, mode) rows, eager ones first so a run cut short still has them;
+    --quick compiles only the fastest eager setting (bf16, channels_last)."""
+    eager = [(p, f, "eager") for p, f in itertools.product(precisions, formats)]
+    if "compile" not in compile_modes:
+        return eager
+    if quick:
+        return eager + [(precisions[-1], formats[-1], "compile")]
+    return eager + [(p, f, "compile") for p, f in itertools.product(precisions, formats)]
 
 
 def make_jpegs(folder: Path, count: int, size: int, classes: int = 4) -> None:
@@ -183,20 +192,28 @@ def nvidia_smi() -> str:
         return f"(nvidia-smi unavailable: {exc})"
 
 
-def report(rows: list[dict], real: dict, device: torch.device, size: int) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    peak = peak_tflops(name) if device.type == "cuda" else None
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+def row_line(r: dict, device: torch.device, size: int) -> str:
+    peak = peak_tflops(device_name(device)) if device.type == "cuda" else None
     train_gflop = 3 * 2 * VGG16_GMAC * (size / 224) ** 2  # per image
+    ratio = r["darkcfg"] / r["torchvision"]
+    tflops = r["darkcfg"] * train_gflop / 1e3
+    mfu = f"{100 * tflops / peak:7.1f}%" if peak else "     n/a"
+    return (f"{r['precision']:9} {r['format']:13} {r['mode']:8} "
+            f"{r['torchvision']:10.1f}/s {r['darkcfg']:8.1f}/s {ratio:6.3f} {mfu}")
+
+
+def report(rows: list[dict], real: dict, device: torch.device, size: int) -> str:
+    name = device_name(device)
+    peak = peak_tflops(name) if device.type == "cuda" else None
     lines = [f"device: {name}   bf16 dense peak: {peak or 'unknown'} TFLOP/s   "
              f"image {size}x{size}", "",
              f"{'precision':9} {'format':13} {'mode':8} {'torchvision':>12} {'darkcfg':>10} "
              f"{'ratio':>6} {'MFU(dk)':>8}"]
-    for r in rows:
-        ratio = r["darkcfg"] / r["torchvision"]
-        tflops = r["darkcfg"] * train_gflop / 1e3
-        mfu = f"{100 * tflops / peak:7.1f}%" if peak else "     n/a"
-        lines.append(f"{r['precision']:9} {r['format']:13} {r['mode']:8} "
-                     f"{r['torchvision']:10.1f}/s {r['darkcfg']:8.1f}/s {ratio:6.3f} {mfu}")
+    lines += [row_line(r, device, size) for r in rows]
     lines += ["", f"real data (ImageFolder of JPEGs, {real['workers']} loader workers): "
                   f"loader alone {real['loader']:.1f} img/s, loader + step "
                   f"{real['loader+step']:.1f} img/s"]
@@ -212,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--jpegs", type=int, default=1024)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="compile only bf16 channels_last (the eager rows all run)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     args.precisions = ["fp32", "bf16"]
@@ -224,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    args.rows = row_plan(args.precisions, args.formats, args.compile_modes, args.quick)
     print(f"bench/gpu.py on {device} (smoke={args.smoke})", flush=True)
     rows = measure_modes(args, device)
     real = measure_real_data(args, device)

@@ -33,7 +33,7 @@ from darkcfg.train.loop import Trainer  # noqa: E402
 from darkcfg.train.tasks import task_for  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from gpu import timed  # noqa: E402  (images a second, device-synchronised: bench/gpu.py)
+from gpu import row_plan, timed  # noqa: E402  (bench/gpu.py: the rows; images a second, synced)
 
 CFG = ROOT / "cfg" / "yolov4-tiny.cfg"
 DARKNET_FPS = {"GTX 1080 Ti": 371, "RTX 2070": 330}  # yolov4-tiny 416, AlexeyAB's README
@@ -55,8 +55,8 @@ def measure_training(args, device: torch.device) -> list[dict]:
     net, cfg = network(args.size, args.batch)
     batches = [(x.to(device), y.to(device)) for x, y in training_batches(net, args.batch, 4)]
     rows = []
-    for precision, fmt, mode in itertools.product(args.precisions, args.formats,
-                                                  args.compile_modes):
+    for precision, fmt, mode in row_plan(args.precisions, args.formats, args.compile_modes,
+                                         args.quick):
         net, cfg = network(args.size, args.batch)
         trainer = Trainer(net, cfg, device, amp=precision == "bf16",
                           channels_last=fmt == "channels_last", compile=mode == "compile",
@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="compile only bf16 channels_last (the eager rows all run)")
     args = p.parse_args(argv)
     if args.smoke:
         device = torch.device("cpu")

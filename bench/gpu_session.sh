@@ -5,11 +5,12 @@
 #
 # Here, before the call (lark is pure Python; the device cannot reach a registry):
 #   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: -d .whl 'lark>=1.1'
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux2014_x86_64 -d .whl 'lark>=1.1' pycocotools
 # Then, with the device tool:
-#   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=590)
-# Each step has its own time limit (together under 9.5 minutes) and writes its log under $OUT,
-# so what finished comes back even when a later step runs out of time.
+#   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=500)
+# Each step has its own time limit (together under 8 minutes, leaving time for a rerun) and
+# writes its log under $OUT, so what finished comes back when a later step runs out of time.
 set -u
 OUT=${OUT:-/tmp/darkcfg-gpu}
 mkdir -p "$OUT"
@@ -31,10 +32,12 @@ step() {  # step NAME SECONDS COMMAND...: run, log to $OUT/NAME.txt, say how it 
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 python3 -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, \
 torch.cuda.get_device_name(0))"
-# rows print as each mode finishes: a step cut by its limit still reports what it measured
-# VGG-16 training against a tuned torchvision loop, MFU (never run on a GPU: first)
-step vgg 240 python3 bench/gpu.py --steps 10 --warmup 3 --jpegs 512
+# rows print as each one finishes, eager rows first: a step cut by its limit still reports them
+# VGG-16 training against a tuned torchvision loop, MFU (--quick: one compiled row, bf16 NHWC)
+step vgg 150 python3 bench/gpu.py --steps 10 --warmup 3 --jpegs 512 --quick
 # yolov4-tiny 416: training img/s (AMP, channels-last, compile) and inference FPS at batch 1, 8
-step detect 170 python3 bench/gpu_detect.py --steps 10 --warmup 3
-# the test suite with CUDA present (the runner's default device is CUDA there)
-step tests 160 python3 -m pytest -q -x -n 8 -m "not slow" -p no:cacheprovider tests
+step detect 130 python3 bench/gpu_detect.py --steps 10 --warmup 3 --quick
+# the whole test suite with CUDA present (the runner's default device is CUDA there); every
+# failure listed at the end and in $OUT/tests.xml
+step tests 200 python3 -m pytest -q -rfE -n 14 -p no:cacheprovider --junitxml="$OUT/tests.xml" \
+    tests
