@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--quick", action="store_true",
                    help="compile only bf16 channels_last (the eager rows all run)")
+    p.add_argument("--only", choices=("training", "inference"), help="measure one part only")
     args = p.parse_args(argv)
     if args.smoke:
         device = torch.device("cpu")
@@ -139,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     args.precisions = ("fp32", "bf16")
     args.formats = ("nchw", "channels_last")
     args.compile_modes = ("eager",) if args.no_compile else ("eager", "compile")
-    train = measure_training(args, device)
-    infer = measure_inference(args, device)
+    train = [] if args.only == "inference" else measure_training(args, device)
+    infer = [] if args.only == "training" else measure_inference(args, device)
     print()
     print(report(train, infer, device, args.size))
     return 0

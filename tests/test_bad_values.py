@@ -515,7 +515,7 @@ def test_amp_on_a_cpu_without_bfloat16_warns(capsys, tiny, tmp_path, monkeypatch
     from darkcfg.cli import main
 
     code = main([str(tiny), "--train", "--amp", "--no-progress", "--out", str(tmp_path / "r"),
-                 "--valid-every", "0"])
+                 "--valid-every", "0", "--device", "cpu"])  # a GPU machine would pick CUDA
     out, err = capsys.readouterr()
     assert code == 0 and "without native bfloat16" in out + err
     assert "amp: torch.bfloat16" in (tmp_path / "r" / "settings.yaml").read_text()

@@ -23,6 +23,9 @@ import torch
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV is not installable here "
                           "(pip install 'opencv-python-headless<5')")
+if not hasattr(cv2.dnn, "readNetFromDarknet"):
+    pytest.skip(f"OpenCV {cv2.__version__} has no Darknet importer (OpenCV 5 removed it): "
+                "pip install 'opencv-python-headless<5'", allow_module_level=True)
 
 from builders.weights import save_weights  # noqa: E402
 from cfgparse import CfgError, parse  # noqa: E402
