@@ -56,6 +56,11 @@ def calibrate(net, image: Path, boxes: int) -> float:
     from darkcfg.detect.decode import load_image
 
     x = resize_image(load_image(image)[None], net.info.width, net.info.height)
+    return calibrate_input(net, x, boxes)
+
+
+def calibrate_input(net, x: torch.Tensor, boxes: int) -> float:
+    """`calibrate` on a network input (1, C, H, W) already at the network's size."""
     shift = 0.0
     with torch.no_grad():
         while len(decode(net, net(x, collect=head_indices(net)), 0.25)[0]) > boxes:

@@ -231,13 +231,18 @@ def start(cmd: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_a_killed_detector_resumes_byte_identically(tmp_path):
+@pytest.mark.parametrize("device", [
+    ("--device", "cpu"),
+    # CUDA sums atomically in arrival order unless --deterministic (seen on an H200)
+    pytest.param(("--device", "cuda", "--deterministic"), marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device"))], ids=["cpu", "cuda"])
+def test_a_killed_detector_resumes_byte_identically(tmp_path, device):
     import time
 
     cfg = tmp_path / "resume.cfg"
     cfg.write_text(CFG.format(max_batches=20))  # crosses a multi-scale period (10)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    proc = start(command(cfg, killed))
+    proc = start(command(cfg, killed, *device))
     deadline = time.monotonic() + 300
     while len(rows(killed)) < 8:
         if proc.poll() is not None:
@@ -249,8 +254,8 @@ def test_a_killed_detector_resumes_byte_identically(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "resume_final.weights").exists(), "killed too late to test anything"
-    reference = start(command(cfg, straight))
-    resumed = start(command(cfg, killed, "--resume"))
+    reference = start(command(cfg, straight, *device))
+    resumed = start(command(cfg, killed, *device, "--resume"))
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert reference.wait(timeout=600) == 0, reference.stderr.read()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,16 +56,25 @@ def cfg(tmp_path, tiny_classifier) -> Path:
                                  cost=False)
 
 
-def test_sigkill_then_resume_is_byte_identical(cfg, tmp_path):
+# The CPU as it trains by default; CUDA with --deterministic (without it, cuDNN autotuning and
+# atomic-add reductions make two runs differ in the last bits: seen on an H200)
+DEVICES = [("--device", "cpu"),
+           pytest.param(("--device", "cuda", "--deterministic"),
+                        marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                 reason="needs a CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=["cpu", "cuda"])
+def test_sigkill_then_resume_is_byte_identical(cfg, tmp_path, device):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    proc = start(command(cfg, killed))
+    proc = start(command(cfg, killed, *device))
     wait_for_rows(proc, killed, 8)  # past the checkpoint at iteration 6
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "resume_final.weights").exists(), "killed too late to test anything"
     done = len(rows(killed))
-    reference = start(command(cfg, straight))  # the two finish side by side
-    resumed = start(command(cfg, killed, "--resume"))
+    reference = start(command(cfg, straight, *device))  # the two finish side by side
+    resumed = start(command(cfg, killed, *device, "--resume"))
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
@@ -101,3 +111,27 @@ def test_sigterm_saves_and_exits_cleanly(cfg, tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
     assert more.returncode == 0, more.stderr
     assert int(rows(out)[-1]["iteration"]) == state["iteration"] + 2
+
+
+def test_deterministic_sets_torch_up_and_changes_no_cpu_bits(tmp_path, tiny_classifier,
+                                                            monkeypatch):
+    """--deterministic turns on torch's deterministic kernels, no cuDNN autotuning and cuBLAS's
+    fixed workspace; the CPU was deterministic already, so its weights stay the same bits."""
+    from darkcfg.cli import main
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cfg = tiny_classifier.write(tmp_path / "d.cfg", batch=8, max_batches=6, burn_in=2,
+                                angle=10, exposure=1.3, second_conv=False, dropout=0.3,
+                                cost=False)
+    common = [str(cfg), "--train", "--device", "cpu", "--no-progress", "--valid-every", "0"]
+    try:
+        assert main([*common, "--out", str(tmp_path / "a"), "--deterministic"]) == 0
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    assert main([*common, "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "d_final.weights").read_bytes() == \
+        (tmp_path / "b" / "d_final.weights").read_bytes()

@@ -56,6 +56,9 @@ def add_schedule_arguments(p) -> None:
                    "usual build) or as one built without it (OPENCV=0: edge-repeating pad, "
                    "align-corners resize, float HSV; no blur, noise or mosaic)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--deterministic", action="store_true",
+                   help="the same bits every run on CUDA too (no cuDNN autotuning, "
+                   "deterministic kernels: slower); the CPU is deterministic already")
     p.add_argument("--batch-per-process", action="store_true",
                    help="under torchrun, [net] batch is per process (default: global)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -95,6 +98,7 @@ def run_options(model: ModelSpec, args, schedule: bool = False):
         batch_per_process=arg("batch_per_process", False),
         progress=not arg("no_progress", False), explicit_out=out is not None,
         max_memory=arg("max_memory"), force=arg("force", False),
+        deterministic=arg("deterministic", False),
         map_points=arg("map_points", 0), partial=model.partial,
         darknet_build=arg("darknet_build", "opencv"))
     if schedule:

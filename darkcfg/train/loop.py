@@ -7,6 +7,7 @@ k-th update. It is the runner's own step; benchmarks call it directly on in-memo
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from contextlib import closing, nullcontext
@@ -26,6 +27,19 @@ class NonFiniteLoss(RuntimeError):
     def __init__(self, iteration: int, value: float):
         super().__init__(f"the loss is {value} at iteration {iteration}")
         self.iteration, self.value = iteration, value
+
+
+def make_deterministic() -> None:
+    """--deterministic: the same run gives the same bits on CUDA too (the CPU already does). cuDNN
+    autotuning picks kernels by timing, and atomic-add reductions (convolution weight gradients,
+    scatter-adds) sum in arrival order: measured on an H200, a straight and a killed-and-resumed
+    run ended with different final weights without this. Ops with no deterministic CUDA kernel
+    warn (torch names them) rather than stop the run. Call before the first CUDA matrix product
+    (cuBLAS reads its workspace setting when it starts)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 class LossModel(nn.Module):
@@ -127,8 +141,8 @@ class Trainer:
         # overflow a skipped update; 1024 leaves headroom and still grows every 2000 steps.
         self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 10,
                                            enabled=self.amp_dtype == torch.float16)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+            torch.backends.cudnn.benchmark = True  # --deterministic keeps cuDNN's fixed choice
 
         # torch.compile: the network only. The heads' losses have data-dependent shapes (truth
         # counts), and compiling them crashed Inductor in torch 2.14 (aten.set_ in a fake-tensor

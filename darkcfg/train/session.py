@@ -32,7 +32,7 @@ from darkcfg.model import (
 from darkcfg.train import distributed
 from darkcfg.train.allocator import keep_freed_memory
 from darkcfg.train.checkpoint import load_checkpoint, set_rng_states
-from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit
+from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit, make_deterministic
 from darkcfg.train.outputs import CHECKPOINT, RunLog, resume_changes, write_settings
 from darkcfg.train.tasks import Task, task_for
 
@@ -75,6 +75,7 @@ class RunOptions:
     darknet_build: str = "opencv"  # detectors: whose augmentation (--darknet-build)
     max_memory: int | None = None  # bytes; None: the device's memory
     force: bool = False  # train even when the estimate is over max_memory
+    deterministic: bool = False  # the same bits on CUDA too (make_deterministic)
     partial: bool = False  # --weights may fill fewer than half the tensors (transfer learning)
 
     def __post_init__(self) -> None:
@@ -137,6 +138,8 @@ def train(opts: RunOptions) -> tuple[str, Trainer]:
 def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if opts.explicit_out and dist.main:
         check_folder(opts.out, "--out")  # a file in the way fails now, not after the build
+    if opts.deterministic:
+        make_deterministic()
     need = check_memory(opts, device)
     if device.type == "cpu" and need is not None and 2 * need[0] <= need[1]:
         # the step's big tensors keep their pages (darkcfg.train.allocator); that raises the
