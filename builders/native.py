@@ -193,6 +193,9 @@ def _load() -> ctypes.CDLL | None:
                                          ctypes.c_float, ctypes.c_float, ctypes.c_float,
                                          ctypes.c_float]
     lib.darkcfg_hsv_shift_u8.restype = None
+    lib.darkcfg_distort_u8.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                       ctypes.c_float, ctypes.c_float, ctypes.c_float]
+    lib.darkcfg_distort_u8.restype = None
     p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     lib.darkcfg_bn_act_forward.argtypes = [p] * 7 + [i64] * 3 + [f32, f32, ctypes.c_int]
     lib.darkcfg_bn_act_backward.argtypes = [p] * 9 + [i64] * 3 + [f32, ctypes.c_int]
@@ -260,6 +263,19 @@ def hsv_shift_u8(image: torch.Tensor, hue_add: float, dsat: float, dexp: float,
     out = torch.empty_like(image)
     lib.darkcfg_hsv_shift_u8(image.data_ptr(), out.data_ptr(), image.shape[1] * image.shape[2],
                              hue_add, dsat, dexp, hue_to_sector)
+    return out
+
+
+def distort_u8(image: torch.Tensor, dhue: float, dsat: float, dexp: float
+               ) -> torch.Tensor | None:
+    """darkcfg.data.augment.distort_image on a contiguous uint8 (3, H, W) CPU tensor, rounded
+    back to bytes, into a new tensor; None (nothing done) without the native kernels."""
+    lib = library()
+    if lib is None:
+        return None
+    out = torch.empty_like(image)
+    lib.darkcfg_distort_u8(image.data_ptr(), out.data_ptr(), image.shape[1] * image.shape[2],
+                           dhue, dsat, dexp)
     return out
 
 

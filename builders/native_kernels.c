@@ -218,6 +218,121 @@ void darkcfg_hsv_shift_u8(const uint8_t *src, uint8_t *dst, int64_t hw, float hu
         hsv_pixel(src, dst, hw, p, hue_add, dsat, dexp, hue_to_sector);
 }
 
+/* src/image.c distort_image on uint8 RGB planes (3, hw), the classifier's colour jitter
+ * (darkcfg.data.augment.distort_image is the reference): bytes / 255, rgb_to_hsv with H in
+ * [0, 1), S *= dsat, V *= dexp, H += dhue wrapped once, hsv_to_rgb, clamped to [0, 1] and
+ * rounded back to bytes (half to even, as torch.round). The float32 operations and their order
+ * are the torch version's (no contraction: -std=c11 keeps a * b + c two roundings), so the
+ * bytes are the same. */
+static inline float unit_clamp(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+
+static inline void distort_pixel(const uint8_t *src, uint8_t *dst, int64_t hw, int64_t p,
+                                 float dhue, float dsat, float dexp) {
+    float r = (float)src[p] / 255.0f, g = (float)src[hw + p] / 255.0f;
+    float b = (float)src[2 * hw + p] / 255.0f;
+    float v = r > g ? r : g;
+    v = v > b ? v : b;
+    float mn = r < g ? r : g;
+    mn = mn < b ? mn : b;
+    float delta = v - mn;
+    /* every quotient computed, then selected, as the torch version does */
+    float s = delta / (v > 0.0f ? v : 1.0f);
+    s = v > 0.0f ? s : 0.0f;
+    float d = delta > 0.0f ? delta : 1.0f;
+    float hr = (g - b) / d, hg = 2.0f + (b - r) / d, hb = 4.0f + (r - g) / d;
+    float h = r == v ? hr : (g == v ? hg : hb);
+    h = (h < 0.0f ? h + 6.0f : h) / 6.0f;
+    s = s * dsat;
+    v = v * dexp;
+    h = h + dhue;
+    h = h > 1.0f ? h - 1.0f : (h < 0.0f ? h + 1.0f : h);
+    float h6 = h * 6.0f;
+    float index = __builtin_floorf(h6);
+    float f = h6 - index;
+    float pp = v * (1.0f - s), q = v * (1.0f - s * f), t = v * (1.0f - s * (1.0f - f));
+    /* hsv_to_rgb's six sectors; an index outside 0..4 takes the last one */
+    float o0 = index == 1.0f ? q : (index == 2.0f || index == 3.0f ? pp
+                                    : (index == 4.0f ? t : v));
+    float o1 = index == 0.0f ? t : (index == 1.0f || index == 2.0f ? v
+                                    : (index == 3.0f ? q : pp));
+    float o2 = index == 0.0f || index == 1.0f ? pp : (index == 2.0f ? t
+                                    : (index == 3.0f || index == 4.0f ? v : q));
+    if (s == 0.0f) { o0 = v; o1 = v; o2 = v; }
+    dst[p] = (uint8_t)__builtin_nearbyintf(unit_clamp(o0) * 255.0f);
+    dst[hw + p] = (uint8_t)__builtin_nearbyintf(unit_clamp(o1) * 255.0f);
+    dst[2 * hw + p] = (uint8_t)__builtin_nearbyintf(unit_clamp(o2) * 255.0f);
+}
+
+#ifdef DARKCFG_AVX2
+/* distort_pixel on 8 pixels: the same float32 operations lane by lane, selects for the
+ * branches (max/min/blend operand orders give the C conditionals' results); GCC does not
+ * vectorise the scalar loop ("control flow in loop"). */
+static inline __m256 pick(__m256 otherwise, __m256 value, __m256 where) {
+    return _mm256_blendv_ps(otherwise, value, where);
+}
+
+static inline void distort_avx2(const uint8_t *src, uint8_t *dst, int64_t hw, int64_t p,
+                                float dhue, float dsat, float dexp) {
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    const __m256 k255 = _mm256_set1_ps(255.0f), six = _mm256_set1_ps(6.0f);
+    __m256 r = _mm256_div_ps(bytes8(src + p), k255);
+    __m256 g = _mm256_div_ps(bytes8(src + hw + p), k255);
+    __m256 b = _mm256_div_ps(bytes8(src + 2 * hw + p), k255);
+    __m256 v = _mm256_max_ps(_mm256_max_ps(r, g), b);   /* a > b ? a : b */
+    __m256 mn = _mm256_min_ps(_mm256_min_ps(r, g), b);  /* a < b ? a : b */
+    __m256 delta = _mm256_sub_ps(v, mn);
+    __m256 vpos = _mm256_cmp_ps(v, zero, _CMP_GT_OQ);
+    __m256 s = _mm256_and_ps(_mm256_div_ps(delta, pick(one, v, vpos)), vpos);
+    __m256 d = pick(one, delta, _mm256_cmp_ps(delta, zero, _CMP_GT_OQ));
+    __m256 hr = _mm256_div_ps(_mm256_sub_ps(g, b), d);
+    __m256 hg = _mm256_add_ps(_mm256_set1_ps(2.0f), _mm256_div_ps(_mm256_sub_ps(b, r), d));
+    __m256 hb = _mm256_add_ps(_mm256_set1_ps(4.0f), _mm256_div_ps(_mm256_sub_ps(r, g), d));
+    __m256 h = pick(pick(hb, hg, _mm256_cmp_ps(g, v, _CMP_EQ_OQ)), hr,
+                    _mm256_cmp_ps(r, v, _CMP_EQ_OQ));
+    h = pick(h, _mm256_add_ps(h, six), _mm256_cmp_ps(h, zero, _CMP_LT_OQ));
+    h = _mm256_div_ps(h, six);
+    s = _mm256_mul_ps(s, _mm256_set1_ps(dsat));
+    v = _mm256_mul_ps(v, _mm256_set1_ps(dexp));
+    h = _mm256_add_ps(h, _mm256_set1_ps(dhue));
+    h = pick(pick(h, _mm256_add_ps(h, one), _mm256_cmp_ps(h, zero, _CMP_LT_OQ)),
+             _mm256_sub_ps(h, one), _mm256_cmp_ps(h, one, _CMP_GT_OQ));
+    __m256 h6 = _mm256_mul_ps(h, six);
+    __m256 index = _mm256_floor_ps(h6);
+    __m256 f = _mm256_sub_ps(h6, index);
+    __m256 pp = _mm256_mul_ps(v, _mm256_sub_ps(one, s));
+    __m256 q = _mm256_mul_ps(v, _mm256_sub_ps(one, _mm256_mul_ps(s, f)));
+    __m256 t = _mm256_mul_ps(v, _mm256_sub_ps(one, _mm256_mul_ps(s, _mm256_sub_ps(one, f))));
+    __m256 e[5];
+    for (int k = 0; k < 5; k++)
+        e[k] = _mm256_cmp_ps(index, _mm256_set1_ps((float)k), _CMP_EQ_OQ);
+    /* the sectors are exclusive: blending in any order gives the scalar's choice */
+    __m256 o0 = pick(pick(pick(v, t, e[4]), pp, _mm256_or_ps(e[2], e[3])), q, e[1]);
+    __m256 o1 = pick(pick(pick(pp, q, e[3]), v, _mm256_or_ps(e[1], e[2])), t, e[0]);
+    __m256 o2 = pick(pick(pick(q, v, _mm256_or_ps(e[3], e[4])), t, e[2]), pp,
+                     _mm256_or_ps(e[0], e[1]));
+    __m256 grey = _mm256_cmp_ps(s, zero, _CMP_EQ_OQ);
+    __m256 out[3] = {pick(o0, v, grey), pick(o1, v, grey), pick(o2, v, grey)};
+    for (int c = 0; c < 3; c++) {
+        /* unit_clamp: max(x, 0) gives +0 where the scalar keeps -0: the same byte */
+        __m256 x = _mm256_min_ps(_mm256_max_ps(out[c], zero), one);
+        x = _mm256_round_ps(_mm256_mul_ps(x, k255), _MM_FROUND_TO_NEAREST_INT |
+                            _MM_FROUND_NO_EXC);
+        store8(dst + c * hw + p, x);
+    }
+}
+#endif
+
+void darkcfg_distort_u8(const uint8_t *src, uint8_t *dst, int64_t hw, float dhue, float dsat,
+                        float dexp) {
+    int64_t p = 0;
+#ifdef DARKCFG_AVX2
+    for (; p + 8 <= hw; p += 8)
+        distort_avx2(src, dst, hw, p, dhue, dsat, dexp);
+#endif
+    for (; p < hw; p++)
+        distort_pixel(src, dst, hw, p, dhue, dsat, dexp);
+}
+
 /* [maxpool] size=2 stride=2 over NCHW float32 planes, for training (torch's NCHW
  * max_pool2d_with_indices runs 5-8x slower than this on the CPU; its channels-last kernel is
  * fast, but the network trains in NCHW). y (planes, h/2, w/2); which: 0..3, the window position
@@ -976,7 +1091,7 @@ int64_t darkcfg_found_objects(const float *probs, const float *boxes, int64_t k,
     return n;
 }
 
-int darkcfg_kernels_version(void) { return 11; }
+int darkcfg_kernels_version(void) { return 12; }
 
 int darkcfg_kernels_vectorized(void) {
 #ifdef DARKCFG_AVX2

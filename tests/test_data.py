@@ -258,3 +258,63 @@ def test_samples_seed_augmentations_per_epoch_and_index():
     samples = Samples(base, aug, seed=5, random=True)
     assert torch.equal(samples[(3, 1)][0], samples[(3, 1)][0])
     assert not torch.equal(samples[(3, 1)][0], samples[(3, 2)][0])
+
+
+def test_classifier_colour_jitter_is_darknets_distort_image():
+    """src/image.c random_distort_image: dhue = U(-hue, hue), then rand_scale of saturation and
+    exposure, one float HSV pass (the detector's distort_image), rounded back to bytes."""
+    from darkcfg.data.augment import distort_image
+    from darkcfg.data.draws import rand_scale
+
+    aug = Augment(net_cfg(hue=0.1, saturation=1.5, exposure=1.5), train=True)
+    img = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8,
+                        generator=torch.Generator().manual_seed(1))
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        dhue = float(rng.uniform(-0.1, 0.1))
+        dsat, dexp = rand_scale(1.5, rng), rand_scale(1.5, rng)
+        expected = distort_image(img.float() / 255, dhue, dsat, dexp).mul(255).round()
+        got = aug(img, np.random.default_rng(seed))
+        assert got.dtype == torch.uint8
+        assert torch.equal(got, expected.to(torch.uint8))
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_colour_jitter_of_other_channel_counts_scales_the_value_only(channels):
+    aug = Augment(net_cfg(hue=0.1, saturation=1.5, exposure=1.5), train=True)
+    img = torch.full((channels, 12, 12), 100, dtype=torch.uint8)
+    outs = {aug(img, np.random.default_rng(s)).numpy().tobytes() for s in range(6)}
+    assert all(len(o) == channels * 144 for o in outs) and len(outs) > 1
+    floats = img.float() / 255
+    out = aug(floats, np.random.default_rng(0))
+    assert out.shape == floats.shape and torch.equal(floats, img.float() / 255)  # not mutated
+
+
+def test_native_distort_equals_the_torch_version(monkeypatch):
+    """builders.native's distort (AVX2 lanes and the scalar tail) runs distort_image's float32
+    steps on bytes: the same bytes (greys, channel ties, both hue directions, wraps, odd
+    sizes), and distort_samples without the kernels gives them too."""
+    from builders import native
+    from darkcfg.data.augment import distort_image, distort_samples
+
+    if native.library() is None:
+        pytest.skip(f"no native kernels here: {native.status()}")
+    rng = np.random.default_rng(0)
+    for t in range(80):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        img = torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
+        if t % 3 == 0:
+            img[1] = img[0]
+        if t % 5 == 0:
+            img[:] = img[2]
+        if t % 7 == 0:
+            img = img // 85 * 85  # saturated primaries and their mixes
+        dhue, dsat, dexp = (float(rng.uniform(-0.5, 0.5)), float(rng.uniform(0.3, 2)),
+                            float(rng.uniform(0.3, 2)))
+        want = distort_image(img.float() / 255, dhue, dsat, dexp).mul(255).round()
+        got = native.distort_u8(img, dhue, dsat, dexp)
+        assert torch.equal(got, want.to(torch.uint8)), t
+        assert torch.equal(distort_samples(img, dhue, dsat, dexp), got)
+        with monkeypatch.context() as m:
+            m.setattr(native, "distort_u8", lambda *args: None)  # no kernels: torch's ops
+            assert torch.equal(distort_samples(img, dhue, dsat, dexp), got)

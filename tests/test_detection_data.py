@@ -658,7 +658,7 @@ def _darknet_rgb_to_hsv_to_rgb(r, g, b, dhue, dsat, dexp):
 
 
 def test_native_build_colour_jitter_is_darknets_distort_image():
-    from darkcfg.data.detection.augment import distort_image
+    from darkcfg.data.augment import distort_image
 
     rng = np.random.default_rng(4)
     x = rng.uniform(0, 1, (3, 9, 11)).astype(np.float32)

@@ -35,6 +35,7 @@ import torch
 from builders import native
 from builders.heads import DataOptions, DetectionHead
 from darkcfg.config import NetConfig
+from darkcfg.data.augment import distort_image
 from darkcfg.data.draws import rand_scale
 
 NO_MIX, MIXUP, CUTMIX, MOSAIC = 0, 1, 2, 3
@@ -382,39 +383,6 @@ def place_native(image: torch.Tensor, pleft: int, pright: int, ptop: int, pbot: 
     x = image.to(torch.float32).div_(255)[:, rows][:, :, cols]
     x = resize_image(x, netw, neth)
     return x.flip(-1) if flip else x
-
-
-def distort_image(x: torch.Tensor, dhue: float, dsat: float, dexp: float) -> torch.Tensor:
-    """src/image.c distort_image on float RGB (3, h, w) in [0, 1]: rgb_to_hsv (H in [0, 1)),
-    S *= dsat, V *= dexp, H += dhue wrapped into [0, 1), hsv_to_rgb, then clamped to [0, 1]
-    (constrain_image). One channel: V *= dexp only."""
-    if x.shape[0] < 3:
-        return (x * np.float32(dexp)).clamp_(0, 1)
-    r, g, b = x[0], x[1], x[2]
-    v = torch.maximum(torch.maximum(r, g), b)
-    delta = v - torch.minimum(torch.minimum(r, g), b)
-    s = torch.where(v > 0, delta / torch.where(v > 0, v, 1), 0)
-    d = torch.where(delta > 0, delta, 1)  # grey: h is not used (s == 0 below)
-    h = torch.where(r == v, (g - b) / d, torch.where(g == v, 2 + (b - r) / d, 4 + (r - g) / d))
-    h = torch.where(h < 0, h + 6, h) / 6
-    s = s * np.float32(dsat)
-    v = v * np.float32(dexp)
-    h = h + np.float32(dhue)
-    h = torch.where(h > 1, h - 1, torch.where(h < 0, h + 1, h))
-    h6 = h * 6
-    index = torch.floor(h6)
-    f = h6 - index
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    # hsv_to_rgb's six sectors (index >= 5: the last one, as its else branch)
-    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v)]
-    out = [v.clone(), p.clone(), q.clone()]
-    for k, rgb in enumerate(table):
-        at = index == k
-        for ch in range(3):
-            out[ch] = torch.where(at, rgb[ch], out[ch])
-    grey = s == 0
-    out = torch.stack([torch.where(grey, v, o) for o in out])
-    return out.clamp_(0, 1)
 
 
 def augment(image: torch.Tensor, boxes: np.ndarray, netw: int, neth: int, s: DetectionSettings,
