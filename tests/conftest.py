@@ -14,6 +14,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same global RNG states, whichever worker runs it and after
+    whichever tests: a test that draws without its own generator is still reproducible."""
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 class TinyClassifier:
     """The small classifier cfg the training tests share: 12x12x3 input, conv 8 (+ maxpool),
     optionally a second conv 16 (+ maxpool), dropout, connected 4, [softmax], optionally [cost].
