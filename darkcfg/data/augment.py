@@ -81,8 +81,8 @@ def distort_samples(img: torch.Tensor, dhue: float, dsat: float, dexp: float) ->
     """`distort_image` on a sample: bytes (the loader's) are read as value / 255 and rounded
     back (samples travel as bytes until collation: Darknet's float pixels kept to 1/255), in one
     native pass where the kernels are built (the same bytes; 0.4 ms at 224x224, 4-9 ms for
-    torchvision's saturation, hue and brightness ops); floats
-    stay floats. Channels other than 3 have no hue: only the value is scaled, as for grey."""
+    torchvision's saturation, hue and brightness ops); floats stay floats. Channels other than
+    3 have no hue: only the value is scaled, as for grey."""
     if img.dtype == torch.uint8 and img.shape[0] == 3 and img.is_contiguous() \
             and img.device.type == "cpu":
         out = native.distort_u8(img, dhue, dsat, dexp)
