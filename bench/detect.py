@@ -2,7 +2,7 @@
 NMS; drawing off) against the forward pass alone, yolov4-tiny at 416x416 on the CPU, batch 1.
 
     python bench/detect.py [--repeat 15] [--threads N] [--cfg CFG] [--weights W]
-                           [--image both|photo|noise]
+                           [--image both|photo|noise] [--device cuda]
 
 Weights: the oracle's calibrated yolov4-tiny weights when ../shared is there (else the initial
 weights of seed 0). Two regimes, both printed:
@@ -34,6 +34,8 @@ from darkcfg.detect.decode import decode, detect, head_indices, nms  # noqa: E40
 
 SHARED = ROOT.parent / "shared" / "darknet"
 CFG = SHARED / "corpus" / "alexeyab" / "yolov4-tiny.cfg"
+if not CFG.exists():  # ../shared does not travel (a lent GPU machine): the repo's copy
+    CFG = ROOT / "cfg" / "yolov4-tiny.cfg"
 ORACLE_WEIGHTS = ROOT / ".oracle_cache" / "yolov4-tiny.calibrated.weights"
 
 
@@ -56,7 +58,7 @@ def calibrate(net, image: Path, boxes: int) -> float:
     from darkcfg.detect.decode import load_image
 
     x = resize_image(load_image(image)[None], net.info.width, net.info.height)
-    return calibrate_input(net, x, boxes)
+    return calibrate_input(net, x.to(next(net.parameters()).device), boxes)
 
 
 def calibrate_input(net, x: torch.Tensor, boxes: int) -> float:
@@ -70,27 +72,33 @@ def calibrate_input(net, x: torch.Tensor, boxes: int) -> float:
 
 
 def timed(fn):
+    """Seconds fn() takes, its work on a GPU finished too; and its result."""
     start = time.perf_counter()
     result = fn()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     return time.perf_counter() - start, result
 
 
 def run(net, image: Path, repeat: int, label: str) -> dict:
+    """The forward as `detect` runs it (run_heads: fp16 autocast on CUDA), decode + NMS of its
+    outputs, and `detect()` of the file, on the net's device."""
     heads = head_indices(net)
     from builders.boxes import resize_image
-    from darkcfg.detect.decode import load_pixels
+    from darkcfg.detect.decode import load_pixels, run_heads
 
-    x = resize_image(load_pixels(image)[None], net.info.width, net.info.height)
+    device = next(net.parameters()).device
+    x = resize_image(load_pixels(image)[None], net.info.width, net.info.height).to(device)
     with torch.no_grad():
         for _ in range(2):  # warm-up
-            outputs = net(x, collect=heads)
+            outputs = run_heads(net, x, heads)
             nms(decode(net, outputs, 0.25))
             detect(net, [image])
     fwd, post, e2e, prep, stream = [], [], [], [], []
     candidates = kept = 0
     for _ in range(repeat):
         with torch.no_grad():
-            t, outputs = timed(lambda: net(x, collect=heads))
+            t, outputs = timed(lambda: run_heads(net, x, heads))
             fwd.append(t)
             t, dets = timed(lambda o=outputs: nms(decode(net, o, 0.25)))
             post.append(t)
@@ -133,7 +141,7 @@ def write_picture(path: Path, kind: str) -> None:
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None)
@@ -146,7 +154,8 @@ def main() -> None:
                     "(the default)")
     ap.add_argument("--boxes", type=int, default=40,
                     help="typical regime: at most this many boxes pass .25 before NMS (40)")
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the net runs")
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     kinds = ("photo", "noise") if args.image == "both" else (args.image,)
@@ -169,7 +178,8 @@ def measure(args, kind: str) -> None:
         from builders.weights import load_weights
 
         load_weights(net, weights)
-    print(f"{Path(args.cfg).name} {args.size}x{args.size}, batch 1, CPU, "
+    net.to(args.device)
+    print(f"{Path(args.cfg).name} {args.size}x{args.size}, batch 1, {args.device}, "
           f"{torch.get_num_threads()} threads, weights: {weights or 'initial (seed 0)'}, "
           f"{args.repeat} repeats (medians)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,6 +41,8 @@ torch.cuda.get_device_name(0))"
 step vgg 150 python3 bench/gpu.py --steps 10 --warmup 3 --jpegs 512 --quick
 # yolov4-tiny 416: training img/s (AMP, channels-last, compile) and inference FPS at batch 1, 8
 step detect-inference 60 python3 bench/gpu_detect.py --steps 10 --warmup 3 --only inference
+# `darkcfg detect`'s path end to end (JPEG read, resize, forward, decode, NMS) against its forward
+step detect-e2e 90 python3 bench/detect.py --device cuda --image photo --repeat 10
 step detect-training 120 python3 bench/gpu_detect.py --steps 10 --warmup 3 --quick \
     --only training
 # the whole test suite with CUDA present (the runner's default device is CUDA there); every
