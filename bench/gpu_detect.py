@@ -83,14 +83,17 @@ def measure_inference(args, device: torch.device) -> list[dict]:
     from detect import calibrate_input  # bench/detect.py
 
     rows = []
-    for batch, precision in itertools.product((1, 8), args.precisions):
+    # fp16 autocast is what `darkcfg detect` runs on CUDA (darkcfg.detect.decode.run_heads)
+    precisions = (*args.precisions, "fp16") if device.type == "cuda" else args.precisions
+    for batch, precision in itertools.product((1, 8), precisions):
         net, _ = network(args.size, batch)
         x = torch.rand(batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
         net.eval()
         calibrate_input(net, x[:1], 40)
         net, x = net.to(device), x.to(device)
         heads = head_indices(net)
-        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        amp = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
         def forward(net=net, x=x, heads=heads, amp=amp):
             with torch.inference_mode(), amp:
