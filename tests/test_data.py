@@ -294,23 +294,14 @@ def test_native_distort_equals_the_torch_version(monkeypatch):
     """builders.native's distort (AVX2 lanes and the scalar tail) runs distort_image's float32
     steps on bytes: the same bytes (greys, channel ties, both hue directions, wraps, odd
     sizes), and distort_samples without the kernels gives them too."""
+    from colour_trials import colour_trials
+
     from builders import native
     from darkcfg.data.augment import distort_image, distort_samples
 
     if native.library() is None:
         pytest.skip(f"no native kernels here: {native.status()}")
-    rng = np.random.default_rng(0)
-    for t in range(80):
-        h, w = (int(v) for v in rng.integers(1, 40, 2))
-        img = torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
-        if t % 3 == 0:
-            img[1] = img[0]
-        if t % 5 == 0:
-            img[:] = img[2]
-        if t % 7 == 0:
-            img = img // 85 * 85  # saturated primaries and their mixes
-        dhue, dsat, dexp = (float(rng.uniform(-0.5, 0.5)), float(rng.uniform(0.3, 2)),
-                            float(rng.uniform(0.3, 2)))
+    for t, img, (dhue, dsat, dexp) in colour_trials(0, 80, 40, primaries=True):
         want = distort_image(img.float() / 255, dhue, dsat, dexp).mul(255).round()
         got = native.distort_u8(img, dhue, dsat, dexp)
         assert torch.equal(got, want.to(torch.uint8)), t

@@ -444,20 +444,14 @@ def test_hsv_matches_opencv_8bit_semantics():
 def test_native_hsv_equals_the_torch_reference():
     """builders.native's C loop runs the same float32 steps: the same bytes (ties between
     channels, greys, both hue directions, saturation and exposure both ways, odd sizes)."""
+    from colour_trials import colour_trials
+
     from builders import native
     from darkcfg.data.detection.augment import hsv_constants, hsv_shift_reference
 
     if native.library() is None:
         pytest.skip(f"no native kernels here: {native.status()}")
-    rng = np.random.default_rng(0)
-    for t in range(60):
-        h, w = (int(v) for v in rng.integers(1, 70, 2))
-        img = torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
-        if t % 3 == 0:
-            img[1] = img[0]
-        if t % 5 == 0:
-            img[:] = img[2]
-        dhue, dsat, dexp = rng.uniform(-0.5, 0.5), rng.uniform(0.3, 2), rng.uniform(0.3, 2)
+    for t, img, (dhue, dsat, dexp) in colour_trials(0, 60, 70):
         native_out = native.hsv_shift_u8(img, *hsv_constants(dhue, dsat, dexp))
         assert torch.equal(native_out, hsv_shift_reference(img, dhue, dsat, dexp)), t
         assert torch.equal(hsv_shift(img, dhue, dsat, dexp), native_out)
