@@ -14,7 +14,7 @@ from torch import nn
 
 from cfgparse import Block
 
-from . import native
+from . import native, winograd
 from .activations import CONV_POST_OPS, activation_module, mish_
 from .layer import Layer
 from .norm import DarknetBatchNorm, batch_norm
@@ -136,6 +136,8 @@ class Convolutional(FastPathCache, Layer):
     Darknet's biases and `bn.weight` its scales. This generic forward handles every option; the
     plain cases use the subclasses below, whose forward does nothing but the modules' work."""
 
+    winograd_ok = False  # set per layer below; the default for layers pickled before it
+
     def __init__(self, conv: nn.Conv2d, bn: nn.Module | None, act: nn.Module, *,
                  antialiasing: int = 0, blur_stride: tuple[int, int] = (1, 1),
                  xnor: bool = False, binary: bool = False, flipped: bool = False,
@@ -150,6 +152,8 @@ class Convolutional(FastPathCache, Layer):
         self.xnor, self.binary, self.flipped = xnor, binary, flipped
         self.shared_from = shared_from
         self.activation = ""  # the Darknet activation name (set by the builder)
+        # the inference fast path may compute it as Winograd F(4x4, 3x3)
+        self.winograd_ok = winograd.applies(conv) and not (xnor or binary or antialiasing)
         self.fast_inference = True  # Network.use_fast_inference(False) selects the plain path
 
     @property
@@ -170,38 +174,51 @@ class Convolutional(FastPathCache, Layer):
             y = blur(y, self.antialiasing, self.blur_stride)
         return y
 
-    def _inference_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The convolution's weight with batch-norm folded in, packed for oneDNN, and its bias;
-        packed for the layout oneDNN picks for `x`'s shape (other shapes still work), and
-        cached while the parameters' storage and version counters (bumped by every in-place
-        update: optimizer steps, load_state_dict, .weights loading) stay the same."""
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolution's weight with batch-norm folded in, and its bias (float32)."""
+        with torch.no_grad():
+            weight = self.conv.weight.float()
+            if self.has_bn:
+                scale, bias = self.bn.inference_scale_shift()
+                weight = weight * scale.view(-1, 1, 1, 1)
+            else:
+                bias = self.conv.bias
+            return weight.contiguous(), bias.detach().float().contiguous()
+
+    def _inference_params(self, x: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """The fast path's kind for input `x` and its derived weights, with the bias (batch-norm
+        folded): "winograd" (builders.winograd's transformed weights, where that runs `x`'s
+        shape faster) or "packed" (the folded weight packed for the layout oneDNN picks for
+        `x`'s shape; other shapes still work). Each is made on first need and cached while the
+        parameters' storage and version counters (bumped by every in-place update: optimizer
+        steps, load_state_dict, .weights loading) stay the same."""
         sources = [self.conv.weight]
         sources += [self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var] \
             if self.has_bn else [self.conv.bias]
         key = version_key(sources)
         cache = self.__dict__.get("_inference_cache")
-        if cache is not None and cache[0] == key:
-            return cache[1], cache[2]
-        conv = self.conv
-        with torch.no_grad():
-            weight = conv.weight.float()
-            if self.has_bn:
-                scale, bias = self.bn.inference_scale_shift()
-                weight = weight * scale.view(-1, 1, 1, 1)
-            else:
-                bias = conv.bias
-            bias = bias.detach().float().contiguous()
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
-                weight.contiguous(), list(conv.padding), list(conv.stride), list(conv.dilation),
-                conv.groups, list(x.shape))
-        self._inference_cache = (key, packed, bias)
-        return packed, bias
+        if cache is None or cache["key"] != key:
+            cache = self._inference_cache = {"key": key, "bias": self._folded()[1]}
+        kind = "winograd" if (self.winograd_ok and winograd.runs(
+            x.shape, self.conv.out_channels)) else "packed"
+        if kind not in cache:
+            weight = self._folded()[0]
+            conv = self.conv
+            cache[kind] = winograd.transform_weights(weight) if kind == "winograd" else \
+                torch.ops.mkldnn._reorder_convolution_weight(
+                    weight, list(conv.padding), list(conv.stride), list(conv.dilation),
+                    conv.groups, list(x.shape))
+        return kind, cache[kind], cache["bias"]
 
     def inference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The eval-mode forward in one oneDNN call: batch-norm folded into the weights, the
         activation fused into the kernel where oneDNN has it (mish: in place after it), weights
-        packed once, channels-last output. Same values as `forward` to float32 rounding."""
-        weight, bias = self._inference_params(x)
+        packed once, channels-last output. Same values as `forward` to float32 rounding. 3x3
+        stride-1 layers run as Winograd F(4x4, 3x3) where that is faster (builders.winograd)."""
+        kind, weight, bias = self._inference_params(x)
+        if kind == "winograd":
+            y = winograd.conv3x3(x, weight, bias, self.activation)
+            return y if self.activation in winograd.ACTIVATION_CODES else self.act(y)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous(memory_format=torch.channels_last)
         post_op, scalars = CONV_POST_OPS.get(self.activation, ("none", []))

@@ -223,6 +223,11 @@ def _load() -> ctypes.CDLL | None:
     lib.darkcfg_found_objects.argtypes = [p, p, i64, i64, f32, ctypes.c_double,
                                           ctypes.c_double, i64, p, p, p]
     lib.darkcfg_found_objects.restype = i64
+    lib.darkcfg_wino43_input.argtypes = [p, p] + [i64] * 9 + [ctypes.c_int]
+    lib.darkcfg_wino43_input.restype = None
+    lib.darkcfg_wino43_output.argtypes = [p, p, p] + [i64] * 7 + [ctypes.c_int, f32,
+                                                                 ctypes.c_int]
+    lib.darkcfg_wino43_output.restype = None
     _state["why"] = f"{target} ({'AVX2' if lib.darkcfg_kernels_vectorized() else 'scalar'})"
     return lib
 

@@ -1091,7 +1091,145 @@ int64_t darkcfg_found_objects(const float *probs, const float *boxes, int64_t k,
     return n;
 }
 
-int darkcfg_kernels_version(void) { return 12; }
+/* Winograd F(4x4, 3x3) for the inference fast path's 3x3 stride-1 convolutions (Lavin & Gray,
+ * "Fast Algorithms for Convolutional Neural Networks", 2015; interpolation points 0, +-1, +-2,
+ * infinity). A 4x4 output tile is A^T [(G g G^T) . (B^T d B)] A from a 6x6 input tile d: the
+ * channel sums of the element-wise products are 36 matrix products [tiles x c] x [c x k], which
+ * torch.bmm runs; these two kernels are the transforms around them. 144 multiply-adds of the
+ * products per output tile and channel pair against 16 x 9 = 144 ... no: 36 against 144, a
+ * quarter of the direct convolution's. Channels-last float32; each tile's channels are
+ * contiguous, so every transform is a vector loop over channels (WINO_CB at a time).
+ *
+ * input:  x [n][h][w][c], zero padding `pad` on each side; v [36][tiles][c] for the tiles
+ *         [t0, t1) of n x th x tw (tile (ty, tx) reads rows 4 ty - pad .. +5).
+ * output: m [36][tiles][k] -> y [n][oh][ow][k] (+ bias, then the activation: 0 linear,
+ *         1 leaky with `slope`, 2 relu, 3 mish), for the same tiles. */
+#define WINO_CB 64
+
+static const float WINO_ZERO[WINO_CB];
+
+void darkcfg_wino43_input(const float *x, float *v, int64_t n, int64_t h, int64_t w, int64_t c,
+                          int64_t pad, int64_t th, int64_t tw, int64_t t0, int64_t t1,
+                          int threads) {
+    int64_t tiles = t1 - t0;
+    (void)n;
+    if (threads < 1 || tiles < 4 * threads) threads = 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t b = t / (th * tw), r = t % (th * tw);
+        int64_t y0 = (r / tw) * 4 - pad, x0 = (r % tw) * 4 - pad;
+        float u[6][6][WINO_CB];
+        for (int64_t c0 = 0; c0 < c; c0 += WINO_CB) {
+            int64_t cb = c - c0 < WINO_CB ? c - c0 : WINO_CB;
+            /* u = B^T d: the rows of each column (zeros outside the image) */
+            for (int j = 0; j < 6; j++) {
+                const float *z[6];
+                int64_t ix = x0 + j;
+                for (int i = 0; i < 6; i++) {
+                    int64_t iy = y0 + i;
+                    z[i] = iy < 0 || iy >= h || ix < 0 || ix >= w
+                               ? WINO_ZERO : x + ((b * h + iy) * w + ix) * c + c0;
+                }
+#pragma omp simd
+                for (int64_t q = 0; q < cb; q++) {
+                    float z0 = z[0][q], z1 = z[1][q], z2 = z[2][q];
+                    float z3 = z[3][q], z4 = z[4][q], z5 = z[5][q];
+                    u[0][j][q] = 4 * z0 - 5 * z2 + z4;
+                    u[1][j][q] = -4 * (z1 + z2) + z3 + z4;
+                    u[2][j][q] = 4 * (z1 - z2) - z3 + z4;
+                    u[3][j][q] = 2 * (z3 - z1) - z2 + z4;
+                    u[4][j][q] = 2 * (z1 - z3) - z2 + z4;
+                    u[5][j][q] = 4 * z1 - 5 * z3 + z5;
+                }
+            }
+            /* (B^T d) B: the columns of each row, stored at v[i * 6 + j][t - t0][c0 ..] */
+            for (int i = 0; i < 6; i++) {
+                float *o = v + ((int64_t)(i * 6) * tiles + (t - t0)) * c + c0;
+                int64_t step = tiles * c;
+#pragma omp simd
+                for (int64_t q = 0; q < cb; q++) {
+                    float z0 = u[i][0][q], z1 = u[i][1][q], z2 = u[i][2][q];
+                    float z3 = u[i][3][q], z4 = u[i][4][q], z5 = u[i][5][q];
+                    o[q] = 4 * z0 - 5 * z2 + z4;
+                    o[step + q] = -4 * (z1 + z2) + z3 + z4;
+                    o[2 * step + q] = 4 * (z1 - z2) - z3 + z4;
+                    o[3 * step + q] = 2 * (z3 - z1) - z2 + z4;
+                    o[4 * step + q] = 2 * (z1 - z3) - z2 + z4;
+                    o[5 * step + q] = 4 * z1 - 5 * z3 + z5;
+                }
+            }
+        }
+    }
+}
+
+static inline void wino_activate(float *o, int64_t cb, int act, float slope) {
+    if (act == 1) {
+#pragma omp simd
+        for (int64_t q = 0; q < cb; q++) o[q] = o[q] > 0 ? o[q] : slope * o[q];
+    } else if (act == 2) {
+#pragma omp simd
+        for (int64_t q = 0; q < cb; q++) o[q] = o[q] > 0 ? o[q] : 0.0f;
+    } else if (act == 3) {
+        int64_t q = 0;
+#ifdef DARKCFG_AVX2
+        for (; q + 8 <= cb; q += 8) _mm256_storeu_ps(o + q, mish_avx2(_mm256_loadu_ps(o + q)));
+#endif
+        for (; q < cb; q++) o[q] = mish_scalar(o[q]);
+    }
+}
+
+void darkcfg_wino43_output(const float *m, const float *bias, float *y, int64_t oh, int64_t ow,
+                           int64_t k, int64_t th, int64_t tw, int64_t t0, int64_t t1, int act,
+                           float slope, int threads) {
+    int64_t tiles = t1 - t0;
+    if (threads < 1 || tiles < 4 * threads) threads = 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t b = t / (th * tw), r = t % (th * tw);
+        int64_t y0 = (r / tw) * 4, x0 = (r % tw) * 4;
+        float u[4][6][WINO_CB];
+        for (int64_t k0 = 0; k0 < k; k0 += WINO_CB) {
+            int64_t kb = k - k0 < WINO_CB ? k - k0 : WINO_CB;
+            /* u = A^T m: the rows of each column */
+            for (int j = 0; j < 6; j++) {
+                const float *z = m + ((int64_t)j * tiles + (t - t0)) * k + k0;
+                int64_t step = 6 * tiles * k;
+#pragma omp simd
+                for (int64_t q = 0; q < kb; q++) {
+                    float z0 = z[q], z1 = z[step + q], z2 = z[2 * step + q];
+                    float z3 = z[3 * step + q], z4 = z[4 * step + q], z5 = z[5 * step + q];
+                    float a = z1 + z2, d = z1 - z2, e = z3 + z4, f = z3 - z4;
+                    u[0][j][q] = z0 + a + e;
+                    u[1][j][q] = d + 2 * f;
+                    u[2][j][q] = a + 4 * e;
+                    u[3][j][q] = d + 8 * f + z5;
+                }
+            }
+            /* o = u A: the columns of each row, + bias, then the activation */
+            for (int i = 0; i < 4 && y0 + i < oh; i++) {
+                float o[4][WINO_CB];
+                const float *bb = bias + k0;
+#pragma omp simd
+                for (int64_t q = 0; q < kb; q++) {
+                    float z0 = u[i][0][q], z1 = u[i][1][q], z2 = u[i][2][q];
+                    float z3 = u[i][3][q], z4 = u[i][4][q], z5 = u[i][5][q];
+                    float a = z1 + z2, d = z1 - z2, e = z3 + z4, f = z3 - z4;
+                    o[0][q] = z0 + a + e + bb[q];
+                    o[1][q] = d + 2 * f + bb[q];
+                    o[2][q] = a + 4 * e + bb[q];
+                    o[3][q] = d + 8 * f + z5 + bb[q];
+                }
+                for (int j = 0; j < 4 && x0 + j < ow; j++) {
+                    wino_activate(o[j], kb, act, slope);
+                    memcpy(y + ((b * oh + y0 + i) * ow + x0 + j) * k + k0, o[j],
+                           (size_t)kb * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
+int darkcfg_kernels_version(void) { return 13; }
 
 int darkcfg_kernels_vectorized(void) {
 #ifdef DARKCFG_AVX2

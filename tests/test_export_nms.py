@@ -12,7 +12,9 @@ Where Darknet's greedy NMS and ONNX's differ, and how this test handles it:
   first. A kept set may differ only where a pair has an exactly tied, overlapping rival; the
   oracle nets have none, so the sets must be equal.
 - Thresholds: a score within 1e-4 of thresh may land on either side (the two runtimes round
-  differently); none do on these inputs, so none is excused.
+  differently: --detect's 3x3 convolutions run as Winograd F(4x4, 3x3), builders.winograd); on
+  yolov4-tiny at 0.25 three such pairs of ~10k do (scores 0.2500003-0.2500015), and only such
+  pairs are excused.
 """
 
 from __future__ import annotations
@@ -61,7 +63,10 @@ def check_against_detect(name: str, tmp_path, thresh: float):
     for a, b in zip(ours, theirs, strict=True):
         only_ours, only_theirs, worst = match(a, b, (x.shape[-1], x.shape[-2]))
         if name in FAST:
-            assert not only_ours and not only_theirs, (only_ours, only_theirs)
+            # only a score within 1e-4 of thresh may fall on the other side
+            unexcused = [found[k] for found, which in ((a, only_ours), (b, only_theirs))
+                         for k in which if abs(found[k][1] - thresh) > 1e-4]
+            assert not unexcused, unexcused
         else:
             # yolov3 at 0.005 keeps ~17k (box, class) pairs per image; through 106 float32 layers
             # in two runtimes a handful of them sit within rounding of the score or IoU
@@ -69,8 +74,8 @@ def check_against_detect(name: str, tmp_path, thresh: float):
             flipped = len(only_ours) + len(only_theirs)
             print(f"{name}: {len(a)} kept by the graph, {len(b)} by --detect, {flipped} differ")
             assert flipped <= max(len(b) // 1000, 1), (only_ours, only_theirs)
-            a = [d for k, d in enumerate(a) if k not in only_ours]
-            b = [d for k, d in enumerate(b) if k not in only_theirs]
+        a = [d for k, d in enumerate(a) if k not in only_ours]
+        b = [d for k, d in enumerate(b) if k not in only_theirs]
         # the tiny nets stay within 1e-4 of the input size; yolov3's 106 float32 layers run
         # differently in onnxruntime and PyTorch (measured 1.09e-4 there): 2e-4 for the deep ones
         assert worst <= (1e-4 if name in FAST else 2e-4), worst

@@ -1,0 +1,103 @@
+"""Winograd F(4x4, 3x3) for the inference fast path's 3x3 stride-1 convolutions on the CPU.
+
+A 4x4 output tile is A^T [(G g G^T) . (B^T d B)] A over a 6x6 input tile d (Lavin & Gray, "Fast
+Algorithms for Convolutional Neural Networks", 2015; interpolation points 0, +-1, +-2 and
+infinity): the channel sums of the element-wise products are 36 matrix products
+[tiles x c] x [c x k], which `torch.bmm` runs, with a quarter of the direct convolution's
+multiply-adds. The transforms around them are builders.native's `darkcfg_wino43_input` and
+`darkcfg_wino43_output` (the latter adds the bias and applies the activation). oneDNN has no
+Winograd kernel for float32 reachable through torch, and its direct kernels already run at the
+machine's matrix-product rate, so this is where a 3x3 layer gets faster than that rate.
+
+The values differ from the direct convolution's by float32 rounding of the transforms: about
+5e-5 of the output's scale on random weights, a few times the direct kernel's own rounding
+(tests/test_winograd.py bounds it against float64). Darknet computes these layers by im2col and
+a matrix product (src/convolutional_layer.c forward_convolutional_layer); `DARKCFG_WINOGRAD=0`
+or `Network.use_fast_inference(False)` keeps the direct kernels.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import native
+
+# the activations the output transform applies itself (others run after it)
+ACTIVATION_CODES = {"linear": 0, "leaky": 1, "relu": 2, "mish": 3}
+LEAKY_SLOPE = 0.1
+
+# G of F(4x4, 3x3): the 6x3 kernel transform
+_G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+                  dtype=torch.float64)
+
+# tiles per call of the transforms and the product: keeps a block's transformed input and
+# products in the cores' caches on large layers
+BLOCK_TILES = 512
+
+
+def enabled() -> bool:
+    """Not turned off (`DARKCFG_WINOGRAD=0`) and the native transforms built."""
+    return os.environ.get("DARKCFG_WINOGRAD", "1") != "0" and native.library() is not None
+
+
+def applies(conv: torch.nn.Conv2d) -> bool:
+    """Whether `conv` has the one shape these kernels compute: 3x3, stride 1, padding 1, no
+    dilation, no groups."""
+    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+            and tuple(conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1)
+            and conv.groups == 1)
+
+
+def pays_off(shape: torch.Size, out_channels: int) -> bool:
+    """Whether Winograd beats oneDNN's direct kernel for input `shape` (N, C, H, W), as
+    measured per layer shape of vgg-16, darknet53, yolov4-tiny and yolov4 (docs/benchmarks.md
+    "Winograd"): 1.2-3x faster except where the input has few channels (the products are too
+    thin: 3 -> 32 at 416x416 runs at a third of the speed) or where the map is small and the
+    transformed weights, 4x the weights and read once per call, are large (13x13 512 -> 1024:
+    72 MB for 16 tiles, 0.64x)."""
+    n, c, h, w = shape
+    tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
+    weight_bytes = 36 * c * out_channels * 4
+    return c >= 16 and out_channels >= 16 and (
+        tiles >= 32 or (tiles >= 16 and weight_bytes <= 48 << 20))
+
+
+def runs(shape: torch.Size, out_channels: int) -> bool:
+    """Whether a layer that `applies` computes input `shape` here."""
+    return pays_off(shape, out_channels) and enabled()
+
+
+def transform_weights(weight: torch.Tensor) -> torch.Tensor:
+    """G g G^T for every (output, input) channel pair of a [k, c, 3, 3] weight, computed in
+    float64: [36, c, k] float32, element (i * 6 + j) the transform's (i, j) entry."""
+    k, c = weight.shape[:2]
+    u = torch.einsum("ia,kcab,jb->ijck", _G, weight.detach().double(), _G)
+    return u.reshape(36, c, k).float().contiguous()
+
+
+def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: str
+            ) -> torch.Tensor:
+    """The 3x3 stride-1 padding-1 convolution of float32 `x` with transformed weights `u`
+    ([36, c, k]) plus `bias`, then `activation` where the kernel has it (the caller applies
+    any other); channels-last output. Only where `enabled()`."""
+    lib = native.library()
+    x = x.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
+    k = u.shape[2]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    tiles = n * th * tw
+    y = torch.empty(n, k, h, w, memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    code = ACTIVATION_CODES.get(activation, 0)
+    for t0 in range(0, tiles, BLOCK_TILES):
+        t1 = min(tiles, t0 + BLOCK_TILES)
+        v = torch.empty(36, t1 - t0, c)
+        lib.darkcfg_wino43_input(x.data_ptr(), v.data_ptr(), n, h, w, c, 1, th, tw, t0, t1,
+                                 threads)
+        m = torch.bmm(v, u)
+        lib.darkcfg_wino43_output(m.data_ptr(), bias.data_ptr(), y.data_ptr(), h, w, k, th, tw,
+                                  t0, t1, code, LEAKY_SLOPE, threads)
+    return y

@@ -1,0 +1,175 @@
+"""Winograd F(4x4, 3x3) for the inference fast path (builders.winograd, the native transforms):
+the same convolution as float64 to float32 rounding on ragged shapes (sizes not multiples of 4,
+channel counts not multiples of the kernels' 64-channel blocks, more tiles than one block, a
+batch), the activations the output transform applies, when the fast path picks it, and that it
+follows parameter updates and can be turned off."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from builders import build, native, winograd
+
+needs_native = pytest.mark.skipif(native.library() is None, reason="no native kernels here")
+
+ACTIVATIONS = {"linear": lambda y: y, "leaky": lambda y: F.leaky_relu(y, 0.1),
+               "relu": F.relu, "mish": lambda y: y * torch.tanh(F.softplus(y))}
+
+
+def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.double() - ref).abs().max() / ref.abs().max())
+
+
+@needs_native
+@pytest.mark.parametrize("n, c, k, h, w", [
+    (1, 16, 16, 8, 8),      # whole tiles
+    (2, 70, 130, 13, 9),    # ragged tiles, partial channel blocks, a batch
+    (1, 3, 5, 1, 1),        # one pixel: every input of the tile but one is padding
+    (1, 17, 33, 90, 101),   # more tiles (23 x 26) than one call's block
+])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_winograd_equals_the_direct_convolution(n, c, k, h, w, activation):
+    gen = torch.Generator().manual_seed(n * 1000 + c)
+    x = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(k, c, 3, 3, generator=gen) / math.sqrt(9 * c)
+    bias = torch.randn(k, generator=gen)
+    ref = ACTIVATIONS[activation](
+        F.conv2d(x.double(), weight.double(), bias.double(), padding=1))
+    got = winograd.conv3x3(x, winograd.transform_weights(weight), bias, activation)
+    assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+    # F(4x4, 3x3)'s transforms round a few times more than a direct float32 sum does
+    assert relative_error(got, ref) < 3e-5
+    direct = F.conv2d(x, weight, bias, padding=1)
+    assert relative_error(ACTIVATIONS[activation](direct), ref) < 3e-5
+
+
+@needs_native
+def test_an_nchw_input_gives_the_same_values():
+    x = torch.randn(1, 16, 12, 12)
+    weight, bias = torch.randn(24, 16, 3, 3), torch.randn(24)
+    u = winograd.transform_weights(weight)
+    assert torch.equal(winograd.conv3x3(x, u, bias, "linear"),
+                       winograd.conv3x3(x.contiguous(memory_format=torch.channels_last), u,
+                                        bias, "linear"))
+
+
+def test_it_pays_off_where_measured():
+    # docs/benchmarks.md "Winograd": the layer shapes of the benchmark nets
+    assert winograd.pays_off(torch.Size([1, 256, 52, 52]), 256)      # 3.1x
+    assert winograd.pays_off(torch.Size([1, 32, 208, 208]), 64)      # 1.3x
+    assert winograd.pays_off(torch.Size([1, 512, 13, 13]), 512)      # 1.5x
+    assert not winograd.pays_off(torch.Size([1, 3, 416, 416]), 32)   # 0.4x: thin product
+    assert not winograd.pays_off(torch.Size([1, 512, 13, 13]), 1024)  # 0.6x: 72 MB of weights
+    assert not winograd.pays_off(torch.Size([1, 512, 8, 8]), 1024)   # 0.5x
+
+
+def test_only_3x3_stride_1_same_padding_applies():
+    conv = torch.nn.Conv2d
+    assert winograd.applies(conv(8, 8, 3, padding=1))
+    assert not winograd.applies(conv(8, 8, 3, stride=2, padding=1))
+    assert not winograd.applies(conv(8, 8, 1))
+    assert not winograd.applies(conv(8, 8, 3, padding=0))
+    assert not winograd.applies(conv(8, 8, 3, padding=2, dilation=2))
+    assert not winograd.applies(conv(8, 8, 3, padding=1, groups=2))
+
+
+CFG = """[net]
+width=48
+height=48
+channels=3
+[convolutional]
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=mish
+[convolutional]
+batch_normalize=1
+filters=24
+size=3
+stride=1
+pad=1
+activation=logistic
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=linear
+"""
+
+
+def _net():
+    torch.manual_seed(0)
+    net = build(CFG).eval()
+    with torch.no_grad():
+        for layer in net.layers:
+            if getattr(layer, "has_bn", False):
+                layer.bn.running_mean.uniform_(-0.2, 0.2)
+                layer.bn.running_var.uniform_(0.5, 2.0)
+                layer.bn.weight.uniform_(0.5, 1.5)
+    return net
+
+
+def _kinds(net) -> list[str]:
+    return ["winograd" if "winograd" in (layer._inference_cache or {}) else "packed"
+            for layer in net.layers]
+
+
+def _plain(net, x):
+    with torch.no_grad():
+        out = net.use_fast_inference(False)(x)[0]
+    net.use_fast_inference(True)
+    return out
+
+
+@needs_native
+def test_the_fast_path_runs_winograd_where_it_pays_and_matches_the_plain_path():
+    net = _net()
+    x = torch.rand(1, 3, 48, 48)
+    with torch.no_grad():
+        fast = net(x)[0]
+    # the first layer has 3 input channels and the last stride 2: oneDNN's kernels
+    assert _kinds(net) == ["packed", "winograd", "winograd", "packed"]
+    plain = _plain(net, x)
+    assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max()
+
+
+@needs_native
+def test_winograd_follows_parameter_updates():
+    net = _net()
+    x = torch.rand(1, 3, 48, 48)
+    with torch.no_grad():
+        before = net(x)[0]
+        net.layers[2].conv.weight.mul_(-1.5)
+        net.layers[1].bn.running_var.mul_(3.0)
+        after = net(x)[0]
+    plain = _plain(net, x)
+    assert not torch.allclose(before, after)
+    assert (after - plain).abs().max() <= 1e-4 * plain.abs().max()
+
+
+@pytest.mark.parametrize("why", ["switched off", "no native kernels"])
+def test_without_winograd_the_direct_kernels_run(monkeypatch, why):
+    if why == "switched off":
+        monkeypatch.setenv("DARKCFG_WINOGRAD", "0")
+    else:
+        monkeypatch.setattr(winograd.native, "library", lambda: None)
+    net = _net()
+    x = torch.rand(1, 3, 48, 48)
+    with torch.no_grad():
+        fast = net(x)[0]
+    assert _kinds(net) == ["packed"] * 4
+    plain = _plain(net, x)
+    assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max()
