@@ -1095,9 +1095,9 @@ int64_t darkcfg_found_objects(const float *probs, const float *boxes, int64_t k,
  * "Fast Algorithms for Convolutional Neural Networks", 2015; interpolation points 0, +-1, +-2,
  * infinity). A 4x4 output tile is A^T [(G g G^T) . (B^T d B)] A from a 6x6 input tile d: the
  * channel sums of the element-wise products are 36 matrix products [tiles x c] x [c x k], which
- * torch.bmm runs; these two kernels are the transforms around them. 144 multiply-adds of the
- * products per output tile and channel pair against 16 x 9 = 144 ... no: 36 against 144, a
- * quarter of the direct convolution's. Channels-last float32; each tile's channels are
+ * torch.bmm runs; these two kernels are the transforms around them: 36 multiply-adds per output
+ * tile and channel pair against the direct convolution's 16 x 9 = 144. Channels-last float32;
+ * each tile's channels are
  * contiguous, so every transform is a vector loop over channels (WINO_CB at a time).
  *
  * input:  x [n][h][w][c], zero padding `pad` on each side; v [36][tiles][c] for the tiles

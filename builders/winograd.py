@@ -53,16 +53,17 @@ def applies(conv: torch.nn.Conv2d) -> bool:
 
 def pays_off(shape: torch.Size, out_channels: int) -> bool:
     """Whether Winograd beats oneDNN's direct kernel for input `shape` (N, C, H, W), as
-    measured per layer shape of vgg-16, darknet53, yolov4-tiny and yolov4 (docs/benchmarks.md
-    "Winograd"): 1.2-3x faster except where the input has few channels (the products are too
-    thin: 3 -> 32 at 416x416 runs at a third of the speed) or where the map is small and the
-    transformed weights, 4x the weights and read once per call, are large (13x13 512 -> 1024:
-    72 MB for 16 tiles, 0.64x)."""
+    measured per layer shape of vgg-16, darknet53, yolov4-tiny and yolov4 with the caches
+    emptied between calls, as the layers before do (docs/benchmarks.md "Winograd"): 1.2-2.5x
+    faster, except with few channels (the products are too thin: 16 -> 16 at 104x104 0.84x,
+    32 -> 32 1.02x, 3 -> 32 at 416x416 0.4x) and on small maps with large transformed
+    weights, which are 4x the weights and read once per call (13x13 512 -> 512: 36 MB for 16
+    tiles, 0.93x; 256 -> 512, 18 MB: 1.41x)."""
     n, c, h, w = shape
     tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
     weight_bytes = 36 * c * out_channels * 4
-    return c >= 16 and out_channels >= 16 and (
-        tiles >= 32 or (tiles >= 16 and weight_bytes <= 48 << 20))
+    return c >= 32 and out_channels >= 32 and (
+        tiles >= 25 or (tiles >= 16 and weight_bytes <= 24 << 20))
 
 
 def runs(shape: torch.Size, out_channels: int) -> bool:
