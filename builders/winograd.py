@@ -53,17 +53,15 @@ def applies(conv: torch.nn.Conv2d) -> bool:
 
 def pays_off(shape: torch.Size, out_channels: int) -> bool:
     """Whether Winograd beats oneDNN's direct kernel for input `shape` (N, C, H, W), as
-    measured per layer shape of vgg-16, darknet53, yolov4-tiny and yolov4 with the caches
-    emptied between calls, as the layers before do (docs/benchmarks.md "Winograd"): 1.2-2.5x
-    faster, except with few channels (the products are too thin: 16 -> 16 at 104x104 0.84x,
-    32 -> 32 1.02x, 3 -> 32 at 416x416 0.4x) and on small maps with large transformed
-    weights, which are 4x the weights and read once per call (13x13 512 -> 512: 36 MB for 16
-    tiles, 0.93x; 256 -> 512, 18 MB: 1.41x)."""
+    measured per layer inside vgg-16, darknet53, yolov4-tiny and yolov4 and per layer shape
+    with the caches emptied between calls (docs/benchmarks.md "Winograd"): 1.2-2.5x faster
+    from 25 tiles of 4x4 up (a 17x17 map), except with few channels, where the products are
+    too thin (16 -> 16 at 104x104 0.84x, 3 -> 32 at 416x416 0.4x). On smaller maps the
+    transformed weights, 4x the weights and read once per call, cost more than the saved
+    arithmetic (13x13 256 -> 512 in yolov4-tiny: 2.07 ms against 1.57)."""
     n, c, h, w = shape
     tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
-    weight_bytes = 36 * c * out_channels * 4
-    return c >= 32 and out_channels >= 32 and (
-        tiles >= 25 or (tiles >= 16 and weight_bytes <= 24 << 20))
+    return c >= 32 and out_channels >= 32 and tiles >= 25
 
 
 def runs(shape: torch.Size, out_channels: int) -> bool:
