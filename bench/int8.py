@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cfgparse import CfgError  # noqa: E402
 from darkcfg.export.int8 import (  # noqa: E402
     Int8Options,
     export_int8,
@@ -121,10 +122,14 @@ def main() -> int:
     results = []
     for k, cfg in enumerate(map(Path, args.cfg)):
         started = time.perf_counter()
-        weights = Path(args.weights[k]) if args.weights else \
-            train_briefly(cfg, args.train_size, args.iterations, Path(args.out), args.seed)
-        trained_s = time.perf_counter() - started
-        row = bench_one(cfg, weights, args)
+        try:
+            weights = Path(args.weights[k]) if args.weights else \
+                train_briefly(cfg, args.train_size, args.iterations, Path(args.out), args.seed)
+            trained_s = time.perf_counter() - started
+            row = bench_one(cfg, weights, args)
+        except CfgError as exc:  # e.g. --out already holds a run: say so, no traceback
+            print(exc, file=sys.stderr)
+            return 2
         row["train_s"] = round(trained_s, 1)
         print(row.pop("report"), flush=True)
         results.append(row)

@@ -54,14 +54,16 @@ def applies(conv: torch.nn.Conv2d) -> bool:
 def pays_off(shape: torch.Size, out_channels: int) -> bool:
     """Whether Winograd beats oneDNN's direct kernel for input `shape` (N, C, H, W), as
     measured per layer inside vgg-16, darknet53, yolov4-tiny and yolov4 and per layer shape
-    with the caches emptied between calls (docs/benchmarks.md "Winograd"): 1.2-2.5x faster
-    from 25 tiles of 4x4 up (a 17x17 map), except with few channels, where the products are
-    too thin (16 -> 16 at 104x104 0.84x, 3 -> 32 at 416x416 0.4x). On smaller maps the
+    with the caches emptied between calls (docs/benchmarks.md "Winograd"): 1.2-3x faster from
+    25 tiles of 4x4 up (a 17x17 map), and on 16 tiles that cover the map exactly (16x16
+    256 -> 512 in darknet53: 1.1x), except with few channels, where the products are too thin
+    (16 -> 16 at 104x104 0.84x, 3 -> 32 at 416x416 0.4x). On smaller or ragged maps the
     transformed weights, 4x the weights and read once per call, cost more than the saved
-    arithmetic (13x13 256 -> 512 in yolov4-tiny: 2.07 ms against 1.57)."""
+    arithmetic (13x13 256 -> 512 in yolov4-tiny, 16 tiles for 169 pixels: 0.76x)."""
     n, c, h, w = shape
     tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
-    return c >= 32 and out_channels >= 32 and tiles >= 25
+    exact = h % 4 == 0 and w % 4 == 0
+    return c >= 32 and out_channels >= 32 and (tiles >= 25 or (tiles >= 16 and exact))
 
 
 def runs(shape: torch.Size, out_channels: int) -> bool:

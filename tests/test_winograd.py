@@ -65,7 +65,8 @@ def test_it_pays_off_where_measured():
     assert pays(256, 52, 256)        # 3.1x
     assert pays(32, 208, 64)         # 1.2x
     assert pays(512, 19, 512)        # 1.55x: 25 tiles
-    assert not pays(256, 13, 512)    # 0.76x in yolov4-tiny: 16 tiles
+    assert not pays(256, 13, 512)    # 0.76x in yolov4-tiny: 16 tiles for 169 pixels
+    assert pays(256, 16, 512)        # 1.1x in darknet53: 16 tiles, all of them used
     assert not pays(512, 13, 1024)   # 0.64x
     assert not pays(512, 8, 1024)    # 0.45x
     assert not pays(16, 104, 16)     # 0.84x: thin products
