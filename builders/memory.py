@@ -15,6 +15,7 @@ from cfgparse.rules import value
 
 if TYPE_CHECKING:
     from .graph import Network
+    from .registry import Shape
 
 FLOAT_BYTES = 4
 DEFAULT_MAX_MEMORY = 4 * 2**30  # the linter's limit when --max-memory is not given
@@ -52,13 +53,15 @@ def estimate_memory(net_or_blocks: Network | Sequence[Block], *, batch: int | No
     most outputs alive at once in a forward pass (the network's own liveness plan).
     inference_bytes = params + peak; training_bytes = 2 x (params + activations) (weights and
     their updates, outputs and their gradients; optimizer extras and workspaces not counted).
+    derived_bytes: the weights the CPU inference fast path derives and caches beside them
+    (`derived_bytes`); cpu_inference_bytes = inference + derived.
     `batch` defaults to the [net] mini-batch (batch/subdivisions)."""
     net = meta_build(net_or_blocks, flavor) if isinstance(net_or_blocks, Sequence) \
         else net_or_blocks
     batch = mini_batch(net) if batch is None else max(int(batch), 1)
     seen: set[int] = set()
     layers = []
-    count = 0
+    count = derived = 0
     for meta, layer in zip(net.meta, net.layers, strict=True):
         params = 0
         # each module's own tensors: a third of the time of parameters() + buffers(), which
@@ -70,6 +73,7 @@ def estimate_memory(net_or_blocks: Network | Sequence[Block], *, batch: int | No
                     params += t.numel() * t.element_size()
                     count += t.numel()
         layers.append(LayerBytes(meta.index, params, max(meta.output.size, 0) * FLOAT_BYTES))
+        derived += derived_bytes(layer, meta.input, batch)
     params_bytes = sum(b.params for b in layers)
     activation_bytes = batch * sum(b.output for b in layers)
     peak = batch * net.liveness.peak([m.output.size for m in net.meta],
@@ -82,17 +86,40 @@ def estimate_memory(net_or_blocks: Network | Sequence[Block], *, batch: int | No
         "activation_bytes": activation_bytes,
         "peak_activation_bytes": peak,
         "inference_bytes": params_bytes + peak,
+        "derived_bytes": derived,
+        "cpu_inference_bytes": params_bytes + derived + peak,
         "training_bytes": 2 * (params_bytes + activation_bytes),
         "largest_layer": None if largest is None else largest.index,
         "largest_layer_bytes": 0 if largest is None else largest.params + batch * largest.output,
     }
 
 
+def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
+    """Bytes of the weights the CPU inference fast path derives for `layer` from an input of
+    `input_shape` at `batch` (builders.conv, builders.dense): batch-norm folded and packed for
+    oneDNN, about the weights' size; or, for the 3x3 layers builders.winograd computes, the
+    Winograd-transformed weights, 36/9 of them."""
+    from .conv import Convolutional, FastPathCache
+    from .winograd import pays_off
+
+    weight = getattr(getattr(layer, "conv", None), "weight", None)
+    if weight is None:
+        weight = getattr(getattr(layer, "linear", None), "weight", None)
+    if not isinstance(layer, FastPathCache) or weight is None:
+        return 0
+    size = weight.numel() * FLOAT_BYTES
+    c, h, w = input_shape.c, input_shape.h, input_shape.w
+    if isinstance(layer, Convolutional) and layer.winograd_ok and \
+            pays_off((batch, c, h, w), layer.conv.out_channels):
+        return size * 36 // 9
+    return size
+
+
 def memory_diagnostic(net: Network, estimate: dict, what: str, limit: int,
                       hint: str) -> Diagnostic:
     """E401 located where the memory goes: the largest layer's filters/output, else its header."""
-    total = estimate[f"{what}_bytes"]
-    activations = estimate["peak_activation_bytes" if what == "inference" else "activation_bytes"]
+    total = estimate[f"{what.replace(' ', '_')}_bytes"]
+    activations = estimate["activation_bytes" if what == "training" else "peak_activation_bytes"]
     index = estimate["largest_layer"]
     block = net.meta[index].block if index is not None else net.net_block
     key = next((k for k in ("filters", "output") if k in block), None)
@@ -107,13 +134,14 @@ def memory_diagnostic(net: Network, estimate: dict, what: str, limit: int,
 
 
 def guard_memory(net: Network, limit_bytes: int, *, batch: int | None = None,
-                 training: bool = True) -> dict:
+                 training: bool = True, cpu: bool = False) -> dict:
     """Raise CfgError E401 when `net` (built on any device, or meta) would need more than
-    `limit_bytes` to train (or, with training=False, to run); return the estimate otherwise.
-    The runner calls this before allocating, unless forced."""
+    `limit_bytes` to train (or, with training=False, to run: with `cpu`, the fast path's derived
+    weights counted); return the estimate otherwise. The runner calls this before allocating,
+    unless forced."""
     estimate = estimate_memory(net, batch=batch)
-    what = "training" if training else "inference"
-    total = estimate[f"{what}_bytes"]
+    what = "training" if training else ("cpu inference" if cpu else "inference")
+    total = estimate[f"{what.replace(' ', '_')}_bytes"]
     if total > limit_bytes:
         raise CfgError(memory_diagnostic(
             net, estimate, what, limit_bytes,

@@ -331,8 +331,40 @@ def test_estimate_matches_a_real_build(tmp_path):
     biggest = max(t.numel() * 4 for t in outs.values())
     assert biggest <= est["peak_activation_bytes"] < est["activation_bytes"]
     assert est["inference_bytes"] == est["params_bytes"] + est["peak_activation_bytes"]
+    assert est["cpu_inference_bytes"] == est["inference_bytes"] + est["derived_bytes"]
     assert estimate_memory(parse(SMALL), batch=1)["activation_bytes"] * 2 == \
         est["activation_bytes"]
+
+
+def test_the_estimate_counts_the_fast_paths_derived_weights():
+    """Eval-mode inference on the CPU caches folded weights: packed for oneDNN (their size), or
+    Winograd-transformed for the 3x3 layers builders.winograd takes (36/9 of it)."""
+    import torch
+
+    from builders import build, native
+    from builders.memory import estimate_memory, guard_memory
+    from cfgparse import CfgError, parse
+
+    cfg = ("[net]\nwidth=32\nheight=32\nchannels=3\nbatch=1\n"
+           "[convolutional]\nfilters=32\nsize=3\npad=1\nactivation=leaky\n"
+           "[convolutional]\nbatch_normalize=1\nfilters=48\nsize=3\npad=1\nactivation=leaky\n"
+           "[convolutional]\nfilters=8\nsize=1\nactivation=linear\n")
+    est = estimate_memory(parse(cfg), batch=1)
+    weights = [32 * 3 * 9, 48 * 32 * 9, 8 * 48]
+    assert est["derived_bytes"] == 4 * (weights[0] + 4 * weights[1] + weights[2])
+    if native.library() is None:
+        return
+    net = build(parse(cfg)).eval()
+    with torch.no_grad():
+        net(torch.rand(1, 3, 32, 32))
+    transformed = net.layers[1]._inference_cache["winograd"]
+    assert transformed.numel() == 4 * weights[1]  # what the estimate counted for it
+    need = est["cpu_inference_bytes"]
+    assert guard_memory(net, need, batch=1, training=False, cpu=True)
+    with pytest.raises(CfgError) as err:
+        guard_memory(net, need - 1, batch=1, training=False, cpu=True)
+    assert "estimated cpu inference memory" in err.value.first.message
+    assert guard_memory(net, need - 1, batch=1, training=False)  # elsewhere: not derived
 
 
 def test_guard_memory_raises_over_the_limit():

@@ -151,7 +151,8 @@ def detector(model: ModelSpec, max_memory: int | None = None, force: bool = Fals
         from builders.memory import guard_memory
         from darkcfg.model import device_memory
 
-        guard_memory(net, max_memory or device_memory(device), batch=1, training=False)
+        guard_memory(net, max_memory or device_memory(device), batch=1, training=False,
+                     cpu=device.type == "cpu")
     if model.weights:
         say(load_any_weights(net, model.weights, model.cutoff, model.partial))
     else:
