@@ -198,11 +198,11 @@ class Convolutional(FastPathCache, Layer):
         key = version_key(sources)
         cache = self.__dict__.get("_inference_cache")
         if cache is None or cache["key"] != key:
-            cache = self._inference_cache = {"key": key, "bias": self._folded()[1]}
+            cache = self._inference_cache = {"key": key}
         kind = "winograd" if (self.winograd_ok and winograd.runs(
             x.shape, self.conv.out_channels)) else "packed"
         if kind not in cache:
-            weight = self._folded()[0]
+            weight, cache["bias"] = self._folded()
             conv = self.conv
             cache[kind] = winograd.transform_weights(weight) if kind == "winograd" else \
                 torch.ops.mkldnn._reorder_convolution_weight(

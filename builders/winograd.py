@@ -34,8 +34,9 @@ _G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 /
                   dtype=torch.float64)
 
 # tiles per call of the transforms and the product: keeps a block's transformed input and
-# products in the cores' caches on large layers
+# products in the cores' caches on large layers, and bounds their memory on wide ones
 BLOCK_TILES = 512
+BLOCK_BYTES = 32 << 20
 
 
 def enabled() -> bool:
@@ -93,8 +94,9 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: st
     y = torch.empty(n, k, h, w, memory_format=torch.channels_last)
     threads = torch.get_num_threads()
     code = ACTIVATION_CODES.get(activation, 0)
-    for t0 in range(0, tiles, BLOCK_TILES):
-        t1 = min(tiles, t0 + BLOCK_TILES)
+    block = max(16, min(BLOCK_TILES, BLOCK_BYTES // (36 * 4 * (c + k))))
+    for t0 in range(0, tiles, block):
+        t1 = min(tiles, t0 + block)
         v = torch.empty(36, t1 - t0, c)
         lib.darkcfg_wino43_input(x.data_ptr(), v.data_ptr(), n, h, w, c, 1, th, tw, t0, t1,
                                  threads)

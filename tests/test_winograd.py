@@ -180,3 +180,16 @@ def test_without_winograd_the_direct_kernels_run(monkeypatch, why):
     assert _kinds(net) == ["packed"] * 4
     plain = _plain(net, x)
     assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max()
+
+
+@needs_native
+def test_blocks_bounded_by_bytes_give_the_same_values(monkeypatch):
+    # wide layers run in blocks of fewer tiles (BLOCK_BYTES); the smallest block, 16 tiles,
+    # with a ragged last block, gives the one-block result (to the matrix product's rounding,
+    # which may sum in another order for fewer rows)
+    x = torch.randn(2, 40, 21, 18).contiguous(memory_format=torch.channels_last)
+    u = winograd.transform_weights(torch.randn(36, 40, 3, 3) / 19)
+    bias = torch.randn(36)
+    whole = winograd.conv3x3(x, u, bias, "leaky")
+    monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
+    assert relative_error(winograd.conv3x3(x, u, bias, "leaky"), whole.double()) < 1e-6
