@@ -31,7 +31,7 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from builders import build, native  # noqa: E402
+from builders import build, native, winograd  # noqa: E402
 from builders.presets import load_torchvision_state_dict  # noqa: E402
 from cfgparse import CfgError  # noqa: E402
 from darkcfg.train.loop import darknet_init  # noqa: E402
@@ -126,7 +126,8 @@ def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, cl
     per = threads if clock == "cpu" else 1
     print(f"Inference, batch 1, eval, CPU, {threads} threads, {clock} clock, {repeat} repeats; "
           f"peak {peak:g} GFLOP/s (--peak; 157 = this project's 2 Zen-3 cores); best repeat")
-    print(f"  fast path's mish: {native.status()}")
+    print(f"  fast path's mish and Winograd transforms: {native.status()}; Winograd "
+          f"{'on' if winograd.enabled() else 'off (DARKCFG_WINOGRAD=0 or no native kernels)'}")
     print("  gemm: a 2048 x 2048 matrix product just before the net's repeats (the machine's "
           "speed now);\n  fast/gemm: the fast path's rate as a share of it")
     print(f"  {'net':<12} {'size':>4} {'BFLOPs':>7} {'plain':>16} {'fast':>16} {'speedup':>8} "
