@@ -134,37 +134,33 @@ def _kinds(net) -> list[str]:
             for layer in net.layers]
 
 
-def _plain(net, x):
+def _fast_matching_plain(net, x):
+    """The fast path's output, after checking it against the plain path's."""
     with torch.no_grad():
-        out = net.use_fast_inference(False)(x)[0]
+        fast = net(x)[0]
+        plain = net.use_fast_inference(False)(x)[0]
     net.use_fast_inference(True)
-    return out
+    assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max()
+    return fast
 
 
 @needs_native
 def test_the_fast_path_runs_winograd_where_it_pays_and_matches_the_plain_path():
     net = _net()
-    x = torch.rand(1, 3, 48, 48)
-    with torch.no_grad():
-        fast = net(x)[0]
+    _fast_matching_plain(net, torch.rand(1, 3, 48, 48))
     # the first layer has 3 input channels and the last stride 2: oneDNN's kernels
     assert _kinds(net) == ["packed", "winograd", "winograd", "packed"]
-    plain = _plain(net, x)
-    assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max()
 
 
 @needs_native
 def test_winograd_follows_parameter_updates():
     net = _net()
     x = torch.rand(1, 3, 48, 48)
+    before = _fast_matching_plain(net, x)
     with torch.no_grad():
-        before = net(x)[0]
         net.layers[2].conv.weight.mul_(-1.5)
         net.layers[1].bn.running_var.mul_(3.0)
-        after = net(x)[0]
-    plain = _plain(net, x)
-    assert not torch.allclose(before, after)
-    assert (after - plain).abs().max() <= 1e-4 * plain.abs().max()
+    assert not torch.allclose(before, _fast_matching_plain(net, x))
 
 
 @pytest.mark.parametrize("why", ["switched off", "no native kernels"])
@@ -174,12 +170,8 @@ def test_without_winograd_the_direct_kernels_run(monkeypatch, why):
     else:
         monkeypatch.setattr(winograd.native, "library", lambda: None)
     net = _net()
-    x = torch.rand(1, 3, 48, 48)
-    with torch.no_grad():
-        fast = net(x)[0]
+    _fast_matching_plain(net, torch.rand(1, 3, 48, 48))
     assert _kinds(net) == ["packed"] * 4
-    plain = _plain(net, x)
-    assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max()
 
 
 @needs_native
