@@ -1,8 +1,9 @@
-"""Native CPU kernels (`native_kernels.c`), compiled on first use: mish for the inference fast
-path; the resize of the bytes read, the [yolo] decode, the DIoU NMS and the printed objects for
-`detect`; the colour jitter, and the 2x2 max-pool and batch-norm + activation (float32 NCHW, and
-`--amp`'s bfloat16 channels-last) for training. Each replaces torch ops that cost more than
-their work on the CPU, and is tested against them.
+"""Native CPU kernels (`native_kernels.c`), compiled on first use: mish and the Winograd
+transforms (builders.winograd) for the inference fast path; the resize of the bytes read, the
+[yolo] decode, the DIoU NMS and the printed objects for `detect`; the colour jitter, and the 2x2
+max-pool and batch-norm + activation (float32 NCHW, and `--amp`'s bfloat16 channels-last) for
+training. Each replaces torch ops that cost more than their work on the CPU, and is tested
+against them.
 
 torch has no fused mish that is fast on the CPU, and mish is a tenth of yolov4's inference time
 in torch ops. The C file is compiled once per machine with the system C compiler (`$CC`, else
