@@ -336,7 +336,7 @@ def test_estimate_matches_a_real_build(tmp_path):
         est["activation_bytes"]
 
 
-def test_the_estimate_counts_the_fast_paths_derived_weights():
+def test_the_estimate_counts_the_fast_paths_derived_weights(monkeypatch):
     """Eval-mode inference on the CPU caches folded weights: packed for oneDNN (their size), or
     Winograd-transformed for the 3x3 layers builders.winograd takes (36/9 of it)."""
     import torch
@@ -354,6 +354,7 @@ def test_the_estimate_counts_the_fast_paths_derived_weights():
     assert est["derived_bytes"] == 4 * (weights[0] + 4 * weights[1] + weights[2])
     if native.library() is None:
         return
+    monkeypatch.delenv("DARKCFG_WINOGRAD", raising=False)  # the suite may run with it set
     net = build(parse(cfg)).eval()
     with torch.no_grad():
         net(torch.rand(1, 3, 32, 32))

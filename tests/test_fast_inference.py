@@ -301,6 +301,7 @@ def test_native_mish_is_the_same_on_any_thread_count():
 def test_native_kernels_fall_back_with_the_reason(tmp_path, monkeypatch):
     """A compiler that fails (or none) leaves the torch-op mish, and status() says why; a build
     goes to the cache folder under a hashed name, atomically (no temp file left)."""
+    monkeypatch.delenv("DARKCFG_NATIVE", raising=False)  # the suite may run with it set
     monkeypatch.setenv("DARKCFG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", "false")  # exits 1 on anything
     monkeypatch.setattr(native, "_state", {})

@@ -145,7 +145,8 @@ def _fast_matching_plain(net, x):
 
 
 @needs_native
-def test_the_fast_path_runs_winograd_where_it_pays_and_matches_the_plain_path():
+def test_the_fast_path_runs_winograd_where_it_pays_and_matches_the_plain_path(monkeypatch):
+    monkeypatch.delenv("DARKCFG_WINOGRAD", raising=False)  # the suite may run with it set
     net = _net()
     _fast_matching_plain(net, torch.rand(1, 3, 48, 48))
     # the first layer has 3 input channels and the last stride 2: oneDNN's kernels
