@@ -1097,8 +1097,8 @@ int64_t darkcfg_found_objects(const float *probs, const float *boxes, int64_t k,
  * channel sums of the element-wise products are 36 matrix products [tiles x c] x [c x k], which
  * torch.bmm runs; these two kernels are the transforms around them: 36 multiply-adds per output
  * tile and channel pair against the direct convolution's 16 x 9 = 144. Channels-last float32;
- * each tile's channels are
- * contiguous, so every transform is a vector loop over channels (WINO_CB at a time).
+ * each tile's channels are contiguous, so every transform is a vector loop over channels
+ * (WINO_CB at a time).
  *
  * input:  x [n][h][w][c], zero padding `pad` on each side; v [36][tiles][c] for the tiles
  *         [t0, t1) of n x th x tw (tile (ty, tx) reads rows 4 ty - pad .. +5).
