@@ -185,6 +185,11 @@ class Convolutional(FastPathCache, Layer):
                 bias = self.conv.bias
             return weight.contiguous(), bias.detach().float().contiguous()
 
+    def winograd_pays(self, shape) -> bool:
+        """Whether the fast path computes this layer as Winograd for input `shape` (N, C, H, W)
+        where the native kernels run (builders.winograd); the memory estimate asks it too."""
+        return self.winograd_ok and winograd.pays_off(shape, self.conv.out_channels)
+
     def _inference_params(self, x: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
         """The fast path's kind for input `x` and its derived weights, with the bias (batch-norm
         folded): "winograd" (builders.winograd's transformed weights, where that runs `x`'s
@@ -199,8 +204,7 @@ class Convolutional(FastPathCache, Layer):
         cache = self.__dict__.get("_inference_cache")
         if cache is None or cache["key"] != key:
             cache = self._inference_cache = {"key": key}
-        kind = "winograd" if (self.winograd_ok and winograd.runs(
-            x.shape, self.conv.out_channels)) else "packed"
+        kind = "winograd" if self.winograd_pays(x.shape) and winograd.enabled() else "packed"
         if kind not in cache:
             weight, cache["bias"] = self._folded()
             conv = self.conv

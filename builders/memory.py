@@ -100,7 +100,6 @@ def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
     oneDNN, about the weights' size; or, for the 3x3 layers builders.winograd computes, the
     Winograd-transformed weights, 36/9 of them."""
     from .conv import Convolutional, FastPathCache
-    from .winograd import pays_off
 
     weight = getattr(getattr(layer, "conv", None), "weight", None)
     if weight is None:
@@ -109,16 +108,20 @@ def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
         return 0
     size = weight.numel() * FLOAT_BYTES
     c, h, w = input_shape.c, input_shape.h, input_shape.w
-    if isinstance(layer, Convolutional) and layer.winograd_ok and \
-            pays_off((batch, c, h, w), layer.conv.out_channels):
+    if isinstance(layer, Convolutional) and layer.winograd_pays((batch, c, h, w)):
         return size * 36 // 9
     return size
+
+
+# what a guard checks -> the estimate's figure for it
+_ESTIMATE_KEYS = {"training": "training_bytes", "inference": "inference_bytes",
+                  "cpu inference": "cpu_inference_bytes"}
 
 
 def memory_diagnostic(net: Network, estimate: dict, what: str, limit: int,
                       hint: str) -> Diagnostic:
     """E401 located where the memory goes: the largest layer's filters/output, else its header."""
-    total = estimate[f"{what.replace(' ', '_')}_bytes"]
+    total = estimate[_ESTIMATE_KEYS[what]]
     activations = estimate["activation_bytes" if what == "training" else "peak_activation_bytes"]
     index = estimate["largest_layer"]
     block = net.meta[index].block if index is not None else net.net_block
@@ -141,7 +144,7 @@ def guard_memory(net: Network, limit_bytes: int, *, batch: int | None = None,
     unless forced."""
     estimate = estimate_memory(net, batch=batch)
     what = "training" if training else ("cpu inference" if cpu else "inference")
-    total = estimate[f"{what.replace(' ', '_')}_bytes"]
+    total = estimate[_ESTIMATE_KEYS[what]]
     if total > limit_bytes:
         raise CfgError(memory_diagnostic(
             net, estimate, what, limit_bytes,

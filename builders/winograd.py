@@ -23,10 +23,11 @@ import os
 import torch
 
 from . import native
+from .activations import CONV_POST_OPS
 
 # the activations the output transform applies itself (others run after it)
 ACTIVATION_CODES = {"linear": 0, "leaky": 1, "relu": 2, "mish": 3}
-LEAKY_SLOPE = 0.1
+LEAKY_SLOPE = CONV_POST_OPS["leaky"][1][0]  # Darknet's leaky, as oneDNN's post-op gets it
 
 # G of F(4x4, 3x3): the 6x3 kernel transform
 _G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -65,11 +66,6 @@ def pays_off(shape: torch.Size, out_channels: int) -> bool:
     tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
     exact = h % 4 == 0 and w % 4 == 0
     return c >= 32 and out_channels >= 32 and (tiles >= 25 or (tiles >= 16 and exact))
-
-
-def runs(shape: torch.Size, out_channels: int) -> bool:
-    """Whether a layer that `applies` computes input `shape` here."""
-    return pays_off(shape, out_channels) and enabled()
 
 
 def transform_weights(weight: torch.Tensor) -> torch.Tensor:
