@@ -14,7 +14,7 @@ from torch import nn
 
 from cfgparse import Block
 
-from . import native, winograd
+from . import native, pointwise, winograd
 from .activations import CONV_POST_OPS, activation_module, mish_
 from .layer import Layer
 from .norm import DarknetBatchNorm, batch_norm
@@ -136,7 +136,7 @@ class Convolutional(FastPathCache, Layer):
     Darknet's biases and `bn.weight` its scales. This generic forward handles every option; the
     plain cases use the subclasses below, whose forward does nothing but the modules' work."""
 
-    winograd_ok = False  # set per layer below; the default for layers pickled before it
+    winograd_ok = pointwise_ok = False  # set per layer below; for layers pickled before them
 
     def __init__(self, conv: nn.Conv2d, bn: nn.Module | None, act: nn.Module, *,
                  antialiasing: int = 0, blur_stride: tuple[int, int] = (1, 1),
@@ -154,6 +154,8 @@ class Convolutional(FastPathCache, Layer):
         self.activation = ""  # the Darknet activation name (set by the builder)
         # the inference fast path may compute it as Winograd F(4x4, 3x3)
         self.winograd_ok = winograd.applies(conv) and not (xnor or binary or antialiasing)
+        # or a 1x1 layer as one native product with the activation fused (builders.pointwise)
+        self.pointwise_ok = pointwise.applies(conv) and not (xnor or binary or antialiasing)
         self.fast_inference = True  # Network.use_fast_inference(False) selects the plain path
 
     @property
@@ -190,6 +192,16 @@ class Convolutional(FastPathCache, Layer):
         where the native kernels run (builders.winograd); the memory estimate asks it too."""
         return self.winograd_ok and winograd.pays_off(shape, self.conv.out_channels)
 
+    def fast_kind(self, shape) -> str:
+        """Which kernel the fast path runs for input `shape`: "winograd" (builders.winograd),
+        "pointwise" (builders.pointwise: 1x1 with the activation in registers) or "packed"
+        (oneDNN's)."""
+        if self.winograd_pays(shape) and winograd.enabled():
+            return "winograd"
+        if self.pointwise_ok and pointwise.enabled():
+            return "pointwise"
+        return "packed"
+
     def _inference_params(self, x: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
         """The fast path's kind for input `x` and its derived weights, with the bias (batch-norm
         folded): "winograd" (builders.winograd's transformed weights, where that runs `x`'s
@@ -204,12 +216,16 @@ class Convolutional(FastPathCache, Layer):
         cache = self.__dict__.get("_inference_cache")
         if cache is None or cache["key"] != key:
             cache = self._inference_cache = {"key": key}
-        kind = "winograd" if self.winograd_pays(x.shape) and winograd.enabled() else "packed"
+        kind = self.fast_kind(x.shape)
         if kind not in cache:
             weight, cache["bias"] = self._folded()
             conv = self.conv
-            cache[kind] = winograd.transform_weights(weight) if kind == "winograd" else \
-                torch.ops.mkldnn._reorder_convolution_weight(
+            if kind == "winograd":
+                cache[kind] = winograd.transform_weights(weight)
+            elif kind == "pointwise":
+                cache[kind] = pointwise.pack_weights(weight)
+            else:
+                cache[kind] = torch.ops.mkldnn._reorder_convolution_weight(
                     weight, list(conv.padding), list(conv.stride), list(conv.dilation),
                     conv.groups, list(x.shape))
         return kind, cache[kind], cache["bias"]
@@ -222,6 +238,9 @@ class Convolutional(FastPathCache, Layer):
         kind, weight, bias = self._inference_params(x)
         if kind == "winograd":
             y = winograd.conv3x3(x, weight, bias, self.activation)
+            return y if self.activation in winograd.ACTIVATION_CODES else self.act(y)
+        if kind == "pointwise":
+            y = pointwise.conv1x1(x, weight, bias, self.conv.out_channels, self.activation)
             return y if self.activation in winograd.ACTIVATION_CODES else self.act(y)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous(memory_format=torch.channels_last)

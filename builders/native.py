@@ -229,7 +229,12 @@ def _load() -> ctypes.CDLL | None:
     lib.darkcfg_wino43_output.argtypes = [p, p, p] + [i64] * 7 + [ctypes.c_int, f32,
                                                                  ctypes.c_int]
     lib.darkcfg_wino43_output.restype = None
-    _state["why"] = f"{target} ({'AVX2' if lib.darkcfg_kernels_vectorized() else 'scalar'})"
+    lib.darkcfg_pointwise.argtypes = [p, i64, i64, p, p, p, i64, i64, ctypes.c_int, f32,
+                                      ctypes.c_int]
+    lib.darkcfg_pointwise.restype = None
+    lib.darkcfg_pointwise_available.restype = ctypes.c_int
+    vector = ("scalar", "AVX2", "AVX-512")[lib.darkcfg_kernels_vectorized()]
+    _state["why"] = f"{target} ({vector})"
     return lib
 
 
@@ -243,7 +248,7 @@ def library() -> ctypes.CDLL | None:
 
 
 def status() -> str:
-    """'native: <library> (AVX2|scalar)' or 'torch ops: <why not native>'."""
+    """'native: <library> (AVX-512|AVX2|scalar)' or 'torch ops: <why not native>'."""
     lib = library()
     return f"{'native' if lib is not None else 'torch ops'}: {_state['why']}"
 

@@ -70,6 +70,45 @@ static inline __m256 mish_avx2(__m256 v) {
 }
 #endif
 
+#if defined(__AVX512F__)
+#define DARKCFG_AVX512 1
+/* mish_avx2's steps on 16 lanes, about twice its rate: scalef applies 2^k in one step, and the
+ * division is a reciprocal estimate (14 bits) refined by one Newton step (~28 bits, below
+ * float's rounding), which the vector units pipeline where a divide would stall them. */
+static inline __m512 mish_avx512(__m512 v) {
+    __m512 c = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(LO)), _mm512_set1_ps(HI));
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(LOG2E)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_HI), c);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_LO), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512 e = _mm512_scalef_ps(p, k);
+    __m512 m = _mm512_mul_ps(e, _mm512_add_ps(e, _mm512_set1_ps(2.0f)));
+    __m512 d = _mm512_add_ps(m, _mm512_set1_ps(2.0f));
+    __m512 q = _mm512_rcp14_ps(d);
+    q = _mm512_mul_ps(q, _mm512_fnmadd_ps(d, q, _mm512_set1_ps(2.0f)));
+    return _mm512_mul_ps(v, _mm512_mul_ps(m, q));
+}
+#endif
+
+/* mish over o[0 .. n) in place, the widest vectors first */
+static inline void mish_run(float *o, int64_t n) {
+    int64_t q = 0;
+#ifdef DARKCFG_AVX512
+    for (; q + 16 <= n; q += 16) _mm512_storeu_ps(o + q, mish_avx512(_mm512_loadu_ps(o + q)));
+#endif
+#ifdef DARKCFG_AVX2
+    for (; q + 8 <= n; q += 8) _mm256_storeu_ps(o + q, mish_avx2(_mm256_loadu_ps(o + q)));
+#endif
+    for (; q < n; q++) o[q] = mish_scalar(o[q]);
+}
+
 /* blocks of 4096 floats (16 KiB): each thread takes a contiguous range of them */
 #define BLOCK 4096
 
@@ -80,12 +119,7 @@ void darkcfg_mish_inplace(float *x, int64_t n, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
         int64_t i = b * BLOCK, end = i + BLOCK < n ? i + BLOCK : n;
-#ifdef DARKCFG_AVX2
-        for (; i + 8 <= end; i += 8)
-            _mm256_storeu_ps(x + i, mish_avx2(_mm256_loadu_ps(x + i)));
-#endif
-        for (; i < end; i++)
-            x[i] = mish_scalar(x[i]);
+        mish_run(x + i, end - i);
     }
 }
 
@@ -1170,11 +1204,7 @@ static inline void wino_activate(float *o, int64_t cb, int act, float slope) {
 #pragma omp simd
         for (int64_t q = 0; q < cb; q++) o[q] = o[q] > 0 ? o[q] : 0.0f;
     } else if (act == 3) {
-        int64_t q = 0;
-#ifdef DARKCFG_AVX2
-        for (; q + 8 <= cb; q += 8) _mm256_storeu_ps(o + q, mish_avx2(_mm256_loadu_ps(o + q)));
-#endif
-        for (; q < cb; q++) o[q] = mish_scalar(o[q]);
+        mish_run(o, cb);
     }
 }
 
@@ -1229,10 +1259,138 @@ void darkcfg_wino43_output(const float *m, const float *bias, float *y, int64_t 
     }
 }
 
-int darkcfg_kernels_version(void) { return 13; }
+/* pointwise: a 1x1 stride-1 convolution on a channels-last map, the matrix product
+ * y[p][j] = act(bias[j] + sum_c x[p][c] w[j][c]) over pixels p, computed in registers with the
+ * bias and the activation applied before the result leaves them (oneDNN, as torch reaches it,
+ * has no mish post-op: the fast path paid a second pass over memory for it). AVX-512 only;
+ * elsewhere `darkcfg_pointwise_available` says 0 and oneDNN's kernel runs.
+ *
+ * Weights come packed in panels of PW_NR = 32 output channels, wp[panel][c][32], zeros past k.
+ * A tile of PW_MR = 12 pixels x 32 channels lives in 24 vector registers through the sum; each
+ * step loads two weight vectors and broadcasts one input value per pixel, read in place (the
+ * BLIS micro-kernel shape, Van Zee & van de Geijn 2015; packing the input cost more than it
+ * saved at these depths). The sum runs in blocks of PW_KC channels, so that a panel's block of
+ * weights (32 KiB) stays in the first-level cache across the tiles; partial sums wait in `y`.
+ * Threads take contiguous ranges of (block of tiles, range of panels) items. */
+#define PW_MR 12
+#define PW_NR 32
+#define PW_KC 256
 
+int darkcfg_pointwise_available(void) {
+#ifdef DARKCFG_AVX512
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#ifdef DARKCFG_AVX512
+static inline __m512 pw_activate(__m512 v, int act, __m512 slope) {
+    if (act == 1) return _mm512_max_ps(v, _mm512_mul_ps(v, slope));  /* leaky, slope < 1 */
+    if (act == 2) return _mm512_max_ps(v, _mm512_setzero_ps());
+    if (act == 3) return mish_avx512(v);
+    return v;
+}
+
+/* one tile of mr <= PW_MR pixels (rows `lda` floats apart from `a`) and one panel, over
+ * `depth` input channels; `first`: start from zero, else from the partial sums in y; `last`:
+ * add the bias and apply the activation */
+static inline void pw_tile(const float *a, int64_t lda, int64_t depth, int first, int last,
+                           const float *wp, const float *bias, float *y, int64_t ldy, int mr,
+                           __mmask16 m0, __mmask16 m1, int act, __m512 slope) {
+    __m512 acc[PW_MR][2];
+    const float *row[PW_MR];
+    for (int r = 0; r < PW_MR; r++) {
+        row[r] = a + (r < mr ? r : 0) * lda;  /* spare rows of a tail tile: computed, unused */
+        if (first || r >= mr) {
+            acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        } else {
+            acc[r][0] = _mm512_maskz_loadu_ps(m0, y + r * ldy);
+            acc[r][1] = _mm512_maskz_loadu_ps(m1, y + r * ldy + 16);
+        }
+    }
+    for (int64_t d = 0; d < depth; d++, wp += PW_NR) {
+        __m512 b0 = _mm512_loadu_ps(wp), b1 = _mm512_loadu_ps(wp + 16);
+        for (int r = 0; r < PW_MR; r++) {
+            __m512 v = _mm512_set1_ps(row[r][d]);
+            acc[r][0] = _mm512_fmadd_ps(v, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(v, b1, acc[r][1]);
+        }
+    }
+    if (last) {
+        __m512 bias0 = _mm512_maskz_loadu_ps(m0, bias);
+        __m512 bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+        for (int r = 0; r < mr; r++) {
+            acc[r][0] = pw_activate(_mm512_add_ps(acc[r][0], bias0), act, slope);
+            acc[r][1] = pw_activate(_mm512_add_ps(acc[r][1], bias1), act, slope);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        _mm512_mask_storeu_ps(y + r * ldy, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc[r][1]);
+    }
+}
+#endif
+
+/* x [pixels][c]; wp as above; y [pixels] rows `ldy` floats apart (>= k); act: 0 linear,
+ * 1 leaky with `slope`, 2 relu, 3 mish */
+void darkcfg_pointwise(const float *x, int64_t pixels, int64_t c, const float *wp,
+                       const float *bias, float *y, int64_t ldy, int64_t k, int act, float slope,
+                       int threads) {
+#ifdef DARKCFG_AVX512
+    int64_t tiles = (pixels + PW_MR - 1) / PW_MR, panels = (k + PW_NR - 1) / PW_NR;
+    int64_t kc = c <= 3 * PW_KC / 2 ? c : PW_KC;
+    if (threads < 1) threads = 1;
+    /* blocks of tiles whose input block (kc channels) fits ~192 KiB, as many per thread, of
+     * near-equal sizes */
+    int64_t block = (192 << 10) / (PW_MR * kc * 4);
+    if (block < 1) block = 1;
+    if (block > tiles) block = tiles;
+    int64_t blocks = (tiles + block - 1) / block;
+    blocks = (blocks + threads - 1) / threads * threads;
+    block = (tiles + blocks - 1) / blocks;
+    blocks = (tiles + block - 1) / block;
+    /* few blocks (small maps): the threads split the panels too */
+    int64_t chunks = blocks >= 2 * threads ? 1 : (2 * threads + blocks - 1) / blocks;
+    if (chunks > panels) chunks = panels;
+    int64_t items = blocks * chunks;
+    if (items < threads) threads = (int)items;
+    __m512 slope_v = _mm512_set1_ps(slope);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t item = 0; item < items; item++) {
+        int64_t blk = item / chunks, chunk = item % chunks;
+        int64_t t0 = blk * block, t1 = t0 + block < tiles ? t0 + block : tiles;
+        int64_t pa = panels * chunk / chunks, pb = panels * (chunk + 1) / chunks;
+        for (int64_t d0 = 0; d0 < c; d0 += kc) {
+            int64_t d1 = d0 + kc < c ? d0 + kc : c;
+            for (int64_t panel = pa; panel < pb; panel++) {
+                int64_t j0 = panel * PW_NR, left = k - j0;
+                __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0
+                                                   : (__mmask16)((1u << (left - 16)) - 1);
+                const float *wpanel = wp + (panel * c + d0) * PW_NR;
+                for (int64_t t = t0; t < t1; t++) {
+                    int64_t p0 = t * PW_MR;
+                    int mr = pixels - p0 < PW_MR ? (int)(pixels - p0) : PW_MR;
+                    pw_tile(x + p0 * c + d0, c, d1 - d0, d0 == 0, d1 == c, wpanel, bias + j0,
+                            y + p0 * ldy + j0, ldy, mr, m0, m1, act, slope_v);
+                }
+            }
+        }
+    }
+#else
+    (void)x; (void)pixels; (void)c; (void)wp; (void)bias; (void)y; (void)ldy; (void)k;
+    (void)act; (void)slope; (void)threads;
+#endif
+}
+
+int darkcfg_kernels_version(void) { return 14; }
+
+/* 2: AVX-512 (mish 16 lanes wide), 1: AVX2, 0: scalar */
 int darkcfg_kernels_vectorized(void) {
-#ifdef DARKCFG_AVX2
+#if defined(DARKCFG_AVX512)
+    return 2;
+#elif defined(DARKCFG_AVX2)
     return 1;
 #else
     return 0;

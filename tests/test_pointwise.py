@@ -1,0 +1,173 @@
+"""1x1 convolutions as one native product with the activation in registers (builders.pointwise):
+the same convolution as float64 to float32 rounding on ragged shapes (pixel counts not multiples
+of the 12-pixel tile, output channels not multiples of the 32-channel panel, input channels past
+one 256-channel block of the sum, a batch), the same values on any thread count, when the fast
+path picks it, that it follows parameter updates, and that it can be turned off."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from builders import build, pointwise
+
+needs_kernel = pytest.mark.skipif(not pointwise.enabled(),
+                                  reason="no AVX-512 native kernels here")
+
+ACTIVATIONS = {"linear": lambda y: y, "leaky": lambda y: F.leaky_relu(y, 0.1),
+               "relu": F.relu, "mish": lambda y: y * torch.tanh(F.softplus(y))}
+
+
+def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.double() - ref).abs().max() / ref.abs().max())
+
+
+def _case(n, c, k, h, w):
+    gen = torch.Generator().manual_seed(n * 1000 + c * 10 + k)
+    x = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(k, c, 1, 1, generator=gen) / math.sqrt(c)
+    return x, weight, torch.randn(k, generator=gen)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n, c, k, h, w", [
+    (1, 64, 64, 8, 9),       # whole panels, a tail tile of 0 < 12 pixels
+    (2, 70, 130, 13, 9),     # a batch, a ragged last panel (130 = 4 x 32 + 2)
+    (1, 3, 5, 1, 1),         # one pixel, one partial panel
+    (1, 600, 40, 7, 11),     # the sum in blocks: 256 + 256 + 88 channels
+    (1, 32, 255, 40, 41),    # a [yolo] head's 255 outputs, many tiles
+])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_it_equals_the_convolution(n, c, k, h, w, activation):
+    x, weight, bias = _case(n, c, k, h, w)
+    ref = ACTIVATIONS[activation](F.conv2d(x.double(), weight.double(), bias.double()))
+    got = pointwise.conv1x1(x, pointwise.pack_weights(weight), bias, k, activation)
+    assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(got, ref) < 2e-6
+    direct = ACTIVATIONS[activation](F.conv2d(x, weight, bias))
+    assert relative_error(direct, ref) < 2e-6  # the bound is float32 rounding, not looser
+
+
+@needs_kernel
+def test_the_values_do_not_depend_on_the_thread_count():
+    x, weight, bias = _case(1, 300, 70, 17, 19)
+    packed = pointwise.pack_weights(weight)
+    saved = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(pointwise.conv1x1(x, packed, bias, 70, "mish"))
+    finally:
+        torch.set_num_threads(saved)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])  # each sum in one order
+
+
+@needs_kernel
+def test_an_nchw_input_gives_the_same_values():
+    x, weight, bias = _case(1, 16, 24, 12, 12)
+    packed = pointwise.pack_weights(weight)
+    assert torch.equal(pointwise.conv1x1(x.contiguous(), packed, bias, 24, "leaky"),
+                       pointwise.conv1x1(x, packed, bias, 24, "leaky"))
+
+
+def test_only_plain_1x1_convolutions_apply():
+    conv = torch.nn.Conv2d
+    assert pointwise.applies(conv(8, 8, 1))
+    assert not pointwise.applies(conv(8, 8, 1, stride=2))
+    assert not pointwise.applies(conv(8, 8, 1, padding=1))
+    assert not pointwise.applies(conv(8, 8, 1, groups=2))
+    assert not pointwise.applies(conv(8, 8, 3, padding=1))
+
+
+CFG = """[net]
+width=20
+height=20
+channels=3
+[convolutional]
+filters=24
+size=3
+stride=1
+pad=1
+activation=leaky
+[convolutional]
+batch_normalize=1
+filters=40
+size=1
+stride=1
+pad=1
+activation=mish
+[convolutional]
+batch_normalize=1
+filters=33
+size=1
+stride=1
+pad=1
+activation=logistic
+[convolutional]
+filters=8
+size=1
+stride=2
+pad=1
+activation=linear
+"""
+
+
+def _net():
+    torch.manual_seed(0)
+    net = build(CFG).eval()
+    with torch.no_grad():
+        for layer in net.layers:
+            if getattr(layer, "has_bn", False):
+                layer.bn.running_mean.uniform_(-0.2, 0.2)
+                layer.bn.running_var.uniform_(0.5, 2.0)
+                layer.bn.weight.uniform_(0.5, 1.5)
+    return net
+
+
+def _kinds(net) -> list[str]:
+    return [next((k for k in (layer._inference_cache or {}) if k not in ("key", "bias")), "")
+            for layer in net.layers]
+
+
+def _fast_matching_plain(net, x):
+    with torch.no_grad():
+        fast = net(x)[0]
+        plain = net.use_fast_inference(False)(x)[0]
+    net.use_fast_inference(True)
+    assert (fast - plain).abs().max() <= 1e-5 * plain.abs().max()
+    return fast
+
+
+@needs_kernel
+def test_the_fast_path_runs_1x1_layers_natively_and_matches_the_plain_path(monkeypatch):
+    monkeypatch.delenv("DARKCFG_POINTWISE", raising=False)
+    net = _net()
+    _fast_matching_plain(net, torch.rand(2, 3, 20, 20))
+    # a 3x3 layer and a strided 1x1 one stay with oneDNN; logistic runs after the kernel
+    assert _kinds(net) == ["packed", "pointwise", "pointwise", "packed"]
+
+
+@needs_kernel
+def test_it_follows_parameter_updates():
+    net = _net()
+    x = torch.rand(1, 3, 20, 20)
+    before = _fast_matching_plain(net, x)
+    with torch.no_grad():
+        net.layers[1].bn.running_var.mul_(3.0)
+        net.layers[2].conv.weight.mul_(-1.5)
+    assert not torch.allclose(before, _fast_matching_plain(net, x))
+
+
+@pytest.mark.parametrize("why", ["switched off", "no native kernels"])
+def test_without_it_onednn_runs(monkeypatch, why):
+    if why == "switched off":
+        monkeypatch.setenv("DARKCFG_POINTWISE", "0")
+    else:
+        monkeypatch.setattr(pointwise.native, "library", lambda: None)
+    net = _net()
+    _fast_matching_plain(net, torch.rand(1, 3, 20, 20))
+    assert _kinds(net) == ["packed"] * 4
