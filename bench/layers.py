@@ -93,6 +93,10 @@ def report(path: Path, size: int, repeat: int, top: int) -> None:
     times, shapes, total = profile(net, x, repeat)
     groups = defaultdict(lambda: [0.0, 0.0, 0])
     for i, layer in enumerate(net.layers):
+        if i not in shapes:  # not called: a [shortcut] the layer before added in its kernel
+            g = groups[f"{type(layer).__name__.lower()} (fused)"]
+            g[2] += 1
+            continue
         g = groups[group_of(layer, shapes[i])]
         g[0] += times[i]
         g[1] += float(layer.bflops)
@@ -103,7 +107,7 @@ def report(path: Path, size: int, repeat: int, top: int) -> None:
           f"{net.bflops() / total / gemm:.0%} of the matrix product's {gemm:.0f} GF/s")
     print(f"  {'group':<24} {'layers':>6} {'ms':>7} {'share':>6} {'GF/s':>6} {'of gemm':>7}")
     for key, (t, bf, count) in sorted(groups.items(), key=lambda kv: -kv[1][0]):
-        rate = f"{bf / t:6.0f} {bf / t / gemm:7.0%}" if bf else f"{'':>6} {'':>7}"
+        rate = f"{bf / t:6.0f} {bf / t / gemm:7.0%}" if bf and t else f"{'':>6} {'':>7}"
         print(f"  {key:<24} {count:>6} {t * 1e3:7.2f} {t / summed:6.1%} {rate}")
     if top:
         print(f"  the {top} slowest layers:")

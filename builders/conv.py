@@ -230,30 +230,39 @@ class Convolutional(FastPathCache, Layer):
                     conv.groups, list(x.shape))
         return kind, cache[kind], cache["bias"]
 
-    def inference_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def inference_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                          ) -> torch.Tensor:
         """The eval-mode forward in one oneDNN call: batch-norm folded into the weights, the
         activation fused into the kernel where oneDNN has it (mish: in place after it), weights
         packed once, channels-last output. Same values as `forward` to float32 rounding. 3x3
-        stride-1 layers run as Winograd F(4x4, 3x3) where that is faster (builders.winograd)."""
+        stride-1 layers run as Winograd F(4x4, 3x3) where that is faster (builders.winograd),
+        1x1 layers as builders.pointwise's product. `residual`: added to the output (a plain
+        [shortcut] after this layer, fused by Network.forward), in the kernel where it can."""
         kind, weight, bias = self._inference_params(x)
+        fused = self.activation in winograd.ACTIVATION_CODES
         if kind == "winograd":
-            y = winograd.conv3x3(x, weight, bias, self.activation)
-            return y if self.activation in winograd.ACTIVATION_CODES else self.act(y)
-        if kind == "pointwise":
-            y = pointwise.conv1x1(x, weight, bias, self.conv.out_channels, self.activation)
-            return y if self.activation in winograd.ACTIVATION_CODES else self.act(y)
-        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-            x = x.contiguous(memory_format=torch.channels_last)
-        post_op, scalars = CONV_POST_OPS.get(self.activation, ("none", []))
-        conv = self.conv
-        y = torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-            conv.groups, post_op, scalars, "")
-        if self.activation in CONV_POST_OPS:
-            return y
-        if self.activation == "mish":
-            return mish_(y)
-        return self.act(y)
+            y = winograd.conv3x3(x, weight, bias, self.activation, residual if fused else None)
+        elif kind == "pointwise":
+            y = pointwise.conv1x1(x, weight, bias, self.conv.out_channels, self.activation,
+                                  residual if fused else None)
+        else:
+            fused = False
+            if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+                x = x.contiguous(memory_format=torch.channels_last)
+            post_op, scalars = CONV_POST_OPS.get(self.activation, ("none", []))
+            conv = self.conv
+            y = torch.ops.mkldnn._convolution_pointwise(
+                x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+                conv.groups, post_op, scalars, "")
+            if self.activation == "mish":
+                y = mish_(y)
+            elif self.activation not in CONV_POST_OPS:
+                y = self.act(y)
+        if kind != "packed" and not fused:
+            y = self.act(y)
+        if residual is not None and not fused:
+            y = y.add_(residual)
+        return y
 
     def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
         if self.shared_from is not None:
@@ -270,6 +279,7 @@ class Convolutional(FastPathCache, Layer):
 
 class PlainConv(Convolutional):
     channels_last_ok = True
+    takes_residual = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.fast_inference and fast_inference_ok(x):
@@ -279,6 +289,7 @@ class PlainConv(Convolutional):
 
 class PlainConvBN(Convolutional):
     channels_last_ok = True
+    takes_residual = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.fast_inference and fast_inference_ok(x):

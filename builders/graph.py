@@ -138,6 +138,12 @@ class Network(nn.Module):
         memory estimate's peak uses too)."""
         self.liveness = plan_liveness(self._sources, keep)
         self._store, self._free_after = self.liveness.store, self.liveness.free_after
+        # the fast path's fused residuals: layer i adds the [shortcut] after it in its kernel
+        # (one pass over memory less), where nothing else reads layer i's own output
+        self._adds_next = frozenset(
+            i for i in range(len(self.layers) - 1)
+            if self.layers[i].takes_residual and self.layers[i + 1].adds_only
+            and i not in self._store)
 
     def forward(self, x: torch.Tensor, collect: Iterable[int] | None = None):
         """Run the network. Returns the output layers' tensors (a list, in layer order); with
@@ -151,14 +157,20 @@ class Network(nn.Module):
         # fast path: convolutions hand channels-last tensors on; a layer that may not take them
         # gets NCHW ones (a no-op for tensors that already are)
         fast = self.fast_inference and not self.training and fast_inference_ok(x)
+        adds_next = self._adds_next if fast and wanted is None else frozenset()
+        done = -1  # a [shortcut] its layer before already added
         for i, layer in enumerate(self.layers):
             if i > stop:
                 break
-            srcs = self._sources[i]
-            refs = [saved[j] for j in srcs]
-            if fast and not layer.channels_last_ok:
-                x, refs = x.contiguous(), [r.contiguous() for r in refs]
-            x = layer(x, *refs) if srcs else layer(x)
+            if i in adds_next and layer.fast_inference and fast_inference_ok(x):
+                x = layer.inference_forward(x, residual=saved[self._sources[i + 1][0]])
+                done = i + 1
+            elif i != done:
+                srcs = self._sources[i]
+                refs = [saved[j] for j in srcs]
+                if fast and not layer.channels_last_ok:
+                    x, refs = x.contiguous(), [r.contiguous() for r in refs]
+                x = layer(x, *refs) if srcs else layer(x)
             if i in store:
                 saved[i] = x
             for j in self._free_after[i]:

@@ -25,6 +25,12 @@ class Layer(nn.Module):
     #: forward accepts channels-last input (only logical-order ops, no `.view`): the inference
     #: fast path then passes such tensors on without converting them back to NCHW.
     channels_last_ok: bool = False
+    #: forward is exactly `x + refs[0]` (a [shortcut] without weights or activation, `from` of
+    #: the input's shape): the inference fast path lets the layer before add it (Network.forward)
+    adds_only: bool = False
+    #: `inference_forward(x, residual)` computes forward(x) + residual (the fast path's kernels
+    #: add it before the result leaves them)
+    takes_residual: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -49,15 +49,18 @@ def pack_weights(weight: torch.Tensor) -> torch.Tensor:
 
 
 def conv1x1(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, out_channels: int,
-            activation: str) -> torch.Tensor:
+            activation: str, residual: torch.Tensor | None = None) -> torch.Tensor:
     """The 1x1 convolution of float32 `x` with `packed` weights plus `bias`, then `activation`
-    where the kernel has it (the caller applies any other); channels-last output. Only where
-    `enabled()`."""
+    where the kernel has it (the caller applies any other and passes no `residual`), then +
+    `residual` (the output's shape; a [shortcut] fused into this layer); channels-last output.
+    Only where `enabled()`."""
     x = x.contiguous(memory_format=torch.channels_last)
     n, c, h, w = x.shape
     k = out_channels
     y = torch.empty(n, k, h, w, memory_format=torch.channels_last)
+    res = None if residual is None else residual.contiguous(memory_format=torch.channels_last)
     native.library().darkcfg_pointwise(
-        x.data_ptr(), n * h * w, c, packed.data_ptr(), bias.data_ptr(), y.data_ptr(), k, k,
+        x.data_ptr(), n * h * w, c, packed.data_ptr(), bias.data_ptr(),
+        None if res is None else res.data_ptr(), y.data_ptr(), k, k,
         ACTIVATION_CODES.get(activation, 0), LEAKY_SLOPE, torch.get_num_threads())
     return y

@@ -127,6 +127,8 @@ class Shortcut(Layer):
             # make_shortcut_layer starts them at 1
             self.weight = nn.Parameter(torch.ones(n, per))
         self.act = activation_module(activation)
+        self.adds_only = (self.weight is None and activation == "linear"
+                          and len(from_shapes) == 1 and _chw(from_shapes[0]) == _chw(out))
 
     def _weights(self) -> torch.Tensor:
         w = self.weight

@@ -76,11 +76,12 @@ def transform_weights(weight: torch.Tensor) -> torch.Tensor:
     return u.reshape(36, c, k).float().contiguous()
 
 
-def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: str
-            ) -> torch.Tensor:
+def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: str,
+            residual: torch.Tensor | None = None) -> torch.Tensor:
     """The 3x3 stride-1 padding-1 convolution of float32 `x` with transformed weights `u`
     ([36, c, k]) plus `bias`, then `activation` where the kernel has it (the caller applies
-    any other); channels-last output. Only where `enabled()`."""
+    any other and passes no `residual`), then + `residual` (the output's shape; a [shortcut]
+    fused into this layer); channels-last output. Only where `enabled()`."""
     lib = native.library()
     x = x.contiguous(memory_format=torch.channels_last)
     n, c, h, w = x.shape
@@ -88,6 +89,7 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: st
     th, tw = (h + 3) // 4, (w + 3) // 4
     tiles = n * th * tw
     y = torch.empty(n, k, h, w, memory_format=torch.channels_last)
+    res = None if residual is None else residual.contiguous(memory_format=torch.channels_last)
     threads = torch.get_num_threads()
     code = ACTIVATION_CODES.get(activation, 0)
     block = max(16, min(BLOCK_TILES, BLOCK_BYTES // (36 * 4 * (c + k))))
@@ -97,6 +99,7 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: st
         lib.darkcfg_wino43_input(x.data_ptr(), v.data_ptr(), n, h, w, c, 1, th, tw, t0, t1,
                                  threads)
         m = torch.bmm(v, u)
-        lib.darkcfg_wino43_output(m.data_ptr(), bias.data_ptr(), y.data_ptr(), h, w, k, th, tw,
-                                  t0, t1, code, LEAKY_SLOPE, threads)
+        lib.darkcfg_wino43_output(m.data_ptr(), bias.data_ptr(),
+                                  None if res is None else res.data_ptr(), y.data_ptr(), h, w, k,
+                                  th, tw, t0, t1, code, LEAKY_SLOPE, threads)
     return y

@@ -171,3 +171,98 @@ def test_without_it_onednn_runs(monkeypatch, why):
     net = _net()
     _fast_matching_plain(net, torch.rand(1, 3, 20, 20))
     assert _kinds(net) == ["packed"] * 4
+
+
+RESIDUAL_CFG = """[net]
+width=24
+height=24
+channels=3
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=mish
+[shortcut]
+from=-2
+activation=linear
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+stride=1
+pad=1
+activation={act}
+[shortcut]
+from=-2
+activation=linear
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+stride=1
+pad=1
+activation=leaky
+[shortcut]
+from=-2
+activation=leaky
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+stride=1
+pad=1
+activation=leaky
+[shortcut]
+from=-2
+weights_type=per_feature
+activation=linear
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+stride=1
+pad=1
+activation=linear
+[shortcut]
+from=-2
+activation=linear
+[route]
+layers=-2
+"""
+
+
+@pytest.mark.parametrize("act", ["mish", "logistic"])  # in the kernel / after it, then added
+def test_plain_shortcuts_are_added_by_the_layer_before(monkeypatch, act):
+    for name in ("DARKCFG_POINTWISE", "DARKCFG_WINOGRAD"):
+        monkeypatch.delenv(name, raising=False)
+    torch.manual_seed(0)
+    net = build(RESIDUAL_CFG.replace("{act}", act)).eval()
+    with torch.no_grad():
+        for layer in net.layers:
+            if getattr(layer, "has_bn", False):
+                layer.bn.running_mean.uniform_(-0.2, 0.2)
+                layer.bn.running_var.uniform_(0.5, 2.0)
+    # a shortcut with an activation or weights is its own layer; the last conv's output is
+    # read by the route too, so its shortcut cannot take it over
+    assert net._adds_next == {1, 3}
+    x = torch.rand(2, 3, 24, 24)
+    with torch.no_grad():
+        fast = net(x)[0]
+        plain = net.use_fast_inference(False)(x)[0]
+        net.use_fast_inference(True)
+        # asked for a fused layer's own output, the net runs it unfused
+        collected = net(x, collect=[1, 2])
+        unfused_conv = net.use_fast_inference(False)(x, collect=[1])[1]
+    net.use_fast_inference(True)
+    assert (fast - plain).abs().max() <= 1e-5 * plain.abs().max()
+    assert (collected[1] - unfused_conv).abs().max() <= 1e-5 * unfused_conv.abs().max()
+    assert not torch.allclose(collected[1], collected[2])
