@@ -230,23 +230,28 @@ class Convolutional(FastPathCache, Layer):
                     conv.groups, list(x.shape))
         return kind, cache[kind], cache["bias"]
 
-    def inference_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
-                          ) -> torch.Tensor:
+    def inference_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                          out: torch.Tensor | None = None) -> torch.Tensor:
         """The eval-mode forward in one oneDNN call: batch-norm folded into the weights, the
         activation fused into the kernel where oneDNN has it (mish: in place after it), weights
         packed once, channels-last output. Same values as `forward` to float32 rounding. 3x3
         stride-1 layers run as Winograd F(4x4, 3x3) where that is faster (builders.winograd),
-        1x1 layers as builders.pointwise's product. `residual`: added to the output (a plain
-        [shortcut] after this layer, fused by Network.forward), in the kernel where it can."""
+        1x1 layers as builders.pointwise's product. Network.forward's fusions: `residual` is
+        added to the output (a plain [shortcut] after this layer), and `out` (channels of a
+        [route]'s concatenation, builders.winograd.output_rows) receives it; the native
+        kernels do both before the result leaves them."""
         kind, weight, bias = self._inference_params(x)
-        fused = self.activation in winograd.ACTIVATION_CODES
+        in_kernel = self.activation in winograd.ACTIVATION_CODES
+        if kind == "winograd" and in_kernel:
+            return winograd.conv3x3(x, weight, bias, self.activation, residual, out)
+        if kind == "pointwise" and in_kernel:
+            return pointwise.conv1x1(x, weight, bias, self.conv.out_channels, self.activation,
+                                     residual, out)
         if kind == "winograd":
-            y = winograd.conv3x3(x, weight, bias, self.activation, residual if fused else None)
+            y = self.act(winograd.conv3x3(x, weight, bias, "linear"))
         elif kind == "pointwise":
-            y = pointwise.conv1x1(x, weight, bias, self.conv.out_channels, self.activation,
-                                  residual if fused else None)
+            y = self.act(pointwise.conv1x1(x, weight, bias, self.conv.out_channels, "linear"))
         else:
-            fused = False
             if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
                 x = x.contiguous(memory_format=torch.channels_last)
             post_op, scalars = CONV_POST_OPS.get(self.activation, ("none", []))
@@ -258,11 +263,13 @@ class Convolutional(FastPathCache, Layer):
                 y = mish_(y)
             elif self.activation not in CONV_POST_OPS:
                 y = self.act(y)
-        if kind != "packed" and not fused:
-            y = self.act(y)
-        if residual is not None and not fused:
-            y = y.add_(residual)
-        return y
+        return _finish(y, residual, out)
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """The output's height and width for an input of `h` x `w` (the fusable layers)."""
+        conv = self.conv
+        return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in zip(
+            (h, w), conv.padding, conv.dilation, conv.kernel_size, conv.stride, strict=True))
 
     def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
         if self.shared_from is not None:
@@ -279,26 +286,39 @@ class Convolutional(FastPathCache, Layer):
 
 class PlainConv(Convolutional):
     channels_last_ok = True
-    takes_residual = True
+    fusable = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
         if not self.training and self.fast_inference and fast_inference_ok(x):
-            return self.inference_forward(x)
-        return self.act(self.conv(x))
+            return self.inference_forward(x, residual, out)
+        return _finish(self.act(self.conv(x)), residual, out)
 
 
 class PlainConvBN(Convolutional):
     channels_last_ok = True
-    takes_residual = True
+    fusable = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
         if not self.training and self.fast_inference and fast_inference_ok(x):
-            return self.inference_forward(x)
+            return self.inference_forward(x, residual, out)
         y = self.conv(x)
         slope = _FUSED_SLOPES.get(self.activation)
         if slope is not None and self.training and fused_bn_ok(y, self.bn):
-            return _BatchNormAct.apply(y, self.bn.weight, self.bn.bias, self.bn, slope)
-        return self.act(self.bn(y))
+            y = _BatchNormAct.apply(y, self.bn.weight, self.bn.bias, self.bn, slope)
+        else:
+            y = self.act(self.bn(y))
+        return _finish(y, residual, out)
+
+
+def _finish(y: torch.Tensor, residual: torch.Tensor | None, out: torch.Tensor | None
+            ) -> torch.Tensor:
+    """A fusable layer's output off the fast path: + `residual`, into `out` (Network.forward's
+    fusions ask for them on the fast path; here they cost what the unfused layers do)."""
+    if residual is not None:
+        y = y + residual
+    return y if out is None else out.copy_(y)
 
 
 # activations the training kernel fuses after batch-norm: the slope below zero

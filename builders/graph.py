@@ -142,8 +142,20 @@ class Network(nn.Module):
         # (one pass over memory less), where nothing else reads layer i's own output
         self._adds_next = frozenset(
             i for i in range(len(self.layers) - 1)
-            if self.layers[i].takes_residual and self.layers[i + 1].adds_only
+            if self.layers[i].fusable and self.layers[i + 1].adds_only
             and i not in self._store)
+        # and its concatenations in place: each layer a [route] concatenates writes its output
+        # into its channels of the route's output (other readers get that view)
+        self._writes_into: dict[int, tuple[int, int]] = {}  # layer -> (route, first channel)
+        for r, layer in enumerate(self.layers):
+            srcs = self._sources[r]
+            if layer.concatenates is None or len(set(srcs)) != len(srcs) or not all(
+                    self.layers[j].fusable and j not in self._writes_into for j in srcs):
+                continue
+            first = 0
+            for j, channels in zip(srcs, layer.concatenates, strict=True):
+                self._writes_into[j] = (r, first)
+                first += channels
 
     def forward(self, x: torch.Tensor, collect: Iterable[int] | None = None):
         """Run the network. Returns the output layers' tensors (a list, in layer order); with
@@ -157,14 +169,21 @@ class Network(nn.Module):
         # fast path: convolutions hand channels-last tensors on; a layer that may not take them
         # gets NCHW ones (a no-op for tensors that already are)
         fast = self.fast_inference and not self.training and fast_inference_ok(x)
-        adds_next = self._adds_next if fast and wanted is None else frozenset()
+        fusing = fast and wanted is None
+        adds_next = self._adds_next if fusing else frozenset()
+        writes_into = self._writes_into if fusing else {}
         done = -1  # a [shortcut] its layer before already added
+        concatenated: dict[int, torch.Tensor] = {}  # [route] -> its output, filled in place
         for i, layer in enumerate(self.layers):
             if i > stop:
                 break
-            if i in adds_next and layer.fast_inference and fast_inference_ok(x):
-                x = layer.inference_forward(x, residual=saved[self._sources[i + 1][0]])
+            if i in writes_into:
+                x = self._into_concatenation(i, layer, x, concatenated)
+            elif i in adds_next:
+                x = layer(x, residual=saved[self._sources[i + 1][0]])
                 done = i + 1
+            elif i in concatenated:
+                x = concatenated.pop(i)
             elif i != done:
                 srcs = self._sources[i]
                 refs = [saved[j] for j in srcs]
@@ -179,6 +198,21 @@ class Network(nn.Module):
         if wanted is not None:
             return {i: saved[i].contiguous() if fast else saved[i] for i in wanted}
         return [saved[i].contiguous() if fast else saved[i] for i in self.output_indices]
+
+    def _into_concatenation(self, i: int, layer: Layer, x: torch.Tensor,
+                            concatenated: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Runs layer i, which writes its output into its channels of the [route] output that
+        `concatenated` holds (made by the first of the route's layers to run); returns that
+        view."""
+        route, first = self._writes_into[i]
+        n, _, h, w = x.shape
+        h, w = layer.output_size(h, w)
+        whole = concatenated.get(route)
+        if whole is None:
+            whole = concatenated[route] = torch.empty(
+                n, self.layers[route].out.c, h, w, memory_format=torch.channels_last)
+        part = whole[:, first:first + layer.conv.out_channels]
+        return layer(x, out=part)
 
     # -- conveniences ---------------------------------------------------------------------------
     @property

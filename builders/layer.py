@@ -28,9 +28,13 @@ class Layer(nn.Module):
     #: forward is exactly `x + refs[0]` (a [shortcut] without weights or activation, `from` of
     #: the input's shape): the inference fast path lets the layer before add it (Network.forward)
     adds_only: bool = False
-    #: `inference_forward(x, residual)` computes forward(x) + residual (the fast path's kernels
-    #: add it before the result leaves them)
-    takes_residual: bool = False
+    #: `inference_forward(x, residual=None, out=None)` computes forward(x) [+ residual] [into
+    #: `out`, channels of a [route]'s concatenation]: the fast path's fusions (Network.forward)
+    #: of a [shortcut] into the layer before, and of a concatenation into the layers it reads
+    fusable: bool = False
+    #: the channel counts of the `refs` this layer concatenates whole, in order (a [route]'s
+    #: output is nothing else), or None
+    concatenates: tuple[int, ...] | None = None
 
     def __init__(self) -> None:
         super().__init__()

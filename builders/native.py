@@ -224,13 +224,13 @@ def _load() -> ctypes.CDLL | None:
     lib.darkcfg_found_objects.argtypes = [p, p, i64, i64, f32, ctypes.c_double,
                                           ctypes.c_double, i64, p, p, p]
     lib.darkcfg_found_objects.restype = i64
-    lib.darkcfg_wino43_input.argtypes = [p, p] + [i64] * 9 + [ctypes.c_int]
+    lib.darkcfg_wino43_input.argtypes = [p, i64, p] + [i64] * 9 + [ctypes.c_int]
     lib.darkcfg_wino43_input.restype = None
-    lib.darkcfg_wino43_output.argtypes = [p, p, p, p] + [i64] * 7 + [ctypes.c_int, f32,
+    lib.darkcfg_wino43_output.argtypes = [p, p, p, p] + [i64] * 8 + [ctypes.c_int, f32,
                                                                     ctypes.c_int]
     lib.darkcfg_wino43_output.restype = None
-    lib.darkcfg_pointwise.argtypes = [p, i64, i64, p, p, p, p, i64, i64, ctypes.c_int, f32,
-                                      ctypes.c_int]
+    lib.darkcfg_pointwise.argtypes = [p, i64, i64, i64, p, p, p, p, i64, i64, ctypes.c_int,
+                                      f32, ctypes.c_int]
     lib.darkcfg_pointwise.restype = None
     lib.darkcfg_pointwise_available.restype = ctypes.c_int
     vector = ("scalar", "AVX2", "AVX-512")[lib.darkcfg_kernels_vectorized()]

@@ -1134,18 +1134,20 @@ int64_t darkcfg_found_objects(const float *probs, const float *boxes, int64_t k,
  * each tile's channels are contiguous, so every transform is a vector loop over channels
  * (WINO_CB at a time).
  *
- * input:  x [n][h][w][c], zero padding `pad` on each side; v [36][tiles][c] for the tiles
+ * input:  x [n][h][w][c], pixels `ldx` floats apart (> c: some channels of a wider map, a
+ *         [route]'s), zero padding `pad` on each side; v [36][tiles][c] for the tiles
  *         [t0, t1) of n x th x tw (tile (ty, tx) reads rows 4 ty - pad .. +5).
  * output: m [36][tiles][k] -> y [n][oh][ow][k] (+ bias, then the activation: 0 linear,
  *         1 leaky with `slope`, 2 relu, 3 mish, then + res [n][oh][ow][k] unless NULL: a
- *         [shortcut] fused into the layer before it), for the same tiles. */
+ *         [shortcut] fused into the layer before it), for the same tiles; y's pixels `ldy`
+ *         floats apart (> k: channels k0.. of a [route]'s concatenation). */
 #define WINO_CB 64
 
 static const float WINO_ZERO[WINO_CB];
 
-void darkcfg_wino43_input(const float *x, float *v, int64_t n, int64_t h, int64_t w, int64_t c,
-                          int64_t pad, int64_t th, int64_t tw, int64_t t0, int64_t t1,
-                          int threads) {
+void darkcfg_wino43_input(const float *x, int64_t ldx, float *v, int64_t n, int64_t h,
+                          int64_t w, int64_t c, int64_t pad, int64_t th, int64_t tw, int64_t t0,
+                          int64_t t1, int threads) {
     int64_t tiles = t1 - t0;
     (void)n;
     if (threads < 1 || tiles < 4 * threads) threads = 1;
@@ -1163,7 +1165,7 @@ void darkcfg_wino43_input(const float *x, float *v, int64_t n, int64_t h, int64_
                 for (int i = 0; i < 6; i++) {
                     int64_t iy = y0 + i;
                     z[i] = iy < 0 || iy >= h || ix < 0 || ix >= w
-                               ? WINO_ZERO : x + ((b * h + iy) * w + ix) * c + c0;
+                               ? WINO_ZERO : x + ((b * h + iy) * w + ix) * ldx + c0;
                 }
 #pragma omp simd
                 for (int64_t q = 0; q < cb; q++) {
@@ -1210,8 +1212,9 @@ static inline void wino_activate(float *o, int64_t cb, int act, float slope) {
 }
 
 void darkcfg_wino43_output(const float *m, const float *bias, const float *res, float *y,
-                           int64_t oh, int64_t ow, int64_t k, int64_t th, int64_t tw, int64_t t0,
-                           int64_t t1, int act, float slope, int threads) {
+                           int64_t ldy, int64_t oh, int64_t ow, int64_t k, int64_t th,
+                           int64_t tw, int64_t t0, int64_t t1, int act, float slope,
+                           int threads) {
     int64_t tiles = t1 - t0;
     if (threads < 1 || tiles < 4 * threads) threads = 1;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -1251,14 +1254,14 @@ void darkcfg_wino43_output(const float *m, const float *bias, const float *res, 
                     o[3][q] = d + 8 * f + z5 + bb[q];
                 }
                 for (int j = 0; j < 4 && x0 + j < ow; j++) {
-                    int64_t at = ((b * oh + y0 + i) * ow + x0 + j) * k + k0;
+                    int64_t pixel = (b * oh + y0 + i) * ow + x0 + j;
                     wino_activate(o[j], kb, act, slope);
                     if (res) {
-                        const float *rr = res + at;
+                        const float *rr = res + pixel * k + k0;
 #pragma omp simd
                         for (int64_t q = 0; q < kb; q++) o[j][q] += rr[q];
                     }
-                    memcpy(y + at, o[j], (size_t)kb * sizeof(float));
+                    memcpy(y + pixel * ldy + k0, o[j], (size_t)kb * sizeof(float));
                 }
             }
         }
@@ -1302,8 +1305,8 @@ static inline __m512 pw_activate(__m512 v, int act, __m512 slope) {
  * `depth` input channels; `first`: start from zero, else from the partial sums in y; `last`:
  * add the bias and apply the activation */
 static inline void pw_tile(const float *a, int64_t lda, int64_t depth, int first, int last,
-                           const float *wp, const float *bias, const float *res, float *y,
-                           int64_t ldy, int mr, __mmask16 m0, __mmask16 m1, int act,
+                           const float *wp, const float *bias, const float *res, int64_t ldr,
+                           float *y, int64_t ldy, int mr, __mmask16 m0, __mmask16 m1, int act,
                            __m512 slope) {
     __m512 acc[PW_MR][2];
     const float *row[PW_MR];
@@ -1331,9 +1334,9 @@ static inline void pw_tile(const float *a, int64_t lda, int64_t depth, int first
             acc[r][0] = pw_activate(_mm512_add_ps(acc[r][0], bias0), act, slope);
             acc[r][1] = pw_activate(_mm512_add_ps(acc[r][1], bias1), act, slope);
             if (res) {
-                acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_maskz_loadu_ps(m0, res + r * ldy));
+                acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_maskz_loadu_ps(m0, res + r * ldr));
                 acc[r][1] = _mm512_add_ps(acc[r][1],
-                                          _mm512_maskz_loadu_ps(m1, res + r * ldy + 16));
+                                          _mm512_maskz_loadu_ps(m1, res + r * ldr + 16));
             }
         }
     }
@@ -1344,12 +1347,13 @@ static inline void pw_tile(const float *a, int64_t lda, int64_t depth, int first
 }
 #endif
 
-/* x [pixels][c]; wp as above; y [pixels] rows `ldy` floats apart (>= k); act: 0 linear,
- * 1 leaky with `slope`, 2 relu, 3 mish; then + res (laid out as y) unless NULL: a [shortcut]
- * fused into the layer before it */
-void darkcfg_pointwise(const float *x, int64_t pixels, int64_t c, const float *wp,
-                       const float *bias, const float *res, float *y, int64_t ldy, int64_t k,
-                       int act, float slope, int threads) {
+/* x [pixels][c], pixels `ldx` floats apart (> c: some channels of a wider map); wp as above;
+ * y [pixels], rows `ldy` floats apart (> k: channels j.. of a [route]'s concatenation);
+ * act: 0 linear, 1 leaky with `slope`, 2 relu, 3 mish; then + res [pixels][k] unless NULL: a
+ * [shortcut] fused into the layer before it */
+void darkcfg_pointwise(const float *x, int64_t ldx, int64_t pixels, int64_t c,
+                       const float *wp, const float *bias, const float *res, float *y,
+                       int64_t ldy, int64_t k, int act, float slope, int threads) {
 #ifdef DARKCFG_AVX512
     int64_t tiles = (pixels + PW_MR - 1) / PW_MR, panels = (k + PW_NR - 1) / PW_NR;
     int64_t kc = c <= 3 * PW_KC / 2 ? c : PW_KC;
@@ -1385,15 +1389,16 @@ void darkcfg_pointwise(const float *x, int64_t pixels, int64_t c, const float *w
                 for (int64_t t = t0; t < t1; t++) {
                     int64_t p0 = t * PW_MR;
                     int mr = pixels - p0 < PW_MR ? (int)(pixels - p0) : PW_MR;
-                    pw_tile(x + p0 * c + d0, c, d1 - d0, d0 == 0, d1 == c, wpanel, bias + j0,
-                            res ? res + p0 * ldy + j0 : NULL, y + p0 * ldy + j0, ldy, mr, m0,
-                            m1, act, slope_v);
+                    pw_tile(x + p0 * ldx + d0, ldx, d1 - d0, d0 == 0, d1 == c, wpanel, bias + j0,
+                            res ? res + p0 * k + j0 : NULL, k, y + p0 * ldy + j0, ldy, mr,
+                            m0, m1, act, slope_v);
                 }
             }
         }
     }
 #else
-    (void)x; (void)pixels; (void)c; (void)wp; (void)bias; (void)res; (void)y; (void)ldy; (void)k;
+    (void)x; (void)ldx; (void)pixels; (void)c; (void)wp; (void)bias; (void)res; (void)y;
+    (void)ldy; (void)k;
     (void)act; (void)slope; (void)threads;
 #endif
 }

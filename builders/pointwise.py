@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
-from .winograd import ACTIVATION_CODES, LEAKY_SLOPE
+from .winograd import ACTIVATION_CODES, LEAKY_SLOPE, input_rows, output_rows
 
 PANEL = 32  # output channels per weight panel (the kernel's PW_NR)
 
@@ -49,18 +49,19 @@ def pack_weights(weight: torch.Tensor) -> torch.Tensor:
 
 
 def conv1x1(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, out_channels: int,
-            activation: str, residual: torch.Tensor | None = None) -> torch.Tensor:
+            activation: str, residual: torch.Tensor | None = None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
     """The 1x1 convolution of float32 `x` with `packed` weights plus `bias`, then `activation`
     where the kernel has it (the caller applies any other and passes no `residual`), then +
-    `residual` (the output's shape; a [shortcut] fused into this layer); channels-last output.
-    Only where `enabled()`."""
-    x = x.contiguous(memory_format=torch.channels_last)
+    `residual` (the output's shape; a [shortcut] fused into this layer); channels-last output,
+    in `out` if given (builders.winograd.output_rows). Only where `enabled()`."""
+    x, ldx = input_rows(x)
     n, c, h, w = x.shape
     k = out_channels
-    y = torch.empty(n, k, h, w, memory_format=torch.channels_last)
+    y, ldy = output_rows(out, n, k, h, w)
     res = None if residual is None else residual.contiguous(memory_format=torch.channels_last)
     native.library().darkcfg_pointwise(
-        x.data_ptr(), n * h * w, c, packed.data_ptr(), bias.data_ptr(),
-        None if res is None else res.data_ptr(), y.data_ptr(), k, k,
+        x.data_ptr(), ldx, n * h * w, c, packed.data_ptr(), bias.data_ptr(),
+        None if res is None else res.data_ptr(), y.data_ptr(), ldy, k,
         ACTIVATION_CODES.get(activation, 0), LEAKY_SLOPE, torch.get_num_threads())
     return y

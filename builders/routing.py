@@ -65,6 +65,8 @@ class Route(Layer):
         self.slices = [(group_id * _chw(s)[0] // groups, (group_id + 1) * _chw(s)[0] // groups)
                        for s in in_shapes]
         self.whole = groups == 1
+        if self.whole and len(in_shapes) > 1 and all(s.c * s.h * s.w for s in in_shapes):
+            self.concatenates = tuple(s.c for s in in_shapes)
 
     def forward(self, x: torch.Tensor, *refs: torch.Tensor) -> torch.Tensor:
         parts = [_as4d(r, s) for r, s in zip(refs, self.in_shapes, strict=True)]

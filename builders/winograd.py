@@ -76,19 +76,48 @@ def transform_weights(weight: torch.Tensor) -> torch.Tensor:
     return u.reshape(36, c, k).float().contiguous()
 
 
+def input_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """`x` for a native kernel, and how many floats apart its pixels lie: as it is if it is
+    channels-last, or channels [c0, c0 + c) of a channels-last map (a [route]'s groups, or a
+    layer whose output went into a concatenation), else a channels-last copy."""
+    n, c, h, w = x.shape
+    ld = x.stride(3)
+    if (x.dtype == torch.float32 and x.stride(1) == 1 and ld >= c and x.stride(2) == w * ld
+            and (n == 1 or x.stride(0) == h * w * ld)):
+        return x, ld
+    return x.contiguous(memory_format=torch.channels_last), c
+
+
+def output_rows(out: torch.Tensor | None, n: int, k: int, h: int, w: int
+                ) -> tuple[torch.Tensor, int]:
+    """Where a native kernel writes its [n, k, h, w] output, and how many floats apart its
+    pixels lie: a new channels-last tensor, or `out`, which may be channels [c0, c0 + k) of a
+    channels-last [n, C, h, w] tensor (a [route]'s concatenation, Network.forward)."""
+    if out is None:
+        return torch.empty(n, k, h, w, memory_format=torch.channels_last), k
+    ld = out.stride(3)
+    if (tuple(out.shape) != (n, k, h, w) or out.dtype != torch.float32 or out.stride(1) != 1
+            or out.stride(2) != w * ld or out.stride(0) != h * w * ld or ld < k):
+        raise ValueError(f"out must be float32 [{n}, {k}, {h}, {w}] channels of a channels-last "
+                         f"tensor, not {tuple(out.shape)} strided {out.stride()}")
+    return out, ld
+
+
 def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: str,
-            residual: torch.Tensor | None = None) -> torch.Tensor:
+            residual: torch.Tensor | None = None, out: torch.Tensor | None = None
+            ) -> torch.Tensor:
     """The 3x3 stride-1 padding-1 convolution of float32 `x` with transformed weights `u`
     ([36, c, k]) plus `bias`, then `activation` where the kernel has it (the caller applies
     any other and passes no `residual`), then + `residual` (the output's shape; a [shortcut]
-    fused into this layer); channels-last output. Only where `enabled()`."""
+    fused into this layer); channels-last output, in `out` if given (`output_rows`). Only
+    where `enabled()`."""
     lib = native.library()
-    x = x.contiguous(memory_format=torch.channels_last)
+    x, ldx = input_rows(x)
     n, c, h, w = x.shape
     k = u.shape[2]
     th, tw = (h + 3) // 4, (w + 3) // 4
     tiles = n * th * tw
-    y = torch.empty(n, k, h, w, memory_format=torch.channels_last)
+    y, ldy = output_rows(out, n, k, h, w)
     res = None if residual is None else residual.contiguous(memory_format=torch.channels_last)
     threads = torch.get_num_threads()
     code = ACTIVATION_CODES.get(activation, 0)
@@ -96,10 +125,10 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: st
     for t0 in range(0, tiles, block):
         t1 = min(tiles, t0 + block)
         v = torch.empty(36, t1 - t0, c)
-        lib.darkcfg_wino43_input(x.data_ptr(), v.data_ptr(), n, h, w, c, 1, th, tw, t0, t1,
-                                 threads)
+        lib.darkcfg_wino43_input(x.data_ptr(), ldx, v.data_ptr(), n, h, w, c, 1, th, tw, t0,
+                                 t1, threads)
         m = torch.bmm(v, u)
         lib.darkcfg_wino43_output(m.data_ptr(), bias.data_ptr(),
-                                  None if res is None else res.data_ptr(), y.data_ptr(), h, w, k,
-                                  th, tw, t0, t1, code, LEAKY_SLOPE, threads)
+                                  None if res is None else res.data_ptr(), y.data_ptr(), ldy,
+                                  h, w, k, th, tw, t0, t1, code, LEAKY_SLOPE, threads)
     return y

@@ -266,3 +266,96 @@ def test_plain_shortcuts_are_added_by_the_layer_before(monkeypatch, act):
     assert (fast - plain).abs().max() <= 1e-5 * plain.abs().max()
     assert (collected[1] - unfused_conv).abs().max() <= 1e-5 * unfused_conv.abs().max()
     assert not torch.allclose(collected[1], collected[2])
+
+
+ROUTE_CFG = """[net]
+width=20
+height=20
+channels=3
+[convolutional]
+batch_normalize=1
+filters=64
+size=3
+stride=1
+pad=1
+activation=leaky
+[route]
+layers=-1
+groups=2
+group_id=1
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=mish
+[convolutional]
+batch_normalize=1
+filters=40
+size=1
+stride=1
+pad=1
+activation=logistic
+[route]
+layers=-1,-2
+[convolutional]
+batch_normalize=1
+filters=48
+size=1
+stride=1
+pad=1
+activation=leaky
+[route]
+layers=-1,-6
+[maxpool]
+size=1
+stride=1
+[route]
+layers=-1,-3
+[convolutional]
+filters=16
+size=1
+stride=1
+pad=1
+activation=linear
+"""
+
+
+def test_concatenations_are_written_in_place_by_the_layers_they_read(monkeypatch):
+    for name in ("DARKCFG_POINTWISE", "DARKCFG_WINOGRAD"):
+        monkeypatch.delenv(name, raising=False)
+    torch.manual_seed(0)
+    net = build(ROUTE_CFG).eval()
+    with torch.no_grad():
+        for layer in net.layers:
+            if getattr(layer, "has_bn", False):
+                layer.bn.running_mean.uniform_(-0.2, 0.2)
+                layer.bn.running_var.uniform_(0.5, 2.0)
+    # route 4 takes [3, 2]; route 6 [5, 0] (layer 0 is read by the group route 1 too: that and
+    # layer 3 read its view); route 8 reads a max-pool, which writes nowhere but its output
+    assert net._writes_into == {3: (4, 0), 2: (4, 40), 5: (6, 0), 0: (6, 48)}
+    for batch in (1, 2):
+        x = torch.rand(batch, 3, 20, 20)
+        with torch.no_grad():
+            fast = net(x)[0]
+            plain = net.use_fast_inference(False)(x)[0]
+            net.use_fast_inference(True)
+            collected = net(x, collect=[4, 6])  # no fusion: the same values
+        assert (fast - plain).abs().max() <= 1e-5 * plain.abs().max()
+        with torch.no_grad():
+            again = net(x, collect=[9])[9]
+        assert torch.allclose(again, fast, rtol=0, atol=1e-6 * float(fast.abs().max()))
+        assert collected[6].shape == (batch, 112, 20, 20)
+
+
+def test_a_kernel_reads_channels_of_a_wider_map_in_place():
+    # the group route's view (channels 32..63 of a channels-last map) needs no copy
+    x = torch.randn(1, 64, 9, 11).contiguous(memory_format=torch.channels_last)
+    view = x[:, 32:]
+    assert pointwise.input_rows(view)[0].data_ptr() == view.data_ptr()
+    weight, bias = torch.randn(24, 32, 1, 1), torch.randn(24)
+    packed = pointwise.pack_weights(weight)
+    if pointwise.enabled():
+        assert torch.equal(pointwise.conv1x1(view, packed, bias, 24, "leaky"),
+                           pointwise.conv1x1(view.contiguous(), packed, bias, 24, "leaky"))
