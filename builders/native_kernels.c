@@ -1284,6 +1284,9 @@ void darkcfg_wino43_output(const float *m, const float *bias, const float *res, 
 #define PW_MR 12
 #define PW_NR 32
 #define PW_KC 256
+#ifndef PW_PF
+#define PW_PF 16
+#endif
 
 int darkcfg_pointwise_available(void) {
 #ifdef DARKCFG_AVX512
@@ -1320,6 +1323,8 @@ static inline void pw_tile(const float *a, int64_t lda, int64_t depth, int first
         }
     }
     for (int64_t d = 0; d < depth; d++, wp += PW_NR) {
+        _mm_prefetch((const char *)(wp + PW_PF * PW_NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wp + PW_PF * PW_NR + 16), _MM_HINT_T0);
         __m512 b0 = _mm512_loadu_ps(wp), b1 = _mm512_loadu_ps(wp + 16);
         for (int r = 0; r < PW_MR; r++) {
             __m512 v = _mm512_set1_ps(row[r][d]);
