@@ -43,7 +43,8 @@ def group_of(layer, shape_in) -> str:
         if shape_in[1] <= 4:
             return "conv first (3 channels)"
         if k == 3 and s == 1:
-            return "conv 3x3 Winograd" if layer.winograd_pays(shape_in) else "conv 3x3 direct"
+            tile = layer.winograd_tile(shape_in)
+            return f"conv 3x3 Winograd F{tile}" if tile else "conv 3x3 direct"
         return f"conv {k}x{k} stride {s}"
     return kind.lower()
 

@@ -187,17 +187,19 @@ class Convolutional(FastPathCache, Layer):
                 bias = self.conv.bias
             return weight.contiguous(), bias.detach().float().contiguous()
 
-    def winograd_pays(self, shape) -> bool:
-        """Whether the fast path computes this layer as Winograd for input `shape` (N, C, H, W)
-        where the native kernels run (builders.winograd); the memory estimate asks it too."""
-        return self.winograd_ok and winograd.pays_off(shape, self.conv.out_channels)
+    def winograd_tile(self, shape) -> int:
+        """The output tile of the Winograd variant the fast path runs this layer as for input
+        `shape` (N, C, H, W) where the native kernels run (builders.winograd.tile_for: 4, 2, or 0
+        for oneDNN's direct kernel); the memory estimate asks it too."""
+        return winograd.tile_for(shape, self.conv.out_channels) if self.winograd_ok else 0
 
     def fast_kind(self, shape) -> str:
-        """Which kernel the fast path runs for input `shape`: "winograd" (builders.winograd),
-        "pointwise" (builders.pointwise: 1x1 with the activation in registers) or "packed"
-        (oneDNN's)."""
-        if self.winograd_pays(shape) and winograd.enabled():
-            return "winograd"
+        """Which kernel the fast path runs for input `shape`: "winograd" (F(4x4, 3x3)) or
+        "winograd2" (F(2x2, 3x3), builders.winograd), "pointwise" (builders.pointwise: 1x1
+        with the activation in registers) or "packed" (oneDNN's)."""
+        tile = self.winograd_tile(shape)
+        if tile and winograd.enabled():
+            return "winograd" if tile == 4 else "winograd2"
         if self.pointwise_ok and pointwise.enabled():
             return "pointwise"
         return "packed"
@@ -220,8 +222,8 @@ class Convolutional(FastPathCache, Layer):
         if kind not in cache:
             weight, cache["bias"] = self._folded()
             conv = self.conv
-            if kind == "winograd":
-                cache[kind] = winograd.transform_weights(weight)
+            if kind.startswith("winograd"):
+                cache[kind] = winograd.transform_weights(weight, 4 if kind == "winograd" else 2)
             elif kind == "pointwise":
                 cache[kind] = pointwise.pack_weights(weight)
             else:
@@ -242,12 +244,12 @@ class Convolutional(FastPathCache, Layer):
         kernels do both before the result leaves them."""
         kind, weight, bias = self._inference_params(x)
         in_kernel = self.activation in winograd.ACTIVATION_CODES
-        if kind == "winograd" and in_kernel:
+        if kind.startswith("winograd") and in_kernel:
             return winograd.conv3x3(x, weight, bias, self.activation, residual, out)
         if kind == "pointwise" and in_kernel:
             return pointwise.conv1x1(x, weight, bias, self.conv.out_channels, self.activation,
                                      residual, out)
-        if kind == "winograd":
+        if kind.startswith("winograd"):
             y = self.act(winograd.conv3x3(x, weight, bias, "linear"))
         elif kind == "pointwise":
             y = self.act(pointwise.conv1x1(x, weight, bias, self.conv.out_channels, "linear"))

@@ -98,7 +98,7 @@ def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
     """Bytes of the weights the CPU inference fast path derives for `layer` from an input of
     `input_shape` at `batch` (builders.conv, builders.dense): batch-norm folded and packed for
     oneDNN, about the weights' size; or, for the 3x3 layers builders.winograd computes, the
-    Winograd-transformed weights, 36/9 of them."""
+    Winograd-transformed weights, 36/9 (F(4x4, 3x3)) or 16/9 (F(2x2, 3x3)) of them."""
     from .conv import Convolutional, FastPathCache
 
     weight = getattr(getattr(layer, "conv", None), "weight", None)
@@ -108,9 +108,8 @@ def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
         return 0
     size = weight.numel() * FLOAT_BYTES
     c, h, w = input_shape.c, input_shape.h, input_shape.w
-    if isinstance(layer, Convolutional) and layer.winograd_pays((batch, c, h, w)):
-        return size * 36 // 9
-    return size
+    tile = layer.winograd_tile((batch, c, h, w)) if isinstance(layer, Convolutional) else 0
+    return size * (tile + 2) ** 2 // 9 if tile else size
 
 
 # what a guard checks -> the estimate's figure for it

@@ -229,6 +229,10 @@ def _load() -> ctypes.CDLL | None:
     lib.darkcfg_wino43_output.argtypes = [p, p, p, p] + [i64] * 8 + [ctypes.c_int, f32,
                                                                     ctypes.c_int]
     lib.darkcfg_wino43_output.restype = None
+    lib.darkcfg_wino23_input.argtypes = lib.darkcfg_wino43_input.argtypes
+    lib.darkcfg_wino23_input.restype = None
+    lib.darkcfg_wino23_output.argtypes = lib.darkcfg_wino43_output.argtypes
+    lib.darkcfg_wino23_output.restype = None
     lib.darkcfg_pointwise.argtypes = [p, i64, i64, i64, p, p, p, p, i64, i64, ctypes.c_int,
                                       f32, ctypes.c_int]
     lib.darkcfg_pointwise.restype = None

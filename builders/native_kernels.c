@@ -1268,6 +1268,113 @@ void darkcfg_wino43_output(const float *m, const float *bias, const float *res, 
     }
 }
 
+/* wino23: Winograd F(2x2, 3x3), the same scheme on 4x4 input tiles at a stride of 2: 16
+ * products per 4 outputs and channel pair against the direct convolution's 36 (2.25x fewer;
+ * F(4x4, 3x3): 4x), with 16/9 of the weights where F(4x4, 3x3) has 4x. On small maps
+ * (16x16, 13x13 at batch 1) its matrix products have 3-4x the rows of F(4x4, 3x3)'s, which is
+ * what keeps the matrix-product kernel busy there rather than waiting on the weights.
+ * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], A^T = [1 1 1 0; 0 1 -1 -1].
+ * input:  x as for wino43 (pixels `ldx` floats apart); v [16][tiles][c], tile (ty, tx) reading
+ *         rows 2 ty - pad .. +3.
+ * output: m [16][tiles][k] -> y (pixels `ldy` floats apart), + bias, activation, + res. */
+void darkcfg_wino23_input(const float *x, int64_t ldx, float *v, int64_t n, int64_t h,
+                          int64_t w, int64_t c, int64_t pad, int64_t th, int64_t tw, int64_t t0,
+                          int64_t t1, int threads) {
+    int64_t tiles = t1 - t0;
+    (void)n;
+    if (threads < 1 || tiles < 4 * threads) threads = 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t b = t / (th * tw), r = t % (th * tw);
+        int64_t y0 = (r / tw) * 2 - pad, x0 = (r % tw) * 2 - pad;
+        float u[4][4][WINO_CB];
+        for (int64_t c0 = 0; c0 < c; c0 += WINO_CB) {
+            int64_t cb = c - c0 < WINO_CB ? c - c0 : WINO_CB;
+            /* u = B^T d: the rows of each column */
+            for (int j = 0; j < 4; j++) {
+                const float *z[4];
+                int64_t ix = x0 + j;
+                for (int i = 0; i < 4; i++) {
+                    int64_t iy = y0 + i;
+                    z[i] = iy < 0 || iy >= h || ix < 0 || ix >= w
+                               ? WINO_ZERO : x + ((b * h + iy) * w + ix) * ldx + c0;
+                }
+#pragma omp simd
+                for (int64_t q = 0; q < cb; q++) {
+                    float z0 = z[0][q], z1 = z[1][q], z2 = z[2][q], z3 = z[3][q];
+                    u[0][j][q] = z0 - z2;
+                    u[1][j][q] = z1 + z2;
+                    u[2][j][q] = z2 - z1;
+                    u[3][j][q] = z1 - z3;
+                }
+            }
+            /* (B^T d) B: the columns of each row, stored at v[i * 4 + j][t - t0][c0 ..] */
+            for (int i = 0; i < 4; i++) {
+                float *o = v + ((int64_t)(i * 4) * tiles + (t - t0)) * c + c0;
+                int64_t step = tiles * c;
+#pragma omp simd
+                for (int64_t q = 0; q < cb; q++) {
+                    float z0 = u[i][0][q], z1 = u[i][1][q], z2 = u[i][2][q], z3 = u[i][3][q];
+                    o[q] = z0 - z2;
+                    o[step + q] = z1 + z2;
+                    o[2 * step + q] = z2 - z1;
+                    o[3 * step + q] = z1 - z3;
+                }
+            }
+        }
+    }
+}
+
+void darkcfg_wino23_output(const float *m, const float *bias, const float *res, float *y,
+                           int64_t ldy, int64_t oh, int64_t ow, int64_t k, int64_t th,
+                           int64_t tw, int64_t t0, int64_t t1, int act, float slope,
+                           int threads) {
+    int64_t tiles = t1 - t0;
+    if (threads < 1 || tiles < 4 * threads) threads = 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t b = t / (th * tw), r = t % (th * tw);
+        int64_t y0 = (r / tw) * 2, x0 = (r % tw) * 2;
+        float u[2][4][WINO_CB];
+        for (int64_t k0 = 0; k0 < k; k0 += WINO_CB) {
+            int64_t kb = k - k0 < WINO_CB ? k - k0 : WINO_CB;
+            /* u = A^T m: the rows of each column */
+            for (int j = 0; j < 4; j++) {
+                const float *z = m + ((int64_t)j * tiles + (t - t0)) * k + k0;
+                int64_t step = 4 * tiles * k;
+#pragma omp simd
+                for (int64_t q = 0; q < kb; q++) {
+                    float z0 = z[q], z1 = z[step + q], z2 = z[2 * step + q];
+                    float z3 = z[3 * step + q];
+                    u[0][j][q] = z0 + z1 + z2;
+                    u[1][j][q] = z1 - z2 - z3;
+                }
+            }
+            /* o = u A: the columns of each row, + bias, the activation, + res */
+            for (int i = 0; i < 2 && y0 + i < oh; i++) {
+                float o[2][WINO_CB];
+                const float *bb = bias + k0;
+#pragma omp simd
+                for (int64_t q = 0; q < kb; q++) {
+                    float z0 = u[i][0][q], z1 = u[i][1][q], z2 = u[i][2][q], z3 = u[i][3][q];
+                    o[0][q] = z0 + z1 + z2 + bb[q];
+                    o[1][q] = z1 - z2 - z3 + bb[q];
+                }
+                for (int j = 0; j < 2 && x0 + j < ow; j++) {
+                    int64_t pixel = (b * oh + y0 + i) * ow + x0 + j;
+                    wino_activate(o[j], kb, act, slope);
+                    if (res) {
+                        const float *rr = res + pixel * k + k0;
+#pragma omp simd
+                        for (int64_t q = 0; q < kb; q++) o[j][q] += rr[q];
+                    }
+                    memcpy(y + pixel * ldy + k0, o[j], (size_t)kb * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
 /* pointwise: a 1x1 stride-1 convolution on a channels-last map, the matrix product
  * y[p][j] = act(bias[j] + sum_c x[p][c] w[j][c]) over pixels p, computed in registers with the
  * bias and the activation applied before the result leaves them (oneDNN, as torch reaches it,

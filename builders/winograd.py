@@ -1,11 +1,14 @@
-"""Winograd F(4x4, 3x3) for the inference fast path's 3x3 stride-1 convolutions on the CPU.
+"""Winograd F(4x4, 3x3) and F(2x2, 3x3) for the inference fast path's 3x3 stride-1
+convolutions on the CPU.
 
 A 4x4 output tile is A^T [(G g G^T) . (B^T d B)] A over a 6x6 input tile d (Lavin & Gray, "Fast
 Algorithms for Convolutional Neural Networks", 2015; interpolation points 0, +-1, +-2 and
 infinity): the channel sums of the element-wise products are 36 matrix products
 [tiles x c] x [c x k], which `torch.bmm` runs, with a quarter of the direct convolution's
 multiply-adds. The transforms around them are builders.native's `darkcfg_wino43_input` and
-`darkcfg_wino43_output` (the latter adds the bias and applies the activation). oneDNN has no
+`darkcfg_wino43_output` (the latter adds the bias and applies the activation). On small maps
+F(2x2, 3x3) (4x4 input tiles, 16 products, `darkcfg_wino23_*`) runs instead: more rows per
+product for 16/9 of the weights rather than 4x (`tile_for` says which). oneDNN has no
 Winograd kernel for float32 reachable through torch, and its direct kernels already run at the
 machine's matrix-product rate, so this is where a 3x3 layer gets faster than that rate.
 
@@ -29,10 +32,12 @@ from .activations import CONV_POST_OPS
 ACTIVATION_CODES = {"linear": 0, "leaky": 1, "relu": 2, "mish": 3}
 LEAKY_SLOPE = CONV_POST_OPS["leaky"][1][0]  # Darknet's leaky, as oneDNN's post-op gets it
 
-# G of F(4x4, 3x3): the 6x3 kernel transform
-_G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
-                  dtype=torch.float64)
+# G of F(4x4, 3x3) and of F(2x2, 3x3): the (m + 2) x 3 kernel transforms, by output tile m
+_G = {4: torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+                      dtype=torch.float64),
+      2: torch.tensor([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
+                      dtype=torch.float64)}
 
 # tiles per call of the transforms and the product: keeps a block's transformed input and
 # products in the cores' caches on large layers, and bounds their memory on wide ones
@@ -53,27 +58,43 @@ def applies(conv: torch.nn.Conv2d) -> bool:
             and conv.groups == 1)
 
 
-def pays_off(shape: torch.Size, out_channels: int) -> bool:
-    """Whether Winograd beats oneDNN's direct kernel for input `shape` (N, C, H, W), as
-    measured per layer inside vgg-16, darknet53, yolov4-tiny and yolov4 and per layer shape
-    with the caches emptied between calls (docs/benchmarks.md "Winograd"): 1.2-3x faster from
-    25 tiles of 4x4 up (a 17x17 map), and on 16 tiles that cover the map exactly (16x16
-    256 -> 512 in darknet53: 1.1x), except with few channels, where the products are too thin
-    (16 -> 16 at 104x104 0.84x, 3 -> 32 at 416x416 0.4x). On smaller or ragged maps the
-    transformed weights, 4x the weights and read once per call, cost more than the saved
-    arithmetic (13x13 256 -> 512 in yolov4-tiny, 16 tiles for 169 pixels: 0.76x)."""
+def tile_for(shape: torch.Size, out_channels: int) -> int:
+    """The output tile of the Winograd variant that beats oneDNN's direct kernel for input
+    `shape` (N, C, H, W): 4 for F(4x4, 3x3), 2 for F(2x2, 3x3), 0 for neither. Measured per
+    layer shape with the weights cycled out of the caches between calls, as in a net
+    (docs/benchmarks.md "Winograd"):
+
+    * F(4x4, 3x3) from 49 tiles of 4x4 up (26x26 and larger at batch 1: 1.5-3.1x), and on 16-48
+      tiles where the transformed weights (36 per channel pair) are small (up to 128 x 128
+      channels: 64 -> 128 at 16x16 1.49x); with more channels its 16-48-row matrix products
+      wait on 4x the weights streaming from memory (13x13 512 -> 512: 0.78x, 16x16 256 -> 512:
+      1.11x).
+    * F(2x2, 3x3) on the smaller maps from 36 tiles of 2x2 (12x12 up): 4x the rows and 16/9 of
+      the weights (13x13 512 -> 512 1.45x, 256 -> 512 1.39x, 512 -> 1024 1.16x; 16x16
+      256 -> 512 1.76x; 19x19 512 -> 512 1.63x, where F(4x4, 3x3) gives 1.45x).
+    * Neither on fewer tiles (8x8 512 -> 1024: F(2x2, 3x3) 0.69x) or with fewer than 32 input
+      or output channels, where the products are too thin (16 -> 16 at 104x104 0.84x,
+      3 -> 32 at 416x416 0.4x)."""
     n, c, h, w = shape
-    tiles = n * ((h + 3) // 4) * ((w + 3) // 4)
+    if c < 32 or out_channels < 32:
+        return 0
+    tiles4 = n * ((h + 3) // 4) * ((w + 3) // 4)
+    tiles2 = n * ((h + 1) // 2) * ((w + 1) // 2)
+    small = c * out_channels <= 128 * 128
     exact = h % 4 == 0 and w % 4 == 0
-    return c >= 32 and out_channels >= 32 and (tiles >= 25 or (tiles >= 16 and exact))
+    if tiles4 >= 49 or (small and (tiles4 >= 25 or (tiles4 >= 16 and exact))):
+        return 4
+    return 2 if tiles2 >= 36 else 0
 
 
-def transform_weights(weight: torch.Tensor) -> torch.Tensor:
-    """G g G^T for every (output, input) channel pair of a [k, c, 3, 3] weight, computed in
-    float64: [36, c, k] float32, element (i * 6 + j) the transform's (i, j) entry."""
+def transform_weights(weight: torch.Tensor, tile: int = 4) -> torch.Tensor:
+    """G g G^T of F(tile x tile, 3x3) for every (output, input) channel pair of a [k, c, 3, 3]
+    weight, computed in float64: [(tile + 2)^2, c, k] float32, element (i * (tile + 2) + j) the
+    transform's (i, j) entry."""
     k, c = weight.shape[:2]
-    u = torch.einsum("ia,kcab,jb->ijck", _G, weight.detach().double(), _G)
-    return u.reshape(36, c, k).float().contiguous()
+    g = _G[tile]
+    u = torch.einsum("ia,kcab,jb->ijck", g, weight.detach().double(), g)
+    return u.reshape((tile + 2) ** 2, c, k).float().contiguous()
 
 
 def input_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -114,21 +135,23 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: st
     lib = native.library()
     x, ldx = input_rows(x)
     n, c, h, w = x.shape
-    k = u.shape[2]
-    th, tw = (h + 3) // 4, (w + 3) // 4
+    points, k = u.shape[0], u.shape[2]
+    tile = 4 if points == 36 else 2
+    forward, backward = (lib.darkcfg_wino43_input, lib.darkcfg_wino43_output) if tile == 4 else \
+        (lib.darkcfg_wino23_input, lib.darkcfg_wino23_output)
+    th, tw = (h + tile - 1) // tile, (w + tile - 1) // tile
     tiles = n * th * tw
     y, ldy = output_rows(out, n, k, h, w)
     res = None if residual is None else residual.contiguous(memory_format=torch.channels_last)
     threads = torch.get_num_threads()
     code = ACTIVATION_CODES.get(activation, 0)
-    block = max(16, min(BLOCK_TILES, BLOCK_BYTES // (36 * 4 * (c + k))))
+    block = max(16, min(BLOCK_TILES * 16 // tile ** 2,
+                        BLOCK_BYTES // (points * 4 * (c + k))))
     for t0 in range(0, tiles, block):
         t1 = min(tiles, t0 + block)
-        v = torch.empty(36, t1 - t0, c)
-        lib.darkcfg_wino43_input(x.data_ptr(), ldx, v.data_ptr(), n, h, w, c, 1, th, tw, t0,
-                                 t1, threads)
+        v = torch.empty(points, t1 - t0, c)
+        forward(x.data_ptr(), ldx, v.data_ptr(), n, h, w, c, 1, th, tw, t0, t1, threads)
         m = torch.bmm(v, u)
-        lib.darkcfg_wino43_output(m.data_ptr(), bias.data_ptr(),
-                                  None if res is None else res.data_ptr(), y.data_ptr(), ldy,
-                                  h, w, k, th, tw, t0, t1, code, LEAKY_SLOPE, threads)
+        backward(m.data_ptr(), bias.data_ptr(), None if res is None else res.data_ptr(),
+                 y.data_ptr(), ldy, h, w, k, th, tw, t0, t1, code, LEAKY_SLOPE, threads)
     return y
