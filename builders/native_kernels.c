@@ -1145,6 +1145,17 @@ int64_t darkcfg_found_objects(const float *probs, const float *boxes, int64_t k,
 
 static const float WINO_ZERO[WINO_CB];
 
+/* the `rows` input rows y0.. of column ix, channels c0.. of image b: zeros outside the image */
+static inline void wino_column(const float **z, int rows, const float *x, int64_t ldx,
+                               int64_t b, int64_t h, int64_t w, int64_t y0, int64_t ix,
+                               int64_t c0) {
+    for (int i = 0; i < rows; i++) {
+        int64_t iy = y0 + i;
+        z[i] = iy < 0 || iy >= h || ix < 0 || ix >= w
+                   ? WINO_ZERO : x + ((b * h + iy) * w + ix) * ldx + c0;
+    }
+}
+
 void darkcfg_wino43_input(const float *x, int64_t ldx, float *v, int64_t n, int64_t h,
                           int64_t w, int64_t c, int64_t pad, int64_t th, int64_t tw, int64_t t0,
                           int64_t t1, int threads) {
@@ -1161,12 +1172,7 @@ void darkcfg_wino43_input(const float *x, int64_t ldx, float *v, int64_t n, int6
             /* u = B^T d: the rows of each column (zeros outside the image) */
             for (int j = 0; j < 6; j++) {
                 const float *z[6];
-                int64_t ix = x0 + j;
-                for (int i = 0; i < 6; i++) {
-                    int64_t iy = y0 + i;
-                    z[i] = iy < 0 || iy >= h || ix < 0 || ix >= w
-                               ? WINO_ZERO : x + ((b * h + iy) * w + ix) * ldx + c0;
-                }
+                wino_column(z, 6, x, ldx, b, h, w, y0, x0 + j, c0);
 #pragma omp simd
                 for (int64_t q = 0; q < cb; q++) {
                     float z0 = z[0][q], z1 = z[1][q], z2 = z[2][q];
@@ -1211,6 +1217,18 @@ static inline void wino_activate(float *o, int64_t cb, int act, float slope) {
     }
 }
 
+/* one output pixel's kb channels from k0: the activation, + res, then stored */
+static inline void wino_store(float *o, int64_t kb, int act, float slope, const float *res,
+                              float *y, int64_t ldy, int64_t k, int64_t pixel, int64_t k0) {
+    wino_activate(o, kb, act, slope);
+    if (res) {
+        const float *rr = res + pixel * k + k0;
+#pragma omp simd
+        for (int64_t q = 0; q < kb; q++) o[q] += rr[q];
+    }
+    memcpy(y + pixel * ldy + k0, o, (size_t)kb * sizeof(float));
+}
+
 void darkcfg_wino43_output(const float *m, const float *bias, const float *res, float *y,
                            int64_t ldy, int64_t oh, int64_t ow, int64_t k, int64_t th,
                            int64_t tw, int64_t t0, int64_t t1, int act, float slope,
@@ -1253,16 +1271,9 @@ void darkcfg_wino43_output(const float *m, const float *bias, const float *res, 
                     o[2][q] = a + 4 * e + bb[q];
                     o[3][q] = d + 8 * f + z5 + bb[q];
                 }
-                for (int j = 0; j < 4 && x0 + j < ow; j++) {
-                    int64_t pixel = (b * oh + y0 + i) * ow + x0 + j;
-                    wino_activate(o[j], kb, act, slope);
-                    if (res) {
-                        const float *rr = res + pixel * k + k0;
-#pragma omp simd
-                        for (int64_t q = 0; q < kb; q++) o[j][q] += rr[q];
-                    }
-                    memcpy(y + pixel * ldy + k0, o[j], (size_t)kb * sizeof(float));
-                }
+                for (int j = 0; j < 4 && x0 + j < ow; j++)
+                    wino_store(o[j], kb, act, slope, res, y, ldy, k,
+                               (b * oh + y0 + i) * ow + x0 + j, k0);
             }
         }
     }
@@ -1293,12 +1304,7 @@ void darkcfg_wino23_input(const float *x, int64_t ldx, float *v, int64_t n, int6
             /* u = B^T d: the rows of each column */
             for (int j = 0; j < 4; j++) {
                 const float *z[4];
-                int64_t ix = x0 + j;
-                for (int i = 0; i < 4; i++) {
-                    int64_t iy = y0 + i;
-                    z[i] = iy < 0 || iy >= h || ix < 0 || ix >= w
-                               ? WINO_ZERO : x + ((b * h + iy) * w + ix) * ldx + c0;
-                }
+                wino_column(z, 4, x, ldx, b, h, w, y0, x0 + j, c0);
 #pragma omp simd
                 for (int64_t q = 0; q < cb; q++) {
                     float z0 = z[0][q], z1 = z[1][q], z2 = z[2][q], z3 = z[3][q];
@@ -1360,16 +1366,9 @@ void darkcfg_wino23_output(const float *m, const float *bias, const float *res, 
                     o[0][q] = z0 + z1 + z2 + bb[q];
                     o[1][q] = z1 - z2 - z3 + bb[q];
                 }
-                for (int j = 0; j < 2 && x0 + j < ow; j++) {
-                    int64_t pixel = (b * oh + y0 + i) * ow + x0 + j;
-                    wino_activate(o[j], kb, act, slope);
-                    if (res) {
-                        const float *rr = res + pixel * k + k0;
-#pragma omp simd
-                        for (int64_t q = 0; q < kb; q++) o[j][q] += rr[q];
-                    }
-                    memcpy(y + pixel * ldy + k0, o[j], (size_t)kb * sizeof(float));
-                }
+                for (int j = 0; j < 2 && x0 + j < ow; j++)
+                    wino_store(o[j], kb, act, slope, res, y, ldy, k,
+                               (b * oh + y0 + i) * ow + x0 + j, k0);
             }
         }
     }

@@ -11,8 +11,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fast_nets import built_with_statistics, fast_matching_plain, kernels
 
-from builders import build, pointwise
+from builders import pointwise
 
 needs_kernel = pytest.mark.skipif(not pointwise.enabled(),
                                   reason="no AVX-512 native kernels here")
@@ -117,49 +118,28 @@ activation=linear
 
 
 def _net():
-    torch.manual_seed(0)
-    net = build(CFG).eval()
-    with torch.no_grad():
-        for layer in net.layers:
-            if getattr(layer, "has_bn", False):
-                layer.bn.running_mean.uniform_(-0.2, 0.2)
-                layer.bn.running_var.uniform_(0.5, 2.0)
-                layer.bn.weight.uniform_(0.5, 1.5)
-    return net
+    return built_with_statistics(CFG)
 
-
-def _kinds(net) -> list[str]:
-    return [next((k for k in (layer._inference_cache or {}) if k not in ("key", "bias")), "")
-            for layer in net.layers]
-
-
-def _fast_matching_plain(net, x):
-    with torch.no_grad():
-        fast = net(x)[0]
-        plain = net.use_fast_inference(False)(x)[0]
-    net.use_fast_inference(True)
-    assert (fast - plain).abs().max() <= 1e-5 * plain.abs().max()
-    return fast
 
 
 @needs_kernel
 def test_the_fast_path_runs_1x1_layers_natively_and_matches_the_plain_path(monkeypatch):
     monkeypatch.delenv("DARKCFG_POINTWISE", raising=False)
     net = _net()
-    _fast_matching_plain(net, torch.rand(2, 3, 20, 20))
+    fast_matching_plain(net, torch.rand(2, 3, 20, 20), 1e-5)
     # a 3x3 layer and a strided 1x1 one stay with oneDNN; logistic runs after the kernel
-    assert _kinds(net) == ["packed", "pointwise", "pointwise", "packed"]
+    assert kernels(net) == ["packed", "pointwise", "pointwise", "packed"]
 
 
 @needs_kernel
 def test_it_follows_parameter_updates():
     net = _net()
     x = torch.rand(1, 3, 20, 20)
-    before = _fast_matching_plain(net, x)
+    before = fast_matching_plain(net, x, 1e-5)
     with torch.no_grad():
         net.layers[1].bn.running_var.mul_(3.0)
         net.layers[2].conv.weight.mul_(-1.5)
-    assert not torch.allclose(before, _fast_matching_plain(net, x))
+    assert not torch.allclose(before, fast_matching_plain(net, x, 1e-5))
 
 
 @pytest.mark.parametrize("why", ["switched off", "no native kernels"])
@@ -169,8 +149,8 @@ def test_without_it_onednn_runs(monkeypatch, why):
     else:
         monkeypatch.setattr(pointwise.native, "library", lambda: None)
     net = _net()
-    _fast_matching_plain(net, torch.rand(1, 3, 20, 20))
-    assert _kinds(net) == ["packed"] * 4
+    fast_matching_plain(net, torch.rand(1, 3, 20, 20), 1e-5)
+    assert kernels(net) == ["packed"] * 4
 
 
 RESIDUAL_CFG = """[net]
@@ -244,13 +224,7 @@ layers=-2
 def test_plain_shortcuts_are_added_by_the_layer_before(monkeypatch, act):
     for name in ("DARKCFG_POINTWISE", "DARKCFG_WINOGRAD"):
         monkeypatch.delenv(name, raising=False)
-    torch.manual_seed(0)
-    net = build(RESIDUAL_CFG.replace("{act}", act)).eval()
-    with torch.no_grad():
-        for layer in net.layers:
-            if getattr(layer, "has_bn", False):
-                layer.bn.running_mean.uniform_(-0.2, 0.2)
-                layer.bn.running_var.uniform_(0.5, 2.0)
+    net = built_with_statistics(RESIDUAL_CFG.replace("{act}", act))
     # a shortcut with an activation or weights is its own layer; the last conv's output is
     # read by the route too, so its shortcut cannot take it over
     assert net._adds_next == {1, 3}
@@ -325,13 +299,7 @@ activation=linear
 def test_concatenations_are_written_in_place_by_the_layers_they_read(monkeypatch):
     for name in ("DARKCFG_POINTWISE", "DARKCFG_WINOGRAD"):
         monkeypatch.delenv(name, raising=False)
-    torch.manual_seed(0)
-    net = build(ROUTE_CFG).eval()
-    with torch.no_grad():
-        for layer in net.layers:
-            if getattr(layer, "has_bn", False):
-                layer.bn.running_mean.uniform_(-0.2, 0.2)
-                layer.bn.running_var.uniform_(0.5, 2.0)
+    net = built_with_statistics(ROUTE_CFG)
     # route 4 takes [3, 2]; route 6 [5, 0] (layer 0 is read by the group route 1 too: that and
     # layer 3 read its view); route 8 reads a max-pool, which writes nowhere but its output
     assert net._writes_into == {3: (4, 0), 2: (4, 40), 5: (6, 0), 0: (6, 48)}

@@ -11,8 +11,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fast_nets import built_with_statistics, fast_matching_plain, kernels
 
-from builders import build, native, winograd
+from builders import native, winograd
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="no native kernels here")
 
@@ -125,54 +126,32 @@ activation=linear
 
 
 def _net():
-    torch.manual_seed(0)
-    net = build(CFG).eval()
-    with torch.no_grad():
-        for layer in net.layers:
-            if getattr(layer, "has_bn", False):
-                layer.bn.running_mean.uniform_(-0.2, 0.2)
-                layer.bn.running_var.uniform_(0.5, 2.0)
-                layer.bn.weight.uniform_(0.5, 1.5)
-    return net
+    return built_with_statistics(CFG)
 
-
-def _kinds(net) -> list[str]:
-    return [next((k for k in (layer._inference_cache or {}) if k.startswith("winograd")),
-                 "packed") for layer in net.layers]
-
-
-def _fast_matching_plain(net, x):
-    """The fast path's output, after checking it against the plain path's."""
-    with torch.no_grad():
-        fast = net(x)[0]
-        plain = net.use_fast_inference(False)(x)[0]
-    net.use_fast_inference(True)
-    assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max()
-    return fast
 
 
 @needs_native
 def test_the_fast_path_runs_winograd_where_it_pays_and_matches_the_plain_path(monkeypatch):
     monkeypatch.delenv("DARKCFG_WINOGRAD", raising=False)  # the suite may run with it set
     net = _net()
-    _fast_matching_plain(net, torch.rand(1, 3, 48, 48))
+    fast_matching_plain(net, torch.rand(1, 3, 48, 48))
     # the first layer has 3 input channels and the last stride 2: oneDNN's kernels
-    assert _kinds(net) == ["packed", "winograd", "winograd", "packed"]
+    assert kernels(net) == ["packed", "winograd", "winograd", "packed"]
     # on a 14x14 map (16 ragged 4x4 tiles, 49 2x2 ones): F(2x2, 3x3)
     net.train().eval()
-    _fast_matching_plain(net, torch.rand(2, 3, 14, 14)[:1])
-    assert _kinds(net) == ["packed", "winograd2", "winograd2", "packed"]
+    fast_matching_plain(net, torch.rand(2, 3, 14, 14)[:1])
+    assert kernels(net) == ["packed", "winograd2", "winograd2", "packed"]
 
 
 @needs_native
 def test_winograd_follows_parameter_updates():
     net = _net()
     x = torch.rand(1, 3, 48, 48)
-    before = _fast_matching_plain(net, x)
+    before = fast_matching_plain(net, x)
     with torch.no_grad():
         net.layers[2].conv.weight.mul_(-1.5)
         net.layers[1].bn.running_var.mul_(3.0)
-    assert not torch.allclose(before, _fast_matching_plain(net, x))
+    assert not torch.allclose(before, fast_matching_plain(net, x))
 
 
 @pytest.mark.parametrize("why", ["switched off", "no native kernels"])
@@ -182,8 +161,8 @@ def test_without_winograd_the_direct_kernels_run(monkeypatch, why):
     else:
         monkeypatch.setattr(winograd.native, "library", lambda: None)
     net = _net()
-    _fast_matching_plain(net, torch.rand(1, 3, 48, 48))
-    assert _kinds(net) == ["packed"] * 4
+    fast_matching_plain(net, torch.rand(1, 3, 48, 48))
+    assert kernels(net) == ["packed"] * 4
 
 
 @needs_native
