@@ -205,10 +205,11 @@ class Convolutional(FastPathCache, Layer):
         return "packed"
 
     def _inference_params(self, x: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
-        """The fast path's kind for input `x` and its derived weights, with the bias (batch-norm
-        folded): "winograd" (builders.winograd's transformed weights, where that runs `x`'s
-        shape faster) or "packed" (the folded weight packed for the layout oneDNN picks for
-        `x`'s shape; other shapes still work). Each is made on first need and cached while the
+        """The fast path's kind for input `x` (`fast_kind`) and its derived weights, with the
+        bias (batch-norm folded): "winograd" / "winograd2" (builders.winograd's transformed
+        weights), "pointwise" (builders.pointwise's panels) or "packed" (the folded weight
+        packed for the layout oneDNN picks for `x`'s shape; other shapes still work). Each is
+        made on first need and cached while the
         parameters' storage and version counters (bumped by every in-place update: optimizer
         steps, load_state_dict, .weights loading) stay the same."""
         sources = [self.conv.weight]
