@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -64,6 +65,10 @@ def _no_gc():
 
 
 class Network(nn.Module):
+    # the fast path's fusions (`_plan`); empty for a network pickled before they existed
+    _adds_next: frozenset[int] = frozenset()
+    _writes_into: Mapping[int, tuple[int, int]] = MappingProxyType({})
+
     def __init__(self, blocks: Sequence[Block], *, flavor: str = "alexeyab",
                  device: torch.device | str | None = None):
         super().__init__()
@@ -146,16 +151,17 @@ class Network(nn.Module):
             and i not in self._store)
         # and its concatenations in place: each layer a [route] concatenates writes its output
         # into its channels of the route's output (other readers get that view)
-        self._writes_into: dict[int, tuple[int, int]] = {}  # layer -> (route, first channel)
+        writes_into: dict[int, tuple[int, int]] = {}  # layer -> (route, its first channel)
         for r, layer in enumerate(self.layers):
             srcs = self._sources[r]
             if layer.concatenates is None or len(set(srcs)) != len(srcs) or not all(
-                    self.layers[j].fusable and j not in self._writes_into for j in srcs):
+                    self.layers[j].fusable and j not in writes_into for j in srcs):
                 continue
             first = 0
             for j, channels in zip(srcs, layer.concatenates, strict=True):
-                self._writes_into[j] = (r, first)
+                writes_into[j] = (r, first)
                 first += channels
+        self._writes_into = writes_into
 
     def forward(self, x: torch.Tensor, collect: Iterable[int] | None = None):
         """Run the network. Returns the output layers' tensors (a list, in layer order); with
