@@ -152,7 +152,7 @@ class Convolutional(FastPathCache, Layer):
         self.xnor, self.binary, self.flipped = xnor, binary, flipped
         self.shared_from = shared_from
         self.activation = ""  # the Darknet activation name (set by the builder)
-        # the inference fast path may compute it as Winograd F(4x4, 3x3)
+        # the inference fast path may compute it as Winograd (builders.winograd)
         self.winograd_ok = winograd.applies(conv) and not (xnor or binary or antialiasing)
         # or a 1x1 layer as one native product with the activation fused (builders.pointwise)
         self.pointwise_ok = pointwise.applies(conv) and not (xnor or binary or antialiasing)
@@ -238,11 +238,11 @@ class Convolutional(FastPathCache, Layer):
         """The eval-mode forward in one oneDNN call: batch-norm folded into the weights, the
         activation fused into the kernel where oneDNN has it (mish: in place after it), weights
         packed once, channels-last output. Same values as `forward` to float32 rounding. 3x3
-        stride-1 layers run as Winograd F(4x4, 3x3) where that is faster (builders.winograd),
-        1x1 layers as builders.pointwise's product. Network.forward's fusions: `residual` is
-        added to the output (a plain [shortcut] after this layer), and `out` (channels of a
-        [route]'s concatenation, builders.winograd.output_rows) receives it; the native
-        kernels do both before the result leaves them."""
+        stride-1 layers run as Winograd F(4x4, 3x3) or F(2x2, 3x3) where that is faster
+        (builders.winograd), 1x1 layers as builders.pointwise's product. Network.forward's
+        fusions: `residual` is added to the output (a plain [shortcut] after this layer), and
+        `out` (channels of a [route]'s concatenation, builders.winograd.output_rows) receives
+        it; the native kernels do both before the result leaves them."""
         kind, weight, bias = self._inference_params(x)
         in_kernel = self.activation in winograd.ACTIVATION_CODES
         if kind.startswith("winograd") and in_kernel:

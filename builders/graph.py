@@ -216,9 +216,8 @@ class Network(nn.Module):
         whole = concatenated.get(route)
         if whole is None:
             whole = concatenated[route] = torch.empty(
-                n, self.layers[route].out.c, h, w, memory_format=torch.channels_last)
-        part = whole[:, first:first + layer.conv.out_channels]
-        return layer(x, out=part)
+                n, self.shapes[route].c, h, w, memory_format=torch.channels_last)
+        return layer(x, out=whole[:, first:first + self.shapes[i].c])
 
     # -- conveniences ---------------------------------------------------------------------------
     @property

@@ -128,10 +128,10 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: st
             residual: torch.Tensor | None = None, out: torch.Tensor | None = None
             ) -> torch.Tensor:
     """The 3x3 stride-1 padding-1 convolution of float32 `x` with transformed weights `u`
-    ([36, c, k]) plus `bias`, then `activation` where the kernel has it (the caller applies
-    any other and passes no `residual`), then + `residual` (the output's shape; a [shortcut]
-    fused into this layer); channels-last output, in `out` if given (`output_rows`). Only
-    where `enabled()`."""
+    (`transform_weights`: [36, c, k] runs F(4x4, 3x3), [16, c, k] F(2x2, 3x3)) plus `bias`,
+    then `activation` where the kernel has it (the caller applies any other and passes no
+    `residual`), then + `residual` (the output's shape; a [shortcut] fused into this layer);
+    channels-last output, in `out` if given (`output_rows`). Only where `enabled()`."""
     lib = native.library()
     x, ldx = input_rows(x)
     n, c, h, w = x.shape
