@@ -97,8 +97,9 @@ def estimate_memory(net_or_blocks: Network | Sequence[Block], *, batch: int | No
 def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
     """Bytes of the weights the CPU inference fast path derives for `layer` from an input of
     `input_shape` at `batch` (builders.conv, builders.dense): batch-norm folded and packed for
-    oneDNN, about the weights' size; or, for the 3x3 layers builders.winograd computes, the
-    Winograd-transformed weights, 36/9 (F(4x4, 3x3)) or 16/9 (F(2x2, 3x3)) of them."""
+    oneDNN, about the weights' size; for the 3x3 layers builders.winograd computes, the
+    Winograd-transformed weights, 36/9 (F(4x4, 3x3)) or 16/9 (F(2x2, 3x3)) of them; for 1x1
+    layers builders.pointwise's panels, output channels rounded up to 32."""
     from .conv import Convolutional, FastPathCache
 
     weight = getattr(getattr(layer, "conv", None), "weight", None)
@@ -108,8 +109,15 @@ def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
         return 0
     size = weight.numel() * FLOAT_BYTES
     c, h, w = input_shape.c, input_shape.h, input_shape.w
-    tile = layer.winograd_tile((batch, c, h, w)) if isinstance(layer, Convolutional) else 0
-    return size * (tile + 2) ** 2 // 9 if tile else size
+    if not isinstance(layer, Convolutional):
+        return size
+    tile = layer.winograd_tile((batch, c, h, w))
+    if tile:
+        return size * (tile + 2) ** 2 // 9
+    if layer.pointwise_ok:  # builders.pointwise's panels of 32 output channels
+        k, c_in = weight.shape[:2]
+        return -(-k // 32) * 32 * c_in * FLOAT_BYTES
+    return size
 
 
 # what a guard checks -> the estimate's figure for it

@@ -336,30 +336,37 @@ def test_estimate_matches_a_real_build(tmp_path):
         est["activation_bytes"]
 
 
-def test_the_estimate_counts_the_fast_paths_derived_weights(monkeypatch):
-    """Eval-mode inference on the CPU caches folded weights: packed for oneDNN (their size), or
-    Winograd-transformed for the 3x3 layers builders.winograd takes (36/9 of it)."""
+@pytest.mark.parametrize("size, kind, points", [(32, "winograd", 36), (14, "winograd2", 16)])
+def test_the_estimate_counts_the_fast_paths_derived_weights(monkeypatch, size, kind, points):
+    """Eval-mode inference on the CPU caches folded weights: packed for oneDNN (their size),
+    Winograd-transformed for the 3x3 layers builders.winograd takes (36/9 of it for F(4x4, 3x3)
+    on a 32x32 map, 16/9 for F(2x2, 3x3) on 14x14), or in builders.pointwise's panels for 1x1
+    layers (output channels rounded up to 32)."""
     import torch
 
-    from builders import build, native
+    from builders import build, native, pointwise
     from builders.memory import estimate_memory, guard_memory
     from cfgparse import CfgError, parse
 
-    cfg = ("[net]\nwidth=32\nheight=32\nchannels=3\nbatch=1\n"
+    cfg = (f"[net]\nwidth={size}\nheight={size}\nchannels=3\nbatch=1\n"
            "[convolutional]\nfilters=32\nsize=3\npad=1\nactivation=leaky\n"
            "[convolutional]\nbatch_normalize=1\nfilters=48\nsize=3\npad=1\nactivation=leaky\n"
            "[convolutional]\nfilters=8\nsize=1\nactivation=linear\n")
     est = estimate_memory(parse(cfg), batch=1)
     weights = [32 * 3 * 9, 48 * 32 * 9, 8 * 48]
-    assert est["derived_bytes"] == 4 * (weights[0] + 4 * weights[1] + weights[2])
+    panels = 32 * 48  # the 1x1 layer's 8 outputs in one panel of 32
+    assert est["derived_bytes"] == 4 * (weights[0] + points * weights[1] // 9 + panels)
     if native.library() is None:
         return
-    monkeypatch.delenv("DARKCFG_WINOGRAD", raising=False)  # the suite may run with it set
+    for name in ("DARKCFG_WINOGRAD", "DARKCFG_POINTWISE"):  # the suite may run with them set
+        monkeypatch.delenv(name, raising=False)
     net = build(parse(cfg)).eval()
     with torch.no_grad():
-        net(torch.rand(1, 3, 32, 32))
-    transformed = net.layers[1]._inference_cache["winograd"]
-    assert transformed.numel() == 4 * weights[1]  # what the estimate counted for it
+        net(torch.rand(1, 3, size, size))
+    transformed = net.layers[1]._inference_cache[kind]
+    assert transformed.numel() == points * weights[1] // 9  # what the estimate counted for it
+    if pointwise.enabled():
+        assert net.layers[2]._inference_cache["pointwise"].numel() == panels
     need = est["cpu_inference_bytes"]
     assert guard_memory(net, need, batch=1, training=False, cpu=True)
     with pytest.raises(CfgError) as err:
