@@ -98,14 +98,28 @@ def _open_verified(library: Path) -> int | None:
     return fd
 
 
+_loaded_names: set[str] = set()  # the descriptor paths libraries were loaded through
+
+
 def _cdll(library: Path, fd: int) -> ctypes.CDLL:
     """Load the very file that was verified: through its descriptor where the system names
-    descriptors as paths (so a rename in between cannot swap it), else by path."""
-    via_fd = Path(f"/proc/self/fd/{fd}")
+    descriptors as paths (so a rename in between cannot swap it), else by path. The dynamic
+    loader hands back an object already loaded under the same name, so a descriptor number
+    that served an earlier load (a second build in one process: other flags, a rebuilt source)
+    is first duplicated to one that did not."""
+    spare = []
     try:
-        return ctypes.CDLL(str(via_fd) if via_fd.exists() else str(library))
+        while f"/proc/self/fd/{fd}" in _loaded_names:
+            spare.append(fd)
+            fd = os.dup(fd)
+        via_fd = f"/proc/self/fd/{fd}"
+        if not Path(via_fd).exists():
+            return ctypes.CDLL(str(library))
+        _loaded_names.add(via_fd)
+        return ctypes.CDLL(via_fd)
     finally:
-        os.close(fd)
+        for number in [*spare, fd]:
+            os.close(number)
 
 
 def _compiler() -> str | None:

@@ -179,3 +179,37 @@ def test_blocks_bounded_by_bytes_give_the_same_values(monkeypatch):
     monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
     assert relative_error(winograd.conv3x3(x, u, bias, "leaky"), whole.double()) < 1e-6
     assert relative_error(winograd.conv3x3(x, u2, bias, "leaky"), whole2.double()) < 1e-6
+
+
+@needs_native
+def test_the_avx2_build_computes_the_same(monkeypatch, tmp_path):
+    # CI's machines have AVX-512; the project's reference CPU (Zen 3) has AVX2 only: the kernels
+    # built without AVX-512 give the same Winograd and mish values, and 1x1 layers go to oneDNN
+    import re
+
+    from builders import pointwise
+    from builders.activations import mish_
+
+    if not re.search(r"\bavx2\b", open("/proc/cpuinfo").read()):
+        pytest.skip("no AVX2 here")
+    monkeypatch.setattr(native, "FLAGS", native.FLAGS + ["-mno-avx512f"])
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("DARKCFG_CACHE", str(tmp_path))
+    for name in ("DARKCFG_WINOGRAD", "DARKCFG_POINTWISE"):
+        monkeypatch.delenv(name, raising=False)
+    if native.library() is None:
+        pytest.skip(native.status())
+    assert native.status().endswith("(AVX2)") and not pointwise.enabled()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 40, 15, 13, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(36, 40, 3, 3, generator=gen) / math.sqrt(360)
+    bias = torch.randn(36, generator=gen)
+    ref = ACTIVATIONS["mish"](F.conv2d(x.double(), weight.double(), bias.double(), padding=1))
+    for tile, bound in ((4, 3e-5), (2, 3e-6)):
+        got = winograd.conv3x3(x, winograd.transform_weights(weight, tile), bias, "mish")
+        assert relative_error(got, ref) < bound
+    values = torch.linspace(-100, 100, 20001)
+    assert float((mish_(values.clone()) - F.mish(values.double()).float()).abs().max()) < 4e-6
+    net = _net()
+    fast_matching_plain(net, torch.rand(1, 3, 14, 14))
+    assert kernels(net) == ["packed", "winograd2", "winograd2", "packed"]
