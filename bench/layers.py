@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from builders import build  # noqa: E402
 from builders.conv import Convolutional  # noqa: E402
+from darkcfg.export.int8 import latency  # noqa: E402
 from darkcfg.train.loop import darknet_init  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -70,14 +71,8 @@ def profile(net, x: torch.Tensor, repeat: int):
     for i, layer in enumerate(net.layers):
         handles.append(layer.register_forward_pre_hook(before(i)))
         handles.append(layer.register_forward_hook(after(i)))
-    with torch.no_grad():
-        for _ in range(2):  # warm-up: packed and transformed weights, allocator
-            net(x)
-        total = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter()
-            net(x)
-            total = min(total, time.perf_counter() - start)
+    with torch.no_grad():  # warm-up: packed and transformed weights, allocator
+        total = latency(net, x, repeats=repeat, warmup=2)
     for h in handles:
         h.remove()
     return times, shapes, total
