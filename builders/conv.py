@@ -220,18 +220,23 @@ class Convolutional(FastPathCache, Layer):
         if cache is None or cache["key"] != key:
             cache = self._inference_cache = {"key": key}
         kind = self.fast_kind(x.shape)
-        if kind not in cache:
+        tile = 4 if kind == "winograd" else 2
+        # Winograd's products natively (weights in panels) or by torch.bmm: one layout each
+        panels = kind.startswith("winograd") and winograd.native_products(
+            x.shape, self.conv.out_channels, tile)
+        slot = kind + " panels" if panels else kind
+        if slot not in cache:
             weight, cache["bias"] = self._folded()
             conv = self.conv
             if kind.startswith("winograd"):
-                cache[kind] = winograd.transform_weights(weight, 4 if kind == "winograd" else 2)
+                cache[slot] = winograd.transform_weights(weight, tile, panels)
             elif kind == "pointwise":
-                cache[kind] = pointwise.pack_weights(weight)
+                cache[slot] = pointwise.pack_weights(weight)
             else:
-                cache[kind] = torch.ops.mkldnn._reorder_convolution_weight(
+                cache[slot] = torch.ops.mkldnn._reorder_convolution_weight(
                     weight, list(conv.padding), list(conv.stride), list(conv.dilation),
                     conv.groups, list(x.shape))
-        return kind, cache[kind], cache["bias"]
+        return kind, cache[slot], cache["bias"]
 
     def inference_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                           out: torch.Tensor | None = None) -> torch.Tensor:
@@ -241,10 +246,10 @@ class Convolutional(FastPathCache, Layer):
         stride-1 layers run as Winograd F(4x4, 3x3) or F(2x2, 3x3) where that is faster
         (builders.winograd), 1x1 layers as builders.pointwise's product. Network.forward's
         fusions: `residual` is added to the output (a plain [shortcut] after this layer), and
-        `out` (channels of a [route]'s concatenation, builders.winograd.output_rows) receives
+        `out` (channels of a [route]'s concatenation, builders.pointwise.output_rows) receives
         it; the native kernels do both before the result leaves them."""
         kind, weight, bias = self._inference_params(x)
-        in_kernel = self.activation in winograd.ACTIVATION_CODES
+        in_kernel = self.activation in pointwise.ACTIVATION_CODES
         if kind.startswith("winograd") and in_kernel:
             return winograd.conv3x3(x, weight, bias, self.activation, residual, out)
         if kind == "pointwise" and in_kernel:

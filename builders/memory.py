@@ -98,8 +98,12 @@ def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
     """Bytes of the weights the CPU inference fast path derives for `layer` from an input of
     `input_shape` at `batch` (builders.conv, builders.dense): batch-norm folded and packed for
     oneDNN, about the weights' size; for the 3x3 layers builders.winograd computes, the
-    Winograd-transformed weights, 36/9 (F(4x4, 3x3)) or 16/9 (F(2x2, 3x3)) of them; for 1x1
-    layers builders.pointwise's panels, output channels rounded up to 32."""
+    Winograd-transformed weights, 36/9 (F(4x4, 3x3)) or 16/9 (F(2x2, 3x3)) of them; in
+    builders.pointwise's panels (1x1 layers, Winograd's native products) output channels
+    rounded up to 32."""
+    import torch
+
+    from . import winograd
     from .conv import Convolutional, FastPathCache
 
     weight = getattr(getattr(layer, "conv", None), "weight", None)
@@ -111,13 +115,13 @@ def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
     c, h, w = input_shape.c, input_shape.h, input_shape.w
     if not isinstance(layer, Convolutional):
         return size
+    k, c_in = weight.shape[:2]
+    padded = -(-k // 32) * 32 * c_in * weight[0, 0].numel() * FLOAT_BYTES  # panels of 32
     tile = layer.winograd_tile((batch, c, h, w))
     if tile:
-        return size * (tile + 2) ** 2 // 9
-    if layer.pointwise_ok:  # builders.pointwise's panels of 32 output channels
-        k, c_in = weight.shape[:2]
-        return -(-k // 32) * 32 * c_in * FLOAT_BYTES
-    return size
+        panels = winograd.native_products(torch.Size([batch, c, h, w]), k, tile)
+        return (padded if panels else size) * (tile + 2) ** 2 // 9
+    return padded if layer.pointwise_ok else size
 
 
 # what a guard checks -> the estimate's figure for it

@@ -1412,16 +1412,18 @@ static inline __m512 pw_activate(__m512 v, int act, __m512 slope) {
 
 /* one tile of mr <= PW_MR pixels (rows `lda` floats apart from `a`) and one panel, over
  * `depth` input channels; `first`: start from zero, else from the partial sums in y; `last`:
- * add the bias and apply the activation */
-static inline void pw_tile(const float *a, int64_t lda, int64_t depth, int first, int last,
-                           const float *wp, const float *bias, const float *res, int64_t ldr,
-                           float *y, int64_t ldy, int mr, __mmask16 m0, __mmask16 m1, int act,
-                           __m512 slope) {
+ * add the bias (none if NULL) and apply the activation. Always inlined with a constant `mr`
+ * (pw_tile_rows), so that the accumulators are registers and no spare rows are computed. */
+static inline __attribute__((always_inline)) void pw_tile(
+        const float *a, int64_t lda, int64_t depth, int first, int last, const float *wp,
+        const float *bias, const float *res, int64_t ldr, float *y, int64_t ldy, const int mr,
+        __mmask16 m0, __mmask16 m1, int act, __m512 slope, const float *next) {
     __m512 acc[PW_MR][2];
     const float *row[PW_MR];
-    for (int r = 0; r < PW_MR; r++) {
-        row[r] = a + (r < mr ? r : 0) * lda;  /* spare rows of a tail tile: computed, unused */
-        if (first || r >= mr) {
+#pragma GCC unroll 12
+    for (int r = 0; r < mr; r++) {
+        row[r] = a + r * lda;
+        if (first) {
             acc[r][0] = acc[r][1] = _mm512_setzero_ps();
         } else {
             acc[r][0] = _mm512_maskz_loadu_ps(m0, y + r * ldy);
@@ -1431,16 +1433,22 @@ static inline void pw_tile(const float *a, int64_t lda, int64_t depth, int first
     for (int64_t d = 0; d < depth; d++, wp += PW_NR) {
         _mm_prefetch((const char *)(wp + PW_PF * PW_NR), _MM_HINT_T0);
         _mm_prefetch((const char *)(wp + PW_PF * PW_NR + 16), _MM_HINT_T0);
+        if (next) {
+            _mm_prefetch((const char *)(next + d * PW_NR), _MM_HINT_T1);
+            _mm_prefetch((const char *)(next + d * PW_NR + 16), _MM_HINT_T1);
+        }
         __m512 b0 = _mm512_loadu_ps(wp), b1 = _mm512_loadu_ps(wp + 16);
-        for (int r = 0; r < PW_MR; r++) {
+#pragma GCC unroll 12
+        for (int r = 0; r < mr; r++) {
             __m512 v = _mm512_set1_ps(row[r][d]);
             acc[r][0] = _mm512_fmadd_ps(v, b0, acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(v, b1, acc[r][1]);
         }
     }
     if (last) {
-        __m512 bias0 = _mm512_maskz_loadu_ps(m0, bias);
-        __m512 bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+        __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+        __m512 bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 12
         for (int r = 0; r < mr; r++) {
             acc[r][0] = pw_activate(_mm512_add_ps(acc[r][0], bias0), act, slope);
             acc[r][1] = pw_activate(_mm512_add_ps(acc[r][1], bias1), act, slope);
@@ -1451,12 +1459,96 @@ static inline void pw_tile(const float *a, int64_t lda, int64_t depth, int first
             }
         }
     }
+#pragma GCC unroll 12
     for (int r = 0; r < mr; r++) {
         _mm512_mask_storeu_ps(y + r * ldy, m0, acc[r][0]);
         _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc[r][1]);
     }
 }
+
+/* pw_tile for any 1 <= mr <= PW_MR, each case compiled for its own row count */
+static void pw_tile_rows(const float *a, int64_t lda, int64_t depth, int first, int last,
+                         const float *wp, const float *bias, const float *res, int64_t ldr,
+                         float *y, int64_t ldy, int mr, __mmask16 m0, __mmask16 m1, int act,
+                         __m512 slope, const float *next) {
+#define PW_CASE(n) case n: pw_tile(a, lda, depth, first, last, wp, bias, res, ldr, y, ldy, n, \
+                                   m0, m1, act, slope, next); break;
+    switch (mr) {
+        PW_CASE(1) PW_CASE(2) PW_CASE(3) PW_CASE(4) PW_CASE(5) PW_CASE(6)
+        PW_CASE(7) PW_CASE(8) PW_CASE(9) PW_CASE(10) PW_CASE(11) PW_CASE(12)
+        default: break;
+    }
+#undef PW_CASE
+}
 #endif
+
+/* `count` independent products y_i = act(bias + x_i w_i) (+ res_i), each as darkcfg_pointwise
+ * describes; x_i = x + i * sx, w_i = wp + i * sw, y_i = y + i * sy, res_i = res + i * sr.
+ * Pixels are cut into near-equal tiles of at most PW_MR rows (49 = 4 x 10 + 9, not 4 x 12 + 1).
+ * Threads take contiguous ranges of (product, block of tiles, range of panels) items: many
+ * pixels give blocks of tiles whose input block (PW_KC channels) fits ~192 KiB; few pixels
+ * (Winograd's products on small maps) one block and the panels split, so that each weight
+ * leaves memory once and serves every tile from the first-level cache. */
+static void pw_run(int64_t count, const float *x, int64_t sx, int64_t ldx, int64_t pixels,
+                   int64_t c, const float *wp, int64_t sw, const float *bias, const float *res,
+                   int64_t sr, float *y, int64_t sy, int64_t ldy, int64_t k, int act,
+                   float slope, int threads) {
+#ifdef DARKCFG_AVX512
+    int64_t tiles = (pixels + PW_MR - 1) / PW_MR, panels = (k + PW_NR - 1) / PW_NR;
+    int64_t kc = c <= 3 * PW_KC / 2 ? c : PW_KC;
+    if (threads < 1) threads = 1;
+    int64_t block = (192 << 10) / (PW_MR * kc * 4);
+    if (block < 1) block = 1;
+    if (block > tiles) block = tiles;
+    int64_t blocks = (tiles + block - 1) / block, chunks = 1;
+    if (count * blocks >= 2 * threads) {
+        if (count == 1) {  /* as many blocks per thread, of near-equal sizes */
+            blocks = (blocks + threads - 1) / threads * threads;
+            block = (tiles + blocks - 1) / blocks;
+            blocks = (tiles + block - 1) / block;
+        }
+    } else {  /* few pixels: the threads split the panels, each weight read by one of them */
+        chunks = (2 * threads + count * blocks - 1) / (count * blocks);
+        if (chunks > panels) chunks = panels;
+    }
+    int64_t items = count * blocks * chunks;
+    if (items < threads) threads = (int)items;
+    __m512 slope_v = _mm512_set1_ps(slope);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t item = 0; item < items; item++) {
+        int64_t i = item / (blocks * chunks), rest = item % (blocks * chunks);
+        int64_t blk = rest / chunks, chunk = rest % chunks;
+        int64_t t0 = blk * block, t1 = t0 + block < tiles ? t0 + block : tiles;
+        int64_t pa = panels * chunk / chunks, pb = panels * (chunk + 1) / chunks;
+        const float *xi = x + i * sx, *wi = wp + i * sw, *ri = res ? res + i * sr : NULL;
+        float *yi = y + i * sy;
+        for (int64_t d0 = 0; d0 < c; d0 += kc) {
+            int64_t d1 = d0 + kc < c ? d0 + kc : c;
+            for (int64_t panel = pa; panel < pb; panel++) {
+                int64_t j0 = panel * PW_NR, left = k - j0;
+                __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0
+                                                   : (__mmask16)((1u << (left - 16)) - 1);
+                const float *wpanel = wi + (panel * c + d0) * PW_NR;
+                /* the last tile pulls the next panel's block into the second-level cache */
+                const float *next = panel + 1 < pb ? wpanel + c * PW_NR
+                                    : d1 < c ? wi + (pa * c + d1) * PW_NR : NULL;
+                for (int64_t t = t0; t < t1; t++) {
+                    int64_t p0 = pixels * t / tiles, p1 = pixels * (t + 1) / tiles;
+                    pw_tile_rows(xi + p0 * ldx + d0, ldx, d1 - d0, d0 == 0, d1 == c, wpanel,
+                                 bias ? bias + j0 : NULL, ri ? ri + p0 * k + j0 : NULL, k,
+                                 yi + p0 * ldy + j0, ldy, (int)(p1 - p0), m0, m1, act,
+                                 slope_v, t == t1 - 1 ? next : NULL);
+                }
+            }
+        }
+    }
+#else
+    (void)count; (void)x; (void)sx; (void)ldx; (void)pixels; (void)c; (void)wp; (void)sw;
+    (void)bias; (void)res; (void)sr; (void)y; (void)sy; (void)ldy; (void)k; (void)act;
+    (void)slope; (void)threads;
+#endif
+}
 
 /* x [pixels][c], pixels `ldx` floats apart (> c: some channels of a wider map); wp as above;
  * y [pixels], rows `ldy` floats apart (> k: channels j.. of a [route]'s concatenation);
@@ -1465,56 +1557,20 @@ static inline void pw_tile(const float *a, int64_t lda, int64_t depth, int first
 void darkcfg_pointwise(const float *x, int64_t ldx, int64_t pixels, int64_t c,
                        const float *wp, const float *bias, const float *res, float *y,
                        int64_t ldy, int64_t k, int act, float slope, int threads) {
-#ifdef DARKCFG_AVX512
-    int64_t tiles = (pixels + PW_MR - 1) / PW_MR, panels = (k + PW_NR - 1) / PW_NR;
-    int64_t kc = c <= 3 * PW_KC / 2 ? c : PW_KC;
-    if (threads < 1) threads = 1;
-    /* blocks of tiles whose input block (kc channels) fits ~192 KiB, as many per thread, of
-     * near-equal sizes */
-    int64_t block = (192 << 10) / (PW_MR * kc * 4);
-    if (block < 1) block = 1;
-    if (block > tiles) block = tiles;
-    int64_t blocks = (tiles + block - 1) / block;
-    blocks = (blocks + threads - 1) / threads * threads;
-    block = (tiles + blocks - 1) / blocks;
-    blocks = (tiles + block - 1) / block;
-    /* few blocks (small maps): the threads split the panels too */
-    int64_t chunks = blocks >= 2 * threads ? 1 : (2 * threads + blocks - 1) / blocks;
-    if (chunks > panels) chunks = panels;
-    int64_t items = blocks * chunks;
-    if (items < threads) threads = (int)items;
-    __m512 slope_v = _mm512_set1_ps(slope);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t item = 0; item < items; item++) {
-        int64_t blk = item / chunks, chunk = item % chunks;
-        int64_t t0 = blk * block, t1 = t0 + block < tiles ? t0 + block : tiles;
-        int64_t pa = panels * chunk / chunks, pb = panels * (chunk + 1) / chunks;
-        for (int64_t d0 = 0; d0 < c; d0 += kc) {
-            int64_t d1 = d0 + kc < c ? d0 + kc : c;
-            for (int64_t panel = pa; panel < pb; panel++) {
-                int64_t j0 = panel * PW_NR, left = k - j0;
-                __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-                __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0
-                                                   : (__mmask16)((1u << (left - 16)) - 1);
-                const float *wpanel = wp + (panel * c + d0) * PW_NR;
-                for (int64_t t = t0; t < t1; t++) {
-                    int64_t p0 = t * PW_MR;
-                    int mr = pixels - p0 < PW_MR ? (int)(pixels - p0) : PW_MR;
-                    pw_tile(x + p0 * ldx + d0, ldx, d1 - d0, d0 == 0, d1 == c, wpanel, bias + j0,
-                            res ? res + p0 * k + j0 : NULL, k, y + p0 * ldy + j0, ldy, mr,
-                            m0, m1, act, slope_v);
-                }
-            }
-        }
-    }
-#else
-    (void)x; (void)ldx; (void)pixels; (void)c; (void)wp; (void)bias; (void)res; (void)y;
-    (void)ldy; (void)k;
-    (void)act; (void)slope; (void)threads;
-#endif
+    pw_run(1, x, 0, ldx, pixels, c, wp, 0, bias, res, 0, y, 0, ldy, k, act, slope, threads);
 }
 
-int darkcfg_kernels_version(void) { return 14; }
+/* Winograd's element-wise stage: for each of `points` positions i, m[i] = v[i] u[i], with
+ * v [points][tiles][c], u packed as above per position ([points][panels][c][32]) and
+ * m [points][tiles][k]; no bias, no activation */
+void darkcfg_pointwise_batch(int64_t points, const float *v, int64_t tiles, int64_t c,
+                             const float *up, float *m, int64_t k, int threads) {
+    int64_t panels = (k + PW_NR - 1) / PW_NR;
+    pw_run(points, v, tiles * c, c, tiles, c, up, panels * c * PW_NR, NULL, NULL, 0, m,
+           tiles * k, k, k, 0, 0.0f, threads);
+}
+
+int darkcfg_kernels_version(void) { return 15; }
 
 /* 2: AVX-512 (mish 16 lanes wide), 1: AVX2, 0: scalar */
 int darkcfg_kernels_vectorized(void) {

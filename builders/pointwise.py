@@ -20,9 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from . import native
-from .winograd import ACTIVATION_CODES, LEAKY_SLOPE, input_rows, output_rows
+from .activations import CONV_POST_OPS
 
 PANEL = 32  # output channels per weight panel (the kernel's PW_NR)
+
+# the activations the native kernels apply themselves (others run after them)
+ACTIVATION_CODES = {"linear": 0, "leaky": 1, "relu": 2, "mish": 3}
+LEAKY_SLOPE = CONV_POST_OPS["leaky"][1][0]  # Darknet's leaky, as oneDNN's post-op gets it
 
 
 def enabled() -> bool:
@@ -40,12 +44,57 @@ def applies(conv: torch.nn.Conv2d) -> bool:
             and conv.groups == 1)
 
 
+def input_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """`x` for a native kernel, and how many floats apart its pixels lie: as it is if it is
+    channels-last, or channels [c0, c0 + c) of a channels-last map (a [route]'s groups, or a
+    layer whose output went into a concatenation), else a channels-last copy."""
+    n, c, h, w = x.shape
+    ld = x.stride(3)
+    if (x.dtype == torch.float32 and x.stride(1) == 1 and ld >= c and x.stride(2) == w * ld
+            and (n == 1 or x.stride(0) == h * w * ld)):
+        return x, ld
+    return x.contiguous(memory_format=torch.channels_last), c
+
+
+def output_rows(out: torch.Tensor | None, n: int, k: int, h: int, w: int
+                ) -> tuple[torch.Tensor, int]:
+    """Where a native kernel writes its [n, k, h, w] output, and how many floats apart its
+    pixels lie: a new channels-last tensor, or `out`, which may be channels [c0, c0 + k) of a
+    channels-last [n, C, h, w] tensor (a [route]'s concatenation, Network.forward)."""
+    if out is None:
+        return torch.empty(n, k, h, w, memory_format=torch.channels_last), k
+    ld = out.stride(3)
+    if (tuple(out.shape) != (n, k, h, w) or out.dtype != torch.float32 or out.stride(1) != 1
+            or out.stride(2) != w * ld or out.stride(0) != h * w * ld or ld < k):
+        raise ValueError(f"out must be float32 [{n}, {k}, {h}, {w}] channels of a channels-last "
+                         f"tensor, not {tuple(out.shape)} strided {out.stride()}")
+    return out, ld
+
+
 def pack_weights(weight: torch.Tensor) -> torch.Tensor:
     """A [k, c, 1, 1] weight as the kernel's panels: [ceil(k / 32), c, 32], zeros past k."""
     k, c = weight.shape[:2]
+    return pack_matrices(weight.detach().float().reshape(1, k, c).transpose(1, 2))[0]
+
+
+def pack_matrices(u: torch.Tensor) -> torch.Tensor:
+    """[points, c, k] matrices (the right-hand factors of `products`) as the kernel's panels:
+    [points, ceil(k / 32), c, 32], zeros past k."""
+    points, c, k = u.shape
     panels = -(-k // PANEL)
-    w = F.pad(weight.detach().float().reshape(k, c).t(), (0, panels * PANEL - k))
-    return w.reshape(c, panels, PANEL).permute(1, 0, 2).contiguous()
+    w = F.pad(u, (0, panels * PANEL - k))
+    return w.reshape(points, c, panels, PANEL).permute(0, 2, 1, 3).contiguous()
+
+
+def products(v: torch.Tensor, packed: torch.Tensor, k: int) -> torch.Tensor:
+    """The batched matrix product [points, rows, c] x [points, c, k] -> [points, rows, k] with
+    the right-hand factors packed by `pack_matrices`: `torch.bmm`'s result, one native call
+    (Winograd's element-wise stage on small maps, builders.winograd). Only where `enabled()`."""
+    points, rows, c = v.shape
+    m = torch.empty(points, rows, k)
+    native.library().darkcfg_pointwise_batch(points, v.data_ptr(), rows, c, packed.data_ptr(),
+                                             m.data_ptr(), k, torch.get_num_threads())
+    return m
 
 
 def conv1x1(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, out_channels: int,
@@ -54,7 +103,7 @@ def conv1x1(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, out_chann
     """The 1x1 convolution of float32 `x` with `packed` weights plus `bias`, then `activation`
     where the kernel has it (the caller applies any other and passes no `residual`), then +
     `residual` (the output's shape; a [shortcut] fused into this layer); channels-last output,
-    in `out` if given (builders.winograd.output_rows). Only where `enabled()`."""
+    in `out` if given (`output_rows`). Only where `enabled()`."""
     x, ldx = input_rows(x)
     n, c, h, w = x.shape
     k = out_channels

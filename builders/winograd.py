@@ -4,9 +4,10 @@ convolutions on the CPU.
 A 4x4 output tile is A^T [(G g G^T) . (B^T d B)] A over a 6x6 input tile d (Lavin & Gray, "Fast
 Algorithms for Convolutional Neural Networks", 2015; interpolation points 0, +-1, +-2 and
 infinity): the channel sums of the element-wise products are 36 matrix products
-[tiles x c] x [c x k], which `torch.bmm` runs, with a quarter of the direct convolution's
-multiply-adds. The transforms around them are builders.native's `darkcfg_wino43_input` and
-`darkcfg_wino43_output` (the latter adds the bias and applies the activation). On small maps
+[tiles x c] x [c x k] with a quarter of the direct convolution's multiply-adds: `torch.bmm`
+runs them, or on few tiles builders.pointwise's native kernel (`native_products`). The
+transforms around them are builders.native's `darkcfg_wino43_input` and `darkcfg_wino43_output`
+(the latter adds the bias and applies the activation). On small maps
 F(2x2, 3x3) (4x4 input tiles, 16 products, `darkcfg_wino23_*`) runs instead: more rows per
 product for 16/9 of the weights rather than 4x (`tile_for` says which). oneDNN has no
 Winograd kernel for float32 reachable through torch, and its direct kernels already run at the
@@ -25,12 +26,8 @@ import os
 
 import torch
 
-from . import native
-from .activations import CONV_POST_OPS
-
-# the activations the output transform applies itself (others run after it)
-ACTIVATION_CODES = {"linear": 0, "leaky": 1, "relu": 2, "mish": 3}
-LEAKY_SLOPE = CONV_POST_OPS["leaky"][1][0]  # Darknet's leaky, as oneDNN's post-op gets it
+from . import native, pointwise
+from .pointwise import ACTIVATION_CODES, LEAKY_SLOPE, input_rows, output_rows
 
 # G of F(4x4, 3x3) and of F(2x2, 3x3): the (m + 2) x 3 kernel transforms, by output tile m
 _G = {4: torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -84,59 +81,60 @@ def tile_for(shape: torch.Size, out_channels: int) -> int:
     exact = h % 4 == 0 and w % 4 == 0
     if tiles4 >= 49 or (small and (tiles4 >= 25 or (tiles4 >= 16 and exact))):
         return 4
-    return 2 if tiles2 >= 36 else 0
+    if tiles2 >= 36:
+        return 2
+    # from 16 tiles only with the native products (8x8 512 -> 1024: 1.20x; by torch.bmm 0.81x)
+    return 2 if tiles2 >= 16 and native_products(shape, out_channels, 2) else 0
 
 
-def transform_weights(weight: torch.Tensor, tile: int = 4) -> torch.Tensor:
+def native_products(shape: torch.Size, out_channels: int, tile: int) -> bool:
+    """Whether the Winograd products of a layer with input `shape` (N, C, H, W) run in
+    builders.pointwise's native kernel rather than `torch.bmm`: where that kernel is built, on
+    products of up to 36 rows (tiles), or up to 64 rows where the layer widens (k >= 2c). Those
+    are the thin products whose weights stream from memory, where torch's kernel loses time
+    (16 x [49 x 512] x [512 x 1024], 13x13 512 -> 1024 in F(2x2, 3x3): 1.14-1.23x; 16 rows:
+    1.2-1.7x); on more rows torch's packed kernel is as fast or faster (100-512 rows:
+    0.83-0.98x). Measured with the weights cycled out of the caches (docs/benchmarks.md)."""
+    n, c, h, w = shape
+    rows = min(n * ((h + tile - 1) // tile) * ((w + tile - 1) // tile), _block_tiles(tile, c,
+                                                                                   out_channels))
+    return pointwise.enabled() and (rows <= 36 or (rows <= 49 and out_channels >= 2 * c))
+
+
+def transform_weights(weight: torch.Tensor, tile: int = 4, panels: bool = False
+                      ) -> torch.Tensor:
     """G g G^T of F(tile x tile, 3x3) for every (output, input) channel pair of a [k, c, 3, 3]
     weight, computed in float64: [(tile + 2)^2, c, k] float32, element (i * (tile + 2) + j) the
-    transform's (i, j) entry."""
+    transform's (i, j) entry; with `panels`, packed for the native products
+    (builders.pointwise.pack_matrices: [(tile + 2)^2, ceil(k / 32), c, 32])."""
     k, c = weight.shape[:2]
     g = _G[tile]
     u = torch.einsum("ia,kcab,jb->ijck", g, weight.detach().double(), g)
-    return u.reshape((tile + 2) ** 2, c, k).float().contiguous()
+    u = u.reshape((tile + 2) ** 2, c, k).float()
+    return pointwise.pack_matrices(u) if panels else u.contiguous()
 
 
-def input_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """`x` for a native kernel, and how many floats apart its pixels lie: as it is if it is
-    channels-last, or channels [c0, c0 + c) of a channels-last map (a [route]'s groups, or a
-    layer whose output went into a concatenation), else a channels-last copy."""
-    n, c, h, w = x.shape
-    ld = x.stride(3)
-    if (x.dtype == torch.float32 and x.stride(1) == 1 and ld >= c and x.stride(2) == w * ld
-            and (n == 1 or x.stride(0) == h * w * ld)):
-        return x, ld
-    return x.contiguous(memory_format=torch.channels_last), c
-
-
-def output_rows(out: torch.Tensor | None, n: int, k: int, h: int, w: int
-                ) -> tuple[torch.Tensor, int]:
-    """Where a native kernel writes its [n, k, h, w] output, and how many floats apart its
-    pixels lie: a new channels-last tensor, or `out`, which may be channels [c0, c0 + k) of a
-    channels-last [n, C, h, w] tensor (a [route]'s concatenation, Network.forward)."""
-    if out is None:
-        return torch.empty(n, k, h, w, memory_format=torch.channels_last), k
-    ld = out.stride(3)
-    if (tuple(out.shape) != (n, k, h, w) or out.dtype != torch.float32 or out.stride(1) != 1
-            or out.stride(2) != w * ld or out.stride(0) != h * w * ld or ld < k):
-        raise ValueError(f"out must be float32 [{n}, {k}, {h}, {w}] channels of a channels-last "
-                         f"tensor, not {tuple(out.shape)} strided {out.stride()}")
-    return out, ld
+def _block_tiles(tile: int, c: int, k: int) -> int:
+    """Tiles per call of the transforms and the products."""
+    points = (tile + 2) ** 2
+    return max(16, min(BLOCK_TILES * 16 // tile ** 2, BLOCK_BYTES // (points * 4 * (c + k))))
 
 
 def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: str,
             residual: torch.Tensor | None = None, out: torch.Tensor | None = None
             ) -> torch.Tensor:
     """The 3x3 stride-1 padding-1 convolution of float32 `x` with transformed weights `u`
-    (`transform_weights`: [36, c, k] runs F(4x4, 3x3), [16, c, k] F(2x2, 3x3)) plus `bias`,
+    (`transform_weights`: [36, ...] runs F(4x4, 3x3), [16, ...] F(2x2, 3x3); packed in panels,
+    the products run natively) plus `bias` (k values),
     then `activation` where the kernel has it (the caller applies any other and passes no
     `residual`), then + `residual` (the output's shape; a [shortcut] fused into this layer);
     channels-last output, in `out` if given (`output_rows`). Only where `enabled()`."""
     lib = native.library()
     x, ldx = input_rows(x)
     n, c, h, w = x.shape
-    points, k = u.shape[0], u.shape[2]
+    points, k = u.shape[0], bias.numel()
     tile = 4 if points == 36 else 2
+    panels = u.dim() == 4
     forward, backward = (lib.darkcfg_wino43_input, lib.darkcfg_wino43_output) if tile == 4 else \
         (lib.darkcfg_wino23_input, lib.darkcfg_wino23_output)
     th, tw = (h + tile - 1) // tile, (w + tile - 1) // tile
@@ -145,13 +143,12 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, activation: st
     res = None if residual is None else residual.contiguous(memory_format=torch.channels_last)
     threads = torch.get_num_threads()
     code = ACTIVATION_CODES.get(activation, 0)
-    block = max(16, min(BLOCK_TILES * 16 // tile ** 2,
-                        BLOCK_BYTES // (points * 4 * (c + k))))
+    block = _block_tiles(tile, c, k)
     for t0 in range(0, tiles, block):
         t1 = min(tiles, t0 + block)
         v = torch.empty(points, t1 - t0, c)
         forward(x.data_ptr(), ldx, v.data_ptr(), n, h, w, c, 1, th, tw, t0, t1, threads)
-        m = torch.bmm(v, u)
+        m = pointwise.products(v, u, k) if panels else torch.bmm(v, u)
         backward(m.data_ptr(), bias.data_ptr(), None if res is None else res.data_ptr(),
                  y.data_ptr(), ldy, h, w, k, th, tw, t0, t1, code, LEAKY_SLOPE, threads)
     return y

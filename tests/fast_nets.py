@@ -24,8 +24,9 @@ def built_with_statistics(cfg: str):
 
 
 def kernels(net) -> list[str]:
-    """The fast path's kernel per layer as its cache holds it ("winograd", "winograd2",
-    "pointwise", "packed"), "" for layers without one."""
+    """The fast path's kernel per layer as its cache holds it ("winograd", "winograd2", with
+    " panels" where builders.pointwise runs their products, "pointwise", "packed"), "" for
+    layers without one."""
     return [next((k for k in (layer._inference_cache or {}) if k not in ("key", "bias")), "")
             for layer in net.layers]
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from fast_nets import built_with_statistics, fast_matching_plain, kernels
 
-from builders import native, winograd
+from builders import native, pointwise, winograd
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="no native kernels here")
 
@@ -75,11 +75,33 @@ def test_the_variant_is_the_one_measured_fastest():
     assert tile(512, 13, 512) == 2        # F4 0.78x, F2 1.45x (yolov4-tiny)
     assert tile(512, 13, 1024) == 2       # F4 0.66x, F2 1.16x (yolov4)
     assert tile(128, 13, 128) == 2        # F4 1.00x, F2 1.20x
-    assert tile(512, 8, 1024) == 0        # F4 0.46x, F2 0.69x: 16 tiles of 2x2
-    assert tile(512, 10, 1024) == 0       # F2 0.88x
+    native_products = pointwise.enabled()
+    # 16 and 25 tiles of 2x2: F2 with the native products (1.20x, 1.22x), not with torch.bmm
+    # (0.81x, 0.91x); F4 0.46-0.57x
+    assert tile(512, 8, 1024) == (2 if native_products else 0)
+    assert tile(512, 10, 1024) == (2 if native_products else 0)
+    assert tile(512, 6, 1024) == 0        # 9 tiles
     assert tile(16, 104, 16) == 0         # F4 0.84x: thin products
     assert tile(3, 416, 32) == 0          # F4 0.4x
     assert tile(512, 13, 512, n=4) == 4   # a batch of 4: 64 tiles of 4x4
+
+
+def test_without_the_native_products_small_maps_run_direct(monkeypatch):
+    monkeypatch.setattr(pointwise, "enabled", lambda: False)
+    assert winograd.tile_for(torch.Size([1, 512, 8, 8]), 1024) == 0
+    assert not winograd.native_products(torch.Size([1, 512, 8, 8]), 1024, 2)
+    assert winograd.tile_for(torch.Size([1, 512, 13, 13]), 1024) == 2
+
+
+def test_which_products_run_natively(monkeypatch):
+    # thin products whose weights stream from memory: native; more rows: torch.bmm
+    monkeypatch.setattr(pointwise, "enabled", lambda: True)
+    def native(c, h, k, tile=2):
+        return winograd.native_products(torch.Size([1, c, h, h]), k, tile)
+    assert native(512, 8, 1024) and native(1024, 8, 1024)   # 16 rows
+    assert native(512, 13, 1024) and native(256, 13, 512)    # 49 rows, widening
+    assert not native(512, 13, 512)                          # 49 rows, k = c: bmm 1.39x, 1.28x
+    assert not native(256, 16, 512)                          # 64 rows
 
 
 def test_only_3x3_stride_1_same_padding_applies():
