@@ -102,17 +102,34 @@ def sized_cfg(path: Path, size: int) -> str:
     return text
 
 
+class Yardstick:
+    """One large float32 matrix product (oneDNN/MKL's best case, about 98% of the nominal peak
+    on an idle machine), timed between the repeats of what it is compared with: the machine's
+    speed in the same moments, so that a busy spell of this shared host slows both."""
+
+    def __init__(self, now, per: int, n: int = 2048):
+        self.now, self.per, self.n = now, per, n
+        self.a, self.b = torch.rand(n, n), torch.rand(n, n)
+        torch.mm(self.a, self.b)
+        self.best = float("inf")
+
+    def time_once(self) -> None:
+        start = self.now()
+        torch.mm(self.a, self.b)
+        self.best = min(self.best, (self.now() - start) / self.per)
+
+    @property
+    def rate(self) -> float:
+        """GFLOP/s of the best repeat."""
+        return 2 * self.n ** 3 / self.best / 1e9
+
+
 def gemm_rate(now, per: int, repeat: int = 8, n: int = 2048) -> float:
-    """GFLOP/s of one large float32 matrix product (oneDNN/MKL's best case, about 98% of the
-    nominal peak on an idle machine): the machine's speed right now, as a same-run yardstick."""
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    torch.mm(a, b)
-    best = float("inf")
+    """GFLOP/s of the yardstick's best of `repeat` products timed back to back."""
+    yardstick = Yardstick(now, per, n)
     for _ in range(repeat):
-        start = now()
-        torch.mm(a, b)
-        best = min(best, (now() - start) / per)
-    return 2 * n ** 3 / best / 1e9
+        yardstick.time_once()
+    return yardstick.rate
 
 
 def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, clock: str,
@@ -124,12 +141,13 @@ def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, cl
     threads = torch.get_num_threads()
     # cpu time adds up all threads: divide by them for a wall-equivalent figure
     per = threads if clock == "cpu" else 1
-    print(f"Inference, batch 1, eval, CPU, {threads} threads, {clock} clock, {repeat} repeats; "
+    print(f"Inference, batch 1, eval, CPU, {threads} threads, {clock} clock, {repeat}+ repeats; "
           f"peak {peak:g} GFLOP/s (--peak; 157 = this project's 2 Zen-3 cores); best repeat")
     print(f"  fast path's mish and Winograd transforms: {native.status()}; Winograd "
           f"{'on' if winograd.enabled() else 'off (DARKCFG_WINOGRAD=0 or no native kernels)'}")
-    print("  gemm: a 2048 x 2048 matrix product just before the net's repeats (the machine's "
-          "speed now);\n  fast/gemm: the fast path's rate as a share of it")
+    print("  gemm: a 2048 x 2048 matrix product timed between the net's repeats (the "
+          "machine's speed\n  in the same moments); fast/gemm: the fast path's rate as a share "
+          "of it; best repeat of each")
     print(f"  {'net':<12} {'size':>4} {'BFLOPs':>7} {'plain':>16} {'fast':>16} {'speedup':>8} "
           f"{'paired':>7} {'gemm':>16} {'fast/gemm':>9}"
           + (f" {'compiled':>16} {'compile s':>9}" if compiled else ""))
@@ -146,16 +164,21 @@ def bench_inference(corpus: Path, names: list[str], repeat: int, peak: float, cl
         x = torch.rand(1, 3, size, size)
         bflops = net.bflops()
         times: dict[bool, list[float]] = {False: [], True: []}
-        gemm = gemm_rate(now, per)
+        yardstick = Yardstick(now, per)
         with torch.no_grad():
             for fast in (False, True, False, True):  # warm-up: allocator, packed weights
+                start = now()
                 net.use_fast_inference(fast)(x)
-            for r in range(repeat):
+            # at least `repeat` repeats, more for fast nets: ~2 s of fast forwards in all
+            repeats = min(4 * repeat, max(repeat, int(2.0 / max(now() - start, 1e-3))))
+            for r in range(repeats):
+                yardstick.time_once()
                 for fast in ((False, True) if r % 2 else (True, False)):
                     net.use_fast_inference(fast)
                     start = now()
                     net(x)
                     times[fast].append((now() - start) / per)
+        gemm = yardstick.rate
         net.use_fast_inference(True)
         cells = []
         for fast in (False, True):

@@ -443,6 +443,31 @@ def test_native_maxpool_2x2_equals_torch_values_and_gradients(monkeypatch):
     assert calls == []
 
 
+def test_channels_last_maxpool_2x2_outside_autograd_equals_torchs(monkeypatch):
+    # the inference fast path's channels-last maps: two maxima of a view, torch's values (NaN
+    # included) and a channels-last result; odd sizes and autograd keep torch's kernel
+    import torch.nn.functional as F
+
+    from builders import pool
+
+    layer = pool.PlainMaxPool(2, (2, 2), (0, 0, 0, 0))
+    calls = []
+    real = pool._max_of_quads
+    monkeypatch.setattr(pool, "_max_of_quads", lambda x: calls.append(x.shape) or real(x))
+    x = torch.randn(2, 37, 10, 12).contiguous(memory_format=torch.channels_last)
+    x[1, 3, 4, 5] = float("nan")
+    with torch.no_grad():
+        got = layer(x)
+        torch.testing.assert_close(got, F.max_pool2d(x, 2, 2), rtol=0, atol=0, equal_nan=True)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        odd = torch.randn(1, 8, 7, 9).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(layer(odd), F.max_pool2d(odd, 2, 2), rtol=0, atol=0)
+    assert calls == [x.shape]
+    x.requires_grad_(True)
+    layer(x).sum().backward()
+    assert calls == [x.shape] and x.grad is not None
+
+
 def test_bfloat16_channels_last_maxpool_2x2_equals_torchs(monkeypatch):
     """Under `--amp` (bfloat16 channels-last tensors) [maxpool] size=2 stride=2 runs its own
     native kernel: values and gradients equal torch's channels-last bfloat16 pool bit for bit,

@@ -285,6 +285,24 @@ def test_region_layouts_per_fork():
     torch.testing.assert_close(pj.darknet_output(pj(x)), pj(x).reshape(1, -1))
 
 
+@pytest.mark.parametrize("section", ["yolo", "Gaussian_yolo"])
+def test_yolo_head_inference_equals_its_autograd_transform(section):
+    # outside autograd the head copies once and transforms in place: the autograd path's
+    # values and shape, from NCHW, channels-last (the fast path's) and flat inputs, and the
+    # input is left as it was
+    net = build(_cfg(IMAGE, SECTION_CFGS[section][1]))
+    head = next(layer for layer in net.layers if hasattr(layer, "runs"))
+    x = torch.randn(2, head.n * head.entries, 4, 4, requires_grad=True)
+    want = head(x)
+    for given in (x.detach(), x.detach().contiguous(memory_format=torch.channels_last),
+                  x.detach().reshape(2, -1)):
+        before = given.clone()
+        with torch.no_grad():
+            got = head(given)
+        torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=1e-6)
+        assert got.shape == want.shape and torch.equal(given, before)
+
+
 def test_gaussian_yolo_transform():
     net, out = _run(_cfg(IMAGE, SECTION_CFGS["Gaussian_yolo"][1]), torch.randn(1, 3, 4, 4))
     v, y = out[0], out[1]
