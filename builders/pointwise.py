@@ -7,6 +7,10 @@ mish layer paid a second pass over its output (yolov4's CSP blocks: 66 such laye
 its time). The native kernel keeps a tile of 12 pixels x 32 output channels in registers
 through the whole sum, then adds the bias, applies linear/leaky/relu/mish and stores once.
 Where AVX-512 is missing, or with `DARKCFG_POINTWISE=0`, oneDNN's kernel runs as before.
+`products` runs a batch of such products in one call: Winograd's element-wise stage on small
+maps (builders.winograd.native_products), where each product has few rows and its weights come
+from memory. The helpers the native kernels share (input_rows, output_rows, the activation
+codes) live here.
 
 Same values as the direct convolution to float32 rounding (the sum runs over channels in
 order; tests/test_pointwise.py bounds it against float64).

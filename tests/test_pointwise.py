@@ -53,6 +53,32 @@ def test_it_equals_the_convolution(n, c, k, h, w, activation):
 
 
 @needs_kernel
+def test_every_row_count_of_a_tile_is_right():
+    # pixels are cut into near-equal tiles of 1-12 rows, each row count compiled on its own:
+    # 1-30 pixels reach all of them (25 = 9 + 8 + 8, 13 = 7 + 6, ...)
+    x, weight, bias = _case(1, 40, 45, 5, 6)
+    packed = pointwise.pack_weights(weight)
+    flat = x.permute(0, 2, 3, 1).reshape(30, 40)
+    for pixels in range(1, 31):
+        part = flat[:pixels].reshape(1, 1, pixels, 40).permute(0, 3, 1, 2)
+        ref = F.conv2d(part.double(), weight.double(), bias.double())
+        got = pointwise.conv1x1(part, packed, bias, 45, "linear")
+        assert relative_error(got, ref) < 2e-6, pixels
+
+
+@needs_kernel
+def test_batched_products_equal_torch_bmm():
+    # Winograd's products: few rows, weights in panels, several products split between threads
+    gen = torch.Generator().manual_seed(5)
+    for points, rows, c, k in [(16, 49, 70, 130), (36, 16, 300, 33), (4, 1, 8, 64)]:
+        v = torch.randn(points, rows, c, generator=gen)
+        u = torch.randn(points, c, k, generator=gen) / math.sqrt(c)
+        got = pointwise.products(v, pointwise.pack_matrices(u), k)
+        ref = torch.bmm(v.double(), u.double())
+        assert got.shape == ref.shape and relative_error(got, ref) < 2e-6
+
+
+@needs_kernel
 def test_the_values_do_not_depend_on_the_thread_count():
     x, weight, bias = _case(1, 300, 70, 17, 19)
     packed = pointwise.pack_weights(weight)
