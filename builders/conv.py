@@ -220,15 +220,14 @@ class Convolutional(FastPathCache, Layer):
         if cache is None or cache["key"] != key:
             cache = self._inference_cache = {"key": key}
         kind = self.fast_kind(x.shape)
-        tile = 4 if kind == "winograd" else 2
+        tile = {"winograd": 4, "winograd2": 2}.get(kind, 0)
         # Winograd's products natively (weights in panels) or by torch.bmm: one layout each
-        panels = kind.startswith("winograd") and winograd.native_products(
-            x.shape, self.conv.out_channels, tile)
+        panels = bool(tile) and winograd.native_products(x.shape, self.conv.out_channels, tile)
         slot = kind + " panels" if panels else kind
         if slot not in cache:
             weight, cache["bias"] = self._folded()
             conv = self.conv
-            if kind.startswith("winograd"):
+            if tile:
                 cache[slot] = winograd.transform_weights(weight, tile, panels)
             elif kind == "pointwise":
                 cache[slot] = pointwise.pack_weights(weight)

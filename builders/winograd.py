@@ -90,14 +90,14 @@ def tile_for(shape: torch.Size, out_channels: int) -> int:
 def native_products(shape: torch.Size, out_channels: int, tile: int) -> bool:
     """Whether the Winograd products of a layer with input `shape` (N, C, H, W) run in
     builders.pointwise's native kernel rather than `torch.bmm`: where that kernel is built, on
-    products of up to 36 rows (tiles), or up to 64 rows where the layer widens (k >= 2c). Those
+    products of up to 36 rows (tiles), or up to 49 rows where the layer widens (k >= 2c). Those
     are the thin products whose weights stream from memory, where torch's kernel loses time
     (16 x [49 x 512] x [512 x 1024], 13x13 512 -> 1024 in F(2x2, 3x3): 1.14-1.23x; 16 rows:
     1.2-1.7x); on more rows torch's packed kernel is as fast or faster (100-512 rows:
     0.83-0.98x). Measured with the weights cycled out of the caches (docs/benchmarks.md)."""
     n, c, h, w = shape
-    rows = min(n * ((h + tile - 1) // tile) * ((w + tile - 1) // tile), _block_tiles(tile, c,
-                                                                                   out_channels))
+    tiles = n * ((h + tile - 1) // tile) * ((w + tile - 1) // tile)
+    rows = min(tiles, _block_tiles(tile, c, out_channels))
     return pointwise.enabled() and (rows <= 36 or (rows <= 49 and out_channels >= 2 * c))
 
 
