@@ -525,6 +525,14 @@ def torch_ops_needed() -> bool:
     return torch.is_autocast_enabled("cpu") or _graph_capture()
 
 
+def eager_inference(x: torch.Tensor) -> bool:
+    """Whether `x` is a plain tensor outside autograd with nothing recording the ops (no tracer,
+    compiler, exporter, fx proxy or autocast): where a layer may compute its inference result
+    another way than its plain ops (in place, through views)."""
+    return (type(x) is torch.Tensor and not (torch.is_grad_enabled() and x.requires_grad)
+            and not torch_ops_needed())
+
+
 def _graph_capture() -> bool:
     """A tracer, the compiler or an exporter is recording the ops."""
     return (torch.jit.is_tracing() or torch.compiler.is_compiling()
