@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from builders import build  # noqa: E402
+from builders import build, winograd  # noqa: E402
 from builders.conv import Convolutional  # noqa: E402
 from darkcfg.export.int8 import latency  # noqa: E402
 from darkcfg.train.loop import darknet_init  # noqa: E402
@@ -45,7 +45,10 @@ def group_of(layer, shape_in) -> str:
             return "conv first (3 channels)"
         if k == 3 and s == 1:
             tile = layer.winograd_tile(shape_in)
-            return f"conv 3x3 Winograd F{tile}" if tile else "conv 3x3 direct"
+            if not tile:
+                return "conv 3x3 direct"
+            native = winograd.native_products(torch.Size(shape_in), conv.out_channels, tile)
+            return f"conv 3x3 Winograd F{tile}" + (" native" if native else "")
         return f"conv {k}x{k} stride {s}"
     return kind.lower()
 
@@ -101,17 +104,17 @@ def report(path: Path, size: int, repeat: int, top: int) -> None:
     print(f"{name} {size}x{size}: forward {total * 1e3:.1f} ms (layers summed "
           f"{summed * 1e3:.1f}), {net.bflops() / total:.0f} GF/s = "
           f"{net.bflops() / total / gemm:.0%} of the matrix product's {gemm:.0f} GF/s")
-    print(f"  {'group':<24} {'layers':>6} {'ms':>7} {'share':>6} {'GF/s':>6} {'of gemm':>7}")
+    print(f"  {'group':<28} {'layers':>6} {'ms':>7} {'share':>6} {'GF/s':>6} {'of gemm':>7}")
     for key, (t, bf, count) in sorted(groups.items(), key=lambda kv: -kv[1][0]):
         rate = f"{bf / t:6.0f} {bf / t / gemm:7.0%}" if bf and t else f"{'':>6} {'':>7}"
-        print(f"  {key:<24} {count:>6} {t * 1e3:7.2f} {t / summed:6.1%} {rate}")
+        print(f"  {key:<28} {count:>6} {t * 1e3:7.2f} {t / summed:6.1%} {rate}")
     if top:
         print(f"  the {top} slowest layers:")
         for i in sorted(times, key=lambda i: -times[i])[:top]:
             layer = net.layers[i]
             bf = float(layer.bflops)
             rate = f"{bf / times[i]:6.0f} GF/s" if bf else ""
-            print(f"    {i:>3} {group_of(layer, shapes[i]):<24} {str(shapes[i]):<22} "
+            print(f"    {i:>3} {group_of(layer, shapes[i]):<28} {str(shapes[i]):<22} "
                   f"{times[i] * 1e3:6.2f} ms {rate}")
 
 
