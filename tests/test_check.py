@@ -375,6 +375,29 @@ def test_the_estimate_counts_the_fast_paths_derived_weights(monkeypatch, size, k
     assert guard_memory(net, need - 1, batch=1, training=False)  # elsewhere: not derived
 
 
+def test_the_estimate_counts_winograds_native_panels(monkeypatch):
+    """On an 8x8 map F(2x2, 3x3) runs with the native products (where AVX-512 is), its
+    transformed weights in panels of 32 output channels: 48 filters padded to 64."""
+    import torch
+
+    from builders import build, pointwise
+    from builders.memory import estimate_memory
+    from cfgparse import parse
+
+    for name in ("DARKCFG_WINOGRAD", "DARKCFG_POINTWISE"):  # the suite may run with them set
+        monkeypatch.delenv(name, raising=False)
+    if not pointwise.enabled():
+        pytest.skip("no AVX-512 kernels here: 8x8 layers run oneDNN's direct kernel")
+    cfg = ("[net]\nwidth=8\nheight=8\nchannels=32\nbatch=1\n"
+           "[convolutional]\nbatch_normalize=1\nfilters=48\nsize=3\npad=1\nactivation=mish\n")
+    est = estimate_memory(parse(cfg), batch=1)
+    assert est["derived_bytes"] == 4 * 16 * 64 * 32
+    net = build(parse(cfg)).eval()
+    with torch.no_grad():
+        net(torch.rand(1, 32, 8, 8))
+    assert net.layers[0]._inference_cache["winograd2 panels"].numel() == 16 * 64 * 32
+
+
 def test_guard_memory_raises_over_the_limit():
     from builders import build
     from builders.memory import estimate_memory, guard_memory
