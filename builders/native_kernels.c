@@ -1510,6 +1510,12 @@ static void pw_run(int64_t count, const float *x, int64_t sx, int64_t ldx, int64
     } else {  /* few pixels: the threads split the panels, each weight read by one of them */
         chunks = (2 * threads + count * blocks - 1) / (count * blocks);
         if (chunks > panels) chunks = panels;
+        if (count * blocks * chunks < threads) {  /* and few panels: the tiles too */
+            blocks = (threads + count * chunks - 1) / (count * chunks);
+            if (blocks > tiles) blocks = tiles;
+            block = (tiles + blocks - 1) / blocks;
+            blocks = (tiles + block - 1) / block;
+        }
     }
     int64_t items = count * blocks * chunks;
     if (items < threads) threads = (int)items;
@@ -1570,7 +1576,7 @@ void darkcfg_pointwise_batch(int64_t points, const float *v, int64_t tiles, int6
            tiles * k, k, k, 0, 0.0f, threads);
 }
 
-int darkcfg_kernels_version(void) { return 15; }
+int darkcfg_kernels_version(void) { return 16; }
 
 /* 2: AVX-512 (mish 16 lanes wide), 1: AVX2, 0: scalar */
 int darkcfg_kernels_vectorized(void) {
