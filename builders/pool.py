@@ -99,10 +99,11 @@ class PlainMaxPool(MaxPool):
 
 
 def _even_channels_last(x: torch.Tensor) -> bool:
-    """A channels-last 4-D map of even height and width in eager inference (the fast path's
-    maps; builders.native.eager_inference)."""
-    return (native.eager_inference(x) and x.dim() == 4 and x.shape[2] % 2 == 0
-            and x.shape[3] % 2 == 0 and x.is_contiguous(memory_format=torch.channels_last))
+    """A channels-last 4-D CPU map of even height and width in eager inference (the fast
+    path's maps; builders.native.eager_inference; a GPU has its own pooling kernel)."""
+    return (native.eager_inference(x) and x.device.type == "cpu" and x.dim() == 4
+            and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+            and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _max_of_quads(x: torch.Tensor) -> torch.Tensor:
