@@ -147,6 +147,30 @@ activation=linear
 """
 
 
+needs_avx512 = pytest.mark.skipif(not pointwise.enabled(), reason="no AVX-512 kernels here")
+
+
+@needs_avx512
+@pytest.mark.parametrize("n, c, k, h, w", [
+    (1, 512, 1024, 8, 8),   # 16 rows, weights past the caches: the case the kernel is for
+    (2, 70, 130, 13, 9),    # ragged rows (14 x 10 tiles), a partial panel, a batch
+    (1, 300, 33, 5, 3),     # 300 channels: two blocks of the sum; rows 1-3 of a tile
+])
+@pytest.mark.parametrize("tile", [4, 2])
+def test_the_native_products_equal_torch_bmm(n, c, k, h, w, tile):
+    gen = torch.Generator().manual_seed(c + k)
+    x = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(k, c, 3, 3, generator=gen) / math.sqrt(9 * c)
+    bias = torch.randn(k, generator=gen)
+    ref = ACTIVATIONS["mish"](F.conv2d(x.double(), weight.double(), bias.double(), padding=1))
+    packed = winograd.transform_weights(weight, tile, panels=True)
+    assert packed.shape == ((tile + 2) ** 2, -(-k // 32), c, 32)
+    got = winograd.conv3x3(x, packed, bias, "mish")
+    by_bmm = winograd.conv3x3(x, winograd.transform_weights(weight, tile), bias, "mish")
+    bound = 3e-5 if tile == 4 else 3e-6  # as against float64: the sums run in another order
+    assert relative_error(got, ref) < bound and relative_error(got, by_bmm.double()) < bound
+
+
 def _net():
     return built_with_statistics(CFG)
 
@@ -163,6 +187,11 @@ def test_the_fast_path_runs_winograd_where_it_pays_and_matches_the_plain_path(mo
     net.train().eval()
     fast_matching_plain(net, torch.rand(2, 3, 14, 14)[:1])
     assert kernels(net) == ["packed", "winograd2", "winograd2", "packed"]
+    # on an 8x8 map (16 2x2 tiles): F(2x2, 3x3) with the native products, else direct
+    net.train().eval()
+    fast_matching_plain(net, torch.rand(1, 3, 8, 8))
+    small = "winograd2 panels" if pointwise.enabled() else "packed"
+    assert kernels(net) == ["packed", small, small, "packed"]
 
 
 @needs_native
