@@ -52,3 +52,31 @@ def test_two_processes_on_gloo_keep_equal_parameters(tmp_path, tiny_classifier, 
 
     header = read_header((out / "ddp_final.weights").read_bytes()[:20], "ddp_final.weights")
     assert header.seen == 6 * 16
+
+
+def test_a_worker_ends_with_its_code_after_exit_handlers_and_flushed_streams(tmp_path):
+    # end_process skips the interpreter's teardown (gloo threads DDP leaves running), so it
+    # must itself run what a normal exit would have: atexit handlers, buffered output
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "from darkcfg.train import distributed\n"
+        "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
+        "sys.stdout.write('unflushed line')\n"
+        "distributed.end_process(3)\n"
+        "print('never reached')\n")
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 3
+    assert result.stdout == "unflushed line"
+    assert "handler ran" in result.stderr
+
+
+def test_only_a_process_that_joined_a_group_ends_early():
+    # main() in an ordinary process returns its code (library callers and tests go on)
+    from darkcfg.cli import main
+    from darkcfg.train import distributed
+
+    assert not distributed.joined()
+    assert main(["--version"]) == 0

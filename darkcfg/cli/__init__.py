@@ -75,7 +75,16 @@ def version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run `darkcfg ARGV` and return its exit code. A torchrun worker (it joined a process
+    group) ends here instead: darkcfg.train.distributed.end_process."""
+    code = dispatch(list(sys.argv[1:] if argv is None else argv))
+    distributed = sys.modules.get("darkcfg.train.distributed")  # loaded only if a run used it
+    if distributed is not None and distributed.joined():
+        distributed.end_process(code)
+    return code
+
+
+def dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         # bare `darkcfg` is a usage error: the list goes where errors go
         print(top_help(), file=sys.stdout if argv else sys.stderr)
