@@ -204,6 +204,31 @@ class Convolutional(FastPathCache, Layer):
             return "pointwise"
         return "packed"
 
+    def _value_sources(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the fast path's derived weights are made from, read from the modules'
+        dicts (this runs at every forward; nn.Module.__getattr__ costs ~1 us a name)."""
+        conv = self._modules["conv"]
+        bn = self._modules.get("bn")
+        if bn is None:
+            return conv._parameters["weight"], conv._parameters["bias"]
+        p, b = bn._parameters, bn._buffers
+        return (conv._parameters["weight"], p["weight"], p["bias"], b["running_mean"],
+                b["running_var"])
+
+    def _fast_plan(self, shape: torch.Size) -> tuple[str, str]:
+        """(`fast_kind`, the cache slot of its derived weights) for input `shape`, remembered per
+        shape and setting of the kernels' off-switches (the rules cost ~10 us a forward)."""
+        plans = self.__dict__.setdefault("_fast_plans", {})
+        plan_key = (shape, *native.switches())
+        plan = plans.get(plan_key)
+        if plan is None:
+            kind = self.fast_kind(shape)
+            tile = {"winograd": 4, "winograd2": 2}.get(kind, 0)
+            # Winograd's products natively (weights in panels) or by torch.bmm: one layout each
+            panels = bool(tile) and winograd.native_products(shape, self.conv.out_channels, tile)
+            plan = plans[plan_key] = (kind, kind + " panels" if panels else kind)
+        return plan
+
     def _inference_params(self, x: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
         """The fast path's kind for input `x` (`fast_kind`) and its derived weights, with the
         bias (batch-norm folded): "winograd" / "winograd2" (builders.winograd's transformed
@@ -212,23 +237,17 @@ class Convolutional(FastPathCache, Layer):
         made on first need and cached while the
         parameters' storage and version counters (bumped by every in-place update: optimizer
         steps, load_state_dict, .weights loading) stay the same."""
-        sources = [self.conv.weight]
-        sources += [self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var] \
-            if self.has_bn else [self.conv.bias]
-        key = version_key(sources)
+        key = version_key(self._value_sources())
         cache = self.__dict__.get("_inference_cache")
         if cache is None or cache["key"] != key:
             cache = self._inference_cache = {"key": key}
-        kind = self.fast_kind(x.shape)
-        tile = {"winograd": 4, "winograd2": 2}.get(kind, 0)
-        # Winograd's products natively (weights in panels) or by torch.bmm: one layout each
-        panels = bool(tile) and winograd.native_products(x.shape, self.conv.out_channels, tile)
-        slot = kind + " panels" if panels else kind
+        kind, slot = self._fast_plan(x.shape)
         if slot not in cache:
             weight, cache["bias"] = self._folded()
             conv = self.conv
-            if tile:
-                cache[slot] = winograd.transform_weights(weight, tile, panels)
+            if kind.startswith("winograd"):
+                cache[slot] = winograd.transform_weights(weight, 4 if kind == "winograd" else 2,
+                                                         slot.endswith(" panels"))
             elif kind == "pointwise":
                 cache[slot] = pointwise.pack_weights(weight)
             else:

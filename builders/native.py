@@ -519,6 +519,18 @@ def found_objects(probs: torch.Tensor, boxes: torch.Tensor, thresh: float, image
         cap = found
 
 
+SWITCHES = ("DARKCFG_NATIVE", "DARKCFG_WINOGRAD", "DARKCFG_POINTWISE")  # "0" turns one off
+
+
+def switches() -> tuple:
+    """The off-switches' current values (SWITCHES) and whether the kernels are loaded: what a
+    remembered choice of kernel for a shape depends on besides the shape (builders.conv
+    `_fast_plan`)."""
+    get = os.environ.get
+    return (get("DARKCFG_NATIVE"), get("DARKCFG_WINOGRAD"), get("DARKCFG_POINTWISE"),
+            library() is not None)
+
+
 def torch_ops_needed() -> bool:
     """Whether something is watching that needs torch's own ops rather than a kernel behind
     ctypes or a oneDNN cache: a tracer, the compiler, an exporter, or CPU autocast."""

@@ -205,6 +205,29 @@ def test_winograd_follows_parameter_updates():
     assert not torch.allclose(before, fast_matching_plain(net, x))
 
 
+@needs_native
+@pytest.mark.parametrize("why", ["switched off", "no native kernels"])
+def test_a_switch_turned_mid_run_changes_the_kernel_of_a_net_that_ran(monkeypatch, why):
+    # each layer remembers its kernel per input shape (builders.conv _fast_plan), and per
+    # setting of the off-switches: turning one later still takes effect
+    monkeypatch.delenv("DARKCFG_WINOGRAD", raising=False)
+    net = _net()
+    x = torch.rand(1, 3, 48, 48)
+    fast_matching_plain(net, x)
+    assert kernels(net) == ["packed", "winograd", "winograd", "packed"]
+    if why == "switched off":
+        monkeypatch.setenv("DARKCFG_WINOGRAD", "0")
+    else:
+        monkeypatch.setattr(winograd.native, "library", lambda: None)
+    net.train().eval()  # drops the derived weights, so that kernels() sees the new ones
+    fast_matching_plain(net, x)
+    assert kernels(net) == ["packed"] * 4
+    monkeypatch.undo()
+    net.train().eval()
+    fast_matching_plain(net, x)
+    assert kernels(net) == ["packed", "winograd", "winograd", "packed"]
+
+
 @pytest.mark.parametrize("why", ["switched off", "no native kernels"])
 def test_without_winograd_the_direct_kernels_run(monkeypatch, why):
     if why == "switched off":
