@@ -156,6 +156,8 @@ class Convolutional(FastPathCache, Layer):
         self.winograd_ok = winograd.applies(conv) and not (xnor or binary or antialiasing)
         # or a 1x1 layer as one native product with the activation fused (builders.pointwise)
         self.pointwise_ok = pointwise.applies(conv) and not (xnor or binary or antialiasing)
+        # or, on few input channels (a first layer), by the same tile with gathered inputs
+        self.gather_ok = pointwise.gather_applies(conv) and not (xnor or binary or antialiasing)
         self.fast_inference = True  # Network.use_fast_inference(False) selects the plain path
 
     @property
@@ -202,7 +204,15 @@ class Convolutional(FastPathCache, Layer):
             return "winograd" if tile == 4 else "winograd2"
         if self.pointwise_ok and pointwise.enabled():
             return "pointwise"
+        if self.gathers(shape):
+            return "gather"
         return "packed"
+
+    def gathers(self, shape) -> bool:
+        """Whether the fast path runs this layer as builders.pointwise.conv_gather for input
+        `shape` (N, C, H, W): few input channels (a first layer), the native kernels there."""
+        return (self.gather_ok and shape[1] <= pointwise.GATHER_CHANNELS
+                and pointwise.enabled())
 
     def _value_sources(self) -> tuple[torch.Tensor, ...]:
         """The tensors the fast path's derived weights are made from, read from the modules'
@@ -248,8 +258,8 @@ class Convolutional(FastPathCache, Layer):
             if kind.startswith("winograd"):
                 cache[slot] = winograd.transform_weights(weight, 4 if kind == "winograd" else 2,
                                                          slot.endswith(" panels"))
-            elif kind == "pointwise":
-                cache[slot] = pointwise.pack_weights(weight)
+            elif kind in ("pointwise", "gather"):
+                cache[slot] = pointwise.pack_weights(weight.reshape(weight.shape[0], -1, 1, 1))
             else:
                 cache[slot] = torch.ops.mkldnn._reorder_convolution_weight(
                     weight, list(conv.padding), list(conv.stride), list(conv.dilation),
@@ -273,7 +283,16 @@ class Convolutional(FastPathCache, Layer):
         if kind == "pointwise" and in_kernel:
             return pointwise.conv1x1(x, weight, bias, self.conv.out_channels, self.activation,
                                      residual, out)
-        if kind.startswith("winograd"):
+        if kind == "gather":
+            whole = in_kernel and residual is None  # else the rest is done after it
+            y = pointwise.conv_gather(x, weight, bias, self.conv,
+                                      self.activation if in_kernel else "linear",
+                                      out if whole else None)
+            if whole:
+                return y
+            if not in_kernel:
+                y = self.act(y)
+        elif kind.startswith("winograd"):
             y = self.act(winograd.conv3x3(x, weight, bias, "linear"))
         elif kind == "pointwise":
             y = self.act(pointwise.conv1x1(x, weight, bias, self.conv.out_channels, "linear"))

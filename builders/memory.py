@@ -99,8 +99,8 @@ def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
     `input_shape` at `batch` (builders.conv, builders.dense): batch-norm folded and packed for
     oneDNN, about the weights' size; for the 3x3 layers builders.winograd computes, the
     Winograd-transformed weights, 36/9 (F(4x4, 3x3)) or 16/9 (F(2x2, 3x3)) of them; in
-    builders.pointwise's panels (1x1 layers, Winograd's native products) output channels
-    rounded up to 32."""
+    builders.pointwise's panels (1x1 layers, Winograd's native products, the gathered first
+    layers) output channels rounded up to 32."""
     import torch
 
     from . import winograd
@@ -121,7 +121,7 @@ def derived_bytes(layer, input_shape: Shape, batch: int) -> int:
     if tile:
         panels = winograd.native_products(torch.Size([batch, c, h, w]), k, tile)
         return (padded if panels else size) * (tile + 2) ** 2 // 9
-    return padded if layer.pointwise_ok else size
+    return padded if layer.pointwise_ok or layer.gathers((batch, c, h, w)) else size
 
 
 # what a guard checks -> the estimate's figure for it

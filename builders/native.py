@@ -252,6 +252,9 @@ def _load() -> ctypes.CDLL | None:
     lib.darkcfg_pointwise.restype = None
     lib.darkcfg_pointwise_batch.argtypes = [i64, p, i64, i64, p, p, i64, ctypes.c_int]
     lib.darkcfg_pointwise_batch.restype = None
+    lib.darkcfg_conv_gather.argtypes = [p] + [i64] * 5 + [p, i64, p, p, p] + [i64] * 4 + [
+        ctypes.c_int, f32, ctypes.c_int]
+    lib.darkcfg_conv_gather.restype = None
     lib.darkcfg_pointwise_available.restype = ctypes.c_int
     vector = ("scalar", "AVX2", "AVX-512")[lib.darkcfg_kernels_vectorized()]
     _state["why"] = f"{target} ({vector})"

@@ -1576,7 +1576,92 @@ void darkcfg_pointwise_batch(int64_t points, const float *v, int64_t tiles, int6
            tiles * k, k, k, 0, 0.0f, threads);
 }
 
-int darkcfg_kernels_version(void) { return 16; }
+#ifdef DARKCFG_AVX512
+/* pw_tile with each pixel's inputs gathered: input d of pixel r at a[r * lda + off[d]]
+ * (a network's first convolution, whose few input channels leave no depth to sum over
+ * contiguously). One panel, from zero, the bias and the activation applied, one store. */
+static inline __attribute__((always_inline)) void gather_tile(
+        const float *a, int64_t lda, const int64_t *off, int64_t depth, const float *wp,
+        const float *bias, float *y, int64_t ldy, const int mr, __mmask16 m0, __mmask16 m1,
+        int act, __m512 slope) {
+    __m512 acc[PW_MR][2];
+#pragma GCC unroll 12
+    for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < depth; d++, wp += PW_NR) {
+        const float *at = a + off[d];
+        __m512 b0 = _mm512_loadu_ps(wp), b1 = _mm512_loadu_ps(wp + 16);
+#pragma GCC unroll 12
+        for (int r = 0; r < mr; r++) {
+            __m512 v = _mm512_set1_ps(at[r * lda]);
+            acc[r][0] = _mm512_fmadd_ps(v, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(v, b1, acc[r][1]);
+        }
+    }
+    __m512 bias0 = _mm512_maskz_loadu_ps(m0, bias), bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < mr; r++) {
+        _mm512_mask_storeu_ps(y + r * ldy, m0,
+                              pw_activate(_mm512_add_ps(acc[r][0], bias0), act, slope));
+        _mm512_mask_storeu_ps(y + r * ldy + 16, m1,
+                              pw_activate(_mm512_add_ps(acc[r][1], bias1), act, slope));
+    }
+}
+
+static void gather_tile_rows(const float *a, int64_t lda, const int64_t *off, int64_t depth,
+                             const float *wp, const float *bias, float *y, int64_t ldy, int mr,
+                             __mmask16 m0, __mmask16 m1, int act, __m512 slope) {
+#define GT_CASE(n) case n: gather_tile(a, lda, off, depth, wp, bias, y, ldy, n, m0, m1, act, \
+                                       slope); break;
+    switch (mr) {
+        GT_CASE(1) GT_CASE(2) GT_CASE(3) GT_CASE(4) GT_CASE(5) GT_CASE(6)
+        GT_CASE(7) GT_CASE(8) GT_CASE(9) GT_CASE(10) GT_CASE(11) GT_CASE(12)
+        default: break;
+    }
+#undef GT_CASE
+}
+#endif
+
+/* A convolution over few input channels (a network's first layer: 3 channels, 27 products per
+ * output value, too shallow for oneDNN's kernels to run at speed) as builders.pointwise's
+ * register tile with its inputs gathered through an offset table. x: n images, each `image`
+ * floats, zero-padded planes of row length `ldx` (the caller pads); output pixel (i, j) reads
+ * x + i * sy * ldx + j * sx + off[d] for d < depth (channel, window row, window column);
+ * wp packed as darkcfg_pointwise's [panels][depth][32]; y channels-last [n][oh][ow], pixels
+ * `ldy` floats apart; act as darkcfg_pointwise. Threads take ranges of (image, row, panel). */
+void darkcfg_conv_gather(const float *x, int64_t n, int64_t image, int64_t ldx, int64_t sy,
+                         int64_t sx, const int64_t *off, int64_t depth, const float *wp,
+                         const float *bias, float *y, int64_t oh, int64_t ow, int64_t ldy,
+                         int64_t k, int act, float slope, int threads) {
+#ifdef DARKCFG_AVX512
+    int64_t panels = (k + PW_NR - 1) / PW_NR, tiles = (ow + PW_MR - 1) / PW_MR;
+    int64_t items = n * oh * panels;
+    if (threads < 1) threads = 1;
+    if (items < threads) threads = (int)items;
+    __m512 slope_v = _mm512_set1_ps(slope);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t item = 0; item < items; item++) {
+        int64_t b = item / (oh * panels), rest = item % (oh * panels);
+        int64_t i = rest / panels, panel = rest % panels;
+        int64_t j0 = panel * PW_NR, left = k - j0;
+        __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+        __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+        const float *row = x + b * image + i * sy * ldx;
+        float *out = y + (b * oh + i) * ow * ldy + j0;
+        for (int64_t t = 0; t < tiles; t++) {
+            int64_t p0 = ow * t / tiles, p1 = ow * (t + 1) / tiles;
+            gather_tile_rows(row + p0 * sx, sx, off, depth, wp + panel * depth * PW_NR,
+                             bias + j0, out + p0 * ldy, ldy, (int)(p1 - p0), m0, m1, act,
+                             slope_v);
+        }
+    }
+#else
+    (void)x; (void)n; (void)image; (void)ldx; (void)sy; (void)sx; (void)off; (void)depth;
+    (void)wp; (void)bias; (void)y; (void)oh; (void)ow; (void)ldy; (void)k; (void)act;
+    (void)slope; (void)threads;
+#endif
+}
+
+int darkcfg_kernels_version(void) { return 17; }
 
 /* 2: AVX-512 (mish 16 lanes wide), 1: AVX2, 0: scalar */
 int darkcfg_kernels_vectorized(void) {

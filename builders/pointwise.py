@@ -18,6 +18,7 @@ order; tests/test_pointwise.py bounds it against float64).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -88,6 +89,49 @@ def pack_matrices(u: torch.Tensor) -> torch.Tensor:
     panels = -(-k // PANEL)
     w = F.pad(u, (0, panels * PANEL - k))
     return w.reshape(points, c, panels, PANEL).permute(0, 2, 1, 3).contiguous()
+
+
+GATHER_CHANNELS = 4  # convolutions over at most this many input channels: `conv_gather`
+
+
+def gather_applies(conv: torch.nn.Conv2d) -> bool:
+    """Whether `conv_gather` computes `conv` (on inputs of up to GATHER_CHANNELS channels): no
+    groups, no dilation; any window, stride and padding."""
+    return conv.groups == 1 and tuple(conv.dilation) == (1, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _gather_offsets(c: int, kh: int, kw: int, plane: int, row: int) -> torch.Tensor:
+    """Where each of an output pixel's c * kh * kw inputs lies from the window's first, in a
+    padded NCHW image (planes of `plane` floats, rows of `row`), in the weights' order."""
+    ci, ky, kx = torch.meshgrid(torch.arange(c), torch.arange(kh), torch.arange(kw),
+                                indexing="ij")
+    return (ci * plane + ky * row + kx).reshape(-1).contiguous()
+
+
+def conv_gather(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor,
+                conv: torch.nn.Conv2d, activation: str, out: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """`conv` (gather_applies) of float32 `x`, a few channels (a network's first layer), with
+    `packed` weights (pack_weights of the [k, c * kh * kw] weight) plus `bias`, then
+    `activation` where the kernel has it (the caller applies any other): each output pixel's
+    c x kh x kw inputs gathered from the zero-padded image into the 1x1 kernel's register tile
+    (oneDNN's kernels run at a fifth of the machine's rate on 3 channels). Channels-last output,
+    in `out` if given (`output_rows`). Only where `enabled()`."""
+    n, c, h, w = x.shape
+    (kh, kw), (sy, sx), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    x = x.contiguous()
+    padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    hp, wp = h + 2 * ph, w + 2 * pw
+    oh, ow = (hp - kh) // sy + 1, (wp - kw) // sx + 1
+    k = conv.out_channels
+    y, ldy = output_rows(out, n, k, oh, ow)
+    offsets = _gather_offsets(c, kh, kw, hp * wp, wp)
+    native.library().darkcfg_conv_gather(
+        padded.data_ptr(), n, c * hp * wp, wp, sy, sx, offsets.data_ptr(), offsets.numel(),
+        packed.data_ptr(), bias.data_ptr(), y.data_ptr(), oh, ow, ldy, k,
+        ACTIVATION_CODES.get(activation, 0), LEAKY_SLOPE, torch.get_num_threads())
+    return y
 
 
 def products(v: torch.Tensor, packed: torch.Tensor, k: int) -> torch.Tensor:

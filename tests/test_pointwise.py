@@ -153,8 +153,9 @@ def test_the_fast_path_runs_1x1_layers_natively_and_matches_the_plain_path(monke
     monkeypatch.delenv("DARKCFG_POINTWISE", raising=False)
     net = _net()
     fast_matching_plain(net, torch.rand(2, 3, 20, 20), 1e-5)
-    # a 3x3 layer and a strided 1x1 one stay with oneDNN; logistic runs after the kernel
-    assert kernels(net) == ["packed", "pointwise", "pointwise", "packed"]
+    # the 3x3 layer on 3 channels gathers its inputs; a strided 1x1 one stays with oneDNN;
+    # logistic runs after the kernel
+    assert kernels(net) == ["gather", "pointwise", "pointwise", "packed"]
 
 
 @needs_kernel
@@ -353,3 +354,49 @@ def test_a_kernel_reads_channels_of_a_wider_map_in_place():
     if pointwise.enabled():
         assert torch.equal(pointwise.conv1x1(view, packed, bias, 24, "leaky"),
                            pointwise.conv1x1(view.contiguous(), packed, bias, 24, "leaky"))
+
+
+@needs_kernel
+@pytest.mark.parametrize("n, c, k, size, stride, pad, h, w, activation", [
+    (1, 3, 32, 3, 1, 1, 13, 17, "leaky"),   # a first layer: one panel, ragged rows of pixels
+    (2, 3, 40, 3, 2, 1, 15, 12, "mish"),    # a batch, stride 2, a partial second panel
+    (1, 1, 16, 3, 1, 1, 9, 9, "relu"),      # one channel (grayscale)
+    (1, 3, 64, 7, 2, 3, 23, 21, "linear"),  # a 7x7 stem, two panels
+    (2, 4, 70, 5, 3, 0, 16, 19, "leaky"),   # no padding, stride 3, three panels
+])
+def test_gathered_convolution_is_the_convolution(n, c, k, size, stride, pad, h, w, activation):
+    gen = torch.Generator().manual_seed(c * 100 + k)
+    x = torch.randn(n, c, h, w, generator=gen)
+    conv = torch.nn.Conv2d(c, k, size, stride, pad)
+    weight = conv.weight.detach()
+    bias = torch.randn(k, generator=gen)
+    packed = pointwise.pack_weights(weight.reshape(k, -1, 1, 1))
+    ref = ACTIVATIONS[activation](F.conv2d(x.double(), weight.double(), bias.double(), stride,
+                                           pad))
+    got = pointwise.conv_gather(x, packed, bias, conv, activation)
+    assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(got, ref) < 2e-6
+    # a channels-last input, and one thread, give the same values
+    again = pointwise.conv_gather(x.contiguous(memory_format=torch.channels_last), packed, bias,
+                                  conv, activation)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = pointwise.conv_gather(x, packed, bias, conv, activation)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got, again) and torch.equal(got, single)
+
+
+@needs_kernel
+def test_gathered_convolution_writes_into_a_concatenation():
+    x = torch.randn(1, 3, 10, 11)
+    conv = torch.nn.Conv2d(3, 20, 3, 1, 1)
+    packed = pointwise.pack_weights(conv.weight.detach().reshape(20, -1, 1, 1))
+    bias = conv.bias.detach()
+    whole = torch.full((1, 52, 10, 11), 7.0).contiguous(memory_format=torch.channels_last)
+    got = pointwise.conv_gather(x, packed, bias, conv, "leaky", out=whole[:, 16:36])
+    ref = F.leaky_relu(conv(x), 0.1).detach()
+    assert got.data_ptr() == whole[:, 16:36].data_ptr()
+    assert torch.allclose(whole[:, 16:36], ref, atol=1e-5)
+    assert (whole[:, :16] == 7).all() and (whole[:, 36:] == 7).all()  # its channels only
