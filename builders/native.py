@@ -228,6 +228,8 @@ def _load() -> ctypes.CDLL | None:
     for name in ("darkcfg_maxpool2x2_forward_nhwc_bf16", "darkcfg_maxpool2x2_backward_nhwc_bf16"):
         getattr(lib, name).argtypes = [p] * 3 + [i64] * 4 + [ctypes.c_int]
         getattr(lib, name).restype = None
+    lib.darkcfg_maxpool2x2_nhwc.argtypes = [p] * 2 + [i64] * 4 + [ctypes.c_int]
+    lib.darkcfg_maxpool2x2_nhwc.restype = None
     lib.darkcfg_resize_u8.argtypes = [p] + [i64] * 6 + [p] + [i64] * 4 + [ctypes.c_int]
     lib.darkcfg_resize_u8.restype = ctypes.c_int
     lib.darkcfg_greedy_nms.argtypes = [p, p, p, i64, i64, f32, ctypes.c_double, i64, p]
@@ -325,6 +327,18 @@ def maxpool2x2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     lib.darkcfg_maxpool2x2_forward(x.data_ptr(), y.data_ptr(), which.data_ptr(), n * c, h, w,
                                    torch.get_num_threads())
     return y, which
+
+
+def maxpool2x2_channels_last(x: torch.Tensor) -> torch.Tensor | None:
+    """2x2 stride-2 max-pool of a channels-last float32 CPU map in inference (no window
+    positions kept): a channels-last result; None (nothing done) without the native kernels."""
+    lib = library()
+    if lib is None:
+        return None
+    n, c, h, w = x.shape
+    y = torch.empty((n, c, h // 2, w // 2), memory_format=torch.channels_last)
+    lib.darkcfg_maxpool2x2_nhwc(x.data_ptr(), y.data_ptr(), n, h, w, c, torch.get_num_threads())
+    return y
 
 
 def maxpool2x2_backward(grad: torch.Tensor, which: torch.Tensor, shape: torch.Size

@@ -718,6 +718,34 @@ void darkcfg_maxpool2x2_forward_nhwc_bf16(const uint16_t *x, uint16_t *y, uint8_
     }
 }
 
+/* The 2x2 max-pool of the inference fast path: float32 channels-last x (n, h, w, c) -> y
+ * (n, h/2, w/2, c), one pass (torch's channels-last max_pool2d and two maxima of a view both
+ * run slower on these maps); a NaN wins, as in torch. */
+void darkcfg_maxpool2x2_nhwc(const float *x, float *y, int64_t n, int64_t h, int64_t w,
+                             int64_t c, int threads) {
+    int64_t oh = h / 2, ow = w / 2;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t bi = 0; bi < n * oh; bi++) {
+        int64_t b = bi / oh, i = bi % oh;
+        for (int64_t j = 0; j < ow; j++) {
+            const float *p00 = x + ((b * h + 2 * i) * w + 2 * j) * c, *p01 = p00 + c;
+            const float *p10 = p00 + w * c, *p11 = p10 + c;
+            float *yo = y + ((b * oh + i) * ow + j) * c;
+#pragma omp simd
+            for (int64_t ch = 0; ch < c; ch++) {
+                float m = p00[ch], v;
+                v = p01[ch];
+                m = v > m || v != v ? v : m;
+                v = p10[ch];
+                m = v > m || v != v ? v : m;
+                v = p11[ch];
+                m = v > m || v != v ? v : m;
+                yo[ch] = m;
+            }
+        }
+    }
+}
+
 void darkcfg_maxpool2x2_backward_nhwc_bf16(const uint16_t *gy, const uint8_t *which,
                                            uint16_t *gx, int64_t n, int64_t h, int64_t w,
                                            int64_t c, int threads) {

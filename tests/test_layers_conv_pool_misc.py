@@ -444,28 +444,45 @@ def test_native_maxpool_2x2_equals_torch_values_and_gradients(monkeypatch):
 
 
 def test_channels_last_maxpool_2x2_outside_autograd_equals_torchs(monkeypatch):
-    # the inference fast path's channels-last maps: two maxima of a view, torch's values (NaN
-    # included) and a channels-last result; odd sizes and autograd keep torch's kernel
+    # the inference fast path's channels-last maps: the native one-pass kernel on float32 (two
+    # maxima of a view on other types, or without the kernels), torch's values (NaN included,
+    # channel counts around a vector's width) and a channels-last result; odd sizes and
+    # autograd keep torch's kernel
     import torch.nn.functional as F
 
-    from builders import pool
+    from builders import native, pool
 
     layer = pool.PlainMaxPool(2, (2, 2), (0, 0, 0, 0))
-    calls = []
-    real = pool._max_of_quads
-    monkeypatch.setattr(pool, "_max_of_quads", lambda x: calls.append(x.shape) or real(x))
-    x = torch.randn(2, 37, 10, 12).contiguous(memory_format=torch.channels_last)
-    x[1, 3, 4, 5] = float("nan")
+    kernel, quads = [], []
+    real_kernel, real_quads = native.maxpool2x2_channels_last, pool._max_of_quads
+    monkeypatch.setattr(native, "maxpool2x2_channels_last",
+                        lambda x: kernel.append(x.shape) or real_kernel(x))
+    monkeypatch.setattr(pool, "_max_of_quads", lambda x: quads.append(x.shape) or real_quads(x))
+    shapes = [(2, 37, 10, 12), (1, 16, 4, 4), (1, 17, 2, 2), (1, 3, 6, 8)]
     with torch.no_grad():
-        got = layer(x)
-        torch.testing.assert_close(got, F.max_pool2d(x, 2, 2), rtol=0, atol=0, equal_nan=True)
-        assert got.is_contiguous(memory_format=torch.channels_last)
+        for shape in shapes:
+            x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+            x[-1, -1, 1, 1] = float("nan")
+            got = layer(x)
+            torch.testing.assert_close(got, F.max_pool2d(x, 2, 2), rtol=0, atol=0,
+                                       equal_nan=True)
+            assert got.is_contiguous(memory_format=torch.channels_last)
         odd = torch.randn(1, 8, 7, 9).contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(layer(odd), F.max_pool2d(odd, 2, 2), rtol=0, atol=0)
-    assert calls == [x.shape]
+        wide = torch.randn(1, 5, 6, 6, dtype=torch.float64).contiguous(
+            memory_format=torch.channels_last)
+        torch.testing.assert_close(layer(wide), F.max_pool2d(wide, 2, 2), rtol=0, atol=0)
+    if native.library() is not None:
+        assert kernel == [torch.Size(s) for s in shapes] and quads == [wide.shape]
+    x = torch.randn(2, 37, 10, 12).contiguous(memory_format=torch.channels_last)
+    kernel.clear(), quads.clear()
     x.requires_grad_(True)
     layer(x).sum().backward()
-    assert calls == [x.shape] and x.grad is not None
+    assert kernel == [] and quads == [] and x.grad is not None
+    monkeypatch.setattr(native, "library", lambda: None)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.max_pool2d(x, 2, 2), rtol=0, atol=0)
+    assert quads == [x.shape]
 
 
 def test_bfloat16_channels_last_maxpool_2x2_equals_torchs(monkeypatch):
