@@ -189,6 +189,9 @@ class YoloHead(DetectionHead):
     head_decoding = YoloDecoding()
     gaussian = False
     box_entries = 4
+    # the fast path's channels-last maps come in as they are: the eager path's one copy into
+    # NCHW is the only one (Network.forward would make another before it)
+    channels_last_ok = True
 
     def __init__(self, out: Shape, n: int, entries: int, logistic: set[int], scaled: set[int],
                  scale_x_y: float):
