@@ -363,6 +363,7 @@ def test_a_kernel_reads_channels_of_a_wider_map_in_place():
     (1, 1, 16, 3, 1, 1, 9, 9, "relu"),      # one channel (grayscale)
     (1, 3, 64, 7, 2, 3, 23, 21, "linear"),  # a 7x7 stem, two panels
     (2, 4, 70, 5, 3, 0, 16, 19, "leaky"),   # no padding, stride 3, three panels
+    (1, 3, 24, 3, (1, 2), 1, 11, 14, "leaky"),  # stride_y=1 stride_x=2 (Darknet allows both)
 ])
 def test_gathered_convolution_is_the_convolution(n, c, k, size, stride, pad, h, w, activation):
     gen = torch.Generator().manual_seed(c * 100 + k)
