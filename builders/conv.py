@@ -211,7 +211,10 @@ class Convolutional(FastPathCache, Layer):
     def gathers(self, shape) -> bool:
         """Whether the fast path runs this layer as builders.pointwise.conv_gather for input
         `shape` (N, C, H, W): few input channels (a first layer), the native kernels there."""
+        conv = self.conv
         return (self.gather_ok and shape[1] <= pointwise.GATHER_CHANNELS
+                and all(size + 2 * p >= k for size, p, k in zip(
+                    shape[2:], conv.padding, conv.kernel_size, strict=True))
                 and pointwise.enabled())
 
     def _value_sources(self) -> tuple[torch.Tensor, ...]:

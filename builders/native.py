@@ -543,9 +543,7 @@ def switches() -> tuple:
     """The off-switches' current values (SWITCHES) and whether the kernels are loaded: what a
     remembered choice of kernel for a shape depends on besides the shape (builders.conv
     `_fast_plan`)."""
-    get = os.environ.get
-    return (get("DARKCFG_NATIVE"), get("DARKCFG_WINOGRAD"), get("DARKCFG_POINTWISE"),
-            library() is not None)
+    return (*map(os.environ.get, SWITCHES), library() is not None)
 
 
 def torch_ops_needed() -> bool:

@@ -1663,6 +1663,7 @@ void darkcfg_conv_gather(const float *x, int64_t n, int64_t image, int64_t ldx, 
 #ifdef DARKCFG_AVX512
     int64_t panels = (k + PW_NR - 1) / PW_NR, tiles = (ow + PW_MR - 1) / PW_MR;
     int64_t items = n * oh * panels;
+    if (items <= 0 || ow <= 0) return;
     if (threads < 1) threads = 1;
     if (items < threads) threads = (int)items;
     __m512 slope_v = _mm512_set1_ps(slope);

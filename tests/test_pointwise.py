@@ -401,3 +401,14 @@ def test_gathered_convolution_writes_into_a_concatenation():
     assert got.data_ptr() == whole[:, 16:36].data_ptr()
     assert torch.allclose(whole[:, 16:36], ref, atol=1e-5)
     assert (whole[:, :16] == 7).all() and (whole[:, 36:] == 7).all()  # its channels only
+
+
+@needs_kernel
+def test_a_map_smaller_than_the_window_is_left_to_torch():
+    # no output pixel fits: oneDNN's kernel (torch's error), never the gathered one
+    net = built_with_statistics("[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\n"
+                                "filters=8\nsize=5\nstride=1\npad=0\nactivation=leaky\n")
+    layer = net.layers[0]
+    assert layer.gathers((1, 3, 8, 8)) and not layer.gathers((1, 3, 4, 8))
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        net(torch.rand(1, 3, 4, 8))
