@@ -1536,6 +1536,9 @@ static void pw_run(int64_t count, const float *x, int64_t sx, int64_t ldx, int64
             blocks = (tiles + block - 1) / block;
         }
     } else {  /* few pixels: the threads split the panels, each weight read by one of them */
+        block = (tiles + blocks - 1) / blocks;  /* blocks of near-equal sizes (22 tiles: 11 + 11,
+                                                   not 16 + 6 on two threads) */
+        blocks = (tiles + block - 1) / block;
         chunks = (2 * threads + count * blocks - 1) / (count * blocks);
         if (chunks > panels) chunks = panels;
         if (count * blocks * chunks < threads) {  /* and few panels: the tiles too */
