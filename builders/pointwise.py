@@ -96,8 +96,9 @@ GATHER_CHANNELS = 4  # convolutions over at most this many input channels: `conv
 
 def gather_applies(conv: torch.nn.Conv2d) -> bool:
     """Whether `conv_gather` computes `conv` (on inputs of up to GATHER_CHANNELS channels): no
-    groups, no dilation; any window, stride and padding."""
-    return conv.groups == 1 and tuple(conv.dilation) == (1, 1)
+    groups, no dilation; any window, stride and (zero) padding."""
+    return (conv.groups == 1 and tuple(conv.dilation) == (1, 1)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
 
 
 @functools.lru_cache(maxsize=64)
