@@ -236,7 +236,7 @@ class Convolutional(FastPathCache, Layer):
         plan = plans.get(plan_key)
         if plan is None:
             kind = self.fast_kind(shape)
-            tile = {"winograd": 4, "winograd2": 2}.get(kind, 0)
+            tile = winograd.TILES.get(kind, 0)
             # Winograd's products natively (weights in panels) or by torch.bmm: one layout each
             panels = bool(tile) and winograd.native_products(shape, self.conv.out_channels, tile)
             plan = plans[plan_key] = (kind, kind + " panels" if panels else kind)
@@ -259,7 +259,7 @@ class Convolutional(FastPathCache, Layer):
             weight, cache["bias"] = self._folded()
             conv = self.conv
             if kind.startswith("winograd"):
-                cache[slot] = winograd.transform_weights(weight, 4 if kind == "winograd" else 2,
+                cache[slot] = winograd.transform_weights(weight, winograd.TILES[kind],
                                                          slot.endswith(" panels"))
             elif kind in ("pointwise", "gather"):
                 cache[slot] = pointwise.pack_weights(weight.reshape(weight.shape[0], -1, 1, 1))

@@ -1440,12 +1440,15 @@ static inline __m512 pw_activate(__m512 v, int act, __m512 slope) {
 
 /* one tile of mr <= PW_MR pixels (rows `lda` floats apart from `a`) and one panel, over
  * `depth` input channels; `first`: start from zero, else from the partial sums in y; `last`:
- * add the bias (none if NULL) and apply the activation. Always inlined with a constant `mr`
- * (pw_tile_rows), so that the accumulators are registers and no spare rows are computed. */
+ * add the bias (none if NULL) and apply the activation. With `off` (darkcfg_conv_gather),
+ * input d of pixel r is a[r * lda + off[d]] instead of a[r * lda + d]. Always inlined with a
+ * constant `mr` (pw_tile_rows, gather_tile_rows), so that the accumulators are registers, no
+ * spare rows are computed, and the 1x1 kernel's `off` (NULL) folds away. */
 static inline __attribute__((always_inline)) void pw_tile(
         const float *a, int64_t lda, int64_t depth, int first, int last, const float *wp,
         const float *bias, const float *res, int64_t ldr, float *y, int64_t ldy, const int mr,
-        __mmask16 m0, __mmask16 m1, int act, __m512 slope, const float *next) {
+        __mmask16 m0, __mmask16 m1, int act, __m512 slope, const float *next,
+        const int64_t *off) {
     __m512 acc[PW_MR][2];
     const float *row[PW_MR];
 #pragma GCC unroll 12
@@ -1466,9 +1469,10 @@ static inline __attribute__((always_inline)) void pw_tile(
             _mm_prefetch((const char *)(next + d * PW_NR + 16), _MM_HINT_T1);
         }
         __m512 b0 = _mm512_loadu_ps(wp), b1 = _mm512_loadu_ps(wp + 16);
+        const float *at = off ? a + off[d] : NULL;
 #pragma GCC unroll 12
         for (int r = 0; r < mr; r++) {
-            __m512 v = _mm512_set1_ps(row[r][d]);
+            __m512 v = _mm512_set1_ps(off ? at[r * lda] : row[r][d]);
             acc[r][0] = _mm512_fmadd_ps(v, b0, acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(v, b1, acc[r][1]);
         }
@@ -1500,7 +1504,7 @@ static void pw_tile_rows(const float *a, int64_t lda, int64_t depth, int first, 
                          float *y, int64_t ldy, int mr, __mmask16 m0, __mmask16 m1, int act,
                          __m512 slope, const float *next) {
 #define PW_CASE(n) case n: pw_tile(a, lda, depth, first, last, wp, bias, res, ldr, y, ldy, n, \
-                                   m0, m1, act, slope, next); break;
+                                   m0, m1, act, slope, next, NULL); break;
     switch (mr) {
         PW_CASE(1) PW_CASE(2) PW_CASE(3) PW_CASE(4) PW_CASE(5) PW_CASE(6)
         PW_CASE(7) PW_CASE(8) PW_CASE(9) PW_CASE(10) PW_CASE(11) PW_CASE(12)
@@ -1608,41 +1612,14 @@ void darkcfg_pointwise_batch(int64_t points, const float *v, int64_t tiles, int6
 }
 
 #ifdef DARKCFG_AVX512
-/* pw_tile with each pixel's inputs gathered: input d of pixel r at a[r * lda + off[d]]
- * (a network's first convolution, whose few input channels leave no depth to sum over
- * contiguously). One panel, from zero, the bias and the activation applied, one store. */
-static inline __attribute__((always_inline)) void gather_tile(
-        const float *a, int64_t lda, const int64_t *off, int64_t depth, const float *wp,
-        const float *bias, float *y, int64_t ldy, const int mr, __mmask16 m0, __mmask16 m1,
-        int act, __m512 slope) {
-    __m512 acc[PW_MR][2];
-#pragma GCC unroll 12
-    for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < depth; d++, wp += PW_NR) {
-        const float *at = a + off[d];
-        __m512 b0 = _mm512_loadu_ps(wp), b1 = _mm512_loadu_ps(wp + 16);
-#pragma GCC unroll 12
-        for (int r = 0; r < mr; r++) {
-            __m512 v = _mm512_set1_ps(at[r * lda]);
-            acc[r][0] = _mm512_fmadd_ps(v, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(v, b1, acc[r][1]);
-        }
-    }
-    __m512 bias0 = _mm512_maskz_loadu_ps(m0, bias), bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-#pragma GCC unroll 12
-    for (int r = 0; r < mr; r++) {
-        _mm512_mask_storeu_ps(y + r * ldy, m0,
-                              pw_activate(_mm512_add_ps(acc[r][0], bias0), act, slope));
-        _mm512_mask_storeu_ps(y + r * ldy + 16, m1,
-                              pw_activate(_mm512_add_ps(acc[r][1], bias1), act, slope));
-    }
-}
-
+/* pw_tile in its gather mode for any 1 <= mr <= PW_MR: one panel, from zero, the bias and the
+ * activation applied, one store (a network's first convolution, whose few input channels leave
+ * no depth to sum over contiguously) */
 static void gather_tile_rows(const float *a, int64_t lda, const int64_t *off, int64_t depth,
                              const float *wp, const float *bias, float *y, int64_t ldy, int mr,
                              __mmask16 m0, __mmask16 m1, int act, __m512 slope) {
-#define GT_CASE(n) case n: gather_tile(a, lda, off, depth, wp, bias, y, ldy, n, m0, m1, act, \
-                                       slope); break;
+#define GT_CASE(n) case n: pw_tile(a, lda, depth, 1, 1, wp, bias, NULL, 0, y, ldy, n, m0, m1, \
+                                   act, slope, NULL, off); break;
     switch (mr) {
         GT_CASE(1) GT_CASE(2) GT_CASE(3) GT_CASE(4) GT_CASE(5) GT_CASE(6)
         GT_CASE(7) GT_CASE(8) GT_CASE(9) GT_CASE(10) GT_CASE(11) GT_CASE(12)

@@ -36,6 +36,9 @@ _G = {4: torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, 
       2: torch.tensor([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
                       dtype=torch.float64)}
 
+# the fast path's kind of layer (builders.conv `fast_kind`) -> its output tile
+TILES = {"winograd": 4, "winograd2": 2}
+
 # tiles per call of the transforms and the product: keeps a block's transformed input and
 # products in the cores' caches on large layers, and bounds their memory on wide ones
 BLOCK_TILES = 512
