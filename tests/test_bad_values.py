@@ -265,6 +265,20 @@ def test_detect_memory_guard(capsys, detector, tmp_path):
     assert code == 2 and "error[E401]" in err and "inference" in err
 
 
+def test_detect_subcommand_takes_the_memory_limit(capsys, detector, tmp_path):
+    """`darkcfg detect` has the flag form's --max-memory and --force."""
+    from darkcfg.cli import main
+
+    pic = image(tmp_path / "a.jpg")
+    code = main(["detect", str(detector), str(pic), "--out", str(tmp_path / "d"),
+                 "--max-memory", "1K", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error[E401]" in err and "limit" in err
+    code = main(["detect", str(detector), str(pic), "--out", str(tmp_path / "e"),
+                 "--max-memory", "1K", "--force", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+
+
 # -- writes that fail -----------------------------------------------------------------------------
 def test_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
     from builders.atomic import atomic_write

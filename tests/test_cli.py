@@ -333,7 +333,34 @@ def test_bad_input_is_exit_2_with_a_diagnostic(work, capsys, monkeypatch, argv, 
 def test_a_usage_error_of_argparse_is_exit_2(work, capsys):
     with pytest.raises(SystemExit) as stop:
         darkcfg(["export", str(work / "tiny.cfg")])  # --out is required
-    assert stop.value.code == 2 and "--out" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--out" in err
+    assert err.startswith("<command line>: error[E100]: darkcfg export: ") and "usage:" not in err
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "X.cfg", "--wokers", "2"], "help: did you mean '--workers'?"),
+    (["X.cfg", "--train", "--resme"], "help: did you mean '--resume'?"),  # the flag form
+    (["check", "--formt", "json", "X.cfg"], "help: did you mean '--format'?"),
+    (["data", "convrt", "a", "b"], "help: did you mean 'convert'?"),
+    (["train", "X.cfg", "--flavor", "pjredie"], "help: did you mean 'pjreddie'?"),
+    (["train", "X.cfg", "--workers", "x"], "help: --workers N: DataLoader processes"),
+    (["anchors", "X.cfg", "--clases", "4"], "help: did you mean '--classes'?"),
+    (["summary", "X.cfg", "--bogus"], "help: `darkcfg summary --help` lists the options"),
+])
+def test_usage_errors_are_one_e100_diagnostic_with_a_hint(work, capsys, argv, hint):
+    """argparse's own errors (unknown option, bad value, bad choice) in darkcfg's format: one
+    E100 line and a help: line (the nearest option or choice, or what the option takes), not
+    argparse's usage dump; exit 2."""
+    argv = [str(work / "tiny.cfg") if a == "X.cfg" else a for a in argv]
+    try:
+        code = darkcfg(argv)
+    except SystemExit as stop:
+        code = stop.code
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert len(lines) == 2 and lines[0].startswith("<command line>: error[E100]: darkcfg"), lines
+    assert lines[1].startswith(hint), lines
 
 
 # -- one data stack --------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""`darkcfg anchors CFG [--data SRC] [--num N] [--size WxH] [--write] [--seed S] [--plot PNG]`:
-anchors fitted to a detector's training labels (Darknet's `detector calc_anchors`, see
-darkcfg.data.detection.anchors), printed in cfg syntax with their average IoU and that of the
-cfg's current anchors; --write puts them into the cfg's heads and re-checks it."""
+"""`darkcfg anchors CFG [--data SRC] [--classes K] [--num N] [--size WxH] [--write] [--seed S]
+[--plot PNG]`: anchors fitted to a detector's training labels (Darknet's `detector
+calc_anchors`, see darkcfg.data.detection.anchors), printed in cfg syntax with their average
+IoU and that of the cfg's current anchors; --write puts them into the cfg's heads and re-checks
+it."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import ERROR
+from darkcfg.lint.cli import CommandParser
 
 
 def arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="darkcfg anchors",
         description="Fit anchors to a detector's training labels (Darknet's calc_anchors: "
         "k-means on the boxes' w,h at the net size with the distance 1 - IoU).")
@@ -26,6 +28,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, metavar="SRC",
                    help="the detection data (what --train --data takes; default: the embedded "
                    "set)")
+    p.add_argument("--classes", type=int, default=None, metavar="K",
+                   help="the embedded set's objects from the network's first K classes (what "
+                   "--train --classes takes; default min(classes, 8))")
     p.add_argument("--num", type=int, default=None, metavar="N",
                    help="how many anchors (default: the cfg's num)")
     p.add_argument("--size", default=None, metavar="WxH",
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         width, height = first.input.w, first.input.h
     else:
         width, height = net.input_shape.w, net.input_shape.h
-    relative, description = fit.data_boxes(net, args.data, args.seed)
+    relative, description = fit.data_boxes(net, args.data, args.seed, args.classes)
     boxes, dropped = fit.scaled(relative, width, height)
     print(f"data: {description}", file=sys.stderr)
     if dropped:

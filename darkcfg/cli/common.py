@@ -10,14 +10,14 @@ import sys
 from collections.abc import Callable
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.lint.cli import memory_size
+from darkcfg.lint.cli import CommandParser, memory_size
 
 __all__ = ["add_model_arguments", "command_parser", "guarded", "model_spec",
            "memory_size", "usage_error"]
 
 
 def command_parser(command: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"darkcfg {command}", description=description)
+    return CommandParser(prog=f"darkcfg {command}", description=description)
 
 
 def add_model_arguments(p: argparse.ArgumentParser, weights: bool = True) -> None:

@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
+from darkcfg.lint.cli import CommandParser
 
 
 def arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="darkcfg data",
+    p = CommandParser(prog="darkcfg data",
                                 description="Convert and check detection data sets.")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="write SRC as a Darknet, YOLO or COCO set in OUT")

@@ -4,7 +4,7 @@ what `darknet detector test -ext_output` does, plus drawn images, COCO JSON and 
 
 from __future__ import annotations
 
-from darkcfg.cli.common import add_model_arguments, command_parser, guarded, model_spec
+from darkcfg.cli.common import add_model_arguments, command_parser, guarded, memory_size, model_spec
 from darkcfg.detect.run import DetectOptions, run_detect
 
 
@@ -24,6 +24,11 @@ def arg_parser():
                    help="a data set whose class names to print (X.data names=, data.yaml, "
                    "COCO .json, VOC folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
+                   help="refuse a network whose inference is estimated to need more (e.g. "
+                   "8G; default: the device's memory)")
+    p.add_argument("--force", action="store_true",
+                   help="detect even when the memory estimate is over --max-memory")
     return p
 
 

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from darkcfg.cli.common import add_model_arguments, guarded, model_spec, usage_error
+from darkcfg.lint.cli import CommandParser
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def arg_parser() -> argparse.ArgumentParser:
     from darkcfg.cli.export import add_export_arguments, add_input_size
     from darkcfg.cli.train import add_data_arguments, add_map_points, add_schedule_arguments
 
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="darkcfg", description="Build, train and run Darknet .cfg models with PyTorch. "
         "The subcommands (darkcfg train|valid|predict|detect|export|emit|summary|weights|check "
         "CFG ...) take these same options; this is the flag form.",

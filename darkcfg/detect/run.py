@@ -53,11 +53,12 @@ class DetectOptions:
     force: bool = False  # run even when the estimate is over max_memory
 
     def __post_init__(self):
-        for name in ("thresh", "nms"):
+        for name, example in (("thresh", ".25"), ("nms", ".45")):
             value = getattr(self, name)
             if not 0 <= value <= 1:  # NaN fails too
                 raise CfgError(Diagnostic("E100", f"--{name} {value:g}: a threshold lies in "
-                                          "[0, 1]", "<command line>", hint="e.g. --thresh .25"))
+                                          "[0, 1]", "<command line>",
+                                          hint=f"e.g. --{name} {example}"))
 
 
 def say(message: str) -> None:

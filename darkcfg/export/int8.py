@@ -53,8 +53,9 @@ DEFAULT_BOUND = 1.0
 SENSITIVITY_IMAGES = 8
 
 
-def _error(message: str, path: str, hint: str = "") -> CfgError:
-    return CfgError(Diagnostic("E903", message, path, hint=hint))
+def _error(message: str, path: str, hint: str = "", code: str = "E901") -> CfgError:
+    """Calibration data that cannot serve (E901), or an INT8 option that cannot (E100)."""
+    return CfgError(Diagnostic(code, message, path, hint=hint))
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def _classifier_data(net, cfg, source, seed, count, classes, batch) -> Int8Data:
     inputs = (shape.c, shape.h, shape.w)
     if not shape.c * shape.h * shape.w:
         raise _error("INT8 calibration needs an image network", "--int8",
-                     hint="quantize image classifiers and detectors")
+                     hint="quantize image classifiers and detectors", code="E100")
     outputs = net.shapes[net.output_indices[-1]].size
     splits = (embedded_shapes(inputs, outputs, seed, classes) if source is None
               else open_images(source, inputs, seed))
@@ -409,7 +410,8 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
         auto = options.keep_fp32 == "auto"
         want = int(options.keep_fp32) if not auto else 0
         if want < 0:
-            raise _error(f"--keep-fp32 must be >= 0 or 'auto', not {want}", "--keep-fp32")
+            raise _error(f"--keep-fp32 must be >= 0 or 'auto', not {want}", "--keep-fp32",
+                         code="E100")
         ranked = sensitivities(quantizer, probe, reference)
         tried = []
         candidate = Path(work) / "int8.onnx"
@@ -471,4 +473,4 @@ def parse_keep_fp32(text: str | None) -> int | str:
     if text.isdigit():
         return int(text)
     raise _error(f"--keep-fp32 takes a number of layers or 'auto', not '{text}'",
-                 "<command line>", hint="e.g. --keep-fp32 2 or --keep-fp32 auto")
+                 "<command line>", hint="e.g. --keep-fp32 2 or --keep-fp32 auto", code="E100")

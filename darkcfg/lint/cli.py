@@ -1,5 +1,6 @@
 """`darkcfg check` (also `python -m lint`, `python runner.py CFG --check`, and the old
-`python -m cfgparse check`): lint Darknet cfg files for CI.
+`python -m cfgparse check`): lint Darknet cfg files for CI. Also the argument parser every darkcfg
+command line uses (`CommandParser`: usage errors as one E100 diagnostic), torch-free here.
 
 Exit status: 0 clean, 1 findings (errors; warnings too with --strict), 2 usage or I/O error.
 The rule codes are stable; the README (Checking cfg files) lists each with an example.
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
+import re
 import sys
 
 from builders.memory import DEFAULT_MAX_MEMORY, parse_size
@@ -30,8 +33,56 @@ def memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose usage errors print one diagnostic and exit 2, as every
+    other bad input to darkcfg does:
+
+        <command line>: error[E100]: darkcfg train: unrecognized arguments: --wokers 2
+        help: did you mean '--workers'?
+
+    Sub-parsers (`add_subparsers().add_parser`) are of this class too. Abbreviated options are
+    not taken (`--dat` is not `--data`): a typo must not quietly start a different run."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        sys.stderr.write(f"<command line>: error[E100]: {self.prog}: {message}\n"
+                         f"help: {self._hint(message)}\n")
+        self.exit(2)
+
+    def _hint(self, message: str) -> str:
+        """What to do about `message` (argparse's text): the nearest option to a misspelt one,
+        what a rejected value's option takes (its help), or where the options are listed."""
+        options = self._option_string_actions
+        if message.startswith("unrecognized arguments:"):
+            unknown = [w.split("=")[0] for w in message.split(":", 1)[1].split()
+                       if w.startswith("-")]
+            for word in unknown:
+                near = difflib.get_close_matches(word, list(options), n=1, cutoff=0.75)
+                if near:
+                    return f"did you mean '{near[0]}'?"
+        named = re.match(r"argument (\S+?)(?:/\S+)?: ", message)
+        action = options.get(named.group(1)) if named else None
+        choice = re.search(r"invalid choice: '([^']*)'", message)
+        if choice and named:
+            action = action or next((a for a in self._actions if a.dest == named.group(1)), None)
+            near = difflib.get_close_matches(choice.group(1), [str(c) for c in
+                                             getattr(action, "choices", None) or ()], n=1)
+            if near:
+                return f"did you mean '{near[0]}'?"
+        if action is not None and action.help and action.help != argparse.SUPPRESS:
+            what = f"{named.group(1)} {action.metavar}" if action.metavar else named.group(1)
+            try:  # a help text may name %(default)s and the like, as argparse expands them
+                return f"{what}: {action.help % dict(vars(action), prog=self.prog)}"
+            except (KeyError, TypeError, ValueError):
+                return f"{what}: {action.help}"
+        return f"`{self.prog} --help` lists the options"
+
+
 def arg_parser(prog: str = "darkcfg check") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog=prog,
         description="Check Darknet .cfg files: syntax, schema, graph (meta-device build) and "
         "memory. Exit 0 clean, 1 findings, 2 usage or I/O error.")
@@ -59,12 +110,10 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
     parser = arg_parser(prog)
     try:
         args = parser.parse_args(argv)
+        if not args.files:
+            parser.error("no files to check")
     except SystemExit as exc:  # --help (0) or a usage error (2, message already printed)
         return int(exc.code or 0)
-    if not args.files:
-        parser.print_usage(sys.stderr)
-        print("error: no files to check", file=sys.stderr)
-        return 2
     options = Options(build=not args.no_build, max_memory=args.max_memory, flavor=args.flavor,
                       targets=tuple(dict.fromkeys(args.target)))
     files = expand(args.files)

@@ -158,13 +158,14 @@ def fit_anchors(boxes: np.ndarray, k: int, width: int, seed: int = 0, restarts: 
 EMBEDDED_IMAGES = 1024  # the embedded set is generated: enough boxes (~2500) for k-means
 
 
-def data_boxes(net, source: str | None, seed: int = 0) -> tuple[np.ndarray, str]:
+def data_boxes(net, source: str | None, seed: int = 0, classes: int | None = None
+               ) -> tuple[np.ndarray, str]:
     """Relative w,h (n, 2) of every training label of `source` (anything --data takes for a
-    detector; None: the embedded set), through darkcfg.data.detection.dataset's entry point,
-    and its one-line description."""
+    detector; None: the embedded set, of `classes` classes), through
+    darkcfg.data.detection.dataset's entry point, and its one-line description."""
     from darkcfg.data.detection.dataset import detection_datasets
 
-    splits = detection_datasets(net, source, seed,
+    splits = detection_datasets(net, source, seed, classes,
                                 train_size=EMBEDDED_IMAGES if source is None else 0)
     images = splits.train.source
     labels = getattr(images, "labels", None)
