@@ -550,3 +550,69 @@ def test_compile_failure_is_a_message(capsys, tiny, tmp_path, monkeypatch):
                     tmp_path / "r", "--valid-every", "0")
     assert code == 2 and "--compile: torch.compile could not compile" in err
     assert "run (or --resume) without --compile" in err
+
+
+# -- outputs never written over inputs ----------------------------------------------------------
+@pytest.mark.parametrize("argv, flag", [
+    (["weights", "{cfg}", "--weights", "{w}", "--save-weights", "{cfg}"], "--save-weights"),
+    (["weights", "{cfg}", "--weights", "{w}", "--save-weights", "{w}"], "--save-weights"),
+    (["weights", "{cfg}", "--weights", "{w}", "--input", "{x}", "--dump-outputs", "{x}"],
+     "--dump-outputs"),
+    (["summary", "{cfg}", "--plot-lr", "{cfg}"], "--plot-lr"),
+    (["emit", "{cfg}", "--out", "{link}"], "--out"),  # through a link to the cfg
+    (["export", "{cfg}", "--out", "{w}", "--weights", "{w}"], "--out"),
+    (["{cfg}", "--save-weights", "{cfg}", "--weights", "{w}"], "--save-weights"),  # flag form
+])
+def test_an_output_onto_an_input_is_refused_and_the_input_kept(capsys, tiny, tmp_path, argv,
+                                                               flag):
+    """No command writes over a file it reads (the cfg, --weights, --input), links followed:
+    E100 before any work, every input byte for byte as it was."""
+    from builders import build
+    from builders.weights import save_weights
+
+    weights, x = tmp_path / "w.weights", tmp_path / "x.npy"
+    save_weights(build(str(tiny)), weights)
+    np.save(x, np.zeros((1, 3, 12, 12), np.float32))
+    (tmp_path / "link.cfg").symlink_to(tiny)
+    before = {p: p.read_bytes() for p in (tiny, weights, x)}
+    names = {"cfg": tiny, "w": weights, "x": x, "link": tmp_path / "link.cfg"}
+    code, err = run(capsys, *[a.format(**names) for a in argv])
+    assert code == 2 and f"error[E100]: {flag} " in err and "this command reads" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_training_never_replaces_the_weights_it_starts_from(capsys, tiny, tmp_path):
+    """--weights inside --out under a name the run saves (a pretrained file copied into the
+    backup folder) is refused: the first save would replace it."""
+    from builders import build
+    from builders.weights import save_weights
+
+    out = tmp_path / "run"
+    out.mkdir()
+    start = out / "tiny_final.weights"
+    save_weights(build(str(tiny)), start)
+    before = start.read_bytes()
+    code, err = run(capsys, "train", tiny, "--weights", start, "--out", out, "--no-progress")
+    assert code == 2 and "error[E901]" in err and "a name this run writes" in err, err
+    assert start.read_bytes() == before and not (out / "metrics.csv").exists()
+    other = out / "pretrained.weights"  # another name in the same folder is fine
+    start.rename(other)
+    code, err = run(capsys, "train", tiny, "--weights", other, "--out", out, "--no-progress")
+    assert code == 0, err
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_gets_a_hint_that_works(capsys, tiny,
+                                                                              tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("iteration,loss\n")
+    code, err = run(capsys, "train", tiny, "--out", out, "--no-progress")
+    assert code == 2 and "nothing to resume" in err and "--out NEW_FOLDER" in err, err
+
+
+def test_detections_onto_the_input_array_is_refused(capsys, detector, tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 3, 32, 32), np.float32))
+    before = x.read_bytes()
+    code, err = run(capsys, "detect", detector, "--input", x, "--detections", x)
+    assert code == 2 and "error[E100]: --detections " in err and x.read_bytes() == before, err

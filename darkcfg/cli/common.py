@@ -13,7 +13,7 @@ from cfgparse import CfgError, Diagnostic
 from darkcfg.lint.cli import CommandParser, memory_size
 
 __all__ = ["add_model_arguments", "command_parser", "guarded", "model_spec",
-           "memory_size", "usage_error"]
+           "memory_size", "model_inputs", "refuse_overwriting_inputs", "usage_error"]
 
 
 def command_parser(command: str, description: str) -> argparse.ArgumentParser:
@@ -55,9 +55,33 @@ def model_spec(args: argparse.Namespace):
                      partial=getattr(args, "partial", False))
 
 
+def model_inputs(model) -> dict[str, object]:
+    """The files a ModelSpec reads, for refuse_overwriting_inputs."""
+    return {"the cfg": model.cfg, "the --weights file": model.weights}
+
+
 def usage_error(message: str, hint: str = "see --help") -> CfgError:
     """A problem with the command line itself (E100): no file or line to point at."""
     return CfgError(Diagnostic("E100", message, "<command line>", hint=hint))
+
+
+def refuse_overwriting_inputs(outputs: dict[str, object], inputs: dict[str, object]) -> None:
+    """No file a command writes is one it reads: `outputs` {flag: path} against `inputs`
+    {what: path} (the cfg, --weights, --input, a data file), links followed. Raises E100 before
+    any work: darkcfg never writes over its inputs (a `--save-weights` onto the cfg would
+    replace it with binary weights)."""
+    for flag, out in outputs.items():
+        for what, source in inputs.items():
+            if out and source and _same_file(out, source):
+                raise usage_error(f"{flag} '{out}' is {what} this command reads: writing it "
+                                  "would destroy it", hint=f"give {flag} another path")
+
+
+def _same_file(a: object, b: object) -> bool:
+    try:
+        return os.path.samefile(os.fspath(a), os.fspath(b))
+    except (OSError, TypeError, ValueError):  # either one missing or unreadable: not the same
+        return False
 
 
 def describe(d: Diagnostic) -> str:

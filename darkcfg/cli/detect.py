@@ -4,7 +4,15 @@ what `darknet detector test -ext_output` does, plus drawn images, COCO JSON and 
 
 from __future__ import annotations
 
-from darkcfg.cli.common import add_model_arguments, command_parser, guarded, memory_size, model_spec
+from darkcfg.cli.common import (
+    add_model_arguments,
+    command_parser,
+    guarded,
+    memory_size,
+    model_inputs,
+    model_spec,
+    refuse_overwriting_inputs,
+)
 from darkcfg.detect.run import DetectOptions, run_detect
 
 
@@ -67,6 +75,9 @@ def parse(argv: list[str]) -> DetectOptions:
 
 
 def run(opts: DetectOptions) -> int:
+    refuse_overwriting_inputs({"--detections": opts.detections},
+                              {**model_inputs(opts.model), "the --input file": opts.input,
+                               "the --names file": opts.names, "the --data file": opts.data})
     run_detect(opts)
     return 0
 

@@ -7,7 +7,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from darkcfg.cli.common import add_model_arguments, command_parser, guarded, model_spec
+from darkcfg.cli.common import (
+    add_model_arguments,
+    command_parser,
+    guarded,
+    model_inputs,
+    model_spec,
+    refuse_overwriting_inputs,
+)
 from darkcfg.cli.export import add_input_size, sized_model
 from darkcfg.model import ModelSpec
 
@@ -35,6 +42,7 @@ def parse(argv: list[str]) -> EmitOptions:
 def run(opts: EmitOptions) -> int:
     from darkcfg.export.emit import write_module
 
+    refuse_overwriting_inputs({"--out": opts.out}, model_inputs(opts.model))
     net = sized_model(opts.model, opts.input_size)
     print(write_module(net, opts.out, name=Path(opts.model.cfg).name), file=sys.stderr)
     return 0

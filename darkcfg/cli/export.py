@@ -9,7 +9,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from darkcfg.cli.common import add_model_arguments, command_parser, guarded, model_spec
+from darkcfg.cli.common import (
+    add_model_arguments,
+    command_parser,
+    guarded,
+    model_inputs,
+    model_spec,
+    refuse_overwriting_inputs,
+)
 from darkcfg.model import ModelSpec
 
 
@@ -118,6 +125,8 @@ def run(opts: ExportOptions) -> int:
     from darkcfg.export.onnx import export, parse_input_size, require_onnx_packages
 
     check_options(opts)
+    refuse_overwriting_inputs({"--out": opts.out}, {**model_inputs(opts.model),
+                                                    "the --calibrate data": opts.calibrate})
     if Path(opts.out).suffix.lower() == ".onnx":
         require_onnx_packages()  # before the (slow) build
     parse_input_size(opts.input_size)  # a bad size fails before the build too

@@ -7,7 +7,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from darkcfg.cli.common import add_model_arguments, command_parser, guarded, model_spec
+from darkcfg.cli.common import (
+    add_model_arguments,
+    command_parser,
+    guarded,
+    model_inputs,
+    model_spec,
+    refuse_overwriting_inputs,
+)
 from darkcfg.model import ModelSpec
 
 
@@ -34,6 +41,7 @@ def parse(argv: list[str]) -> SummaryOptions:
 
 
 def run(opts: SummaryOptions) -> int:
+    refuse_overwriting_inputs({"--plot-lr": opts.plot_lr}, model_inputs(opts.model))
     if opts.table:
         import json
 

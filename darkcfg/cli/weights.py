@@ -12,7 +12,9 @@ from darkcfg.cli.common import (
     add_model_arguments,
     command_parser,
     guarded,
+    model_inputs,
     model_spec,
+    refuse_overwriting_inputs,
     usage_error,
 )
 from darkcfg.model import ModelSpec
@@ -55,6 +57,9 @@ def parse(argv: list[str]) -> WeightsOptions:
 
 def run(opts: WeightsOptions) -> int:
     model = opts.model
+    refuse_overwriting_inputs({"--save-weights": opts.save_weights,
+                               "--dump-outputs": opts.dump_outputs},
+                              {**model_inputs(model), "the --input file": opts.input})
     net, report = model.with_weights()
     print(report, file=sys.stderr)
     if opts.save_weights:

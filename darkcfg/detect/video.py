@@ -283,11 +283,17 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
 
     if not head_indices(net):
         raise ValueError("the network has no detection head")
-    container = open_source(source)
     name = name or source_name(source)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     video_path, jsonl_path = out / f"{name}.mp4", out / f"{name}.jsonl"
+    for written in (video_path, jsonl_path):
+        if os.path.exists(source) and written.exists() and os.path.samefile(source, written):
+            raise CfgError(Diagnostic(
+                "E901", f"--out '{out}' would replace the input video '{source}' with its "
+                f"annotated copy '{written.name}'", str(out),
+                hint="give --out another folder (the default is runs/<cfg-name>/detect)"))
+    container = open_source(source)
+    out.mkdir(parents=True, exist_ok=True)
     labels = out / f"{name}_labels" if save_labels else None
     if labels is not None:
         labels.mkdir(exist_ok=True)

@@ -120,11 +120,33 @@ def refuse_existing_run(out: Path, dist: distributed.Dist, device) -> None:
     DDP every rank looks before any rank writes (the flag is a collective), and all refuse."""
     found = [name for name in RUN_FILES if (out / name).exists()]
     if distributed.broadcast_flag(dist, bool(found), device):
+        resumable = CHECKPOINT in found or not found  # (nothing found: rank 0 found it)
         raise CfgError(Diagnostic(
             "E901", f"'{out}' already holds a run ({', '.join(found) or 'on rank 0'}): a fresh "
             "--train there would replace it", str(out),
             hint="continue it with --resume, or start a new run with --out NEW_FOLDER (or "
-            "delete the folder)"))
+            "delete the folder)" if resumable else "that run stopped before its first "
+            "checkpoint, so there is nothing to resume: start a new run with --out NEW_FOLDER, "
+            "or delete the folder"))
+
+
+def refuse_weights_the_run_replaces(weights: str | None, out: Path, name: str) -> None:
+    """--weights may not be a file this run writes (`OUT/<name>_{last,final,best,N}.weights`,
+    e.g. a pretrained file copied into the --out or backup= folder): its first save would
+    replace the weights it started from."""
+    if not weights:
+        return
+    source = Path(weights)
+    try:
+        inside = source.resolve().parent == out.resolve()
+    except OSError:
+        return
+    if inside and source.name.startswith(f"{name}_") and source.suffix == ".weights":
+        raise CfgError(Diagnostic(
+            "E901", f"--weights '{weights}' is a name this run writes in '{out}': its first "
+            "save would replace the weights it starts from", str(weights),
+            hint="copy the file out of that folder (or rename it), or give another --out; to "
+            "continue a darkcfg run, use --resume"))
 
 
 def train(opts: RunOptions) -> tuple[str, Trainer]:
@@ -160,6 +182,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         out = Path(splits.backup)
     if not opts.resume:
         refuse_existing_run(out, dist, device)
+    refuse_weights_the_run_replaces(opts.weights, out, opts.name)
     say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
          + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
     darknet_init(net)  # before --weights, which may load only some layers
