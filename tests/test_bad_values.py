@@ -616,3 +616,48 @@ def test_detections_onto_the_input_array_is_refused(capsys, detector, tmp_path):
     before = x.read_bytes()
     code, err = run(capsys, "detect", detector, "--input", x, "--detections", x)
     assert code == 2 and "error[E100]: --detections " in err and x.read_bytes() == before, err
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (PermissionError(errno.EACCES, "Permission denied", "runs/d/w.weights"),
+     "runs/d/w.weights: error[E901]: Permission denied: 'runs/d/w.weights'\nhelp: check the "
+     "file's and its folder's permissions"),
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "runs/x/metrics.csv"),
+     "runs/x/metrics.csv: error[E901]: Is a directory: 'runs/x/metrics.csv'\nhelp: name a file"),
+    (OSError(errno.ENOSPC, "No space left on device"), "<file>: error[E901]: No space left on "
+     "device: '<file>'\nhelp: free some space"),
+])
+def test_a_file_error_no_check_foresaw_is_a_diagnostic(capsys, exc, expected):
+    """The last net under every command (`guarded`): an OSError that slipped past the early
+    checks (an unreadable --weights, a metrics.csv that is a folder, a full disk) prints the
+    path and the reason, exit 2, no traceback."""
+    from darkcfg.cli.common import guarded
+
+    def fail():
+        raise exc
+
+    assert guarded(fail) == 2
+    assert capsys.readouterr().err.startswith(expected)
+
+
+def test_ctrl_c_while_a_command_loads_is_exit_130(capsys, monkeypatch):
+    import importlib
+
+    from darkcfg.cli import main
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert main(["summary", "x.cfg"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize("command", [["export", "--out", "m.pt2"], ["emit", "--out", "m.py"]])
+def test_export_and_emit_refuse_a_size_that_cannot_fit(capsys, tiny, tmp_path, monkeypatch,
+                                                       command):
+    """--input-size beyond the machine's memory: E401 from the shapes (on the meta device)
+    before anything is allocated, not the allocator's RuntimeError."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capsys, command[0], tiny, *command[1:], "--input-size", "200000x200000")
+    assert code == 2 and "error[E401]" in err and not list(tmp_path.glob("m.*")), err

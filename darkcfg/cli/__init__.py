@@ -77,7 +77,11 @@ def version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run `darkcfg ARGV` and return its exit code. A torchrun worker (it joined a process
     group) ends here instead: darkcfg.train.distributed.end_process."""
-    code = dispatch(list(sys.argv[1:] if argv is None else argv))
+    try:
+        code = dispatch(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C while a command's modules (torch) are still loading
+        print("interrupted", file=sys.stderr)
+        code = 130
     distributed = sys.modules.get("darkcfg.train.distributed")  # loaded only if a run used it
     if distributed is not None and distributed.joined():
         distributed.end_process(code)

@@ -5,6 +5,7 @@ bad input into located diagnostics and exit status 2 (never a traceback). Torch-
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -84,6 +85,20 @@ def _same_file(a: object, b: object) -> bool:
         return False
 
 
+def file_error(exc: OSError) -> CfgError:
+    """An OSError as a located E901: the file it names and the system's reason."""
+    path = exc.filename if exc.filename is not None else "<file>"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    also = f" (and '{exc.filename2}')" if exc.filename2 is not None else ""
+    hint = {errno.EACCES: "check the file's and its folder's permissions",
+            errno.EPERM: "check the file's and its folder's permissions",
+            errno.EISDIR: "name a file, not a folder",
+            errno.ENOTDIR: "a part of the path is a file, not a folder",
+            errno.ENOSPC: "free some space (nothing was written under the final name)",
+            errno.ENOENT: "check the path"}.get(exc.errno, "check the path")
+    return CfgError(Diagnostic("E901", f"{reason}: '{path}'{also}", str(path), hint=hint))
+
+
 def describe(d: Diagnostic) -> str:
     """A diagnostic as text; ones about the command line or a whole file have no line:col."""
     if d.line:
@@ -108,6 +123,10 @@ def guarded(run: Callable[[], int]) -> int:
     except BrokenPipeError:  # the reader left early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a file the checks before it could not foresee (permissions, a
+        # folder where a file was expected, a full disk): the path and the reason, no traceback
+        print(describe(file_error(exc).first), file=sys.stderr)
+        return 2
     except Exception as exc:
         # only modules already loaded can have raised these (and `check` stays torch-free)
         base, loop = sys.modules.get("darkcfg.data.base"), sys.modules.get("darkcfg.train.loop")
