@@ -400,6 +400,34 @@ def test_convert_never_writes_over_anything(four, tmp_path, capsys):
     assert sorted(p.stat().st_mtime_ns for p in target.rglob("*")) == before
 
 
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(28, "No space left on device")])
+def test_an_interrupted_convert_leaves_nothing_in_the_way(four, tmp_path, monkeypatch, failure):
+    """A convert stopped midway (Ctrl-C, a full disk) leaves neither OUT nor a hidden partial
+    folder: the set is written beside OUT and renamed to it once complete, so the next try
+    starts clean and succeeds."""
+    from darkcfg.data.detection.formats import convert as module
+
+    done = []
+    real = module._Writer.image
+
+    def image(self, source, folder):
+        if len(done) == 3:
+            raise failure
+        done.append(source)
+        return real(self, source, folder)
+
+    monkeypatch.setattr(module._Writer, "image", image)
+    parent = tmp_path / "sets"
+    with pytest.raises(failure if isinstance(failure, type) else type(failure)):
+        convert(open_set(four["voc"]), "darknet", parent / "out")
+    assert list(parent.iterdir()) == [], list(parent.iterdir())
+    monkeypatch.setattr(module._Writer, "image", real)
+    written = convert(open_set(four["voc"]), "darknet", parent / "out")
+    assert written[0] == parent / "out" / "obj.data" and all(p.exists() for p in written)
+    assert [p.name for p in parent.iterdir()] == ["out"]
+    assert as_samples(open_set(written[0])) == as_samples(open_set(four["voc"]))
+
+
 def test_label_text_is_the_shortest_float32_decimal():
     boxes = np.float32([[0.1, 0.5, 1 / 3, 1.0, 2]])
     assert label_text(boxes) == "2 0.1 0.5 0.33333334 1\n"

@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from builders.atomic import atomic_open, atomic_write
+from builders.atomic import atomic_open, atomic_write, check_folder
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import label_path
@@ -34,7 +35,10 @@ TARGETS = ("darknet", "yolo", "coco")
 
 
 def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[Path]:
-    """Write `data` as a `to` set in the new folder `out`; the files written (main first)."""
+    """Write `data` as a `to` set in the new folder `out`; the files written (main first).
+    The set is written into a hidden sibling folder and renamed to `out` once complete, so an
+    interrupted or failed convert (Ctrl-C, a full disk) leaves no half-written set in the way of
+    the next try."""
     if to not in TARGETS:
         raise CfgError(Diagnostic("E100", f"--to {to}: use one of {', '.join(TARGETS)}",
                                   "<command line>"))
@@ -42,13 +46,24 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CfgError(Diagnostic("E901", f"'{out}' exists and is not an empty folder", str(out),
                                   hint="convert writes a new set: name a new (or empty) folder"))
-    out.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(out, link)
-    if to == "darknet":
-        return writer.darknet(data)
-    if to == "yolo":
-        return writer.yolo(data)
-    return writer.coco(data)
+    check_folder(out, "OUT")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        writer = _Writer(partial, link)
+        written = {"darknet": writer.darknet, "yolo": writer.yolo, "coco": writer.coco}[to](data)
+        os.chmod(partial, 0o777 & ~_umask())  # mkdtemp's 0700 -> what mkdir would have made
+        os.replace(partial, out)  # an empty `out` folder is replaced too
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return [out / path.relative_to(partial) for path in written]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def label_text(boxes: np.ndarray) -> str:
