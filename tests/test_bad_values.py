@@ -661,3 +661,49 @@ def test_export_and_emit_refuse_a_size_that_cannot_fit(capsys, tiny, tmp_path, m
     monkeypatch.chdir(tmp_path)
     code, err = run(capsys, command[0], tiny, *command[1:], "--input-size", "200000x200000")
     assert code == 2 and "error[E401]" in err and not list(tmp_path.glob("m.*")), err
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"iteration": "x"}, "its 'iteration' is 'x', not a count"),
+    ({"iteration": -5}, "its 'iteration' is -5, not a count"),
+    ({"images_seen": None}, "its 'images_seen' is None, not a count"),
+    ({"rng": []}, "random generator states ('rng') are missing or damaged"),
+    ({"format": "other-9"}, "its format is 'other-9'"),
+    ("momentum", "its optimizer's momentum_buffer of parameter 0 has shape (3,)"),
+])
+def test_resume_from_a_checkpoint_with_damaged_fields(capsys, tiny, trained, tmp_path, change,
+                                                      why):
+    """A checkpoint without the checksum trailer (older, or edited by hand) whose fields are
+    wrong: a located E901 naming the field, not a TypeError/IndexError deep in the trainer."""
+    state = torch.load(trained / "checkpoint.pt", weights_only=True)
+    if change == "momentum":
+        slot = state["optimizer"]["state"][0]
+        slot["momentum_buffer"] = torch.zeros(3)
+    else:
+        state.update(change)
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    code, err = run(capsys, "train", tiny, "--out", tmp_path / "again", "--no-progress",
+                    "--resume", bad, "--set", "max_batches=4")
+    assert code == 2 and f"cannot resume from '{bad}'" in err and why in err, err
+
+
+def test_resume_takes_the_run_folder_and_explains_a_weights_file(capsys, tiny, trained,
+                                                                 tmp_path):
+    code, err = run(capsys, "train", tiny, "--out", trained, "--no-progress", "--resume",
+                    trained, "--set", "max_batches=4")
+    assert code == 0, err  # the folder holding checkpoint.pt, as the hint says
+    weights = next(trained.glob("*_last.weights"))
+    code, err = run(capsys, "train", tiny, "--out", tmp_path / "x", "--no-progress", "--resume",
+                    weights)
+    assert code == 2 and "is not a darkcfg checkpoint" in err and "--weights" in err, err
+    assert weights.exists()
+
+
+def test_resume_over_an_unreadable_metrics_csv_says_so(capsys, tiny, trained):
+    (trained / "metrics.csv").write_bytes(bytes(range(256)) * 8)
+    code, err = run(capsys, "train", tiny, "--out", trained, "--no-progress", "--resume",
+                    "--set", "max_batches=4")
+    assert code == 0 and "has no readable row" in err, err
+    lines = (trained / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("iteration") and sum(li == lines[0] for li in lines) == 1

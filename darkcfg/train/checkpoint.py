@@ -47,17 +47,54 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     atomic_write_checked(path, buffer.getbuffer())
 
 
+FORMAT = "darkcfg-checkpoint-1"  # what RunLog.checkpoint writes beside the trainer's state
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A darkcfg checkpoint: `path` is the checkpoint.pt or the run folder holding it. Anything
+    else (a .weights file, a damaged or foreign file) is a located E901."""
     path = Path(path)
+    if path.is_dir() and (path / "checkpoint.pt").is_file():
+        path = path / "checkpoint.pt"
     if not path.is_file():
-        raise CfgError(Diagnostic("E901", f"no checkpoint to resume from: '{path}' does not exist",
+        raise CfgError(Diagnostic("E901", f"no checkpoint to resume from: '{path}' "
+                                  + ("holds no checkpoint.pt" if path.is_dir()
+                                     else "does not exist"),
                                   str(path), hint="run --train first (or without --resume), or "
                                   "pass the --out folder of the run to resume"))
     payload = read_checked(path, "checkpoint")
+    weights = ("it looks like Darknet .weights: start a new run from them with --weights "
+               "(--resume takes a run folder or its checkpoint.pt)")
+    if path.suffix.lower() == ".weights" or not payload.startswith(b"PK"):
+        raise CfgError(Diagnostic("E901", f"'{path}' is not a darkcfg checkpoint (not a torch "
+                                  "file)", str(path), hint=weights if path.suffix.lower() ==
+                                  ".weights" else "pass the checkpoint.pt of a darkcfg run"))
     try:
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling problem means a file we cannot use
-        raise CfgError(Diagnostic("E901", f"cannot read checkpoint '{path}': {exc}", str(path),
-                                  hint="delete it to start over")) from None
+        first = next((line for line in str(exc).splitlines() if line.strip()),
+                     type(exc).__name__)
+        raise CfgError(Diagnostic("E901", f"cannot read checkpoint '{path}': {first}",
+                                  str(path), hint="it is damaged or not a darkcfg checkpoint: "
+                                  "use an intact copy, or start a new run (--weights with the "
+                                  "run's _last.weights keeps its weights)")) from None
+    return state
+
+
+def format_problem(state) -> str:
+    """What is wrong with a loaded checkpoint's own fields (the run's bookkeeping; the trainer
+    checks its part, darkcfg.train.loop.Trainer.checkpoint_problem); '' when nothing."""
+    if not isinstance(state, dict):
+        return "it holds no checkpoint"
+    if state.get("format", FORMAT) != FORMAT:
+        return f"its format is {state.get('format')!r}, not {FORMAT!r}"
+    rng = state.get("rng")
+    if not isinstance(rng, list) or not rng or not all(
+            isinstance(r, dict) and {"torch", "numpy", "python"} <= set(r) for r in rng):
+        return "its random generator states ('rng') are missing or damaged"
+    log = state.get("log")
+    if log is not None and not (isinstance(log, dict) and {"avg_loss", "best"} <= set(log)):
+        return "its log state ('log') is damaged"
+    return ""
 
 

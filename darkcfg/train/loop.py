@@ -225,6 +225,10 @@ class Trainer:
             return "it is a plain state_dict (weights only, no training state)"
         if missing:
             return f"it has no {', '.join(repr(k) for k in missing)}"
+        for key in ("iteration", "images_seen"):
+            value = state[key]
+            if type(value) is not int or value < 0:
+                return f"its {key!r} is {value!r}, not a count"
         model = state["model"]
         if not isinstance(model, dict):
             return "its 'model' is not a state_dict"
@@ -243,6 +247,17 @@ class Trainer:
                     for a, b in zip(groups, self.optimizer.param_groups, strict=True)):
             return ("its optimizer state belongs to another setup (other frozen layers or "
                     "another optimizer)")
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        slots = state["optimizer"].get("state", {})
+        for index, slot in (slots.items() if isinstance(slots, dict) else ()):
+            if not isinstance(index, int) or not 0 <= index < len(params) or \
+                    not isinstance(slot, dict):
+                return "its optimizer state is damaged"
+            for name, value in slot.items():
+                if isinstance(value, torch.Tensor) and value.dim() and \
+                        value.shape != params[index].shape:
+                    return (f"its optimizer's {name} of parameter {index} has shape "
+                            f"{tuple(value.shape)}, the parameter {tuple(params[index].shape)}")
         return ""
 
     def check_trainable(self, freeze: int = 0) -> None:

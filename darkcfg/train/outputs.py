@@ -90,8 +90,15 @@ class RunLog:
             path.unlink(missing_ok=True)
             return []
         with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-            rows = [row for row in map(parse_metrics_row, csv.DictReader(fh))
-                    if row is not None and row["iteration"] <= start]
+            lines = list(csv.DictReader(fh))
+        rows = [row for row in map(parse_metrics_row, lines)
+                if row is not None and row["iteration"] <= start]
+        if not rows:  # nothing of it parses: started over (the caller writes the header)
+            if lines:
+                print(f"warning: {path} has no readable row up to iteration {start}; it "
+                      "starts over from this iteration", file=sys.stderr)
+            path.unlink()
+            return []
         buf = io.StringIO()
         writer = csv.DictWriter(buf, self.columns, extrasaction="ignore")
         writer.writeheader()

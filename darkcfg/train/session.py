@@ -31,7 +31,7 @@ from darkcfg.model import (
 )
 from darkcfg.train import distributed
 from darkcfg.train.allocator import keep_freed_memory
-from darkcfg.train.checkpoint import load_checkpoint, set_rng_states
+from darkcfg.train.checkpoint import format_problem, load_checkpoint, set_rng_states
 from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit, make_deterministic
 from darkcfg.train.outputs import CHECKPOINT, RunLog, resume_changes, write_settings
 from darkcfg.train.tasks import Task, task_for
@@ -207,6 +207,11 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if opts.resume:
         path = Path(opts.resume) if isinstance(opts.resume, str) else out / CHECKPOINT
         state = load_checkpoint(path)
+        problem = format_problem(state)
+        if problem:
+            raise CfgError(Diagnostic("E901", f"cannot resume from '{path}': {problem}",
+                                      str(path), hint="pass the checkpoint.pt of a darkcfg run, "
+                                      "or start a new run from its _last.weights with --weights"))
         trainer.load_state_dict(state, str(path))
         say(f"resuming from {path} at iteration {trainer.iteration}", dist)
     settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
