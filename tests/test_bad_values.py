@@ -707,3 +707,25 @@ def test_resume_over_an_unreadable_metrics_csv_says_so(capsys, tiny, trained):
     assert code == 0 and "has no readable row" in err, err
     lines = (trained / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("iteration") and sum(li == lines[0] for li in lines) == 1
+
+
+def test_export_decode_of_a_classifier_is_a_usage_error(capsys, tiny, tmp_path):
+    code, err = run(capsys, "export", tiny, "--out", tmp_path / "m.pt2", "--decode")
+    assert code == 2 and "error[E100]: --decode:" in err and "no detection head" in err, err
+
+
+def test_a_detection_data_file_for_a_classifier_says_so(capsys, tiny, tmp_path):
+    data = tmp_path / "obj.data"
+    data.write_text("classes=2\ntrain=train.txt\nnames=obj.names\nbackup=backup/\n")
+    code, err = run(capsys, "train", tiny, "--data", data, "--out", tmp_path / "r")
+    assert code == 2 and "has no labels= line" in err and "no detection head" in err, err
+
+
+def test_plot_lr_of_a_huge_schedule_samples_it(tmp_path):
+    """max_batches=2**31-1 once asked for two billion points (tens of GB)."""
+    from darkcfg.config import NetConfig
+    from darkcfg.train.outputs import plot_lr
+
+    cfg = NetConfig(max_batches=2**31 - 1, policy="steps", steps=(1000,), scales=(0.1,))
+    plot_lr(cfg, tmp_path / "lr.png")
+    assert (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"

@@ -283,6 +283,19 @@ def first_error(path) -> str:
     return err.value.first.format()
 
 
+@pytest.mark.parametrize("bbox", ["[NaN, 2, 3, 4]", "[1, Infinity, 3, 4]", "[true, 2, 3, 4]"])
+def test_a_coco_bbox_that_is_no_number_is_refused(tmp_path, bbox):
+    """json reads NaN and Infinity (and true is an int to Python): every such bbox is E903,
+    not a label row of nan that `data convert` would write and training refuse later."""
+    train, _ = write_coco(tmp_path / "c")
+    doc = json.loads(train.read_text())
+    doc["annotations"][0]["bbox"] = "BBOX"
+    train.write_text(json.dumps(doc, indent=1).replace('"BBOX"', bbox))
+    with pytest.raises(CfgError) as err:
+        open_set(train)
+    assert err.value.first.code == "E903" and "four finite numbers" in err.value.first.message
+
+
 def test_coco_errors_are_located(tmp_path):
     train, _ = write_coco(tmp_path / "c")
     doc = json.loads(train.read_text())

@@ -143,6 +143,15 @@ def run(opts: ExportOptions) -> int:
     parse_input_size(opts.input_size)  # a bad size fails before the build too
     net = sized_model(opts.model, opts.input_size)
     name = Path(opts.model.cfg).name
+    if opts.decode:
+        from darkcfg.detect.decode import head_indices
+
+        if not head_indices(net):
+            from darkcfg.cli.common import usage_error
+
+            raise usage_error(f"--decode: '{opts.model.cfg}' has no detection head to decode",
+                              hint="--decode is for [yolo], [Gaussian_yolo], [region] and "
+                              "[detection] networks; export a classifier without it")
     if opts.int8:
         from darkcfg.config import NetConfig
         from darkcfg.export.int8 import Int8Options, export_int8, open_int8_data, parse_keep_fp32

@@ -107,6 +107,14 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
         raise data_error(f"'{path}' has no 'train' list", where,
                          "add train=path/to/train.list (one image path per line)")
     labels_path = resolve(opts.get("labels", "data/labels.list"), path.parent)
+    if "labels" not in opts and not labels_path.exists():
+        detection = "names" in opts or "backup" in opts  # what a detector's .data has
+        raise data_error(
+            f"'{path}' has no labels= line, and Darknet's default {labels_path} does not "
+            "exist: a classifier's .data names its classes with labels=FILE", where,
+            "this cfg has no detection head, so it trains as a classifier: use a cfg with "
+            "[yolo]/[region] heads for this detection .data" if detection else
+            "add labels=path/to/labels.list (one class name per line)")
     labels = _read_list(labels_path, where, "labels")
     names_path = resolve(opts["names"], path.parent) if "names" in opts else labels_path
     names = _read_list(names_path, where, "names") if names_path != labels_path else labels

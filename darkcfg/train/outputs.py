@@ -273,15 +273,25 @@ def loss_axis_scale(losses: list[float]) -> str:
     return "linear"
 
 
+LR_POINTS = 20_000
+
+
 def plot_lr(cfg, path: Path, title: str = "") -> None:
-    """The learning rate for every update 1..max_batches."""
+    """The learning rate of the updates 1..max_batches: every one up to LR_POINTS, else
+    LR_POINTS evenly spaced plus the first ones (burn-in) and both sides of every step (a
+    figure 800 pixels wide shows no more; max_batches=2**31 would need tens of GB)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = max(cfg.max_batches, 1)
-    its = list(range(1, n + 1))
+    if n <= LR_POINTS:
+        its = list(range(1, n + 1))
+    else:
+        marks = {k + d for k in cfg.steps for d in (-1, 0, 1) if 1 <= k + d <= n}
+        its = sorted({*range(1, min(n, 2000) + 1), n, *marks,
+                      *(1 + (n - 1) * i // (LR_POINTS - 1) for i in range(LR_POINTS))})
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.plot(its, [cfg.lr_at(k) for k in its])
     ax.set_xlabel("iteration (batch_num)")

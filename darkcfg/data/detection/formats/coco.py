@@ -20,6 +20,7 @@ Bad annotations are located errors (E903) at the line:column of the entry in the
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -178,9 +179,10 @@ def read_coco(path: Path) -> DetectionSet:
             continue
         box = ann.get("bbox")
         if not (isinstance(box, list) and len(box) == 4
-                and all(isinstance(v, (int, float)) for v in box)):
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v) for v in box)):
             problems.append(where.at("annotations", i, "bbox",
-                                     "bbox is not [x, y, width, height] (four numbers)"))
+                                     "bbox is not [x, y, width, height] (four finite numbers)"))
             continue
         width, height = sizes[image]
         x, y, w, h = (float(v) for v in box)
