@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 # builds that lie on this machine's disk; override with `make TORCH="torch torchvision"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+OUT ?= runs/vgg16
 
 .PHONY: train test lint bench clean
 
@@ -21,7 +22,7 @@ train: $(STAMP)
 	$(BIN)/python runner.py cfg/vgg16.cfg --train --classes 10 --set width=32 --set height=32 \
 		--set batch=32 --set subdivisions=1 --set max_batches=100 --set burn_in=10 \
 		--set steps=80 --set scales=0.1 --set hue=0 \
-		--set convolutional.batch_normalize=1 --set connected.batch_normalize=1 --out runs/vgg16
+		--set convolutional.batch_normalize=1 --set connected.batch_normalize=1 --out $(OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests

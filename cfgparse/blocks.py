@@ -142,10 +142,13 @@ class Block:
                 raise self.error("E105", f"empty value for '{key}'", where,
                                  hint=f"set {key} to a value")
             try:
-                typed, _ = convert(known.get(key) if known is not None else None, key, raw)
+                typed, note = convert(known.get(key) if known is not None else None, key, raw)
             except ValueProblem as exc:
                 raise self.error(exc.code, f"cannot set {key}={raw}: {exc}", where,
                                  hint=exc.hint) from None
+            if note:  # in a cfg file a warning (W203); a value set now is refused, not changed
+                raise self.error("E203", f"cannot set {key}={raw}: {note}", where,
+                                 hint=f"write {key}= the value Darknet would use ({typed})")
             position = old[3:] if old is not None else (0, 0, 0, "")
             opts[key] = Option(key, raw, typed, *position)
         return Block(self.type, self.name, opts, self.line, self.column, self.path, self.source,

@@ -133,8 +133,10 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
     network's tensors only with `partial`). Returns a one-line report."""
     path = Path(path)
     if not path.is_file():
-        raise CfgError(Diagnostic("E901", f"weights file '{path}' does not exist", str(path),
-                                  hint="check the path"))
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise CfgError(Diagnostic("E901", f"weights file '{path}' {what}", str(path),
+                                  hint="name the .weights (or .pt) file itself"
+                                  if path.is_dir() else "check the path"))
     if not is_torch_file(path):
         from builders.weights import load_weights
 

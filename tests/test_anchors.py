@@ -190,3 +190,19 @@ def test_restarts_add_starts_and_zero_is_darknets_own(tmp_path, capsys):
     assert main(["anchors", str(cfg), "--data", str(data), "--restarts", "-1", "--plot", plot]) == 2
     err = capsys.readouterr().err
     assert "error[E901]" in err and "--restarts -1" in err and "Traceback" not in err
+
+
+def test_write_through_a_link_edits_the_cfg_it_names(tmp_path, capsys):
+    """--write on a symlinked cfg edits the file behind the link (an atomic rename onto the
+    link would replace the link and leave that cfg unchanged); the plot may not be the cfg."""
+    data = labelled_set(tmp_path, clustered(np.array([(40, 40), (200, 160)]), per=30,
+                                            spread=0.03) / 416)
+    real = tiny_cfg(tmp_path)
+    link = tmp_path / "link.cfg"
+    link.symlink_to(real)
+    before = real.read_text()
+    assert main(["anchors", str(link), "--data", str(data), "--plot", str(tmp_path / "p.png"),
+                 "--write"]) == 0
+    assert link.is_symlink() and real.read_text() != before
+    assert main(["anchors", str(link), "--data", str(data), "--plot", str(real)]) == 2
+    assert "error[E100]: --plot" in capsys.readouterr().err

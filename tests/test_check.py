@@ -725,3 +725,13 @@ def test_pjreddie_resnets_only_warn(capsys):
     assert found and {d.code for d in found} == {"W303"}
     rc, out, _ = run_main(capsys, "--format", "json", "--flavor", "pjreddie", str(resnet))
     assert (rc, json.loads(out)) == (0, [])
+
+
+def test_a_folder_with_no_cfg_is_an_error_not_a_pass(tmp_path, capsys):
+    """`darkcfg check configs/` on a moved or misspelt folder must fail CI, not pass it."""
+    from darkcfg.lint.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    shown = capsys.readouterr()
+    assert "holds no .cfg file" in shown.out + shown.err

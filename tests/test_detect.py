@@ -791,3 +791,19 @@ def test_exif_orientation_is_applied_like_cv_imread(tmp_path, fmt, orientation):
         with Image.open(path) as im:
             stored = np.asarray(im.convert("RGB"), dtype=np.int16)
         assert stored.shape != want.shape or np.abs(stored - want).mean() > 20
+
+
+def test_cli_detect_two_images_of_one_name_get_two_ids(tmp_path, capsys):
+    """a/x.jpg and b/x.jpg: two drawn files (x.jpg, x_1.jpg) and two COCO image ids."""
+    import shutil
+
+    cfg = tiny_cfg(tmp_path)
+    first = write_images(tmp_path / "a")[0]
+    (tmp_path / "b").mkdir()
+    shutil.copy(first, tmp_path / "b" / first.name)
+    out = tmp_path / "out"
+    assert run_cli(cfg, "--detect", first, tmp_path / "b" / first.name, "--out", out,
+                   "--thresh", "0", "--no-progress") == 0
+    results = json.loads((out / "detections.json").read_text())
+    ids = {r["image_id"] for r in results}
+    assert len(ids) == 2 and (out / f"{first.stem}_1.jpg").exists(), ids

@@ -174,7 +174,9 @@ def write_anchors(cfg_path: str, net, heads: list[int], anchors: np.ndarray, wid
                                   "with these anchors", cfg_path,
                                   hint="fix the problems above (or use the printed anchors "
                                   "by hand)"))
-    atomic_write(path, (b"\xef\xbb\xbf" if bom else b"") + new_text.encode())
+    # through a link to the file it names (an atomic rename onto the link would replace the
+    # link and leave the cfg it points at as it was)
+    atomic_write(path.resolve(), (b"\xef\xbb\xbf" if bom else b"") + new_text.encode())
     edited = len({(id(b), key) for b, key, _ in changes})
     print(f"wrote {cfg_path}: {edited} value(s) in {len(heads)} head(s) "
           f"(checked: no errors)", file=sys.stderr)

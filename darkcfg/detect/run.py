@@ -348,7 +348,7 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
             raise CfgError(Diagnostic("E901", f"cannot read image '{p}': {exc}", str(p),
                                       hint="remove it or convert it to JPEG/PNG")) from None
         loaded.append(str(p))
-    results, taken, objects = [], set(), 0
+    results, taken, ids, objects = [], set(), set(), 0
     bar = tqdm(total=len(paths), unit="img", disable=not (progress and folder), file=sys.stderr)
     start = time.perf_counter()
     done = 0
@@ -368,7 +368,11 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                     bar.write(text, file=sys.stdout)
                 stem = unique_stem(path, taken)
                 save_jpeg(out / f"{stem}.jpg", drawn(image, objs))
-                results += coco_results(objs, image_id(path), w, h)
+                iid = image_id(path)
+                if iid in ids:  # a/x.jpg and b/x.jpg: the second is known by its drawn name
+                    iid = stem
+                ids.add(iid)
+                results += coco_results(objs, iid, w, h)
                 if opts.save_labels:
                     labels = label_lines(det, opts.thresh)
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))

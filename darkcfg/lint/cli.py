@@ -16,7 +16,7 @@ import re
 import sys
 
 from builders.memory import DEFAULT_MAX_MEMORY, parse_size
-from cfgparse.errors import ERROR, WARNING
+from cfgparse.errors import ERROR, WARNING, Diagnostic
 from darkcfg.lint.pool import check_paths, default_jobs, expand
 from darkcfg.lint.report import FORMATS, render
 from darkcfg.lint.stages import Options
@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
                       targets=tuple(dict.fromkeys(args.target)))
     files = expand(args.files)
     found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
+    # a folder with nothing to check would pass CI silently (a moved or misspelt folder)
+    found += [Diagnostic("E901", f"folder '{p}' holds no .cfg file", p,
+                         hint="name the folder of the cfg files, or the files")
+              for p in args.files if os.path.isdir(p) and not expand([p])]
     if args.strict:
         found = [dataclasses.replace(d, severity=ERROR) if d.severity == WARNING else d
                  for d in found]

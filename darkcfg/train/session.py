@@ -207,11 +207,12 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if opts.resume:
         path = Path(opts.resume) if isinstance(opts.resume, str) else out / CHECKPOINT
         state = load_checkpoint(path)
-        problem = format_problem(state)
+        problem = trainer.checkpoint_problem(state) or format_problem(state)
         if problem:
             raise CfgError(Diagnostic("E901", f"cannot resume from '{path}': {problem}",
-                                      str(path), hint="pass the checkpoint.pt of a darkcfg run, "
-                                      "or start a new run from its _last.weights with --weights"))
+                                      str(path), hint="--resume takes the checkpoint.pt of a "
+                                      "darkcfg run of this cfg; to start from other weights use "
+                                      "--weights (without --resume)"))
         trainer.load_state_dict(state, str(path))
         say(f"resuming from {path} at iteration {trainer.iteration}", dist)
     settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
