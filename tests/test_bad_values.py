@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import importlib.util
 import json
 import os
 import time
@@ -729,3 +730,26 @@ def test_plot_lr_of_a_huge_schedule_samples_it(tmp_path):
     cfg = NetConfig(max_batches=2**31 - 1, policy="steps", steps=(1000,), scales=(0.1,))
     plot_lr(cfg, tmp_path / "lr.png")
     assert (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_input_that_is_not_a_npy_file_is_named(capsys, detector, tmp_path):
+    code, err = run(capsys, "detect", detector, "--input", detector, "--detections",
+                    tmp_path / "d.json")
+    assert code == 2 and "is not a .npy file" in err and "pickled" not in err, err
+
+
+def test_an_empty_names_file_is_refused_like_a_wrong_one(capsys, tmp_path):
+    from test_detect import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path)
+    names = tmp_path / "none.names"
+    names.write_text("")
+    pic = image(tmp_path / "a.jpg")
+    code, err = run(capsys, "detect", cfg, pic, "--names", names, "--out", tmp_path / "o")
+    assert code == 2 and "error[E304]" in err and "lists 0 class names" in err, err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="the export extra")
+def test_an_opset_onnx_cannot_write_is_refused_before_the_build(capsys, tiny, tmp_path):
+    code, err = run(capsys, "export", tiny, "--out", tmp_path / "m.onnx", "--opset", "0")
+    assert code == 2 and "error[E100]: --opset 0" in err and not (tmp_path / "m.onnx").exists()

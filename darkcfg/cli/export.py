@@ -140,6 +140,15 @@ def run(opts: ExportOptions) -> int:
                                                     "the --calibrate data": opts.calibrate})
     if Path(opts.out).suffix.lower() == ".onnx":
         require_onnx_packages()  # before the (slow) build
+        if opts.opset is not None:
+            import onnx
+
+            top = onnx.defs.onnx_opset_version()
+            if not 7 <= opts.opset <= top:
+                from darkcfg.cli.common import usage_error
+
+                raise usage_error(f"--opset {opts.opset}: this onnx writes opsets 7 to {top}",
+                                  hint="e.g. --opset 17, or leave it out (the exporter's)")
     parse_input_size(opts.input_size)  # a bad size fails before the build too
     net = sized_model(opts.model, opts.input_size)
     name = Path(opts.model.cfg).name

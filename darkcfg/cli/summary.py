@@ -42,6 +42,10 @@ def parse(argv: list[str]) -> SummaryOptions:
 
 def run(opts: SummaryOptions) -> int:
     refuse_overwriting_inputs({"--plot-lr": opts.plot_lr}, model_inputs(opts.model))
+    if opts.plot_lr is not None:
+        from builders.atomic import check_writable
+
+        check_writable(opts.plot_lr, "--plot-lr")  # before the summary's build
     if opts.table:
         import json
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from cfgparse import CfgError, Diagnostic
 from darkcfg.cli.common import (
     add_model_arguments,
     command_parser,
@@ -60,6 +59,12 @@ def run(opts: WeightsOptions) -> int:
     refuse_overwriting_inputs({"--save-weights": opts.save_weights,
                                "--dump-outputs": opts.dump_outputs},
                               {**model_inputs(model), "the --input file": opts.input})
+    from builders.atomic import check_writable
+
+    for flag, path in (("--save-weights", opts.save_weights),
+                       ("--dump-outputs", opts.dump_outputs)):
+        if path:
+            check_writable(path, flag)  # before the build and the weights' read
     net, report = model.with_weights()
     print(report, file=sys.stderr)
     if opts.save_weights:
@@ -68,15 +73,11 @@ def run(opts: WeightsOptions) -> int:
         n = save_weights(net, opts.save_weights, cutoff=model.cutoff)
         print(f"wrote {opts.save_weights} ({n} floats)", file=sys.stderr)
     if opts.dump_outputs:
-        import numpy as np
 
+        from darkcfg.data.base import read_array
         from darkcfg.export.dump import dump_outputs
 
-        try:
-            x = np.load(opts.input)
-        except (OSError, ValueError) as exc:
-            raise CfgError(Diagnostic("E901", f"cannot read '{opts.input}': {exc}", opts.input,
-                                      hint="save the input with numpy.save")) from None
+        x = read_array(opts.input)
         written = dump_outputs(net, x, opts.dump_outputs, opts.all_layers, input_name=opts.input)
         print(f"wrote {opts.dump_outputs} ({len(written)} layers)", file=sys.stderr)
     return 0

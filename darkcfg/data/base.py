@@ -145,3 +145,26 @@ def write_image(path: str, tensor: torch.Tensor) -> None:
 
     arr = tensor.permute(1, 2, 0).numpy()
     Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(path)
+
+
+def read_array(path: str) -> np.ndarray:
+    """A numeric array from a `.npy` file (`--input X.npy`): E901 for anything else (a text or
+    pickled file, a folder), naming what it is."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise data_error(f"cannot read '{path}': {exc.strerror or exc}", path,
+                         "save the input with numpy.save") from None
+    if magic != b"\x93NUMPY":
+        raise data_error(f"'{path}' is not a .npy file", path,
+                         "save the input with numpy.save(path, array)")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise data_error(f"cannot read '{path}': {exc}", path,
+                         "save the input with numpy.save (a numeric array)") from None
+    if not np.issubdtype(array.dtype, np.number):
+        raise data_error(f"'{path}' holds {array.dtype} values, not numbers", path,
+                         "save a numeric array")
+    return array

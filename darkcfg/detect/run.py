@@ -119,7 +119,7 @@ def read_names(names_file: str | None, data_file: str | None) -> tuple[list[str]
 def check_names(net, names: list[str], where: str | None) -> None:
     heads = head_indices(net)
     classes = net.layers[heads[0]].classes
-    if names and len(names) != classes:
+    if where is not None and len(names) != classes:  # an empty names file too
         block = net.meta[heads[0]].block
         raise block.error("E304", f"'{where}' lists {len(names)} class names, but "
                           f"[{block.name}] has classes={classes}", "classes",
@@ -271,11 +271,9 @@ def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, sour
 def detections_json(net, opts: DetectOptions, names: list[str]) -> None:
     import numpy as np
 
-    try:
-        x = torch.from_numpy(np.asarray(np.load(opts.input), dtype=np.float32))
-    except (OSError, ValueError) as exc:
-        raise CfgError(Diagnostic("E901", f"cannot read '{opts.input}': {exc}", opts.input,
-                                  hint="save the input with numpy.save")) from None
+    from darkcfg.data.base import read_array
+
+    x = torch.from_numpy(np.asarray(read_array(opts.input), dtype=np.float32))
     s = net.input_shape
     if x.dim() == 3:
         x = x[None]
