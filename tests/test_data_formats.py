@@ -296,6 +296,22 @@ def test_a_coco_bbox_that_is_no_number_is_refused(tmp_path, bbox):
     assert err.value.first.code == "E903" and "four finite numbers" in err.value.first.message
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["categories"].append(dict(d["categories"][0], name="again")),
+     "category id 11 is listed twice"),
+    (lambda d: d["images"].append(dict(d["images"][0])), "is listed twice"),
+    (lambda d: d["annotations"][0].update(iscrowd="yes"), "iscrowd is 'yes', not 0 or 1"),
+])
+def test_coco_ids_and_crowd_flags_that_cannot_mean_one_thing(tmp_path, edit, message):
+    train, _ = write_coco(tmp_path / "c")
+    doc = json.loads(train.read_text())
+    edit(doc)
+    train.write_text(json.dumps(doc, indent=1))
+    with pytest.raises(CfgError) as err:
+        open_set(train)
+    assert any(message in d.message for d in err.value.diagnostics), err.value.diagnostics
+
+
 def test_coco_errors_are_located(tmp_path):
     train, _ = write_coco(tmp_path / "c")
     doc = json.loads(train.read_text())

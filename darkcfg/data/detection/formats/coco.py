@@ -121,7 +121,10 @@ def read_coco(path: Path) -> DetectionSet:
     categories = sorted(((c.get("id"), i, c) for i, c in enumerate(doc["categories"])
                          if isinstance(c, dict) and isinstance(c.get("id"), int)),
                         key=lambda t: t[0])
-    for k, (cid, _, c) in enumerate(categories):
+    for k, (cid, i, c) in enumerate(categories):
+        if cid in classes:  # two classes under one id: its boxes would go to one of them
+            raise CfgError(where.at("categories", i, "id", f"category id {cid} is listed twice",
+                                    hint="give every category its own id"))
         classes[cid] = k
         names.append(str(c.get("name", cid)))
     if len(categories) != len(doc["categories"]):
@@ -153,6 +156,10 @@ def read_coco(path: Path) -> DetectionSet:
         if not (isinstance(width, (int, float)) and isinstance(height, (int, float))
                 and width > 0 and height > 0):
             width, height = image_size(found)
+        if entry["id"] in index_of:
+            problems.append(where.at("images", i, "id", f"image id {entry['id']!r} is listed "
+                                     "twice", hint="give every image its own id"))
+            continue
         index_of[entry["id"]] = len(images)
         images.append(found)
         sizes.append((float(width), float(height)))
@@ -200,6 +207,10 @@ def read_coco(path: Path) -> DetectionSet:
         x0, y0 = max(x, 0.0), max(y, 0.0)
         x1, y1 = min(x + w, width), min(y + h, height)
         row = [*relative_box(x0, y0, x1, y1, width, height), float(cls)]
+        if ann.get("iscrowd", 0) not in (0, 1):  # (True and False are 1 and 0 too)
+            problems.append(where.at("annotations", i, "iscrowd", f"iscrowd is "
+                                     f"{ann.get('iscrowd')!r}, not 0 or 1"))
+            continue
         (crowd if ann.get("iscrowd") else boxes)[image].append(row)
 
     if not images and not problems:
