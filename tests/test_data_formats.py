@@ -312,6 +312,23 @@ def test_coco_ids_and_crowd_flags_that_cannot_mean_one_thing(tmp_path, edit, mes
     assert any(message in d.message for d in err.value.diagnostics), err.value.diagnostics
 
 
+@pytest.mark.parametrize("old, new, message", [
+    ("<difficult>0</difficult>", "<difficult>maybe</difficult>", "<difficult> 'maybe' is not"),
+    ("<width>", "<width>-", "is not an image size"),
+    ("<annotation>", "<notes>", "not a VOC <annotation>"),
+])
+def test_voc_values_that_cannot_mean_one_thing(tmp_path, old, new, message):
+    root = write_voc(tmp_path / "v")
+    xml = root / "Annotations" / "im0.xml"
+    text = xml.read_text().replace(old, new, 1)
+    xml.write_text(text.replace("</annotation>", "</notes>") if new == "<notes>" else text)
+    with pytest.raises(CfgError) as err:
+        open_set(root)
+    found = [d for d in err.value.diagnostics if message in d.message]
+    assert found and found[0].path.endswith("im0.xml") and found[0].line > 0, \
+        err.value.diagnostics
+
+
 def test_coco_errors_are_located(tmp_path):
     train, _ = write_coco(tmp_path / "c")
     doc = json.loads(train.read_text())

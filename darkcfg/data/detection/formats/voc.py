@@ -22,6 +22,7 @@ parser's position.
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from xml.parsers import expat
@@ -62,6 +63,10 @@ class _Annotation:
                                       hint="a VOC annotation is an <annotation> XML "
                                       "document")) from None
         self.root = builder.close()
+        if self.root.tag != "annotation":
+            raise CfgError(self.error(self.root, f"the document is <{self.root.tag}>, not a VOC "
+                                      "<annotation>", hint="a VOC annotation is an <annotation> "
+                                      "XML document"))
 
     def error(self, element: ET.Element | None, message: str, hint: str = "") -> Diagnostic:
         line, col = self.where.get(element, (0, 0)) if element is not None else (0, 0)
@@ -200,9 +205,8 @@ def _boxes(ann: _Annotation, image: str, classes: dict[str, int], problems):
     size = ann.root.find("size")
     width = height = None
     if size is not None:
-        width, height = (float(v) if v and v.strip().replace(".", "", 1).isdigit() else None
-                         for v in (size.findtext("width"), size.findtext("height")))
-    if not width or not height:  # some exporters write 0: the image knows
+        width, height = (_size(ann, size, tag, problems) for tag in ("width", "height"))
+    if not width or not height:  # none, or 0 (some exporters write it): the image knows
         width, height = (float(v) for v in image_size(image))
     rows, difficult = [], []
     for obj in ann.objects():
@@ -234,5 +238,27 @@ def _boxes(ann: _Annotation, image: str, classes: dict[str, int], problems):
                                       hint="VOC pixels count from 1"))
             continue
         hard = (obj.findtext("difficult") or "0").strip()
-        (difficult if hard not in ("", "0") else rows).append(row)
+        if hard not in ("", "0", "1"):
+            problems.append(ann.error(obj.find("difficult"), f"<difficult> '{hard}' is not 0 or "
+                                      "1"))
+            continue
+        (difficult if hard == "1" else rows).append(row)
     return rows, difficult
+
+
+def _size(ann: _Annotation, size: ET.Element, tag: str, problems) -> float | None:
+    """<size>'s <width> or <height>: a number >= 0 (0 or none: read from the image), or a
+    located problem."""
+    element = size.find(tag)
+    text = (element.text or "").strip() if element is not None else ""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        problems.append(ann.error(element, f"<{tag}> '{text}' is not an image size",
+                                  hint="the image's size in pixels, or leave it out"))
+        return None
+    return value
