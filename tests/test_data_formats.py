@@ -647,3 +647,13 @@ def test_edge_labels_train_as_darknet_check_warns_and_convert_clips(tmp_path, ca
         assert x >= 0 and y >= 0 and x + w <= image["width"] + 1e-9
         assert y + h <= image["height"] + 1e-9
     assert len(open_set(out_dir / "instances_train.json").train.boxes[0]) == 4  # reads back
+
+
+def test_yaml_names_must_be_names(tmp_path):
+    data = write_yolo(tmp_path / "y")
+    text = data.read_text()
+    data.write_text(text.replace("names:\n  0: circle\n  1: square\n  2: triangle\n",
+                                 "names: [circle, [square], triangle]\n"))
+    with pytest.raises(CfgError) as err:
+        open_set(data)
+    assert "['square'] is not a class name" in err.value.first.message

@@ -114,8 +114,12 @@ def _names(doc: _Yaml) -> list[str]:
                             "0, 1, ...") from None
         if ids != list(range(len(ids))):
             raise doc.error("names", f"names: class ids {ids[:5]}... are not 0..{len(ids) - 1}")
-        names = [str(names[k] if k in names else names[str(k)]) for k in ids]
-    elif isinstance(names, list):
+        names = [names[k] if k in names else names[str(k)] for k in ids]
+    if isinstance(names, list):
+        odd = next((n for n in names if isinstance(n, (list, dict)) or n is None), False)
+        if odd is not False:  # a nested list or mapping is no class name (a misplaced bracket)
+            raise doc.error("names", f"names: {odd!r} is not a class name",
+                            hint="one name (a string or number) per class")
         names = [str(n) for n in names]
     else:
         raise doc.error("names", f"'{doc.path}' needs names: (a list of class names, or "
