@@ -344,7 +344,9 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                 im.verify()
         except Exception as exc:  # PIL raises many kinds for a broken file
             raise CfgError(Diagnostic("E901", f"cannot read image '{p}': {exc}", str(p),
-                                      hint="remove it or convert it to JPEG/PNG")) from None
+                                      hint="check its permissions" if isinstance(
+                                          exc, PermissionError) else "remove it or convert "
+                                      "it to JPEG/PNG")) from None
         loaded.append(str(p))
     results, taken, ids, objects = [], set(), set(), 0
     bar = tqdm(total=len(paths), unit="img", disable=not (progress and folder), file=sys.stderr)

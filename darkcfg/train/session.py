@@ -13,6 +13,7 @@ from builders.atomic import check_folder, ensure_folder, remove_stale_temps
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data import (
     Augment,
+    DataError,
     DataSplits,
     Samples,
     default_workers,
@@ -324,8 +325,16 @@ def predict(opts: RunOptions, images: list[str], top: int,
     results = []
     for path in images:
         if not os.path.isfile(path):
-            raise CfgError(Diagnostic("E901", f"image '{path}' does not exist", path))
-        x = view(read_image(path, task.inputs[0]))[None]
+            what = "is a folder" if os.path.isdir(path) else "does not exist"
+            raise CfgError(Diagnostic("E901", f"image '{path}' {what}", path,
+                                      hint="name image files" if os.path.isdir(path) else
+                                      "check the path"))
+        try:
+            pixels = read_image(path, task.inputs[0])
+        except DataError as exc:
+            raise CfgError(Diagnostic("E901", str(exc), path, hint="remove it or convert it "
+                                      "to JPEG/PNG")) from None
+        x = view(pixels)[None]
         probs = task.scores(trainer, x).reshape(-1)
         k = min(top, probs.numel())
         p, i = probs.topk(k)
