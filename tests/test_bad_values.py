@@ -753,3 +753,13 @@ def test_an_empty_names_file_is_refused_like_a_wrong_one(capsys, tmp_path):
 def test_an_opset_onnx_cannot_write_is_refused_before_the_build(capsys, tiny, tmp_path):
     code, err = run(capsys, "export", tiny, "--out", tmp_path / "m.onnx", "--opset", "0")
     assert code == 2 and "error[E100]: --opset 0" in err and not (tmp_path / "m.onnx").exists()
+
+
+def test_a_plot_is_named_png_so_it_never_lands_on_a_data_file(capsys, tiny, tmp_path):
+    """`--plot images/im0.jpg` or `--plot labels/x.txt` would write a PNG over a file of the
+    data set: a plot flag takes a .png name."""
+    label = tmp_path / "x.txt"
+    label.write_text("0 0.5 0.5 0.1 0.1\n")
+    code, err = run(capsys, "summary", tiny, "--plot-lr", label)
+    assert code == 2 and "the plot is a PNG file" in err and "name it x.png" in err, err
+    assert label.read_text() == "0 0.5 0.5 0.1 0.1\n"

@@ -16,7 +16,7 @@ import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import ERROR
-from darkcfg.cli.common import refuse_overwriting_inputs
+from darkcfg.cli.common import refuse_overwriting_inputs, require_png
 from darkcfg.lint.cli import CommandParser
 
 
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
           "same seed)")
     plot = Path(args.plot) if args.plot else Path("runs") / Path(args.cfg).stem / "anchors.png"
     refuse_overwriting_inputs({"--plot": plot}, {"the cfg": args.cfg, "the --data file": args.data})
+    require_png("--plot", plot)
     fit.plot_anchors(plot, boxes, result.anchors, current[:num] if len(current) else None,
                      f"{Path(args.cfg).name}: {len(boxes)} boxes, {k} anchors, "
                      f"avg IoU {100 * result.avg_iou:.1f}% (now {100 * now:.1f}%)")

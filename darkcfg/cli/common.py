@@ -9,12 +9,14 @@ import errno
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.lint.cli import CommandParser, memory_size
 
 __all__ = ["add_model_arguments", "command_parser", "guarded", "model_spec",
-           "memory_size", "model_inputs", "refuse_overwriting_inputs", "usage_error"]
+           "memory_size", "model_inputs", "refuse_overwriting_inputs", "require_png",
+           "usage_error"]
 
 
 def command_parser(command: str, description: str) -> argparse.ArgumentParser:
@@ -76,6 +78,14 @@ def refuse_overwriting_inputs(outputs: dict[str, object], inputs: dict[str, obje
             if out and source and _same_file(out, source):
                 raise usage_error(f"{flag} '{out}' is {what} this command reads: writing it "
                                   "would destroy it", hint=f"give {flag} another path")
+
+
+def require_png(flag: str, path) -> None:
+    """A plot flag names a .png: any other name (an image or label file of the data set, say)
+    is refused before it is written over."""
+    if path is not None and Path(path).suffix.lower() != ".png":
+        raise usage_error(f"{flag} '{path}': the plot is a PNG file", hint=f"name it "
+                          f"{Path(path).with_suffix('.png').name}")
 
 
 def _same_file(a: object, b: object) -> bool:

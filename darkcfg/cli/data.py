@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.cli.common import refuse_overwriting_inputs
+from darkcfg.cli.common import refuse_overwriting_inputs, require_png
 from darkcfg.lint.cli import CommandParser
 
 
@@ -69,6 +69,7 @@ def check(src: str, cfg: str | None, size: str | None, plot: Path) -> int:
     from darkcfg.data.detection.formats.check import check_set
 
     refuse_overwriting_inputs({"--plot": plot}, {"the data set file": src, "the cfg": cfg})
+    require_png("--plot", plot)
     net_size, strides, origin = (416, 416), (8, 16, 32), "strides 8, 16, 32"
     if cfg is not None:
         net_size, strides = network_geometry(cfg)

@@ -14,6 +14,7 @@ from darkcfg.cli.common import (
     model_inputs,
     model_spec,
     refuse_overwriting_inputs,
+    require_png,
 )
 from darkcfg.model import ModelSpec
 
@@ -42,6 +43,7 @@ def parse(argv: list[str]) -> SummaryOptions:
 
 def run(opts: SummaryOptions) -> int:
     refuse_overwriting_inputs({"--plot-lr": opts.plot_lr}, model_inputs(opts.model))
+    require_png("--plot-lr", opts.plot_lr)
     if opts.plot_lr is not None:
         from builders.atomic import check_writable
 
