@@ -187,8 +187,20 @@ def test_bad_sources_are_located_errors(cfg, tmp_path, capsys):
     assert f"{missing}: error[E901]: video '{missing}' does not exist" in err
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 10)
-    assert main([str(cfg), "--detect", str(broken), "--out", str(tmp_path)]) == 2
+    assert main([str(cfg), "--detect", str(broken), "--out", str(tmp_path / "out")]) == 2
     assert "error[E901]: cannot open video" in capsys.readouterr().err
+
+
+def test_out_never_replaces_the_input_video(cfg, clip, tmp_path, capsys):
+    """`detect clip.mp4 --out <its folder>` would write the annotated clip.mp4 over the input."""
+    import shutil
+
+    source = tmp_path / clip.name
+    shutil.copy(clip, source)
+    before = source.read_bytes()
+    assert main([str(cfg), "--detect", str(source), "--out", str(tmp_path)]) == 2
+    assert "would replace the input video" in capsys.readouterr().err
+    assert source.read_bytes() == before and not (tmp_path / f"{source.stem}.jsonl").exists()
 
 
 def test_missing_pyav_says_how_to_install(cfg, clip, tmp_path, monkeypatch, capsys):
