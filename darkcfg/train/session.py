@@ -142,7 +142,9 @@ def refuse_weights_the_run_replaces(weights: str | None, out: Path, name: str) -
         inside = source.resolve().parent == out.resolve()
     except OSError:
         return
-    if inside and source.name.startswith(f"{name}_") and source.suffix == ".weights":
+    suffix = source.stem[len(name) + 1:] if source.stem.startswith(f"{name}_") else ""
+    if inside and source.suffix == ".weights" and (suffix in ("last", "final", "best")
+                                                   or suffix.isdecimal()):
         raise CfgError(Diagnostic(
             "E901", f"--weights '{weights}' is a name this run writes in '{out}': its first "
             "save would replace the weights it starts from", str(weights),
