@@ -763,3 +763,22 @@ def test_a_plot_is_named_png_so_it_never_lands_on_a_data_file(capsys, tiny, tmp_
     code, err = run(capsys, "summary", tiny, "--plot-lr", label)
     assert code == 2 and "the plot is a PNG file" in err and "name it x.png" in err, err
     assert label.read_text() == "0 0.5 0.5 0.1 0.1\n"
+
+
+def test_resume_continues_on_the_runs_recorded_data(capsys, tiny, tmp_path, monkeypatch):
+    """`--resume` without --data takes the data the run recorded (settings.yaml), as a
+    continuation should; before, it went on with the embedded set and a warning."""
+    from PIL import Image as PILImage
+
+    monkeypatch.chdir(tmp_path)
+    for cls in ("a", "b", "c", "d"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for k in range(4):
+            PILImage.fromarray(np.full((12, 12, 3), 60 * "abcd".index(cls) + k, np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{k}.png")
+    code, err = run(capsys, "train", tiny, "--data", "imgs", "--out", "run", "--no-progress",
+                    "--valid-every", "0")
+    assert code == 0, err
+    code, err = run(capsys, "train", tiny, "--out", "run", "--resume", "--no-progress",
+                    "--set", "max_batches=4", "--valid-every", "0")
+    assert code == 0 and "the run's data, imgs" in err and "other settings" not in err, err

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import yaml
 
 from builders.atomic import check_folder, ensure_folder, remove_stale_temps
 from cfgparse import CfgError, Diagnostic
@@ -114,6 +115,20 @@ def check_memory(opts: RunOptions, device: torch.device) -> tuple[int, int] | No
 RUN_FILES = (CHECKPOINT, "metrics.csv")  # a folder holding either already holds a run
 
 
+def recorded_data(out: Path) -> str | None:
+    """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
+    can still be opened from here (a path that exists, or `digits`); else None."""
+    try:
+        recorded = yaml.safe_load((out / "settings.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    data = recorded.get("data") if isinstance(recorded, dict) else None
+    if not isinstance(data, str) or data == "embedded":
+        return None
+    return data if data == "digits" or data.startswith("torchvision:") or \
+        os.path.exists(data) else None
+
+
 def refuse_existing_run(out: Path, dist: distributed.Dist, device) -> None:
     """A fresh --train (no --resume) never reuses a run folder: it would drop that run's
     metrics.csv and replace its checkpoint, so forgetting --resume after a crash would lose
@@ -163,6 +178,11 @@ def train(opts: RunOptions) -> tuple[str, Trainer]:
 def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if opts.explicit_out and dist.main:
         check_folder(opts.out, "--out")  # a file in the way fails now, not after the build
+    if opts.resume and opts.data is None:
+        data = recorded_data(opts.out)
+        if data is not None:  # `--resume` continues the run: on its data, unless told otherwise
+            say(f"--resume: the run's data, {data} (its settings.yaml)", dist)
+            opts = replace(opts, data=data)
     if opts.deterministic:
         make_deterministic()
     need = check_memory(opts, device)
