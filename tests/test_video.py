@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -208,3 +209,35 @@ def test_missing_pyav_says_how_to_install(cfg, clip, tmp_path, monkeypatch, caps
     assert main([str(cfg), "--detect", str(clip), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "error[E901]: video input needs PyAV" in err and "darkcfg[video]" in err
+
+
+def test_a_video_that_ends_early_is_said_to(cfg, tmp_path, capsys):
+    """An AVI cut short still opens and declares all its frames: the frames it has are
+    detected, and a warning says the file ends early (before: exit 0 and nothing said)."""
+    import av
+
+    path = tmp_path / "cut.avi"
+    out = av.open(str(tmp_path / "whole.avi"), "w", format="avi")
+    stream = out.add_stream("mpeg4", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for i in range(20):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, np.uint8),
+                                           format="rgb24")
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    whole = (tmp_path / "whole.avi").read_bytes()
+    path.write_bytes(whole[:len(whole) * 8 // 10])
+    try:
+        with av.open(str(path)) as probe:
+            declared = probe.streams.video[0].frames
+            decoded = sum(1 for _ in probe.decode(video=0))
+    except av.FFmpegError:
+        pytest.skip("this FFmpeg does not open the cut file")
+    if not decoded < declared - 1:
+        pytest.skip("this FFmpeg decodes the cut file whole")
+    assert main([str(cfg), "--detect", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert f"declares {declared} frames but {decoded} could be decoded" in \
+        capsys.readouterr().err

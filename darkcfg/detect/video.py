@@ -299,7 +299,8 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
         labels.mkdir(exist_ok=True)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # FFmpeg's own frame threads for decoding
-    total = stream.frames or None
+    declared = stream.frames or 0  # what the container's header says (0: unknown, a stream)
+    total = declared or None
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
     rate = stream.average_rate or stream.guessed_rate or 25
@@ -354,6 +355,11 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
             video_tmp.unlink(missing_ok=True)
         os.replace(jsonl_tmp, jsonl_path)
     seconds = time.perf_counter() - start
+    if not interrupted and frames < declared - 1 and (max_frames is None or frames < max_frames):
+        # (one frame of slack: some containers count an estimate)
+        print(f"warning: '{source}' declares {declared} frames but {frames} could be decoded: "
+              "the file ends early or is damaged (the outputs hold those frames)",
+              file=sys.stderr)
     result = VideoResult(source, frames, writer.objects, seconds, video_path, jsonl_path, labels,
                          interrupted)
     if interrupted:
