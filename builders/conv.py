@@ -89,12 +89,13 @@ _ONEDNN = torch.backends.mkldnn.is_available() and all(
     hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise", "_linear_pointwise"))
 
 
-def fast_inference_ok(x: torch.Tensor) -> bool:
-    """Whether the inference fast path may run on input `x`: no autograd, a plain CPU float32
-    tensor, oneDNN present, and no tracer, compiler, exporter or autocast watching (they need the
-    plain modules' ops)."""
+def fast_inference_ok(x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
+    """Whether the inference fast path may run on input `x` (and a layer's `weight`): no
+    autograd, plain CPU float32 tensors, oneDNN present, and no tracer, compiler, exporter or
+    autocast watching (they need the plain modules' ops)."""
     return (_ONEDNN and not torch.is_grad_enabled() and type(x) is torch.Tensor
             and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and (weight is None or weight.dtype == torch.float32)
             and torch.backends.mkldnn.enabled and not native.torch_ops_needed())
 
 
@@ -338,7 +339,8 @@ class PlainConv(Convolutional):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.training and self.fast_inference and fast_inference_ok(x):
+        if not self.training and self.fast_inference and \
+                fast_inference_ok(x, self.conv._parameters["weight"]):
             return self.inference_forward(x, residual, out)
         return _finish(self.act(self.conv(x)), residual, out)
 
@@ -349,7 +351,8 @@ class PlainConvBN(Convolutional):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.training and self.fast_inference and fast_inference_ok(x):
+        if not self.training and self.fast_inference and \
+                fast_inference_ok(x, self.conv._parameters["weight"]):
             return self.inference_forward(x, residual, out)
         y = self.conv(x)
         slope = _FUSED_SLOPES.get(self.activation)

@@ -267,6 +267,7 @@ def build(source: str | os.PathLike | Sequence[Block], *, device: torch.device |
     cfgparse.schema)."""
     if flavor not in ("alexeyab", "pjreddie"):
         raise ValueError(f"flavor must be 'alexeyab' or 'pjreddie', not {flavor!r}")
-    blocks = source if isinstance(source, Sequence) and not isinstance(source, str) else \
+    blocks = source if isinstance(source, Sequence) and \
+        not isinstance(source, (str, bytes, bytearray)) else \
         parse(source, flavor=flavor)
     return Network(list(blocks), flavor=flavor, device=device)

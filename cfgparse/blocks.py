@@ -43,6 +43,12 @@ class Block:
         # a read-only view of a private copy: the caller's dict cannot change the block later
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
+    def __reduce__(self):
+        """Picklable, and so deep-copyable (a built network's `meta` holds blocks: EMA copies,
+        `torch.save(net)`): the options travel as a plain dict, the read keys with them."""
+        return (_rebuilt, (self.type, self.name, dict(self.options), self.line, self.column,
+                           self.path, self.source, self.index, set(self._read)))
+
     # -- equality is on data (type and typed values), not on positions or read-tracking -------
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Block):
@@ -193,6 +199,14 @@ def make_block(type: str, name: str, options: Mapping[str, Option], line: int, c
     block = _object_new(Block)
     block.__dict__.update(type=type, name=name, options=options, line=line, column=column,
                           path=path, source=source, index=index, _read=set())
+    return block
+
+
+def _rebuilt(type: str, name: str, options: dict, line: int, column: int, path: str,
+             source: str, index: int, read: set) -> Block:
+    """Block.__reduce__'s constructor: the block as it was, options read-only again."""
+    block = make_block(type, name, MappingProxyType(options), line, column, path, source, index)
+    block._read.update(read)
     return block
 
 

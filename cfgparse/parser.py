@@ -55,6 +55,8 @@ def looks_like_text(source: str) -> bool:
     stripped = source.strip()
     if not stripped or stripped[0] in "[#;":
         return True  # '' and blanks: an empty cfg (E100), not the current directory
+    if stripped.lower().endswith((".cfg", ".yaml", ".yml")):
+        return False  # a missing file, even in a folder named like `lr=0.1/` (sweeps): E901
     return "=" in stripped and not os.path.exists(source)
 
 

@@ -217,6 +217,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         """Values no command can use are refused here, whichever command built the spec."""
+        if isinstance(self.sets, str):  # one override, not its characters
+            object.__setattr__(self, "sets", (self.sets,))
         check_seed(self.seed)
         check_count("--cutoff", self.cutoff, "the number of layers")
         if self.device and self.device != "auto":
@@ -243,4 +245,4 @@ class ModelSpec:
         """(net, report): built, its weights loaded, on the device, in eval mode."""
         return load_model(self.cfg, self.weights, sets=[*self.sets, *extra_sets],
                           flavor=self.flavor, seed=self.seed, device=self.device,
-                          cutoff=self.cutoff)
+                          cutoff=self.cutoff, partial=self.partial)

@@ -413,8 +413,18 @@ def load_pixels(image, channels: int = 3) -> torch.Tensor:
     is made from these (`network_input` reads bytes as value / 255). Raises OSError (with the
     path) for an unreadable file."""
     image = decoded(image, channels)
+    if isinstance(image, np.ndarray):
+        raise TypeError(f"a numpy array {image.shape} is not taken as an image (its layout and "
+                        "channel order are guesses): pass torch.from_numpy(a).permute(2, 0, 1) "
+                        "for an (H, W, C) RGB array (OpenCV's are BGR: a[..., ::-1] first)")
     if not isinstance(image, torch.Tensor):
+        from PIL import Image
+
         from darkcfg.data.base import eight_bit
+
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"an image is a path, a PIL image or a (C, H, W) tensor, not "
+                            f"{type(image).__name__}")
 
         image = eight_bit(image)
         if channels == 1:
@@ -426,11 +436,39 @@ def load_pixels(image, channels: int = 3) -> torch.Tensor:
         image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
     if image.dim() != 3:
         raise ValueError(f"an image tensor is (C, H, W), not {tuple(image.shape)}")
+    if image.shape[0] not in (1, 3, 4, channels):
+        raise ValueError(f"an image tensor is (C, H, W) with 1, 3 or 4 channels, not "
+                         f"{tuple(image.shape)}" + (": an (H, W, C) tensor needs "
+                                                    ".permute(2, 0, 1)" if image.shape[-1] in
+                                                    (1, 3, 4) else ""))
     if image.dtype != torch.uint8:
+        if image.is_floating_point():
+            low, high = torch.aminmax(image) if image.numel() else (0.0, 0.0)
+            if not 0 <= low <= high <= 1:  # NaN fails too
+                raise ValueError(f"float pixels lie in [0, 1], not [{float(low):g}, "
+                                 f"{float(high):g}]: divide 0-255 values by 255, or pass uint8")
+        else:
+            raise ValueError(f"image pixels are uint8 (0-255) or float in [0, 1], not "
+                             f"{image.dtype}")
         image = image.float()
     if image.shape[0] != channels:
-        image = image.repeat((channels + image.shape[0] - 1) // image.shape[0], 1, 1)[:channels]
+        image = _channels(image, channels)
     return image
+
+
+def _channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """`image` (C, H, W) with `channels` channels as Pillow converts: RGB(A) to one channel is
+    its luminance (ITU-R 601-2, Pillow's integer rounding for bytes), RGBA to RGB drops alpha,
+    one channel to three repeats it; other counts repeat the channels cyclically."""
+    if channels == 1 and image.shape[0] in (3, 4):
+        r, g, b = image[0], image[1], image[2]
+        if image.dtype == torch.uint8:  # Pillow's L = (R*19595 + G*38470 + B*7471 + 2^15) >> 16
+            luma = (r.int() * 19595 + g.int() * 38470 + b.int() * 7471 + 0x8000) >> 16
+            return luma.to(torch.uint8)[None]
+        return (r * 0.299 + g * 0.587 + b * 0.114)[None]
+    if channels == 3 and image.shape[0] == 4:
+        return image[:3]
+    return image.repeat((channels + image.shape[0] - 1) // image.shape[0], 1, 1)[:channels]
 
 
 def load_image(image, channels: int = 3) -> torch.Tensor:
@@ -604,6 +642,10 @@ def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: boo
 def run_heads(net, x: torch.Tensor, heads: list[int] | None = None) -> dict[int, torch.Tensor]:
     """The head outputs for input x, under autocast on CUDA (decoded in float32 after)."""
     heads = head_indices(net) if heads is None else heads
+    param = next(iter(net.parameters()), None)
+    if param is not None and param.dtype != x.dtype and param.dtype.is_floating_point and \
+            x.device.type != "cuda":  # a .double() or .half() net on the CPU: its own dtype
+        x = x.to(param.dtype)
     if x.device.type == "cuda":
         autocast = torch.autocast("cuda", dtype=torch.float16)
     elif torch.is_autocast_enabled("cpu"):  # a caller's bfloat16 region: decode in float32

@@ -53,6 +53,8 @@ class DetectOptions:
     force: bool = False  # run even when the estimate is over max_memory
 
     def __post_init__(self):
+        if isinstance(self.targets, (str, os.PathLike)):  # one image or folder, not characters
+            object.__setattr__(self, "targets", (os.fspath(self.targets),))
         for name, example in (("thresh", ".25"), ("nms", ".45")):
             value = getattr(self, name)
             if not 0 <= value <= 1:  # NaN fails too

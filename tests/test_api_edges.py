@@ -1,0 +1,111 @@
+"""The library used from Python the ordinary PyTorch ways: copied, pickled, run in another
+dtype, fed tensors of the wrong layout; and the typed options given one string for a tuple."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_detect import tiny_cfg, write_images
+
+from builders import build
+from cfgparse import CfgError
+from darkcfg.detect.decode import detect, load_pixels
+
+
+def test_a_network_deep_copies_and_pickles(tmp_path):
+    """EMA copies (copy.deepcopy), AveragedModel and torch.save(net) need a picklable module:
+    the blocks in `net.meta` hold read-only option views that once refused."""
+    net = build(str(tiny_cfg(tmp_path))).eval()
+    twin = copy.deepcopy(net)
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        want = net(x)
+        for other in (twin, loaded):
+            assert all(torch.equal(a, b) for a, b in zip(want, other(x), strict=True))
+    assert twin.meta[1].block == net.meta[1].block
+    with pytest.raises(TypeError):  # still read-only after the copy
+        twin.meta[1].block.options["size"] = 5
+
+
+def test_detect_with_a_float64_network_matches_float32(tmp_path):
+    """detect() feeds the network its own dtype on the CPU (the fast path is float32-only and
+    a float64 net once failed inside oneDNN)."""
+    cfg = tiny_cfg(tmp_path)
+    image = write_images(tmp_path / "imgs")[0]
+    torch.manual_seed(0)
+    net = build(str(cfg)).eval()
+    wide = copy.deepcopy(net).double()
+    found32, found64 = detect(net, image, thresh=0.05), detect(wide, image, thresh=0.05)
+    assert len(found32[0]) > 0 and len(found32[0]) == len(found64[0])
+    for a, b in zip(found32[0], found64[0], strict=True):
+        assert a.class_id == b.class_id and abs(a.score - b.score) < 1e-4
+        assert np.allclose(a.box, b.box, atol=1e-2)
+
+
+def test_image_tensors_of_the_wrong_layout_or_range_are_refused():
+    rgb = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
+    for bad, says in [(rgb.permute(1, 2, 0), ".permute(2, 0, 1)"),
+                      (rgb.float(), "float pixels lie in [0, 1]"),
+                      (rgb.int(), "not torch.int32"),
+                      (torch.full((3, 4, 4), float("nan")), "float pixels lie in [0, 1]")]:
+        with pytest.raises(ValueError, match=None) as err:
+            load_pixels(bad)
+        assert says in str(err.value), err.value
+    with pytest.raises(TypeError, match="numpy array"):
+        load_pixels(rgb.permute(1, 2, 0).numpy())
+    with pytest.raises(TypeError, match="not list"):
+        load_pixels([1, 2, 3])
+
+
+def test_a_one_channel_network_sees_a_tensor_as_pillow_sees_the_file(tmp_path):
+    """RGB(A) to one channel is the luminance, as Pillow's convert('L') gives for a path
+    (it once took the red channel)."""
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "rgb.png")
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1)
+    assert torch.equal(load_pixels(tensor, 1), load_pixels(str(tmp_path / "rgb.png"), 1))
+    rgba = torch.cat([tensor, torch.full((1, 20, 30), 7, dtype=torch.uint8)])
+    assert torch.equal(load_pixels(rgba, 3), tensor)
+    grey = load_pixels(tensor.float() / 255, 1)
+    assert torch.allclose(grey * 255, load_pixels(tensor, 1).float(), atol=0.6)
+
+
+def test_model_spec_load_honours_partial(tmp_path):
+    from darkcfg.model import ModelSpec
+
+    cfg = tiny_cfg(tmp_path)
+    state = build(str(cfg)).state_dict()
+    some = dict(list(state.items())[:1])  # 1 of 4 tensors: under half
+    torch.save(some, tmp_path / "part.pt")
+    spec = ModelSpec(str(cfg), weights=str(tmp_path / "part.pt"), device="cpu")
+    with pytest.raises(CfgError, match="--partial"):
+        spec.load()
+    net, report = ModelSpec(str(cfg), weights=str(tmp_path / "part.pt"), partial=True,
+                            device="cpu").load()
+    assert "1/4" in report and not net.training
+
+
+def test_one_string_for_a_tuple_field_is_one_value(tmp_path):
+    from darkcfg.detect.run import DetectOptions
+    from darkcfg.model import ModelSpec
+
+    spec = ModelSpec(str(tiny_cfg(tmp_path)), sets="width=32")
+    assert spec.sets == ("width=32",) and spec.build().input_shape.w == 32
+    assert DetectOptions(spec, targets="a.jpg").targets == ("a.jpg",)
+
+
+def test_build_takes_bytes_and_a_missing_path_with_an_equals_sign(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    assert len(build(cfg.read_bytes()).layers) == len(build(str(cfg)).layers)
+    with pytest.raises(CfgError) as err:
+        build(str(tmp_path / "lr=0.1" / "yolo.cfg"))  # a sweep's folder name, not cfg text
+    assert err.value.first.code == "E901"
