@@ -9,7 +9,9 @@ for all of them. Modules load on first use, so that `darkcfg check` stays torch-
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 #: command -> the module whose main(argv) runs it.
@@ -77,6 +79,7 @@ def version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run `darkcfg ARGV` and return its exit code. A torchrun worker (it joined a process
     group) ends here instead: darkcfg.train.distributed.end_process."""
+    _stop_on_sigterm()
     try:
         code = dispatch(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:  # Ctrl-C while a command's modules (torch) are still loading
@@ -86,6 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     if distributed is not None and distributed.joined():
         distributed.end_process(code)
     return code
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler, `kill`, a container stopping) stops a command as Ctrl-C does: its
+    temp files removed, nothing half-written under a final name, "interrupted", exit 130.
+    Training's loop takes both signals over for a clean stop at the end of an iteration. Left
+    alone where something else already handles SIGTERM, or off the main thread."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def dispatch(argv: list[str]) -> int:
