@@ -446,18 +446,33 @@ def test_labels_of_every_image_type_are_read(tmp_path, ext):
 
 
 # -- export ---------------------------------------------------------------------------------------
-def test_missing_export_package_has_its_own_code(monkeypatch):
-    import importlib.util
+@pytest.mark.parametrize("failure, says", [
+    (ModuleNotFoundError("No module named 'onnxscript'", name="onnxscript"),
+     "onnxscript is not installed"),
+    (ImportError("libonnxruntime.so.1: cannot open shared object file"),
+     "onnxruntime (ImportError: libonnxruntime.so.1: cannot open shared object file) does not "
+     "import"),
+])
+def test_missing_export_package_has_its_own_code(monkeypatch, failure, says):
+    """Missing, or installed but broken (its import fails): E905 naming it and the extra, not
+    a traceback from deep in the export."""
+    import importlib
 
     from darkcfg.export.onnx import require_onnx_packages
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    real = importlib.import_module
+    culprit = "onnxscript" if isinstance(failure, ModuleNotFoundError) else "onnxruntime"
+
+    def imported(name, *args):
+        if name == culprit:
+            raise failure
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", imported)
     with pytest.raises(CfgError) as info:
         require_onnx_packages("m.onnx")
     (d,) = info.value.diagnostics
-    assert d.code == "E905" and "onnxscript" in d.message and "pip install" in d.hint
+    assert d.code == "E905" and says in d.message and "pip install" in d.hint
 
 
 def test_emitted_loader_reads_a_weight_free_network(tmp_path):

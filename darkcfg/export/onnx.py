@@ -46,15 +46,24 @@ def _error(message: str, path: str, hint: str = "", code: str = "E904") -> Expor
 
 def require_onnx_packages(path: str = "<command line>") -> None:
     """Raise a clear error (no traceback) naming what to install when an ONNX package is
-    missing."""
-    import importlib.util
+    missing, or installed but broken (its import fails: a wheel for another Python or a
+    missing shared library)."""
+    import importlib
 
-    missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise _error(f"ONNX export needs {', '.join(missing)}, which "
-                     f"{'is' if len(missing) == 1 else 'are'} not installed", path,
+    missing, broken = [], []
+    for name in EXPORT_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            (missing if exc.name == name else broken).append(f"{name} ({exc})")
+        except Exception as exc:  # noqa: BLE001 - any failure of the import itself
+            broken.append(f"{name} ({type(exc).__name__}: {exc})")
+    if missing or broken:
+        what = "; ".join([*(f"{m.split(' ')[0]} is not installed" for m in missing),
+                          *(f"{b} does not import" for b in broken)])
+        raise _error(f"ONNX export needs onnx, onnxscript and onnxruntime: {what}", path,
                      hint="pip install 'darkcfg[export]' (or: pip install onnx onnxscript "
-                     "onnxruntime)", code="E905")
+                     "onnxruntime); reinstall a package that does not import", code="E905")
 
 
 def parse_input_size(text: str | None) -> list[str]:
