@@ -201,6 +201,24 @@ def remove_stale_temps(folder: str | os.PathLike, names: list[str] | None = None
     return removed
 
 
+def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Give a complete temp file (written by a library that takes a path: the ONNX and
+    torch.export writers) its final name as `atomic_open` does: the mode a new file gets
+    (mkstemp's is private), its bytes synced, the rename, the folder synced. A failure is a
+    located E901 naming `target`."""
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise write_error(target, exc, started=True) from None
+    _fsync_dir(Path(target).parent)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -13,6 +13,7 @@ module (darkcfg/export/onnx.py, darkcfg/export/emit.py, `runner.py --export/--em
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -423,9 +424,14 @@ def test_cli_export_errors(tmp_path, capsys, monkeypatch):
     assert "model.onnx" in capsys.readouterr().err
     assert runner.main([str(cfg), "--export", str(tmp_path / "m.pt2"), "--input-size", "16"]) == 2
     assert "WxH" in capsys.readouterr().err
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    real = importlib.import_module
+
+    def imported(name, *args):
+        if name == "onnxruntime":
+            raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", imported)
     assert runner.main([str(cfg), "--export", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert "onnxruntime" in err and "pip install 'darkcfg[export]'" in err
@@ -480,3 +486,51 @@ def test_an_xnor_net_exports_within_float32s_own_sensitivity(tmp_path):
     rep = export_onnx(net, tmp_path / "x.onnx")
     assert rep.max_rel_error <= max(1e-4, 2 * sensitivity)
     assert rep.allowed == max(1e-4, rep.allowed) and (tmp_path / "x.onnx").exists()
+
+
+def test_a_full_disk_under_a_pt2_is_a_located_error(tmp_path, monkeypatch, capsys):
+    """torch's zip writer, given the file, aborted the process (a C++ exception in its
+    destructor) when the disk filled; the program is now written to memory first and the file
+    by Python: E901 naming the output, nothing under its name, no temp file left."""
+    import builtins
+    import errno
+
+    import darkcfg.cli.flags as runner
+    from darkcfg.export import onnx as module
+
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(CLI_CFG)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    class Full:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module, "open", lambda path, mode="r", *a, **k: Full() if "w" in mode
+                        else builtins.open(path, mode, *a, **k), raising=False)
+    assert runner.main([str(cfg), "--export", str(out / "m.pt2")]) == 2
+    err = capsys.readouterr().err
+    assert "error[E901]" in err and "m.pt2" in err and "Traceback" not in err, err
+    assert list(out.iterdir()) == []
+
+
+def test_exported_files_get_the_mode_new_files_get(tmp_path):
+    """mkstemp's private 0600 is not what a written model should keep (emit's file was 0644,
+    the exports 0600)."""
+    from darkcfg.export.onnx import export
+
+    net = build(CLI_CFG).eval()
+    mask = os.umask(0)
+    os.umask(mask)
+    export(net, tmp_path / "m.pt2")
+    assert (tmp_path / "m.pt2").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from builders.atomic import publish
 from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
 from darkcfg.export.onnx import (
@@ -45,6 +46,7 @@ from darkcfg.export.onnx import (
     onnx_session,
     reference_outputs,
     require_onnx_packages,
+    write_failures,
 )
 
 #: Default bound of `keep_fp32="auto"`: at most this many points of mAP@0.5 / top-1 lost.
@@ -457,8 +459,9 @@ def _write_with_metadata(candidate: Path, path: Path, net: Network, kept, data: 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _atomic_target(path)
     try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
+        with write_failures(path):
+            onnx.save(model, tmp)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

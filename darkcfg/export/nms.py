@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from builders.atomic import publish
 from builders.graph import Network
 from darkcfg.export.onnx import (
     ExportReport,
@@ -41,6 +42,7 @@ from darkcfg.export.onnx import (
     metadata,
     onnx_session,
     require_onnx_packages,
+    write_failures,
 )
 
 NMS_OUTPUTS = ("boxes", "scores", "classes", "batch_index")
@@ -373,7 +375,8 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
             _append_diou_nms(model, nms, beta)
         else:
             _append_nms(model, candidates, thresh, nms)
-        onnx.save(model, tmp)
+        with write_failures(path):
+            onnx.save(model, tmp)
         mismatch = 0.0
         if check:
             mismatch, why = check_nms_graph(model, module, x, thresh, nms, kind, beta)
@@ -383,7 +386,7 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
                 raise _error(why or f"the NMS graph's candidate boxes differ from darkcfg's by "
                              f"{mismatch:.2e} (relative to the input size)", str(path),
                              hint="report the cfg; the file was not written")
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from builders.atomic import check_writable, is_torch_write_failure, write_error
+from builders.atomic import check_writable, is_torch_write_failure, publish, write_error
 from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
 
@@ -220,7 +220,7 @@ def _atomic_target(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _write_failures(path: Path):
+def write_failures(path: Path):
     """A full disk (or a quota) while the exporter writes the temp file: a located error; the
     file under the real name is untouched (the temp file is removed by the caller)."""
     try:
@@ -261,7 +261,7 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
     native = onnx_program.model.opset_imports.get("", 18)
     tmp = _atomic_target(path)
     try:
-        with _write_failures(path):
+        with write_failures(path):
             onnx_program.save(tmp)
         opset_used = native
         if opset is not None and opset != native:
@@ -276,7 +276,7 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
             raise _error(f"onnxruntime's outputs differ from PyTorch's: max rel. error {err:.2e} "
                          f"(allowed {allowed:g})", str(path),
                          hint="report the cfg; the file was not written")
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -413,8 +413,10 @@ def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = F
     program, x = _program_and_input(net, program, dynamic_batch, decode)
     tmp = _atomic_target(path)
     try:
-        with _write_failures(path):
-            torch.export.save(program, tmp)
+        buffer = io.BytesIO()  # the zip writer aborts the process when its file fills a disk
+        torch.export.save(program, buffer)
+        with write_failures(path), open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
         err = 0.0
         if check:
             with torch.no_grad():
@@ -423,7 +425,7 @@ def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = F
             if err > tolerance:
                 raise _error(f"the reloaded program's outputs differ from PyTorch's: max rel. "
                              f"error {err:.2e}", str(path))
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
