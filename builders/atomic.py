@@ -32,7 +32,7 @@ def atomic_open(path: str | os.PathLike, parents: bool = False) -> Iterator[Bina
     except OSError as exc:
         raise write_error(target, exc) from None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; ours should not be
+        os.chmod(tmp, _mode_for(target))  # mkstemp makes the file private; ours should not be
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -207,7 +207,7 @@ def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     (mkstemp's is private), its bytes synced, the rename, the folder synced. A failure is a
     located E901 naming `target`."""
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, _mode_for(Path(target)))
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -217,6 +217,14 @@ def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     except OSError as exc:
         raise write_error(target, exc, started=True) from None
     _fsync_dir(Path(target).parent)
+
+
+def _mode_for(target: Path) -> int:
+    """The permissions a rewritten file keeps (a private cfg stays private), or a new file's."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def _umask() -> int:

@@ -823,3 +823,31 @@ def test_sigterm_stops_any_command_as_ctrl_c_does(capsys, monkeypatch, tmp_path)
     finally:
         signal.signal(signal.SIGTERM, before)
     assert capsys.readouterr().err == "interrupted\n" and list(tmp_path.iterdir()) == []
+
+
+def test_a_second_run_into_a_folder_a_run_is_writing_is_refused(capsys, tiny, tmp_path):
+    """Two runs started into one --out at the same moment both passed the "already holds a
+    run" check and mixed their files; the folder is now locked for the run."""
+    from darkcfg.train.session import hold_run_folder
+
+    out = tmp_path / "run"
+    held = hold_run_folder(out)
+    try:
+        code, err = run(capsys, "train", tiny, "--out", out, "--no-progress")
+        assert code == 2 and f"process {os.getpid()}) is writing to '{out}'" in err, err
+        assert not (out / "metrics.csv").exists()
+    finally:
+        held.close()
+    code, err = run(capsys, "train", tiny, "--out", out, "--no-progress")
+    assert code == 0, err  # free again once the holder is gone
+
+
+def test_a_rewritten_file_keeps_its_permissions(tmp_path):
+    """anchors --write (any atomic rewrite) once turned a private 0600 cfg into 0644."""
+    from builders.atomic import atomic_write
+
+    private = tmp_path / "secret.cfg"
+    private.write_text("[net]\n")
+    private.chmod(0o600)
+    atomic_write(private, "[net]\nwidth=8\n")
+    assert private.stat().st_mode & 0o777 == 0o600 and private.read_text().endswith("8\n")

@@ -115,6 +115,39 @@ def check_memory(opts: RunOptions, device: torch.device) -> tuple[int, int] | No
 RUN_FILES = (CHECKPOINT, "metrics.csv")  # a folder holding either already holds a run
 
 
+LOCK = ".darkcfg.lock"
+
+
+def hold_run_folder(out: Path, flag: str = "--out"):
+    """An exclusive lock on `out` for this run (an flock on OUT/.darkcfg.lock, released when
+    the process ends): a second run started into the same folder at the same moment is refused
+    instead of both passing the "already holds a run" check and mixing their files (and one
+    sweeping the other's temp files away). Returns the open lock file; keep a reference."""
+    import fcntl
+
+    ensure_folder(out, flag)
+    try:
+        handle = open(out / LOCK, "a+")  # noqa: SIM115 - held for the run
+    except OSError as exc:
+        raise CfgError(Diagnostic("E901", f"cannot lock the run folder '{out}': "
+                                  f"{exc.strerror or exc}", str(out),
+                                  hint="name a folder you may write to")) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise CfgError(Diagnostic(
+            "E901", f"another darkcfg run (process {holder}) is writing to '{out}'", str(out),
+            hint="wait for it, or give this run another --out")) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def recorded_data(out: Path) -> str | None:
     """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
     can still be opened from here (a path that exists, or `digits`); else None."""
@@ -203,6 +236,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     out = opts.out
     if splits.backup and not opts.explicit_out:
         out = Path(splits.backup)
+    lock = hold_run_folder(out, "--out" if opts.explicit_out else "backup=") if dist.main \
+        else None  # noqa: F841 - held until the run ends
     if not opts.resume:
         refuse_existing_run(out, dist, device)
     refuse_weights_the_run_replaces(opts.weights, out, opts.name)
