@@ -807,3 +807,27 @@ def test_cli_detect_two_images_of_one_name_get_two_ids(tmp_path, capsys):
     results = json.loads((out / "detections.json").read_text())
     ids = {r["image_id"] for r in results}
     assert len(ids) == 2 and (out / f"{first.stem}_1.jpg").exists(), ids
+
+
+def test_a_full_out_folder_names_the_output_not_an_input(tmp_path, capsys, monkeypatch):
+    """A drawing that cannot be written (a full disk) was caught by the handler of images that
+    do not decode and blamed on the next input ("remove it or convert it")."""
+    import errno
+
+    from PIL import Image
+
+    cfg = tiny_cfg(tmp_path)
+    write_images(tmp_path / "imgs")
+    real = Image.Image.save
+
+    def full(self, fp, format=None, **kwargs):
+        if format == "JPEG":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, fp, format, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    out = tmp_path / "out"
+    assert run_cli(cfg, "--detect", tmp_path / "imgs", "--out", out, "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and str(out) in err and "convert it" not in err
+    assert not [p for p in out.iterdir() if p.suffix == ".jpg" or p.name.startswith(".")]

@@ -190,11 +190,14 @@ def coco_results(found: list[Found], image_id, image_w: int, image_h: int) -> li
 
 
 def save_jpeg(path: Path, rgb: torch.Tensor) -> None:
+    """The drawn image, atomically (a full disk is a located error naming `path`: the caller's
+    handler of images that do not decode must not blame an input for it)."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(rgb.permute(1, 2, 0).numpy()).save(tmp, format="JPEG", quality=90)
-    os.replace(tmp, path)
+    from builders.atomic import atomic_open
+
+    with atomic_open(path) as fh:
+        Image.fromarray(rgb.permute(1, 2, 0).numpy()).save(fh, format="JPEG", quality=90)
 
 
 def write_text(path: Path, text: str) -> None:
