@@ -827,17 +827,26 @@ def test_sigterm_stops_any_command_as_ctrl_c_does(capsys, monkeypatch, tmp_path)
 
 def test_a_second_run_into_a_folder_a_run_is_writing_is_refused(capsys, tiny, tmp_path):
     """Two runs started into one --out at the same moment both passed the "already holds a
-    run" check and mixed their files; the folder is now locked for the run."""
-    from darkcfg.train.session import hold_run_folder
+    run" check and mixed their files; the folder is now locked for the run (by the process:
+    another process holds it here)."""
+    import subprocess
+    import sys
 
     out = tmp_path / "run"
-    held = hold_run_folder(out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from darkcfg.train.session import hold_run_folder; "
+         f"held = hold_run_folder(Path({str(out)!r})); print('held', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     try:
+        assert holder.stdout.readline().strip() == "held"
         code, err = run(capsys, "train", tiny, "--out", out, "--no-progress")
-        assert code == 2 and f"process {os.getpid()}) is writing to '{out}'" in err, err
+        assert code == 2 and f"process {holder.pid}) is writing to '{out}'" in err, err
         assert not (out / "metrics.csv").exists()
     finally:
-        held.close()
+        holder.communicate("")
     code, err = run(capsys, "train", tiny, "--out", out, "--no-progress")
     assert code == 0, err  # free again once the holder is gone
 

@@ -119,10 +119,11 @@ LOCK = ".darkcfg.lock"
 
 
 def hold_run_folder(out: Path, flag: str = "--out"):
-    """An exclusive lock on `out` for this run (an flock on OUT/.darkcfg.lock, released when
-    the process ends): a second run started into the same folder at the same moment is refused
-    instead of both passing the "already holds a run" check and mixing their files (and one
-    sweeping the other's temp files away). Returns the open lock file; keep a reference."""
+    """An exclusive lock on `out` for this run (a POSIX record lock on OUT/.darkcfg.lock: owned
+    by this process alone, so forked loader workers do not inherit it and a killed run frees it
+    at once): a second run started into the same folder at the same moment is refused instead
+    of both passing the "already holds a run" check and mixing their files (and one sweeping
+    the other's temp files away). Returns the open lock file; keep a reference."""
     import fcntl
 
     ensure_folder(out, flag)
@@ -133,7 +134,7 @@ def hold_run_folder(out: Path, flag: str = "--out"):
                                   f"{exc.strerror or exc}", str(out),
                                   hint="name a folder you may write to")) from None
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
         holder = handle.read().strip() or "?"
