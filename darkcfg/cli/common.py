@@ -104,7 +104,7 @@ def file_error(exc: OSError) -> CfgError:
             errno.EPERM: "check the file's and its folder's permissions",
             errno.EISDIR: "name a file, not a folder",
             errno.ENOTDIR: "a part of the path is a file, not a folder",
-            errno.ENOSPC: "free some space (nothing was written under the final name)",
+            errno.ENOSPC: "free some space (or write elsewhere)",
             errno.ENOENT: "check the path"}.get(exc.errno, "check the path")
     return CfgError(Diagnostic("E901", f"{reason}: '{path}'{also}", str(path), hint=hint))
 
