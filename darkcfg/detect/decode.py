@@ -444,7 +444,8 @@ def load_pixels(image, channels: int = 3) -> torch.Tensor:
     if image.dtype != torch.uint8:
         if image.is_floating_point():
             low, high = torch.aminmax(image) if image.numel() else (0.0, 0.0)
-            if not 0 <= low <= high <= 1:  # NaN fails too
+            # pixels in [0, 1]; a bicubic resize overshoots a little, 0-255 values do not
+            if not -1 <= low <= high <= 2:  # NaN fails too
                 raise ValueError(f"float pixels lie in [0, 1], not [{float(low):g}, "
                                  f"{float(high):g}]: divide 0-255 values by 255, or pass uint8")
         else:
