@@ -16,6 +16,7 @@ from darkcfg.cli.common import (
     model_inputs,
     model_spec,
     refuse_overwriting_inputs,
+    usage_error,
 )
 from darkcfg.model import ModelSpec
 
@@ -115,8 +116,6 @@ def sized_model(model: ModelSpec, input_size: str | None):
 
 def check_options(opts: ExportOptions) -> None:
     """Usage errors before the (slow) build."""
-    from darkcfg.cli.common import usage_error
-
     onnx_file = Path(opts.out).suffix.lower() == ".onnx"
     if (opts.int8 or opts.nms is not None) and not onnx_file:
         raise usage_error("--int8 and --decode --nms write ONNX: name the file MODEL.onnx")
@@ -145,8 +144,6 @@ def run(opts: ExportOptions) -> int:
 
             top = onnx.defs.onnx_opset_version()
             if not 7 <= opts.opset <= top:
-                from darkcfg.cli.common import usage_error
-
                 raise usage_error(f"--opset {opts.opset}: this onnx writes opsets 7 to {top}",
                                   hint="e.g. --opset 17, or leave it out (the exporter's)")
     parse_input_size(opts.input_size)  # a bad size fails before the build too
@@ -156,8 +153,6 @@ def run(opts: ExportOptions) -> int:
         from darkcfg.detect.decode import head_indices
 
         if not head_indices(net):
-            from darkcfg.cli.common import usage_error
-
             raise usage_error(f"--decode: '{opts.model.cfg}' has no detection head to decode",
                               hint="--decode is for [yolo], [Gaussian_yolo], [region] and "
                               "[detection] networks; export a classifier without it")
