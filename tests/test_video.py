@@ -241,3 +241,21 @@ def test_a_video_that_ends_early_is_said_to(cfg, tmp_path, capsys):
     assert main([str(cfg), "--detect", str(path), "--out", str(tmp_path / "out")]) == 0
     assert f"declares {declared} frames but {decoded} could be decoded" in \
         capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_error_and_leaves_nothing_half_written(cfg, clip, tmp_path, capsys):
+    """The encoder's and the jsonl's writes fail with ENOSPC (their temp names point at
+    /dev/full): one located E901 naming the output folder, no thread's traceback, no temp
+    files, no partial outputs (before: the writer thread's traceback, and its temp files)."""
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for suffix in ("mp4", "jsonl"):
+        os.symlink("/dev/full", out / f".moving.{os.getpid()}.tmp.{suffix}")
+    rc = main([str(cfg), "--detect", str(clip), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"{out}: error[E901]: No space left on device" in err and "help: free some" in err
+    assert "Traceback" not in err and "Exception in thread" not in err
+    assert list(out.iterdir()) == []

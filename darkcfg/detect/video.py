@@ -18,6 +18,7 @@ file) and re-raises.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -194,7 +195,10 @@ class _Writer(threading.Thread):
             while self.jobs.get() is not _DONE:  # let the producer finish without blocking
                 pass
         finally:
-            self.close()
+            try:
+                self.close()
+            except BaseException as exc:  # noqa: BLE001 - a full disk at the last packets
+                self.error = self.error or exc
 
     def open(self, width: int, height: int) -> None:
         av = require_av()
@@ -327,6 +331,8 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
         while (item := batches.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise _read_error(item, source)
+            if writer.error is not None:
+                break  # the outputs cannot be written (a full disk): finish() says why
             rgb = item
             x = network_input(net, [load_pixels(f, net.info.channels) for f in rgb], letter)
             sizes = [(f.shape[-1], f.shape[-2]) for f in rgb]
@@ -344,16 +350,8 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
             except queue.Empty:
                 pass
         bar.close()
-        try:
-            writer.finish()
-        finally:
-            jsonl.close()
-            container.close()
-        if writer.frames:
-            os.replace(video_tmp, video_path)
-        else:
-            video_tmp.unlink(missing_ok=True)
-        os.replace(jsonl_tmp, jsonl_path)
+        _close_outputs(writer, jsonl, container, out,
+                       [(video_tmp, video_path), (jsonl_tmp, jsonl_path)])
     seconds = time.perf_counter() - start
     if not interrupted and frames < declared - 1 and (max_frames is None or frames < max_frames):
         # (one frame of slack: some containers count an estimate)
@@ -365,6 +363,36 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     if interrupted:
         raise KeyboardInterrupt(result)
     return result
+
+
+def _close_outputs(writer: _Writer, jsonl, container, out: Path,
+                   outputs: list[tuple[Path, Path]]) -> None:
+    """Stop the writer, close the files, and move each temp output to its name (the frames done
+    when the run stopped early: a Ctrl-C, a damaged input); when writing them failed (a full
+    disk under the encoder or the jsonl) remove them instead, so nothing half-written is left,
+    and raise the failure naming the output folder."""
+    keep = True
+    try:
+        writer.finish()
+        jsonl.close()  # its last flush can meet a full disk too
+    except OSError as exc:
+        keep = False
+        if exc.filename is None or Path(exc.filename) in {t for t, _ in outputs}:
+            # (a buffered write's error names no file; FFmpeg's names the hidden temp file)
+            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+        raise
+    except BaseException:
+        keep = False
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            jsonl.close()
+        container.close()
+        for temp, final in outputs:
+            if keep and temp.exists():  # (no video file when no frame was written)
+                os.replace(temp, final)
+            else:
+                temp.unlink(missing_ok=True)
 
 
 def _read_error(exc: BaseException, source: str) -> BaseException:
