@@ -155,6 +155,8 @@ def _build(cc: str, target: Path) -> None:
             serial = [f for f in FLAGS if f != "-fopenmp"]
             subprocess.run([cc, *serial, str(SOURCE), "-o", tmp], check=True,
                            capture_output=True, timeout=120)
+        if not os.path.getsize(tmp):  # `CC=/bin/true` "succeeds" and writes nothing
+            raise subprocess.SubprocessError(f"{cc} exited 0 but wrote no library")
         os.chmod(tmp, 0o700)
         digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
         # the hash first: a library never sits under its real name without its hash
@@ -163,6 +165,35 @@ def _build(cc: str, target: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _cached_build(cc: str, name: str) -> tuple[Path, int, bool]:
+    """The verified library `name` (path, open descriptor), built if needed: in the cache
+    folder; else (no home, a read-only or foreign one) in a per-user folder under the temp
+    dir; else in a fresh temp folder that the caller removes once the library is loaded
+    (True: every process would otherwise leave a folder behind)."""
+    places = [cache_dir, lambda: Path(tempfile.gettempdir()) / f"darkcfg-{_uid()}"]
+    for place in places:
+        try:
+            target = private_dir(place()) / name
+            fd = _open_verified(target)
+            if fd is None:
+                _build(cc, target)
+                fd = _open_verified(target)
+            if fd is not None:
+                return target, fd, False
+        except (OSError, CfgError):  # not private or not writable: the next place
+            continue
+    target = Path(tempfile.mkdtemp(prefix="darkcfg-")) / name
+    try:
+        _build(cc, target)
+        fd = _open_verified(target)
+        if fd is None:
+            raise OSError(f"{target} does not match the hash stored when it was compiled")
+    except BaseException:
+        shutil.rmtree(target.parent, ignore_errors=True)
+        raise
+    return target, fd, True
 
 
 def _load() -> ctypes.CDLL | None:
@@ -178,23 +209,16 @@ def _load() -> ctypes.CDLL | None:
                                  timeout=30).stdout
         key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version,
                                         _cpu_id()]).encode()).hexdigest()[:16]
-        name, fd = f"kernels-{key}.so", None
+        name = f"kernels-{key}.so"
+        target, fd, throwaway = _cached_build(cc, name)
         try:
-            target = private_dir(cache_dir()) / name
-            fd = _open_verified(target)
-            if fd is None:
-                _build(cc, target)
-        except (OSError, CfgError):  # not private or not writable: a fresh private temp folder
-            target = Path(tempfile.mkdtemp(prefix="darkcfg-")) / name
-            _build(cc, target)
-        if fd is None:
-            fd = _open_verified(target)
-        if fd is None:
-            raise OSError(f"{target} does not match the hash stored when it was compiled")
-        for old in target.parent.glob("kernels-*.so*"):  # builds of earlier sources
-            if not old.name.startswith(name):
+            lib = _cdll(target, fd)
+        finally:
+            if throwaway:  # loaded (mapped) already: the file is no longer needed
+                shutil.rmtree(target.parent, ignore_errors=True)
+        for old in target.parent.glob("kernels-*.so*"):  # builds of earlier sources, once
+            if not old.name.startswith(name):            # this one has loaded
                 old.unlink(missing_ok=True)
-        lib = _cdll(target, fd)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         if isinstance(detail, bytes):

@@ -380,3 +380,42 @@ def test_an_image_that_fails_to_decode_later_is_skipped_with_a_warning(tmp_path,
     assert image.equal(expected) and np.array_equal(boxes, expected_boxes)
     images[1]
     assert capsys.readouterr().err == ""  # said once
+
+
+def test_native_cache_survives_a_bad_compiler_and_an_unwritable_home(tmp_path):
+    """`CC=/bin/true` (exits 0, writes nothing) keeps the good library and says why it falls
+    back (before: an empty "library" replaced it); a cache folder that cannot be written uses
+    one per-user folder under the temp dir, not a new temp folder left behind by every
+    process."""
+    if native.library() is None:
+        pytest.skip(native.status())
+    probe = "from builders import native; print(native.status())"
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DARKCFG_CACHE=str(cache), DARKCFG_NATIVE="1")
+
+    def status(**extra) -> str:
+        return subprocess.run([sys.executable, "-c", probe], env={**env, **extra},
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert status().startswith(f"native: {cache}/kernels-")
+    before = sorted(p.name for p in cache.iterdir())
+    bad = status(CC="/bin/true")
+    assert "exited 0 but wrote no library" in bad, bad
+    assert sorted(p.name for p in cache.iterdir()) == before
+    assert status().startswith(f"native: {cache}/kernels-")  # the good one, loaded again
+    # a cache folder that is a file (as unwritable as it gets, even for root)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    for _ in range(2):
+        fallback = status(DARKCFG_CACHE=str(blocked), TMPDIR=str(temp))
+        assert fallback.startswith(f"native: {temp}/darkcfg-{os.getuid()}/kernels-"), fallback
+    assert [p.name for p in temp.iterdir()] == [f"darkcfg-{os.getuid()}"]
+    # nowhere to keep it (the per-user name is a file): built in a temp folder, removed once
+    # loaded
+    (temp / f"darkcfg-{os.getuid()}").rename(tmp_path / "moved")
+    (temp / f"darkcfg-{os.getuid()}").write_text("")
+    once = status(DARKCFG_CACHE=str(blocked), TMPDIR=str(temp))
+    assert once.startswith(f"native: {temp}/darkcfg-"), once
+    assert [p.name for p in temp.iterdir()] == [f"darkcfg-{os.getuid()}"]
