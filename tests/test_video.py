@@ -205,10 +205,18 @@ def test_out_never_replaces_the_input_video(cfg, clip, tmp_path, capsys):
 
 
 def test_missing_pyav_says_how_to_install(cfg, clip, tmp_path, monkeypatch, capsys):
+    """Before any image of the same command is detected (it was found after them, as E901)."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "still.png")
     monkeypatch.setitem(sys.modules, "av", None)
-    assert main([str(cfg), "--detect", str(clip), "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "error[E901]: video input needs PyAV" in err and "darkcfg[video]" in err
+    out = tmp_path / "out"
+    for argv in ([str(cfg), "--detect", str(tmp_path / "still.png"), str(clip)],
+                 ["detect", str(cfg), str(tmp_path / "still.png"), str(clip)]):
+        assert main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "error[E905]: video input needs PyAV" in err and "darkcfg[video]" in err
+        assert not out.exists()
 
 
 def test_a_video_that_ends_early_is_said_to(cfg, tmp_path, capsys):

@@ -238,6 +238,10 @@ def run_detect(opts: DetectOptions) -> None:
     if opts.targets:
         check_folder(Path(opts.out) if opts.out else Path("runs") / opts.model.name / "detect",
                      "--out")
+        from darkcfg.detect.video import is_video, require_av
+
+        if any(is_video(t) for t in opts.targets):
+            require_av()  # before the build and the images, not after them
     names, names_where = read_names(opts.names, opts.data)
     model = opts.model
     net = detector(model, opts.max_memory, opts.force)

@@ -59,7 +59,7 @@ def require_av():
     try:
         import av
     except ImportError:
-        raise CfgError(Diagnostic("E901", "video input needs PyAV, which is not installed",
+        raise CfgError(Diagnostic("E905", "video input needs PyAV, which is not installed",
                                   "--detect", hint="pip install 'darkcfg[video]' (or: pip "
                                   "install av); it brings its own FFmpeg")) from None
     return av
