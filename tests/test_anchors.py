@@ -206,3 +206,25 @@ def test_write_through_a_link_edits_the_cfg_it_names(tmp_path, capsys):
     assert link.is_symlink() and real.read_text() != before
     assert main(["anchors", str(link), "--data", str(data), "--plot", str(real)]) == 2
     assert "error[E100]: --plot" in capsys.readouterr().err
+
+
+def test_unwritable_outputs_are_refused_before_the_data_is_read(tmp_path, capsys, monkeypatch):
+    """A --plot under a file, or --write on a cfg in a folder that cannot be written, is E901
+    before the data is read and the anchors fitted (they were found after the fit)."""
+    from darkcfg.data.detection import anchors as fit
+
+    data = labelled_set(tmp_path, np.full((8, 2), 0.1))
+    cfg = tiny_cfg(tmp_path)
+    monkeypatch.setattr(fit, "data_boxes", lambda *a: pytest.fail("read the data first"))
+    (tmp_path / "afile").write_text("")
+    assert main(["anchors", str(cfg), "--data", str(data),
+                 "--plot", str(tmp_path / "afile" / "p.png")]) == 2
+    assert "error[E901]: cannot write --plot" in capsys.readouterr().err
+    (tmp_path / "plots").mkdir()
+    real_access = __import__("os").access
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != tmp_path and
+                        real_access(path, mode))  # the cfg's folder is read-only
+    assert main(["anchors", str(cfg), "--data", str(data), "--write",
+                 "--plot", str(tmp_path / "plots" / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "error[E901]: cannot write the cfg (--write)" in err and "permission denied" in err

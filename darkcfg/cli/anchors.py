@@ -62,6 +62,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from builders.atomic import check_writable
     from darkcfg.data.detection import anchors as fit
     from darkcfg.model import build_network
 
@@ -83,6 +84,13 @@ def run(args: argparse.Namespace) -> int:
         width, height = first.input.w, first.input.h
     else:
         width, height = net.input_shape.w, net.input_shape.h
+    # the outputs' places before the (slow) read of the data and the fit
+    plot = Path(args.plot) if args.plot else Path("runs") / Path(args.cfg).stem / "anchors.png"
+    refuse_overwriting_inputs({"--plot": plot}, {"the cfg": args.cfg, "the --data file": args.data})
+    require_png("--plot", plot)
+    check_writable(plot, "--plot")
+    if args.write:  # the edited cfg is written beside the file a link points at
+        check_writable(Path(args.cfg).resolve(), "the cfg (--write)")
     relative, description = fit.data_boxes(net, args.data, args.seed, args.classes)
     boxes, dropped = fit.scaled(relative, width, height)
     print(f"data: {description}", file=sys.stderr)
@@ -97,9 +105,6 @@ def run(args: argparse.Namespace) -> int:
           f"{100 * now:.2f} % (the cfg's {num} current ones), "
           f"{100 * result.darknet_avg_iou:.2f} % (Darknet's calc_anchors algorithm, "
           "same seed)")
-    plot = Path(args.plot) if args.plot else Path("runs") / Path(args.cfg).stem / "anchors.png"
-    refuse_overwriting_inputs({"--plot": plot}, {"the cfg": args.cfg, "the --data file": args.data})
-    require_png("--plot", plot)
     fit.plot_anchors(plot, boxes, result.anchors, current[:num] if len(current) else None,
                      f"{Path(args.cfg).name}: {len(boxes)} boxes, {k} anchors, "
                      f"avg IoU {100 * result.avg_iou:.1f}% (now {100 * now:.1f}%)")
