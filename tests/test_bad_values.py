@@ -329,6 +329,43 @@ def test_torch_write_failure_and_a_full_disk_under_a_checkpoint(tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
+def test_a_full_disk_under_metrics_csv_is_reported_as_its(tiny, tmp_path, monkeypatch, capsys):
+    """metrics.csv's rows stop fitting after one: the error names metrics.csv (it named
+    chart.png, whose write in the cleanup replaced the first error, or no file at all), and
+    the checkpoint written before stays loadable."""
+    import builtins
+
+    from darkcfg.cli import main
+    from darkcfg.train import outputs
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    class FillingUp:
+        def __init__(self, fh):
+            self.fh, self.lines = fh, 0
+
+        def write(self, text):
+            self.lines += 1
+            if self.lines > 2:  # the header and one row fit
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(text)
+
+        def close(self):
+            self.fh.close()
+
+    def opening(path, mode="r", *args, **kwargs):
+        fh = builtins.open(path, mode, *args, **kwargs)
+        return FillingUp(fh) if str(path).endswith("metrics.csv") and "a" in mode else fh
+
+    monkeypatch.setattr(outputs, "open", opening, raising=False)
+    out = tmp_path / "run"
+    assert main([str(tiny), "--train", "--no-progress", "--out", str(out),
+                 "--checkpoint-every", "1", "--valid-every", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"error[E901]: No space left on device: '{out / 'metrics.csv'}'" in err, err
+    assert "chart.png" not in err and "Traceback" not in err
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 1
+
+
 # -- --resume and --weights -----------------------------------------------------------------------
 @pytest.fixture
 def trained(tiny, tmp_path) -> Path:

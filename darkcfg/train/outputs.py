@@ -4,6 +4,7 @@ the collective steps (RNG gathering for checkpoints)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from builders.atomic import atomic_write
+from cfgparse import CfgError
 from darkcfg.train.checkpoint import rng_states, save_checkpoint
 from darkcfg.train.distributed import Dist
 from darkcfg.train.loop import NonFiniteLoss, Trainer
@@ -75,12 +77,25 @@ class RunLog:
             self._csv = open(out / "metrics.csv", "a", newline="", buffering=1)
             self._writer = csv.DictWriter(self._csv, self.columns, extrasaction="ignore")
             if not self.rows:
-                self._writer.writeheader()
+                with self._naming_metrics():
+                    self._writer.writeheader()
         from tqdm import tqdm
 
         self.bar = tqdm(total=max_batches, initial=start, desc=name, unit="it",
                         dynamic_ncols=True, mininterval=0.5, file=sys.stderr,
                         disable=not (self.main and progress))
+
+    @contextlib.contextmanager
+    def _naming_metrics(self):
+        """A failed write to metrics.csv (a full disk: a buffered write's error names no file)
+        reported as that file's."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror or str(exc),
+                          str(self.out / "metrics.csv")) from exc
 
     def _read_metrics(self, start: int) -> list[dict]:
         """On resume keep the rows up to the checkpoint (later ones are redone). A row that does
@@ -133,7 +148,8 @@ class RunLog:
                **{k: float(v) for k, v in stats.items()}, **(val or {})}
         if self.main:
             self.rows.append(row)
-            self._writer.writerow(row)
+            with self._naming_metrics():
+                self._writer.writerow(row)
             shown = self.task.progress(stats)
             self.bar.set_postfix_str(
                 f"epoch {row['epoch']:.2f} loss {value:.4f} avg {self.avg_loss:.4f}{shown} "
@@ -186,12 +202,25 @@ class RunLog:
             self.save_weights(trainer, "final")
         self.close()
 
-    def close(self) -> None:
-        if self.main:
+    def close(self, failing: bool = False) -> None:
+        """Draw the last chart and close the files. `failing`: the run is ending on an error,
+        which is the one to report (a full disk fails the chart too): errors here are dropped."""
+        if not self.main:
+            return
+        try:
             if len(self.rows) != self.charted_rows:
                 self.chart()
+        except (OSError, CfgError):
+            if not failing:
+                raise
+        finally:
             self.bar.close()
-            self._csv.close()
+            try:
+                with self._naming_metrics():
+                    self._csv.close()
+            except OSError:
+                if not failing:
+                    raise
 
     def chart(self) -> None:
         if not self.rows:

@@ -312,7 +312,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         how = fit(trainer, stream, val_loader, log, schedule)
     except BaseException:
         log.pending = None
-        log.close()
+        log.close(failing=True)
         raise
     if how != "done":
         log.close()
