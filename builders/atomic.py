@@ -104,6 +104,60 @@ def ensure_folder(folder: str | os.PathLike, flag: str = "") -> Path:
     return folder
 
 
+FOLDER_LOCK = ".darkcfg.lock"
+
+
+def hold_folder(out: str | os.PathLike, flag: str = "--out"):
+    """An exclusive lock on the output folder `out` for this process (a POSIX record lock on
+    OUT/.darkcfg.lock: owned by this process alone, so forked loader workers do not inherit it
+    and a killed run frees it at once): a second run (train or detect) started into the same
+    folder at the same moment is refused instead of both mixing their files (and one sweeping
+    the other's temp files away). Creates the folder. Returns the open lock file: keep a
+    reference while writing; closing it releases the lock."""
+    import fcntl
+
+    out = ensure_folder(out, flag)
+    try:
+        handle = open(out / FOLDER_LOCK, "a+")  # noqa: SIM115 - held while the outputs are written
+    except OSError as exc:
+        raise CfgError(Diagnostic("E901", f"cannot lock the output folder '{out}': "
+                                  f"{exc.strerror or exc}", str(out),
+                                  hint="name a folder you may write to")) from None
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise CfgError(Diagnostic(
+            "E901", f"another darkcfg run (process {holder}) is writing to '{out}'", str(out),
+            hint=f"wait for it, or give this run another {flag}")) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def lock_folder(out: str | os.PathLike, flag: str = "--out") -> int:
+    """hold_folder for a command that forks no workers (detect): a `flock` on the folder
+    itself, so nothing is left in it (flock is inherited across fork, hence not for training,
+    whose killed loader workers would keep holding it). Creates the folder. Returns the
+    descriptor: os.close() releases the lock."""
+    import fcntl
+
+    out = ensure_folder(out, flag)
+    fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CfgError(Diagnostic(
+            "E901", f"another darkcfg run is writing to '{out}'", str(out),
+            hint=f"wait for it, or give this run another {flag}")) from None
+    return fd
+
+
 def check_folder(folder: str | os.PathLike, flag: str = "") -> Path:
     """Before any slow work, without creating anything: `folder` is, or can be made, a writable
     folder. Raises a located E901 otherwise (ensure_folder creates it later)."""

@@ -573,7 +573,8 @@ def test_build_and_check_grow_linearly_with_the_layer_count(tmp_path):
     seconds(200)  # warm up (imports, caches)
     small, large = seconds(2000), seconds(8000)
     print(f"2k layers {small:.2f} s, 8k layers {large:.2f} s: x{large / small:.2f}")
-    assert large / small < 6, f"2k layers {small:.2f} s, 8k layers {large:.2f} s"
+    # linear is x4, quadratic x16: x8 leaves room for a loaded machine (x6.2 seen under load)
+    assert large / small < 8, f"2k layers {small:.2f} s, 8k layers {large:.2f} s"
 
 
 def test_amp_on_a_cpu_without_bfloat16_warns(capsys, tiny, tmp_path, monkeypatch):
@@ -872,8 +873,8 @@ def test_a_second_run_into_a_folder_a_run_is_writing_is_refused(capsys, tiny, tm
     out = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from darkcfg.train.session import hold_run_folder; "
-         f"held = hold_run_folder(Path({str(out)!r})); print('held', flush=True); "
+         "from builders.atomic import hold_folder; "
+         f"held = hold_folder(Path({str(out)!r})); print('held', flush=True); "
          "sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
@@ -886,6 +887,32 @@ def test_a_second_run_into_a_folder_a_run_is_writing_is_refused(capsys, tiny, tm
         holder.communicate("")
     code, err = run(capsys, "train", tiny, "--out", out, "--no-progress")
     assert code == 0, err  # free again once the holder is gone
+
+
+def test_a_second_detect_into_a_folder_a_detect_is_writing_is_refused(capsys, detector,
+                                                                     tmp_path):
+    """Two detects into one --out mixed their files: the folder itself is locked (flock) while
+    one writes, and nothing is left in it for the lock."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "detected"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from builders.atomic import lock_folder; "
+         f"held = lock_folder({str(out)!r}); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    picture = image(tmp_path / "a.png")
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = run(capsys, "detect", detector, picture, "--out", out, "--no-progress")
+        assert code == 2 and f"another darkcfg run is writing to '{out}'" in err, err
+        assert list(out.iterdir()) == []
+    finally:
+        holder.communicate("")
+    code, err = run(capsys, "detect", detector, picture, "--out", out, "--no-progress")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "detections.json"]
 
 
 def test_a_rewritten_file_keeps_its_permissions(tmp_path):

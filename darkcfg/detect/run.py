@@ -249,15 +249,20 @@ def run_detect(opts: DetectOptions) -> None:
     if opts.input and opts.detections:
         detections_json(net, opts, names)
     if opts.targets:
+        from builders.atomic import lock_folder
         from darkcfg.detect.video import is_video
 
         out = Path(opts.out) if opts.out else Path("runs") / model.name / "detect"
         videos = [t for t in opts.targets if is_video(t)]
         images = [t for t in opts.targets if not is_video(t)]
-        if images:
-            detect_images(net, opts, names, out, images, progress=opts.progress)
-        for video in videos:
-            detect_one_video(net, opts, names, out, video, progress=opts.progress)
+        lock = lock_folder(out, "--out")  # two detects into one folder would mix their files
+        try:
+            if images:
+                detect_images(net, opts, names, out, images, progress=opts.progress)
+            for video in videos:
+                detect_one_video(net, opts, names, out, video, progress=opts.progress)
+        finally:
+            os.close(lock)
 
 
 def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, source: str,

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from builders.atomic import check_folder, ensure_folder, remove_stale_temps
+from builders.atomic import check_folder, ensure_folder, hold_folder, remove_stale_temps
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data import (
     Augment,
@@ -115,40 +115,6 @@ def check_memory(opts: RunOptions, device: torch.device) -> tuple[int, int] | No
 RUN_FILES = (CHECKPOINT, "metrics.csv")  # a folder holding either already holds a run
 
 
-LOCK = ".darkcfg.lock"
-
-
-def hold_run_folder(out: Path, flag: str = "--out"):
-    """An exclusive lock on `out` for this run (a POSIX record lock on OUT/.darkcfg.lock: owned
-    by this process alone, so forked loader workers do not inherit it and a killed run frees it
-    at once): a second run started into the same folder at the same moment is refused instead
-    of both passing the "already holds a run" check and mixing their files (and one sweeping
-    the other's temp files away). Returns the open lock file; keep a reference."""
-    import fcntl
-
-    ensure_folder(out, flag)
-    try:
-        handle = open(out / LOCK, "a+")  # noqa: SIM115 - held for the run
-    except OSError as exc:
-        raise CfgError(Diagnostic("E901", f"cannot lock the run folder '{out}': "
-                                  f"{exc.strerror or exc}", str(out),
-                                  hint="name a folder you may write to")) from None
-    try:
-        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
-        raise CfgError(Diagnostic(
-            "E901", f"another darkcfg run (process {holder}) is writing to '{out}'", str(out),
-            hint="wait for it, or give this run another --out")) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
 def recorded_data(out: Path) -> str | None:
     """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
     can still be opened from here (a path that exists, or `digits`); else None."""
@@ -237,7 +203,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     out = opts.out
     if splits.backup and not opts.explicit_out:
         out = Path(splits.backup)
-    lock = hold_run_folder(out, "--out" if opts.explicit_out else "backup=") if dist.main \
+    lock = hold_folder(out, "--out" if opts.explicit_out else "backup=") if dist.main \
         else None  # noqa: F841 - held until the run ends
     if not opts.resume:
         refuse_existing_run(out, dist, device)
