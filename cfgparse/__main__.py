@@ -73,7 +73,7 @@ def dump(file: str, fmt: str, flavor: str | None) -> int:
     except CfgError as exc:
         io_errors = [d for d in exc.errors if d.code.startswith("E9")]
         if io_errors:  # one line, no source excerpt: there is no source
-            print(f"error[{io_errors[0].code}]: {io_errors[0].message}", file=sys.stderr)
+            print(io_errors[0].format(), file=sys.stderr)
             return 2
         print("\n\n".join(d.format() for d in exc.diagnostics), file=sys.stderr)
         return 1

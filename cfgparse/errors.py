@@ -20,9 +20,9 @@ ERROR = "error"
 WARNING = "warning"
 
 # Stable codes. Syntax: E1xx, schema/values: E2xx/W2xx, graph: E3xx/W3xx, resources: E4xx,
-# deployment targets (check --target): W6xx, I/O: E9xx.
+# training: E5xx, deployment targets (check --target): W6xx, I/O: E9xx.
 CODES = {
-    "E100": "empty file",
+    "E100": "empty file (outside the checker: a command-line usage error)",
     "E101": "missing ']' in section header",
     "E102": "missing '=' in option line",
     "E103": "option before any section",
@@ -60,6 +60,7 @@ CODES = {
     "W602": "activation the deployment target does not have",
     "W603": "key value the deployment target refuses",
     "W604": "key the deployment target reads past (loads, computes without it)",
+    "E500": "training stopped: the loss is not finite (diverged)",
     "E901": "cannot read file",
     "E902": ".weights file size does not match the network",
     "E903": "bad detection label file (malformed line, class out of range, bad box)",
@@ -93,7 +94,9 @@ class Diagnostic:
         }
 
     def format(self) -> str:
-        where = f"{self.path}:{self.line}:{self.column}"
+        """`path:line:col: error[CODE]: message`, the source line with a caret under the span,
+        `help: hint`; a finding about a whole file or the command line has no line:col."""
+        where = f"{self.path}:{self.line}:{self.column}" if self.line else self.path
         lines = [f"{where}: {self.severity}[{self.code}]: {self.message}"]
         if self.line and self.source:
             gutter = str(self.line)

@@ -602,7 +602,7 @@ def test_compile_failure_is_a_message(capsys, tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(loop.Trainer, "step", broken)
     code, err = run(capsys, tiny, "--train", "--compile", "--no-progress", "--out",
                     tmp_path / "r", "--valid-every", "0")
-    assert code == 2 and "--compile: torch.compile could not compile" in err
+    assert code == 2 and "--compile: error[E100]: torch.compile could not compile" in err
     assert "run (or --resume) without --compile" in err
 
 

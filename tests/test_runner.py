@@ -138,6 +138,8 @@ def test_image_folder_training_and_an_unreadable_image(tiny_cfg, capsys, tmp_pat
     code, _, err = run(capsys, tiny_cfg, "--train", "--data", tmp_path / "data", "--out",
                        tmp_path / "run2", "--set", "max_batches=4", "--no-progress")
     assert code == 2 and "cannot read image" in err and "5.png" in err
+    broken = tmp_path / "data" / "train" / "red" / "5.png"
+    assert f"\n{broken}: error[E901]: cannot read image" in err, err  # located
     assert "Traceback" not in err
 
 
@@ -195,6 +197,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(capsys, tmp_path):
     assert code == 1
     bad = int(err.split("at iteration ")[1].split(";")[0])
     assert f"is inf at iteration {bad}" in err or f"is nan at iteration {bad}" in err
+    assert "<training>: error[E500]: the loss is" in err and "help: lower learning_rate" in err
     assert "Traceback" not in err
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["iteration"] == bad - 1

@@ -120,13 +120,13 @@ def dispatch(argv: list[str]) -> int:
         return guarded(lambda: module.main(argv[1:]))
     if not argv[0].startswith("-") and not looks_like_a_model(argv[0]):
         from cfgparse.errors import did_you_mean
-        from darkcfg.cli.common import describe, usage_error
+        from darkcfg.cli.common import usage_error
 
         guess = did_you_mean(argv[0], COMMANDS)
         error = usage_error(f"'{argv[0]}' is neither a command nor a cfg file",
                             hint=(f"{guess}; " if guess else "")
                             + "commands: " + ", ".join(COMMANDS))
-        print(describe(error.first), file=sys.stderr)
+        print(error.first.format(), file=sys.stderr)
         return 2
     from darkcfg.cli.flags import main as flag_form
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -109,14 +110,6 @@ def file_error(exc: OSError) -> CfgError:
     return CfgError(Diagnostic("E901", f"{reason}: '{path}'{also}", str(path), hint=hint))
 
 
-def describe(d: Diagnostic) -> str:
-    """A diagnostic as text; ones about the command line or a whole file have no line:col."""
-    if d.line:
-        return d.format()
-    text = f"{d.path}: {d.severity}[{d.code}]: {d.message}"
-    return text + (f"\nhelp: {d.hint}" if d.hint else "")
-
-
 def guarded(run: Callable[[], int]) -> int:
     """Run a command: bad input (CfgError, a DataError from a loader worker) prints its
     diagnostics and returns 2; a non-finite loss returns 1; Ctrl-C 130; a closed stdout
@@ -125,7 +118,7 @@ def guarded(run: Callable[[], int]) -> int:
         return int(run() or 0)
     except CfgError as exc:
         for d in exc.diagnostics:
-            print(describe(d), file=sys.stderr)
+            print(d.format(), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -135,7 +128,7 @@ def guarded(run: Callable[[], int]) -> int:
         return 0
     except OSError as exc:  # a file the checks before it could not foresee (permissions, a
         # folder where a file was expected, a full disk): the path and the reason, no traceback
-        print(describe(file_error(exc).first), file=sys.stderr)
+        print(file_error(exc).first.format(), file=sys.stderr)
         return 2
     except Exception as exc:
         # only modules already loaded can have raised these (and `check` stays torch-free)
@@ -143,19 +136,24 @@ def guarded(run: Callable[[], int]) -> int:
         if base is not None and isinstance(exc, base.DataError):
             # from a loader worker the message carries the worker's traceback: keep the gist
             text = str(exc).strip().splitlines()
-            print(f"error[E901]: {text[-1].split('DataError: ')[-1] if text else exc}",
+            message = text[-1].split("DataError: ")[-1] if text else str(exc)
+            quoted = re.search(r"'([^']+)'", message)  # the file the message names
+            print(Diagnostic("E901", message, quoted.group(1) if quoted else "<data>",
+                             hint="fix or remove that file from the data").format(),
                   file=sys.stderr)
             return 2
         dynamo = sys.modules.get("torch._dynamo.exc")
         if dynamo is not None and isinstance(exc, dynamo.TorchDynamoException):
             first = next((li for li in str(exc).splitlines() if li.strip()), type(exc).__name__)
-            print(f"error: --compile: torch.compile could not compile this network ({first}); "
-                  "the run stopped and its last checkpoint (if any) is kept. help: run (or "
-                  "--resume) without --compile; on the CPU it was slower than eager anyway "
-                  "(docs/training.md)", file=sys.stderr)
+            print(Diagnostic("E100", f"torch.compile could not compile this network "
+                             f"({first}); the run stopped and its last checkpoint (if any) is "
+                             "kept", "--compile", hint="run (or --resume) without --compile; on "
+                             "the CPU it was slower than eager anyway (docs/training.md)"
+                             ).format(), file=sys.stderr)
             return 2
         if loop is not None and isinstance(exc, loop.NonFiniteLoss):
-            print(f"error: {exc}; training stopped. The last good checkpoint (if any) is kept; "
-                  "lower learning_rate or check the data, then --resume", file=sys.stderr)
+            print(Diagnostic("E500", f"{exc}; training stopped, the last good checkpoint (if "
+                             "any) is kept", "<training>", hint="lower learning_rate or check "
+                             "the data, then --resume").format(), file=sys.stderr)
             return 1
         raise

@@ -26,19 +26,13 @@ def render(fmt: str, found: Sequence[Diagnostic], n_files: int) -> str:
 
 
 def format_text(found: Sequence[Diagnostic], n_files: int) -> str:
-    parts = [d.format() if d.line else _file_level(d) for d in found]
+    parts = [d.format() for d in found]
     errors = sum(d.severity == ERROR for d in found)
     warnings = len(found) - errors
     parts.append(f"{n_files} file{'s' if n_files != 1 else ''} checked: "
                  f"{errors} error{'s' if errors != 1 else ''}, "
                  f"{warnings} warning{'s' if warnings != 1 else ''}")
     return "\n\n".join(parts)
-
-
-def _file_level(d: Diagnostic) -> str:
-    """A finding about the whole file (no line to show)."""
-    return f"{d.path}: {d.severity}[{d.code}]: {d.message}" + (
-        f"\nhelp: {d.hint}" if d.hint else "")
 
 
 def format_json(found: Sequence[Diagnostic]) -> str:
