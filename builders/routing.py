@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cfgparse import Block
+from cfgparse import Block, CfgError
+from cfgparse.errors import ERROR
+from cfgparse.rules import shortcut_grid_rule
 
 from .activations import activation_module
 from .dense import as_shape
@@ -204,6 +206,11 @@ def build_shortcut(block: Block, ctx: BuildContext):
     shapes = [ctx.shape_of(i) for i in sources]
     activation = block.str("activation")
     pjreddie = ctx.net.flavor == "pjreddie"
+    problems = [d for d in shortcut_grid_rule(block, sources, [_chw(s)[1:] for s in shapes],
+                                              _chw(out)[1:], ctx.net.flavor)
+                if d.severity == ERROR]  # (its W303 is the linter's to report)
+    if problems:  # a grid that is no integer scale of the other: positions would be lost
+        raise CfgError(problems)
     same_grid = all(_chw(s)[1:] == _chw(out)[1:] for s in shapes)
     if pjreddie or not same_grid:
         # pjreddie's formula; AlexeyAB asserts equal sizes and cannot build these cfgs at all

@@ -3,6 +3,7 @@
 * `[net]` training settings (E305): `net_rules`; `fatal_only=True` keeps the ones Darknet cannot
   run at all (the trainer refuses those, the linter reports every one);
 * layer references (E301): `REFERENCE_KEYS`, `absolute_reference`, `reference_problem`;
+* [shortcut] grids (E302, W303): `shortcut_grid_rule`;
 * detection heads: what each head needs from the layer that feeds it (`HEAD_INPUTS`: filters =
   len(mask) x (classes + 5) for [yolo], ...), its anchors and mask (E304, W304).
 
@@ -195,6 +196,43 @@ def reference_problem(block: Block, key: str, ref: int, index: int,
         block, key, item, "E301",
         f"'{key}' refers to layer {ref} (absolute {absolute}), but layer {index} "
         f"[{block.name}] has {index} layer{'s' if index != 1 else ''} {where}", valid)
+
+
+def shortcut_grid_rule(block: Block, sources: Sequence[int], from_grids: Sequence[tuple[int, int]],
+                       grid: tuple[int, int], flavor: str | None) -> list[Diagnostic]:
+    """[shortcut] adds its `from` layers' outputs (layers `sources`, grids (h, w)) to the
+    previous layer's (`grid`). Same grid: fine. One grid an integer k times the other in both
+    directions: pjreddie's resampling shortcut (shortcut_layer.c strides by the ratio; AlexeyAB
+    asserts equal sizes), W303 unless the flavor is pjreddie. Anything else loses positions in
+    either fork: E302. A flat output counts as 1x1."""
+    found = []
+    out_h, out_w = grid
+    for item, (src, (h, w)) in enumerate(zip(sources, from_grids, strict=True)):
+        if (h, w) == (out_h, out_w):
+            continue
+        scale = _integer_scale(h, w, out_h, out_w)
+        sizes = f"layer {src} is {w}x{h}, the previous layer {out_w}x{out_h}"
+        if scale is None:
+            found.append(item_diagnostic(
+                block, "from", item, "E302",
+                f"[shortcut] adds layers of different width/height ({sizes})",
+                "add layers of the same spatial size (route/shortcut from a layer before the "
+                "stride, or resize with [upsample]/[maxpool])"))
+        elif flavor != "pjreddie":
+            found.append(item_diagnostic(
+                block, "from", item, "W303",
+                f"[shortcut] resamples by {scale} ({sizes}): only pjreddie's Darknet runs this; "
+                "AlexeyAB's asserts equal sizes", "use a strided 1x1 [convolutional] on the "
+                "from-layer to match sizes, or check with --flavor pjreddie", WARNING))
+    return found
+
+
+def _integer_scale(h: int, w: int, out_h: int, out_w: int) -> str | None:
+    """'1/k' or 'k' when one grid is exactly k times the other in both directions."""
+    for a_h, a_w, b_h, b_w, name in ((h, w, out_h, out_w, "1/{}"), (out_h, out_w, h, w, "{}")):
+        if b_h and b_w and a_h % b_h == 0 and a_w % b_w == 0 and a_h // b_h == a_w // b_w:
+            return name.format(a_h // b_h)
+    return None
 
 
 def missing_reference(block: Block, key: str) -> Diagnostic:

@@ -255,6 +255,25 @@ def test_resampling_shortcut_warns_for_alexeyab_only(tmp_path, capsys):
     assert (rc, json.loads(out)) == (0, [])
 
 
+def test_a_shortcut_of_no_integer_scale_is_one_rule_for_build_and_check(tmp_path):
+    """32x32 + 11x11 (stride 3): no integer scale, positions lost in either fork. The rule
+    lives once (cfgparse.rules.shortcut_grid_rule): the builder raises its E302 (it used to
+    build a lossy resampling shortcut that only `check` refused), the check reports it."""
+    from builders import build
+    from cfgparse import CfgError
+
+    text = NET + CONV + "[convolutional]\nfilters=8\nsize=3\nstride=3\npad=1\n" \
+        "activation=leaky\n\n[shortcut]\nfrom=-2\n"
+    path = write(tmp_path, text)
+    for flavor in ("alexeyab", "pjreddie"):
+        with pytest.raises(CfgError) as raised:
+            build(path, flavor=flavor)
+        (d,) = raised.value.diagnostics
+        assert (d.code, d.line) == ("E302", 21) and "layer 0 is 32x32" in d.message
+    found = check_file(path)
+    assert [(d.code, d.line) for d in found] == [("E302", 21)]
+
+
 def test_builder_errors_come_back_located(tmp_path):
     # a route of 32x32 and 16x16 outputs: the route builder's E302, at the route
     text = NET + CONV + "[maxpool]\nsize=2\nstride=2\n\n[route]\nlayers=-1,-2\n"

@@ -15,8 +15,8 @@ from builders.graph import Network
 from builders.memory import DEFAULT_MAX_MEMORY, estimate_memory, memory_diagnostic, meta_build
 from builders.registry import Shape
 from cfgparse import Block, CfgError, Diagnostic
-from cfgparse.errors import ERROR, WARNING
-from cfgparse.rules import item_diagnostic
+from cfgparse.errors import ERROR
+from cfgparse.rules import shortcut_grid_rule
 
 
 def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
@@ -104,39 +104,10 @@ def shape_rules(net: Network) -> list[Diagnostic]:
 
 
 def shortcut_rule(net: Network, meta) -> list[Diagnostic]:
-    """Same grid: fine. An integer up/down-scale of the grid: pjreddie's resampling shortcut
-    (AlexeyAB Darknet aborts on it), a warning unless checking for pjreddie. Anything else loses
-    positions in either fork: an error."""
-    block = meta.block
-    out_h, out_w = _grid(meta.input)
-    found = []
-    for item, src in enumerate(meta.sources):
-        h, w = _grid(net.shapes[src])
-        if (h, w) == (out_h, out_w):
-            continue
-        scale = _integer_scale(h, w, out_h, out_w)
-        sizes = f"layer {src} is {w}x{h}, the previous layer {out_w}x{out_h}"
-        if scale is None:
-            found.append(item_diagnostic(
-                block, "from", item, "E302",
-                f"[shortcut] adds layers of different width/height ({sizes})",
-                "add layers of the same spatial size (route/shortcut from a layer before the "
-                "stride, or resize with [upsample]/[maxpool])"))
-        elif net.info.flavor != "pjreddie":
-            found.append(item_diagnostic(
-                block, "from", item, "W303",
-                f"[shortcut] resamples by {scale} ({sizes}): only pjreddie's Darknet runs this; "
-                "AlexeyAB's asserts equal sizes", "use a strided 1x1 [convolutional] on the "
-                "from-layer to match sizes, or check with --flavor pjreddie", WARNING))
-    return found
-
-
-def _integer_scale(h: int, w: int, out_h: int, out_w: int) -> str | None:
-    """'1/k' or 'k' when one grid is exactly k times the other in both directions."""
-    for a_h, a_w, b_h, b_w, name in ((h, w, out_h, out_w, "1/{}"), (out_h, out_w, h, w, "{}")):
-        if b_h and b_w and a_h % b_h == 0 and a_w % b_w == 0 and a_h // b_h == a_w // b_w:
-            return name.format(a_h // b_h)
-    return None
+    """cfgparse.rules.shortcut_grid_rule on the built shapes (its E302 the builder raised)."""
+    return shortcut_grid_rule(meta.block, meta.sources,
+                              [_grid(net.shapes[src]) for src in meta.sources],
+                              _grid(meta.input), net.info.flavor)
 
 
 # -- memory --------------------------------------------------------------------------------------
