@@ -228,6 +228,8 @@ class DetectionHead(Layer):
 
     #: what the detection data reads from this head; set by the builder
     data: DataOptions = DataOptions()
+    #: the head's class count (every head's builder sets it from its block)
+    classes: int = 1
     #: Darknet's nms_kind / beta_nms of this head ([yolo] reads them; the others keep defaults)
     nms_kind: str = "default"
     beta_nms: float = 0.0

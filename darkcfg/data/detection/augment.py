@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from builders import native
-from builders.heads import DataOptions, DetectionHead
+from builders.heads import DataOptions
 from darkcfg.config import NetConfig
 from darkcfg.data.augment import distort_image
 from darkcfg.data.draws import rand_scale
@@ -72,7 +72,8 @@ class DetectionSettings:
     def from_network(cls, net) -> DetectionSettings:
         """From a built network: [net] and the last detection head's `DataOptions` ([yolo],
         [Gaussian_yolo], [region], [detection]: builders.heads)."""
-        heads = [layer for layer in net.layers if isinstance(layer, DetectionHead)]
+        heads = [net.layers[i] for i in net.loss_layers()
+                 if net.layers[i].loss_target == "boxes"]  # what detection data trains
         if not heads:
             from cfgparse import CfgError, Diagnostic
 
@@ -82,7 +83,7 @@ class DetectionSettings:
                                       hint="detection data is for detectors"))
         head = heads[-1]
         shape = net.input_shape
-        return cls.from_block(net.net_block, head.data, getattr(head, "classes", 1),
+        return cls.from_block(net.net_block, head.data, head.classes,
                               (shape.w, shape.h, shape.c))
 
     @classmethod
