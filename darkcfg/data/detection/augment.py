@@ -72,7 +72,7 @@ class DetectionSettings:
     def from_network(cls, net) -> DetectionSettings:
         """From a built network: [net] and the last detection head's `DataOptions` ([yolo],
         [Gaussian_yolo], [region], [detection]: builders.heads)."""
-        heads = [net.layers[i] for i in net.loss_layers()
+        heads = [net.layers[i] for i in net.loss_layers
                  if net.layers[i].loss_target == "boxes"]  # what detection data trains
         if not heads:
             from cfgparse import CfgError, Diagnostic
