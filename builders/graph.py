@@ -51,10 +51,11 @@ def net_info(net: Block, flavor: str = "alexeyab") -> NetInfo:
 
 
 @contextlib.contextmanager
-def _no_gc():
-    """The cyclic garbage collector off while the layers are made: each of its full passes walks
-    every module made so far, which made building superlinear in the layer count (a build makes
-    no reference cycles to collect)."""
+def collector_paused():
+    """The cyclic garbage collector off for a block that makes many objects and no reference
+    cycles: each of its full passes walks every object made so far. Building: it made building
+    superlinear in the layer count; detect's printed objects: 3/4 of their time (0.27 s of
+    0.35 s for 39k objects)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -89,7 +90,7 @@ class Network(nn.Module):
         types: list[str] = []  # grows with the layers: each builder sees 0..index-1 (linear)
         on_meta = device is not None and torch.device(device).type == "meta"
         with torch.device(device) if device is not None else contextlib.nullcontext(), \
-                _skip_torch_init() if on_meta else contextlib.nullcontext(), _no_gc():
+                _skip_torch_init() if on_meta else contextlib.nullcontext(), collector_paused():
             for index, block in enumerate(blocks[1:]):
                 ctx = BuildContext(index, shapes, shapes[-1] if shapes else first, self.info,
                                    types, layers=self.layers)

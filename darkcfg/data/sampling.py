@@ -83,9 +83,6 @@ class Stream:
     def iterations_per_epoch(self) -> int:
         return self.sampler.num_samples // self.batch
 
-    def epoch_of(self, iteration: int) -> float:
-        return iteration / self.iterations_per_epoch
-
     def batches(self, start_iteration: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         per_epoch = self.iterations_per_epoch
         epoch, skip = divmod(start_iteration, per_epoch)

@@ -42,9 +42,6 @@ from darkcfg.train.tasks import TASKS, Task
 
 #: what each head's loss statistics contribute to metrics.csv (Darknet's per-layer line)
 HEAD_STATS = ("avg_iou", "count", "class_loss", "iou_loss", "total_loss")
-#: ... and to the progress bar
-BAR_STATS = ("avg_iou", "count")
-
 
 @dataclass
 class DetectionTask(Task):

@@ -65,7 +65,6 @@ class RunLog:
         self.avg_loss = -1.0
         self.best: float | None = None
         self.speed = 0.0
-        self.last_lr = 0.0
         self.rows: list[dict] = []
         self.charted = time.monotonic()  # when chart.png was last drawn
         self.charted_rows = 0  # and how many rows it showed
@@ -142,7 +141,6 @@ class RunLog:
         rate = images / max(elapsed, 1e-9)
         self.speed = rate if self.speed == 0 else 0.9 * self.speed + 0.1 * rate
         self.avg_loss = value if self.avg_loss < 0 else 0.9 * self.avg_loss + 0.1 * value
-        self.last_lr = lr
         row = {"iteration": iteration, "epoch": round(iteration * images / self.epoch_images, 4),
                "loss": value, "avg_loss": self.avg_loss, "lr": lr, "images_per_s": round(rate, 2),
                **{k: float(v) for k, v in stats.items()}, **(val or {})}

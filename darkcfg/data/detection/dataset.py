@@ -177,9 +177,6 @@ class DetectionStream:
         """Darknet's nominal epoch: train images / images per iteration (at least 1)."""
         return max(len(self.dataset) // (self.batch * self.world), 1)
 
-    def epoch_of(self, iteration: int) -> float:
-        return iteration / self.iterations_per_epoch
-
     def batches(self, start_iteration: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         sampler = IterationSampler(self.batch, self.rank, start_iteration)
         generator = torch.Generator().manual_seed(self.dataset.seed)  # global RNG untouched

@@ -372,11 +372,3 @@ def edge_warning(problems: Sequence[Diagnostic], shown: int = 3) -> str:
 
 def _error(message: str, where: str, hint: str = "", code: str = "E901") -> CfgError:
     return CfgError(Diagnostic(code, message, where, hint=hint))
-
-
-def relative_to_cwd(path: str) -> str:
-    """A path for messages: relative to the current directory when inside it."""
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return path

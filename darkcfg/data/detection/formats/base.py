@@ -22,7 +22,6 @@ class Split:
     boxes: list[np.ndarray]  # per image (n, 5) float32 [x, y, w, h, class], relative
     difficult: list[np.ndarray] | None = None  # per image: objects not scored (None: no list)
     missing: int = 0  # images without a label file (Darknet: no objects)
-    label_files: list[str] = field(default_factory=list)  # where the boxes came from, if files
 
     def __len__(self) -> int:
         return len(self.images)
