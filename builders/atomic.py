@@ -255,6 +255,27 @@ def remove_stale_temps(folder: str | os.PathLike, names: list[str] | None = None
     return removed
 
 
+@contextmanager
+def staged_file(path: str | os.PathLike, flag: str = "") -> Iterator[str]:
+    """A temp file beside `path` for a library that writes by path (the ONNX and torch.export
+    writers) to write and the caller to check: published onto `path` when the block ends
+    without an error, removed in every case where it does not (a failed check, a full disk,
+    Ctrl-C): `path` is either the old file or the whole new one."""
+    path = Path(path)
+    check_writable(path, flag)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    os.close(fd)
+    try:
+        yield tmp
+        publish(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     """Give a complete temp file (written by a library that takes a path: the ONNX and
     torch.export writers) its final name as `atomic_open` does: the mode a new file gets

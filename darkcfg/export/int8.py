@@ -36,11 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from builders.atomic import publish
+from builders.atomic import staged_file
 from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
 from darkcfg.export.onnx import (
-    _atomic_target,
     _quiet,
     export_onnx,
     onnx_session,
@@ -457,14 +456,8 @@ def _write_with_metadata(candidate: Path, path: Path, net: Network, kept, data: 
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_target(path)
-    try:
-        with write_failures(path):
-            onnx.save(model, tmp)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with staged_file(path, "--export") as tmp, write_failures(path):
+        onnx.save(model, tmp)
 
 
 def parse_keep_fp32(text: str | None) -> int | str:

@@ -31,11 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from builders.atomic import publish
+from builders.atomic import staged_file
 from builders.graph import Network
 from darkcfg.export.onnx import (
     ExportReport,
-    _atomic_target,
     _error,
     _quiet,
     example_input,
@@ -365,8 +364,7 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
                  "nms_rule": f"DIoU, beta {beta:g} ({kind}: diounms_sort)" if diou else
                  "IoU (do_nms_sort)", "boxes": "left,top,right,bottom input pixels"})
     onnx_program.model.metadata_props.update(meta)
-    tmp = _atomic_target(path)
-    try:
+    with staged_file(path, "--export") as tmp:
         onnx_program.save(tmp)
         model = onnx.load(tmp)
         with torch.no_grad():
@@ -386,10 +384,6 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
                 raise _error(why or f"the NMS graph's candidate boxes differ from darkcfg's by "
                              f"{mismatch:.2e} (relative to the input size)", str(path),
                              hint="report the cfg; the file was not written")
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return ExportReport(str(path), "onnx", list(NMS_OUTPUTS), mismatch,
                         model.opset_import[0].version, meta)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from builders.atomic import check_writable, is_torch_write_failure, publish, write_error
+from builders.atomic import check_writable, is_torch_write_failure, staged_file, write_error
 from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
 
@@ -209,16 +208,6 @@ def _classifier_outputs(net: Network) -> int:
     return last.size if last is not None else 0
 
 
-def _atomic_target(path: Path) -> str:
-    check_writable(path, "--export")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    os.close(fd)
-    return tmp
-
-
 @contextlib.contextmanager
 def write_failures(path: Path):
     """A full disk (or a quota) while the exporter writes the temp file: a located error; the
@@ -259,8 +248,7 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
     if dynamic_batch:
         _name_batch_dim(onnx_program.model)
     native = onnx_program.model.opset_imports.get("", 18)
-    tmp = _atomic_target(path)
-    try:
+    with staged_file(path, "--export") as tmp:
         with write_failures(path):
             onnx_program.save(tmp)
         opset_used = native
@@ -276,10 +264,6 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
             raise _error(f"onnxruntime's outputs differ from PyTorch's: max rel. error {err:.2e} "
                          f"(allowed {allowed:g})", str(path),
                          hint="report the cfg; the file was not written")
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return ExportReport(str(path), "onnx", names, err, opset_used, meta, allowed)
 
 
@@ -411,8 +395,7 @@ def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = F
     """Save a strict torch.export ExportedProgram; reload it and compare with the network."""
     path = Path(path)
     program, x = _program_and_input(net, program, dynamic_batch, decode)
-    tmp = _atomic_target(path)
-    try:
+    with staged_file(path, "--export") as tmp:
         buffer = io.BytesIO()  # the zip writer aborts the process when its file fills a disk
         torch.export.save(program, buffer)
         with write_failures(path), open(tmp, "wb") as fh:
@@ -425,10 +408,6 @@ def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = F
             if err > tolerance:
                 raise _error(f"the reloaded program's outputs differ from PyTorch's: max rel. "
                              f"error {err:.2e}", str(path))
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return ExportReport(str(path), "pt2", output_names(net, decode), err)
 
 
