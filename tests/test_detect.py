@@ -579,7 +579,8 @@ def test_cli_detect_folder(tmp_path, capsys):
     assert re.search(r"^2 image\(s\), \d+ object\(s\) above thresh 0.3", captured.out, re.M)
     results = json.loads((out / "detections.json").read_text())
     assert len(results) == len(lines)
-    assert {r["image_id"] for r in results} <= {12, "b"}
+    # one type in one file: 000012.jpg's number only when every image is named by one
+    assert {r["image_id"] for r in results} <= {"000012", "b"}
     for r in results:
         assert set(r) == {"image_id", "category_id", "bbox", "score"}
         x, y, w, h = r["bbox"]
@@ -631,16 +632,26 @@ def test_cli_region_with_a_tree_is_a_located_error(tmp_path, capsys):
 def test_cli_names_that_do_not_match_classes(tmp_path, capsys):
     cfg = tiny_cfg(tmp_path)
     write_images(tmp_path / "imgs")
-    names = tmp_path / "two.names"
-    names.write_text("cat\ndog\n")
+    names = tmp_path / "nine.names"
+    names.write_text("".join(f"n{i}\n" for i in range(9)))
     assert run_cli(cfg, "--detect", tmp_path / "imgs", "--names", names) == 2
     err = capsys.readouterr().err
-    assert "error[E304]" in err and "2 class names" in err and "classes=7" in err
+    assert "error[E304]" in err and "9 class names" in err and "classes=7" in err
     assert f"{cfg}:" in err  # located at the head's classes= line
     data = tmp_path / "x.data"
-    data.write_text(f"classes=2\nnames={names}\n")
+    data.write_text(f"classes=9\nnames={names}\n")
     assert run_cli(cfg, "--detect", tmp_path / "imgs", "--data", data) == 2
-    assert "2 class names" in capsys.readouterr().err
+    assert "9 class names" in capsys.readouterr().err
+    # fewer names: the data a larger cfg was trained on (7 classes, 2 in the data): they name
+    # classes 0 and 1, the rest are shown by number (it was E304)
+    two = tmp_path / "two.names"
+    two.write_text("cat\ndog\n")
+    assert run_cli(cfg, "--detect", tmp_path / "imgs", "--names", two, "--thresh", "0.01",
+                   "--out", tmp_path / "out") == 0
+    out, err = capsys.readouterr()
+    assert "'" + str(two) + "' names 2 classes and [yolo] has 7: classes 2..6 are shown" in err
+    shown = {li.split(":")[0] for li in out.splitlines() if "%" in li}
+    assert shown & {"cat", "dog"} and shown - {"cat", "dog"} <= {str(c) for c in range(2, 7)}
 
 
 def test_cli_detections_of_a_raw_input(tmp_path, capsys):
@@ -831,3 +842,42 @@ def test_a_full_out_folder_names_the_output_not_an_input(tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert "no space left on the device" in err and str(out) in err and "convert it" not in err
     assert not [p for p in out.iterdir() if p.suffix == ".jpg" or p.name.startswith(".")]
+
+
+def test_an_earlier_detect_is_never_replaced(tmp_path, capsys, monkeypatch):
+    """A second detect into an --out that holds an earlier one's outputs is E901 (it replaced
+    them: README's promise); by default it goes to runs/<cfg>/detect2, detect3 ..."""
+    cfg = tiny_cfg(tmp_path)
+    write_images(tmp_path / "imgs")
+    out = tmp_path / "out"
+    assert run_cli(cfg, "--detect", tmp_path / "imgs", "--out", out, "--thresh", "0.9") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert run_cli(cfg, "--detect", tmp_path / "imgs", "--out", out, "--thresh", "0.1") == 2
+    err = capsys.readouterr().err
+    assert f"{out}: error[E901]: '{out}' holds the outputs of an earlier detect " \
+           "(detections.json)" in err and "help: give another --out" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.chdir(tmp_path)
+    for folder in ("detect", "detect2", "detect3"):
+        assert run_cli(cfg, "--detect", tmp_path / "imgs") == 0
+        assert f"-> runs/tiny/{folder}/" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == \
+        ["detect", "detect2", "detect3"]
+
+
+def test_image_ids_are_numbers_only_when_every_image_is_one(tmp_path, capsys):
+    """COCO's val2017/000000397133.jpg is image 397133 (Darknet's atoi); a folder mixing
+    numbered and named images, or a number twice, gets every image_id as its drawn name: one
+    type in one file (a mix broke sorting)."""
+    from PIL import Image
+
+    cfg = tiny_cfg(tmp_path)
+    for folder, names in (("nums", ["000012.jpg", "7.png"]), ("twice", ["a/5.png", "b/005.png"])):
+        for name in names:
+            (tmp_path / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / folder / name)
+        out = tmp_path / f"out-{folder}"
+        assert run_cli(cfg, "--detect", tmp_path / folder, "--out", out, "--thresh", "0.01") == 0
+        ids = {r["image_id"] for r in json.loads((out / "detections.json").read_text())}
+        assert ids == ({12, 7} if folder == "nums" else {"5", "005"}), ids

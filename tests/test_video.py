@@ -267,3 +267,20 @@ def test_a_full_disk_is_one_error_and_leaves_nothing_half_written(cfg, clip, tmp
     assert f"{out}: error[E901]: No space left on device" in err and "help: free some" in err
     assert "Traceback" not in err and "Exception in thread" not in err
     assert list(out.iterdir()) == []
+
+
+def test_two_videos_of_one_name_get_two_outputs(cfg, clip, tmp_path, capsys):
+    """clip.mp4 and sub/clip.mp4 both wrote OUT/clip.mp4 (the second replacing the first); now
+    the second is clip_1, as for images."""
+    import shutil
+
+    (tmp_path / "sub").mkdir()
+    other = tmp_path / "sub" / clip.name
+    shutil.copy(clip, other)
+    out = tmp_path / "out"
+    assert main(["detect", str(cfg), str(clip), str(other), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["moving.jsonl", "moving.mp4",
+                                                     "moving_1.jsonl", "moving_1.mp4"]
+    assert len(read_jsonl(out / "moving.jsonl")) == len(read_jsonl(out / "moving_1.jsonl")) \
+        == FRAMES

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,14 +120,21 @@ def read_names(names_file: str | None, data_file: str | None) -> tuple[list[str]
 
 
 def check_names(net, names: list[str], where: str | None) -> None:
+    """More names than the heads have classes (or none) cannot be the names the weights were
+    trained with: E304. Fewer are the data a larger cfg was trained on (an 80-class cfg on a
+    2-class set trains, docs/datasets.md): those classes are named, the rest shown by number."""
     heads = head_indices(net)
     classes = net.layers[heads[0]].classes
-    if where is not None and len(names) != classes:  # an empty names file too
-        block = net.meta[heads[0]].block
+    if where is None or len(names) == classes:
+        return
+    block = net.meta[heads[0]].block
+    if not names or len(names) > classes:
         raise block.error("E304", f"'{where}' lists {len(names)} class names, but "
                           f"[{block.name}] has classes={classes}", "classes",
                           hint="use the names file the weights were trained with, or fix "
                           "classes= in every head")
+    say(f"warning: '{where}' names {len(names)} classes and [{block.name}] has {classes}: "
+        f"classes {len(names)}..{classes - 1} are shown by number")
 
 
 def detector(model: ModelSpec, max_memory: int | None = None, force: bool = False):
@@ -206,10 +214,19 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, text)
 
 
-def image_id(path: Path):
-    """COCO image_id: the file name's number (Darknet's atoi(basename)), else the name."""
+def image_id(path: Path) -> int | None:
+    """The file name's number (Darknet's atoi(basename): COCO's val2017/000000397133.jpg is
+    image 397133), or None when the name is not a number."""
     stem = path.stem  # isdigit() alone also takes '²' and other scripts' digits
-    return int(stem) if stem.isascii() and stem.isdigit() and len(stem) < 19 else stem
+    return int(stem) if stem.isascii() and stem.isdigit() and len(stem) < 19 else None
+
+
+def numbered_images(paths: Sequence[Path]) -> bool:
+    """Whether every image is named by a distinct number: then detections.json's image_id is
+    that number (an int, as COCO's tools need), else every image_id is the image's drawn name
+    (a string): one type in one file."""
+    ids = [image_id(p) for p in paths]
+    return None not in ids and len(set(ids)) == len(ids)
 
 
 def unique_stem(path: Path, taken: set[str]) -> str:
@@ -236,8 +253,7 @@ def run_detect(opts: DetectOptions) -> None:
     if opts.input and opts.detections:
         check_writable(opts.detections, "--detections")  # before the (slow) build
     if opts.targets:
-        check_folder(Path(opts.out) if opts.out else Path("runs") / opts.model.name / "detect",
-                     "--out")
+        out = check_folder(output_folder(opts.out, opts.model.name), "--out")
         from darkcfg.detect.video import is_video, require_av
 
         if any(is_video(t) for t in opts.targets):
@@ -250,29 +266,56 @@ def run_detect(opts: DetectOptions) -> None:
         detections_json(net, opts, names)
     if opts.targets:
         from builders.atomic import lock_folder
-        from darkcfg.detect.video import is_video
+        from darkcfg.detect.video import is_video, source_name
 
-        out = Path(opts.out) if opts.out else Path("runs") / model.name / "detect"
         videos = [t for t in opts.targets if is_video(t)]
         images = [t for t in opts.targets if not is_video(t)]
         lock = lock_folder(out, "--out")  # two detects into one folder would mix their files
         try:
+            taken: set[str] = set()
             if images:
-                detect_images(net, opts, names, out, images, progress=opts.progress)
-            for video in videos:
-                detect_one_video(net, opts, names, out, video, progress=opts.progress)
+                taken = detect_images(net, opts, names, out, images, progress=opts.progress)
+            for video in videos:  # clip.mp4 and sub/clip.mp4: clip and clip_1
+                name = unique_stem(Path(source_name(video) + ".mp4"), taken)
+                detect_one_video(net, opts, names, out, video, name, progress=opts.progress)
         finally:
             os.close(lock)
 
 
+EARLIER_OUTPUTS = ("detections.json", "*.jsonl")  # what every image or video detect writes
+
+
+def output_folder(out: str | None, cfg_name: str) -> Path:
+    """Where a detect writes. `--out` as given, unless it holds an earlier detect's outputs
+    (they would be replaced: E901, as for a second --train into a run's folder); by default
+    runs/<cfg>/detect, or detect2, detect3 ... the first that holds none."""
+    def earlier(folder: Path) -> str | None:
+        return next((p.name for pattern in EARLIER_OUTPUTS for p in folder.glob(pattern)
+                     if not p.name.startswith(".")), None)  # (not a temp file)
+
+    if out is not None:
+        found = earlier(Path(out)) if Path(out).is_dir() else None
+        if found:
+            raise CfgError(Diagnostic(
+                "E901", f"'{out}' holds the outputs of an earlier detect ({found}): this one "
+                "would replace them", out, hint="give another --out (or delete them)"))
+        return Path(out)
+    base = Path("runs") / cfg_name / "detect"
+    folder, n = base, 1
+    while folder.is_dir() and earlier(folder):
+        n += 1
+        folder = base.with_name(f"detect{n}")
+    return folder
+
+
 def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, source: str,
-                     progress: bool) -> None:
+                     name: str, progress: bool) -> None:
     from darkcfg.detect.video import detect_video
 
     try:
         r = detect_video(net, source, out, thresh=opts.thresh, nms=opts.nms,
                          letter_box=opts.letter_box or None, names=names,
-                         save_labels=opts.save_labels, progress=progress)
+                         save_labels=opts.save_labels, progress=progress, name=name)
     except KeyboardInterrupt as stop:
         r = stop.args[0] if stop.args else None
         if r is not None:
@@ -340,7 +383,9 @@ def refuse_output_over_inputs(out: Path, paths: list[Path]) -> None:
 
 
 def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
-                  targets: list[str] | None = None, progress: bool = True) -> None:
+                  targets: list[str] | None = None, progress: bool = True) -> set[str]:
+    """Detect in the images and folders `targets`, writing OUT/<name>.jpg (and .txt) and
+    OUT/detections.json. Returns the output names used."""
     from tqdm import tqdm
 
     paths, folder = image_paths(list(opts.targets) if targets is None else targets)
@@ -362,7 +407,8 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                                           exc, PermissionError) else "remove it or convert "
                                       "it to JPEG/PNG")) from None
         loaded.append(str(p))
-    results, taken, ids, objects = [], set(), set(), 0
+    results, taken, objects = [], set(), 0
+    numbered = numbered_images(paths)
     bar = tqdm(total=len(paths), unit="img", disable=not (progress and folder), file=sys.stderr)
     start = time.perf_counter()
     done = 0
@@ -382,11 +428,7 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                     bar.write(text, file=sys.stdout)
                 stem = unique_stem(path, taken)
                 save_jpeg(out / f"{stem}.jpg", drawn(image, objs))
-                iid = image_id(path)
-                if iid in ids:  # a/x.jpg and b/x.jpg: the second is known by its drawn name
-                    iid = stem
-                ids.add(iid)
-                results += coco_results(objs, iid, w, h)
+                results += coco_results(objs, image_id(path) if numbered else stem, w, h)
                 if opts.save_labels:
                     labels = label_lines(det, opts.thresh)
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))
@@ -402,3 +444,4 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
     print(f"{done} image(s), {objects} object(s) above thresh {opts.thresh:g} "
           f"(nms {opts.nms:g}, {how}) in {elapsed:.2f} s ({done / max(elapsed, 1e-9):.1f} img/s)"
           f" -> {out}/")
+    return taken
