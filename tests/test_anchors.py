@@ -169,6 +169,14 @@ def test_command_errors(tmp_path, capsys):
     assert cfg.read_bytes() == before
     assert main(["anchors", str(cfg), "--size", "big"]) == 2
     assert "--size big" in capsys.readouterr().err
+    # fewer anchors than [yolo] heads to --write (it was E105 'empty value for mask' at a mask
+    # the user never emptied), and no anchor at all
+    for num, why in (("1", "2 heads with masks need at least 2 anchors"),
+                     ("0", "at least one anchor")):
+        assert main(["anchors", str(cfg), "--data", str(data), "--num", num, "--write",
+                     "--plot", str(tmp_path / "p.png")]) == 2
+        assert f"--num: error[E100]: --num {num}: {why}" in capsys.readouterr().err
+    assert cfg.read_bytes() == before
 
 
 def test_restarts_add_starts_and_zero_is_darknets_own(tmp_path, capsys):

@@ -75,6 +75,15 @@ def run(args: argparse.Namespace) -> int:
     num = int(first.block.get("num", 1) if "num" in first.block else 1)
     current = current_anchors(first.block)
     k = args.num if args.num is not None else num
+    from cfgparse.rules import MASKED_HEADS
+
+    masked = sum(net.meta[i].type in MASKED_HEADS for i in heads)
+    if k < 1 or (args.write and k < masked):  # each [yolo] head's mask needs an anchor
+        raise CfgError(Diagnostic(
+            "E100", f"--num {k}: " + ("at least one anchor" if k < 1 else
+                                      f"{masked} heads with masks need at least {masked} "
+                                      "anchors (one each)"), "--num",
+            hint=f"give --num {max(masked, 1)} or more"))
     from cfgparse.rules import CELL_ANCHORED_HEADS
 
     region = first.type in CELL_ANCHORED_HEADS
