@@ -924,3 +924,21 @@ def test_a_rewritten_file_keeps_its_permissions(tmp_path):
     private.chmod(0o600)
     atomic_write(private, "[net]\nwidth=8\n")
     assert private.stat().st_mode & 0o777 == 0o600 and private.read_text().endswith("8\n")
+
+
+def test_a_resumes_summary_and_record_say_what_ran(capsys, tiny, tmp_path):
+    """The end-of-run line showed the last validation's score as the final one when no
+    validation ran at the end: it says at which iteration it was measured. A resume with
+    nothing left to train (its settings differ) no longer rewrites settings.yaml, whose
+    record of the run was lost to the options of a resume that trained nothing."""
+    out = tmp_path / "run"
+    code, err = run(capsys, tiny, "--train", "--no-progress", "--out", out, "--valid-every", "2")
+    assert code == 0 and "finished 2 iterations" in err and "(at iteration" not in err, err
+    code, err = run(capsys, tiny, "--train", "--no-progress", "--out", out, "--resume",
+                    "--set", "max_batches=3", "--valid-every", "0")
+    assert code == 0 and "finished 3 iterations" in err and "(at iteration 2)" in err, err
+    record = (out / "settings.yaml").read_text()
+    code, err = run(capsys, tiny, "--train", "--no-progress", "--out", out, "--resume",
+                    "--set", "max_batches=3", "--seed", "7")
+    assert code == 0 and "resuming with other settings" in err, err
+    assert (out / "settings.yaml").read_text() == record

@@ -262,7 +262,9 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                                          "ranks.txt", "*.weights"])
         if stale:  # a run killed (SIGKILL, power) while writing one of them
             say(f"removed {len(stale)} temp file(s) left by an interrupted write in {out}", dist)
-        write_settings(out / "settings.yaml", settings)
+        if not (opts.resume and trainer.iteration >= cfg.max_batches):
+            # (a resume with nothing left to train keeps the run's record as it was)
+            write_settings(out / "settings.yaml", settings)
     log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train), task,
                  start=trainer.iteration, state=state and state.get("log"),
                  progress=opts.progress, meta={"names": splits.names})
@@ -292,6 +294,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         val = [r for r in log.rows if r.get(task.best) is not None]
         if val and task.summary(val[-1]):
             summary += ", " + task.summary(val[-1])
+            if val[-1]["iteration"] != trainer.iteration:  # no validation at the end
+                summary += f" (at iteration {val[-1]['iteration']})"
         say(summary + f"; outputs in {out}", dist)
         if dist.enabled:
             prints = distributed.parameter_fingerprints(dist, trainer.net)
