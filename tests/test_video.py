@@ -178,6 +178,8 @@ def test_sources_are_recognised():
     assert source_name("3") == "camera3"
     assert source_name("rtsp://user@cam.local:554/live/main") == "main"
     assert source_name("http://host:8080/") == "host"
+    assert source_name("tcp://127.0.0.1:8766") == "127.0.0.1"  # was 127.0.0 (a "stem")
+    assert source_name("rtsp://user:pw@cam.local") == "cam.local"
     assert source_name("clips/street.mkv") == "street"
 
 

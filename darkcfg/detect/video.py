@@ -66,14 +66,15 @@ def require_av():
 
 
 def source_name(target: str) -> str:
-    """The output files' stem: the file name, `camera<N>`, or the stream's last path part."""
+    """The output files' stem: the file name, `camera<N>`, or the stream's last path part
+    (its stem: `live.sdp` -> live), else its host (`tcp://127.0.0.1:8766` -> 127.0.0.1)."""
     if target.isdigit():
         return f"camera{target}"
     if target.lower().startswith(STREAM_SCHEMES):
         tail = target.split("://", 1)[1].split("?", 1)[0].rstrip("/")
-        part = tail.rsplit("/", 1)[-1] if "/" in tail else tail.split(":", 1)[0]
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(part).stem) or \
-            "stream"
+        part = Path(tail.rsplit("/", 1)[-1]).stem if "/" in tail else \
+            tail.rsplit("@", 1)[-1].split(":", 1)[0]
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in part) or "stream"
     return Path(target).stem
 
 
