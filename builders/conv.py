@@ -251,7 +251,8 @@ class Convolutional(FastPathCache, Layer):
         made on first need and cached while the
         parameters' storage and version counters (bumped by every in-place update: optimizer
         steps, load_state_dict, .weights loading) stay the same."""
-        key = version_key(self._value_sources())
+        bn = self._modules.get("bn")  # eps is a float, no tensor version tracks it
+        key = (version_key(self._value_sources()), bn.eps if bn is not None else None)
         cache = self.__dict__.get("_inference_cache")
         if cache is None or cache["key"] != key:
             cache = self._inference_cache = {"key": key}

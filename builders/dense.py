@@ -100,7 +100,7 @@ class Connected(FastPathCache, Layer):
         sources = [unit.linear.weight] + ([unit.bn.weight, unit.bn.bias, unit.bn.running_mean,
                                            unit.bn.running_var] if unit.bn is not None
                                           else [unit.linear.bias])
-        key = version_key(sources)
+        key = (version_key(sources), unit.bn.eps if unit.bn is not None else None)
         cache = self._inference_cache
         if cache is not None and cache[0] == key:
             return cache[1], cache[2]

@@ -340,3 +340,23 @@ def test_detect_keeps_the_packed_weights_of_an_eval_net():
     net.train()
     detect(net, [image])  # a training net is put in eval mode, as before
     assert not net.training
+
+
+def test_the_fast_path_follows_a_changed_batch_norm_eps():
+    """The folded weights' cache was keyed by the tensors' versions only: a batch-norm eps set
+    after the first forward (a float, no version) kept the old folding."""
+    net = build(CONV_NET.format(act="leaky", bn=1)).eval()
+    x = torch.rand(1, 3, 18, 20)
+    with torch.no_grad():
+        net(x)  # fills the cache
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.fill_(1e-3)  # a variance of the order of eps: eps matters
+        net(x)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eps = 0.5
+        fast = torch.cat([y.flatten() for y in net(x)])
+        net.use_fast_inference(False)
+        plain = torch.cat([y.flatten() for y in net(x)])
+    assert torch.allclose(fast, plain, rtol=1e-4, atol=1e-5)
