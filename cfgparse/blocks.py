@@ -155,8 +155,14 @@ class Block:
             if note:  # in a cfg file a warning (W203); a value set now is refused, not changed
                 raise self.error("E203", f"cannot set {key}={raw}: {note}", where,
                                  hint=f"write {key}= the value Darknet would use ({typed})")
-            position = old[3:] if old is not None else (0, 0, 0, "")
-            opts[key] = Option(key, raw, typed, *position)
+            if old is not None and old.line:
+                # located at the line it replaces, showing the value set: a later error about
+                # it showed the file's value under the caret
+                indent = " " * (old.column - 1)
+                opts[key] = Option(key, raw, typed, old.line, old.column,
+                                   old.column + len(key) + 1, f"{indent}{key}={raw}")
+            else:
+                opts[key] = Option(key, raw, typed)
         return Block(self.type, self.name, opts, self.line, self.column, self.path, self.source,
                      self.index)
 

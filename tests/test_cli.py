@@ -462,3 +462,13 @@ def test_the_classes_rule_has_one_wording_for_every_task(tmp_path, tiny_classifi
     (d,) = err.value.diagnostics
     assert (d.code, d.message, d.path) == ("E901", "--classes is for the embedded dataset",
                                            "--classes")
+
+
+def test_an_error_about_a_set_value_shows_that_value(capsys):
+    """A graph rule broken by a --set value was located at the file's line with the file's
+    value under the caret (`layers=-4` for --set route.layers=-40): the line shows the value set."""
+    cfg = Path(__file__).resolve().parents[1] / "cfg" / "yolov3-tiny.cfg"
+    assert darkcfg(["summary", str(cfg), "--set", "route.layers=-40"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert "error[E301]: 'layers' refers to layer -40" in lines[0]
+    assert lines[2] == "163 | layers=-40" and lines[3] == "    |        ^^^"
