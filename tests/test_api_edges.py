@@ -109,3 +109,22 @@ def test_build_takes_bytes_and_a_missing_path_with_an_equals_sign(tmp_path):
     with pytest.raises(CfgError) as err:
         build(str(tmp_path / "lr=0.1" / "yolo.cfg"))  # a sweep's folder name, not cfg text
     assert err.value.first.code == "E901"
+
+
+def test_a_yolo_set_rooted_at_the_working_folder_finds_its_labels(tmp_path, monkeypatch):
+    """`path: .` run from the set's folder gives relative image paths (images/train/a.jpg),
+    whose label file is labels/train/a.txt as for an absolute path: they were all missed
+    (`1 train images (0 objects)`, no error)."""
+    from PIL import Image
+
+    from darkcfg.data.detection.formats import open_set
+
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "train" / "a.jpg")
+    (tmp_path / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images/train\nnames: [x]\n")
+    monkeypatch.chdir(tmp_path)
+    found = open_set("data.yaml", strict=True)
+    assert found.train.images == ["images/train/a.jpg"] and found.train.missing == 0
+    assert found.train.boxes[0].tolist() == [[0.5, 0.5, 0.25, 0.25, 0.0]]  # x y w h class

@@ -36,8 +36,9 @@ _HINT = ("a data.yaml has path: (root), train: and val: (folders or list files),
 def label_path(image: str) -> str:
     """ultralytics' img2label_paths: the last /images/ -> /labels/, the extension -> .txt."""
     sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
-    head, sep, tail = image.rpartition(sa)
-    out = head + sb + tail if sep else image
+    lead = "" if image.startswith(os.sep) else os.sep  # a relative `images/train/x.jpg` too
+    head, sep, tail = (lead + image).rpartition(sa)
+    out = (head + sb + tail)[len(lead):] if sep else image
     stem = out.rsplit(".", 1)[0] if "." in os.path.basename(out) else out
     return stem + ".txt"
 
