@@ -145,7 +145,7 @@ def write_anchors(cfg_path: str, net, heads: list[int], anchors: np.ndarray, wid
     changes) in every anchored head; the new text is linted before it replaces the file."""
     from builders.atomic import atomic_write
     from cfgparse import edit, parse_text
-    from cfgparse.rules import HEAD_INPUTS, MASKED_HEADS, as_list, value
+    from cfgparse.rules import MASKED_HEADS, as_list, head_input, value
     from darkcfg.data.detection.anchors import cfg_anchors_value, split_masks
 
     path = Path(cfg_path)
@@ -169,14 +169,14 @@ def write_anchors(cfg_path: str, net, heads: list[int], anchors: np.ndarray, wid
         changes.append((block, "num", str(k)))
         if block.type not in MASKED_HEADS:
             continue
-        old_need = HEAD_INPUTS[block.type](block).count
+        need = head_input(block)
         changes.append((block, "mask", ",".join(map(str, mask))))
-        new_need = HEAD_INPUTS[block.type](block.with_values(mask=mask, num=k)).count
+        new_need = head_input(block.with_values(mask=mask, num=k)).count
         feeding = blocks[head] if head >= 1 else None  # the layer just before the head
-        if (feeding is not None and feeding.type == "convolutional"
-                and value(feeding, "filters") == old_need and new_need != old_need):
-            changes.append((feeding, "filters", str(new_need)))
-        elif new_need != old_need:
+        if (feeding is not None and feeding.type == need.feeding_section
+                and value(feeding, need.feeding_key) == need.count and new_need != need.count):
+            changes.append((feeding, need.feeding_key, str(new_need)))
+        elif new_need != need.count:
             print(f"warning: [{block.name}] at line {block.line} now needs {new_need} input "
                   f"channels (len(mask)={len(as_list(mask))}): set them where it is fed",
                   file=sys.stderr)
