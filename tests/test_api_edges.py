@@ -128,3 +128,17 @@ def test_a_yolo_set_rooted_at_the_working_folder_finds_its_labels(tmp_path, monk
     found = open_set("data.yaml", strict=True)
     assert found.train.images == ["images/train/a.jpg"] and found.train.missing == 0
     assert found.train.boxes[0].tolist() == [[0.5, 0.5, 0.25, 0.25, 0.0]]  # x y w h class
+
+
+def test_run_options_refuse_a_map_points_no_evaluation_has():
+    """--map-points was checked by the detection task when a run started (reading the options
+    with getattr): RunOptions refuses it for every caller, as its other values."""
+    from pathlib import Path
+
+    from cfgparse import CfgError
+    from darkcfg.train.session import RunOptions
+
+    with pytest.raises(CfgError, match="--map-points 7: use 0"):
+        RunOptions("cfg/yolov3-tiny.cfg", "yolov3-tiny", Path("run"), map_points=7)
+    assert RunOptions("cfg/yolov3-tiny.cfg", "yolov3-tiny", Path("run"),
+                      map_points=101).map_points == 101

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from cfgparse import CfgError, Diagnostic
 from darkcfg.data import DataSplits
 from darkcfg.data.detection.augment import DetectionSettings
 from darkcfg.data.detection.dataset import collate as detection_collate
@@ -32,7 +31,6 @@ from darkcfg.data.detection.dataset import open_detection_source
 from darkcfg.detect.metrics import (
     MAP_CONF_THRESH,
     MAP_IOU_THRESH,
-    MAP_POINTS,
     DetectionMetrics,
     coco_available,
     evaluate,
@@ -40,8 +38,12 @@ from darkcfg.detect.metrics import (
 )
 from darkcfg.train.tasks import TASKS, Task
 
+if TYPE_CHECKING:  # (session imports this module)
+    from darkcfg.train.session import RunOptions
+
 #: what each head's loss statistics contribute to metrics.csv (Darknet's per-layer line)
 HEAD_STATS = ("avg_iou", "count", "class_loss", "iou_loss", "total_loss")
+
 
 @dataclass
 class DetectionTask(Task):
@@ -75,13 +77,9 @@ class DetectionTask(Task):
         task.outputs = task.settings.classes
         return task
 
-    def use_options(self, opts) -> None:
-        points = getattr(opts, "map_points", 0)
-        if points not in MAP_POINTS:
-            raise CfgError(Diagnostic("E100", f"--map-points {points}: use 0 (all-point), 11 or "
-                                      "101", "<command line>", hint="see --help"))
-        self.map_points = points
-        self.settings = self.settings.for_build(getattr(opts, "darknet_build", "opencv"))
+    def use_options(self, opts: RunOptions) -> None:
+        self.map_points = opts.map_points  # (checked by RunOptions)
+        self.settings = self.settings.for_build(opts.darknet_build)
         if self.coco and not coco_available():  # said once, at start-up, not at a validation
             self.coco = False
             print("warning: pycocotools is not installed: validation reports Darknet's mAP@0.5, "

@@ -91,6 +91,11 @@ class RunOptions:
         if self.classes is not None and self.classes < 1:
             raise option_error("--classes", f"--classes {self.classes}: need at least 1",
                                "use --classes 1 or more (or leave it out: all)")
+        from darkcfg.detect.metrics import MAP_POINTS
+
+        if self.map_points not in MAP_POINTS:
+            raise option_error("--map-points", f"--map-points {self.map_points}: use 0 "
+                               "(all-point), 11 or 101", "see --help")
         if self.resume and self.weights:
             # one would silently replace the other: --resume restores every weight
             raise option_error("--resume", "--resume and --weights both set the weights",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch.utils.data import default_collate
@@ -40,6 +40,9 @@ from darkcfg.data import (
     regression_csv,
 )
 from darkcfg.train.distributed import all_sum
+
+if TYPE_CHECKING:  # (session imports this module)
+    from darkcfg.train.session import RunOptions
 
 #: Columns every task's metrics.csv starts with.
 
@@ -86,7 +89,7 @@ class Task:
         outputs = net.meta[heads[-1]].input.size
         return cls(outputs, inputs, heads, **(cls.options(cfg) if cfg is not None else {}))
 
-    def use_options(self, opts) -> None:
+    def use_options(self, opts: RunOptions) -> None:
         """Read the run's command-line options that concern this task (RunOptions)."""
 
     @property
