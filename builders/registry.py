@@ -147,8 +147,7 @@ def register_section(name: str, builder: Builder | None = None, *,
                                            override=override)
     _load_families()
     specs = {key: _key_spec(name, key, spec) for key, spec in (keys or {}).items()}
-    taken = [n for n in (name, *aliases) if n in SECTION_BUILDERS or
-             schema._CANONICAL.get(n) is not None]
+    taken = [n for n in (name, *aliases) if n in SECTION_BUILDERS or schema.is_section_name(n)]
     if taken and not override:
         raise ValueError(f"section [{taken[0]}] is already registered; pass override=True "
                          "to replace it")

@@ -268,6 +268,12 @@ _CANONICAL = {**{n: n for n in SECTIONS}, **ALIASES}
 _SECTION_NAMES = sorted(_CANONICAL)
 
 
+def is_section_name(name: str) -> bool:
+    """Whether `name` is already a section name or alias (plugins loaded so far; loads none:
+    for register_section, which plugins call while they load)."""
+    return name in _CANONICAL
+
+
 def canonical_section(name: str) -> str | None:
     found = _CANONICAL.get(name)
     if found is None:

@@ -528,7 +528,7 @@ def net_letter_box(net) -> bool:
     return bool(net.net_block.get("letter_box", 0))
 
 
-def _device_of(net) -> torch.device:
+def device_of(net) -> torch.device:
     param = next(iter(net.parameters()), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -543,7 +543,7 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
     if any(layer.training for layer in net.layers):  # a walk over every module costs 0.7 ms
         net.eval()
-    device = _device_of(net)
+    device = device_of(net)
     heads = head_indices(net)
     if not heads:
         raise ValueError("the network has no detection head ([yolo], [Gaussian_yolo], "

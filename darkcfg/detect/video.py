@@ -33,8 +33,8 @@ import torch
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.detect.decode import (
-    _device_of,
     detections_of_outputs,
+    device_of,
     found_objects,
     head_indices,
     load_pixels,
@@ -310,7 +310,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
         total = min(total, max_frames) if total else max_frames
     rate = stream.average_rate or stream.guessed_rate or 25
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
-    device = _device_of(net)
+    device = device_of(net)
     heads = head_indices(net)
     video_tmp = out / f".{name}.{os.getpid()}.tmp.mp4"
     jsonl_tmp = out / f".{name}.{os.getpid()}.tmp.jsonl"
