@@ -157,3 +157,15 @@ def guarded(run: Callable[[], int]) -> int:
                              "the data, then --resume").format(), file=sys.stderr)
             return 1
         raise
+
+
+def add_run_arguments(p, verb: str, need: str) -> None:
+    """--no-progress, --max-memory, --force: the same for every command that runs a network
+    (`verb` the run, "detect"; `need` what is estimated, "whose inference is estimated to
+    need")."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
+                   help=f"refuse a network {need} more (e.g. 8G; default: the device's "
+                   "memory)")
+    p.add_argument("--force", action="store_true",
+                   help=f"{verb} even when the memory estimate is over --max-memory")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from darkcfg.cli.common import (
     add_model_arguments,
+    add_run_arguments,
     command_parser,
     guarded,
-    memory_size,
     model_inputs,
     model_spec,
     refuse_overwriting_inputs,
@@ -31,12 +31,7 @@ def arg_parser():
     p.add_argument("--data", default=None, metavar="SRC",
                    help="a data set whose class names to print (X.data names=, data.yaml, "
                    "COCO .json, VOC folder)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
-                   help="refuse a network whose inference is estimated to need more (e.g. "
-                   "8G; default: the device's memory)")
-    p.add_argument("--force", action="store_true",
-                   help="detect even when the memory estimate is over --max-memory")
+    add_run_arguments(p, "detect", "whose inference is estimated to need")
     return p
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from darkcfg.cli.common import (
     add_model_arguments,
+    add_run_arguments,
     command_parser,
     guarded,
-    memory_size,
     model_spec,
 )
 from darkcfg.model import ModelSpec
@@ -61,12 +61,7 @@ def add_schedule_arguments(p) -> None:
                    "deterministic kernels: slower); the CPU is deterministic already")
     p.add_argument("--batch-per-process", action="store_true",
                    help="under torchrun, [net] batch is per process (default: global)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
-                   help="refuse to train a network estimated to need more (e.g. 8G; default: "
-                   "the device's memory)")
-    p.add_argument("--force", action="store_true",
-                   help="train even when the memory estimate is over --max-memory")
+    add_run_arguments(p, "train", "whose training is estimated to need")
 
 
 def arg_parser():
