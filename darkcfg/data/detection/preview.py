@@ -24,6 +24,7 @@ def preview_grid(splits, count: int = 16, iteration: int = 0, per_row: int = 8
     from torchvision.transforms.v2 import functional as F
     from torchvision.utils import draw_bounding_boxes, make_grid
 
+    from builders.boxes import cxcywh_to_xyxy
     from darkcfg.data.detection.dataset import Slot
 
     s = splits.settings
@@ -32,9 +33,7 @@ def preview_grid(splits, count: int = 16, iteration: int = 0, per_row: int = 8
         image, truth = splits.train[Slot(iteration + k // 8, k % 8)]
         rows = truth[truth[:, 2] > 0]
         h, w = image.shape[-2:]
-        xyxy = torch.stack([(rows[:, 0] - rows[:, 2] / 2) * w, (rows[:, 1] - rows[:, 3] / 2) * h,
-                            (rows[:, 0] + rows[:, 2] / 2) * w, (rows[:, 1] + rows[:, 3] / 2) * h],
-                           1) if len(rows) else torch.zeros(0, 4)
+        xyxy = cxcywh_to_xyxy(rows[:, :4]) * torch.tensor([w, h, w, h], dtype=rows.dtype)
         names = [splits.names[int(c)] if int(c) < len(splits.names) else str(int(c))
                  for c in rows[:, 4]]
         rgb = image if image.shape[0] == 3 else image[:1].expand(3, -1, -1)
