@@ -130,7 +130,6 @@ def _spatial_softmax(block: Block, c: int, h: int, w: int, sources=()) -> str | 
 OPENCV_SHAPE_RULES = ((_spatial_softmax, "W604"), (_resampling_shortcut, "W603"))
 
 
-
 def _anchor_count(block: Block) -> str | None:
     """OpenCV asserts num * 2 == the number of anchor values (Darknet pads or reads past)."""
     if block.type not in ("yolo", "region") or "anchors" not in block.options:

@@ -45,8 +45,6 @@ if TYPE_CHECKING:  # (session imports this module)
     from darkcfg.train.session import RunOptions
 
 #: Columns every task's metrics.csv starts with.
-
-#: Columns every task's metrics.csv starts with.
 STEP_COLUMNS = ("iteration", "epoch", "loss", "avg_loss", "lr", "images_per_s")
 
 
