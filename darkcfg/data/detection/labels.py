@@ -282,12 +282,23 @@ def _is_float(s: str) -> bool:
     return True
 
 
+def missing_labels(missing: int, total: int, what: str) -> str:
+    """The message for `missing` of `total` images without a label file ('' when none is
+    missing): the one text of the training warning and of `darkcfg data check`. `what` names the
+    images ("train images", "valid images"); a validation split's images are only scored."""
+    if not missing:
+        return ""
+    use = "scored" if what.startswith("valid") else "trained"
+    return f"{missing} of {total} {what} have no label file ({use} as images without objects)"
+
+
 @dataclass
 class Labels:
     """The boxes of every image of a list, read once before training."""
 
     boxes: list[np.ndarray]  # per image: (n, 5) float32 [x, y, w, h, class]
     missing: int  # images without a label file (no objects)
+    first_missing: int = -1  # index of the first image without one (-1: none), for an example
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -295,13 +306,6 @@ class Labels:
     @property
     def objects(self) -> int:
         return sum(len(b) for b in self.boxes)
-
-    def warning(self, what: str = "images") -> str:
-        """The one-line warning for missing label files ('' when none is missing)."""
-        if not self.missing:
-            return ""
-        return (f"warning: {self.missing} of {len(self.boxes)} {what} have no label file "
-                "(trained as images without objects)")
 
 
 def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 20) -> Labels:
@@ -316,15 +320,16 @@ def collect_labels(label_paths: Sequence[str], classes: int) -> tuple[Labels, li
     """Every label file's boxes (bad lines left out) and a located diagnostic for each problem
     (`darkcfg data check` shows them all; `validate_labels` raises them)."""
     boxes: list[np.ndarray] = []
-    missing = 0
+    missing, first_missing = 0, -1
     problems: list[Diagnostic] = []
     empty = np.zeros((0, 5), np.float32)
-    for path in label_paths:
+    for k, path in enumerate(label_paths):
         try:
             with open(path, encoding="utf-8-sig") as fh:  # a BOM from Windows tools is no error
                 text = fh.read()
         except FileNotFoundError:
             missing += 1
+            first_missing = k if first_missing < 0 else first_missing
             boxes.append(empty)
             continue
         except (OSError, UnicodeDecodeError) as exc:
@@ -335,7 +340,7 @@ def collect_labels(label_paths: Sequence[str], classes: int) -> tuple[Labels, li
         found, bad = parse_labels(text, path, classes)
         boxes.append(found)
         problems += bad
-    return Labels(boxes, missing), problems
+    return Labels(boxes, missing, first_missing), problems
 
 
 def raise_problems(problems: Sequence[Diagnostic], max_errors: int = 20) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.detection.labels import LABEL_CODE
+from darkcfg.data.detection.labels import LABEL_CODE, Labels, missing_labels
 
 FORMATS = ("darknet", "yolo", "coco", "voc")
 
@@ -22,6 +22,14 @@ class Split:
     boxes: list[np.ndarray]  # per image (n, 5) float32 [x, y, w, h, class], relative
     difficult: list[np.ndarray] | None = None  # per image: objects not scored (None: no list)
     missing: int = 0  # images without a label file (Darknet: no objects)
+    missing_example: tuple[str, str] | None = None  # (image, its absent label file), the first
+
+    @classmethod
+    def labelled(cls, images: list[str], label_paths: Sequence[str], labels: Labels) -> Split:
+        """A split of images with a label file each (Darknet's, ultralytics')."""
+        k = labels.first_missing
+        return cls(images, labels.boxes, missing=labels.missing,
+                   missing_example=(images[k], label_paths[k]) if k >= 0 else None)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -31,10 +39,9 @@ class Split:
         return sum(len(b) for b in self.boxes)
 
     def missing_warning(self, what: str) -> str:
-        if not self.missing:
-            return ""
-        return (f"warning: {self.missing} of {len(self.images)} {what} have no label file "
-                "(trained as images without objects)")
+        """The training warning for images without a label file ('' when none is missing)."""
+        message = missing_labels(self.missing, len(self.images), what)
+        return f"warning: {message}" if message else ""
 
 
 @dataclass

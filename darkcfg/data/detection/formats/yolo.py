@@ -95,7 +95,7 @@ def read_yolo(path: Path) -> DetectionSet:
         labels = [label_path(p) for p in images]
         found, bad = collect_labels(labels, len(names))
         problems.extend(bad)
-        return Split(images, found.boxes, missing=found.missing)
+        return Split.labelled(images, labels, found)
 
     train = split("train")
     valid = split("val") if data.get("val") else None
