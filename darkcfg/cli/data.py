@@ -78,8 +78,7 @@ def check(src: str, cfg: str | None, size: str | None, plot: Path) -> int:
         net_size = parse_size(size)
     report = check_set(src, net_size, strides, origin)
     for d in report.problems:
-        print(d.format() if d.line else f"{d.path}: {d.severity}[{d.code}]: {d.message}",
-              file=sys.stderr)
+        print(d.format(), file=sys.stderr)
     print(report.table())
     report.plot(plot)
     print(f"wrote {plot}")

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from cfgparse import Diagnostic
-from cfgparse.errors import ERROR
+from cfgparse.errors import ERROR, WARNING
 from darkcfg.data.detection.formats import DetectionSet, open_set
+from darkcfg.data.detection.labels import EDGE_CODE, missing_labels
 
 SIZE_EDGES = (0, 8, 16, 32, 64, 128, 256, float("inf"))  # box size bins, pixels at net size
 
@@ -30,10 +31,11 @@ class CheckReport:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (image, why)
     images_read: int = 0
     size_from: str = ""  # where net_size and strides come from
+    findings: list[Diagnostic] = field(default_factory=list)  # the check's own (label files)
 
     @property
     def problems(self) -> list[Diagnostic]:
-        return self.data.problems
+        return self.data.problems + self.findings
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -157,6 +159,7 @@ def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
     data = open_set(source, strict=False)
     report = CheckReport(data, net_size, tuple(sorted(set(strides))),
                          size_from=size_from or "strides " + ", ".join(map(str, strides)))
+    report.findings += missing_label_files(data)
     seen = set()
     for _, split in report.splits():
         for image in split.images:
@@ -170,3 +173,34 @@ def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
             except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
                 report.unreadable.append((image, f"{type(exc).__name__}: {exc}"))
     return report
+
+
+# where each format looks for an image's label file, for the hint of a missing one
+_LABEL_RULE = {
+    "yolo": "ultralytics' rule: the last /images/ of the image path becomes /labels/ and the "
+            "extension .txt",
+    "darknet": "Darknet's replace_image_to_label: /JPEGImages/ becomes /labels/ (and "
+               "/images/train2017/ /labels/train2017/ ...), the extension .txt; a plain "
+               "/images/ folder keeps the label beside the image",
+}
+
+
+def missing_label_files(data: DetectionSet) -> list[Diagnostic]:
+    """Images without a label file, said as training says it (a warning with an example); an
+    error when no train image has one: the set has nothing to learn, a misnamed labels folder
+    more likely than a set of empty pictures."""
+    found = []
+    for name, split in (("train", data.train), ("valid", data.valid)):
+        if split is None or not split.missing:
+            continue
+        image, label = split.missing_example
+        hint = (f"e.g. '{image}' has no '{label}' ({_LABEL_RULE.get(data.format, '')})")
+        if name == "train" and split.missing == len(split):
+            found.append(Diagnostic(
+                "E901", f"none of the {len(split)} train images has a label file: nothing to "
+                "learn", str(data.path), hint=hint))
+        else:
+            found.append(Diagnostic(
+                EDGE_CODE, missing_labels(split.missing, len(split), f"{name} images"),
+                str(data.path), severity=WARNING, hint=hint))
+    return found

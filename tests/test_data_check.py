@@ -1,0 +1,47 @@
+"""`darkcfg data check`: what it reports that training would say or reject."""
+
+from __future__ import annotations
+
+from test_data_formats import write_darknet, write_yolo
+
+from darkcfg.cli import main as cli
+
+
+def check(capsys, *args) -> tuple[int, str, str]:
+    code = cli(["data", "check", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_counts_images_without_a_label_file_as_training_does(tmp_path, capsys):
+    path = write_yolo(tmp_path / "y")
+    (tmp_path / "y" / "labels" / "train" / "im1.txt").unlink()
+    (tmp_path / "y" / "labels" / "val" / "im5.txt").unlink()
+    code, out, err = check(capsys, path, "--plot", tmp_path / "c.png")
+    assert code == 0  # an image without objects trains (Darknet's rule): a warning
+    assert (f"{path}: warning[W903]: 1 of 4 train images have no label file (trained as images "
+            "without objects)") in err
+    assert "1 of 2 valid images have no label file (scored as images without objects)" in err
+    image, label = tmp_path / "y/images/train/im1.png", tmp_path / "y/labels/train/im1.txt"
+    assert f"help: e.g. '{image}' has no '{label}' (ultralytics' rule" in err
+    assert "labels: 0 error(s), 2 warning(s)" in out
+
+
+def test_check_refuses_a_set_without_any_label_file(tmp_path, capsys):
+    """A misnamed labels folder: every image without objects, nothing to learn."""
+    path = write_yolo(tmp_path / "y")
+    (tmp_path / "y" / "labels").rename(tmp_path / "y" / "label")
+    code, out, err = check(capsys, path, "--plot", tmp_path / "c.png")
+    assert code == 2 and "Traceback" not in err
+    assert (f"{path}: error[E901]: none of the 4 train images has a label file: nothing to "
+            "learn") in err
+    assert f"'{tmp_path / 'y/labels/train/im0.txt'}'" in err  # the file it looked for
+    assert "labels: 1 error(s), 1 warning(s)" in out  # and the valid split's warning
+
+
+def test_check_names_darknets_label_rule(tmp_path, capsys):
+    path = write_darknet(tmp_path / "d")
+    (tmp_path / "d" / "img" / "im0.txt").unlink()
+    code, _, err = check(capsys, path, "--plot", tmp_path / "c.png")
+    assert code == 0 and "1 of 4 train images have no label file" in err
+    assert "replace_image_to_label" in err
