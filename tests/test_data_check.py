@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_data_formats import write_darknet, write_yolo
+from test_data_formats import DETECTOR_CFG, write_darknet, write_yolo
 
 from darkcfg.cli import main as cli
 
@@ -45,3 +45,27 @@ def test_check_names_darknets_label_rule(tmp_path, capsys):
     code, _, err = check(capsys, path, "--plot", tmp_path / "c.png")
     assert code == 0 and "1 of 4 train images have no label file" in err
     assert "replace_image_to_label" in err
+
+
+def detector_cfg(path, classes: int):
+    path.write_text(DETECTOR_CFG.replace("filters=16", f"filters={2 * (5 + classes)}")
+                    .replace("classes=3", f"classes={classes}"))
+    return path
+
+
+def test_check_with_a_cfg_rejects_what_training_rejects(tmp_path, capsys):
+    data = write_yolo(tmp_path / "y")
+    cfg = detector_cfg(tmp_path / "two.cfg", 2)
+    code, out, err = check(capsys, data, "--cfg", cfg, "--plot", tmp_path / "c.png")
+    said = f"{data}: error[E901]: '{data}' has 3 classes but the network detects 2"
+    assert code == 2 and said in err and "labels: 1 error(s)" in out
+    assert cli([str(cfg), "--train", "--data", str(data), "--device", "cpu"]) == 2
+    assert said in capsys.readouterr().err  # training's own words
+
+
+def test_check_with_a_cfg_of_more_classes_than_the_data_is_clean(tmp_path, capsys):
+    """An 80-class cfg trains on 3-class data (docs/datasets.md): no stricter than training."""
+    data = write_yolo(tmp_path / "y")
+    cfg = detector_cfg(tmp_path / "eighty.cfg", 80)
+    code, out, err = check(capsys, data, "--cfg", cfg, "--plot", tmp_path / "c.png")
+    assert code == 0 and "labels: 0 error(s), 0 warning(s)" in out and "error" not in err

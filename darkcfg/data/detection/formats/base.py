@@ -60,6 +60,17 @@ class DetectionSet:
     def classes(self) -> int:
         return len(self.names)
 
+    def class_mismatch(self, detected: int) -> Diagnostic | None:
+        """Training's rule for the network's class count (its last detection head's
+        `classes`): more classes in the data than the network detects is an error; fewer is
+        allowed (an 80-class cfg trains on 2-class data, the mAP averages over the data's)."""
+        if self.classes <= detected:
+            return None
+        return Diagnostic("E901", f"'{self.path}' has {self.classes} classes but the network "
+                          f"detects {detected}", str(self.path),
+                          hint=f"set classes={self.classes} in every [yolo] (and the filters "
+                          "before it) or fix the data's class names")
+
     @property
     def valid_or_train(self) -> Split:
         return self.valid if self.valid is not None else self.train

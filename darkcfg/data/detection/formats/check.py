@@ -152,13 +152,17 @@ class CheckReport:
 
 
 def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
-              strides: tuple[int, ...] = (8, 16, 32), size_from: str = "") -> CheckReport:
-    """Read `source` keeping every problem, open every image; the report."""
+              strides: tuple[int, ...] = (8, 16, 32), size_from: str = "",
+              classes: int | None = None) -> CheckReport:
+    """Read `source` keeping every problem, open every image; the report. classes: the
+    network's (--cfg), checked as training checks it."""
     from PIL import Image
 
     data = open_set(source, strict=False)
     report = CheckReport(data, net_size, tuple(sorted(set(strides))),
                          size_from=size_from or "strides " + ", ".join(map(str, strides)))
+    mismatch = data.class_mismatch(classes) if classes is not None else None
+    report.findings += [mismatch] if mismatch else []
     report.findings += missing_label_files(data)
     seen = set()
     for _, split in report.splits():
