@@ -386,6 +386,8 @@ def test_yolo_label_errors_are_darknets(tmp_path):
                                                                  "3 0.5 0.5 0.5 0.5\n")
     msg = first_error(path)
     assert "labels/train/im1.txt:2:1: error[E903]: class 3 but classes=3" in msg
+    # the class count is the yaml's names, not a .data file's classes= (there is none)
+    assert "help: class ids run from 0 to 2 (the 3 names: in data.yaml)" in msg
     path.write_text("train: images/train\nnames: [a, b\n")
     assert "invalid YAML" in first_error(path)
     path.write_text("train: nowhere\nnames: [a]\n")
