@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from test_data_formats import DETECTOR_CFG, write_darknet, write_yolo
+import json
+
+from test_data_formats import DETECTOR_CFG, write_coco, write_darknet, write_voc, write_yolo
 
 from darkcfg.cli import main as cli
 
@@ -69,3 +71,27 @@ def test_check_with_a_cfg_of_more_classes_than_the_data_is_clean(tmp_path, capsy
     cfg = detector_cfg(tmp_path / "eighty.cfg", 80)
     code, out, err = check(capsys, data, "--cfg", cfg, "--plot", tmp_path / "c.png")
     assert code == 0 and "labels: 0 error(s), 0 warning(s)" in out and "error" not in err
+
+
+def test_check_warns_where_an_annotation_states_another_image_size(tmp_path, capsys):
+    """COCO images[].width/height and VOC <size> are what the boxes are relative to: one that
+    is not the image's size scales every box of it, so the check (which opens every image
+    anyway) says where."""
+    train, _ = write_coco(tmp_path / "c")
+    doc = json.loads(train.read_text())
+    doc["images"][0].update(width=128, height=64)  # im0 is 64x32
+    train.write_text(json.dumps(doc, indent=1))
+    code, out, err = check(capsys, train, "--plot", tmp_path / "c.png")
+    line, col = next((n, s.index('"width"') + 1) for n, s in
+                     enumerate(train.read_text().splitlines(), 1) if '"width": 128' in s)
+    assert code == 0 and "labels: 0 error(s), 1 warning(s)" in out
+    assert (f"{train}:{line}:{col}: warning[W903]: the annotation says the image is 128x64 but "
+            f"'{tmp_path / 'c/images/im0.png'}' is 64x32") in err
+    assert "come out at 0.5x their size" in err
+
+    voc = write_voc(tmp_path / "v")
+    xml = voc / "Annotations" / "im1.xml"  # im1 is 32x64
+    xml.write_text(xml.read_text().replace("<width>32</width>", "<width>40</width>"))
+    code, out, err = check(capsys, voc, "--plot", tmp_path / "v.png")
+    assert code == 0 and f"{xml}:3:3: warning[W903]: the annotation says the image is 40x64" in err
+    assert "come out at" not in err  # not one scale: no factor to give

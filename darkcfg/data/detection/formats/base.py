@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,16 @@ from darkcfg.data.detection.labels import LABEL_CODE, Labels, missing_labels
 FORMATS = ("darknet", "yolo", "coco", "voc")
 
 
+@dataclass(frozen=True)
+class DeclaredSize:
+    """An image size an annotation states (COCO `images[].width/height`, VOC `<size>`), which
+    its boxes are taken relative to; `where(message, hint)` is a diagnostic located at it."""
+
+    width: float
+    height: float
+    where: Callable[[str, str], Diagnostic]
+
+
 @dataclass
 class Split:
     """The images of one split and their objects."""
@@ -23,6 +33,7 @@ class Split:
     difficult: list[np.ndarray] | None = None  # per image: objects not scored (None: no list)
     missing: int = 0  # images without a label file (Darknet: no objects)
     missing_example: tuple[str, str] | None = None  # (image, its absent label file), the first
+    declared: dict[str, DeclaredSize] = field(default_factory=dict)  # image -> stated size
 
     @classmethod
     def labelled(cls, images: list[str], label_paths: Sequence[str], labels: Labels) -> Split:

@@ -10,7 +10,7 @@ detection head's stride: the head sees the object inside one cell or not at all)
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from cfgparse import Diagnostic
 from cfgparse.errors import ERROR, WARNING
 from darkcfg.data.detection.formats import DetectionSet, open_set
+from darkcfg.data.detection.formats.base import DeclaredSize
 from darkcfg.data.detection.labels import EDGE_CODE, missing_labels
 
 SIZE_EDGES = (0, 8, 16, 32, 64, 128, 256, float("inf"))  # box size bins, pixels at net size
@@ -164,6 +165,8 @@ def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
     mismatch = data.class_mismatch(classes) if classes is not None else None
     report.findings += [mismatch] if mismatch else []
     report.findings += missing_label_files(data)
+    declared = {image: size for _, split in report.splits()
+                for image, size in split.declared.items()}
     seen = set()
     for _, split in report.splits():
         for image in split.images:
@@ -173,10 +176,34 @@ def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
             try:
                 with Image.open(image) as im:
                     im.load()
+                    stated = declared.get(image)
+                    if stated is not None:
+                        report.findings += size_disagreement(image, stated, im)
                 report.images_read += 1
             except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
                 report.unreadable.append((image, f"{type(exc).__name__}: {exc}"))
     return report
+
+
+def size_disagreement(image: str, stated: DeclaredSize, im) -> list[Diagnostic]:
+    """A warning at an annotation whose stated image size is not the image's (as darkcfg reads
+    it, turned by its EXIF orientation). A warning, not an error: the boxes are taken relative to
+    the stated size (as ultralytics' convert_coco and Darknet's voc_label.py do), which is right
+    when the pictures were resized after labelling and wrong when the boxes are in the
+    picture's own pixels; only the user knows which."""
+    from darkcfg.data.base import upright_size
+
+    width, height = upright_size(im)
+    if (stated.width, stated.height) == (width, height):
+        return []
+    turned = " (turned by its EXIF orientation)" if (width, height) != im.size else ""
+    scale = (f"boxes in the image's pixels come out at {width / stated.width:g}x their size; "
+             if width * stated.height == height * stated.width else "")
+    d = stated.where(f"the annotation says the image is {stated.width:g}x{stated.height:g} but "
+                     f"'{image}' is {width}x{height}{turned}",
+                     f"boxes are taken relative to the stated size: {scale}state the image's "
+                     "size, unless the pictures were resized after labelling")
+    return [replace(d, code=EDGE_CODE, severity=WARNING)]
 
 
 # where each format looks for an image's label file, for the hint of a missing one

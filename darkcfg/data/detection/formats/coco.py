@@ -23,12 +23,14 @@ import json
 import math
 import os
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import (
+    DeclaredSize,
     DetectionSet,
     Split,
     box_rows,
@@ -141,6 +143,7 @@ def read_coco(path: Path) -> DetectionSet:
         folders += [path.parent.parent / split, path.parent.parent / "images" / split]
     images: list[str] = []
     sizes: list[tuple[float, float]] = []
+    declared: dict[str, DeclaredSize] = {}
     index_of: dict[object, int] = {}
     for i, entry in enumerate(doc["images"]):
         name = entry.get("file_name") if isinstance(entry, dict) else None
@@ -153,13 +156,17 @@ def read_coco(path: Path) -> DetectionSet:
                                      hint="looked in " + ", ".join(map(str, folders))))
             continue
         width, height = entry.get("width"), entry.get("height")
-        if not (isinstance(width, (int, float)) and isinstance(height, (int, float))
-                and width > 0 and height > 0):
+        stated = (isinstance(width, (int, float)) and isinstance(height, (int, float))
+                  and width > 0 and height > 0)
+        if not stated:
             width, height = image_size(found)
         if entry["id"] in index_of:
             problems.append(where.at("images", i, "id", f"image id {entry['id']!r} is listed "
                                      "twice", hint="give every image its own id"))
             continue
+        if stated:  # `data check` compares it with the image it opens anyway
+            declared[found] = DeclaredSize(float(width), float(height), partial(
+                where.at, "images", i, "width"))
         index_of[entry["id"]] = len(images)
         images.append(found)
         sizes.append((float(width), float(height)))
@@ -216,7 +223,8 @@ def read_coco(path: Path) -> DetectionSet:
     if not images and not problems:
         raise CfgError(Diagnostic("E901", f"'{path}' lists no images", str(path)))
     split = Split(images, [box_rows(b) for b in boxes],
-                  difficult=[box_rows(c) for c in crowd] if any(crowd) else None)
+                  difficult=[box_rows(c) for c in crowd] if any(crowd) else None,
+                  declared=declared)
     return DetectionSet(path, "coco", names, split, None, problems=problems)
 
 

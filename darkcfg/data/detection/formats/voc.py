@@ -24,11 +24,18 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from functools import partial
 from pathlib import Path
 from xml.parsers import expat
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.detection.formats.base import DetectionSet, Split, box_rows, image_size
+from darkcfg.data.detection.formats.base import (
+    DeclaredSize,
+    DetectionSet,
+    Split,
+    box_rows,
+    image_size,
+)
 from darkcfg.data.detection.labels import LABEL_CODE
 
 VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -127,6 +134,7 @@ def read_voc(root: Path) -> DetectionSet:
 
     def split(entries) -> Split:
         images, boxes, hard = [], [], []
+        stated = {}
         for image_id, listed_in, line in entries:
             ann = parsed[image_id]
             if image_id in malformed:
@@ -141,11 +149,14 @@ def read_voc(root: Path) -> DetectionSet:
                                         f"{images_dir}") if line else
                                 ann.error(ann.root, f"no image for '{image_id}' in {images_dir}"))
                 continue
-            rows, difficult = _boxes(ann, image, classes, problems)
+            rows, difficult, declared = _boxes(ann, image, classes, problems)
+            if declared is not None:
+                stated[image] = declared
             images.append(image)
             boxes.append(box_rows(rows))
             hard.append(box_rows(difficult))
-        return Split(images, boxes, difficult=hard if any(len(h) for h in hard) else None)
+        return Split(images, boxes, difficult=hard if any(len(h) for h in hard) else None,
+                     declared=stated)
 
     train = split(train_ids)
     valid = split(valid_ids) if valid_ids else None
@@ -206,8 +217,11 @@ def _boxes(ann: _Annotation, image: str, classes: dict[str, int], problems):
     width = height = None
     if size is not None:
         width, height = (_size(ann, size, tag, problems) for tag in ("width", "height"))
+    declared = None
     if not width or not height:  # none, or 0 (some exporters write it): the image knows
         width, height = (float(v) for v in image_size(image))
+    else:  # `data check` compares it with the image it opens anyway
+        declared = DeclaredSize(width, height, partial(ann.error, size))
     rows, difficult = [], []
     for obj in ann.objects():
         name_el = obj.find("name")
@@ -243,7 +257,7 @@ def _boxes(ann: _Annotation, image: str, classes: dict[str, int], problems):
                                       "1"))
             continue
         (difficult if hard == "1" else rows).append(row)
-    return rows, difficult
+    return rows, difficult, declared
 
 
 def _size(ann: _Annotation, size: ET.Element, tag: str, problems) -> float | None:
