@@ -380,6 +380,23 @@ def test_voc_errors_are_located(tmp_path):
     assert "ImageSets/Main/train.txt:1:1" in msg and "no annotation" in msg
 
 
+def test_voc_images_of_another_extension_are_found_by_their_id(tmp_path):
+    """Without <filename>, `<id>.jpg` is voc_label.py's guess; exporters also write .JPG, .png."""
+    root = write_voc(tmp_path / "voc")
+    want = as_samples(open_set(root))
+    for i in range(len(IMAGES)):
+        xml = root / "Annotations" / f"im{i}.xml"
+        xml.write_text(xml.read_text().replace(f"<filename>im{i}.png</filename>", ""))
+    (root / "JPEGImages" / "im0.png").rename(root / "JPEGImages" / "im0.PNG")
+    data = open_set(root)
+    assert data.train.images[0] == str(root / "JPEGImages" / "im0.PNG")
+    assert as_samples(data) == want
+    (root / "JPEGImages" / "im0.PNG").unlink()
+    msg = first_error(root)
+    assert "ImageSets/Main/train.txt:1:1" in msg and "no image for id 'im0'" in msg
+    assert "(tried 'im0' + .jpg .jpeg .png .bmp .tif .tiff .webp in any case)" in msg
+
+
 def test_yolo_label_errors_are_darknets(tmp_path):
     path = write_yolo(tmp_path / "y")
     (tmp_path / "y" / "labels" / "train" / "im1.txt").write_text("1 0.5 0.5 0.5 0.5\n"
