@@ -493,6 +493,36 @@ def test_an_interrupted_convert_leaves_nothing_in_the_way(four, tmp_path, monkey
     assert as_samples(open_set(written[0])) == as_samples(open_set(four["voc"]))
 
 
+def test_convert_to_coco_writes_integer_pixels_as_integers_and_keeps_category_ids(tmp_path):
+    """The shortest decimal that reads back as the same float32 label: a label made from
+    integer pixels gives its integers back (not 63.000004291534424), and a COCO source keeps
+    its category ids (3, 7, 11; not 1, 2, 3)."""
+    train, _ = write_coco(tmp_path / "coco")
+    convert(open_set(train), "coco", tmp_path / "again")
+    before = json.loads(train.read_text())
+    after = json.loads((tmp_path / "again" / "instances_train.json").read_text())
+    assert sorted((c["id"], c["name"]) for c in after["categories"]) == sorted(
+        (c["id"], c["name"]) for c in before["categories"])
+    assert [(a["category_id"], a["bbox"], a["area"]) for a in after["annotations"]] == [
+        (a["category_id"], a["bbox"], a["area"]) for a in before["annotations"]
+        if not a["iscrowd"]]
+    assert all(type(v) is int for a in after["annotations"] for v in a["bbox"])
+
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    picture(0, 160, 160).save(root / "images" / "a.png")
+    (root / "labels" / "a.txt").write_text(label_text(np.float32([[81 / 160, 128.5 / 160,
+                                                                   36 / 160, 27 / 160, 1]])))
+    (root / "data.yaml").write_text("train: images\nnames: [a, b]\n")
+    convert(open_set(root / "data.yaml"), "coco", tmp_path / "out")
+    doc = json.loads((tmp_path / "out" / "instances_train.json").read_text())
+    assert [a["bbox"] for a in doc["annotations"]] == [[63, 115, 36, 27]]
+    assert doc["annotations"][0]["area"] == 36 * 27
+    assert as_samples(open_set(tmp_path / "out" / "instances_train.json")) == \
+        as_samples(open_set(root / "data.yaml"))
+
+
 def test_label_text_is_the_shortest_float32_decimal():
     boxes = np.float32([[0.1, 0.5, 1 / 3, 1.0, 2]])
     assert label_text(boxes) == "2 0.1 0.5 0.33333334 1\n"

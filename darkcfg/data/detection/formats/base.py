@@ -66,6 +66,7 @@ class DetectionSet:
     valid: Split | None  # None: no validation split (Darknet's map then uses the train list)
     backup: str | None = None
     problems: list[Diagnostic] = field(default_factory=list)  # located, bad objects left out
+    category_ids: list[int] | None = None  # COCO: each class's category id (a COCO out keeps them)
 
     @property
     def classes(self) -> int:

@@ -179,7 +179,7 @@ class _Writer:
                 relative = self.image(image, "images")
                 images.append((os.path.basename(relative),
                                file_name_size(str(self.out / relative))[1]))
-            doc = coco_document(images, s.boxes, s.difficult, data.names)
+            doc = coco_document(images, s.boxes, s.difficult, data.names, data.category_ids)
             path = self.out / f"instances_{name}.json"
             atomic_write(path, json.dumps(doc))
             written.append(path)
