@@ -5,6 +5,9 @@ and measures what the network will see: objects per class, box sizes at the netw
 (Darknet resizes the image to width x height, so a box of relative size w, h is w*width by
 h*height pixels), and how many boxes are smaller than one output cell (w and h both below a
 detection head's stride: the head sees the object inside one cell or not at all).
+It also says what training would warn about or reject: images without a label file (training's
+warning; an error when no train image has one), more data classes than the network detects
+(with --cfg, training's rule), and an annotated image size that is not the image's.
 """
 
 from __future__ import annotations
