@@ -380,12 +380,31 @@ def test_voc_errors_are_located(tmp_path):
     assert "ImageSets/Main/train.txt:1:1" in msg and "no annotation" in msg
 
 
+def test_voc_images_of_another_extension_are_found_by_their_id(tmp_path):
+    """Without <filename>, `<id>.jpg` is voc_label.py's guess; exporters also write .JPG, .png."""
+    root = write_voc(tmp_path / "voc")
+    want = as_samples(open_set(root))
+    for i in range(len(IMAGES)):
+        xml = root / "Annotations" / f"im{i}.xml"
+        xml.write_text(xml.read_text().replace(f"<filename>im{i}.png</filename>", ""))
+    (root / "JPEGImages" / "im0.png").rename(root / "JPEGImages" / "im0.PNG")
+    data = open_set(root)
+    assert data.train.images[0] == str(root / "JPEGImages" / "im0.PNG")
+    assert as_samples(data) == want
+    (root / "JPEGImages" / "im0.PNG").unlink()
+    msg = first_error(root)
+    assert "ImageSets/Main/train.txt:1:1" in msg and "no image for id 'im0'" in msg
+    assert "(tried 'im0' + .jpg .jpeg .png .bmp .tif .tiff .webp in any case)" in msg
+
+
 def test_yolo_label_errors_are_darknets(tmp_path):
     path = write_yolo(tmp_path / "y")
     (tmp_path / "y" / "labels" / "train" / "im1.txt").write_text("1 0.5 0.5 0.5 0.5\n"
                                                                  "3 0.5 0.5 0.5 0.5\n")
     msg = first_error(path)
     assert "labels/train/im1.txt:2:1: error[E903]: class 3 but classes=3" in msg
+    # the class count is the yaml's names, not a .data file's classes= (there is none)
+    assert "help: class ids run from 0 to 2 (the 3 names: in data.yaml)" in msg
     path.write_text("train: images/train\nnames: [a, b\n")
     assert "invalid YAML" in first_error(path)
     path.write_text("train: nowhere\nnames: [a]\n")
@@ -472,6 +491,36 @@ def test_an_interrupted_convert_leaves_nothing_in_the_way(four, tmp_path, monkey
     assert written[0] == parent / "out" / "obj.data" and all(p.exists() for p in written)
     assert [p.name for p in parent.iterdir()] == ["out"]
     assert as_samples(open_set(written[0])) == as_samples(open_set(four["voc"]))
+
+
+def test_convert_to_coco_writes_integer_pixels_as_integers_and_keeps_category_ids(tmp_path):
+    """The shortest decimal that reads back as the same float32 label: a label made from
+    integer pixels gives its integers back (not 63.000004291534424), and a COCO source keeps
+    its category ids (3, 7, 11; not 1, 2, 3)."""
+    train, _ = write_coco(tmp_path / "coco")
+    convert(open_set(train), "coco", tmp_path / "again")
+    before = json.loads(train.read_text())
+    after = json.loads((tmp_path / "again" / "instances_train.json").read_text())
+    assert sorted((c["id"], c["name"]) for c in after["categories"]) == sorted(
+        (c["id"], c["name"]) for c in before["categories"])
+    assert [(a["category_id"], a["bbox"], a["area"]) for a in after["annotations"]] == [
+        (a["category_id"], a["bbox"], a["area"]) for a in before["annotations"]
+        if not a["iscrowd"]]
+    assert all(type(v) is int for a in after["annotations"] for v in a["bbox"])
+
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    picture(0, 160, 160).save(root / "images" / "a.png")
+    (root / "labels" / "a.txt").write_text(label_text(np.float32([[81 / 160, 128.5 / 160,
+                                                                   36 / 160, 27 / 160, 1]])))
+    (root / "data.yaml").write_text("train: images\nnames: [a, b]\n")
+    convert(open_set(root / "data.yaml"), "coco", tmp_path / "out")
+    doc = json.loads((tmp_path / "out" / "instances_train.json").read_text())
+    assert [a["bbox"] for a in doc["annotations"]] == [[63, 115, 36, 27]]
+    assert doc["annotations"][0]["area"] == 36 * 27
+    assert as_samples(open_set(tmp_path / "out" / "instances_train.json")) == \
+        as_samples(open_set(root / "data.yaml"))
 
 
 def test_label_text_is_the_shortest_float32_decimal():

@@ -35,6 +35,7 @@ from darkcfg.data.detection.dataset import (
 from darkcfg.data.detection.embedded import EmbeddedDetection, class_look
 from darkcfg.data.detection.labels import (
     label_path,
+    missing_labels,
     open_detection_data,
     parse_labels,
     validate_labels,
@@ -126,8 +127,10 @@ def test_validate_labels_checks_every_file_and_counts_missing_ones(tmp_path):
     good.write_text("\ufeff1 0.5 0.5 0.1 0.1\r\n")  # a BOM and CRLF from Windows tools
     labels = validate_labels([str(good), str(absent), str(absent)], classes=2)
     assert [len(b) for b in labels.boxes] == [1, 0, 0] and labels.missing == 2
-    assert labels.warning() == ("warning: 2 of 3 images have no label file (trained as images "
-                                "without objects)")
+    assert labels.first_missing == 1  # the example a warning names
+    assert missing_labels(labels.missing, len(labels), "train images") == (
+        "2 of 3 train images have no label file (trained as images without objects)")
+    assert missing_labels(0, 3, "train images") == ""
     bad.write_text("0 0.5 0.5 0.1 0.1\n5 0.5 0.5 0.1 0.1\n0 0.5 0.5 2 0.1\n0 0.5 0.5 nan 1\n")
     with pytest.raises(CfgError) as err:
         validate_labels([str(good), str(bad)], classes=2)
@@ -218,8 +221,10 @@ def test_detection_datasets_from_a_data_file(tmp_path):
     net = detector(tmp_path, net="jitter=0\nflip=0")
     splits = detection_datasets(net, str(path), seed=0)
     assert splits.names == ["cat", "dog"] and not splits.embedded
-    assert splits.warnings == [f"warning: 1 of 3 {which} images have no label file (trained as "
-                               "images without objects)" for which in ("train", "valid")]
+    # a validation image without labels is not trained, only scored: the warning says so
+    assert splits.warnings == [f"warning: 1 of 3 {which} images have no label file ({use} as "
+                               "images without objects)"
+                               for which, use in (("train", "trained"), ("valid", "scored"))]
     images, truth, sizes = collate([splits.val[i] for i in range(3)])
     assert images.shape == (3, 3, 64, 64) and images.dtype == torch.float32
     assert truth.shape == (3, 200, 5) and sizes.tolist() == [[40, 30]] * 3

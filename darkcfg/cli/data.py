@@ -71,23 +71,25 @@ def check(src: str, cfg: str | None, size: str | None, plot: Path) -> int:
     refuse_overwriting_inputs({"--plot": plot}, {"the data set file": src, "the cfg": cfg})
     require_png("--plot", plot)
     net_size, strides, origin = (416, 416), (8, 16, 32), "strides 8, 16, 32"
+    classes = None
     if cfg is not None:
-        net_size, strides = network_geometry(cfg)
+        net_size, strides, classes = network_geometry(cfg)
         origin = f"{Path(cfg).name}: strides {', '.join(map(str, strides))}"
     if size is not None:  # the cfg's strides at another size (a fully convolutional net)
         net_size = parse_size(size)
-    report = check_set(src, net_size, strides, origin)
+    report = check_set(src, net_size, strides, origin, classes)
     for d in report.problems:
-        print(d.format() if d.line else f"{d.path}: {d.severity}[{d.code}]: {d.message}",
-              file=sys.stderr)
+        print(d.format(), file=sys.stderr)
     print(report.table())
     report.plot(plot)
     print(f"wrote {plot}")
     return 0 if report.ok else 2
 
 
-def network_geometry(cfg: str) -> tuple[tuple[int, int], tuple[int, ...]]:
-    """(net width, height) and the detection heads' strides of a detector cfg."""
+def network_geometry(cfg: str) -> tuple[tuple[int, int], tuple[int, ...], int]:
+    """(net width, height), the detection heads' strides and the classes training checks the
+    data against (DetectionSettings': the last head's) of a detector cfg."""
+    from darkcfg.data.detection.augment import DetectionSettings
     from darkcfg.detect.decode import head_indices
     from darkcfg.model import build_network
 
@@ -97,7 +99,8 @@ def network_geometry(cfg: str) -> tuple[tuple[int, int], tuple[int, ...]]:
         raise CfgError(Diagnostic("E300", f"'{cfg}' has no detection head", cfg,
                                   hint="--cfg takes a detector ([yolo], [region], ...)"))
     w, h = net.info.width, net.info.height
-    return (w, h), tuple(sorted({w // net.shapes[i].w for i in heads if net.shapes[i].w}))
+    return ((w, h), tuple(sorted({w // net.shapes[i].w for i in heads if net.shapes[i].w})),
+            DetectionSettings.from_network(net).classes)
 
 
 def parse_size(text: str) -> tuple[int, int]:

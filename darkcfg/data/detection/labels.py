@@ -193,17 +193,22 @@ _LINE_HINT = ("a label line is 'class x y w h' (class id, then the box centre an
               "fractions of the image)")
 
 
-def parse_labels(text: str, path: str, classes: int) -> tuple[np.ndarray, list[Diagnostic]]:
+DATA_CLASSES = "the 'classes' of the .data file"
+
+
+def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CLASSES
+                 ) -> tuple[np.ndarray, list[Diagnostic]]:
     """Boxes (n, 5) float32 `[x, y, w, h, class]` of a label file's text, and a diagnostic for
     each bad line (errors: the line is left out) or box at the image edge (warnings W903: kept
-    or left out as Darknet does, see the module doc)."""
+    or left out as Darknet does, see the module doc). classes_from: where the class count comes
+    from, for the hint of a class id out of range."""
     boxes: list[list[float]] = []
     problems: list[Diagnostic] = []
     for n, line in enumerate(text.splitlines(), 1):
         words = line.split()
         if not words:
             continue
-        box, problem = _parse_line(words, classes)
+        box, problem = _parse_line(words, classes, classes_from)
         if box is not None:
             boxes.append(box)
         if problem is None:
@@ -223,7 +228,7 @@ _EDGE_HINT = ("coordinates are fractions of the image size: centre x, y and widt
               "(0, 1]; fix the label if the box is not meant to reach past the image")
 
 
-def _parse_line(words: list[str], classes: int):
+def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES):
     """(box or None, problem or None); problem = (message, index of the word or None, hint,
     severity). An error leaves the line out; a warning says what Darknet does with the box."""
     if len(words) != 5:
@@ -240,7 +245,7 @@ def _parse_line(words: list[str], classes: int):
         return None, (f"{'xywh'[k - 1]} '{words[k]}' is not a number", k, "", ERROR)
     if not 0 <= cls < classes:
         return None, (f"class {cls} but classes={classes}", 0,
-                      f"class ids run from 0 to {classes - 1} (the 'classes' of the .data file)",
+                      f"class ids run from 0 to {classes - 1} ({classes_from})",
                       ERROR)
     if not all(map(math.isfinite, (x, y, w, h))):  # math, not numpy: once per label line
         k = next(k for k, v in enumerate((x, y, w, h), 1) if not math.isfinite(v))
@@ -282,12 +287,23 @@ def _is_float(s: str) -> bool:
     return True
 
 
+def missing_labels(missing: int, total: int, what: str) -> str:
+    """The message for `missing` of `total` images without a label file ('' when none is
+    missing): the one text of the training warning and of `darkcfg data check`. `what` names the
+    images ("train images", "valid images"); a validation split's images are only scored."""
+    if not missing:
+        return ""
+    use = "scored" if what.startswith("valid") else "trained"
+    return f"{missing} of {total} {what} have no label file ({use} as images without objects)"
+
+
 @dataclass
 class Labels:
     """The boxes of every image of a list, read once before training."""
 
     boxes: list[np.ndarray]  # per image: (n, 5) float32 [x, y, w, h, class]
     missing: int  # images without a label file (no objects)
+    first_missing: int = -1  # index of the first image without one (-1: none), for an example
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -295,13 +311,6 @@ class Labels:
     @property
     def objects(self) -> int:
         return sum(len(b) for b in self.boxes)
-
-    def warning(self, what: str = "images") -> str:
-        """The one-line warning for missing label files ('' when none is missing)."""
-        if not self.missing:
-            return ""
-        return (f"warning: {self.missing} of {len(self.boxes)} {what} have no label file "
-                "(trained as images without objects)")
 
 
 def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 20) -> Labels:
@@ -312,19 +321,22 @@ def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 
     return labels
 
 
-def collect_labels(label_paths: Sequence[str], classes: int) -> tuple[Labels, list[Diagnostic]]:
+def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str = DATA_CLASSES
+                   ) -> tuple[Labels, list[Diagnostic]]:
     """Every label file's boxes (bad lines left out) and a located diagnostic for each problem
-    (`darkcfg data check` shows them all; `validate_labels` raises them)."""
+    (`darkcfg data check` shows them all; `validate_labels` raises them). classes_from: see
+    parse_labels."""
     boxes: list[np.ndarray] = []
-    missing = 0
+    missing, first_missing = 0, -1
     problems: list[Diagnostic] = []
     empty = np.zeros((0, 5), np.float32)
-    for path in label_paths:
+    for k, path in enumerate(label_paths):
         try:
             with open(path, encoding="utf-8-sig") as fh:  # a BOM from Windows tools is no error
                 text = fh.read()
         except FileNotFoundError:
             missing += 1
+            first_missing = k if first_missing < 0 else first_missing
             boxes.append(empty)
             continue
         except (OSError, UnicodeDecodeError) as exc:
@@ -332,10 +344,10 @@ def collect_labels(label_paths: Sequence[str], classes: int) -> tuple[Labels, li
                                        hint="a label file is plain text"))
             boxes.append(empty)
             continue
-        found, bad = parse_labels(text, path, classes)
+        found, bad = parse_labels(text, path, classes, classes_from)
         boxes.append(found)
         problems += bad
-    return Labels(boxes, missing), problems
+    return Labels(boxes, missing, first_missing), problems
 
 
 def raise_problems(problems: Sequence[Diagnostic], max_errors: int = 20) -> None:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.detection.labels import LABEL_CODE
+from darkcfg.data.detection.labels import LABEL_CODE, Labels, missing_labels
 
 FORMATS = ("darknet", "yolo", "coco", "voc")
+
+
+@dataclass(frozen=True)
+class DeclaredSize:
+    """An image size an annotation states (COCO `images[].width/height`, VOC `<size>`), which
+    its boxes are taken relative to; `where(message, hint)` is a diagnostic located at it."""
+
+    width: float
+    height: float
+    where: Callable[[str, str], Diagnostic]
 
 
 @dataclass
@@ -22,6 +32,15 @@ class Split:
     boxes: list[np.ndarray]  # per image (n, 5) float32 [x, y, w, h, class], relative
     difficult: list[np.ndarray] | None = None  # per image: objects not scored (None: no list)
     missing: int = 0  # images without a label file (Darknet: no objects)
+    missing_example: tuple[str, str] | None = None  # (image, its absent label file), the first
+    declared: dict[str, DeclaredSize] = field(default_factory=dict)  # image -> stated size
+
+    @classmethod
+    def labelled(cls, images: list[str], label_paths: Sequence[str], labels: Labels) -> Split:
+        """A split of images with a label file each (Darknet's, ultralytics')."""
+        k = labels.first_missing
+        return cls(images, labels.boxes, missing=labels.missing,
+                   missing_example=(images[k], label_paths[k]) if k >= 0 else None)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -31,10 +50,9 @@ class Split:
         return sum(len(b) for b in self.boxes)
 
     def missing_warning(self, what: str) -> str:
-        if not self.missing:
-            return ""
-        return (f"warning: {self.missing} of {len(self.images)} {what} have no label file "
-                "(trained as images without objects)")
+        """The training warning for images without a label file ('' when none is missing)."""
+        message = missing_labels(self.missing, len(self.images), what)
+        return f"warning: {message}" if message else ""
 
 
 @dataclass
@@ -48,10 +66,22 @@ class DetectionSet:
     valid: Split | None  # None: no validation split (Darknet's map then uses the train list)
     backup: str | None = None
     problems: list[Diagnostic] = field(default_factory=list)  # located, bad objects left out
+    category_ids: list[int] | None = None  # COCO: each class's category id (a COCO out keeps them)
 
     @property
     def classes(self) -> int:
         return len(self.names)
+
+    def class_mismatch(self, detected: int) -> Diagnostic | None:
+        """Training's rule for the network's class count (its last detection head's
+        `classes`): more classes in the data than the network detects is an error; fewer is
+        allowed (an 80-class cfg trains on 2-class data, the mAP averages over the data's)."""
+        if self.classes <= detected:
+            return None
+        return Diagnostic("E901", f"'{self.path}' has {self.classes} classes but the network "
+                          f"detects {detected}", str(self.path),
+                          hint=f"set classes={self.classes} in every [yolo] (and the filters "
+                          "before it) or fix the data's class names")
 
     @property
     def valid_or_train(self) -> Split:

@@ -5,19 +5,24 @@ and measures what the network will see: objects per class, box sizes at the netw
 (Darknet resizes the image to width x height, so a box of relative size w, h is w*width by
 h*height pixels), and how many boxes are smaller than one output cell (w and h both below a
 detection head's stride: the head sees the object inside one cell or not at all).
+It also says what training would warn about or reject: images without a label file (training's
+warning; an error when no train image has one), more data classes than the network detects
+(with --cfg, training's rule), and an annotated image size that is not the image's.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from cfgparse import Diagnostic
-from cfgparse.errors import ERROR
+from cfgparse.errors import ERROR, WARNING
 from darkcfg.data.detection.formats import DetectionSet, open_set
+from darkcfg.data.detection.formats.base import DeclaredSize
+from darkcfg.data.detection.labels import EDGE_CODE, missing_labels
 
 SIZE_EDGES = (0, 8, 16, 32, 64, 128, 256, float("inf"))  # box size bins, pixels at net size
 
@@ -30,10 +35,11 @@ class CheckReport:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (image, why)
     images_read: int = 0
     size_from: str = ""  # where net_size and strides come from
+    findings: list[Diagnostic] = field(default_factory=list)  # the check's own (label files)
 
     @property
     def problems(self) -> list[Diagnostic]:
-        return self.data.problems
+        return self.data.problems + self.findings
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -150,13 +156,20 @@ class CheckReport:
 
 
 def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
-              strides: tuple[int, ...] = (8, 16, 32), size_from: str = "") -> CheckReport:
-    """Read `source` keeping every problem, open every image; the report."""
+              strides: tuple[int, ...] = (8, 16, 32), size_from: str = "",
+              classes: int | None = None) -> CheckReport:
+    """Read `source` keeping every problem, open every image; the report. classes: the
+    network's (--cfg), checked as training checks it."""
     from PIL import Image
 
     data = open_set(source, strict=False)
     report = CheckReport(data, net_size, tuple(sorted(set(strides))),
                          size_from=size_from or "strides " + ", ".join(map(str, strides)))
+    mismatch = data.class_mismatch(classes) if classes is not None else None
+    report.findings += [mismatch] if mismatch else []
+    report.findings += missing_label_files(data)
+    declared = {image: size for _, split in report.splits()
+                for image, size in split.declared.items()}
     seen = set()
     for _, split in report.splits():
         for image in split.images:
@@ -166,7 +179,62 @@ def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
             try:
                 with Image.open(image) as im:
                     im.load()
+                    stated = declared.get(image)
+                    if stated is not None:
+                        report.findings += size_disagreement(image, stated, im)
                 report.images_read += 1
             except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
                 report.unreadable.append((image, f"{type(exc).__name__}: {exc}"))
     return report
+
+
+def size_disagreement(image: str, stated: DeclaredSize, im) -> list[Diagnostic]:
+    """A warning at an annotation whose stated image size is not the image's (as darkcfg reads
+    it, turned by its EXIF orientation). A warning, not an error: the boxes are taken relative to
+    the stated size (as ultralytics' convert_coco and Darknet's voc_label.py do), which is right
+    when the pictures were resized after labelling and wrong when the boxes are in the
+    picture's own pixels; only the user knows which."""
+    from darkcfg.data.base import upright_size
+
+    width, height = upright_size(im)
+    if (stated.width, stated.height) == (width, height):
+        return []
+    turned = " (turned by its EXIF orientation)" if (width, height) != im.size else ""
+    scale = (f"boxes in the image's pixels come out at {width / stated.width:g}x their size; "
+             if width * stated.height == height * stated.width else "")
+    d = stated.where(f"the annotation says the image is {stated.width:g}x{stated.height:g} but "
+                     f"'{image}' is {width}x{height}{turned}",
+                     f"boxes are taken relative to the stated size: {scale}state the image's "
+                     "size, unless the pictures were resized after labelling")
+    return [replace(d, code=EDGE_CODE, severity=WARNING)]
+
+
+# where each format looks for an image's label file, for the hint of a missing one
+_LABEL_RULE = {
+    "yolo": "ultralytics' rule: the last /images/ of the image path becomes /labels/ and the "
+            "extension .txt",
+    "darknet": "Darknet's replace_image_to_label: /JPEGImages/ becomes /labels/ (and "
+               "/images/train2017/ /labels/train2017/ ...), the extension .txt; a plain "
+               "/images/ folder keeps the label beside the image",
+}
+
+
+def missing_label_files(data: DetectionSet) -> list[Diagnostic]:
+    """Images without a label file, said as training says it (a warning with an example); an
+    error when no train image has one: the set has nothing to learn, a misnamed labels folder
+    more likely than a set of empty pictures."""
+    found = []
+    for name, split in (("train", data.train), ("valid", data.valid)):
+        if split is None or not split.missing:
+            continue
+        image, label = split.missing_example
+        hint = (f"e.g. '{image}' has no '{label}' ({_LABEL_RULE.get(data.format, '')})")
+        if name == "train" and split.missing == len(split):
+            found.append(Diagnostic(
+                "E901", f"none of the {len(split)} train images has a label file: nothing to "
+                "learn", str(data.path), hint=hint))
+        else:
+            found.append(Diagnostic(
+                EDGE_CODE, missing_labels(split.missing, len(split), f"{name} images"),
+                str(data.path), severity=WARNING, hint=hint))
+    return found

@@ -23,12 +23,14 @@ import json
 import math
 import os
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import (
+    DeclaredSize,
     DetectionSet,
     Split,
     box_rows,
@@ -141,6 +143,7 @@ def read_coco(path: Path) -> DetectionSet:
         folders += [path.parent.parent / split, path.parent.parent / "images" / split]
     images: list[str] = []
     sizes: list[tuple[float, float]] = []
+    declared: dict[str, DeclaredSize] = {}
     index_of: dict[object, int] = {}
     for i, entry in enumerate(doc["images"]):
         name = entry.get("file_name") if isinstance(entry, dict) else None
@@ -153,13 +156,17 @@ def read_coco(path: Path) -> DetectionSet:
                                      hint="looked in " + ", ".join(map(str, folders))))
             continue
         width, height = entry.get("width"), entry.get("height")
-        if not (isinstance(width, (int, float)) and isinstance(height, (int, float))
-                and width > 0 and height > 0):
+        stated = (isinstance(width, (int, float)) and isinstance(height, (int, float))
+                  and width > 0 and height > 0)
+        if not stated:
             width, height = image_size(found)
         if entry["id"] in index_of:
             problems.append(where.at("images", i, "id", f"image id {entry['id']!r} is listed "
                                      "twice", hint="give every image its own id"))
             continue
+        if stated:  # `data check` compares it with the image it opens anyway
+            declared[found] = DeclaredSize(float(width), float(height), partial(
+                where.at, "images", i, "width"))
         index_of[entry["id"]] = len(images)
         images.append(found)
         sizes.append((float(width), float(height)))
@@ -216,35 +223,86 @@ def read_coco(path: Path) -> DetectionSet:
     if not images and not problems:
         raise CfgError(Diagnostic("E901", f"'{path}' lists no images", str(path)))
     split = Split(images, [box_rows(b) for b in boxes],
-                  difficult=[box_rows(c) for c in crowd] if any(crowd) else None)
-    return DetectionSet(path, "coco", names, split, None, problems=problems)
+                  difficult=[box_rows(c) for c in crowd] if any(crowd) else None,
+                  declared=declared)
+    return DetectionSet(path, "coco", names, split, None, problems=problems,
+                        category_ids=[cid for cid, _, _ in categories])
 
 
 # -- writing --------------------------------------------------------------------------------------
 def coco_document(images: list[tuple[str, tuple[int, int]]], boxes: list[np.ndarray],
-                  difficult: list[np.ndarray] | None, names: list[str]) -> dict:
+                  difficult: list[np.ndarray] | None, names: list[str],
+                  category_ids: list[int] | None = None) -> dict:
     """A COCO annotation dict: images [(file_name, (width, height))], boxes per image
     (n, 5) relative [x, y, w, h, class]; difficult objects become iscrowd=1. Category ids are
-    1..n in class order. A box reaching past the image (a Darknet label Darknet clips, W903) is
-    clipped to it: COCO boxes lie inside their image."""
-    doc_images, annotations = [], []
-    for i, ((name, (width, height)), rows) in enumerate(zip(images, boxes, strict=True), 1):
-        doc_images.append({"id": i, "file_name": name, "width": width, "height": height})
-        hard = difficult[i - 1] if difficult is not None else np.zeros((0, 5), np.float32)
-        for crowd, group in ((0, rows), (1, hard)):
-            for x, y, w, h, c in np.asarray(group, np.float64).tolist():
-                bw, bh = w * width, h * height
-                x0, y0 = x * width - bw / 2, y * height - bh / 2
-                if x0 < 0 or y0 < 0 or x0 + bw > width or y0 + bh > height:
-                    x1, y1 = min(width, x0 + bw), min(height, y0 + bh)
-                    x0, y0 = max(0.0, x0), max(0.0, y0)
-                    bw, bh = x1 - x0, y1 - y0
-                bbox = [x0, y0, bw, bh]
-                annotations.append({"id": len(annotations) + 1, "image_id": i,
-                                    "category_id": int(c) + 1, "bbox": bbox,
-                                    "area": bw * bh, "iscrowd": crowd})
+    `category_ids` in class order (a COCO source's own), else 1..n. A box reaching past the
+    image (a Darknet label Darknet clips, W903) is clipped to it: COCO boxes lie inside their
+    image. bbox values are the shortest decimals that read back (read_coco) as the same float32
+    label, so conversions keep every label bit and integer pixels stay integers."""
+    ids = list(category_ids) if category_ids is not None else list(range(1, len(names) + 1))
+    empty = np.zeros((0, 5), np.float32)
+    rows, where = [], []  # every object of the set, then its (image, iscrowd)
+    for i, group in enumerate(boxes):
+        hard = difficult[i] if difficult is not None else empty
+        for crowd, part in ((0, group), (1, hard)):
+            part = np.asarray(part, np.float32).reshape(-1, 5)
+            rows.append(part)
+            where += [(i, crowd)] * len(part)
+    rows = np.concatenate(rows) if rows else empty
+    size = np.asarray([images[i][1] for i, _ in where], np.float64).reshape(-1, 2)
+    bboxes, areas = _pixel_boxes(rows, size)
+    doc_images = [{"id": i, "file_name": name, "width": width, "height": height}
+                  for i, (name, (width, height)) in enumerate(images, 1)]
+    annotations = [{"id": k, "image_id": i + 1, "category_id": ids[int(c)], "bbox": bbox,
+                    "area": area, "iscrowd": crowd}
+                   for k, ((i, crowd), c, bbox, area) in enumerate(
+                       zip(where, rows[:, 4].tolist(), bboxes, areas, strict=True), 1)]
     return {"images": doc_images, "annotations": annotations,
-            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)]}
+            "categories": [{"id": cid, "name": n} for cid, n in zip(ids, names, strict=True)]}
+
+
+def _read_back(bbox: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """read_coco's label of pixel boxes (n, 4) [x, y, w, h] in images (n, 2) [width, height]:
+    the same float64 operations in the same order, then float32."""
+    width, height = size[:, 0], size[:, 1]
+    x0, y0 = np.maximum(bbox[:, 0], 0.0), np.maximum(bbox[:, 1], 0.0)
+    x1 = np.minimum(bbox[:, 0] + bbox[:, 2], width)
+    y1 = np.minimum(bbox[:, 1] + bbox[:, 3], height)
+    return np.stack([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width,
+                     (y1 - y0) / height], 1).astype(np.float32)
+
+
+def _pixel_boxes(rows: np.ndarray, size: np.ndarray) -> tuple[list[list], list]:
+    """COCO bboxes [x, y, w, h] and areas of relative rows (n, 5) in images (n, 2), each
+    bbox rounded to the fewest decimals (one count for its four values) that read back as the
+    same float32 label; integers when none are needed (a label from integer pixels)."""
+    r = rows[:, :4].astype(np.float64)
+    width, height = size[:, 0], size[:, 1]
+    bw, bh = r[:, 2] * width, r[:, 3] * height
+    x0, y0 = r[:, 0] * width - bw / 2, r[:, 1] * height - bh / 2
+    out = (x0 < 0) | (y0 < 0) | (x0 + bw > width) | (y0 + bh > height)
+    x1, y1 = np.minimum(width, x0 + bw), np.minimum(height, y0 + bh)
+    cx0, cy0 = np.maximum(0.0, x0), np.maximum(0.0, y0)
+    full = np.where(out[:, None], np.stack([cx0, cy0, x1 - cx0, y1 - cy0], 1),
+                    np.stack([x0, y0, bw, bh], 1))
+    want = _read_back(full, size)
+    best, digits = full.copy(), np.full(len(full), -1)
+    todo = np.arange(len(full))
+    for d in range(10):  # float32 labels need at most ~9 significant digits
+        if not len(todo):
+            break
+        cand = np.round(full[todo], d)  # rint(v * 10^d) / 10^d: the nearest double, short repr
+        same = (cand[:, 2] > 0) & (cand[:, 3] > 0) & \
+            (_read_back(cand, size[todo]) == want[todo]).all(1)
+        best[todo[same]], digits[todo[same]] = cand[same], d
+        todo = todo[~same]
+    bboxes, areas = [], []
+    for bbox, d in zip(best.tolist(), digits.tolist(), strict=True):
+        if d == 0:
+            bbox = [int(v) for v in bbox]
+        bboxes.append(bbox)
+        areas.append(bbox[2] * bbox[3] if d < 0 else round(bbox[2] * bbox[3], 2 * d))
+    return bboxes, areas
 
 
 def file_name_size(path: str) -> tuple[str, tuple[int, int]]:

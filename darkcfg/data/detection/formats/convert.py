@@ -3,7 +3,8 @@
 The output folder is new (or empty), so nothing of the input can be overwritten; every file is
 written atomically (builders.atomic). Images are copied (hard-linked with link=True), renamed
 only when two inputs share a file name. Label values are written as the shortest decimal that
-reads back to the same float32, so a round trip gives the same samples bit for bit.
+reads back to the same float32 (COCO bboxes: the fewest decimals that read back as the same
+float32 label), so a round trip gives the same samples bit for bit.
 
 Layouts:
   darknet  OUT/obj.data (classes, train, valid, difficult, names, backup), OUT/obj.names,
@@ -13,7 +14,7 @@ Layouts:
   yolo     OUT/data.yaml (train, val, names), OUT/images/{train,val}/, OUT/labels/{train,val}/
            (objects not to score are dropped: ultralytics has no such list)
   coco     OUT/instances_train.json, OUT/instances_val.json, OUT/images/ (objects not to score
-           are `iscrowd: 1`)
+           are `iscrowd: 1`; a COCO source's category ids are kept, else 1..n)
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ class _Writer:
                 relative = self.image(image, "images")
                 images.append((os.path.basename(relative),
                                file_name_size(str(self.out / relative))[1]))
-            doc = coco_document(images, s.boxes, s.difficult, data.names)
+            doc = coco_document(images, s.boxes, s.difficult, data.names, data.category_ids)
             path = self.out / f"instances_{name}.json"
             atomic_write(path, json.dumps(doc))
             written.append(path)

@@ -16,12 +16,12 @@ def read_darknet(path: Path) -> DetectionSet:
     problems = []
     train_labels, bad = collect_labels(data.train_labels, data.classes)
     problems += bad
-    train = Split(data.train, train_labels.boxes, missing=train_labels.missing)
+    train = Split.labelled(data.train, data.train_labels, train_labels)
     valid = None
     if not data.valid_is_train:
         labels, bad = collect_labels(data.valid_labels, data.classes)
         problems += bad
-        valid = Split(data.valid, labels.boxes, missing=labels.missing)
+        valid = Split.labelled(data.valid, data.valid_labels, labels)
     if data.difficult_labels:
         hard, bad = collect_labels(data.difficult_labels, data.classes)
         problems += bad

@@ -4,7 +4,8 @@ Read as Darknet's `scripts/voc_label.py` converts VOC for training:
   * the train images are the ids of `ImageSets/Main/train.txt` (else `trainval.txt`, else every
     annotation), the validation images those of `val.txt` (none: validation falls back to the
     train images, as a .data file without valid=);
-  * the image is `JPEGImages/<filename>` (the annotation's `<filename>`), else `<id>.jpg`;
+  * the image is `JPEGImages/<filename>` (the annotation's `<filename>`), else `<id>.jpg`, else
+    `<id>` with another usual extension (IMAGE_EXTENSIONS; names matched in any case);
   * a box (`bndbox` xmin, ymin, xmax, ymax; VOC pixels count from 1) becomes
     x = ((xmin + xmax) / 2 - 1) / width, y likewise, w = (xmax - xmin) / width, h likewise, with
     width and height from `<size>` (voc_label.py convert; ultralytics' VOC.yaml does the same);
@@ -24,11 +25,18 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from functools import partial
 from pathlib import Path
 from xml.parsers import expat
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.detection.formats.base import DetectionSet, Split, box_rows, image_size
+from darkcfg.data.detection.formats.base import (
+    DeclaredSize,
+    DetectionSet,
+    Split,
+    box_rows,
+    image_size,
+)
 from darkcfg.data.detection.labels import LABEL_CODE
 
 VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -124,9 +132,11 @@ def read_voc(root: Path) -> DetectionSet:
         annotation(image_id)
     names = _names(root, parsed, problems)
     classes = {n: i for i, n in enumerate(names)}
+    folder = _Folder(images_dir)
 
     def split(entries) -> Split:
         images, boxes, hard = [], [], []
+        stated = {}
         for image_id, listed_in, line in entries:
             ann = parsed[image_id]
             if image_id in malformed:
@@ -135,17 +145,21 @@ def read_voc(root: Path) -> DetectionSet:
                 problems.append(_listed(listed_in, line, f"no annotation "
                                         f"'Annotations/{image_id}.xml' for id '{image_id}'"))
                 continue
-            image = _image(ann, images_dir, image_id)
+            image, tried = _image(ann, folder, image_id)
             if image is None:
                 problems.append(_listed(listed_in, line, f"no image for id '{image_id}' in "
-                                        f"{images_dir}") if line else
-                                ann.error(ann.root, f"no image for '{image_id}' in {images_dir}"))
+                                        f"{images_dir} (tried {tried})") if line else
+                                ann.error(ann.root, f"no image for '{image_id}' in {images_dir} "
+                                          f"(tried {tried})"))
                 continue
-            rows, difficult = _boxes(ann, image, classes, problems)
+            rows, difficult, declared = _boxes(ann, image, classes, problems)
+            if declared is not None:
+                stated[image] = declared
             images.append(image)
             boxes.append(box_rows(rows))
             hard.append(box_rows(difficult))
-        return Split(images, boxes, difficult=hard if any(len(h) for h in hard) else None)
+        return Split(images, boxes, difficult=hard if any(len(h) for h in hard) else None,
+                     declared=stated)
 
     train = split(train_ids)
     valid = split(valid_ids) if valid_ids else None
@@ -180,12 +194,42 @@ def _names(root: Path, parsed: dict[str, _Annotation | None], problems) -> list[
     return sorted(found)  # all 20 VOC classes: VOC_NAMES, voc.names' order (alphabetical)
 
 
-def _image(ann: _Annotation, folder: Path, image_id: str) -> str | None:
+# `<id>` + these, tried in this order and in any case, when `<filename>` names no file:
+# exporters write `.JPG`, `.png`... where voc_label.py assumes `.jpg`
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class _Folder:
+    """JPEGImages/: its file names by lower case, listed once and only when an exact name is
+    not there."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._names: dict[str, str] | None = None
+
+    def find(self, name: str) -> str | None:
+        if (self.path / name).is_file():
+            return str(self.path / name)
+        if self._names is None:
+            self._names = {}
+            if self.path.is_dir():
+                for p in sorted(self.path.iterdir()):
+                    self._names.setdefault(p.name.lower(), p.name)
+        found = self._names.get(name.lower())
+        return str(self.path / found) if found and (self.path / found).is_file() else None
+
+
+def _image(ann: _Annotation, folder: _Folder, image_id: str) -> tuple[str | None, str]:
+    """The image of an annotation, or None and the names tried (for the error)."""
     name = (ann.root.findtext("filename") or "").strip()
-    for candidate in (name, f"{image_id}.jpg"):
-        if candidate and (folder / candidate).is_file():
-            return str(folder / candidate)
-    return None
+    candidates = ([name] if name else []) + [image_id + e for e in IMAGE_EXTENSIONS]
+    for candidate in candidates:
+        found = folder.find(candidate)
+        if found is not None:
+            return found, ""
+    tried = (f"<filename> '{name}', then " if name else "") + \
+        f"'{image_id}' + {' '.join(IMAGE_EXTENSIONS)} in any case"
+    return None, tried
 
 
 def _number(ann: _Annotation, parent: ET.Element, tag: str, problems) -> float | None:
@@ -206,8 +250,11 @@ def _boxes(ann: _Annotation, image: str, classes: dict[str, int], problems):
     width = height = None
     if size is not None:
         width, height = (_size(ann, size, tag, problems) for tag in ("width", "height"))
+    declared = None
     if not width or not height:  # none, or 0 (some exporters write it): the image knows
         width, height = (float(v) for v in image_size(image))
+    else:  # `data check` compares it with the image it opens anyway
+        declared = DeclaredSize(width, height, partial(ann.error, size))
     rows, difficult = [], []
     for obj in ann.objects():
         name_el = obj.find("name")
@@ -243,7 +290,7 @@ def _boxes(ann: _Annotation, image: str, classes: dict[str, int], problems):
                                       "1"))
             continue
         (difficult if hard == "1" else rows).append(row)
-    return rows, difficult
+    return rows, difficult, declared
 
 
 def _size(ann: _Annotation, size: ET.Element, tag: str, problems) -> float | None:

@@ -94,9 +94,10 @@ def read_yolo(path: Path) -> DetectionSet:
     def split(key: str) -> Split:
         images = _images(doc, key, root)
         labels = [label_path(p) for p in images]
-        found, bad = collect_labels(labels, len(names))
+        found, bad = collect_labels(labels, len(names),
+                                    f"the {len(names)} names: in {path.name}")
         problems.extend(bad)
-        return Split(images, found.boxes, missing=found.missing)
+        return Split.labelled(images, labels, found)
 
     train = split("train")
     valid = split("val") if data.get("val") else None
