@@ -595,7 +595,7 @@ def test_detect_takes_class_names_from_any_format(four):
     from darkcfg.detect.run import read_names
 
     for src in (four["yolo"], four["coco"][0], four["voc"], four["darknet"]):
-        names, where = read_names(None, str(src))
+        names, _, _ = read_names(None, str(src))
         assert names == NAMES, src
 
 
@@ -706,3 +706,22 @@ def test_yaml_names_must_be_names(tmp_path):
     with pytest.raises(CfgError) as err:
         open_set(data)
     assert "['square'] is not a class name" in err.value.first.message
+
+
+def test_detect_with_a_coco_json_writes_its_ids(four, tmp_path):
+    """detect --data instances.json: detections.json carries that JSON's image ids (by file
+    name) and category ids (3, 7, 11 here, not the class index), so COCO's own tools score it
+    against the JSON as it is."""
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    train_json = four["coco"][0]
+    images = [str(train_json.parent / "images" / f"im{i}.png") for i in TRAIN]
+    out = tmp_path / "out"
+    assert cli(["detect", str(cfg), *images, "--data", str(train_json), "--thresh", "0.01",
+                "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "detections.json").read_text())
+    assert results and {r["image_id"] for r in results} <= {100 + i for i in TRAIN}
+    assert {r["category_id"] for r in results} <= {3, 7, 11}
+    coco = pytest.importorskip("pycocotools.coco")
+    truth = coco.COCO(str(train_json))
+    assert len(truth.loadRes(str(out / "detections.json")).getAnnIds()) == len(results)

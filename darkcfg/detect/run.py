@@ -96,27 +96,41 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
     return paths, folder
 
 
-def read_names(names_file: str | None, data_file: str | None) -> tuple[list[str], str | None]:
+@dataclass(frozen=True)
+class CocoIds:
+    """A COCO `--data`'s own ids, for detections.json: scored against that JSON by COCO's
+    tools as they are (category ids with gaps, image ids by file name)."""
+
+    categories: list[int]  # class index -> category id
+    images: dict[str, object]  # image file name -> image id
+
+
+def read_names(names_file: str | None, data_file: str | None
+               ) -> tuple[list[str], str | None, CocoIds | None]:
     """Class names from --names, or those of --data (a Darknet .data file's names=, or a
-    data.yaml, COCO JSON or VOC folder's classes); ([], None) if neither."""
+    data.yaml, COCO JSON or VOC folder's classes), where they came from, and a COCO JSON's ids;
+    ([], None, None) if neither."""
     if names_file is None and data_file is not None and not data_file.endswith(".data"):
         from darkcfg.data.detection.formats import open_set
 
-        return open_set(data_file, strict=False).names, data_file
+        found = open_set(data_file, strict=False)
+        ids = CocoIds(found.category_ids, found.image_ids or {}) \
+            if found.category_ids is not None else None
+        return found.names, data_file, ids
     if names_file is None and data_file is not None and data_file.endswith(".data"):
         path = Path(data_file)
         options = read_data_file(path)
         if "names" not in options:
-            return [], None
+            return [], None, None
         names_file = str(resolve(options["names"], path.parent))
     if names_file is None:
-        return [], None
+        return [], None, None
     try:
         lines = Path(names_file).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise CfgError(Diagnostic("E901", f"cannot read the names file '{names_file}': {exc}",
                                   names_file, hint="one class name per line")) from None
-    return [line.strip() for line in lines if line.strip()], names_file
+    return [line.strip() for line in lines if line.strip()], names_file, None
 
 
 def check_names(net, names: list[str], where: str | None) -> None:
@@ -185,13 +199,17 @@ def ext_output(found: list[Found], image_w: int, image_h: int) -> list[str]:
     return lines
 
 
-def coco_results(found: list[Found], image_id, image_w: int, image_h: int) -> list[dict]:
-    """COCO results entries (print_cocos): bbox [x, y, w, h] in pixels, clipped to the image."""
+def coco_results(found: list[Found], image_id, image_w: int, image_h: int,
+                 category_ids: Sequence[int] | None = None) -> list[dict]:
+    """COCO results entries (print_cocos): bbox [x, y, w, h] in pixels, clipped to the image;
+    `category_id` the class index, or `category_ids[class]` (a COCO --data's own ids)."""
     out = []
     for f in found:
         left, top = max(f.box[0], 0.0), max(f.box[1], 0.0)
         right, bottom = min(f.box[2], float(image_w)), min(f.box[3], float(image_h))
-        out.append({"image_id": image_id, "category_id": f.class_id,
+        category = category_ids[f.class_id] if category_ids is not None and \
+            f.class_id < len(category_ids) else f.class_id
+        out.append({"image_id": image_id, "category_id": category,
                     "bbox": [round(left, 3), round(top, 3), round(right - left, 3),
                              round(bottom - top, 3)], "score": round(f.score, 6)})
     return out
@@ -258,7 +276,7 @@ def run_detect(opts: DetectOptions) -> None:
 
         if any(is_video(t) for t in opts.targets):
             require_av()  # before the build and the images, not after them
-    names, names_where = read_names(opts.names, opts.data)
+    names, names_where, coco = read_names(opts.names, opts.data)
     model = opts.model
     net = detector(model, opts.max_memory, opts.force)
     check_names(net, names, names_where)
@@ -274,7 +292,8 @@ def run_detect(opts: DetectOptions) -> None:
         try:
             taken: set[str] = set()
             if images:
-                taken = detect_images(net, opts, names, out, images, progress=opts.progress)
+                taken = detect_images(net, opts, names, out, images, progress=opts.progress,
+                                      coco=coco)
             for video in videos:  # clip.mp4 and sub/clip.mp4: clip and clip_1
                 name = unique_stem(Path(source_name(video) + ".mp4"), taken)
                 detect_one_video(net, opts, names, out, video, name, progress=opts.progress)
@@ -383,9 +402,11 @@ def refuse_output_over_inputs(out: Path, paths: list[Path]) -> None:
 
 
 def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
-                  targets: list[str] | None = None, progress: bool = True) -> set[str]:
+                  targets: list[str] | None = None, progress: bool = True,
+                  coco: CocoIds | None = None) -> set[str]:
     """Detect in the images and folders `targets`, writing OUT/<name>.jpg (and .txt) and
-    OUT/detections.json. Returns the output names used."""
+    OUT/detections.json (with a COCO --data's ids when it lists every image). Returns the
+    output names used."""
     from tqdm import tqdm
 
     paths, folder = image_paths(list(opts.targets) if targets is None else targets)
@@ -409,6 +430,7 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
         loaded.append(str(p))
     results, taken, objects = [], set(), 0
     numbered = numbered_images(paths)
+    listed = coco is not None and all(p.name in coco.images for p in paths)
     bar = tqdm(total=len(paths), unit="img", disable=not (progress and folder), file=sys.stderr)
     start = time.perf_counter()
     done = 0
@@ -428,7 +450,10 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                     bar.write(text, file=sys.stdout)
                 stem = unique_stem(path, taken)
                 save_jpeg(out / f"{stem}.jpg", drawn(image, objs))
-                results += coco_results(objs, image_id(path) if numbered else stem, w, h)
+                iid = coco.images[path.name] if listed else \
+                    image_id(path) if numbered else stem
+                results += coco_results(objs, iid, w, h,
+                                        coco.categories if coco is not None else None)
                 if opts.save_labels:
                     labels = label_lines(det, opts.thresh)
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))

@@ -333,15 +333,12 @@ def file_detection(source: str | Path, settings: DetectionSettings, seed: int) -
     return set_detection(open_set(source), settings, seed)
 
 
-
 def set_detection(data, settings: DetectionSettings, seed: int) -> DetectionSplits:
     """Splits of a read `formats.DetectionSet` (labels already checked)."""
     path = data.path
-    if data.classes > settings.classes:
-        raise CfgError(Diagnostic("E901", f"'{path}' has {data.classes} classes but the network "
-                                  f"detects {settings.classes}", str(path),
-                                  hint=f"set classes={data.classes} in every [yolo] (and the "
-                                  "filters before it) or fix the data's class names"))
+    mismatch = data.class_mismatch(settings.classes)  # the rule `data check --cfg` applies
+    if mismatch is not None:
+        raise CfgError(mismatch)
     train, valid = data.train, data.valid_or_train
     warnings = list(settings.notes) + [w for w in [train.missing_warning("train images")] if w]
     if data.valid is not None and valid.missing_warning("valid images"):

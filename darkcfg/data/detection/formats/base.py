@@ -67,6 +67,7 @@ class DetectionSet:
     backup: str | None = None
     problems: list[Diagnostic] = field(default_factory=list)  # located, bad objects left out
     category_ids: list[int] | None = None  # COCO: each class's category id (a COCO out keeps them)
+    image_ids: dict[str, object] | None = None  # COCO: file name -> image id (detect's results)
 
     @property
     def classes(self) -> int:

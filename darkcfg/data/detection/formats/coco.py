@@ -226,7 +226,8 @@ def read_coco(path: Path) -> DetectionSet:
                   difficult=[box_rows(c) for c in crowd] if any(crowd) else None,
                   declared=declared)
     return DetectionSet(path, "coco", names, split, None, problems=problems,
-                        category_ids=[cid for cid, _, _ in categories])
+                        category_ids=[cid for cid, _, _ in categories],
+                        image_ids={Path(f).name: i for i, f in zip(index_of, images, strict=True)})
 
 
 # -- writing --------------------------------------------------------------------------------------
