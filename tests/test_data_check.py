@@ -21,7 +21,7 @@ def test_check_counts_images_without_a_label_file_as_training_does(tmp_path, cap
     (tmp_path / "y" / "labels" / "val" / "im5.txt").unlink()
     code, out, err = check(capsys, path, "--plot", tmp_path / "c.png")
     assert code == 0  # an image without objects trains (Darknet's rule): a warning
-    assert (f"{path}: warning[W903]: 1 of 4 train images have no label file (trained as images "
+    assert (f"{path}: warning[W904]: 1 of 4 train images have no label file (trained as images "
             "without objects)") in err
     assert "1 of 2 valid images have no label file (scored as images without objects)" in err
     image, label = tmp_path / "y/images/train/im1.png", tmp_path / "y/labels/train/im1.txt"
@@ -85,7 +85,7 @@ def test_check_warns_where_an_annotation_states_another_image_size(tmp_path, cap
     line, col = next((n, s.index('"width"') + 1) for n, s in
                      enumerate(train.read_text().splitlines(), 1) if '"width": 128' in s)
     assert code == 0 and "labels: 0 error(s), 1 warning(s)" in out
-    assert (f"{train}:{line}:{col}: warning[W903]: the annotation says the image is 128x64 but "
+    assert (f"{train}:{line}:{col}: warning[W904]: the annotation says the image is 128x64 but "
             f"'{tmp_path / 'c/images/im0.png'}' is 64x32") in err
     assert "come out at 0.5x their size" in err
 
@@ -93,5 +93,5 @@ def test_check_warns_where_an_annotation_states_another_image_size(tmp_path, cap
     xml = voc / "Annotations" / "im1.xml"  # im1 is 32x64
     xml.write_text(xml.read_text().replace("<width>32</width>", "<width>40</width>"))
     code, out, err = check(capsys, voc, "--plot", tmp_path / "v.png")
-    assert code == 0 and f"{xml}:3:3: warning[W903]: the annotation says the image is 40x64" in err
+    assert code == 0 and f"{xml}:3:3: warning[W904]: the annotation says the image is 40x64" in err
     assert "come out at" not in err  # not one scale: no factor to give

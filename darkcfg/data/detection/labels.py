@@ -46,6 +46,7 @@ from darkcfg.data.datafile import found_under, read_data_file, read_list, resolv
 
 LABEL_CODE = "E903"  # a bad label file (cfgparse.errors.CODES)
 EDGE_CODE = "W903"  # a box Darknet clips or leaves out
+SET_CODE = "W904"  # images without a label file, a stated image size that is not the image's
 
 # replace_image_to_label's folder substitutions, in Darknet's order (each: first occurrence only)
 LABEL_FOLDERS = (

@@ -22,7 +22,7 @@ from cfgparse import Diagnostic
 from cfgparse.errors import ERROR, WARNING
 from darkcfg.data.detection.formats import DetectionSet, open_set
 from darkcfg.data.detection.formats.base import DeclaredSize
-from darkcfg.data.detection.labels import EDGE_CODE, missing_labels
+from darkcfg.data.detection.labels import SET_CODE, missing_labels
 
 SIZE_EDGES = (0, 8, 16, 32, 64, 128, 256, float("inf"))  # box size bins, pixels at net size
 
@@ -206,7 +206,7 @@ def size_disagreement(image: str, stated: DeclaredSize, im) -> list[Diagnostic]:
                      f"'{image}' is {width}x{height}{turned}",
                      f"boxes are taken relative to the stated size: {scale}state the image's "
                      "size, unless the pictures were resized after labelling")
-    return [replace(d, code=EDGE_CODE, severity=WARNING)]
+    return [replace(d, code=SET_CODE, severity=WARNING)]
 
 
 # where each format looks for an image's label file, for the hint of a missing one
@@ -235,6 +235,6 @@ def missing_label_files(data: DetectionSet) -> list[Diagnostic]:
                 "learn", str(data.path), hint=hint))
         else:
             found.append(Diagnostic(
-                EDGE_CODE, missing_labels(split.missing, len(split), f"{name} images"),
+                SET_CODE, missing_labels(split.missing, len(split), f"{name} images"),
                 str(data.path), severity=WARNING, hint=hint))
     return found
