@@ -566,13 +566,15 @@ def test_cli_detect_folder(tmp_path, capsys):
     cfg = tiny_cfg(tmp_path)
     images = write_images(tmp_path / "imgs")
     (tmp_path / "imgs" / "readme.txt").write_text("not an image")
+    (tmp_path / "imgs" / "b.txt").write_text("0 0.5 0.5 0.1 0.1\n")  # b.png's label: no word
     names = tmp_path / "seven.names"
     names.write_text("".join(f"thing{i}\n" for i in range(7)))
     out = tmp_path / "out"
     assert run_cli(cfg, "--detect", tmp_path / "imgs", "--names", names, "--out", out,
                    "--save-labels", "--thresh", "0.3", "--no-progress") == 0
     captured = capsys.readouterr()
-    assert captured.err.count("not images") == 1 and "readme.txt" in captured.err
+    assert captured.err.count("not images") == 1 and "skipped 1 file(s)" in captured.err
+    assert "readme.txt" in captured.err
     lines = re.findall(r"^(thing\d): (\d+)%\t\(left_x: +-?\d+ +top_y: +-?\d+ +width: +\d+ +"
                        r"height: +\d+\)$", captured.out, re.M)
     assert lines and all(int(p) >= 30 for _, p in lines)

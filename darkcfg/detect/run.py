@@ -80,8 +80,14 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
         p = Path(target)
         if p.is_dir():
             folder = True
-            for f in sorted(q for q in p.rglob("*") if q.is_file()):
-                (paths if f.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(f)
+            found = sorted(q for q in p.rglob("*") if q.is_file())
+            images = {f.with_suffix("") for f in found if f.suffix.lower() in IMAGE_EXTENSIONS}
+            for f in found:
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    paths.append(f)
+                elif not (f.suffix == ".txt" and f.with_suffix("") in images):
+                    skipped.append(f)  # (an image's label file beside it, Darknet's layout,
+                    #                     is skipped without a word)
         elif p.is_file():
             paths.append(p)
         else:
