@@ -53,6 +53,24 @@ def seen_is_64bit(version: Sequence[int], flavor: str = "alexeyab") -> bool:
     return wide
 
 
+#: Above this a header's major, minor or revision is no version Darknet wrote (they are small:
+#: 0.2.5, 0.1.0; the transposed-[connected] marker adds 1000): the file is something else.
+VERSION_LIMIT = 10_000
+
+
+def plausible_version(version: Sequence[int]) -> bool:
+    return all(0 <= int(v) < VERSION_LIMIT for v in version)
+
+
+def not_weights_error(path: str, version: Sequence[int]) -> CfgError:
+    """A file whose first 12 bytes are no Darknet version (an .onnx, an image, a text file)."""
+    return _error("E901", f"'{path}' is not a Darknet .weights file (implausible header: version "
+                  f"{'.'.join(map(str, version))})", path,
+                  "--weights takes a Darknet .weights file (it starts with a small version, "
+                  "e.g. 0.2.5) or a torch state_dict / darkcfg checkpoint; check which file "
+                  "was given")
+
+
 def read_header(data: bytes, path: str, flavor: str = "alexeyab") -> Header:
     """Parse the header at the start of `data` (at least the first 20 bytes of the file)."""
     if len(data) < 12:
@@ -61,6 +79,8 @@ def read_header(data: bytes, path: str, flavor: str = "alexeyab") -> Header:
     version = tuple(int(v) for v in np.frombuffer(data[:12], "<i4"))
     wide = seen_is_64bit(version, flavor)
     size = 20 if wide else 16
+    if len(data) < size and not plausible_version(version):
+        raise not_weights_error(path, version)
     if len(data) < size:
         raise _error("E901", f"'{path}' is too short to be a .weights file ({len(data)} bytes, "
                      f"the header of version {'.'.join(map(str, version))} takes {size})", path,
@@ -126,6 +146,8 @@ def load_weights(net: Network, path: str | os.PathLike, cutoff: int | None = Non
             header = read_header(f.read(20), path, net.info.flavor)
             actual, odd = divmod(os.fstat(f.fileno()).st_size - header.size, _FLOAT.itemsize)
             if odd or actual < expected or (cutoff is None and actual != expected):
+                if not plausible_version(header.version):  # not a size problem: no weights
+                    raise not_weights_error(path, header.version)
                 _size_error(net, plan, path, header, expected, actual, odd, cutoff)
             f.seek(header.size)
             floats = np.empty(expected, _FLOAT)  # writable, so torch can share it

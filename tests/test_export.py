@@ -534,3 +534,122 @@ def test_exported_files_get_the_mode_new_files_get(tmp_path):
     os.umask(mask)
     export(net, tmp_path / "m.pt2")
     assert (tmp_path / "m.pt2").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def _no_build(monkeypatch):
+    """Fail the test if the command gets as far as building the network: a usage error must
+    come first."""
+    import darkcfg.cli.export as command
+
+    def built(*args, **kwargs):
+        raise AssertionError("the network was built before the usage error")
+
+    monkeypatch.setattr(command, "sized_model", built)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--calibrate", "embedded"], "--calibrate needs --int8"),
+    (["--calib-images", "8"], "--calib-images needs --int8"),
+    (["--keep-fp32", "1"], "--keep-fp32 needs --int8"),
+    (["--classes", "2"], "--classes needs --int8"),
+    (["--thresh", "0.3"], "it needs --decode --nms"),
+    (["--decode", "--nms", "--thresh", "1.5"], "--thresh 1.5: a threshold lies in [0, 1]"),
+    (["--decode", "--nms", "--thresh", "-0.1"], "--thresh -0.1: a threshold lies in [0, 1]"),
+    (["--decode", "--nms", "1.2"], "--nms 1.2: a threshold lies in [0, 1]"),
+    (["--decode", "--nms", "--opset", "11"], "the --decode --nms graph needs 13"),
+    (["--int8", "--calibrate", "embedded", "--calib-images", "0"], "--calib-images must be >= 1"),
+    (["--int8", "--calibrate", "embedded", "--calib-images", "-3"], "--calib-images must be >= 1"),
+    (["--int8", "--calibrate", "embedded", "--opset", "12"], "per-channel weights need 13"),
+    (["--int8", "--calibrate", "x.data", "--classes", "2"], "is for --calibrate embedded"),
+])
+def test_export_options_it_would_not_use_are_refused_up_front(tmp_path, capsys, monkeypatch,
+                                                               args, needle):
+    """No option is silently ignored (an INT8 option without --int8, --thresh without --nms)
+    and no value is taken that fails after the whole export (--thresh -0.1 was E904 'report
+    the cfg'): E100 before the build."""
+    from darkcfg.cli import main as darkcfg_main
+
+    _no_build(monkeypatch)
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(CLI_CFG)
+    assert darkcfg_main(["export", str(cfg), "--out", str(tmp_path / "m.onnx"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("<command line>: error[E100]: ") and needle in err, err
+    assert "help:" in err and not (tmp_path / "m.onnx").exists()
+
+
+def test_flag_form_thresh_and_classes_belong_to_the_other_steps(tmp_path, capsys, monkeypatch):
+    """The flag form shares --thresh with --detect and --classes with --train: there they are
+    not the export's, so not refused; alone with --export they are."""
+    import darkcfg.cli.flags as runner
+    from darkcfg.cli.export import options_from
+
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(CLI_CFG)
+    args = runner.arg_parser().parse_args([str(cfg), "--export", "m.onnx", "--detect", "x.jpg",
+                                           "--thresh", "0.3", "--train", "--classes", "2"])
+    opts = options_from(None, "m.onnx", args)
+    assert opts.thresh is None and opts.classes is None and opts.flag == "--export"
+    _no_build(monkeypatch)
+    assert runner.main([str(cfg), "--export", str(tmp_path / "m.onnx"), "--thresh", "0.3"]) == 2
+    assert "needs --decode --nms" in capsys.readouterr().err
+
+
+def test_opset_with_a_pt2_is_a_usage_error_before_the_build(tmp_path, capsys, monkeypatch):
+    import darkcfg.cli.flags as runner
+
+    _no_build(monkeypatch)
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(CLI_CFG)
+    assert runner.main([str(cfg), "--export", str(tmp_path / "m.pt2"), "--opset", "17"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("<command line>: error[E100]: --opset applies to ONNX files only"), err
+
+
+@pytest.mark.parametrize("form", ["subcommand", "flags"])
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_missing_output_folder_is_refused_before_the_work_naming_the_option(
+        tmp_path, capsys, monkeypatch, form, int8):
+    """Every export refuses a folder that is not there, before the build (--int8 created it,
+    and checked only after the calibration), and names the option the command line used:
+    --out in `darkcfg export`, --export in the flag form."""
+    import darkcfg.cli.flags as runner
+    from darkcfg.cli import main as darkcfg_main
+
+    _no_build(monkeypatch)
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(CLI_CFG)
+    out = tmp_path / "missing" / "m.onnx"
+    extra = ["--int8", "--calibrate", "embedded"] if int8 else []
+    if form == "subcommand":
+        rc, flag = darkcfg_main(["export", str(cfg), "--out", str(out), *extra]), "--out"
+    else:
+        rc, flag = runner.main([str(cfg), "--export", str(out), *extra]), "--export"
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error[E901]: cannot write {flag} '{out}': its folder does not exist" \
+        in err, err
+    assert not out.parent.exists()
+
+
+def test_calibrate_errors_name_calibrate(tmp_path, capsys, monkeypatch):
+    """The data loaders' errors named --data, an option `export` does not have."""
+    from darkcfg.cli import main as darkcfg_main
+
+    _no_build(monkeypatch)
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(CLI_CFG)
+    assert darkcfg_main(["export", str(cfg), "--out", str(tmp_path / "m.onnx"), "--int8",
+                         "--calibrate", "nonexist"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("--calibrate: error[E901]: 'nonexist' does not exist"), err
+
+
+def test_loader_errors_about_data_are_renamed_calibrate():
+    from darkcfg.cli.export import as_calibrate
+    from darkcfg.data.base import data_error
+
+    with pytest.raises(CfgError) as err, as_calibrate():
+        raise data_error("--data digits needs scikit-learn", "--data", "or another --data")
+    d = err.value.first
+    assert (d.path, d.message, d.hint) == ("--calibrate", "--calibrate digits needs "
+                                           "scikit-learn", "or another --calibrate")

@@ -208,3 +208,42 @@ def test_untrained_net_exports(tmp_path, cfg):
     x = torch.rand(1, 3, 160, 160, generator=torch.Generator().manual_seed(5))
     kept = run_image_to_boxes(onnx_session(tmp_path / "m.onnx"), x)[0]
     assert len(kept) > 100  # the untrained net's flood of boxes went through the graph's NMS
+
+
+def test_a_full_disk_during_an_nms_export_is_a_located_write_error(tmp_path, monkeypatch,
+                                                                   capsys):
+    """The first save of the NMS graph was outside write_failures: a full disk came out as
+    `<file>: error[E901]: No space left on device`, not as the other exports' message."""
+    import errno
+
+    from darkcfg.cli import main as darkcfg_main
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = darkcfg_main(["export", "cfg/yolov3-tiny.cfg", "--set", "width=64", "--set",
+                       "height=64", "--out", str(out / "m.onnx"), "--decode", "--nms"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error[E901]: cannot write '{out / 'm.onnx'}': no space left on the " \
+        "device; nothing was written under that name" in err, err
+    assert "Traceback" not in err and list(out.iterdir()) == []
+
+
+def test_opset_and_dynamic_batch_are_honoured_with_nms(tmp_path):
+    """--opset was ignored with --decode --nms (opset 20 written), and --dynamic-batch named the
+    batch dimension after the exporter's symbol (`s6`), not `batch` as the plain export."""
+    import onnx
+
+    net, _, _ = build_network("cfg/yolov3-tiny.cfg", ["width=64", "height=64"], "alexeyab", 0)
+    report = export_image_to_boxes(net.eval(), tmp_path / "m.onnx", opset=17,
+                                   dynamic_batch=True)
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    assert default == [17] and report.opset == 17
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    found = run_image_to_boxes(onnx_session(tmp_path / "m.onnx"), x)
+    assert len(found) == 3

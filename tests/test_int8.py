@@ -240,3 +240,86 @@ def test_subcommand_usage_errors(tmp_path, capsys):
     assert darkcfg_main(["export", str(cfg), "--out", str(tmp_path / "m.pt2"), "--int8",
                          "--calibrate", "embedded"]) == 2
     assert "write ONNX" in capsys.readouterr().err
+
+
+def test_keep_fp32_of_every_layer_is_refused_before_the_calibration(tmp_path, capsys,
+                                                                     monkeypatch):
+    """--keep-fp32 N >= the quantizable layers wrote an fp32 model labelled INT8; the count is
+    known once the fp32 graph is exported, before the calibration."""
+    from darkcfg.export import int8
+
+    def calibrated(*args):
+        raise AssertionError("calibrated before the refusal")
+
+    monkeypatch.setattr(int8.Quantizer, "calibrate", calibrated)
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL)
+    out = tmp_path / "m.onnx"
+    rc = main([str(cfg), "--export", str(out), "--int8", "--calibrate", "embedded",
+               "--calib-images", "2", "--keep-fp32", "5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("--keep-fp32: error[E100]: --keep-fp32 5: the network has "
+                                      "4 quantizable layers"), err
+    assert "help: use 0 to 3" in err and not out.exists()
+
+
+def test_report_counts_the_images_it_compared_and_names_the_reference(tmp_path, capsys):
+    """'INT8 vs fp32 on 8 calibration images' was printed with 3 images, and the reference is
+    PyTorch's fp32 network, not the fp32 onnxruntime graph; --opset is honoured."""
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL)
+    rc = main([str(cfg), "--export", str(tmp_path / "m.onnx"), "--int8", "--calibrate",
+               "embedded", "--calib-images", "3", "--opset", "17"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "INT8 (onnxruntime) vs PyTorch's fp32 network on 3 calibration images" in out, out
+    assert "top-1 on 512 validation images: fp32 (onnxruntime)" in out
+    import onnx  # --opset was ignored with --int8
+
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+
+
+DETECTOR = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+filters=14
+size=1
+stride=1
+activation=linear
+
+[yolo]
+mask=0,1
+anchors=10,14, 23,27
+classes=2
+num=2
+"""
+
+
+def test_detector_data_without_valid_warns_it_scores_training_images(tmp_path, capsys):
+    """A .data without valid= is scored on its training images (Darknet's `detector map`
+    does so too), which INT8 was calibrated on: said, not labelled 'validation images'."""
+    from PIL import Image
+
+    root = tmp_path / "set"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (10 * i, 50, 90)).save(root / "JPEGImages" / f"{i}.jpg")
+        (root / "labels" / f"{i}.txt").write_text(f"{i % 2} 0.5 0.5 0.25 0.5\n")
+    (root / "train.txt").write_text("".join(f"{root}/JPEGImages/{i}.jpg\n" for i in range(3)))
+    (root / "obj.names").write_text("cat\ndog\n")
+    (root / "obj.data").write_text(f"classes = 2\ntrain = {root}/train.txt\n"
+                                   f"names = {root}/obj.names\n")
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR)
+    rc = main([str(cfg), "--export", str(tmp_path / "d.onnx"), "--int8", "--calibrate",
+               str(root / "obj.data"), "--calib-images", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "has no separate validation split" in captured.err
+    assert "scored on the training images" in captured.err
+    assert "mAP@0.5 on 3 training images (no separate validation split)" in captured.out

@@ -282,3 +282,32 @@ def test_real_darknet_file_round_trips(tmp_path):
         out = tmp_path / f"{name}.weights"
         save_weights(net, out, seen=info["seen"], version=info["version"])
         assert out.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("head", [
+    b"\x08\x08\x12\x07pytorch\x1a\x052.9.0" + b"\0" * 40,  # the start of an .onnx protobuf
+    b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + b"\0" * 40,  # a PNG
+    b"[net]\nwidth=8\n",  # a cfg, shorter than a 20-byte header
+], ids=["onnx", "png", "cfg"])
+def test_a_file_that_is_no_weights_file_says_so(tmp_path, head):
+    """An .onnx or an image given as --weights was reported as a size mismatch of 'version
+    118622728.1869904240.443048818': the header is no Darknet version, so the file is no
+    .weights file at all."""
+    net = make_net()
+    before = state(net)
+    path = tmp_path / "model.weights"
+    path.write_bytes(head)
+    with pytest.raises(CfgError) as err:
+        load_weights(net, path)
+    message = str(err.value)
+    assert err.value.code == "E901" and "is not a Darknet .weights file" in message, message
+    assert "implausible header: version" in message and "help:" in message
+    assert_unchanged(net, before)
+
+
+def test_a_plausible_header_with_the_wrong_size_is_still_a_size_error(tmp_path):
+    # the transposed marker (minor 1001) is a real version
+    path = write(tmp_path / "t.weights", header((0, 1001, 0)), random_floats(TOTAL - 1))
+    with pytest.raises(CfgError) as err:
+        load_weights(make_net(), path)
+    assert err.value.code == "E902" and "version 0.1001.0" in str(err.value)

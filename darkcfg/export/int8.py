@@ -27,6 +27,7 @@ runs of onnxruntime (CPU, all threads) at each batch size.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
 from darkcfg.export.onnx import (
     _quiet,
+    check_output,
     export_onnx,
     onnx_session,
     reference_outputs,
@@ -70,6 +72,7 @@ class Evaluation:
     metric: str  # "mAP@0.5" or "top-1"
     score: Callable[[Callable[[torch.Tensor], list[torch.Tensor]]], float]
     images: int
+    split: str = "validation"  # "training": the data has no validation split (Darknet's map)
 
 
 @dataclass
@@ -111,11 +114,22 @@ def _detection_data(net, source, seed, count, classes, batch) -> Int8Data:
     calibration = _stack(view, count, lambda sample: sample[0])
     names = splits.names
     loader = torch.utils.data.DataLoader(splits.val, batch_size=batch, collate_fn=collate)
+    split = "validation"
+    val_paths = getattr(splits.val.source, "paths", None)
+    if val_paths is not None and list(val_paths) == list(splits.train.source.paths):
+        # a .data without valid= (or whose valid= is the train list) is scored on its
+        # training images, as Darknet's `detector map` does: the very images INT8 was
+        # calibrated on flatter it, so say so
+        split = "training"
+        print(f"warning: '{source}' has no separate validation split (no valid=, or valid= "
+              "is the train list): fp32 and INT8 are scored on the training images, the ones "
+              "INT8 was calibrated on; add a valid= list of other images for a fair score",
+              file=sys.stderr)
 
     def score(run) -> float:
         return detection_map(net, run, loader, names)
 
-    return Int8Data(calibration, Evaluation("mAP@0.5", score, len(splits.val)),
+    return Int8Data(calibration, Evaluation("mAP@0.5", score, len(splits.val), split),
                     splits.description)
 
 
@@ -233,7 +247,8 @@ QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 class Quantizer:
     """One fp32 ONNX file, calibrated once; `quantize(out, exclude)` then only rewrites."""
 
-    def __init__(self, fp32_path: str | os.PathLike, calibration: torch.Tensor, workdir: str):
+    def __init__(self, fp32_path: str | os.PathLike, workdir: str,
+                 calibration: torch.Tensor | None = None):
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         self.workdir = Path(workdir)
@@ -242,6 +257,11 @@ class Quantizer:
             quant_pre_process(str(fp32_path), str(self.source), skip_symbolic_shape=True)
         self.cache = self.workdir / "ranges.json"
         self.layers = quantizable_layers(self.source)
+        if calibration is not None:
+            self.calibrate(calibration)
+
+    def calibrate(self, calibration: torch.Tensor) -> None:
+        """Measure (and cache) the activation ranges: the slow part, once."""
         self._quantize(self.workdir / "calibrated.onnx", [], _reader(calibration))
 
     def _quantize(self, out: Path, exclude: Sequence[str], reader=None) -> None:
@@ -336,6 +356,8 @@ class Int8Options:
     repeats: int = 10
     name: str = ""
     threads: int | None = None
+    opset: int | None = None  # the fp32 graph's opset (None: the exporter's); 13 or later
+    flag: str = "--export"  # the option that named the output, for the errors
 
 
 @dataclass
@@ -355,15 +377,20 @@ class Int8Report:
     auto: bool = False
     bound: float = DEFAULT_BOUND
     tried: list[tuple[int, float]] = field(default_factory=list)  # auto: (kept, metric)
+    probe_images: int = SENSITIVITY_IMAGES  # the images output_error was measured on
+    split: str = "validation"  # the images `images` counts ("training": no validation split)
 
     def __str__(self) -> str:
         lines = [f"wrote {self.path} (INT8 QDQ, per-channel int8 weights, uint8 activations; "
                  f"calibrated on {self.calibration_images} images)"]
-        lines.append(f"onnxruntime INT8 vs fp32 on {SENSITIVITY_IMAGES} calibration images: "
-                     f"relative L2 error {self.output_error:.4f}, "
-                     f"correlation {self.correlation:.4f}")
-        lines.append(f"{self.metric} on {self.images} validation images: fp32 "
-                     f"{self.fp32:.2f}, INT8 {self.int8:.2f} ({self.int8 - self.fp32:+.2f})")
+        lines.append(f"INT8 (onnxruntime) vs PyTorch's fp32 network on {self.probe_images} "
+                     f"calibration image{'s' if self.probe_images != 1 else ''}: relative L2 "
+                     f"error {self.output_error:.4f}, correlation {self.correlation:.4f}")
+        lines.append(f"{self.metric} on {self.images} {self.split} images"
+                     f"{' (no separate validation split)' if self.split != 'validation' else ''}"
+                     ": fp32 "
+                     f"(onnxruntime) {self.fp32:.2f}, INT8 {self.int8:.2f} "
+                     f"({self.int8 - self.fp32:+.2f})")
         for batch in sorted(self.latency_fp32):
             f, q = self.latency_fp32[batch], self.latency_int8[batch]
             lines.append(f"latency batch {batch}: fp32 {1e3 * f:.2f} ms, INT8 {1e3 * q:.2f} ms "
@@ -398,21 +425,32 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
     require_onnx_packages(str(path))
     path = Path(path)
     net.eval()
+    check_output(path, options.flag)  # before the export and the calibration
+    auto = options.keep_fp32 == "auto"
+    want = int(options.keep_fp32) if not auto else 0
+    if want < 0:
+        raise _error(f"--keep-fp32 must be >= 0 or 'auto', not {want}", "--keep-fp32",
+                     code="E100")
     with tempfile.TemporaryDirectory(prefix="darkcfg-int8-") as work:
         fp32 = Path(work) / "fp32.onnx"
-        export_onnx(net, fp32, dynamic_batch=True, name=options.name or path.stem)
-        quantizer = Quantizer(fp32, data.calibration, work)
+        export_onnx(net, fp32, dynamic_batch=True, name=options.name or path.stem,
+                    opset=options.opset)
+        quantizer = Quantizer(fp32, work)
         if not quantizer.layers:
             raise _error("the network has no Conv/Gemm layer to quantize", str(path))
+        if want >= len(quantizer.layers):
+            # every layer in fp32 would be an fp32 model labelled INT8
+            count = len(quantizer.layers)
+            raise _error(f"--keep-fp32 {want}: the network has {count} quantizable "
+                         f"layer{'s' if count != 1 else ''} ({'/'.join(QUANTIZED_OPS)}); "
+                         "keeping them all in fp32 leaves nothing in INT8", "--keep-fp32",
+                         hint=f"use 0 to {count - 1}, or 'auto'" if count > 1 else
+                         "use 0, or 'auto'", code="E100")
+        quantizer.calibrate(data.calibration)
         probe = data.calibration[:SENSITIVITY_IMAGES]
         reference = reference_outputs(net, probe)
         fp32_run = runner(fp32, options.threads)
         fp32_score = data.evaluation.score(fp32_run)
-        auto = options.keep_fp32 == "auto"
-        want = int(options.keep_fp32) if not auto else 0
-        if want < 0:
-            raise _error(f"--keep-fp32 must be >= 0 or 'auto', not {want}", "--keep-fp32",
-                         code="E100")
         ranked = sensitivities(quantizer, probe, reference)
         tried = []
         candidate = Path(work) / "int8.onnx"
@@ -438,13 +476,14 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
                 a.append(latency(fp32_run, x, max(options.repeats // 3, 1)))
                 b.append(latency(int8_run, x, max(options.repeats // 3, 1)))
             lat32[batch], lat8[batch] = min(a), min(b)
-        _write_with_metadata(candidate, path, net, kept, data)
+        _write_with_metadata(candidate, path, net, kept, data, options.flag)
     return Int8Report(str(path), data.evaluation.metric, fp32_score, int8_score, kept, ranked,
                       lat32, lat8, err, corr, data.evaluation.images, len(data.calibration),
-                      auto, options.bound, tried)
+                      auto, options.bound, tried, len(probe), data.evaluation.split)
 
 
-def _write_with_metadata(candidate: Path, path: Path, net: Network, kept, data: Int8Data) -> None:
+def _write_with_metadata(candidate: Path, path: Path, net: Network, kept, data: Int8Data,
+                         flag: str = "--export") -> None:
     import onnx
 
     model = onnx.load(str(candidate))
@@ -455,8 +494,7 @@ def _write_with_metadata(candidate: Path, path: Path, net: Network, kept, data: 
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with staged_file(path, "--export") as tmp, write_failures(path):
+    with staged_file(path, flag) as tmp, write_failures(path):
         onnx.save(model, tmp)
 
 

@@ -36,7 +36,9 @@ from builders.graph import Network
 from darkcfg.export.onnx import (
     ExportReport,
     _error,
+    _name_batch_dim,
     _quiet,
+    convert_opset,
     example_input,
     metadata,
     onnx_session,
@@ -45,6 +47,8 @@ from darkcfg.export.onnx import (
 )
 
 NMS_OUTPUTS = ("boxes", "scores", "classes", "batch_index")
+#: The oldest opset the appended NMS nodes are valid in (Squeeze/Unsqueeze take axes as inputs)
+NMS_MIN_OPSET = 13
 #: nms_kind values Darknet runs with a DIoU test (src/box.c diounms_sort); the others are IoU
 DIOU_KINDS = ("greedynms", "diounms")
 
@@ -333,9 +337,11 @@ def _append_diou_nms(model, nms: float, beta: float) -> None:
 
 def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: float = 0.25,
                           nms: float = 0.45, dynamic_batch: bool = False, name: str = "",
-                          check: bool = True) -> ExportReport:
-    """Write the image -> (boxes, scores, classes, batch_index) ONNX model; check it in
-    onnxruntime against darkcfg's own decode + NMS (`--detect`) on a random input."""
+                          check: bool = True, opset: int | None = None,
+                          flag: str = "--export") -> ExportReport:
+    """Write the image -> (boxes, scores, classes, batch_index) ONNX model (converted to
+    `opset` when given, as export_onnx does); check it in onnxruntime against darkcfg's own
+    decode + NMS (`--detect`) on a random input. `flag`: the option that named `path`."""
     require_onnx_packages(str(path))
     import onnx
 
@@ -343,6 +349,9 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
     if not 0 < nms <= 1:
         raise _error(f"--nms must be in (0, 1] for an NMS graph, got {nms:g}", str(path),
                      hint="e.g. --nms 0.45 (Darknet's default)")
+    if opset is not None and opset < NMS_MIN_OPSET:
+        raise _error(f"--opset {opset}: the NMS graph needs opset {NMS_MIN_OPSET} or later",
+                     str(path), hint="e.g. --opset 17, or leave it out", code="E100")
     kind, beta = check_decodable(net)
     diou = kind in DIOU_KINDS
     beta = 0.6 if kind == "greedynms" else beta  # src/box.c box_diou's fixed power
@@ -364,8 +373,16 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
                  "nms_rule": f"DIoU, beta {beta:g} ({kind}: diounms_sort)" if diou else
                  "IoU (do_nms_sort)", "boxes": "left,top,right,bottom input pixels"})
     onnx_program.model.metadata_props.update(meta)
-    with staged_file(path, "--export") as tmp:
-        onnx_program.save(tmp)
+    if dynamic_batch:
+        _name_batch_dim(onnx_program.model)  # `batch`, as the plain export's (not `s6`)
+    with staged_file(path, flag) as tmp:
+        with write_failures(path):  # a full disk is a located error here too
+            onnx_program.save(tmp)
+        if opset is not None and opset != onnx_program.model.opset_imports.get("", 18):
+            # the exporter's candidate graph is converted; the NMS nodes appended next are
+            # written in a form every opset from 13 on reads (Squeeze's axes as an input)
+            with write_failures(path):
+                convert_opset(tmp, opset, str(path))
         model = onnx.load(tmp)
         with torch.no_grad():
             candidates = module(x)[1].shape[1]
@@ -384,8 +401,8 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
                 raise _error(why or f"the NMS graph's candidate boxes differ from darkcfg's by "
                              f"{mismatch:.2e} (relative to the input size)", str(path),
                              hint="report the cfg; the file was not written")
-    return ExportReport(str(path), "onnx", list(NMS_OUTPUTS), mismatch,
-                        model.opset_import[0].version, meta)
+    default = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return ExportReport(str(path), "onnx", list(NMS_OUTPUTS), mismatch, default, meta)
 
 
 def run_image_to_boxes(session, x: torch.Tensor) -> list[list[tuple[int, float, tuple]]]:

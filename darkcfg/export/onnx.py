@@ -17,6 +17,7 @@ needs nothing beyond torch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import warnings
@@ -222,10 +223,21 @@ def write_failures(path: Path):
         raise
 
 
+def check_output(path: str | os.PathLike, flag: str = "--export") -> Path:
+    """Before any slow work: `path` can be written, and its folder exists (an export creates
+    no folders: a mistyped folder is refused, not made)."""
+    path = check_writable(path, flag)
+    if not path.parent.is_dir():
+        raise write_error(path, FileNotFoundError(errno.ENOENT, "No such file or directory"),
+                          what=f"{flag} '{path}'")
+    return path
+
+
 def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = None,
                 dynamic_batch: bool = False, decode: bool = False, name: str = "",
                 check: bool = True, tolerance: float = 1e-4,
-                program: torch.export.ExportedProgram | None = None) -> ExportReport:
+                program: torch.export.ExportedProgram | None = None,
+                flag: str = "--export") -> ExportReport:
     """Export to ONNX (dynamo exporter), add metadata, run it once in onnxruntime (CPU) on a
     random input and compare with PyTorch; an error over `tolerance` is an ExportError (the
     file is not kept)."""
@@ -248,12 +260,12 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
     if dynamic_batch:
         _name_batch_dim(onnx_program.model)
     native = onnx_program.model.opset_imports.get("", 18)
-    with staged_file(path, "--export") as tmp:
+    with staged_file(path, flag) as tmp:
         with write_failures(path):
             onnx_program.save(tmp)
         opset_used = native
         if opset is not None and opset != native:
-            opset_used = convert_opset(tmp, opset)
+            opset_used = convert_opset(tmp, opset, str(path))
         err = check_onnx(tmp, net, x, decode) if check else 0.0
         allowed = tolerance
         if check and err > tolerance and binarizes(net):
@@ -285,8 +297,9 @@ _REDUCE_18 = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "Reduce
               "ReduceMin", "ReduceProd", "ReduceSumSquare"}
 
 
-def convert_opset(path: str | os.PathLike, opset: int) -> int:
-    """Rewrite the ONNX file at `path` to `opset` with onnx's version converter.
+def convert_opset(path: str | os.PathLike, opset: int, shown: str | None = None) -> int:
+    """Rewrite the ONNX file at `path` to `opset` with onnx's version converter (`shown`: the
+    name errors give, the output's rather than its temp file's).
 
     The converter has no 18 -> 17 adapter for Pad, although a Pad-18 without its optional
     `axes` input means exactly what Pad-13 does, nor some for ops whose new versions only
@@ -309,7 +322,8 @@ def convert_opset(path: str | os.PathLike, opset: int) -> int:
         with _quiet():
             converted = version_converter.convert_version(model, opset)
     except Exception as exc:
-        raise _error(f"cannot convert the ONNX graph to opset {opset}: {exc}", str(path),
+        raise _error(f"cannot convert the ONNX graph to opset {opset}: {exc}",
+                     shown or str(path),
                      hint="use the exporter's opset (leave out --opset) or --opset 18") from None
     for node in converted.graph.node:
         if node.domain == "darkcfg.parked":
@@ -391,11 +405,12 @@ def _program_and_input(net: Network, program, dynamic_batch: bool, decode: bool)
 
 def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = False,
                decode: bool = False, check: bool = True, tolerance: float = 1e-6,
-               program: torch.export.ExportedProgram | None = None) -> ExportReport:
+               program: torch.export.ExportedProgram | None = None,
+               flag: str = "--export") -> ExportReport:
     """Save a strict torch.export ExportedProgram; reload it and compare with the network."""
     path = Path(path)
     program, x = _program_and_input(net, program, dynamic_batch, decode)
-    with staged_file(path, "--export") as tmp:
+    with staged_file(path, flag) as tmp:
         buffer = io.BytesIO()  # the zip writer aborts the process when its file fills a disk
         torch.export.save(program, buffer)
         with write_failures(path), open(tmp, "wb") as fh:
@@ -412,18 +427,20 @@ def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = F
 
 
 def export(net: Network, path: str | os.PathLike, *, opset: int | None = None,
-           dynamic_batch: bool = False, decode: bool = False, name: str = "") -> ExportReport:
-    """`.onnx` -> export_onnx, `.pt2` -> export_pt2 (by the file's suffix)."""
+           dynamic_batch: bool = False, decode: bool = False, name: str = "",
+           flag: str = "--export") -> ExportReport:
+    """`.onnx` -> export_onnx, `.pt2` -> export_pt2 (by the file's suffix). `flag`: the option
+    that named `path`, for the errors."""
     suffix = Path(path).suffix.lower()
     if suffix in (".onnx", ".pt2"):
-        check_writable(path, "--export")  # before the (slow) export
+        check_output(path, flag)  # before the (slow) export
     if suffix == ".onnx":
         return export_onnx(net, path, opset=opset, dynamic_batch=dynamic_batch, decode=decode,
-                           name=name)
+                           name=name, flag=flag)
     if suffix == ".pt2":
         if opset is not None:
             raise _error("--opset applies to ONNX files only", str(path),
-                         hint="drop --opset, or write a .onnx file")
-        return export_pt2(net, path, dynamic_batch=dynamic_batch, decode=decode)
+                         hint="drop --opset, or write a .onnx file", code="E100")
+        return export_pt2(net, path, dynamic_batch=dynamic_batch, decode=decode, flag=flag)
     raise _error(f"cannot tell the export format of '{path}'", str(path),
                  hint="name the file model.onnx (ONNX) or model.pt2 (torch.export)")
