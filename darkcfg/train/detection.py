@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -36,10 +36,7 @@ from darkcfg.detect.metrics import (
     evaluate,
     network_detections,
 )
-from darkcfg.train.tasks import TASKS, Task
-
-if TYPE_CHECKING:  # (session imports this module)
-    from darkcfg.train.session import RunOptions
+from darkcfg.train.tasks import TASKS, Task, TaskOptions
 
 #: what each head's loss statistics contribute to metrics.csv (Darknet's per-layer line)
 HEAD_STATS = ("avg_iou", "count", "class_loss", "iou_loss", "total_loss")
@@ -77,7 +74,7 @@ class DetectionTask(Task):
         task.outputs = task.settings.classes
         return task
 
-    def use_options(self, opts: RunOptions) -> None:
+    def use_options(self, opts: TaskOptions) -> None:
         self.map_points = opts.map_points  # (checked by RunOptions)
         self.settings = self.settings.for_build(opts.darknet_build)
         if self.coco and not coco_available():  # said once, at start-up, not at a validation

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch.utils.data import default_collate
@@ -41,8 +41,12 @@ from darkcfg.data import (
 )
 from darkcfg.train.distributed import all_sum
 
-if TYPE_CHECKING:  # (session imports this module)
-    from darkcfg.train.session import RunOptions
+
+class TaskOptions(Protocol):
+    """The run's options a task reads (session.RunOptions has them, checked)."""
+
+    map_points: int  # detectors' mAP: 0 all-point, 11 or 101
+    darknet_build: str  # detectors: whose augmentation is reproduced
 
 #: Columns every task's metrics.csv starts with.
 STEP_COLUMNS = ("iteration", "epoch", "loss", "avg_loss", "lr", "images_per_s")
@@ -87,7 +91,7 @@ class Task:
         outputs = net.meta[heads[-1]].input.size
         return cls(outputs, inputs, heads, **(cls.options(cfg) if cfg is not None else {}))
 
-    def use_options(self, opts: RunOptions) -> None:
+    def use_options(self, opts: TaskOptions) -> None:
         """Read the run's command-line options that concern this task (RunOptions)."""
 
     @property
