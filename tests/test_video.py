@@ -156,6 +156,26 @@ def test_ctrl_c_leaves_a_playable_video_of_the_frames_done(net, clip, tmp_path, 
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_ctrl_c_in_the_command_says_interrupted_once(cfg, clip, tmp_path, monkeypatch,
+                                                    capsys):
+    real = video.run_heads
+    calls = []
+
+    def interrupted_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video, "run_heads", interrupted_second_batch)
+    rc = main([str(cfg), "--detect", str(clip), "--out", str(tmp_path / "run"), "--thresh",
+               str(THRESH), "--no-progress", "--seed", "1"])
+    err = capsys.readouterr().err
+    assert rc == 130
+    assert err.count("interrupted") == 1, err
+    assert "frame(s) written to" in err
+
+
 def test_flag_form_with_labels(cfg, clip, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main([str(cfg), "--detect", str(clip), "--out", str(out), "--thresh", str(THRESH),

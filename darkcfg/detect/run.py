@@ -344,7 +344,7 @@ def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, sour
     except KeyboardInterrupt as stop:
         r = stop.args[0] if stop.args else None
         if r is not None:
-            say(f"interrupted: {r.frames} frame(s) written to {r.video} and {r.jsonl}")
+            say(f"{r.frames} frame(s) written to {r.video} and {r.jsonl} before the interrupt")
         raise
     print(f"{r.source}: {r.frames} frame(s), {r.objects} object(s) above thresh "
           f"{opts.thresh:g} in {r.seconds:.2f} s ({r.fps:.1f} frames/s) -> {r.video}, {r.jsonl}")
