@@ -301,6 +301,9 @@ def test_a_coco_bbox_that_is_no_number_is_refused(tmp_path, bbox):
      "category id 11 is listed twice"),
     (lambda d: d["images"].append(dict(d["images"][0])), "is listed twice"),
     (lambda d: d["annotations"][0].update(iscrowd="yes"), "iscrowd is 'yes', not 0 or 1"),
+    (lambda d: d["images"][0].update(width="wide"), "has width 'wide', not a size in pixels"),
+    (lambda d: d["images"][1].update(height=True), "has height True, not a size in pixels"),
+    (lambda d: d["images"][0].update(width=-5), "has width -5, not a size in pixels"),
 ])
 def test_coco_ids_and_crowd_flags_that_cannot_mean_one_thing(tmp_path, edit, message):
     train, _ = write_coco(tmp_path / "c")

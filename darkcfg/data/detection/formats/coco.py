@@ -99,6 +99,12 @@ class _Locator:
         return located(message, str(self.path), self.text, offset, span, hint=hint)
 
 
+def _is_size(value) -> bool:
+    """A JSON width or height that is a size: a finite number > 0 (true is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value) and value > 0
+
+
 def read_coco(path: Path) -> DetectionSet:
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -156,8 +162,15 @@ def read_coco(path: Path) -> DetectionSet:
                                      hint="looked in " + ", ".join(map(str, folders))))
             continue
         width, height = entry.get("width"), entry.get("height")
-        stated = (isinstance(width, (int, float)) and isinstance(height, (int, float))
-                  and width > 0 and height > 0)
+        bad = next((k for k, v in (("width", width), ("height", height))
+                    if v is not None and not _is_size(v)), None)
+        if bad is not None:  # a size that means nothing: not silently the image's own
+            problems.append(where.at("images", i, bad, f"image '{name}' has {bad} "
+                                     f"{entry[bad]!r}, not a size in pixels",
+                                     hint="width and height are the image's size in pixels "
+                                     "(> 0); leave both out to read it from the image"))
+            continue
+        stated = width is not None and height is not None
         if not stated:
             width, height = image_size(found)
         if entry["id"] in index_of:
