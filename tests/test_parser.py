@@ -319,6 +319,23 @@ def test_the_error_format():
                           "E203", "E204", "W201", "W202"}
 
 
+def test_a_very_long_line_is_shown_around_its_caret_not_whole():
+    """A 5 MB name or line made a 10 MB diagnostic (the line, then as many carets), and a
+    several-minute did-you-mean over the name."""
+    name = "c" * 5_000_000
+    err = error_of(NET + f"[{name}]\n")
+    text = str(err)
+    assert len(text) < 2000 and "(5000023 characters)" in err.first.message
+    assert text.splitlines()[2].startswith("5 | [ccc") and text.splitlines()[2].endswith("...")
+    # the caret under a value at the end of a long line: the line's end is shown, not its start
+    err = error_of(NET + "[convolutional]\n#" + "x" * 300 + "\nanchors=" + "1," * 3000 + "\n"
+                   "filters" + " " * 5000 + "=abc\n")
+    (diag,) = [d for d in err.diagnostics if d.code == "E202"]
+    line, caret = diag.format().splitlines()[2:4]
+    assert line.startswith("8 | ...") and line.endswith("=abc") and len(line) < 200
+    assert caret.index("^") == line.index("abc") and caret.endswith("^^^")
+
+
 def test_several_errors_in_one_run_with_warnings_alongside():
     err = error_of("[net]\nbatch=x\nwidth=1\nwidth=2\n[conv]\nfilters=y\nsize 3\n[bogus]\n"
                    "size=\n")
