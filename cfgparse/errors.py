@@ -29,7 +29,7 @@ CODES = {
     "E104": "binary or non-UTF-8 input",
     "E105": "empty value",
     "E106": "malformed section header",
-    "E107": "first section is not [net]",
+    "E107": "first section is not [net], or a later one is",
     "E108": "malformed YAML architecture",
     "E201": "unknown section type",
     "E202": "ill-typed value",

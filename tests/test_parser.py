@@ -336,6 +336,16 @@ def test_a_very_long_line_is_shown_around_its_caret_not_whole():
     assert caret.index("^") == line.index("abc") and caret.endswith("^^^")
 
 
+@pytest.mark.parametrize("name", ["net", "network"])
+def test_a_later_net_section_is_a_parse_error(name):
+    """Darknet makes a second [net] an unknown, empty layer; the builder refused it (E300 with a
+    list of the sections it builds), but `check --no-build` passed the file."""
+    err = error_of(NET + f"[convolutional]\nfilters=1\nsize=1\n[{name}]\nwidth=4\n")
+    assert located(err.diagnostics) == [("E107", 8, 1)]
+    assert f"[{name}] may only be the first section" in err.first.message
+    assert "line 1" in err.first.hint
+
+
 def test_several_errors_in_one_run_with_warnings_alongside():
     err = error_of("[net]\nbatch=x\nwidth=1\nwidth=2\n[conv]\nfilters=y\nsize 3\n[bogus]\n"
                    "size=\n")
