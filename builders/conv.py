@@ -49,6 +49,18 @@ def check_output(block: Block, key: str, what: str, *sizes: int) -> None:
                           key, hint="use a smaller size/stride or a larger input")
 
 
+def check_window(block: Block, size: int, inp: Shape, padding: int, key: str = "size") -> None:
+    """E303 when the kernel is larger than the padded input. Darknet's C division still gives
+    an output of 1 (`(3 - 5) / 3 + 1`) and its im2col reads zeros past the edge; torch's
+    convolution refuses such an input at run time, after `check` had passed the cfg."""
+    if size > min(inp.h, inp.w) + 2 * padding:
+        raise block.error(
+            "E303", f"[{block.name}] size={size} is larger than its {inp.w} x {inp.h} input with "
+            f"padding {padding}: no window fits (Darknet reads zeros past the edge; darkcfg "
+            "cannot run it)", key, hint="use a smaller size, pad=1, or a larger input "
+            "(width/height)")
+
+
 def blur(x: torch.Tensor, kind: int, stride: tuple[int, int]) -> torch.Tensor:
     """Darknet's antialiasing blur, a fixed depthwise conv with the layer's real stride:
     kind 1: [1 2 1] x [1 2 1] / 16 with padding 1; kind 2: 2 x 2 box / 4, no padding."""
@@ -458,6 +470,7 @@ def build_convolutional(block: Block, ctx: BuildContext) -> tuple[Layer, Shape]:
     out_h = c_div(inp.h + 2 * padding - size, conv_sy) + 1
     out_w = c_div(inp.w + 2 * padding - size, conv_sx) + 1
     check_output(block, "size", f"{out_w} x {out_h}", out_h, out_w)
+    check_window(block, size, inp, padding)
     if dilation > 1 and 2 * padding != size - 1:
         # Darknet sizes the output without dilation but runs im2col with it: the two disagree
         # and its GEMM then reads the im2col buffer with the wrong row length.
@@ -592,6 +605,7 @@ def build_local(block: Block, ctx: BuildContext) -> tuple[Layer, Shape]:
     out_h = c_div(inp.h - window, stride) + 1
     out_w = c_div(inp.w - window, stride) + 1
     check_output(block, "size", f"{out_w} x {out_h}", out_h, out_w)
+    check_window(block, size, inp, pad)
     in_h = c_div(inp.h + 2 * pad - size, stride) + 1
     in_w = c_div(inp.w + 2 * pad - size, stride) + 1
     if in_h <= 0 or in_w <= 0:

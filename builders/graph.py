@@ -65,6 +65,18 @@ def collector_paused():
             gc.enable()
 
 
+def _too_large(block: Block, exc: RuntimeError) -> CfgError:
+    """E401 for a layer whose tensors torch cannot even describe (their element count overflows
+    64 bits, e.g. `size=2147483647`), at its largest size value, not a traceback."""
+    sizes = [o for o in block.options.values()
+             if isinstance(o.value, int) and not isinstance(o.value, bool) and o.value > 1]
+    key = max(sizes, key=lambda o: o.value).key if sizes else None
+    return block.error(
+        "E401", f"[{block.name}] is too large to build: its tensors would need more than "
+        f"2^63 bytes ({str(exc).splitlines()[0]})", key,
+        hint="use smaller size/filters/output values")
+
+
 class Network(nn.Module):
     # the fast path's fusions (`_plan`); empty for a network pickled before they existed
     _adds_next: frozenset[int] = frozenset()
@@ -94,7 +106,12 @@ class Network(nn.Module):
             for index, block in enumerate(blocks[1:]):
                 ctx = BuildContext(index, shapes, shapes[-1] if shapes else first, self.info,
                                    types, layers=self.layers)
-                module, shape = builder_for(block)(block, ctx)
+                try:
+                    module, shape = builder_for(block)(block, ctx)
+                except RuntimeError as exc:
+                    if "overflow" not in str(exc):
+                        raise
+                    raise _too_large(block, exc) from None
                 if not isinstance(module, Layer):
                     raise TypeError(f"builder for [{block.type}] returned {type(module)}")
                 meta = LayerInfo(

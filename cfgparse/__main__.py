@@ -72,7 +72,7 @@ def dump(file: str, fmt: str, flavor: str | None) -> int:
             blocks = parse(Path(file), flavor=flavor)  # a Path: never taken for cfg text
     except CfgError as exc:
         io_errors = [d for d in exc.errors if d.code.startswith("E9")]
-        if io_errors:  # one line, no source excerpt: there is no source
+        if io_errors:  # no source excerpt: there is no source (the message and its help)
             print(io_errors[0].format(), file=sys.stderr)
             return 2
         print("\n\n".join(d.format() for d in exc.diagnostics), file=sys.stderr)

@@ -81,7 +81,8 @@ class LayerNumbering:
 
 
 def finish(blocks: list[Block], diags: Collector, path: str, strict_first: bool) -> ParseResult:
-    """The file-level checks (E100 empty, E107 first not [net]); raise or return the result."""
+    """The file-level checks (E100 empty, E107 first not [net] or a later [net]); raise or
+    return the result."""
     if not blocks and not diags.errors:
         diags.add(Diagnostic("E100", "empty cfg: no [section] found", path, 1, 1, ERROR,
                              "a cfg starts with a [net] section, then one section per layer"))
@@ -92,6 +93,14 @@ def finish(blocks: list[Block], diags: Collector, path: str, strict_first: bool)
                              b.line, b.column, ERROR, "add a [net] section with width, height, "
                              "channels and the training settings at the top", b.source,
                              len(b.name) + 2))
+    if strict_first and blocks and blocks[0].type == "net":
+        for b in blocks[1:]:
+            if b.type == "net":  # Darknet: "Type not recognized", an empty layer
+                diags.add(Diagnostic(
+                    "E107", f"[{b.name}] may only be the first section; this one would be layer "
+                    f"{b.index}", path, b.line, b.column, ERROR, f"delete it, or move its keys "
+                    f"into the [{blocks[0].name}] at line {blocks[0].line}", b.source,
+                    len(b.name) + 2))
     diags.raise_if_errors()
     result = ParseResult(blocks)
     result.warnings = diags.warnings

@@ -29,7 +29,7 @@ CODES = {
     "E104": "binary or non-UTF-8 input",
     "E105": "empty value",
     "E106": "malformed section header",
-    "E107": "first section is not [net]",
+    "E107": "first section is not [net], or a later one is",
     "E108": "malformed YAML architecture",
     "E201": "unknown section type",
     "E202": "ill-typed value",
@@ -84,6 +84,14 @@ class Diagnostic:
     source: str = ""  # the source line, for the caret display
     span: int = 1  # caret width
 
+    def __post_init__(self) -> None:
+        # a message or hint quotes what it is about (a name, a line): a 50 MB line must not
+        # make a 50 MB message in every output format
+        for name in ("message", "hint"):
+            text = getattr(self, name)
+            if len(text) > _MAX_TEXT:
+                object.__setattr__(self, name, _elide(text, _MAX_TEXT))
+
     def to_dict(self) -> dict:
         return {
             "file": self.path,
@@ -103,17 +111,43 @@ class Diagnostic:
         if self.line and self.source:
             gutter = str(self.line)
             pad = " " * len(gutter)
+            shown, start, before, after = _window(self.source.rstrip(), self.column)
             lines.append(f"{pad} |")
-            lines.append(f"{gutter} | {self.source.rstrip()}")
+            lines.append(f"{gutter} | {before}{shown}{after}")
             # keep the source's tabs in the indent, so the caret lands under the same character
-            indent = "".join(c if c == "\t" else " " for c in self.source[:max(self.column - 1, 0)])
-            lines.append(f"{pad} | {indent}{'^' * max(self.span, 1)}")
+            col = max(self.column - 1 - start, 0)
+            indent = " " * len(before) + "".join(c if c == "\t" else " " for c in shown[:col])
+            span = min(max(self.span, 1), max(len(shown) - col, 1))
+            lines.append(f"{pad} | {indent}{'^' * span}")
         if self.hint:
             lines.append(f"help: {self.hint}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.format()
+
+
+_MAX_TEXT = 600  # characters of a message or hint
+_MAX_SHOWN = 160  # characters of a source line shown under a diagnostic
+_ELLIPSIS = "..."
+
+
+def _elide(text: str, limit: int) -> str:
+    """`text` cut in the middle to about `limit` characters, saying how long it was."""
+    keep = limit // 2
+    return f"{text[:keep]}...({len(text)} characters)...{text[-keep // 2:]}"
+
+
+def _window(source: str, column: int) -> tuple[str, int, str, str]:
+    """(the part of a long source line shown, its start, '...' before, '...' after): the
+    column's neighbourhood, so a caret stays under its character and a long line (a 50 MB
+    anchors list) is not printed whole."""
+    if len(source) <= _MAX_SHOWN:
+        return source, 0, "", ""
+    start = max(min(column - 1 - _MAX_SHOWN // 4, len(source) - _MAX_SHOWN), 0)
+    end = start + _MAX_SHOWN
+    return (source[start:end], start, _ELLIPSIS if start else "",
+            _ELLIPSIS if end < len(source) else "")
 
 
 class CfgError(Exception):
@@ -168,6 +202,8 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _did_you_mean(word: str, candidates: tuple[str, ...]) -> str:
+    if len(word) > 64:  # no name is that long, and difflib is quadratic in it
+        return ""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     if not matches:
         lowered = {c.lower(): c for c in candidates}

@@ -133,6 +133,24 @@ def test_integers_beyond_a_c_int_are_located_errors(capsys, tmp_path, filters):
     assert not any("darkcfg bug" in d.hint for d in found)
 
 
+@pytest.mark.parametrize("section", [
+    "[convolutional]\nfilters=4\nsize=2147483647\npad=1\nactivation=linear\n",
+    "[connected]\noutput=2147483647\n[connected]\noutput=2147483647\n",
+])
+def test_a_layer_too_large_for_any_tensor_is_a_located_error(capsys, tmp_path, section):
+    """C ints whose product overflows torch's 64-bit sizes: E401 at the value, in every command
+    and in the linter, not a RuntimeError traceback (summary) or an E300 "darkcfg bug"."""
+    cfg = tmp_path / "huge.cfg"
+    cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n" + section)
+    code, err = run(capsys, "summary", cfg)
+    assert code == 2 and "error[E401]" in err and "2147483647" in err.splitlines()[2]
+    from darkcfg.lint import check_file
+
+    found = check_file(str(cfg))
+    assert [d.code for d in found if d.severity == "error"] == ["E401"]
+    assert not any("darkcfg bug" in d.hint for d in found)
+
+
 def test_a_superscript_digit_is_no_integer(tmp_path, capsys):
     cfg = tmp_path / "sup.cfg"
     cfg.write_text(TINY.format(filters="²", activation="leaky"))

@@ -12,6 +12,7 @@ module (darkcfg/export/onnx.py, darkcfg/export/emit.py, `runner.py --export/--em
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import subprocess
@@ -140,6 +141,17 @@ def test_emitted_file_reads_like_pytorch(tmp_path):
     x = example_input(net, 3)
     with torch.no_grad():
         assert max_rel_error(emitted(x), net(x)) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ['we\\Nird.cfg', 'a"""b.cfg', 'ends".cfg'])
+def test_a_cfg_name_that_would_break_the_docstring_is_escaped(name, tmp_path):
+    """The file name is the emitted docstring's first words: a backslash or quotes in it made a
+    file Python cannot read (SyntaxError), though emit said it wrote it."""
+    net = build("[net]\nwidth=4\nheight=4\nchannels=1\n[convolutional]\nfilters=1\nsize=1\n"
+                "activation=linear\n")
+    source = emit_module(net, name)
+    assert ast.get_docstring(ast.parse(source)).startswith(f"{name}: emitted by darkcfg")
+    load_emitted(source, tmp_path / "m.py")
 
 
 def test_emitted_module_loads_darknet_weights(tmp_path):

@@ -366,6 +366,10 @@ def test_upsample_negative_stride_sums_blocks():
     ("[dropout]\nprobability=1", "E203"),
     ("[maxpool]\nmaxpool_depth=1\nout_channels=9", "E302"),
     ("[local]\nfilters=2\nsize=5\npad=1", "E300"),
+    # Darknet's C division gives (5 - 7) / 3 + 1 = 1, but no window fits: torch refused it at
+    # run time (a RuntimeError traceback) after the build and `check` had passed it
+    ("[convolutional]\nfilters=4\nsize=7\nstride=3\nactivation=linear", "E303"),
+    ("[local]\nfilters=2\nsize=7\nstride=3\npad=0", "E303"),
 ])
 def test_bad_input_is_a_located_error(body, code):
     text = NET.format(w=5, h=5, c=3) + body

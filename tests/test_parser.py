@@ -4,14 +4,16 @@ line and column), typing, blocks and the path/text heuristic."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from lark import Lark
+from lark.lexer import LexerThread
 
 from cfgparse import Block, CfgError, Option, parse, parse_text, schema
 from cfgparse.errors import CODES
-from cfgparse.parser import _GRAMMAR, _parser, looks_like_text
+from cfgparse.parser import _GRAMMAR, _parser, _TerminalLexer, looks_like_text
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "darknet"
 CORPUS = SHARED / "corpus"
@@ -109,17 +111,38 @@ def test_corpus_sections_and_keys_from_stats_are_in_the_schema():
             assert missing <= {"beta1", "uc_normalizer"}, (section, missing)
 
 
+def our_tokens(text: str):
+    """The tokens of cfgparse's own lexer (`Lark.lex` would build lark's basic lexer instead)."""
+    return LexerThread.from_text(_TerminalLexer(_parser().lexer_conf), text).lex(None)
+
+
 def test_our_lexer_gives_the_same_tokens_as_larks_basic_lexer():
     reference = Lark(_GRAMMAR.read_text(), parser="lalr", lexer="basic")
-    ours = _parser()
     # every 10th corpus file when ../shared is there; the edge cases below in any case
     texts = [p.read_text() for p in sorted(CORPUS.glob("*/*.cfg"))[::10]]
     texts += ["", "  \n\n", "x=1\n[net]\n  [conv] \n a=1\n\n[", "[a\n[b]c\n\t;x\n k = v \n"]
     for text in texts:
         expected = [(t.type, str(t), t.line, t.column, t.start_pos) for t in
                     reference.lex(text)]
-        got = [(t.type, str(t), t.line, t.column, t.start_pos) for t in ours.lex(text)]
+        got = [(t.type, str(t), t.line, t.column, t.start_pos) for t in our_tokens(text)]
         assert got == expected
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="possessive quantifiers: Python 3.11")
+def test_a_long_section_body_lexes_in_bounded_memory():
+    """re keeps a backtracking record per iteration of a greedy group: a section body of 200,000
+    comment or blank lines took ~80 MB in the lexer alone (12 million lines: 7.5 GB)."""
+    import tracemalloc
+
+    text = "[net]\nwidth=8\n" + "# c\n\n" * 100_000 + "[convolutional]\nfilters=1\n"
+    tracemalloc.start()
+    try:
+        tokens = list(our_tokens(text))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [t.type for t in tokens] == ["HEADER", "BODY", "HEADER", "BODY"]
+    assert peak < 8 * 2**20, peak
 
 
 # -- Darknet's syntax ---------------------------------------------------------------------------
@@ -294,6 +317,33 @@ def test_the_error_format():
         "help: use a value >= 1")
     assert set(CODES) >= {"E100", "E101", "E102", "E103", "E104", "E105", "E201", "E202",
                           "E203", "E204", "W201", "W202"}
+
+
+def test_a_very_long_line_is_shown_around_its_caret_not_whole():
+    """A 5 MB name or line made a 10 MB diagnostic (the line, then as many carets), and a
+    several-minute did-you-mean over the name."""
+    name = "c" * 5_000_000
+    err = error_of(NET + f"[{name}]\n")
+    text = str(err)
+    assert len(text) < 2000 and "(5000023 characters)" in err.first.message
+    assert text.splitlines()[2].startswith("5 | [ccc") and text.splitlines()[2].endswith("...")
+    # the caret under a value at the end of a long line: the line's end is shown, not its start
+    err = error_of(NET + "[convolutional]\n#" + "x" * 300 + "\nanchors=" + "1," * 3000 + "\n"
+                   "filters" + " " * 5000 + "=abc\n")
+    (diag,) = [d for d in err.diagnostics if d.code == "E202"]
+    line, caret = diag.format().splitlines()[2:4]
+    assert line.startswith("8 | ...") and line.endswith("=abc") and len(line) < 200
+    assert caret.index("^") == line.index("abc") and caret.endswith("^^^")
+
+
+@pytest.mark.parametrize("name", ["net", "network"])
+def test_a_later_net_section_is_a_parse_error(name):
+    """Darknet makes a second [net] an unknown, empty layer; the builder refused it (E300 with a
+    list of the sections it builds), but `check --no-build` passed the file."""
+    err = error_of(NET + f"[convolutional]\nfilters=1\nsize=1\n[{name}]\nwidth=4\n")
+    assert located(err.diagnostics) == [("E107", 8, 1)]
+    assert f"[{name}] may only be the first section" in err.first.message
+    assert "line 1" in err.first.hint
 
 
 def test_several_errors_in_one_run_with_warnings_alongside():

@@ -791,7 +791,10 @@ def _file(net: Network, name: str, ctx: EmitContext, forward: list[str], outputs
           order: list[list[str]]) -> str:
     shape = net.input_shape
     size = f"{shape.w}x{shape.h}x{shape.c}" if shape.c * shape.h * shape.w else f"{shape.size}"
-    head = [f'"""{name or "network"}: emitted by darkcfg (`darkcfg CFG --emit`),',
+    # the cfg's file name goes into the docstring: escape what would end or break the literal
+    # (`a""".cfg`, `we\Nird.cfg` made a file Python cannot read)
+    shown = (name or "network").replace("\\", "\\\\").replace('"', '\\"')
+    head = [f'"""{shown}: emitted by darkcfg (`darkcfg CFG --emit`),',
             f"input {size}.",
             "",
             "Net().forward(x) returns the output layers' tensors, in layer order, as darkcfg's",
