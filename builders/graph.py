@@ -105,7 +105,8 @@ class Network(nn.Module):
                 _skip_torch_init() if on_meta else contextlib.nullcontext(), collector_paused():
             for index, block in enumerate(blocks[1:]):
                 ctx = BuildContext(index, shapes, shapes[-1] if shapes else first, self.info,
-                                   types, layers=self.layers)
+                                   types, layers=self.layers,
+                                   previous=blocks[index] if index else None)
                 try:
                     module, shape = builder_for(block)(block, ctx)
                 except RuntimeError as exc:

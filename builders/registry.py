@@ -70,6 +70,7 @@ class BuildContext:
     types: list[str] = field(default_factory=list)  # section types of layers 0..index-1
     sources: list[int] = field(default_factory=list)  # extra layers this one reads
     layers: Sequence[nn.Module] = ()  # modules of layers 0..index-1 (conv share_index)
+    previous: Block | None = None  # the section before this one (None for the first layer)
 
     def resolve(self, block: Block, key: str, ref: int, item: int = 0) -> int:
         """Darknet's rule (cfgparse.rules): negative = relative to this layer; check it exists.

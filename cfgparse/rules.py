@@ -293,11 +293,21 @@ def head_input(block: Block) -> HeadInput:
     return HEAD_INPUTS[block.type](block)
 
 
-def head_input_problem(head: Block, have: int) -> Diagnostic | None:
-    """E304 at the head when its input does not have what the head decodes (builders)."""
+def head_input_problem(head: Block, have: int, prev: Block | None = None
+                       ) -> Diagnostic | None:
+    """E304 when a head's input (`have` channels or inputs) is not what it decodes: at the
+    feeding key of the layer right before it when that is the section that sets the count (a
+    [convolutional]'s filters, a [connected]'s output), else at the head. The builders and the
+    linter (`feeding_layer_rule`) both report through here, so both point at one place."""
     need = head_input(head)
     if have == need.count:
         return None
+    if prev is not None and prev.type == need.feeding_section:
+        key = need.feeding_key
+        return prev.diagnostic(
+            "E304", f"{key}={have}, but the [{head.name}] at line {head.line} needs "
+            f"{key}={need.count} = {need.formula}", key,
+            hint=f"set {key}={need.count} here (or change the [{head.name}] settings)")
     return head.diagnostic(
         "E304", f"[{head.name}] needs {need.count} {need.unit} = {need.formula}, but the "
         f"previous layer gives {have}", need.head_key,
@@ -305,19 +315,13 @@ def head_input_problem(head: Block, have: int) -> Diagnostic | None:
 
 
 def feeding_layer_rule(head: Block, prev: Block | None) -> list[Diagnostic]:
-    """E304 at the conv (or connected) right before a head when its filters (output) are not
-    what the head decodes (the linter; other feeding layers are checked on shapes)."""
+    """The linter's `head_input_problem` before any build: the layer right before a head, when
+    it is the section that sets the count (other feeding layers are checked on shapes)."""
     need = head_input(head)
     if prev is None or prev.type != need.feeding_section:
         return []
-    key = need.feeding_key
-    have = value(prev, key)
-    if have == need.count:
-        return []
-    return [prev.diagnostic(
-        "E304", f"{key}={have}, but the [{head.name}] at line {head.line} needs "
-        f"{key}={need.count} = {need.formula}", key,
-        hint=f"set {key}={need.count} here (or change the [{head.name}] settings)")]
+    problem = head_input_problem(head, value(prev, need.feeding_key), prev)
+    return [problem] if problem is not None else []
 
 
 def anchor_pairs(anchors: Sequence[float] | None, num: int) -> list[float]:

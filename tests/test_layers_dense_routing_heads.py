@@ -378,12 +378,15 @@ def test_recurrent_shapes_and_weights(dump: Path | None):
 # -- located errors -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("body, code, key", [
+    # a head's input count is wrong at the key that sets it, where `check` points too
     ("[convolutional]\nfilters=20\nsize=1\n[yolo]\nmask=0,1\nanchors=1,2,3,4,5,6\nnum=3\n"
-     "classes=2", "E304", "mask"),
+     "classes=2", "E304", "filters"),
+    ("[convolutional]\nfilters=20\nsize=1\n[route]\nlayers=-1\n[yolo]\nmask=0,1\n"
+     "anchors=1,2,3,4,5,6\nnum=3\nclasses=2", "E304", "mask"),
     ("[convolutional]\nfilters=14\nsize=1\n[yolo]\nmask=0,5\nanchors=1,2,3,4\nnum=2\nclasses=2",
      "E304", "mask"),
-    ("[convolutional]\nfilters=13\nsize=1\n[region]\nnum=2\nclasses=2", "E304", "classes"),
-    ("[connected]\noutput=30\n[detection]\nclasses=3\ncoords=4\nside=2", "E304", "side"),
+    ("[convolutional]\nfilters=13\nsize=1\n[region]\nnum=2\nclasses=2", "E304", "filters"),
+    ("[connected]\noutput=30\n[detection]\nclasses=3\ncoords=4\nside=2", "E304", "output"),
     ("[convolutional]\nfilters=4\nsize=1\n[maxpool]\nsize=2\nstride=2\n[route]\nlayers=0,1",
      "E302", "layers"),
     ("[convolutional]\nfilters=4\nsize=1\n[route]\nlayers=0\ngroups=3", "E302", "groups"),

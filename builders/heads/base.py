@@ -61,9 +61,10 @@ def mask_of(block: Block, num: int) -> list[int]:
     return list(range(num)) if mask is None else mask
 
 
-def check_input(block: Block, have: int) -> None:
-    """The head's input against what it decodes (cfgparse.rules.HEAD_INPUTS)."""
-    problem = head_input_problem(block, have)
+def check_input(block: Block, have: int, previous: Block | None = None) -> None:
+    """The head's input against what it decodes (cfgparse.rules.HEAD_INPUTS); `previous`: the
+    section before the head, where the error points when it sets the count."""
+    problem = head_input_problem(block, have, previous)
     if problem is not None:
         raise CfgError(problem)
 

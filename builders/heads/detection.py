@@ -104,7 +104,7 @@ class Detection(DetectionHead):
 def build_detection(block: Block, ctx: BuildContext):
     inputs = flat_input(block, ctx)
     classes, coords, num, side = (block.int(k) for k in ("classes", "coords", "num", "side"))
-    check_input(block, inputs)
+    check_input(block, inputs, ctx.previous)
     layer = Detection(inputs, side * side, classes, block.bool("softmax"))
     layer.side, layer.num, layer.coords = side, num, coords
     keys = read_keys(block, ctx.net.flavor, _FORWARD_KEYS)

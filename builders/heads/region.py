@@ -172,7 +172,7 @@ def build_region(block: Block, ctx: BuildContext):
     if coords < 2:
         raise block.error("E203", f"coords={coords}: a [region] box has at least x and y",
                           "coords")
-    check_input(block, ctx.input.c)
+    check_input(block, ctx.input.c, ctx.previous)
     tree, tree_error = load_tree(block, "tree", classes) if block.has("tree") else (None, None)
     background = block.bool("background") if pjreddie else False
     layer = Region(ctx.input, num, coords, classes, block.bool("softmax"), tree, tree_error,

@@ -258,7 +258,7 @@ def build_yolo_head(block: Block, ctx: BuildContext, head_class: type[YoloHead])
     anchors = anchors_of(block, num)
     mask = mask_of(block, num)
     entries = head_class.box_entries + 1 + classes
-    check_input(block, ctx.input.c)
+    check_input(block, ctx.input.c, ctx.previous)
     scale_x_y = 1.0 if pjreddie else block.float("scale_x_y")
     new_coords = False if (pjreddie or head_class.gaussian) else block.bool("new_coords")
     logistic, scaled = head_class.activations(entries, new_coords)
