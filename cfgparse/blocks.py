@@ -153,8 +153,10 @@ class Block:
                 raise self.error(exc.code, f"cannot set {key}={raw}: {exc}", where,
                                  hint=exc.hint) from None
             if note:  # in a cfg file a warning (W203); a value set now is refused, not changed
+                meant = _integral(raw)
                 raise self.error("E203", f"cannot set {key}={raw}: {note}", where,
-                                 hint=f"write {key}= the value Darknet would use ({typed})")
+                                 hint=f"write {key}={meant}" if meant is not None else
+                                 f"write {key}= the value Darknet would use ({typed})")
             if old is not None and old.line:
                 # located at the line it replaces, showing the value set: a later error about
                 # it showed the file's value under the caret
@@ -254,3 +256,13 @@ def _coerce(block: Block, opt: Option, kind: str) -> Any:
             "floats": "a list of numbers", "str": "text"}[kind]
     raise block.error("E202", f"'{opt.key}' must be {want}, got '{opt.raw}'", opt.key,
                       hint=f"write {opt.key}=<{kind}>")
+
+
+def _integral(raw: str) -> int | None:
+    """The integer a number like '1e3' or '64.0' spells (what a user setting an integer key
+    to it means), else None."""
+    try:
+        number = float(raw)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and abs(number) < 2**63 else None

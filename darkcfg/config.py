@@ -8,7 +8,7 @@ tested without building a network.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -198,7 +198,7 @@ def apply_overrides_to_blocks(blocks: list[Block], assignments: Iterable[str]
         key, raw = split_assignment(text)
         section, dot, name = key.rpartition(".")
         if not dot or section == "net":
-            blocks[0] = _set(blocks[0], name, raw, text)
+            blocks[0] = _set(blocks[0], name, raw, text, _layer_sections(blocks, name))
         else:
             kind = schema.canonical_section(section)
             hits = [i for i, b in enumerate(blocks) if kind is not None and b.type == kind]
@@ -223,9 +223,27 @@ def split_assignment(text: str) -> tuple[str, str]:
     return key, raw
 
 
-def _set(block: Block, key: str, raw: str, text: str) -> Block:
+def _set(block: Block, key: str, raw: str, text: str, layer_sections: Sequence[str] = ()
+         ) -> Block:
     try:
         return block.with_values(**{key: raw})
     except CfgError as exc:
         d = exc.first
-        raise CfgError(Diagnostic(d.code, d.message, f"--set {text}", hint=d.hint)) from None
+        hint = d.hint
+        if d.code == "E205" and layer_sections:  # a layer key set without its section
+            first = layer_sections[0]
+            hint = f"a layer key: --set {first}.{key}={raw} sets it in every [{first}]" + (
+                f" (other sections with '{key}' here: {', '.join(layer_sections[1:])})"
+                if len(layer_sections) > 1 else "")
+        raise CfgError(Diagnostic(d.code, d.message, f"--set {text}", hint=hint)) from None
+
+
+def _layer_sections(blocks: Sequence[Block], key: str) -> list[str]:
+    """The cfg's layer section types that take `key` (for the hint of a layer key set as if
+    it were [net]'s)."""
+    found: list[str] = []
+    for b in blocks[1:]:
+        known = schema.SECTIONS.get(b.type)
+        if known is not None and key in known and b.type not in found:
+            found.append(b.type)
+    return found

@@ -111,6 +111,21 @@ def test_set_overrides_are_typed_and_checked():
         apply_overrides(net, ["batch"])
 
 
+@pytest.mark.parametrize("setting, hint", [
+    ("width=1e3", "write width=1000"),  # what the user meant, not atoi's 1
+    ("width=64.0", "write width=64"),
+    ("width=12.7", "the value Darknet would use (12)"),
+    ("filters=3", "--set convolutional.filters=3 sets it in every [convolutional]"),
+])
+def test_set_errors_hint_at_what_was_meant(setting, hint):
+    from darkcfg.config import apply_overrides_to_blocks
+
+    blocks = parse("[net]\nwidth=4\nheight=4\nchannels=1\n[convolutional]\nfilters=2\n")
+    with pytest.raises(CfgError) as err:
+        apply_overrides_to_blocks(list(blocks), [setting])
+    assert hint in err.value.first.hint, err.value.first.format()
+
+
 # -- the update ---------------------------------------------------------------------------------
 REGRESSOR = """
 [net]
