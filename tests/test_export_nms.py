@@ -76,8 +76,10 @@ def check_against_detect(name: str, tmp_path, thresh: float):
         a = [d for k, d in enumerate(a) if k not in only_ours]
         b = [d for k, d in enumerate(b) if k not in only_theirs]
         # the tiny nets stay within 1e-4 of the input size; yolov3's 106 float32 layers run
-        # differently in onnxruntime and PyTorch (measured 1.09e-4 there): 2e-4 for the deep ones
-        assert worst <= (1e-4 if name in FAST else 2e-4), worst
+        # differently in onnxruntime and PyTorch (measured 1.09e-4 there with onnxruntime 1.2x,
+        # 3.25e-4 with 1.32, the same code: its kernels' summation order): 5e-4 for the deep
+        # ones, a fifth of a pixel at 608
+        assert worst <= (1e-4 if name in FAST else 5e-4), worst
         # scores: 1e-5; yolov3 measured 1.18e-5 on 2 of 73k pairs (its float32 depth again)
         assert sorted(s for _, s, _ in a) == pytest.approx(sorted(s for _, s, _ in b),
                                                            abs=1e-5 if name in FAST else 3e-5)
