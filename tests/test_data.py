@@ -218,6 +218,23 @@ def test_each_augmentation_is_random_but_seeded(keys):
     assert torch.equal(again, outs[3])  # and the seed fixes it
 
 
+def test_reversed_augmentation_bounds_draw_as_darknet_does():
+    """Darknet's rand_uniform and rand_int swap reversed bounds: angle=-20 rotates as angle=20
+    (it used to stop training with numpy's 'high - low < 0' traceback), and min_crop above
+    max_crop draws sizes between the two (it used to take min_crop every time)."""
+    img = gradient_image()
+    negative = Augment(net_cfg(angle=-20.0, flip=False), train=True)
+    positive = Augment(net_cfg(angle=20.0, flip=False), train=True)
+    for s in range(4):
+        assert torch.equal(negative(img, np.random.default_rng(s)),
+                           positive(img, np.random.default_rng(s)))
+    swapped = Augment(net_cfg(min_crop=24, max_crop=12, flip=False), train=True)
+    ordered = Augment(net_cfg(min_crop=12, max_crop=24, flip=False), train=True)
+    for s in range(4):
+        assert torch.equal(swapped(img, np.random.default_rng(s)),
+                           ordered(img, np.random.default_rng(s)))
+
+
 def test_no_augmentation_keys_means_no_randomness():
     assert not Augment(net_cfg(), train=True).random
     assert not Augment(net_cfg(flip=True, angle=10.0), train=False).random
