@@ -85,6 +85,8 @@ def test_random_policy_is_pure_and_seeded():
     # Darknet reads sgdr_mult as an int (0 here): a fraction shrank the cycles, and lr_at looked
     # for the cycle of batch_num 5 forever (the run hung, deaf to SIGTERM)
     ("policy=sgdr\nsgdr_cycle=2\nsgdr_mult=0.5\nmax_batches=10", "E305"),
+    # values torch's Adam refuses (a traceback from the optimizer before)
+    ("adam=1\nB1=2", "E305"), ("adam=1\nB2=1", "E305"), ("adam=1\neps=-1", "E305"),
 ])
 def test_impossible_schedules_are_located_errors(keys, code):
     with pytest.raises(CfgError) as err:
