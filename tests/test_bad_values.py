@@ -171,6 +171,18 @@ def test_bad_options_are_refused_before_training(capsys, tiny, tmp_path, flags, 
     assert not (out / "checkpoint.pt").exists()
 
 
+def test_settings_darknet_trains_not_as_written_are_warned(capsys, tiny, tmp_path):
+    """A partial mini-batch or a burn-in past the end trains (as Darknet does) but says so,
+    located at the key: before, the linter called them errors and the trainer said nothing."""
+    code, err = run(capsys, tiny, "--train", "--no-progress", "--valid-every", "0", "--out",
+                    tmp_path / "run", "--set", "batch=5", "--set", "subdivisions=2",
+                    "--set", "burn_in=10")
+    assert code == 0, err
+    assert f"{tiny}:6:14: warning[E305]: batch=5 is not divisible by subdivisions=2" in err
+    assert "warning[E305]: burn_in=10 is not below max_batches=2" in err
+    assert "error[" not in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu(capsys, tiny, tmp_path):
     code, err = run(capsys, tiny, "--summary", "--train", "--device", "cuda",

@@ -12,6 +12,8 @@ import yaml
 
 from builders.atomic import check_folder, ensure_folder, hold_folder, remove_stale_temps
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import WARNING
+from cfgparse.rules import net_rules
 from darkcfg.data import (
     Augment,
     DataError,
@@ -221,6 +223,10 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
                       amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
     trainer.check_trainable(opts.freeze)
+    for problem in net_rules(net.net_block):  # the fatal ones were refused by NetConfig.check
+        # settings Darknet trains with, but not as written (a partial mini-batch, burn_in past
+        # the end, steps without scales...): the linter's errors, the trainer's warnings
+        say(replace(problem, severity=WARNING).format(), dist)
     if trainer.amp_dtype == torch.bfloat16 and device.type == "cpu" and \
             not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         say("warning: --amp on a CPU without native bfloat16 (AVX512-BF16 or AMX): oneDNN "
