@@ -119,6 +119,13 @@ def test_darknet_data_file_labels_by_substring(tmp_path, monkeypatch):
     data.write_text("classes=3\ntrain=train.list\nlabels=labels.txt\n")
     with pytest.raises(CfgError, match="classes=3"):
         open_data(str(data), IMAGES, 0)
+    # no classes= line: the message said "says classes=2", a line the file does not have
+    (root / "labels.txt").write_text("cat\ndog\nbird\n")
+    data.write_text("train=train.list\nlabels=labels.txt\n")
+    with pytest.raises(CfgError) as err:
+        open_data(str(data), IMAGES, 0)
+    assert "has no classes= line (Darknet's default: 2)" in err.value.first.message
+    assert "says" not in err.value.first.message and "classes=3" in err.value.first.hint
 
 
 def test_regression_csv(tmp_path):

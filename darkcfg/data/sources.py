@@ -124,8 +124,11 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
         raise data_error(f"classes={opts['classes']} is not an integer", where,
                          "write classes=N") from None
     if classes != len(labels):
-        raise data_error(f"'{path}' says classes={classes} but {labels_path} lists "
-                         f"{len(labels)} labels", where, "make classes= match the labels file")
+        said = f"says classes={classes}" if "classes" in opts else \
+            f"has no classes= line (Darknet's default: {classes})"
+        raise data_error(f"'{path}' {said} but {labels_path} lists {len(labels)} labels", where,
+                         f"add classes={len(labels)} to '{path}'" if "classes" not in opts
+                         else "make classes= match the labels file")
 
     def items(key: str) -> list[tuple[str, int]]:
         list_path = resolve(opts[key], path.parent)
