@@ -330,6 +330,22 @@ def test_bad_input_is_exit_2_with_a_diagnostic(work, capsys, monkeypatch, argv, 
     assert code == 2 and message in err and "Traceback" not in err, err
 
 
+def test_valid_without_a_validation_split_gives_a_hint_for_that_kind_of_data(work, capsys,
+                                                                           monkeypatch):
+    """The hint was "add a val/ folder or a valid= list" for every source, a .csv included,
+    where neither exists; the message began with the data's description."""
+    monkeypatch.chdir(work)
+    root = Path(__file__).resolve().parents[1]
+    code, _, err = call(capsys, ["valid", root / "cfg/linear_regression.cfg", "--data",
+                                 root / "cfg/linear_regression.csv"])
+    assert code == 2 and "linear_regression.csv' has no validation split (CSV " in err, err
+    assert "val/" not in err and "valid=" not in err and "trains on every row" in err
+    shutil.copytree(work / "imgs", work / "only-train/train/a")
+    code, _, err = call(capsys, ["valid", "tiny.cfg", "--data", "only-train"])
+    assert code == 2 and "'only-train' has no validation split" in err
+    assert "help: add a val/<class>/ folder beside train/" in err
+
+
 def test_a_usage_error_of_argparse_is_exit_2(work, capsys):
     with pytest.raises(SystemExit) as stop:
         darkcfg(["export", str(work / "tiny.cfg")])  # --out is required

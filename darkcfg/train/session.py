@@ -341,13 +341,25 @@ def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, di
     splits = task.open_data(opts.data, opts.seed, opts.classes)
     _, val_set = task.prepare(splits, cfg, opts.seed)
     if val_set is None or not len(val_set):
-        raise CfgError(Diagnostic("E901", f"{splits.description} has no validation split",
-                                  opts.data or "--data",
-                                  hint="add a val/ folder or a valid= list"))
+        raise CfgError(Diagnostic("E901", f"'{opts.data}' has no validation split "
+                                  f"({splits.description})", opts.data or "--data",
+                                  hint=no_validation_hint(opts.data or "")))
     loader = eval_loader(val_set, max(cfg.mini_batch, 1), trainer.device,
                          workers_for(opts, splits, val_set, trainer.device, 1),
                          collate=task.collate)
     return task, task.evaluate(trainer, loader)
+
+
+def no_validation_hint(spec: str) -> str:
+    """How to give data of this kind a validation split."""
+    if spec.endswith(".csv"):
+        return ("darkcfg takes no validation split from a .csv (it trains on every row), so "
+                "there is nothing to validate on: the training loss is in the run's metrics.csv")
+    if spec.endswith(".data"):
+        return f"add valid=path/to/valid.list (one image path per line) to '{spec}'"
+    if spec.startswith("torchvision:"):
+        return "this dataset has no test/val split under its root"
+    return "add a val/<class>/ folder beside train/ (or drop train/ for a seeded 90/10 split)"
 
 
 @torch.no_grad()
