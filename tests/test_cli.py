@@ -346,6 +346,16 @@ def test_valid_without_a_validation_split_gives_a_hint_for_that_kind_of_data(wor
     assert "help: add a val/<class>/ folder beside train/" in err
 
 
+def test_valid_and_predict_without_weights_say_so(work, capsys, monkeypatch):
+    """Like detect: untrained weights are named, not scored silently as if they were a model."""
+    monkeypatch.chdir(work)
+    for argv in (["valid", "tiny.cfg"], ["predict", "tiny.cfg", "imgs/b.png"]):
+        code, _, err = call(capsys, argv)
+        assert code == 0 and "warning: no --weights: the initial weights of seed 0" in err, err
+    code, _, err = call(capsys, ["valid", "tiny.cfg", "--weights", "tiny.weights"])
+    assert code == 0 and "no --weights" not in err
+
+
 def test_a_usage_error_of_argparse_is_exit_2(work, capsys):
     with pytest.raises(SystemExit) as stop:
         darkcfg(["export", str(work / "tiny.cfg")])  # --out is required

@@ -326,6 +326,9 @@ def prepare_eval(opts: RunOptions):
     net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial))
+    else:  # as detect says: scores of untrained weights are easily taken for a model's
+        say(f"warning: no --weights: the initial weights of seed {opts.seed} (the scores are "
+            "chance)")
     task = task_for(net, cfg)
     task.use_options(opts)
     trainer = Trainer(net, cfg, device, dist=dist, amp=opts.amp, task=task)
