@@ -766,6 +766,24 @@ def test_resume_takes_the_run_folder_and_explains_a_weights_file(capsys, tiny, t
     assert weights.exists()
 
 
+def test_resume_never_replaces_another_run(capsys, tiny, trained, tmp_path):
+    """--resume A --out B, B holding a run of its own: B's checkpoint was replaced and its
+    metrics.csv mixed with A's rows. Into a new folder (or A's own) it continues."""
+    other = tmp_path / "other"
+    code, err = run(capsys, "train", tiny, "--out", other, "--no-progress", "--seed", "5",
+                    "--valid-every", "0")
+    assert code == 0, err
+    before = {name: (other / name).read_bytes() for name in ("checkpoint.pt", "metrics.csv")}
+    code, err = run(capsys, "train", tiny, "--out", other, "--no-progress", "--resume",
+                    trained / "checkpoint.pt", "--set", "max_batches=4")
+    assert code == 2 and f"{other}: error[E901]" in err and "holds another run" in err, err
+    assert f"--out {trained}" in err
+    assert {name: (other / name).read_bytes() for name in before} == before
+    code, err = run(capsys, "train", tiny, "--out", tmp_path / "new", "--no-progress",
+                    "--resume", trained, "--set", "max_batches=3", "--valid-every", "0")
+    assert code == 0 and (tmp_path / "new" / "checkpoint.pt").exists(), err
+
+
 def test_resume_over_an_unreadable_metrics_csv_says_so(capsys, tiny, trained):
     (trained / "metrics.csv").write_bytes(bytes(range(256)) * 8)
     code, err = run(capsys, "train", tiny, "--out", trained, "--no-progress", "--resume",

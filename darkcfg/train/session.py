@@ -153,6 +153,28 @@ def refuse_existing_run(out: Path, dist: distributed.Dist, device) -> None:
             "or delete the folder"))
 
 
+def refuse_resuming_over_another_run(resume: str | bool, out: Path, dist: distributed.Dist,
+                                     device) -> None:
+    """`--resume CKPT` of a run in another folder continues it in `out`: into a new folder
+    (a copy that goes its own way) that is fine, but a folder that holds another run would have
+    its checkpoint replaced and its metrics.csv mixed with this run's rows."""
+    if not isinstance(resume, str):
+        return  # out's own checkpoint.pt
+    source = Path(resume)
+    folder = source if source.is_dir() else source.parent
+    try:
+        elsewhere = folder.resolve() != out.resolve()
+    except OSError:
+        return
+    found = [name for name in RUN_FILES if (out / name).exists()] if elsewhere else []
+    if distributed.broadcast_flag(dist, bool(found), device):
+        raise CfgError(Diagnostic(
+            "E901", f"--resume '{resume}' continues a run of '{folder}', but '{out}' already "
+            f"holds another run ({', '.join(found) or 'on rank 0'}): its checkpoint and "
+            "metrics would be replaced", str(out),
+            hint=f"continue it in its own folder (--out {folder}), or give a new --out"))
+
+
 def refuse_weights_the_run_replaces(weights: str | None, out: Path, name: str) -> None:
     """--weights may not be a file this run writes (`OUT/<name>_{last,final,best,N}.weights`,
     e.g. a pretrained file copied into the --out or backup= folder): its first save would
@@ -214,6 +236,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         else None  # noqa: F841 - held until the run ends
     if not opts.resume:
         refuse_existing_run(out, dist, device)
+    else:
+        refuse_resuming_over_another_run(opts.resume, out, dist, device)
     refuse_weights_the_run_replaces(opts.weights, out, opts.name)
     say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
          + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
