@@ -183,6 +183,19 @@ def test_settings_darknet_trains_not_as_written_are_warned(capsys, tiny, tmp_pat
     assert "error[" not in err
 
 
+def test_layer_keys_the_trainer_ignores_are_warned(capsys, tmp_path):
+    """onlyforward=1 (yolov4-tiny_contrastive.cfg), train_only_bn=1 ...: the graph marks every
+    layer key read, so training ignored them without a word."""
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(TINY.format(filters=8, activation="leaky\ntrain_only_bn=1")
+                   .replace("[softmax]", "[softmax]\nonlyforward=1"))
+    code, err = run(capsys, cfg, "--train", "--no-progress", "--valid-every", "0", "--out",
+                    tmp_path / "run")
+    assert code == 0, err
+    assert f"{cfg}:19:15: warning[W301]: train_only_bn=1 is not honoured" in err, err
+    assert "warning[W301]: onlyforward=1 is not honoured" in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu(capsys, tiny, tmp_path):
     code, err = run(capsys, tiny, "--summary", "--train", "--device", "cuda",

@@ -153,6 +153,31 @@ def refuse_existing_run(out: Path, dist: distributed.Dist, device) -> None:
             "or delete the folder"))
 
 
+# Layer keys Darknet's training reads that darkcfg's trainer does not act on, with what Darknet
+# does with them (every layer's keys are marked read by the graph, so nothing else reports them).
+UNHONOURED_LAYER_KEYS = {
+    "onlyforward": "Darknet does not backpropagate through this layer",
+    "train_only_bn": "Darknet trains only the batch-norm parameters of this and earlier layers",
+    "burnin_update": "an AlexeyAB option of this layer's update during burn_in",
+    "clip": "AlexeyAB constrains this layer's weights to +-clip after each update",
+}
+
+
+def unhonoured_layer_keys(net) -> list[Diagnostic]:
+    """A W301 warning at each layer key (set to non-zero) that training would silently ignore."""
+    found = []
+    for meta in net.meta:
+        for key, darknet in UNHONOURED_LAYER_KEYS.items():
+            opt = meta.block.options.get(key)
+            if opt is not None and opt.value:
+                found.append(meta.block.diagnostic(
+                    "W301", f"{key}={opt.raw} is not honoured by darkcfg's trainer ({darknet}): "
+                    "it trains as if the key were not set", key, severity=WARNING,
+                    hint=f"remove {key}= to silence this, or use --freeze / stopbackward= / "
+                    "dont_update=1 to keep layers from training"))
+    return found
+
+
 def refuse_resuming_over_another_run(resume: str | bool, out: Path, dist: distributed.Dist,
                                      device) -> None:
     """`--resume CKPT` of a run in another folder continues it in `out`: into a new folder
@@ -247,6 +272,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
                       amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
     trainer.check_trainable(opts.freeze)
+    for problem in unhonoured_layer_keys(net):
+        say(problem.format(), dist)
     for problem in net_rules(net.net_block):  # the fatal ones were refused by NetConfig.check
         # settings Darknet trains with, but not as written (a partial mini-batch, burn_in past
         # the end, steps without scales...): the linter's errors, the trainer's warnings
