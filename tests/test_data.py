@@ -81,6 +81,16 @@ def test_image_folder_with_train_and_val(tmp_path):
     assert x.shape == (3, 14, 20) and y == 1 and int(x[1].float().mean()) == 200
 
 
+def test_image_folder_val_classes_train_lacks_are_named(tmp_path, capsys):
+    """val/fox with no train/fox: its images were dropped from validation without a word."""
+    for split, name in (("train", "cat"), ("train", "dog"), ("val", "cat"), ("val", "fox")):
+        save_png(tmp_path / split / name / "a.png", (1, 2, 3))
+    splits = open_data(str(tmp_path), IMAGES, 0)
+    assert splits.names == ["cat", "dog"] and len(splits.val) == 1
+    err = capsys.readouterr().err
+    assert "warning:" in err and "1 class folder(s)" in err and "(fox)" in err
+
+
 def test_image_folder_split_is_seeded(tmp_path):
     for i in range(20):
         save_png(tmp_path / ("a" if i % 2 else "b") / f"{i}.png", (i, i, i))
