@@ -356,6 +356,15 @@ def test_valid_and_predict_without_weights_say_so(work, capsys, monkeypatch):
     assert code == 0 and "no --weights" not in err
 
 
+def test_predict_of_a_network_that_does_not_classify_images_says_what_to_use(work, capsys,
+                                                                            monkeypatch):
+    """The E300 had no help line; a detector is pointed at detect."""
+    monkeypatch.chdir(work)
+    code, _, err = call(capsys, ["predict", "det.cfg", "--weights", "det.weights", "imgs/b.png"])
+    assert code == 2 and "error[E300]: --predict is for image classifiers" in err, err
+    assert "this network is a detector" in err and "help: use detect" in err
+
+
 def test_a_usage_error_of_argparse_is_exit_2(work, capsys):
     with pytest.raises(SystemExit) as stop:
         darkcfg(["export", str(work / "tiny.cfg")])  # --out is required

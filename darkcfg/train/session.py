@@ -423,7 +423,14 @@ def predict(opts: RunOptions, images: list[str], top: int,
         trainer, _ = prepare_eval(opts)
     net, cfg, task = trainer.net, trainer.cfg, trainer.task
     if not task.predicts:
-        raise CfgError(Diagnostic("E300", "--predict is for image classifiers", opts.cfg_path))
+        kind, hint = {
+            "detect": ("a detector", "use detect (or --detect) for a detector's boxes"),
+            "regress": ("a regressor", "run it on inputs with --input X.npy --dump-outputs "
+                        "OUT.npz"),
+        }.get(task.name, ("a classifier of flat inputs", "--predict reads image files: give "
+                          "[net] width, height and channels"))
+        raise CfgError(Diagnostic("E300", f"--predict is for image classifiers; this network "
+                                  f"is {kind}", opts.cfg_path, hint=hint))
     names = class_names(opts, task)
     view = Augment(cfg, train=False)
     net.eval()
