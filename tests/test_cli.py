@@ -365,6 +365,25 @@ def test_predict_of_a_network_that_does_not_classify_images_says_what_to_use(wor
     assert "this network is a detector" in err and "help: use detect" in err
 
 
+def test_dump_outputs_of_a_flat_input_network_hints_a_shape_that_works(work, capsys,
+                                                                       monkeypatch):
+    """The hint said '(N, 0, 0, 0)' for a network of [net] inputs= (no width/height/channels)."""
+    monkeypatch.chdir(work)
+    from builders.weights import save_weights
+    from darkcfg.model import ModelSpec
+
+    cfg = Path(__file__).resolve().parents[1] / "cfg/linear_regression.cfg"
+    save_weights(ModelSpec(str(cfg)).build(), work / "flat.weights")
+    np.save(work / "flat.npy", np.ones((2, 1), np.float32))
+    argv = ["weights", cfg, "--weights", "flat.weights", "--input", "flat.npy",
+            "--dump-outputs", "flat.npz"]
+    code, _, err = call(capsys, argv)
+    assert code == 2 and "help: save a float32 array of shape (N, 1, 1, 1)" in err, err
+    np.save(work / "flat.npy", np.ones((2, 1, 1, 1), np.float32))
+    code, _, err = call(capsys, argv)
+    assert code == 0 and (work / "flat.npz").exists(), err
+
+
 def test_a_usage_error_of_argparse_is_exit_2(work, capsys):
     with pytest.raises(SystemExit) as stop:
         darkcfg(["export", str(work / "tiny.cfg")])  # --out is required
