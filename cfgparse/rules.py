@@ -162,6 +162,16 @@ def net_rules(net: Block, *, fatal_only: bool = False) -> list[Diagnostic]:
             fatal.append(net.diagnostic(
                 "E305", f"sgdr_mult={value(net, 'sgdr_mult'):g} must be > 0: each cycle is the "
                 "last one times sgdr_mult", "sgdr_mult", hint="set sgdr_mult=2"))
+    if value(net, "adam"):
+        # Adam divides by 1 - B^t (zero for B = 1) and by sqrt(v) + eps: torch's Adam refuses
+        # these values outright (it used to end the run with its ValueError's traceback)
+        for key, ok, want in (("B1", lambda b: 0 <= b < 1, "0 <= B1 < 1, e.g. B1=0.9"),
+                              ("B2", lambda b: 0 <= b < 1, "0 <= B2 < 1, e.g. B2=0.999"),
+                              ("eps", lambda e: e >= 0, "eps >= 0, e.g. eps=0.000001")):
+            if not ok(value(net, key)):
+                fatal.append(net.diagnostic(
+                    "E305", f"adam=1 cannot train with {key}={value(net, key):g}",
+                    key if key in net else "adam", hint=f"use {want}"))
     return fatal if fatal_only else fatal + other
 
 

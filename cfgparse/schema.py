@@ -99,7 +99,7 @@ SECTIONS: dict[str, dict[str, KeySpec]] = {
     "net": {
         "batch": K("i", 1, min=1), "subdivisions": K("i", 1, min=1),
         "learning_rate": K("f", 0.001, min=0), "learning_rate_min": K("f", 0.00001, min=0),
-        "sgdr_cycle": K("i", None, min=1), "sgdr_mult": K("f", 2),
+        "sgdr_cycle": K("i", None, min=1), "sgdr_mult": K("i", 2),
         "momentum": K("f", 0.9, min=0), "decay": K("f", 0.0001, min=0),
         "max_batches": K("i", 0, min=0), "time_steps": K("i", 1, min=1),
         "track": K("i", 0), "augment_speed": K("i", 2), "sequential_subdivisions": K("i", None),

@@ -38,7 +38,8 @@ class NetConfig:
     gamma: float = 1.0
     learning_rate_min: float = 0.00001
     sgdr_cycle: int = 0  # 0: max_batches (Darknet's default)
-    sgdr_mult: float = 2.0
+    sgdr_mult: int = 2  # an int in Darknet (option_find_int_quiet): each cycle is a whole
+    # multiple of the last; a fraction would shrink the cycles and never reach a later batch_num
     adam: bool = False
     B1: float = 0.9
     B2: float = 0.999
@@ -93,7 +94,7 @@ class NetConfig:
             scale=net.float("scale"), steps=tuple(net.ints("steps", [])),
             scales=tuple(net.floats("scales", [])), gamma=net.float("gamma"),
             learning_rate_min=net.float("learning_rate_min"),
-            sgdr_cycle=net.int("sgdr_cycle", max_batches), sgdr_mult=net.float("sgdr_mult"),
+            sgdr_cycle=net.int("sgdr_cycle", max_batches), sgdr_mult=net.int("sgdr_mult"),
             adam=net.bool("adam"), B1=net.float("B1"), B2=net.float("B2"),
             eps=net.float("eps"), width=net.int("width"), height=net.int("height"),
             channels=net.int("channels"), inputs=net.int("inputs", 0),

@@ -189,6 +189,31 @@ def test_bad_options_are_refused_before_training(capsys, tiny, tmp_path, flags, 
     assert not (out / "checkpoint.pt").exists()
 
 
+def test_settings_darknet_trains_not_as_written_are_warned(capsys, tiny, tmp_path):
+    """A partial mini-batch or a burn-in past the end trains (as Darknet does) but says so,
+    located at the key: before, the linter called them errors and the trainer said nothing."""
+    code, err = run(capsys, tiny, "--train", "--no-progress", "--valid-every", "0", "--out",
+                    tmp_path / "run", "--set", "batch=5", "--set", "subdivisions=2",
+                    "--set", "burn_in=10")
+    assert code == 0, err
+    assert f"{tiny}:6:14: warning[E305]: batch=5 is not divisible by subdivisions=2" in err
+    assert "warning[E305]: burn_in=10 is not below max_batches=2" in err
+    assert "error[" not in err
+
+
+def test_layer_keys_the_trainer_ignores_are_warned(capsys, tmp_path):
+    """onlyforward=1 (yolov4-tiny_contrastive.cfg), train_only_bn=1 ...: the graph marks every
+    layer key read, so training ignored them without a word."""
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(TINY.format(filters=8, activation="leaky\ntrain_only_bn=1")
+                   .replace("[softmax]", "[softmax]\nonlyforward=1"))
+    code, err = run(capsys, cfg, "--train", "--no-progress", "--valid-every", "0", "--out",
+                    tmp_path / "run")
+    assert code == 0, err
+    assert f"{cfg}:19:15: warning[W301]: train_only_bn=1 is not honoured" in err, err
+    assert "warning[W301]: onlyforward=1 is not honoured" in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu(capsys, tiny, tmp_path):
     code, err = run(capsys, tiny, "--summary", "--train", "--device", "cuda",
@@ -770,6 +795,24 @@ def test_resume_takes_the_run_folder_and_explains_a_weights_file(capsys, tiny, t
                     weights)
     assert code == 2 and "is not a darkcfg checkpoint" in err and "--weights" in err, err
     assert weights.exists()
+
+
+def test_resume_never_replaces_another_run(capsys, tiny, trained, tmp_path):
+    """--resume A --out B, B holding a run of its own: B's checkpoint was replaced and its
+    metrics.csv mixed with A's rows. Into a new folder (or A's own) it continues."""
+    other = tmp_path / "other"
+    code, err = run(capsys, "train", tiny, "--out", other, "--no-progress", "--seed", "5",
+                    "--valid-every", "0")
+    assert code == 0, err
+    before = {name: (other / name).read_bytes() for name in ("checkpoint.pt", "metrics.csv")}
+    code, err = run(capsys, "train", tiny, "--out", other, "--no-progress", "--resume",
+                    trained / "checkpoint.pt", "--set", "max_batches=4")
+    assert code == 2 and f"{other}: error[E901]" in err and "holds another run" in err, err
+    assert f"--out {trained}" in err
+    assert {name: (other / name).read_bytes() for name in before} == before
+    code, err = run(capsys, "train", tiny, "--out", tmp_path / "new", "--no-progress",
+                    "--resume", trained, "--set", "max_batches=3", "--valid-every", "0")
+    assert code == 0 and (tmp_path / "new" / "checkpoint.pt").exists(), err
 
 
 def test_resume_over_an_unreadable_metrics_csv_says_so(capsys, tiny, trained):

@@ -336,6 +336,60 @@ def test_bad_input_is_exit_2_with_a_diagnostic(work, capsys, monkeypatch, argv, 
     assert code == 2 and message in err and "Traceback" not in err, err
 
 
+def test_valid_without_a_validation_split_gives_a_hint_for_that_kind_of_data(work, capsys,
+                                                                           monkeypatch):
+    """The hint was "add a val/ folder or a valid= list" for every source, a .csv included,
+    where neither exists; the message began with the data's description."""
+    monkeypatch.chdir(work)
+    root = Path(__file__).resolve().parents[1]
+    code, _, err = call(capsys, ["valid", root / "cfg/linear_regression.cfg", "--data",
+                                 root / "cfg/linear_regression.csv"])
+    assert code == 2 and "linear_regression.csv' has no validation split (CSV " in err, err
+    assert "val/" not in err and "valid=" not in err and "trains on every row" in err
+    shutil.copytree(work / "imgs", work / "only-train/train/a")
+    code, _, err = call(capsys, ["valid", "tiny.cfg", "--data", "only-train"])
+    assert code == 2 and "'only-train' has no validation split" in err
+    assert "help: add a val/<class>/ folder beside train/" in err
+
+
+def test_valid_and_predict_without_weights_say_so(work, capsys, monkeypatch):
+    """Like detect: untrained weights are named, not scored silently as if they were a model."""
+    monkeypatch.chdir(work)
+    for argv in (["valid", "tiny.cfg"], ["predict", "tiny.cfg", "imgs/b.png"]):
+        code, _, err = call(capsys, argv)
+        assert code == 0 and "warning: no --weights: the initial weights of seed 0" in err, err
+    code, _, err = call(capsys, ["valid", "tiny.cfg", "--weights", "tiny.weights"])
+    assert code == 0 and "no --weights" not in err
+
+
+def test_predict_of_a_network_that_does_not_classify_images_says_what_to_use(work, capsys,
+                                                                            monkeypatch):
+    """The E300 had no help line; a detector is pointed at detect."""
+    monkeypatch.chdir(work)
+    code, _, err = call(capsys, ["predict", "det.cfg", "--weights", "det.weights", "imgs/b.png"])
+    assert code == 2 and "error[E300]: --predict is for image classifiers" in err, err
+    assert "this network is a detector" in err and "help: use detect" in err
+
+
+def test_dump_outputs_of_a_flat_input_network_hints_a_shape_that_works(work, capsys,
+                                                                       monkeypatch):
+    """The hint said '(N, 0, 0, 0)' for a network of [net] inputs= (no width/height/channels)."""
+    monkeypatch.chdir(work)
+    from builders.weights import save_weights
+    from darkcfg.model import ModelSpec
+
+    cfg = Path(__file__).resolve().parents[1] / "cfg/linear_regression.cfg"
+    save_weights(ModelSpec(str(cfg)).build(), work / "flat.weights")
+    np.save(work / "flat.npy", np.ones((2, 1), np.float32))
+    argv = ["weights", cfg, "--weights", "flat.weights", "--input", "flat.npy",
+            "--dump-outputs", "flat.npz"]
+    code, _, err = call(capsys, argv)
+    assert code == 2 and "help: save a float32 array of shape (N, 1, 1, 1)" in err, err
+    np.save(work / "flat.npy", np.ones((2, 1, 1, 1), np.float32))
+    code, _, err = call(capsys, argv)
+    assert code == 0 and (work / "flat.npz").exists(), err
+
+
 def test_a_usage_error_of_argparse_is_exit_2(work, capsys):
     with pytest.raises(SystemExit) as stop:
         darkcfg(["export", str(work / "tiny.cfg")])  # --out is required

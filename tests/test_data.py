@@ -81,6 +81,16 @@ def test_image_folder_with_train_and_val(tmp_path):
     assert x.shape == (3, 14, 20) and y == 1 and int(x[1].float().mean()) == 200
 
 
+def test_image_folder_val_classes_train_lacks_are_named(tmp_path, capsys):
+    """val/fox with no train/fox: its images were dropped from validation without a word."""
+    for split, name in (("train", "cat"), ("train", "dog"), ("val", "cat"), ("val", "fox")):
+        save_png(tmp_path / split / name / "a.png", (1, 2, 3))
+    splits = open_data(str(tmp_path), IMAGES, 0)
+    assert splits.names == ["cat", "dog"] and len(splits.val) == 1
+    err = capsys.readouterr().err
+    assert "warning:" in err and "1 class folder(s)" in err and "(fox)" in err
+
+
 def test_image_folder_split_is_seeded(tmp_path):
     for i in range(20):
         save_png(tmp_path / ("a" if i % 2 else "b") / f"{i}.png", (i, i, i))
@@ -119,6 +129,13 @@ def test_darknet_data_file_labels_by_substring(tmp_path, monkeypatch):
     data.write_text("classes=3\ntrain=train.list\nlabels=labels.txt\n")
     with pytest.raises(CfgError, match="classes=3"):
         open_data(str(data), IMAGES, 0)
+    # no classes= line: the message said "says classes=2", a line the file does not have
+    (root / "labels.txt").write_text("cat\ndog\nbird\n")
+    data.write_text("train=train.list\nlabels=labels.txt\n")
+    with pytest.raises(CfgError) as err:
+        open_data(str(data), IMAGES, 0)
+    assert "has no classes= line (Darknet's default: 2)" in err.value.first.message
+    assert "says" not in err.value.first.message and "classes=3" in err.value.first.hint
 
 
 def test_regression_csv(tmp_path):
@@ -216,6 +233,23 @@ def test_each_augmentation_is_random_but_seeded(keys):
     assert len({o.numpy().tobytes() for o in outs}) > 1  # the draws change the image
     again = aug(img, np.random.default_rng(3))
     assert torch.equal(again, outs[3])  # and the seed fixes it
+
+
+def test_reversed_augmentation_bounds_draw_as_darknet_does():
+    """Darknet's rand_uniform and rand_int swap reversed bounds: angle=-20 rotates as angle=20
+    (it used to stop training with numpy's 'high - low < 0' traceback), and min_crop above
+    max_crop draws sizes between the two (it used to take min_crop every time)."""
+    img = gradient_image()
+    negative = Augment(net_cfg(angle=-20.0, flip=False), train=True)
+    positive = Augment(net_cfg(angle=20.0, flip=False), train=True)
+    for s in range(4):
+        assert torch.equal(negative(img, np.random.default_rng(s)),
+                           positive(img, np.random.default_rng(s)))
+    swapped = Augment(net_cfg(min_crop=24, max_crop=12, flip=False), train=True)
+    ordered = Augment(net_cfg(min_crop=12, max_crop=24, flip=False), train=True)
+    for s in range(4):
+        assert torch.equal(swapped(img, np.random.default_rng(s)),
+                           ordered(img, np.random.default_rng(s)))
 
 
 def test_no_augmentation_keys_means_no_randomness():

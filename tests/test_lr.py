@@ -82,6 +82,11 @@ def test_random_policy_is_pure_and_seeded():
     ("policy=poly\nmax_batches=0", "E305"),  # Darknet divides by zero
     ("policy=sgdr\nmax_batches=0", "E305"),  # Darknet loops forever
     ("policy=step\nstep=0", "E305"),
+    # Darknet reads sgdr_mult as an int (0 here): a fraction shrank the cycles, and lr_at looked
+    # for the cycle of batch_num 5 forever (the run hung, deaf to SIGTERM)
+    ("policy=sgdr\nsgdr_cycle=2\nsgdr_mult=0.5\nmax_batches=10", "E305"),
+    # values torch's Adam refuses (a traceback from the optimizer before)
+    ("adam=1\nB1=2", "E305"), ("adam=1\nB2=1", "E305"), ("adam=1\neps=-1", "E305"),
 ])
 def test_impossible_schedules_are_located_errors(keys, code):
     with pytest.raises(CfgError) as err:
@@ -109,6 +114,9 @@ def test_set_overrides_are_typed_and_checked():
     assert err.value.code == "E203"
     with pytest.raises(CfgError):
         apply_overrides(net, ["batch"])
+    with pytest.raises(CfgError) as err:  # an int in Darknet: 1.5 would be read as 1
+        apply_overrides(net, ["sgdr_mult=1.5"])
+    assert err.value.code == "E203"
 
 
 @pytest.mark.parametrize("setting, hint", [

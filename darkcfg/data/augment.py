@@ -47,8 +47,8 @@ class Augment:
         if rng is None:
             rng = np.random.default_rng()
         if self.train and (self.crop or self.aspect != 1):
-            lo, hi = self.crop or (min(self.h, self.w), min(self.h, self.w))
-            side = int(rng.integers(lo, max(hi, lo) + 1))
+            lo, hi = sorted(self.crop or (min(self.h, self.w), min(self.h, self.w)))
+            side = int(rng.integers(lo, hi + 1))  # Darknet's rand_int swaps reversed bounds
             ratio = rand_scale(self.aspect, rng)
             short = min(h, w)
             nh, nw = max(round(h * side / short), 1), max(round(w * side / short * ratio), 1)
@@ -64,7 +64,9 @@ class Augment:
         if not self.train:
             return img
         if self.angle:
-            img = F.rotate(img, float(rng.uniform(-self.angle, self.angle)))
+            # rand_uniform(-angle, angle) swaps reversed bounds: angle=-5 is angle=5
+            spread = abs(self.angle)
+            img = F.rotate(img, float(rng.uniform(-spread, spread)))
         if self.flip and rng.random() < 0.5:
             img = F.horizontal_flip(img)
         if self.saturation != 1 or self.exposure != 1 or self.hue:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
     if train_dir.is_dir():
         names, train = scan(train_dir)
         val = scan(val_dir, names)[1] if val_dir.is_dir() else []
+        unknown = sorted(d.name for d in val_dir.iterdir() if d.is_dir() and d.name not in
+                         names) if val_dir.is_dir() else []
+        if unknown:  # a class train/ lacks (a typo, a case): its images would be dropped unseen
+            print(f"warning: {val_dir} has {len(unknown)} class folder(s) that {train_dir} "
+                  f"lacks ({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}): "
+                  "their images are not validated (a class is a folder of train/)",
+                  file=sys.stderr)
         where = f"{train_dir} (+ {val_dir.name}/)" if val else str(train_dir)
     else:
         names, items = scan(root)
@@ -124,8 +132,11 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
         raise data_error(f"classes={opts['classes']} is not an integer", where,
                          "write classes=N") from None
     if classes != len(labels):
-        raise data_error(f"'{path}' says classes={classes} but {labels_path} lists "
-                         f"{len(labels)} labels", where, "make classes= match the labels file")
+        said = f"says classes={classes}" if "classes" in opts else \
+            f"has no classes= line (Darknet's default: {classes})"
+        raise data_error(f"'{path}' {said} but {labels_path} lists {len(labels)} labels", where,
+                         f"add classes={len(labels)} to '{path}'" if "classes" not in opts
+                         else "make classes= match the labels file")
 
     def items(key: str) -> list[tuple[str, int]]:
         list_path = resolve(opts[key], path.parent)

@@ -16,12 +16,15 @@ from cfgparse import CfgError, Diagnostic
 
 def _check_input(net: Network, x: np.ndarray, where: str) -> torch.Tensor:
     shape = net.input_shape
+    spatial = shape.c * shape.h * shape.w > 0
     if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[0] < 1:
         got = getattr(x, "shape", type(x).__name__)
+        # a flat-input network ([net] inputs=, no width/height/channels) takes (N, inputs, 1, 1):
+        # the hint said (N, 0, 0, 0), a shape no array can have and this check refuses
+        want = (shape.c, shape.h, shape.w) if spatial else (shape.size, 1, 1)
         raise CfgError(Diagnostic("E302", f"the input must be an (N, C, H, W) array, got {got}",
-                                  where, hint=f"save a float32 array of shape (N, {shape.c}, "
-                                  f"{shape.h}, {shape.w}) with numpy.save"))
-    spatial = shape.c * shape.h * shape.w > 0
+                                  where, hint=f"save a float32 array of shape (N, "
+                                  f"{', '.join(map(str, want))}) with numpy.save"))
     if (spatial and tuple(x.shape[1:]) != (shape.c, shape.h, shape.w)) or (
             not spatial and int(np.prod(x.shape[1:])) != shape.size):
         want = f"(N, {shape.c}, {shape.h}, {shape.w})" if spatial else \

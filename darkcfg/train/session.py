@@ -12,6 +12,8 @@ import yaml
 
 from builders.atomic import check_folder, ensure_folder, hold_folder, remove_stale_temps
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import WARNING
+from cfgparse.rules import net_rules
 from darkcfg.data import (
     Augment,
     DataError,
@@ -151,6 +153,53 @@ def refuse_existing_run(out: Path, dist: distributed.Dist, device) -> None:
             "or delete the folder"))
 
 
+# Layer keys Darknet's training reads that darkcfg's trainer does not act on, with what Darknet
+# does with them (every layer's keys are marked read by the graph, so nothing else reports them).
+UNHONOURED_LAYER_KEYS = {
+    "onlyforward": "Darknet does not backpropagate through this layer",
+    "train_only_bn": "Darknet trains only the batch-norm parameters of this and earlier layers",
+    "burnin_update": "an AlexeyAB option of this layer's update during burn_in",
+    "clip": "AlexeyAB constrains this layer's weights to +-clip after each update",
+}
+
+
+def unhonoured_layer_keys(net) -> list[Diagnostic]:
+    """A W301 warning at each layer key (set to non-zero) that training would silently ignore."""
+    found = []
+    for meta in net.meta:
+        for key, darknet in UNHONOURED_LAYER_KEYS.items():
+            opt = meta.block.options.get(key)
+            if opt is not None and opt.value:
+                found.append(meta.block.diagnostic(
+                    "W301", f"{key}={opt.raw} is not honoured by darkcfg's trainer ({darknet}): "
+                    "it trains as if the key were not set", key, severity=WARNING,
+                    hint=f"remove {key}= to silence this, or use --freeze / stopbackward= / "
+                    "dont_update=1 to keep layers from training"))
+    return found
+
+
+def refuse_resuming_over_another_run(resume: str | bool, out: Path, dist: distributed.Dist,
+                                     device) -> None:
+    """`--resume CKPT` of a run in another folder continues it in `out`: into a new folder
+    (a copy that goes its own way) that is fine, but a folder that holds another run would have
+    its checkpoint replaced and its metrics.csv mixed with this run's rows."""
+    if not isinstance(resume, str):
+        return  # out's own checkpoint.pt
+    source = Path(resume)
+    folder = source if source.is_dir() else source.parent
+    try:
+        elsewhere = folder.resolve() != out.resolve()
+    except OSError:
+        return
+    found = [name for name in RUN_FILES if (out / name).exists()] if elsewhere else []
+    if distributed.broadcast_flag(dist, bool(found), device):
+        raise CfgError(Diagnostic(
+            "E901", f"--resume '{resume}' continues a run of '{folder}', but '{out}' already "
+            f"holds another run ({', '.join(found) or 'on rank 0'}): its checkpoint and "
+            "metrics would be replaced", str(out),
+            hint=f"continue it in its own folder (--out {folder}), or give a new --out"))
+
+
 def refuse_weights_the_run_replaces(weights: str | None, out: Path, name: str) -> None:
     """--weights may not be a file this run writes (`OUT/<name>_{last,final,best,N}.weights`,
     e.g. a pretrained file copied into the --out or backup= folder): its first save would
@@ -212,6 +261,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         else None  # noqa: F841 - held until the run ends
     if not opts.resume:
         refuse_existing_run(out, dist, device)
+    else:
+        refuse_resuming_over_another_run(opts.resume, out, dist, device)
     refuse_weights_the_run_replaces(opts.weights, out, opts.name)
     say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
          + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
@@ -221,6 +272,12 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
                       amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
     trainer.check_trainable(opts.freeze)
+    for problem in unhonoured_layer_keys(net):
+        say(problem.format(), dist)
+    for problem in net_rules(net.net_block):  # the fatal ones were refused by NetConfig.check
+        # settings Darknet trains with, but not as written (a partial mini-batch, burn_in past
+        # the end, steps without scales...): the linter's errors, the trainer's warnings
+        say(replace(problem, severity=WARNING).format(), dist)
     if trainer.amp_dtype == torch.bfloat16 and device.type == "cpu" and \
             not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         say("warning: --amp on a CPU without native bfloat16 (AVX512-BF16 or AMX): oneDNN "
@@ -320,6 +377,9 @@ def prepare_eval(opts: RunOptions):
     net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial))
+    else:  # as detect says: scores of untrained weights are easily taken for a model's
+        say(f"warning: no --weights: the initial weights of seed {opts.seed} (the scores are "
+            "chance)")
     task = task_for(net, cfg)
     task.use_options(opts)
     trainer = Trainer(net, cfg, device, dist=dist, amp=opts.amp, task=task)
@@ -335,13 +395,25 @@ def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, di
     splits = task.open_data(opts.data, opts.seed, opts.classes)
     _, val_set = task.prepare(splits, cfg, opts.seed)
     if val_set is None or not len(val_set):
-        raise CfgError(Diagnostic("E901", f"{splits.description} has no validation split",
-                                  opts.data or "--data",
-                                  hint="add a val/ folder or a valid= list"))
+        raise CfgError(Diagnostic("E901", f"'{opts.data}' has no validation split "
+                                  f"({splits.description})", opts.data or "--data",
+                                  hint=no_validation_hint(opts.data or "")))
     loader = eval_loader(val_set, max(cfg.mini_batch, 1), trainer.device,
                          workers_for(opts, splits, val_set, trainer.device, 1),
                          collate=task.collate)
     return task, task.evaluate(trainer, loader)
+
+
+def no_validation_hint(spec: str) -> str:
+    """How to give data of this kind a validation split."""
+    if spec.endswith(".csv"):
+        return ("darkcfg takes no validation split from a .csv (it trains on every row), so "
+                "there is nothing to validate on: the training loss is in the run's metrics.csv")
+    if spec.endswith(".data"):
+        return f"add valid=path/to/valid.list (one image path per line) to '{spec}'"
+    if spec.startswith("torchvision:"):
+        return "this dataset has no test/val split under its root"
+    return "add a val/<class>/ folder beside train/ (or drop train/ for a seeded 90/10 split)"
 
 
 @torch.no_grad()
@@ -351,7 +423,14 @@ def predict(opts: RunOptions, images: list[str], top: int,
         trainer, _ = prepare_eval(opts)
     net, cfg, task = trainer.net, trainer.cfg, trainer.task
     if not task.predicts:
-        raise CfgError(Diagnostic("E300", "--predict is for image classifiers", opts.cfg_path))
+        kind, hint = {
+            "detect": ("a detector", "use detect (or --detect) for a detector's boxes"),
+            "regress": ("a regressor", "run it on inputs with --input X.npy --dump-outputs "
+                        "OUT.npz"),
+        }.get(task.name, ("a classifier of flat inputs", "--predict reads image files: give "
+                          "[net] width, height and channels"))
+        raise CfgError(Diagnostic("E300", f"--predict is for image classifiers; this network "
+                                  f"is {kind}", opts.cfg_path, hint=hint))
     names = class_names(opts, task)
     view = Augment(cfg, train=False)
     net.eval()
