@@ -156,7 +156,7 @@ class Block:
                 meant = _integral(raw)
                 raise self.error("E203", f"cannot set {key}={raw}: {note}", where,
                                  hint=f"write {key}={meant}" if meant is not None else
-                                 f"write {key}= the value Darknet would use ({typed})")
+                                 f"write {key}= as a whole number")
             if old is not None and old.line:
                 # located at the line it replaces, showing the value set: a later error about
                 # it showed the file's value under the caret

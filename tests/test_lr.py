@@ -122,7 +122,7 @@ def test_set_overrides_are_typed_and_checked():
 @pytest.mark.parametrize("setting, hint", [
     ("width=1e3", "write width=1000"),  # what the user meant, not atoi's 1
     ("width=64.0", "write width=64"),
-    ("width=12.7", "the value Darknet would use (12)"),
+    ("width=12.7", "write width= as a whole number"),  # the message says Darknet reads 12
     ("filters=3", "--set convolutional.filters=3 sets it in every [convolutional]"),
 ])
 def test_set_errors_hint_at_what_was_meant(setting, hint):
