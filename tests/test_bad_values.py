@@ -1002,4 +1002,5 @@ def test_a_resumes_summary_and_record_say_what_ran(capsys, tiny, tmp_path):
     code, err = run(capsys, tiny, "--train", "--no-progress", "--out", out, "--resume",
                     "--set", "max_batches=3", "--seed", "7")
     assert code == 0 and "resuming with other settings" in err, err
+    assert "nothing to train: the checkpoint is at iteration 3 and max_batches=3" in err, err
     assert (out / "settings.yaml").read_text() == record

@@ -302,6 +302,10 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                                       "--weights (without --resume)"))
         trainer.load_state_dict(state, str(path))
         say(f"resuming from {path} at iteration {trainer.iteration}", dist)
+        if trainer.iteration >= cfg.max_batches:  # the run is over: say so, not "finished"
+            say(f"nothing to train: the checkpoint is at iteration {trainer.iteration} and "
+                f"max_batches={cfg.max_batches} (raise max_batches, e.g. --set max_batches="
+                f"{max(2 * trainer.iteration, trainer.iteration + 1)}, to train on)", dist)
     settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
                 "data": opts.data or "embedded", "classes": opts.classes,
                 "data_description": splits.description,
