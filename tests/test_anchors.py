@@ -156,6 +156,22 @@ def test_command_prints_writes_and_keeps_the_cfg(tmp_path, capsys):
     assert [d for d in check_file(cfg) if d.severity == "error"] == []
 
 
+def test_a_head_fed_through_a_route_is_a_located_warning(tmp_path, capsys):
+    """--num that changes a head's input count where no [convolutional] right before it sets
+    that count: a located W304 at the head's mask, not a bare "warning:" line."""
+    data = labelled_set(tmp_path, clustered(np.array([(40, 40), (200, 160)]), per=30,
+                                            spread=0.03) / 416)
+    cfg = tiny_cfg(tmp_path)
+    text = cfg.read_text()
+    cfg.write_text(text.replace("\n[yolo]\n", "\n[route]\nlayers=-1\n\n[yolo]\n", 1))
+    main(["anchors", str(cfg), "--data", str(data), "--num", "9", "--write"])
+    err = capsys.readouterr().err
+    line = next(i for i, li in enumerate(cfg.read_text().splitlines(), 1)
+                if li.startswith("mask="))
+    assert f"{cfg}:{line}:" in err and "warning[W304]: [yolo] now needs 28 input channels" in err
+    assert "help: set filters=28 in the layer that feeds it" in err
+
+
 def test_command_errors(tmp_path, capsys):
     data = labelled_set(tmp_path, np.full((8, 2), 0.1))
     cfg = tiny_cfg(tmp_path)

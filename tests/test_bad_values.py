@@ -507,7 +507,9 @@ def test_data_file_without_classes_counts_its_names(tmp_path, capsys):
     data = detection_set(tmp_path, "train={folder}/train.txt\nnames={folder}/obj.names\n")
     (tmp_path / "set" / "obj.names").write_text("cat\ndog\nbird\n")
     assert open_detection_data(data).classes == 3  # not Darknet's silent 20
-    assert "no classes= line: using the 3 names of its names file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{data}: warning[W904]: " in err and "no classes= line: using the 3 names" in err
+    assert "help: add classes=3" in err
     bare = tmp_path / "bare.data"
     bare.write_text(f"train={tmp_path / 'set' / 'train.txt'}\n")
     assert open_detection_data(bare).classes == 20  # nothing better known: Darknet's default

@@ -651,7 +651,9 @@ def test_cli_names_that_do_not_match_classes(tmp_path, capsys):
     assert run_cli(cfg, "--detect", tmp_path / "imgs", "--names", two, "--thresh", "0.01",
                    "--out", tmp_path / "out") == 0
     out, err = capsys.readouterr()
-    assert "'" + str(two) + "' names 2 classes and [yolo] has 7: classes 2..6 are shown" in err
+    assert "'" + str(two) + "' names 2 classes and [yolo] has classes=7: classes 2..6 are " \
+        "shown" in err
+    assert f"{cfg}:" in err and "warning[W302]" in err  # located at the head's classes= line
     shown = {li.split(":")[0] for li in out.splitlines() if "%" in li}
     assert shown & {"cat", "dog"} and shown - {"cat", "dog"} <= {str(c) for c in range(2, 7)}
 

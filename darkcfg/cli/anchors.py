@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
-from cfgparse.errors import ERROR
+from cfgparse.errors import ERROR, WARNING
 from darkcfg.cli.common import refuse_overwriting_inputs, require_png
 from darkcfg.lint.cli import CommandParser
 
@@ -177,9 +177,12 @@ def write_anchors(cfg_path: str, net, heads: list[int], anchors: np.ndarray, wid
                 and value(feeding, need.feeding_key) == need.count and new_need != need.count):
             changes.append((feeding, need.feeding_key, str(new_need)))
         elif new_need != need.count:
-            print(f"warning: [{block.name}] at line {block.line} now needs {new_need} input "
-                  f"channels (len(mask)={len(as_list(mask))}): set them where it is fed",
-                  file=sys.stderr)
+            print(block.diagnostic(
+                "W304", f"[{block.name}] now needs {new_need} input channels (len(mask)="
+                f"{len(as_list(mask))}), and the layer before it is not the "
+                f"[{need.feeding_section}] that sets them", "mask", severity=WARNING,
+                hint=f"set {need.feeding_key}={new_need} in the layer that feeds it").format(),
+                file=sys.stderr)
     new_text = edit(text, changes)
     problems = lint_text(new_text, path)
     if problems:

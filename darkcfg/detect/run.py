@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import WARNING
 from darkcfg.data.base import IMAGE_EXTENSIONS
 from darkcfg.data.datafile import read_data_file, resolve
 from darkcfg.detect.decode import (
@@ -153,8 +154,10 @@ def check_names(net, names: list[str], where: str | None) -> None:
                           f"[{block.name}] has classes={classes}", "classes",
                           hint="use the names file the weights were trained with, or fix "
                           "classes= in every head")
-    say(f"warning: '{where}' names {len(names)} classes and [{block.name}] has {classes}: "
-        f"classes {len(names)}..{classes - 1} are shown by number")
+    say(block.diagnostic("W302", f"'{where}' names {len(names)} classes and [{block.name}] has "
+                         f"classes={classes}: classes {len(names)}..{classes - 1} are shown by "
+                         "number", "classes", severity=WARNING,
+                         hint="use the names file the weights were trained with").format())
 
 
 def detector(model: ModelSpec, max_memory: int | None = None, force: bool = False):

@@ -124,9 +124,13 @@ def _count_names(opts: dict[str, str], here: Path, where: str) -> int:
 
     count = len(read_list(resolve(opts["names"], here), where, "names")) if "names" in opts \
         else 0
-    print(f"warning: '{where}' has no classes= line: using "
-          + (f"the {count} names of its names file" if count else "Darknet's default, 20")
-          + " (add classes=N)", file=sys.stderr)
+    from cfgparse import Diagnostic
+    from cfgparse.errors import WARNING
+
+    print(Diagnostic("W904", f"'{where}' has no classes= line: using "
+                     + (f"the {count} names of its names file" if count else
+                        "Darknet's default, 20"), where, severity=WARNING,
+                     hint=f"add classes={count or 20}").format(), file=sys.stderr)
     return count
 
 
