@@ -496,6 +496,27 @@ def test_an_interrupted_convert_leaves_nothing_in_the_way(four, tmp_path, monkey
     assert as_samples(open_set(written[0])) == as_samples(open_set(four["voc"]))
 
 
+def test_a_killed_converts_partial_folder_is_removed_by_the_next(four, tmp_path):
+    """SIGKILL leaves no cleanup: the next convert to the same OUT removes the hidden partial
+    folder nobody holds, and leaves alone one a live convert holds (its flock)."""
+    import fcntl
+    import os
+
+    parent = tmp_path / "sets"
+    abandoned = parent / ".out.k1ll3d.partial"
+    (abandoned / "images").mkdir(parents=True)
+    (abandoned / "images" / "a.jpg").write_bytes(b"half")
+    live = parent / ".out.l1ve.partial"
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        convert(open_set(four["voc"]), "darknet", parent / "out")
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in parent.iterdir()) == [".out.l1ve.partial", "out"]
+
+
 def test_convert_to_coco_writes_integer_pixels_as_integers_and_keeps_category_ids(tmp_path):
     """The shortest decimal that reads back as the same float32 label: a label made from
     integer pixels gives its integers back (not 63.000004291534424), and a COCO source keeps
