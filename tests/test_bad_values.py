@@ -494,6 +494,21 @@ def detection_set(tmp_path: Path, data_text: str, ext: str = ".jpg") -> Path:
     return data
 
 
+def test_a_data_path_with_spaces_says_darknet_removes_them(tmp_path):
+    """Darknet strips every space of a .data line ('names = my names.txt' opens
+    'mynames.txt'); darkcfg reads it the same way, and the error says so, at the line."""
+    from darkcfg.data.detection.labels import open_detection_data
+
+    data = detection_set(tmp_path, "classes=1\ntrain={folder}/train.txt\n"
+                         "names = {folder}/my names.txt\n")
+    (tmp_path / "set" / "my names.txt").write_text("cat\n")
+    with pytest.raises(CfgError) as err:
+        open_detection_data(data)
+    d = err.value.first
+    assert (d.code, d.line) == ("E901", 3) and "mynames.txt" in d.message
+    assert "Darknet removes every space of a .data line" in d.hint
+
+
 def test_data_file_with_a_bom_keeps_its_first_key(tmp_path):
     from darkcfg.data.detection.labels import open_detection_data
 

@@ -64,6 +64,26 @@ def read_list(path: Path, where: str, key: str) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
+        line, raw = _line_of(where, key)
+        hint = f"fix the '{key}=' line of the .data file"
+        if len(raw.partition("=")[2].split()) > 1 and not os.path.exists(path):
+            # "names = my names.txt": Darknet's read_data_cfg strips every space of the line
+            hint = (f"Darknet removes every space of a .data line, so '{raw.strip()}' names "
+                    f"'{path}': give the file (and its folders) a name without spaces")
         raise CfgError(Diagnostic("E901", f"cannot read the {key} file '{path}': {exc}", where,
-                                  hint=f"fix the '{key}=' line of the .data file")) from None
+                                  line, 1 if line else 0, hint=hint, source=raw,
+                                  span=len(raw.strip()) or 1)) from None
     return [s for s in (line.strip() for line in lines) if s]
+
+
+def _line_of(data_file: str, key: str) -> tuple[int, str]:
+    """(line number, text) of the line that gives `key` in a .data file; (0, '') if none or
+    the file is not one."""
+    try:
+        text = Path(data_file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return 0, ""
+    for n, raw in enumerate(text.splitlines(), 1):
+        if "".join(raw.split()).partition("=")[0] == key and "=" in raw:
+            return n, raw
+    return 0, ""
