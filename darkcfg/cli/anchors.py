@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise CfgError(Diagnostic("E300", f"'{args.cfg}' has no head with anchors", args.cfg,
                                   hint="anchors are for [yolo], [Gaussian_yolo] and [region]"))
     first = net.meta[heads[0]]
-    num = int(first.block.get("num", 1) if "num" in first.block else 1)
+    num = first.block.int("num")
     current = current_anchors(first.block)
     k = args.num if args.num is not None else num
     from cfgparse.rules import MASKED_HEADS

@@ -525,7 +525,7 @@ def _printed_pairs(probs: np.ndarray, single: np.ndarray, thresh: float, image_w
 
 
 def net_letter_box(net) -> bool:
-    return bool(net.net_block.get("letter_box", 0))
+    return net.net_block.bool("letter_box")
 
 
 def device_of(net) -> torch.device:
