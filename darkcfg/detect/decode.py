@@ -79,7 +79,7 @@ def _checked_heads(net, outputs: dict[int, torch.Tensor], heads: list[int] | Non
     return heads
 
 
-def _heads(net, outputs: dict[int, torch.Tensor], input_size=None):
+def head_parts(net, outputs: dict[int, torch.Tensor], input_size=None):
     found = []
     for i in _checked_heads(net, outputs):
         layer, decoding = net.layers[i], decoding_for(net.layers[i])
@@ -95,7 +95,7 @@ def head_predictions(net, outputs: dict[int, torch.Tensor], input_size=None):
     AlexeyAB: sigma(obj) x softmax, objectness field 1). Trace-friendly: no data-dependent
     control flow. `input_size` = (w, h) of the network input (default: inferred from the grid).
     Heads with a different class count than the first are an error, as Darknet reports."""
-    found = _heads(net, outputs, input_size)
+    found = head_parts(net, outputs, input_size)
     classes = found[0][3].scores.shape[-1]
     for i, _, _, parts in found:
         if parts.scores.shape[-1] != classes:

@@ -41,10 +41,10 @@ from builders.atomic import staged_file
 from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
 from darkcfg.export.onnx import (
-    _quiet,
     check_output,
     export_onnx,
     onnx_session,
+    quiet_exporter,
     reference_outputs,
     require_onnx_packages,
     write_failures,
@@ -56,7 +56,7 @@ DEFAULT_BOUND = 1.0
 SENSITIVITY_IMAGES = 8
 
 
-def _error(message: str, path: str, hint: str = "", code: str = "E901") -> CfgError:
+def _failed(message: str, path: str, hint: str = "", code: str = "E901") -> CfgError:
     """Calibration data that cannot serve (E901), or an INT8 option that cannot (E100)."""
     return CfgError(Diagnostic(code, message, path, hint=hint))
 
@@ -85,7 +85,7 @@ class Int8Data:
 def _stack(dataset, count: int, image_of: Callable) -> torch.Tensor:
     count = min(count, len(dataset))
     if count <= 0:
-        raise _error("no images to calibrate with", "--calibrate",
+        raise _failed("no images to calibrate with", "--calibrate",
                      hint="give a data source with training images")
     # spread over the split, not its first images (a sorted folder starts with one class)
     picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
@@ -108,7 +108,7 @@ def _detection_data(net, source, seed, count, classes, batch) -> Int8Data:
 
     splits = detection_datasets(net, source, seed, classes, multiscale=False)
     if splits.val is None or not len(splits.val):
-        raise _error(f"{splits.description} has no validation split", source or "--calibrate",
+        raise _failed(f"{splits.description} has no validation split", source or "--calibrate",
                      hint="add a valid= list to the .data file")
     view = DetectionEval(splits.train.source, splits.settings)
     calibration = _stack(view, count, lambda sample: sample[0])
@@ -172,13 +172,13 @@ def _classifier_data(net, cfg, source, seed, count, classes, batch) -> Int8Data:
     shape = net.input_shape
     inputs = (shape.c, shape.h, shape.w)
     if not shape.c * shape.h * shape.w:
-        raise _error("INT8 calibration needs an image network", "--int8",
+        raise _failed("INT8 calibration needs an image network", "--int8",
                      hint="quantize image classifiers and detectors", code="E100")
     outputs = net.shapes[net.output_indices[-1]].size
     splits = (embedded_shapes(inputs, outputs, seed, classes) if source is None
               else open_images(source, inputs, seed))
     if splits.val is None or not len(splits.val):
-        raise _error(f"{splits.description} has no validation split", source or "--calibrate",
+        raise _failed(f"{splits.description} has no validation split", source or "--calibrate",
                      hint="add a val/ folder")
     view = Augment(cfg, train=False)
 
@@ -253,7 +253,7 @@ class Quantizer:
 
         self.workdir = Path(workdir)
         self.source = self.workdir / "fp32.prep.onnx"
-        with _quiet():
+        with quiet_exporter():
             quant_pre_process(str(fp32_path), str(self.source), skip_symbolic_shape=True)
         self.cache = self.workdir / "ranges.json"
         self.layers = quantizable_layers(self.source)
@@ -272,7 +272,7 @@ class Quantizer:
             quantize_static,
         )
 
-        with _quiet():
+        with quiet_exporter():
             quantize_static(str(self.source), str(out), reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
@@ -429,7 +429,7 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
     auto = options.keep_fp32 == "auto"
     want = int(options.keep_fp32) if not auto else 0
     if want < 0:
-        raise _error(f"--keep-fp32 must be >= 0 or 'auto', not {want}", "--keep-fp32",
+        raise _failed(f"--keep-fp32 must be >= 0 or 'auto', not {want}", "--keep-fp32",
                      code="E100")
     with tempfile.TemporaryDirectory(prefix="darkcfg-int8-") as work:
         fp32 = Path(work) / "fp32.onnx"
@@ -437,11 +437,11 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
                     opset=options.opset)
         quantizer = Quantizer(fp32, work)
         if not quantizer.layers:
-            raise _error("the network has no Conv/Gemm layer to quantize", str(path))
+            raise _failed("the network has no Conv/Gemm layer to quantize", str(path))
         if want >= len(quantizer.layers):
             # every layer in fp32 would be an fp32 model labelled INT8
             count = len(quantizer.layers)
-            raise _error(f"--keep-fp32 {want}: the network has {count} quantizable "
+            raise _failed(f"--keep-fp32 {want}: the network has {count} quantizable "
                          f"layer{'s' if count != 1 else ''} ({'/'.join(QUANTIZED_OPS)}); "
                          "keeping them all in fp32 leaves nothing in INT8", "--keep-fp32",
                          hint=f"use 0 to {count - 1}, or 'auto'" if count > 1 else
@@ -506,5 +506,5 @@ def parse_keep_fp32(text: str | None) -> int | str:
         return "auto"
     if text.isdigit():
         return int(text)
-    raise _error(f"--keep-fp32 takes a number of layers or 'auto', not '{text}'",
+    raise _failed(f"--keep-fp32 takes a number of layers or 'auto', not '{text}'",
                  "<command line>", hint="e.g. --keep-fp32 2 or --keep-fp32 auto", code="E100")

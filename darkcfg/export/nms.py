@@ -35,13 +35,13 @@ from builders.atomic import staged_file
 from builders.graph import Network
 from darkcfg.export.onnx import (
     ExportReport,
-    _error,
-    _name_batch_dim,
-    _quiet,
     convert_opset,
     example_input,
+    failed,
     metadata,
+    name_batch_dim,
     onnx_session,
+    quiet_exporter,
     require_onnx_packages,
     write_failures,
 )
@@ -63,14 +63,14 @@ class DecodedProbs(nn.Module):
         self.net, self.thresh = net, float(thresh)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from darkcfg.detect.decode import _heads
+        from darkcfg.detect.decode import head_parts
 
         outputs = dict(zip(self.net.output_indices, self.net(x), strict=True))
         t = torch.tensor(self.thresh, dtype=torch.float32)
         w, h = x.shape[-1], x.shape[-2]
         boxes, probs = [], []
         classes = None
-        for i, layer, decoding, parts in _heads(self.net, outputs, (w, h)):
+        for i, layer, decoding, parts in head_parts(self.net, outputs, (w, h)):
             classes = classes or parts.scores.shape[-1]
             if parts.scores.shape[-1] != classes:
                 raise ValueError(f"head {i} has {parts.scores.shape[-1]} classes, the first "
@@ -95,7 +95,7 @@ def check_decodable(net: Network) -> tuple[str, float]:
 
     heads = head_indices(net)
     if not heads:
-        raise _error("--decode --nms needs a detection head ([yolo], [Gaussian_yolo], [region] "
+        raise failed("--decode --nms needs a detection head ([yolo], [Gaussian_yolo], [region] "
                      "or [detection])", "<export>")
     for i in heads:
         fault = decoding_for(net.layers[i]).unsupported(net.layers[i])
@@ -347,10 +347,10 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
 
     path = Path(path)
     if not 0 < nms <= 1:
-        raise _error(f"--nms must be in (0, 1] for an NMS graph, got {nms:g}", str(path),
+        raise failed(f"--nms must be in (0, 1] for an NMS graph, got {nms:g}", str(path),
                      hint="e.g. --nms 0.45 (Darknet's default)")
     if opset is not None and opset < NMS_MIN_OPSET:
-        raise _error(f"--opset {opset}: the NMS graph needs opset {NMS_MIN_OPSET} or later",
+        raise failed(f"--opset {opset}: the NMS graph needs opset {NMS_MIN_OPSET} or later",
                      str(path), hint="e.g. --opset 17, or leave it out", code="E100")
     kind, beta = check_decodable(net)
     diou = kind in DIOU_KINDS
@@ -360,21 +360,21 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
     x = example_input(net, 2 if dynamic_batch else 1)
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
     try:
-        with _quiet(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             program = torch.export.export(module, (x,), dynamic_shapes=dynamic, strict=True)
             onnx_program = torch.onnx.export(program, (x,), dynamo=True, input_names=["images"],
                                              output_names=["candidate_boxes", "candidate_probs"],
                                              verbose=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _error(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
+        raise failed(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
     meta = metadata(net, name or path.stem, True)
     meta.update({"outputs": ",".join(NMS_OUTPUTS), "thresh": f"{thresh:g}", "nms": f"{nms:g}",
                  "nms_rule": f"DIoU, beta {beta:g} ({kind}: diounms_sort)" if diou else
                  "IoU (do_nms_sort)", "boxes": "left,top,right,bottom input pixels"})
     onnx_program.model.metadata_props.update(meta)
     if dynamic_batch:
-        _name_batch_dim(onnx_program.model)  # `batch`, as the plain export's (not `s6`)
+        name_batch_dim(onnx_program.model)  # `batch`, as the plain export's (not `s6`)
     with staged_file(path, flag) as tmp:
         with write_failures(path):  # a full disk is a located error here too
             onnx_program.save(tmp)
@@ -398,7 +398,7 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
             # float32 in two runtimes: 1e-5 on the tiny nets, 1.1e-4 on yolov3 (106 layers);
             # a wrong graph (a box formula, an anchor) is off by 1e-2 or more
             if why or mismatch > NMS_CHECK_TOLERANCE:
-                raise _error(why or f"the NMS graph's candidate boxes differ from darkcfg's by "
+                raise failed(why or f"the NMS graph's candidate boxes differ from darkcfg's by "
                              f"{mismatch:.2e} (relative to the input size)", str(path),
                              hint="report the cfg; the file was not written")
     default = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

@@ -40,7 +40,8 @@ class ExportError(CfgError):
     """An export that cannot be done or does not reproduce PyTorch's outputs (exit status 2)."""
 
 
-def _error(message: str, path: str, hint: str = "", code: str = "E904") -> ExportError:
+def failed(message: str, path: str, hint: str = "", code: str = "E904") -> ExportError:
+    """The error an export raises when the network cannot be written in that form (E904)."""
     return ExportError(Diagnostic(code, message, path, hint=hint))
 
 
@@ -61,7 +62,7 @@ def require_onnx_packages(path: str = "<command line>") -> None:
     if missing or broken:
         what = "; ".join([*(f"{m.split(' ')[0]} is not installed" for m in missing),
                           *(f"{b} does not import" for b in broken)])
-        raise _error(f"ONNX export needs onnx, onnxscript and onnxruntime: {what}", path,
+        raise failed(f"ONNX export needs onnx, onnxscript and onnxruntime: {what}", path,
                      hint="pip install 'darkcfg[export]' (or: pip install onnx onnxscript "
                      "onnxruntime); reinstall a package that does not import", code="E905")
 
@@ -72,7 +73,7 @@ def parse_input_size(text: str | None) -> list[str]:
         return []
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise _error(f"--input-size must be WxH with positive integers, got '{text}'",
+        raise failed(f"--input-size must be WxH with positive integers, got '{text}'",
                      "<command line>", hint="e.g. --input-size 416x416")
     return [f"width={int(parts[0])}", f"height={int(parts[1])}"]
 
@@ -135,7 +136,7 @@ def _dynamic_shapes(dynamic_batch: bool):
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_exporter():
     """The exporters print progress and warnings meant for their developers."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -150,12 +151,12 @@ def export_program(net: Network, x: torch.Tensor, dynamic_batch: bool = False,
     net.eval()
     module = Exportable(net, decode)
     try:
-        with _quiet():
+        with quiet_exporter():
             return torch.export.export(module, (x,), dynamic_shapes=_dynamic_shapes(dynamic_batch),
                                        strict=True)
     except Exception as exc:  # the exporter's own errors are long; keep the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _error(f"torch.export failed: {type(exc).__name__}: {first}", "<export>",
+        raise failed(f"torch.export failed: {type(exc).__name__}: {first}", "<export>",
                      hint="report the cfg: every darkcfg layer is meant to export") from None
 
 
@@ -246,7 +247,7 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
     program, x = _program_and_input(net, program, dynamic_batch, decode)
     names = output_names(net, decode)
     try:
-        with _quiet():
+        with quiet_exporter():
             # the exporter writes its native opset; older ones are converted below
             onnx_program = torch.onnx.export(program, (x,), dynamo=True, input_names=["images"],
                                              output_names=names, verbose=False,
@@ -254,11 +255,11 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
                                                 {"opset_version": max(opset, 18)}))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _error(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
+        raise failed(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
     meta = metadata(net, name or path.stem, decode)
     onnx_program.model.metadata_props.update(meta)
     if dynamic_batch:
-        _name_batch_dim(onnx_program.model)
+        name_batch_dim(onnx_program.model)
     native = onnx_program.model.opset_imports.get("", 18)
     with staged_file(path, flag) as tmp:
         with write_failures(path):
@@ -273,13 +274,13 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
             # float64 outputs differ as much, so that is the yardstick
             allowed = max(tolerance, 2 * float32_sensitivity(net, x, decode))
         if err > allowed:
-            raise _error(f"onnxruntime's outputs differ from PyTorch's: max rel. error {err:.2e} "
+            raise failed(f"onnxruntime's outputs differ from PyTorch's: max rel. error {err:.2e} "
                          f"(allowed {allowed:g})", str(path),
                          hint="report the cfg; the file was not written")
     return ExportReport(str(path), "onnx", names, err, opset_used, meta, allowed)
 
 
-def _name_batch_dim(model) -> None:
+def name_batch_dim(model) -> None:
     """Call the dynamic first dimension of the inputs and outputs `batch` (the exporter
     names it after its internal symbol, e.g. `s77`)."""
     import onnx_ir as ir
@@ -319,10 +320,10 @@ def convert_opset(path: str | os.PathLike, opset: int, shown: str | None = None)
         if parked:
             model.opset_import.append(onnx.helper.make_opsetid("darkcfg.parked", 1))
     try:
-        with _quiet():
+        with quiet_exporter():
             converted = version_converter.convert_version(model, opset)
     except Exception as exc:
-        raise _error(f"cannot convert the ONNX graph to opset {opset}: {exc}",
+        raise failed(f"cannot convert the ONNX graph to opset {opset}: {exc}",
                      shown or str(path),
                      hint="use the exporter's opset (leave out --opset) or --opset 18") from None
     for node in converted.graph.node:
@@ -421,7 +422,7 @@ def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = F
                 got = torch.export.load(tmp).module()(x)
             err = max_rel_error(list(got), reference_outputs(net, x, decode))
             if err > tolerance:
-                raise _error(f"the reloaded program's outputs differ from PyTorch's: max rel. "
+                raise failed(f"the reloaded program's outputs differ from PyTorch's: max rel. "
                              f"error {err:.2e}", str(path))
     return ExportReport(str(path), "pt2", output_names(net, decode), err)
 
@@ -439,8 +440,8 @@ def export(net: Network, path: str | os.PathLike, *, opset: int | None = None,
                            name=name, flag=flag)
     if suffix == ".pt2":
         if opset is not None:
-            raise _error("--opset applies to ONNX files only", str(path),
+            raise failed("--opset applies to ONNX files only", str(path),
                          hint="drop --opset, or write a .onnx file", code="E100")
         return export_pt2(net, path, dynamic_batch=dynamic_batch, decode=decode, flag=flag)
-    raise _error(f"cannot tell the export format of '{path}'", str(path),
+    raise failed(f"cannot tell the export format of '{path}'", str(path),
                  hint="name the file model.onnx (ONNX) or model.pt2 (torch.export)")
