@@ -883,3 +883,17 @@ def test_image_ids_are_numbers_only_when_every_image_is_one(tmp_path, capsys):
         assert run_cli(cfg, "--detect", tmp_path / folder, "--out", out, "--thresh", "0.01") == 0
         ids = {r["image_id"] for r in json.loads((out / "detections.json").read_text())}
         assert ids == ({12, 7} if folder == "nums" else {"5", "005"}), ids
+
+
+def test_letterboxed_sliver_image_has_no_boxes_instead_of_a_crash(tmp_path):
+    # a 1x300 image letterboxed into 64x64 takes no pixel (new_w = 0): correct_yolo_boxes
+    # divided by zero (ZeroDivisionError, a traceback from `detect --letter-box`)
+    from darkcfg.detect.decode import detect
+
+    torch.manual_seed(0)
+    net = build(tiny_cfg(tmp_path))
+    sliver = torch.full((3, 300, 1), 0.4)
+    square = torch.rand((3, 40, 40), generator=torch.Generator().manual_seed(0))
+    found = detect(net, [sliver, square], thresh=0.3, letter_box=True)
+    assert found[0] == []
+    assert found[1] == detect(net, [square], thresh=0.3, letter_box=True)[0] != []

@@ -32,6 +32,7 @@ from builders.boxes import (
     correct_boxes,
     cxcywh_to_xyxy,
     letterbox_image,
+    letterbox_size,
     pairwise_iou,
     resize_image,
 )
@@ -194,7 +195,14 @@ def decode(net, outputs: dict[int, torch.Tensor], thresh: float = 0.25, *, image
                 sel = torch.nonzero(image == b).flatten()
                 bx, obj, probs, index = bx[sel], obj[sel], probs[sel], index[sel]
             if decoding.letterbox:
-                bx = correct_boxes(bx, sizes[b], net_size, letter_box)
+                if letter_box and sizes[b] is not None and 0 in letterbox_size(
+                        int(sizes[b][0]), int(sizes[b][1]), *map(int, net_size)):
+                    # a sliver image (1x300 into 64x64) takes no pixel of the letterboxed
+                    # input: letterbox_image embeds nothing and correct_yolo_boxes would
+                    # divide by its zero side (Darknet's boxes are inf); nothing was seen
+                    bx, obj, probs, index = bx[:0], obj[:0], probs[:0], index[:0]
+                else:
+                    bx = correct_boxes(bx, sizes[b], net_size, letter_box)
             pieces.append((bx, obj, probs, index, torch.full_like(index, i)))
         cat = [torch.cat([p[j] for p in pieces]) for j in range(5)]
         results.append(Detections(cat[0], cat[1], cat[2], cat[4], cat[3], kind, beta))
