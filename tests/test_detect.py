@@ -897,3 +897,22 @@ def test_letterboxed_sliver_image_has_no_boxes_instead_of_a_crash(tmp_path):
     found = detect(net, [sliver, square], thresh=0.3, letter_box=True)
     assert found[0] == []
     assert found[1] == detect(net, [square], thresh=0.3, letter_box=True)[0] != []
+
+
+def test_a_blank_line_in_a_names_file_keeps_the_next_names_classes(tmp_path, capsys):
+    # Darknet's get_labels keeps a blank line's place; dropping it named class 2 'c3', class 3
+    # 'c4' ... (every box after the blank line printed under its neighbour's name)
+    from darkcfg.detect.run import read_names
+
+    path = tmp_path / "blank.names"
+    path.write_bytes(b"\xef\xbb\xbfc0\r\nc1\r\n\r\nc3\r\n \r\nc5\r\nc6\r\n\r\n\r\n")
+    names, where, _ = read_names(str(path), None)
+    assert names == ["c0", "c1", "", "c3", "", "c5", "c6"] and where == str(path)
+    assert "line 3 of" in capsys.readouterr().err
+    cfg = tiny_cfg(tmp_path)
+    image = write_images(tmp_path / "imgs")[0]
+    assert run_cli(cfg, "--detect", image, "--names", path, "--out", tmp_path / "out",
+                   "--thresh", "0.3", "--no-progress") == 0
+    printed = {line.split(":")[0] for line in capsys.readouterr().out.splitlines()
+               if "%\t(" in line}
+    assert printed and printed <= {"c0", "c1", "2", "c3", "4", "c5", "c6"}

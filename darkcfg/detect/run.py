@@ -136,7 +136,16 @@ def read_names(names_file: str | None, data_file: str | None
     except (OSError, UnicodeDecodeError) as exc:
         raise CfgError(Diagnostic("E901", f"cannot read the names file '{names_file}': {exc}",
                                   names_file, hint="one class name per line")) from None
-    return [line.strip() for line in lines if line.strip()], names_file, None
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:  # blank lines at the end name nothing
+        names.pop()
+    blank = [n for n, name in enumerate(names) if not name]
+    if blank:  # Darknet's get_labels keeps a blank line's place: the names after it keep theirs
+        say(f"warning: line {blank[0] + 1} of '{names_file}' is blank"
+            + (f" (and {len(blank) - 1} more)" if len(blank) > 1 else "")
+            + f": class {blank[0]} has no name and is shown by number; the names after it "
+            "keep their lines' classes")
+    return names, names_file, None
 
 
 def check_names(net, names: list[str], where: str | None) -> None:
