@@ -916,3 +916,23 @@ def test_a_blank_line_in_a_names_file_keeps_the_next_names_classes(tmp_path, cap
     printed = {line.split(":")[0] for line in capsys.readouterr().out.splitlines()
                if "%\t(" in line}
     assert printed and printed <= {"c0", "c1", "2", "c3", "4", "c5", "c6"}
+
+
+def test_an_image_that_fails_to_decode_is_located_at_itself_not_the_batch(tmp_path, capsys):
+    # a JPEG cut short after its header passes the up-front check and fails while its batch is
+    # read: the diagnostic's location was the batch's first image (imgs/a0.jpg), not the bad one
+    from PIL import Image
+
+    cfg = tiny_cfg(tmp_path)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        arr = (rng.uniform(0, 1, (32, 48, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"a{i}.jpg")
+    data = (folder / "a2.jpg").read_bytes()
+    (folder / "a2.jpg").write_bytes(data[:len(data) // 2])
+    assert run_cli(cfg, "--detect", folder, "--out", tmp_path / "o", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert f"\n{folder / 'a2.jpg'}: error[E901]: cannot read image" in err, err
+    assert "Traceback" not in err

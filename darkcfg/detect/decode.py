@@ -349,7 +349,9 @@ def decoded(image, channels: int = 3):
             out.load()
             return out
     except image_errors() as exc:
-        raise OSError(f"cannot read image '{image}': {exc}") from None
+        error = OSError(f"cannot read image '{image}': {exc}")
+        error.image = os.fspath(image)  # which one of a batch (detect_images locates it)
+        raise error from None
 
 
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT, JPG, DAC)

@@ -474,7 +474,9 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))
             bar.update(len(images))
     except OSError as exc:  # an image that verified but does not decode
-        raise CfgError(Diagnostic("E901", str(exc), str(paths[min(done, len(paths) - 1)]),
+        # (named by the error: it may be any image of the batch being read, not the next one)
+        where = getattr(exc, "image", None) or str(paths[min(done, len(paths) - 1)])
+        raise CfgError(Diagnostic("E901", str(exc), where,
                                   hint="remove it or convert it to JPEG/PNG")) from None
     finally:
         bar.close()
