@@ -306,3 +306,16 @@ def test_two_videos_of_one_name_get_two_outputs(cfg, clip, tmp_path, capsys):
                                                      "moving_1.jsonl", "moving_1.mp4"]
     assert len(read_jsonl(out / "moving.jsonl")) == len(read_jsonl(out / "moving_1.jsonl")) \
         == FRAMES
+
+
+def test_a_folder_named_by_digits_is_a_folder_not_a_camera(cfg, tmp_path, monkeypatch, capsys):
+    # `detect CFG 2024` in the folder holding photos/2024 opened /dev/video2024 (E901)
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Path("2024").mkdir()
+    Image.new("RGB", (40, 30), (90, 20, 140)).save("2024/party.jpg")
+    assert is_video("7") and not is_video("2024")
+    assert main([str(cfg), "--detect", "2024", "--out", "out", "--no-progress"]) == 0
+    assert "2024/party.jpg: " in capsys.readouterr().out
+    assert (tmp_path / "out" / "party.jpg").is_file()

@@ -50,8 +50,10 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 
 
 def is_video(target: str) -> bool:
-    """A video file (by extension), a stream URL or a camera index ('0', '1', ...)."""
-    return (target.isdigit() or target.lower().startswith(STREAM_SCHEMES)
+    """A video file (by extension), a stream URL or a camera index ('0', '1', ...; a file or
+    folder of that name, such as a folder of photos named 2024, is that path, not a camera)."""
+    return (target.isdigit() and not os.path.exists(target)
+            or target.lower().startswith(STREAM_SCHEMES)
             or Path(target).suffix.lower() in VIDEO_EXTENSIONS)
 
 
