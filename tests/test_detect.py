@@ -9,6 +9,7 @@ import functools
 import gzip
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -936,3 +937,26 @@ def test_an_image_that_fails_to_decode_is_located_at_itself_not_the_batch(tmp_pa
     err = capsys.readouterr().err
     assert f"\n{folder / 'a2.jpg'}: error[E901]: cannot read image" in err, err
     assert "Traceback" not in err
+
+
+def test_detect_never_replaces_a_file_in_out_under_a_name_it_writes(tmp_path, capsys):
+    # --save-labels wrote OUT/<stem>.txt over whatever was there: here the --names file itself
+    # (an input), and a drawn image over a user's own picture of that name
+    cfg = tiny_cfg(tmp_path)
+    image = write_images(tmp_path / "imgs")[1]  # b.png -> OUT/b.jpg, OUT/b.txt
+    out = tmp_path / "out"
+    out.mkdir()
+    names = out / "b.txt"
+    names.write_text("".join(f"thing{i}\n" for i in range(7)))
+    assert run_cli(cfg, "--detect", image, "--names", names, "--out", out, "--save-labels",
+                   "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert f"{names}: error[E901]: --out '{out}' already holds 'b.txt'" in err
+    assert names.read_text().startswith("thing0\n") and sorted(os.listdir(out)) == ["b.txt"]
+    (out / "b.jpg").write_bytes(b"the user's own picture")
+    assert run_cli(cfg, "--detect", image, "--out", out, "--no-progress") == 2
+    assert "already holds 'b.jpg'" in capsys.readouterr().err
+    assert (out / "b.jpg").read_bytes() == b"the user's own picture"
+    (out / "b.jpg").unlink()
+    assert run_cli(cfg, "--detect", image, "--names", names, "--out", out, "--no-progress") == 0
+    assert names.read_text().startswith("thing0\n") and (out / "b.jpg").is_file()
