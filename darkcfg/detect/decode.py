@@ -626,7 +626,9 @@ def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: boo
     `darknet detector test`: RGB in [0,1], resize_image or letterbox_image (`letter_box`,
     default [net] letter_box), get_network_boxes at `thresh`, the last head's NMS at `nms`
     (0: none), the objects in the order Darknet prints them. Batched, on the net's device, under
-    autocast on CUDA. The net is put in eval mode."""
+    autocast on CUDA. The net is put in eval mode. A path's EXIF orientation is applied (as
+    cv::imread does); a PIL image is taken as stored, boxes in its own pixels (pass
+    ImageOps.exif_transpose(im) for a camera's upright picture)."""
     if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)) and \
             not (isinstance(images, torch.Tensor) and images.dim() == 4):
         images = [images]
