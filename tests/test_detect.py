@@ -960,3 +960,20 @@ def test_detect_never_replaces_a_file_in_out_under_a_name_it_writes(tmp_path, ca
     (out / "b.jpg").unlink()
     assert run_cli(cfg, "--detect", image, "--names", names, "--out", out, "--no-progress") == 0
     assert names.read_text().startswith("thing0\n") and (out / "b.jpg").is_file()
+
+
+def test_a_linked_folder_inside_a_folder_is_searched(tmp_path):
+    # `detect data/` where data/images is a link to the real folder found no image in it
+    # (Path.rglob does not follow links): "no images to run", or a silently partial run
+    from darkcfg.detect.run import image_paths
+
+    real = tmp_path / "store"
+    write_images(real)
+    data = tmp_path / "data"
+    (data / "more").mkdir(parents=True)
+    (data / "images").symlink_to(real, target_is_directory=True)
+    (data / "more" / "loop").symlink_to(data, target_is_directory=True)  # visited once
+    write_images(data / "more")
+    paths, folder = image_paths([str(data)])
+    assert folder and [p.relative_to(data).as_posix() for p in paths] == [
+        "images/000012.jpg", "images/b.png", "more/000012.jpg", "more/b.png"]

@@ -70,6 +70,21 @@ def say(message: str) -> None:
 
 # -- inputs ---------------------------------------------------------------------------------------
 
+def files_under(folder: Path) -> list[Path]:
+    """Every file below `folder`, through linked folders too (a data set's `images -> /data/..`
+    link; Path.rglob does not follow them), each real folder once (a link loop ends)."""
+    seen: set[str] = set()
+    files: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(root) / n for n in names]
+    return files
+
+
 def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
     """The images to run: files as given, folders' image files (recursive, sorted). Non-image
     files inside folders are skipped with one warning line. Returns (paths, any folder?)."""
@@ -80,7 +95,7 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
         p = Path(target)
         if p.is_dir():
             folder = True
-            found = sorted(q for q in p.rglob("*") if q.is_file())
+            found = sorted(q for q in files_under(p) if q.is_file())
             images = {f.with_suffix("") for f in found if f.suffix.lower() in IMAGE_EXTENSIONS}
             for f in found:
                 if f.suffix.lower() in IMAGE_EXTENSIONS:
