@@ -9,6 +9,7 @@ import functools
 import gzip
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -885,3 +886,96 @@ def test_image_ids_are_numbers_only_when_every_image_is_one(tmp_path, capsys):
         assert run_cli(cfg, "--detect", tmp_path / folder, "--out", out, "--thresh", "0.01") == 0
         ids = {r["image_id"] for r in json.loads((out / "detections.json").read_text())}
         assert ids == ({12, 7} if folder == "nums" else {"5", "005"}), ids
+
+
+def test_letterboxed_sliver_image_has_no_boxes_instead_of_a_crash(tmp_path):
+    # a 1x300 image letterboxed into 64x64 takes no pixel (new_w = 0): correct_yolo_boxes
+    # divided by zero (ZeroDivisionError, a traceback from `detect --letter-box`)
+    from darkcfg.detect.decode import detect
+
+    torch.manual_seed(0)
+    net = build(tiny_cfg(tmp_path))
+    sliver = torch.full((3, 300, 1), 0.4)
+    square = torch.rand((3, 40, 40), generator=torch.Generator().manual_seed(0))
+    found = detect(net, [sliver, square], thresh=0.3, letter_box=True)
+    assert found[0] == []
+    assert found[1] == detect(net, [square], thresh=0.3, letter_box=True)[0] != []
+
+
+def test_a_blank_line_in_a_names_file_keeps_the_next_names_classes(tmp_path, capsys):
+    # Darknet's get_labels keeps a blank line's place; dropping it named class 2 'c3', class 3
+    # 'c4' ... (every box after the blank line printed under its neighbour's name)
+    from darkcfg.detect.run import read_names
+
+    path = tmp_path / "blank.names"
+    path.write_bytes(b"\xef\xbb\xbfc0\r\nc1\r\n\r\nc3\r\n \r\nc5\r\nc6\r\n\r\n\r\n")
+    names, where, _ = read_names(str(path), None)
+    assert names == ["c0", "c1", "", "c3", "", "c5", "c6"] and where == str(path)
+    assert "line 3 of" in capsys.readouterr().err
+    cfg = tiny_cfg(tmp_path)
+    image = write_images(tmp_path / "imgs")[0]
+    assert run_cli(cfg, "--detect", image, "--names", path, "--out", tmp_path / "out",
+                   "--thresh", "0.3", "--no-progress") == 0
+    printed = {line.split(":")[0] for line in capsys.readouterr().out.splitlines()
+               if "%\t(" in line}
+    assert printed and printed <= {"c0", "c1", "2", "c3", "4", "c5", "c6"}
+
+
+def test_an_image_that_fails_to_decode_is_located_at_itself_not_the_batch(tmp_path, capsys):
+    # a JPEG cut short after its header passes the up-front check and fails while its batch is
+    # read: the diagnostic's location was the batch's first image (imgs/a0.jpg), not the bad one
+    from PIL import Image
+
+    cfg = tiny_cfg(tmp_path)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        arr = (rng.uniform(0, 1, (32, 48, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"a{i}.jpg")
+    data = (folder / "a2.jpg").read_bytes()
+    (folder / "a2.jpg").write_bytes(data[:len(data) // 2])
+    assert run_cli(cfg, "--detect", folder, "--out", tmp_path / "o", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert f"\n{folder / 'a2.jpg'}: error[E901]: cannot read image" in err, err
+    assert "Traceback" not in err
+
+
+def test_detect_never_replaces_a_file_in_out_under_a_name_it_writes(tmp_path, capsys):
+    # --save-labels wrote OUT/<stem>.txt over whatever was there: here the --names file itself
+    # (an input), and a drawn image over a user's own picture of that name
+    cfg = tiny_cfg(tmp_path)
+    image = write_images(tmp_path / "imgs")[1]  # b.png -> OUT/b.jpg, OUT/b.txt
+    out = tmp_path / "out"
+    out.mkdir()
+    names = out / "b.txt"
+    names.write_text("".join(f"thing{i}\n" for i in range(7)))
+    assert run_cli(cfg, "--detect", image, "--names", names, "--out", out, "--save-labels",
+                   "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert f"{names}: error[E901]: --out '{out}' already holds 'b.txt'" in err
+    assert names.read_text().startswith("thing0\n") and sorted(os.listdir(out)) == ["b.txt"]
+    (out / "b.jpg").write_bytes(b"the user's own picture")
+    assert run_cli(cfg, "--detect", image, "--out", out, "--no-progress") == 2
+    assert "already holds 'b.jpg'" in capsys.readouterr().err
+    assert (out / "b.jpg").read_bytes() == b"the user's own picture"
+    (out / "b.jpg").unlink()
+    assert run_cli(cfg, "--detect", image, "--names", names, "--out", out, "--no-progress") == 0
+    assert names.read_text().startswith("thing0\n") and (out / "b.jpg").is_file()
+
+
+def test_a_linked_folder_inside_a_folder_is_searched(tmp_path):
+    # `detect data/` where data/images is a link to the real folder found no image in it
+    # (Path.rglob does not follow links): "no images to run", or a silently partial run
+    from darkcfg.detect.run import image_paths
+
+    real = tmp_path / "store"
+    write_images(real)
+    data = tmp_path / "data"
+    (data / "more").mkdir(parents=True)
+    (data / "images").symlink_to(real, target_is_directory=True)
+    (data / "more" / "loop").symlink_to(data, target_is_directory=True)  # visited once
+    write_images(data / "more")
+    paths, folder = image_paths([str(data)])
+    assert folder and [p.relative_to(data).as_posix() for p in paths] == [
+        "images/000012.jpg", "images/b.png", "more/000012.jpg", "more/b.png"]

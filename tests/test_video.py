@@ -306,3 +306,54 @@ def test_two_videos_of_one_name_get_two_outputs(cfg, clip, tmp_path, capsys):
                                                      "moving_1.jsonl", "moving_1.mp4"]
     assert len(read_jsonl(out / "moving.jsonl")) == len(read_jsonl(out / "moving_1.jsonl")) \
         == FRAMES
+
+
+def test_a_folder_named_by_digits_is_a_folder_not_a_camera(cfg, tmp_path, monkeypatch, capsys):
+    # `detect CFG 2024` in the folder holding photos/2024 opened /dev/video2024 (E901)
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Path("2024").mkdir()
+    Image.new("RGB", (40, 30), (90, 20, 140)).save("2024/party.jpg")
+    assert is_video("7") and not is_video("2024")
+    assert main([str(cfg), "--detect", "2024", "--out", "out", "--no-progress"]) == 0
+    assert "2024/party.jpg: " in capsys.readouterr().out
+    assert (tmp_path / "out" / "party.jpg").is_file()
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_a_rotated_clip_is_detected_upright(net, tmp_path, rotation):
+    # a phone's portrait video is stored sideways with a display matrix: cv::VideoCapture
+    # (Darknet's demo) turns it upright, as detect does a JPEG's EXIF orientation; the frames
+    # were detected and written sideways
+    import numpy as np
+
+    path = tmp_path / "portrait.mp4"
+    rng = np.random.default_rng(3)
+    stored = [(rng.uniform(0, 1, (64, 96, 3)) * 255).astype(np.uint8) for _ in range(3)]
+    for s in stored:
+        s[:, :24] = 255  # a white band on the stored frame's left edge
+    with av.open(str(path), "w", format="mp4") as c:
+        stream = c.add_stream(video.video_codec(), rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.set_display_rotation(rotation)  # counter-clockwise, as VideoFrame.rotation
+        for s in stored:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(s, format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    out = tmp_path / "out"
+    detect_video(net, str(path), out, thresh=THRESH, names=NAMES, batch_size=2, progress=False)
+    upright = [np.ascontiguousarray(np.rot90(f.permute(1, 2, 0).numpy(), rotation // 90))
+               for f in decoded_frames(path)]
+    assert upright[0].shape[:2] == ((96, 64) if rotation % 180 else (64, 96))
+    band = {90: (slice(-24, None), slice(None)), -90: (slice(0, 24), slice(None)),
+            180: (slice(None), slice(-24, None))}[rotation]
+    assert upright[0][band].min() > 200  # the band is where a viewer shows it
+    written = decoded_frames(out / "portrait.mp4")
+    assert written[0].shape[1:] == upright[0].shape[:2]
+    for k, (frame, rec) in enumerate(zip(upright, read_jsonl(out / "portrait.jsonl"),
+                                         strict=True)):
+        found = detect(net, torch.from_numpy(frame).permute(2, 0, 1), THRESH, names=NAMES)[0]
+        h, w = frame.shape[:2]
+        assert rec == json.loads(json.dumps(video.frame_json(k + 1, found, w, h)))

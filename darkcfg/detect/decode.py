@@ -32,6 +32,7 @@ from builders.boxes import (
     correct_boxes,
     cxcywh_to_xyxy,
     letterbox_image,
+    letterbox_size,
     pairwise_iou,
     resize_image,
 )
@@ -194,7 +195,14 @@ def decode(net, outputs: dict[int, torch.Tensor], thresh: float = 0.25, *, image
                 sel = torch.nonzero(image == b).flatten()
                 bx, obj, probs, index = bx[sel], obj[sel], probs[sel], index[sel]
             if decoding.letterbox:
-                bx = correct_boxes(bx, sizes[b], net_size, letter_box)
+                if letter_box and sizes[b] is not None and 0 in letterbox_size(
+                        int(sizes[b][0]), int(sizes[b][1]), *map(int, net_size)):
+                    # a sliver image (1x300 into 64x64) takes no pixel of the letterboxed
+                    # input: letterbox_image embeds nothing and correct_yolo_boxes would
+                    # divide by its zero side (Darknet's boxes are inf); nothing was seen
+                    bx, obj, probs, index = bx[:0], obj[:0], probs[:0], index[:0]
+                else:
+                    bx = correct_boxes(bx, sizes[b], net_size, letter_box)
             pieces.append((bx, obj, probs, index, torch.full_like(index, i)))
         cat = [torch.cat([p[j] for p in pieces]) for j in range(5)]
         results.append(Detections(cat[0], cat[1], cat[2], cat[4], cat[3], kind, beta))
@@ -341,7 +349,9 @@ def decoded(image, channels: int = 3):
             out.load()
             return out
     except image_errors() as exc:
-        raise OSError(f"cannot read image '{image}': {exc}") from None
+        error = OSError(f"cannot read image '{image}': {exc}")
+        error.image = os.fspath(image)  # which one of a batch (detect_images locates it)
+        raise error from None
 
 
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT, JPG, DAC)
@@ -616,7 +626,9 @@ def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: boo
     `darknet detector test`: RGB in [0,1], resize_image or letterbox_image (`letter_box`,
     default [net] letter_box), get_network_boxes at `thresh`, the last head's NMS at `nms`
     (0: none), the objects in the order Darknet prints them. Batched, on the net's device, under
-    autocast on CUDA. The net is put in eval mode."""
+    autocast on CUDA. The net is put in eval mode. A path's EXIF orientation is applied (as
+    cv::imread does); a PIL image is taken as stored, boxes in its own pixels (pass
+    ImageOps.exif_transpose(im) for a camera's upright picture)."""
     if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)) and \
             not (isinstance(images, torch.Tensor) and images.dim() == 4):
         images = [images]

@@ -71,6 +71,21 @@ def say(message: str) -> None:
 
 # -- inputs ---------------------------------------------------------------------------------------
 
+def files_under(folder: Path) -> list[Path]:
+    """Every file below `folder`, through linked folders too (a data set's `images -> /data/..`
+    link; Path.rglob does not follow them), each real folder once (a link loop ends)."""
+    seen: set[str] = set()
+    files: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(root) / n for n in names]
+    return files
+
+
 def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
     """The images to run: files as given, folders' image files (recursive, sorted). Non-image
     files inside folders are skipped with one warning line. Returns (paths, any folder?)."""
@@ -81,7 +96,7 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
         p = Path(target)
         if p.is_dir():
             folder = True
-            found = sorted(q for q in p.rglob("*") if q.is_file())
+            found = sorted(q for q in files_under(p) if q.is_file())
             images = {f.with_suffix("") for f in found if f.suffix.lower() in IMAGE_EXTENSIONS}
             for f in found:
                 if f.suffix.lower() in IMAGE_EXTENSIONS:
@@ -137,7 +152,16 @@ def read_names(names_file: str | None, data_file: str | None
     except (OSError, UnicodeDecodeError) as exc:
         raise CfgError(Diagnostic("E901", f"cannot read the names file '{names_file}': {exc}",
                                   names_file, hint="one class name per line")) from None
-    return [line.strip() for line in lines if line.strip()], names_file, None
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:  # blank lines at the end name nothing
+        names.pop()
+    blank = [n for n, name in enumerate(names) if not name]
+    if blank:  # Darknet's get_labels keeps a blank line's place: the names after it keep theirs
+        say(f"warning: line {blank[0] + 1} of '{names_file}' is blank"
+            + (f" (and {len(blank) - 1} more)" if len(blank) > 1 else "")
+            + f": class {blank[0]} has no name and is shown by number; the names after it "
+            "keep their lines' classes")
+    return names, names_file, None
 
 
 def check_names(net, names: list[str], where: str | None) -> None:
@@ -299,12 +323,19 @@ def run_detect(opts: DetectOptions) -> None:
         images = [t for t in opts.targets if not is_video(t)]
         lock = lock_folder(out, "--out")  # two detects into one folder would mix their files
         try:
+            found = image_paths(images) if images else ([], False)
+            refuse_output_over_inputs(out, found[0])
             taken: set[str] = set()
+            stems = [unique_stem(p, taken) for p in found[0]]
+            # clip.mp4 and sub/clip.mp4: clip and clip_1
+            named = [unique_stem(Path(source_name(video) + ".mp4"), taken) for video in videos]
+            refuse_replacing(out, [f"{s}.jpg" for s in stems] + [f"{n}.mp4" for n in named]
+                             + ([f"{s}.txt" for s in stems] + [f"{n}_labels" for n in named]
+                                if opts.save_labels else []), videos)
             if images:
-                taken = detect_images(net, opts, names, out, images, progress=opts.progress,
-                                      coco=coco)
-            for video in videos:  # clip.mp4 and sub/clip.mp4: clip and clip_1
-                name = unique_stem(Path(source_name(video) + ".mp4"), taken)
+                detect_images(net, opts, names, out, images, progress=opts.progress,
+                              coco=coco, found=found)
+            for video, name in zip(videos, named, strict=True):
                 detect_one_video(net, opts, names, out, video, name, progress=opts.progress)
         finally:
             os.close(lock)
@@ -316,7 +347,7 @@ EARLIER_OUTPUTS = ("detections.json", "*.jsonl")  # what every image or video de
 def output_folder(out: str | None, cfg_name: str) -> Path:
     """Where a detect writes. `--out` as given, unless it holds an earlier detect's outputs
     (they would be replaced: E901, as for a second --train into a run's folder); by default
-    runs/<cfg>/detect, or detect2, detect3 ... the first that holds none."""
+    runs/<cfg>/detect, or detect2, detect3 ... the first that is missing or empty."""
     def earlier(folder: Path) -> str | None:
         return next((p.name for pattern in EARLIER_OUTPUTS for p in folder.glob(pattern)
                      if not p.name.startswith(".")), None)  # (not a temp file)
@@ -330,10 +361,30 @@ def output_folder(out: str | None, cfg_name: str) -> Path:
         return Path(out)
     base = Path("runs") / cfg_name / "detect"
     folder, n = base, 1
-    while folder.is_dir() and earlier(folder):
+    # (any file: the part an interrupted detect wrote, which this one would replace)
+    while folder.is_dir() and (earlier(folder) or any(folder.iterdir())):
         n += 1
         folder = base.with_name(f"detect{n}")
     return folder
+
+
+def refuse_replacing(out: Path, names: list[str], videos: Sequence[str] = ()) -> None:
+    """E901 when --out already holds a file under a name this detect writes (an annotated
+    image, a label file, a video or its labels folder): a file the user keeps there, or an input
+    such as the --names file, would be replaced (a detect never replaces what it did not
+    write; an earlier detect's outputs are refused by `output_folder`). An input video there
+    is left to `detect_video`'s own, more precise, refusal."""
+    def an_input_video(path: Path) -> bool:
+        return any(os.path.exists(v) and os.path.exists(path) and os.path.samefile(v, path)
+                   for v in videos)
+
+    held = [n for n in names if os.path.lexists(out / n) and not an_input_video(out / n)]
+    if held:
+        raise CfgError(Diagnostic(
+            "E901", f"--out '{out}' already holds '{held[0]}'"
+            + (f" (and {len(held) - 1} more)" if len(held) > 1 else "")
+            + ", which this detect would replace", str(out / held[0]),
+            hint="give --out a new or empty folder (the default is runs/<cfg-name>/detect)"))
 
 
 def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, source: str,
@@ -412,13 +463,14 @@ def refuse_output_over_inputs(out: Path, paths: list[Path]) -> None:
 
 def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                   targets: list[str] | None = None, progress: bool = True,
-                  coco: CocoIds | None = None) -> set[str]:
-    """Detect in the images and folders `targets`, writing OUT/<name>.jpg (and .txt) and
-    OUT/detections.json (with a COCO --data's ids when it lists every image). Returns the
-    output names used."""
+                  coco: CocoIds | None = None,
+                  found: tuple[list[Path], bool] | None = None) -> set[str]:
+    """Detect in the images and folders `targets` (`found`: their `image_paths`, if the
+    caller has them), writing OUT/<name>.jpg (and .txt) and OUT/detections.json (with a COCO
+    --data's ids when it lists every image). Returns the output names used."""
     from tqdm import tqdm
 
-    paths, folder = image_paths(list(opts.targets) if targets is None else targets)
+    paths, folder = found or image_paths(list(opts.targets) if targets is None else targets)
     refuse_output_over_inputs(out, paths)
     from builders.atomic import ensure_folder
 
@@ -468,7 +520,9 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))
             bar.update(len(images))
     except OSError as exc:  # an image that verified but does not decode
-        raise CfgError(Diagnostic("E901", str(exc), str(paths[min(done, len(paths) - 1)]),
+        # (named by the error: it may be any image of the batch being read, not the next one)
+        where = getattr(exc, "image", None) or str(paths[min(done, len(paths) - 1)])
+        raise CfgError(Diagnostic("E901", str(exc), where,
                                   hint="remove it or convert it to JPEG/PNG")) from None
     finally:
         bar.close()

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cfgparse import CfgError, Diagnostic
@@ -50,8 +51,10 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 
 
 def is_video(target: str) -> bool:
-    """A video file (by extension), a stream URL or a camera index ('0', '1', ...)."""
-    return (target.isdigit() or target.lower().startswith(STREAM_SCHEMES)
+    """A video file (by extension), a stream URL or a camera index ('0', '1', ...; a file or
+    folder of that name, such as a folder of photos named 2024, is that path, not a camera)."""
+    return (target.isdigit() and not os.path.exists(target)
+            or target.lower().startswith(STREAM_SCHEMES)
             or Path(target).suffix.lower() in VIDEO_EXTENSIONS)
 
 
@@ -157,7 +160,13 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
         for frame in container.decode(video=0):
             if stop.is_set():
                 break
-            frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
+            rgb = frame.to_ndarray(format="rgb24")
+            turn = round((frame.rotation or 0) / 90) % 4
+            if turn:  # a phone's portrait clip: shown upright, as cv::VideoCapture gives it to
+                # Darknet (CAP_PROP_ORIENTATION_AUTO): its display matrix turns it turn x 90°
+                # counter-clockwise (numpy's copy: no torch work in this thread)
+                rgb = np.ascontiguousarray(np.rot90(rgb, turn))
+            frames.append(torch.from_numpy(rgb).permute(2, 0, 1))
             count += 1
             if len(frames) == batch:
                 out.put(frames)
@@ -410,7 +419,6 @@ def moving_shapes_clip(path: str | os.PathLike, frames: int = 48, width: int = 3
                        seed: int = 0) -> list[list[tuple[int, float, float, float, float]]]:
     """Write an H.264 (or MPEG-4) clip of the embedded detection set's shapes moving over a
     dark background, and return each frame's true boxes (class, x, y, w, h relative)."""
-    import numpy as np
 
     from darkcfg.data.detection.embedded import COLOURS, class_look, shape_mask
 
