@@ -509,6 +509,17 @@ def test_a_data_path_with_spaces_says_darknet_removes_them(tmp_path):
     assert "Darknet removes every space of a .data line" in d.hint
 
 
+def test_a_blank_line_in_a_data_files_names_keeps_the_next_names_classes(tmp_path):
+    """Darknet's get_labels keeps a blank line as a class: the names after it keep their
+    classes (they were shifted one class down, so validation's per-class table lied)."""
+    from darkcfg.data.detection.labels import open_detection_data
+
+    data = detection_set(tmp_path, "classes=3\ntrain={folder}/train.txt\n"
+                         "names={folder}/obj.names\n")
+    (tmp_path / "set" / "obj.names").write_text("cat\n\nbird\n\n")
+    assert open_detection_data(data).names == ["cat", "1", "bird"]
+
+
 def test_data_file_with_a_bom_keeps_its_first_key(tmp_path):
     from darkcfg.data.detection.labels import open_detection_data
 

@@ -58,9 +58,11 @@ def found_under(raw: str, fallbacks: Sequence[Path]) -> str:
     return ""
 
 
-def read_list(path: Path, where: str, key: str) -> list[str]:
+def read_list(path: Path, where: str, key: str, keep_blank: bool = False) -> list[str]:
     """Non-empty lines of a list file (whitespace at the ends removed, as Darknet's fgetl+trim;
-    inner spaces stay: "a cat")."""
+    inner spaces stay: "a cat"). `keep_blank` (a names file): a blank line between names keeps
+    its place, as in Darknet's get_labels, so the names after it keep their classes (only
+    blank lines at the end are dropped)."""
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -73,6 +75,11 @@ def read_list(path: Path, where: str, key: str) -> list[str]:
         raise CfgError(Diagnostic("E901", f"cannot read the {key} file '{path}': {exc}", where,
                                   line, 1 if line else 0, hint=hint, source=raw,
                                   span=len(raw.strip()) or 1)) from None
+    if keep_blank:
+        names = [line.strip() for line in lines]
+        while names and not names[-1]:
+            names.pop()
+        return names
     return [s for s in (line.strip() for line in lines) if s]
 
 

@@ -122,8 +122,8 @@ def _count_names(opts: dict[str, str], here: Path, where: str) -> int:
     """Without classes=: the names file's line count (0: no names file), with a warning."""
     import sys
 
-    count = len(read_list(resolve(opts["names"], here), where, "names")) if "names" in opts \
-        else 0
+    count = len(read_list(resolve(opts["names"], here), where, "names", keep_blank=True)) \
+        if "names" in opts else 0
     from cfgparse import Diagnostic
     from cfgparse.errors import WARNING
 
@@ -180,7 +180,8 @@ def open_detection_data(path: Path) -> DetectionData:
     valid, valid_labels = images("valid") if "valid" in opts else ([], [])
     difficult = images("difficult")[1] if "difficult" in opts else []
     if "names" in opts:
-        names = read_list(resolve(opts["names"], here), where, "names")
+        names = read_list(resolve(opts["names"], here), where, "names", keep_blank=True)
+        names = [name or str(i) for i, name in enumerate(names)]  # a blank line: its number
         if len(names) < classes:
             raise _error(f"'{path}' says classes={classes} but its names file lists "
                          f"{len(names)} names", where, hint="one class name per line")
