@@ -213,7 +213,11 @@ def test_restarts_add_starts_and_zero_is_darknets_own(tmp_path, capsys):
     assert "1 starts from seed 0" in capsys.readouterr().err
     assert main(["anchors", str(cfg), "--data", str(data), "--restarts", "-1", "--plot", plot]) == 2
     err = capsys.readouterr().err
-    assert "error[E901]" in err and "--restarts -1" in err and "Traceback" not in err
+    assert "error[E100]" in err and "--restarts -1" in err and "Traceback" not in err
+    # refused before the data is read: a data set that does not exist is not reached
+    assert main(["anchors", str(cfg), "--data", str(tmp_path / "none.data"), "--restarts",
+                 "-1"]) == 2
+    assert "--restarts -1" in capsys.readouterr().err
 
 
 def test_write_through_a_link_edits_the_cfg_it_names(tmp_path, capsys):

@@ -135,7 +135,7 @@ def fit_anchors(boxes: np.ndarray, k: int, width: int, seed: int = 0, restarts: 
         raise CfgError(Diagnostic("E901", f"--num {k}: need at least one anchor", "--num",
                                   hint="--num N with N >= 1 (e.g. 9 for yolov3, 6 for tiny)"))
     if restarts < 0:
-        raise CfgError(Diagnostic("E901", f"--restarts {restarts}: cannot be negative",
+        raise CfgError(Diagnostic("E100", f"--restarts {restarts}: cannot be negative",
                                   "--restarts", hint="--restarts 0 runs Darknet's own start "
                                   "only; the default is 10 k-means++ starts besides it"))
     if len(boxes) < k:
