@@ -36,6 +36,17 @@ def test_a_network_deep_copies_and_pickles(tmp_path):
         twin.meta[1].block.options["size"] = 5
 
 
+@pytest.mark.parametrize("thresholds", [{"thresh": float("nan")}, {"thresh": -0.1},
+                                        {"nms": 1.5}])
+def test_detect_refuses_a_threshold_outside_0_1(tmp_path, thresholds):
+    """A NaN thresh found nothing, silently; the command line checked, the API did not."""
+    cfg = tiny_cfg(tmp_path)
+    image = write_images(tmp_path / "imgs")[0]
+    net = build(str(cfg)).eval()
+    with pytest.raises(ValueError, match="a threshold lies in"):
+        detect(net, image, **thresholds)
+
+
 def test_detect_with_a_float64_network_matches_float32(tmp_path):
     """detect() feeds the network its own dtype on the CPU (the fast path is float32-only and
     a float64 net once failed inside oneDNN)."""

@@ -550,6 +550,9 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
     """`detect`, one batch at a time: yields (images (each (C,H,W): uint8 as read, or the
     float tensor given, in [0,1]), their Detections (after NMS, boxes relative to the original
     image), their `Found` lists)."""
+    for name, value in (("thresh", thresh), ("nms", nms)):
+        if not 0 <= value <= 1:  # NaN too: a NaN threshold silently found nothing
+            raise ValueError(f"{name}={value!r}: a threshold lies in [0, 1]")
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
     if any(layer.training for layer in net.layers):  # a walk over every module costs 0.7 ms
         net.eval()
