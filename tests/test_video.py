@@ -134,7 +134,9 @@ def test_a_frames_detections_equal_detect_on_that_frame_as_an_image(net, clip, t
                     b["relative_coordinates"][key], abs=1e-5)
 
 
-def test_ctrl_c_leaves_a_playable_video_of_the_frames_done(net, clip, tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c_at_second_batch(monkeypatch):
+    """The network's second batch is interrupted (Ctrl-C)."""
     real = video.run_heads
     calls = []
 
@@ -145,6 +147,10 @@ def test_ctrl_c_leaves_a_playable_video_of_the_frames_done(net, clip, tmp_path, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(video, "run_heads", interrupted_second_batch)
+
+
+def test_ctrl_c_leaves_a_playable_video_of_the_frames_done(net, clip, tmp_path,
+                                                           ctrl_c_at_second_batch):
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt) as stop:
         detect_video(net, str(clip), out, thresh=THRESH, names=NAMES, batch_size=4,
@@ -156,18 +162,8 @@ def test_ctrl_c_leaves_a_playable_video_of_the_frames_done(net, clip, tmp_path, 
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-def test_ctrl_c_in_the_command_says_interrupted_once(cfg, clip, tmp_path, monkeypatch,
-                                                    capsys):
-    real = video.run_heads
-    calls = []
-
-    def interrupted_second_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(video, "run_heads", interrupted_second_batch)
+def test_ctrl_c_in_the_command_says_interrupted_once(cfg, clip, tmp_path, capsys,
+                                                    ctrl_c_at_second_batch):
     rc = main([str(cfg), "--detect", str(clip), "--out", str(tmp_path / "run"), "--thresh",
                str(THRESH), "--no-progress", "--seed", "1"])
     err = capsys.readouterr().err
