@@ -233,6 +233,22 @@ def test_detection_datasets_from_a_data_file(tmp_path):
     assert not truth[0, 1:].any()  # zero rows after the last box
 
 
+def test_validation_truth_keeps_every_object_of_an_image(tmp_path):
+    """validate_detector_map scores every label line: a box on the left edge (x = 0, which ends
+    Darknet's *training* truth) and the objects past the head's `max` are truths too."""
+    from darkcfg.detect.metrics import ImageBoxes
+
+    edge = "0 0 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.2\n"
+    many = "".join(f"{i % 2} {0.1 + 0.08 * i:.2f} 0.5 0.05 0.05\n" for i in range(5))
+    path = make_data_set(tmp_path / "set", labels={0: edge, 1: many})
+    splits = detection_datasets(detector(tmp_path, yolo="max=3"), str(path), seed=0)
+    images, truth, sizes = collate([splits.val[i] for i in range(3)])
+    assert truth.shape == (3, 5, 5)
+    counts = [len(ImageBoxes.from_truth(rows).classes) for rows in truth]
+    assert counts == [2, 5, 1]
+    assert ImageBoxes.from_truth(truth[0]).classes.tolist() == [0, 1]
+
+
 def test_detection_datasets_refuse_bad_labels_before_training(tmp_path):
     path = make_data_set(tmp_path / "set", labels={2: "0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1\n"})
     with pytest.raises(CfgError) as err:
