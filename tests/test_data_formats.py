@@ -415,6 +415,21 @@ def test_yolo_label_errors_are_darknets(tmp_path):
     assert ":1:8:" in msg and "neither a folder nor a list file" in msg
 
 
+def test_a_label_file_in_two_splits_is_reported_once(tmp_path):
+    """valid= naming the train list (the usual Darknet set-up) reads every label file twice:
+    each error and warning is said once, and the W903 count is of boxes, not of readings."""
+    path = write_darknet(tmp_path / "d")
+    path.write_text("classes=3\ntrain=train.txt\nvalid=train.txt\nnames=obj.names\n")
+    first = tmp_path / "d" / "img" / f"im{TRAIN[0]}.txt"
+    first.write_text("7 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 1.5\n")
+    data = open_set(path, strict=False)
+    found = [(d.code, d.line) for d in data.problems if d.path == str(first)]
+    assert found == [("E903", 1), ("W903", 2)]
+    with pytest.raises(CfgError) as err:
+        open_set(path)
+    assert len(err.value.diagnostics) == 1
+
+
 # -- convert --------------------------------------------------------------------------------------
 def as_samples(data):
     """Order-free comparison: (pixels bytes, boxes bytes, difficult) per image, sorted."""
