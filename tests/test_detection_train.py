@@ -348,3 +348,29 @@ def test_darknet_build_native_trains_and_is_recorded(cfg, tmp_path, capsys):
                         "max_batches=2"]) == 2
     err = capsys.readouterr().err
     assert "error[E305]" in err and "mosaic needs OpenCV" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("step, message", [
+    ("16", "multi-scale training (random=1) trains at 80x80 (resize_step=16), where this "
+     "network cannot run:"),
+    ("0", "resize_step=0: multi-scale training (random=1 in the last [yolo]) steps sizes by it")])
+def test_multiscale_sizes_the_network_cannot_run_are_refused_before_training(
+        tmp_path, capsys, step, message):
+    """random=1 trains at sizes resize_step apart: one the network cannot run at (its routes
+    join maps of other sizes) is a located E305 before any data is read, not a traceback at the
+    first iteration of that size; the cfg size alone (random=0) trains."""
+    from darkcfg.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", str(ROOT / "cfg" / "yolov3-tiny.cfg"), "--out", str(out), "--no-progress",
+            "--workers", "0", "--valid-every", "0", "--set", "width=64", "--set", "height=64",
+            "--set", "batch=2", "--set", "subdivisions=1", "--set", "max_batches=1",
+            "--set", f"resize_step={step}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error[E305]: {message}" in err and "Traceback" not in err
+    if step == "16":
+        assert "yolov3-tiny.cfg:180:8: [route] inputs differ" in err
+        assert "yolov3-tiny.cfg:208:8: error[E305]" in err  # the last [yolo]'s random=
+    assert not (out / "checkpoint.pt").exists()
+    assert main([*args, "--set", "yolo.random=0"]) == 0

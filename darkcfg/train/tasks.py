@@ -94,6 +94,10 @@ class Task:
     def use_options(self, opts: TaskOptions) -> None:
         """Read the run's command-line options that concern this task (RunOptions)."""
 
+    def check_training(self, net) -> None:
+        """Raise a located CfgError, before any data is read, for what `net` cannot train with
+        this task (validation does not call it)."""
+
     @property
     def columns(self) -> tuple[str, ...]:
         """metrics.csv header."""
