@@ -758,3 +758,19 @@ def test_native_build_moves_boxes_as_the_opencv_build_and_refuses_mosaic():
     assert "as Darknet built without OpenCV" in native.honoured()
     with pytest.raises(CfgError, match="mosaic needs OpenCV"):
         DetectionSettings(64, 48, mix=MOSAIC).for_build("native")
+
+
+def test_a_negative_max_is_a_located_error(tmp_path):
+    """`max` is how many truth boxes an image keeps (Darknet allocates max·5 floats): below 0 it
+    is E203 at the value, not a torch error in a loader worker (which hung the run)."""
+    from cfgparse import parse
+    from cfgparse.schema import SECTIONS
+
+    assert all(SECTIONS[section]["max"].min == 0 for section in ("yolo", "region", "detection"))
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG.format(net="", yolo="max=-1"))
+    with pytest.raises(CfgError) as err:
+        build(parse(cfg))
+    d = err.value.first
+    assert (d.code, d.line, d.column) == ("E203", 21, 5) and "must be >= 0" in d.message
+    assert detector(tmp_path, yolo="max=0").layers[-1].data.max_boxes == 0  # Darknet: no truth
