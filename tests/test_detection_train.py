@@ -374,3 +374,23 @@ def test_multiscale_sizes_the_network_cannot_run_are_refused_before_training(
         assert "yolov3-tiny.cfg:208:8: error[E305]" in err  # the last [yolo]'s random=
     assert not (out / "checkpoint.pt").exists()
     assert main([*args, "--set", "yolo.random=0"]) == 0
+
+
+def test_an_error_in_a_loader_process_ends_the_run(cfg, tmp_path):
+    """Loader processes ignore SIGTERM (a stop signal to the process group is the trainer's to
+    handle), so one that raised must be stopped by the stream itself: the run ends with the
+    error instead of waiting at exit, forever, on a process multiprocessing cannot terminate."""
+    script = tmp_path / "boom.py"
+    script.write_text(
+        "import sys\n"
+        "import darkcfg.data.detection.dataset as dataset\n"
+        "def boom(boxes, rows):\n"
+        "    raise RuntimeError('boom in a loader process')\n"
+        "dataset.pad_truth = boom\n"
+        "from darkcfg.cli import main\n"
+        f"sys.exit(main(['train', {str(cfg)!r}, '--out', {str(tmp_path / 'run')!r}, "
+        "'--no-progress', '--workers', '1', '--valid-every', '0']))\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "boom in a loader process" in done.stderr

@@ -186,7 +186,16 @@ class DetectionStream:
                             prefetch_factor=2 if self.workers else None,
                             persistent_workers=False, generator=generator,
                             worker_init_fn=loader_worker_init)
-        yield from loader
+        batches = iter(loader)
+        try:
+            yield from batches
+        finally:
+            # stop the loader processes now, whatever ended the stream: they ignore SIGTERM
+            # (loader_worker_init), so an error's traceback that still holds this iterator
+            # would leave them to multiprocessing's exit handler, which waits on them forever
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 # -- validation -----------------------------------------------------------------------------------
