@@ -394,3 +394,25 @@ def test_an_error_in_a_loader_process_ends_the_run(cfg, tmp_path):
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, timeout=120,
                           capture_output=True, text=True)
     assert done.returncode == 1 and "boom in a loader process" in done.stderr
+
+
+def test_a_data_error_in_a_validation_loader_process_is_reported_and_ends(cfg, tmp_path):
+    """`valid` whose loader process raises a data error: the located error, exit 2, no
+    traceback, and the process ends (the loop's iterator, alive in the error's frames, left a
+    SIGTERM-ignoring loader process for multiprocessing's exit handler to wait on forever)."""
+    script = tmp_path / "boom.py"
+    script.write_text(
+        "import sys\n"
+        "import darkcfg.data.detection.dataset as dataset\n"
+        "from darkcfg.data import DataError\n"
+        "def boom(self, index):\n"
+        "    raise DataError(\"cannot read image 'x.png': broken\")\n"
+        "dataset.DetectionEval.__getitem__ = boom\n"
+        "from darkcfg.cli import main\n"
+        f"sys.exit(main(['valid', {str(cfg)!r}, '--workers', '1']))\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "x.png: error[E901]: cannot read image 'x.png': broken" in done.stderr
+    assert "Traceback" not in done.stderr
