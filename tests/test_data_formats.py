@@ -304,6 +304,11 @@ def test_a_coco_bbox_that_is_no_number_is_refused(tmp_path, bbox):
     (lambda d: d["images"][0].update(width="wide"), "has width 'wide', not a size in pixels"),
     (lambda d: d["images"][1].update(height=True), "has height True, not a size in pixels"),
     (lambda d: d["images"][0].update(width=-5), "has width -5, not a size in pixels"),
+    # wholly outside, though by less than the pixel a box may poke out by: clipping it to the
+    # image gave a row of negative width (an unmatchable truth in the mAP)
+    (lambda d: d["annotations"][0].update(bbox=[d["images"][0]["width"] + 0.5, 2, 0.3, 4]),
+     "is outside the image"),
+    (lambda d: d["annotations"][0].update(bbox=[-0.9, 2, 0.5, 4]), "is outside the image"),
 ])
 def test_coco_ids_and_crowd_flags_that_cannot_mean_one_thing(tmp_path, edit, message):
     train, _ = write_coco(tmp_path / "c")
