@@ -416,3 +416,23 @@ def test_a_data_error_in_a_validation_loader_process_is_reported_and_ends(cfg, t
     assert done.returncode == 2, done.stderr
     assert "x.png: error[E901]: cannot read image 'x.png': broken" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_best_weights_follow_darknets_greater_or_equal_map(cfg, tmp_path, monkeypatch):
+    """Darknet saves `_best.weights` when `mAP >= best_map` (src/detector.c train_detector):
+    a validation that ties the best replaces it; a classifier keeps the first of equal scores."""
+    from darkcfg.train.distributed import Dist
+    from darkcfg.train.outputs import RunLog
+    from darkcfg.train.tasks import ClassifyTask
+
+    net = build(str(cfg))
+    task = task_for(net, NetConfig.from_block(net.net_block))
+    assert isinstance(task, DetectionTask) and task.best_on_tie and not ClassifyTask.best_on_tie
+    log = RunLog(tmp_path / "run", "tiny", Dist(), 12, 10, task, progress=False)
+    saved = []
+    monkeypatch.setattr(log, "save_weights", lambda trainer, suffix: saved.append(suffix))
+    for k, map50 in ((3, 0.5), (6, 0.5), (9, 0.25), (12, 0.75)):
+        log.validated(k, {"val_map50": map50}, trainer=None)
+        saved.append(k)
+    assert saved == ["best", 3, "best", 6, 9, "best", 12]
+    log.close()

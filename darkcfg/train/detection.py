@@ -60,6 +60,7 @@ class DetectionTask(Task):
                                           "val_recall", "val_f1", "val_avg_iou")
     best: ClassVar[str] = "val_map50"
     higher_is_better: ClassVar[bool] = True
+    best_on_tie: ClassVar[bool] = True  # src/detector.c train_detector: mAP >= best_map
     plots: ClassVar[tuple[tuple[str, str], ...]] = (("val_map50", "mAP@0.5"),
                                                     ("val_map50_95", "mAP@[.5:.95]"))
     plot_label: ClassVar[str] = "val mAP"
