@@ -76,7 +76,7 @@ _POOL = {
 # Darknet (AlexeyAB reports it as an unused field in yolov4-sam-mish-csp-reorg-bfm.cfg).
 _YOLO_COMMON = {
     "classes": K("i", 20, min=1), "num": K("i", 1, min=1), "mask": K("I", None),
-    "anchors": K("F", None), "max": K("i", 200), "jitter": K("f", 0.2), "random": K("f", 0),
+    "anchors": K("F", None), "max": K("i", 200, min=0), "jitter": K("f", 0.2), "random": K("f", 0),
     "ignore_thresh": K("f", 0.5), "truth_thresh": K("f", 1.0), "map": K("s", None),
     **{key: KeySpec(spec.type, spec.default, spec.min, spec.choices, spec.doc, AB)
        for key, spec in {
@@ -189,7 +189,7 @@ SECTIONS: dict[str, dict[str, KeySpec]] = {
                                                                "right_bottom"))),
     "region": {
         "coords": K("i", 4), "classes": K("i", 20, min=1), "num": K("i", 1, min=1),
-        "max": K("i", 200), "log": K("i", 0), "sqrt": K("b", 0), "softmax": K("b", 0),
+        "max": K("i", 200, min=0), "log": K("i", 0), "sqrt": K("b", 0), "softmax": K("b", 0),
         "focal_loss": K("b", 0, fork=AB), "jitter": K("f", 0.2), "resize": K("f", 1, fork=AB),
         "rescore": K("b", 0), "thresh": K("f", 0.5), "classfix": K("i", 0),
         "absolute": K("b", 0), "random": K("b", 0), "coord_scale": K("f", 1),
@@ -200,7 +200,7 @@ SECTIONS: dict[str, dict[str, KeySpec]] = {
     "detection": {
         "coords": K("i", 1), "classes": K("i", 1, min=1), "rescore": K("b", 0),
         "num": K("i", 1, min=1), "side": K("i", 7, min=1), "softmax": K("b", 0),
-        "sqrt": K("b", 0), "max": K("i", 200), "coord_scale": K("f", 1), "forced": K("b", 0),
+        "sqrt": K("b", 0), "max": K("i", 200, min=0), "coord_scale": K("f", 1), "forced": K("b", 0),
         "object_scale": K("f", 1), "noobject_scale": K("f", 1), "class_scale": K("f", 1),
         "jitter": K("f", 0.2), "resize": K("f", 1, fork=AB), "random": K("b", 0),
         "reorg": K("b", 0),

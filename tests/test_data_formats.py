@@ -304,6 +304,11 @@ def test_a_coco_bbox_that_is_no_number_is_refused(tmp_path, bbox):
     (lambda d: d["images"][0].update(width="wide"), "has width 'wide', not a size in pixels"),
     (lambda d: d["images"][1].update(height=True), "has height True, not a size in pixels"),
     (lambda d: d["images"][0].update(width=-5), "has width -5, not a size in pixels"),
+    # wholly outside, though by less than the pixel a box may poke out by: clipping it to the
+    # image gave a row of negative width (an unmatchable truth in the mAP)
+    (lambda d: d["annotations"][0].update(bbox=[d["images"][0]["width"] + 0.5, 2, 0.3, 4]),
+     "is outside the image"),
+    (lambda d: d["annotations"][0].update(bbox=[-0.9, 2, 0.5, 4]), "is outside the image"),
 ])
 def test_coco_ids_and_crowd_flags_that_cannot_mean_one_thing(tmp_path, edit, message):
     train, _ = write_coco(tmp_path / "c")
@@ -413,6 +418,21 @@ def test_yolo_label_errors_are_darknets(tmp_path):
     path.write_text("train: nowhere\nnames: [a]\n")
     msg = first_error(path)
     assert ":1:8:" in msg and "neither a folder nor a list file" in msg
+
+
+def test_a_label_file_in_two_splits_is_reported_once(tmp_path):
+    """valid= naming the train list (the usual Darknet set-up) reads every label file twice:
+    each error and warning is said once, and the W903 count is of boxes, not of readings."""
+    path = write_darknet(tmp_path / "d")
+    path.write_text("classes=3\ntrain=train.txt\nvalid=train.txt\nnames=obj.names\n")
+    first = tmp_path / "d" / "img" / f"im{TRAIN[0]}.txt"
+    first.write_text("7 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 1.5\n")
+    data = open_set(path, strict=False)
+    found = [(d.code, d.line) for d in data.problems if d.path == str(first)]
+    assert found == [("E903", 1), ("W903", 2)]
+    with pytest.raises(CfgError) as err:
+        open_set(path)
+    assert len(err.value.diagnostics) == 1
 
 
 # -- convert --------------------------------------------------------------------------------------

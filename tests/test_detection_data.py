@@ -233,6 +233,22 @@ def test_detection_datasets_from_a_data_file(tmp_path):
     assert not truth[0, 1:].any()  # zero rows after the last box
 
 
+def test_validation_truth_keeps_every_object_of_an_image(tmp_path):
+    """validate_detector_map scores every label line: a box on the left edge (x = 0, which ends
+    Darknet's *training* truth) and the objects past the head's `max` are truths too."""
+    from darkcfg.detect.metrics import ImageBoxes
+
+    edge = "0 0 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.2\n"
+    many = "".join(f"{i % 2} {0.1 + 0.08 * i:.2f} 0.5 0.05 0.05\n" for i in range(5))
+    path = make_data_set(tmp_path / "set", labels={0: edge, 1: many})
+    splits = detection_datasets(detector(tmp_path, yolo="max=3"), str(path), seed=0)
+    images, truth, sizes = collate([splits.val[i] for i in range(3)])
+    assert truth.shape == (3, 5, 5)
+    counts = [len(ImageBoxes.from_truth(rows).classes) for rows in truth]
+    assert counts == [2, 5, 1]
+    assert ImageBoxes.from_truth(truth[0]).classes.tolist() == [0, 1]
+
+
 def test_detection_datasets_refuse_bad_labels_before_training(tmp_path):
     path = make_data_set(tmp_path / "set", labels={2: "0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1\n"})
     with pytest.raises(CfgError) as err:
@@ -742,3 +758,19 @@ def test_native_build_moves_boxes_as_the_opencv_build_and_refuses_mosaic():
     assert "as Darknet built without OpenCV" in native.honoured()
     with pytest.raises(CfgError, match="mosaic needs OpenCV"):
         DetectionSettings(64, 48, mix=MOSAIC).for_build("native")
+
+
+def test_a_negative_max_is_a_located_error(tmp_path):
+    """`max` is how many truth boxes an image keeps (Darknet allocates max·5 floats): below 0 it
+    is E203 at the value, not a torch error in a loader worker (which hung the run)."""
+    from cfgparse import parse
+    from cfgparse.schema import SECTIONS
+
+    assert all(SECTIONS[section]["max"].min == 0 for section in ("yolo", "region", "detection"))
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG.format(net="", yolo="max=-1"))
+    with pytest.raises(CfgError) as err:
+        build(parse(cfg))
+    d = err.value.first
+    assert (d.code, d.line, d.column) == ("E203", 21, 5) and "must be >= 0" in d.message
+    assert detector(tmp_path, yolo="max=0").layers[-1].data.max_boxes == 0  # Darknet: no truth

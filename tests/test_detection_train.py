@@ -348,3 +348,91 @@ def test_darknet_build_native_trains_and_is_recorded(cfg, tmp_path, capsys):
                         "max_batches=2"]) == 2
     err = capsys.readouterr().err
     assert "error[E305]" in err and "mosaic needs OpenCV" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("step, message", [
+    ("16", "multi-scale training (random=1) trains at 80x80 (resize_step=16), where this "
+     "network cannot run:"),
+    ("0", "resize_step=0: multi-scale training (random=1 in the last [yolo]) steps sizes by it")])
+def test_multiscale_sizes_the_network_cannot_run_are_refused_before_training(
+        tmp_path, capsys, step, message):
+    """random=1 trains at sizes resize_step apart: one the network cannot run at (its routes
+    join maps of other sizes) is a located E305 before any data is read, not a traceback at the
+    first iteration of that size; the cfg size alone (random=0) trains."""
+    from darkcfg.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", str(ROOT / "cfg" / "yolov3-tiny.cfg"), "--out", str(out), "--no-progress",
+            "--workers", "0", "--valid-every", "0", "--set", "width=64", "--set", "height=64",
+            "--set", "batch=2", "--set", "subdivisions=1", "--set", "max_batches=1",
+            "--set", f"resize_step={step}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error[E305]: {message}" in err and "Traceback" not in err
+    if step == "16":
+        assert "yolov3-tiny.cfg:180:8: [route] inputs differ" in err
+        assert "yolov3-tiny.cfg:208:8: error[E305]" in err  # the last [yolo]'s random=
+    assert not (out / "checkpoint.pt").exists()
+    assert main([*args, "--set", "yolo.random=0"]) == 0
+
+
+def test_an_error_in_a_loader_process_ends_the_run(cfg, tmp_path):
+    """Loader processes ignore SIGTERM (a stop signal to the process group is the trainer's to
+    handle), so one that raised must be stopped by the stream itself: the run ends with the
+    error instead of waiting at exit, forever, on a process multiprocessing cannot terminate."""
+    script = tmp_path / "boom.py"
+    script.write_text(
+        "import sys\n"
+        "import darkcfg.data.detection.dataset as dataset\n"
+        "def boom(boxes, rows):\n"
+        "    raise RuntimeError('boom in a loader process')\n"
+        "dataset.pad_truth = boom\n"
+        "from darkcfg.cli import main\n"
+        f"sys.exit(main(['train', {str(cfg)!r}, '--out', {str(tmp_path / 'run')!r}, "
+        "'--no-progress', '--workers', '1', '--valid-every', '0']))\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "boom in a loader process" in done.stderr
+
+
+def test_a_data_error_in_a_validation_loader_process_is_reported_and_ends(cfg, tmp_path):
+    """`valid` whose loader process raises a data error: the located error, exit 2, no
+    traceback, and the process ends (the loop's iterator, alive in the error's frames, left a
+    SIGTERM-ignoring loader process for multiprocessing's exit handler to wait on forever)."""
+    script = tmp_path / "boom.py"
+    script.write_text(
+        "import sys\n"
+        "import darkcfg.data.detection.dataset as dataset\n"
+        "from darkcfg.data import DataError\n"
+        "def boom(self, index):\n"
+        "    raise DataError(\"cannot read image 'x.png': broken\")\n"
+        "dataset.DetectionEval.__getitem__ = boom\n"
+        "from darkcfg.cli import main\n"
+        f"sys.exit(main(['valid', {str(cfg)!r}, '--workers', '1']))\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "x.png: error[E901]: cannot read image 'x.png': broken" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_best_weights_follow_darknets_greater_or_equal_map(cfg, tmp_path, monkeypatch):
+    """Darknet saves `_best.weights` when `mAP >= best_map` (src/detector.c train_detector):
+    a validation that ties the best replaces it; a classifier keeps the first of equal scores."""
+    from darkcfg.train.distributed import Dist
+    from darkcfg.train.outputs import RunLog
+    from darkcfg.train.tasks import ClassifyTask
+
+    net = build(str(cfg))
+    task = task_for(net, NetConfig.from_block(net.net_block))
+    assert isinstance(task, DetectionTask) and task.best_on_tie and not ClassifyTask.best_on_tie
+    log = RunLog(tmp_path / "run", "tiny", Dist(), 12, 10, task, progress=False)
+    saved = []
+    monkeypatch.setattr(log, "save_weights", lambda trainer, suffix: saved.append(suffix))
+    for k, map50 in ((3, 0.5), (6, 0.5), (9, 0.25), (12, 0.75)):
+        log.validated(k, {"val_map50": map50}, trainer=None)
+        saved.append(k)
+    assert saved == ["best", 3, "best", 6, 9, "best", 12]
+    log.close()

@@ -104,6 +104,35 @@ def loader_worker_init(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _stop_loader_processes() -> None:
+    """At exit, kill the daemonic child processes still running (DataLoader processes: a
+    daemonic process ends with its parent, multiprocessing's rule). A run that ends on an error
+    while a loader iterator is alive (held by the error's traceback, or by a loop's frame)
+    leaves them to multiprocessing's exit handler, which sends SIGTERM, which loader processes
+    ignore (loader_worker_init), and then waits for them forever. Registered after that
+    handler, so it runs first (atexit runs in reverse order)."""
+    import multiprocessing
+    import signal
+
+    left = [p for p in multiprocessing.active_children() if p.daemon]
+    if not left:
+        return
+    if hasattr(signal, "SIGCHLD"):  # torch's handler would report each kill as a failure
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for process in left:
+        process.kill()
+
+
+def _register_stop_at_exit() -> None:
+    import atexit
+    import multiprocessing.util  # noqa: F401 - its exit handler first, so that ours runs before
+
+    atexit.register(_stop_loader_processes)
+
+
+_register_stop_at_exit()
+
+
 EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 upright; 2-8 mirrored and/or rotated
 
 

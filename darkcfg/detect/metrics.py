@@ -67,10 +67,13 @@ class ImageBoxes:
 
     @staticmethod
     def from_truth(truth) -> ImageBoxes:
-        """Ground truth from a Darknet truth tensor (M, 5) `[cx, cy, w, h, class]`; rows after the
-        first with x == 0 are padding (AlexeyAB src/detector.c, src/yolo_layer.c #16)."""
+        """Ground truth from a Darknet truth tensor (M, 5) `[cx, cy, w, h, class]`; rows from the
+        first without width are padding. (Darknet's training truth ends at its first x == 0,
+        AlexeyAB src/detector.c, src/yolo_layer.c #16; a validation label may have x == 0, a
+        box on the left edge that `validate_detector_map` scores, but never w == 0: such a label
+        is left out when read.)"""
         truth = torch.as_tensor(truth, dtype=torch.float64).reshape(-1, 5)
-        empty = (truth[:, 0] == 0).nonzero()
+        empty = (truth[:, 2] == 0).nonzero()
         if len(empty):
             truth = truth[: int(empty[0])]
         return ImageBoxes.of(truth[:, :4], truth[:, 4].round())

@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import torch
 
+from cfgparse import CfgError
 from darkcfg.data import DataSplits
 from darkcfg.data.detection.augment import DetectionSettings
 from darkcfg.data.detection.dataset import collate as detection_collate
@@ -59,6 +60,7 @@ class DetectionTask(Task):
                                           "val_recall", "val_f1", "val_avg_iou")
     best: ClassVar[str] = "val_map50"
     higher_is_better: ClassVar[bool] = True
+    best_on_tie: ClassVar[bool] = True  # src/detector.c train_detector: mAP >= best_map
     plots: ClassVar[tuple[tuple[str, str], ...]] = (("val_map50", "mAP@0.5"),
                                                     ("val_map50_95", "mAP@[.5:.95]"))
     plot_label: ClassVar[str] = "val mAP"
@@ -82,6 +84,39 @@ class DetectionTask(Task):
             print("warning: pycocotools is not installed: validation reports Darknet's mAP@0.5, "
                   "precision, recall and F1 but not COCO mAP@[.5:.95] (pip install "
                   "'darkcfg[detect]' to add it)", file=sys.stderr)
+
+    def check_training(self, net) -> None:
+        """`random=` multi-scale trains at sizes other than the cfg's: refuse (E305) a
+        resize_step below 1 (Darknet divides by it) and a size the network cannot run at (a
+        resize_step that is not a multiple of its stride, a [connected] layer), found by
+        building it at each size on the meta device, instead of a crash at that iteration."""
+        from builders import Network
+        from darkcfg.data.detection.scales import possible_dims
+
+        s = self.settings
+        if not s.random:
+            return
+        head = [m for m in net.meta if m.index in self.heads][-1].block
+        if s.resize_step < 1:
+            raise net.net_block.error(
+                "E305", f"resize_step={s.resize_step}: multi-scale training (random="
+                f"{s.random:g} in the last [{head.name}]) steps sizes by it", "resize_step",
+                hint="use resize_step=32 (Darknet's default), or random=0")
+        blocks = [net.net_block, *(m.block for m in net.meta)]
+        for w, h in possible_dims(s.width, s.height, s.random, s.resize_step):
+            if (w, h) == (s.width, s.height):
+                continue
+            try:
+                Network([blocks[0].with_values(width=w, height=h), *blocks[1:]],
+                        flavor=net.info.flavor, device="meta")
+            except CfgError as exc:
+                inner = exc.first
+                raise head.error(
+                    "E305", f"multi-scale training (random={s.random:g}) trains at {w}x{h} "
+                    f"(resize_step={s.resize_step}), where this network cannot run: "
+                    f"{inner.path}:{inner.line}:{inner.column}: {inner.message}", "random",
+                    hint="set [net] resize_step to a multiple of the network's stride (e.g. "
+                    "32), or random=0") from None
 
     # -- data ---------------------------------------------------------------------------------
     def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:

@@ -161,7 +161,8 @@ class RunLog:
             shown = self.task.describe(val)
             sep = "\n" if "\n" in shown else " "  # a table starts on its own line
             self.bar.write(f"iteration {iteration}:{sep}{shown}", file=sys.stderr)
-        if self.best is None or score > self.best:
+        if self.best is None or score > self.best or (self.task.best_on_tie
+                                                      and score == self.best):
             self.best = score
             if self.main:
                 self.save_weights(trainer, "best")

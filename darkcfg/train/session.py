@@ -253,6 +253,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                                   hint="set max_batches=N in [net] or pass --set max_batches=N")
     task = task_for(net, cfg)
     task.use_options(opts)
+    task.check_training(net)
     splits = task.open_data(opts.data, opts.seed, opts.classes)
     out = opts.out
     if splits.backup and not opts.explicit_out:

@@ -69,6 +69,9 @@ class Task:
     metrics: ClassVar[tuple[str, ...]] = ("val_loss",)
     best: ClassVar[str] = "val_loss"
     higher_is_better: ClassVar[bool] = False
+    #: a validation that ties the best so far replaces `<cfg>_best.weights` (Darknet's
+    #: `mAP >= best_map` for detectors); False: the first of equal scores stays
+    best_on_tie: ClassVar[bool] = False
     #: what `batch_sums` adds up per validation batch, each divided by the sample count at the
     #: end (fixed names: every rank reduces the same shape, even with an empty share)
     sums: ClassVar[tuple[str, ...]] = ("val_loss",)
@@ -93,6 +96,10 @@ class Task:
 
     def use_options(self, opts: TaskOptions) -> None:
         """Read the run's command-line options that concern this task (RunOptions)."""
+
+    def check_training(self, net) -> None:
+        """Raise a located CfgError, before any data is read, for what `net` cannot train with
+        this task (validation does not call it)."""
 
     @property
     def columns(self) -> tuple[str, ...]:

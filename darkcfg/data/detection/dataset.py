@@ -186,14 +186,24 @@ class DetectionStream:
                             prefetch_factor=2 if self.workers else None,
                             persistent_workers=False, generator=generator,
                             worker_init_fn=loader_worker_init)
-        yield from loader
+        batches = iter(loader)
+        try:
+            yield from batches
+        finally:
+            # stop the loader processes now, whatever ended the stream: they ignore SIGTERM
+            # (loader_worker_init), so an error's traceback that still holds this iterator
+            # would leave them to multiprocessing's exit handler, which waits on them forever
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 # -- validation -----------------------------------------------------------------------------------
 class DetectionEval(Dataset):
     """Index i: (float image (C, h, w) at the network size the way `detector map` feeds it:
-    letterbox_image with [net] letter_box=1, else resize_image; truth (max, 5) relative to the
-    *original* image; the original (width, height) as a tensor)."""
+    letterbox_image with [net] letter_box=1, else resize_image; truth (M, 5) relative to the
+    *original* image, every object of it (M = max(objects, `max`)); the original (width,
+    height) as a tensor)."""
 
     def __init__(self, source: Dataset, settings: DetectionSettings,
                  difficult: list[np.ndarray] | None = None):
@@ -210,11 +220,14 @@ class DetectionEval(Dataset):
         view = letterbox_image(x, s.width, s.height) if s.letter_box else \
             resize_image(x, s.width, s.height)
         size = torch.tensor([image.shape[-1], image.shape[-2]], dtype=torch.int64)
+        # every truth of the image: validate_detector_map reads all label lines (`max` only
+        # truncates training truth)
+        truth = pad_truth(boxes, max(len(boxes), s.max_boxes))
         if self.difficult is None:
-            return view, pad_truth(boxes, s.max_boxes), size
+            return view, truth, size
         # objects not scored (Darknet's difficult= list, VOC difficult, COCO iscrowd)
         hard = self.difficult[index]
-        return view, pad_truth(boxes, s.max_boxes), size, pad_truth(hard, max(len(hard), 1))
+        return view, truth, size, pad_truth(hard, max(len(hard), 1))
 
 
 def collate(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
@@ -222,14 +235,17 @@ def collate(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
     validation samples -> (images, truth, sizes (N, 2) = original width, height), and when the
     data has objects not to score, difficult (N, D, 5) in truth's layout.
     truth rows are [x, y, w, h, class] relative, zero rows after the last box, M = the last
-    detection layer's `max` (Darknet's truth layout without the track id)."""
+    detection layer's `max` (Darknet's truth layout without the track id; validation truth keeps
+    every object, so M is the larger of `max` and the most objects of an image in the batch)."""
     columns = list(zip(*samples, strict=True))
     images = torch.stack(columns[0])
     if images.dtype == torch.uint8:
         images = images.float().div_(255)
-    if len(columns) == 4:  # difficult boxes: as many rows as the image with most of them
-        most = max(len(d) for d in columns[3])
-        columns[3] = [torch.cat([d, d.new_zeros(most - len(d), 5)]) for d in columns[3]]
+    # validation truth (an image may have more than `max` objects) and difficult boxes: as many
+    # rows as the image with most of them
+    for k in (1, 3) if len(columns) == 4 else (1,) if len(columns) == 3 else ():
+        most = max(len(d) for d in columns[k])
+        columns[k] = [torch.cat([d, d.new_zeros(most - len(d), 5)]) for d in columns[k]]
     return (images, *(torch.stack(c) for c in columns[1:]))
 
 
@@ -281,7 +297,7 @@ def detection_datasets(net, source: str | Path | None, seed: int, classes: int |
       validation: images (N, C, h, w) at the cfg size, truth (N, M, 5) relative to the original
                   image, sizes (N, 2) original (width, height)
     with truth rows [x, y, w, h, class] relative and zero rows after the last box,
-    M = the last detection layer's `max`.
+    M = the last detection layer's `max` (validation: at least that, every object kept).
 
     multiscale=False keeps every training batch at the cfg size whatever `random` says (for a
     network that cannot run at other input sizes)."""

@@ -63,6 +63,18 @@ def training_size(iteration: int, init_w: int, init_h: int, random: float, seed:
     return scale_dims(r, init_w, init_h, step)
 
 
+def possible_dims(init_w: int, init_h: int, random: float, resize_step: int = 32
+                  ) -> list[tuple[int, int]]:
+    """Every (width, height) multi-scale can give (one `r` for both sides), smallest first."""
+    if not random:
+        return [(init_w, init_h)]
+    coef = 1.4 if random == 1 else float(random)
+    lo, hi = min(coef, 1 / coef), max(coef, 1 / coef)
+    step = max(int(resize_step), 1)
+    return sorted({scale_dims(float(r), init_w, init_h, step)
+                   for r in [*np.linspace(lo, hi, 4001), coef]})
+
+
 def possible_sizes(init: int, random: float, resize_step: int = 32) -> list[int]:
     """Every size multi-scale can give for one side (for tests and the README)."""
     if not random:

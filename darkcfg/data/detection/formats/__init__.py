@@ -68,6 +68,9 @@ def open_set(path: str | Path, strict: bool = True) -> DetectionSet:
     path = Path(path).expanduser()
     fmt = detect_format(path)
     data = READERS[fmt](path)
+    # a label file in two splits (a .data whose valid= is its train list, an id in VOC's
+    # train.txt and val.txt) is read twice: each of its problems is said once
+    data.problems = list(dict.fromkeys(data.problems))
     if strict:
         raise_problems(data.problems)
     return data

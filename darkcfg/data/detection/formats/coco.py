@@ -218,7 +218,9 @@ def read_coco(path: Path) -> DetectionSet:
                                      f"bbox {box} has no area (width and height must be > 0)"))
             continue
         t = OUTSIDE_TOLERANCE
-        if x < -t or y < -t or x + w > width + t or y + h > height + t:
+        # (within the tolerance but wholly outside, it would clip to a box of negative size)
+        if x < -t or y < -t or x + w > width + t or y + h > height + t or x >= width \
+                or y >= height or x + w <= 0 or y + h <= 0:
             problems.append(where.at(
                 "annotations", i, "bbox",
                 f"bbox {box} is outside the image ({width:g}x{height:g})",
