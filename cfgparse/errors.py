@@ -50,6 +50,8 @@ CODES = {
     "E304": "detection head inconsistent with its anchors or input",
     "E305": "[net] training settings inconsistent",
     "W305": "[net] augmentation keys some Darknet builds refuse together (applied anyway)",
+    "W306": "[net] training settings Darknet trains with, but not as written (the trainer's "
+            "reading of check's E305)",
     "W301": "key read by no builder",
     "W302": "class count disagrees between heads or with [net]",
     "W303": "shortcut resamples a layer of another size (pjreddie only; AlexeyAB aborts)",

@@ -277,8 +277,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         say(problem.format(), dist)
     for problem in net_rules(net.net_block):  # the fatal ones were refused by NetConfig.check
         # settings Darknet trains with, but not as written (a partial mini-batch, burn_in past
-        # the end, steps without scales...): the linter's errors, the trainer's warnings
-        say(replace(problem, severity=WARNING).format(), dist)
+        # the end, steps without scales...): the linter's E305 errors, the trainer's W306
+        say(replace(problem, code="W306", severity=WARNING).format(), dist)
     if trainer.amp_dtype == torch.bfloat16 and device.type == "cpu" and \
             not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         say("warning: --amp on a CPU without native bfloat16 (AVX512-BF16 or AMX): oneDNN "
