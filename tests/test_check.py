@@ -54,6 +54,9 @@ MUST_SHOW = {
     "empty file": ("", "E100", 1, 1),
     "option before any section": ("batch=1\n" + NET + CONV, "E103", 1, 1),
     "negative size": (NET + "[convolutional]\nfilters=16\nsize=-3\n", "E203", 8, 6),
+    # random=-1 trained at 32x32 silently (multi-scale's floor)
+    "negative random": (NET + "[convolutional]\nfilters=6\nsize=1\n\n[yolo]\nmask=0\n"
+                        "anchors=1,2\nclasses=1\nnum=1\nrandom=-1\n", "E203", 15, 8),
     "filters=1000000000": (NET + "[convolutional]\nfilters=1000000000\nsize=3\npad=1\n"
                            "activation=leaky\n", "E401", 7, 9),
     # 32x32 -> (32-3)/3+1 = 10x10: not a whole up/down-scale, so no fork can add them
