@@ -76,7 +76,8 @@ _POOL = {
 # Darknet (AlexeyAB reports it as an unused field in yolov4-sam-mish-csp-reorg-bfm.cfg).
 _YOLO_COMMON = {
     "classes": K("i", 20, min=1), "num": K("i", 1, min=1), "mask": K("I", None),
-    "anchors": K("F", None), "max": K("i", 200, min=0), "jitter": K("f", 0.2), "random": K("f", 0, min=0),
+    "anchors": K("F", None), "max": K("i", 200, min=0), "jitter": K("f", 0.2),
+    "random": K("f", 0, min=0),
     "ignore_thresh": K("f", 0.5), "truth_thresh": K("f", 1.0), "map": K("s", None),
     **{key: KeySpec(spec.type, spec.default, spec.min, spec.choices, spec.doc, AB)
        for key, spec in {

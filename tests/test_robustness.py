@@ -380,6 +380,14 @@ def test_an_image_that_fails_to_decode_later_is_skipped_with_a_warning(tmp_path,
     assert image.equal(expected) and np.array_equal(boxes, expected_boxes)
     images[1]
     assert capsys.readouterr().err == ""  # said once
+    # validation keeps its place (a blank image with its own truths, as Darknet's
+    # load_image_cv): the next image was scored twice and this one's truths never
+    scored = LabelledImages([str(p) for p in paths], labels, 3, scored=True)
+    for _ in range(2):
+        image, boxes = scored[1]
+        assert image.shape == (3, 10, 10) and not image.any()
+        assert np.array_equal(boxes, labels.boxes[1])
+    assert capsys.readouterr().err.count("scored as a blank image") == 1
 
 
 def test_native_cache_survives_a_bad_compiler_and_an_unwritable_home(tmp_path):

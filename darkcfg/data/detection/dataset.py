@@ -41,10 +41,13 @@ class LabelledImages(Dataset):
     """Image files (headers checked at start: `check_image_headers`) and their (already
     validated) boxes. An image that still fails to decode (e.g. a JPEG cut short after its
     header) is skipped with a warning, as Darknet's load_image_mat_cv logs it to bad.list and goes
-    on: its place is taken by the next readable image of the list, so a run never stops on it."""
+    on: its place is taken by the next readable image of the list, so a run never stops on it.
+    `scored` (a validation split): the image keeps its place as a blank 10x10 picture with its
+    own truths, as Darknet's load_image_cv makes one, so no other image is scored twice."""
 
-    def __init__(self, paths: list[str], labels: Labels, channels: int):
+    def __init__(self, paths: list[str], labels: Labels, channels: int, scored: bool = False):
         self.paths, self.labels, self.channels = paths, labels, channels
+        self.scored = scored
         self.bad: set[int] = set()
 
     def __len__(self) -> int:
@@ -53,6 +56,17 @@ class LabelledImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
         from darkcfg.data import DataError, read_image
 
+        if self.scored:
+            blank = torch.zeros((self.channels, 10, 10), dtype=torch.uint8)
+            if index in self.bad:
+                return blank, self.labels.boxes[index]
+            try:
+                return read_image(self.paths[index], self.channels), self.labels.boxes[index]
+            except DataError as exc:
+                self.bad.add(index)  # per loader process: each says it once
+                print(f"warning: {exc} (Darknet: 'Cannot load image'): scored as a blank "
+                      "image with its labels", file=sys.stderr, flush=True)
+                return blank, self.labels.boxes[index]
         for step in range(len(self.paths)):
             at = (index + step) % len(self.paths)
             if at in self.bad:
@@ -366,7 +380,7 @@ def set_detection(data, settings: DetectionSettings, seed: int) -> DetectionSpli
     check_image_headers(dict.fromkeys([*train.images, *valid.images]), str(path))
     c = settings.channels
     train_src = LabelledImages(train.images, Labels(train.boxes, train.missing), c)
-    val_src = LabelledImages(valid.images, Labels(valid.boxes, valid.missing), c)
+    val_src = LabelledImages(valid.images, Labels(valid.boxes, valid.missing), c, scored=True)
     described = data.describe()
     description = (f"{described}; augment: {', '.join(settings.honoured()) or 'none'}")
     return DetectionSplits(DetectionTrain(train_src, settings, seed),
