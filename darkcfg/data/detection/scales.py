@@ -76,12 +76,5 @@ def possible_dims(init_w: int, init_h: int, random: float, resize_step: int = 32
 
 
 def possible_sizes(init: int, random: float, resize_step: int = 32) -> list[int]:
-    """Every size multi-scale can give for one side (for tests and the README)."""
-    if not random:
-        return [init]
-    coef = 1.4 if random == 1 else float(random)
-    lo, hi = min(coef, 1 / coef), max(coef, 1 / coef)
-    sizes = set()
-    for r in np.linspace(lo, hi, 4001):
-        sizes.add(scale_dims(float(r), init, init, resize_step)[0])
-    return sorted(sizes)
+    """Every size multi-scale can give for one side of a square network (tests, the README)."""
+    return sorted({w for w, _ in possible_dims(init, init, random, resize_step)})
