@@ -520,6 +520,24 @@ def test_a_blank_line_in_a_data_files_names_keeps_the_next_names_classes(tmp_pat
     assert open_detection_data(data).names == ["cat", "1", "bird"]
 
 
+@pytest.mark.parametrize("text, line", [
+    ("train={folder}/train.txt\nclasses=x\n", 2),  # not an integer
+    ("classes=0\ntrain={folder}/train.txt\n", 1),
+    ("classes=3\ntrain={folder}/train.txt\nnames={folder}/two.names\n", 1),  # 2 names
+    ("classes=1\n\ntrain={folder}/missing.txt\n", 3),
+])
+def test_data_file_errors_are_at_their_line(tmp_path, text, line):
+    """A .data file's errors named the file only: they point at the line to fix."""
+    from darkcfg.data.detection.labels import open_detection_data
+
+    data = detection_set(tmp_path, text)
+    (tmp_path / "set" / "two.names").write_text("cat\ndog\n")
+    with pytest.raises(CfgError) as err:
+        open_detection_data(data)
+    d = err.value.first
+    assert (d.path, d.line, d.column) == (str(data), line, 1), d.format()
+
+
 def test_data_file_with_a_bom_keeps_its_first_key(tmp_path):
     from darkcfg.data.detection.labels import open_detection_data
 

@@ -66,15 +66,14 @@ def read_list(path: Path, where: str, key: str, keep_blank: bool = False) -> lis
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        line, raw = _line_of(where, key)
+        _, raw = line_of(where, key)
         hint = f"fix the '{key}=' line of the .data file"
         if len(raw.partition("=")[2].split()) > 1 and not os.path.exists(path):
             # "names = my names.txt": Darknet's read_data_cfg strips every space of the line
             hint = (f"Darknet removes every space of a .data line, so '{raw.strip()}' names "
                     f"'{path}': give the file (and its folders) a name without spaces")
-        raise CfgError(Diagnostic("E901", f"cannot read the {key} file '{path}': {exc}", where,
-                                  line, 1 if line else 0, hint=hint, source=raw,
-                                  span=len(raw.strip()) or 1)) from None
+        raise CfgError(data_diagnostic("E901", f"cannot read the {key} file '{path}': {exc}",
+                                       where, key, hint)) from None
     if keep_blank:
         names = [line.strip() for line in lines]
         while names and not names[-1]:
@@ -83,7 +82,16 @@ def read_list(path: Path, where: str, key: str, keep_blank: bool = False) -> lis
     return [s for s in (line.strip() for line in lines) if s]
 
 
-def _line_of(data_file: str, key: str) -> tuple[int, str]:
+def data_diagnostic(code: str, message: str, data_file: str, key: str | None = None,
+                    hint: str = "") -> Diagnostic:
+    """A diagnostic at the line of a .data file that gives `key` (the file as a whole when
+    there is none)."""
+    line, raw = line_of(data_file, key) if key else (0, "")
+    return Diagnostic(code, message, data_file, line, 1 if line else 0, hint=hint, source=raw,
+                      span=len(raw.strip()) or 1)
+
+
+def line_of(data_file: str, key: str) -> tuple[int, str]:
     """(line number, text) of the line that gives `key` in a .data file; (0, '') if none or
     the file is not one."""
     try:

@@ -42,7 +42,13 @@ import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import ERROR, WARNING
-from darkcfg.data.datafile import found_under, read_data_file, read_list, resolve
+from darkcfg.data.datafile import (
+    data_diagnostic,
+    found_under,
+    read_data_file,
+    read_list,
+    resolve,
+)
 
 LABEL_CODE = "E903"  # a bad label file (cfgparse.errors.CODES)
 EDGE_CODE = "W903"  # a box Darknet clips or leaves out
@@ -150,9 +156,11 @@ def open_detection_data(path: Path) -> DetectionData:
         classes = int(opts["classes"]) if "classes" in opts else \
             _count_names(opts, here, where) or 20
     except ValueError:
-        raise _error(f"classes={opts['classes']} is not an integer", where) from None
+        raise _error(f"classes={opts['classes']} is not an integer", where, "write classes=N",
+                     key="classes") from None
     if classes < 1:
-        raise _error(f"classes={classes}: a detector needs at least one class", where)
+        raise _error(f"classes={classes}: a detector needs at least one class", where,
+                     key="classes")
 
     def images(key: str) -> tuple[list[str], list[str]]:
         list_path = resolve(opts[key], here)
@@ -170,10 +178,10 @@ def open_detection_data(path: Path) -> DetectionData:
             raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "
                          f"'{missing[0]}'", where,
                          hint=f"paths are tried relative to the current directory, "
-                         f"{list_path.parent} and {here}")
+                         f"{list_path.parent} and {here}", key=key)
         if not out:
             raise _error(f"the {key} list '{list_path}' is empty", where,
-                         hint="list one image path per line")
+                         hint="list one image path per line", key=key)
         return out, labels
 
     train, train_labels = images("train")
@@ -184,7 +192,8 @@ def open_detection_data(path: Path) -> DetectionData:
         names = [name or str(i) for i, name in enumerate(names)]  # a blank line: its number
         if len(names) < classes:
             raise _error(f"'{path}' says classes={classes} but its names file lists "
-                         f"{len(names)} names", where, hint="one class name per line")
+                         f"{len(names)} names", where, hint="one class name per line",
+                         key="classes")
         names = names[:classes]
     else:
         names = [str(i) for i in range(classes)]
@@ -388,5 +397,7 @@ def edge_warning(problems: Sequence[Diagnostic], shown: int = 3) -> str:
     return "\n".join(lines)
 
 
-def _error(message: str, where: str, hint: str = "", code: str = "E901") -> CfgError:
-    return CfgError(Diagnostic(code, message, where, hint=hint))
+def _error(message: str, where: str, hint: str = "", code: str = "E901",
+           key: str | None = None) -> CfgError:
+    """A .data file's error, at the line of `key` when given."""
+    return CfgError(data_diagnostic(code, message, where, key, hint))
