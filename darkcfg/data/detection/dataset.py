@@ -57,16 +57,15 @@ class LabelledImages(Dataset):
         from darkcfg.data import DataError, read_image
 
         if self.scored:
-            blank = torch.zeros((self.channels, 10, 10), dtype=torch.uint8)
-            if index in self.bad:
-                return blank, self.labels.boxes[index]
-            try:
-                return read_image(self.paths[index], self.channels), self.labels.boxes[index]
-            except DataError as exc:
-                self.bad.add(index)  # per loader process: each says it once
-                print(f"warning: {exc} (Darknet: 'Cannot load image'): scored as a blank "
-                      "image with its labels", file=sys.stderr, flush=True)
-                return blank, self.labels.boxes[index]
+            if index not in self.bad:
+                try:
+                    return read_image(self.paths[index], self.channels), self.labels.boxes[index]
+                except DataError as exc:
+                    self.bad.add(index)  # per loader process: each says it once
+                    print(f"warning: {exc} (Darknet: 'Cannot load image'): scored as a blank "
+                          "image with its labels", file=sys.stderr, flush=True)
+            return torch.zeros((self.channels, 10, 10), dtype=torch.uint8), \
+                self.labels.boxes[index]
         for step in range(len(self.paths)):
             at = (index + step) % len(self.paths)
             if at in self.bad:
