@@ -66,10 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from darkcfg.data.detection import anchors as fit
     from darkcfg.model import build_network
 
-    if args.restarts < 0:  # before the build and the data read
-        raise CfgError(Diagnostic("E100", f"--restarts {args.restarts}: cannot be negative",
-                                  "<command line>", hint="--restarts 0 runs Darknet's own start "
-                                  "only; the default is 10 k-means++ starts besides it"))
+    fit.check_restarts(args.restarts)  # before the build and the data read
     net, _, _ = build_network(args.cfg, [], "alexeyab", args.seed, device="meta")
     heads = anchored_heads(net)
     if not heads:

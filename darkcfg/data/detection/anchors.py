@@ -125,6 +125,14 @@ class AnchorFit:
     starts: int
 
 
+def check_restarts(restarts: int) -> None:
+    """E100 for a negative --restarts (the command calls it before reading the data)."""
+    if restarts < 0:
+        raise CfgError(Diagnostic("E100", f"--restarts {restarts}: cannot be negative",
+                                  "--restarts", hint="--restarts 0 runs Darknet's own start "
+                                  "only; the default is 10 k-means++ starts besides it"))
+
+
 def fit_anchors(boxes: np.ndarray, k: int, width: int, seed: int = 0, restarts: int = 10
                 ) -> AnchorFit:
     """The k anchors (pixel w,h at the net size; `boxes` (n, 2) likewise) with the best average
@@ -134,10 +142,7 @@ def fit_anchors(boxes: np.ndarray, k: int, width: int, seed: int = 0, restarts: 
     if k < 1:
         raise CfgError(Diagnostic("E901", f"--num {k}: need at least one anchor", "--num",
                                   hint="--num N with N >= 1 (e.g. 9 for yolov3, 6 for tiny)"))
-    if restarts < 0:
-        raise CfgError(Diagnostic("E100", f"--restarts {restarts}: cannot be negative",
-                                  "--restarts", hint="--restarts 0 runs Darknet's own start "
-                                  "only; the default is 10 k-means++ starts besides it"))
+    check_restarts(restarts)
     if len(boxes) < k:
         raise CfgError(Diagnostic("E901", f"{len(boxes)} labelled box(es) cannot make {k} "
                                   "anchors", "--data",

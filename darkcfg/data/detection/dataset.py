@@ -54,29 +54,34 @@ class LabelledImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
-        from darkcfg.data import DataError, read_image
+        from darkcfg.data import DataError
 
         if self.scored:
-            if index not in self.bad:
-                try:
-                    return read_image(self.paths[index], self.channels), self.labels.boxes[index]
-                except DataError as exc:
-                    self.bad.add(index)  # per loader process: each says it once
-                    print(f"warning: {exc} (Darknet: 'Cannot load image'): scored as a blank "
-                          "image with its labels", file=sys.stderr, flush=True)
-            return torch.zeros((self.channels, 10, 10), dtype=torch.uint8), \
-                self.labels.boxes[index]
+            image = self._read(index)
+            blank = torch.zeros((self.channels, 10, 10), dtype=torch.uint8)
+            return (blank if image is None else image), self.labels.boxes[index]
         for step in range(len(self.paths)):
             at = (index + step) % len(self.paths)
-            if at in self.bad:
-                continue
-            try:
-                return read_image(self.paths[at], self.channels), self.labels.boxes[at]
-            except DataError as exc:
-                self.bad.add(at)  # per loader process: each says it once
-                print(f"warning: skipped {exc} (Darknet: 'Cannot load image'); training goes on "
-                      "with the next image", file=sys.stderr, flush=True)
+            image = self._read(at)
+            if image is not None:
+                return image, self.labels.boxes[at]
         raise DataError(f"none of the {len(self.paths)} images can be read")
+
+    def _read(self, at: int) -> torch.Tensor | None:
+        """Image `at`, or None when it does not decode (said once per loader process)."""
+        from darkcfg.data import DataError, read_image
+
+        if at in self.bad:
+            return None
+        try:
+            return read_image(self.paths[at], self.channels)
+        except DataError as exc:
+            self.bad.add(at)
+            print(f"warning: {exc} (Darknet: 'Cannot load image'): scored as a blank image "
+                  "with its labels" if self.scored else f"warning: skipped {exc} (Darknet: "
+                  "'Cannot load image'); training goes on with the next image",
+                  file=sys.stderr, flush=True)
+            return None
 
 
 HEADER_THREADS = 8  # reading headers waits on the disk, not the CPU

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,13 +127,8 @@ class DetectionData:
 
 def _count_names(opts: dict[str, str], here: Path, where: str) -> int:
     """Without classes=: the names file's line count (0: no names file), with a warning."""
-    import sys
-
     count = len(read_list(resolve(opts["names"], here), where, "names", keep_blank=True)) \
         if "names" in opts else 0
-    from cfgparse import Diagnostic
-    from cfgparse.errors import WARNING
-
     print(Diagnostic("W904", f"'{where}' has no classes= line: using "
                      + (f"the {count} names of its names file" if count else
                         "Darknet's default, 20"), where, severity=WARNING,
