@@ -150,7 +150,10 @@ def upright(im):
 def upright_size(im) -> tuple[int, int]:
     """(width, height) of a PIL image as `upright` turns it, from the header only."""
     turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # 90 or 270 degrees
-    return (im.height, im.width) if turned else im.size
+    # Pillow's TIFF reader turns the picture itself and reports the turned size, keeping the
+    # stored one as _tile_size: turn the stored size, or a TIFF's would be turned twice
+    width, height = getattr(im, "_tile_size", None) or im.size
+    return (height, width) if turned else (width, height)
 
 
 def read_image(path: str, channels: int) -> torch.Tensor:
