@@ -364,6 +364,31 @@ def test_a_corrupt_image_anywhere_is_found_before_the_first_iteration(tmp_path, 
     assert not out.exists()  # nothing ran, nothing written
 
 
+@pytest.mark.parametrize("kind", ["folder", "data"])
+def test_a_classifiers_corrupt_image_anywhere_is_found_before_the_first_iteration(
+        tmp_path, capsys, tiny_classifier, kind):
+    """ImageFolders and classifier .data files read only their first image at start: a corrupt
+    one further on stopped the run when first drawn (hours in, on a big set)."""
+    images = []
+    for label in ("cat", "dog"):
+        images += image_files(tmp_path / "set" / label, 2)
+    images[-1].write_bytes(b"")  # a zero-byte .jpg, the last of the list
+    data = tmp_path / "set"
+    if kind == "data":
+        (tmp_path / "labels.txt").write_text("cat\ndog\n")
+        (tmp_path / "train.txt").write_text("".join(f"{p}\n" for p in images))
+        data = tmp_path / "c.data"
+        data.write_text("classes=2\ntrain=train.txt\nlabels=labels.txt\n")
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", max_batches=2, burn_in=0)
+    out = tmp_path / "run"
+    for action in ("--train", "--valid"):
+        assert run(cfg, action, "--data", data, "--out", out, "--no-progress",
+                   "--workers", "0") == 2
+        err = capsys.readouterr().err
+        assert f"{images[-1]}: error[E901]: 1 of the 4 images of " in err, err
+        assert "Traceback" not in err and not out.exists()
+
+
 def test_an_image_that_fails_to_decode_later_is_skipped_with_a_warning(tmp_path, capsys):
     from darkcfg.data.detection.dataset import LabelledImages, check_image_headers
     from darkcfg.data.detection.labels import validate_labels

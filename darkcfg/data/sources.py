@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from darkcfg.data.base import IMAGE_EXTENSIONS, DataSplits, data_error, image_tensor, read_image
+from darkcfg.data.base import (
+    IMAGE_EXTENSIONS,
+    DataSplits,
+    check_image_headers,
+    data_error,
+    image_tensor,
+    read_image,
+)
 from darkcfg.data.datafile import read_data_file, read_list, resolve
 
 KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
@@ -102,7 +109,8 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
         raise data_error(f"no images in '{root}'", str(root),
                          "an ImageFolder holds one sub-folder of images per class, "
                          "optionally under train/ and val/")
-    read_image(train[0][0], channels)  # fail now, not in a worker, if the files are unreadable
+    # every header now: a corrupt file is an error before the first iteration, not hours in
+    check_image_headers(dict.fromkeys(p for p, _ in train + val), str(root))
     return DataSplits(ImageFiles(train, channels), ImageFiles(val, channels) if val else None,
                       names, f"ImageFolder {where}: {len(names)} classes, {len(train)} train / "
                       f"{len(val)} val images")
@@ -161,7 +169,7 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
     val = items("valid") if "valid" in opts else []
     if not train:
         raise data_error(f"the train list of '{path}' is empty", where, "list image paths")
-    read_image(train[0][0], channels)
+    check_image_headers(dict.fromkeys(p for p, _ in train + val), where)
     backup = str(resolve(opts["backup"], path.parent)) if "backup" in opts else None
     return DataSplits(ImageFiles(train, channels), ImageFiles(val, channels) if val else None,
                       names[: len(labels)], f"Darknet data {path}: {classes} classes, "

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from builders.boxes import letterbox_image, resize_image
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.base import check_classes_option, loader_worker_init
+from darkcfg.data.base import check_classes_option, check_image_headers, loader_worker_init
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
 from darkcfg.data.detection.labels import Labels, edge_warning
@@ -82,37 +82,6 @@ class LabelledImages(Dataset):
                   "'Cannot load image'); training goes on with the next image",
                   file=sys.stderr, flush=True)
             return None
-
-
-HEADER_THREADS = 8  # reading headers waits on the disk, not the CPU
-
-
-def check_image_headers(paths, where: str, max_listed: int = 5) -> None:
-    """Open every image's header (Pillow reads the format, size and mode, not the pixels: a
-    fraction of a millisecond each) before the first iteration, so a corrupt file anywhere in the
-    lists is an E901 error now, not a crash hours into the run."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from PIL import Image
-
-    def problem(path: str) -> str | None:
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-            return None if w > 0 and h > 0 else f"size {w}x{h}"
-        except Exception as exc:  # Pillow raises many kinds (OSError, DecompressionBomb, ...)
-            return f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
-
-    paths = list(paths)
-    with ThreadPoolExecutor(HEADER_THREADS) as pool:
-        bad = [(p, why) for p, why in zip(paths, pool.map(problem, paths), strict=True) if why]
-    if bad:
-        shown = "\n".join(f"  {p}: {why}" for p, why in bad[:max_listed])
-        more = f"\n  ... and {len(bad) - max_listed} more" if len(bad) > max_listed else ""
-        raise CfgError(Diagnostic(
-            "E901", f"{len(bad)} of the {len(paths)} images of '{where}' cannot be read:\n"
-            f"{shown}{more}", bad[0][0],
-            hint="remove them from the lists or convert them to JPEG/PNG"))
 
 
 def pad_truth(boxes: np.ndarray, max_boxes: int) -> torch.Tensor:
