@@ -567,6 +567,48 @@ def test_convert_to_coco_writes_integer_pixels_as_integers_and_keeps_category_id
         as_samples(open_set(root / "data.yaml"))
 
 
+def test_convert_gives_each_image_its_own_label_file_under_a_name_darknet_reads(tmp_path):
+    """Images of one stem (`a.jpg`, `a.png`, `A.bmp`) shared one label file in the converted
+    set (the last one's boxes won); a name with a line break split its list line in two; and
+    `.webp`/`.tif`/`.Jpg`, which Darknet's label rule misses, kept their names, so real Darknet
+    read the image as its label file. Every target now reads back the same pixels and boxes."""
+    from darkcfg.data.base import read_image
+    from darkcfg.data.detection.labels import darknet_label_path
+
+    root = tmp_path / "src"
+    (root / "images").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a sideways-stored photo: re-encoding must keep it upright
+    names = {"a.jpg": {"quality": 95}, "a.png": {}, "A.bmp": {}, "new\nline.png": {},
+             "x.webp": {"lossless": True, "exif": exif.tobytes()}, "y.Jpg": {"format": "JPEG"},
+             "z.tif": {}}
+    images, annotations = [], []
+    for i, (name, options) in enumerate(names.items()):
+        picture(i, 32, 24).save(root / "images" / name, **options)
+        w, h = (24, 32) if name == "x.webp" else (32, 24)
+        images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                            "bbox": [i, i + 1, 8 + i, 6], "area": (8 + i) * 6})
+    (root / "instances_train.json").write_text(json.dumps({
+        "images": images, "annotations": annotations,
+        "categories": [{"id": 1, "name": "thing"}]}))
+    source = open_set(root / "instances_train.json")
+
+    def read(data):
+        return sorted((read_image(p, 3).numpy().tobytes(), b.tobytes())
+                      for p, b in zip(data.train.images, data.train.boxes, strict=True))
+
+    for to, main in (("darknet", "obj.data"), ("yolo", "data.yaml")):
+        convert(source, to, tmp_path / to)
+        back = open_set(tmp_path / to / main)
+        assert read(back) == read(source), to
+        assert len(back.train.images) == len(names)
+    darknet = (tmp_path / "darknet" / "train.txt").read_text().splitlines()
+    labels = [darknet_label_path(line) for line in darknet]
+    assert len(darknet) == len(names) and all(x.endswith(".txt") for x in labels)
+    assert len({x.casefold() for x in labels}) == len(names)
+
+
 def test_label_text_is_the_shortest_float32_decimal():
     boxes = np.float32([[0.1, 0.5, 1 / 3, 1.0, 2]])
     assert label_text(boxes) == "2 0.1 0.5 0.33333334 1\n"

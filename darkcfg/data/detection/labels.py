@@ -72,8 +72,9 @@ LABEL_EXTENSIONS = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".bmp", ".
                     ".PPM", ".tiff", ".TIFF")
 
 
-def label_path(image: str) -> str:
-    """The label file Darknet reads for `image` (replace_image_to_label; see the module doc)."""
+def darknet_label_path(image: str) -> str:
+    """The label file Darknet itself reads for `image` (replace_image_to_label; see the module
+    doc): `image` itself when its extension is not in Darknet's table."""
     out = image
     for old, new in LABEL_FOLDERS:
         out = out.replace(old, new, 1)
@@ -82,8 +83,14 @@ def label_path(image: str) -> str:
         at = out.find(ext)  # Darknet: the first occurrence, replaced only if it ends the path
         if at >= 0 and at + len(ext) == len(out):
             out = out[:at] + ".txt"
-    # Darknet's table misses `.tif`, `.webp`, `.Jpg`... and then reads the image itself as its
-    # label file. darkcfg replaces any extension Pillow reads, in any case.
+    return out
+
+
+def label_path(image: str) -> str:
+    """The label file darkcfg reads for `image`: Darknet's, where Darknet's table misses
+    `.tif`, `.webp`, `.Jpg`... (and reads the image itself as its label file) any extension
+    Pillow reads, in any case, replaced by `.txt`."""
+    out = darknet_label_path(image)
     stem, ext = os.path.splitext(out)
     if ext.lower() != ".txt" and ext.lower() in image_extensions():
         out = stem + ".txt"

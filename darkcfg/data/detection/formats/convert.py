@@ -2,9 +2,10 @@
 
 The output folder is new (or empty), so nothing of the input can be overwritten; every file is
 written atomically (builders.atomic). Images are copied (hard-linked with link=True), renamed
-only when two inputs share a file name. Label values are written as the shortest decimal that
-reads back to the same float32 (COCO bboxes: the fewest decimals that read back as the same
-float32 label), so a round trip gives the same samples bit for bit.
+only when two would share a file or label name, a name holds a line break, or (for Darknet) the
+extension is one Darknet's label rule misses (`_Writer.image`). Label values are written as the
+shortest decimal that reads back to the same float32 (COCO bboxes: the fewest decimals that read
+back as the same float32 label), so a round trip gives the same samples bit for bit.
 
 Layouts:
   darknet  OUT/obj.data (classes, train, valid, difficult, names, backup), OUT/obj.names,
@@ -31,7 +32,7 @@ import numpy as np
 from builders.atomic import atomic_open, atomic_write, check_folder
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import DetectionSet, Split
-from darkcfg.data.detection.labels import label_path
+from darkcfg.data.detection.labels import darknet_label_path, label_path
 
 TARGETS = ("darknet", "yolo", "coco")
 
@@ -116,31 +117,33 @@ class _Writer:
     def __init__(self, out: Path, link: bool):
         self.out, self.link = out, link
         self.placed: dict[tuple[str, str], str] = {}  # (folder, source) -> name written
-        self.taken: set[tuple[str, str]] = set()
+        self.taken: set[tuple[str, str]] = set()  # (folder, stem casefolded): one label file each
+        self.darknet_names = False  # names real Darknet reads its label files by (darknet())
 
     def image(self, source: str, folder: str) -> str:
-        """Copy (or link) `source` into OUT/folder once; its path relative to OUT."""
+        """Copy (or link) `source` into OUT/folder once; its path relative to OUT. Renamed
+        when its label file would be another image's (`a.jpg` and `a.png` share `a.txt`; in
+        any case, for case-blind file systems) and when its name holds a line break or another
+        character a list line cannot hold; for Darknet, an extension Darknet's label rule
+        misses (`.Jpg`, `.tif`, `.webp`) is renamed or the image re-encoded as PNG."""
         key = (folder, os.path.abspath(source))
         if key in self.placed:
             return self.placed[key]
-        name = os.path.basename(source)
-        stem, ext = os.path.splitext(name)
-        reencode = label_path(f"x{ext}") == f"x{ext}"  # Darknet would read it as its labels
-        if reencode:
-            ext = ext + ".png"
+        name = "".join(c if c.isprintable() else "_" for c in os.path.basename(source))
+        stem, ext = os.path.splitext(name.strip() or "image")
+        reencode = False
+        if self.darknet_names:
+            ext, reencode = _darknet_extension(ext)
         k = 1
-        name = stem + ext
-        while (folder, name) in self.taken:
-            name, k = f"{stem}_{k}{ext}", k + 1
-        self.taken.add((folder, name))
-        relative = f"{folder}/{name}"
+        base = stem
+        while (folder, stem.casefold()) in self.taken:
+            stem, k = f"{base}_{k}", k + 1
+        self.taken.add((folder, stem.casefold()))
+        relative = f"{folder}/{stem}{ext}"
         target = self.out / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         if reencode:
-            from PIL import Image
-
-            with Image.open(source) as im, atomic_open(target) as fh:
-                im.save(fh, format="PNG")
+            _write_png(source, target)
         elif self.link and _try_link(source, target):
             pass
         else:
@@ -152,6 +155,7 @@ class _Writer:
     # -- Darknet ----------------------------------------------------------------------------
     def darknet(self, data: DetectionSet) -> list[Path]:
         written = []
+        self.darknet_names = True
 
         def split(s: Split, list_name: str) -> Path:
             lines = []
@@ -220,6 +224,38 @@ class _Writer:
             atomic_write(path, json.dumps(doc))
             written.append(path)
         return written
+
+
+def _darknet_extension(ext: str) -> tuple[str, bool]:
+    """(the extension to write, re-encode as PNG?) for real Darknet, whose label rule knows only
+    `.jpg .JPG .jpeg .JPEG .png .PNG .bmp .BMP .ppm .PPM .tiff .TIFF` and reads an image of
+    any other extension as its own label file: `.Jpg` becomes `.jpg`, `.tif` `.tiff` (the same
+    bytes), any other `.webp.png` (re-encoded)."""
+    lower = {".tif": ".tiff"}.get(ext.lower(), ext.lower())
+    for candidate in (ext, lower):
+        if darknet_label_path(f"x{candidate}") != f"x{candidate}":
+            return candidate, False
+    return f"{ext}.png", True
+
+
+def _write_png(source: str, target: Path) -> None:
+    """`source` as the PNG of the pixels darkcfg reads from it (turned by its EXIF orientation,
+    16-bit and float scaled to 8 bits): a PNG keeps no orientation tag."""
+    from PIL import Image
+
+    from darkcfg.data.base import eight_bit, image_errors, upright
+
+    try:
+        with Image.open(source) as im:
+            picture = eight_bit(upright(im))
+            if picture.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+                picture = picture.convert("RGB")  # CMYK, YCbCr ...: what training reads
+            picture.load()
+    except image_errors() as exc:
+        raise CfgError(Diagnostic("E901", f"cannot read image '{source}': {exc}", source,
+                                  hint="remove it or convert it to JPEG/PNG")) from None
+    with atomic_open(target) as fh:
+        picture.save(fh, format="PNG")
 
 
 def _try_link(source: str, target: Path) -> bool:
