@@ -193,9 +193,7 @@ def test_empty_and_unreadable_folders(tmp_path):
     bad = tmp_path / "bad" / "cls" / "broken.png"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a png")
-    from darkcfg.data import DataError
-
-    with pytest.raises(DataError, match="broken.png"):
+    with pytest.raises(CfgError, match="broken.png"):  # every header, located (E901)
         open_data(str(tmp_path / "bad"), IMAGES, 0)
 
 

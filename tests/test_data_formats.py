@@ -626,7 +626,9 @@ def test_check_reports_problems_histograms_and_small_boxes(four, tmp_path, capsy
     out, err = capsys.readouterr()
     assert code == 2
     assert "im1.xml:" in err and "class 'hexagon' is not one of the 3 names" in err
-    assert "images: 5 read, 1 unreadable" in out and "im3.png" in out
+    assert "images: 5 read, 1 unreadable" in out
+    bad = four["voc"] / "JPEGImages" / "im3.png"
+    assert f"{bad}: error[E901]: cannot read image '{bad}': UnidentifiedImageError" in err
     lines = {line.split("  ")[0]: line.split() for line in out.splitlines()}
     # train: im0 circle+triangle, im3 (unreadable but labelled) circle+square+triangle
     assert lines["0 circle"][-2:] == ["2", "0"] and lines["1 square"][-2:] == ["1", "1"]

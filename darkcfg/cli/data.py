@@ -78,7 +78,7 @@ def check(src: str, cfg: str | None, size: str | None, plot: Path) -> int:
     if size is not None:  # the cfg's strides at another size (a fully convolutional net)
         net_size = parse_size(size)
     report = check_set(src, net_size, strides, origin, classes)
-    for d in report.problems:
+    for d in report.problems + report.unreadable_errors():
         print(d.format(), file=sys.stderr)
     print(report.table())
     report.plot(plot)

@@ -41,6 +41,12 @@ class CheckReport:
     def problems(self) -> list[Diagnostic]:
         return self.data.problems + self.findings
 
+    def unreadable_errors(self) -> list[Diagnostic]:
+        """An E901 naming each image that does not read (training refuses or skips it)."""
+        return [Diagnostic("E901", f"cannot read image '{image}': {why}", image,
+                           hint="remove it from the set or convert it to JPEG/PNG")
+                for image, why in self.unreadable]
+
     @property
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.problems if d.severity == ERROR]
@@ -77,7 +83,6 @@ class CheckReport:
                  f"labels: {len(self.errors)} error(s), "
                  f"{len(self.problems) - len(self.errors)} warning(s)",
                  f"images: {self.images_read} read, {len(self.unreadable)} unreadable"]
-        lines += [f"  unreadable: {path}: {why}" for path, why in self.unreadable[:10]]
         names = [n for n, _ in self.splits()]
         counts = {n: self.class_counts(s) for n, s in self.splits()}
         width = max(12, *(len(n) for n in d.names)) + 6
