@@ -470,6 +470,32 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     assert torch.allclose(load_image(str(path)) * 255, got.float(), atol=0.5)
 
 
+@pytest.mark.parametrize("channels", [3, 1])
+def test_a_palette_image_with_alpha_bytes_reads_without_pillows_warning(tmp_path, channels):
+    """A PNG palette with a per-entry alpha (tRNS): Pillow's P -> RGB printed a UserWarning
+    with its own source line in training, validation and detect. The colours are P -> RGB's."""
+    import warnings
+
+    from darkcfg.data import read_image
+    from darkcfg.detect.decode import load_pixels
+
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).convert(
+        "P", palette=Image.Palette.ADAPTIVE, colors=8)
+    path = tmp_path / "p.png"
+    picture.save(path, transparency=bytes([0, 128, 255, 255, 255, 255, 255, 255]))
+    with Image.open(path) as im, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = read_image(str(path), channels)
+        shown = load_pixels(str(path), channels)
+    assert np.array_equal(got.permute(1, 2, 0).numpy().squeeze(-1) if channels == 1 else
+                          got.permute(1, 2, 0).numpy(), want)
+    assert torch.equal(shown, got)
+
+
 def test_decompression_bomb_is_a_located_data_error(tmp_path, monkeypatch):
     from darkcfg.data import DataError, read_image
     from darkcfg.detect.decode import load_image

@@ -82,6 +82,10 @@ def eight_bit(image):
             arr = arr * 255.0
         return Image.fromarray(np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8),
                                "L")
+    if mode == "P" and isinstance(image.info.get("transparency"), bytes):
+        # the same colours as P -> RGB/L, without Pillow's UserWarning (printed with its own
+        # source line) that such palette images "should be converted to RGBA"
+        return image.convert("RGBA")
     return image
 
 
