@@ -609,6 +609,32 @@ def test_convert_gives_each_image_its_own_label_file_under_a_name_darknet_reads(
     assert len({x.casefold() for x in labels}) == len(names)
 
 
+def test_set_text_files_with_a_bom_read_and_utf16_ones_say_so(tmp_path, capsys):
+    """Windows tools write a BOM (it hid the first VOC class and id, and a data.yaml list's
+    first image) or UTF-16 (PowerShell's `>`: a VOC ImageSets file was a traceback)."""
+    voc = write_voc(tmp_path / "v")
+    (voc / "classes.txt").write_text("\ufeff" + "\n".join(NAMES) + "\n")
+    ids = voc / "ImageSets" / "Main" / "train.txt"
+    ids.write_text("\ufeff" + ids.read_text())
+    assert as_samples(open_set(voc)) == as_samples(open_set(write_voc(tmp_path / "plain")))
+
+    yolo = write_yolo(tmp_path / "y")
+    (tmp_path / "y" / "list.txt").write_text("\ufeff./images/train/im0.png\n")
+    yolo.write_text(yolo.read_text().replace("train: images/train", "train: list.txt"))
+    assert open_set(yolo).train.images == [str(tmp_path / "y" / "images/train/im0.png")]
+
+    utf16 = "the file is UTF-16 text"
+    ids.write_bytes(ids.read_text(encoding="utf-8-sig").encode("utf-16"))
+    label = tmp_path / "d" / "img" / "im0.txt"
+    data = write_darknet(tmp_path / "d")
+    label.write_bytes(label.read_text().encode("utf-16"))
+    for source, said in ((voc, f"{ids}: error[E901]: cannot read"),
+                         (data, f"{label}: error[E903]: cannot read label file")):
+        assert cli(["data", "check", str(source), "--plot", str(tmp_path / "c.png")]) == 2
+        err = capsys.readouterr().err
+        assert said in err and utf16 in err and "Traceback" not in err
+
+
 def test_label_text_is_the_shortest_float32_decimal():
     boxes = np.float32([[0.1, 0.5, 1 / 3, 1.0, 2]])
     assert label_text(boxes) == "2 0.1 0.5 0.33333334 1\n"

@@ -19,13 +19,33 @@ from pathlib import Path
 from cfgparse import CfgError, Diagnostic
 
 
+def text_hint(exc: BaseException, hint: str) -> str:
+    """`hint`, or for text that is UTF-16 (what Windows PowerShell's `>` and Notepad's "Unicode"
+    write; Darknet reads no box or path from it) how to save it instead."""
+    if isinstance(exc, UnicodeDecodeError) and exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return ("the file is UTF-16 text (PowerShell's '>' and Notepad's 'Unicode' write it): "
+                "save it as UTF-8, e.g. with Out-File -Encoding utf8")
+    return hint
+
+
+def read_text(path: Path) -> str:
+    """A text file of a data set (a list, names, ids): UTF-8, an optional BOM (Windows tools
+    write one) dropped; E901 naming the file, UTF-16 said, when it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path),
+                                  hint=text_hint(exc, "save it as UTF-8 text"))) from None
+
+
 def read_data_file(path: Path) -> dict[str, str]:
     """key=value lines, all whitespace removed, '#'/';' comment lines; the first key wins."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # a BOM must not hide the first key
     except (OSError, UnicodeDecodeError) as exc:
-        raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path))) from None
+        raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path),
+                                  hint=text_hint(exc, ""))) from None
     options: dict[str, str] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = "".join(raw.split())
@@ -73,7 +93,7 @@ def read_list(path: Path, where: str, key: str, keep_blank: bool = False) -> lis
             hint = (f"Darknet removes every space of a .data line, so '{raw.strip()}' names "
                     f"'{path}': give the file (and its folders) a name without spaces")
         raise CfgError(data_diagnostic("E901", f"cannot read the {key} file '{path}': {exc}",
-                                       where, key, hint)) from None
+                                       where, key, text_hint(exc, hint))) from None
     if keep_blank:
         names = [line.strip() for line in lines]
         while names and not names[-1]:

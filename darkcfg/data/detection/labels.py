@@ -49,6 +49,7 @@ from darkcfg.data.datafile import (
     read_data_file,
     read_list,
     resolve,
+    text_hint,
 )
 
 LABEL_CODE = "E903"  # a bad label file (cfgparse.errors.CODES)
@@ -359,7 +360,7 @@ def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str =
             continue
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(Diagnostic(LABEL_CODE, f"cannot read label file: {exc}", path,
-                                       hint="a label file is plain text"))
+                                       hint=text_hint(exc, "a label file is plain text")))
             boxes.append(empty)
             continue
         found, bad = parse_labels(text, path, classes, classes_from)

@@ -30,6 +30,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 from cfgparse import CfgError, Diagnostic
+from darkcfg.data.datafile import read_text
 from darkcfg.data.detection.formats.base import (
     DeclaredSize,
     DetectionSet,
@@ -118,7 +119,7 @@ def read_voc(root: Path) -> DetectionSet:
         path = main / name
         if not path.is_file():
             return None
-        lines = path.read_text().splitlines()
+        lines = read_text(path).splitlines()
         return [(line.split()[0], path, n) for n, line in enumerate(lines, 1) if line.split()]
 
     train_ids = ids("train.txt") or ids("trainval.txt") or [
@@ -167,7 +168,7 @@ def read_voc(root: Path) -> DetectionSet:
 
 
 def _listed(path: Path, line: int, message: str) -> Diagnostic:
-    source = path.read_text().splitlines()[line - 1] if line else ""
+    source = read_text(path).splitlines()[line - 1] if line else ""
     return Diagnostic(LABEL_CODE, message, str(path), line, 1 if line else 0, source=source,
                       span=max(len(source.strip()), 1),
                       hint="each id of ImageSets/Main/*.txt needs Annotations/<id>.xml and its "
@@ -178,7 +179,7 @@ def _names(root: Path, parsed: dict[str, _Annotation | None], problems) -> list[
     listed = next((p for p in (root / "classes.txt", root / "Annotations" / "classes.txt")
                    if p.is_file()), None)
     if listed is not None:
-        names = [s.strip() for s in listed.read_text().splitlines() if s.strip()]
+        names = [s.strip() for s in read_text(listed).splitlines() if s.strip()]
         if not names:
             raise CfgError(Diagnostic("E901", f"'{listed}' is empty", str(listed),
                                       hint="one class name per line"))

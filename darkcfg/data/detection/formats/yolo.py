@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from cfgparse import CfgError, Diagnostic
+from darkcfg.data.datafile import text_hint
 from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import collect_labels
 
@@ -49,11 +50,12 @@ class _Yaml:
     def __init__(self, path: Path):
         self.path = path
         try:
-            self.text = path.read_text()
+            self.text = path.read_text(encoding="utf-8-sig")
             self.data = yaml.safe_load(self.text)
             node = yaml.compose(self.text)
         except (OSError, UnicodeDecodeError) as exc:
-            raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path))) from None
+            raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path),
+                                      hint=text_hint(exc, ""))) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
@@ -174,9 +176,11 @@ def _images(doc: _Yaml, key: str, root: Path) -> list[str]:
 
 def _list_file(doc: _Yaml, key: str, list_path: Path) -> list[str]:
     try:
-        lines = [s.strip() for s in list_path.read_text().splitlines() if s.strip()]
+        lines = [s.strip() for s in list_path.read_text(encoding="utf-8-sig").splitlines()
+                 if s.strip()]  # a BOM (Windows tools) is not part of the first path
     except (OSError, UnicodeDecodeError) as exc:
-        raise doc.error(key, f"cannot read the list '{list_path}': {exc}") from None
+        raise doc.error(key, f"cannot read the list '{list_path}': {exc}",
+                        hint=text_hint(exc, _HINT)) from None
     parent = str(list_path.parent) + os.sep
     out, missing = [], []
     for line in lines:
