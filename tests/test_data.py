@@ -197,6 +197,26 @@ def test_empty_and_unreadable_folders(tmp_path):
         open_data(str(tmp_path / "bad"), IMAGES, 0)
 
 
+def test_an_image_folder_follows_linked_folders_once(tmp_path):
+    """A class folder holding a link to more of its images (`cat/more -> /data/cats`) and a
+    link loop: the linked images count, once (Path.rglob skipped linked folders silently, as
+    `detect` on a folder did not)."""
+    outside = tmp_path / "more"
+    outside.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (6, 5), (9, 9, 9)).save(outside / name)
+    for label in ("cat", "dog", "owl"):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        Image.new("RGB", (6, 5), (99, 9, 9)).save(tmp_path / "set" / label / "x.png")
+    (tmp_path / "set" / "cat" / "more").symlink_to(outside)
+    (tmp_path / "set" / "cat" / "loop").symlink_to(tmp_path / "set" / "cat")
+    splits = open_data(str(tmp_path / "set"), IMAGES, 0)
+    items = sorted(splits.train.items + (splits.val.items if splits.val else []))
+    cat = tmp_path / "set" / "cat"
+    assert [(Path(p), c) for p, c in items if c == 0] == [
+        (cat / "more" / "a.png", 0), (cat / "more" / "b.png", 0), (cat / "x.png", 0)]
+
+
 def test_torchvision_dataset_without_files_is_a_clear_error(tmp_path):
     with pytest.raises(CfgError, match="cannot open torchvision MNIST"):
         open_data(f"torchvision:MNIST:{tmp_path}", ClassifyTask(10, (1, 28, 28)), 0)

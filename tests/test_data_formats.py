@@ -635,6 +635,24 @@ def test_set_text_files_with_a_bom_read_and_utf16_ones_say_so(tmp_path, capsys):
         assert said in err and utf16 in err and "Traceback" not in err
 
 
+def test_a_yaml_folder_follows_linked_folders_once(tmp_path):
+    """images/train/extra -> elsewhere (ultralytics' glob follows it) and a link loop: the
+    linked images and their labels are read, each image once (Path.rglob skipped them)."""
+    yolo = write_yolo(tmp_path / "y")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    picture(9, 32, 32).save(extra / "im9.png")
+    train = tmp_path / "y" / "images" / "train"
+    (train / "extra").symlink_to(extra)
+    (train / "loop").symlink_to(train)
+    (tmp_path / "y" / "labels" / "train" / "extra").mkdir()
+    (tmp_path / "y" / "labels" / "train" / "extra" / "im9.txt").write_text("1 0.5 0.5 0.5 0.5\n")
+    data = open_set(yolo)
+    assert data.train.images == sorted([str(train / f"im{i}.png") for i in TRAIN]
+                                       + [str(train / "extra" / "im9.png")])
+    assert data.train.missing == 0  # its label file found too
+
+
 def test_label_text_is_the_shortest_float32_decimal():
     boxes = np.float32([[0.1, 0.5, 1 / 3, 1.0, 2]])
     assert label_text(boxes) == "2 0.1 0.5 0.33333334 1\n"

@@ -122,3 +122,18 @@ def line_of(data_file: str, key: str) -> tuple[int, str]:
         if "".join(raw.split()).partition("=")[0] == key and "=" in raw:
             return n, raw
     return 0, ""
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file below `folder`, through linked folders too (a data set's `images -> /data/..`
+    link; Path.rglob does not follow them), each real folder once (a link loop ends)."""
+    seen: set[str] = set()
+    files: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(root) / n for n in names]
+    return files

@@ -23,7 +23,7 @@ from darkcfg.data.base import (
     image_tensor,
     read_image,
 )
-from darkcfg.data.datafile import read_data_file, read_list, resolve
+from darkcfg.data.datafile import files_under, read_data_file, read_list, resolve
 
 KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
 
@@ -82,7 +82,7 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
             sub = folder / name
             if not sub.is_dir():
                 continue
-            items += [(str(p), label) for p in sorted(sub.rglob("*"))
+            items += [(str(p), label) for p in sorted(files_under(sub))  # links followed
                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
         return found, items
 

@@ -21,7 +21,7 @@ import torch
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
 from darkcfg.data.base import IMAGE_EXTENSIONS
-from darkcfg.data.datafile import read_data_file, resolve
+from darkcfg.data.datafile import files_under, read_data_file, resolve
 from darkcfg.detect.decode import (
     Found,
     c_round,
@@ -70,21 +70,6 @@ def say(message: str) -> None:
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-
-def files_under(folder: Path) -> list[Path]:
-    """Every file below `folder`, through linked folders too (a data set's `images -> /data/..`
-    link; Path.rglob does not follow them), each real folder once (a link loop ends)."""
-    seen: set[str] = set()
-    files: list[Path] = []
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        files += [Path(root) / n for n in names]
-    return files
-
 
 def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
     """The images to run: files as given, folders' image files (recursive, sorted). Non-image

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.datafile import text_hint
+from darkcfg.data.datafile import files_under, text_hint
 from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import collect_labels
 
@@ -161,7 +161,8 @@ def _images(doc: _Yaml, key: str, root: Path) -> list[str]:
         if not where.exists() and raw.startswith("../"):
             where = root / raw[3:]  # ultralytics' second try
         if where.is_dir():
-            found += [str(p) for p in where.rglob("*.*") if p.is_file()]
+            # linked folders too, each once (ultralytics' glob follows links)
+            found += [str(p) for p in files_under(where) if p.is_file()]
         elif where.is_file():
             found += _list_file(doc, key, where)
         else:
