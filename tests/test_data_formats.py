@@ -653,6 +653,32 @@ def test_a_yaml_folder_follows_linked_folders_once(tmp_path):
     assert data.train.missing == 0  # its label file found too
 
 
+@pytest.mark.parametrize("to", ["darknet", "yolo", "coco"])
+def test_convert_refuses_the_images_training_refuses(four, tmp_path, capsys, to):
+    """An image that does not read: `--to coco` was a traceback (a decompression bomb) or an
+    error naming the hidden copy; the other targets copied it silently into a set that then
+    does not train. Now every target refuses it as training does, before writing anything."""
+    bad = four["yolo"].parent / "images" / "train" / "im1.png"
+    bad.write_bytes(b"")
+    out = tmp_path / "out"
+    assert cli(["data", "convert", str(four["yolo"]), "--to", to, str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: error[E901]: 1 of the 6 images of " in err and "Traceback" not in err
+    assert not out.exists() and list(tmp_path.glob(".out.*")) == []
+
+
+def test_a_decompression_bomb_measured_for_its_size_is_a_located_error(tmp_path, monkeypatch):
+    """A COCO image without width/height (or VOC without <size>) is measured from its file: a
+    decompression bomb there was Pillow's traceback (it is no OSError)."""
+    train, _ = write_coco(tmp_path / "c")
+    doc = json.loads(train.read_text())
+    del doc["images"][0]["width"]
+    train.write_text(json.dumps(doc))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64x32 is over twice the limit
+    with pytest.raises(CfgError, match="im0.png.*exceeds limit"):
+        open_set(train)
+
+
 def test_label_text_is_the_shortest_float32_decimal():
     boxes = np.float32([[0.1, 0.5, 1 / 3, 1.0, 2]])
     assert label_text(boxes) == "2 0.1 0.5 0.33333334 1\n"

@@ -127,10 +127,11 @@ def image_size(path: str) -> tuple[int, int]:
     `darkcfg.data.base.upright`), from its header only."""
     from PIL import Image
 
-    from darkcfg.data.base import upright_size
+    from darkcfg.data.base import image_errors, upright_size
 
     try:
         with Image.open(path) as im:
             return upright_size(im)
-    except OSError as exc:
-        raise CfgError(Diagnostic("E901", f"cannot read image '{path}': {exc}", path)) from None
+    except image_errors() as exc:  # a decompression bomb too (not an OSError)
+        raise CfgError(Diagnostic("E901", f"cannot read image '{path}': {exc}", path,
+                                  hint="remove it or convert it to JPEG/PNG")) from None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from functools import partial
 from pathlib import Path
@@ -320,6 +319,3 @@ def _pixel_boxes(rows: np.ndarray, size: np.ndarray) -> tuple[list[list], list]:
         areas.append(bbox[2] * bbox[3] if d < 0 else round(bbox[2] * bbox[3], 2 * d))
     return bboxes, areas
 
-
-def file_name_size(path: str) -> tuple[str, tuple[int, int]]:
-    return os.path.basename(path), image_size(path)

@@ -50,6 +50,11 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
         raise CfgError(Diagnostic("E901", f"'{out}' exists and is not an empty folder", str(out),
                                   hint="convert writes a new set: name a new (or empty) folder"))
     check_folder(out, "OUT")
+    from darkcfg.data.base import check_image_headers
+
+    # the images training would refuse, refused before anything is written (as training does)
+    check_image_headers(dict.fromkeys(image for split in (data.train, data.valid) if split
+                                      for image in split.images), str(data.path))
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(out)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -209,7 +214,8 @@ class _Writer:
 
     # -- COCO ---------------------------------------------------------------------------------
     def coco(self, data: DetectionSet) -> list[Path]:
-        from darkcfg.data.detection.formats.coco import coco_document, file_name_size
+        from darkcfg.data.detection.formats.base import image_size
+        from darkcfg.data.detection.formats.coco import coco_document
 
         written = []
         splits = [("train", data.train)] + ([("val", data.valid)] if data.valid else [])
@@ -217,8 +223,8 @@ class _Writer:
             images = []
             for image in s.images:
                 relative = self.image(image, "images")
-                images.append((os.path.basename(relative),
-                               file_name_size(str(self.out / relative))[1]))
+                # measured on the source, so that an error names it, not the hidden copy
+                images.append((os.path.basename(relative), image_size(image)))
             doc = coco_document(images, s.boxes, s.difficult, data.names, data.category_ids)
             path = self.out / f"instances_{name}.json"
             atomic_write(path, json.dumps(doc))
