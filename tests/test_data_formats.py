@@ -679,6 +679,20 @@ def test_a_decompression_bomb_measured_for_its_size_is_a_located_error(tmp_path,
         open_set(train)
 
 
+def test_a_list_written_on_windows_says_its_backslashes_are_the_problem(tmp_path, capsys):
+    """`img\\im0.png` in a train list made on Windows: the image is there, the separator is
+    not one here."""
+    data = write_darknet(tmp_path / "d")
+    (tmp_path / "d" / "train.txt").write_text("img\\im0.png\r\nimg\\im1.png\r\n")
+    yolo = write_yolo(tmp_path / "y")
+    (tmp_path / "y" / "list.txt").write_text(".\\images\\train\\im0.png\n")
+    yolo.write_text(yolo.read_text().replace("train: images/train", "train: list.txt"))
+    for source in (data, yolo):
+        assert cli(["data", "check", str(source), "--plot", str(tmp_path / "c.png")]) == 2
+        err = capsys.readouterr().err
+        assert "do not exist" in err and "has Windows backslashes" in err, err
+
+
 def test_label_text_is_the_shortest_float32_decimal():
     boxes = np.float32([[0.1, 0.5, 1 / 3, 1.0, 2]])
     assert label_text(boxes) == "2 0.1 0.5 0.33333334 1\n"

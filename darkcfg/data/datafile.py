@@ -28,6 +28,15 @@ def text_hint(exc: BaseException, hint: str) -> str:
     return hint
 
 
+def missing_path_hint(raw: str, hint: str) -> str:
+    """`hint` for a listed path that does not exist, or, when it holds Windows backslashes
+    (a list written on Windows), that they are part of the name here."""
+    if "\\" in raw and os.sep == "/":
+        return (f"'{raw}' has Windows backslashes, which are part of a file name here: write "
+                "'/' between folders")
+    return hint
+
+
 def read_text(path: Path) -> str:
     """A text file of a data set (a list, names, ids): UTF-8, an optional BOM (Windows tools
     write one) dropped; E901 naming the file, UTF-16 said, when it cannot be read."""

@@ -23,7 +23,13 @@ from darkcfg.data.base import (
     image_tensor,
     read_image,
 )
-from darkcfg.data.datafile import files_under, read_data_file, read_list, resolve
+from darkcfg.data.datafile import (
+    files_under,
+    missing_path_hint,
+    read_data_file,
+    read_list,
+    resolve,
+)
 
 KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
 
@@ -160,8 +166,9 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
             image = resolve(raw, list_path.parent, path.parent)
             if not image.is_file():
                 raise data_error(f"image '{raw}' (listed in {list_path}) does not exist", where,
-                                 "paths are tried relative to the current directory, "
-                                 f"{list_path.parent} and {path.parent}")
+                                 missing_path_hint(raw, "paths are tried relative to the "
+                                                   f"current directory, {list_path.parent} "
+                                                   f"and {path.parent}"))
             out.append((str(image), hits[0]))
         return out
 

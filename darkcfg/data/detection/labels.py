@@ -46,6 +46,7 @@ from cfgparse.errors import ERROR, WARNING
 from darkcfg.data.datafile import (
     data_diagnostic,
     found_under,
+    missing_path_hint,
     read_data_file,
     read_list,
     resolve,
@@ -181,8 +182,9 @@ def open_detection_data(path: Path) -> DetectionData:
         if missing:
             raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "
                          f"'{missing[0]}'", where,
-                         hint=f"paths are tried relative to the current directory, "
-                         f"{list_path.parent} and {here}", key=key)
+                         hint=missing_path_hint(missing[0], "paths are tried relative to the "
+                                                f"current directory, {list_path.parent} and "
+                                                f"{here}"), key=key)
         if not out:
             raise _error(f"the {key} list '{list_path}' is empty", where,
                          hint="list one image path per line", key=key)

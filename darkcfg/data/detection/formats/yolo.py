@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.datafile import files_under, text_hint
+from darkcfg.data.datafile import files_under, missing_path_hint, text_hint
 from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import collect_labels
 
@@ -191,6 +191,7 @@ def _list_file(doc: _Yaml, key: str, list_path: Path) -> list[str]:
         (out if os.path.isfile(image) else missing).append(image)
     if missing:
         raise doc.error(key, f"{len(missing)} image(s) listed in {list_path} do not exist, "
-                        f"e.g. '{missing[0]}'", hint="a list line is an image path: './x.jpg' "
-                        "is relative to the list's folder")
+                        f"e.g. '{missing[0]}'", hint=missing_path_hint(
+                            missing[0], "a list line is an image path: './x.jpg' is relative "
+                            "to the list's folder"))
     return out
