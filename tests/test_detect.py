@@ -942,6 +942,32 @@ def test_an_image_that_fails_to_decode_is_located_at_itself_not_the_batch(tmp_pa
     assert "Traceback" not in err
 
 
+def test_detect_takes_the_images_training_takes(tmp_path, capsys):
+    """A PNG whose IDAT checksum alone is wrong (its pixels decode: zlib has its own check) is
+    read by training, validation and data check; detect's Pillow verify() refused it."""
+    from PIL import Image
+
+    from darkcfg.data.base import check_image_headers, read_image
+
+    cfg = tiny_cfg(tmp_path)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.uniform(0, 1, (32, 48, 3)) * 255).astype(np.uint8)).save(
+        folder / "crc.png")
+    data = bytearray((folder / "crc.png").read_bytes())
+    data[data.index(b"IEND") - 8] ^= 0xFF  # the IDAT chunk's CRC, just before IEND's length
+    (folder / "crc.png").write_bytes(bytes(data))
+    check_image_headers([str(folder / "crc.png")], "list")
+    pixels = read_image(str(folder / "crc.png"), 3)
+    assert run_cli(cfg, "--detect", folder, "--out", tmp_path / "o", "--no-progress",
+                   "--thresh", "0") == 0
+    assert (tmp_path / "o" / "crc.jpg").exists() and pixels.shape == (3, 32, 48)
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # one training refuses: so does detect
+    assert run_cli(cfg, "--detect", folder, "--out", tmp_path / "o2", "--no-progress") == 2
+    assert f"{folder / 'bad.png'}: error[E901]: 1 of the 2 images of " in capsys.readouterr().err
+
+
 def test_detect_never_replaces_a_file_in_out_under_a_name_it_writes(tmp_path, capsys):
     # --save-labels wrote OUT/<stem>.txt over whatever was there: here the --names file itself
     # (an input), and a drawn image over a user's own picture of that name

@@ -20,7 +20,7 @@ import torch
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
-from darkcfg.data.base import IMAGE_EXTENSIONS
+from darkcfg.data.base import IMAGE_EXTENSIONS, check_image_headers
 from darkcfg.data.datafile import files_under, read_data_file, resolve
 from darkcfg.detect.decode import (
     Found,
@@ -461,19 +461,11 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
 
     ensure_folder(out, "--out")
     letter = opts.letter_box or net_letter_box(net)
-    loaded = []
-    for p in paths:  # fail on an unreadable image before any work, with its path
-        try:
-            from PIL import Image
-
-            with Image.open(p) as im:
-                im.verify()
-        except Exception as exc:  # PIL raises many kinds for a broken file
-            raise CfgError(Diagnostic("E901", f"cannot read image '{p}': {exc}", str(p),
-                                      hint="check its permissions" if isinstance(
-                                          exc, PermissionError) else "remove it or convert "
-                                      "it to JPEG/PNG")) from None
-        loaded.append(str(p))
+    # fail on an unreadable image before any work, with its path: the header check training
+    # makes (Pillow's verify() also refused a PNG whose IDAT checksum alone is wrong, which
+    # training, validation and data check read)
+    loaded = [str(p) for p in paths]
+    check_image_headers(loaded, ", ".join(opts.targets if targets is None else targets))
     results, taken, objects = [], set(), 0
     numbered = numbered_images(paths)
     listed = coco is not None and all(p.name in coco.images for p in paths)
