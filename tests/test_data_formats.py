@@ -571,7 +571,8 @@ def test_convert_gives_each_image_its_own_label_file_under_a_name_darknet_reads(
     """Images of one stem (`a.jpg`, `a.png`, `A.bmp`) shared one label file in the converted
     set (the last one's boxes won); a name with a line break split its list line in two; and
     `.webp`/`.tif`/`.Jpg`, which Darknet's label rule misses, kept their names, so real Darknet
-    read the image as its label file. Every target now reads back the same pixels and boxes."""
+    read the image as its label file; a `.gif` was copied into a yolo folder, which lists no
+    `.gif`. Every target now reads back the same pixels and boxes."""
     from darkcfg.data.base import read_image
     from darkcfg.data.detection.labels import darknet_label_path
 
@@ -581,7 +582,7 @@ def test_convert_gives_each_image_its_own_label_file_under_a_name_darknet_reads(
     exif[0x0112] = 6  # a sideways-stored photo: re-encoding must keep it upright
     names = {"a.jpg": {"quality": 95}, "a.png": {}, "A.bmp": {}, "new\nline.png": {},
              "x.webp": {"lossless": True, "exif": exif.tobytes()}, "y.Jpg": {"format": "JPEG"},
-             "z.tif": {}}
+             "z.tif": {}, "g.gif": {}}
     images, annotations = [], []
     for i, (name, options) in enumerate(names.items()):
         picture(i, 32, 24).save(root / "images" / name, **options)

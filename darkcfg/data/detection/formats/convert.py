@@ -32,6 +32,7 @@ import numpy as np
 from builders.atomic import atomic_open, atomic_write, check_folder
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import DetectionSet, Split
+from darkcfg.data.detection.formats.yolo import IMAGE_SUFFIXES
 from darkcfg.data.detection.labels import darknet_label_path, label_path
 
 TARGETS = ("darknet", "yolo", "coco")
@@ -123,22 +124,25 @@ class _Writer:
         self.out, self.link = out, link
         self.placed: dict[tuple[str, str], str] = {}  # (folder, source) -> name written
         self.taken: set[tuple[str, str]] = set()  # (folder, stem casefolded): one label file each
-        self.darknet_names = False  # names real Darknet reads its label files by (darknet())
+        self.target = ""  # darknet, yolo: extensions that format reads (set by its writer)
 
     def image(self, source: str, folder: str) -> str:
         """Copy (or link) `source` into OUT/folder once; its path relative to OUT. Renamed
         when its label file would be another image's (`a.jpg` and `a.png` share `a.txt`; in
         any case, for case-blind file systems) and when its name holds a line break or another
-        character a list line cannot hold; for Darknet, an extension Darknet's label rule
-        misses (`.Jpg`, `.tif`, `.webp`) is renamed or the image re-encoded as PNG."""
+        character a list line cannot hold; an extension the target does not read (Darknet's
+        label rule misses `.Jpg`, `.tif`, `.webp`; ultralytics lists no `.gif`, `.pgm`) is
+        renamed or the image re-encoded as PNG."""
         key = (folder, os.path.abspath(source))
         if key in self.placed:
             return self.placed[key]
         name = "".join(c if c.isprintable() else "_" for c in os.path.basename(source))
         stem, ext = os.path.splitext(name.strip() or "image")
         reencode = False
-        if self.darknet_names:
+        if self.target == "darknet":
             ext, reencode = _darknet_extension(ext)
+        elif self.target == "yolo" and ext.lower().lstrip(".") not in IMAGE_SUFFIXES:
+            ext, reencode = f"{ext}.png", True  # a yolo folder lists only IMG_FORMATS
         k = 1
         base = stem
         while (folder, stem.casefold()) in self.taken:
@@ -160,7 +164,7 @@ class _Writer:
     # -- Darknet ----------------------------------------------------------------------------
     def darknet(self, data: DetectionSet) -> list[Path]:
         written = []
-        self.darknet_names = True
+        self.target = "darknet"
 
         def split(s: Split, list_name: str) -> Path:
             lines = []
@@ -192,6 +196,7 @@ class _Writer:
 
     # -- YOLO (ultralytics) -------------------------------------------------------------------
     def yolo(self, data: DetectionSet) -> list[Path]:
+        self.target = "yolo"
         def split(s: Split, name: str) -> None:
             for image, boxes in zip(s.images, s.boxes, strict=True):
                 relative = self.image(image, f"images/{name}")
