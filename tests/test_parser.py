@@ -319,6 +319,16 @@ def test_the_error_format():
                           "E203", "E204", "W201", "W202"}
 
 
+def test_a_path_with_a_line_break_keeps_the_diagnostic_line_whole():
+    """A data set file named with a line break (a folder scan finds it) split the
+    `path: error[CODE]: message` line in two."""
+    from cfgparse import Diagnostic
+
+    text = Diagnostic("E901", "cannot read image", "imgs/new\nline\t.jpg", hint="fix").format()
+    assert text.splitlines()[0] == "imgs/new\\nline\\t.jpg: error[E901]: cannot read image"
+    assert Diagnostic("E901", "m", "ünï cødé.jpg").format().startswith("ünï cødé.jpg: error")
+
+
 def test_a_very_long_line_is_shown_around_its_caret_not_whole():
     """A 5 MB name or line made a 10 MB diagnostic (the line, then as many carets), and a
     several-minute did-you-mean over the name."""
