@@ -95,3 +95,18 @@ def test_check_warns_where_an_annotation_states_another_image_size(tmp_path, cap
     code, out, err = check(capsys, voc, "--plot", tmp_path / "v.png")
     assert code == 0 and f"{xml}:3:3: warning[W904]: the annotation says the image is 40x64" in err
     assert "come out at" not in err  # not one scale: no factor to give
+
+
+def test_a_plot_never_replaces_an_image_of_the_set(tmp_path, capsys):
+    """`--plot` naming a PNG of the data set (the check opens it, anchors fit its labels) wrote
+    the histograms over the picture; both commands refuse it now, the image untouched."""
+    data = write_yolo(tmp_path / "y")
+    image = tmp_path / "y" / "images" / "val" / "im5.png"
+    before = image.read_bytes()
+    cfg = detector_cfg(tmp_path / "d.cfg", 3)
+    for argv in (["data", "check", data, "--plot", image],
+                 ["anchors", cfg, "--data", data, "--plot", image]):
+        assert cli([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err
+        assert f"error[E100]: --plot '{image}' is the image '{image}' of the data set" in err
+        assert image.read_bytes() == before

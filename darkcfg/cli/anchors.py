@@ -16,7 +16,7 @@ import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import ERROR, WARNING
-from darkcfg.cli.common import refuse_overwriting_inputs, require_png
+from darkcfg.cli.common import refuse_overwriting_inputs, refuse_plot_over_images, require_png
 from darkcfg.lint.cli import CommandParser
 
 
@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable(plot, "--plot")
     if args.write:  # the edited cfg is written beside the file a link points at
         check_writable(Path(args.cfg).resolve(), "the cfg (--write)")
-    relative, description = fit.data_boxes(net, args.data, args.seed, args.classes)
+    relative, description, images = fit.data_boxes(net, args.data, args.seed, args.classes)
+    refuse_plot_over_images("--plot", plot, images)
     boxes, dropped = fit.scaled(relative, width, height)
     print(f"data: {description}", file=sys.stderr)
     if dropped:

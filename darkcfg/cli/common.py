@@ -81,6 +81,14 @@ def refuse_overwriting_inputs(outputs: dict[str, object], inputs: dict[str, obje
                                   "would destroy it", hint=f"give {flag} another path")
 
 
+def refuse_plot_over_images(flag: str, plot, images) -> None:
+    """A plot is no image of the data set the command read (a PNG of the set named as the
+    --plot): E100 before it is written. Only an existing plot can be one."""
+    if plot is not None and os.path.exists(plot):
+        refuse_overwriting_inputs({flag: plot}, {f"the image '{image}' of the data set": image
+                                                 for image in images})
+
+
 def require_png(flag: str, path) -> None:
     """A plot flag names a .png: any other name (an image or label file of the data set, say)
     is refused before it is written over."""

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.cli.common import refuse_overwriting_inputs, require_png
+from darkcfg.cli.common import refuse_overwriting_inputs, refuse_plot_over_images, require_png
 from darkcfg.lint.cli import CommandParser
 
 
@@ -78,6 +78,8 @@ def check(src: str, cfg: str | None, size: str | None, plot: Path) -> int:
     if size is not None:  # the cfg's strides at another size (a fully convolutional net)
         net_size = parse_size(size)
     report = check_set(src, net_size, strides, origin, classes)
+    refuse_plot_over_images("--plot", plot, (image for _, split in report.splits()
+                                            for image in split.images))
     for d in report.problems + report.unreadable_errors():
         print(d.format(), file=sys.stderr)
     print(report.table())

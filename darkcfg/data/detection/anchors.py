@@ -164,10 +164,11 @@ EMBEDDED_IMAGES = 1024  # the embedded set is generated: enough boxes (~2500) fo
 
 
 def data_boxes(net, source: str | None, seed: int = 0, classes: int | None = None
-               ) -> tuple[np.ndarray, str]:
+               ) -> tuple[np.ndarray, str, list[str]]:
     """Relative w,h (n, 2) of every training label of `source` (anything --data takes for a
     detector; None: the embedded set, of `classes` classes), through
-    darkcfg.data.detection.dataset's entry point, and its one-line description."""
+    darkcfg.data.detection.dataset's entry point, its one-line description, and the image
+    files read (none for the embedded set)."""
     from darkcfg.data.detection.dataset import detection_datasets
 
     splits = detection_datasets(net, source, seed, classes,
@@ -180,7 +181,9 @@ def data_boxes(net, source: str | None, seed: int = 0, classes: int | None = Non
         per_image = [images[i][1] for i in range(len(images))]
     rows = [np.asarray(b, np.float64).reshape(-1, 5) for b in per_image]
     boxes = np.concatenate(rows) if rows else np.zeros((0, 5))
-    return boxes[:, 2:4], splits.description
+    files = [*getattr(images, "paths", []), *getattr(splits.val.source, "paths", [])] \
+        if splits.val is not None else list(getattr(images, "paths", []))
+    return boxes[:, 2:4], splits.description, files
 
 
 def scaled(relative_wh: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
