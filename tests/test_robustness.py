@@ -279,6 +279,23 @@ def test_a_fresh_train_never_replaces_an_existing_run(classifier_run, capsys):
     assert [int(r["iteration"]) for r in rows(out)] == list(range(1, 7))
 
 
+@pytest.mark.parametrize("name", ["chart.png", "c_last.weights", "settings.yaml"])
+def test_a_fresh_train_never_replaces_a_file_it_would_write(tmp_path, tiny_classifier, capsys,
+                                                            name):
+    """--out (or backup=) a folder with no run but a file under a name the run writes: a
+    picture of the data set called chart.png, a Darknet run's c_last.weights in its backup
+    folder. The run wrote over it; it is refused now, the file untouched."""
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=2,
+                                burn_in=0, second_conv=False)
+    out = tmp_path / "folder"
+    out.mkdir()
+    (out / name).write_bytes(b"precious")
+    assert run(cfg, "--train", "--out", out, "--no-progress", "--workers", "0") == 2
+    err = capsys.readouterr().err
+    assert f"{out / name}: error[E901]: '{out}' already holds '{name}'" in err, err
+    assert (out / name).read_bytes() == b"precious" and not (out / "checkpoint.pt").exists()
+
+
 def test_kill_leftovers_torn_rows_and_flipped_bits(classifier_run, capsys):
     cfg, out = classifier_run
     # SIGKILL during a checkpoint write leaves atomic_open's temp file; a resume removes it

@@ -200,6 +200,28 @@ def refuse_resuming_over_another_run(resume: str | bool, out: Path, dist: distri
             hint=f"continue it in its own folder (--out {folder}), or give a new --out"))
 
 
+def refuse_replacing_files(out: Path, name: str, dist: distributed.Dist, device) -> None:
+    """A fresh run writes settings.yaml, chart.png and `<name>_{last,final,best,N}.weights`:
+    an --out (or backup=) folder that already holds one of them without a run (an image of the
+    data set named chart.png, the weights of a Darknet run in its backup folder) would lose it.
+    Refused before anything is written, as a folder holding a run is."""
+    def written(path: Path) -> bool:
+        if path.name in ("settings.yaml", "chart.png"):
+            return True
+        suffix = path.stem[len(name) + 1:] if path.stem.startswith(f"{name}_") else ""
+        return path.suffix == ".weights" and (suffix in ("last", "final", "best")
+                                              or suffix.isdecimal())
+
+    found = sorted(p.name for p in out.iterdir() if written(p)) if out.is_dir() else []
+    if distributed.broadcast_flag(dist, bool(found), device):
+        shown = f"'{found[0]}'" + (f" (and {len(found) - 1} more)" if len(found) > 1 else "") \
+            if found else "files (on rank 0)"
+        raise CfgError(Diagnostic(
+            "E901", f"'{out}' already holds {shown}, which a fresh --train there would "
+            "replace", str(out / found[0]) if found else str(out),
+            hint="give a new --out (or move those files away)"))
+
+
 def refuse_weights_the_run_replaces(weights: str | None, out: Path, name: str) -> None:
     """--weights may not be a file this run writes (`OUT/<name>_{last,final,best,N}.weights`,
     e.g. a pretrained file copied into the --out or backup= folder): its first save would
@@ -262,6 +284,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         else None  # noqa: F841 - held until the run ends
     if not opts.resume:
         refuse_existing_run(out, dist, device)
+        refuse_replacing_files(out, opts.name, dist, device)
     else:
         refuse_resuming_over_another_run(opts.resume, out, dist, device)
     refuse_weights_the_run_replaces(opts.weights, out, opts.name)
