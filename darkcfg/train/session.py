@@ -284,10 +284,11 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         else None  # noqa: F841 - held until the run ends
     if not opts.resume:
         refuse_existing_run(out, dist, device)
-        refuse_replacing_files(out, opts.name, dist, device)
     else:
         refuse_resuming_over_another_run(opts.resume, out, dist, device)
     refuse_weights_the_run_replaces(opts.weights, out, opts.name)
+    if not opts.resume:  # (after the --weights check: it says more about that file)
+        refuse_replacing_files(out, opts.name, dist, device)
     say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
          + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
     darknet_init(net)  # before --weights, which may load only some layers
