@@ -635,6 +635,9 @@ def test_preview_refuses_a_non_image_out_and_a_typo_as_diagnostics(tmp_path, cap
         assert "error[E100]: --out" in err and "Traceback" not in err
         assert "embedded detection set" not in err  # refused before the data is read
     assert cfg.read_bytes() == before and not (tmp_path / "p.txt").exists()
+    for bad in (["--count", "0"], ["--iteration", "-1"]):  # were torch/numpy tracebacks
+        assert main([str(cfg), *bad, "--out", str(tmp_path / "p.png")]) == 2
+        assert f"error[E100]: {bad[0]} {bad[1]}: must be" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main([str(cfg), "--iterration", "3"])
     assert exc.value.code == 2

@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             raise CfgError(Diagnostic("E100", f"--out '{args.out}': the preview is an image "
                                       "(.png or .jpg)", "<command line>",
                                       hint=f"e.g. --out {Path(args.out).stem or 'preview'}.png"))
+        for flag, value, least in (("--count", args.count, 1), ("--iteration", args.iteration, 0)):
+            if value < least:
+                raise CfgError(Diagnostic("E100", f"{flag} {value}: must be {least} or more",
+                                          "<command line>", hint=f"e.g. {flag} {least + 7}"))
         blocks, _ = load_blocks(args.cfg, args.sets)
         splits = detection_datasets(build(blocks, device="meta"), args.data, args.seed,
                                     args.classes)
