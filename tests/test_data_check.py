@@ -95,3 +95,15 @@ def test_check_warns_where_an_annotation_states_another_image_size(tmp_path, cap
     code, out, err = check(capsys, voc, "--plot", tmp_path / "v.png")
     assert code == 0 and f"{xml}:3:3: warning[W904]: the annotation says the image is 40x64" in err
     assert "come out at" not in err  # not one scale: no factor to give
+
+
+def test_a_bad_size_is_one_diagnostic_with_its_help_as_in_anchors(tmp_path, capsys):
+    """`data check --size` and `anchors --size` read WxH with one helper: the same message and
+    a help line (data check's had none, and read '0x10' after building the --cfg)."""
+    path = write_yolo(tmp_path / "y")
+    for size in ("0x10", "big", "16x"):
+        code, _, err = check(capsys, path, "--size", size, "--plot", tmp_path / "c.png")
+        assert code == 2
+        assert err == (f"--size: error[E100]: --size {size}: not WxH (two positive integers)\n"
+                       "help: e.g. --size 416x416\n")
+    assert not (tmp_path / "c.png").exists()

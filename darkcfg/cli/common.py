@@ -81,6 +81,15 @@ def refuse_overwriting_inputs(outputs: dict[str, object], inputs: dict[str, obje
                                   "would destroy it", hint=f"give {flag} another path")
 
 
+def parse_wxh(flag: str, text: str) -> tuple[int, int]:
+    """A `--size WxH` value (`data check`, `anchors`): two positive integers."""
+    w, x, h = text.lower().partition("x")
+    if not x or not w.isdigit() or not h.isdigit() or int(w) < 1 or int(h) < 1:
+        raise CfgError(Diagnostic("E100", f"{flag} {text}: not WxH (two positive integers)",
+                                  flag, hint=f"e.g. {flag} 416x416"))
+    return int(w), int(h)
+
+
 def require_png(flag: str, path) -> None:
     """A plot flag names a .png: any other name (an image or label file of the data set, say)
     is refused before it is written over."""
