@@ -16,8 +16,8 @@ import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import ERROR, WARNING
+from cfgparse.usage import CommandParser
 from darkcfg.cli.common import parse_wxh, refuse_overwriting_inputs, require_png
-from darkcfg.lint.cli import CommandParser
 
 
 def arg_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.lint.cli import CommandParser, memory_size
+from cfgparse.usage import CommandParser
+from darkcfg.lint.cli import memory_size
 
 __all__ = ["add_model_arguments", "command_parser", "guarded", "model_spec",
            "memory_size", "model_inputs", "refuse_overwriting_inputs", "require_png",

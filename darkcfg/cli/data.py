@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.usage import CommandParser
 from darkcfg.cli.common import parse_wxh, refuse_overwriting_inputs, require_png
-from darkcfg.lint.cli import CommandParser
 
 
 def arg_parser() -> argparse.ArgumentParser:

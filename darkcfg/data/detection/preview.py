@@ -49,9 +49,9 @@ def preview_grid(splits, count: int = 16, iteration: int = 0, per_row: int = 8
 def main(argv: list[str] | None = None) -> int:
     from builders import build
     from cfgparse import CfgError, Diagnostic
+    from cfgparse.usage import CommandParser
     from darkcfg.data.base import write_image
     from darkcfg.data.detection.dataset import detection_datasets
-    from darkcfg.lint.cli import CommandParser
     from darkcfg.model import load_blocks
 
     # usage errors as one E100 diagnostic, as every darkcfg command line
