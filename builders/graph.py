@@ -108,13 +108,19 @@ class Network(nn.Module):
                                    types, layers=self.layers,
                                    previous=blocks[index] if index else None)
                 try:
-                    module, shape = builder_for(block)(block, ctx)
+                    built = builder_for(block)(block, ctx)
                 except RuntimeError as exc:
                     if "overflow" not in str(exc):
                         raise
                     raise _too_large(block, exc) from None
-                if not isinstance(module, Layer):
-                    raise TypeError(f"builder for [{block.type}] returned {type(module)}")
+                # a plugin's builder is user code: say what it returned, not "cannot unpack"
+                module, shape = built if isinstance(built, tuple) and len(built) == 2 else \
+                    (built, None)
+                if not isinstance(module, Layer) or not isinstance(shape, Shape):
+                    got = ", ".join(type(v).__name__ for v in (
+                        built if isinstance(built, tuple) else (built,)))
+                    raise TypeError(f"the builder of [{block.type}] returned ({got}); a builder "
+                                    "returns (Layer, Shape), e.g. `return layer, ctx.input`")
                 meta = LayerInfo(
                     index, block.type, block, ctx.input, shape, tuple(ctx.sources),
                     stopbackward=block.int("stopbackward"), dontload=block.bool("dontload"),

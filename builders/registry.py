@@ -146,6 +146,13 @@ def register_section(name: str, builder: Builder | None = None, *,
     if builder is None:
         return lambda fn: register_section(name, fn, keys=keys, aliases=aliases,
                                            override=override)
+    if not callable(builder):
+        raise TypeError(f"register_section({name!r}): the builder must be a function "
+                        f"(block, ctx) -> (Layer, Shape), not {type(builder).__name__}")
+    for n in (name, *aliases):  # what a '[name]' header can spell (parser: no spaces, no ']')
+        if not isinstance(n, str) or not n or any(c.isspace() or c in "[]" for c in n):
+            raise ValueError(f"register_section: {n!r} cannot be a section name: a cfg header "
+                             "[name] holds no spaces or brackets")
     _load_families()
     specs = {key: _key_spec(name, key, spec) for key, spec in (keys or {}).items()}
     taken = [n for n in (name, *aliases) if n in SECTION_BUILDERS or schema.is_section_name(n)]

@@ -1,5 +1,6 @@
 """Command line: `python -m cfgparse dump FILE`, and `python -m cfgparse check FILE...` (kept for
-existing pre-commit configs and CI scripts; the checker is `lint`, also `python -m lint`).
+existing pre-commit configs and CI scripts; the checker is `darkcfg check`, also
+`python -m darkcfg.lint`). Usage errors are one E100 diagnostic, as in every darkcfg command.
 
 Exit status: 0 ok, 1 findings (errors in the cfg), 2 usage or I/O error.
 """
@@ -15,13 +16,14 @@ from pathlib import Path
 from . import schema
 from .errors import CfgError
 from .parser import parse
+from .usage import CommandParser
 from .writer import to_yaml, write
 
 FORMATS = ("json", "yaml", "cfg")
 
 
 def arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cfgparse", description="Darknet .cfg parser, checker and converter.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     dump = commands.add_parser(
@@ -57,10 +59,10 @@ def _main(argv: list[str] | None) -> int:
     except SystemExit as exc:  # argparse: 2 for usage errors, 0 for --help
         return 2 if exc.code is None else int(exc.code)
     if args.command is None:
-        parser.print_usage(sys.stderr)
-        print("python -m cfgparse: error: a command is required (dump or check)",
-              file=sys.stderr)
-        return 2
+        try:
+            parser.error("a command is required (dump or check)")
+        except SystemExit as exc:
+            return int(exc.code)
     return dump(args.file, args.format, args.flavor)
 
 

@@ -153,3 +153,18 @@ def test_run_options_refuse_a_map_points_no_evaluation_has():
         RunOptions("cfg/yolov3-tiny.cfg", "yolov3-tiny", Path("run"), map_points=7)
     assert RunOptions("cfg/yolov3-tiny.cfg", "yolov3-tiny", Path("run"),
                       map_points=101).map_points == 101
+
+
+def test_dump_outputs_takes_a_tensor_as_it_takes_an_array(tmp_path):
+    """docs/cfg-files.md: `dump_outputs(net, x, "out.npz")` runs x (N, C, H, W); a script's x is
+    a tensor, which was refused as 'not an (N, C, H, W) array' although of that shape."""
+    from darkcfg.export.dump import dump_outputs
+
+    net = build(str(tiny_cfg(tmp_path))).eval()
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    assert dump_outputs(net, x, tmp_path / "t.npz") == dump_outputs(net, x.numpy(),
+                                                                      tmp_path / "a.npz")
+    with np.load(tmp_path / "t.npz") as t, np.load(tmp_path / "a.npz") as a:
+        assert t.files and all(np.array_equal(t[k], a[k]) for k in a.files)
+    with pytest.raises(CfgError, match="E302"):  # the shape is still checked
+        dump_outputs(net, torch.rand(3, 64, 64), tmp_path / "bad.npz")

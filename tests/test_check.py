@@ -529,6 +529,12 @@ def test_python_dash_m_entry_point(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1
     assert f"{path}:6:2: error[E201]" in result.stdout
+    # its usage line and hint name the command that runs (it once said `python -m lint`)
+    usage = subprocess.run([sys.executable, "-m", "darkcfg.lint", "--wokers"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert usage.returncode == 2
+    assert "python -m darkcfg.lint: unrecognized arguments" in usage.stderr
+    assert "`python -m darkcfg.lint --help`" in usage.stderr
 
 
 @pytest.mark.parametrize("command", [["cfgparse", "check"], ["runner", "check"],

@@ -110,3 +110,15 @@ def test_a_plot_never_replaces_an_image_of_the_set(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"error[E100]: --plot '{image}' is the image '{image}' of the data set" in err
         assert image.read_bytes() == before
+
+
+def test_a_bad_size_is_one_diagnostic_with_its_help_as_in_anchors(tmp_path, capsys):
+    """`data check --size` and `anchors --size` read WxH with one helper: the same message and
+    a help line (data check's had none, and read '0x10' after building the --cfg)."""
+    path = write_yolo(tmp_path / "y")
+    for size in ("0x10", "big", "16x"):
+        code, _, err = check(capsys, path, "--size", size, "--plot", tmp_path / "c.png")
+        assert code == 2
+        assert err == (f"--size: error[E100]: --size {size}: not WxH (two positive integers)\n"
+                       "help: e.g. --size 416x416\n")
+    assert not (tmp_path / "c.png").exists()

@@ -621,6 +621,32 @@ def test_preview_draws_training_samples_with_boxes(tmp_path, capsys):
     assert main([str(cfg), "--data", str(tmp_path / "none.data")]) == 2  # located error
 
 
+def test_preview_refuses_a_non_image_out_and_a_typo_as_diagnostics(tmp_path, capsys):
+    """docs/detection.md's preview command: `--out x.txt` (or the cfg itself) was a Pillow
+    traceback after the data was read, and a misspelt option argparse's own message."""
+    from darkcfg.data.detection.preview import main
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG.format(net="", yolo=""))
+    before = cfg.read_bytes()
+    for out in (tmp_path / "p.txt", cfg):
+        assert main([str(cfg), "--count", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "error[E100]: --out" in err and "Traceback" not in err
+        assert "embedded detection set" not in err  # refused before the data is read
+    assert cfg.read_bytes() == before and not (tmp_path / "p.txt").exists()
+    for bad in (["--count", "0"], ["--iteration", "-1"]):  # were torch/numpy tracebacks
+        assert main([str(cfg), *bad, "--out", str(tmp_path / "p.png")]) == 2
+        assert f"error[E100]: {bad[0]} {bad[1]}: must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([str(cfg), "--iterration", "3"])
+    assert exc.value.code == 2
+    assert "error[E100]" in capsys.readouterr().err
+    assert main([str(cfg), "--count", "1", "--out", str(tmp_path / "p.jpg")]) == 0
+    assert Image.open(tmp_path / "p.jpg").format == "JPEG"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_multiscale_can_be_switched_off(tmp_path):
     net = detector(tmp_path, yolo="random=1")
     on = detection_datasets(net, None, 0, train_size=8, val_size=2)

@@ -57,3 +57,29 @@ def test_the_python_in_the_docs_imports_what_exists(page):
                 for alias in node.names:
                     assert hasattr(module, alias.name) or importlib.util.find_spec(
                         f"{node.module}.{alias.name}"), f"{page.name}: {node.module}.{alias.name}"
+
+
+def _long_options(parser) -> set[str]:
+    """Every --option of an argparse parser and of its subcommands' parsers."""
+    import argparse
+
+    found = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _long_options(sub)
+        found |= {o for o in action.option_strings if o.startswith("--") and o != "--help"}
+    return found
+
+
+@pytest.mark.parametrize("command", ["flag form", "train", "valid", "predict", "detect", "export",
+                                     "emit", "summary", "weights", "check", "data", "anchors"])
+def test_every_help_option_is_in_commands_md(command):
+    """What `darkcfg COMMAND --help` lists, docs/commands.md names (a new flag gets documented)."""
+    from darkcfg.cli import COMMANDS
+
+    module = importlib.import_module("darkcfg.cli.flags" if command == "flag form"
+                                     else COMMANDS[command])
+    text = (ROOT / "docs" / "commands.md").read_text()
+    documented = set(re.findall(r"--[a-z][a-z0-9-]*", text))
+    assert sorted(_long_options(module.arg_parser()) - documented) == []

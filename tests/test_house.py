@@ -173,14 +173,15 @@ def test_library_code_never_sees_argparse():
     """A command parses its arguments into typed options; the functions it calls take those."""
     users = sorted(name for name, path in project_modules().items()
                    if "import argparse" in path.read_text(encoding="utf-8"))
-    # the command lines: darkcfg.cli, the linter's, cfgparse's, presets' and preview's own
+    # the command lines: darkcfg.cli, the linter's, cfgparse's and presets' own, and the one
+    # parser class they (and preview) share, cfgparse.usage.CommandParser
     assert [u for u in users if not u.startswith("darkcfg.cli")] == [
-        "builders.presets", "cfgparse.__main__", "darkcfg.data.detection.preview",
-        "darkcfg.lint.cli"]
+        "builders.presets", "cfgparse.__main__", "cfgparse.usage", "darkcfg.lint.cli"]
 
 
 TORCH_FREE = ["cfgparse", "cfgparse.parser", "cfgparse.yaml_io", "cfgparse.writer",
-              "cfgparse.rules", "cfgparse.assembly", "cfgparse.__main__", "darkcfg.lint",
+              "cfgparse.rules", "cfgparse.assembly", "cfgparse.__main__", "cfgparse.usage",
+              "darkcfg.lint",
               "darkcfg.lint.block_rules", "darkcfg.lint.stages", "darkcfg.lint.pool",
               "darkcfg.lint.report", "darkcfg.lint.cli",
               "builders.memory", "builders.plan"]

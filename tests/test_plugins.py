@@ -187,3 +187,39 @@ def test_register_section_in_process_and_twice():
         for found in schema._TABLES.values():
             found.pop(name, None)
 
+
+
+def _unregister(name: str) -> None:
+    SECTION_BUILDERS.pop(name, None)
+    schema.SECTIONS.pop(name, None)
+    schema._CANONICAL.pop(name, None)
+    for found in schema._TABLES.values():
+        found.pop(name, None)
+
+
+@pytest.mark.parametrize("name,builder,error", [
+    ("test_notfn", 42, TypeError),            # was registered, then "'int' is not callable"
+    ("", build_doubler, ValueError),          # no header can name these: registered, unusable
+    ("test bad", build_doubler, ValueError),
+    ("[test_br]", build_doubler, ValueError),
+])
+def test_register_section_refuses_what_no_cfg_can_use(name, builder, error):
+    try:
+        with pytest.raises(error, match="builder must be a function|cannot be a section name"):
+            register_section(name, builder)
+        assert name not in SECTION_BUILDERS and not schema.is_section_name(name)
+    finally:
+        _unregister(name)
+
+
+@pytest.mark.parametrize("returned", [None, "layer", (Doubler(),), (Doubler(), (1, 4, 4))])
+def test_a_builder_that_returns_no_layer_and_shape_is_named(returned):
+    """A plugin builder's mistake reads as the builder's, not as a bare 'cannot unpack'."""
+    name = "test_badreturn"
+    try:
+        register_section(name, lambda block, ctx: returned)
+        with pytest.raises(TypeError, match=r"builder of \[test_badreturn\] returned .*"
+                                            r"returns \(Layer, Shape\)"):
+            build(f"[net]\nwidth=4\nheight=4\nchannels=1\n[{name}]\n")
+    finally:
+        _unregister(name)

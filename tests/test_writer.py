@@ -157,10 +157,17 @@ def test_dump_exit_codes(tmp_path, capsys):
     first, help_line = err.splitlines()  # the E901 diagnostic: no source excerpt, its help
     assert "error[E901]: cannot read" in first and "missing.cfg" in first
     assert help_line.startswith("help: ")
-    assert main(["dump"]) == 2
-    assert main(["dump", str(bad), "--format", "xml"]) == 2
-    assert main([]) == 2
-    assert main(["frobnicate"]) == 2
+    capsys.readouterr()
+    # usage errors: one E100 diagnostic with its help line, as every darkcfg command line
+    # (argparse's usage text and 'error:' line before)
+    for argv, hint in ((["dump"], "`python -m cfgparse dump --help`"),
+                       (["dump", str(bad), "--format", "yml"], "did you mean 'yaml'?"),
+                       ([], "`python -m cfgparse --help`"),
+                       (["frobnicate"], "`python -m cfgparse --help`")):
+        assert main(argv) == 2
+        first, help_line = capsys.readouterr().err.splitlines()
+        assert first.startswith("<command line>: error[E100]: python -m cfgparse")
+        assert help_line.startswith("help: ") and hint in help_line
 
 
 def test_check_is_dispatched_to_the_lint_package(monkeypatch):

@@ -16,8 +16,13 @@ import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import ERROR, WARNING
-from darkcfg.cli.common import refuse_overwriting_inputs, refuse_plot_over_images, require_png
-from darkcfg.lint.cli import CommandParser
+from cfgparse.usage import CommandParser
+from darkcfg.cli.common import (
+    parse_wxh,
+    refuse_overwriting_inputs,
+    refuse_plot_over_images,
+    require_png,
+)
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -53,14 +58,6 @@ def main(argv: list[str]) -> int:
     return run(arg_parser().parse_args(argv))
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    w, x, h = text.lower().partition("x")
-    if not x or not w.isdigit() or not h.isdigit() or int(w) < 1 or int(h) < 1:
-        raise CfgError(Diagnostic("E100", f"--size {text}: not WxH", "--size",
-                                  hint="e.g. --size 416x416"))
-    return int(w), int(h)
-
-
 def run(args: argparse.Namespace) -> int:
     from builders.atomic import check_writable
     from darkcfg.data.detection import anchors as fit
@@ -89,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     region = first.type in CELL_ANCHORED_HEADS
     if args.size:
-        width, height = parse_size(args.size)
+        width, height = parse_wxh("--size", args.size)
     elif region:  # [region] anchors are in grid cells (Darknet users run calc_anchors -width 13)
         width, height = first.input.w, first.input.h
     else:

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.lint.cli import CommandParser, memory_size
+from cfgparse.usage import CommandParser
+from darkcfg.lint.cli import memory_size
 
 __all__ = ["add_model_arguments", "command_parser", "guarded", "model_spec",
            "memory_size", "model_inputs", "refuse_overwriting_inputs", "require_png",
@@ -87,6 +88,15 @@ def refuse_plot_over_images(flag: str, plot, images) -> None:
     if plot is not None and os.path.exists(plot):
         refuse_overwriting_inputs({flag: plot}, {f"the image '{image}' of the data set": image
                                                  for image in images})
+
+
+def parse_wxh(flag: str, text: str) -> tuple[int, int]:
+    """A `--size WxH` value (`data check`, `anchors`): two positive integers."""
+    w, x, h = text.lower().partition("x")
+    if not x or not w.isdigit() or not h.isdigit() or int(w) < 1 or int(h) < 1:
+        raise CfgError(Diagnostic("E100", f"{flag} {text}: not WxH (two positive integers)",
+                                  flag, hint=f"e.g. {flag} 416x416"))
+    return int(w), int(h)
 
 
 def require_png(flag: str, path) -> None:

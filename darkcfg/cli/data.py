@@ -14,8 +14,13 @@ import sys
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.cli.common import refuse_overwriting_inputs, refuse_plot_over_images, require_png
-from darkcfg.lint.cli import CommandParser
+from cfgparse.usage import CommandParser
+from darkcfg.cli.common import (
+    parse_wxh,
+    refuse_overwriting_inputs,
+    refuse_plot_over_images,
+    require_png,
+)
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -70,13 +75,14 @@ def check(src: str, cfg: str | None, size: str | None, plot: Path) -> int:
 
     refuse_overwriting_inputs({"--plot": plot}, {"the data set file": src, "the cfg": cfg})
     require_png("--plot", plot)
+    at = parse_wxh("--size", size) if size is not None else None  # before the build
     net_size, strides, origin = (416, 416), (8, 16, 32), "strides 8, 16, 32"
     classes = None
     if cfg is not None:
         net_size, strides, classes = network_geometry(cfg)
         origin = f"{Path(cfg).name}: strides {', '.join(map(str, strides))}"
-    if size is not None:  # the cfg's strides at another size (a fully convolutional net)
-        net_size = parse_size(size)
+    if at is not None:  # the cfg's strides at another size (a fully convolutional net)
+        net_size = at
     report = check_set(src, net_size, strides, origin, classes)
     refuse_plot_over_images("--plot", plot, (image for _, split in report.splits()
                                             for image in split.images))
@@ -103,14 +109,3 @@ def network_geometry(cfg: str) -> tuple[tuple[int, int], tuple[int, ...], int]:
     w, h = net.info.width, net.info.height
     return ((w, h), tuple(sorted({w // net.shapes[i].w for i in heads if net.shapes[i].w})),
             DetectionSettings.from_network(net).classes)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-        if w > 0 and h > 0:
-            return w, h
-    except ValueError:
-        pass
-    raise CfgError(Diagnostic("E100", f"--size {text}: expected WxH, e.g. 416x416",
-                              "<command line>"))

@@ -28,8 +28,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from cfgparse.usage import CommandParser
 from darkcfg.cli.common import add_model_arguments, guarded, model_spec, usage_error
-from darkcfg.lint.cli import CommandParser
 
 
 def arg_parser() -> argparse.ArgumentParser:

@@ -4,11 +4,13 @@ a decoded image (PIL or tensor) into the uint8 CHW tensor the loaders carry."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from builders.atomic import atomic_open
 from cfgparse import CfgError, Diagnostic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -207,11 +209,15 @@ def check_image_headers(paths, where: str, max_listed: int = 5) -> None:
 
 
 def write_image(path: str, tensor: torch.Tensor) -> None:
-    """A uint8 CHW tensor as PNG (examples of the embedded data for tests and docs)."""
+    """A uint8 CHW tensor as an image file, its format from the suffix (examples of the
+    embedded data for tests and docs), written atomically."""
     from PIL import Image
 
     arr = tensor.permute(1, 2, 0).numpy()
-    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(path)
+    image = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    with atomic_open(path) as fh:
+        image.save(fh, format=fmt)
 
 
 def read_array(path: str) -> np.ndarray:

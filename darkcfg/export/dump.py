@@ -14,7 +14,9 @@ from builders.weights import atomic_open
 from cfgparse import CfgError, Diagnostic
 
 
-def _check_input(net: Network, x: np.ndarray, where: str) -> torch.Tensor:
+def _check_input(net: Network, x: np.ndarray | torch.Tensor, where: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):  # from Python: the tensor a forward takes, as the .npy's array
+        x = x.detach().cpu().numpy()
     shape = net.input_shape
     spatial = shape.c * shape.h * shape.w > 0
     if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[0] < 1:
@@ -39,11 +41,12 @@ def _check_input(net: Network, x: np.ndarray, where: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dump_outputs(net: Network, x: np.ndarray, out_path: str | os.PathLike,
+def dump_outputs(net: Network, x: np.ndarray | torch.Tensor, out_path: str | os.PathLike,
                  all_layers: bool = False, input_name: str = "<input>") -> list[int]:
-    """Eval-mode forward of `x` (N, C, H, W); writes an .npz holding `layer{index}` (N, count)
-    for every output layer (and the last layer), or every layer with `all_layers`, each
-    flattened as Darknet lays out that layer's output buffer. Returns the indices written."""
+    """Eval-mode forward of `x` (N, C, H, W), a numpy array or a tensor; writes an .npz
+    holding `layer{index}` (N, count) for every output layer (and the last layer), or every
+    layer with `all_layers`, each flattened as Darknet lays out that layer's output buffer.
+    Returns the indices written."""
     xt = _check_input(net, x, input_name)
     indices = list(range(len(net.layers))) if all_layers else list(net.output_indices)
     device = next((p.device for p in net.parameters()), None) or \

@@ -5,7 +5,7 @@
     stages       one file through parse -> block rules -> graph rules
     pool         many files, in forked worker processes
     report       text, json, github and sarif output
-    cli          the command line (`darkcfg check`, `python -m lint`)
+    cli          the command line (`darkcfg check`, `python -m darkcfg.lint`)
 
 Importing this package, `darkcfg.lint.block_rules` or `darkcfg.lint.cli` does not import torch;
 the graph

@@ -4,4 +4,4 @@ import sys
 
 from darkcfg.lint.cli import main
 
-sys.exit(main(prog="python -m lint"))
+sys.exit(main(prog="python -m darkcfg.lint"))

@@ -1,6 +1,6 @@
-"""`darkcfg check` (also `python -m lint`, `python runner.py CFG --check`, and the old
-`python -m cfgparse check`): lint Darknet cfg files for CI. Also the argument parser every darkcfg
-command line uses (`CommandParser`: usage errors as one E100 diagnostic), torch-free here.
+"""`darkcfg check` (also `python -m darkcfg.lint`, `python runner.py CFG --check`, and the old
+`python -m cfgparse check`): lint Darknet cfg files for CI. The argument parser every darkcfg
+command line uses (`CommandParser`: usage errors as one E100 diagnostic) is cfgparse.usage's.
 
 Exit status: 0 clean, 1 findings (errors; warnings too with --strict), 2 usage or I/O error.
 The rule codes are stable; the README (Checking cfg files) lists each with an example.
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import os
-import re
 import sys
 
 from builders.memory import DEFAULT_MAX_MEMORY, parse_size
 from cfgparse.errors import ERROR, WARNING, Diagnostic
+from cfgparse.usage import CommandParser
 from darkcfg.lint.pool import check_paths, default_jobs, expand
 from darkcfg.lint.report import FORMATS, render
 from darkcfg.lint.stages import Options
@@ -31,54 +30,6 @@ def memory_size(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-class CommandParser(argparse.ArgumentParser):
-    """argparse.ArgumentParser whose usage errors print one diagnostic and exit 2, as every
-    other bad input to darkcfg does:
-
-        <command line>: error[E100]: darkcfg train: unrecognized arguments: --wokers 2
-        help: did you mean '--workers'?
-
-    Sub-parsers (`add_subparsers().add_parser`) are of this class too. Abbreviated options are
-    not taken (`--dat` is not `--data`): a typo must not quietly start a different run."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):
-        sys.stderr.write(f"<command line>: error[E100]: {self.prog}: {message}\n"
-                         f"help: {self._hint(message)}\n")
-        self.exit(2)
-
-    def _hint(self, message: str) -> str:
-        """What to do about `message` (argparse's text): the nearest option to a misspelt one,
-        what a rejected value's option takes (its help), or where the options are listed."""
-        options = self._option_string_actions
-        if message.startswith("unrecognized arguments:"):
-            unknown = [w.split("=")[0] for w in message.split(":", 1)[1].split()
-                       if w.startswith("-")]
-            for word in unknown:
-                near = difflib.get_close_matches(word, list(options), n=1, cutoff=0.75)
-                if near:
-                    return f"did you mean '{near[0]}'?"
-        named = re.match(r"argument (\S+?)(?:/\S+)?: ", message)
-        action = options.get(named.group(1)) if named else None
-        choice = re.search(r"invalid choice: '([^']*)'", message)
-        if choice and named:
-            action = action or next((a for a in self._actions if a.dest == named.group(1)), None)
-            near = difflib.get_close_matches(choice.group(1), [str(c) for c in
-                                             getattr(action, "choices", None) or ()], n=1)
-            if near:
-                return f"did you mean '{near[0]}'?"
-        if action is not None and action.help and action.help != argparse.SUPPRESS:
-            what = f"{named.group(1)} {action.metavar}" if action.metavar else named.group(1)
-            try:  # a help text may name %(default)s and the like, as argparse expands them
-                return f"{what}: {action.help % dict(vars(action), prog=self.prog)}"
-            except (KeyError, TypeError, ValueError):
-                return f"{what}: {action.help}"
-        return f"`{self.prog} --help` lists the options"
 
 
 def arg_parser(prog: str = "darkcfg check") -> argparse.ArgumentParser:

@@ -11,10 +11,14 @@ keys do.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
 import torch
+
+#: what --out may be: an image Pillow writes (a .cfg, .data or label file given by mistake is
+#: refused before it could be written over)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def preview_grid(splits, count: int = 16, iteration: int = 0, per_row: int = 8
@@ -44,13 +48,15 @@ def preview_grid(splits, count: int = 16, iteration: int = 0, per_row: int = 8
 
 def main(argv: list[str] | None = None) -> int:
     from builders import build
-    from cfgparse import CfgError
+    from cfgparse import CfgError, Diagnostic
+    from cfgparse.usage import CommandParser
     from darkcfg.data.base import write_image
     from darkcfg.data.detection.dataset import detection_datasets
     from darkcfg.model import load_blocks
 
-    ap = argparse.ArgumentParser(prog="python -m darkcfg.data.detection.preview",
-                                 description=__doc__.split("\n")[0])
+    # usage errors as one E100 diagnostic, as every darkcfg command line
+    ap = CommandParser(prog="python -m darkcfg.data.detection.preview",
+                       description=__doc__.split("\n")[0])
     ap.add_argument("cfg")
     ap.add_argument("--data", default=None)
     ap.add_argument("--classes", type=int, default=None)
@@ -61,16 +67,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="preview.png")
     args = ap.parse_args(argv)
     try:
+        if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
+            raise CfgError(Diagnostic("E100", f"--out '{args.out}': the preview is an image "
+                                      "(.png or .jpg)", "<command line>",
+                                      hint=f"e.g. --out {Path(args.out).stem or 'preview'}.png"))
+        for flag, value, least in (("--count", args.count, 1), ("--iteration", args.iteration, 0)):
+            if value < least:
+                raise CfgError(Diagnostic("E100", f"{flag} {value}: must be {least} or more",
+                                          "<command line>", hint=f"e.g. {flag} {least + 7}"))
         blocks, _ = load_blocks(args.cfg, args.sets)
         splits = detection_datasets(build(blocks, device="meta"), args.data, args.seed,
                                     args.classes)
+        print(splits.banner(), file=sys.stderr)
+        for line in splits.warnings:
+            print(line, file=sys.stderr)
+        write_image(args.out, preview_grid(splits, args.count, args.iteration))
     except CfgError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(splits.banner(), file=sys.stderr)
-    for line in splits.warnings:
-        print(line, file=sys.stderr)
-    write_image(args.out, preview_grid(splits, args.count, args.iteration))
     print(args.out)
     return 0
 

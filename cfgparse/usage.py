@@ -1,0 +1,58 @@
+"""The argument parser of every command line (darkcfg's commands, the linter, `python -m
+cfgparse dump`): usage errors as one E100 diagnostic. Here, below darkcfg, so that cfgparse's
+own command line can use it; torch-free."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose usage errors print one diagnostic and exit 2, as every
+    other bad input to darkcfg does:
+
+        <command line>: error[E100]: darkcfg train: unrecognized arguments: --wokers 2
+        help: did you mean '--workers'?
+
+    Sub-parsers (`add_subparsers().add_parser`) are of this class too. Abbreviated options are
+    not taken (`--dat` is not `--data`): a typo must not quietly start a different run."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        sys.stderr.write(f"<command line>: error[E100]: {self.prog}: {message}\n"
+                         f"help: {self._hint(message)}\n")
+        self.exit(2)
+
+    def _hint(self, message: str) -> str:
+        """What to do about `message` (argparse's text): the nearest option to a misspelt one,
+        what a rejected value's option takes (its help), or where the options are listed."""
+        options = self._option_string_actions
+        if message.startswith("unrecognized arguments:"):
+            unknown = [w.split("=")[0] for w in message.split(":", 1)[1].split()
+                       if w.startswith("-")]
+            for word in unknown:
+                near = difflib.get_close_matches(word, list(options), n=1, cutoff=0.75)
+                if near:
+                    return f"did you mean '{near[0]}'?"
+        named = re.match(r"argument (\S+?)(?:/\S+)?: ", message)
+        action = options.get(named.group(1)) if named else None
+        choice = re.search(r"invalid choice: '([^']*)'", message)
+        if choice and named:
+            action = action or next((a for a in self._actions if a.dest == named.group(1)), None)
+            near = difflib.get_close_matches(choice.group(1), [str(c) for c in
+                                             getattr(action, "choices", None) or ()], n=1)
+            if near:
+                return f"did you mean '{near[0]}'?"
+        if action is not None and action.help and action.help != argparse.SUPPRESS:
+            what = f"{named.group(1)} {action.metavar}" if action.metavar else named.group(1)
+            try:  # a help text may name %(default)s and the like, as argparse expands them
+                return f"{what}: {action.help % dict(vars(action), prog=self.prog)}"
+            except (KeyError, TypeError, ValueError):
+                return f"{what}: {action.help}"
+        return f"`{self.prog} --help` lists the options"
