@@ -9,7 +9,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -137,6 +137,30 @@ def hold_folder(out: str | os.PathLike, flag: str = "--out"):
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def folders_to_make(folder: str | os.PathLike) -> list[Path]:
+    """The folders that creating `folder` makes (it and its missing parents), deepest first."""
+    made, folder = [], Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    return made
+
+
+def release_unused(lock, made_folders: list[Path], made_lock: bool) -> None:
+    """Undo hold_folder for a run refused before it wrote anything, so it leaves no trace: the
+    lock file it created goes (unlinked while still held, so no other run is locking it), then
+    the folders it created, each only if empty."""
+    if made_lock:
+        with suppress(OSError):
+            os.unlink(lock.name)
+    lock.close()
+    for folder in made_folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def lock_folder(out: str | os.PathLike, flag: str = "--out") -> int:

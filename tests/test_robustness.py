@@ -294,6 +294,21 @@ def test_a_fresh_train_never_replaces_a_file_it_would_write(tmp_path, tiny_class
     err = capsys.readouterr().err
     assert f"{out / name}: error[E901]: '{out}' already holds '{name}'" in err, err
     assert (out / name).read_bytes() == b"precious" and not (out / "checkpoint.pt").exists()
+    assert sorted(p.name for p in out.iterdir()) == [name]  # no lock file left behind
+
+
+def test_a_refused_train_leaves_no_trace(tmp_path, tiny_classifier, capsys):
+    """A run refused after it locked its --out (here: --weights of another network) left the
+    new folders and their .darkcfg.lock behind."""
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=2,
+                                burn_in=0, second_conv=False)
+    weights = tmp_path / "other.weights"
+    weights.write_bytes(np.zeros(5, np.int32).tobytes() + np.zeros(7, np.float32).tobytes())
+    out = tmp_path / "runs" / "new"
+    assert run(cfg, "--train", "--out", out, "--weights", weights, "--no-progress",
+               "--workers", "0") == 2
+    assert "error[" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.cfg", "other.weights"]
 
 
 def test_kill_leftovers_torn_rows_and_flipped_bits(classifier_run, capsys):

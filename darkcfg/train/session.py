@@ -10,7 +10,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from builders.atomic import check_folder, ensure_folder, hold_folder, remove_stale_temps
+from builders.atomic import (
+    FOLDER_LOCK,
+    check_folder,
+    ensure_folder,
+    folders_to_make,
+    hold_folder,
+    release_unused,
+    remove_stale_temps,
+)
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
 from cfgparse.rules import net_rules
@@ -280,73 +288,80 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     out = opts.out
     if splits.backup and not opts.explicit_out:
         out = Path(splits.backup)
+    made_folders = folders_to_make(out)
+    made_lock = not (out / FOLDER_LOCK).exists()
     lock = hold_folder(out, "--out" if opts.explicit_out else "backup=") if dist.main \
-        else None  # noqa: F841 - held until the run ends
-    if not opts.resume:
-        refuse_existing_run(out, dist, device)
-    else:
-        refuse_resuming_over_another_run(opts.resume, out, dist, device)
-    refuse_weights_the_run_replaces(opts.weights, out, opts.name)
-    if not opts.resume:  # (after the --weights check: it says more about that file)
-        refuse_replacing_files(out, opts.name, dist, device)
-    say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
-         + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
-    darknet_init(net)  # before --weights, which may load only some layers
-    if opts.weights:
-        say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial), dist)
-    trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
-                      amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
-    trainer.check_trainable(opts.freeze)
-    for problem in unhonoured_layer_keys(net):
-        say(problem.format(), dist)
-    for problem in net_rules(net.net_block):  # the fatal ones were refused by NetConfig.check
-        # settings Darknet trains with, but not as written (a partial mini-batch, burn_in past
-        # the end, steps without scales...): the linter's E305 errors, the trainer's W306
-        say(replace(problem, code="W306", severity=WARNING).format(), dist)
-    if trainer.amp_dtype == torch.bfloat16 and device.type == "cpu" and \
-            not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        say("warning: --amp on a CPU without native bfloat16 (AVX512-BF16 or AMX): oneDNN "
-            "emulates it, which is usually slower than float32; drop --amp here", dist)
-    train_set, val_set = task.prepare(splits, cfg, opts.seed)
-    workers = workers_for(opts, splits, train_set, device, dist.world)
-    stream = task.stream(train_set, trainer.batch, dist.world, dist.rank, opts.seed, device,
-                         workers)
-    val_loader = eval_loader(val_set, max(trainer.batch // trainer.subdivisions, 1), device,
-                             workers, dist.world, dist.rank, task.collate) \
-        if val_set is not None and len(val_set) else None
+        else None
+    try:  # until the run writes: a run refused here leaves no trace (lock file, new folders)
+        if not opts.resume:
+            refuse_existing_run(out, dist, device)
+        else:
+            refuse_resuming_over_another_run(opts.resume, out, dist, device)
+        refuse_weights_the_run_replaces(opts.weights, out, opts.name)
+        if not opts.resume:  # (after the --weights check: it says more about that file)
+            refuse_replacing_files(out, opts.name, dist, device)
+        say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
+             + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
+        darknet_init(net)  # before --weights, which may load only some layers
+        if opts.weights:
+            say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial), dist)
+        trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
+                          amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
+        trainer.check_trainable(opts.freeze)
+        for problem in unhonoured_layer_keys(net):
+            say(problem.format(), dist)
+        for problem in net_rules(net.net_block):  # the fatal ones were refused by NetConfig.check
+            # settings Darknet trains with, but not as written (a partial mini-batch, burn_in past
+            # the end, steps without scales...): the linter's E305 errors, the trainer's W306
+            say(replace(problem, code="W306", severity=WARNING).format(), dist)
+        if trainer.amp_dtype == torch.bfloat16 and device.type == "cpu" and \
+                not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            say("warning: --amp on a CPU without native bfloat16 (AVX512-BF16 or AMX): oneDNN "
+                "emulates it, which is usually slower than float32; drop --amp here", dist)
+        train_set, val_set = task.prepare(splits, cfg, opts.seed)
+        workers = workers_for(opts, splits, train_set, device, dist.world)
+        stream = task.stream(train_set, trainer.batch, dist.world, dist.rank, opts.seed, device,
+                             workers)
+        val_loader = eval_loader(val_set, max(trainer.batch // trainer.subdivisions, 1), device,
+                                 workers, dist.world, dist.rank, task.collate) \
+            if val_set is not None and len(val_set) else None
 
-    state = None
-    if opts.resume:
-        path = Path(opts.resume) if isinstance(opts.resume, str) else out / CHECKPOINT
-        state = load_checkpoint(path)
-        problem = trainer.checkpoint_problem(state) or format_problem(state)
-        if problem:
-            raise CfgError(Diagnostic("E901", f"cannot resume from '{path}': {problem}",
-                                      str(path), hint="--resume takes the checkpoint.pt of a "
-                                      "darkcfg run of this cfg; to start from other weights use "
-                                      "--weights (without --resume)"))
-        trainer.load_state_dict(state, str(path))
-        say(f"resuming from {path} at iteration {trainer.iteration}", dist)
-        if trainer.iteration >= cfg.max_batches:  # the run is over: say so, not "finished"
-            say(f"nothing to train: the checkpoint is at iteration {trainer.iteration} and "
-                f"max_batches={cfg.max_batches} (raise max_batches, e.g. --set max_batches="
-                f"{max(2 * trainer.iteration, trainer.iteration + 1)}, to train on)", dist)
-    settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
-                "data": opts.data or "embedded", "classes": opts.classes,
-                "data_description": splits.description,
-                "task": task.name, "outputs": task.outputs, "seed": opts.seed,
-                "device": str(device), "world_size": dist.world,
-                "images_per_iteration": trainer.global_batch,
-                "per_process_batch": trainer.batch, "subdivisions": trainer.subdivisions,
-                "frozen_layers": trainer.frozen, "amp": str(trainer.amp_dtype),
-                "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor,
-                "darknet_build": opts.darknet_build}
-    if opts.resume and dist.main:
-        changed = resume_changes(out / "settings.yaml", settings)
-        if changed:
-            say("warning: resuming with other settings than the run had: " + "; ".join(changed)
-                + " (the continuation differs from the run it would have been; pass the "
-                "run's options to continue it exactly)", dist)
+        state = None
+        if opts.resume:
+            path = Path(opts.resume) if isinstance(opts.resume, str) else out / CHECKPOINT
+            state = load_checkpoint(path)
+            problem = trainer.checkpoint_problem(state) or format_problem(state)
+            if problem:
+                raise CfgError(Diagnostic(
+                    "E901", f"cannot resume from '{path}': {problem}", str(path),
+                    hint="--resume takes the checkpoint.pt of a darkcfg run of this cfg; to "
+                    "start from other weights use --weights (without --resume)"))
+            trainer.load_state_dict(state, str(path))
+            say(f"resuming from {path} at iteration {trainer.iteration}", dist)
+            if trainer.iteration >= cfg.max_batches:  # the run is over: say so, not "finished"
+                say(f"nothing to train: the checkpoint is at iteration {trainer.iteration} and "
+                    f"max_batches={cfg.max_batches} (raise max_batches, e.g. --set max_batches="
+                    f"{max(2 * trainer.iteration, trainer.iteration + 1)}, to train on)", dist)
+        settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
+                    "data": opts.data or "embedded", "classes": opts.classes,
+                    "data_description": splits.description,
+                    "task": task.name, "outputs": task.outputs, "seed": opts.seed,
+                    "device": str(device), "world_size": dist.world,
+                    "images_per_iteration": trainer.global_batch,
+                    "per_process_batch": trainer.batch, "subdivisions": trainer.subdivisions,
+                    "frozen_layers": trainer.frozen, "amp": str(trainer.amp_dtype),
+                    "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor,
+                    "darknet_build": opts.darknet_build}
+        if opts.resume and dist.main:
+            changed = resume_changes(out / "settings.yaml", settings)
+            if changed:
+                say("warning: resuming with other settings than the run had: " + "; ".join(changed)
+                    + " (the continuation differs from the run it would have been; pass the "
+                    "run's options to continue it exactly)", dist)
+    except BaseException:
+        if lock is not None:
+            release_unused(lock, made_folders, made_lock)
+        raise
     if dist.main:
         ensure_folder(out, "--out" if opts.explicit_out else "backup=")
         stale = remove_stale_temps(out, [CHECKPOINT, "metrics.csv", "settings.yaml", "chart.png",
