@@ -217,6 +217,30 @@ def test_an_image_folder_follows_linked_folders_once(tmp_path):
         (cat / "more" / "a.png", 0), (cat / "more" / "b.png", 0), (cat / "x.png", 0)]
 
 
+def test_hidden_files_and_folders_are_no_part_of_an_image_folder(tmp_path):
+    """A set copied from a Mac (`._x.png` Finder metadata beside each image, `.DS_Store`) or
+    opened in Jupyter (`.ipynb_checkpoints/`): the dot names were images that do not read (the
+    run refused the set) and a class of their own; a shell glob and ultralytics pass them over."""
+    for label in ("cat", "dog"):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        Image.new("RGB", (6, 5), (99, 9, 9)).save(tmp_path / "set" / label / "x.png")
+        (tmp_path / "set" / label / "._x.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (tmp_path / "set" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "set" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (6, 5)).save(tmp_path / "set" / ".ipynb_checkpoints" / "y.png")
+    (tmp_path / "set" / "dog" / ".cache").mkdir()
+    Image.new("RGB", (6, 5)).save(tmp_path / "set" / "dog" / ".cache" / "z.png")
+    splits = open_data(str(tmp_path / "set"), IMAGES, 0)
+    items = sorted(splits.train.items + (splits.val.items if splits.val else []))
+    assert splits.names == ["cat", "dog"]
+    assert [Path(p).relative_to(tmp_path / "set") for p, _ in items] == [
+        Path("cat/x.png"), Path("dog/x.png")]
+    from darkcfg.detect.run import image_paths  # detect on a folder reads it as training does
+
+    assert image_paths([str(tmp_path / "set")]) == ([tmp_path / "set" / "cat" / "x.png",
+                                                     tmp_path / "set" / "dog" / "x.png"], True)
+
+
 def test_torchvision_dataset_without_files_is_a_clear_error(tmp_path):
     with pytest.raises(CfgError, match="cannot open torchvision MNIST"):
         open_data(f"torchvision:MNIST:{tmp_path}", ClassifyTask(10, (1, 28, 28)), 0)

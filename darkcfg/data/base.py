@@ -205,7 +205,7 @@ def check_image_headers(paths, where: str, max_listed: int = 5) -> None:
         raise CfgError(Diagnostic(
             "E901", f"{len(bad)} of the {len(paths)} images of '{where}' cannot be read:\n"
             f"{shown}{more}", bad[0][0],
-            hint="remove them from the lists or convert them to JPEG/PNG"))
+            hint="remove them (or their lines in the lists) or convert them to JPEG/PNG"))
 
 
 def write_image(path: str, tensor: torch.Tensor) -> None:

@@ -133,9 +133,16 @@ def line_of(data_file: str, key: str) -> tuple[int, str]:
     return 0, ""
 
 
+def hidden(name: str) -> bool:
+    """A dot name: macOS's `._x.jpg` Finder metadata and `.DS_Store`, `.ipynb_checkpoints`,
+    `.git` are no part of a data set (a shell glob and ultralytics' listing pass them over)."""
+    return name.startswith(".")
+
+
 def files_under(folder: Path) -> list[Path]:
-    """Every file below `folder`, through linked folders too (a data set's `images -> /data/..`
-    link; Path.rglob does not follow them), each real folder once (a link loop ends)."""
+    """Every file below `folder` but hidden ones, through linked folders too (a data set's
+    `images -> /data/..` link; Path.rglob does not follow them), each real folder once (a link
+    loop ends)."""
     seen: set[str] = set()
     files: list[Path] = []
     for root, dirs, names in os.walk(folder, followlinks=True):
@@ -144,5 +151,6 @@ def files_under(folder: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        files += [Path(root) / n for n in names]
+        dirs[:] = [d for d in dirs if not hidden(d)]
+        files += [Path(root) / n for n in names if not hidden(n)]
     return files

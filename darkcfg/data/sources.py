@@ -25,6 +25,7 @@ from darkcfg.data.base import (
 )
 from darkcfg.data.datafile import (
     files_under,
+    hidden,
     missing_path_hint,
     read_data_file,
     read_list,
@@ -81,8 +82,8 @@ class ImageFiles(Dataset):
 
 def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
     def scan(folder: Path, classes: list[str] | None = None):
-        found = sorted(d.name for d in folder.iterdir() if d.is_dir()) if classes is None \
-            else classes
+        found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not hidden(d.name)) \
+            if classes is None else classes
         items = []
         for label, name in enumerate(found):
             sub = folder / name
@@ -97,7 +98,7 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
         names, train = scan(train_dir)
         val = scan(val_dir, names)[1] if val_dir.is_dir() else []
         unknown = sorted(d.name for d in val_dir.iterdir() if d.is_dir() and d.name not in
-                         names) if val_dir.is_dir() else []
+                         names and not hidden(d.name)) if val_dir.is_dir() else []
         if unknown:  # a class train/ lacks (a typo, a case): its images would be dropped unseen
             print(f"warning: {val_dir} has {len(unknown)} class folder(s) that {train_dir} "
                   f"lacks ({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}): "
