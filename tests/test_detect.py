@@ -968,6 +968,34 @@ def test_detect_takes_the_images_training_takes(tmp_path, capsys):
     assert f"{folder / 'bad.png'}: error[E901]: 1 of the 2 images of " in capsys.readouterr().err
 
 
+def test_an_image_it_may_not_read_says_to_check_permissions(tmp_path, monkeypatch, capsys):
+    """An image without read permission is not a broken one: the hint says to check its
+    permissions, not to convert it (the tests run as root, whom chmod does not stop: Pillow's
+    open is made to refuse as the kernel would)."""
+    from PIL import Image
+
+    from cfgparse import CfgError
+    from darkcfg.data.base import check_image_headers
+
+    path = tmp_path / "private.png"
+    Image.new("RGB", (8, 8)).save(path)
+    real_open = Image.open
+
+    def refuse(fp, *args, **kwargs):
+        if str(fp) == str(path):
+            raise PermissionError(13, "Permission denied", str(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(CfgError) as denied:
+        check_image_headers([str(path)], "list")
+    assert denied.value.diagnostics[0].hint == "check their permissions"
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(CfgError) as mixed:
+        check_image_headers([str(path), str(tmp_path / "broken.png")], "list")
+    assert "convert them" in mixed.value.diagnostics[0].hint
+
+
 def test_detect_never_replaces_a_file_in_out_under_a_name_it_writes(tmp_path, capsys):
     # --save-labels wrote OUT/<stem>.txt over whatever was there: here the --names file itself
     # (an input), and a drawn image over a user's own picture of that name

@@ -188,24 +188,28 @@ def check_image_headers(paths, where: str, max_listed: int = 5) -> None:
 
     from PIL import Image
 
-    def problem(path: str) -> str | None:
+    def problem(path: str) -> tuple[str, bool] | None:
+        """What is wrong with the image, and whether it is only its permissions."""
         try:
             with Image.open(path) as im:
                 w, h = im.size
-            return None if w > 0 and h > 0 else f"size {w}x{h}"
+            return None if w > 0 and h > 0 else (f"size {w}x{h}", False)
         except Exception as exc:  # Pillow raises many kinds (OSError, DecompressionBomb, ...)
-            return f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
+            why = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+            return why, isinstance(exc, PermissionError)
 
     paths = list(paths)
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
-        bad = [(p, why) for p, why in zip(paths, pool.map(problem, paths), strict=True) if why]
+        bad = [(p, *found) for p, found in zip(paths, pool.map(problem, paths), strict=True)
+               if found]
     if bad:
-        shown = "\n".join(f"  {p}: {why}" for p, why in bad[:max_listed])
+        shown = "\n".join(f"  {p}: {why}" for p, why, _ in bad[:max_listed])
         more = f"\n  ... and {len(bad) - max_listed} more" if len(bad) > max_listed else ""
         raise CfgError(Diagnostic(
             "E901", f"{len(bad)} of the {len(paths)} images of '{where}' cannot be read:\n"
             f"{shown}{more}", bad[0][0],
-            hint="remove them (or their lines in the lists) or convert them to JPEG/PNG"))
+            hint="check their permissions" if all(denied for *_, denied in bad) else "remove "
+            "them (or their lines in the lists) or convert them to JPEG/PNG"))
 
 
 def write_image(path: str, tensor: torch.Tensor) -> None:
