@@ -475,6 +475,27 @@ def test_cli_export_errors(tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err and not (tmp_path / "m.onnx").exists()
 
 
+TREE_CFG = ("[net]\nwidth=32\nheight=32\nchannels=3\n\n[convolutional]\nfilters=8\nsize=1\n"
+            "activation=linear\n\n[region]\nclasses=3\ncoords=4\nnum=1\nanchors=1,1\nsoftmax=1\n"
+            "tree=missing.tree\n")
+
+
+@pytest.mark.parametrize("suffix", ["pt2", pytest.param("onnx", marks=pytest.mark.skipif(
+    not HAVE_ONNX, reason="needs onnx"))])
+def test_a_layer_error_while_exporting_is_the_layers_located_error(suffix, tmp_path, capsys,
+                                                                    monkeypatch):
+    """yolo9000 without its 9k.tree builds, but the [region] cannot run: the export shows the
+    layer's own located E901 (as emit does), not dynamo's "Observed exception" (E904)."""
+    from darkcfg.cli.export import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tree.cfg").write_text(TREE_CFG)
+    assert main(["tree.cfg", "--out", f"m.{suffix}"]) == 2
+    err = capsys.readouterr().err
+    assert "tree.cfg:17:6: error[E901]: cannot open the hierarchy file 'missing.tree'" in err
+    assert "E904" not in err and not (tmp_path / f"m.{suffix}").exists()
+
+
 def test_emit_rejects_what_it_cannot_write():
     """A layer whose forward calls a non-torch function on tensors is refused with a reason."""
     from builders.layer import Layer

@@ -37,6 +37,7 @@ from darkcfg.export.onnx import (
     ExportReport,
     convert_opset,
     example_input,
+    exporter_failure,
     failed,
     metadata,
     name_batch_dim,
@@ -366,8 +367,7 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
                                              output_names=["candidate_boxes", "candidate_probs"],
                                              verbose=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise failed(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
+        raise exporter_failure("ONNX export", exc, module, x, str(path)) from None
     meta = metadata(net, name or path.stem, True)
     meta.update({"outputs": ",".join(NMS_OUTPUTS), "thresh": f"{thresh:g}", "nms": f"{nms:g}",
                  "nms_rule": f"DIoU, beta {beta:g} ({kind}: diounms_sort)" if diou else

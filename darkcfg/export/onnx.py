@@ -155,9 +155,24 @@ def export_program(net: Network, x: torch.Tensor, dynamic_batch: bool = False,
             return torch.export.export(module, (x,), dynamic_shapes=_dynamic_shapes(dynamic_batch),
                                        strict=True)
     except Exception as exc:  # the exporter's own errors are long; keep the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise failed(f"torch.export failed: {type(exc).__name__}: {first}", "<export>",
-                     hint="report the cfg: every darkcfg layer is meant to export") from None
+        raise exporter_failure("torch.export", exc, module, x, "<export>") from None
+
+
+def exporter_failure(what: str, exc: Exception, module: nn.Module, x: torch.Tensor,
+                     path: str) -> CfgError:
+    """The error to show for an exporter's failure: the network's own located error when
+    running it eagerly raises one (dynamo reports a layer's CfgError, e.g. a missing [region]
+    tree= file, only as "Observed exception"), else the exporter's first line (E904)."""
+    try:
+        with torch.no_grad():
+            module(x)
+    except CfgError as located:
+        return located
+    except Exception:  # noqa: BLE001 - the exporter's message says more
+        pass
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return failed(f"{what} failed: {type(exc).__name__}: {first}", path,
+                  hint="report the cfg: every darkcfg layer is meant to export")
 
 
 @dataclass
@@ -254,8 +269,8 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
                                              **({} if opset is None else
                                                 {"opset_version": max(opset, 18)}))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise failed(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
+        raise exporter_failure("ONNX export", exc, Exportable(net, decode).eval(), x,
+                               str(path)) from None
     meta = metadata(net, name or path.stem, decode)
     onnx_program.model.metadata_props.update(meta)
     if dynamic_batch:
