@@ -496,6 +496,35 @@ def test_a_layer_error_while_exporting_is_the_layers_located_error(suffix, tmp_p
     assert "E904" not in err and not (tmp_path / f"m.{suffix}").exists()
 
 
+TWO_HEADS = ("[net]\nwidth=32\nheight=32\nchannels=3\n\n"
+             "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n\n"
+             "[yolo]\nmask=0,1,2\nanchors=4,4,8,8,12,12,16,16,20,20,24,24\nclasses=1\nnum=6\n\n"
+             "[route]\nlayers=-2\n\n"
+             "[convolutional]\nfilters=21\nsize=1\nactivation=linear\n\n"
+             "[yolo]\nmask=3,4,5\nanchors=4,4,8,8,12,12,16,16,20,20,24,24\nclasses=2\nnum=6\n")
+
+
+@pytest.mark.parametrize("command", ["export", "detect"])
+def test_heads_with_different_classes_are_a_located_error_where_they_are_decoded(
+        command, tmp_path, capsys, monkeypatch):
+    """`check` warns (W302); decoding such heads together cannot go on: --decode was dynamo's
+    E904 'report the cfg', and detect a ValueError traceback."""
+    from PIL import Image
+
+    from darkcfg.cli import detect, export
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "two.cfg").write_text(TWO_HEADS)
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    argv = (["two.cfg", "--out", "m.pt2", "--decode"] if command == "export" else
+            ["two.cfg", "a.png", "--out", "dets", "--device", "cpu"])
+    assert (export if command == "export" else detect).main(argv) == 2
+    err = capsys.readouterr().err
+    assert "two.cfg:28:9: error[E300]: classes=2 here but classes=1 in the [yolo] at line 11" \
+        in err and "W302" in err
+    assert not (tmp_path / "m.pt2").exists()
+
+
 def test_emit_rejects_what_it_cannot_write():
     """A layer whose forward calls a non-torch function on tensors is refused with a reason."""
     from builders.layer import Layer

@@ -215,10 +215,13 @@ def run(opts: ExportOptions) -> int:
     parse_input_size(opts.input_size)  # a bad size fails before the build too
     net = sized_model(opts.model, opts.input_size)
     name = Path(opts.model.cfg).name
-    if opts.decode:
-        from darkcfg.detect.decode import head_indices
+    if opts.decode or opts.int8:
+        from darkcfg.detect.decode import check_decodable_heads
 
-        if not head_indices(net):
+        # what --decode exports and --int8 scores (mAP) is the heads' decoding
+        heads = check_decodable_heads(net, "--decode and --int8 decode [yolo], [Gaussian_yolo], "
+                                      "flat [region] and [detection] heads")
+        if opts.decode and not heads:
             raise usage_error(f"--decode: '{opts.model.cfg}' has no detection head to decode",
                               hint="--decode is for [yolo], [Gaussian_yolo], [region] and "
                               "[detection] networks; export a classifier without it")

@@ -52,6 +52,7 @@ NMS_OUTPUTS = ("boxes", "scores", "classes", "batch_index")
 NMS_MIN_OPSET = 13
 #: nms_kind values Darknet runs with a DIoU test (src/box.c diounms_sort); the others are IoU
 DIOU_KINDS = ("greedynms", "diounms")
+DECODABLE = "--decode decodes [yolo], [Gaussian_yolo], flat [region] and [detection] heads"
 
 
 class DecodedProbs(nn.Module):
@@ -92,16 +93,12 @@ class DecodedProbs(nn.Module):
 def check_decodable(net: Network) -> tuple[str, float]:
     """The last head's (nms_kind, beta_nms) (what --detect runs); a located error for heads
     --detect cannot decode."""
-    from darkcfg.detect.decode import decoding_for, head_indices
+    from darkcfg.detect.decode import check_decodable_heads, decoding_for
 
-    heads = head_indices(net)
+    heads = check_decodable_heads(net, DECODABLE)
     if not heads:
         raise failed("--decode --nms needs a detection head ([yolo], [Gaussian_yolo], [region] "
                      "or [detection])", "<export>")
-    for i in heads:
-        fault = decoding_for(net.layers[i]).unsupported(net.layers[i])
-        if fault is not None:
-            raise net.meta[i].block.error("E300", fault[1], fault[0])
     last = net.layers[heads[-1]]
     return decoding_for(last).nms_kind(last)
 
