@@ -718,6 +718,29 @@ def test_a_missing_output_folder_is_refused_before_the_work_naming_the_option(
     assert not out.parent.exists()
 
 
+@pytest.mark.parametrize("form", ["subcommand", "flags"])
+def test_emit_refuses_a_missing_output_folder_before_the_build(tmp_path, capsys, monkeypatch,
+                                                               form):
+    """As export does: emit built (and emitted) the whole network first, then failed to write
+    with no option named."""
+    import darkcfg.cli.emit as command
+    import darkcfg.cli.flags as runner
+    from darkcfg.cli import main as darkcfg_main
+
+    monkeypatch.setattr(command, "sized_model", lambda *a: pytest.fail("built before the check"))
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(CLI_CFG)
+    out = tmp_path / "missing" / "m.py"
+    if form == "subcommand":
+        rc, flag = darkcfg_main(["emit", str(cfg), "--out", str(out)]), "--out"
+    else:
+        rc, flag = runner.main([str(cfg), "--emit", str(out)]), "--emit"
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error[E901]: cannot write {flag} '{out}': its folder does not exist" \
+        in err, err
+    assert not out.parent.exists()
+
+
 def test_calibrate_errors_name_calibrate(tmp_path, capsys, monkeypatch):
     """The data loaders' errors named --data, an option `export` does not have."""
     from darkcfg.cli import main as darkcfg_main
