@@ -525,6 +525,21 @@ def test_heads_with_different_classes_are_a_located_error_where_they_are_decoded
     assert not (tmp_path / "m.pt2").exists()
 
 
+def test_dynamic_batch_of_a_recurrent_net_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    """Its batch is time_steps x sequences: the exporter gave up with E904 'report the cfg'
+    after pages of guard logs."""
+    from darkcfg.cli.export import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seq.cfg").write_text("[net]\nwidth=8\nheight=8\nchannels=3\ntime_steps=2\n\n"
+                                      "[conv_lstm]\noutput=4\nsize=3\npad=1\n")
+    assert main(["seq.cfg", "--out", "m.pt2", "--dynamic-batch"]) == 2
+    err = capsys.readouterr().err
+    assert "error[E100]: a recurrent network's batch is time_steps x sequences (2 x N" in err
+    assert "E904" not in err and not (tmp_path / "m.pt2").exists()
+    assert main(["seq.cfg", "--out", "m.pt2"]) == 0  # a fixed batch of time_steps exports
+
+
 def test_emit_rejects_what_it_cannot_write():
     """A layer whose forward calls a non-torch function on tensors is refused with a reason."""
     from builders.layer import Layer

@@ -129,9 +129,20 @@ def max_rel_error(ours: Sequence, refs: Sequence) -> float:
     return max((rel_error(a, b) for a, b in zip(ours, refs, strict=True)), default=0.0)
 
 
-def _dynamic_shapes(dynamic_batch: bool):
+def _dynamic_shapes(dynamic_batch: bool, net: Network | None = None):
     if not dynamic_batch:
         return None
+    if net is not None and net.info.time_steps > 1:
+        from darkcfg.lint.targets import RECURRENT
+
+        if any(meta.type in RECURRENT for meta in net.meta):
+            # the exporter proves the batch a multiple of time_steps and gives up (E904 after
+            # pages of guard logs)
+            raise failed(f"a recurrent network's batch is time_steps x sequences "
+                         f"({net.info.time_steps} x N, step-major): it cannot be dynamic",
+                         "<command line>", code="E100",
+                         hint="export without --dynamic-batch (the batch is then time_steps "
+                         "images) or with --set time_steps=1; --int8 needs a dynamic batch")
     return {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
 
 
@@ -150,10 +161,10 @@ def export_program(net: Network, x: torch.Tensor, dynamic_batch: bool = False,
     `x` must then have a batch of at least 2, so that the exporter does not specialise it)."""
     net.eval()
     module = Exportable(net, decode)
+    dynamic = _dynamic_shapes(dynamic_batch, net)
     try:
         with quiet_exporter():
-            return torch.export.export(module, (x,), dynamic_shapes=_dynamic_shapes(dynamic_batch),
-                                       strict=True)
+            return torch.export.export(module, (x,), dynamic_shapes=dynamic, strict=True)
     except Exception as exc:  # the exporter's own errors are long; keep the first line
         raise exporter_failure("torch.export", exc, module, x, "<export>") from None
 
