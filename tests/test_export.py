@@ -756,6 +756,17 @@ def test_emit_refuses_a_missing_output_folder_before_the_build(tmp_path, capsys,
     assert not out.parent.exists()
 
 
+def test_an_unknown_export_format_is_refused_before_the_build(tmp_path, capsys, monkeypatch):
+    """It was found by export() once the network (yolov4 at 608: seconds) was built."""
+    from darkcfg.cli import main as darkcfg_main
+
+    _no_build(monkeypatch)
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(CLI_CFG)
+    assert darkcfg_main(["export", str(cfg), "--out", str(tmp_path / "m.tflite")]) == 2
+    assert "error[E904]: cannot tell the export format of" in capsys.readouterr().err
+
+
 def test_calibrate_errors_name_calibrate(tmp_path, capsys, monkeypatch):
     """The data loaders' errors named --data, an option `export` does not have."""
     from darkcfg.cli import main as darkcfg_main

@@ -182,6 +182,7 @@ def run(opts: ExportOptions) -> int:
     from darkcfg.export.onnx import (
         check_output,
         export,
+        export_format,
         parse_input_size,
         require_onnx_packages,
     )
@@ -189,8 +190,8 @@ def run(opts: ExportOptions) -> int:
     check_options(opts)
     refuse_overwriting_inputs({opts.flag: opts.out}, {**model_inputs(opts.model),
                                                       "the --calibrate data": opts.calibrate})
-    if Path(opts.out).suffix.lower() in (".onnx", ".pt2"):
-        check_output(opts.out, opts.flag)  # before the build, the calibration, the export
+    export_format(opts.out)  # a suffix it cannot write, before the build
+    check_output(opts.out, opts.flag)  # before the build, the calibration, the export
     if Path(opts.out).suffix.lower() == ".onnx":
         require_onnx_packages()  # before the (slow) build
         if opts.opset is not None:

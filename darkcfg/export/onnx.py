@@ -458,16 +458,21 @@ def export(net: Network, path: str | os.PathLike, *, opset: int | None = None,
            flag: str = "--export") -> ExportReport:
     """`.onnx` -> export_onnx, `.pt2` -> export_pt2 (by the file's suffix). `flag`: the option
     that named `path`, for the errors."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".onnx", ".pt2"):
-        check_output(path, flag)  # before the (slow) export
+    suffix = export_format(path)
+    check_output(path, flag)  # before the (slow) export
     if suffix == ".onnx":
         return export_onnx(net, path, opset=opset, dynamic_batch=dynamic_batch, decode=decode,
                            name=name, flag=flag)
-    if suffix == ".pt2":
-        if opset is not None:
-            raise failed("--opset applies to ONNX files only", str(path),
-                         hint="drop --opset, or write a .onnx file", code="E100")
-        return export_pt2(net, path, dynamic_batch=dynamic_batch, decode=decode, flag=flag)
-    raise failed(f"cannot tell the export format of '{path}'", str(path),
-                 hint="name the file model.onnx (ONNX) or model.pt2 (torch.export)")
+    if opset is not None:
+        raise failed("--opset applies to ONNX files only", str(path),
+                     hint="drop --opset, or write a .onnx file", code="E100")
+    return export_pt2(net, path, dynamic_batch=dynamic_batch, decode=decode, flag=flag)
+
+
+def export_format(path: str | os.PathLike) -> str:
+    """'.onnx' or '.pt2', from the file's suffix; anything else is an error (E904)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".onnx", ".pt2"):
+        raise failed(f"cannot tell the export format of '{path}'", str(path),
+                     hint="name the file model.onnx (ONNX) or model.pt2 (torch.export)")
+    return suffix
