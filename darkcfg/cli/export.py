@@ -193,7 +193,7 @@ def run(opts: ExportOptions) -> int:
     export_format(opts.out)  # a suffix it cannot write, before the build
     check_output(opts.out, opts.flag)  # before the build, the calibration, the export
     if Path(opts.out).suffix.lower() == ".onnx":
-        require_onnx_packages()  # before the (slow) build
+        require_onnx_packages(int8=opts.int8)  # before the (slow) build
         if opts.opset is not None:
             import onnx
 

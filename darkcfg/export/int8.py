@@ -422,7 +422,7 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
     """Write a calibrated INT8 QDQ ONNX model to `path` (atomically), checked in onnxruntime,
     with its accuracy and latency against the fp32 graph."""
     options = options or Int8Options()
-    require_onnx_packages(str(path))
+    require_onnx_packages(str(path), int8=True)
     path = Path(path)
     net.eval()
     check_output(path, options.flag)  # before the export and the calibration

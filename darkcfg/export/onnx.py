@@ -45,14 +45,20 @@ def failed(message: str, path: str, hint: str = "", code: str = "E904") -> Expor
     return ExportError(Diagnostic(code, message, path, hint=hint))
 
 
-def require_onnx_packages(path: str = "<command line>") -> None:
+#: What --int8 imports beyond EXPORT_PACKAGES (the quantizer's shape inference needs sympy)
+INT8_MODULES = ("onnxruntime.quantization", "onnxruntime.quantization.shape_inference")
+
+
+def require_onnx_packages(path: str = "<command line>", int8: bool = False) -> None:
     """Raise a clear error (no traceback) naming what to install when an ONNX package is
     missing, or installed but broken (its import fails: a wheel for another Python or a
-    missing shared library)."""
+    missing shared library); `int8`: onnxruntime's quantization tools too."""
     import importlib
 
     missing, broken = [], []
-    for name in EXPORT_PACKAGES:
+    for name in EXPORT_PACKAGES + (INT8_MODULES if int8 else ()):
+        if any(name.startswith(f.split(" ")[0] + ".") for f in missing + broken):
+            continue  # its package is already named
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
