@@ -305,6 +305,16 @@ def test_report_counts_the_images_it_compared_and_names_the_reference(tmp_path, 
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
 
 
+def test_report_of_one_calibration_image_reads_right():
+    """A one-image calibration set printed 'calibrated on 1 images'."""
+    from darkcfg.export.int8 import Int8Report
+
+    text = str(Int8Report("m.onnx", "top-1", 50.0, 50.0, [], [], {}, {}, 0.0, 1.0, 1, 1,
+                          probe_images=1))
+    assert "calibrated on 1 image)" in text and "on 1 calibration image:" in text
+    assert "top-1 on 1 validation image:" in text
+
+
 DETECTOR = """[net]
 width=64
 height=64
