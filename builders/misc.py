@@ -347,7 +347,8 @@ class Implicit(Layer):
         self.weight = nn.Parameter(torch.empty(filters, atoms, 1).normal_(mean, std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight.unsqueeze(0).expand(x.shape[0], *self.weight.shape).contiguous()
+        # -1 rather than *weight.shape: torch.fx (emit) cannot unpack a traced shape
+        return self.weight.unsqueeze(0).expand(x.shape[0], -1, -1, -1).contiguous()
 
     def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
         return [self.weight]

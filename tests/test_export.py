@@ -110,6 +110,31 @@ def test_emitted_oracle_unit_cfgs_equal_the_graph(name, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
 
 
+#: Sections no corpus cfg has (YOLOR's [implicit], deconvolution, ...), each between a conv
+#: and a classifier tail: the corpus test above cannot reach them.
+NOT_IN_CORPUS = {
+    "implicit": "[implicit]\nfilters=8\n\n[scale_channels]\nfrom=-2\n\n[implicit]\nfilters=8\n\n"
+                "[shortcut]\nfrom=-3\nactivation=linear\n",
+    "deconvolutional": "[deconvolutional]\nfilters=8\nsize=4\nstride=2\npad=1\n"
+                       "batch_normalize=1\nactivation=leaky\n",
+    "conv_lstm": "[conv_lstm]\noutput=8\nsize=3\npad=1\nbatch_normalize=1\n",
+    "history": "[history]\nhistory_size=3\n",
+    "misc": "[empty]\n\n[normalization]\n\n[l2norm]\n\n[logistic]\n\n[adaptive_avgpool]\n"
+            "width=3\nheight=3\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_IN_CORPUS))
+def test_emitted_sections_the_corpus_lacks_equal_the_graph(name, tmp_path):
+    cfg = tmp_path / f"{name}.cfg"
+    cfg.write_text("[net]\nwidth=16\nheight=16\nchannels=3\n\n[convolutional]\nfilters=8\n"
+                   "size=3\npad=1\nactivation=leaky\n\n" + NOT_IN_CORPUS[name]
+                   + "\n[convolutional]\nfilters=4\nsize=1\nactivation=linear\n\n[avgpool]\n")
+    torch.manual_seed(0)
+    net = build(str(cfg)).eval()
+    assert check_emit(net, tmp_path, name) <= EMIT_TOLERANCE
+
+
 def test_emitted_file_reads_like_pytorch(tmp_path):
     text = ("[net]\nwidth=16\nheight=16\nchannels=3\n\n"
             "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\nstride=1\npad=1\n"
@@ -450,6 +475,71 @@ def test_cli_export_errors(tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err and not (tmp_path / "m.onnx").exists()
 
 
+TREE_CFG = ("[net]\nwidth=32\nheight=32\nchannels=3\n\n[convolutional]\nfilters=8\nsize=1\n"
+            "activation=linear\n\n[region]\nclasses=3\ncoords=4\nnum=1\nanchors=1,1\nsoftmax=1\n"
+            "tree=missing.tree\n")
+
+
+@pytest.mark.parametrize("suffix", ["pt2", pytest.param("onnx", marks=pytest.mark.skipif(
+    not HAVE_ONNX, reason="needs onnx"))])
+def test_a_layer_error_while_exporting_is_the_layers_located_error(suffix, tmp_path, capsys,
+                                                                    monkeypatch):
+    """yolo9000 without its 9k.tree builds, but the [region] cannot run: the export shows the
+    layer's own located E901 (as emit does), not dynamo's "Observed exception" (E904)."""
+    from darkcfg.cli.export import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tree.cfg").write_text(TREE_CFG)
+    assert main(["tree.cfg", "--out", f"m.{suffix}"]) == 2
+    err = capsys.readouterr().err
+    assert "tree.cfg:17:6: error[E901]: cannot open the hierarchy file 'missing.tree'" in err
+    assert "E904" not in err and not (tmp_path / f"m.{suffix}").exists()
+
+
+TWO_HEADS = ("[net]\nwidth=32\nheight=32\nchannels=3\n\n"
+             "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n\n"
+             "[yolo]\nmask=0,1,2\nanchors=4,4,8,8,12,12,16,16,20,20,24,24\nclasses=1\nnum=6\n\n"
+             "[route]\nlayers=-2\n\n"
+             "[convolutional]\nfilters=21\nsize=1\nactivation=linear\n\n"
+             "[yolo]\nmask=3,4,5\nanchors=4,4,8,8,12,12,16,16,20,20,24,24\nclasses=2\nnum=6\n")
+
+
+@pytest.mark.parametrize("command", ["export", "detect"])
+def test_heads_with_different_classes_are_a_located_error_where_they_are_decoded(
+        command, tmp_path, capsys, monkeypatch):
+    """`check` warns (W302); decoding such heads together cannot go on: --decode was dynamo's
+    E904 'report the cfg', and detect a ValueError traceback."""
+    from PIL import Image
+
+    from darkcfg.cli import detect, export
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "two.cfg").write_text(TWO_HEADS)
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    argv = (["two.cfg", "--out", "m.pt2", "--decode"] if command == "export" else
+            ["two.cfg", "a.png", "--out", "dets", "--device", "cpu"])
+    assert (export if command == "export" else detect).main(argv) == 2
+    err = capsys.readouterr().err
+    assert "two.cfg:28:9: error[E300]: classes=2 here but classes=1 in the [yolo] at line 11" \
+        in err and "W302" in err
+    assert not (tmp_path / "m.pt2").exists()
+
+
+def test_dynamic_batch_of_a_recurrent_net_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    """Its batch is time_steps x sequences: the exporter gave up with E904 'report the cfg'
+    after pages of guard logs."""
+    from darkcfg.cli.export import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seq.cfg").write_text("[net]\nwidth=8\nheight=8\nchannels=3\ntime_steps=2\n\n"
+                                      "[conv_lstm]\noutput=4\nsize=3\npad=1\n")
+    assert main(["seq.cfg", "--out", "m.pt2", "--dynamic-batch"]) == 2
+    err = capsys.readouterr().err
+    assert "error[E100]: a recurrent network's batch is time_steps x sequences (2 x N" in err
+    assert "E904" not in err and not (tmp_path / "m.pt2").exists()
+    assert main(["seq.cfg", "--out", "m.pt2"]) == 0  # a fixed batch of time_steps exports
+
+
 def test_emit_rejects_what_it_cannot_write():
     """A layer whose forward calls a non-torch function on tensors is refused with a reason."""
     from builders.layer import Layer
@@ -641,6 +731,40 @@ def test_a_missing_output_folder_is_refused_before_the_work_naming_the_option(
     assert rc == 2 and f"error[E901]: cannot write {flag} '{out}': its folder does not exist" \
         in err, err
     assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("form", ["subcommand", "flags"])
+def test_emit_refuses_a_missing_output_folder_before_the_build(tmp_path, capsys, monkeypatch,
+                                                               form):
+    """As export does: emit built (and emitted) the whole network first, then failed to write
+    with no option named."""
+    import darkcfg.cli.emit as command
+    import darkcfg.cli.flags as runner
+    from darkcfg.cli import main as darkcfg_main
+
+    monkeypatch.setattr(command, "sized_model", lambda *a: pytest.fail("built before the check"))
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(CLI_CFG)
+    out = tmp_path / "missing" / "m.py"
+    if form == "subcommand":
+        rc, flag = darkcfg_main(["emit", str(cfg), "--out", str(out)]), "--out"
+    else:
+        rc, flag = runner.main([str(cfg), "--emit", str(out)]), "--emit"
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error[E901]: cannot write {flag} '{out}': its folder does not exist" \
+        in err, err
+    assert not out.parent.exists()
+
+
+def test_an_unknown_export_format_is_refused_before_the_build(tmp_path, capsys, monkeypatch):
+    """It was found by export() once the network (yolov4 at 608: seconds) was built."""
+    from darkcfg.cli import main as darkcfg_main
+
+    _no_build(monkeypatch)
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(CLI_CFG)
+    assert darkcfg_main(["export", str(cfg), "--out", str(tmp_path / "m.tflite")]) == 2
+    assert "error[E904]: cannot tell the export format of" in capsys.readouterr().err
 
 
 def test_calibrate_errors_name_calibrate(tmp_path, capsys, monkeypatch):

@@ -242,6 +242,31 @@ def test_subcommand_usage_errors(tmp_path, capsys):
     assert "write ONNX" in capsys.readouterr().err
 
 
+def test_missing_quantization_tools_are_e905_before_the_build(tmp_path, capsys, monkeypatch):
+    """onnxruntime without its quantization tools (or their sympy) passed the package check,
+    and --int8 ended in a ModuleNotFoundError traceback after the fp32 export."""
+    import importlib
+
+    import darkcfg.cli.export as command
+    from darkcfg.cli import main as darkcfg_main
+
+    real = importlib.import_module
+
+    def imported(name, *args):
+        if name.startswith("onnxruntime.quantization"):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", imported)
+    monkeypatch.setattr(command, "sized_model", lambda *a: pytest.fail("built before the check"))
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL)
+    assert darkcfg_main(["export", str(cfg), "--out", str(tmp_path / "m.onnx"), "--int8",
+                         "--calibrate", "embedded"]) == 2
+    err = capsys.readouterr().err
+    assert "error[E905]" in err and "onnxruntime.quantization is not installed" in err, err
+
+
 def test_keep_fp32_of_every_layer_is_refused_before_the_calibration(tmp_path, capsys,
                                                                      monkeypatch):
     """--keep-fp32 N >= the quantizable layers wrote an fp32 model labelled INT8; the count is
@@ -278,6 +303,16 @@ def test_report_counts_the_images_it_compared_and_names_the_reference(tmp_path, 
 
     model = onnx.load(str(tmp_path / "m.onnx"))
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+
+
+def test_report_of_one_calibration_image_reads_right():
+    """A one-image calibration set printed 'calibrated on 1 images'."""
+    from darkcfg.export.int8 import Int8Report
+
+    text = str(Int8Report("m.onnx", "top-1", 50.0, 50.0, [], [], {}, {}, 0.0, 1.0, 1, 1,
+                          probe_images=1))
+    assert "calibrated on 1 image)" in text and "on 1 calibration image:" in text
+    assert "top-1 on 1 validation image:" in text
 
 
 DETECTOR = """[net]

@@ -24,6 +24,7 @@ class EmitOptions:
     model: ModelSpec
     out: str  # MODEL.py
     input_size: str | None = None  # WxH
+    flag: str = "--out"  # the option that named `out` (the flag form's is --emit)
 
 
 def arg_parser():
@@ -41,10 +42,13 @@ def parse(argv: list[str]) -> EmitOptions:
 
 def run(opts: EmitOptions) -> int:
     from darkcfg.export.emit import write_module
+    from darkcfg.export.onnx import check_output
 
-    refuse_overwriting_inputs({"--out": opts.out}, model_inputs(opts.model))
+    refuse_overwriting_inputs({opts.flag: opts.out}, model_inputs(opts.model))
+    check_output(opts.out, opts.flag)  # before the build: as export, no folder is created
     net = sized_model(opts.model, opts.input_size)
-    print(write_module(net, opts.out, name=Path(opts.model.cfg).name), file=sys.stderr)
+    print(write_module(net, opts.out, name=Path(opts.model.cfg).name, flag=opts.flag),
+          file=sys.stderr)
     return 0
 
 

@@ -182,6 +182,7 @@ def run(opts: ExportOptions) -> int:
     from darkcfg.export.onnx import (
         check_output,
         export,
+        export_format,
         parse_input_size,
         require_onnx_packages,
     )
@@ -189,10 +190,10 @@ def run(opts: ExportOptions) -> int:
     check_options(opts)
     refuse_overwriting_inputs({opts.flag: opts.out}, {**model_inputs(opts.model),
                                                       "the --calibrate data": opts.calibrate})
-    if Path(opts.out).suffix.lower() in (".onnx", ".pt2"):
-        check_output(opts.out, opts.flag)  # before the build, the calibration, the export
+    export_format(opts.out)  # a suffix it cannot write, before the build
+    check_output(opts.out, opts.flag)  # before the build, the calibration, the export
     if Path(opts.out).suffix.lower() == ".onnx":
-        require_onnx_packages()  # before the (slow) build
+        require_onnx_packages(int8=opts.int8)  # before the (slow) build
         if opts.opset is not None:
             import onnx
 
@@ -215,10 +216,13 @@ def run(opts: ExportOptions) -> int:
     parse_input_size(opts.input_size)  # a bad size fails before the build too
     net = sized_model(opts.model, opts.input_size)
     name = Path(opts.model.cfg).name
-    if opts.decode:
-        from darkcfg.detect.decode import head_indices
+    if opts.decode or opts.int8:
+        from darkcfg.detect.decode import check_decodable_heads
 
-        if not head_indices(net):
+        # what --decode exports and --int8 scores (mAP) is the heads' decoding
+        heads = check_decodable_heads(net, "--decode and --int8 decode [yolo], [Gaussian_yolo], "
+                                      "flat [region] and [detection] heads")
+        if opts.decode and not heads:
             raise usage_error(f"--decode: '{opts.model.cfg}' has no detection head to decode",
                               hint="--decode is for [yolo], [Gaussian_yolo], [region] and "
                               "[detection] networks; export a classifier without it")

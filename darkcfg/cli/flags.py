@@ -125,7 +125,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, object]]:
     if args.detect or args.detections:
         steps.append(("detect", detect.detect_options(model, args, args.detect)))
     if args.emit:
-        steps.append(("emit", emit.EmitOptions(model, args.emit, args.input_size)))
+        steps.append(("emit", emit.EmitOptions(model, args.emit, args.input_size, "--emit")))
     if args.export:
         steps.append(("export", export.options_from(model, args.export, args)))
     if args.train:

@@ -55,6 +55,28 @@ def head_indices(net) -> list[int]:
     return [i for i, layer in enumerate(net.layers) if decoding_for(layer) is not None]
 
 
+def check_decodable_heads(net, hint: str) -> list[int]:
+    """The head indices, each one `decode` can read and all with the first head's classes (a
+    class count that differs is the linter's W302; decoding it cannot go on): else a located
+    E300 with `hint` (what the command decodes). A network without heads is the caller's."""
+    heads = head_indices(net)
+    for i in heads:
+        fault = decoding_for(net.layers[i]).unsupported(net.layers[i])
+        if fault is not None:
+            raise net.meta[i].block.error("E300", fault[1], fault[0], hint=hint)
+    first = net.meta[heads[0]].block if heads else None
+    for i in heads[1:]:
+        block = net.meta[i].block
+        if net.layers[i].classes != net.layers[heads[0]].classes:
+            raise block.error(
+                "E300", f"classes={net.layers[i].classes} here but "
+                f"classes={net.layers[heads[0]].classes} in the [{first.name}] at line "
+                f"{first.line}: the heads' boxes cannot be decoded together",
+                "classes" if "classes" in block else None,
+                hint="give every detection head the same classes (darkcfg check: W302)")
+    return heads
+
+
 def _net_size(net, index: int, y: torch.Tensor, input_size) -> tuple[int, int]:
     """(net_w, net_h) the head ran at: given, or the cfg's scaled by the grid (a fully
     convolutional net run at another size keeps its stride)."""

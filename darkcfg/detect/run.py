@@ -25,7 +25,7 @@ from darkcfg.data.datafile import files_under, read_data_file, resolve
 from darkcfg.detect.decode import (
     Found,
     c_round,
-    decoding_for,
+    check_decodable_heads,
     detect_batches,
     detections_for_input,
     head_indices,
@@ -182,13 +182,8 @@ def detector(model: ModelSpec, max_memory: int | None = None, force: bool = Fals
             "E300", f"'{model.cfg}' has no detection head", model.cfg,
             hint="--detect needs a [yolo], [Gaussian_yolo], [region] or [detection] layer; "
             "use --predict for a classifier"))
-    for i in head_indices(net):
-        fault = decoding_for(net.layers[i]).unsupported(net.layers[i])
-        if fault is not None:
-            key, why = fault
-            raise net.meta[i].block.error("E300", why, key,
-                                          hint="--detect decodes [yolo], [Gaussian_yolo], flat "
-                                          "[region] and [detection] heads")
+    check_decodable_heads(net, "--detect decodes [yolo], [Gaussian_yolo], flat [region] and "
+                          "[detection] heads")
     device = pick_device(model.device)
     if not force:  # one image's feature maps, estimated from shapes before any allocation
         from builders.memory import guard_memory

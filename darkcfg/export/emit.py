@@ -830,13 +830,15 @@ def _file(net: Network, name: str, ctx: EmitContext, forward: list[str], outputs
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
-def write_module(net: Network, path: str | os.PathLike, name: str = "") -> str:
-    """Write emit_module(net) to `path` atomically; returns a one-line report."""
+def write_module(net: Network, path: str | os.PathLike, name: str = "",
+                 flag: str = "--emit") -> str:
+    """Write emit_module(net) to `path` atomically; returns a one-line report. `flag`: the
+    option that named `path`, for the errors."""
     from builders.atomic import atomic_write, check_writable
     from cfgparse import CfgError, Diagnostic
 
     path = Path(path)
-    check_writable(path, "--emit")
+    check_writable(path, flag)
     try:
         text = emit_module(net, name or path.stem)
     except EmitError as exc:

@@ -382,11 +382,11 @@ class Int8Report:
 
     def __str__(self) -> str:
         lines = [f"wrote {self.path} (INT8 QDQ, per-channel int8 weights, uint8 activations; "
-                 f"calibrated on {self.calibration_images} images)"]
-        lines.append(f"INT8 (onnxruntime) vs PyTorch's fp32 network on {self.probe_images} "
-                     f"calibration image{'s' if self.probe_images != 1 else ''}: relative L2 "
+                 f"calibrated on {_images(self.calibration_images)})"]
+        lines.append(f"INT8 (onnxruntime) vs PyTorch's fp32 network on "
+                     f"{_images(self.probe_images, 'calibration ')}: relative L2 "
                      f"error {self.output_error:.4f}, correlation {self.correlation:.4f}")
-        lines.append(f"{self.metric} on {self.images} {self.split} images"
+        lines.append(f"{self.metric} on {_images(self.images, self.split + ' ')}"
                      f"{' (no separate validation split)' if self.split != 'validation' else ''}"
                      ": fp32 "
                      f"(onnxruntime) {self.fp32:.2f}, INT8 {self.int8:.2f} "
@@ -407,6 +407,10 @@ class Int8Report:
         return "\n".join(lines)
 
 
+def _images(count: int, kind: str = "") -> str:
+    return f"{count} {kind}image{'s' if count != 1 else ''}"
+
+
 def _where(s: Sensitivity) -> str:
     return f"layer {s.layer}" if s.layer is not None else s.node
 
@@ -422,7 +426,7 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
     """Write a calibrated INT8 QDQ ONNX model to `path` (atomically), checked in onnxruntime,
     with its accuracy and latency against the fp32 graph."""
     options = options or Int8Options()
-    require_onnx_packages(str(path))
+    require_onnx_packages(str(path), int8=True)
     path = Path(path)
     net.eval()
     check_output(path, options.flag)  # before the export and the calibration

@@ -37,6 +37,7 @@ from darkcfg.export.onnx import (
     ExportReport,
     convert_opset,
     example_input,
+    exporter_failure,
     failed,
     metadata,
     name_batch_dim,
@@ -51,6 +52,7 @@ NMS_OUTPUTS = ("boxes", "scores", "classes", "batch_index")
 NMS_MIN_OPSET = 13
 #: nms_kind values Darknet runs with a DIoU test (src/box.c diounms_sort); the others are IoU
 DIOU_KINDS = ("greedynms", "diounms")
+DECODABLE = "--decode decodes [yolo], [Gaussian_yolo], flat [region] and [detection] heads"
 
 
 class DecodedProbs(nn.Module):
@@ -91,16 +93,12 @@ class DecodedProbs(nn.Module):
 def check_decodable(net: Network) -> tuple[str, float]:
     """The last head's (nms_kind, beta_nms) (what --detect runs); a located error for heads
     --detect cannot decode."""
-    from darkcfg.detect.decode import decoding_for, head_indices
+    from darkcfg.detect.decode import check_decodable_heads, decoding_for
 
-    heads = head_indices(net)
+    heads = check_decodable_heads(net, DECODABLE)
     if not heads:
         raise failed("--decode --nms needs a detection head ([yolo], [Gaussian_yolo], [region] "
                      "or [detection])", "<export>")
-    for i in heads:
-        fault = decoding_for(net.layers[i]).unsupported(net.layers[i])
-        if fault is not None:
-            raise net.meta[i].block.error("E300", fault[1], fault[0])
     last = net.layers[heads[-1]]
     return decoding_for(last).nms_kind(last)
 
@@ -366,8 +364,7 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
                                              output_names=["candidate_boxes", "candidate_probs"],
                                              verbose=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise failed(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
+        raise exporter_failure("ONNX export", exc, module, x, str(path)) from None
     meta = metadata(net, name or path.stem, True)
     meta.update({"outputs": ",".join(NMS_OUTPUTS), "thresh": f"{thresh:g}", "nms": f"{nms:g}",
                  "nms_rule": f"DIoU, beta {beta:g} ({kind}: diounms_sort)" if diou else

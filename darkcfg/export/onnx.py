@@ -45,14 +45,20 @@ def failed(message: str, path: str, hint: str = "", code: str = "E904") -> Expor
     return ExportError(Diagnostic(code, message, path, hint=hint))
 
 
-def require_onnx_packages(path: str = "<command line>") -> None:
+#: What --int8 imports beyond EXPORT_PACKAGES (the quantizer's shape inference needs sympy)
+INT8_MODULES = ("onnxruntime.quantization", "onnxruntime.quantization.shape_inference")
+
+
+def require_onnx_packages(path: str = "<command line>", int8: bool = False) -> None:
     """Raise a clear error (no traceback) naming what to install when an ONNX package is
     missing, or installed but broken (its import fails: a wheel for another Python or a
-    missing shared library)."""
+    missing shared library); `int8`: onnxruntime's quantization tools too."""
     import importlib
 
     missing, broken = [], []
-    for name in EXPORT_PACKAGES:
+    for name in EXPORT_PACKAGES + (INT8_MODULES if int8 else ()):
+        if any(name.startswith(f.split(" ")[0] + ".") for f in missing + broken):
+            continue  # its package is already named
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -129,9 +135,20 @@ def max_rel_error(ours: Sequence, refs: Sequence) -> float:
     return max((rel_error(a, b) for a, b in zip(ours, refs, strict=True)), default=0.0)
 
 
-def _dynamic_shapes(dynamic_batch: bool):
+def _dynamic_shapes(dynamic_batch: bool, net: Network | None = None):
     if not dynamic_batch:
         return None
+    if net is not None and net.info.time_steps > 1:
+        from darkcfg.lint.targets import RECURRENT
+
+        if any(meta.type in RECURRENT for meta in net.meta):
+            # the exporter proves the batch a multiple of time_steps and gives up (E904 after
+            # pages of guard logs)
+            raise failed(f"a recurrent network's batch is time_steps x sequences "
+                         f"({net.info.time_steps} x N, step-major): it cannot be dynamic",
+                         "<command line>", code="E100",
+                         hint="export without --dynamic-batch (the batch is then time_steps "
+                         "images) or with --set time_steps=1; --int8 needs a dynamic batch")
     return {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
 
 
@@ -150,14 +167,29 @@ def export_program(net: Network, x: torch.Tensor, dynamic_batch: bool = False,
     `x` must then have a batch of at least 2, so that the exporter does not specialise it)."""
     net.eval()
     module = Exportable(net, decode)
+    dynamic = _dynamic_shapes(dynamic_batch, net)
     try:
         with quiet_exporter():
-            return torch.export.export(module, (x,), dynamic_shapes=_dynamic_shapes(dynamic_batch),
-                                       strict=True)
+            return torch.export.export(module, (x,), dynamic_shapes=dynamic, strict=True)
     except Exception as exc:  # the exporter's own errors are long; keep the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise failed(f"torch.export failed: {type(exc).__name__}: {first}", "<export>",
-                     hint="report the cfg: every darkcfg layer is meant to export") from None
+        raise exporter_failure("torch.export", exc, module, x, "<export>") from None
+
+
+def exporter_failure(what: str, exc: Exception, module: nn.Module, x: torch.Tensor,
+                     path: str) -> CfgError:
+    """The error to show for an exporter's failure: the network's own located error when
+    running it eagerly raises one (dynamo reports a layer's CfgError, e.g. a missing [region]
+    tree= file, only as "Observed exception"), else the exporter's first line (E904)."""
+    try:
+        with torch.no_grad():
+            module(x)
+    except CfgError as located:
+        return located
+    except Exception:  # noqa: BLE001 - the exporter's message says more
+        pass
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return failed(f"{what} failed: {type(exc).__name__}: {first}", path,
+                  hint="report the cfg: every darkcfg layer is meant to export")
 
 
 @dataclass
@@ -254,8 +286,8 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
                                              **({} if opset is None else
                                                 {"opset_version": max(opset, 18)}))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise failed(f"ONNX export failed: {type(exc).__name__}: {first}", str(path)) from None
+        raise exporter_failure("ONNX export", exc, Exportable(net, decode).eval(), x,
+                               str(path)) from None
     meta = metadata(net, name or path.stem, decode)
     onnx_program.model.metadata_props.update(meta)
     if dynamic_batch:
@@ -432,16 +464,21 @@ def export(net: Network, path: str | os.PathLike, *, opset: int | None = None,
            flag: str = "--export") -> ExportReport:
     """`.onnx` -> export_onnx, `.pt2` -> export_pt2 (by the file's suffix). `flag`: the option
     that named `path`, for the errors."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".onnx", ".pt2"):
-        check_output(path, flag)  # before the (slow) export
+    suffix = export_format(path)
+    check_output(path, flag)  # before the (slow) export
     if suffix == ".onnx":
         return export_onnx(net, path, opset=opset, dynamic_batch=dynamic_batch, decode=decode,
                            name=name, flag=flag)
-    if suffix == ".pt2":
-        if opset is not None:
-            raise failed("--opset applies to ONNX files only", str(path),
-                         hint="drop --opset, or write a .onnx file", code="E100")
-        return export_pt2(net, path, dynamic_batch=dynamic_batch, decode=decode, flag=flag)
-    raise failed(f"cannot tell the export format of '{path}'", str(path),
-                 hint="name the file model.onnx (ONNX) or model.pt2 (torch.export)")
+    if opset is not None:
+        raise failed("--opset applies to ONNX files only", str(path),
+                     hint="drop --opset, or write a .onnx file", code="E100")
+    return export_pt2(net, path, dynamic_batch=dynamic_batch, decode=decode, flag=flag)
+
+
+def export_format(path: str | os.PathLike) -> str:
+    """'.onnx' or '.pt2', from the file's suffix; anything else is an error (E904)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".onnx", ".pt2"):
+        raise failed(f"cannot tell the export format of '{path}'", str(path),
+                     hint="name the file model.onnx (ONNX) or model.pt2 (torch.export)")
+    return suffix
