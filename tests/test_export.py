@@ -789,3 +789,19 @@ def test_loader_errors_about_data_are_renamed_calibrate():
     d = err.value.first
     assert (d.path, d.message, d.hint) == ("--calibrate", "--calibrate digits needs "
                                            "scikit-learn", "or another --calibrate")
+
+
+def test_the_exporters_logs_are_quiet_while_they_run(capfd):
+    """A failing torch.export logs pages of guard tracebacks at ERROR (torch._guards) before
+    darkcfg's one-line E904; inside quiet_exporter they are not shown, and logging is as it
+    was afterwards."""
+    import logging
+
+    from darkcfg.export.onnx import quiet_exporter
+
+    log = logging.getLogger("torch._guards")
+    with quiet_exporter():
+        log.error("Error while creating guard: a page of traceback")
+    assert "guard" not in capfd.readouterr().err
+    log.error("after the export")
+    assert "after the export" in capfd.readouterr().err

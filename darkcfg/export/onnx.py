@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -154,11 +155,17 @@ def _dynamic_shapes(dynamic_batch: bool, net: Network | None = None):
 
 @contextlib.contextmanager
 def quiet_exporter():
-    """The exporters print progress and warnings meant for their developers."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
+    """The exporters print progress and warnings meant for their developers, and log pages of
+    guard tracebacks (torch._guards, at ERROR) before a failure darkcfg reports in one line."""
+    before = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        logging.disable(before)
 
 
 def export_program(net: Network, x: torch.Tensor, dynamic_batch: bool = False,
