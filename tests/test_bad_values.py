@@ -944,29 +944,33 @@ def test_resume_continues_on_the_runs_recorded_data(capsys, tiny, tmp_path, monk
     assert code == 0 and "the run's data, imgs" in err and "other settings" not in err, err
 
 
-def test_sigterm_stops_any_command_as_ctrl_c_does(capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_any_command_as_ctrl_c_does(capsys, monkeypatch, tmp_path, name):
     """Outside training's loop SIGTERM used to kill a command on the spot, its temp files left
-    behind; now it raises KeyboardInterrupt like Ctrl-C: the writers' cleanup runs, exit 130."""
+    behind; now it raises KeyboardInterrupt like Ctrl-C: the writers' cleanup runs, exit 130.
+    SIGHUP (a closed terminal) did so until it was handled the same way."""
     import signal
 
     from builders.atomic import atomic_open
     from darkcfg.cli import main
     from darkcfg.cli import summary as command
 
+    sig = getattr(signal, name)
+
     def terminated_midway(argv):
         with atomic_open(tmp_path / "out.bin") as fh:
             fh.write(b"half")
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
             time.sleep(5)  # the handler interrupts this
         return 0
 
     monkeypatch.setattr(command, "main", terminated_midway)
-    before = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    before = signal.getsignal(sig)
+    signal.signal(sig, signal.SIG_DFL)
     try:
         assert main(["summary", "x.cfg"]) == 130
     finally:
-        signal.signal(signal.SIGTERM, before)
+        signal.signal(sig, before)
     assert capsys.readouterr().err == "interrupted\n" and list(tmp_path.iterdir()) == []
 
 

@@ -328,6 +328,70 @@ def test_sigterm_to_the_process_group_checkpoints_and_exits_0(tmp_path, tiny_cla
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == int(rows(out)[-1]["iteration"])
 
 
+@pytest.mark.slow
+def test_a_closed_terminal_stops_training_as_sigterm_does(tmp_path, tiny_classifier):
+    """Closing the terminal (or losing the ssh session) sends SIGHUP, which killed a run on the
+    spot, its iterations since the last checkpoint lost. Now it is a stop signal: the run
+    checkpoints and exits 0, although every write to the closed terminal fails (EIO)."""
+    import pty
+
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=8, max_batches=100000,
+                                second_conv=False)
+    out = tmp_path / "run"
+    argv = [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
+            "--workers", "1", "--checkpoint-every", "1000", "--valid-every", "0"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    pid, terminal = pty.fork()  # the child: a session of its own on this terminal
+    if pid == 0:
+        os.execve(sys.executable, argv, env)
+    os.set_blocking(terminal, False)
+    deadline = time.monotonic() + 120
+    try:
+        while len(rows(out)) < 3 and time.monotonic() < deadline:
+            try:
+                os.read(terminal, 1 << 16)  # (the progress bar: a full terminal would block)
+            except OSError:
+                time.sleep(0.05)
+    finally:
+        os.close(terminal)  # the hang-up
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == int(rows(out)[-1]["iteration"])
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_nohup_keeps_a_run_going_when_the_terminal_closes(tmp_path, tiny_classifier):
+    """`nohup darkcfg train ...` ignores SIGHUP: darkcfg keeps it ignored (the loop takes over
+    SIGTERM and SIGINT only), and SIGTERM still stops the run cleanly."""
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=8, max_batches=100000,
+                                second_conv=False)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
+         "--no-progress", "--workers", "1", "--checkpoint-every", "1000", "--valid-every", "0"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # what nohup does
+
+    def wait_for(n):
+        deadline = time.monotonic() + 120
+        while len(rows(out)) < n:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"no progress: {proc.communicate()[1]}")
+            time.sleep(0.05)
+
+    wait_for(2)
+    os.killpg(proc.pid, signal.SIGHUP)  # the loader process too
+    wait_for(len(rows(out)) + 3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped by SIGTERM" in err, err
+
+
 def test_a_detector_trains_and_validates_without_pycocotools(tmp_path, monkeypatch, capsys):
     for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed (even if imported)
