@@ -1026,6 +1026,46 @@ def test_a_second_detect_into_a_folder_a_detect_is_writing_is_refused(capsys, de
     assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "detections.json"]
 
 
+@pytest.mark.slow
+def test_a_stdout_that_takes_no_more(detector, tmp_path):
+    """`> /dev/full`: detect called its failed print an image it could not read ('im1.png:
+    error[E901]: [Errno 28] No space left on device', hint: convert it to JPEG), other commands
+    said '<file>', --help and --version printed a traceback. Now: E901 at <stdout>, exit 2.
+    `| head` (the reader left; here a pipe whose reading end is closed): exit 0, as summary."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(2):
+        image(images / f"im{i}.png")
+
+    def darkcfg(*argv, stdout):
+        done = subprocess.run([sys.executable, "-m", "darkcfg", *map(str, argv)], stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+        assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+        return done.returncode, done.stderr
+
+    detect = ["detect", detector, images, "--thresh", "0", "--no-progress"]
+    with open("/dev/full", "w") as full:
+        for argv in (["--version"], ["check", "--format", "json", detector],
+                     [*detect, "--out", tmp_path / "full"]):
+            code, err = darkcfg(*argv, stdout=full)
+            assert code == 2, err
+            assert err.endswith("<stdout>: error[E901]: cannot write the output to stdout: No "
+                                "space left on device\nhelp: free some space where stdout goes,"
+                                " or redirect it elsewhere\n"), err
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        code, err = darkcfg(*detect, "--out", tmp_path / "piped", stdout=write)
+    finally:
+        os.close(write)
+    assert code == 0 and "E901" not in err, err
+
+
 def test_a_rewritten_file_keeps_its_permissions(tmp_path):
     """anchors --write (any atomic rewrite) once turned a private 0600 cfg into 0644."""
     from builders.atomic import atomic_write

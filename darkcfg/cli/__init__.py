@@ -112,13 +112,10 @@ def _interrupt(signum, frame):
 
 
 def dispatch(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        # bare `darkcfg` is a usage error: the list goes where errors go
-        print(top_help(), file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
-    if argv[0] == "--version":
-        print(f"darkcfg {version()}")
-        return 0
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        from darkcfg.cli.common import guarded  # (for a stdout that takes no more)
+
+        return guarded(lambda: top_level(argv))
     if argv[0] in COMMANDS:
         from darkcfg.cli.common import guarded
 
@@ -137,6 +134,16 @@ def dispatch(argv: list[str]) -> int:
     from darkcfg.cli.flags import main as flag_form
 
     return flag_form(argv)
+
+
+def top_level(argv: list[str]) -> int:
+    """`darkcfg`, `darkcfg --help`, `darkcfg --version`."""
+    if argv and argv[0] == "--version":
+        print(f"darkcfg {version()}")
+        return 0
+    # bare `darkcfg` is a usage error: the list goes where errors go
+    print(top_help(), file=sys.stdout if argv else sys.stderr)
+    return 0 if argv else 2
 
 
 def looks_like_a_model(arg: str) -> bool:
