@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -326,6 +327,53 @@ def test_sigterm_to_the_process_group_checkpoints_and_exits_0(tmp_path, tiny_cla
     from darkcfg.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == int(rows(out)[-1]["iteration"])
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path, monkeypatch):
+    """SIGKILL during `export`, `emit`, `weights --save-weights`, `anchors --write` or an INT8
+    export left its temp file beside the output (`.m.onnx.x8k2q1zz.onnx`, `.m.py.*.tmp`) or its
+    work folder in $TMPDIR (`darkcfg-int8-*`, a copy of the model) for good. Temp files and
+    folders are now locked while written; the next write of that output removes the unlocked
+    ones and leaves a live writer's alone."""
+    import fcntl
+
+    from builders.atomic import atomic_write, staged_file, work_folder
+
+    def held(path: Path) -> int:
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (".m.py.k1ll3d.tmp", ".m.py.l1ve.tmp", ".m.onnx.k1ll3d.onnx",
+                 ".m.onnx.l1ve.onnx", ".other.py.k1ll3d.tmp"):
+        (out / name).write_bytes(b"half")
+    (out / ".m.py.link.tmp").symlink_to(out / ".other.py.k1ll3d.tmp")
+    live = [held(out / ".m.py.l1ve.tmp"), held(out / ".m.onnx.l1ve.onnx")]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp" / "darkcfg-int8-k1ll3d").mkdir(parents=True)
+    (tmp_path / "tmp" / "darkcfg-int8-k1ll3d" / "fp32.onnx").write_bytes(b"model")
+    try:
+        atomic_write(out / "m.py", "x = 1\n", sweep=True)
+        with staged_file(out / "m.onnx") as tmp:
+            Path(tmp).write_bytes(b"onnx")
+        with work_folder("darkcfg-int8-") as work:
+            assert os.listdir(tmp_path / "tmp") == [Path(work).name]
+    finally:
+        for fd in live:
+            os.close(fd)
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".m.onnx.l1ve.onnx", ".m.py.l1ve.tmp", ".m.py.link.tmp", ".other.py.k1ll3d.tmp",
+        "m.onnx", "m.py"]
+    assert os.listdir(tmp_path / "tmp") == []
+    # anchors --write lints the new text from a temp file beside the cfg
+    from darkcfg.cli.anchors import lint_text
+
+    cfg = tree_cfg(tmp_path, "x.tree")
+    (tmp_path / ".net.cfg.k1ll3d.cfg").write_text("half")
+    lint_text(cfg.read_text(), cfg)
+    assert not (tmp_path / ".net.cfg.k1ll3d.cfg").exists()
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from builders.atomic import atomic_open, atomic_write, check_folder
+from builders.atomic import atomic_open, atomic_write, check_folder, hold, remove_abandoned
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import label_path
@@ -50,9 +50,11 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
                                   hint="convert writes a new set: name a new (or empty) folder"))
     check_folder(out, "OUT")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(out)
+    # the hidden folders of converts to `out` that were killed outright
+    remove_abandoned(out.parent, f".{glob.escape(out.name)}.*.partial")
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    held = _hold(partial)  # until the rename: a later convert sees the folder is not abandoned
+    # held until the rename: a later convert sees the folder is not abandoned
+    held = hold(os.open(partial, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
     try:
         writer = _Writer(partial, link)
         written = {"darknet": writer.darknet, "yolo": writer.yolo, "coco": writer.coco}[to](data)
@@ -64,36 +66,6 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
     finally:
         os.close(held)
     return [out / path.relative_to(partial) for path in written]
-
-
-def _hold(folder: Path) -> int:
-    """An exclusive `flock` on `folder` (released by os.close, or by the process's death)."""
-    import fcntl
-
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
-
-
-def _remove_abandoned(out: Path) -> None:
-    """Delete the hidden `.OUT.*.partial` folders of earlier converts to `out` that were killed
-    outright (SIGKILL, a power cut: no cleanup ran). A convert still writing holds its folder's
-    lock and is left alone."""
-    import fcntl
-
-    for folder in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
-        try:
-            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # a live convert's
-            continue
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            os.close(fd)
 
 
 def _umask() -> int:
