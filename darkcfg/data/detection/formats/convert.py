@@ -19,6 +19,7 @@ Layouts:
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -46,8 +47,7 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
                                   "<command line>"))
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CfgError(Diagnostic("E901", f"'{out}' exists and is not an empty folder", str(out),
-                                  hint="convert writes a new set: name a new (or empty) folder"))
+        raise taken(out)
     check_folder(out, "OUT")
     out.parent.mkdir(parents=True, exist_ok=True)
     # the hidden folders of converts to `out` that were killed outright
@@ -59,13 +59,25 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
         writer = _Writer(partial, link)
         written = {"darknet": writer.darknet, "yolo": writer.yolo, "coco": writer.coco}[to](data)
         os.chmod(partial, 0o777 & ~_umask())  # mkdtemp's 0700 -> what mkdir would have made
-        os.replace(partial, out)  # an empty `out` folder is replaced too
+        try:
+            os.replace(partial, out)  # an empty `out` folder is replaced too
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            # another convert to `out` finished first: its set stays, this one goes
+            raise taken(out, " (another convert wrote it while this one ran)") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         os.close(held)
     return [out / path.relative_to(partial) for path in written]
+
+
+def taken(out: Path, why: str = "") -> CfgError:
+    return CfgError(Diagnostic("E901", f"'{out}' exists and is not an empty folder{why}",
+                               str(out),
+                               hint="convert writes a new set: name a new (or empty) folder"))
 
 
 def _umask() -> int:
