@@ -3,6 +3,7 @@ it, so a crash, a kill or a full disk never leaves a truncated file under the re
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import glob
@@ -249,10 +250,12 @@ def read_checked(path: str | os.PathLike, what: str = "file") -> bytes:
 def hold(fd: int) -> int:
     """An exclusive `flock` on an open temp file or folder for as long as this process keeps
     `fd` open (the lock ends with the process, however it ends): `remove_abandoned` leaves
-    it alone. Returns `fd`."""
+    it alone. Returns `fd`. Best effort: a file that cannot be locked (a link to a device
+    another temp file of this process holds too) is written all the same."""
     import fcntl
 
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return fd
 
 
