@@ -30,6 +30,7 @@ def atomic_open(path: str | os.PathLike, parents: bool = False,
     if target.is_dir():
         raise CfgError(Diagnostic("E901", f"cannot write '{target}': it is a folder", str(target),
                                   hint="name a file, not a folder"))
+    refuse_special(target, f"'{target}'")
     if parents:
         ensure_folder(target.parent)
     if sweep:
@@ -200,8 +201,29 @@ def check_writable(path: str | os.PathLike, flag: str = "") -> Path:
     if path.is_dir():
         raise CfgError(Diagnostic("E901", f"cannot write {named}: it is a folder", str(path),
                                   hint="name a file, not a folder"))
+    refuse_special(path, named)
     check_creatable(path.parent, f"write {named}", f"write {named}", path)
     return path
+
+
+def refuse_special(path: Path, named: str) -> None:
+    """E901 when `path` itself is a device, a FIFO or a socket (`--out /dev/null`): a file is
+    written beside it and renamed over its name, which would replace the device node (as root,
+    /dev/null for every program)."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # missing (the usual case) or unreadable: the write says why
+        return
+    kinds = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket"}
+    kind = next((k for test, k in kinds.items() if test(mode)), None)
+    if kind is not None:
+        raise CfgError(Diagnostic(
+            "E901", f"cannot write {named}: it is {kind}, not a file (darkcfg writes a new file "
+            "and renames it over the name, which would replace it)", str(path),
+            hint="name a regular file"))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str, parents: bool = True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -327,6 +328,28 @@ def test_sigterm_to_the_process_group_checkpoints_and_exits_0(tmp_path, tiny_cla
     from darkcfg.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == int(rows(out)[-1]["iteration"])
+
+
+def test_an_output_onto_a_device_or_fifo_is_refused(tmp_path, tiny_classifier, capsys):
+    """`emit --out /dev/null` (or --save-weights, --export, --detections ...) wrote a temp file
+    in /dev and renamed it over /dev/null: as root, every program's /dev/null became a regular
+    file. A device, FIFO or socket under an output's name is now E901, and left as it is (a
+    FIFO here: any user may make one)."""
+    from builders.atomic import atomic_write
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    cfg = tiny_classifier.write(tmp_path / "c.cfg")
+    for flag in ("--emit", "--plot-lr"):
+        assert run(cfg, flag, fifo) == 2
+        err = capsys.readouterr().err
+        assert f"{fifo}: error[E901]: cannot write {flag} '{fifo}': it is a FIFO, not a file" \
+            in err, err
+    with pytest.raises(CfgError) as caught:
+        atomic_write(fifo, "x")  # the library's writer too
+    assert caught.value.code == "E901"
+    assert [p.name for p in tmp_path.iterdir() if p.name != "c.cfg"] == ["pipe.png"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 def test_the_next_write_removes_what_a_killed_writer_left(tmp_path, monkeypatch):
