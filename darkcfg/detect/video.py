@@ -333,7 +333,12 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
                               args=(container, batch_size, batches, stop, max_frames))
     jsonl = open(jsonl_tmp, "w")  # noqa: SIM115 - closed in the finally below
     hold(jsonl.fileno())  # both temp files locked while this process lives
-    video_held = hold(os.open(video_tmp, os.O_WRONLY | os.O_CREAT, 0o666))  # FFmpeg reopens it
+    try:
+        video_held = hold(os.open(video_tmp, os.O_WRONLY | os.O_CREAT, 0o666))  # FFmpeg reopens it
+    except OSError:
+        jsonl.close()
+        os.unlink(jsonl_tmp)
+        raise
     writer = _Writer(net, video_tmp, jsonl, labels, name, rate, video_codec(), thresh, nms,
                      letter, names)
     bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr,
