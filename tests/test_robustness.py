@@ -399,6 +399,41 @@ def test_the_next_write_removes_what_a_killed_writer_left(tmp_path, monkeypatch)
     assert not (tmp_path / ".net.cfg.k1ll3d.cfg").exists()
 
 
+def test_a_stop_signal_while_the_run_finishes_keeps_its_last_checkpoint(tmp_path,
+                                                                         tiny_classifier,
+                                                                         monkeypatch, capsys):
+    """The final checkpoint and `_final.weights` were written after training's signal handler
+    was gone: a SIGTERM then (a scheduler's stop at the very end) interrupted the write, exit
+    130, and every iteration since the last periodic checkpoint was lost (with
+    --checkpoint-every above max_batches, the whole run: nothing to --resume). Now the run
+    finishes its writes and exits 0."""
+    from darkcfg.cli import main
+    from darkcfg.train.outputs import RunLog
+
+    real = RunLog.finish
+
+    def finish(self, trainer):
+        os.kill(os.getpid(), signal.SIGTERM)  # as the last checkpoint is about to be written
+        real(self, trainer)
+
+    monkeypatch.setattr(RunLog, "finish", finish)
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=3,
+                                burn_in=0, second_conv=False)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process: main() installs its own
+    try:
+        code = main(["train", str(cfg), "--out", str(out), "--no-progress", "--workers", "0",
+                     "--checkpoint-every", "1000", "--valid-every", "0"])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert code == 0, capsys.readouterr().err
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 3
+    assert (out / "c_final.weights").exists()
+
+
 @pytest.mark.slow
 def test_a_closed_terminal_stops_training_as_sigterm_does(tmp_path, tiny_classifier):
     """Closing the terminal (or losing the ssh session) sends SIGHUP, which killed a run on the

@@ -413,5 +413,7 @@ def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
                 log.checkpoint(trainer)
             if stopping:
                 return stop.signal or "signal"
-    log.finish(trainer)
+        # under the flag too: a stop signal while the last checkpoint and the final weights are
+        # written lets them finish (it used to cost every iteration since the last checkpoint)
+        log.finish(trainer)
     return "done"
