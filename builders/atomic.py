@@ -3,8 +3,10 @@ it, so a crash, a kill or a full disk never leaves a truncated file under the re
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
+import glob
 import hashlib
 import os
 import tempfile
@@ -17,20 +19,27 @@ from cfgparse import CfgError, Diagnostic
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, parents: bool = False) -> Iterator[BinaryIO]:
+def atomic_open(path: str | os.PathLike, parents: bool = False,
+                sweep: bool = False) -> Iterator[BinaryIO]:
     """A binary file that replaces `path` only once it is completely written and synced: a temp
     file beside `path`, fsynced, renamed over it, and the folder synced. With `parents`, missing
-    folders are created; otherwise a missing folder is an E901 error."""
+    folders are created; otherwise a missing folder is an E901 error. The temp file is locked
+    while it is written; with `sweep`, the temp files of `path` that a killed writer left are
+    removed first (`remove_abandoned`: for one-file outputs, not a folder of many)."""
     target = Path(path)
     if target.is_dir():
         raise CfgError(Diagnostic("E901", f"cannot write '{target}': it is a folder", str(target),
                                   hint="name a file, not a folder"))
+    refuse_special(target, f"'{target}'")
     if parents:
         ensure_folder(target.parent)
+    if sweep:
+        remove_abandoned(target.parent, f".{glob.escape(target.name)}.*.tmp")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise write_error(target, exc) from None
+    hold(fd)
     try:
         os.chmod(tmp, _mode_for(target))  # mkstemp makes the file private; ours should not be
         with os.fdopen(fd, "wb") as f:
@@ -216,13 +225,35 @@ def check_writable(path: str | os.PathLike, flag: str = "") -> Path:
     if path.is_dir():
         raise CfgError(Diagnostic("E901", f"cannot write {named}: it is a folder", str(path),
                                   hint="name a file, not a folder"))
+    refuse_special(path, named)
     check_creatable(path.parent, f"write {named}", f"write {named}", path)
     return path
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str, parents: bool = True) -> None:
+def refuse_special(path: Path, named: str) -> None:
+    """E901 when `path` itself is a device, a FIFO or a socket (`--out /dev/null`): a file is
+    written beside it and renamed over its name, which would replace the device node (as root,
+    /dev/null for every program)."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # missing (the usual case) or unreadable: the write says why
+        return
+    kinds = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket"}
+    kind = next((k for test, k in kinds.items() if test(mode)), None)
+    if kind is not None:
+        raise CfgError(Diagnostic(
+            "E901", f"cannot write {named}: it is {kind}, not a file (darkcfg writes a new file "
+            "and renames it over the name, which would replace it)", str(path),
+            hint="name a regular file"))
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str, parents: bool = True,
+                 sweep: bool = False) -> None:
     """Write `data` (text as UTF-8) to `path` atomically, creating missing folders."""
-    with atomic_open(path, parents=parents) as f:
+    with atomic_open(path, parents=parents, sweep=sweep) as f:
         f.write(data.encode() if isinstance(data, str) else data)
 
 
@@ -262,6 +293,67 @@ def read_checked(path: str | os.PathLike, what: str = "file") -> bytes:
     return payload
 
 
+def hold(fd: int) -> int:
+    """An exclusive `flock` on an open temp file or folder for as long as this process keeps
+    `fd` open (the lock ends with the process, however it ends): `remove_abandoned` leaves
+    it alone. Returns `fd`. Best effort: a file that cannot be locked (a link to a device
+    another temp file of this process holds too) is written all the same."""
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def remove_abandoned(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """Delete the temp files and folders matching `pattern` in `folder` that a writer killed
+    outright (SIGKILL, a power cut: no cleanup ran) left behind: those no live process `hold`s.
+    Links and other kinds of file are left alone."""
+    import fcntl
+    import shutil
+    import stat
+
+    removed = []
+    for path in Path(folder).glob(pattern):
+        try:
+            kind = os.lstat(path).st_mode
+            if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer's
+            continue
+        else:
+            if stat.S_ISDIR(kind):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextmanager
+def work_folder(prefix: str) -> Iterator[str]:
+    """A private temp folder (`tempfile.mkdtemp` under $TMPDIR) for intermediate files, held
+    while in use and removed after; the folders of this `prefix` that a killed process left
+    are removed first (a kill leaves no cleanup)."""
+    import shutil
+
+    remove_abandoned(tempfile.gettempdir(), f"{glob.escape(prefix)}*")
+    work = tempfile.mkdtemp(prefix=prefix)
+    fd = hold(os.open(work, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
+    try:
+        yield work
+    finally:
+        os.close(fd)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def remove_stale_temps(folder: str | os.PathLike, names: list[str] | None = None) -> list[Path]:
     """Delete the temp files `atomic_open` left in `folder` when its process was killed mid-write
     (`.NAME.XXXXXXXX.tmp`; only for the given NAMEs when `names` is given). Call it where no
@@ -287,15 +379,17 @@ def staged_file(path: str | os.PathLike, flag: str = "") -> Iterator[str]:
     Ctrl-C): `path` is either the old file or the whole new one."""
     path = Path(path)
     check_writable(path, flag)
+    remove_abandoned(path.parent, f".{glob.escape(path.name)}.*{glob.escape(path.suffix)}")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     except OSError as exc:
         raise write_error(path, exc) from None
-    os.close(fd)
+    hold(fd)  # open (and locked) until the end: the library writes the same file by its path
     try:
         yield tmp
         publish(tmp, path)
     finally:
+        os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
 

@@ -224,7 +224,7 @@ def save_weights(net: Network, path: str | os.PathLike, cutoff: int | None = Non
                                                           "<u8" if wide else "<u4").tobytes()
     transposed = _matrices(net) if header.transposed else set()
     written = 0
-    with atomic_open(path) as f:
+    with atomic_open(path, sweep=True) as f:  # (what a killed save left of `path`)
         f.write(head)
         for t in arrays:
             a = t.detach().to("cpu", torch.float32)

@@ -970,29 +970,33 @@ def test_resume_continues_on_the_runs_recorded_data(capsys, tiny, tmp_path, monk
     assert code == 0 and "the run's data, imgs" in err and "other settings" not in err, err
 
 
-def test_sigterm_stops_any_command_as_ctrl_c_does(capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_any_command_as_ctrl_c_does(capsys, monkeypatch, tmp_path, name):
     """Outside training's loop SIGTERM used to kill a command on the spot, its temp files left
-    behind; now it raises KeyboardInterrupt like Ctrl-C: the writers' cleanup runs, exit 130."""
+    behind; now it raises KeyboardInterrupt like Ctrl-C: the writers' cleanup runs, exit 130.
+    SIGHUP (a closed terminal) did so until it was handled the same way."""
     import signal
 
     from builders.atomic import atomic_open
     from darkcfg.cli import main
     from darkcfg.cli import summary as command
 
+    sig = getattr(signal, name)
+
     def terminated_midway(argv):
         with atomic_open(tmp_path / "out.bin") as fh:
             fh.write(b"half")
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
             time.sleep(5)  # the handler interrupts this
         return 0
 
     monkeypatch.setattr(command, "main", terminated_midway)
-    before = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    before = signal.getsignal(sig)
+    signal.signal(sig, signal.SIG_DFL)
     try:
         assert main(["summary", "x.cfg"]) == 130
     finally:
-        signal.signal(signal.SIGTERM, before)
+        signal.signal(sig, before)
     assert capsys.readouterr().err == "interrupted\n" and list(tmp_path.iterdir()) == []
 
 
@@ -1046,6 +1050,46 @@ def test_a_second_detect_into_a_folder_a_detect_is_writing_is_refused(capsys, de
     code, err = run(capsys, "detect", detector, picture, "--out", out, "--no-progress")
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "detections.json"]
+
+
+@pytest.mark.slow
+def test_a_stdout_that_takes_no_more(detector, tmp_path):
+    """`> /dev/full`: detect called its failed print an image it could not read ('im1.png:
+    error[E901]: [Errno 28] No space left on device', hint: convert it to JPEG), other commands
+    said '<file>', --help and --version printed a traceback. Now: E901 at <stdout>, exit 2.
+    `| head` (the reader left; here a pipe whose reading end is closed): exit 0, as summary."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(2):
+        image(images / f"im{i}.png")
+
+    def darkcfg(*argv, stdout):
+        done = subprocess.run([sys.executable, "-m", "darkcfg", *map(str, argv)], stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+        assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+        return done.returncode, done.stderr
+
+    detect = ["detect", detector, images, "--thresh", "0", "--no-progress"]
+    with open("/dev/full", "w") as full:
+        for argv in (["--version"], ["check", "--format", "json", detector],
+                     [*detect, "--out", tmp_path / "full"]):
+            code, err = darkcfg(*argv, stdout=full)
+            assert code == 2, err
+            assert err.endswith("<stdout>: error[E901]: cannot write the output to stdout: No "
+                                "space left on device\nhelp: free some space where stdout goes,"
+                                " or redirect it elsewhere\n"), err
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        code, err = darkcfg(*detect, "--out", tmp_path / "piped", stdout=write)
+    finally:
+        os.close(write)
+    assert code == 0 and "E901" not in err, err
 
 
 def test_a_rewritten_file_keeps_its_permissions(tmp_path):

@@ -516,6 +516,31 @@ def test_an_interrupted_convert_leaves_nothing_in_the_way(four, tmp_path, monkey
     assert as_samples(open_set(written[0])) == as_samples(open_set(four["voc"]))
 
 
+def test_two_converts_to_one_out_keep_the_first_set(four, tmp_path, monkeypatch):
+    """Two converts started into one OUT both passed the "empty folder" check; the one that
+    finished second said `.out.x8k2q1zz.partial: error[E901]: Directory not empty: ...
+    (and 'out')`, naming a hidden folder that was gone. Now its error is OUT's: the first set
+    stays whole and nothing else is left."""
+    from darkcfg.data.detection.formats import convert as module
+
+    parent = tmp_path / "sets"
+    real = module._Writer.darknet
+
+    def first_finishes_meanwhile(self, data):
+        written = real(self, data)
+        monkeypatch.setattr(module._Writer, "darknet", real)
+        convert(open_set(four["voc"]), "darknet", parent / "out")  # the other convert
+        return written
+
+    monkeypatch.setattr(module._Writer, "darknet", first_finishes_meanwhile)
+    with pytest.raises(CfgError) as err:
+        convert(open_set(four["voc"]), "darknet", parent / "out")
+    assert err.value.first.path == str(parent / "out")
+    assert "another convert wrote it while this one ran" in err.value.first.message
+    assert [p.name for p in parent.iterdir()] == ["out"]
+    assert as_samples(open_set(parent / "out" / "obj.data")) == as_samples(open_set(four["voc"]))
+
+
 def test_a_killed_converts_partial_folder_is_removed_by_the_next(four, tmp_path):
     """SIGKILL leaves no cleanup: the next convert to the same OUT removes the hidden partial
     folder nobody holds, and leaves alone one a live convert holds (its flock)."""

@@ -111,6 +111,7 @@ LAYERS = {
     "cfgparse": 0,
     "builders": 1,
     "darkcfg": 2, "darkcfg.config": 2, "darkcfg.model": 2, "darkcfg.lint": 2,
+    "darkcfg.stopping": 2,
     "darkcfg.data": 3, "darkcfg.detect": 4, "darkcfg.export": 5,
     "darkcfg.train": 6,
     "darkcfg.cli": 7,
@@ -184,7 +185,7 @@ TORCH_FREE = ["cfgparse", "cfgparse.parser", "cfgparse.yaml_io", "cfgparse.write
               "darkcfg.lint",
               "darkcfg.lint.block_rules", "darkcfg.lint.stages", "darkcfg.lint.pool",
               "darkcfg.lint.report", "darkcfg.lint.cli",
-              "builders.memory", "builders.plan"]
+              "builders.memory", "builders.plan", "darkcfg.stopping"]
 
 
 def test_cfgparse_and_the_linters_block_rules_import_no_torch():

@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -358,6 +360,174 @@ def test_sigterm_to_the_process_group_checkpoints_and_exits_0(tmp_path, tiny_cla
     from darkcfg.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == int(rows(out)[-1]["iteration"])
+
+
+def test_an_output_onto_a_device_or_fifo_is_refused(tmp_path, tiny_classifier, capsys):
+    """`emit --out /dev/null` (or --save-weights, --export, --detections ...) wrote a temp file
+    in /dev and renamed it over /dev/null: as root, every program's /dev/null became a regular
+    file. A device, FIFO or socket under an output's name is now E901, and left as it is (a
+    FIFO here: any user may make one)."""
+    from builders.atomic import atomic_write
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    cfg = tiny_classifier.write(tmp_path / "c.cfg")
+    for flag in ("--emit", "--plot-lr"):
+        assert run(cfg, flag, fifo) == 2
+        err = capsys.readouterr().err
+        assert f"{fifo}: error[E901]: cannot write {flag} '{fifo}': it is a FIFO, not a file" \
+            in err, err
+    with pytest.raises(CfgError) as caught:
+        atomic_write(fifo, "x")  # the library's writer too
+    assert caught.value.code == "E901"
+    assert [p.name for p in tmp_path.iterdir() if p.name != "c.cfg"] == ["pipe.png"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path, monkeypatch):
+    """SIGKILL during `export`, `emit`, `weights --save-weights`, `anchors --write` or an INT8
+    export left its temp file beside the output (`.m.onnx.x8k2q1zz.onnx`, `.m.py.*.tmp`) or its
+    work folder in $TMPDIR (`darkcfg-int8-*`, a copy of the model) for good. Temp files and
+    folders are now locked while written; the next write of that output removes the unlocked
+    ones and leaves a live writer's alone."""
+    import fcntl
+
+    from builders.atomic import atomic_write, staged_file, work_folder
+
+    def held(path: Path) -> int:
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (".m.py.k1ll3d.tmp", ".m.py.l1ve.tmp", ".m.onnx.k1ll3d.onnx",
+                 ".m.onnx.l1ve.onnx", ".other.py.k1ll3d.tmp"):
+        (out / name).write_bytes(b"half")
+    (out / ".m.py.link.tmp").symlink_to(out / ".other.py.k1ll3d.tmp")
+    live = [held(out / ".m.py.l1ve.tmp"), held(out / ".m.onnx.l1ve.onnx")]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp" / "darkcfg-int8-k1ll3d").mkdir(parents=True)
+    (tmp_path / "tmp" / "darkcfg-int8-k1ll3d" / "fp32.onnx").write_bytes(b"model")
+    try:
+        atomic_write(out / "m.py", "x = 1\n", sweep=True)
+        with staged_file(out / "m.onnx") as tmp:
+            Path(tmp).write_bytes(b"onnx")
+        with work_folder("darkcfg-int8-") as work:
+            assert os.listdir(tmp_path / "tmp") == [Path(work).name]
+    finally:
+        for fd in live:
+            os.close(fd)
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".m.onnx.l1ve.onnx", ".m.py.l1ve.tmp", ".m.py.link.tmp", ".other.py.k1ll3d.tmp",
+        "m.onnx", "m.py"]
+    assert os.listdir(tmp_path / "tmp") == []
+    # anchors --write lints the new text from a temp file beside the cfg
+    from darkcfg.cli.anchors import lint_text
+
+    cfg = tree_cfg(tmp_path, "x.tree")
+    (tmp_path / ".net.cfg.k1ll3d.cfg").write_text("half")
+    lint_text(cfg.read_text(), cfg)
+    assert not (tmp_path / ".net.cfg.k1ll3d.cfg").exists()
+
+
+def test_a_stop_signal_while_the_run_finishes_keeps_its_last_checkpoint(tmp_path,
+                                                                         tiny_classifier,
+                                                                         monkeypatch, capsys):
+    """The final checkpoint and `_final.weights` were written after training's signal handler
+    was gone: a SIGTERM then (a scheduler's stop at the very end) interrupted the write, exit
+    130, and every iteration since the last periodic checkpoint was lost (with
+    --checkpoint-every above max_batches, the whole run: nothing to --resume). Now the run
+    finishes its writes and exits 0."""
+    from darkcfg.cli import main
+    from darkcfg.train.outputs import RunLog
+
+    real = RunLog.finish
+
+    def finish(self, trainer):
+        os.kill(os.getpid(), signal.SIGTERM)  # as the last checkpoint is about to be written
+        real(self, trainer)
+
+    monkeypatch.setattr(RunLog, "finish", finish)
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=3,
+                                burn_in=0, second_conv=False)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process: main() installs its own
+    try:
+        code = main(["train", str(cfg), "--out", str(out), "--no-progress", "--workers", "0",
+                     "--checkpoint-every", "1000", "--valid-every", "0"])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert code == 0, capsys.readouterr().err
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 3
+    assert (out / "c_final.weights").exists()
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_stops_training_as_sigterm_does(tmp_path, tiny_classifier):
+    """Closing the terminal (or losing the ssh session) sends SIGHUP, which killed a run on the
+    spot, its iterations since the last checkpoint lost. Now it is a stop signal: the run
+    checkpoints and exits 0, although every write to the closed terminal fails (EIO)."""
+    import pty
+
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=8, max_batches=100000,
+                                second_conv=False)
+    out = tmp_path / "run"
+    argv = [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
+            "--workers", "1", "--checkpoint-every", "1000", "--valid-every", "0"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    pid, terminal = pty.fork()  # the child: a session of its own on this terminal
+    if pid == 0:
+        os.execve(sys.executable, argv, env)
+    os.set_blocking(terminal, False)
+    deadline = time.monotonic() + 120
+    try:
+        while len(rows(out)) < 3 and time.monotonic() < deadline:
+            try:
+                os.read(terminal, 1 << 16)  # (the progress bar: a full terminal would block)
+            except OSError:
+                time.sleep(0.05)
+    finally:
+        os.close(terminal)  # the hang-up
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == int(rows(out)[-1]["iteration"])
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_nohup_keeps_a_run_going_when_the_terminal_closes(tmp_path, tiny_classifier):
+    """`nohup darkcfg train ...` ignores SIGHUP: darkcfg keeps it ignored (the loop takes over
+    SIGTERM and SIGINT only), and SIGTERM still stops the run cleanly."""
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=8, max_batches=100000,
+                                second_conv=False)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
+         "--no-progress", "--workers", "1", "--checkpoint-every", "1000", "--valid-every", "0"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # what nohup does
+
+    def wait_for(n):
+        deadline = time.monotonic() + 120
+        while len(rows(out)) < n:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"no progress: {proc.communicate()[1]}")
+            time.sleep(0.05)
+
+    wait_for(2)
+    os.killpg(proc.pid, signal.SIGHUP)  # the loader process too
+    wait_for(len(rows(out)) + 3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped by SIGTERM" in err, err
 
 
 def test_a_detector_trains_and_validates_without_pycocotools(tmp_path, monkeypatch, capsys):

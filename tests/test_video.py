@@ -287,6 +287,28 @@ def test_a_full_disk_is_one_error_and_leaves_nothing_half_written(cfg, clip, tmp
     assert list(out.iterdir()) == []
 
 
+def test_a_killed_detects_temp_files_go_with_the_next(cfg, clip, tmp_path, capsys):
+    """SIGKILL in the middle of a video left `.moving.<pid>.tmp.mp4` and `.jsonl` in --out for
+    good (the next detect's temp names carry its own pid). Now they are locked while written
+    and the next detect of that video removes the ones nobody holds."""
+    import fcntl
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (".moving.999999.tmp.mp4", ".moving.999999.tmp.jsonl", ".moving.1.tmp.mp4"):
+        (out / name).write_bytes(b"half")
+    live = os.open(out / ".moving.1.tmp.mp4", os.O_RDONLY)  # a live writer's
+    fcntl.flock(live, fcntl.LOCK_EX)
+    try:
+        assert main(["detect", str(cfg), str(clip), "--out", str(out), "--no-progress"]) == 0
+    finally:
+        os.close(live)
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == [".moving.1.tmp.mp4", "moving.jsonl",
+                                                     "moving.mp4"]
+
+
 def test_two_videos_of_one_name_get_two_outputs(cfg, clip, tmp_path, capsys):
     """clip.mp4 and sub/clip.mp4 both wrote OUT/clip.mp4 (the second replacing the first); now
     the second is clip_1, as for images."""

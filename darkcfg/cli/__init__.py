@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+from darkcfg.stopping import drop_hung_up_terminal, stop_signals
+
 #: command -> the module whose main(argv) runs it.
 COMMANDS = {
     "train": "darkcfg.cli.train",
@@ -92,27 +94,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM (a scheduler, `kill`, a container stopping) stops a command as Ctrl-C does: its
-    temp files removed, nothing half-written under a final name, "interrupted", exit 130.
-    Training's loop takes both signals over for a clean stop at the end of an iteration. Left
-    alone where something else already handles SIGTERM, or off the main thread."""
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupt)
+    """SIGTERM and SIGHUP (a scheduler, `kill`, a container stopping, a closed terminal) stop a
+    command as Ctrl-C does: its temp files removed, nothing half-written under a final name,
+    "interrupted", exit 130. Training's loop takes them over for a clean stop at the end of an
+    iteration. Left alone where something else already handles or ignores them (`nohup`), or
+    off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in stop_signals():
+        if sig != signal.SIGINT and signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _interrupt)
 
 
 def _interrupt(signum, frame):
+    drop_hung_up_terminal(signum)
     raise KeyboardInterrupt
 
 
 def dispatch(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        # bare `darkcfg` is a usage error: the list goes where errors go
-        print(top_help(), file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
-    if argv[0] == "--version":
-        print(f"darkcfg {version()}")
-        return 0
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        from darkcfg.cli.common import guarded  # (for a stdout that takes no more)
+
+        return guarded(lambda: top_level(argv))
     if argv[0] in COMMANDS:
         from darkcfg.cli.common import guarded
 
@@ -131,6 +134,16 @@ def dispatch(argv: list[str]) -> int:
     from darkcfg.cli.flags import main as flag_form
 
     return flag_form(argv)
+
+
+def top_level(argv: list[str]) -> int:
+    """`darkcfg`, `darkcfg --help`, `darkcfg --version`."""
+    if argv and argv[0] == "--version":
+        print(f"darkcfg {version()}")
+        return 0
+    # bare `darkcfg` is a usage error: the list goes where errors go
+    print(top_help(), file=sys.stdout if argv else sys.stderr)
+    return 0 if argv else 2
 
 
 def looks_like_a_model(arg: str) -> bool:

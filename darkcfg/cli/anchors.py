@@ -193,7 +193,8 @@ def write_anchors(cfg_path: str, net, heads: list[int], anchors: np.ndarray, wid
                                   "by hand)"))
     # through a link to the file it names (an atomic rename onto the link would replace the
     # link and leave the cfg it points at as it was)
-    atomic_write(path.resolve(), (b"\xef\xbb\xbf" if bom else b"") + new_text.encode())
+    atomic_write(path.resolve(), (b"\xef\xbb\xbf" if bom else b"") + new_text.encode(),
+                 sweep=True)
     edited = len({(id(b), key) for b, key, _ in changes})
     print(f"wrote {cfg_path}: {edited} value(s) in {len(heads)} head(s) "
           f"(checked: no errors)", file=sys.stderr)
@@ -201,15 +202,21 @@ def write_anchors(cfg_path: str, net, heads: list[int], anchors: np.ndarray, wid
 
 def lint_text(text: str, path: Path) -> list[Diagnostic]:
     """`darkcfg check`'s errors for `text` as if it were `path` (linted from a temp file)."""
+    import glob
     import tempfile
 
+    from builders.atomic import hold, remove_abandoned
     from darkcfg.lint.stages import check_file
 
+    # beside the cfg (its relative paths resolve the same); what a killed --write left goes
+    remove_abandoned(path.parent, f".{glob.escape(path.name)}.*.cfg")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".cfg", dir=path.parent)
+    hold(fd)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        found = check_file(tmp)
+            fh.flush()
+            found = check_file(tmp)
     finally:
         os.unlink(tmp)
     return [dataclasses.replace(d, path=str(path)) for d in found if d.severity == ERROR]

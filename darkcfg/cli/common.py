@@ -114,6 +114,9 @@ def _same_file(a: object, b: object) -> bool:
         return False
 
 
+STDOUT = "<stdout>"  # the name a failed write to stdout gets (_NamedStdout)
+
+
 def file_error(exc: OSError) -> CfgError:
     """An OSError as a located E901: the file it names and the system's reason."""
     path = exc.filename if exc.filename is not None else "<file>"
@@ -125,13 +128,65 @@ def file_error(exc: OSError) -> CfgError:
             errno.ENOTDIR: "a part of the path is a file, not a folder",
             errno.ENOSPC: "free some space (or write elsewhere)",
             errno.ENOENT: "check the path"}.get(exc.errno, "check the path")
+    if path == STDOUT:
+        return CfgError(Diagnostic("E901", f"cannot write the output to stdout: {reason}", path,
+                                   hint="free some space where stdout goes, or redirect it "
+                                   "elsewhere" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                                   else "redirect stdout elsewhere"))
     return CfgError(Diagnostic("E901", f"{reason}: '{path}'{also}", str(path), hint=hint))
+
+
+class _NamedStdout:
+    """sys.stdout while a command runs: a write that fails (`> /dev/full`, a full disk under a
+    redirect) names '<stdout>', so that its diagnostic says where, not '<file>' or whatever
+    the command was doing (detect called it an image it could not read)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = STDOUT
+            raise
+
+    def flush(self):
+        try:
+            return self.stream.flush()
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = STDOUT
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _stdout_to_devnull() -> None:
+    """After stdout failed: nothing more goes there, so the flush at exit cannot fail again
+    (Python would print 'Exception ignored' and exit 120)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
 
 
 def guarded(run: Callable[[], int]) -> int:
     """Run a command: bad input (CfgError, a DataError from a loader worker) prints its
     diagnostics and returns 2; a non-finite loss returns 1; Ctrl-C 130; a closed stdout
-    (`darkcfg summary CFG | head`) 0. Every command goes through here."""
+    (`darkcfg summary CFG | head`) 0; a stdout that takes no more (`> /dev/full`) E901 at
+    <stdout>, 2. Every command goes through here."""
+    stdout = sys.stdout
+    if stdout is not None and not isinstance(stdout, _NamedStdout):
+        sys.stdout = _NamedStdout(stdout)
+    try:
+        return _guarded(run)
+    finally:
+        sys.stdout = stdout
+
+
+def _guarded(run: Callable[[], int]) -> int:
     try:
         return int(run() or 0)
     except CfgError as exc:
@@ -142,11 +197,13 @@ def guarded(run: Callable[[], int]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader left early
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _stdout_to_devnull()
         return 0
     except OSError as exc:  # a file the checks before it could not foresee (permissions, a
         # folder where a file was expected, a full disk): the path and the reason, no traceback
         print(file_error(exc).first.format(), file=sys.stderr)
+        if exc.filename == STDOUT:
+            _stdout_to_devnull()
         return 2
     except Exception as exc:
         # only modules already loaded can have raised these (and `check` stays torch-free)

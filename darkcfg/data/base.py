@@ -100,13 +100,16 @@ def image_errors() -> tuple[type[BaseException], ...]:
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """DataLoader worker_init_fn: loader processes ignore SIGTERM and SIGINT. A stop signal sent
-    to the whole process group (systemd, Slurm, `kill -- -PGID`, Ctrl-C in a terminal) must not
-    kill them under the training process, which finishes its iteration, checkpoints and then
-    stops them itself (and they exit on their own should it die)."""
+    """DataLoader worker_init_fn: loader processes ignore the stop signals (SIGTERM, SIGINT,
+    SIGHUP). A stop signal sent to the whole process group (systemd, Slurm, `kill -- -PGID`,
+    Ctrl-C or a closed terminal) must not kill them under the training process, which finishes
+    its iteration, checkpoints and then stops them itself (and they exit on their own should it
+    die)."""
     import signal
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    from darkcfg.stopping import stop_signals
+
+    for sig in stop_signals():
         signal.signal(sig, signal.SIG_IGN)
 
 

@@ -441,6 +441,19 @@ def refuse_output_over_inputs(out: Path, paths: list[Path]) -> None:
                 "(the default is runs/<cfg-name>/detect)"))
 
 
+def next_batch(batches, paths: list[Path], done: int):
+    """The next batch of `detect_batches` (None after the last). An image that verified but
+    does not decode is a located E901, named by the error: it may be any image of the batch
+    being read, not the next one. Only the reading is caught: an OSError of stdout (`| head`,
+    `> /dev/full`) is not an image's."""
+    try:
+        return next(batches, None)
+    except OSError as exc:
+        where = getattr(exc, "image", None) or str(paths[min(done, len(paths) - 1)])
+        raise CfgError(Diagnostic("E901", str(exc), where,
+                                  hint="remove it or convert it to JPEG/PNG")) from None
+
+
 def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                   targets: list[str] | None = None, progress: bool = True,
                   coco: CocoIds | None = None,
@@ -469,7 +482,8 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
     done = 0
     try:
         batches = detect_batches(net, loaded, opts.thresh, opts.nms, letter, names=names)
-        for images, dets, found in batches:
+        while (batch := next_batch(batches, paths, done)) is not None:
+            images, dets, found = batch
             for image, det, objs in zip(images, dets, found, strict=True):
                 path = paths[done]
                 done += 1
@@ -491,11 +505,6 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                     labels = label_lines(det, opts.thresh)
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))
             bar.update(len(images))
-    except OSError as exc:  # an image that verified but does not decode
-        # (named by the error: it may be any image of the batch being read, not the next one)
-        where = getattr(exc, "image", None) or str(paths[min(done, len(paths) - 1)])
-        raise CfgError(Diagnostic("E901", str(exc), where,
-                                  hint="remove it or convert it to JPEG/PNG")) from None
     finally:
         bar.close()
     elapsed = time.perf_counter() - start

@@ -19,6 +19,7 @@ file) and re-raises.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import queue
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from builders.atomic import hold, remove_abandoned
 from cfgparse import CfgError, Diagnostic
 from darkcfg.detect.decode import (
     detections_of_outputs,
@@ -323,11 +325,20 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     heads = head_indices(net)
     video_tmp = out / f".{name}.{os.getpid()}.tmp.mp4"
     jsonl_tmp = out / f".{name}.{os.getpid()}.tmp.jsonl"
+    for suffix in ("mp4", "jsonl"):  # what a detect of this video that was killed left
+        remove_abandoned(out, f".{glob.escape(name)}.*.tmp.{suffix}")
     batches: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
     reader = threading.Thread(target=_reader, daemon=True,
                               args=(container, batch_size, batches, stop, max_frames))
     jsonl = open(jsonl_tmp, "w")  # noqa: SIM115 - closed in the finally below
+    hold(jsonl.fileno())  # both temp files locked while this process lives
+    try:
+        video_held = hold(os.open(video_tmp, os.O_WRONLY | os.O_CREAT, 0o666))  # FFmpeg reopens it
+    except OSError:
+        jsonl.close()
+        os.unlink(jsonl_tmp)
+        raise
     writer = _Writer(net, video_tmp, jsonl, labels, name, rate, video_codec(), thresh, nms,
                      letter, names)
     bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr,
@@ -360,8 +371,11 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
             except queue.Empty:
                 pass
         bar.close()
-        _close_outputs(writer, jsonl, container, out,
-                       [(video_tmp, video_path), (jsonl_tmp, jsonl_path)])
+        try:
+            _close_outputs(writer, jsonl, container, out,
+                           [(video_tmp, video_path), (jsonl_tmp, jsonl_path)])
+        finally:
+            os.close(video_held)
     seconds = time.perf_counter() - start
     if not interrupted and frames < declared - 1 and (max_frames is None or frames < max_frames):
         # (one frame of slack: some containers count an estimate)

@@ -65,5 +65,5 @@ def dump_outputs(net: Network, x: np.ndarray | torch.Tensor, out_path: str | os.
 
 def _write_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
     # through a file object, so that numpy does not append '.npz' to the name
-    with atomic_open(target) as f:
+    with atomic_open(target, sweep=True) as f:
         np.savez(f, **arrays)

@@ -845,5 +845,5 @@ def write_module(net: Network, path: str | os.PathLike, name: str = "",
         raise CfgError(Diagnostic("E904", str(exc), str(path),
                                   hint="give the layer an `emit` method (darkcfg.export.emit)")) \
             from None
-    atomic_write(path, text, parents=False)
+    atomic_write(path, text, parents=False, sweep=True)
     return f"wrote {path} ({len(text.splitlines())} lines, class Net)"

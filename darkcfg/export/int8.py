@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from builders.atomic import staged_file
+from builders.atomic import staged_file, work_folder
 from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
 from darkcfg.export.onnx import (
@@ -435,7 +434,7 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
     if want < 0:
         raise _failed(f"--keep-fp32 must be >= 0 or 'auto', not {want}", "--keep-fp32",
                      code="E100")
-    with tempfile.TemporaryDirectory(prefix="darkcfg-int8-") as work:
+    with work_folder("darkcfg-int8-") as work:  # (and what a killed export left)
         fp32 = Path(work) / "fp32.onnx"
         export_onnx(net, fp32, dynamic_batch=True, name=options.name or path.stem,
                     opset=options.opset)

@@ -19,6 +19,7 @@ from torch import nn
 from cfgparse import CfgError, Diagnostic
 from cfgparse.rules import subdivisions_rule
 from darkcfg.config import NetConfig
+from darkcfg.stopping import drop_hung_up_terminal, stop_signals, takes_over
 from darkcfg.train.distributed import Dist, broadcast_flag
 from darkcfg.train.tasks import Task, task_for
 
@@ -357,14 +358,16 @@ class Schedule:
 
 
 class StopFlag:
-    """SIGTERM/SIGINT ask for a clean stop at the end of the current iteration."""
+    """SIGTERM, SIGINT and SIGHUP ask for a clean stop at the end of the current iteration."""
 
     def __init__(self):
         self.requested, self.signal = False, None
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in stop_signals():
+            if not takes_over(sig):  # nohup: a closed terminal does not stop the run
+                continue
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
@@ -372,6 +375,7 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        drop_hung_up_terminal(signum)
         if self.requested:  # a second signal: stop now
             raise KeyboardInterrupt
         self.requested, self.signal = True, signal.Signals(signum).name
@@ -409,5 +413,7 @@ def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
                 log.checkpoint(trainer)
             if stopping:
                 return stop.signal or "signal"
-    log.finish(trainer)
+        # under the flag too: a stop signal while the last checkpoint and the final weights are
+        # written lets them finish (it used to cost every iteration since the last checkpoint)
+        log.finish(trainer)
     return "done"

@@ -20,6 +20,7 @@ Layouts:
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from builders.atomic import atomic_open, atomic_write, check_folder
+from builders.atomic import atomic_open, atomic_write, check_folder, hold, remove_abandoned
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.formats.yolo import IMAGE_SUFFIXES
@@ -48,8 +49,7 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
                                   "<command line>"))
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CfgError(Diagnostic("E901", f"'{out}' exists and is not an empty folder", str(out),
-                                  hint="convert writes a new set: name a new (or empty) folder"))
+        raise taken(out)
     check_folder(out, "OUT")
     from darkcfg.data.base import check_image_headers
 
@@ -57,14 +57,22 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
     check_image_headers(dict.fromkeys(image for split in (data.train, data.valid) if split
                                       for image in split.images), str(data.path))
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(out)
+    # the hidden folders of converts to `out` that were killed outright
+    remove_abandoned(out.parent, f".{glob.escape(out.name)}.*.partial")
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    held = _hold(partial)  # until the rename: a later convert sees the folder is not abandoned
+    # held until the rename: a later convert sees the folder is not abandoned
+    held = hold(os.open(partial, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
     try:
         writer = _Writer(partial, link)
         written = {"darknet": writer.darknet, "yolo": writer.yolo, "coco": writer.coco}[to](data)
         os.chmod(partial, 0o777 & ~_umask())  # mkdtemp's 0700 -> what mkdir would have made
-        os.replace(partial, out)  # an empty `out` folder is replaced too
+        try:
+            os.replace(partial, out)  # an empty `out` folder is replaced too
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            # another convert to `out` finished first: its set stays, this one goes
+            raise taken(out, " (another convert wrote it while this one ran)") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -73,34 +81,10 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
     return [out / path.relative_to(partial) for path in written]
 
 
-def _hold(folder: Path) -> int:
-    """An exclusive `flock` on `folder` (released by os.close, or by the process's death)."""
-    import fcntl
-
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
-
-
-def _remove_abandoned(out: Path) -> None:
-    """Delete the hidden `.OUT.*.partial` folders of earlier converts to `out` that were killed
-    outright (SIGKILL, a power cut: no cleanup ran). A convert still writing holds its folder's
-    lock and is left alone."""
-    import fcntl
-
-    for folder in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
-        try:
-            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # a live convert's
-            continue
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            os.close(fd)
+def taken(out: Path, why: str = "") -> CfgError:
+    return CfgError(Diagnostic("E901", f"'{out}' exists and is not an empty folder{why}",
+                               str(out),
+                               hint="convert writes a new set: name a new (or empty) folder"))
 
 
 def _umask() -> int:
