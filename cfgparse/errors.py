@@ -64,6 +64,8 @@ CODES = {
     "W604": "key the deployment target reads past (loads, computes without it)",
     "E500": "training stopped: the loss is not finite (diverged)",
     "E901": "cannot read file",
+    "W901": "an image whose header reads but whose pixels do not decode: detect leaves it out, "
+            "training skips it, validation scores it as a blank image (Darknet goes on too)",
     "E902": ".weights file size does not match the network",
     "E903": "bad detection label file (malformed line, class out of range, bad box)",
     "W903": "label box at or past the image edge or of no size (clipped or left out, as Darknet)",

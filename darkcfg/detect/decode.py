@@ -568,10 +568,14 @@ def device_of(net) -> torch.device:
 @torch.no_grad()
 def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.45,
                    letter_box: bool | None = None, *, names: Sequence[str] = (),
-                   batch_size: int = 8, nms_kind: str | None = None):
+                   batch_size: int = 8, nms_kind: str | None = None,
+                   skip_unreadable: bool = False):
     """`detect`, one batch at a time: yields (images (each (C,H,W): uint8 as read, or the
     float tensor given, in [0,1]), their Detections (after NMS, boxes relative to the original
-    image), their `Found` lists)."""
+    image), their `Found` lists). A file that does not decode raises its OSError (`.image`: the
+    path); with `skip_unreadable` it takes its place in `images` instead, with None for its
+    Detections and no objects, and the batch goes on (Darknet's load_image says "Cannot load
+    image" and goes on)."""
     for name, value in (("thresh", thresh), ("nms", nms)):
         if not 0 <= value <= 1:  # NaN too: a NaN threshold silently found nothing
             raise ValueError(f"{name}={value!r}: a threshold lies in [0, 1]")
@@ -585,8 +589,16 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
                          "[region] or [detection])")
     c = net.info.channels
 
+    def read_one(image):
+        try:
+            return decoded(image, c)
+        except OSError as exc:
+            if not skip_unreadable:
+                raise
+            return exc
+
     def read(start: int) -> list:
-        return [decoded(im, c) for im in images[start:start + batch_size]]
+        return [read_one(im) for im in images[start:start + batch_size]]
 
     starts = range(0, len(images), batch_size)
     if not starts:
@@ -604,18 +616,29 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
         pending = [pool.submit(read, starts[0])]
     try:
         for k, _ in enumerate(starts):
-            chunk = [load_pixels(im, c) for im in pending[k].result()]
+            read_chunk = pending[k].result()
             pending[k] = None  # drop the reference: a chunk lives until the next yield only
-            x = network_input(net, chunk, letter, device)
-            sizes = [(im.shape[-1], im.shape[-2]) for im in chunk]
-            outputs = run_heads(net, x, heads)
+            chunk = [im if isinstance(im, OSError) else load_pixels(im, c) for im in read_chunk]
+            ok = [im for im in chunk if not isinstance(im, OSError)]
+            dets, found = [], []
+            if ok:
+                x = network_input(net, ok, letter, device)
+                sizes = [(im.shape[-1], im.shape[-2]) for im in ok]
+                outputs = run_heads(net, x, heads)
             if k + 1 < len(starts):
                 pending.append(pool.submit(read, starts[k + 1]))
-            dets = detections_of_outputs(net, outputs, (x.shape[-1], x.shape[-2]), thresh,
-                                         image_size=sizes, letter_box=letter, nms_thresh=nms,
-                                         nms_kind=nms_kind, heads=heads)
-            yield chunk, dets, [found_objects(d, thresh, iw, ih, names)
-                                for d, (iw, ih) in zip(dets, sizes, strict=True)]
+            if ok:
+                dets = detections_of_outputs(net, outputs, (x.shape[-1], x.shape[-2]), thresh,
+                                             image_size=sizes, letter_box=letter,
+                                             nms_thresh=nms, nms_kind=nms_kind, heads=heads)
+                found = [found_objects(d, thresh, iw, ih, names)
+                         for d, (iw, ih) in zip(dets, sizes, strict=True)]
+            if len(ok) < len(chunk):  # the unreadable keep their places: None, no objects
+                at = iter(range(len(ok)))
+                places = [None if isinstance(im, OSError) else next(at) for im in chunk]
+                dets = [None if j is None else dets[j] for j in places]
+                found = [[] if j is None else found[j] for j in places]
+            yield chunk, dets, found
     finally:
         if len(starts) > 1:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -479,14 +479,27 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
     listed = coco is not None and all(p.name in coco.images for p in paths)
     bar = tqdm(total=len(paths), unit="img", disable=not (progress and folder), file=sys.stderr)
     start = time.perf_counter()
-    done = 0
+    done, unreadable, written = 0, 0, 0
     try:
-        batches = detect_batches(net, loaded, opts.thresh, opts.nms, letter, names=names)
+        batches = detect_batches(net, loaded, opts.thresh, opts.nms, letter, names=names,
+                                 skip_unreadable=True)
         while (batch := next_batch(batches, paths, done)) is not None:
             images, dets, found = batch
             for image, det, objs in zip(images, dets, found, strict=True):
                 path = paths[done]
                 done += 1
+                if isinstance(image, OSError):  # its header read (checked above), its pixels
+                    # do not (a JPEG cut short): left out, as Darknet's load_image goes on
+                    unreadable += 1
+                    warning = Diagnostic("W901", f"{image}: left out (Darknet: 'Cannot load "
+                                         "image'); detect goes on", str(path),
+                                         severity=WARNING, hint="remove it or convert it to "
+                                         "JPEG/PNG").format()
+                    if bar.disable:
+                        say(warning)
+                    else:
+                        bar.write(warning, file=sys.stderr)
+                    continue
                 h, w = image.shape[-2:]
                 lines = ext_output(objs, w, h)
                 objects += len(objs)
@@ -497,6 +510,7 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                     bar.write(text, file=sys.stdout)
                 stem = unique_stem(path, taken)
                 save_jpeg(out / f"{stem}.jpg", drawn(image, objs))
+                written += 1
                 iid = coco.images[path.name] if listed else \
                     image_id(path) if numbered else stem
                 results += coco_results(objs, iid, w, h,
@@ -505,12 +519,21 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                     labels = label_lines(det, opts.thresh)
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))
             bar.update(len(images))
+    except KeyboardInterrupt:  # (and SIGTERM, SIGHUP): what is drawn gets its detections.json
+        bar.close()
+        write_text(out / "detections.json", json.dumps(results) + "\n")
+        say(f"{written} of {len(paths)} image(s) written to {out}/ (and their "
+            "detections.json) before the interrupt")
+        raise
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
     write_text(out / "detections.json", json.dumps(results) + "\n")
     how = "letterbox" if letter else "resize"
-    print(f"{done} image(s), {objects} object(s) above thresh {opts.thresh:g} "
-          f"(nms {opts.nms:g}, {how}) in {elapsed:.2f} s ({done / max(elapsed, 1e-9):.1f} img/s)"
-          f" -> {out}/")
+    read = done - unreadable
+    left_out = f"; {unreadable} image(s) left out that do not decode (W901 above)" \
+        if unreadable else ""
+    print(f"{read} image(s), {objects} object(s) above thresh {opts.thresh:g} "
+          f"(nms {opts.nms:g}, {how}) in {elapsed:.2f} s ({read / max(elapsed, 1e-9):.1f} img/s)"
+          f"{left_out} -> {out}/")
     return taken

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from builders.boxes import letterbox_image, resize_image
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import WARNING
 from darkcfg.data.base import check_classes_option, check_image_headers, loader_worker_init
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
@@ -77,9 +78,11 @@ class LabelledImages(Dataset):
             return read_image(self.paths[at], self.channels)
         except DataError as exc:
             self.bad.add(at)
-            print(f"warning: {exc} (Darknet: 'Cannot load image'): scored as a blank image "
-                  "with its labels" if self.scored else f"warning: skipped {exc} (Darknet: "
-                  "'Cannot load image'); training goes on with the next image",
+            what = "scored as a blank image with its labels" if self.scored else \
+                "skipped; training goes on with the next image"
+            print(Diagnostic("W901", f"{exc} (Darknet: 'Cannot load image'): {what}",
+                             str(self.paths[at]), severity=WARNING,
+                             hint="remove it or convert it to JPEG/PNG").format(),
                   file=sys.stderr, flush=True)
             return None
 
