@@ -233,7 +233,7 @@ def test_missing_pyav_says_how_to_install(cfg, clip, tmp_path, monkeypatch, caps
                  ["detect", str(cfg), str(tmp_path / "still.png"), str(clip)]):
         assert main([*argv, "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert "error[E905]: video input needs PyAV" in err and "darkcfg[video]" in err
+        assert f"{clip}: error[E905]: video input needs PyAV" in err and "darkcfg[video]" in err
         assert not out.exists()
 
 

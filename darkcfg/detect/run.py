@@ -93,7 +93,8 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
             paths.append(p)
         else:
             raise CfgError(Diagnostic("E901", f"image or folder '{target}' does not exist",
-                                      target, hint="check the path given to --detect"))
+                                      target, hint="check the path: an image, a folder, a "
+                                      "video, a stream URL or a camera index"))
     if skipped:
         say(f"warning: skipped {len(skipped)} file(s) that are not images "
             f"(e.g. {skipped[0]}; images end in {', '.join(IMAGE_EXTENSIONS)})")
@@ -287,8 +288,9 @@ def run_detect(opts: DetectOptions) -> None:
         out = check_folder(output_folder(opts.out, opts.model.name), "--out")
         from darkcfg.detect.video import is_video, require_av
 
-        if any(is_video(t) for t in opts.targets):
-            require_av()  # before the build and the images, not after them
+        videos = [t for t in opts.targets if is_video(t)]
+        if videos:
+            require_av(videos[0])  # before the build and the images, not after them
     names, names_where, coco = read_names(opts.names, opts.data)
     model = opts.model
     net = detector(model, opts.max_memory, opts.force)

@@ -60,12 +60,13 @@ def is_video(target: str) -> bool:
             or Path(target).suffix.lower() in VIDEO_EXTENSIONS)
 
 
-def require_av():
+def require_av(target: str = "video"):
+    """PyAV, or E905 located at the video, stream or camera `target` that needs it."""
     try:
         import av
     except ImportError:
         raise CfgError(Diagnostic("E905", "video input needs PyAV, which is not installed",
-                                  "--detect", hint="pip install 'darkcfg[video]' (or: pip "
+                                  target, hint="pip install 'darkcfg[video]' (or: pip "
                                   "install av); it brings its own FFmpeg")) from None
     return av
 
@@ -85,7 +86,7 @@ def source_name(target: str) -> str:
 
 def open_source(target: str):
     """A PyAV input container for a file, URL or camera index; E901 when it cannot be opened."""
-    av = require_av()
+    av = require_av(target)
     options: dict[str, str] = {}
     fmt = None
     where = target
@@ -103,7 +104,8 @@ def open_source(target: str):
         options = {"rtsp_transport": "tcp"}
     elif not target.lower().startswith(STREAM_SCHEMES) and not Path(target).is_file():
         raise CfgError(Diagnostic("E901", f"video '{target}' does not exist", target,
-                                  hint="check the path given to --detect"))
+                                  hint="check the path: an image, a folder, a video, a "
+                                  "stream URL or a camera index"))
     try:
         container = av.open(where, format=fmt, options=options, timeout=(10.0, 30.0))
     except (av.FFmpegError, OSError, ValueError) as exc:
