@@ -1077,3 +1077,24 @@ def test_an_interrupted_folder_detect_keeps_the_detections_of_what_it_drew(tmp_p
     found = json.loads((out / "detections.json").read_text())
     assert found and {str(d["image_id"]) for d in found} <= set(saved)
     assert "3 of 4 image(s) written" in capsys.readouterr().err
+
+
+def test_a_large_image_reads_without_pillows_warning_line(tmp_path, monkeypatch):
+    """An image of 1-2x Pillow's decompression-bomb limit (89M pixels: a large aerial photo) is
+    read, but Pillow printed a raw DecompressionBombWarning with its own source line; the limit
+    is lowered here so that a small image crosses it."""
+    import warnings
+
+    from PIL import Image
+
+    from darkcfg.cli import main
+
+    cfg = tiny_cfg(tmp_path)
+    Image.new("RGB", (40, 40), (90, 30, 200)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 pixels: over, under 2x
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["detect", str(cfg), str(tmp_path / "big.png"), "--out",
+                     str(tmp_path / "o")]) == 0
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert (tmp_path / "o" / "big.jpg").exists()

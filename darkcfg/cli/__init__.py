@@ -12,6 +12,7 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from darkcfg.stopping import drop_hung_up_terminal, stop_signals
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run `darkcfg ARGV` and return its exit code. A torchrun worker (it joined a process
     group) ends here instead: darkcfg.train.distributed.end_process."""
     _stop_on_sigterm()
+    # Pillow's DecompressionBombWarning (an image of 1-2x its 89M-pixel limit: an aerial photo
+    # reads fine) is a raw Python warning line with a PIL source line; past 2x it refuses the
+    # image, which is a located E901
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         code = dispatch(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:  # Ctrl-C while a command's modules (torch) are still loading
