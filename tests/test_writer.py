@@ -189,3 +189,33 @@ def test_python_m_cfgparse_missing_file_has_no_traceback():
     assert run.stderr.strip() == (
         "no/such/file.cfg: error[E901]: cannot read 'no/such/file.cfg': No such file or "
         "directory\nhelp: check the path and its permissions")
+
+
+def test_dump_to_a_stdout_that_takes_no_more(tmp_path):
+    """`python -m cfgparse dump X > /dev/full` printed a traceback (and Python's 'Exception
+    ignored' at exit); now E901 at <stdout>, exit 2. `| head`: exit 0, nothing on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "a.cfg"
+    cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + "[maxpool]\nsize=2\n" * 400)
+
+    def dump(stdout):
+        return subprocess.run([sys.executable, "-m", "cfgparse", "dump", str(cfg)],
+                              stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+
+    with open("/dev/full", "w") as full:
+        done = dump(full)
+    assert done.returncode == 2 and done.stderr == (
+        "<stdout>: error[E901]: cannot write the output to stdout: No space left on device\n"
+        "help: free some space where stdout goes, or redirect it elsewhere\n")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = dump(write)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == ""
