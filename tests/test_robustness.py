@@ -336,17 +336,23 @@ def test_kill_leftovers_torn_rows_and_flipped_bits(classifier_run, capsys):
     assert snapshot(out) == before
 
 
+def start_training(cfg, out, **popen) -> subprocess.Popen:
+    """A training run in its own process group (as a shell job is), one loader process, no
+    periodic checkpoint or validation: a stop signal's checkpoint is the only one."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
+         "--no-progress", "--workers", "1", "--checkpoint-every", "1000", "--valid-every", "0"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
+
+
 def test_sigterm_to_the_process_group_checkpoints_and_exits_0(tmp_path, tiny_classifier):
     """systemd, Slurm and `kill -- -PGID` signal every process of the group, the loader workers
     too: they must leave the stop to the trainer."""
     cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=8, max_batches=100000, angle=10,
                                 second_conv=False)
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
-         "--no-progress", "--workers", "1", "--checkpoint-every", "1000", "--valid-every", "0"],
-        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = start_training(cfg, out)
     deadline = time.monotonic() + 120
     while len(rows(out)) < 3:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -507,12 +513,8 @@ def test_nohup_keeps_a_run_going_when_the_terminal_closes(tmp_path, tiny_classif
     cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=8, max_batches=100000,
                                 second_conv=False)
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
-         "--no-progress", "--workers", "1", "--checkpoint-every", "1000", "--valid-every", "0"],
-        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # what nohup does
+    proc = start_training(cfg, out,  # what nohup does:
+                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
 
     def wait_for(n):
         deadline = time.monotonic() + 120
