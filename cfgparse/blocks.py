@@ -23,6 +23,7 @@ class Option(NamedTuple):  # a NamedTuple: immutable and cheap to make in the pa
     column: int = 0  # column of the key
     value_column: int = 0  # column of the value
     source: str = ""  # the whole source line, for diagnostics
+    origin: str = ""  # where a value set after parsing came from (`--set KEY=VALUE`), if any
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,11 +126,13 @@ class Block:
         return [o for k, o in self.options.items() if k not in self._read]
 
     # -- derived blocks (never mutate) -----------------------------------------------------------
-    def with_values(self, **values: Any) -> Block:
+    def with_values(self, *, origin: str = "", **values: Any) -> Block:
         """A copy with some values replaced, added, or (value None) removed; used by --set and
         presets. Every value is typed and checked by the schema exactly like cfg text, so
         `with_values(filters="64")` and `with_values(filters=64)` give the same block; bad values
-        and unknown keys raise CfgError at the replaced option (or the header)."""
+        and unknown keys raise CfgError at the replaced option (or the header). `origin` (e.g.
+        `--set burn_in=200`): where the values come from; a later diagnostic about one of them
+        is located there, not at a file line that holds another value."""
         known = SECTIONS.get(self.type)
         opts = dict(self.options)
         for key, value in values.items():
@@ -157,7 +160,9 @@ class Block:
                 raise self.error("E203", f"cannot set {key}={raw}: {note}", where,
                                  hint=f"write {key}={meant}" if meant is not None else
                                  f"write {key}= as a whole number")
-            if old is not None and old.line:
+            if origin:
+                opts[key] = Option(key, raw, typed, origin=origin)
+            elif old is not None and old.line:
                 # located at the line it replaces, showing the value set: a later error about
                 # it showed the file's value under the caret
                 indent = " " * (old.column - 1)
@@ -175,6 +180,11 @@ class Block:
     def diagnostic(self, code: str, message: str, key: str | None = None, hint: str = "",
                    severity: str = ERROR, on_value: bool = True) -> Diagnostic:
         opt = self.options.get(key) if key else None
+        if opt is not None and opt.origin:  # located at the --set that gave the value; a
+            # section-wide set (`--set route.layers=-40`) says which of its layers it is about
+            if self.index >= 0 and f"layer {self.index}" not in message:
+                message += f" (layer {self.index} [{self.name}], {self.path}:{self.line})"
+            return Diagnostic(code, message, opt.origin, severity=severity, hint=hint)
         if opt is not None and opt.line:
             col = opt.value_column if on_value else opt.column
             span = len(opt.raw) if on_value else len(opt.key)

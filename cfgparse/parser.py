@@ -300,7 +300,7 @@ def _options(body: Token, text: str, path: str, diags: Collector, table, name: s
             if hit is _SKIP:
                 continue
             key, raw, value, col, value_col = hit
-            opt = _new_option(Option, (key, raw, value, lineno, col, value_col, source))
+            opt = _new_option(Option, (key, raw, value, lineno, col, value_col, source, ""))
         else:
             stripped = source.lstrip()
             if not stripped or stripped[0] in "#;":
@@ -358,7 +358,7 @@ def _options(body: Token, text: str, path: str, diags: Collector, table, name: s
                 value_col = col + len(key) + 1 + skipped
                 if kind < _FAST_INTS:  # immutable values only: lists are not shared
                     memo[source] = (key, raw, value, col, value_col)
-                opt = _new_option(Option, (key, raw, value, lineno, col, value_col, source))
+                opt = _new_option(Option, (key, raw, value, lineno, col, value_col, source, ""))
         first = options.setdefault(key, opt)
         if first is not opt:
             diags.add(duplicate_key(first, opt, name, path))

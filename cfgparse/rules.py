@@ -43,7 +43,7 @@ def item_diagnostic(block: Block, key: str, item: int, code: str, message: str, 
     """A diagnostic on the `item`-th comma-separated entry of a list value (e.g. one route index)
     rather than on the whole value."""
     opt = block.options.get(key)
-    if opt is None or not opt.source or not opt.value_column:
+    if opt is None or opt.origin or not opt.source or not opt.value_column:
         return block.diagnostic(code, message, key, hint, severity)
     column, width = item_span(opt, item)
     return Diagnostic(code, message, block.path, opt.line, column, severity, hint, opt.source,

@@ -227,7 +227,7 @@ def split_assignment(text: str) -> tuple[str, str]:
 def _set(block: Block, key: str, raw: str, text: str, layer_sections: Sequence[str] = ()
          ) -> Block:
     try:
-        return block.with_values(**{key: raw})
+        return block.with_values(origin=f"--set {text}", **{key: raw})
     except CfgError as exc:
         d = exc.first
         hint = d.hint

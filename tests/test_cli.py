@@ -524,11 +524,16 @@ def test_the_classes_rule_has_one_wording_for_every_task(tmp_path, tiny_classifi
                                            "--classes")
 
 
-def test_an_error_about_a_set_value_shows_that_value(capsys):
-    """A graph rule broken by a --set value was located at the file's line with the file's
-    value under the caret (`layers=-4` for --set route.layers=-40): the line shows the value set."""
+def test_an_error_about_a_set_value_is_located_at_the_set(capsys):
+    """A rule broken by a --set value was located at the file's line with the file's value under
+    the caret (`layers=-4` for --set route.layers=-40), later with the value set shown as if the
+    file held it: it is located at the --set, naming the layer it is about."""
     cfg = Path(__file__).resolve().parents[1] / "cfg" / "yolov3-tiny.cfg"
     assert darkcfg(["summary", str(cfg), "--set", "route.layers=-40"]) == 2
     lines = capsys.readouterr().err.splitlines()
-    assert "error[E301]: 'layers' refers to layer -40" in lines[0]
-    assert lines[2] == "163 | layers=-40" and lines[3] == "    |        ^^^"
+    assert lines[0].startswith("--set route.layers=-40: error[E301]: 'layers' refers to layer "
+                               "-40 (absolute -23), but layer 17 [route] has 17 layers")
+    assert darkcfg(["summary", str(cfg), "--set", "upsample.stride=0"]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("--set upsample.stride=0: error[")
+    assert f"(layer 19 [upsample], {cfg}:" in first
