@@ -923,3 +923,41 @@ def test_detect_with_a_coco_json_writes_its_ids(four, tmp_path):
     coco = pytest.importorskip("pycocotools.coco")
     truth = coco.COCO(str(train_json))
     assert len(truth.loadRes(str(out / "detections.json")).getAnnIds()) == len(results)
+
+
+BOMB = ("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 10)))
+
+
+@pytest.mark.parametrize("text, where, message", [
+    # a billion laughs: 10**9 values from 400 bytes; read as one, it ran out of memory
+    (BOMB + "train: images/train\nnames: *a9\n", "6:5", "expand to 1,111,111 through YAML"),
+    ("train: images/train\nnames: &n [a, *n]\n", "2:8", "contain themselves"),
+    # 10**5 nested lists: a RecursionError traceback
+    ("train: " + "[" * 100_000 + "]" * 100_000 + "\nnames: [a]\n", "1:", "nesting depth"),
+    # YAML keeps the last of two keys without a word
+    ("train: images/train\nnames: [a, b]\nnames: [c]\n", "3:1", "key 'names' is given twice"),
+    ("train: images/train\nnames: {0: a, 0: b}\n", "2:15", "key '0' is given twice"),
+    ("train: images/train\nnames: {0.5: a}\n", "2:8", "class ids 0, 1, ..., not '0.5'"),  # KeyError
+    ("train: images/train\nnames: [a]\nnc: true\n", "3:5", "nc: must be the number"),
+    ("train: images/train\nnames: [a]\nnc: [1]\n", "3:5", "nc: must be the number"),
+    ("train: images/train\x00\nnames: [a]\n", "1:20", "unacceptable character #x0000"),
+    ("train: !!python/object/apply:os.system ['echo hi']\nnames: [a]\n", "1:8",
+     "could not determine a constructor"),
+])
+def test_hostile_data_yaml_is_one_located_error(tmp_path, text, where, message):
+    data = write_yolo(tmp_path / "y")
+    data.write_text(text)
+    error = first_error(data)
+    assert error.startswith(f"{data}:{where}") and "error[E901]" in error and message in error
+
+
+def test_data_yaml_names_are_read_as_written(tmp_path):
+    """YAML 1.1 reads `yes`, `off`, `1e3` as a bool or a number: the class was named 'yes'."""
+    data = write_yolo(tmp_path / "y")
+    data.write_text(data.read_text().replace(
+        "names:\n  0: circle\n  1: square\n  2: triangle\n", "names: [yes, off, 1.50]\n"))
+    assert open_set(data).names == ["yes", "off", "1.50"]
+    data.write_text(data.read_text().replace("names: [yes, off, 1.50]\n",
+                                             "names: {'2': on, 0: null_, 1: ~x}\n"))
+    assert open_set(data).names == ["null_", "~x", "on"]

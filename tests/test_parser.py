@@ -486,3 +486,12 @@ def test_unreadable_paths_are_e901(tmp_path, name):
         parse(target)
     assert info.value.code == "E901"
     assert info.value.first.message.startswith("cannot read")
+
+
+def test_a_control_character_in_yaml_is_located(tmp_path):
+    """libyaml's reader error has no mark, only a position: it was reported at 1:1."""
+    path = tmp_path / "ctrl.yaml"
+    path.write_text("- net: {width: 32}\n- conv: {a: 1\x01}\n")
+    with pytest.raises(CfgError) as err:
+        parse(str(path))
+    assert err.value.first.format().startswith(f"{path}:2:14: error[E108]: invalid YAML")
