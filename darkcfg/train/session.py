@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from builders.atomic import (
     FOLDER_LOCK,
@@ -45,7 +44,13 @@ from darkcfg.train import distributed
 from darkcfg.train.allocator import keep_freed_memory
 from darkcfg.train.checkpoint import format_problem, load_checkpoint, set_rng_states
 from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit, make_deterministic
-from darkcfg.train.outputs import CHECKPOINT, RunLog, resume_changes, write_settings
+from darkcfg.train.outputs import (
+    CHECKPOINT,
+    RunLog,
+    read_settings,
+    resume_changes,
+    write_settings,
+)
 from darkcfg.train.tasks import Task, task_for
 
 
@@ -133,11 +138,8 @@ RUN_FILES = (CHECKPOINT, "metrics.csv")  # a folder holding either already holds
 def recorded_data(out: Path) -> str | None:
     """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
     can still be opened from here (a path that exists, or `digits`); else None."""
-    try:
-        recorded = yaml.safe_load((out / "settings.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    data = recorded.get("data") if isinstance(recorded, dict) else None
+    recorded = read_settings(out / "settings.yaml")
+    data = recorded.get("data") if recorded is not None else None
     if not isinstance(data, str) or data == "embedded":
         return None
     return data if data == "digits" or data.startswith("torchvision:") or \
