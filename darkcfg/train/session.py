@@ -37,6 +37,7 @@ from darkcfg.model import (
     device_memory,
     load_any_weights,
     named_device,
+    non_finite,
     option_error,
     pick_device,
 )
@@ -232,6 +233,18 @@ def refuse_replacing_files(out: Path, name: str, dist: distributed.Dist, device)
             hint="give a new --out (or move those files away)"))
 
 
+def refuse_non_finite_weights(net, weights: str) -> None:
+    """Weights with NaN or Inf make the first loss NaN (E500, whose hint blames the learning
+    rate and the data): refused before the run writes anything, naming the file."""
+    bad = non_finite(net)
+    if bad:
+        raise CfgError(Diagnostic(
+            "E902", f"--weights '{weights}': {bad}: training from them stops at its first "
+            "iteration with a NaN loss", str(weights),
+            hint="use weights saved before the run diverged (an earlier <cfg>_N.weights), or "
+            "train without --weights"))
+
+
 def refuse_weights_the_run_replaces(weights: str | None, out: Path, name: str) -> None:
     """--weights may not be a file this run writes (`OUT/<name>_{last,final,best,N}.weights`,
     e.g. a pretrained file copied into the --out or backup= folder): its first save would
@@ -306,7 +319,9 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
              + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
         darknet_init(net)  # before --weights, which may load only some layers
         if opts.weights:
-            say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial), dist)
+            report = load_any_weights(net, opts.weights, opts.cutoff, opts.partial)
+            refuse_non_finite_weights(net, opts.weights)  # (its error says what the warning would)
+            say(report, dist)
         trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
                           amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
         trainer.check_trainable(opts.freeze)
