@@ -961,3 +961,9 @@ def test_data_yaml_names_are_read_as_written(tmp_path):
     data.write_text(data.read_text().replace("names: [yes, off, 1.50]\n",
                                              "names: {'2': on, 0: null_, 1: ~x}\n"))
     assert open_set(data).names == ["null_", "~x", "on"]
+
+
+def test_a_data_yaml_that_is_not_utf8_is_located(tmp_path):
+    data = write_yolo(tmp_path / "y")
+    data.write_bytes(b"train: images/train\nnames: [caf\xe9]\n")  # Latin-1
+    assert first_error(data).startswith(f"{data}:2:12: error[E104]: invalid UTF-8 byte 0xe9")

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.parser import decode
 from cfgparse.yaml_io import load_yaml
 from darkcfg.data.datafile import files_under, missing_path_hint, text_hint
 from darkcfg.data.detection.formats.base import DetectionSet, Split
@@ -53,9 +54,15 @@ class _Yaml:
         self.path = path
         try:
             self.text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path),
-                                      hint=text_hint(exc, ""))) from None
+        except UnicodeDecodeError as exc:
+            if text_hint(exc, ""):  # UTF-16: how to save it instead
+                raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path),
+                                          hint=text_hint(exc, ""))) from None
+            decode(exc.object, str(path))  # E104 at the byte's line and column
+            raise
+        except OSError as exc:
+            raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path))) \
+                from None
         self.data, node = load_yaml(self.text, str(path), _HINT)
         if not isinstance(self.data, dict):
             raise CfgError(Diagnostic("E901", "a data.yaml is a mapping of keys", str(path),
