@@ -205,6 +205,11 @@ def _options(node: Any, name: str, table: Any, path: str, lines: list[str],
         source = _line(lines, line)
         if not isinstance(key_node, yaml.ScalarNode):
             raise _shape(key_node, path, lines, f"a key of [{name}] must be a plain name")
+        if key_node.tag.endswith(":merge"):  # its value is the anchor's node: say it here
+            diags.add(Diagnostic("E108", f"a YAML merge key ('<<') in [{name}] is not read",
+                                 path, line, col, ERROR, "write the keys out in this section",
+                                 source, 2))
+            continue
         key = "".join(key_node.value.split())
         if not key or "=" in key or key[0] in "#;[":  # not expressible as a cfg line
             raise _shape(key_node, path, lines, f"'{key}' cannot be a key: keys are non-empty, "

@@ -495,3 +495,15 @@ def test_a_control_character_in_yaml_is_located(tmp_path):
     with pytest.raises(CfgError) as err:
         parse(str(path))
     assert err.value.first.format().startswith(f"{path}:2:14: error[E108]: invalid YAML")
+
+
+def test_a_yaml_merge_key_is_refused_at_the_key(tmp_path):
+    """`<<: *conv` was E202 at the anchor (another section's line), naming the key '<<'."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("- net: {width: 32, height: 32, channels: 3}\n"
+                    "- convolutional: &conv {filters: 4, size: 3}\n"
+                    "- convolutional: {<<: *conv, filters: 8}\n")
+    with pytest.raises(CfgError) as err:
+        parse(str(path))
+    assert err.value.first.format().startswith(
+        f"{path}:3:19: error[E108]: a YAML merge key ('<<') in [convolutional] is not read")
