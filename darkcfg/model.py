@@ -181,10 +181,13 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
                                f"{info.get('floats', '?')} floats, seen={info.get('seen', 0)}")
     state = load_torch_payload(read_checked(path, "weights file"), path, "torch file",
                                "it is damaged or cut short: use an intact copy")
+    kind = "a torch state_dict"
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a darkcfg checkpoint
+        state, kind = state["model"], "a darkcfg checkpoint: its weights only"
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if path.suffix.lower() == ".weights":  # named like Darknet's: say which file it really is
+        kind += ", not Darknet .weights"
     if not isinstance(state, dict):
         raise CfgError(Diagnostic("E901", f"'{path}' holds no state_dict", str(path)))
     own = net.state_dict()
@@ -207,7 +210,7 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
                                   "load just the matching tensors (transfer learning), add "
                                   "--partial"))
     net.load_state_dict(matched, strict=False)
-    report = f"loaded {len(matched)}/{len(own)} tensors from {path}"
+    report = f"loaded {len(matched)}/{len(own)} tensors from {path} ({kind})"
     for label, names in (("missing", missing), ("shape mismatch", wrong_shape),
                          ("unexpected", unexpected)):
         if names:

@@ -1177,3 +1177,17 @@ def test_weights_with_nan_warn_and_training_refuses_them(capsys, tiny, tmp_path,
     assert code == 2 and "error[E902]: --weights" in err and "are NaN or Inf (first: " \
         "layers.0.conv.weight): training from them stops" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_weights_named_like_darknet_but_torch_say_what_they_are(tiny, tmp_path):
+    """A checkpoint.pt or state_dict renamed .weights loads (by its bytes), and the report says
+    which file it really was rather than only 'tensors from x.weights'."""
+    from darkcfg.model import build_network, load_any_weights
+
+    net, _, _ = build_network(str(tiny), [], "alexeyab", 0)
+    torch.save({"model": net.state_dict(), "format": "darkcfg-checkpoint-1"},
+               tmp_path / "ck.weights")
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    assert load_any_weights(net, tmp_path / "ck.weights").endswith(
+        "(a darkcfg checkpoint: its weights only, not Darknet .weights)")
+    assert load_any_weights(net, tmp_path / "sd.pt").endswith("(a torch state_dict)")
