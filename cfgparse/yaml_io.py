@@ -80,7 +80,8 @@ def compose_yaml(text: str, path: str, lines: list[str], hint: str,
         raise CfgError(Diagnostic(code, f"invalid YAML: {problem}", path, line, col, ERROR,
                                   hint, _line(lines, line), 1)) from None
     except RecursionError:  # the pure-Python composer (no libyaml) on deep nesting
-        raise CfgError(Diagnostic(code, "invalid YAML: nested too deeply", path, 1, 1, ERROR,
+        raise CfgError(Diagnostic(code, "invalid YAML: exceeded maximum nesting depth", path, 1,
+                                  1, ERROR,
                                   hint, _line(lines, 1), 1)) from None
     except UnicodeError as exc:  # lone surrogates in a str (file input is decoded strictly)
         before = text[: getattr(exc, "start", 0)]

@@ -967,3 +967,10 @@ def test_a_data_yaml_that_is_not_utf8_is_located(tmp_path):
     data = write_yolo(tmp_path / "y")
     data.write_bytes(b"train: images/train\nnames: [caf\xe9]\n")  # Latin-1
     assert first_error(data).startswith(f"{data}:2:12: error[E104]: invalid UTF-8 byte 0xe9")
+
+
+def test_a_coco_json_nested_too_deeply_is_an_error(tmp_path):
+    """json.loads raises RecursionError (a traceback) on 10**5 nested lists."""
+    path = tmp_path / "deep.json"
+    path.write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert first_error(path).startswith(f"{path}:1:1: error[E901]: invalid JSON: nested too")
