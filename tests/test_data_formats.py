@@ -974,3 +974,16 @@ def test_a_coco_json_nested_too_deeply_is_an_error(tmp_path):
     path = tmp_path / "deep.json"
     path.write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
     assert first_error(path).startswith(f"{path}:1:1: error[E901]: invalid JSON: nested too")
+
+
+def test_data_yaml_paths_are_read_as_written(tmp_path):
+    """YAML 1.1 reads the folder name `0123` as the number 83 and `on` as True: the folders
+    looked for were '83' and 'True'."""
+    data = write_yolo(tmp_path / "y")
+    root = data.parent
+    for old, new in (("train", "0123"), ("val", "on")):
+        (root / "images" / old).rename(root / "images" / new)
+        (root / "labels" / old).rename(root / "labels" / new)
+    data.write_text(f"path: {root / 'images'}\ntrain: 0123\nval: [on]\nnames: [a, b, c]\n")
+    read = open_set(data)
+    assert len(read.train.images) == len(TRAIN) and len(read.valid.images) == len(VALID)

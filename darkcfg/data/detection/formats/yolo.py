@@ -157,6 +157,7 @@ def _root(doc: _Yaml) -> Path:
     here = doc.path.parent
     if raw is None or raw == "":
         return here
+    raw = _as_written(raw, doc.nodes["path"])
     root = Path(str(raw)).expanduser()
     if root.is_absolute() or root.exists():
         return root
@@ -166,9 +167,16 @@ def _root(doc: _Yaml) -> Path:
                     hint=f"tried the current directory and {here}")
 
 
+def _as_written(value, node):
+    """A path as written: YAML 1.1 reads `0123` as 83, `on` as True, `1_000` as 1000."""
+    return node.value if isinstance(node, yaml.ScalarNode) and not isinstance(value, str) and \
+        value is not None else value
+
+
 def _images(doc: _Yaml, key: str, root: Path) -> list[str]:
-    entries = doc.data[key]
-    entries = entries if isinstance(entries, list) else [entries]
+    entries, node = doc.data[key], doc.nodes[key]
+    entries = [_as_written(e, n) for e, n in zip(entries, node.value, strict=True)] \
+        if isinstance(entries, list) else [_as_written(entries, node)]
     found: list[str] = []
     for entry in entries:
         raw = str(entry)
