@@ -34,6 +34,8 @@ def blocks_from_yaml(text: str, path: str = "<yaml>", *, strict_first: bool = Tr
     root = compose_yaml(text, path, lines, "fix the YAML syntax")
     if root is None:
         return finish([], diags, path, strict_first)  # E100
+    # sections repeated by alias, each holding a long list: quadratic text from a small file
+    check_expansion(root, path, lines, "fix the YAML structure", "E108")
     if not isinstance(root, yaml.SequenceNode):
         raise _shape(root, path, lines, "a YAML architecture is a list of sections, e.g. "
                      "'- net: {width: 416}'")
@@ -58,9 +60,10 @@ def blocks_from_yaml(text: str, path: str = "<yaml>", *, strict_first: bool = Tr
     return finish(blocks, diags, path, strict_first)
 
 
-#: Values a YAML file may hold once its aliases are expanded: far above any real file, far
-#: below a "billion laughs" file (nested aliases that repeat a list 10**9 times in 200 bytes).
-MAX_YAML_VALUES = 1_000_000
+#: Characters a YAML file may hold once its aliases are expanded (a scalar counts its length
+#: + 1, a list or mapping 1): far above any real file, far below a "billion laughs" file
+#: (nested aliases that repeat a list 10**9 times in 400 bytes).
+MAX_YAML_SIZE = 10_000_000
 
 
 def compose_yaml(text: str, path: str, lines: list[str], hint: str,
@@ -94,9 +97,28 @@ def compose_yaml(text: str, path: str, lines: list[str], hint: str,
         loader.dispose()
 
 
+def check_expansion(root: yaml.Node, path: str, lines: list[str], hint: str,
+                    code: str) -> list[yaml.MappingNode]:
+    """Refuse (located `code`) a node tree that contains itself or whose aliases expand past
+    MAX_YAML_SIZE characters; returns its mappings, each once."""
+    sizes, mappings, cycle = _expanded_sizes(root)
+    if cycle is not None:
+        raise _located(code, "these values contain themselves (a YAML alias inside its own "
+                       "anchor)", path, lines, cycle, hint)
+    node = root
+    while sizes[id(node)] > MAX_YAML_SIZE:  # down to the smallest node that is too big
+        node = next((c for c in _children(node) if sizes[id(c)] > MAX_YAML_SIZE), node)
+        if all(sizes[id(c)] <= MAX_YAML_SIZE for c in _children(node)):
+            raise _located(code, f"these values expand to {sizes[id(node)]:,} characters "
+                           f"through YAML aliases (*name): more than {MAX_YAML_SIZE:,}", path,
+                           lines, node,
+                           "write the values out, or use fewer nested aliases")
+    return mappings
+
+
 def load_yaml(text: str, path: str, hint: str, code: str = "E901") -> tuple[Any, Any]:
     """(data, root node) of a YAML file read safely (no Python tags), or a located `code` error:
-    bad syntax, a tag with no safe meaning, aliases expanding past MAX_YAML_VALUES values, or a
+    bad syntax, a tag with no safe meaning, aliases expanding past MAX_YAML_SIZE characters, or a
     key given twice in one mapping (YAML keeps the last without a word)."""
     if text[:1] == "\ufeff":
         text = text[1:]
@@ -104,17 +126,7 @@ def load_yaml(text: str, path: str, hint: str, code: str = "E901") -> tuple[Any,
     root = compose_yaml(text, path, lines, hint, code)
     if root is None:
         return None, None
-    sizes, mappings, cycle = _expanded_sizes(root)
-    if cycle is not None:
-        raise _located(code, "these values contain themselves (a YAML alias inside its own "
-                       "anchor)", path, lines, cycle, hint)
-    node = root
-    while sizes[id(node)] > MAX_YAML_VALUES:  # down to the smallest node that is too big
-        node = next((c for c in _children(node) if sizes[id(c)] > MAX_YAML_VALUES), node)
-        if all(sizes[id(c)] <= MAX_YAML_VALUES for c in _children(node)):
-            raise _located(code, f"these values expand to {sizes[id(node)]:,} through YAML "
-                           f"aliases (*name): more than {MAX_YAML_VALUES:,}", path, lines, node,
-                           "write the values out, or use fewer nested aliases")
+    mappings = check_expansion(root, path, lines, hint, code)
     for mapping in mappings:
         seen: dict[tuple[str, str], yaml.Node] = {}
         for key, _ in mapping.value:
@@ -148,7 +160,7 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def _expanded_sizes(root: yaml.Node):
-    """({id(node): values under it with every alias expanded}, the mappings, a node that
+    """({id(node): its size with every alias expanded}, the mappings, a node that
     contains itself or None). Each shared node is visited once, so a bomb is measured, never
     built; iterative, so deep nesting hits no recursion limit."""
     sizes: dict[int, int] = {}
@@ -159,7 +171,8 @@ def _expanded_sizes(root: yaml.Node):
         node, done = stack.pop()
         if done:
             open_.discard(id(node))
-            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in _children(node))
+            own = len(node.value) + 1 if isinstance(node, yaml.ScalarNode) else 1
+            sizes[id(node)] = own + sum(sizes[id(c)] for c in _children(node))
             if isinstance(node, yaml.MappingNode):
                 mappings.append(node)
             continue
