@@ -1191,3 +1191,15 @@ def test_weights_named_like_darknet_but_torch_say_what_they_are(tiny, tmp_path):
     assert load_any_weights(net, tmp_path / "ck.weights").endswith(
         "(a darkcfg checkpoint: its weights only, not Darknet .weights)")
     assert load_any_weights(net, tmp_path / "sd.pt").endswith("(a torch state_dict)")
+
+
+def test_a_checkpoint_cut_short_says_so(capsys, tiny, trained, tmp_path):
+    """A copy that stopped half way was 'cannot read checkpoint: negative seek value -3079'."""
+    torn = tmp_path / "torn" / "checkpoint.pt"
+    torn.parent.mkdir()
+    whole = (trained / "checkpoint.pt").read_bytes()
+    torn.write_bytes(whole[: len(whole) // 2])
+    code, err = run(capsys, "train", tiny, "--out", torn.parent, "--no-progress", "--resume",
+                    torn.parent)
+    assert code == 2 and f"'{torn}' is cut short ({len(whole) // 2:,} bytes): the end of its " \
+        "torch archive is missing" in err, err
