@@ -62,8 +62,14 @@ def plausible_version(version: Sequence[int]) -> bool:
     return all(0 <= int(v) < VERSION_LIMIT for v in version)
 
 
-def not_weights_error(path: str, version: Sequence[int]) -> CfgError:
+def not_weights_error(path: str, version: Sequence[int], head: bytes = b"") -> CfgError:
     """A file whose first 12 bytes are no Darknet version (an .onnx, an image, a text file)."""
+    # an ONNX ModelProto opens with ir_version (field 1) then producer_name (field 2)
+    if path.lower().endswith(".onnx") or (head[:1] == b"\x08" and head[2:3] == b"\x12"):
+        return _error("E901", f"'{path}' is an ONNX model, not Darknet .weights", path,
+                      "--weights takes Darknet .weights or a torch state_dict / darkcfg "
+                      "checkpoint; an ONNX file is an export: load the weights it was "
+                      "exported from")
     return _error("E901", f"'{path}' is not a Darknet .weights file (implausible header: version "
                   f"{'.'.join(map(str, version))})", path,
                   "--weights takes a Darknet .weights file (it starts with a small version, "
@@ -80,7 +86,7 @@ def read_header(data: bytes, path: str, flavor: str = "alexeyab") -> Header:
     wide = seen_is_64bit(version, flavor)
     size = 20 if wide else 16
     if len(data) < size and not plausible_version(version):
-        raise not_weights_error(path, version)
+        raise not_weights_error(path, version, data)
     if len(data) < size:
         raise _error("E901", f"'{path}' is too short to be a .weights file ({len(data)} bytes, "
                      f"the header of version {'.'.join(map(str, version))} takes {size})", path,
@@ -143,11 +149,12 @@ def load_weights(net: Network, path: str | os.PathLike, cutoff: int | None = Non
     expected = _count(plan)
     try:
         with open(path, "rb") as f:
-            header = read_header(f.read(20), path, net.info.flavor)
+            head = f.read(20)
+            header = read_header(head, path, net.info.flavor)
             actual, odd = divmod(os.fstat(f.fileno()).st_size - header.size, _FLOAT.itemsize)
             if odd or actual < expected or (cutoff is None and actual != expected):
                 if not plausible_version(header.version):  # not a size problem: no weights
-                    raise not_weights_error(path, header.version)
+                    raise not_weights_error(path, header.version, head)
                 _size_error(net, plan, path, header, expected, actual, odd, cutoff)
             f.seek(header.size)
             floats = np.empty(expected, _FLOAT)  # writable, so torch can share it

@@ -31,23 +31,11 @@ def blocks_from_yaml(text: str, path: str = "<yaml>", *, strict_first: bool = Tr
     lines = text.splitlines()
     diags = Collector()
     tables = schema.tables(flavor)
-    try:
-        root = yaml.compose(text, Loader=_SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise CfgError(Diagnostic("E108", f"invalid YAML: {problem}", path, line, col, ERROR,
-                                  "fix the YAML syntax", _line(lines, line), 1)) from None
-    except UnicodeError as exc:  # lone surrogates in a str (file input is decoded strictly)
-        before = text[: getattr(exc, "start", 0)]
-        line = before.count("\n") + 1
-        col = len(before) - (before.rfind("\n") + 1) + 1
-        raise CfgError(Diagnostic("E104", "text that is not valid Unicode", path, line, col,
-                                  ERROR, "save the file as UTF-8 text", _line(lines, line),
-                                  1)) from None
+    root = compose_yaml(text, path, lines, "fix the YAML syntax")
     if root is None:
         return finish([], diags, path, strict_first)  # E100
+    # sections repeated by alias, each holding a long list: quadratic text from a small file
+    check_expansion(root, path, lines, "fix the YAML structure", "E108")
     if not isinstance(root, yaml.SequenceNode):
         raise _shape(root, path, lines, "a YAML architecture is a list of sections, e.g. "
                      "'- net: {width: 416}'")
@@ -70,6 +58,139 @@ def blocks_from_yaml(text: str, path: str = "<yaml>", *, strict_first: bool = Tr
         blocks.append(make_block(canonical, name, MappingProxyType(options), line, col, path,
                                  source, numbering.index(len(blocks), canonical)))
     return finish(blocks, diags, path, strict_first)
+
+
+#: Characters a YAML file may hold once its aliases are expanded (a scalar counts its length
+#: + 1, a list or mapping 1): far above any real file, far below a "billion laughs" file
+#: (nested aliases that repeat a list 10**9 times in 400 bytes).
+MAX_YAML_SIZE = 10_000_000
+
+
+def compose_yaml(text: str, path: str, lines: list[str], hint: str,
+                 code: str = "E108") -> yaml.Node | None:
+    """The node tree of one YAML document (aliases not expanded: shared nodes), or a located
+    `code` error for bad syntax (libyaml also refuses nesting over 1000 levels)."""
+    loader = _SafeLoader(text)
+    try:
+        return loader.get_single_node()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: where it is
+            before = text[:exc.position]
+            line, col = before.count("\n") + 1, len(before) - before.rfind("\n")
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CfgError(Diagnostic(code, f"invalid YAML: {problem}", path, line, col, ERROR,
+                                  hint, _line(lines, line), 1)) from None
+    except RecursionError:  # the pure-Python composer (no libyaml) on deep nesting
+        raise CfgError(Diagnostic(code, "invalid YAML: exceeded maximum nesting depth", path, 1,
+                                  1, ERROR,
+                                  hint, _line(lines, 1), 1)) from None
+    except UnicodeError as exc:  # lone surrogates in a str (file input is decoded strictly)
+        before = text[: getattr(exc, "start", 0)]
+        line = before.count("\n") + 1
+        col = len(before) - (before.rfind("\n") + 1) + 1
+        raise CfgError(Diagnostic("E104", "text that is not valid Unicode", path, line, col,
+                                  ERROR, "save the file as UTF-8 text", _line(lines, line),
+                                  1)) from None
+    finally:
+        loader.dispose()
+
+
+def check_expansion(root: yaml.Node, path: str, lines: list[str], hint: str,
+                    code: str) -> list[yaml.MappingNode]:
+    """Refuse (located `code`) a node tree that contains itself or whose aliases expand past
+    MAX_YAML_SIZE characters; returns its mappings, each once."""
+    sizes, mappings, cycle = _expanded_sizes(root)
+    if cycle is not None:
+        raise _located(code, "these values contain themselves (a YAML alias inside its own "
+                       "anchor)", path, lines, cycle, hint)
+    node = root
+    while sizes[id(node)] > MAX_YAML_SIZE:  # down to the smallest node that is too big
+        node = next((c for c in _children(node) if sizes[id(c)] > MAX_YAML_SIZE), node)
+        if all(sizes[id(c)] <= MAX_YAML_SIZE for c in _children(node)):
+            raise _located(code, f"these values expand to {sizes[id(node)]:,} characters "
+                           f"through YAML aliases (*name): more than {MAX_YAML_SIZE:,}", path,
+                           lines, node,
+                           "write the values out, or use fewer nested aliases")
+    return mappings
+
+
+def load_yaml(text: str, path: str, hint: str, code: str = "E901") -> tuple[Any, Any]:
+    """(data, root node) of a YAML file read safely (no Python tags), or a located `code` error:
+    bad syntax, a tag with no safe meaning, aliases expanding past MAX_YAML_SIZE characters, or a
+    key given twice in one mapping (YAML keeps the last without a word)."""
+    if text[:1] == "\ufeff":
+        text = text[1:]
+    lines = text.splitlines()
+    root = compose_yaml(text, path, lines, hint, code)
+    if root is None:
+        return None, None
+    mappings = check_expansion(root, path, lines, hint, code)
+    for mapping in mappings:
+        seen: dict[tuple[str, str], yaml.Node] = {}
+        for key, _ in mapping.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            first = seen.setdefault((key.tag, key.value), key)
+            if first is not key:
+                raise _located(code, f"key '{key.value}' is given twice (first on line "
+                               f"{first.start_mark.line + 1}): YAML would keep this one "
+                               "without a word", path, lines, key, "delete one of the two")
+    loader = _SafeLoader("")
+    try:
+        return loader.construct_document(root), root
+    except yaml.YAMLError as exc:  # e.g. !!python/object: no safe constructor
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None) or \
+            root.start_mark
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CfgError(Diagnostic(code, f"invalid YAML: {problem}", path, mark.line + 1,
+                                  mark.column + 1, ERROR, hint, _line(lines, mark.line + 1),
+                                  1)) from None
+    finally:
+        loader.dispose()
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _expanded_sizes(root: yaml.Node):
+    """({id(node): its size with every alias expanded}, the mappings, a node that
+    contains itself or None). Each shared node is visited once, so a bomb is measured, never
+    built; iterative, so deep nesting hits no recursion limit."""
+    sizes: dict[int, int] = {}
+    mappings: list[yaml.MappingNode] = []
+    open_: set[int] = set()  # on the current path: meeting one again is a cycle
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            open_.discard(id(node))
+            own = len(node.value) + 1 if isinstance(node, yaml.ScalarNode) else 1
+            sizes[id(node)] = own + sum(sizes[id(c)] for c in _children(node))
+            if isinstance(node, yaml.MappingNode):
+                mappings.append(node)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_:
+            return sizes, mappings, node
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    return sizes, mappings, None
+
+
+def _located(code: str, message: str, path: str, lines: list[str], node: yaml.Node,
+             hint: str) -> CfgError:
+    line, col = node.start_mark.line + 1, node.start_mark.column + 1
+    return CfgError(Diagnostic(code, message, path, line, col, ERROR, hint, _line(lines, line),
+                               1))
 
 
 def _section_nodes(item: yaml.Node, path: str, lines: list[str]) -> tuple[yaml.Node, Any]:
@@ -98,6 +219,11 @@ def _options(node: Any, name: str, table: Any, path: str, lines: list[str],
         source = _line(lines, line)
         if not isinstance(key_node, yaml.ScalarNode):
             raise _shape(key_node, path, lines, f"a key of [{name}] must be a plain name")
+        if key_node.tag.endswith(":merge"):  # its value is the anchor's node: say it here
+            diags.add(Diagnostic("E108", f"a YAML merge key ('<<') in [{name}] is not read",
+                                 path, line, col, ERROR, "write the keys out in this section",
+                                 source, 2))
+            continue
         key = "".join(key_node.value.split())
         if not key or "=" in key or key[0] in "#;[":  # not expressible as a cfg line
             raise _shape(key_node, path, lines, f"'{key}' cannot be a key: keys are non-empty, "

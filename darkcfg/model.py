@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,45 @@ def named_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 # -- --weights: Darknet .weights or a torch state_dict ---------------------------------------------
+def load_torch_payload(payload: bytes, path: Path, what: str, hint: str):
+    """torch.load of a file's bytes with weights_only=True: a pickle that would run code (or
+    build any object but tensors and plain containers) is refused, never run. Every failure is
+    one E901 line: the refused global named, else the reader's first line."""
+    # a zip archive ends with its directory (and at most a 64 KiB comment): a copy cut short
+    # lacks it ('negative seek value -3079' from the reader)
+    if payload.startswith(b"PK") and b"PK\x05\x06" not in payload[-(22 + 65535):]:
+        raise CfgError(Diagnostic("E901", f"'{path}' is cut short ({len(payload):,} bytes): "
+                                  "the end of its torch archive is missing", str(path),
+                                  hint=hint))
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling problem means a file we cannot use
+        text = str(exc)
+        if "Weights only load failed" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            name = f" ({found.group(1)})" if found else ""
+            raise CfgError(Diagnostic(
+                "E901", f"'{path}' holds Python objects besides tensors{name}: loading them "
+                "could run code, so darkcfg does not", str(path),
+                hint="re-save only the tensors from a copy you trust, e.g. "
+                "torch.save(model.state_dict(), 'model.pt')")) from None
+        first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
+        raise CfgError(Diagnostic("E901", f"cannot read {what} '{path}': {first}", str(path),
+                                  hint=hint)) from None
+
+
+def non_finite(net) -> str:
+    """'' when every float of the network's weights is finite, else how many are NaN or Inf
+    and the first tensor holding one (what a damaged or diverged file leaves)."""
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in net.state_dict().items()
+           if t.is_floating_point()}
+    bad = {name: n for name, n in bad.items() if n}
+    if not bad:
+        return ""
+    total = sum(t.numel() for t in net.state_dict().values() if t.is_floating_point())
+    return f"{sum(bad.values())} of its {total} floats are NaN or Inf (first: {next(iter(bad))})"
+
+
 def is_torch_file(path: Path) -> bool:
     """torch.save writes a zip archive; Darknet .weights start with three small int32s."""
     with open(path, "rb") as fh:
@@ -143,20 +183,17 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
         info = load_weights(net, path, cutoff=cutoff) if cutoff is not None else \
             load_weights(net, path)
         upto = f" (first {cutoff} layers)" if cutoff is not None else ""
-        return (f"loaded Darknet weights {path}{upto}: {info.get('floats', '?')} floats, "
-                f"seen={info.get('seen', 0)}")
-    try:
-        state = torch.load(io.BytesIO(read_checked(path, "weights file")), map_location="cpu",
-                           weights_only=True)
-    except CfgError:
-        raise
-    except Exception as exc:
-        raise CfgError(Diagnostic("E901", f"cannot read '{path}' as a torch state_dict: {exc}",
-                                  str(path))) from None
+        return with_non_finite(net, path, f"loaded Darknet weights {path}{upto}: "
+                               f"{info.get('floats', '?')} floats, seen={info.get('seen', 0)}")
+    state = load_torch_payload(read_checked(path, "weights file"), path, "torch file",
+                               "it is damaged or cut short: use an intact copy")
+    kind = "a torch state_dict"
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a darkcfg checkpoint
+        state, kind = state["model"], "a darkcfg checkpoint: its weights only"
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if path.suffix.lower() == ".weights":  # named like Darknet's: say which file it really is
+        kind += ", not Darknet .weights"
     if not isinstance(state, dict):
         raise CfgError(Diagnostic("E901", f"'{path}' holds no state_dict", str(path)))
     own = net.state_dict()
@@ -179,13 +216,20 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
                                   "load just the matching tensors (transfer learning), add "
                                   "--partial"))
     net.load_state_dict(matched, strict=False)
-    report = f"loaded {len(matched)}/{len(own)} tensors from {path}"
+    report = f"loaded {len(matched)}/{len(own)} tensors from {path} ({kind})"
     for label, names in (("missing", missing), ("shape mismatch", wrong_shape),
                          ("unexpected", unexpected)):
         if names:
             report += f"; {label}: {len(names)} ({', '.join(names[:3])}"
             report += ", ...)" if len(names) > 3 else ")"
-    return report
+    return with_non_finite(net, path, report)
+
+
+def with_non_finite(net, path: Path, report: str) -> str:
+    """The load report, and a warning line when the loaded weights hold NaN or Inf (Darknet
+    loads them as well; every output is then NaN. Training refuses them, up front)."""
+    bad = non_finite(net)
+    return f"{report}\nwarning: '{path}': {bad}: the outputs will be NaN" if bad else report
 
 
 def load_model(cfg_path: str, weights: str | os.PathLike | None = None, *,

@@ -1120,3 +1120,86 @@ def test_a_resumes_summary_and_record_say_what_ran(capsys, tiny, tmp_path):
     assert code == 0 and "resuming with other settings" in err, err
     assert "nothing to train: the checkpoint is at iteration 3 and max_batches=3" in err, err
     assert (out / "settings.yaml").read_text() == record
+
+
+class _RunsCode:
+    """A pickle that would create `sentinel` when unpickled (torch.load without weights_only)."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        return (os.mknod, (self.sentinel,))
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.weights", "checkpoint.pt"])
+def test_a_pickle_that_would_run_code_is_refused_and_never_run(capsys, tiny, tmp_path, name):
+    """--weights and --resume load torch files with weights_only=True: the file is refused with
+    the global it wanted (torch's 600-character advice was the message), and nothing runs."""
+    sentinel = tmp_path / "ran"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bad = run_dir / name
+    torch.save({"model": _RunsCode(sentinel)}, bad)
+    flag = "--resume" if name == "checkpoint.pt" else "--weights"
+    code, err = run(capsys, "train", tiny, "--out", tmp_path / "out", "--no-progress", flag, bad,
+                    "--set", "max_batches=2")
+    assert code == 2 and f"{bad}: error[E901]: '{bad}' holds Python objects besides tensors " \
+        "(posix.mknod): loading them could run code" in err, err
+    assert "In PyTorch 2.6" not in err and not sentinel.exists()
+
+
+def test_an_empty_checkpoint_says_so(capsys, tiny, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    code, err = run(capsys, "train", tiny, "--out", tmp_path / "run", "--no-progress",
+                    "--resume", tmp_path / "run")
+    assert code == 2 and "checkpoint.pt' is empty (0 bytes)" in err, err
+
+
+@pytest.mark.parametrize("suffix", [".weights", ".pt"])
+def test_weights_with_nan_warn_and_training_refuses_them(capsys, tiny, tmp_path, suffix):
+    """A file holding NaN or Inf loads as Darknet loads it, with a warning (every output is
+    NaN); training refuses it before it writes anything: it stopped at iteration 1 with E500,
+    whose hint blames the learning rate, and left a run folder a fresh --train then refused."""
+    from builders.weights import save_weights
+    from darkcfg.model import build_network, load_any_weights
+
+    net, _, _ = build_network(str(tiny), [], "alexeyab", 0)
+    with torch.no_grad():
+        net.layers[0].conv.weight[0, 0, 0, 0] = float("nan")
+    bad = tmp_path / f"nan{suffix}"
+    save_weights(net, bad) if suffix == ".weights" else torch.save(net.state_dict(), bad)
+    fresh, _, _ = build_network(str(tiny), [], "alexeyab", 0)
+    assert "\nwarning: '" + str(bad) + "': 1 of its " in load_any_weights(fresh, bad)
+    code, err = run(capsys, "train", tiny, "--out", tmp_path / "out", "--no-progress",
+                    "--weights", bad, "--set", "max_batches=2")
+    assert code == 2 and "error[E902]: --weights" in err and "are NaN or Inf (first: " \
+        "layers.0.conv.weight): training from them stops" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_named_like_darknet_but_torch_say_what_they_are(tiny, tmp_path):
+    """A checkpoint.pt or state_dict renamed .weights loads (by its bytes), and the report says
+    which file it really was rather than only 'tensors from x.weights'."""
+    from darkcfg.model import build_network, load_any_weights
+
+    net, _, _ = build_network(str(tiny), [], "alexeyab", 0)
+    torch.save({"model": net.state_dict(), "format": "darkcfg-checkpoint-1"},
+               tmp_path / "ck.weights")
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    assert load_any_weights(net, tmp_path / "ck.weights").endswith(
+        "(a darkcfg checkpoint: its weights only, not Darknet .weights)")
+    assert load_any_weights(net, tmp_path / "sd.pt").endswith("(a torch state_dict)")
+
+
+def test_a_checkpoint_cut_short_says_so(capsys, tiny, trained, tmp_path):
+    """A copy that stopped half way was 'cannot read checkpoint: negative seek value -3079'."""
+    torn = tmp_path / "torn" / "checkpoint.pt"
+    torn.parent.mkdir()
+    whole = (trained / "checkpoint.pt").read_bytes()
+    torn.write_bytes(whole[: len(whole) // 2])
+    code, err = run(capsys, "train", tiny, "--out", torn.parent, "--no-progress", "--resume",
+                    torn.parent)
+    assert code == 2 and f"'{torn}' is cut short ({len(whole) // 2:,} bytes): the end of its " \
+        "torch archive is missing" in err, err

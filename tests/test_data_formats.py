@@ -923,3 +923,68 @@ def test_detect_with_a_coco_json_writes_its_ids(four, tmp_path):
     coco = pytest.importorskip("pycocotools.coco")
     truth = coco.COCO(str(train_json))
     assert len(truth.loadRes(str(out / "detections.json")).getAnnIds()) == len(results)
+
+
+BOMB = ("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 10)))
+
+
+@pytest.mark.parametrize("text, where, message", [
+    # a billion laughs: 10**9 values from 400 bytes; read as one, it ran out of memory
+    (BOMB + "train: images/train\nnames: *a9\n", "7:5",
+     "expand to 21,111,111 characters through YAML"),
+    ("train: images/train\nnames: &n [a, *n]\n", "2:8", "contain themselves"),
+    # 10**5 nested lists: a RecursionError traceback
+    ("train: " + "[" * 100_000 + "]" * 100_000 + "\nnames: [a]\n", "1:", "nesting depth"),
+    # YAML keeps the last of two keys without a word
+    ("train: images/train\nnames: [a, b]\nnames: [c]\n", "3:1", "key 'names' is given twice"),
+    ("train: images/train\nnames: {0: a, 0: b}\n", "2:15", "key '0' is given twice"),
+    ("train: images/train\nnames: {0.5: a}\n", "2:8", "class ids 0, 1, ..., not '0.5'"),  # KeyError
+    ("train: images/train\nnames: [a]\nnc: true\n", "3:5", "nc: must be the number"),
+    ("train: images/train\nnames: [a]\nnc: [1]\n", "3:5", "nc: must be the number"),
+    ("train: images/train\x00\nnames: [a]\n", "1:20", "unacceptable character #x0000"),
+    ("train: !!python/object/apply:os.system ['echo hi']\nnames: [a]\n", "1:8",
+     "could not determine a constructor"),
+])
+def test_hostile_data_yaml_is_one_located_error(tmp_path, text, where, message):
+    data = write_yolo(tmp_path / "y")
+    data.write_text(text)
+    error = first_error(data)
+    assert error.startswith(f"{data}:{where}") and "error[E901]" in error and message in error
+
+
+def test_data_yaml_names_are_read_as_written(tmp_path):
+    """YAML 1.1 reads `yes`, `off`, `1e3` as a bool or a number: the class was named 'yes'."""
+    data = write_yolo(tmp_path / "y")
+    data.write_text(data.read_text().replace(
+        "names:\n  0: circle\n  1: square\n  2: triangle\n", "names: [yes, off, 1.50]\n"))
+    assert open_set(data).names == ["yes", "off", "1.50"]
+    data.write_text(data.read_text().replace("names: [yes, off, 1.50]\n",
+                                             "names: {'2': on, 0: null_, 1: ~x}\n"))
+    assert open_set(data).names == ["null_", "~x", "on"]
+
+
+def test_a_data_yaml_that_is_not_utf8_is_located(tmp_path):
+    data = write_yolo(tmp_path / "y")
+    data.write_bytes(b"train: images/train\nnames: [caf\xe9]\n")  # Latin-1
+    assert first_error(data).startswith(f"{data}:2:12: error[E104]: invalid UTF-8 byte 0xe9")
+
+
+def test_a_coco_json_nested_too_deeply_is_an_error(tmp_path):
+    """json.loads raises RecursionError (a traceback) on 10**5 nested lists."""
+    path = tmp_path / "deep.json"
+    path.write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert first_error(path).startswith(f"{path}:1:1: error[E901]: invalid JSON: nested too")
+
+
+def test_data_yaml_paths_are_read_as_written(tmp_path):
+    """YAML 1.1 reads the folder name `0123` as the number 83 and `on` as True: the folders
+    looked for were '83' and 'True'."""
+    data = write_yolo(tmp_path / "y")
+    root = data.parent
+    for old, new in (("train", "0123"), ("val", "on")):
+        (root / "images" / old).rename(root / "images" / new)
+        (root / "labels" / old).rename(root / "labels" / new)
+    data.write_text(f"path: {root / 'images'}\ntrain: 0123\nval: [on]\nnames: [a, b, c]\n")
+    read = open_set(data)
+    assert len(read.train.images) == len(TRAIN) and len(read.valid.images) == len(VALID)

@@ -486,3 +486,37 @@ def test_unreadable_paths_are_e901(tmp_path, name):
         parse(target)
     assert info.value.code == "E901"
     assert info.value.first.message.startswith("cannot read")
+
+
+def test_a_control_character_in_yaml_is_located(tmp_path):
+    """libyaml's reader error has no mark, only a position: it was reported at 1:1."""
+    path = tmp_path / "ctrl.yaml"
+    path.write_text("- net: {width: 32}\n- conv: {a: 1\x01}\n")
+    with pytest.raises(CfgError) as err:
+        parse(str(path))
+    assert err.value.first.format().startswith(f"{path}:2:14: error[E108]: invalid YAML")
+
+
+def test_a_yaml_merge_key_is_refused_at_the_key(tmp_path):
+    """`<<: *conv` was E202 at the anchor (another section's line), naming the key '<<'."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("- net: {width: 32, height: 32, channels: 3}\n"
+                    "- convolutional: &conv {filters: 4, size: 3}\n"
+                    "- convolutional: {<<: *conv, filters: 8}\n")
+    with pytest.raises(CfgError) as err:
+        parse(str(path))
+    assert err.value.first.format().startswith(
+        f"{path}:3:19: error[E108]: a YAML merge key ('<<') in [convolutional] is not read")
+
+
+def test_yaml_aliases_that_repeat_long_sections_are_refused(tmp_path):
+    """3000 aliases of a section holding a 3000-item list: 21 KB of YAML took 11 s and 750 MB
+    (the list joined once per alias); 10x that in each would not finish."""
+    path = tmp_path / "quad.yaml"
+    path.write_text("- net: {width: 32, height: 32, channels: 3}\n"
+                    "- &s {convolutional: {filters: 4, size: 3, x: [" + ",".join(["1"] * 3000)
+                    + "]}}\n" + "- *s\n" * 3000)
+    with pytest.raises(CfgError) as err:
+        parse(str(path))
+    assert err.value.first.format().startswith(
+        f"{path}:1:1: error[E108]: these values expand to 18,114,073 characters through YAML")

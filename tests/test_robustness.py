@@ -657,3 +657,25 @@ def test_native_cache_survives_a_bad_compiler_and_an_unwritable_home(tmp_path):
     once = status(DARKCFG_CACHE=str(blocked), TMPDIR=str(temp))
     assert once.startswith(f"native: {temp}/darkcfg-"), once
     assert [p.name for p in temp.iterdir()] == [f"darkcfg-{os.getuid()}"]
+
+
+@pytest.mark.parametrize("text", [
+    "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 10))
+    + "data: *a9\nseed: *a9\n",  # printing 'seed: 0 (was ...)' ran out of memory
+    "data: " + "[" * 100_000 + "]" * 100_000 + "\n",  # a RecursionError traceback
+    "data: x\ndata: y\n",
+])
+def test_a_hostile_settings_yaml_on_resume_is_an_unreadable_one(tmp_path, text):
+    """--resume compares the run's settings.yaml with the new settings and may continue on its
+    recorded data: a damaged or hostile one is read as no settings (nothing to compare)."""
+    from darkcfg.train.outputs import resume_changes
+    from darkcfg.train.session import recorded_data
+
+    (tmp_path / "settings.yaml").write_text(text)
+    assert resume_changes(tmp_path / "settings.yaml", {"data": "digits", "seed": 0}) == []
+    assert recorded_data(tmp_path) is None
+    (tmp_path / "settings.yaml").write_text("data: digits\nseed: 3\n")
+    assert resume_changes(tmp_path / "settings.yaml", {"data": "digits", "seed": 0}) == [
+        "seed: 0 (was 3)"]
+    assert recorded_data(tmp_path) == "digits"

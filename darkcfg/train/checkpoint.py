@@ -18,6 +18,7 @@ import torch
 
 from builders.atomic import atomic_write_checked, read_checked
 from cfgparse import CfgError, Diagnostic
+from darkcfg.model import load_torch_payload
 
 
 def rng_states() -> dict:
@@ -65,19 +66,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     payload = read_checked(path, "checkpoint")
     weights = ("it looks like Darknet .weights: start a new run from them with --weights "
                "(--resume takes a run folder or its checkpoint.pt)")
+    if not payload:
+        raise CfgError(Diagnostic("E901", f"'{path}' is empty (0 bytes): no checkpoint darkcfg "
+                                  "wrote (it writes them whole)", str(path),
+                                  hint="use an intact copy, or start a new run (--weights with "
+                                  "the run's _last.weights keeps its weights)"))
     if path.suffix.lower() == ".weights" or not payload.startswith(b"PK"):
         raise CfgError(Diagnostic("E901", f"'{path}' is not a darkcfg checkpoint (not a torch "
                                   "file)", str(path), hint=weights if path.suffix.lower() ==
                                   ".weights" else "pass the checkpoint.pt of a darkcfg run"))
-    try:
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling problem means a file we cannot use
-        first = next((line for line in str(exc).splitlines() if line.strip()),
-                     type(exc).__name__)
-        raise CfgError(Diagnostic("E901", f"cannot read checkpoint '{path}': {first}",
-                                  str(path), hint="it is damaged or not a darkcfg checkpoint: "
-                                  "use an intact copy, or start a new run (--weights with the "
-                                  "run's _last.weights keeps its weights)")) from None
+    state = load_torch_payload(payload, path, "checkpoint",
+                               "it is damaged or not a darkcfg checkpoint: use an intact copy, "
+                               "or start a new run (--weights with the run's _last.weights keeps "
+                               "its weights)")
     return state
 
 

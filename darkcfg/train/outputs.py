@@ -17,6 +17,7 @@ import yaml
 
 from builders.atomic import atomic_write
 from cfgparse import CfgError
+from cfgparse.yaml_io import load_yaml
 from darkcfg.train.checkpoint import rng_states, save_checkpoint
 from darkcfg.train.distributed import Dist
 from darkcfg.train.loop import NonFiniteLoss, Trainer
@@ -30,6 +31,16 @@ def write_settings(path: Path, settings: dict) -> None:
     atomic_write(path, yaml.safe_dump(settings, sort_keys=False))
 
 
+def read_settings(path: Path) -> dict | None:
+    """A run's settings.yaml, or None when it is missing or unreadable (damaged, edited into
+    something else, an alias bomb: read with cfgparse's bounds, never a traceback)."""
+    try:
+        settings, _ = load_yaml(path.read_text(encoding="utf-8"), str(path), "")
+    except (OSError, UnicodeDecodeError, CfgError):
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
 # what decides a run's samples and steps besides the cfg (whose max_batches and steps a resumed
 # run may extend on purpose): changed on --resume, the run continues as another run would
 RESUME_SETTINGS = ("data", "classes", "seed", "flavor", "amp", "darknet_build",
@@ -39,11 +50,8 @@ RESUME_SETTINGS = ("data", "classes", "seed", "flavor", "amp", "darknet_build",
 def resume_changes(path: Path, now: dict) -> list[str]:
     """The settings of `now` that differ from the run's settings.yaml at `path`, as
     'key: new (was old)' ([] when the file is missing or unreadable: nothing to compare)."""
-    try:
-        before = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return []
-    if not isinstance(before, dict):
+    before = read_settings(path)
+    if before is None:
         return []
     return [f"{key}: {now.get(key)} (was {before.get(key)})" for key in RESUME_SETTINGS
             if key in before and before.get(key) != now.get(key)]

@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from builders.atomic import (
     FOLDER_LOCK,
@@ -38,6 +37,7 @@ from darkcfg.model import (
     device_memory,
     load_any_weights,
     named_device,
+    non_finite,
     option_error,
     pick_device,
 )
@@ -45,7 +45,13 @@ from darkcfg.train import distributed
 from darkcfg.train.allocator import keep_freed_memory
 from darkcfg.train.checkpoint import format_problem, load_checkpoint, set_rng_states
 from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit, make_deterministic
-from darkcfg.train.outputs import CHECKPOINT, RunLog, resume_changes, write_settings
+from darkcfg.train.outputs import (
+    CHECKPOINT,
+    RunLog,
+    read_settings,
+    resume_changes,
+    write_settings,
+)
 from darkcfg.train.tasks import Task, task_for
 
 
@@ -133,11 +139,8 @@ RUN_FILES = (CHECKPOINT, "metrics.csv")  # a folder holding either already holds
 def recorded_data(out: Path) -> str | None:
     """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
     can still be opened from here (a path that exists, or `digits`); else None."""
-    try:
-        recorded = yaml.safe_load((out / "settings.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    data = recorded.get("data") if isinstance(recorded, dict) else None
+    recorded = read_settings(out / "settings.yaml")
+    data = recorded.get("data") if recorded is not None else None
     if not isinstance(data, str) or data == "embedded":
         return None
     return data if data == "digits" or data.startswith("torchvision:") or \
@@ -230,6 +233,18 @@ def refuse_replacing_files(out: Path, name: str, dist: distributed.Dist, device)
             hint="give a new --out (or move those files away)"))
 
 
+def refuse_non_finite_weights(net, weights: str) -> None:
+    """Weights with NaN or Inf make the first loss NaN (E500, whose hint blames the learning
+    rate and the data): refused before the run writes anything, naming the file."""
+    bad = non_finite(net)
+    if bad:
+        raise CfgError(Diagnostic(
+            "E902", f"--weights '{weights}': {bad}: training from them stops at its first "
+            "iteration with a NaN loss", str(weights),
+            hint="use weights saved before the run diverged (an earlier <cfg>_N.weights), or "
+            "train without --weights"))
+
+
 def refuse_weights_the_run_replaces(weights: str | None, out: Path, name: str) -> None:
     """--weights may not be a file this run writes (`OUT/<name>_{last,final,best,N}.weights`,
     e.g. a pretrained file copied into the --out or backup= folder): its first save would
@@ -304,7 +319,9 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
              + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
         darknet_init(net)  # before --weights, which may load only some layers
         if opts.weights:
-            say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial), dist)
+            report = load_any_weights(net, opts.weights, opts.cutoff, opts.partial)
+            refuse_non_finite_weights(net, opts.weights)  # (its error says what the warning would)
+            say(report, dist)
         trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
                           amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
         trainer.check_trainable(opts.freeze)

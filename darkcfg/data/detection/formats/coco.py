@@ -115,6 +115,10 @@ def read_coco(path: Path) -> DetectionSet:
         raise CfgError(located(f"invalid JSON: {exc.msg}", str(path), text, exc.pos,
                                code="E901", hint="a COCO annotation file is one JSON object "
                                "with images, annotations and categories")) from None
+    except RecursionError:  # lists in lists past Python's recursion limit (no COCO file)
+        raise CfgError(located("invalid JSON: nested too deeply", str(path), text, 0,
+                               code="E901", hint="a COCO annotation file is one JSON object "
+                               "with images, annotations and categories")) from None
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list)
                                             for k in ("images", "annotations", "categories")):
         raise CfgError(Diagnostic("E901", f"'{path}' is not a COCO annotation file", str(path),

@@ -19,11 +19,14 @@ falls back to the train images (Darknet's rule for a .data file without valid=).
 from __future__ import annotations
 
 import os
+import reprlib
 from pathlib import Path
 
 import yaml
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.parser import decode
+from cfgparse.yaml_io import load_yaml
 from darkcfg.data.datafile import files_under, missing_path_hint, text_hint
 from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import collect_labels
@@ -51,25 +54,24 @@ class _Yaml:
         self.path = path
         try:
             self.text = path.read_text(encoding="utf-8-sig")
-            self.data = yaml.safe_load(self.text)
-            node = yaml.compose(self.text)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path),
-                                      hint=text_hint(exc, ""))) from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-            lines = self.text.splitlines()
-            source = lines[line - 1] if 0 < line <= len(lines) else ""
-            raise CfgError(Diagnostic("E901", f"invalid YAML: {getattr(exc, 'problem', exc)}",
-                                      str(path), line, col, hint=_HINT, source=source)) from None
+        except UnicodeDecodeError as exc:
+            if text_hint(exc, ""):  # UTF-16: how to save it instead
+                raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path),
+                                          hint=text_hint(exc, ""))) from None
+            decode(exc.object, str(path))  # E104 at the byte's line and column
+            raise
+        except OSError as exc:
+            raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path))) \
+                from None
+        self.data, node = load_yaml(self.text, str(path), _HINT)
         if not isinstance(self.data, dict):
             raise CfgError(Diagnostic("E901", "a data.yaml is a mapping of keys", str(path),
                                       hint=_HINT))
         self.marks = {}
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                self.marks[str(key.value)] = value.start_mark
+        self.nodes = {}
+        for key, value in node.value:
+            self.marks[str(key.value)] = value.start_mark
+            self.nodes[str(key.value)] = value
 
     def error(self, key: str, message: str, hint: str = _HINT) -> CfgError:
         mark = self.marks.get(key)
@@ -109,28 +111,41 @@ def read_yolo(path: Path) -> DetectionSet:
 
 
 def _names(doc: _Yaml) -> list[str]:
-    names = doc.data.get("names")
-    if isinstance(names, dict):
-        try:
-            ids = sorted(int(k) for k in names)
-        except (TypeError, ValueError):
-            raise doc.error("names", "names: the keys of a names mapping are class ids "
-                            "0, 1, ...") from None
+    # read from the nodes: a name as written (YAML 1.1 would make `yes`, `off` or `1e3` a bool
+    # or a number, `2024-01-01` a date), each key as written (`0.5` is no class id)
+    node = doc.nodes.get("names")
+    if isinstance(node, yaml.MappingNode):
+        by_id: dict[int, yaml.Node] = {}
+        for key, value in node.value:
+            text = key.value.strip() if isinstance(key, yaml.ScalarNode) else "?"
+            if not text.isdigit():
+                raise doc.error("names", "names: the keys of a names mapping are class ids "
+                                f"0, 1, ..., not '{text}'")
+            if by_id.setdefault(int(text), value) is not value:
+                raise doc.error("names", f"names: class id {int(text)} is given twice")
+        ids = sorted(by_id)
         if ids != list(range(len(ids))):
             raise doc.error("names", f"names: class ids {ids[:5]}... are not 0..{len(ids) - 1}")
-        names = [names[k] if k in names else names[str(k)] for k in ids]
-    if isinstance(names, list):
-        odd = next((n for n in names if isinstance(n, (list, dict)) or n is None), False)
-        if odd is not False:  # a nested list or mapping is no class name (a misplaced bracket)
-            raise doc.error("names", f"names: {odd!r} is not a class name",
-                            hint="one name (a string or number) per class")
-        names = [str(n) for n in names]
+        items = [by_id[k] for k in ids]
+    elif isinstance(node, yaml.SequenceNode):
+        items = node.value
     else:
         raise doc.error("names", f"'{doc.path}' needs names: (a list of class names, or "
                         "{0: name, ...})")
+    for item in items:  # a nested list or mapping is no class name (a misplaced bracket)
+        if not isinstance(item, yaml.ScalarNode) or item.tag.endswith(":null"):
+            odd = doc.data["names"]
+            odd = odd[items.index(item)] if isinstance(odd, list) else \
+                next(v for v in odd.values() if v is None or isinstance(v, (list, dict)))
+            raise doc.error("names", f"names: {reprlib.repr(odd)} is not a class name",
+                            hint="one name (a string or number) per class")
+    names = [item.value for item in items]
     if not names:
         raise doc.error("names", "names: is empty", hint="list one name per class")
     nc = doc.data.get("nc")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int)):
+        raise doc.error("nc", "nc: must be the number of classes, a whole number",
+                        hint="drop nc: or make it the number of names")
     if nc is not None and nc != len(names):
         raise doc.error("nc", f"nc: {nc} but names: lists {len(names)} classes",
                         hint="drop nc: or make it the number of names")
@@ -142,6 +157,7 @@ def _root(doc: _Yaml) -> Path:
     here = doc.path.parent
     if raw is None or raw == "":
         return here
+    raw = _as_written(raw, doc.nodes["path"])
     root = Path(str(raw)).expanduser()
     if root.is_absolute() or root.exists():
         return root
@@ -151,9 +167,16 @@ def _root(doc: _Yaml) -> Path:
                     hint=f"tried the current directory and {here}")
 
 
+def _as_written(value, node):
+    """A path as written: YAML 1.1 reads `0123` as 83, `on` as True, `1_000` as 1000."""
+    return node.value if isinstance(node, yaml.ScalarNode) and not isinstance(value, str) and \
+        value is not None else value
+
+
 def _images(doc: _Yaml, key: str, root: Path) -> list[str]:
-    entries = doc.data[key]
-    entries = entries if isinstance(entries, list) else [entries]
+    entries, node = doc.data[key], doc.nodes[key]
+    entries = [_as_written(e, n) for e, n in zip(entries, node.value, strict=True)] \
+        if isinstance(entries, list) else [_as_written(entries, node)]
     found: list[str] = []
     for entry in entries:
         raw = str(entry)
