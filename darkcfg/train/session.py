@@ -46,7 +46,7 @@ from darkcfg.train.allocator import keep_freed_memory
 from darkcfg.train.checkpoint import format_problem, load_checkpoint, set_rng_states
 from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit, make_deterministic
 from darkcfg.train.outputs import CHECKPOINT, RunLog, resume_changes, write_settings
-from darkcfg.train.tasks import Task, task_for
+from darkcfg.train.tasks import Task, ranked, task_for
 
 
 def say(message: str, dist: distributed.Dist | None = None) -> None:
@@ -492,8 +492,7 @@ def predict(opts: RunOptions, images: list[str], top: int,
                                       "to JPEG/PNG")) from None
         x = view(pixels)[None]
         probs = task.scores(trainer, x).reshape(-1)
-        k = min(top, probs.numel())
-        p, i = probs.topk(k)
+        p, i = ranked(probs, top)
         results.append((path, [(names[j] if j < len(names) else f"class {j}", float(q))
                                for q, j in zip(p.tolist(), i.tolist(), strict=True)]))
     return results

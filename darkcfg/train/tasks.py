@@ -263,7 +263,7 @@ class ClassifyTask(Task):
     def batch_sums(self, net, x, y, out: dict) -> torch.Tensor:
         loss = super().batch_sums(net, x, y, out)
         scores = out[self.heads[-1]].float().reshape(len(x), -1)
-        top = scores.topk(min(5, scores.shape[1]), 1).indices
+        _, top = ranked(scores, 5)
         hit = top == y.view(-1, 1)
         return torch.stack([loss[0], hit[:, :1].sum().double(), hit.any(1).sum().double()])
 
@@ -277,6 +277,14 @@ class ClassifyTask(Task):
     def scores(self, trainer, x: torch.Tensor) -> torch.Tensor:
         head = self.heads[-1]
         return trainer.net(trainer.to_device(x), collect=[head])[head].float()
+
+
+def ranked(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k highest scores of each row and their classes, best first. Of equal scores the lower
+    class comes first, as in Darknet's top_k (src/utils.c); torch.topk picks any of them, which
+    moved top-1/top-5 of tied outputs (an untrained or saturated net) with the kernel."""
+    values, classes = scores.sort(dim=-1, descending=True, stable=True)
+    return values[..., :k], classes[..., :k]
 
 
 @dataclass
