@@ -151,8 +151,26 @@ def test_regression_csv(tmp_path):
     path.write_text("a,b,c\n")
     with pytest.raises(CfgError, match="no data rows"):
         open_data(str(path), task, 0)
-    with pytest.raises(CfgError, match="regression"):
+    with pytest.raises(CfgError, match="flat inputs"):
         open_data(str(path), IMAGES, 0)
+
+
+def test_class_csv_trains_a_classifier_of_numbers(tmp_path):
+    # a [connected] + [softmax] network of flat inputs: the last column is the class; this was
+    # refused with "image data needs ... or use --data X.csv" while given X.csv
+    task = ClassifyTask(3, (2,))
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,label\n0.5,2,0\n4,5,2\n")
+    splits = open_data(str(path), task, 0)
+    x, y = splits.train[1]
+    assert x.tolist() == [4.0, 5.0] and y.item() == 2 and y.dtype == torch.int64
+    assert len(splits.train) == 2 and splits.val is None and "3 classes" in splits.description
+    for row, what in (("1,2,3", "class 3"), ("1,2,0.5", "class 0.5"), ("1,2,-1", "class -1"),
+                      ("1,2", "2 columns")):
+        path.write_text(f"1,2,0\n{row}\n")
+        with pytest.raises(CfgError) as err:
+            open_data(str(path), task, 0)
+        assert what in err.value.first.message and "row 2" in err.value.first.message
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

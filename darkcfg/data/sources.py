@@ -48,7 +48,8 @@ def open_images(spec: str, inputs: tuple[int, ...], seed: int) -> DataSplits:
     Darknet classifier .data file, decoded with the network's channels."""
     if len(inputs) != 3:
         raise data_error("image data needs a [net] with width, height and channels", "--data",
-                         "set width/height/channels in [net], or use --data X.csv")
+                         "set width/height/channels in [net], or give this network of flat "
+                         "inputs a .csv file")
     channels = inputs[0]
     if spec == "digits":
         return digits_data(inputs, seed)
@@ -56,8 +57,9 @@ def open_images(spec: str, inputs: tuple[int, ...], seed: int) -> DataSplits:
         return torchvision_data(spec, channels)
     path = data_path(spec)
     if path.suffix == ".csv":
-        raise data_error("CSV data is for regression networks ([connected] + [cost])",
-                         spec, "use an ImageFolder or a .data file for a classifier")
+        raise data_error("CSV data is for networks of flat inputs ([net] inputs=N): "
+                         "regressors and classifiers of numbers", spec,
+                         "use an ImageFolder or a .data file for an image classifier")
     if path.is_dir():
         return image_folder(path, channels, seed)
     if path.suffix == ".data":
@@ -197,6 +199,36 @@ def regression_csv(path: str | Path, inputs: tuple[int, ...], outputs: int) -> D
     optional header line)."""
     path = Path(path)
     n_in = math.prod(inputs)
+    table = _csv_table(path, n_in, outputs, f"{outputs} target numbers",
+                       "columns: the inputs first, then the targets")
+    x, y = table[:, :n_in].reshape(-1, *inputs), table[:, n_in:]
+    return DataSplits(Tensors(x, y), None, [], f"CSV {path}: {len(table)} rows, "
+                      f"{n_in} inputs -> {outputs} targets", augment=False,
+                      in_memory=True)
+
+
+def class_csv(path: str | Path, inputs: tuple[int, ...], classes: int) -> DataSplits:
+    """Classification rows: the network's `inputs` numbers, then a class index 0..classes-1 per
+    line (an optional header line)."""
+    path = Path(path)
+    n_in = math.prod(inputs)
+    table = _csv_table(path, n_in, 1, "a class index",
+                       "columns: the inputs first, then the class (0, 1, ...)")
+    labels = table[:, n_in]
+    bad = ((labels != labels.round()) | (labels < 0) | (labels >= classes)).nonzero()
+    if len(bad):
+        n = int(bad[0, 0])
+        raise data_error(f"row {n + 1} of '{path}' has class {labels[n].item():g}; this network "
+                         f"has {classes} classes (0..{classes - 1})", str(path),
+                         "the last column is a class index, a whole number from 0")
+    x, y = table[:, :n_in].reshape(-1, *inputs), labels.long()
+    return DataSplits(Tensors(x, y), None, [str(k) for k in range(classes)],
+                      f"CSV {path}: {len(table)} rows, {n_in} inputs -> {classes} classes",
+                      augment=False, in_memory=True)
+
+
+def _csv_table(path: Path, n_in: int, outputs: int, targets: str, hint: str) -> torch.Tensor:
+    """The number rows of a CSV file (after an optional header), each `n_in + outputs` long."""
     try:
         with open(path, newline="") as fh:
             rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
@@ -211,15 +243,10 @@ def regression_csv(path: str | Path, inputs: tuple[int, ...], outputs: int) -> D
     for n, row in enumerate(rows, 1):
         if len(row) != want or not _numeric(row):
             raise data_error(f"row {n} of '{path}' has {len(row)} columns "
-                             f"({', '.join(row)[:60]}); this network needs {n_in} input and "
-                             f"{outputs} target numbers", str(path),
-                             "columns: the inputs first, then the targets")
+                             f"({', '.join(row)[:60]}); this network needs {n_in} input "
+                             f"numbers and {targets}", str(path), hint)
         values.append([float(c) for c in row])
-    table = torch.tensor(values, dtype=torch.float32)
-    x, y = table[:, :n_in].reshape(-1, *inputs), table[:, n_in:]
-    return DataSplits(Tensors(x, y), None, [], f"CSV {path}: {len(values)} rows, "
-                      f"{n_in} inputs -> {outputs} targets", augment=False,
-                      in_memory=True)
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def _numeric(row: Sequence[str]) -> bool:

@@ -33,6 +33,7 @@ from darkcfg.data import (
     DataSplits,
     Samples,
     check_classes_option,
+    class_csv,
     data_error,
     data_path,
     embedded_shapes,
@@ -245,6 +246,9 @@ class ClassifyTask(Task):
                                  "network takes flat inputs", "--data",
                                  "pass --data X.csv (regression) or another data source")
             return embedded_shapes(self.inputs, self.outputs, seed, classes)
+        if len(self.inputs) == 1 and not spec.startswith("torchvision:") and \
+                data_path(spec).suffix == ".csv":
+            return class_csv(data_path(spec), self.inputs, self.outputs)
         splits = open_images(spec, self.inputs, seed)
         if len(splits.names) > self.outputs:
             raise data_error(f"the data has {len(splits.names)} classes but the network "
