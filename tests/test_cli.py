@@ -532,3 +532,21 @@ def test_an_error_about_a_set_value_shows_that_value(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert "error[E301]: 'layers' refers to layer -40" in lines[0]
     assert lines[2] == "163 | layers=-40" and lines[3] == "    |        ^^^"
+
+
+def test_predict_takes_folders_and_its_probabilities_sum_to_one(work, capsys, monkeypatch):
+    """A folder stands for its images (sorted, recursive), as for detect; it was E901 'is a
+    folder'. Every class shown (--top past the class count) sums to 100%."""
+    monkeypatch.chdir(work)
+    code, out, err = call(capsys, ["predict", "tiny.cfg", "--weights", "tiny.weights", "imgs",
+                                   "imgs/b.png", "--top", "9"])
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["imgs/1.jpg", "imgs/b.png", "imgs/b.png"]
+    for line in lines:
+        shares = [float(part.split("%")[0]) for part in line.split(": ")[1].split(", ")]
+        assert len(shares) == 4 and sum(shares) == pytest.approx(100, abs=0.03)
+        assert shares == sorted(shares, reverse=True)
+    assert lines[1] == lines[2]
+    code, _, err = call(capsys, ["predict", "tiny.cfg", "--weights", "tiny.weights", "nope.png"])
+    assert code == 2 and "'nope.png' does not exist" in err and "--detect" not in err

@@ -93,7 +93,7 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
             paths.append(p)
         else:
             raise CfgError(Diagnostic("E901", f"image or folder '{target}' does not exist",
-                                      target, hint="check the path given to --detect"))
+                                      target, hint="check the path"))
     if skipped:
         say(f"warning: skipped {len(skipped)} file(s) that are not images "
             f"(e.g. {skipped[0]}; images end in {', '.join(IMAGE_EXTENSIONS)})")

@@ -475,16 +475,13 @@ def predict(opts: RunOptions, images: list[str], top: int,
                           "[net] width, height and channels"))
         raise CfgError(Diagnostic("E300", f"--predict is for image classifiers; this network "
                                   f"is {kind}", opts.cfg_path, hint=hint))
+    from darkcfg.detect.run import image_paths  # the one expansion of files and folders
+
     names = class_names(opts, task)
     view = Augment(cfg, train=False)
     net.eval()
     results = []
-    for path in images:
-        if not os.path.isfile(path):
-            what = "is a folder" if os.path.isdir(path) else "does not exist"
-            raise CfgError(Diagnostic("E901", f"image '{path}' {what}", path,
-                                      hint="name image files" if os.path.isdir(path) else
-                                      "check the path"))
+    for path in map(str, image_paths(images)[0]):  # a folder: its images, as for detect
         try:
             pixels = read_image(path, task.inputs[0])
         except DataError as exc:
