@@ -343,7 +343,8 @@ class Cost(Layer):
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Darknet's error summed over the values of each image, times `scale`, mean over the
         batch: sse (seg, wgan on CPU) sum((t - x)^2); L1 sum|t - x|; smooth: d^2 where |d| < 1
-        else 2|d| - 1 (Darknet's smooth_l1); masked = sse skipping truth == -1234."""
+        else 2|d| - 1 (Darknet's smooth_l1); masked = sse skipping truth == -1234. The gradient
+        is Darknet's delta, scale * (x - t) for sse (not autograd's 2 (x - t))."""
         pred = x.reshape(x.shape[0], -1)
         truth = target.reshape(target.shape[0], -1).to(pred.dtype)
         if truth.shape != pred.shape:
@@ -358,7 +359,12 @@ class Cost(Layer):
             err = torch.where(diff.abs() < 1, diff * diff, 2 * diff.abs() - 1)
         else:
             err = diff * diff
-        return self.scale * err.sum(1).mean()
+        value = self.scale * err.sum(1).mean()
+        if self.cost_type == "L1":
+            return value
+        # Darknet's delta is diff (l2_cpu, smooth_l1_cpu: +-1 past |diff| = 1), half the
+        # derivative of the error it reports: train on half the error, report the whole
+        return value.detach() + 0.5 * (value - value.detach())
 
 
 @register("cost")
