@@ -315,6 +315,10 @@ def test_top_level_help_lists_every_command_without_torch():
     (["train", "tiny.cfg", "--data", "digits", "--classes", "2"], "--classes is for the embedded"),
     (["valid", "tiny.cfg", "--weights", "/no/such.weights"], "does not exist"),
     (["predict", "tiny.cfg", "a.png", "--top", "0"], "--top 0"),
+    # options that only shape how --weights loads did nothing without it (the run went on)
+    (["train", "tiny.cfg", "--cutoff", "3"], "--cutoff 3 needs --weights"),
+    (["valid", "tiny.cfg", "--partial"], "--partial needs --weights"),
+    (["tiny.cfg", "--train", "--cutoff", "2"], "--cutoff 2 needs --weights"),
     (["detect", "tiny.cfg", "imgs"], "has no detection head"),
     (["detect", "det.cfg", "imgs", "--thresh", "1.5"], "--thresh 1.5"),
     (["detect", "det.cfg"], "nothing to detect in"),
