@@ -5,6 +5,7 @@ trainer all build through here."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -160,6 +161,10 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
     if not isinstance(state, dict):
         raise CfgError(Diagnostic("E901", f"'{path}' holds no state_dict", str(path)))
     own = net.state_dict()
+    if cutoff is not None:  # as for .weights: the first `cutoff` layers (it was ignored)
+        def first(names):
+            return {k: v for k, v in names.items() if _layer_of(k) < cutoff}
+        own, state = first(own), first(state)
     matched = {k: v for k, v in state.items()
                if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
     wrong_shape = [k for k, v in state.items() if k in own and k not in matched]
@@ -180,12 +185,21 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
                                   "--partial"))
     net.load_state_dict(matched, strict=False)
     report = f"loaded {len(matched)}/{len(own)} tensors from {path}"
+    report += f" (first {cutoff} layers)" if cutoff is not None else ""
     for label, names in (("missing", missing), ("shape mismatch", wrong_shape),
                          ("unexpected", unexpected)):
         if names:
             report += f"; {label}: {len(names)} ({', '.join(names[:3])}"
             report += ", ...)" if len(names) > 3 else ")"
     return report
+
+
+def _layer_of(name: str) -> float:
+    """The layer index of a Network state_dict name ('layers.5.unit.linear.weight' -> 5); inf
+    for a name outside the layers."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit() \
+        else math.inf
 
 
 def load_model(cfg_path: str, weights: str | os.PathLike | None = None, *,
