@@ -148,6 +148,14 @@ def test_regression_csv(tmp_path):
     path.write_text("1,2\n")
     with pytest.raises(CfgError, match="2 columns"):
         open_data(str(path), task, 0)
+    # NaN or inf trained into "the loss is nan ... lower learning_rate"; a row after a header was
+    # numbered from the header (row 1 was line 2)
+    for bad in ("nan", "inf", "-inf", "x"):
+        path.write_text(f"a,b,target\n1,2,3\n4,{bad},9\n")
+        with pytest.raises(CfgError) as err:
+            open_data(str(path), task, 0)
+        first = err.value.first
+        assert f"'{bad}' is not a finite number" in first.message and first.line == 3, first
     path.write_text("a,b,c\n")
     with pytest.raises(CfgError, match="no data rows"):
         open_data(str(path), task, 0)
@@ -167,10 +175,11 @@ def test_class_csv_trains_a_classifier_of_numbers(tmp_path):
     assert len(splits.train) == 2 and splits.val is None and "3 classes" in splits.description
     for row, what in (("1,2,3", "class 3"), ("1,2,0.5", "class 0.5"), ("1,2,-1", "class -1"),
                       ("1,2", "2 columns")):
-        path.write_text(f"1,2,0\n{row}\n")
+        path.write_text(f"a,b,c\n\n1,2,0\n{row}\n")
         with pytest.raises(CfgError) as err:
             open_data(str(path), task, 0)
-        assert what in err.value.first.message and "row 2" in err.value.first.message
+        assert what in err.value.first.message and err.value.first.line == 4  # the file's line
+        assert err.value.first.source == row
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
