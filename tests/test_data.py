@@ -271,6 +271,10 @@ def test_hidden_files_and_folders_are_no_part_of_an_image_folder(tmp_path):
 def test_torchvision_dataset_without_files_is_a_clear_error(tmp_path):
     with pytest.raises(CfgError, match="cannot open torchvision MNIST"):
         open_data(f"torchvision:MNIST:{tmp_path}", ClassifyTask(10, (1, 28, 28)), 0)
+    # torchvision's own advice, "You can use download=True", is no darkcfg option
+    with pytest.raises(CfgError) as err:
+        open_data(f"torchvision:CIFAR10:{tmp_path}", ClassifyTask(10, (3, 32, 32)), 0)
+    assert "download=True" not in str(err.value) and "never downloads" in err.value.first.hint
 
 
 # -- augmentations --------------------------------------------------------------------------------

@@ -341,8 +341,11 @@ def torchvision_data(spec: str, channels: int) -> DataSplits:
                 if "split" not in str(exc):
                     break
         if train:
-            raise data_error(f"cannot open torchvision {name} in '{root}': {problem}", "--data",
-                             "check the root folder (darkcfg never downloads)")
+            # torchvision's advice (download=True) is no option of darkcfg's
+            reason = str(problem).split(". You can use download=True")[0].rstrip(". ")
+            raise data_error(f"cannot open torchvision {name} in '{root}': {reason}", "--data",
+                             f"put {name} under {root} as torchvision lays it out (darkcfg "
+                             "never downloads)")
         return None
 
     train, val = load(True), load(False)
