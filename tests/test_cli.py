@@ -554,3 +554,33 @@ def test_predict_takes_folders_and_its_probabilities_sum_to_one(work, capsys, mo
     assert lines[1] == lines[2]
     code, _, err = call(capsys, ["predict", "tiny.cfg", "--weights", "tiny.weights", "nope.png"])
     assert code == 2 and "'nope.png' does not exist" in err and "--detect" not in err
+
+
+def test_valid_and_predict_of_a_runs_weights_read_that_runs_data(work, capsys, monkeypatch,
+                                                                  tmp_path):
+    """Without --data they scored a model of other classes on the embedded set and named its
+    classes after the embedded shapes; now they take the data in the run's settings.yaml (as
+    --resume does), and say so."""
+    import shutil
+
+    from PIL import Image
+
+    monkeypatch.chdir(work)
+    for split in ("train", "val"):
+        for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+            folder = tmp_path / "pets" / split / name
+            folder.mkdir(parents=True)
+            Image.new("RGB", (12, 12), colour).save(folder / "0.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(work / "tiny.weights", run / "tiny_final.weights")
+    (run / "settings.yaml").write_text(f"data: {tmp_path / 'pets'}\n")
+    weights = str(run / "tiny_final.weights")
+    code, out, err = call(capsys, ["predict", "tiny.cfg", "--weights", weights, "imgs/b.png"])
+    assert code == 0 and f"data: {tmp_path / 'pets'}, the data of the run" in err, err
+    assert set(n.split("% ")[1] for n in out.strip().split(": ")[1].split(", ")) >= {"cat", "dog"}
+    code, out, err = call(capsys, ["valid", "tiny.cfg", "--weights", weights])
+    ours = call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--data",
+                         str(tmp_path / "pets")])
+    assert code == 0 and "the data of the run" in err and out == ours[1]
+    assert "the data of the run" not in ours[2]  # --data given: as given

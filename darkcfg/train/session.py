@@ -430,10 +430,25 @@ def prepare_eval(opts: RunOptions):
     return trainer, cfg
 
 
+def weights_run_data(opts: RunOptions) -> RunOptions:
+    """Without --data, valid and predict of a run's weights read the data that run recorded
+    (its settings.yaml beside --weights), as --resume does: the embedded set scored a model of
+    other classes as if it were its own, and named its classes wrongly."""
+    if opts.data is not None or not opts.weights:
+        return opts
+    data = recorded_data(Path(opts.weights).parent)
+    if data is None:
+        return opts
+    say(f"data: {data}, the data of the run that wrote {opts.weights} (its settings.yaml; "
+        "--data to choose other data)")
+    return replace(opts, data=data)
+
+
 def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, dict]:
     """The task's validation metrics on the validation split (and the task, which says how to
     show them: `task.describe`)."""
-    if trainer is None:
+    if trainer is None:  # (chained after --train: the data it trained on)
+        opts = weights_run_data(opts)
         trainer, _ = prepare_eval(opts)
     cfg, task = trainer.cfg, trainer.task
     splits = task.open_data(opts.data, opts.seed, opts.classes)
@@ -463,7 +478,8 @@ def no_validation_hint(spec: str) -> str:
 @torch.no_grad()
 def predict(opts: RunOptions, images: list[str], top: int,
             trainer: Trainer | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
-    if trainer is None:
+    if trainer is None:  # (chained after --train: the data it trained on)
+        opts = weights_run_data(opts)
         trainer, _ = prepare_eval(opts)
     net, cfg, task = trainer.net, trainer.cfg, trainer.task
     if not task.predicts:
