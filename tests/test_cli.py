@@ -584,3 +584,19 @@ def test_valid_and_predict_of_a_runs_weights_read_that_runs_data(work, capsys, m
                          str(tmp_path / "pets")])
     assert code == 0 and "the data of the run" in err and out == ours[1]
     assert "the data of the run" not in ours[2]  # --data given: as given
+
+
+def test_valid_of_a_run_on_some_embedded_classes_takes_that_class_count(work, capsys,
+                                                                        monkeypatch, tmp_path):
+    """`make train` trains 10 of VGG-16's 1000 embedded classes; its weights were then validated
+    on all 1000 (chance scores) unless --classes was repeated."""
+    import shutil
+
+    monkeypatch.chdir(work)
+    shutil.copy(work / "tiny.weights", tmp_path / "tiny_final.weights")
+    (tmp_path / "settings.yaml").write_text("data: embedded\nclasses: 2\n")
+    weights = str(tmp_path / "tiny_final.weights")
+    code, out, err = call(capsys, ["valid", "tiny.cfg", "--weights", weights])
+    assert code == 0 and "the embedded set's first 2 classes" in err, err
+    assert out == call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--classes", "2"])[1]
+    assert out != call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--classes", "4"])[1]

@@ -130,14 +130,19 @@ def check_memory(opts: RunOptions, device: torch.device) -> tuple[int, int] | No
 RUN_FILES = (CHECKPOINT, "metrics.csv")  # a folder holding either already holds a run
 
 
-def recorded_data(out: Path) -> str | None:
-    """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
-    can still be opened from here (a path that exists, or `digits`); else None."""
+def recorded_settings(out: Path) -> dict:
+    """The settings.yaml of a run in `out` ({} when there is none or it does not read)."""
     try:
         recorded = yaml.safe_load((out / "settings.yaml").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    data = recorded.get("data") if isinstance(recorded, dict) else None
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def recorded_data(out: Path) -> str | None:
+    """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
+    can still be opened from here (a path that exists, or `digits`); else None."""
+    data = recorded_settings(out).get("data")
     if not isinstance(data, str) or data == "embedded":
         return None
     return data if data == "digits" or data.startswith("torchvision:") or \
@@ -436,12 +441,19 @@ def weights_run_data(opts: RunOptions) -> RunOptions:
     other classes as if it were its own, and named its classes wrongly."""
     if opts.data is not None or not opts.weights:
         return opts
-    data = recorded_data(Path(opts.weights).parent)
-    if data is None:
-        return opts
-    say(f"data: {data}, the data of the run that wrote {opts.weights} (its settings.yaml; "
-        "--data to choose other data)")
-    return replace(opts, data=data)
+    run = Path(opts.weights).parent
+    data = recorded_data(run)
+    if data is not None:
+        say(f"data: {data}, the data of the run that wrote {opts.weights} (its settings.yaml; "
+            "--data to choose other data)")
+        return replace(opts, data=data)
+    classes = recorded_settings(run).get("classes")
+    if opts.classes is None and isinstance(classes, int) and not isinstance(classes, bool) \
+            and classes > 0:  # `make train`: 10 of VGG-16's 1000 embedded classes
+        say(f"data: the embedded set's first {classes} classes, as the run that wrote "
+            f"{opts.weights} trained (its settings.yaml; --classes to choose)")
+        return replace(opts, classes=classes)
+    return opts
 
 
 def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, dict]:
