@@ -141,6 +141,12 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
     if not is_torch_file(path):
         from builders.weights import load_weights
 
+        if partial:  # it loads tensors by name; a .weights file is read layer by layer
+            raise CfgError(Diagnostic(
+                "E100", f"--partial is for a torch state_dict or checkpoint; '{path}' is Darknet "
+                ".weights", "--partial", hint="load the first N layers of a .weights file with "
+                "--cutoff N"))
+
         info = load_weights(net, path, cutoff=cutoff) if cutoff is not None else \
             load_weights(net, path)
         upto = f" (first {cutoff} layers)" if cutoff is not None else ""

@@ -120,6 +120,13 @@ def test_a_state_dict_with_cutoff_loads_only_the_first_layers(tmp_path):
     before = {k: v.clone() for k, v in net.state_dict().items()}
     report = load_any_weights(net, tmp_path / "w.pt", cutoff=1)
     assert "(first 1 layers)" in report and "2/2" in report
+    # --partial of a .weights file did nothing: it is --cutoff's job there
+    from builders.weights import save_weights
+
+    save_weights(trained, tmp_path / "w.weights")
+    with pytest.raises(CfgError, match="--partial is for a torch state_dict") as err:
+        load_any_weights(build(text), tmp_path / "w.weights", partial=True)
+    assert "--cutoff N" in err.value.first.hint
     for key, value in net.state_dict().items():
         source = trained.state_dict() if key.startswith("layers.0.") else before
         assert torch.equal(value, source[key]), key
