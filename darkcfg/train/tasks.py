@@ -244,7 +244,7 @@ class ClassifyTask(Task):
             if len(self.inputs) != 3:
                 raise data_error("the embedded dataset is images for a classifier; this "
                                  "network takes flat inputs", "--data",
-                                 "pass --data X.csv (regression) or another data source")
+                                 "pass --data X.csv (each row: the inputs, then the class)")
             return embedded_shapes(self.inputs, self.outputs, seed, classes)
         if len(self.inputs) == 1 and not spec.startswith("torchvision:") and \
                 data_path(spec).suffix == ".csv":
