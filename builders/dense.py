@@ -280,15 +280,20 @@ class Softmax(Layer):
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy -sum(truth * log p) per image, mean over the batch; `target` holds class
         indices (N,) into the flattened output, or a probability / one-hot matrix (N, inputs).
-        Darknet's gradient is truth - p; autograd's also carries the 1/temperature factor."""
+        The gradient is Darknet's delta, p - truth (softmax_x_ent_cpu), whatever the temperature:
+        autograd's carries a 1/temperature factor, taken out here."""
         plain = self.groups == 1 and self.tree is None and not self.spatial
         if plain and target.dim() == 1:  # the common case: torch's fused cross-entropy
             logits = x.reshape(x.shape[0], -1)
-            return F.cross_entropy(logits if self.temperature == 1 else logits / self.temperature,
+            loss = F.cross_entropy(logits if self.temperature == 1 else logits / self.temperature,
                                    target.long())
-        logp = self.log_probs(x)
-        truth = _truth_matrix(target, logp, "softmax")
-        return -(truth * logp).sum(1).mean()
+        else:
+            logp = self.log_probs(x)
+            truth = _truth_matrix(target, logp, "softmax")
+            loss = -(truth * logp).sum(1).mean()
+        if self.temperature == 1:
+            return loss
+        return loss.detach() + self.temperature * (loss - loss.detach())
 
 
 def _truth_matrix(target: torch.Tensor, like: torch.Tensor, what: str) -> torch.Tensor:

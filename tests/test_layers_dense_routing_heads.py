@@ -170,6 +170,12 @@ def test_softmax_groups_temperature_and_loss():
     target = torch.tensor([1, 4])
     loss = net.layers[1].loss(out[0], target)
     torch.testing.assert_close(loss, -torch.log(expected[[0, 1], [1, 4]]).mean())
+    # the gradient is Darknet's delta p - truth (softmax_x_ent_cpu), not autograd's (p - t) / 2
+    soft = build(_cfg("[net]\ninputs=4", "[softmax]\ntemperature=2"))
+    x = torch.tensor([[1.0, -2.0, 0.5, 3.0]], requires_grad=True)
+    soft.layers[0].loss(x, torch.tensor([2])).backward()
+    p = torch.softmax(x.detach() / 2, -1)
+    torch.testing.assert_close(x.grad, p - torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
 
 
 def test_softmax_tree_groups(tmp_path):
