@@ -280,15 +280,20 @@ class Softmax(Layer):
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy -sum(truth * log p) per image, mean over the batch; `target` holds class
         indices (N,) into the flattened output, or a probability / one-hot matrix (N, inputs).
-        Darknet's gradient is truth - p; autograd's also carries the 1/temperature factor."""
+        The gradient is Darknet's delta, p - truth (softmax_x_ent_cpu), whatever the temperature:
+        autograd's carries a 1/temperature factor, taken out here."""
         plain = self.groups == 1 and self.tree is None and not self.spatial
         if plain and target.dim() == 1:  # the common case: torch's fused cross-entropy
             logits = x.reshape(x.shape[0], -1)
-            return F.cross_entropy(logits if self.temperature == 1 else logits / self.temperature,
+            loss = F.cross_entropy(logits if self.temperature == 1 else logits / self.temperature,
                                    target.long())
-        logp = self.log_probs(x)
-        truth = _truth_matrix(target, logp, "softmax")
-        return -(truth * logp).sum(1).mean()
+        else:
+            logp = self.log_probs(x)
+            truth = _truth_matrix(target, logp, "softmax")
+            loss = -(truth * logp).sum(1).mean()
+        if self.temperature == 1:
+            return loss
+        return loss.detach() + self.temperature * (loss - loss.detach())
 
 
 def _truth_matrix(target: torch.Tensor, like: torch.Tensor, what: str) -> torch.Tensor:
@@ -343,7 +348,8 @@ class Cost(Layer):
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Darknet's error summed over the values of each image, times `scale`, mean over the
         batch: sse (seg, wgan on CPU) sum((t - x)^2); L1 sum|t - x|; smooth: d^2 where |d| < 1
-        else 2|d| - 1 (Darknet's smooth_l1); masked = sse skipping truth == -1234."""
+        else 2|d| - 1 (Darknet's smooth_l1); masked = sse skipping truth == -1234. The gradient
+        is Darknet's delta, scale * (x - t) for sse (not autograd's 2 (x - t))."""
         pred = x.reshape(x.shape[0], -1)
         truth = target.reshape(target.shape[0], -1).to(pred.dtype)
         if truth.shape != pred.shape:
@@ -358,7 +364,12 @@ class Cost(Layer):
             err = torch.where(diff.abs() < 1, diff * diff, 2 * diff.abs() - 1)
         else:
             err = diff * diff
-        return self.scale * err.sum(1).mean()
+        value = self.scale * err.sum(1).mean()
+        if self.cost_type == "L1":
+            return value
+        # Darknet's delta is diff (l2_cpu, smooth_l1_cpu: +-1 past |diff| = 1), half the
+        # derivative of the error it reports: train on half the error, report the whole
+        return value.detach() + 0.5 * (value - value.detach())
 
 
 @register("cost")

@@ -200,6 +200,13 @@ def _size_error(net: Network, plan, path: str, header: Header, expected: int, ac
                 hint = "check that the cfg matches the weights, and that the file is complete"
                 break
             start = end
+    # fine-tuning on another class count: every layer but the last with weights fits
+    last = next((i for i, tensors in reversed(plan) if tensors), None)
+    if cutoff is None and last is not None and f"--cutoff {last}" not in hint and \
+            sum(t.numel() for i, tensors in plan if i < last for t in tensors) <= actual:
+        hint += (f"; to fine-tune on another class count, load all but the last layer with "
+                 f"weights (layer {last}, [{net.meta[last].type}], starts from its initial "
+                 f"weights): --cutoff {last}")
     raise _error("E902", message, path, hint)
 
 

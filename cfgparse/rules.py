@@ -147,6 +147,11 @@ def net_rules(net: Block, *, fatal_only: bool = False) -> list[Diagnostic]:
             "lr*(1-batch/max_batches)^power)",
             "max_batches" if "max_batches" in net else "policy",
             hint="set max_batches, or use policy=constant to train without an end"))
+    if policy == "poly" and value(net, "power") < 0:
+        fatal.append(net.diagnostic(
+            "E305", f"policy=poly needs power >= 0 (got {value(net, 'power'):g}): its rate "
+            "lr*(1-batch/max_batches)^power is infinite at max_batches", "power",
+            hint="use power=4 (Darknet's default) or another value >= 0"))
     if policy == "step" and value(net, "step") <= 0:
         fatal.append(net.diagnostic(
             "E305", f"policy=step needs step > 0 (got {value(net, 'step')}): the rate divides "

@@ -148,7 +148,7 @@ def lr_at(cfg: NetConfig, batch_num: int) -> float:
     if policy == "constant":
         return lr
     if policy == "step":
-        return lr * cfg.scale ** (batch_num // cfg.step)
+        return lr * _pow(cfg.scale, batch_num // cfg.step)
     if policy == "steps":
         rate = lr
         for i, step in enumerate(cfg.steps):
@@ -157,13 +157,15 @@ def lr_at(cfg: NetConfig, batch_num: int) -> float:
             rate *= cfg.scales[i] if i < len(cfg.scales) else 1.0  # missing scales are 1
         return rate
     if policy == "exp":
-        return lr * cfg.gamma ** batch_num
+        return lr * _pow(cfg.gamma, batch_num)
     if policy == "poly":
         return lr * (1 - batch_num / cfg.max_batches) ** cfg.power
     if policy == "random":
         return lr * uniform01(cfg.seed, batch_num) ** cfg.power
     if policy == "sigmoid":
-        return lr * (1.0 / (1.0 + math.exp(cfg.gamma * (batch_num - cfg.step))))
+        z = cfg.gamma * (batch_num - cfg.step)
+        # 1 / (1 + e^z) without e^z: math.exp raises past z = 709 where C's exp gives inf (0)
+        return lr * (math.exp(-z) / (1.0 + math.exp(-z)) if z > 0 else 1.0 / (1.0 + math.exp(z)))
     if policy == "sgdr":
         start, cycle = 0, float(cfg.sgdr_cycle)
         while start + cycle < batch_num:
@@ -172,6 +174,15 @@ def lr_at(cfg: NetConfig, batch_num: int) -> float:
         low = cfg.learning_rate_min
         return low + 0.5 * (lr - low) * (1 + math.cos((batch_num - start) * math.pi / cycle))
     raise ValueError(f"unknown policy {policy!r}")  # the schema already rejected it
+
+
+def _pow(base: float, exponent: int) -> float:
+    """C's pow: a result past the float range is inf (Python's float power raises), as Darknet
+    computes a scale or gamma above 1 over many iterations."""
+    try:
+        return base ** exponent
+    except OverflowError:
+        return math.inf if base > 0 or exponent % 2 == 0 else -math.inf
 
 
 def uniform01(seed: int, batch_num: int) -> float:

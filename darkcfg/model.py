@@ -5,6 +5,7 @@ trainer all build through here."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import random
 import re
@@ -180,6 +181,12 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
     if not is_torch_file(path):
         from builders.weights import load_weights
 
+        if partial:  # it loads tensors by name; a .weights file is read layer by layer
+            raise CfgError(Diagnostic(
+                "E100", f"--partial is for a torch state_dict or checkpoint; '{path}' is Darknet "
+                ".weights", "--partial", hint="load the first N layers of a .weights file with "
+                "--cutoff N"))
+
         info = load_weights(net, path, cutoff=cutoff) if cutoff is not None else \
             load_weights(net, path)
         upto = f" (first {cutoff} layers)" if cutoff is not None else ""
@@ -197,6 +204,10 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
     if not isinstance(state, dict):
         raise CfgError(Diagnostic("E901", f"'{path}' holds no state_dict", str(path)))
     own = net.state_dict()
+    if cutoff is not None:  # as for .weights: the first `cutoff` layers (it was ignored)
+        def first(names):
+            return {k: v for k, v in names.items() if _layer_of(k) < cutoff}
+        own, state = first(own), first(state)
     matched = {k: v for k, v in state.items()
                if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
     wrong_shape = [k for k, v in state.items() if k in own and k not in matched]
@@ -217,6 +228,7 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
                                   "--partial"))
     net.load_state_dict(matched, strict=False)
     report = f"loaded {len(matched)}/{len(own)} tensors from {path} ({kind})"
+    report += f" (first {cutoff} layers)" if cutoff is not None else ""
     for label, names in (("missing", missing), ("shape mismatch", wrong_shape),
                          ("unexpected", unexpected)):
         if names:
@@ -230,6 +242,14 @@ def with_non_finite(net, path: Path, report: str) -> str:
     loads them as well; every output is then NaN. Training refuses them, up front)."""
     bad = non_finite(net)
     return f"{report}\nwarning: '{path}': {bad}: the outputs will be NaN" if bad else report
+
+
+def _layer_of(name: str) -> float:
+    """The layer index of a Network state_dict name ('layers.5.unit.linear.weight' -> 5); inf
+    for a name outside the layers."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit() \
+        else math.inf
 
 
 def load_model(cfg_path: str, weights: str | os.PathLike | None = None, *,

@@ -105,6 +105,33 @@ def test_model_spec_load_honours_partial(tmp_path):
     assert "1/4" in report and not net.training
 
 
+def test_a_state_dict_with_cutoff_loads_only_the_first_layers(tmp_path):
+    """--cutoff N loads layers 0..N-1 of a .weights file; of a state_dict or checkpoint it was
+    ignored (every matching tensor loaded, the later layers too)."""
+    from darkcfg.model import load_any_weights
+
+    text = "[net]\nwidth=4\nheight=4\nchannels=1\n[convolutional]\nfilters=2\nsize=1\n" \
+        "activation=leaky\n[connected]\noutput=3\nactivation=linear\n[softmax]\n"
+    torch.manual_seed(1)
+    trained = build(text)
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    torch.manual_seed(2)
+    net = build(text)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = load_any_weights(net, tmp_path / "w.pt", cutoff=1)
+    assert "(first 1 layers)" in report and "2/2" in report
+    # --partial of a .weights file did nothing: it is --cutoff's job there
+    from builders.weights import save_weights
+
+    save_weights(trained, tmp_path / "w.weights")
+    with pytest.raises(CfgError, match="--partial is for a torch state_dict") as err:
+        load_any_weights(build(text), tmp_path / "w.weights", partial=True)
+    assert "--cutoff N" in err.value.first.hint
+    for key, value in net.state_dict().items():
+        source = trained.state_dict() if key.startswith("layers.0.") else before
+        assert torch.equal(value, source[key]), key
+
+
 def test_one_string_for_a_tuple_field_is_one_value(tmp_path):
     from darkcfg.detect.run import DetectOptions
     from darkcfg.model import ModelSpec

@@ -315,6 +315,10 @@ def test_top_level_help_lists_every_command_without_torch():
     (["train", "tiny.cfg", "--data", "digits", "--classes", "2"], "--classes is for the embedded"),
     (["valid", "tiny.cfg", "--weights", "/no/such.weights"], "does not exist"),
     (["predict", "tiny.cfg", "a.png", "--top", "0"], "--top 0"),
+    # options that only shape how --weights loads did nothing without it (the run went on)
+    (["train", "tiny.cfg", "--cutoff", "3"], "--cutoff 3 needs --weights"),
+    (["valid", "tiny.cfg", "--partial"], "--partial needs --weights"),
+    (["tiny.cfg", "--train", "--cutoff", "2"], "--cutoff 2 needs --weights"),
     (["detect", "tiny.cfg", "imgs"], "has no detection head"),
     (["detect", "det.cfg", "imgs", "--thresh", "1.5"], "--thresh 1.5"),
     (["detect", "det.cfg"], "nothing to detect in"),
@@ -537,3 +541,67 @@ def test_an_error_about_a_set_value_is_located_at_the_set(capsys):
     first = capsys.readouterr().err.splitlines()[0]
     assert first.startswith("--set upsample.stride=0: error[")
     assert f"(layer 19 [upsample], {cfg}:" in first
+
+
+def test_predict_takes_folders_and_its_probabilities_sum_to_one(work, capsys, monkeypatch):
+    """A folder stands for its images (sorted, recursive), as for detect; it was E901 'is a
+    folder'. Every class shown (--top past the class count) sums to 100%."""
+    monkeypatch.chdir(work)
+    code, out, err = call(capsys, ["predict", "tiny.cfg", "--weights", "tiny.weights", "imgs",
+                                   "imgs/b.png", "--top", "9"])
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["imgs/1.jpg", "imgs/b.png", "imgs/b.png"]
+    for line in lines:
+        shares = [float(part.split("%")[0]) for part in line.split(": ")[1].split(", ")]
+        assert len(shares) == 4 and sum(shares) == pytest.approx(100, abs=0.03)
+        assert shares == sorted(shares, reverse=True)
+    assert lines[1] == lines[2]
+    code, _, err = call(capsys, ["predict", "tiny.cfg", "--weights", "tiny.weights", "nope.png"])
+    assert code == 2 and "'nope.png' does not exist" in err and "--detect" not in err
+
+
+def test_valid_and_predict_of_a_runs_weights_read_that_runs_data(work, capsys, monkeypatch,
+                                                                  tmp_path):
+    """Without --data they scored a model of other classes on the embedded set and named its
+    classes after the embedded shapes; now they take the data in the run's settings.yaml (as
+    --resume does), and say so."""
+    import shutil
+
+    from PIL import Image
+
+    monkeypatch.chdir(work)
+    for split in ("train", "val"):
+        for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+            folder = tmp_path / "pets" / split / name
+            folder.mkdir(parents=True)
+            Image.new("RGB", (12, 12), colour).save(folder / "0.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(work / "tiny.weights", run / "tiny_final.weights")
+    (run / "settings.yaml").write_text(f"data: {tmp_path / 'pets'}\n")
+    weights = str(run / "tiny_final.weights")
+    code, out, err = call(capsys, ["predict", "tiny.cfg", "--weights", weights, "imgs/b.png"])
+    assert code == 0 and f"data: {tmp_path / 'pets'}, the data of the run" in err, err
+    assert set(n.split("% ")[1] for n in out.strip().split(": ")[1].split(", ")) >= {"cat", "dog"}
+    code, out, err = call(capsys, ["valid", "tiny.cfg", "--weights", weights])
+    ours = call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--data",
+                         str(tmp_path / "pets")])
+    assert code == 0 and "the data of the run" in err and out == ours[1]
+    assert "the data of the run" not in ours[2]  # --data given: as given
+
+
+def test_valid_of_a_run_on_some_embedded_classes_takes_that_class_count(work, capsys,
+                                                                        monkeypatch, tmp_path):
+    """`make train` trains 10 of VGG-16's 1000 embedded classes; its weights were then validated
+    on all 1000 (chance scores) unless --classes was repeated."""
+    import shutil
+
+    monkeypatch.chdir(work)
+    shutil.copy(work / "tiny.weights", tmp_path / "tiny_final.weights")
+    (tmp_path / "settings.yaml").write_text("data: embedded\nclasses: 2\n")
+    weights = str(tmp_path / "tiny_final.weights")
+    code, out, err = call(capsys, ["valid", "tiny.cfg", "--weights", weights])
+    assert code == 0 and "the embedded set's first 2 classes" in err, err
+    assert out == call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--classes", "2"])[1]
+    assert out != call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--classes", "4"])[1]

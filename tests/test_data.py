@@ -148,11 +148,38 @@ def test_regression_csv(tmp_path):
     path.write_text("1,2\n")
     with pytest.raises(CfgError, match="2 columns"):
         open_data(str(path), task, 0)
+    # NaN or inf trained into "the loss is nan ... lower learning_rate"; a row after a header was
+    # numbered from the header (row 1 was line 2)
+    for bad in ("nan", "inf", "-inf", "x"):
+        path.write_text(f"a,b,target\n1,2,3\n4,{bad},9\n")
+        with pytest.raises(CfgError) as err:
+            open_data(str(path), task, 0)
+        first = err.value.first
+        assert f"'{bad}' is not a finite number" in first.message and first.line == 3, first
     path.write_text("a,b,c\n")
     with pytest.raises(CfgError, match="no data rows"):
         open_data(str(path), task, 0)
-    with pytest.raises(CfgError, match="regression"):
+    with pytest.raises(CfgError, match="flat inputs"):
         open_data(str(path), IMAGES, 0)
+
+
+def test_class_csv_trains_a_classifier_of_numbers(tmp_path):
+    # a [connected] + [softmax] network of flat inputs: the last column is the class; this was
+    # refused with "image data needs ... or use --data X.csv" while given X.csv
+    task = ClassifyTask(3, (2,))
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,label\n0.5,2,0\n4,5,2\n")
+    splits = open_data(str(path), task, 0)
+    x, y = splits.train[1]
+    assert x.tolist() == [4.0, 5.0] and y.item() == 2 and y.dtype == torch.int64
+    assert len(splits.train) == 2 and splits.val is None and "3 classes" in splits.description
+    for row, what in (("1,2,3", "class 3"), ("1,2,0.5", "class 0.5"), ("1,2,-1", "class -1"),
+                      ("1,2", "2 columns")):
+        path.write_text(f"a,b,c\n\n1,2,0\n{row}\n")
+        with pytest.raises(CfgError) as err:
+            open_data(str(path), task, 0)
+        assert what in err.value.first.message and err.value.first.line == 4  # the file's line
+        assert err.value.first.source == row
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -244,6 +271,10 @@ def test_hidden_files_and_folders_are_no_part_of_an_image_folder(tmp_path):
 def test_torchvision_dataset_without_files_is_a_clear_error(tmp_path):
     with pytest.raises(CfgError, match="cannot open torchvision MNIST"):
         open_data(f"torchvision:MNIST:{tmp_path}", ClassifyTask(10, (1, 28, 28)), 0)
+    # torchvision's own advice, "You can use download=True", is no darkcfg option
+    with pytest.raises(CfgError) as err:
+        open_data(f"torchvision:CIFAR10:{tmp_path}", ClassifyTask(10, (3, 32, 32)), 0)
+    assert "download=True" not in str(err.value) and "never downloads" in err.value.first.hint
 
 
 # -- augmentations --------------------------------------------------------------------------------

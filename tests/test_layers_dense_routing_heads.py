@@ -170,6 +170,12 @@ def test_softmax_groups_temperature_and_loss():
     target = torch.tensor([1, 4])
     loss = net.layers[1].loss(out[0], target)
     torch.testing.assert_close(loss, -torch.log(expected[[0, 1], [1, 4]]).mean())
+    # the gradient is Darknet's delta p - truth (softmax_x_ent_cpu), not autograd's (p - t) / 2
+    soft = build(_cfg("[net]\ninputs=4", "[softmax]\ntemperature=2"))
+    x = torch.tensor([[1.0, -2.0, 0.5, 3.0]], requires_grad=True)
+    soft.layers[0].loss(x, torch.tensor([2])).backward()
+    p = torch.softmax(x.detach() / 2, -1)
+    torch.testing.assert_close(x.grad, p - torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
 
 
 def test_softmax_tree_groups(tmp_path):
@@ -203,6 +209,18 @@ def test_cost_losses():
         net = build(_cfg("[net]\ninputs=3", f"[cost]\ntype={kind}\nscale=2"))
         assert net.layers[0].takes_loss
         torch.testing.assert_close(net.layers[0].loss(x, t), torch.tensor(2 * expected))
+    # the gradient is Darknet's delta times scale (backward_cost_layer), per image of the batch:
+    # l2_cpu's delta is t - x (half the derivative of the sse it reports), smooth_l1's t - x
+    # inside |t - x| < 1 and its sign outside, l1's the sign
+    x = torch.tensor([[0.0, 2.0, 5.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    t = torch.tensor([[0.5, 0.0, -1.0], [1.0, 1.5, 3.0]])
+    d = t - x.detach()
+    for kind, delta in (("sse", d), ("L1", d.sign()),
+                        ("smooth", torch.where(d.abs() < 1, d, d.sign()))):
+        x.grad = None
+        build(_cfg("[net]\ninputs=3", f"[cost]\ntype={kind}\nscale=2")).layers[0].loss(
+            x, t).backward()
+        torch.testing.assert_close(x.grad, -2 * delta / 2, msg=kind)
     after_softmax = build(_cfg("[net]\ninputs=3", "[softmax]\n[cost]"))
     assert not after_softmax.layers[1].takes_loss and after_softmax.loss_layers == [0]
 

@@ -41,6 +41,13 @@ TABLE = [
      [(5, 0.1 * 0.5 ** 4)]),
     ("learning_rate=0.3\npolicy=sigmoid\ngamma=0.5\nstep=40",
      [(40, 0.15), (42, 0.3 / (1 + math.exp(1.0))), (30, 0.3 / (1 + math.exp(-5.0)))]),
+    # past e^709 C's exp gives inf and the rate 0; math.exp raised OverflowError (a traceback in
+    # training and --plot-lr); gamma 0.1 reaches it 7100 iterations after step
+    ("learning_rate=0.3\npolicy=sigmoid\ngamma=0.1\nstep=5000",
+     [(12100, 0.3 * math.exp(-710.0)), (500000, 0.0), (1, 0.3 / (1 + math.exp(-499.9)))]),
+    # C's pow overflows to inf where Python's float power raised
+    ("learning_rate=0.1\npolicy=exp\ngamma=2", [(10, 0.1 * 1024), (2000, math.inf)]),
+    ("learning_rate=0.1\npolicy=step\nstep=1\nscale=10", [(2, 10.0), (400, math.inf)]),
     # sgdr: cycles of 10, 20, 40 (sgdr_mult 2): restarts after batch_num 10 and 30
     ("learning_rate=0.1\nlearning_rate_min=0.001\npolicy=sgdr\nsgdr_cycle=10",
      [(0, 0.1), (5, 0.001 + 0.5 * 0.099 * (1 + math.cos(math.pi * 5 / 10))),
@@ -82,6 +89,8 @@ def test_random_policy_is_pure_and_seeded():
     ("policy=poly\nmax_batches=0", "E305"),  # Darknet divides by zero
     ("policy=sgdr\nmax_batches=0", "E305"),  # Darknet loops forever
     ("policy=step\nstep=0", "E305"),
+    # 0 ** -1 at max_batches: a ZeroDivisionError traceback at the last iteration
+    ("policy=poly\npower=-1\nmax_batches=10", "E305"),
     # Darknet reads sgdr_mult as an int (0 here): a fraction shrank the cycles, and lr_at looked
     # for the cycle of batch_num 5 forever (the run hung, deaf to SIGTERM)
     ("policy=sgdr\nsgdr_cycle=2\nsgdr_mult=0.5\nmax_batches=10", "E305"),
@@ -183,11 +192,12 @@ def test_step_equals_darknet_update_rule():
     gen = torch.Generator().manual_seed(3)
     for k in (1, 2, 3):
         x, y = torch.randn(8, 3, generator=gen), torch.randn(8, 2, generator=gen)
-        # Darknet's gradients: the sum over the 8 images of d(sum of squared error)/dw
+        # Darknet's gradients: the sum over the 8 images of the [cost] delta y - out (l2_cpu:
+        # half the derivative of the squared error) carried back to each w
         model = {n: v.clone().requires_grad_(True) for n, v in ref.items()}
         h = x.double() @ model["layers.0.unit.linear.weight"].T + model["layers.0.unit.linear.bias"]
         out = h @ model["layers.1.unit.linear.weight"].T + model["layers.1.unit.linear.bias"]
-        ((out - y.double()) ** 2).sum().backward()
+        out.backward(out.detach() - y.double())
         lr = {1: 0.1, 2: 0.05, 3: 0.05}[k]  # steps=2, scales=0.5
         for n in ref:
             updates[n] -= model[n].grad

@@ -59,12 +59,14 @@ def cfg(tmp_path, tiny_classifier) -> Path:
 # The CPU as it trains by default; CUDA with --deterministic (without it, cuDNN autotuning and
 # atomic-add reductions make two runs differ in the last bits: seen on an H200)
 DEVICES = [("--device", "cpu"),
+           # loader processes: each restarts the sample stream at the checkpoint's iteration
+           pytest.param(("--device", "cpu", "--workers", "2"), marks=pytest.mark.slow),
            pytest.param(("--device", "cuda", "--deterministic"),
                         marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                  reason="needs a CUDA device"))]
 
 
-@pytest.mark.parametrize("device", DEVICES, ids=["cpu", "cuda"])
+@pytest.mark.parametrize("device", DEVICES, ids=["cpu", "cpu-workers", "cuda"])
 def test_sigkill_then_resume_is_byte_identical(cfg, tmp_path, device):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     proc = start(command(cfg, killed, *device))

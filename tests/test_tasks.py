@@ -135,3 +135,18 @@ def test_heads_of_different_tasks_or_an_unknown_one_are_located_errors(monkeypat
     monkeypatch.setattr(net.layers[4], "loss_target", "pixels")
     with pytest.raises(CfgError, match="no training task for losses against 'pixels'"):
         task_for(net)
+
+
+def test_top1_top5_of_tied_scores_count_as_darknets_top_k():
+    # a saturated or untrained net: every class scores 1/10. Darknet's top_k keeps the first of
+    # equal scores, so top-1 is class 0 and top-5 classes 0..4; torch.topk chose 8 and 5..9
+    net = build(NET + "[connected]\noutput=10\nactivation=linear\n[softmax]\n")
+    for p in net.layers[0].unit.linear.parameters():
+        torch.nn.init.zeros_(p)
+    task = task_for(net, config(net))
+    x, y = torch.rand(7, 1, 2, 2), torch.tensor([0, 1, 2, 3, 4, 0, 9])
+    loss, top1, top5 = task.batch_sums(net, x, y, net(x, collect=[0, 1])).tolist()
+    assert (top1, top5) == (2, 6)
+    assert loss == pytest.approx(7 * torch.tensor(10.0).log().item(), rel=1e-5)
+    values, classes = tasks.ranked(torch.tensor([[0.1, 0.3, 0.3, 0.0, 0.3]]), 4)
+    assert classes.tolist() == [[1, 2, 4, 0]] and values.sum().item() == pytest.approx(1.0)

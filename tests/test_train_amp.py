@@ -151,3 +151,25 @@ def test_compiled_training_step_matches_eager(tmp_path):
     assert got == pytest.approx(losses, rel=1e-4)
     for a, b in zip(net.parameters(), net2.parameters(), strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_steps_train_as_eager_ones(tiny_classifier):
+    """--compile on the CPU (Inductor, ~20 s of compiling): the same losses and weights as the
+    eager step, within float32 rounding of fused kernels."""
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        net = build(tiny_classifier.text(dropout=0))
+        darknet_init(net)
+        trainer = Trainer(net, NetConfig.from_block(net.net_block), "cpu", compile=compiled)
+        gen = torch.Generator().manual_seed(5)
+        losses = [float(trainer.step(torch.randint(0, 256, (16, 3, 12, 12), generator=gen,
+                                                   dtype=torch.uint8),
+                                     torch.randint(0, 4, (16,), generator=gen)))
+                  for _ in range(3)]
+        runs.append((losses, [p.detach().clone() for p in net.parameters()]))
+    (eager, weights), (compiled, compiled_weights) = runs
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    for a, b in zip(weights, compiled_weights, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

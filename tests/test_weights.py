@@ -315,3 +315,21 @@ def test_a_plausible_header_with_the_wrong_size_is_still_a_size_error(tmp_path):
     with pytest.raises(CfgError) as err:
         load_weights(make_net(), path)
     assert err.value.code == "E902" and "version 0.1001.0" in str(err.value)
+
+
+def test_a_classifier_of_another_class_count_is_told_the_fine_tuning_cutoff(tmp_path):
+    head = "[net]\nwidth=4\nheight=4\nchannels=1\n[convolutional]\nfilters=2\nsize=1\n" \
+        "activation=leaky\n[connected]\noutput={}\nactivation=linear\n[softmax]\n"
+    trained = build(head.format(4))
+    save_weights(trained, tmp_path / "four.weights")
+    for classes in (3, 6):  # fewer, more: the file is longer, shorter than the network reads
+        with pytest.raises(CfgError) as err:
+            load_weights(build(head.format(classes)), tmp_path / "four.weights")
+        hint = err.value.first.hint
+        assert "fine-tune on another class count" in hint and hint.endswith("--cutoff 1"), hint
+        assert "[connected]" in hint
+    # a file that does not even hold the layers before the last gets no such advice
+    with pytest.raises(CfgError) as err:
+        load_weights(build(head.replace("filters=2", "filters=100").format(4)),
+                     tmp_path / "four.weights")
+    assert "fine-tune" not in err.value.first.hint

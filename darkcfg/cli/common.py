@@ -55,6 +55,13 @@ def model_spec(args: argparse.Namespace):
     cutoff = getattr(args, "cutoff", None)
     if cutoff is not None and cutoff < 0:
         raise usage_error(f"--cutoff {cutoff}: a layer count is 0 or more")
+    if getattr(args, "weights", None) is None:  # they shape how --weights loads: alone, unused
+        if getattr(args, "partial", False):
+            raise usage_error("--partial needs --weights", hint="give the --weights file to "
+                              "load partially (a torch state_dict or checkpoint)")
+        if cutoff is not None:
+            raise usage_error(f"--cutoff {cutoff} needs --weights", hint="give the --weights "
+                              "file whose first layers to load")
     return ModelSpec(cfg=args.cfg, sets=tuple(args.set), flavor=args.flavor, seed=args.seed,
                      weights=getattr(args, "weights", None), cutoff=cutoff, device=args.device,
                      partial=getattr(args, "partial", False))

@@ -55,7 +55,7 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="validation metrics: top-1/top-5 (classifiers), mAP and the per-class "
                    "AP table (detectors; --format json for one JSON object)")
     add_map_points(g)
-    g.add_argument("--predict", nargs="+", default=None, metavar="IMAGE",
+    g.add_argument("--predict", nargs="+", default=None, metavar="IMG_OR_DIR",
                    help="classify images (top-k with class names)")
     g.add_argument("--top", type=int, default=5, help="classes shown by --predict (5)")
     g.add_argument("--plot-lr", default=None, metavar="PNG",

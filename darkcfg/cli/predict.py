@@ -1,5 +1,5 @@
-"""`darkcfg predict CFG --weights W IMAGE... [--top K]`: an image classifier's top-K classes with
-their names (Darknet's `classifier predict`)."""
+"""`darkcfg predict CFG --weights W IMG_OR_DIR... [--top K]`: an image classifier's top-K classes
+with their names (Darknet's `classifier predict`)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ class PredictOptions:
         if self.top < 1:
             raise usage_error(f"--top {self.top}: show at least 1 class")
         if not self.images:
-            raise usage_error("no images to classify", hint="give one or more image files")
+            raise usage_error("no images to classify", hint="give image files or folders")
 
 
 def arg_parser():
     p = command_parser("predict", "Classify images: the top classes with their names.")
     add_model_arguments(p)
     add_data_arguments(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMG_OR_DIR")
     p.add_argument("--top", type=int, default=5, help="classes shown (5)")
     return p
 

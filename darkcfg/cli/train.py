@@ -20,7 +20,7 @@ from darkcfg.model import ModelSpec
 def add_data_arguments(p) -> None:
     """Where samples come from (train, valid, predict)."""
     p.add_argument("--data", default=None, metavar="SRC",
-                   help="FOLDER (ImageFolder), X.data (Darknet), X.csv (regression), digits or "
+                   help="FOLDER (ImageFolder), X.data (Darknet), X.csv (flat inputs), digits or "
                    "torchvision:NAME:ROOT; detectors: X.data, data.yaml, a COCO .json or a VOC "
                    "folder; default: the embedded dataset")
     p.add_argument("--classes", type=int, default=None, metavar="N",

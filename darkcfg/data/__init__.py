@@ -37,6 +37,7 @@ from darkcfg.data.sources import (
     Converted,
     ImageFiles,
     Tensors,
+    class_csv,
     darknet_data,
     data_path,
     image_folder,
@@ -59,5 +60,5 @@ __all__ = [
     "darknet_data", "data_error",
     "data_path", "default_workers", "embedded_shapes", "eval_loader", "image_folder",
     "image_tensor", "make_stream", "open_data", "open_images", "rand_scale", "read_data_file",
-    "read_image", "regression_csv", "torchvision_data",
+    "read_image", "class_csv", "regression_csv", "torchvision_data",
 ]

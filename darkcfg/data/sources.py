@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cfgparse import CfgError, Diagnostic
 from darkcfg.data.base import (
     IMAGE_EXTENSIONS,
     DataSplits,
@@ -48,7 +49,8 @@ def open_images(spec: str, inputs: tuple[int, ...], seed: int) -> DataSplits:
     Darknet classifier .data file, decoded with the network's channels."""
     if len(inputs) != 3:
         raise data_error("image data needs a [net] with width, height and channels", "--data",
-                         "set width/height/channels in [net], or use --data X.csv")
+                         "set width/height/channels in [net], or give this network of flat "
+                         "inputs a .csv file")
     channels = inputs[0]
     if spec == "digits":
         return digits_data(inputs, seed)
@@ -56,8 +58,9 @@ def open_images(spec: str, inputs: tuple[int, ...], seed: int) -> DataSplits:
         return torchvision_data(spec, channels)
     path = data_path(spec)
     if path.suffix == ".csv":
-        raise data_error("CSV data is for regression networks ([connected] + [cost])",
-                         spec, "use an ImageFolder or a .data file for a classifier")
+        raise data_error("CSV data is for networks of flat inputs ([net] inputs=N): "
+                         "regressors and classifiers of numbers", spec,
+                         "use an ImageFolder or a .data file for an image classifier")
     if path.is_dir():
         return image_folder(path, channels, seed)
     if path.suffix == ".data":
@@ -197,29 +200,73 @@ def regression_csv(path: str | Path, inputs: tuple[int, ...], outputs: int) -> D
     optional header line)."""
     path = Path(path)
     n_in = math.prod(inputs)
+    table, _ = _csv_table(path, n_in, outputs, f"{outputs} target numbers",
+                          "columns: the inputs first, then the targets")
+    x, y = table[:, :n_in].reshape(-1, *inputs), table[:, n_in:]
+    return DataSplits(Tensors(x, y), None, [], f"CSV {path}: {len(table)} rows, "
+                      f"{n_in} inputs -> {outputs} targets", augment=False,
+                      in_memory=True)
+
+
+def class_csv(path: str | Path, inputs: tuple[int, ...], classes: int) -> DataSplits:
+    """Classification rows: the network's `inputs` numbers, then a class index 0..classes-1 per
+    line (an optional header line)."""
+    path = Path(path)
+    n_in = math.prod(inputs)
+    table, lines = _csv_table(path, n_in, 1, "a class index",
+                              "columns: the inputs first, then the class (0, 1, ...)")
+    labels = table[:, n_in]
+    bad = ((labels != labels.round()) | (labels < 0) | (labels >= classes)).nonzero()
+    if len(bad):
+        n, raw = lines[int(bad[0, 0])]
+        raise _csv_error(path, n, raw, f"class {labels[int(bad[0, 0])].item():g}: "
+                         f"this network has {classes} classes (0..{classes - 1})",
+                         "the last column is a class index, a whole number from 0")
+    x, y = table[:, :n_in].reshape(-1, *inputs), labels.long()
+    return DataSplits(Tensors(x, y), None, [str(k) for k in range(classes)],
+                      f"CSV {path}: {len(table)} rows, {n_in} inputs -> {classes} classes",
+                      augment=False, in_memory=True)
+
+
+def _csv_table(path: Path, n_in: int, outputs: int, targets: str, hint: str
+               ) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+    """The number rows of a CSV file (after an optional header), each `n_in + outputs` finite
+    numbers, and each row's (line number, text) for diagnostics."""
     try:
-        with open(path, newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise data_error(f"cannot read '{path}': {exc}", str(path)) from None
-    if rows and not _numeric(rows[0]):
+    rows = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        cells = next(csv.reader([raw]), [])
+        if any(c.strip() for c in cells):  # blank lines and ",," are no rows
+            rows.append((n, raw, cells))
+    if rows and not _numeric(rows[0][2]):
         rows = rows[1:]  # a header line
     if not rows:
         raise data_error(f"'{path}' has no data rows", str(path), "one sample per line")
     want = n_in + outputs
     values = []
-    for n, row in enumerate(rows, 1):
-        if len(row) != want or not _numeric(row):
-            raise data_error(f"row {n} of '{path}' has {len(row)} columns "
-                             f"({', '.join(row)[:60]}); this network needs {n_in} input and "
-                             f"{outputs} target numbers", str(path),
-                             "columns: the inputs first, then the targets")
+    for n, raw, row in rows:
+        if len(row) != want:
+            raise _csv_error(path, n, raw, f"{len(row)} columns: this network "
+                             f"needs {n_in} input numbers and {targets}", hint)
+        for cell in row:
+            try:
+                number = float(cell)
+            except ValueError:
+                number = None
+            if number is None or not math.isfinite(number):  # NaN trained into a NaN loss
+                raise _csv_error(path, n, raw, f"'{cell.strip()}' is not a finite "
+                                 "number", "every column holds a number")
         values.append([float(c) for c in row])
-    table = torch.tensor(values, dtype=torch.float32)
-    x, y = table[:, :n_in].reshape(-1, *inputs), table[:, n_in:]
-    return DataSplits(Tensors(x, y), None, [], f"CSV {path}: {len(values)} rows, "
-                      f"{n_in} inputs -> {outputs} targets", augment=False,
-                      in_memory=True)
+    return torch.tensor(values, dtype=torch.float32), [(n, raw) for n, raw, _ in rows]
+
+
+def _csv_error(path: Path, line: int, raw: str, message: str, hint: str) -> CfgError:
+    """E901 located at a CSV line, shown under it."""
+    return CfgError(Diagnostic("E901", message, str(path), line, 1, hint=hint, source=raw,
+                               span=len(raw) or 1))
 
 
 def _numeric(row: Sequence[str]) -> bool:
@@ -294,8 +341,11 @@ def torchvision_data(spec: str, channels: int) -> DataSplits:
                 if "split" not in str(exc):
                     break
         if train:
-            raise data_error(f"cannot open torchvision {name} in '{root}': {problem}", "--data",
-                             "check the root folder (darkcfg never downloads)")
+            # torchvision's advice (download=True) is no option of darkcfg's
+            reason = str(problem).split(". You can use download=True")[0].rstrip(". ")
+            raise data_error(f"cannot open torchvision {name} in '{root}': {reason}", "--data",
+                             f"put {name} under {root} as torchvision lays it out (darkcfg "
+                             "never downloads)")
         return None
 
     train, val = load(True), load(False)

@@ -52,7 +52,7 @@ from darkcfg.train.outputs import (
     resume_changes,
     write_settings,
 )
-from darkcfg.train.tasks import Task, task_for
+from darkcfg.train.tasks import Task, ranked, task_for
 
 
 def say(message: str, dist: distributed.Dist | None = None) -> None:
@@ -136,11 +136,15 @@ def check_memory(opts: RunOptions, device: torch.device) -> tuple[int, int] | No
 RUN_FILES = (CHECKPOINT, "metrics.csv")  # a folder holding either already holds a run
 
 
+def recorded_settings(out: Path) -> dict:
+    """The settings.yaml of a run in `out` ({} when there is none or it does not read)."""
+    return read_settings(out / "settings.yaml") or {}
+
+
 def recorded_data(out: Path) -> str | None:
     """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
     can still be opened from here (a path that exists, or `digits`); else None."""
-    recorded = read_settings(out / "settings.yaml")
-    data = recorded.get("data") if recorded is not None else None
+    data = recorded_settings(out).get("data")
     if not isinstance(data, str) or data == "embedded":
         return None
     return data if data == "digits" or data.startswith("torchvision:") or \
@@ -447,10 +451,32 @@ def prepare_eval(opts: RunOptions):
     return trainer, cfg
 
 
+def weights_run_data(opts: RunOptions) -> RunOptions:
+    """Without --data, valid and predict of a run's weights read the data that run recorded
+    (its settings.yaml beside --weights), as --resume does: the embedded set scored a model of
+    other classes as if it were its own, and named its classes wrongly."""
+    if opts.data is not None or not opts.weights:
+        return opts
+    run = Path(opts.weights).parent
+    data = recorded_data(run)
+    if data is not None:
+        say(f"data: {data}, the data of the run that wrote {opts.weights} (its settings.yaml; "
+            "--data to choose other data)")
+        return replace(opts, data=data)
+    classes = recorded_settings(run).get("classes")
+    if opts.classes is None and isinstance(classes, int) and not isinstance(classes, bool) \
+            and classes > 0:  # `make train`: 10 of VGG-16's 1000 embedded classes
+        say(f"data: the embedded set's first {classes} classes, as the run that wrote "
+            f"{opts.weights} trained (its settings.yaml; --classes to choose)")
+        return replace(opts, classes=classes)
+    return opts
+
+
 def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, dict]:
     """The task's validation metrics on the validation split (and the task, which says how to
     show them: `task.describe`)."""
-    if trainer is None:
+    if trainer is None:  # (chained after --train: the data it trained on)
+        opts = weights_run_data(opts)
         trainer, _ = prepare_eval(opts)
     cfg, task = trainer.cfg, trainer.task
     splits = task.open_data(opts.data, opts.seed, opts.classes)
@@ -480,7 +506,8 @@ def no_validation_hint(spec: str) -> str:
 @torch.no_grad()
 def predict(opts: RunOptions, images: list[str], top: int,
             trainer: Trainer | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
-    if trainer is None:
+    if trainer is None:  # (chained after --train: the data it trained on)
+        opts = weights_run_data(opts)
         trainer, _ = prepare_eval(opts)
     net, cfg, task = trainer.net, trainer.cfg, trainer.task
     if not task.predicts:
@@ -492,16 +519,13 @@ def predict(opts: RunOptions, images: list[str], top: int,
                           "[net] width, height and channels"))
         raise CfgError(Diagnostic("E300", f"--predict is for image classifiers; this network "
                                   f"is {kind}", opts.cfg_path, hint=hint))
+    from darkcfg.detect.run import image_paths  # the one expansion of files and folders
+
     names = class_names(opts, task)
     view = Augment(cfg, train=False)
     net.eval()
     results = []
-    for path in images:
-        if not os.path.isfile(path):
-            what = "is a folder" if os.path.isdir(path) else "does not exist"
-            raise CfgError(Diagnostic("E901", f"image '{path}' {what}", path,
-                                      hint="name image files" if os.path.isdir(path) else
-                                      "check the path"))
+    for path in map(str, image_paths(images)[0]):  # a folder: its images, as for detect
         try:
             pixels = read_image(path, task.inputs[0])
         except DataError as exc:
@@ -509,8 +533,7 @@ def predict(opts: RunOptions, images: list[str], top: int,
                                       "to JPEG/PNG")) from None
         x = view(pixels)[None]
         probs = task.scores(trainer, x).reshape(-1)
-        k = min(top, probs.numel())
-        p, i = probs.topk(k)
+        p, i = ranked(probs, top)
         results.append((path, [(names[j] if j < len(names) else f"class {j}", float(q))
                                for q, j in zip(p.tolist(), i.tolist(), strict=True)]))
     return results

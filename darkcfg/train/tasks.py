@@ -33,6 +33,7 @@ from darkcfg.data import (
     DataSplits,
     Samples,
     check_classes_option,
+    class_csv,
     data_error,
     data_path,
     embedded_shapes,
@@ -243,8 +244,11 @@ class ClassifyTask(Task):
             if len(self.inputs) != 3:
                 raise data_error("the embedded dataset is images for a classifier; this "
                                  "network takes flat inputs", "--data",
-                                 "pass --data X.csv (regression) or another data source")
+                                 "pass --data X.csv (each row: the inputs, then the class)")
             return embedded_shapes(self.inputs, self.outputs, seed, classes)
+        if len(self.inputs) == 1 and not spec.startswith("torchvision:") and \
+                data_path(spec).suffix == ".csv":
+            return class_csv(data_path(spec), self.inputs, self.outputs)
         splits = open_images(spec, self.inputs, seed)
         if len(splits.names) > self.outputs:
             raise data_error(f"the data has {len(splits.names)} classes but the network "
@@ -263,7 +267,7 @@ class ClassifyTask(Task):
     def batch_sums(self, net, x, y, out: dict) -> torch.Tensor:
         loss = super().batch_sums(net, x, y, out)
         scores = out[self.heads[-1]].float().reshape(len(x), -1)
-        top = scores.topk(min(5, scores.shape[1]), 1).indices
+        _, top = ranked(scores, 5)
         hit = top == y.view(-1, 1)
         return torch.stack([loss[0], hit[:, :1].sum().double(), hit.any(1).sum().double()])
 
@@ -277,6 +281,14 @@ class ClassifyTask(Task):
     def scores(self, trainer, x: torch.Tensor) -> torch.Tensor:
         head = self.heads[-1]
         return trainer.net(trainer.to_device(x), collect=[head])[head].float()
+
+
+def ranked(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k highest scores of each row and their classes, best first. Of equal scores the lower
+    class comes first, as in Darknet's top_k (src/utils.c); torch.topk picks any of them, which
+    moved top-1/top-5 of tied outputs (an untrained or saturated net) with the kernel."""
+    values, classes = scores.sort(dim=-1, descending=True, stable=True)
+    return values[..., :k], classes[..., :k]
 
 
 @dataclass
