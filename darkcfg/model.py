@@ -174,7 +174,8 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
     network's tensors only with `partial`). Returns a one-line report."""
     path = Path(path)
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
+        what = "is a folder" if path.is_dir() else "is not a regular file (a pipe or a " \
+            "device)" if path.exists() else "does not exist"
         raise CfgError(Diagnostic("E901", f"weights file '{path}' {what}", str(path),
                                   hint="name the .weights (or .pt) file itself"
                                   if path.is_dir() else "check the path"))

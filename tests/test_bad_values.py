@@ -1203,3 +1203,17 @@ def test_a_checkpoint_cut_short_says_so(capsys, tiny, trained, tmp_path):
                     torn.parent)
     assert code == 2 and f"'{torn}' is cut short ({len(whole) // 2:,} bytes): the end of its " \
         "torch archive is missing" in err, err
+
+
+def test_weights_or_a_checkpoint_that_is_a_pipe_says_so(tmp_path):
+    """A FIFO given to --weights or --resume was said not to exist (it does: it is no file)."""
+    from cfgparse import CfgError
+    from darkcfg.model import load_any_weights
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    fifo = tmp_path / "w.weights"
+    os.mkfifo(fifo)
+    for load in (lambda: load_any_weights(None, fifo), lambda: load_checkpoint(fifo)):
+        with pytest.raises(CfgError) as err:
+            load()
+        assert "is not a regular file (a pipe or a device)" in err.value.first.message

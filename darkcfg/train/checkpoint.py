@@ -60,7 +60,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CfgError(Diagnostic("E901", f"no checkpoint to resume from: '{path}' "
                                   + ("holds no checkpoint.pt" if path.is_dir()
-                                     else "does not exist"),
+                                     else "is not a regular file (a pipe or a device)"
+                                     if path.exists() else "does not exist"),
                                   str(path), hint="run --train first (or without --resume), or "
                                   "pass the --out folder of the run to resume"))
     payload = read_checked(path, "checkpoint")
