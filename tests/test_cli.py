@@ -605,3 +605,28 @@ def test_valid_of_a_run_on_some_embedded_classes_takes_that_class_count(work, ca
     assert code == 0 and "the embedded set's first 2 classes" in err, err
     assert out == call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--classes", "2"])[1]
     assert out != call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--classes", "4"])[1]
+
+
+def test_valid_of_a_runs_weights_builds_the_network_that_run_trained(work, capsys, monkeypatch,
+                                                                     tmp_path):
+    """`make train` trains VGG-16 with --set width=32 ... convolutional.batch_normalize=1: its
+    weights fit only that network, and `valid` of them was E902 unless every --set was
+    repeated. Without --set, the run's own (its settings.yaml) build it; a --set chooses."""
+    from builders.weights import save_weights
+    from darkcfg.model import ModelSpec
+
+    monkeypatch.chdir(work)
+    sets = ["convolutional.batch_normalize=0", "connected.batch_normalize=1"]
+    save_weights(ModelSpec(str(work / "tiny.cfg"), sets=tuple(sets), seed=3).build(),
+                 tmp_path / "tiny_final.weights")
+    (tmp_path / "settings.yaml").write_text(
+        "cfg: elsewhere/tiny.cfg\noverrides:\n  convolutional.batch_normalize: '0'\n"
+        "  connected.batch_normalize: '1'\n")
+    weights = str(tmp_path / "tiny_final.weights")
+    code, out, err = call(capsys, ["valid", "tiny.cfg", "--weights", weights])
+    assert code == 0, err
+    assert f"--set {' --set '.join(sets)}: the settings of the run that wrote" in err
+    assert out == call(capsys, ["valid", "tiny.cfg", "--weights", weights,
+                                *[a for s in sets for a in ("--set", s)]])[1]
+    code, _, err = call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--set", "hue=0"])
+    assert code == 2 and "error[E902]" in err  # a --set of its own: the cfg as it says

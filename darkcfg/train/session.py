@@ -454,16 +454,28 @@ def prepare_eval(opts: RunOptions):
 def weights_run_data(opts: RunOptions) -> RunOptions:
     """Without --data, valid and predict of a run's weights read the data that run recorded
     (its settings.yaml beside --weights), as --resume does: the embedded set scored a model of
-    other classes as if it were its own, and named its classes wrongly."""
-    if opts.data is not None or not opts.weights:
+    other classes as if it were its own, and named its classes wrongly. Without --set, the
+    run's own --set values build the network it trained (`make train`'s 32x32 VGG-16 with
+    batch-norm: the cfg as written does not take its weights)."""
+    if not opts.weights:
         return opts
     run = Path(opts.weights).parent
+    recorded = recorded_settings(run)
+    overrides = recorded.get("overrides")
+    if not opts.sets and isinstance(overrides, dict) and overrides and \
+            Path(str(recorded.get("cfg", ""))).name == Path(opts.cfg_path).name:
+        sets = tuple(f"{key}={value}" for key, value in overrides.items())
+        say(f"--set {' --set '.join(sets)}: the settings of the run that wrote {opts.weights} "
+            "(its settings.yaml; give --set to choose)")
+        opts = replace(opts, sets=sets)
+    if opts.data is not None:
+        return opts
     data = recorded_data(run)
     if data is not None:
         say(f"data: {data}, the data of the run that wrote {opts.weights} (its settings.yaml; "
             "--data to choose other data)")
         return replace(opts, data=data)
-    classes = recorded_settings(run).get("classes")
+    classes = recorded.get("classes")
     if opts.classes is None and isinstance(classes, int) and not isinstance(classes, bool) \
             and classes > 0:  # `make train`: 10 of VGG-16's 1000 embedded classes
         say(f"data: the embedded set's first {classes} classes, as the run that wrote "
