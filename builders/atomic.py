@@ -11,7 +11,8 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -121,10 +122,12 @@ def hold_folder(out: str | os.PathLike, flag: str = "--out"):
     OUT/.darkcfg.lock: owned by this process alone, so forked loader workers do not inherit it
     and a killed run frees it at once): a second run (train or detect) started into the same
     folder at the same moment is refused instead of both mixing their files (and one sweeping
-    the other's temp files away). Creates the folder. Returns the open lock file: keep a
-    reference while writing; closing it releases the lock."""
+    the other's temp files away). Creates the folder. Returns the FolderLock: keep a reference
+    while writing; `release_unused()` undoes it for a run refused before it wrote anything."""
     import fcntl
 
+    made_folders = folders_to_make(out)
+    made_lock = not (Path(out) / FOLDER_LOCK).exists()
     out = ensure_folder(out, flag)
     try:
         handle = open(out / FOLDER_LOCK, "a+")  # noqa: SIM115 - held while the outputs are written
@@ -145,7 +148,7 @@ def hold_folder(out: str | os.PathLike, flag: str = "--out"):
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
-    return handle
+    return FolderLock(handle, made_folders, made_lock)
 
 
 def folders_to_make(folder: str | os.PathLike) -> list[Path]:
@@ -157,19 +160,27 @@ def folders_to_make(folder: str | os.PathLike) -> list[Path]:
     return made
 
 
-def release_unused(lock, made_folders: list[Path], made_lock: bool) -> None:
-    """Undo hold_folder for a run refused before it wrote anything, so it leaves no trace: the
-    lock file it created goes (unlinked while still held, so no other run is locking it), then
-    the folders it created, each only if empty."""
-    if made_lock:
-        with suppress(OSError):
-            os.unlink(lock.name)
-    lock.close()
-    for folder in made_folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            break
+@dataclass
+class FolderLock:
+    """hold_folder's lock: the open lock file (closing it releases the lock), and what taking it
+    created, so that a run refused before it writes can leave no trace."""
+
+    handle: object
+    made_folders: list[Path] = field(default_factory=list)  # deepest first
+    made_lock: bool = False
+
+    def release_unused(self) -> None:
+        """Undo hold_folder: the lock file it created goes (unlinked while still held, so no
+        other run is locking it), then the folders it created, each only if empty."""
+        if self.made_lock:
+            with contextlib.suppress(OSError):
+                os.unlink(self.handle.name)
+        self.handle.close()
+        for folder in self.made_folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def lock_folder(out: str | os.PathLike, flag: str = "--out") -> int:

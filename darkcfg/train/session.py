@@ -9,15 +9,7 @@ from pathlib import Path
 
 import torch
 
-from builders.atomic import (
-    FOLDER_LOCK,
-    check_folder,
-    ensure_folder,
-    folders_to_make,
-    hold_folder,
-    release_unused,
-    remove_stale_temps,
-)
+from builders.atomic import check_folder, ensure_folder, hold_folder, remove_stale_temps
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
 from cfgparse.rules import net_rules
@@ -307,8 +299,6 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     out = opts.out
     if splits.backup and not opts.explicit_out:
         out = Path(splits.backup)
-    made_folders = folders_to_make(out)
-    made_lock = not (out / FOLDER_LOCK).exists()
     lock = hold_folder(out, "--out" if opts.explicit_out else "backup=") if dist.main \
         else None
     try:  # until the run writes: a run refused here leaves no trace (lock file, new folders)
@@ -381,7 +371,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                     "run's options to continue it exactly)", dist)
     except BaseException:
         if lock is not None:
-            release_unused(lock, made_folders, made_lock)
+            lock.release_unused()
         raise
     if dist.main:
         ensure_folder(out, "--out" if opts.explicit_out else "backup=")
