@@ -152,16 +152,15 @@ class _NamedStdout:
         self.stream = stream
 
     def write(self, text):
-        try:
-            return self.stream.write(text)
-        except OSError as exc:
-            if exc.filename is None:
-                exc.filename = STDOUT
-            raise
+        return self._named(self.stream.write, text)
 
     def flush(self):
+        return self._named(self.stream.flush)
+
+    @staticmethod
+    def _named(call, *args):
         try:
-            return self.stream.flush()
+            return call(*args)
         except OSError as exc:
             if exc.filename is None:
                 exc.filename = STDOUT
