@@ -137,6 +137,22 @@ def test_amp_flag_reaches_the_run_options():
         parse(["cfg/yolov3-tiny.cfg", "--amp", "--no-amp"])
 
 
+def test_compile_on_the_cpu_hides_the_cuda_home_notice(tmp_path):
+    """torch.compile on a CPU-only host logged 'No CUDA runtime is found, using CUDA_HOME=...'
+    (torch.utils.cpp_extension) into the run's output; the logger's other records still pass."""
+    import logging
+
+    net, cfg = detector(tmp_path)
+    Trainer(net, cfg, "cpu", amp=False, compile=True)  # compiles lazily: nothing runs yet
+    logger = logging.getLogger("torch.utils.cpp_extension")
+
+    def record(message):
+        return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)
+
+    assert not logger.filter(record("No CUDA runtime is found, using CUDA_HOME='/usr/local'"))
+    assert logger.filter(record("Error checking compiler version for c++"))
+
+
 @pytest.mark.slow
 def test_compiled_training_step_matches_eager(tmp_path):
     """--compile compiles the network (the heads' data-dependent losses stay eager: compiling

@@ -7,6 +7,7 @@ k-th update. It is the runner's own step; benchmarks call it directly on in-memo
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -28,6 +29,15 @@ class NonFiniteLoss(RuntimeError):
     def __init__(self, iteration: int, value: float):
         super().__init__(f"the loss is {value} at iteration {iteration}")
         self.iteration, self.value = iteration, value
+
+
+class _NoCudaRuntimeNotice(logging.Filter):
+    """torch.compile on a CPU-only host makes torch.utils.cpp_extension log 'No CUDA runtime is
+    found, using CUDA_HOME=...' (a warning meant for CUDA extension builds) into a training run's
+    output; every other record of that logger passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No CUDA runtime is found" not in record.getMessage()
 
 
 def make_deterministic() -> None:
@@ -149,6 +159,8 @@ class Trainer:
         # counts), and compiling them crashed Inductor in torch 2.14 (aten.set_ in a fake-tensor
         # meta kernel; measured on yolov3-tiny). The compiled wrapper shares the parameters, so
         # checkpoints and .weights still read `self.net`.
+        if compile and device.type != "cuda":
+            logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeNotice())
         self.model: nn.Module = LossModel(torch.compile(net) if compile else net, task)
         self.ddp = None
         if dist.enabled:
