@@ -40,6 +40,9 @@ class _NoCudaRuntimeNotice(logging.Filter):
         return "No CUDA runtime is found" not in record.getMessage()
 
 
+_NO_CUDA_RUNTIME_NOTICE = _NoCudaRuntimeNotice()  # one instance: addFilter adds it once
+
+
 def make_deterministic() -> None:
     """--deterministic: the same run gives the same bits on CUDA too (the CPU already does). cuDNN
     autotuning picks kernels by timing, and atomic-add reductions (convolution weight gradients,
@@ -160,7 +163,7 @@ class Trainer:
         # meta kernel; measured on yolov3-tiny). The compiled wrapper shares the parameters, so
         # checkpoints and .weights still read `self.net`.
         if compile and device.type != "cuda":
-            logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeNotice())
+            logging.getLogger("torch.utils.cpp_extension").addFilter(_NO_CUDA_RUNTIME_NOTICE)
         self.model: nn.Module = LossModel(torch.compile(net) if compile else net, task)
         self.ddp = None
         if dist.enabled:
