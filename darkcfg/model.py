@@ -181,13 +181,26 @@ def _names(names: list[str], shapes: dict | None = None, own: dict | None = None
 def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
                      partial: bool = False) -> str:
     """Load Darknet .weights (partial files with `cutoff`) or a torch state_dict / darkcfg
-    checkpoint, and return a one-line report.
+    checkpoint, and return a one-line report (`read_any_weights` also says the file's `seen`).
 
     A torch file loads strictly, as torch's load_state_dict does: every tensor of the network
     (of its first `cutoff` layers) must be in the file with its shape, else E902 naming them.
     `partial` (--partial, transfer learning) loads the tensors whose name and shape match and
     leaves the others as they are. Names the network does not have are left out with a warning
     line in the report (they leave nothing of the network unset)."""
+    return read_any_weights(net, path, cutoff, partial).report
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    report: str  # the one-line report (and a warning line or two)
+    seen: int  # images the weights were trained on (Darknet's net->seen); 0 when not recorded
+
+
+def read_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
+                     partial: bool = False) -> LoadedWeights:
+    """`load_any_weights`, with the `seen` count the file records: a .weights header's, a
+    darkcfg checkpoint's `images_seen` (iterations x batch, as Darknet counts), else 0."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "is not a regular file (a pipe or a " \
@@ -207,12 +220,17 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
         info = load_weights(net, path, cutoff=cutoff) if cutoff is not None else \
             load_weights(net, path)
         upto = f" (first {cutoff} layers)" if cutoff is not None else ""
-        return with_non_finite(net, path, f"loaded Darknet weights {path}{upto}: "
-                               f"{info.get('floats', '?')} floats, seen={info.get('seen', 0)}")
+        seen = int(info.get("seen", 0))
+        return LoadedWeights(with_non_finite(
+            net, path, f"loaded Darknet weights {path}{upto}: {info.get('floats', '?')} floats, "
+            f"seen={seen}"), seen)
     state = load_torch_payload(read_checked(path, "weights file"), path, "torch file",
                                "it is damaged or cut short: use an intact copy")
-    kind = "a torch state_dict"
+    kind, seen = "a torch state_dict", 0
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        recorded = state.get("images_seen")
+        if type(recorded) is int and 0 <= recorded < 2**64:  # (the header's field)
+            seen = recorded
         state, kind = state["model"], "a darkcfg checkpoint: its weights only"
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -258,7 +276,7 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
     if unexpected:
         report += (f"\nwarning: '{path}' holds {len(unexpected)} tensor(s) this network does "
                    f"not have, left out: {_names(unexpected)}")
-    return with_non_finite(net, path, report)
+    return LoadedWeights(with_non_finite(net, path, report), seen)
 
 
 def with_non_finite(net, path: Path, report: str) -> str:

@@ -85,6 +85,15 @@ def test_run_outputs(trained, tiny_cfg):
     assert state["iteration"] == 30 and state["images_seen"] == 480
 
 
+def test_save_weights_of_a_runs_checkpoint_keeps_its_seen(trained, tiny_cfg, capsys, tmp_path):
+    """The run's checkpoint rewritten as .weights is the run's _final.weights: the same floats
+    and the same seen (it was 0)."""
+    out = tmp_path / "from_ckpt.weights"
+    code, _, err = run(capsys, tiny_cfg, "--weights", trained / "checkpoint.pt",
+                       "--save-weights", out)
+    assert code == 0 and "seen=480" in err, err
+    assert out.read_bytes() == (trained / "tiny_final.weights").read_bytes()
+
 
 def test_valid_and_predict_with_trained_weights(trained, tiny_cfg, capsys, tmp_path):
     final = trained / "tiny_final.weights"
