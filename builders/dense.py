@@ -257,6 +257,10 @@ class Softmax(Layer):
         self.takes_loss = takes_loss
         self.describe = f"{inputs}" + (f" /{groups}" if groups > 1 else "")
 
+    @property
+    def run_error(self):
+        return self.tree_error
+
     def _sizes(self) -> list[int]:
         if self.tree_error is not None:
             raise self.tree_error

@@ -42,6 +42,14 @@ class Layer(nn.Module):
         self.describe: str = ""  # summary column: e.g. "3 x 3/ 1" or "-1,-4"
         self.filters: int | str = ""  # summary column
 
+    @property
+    def run_error(self):
+        """The CfgError this layer raises when it runs though it builds (a [softmax] or [region]
+        whose tree= file is absent: shapes do not depend on it), else None. Building, summary
+        and `check` pass; a forward (detect, export, training) stops on it, and `check --target
+        onnx|tensorrt` reports it."""
+        return None
+
     def darknet_arrays(self, scales: bool = True) -> list[torch.Tensor]:
         """Tensors in Darknet .weights file order (the parameters/buffers themselves, so that
         .weights I/O can copy into them). `scales=False` is Darknet's `dontloadscales`: a layer

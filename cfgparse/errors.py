@@ -66,7 +66,8 @@ CODES = {
     "E901": "cannot read file",
     "W901": "an image whose header reads but whose pixels do not decode: detect leaves it out, "
             "training skips it, validation scores it as a blank image (Darknet goes on too)",
-    "E902": ".weights file size does not match the network",
+    "E902": "weights that do not fit the network (a .weights file's size; a state_dict that "
+            "leaves tensors unfilled without --partial)",
     "E903": "bad detection label file (malformed line, class out of range, bad box)",
     "W903": "label box at or past the image edge or of no size (clipped or left out, as Darknet)",
     "W904": "data set that may not hold what it says (images without a label file, a stated "

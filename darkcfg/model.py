@@ -162,16 +162,45 @@ def is_torch_file(path: Path) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
-#: A torch state_dict that fills less than this share of the network's tensors is refused
-#: (likely another network's file) unless the caller asks for a partial load (--partial).
-PARTIAL_SHARE = 0.5
+def _is_counter(name: str) -> bool:
+    """A batch-norm's `num_batches_tracked`: with Darknet's fixed momentum it changes no output,
+    and state_dicts of older torch versions (or other tools) leave it out."""
+    return name.rsplit(".", 1)[-1] == "num_batches_tracked"
+
+
+def _names(names: list[str], shapes: dict | None = None, own: dict | None = None) -> str:
+    """The first three names (with the file's and the network's shapes for a shape mismatch)."""
+    def one(name):
+        if shapes is None or own is None:
+            return name
+        return (f"{name}: {tuple(getattr(shapes[name], 'shape', ()))} in the file, "
+                f"{tuple(own[name].shape)} here")
+    return ", ".join(map(one, names[:3])) + (", ..." if len(names) > 3 else "")
 
 
 def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
                      partial: bool = False) -> str:
     """Load Darknet .weights (partial files with `cutoff`) or a torch state_dict / darkcfg
-    checkpoint (non-strictly: tensors whose name and shape match; under PARTIAL_SHARE of the
-    network's tensors only with `partial`). Returns a one-line report."""
+    checkpoint, and return a one-line report (`read_any_weights` also says the file's `seen`).
+
+    A torch file loads strictly, as torch's load_state_dict does: every tensor of the network
+    (of its first `cutoff` layers) must be in the file with its shape, else E902 naming them.
+    `partial` (--partial, transfer learning) loads the tensors whose name and shape match and
+    leaves the others as they are. Names the network does not have are left out with a warning
+    line in the report (they leave nothing of the network unset)."""
+    return read_any_weights(net, path, cutoff, partial).report
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    report: str  # the one-line report (and a warning line or two)
+    seen: int  # images the weights were trained on (Darknet's net->seen); 0 when not recorded
+
+
+def read_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
+                     partial: bool = False) -> LoadedWeights:
+    """`load_any_weights`, with the `seen` count the file records: a .weights header's, a
+    darkcfg checkpoint's `images_seen` (iterations x batch, as Darknet counts), else 0."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "is not a regular file (a pipe or a " \
@@ -191,12 +220,17 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
         info = load_weights(net, path, cutoff=cutoff) if cutoff is not None else \
             load_weights(net, path)
         upto = f" (first {cutoff} layers)" if cutoff is not None else ""
-        return with_non_finite(net, path, f"loaded Darknet weights {path}{upto}: "
-                               f"{info.get('floats', '?')} floats, seen={info.get('seen', 0)}")
+        seen = int(info.get("seen", 0))
+        return LoadedWeights(with_non_finite(
+            net, path, f"loaded Darknet weights {path}{upto}: {info.get('floats', '?')} floats, "
+            f"seen={seen}"), seen)
     state = load_torch_payload(read_checked(path, "weights file"), path, "torch file",
                                "it is damaged or cut short: use an intact copy")
-    kind = "a torch state_dict"
+    kind, seen = "a torch state_dict", 0
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        recorded = state.get("images_seen")
+        if type(recorded) is int and 0 <= recorded < 2**64:  # (the header's field)
+            seen = recorded
         state, kind = state["model"], "a darkcfg checkpoint: its weights only"
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -213,29 +247,36 @@ def load_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
                if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
     wrong_shape = [k for k, v in state.items() if k in own and k not in matched]
     unexpected = [k for k in state if k not in own]
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not _is_counter(k)]
     if not matched:
         raise CfgError(Diagnostic("E902", f"no tensor of '{path}' matches this network "
                                   f"({len(wrong_shape)} with the wrong shape, "
                                   f"{len(unexpected)} unknown names)", str(path),
                                   hint="was it saved from a network built from this cfg?"))
-    if len(matched) < PARTIAL_SHARE * len(own) and not partial:
-        raise CfgError(Diagnostic("E902", f"only {len(matched)} of the network's {len(own)} "
-                                  f"tensors match '{path}' ({len(wrong_shape)} with the wrong "
-                                  f"shape, {len(unexpected)} unknown names, {len(missing)} "
-                                  "missing)", str(path),
-                                  hint="was it saved from a network built from this cfg? To "
-                                  "load just the matching tensors (transfer learning), add "
-                                  "--partial"))
+    if (missing or wrong_shape) and not partial:
+        parts = [f"{len(wrong_shape)} of another shape ({_names(wrong_shape, state, own)})"
+                 if wrong_shape else "", f"{len(missing)} missing ({_names(missing)})"
+                 if missing else ""]
+        raise CfgError(Diagnostic(
+            "E902", f"'{path}' leaves {len(missing) + len(wrong_shape)} of the network's "
+            f"{len(own)} tensors unfilled: {'; '.join(p for p in parts if p)}", str(path),
+            hint="was it saved from a network of this cfg with the same --set values (e.g. "
+            "classes=)? To load just the matching tensors and start the others from their "
+            "initial weights (transfer learning), add --partial"))
     net.load_state_dict(matched, strict=False)
     report = f"loaded {len(matched)}/{len(own)} tensors from {path} ({kind})"
     report += f" (first {cutoff} layers)" if cutoff is not None else ""
-    for label, names in (("missing", missing), ("shape mismatch", wrong_shape),
-                         ("unexpected", unexpected)):
-        if names:
-            report += f"; {label}: {len(names)} ({', '.join(names[:3])}"
-            report += ", ...)" if len(names) > 3 else ")"
-    return with_non_finite(net, path, report)
+    for label, names in (("missing", missing), ("shape mismatch", wrong_shape)):
+        if names:  # (--partial)
+            report += f"; {label}: {len(names)} ({_names(names)})"
+    counters = [k for k in own if k not in state and _is_counter(k)]
+    if counters:
+        report += f"; not in the file: {len(counters)} batch-norm num_batches_tracked (no " \
+            "output depends on them)"
+    if unexpected:
+        report += (f"\nwarning: '{path}' holds {len(unexpected)} tensor(s) this network does "
+                   f"not have, left out: {_names(unexpected)}")
+    return LoadedWeights(with_non_finite(net, path, report), seen)
 
 
 def with_non_finite(net, path: Path, report: str) -> str:
@@ -278,7 +319,7 @@ class ModelSpec:
     weights: str | None = None
     cutoff: int | None = None
     device: str | None = None
-    partial: bool = False  # a torch state_dict may fill under half the tensors (--partial)
+    partial: bool = False  # a torch state_dict may leave tensors unfilled (--partial)
 
     def __post_init__(self) -> None:
         """Values no command can use are refused here, whichever command built the spec."""

@@ -446,11 +446,68 @@ def test_weights_from_another_network_need_partial(tiny, tmp_path):
                 **{f"other.{i}": torch.zeros(3) for i in range(30)}}, one)
     with pytest.raises(CfgError, match="--partial") as info:
         load_any_weights(net, one)
-    assert f"only 1 of the network's {len(state)} tensors" in str(info.value)
+    assert f"leaves {len(state) - 2} of the network's {len(state)} tensors unfilled" \
+        in str(info.value)  # (num_batches_tracked, a counter no output reads, is not asked for)
     assert "loaded 1/" in load_any_weights(net, one, partial=True)
     whole = tmp_path / "whole.pt"
     torch.save(state, whole)
     assert f"loaded {len(state)}/{len(state)}" in load_any_weights(net, whole)
+
+
+def test_a_state_dict_that_fills_most_but_not_all_tensors_is_refused(capsys, tiny, tmp_path):
+    """Strict as torch's load_state_dict: a checkpoint of the same cfg trained with another
+    `--set classes=`-like change (here the [connected] output) filled 6 of 8 tensors and loaded
+    with a report line and exit 0 (the 50% rule): export then wrote its random tensors."""
+    from darkcfg.model import build_network, load_any_weights
+
+    other = tmp_path / "other.cfg"
+    other.write_text(TINY.format(filters=8, activation="leaky").replace("output=4", "output=6"))
+    donor, _, _ = build_network(str(other), [], "alexeyab", 1)
+    torch.save(donor.state_dict(), tmp_path / "six.pt")
+    net, _, _ = build_network(str(tiny), [], "alexeyab", 0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(CfgError) as info:
+        load_any_weights(net, tmp_path / "six.pt")
+    d = info.value.first
+    assert d.code == "E902" and d.path == str(tmp_path / "six.pt")
+    assert "leaves 2 of the network's 8 tensors unfilled: 2 of another shape" in d.message
+    assert "layers.2.unit.linear.weight: (6, 288) in the file, (4, 288) here" in d.message
+    assert "--partial" in d.hint and "classes=" in d.hint
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # nothing loaded
+    # a tensor missing (an older file, a hand-made one) is refused the same way
+    torch.save({k: v for k, v in before.items() if k != "layers.0.conv.weight"},
+               tmp_path / "short.pt")
+    with pytest.raises(CfgError, match=r"1 missing \(layers\.0\.conv\.weight\)"):
+        load_any_weights(net, tmp_path / "short.pt")
+    # the commands: a located E902, no output written; --partial loads the 6 (transfer learning)
+    out = tmp_path / "m.py"
+    code, err = run(capsys, "emit", tiny, "--weights", tmp_path / "six.pt", "--out", out)
+    assert code == 2 and f"{tmp_path / 'six.pt'}: error[E902]: " in err and not out.exists()
+    assert "help: " in err and "add --partial" in err
+    code, err = run(capsys, "emit", tiny, "--weights", tmp_path / "six.pt", "--out", out,
+                    "--partial")
+    assert code == 0 and "loaded 6/8 tensors" in err and "shape mismatch: 2" in err, err
+
+
+def test_extra_names_and_absent_batch_norm_counters_load(tiny, tmp_path):
+    """What leaves no tensor of the network unset loads: names it does not have (a warning line
+    names them) and batch-norm num_batches_tracked left out (older files; no output reads it)."""
+    from darkcfg.model import build_network, load_any_weights
+
+    donor, _, _ = build_network(str(tiny), [], "alexeyab", 1)
+    state = donor.state_dict()
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")},
+               tmp_path / "old.pt")
+    net, _, _ = build_network(str(tiny), [], "alexeyab", 0)
+    report = load_any_weights(net, tmp_path / "old.pt")
+    assert report.startswith("loaded 7/8 tensors") and "1 batch-norm num_batches_tracked" in report
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items()
+               if not k.endswith("num_batches_tracked"))
+    torch.save({**state, "layers.9.conv.weight": torch.zeros(2)}, tmp_path / "more.pt")
+    report = load_any_weights(net, tmp_path / "more.pt")
+    assert report.startswith("loaded 8/8 tensors")
+    assert "warning: " in report and "1 tensor(s) this network does not have, left out: " \
+        "layers.9.conv.weight" in report
 
 
 # -- images and data ------------------------------------------------------------------------------

@@ -85,6 +85,16 @@ def test_run_outputs(trained, tiny_cfg):
     assert state["iteration"] == 30 and state["images_seen"] == 480
 
 
+def test_save_weights_of_a_runs_checkpoint_keeps_its_seen(trained, tiny_cfg, capsys, tmp_path):
+    """The run's checkpoint rewritten as .weights is the run's _final.weights: the same floats
+    and the same seen (it was 0)."""
+    out = tmp_path / "from_ckpt.weights"
+    code, _, err = run(capsys, tiny_cfg, "--weights", trained / "checkpoint.pt",
+                       "--save-weights", out)
+    assert code == 0 and "seen=480" in err, err
+    assert out.read_bytes() == (trained / "tiny_final.weights").read_bytes()
+
+
 def test_valid_and_predict_with_trained_weights(trained, tiny_cfg, capsys, tmp_path):
     final = trained / "tiny_final.weights"
     code, out, _ = run(capsys, tiny_cfg, "--valid", "--weights", final)
@@ -144,13 +154,16 @@ def test_image_folder_training_and_an_unreadable_image(tiny_cfg, capsys, tmp_pat
     assert not (tmp_path / "run2").exists()
 
 
-def test_transfer_from_a_state_dict_is_non_strict(tiny_cfg, trained, tmp_path):
+def test_transfer_from_a_state_dict_takes_partial(tiny_cfg, trained, tmp_path):
+    from cfgparse import CfgError
     from darkcfg.model import build_network, load_any_weights
 
     donor, _, _ = build_network(str(tiny_cfg), ["width=16"], "alexeyab", 1)
     torch.save(donor.state_dict(), tmp_path / "donor.pt")
     net, _, _ = build_network(str(tiny_cfg), [], "alexeyab", 0)
-    report = load_any_weights(net, tmp_path / "donor.pt")
+    with pytest.raises(CfgError, match="add --partial"):  # strict unless asked
+        load_any_weights(net, tmp_path / "donor.pt")
+    report = load_any_weights(net, tmp_path / "donor.pt", partial=True)
     # the conv layers match; the first [connected] sees 16*3*3 inputs instead of 16*4*4
     assert "shape mismatch: 1 (layers.5.unit.linear.weight)" in report
     torch.testing.assert_close(net.layers[0].conv.weight, donor.layers[0].conv.weight)

@@ -4,6 +4,7 @@ against OpenCV itself where it is installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -141,6 +142,58 @@ def test_command_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--no-build", str(path)]) == 0  # without --target: nothing about runtimes
     assert "W602" not in capsys.readouterr().out
+
+
+TREE_TAIL = """
+    [convolutional]
+    filters=8
+    size=1
+    activation=linear
+
+    [region]
+    classes=3
+    coords=4
+    num=1
+    anchors=1,1
+    softmax=1
+    tree=h.tree
+    """
+
+
+@pytest.mark.parametrize("tail", [TREE_TAIL, """
+    [connected]
+    output=6
+    activation=linear
+
+    [softmax]
+    tree=h.tree
+    """])
+def test_an_absent_tree_file_is_the_exports_error(tmp_path, capsys, monkeypatch, tail):
+    """yolo9000 (tree=data/9k.tree) passed `check --target onnx` away from a Darknet checkout,
+    and `darkcfg export` then stopped on the absent hierarchy file: the check reports the
+    export's own E901 (exit 2, as export's), at the same place; with the file both pass."""
+    monkeypatch.chdir(tmp_path)
+    path = cfg(tmp_path, tail)
+    line = path.read_text().splitlines().index("tree=h.tree") + 1
+    for target in ("onnx", "tensorrt"):
+        assert main(["--target", target, str(path)]) == 2
+        out = capsys.readouterr().out
+        assert f"{path}:{line}:6: error[E901]: " in out and "cannot open the hierarchy file " \
+            "'h.tree'" in out and "help: run from the folder that holds it" in out, out
+    assert main(["--target", "opencv", str(path)]) == 0  # OpenCV reads the cfg, not the export
+    assert main([str(path)]) == 0 and "E901" not in capsys.readouterr().out  # it builds
+    if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")):
+        return
+    from darkcfg.cli.export import main as export
+
+    assert export([str(path), "--out", "m.onnx"]) == 2
+    assert f"{path}:{line}:6: error[E901]: cannot open the hierarchy file 'h.tree'" in \
+        capsys.readouterr().err
+    (tmp_path / "h.tree").write_text("a -1\nb -1\nc -1\n" if "region" in tail else
+                                     "a -1\nb -1\nc 0\nd 0\ne 0\nf 0\n")
+    assert main(["--target", "onnx", str(path)]) == 0
+    capsys.readouterr()
+    assert export([str(path), "--out", "m.onnx"]) == 0, capsys.readouterr().err
 
 
 def test_torch_free():

@@ -123,6 +123,39 @@ def test_round_trip_is_byte_identical(tmp_path, version, seen, wide):
     assert out.read_bytes() == (tmp_path / "in.weights").read_bytes()
 
 
+def test_the_weights_command_keeps_the_loaded_seen(tmp_path, capsys):
+    """`darkcfg weights --save-weights` wrote seen=0 whatever it loaded: a round trip of a
+    .weights file keeps its seen (byte for byte), a darkcfg checkpoint's images_seen is the
+    header's, --cutoff resets it as `darknet partial` does."""
+    from darkcfg.cli import main
+
+    cfg = tmp_path / "net.cfg"
+    cfg.write_text(CFG)
+    floats = random_floats(TOTAL)
+    src = write(tmp_path / "in.weights", header(seen=123_456), floats)
+    out = tmp_path / "out.weights"
+
+    def weights(*argv):
+        code = main(["weights", str(cfg), "--save-weights", str(out), *map(str, argv)])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        return err
+
+    assert "seen=123456" in weights("--weights", src)
+    assert out.read_bytes() == (tmp_path / "in.weights").read_bytes()
+    weights("--weights", src, "--cutoff", "2")
+    assert read_header(out.read_bytes(), str(out)).seen == 0
+    net = make_net()
+    load_weights(net, src)
+    ckpt = tmp_path / "checkpoint.pt"  # its weights and bookkeeping (iteration 30 x batch 16)
+    torch.save({"model": net.state_dict(), "iteration": 30, "images_seen": 480}, ckpt)
+    assert "seen=480" in weights("--weights", ckpt)
+    assert out.read_bytes() == header(seen=480) + floats.tobytes()
+    torch.save(net.state_dict(), tmp_path / "plain.pt")  # a plain state_dict records none
+    weights("--weights", tmp_path / "plain.pt")
+    assert out.read_bytes() == header(seen=0) + floats.tobytes()
+
+
 def test_first_arrays_are_darknets_conv_order(tmp_path):
     """biases, then BN scales, rolling mean, rolling variance, then the conv weights."""
     floats = np.arange(TOTAL, dtype="<f4")

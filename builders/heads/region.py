@@ -127,6 +127,10 @@ class Region(DetectionHead):
         self.softmax, self.tree, self.tree_error = softmax, tree, tree_error
         self.pjreddie, self.background = pjreddie, background
 
+    @property
+    def run_error(self):
+        return self.tree_error
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tree_error is not None:
             raise self.tree_error

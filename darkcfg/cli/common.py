@@ -43,8 +43,8 @@ def add_model_arguments(p: argparse.ArgumentParser, weights: bool = True) -> Non
         p.add_argument("--cutoff", type=int, default=None, metavar="N",
                        help="read/write only the first N layers' weights")
         p.add_argument("--partial", action="store_true",
-                       help="--weights (a torch state_dict) may fill under half the network's "
-                       "tensors: load the matching ones (transfer learning)")
+                       help="--weights (a torch state_dict or checkpoint) may leave tensors of the "
+                       "network unfilled: load the matching ones (transfer learning)")
 
 
 def model_spec(args: argparse.Namespace):

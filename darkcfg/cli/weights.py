@@ -16,7 +16,7 @@ from darkcfg.cli.common import (
     refuse_overwriting_inputs,
     usage_error,
 )
-from darkcfg.model import ModelSpec
+from darkcfg.model import ModelSpec, read_any_weights
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,17 @@ def run(opts: WeightsOptions) -> int:
                        ("--dump-outputs", opts.dump_outputs)):
         if path:
             check_writable(path, flag)  # before the build and the weights' read
-    net, report = model.with_weights()
-    print(report, file=sys.stderr)
+    net = model.build()
+    loaded = read_any_weights(net, model.weights, model.cutoff, model.partial)
+    print(loaded.report, file=sys.stderr)
     if opts.save_weights:
         from builders.weights import save_weights
 
-        n = save_weights(net, opts.save_weights, cutoff=model.cutoff)
-        print(f"wrote {opts.save_weights} ({n} floats)", file=sys.stderr)
+        # the header's seen is the loaded file's (Darknet's save_weights writes net->seen); the
+        # first N layers restart at 0, as `darknet partial` writes them
+        seen = loaded.seen if model.cutoff is None else 0
+        n = save_weights(net, opts.save_weights, cutoff=model.cutoff, seen=seen)
+        print(f"wrote {opts.save_weights} ({n} floats, seen={seen})", file=sys.stderr)
     if opts.dump_outputs:
 
         from darkcfg.data.base import read_array

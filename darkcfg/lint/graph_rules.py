@@ -32,7 +32,7 @@ def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
         return [crash_diagnostic(exc, blocks)]
     found = list(net.warnings) + shape_rules(net)
     if targets:
-        from darkcfg.lint.targets import check_target_shapes
+        from darkcfg.lint.targets import check_target_runs, check_target_shapes
 
         def chw(shape):
             return shape.c, shape.h, shape.w
@@ -40,8 +40,10 @@ def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
         inputs = [net.input_shape, *net.shapes[:-1]]
         layers = [(m.block, chw(s), [chw(net.shapes[j]) for j in m.sources])
                   for m, s in zip(net.meta, inputs, strict=True)]
+        stops = [layer.run_error for layer in net.layers if layer.run_error is not None]
         for target in targets:
             found += check_target_shapes(layers, target)
+            found += check_target_runs(stops, target)
     if max_memory and not any(d.severity == ERROR for d in found):
         found += memory_rule(net, max_memory)
     return found

@@ -7,6 +7,9 @@ Codes (warnings):
   W602  activation the target does not have
   W603  key value the target refuses
   W604  key the target reads past (the layer loads, but computes without it)
+and, for the targets made from darkcfg's export (onnx, tensorrt), the error that stops the
+export itself: a layer that builds but cannot run (its tree= file is absent: E901, as
+`darkcfg export` reports it).
 
 Sources of the data:
 - opencv: OpenCV 4.x's Darknet importer (modules/dnn/src/darknet/darknet_io.cpp,
@@ -21,10 +24,11 @@ Sources of the data:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cfgparse import Block, Diagnostic
+from cfgparse import Block, CfgError, Diagnostic
 from cfgparse.errors import WARNING
 
 TARGETS = ("opencv", "onnx", "tensorrt")
@@ -204,14 +208,15 @@ class Target:
     keys: tuple
     block_rules: tuple = ()  # (callable block -> why or None, key at fault): W603
     shape_rules: tuple = ()  # ((block, c, h, w of its input, source shapes) -> why, code)
+    exported: bool = False  # made from darkcfg's export: it runs the network's forward
 
 
 TARGET_RULES = {
     "opencv": Target("opencv", OPENCV_SECTIONS, OPENCV_ACTIVATIONS, OPENCV_KEYS,
                      OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES),
-    "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS),
+    "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS, exported=True),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
-                       (REGION_TREE,) + TENSORRT_KEYS),
+                       (REGION_TREE,) + TENSORRT_KEYS, exported=True),
 }
 
 _LABEL = {"opencv": "OpenCV's Darknet importer (cv2.dnn.readNetFromDarknet, OpenCV 4.x)",
@@ -275,6 +280,17 @@ def check_target_shapes(layers: Iterable[tuple], target: str) -> list[Diagnostic
                 found.append(block.diagnostic(code, f"{_label(target)}: {why}", None,
                                               hint=_hint(target), severity=WARNING))
     return found
+
+
+def check_target_runs(stops: Iterable[CfgError], target: str) -> list[Diagnostic]:
+    """What stops `darkcfg export` though the network builds: `stops` are the layers' run
+    errors (builders.layer.Layer.run_error, e.g. a tree= file that is absent), reported as the
+    export reports them (their code, place and hint: errors) for the targets made from the
+    export; nothing for the others (OpenCV reads the cfg itself)."""
+    if not TARGET_RULES[target].exported:
+        return []
+    return [dataclasses.replace(d, message=f"{_label(target)}: {d.message}")
+            for error in stops for d in error.diagnostics]
 
 
 def _label(target: str) -> str:

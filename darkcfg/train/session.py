@@ -86,7 +86,7 @@ class RunOptions:
     max_memory: int | None = None  # bytes; None: the device's memory
     force: bool = False  # train even when the estimate is over max_memory
     deterministic: bool = False  # the same bits on CUDA too (make_deterministic)
-    partial: bool = False  # --weights may fill fewer than half the tensors (transfer learning)
+    partial: bool = False  # --weights may leave tensors unfilled (transfer learning)
 
     def __post_init__(self) -> None:
         """Values no run can use are refused here, whichever command built the options."""
