@@ -295,9 +295,23 @@ class Softmax(Layer):
             logp = self.log_probs(x)
             truth = _truth_matrix(target, logp, "softmax")
             loss = -(truth * logp).sum(1).mean()
+            if self.groups > 1 and self.tree is None and not self.spatial:
+                loss = loss + self._untruthed_groups_push(x, truth)
         if self.temperature == 1:
             return loss
         return loss.detach() + self.temperature * (loss - loss.detach())
+
+
+    def _untruthed_groups_push(self, x: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """Zero in value, p * (1 - truth's sum in the group) in gradient. Darknet's delta is
+        p - truth for every value (softmax_layer.c, softmax_x_ent_cpu), so a group holding no
+        truth (one label among `groups`) is pushed toward 0; cross-entropy's gradient there is
+        p * (truth's sum) - truth, i.e. zero. This term adds the difference."""
+        n = x.shape[0]
+        scaled = x.reshape(n, self.groups, -1) / self.temperature
+        left = 1 - truth.reshape(n, self.groups, -1).sum(-1)
+        push = (left * torch.logsumexp(scaled, -1)).sum(1).mean()
+        return push - push.detach()
 
 
 def _truth_matrix(target: torch.Tensor, like: torch.Tensor, what: str) -> torch.Tensor:

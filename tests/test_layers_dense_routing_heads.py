@@ -176,6 +176,15 @@ def test_softmax_groups_temperature_and_loss():
     soft.layers[0].loss(x, torch.tensor([2])).backward()
     p = torch.softmax(x.detach() / 2, -1)
     torch.testing.assert_close(x.grad, p - torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
+    # groups=2 with one label: Darknet's delta p - truth on every value, the label-less group
+    # pushed toward 0 too (cross-entropy alone leaves its gradient 0)
+    grouped = build(_cfg("[net]\ninputs=6", "[softmax]\ngroups=2\ntemperature=2"))
+    x = torch.tensor([[1.0, -2.0, 0.5, 3.0, 0.0, -1.0]], requires_grad=True)
+    loss = grouped.layers[0].loss(x, torch.tensor([4]))
+    loss.backward()
+    p = torch.softmax(x.detach().reshape(1, 2, 3) / 2, -1).reshape(1, 6)
+    torch.testing.assert_close(loss, -torch.log(p[0, 4]))  # the cost: -log p at the truth only
+    torch.testing.assert_close(x.grad, p - torch.tensor([[0.0, 0, 0, 0, 1, 0]]))
 
 
 def test_softmax_tree_groups(tmp_path):
