@@ -591,6 +591,32 @@ def test_valid_and_predict_of_a_runs_weights_read_that_runs_data(work, capsys, m
     assert "the data of the run" not in ours[2]  # --data given: as given
 
 
+def test_valid_of_a_runs_weights_takes_that_runs_seed(work, capsys, monkeypatch, tmp_path):
+    """An ImageFolder without val/ is split by the seed: valid of a run's weights with the
+    default seed 0 scored a run of --seed 3 on another split, images it had trained on among
+    them. Without --seed it takes the run's (its settings.yaml); a --seed of another value
+    is taken, with a warning."""
+    import shutil
+
+    from PIL import Image
+
+    monkeypatch.chdir(work)
+    for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        folder = tmp_path / "pets" / name
+        folder.mkdir(parents=True)
+        for i in range(20):
+            Image.new("RGB", (12, 12), (colour[0], i * 12, colour[2])).save(folder / f"{i}.png")
+    shutil.copy(work / "tiny.weights", tmp_path / "tiny_final.weights")
+    (tmp_path / "settings.yaml").write_text(f"data: {tmp_path / 'pets'}\nseed: 3\n")
+    weights = str(tmp_path / "tiny_final.weights")
+    code, out, err = call(capsys, ["valid", "tiny.cfg", "--weights", weights])
+    assert code == 0 and "--seed 3: the seed of the run that wrote" in err, err
+    code, _, err = call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--seed", "0"])
+    assert code == 0 and "warning: --seed 0: the run that wrote" in err
+    code, same, err = call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--seed", "3"])
+    assert code == 0 and "seed of the run" not in err and "warning" not in err and same == out
+
+
 def test_valid_of_a_run_on_some_embedded_classes_takes_that_class_count(work, capsys,
                                                                         monkeypatch, tmp_path):
     """`make train` trains 10 of VGG-16's 1000 embedded classes; its weights were then validated

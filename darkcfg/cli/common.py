@@ -34,7 +34,8 @@ def add_model_arguments(p: argparse.ArgumentParser, weights: bool = True) -> Non
                         "--set convolutional.batch_normalize=1")
     p.add_argument("--flavor", choices=("alexeyab", "pjreddie"), default="alexeyab",
                    help="which Darknet's formulas to follow (default alexeyab)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data, order (0)")
+    p.add_argument("--seed", type=int, help="seed for weights, data, order (0; valid and predict "
+                   "of a run's weights: the run's seed)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, mps (default: CUDA, else MPS, else CPU)")
     if weights:
@@ -62,7 +63,8 @@ def model_spec(args: argparse.Namespace):
         if cutoff is not None:
             raise usage_error(f"--cutoff {cutoff} needs --weights", hint="give the --weights "
                               "file whose first layers to load")
-    return ModelSpec(cfg=args.cfg, sets=tuple(args.set), flavor=args.flavor, seed=args.seed,
+    return ModelSpec(cfg=args.cfg, sets=tuple(args.set), flavor=args.flavor,
+                     seed=0 if args.seed is None else args.seed,
                      weights=getattr(args, "weights", None), cutoff=cutoff, device=args.device,
                      partial=getattr(args, "partial", False))
 

@@ -92,6 +92,7 @@ def run_options(model: ModelSpec, args, schedule: bool = False):
         workers=arg("workers"),
         batch_per_process=arg("batch_per_process", False),
         progress=not arg("no_progress", False), explicit_out=out is not None,
+        explicit_seed=arg("seed") is not None,
         max_memory=arg("max_memory"), force=arg("force", False),
         deterministic=arg("deterministic", False),
         map_points=arg("map_points", 0), partial=model.partial,

@@ -81,6 +81,7 @@ class RunOptions:
     schedule: Schedule = None  # type: ignore[assignment]
     progress: bool = True
     explicit_out: bool = False
+    explicit_seed: bool = False  # --seed given (else valid/predict take a run's recorded seed)
     map_points: int = 0  # detectors' mAP: 0 all-point, 11 or 101 (--map-points)
     darknet_build: str = "opencv"  # detectors: whose augmentation (--darknet-build)
     max_memory: int | None = None  # bytes; None: the device's memory
@@ -458,6 +459,7 @@ def weights_run_data(opts: RunOptions) -> RunOptions:
         say(f"--set {' --set '.join(sets)}: the settings of the run that wrote {opts.weights} "
             "(its settings.yaml; give --set to choose)")
         opts = replace(opts, sets=sets)
+    opts = _run_seed(opts, recorded.get("seed"))
     if opts.data is not None:
         return opts
     data = recorded_data(run)
@@ -472,6 +474,22 @@ def weights_run_data(opts: RunOptions) -> RunOptions:
             f"{opts.weights} trained (its settings.yaml; --classes to choose)")
         return replace(opts, classes=classes)
     return opts
+
+
+def _run_seed(opts: RunOptions, seed) -> RunOptions:
+    """The seed splits the data that comes without a validation split (an ImageFolder without
+    val/, the digits, the embedded set): validating a run's weights on another seed's split
+    scores images that run trained on."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed == opts.seed:
+        return opts
+    if opts.explicit_seed:
+        say(f"warning: --seed {opts.seed}: the run that wrote {opts.weights} trained with seed "
+            f"{seed} (its settings.yaml); data split by the seed then validates on other images, "
+            "some of which it trained on")
+        return opts
+    say(f"--seed {seed}: the seed of the run that wrote {opts.weights} (its settings.yaml: "
+        "the same validation split; give --seed to choose)")
+    return replace(opts, seed=seed)
 
 
 def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, dict]:
