@@ -364,10 +364,11 @@ class Cost(Layer):
         return x.new_zeros(x.shape[0], self.inputs)
 
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Darknet's error summed over the values of each image, times `scale`, mean over the
-        batch: sse (seg, wgan on CPU) sum((t - x)^2); L1 sum|t - x|; smooth: d^2 where |d| < 1
-        else 2|d| - 1 (Darknet's smooth_l1); masked = sse skipping truth == -1234. The gradient
-        is Darknet's delta, scale * (x - t) for sse (not autograd's 2 (x - t))."""
+        """Darknet's error summed over the values of each image, mean over the batch (`scale`
+        weighs only the gradient): sse (seg, wgan on CPU) sum((t - x)^2); L1 sum|t - x|;
+        smooth: d^2 where |d| < 1 else 2|d| - 1 (Darknet's smooth_l1); masked = sse skipping
+        truth == -1234. The gradient is Darknet's delta, scale * (x - t) for sse (not
+        autograd's 2 (x - t))."""
         pred = x.reshape(x.shape[0], -1)
         truth = target.reshape(target.shape[0], -1).to(pred.dtype)
         if truth.shape != pred.shape:
@@ -382,12 +383,13 @@ class Cost(Layer):
             err = torch.where(diff.abs() < 1, diff * diff, 2 * diff.abs() - 1)
         else:
             err = diff * diff
-        value = self.scale * err.sum(1).mean()
-        if self.cost_type == "L1":
-            return value
-        # Darknet's delta is diff (l2_cpu, smooth_l1_cpu: +-1 past |diff| = 1), half the
-        # derivative of the error it reports: train on half the error, report the whole
-        return value.detach() + 0.5 * (value - value.detach())
+        value = err.sum(1).mean()
+        # Darknet reports the error unscaled (cost_layer.c forward_cost_layer) and scales only
+        # the delta it passes back (backward_cost_layer). Its delta is diff (l2_cpu,
+        # smooth_l1_cpu: +-1 past |diff| = 1), half the derivative of the error it reports;
+        # L1's is the sign, the whole derivative
+        factor = self.scale * (1.0 if self.cost_type == "L1" else 0.5)
+        return value.detach() + factor * (value - value.detach())
 
 
 @register("cost")
