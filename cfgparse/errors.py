@@ -110,7 +110,7 @@ class Diagnostic:
     def format(self) -> str:
         """`path:line:col: error[CODE]: message`, the source line with a caret under the span,
         `help: hint`; a finding about a whole file or the command line has no line:col."""
-        path = _printable(self.path)
+        path = printable(self.path)
         where = f"{path}:{self.line}:{self.column}" if self.line else path
         lines = [f"{where}: {self.severity}[{self.code}]: {self.message}"]
         if self.line and self.source:
@@ -135,9 +135,11 @@ class Diagnostic:
 _MAX_TEXT = 600  # characters of a message or hint
 
 
-def _printable(path: str) -> str:
-    """A path with its control characters escaped (`new\\nline.jpg`), so a file name holding a
-    line break cannot split the `path:line:col: error` line in two."""
+def printable(path: str) -> str:
+    """A path with its control characters (and other characters that do not print) escaped as
+    Python writes them (`new\\nline.jpg`, `tab\\there.jpg`, `nul\\x00.jpg`), so a file name
+    holding a line break cannot split the `path:line:col: error` line in two, nor a result line
+    of `detect` or `predict` (docs/detection.md)."""
     return path if path.isprintable() else "".join(
         c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
 _MAX_SHOWN = 160  # characters of a source line shown under a diagnostic
