@@ -647,6 +647,29 @@ def test_preview_refuses_a_non_image_out_and_a_typo_as_diagnostics(tmp_path, cap
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_preview_refuses_an_out_that_is_an_image_of_the_set_or_beside_them(tmp_path, capsys):
+    """`--out` naming an image of the --data set wrote the preview over it (a .jpg passes the
+    suffix check); one beside the images would join the set a folder scan reads. Both E100,
+    nothing written."""
+    from darkcfg.data.detection.preview import main
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG.format(net="", yolo=""))
+    data = make_data_set(tmp_path / "set")
+    image = tmp_path / "set" / "JPEGImages" / "1.jpg"
+    before = image.read_bytes()
+    link = tmp_path / "link.jpg"
+    link.symlink_to(image)
+    for out, said in ((image, "is the image"), (link, "is the image"),
+                      (image.with_name("new.png"), "a folder of the data set's images")):
+        assert main([str(cfg), "--data", str(data), "--count", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"error[E100]: --out '{out}' " in err and said in err, err
+    assert image.read_bytes() == before and not image.with_name("new.png").exists()
+    assert main([str(cfg), "--data", str(data), "--count", "1",
+                 "--out", str(tmp_path / "p.png")]) == 0
+
+
 def test_multiscale_can_be_switched_off(tmp_path):
     net = detector(tmp_path, yolo="random=1")
     on = detection_datasets(net, None, 0, train_size=8, val_size=2)
