@@ -116,14 +116,20 @@ class Diagnostic:
         if self.line and self.source:
             gutter = str(self.line)
             pad = " " * len(gutter)
-            shown, start, before, after = _window(self.source.rstrip(), self.column)
+            # (a control character at the end is shown: it may be what the finding is about)
+            shown, start, before, after = _window(self.source.rstrip(" \t\r\n"), self.column)
+            # a character that does not print (a NUL byte, an escape, a line break) is shown
+            # escaped as in a path, so it cannot hide, clear or split the line
+            cells = [c if c.isprintable() or c == "\t" else printable(c) for c in shown]
             lines.append(f"{pad} |")
-            lines.append(f"{gutter} | {before}{shown}{after}")
+            lines.append(f"{gutter} | {before}{''.join(cells)}{after}")
             # keep the source's tabs in the indent, so the caret lands under the same character
             col = max(self.column - 1 - start, 0)
-            indent = " " * len(before) + "".join(c if c == "\t" else " " for c in shown[:col])
+            indent = " " * len(before) + "".join(c if c == "\t" else " " * len(c)
+                                                 for c in cells[:col])
             span = min(max(self.span, 1), max(len(shown) - col, 1))
-            lines.append(f"{pad} | {indent}{'^' * span}")
+            width = sum(len(c) for c in cells[col:col + span]) or span
+            lines.append(f"{pad} | {indent}{'^' * width}")
         if self.hint:
             lines.append(f"help: {self.hint}")
         return "\n".join(lines)

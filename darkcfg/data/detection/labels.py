@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
-from cfgparse.errors import ERROR, WARNING
+from cfgparse.errors import ERROR, WARNING, printable
 from darkcfg.data.datafile import (
     data_diagnostic,
     found_under,
@@ -225,10 +227,17 @@ def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CL
     from, for the hint of a class id out of range."""
     boxes: list[list[float]] = []
     problems: list[Diagnostic] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        words = line.split()
-        if not words:
+    # lines end at a line break only (str.splitlines also breaks at \v, \f, \x1c-\x1e, \x85
+    # and U+2028, which would shift every line number after one)
+    for n, line in enumerate(re.split(r"\r\n|\r|\n", text), 1):
+        odd = _unprintable(line)
+        if odd is not None:
+            problems.append(_unprintable_problem(line, odd, path, n))
             continue
+        found = [(m.start(), m.group()) for m in _WORD.finditer(line)]
+        if not found:
+            continue
+        words = [w for _, w in found]
         box, problem = _parse_line(words, classes, classes_from)
         if box is not None:
             boxes.append(box)
@@ -236,13 +245,46 @@ def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CL
             continue
         message, word, hint, severity = problem
         if word is None:
-            col, span = len(line) - len(line.lstrip()) + 1, len(line.strip())
+            col, span = found[0][0] + 1, found[-1][0] + len(found[-1][1]) - found[0][0]
         else:
-            col, span = _column(line, word), len(words[word])
+            col, span = found[word][0] + 1, len(words[word])
         problems.append(Diagnostic(LABEL_CODE if severity == ERROR else EDGE_CODE, message,
                                    path, n, col, severity, hint=hint or _LINE_HINT, source=line,
                                    span=max(span, 1)))
     return np.asarray(boxes, np.float32).reshape(-1, 5), problems
+
+
+# a word of a label line: what lies between spaces and tabs (Darknet's fscanf also skips \v and
+# \f, which are refused below, and nothing else: a no-break space is part of a word)
+_WORD = re.compile(r"[^ \t]+")
+_NAMED = {"\x00": "NUL byte", "\x0b": "vertical tab", "\x0c": "form feed",
+          "\x1b": "escape character", "\x7f": "DEL character", "\ufeff": "byte order mark"}
+
+
+def _unprintable(line: str) -> int | None:
+    """The index of the first character of `line` that does not print (tabs aside), or None."""
+    if line.isprintable():
+        return None
+    return next((i for i, c in enumerate(line) if not c.isprintable() and c != "\t"), None)
+
+
+def _unprintable_problem(line: str, at: int, path: str, n: int) -> Diagnostic:
+    """E903 at a character that has no place in a label line: a NUL byte, a control or format
+    character, a no-break space (Darknet's reader stops at it and loses every box after it; a
+    vertical tab or form feed it reads as a space)."""
+    c = line[at]
+    name = _NAMED.get(c) or unicodedata.name(c, "control character").lower()
+    escaped = printable(c)
+    if c in "\x0b\x0c":
+        darknet = "Darknet reads it as a space: write a space (or a line break) instead"
+    else:
+        darknet = ("Darknet's reader stops at it and loses every box after it: remove it"
+                   + (" (UTF-16 text without a BOM holds one after each character: save it as "
+                      "UTF-8)" if c == "\x00" else ""))
+    article = "an" if name[0] in "aeiou" else "a"
+    return Diagnostic(LABEL_CODE, f"{article} {name} ({escaped}) in a label line: a label file is "
+                      "plain text", path, n, at + 1, hint=f"{darknet}; {_LINE_HINT}",
+                      source=line, span=1)
 
 
 _EDGE_HINT = ("coordinates are fractions of the image size: centre x, y and width, height in "
@@ -256,14 +298,14 @@ def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES
         return None, (f"{len(words)} value{'s' if len(words) != 1 else ''}, expected 5 "
                       "(class x y w h)", None, "", ERROR)
     try:
-        cls = int(words[0])
+        cls = int(_c_number(words[0]))
     except ValueError:
-        return None, (f"class '{words[0]}' is not an integer", 0, "", ERROR)
+        return None, (f"class '{printable(words[0])}' is not an integer", 0, "", ERROR)
     try:
-        x, y, w, h = (float(v) for v in words[1:])
+        x, y, w, h = (float(_c_number(v)) for v in words[1:])
     except ValueError:
         k = next(i for i in range(1, 5) if not _is_float(words[i]))
-        return None, (f"{'xywh'[k - 1]} '{words[k]}' is not a number", k, "", ERROR)
+        return None, (f"{'xywh'[k - 1]} '{printable(words[k])}' is not a number", k, "", ERROR)
     if not 0 <= cls < classes:
         return None, (f"class {cls} but classes={classes}", 0,
                       f"class ids run from 0 to {classes - 1} ({classes_from})",
@@ -290,19 +332,18 @@ def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES
     return box, None
 
 
-def _column(line: str, word: int) -> int:
-    at = 0
-    for i, w in enumerate(line.split()):
-        at = line.index(w, at)
-        if i == word:
-            return at + 1
-        at += len(w)
-    return 1
+def _c_number(word: str) -> str:
+    """`word` when C's strtod/strtol could read it whole, for int() and float(); ValueError for
+    what Python alone reads as a number: `1_000`, Arabic-Indic or full-width digits (Darknet
+    would read the digits before them, or nothing)."""
+    if not word.isascii() or "_" in word:
+        raise ValueError(word)
+    return word
 
 
 def _is_float(s: str) -> bool:
     try:
-        float(s)
+        float(_c_number(s))
     except ValueError:
         return False
     return True
