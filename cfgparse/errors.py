@@ -70,7 +70,7 @@ CODES = {
     "E903": "bad detection label file (malformed line, class out of range, bad box)",
     "W903": "label box at or past the image edge or of no size (clipped or left out, as Darknet)",
     "W904": "data set that may not hold what it says (images without a label file, a stated "
-            "image size that is not the image's)",
+            "image size that is not the image's, an image listed twice)",
     "E904": "export or emit failed (the network cannot be written in that form)",
     "E905": "an optional package is missing (install the extra the hint names)",
 }

@@ -988,3 +988,71 @@ def test_data_yaml_paths_are_read_as_written(tmp_path):
     data.write_text(f"path: {root / 'images'}\ntrain: 0123\nval: [on]\nnames: [a, b, c]\n")
     read = open_set(data)
     assert len(read.train.images) == len(TRAIN) and len(read.valid.images) == len(VALID)
+
+
+# -- an image listed twice ------------------------------------------------------------------------
+def test_an_image_listed_twice_trains_twice_is_scored_once_and_checked(tmp_path, capsys):
+    """A list that names an image twice: training reads both (Darknet draws from its list with
+    replacement: a repeat weighs the image double, which some users mean), validation read both
+    too and scored the image twice (Darknet's detector map counts its objects and detections
+    twice: the mAP moves by it). Now each validation image is scored once (its difficult boxes
+    kept parallel), and W904 says so at the repeated line, in check, train and convert."""
+    data = write_darknet(tmp_path / "set")
+    root = data.parent
+    (root / "train.txt").write_text("img/im0.png\nimg/im1.png\nimg/im2.png\nimg/im3.png\n"
+                                    "./img/im0.png\n")
+    (root / "valid.txt").write_text("img/im4.png\nimg/im5.png\nimg/im4.png\n")
+    (root / "hard.txt").write_text("hard/im4.png\nhard/im5.png\nhard/im4.png\n")
+    found = open_set(data)
+    assert len(found.train) == 5 and len(found.valid) == 2
+    assert [len(h) for h in found.valid.difficult] == [1, 0]
+    said = [(d.path, d.line, d.column, d.code, d.severity) for d in found.problems]
+    assert said == [(str(root / "train.txt"), 5, 1, "W904", "warning"),
+                    (str(root / "valid.txt"), 3, 1, "W904", "warning")]
+    assert "'./img/im0.png' is listed again (first at line 1)" in found.problems[0].message
+    assert "scores each image once" in found.problems[1].hint
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    splits = detection_datasets(build(str(cfg)), str(data), seed=3)
+    assert len(splits.train) == 5 and len(splits.val) == 2 and len(splits.difficult) == 2
+    assert sum("warning[W904]" in w and "listed again" in w for w in splits.warnings) == 2
+    assert cli(["data", "check", str(data), "--plot", str(tmp_path / "c.png")]) == 0
+    err = capsys.readouterr().err
+    assert f"{root / 'valid.txt'}:3:1: warning[W904]: 'img/im4.png' is listed again" in err
+    # no valid=: validation reads the train list, each image once
+    (root / "obj.data").write_text("classes=3\ntrain=train.txt\nnames=obj.names\n")
+    splits = detection_datasets(build(str(cfg)), str(data), seed=3)
+    assert len(splits.train) == 5 and len(splits.val) == 4
+
+
+def test_a_voc_or_yolo_list_that_names_an_image_twice_is_said_at_its_line(four):
+    voc, yolo = four["voc"], four["yolo"]
+    (voc / "ImageSets/Main/val.txt").write_text("im4\nim5\n  im4\n")
+    found = open_set(voc)
+    assert len(found.valid) == 2
+    assert [(d.path, d.line, d.column, d.code) for d in found.problems] == [
+        (str(voc / "ImageSets/Main/val.txt"), 3, 3, "W904")]
+    root = yolo.parent
+    (root / "train.txt").write_text("images/train/im0.png\nimages/train/im1.png\n"
+                                    "images/train/im0.png\n")
+    yolo.write_text(yolo.read_text().replace("train: images/train", "train: train.txt")
+                    .replace("val: images/val", "val: [images/val, images/val]"))
+    found = open_set(yolo)
+    assert (len(found.train), len(found.valid)) == (3, 2)
+    assert [(Path(d.path).name, d.line, d.code) for d in found.problems] == [
+        ("train.txt", 3, "W904"), ("data.yaml", 3, "W904")]
+
+
+def test_a_coco_picture_of_two_entries_is_a_repeat_and_convert_writes_one(four, tmp_path):
+    train, _ = four["coco"]
+    doc = json.loads(train.read_text())
+    doc["images"].append(dict(doc["images"][0], id=999))
+    train.write_text(json.dumps(doc, indent=1))
+    found = open_set(train)
+    assert len(found.train) == 5
+    assert [(d.code, d.severity) for d in found.problems] == [("W904", "warning")]
+    assert "has a second entry (ids 100 and 999)" in found.problems[0].message
+    assert found.problems[0].line > 1  # at the second entry's file_name
+    out = convert(found, "coco", tmp_path / "out")[0]
+    assert [i["file_name"] for i in json.loads(out.read_text())["images"]] == [
+        "im0.png", "im1.png", "im2.png", "im3.png"]

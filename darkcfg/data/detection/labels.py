@@ -49,6 +49,7 @@ from darkcfg.data.datafile import (
     data_diagnostic,
     found_under,
     missing_path_hint,
+    numbered_list,
     read_data_file,
     read_list,
     resolve,
@@ -134,6 +135,46 @@ class DetectionData:
     valid_labels: list[str] = field(default_factory=list)
     valid_is_train: bool = False  # no valid= key: Darknet's map falls back to train
     difficult_labels: list[str] = field(default_factory=list)  # `difficult` list's label paths
+    repeats: list[Diagnostic] = field(default_factory=list)  # W904 at a list's repeated image
+
+
+def same_image(path: str) -> str:
+    """What two listings of one image file have in common (`img/x.jpg`, `./img/x.jpg` and
+    the absolute path are one image; two links to it stay two)."""
+    return os.path.normcase(os.path.abspath(path))
+
+
+_REPEAT_USE = {
+    "train": "training draws an image as often as it is listed, as Darknet does: remove the "
+             "line unless the image is meant to weigh more",
+    "valid": "validation scores each image once (Darknet's detector map would count its "
+             "objects and detections twice): remove the line",
+    "both": "training draws an image as often as it is listed, as Darknet does; validation, "
+            "which reads this list too, scores it once (Darknet's detector map would count its "
+            "objects twice): remove the line unless the image is meant to weigh more",
+}
+
+
+def repeated(listed: Sequence[tuple[str, int, str]], where: Path | str, use: str
+             ) -> Diagnostic | None:
+    """W904 at the first line of a list that names an image listed before (None when none
+    does), counting the others. listed: (same_image key or id, line number, line as written)
+    in list order; use: 'train', 'valid' or 'both' (what the list is read for)."""
+    first: dict[str, int] = {}
+    again = []
+    for key, n, line in listed:
+        if key in first:
+            again.append((n, line, first[key]))
+        else:
+            first[key] = n
+    if not again:
+        return None
+    n, line, m = again[0]
+    more = f"; {len(again)} lines of this list repeat an earlier one" if len(again) > 1 else ""
+    col = len(line) - len(line.lstrip()) + 1
+    return Diagnostic(SET_CODE, f"'{printable(line.strip())}' is listed again (first at line "
+                      f"{m}){more}", str(where), n, col, WARNING, hint=_REPEAT_USE[use],
+                      source=line, span=max(len(line.strip()), 1))
 
 
 def _count_names(opts: dict[str, str], here: Path, where: str) -> int:
@@ -169,11 +210,16 @@ def open_detection_data(path: Path) -> DetectionData:
         raise _error(f"classes={classes}: a detector needs at least one class", where,
                      key="classes")
 
+    repeats: list[Diagnostic] = []
+    lists: dict[str, Path] = {}
+
     def images(key: str) -> tuple[list[str], list[str]]:
         list_path = resolve(opts[key], here)
         out, labels = [], []
         missing = []
-        for raw in read_list(list_path, where, key):
+        listed = []
+        for n, line in numbered_list(list_path, where, key):
+            raw = line.strip()
             base = found_under(raw, (list_path.parent, here))
             image = os.path.join(base, raw) if base else raw
             if not os.path.isfile(image):
@@ -181,6 +227,13 @@ def open_detection_data(path: Path) -> DetectionData:
                 continue
             out.append(image)
             labels.append(label_path(image))
+            listed.append((same_image(image), n, line))
+        use = "train" if key == "train" else "both" if lists.get("train") == list_path \
+            else "valid"
+        lists[key] = list_path
+        said = repeated(listed, list_path, use) if key != "difficult" else None  # (parallel
+        if said is not None:  # to valid) one warning a list: valid=train's says both uses
+            repeats[:] = [d for d in repeats if d.path != said.path] + [said]
         if missing:
             raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "
                          f"'{missing[0]}'", where,
@@ -208,7 +261,7 @@ def open_detection_data(path: Path) -> DetectionData:
     backup = str(resolve(opts["backup"], here)) if "backup" in opts else None
     return DetectionData(path, classes, train, valid, names, backup, train_labels,
                          valid_labels, valid_is_train="valid" not in opts,
-                         difficult_labels=difficult)
+                         difficult_labels=difficult, repeats=repeats)
 
 
 # -- label files ----------------------------------------------------------------------------------
@@ -366,6 +419,7 @@ class Labels:
     boxes: list[np.ndarray]  # per image: (n, 5) float32 [x, y, w, h, class]
     missing: int  # images without a label file (no objects)
     first_missing: int = -1  # index of the first image without one (-1: none), for an example
+    missing_at: frozenset[int] = frozenset()  # the indices of the images without one
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -390,6 +444,7 @@ def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str =
     parse_labels."""
     boxes: list[np.ndarray] = []
     missing, first_missing = 0, -1
+    missing_at: set[int] = set()
     problems: list[Diagnostic] = []
     empty = np.zeros((0, 5), np.float32)
     for k, path in enumerate(label_paths):
@@ -398,6 +453,7 @@ def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str =
                 text = fh.read()
         except FileNotFoundError:
             missing += 1
+            missing_at.add(k)
             first_missing = k if first_missing < 0 else first_missing
             boxes.append(empty)
             continue
@@ -409,7 +465,7 @@ def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str =
         found, bad = parse_labels(text, path, classes, classes_from)
         boxes.append(found)
         problems += bad
-    return Labels(boxes, missing, first_missing), problems
+    return Labels(boxes, missing, first_missing, frozenset(missing_at)), problems
 
 
 def raise_problems(problems: Sequence[Diagnostic], max_errors: int = 20) -> None:
@@ -442,6 +498,15 @@ def edge_warning(problems: Sequence[Diagnostic], shown: int = 3) -> str:
     if len(edges) > shown:
         lines.append(f"  ... and {len(edges) - shown} more")
     return "\n".join(lines)
+
+
+def set_warnings(problems: Sequence[Diagnostic]) -> list[str]:
+    """What training and `data convert` print of a set's warnings: the W903 edge boxes as one
+    count (`edge_warning`), each other warning (W904: a repeated image, a split that is not
+    there) in full."""
+    edges = edge_warning(problems)
+    return ([edges] if edges else []) + [d.format() for d in problems
+                                         if d.severity == WARNING and d.code != EDGE_CODE]
 
 
 def _error(message: str, where: str, hint: str = "", code: str = "E901",

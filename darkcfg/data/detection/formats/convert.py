@@ -209,6 +209,7 @@ class _Writer:
         written = []
         splits = [("train", data.train)] + ([("val", data.valid)] if data.valid else [])
         for name, s in splits:
+            s = s.distinct()  # a COCO file has one entry an image (a repeat weighs nothing)
             images = []
             for image in s.images:
                 relative = self.image(image, "images")

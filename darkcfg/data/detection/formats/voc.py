@@ -38,7 +38,7 @@ from darkcfg.data.detection.formats.base import (
     box_rows,
     image_size,
 )
-from darkcfg.data.detection.labels import LABEL_CODE
+from darkcfg.data.detection.labels import LABEL_CODE, repeated
 
 VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
              "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -119,8 +119,13 @@ def read_voc(root: Path) -> DetectionSet:
         path = main / name
         if not path.is_file():
             return None
-        lines = read_text(path).splitlines()
-        return [(line.split()[0], path, n) for n, line in enumerate(lines, 1) if line.split()]
+        lines = read_text(path).split("\n")  # (line breaks only: the lines an editor shows)
+        found = [(line.split()[0], path, n, line) for n, line in enumerate(lines, 1)
+                 if line.split()]
+        said = repeated([(i, n, line) for i, _, n, line in found], path,
+                        "valid" if name == "val.txt" else "train")
+        problems.extend([said] if said is not None else [])
+        return [(i, p, n) for i, p, n, _ in found]
 
     train_ids = ids("train.txt") or ids("trainval.txt") or [
         (p.stem, annotations / p.name, 0) for p in sorted(annotations.glob("*.xml"))]
