@@ -1056,3 +1056,37 @@ def test_a_coco_picture_of_two_entries_is_a_repeat_and_convert_writes_one(four, 
     out = convert(found, "coco", tmp_path / "out")[0]
     assert [i["file_name"] for i in json.loads(out.read_text())["images"]] == [
         "im0.png", "im1.png", "im2.png", "im3.png"]
+
+
+def test_a_voc_folder_without_train_txt_trains_on_what_val_txt_holds_out(four, capsys):
+    """ImageSets/Main with val.txt and no train.txt trained on every annotation, the val
+    images too, without a word. Now: every annotation (or trainval.txt's ids) less those
+    val.txt (and, from every annotation, test.txt) list, with a W904 that says so; nothing
+    left to train on is E901; trainval.txt alone is VOC's usual training list (no word)."""
+    voc = four["voc"]
+    main = voc / "ImageSets" / "Main"
+    (main / "train.txt").unlink()
+    found = open_set(voc)
+    assert [Path(p).stem for p in found.train.images] == ["im0", "im1", "im2", "im3"]
+    assert [Path(p).stem for p in found.valid.images] == ["im4", "im5"]
+    [d] = found.problems
+    assert (d.path, d.code, d.severity) == (str(main), "W904", "warning")
+    assert d.message == ("ImageSets/Main has val.txt but no train.txt: training on 4 of the 6 "
+                         "annotations in Annotations/, those val.txt does not list")
+    (main / "trainval.txt").write_text("im0\nim1\nim4\nim5\n")
+    found = open_set(voc)
+    assert [Path(p).stem for p in found.train.images] == ["im0", "im1"]
+    assert "training on 2 of trainval.txt's 4 ids, those val.txt does not list" in \
+        found.problems[0].message
+    (main / "val.txt").unlink()
+    found = open_set(voc)
+    assert len(found.train) == 4 and found.valid is None and not found.problems
+    (main / "trainval.txt").unlink()
+    (main / "val.txt").write_text("im0\nim1\nim2\n")
+    (main / "test.txt").write_text("im3\nim4\nim5\n")
+    with pytest.raises(CfgError) as err:
+        open_set(voc)
+    assert "nothing to train on" in str(err.value) and err.value.code == "E901"
+    assert cli(["data", "check", str(voc)]) == 2
+    assert "error[E901]: ImageSets/Main has val.txt and test.txt but no train.txt" in \
+        capsys.readouterr().err
