@@ -402,7 +402,8 @@ def test_voc_images_of_another_extension_are_found_by_their_id(tmp_path):
     (root / "JPEGImages" / "im0.PNG").unlink()
     msg = first_error(root)
     assert "ImageSets/Main/train.txt:1:1" in msg and "no image for id 'im0'" in msg
-    assert "(tried 'im0' + .jpg .jpeg .png .bmp .tif .tiff .webp in any case)" in msg
+    assert ("(tried 'im0' + .jpg .jpeg .png .bmp .tif .tiff .webp .ppm .pgm .gif .mpo .pfm in "
+            "any case)") in msg  # darkcfg.data.datafile.IMAGE_EXTENSIONS, the one rule
 
 
 def test_yolo_label_errors_are_darknets(tmp_path):
@@ -1090,3 +1091,49 @@ def test_a_voc_folder_without_train_txt_trains_on_what_val_txt_holds_out(four, c
     assert cli(["data", "check", str(voc)]) == 2
     assert "error[E901]: ImageSets/Main has val.txt and test.txt but no train.txt" in \
         capsys.readouterr().err
+
+
+# -- which files are images -----------------------------------------------------------------------
+def test_one_image_extension_rule_for_every_folder_and_every_list(four, tmp_path, capsys):
+    """`.gif` was read from a .data list but passed over (silently) in a data.yaml folder, a
+    data.yaml list file (a line dropped), a VOC id's lookup and a classifier's class folders,
+    and with a warning by `detect DIR`; `.ppm`/`.pgm` likewise in data.yaml folders. Now one
+    rule (darkcfg.data.datafile.is_image): a folder's images are IMAGE_EXTENSIONS in any case,
+    everywhere; a listed file is read whatever its extension."""
+    from darkcfg.data.datafile import IMAGE_EXTENSIONS, is_image
+    from darkcfg.data.sources import image_folder
+    from darkcfg.detect.run import image_paths
+
+    assert {".gif", ".ppm", ".pgm", ".jpg", ".png", ".webp", ".tif"} <= set(IMAGE_EXTENSIONS)
+    assert is_image("a/b.GIF") and is_image("x.Jpg") and not is_image("x.txt")
+    # a data.yaml folder and list file
+    yolo = four["yolo"]
+    train = yolo.parent / "images" / "train"
+    Image.open(train / "im0.png").save(train / "g.GIF")
+    Image.open(train / "im1.png").save(train / "p.ppm")
+    (train / "notes.txt").write_text("not an image")
+    found = open_set(yolo)
+    assert sorted(Path(p).name for p in found.train.images) == [
+        "g.GIF", "im0.png", "im1.png", "im2.png", "im3.png", "p.ppm"]
+    (yolo.parent / "t.txt").write_text("images/train/g.GIF\nimages/train/im1.png\n")
+    yolo.write_text(yolo.read_text().replace("train: images/train", "train: t.txt"))
+    assert [Path(p).name for p in open_set(yolo).train.images] == ["g.GIF", "im1.png"]
+    # detect on a folder: the same images, the text file skipped with its warning
+    paths, _ = image_paths([str(train)])
+    assert sorted(p.name for p in paths) == [
+        "g.GIF", "im0.png", "im1.png", "im2.png", "im3.png", "p.ppm"]
+    assert "skipped 1 file(s)" in capsys.readouterr().err
+    # a VOC id whose <filename> names no file: JPEGImages/<id>.gif
+    voc = four["voc"]
+    Image.open(voc / "JPEGImages" / "im0.png").save(voc / "JPEGImages" / "im0.gif")
+    (voc / "JPEGImages" / "im0.png").unlink()
+    xml = voc / "Annotations" / "im0.xml"
+    xml.write_text(xml.read_text().replace("<filename>im0.png</filename>", ""))
+    assert Path(open_set(voc).train.images[0]).name == "im0.gif"
+    # a classifier's class folders
+    for name in ("cat", "dog"):
+        (tmp_path / "cls" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "cls" / name / "a.gif")
+        Image.new("RGB", (8, 8)).save(tmp_path / "cls" / name / "b.jpg")
+    splits = image_folder(tmp_path / "cls", 3, 0)
+    assert len(splits.train) + len(splits.val or []) == 4

@@ -146,6 +146,20 @@ def line_of(data_file: str, key: str) -> tuple[int, str]:
     return 0, ""
 
 
+# The one rule for which files are images where darkcfg picks them out of a folder (`detect DIR`,
+# a classifier's class folders, a data.yaml folder, a VOC id's `JPEGImages/<id>.ext`, tried in
+# this order): these extensions, in any case. A file named on its own (a list line, a VOC
+# `<filename>`, an image given to detect) is read whatever its extension. Each is a format
+# Pillow reads (no `.dng`: ultralytics lists it, but Pillow reads no camera raw).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                    ".gif", ".mpo", ".pfm")
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    """Whether a folder's file is one of its images (IMAGE_EXTENSIONS, in any case)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
 def hidden(name: str) -> bool:
     """A dot name: macOS's `._x.jpg` Finder metadata and `.DS_Store`, `.ipynb_checkpoints`,
     `.git` are no part of a data set (a shell glob and ultralytics' listing pass them over)."""

@@ -20,8 +20,8 @@ import torch
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING, printable
-from darkcfg.data.base import IMAGE_EXTENSIONS, check_image_headers
-from darkcfg.data.datafile import files_under, read_data_file, resolve
+from darkcfg.data.base import check_image_headers
+from darkcfg.data.datafile import IMAGE_EXTENSIONS, files_under, is_image, read_data_file, resolve
 from darkcfg.detect.decode import (
     Found,
     c_round,
@@ -82,9 +82,9 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
         if p.is_dir():
             folder = True
             found = sorted(q for q in files_under(p) if q.is_file())
-            images = {f.with_suffix("") for f in found if f.suffix.lower() in IMAGE_EXTENSIONS}
+            images = {f.with_suffix("") for f in found if is_image(f)}
             for f in found:
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                if is_image(f):
                     paths.append(f)
                 elif not (f.suffix == ".txt" and f.with_suffix("") in images):
                     skipped.append(f)  # (an image's label file beside it, Darknet's layout,

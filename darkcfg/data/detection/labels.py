@@ -46,6 +46,7 @@ import numpy as np
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import ERROR, WARNING, printable
 from darkcfg.data.datafile import (
+    IMAGE_EXTENSIONS,
     data_diagnostic,
     found_under,
     missing_path_hint,
@@ -113,7 +114,7 @@ def image_extensions() -> frozenset[str]:
         except ImportError:  # pragma: no cover - Pillow is a base dependency
             found = set()
         _IMAGE_EXTENSIONS = frozenset(found | {e.lower() for e in LABEL_EXTENSIONS}
-                                      | {".webp", ".tif", ".gif"})
+                                      | set(IMAGE_EXTENSIONS))
     return _IMAGE_EXTENSIONS
 
 

@@ -32,7 +32,7 @@ from xml.parsers import expat
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
-from darkcfg.data.datafile import read_text
+from darkcfg.data.datafile import IMAGE_EXTENSIONS, read_text
 from darkcfg.data.detection.formats.base import (
     DeclaredSize,
     DetectionSet,
@@ -239,9 +239,6 @@ def _names(root: Path, parsed: dict[str, _Annotation | None], problems) -> list[
     return sorted(found)  # all 20 VOC classes: VOC_NAMES, voc.names' order (alphabetical)
 
 
-# `<id>` + these, tried in this order and in any case, when `<filename>` names no file:
-# exporters write `.JPG`, `.png`... where voc_label.py assumes `.jpg`
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class _Folder:
@@ -267,6 +264,8 @@ class _Folder:
 def _image(ann: _Annotation, folder: _Folder, image_id: str) -> tuple[str | None, str]:
     """The image of an annotation, or None and the names tried (for the error)."""
     name = (ann.root.findtext("filename") or "").strip()
+    # `<id>` + the one rule's extensions, in its order and in any case, when `<filename>` names
+    # no file: exporters write `.JPG`, `.png`... where voc_label.py assumes `.jpg`
     candidates = ([name] if name else []) + [image_id + e for e in IMAGE_EXTENSIONS]
     for candidate in candidates:
         found = folder.find(candidate)

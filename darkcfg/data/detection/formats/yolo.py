@@ -29,12 +29,22 @@ from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING, printable
 from cfgparse.parser import decode
 from cfgparse.yaml_io import load_yaml
-from darkcfg.data.datafile import files_under, missing_path_hint, text_hint
+from darkcfg.data.datafile import (
+    IMAGE_EXTENSIONS,
+    files_under,
+    is_image,
+    missing_path_hint,
+    text_hint,
+)
 from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import collect_labels
 
-# ultralytics/data/utils.py IMG_FORMATS (the ones PIL reads)
-IMAGE_SUFFIXES = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm"}
+# ultralytics/data/utils.py IMG_FORMATS (the ones PIL reads): what ultralytics takes from a
+# folder or a list; darkcfg reads a yolo set by its own one rule (datafile.IMAGE_EXTENSIONS for
+# a folder, every line of a list), and `convert --to yolo` re-encodes an image ultralytics
+# would pass over
+ULTRALYTICS_IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp",
+                           "pfm"}
 _HINT = ("a data.yaml has path: (root), train: and val: (folders or list files), and names: "
          "(a list, or {0: name, ...})")
 
@@ -188,19 +198,19 @@ def _images(doc: _Yaml, key: str, root: Path, problems: list[Diagnostic]) -> lis
             where = root / raw[3:]  # ultralytics' second try
         if where.is_dir():
             # linked folders too, each once (ultralytics' glob follows links)
-            listed += [(str(p), None, 0, "") for p in files_under(where) if p.is_file()]
+            listed += [(str(p), None, 0, "") for p in files_under(where)
+                       if is_image(p) and p.is_file()]
         elif where.is_file():
             listed += [(image, where, n, line) for image, n, line in _list_file(doc, key, where)]
         else:
             raise doc.error(key, f"{key}: '{raw}' is neither a folder nor a list file "
                             f"(looked for {where})")
-    listed = [e for e in listed if e[0].rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES]
     found = [image for image, *_ in listed]
     problems.extend(_repeats(doc, key, listed))
     images = sorted(found)
     if not images:
-        raise doc.error(key, f"{key}: no images found", hint="images end in "
-                        + ", ".join(f".{s}" for s in sorted(IMAGE_SUFFIXES)))
+        raise doc.error(key, f"{key}: no images found", hint="a folder's images end in "
+                        + ", ".join(IMAGE_EXTENSIONS) + " (in any case)")
     return images
 
 
