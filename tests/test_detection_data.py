@@ -160,6 +160,15 @@ def test_numbers_only_python_reads_are_not_label_numbers(word):
     assert len(boxes) == 0 and [(d.line, d.column) for d in problems] == [(1, 1), (2, 3)]
 
 
+def test_a_list_line_with_a_nul_byte_is_named_escaped(tmp_path):
+    """An image list line holding a NUL byte names no file: the error printed it raw."""
+    path = make_data_set(tmp_path / "set")
+    (tmp_path / "set" / "train.txt").write_text("JPEGImages/0.jpg\x00\nJPEGImages/1.jpg\n")
+    with pytest.raises(CfgError) as err:
+        open_detection_data(path)
+    assert "e.g. 'JPEGImages/0.jpg\\x00'" in str(err.value) and "\x00" not in str(err.value)
+
+
 def test_validate_labels_checks_every_file_and_counts_missing_ones(tmp_path):
     good, bad, absent = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
     good.write_text("\ufeff1 0.5 0.5 0.1 0.1\r\n")  # a BOM and CRLF from Windows tools

@@ -237,7 +237,7 @@ def open_detection_data(path: Path) -> DetectionData:
             repeats[:] = [d for d in repeats if d.path != said.path] + [said]
         if missing:
             raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "
-                         f"'{missing[0]}'", where,
+                         f"'{printable(missing[0])}'", where,
                          hint=missing_path_hint(missing[0], "paths are tried relative to the "
                                                 f"current directory, {list_path.parent} and "
                                                 f"{here}"), key=key)

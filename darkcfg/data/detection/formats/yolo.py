@@ -262,7 +262,7 @@ def _list_file(doc: _Yaml, key: str, list_path: Path) -> list[tuple[str, int, st
             missing.append(image)
     if missing:
         raise doc.error(key, f"{len(missing)} image(s) listed in {list_path} do not exist, "
-                        f"e.g. '{missing[0]}'", hint=missing_path_hint(
+                        f"e.g. '{printable(missing[0])}'", hint=missing_path_hint(
                             missing[0], "a list line is an image path: './x.jpg' is relative "
                             "to the list's folder"))
     return out
