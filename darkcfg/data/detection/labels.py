@@ -232,8 +232,10 @@ def open_detection_data(path: Path) -> DetectionData:
         use = "train" if key == "train" else "both" if lists.get("train") == list_path \
             else "valid"
         lists[key] = list_path
-        said = repeated(listed, list_path, use) if key != "difficult" else None  # (parallel
-        if said is not None:  # to valid) one warning a list: valid=train's says both uses
+        # one warning a list (valid= naming train's list: one that says both uses); the
+        # difficult list is parallel to valid, so it repeats where valid does
+        said = repeated(listed, list_path, use) if key != "difficult" else None
+        if said is not None:
             repeats[:] = [d for d in repeats if d.path != said.path] + [said]
         if missing:
             raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "

@@ -37,7 +37,7 @@ from darkcfg.data.datafile import (
     text_hint,
 )
 from darkcfg.data.detection.formats.base import DetectionSet, Split
-from darkcfg.data.detection.labels import collect_labels
+from darkcfg.data.detection.labels import SET_CODE, collect_labels, repeated, same_image
 
 # ultralytics/data/utils.py IMG_FORMATS (the ones PIL reads): what ultralytics takes from a
 # folder or a list; darkcfg reads a yolo set by its own one rule (datafile.IMAGE_EXTENSIONS for
@@ -189,7 +189,6 @@ def _images(doc: _Yaml, key: str, root: Path, problems: list[Diagnostic]) -> lis
     entries, node = doc.data[key], doc.nodes[key]
     entries = [_as_written(e, n) for e, n in zip(entries, node.value, strict=True)] \
         if isinstance(entries, list) else [_as_written(entries, node)]
-    found: list[str] = []
     listed: list[tuple[str, Path | None, int, str]] = []  # (image, list file, line, text)
     for entry in entries:
         raw = str(entry)
@@ -205,9 +204,8 @@ def _images(doc: _Yaml, key: str, root: Path, problems: list[Diagnostic]) -> lis
         else:
             raise doc.error(key, f"{key}: '{raw}' is neither a folder nor a list file "
                             f"(looked for {where})")
-    found = [image for image, *_ in listed]
     problems.extend(_repeats(doc, key, listed))
-    images = sorted(found)
+    images = sorted(image for image, *_ in listed)
     if not images:
         raise doc.error(key, f"{key}: no images found", hint="a folder's images end in "
                         + ", ".join(IMAGE_EXTENSIONS) + " (in any case)")
@@ -217,8 +215,6 @@ def _images(doc: _Yaml, key: str, root: Path, problems: list[Diagnostic]) -> lis
 def _repeats(doc: _Yaml, key: str, listed) -> list[Diagnostic]:
     """W904 for an image `key` names twice: at its list line, else (two folders, or a folder
     and a list, that hold it) at the key."""
-    from darkcfg.data.detection.labels import SET_CODE, repeated, same_image
-
     use = "train" if key == "train" else "valid"
     by_list: dict[Path, list] = {}
     for image, list_path, n, line in listed:
@@ -226,8 +222,12 @@ def _repeats(doc: _Yaml, key: str, listed) -> list[Diagnostic]:
             by_list.setdefault(list_path, []).append((same_image(image), n, line))
     said = [d for d in (repeated(lines, path, use) for path, lines in by_list.items()) if d]
     seen: set[str] = set()
-    again = [image for image, *_ in listed
-             if (k := same_image(image)) in seen or seen.add(k)]
+    again = []  # the images found a second time (a third ...)
+    for image, *_ in listed:
+        key_of = same_image(image)
+        if key_of in seen:
+            again.append(image)
+        seen.add(key_of)
     if not said and again:
         d = doc.error(key, f"{key}: '{printable(again[0])}' is found twice (two of its folders "
                       f"or lists hold it; {len(again)} repeated image(s))",
