@@ -71,7 +71,7 @@ CODES = {
     "E903": "bad detection label file (malformed line, class out of range, bad box)",
     "W903": "label box at or past the image edge or of no size (clipped or left out, as Darknet)",
     "W904": "data set that may not hold what it says (images without a label file, a stated "
-            "image size that is not the image's)",
+            "image size that is not the image's, an image listed twice)",
     "E904": "export or emit failed (the network cannot be written in that form)",
     "E905": "an optional package is missing (install the extra the hint names)",
 }
@@ -111,20 +111,26 @@ class Diagnostic:
     def format(self) -> str:
         """`path:line:col: error[CODE]: message`, the source line with a caret under the span,
         `help: hint`; a finding about a whole file or the command line has no line:col."""
-        path = _printable(self.path)
+        path = printable(self.path)
         where = f"{path}:{self.line}:{self.column}" if self.line else path
         lines = [f"{where}: {self.severity}[{self.code}]: {self.message}"]
         if self.line and self.source:
             gutter = str(self.line)
             pad = " " * len(gutter)
-            shown, start, before, after = _window(self.source.rstrip(), self.column)
+            # (a control character at the end is shown: it may be what the finding is about)
+            shown, start, before, after = _window(self.source.rstrip(" \t\r\n"), self.column)
+            # a character that does not print (a NUL byte, an escape, a line break) is shown
+            # escaped as in a path, so it cannot hide, clear or split the line
+            cells = [c if c.isprintable() or c == "\t" else printable(c) for c in shown]
             lines.append(f"{pad} |")
-            lines.append(f"{gutter} | {before}{shown}{after}")
+            lines.append(f"{gutter} | {before}{''.join(cells)}{after}")
             # keep the source's tabs in the indent, so the caret lands under the same character
             col = max(self.column - 1 - start, 0)
-            indent = " " * len(before) + "".join(c if c == "\t" else " " for c in shown[:col])
+            indent = " " * len(before) + "".join(c if c == "\t" else " " * len(c)
+                                                 for c in cells[:col])
             span = min(max(self.span, 1), max(len(shown) - col, 1))
-            lines.append(f"{pad} | {indent}{'^' * span}")
+            width = sum(len(c) for c in cells[col:col + span]) or span
+            lines.append(f"{pad} | {indent}{'^' * width}")
         if self.hint:
             lines.append(f"help: {self.hint}")
         return "\n".join(lines)
@@ -136,9 +142,11 @@ class Diagnostic:
 _MAX_TEXT = 600  # characters of a message or hint
 
 
-def _printable(path: str) -> str:
-    """A path with its control characters escaped (`new\\nline.jpg`), so a file name holding a
-    line break cannot split the `path:line:col: error` line in two."""
+def printable(path: str) -> str:
+    """A path with its control characters (and other characters that do not print) escaped as
+    Python writes them (`new\\nline.jpg`, `tab\\there.jpg`, `nul\\x00.jpg`), so a file name
+    holding a line break cannot split the `path:line:col: error` line in two, nor a result line
+    of `detect` or `predict` (docs/detection.md)."""
     return path if path.isprintable() else "".join(
         c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
 _MAX_SHOWN = 160  # characters of a source line shown under a diagnostic

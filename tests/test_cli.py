@@ -656,3 +656,18 @@ def test_valid_of_a_runs_weights_builds_the_network_that_run_trained(work, capsy
                                 *[a for s in sets for a in ("--set", s)]])[1]
     code, _, err = call(capsys, ["valid", "tiny.cfg", "--weights", weights, "--set", "hue=0"])
     assert code == 2 and "error[E902]" in err  # a --set of its own: the cfg as it says
+
+
+def test_predict_lines_escape_line_breaks_in_file_names(work, capsys, monkeypatch, tmp_path):
+    """`path: p% name, ...` is one line per image: a name with a line break or a tab is written
+    with escapes (`\\n`, `\\t`), as diagnostics and detect write it."""
+    import shutil
+
+    monkeypatch.chdir(work)
+    odd = tmp_path / "a\nb\tc.png"
+    shutil.copy(work / "imgs" / "b.png", odd)
+    code, out, err = call(capsys, ["predict", "tiny.cfg", "--weights", "tiny.weights", str(odd),
+                                   "--top", "2"])
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path}/a\\nb\\tc.png: "), lines

@@ -402,7 +402,8 @@ def test_voc_images_of_another_extension_are_found_by_their_id(tmp_path):
     (root / "JPEGImages" / "im0.PNG").unlink()
     msg = first_error(root)
     assert "ImageSets/Main/train.txt:1:1" in msg and "no image for id 'im0'" in msg
-    assert "(tried 'im0' + .jpg .jpeg .png .bmp .tif .tiff .webp in any case)" in msg
+    assert ("(tried 'im0' + .jpg .jpeg .png .bmp .tif .tiff .webp .ppm .pgm .gif .mpo .pfm in "
+            "any case)") in msg  # darkcfg.data.datafile.IMAGE_EXTENSIONS, the one rule
 
 
 def test_yolo_label_errors_are_darknets(tmp_path):
@@ -988,3 +989,151 @@ def test_data_yaml_paths_are_read_as_written(tmp_path):
     data.write_text(f"path: {root / 'images'}\ntrain: 0123\nval: [on]\nnames: [a, b, c]\n")
     read = open_set(data)
     assert len(read.train.images) == len(TRAIN) and len(read.valid.images) == len(VALID)
+
+
+# -- an image listed twice ------------------------------------------------------------------------
+def test_an_image_listed_twice_trains_twice_is_scored_once_and_checked(tmp_path, capsys):
+    """A list that names an image twice: training reads both (Darknet draws from its list with
+    replacement: a repeat weighs the image double, which some users mean), validation read both
+    too and scored the image twice (Darknet's detector map counts its objects and detections
+    twice: the mAP moves by it). Now each validation image is scored once (its difficult boxes
+    kept parallel), and W904 says so at the repeated line, in check, train and convert."""
+    data = write_darknet(tmp_path / "set")
+    root = data.parent
+    (root / "train.txt").write_text("img/im0.png\nimg/im1.png\nimg/im2.png\nimg/im3.png\n"
+                                    "./img/im0.png\n")
+    (root / "valid.txt").write_text("img/im4.png\nimg/im5.png\nimg/im4.png\n")
+    (root / "hard.txt").write_text("hard/im4.png\nhard/im5.png\nhard/im4.png\n")
+    found = open_set(data)
+    assert len(found.train) == 5 and len(found.valid) == 2
+    assert [len(h) for h in found.valid.difficult] == [1, 0]
+    said = [(d.path, d.line, d.column, d.code, d.severity) for d in found.problems]
+    assert said == [(str(root / "train.txt"), 5, 1, "W904", "warning"),
+                    (str(root / "valid.txt"), 3, 1, "W904", "warning")]
+    assert "'./img/im0.png' is listed again (first at line 1)" in found.problems[0].message
+    assert "scores each image once" in found.problems[1].hint
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    splits = detection_datasets(build(str(cfg)), str(data), seed=3)
+    assert len(splits.train) == 5 and len(splits.val) == 2 and len(splits.difficult) == 2
+    assert sum("warning[W904]" in w and "listed again" in w for w in splits.warnings) == 2
+    assert cli(["data", "check", str(data), "--plot", str(tmp_path / "c.png")]) == 0
+    err = capsys.readouterr().err
+    assert f"{root / 'valid.txt'}:3:1: warning[W904]: 'img/im4.png' is listed again" in err
+    # no valid=: validation reads the train list, each image once
+    (root / "obj.data").write_text("classes=3\ntrain=train.txt\nnames=obj.names\n")
+    splits = detection_datasets(build(str(cfg)), str(data), seed=3)
+    assert len(splits.train) == 5 and len(splits.val) == 4
+
+
+def test_a_voc_or_yolo_list_that_names_an_image_twice_is_said_at_its_line(four):
+    voc, yolo = four["voc"], four["yolo"]
+    (voc / "ImageSets/Main/val.txt").write_text("im4\nim5\n  im4\n")
+    found = open_set(voc)
+    assert len(found.valid) == 2
+    assert [(d.path, d.line, d.column, d.code) for d in found.problems] == [
+        (str(voc / "ImageSets/Main/val.txt"), 3, 3, "W904")]
+    root = yolo.parent
+    (root / "train.txt").write_text("images/train/im0.png\nimages/train/im1.png\n"
+                                    "images/train/im0.png\n")
+    yolo.write_text(yolo.read_text().replace("train: images/train", "train: train.txt")
+                    .replace("val: images/val", "val: [images/val, images/val]"))
+    found = open_set(yolo)
+    assert (len(found.train), len(found.valid)) == (3, 2)
+    assert [(Path(d.path).name, d.line, d.code) for d in found.problems] == [
+        ("train.txt", 3, "W904"), ("data.yaml", 3, "W904")]
+
+
+def test_a_coco_picture_of_two_entries_is_a_repeat_and_convert_writes_one(four, tmp_path):
+    train, _ = four["coco"]
+    doc = json.loads(train.read_text())
+    doc["images"].append(dict(doc["images"][0], id=999))
+    train.write_text(json.dumps(doc, indent=1))
+    found = open_set(train)
+    assert len(found.train) == 5
+    assert [(d.code, d.severity) for d in found.problems] == [("W904", "warning")]
+    assert "has a second entry (ids 100 and 999)" in found.problems[0].message
+    assert found.problems[0].line > 1  # at the second entry's file_name
+    out = convert(found, "coco", tmp_path / "out")[0]
+    assert [i["file_name"] for i in json.loads(out.read_text())["images"]] == [
+        "im0.png", "im1.png", "im2.png", "im3.png"]
+
+
+def test_a_voc_folder_without_train_txt_trains_on_what_val_txt_holds_out(four, capsys):
+    """ImageSets/Main with val.txt and no train.txt trained on every annotation, the val
+    images too, without a word. Now: every annotation (or trainval.txt's ids) less those
+    val.txt (and, from every annotation, test.txt) list, with a W904 that says so; nothing
+    left to train on is E901; trainval.txt alone is VOC's usual training list (no word)."""
+    voc = four["voc"]
+    main = voc / "ImageSets" / "Main"
+    (main / "train.txt").unlink()
+    found = open_set(voc)
+    assert [Path(p).stem for p in found.train.images] == ["im0", "im1", "im2", "im3"]
+    assert [Path(p).stem for p in found.valid.images] == ["im4", "im5"]
+    [d] = found.problems
+    assert (d.path, d.code, d.severity) == (str(main), "W904", "warning")
+    assert d.message == ("ImageSets/Main has val.txt but no train.txt: training on 4 of the 6 "
+                         "annotations in Annotations/, those val.txt does not list")
+    (main / "trainval.txt").write_text("im0\nim1\nim4\nim5\n")
+    found = open_set(voc)
+    assert [Path(p).stem for p in found.train.images] == ["im0", "im1"]
+    assert "training on 2 of trainval.txt's 4 ids, those val.txt does not list" in \
+        found.problems[0].message
+    (main / "val.txt").unlink()
+    found = open_set(voc)
+    assert len(found.train) == 4 and found.valid is None and not found.problems
+    (main / "trainval.txt").unlink()
+    (main / "val.txt").write_text("im0\nim1\nim2\n")
+    (main / "test.txt").write_text("im3\nim4\nim5\n")
+    with pytest.raises(CfgError) as err:
+        open_set(voc)
+    assert "nothing to train on" in str(err.value) and err.value.code == "E901"
+    assert cli(["data", "check", str(voc)]) == 2
+    assert "error[E901]: ImageSets/Main has val.txt and test.txt but no train.txt" in \
+        capsys.readouterr().err
+
+
+# -- which files are images -----------------------------------------------------------------------
+def test_one_image_extension_rule_for_every_folder_and_every_list(four, tmp_path, capsys):
+    """`.gif` was read from a .data list but passed over (silently) in a data.yaml folder, a
+    data.yaml list file (a line dropped), a VOC id's lookup and a classifier's class folders,
+    and with a warning by `detect DIR`; `.ppm`/`.pgm` likewise in data.yaml folders. Now one
+    rule (darkcfg.data.datafile.is_image): a folder's images are IMAGE_EXTENSIONS in any case,
+    everywhere; a listed file is read whatever its extension."""
+    from darkcfg.data.datafile import IMAGE_EXTENSIONS, is_image
+    from darkcfg.data.sources import image_folder
+    from darkcfg.detect.run import image_paths
+
+    assert {".gif", ".ppm", ".pgm", ".jpg", ".png", ".webp", ".tif"} <= set(IMAGE_EXTENSIONS)
+    assert is_image("a/b.GIF") and is_image("x.Jpg") and not is_image("x.txt")
+    # a data.yaml folder and list file
+    yolo = four["yolo"]
+    train = yolo.parent / "images" / "train"
+    Image.open(train / "im0.png").save(train / "g.GIF")
+    Image.open(train / "im1.png").save(train / "p.ppm")
+    (train / "notes.txt").write_text("not an image")
+    found = open_set(yolo)
+    assert sorted(Path(p).name for p in found.train.images) == [
+        "g.GIF", "im0.png", "im1.png", "im2.png", "im3.png", "p.ppm"]
+    (yolo.parent / "t.txt").write_text("images/train/g.GIF\nimages/train/im1.png\n")
+    yolo.write_text(yolo.read_text().replace("train: images/train", "train: t.txt"))
+    assert [Path(p).name for p in open_set(yolo).train.images] == ["g.GIF", "im1.png"]
+    # detect on a folder: the same images, the text file skipped with its warning
+    paths, _ = image_paths([str(train)])
+    assert sorted(p.name for p in paths) == [
+        "g.GIF", "im0.png", "im1.png", "im2.png", "im3.png", "p.ppm"]
+    assert "skipped 1 file(s)" in capsys.readouterr().err
+    # a VOC id whose <filename> names no file: JPEGImages/<id>.gif
+    voc = four["voc"]
+    Image.open(voc / "JPEGImages" / "im0.png").save(voc / "JPEGImages" / "im0.gif")
+    (voc / "JPEGImages" / "im0.png").unlink()
+    xml = voc / "Annotations" / "im0.xml"
+    xml.write_text(xml.read_text().replace("<filename>im0.png</filename>", ""))
+    assert Path(open_set(voc).train.images[0]).name == "im0.gif"
+    # a classifier's class folders
+    for name in ("cat", "dog"):
+        (tmp_path / "cls" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "cls" / name / "a.gif")
+        Image.new("RGB", (8, 8)).save(tmp_path / "cls" / name / "b.jpg")
+    splits = image_folder(tmp_path / "cls", 3, 0)
+    assert len(splits.train) + len(splits.val or []) == 4

@@ -1098,3 +1098,29 @@ def test_a_large_image_reads_without_pillows_warning_line(tmp_path, monkeypatch)
                      str(tmp_path / "o")]) == 0
     assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
     assert (tmp_path / "o" / "big.jpg").exists()
+
+
+def test_cli_detect_and_predict_lines_escape_line_breaks_in_file_names(tmp_path, capsys):
+    """A file name holding a line break or a tab was printed raw, splitting its result line in
+    two: detect's `path: N object(s)` line (and predict's line) writes it as diagnostics do,
+    `\\n`, `\\t`, `\\x00`-style escapes, one image a line."""
+    import shutil
+
+    from cfgparse.errors import printable
+
+    cfg = tiny_cfg(tmp_path)
+    first = write_images(tmp_path / "imgs")[0]
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    names = ["new\nline.jpg", "tab\there.jpg", "esc\x1b[31m.jpg"]
+    for name in names:
+        shutil.copy(first, odd / name)
+    assert run_cli(cfg, "--detect", odd, "--out", tmp_path / "out", "--thresh", "0.99",
+                   "--no-progress") == 0
+    out = capsys.readouterr().out.splitlines()
+    heads = [line for line in out if line.endswith("object(s)")]
+    assert heads == [f"{printable(str(odd / n))}: 0 object(s)" for n in sorted(names)]
+    assert any("new\\nline.jpg: 0 object(s)" in line for line in heads)
+    assert any("tab\\there.jpg: 0 object(s)" in line for line in heads)
+    assert not any("\x1b" in line or "\t" in line.split(":")[0] for line in out)
+    assert printable("plain name.jpg") == "plain name.jpg"

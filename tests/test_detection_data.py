@@ -122,6 +122,53 @@ def test_bad_label_lines_are_located_errors(line, message, column):
     assert line in shown and "help:" in shown  # the source line with a caret, and a fix
 
 
+@pytest.mark.parametrize("line, column, said", [
+    ("0 0.5 0.5\x00 0.2 0.2", 10, "a NUL byte (\\x00)"),  # Python read 0.5\x00 as a word
+    ("\x000 0.5 0.5 0.2 0.2", 1, "a NUL byte (\\x00)"),
+    ("1 0.5\x1f0.5 0.2 0.2", 6, "a control character (\\x1f)"),  # str.split() split there
+    ("1 0.5\xa00.5 0.2 0.2", 6, "a no-break space (\\xa0)"),  # likewise
+    ("\x1b[31m1 0.5 0.5 0.2 0.2", 1, "an escape character (\\x1b)"),
+    ("1 0.5 0.5 0.2 0.2\x0b1 0.5 0.5 0.2 0.2", 18, "a vertical tab (\\x0b)"),  # two lines
+    ("1 0.5 0.5\u2028 0.2 0.2", 10, "a line separator (\\u2028)"),
+])
+def test_a_character_that_does_not_print_in_a_label_line_is_a_located_error(line, column,
+                                                                          said):
+    """A NUL byte (or another character that does not print) in a label line was read as part
+    of a number (an error whose message and source line printed the raw byte), as a space
+    (\\x1f, a no-break space: a box Darknet's reader never reads, it stops there) or as a line
+    break (\\v, \\f, U+2028: every later line number off by one). Now E903 at its column,
+    shown escaped, and the lines after it keep their numbers."""
+    text = f"0 0.5 0.5 0.2 0.2\n{line}\n5 0.5 0.5 0.1 0.1\n"
+    boxes, problems = parse_labels(text, "labels/x.txt", 2)
+    assert len(boxes) == 1
+    assert [(d.line, d.column, d.code) for d in problems] == [(2, column, "E903"),
+                                                               (3, 1, "E903")]
+    assert problems[0].message.startswith(f"{said} in a label line")
+    shown = problems[0].format()
+    assert all(c.isprintable() or c == "\n" for c in shown), repr(shown)
+    _, _, row, caret, *_ = shown.split("\n")
+    escaped = said[said.index("(") + 1:-1]  # the caret under the escape, four carets wide
+    assert caret.index("^") == row.index(escaped) and caret.count("^") == len(escaped)
+
+
+@pytest.mark.parametrize("word", ["1_0", "\u0661", "\uff11"])
+def test_numbers_only_python_reads_are_not_label_numbers(word):
+    """int('1_0') is 10 and float('\\u0661') 1.0 in Python; C's strtol/strtod (Darknet) read
+    1 and stop, or nothing: an error, not a box Darknet never sees."""
+    boxes, problems = parse_labels(f"{word} 0.5 0.5 0.2 0.2\n0 {word} 0.5 0.2 0.2\n",
+                                   "l.txt", 20)
+    assert len(boxes) == 0 and [(d.line, d.column) for d in problems] == [(1, 1), (2, 3)]
+
+
+def test_a_list_line_with_a_nul_byte_is_named_escaped(tmp_path):
+    """An image list line holding a NUL byte names no file: the error printed it raw."""
+    path = make_data_set(tmp_path / "set")
+    (tmp_path / "set" / "train.txt").write_text("JPEGImages/0.jpg\x00\nJPEGImages/1.jpg\n")
+    with pytest.raises(CfgError) as err:
+        open_detection_data(path)
+    assert "e.g. 'JPEGImages/0.jpg\\x00'" in str(err.value) and "\x00" not in str(err.value)
+
+
 def test_validate_labels_checks_every_file_and_counts_missing_ones(tmp_path):
     good, bad, absent = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
     good.write_text("\ufeff1 0.5 0.5 0.1 0.1\r\n")  # a BOM and CRLF from Windows tools
@@ -645,6 +692,29 @@ def test_preview_refuses_a_non_image_out_and_a_typo_as_diagnostics(tmp_path, cap
     assert main([str(cfg), "--count", "1", "--out", str(tmp_path / "p.jpg")]) == 0
     assert Image.open(tmp_path / "p.jpg").format == "JPEG"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_preview_refuses_an_out_that_is_an_image_of_the_set_or_beside_them(tmp_path, capsys):
+    """`--out` naming an image of the --data set wrote the preview over it (a .jpg passes the
+    suffix check); one beside the images would join the set a folder scan reads. Both E100,
+    nothing written."""
+    from darkcfg.data.detection.preview import main
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG.format(net="", yolo=""))
+    data = make_data_set(tmp_path / "set")
+    image = tmp_path / "set" / "JPEGImages" / "1.jpg"
+    before = image.read_bytes()
+    link = tmp_path / "link.jpg"
+    link.symlink_to(image)
+    for out, said in ((image, "is the image"), (link, "is the image"),
+                      (image.with_name("new.png"), "a folder of the data set's images")):
+        assert main([str(cfg), "--data", str(data), "--count", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"error[E100]: --out '{out}' " in err and said in err, err
+    assert image.read_bytes() == before and not image.with_name("new.png").exists()
+    assert main([str(cfg), "--data", str(data), "--count", "1",
+                 "--out", str(tmp_path / "p.png")]) == 0
 
 
 def test_multiscale_can_be_switched_off(tmp_path):

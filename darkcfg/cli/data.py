@@ -56,12 +56,11 @@ def main(argv: list[str]) -> int:
 def convert(src: str, to: str, out: Path, link: bool) -> int:
     from darkcfg.data.detection.formats import open_set
     from darkcfg.data.detection.formats.convert import convert as write
-    from darkcfg.data.detection.labels import edge_warning
+    from darkcfg.data.detection.labels import set_warnings
 
     data = open_set(src)
-    edges = edge_warning(data.problems)
-    if edges:
-        print(edges, file=sys.stderr)
+    for warning in set_warnings(data.problems):
+        print(warning, file=sys.stderr)
     written = write(data, to, out, link)
     valid = f", {len(data.valid)} valid" if data.valid is not None else ""
     print(f"read {data.describe()}")

@@ -37,10 +37,12 @@ def parse(argv: list[str]) -> PredictOptions:
 
 
 def run(opts: PredictOptions, trainer=None) -> int:
+    from cfgparse.errors import printable
     from darkcfg.train.session import predict
 
+    # a file name holding a line break must not split its line (escaped as diagnostics do)
     for path, ranked in predict(opts.run, list(opts.images), opts.top, trainer):
-        print(f"{path}: " + ", ".join(f"{100 * p:.2f}% {n}" for n, p in ranked))
+        print(f"{printable(str(path))}: " + ", ".join(f"{100 * p:.2f}% {n}" for n, p in ranked))
     return 0
 
 

@@ -13,8 +13,6 @@ from torch.utils.data import Dataset
 from builders.atomic import atomic_open
 from cfgparse import CfgError, Diagnostic
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-
 
 class DataError(Exception):
     """A data problem found while loading (possibly in a worker): the runner prints it, exit 2.

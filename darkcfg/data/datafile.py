@@ -92,8 +92,26 @@ def read_list(path: Path, where: str, key: str, keep_blank: bool = False) -> lis
     inner spaces stay: "a cat"). `keep_blank` (a names file): a blank line between names keeps
     its place, as in Darknet's get_labels, so the names after it keep their classes (only
     blank lines at the end are dropped)."""
+    if not keep_blank:
+        return [line.strip() for _, line in numbered_list(path, where, key)]
+    names = [line.strip() for line in _list_lines(path, where, key)]
+    while names and not names[-1]:
+        names.pop()
+    return names
+
+
+def numbered_list(path: Path, where: str, key: str) -> list[tuple[int, str]]:
+    """(line number, line as written) of each non-blank line of a list file (read_list's
+    lines, with where they are: a repeated image is reported at its line)."""
+    return [(n, line) for n, line in enumerate(_list_lines(path, where, key), 1)
+            if line.strip()]
+
+
+def _list_lines(path: Path, where: str, key: str) -> list[str]:
     try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+        # lines end at line breaks only, as Darknet's fgetl reads them (str.splitlines also
+        # breaks at \v, \f, \x1c-\x1e and U+2028: wrong line numbers after one)
+        lines = Path(path).read_text(encoding="utf-8-sig").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         _, raw = line_of(where, key)
         hint = f"fix the '{key}=' line of the .data file"
@@ -103,12 +121,7 @@ def read_list(path: Path, where: str, key: str, keep_blank: bool = False) -> lis
                     f"'{path}': give the file (and its folders) a name without spaces")
         raise CfgError(data_diagnostic("E901", f"cannot read the {key} file '{path}': {exc}",
                                        where, key, text_hint(exc, hint))) from None
-    if keep_blank:
-        names = [line.strip() for line in lines]
-        while names and not names[-1]:
-            names.pop()
-        return names
-    return [s for s in (line.strip() for line in lines) if s]
+    return lines
 
 
 def data_diagnostic(code: str, message: str, data_file: str, key: str | None = None,
@@ -131,6 +144,20 @@ def line_of(data_file: str, key: str) -> tuple[int, str]:
         if "".join(raw.split()).partition("=")[0] == key and "=" in raw:
             return n, raw
     return 0, ""
+
+
+# The one rule for which files are images where darkcfg picks them out of a folder (`detect DIR`,
+# a classifier's class folders, a data.yaml folder, a VOC id's `JPEGImages/<id>.ext`, tried in
+# this order): these extensions, in any case. A file named on its own (a list line, a VOC
+# `<filename>`, an image given to detect) is read whatever its extension. Each is a format
+# Pillow reads (no `.dng`: ultralytics lists it, but Pillow reads no camera raw).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                    ".gif", ".mpo", ".pfm")
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    """Whether a folder's file is one of its images (IMAGE_EXTENSIONS, in any case)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 def hidden(name: str) -> bool:

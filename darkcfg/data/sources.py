@@ -17,7 +17,6 @@ from torch.utils.data import Dataset
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.base import (
-    IMAGE_EXTENSIONS,
     DataSplits,
     check_image_headers,
     data_error,
@@ -27,6 +26,7 @@ from darkcfg.data.base import (
 from darkcfg.data.datafile import (
     files_under,
     hidden,
+    is_image,
     missing_path_hint,
     read_data_file,
     read_list,
@@ -93,7 +93,7 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
             if not sub.is_dir():
                 continue
             items += [(str(p), label) for p in sorted(files_under(sub))  # links followed
-                      if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+                      if is_image(p) and p.is_file()]
         return found, items
 
     train_dir, val_dir = root / "train", root / "val"

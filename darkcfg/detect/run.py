@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from cfgparse import CfgError, Diagnostic
-from cfgparse.errors import WARNING
-from darkcfg.data.base import IMAGE_EXTENSIONS, check_image_headers
-from darkcfg.data.datafile import files_under, read_data_file, resolve
+from cfgparse.errors import WARNING, printable
+from darkcfg.data.base import check_image_headers
+from darkcfg.data.datafile import IMAGE_EXTENSIONS, files_under, is_image, read_data_file, resolve
 from darkcfg.detect.decode import (
     Found,
     c_round,
@@ -82,9 +82,9 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
         if p.is_dir():
             folder = True
             found = sorted(q for q in files_under(p) if q.is_file())
-            images = {f.with_suffix("") for f in found if f.suffix.lower() in IMAGE_EXTENSIONS}
+            images = {f.with_suffix("") for f in found if is_image(f)}
             for f in found:
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                if is_image(f):
                     paths.append(f)
                 elif not (f.suffix == ".txt" and f.with_suffix("") in images):
                     skipped.append(f)  # (an image's label file beside it, Darknet's layout,
@@ -382,8 +382,9 @@ def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, sour
         if r is not None:
             say(f"{r.frames} frame(s) written to {r.video} and {r.jsonl} before the interrupt")
         raise
-    print(f"{r.source}: {r.frames} frame(s), {r.objects} object(s) above thresh "
-          f"{opts.thresh:g} in {r.seconds:.2f} s ({r.fps:.1f} frames/s) -> {r.video}, {r.jsonl}")
+    source, video, jsonl = (printable(str(p)) for p in (r.source, r.video, r.jsonl))
+    print(f"{source}: {r.frames} frame(s), {r.objects} object(s) above thresh {opts.thresh:g} "
+          f"in {r.seconds:.2f} s ({r.fps:.1f} frames/s) -> {video}, {jsonl}")
 
 
 def detections_json(net, opts: DetectOptions, names: list[str]) -> None:
@@ -505,7 +506,9 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                 h, w = image.shape[-2:]
                 lines = ext_output(objs, w, h)
                 objects += len(objs)
-                text = f"{path}: {len(objs)} object(s)" + "".join(f"\n{li}" for li in lines)
+                # one line per image whatever its name (a line break in it escaped)
+                text = f"{printable(str(path))}: {len(objs)} object(s)" + \
+                    "".join(f"\n{li}" for li in lines)
                 if bar.disable:
                     print(text)
                 else:

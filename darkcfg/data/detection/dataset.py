@@ -31,7 +31,7 @@ from cfgparse.errors import WARNING
 from darkcfg.data.base import check_classes_option, check_image_headers, loader_worker_init
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
-from darkcfg.data.detection.labels import Labels, edge_warning
+from darkcfg.data.detection.labels import Labels, set_warnings
 from darkcfg.data.detection.scales import training_size
 
 EMBEDDED_TRAIN, EMBEDDED_VAL = 8192, 256
@@ -345,13 +345,11 @@ def set_detection(data, settings: DetectionSettings, seed: int) -> DetectionSpli
     mismatch = data.class_mismatch(settings.classes)  # the rule `data check --cfg` applies
     if mismatch is not None:
         raise CfgError(mismatch)
-    train, valid = data.train, data.valid_or_train
+    train, valid = data.train, data.scored  # (each validation image scored once)
     warnings = list(settings.notes) + [w for w in [train.missing_warning("train images")] if w]
     if data.valid is not None and valid.missing_warning("valid images"):
         warnings.append(valid.missing_warning("valid images"))
-    edges = edge_warning(data.problems)
-    if edges:
-        warnings.append(edges)
+    warnings += set_warnings(data.problems)
     # every image's header before the first iteration: a corrupt file is an error now
     check_image_headers(dict.fromkeys([*train.images, *valid.images]), str(path))
     c = settings.channels

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +44,13 @@ from pathlib import Path
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
-from cfgparse.errors import ERROR, WARNING
+from cfgparse.errors import ERROR, WARNING, printable
 from darkcfg.data.datafile import (
+    IMAGE_EXTENSIONS,
     data_diagnostic,
     found_under,
     missing_path_hint,
+    numbered_list,
     read_data_file,
     read_list,
     resolve,
@@ -110,7 +114,7 @@ def image_extensions() -> frozenset[str]:
         except ImportError:  # pragma: no cover - Pillow is a base dependency
             found = set()
         _IMAGE_EXTENSIONS = frozenset(found | {e.lower() for e in LABEL_EXTENSIONS}
-                                      | {".webp", ".tif", ".gif"})
+                                      | set(IMAGE_EXTENSIONS))
     return _IMAGE_EXTENSIONS
 
 
@@ -132,6 +136,46 @@ class DetectionData:
     valid_labels: list[str] = field(default_factory=list)
     valid_is_train: bool = False  # no valid= key: Darknet's map falls back to train
     difficult_labels: list[str] = field(default_factory=list)  # `difficult` list's label paths
+    repeats: list[Diagnostic] = field(default_factory=list)  # W904 at a list's repeated image
+
+
+def same_image(path: str) -> str:
+    """What two listings of one image file have in common (`img/x.jpg`, `./img/x.jpg` and
+    the absolute path are one image; two links to it stay two)."""
+    return os.path.normcase(os.path.abspath(path))
+
+
+_REPEAT_USE = {
+    "train": "training draws an image as often as it is listed, as Darknet does: remove the "
+             "line unless the image is meant to weigh more",
+    "valid": "validation scores each image once (Darknet's detector map would count its "
+             "objects and detections twice): remove the line",
+    "both": "training draws an image as often as it is listed, as Darknet does; validation, "
+            "which reads this list too, scores it once (Darknet's detector map would count its "
+            "objects twice): remove the line unless the image is meant to weigh more",
+}
+
+
+def repeated(listed: Sequence[tuple[str, int, str]], where: Path | str, use: str
+             ) -> Diagnostic | None:
+    """W904 at the first line of a list that names an image listed before (None when none
+    does), counting the others. listed: (same_image key or id, line number, line as written)
+    in list order; use: 'train', 'valid' or 'both' (what the list is read for)."""
+    first: dict[str, int] = {}
+    again = []
+    for key, n, line in listed:
+        if key in first:
+            again.append((n, line, first[key]))
+        else:
+            first[key] = n
+    if not again:
+        return None
+    n, line, m = again[0]
+    more = f"; {len(again)} lines of this list repeat an earlier one" if len(again) > 1 else ""
+    col = len(line) - len(line.lstrip()) + 1
+    return Diagnostic(SET_CODE, f"'{printable(line.strip())}' is listed again (first at line "
+                      f"{m}){more}", str(where), n, col, WARNING, hint=_REPEAT_USE[use],
+                      source=line, span=max(len(line.strip()), 1))
 
 
 def _count_names(opts: dict[str, str], here: Path, where: str) -> int:
@@ -167,11 +211,16 @@ def open_detection_data(path: Path) -> DetectionData:
         raise _error(f"classes={classes}: a detector needs at least one class", where,
                      key="classes")
 
+    repeats: list[Diagnostic] = []
+    lists: dict[str, Path] = {}
+
     def images(key: str) -> tuple[list[str], list[str]]:
         list_path = resolve(opts[key], here)
         out, labels = [], []
         missing = []
-        for raw in read_list(list_path, where, key):
+        listed = []
+        for n, line in numbered_list(list_path, where, key):
+            raw = line.strip()
             base = found_under(raw, (list_path.parent, here))
             image = os.path.join(base, raw) if base else raw
             if not os.path.isfile(image):
@@ -179,9 +228,18 @@ def open_detection_data(path: Path) -> DetectionData:
                 continue
             out.append(image)
             labels.append(label_path(image))
+            listed.append((same_image(image), n, line))
+        use = "train" if key == "train" else "both" if lists.get("train") == list_path \
+            else "valid"
+        lists[key] = list_path
+        # one warning a list (valid= naming train's list: one that says both uses); the
+        # difficult list is parallel to valid, so it repeats where valid does
+        said = repeated(listed, list_path, use) if key != "difficult" else None
+        if said is not None:
+            repeats[:] = [d for d in repeats if d.path != said.path] + [said]
         if missing:
             raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "
-                         f"'{missing[0]}'", where,
+                         f"'{printable(missing[0])}'", where,
                          hint=missing_path_hint(missing[0], "paths are tried relative to the "
                                                 f"current directory, {list_path.parent} and "
                                                 f"{here}"), key=key)
@@ -206,7 +264,7 @@ def open_detection_data(path: Path) -> DetectionData:
     backup = str(resolve(opts["backup"], here)) if "backup" in opts else None
     return DetectionData(path, classes, train, valid, names, backup, train_labels,
                          valid_labels, valid_is_train="valid" not in opts,
-                         difficult_labels=difficult)
+                         difficult_labels=difficult, repeats=repeats)
 
 
 # -- label files ----------------------------------------------------------------------------------
@@ -225,10 +283,17 @@ def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CL
     from, for the hint of a class id out of range."""
     boxes: list[list[float]] = []
     problems: list[Diagnostic] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        words = line.split()
-        if not words:
+    # lines end at a line break only (str.splitlines also breaks at \v, \f, \x1c-\x1e, \x85
+    # and U+2028, which would shift every line number after one)
+    for n, line in enumerate(re.split(r"\r\n|\r|\n", text), 1):
+        odd = _unprintable(line)
+        if odd is not None:
+            problems.append(_unprintable_problem(line, odd, path, n))
             continue
+        found = [(m.start(), m.group()) for m in _WORD.finditer(line)]
+        if not found:
+            continue
+        words = [w for _, w in found]
         box, problem = _parse_line(words, classes, classes_from)
         if box is not None:
             boxes.append(box)
@@ -236,13 +301,46 @@ def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CL
             continue
         message, word, hint, severity = problem
         if word is None:
-            col, span = len(line) - len(line.lstrip()) + 1, len(line.strip())
+            col, span = found[0][0] + 1, found[-1][0] + len(found[-1][1]) - found[0][0]
         else:
-            col, span = _column(line, word), len(words[word])
+            col, span = found[word][0] + 1, len(words[word])
         problems.append(Diagnostic(LABEL_CODE if severity == ERROR else EDGE_CODE, message,
                                    path, n, col, severity, hint=hint or _LINE_HINT, source=line,
                                    span=max(span, 1)))
     return np.asarray(boxes, np.float32).reshape(-1, 5), problems
+
+
+# a word of a label line: what lies between spaces and tabs (Darknet's fscanf also skips \v and
+# \f, which are refused below, and nothing else: a no-break space is part of a word)
+_WORD = re.compile(r"[^ \t]+")
+_NAMED = {"\x00": "NUL byte", "\x0b": "vertical tab", "\x0c": "form feed",
+          "\x1b": "escape character", "\x7f": "DEL character", "\ufeff": "byte order mark"}
+
+
+def _unprintable(line: str) -> int | None:
+    """The index of the first character of `line` that does not print (tabs aside), or None."""
+    if line.isprintable():
+        return None
+    return next((i for i, c in enumerate(line) if not c.isprintable() and c != "\t"), None)
+
+
+def _unprintable_problem(line: str, at: int, path: str, n: int) -> Diagnostic:
+    """E903 at a character that has no place in a label line: a NUL byte, a control or format
+    character, a no-break space (Darknet's reader stops at it and loses every box after it; a
+    vertical tab or form feed it reads as a space)."""
+    c = line[at]
+    name = _NAMED.get(c) or unicodedata.name(c, "control character").lower()
+    escaped = printable(c)
+    if c in "\x0b\x0c":
+        darknet = "Darknet reads it as a space: write a space (or a line break) instead"
+    else:
+        darknet = ("Darknet's reader stops at it and loses every box after it: remove it"
+                   + (" (UTF-16 text without a BOM holds one after each character: save it as "
+                      "UTF-8)" if c == "\x00" else ""))
+    article = "an" if name[0] in "aeiou" else "a"
+    return Diagnostic(LABEL_CODE, f"{article} {name} ({escaped}) in a label line: a label file is "
+                      "plain text", path, n, at + 1, hint=f"{darknet}; {_LINE_HINT}",
+                      source=line, span=1)
 
 
 _EDGE_HINT = ("coordinates are fractions of the image size: centre x, y and width, height in "
@@ -256,14 +354,14 @@ def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES
         return None, (f"{len(words)} value{'s' if len(words) != 1 else ''}, expected 5 "
                       "(class x y w h)", None, "", ERROR)
     try:
-        cls = int(words[0])
+        cls = int(_c_number(words[0]))
     except ValueError:
-        return None, (f"class '{words[0]}' is not an integer", 0, "", ERROR)
+        return None, (f"class '{printable(words[0])}' is not an integer", 0, "", ERROR)
     try:
-        x, y, w, h = (float(v) for v in words[1:])
+        x, y, w, h = (float(_c_number(v)) for v in words[1:])
     except ValueError:
         k = next(i for i in range(1, 5) if not _is_float(words[i]))
-        return None, (f"{'xywh'[k - 1]} '{words[k]}' is not a number", k, "", ERROR)
+        return None, (f"{'xywh'[k - 1]} '{printable(words[k])}' is not a number", k, "", ERROR)
     if not 0 <= cls < classes:
         return None, (f"class {cls} but classes={classes}", 0,
                       f"class ids run from 0 to {classes - 1} ({classes_from})",
@@ -290,19 +388,18 @@ def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES
     return box, None
 
 
-def _column(line: str, word: int) -> int:
-    at = 0
-    for i, w in enumerate(line.split()):
-        at = line.index(w, at)
-        if i == word:
-            return at + 1
-        at += len(w)
-    return 1
+def _c_number(word: str) -> str:
+    """`word` when C's strtod/strtol could read it whole, for int() and float(); ValueError for
+    what Python alone reads as a number: `1_000`, Arabic-Indic or full-width digits (Darknet
+    would read the digits before them, or nothing)."""
+    if not word.isascii() or "_" in word:
+        raise ValueError(word)
+    return word
 
 
 def _is_float(s: str) -> bool:
     try:
-        float(s)
+        float(_c_number(s))
     except ValueError:
         return False
     return True
@@ -325,6 +422,7 @@ class Labels:
     boxes: list[np.ndarray]  # per image: (n, 5) float32 [x, y, w, h, class]
     missing: int  # images without a label file (no objects)
     first_missing: int = -1  # index of the first image without one (-1: none), for an example
+    missing_at: frozenset[int] = frozenset()  # the indices of the images without one
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -349,6 +447,7 @@ def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str =
     parse_labels."""
     boxes: list[np.ndarray] = []
     missing, first_missing = 0, -1
+    missing_at: set[int] = set()
     problems: list[Diagnostic] = []
     empty = np.zeros((0, 5), np.float32)
     for k, path in enumerate(label_paths):
@@ -357,6 +456,7 @@ def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str =
                 text = fh.read()
         except FileNotFoundError:
             missing += 1
+            missing_at.add(k)
             first_missing = k if first_missing < 0 else first_missing
             boxes.append(empty)
             continue
@@ -368,7 +468,7 @@ def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str =
         found, bad = parse_labels(text, path, classes, classes_from)
         boxes.append(found)
         problems += bad
-    return Labels(boxes, missing, first_missing), problems
+    return Labels(boxes, missing, first_missing, frozenset(missing_at)), problems
 
 
 def raise_problems(problems: Sequence[Diagnostic], max_errors: int = 20) -> None:
@@ -401,6 +501,15 @@ def edge_warning(problems: Sequence[Diagnostic], shown: int = 3) -> str:
     if len(edges) > shown:
         lines.append(f"  ... and {len(edges) - shown} more")
     return "\n".join(lines)
+
+
+def set_warnings(problems: Sequence[Diagnostic]) -> list[str]:
+    """What training and `data convert` print of a set's warnings: the W903 edge boxes as one
+    count (`edge_warning`), each other warning (W904: a repeated image, a split that is not
+    there) in full."""
+    edges = edge_warning(problems)
+    return ([edges] if edges else []) + [d.format() for d in problems
+                                         if d.severity == WARNING and d.code != EDGE_CODE]
 
 
 def _error(message: str, where: str, hint: str = "", code: str = "E901",

@@ -11,6 +11,7 @@ keys do.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,37 @@ def preview_grid(splits, count: int = 16, iteration: int = 0, per_row: int = 8
         tile = draw_bounding_boxes(rgb, xyxy, labels=names, colors="white")
         tiles.append(F.resize(tile, [s.height, s.width], antialias=True))
     return make_grid(tiles, nrow=per_row, padding=2)
+
+
+def set_images(splits) -> list[str]:
+    """The image files of a data set on disk (train and validation; none for the embedded
+    set)."""
+    found: list[str] = []
+    for split in (splits.train, splits.val):
+        source = getattr(split, "source", None)
+        found += [str(p) for p in getattr(source, "paths", ())]
+    return found
+
+
+def refuse_out_in_set(out: str, images: list[str]) -> None:
+    """E100 when --out is an image of the data set (the preview would replace it) or lies in a
+    folder of its images (a picture written there joins the set: a data.yaml folder, a VOC
+    JPEGImages/ or `--detect DIR` would take it as one more image). Links followed."""
+    from cfgparse import CfgError, Diagnostic
+
+    target = os.path.realpath(out)
+    real = {image: os.path.realpath(image) for image in images}
+    same = next((image for image in images if real[image] == target), None)
+    beside = next((image for image in images
+                   if os.path.dirname(real[image]) == os.path.dirname(target)), None)
+    if same is None and beside is None:
+        return
+    what = f"is the image '{same}' of the data set: the preview would replace it" \
+        if same is not None else f"is in '{os.path.dirname(beside) or '.'}', a folder of the " \
+        "data set's images: a picture written there joins the set"
+    raise CfgError(Diagnostic("E100", f"--out '{out}' {what}", "<command line>",
+                              hint="write the preview outside the data set's folders, e.g. "
+                              "--out preview.png"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(splits.banner(), file=sys.stderr)
         for line in splits.warnings:
             print(line, file=sys.stderr)
+        refuse_out_in_set(args.out, set_images(splits))
         write_image(args.out, preview_grid(splits, args.count, args.iteration))
     except CfgError as exc:
         print(exc, file=sys.stderr)

@@ -71,6 +71,10 @@ def open_set(path: str | Path, strict: bool = True) -> DetectionSet:
     # a label file in two splits (a .data whose valid= is its train list, an id in VOC's
     # train.txt and val.txt) is read twice: each of its problems is said once
     data.problems = list(dict.fromkeys(data.problems))
+    # a validation list that names an image twice (said as W904 at the line) scores it once;
+    # the train split keeps the repeat, which training draws as often as it is listed
+    if data.valid is not None:
+        data.valid = data.valid.distinct()
     if strict:
         raise_problems(data.problems)
     return data

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.detection.labels import LABEL_CODE, Labels, missing_labels
+from darkcfg.data.detection.labels import LABEL_CODE, Labels, missing_labels, same_image
 
 FORMATS = ("darknet", "yolo", "coco", "voc")
 
@@ -34,13 +34,30 @@ class Split:
     missing: int = 0  # images without a label file (Darknet: no objects)
     missing_example: tuple[str, str] | None = None  # (image, its absent label file), the first
     declared: dict[str, DeclaredSize] = field(default_factory=dict)  # image -> stated size
+    unlabelled: frozenset[str] = frozenset()  # the images without a label file
 
     @classmethod
     def labelled(cls, images: list[str], label_paths: Sequence[str], labels: Labels) -> Split:
         """A split of images with a label file each (Darknet's, ultralytics')."""
         k = labels.first_missing
         return cls(images, labels.boxes, missing=labels.missing,
-                   missing_example=(images[k], label_paths[k]) if k >= 0 else None)
+                   missing_example=(images[k], label_paths[k]) if k >= 0 else None,
+                   unlabelled=frozenset(images[i] for i in labels.missing_at))
+
+    def distinct(self) -> Split:
+        """The split with each image once, at its first place (validation: a list that names
+        an image twice must not score it twice); itself when no image repeats."""
+        first: dict[str, int] = {}
+        for k, image in enumerate(self.images):
+            first.setdefault(same_image(image), k)
+        if len(first) == len(self.images):
+            return self
+        keep = sorted(first.values())
+        images = [self.images[k] for k in keep]
+        return replace(self, images=images, boxes=[self.boxes[k] for k in keep],
+                       difficult=None if self.difficult is None else
+                       [self.difficult[k] for k in keep],
+                       missing=sum(image in self.unlabelled for image in images))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -86,7 +103,14 @@ class DetectionSet:
 
     @property
     def valid_or_train(self) -> Split:
+        """The images validation reads, as listed (a list may name one twice)."""
         return self.valid if self.valid is not None else self.train
+
+    @property
+    def scored(self) -> Split:
+        """The images validation scores: `valid_or_train`, each image once (Darknet's detector
+        map scores an image as often as its list names it; darkcfg does not)."""
+        return self.valid_or_train.distinct()
 
     def describe(self) -> str:
         v = self.valid

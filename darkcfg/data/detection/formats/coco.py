@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import WARNING
 from darkcfg.data.detection.formats.base import (
     DeclaredSize,
     DetectionSet,
@@ -37,6 +39,7 @@ from darkcfg.data.detection.formats.base import (
     located,
     relative_box,
 )
+from darkcfg.data.detection.labels import SET_CODE
 
 OUTSIDE_TOLERANCE = 1.0  # pixels a bbox may exceed the image by (then clipped)
 _WS = re.compile(r"\s*")
@@ -154,6 +157,7 @@ def read_coco(path: Path) -> DetectionSet:
     sizes: list[tuple[float, float]] = []
     declared: dict[str, DeclaredSize] = {}
     index_of: dict[object, int] = {}
+    named: dict[str, object] = {}  # image file -> the id of its first entry
     for i, entry in enumerate(doc["images"]):
         name = entry.get("file_name") if isinstance(entry, dict) else None
         if not isinstance(name, str) or "id" not in entry:
@@ -180,6 +184,13 @@ def read_coco(path: Path) -> DetectionSet:
             problems.append(where.at("images", i, "id", f"image id {entry['id']!r} is listed "
                                      "twice", hint="give every image its own id"))
             continue
+        if found in named:  # two entries, one picture: a repeat, as in a list (W904)
+            problems.append(replace(where.at(
+                "images", i, "file_name", f"image '{name}' has a second entry (ids "
+                f"{named[found]!r} and {entry['id']!r})", hint="training draws it once per "
+                "entry; validation scores it once, with the first entry's objects: merge the "
+                "entries"), code=SET_CODE, severity=WARNING))
+        named.setdefault(found, entry["id"])
         if stated:  # `data check` compares it with the image it opens anyway
             declared[found] = DeclaredSize(float(width), float(height), partial(
                 where.at, "images", i, "width"))

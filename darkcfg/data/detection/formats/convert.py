@@ -33,7 +33,7 @@ import numpy as np
 from builders.atomic import atomic_open, atomic_write, check_folder, hold, remove_abandoned
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import DetectionSet, Split
-from darkcfg.data.detection.formats.yolo import IMAGE_SUFFIXES
+from darkcfg.data.detection.formats.yolo import ULTRALYTICS_IMG_FORMATS
 from darkcfg.data.detection.labels import darknet_label_path, label_path
 
 TARGETS = ("darknet", "yolo", "coco")
@@ -125,8 +125,8 @@ class _Writer:
         reencode = False
         if self.target == "darknet":
             ext, reencode = _darknet_extension(ext)
-        elif self.target == "yolo" and ext.lower().lstrip(".") not in IMAGE_SUFFIXES:
-            ext, reencode = f"{ext}.png", True  # a yolo folder lists only IMG_FORMATS
+        elif self.target == "yolo" and ext.lower().lstrip(".") not in ULTRALYTICS_IMG_FORMATS:
+            ext, reencode = f"{ext}.png", True  # ultralytics takes only its IMG_FORMATS
         k = 1
         base = stem
         while (folder, stem.casefold()) in self.taken:
@@ -209,6 +209,7 @@ class _Writer:
         written = []
         splits = [("train", data.train)] + ([("val", data.valid)] if data.valid else [])
         for name, s in splits:
+            s = s.distinct()  # a COCO file has one entry an image (a repeat weighs nothing)
             images = []
             for image in s.images:
                 relative = self.image(image, "images")

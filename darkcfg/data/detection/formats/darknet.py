@@ -13,7 +13,7 @@ from darkcfg.data.detection.labels import collect_labels, open_detection_data
 
 def read_darknet(path: Path) -> DetectionSet:
     data = open_detection_data(path)
-    problems = []
+    problems = list(data.repeats)
     train_labels, bad = collect_labels(data.train_labels, data.classes)
     problems += bad
     train = Split.labelled(data.train, data.train_labels, train_labels)

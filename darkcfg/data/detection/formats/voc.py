@@ -2,8 +2,9 @@
 
 Read as Darknet's `scripts/voc_label.py` converts VOC for training:
   * the train images are the ids of `ImageSets/Main/train.txt` (else `trainval.txt`, else every
-    annotation), the validation images those of `val.txt` (none: validation falls back to the
-    train images, as a .data file without valid=);
+    annotation; without train.txt less the ids val.txt, and for every annotation test.txt, hold
+    out, with a W904 that says so), the validation images those of `val.txt` (none: validation
+    falls back to the train images, as a .data file without valid=);
   * the image is `JPEGImages/<filename>` (the annotation's `<filename>`), else `<id>.jpg`, else
     `<id>` with another usual extension (IMAGE_EXTENSIONS; names matched in any case);
   * a box (`bndbox` xmin, ymin, xmax, ymax; VOC pixels count from 1) becomes
@@ -30,7 +31,8 @@ from pathlib import Path
 from xml.parsers import expat
 
 from cfgparse import CfgError, Diagnostic
-from darkcfg.data.datafile import read_text
+from cfgparse.errors import WARNING
+from darkcfg.data.datafile import IMAGE_EXTENSIONS, read_text
 from darkcfg.data.detection.formats.base import (
     DeclaredSize,
     DetectionSet,
@@ -38,7 +40,7 @@ from darkcfg.data.detection.formats.base import (
     box_rows,
     image_size,
 )
-from darkcfg.data.detection.labels import LABEL_CODE
+from darkcfg.data.detection.labels import LABEL_CODE, SET_CODE, repeated
 
 VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
              "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -115,20 +117,22 @@ def read_voc(root: Path) -> DetectionSet:
                     malformed.add(image_id)
         return parsed[image_id]
 
-    def ids(name: str) -> list[tuple[str, Path, int]] | None:
+    def ids(name: str, said: bool = True) -> list[tuple[str, Path, int]] | None:
+        """(id, list file, line) of each line of ImageSets/Main/`name`; None: no such file.
+        said: a repeated id is W904 at its line."""
         path = main / name
         if not path.is_file():
             return None
-        lines = read_text(path).splitlines()
-        return [(line.split()[0], path, n) for n, line in enumerate(lines, 1) if line.split()]
+        lines = read_text(path).split("\n")  # (line breaks only: the lines an editor shows)
+        found = [(line.split()[0], path, n, line) for n, line in enumerate(lines, 1)
+                 if line.split()]
+        again = repeated([(i, n, line) for i, _, n, line in found], path,
+                         "valid" if name == "val.txt" else "train") if said else None
+        problems.extend([again] if again is not None else [])
+        return [(i, p, n) for i, p, n, _ in found]
 
-    train_ids = ids("train.txt") or ids("trainval.txt") or [
-        (p.stem, annotations / p.name, 0) for p in sorted(annotations.glob("*.xml"))]
     valid_ids = ids("val.txt")
-    if not train_ids:
-        raise CfgError(Diagnostic("E901", f"'{root}' has no annotations", str(root),
-                                  hint="put <id>.xml files in Annotations/ and their ids in "
-                                  "ImageSets/Main/train.txt and val.txt"))
+    train_ids = _train_ids(root, ids, valid_ids, problems)
     for image_id, _, _ in train_ids + (valid_ids or []):
         annotation(image_id)
     names = _names(root, parsed, problems)
@@ -167,6 +171,46 @@ def read_voc(root: Path) -> DetectionSet:
     return DetectionSet(root, "voc", names, train, valid, problems=problems)
 
 
+def _train_ids(root: Path, ids, valid_ids, problems: list[Diagnostic]):
+    """The training ids: train.txt's, else trainval.txt's, else every annotation's. Without
+    train.txt an id val.txt holds out is not trained on (trainval.txt is train.txt and val.txt
+    together), nor, from every annotation, one of test.txt; a W904 says what was used."""
+    annotations, main = root / "Annotations", root / "ImageSets" / "Main"
+    train_ids = ids("train.txt")
+    if train_ids:
+        return train_ids
+    trainval = ids("trainval.txt")
+    if trainval and not valid_ids:
+        return trainval  # VOC's trainval, validated on the train images (or --valid on test)
+    if trainval:
+        pool, source, held_by = trainval, f"trainval.txt's {len(trainval)} ids", ["val.txt"]
+    else:
+        pool = [(p.stem, annotations / p.name, 0) for p in sorted(annotations.glob("*.xml"))]
+        source = f"the {len(pool)} annotations in Annotations/"
+        held_by = [n for n in ("val.txt", "test.txt") if (main / n).is_file()]
+    if not pool:
+        raise CfgError(Diagnostic("E901", f"'{root}' has no annotations", str(root),
+                                  hint="put <id>.xml files in Annotations/ and their ids in "
+                                  "ImageSets/Main/train.txt and val.txt"))
+    held = {i for name in held_by for i, _, _ in ids(name, said=False) or ()}
+    kept = [entry for entry in pool if entry[0] not in held]
+    found = [n for n in ("trainval.txt", "val.txt", "test.txt") if (main / n).is_file()]
+    has = f"ImageSets/Main has {' and '.join(found)} but no train.txt" if found else \
+        "no ImageSets/Main/train.txt"
+    unlisted = f", those {' and '.join(held_by)} {'do' if len(held_by) > 1 else 'does'} " \
+        "not list" if held_by else ""
+    if not kept:
+        raise CfgError(Diagnostic("E901", f"{has}, and {' and '.join(held_by)} list all of "
+                                  f"{source}: nothing to train on", str(main),
+                                  hint="list the training ids in ImageSets/Main/train.txt"))
+    trained = f"{len(kept)} of {source}{unlisted}" if held_by else \
+        f"all {source.removeprefix('the ')}"
+    problems.append(Diagnostic(SET_CODE, f"{has}: training on {trained}", str(main),
+                               severity=WARNING,
+                               hint="list the training ids in ImageSets/Main/train.txt"))
+    return kept
+
+
 def _listed(path: Path, line: int, message: str) -> Diagnostic:
     source = read_text(path).splitlines()[line - 1] if line else ""
     return Diagnostic(LABEL_CODE, message, str(path), line, 1 if line else 0, source=source,
@@ -195,9 +239,6 @@ def _names(root: Path, parsed: dict[str, _Annotation | None], problems) -> list[
     return sorted(found)  # all 20 VOC classes: VOC_NAMES, voc.names' order (alphabetical)
 
 
-# `<id>` + these, tried in this order and in any case, when `<filename>` names no file:
-# exporters write `.JPG`, `.png`... where voc_label.py assumes `.jpg`
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class _Folder:
@@ -223,6 +264,8 @@ class _Folder:
 def _image(ann: _Annotation, folder: _Folder, image_id: str) -> tuple[str | None, str]:
     """The image of an annotation, or None and the names tried (for the error)."""
     name = (ann.root.findtext("filename") or "").strip()
+    # `<id>` + the one rule's extensions, in its order and in any case, when `<filename>` names
+    # no file: exporters write `.JPG`, `.png`... where voc_label.py assumes `.jpg`
     candidates = ([name] if name else []) + [image_id + e for e in IMAGE_EXTENSIONS]
     for candidate in candidates:
         found = folder.find(candidate)

@@ -20,19 +20,31 @@ from __future__ import annotations
 
 import os
 import reprlib
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import WARNING, printable
 from cfgparse.parser import decode
 from cfgparse.yaml_io import load_yaml
-from darkcfg.data.datafile import files_under, missing_path_hint, text_hint
+from darkcfg.data.datafile import (
+    IMAGE_EXTENSIONS,
+    files_under,
+    is_image,
+    missing_path_hint,
+    text_hint,
+)
 from darkcfg.data.detection.formats.base import DetectionSet, Split
-from darkcfg.data.detection.labels import collect_labels
+from darkcfg.data.detection.labels import SET_CODE, collect_labels, repeated, same_image
 
-# ultralytics/data/utils.py IMG_FORMATS (the ones PIL reads)
-IMAGE_SUFFIXES = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm"}
+# ultralytics/data/utils.py IMG_FORMATS (the ones PIL reads): what ultralytics takes from a
+# folder or a list; darkcfg reads a yolo set by its own one rule (datafile.IMAGE_EXTENSIONS for
+# a folder, every line of a list), and `convert --to yolo` re-encodes an image ultralytics
+# would pass over
+ULTRALYTICS_IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp",
+                           "pfm"}
 _HINT = ("a data.yaml has path: (root), train: and val: (folders or list files), and names: "
          "(a list, or {0: name, ...})")
 
@@ -96,7 +108,7 @@ def read_yolo(path: Path) -> DetectionSet:
     problems = []
 
     def split(key: str) -> Split:
-        images = _images(doc, key, root)
+        images = _images(doc, key, root, problems)
         labels = [label_path(p) for p in images]
         found, bad = collect_labels(labels, len(names),
                                     f"the {len(names)} names: in {path.name}")
@@ -173,11 +185,11 @@ def _as_written(value, node):
         value is not None else value
 
 
-def _images(doc: _Yaml, key: str, root: Path) -> list[str]:
+def _images(doc: _Yaml, key: str, root: Path, problems: list[Diagnostic]) -> list[str]:
     entries, node = doc.data[key], doc.nodes[key]
     entries = [_as_written(e, n) for e, n in zip(entries, node.value, strict=True)] \
         if isinstance(entries, list) else [_as_written(entries, node)]
-    found: list[str] = []
+    listed: list[tuple[str, Path | None, int, str]] = []  # (image, list file, line, text)
     for entry in entries:
         raw = str(entry)
         where = root / raw
@@ -185,36 +197,72 @@ def _images(doc: _Yaml, key: str, root: Path) -> list[str]:
             where = root / raw[3:]  # ultralytics' second try
         if where.is_dir():
             # linked folders too, each once (ultralytics' glob follows links)
-            found += [str(p) for p in files_under(where) if p.is_file()]
+            listed += [(str(p), None, 0, "") for p in files_under(where)
+                       if is_image(p) and p.is_file()]
         elif where.is_file():
-            found += _list_file(doc, key, where)
+            listed += [(image, where, n, line) for image, n, line in _list_file(doc, key, where)]
         else:
             raise doc.error(key, f"{key}: '{raw}' is neither a folder nor a list file "
                             f"(looked for {where})")
-    images = sorted(p for p in found if p.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES)
+    problems.extend(_repeats(doc, key, listed))
+    images = sorted(image for image, *_ in listed)
     if not images:
-        raise doc.error(key, f"{key}: no images found", hint="images end in "
-                        + ", ".join(f".{s}" for s in sorted(IMAGE_SUFFIXES)))
+        raise doc.error(key, f"{key}: no images found", hint="a folder's images end in "
+                        + ", ".join(IMAGE_EXTENSIONS) + " (in any case)")
     return images
 
 
-def _list_file(doc: _Yaml, key: str, list_path: Path) -> list[str]:
+def _repeats(doc: _Yaml, key: str, listed) -> list[Diagnostic]:
+    """W904 for an image `key` names twice: at its list line, else (two folders, or a folder
+    and a list, that hold it) at the key."""
+    use = "train" if key == "train" else "valid"
+    by_list: dict[Path, list] = {}
+    for image, list_path, n, line in listed:
+        if list_path is not None:
+            by_list.setdefault(list_path, []).append((same_image(image), n, line))
+    said = [d for d in (repeated(lines, path, use) for path, lines in by_list.items()) if d]
+    seen: set[str] = set()
+    again = []  # the images found a second time (a third ...)
+    for image, *_ in listed:
+        key_of = same_image(image)
+        if key_of in seen:
+            again.append(image)
+        seen.add(key_of)
+    if not said and again:
+        d = doc.error(key, f"{key}: '{printable(again[0])}' is found twice (two of its folders "
+                      f"or lists hold it; {len(again)} repeated image(s))",
+                      hint=_REPEAT_HINT[use]).diagnostics[0]
+        said = [replace(d, code=SET_CODE, severity=WARNING)]
+    return said
+
+
+_REPEAT_HINT = {"train": "training draws an image as often as it is found, as Darknet and "
+                "ultralytics do", "valid": "validation scores each image once"}
+
+
+def _list_file(doc: _Yaml, key: str, list_path: Path) -> list[tuple[str, int, str]]:
+    """(image, line number, line) of each line of a list file."""
     try:
-        lines = [s.strip() for s in list_path.read_text(encoding="utf-8-sig").splitlines()
-                 if s.strip()]  # a BOM (Windows tools) is not part of the first path
+        # a BOM (Windows tools) is not part of the first path; lines end at line breaks only
+        text = list_path.read_text(encoding="utf-8-sig").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise doc.error(key, f"cannot read the list '{list_path}': {exc}",
                         hint=text_hint(exc, _HINT)) from None
+    lines = [(n, s) for n, s in enumerate(text, 1) if s.strip()]
     parent = str(list_path.parent) + os.sep
     out, missing = [], []
-    for line in lines:
+    for n, written in lines:
+        line = written.strip()
         image = line.replace("./", parent, 1) if line.startswith("./") else line
         if not os.path.isabs(image) and not os.path.exists(image):
             image = os.path.join(parent, image)
-        (out if os.path.isfile(image) else missing).append(image)
+        if os.path.isfile(image):
+            out.append((image, n, written))
+        else:
+            missing.append(image)
     if missing:
         raise doc.error(key, f"{len(missing)} image(s) listed in {list_path} do not exist, "
-                        f"e.g. '{missing[0]}'", hint=missing_path_hint(
+                        f"e.g. '{printable(missing[0])}'", hint=missing_path_hint(
                             missing[0], "a list line is an image path: './x.jpg' is relative "
                             "to the list's folder"))
     return out
