@@ -149,6 +149,8 @@ def printable(path: str) -> str:
     of `detect` or `predict` (docs/detection.md)."""
     return path if path.isprintable() else "".join(
         c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
+
+
 _MAX_SHOWN = 160  # characters of a source line shown under a diagnostic
 _ELLIPSIS = "..."
 

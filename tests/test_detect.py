@@ -1124,3 +1124,16 @@ def test_cli_detect_and_predict_lines_escape_line_breaks_in_file_names(tmp_path,
     assert any("tab\\there.jpg: 0 object(s)" in line for line in heads)
     assert not any("\x1b" in line or "\t" in line.split(":")[0] for line in out)
     assert printable("plain name.jpg") == "plain name.jpg"
+
+
+def test_ext_output_escapes_class_names_that_do_not_print():
+    """A names file (or a data.yaml's quoted names) holding an ANSI escape or a tab printed it
+    raw into the terminal: the name is escaped as file names are; a plain name is unchanged."""
+    from darkcfg.detect.decode import Found
+    from darkcfg.detect.run import ext_output
+
+    found = [Found(0, "red\x1b[31m", 0.9, (1.0, 2.0, 11.0, 22.0)),
+             Found(1, "dog", 0.5, (0.0, 0.0, 4.0, 4.0)), Found(2, "", 0.5, (0, 0, 1, 1))]
+    lines = ext_output(found, 32, 32)
+    assert lines[0].startswith("red\\x1b[31m: 90%\t(left_x:") and "\x1b" not in lines[0]
+    assert lines[1].startswith("dog: 50%\t") and lines[2].startswith("2: 50%\t")

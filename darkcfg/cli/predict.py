@@ -42,7 +42,8 @@ def run(opts: PredictOptions, trainer=None) -> int:
 
     # a file name holding a line break must not split its line (escaped as diagnostics do)
     for path, ranked in predict(opts.run, list(opts.images), opts.top, trainer):
-        print(f"{printable(str(path))}: " + ", ".join(f"{100 * p:.2f}% {n}" for n, p in ranked))
+        print(f"{printable(str(path))}: " + ", ".join(f"{100 * p:.2f}% {printable(n)}"
+                                                   for n, p in ranked))
     return 0
 
 

@@ -206,7 +206,7 @@ def ext_output(found: list[Found], image_w: int, image_h: int) -> list[str]:
     lines = []
     for f in found:
         left, top, right, bottom = f.box
-        name = f.name or str(f.class_id)
+        name = printable(f.name) if f.name else str(f.class_id)  # a names file's ANSI escapes
         lines.append(f"{name}: {f.score * 100:.0f}%\t(left_x: {c_round(left):4.0f}   "
                      f"top_y: {c_round(top):4.0f}   width: {c_round(right - left):4.0f}   "
                      f"height: {c_round(bottom - top):4.0f})")
