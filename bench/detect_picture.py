@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cfg", default="cfg/yolov3-tiny.cfg")
+    ap.add_argument("--cfg", default=str(ROOT / "cfg" / "yolov3-tiny.cfg"))
     ap.add_argument("--weights", required=True)
     ap.add_argument("--size", type=int, default=160, help="the network input it was trained at")
     ap.add_argument("--image-size", type=int, default=320)

@@ -50,7 +50,7 @@ from darkcfg.train.loop import Schedule  # noqa: E402
 from darkcfg.train.session import RunOptions, train
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CFGS = ("cfg/yolov3-tiny.cfg", "cfg/yolov4-tiny.cfg")
+DEFAULT_CFGS = tuple(str(ROOT / "cfg" / name) for name in ("yolov3-tiny.cfg", "yolov4-tiny.cfg"))
 #: the iterations whose avg loss issue 22 lists for Darknet
 LOSS_POINTS = (1, 50, 100, 200, 300, 500, 900)
 

@@ -106,7 +106,8 @@ def profile_one(cfg: str, size: int, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cfg", nargs="+", default=["cfg/yolov3-tiny.cfg", "cfg/yolov4-tiny.cfg"])
+    p.add_argument("--cfg", nargs="+", default=[str(ROOT / "cfg" / "yolov3-tiny.cfg"),
+                                                str(ROOT / "cfg" / "yolov4-tiny.cfg")])
     p.add_argument("--size", type=int, nargs="+", default=[160, 416])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iterations", type=int, default=3)
