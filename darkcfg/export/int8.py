@@ -84,6 +84,12 @@ class Int8Data:
 
 
 def _stack(dataset, count: int, image_of: Callable, where: str = "--calibrate") -> torch.Tensor:
+    """`count` images spread over `dataset` (a training split), made into network inputs by
+    `image_of`. An image whose pixels do not decode is a W901 and the next one takes its place,
+    as in training; none decoding is E901 at `where`."""
+    import re
+
+    from cfgparse.errors import WARNING
     from darkcfg.data import DataError
 
     asked, count = count, min(count, len(dataset))
@@ -95,11 +101,31 @@ def _stack(dataset, count: int, image_of: Callable, where: str = "--calibrate") 
               f"split of '{where}' holds {count}: calibrating on all {count}", file=sys.stderr)
     # spread over the split, not its first images (a sorted folder starts with one class)
     picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
-    try:
-        return torch.stack([image_of(dataset[int(i)]) for i in picks]).float()
-    except DataError as exc:  # not one image of the split decodes (each said as W901)
-        raise _failed(f"cannot calibrate: {exc}", where,
-                     hint="fix or remove the images named above") from None
+    images, used, bad, last = [], set(), set(), ""
+    for pick in picks:
+        for step in range(len(dataset)):
+            at = (int(pick) + step) % len(dataset)
+            if at in used or at in bad:
+                continue
+            try:
+                images.append(image_of(dataset[at]))
+            except DataError as exc:  # (a detection split says its own W901 first)
+                bad.add(at)
+                last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                if "none of the" not in last:
+                    named = re.search(r"'([^']+)'", last)
+                    print(Diagnostic("W901", f"{last}: left out of the calibration; the next "
+                                     "image takes its place", named.group(1) if named else where,
+                                     severity=WARNING,
+                                     hint="remove it or convert it to JPEG/PNG").format(),
+                          file=sys.stderr)
+                continue
+            used.add(at)
+            break
+    if not images:
+        raise _failed(f"cannot calibrate: not one training image decodes ({last})", where,
+                     hint="fix or remove the images named above")
+    return torch.stack(images).float()
 
 
 def open_int8_data(net: Network, cfg, source: str | None, seed: int, calib_images: int,
