@@ -249,3 +249,82 @@ def test_opset_and_dynamic_batch_are_honoured_with_nms(tmp_path):
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     found = run_image_to_boxes(onnx_session(tmp_path / "m.onnx"), x)
     assert len(found) == 3
+
+
+def docs_snippet() -> str:
+    """The Python block of docs/deploy.md's 'Running it on an image'."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    after = text.split("**Running it on an image.**", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("letter_box", [0, 1])
+def test_the_docs_snippet_on_an_image_equals_detect(letter_box, tmp_path, capsys):
+    """docs/deploy.md showed no way to feed the graph an image, and the obvious one (PIL's
+    resize) gives other boxes than `detect`; its snippet, run as written on a photo, must give
+    `darkcfg detect`'s detections.json: the same (class, box) set, boxes within 1e-4 of the
+    image size, scores within 1e-5. `letter_box` is read from the file's metadata."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from darkcfg.cli import main as darkcfg_main
+
+    name = "yolov3-tiny"
+    if not ORACLE.is_dir():
+        pytest.skip("../shared/darknet/oracle is not available")
+    cfg, weights = str(ORACLE / "cfg" / f"{name}.cfg"), str(weights_file(name, calibrated=True))
+    photo = Path(__file__).resolve().parents[1] / "docs" / "detect-trained.jpg"
+    model = tmp_path / "m.onnx"
+    common = ["--weights", weights, "--set", f"letter_box={letter_box}", "--thresh", ".1"]
+    assert darkcfg_main(["export", cfg, *common, "--out", str(model), "--decode",
+                         "--nms"]) == 0
+    assert darkcfg_main(["detect", cfg, *common, "--out", str(tmp_path / "det"),
+                         str(photo)]) == 0
+    capsys.readouterr()
+    code = docs_snippet().replace('"m.onnx"', repr(str(model))).replace('"dog.jpg"',
+                                                                       repr(str(photo)))
+    scope: dict = {}
+    exec(compile(code, "docs/deploy.md", "exec"), scope)  # noqa: S102 - the docs' own code
+    assert scope["letter_box"] is bool(letter_box)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(scope["scores"]) and printed[0].startswith("class ")
+    width, height = Image.open(photo).size
+    theirs = json.loads((tmp_path / "det" / "detections.json").read_text())
+    ours = [(int(c), float(s), tuple(b)) for b, s, c in
+            zip(scope["boxes"].tolist(), scope["scores"], scope["classes"], strict=True)]
+    # detections.json: [x, y, w, h] -> corners, as `match` pairs them; print_cocos clips only
+    # left/top at 0 and right/bottom at the size, so a box in the letterbox's grey band (below
+    # the image) keeps a top past the bottom: clipped here into the image as the snippet does
+    theirs = [(d["category_id"], d["score"], tuple(np.clip(
+        [x, y, x + bw, y + bh], 0, [width, height, width, height]).tolist()))
+        for d in theirs for x, y, bw, bh in [d["bbox"]]]
+    assert len(theirs) > 20  # the comparison has something to compare
+    only_ours, only_theirs, worst = match(ours, theirs, (width, height))
+    print(f"letter_box={letter_box}: {len(ours)} from the snippet, {len(theirs)} by detect, "
+          f"worst box {worst:.2e} of the image size")
+    assert not only_ours and not only_theirs
+    assert worst <= 1e-4
+    assert sorted(s for _, s, _ in ours) == pytest.approx(sorted(s for _, s, _ in theirs),
+                                                          abs=1e-5)
+
+
+@pytest.mark.parametrize("thresh", [1.5, -0.1, float("nan")])
+def test_library_refuses_a_thresh_outside_0_1(thresh, tmp_path, monkeypatch):
+    """`--thresh` was range-checked by the command only: export_image_to_boxes(thresh=1.5)
+    wrote a graph that keeps nothing, and NaN one whose comparison is always false."""
+    from pathlib import Path
+
+    from darkcfg.export.onnx import ExportError
+
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: pytest.fail("exported"))
+    cfg = Path(__file__).resolve().parents[1] / "cfg" / "yolov3-tiny.cfg"
+    net, _, _ = build_network(str(cfg), ["width=64", "height=64"], "alexeyab", 0)
+    with pytest.raises(ExportError) as caught:
+        export_image_to_boxes(net, tmp_path / "m.onnx", thresh=thresh, nms=0.45)
+    assert caught.value.first.code == "E100"
+    assert "--thresh must be in [0, 1]" in caught.value.first.message
+    assert not (tmp_path / "m.onnx").exists()

@@ -358,3 +358,112 @@ def test_detector_data_without_valid_warns_it_scores_training_images(tmp_path, c
     assert "has no separate validation split" in captured.err
     assert "scored on the training images" in captured.err
     assert "mAP@0.5 on 3 training images (no separate validation split)" in captured.out
+
+
+def test_onnxruntime_quantization_raising_is_e904_and_keeps_the_old_file(tmp_path, capsys,
+                                                                        monkeypatch):
+    """onnxruntime's quantize_static raising (an op it cannot quantize, a bug of its version)
+    reached the user as a traceback; it is a located E904, the file under the output's name
+    is the old one and no temp file is left beside it."""
+    import onnxruntime.quantization
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : quantizer gave up\nsecond line")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_static", broken)
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL)
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the previous model")
+    rc = main([str(cfg), "--export", str(out), "--int8", "--calibrate", "embedded",
+               "--calib-images", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"{out}: error[E904]: INT8 calibration failed in onnxruntime"), err
+    assert "RuntimeError: [ONNXRuntimeError] : 1 : FAIL : quantizer gave up" in err
+    assert "second line" not in err and "Traceback" not in err
+    assert out.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "small.cfg"]
+
+
+def test_fewer_calibration_images_than_asked_are_said(tmp_path, capsys):
+    """--calib-images 64 on a folder of 4 training images calibrated on 4 without a word."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, name in enumerate(("cat", "dog")):
+            (tmp_path / "set" / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 40), (90 * k, 40 * i, 70)).save(
+                    tmp_path / "set" / split / name / f"{i}.jpg")
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL.replace("filters=4\n", "filters=2\n"))
+    rc = main([str(cfg), "--export", str(tmp_path / "m.onnx"), "--int8", "--calibrate",
+               str(tmp_path / "set"), "--calib-images", "64"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert (f"warning: 64 calibration images asked (--calib-images), but the training split of "
+            f"'{tmp_path / 'set'}' holds 4: calibrating on all 4") in captured.err
+    assert "calibrated on 4 images" in captured.out
+
+
+def test_calibration_images_that_all_fail_to_decode_are_located(tmp_path, capsys):
+    """Training images whose headers read but whose pixels do not (JPEGs cut short): each is a
+    W901, then the refusal named '<data>' and told to fix 'that file'; it names the data."""
+    import io
+
+    from PIL import Image
+
+    root = tmp_path / "set"
+    root.mkdir()
+    noise = np.random.default_rng(0)
+    for i in range(2):
+        buffer = io.BytesIO()
+        Image.fromarray(noise.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+        (root / f"{i}.jpg").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 3])
+        (root / f"{i}.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    (root / "train.txt").write_text("".join(f"{root}/{i}.jpg\n" for i in range(2)))
+    (root / "obj.names").write_text("cat\ndog\n")
+    data = root / "obj.data"
+    data.write_text(f"classes = 2\ntrain = {root}/train.txt\nnames = {root}/obj.names\n")
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR)
+    rc = main([str(cfg), "--export", str(tmp_path / "d.onnx"), "--int8", "--calibrate",
+               str(data), "--calib-images", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "warning[W901]" in err and "training goes on" not in err
+    assert (f"{data}: error[E901]: cannot calibrate: not one training image decodes (none of "
+            "the 2 images can be read)") in err, err
+    assert "<data>" not in err and "Traceback" not in err
+    assert not (tmp_path / "d.onnx").exists()
+
+
+def test_an_undecodable_classifier_image_is_left_out_of_the_calibration(tmp_path, capsys):
+    """One training image of a folder whose pixels do not decode stopped the INT8 export
+    (training skips such an image with a W901); it is left out, the next image takes its
+    place."""
+    import io
+
+    from PIL import Image
+
+    noise = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k, name in enumerate(("cat", "dog")):
+            (tmp_path / "set" / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40, 40), (90 * k, 40 * i, 70)).save(
+                    tmp_path / "set" / split / name / f"{i}.jpg")
+    buffer = io.BytesIO()
+    Image.fromarray(noise.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    cut = tmp_path / "set" / "train" / "cat" / "0.jpg"
+    cut.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 3])
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL.replace("filters=4\n", "filters=2\n"))
+    rc = main([str(cfg), "--export", str(tmp_path / "m.onnx"), "--int8", "--calibrate",
+               str(tmp_path / "set"), "--calib-images", "4"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert f"{cut}: warning[W901]: cannot read image '{cut}'" in captured.err
+    assert "left out of the calibration; the next image takes its place" in captured.err
+    assert "calibrated on 4 images" in captured.out

@@ -26,6 +26,7 @@ runs of onnxruntime (CPU, all threads) at each batch size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -42,6 +43,7 @@ from cfgparse import CfgError, Diagnostic
 from darkcfg.export.onnx import (
     check_output,
     export_onnx,
+    failed,
     onnx_session,
     quiet_exporter,
     reference_outputs,
@@ -81,14 +83,49 @@ class Int8Data:
     description: str
 
 
-def _stack(dataset, count: int, image_of: Callable) -> torch.Tensor:
-    count = min(count, len(dataset))
+def _stack(dataset, count: int, image_of: Callable, where: str = "--calibrate") -> torch.Tensor:
+    """`count` images spread over `dataset` (a training split), made into network inputs by
+    `image_of`. An image whose pixels do not decode is a W901 and the next one takes its place,
+    as in training; none decoding is E901 at `where`."""
+    import re
+
+    from cfgparse.errors import WARNING
+    from darkcfg.data import DataError
+
+    asked, count = count, min(count, len(dataset))
     if count <= 0:
-        raise _failed("no images to calibrate with", "--calibrate",
+        raise _failed("no images to calibrate with", where,
                      hint="give a data source with training images")
+    if count < asked:
+        print(f"warning: {asked} calibration images asked (--calib-images), but the training "
+              f"split of '{where}' holds {count}: calibrating on all {count}", file=sys.stderr)
     # spread over the split, not its first images (a sorted folder starts with one class)
     picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
-    return torch.stack([image_of(dataset[int(i)]) for i in picks]).float()
+    images, used, bad, last = [], set(), set(), ""
+    for pick in picks:
+        for step in range(len(dataset)):
+            at = (int(pick) + step) % len(dataset)
+            if at in used or at in bad:
+                continue
+            try:
+                images.append(image_of(dataset[at]))
+            except DataError as exc:  # (a detection split says its own W901 first)
+                bad.add(at)
+                last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                if "none of the" not in last:
+                    named = re.search(r"'([^']+)'", last)
+                    print(Diagnostic("W901", f"{last}: left out of the calibration; the next "
+                                     "image takes its place", named.group(1) if named else where,
+                                     severity=WARNING,
+                                     hint="remove it or convert it to JPEG/PNG").format(),
+                          file=sys.stderr)
+                continue
+            used.add(at)
+            break
+    if not images:
+        raise _failed(f"cannot calibrate: not one training image decodes ({last})", where,
+                     hint="fix or remove the images named above")
+    return torch.stack(images).float()
 
 
 def open_int8_data(net: Network, cfg, source: str | None, seed: int, calib_images: int,
@@ -110,7 +147,7 @@ def _detection_data(net, source, seed, count, classes, batch) -> Int8Data:
         raise _failed(f"{splits.description} has no validation split", source or "--calibrate",
                      hint="add a valid= list to the .data file")
     view = DetectionEval(splits.train.source, splits.settings)
-    calibration = _stack(view, count, lambda sample: sample[0])
+    calibration = _stack(view, count, lambda sample: sample[0], source or "embedded")
     names = splits.names
     loader = torch.utils.data.DataLoader(splits.val, batch_size=batch, collate_fn=collate)
     split = "validation"
@@ -185,7 +222,7 @@ def _classifier_data(net, cfg, source, seed, count, classes, batch) -> Int8Data:
         image = view(sample[0])
         return image.float().div(255) if image.dtype == torch.uint8 else image.float()
 
-    calibration = _stack(splits.train, count, image_of)
+    calibration = _stack(splits.train, count, image_of, source or "embedded")
     val = splits.val
 
     def score(run) -> float:
@@ -243,16 +280,42 @@ def quantizable_layers(path: str | os.PathLike) -> dict[str, int | None]:
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
+@contextlib.contextmanager
+def onnxruntime_failures(step: str, shown: str):
+    """onnxruntime's quantization tools (or its session on their output) raising: a located
+    E904 naming the step and onnxruntime's first line, not a traceback; the output is not
+    written (an existing file under its name is kept). Ctrl-C, a full disk (OSError, located by
+    the command's handler) and memory exhaustion pass through."""
+    try:
+        yield
+    except (OSError, MemoryError, CfgError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever onnxruntime raises, said in one line
+        first = next((li.strip() for li in str(exc).splitlines() if li.strip()), "")
+        try:
+            import onnxruntime
+
+            version = f" {onnxruntime.__version__}"
+        except Exception:  # noqa: BLE001 - only for the message
+            version = ""
+        raise failed(f"INT8 {step} failed in onnxruntime{version}: {type(exc).__name__}"
+                     f"{': ' + first if first else ''}", shown,
+                     hint="nothing was written (an existing file is kept); export fp32 without "
+                     "--int8, or report the cfg with this message") from None
+
+
 class Quantizer:
-    """One fp32 ONNX file, calibrated once; `quantize(out, exclude)` then only rewrites."""
+    """One fp32 ONNX file, calibrated once; `quantize(out, exclude)` then only rewrites.
+    onnxruntime's failures are E904 at `shown` (the output's name)."""
 
     def __init__(self, fp32_path: str | os.PathLike, workdir: str,
-                 calibration: torch.Tensor | None = None):
+                 calibration: torch.Tensor | None = None, shown: str = ""):
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         self.workdir = Path(workdir)
+        self.shown = shown or str(fp32_path)
         self.source = self.workdir / "fp32.prep.onnx"
-        with quiet_exporter():
+        with quiet_exporter(), onnxruntime_failures("pre-processing", self.shown):
             quant_pre_process(str(fp32_path), str(self.source), skip_symbolic_shape=True)
         self.cache = self.workdir / "ranges.json"
         self.layers = quantizable_layers(self.source)
@@ -261,7 +324,8 @@ class Quantizer:
 
     def calibrate(self, calibration: torch.Tensor) -> None:
         """Measure (and cache) the activation ranges: the slow part, once."""
-        self._quantize(self.workdir / "calibrated.onnx", [], _reader(calibration))
+        with onnxruntime_failures("calibration", self.shown):
+            self._quantize(self.workdir / "calibrated.onnx", [], _reader(calibration))
 
     def _quantize(self, out: Path, exclude: Sequence[str], reader=None) -> None:
         from onnxruntime.quantization import (
@@ -285,7 +349,8 @@ class Quantizer:
 
     def quantize(self, out: str | os.PathLike, exclude: Sequence[str] = ()) -> Path:
         out = Path(out)
-        self._quantize(out, exclude)
+        with onnxruntime_failures("quantization", self.shown):
+            self._quantize(out, exclude)
         return out
 
     def only(self, node: str) -> Path:
@@ -294,9 +359,11 @@ class Quantizer:
         return self.quantize(out, [n for n in self.layers if n != node])
 
 
-def runner(path: str | os.PathLike, threads: int | None = None):
-    """A callable x -> list of outputs (torch) through an onnxruntime session on `path`."""
-    session = onnx_session(path, threads)
+def runner(path: str | os.PathLike, threads: int | None = None, shown: str = ""):
+    """A callable x -> list of outputs (torch) through an onnxruntime session on `path` (a
+    session onnxruntime refuses to open: E904 at `shown`)."""
+    with onnxruntime_failures("model loading", shown or str(path)):
+        session = onnx_session(path, threads)
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> list[torch.Tensor]:
@@ -326,7 +393,7 @@ def sensitivities(quantizer: Quantizer, x: torch.Tensor, reference: list[torch.T
     """Every quantizable layer's sensitivity, most sensitive first."""
     found = []
     for node, layer in quantizer.layers.items():
-        err = l2_error(runner(quantizer.only(node))(x), reference)
+        err = l2_error(runner(quantizer.only(node), shown=quantizer.shown)(x), reference)
         found.append(Sensitivity(node, layer, err))
     return sorted(found, key=lambda s: -s.error)
 
@@ -438,7 +505,7 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
         fp32 = Path(work) / "fp32.onnx"
         export_onnx(net, fp32, dynamic_batch=True, name=options.name or path.stem,
                     opset=options.opset)
-        quantizer = Quantizer(fp32, work)
+        quantizer = Quantizer(fp32, work, shown=str(path))
         if not quantizer.layers:
             raise _failed("the network has no Conv/Gemm layer to quantize", str(path))
         if want >= len(quantizer.layers):
@@ -460,7 +527,7 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
         kept = ranked[:want]
         while True:
             quantizer.quantize(candidate, [s.node for s in kept])
-            int8_run = runner(candidate, options.threads)
+            int8_run = runner(candidate, options.threads, str(path))
             int8_score = data.evaluation.score(int8_run)
             tried.append((len(kept), int8_score))
             if not auto or fp32_score - int8_score <= options.bound or \

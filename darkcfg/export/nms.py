@@ -344,13 +344,18 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
     import onnx
 
     path = Path(path)
+    if not 0 <= thresh <= 1:  # NaN fails too
+        raise failed(f"--thresh must be in [0, 1] for an NMS graph, got {thresh:g}", str(path),
+                     hint="e.g. --thresh 0.25 (Darknet's default)", code="E100")
     if not 0 < nms <= 1:
         raise failed(f"--nms must be in (0, 1] for an NMS graph, got {nms:g}", str(path),
-                     hint="e.g. --nms 0.45 (Darknet's default)")
+                     hint="e.g. --nms 0.45 (Darknet's default)", code="E100")
     if opset is not None and opset < NMS_MIN_OPSET:
         raise failed(f"--opset {opset}: the NMS graph needs opset {NMS_MIN_OPSET} or later",
                      str(path), hint="e.g. --opset 17, or leave it out", code="E100")
     kind, beta = check_decodable(net)
+    from darkcfg.detect.decode import net_letter_box
+
     diou = kind in DIOU_KINDS
     beta = 0.6 if kind == "greedynms" else beta  # src/box.c box_diou's fixed power
     net.eval()
@@ -368,7 +373,9 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
     meta = metadata(net, name or path.stem, True)
     meta.update({"outputs": ",".join(NMS_OUTPUTS), "thresh": f"{thresh:g}", "nms": f"{nms:g}",
                  "nms_rule": f"DIoU, beta {beta:g} ({kind}: diounms_sort)" if diou else
-                 "IoU (do_nms_sort)", "boxes": "left,top,right,bottom input pixels"})
+                 "IoU (do_nms_sort)", "boxes": "left,top,right,bottom input pixels",
+                 # how the caller makes the input (and undoes it): docs/deploy.md's snippet
+                 "letter_box": "1" if net_letter_box(net) else "0"})
     onnx_program.model.metadata_props.update(meta)
     if dynamic_batch:
         name_batch_dim(onnx_program.model)  # `batch`, as the plain export's (not `s6`)

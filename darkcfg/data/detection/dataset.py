@@ -79,7 +79,7 @@ class LabelledImages(Dataset):
         except DataError as exc:
             self.bad.add(at)
             what = "scored as a blank image with its labels" if self.scored else \
-                "skipped; training goes on with the next image"
+                "skipped; the next image of the list takes its place"
             print(Diagnostic("W901", f"{exc} (Darknet: 'Cannot load image'): {what}",
                              str(self.paths[at]), severity=WARNING,
                              hint="remove it or convert it to JPEG/PNG").format(),
