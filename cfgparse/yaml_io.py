@@ -15,7 +15,15 @@ from typing import Any
 import yaml
 
 from . import schema
-from .assembly import LayerNumbering, ParseResult, duplicate_key, finish, typed_option
+from .assembly import (
+    LayerNumbering,
+    ParseResult,
+    duplicate_key,
+    finish,
+    odd_space_diagnostic,
+    odd_spaces,
+    typed_option,
+)
 from .blocks import Block, Option, make_block
 from .errors import ERROR, CfgError, Collector, Diagnostic, did_you_mean
 
@@ -224,6 +232,16 @@ def _options(node: Any, name: str, table: Any, path: str, lines: list[str],
                                  path, line, col, ERROR, "write the keys out in this section",
                                  source, 2))
             continue
+        odd = _odd_in(key_node, value_node)
+        if odd is not None:
+            node, where = odd
+            at = odd_spaces(str(node.value))
+            line, col = node.start_mark.line + 1, node.start_mark.column + 1
+            if not node.style and node.end_mark.line + 1 == line:  # plain: the text as written
+                col += at[0]
+            shown = "".join("\u2423" if odd_spaces(c) else c for c in _line(lines, line))
+            diags.add(odd_space_diagnostic(str(node.value), at, where, path, line, col, shown))
+            continue
         key = "".join(key_node.value.split())
         if not key or "=" in key or key[0] in "#;[":  # not expressible as a cfg line
             raise _shape(key_node, path, lines, f"'{key}' cannot be a key: keys are non-empty, "
@@ -247,6 +265,16 @@ def _options(node: Any, name: str, table: Any, path: str, lines: list[str],
         if first is not opt:
             diags.add(duplicate_key(first, opt, name, path))
     return options
+
+
+def _odd_in(key_node: yaml.Node, value_node: yaml.Node) -> tuple[yaml.Node, str] | None:
+    """(the node, what it is) of the key or value scalar that holds an invisible or non-ASCII
+    space (E109: cfg text reads them as Darknet does, so YAML does too)."""
+    values = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+    for node, where in ((key_node, "a key"), *((v, "a value") for v in values)):
+        if isinstance(node, yaml.ScalarNode) and odd_spaces(str(node.value)):
+            return node, where
+    return None
 
 
 def _raw(node: yaml.Node, key: str, path: str, lines: list[str],
