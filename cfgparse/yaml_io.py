@@ -9,6 +9,7 @@ diagnostics, located at the YAML line and column.
 
 from __future__ import annotations
 
+import re
 from types import MappingProxyType
 from typing import Any
 
@@ -27,7 +28,21 @@ from .assembly import (
 from .blocks import Block, Option, make_block
 from .errors import ERROR, CfgError, Collector, Diagnostic, did_you_mean
 
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed: 10x faster
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed: 10x faster
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class _SafeLoader(_BaseLoader):
+    """The safe loader with YAML 1.2's booleans: only true/false (any case) are booleans;
+    yes/no/on/off/y/n stay the strings written (YAML 1.1 made `activation: on` True, i.e. the cfg
+    value '1', and a class named `no` False)."""
+
+
+_SafeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()}
+_SafeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
 
 
 def blocks_from_yaml(text: str, path: str = "<yaml>", *, strict_first: bool = True,
@@ -294,8 +309,8 @@ def _raw(node: yaml.Node, key: str, path: str, lines: list[str],
 
 
 def _scalar(node: yaml.ScalarNode) -> str:
-    if node.tag.endswith(":bool") and not node.style:
-        return "1" if node.value.lower() in ("true", "yes", "on", "y") else "0"
+    if node.tag.endswith(":bool") and not node.style:  # true/false only (_SafeLoader)
+        return "1" if node.value.lower() == "true" else "0"
     if node.tag.endswith(":null") and not node.style:
         return ""
     return "".join(str(node.value).split())  # Darknet drops whitespace inside values

@@ -590,3 +590,29 @@ def test_text_after_a_number_is_pointed_at(line, col, width, message, hint):
     (d,) = err.errors
     assert (d.code, d.line, d.column, d.span) == ("E202", 4, col, width)
     assert message in d.message and d.hint.startswith(hint)
+
+
+# -- YAML 1.2 booleans: yes/no/on/off are text ---------------------------------------------------
+def test_yaml_on_off_yes_no_are_read_as_written(tmp_path):
+    """YAML 1.1 (PyYAML's default) read `activation: on` as True, i.e. the cfg value '1' (E204
+    "unknown activation '1'"), and a settings.yaml override `x: no` as False ('x=False' on the
+    next --set). Only true/false are booleans now (YAML 1.2's core schema)."""
+    from cfgparse.yaml_io import load_yaml
+    from darkcfg.train.outputs import read_settings
+
+    path = tmp_path / "m.yaml"
+    path.write_text("- net: {width: 32, height: 32, channels: 3, flip: true}\n"
+                    "- convolutional: {filters: 8, size: 3, activation: on}\n")
+    with pytest.raises(CfgError) as err:
+        parse(str(path))
+    assert err.value.first.message == "unknown activation 'on'"
+    path.write_text("- net: {width: 32, height: 32, channels: 3, flip: false}\n"
+                    "- maxpool: {size: 2, stride: 2, antialiasing: False}\n"
+                    "- cost: {type: sse}\n")
+    blocks = parse(str(path))
+    assert (blocks[0].int("flip"), blocks[1].int("antialiasing")) == (0, 0)
+    data, _ = load_yaml("names: [no, yes, on, off, y, n, true, FALSE]\n", "d.yaml", "")
+    assert data["names"] == ["no", "yes", "on", "off", "y", "n", True, False]
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("cfg: m.cfg\noverrides:\n  convolutional.activation: on\n  x: no\n")
+    assert read_settings(settings)["overrides"] == {"convolutional.activation": "on", "x": "no"}
