@@ -43,6 +43,7 @@ def atomic_open(path: str | os.PathLike, parents: bool = False,
     hold(fd)
     try:
         os.chmod(tmp, _mode_for(target))  # mkstemp makes the file private; ours should not be
+        _keep_owner(tmp, target)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -429,6 +430,85 @@ def _mode_for(target: Path) -> int:
         return target.stat().st_mode & 0o7777
     except OSError:
         return 0o666 & ~_umask()
+
+
+def _keep_owner(tmp: str, target: Path) -> None:
+    """A rewritten file keeps its owner and group where this process may give them (root
+    editing a user's cfg; a group the user is in); a new file, or where that is not allowed,
+    is this process's."""
+    try:
+        st = target.stat()
+        if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            os.chown(tmp, st.st_uid if os.getuid() == 0 else -1, st.st_gid)
+    except (OSError, AttributeError):  # missing, not allowed, or no chown (Windows)
+        pass
+
+
+def check_editable(path: str | os.PathLike, flag: str = "") -> Path:
+    """check_writable, and for an existing file that it is not read-only: an atomic rewrite
+    renames a new file over the name, which the folder's permission allows whatever the file's
+    own mode says (root's os.access too), so a read-only file is refused here (E901)."""
+    path = check_writable(path, flag)
+    named = f"{flag} '{path}'" if flag else f"'{path}'"
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return path
+    if not mode & 0o222 or not os.access(path, os.W_OK):
+        raise CfgError(Diagnostic(
+            "E901", f"cannot write {named}: the file is read-only", str(path),
+            hint=f"make it writable (chmod u+w '{path}') to let darkcfg edit it, or copy the "
+            "printed values into it by hand"))
+    return path
+
+
+@contextmanager
+def locked_for_edit(path: str | os.PathLike, flag: str = "", wait_s: float = 60.0
+                    ) -> Iterator[bytes]:
+    """The bytes of `path`, read under an exclusive `flock` on the file that stays held until
+    the block ends: an edit that reads, changes and `atomic_write`s the file inside the block
+    is never lost to a second darkcfg doing the same at once (the second waits, up to
+    `wait_s` seconds, then reads the first one's result: the lock is taken again when the name
+    points at another file by then)."""
+    import fcntl
+    import time
+
+    path = Path(path)
+    named = f"{flag} '{path}'" if flag else f"'{path}'"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise CfgError(Diagnostic("E901", f"cannot read {named}: {exc.strerror or exc}",
+                                      str(path), hint="check the path and its permissions")) \
+                from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise CfgError(Diagnostic(
+                            "E901", f"cannot edit {named}: another process has been editing it "
+                            f"for {wait_s:.0f} s", str(path),
+                            hint="wait for it to finish, then run this again")) from None
+                    time.sleep(0.05)
+            now, held = os.stat(path), os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # replaced while this one waited: lock the file the name holds now
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        yield b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cfgparse import Block, CfgError, Diagnostic
-from cfgparse.rules import value
+from cfgparse.rules import largest_multiscale, value
 
 if TYPE_CHECKING:
     from .graph import Network
@@ -129,6 +129,35 @@ _ESTIMATE_KEYS = {"training": "training_bytes", "inference": "inference_bytes",
                   "cpu inference": "cpu_inference_bytes"}
 
 
+def multiscale_network(net: Network) -> tuple[Network, str] | None:
+    """`net` rebuilt (on the meta device) at the largest input its training reaches, and what
+    says so, when `random=` multi-scale in its last detection head trains it larger than the
+    cfg's size (Darknet's sizes: cfgparse.rules.largest_multiscale); None otherwise, or when it
+    cannot be built at that size (the trainer refuses that, E305)."""
+    heads = [i for i in net.loss_layers
+             if getattr(net.layers[i], "loss_target", None) == "boxes"]
+    data = getattr(net.layers[heads[-1]], "data", None) if heads else None
+    random = float(getattr(data, "random", 0) or 0)
+    step = value(net.net_block, "resize_step")
+    step = 32 if step is None else int(step)
+    if not random or step < 1:
+        return None
+    w0, h0 = net.input_shape.w, net.input_shape.h
+    w, h = largest_multiscale(w0, h0, random, step)
+    if w * h <= w0 * h0:
+        return None
+    from .graph import Network
+
+    try:
+        big = Network([net.net_block.with_values(width=w, height=h), *(m.block for m in net.meta)],
+                      flavor=net.info.flavor, device="meta")
+    except CfgError:
+        return None
+    head = net.meta[heads[-1]].block
+    return big, (f"at {w}x{h}, the largest size multi-scale training reaches (random={random:g} "
+                 f"in the last [{head.name}], line {head.line}; the cfg says {w0}x{h0})")
+
+
 def memory_diagnostic(net: Network, estimate: dict, what: str, limit: int,
                       hint: str) -> Diagnostic:
     """E401 located where the memory goes: the largest layer's filters/output, else its header."""
@@ -141,6 +170,8 @@ def memory_diagnostic(net: Network, estimate: dict, what: str, limit: int,
                f"{format_bytes(limit)} limit (parameters {format_bytes(estimate['params_bytes'])}"
                f" = {estimate['params']:,} values, activations {format_bytes(activations)} at "
                f"batch {estimate['batch']})")
+    if estimate.get("size_note"):
+        message += " " + estimate["size_note"]
     if index is not None:
         message += (f"; layer {index} [{block.name}] alone needs "
                     f"{format_bytes(estimate['largest_layer_bytes'])}")
@@ -152,14 +183,21 @@ def guard_memory(net: Network, limit_bytes: int, *, batch: int | None = None,
     """Raise CfgError E401 when `net` (built on any device, or meta) would need more than
     `limit_bytes` to train (or, with training=False, to run: with `cpu`, the fast path's derived
     weights counted); return the estimate otherwise. The runner calls this before allocating,
-    unless forced."""
+    unless forced. Training is estimated at the largest input it reaches (`random=`
+    multi-scale: multiscale_network), where the estimate's `size_note` says so."""
+    bigger = multiscale_network(net) if training else None
+    if bigger is not None:
+        net = bigger[0]
     estimate = estimate_memory(net, batch=batch)
+    hint = "reduce batch/subdivisions, filters, width or height, raise the limit, or force it"
+    if bigger is not None:
+        estimate["size_note"] = bigger[1]
+        hint = ("reduce batch/subdivisions, filters, width or height, or random= (multi-scale "
+                "up to 1.4x: random=0 trains at the cfg's size), raise the limit, or force it")
     what = "training" if training else ("cpu inference" if cpu else "inference")
     total = estimate[_ESTIMATE_KEYS[what]]
     if total > limit_bytes:
-        raise CfgError(memory_diagnostic(
-            net, estimate, what, limit_bytes,
-            "reduce batch/subdivisions, filters, width or height, raise the limit, or force it"))
+        raise CfgError(memory_diagnostic(net, estimate, what, limit_bytes, hint))
     return estimate
 
 

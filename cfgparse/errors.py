@@ -31,6 +31,7 @@ CODES = {
     "E106": "malformed section header",
     "E107": "first section is not [net], or a later one is",
     "E108": "malformed YAML architecture",
+    "E109": "invisible or non-ASCII space character (Darknet does not remove it)",
     "E201": "unknown section type",
     "E202": "ill-typed value",
     "E203": "value out of range",

@@ -20,7 +20,16 @@ from lark.exceptions import LarkError, UnexpectedCharacters
 from lark.lexer import Lexer
 
 from . import schema
-from .assembly import FORK_NAMES, LayerNumbering, ParseResult, duplicate_key, finish, typed_option
+from .assembly import (
+    FORK_NAMES,
+    LayerNumbering,
+    ParseResult,
+    duplicate_key,
+    finish,
+    odd_space_diagnostic,
+    odd_spaces,
+    typed_option,
+)
 from .blocks import Block, Option, make_block
 from .errors import ERROR, WARNING, CfgError, Collector, Diagnostic, did_you_mean
 
@@ -217,6 +226,8 @@ def parse_text(text: str, path: str = "<string>", *, strict_first: bool = True,
             source.translate(_VISIBLE), 1))
     tables = schema.tables(flavor)
     diags = Collector()
+    if not text.isascii():
+        text = _odd_spaces(text, path, diags)
     try:
         items = _parser().parse(text)
     except LarkError as exc:  # the grammar is total; this is a safety net, not a code path
@@ -243,6 +254,35 @@ def parse_text(text: str, path: str = "<string>", *, strict_first: bool = True,
 _VISIBLE = {c: 0x2400 + c for c in range(0x20)}  # control pictures, so the caret line shows them
 _VISIBLE[0x7F] = 0x2421
 del _VISIBLE[0x09]
+
+
+def _odd_spaces(text: str, path: str, diags: Collector) -> str:
+    """E109 at the first invisible or non-ASCII space of each line outside comments (the part
+    of a line before an inline '#' counts); returns the text with them made ASCII spaces, so
+    the rest of the line is read as its author meant it and nothing else is reported twice."""
+    lines = text.split("\n")
+    changed = False
+    for i, line in enumerate(lines):
+        if line.isascii() or line.lstrip(" \t")[:1] in ("#", ";"):
+            continue
+        cut = line.find("#")
+        part = line if cut < 0 else line[:cut]
+        odd = odd_spaces(part)
+        if not odd:
+            continue
+        chars = list(line)
+        for j in odd:
+            chars[j] = " "
+        rest = "".join(chars).strip(" \t")
+        where = "a blank line" if not rest else \
+            "a section header" if rest[:1] == "[" else "an option line"
+        marks = set(odd)
+        shown = "".join("\u2423" if j in marks else c for j, c in enumerate(line))  # visible
+        diags.add(odd_space_diagnostic(part, odd, where, path, i + 1, odd[0] + 1,
+                                       shown.translate(_VISIBLE)))
+        lines[i] = "".join(chars)
+        changed = True
+    return "\n".join(lines) if changed else text
 
 
 def _preamble(body: Token, text: str, path: str, diags: Collector) -> None:

@@ -5,7 +5,9 @@
 * layer references (E301): `REFERENCE_KEYS`, `absolute_reference`, `reference_problem`;
 * [shortcut] grids (E302, W303): `shortcut_grid_rule`;
 * detection heads: what each head needs from the layer that feeds it (`HEAD_INPUTS`: filters =
-  len(mask) x (classes + 5) for [yolo], ...), its anchors and mask (E304, W304).
+  len(mask) x (classes + 5) for [yolo], ...), its anchors and mask (E304, W304);
+* `random=` multi-scale training: the sizes it gives (`multiscale_dims`, `largest_multiscale`),
+  for the loader (darkcfg.data.detection.scales) and the memory guard (builders.memory).
 
 Every rule reads values with `value()`, which does not mark a key as read: whether a builder reads
 a key stays the builder's business (the W301 report).
@@ -410,3 +412,36 @@ def _merged_numbers(opt: Option) -> bool:
     """Whether the written value has two numbers separated only by spaces ('61,45  61,45')."""
     text = opt.source[opt.value_column - 1:] if opt.source else ""
     return re.search(r"[\d.]\s+[\d.]", text.split("#", 1)[0]) is not None
+
+
+# -- multi-scale training (src/detector.c train_detector) -----------------------------------------
+def roundl(v: float) -> int:
+    """C roundl: half away from zero."""
+    return int(abs(v) + 0.5) * (1 if v >= 0 else -1)
+
+
+def multiscale_dims(r: float, init_w: int, init_h: int, step: int) -> tuple[int, int]:
+    """The input (w, h) for the factor `r`: `roundl(r * init / step + 1) * step` per side (the
+    +1 biases sizes up one step), a shrinking r < 1 never above init, the floor one step."""
+    def one(init: int) -> int:
+        dim = roundl(r * init / step + 1) * step
+        if r < 1 and dim > init:
+            dim = init
+        return max(dim, step)
+
+    return one(init_w), one(init_h)
+
+
+def multiscale_coef(random: float) -> float:
+    """`random=1` means up to 1.4x (and down to 1/1.4x); another value is the factor itself."""
+    return 1.4 if random == 1 else float(random)
+
+
+def largest_multiscale(init_w: int, init_h: int, random: float, resize_step: int = 32
+                       ) -> tuple[int, int]:
+    """The largest input multi-scale training reaches (its first and last sizes too): 608x608
+    for 416x416 with random=1. (init_w, init_h) without multi-scale (random=0)."""
+    if not random:
+        return init_w, init_h
+    coef = multiscale_coef(random)
+    return multiscale_dims(max(coef, 1 / coef), init_w, init_h, max(int(resize_step), 1))

@@ -392,15 +392,22 @@ def clear_memos() -> None:
 class ValueProblem(ValueError):
     """An ill-typed (E202), out-of-range (E203) or unknown (E204) value."""
 
-    def __init__(self, code: str, message: str, hint: str = ""):
+    def __init__(self, code: str, message: str, hint: str = "", offset: int = 0,
+                 length: int = 0):
         super().__init__(message)
         self.code, self.hint = code, hint
+        # where in the value the problem is (characters of the whitespace-free text; length 0:
+        # the whole value)
+        self.offset, self.length = offset, length
 
 
 # ASCII digits only: Python's int() also takes other scripts' digits and '_', C's atoi does not.
 _INT = re.compile(r"[+-]?[0-9]+\Z")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _ATOI = re.compile(r"[+-]?[0-9]*")
+# the number C's atoi / atof read at the start of a value (they stop at the first other character)
+_INT_PREFIX = re.compile(r"[+-]?[0-9]+")
+_FLOAT_PREFIX = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _NUMERIC = frozenset("ifbIF")
 # Darknet reads integers with atoi into a C int (src/option_list.c option_find_int): a value
 # beyond 32 bits has no meaning there (and Python's int() refuses over 4300 digits).
@@ -431,7 +438,7 @@ def convert(spec: KeySpec | None, key: str, raw: str) -> tuple[Any, str]:
             value = int(_ATOI.match(text).group().lstrip("+") or 0)  # C atoi stops at '.', 'e'
             note = f"'{key}' is an integer; Darknet reads '{text}' as {value}"
         else:
-            raise _ill_typed(key, raw, t)
+            raise _ill_typed(key, raw, t, text)
     elif t == "f":
         value = _float(text, key, raw, t)
     elif t in ("I", "F"):
@@ -439,10 +446,14 @@ def convert(spec: KeySpec | None, key: str, raw: str) -> tuple[Any, str]:
         if not parts:
             raise _ill_typed(key, raw, t)
         if t == "I":
-            if not all(_INT.match(p) for p in parts):
-                raise _ill_typed(key, raw, t)
+            bad = next((p for p in parts if not _INT.match(p)), None)
+            if bad is not None:
+                raise _bad_item(key, raw, t, text, bad)
             value = [_int(p, key) for p in parts]
         else:
+            bad = next((p for p in parts if not _FLOAT.match(p)), None)
+            if bad is not None:
+                raise _bad_item(key, raw, t, text, bad)
             value = [_float(p, key, raw, t) for p in parts]
     else:
         value = text
@@ -472,7 +483,7 @@ def _int(text: str, key: str) -> int:
 
 def _float(text: str, key: str, raw: str, t: str) -> float:
     if not _FLOAT.match(text):
-        raise _ill_typed(key, raw, t)
+        raise _ill_typed(key, raw, t, text)
     value = float(text)
     if value - value != 0.0:  # inf: a literal too large for a double
         raise ValueProblem("E203", f"'{key}' = {text} is too large for a number",
@@ -480,9 +491,41 @@ def _float(text: str, key: str, raw: str, t: str) -> float:
     return value
 
 
-def _ill_typed(key: str, raw: str, t: str) -> ValueProblem:
-    return ValueProblem("E202", f"'{key}' must be {_WANT[t]}, got '{raw}'",
-                        f"write {key}={_EXAMPLE[t]}")
+def _ill_typed(key: str, raw: str, t: str, text: str | None = None) -> ValueProblem:
+    """E202 for `raw`; `text`: the value as a number is read (raw up to a '#'), for what C's
+    atoi/atof would make of it: text after a number is pointed at, with the number to write."""
+    message, hint = f"'{key}' must be {_WANT[t]}, got '{raw}'", f"write {key}={_EXAMPLE[t]}"
+    if text is None:
+        return ValueProblem("E202", message, hint)
+    reader = "atoi" if t in ("i", "b") else "atof"
+    number = (_INT_PREFIX if t in ("i", "b") else _FLOAT_PREFIX).match(text)
+    if number is None:
+        return ValueProblem("E202", message, f"{hint} (Darknet's {reader} would read '{text}' "
+                            "as 0)")
+    junk = text[number.end():]
+    return ValueProblem(
+        "E202", f"{message}: '{junk}' follows the number {number.group()}",
+        f"write {key}={number.group()} (Darknet's {reader} stops at '{junk[0]}' and reads "
+        f"{number.group()}; a note goes after a '#')", number.end(), len(junk))
+
+
+def _bad_item(key: str, raw: str, t: str, text: str, item: str) -> ValueProblem:
+    """E202 at the first item of a list that is not a number."""
+    start = 0
+    for part in text.split(","):  # the offset of `item` in the value
+        if part == item:
+            break
+        start += len(part) + 1
+    want = "an integer" if t == "I" else "a number"
+    number = (_INT_PREFIX if t == "I" else _FLOAT_PREFIX).match(item)
+    if number is None:
+        return ValueProblem("E202", f"'{key}' must be {_WANT[t]}, got '{raw}': '{item}' is "
+                            f"not {want}", f"write {key}={_EXAMPLE[t]}", start, len(item))
+    junk = item[number.end():]
+    return ValueProblem(
+        "E202", f"'{key}' must be {_WANT[t]}, got '{raw}': '{junk}' follows the number "
+        f"{number.group()}", f"write {number.group()} there (a note goes after a '#')",
+        start + number.end(), len(junk))
 
 
 def coerce_text(section: str, key: str, raw: str) -> Any:

@@ -9,17 +9,40 @@ diagnostics, located at the YAML line and column.
 
 from __future__ import annotations
 
+import re
 from types import MappingProxyType
 from typing import Any
 
 import yaml
 
 from . import schema
-from .assembly import LayerNumbering, ParseResult, duplicate_key, finish, typed_option
+from .assembly import (
+    LayerNumbering,
+    ParseResult,
+    duplicate_key,
+    finish,
+    odd_space_diagnostic,
+    odd_spaces,
+    typed_option,
+)
 from .blocks import Block, Option, make_block
 from .errors import ERROR, CfgError, Collector, Diagnostic, did_you_mean
 
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed: 10x faster
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed: 10x faster
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class _SafeLoader(_BaseLoader):
+    """The safe loader with YAML 1.2's booleans: only true/false (any case) are booleans;
+    yes/no/on/off/y/n stay the strings written (YAML 1.1 made `activation: on` True, i.e. the cfg
+    value '1', and a class named `no` False)."""
+
+
+_SafeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()}
+_SafeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
 
 
 def blocks_from_yaml(text: str, path: str = "<yaml>", *, strict_first: bool = True,
@@ -224,6 +247,16 @@ def _options(node: Any, name: str, table: Any, path: str, lines: list[str],
                                  path, line, col, ERROR, "write the keys out in this section",
                                  source, 2))
             continue
+        odd = _odd_in(key_node, value_node)
+        if odd is not None:
+            node, where = odd
+            at = odd_spaces(str(node.value))
+            line, col = node.start_mark.line + 1, node.start_mark.column + 1
+            if not node.style and node.end_mark.line + 1 == line:  # plain: the text as written
+                col += at[0]
+            shown = "".join("\u2423" if odd_spaces(c) else c for c in _line(lines, line))
+            diags.add(odd_space_diagnostic(str(node.value), at, where, path, line, col, shown))
+            continue
         key = "".join(key_node.value.split())
         if not key or "=" in key or key[0] in "#;[":  # not expressible as a cfg line
             raise _shape(key_node, path, lines, f"'{key}' cannot be a key: keys are non-empty, "
@@ -249,6 +282,16 @@ def _options(node: Any, name: str, table: Any, path: str, lines: list[str],
     return options
 
 
+def _odd_in(key_node: yaml.Node, value_node: yaml.Node) -> tuple[yaml.Node, str] | None:
+    """(the node, what it is) of the key or value scalar that holds an invisible or non-ASCII
+    space (E109: cfg text reads them as Darknet does, so YAML does too)."""
+    values = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+    for node, where in ((key_node, "a key"), *((v, "a value") for v in values)):
+        if isinstance(node, yaml.ScalarNode) and odd_spaces(str(node.value)):
+            return node, where
+    return None
+
+
 def _raw(node: yaml.Node, key: str, path: str, lines: list[str],
          diags: Collector) -> str | None:
     """The cfg text of a YAML value: its scalar text, list items joined by ','; None after an
@@ -266,8 +309,8 @@ def _raw(node: yaml.Node, key: str, path: str, lines: list[str],
 
 
 def _scalar(node: yaml.ScalarNode) -> str:
-    if node.tag.endswith(":bool") and not node.style:
-        return "1" if node.value.lower() in ("true", "yes", "on", "y") else "0"
+    if node.tag.endswith(":bool") and not node.style:  # true/false only (_SafeLoader)
+        return "1" if node.value.lower() == "true" else "0"
     if node.tag.endswith(":null") and not node.style:
         return ""
     return "".join(str(node.value).split())  # Darknet drops whitespace inside values

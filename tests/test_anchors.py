@@ -256,3 +256,97 @@ def test_unwritable_outputs_are_refused_before_the_data_is_read(tmp_path, capsys
                  "--plot", str(tmp_path / "plots" / "p.png")]) == 2
     err = capsys.readouterr().err
     assert "error[E901]: cannot write the cfg (--write)" in err and "permission denied" in err
+
+
+def test_write_refuses_a_read_only_cfg(tmp_path, capsys, monkeypatch):
+    """A read-only cfg (chmod 444) was rewritten all the same: the new file is renamed over the
+    name, which only the folder's permission governs (and root's os.access says yes to
+    everything). Now E901 with a help line, before the data is read; the file is untouched."""
+    import os
+
+    from darkcfg.data.detection import anchors as fit
+
+    data = labelled_set(tmp_path, np.full((8, 2), 0.1))
+    cfg = tiny_cfg(tmp_path)
+    before = cfg.read_bytes()
+    os.chmod(cfg, 0o444)
+    monkeypatch.setattr(fit, "data_boxes", lambda *a: pytest.fail("read the data first"))
+    assert main(["anchors", str(cfg), "--data", str(data), "--write",
+                 "--plot", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: error[E901]: cannot write the cfg (--write) '{cfg}': the file is " \
+        "read-only" in err
+    assert f"help: make it writable (chmod u+w '{cfg}')" in err and "Traceback" not in err
+    assert cfg.read_bytes() == before and cfg.stat().st_mode & 0o777 == 0o444
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def write_twice_at_once(tmp_path, monkeypatch):
+    """Two --write edits of one cfg at once (threads calling write_anchors: what two processes
+    do, since the lock is per open file): the second starts while the first checks its new
+    text. Returns (cfg, the two anchors values, whether the second finished before the first
+    wrote)."""
+    import threading
+
+    from darkcfg.cli import anchors as cli
+    from darkcfg.data.detection.anchors import cfg_anchors_value
+    from darkcfg.model import build_network
+
+    cfg = tiny_cfg(tmp_path)
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0, device="meta")
+    heads = cli.anchored_heads(net)
+    first = np.array([[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]], float)
+    second = first * 1.5
+    lint = cli.lint_text
+    other = threading.Thread(target=cli.write_anchors, args=(str(cfg), net, heads, second, 416))
+    state = {}
+
+    def first_lint(text, path):
+        if not state:
+            state["started"] = True
+            other.start()
+            other.join(timeout=5)  # long enough for a whole unhindered edit
+            state["second done first"] = not other.is_alive()
+        return lint(text, path)
+
+    monkeypatch.setattr(cli, "lint_text", first_lint)
+    cli.write_anchors(str(cfg), net, heads, first, 416)
+    other.join()
+    return cfg, cfg_anchors_value(first, 416), cfg_anchors_value(second, 416), \
+        state["second done first"]
+
+
+def test_two_writes_at_once_lose_no_edit(tmp_path, monkeypatch, capsys):
+    """Each --write read the cfg, edited it and renamed the result over it: the second of two
+    runs at once read the cfg before the first wrote, so the first one's file replaced the
+    second's edit (the last rename won, with the other's edit lost). The edit now holds a lock
+    on the cfg from the read to the rename: the second waits, then edits the first's result."""
+    from darkcfg.lint.stages import check_file
+
+    cfg, first, second, second_done_first = write_twice_at_once(tmp_path, monkeypatch)
+    assert not second_done_first  # it waited for the first
+    text = cfg.read_text()
+    assert text.count(f"anchors={second}\n") == 2 and f"anchors={first}" not in text
+    assert [d for d in check_file(cfg) if d.severity == "error"] == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert capsys.readouterr().err.count("wrote ") == 2
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "getuid") or __import__("os").getuid() != 0,
+                    reason="giving a file to another user needs root")
+def test_write_keeps_the_cfgs_mode_and_owner(tmp_path, capsys):
+    """The rewritten cfg keeps its permissions and (run as root, e.g. in a container) its
+    owner: it became root's."""
+    import os
+
+    data = labelled_set(tmp_path, clustered(np.array([(40, 40), (200, 160)]), per=30,
+                                            spread=0.03) / 416)
+    cfg = tiny_cfg(tmp_path)
+    os.chmod(cfg, 0o640)
+    os.chown(cfg, 4321, 4322)
+    before = cfg.read_text()
+    assert main(["anchors", str(cfg), "--data", str(data), "--write",
+                 "--plot", str(tmp_path / "p.png")]) == 0
+    st = cfg.stat()
+    assert cfg.read_text() != before
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o640, 4321, 4322)

@@ -434,6 +434,42 @@ def test_guard_memory_raises_over_the_limit():
     assert guard_memory(net, need - 1, training=False)["inference_bytes"] < need
 
 
+@pytest.mark.parametrize("random, size", [("1", 608), ("1.6", 704), ("0.7", 640)])
+def test_training_memory_is_estimated_at_the_largest_multiscale_size(tmp_path, random, size):
+    """`random=` in the last [yolo] trains up to 608x608 for a 416x416 cfg (random=1: 1.4x plus
+    Darknet's one-step bias; random=1.6: 704; 0.7: 1/0.7), about twice the memory: the guard
+    (darkcfg train's E401) estimated the cfg's size only."""
+    import torch
+
+    from builders import build
+    from builders.memory import estimate_memory, guard_memory
+    from cfgparse import CfgError, parse
+    from darkcfg.train import session
+
+    text = (ROOT / "cfg" / "yolov3-tiny.cfg").read_text().replace("random=1", f"random={random}")
+    blocks = parse(text)
+    at_size = build(parse(text.replace("width=416", f"width={size}")
+                          .replace("height=416", f"height={size}")), device="meta")
+    need = estimate_memory(at_size)["training_bytes"]
+    net = build(blocks, device="meta")
+    assert guard_memory(net, need)["training_bytes"] == need
+    assert guard_memory(net, need, training=False)["inference_bytes"] < need
+    assert estimate_memory(net)["training_bytes"] < need / 1.5
+    fixed = build(parse(text.replace(f"random={random}", "random=0")), device="meta")
+    assert guard_memory(fixed, need)["training_bytes"] == estimate_memory(net)["training_bytes"]
+    with pytest.raises(CfgError) as err:
+        guard_memory(net, need - 1)
+    message = err.value.first.message
+    assert err.value.code == "E401" and f"at {size}x{size}, the largest size multi-scale " \
+        f"training reaches (random={random} in the last [yolo], line " in message
+    assert "random=0 trains at the cfg's size" in err.value.first.hint
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text(text)
+    with pytest.raises(CfgError):  # what `darkcfg train` runs first
+        session.check_memory(session.RunOptions(cfg_path=str(cfg), name="m", out=tmp_path,
+                                                max_memory=need - 1), torch.device("cpu"))
+
+
 def test_max_memory_option(tmp_path, capsys):
     path = write(tmp_path, NET + CONV)
     rc, out, _ = run_main(capsys, "--format", "json", "--max-memory", "10K", str(path))

@@ -340,6 +340,27 @@ def test_bad_input_is_exit_2_with_a_diagnostic(work, capsys, monkeypatch, argv, 
     assert code == 2 and message in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("argv", [
+    ["valid", "tiny.cfg", "--weights", "tiny.weights", "--map-points", "101"],
+    ["valid", "tiny.cfg", "--map-points", "0"],
+    ["tiny.cfg", "--weights", "tiny.weights", "--valid", "--map-points", "11"],
+    ["train", "tiny.cfg", "--map-points", "101", "--no-progress"],
+    ["train", "tiny.cfg", "--darknet-build", "native", "--no-progress"],
+])
+def test_detection_options_on_a_classifier_are_refused(work, capsys, monkeypatch, tmp_path, argv):
+    """`valid CFG --map-points 101` on a classifier printed its top-1/top-5 as if the option had
+    done something; `train --map-points` and `--darknet-build` were ignored the same way."""
+    monkeypatch.chdir(work)
+    flag = next(a for a in argv if a in ("--map-points", "--darknet-build"))
+    code, out, err = call(capsys, [*argv, "--out", str(tmp_path / "run")] if "train" in argv
+                          else argv)
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    assert f"{flag}: error[E100]: {flag} sets " in err
+    assert "'tiny.cfg' is a classifier (its metrics are top-1/top-5 accuracy): nothing would " \
+        "read it" in err and f"help: leave {flag} out (it is for detectors" in err
+    assert "top-1" not in out and "load" not in err  # refused before the weights are read
+
+
 def test_valid_without_a_validation_split_gives_a_hint_for_that_kind_of_data(work, capsys,
                                                                            monkeypatch):
     """The hint was "add a val/ folder or a valid= list" for every source, a .csv included,

@@ -243,8 +243,8 @@ ERRORS = [
     (NET + "[convolutonal]\n", [("E201", 5, 2)]),
     (NET + "[ Conv ]\n", [("E201", 5, 3)]),
     (NET + "[convolutional]\nfilters=abc\n", [("E202", 6, 9)]),
-    (NET + "[convolutional]\nfilters = 1_000\n", [("E202", 6, 11)]),
-    (NET + "[route]\nlayers=-1,x\n", [("E202", 6, 8)]),
+    (NET + "[convolutional]\nfilters = 1_000\n", [("E202", 6, 12)]),
+    (NET + "[route]\nlayers=-1,x\n", [("E202", 6, 11)]),
     (NET + "[convolutional]\nsize=-3\n", [("E203", 6, 6)]),
     (NET + "[convolutional]\n\tsize = 0\n", [("E203", 6, 9)]),
     ("[net]\nlearning_rate=1e999\n", [("E203", 2, 15)]),
@@ -520,3 +520,99 @@ def test_yaml_aliases_that_repeat_long_sections_are_refused(tmp_path):
         parse(str(path))
     assert err.value.first.format().startswith(
         f"{path}:1:1: error[E108]: these values expand to 18,114,073 characters through YAML")
+
+
+# -- non-ASCII spaces and invisible characters (E109) -------------------------------------------
+@pytest.mark.parametrize("line, col, name", [
+    ("filters=\u00a016", 9, "no-break space U+00A0"),  # pasted from a web page
+    ("filters\u00a0=16", 8, "no-break space U+00A0"),
+    ("activation=leaky\u2003", 17, "em space U+2003"),
+    ("filters=16\u3000", 11, "ideographic space U+3000"),
+    ("filters=1\u200b6", 10, "zero width space U+200B"),
+    ("\ufeffsize=3", 1, "zero width no-break space (a byte order mark) U+FEFF"),
+])
+def test_non_ascii_spaces_are_located_errors(line, col, name):
+    """Python's str.split() dropped most of these silently (filters=<U+00A0>16 read as 16),
+    and the zero-width space gave an E202 showing '1​6'; Darknet's strip() removes only ASCII
+    whitespace and reads something else (atoi gives 0, an unknown key or activation)."""
+    err = error_of(NET + "[convolutional]\n" + line + "\nsize=3\n")
+    (d,) = err.errors
+    assert (d.code, d.line, d.column) == ("E109", 6, col)
+    assert d.message.startswith(f"{name} in an option line: Darknet does not remove it")
+    text = d.format()
+    assert "\u2423" in text.splitlines()[2]  # shown, where the caret points
+    assert "help: delete it or type an ordinary space" in text
+
+
+def test_non_ascii_spaces_elsewhere():
+    """A header, a blank line and a BOM in the middle of a file (two files concatenated);
+    comments and the text after an inline '#' may hold them; each line is reported once and
+    the rest of the file is still read."""
+    text = ("[net]\nwidth=8\n\u00a0\nheight=8\nchannels=3\n# caf\u00e9\u00a0au lait\n"
+            "\ufeff[convolutional]\u00a0\nfilters=4 # x\u00a0y\nsize=3\u00a0\u00a0\nstride=x\n")
+    err = error_of(text)
+    assert located(err.errors) == [("E109", 3, 1), ("E109", 7, 1), ("E109", 9, 7),
+                                   ("E202", 10, 8)]
+    messages = [d.message for d in err.errors]
+    assert "in a blank line" in messages[0] and "in a section header" in messages[1]
+    assert "(2 in it)" in messages[2]
+    ok = parse(NET + "# caf\u00e9\u00a0au lait\n[convolutional]\nfilters=4 # x\u00a0y\nsize=3\n")
+    assert ok[1].int("filters") == 4
+
+
+def test_non_ascii_spaces_in_yaml(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("- net: {width: 32, height: 32, channels: 3}\n"
+                    "- convolutional:\n    filters\u00a0: 16\n    activation: [lea\u200bky]\n",
+                    encoding="utf-8")
+    with pytest.raises(CfgError) as err:
+        parse(str(path))
+    assert located(err.value.errors) == [("E109", 3, 12), ("E109", 4, 21)]
+
+
+# -- text after a number (E202 at the text) ------------------------------------------------------
+@pytest.mark.parametrize("line, col, width, message, hint", [
+    ("height=32;h", 10, 2, "'height' must be an integer, got '32;h': ';h' follows the number 32",
+     "write height=32 (Darknet's atoi stops at ';' and reads 32; a note goes after a '#')"),
+    ("height = 3 2 abc", 14, 3, "got '32abc': 'abc' follows the number 32", "write height=32 "),
+    ("learning_rate=0.001x", 20, 1, "got '0.001x': 'x' follows the number 0.001",
+     "write learning_rate=0.001 (Darknet's atof stops at 'x'"),
+    ("steps=100,200x,300", 14, 1, "got '100,200x,300': 'x' follows the number 200",
+     "write 200 there"),
+    ("steps=100,abc", 11, 3, "got '100,abc': 'abc' is not an integer", "write steps=1,2,3"),
+    ("width=abc", 7, 3, "'width' must be an integer, got 'abc'",
+     "write width=<integer> (Darknet's atoi would read 'abc' as 0)"),
+])
+def test_text_after_a_number_is_pointed_at(line, col, width, message, hint):
+    """`height=32;h` was E202 with the caret under the whole value and the hint
+    'write height=<integer>'; it now points at ';h' and says what Darknet reads."""
+    err = error_of("[net]\nwidth=8\nchannels=3\n" + line + "\n")
+    (d,) = err.errors
+    assert (d.code, d.line, d.column, d.span) == ("E202", 4, col, width)
+    assert message in d.message and d.hint.startswith(hint)
+
+
+# -- YAML 1.2 booleans: yes/no/on/off are text ---------------------------------------------------
+def test_yaml_on_off_yes_no_are_read_as_written(tmp_path):
+    """YAML 1.1 (PyYAML's default) read `activation: on` as True, i.e. the cfg value '1' (E204
+    "unknown activation '1'"), and a settings.yaml override `x: no` as False ('x=False' on the
+    next --set). Only true/false are booleans now (YAML 1.2's core schema)."""
+    from cfgparse.yaml_io import load_yaml
+    from darkcfg.train.outputs import read_settings
+
+    path = tmp_path / "m.yaml"
+    path.write_text("- net: {width: 32, height: 32, channels: 3, flip: true}\n"
+                    "- convolutional: {filters: 8, size: 3, activation: on}\n")
+    with pytest.raises(CfgError) as err:
+        parse(str(path))
+    assert err.value.first.message == "unknown activation 'on'"
+    path.write_text("- net: {width: 32, height: 32, channels: 3, flip: false}\n"
+                    "- maxpool: {size: 2, stride: 2, antialiasing: False}\n"
+                    "- cost: {type: sse}\n")
+    blocks = parse(str(path))
+    assert (blocks[0].int("flip"), blocks[1].int("antialiasing")) == (0, 0)
+    data, _ = load_yaml("names: [no, yes, on, off, y, n, true, FALSE]\n", "d.yaml", "")
+    assert data["names"] == ["no", "yes", "on", "off", "y", "n", True, False]
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("cfg: m.cfg\noverrides:\n  convolutional.activation: on\n  x: no\n")
+    assert read_settings(settings)["overrides"] == {"convolutional.activation": "on", "x": "no"}

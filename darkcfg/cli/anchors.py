@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from builders.atomic import check_writable
+    from builders.atomic import check_editable, check_writable
     from darkcfg.data.detection import anchors as fit
     from darkcfg.model import build_network
 
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     require_png("--plot", plot)
     check_writable(plot, "--plot")
     if args.write:  # the edited cfg is written beside the file a link points at
-        check_writable(Path(args.cfg).resolve(), "the cfg (--write)")
+        check_editable(Path(args.cfg).resolve(), "the cfg (--write)")
     relative, description, images = fit.data_boxes(net, args.data, args.seed, args.classes)
     refuse_plot_over_images("--plot", plot, images)
     boxes, dropped = fit.scaled(relative, width, height)
@@ -142,19 +142,35 @@ def current_anchors(block) -> np.ndarray:
 def write_anchors(cfg_path: str, net, heads: list[int], anchors: np.ndarray, width: int) -> None:
     """Edit the cfg file in place: anchors (and num, masks, the feeding filters when the count
     changes) in every anchored head; the new text is linted before it replaces the file."""
-    from builders.atomic import atomic_write
-    from cfgparse import edit, parse_text
-    from cfgparse.rules import MASKED_HEADS, as_list, head_input, value
-    from darkcfg.data.detection.anchors import cfg_anchors_value, split_masks
+    from builders.atomic import check_editable, locked_for_edit
 
     path = Path(cfg_path)
     if path.suffix.lower() in (".yaml", ".yml"):
         raise CfgError(Diagnostic("E901", "--write edits .cfg text, not YAML", cfg_path,
                                   hint="copy the printed anchors into the YAML by hand"))
-    data = path.read_bytes()
+    target = path.resolve()  # through a link to the file it names (see below)
+    # read, edit, check and replace under a lock on the cfg: a second --write at the same
+    # time waits and then edits this one's result (its own edit is not lost either)
+    with locked_for_edit(target, "the cfg (--write)") as data:
+        check_editable(target, "the cfg (--write)")  # made read-only since the start?
+        changes = _write_locked(data, target, cfg_path, net, heads, anchors, width)
+    edited = len({(id(b), key) for b, key, _ in changes})
+    print(f"wrote {cfg_path}: {edited} value(s) in {len(heads)} head(s) "
+          f"(checked: no errors)", file=sys.stderr)
+
+
+def _write_locked(data: bytes, target: Path, cfg_path: str, net, heads: list[int],
+                  anchors: np.ndarray, width: int) -> list:
+    """write_anchors' edit of the cfg bytes `data` (read under its lock), checked, written to
+    `target`; returns the changes."""
+    from builders.atomic import atomic_write
+    from cfgparse import edit, parse_text
+    from cfgparse.rules import MASKED_HEADS, as_list, head_input, value
+    from darkcfg.data.detection.anchors import cfg_anchors_value, split_masks
+
     bom = data.startswith(b"\xef\xbb\xbf")  # parse_text reads the text without it
     text = data[3 if bom else 0:].decode()
-    blocks = list(parse_text(text, str(path)))
+    blocks = list(parse_text(text, str(Path(cfg_path))))
     k = len(anchors)
     strides = [net.input_shape.w / max(net.meta[i].input.w, 1) for i in heads]
     masks = split_masks(k, strides)
@@ -183,7 +199,7 @@ def write_anchors(cfg_path: str, net, heads: list[int], anchors: np.ndarray, wid
                 hint=f"set {need.feeding_key}={new_need} in the layer that feeds it").format(),
                 file=sys.stderr)
     new_text = edit(text, changes)
-    problems = lint_text(new_text, path)
+    problems = lint_text(new_text, Path(cfg_path))
     if problems:
         for d in problems:
             print(d.format(), file=sys.stderr)
@@ -191,13 +207,10 @@ def write_anchors(cfg_path: str, net, heads: list[int], anchors: np.ndarray, wid
                                   "with these anchors", cfg_path,
                                   hint="fix the problems above (or use the printed anchors "
                                   "by hand)"))
-    # through a link to the file it names (an atomic rename onto the link would replace the
-    # link and leave the cfg it points at as it was)
-    atomic_write(path.resolve(), (b"\xef\xbb\xbf" if bom else b"") + new_text.encode(),
-                 sweep=True)
-    edited = len({(id(b), key) for b, key, _ in changes})
-    print(f"wrote {cfg_path}: {edited} value(s) in {len(heads)} head(s) "
-          f"(checked: no errors)", file=sys.stderr)
+    # to the file a link names (an atomic rename onto the link would replace the link and
+    # leave the cfg it points at as it was)
+    atomic_write(target, (b"\xef\xbb\xbf" if bom else b"") + new_text.encode(), sweep=True)
+    return changes
 
 
 def lint_text(text: str, path: Path) -> list[Diagnostic]:

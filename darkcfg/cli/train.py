@@ -35,7 +35,7 @@ def add_data_arguments(p) -> None:
 
 
 def add_map_points(p) -> None:
-    p.add_argument("--map-points", type=int, choices=(0, 11, 101), default=0, metavar="N",
+    p.add_argument("--map-points", type=int, choices=(0, 11, 101), default=None, metavar="N",
                    help="detectors' AP: 0 all-point (default, Darknet's), 11 (VOC2007), 101")
 
 
@@ -51,7 +51,7 @@ def add_schedule_arguments(p) -> None:
                    help="checkpoint + <cfg>_last.weights every N iterations (100)")
     p.add_argument("--valid-every", type=int, default=None, metavar="N",
                    help="validate every N iterations (default: 4 times per run; 0: never)")
-    p.add_argument("--darknet-build", choices=("opencv", "native"), default="opencv",
+    p.add_argument("--darknet-build", choices=("opencv", "native"), default=None,
                    help="detectors: augment as Darknet built with OpenCV does (default, the "
                    "usual build) or as one built without it (OPENCV=0: edge-repeating pad, "
                    "align-corners resize, float HSV; no blur, noise or mosaic)")
@@ -95,8 +95,11 @@ def run_options(model: ModelSpec, args, schedule: bool = False):
         explicit_seed=arg("seed") is not None,
         max_memory=arg("max_memory"), force=arg("force", False),
         deterministic=arg("deterministic", False),
-        map_points=arg("map_points", 0), partial=model.partial,
-        darknet_build=arg("darknet_build", "opencv"))
+        map_points=arg("map_points") or 0, partial=model.partial,
+        darknet_build=arg("darknet_build") or "opencv",
+        given=tuple(flag for flag, name in (("--map-points", "map_points"),
+                                            ("--darknet-build", "darknet_build"))
+                    if arg(name) is not None))
     if schedule:
         valid_every = arg("valid_every")
         opts.schedule = Schedule(checkpoint_every=args.checkpoint_every,

@@ -56,6 +56,8 @@ class DetectionTask(Task):
     last: DetectionMetrics | None = field(default=None, repr=False)  # the last validation
 
     name: ClassVar[str] = "detect"
+    kind: ClassVar[str] = "a detector"
+    flags: ClassVar[tuple[str, ...]] = ("--map-points", "--darknet-build")
     metrics: ClassVar[tuple[str, ...]] = ("val_map50", "val_map50_95", "val_precision",
                                           "val_recall", "val_f1", "val_avg_iou")
     best: ClassVar[str] = "val_map50"

@@ -88,6 +88,9 @@ class RunOptions:
     force: bool = False  # train even when the estimate is over max_memory
     deterministic: bool = False  # the same bits on CUDA too (make_deterministic)
     partial: bool = False  # --weights may leave tensors unfilled (transfer learning)
+    # the task-specific options given on the command line (--map-points, --darknet-build):
+    # refused when the network's task does not read them (refuse_unread_options)
+    given: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Values no run can use are refused here, whichever command built the options."""
@@ -110,6 +113,23 @@ class RunOptions:
             raise option_error("--resume", "--resume and --weights both set the weights",
                                "--resume continues a run (its checkpoint has the weights); "
                                "--weights starts a new one: pass one of them")
+
+
+#: what each task-specific option sets, for the refusal of one the task does not read
+TASK_OPTIONS = {"--map-points": "the AP interpolation of detectors' mAP",
+                "--darknet-build": "whose augmentation detectors train with"}
+
+
+def refuse_unread_options(opts: RunOptions, task: Task) -> None:
+    """E100 at a task-specific option the network's task does not read (`--map-points` on a
+    classifier was silently ignored)."""
+    for flag in opts.given:
+        if flag not in task.flags:
+            what = TASK_OPTIONS.get(flag, "a setting of another kind of network")
+            raise option_error(flag, f"{flag} sets {what}, but '{Path(opts.cfg_path).name}' is "
+                               f"{task.kind}: nothing would read it",
+                               f"leave {flag} out (it is for detectors: [yolo], [region], "
+                               "[detection] heads)")
 
 
 def check_memory(opts: RunOptions, device: torch.device) -> tuple[int, int] | None:
@@ -294,6 +314,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                                   "needs a stop", "max_batches",
                                   hint="set max_batches=N in [net] or pass --set max_batches=N")
     task = task_for(net, cfg)
+    refuse_unread_options(opts, task)
     task.use_options(opts)
     task.check_training(net)
     splits = task.open_data(opts.data, opts.seed, opts.classes)
@@ -431,12 +452,13 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
 def prepare_eval(opts: RunOptions):
     dist, device = distributed.Dist(), pick_device(opts.device)
     net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    task = task_for(net, cfg)
+    refuse_unread_options(opts, task)  # before the weights are read
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial))
     else:  # as detect says: scores of untrained weights are easily taken for a model's
         say(f"warning: no --weights: the initial weights of seed {opts.seed} (the scores are "
             "chance)")
-    task = task_for(net, cfg)
     task.use_options(opts)
     trainer = Trainer(net, cfg, device, dist=dist, amp=opts.amp, task=task)
     return trainer, cfg

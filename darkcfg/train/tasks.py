@@ -66,6 +66,10 @@ class Task:
     heads: tuple[int, ...] = ()  # indices of the loss layers (Network.loss_layers)
 
     name: ClassVar[str] = "task"  # settings.yaml's `task`
+    kind: ClassVar[str] = "a network without a known task"  # what the network is, for messages
+    #: command-line flags only this kind of task reads (session.refuse_unread_options refuses
+    #: them for the others, instead of ignoring them)
+    flags: ClassVar[tuple[str, ...]] = ()
     #: validation metrics, in metrics.csv order; `best` is the one "best" weights follow
     metrics: ClassVar[tuple[str, ...]] = ("val_loss",)
     best: ClassVar[str] = "val_loss"
@@ -227,6 +231,7 @@ class ClassifyTask(Task):
     label_smooth_eps: float = 0.0
 
     name = "classify"
+    kind = "a classifier (its metrics are top-1/top-5 accuracy)"
     metrics = ("val_top1", "val_top5", "val_loss")
     best = "val_top1"
     higher_is_better = True
@@ -296,6 +301,7 @@ class RegressTask(Task):
     """Vectors against [cost] (or [logistic]) heads: best = lowest validation loss."""
 
     name = "regress"
+    kind = "a regressor (its metric is the loss)"
 
     def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
         check_classes_option(classes, spec)

@@ -19,30 +19,19 @@ the sizes of an uninterrupted one.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from cfgparse.rules import multiscale_coef, multiscale_dims
 from darkcfg.data.draws import rand_scale
 
 PERIOD = 10  # iterations between size changes (Darknet's `count++ % 10 == 0`)
 _STREAM = 0x5CA1E  # keeps these draws apart from the per-sample ones
 
 
-def _roundl(v: float) -> int:
-    """C roundl: half away from zero."""
-    return int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
-
-
 def scale_dims(r: float, init_w: int, init_h: int, step: int) -> tuple[int, int]:
-    """(w, h) for the factor `r` (Darknet's formula, +1-step bias included)."""
-    def one(init: int) -> int:
-        dim = _roundl(r * init / step + 1) * step
-        if r < 1 and dim > init:
-            dim = init
-        return max(dim, step)
-
-    return one(init_w), one(init_h)
+    """(w, h) for the factor `r` (Darknet's formula, +1-step bias included: the rule is
+    cfgparse.rules.multiscale_dims)."""
+    return multiscale_dims(r, init_w, init_h, step)
 
 
 def training_size(iteration: int, init_w: int, init_h: int, random: float, seed: int,
@@ -52,7 +41,7 @@ def training_size(iteration: int, init_w: int, init_h: int, random: float, seed:
     the size stays (init_w, init_h)); `resize_step` is [net] resize_step."""
     if not random:
         return init_w, init_h
-    coef = 1.4 if random == 1 else float(random)
+    coef = multiscale_coef(random)
     step = max(int(resize_step), 1)
     period = iteration // PERIOD
     start = period * PERIOD
@@ -68,7 +57,7 @@ def possible_dims(init_w: int, init_h: int, random: float, resize_step: int = 32
     """Every (width, height) multi-scale can give (one `r` for both sides), smallest first."""
     if not random:
         return [(init_w, init_h)]
-    coef = 1.4 if random == 1 else float(random)
+    coef = multiscale_coef(random)
     lo, hi = min(coef, 1 / coef), max(coef, 1 / coef)
     step = max(int(resize_step), 1)
     return sorted({scale_dims(float(r), init_w, init_h, step)
