@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from cfgparse import Block, CfgError, Diagnostic, schema
+from cfgparse.assembly import odd_space_diagnostic, odd_spaces
 from cfgparse.errors import did_you_mean
 from cfgparse.rules import net_rules
 
@@ -227,6 +228,13 @@ def apply_overrides_to_blocks(blocks: list[Block], assignments: Iterable[str]
 
 
 def split_assignment(text: str) -> tuple[str, str]:
+    """(KEY, VALUE) of `--set KEY=VALUE`. A non-ASCII space or invisible character in it is
+    E109 as in a cfg file: str.split() would drop it silently, Darknet would keep it."""
+    odd = odd_spaces(text)
+    if odd:
+        where = "a --set key" if odd[0] < text.find("=") or "=" not in text else \
+            "a --set value"
+        raise CfgError(odd_space_diagnostic(text, odd, where, f"--set {text}", 0, 0, ""))
     key, eq, raw = text.partition("=")
     key = key.strip()
     if not eq or not key:

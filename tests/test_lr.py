@@ -143,6 +143,29 @@ def test_set_errors_hint_at_what_was_meant(setting, hint):
     assert hint in err.value.first.hint, err.value.first.format()
 
 
+@pytest.mark.parametrize("setting, where", [
+    ("width=\u00a0416", "no-break space U+00A0 in a --set value"),
+    ("width=416\u2003", "em space U+2003 in a --set value"),
+    ("width=4\u200b16", "zero width space U+200B in a --set value"),
+    ("wid\u200bth=416", "zero width space U+200B in a --set key"),
+    ("\u00a0width=416", "no-break space U+00A0 in a --set key"),  # str.strip() dropped it
+    ("convolutional.size=\u30003", "ideographic space U+3000 in a --set value"),
+])
+def test_set_values_with_non_ascii_spaces_are_e109(setting, where):
+    """str.split() dropped these silently (width=<U+00A0>416 set 416) while the same text in a
+    cfg file is E109: a --set goes through the same rule, located at the --set."""
+    from darkcfg.config import apply_overrides_to_blocks
+
+    blocks = parse("[net]\nwidth=4\nheight=4\nchannels=1\n[convolutional]\nfilters=2\n")
+    with pytest.raises(CfgError) as err:
+        apply_overrides_to_blocks(list(blocks), [setting])
+    d = err.value.first
+    assert (d.code, d.path, d.line) == ("E109", f"--set {setting}", 0)
+    assert d.message.startswith(f"{where}") and "Darknet does not remove it" in d.message
+    assert d.hint.startswith("delete it or type an ordinary space")
+    assert apply_overrides_to_blocks(list(blocks), ["width = 416\t"])[1] == {"width": "416"}
+
+
 # -- the update ---------------------------------------------------------------------------------
 REGRESSOR = """
 [net]
