@@ -361,6 +361,90 @@ def test_detection_options_on_a_classifier_are_refused(work, capsys, monkeypatch
     assert "top-1" not in out and "load" not in err  # refused before the weights are read
 
 
+@pytest.mark.parametrize("flags, flag, message, hint", [
+    (["--map-points", "101"], "--map-points",  # no step at all: not "nothing to do"
+     "--map-points is read by --train or --valid, neither of which is given",
+     "add --train (or --valid), or drop --map-points"),
+    (["--summary", "--thresh", "0.3"], "--thresh",
+     "--thresh is read by --detect or --export --decode --nms, neither of which is given",
+     "add --detect IMG_OR_DIR... (or --export --decode --nms), or drop --thresh"),
+    (["--train", "--nms", ".5"], "--nms", "--nms is read by --detect or --export --decode", ""),
+    (["--summary", "--names", "n.txt"], "--names", "--names is read by --detect, which", ""),
+    (["--summary", "--letter-box"], "--letter-box", "--letter-box is read by --detect", ""),
+    (["--train", "--save-labels"], "--save-labels", "--save-labels is read by --detect", ""),
+    (["--summary", "--top", "3"], "--top", "--top is read by --predict, which is not given",
+     "add --predict IMG_OR_DIR..., or drop --top"),
+    (["--summary", "--top", "5"], "--top", "--top is read by --predict", ""),  # the default
+    (["--train", "--calib-images", "8"], "--calib-images",
+     "--calib-images is read by --export --int8, which is not given",
+     "add --export MODEL.onnx|MODEL.pt2 --int8, or drop --calib-images"),
+    (["--valid", "--freeze", "2"], "--freeze", "--freeze is read by --train, which", ""),
+    (["--valid", "--max-memory", "8G"], "--max-memory", "--max-memory is read by --detect or "
+     "--train", ""),
+    (["--train", "--format", "json"], "--format", "--format is read by --summary or --valid", ""),
+    (["--emit", "m.py", "--out", "d"], "--out", "--out is read by --detect or --train", ""),
+    (["--summary", "--input", "x.npy"], "--input",
+     "--input is read by --dump-outputs or --detections", ""),
+    (["--summary", "--weights", "W"], "--weights",
+     "--weights is read by every step but --summary and --plot-lr: here nothing reads it", ""),
+])
+def test_a_flag_no_planned_step_reads_is_an_error_at_the_flag(flags, flag, message, hint):
+    """The flag form planned the steps it was asked for and silently dropped the options of
+    steps it was not (`runner.py CFG --summary --thresh 0.3`, `--map-points 101` alone was
+    "nothing to do"); a value equal to the default (`--top 5`) counts as given."""
+    from cfgparse import CfgError
+
+    with pytest.raises(CfgError) as err:
+        planned(["det.cfg", *flags])
+    d = err.value.first
+    assert (d.code, d.path) == ("E100", flag) and d.message.startswith(message), d.format()
+    assert d.hint.startswith(hint or "add ") and d.hint.endswith(f"drop {flag}")
+
+
+#: the options above with a step that reads them
+READ = [
+    ["--valid", "--map-points", "101"], ["--train", "--map-points", "11"],
+    ["--detect", "a.jpg", "--thresh", ".3", "--nms", ".5", "--names", "n.txt", "--letter-box",
+     "--save-labels", "--out", "o"],
+    ["--predict", "a.png", "--top", "3"], ["--valid", "--format", "json", "--data", "d"],
+    ["--export", "m.onnx", "--int8", "--calibrate", "embedded", "--calib-images", "8"],
+    ["--export", "m.onnx", "--decode", "--nms", "--thresh", ".3", "--input-size", "32x32"],
+    ["--weights", "W", "--input", "x.npy", "--dump-outputs", "o.npz", "--all-layers"],
+    ["--summary", "--plot-lr", "lr.png", "--format", "json", "--seed", "3"],
+]
+
+
+def test_unread_flags_through_the_command_line(work, capsys, monkeypatch):
+    """Exit 2, every unread flag located, nothing run; with no step at all the flag says what
+    it was for (not "nothing to do"), unless only model options were given. With a step that
+    reads them they plan."""
+    assert all(planned(["det.cfg", *flags]) for flags in READ)
+    monkeypatch.chdir(work)
+    code, out, err = call(capsys, ["det.cfg", "--summary", "--thresh", "0.3", "--top", "3"])
+    assert code == 2 and out == "" and "Traceback" not in err
+    lines = sorted(err.splitlines())
+    assert lines[0].startswith("--thresh: error[E100]: --thresh is read by --detect")
+    assert lines[1].startswith("--top: error[E100]: --top is read by --predict")
+    assert lines[2].startswith("help: add --detect") and lines[3].startswith("help: add --predict")
+    code, _, err = call(capsys, ["det.cfg", "--thresh", "0.3"])
+    assert code == 2 and err.startswith("--thresh: error[E100]: --thresh is read by --detect")
+    code, _, err = call(capsys, ["det.cfg", "--weights", "det.weights"])
+    assert code == 2 and "nothing to do" in err
+    with pytest.raises(SystemExit) as stop:  # the subcommand: an option it does not take
+        darkcfg(["valid", "det.cfg", "--thresh", "0.3"])
+    assert stop.value.code == 2
+    assert "unrecognized arguments: --thresh 0.3" in capsys.readouterr().err
+
+
+def test_a_flag_forms_default_valued_thresh_alone_with_export_is_the_exports():
+    """`--export m.onnx --thresh 0.25` (the default's value) was dropped as if not typed; the
+    export then refuses it without --decode --nms, as it does --thresh 0.3."""
+    (step,) = planned(["det.cfg", "--export", "m.onnx", "--thresh", "0.25"])
+    assert step[1].thresh == 0.25
+    (step,) = planned(["det.cfg", "--export", "m.onnx"])
+    assert step[1].thresh is None
+
+
 def test_valid_without_a_validation_split_gives_a_hint_for_that_kind_of_data(work, capsys,
                                                                            monkeypatch):
     """The hint was "add a val/ folder or a valid= list" for every source, a .csv included,

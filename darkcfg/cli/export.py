@@ -104,7 +104,9 @@ def options_from(model: ModelSpec, out: str, args) -> ExportOptions:
         # is the one step that reads them
         flag = "--export"
         detects = bool(args.detect or args.detections)
-        if args.nms is None and (detects or thresh == DEFAULT_THRESH):
+        given = getattr(args, "given", None)  # the flag form's parser says what was typed
+        typed = "thresh" in given if given is not None else thresh != DEFAULT_THRESH
+        if args.nms is None and (detects or not typed):
             thresh = None
         if not args.int8 and (args.train or args.valid or args.predict):
             classes = None

@@ -17,6 +17,7 @@ the same functions as `darkcfg train|valid|predict|detect|export|emit|summary|we
     python runner.py CFG [--weights W] --emit M.py
     torchrun --standalone --nproc-per-node N runner.py CFG --train ...
 
+An option that none of the steps asked for reads (`--thresh` without --detect) is E100 at it.
 Bad input (cfg, overrides, data) prints located diagnostics and exits 2; never a traceback.
 See docs/commands.md for each flag line and its subcommand.
 """
@@ -28,8 +29,33 @@ import importlib
 import sys
 from pathlib import Path
 
+from cfgparse import CfgError, Diagnostic
 from cfgparse.usage import CommandParser
 from darkcfg.cli.common import add_model_arguments, guarded, model_spec, usage_error
+
+#: the flags that ask for each step (the subcommand of the same name), in the order they run
+STEPS = {"summary": ("--summary", "--plot-lr"), "weights": ("--save-weights", "--dump-outputs"),
+         "detect": ("--detect", "--detections"), "emit": ("--emit",), "export": ("--export",),
+         "train": ("--train",), "valid": ("--valid",), "predict": ("--predict",)}
+
+
+class FlagParser(CommandParser):
+    """The flag form's parser: the namespace also holds `given`, the dests of the options the
+    command line gave (a value equal to the default is still given: `--top 5` without
+    --predict is as unread as `--top 3`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        defaults = [(action, action.default) for action in self._actions]
+        try:  # again with no defaults: what is left is what the line gave
+            for action, _ in defaults:
+                action.default = argparse.SUPPRESS
+            given, _ = super().parse_known_args(args, None)
+        finally:
+            for action, default in defaults:
+                action.default = default
+        parsed.given = frozenset(vars(given))
+        return parsed, extras
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -38,7 +64,7 @@ def arg_parser() -> argparse.ArgumentParser:
     from darkcfg.cli.export import add_export_arguments, add_input_size
     from darkcfg.cli.train import add_data_arguments, add_map_points, add_schedule_arguments
 
-    p = CommandParser(
+    p = FlagParser(
         prog="darkcfg", description="Build, train and run Darknet .cfg models with PyTorch. "
         "The subcommands (darkcfg train|valid|predict|detect|export|emit|summary|weights|check "
         "CFG ...) take these same options; this is the flag form.",
@@ -137,11 +163,87 @@ def plan(args: argparse.Namespace) -> list[tuple[str, object]]:
         if args.predict:
             steps.append(("predict", predict.PredictOptions(run, tuple(args.predict),
                                                             args.top)))
+    refuse_unread_options(args, [name for name, _ in steps])
     if not steps:
         raise usage_error("nothing to do: pass --train, --valid, --predict, --summary, --check, "
                           "--plot-lr, --save-weights, --dump-outputs, --detect, --export or "
                           "--emit (see --help)", hint="or a subcommand: darkcfg --help")
     return steps
+
+
+def refuse_unread_options(args: argparse.Namespace, planned: list[str]) -> None:
+    """E100 at each option given that no planned step reads (`--thresh 0.3` without --detect
+    was silently ignored): a step reads the options of its subcommand (`darkcfg detect --help`).
+    With no step at all, the model options (--weights, --set, ...) are left to the "nothing to
+    do" error."""
+    given = getattr(args, "given", None)
+    if given is None:  # a namespace that arg_parser() did not make
+        return
+    parser = arg_parser()
+    readers = steps_reading()
+    model = CommandParser()
+    add_model_arguments(model)
+    problems = []
+    for action in parser._actions:
+        if action.dest not in given or not action.option_strings:
+            continue
+        flag = max(action.option_strings, key=len)
+        steps = readers.get(flag, [])
+        if any(step in planned for step in steps) or (
+                not planned and flag in model._option_string_actions):
+            continue
+        problems.append(unread_diagnostic(flag, steps, parser))
+    if problems:
+        raise CfgError(problems)
+
+
+def steps_reading() -> dict[str, list[str]]:
+    """{flag: the steps that read it}: a step reads the flags that ask for it and the options
+    of its subcommand (not --out for emit and export: the flag form's file is the value of
+    --emit/--export)."""
+    readers: dict[str, list[str]] = {}
+    for name, flags in STEPS.items():
+        sub = importlib.import_module(f"darkcfg.cli.{name}").arg_parser()
+        options = set(sub._option_string_actions) | set(flags)
+        if name in ("emit", "export"):
+            options.discard("--out")
+        for flag in options:
+            readers.setdefault(flag, []).append(name)
+    return readers
+
+
+#: how a message names a step for one of its options, where the step's first flag is not the
+#: one that reads it (or reads it only with others)
+NAMED = {("--thresh", "export"): "--export --decode --nms",
+         ("--nms", "export"): "--export --decode",
+         **{(flag, "export"): "--export --int8" for flag in ("--calibrate", "--calib-images",
+                                                              "--keep-fp32", "--classes")},
+         ("--input", "weights"): "--dump-outputs", ("--input", "detect"): "--detections",
+         ("--all-layers", "weights"): "--dump-outputs"}
+
+
+def unread_diagnostic(flag: str, steps: list[str], parser: argparse.ArgumentParser
+                      ) -> Diagnostic:
+    """E100 at `flag`: which step reads it, with the hint to add it or drop the flag."""
+    names = [NAMED.get((flag, step), STEPS[step][0]) for step in steps]
+    if not names:  # (every option is some step's; kept for an option added without one)
+        return Diagnostic("E100", f"{flag} is read by no step of the flag form", flag,
+                          hint=f"drop {flag}")
+    if len(names) == len(STEPS) - 1:  # --weights, --cutoff, --partial: all steps but one
+        (but,) = [" and ".join(flags) for step, flags in STEPS.items() if step not in steps]
+        return Diagnostic("E100", f"{flag} is read by every step but {but}: here nothing "
+                          "reads it", flag,
+                          hint=f"add the step that uses it ({', '.join(names)}), or drop {flag}")
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    which = "which is not given" if len(names) == 1 else \
+        "neither of which is given" if len(names) == 2 else "none of which is given"
+    trigger, *rest = names[0].split(" ", 1)
+    action = parser._option_string_actions[trigger]
+    first = trigger + (f" {action.metavar}" if action.metavar else "") + (
+        "..." if action.nargs == "+" else "") + (f" {rest[0]}" if rest else "")
+    others = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
+    return Diagnostic("E100", f"{flag} is read by {listed}, {which}", flag,
+                      hint=f"add {first}{others}, or drop {flag}")
 
 
 def execute(steps: list[tuple[str, object]]) -> int:
