@@ -436,6 +436,39 @@ def test_unread_flags_through_the_command_line(work, capsys, monkeypatch):
     assert "unrecognized arguments: --thresh 0.3" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, flag, reader", [
+    (["weights", "tiny.cfg", "--weights", "tiny.weights", "--save-weights", "o.weights",
+      "--input", "x.npy"], "--input", "--dump-outputs"),
+    (["weights", "tiny.cfg", "--weights", "tiny.weights", "--save-weights", "o.weights",
+      "--all-layers"], "--all-layers", "--dump-outputs"),
+    (["detect", "det.cfg", "imgs", "--input", "xd.npy", "--out", "dets"], "--input",
+     "--detections"),
+    (["tiny.cfg", "--weights", "tiny.weights", "--save-weights", "o.weights", "--input",
+      "x.npy"], "--input", "--dump-outputs or --detections"),
+    (["det.cfg", "--detect", "imgs", "--input", "xd.npy", "--out", "dets"], "--input",
+     "--dump-outputs or --detections"),
+])
+def test_an_option_its_step_reads_only_with_another_is_refused_without_it(
+        work, capsys, monkeypatch, argv, flag, reader):
+    """`weights --save-weights O --input X` wrote O and never read X; `--all-layers` without
+    --dump-outputs and `detect IMGS --input X` without --detections went on the same way."""
+    monkeypatch.chdir(work)
+    code, _, err = call(capsys, argv)
+    assert code == 2 and err.startswith(f"{flag}: error[E100]: {flag} is read by {reader}"), err
+    assert f"or drop {flag}" in err
+    assert not (work / "o.weights").exists() and not (work / "dets").exists()
+
+
+def test_the_flag_forms_input_goes_to_the_step_that_reads_it():
+    """--input serves --dump-outputs and --detections: each step gets it only with its flag."""
+    steps = dict(planned(["det.cfg", "--weights", "W", "--save-weights", "o.weights",
+                          "--input", "x.npy", "--detections", "d.json"]))
+    assert steps["weights"].input is None and steps["detect"].input == "x.npy"
+    steps = dict(planned(["det.cfg", "--weights", "W", "--detect", "imgs", "--input", "x.npy",
+                          "--dump-outputs", "o.npz"]))
+    assert steps["weights"].input == "x.npy" and steps["detect"].input is None
+
+
 def test_a_flag_forms_default_valued_thresh_alone_with_export_is_the_exports():
     """`--export m.onnx --thresh 0.25` (the default's value) was dropped as if not typed; the
     export then refuses it without --decode --nms, as it does --thresh 0.3."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
@@ -147,9 +148,11 @@ def plan(args: argparse.Namespace) -> list[tuple[str, object]]:
             plot_lr=Path(args.plot_lr) if args.plot_lr else None)))
     if args.save_weights or args.dump_outputs:
         steps.append(("weights", weights.WeightsOptions(
-            model, args.save_weights, args.input, args.dump_outputs, args.all_layers)))
+            model, args.save_weights, args.input if args.dump_outputs else None,
+            args.dump_outputs, args.all_layers)))
     if args.detect or args.detections:
-        steps.append(("detect", detect.detect_options(model, args, args.detect)))
+        steps.append(("detect", replace(detect.detect_options(model, args, args.detect),
+                                        input=args.input if args.detections else None)))
     if args.emit:
         steps.append(("emit", emit.EmitOptions(model, args.emit, args.input_size, "--emit")))
     if args.export:
@@ -189,7 +192,12 @@ def refuse_unread_options(args: argparse.Namespace, planned: list[str]) -> None:
             continue
         flag = max(action.option_strings, key=len)
         steps = readers.get(flag, [])
-        if any(step in planned for step in steps) or (
+        if flag in READ_WITH:  # read by a step only with one of these flags
+            steps = [step for step in steps if READ_WITH[flag][step] in given]
+            if steps:
+                continue
+            steps = list(READ_WITH[flag])
+        elif any(step in planned for step in steps) or (
                 not planned and flag in model._option_string_actions):
             continue
         problems.append(unread_diagnostic(flag, steps, parser))
@@ -211,6 +219,10 @@ def steps_reading() -> dict[str, list[str]]:
             readers.setdefault(flag, []).append(name)
     return readers
 
+
+#: options a step reads only with another of its flags: {flag: {step: the dest of that flag}}
+READ_WITH = {"--input": {"weights": "dump_outputs", "detect": "detections"},
+             "--all-layers": {"weights": "dump_outputs"}}
 
 #: how a message names a step for one of its options, where the step's first flag is not the
 #: one that reads it (or reads it only with others)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from cfgparse import CfgError, Diagnostic
 from darkcfg.cli.common import (
     add_model_arguments,
     command_parser,
@@ -34,6 +35,11 @@ class WeightsOptions:
             raise usage_error("nothing to do: pass --save-weights OUT or --dump-outputs OUT.npz")
         if self.dump_outputs and not self.input:
             raise usage_error("--dump-outputs needs --input X.npy")
+        for flag, given in (("--input", self.input), ("--all-layers", self.all_layers)):
+            if given and not self.dump_outputs:  # --save-weights alone went on without them
+                raise CfgError(Diagnostic(
+                    "E100", f"{flag} is read by --dump-outputs, which is not given", flag,
+                    hint=f"add --dump-outputs OUT.npz, or drop {flag}"))
 
 
 def arg_parser():

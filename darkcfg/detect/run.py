@@ -276,6 +276,9 @@ def run_detect(opts: DetectOptions) -> None:
     if opts.detections and not opts.input:
         raise CfgError(Diagnostic("E100", "--detections needs --input X.npy", "<command line>",
                                   hint="or give IMAGE... files to detect in"))
+    if opts.input and not opts.detections:  # (the images were detected, the input not read)
+        raise CfgError(Diagnostic("E100", "--input is read by --detections, which is not given",
+                                  "--input", hint="add --detections OUT.json, or drop --input"))
     if not (opts.targets or opts.detections):
         raise CfgError(Diagnostic("E100", "nothing to detect in", "<command line>",
                                   hint="give images or folders, or --input X.npy "
