@@ -8,16 +8,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .graph import LayerInfo, Network, build
+    from .graph import InputError, LayerInfo, Network, build
     from .layer import Layer
     from .registry import SECTION_BUILDERS, BuildContext, NetInfo, Shape, register, register_section
 
-__all__ = ["SECTION_BUILDERS", "BuildContext", "Layer", "LayerInfo", "NetInfo", "Network",
-           "Shape", "build", "register", "register_section"]
+__all__ = ["SECTION_BUILDERS", "BuildContext", "InputError", "Layer", "LayerInfo", "NetInfo",
+           "Network", "Shape", "build", "register", "register_section"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("LayerInfo", "Network", "build"):
+    if name in ("InputError", "LayerInfo", "Network", "build"):
         from . import graph as module
     elif name == "Layer":
         from . import layer as module

@@ -195,3 +195,62 @@ def test_dump_outputs_takes_a_tensor_as_it_takes_an_array(tmp_path):
         assert t.files and all(np.array_equal(t[k], a[k]) for k in a.files)
     with pytest.raises(CfgError, match="E302"):  # the shape is still checked
         dump_outputs(net, torch.rand(3, 64, 64), tmp_path / "bad.npz")
+
+
+ROUTED = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\n"
+          "activation=leaky\n[maxpool]\nsize=2\nstride=2\n[upsample]\nstride=2\n[route]\n"
+          "layers=-1,0\n")
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_forward_on_the_wrong_input_names_the_shape_it_takes(grad):
+    """net(x) of the wrong rank, channels, layout or dtype failed deep inside torch (an
+    IndexError for a missing batch dimension, 'Given groups=1, weight of size ...'): now an
+    InputError (a ValueError, and a RuntimeError as torch's was) naming (N, C, H, W)."""
+    from builders import InputError
+
+    net = build(ROUTED).eval()
+    rgb = torch.rand(3, 32, 32)
+    cases = [(rgb, "got (3, 32, 32); add the batch dimension"),
+             (rgb[None, :1], "got (1, 1, 32, 32)"),
+             (rgb.permute(1, 2, 0)[None], "channels last? x.permute(0, 3, 1, 2)"),
+             ((rgb[None] * 255).to(torch.uint8), "got torch.uint8 (image bytes: x.float() / 255)")]
+    with torch.set_grad_enabled(grad):
+        for bad, says in cases:
+            with pytest.raises(InputError) as err:
+                net(bad)
+            assert says in str(err.value), err.value
+            assert isinstance(err.value, ValueError) and isinstance(err.value, RuntimeError)
+            if bad.dtype != torch.uint8:
+                assert "takes input of shape (N, 3, 32, 32)" in str(err.value)
+        with pytest.raises(TypeError, match=r"torch.Tensor of shape \(N, 3, 32, 32\), not "
+                           r"numpy.ndarray \(torch.from_numpy"):
+            net(rgb[None].numpy())
+        assert net(rgb[None])[0].shape == (1, 8, 32, 32)  # the right input still runs
+        assert net(torch.rand(1, 3, 64, 48))[0].shape == (1, 8, 64, 48)  # as another fitting size
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_size_the_layers_cannot_take_names_the_layer_and_the_cfg_size(grad):
+    """A 31x31 input reached the [route] as torch.cat's 'Sizes of tensors must match'; now the
+    layer, the size and the cfg's input, with torch's error kept as the cause."""
+    from builders import InputError
+
+    net = build(ROUTED).eval()
+    with torch.set_grad_enabled(grad), pytest.raises(InputError) as err:
+        net(torch.rand(2, 3, 31, 31))
+    message = str(err.value)
+    assert message.startswith("layer 3 [route] cannot run on a 31x31 (WxH) input: Sizes of "
+                              "tensors must match"), message
+    assert "The cfg's input is (N, 3, 32, 32)" in message
+    assert isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_collect_refuses_an_index_that_is_no_layer():
+    """collect=[99] ran the whole network, then a bare KeyError: 99; -1 the same."""
+    net = build(ROUTED).eval()
+    x = torch.rand(1, 3, 32, 32)
+    for bad in ([99], [0, -1], ["2"]):
+        with pytest.raises(IndexError, match=r"is not a layer index of this network \(0\.\.3"):
+            net(x, collect=bad)
+    assert list(net(x, collect=np.array([2, 0]))) == [2, 0]  # numpy integers are indices
