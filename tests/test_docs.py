@@ -59,6 +59,21 @@ def test_the_python_in_the_docs_imports_what_exists(page):
                         f"{node.module}.{alias.name}"), f"{page.name}: {node.module}.{alias.name}"
 
 
+def test_the_readme_python_runs_and_prints_what_it_says(tmp_path):
+    """The README's "In Python" block, run as written from the repository root (it used an `x`
+    it never defined): each `print(...)  # TEXT` line prints TEXT."""
+    import subprocess
+    import sys
+
+    for body in python_blocks(README):
+        said = [line.split("#", 1)[1].strip() for line in body.splitlines()
+                if line.startswith("print(") and "#" in line]
+        done = subprocess.run([sys.executable, "-c", body], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == said
+
+
 def _long_options(parser) -> set[str]:
     """Every --option of an argparse parser and of its subcommands' parsers."""
     import argparse
