@@ -90,6 +90,13 @@ def _layer_name(layer_info: LayerInfo) -> str:
 
 
 class Network(nn.Module):
+    """A cfg's layers as one nn.Module (what `build` returns). `layers` holds one Layer per
+    section after [net], `meta` their LayerInfo (type, block, input and output Shape, the
+    layers they read), `input_shape` and `expected_input()` what `forward` takes,
+    `output_indices` which layers `forward` returns, `net_block` the [net] block and `warnings`
+    the build's W3xx diagnostics. `forward(x, collect=None)`; .weights I/O is
+    builders.weights, the layer table builders.summary."""
+
     # the fast path's fusions (`_plan`); empty for a network pickled before they existed
     _adds_next: frozenset[int] = frozenset()
     _writes_into: Mapping[int, tuple[int, int]] = MappingProxyType({})
@@ -327,6 +334,7 @@ class Network(nn.Module):
     # -- conveniences ---------------------------------------------------------------------------
     @property
     def blocks(self) -> list[Block]:
+        """The cfg's blocks, [net] first, as built."""
         return [self.net_block] + [m.block for m in self.meta]
 
     @property
@@ -337,9 +345,11 @@ class Network(nn.Module):
         return [i for i, layer in enumerate(self.layers) if layer.takes_loss]
 
     def num_weight_floats(self) -> int:
+        """The floats a .weights file holds for this network (after its header)."""
         return sum(t.numel() for layer in self.layers for t in layer.darknet_arrays())
 
     def bflops(self) -> float:
+        """Darknet's BFLOPs of one forward pass of one image at the cfg's size."""
         return sum(float(layer.bflops) for layer in self.layers)
 
 

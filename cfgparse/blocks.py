@@ -16,6 +16,9 @@ from .schema import _MISSING, SECTIONS, ValueProblem, convert, default_for
 
 
 class Option(NamedTuple):  # a NamedTuple: immutable and cheap to make in the parse loop
+    """One `key=value` line of a section: the raw text, the value typed by the schema, and
+    where it was written (for diagnostics)."""
+
     key: str
     raw: str  # the value as Darknet sees it: all whitespace removed
     value: Any  # typed (int, float, str, list[int], list[float])
@@ -28,6 +31,12 @@ class Option(NamedTuple):  # a NamedTuple: immutable and cheap to make in the pa
 
 @dataclass(frozen=True, eq=False)
 class Block:
+    """One `[section]` of a cfg: its canonical type and the name as written, its options by key,
+    where it starts, and its layer index (-1 for [net]). Never changed after parsing (its
+    options are read-only; `with_values` makes a checked copy). Read values through the typed
+    getters, `int`, `float`, `str`, `bool`, `ints`, `floats`, which fill in the schema's
+    defaults; `error(code, message, key)` makes a CfgError located at a key."""
+
     type: str  # canonical section name, e.g. "convolutional"
     name: str = ""  # as written, e.g. "conv"
     options: Mapping[str, Option] = field(default_factory=dict)

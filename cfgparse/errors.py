@@ -80,6 +80,11 @@ CODES = {
 
 @dataclass(frozen=True)
 class Diagnostic:
+    """One finding about a file: a stable code (E... error, W... warning), the message, where
+    (path, 1-based line and column; 0 for the whole file), a `help:` hint and the source line for
+    the caret. `str()` is the located diagnostic, `path:line:col: error[CODE]: message`, the
+    source line, a caret and `help:`, as the command line prints it."""
+
     code: str
     message: str
     path: str = "<string>"

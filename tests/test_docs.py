@@ -74,6 +74,59 @@ def test_the_readme_python_runs_and_prints_what_it_says(tmp_path):
         assert done.stdout.splitlines() == said
 
 
+def _documented_names() -> list[tuple[str, object]]:
+    """(dotted name, object) for each project name the docs' Python imports, each name of
+    cfgparse's and builders' __all__, and Network's public methods."""
+    import builders
+    import cfgparse
+
+    found = {}
+    for page in [README] + PAGES:
+        for body in python_blocks(page):
+            for node in ast.walk(ast.parse(body)):
+                if isinstance(node, ast.ImportFrom) and node.module and \
+                        node.module.split(".")[0] in ("cfgparse", "builders", "darkcfg"):
+                    module = importlib.import_module(node.module)
+                    for alias in node.names:
+                        if hasattr(module, alias.name):
+                            found[f"{node.module}.{alias.name}"] = getattr(module, alias.name)
+    for module in (cfgparse, builders):
+        found.update({f"{module.__name__}.{n}": getattr(module, n) for n in module.__all__})
+    found.update({f"builders.Network.{n}": getattr(builders.Network, n)
+                  for n in vars(builders.Network) if not n.startswith("_")})
+    return [(name, obj) for name, obj in sorted(found.items())
+            if callable(obj) or isinstance(obj, property)]
+
+
+def test_the_public_names_have_docstrings_of_their_own():
+    """help() on what the docs show a library user says what it is (builders.Network, Block,
+    Option and Diagnostic had none, or only the dataclass's generated signature)."""
+    bare = []
+    for name, obj in _documented_names():
+        doc = obj.__doc__
+        if isinstance(obj, type) and doc and doc.startswith(f"{obj.__name__}("):
+            doc = None  # a dataclass's or NamedTuple's generated signature
+        if isinstance(obj, type) and doc is not None and doc == obj.__mro__[1].__doc__:
+            doc = None  # inherited
+        if not (doc or "").strip():
+            bare.append(name)
+    assert bare == []
+
+
+def test_help_darkcfg_points_to_the_library_entry_points():
+    """`help(darkcfg)` lists where a library user starts, and each name it gives exists."""
+    import darkcfg
+
+    doc = darkcfg.__doc__
+    assert "From Python" in doc and "CfgError" in doc and "InputError" in doc
+    named = re.findall(r"^    ((?:cfgparse|builders|darkcfg)\.[\w.]+)\(", doc, re.M)
+    assert len(named) >= 6
+    for dotted in named:
+        module, _, attr = dotted.rpartition(".")
+        obj = getattr(importlib.import_module(module), attr)
+        assert obj.__doc__, dotted
+
+
 def _long_options(parser) -> set[str]:
     """Every --option of an argparse parser and of its subcommands' parsers."""
     import argparse
