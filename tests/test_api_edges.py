@@ -254,3 +254,18 @@ def test_collect_refuses_an_index_that_is_no_layer():
         with pytest.raises(IndexError, match=r"is not a layer index of this network \(0\.\.3"):
             net(x, collect=bad)
     assert list(net(x, collect=np.array([2, 0]))) == [2, 0]  # numpy integers are indices
+
+
+def test_weights_io_with_its_arguments_swapped_says_so(tmp_path):
+    """load_weights(path, net) was an AttributeError ('str' object has no attribute 'layers')."""
+    from builders.weights import load_weights, save_weights
+
+    net = build(ROUTED)
+    path = tmp_path / "r.weights"
+    save_weights(net, path)
+    for call in (load_weights, save_weights):
+        with pytest.raises(TypeError, match=rf"{call.__name__}\(net, path, \.\.\.\): net is the "
+                           r"builders.Network .* not (str|PosixPath) \(the network comes first"):
+            call(path if call is load_weights else str(path), net)
+    with pytest.raises(TypeError, match="not Sequential"):
+        load_weights(torch.nn.Sequential(), path)
