@@ -85,6 +85,12 @@ class InputError(ValueError, RuntimeError):
     errors for these inputs were, so code catching either still does."""
 
 
+def _where(exc: BaseException, index: int, block: Block) -> None:
+    """Adds "while building layer N [name] (path:line)" to an error a builder raised: a
+    plugin's bug then names its section, not only a line of the plugin."""
+    exc.add_note(f"while building layer {index} [{block.name}] ({block.path}:{block.line})")
+
+
 def _layer_name(layer_info: LayerInfo) -> str:
     return f"layer {layer_info.index} [{layer_info.block.name}]"
 
@@ -130,8 +136,14 @@ class Network(nn.Module):
                     built = builder_for(block)(block, ctx)
                 except RuntimeError as exc:
                     if "overflow" not in str(exc):
+                        _where(exc, index, block)
                         raise
                     raise _too_large(block, exc) from None
+                except CfgError:
+                    raise
+                except Exception as exc:  # a plugin's builder is user code: name its section
+                    _where(exc, index, block)
+                    raise
                 # a plugin's builder is user code: say what it returned, not "cannot unpack"
                 module, shape = built if isinstance(built, tuple) and len(built) == 2 else \
                     (built, None)

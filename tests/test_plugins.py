@@ -223,3 +223,20 @@ def test_a_builder_that_returns_no_layer_and_shape_is_named(returned):
             build(f"[net]\nwidth=4\nheight=4\nchannels=1\n[{name}]\n")
     finally:
         _unregister(name)
+
+
+def test_a_builder_that_raises_is_named_in_the_error():
+    """A plugin builder's own bug (a KeyError in its code) keeps its type and message, and
+    says which layer and line it was building (it named only the plugin's line)."""
+    name = "test_raises"
+
+    def broken(block, ctx):
+        return {}["missing"]
+
+    try:
+        register_section(name, broken)
+        with pytest.raises(KeyError) as err:
+            build(f"[net]\nwidth=4\nheight=4\nchannels=1\n\n[{name}]\n")
+        assert err.value.__notes__ == [f"while building layer 0 [{name}] (<string>:6)"]
+    finally:
+        _unregister(name)
