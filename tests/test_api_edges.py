@@ -269,3 +269,17 @@ def test_weights_io_with_its_arguments_swapped_says_so(tmp_path):
             call(path if call is load_weights else str(path), net)
     with pytest.raises(TypeError, match="not Sequential"):
         load_weights(torch.nn.Sequential(), path)
+
+
+def test_detect_refuses_a_batch_size_below_1_and_a_names_file_path(tmp_path):
+    """batch_size=0 was range()'s 'arg 3 must not be zero'; names="coco.names" named the
+    classes 'c', 'o', 'c', 'o' ... silently."""
+    cfg = tiny_cfg(tmp_path)
+    image = write_images(tmp_path / "imgs")[0]
+    net = build(str(cfg)).eval()
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match=r"batch_size=.*: a count of images, 1 or more"):
+            detect(net, image, batch_size=bad)
+    for names in ("coco.names", tmp_path / "coco.names"):
+        with pytest.raises(TypeError, match="names is the list of class names, not a file"):
+            detect(net, image, names=names)
