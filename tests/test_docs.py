@@ -74,6 +74,27 @@ def test_the_readme_python_runs_and_prints_what_it_says(tmp_path):
         assert done.stdout.splitlines() == said
 
 
+def test_the_detection_api_block_runs(tmp_path):
+    """docs/detection.md's Python block, run as written in a folder holding the files it names
+    (yolov4.cfg and its weights stood in for by yolov4-tiny, untrained): it used `names` and `x`
+    without defining them."""
+    import shutil
+    import subprocess
+    import sys
+
+    from builders import build
+    from builders.weights import save_weights
+
+    block = next(b for b in python_blocks(ROOT / "docs" / "detection.md") if "detect(net" in b)
+    shutil.copy(ROOT / "cfg" / "yolov4-tiny.cfg", tmp_path / "yolov4.cfg")
+    save_weights(build(tmp_path / "yolov4.cfg"), tmp_path / "yolov4.weights")
+    shutil.copy(ROOT / "docs" / "detect-trained.jpg", tmp_path / "dog.jpg")
+    (tmp_path / "coco.names").write_text("".join(f"class{i}\n" for i in range(80)))
+    done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 def _documented_names() -> list[tuple[str, object]]:
     """(dotted name, object) for each project name the docs' Python imports, each name of
     cfgparse's and builders' __all__, and Network's public methods."""
