@@ -283,3 +283,19 @@ def test_detect_refuses_a_batch_size_below_1_and_a_names_file_path(tmp_path):
     for names in ("coco.names", tmp_path / "coco.names"):
         with pytest.raises(TypeError, match="names is the list of class names, not a file"):
             detect(net, image, names=names)
+
+
+def test_an_export_from_python_names_the_cfg_it_was_built_from(tmp_path):
+    """export(net, "m.onnx") wrote cfg='m' (the output's stem) into the metadata: now the file
+    the network was built from, as the command line writes; cfg text keeps the stem."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from darkcfg.export.onnx import export
+
+    for source, want in ((tiny_cfg(tmp_path), "tiny.cfg"), (ROUTED, "m")):
+        out = tmp_path / "m.onnx"
+        export(build(source), out)
+        meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        assert meta["cfg"] == want
+        out.unlink()

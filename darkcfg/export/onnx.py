@@ -223,6 +223,15 @@ class ExportReport:
         return text
 
 
+def cfg_name(net: Network, name: str, out: Path) -> str:
+    """The metadata's `cfg`: the name given (the command line's cfg file name), else the file
+    the network was built from, else (cfg text) the output's stem."""
+    if name:
+        return name
+    built_from = net.net_block.path
+    return out.stem if built_from.startswith("<") else Path(built_from).name
+
+
 def metadata(net: Network, name: str, decode: bool) -> dict[str, str]:
     from importlib import metadata as importlib_metadata
 
@@ -295,7 +304,7 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
     except Exception as exc:
         raise exporter_failure("ONNX export", exc, Exportable(net, decode).eval(), x,
                                str(path)) from None
-    meta = metadata(net, name or path.stem, decode)
+    meta = metadata(net, cfg_name(net, name, path), decode)
     onnx_program.model.metadata_props.update(meta)
     if dynamic_batch:
         name_batch_dim(onnx_program.model)
