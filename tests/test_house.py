@@ -422,3 +422,13 @@ def test_box_geometry_has_one_home():
             for name in pattern.findall(path.read_text(encoding="utf-8")):
                 homes.setdefault(name, []).append(str(path.relative_to(ROOT)))
     assert homes and all(places == ["builders/boxes.py"] for places in homes.values()), homes
+
+
+def test_builders_lists_its_lazy_names():
+    """builders loads its names on first use: dir() (tab completion) missed `build`, and its
+    docstring announced "the names below" with none below."""
+    import builders
+
+    assert set(builders.__all__) <= set(dir(builders))
+    missing = [name for name in builders.__all__ if name not in builders.__doc__]
+    assert missing == []
