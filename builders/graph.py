@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import operator
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -241,6 +242,11 @@ class Network(nn.Module):
                 hint = "; channels last? x.permute(0, 3, 1, 2)"
             raise InputError(f"the network takes input of shape {self.expected_input()} "
                              f"(batch, channels, height, width), got {tuple(x.shape)}{hint}")
+        if not s.c * s.h * s.w and (x.dim() == 0 or math.prod(x.shape[1:]) != s.size):
+            raise InputError(f"the network takes input of shape {self.expected_input()} "
+                             f"([net] inputs={s.size} per item), got {tuple(x.shape)}"
+                             + ("; add the batch dimension: x[None]"
+                                if x.dim() >= 1 and x.numel() == s.size else ""))
         if not x.is_floating_point():
             raise InputError(f"the network takes floating-point input, got {x.dtype}"
                              + (" (image bytes: x.float() / 255)" if x.dtype == torch.uint8

@@ -299,3 +299,19 @@ def test_an_export_from_python_names_the_cfg_it_was_built_from(tmp_path):
         meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
         assert meta["cfg"] == want
         out.unlink()
+
+
+def test_a_flat_input_network_names_its_input_size():
+    """A [net] inputs=3 network fed (4, 2) failed in the matrix product ('mat1 and mat2 shapes
+    cannot be multiplied'); one item without its batch dimension the same."""
+    from builders import InputError
+
+    net = build("[net]\ninputs=3\n[connected]\noutput=2\nactivation=linear\n")
+    assert net.expected_input() == "(N, 3)"
+    with pytest.raises(InputError, match=r"takes input of shape \(N, 3\) \(\[net\] inputs=3 per "
+                       r"item\), got \(4, 2\)$"):
+        net(torch.rand(4, 2))
+    with pytest.raises(InputError, match=r"got \(3,\); add the batch dimension: x\[None\]"):
+        net(torch.rand(3))
+    for fits in ((5, 3), (5, 3, 1, 1)):
+        assert net(torch.rand(*fits))[0].shape[:2] == (5, 2)
