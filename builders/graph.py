@@ -274,6 +274,8 @@ class Network(nn.Module):
             return None
         first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else \
             type(exc).__name__
+        if "size" not in first.lower() and "shape" not in first.lower():
+            return None  # not about sizes (e.g. a CUDA error in multi-scale training): as it is
         return InputError(
             f"{_layer_name(self.meta[i])} cannot run on a {x.shape[3]}x{x.shape[2]} (WxH) input: "
             f"{first}. The cfg's input is {self.expected_input()}: use that size, or another "
