@@ -97,7 +97,8 @@ def test_the_detection_api_block_runs(tmp_path):
 
 def _documented_names() -> list[tuple[str, object]]:
     """(dotted name, object) for each project name the docs' Python imports, each name of
-    cfgparse's and builders' __all__, and Network's public methods."""
+    cfgparse's and builders' __all__, what detect and export return, and the public methods
+    of those classes."""
     import builders
     import cfgparse
 
@@ -113,8 +114,16 @@ def _documented_names() -> list[tuple[str, object]]:
                             found[f"{node.module}.{alias.name}"] = getattr(module, alias.name)
     for module in (cfgparse, builders):
         found.update({f"{module.__name__}.{n}": getattr(module, n) for n in module.__all__})
-    found.update({f"builders.Network.{n}": getattr(builders.Network, n)
-                  for n in vars(builders.Network) if not n.startswith("_")})
+    from darkcfg.detect.decode import Detections
+    from darkcfg.export.onnx import ExportReport
+
+    found.update({"darkcfg.detect.decode.Detections": Detections,  # what the documented
+                  "darkcfg.export.onnx.ExportReport": ExportReport})  # functions return
+    for name, obj in list(found.items()):  # and the public methods of each class
+        if isinstance(obj, type) and obj.__module__.split(".")[0] in ("cfgparse", "builders",
+                                                                       "darkcfg"):
+            found.update({f"{name}.{n}": v for n, v in vars(obj).items()
+                          if not n.startswith("_") and (callable(v) or isinstance(v, property))})
     return [(name, obj) for name, obj in sorted(found.items())
             if callable(obj) or isinstance(obj, property)]
 

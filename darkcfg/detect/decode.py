@@ -153,6 +153,7 @@ class Detections:
 
     @property
     def classes(self) -> int:
+        """The number of classes (the columns of `probs`)."""
         return self.probs.shape[1]
 
     def pairs(self) -> set[tuple[int, int]]:
@@ -160,6 +161,7 @@ class Detections:
         return {(int(i), int(c)) for i, c in torch.nonzero(self.probs).tolist()}
 
     def to(self, device) -> Detections:
+        """A copy with every tensor on `device`."""
         return replace(self, **{k: getattr(self, k).to(device)
                                 for k in ("boxes", "objectness", "probs", "layer", "index")})
 

@@ -201,6 +201,10 @@ def exporter_failure(what: str, exc: Exception, module: nn.Module, x: torch.Tens
 
 @dataclass
 class ExportReport:
+    """What an export wrote: the file, its format, the output names, the largest relative error
+    of the check run against the network, the ONNX opset and metadata; `str()` is the line
+    the command prints."""
+
     path: str
     format: str  # "onnx" or "pt2"
     outputs: list[str]
