@@ -315,3 +315,16 @@ def test_a_flat_input_network_names_its_input_size():
         net(torch.rand(3))
     for fits in ((5, 3), (5, 3, 1, 1)):
         assert net(torch.rand(*fits))[0].shape[:2] == (5, 2)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_softmax_loss_refuses_fractional_class_indices(groups):
+    """Trainer.step(images, targets) / [softmax].loss with float targets of shape (N,) trained
+    silently on .long() of them (0.7 as class 0); whole floats still count as indices."""
+    net = build(f"[net]\ninputs=4\n[softmax]\ngroups={groups}\n")
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"\[softmax\] targets of shape \(3,\) are class "
+                       r"indices, but hold 0\.7: pass whole class numbers, or probabilities"):
+        net.layers[0].loss(x, torch.tensor([0.0, 0.7, 1.0]))
+    whole = net.layers[0].loss(x, torch.tensor([0.0, 3.0, 1.0]))
+    assert torch.equal(whole, net.layers[0].loss(x, torch.tensor([0, 3, 1])))
