@@ -395,7 +395,9 @@ def _no_reset(self) -> None:
 
 def build(source: str | os.PathLike | Sequence[Block], *, device: torch.device | str | None = None,
           flavor: str = "alexeyab") -> Network:
-    """A Network from a cfg/yaml path, cfg text, or blocks (parsed, from YAML or a preset).
+    """A Network from a cfg/yaml path (str or Path), cfg text or bytes, or blocks (parsed, from
+    YAML or a preset). A bad path or cfg raises cfgparse.CfgError (its str() the located
+    diagnostic); `device="meta"` builds shapes only, allocating nothing.
 
     `flavor="pjreddie"` selects the few formulas where pjreddie's Darknet differs from AlexeyAB's
     (BN epsilon, [batchnorm] weights, [region] layout, ...; pjreddie-only keys, marked [pj] in
