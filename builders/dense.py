@@ -287,6 +287,8 @@ class Softmax(Layer):
         The gradient is Darknet's delta, p - truth (softmax_x_ent_cpu), whatever the temperature:
         autograd's carries a 1/temperature factor, taken out here."""
         plain = self.groups == 1 and self.tree is None and not self.spatial
+        if target.dim() == 1:
+            _check_class_indices(target, "softmax")
         if plain and target.dim() == 1:  # the common case: torch's fused cross-entropy
             logits = x.reshape(x.shape[0], -1)
             loss = F.cross_entropy(logits if self.temperature == 1 else logits / self.temperature,
@@ -312,6 +314,16 @@ class Softmax(Layer):
         left = 1 - truth.reshape(n, self.groups, -1).sum(-1)
         push = (left * torch.logsumexp(scaled, -1)).sum(1).mean()
         return push - push.detach()
+
+
+def _check_class_indices(target: torch.Tensor, what: str) -> None:
+    """Class indices (N,) in floats (a regression target, or soft labels without their class
+    dimension) were truncated by .long(): 0.7 trained as class 0. Whole floats are indices."""
+    if target.is_floating_point() and not torch.equal(target, target.trunc()):
+        odd = target[target != target.trunc()][0].item()
+        raise ValueError(f"[{what}] targets of shape {tuple(target.shape)} are class indices, "
+                         f"but hold {odd:g}: pass whole class numbers, or probabilities of "
+                         "shape (N, classes)")
 
 
 def _truth_matrix(target: torch.Tensor, like: torch.Tensor, what: str) -> torch.Tensor:

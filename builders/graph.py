@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
+import operator
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,7 +79,31 @@ def _too_large(block: Block, exc: RuntimeError) -> CfgError:
         hint="use smaller size/filters/output values")
 
 
+class InputError(ValueError, RuntimeError):
+    """`net(x)` was given an input the network cannot take: not (N, C, H, W) with the cfg's C,
+    not floating point, or a height and width its routes, pools or heads cannot run at. The
+    message names the shape the network expects. A ValueError, and a RuntimeError as torch's own
+    errors for these inputs were, so code catching either still does."""
+
+
+def _where(exc: BaseException, index: int, block: Block) -> None:
+    """Adds "while building layer N [name] (path:line)" to an error a builder raised: a
+    plugin's bug then names its section, not only a line of the plugin."""
+    exc.add_note(f"while building layer {index} [{block.name}] ({block.path}:{block.line})")
+
+
+def _layer_name(layer_info: LayerInfo) -> str:
+    return f"layer {layer_info.index} [{layer_info.block.name}]"
+
+
 class Network(nn.Module):
+    """A cfg's layers as one nn.Module (what `build` returns). `layers` holds one Layer per
+    section after [net], `meta` their LayerInfo (type, block, input and output Shape, the
+    layers they read), `input_shape` and `expected_input()` what `forward` takes,
+    `output_indices` which layers `forward` returns, `net_block` the [net] block and `warnings`
+    the build's W3xx diagnostics. `forward(x, collect=None)`; .weights I/O is
+    builders.weights, the layer table builders.summary."""
+
     # the fast path's fusions (`_plan`); empty for a network pickled before they existed
     _adds_next: frozenset[int] = frozenset()
     _writes_into: Mapping[int, tuple[int, int]] = MappingProxyType({})
@@ -111,8 +137,14 @@ class Network(nn.Module):
                     built = builder_for(block)(block, ctx)
                 except RuntimeError as exc:
                     if "overflow" not in str(exc):
+                        _where(exc, index, block)
                         raise
                     raise _too_large(block, exc) from None
+                except CfgError:
+                    raise
+                except Exception as exc:  # a plugin's builder is user code: name its section
+                    _where(exc, index, block)
+                    raise
                 # a plugin's builder is user code: say what it returned, not "cannot unpack"
                 module, shape = built if isinstance(built, tuple) and len(built) == 2 else \
                     (built, None)
@@ -188,10 +220,77 @@ class Network(nn.Module):
                 first += channels
         self._writes_into = writes_into
 
+    def expected_input(self) -> str:
+        """The input `forward` takes, as text: '(N, 3, 416, 416)' (H and W: the cfg's size; other
+        sizes run where every layer can take them)."""
+        s = self.input_shape
+        return f"(N, {s.c}, {s.h}, {s.w})" if s.c * s.h * s.w else f"(N, {s.size})"
+
+    def _check_input(self, x) -> None:
+        """InputError (TypeError for a non-tensor) naming the expected shape, before a layer
+        deep inside fails on it with torch's message."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"the network takes a torch.Tensor of shape {self.expected_input()}, "
+                            f"not {type(x).__module__}.{type(x).__qualname__}"
+                            + (" (torch.from_numpy(x))" if hasattr(x, "__array__") else ""))
+        s = self.input_shape
+        if s.c * s.h * s.w and (x.dim() != 4 or x.shape[1] != s.c):
+            hint = ""
+            if x.dim() == 3 and x.shape[0] == s.c:
+                hint = "; add the batch dimension: x[None] or x.unsqueeze(0)"
+            elif x.dim() == 4 and x.shape[3] == s.c:
+                hint = "; channels last? x.permute(0, 3, 1, 2)"
+            raise InputError(f"the network takes input of shape {self.expected_input()} "
+                             f"(batch, channels, height, width), got {tuple(x.shape)}{hint}")
+        if not s.c * s.h * s.w and (x.dim() == 0 or math.prod(x.shape[1:]) != s.size):
+            raise InputError(f"the network takes input of shape {self.expected_input()} "
+                             f"([net] inputs={s.size} per item), got {tuple(x.shape)}"
+                             + ("; add the batch dimension: x[None]"
+                                if x.dim() >= 1 and x.numel() == s.size else ""))
+        if not x.is_floating_point():
+            raise InputError(f"the network takes floating-point input, got {x.dtype}"
+                             + (" (image bytes: x.float() / 255)" if x.dtype == torch.uint8
+                                else " (x.float())"))
+
+    def _check_collect(self, wanted: list[int]) -> None:
+        n = len(self.layers)
+        for i in wanted:
+            try:
+                inside = 0 <= operator.index(i) < n
+            except TypeError:
+                inside = False
+            if not inside:
+                raise IndexError(f"collect={wanted}: {i!r} is not a layer index of this network "
+                                 f"(0..{n - 1}, counted from 0 as in the summary; the last "
+                                 f"layer is len(net.layers) - 1)")
+
+    def _input_size_error(self, x: torch.Tensor, i: int, exc: RuntimeError) -> InputError | None:
+        """A layer failed on an input of another height or width than the cfg's: say so (the
+        usual cause: a size the routes, pools or heads cannot take), or None to let the
+        original error through."""
+        s = self.input_shape
+        if isinstance(exc, (InputError, torch.OutOfMemoryError)) or not s.c * s.h * s.w or \
+                x.dim() != 4 or tuple(x.shape[2:]) == (s.h, s.w):
+            return None
+        first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else \
+            type(exc).__name__
+        if "size" not in first.lower() and "shape" not in first.lower():
+            return None  # not about sizes (e.g. a CUDA error in multi-scale training): as it is
+        return InputError(
+            f"{_layer_name(self.meta[i])} cannot run on a {x.shape[3]}x{x.shape[2]} (WxH) input: "
+            f"{first}. The cfg's input is {self.expected_input()}: use that size, or another "
+            "that every stride of the network divides")
+
     def forward(self, x: torch.Tensor, collect: Iterable[int] | None = None):
-        """Run the network. Returns the output layers' tensors (a list, in layer order); with
-        `collect`, a dict {index: tensor} of those layers instead."""
+        """Run the network on x of shape (N, C, H, W) (`expected_input()`: the cfg's channels;
+        H and W the cfg's or another size every layer can take; (N, inputs) for a flat [net]
+        inputs=). Returns the output layers' tensors (a list, in layer order); with `collect`,
+        a dict {index: tensor} of those layers instead (indices from 0, as in the summary).
+        An input the network cannot take raises InputError naming the expected shape."""
+        self._check_input(x)
         wanted = None if collect is None else list(collect)
+        if wanted is not None:
+            self._check_collect(wanted)
         store = self._store if wanted is None else self._store | set(wanted)
         # with `collect`, layers after the last wanted one are not run (e.g. the training step
         # asks for the loss layer's input: the [softmax]/[cost] after it would be wasted work)
@@ -204,28 +303,36 @@ class Network(nn.Module):
         adds_next = self._adds_next if fusing else frozenset()
         writes_into = self._writes_into if fusing else {}
         done = -1  # a [shortcut] its layer before already added
+        given = x
         concatenated: dict[int, torch.Tensor] = {}  # [route] -> its output, filled in place
-        for i, layer in enumerate(self.layers):
-            if i > stop:
-                break
-            if i in writes_into:
-                x = self._into_concatenation(i, layer, x, concatenated)
-            elif i in adds_next:
-                x = layer(x, residual=saved[self._sources[i + 1][0]])
-                done = i + 1
-            elif i in concatenated:
-                x = concatenated.pop(i)
-            elif i != done:
-                srcs = self._sources[i]
-                refs = [saved[j] for j in srcs]
-                if fast and not layer.channels_last_ok:
-                    x, refs = x.contiguous(), [r.contiguous() for r in refs]
-                x = layer(x, *refs) if srcs else layer(x)
-            if i in store:
-                saved[i] = x
-            for j in self._free_after[i]:
-                if wanted is None or j not in wanted:
-                    del saved[j]
+        i = 0
+        try:
+            for i, layer in enumerate(self.layers):
+                if i > stop:
+                    break
+                if i in writes_into:
+                    x = self._into_concatenation(i, layer, x, concatenated)
+                elif i in adds_next:
+                    x = layer(x, residual=saved[self._sources[i + 1][0]])
+                    done = i + 1
+                elif i in concatenated:
+                    x = concatenated.pop(i)
+                elif i != done:
+                    srcs = self._sources[i]
+                    refs = [saved[j] for j in srcs]
+                    if fast and not layer.channels_last_ok:
+                        x, refs = x.contiguous(), [r.contiguous() for r in refs]
+                    x = layer(x, *refs) if srcs else layer(x)
+                if i in store:
+                    saved[i] = x
+                for j in self._free_after[i]:
+                    if wanted is None or j not in wanted:
+                        del saved[j]
+        except RuntimeError as exc:
+            error = self._input_size_error(given, i, exc)
+            if error is None:
+                raise
+            raise error from exc
         if wanted is not None:
             return {i: saved[i].contiguous() if fast else saved[i] for i in wanted}
         return [saved[i].contiguous() if fast else saved[i] for i in self.output_indices]
@@ -247,6 +354,7 @@ class Network(nn.Module):
     # -- conveniences ---------------------------------------------------------------------------
     @property
     def blocks(self) -> list[Block]:
+        """The cfg's blocks, [net] first, as built."""
         return [self.net_block] + [m.block for m in self.meta]
 
     @property
@@ -257,9 +365,11 @@ class Network(nn.Module):
         return [i for i, layer in enumerate(self.layers) if layer.takes_loss]
 
     def num_weight_floats(self) -> int:
+        """The floats a .weights file holds for this network (after its header)."""
         return sum(t.numel() for layer in self.layers for t in layer.darknet_arrays())
 
     def bflops(self) -> float:
+        """Darknet's BFLOPs of one forward pass of one image at the cfg's size."""
         return sum(float(layer.bflops) for layer in self.layers)
 
 
@@ -285,7 +395,9 @@ def _no_reset(self) -> None:
 
 def build(source: str | os.PathLike | Sequence[Block], *, device: torch.device | str | None = None,
           flavor: str = "alexeyab") -> Network:
-    """A Network from a cfg/yaml path, cfg text, or blocks (parsed, from YAML or a preset).
+    """A Network from a cfg/yaml path (str or Path), cfg text or bytes, or blocks (parsed, from
+    YAML or a preset). A bad path or cfg raises cfgparse.CfgError (its str() the located
+    diagnostic); `device="meta"` builds shapes only, allocating nothing.
 
     `flavor="pjreddie"` selects the few formulas where pjreddie's Darknet differs from AlexeyAB's
     (BN epsilon, [batchnorm] weights, [region] layout, ...; pjreddie-only keys, marked [pj] in

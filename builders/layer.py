@@ -75,4 +75,5 @@ class Layer(nn.Module):
         return ctx.traced(self)
 
     def extra_repr(self) -> str:
+        """The summary's size column (`describe`), shown in print(net)."""
         return self.describe

@@ -43,6 +43,7 @@ class Shape(NamedTuple):
 
     @property
     def size(self) -> int:
+        """Values per item: `outputs` when set, else c * h * w."""
         return self.outputs if self.outputs >= 0 else self.c * self.h * self.w
 
 
@@ -91,6 +92,7 @@ class BuildContext:
         return out
 
     def shape_of(self, index: int) -> Shape:
+        """The output Shape of an earlier layer (absolute index)."""
         return self.shapes[index]
 
 

@@ -99,6 +99,16 @@ def _error(code: str, message: str, path: str, hint: str = "") -> CfgError:
     return CfgError(Diagnostic(code, message, path, hint=hint))
 
 
+def _check_network(net, what: str) -> None:
+    """A TypeError naming the argument order, not an AttributeError from inside, for
+    `load_weights(path, net)` and other things that are not a built network."""
+    if not isinstance(net, Network):
+        raise TypeError(f"{what}(net, path, ...): net is the builders.Network that build() "
+                        f"returns, not {type(net).__name__}"
+                        + (" (the network comes first, then the path)"
+                           if isinstance(net, (str, os.PathLike)) else ""))
+
+
 def _layers_upto(net: Network, cutoff: int | None, path: str) -> range:
     n = len(net.layers)
     if cutoff is None:
@@ -143,7 +153,9 @@ def load_weights(net: Network, path: str | os.PathLike, cutoff: int | None = Non
     must hold at least those of the first `cutoff` layers; the rest (later layers, e.g. a full
     file loaded for `darknet partial`) is ignored. Sizes are checked before anything is copied.
     Returns {"version": (major, minor, revision), "seen": int, "floats": floats read}.
+    A missing, unreadable or mismatched file raises CfgError (E901/E902) before any change.
     """
+    _check_network(net, "load_weights")
     path = str(path)
     plan = _load_plan(net, _layers_upto(net, cutoff, path))
     expected = _count(plan)
@@ -220,6 +232,7 @@ def save_weights(net: Network, path: str | os.PathLike, cutoff: int | None = Non
     flavor honours its `dontsave` key. `darknet partial` (AlexeyAB) writes seen = 0, the default.
     The file is written to a temporary name, synced, then renamed over `path`.
     """
+    _check_network(net, "save_weights")
     path = str(path)
     version = tuple(int(v) for v in version)
     if len(version) != 3:

@@ -16,6 +16,9 @@ from .schema import _MISSING, SECTIONS, ValueProblem, convert, default_for
 
 
 class Option(NamedTuple):  # a NamedTuple: immutable and cheap to make in the parse loop
+    """One `key=value` line of a section: the raw text, the value typed by the schema, and
+    where it was written (for diagnostics)."""
+
     key: str
     raw: str  # the value as Darknet sees it: all whitespace removed
     value: Any  # typed (int, float, str, list[int], list[float])
@@ -28,6 +31,12 @@ class Option(NamedTuple):  # a NamedTuple: immutable and cheap to make in the pa
 
 @dataclass(frozen=True, eq=False)
 class Block:
+    """One `[section]` of a cfg: its canonical type and the name as written, its options by key,
+    where it starts, and its layer index (-1 for [net]). Never changed after parsing (its
+    options are read-only; `with_values` makes a checked copy). Read values through the typed
+    getters, `int`, `float`, `str`, `bool`, `ints`, `floats`, which fill in the schema's
+    defaults; `error(code, message, key)` makes a CfgError located at a key."""
+
     type: str  # canonical section name, e.g. "convolutional"
     name: str = ""  # as written, e.g. "conv"
     options: Mapping[str, Option] = field(default_factory=dict)
@@ -67,12 +76,15 @@ class Block:
         return iter(self.options)
 
     def keys(self):
+        """The keys written in this section, in order."""
         return self.options.keys()
 
     def values(self) -> dict[str, Any]:
+        """{key: typed value} of the keys written (no schema defaults)."""
         return {k: o.value for k, o in self.options.items()}
 
     def option(self, key: str) -> Option | None:
+        """The `Option` of `key` as written (value, raw text, line, column), or None."""
         return self.options.get(key)
 
     # -- typed getters ---------------------------------------------------------------------------
@@ -92,25 +104,33 @@ class Block:
         return _coerce(self, opt, kind)
 
     def has(self, key: str) -> bool:
+        """Whether `key` is written in this section (counts as read)."""
         self._read.add(key)
         return key in self.options
 
     def int(self, key: str, default: Any = _MISSING) -> int:
+        """`key` as an int: the value written, else `default`, else the schema's default; a
+        required key that is missing is CfgError E202 at the header."""
         return self._get(key, default, "int")
 
     def float(self, key: str, default: Any = _MISSING) -> float:
+        """`key` as a float (defaults as `int`)."""
         return self._get(key, default, "float")
 
     def str(self, key: str, default: Any = _MISSING) -> str:
+        """`key` as a str (defaults as `int`)."""
         return self._get(key, default, "str")
 
     def bool(self, key: str, default: Any = _MISSING) -> bool:
+        """`key` as Darknet reads a flag: an int, true when not 0 (defaults as `int`)."""
         return bool(self._get(key, default, "int"))
 
     def ints(self, key: str, default: Any = _MISSING) -> list[int]:
+        """`key` as a list of ints, e.g. `layers=-1,8` (defaults as `int`)."""
         return self._get(key, default, "ints")
 
     def floats(self, key: str, default: Any = _MISSING) -> list[float]:
+        """`key` as a list of floats, e.g. `anchors=10,13,16,30` (defaults as `int`)."""
         return self._get(key, default, "floats")
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -120,9 +140,11 @@ class Block:
         return default if opt is None else opt.value
 
     def mark_read(self, *keys: str) -> None:
+        """Count `keys` as read: `unread()` (the W301 'ignored key' warnings) leaves them out."""
         self._read.update(keys)
 
     def unread(self) -> list[Option]:
+        """The options no getter has read: what the builder ignored."""
         return [o for k, o in self.options.items() if k not in self._read]
 
     # -- derived blocks (never mutate) -----------------------------------------------------------
@@ -174,11 +196,15 @@ class Block:
                      self.index)
 
     def to_dict(self) -> dict:
+        """{"type", "line", "options": {key: typed value}}: `python -m cfgparse dump`'s JSON."""
         return {"type": self.type, "line": self.line, "options": self.values()}
 
     # -- diagnostics -----------------------------------------------------------------------------
     def diagnostic(self, code: str, message: str, key: str | None = None, hint: str = "",
                    severity: str = ERROR, on_value: bool = True) -> Diagnostic:
+        """A Diagnostic located at `key`'s value (its key with on_value=False; the header when
+        `key` is None or not written; the `--set` that gave a value set from the command
+        line)."""
         opt = self.options.get(key) if key else None
         if opt is not None and opt.origin:  # located at the --set that gave the value; a
             # section-wide set (`--set route.layers=-40`) says which of its layers it is about
@@ -195,6 +221,8 @@ class Block:
 
     def error(self, code: str, message: str, key: str | None = None, hint: str = "",
               on_value: bool = True) -> CfgError:
+        """A CfgError to raise, located as `diagnostic` locates it: `raise block.error("E302",
+        "...", "size", hint="...")` in a builder."""
         return CfgError(self.diagnostic(code, message, key, hint, ERROR, on_value))
 
 

@@ -80,6 +80,11 @@ CODES = {
 
 @dataclass(frozen=True)
 class Diagnostic:
+    """One finding about a file: a stable code (E... error, W... warning), the message, where
+    (path, 1-based line and column; 0 for the whole file), a `help:` hint and the source line for
+    the caret. `str()` is the located diagnostic, `path:line:col: error[CODE]: message`, the
+    source line, a caret and `help:`, as the command line prints it."""
+
     code: str
     message: str
     path: str = "<string>"
@@ -99,6 +104,8 @@ class Diagnostic:
                 object.__setattr__(self, name, _elide(text, _MAX_TEXT))
 
     def to_dict(self) -> dict:
+        """The diagnostic as `darkcfg check --format json` writes it (file, line, column,
+        severity, code, message, hint)."""
         return {
             "file": self.path,
             "line": self.line,
@@ -185,14 +192,17 @@ class CfgError(Exception):
 
     @property
     def errors(self) -> list[Diagnostic]:
+        """The error diagnostics (every diagnostic if none is an error)."""
         return [d for d in self.diagnostics if d.severity == ERROR] or self.diagnostics
 
     @property
     def code(self) -> str:
+        """The first error's code, e.g. 'E204' ('' if there is no diagnostic)."""
         return self.first.code if self.diagnostics else ""
 
     @property
     def first(self) -> Diagnostic:
+        """The first error: its path, line, column, message and hint."""
         return self.errors[0]
 
 

@@ -285,8 +285,20 @@ def _odd_spaces(text: str, path: str, diags: Collector) -> str:
     return "\n".join(lines) if changed else text
 
 
+_YAML_SECTION = re.compile(r"-\s+[\w.-]+\s*:\s*$")  # `- net:`, a YAML architecture's first line
+
+
 def _preamble(body: Token, text: str, path: str, diags: Collector) -> None:
     for line, col, stripped, source in _body_lines(body, text):
+        if _YAML_SECTION.match(stripped.rstrip()) and not path.endswith(_YAML_SUFFIXES):
+            # YAML given as cfg text (or a YAML file named .cfg): one error saying so, not one
+            # "option before any section" per line
+            diags.add(Diagnostic("E103", "this is a YAML architecture, read as cfg text", path,
+                                 line, col, ERROR, "name the file .yaml or .yml (it is then "
+                                 "read as YAML), or pass YAML text to "
+                                 "cfgparse.blocks_from_yaml(text)", source,
+                                 len(stripped.rstrip())))
+            return
         diags.add(Diagnostic("E103", "option before any section", path, line, col, ERROR,
                              "put a [net] (or other [section]) header above this line",
                              source, len(stripped.rstrip())))

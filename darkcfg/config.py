@@ -142,6 +142,8 @@ NOT_HONOURED = tuple(key for key in schema.SECTIONS["net"]
 
 
 def lr_at(cfg: NetConfig, batch_num: int) -> float:
+    """The learning rate of update `batch_num` under `cfg`'s policy (Darknet's
+    get_current_rate): burn-in, then constant, step, steps, exp, poly, random, sigmoid or sgdr."""
     lr = cfg.learning_rate
     if batch_num < cfg.burn_in:
         return lr * (batch_num / cfg.burn_in) ** cfg.power

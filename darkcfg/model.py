@@ -56,6 +56,9 @@ def load_blocks(cfg_path: str, assignments: list[str]):
 
 def build_network(cfg_path: str, assignments: list[str], flavor: str, seed: int,
                   device: str | None = None):
+    """(net, NetConfig, overrides) for a cfg path or text with `--set`-style `KEY=VALUE`
+    assignments applied, the initial weights drawn from `seed`; no weights loaded, not moved to a
+    device beyond `device`'s build (`ModelSpec.build()` calls it)."""
     from builders import build
 
     blocks, overrides = load_blocks(cfg_path, assignments)

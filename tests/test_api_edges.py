@@ -195,3 +195,136 @@ def test_dump_outputs_takes_a_tensor_as_it_takes_an_array(tmp_path):
         assert t.files and all(np.array_equal(t[k], a[k]) for k in a.files)
     with pytest.raises(CfgError, match="E302"):  # the shape is still checked
         dump_outputs(net, torch.rand(3, 64, 64), tmp_path / "bad.npz")
+
+
+ROUTED = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\n"
+          "activation=leaky\n[maxpool]\nsize=2\nstride=2\n[upsample]\nstride=2\n[route]\n"
+          "layers=-1,0\n")
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_forward_on_the_wrong_input_names_the_shape_it_takes(grad):
+    """net(x) of the wrong rank, channels, layout or dtype failed deep inside torch (an
+    IndexError for a missing batch dimension, 'Given groups=1, weight of size ...'): now an
+    InputError (a ValueError, and a RuntimeError as torch's was) naming (N, C, H, W)."""
+    from builders import InputError
+
+    net = build(ROUTED).eval()
+    rgb = torch.rand(3, 32, 32)
+    cases = [(rgb, "got (3, 32, 32); add the batch dimension"),
+             (rgb[None, :1], "got (1, 1, 32, 32)"),
+             (rgb.permute(1, 2, 0)[None], "channels last? x.permute(0, 3, 1, 2)"),
+             ((rgb[None] * 255).to(torch.uint8), "got torch.uint8 (image bytes: x.float() / 255)")]
+    with torch.set_grad_enabled(grad):
+        for bad, says in cases:
+            with pytest.raises(InputError) as err:
+                net(bad)
+            assert says in str(err.value), err.value
+            assert isinstance(err.value, ValueError) and isinstance(err.value, RuntimeError)
+            if bad.dtype != torch.uint8:
+                assert "takes input of shape (N, 3, 32, 32)" in str(err.value)
+        with pytest.raises(TypeError, match=r"torch.Tensor of shape \(N, 3, 32, 32\), not "
+                           r"numpy.ndarray \(torch.from_numpy"):
+            net(rgb[None].numpy())
+        assert net(rgb[None])[0].shape == (1, 8, 32, 32)  # the right input still runs
+        assert net(torch.rand(1, 3, 64, 48))[0].shape == (1, 8, 64, 48)  # as another fitting size
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_size_the_layers_cannot_take_names_the_layer_and_the_cfg_size(grad):
+    """A 31x31 input reached the [route] as torch.cat's 'Sizes of tensors must match'; now the
+    layer, the size and the cfg's input, with torch's error kept as the cause."""
+    from builders import InputError
+
+    net = build(ROUTED).eval()
+    with torch.set_grad_enabled(grad), pytest.raises(InputError) as err:
+        net(torch.rand(2, 3, 31, 31))
+    message = str(err.value)
+    assert message.startswith("layer 3 [route] cannot run on a 31x31 (WxH) input: Sizes of "
+                              "tensors must match"), message
+    assert "The cfg's input is (N, 3, 32, 32)" in message
+    assert isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_collect_refuses_an_index_that_is_no_layer():
+    """collect=[99] ran the whole network, then a bare KeyError: 99; -1 the same."""
+    net = build(ROUTED).eval()
+    x = torch.rand(1, 3, 32, 32)
+    for bad in ([99], [0, -1], ["2"]):
+        with pytest.raises(IndexError, match=r"is not a layer index of this network \(0\.\.3"):
+            net(x, collect=bad)
+    assert list(net(x, collect=np.array([2, 0]))) == [2, 0]  # numpy integers are indices
+
+
+def test_weights_io_with_its_arguments_swapped_says_so(tmp_path):
+    """load_weights(path, net) was an AttributeError ('str' object has no attribute 'layers')."""
+    from builders.weights import load_weights, save_weights
+
+    net = build(ROUTED)
+    path = tmp_path / "r.weights"
+    save_weights(net, path)
+    for call in (load_weights, save_weights):
+        with pytest.raises(TypeError, match=rf"{call.__name__}\(net, path, \.\.\.\): net is the "
+                           r"builders.Network .* not (str|PosixPath) \(the network comes first"):
+            call(path if call is load_weights else str(path), net)
+    with pytest.raises(TypeError, match="not Sequential"):
+        load_weights(torch.nn.Sequential(), path)
+
+
+def test_detect_refuses_a_batch_size_below_1_and_a_names_file_path(tmp_path):
+    """batch_size=0 was range()'s 'arg 3 must not be zero'; names="coco.names" named the
+    classes 'c', 'o', 'c', 'o' ... silently."""
+    cfg = tiny_cfg(tmp_path)
+    image = write_images(tmp_path / "imgs")[0]
+    net = build(str(cfg)).eval()
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match=r"batch_size=.*: a count of images, 1 or more"):
+            detect(net, image, batch_size=bad)
+    for names in ("coco.names", tmp_path / "coco.names"):
+        with pytest.raises(TypeError, match="names is the list of class names, not a file"):
+            detect(net, image, names=names)
+
+
+def test_an_export_from_python_names_the_cfg_it_was_built_from(tmp_path):
+    """export(net, "m.onnx") wrote cfg='m' (the output's stem) into the metadata: now the file
+    the network was built from, as the command line writes; cfg text keeps the stem."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from darkcfg.export.onnx import export
+
+    for source, want in ((tiny_cfg(tmp_path), "tiny.cfg"), (ROUTED, "m")):
+        out = tmp_path / "m.onnx"
+        export(build(source), out)
+        meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        assert meta["cfg"] == want
+        out.unlink()
+
+
+def test_a_flat_input_network_names_its_input_size():
+    """A [net] inputs=3 network fed (4, 2) failed in the matrix product ('mat1 and mat2 shapes
+    cannot be multiplied'); one item without its batch dimension the same."""
+    from builders import InputError
+
+    net = build("[net]\ninputs=3\n[connected]\noutput=2\nactivation=linear\n")
+    assert net.expected_input() == "(N, 3)"
+    with pytest.raises(InputError, match=r"takes input of shape \(N, 3\) \(\[net\] inputs=3 per "
+                       r"item\), got \(4, 2\)$"):
+        net(torch.rand(4, 2))
+    with pytest.raises(InputError, match=r"got \(3,\); add the batch dimension: x\[None\]"):
+        net(torch.rand(3))
+    for fits in ((5, 3), (5, 3, 1, 1)):
+        assert net(torch.rand(*fits))[0].shape[:2] == (5, 2)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_softmax_loss_refuses_fractional_class_indices(groups):
+    """Trainer.step(images, targets) / [softmax].loss with float targets of shape (N,) trained
+    silently on .long() of them (0.7 as class 0); whole floats still count as indices."""
+    net = build(f"[net]\ninputs=4\n[softmax]\ngroups={groups}\n")
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"\[softmax\] targets of shape \(3,\) are class "
+                       r"indices, but hold 0\.7: pass whole class numbers, or probabilities"):
+        net.layers[0].loss(x, torch.tensor([0.0, 0.7, 1.0]))
+    whole = net.layers[0].loss(x, torch.tensor([0.0, 3.0, 1.0]))
+    assert torch.equal(whole, net.layers[0].loss(x, torch.tensor([0, 3, 1])))

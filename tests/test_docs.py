@@ -59,6 +59,104 @@ def test_the_python_in_the_docs_imports_what_exists(page):
                         f"{node.module}.{alias.name}"), f"{page.name}: {node.module}.{alias.name}"
 
 
+def test_the_readme_python_runs_and_prints_what_it_says(tmp_path):
+    """The README's "In Python" block, run as written from the repository root (it used an `x`
+    it never defined): each `print(...)  # TEXT` line prints TEXT."""
+    import subprocess
+    import sys
+
+    for body in python_blocks(README):
+        said = [line.split("#", 1)[1].strip() for line in body.splitlines()
+                if line.startswith("print(") and "#" in line]
+        done = subprocess.run([sys.executable, "-c", body], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == said
+
+
+def test_the_detection_api_block_runs(tmp_path):
+    """docs/detection.md's Python block, run as written in a folder holding the files it names
+    (yolov4.cfg and its weights stood in for by yolov4-tiny, untrained): it used `names` and `x`
+    without defining them."""
+    import shutil
+    import subprocess
+    import sys
+
+    from builders import build
+    from builders.weights import save_weights
+
+    block = next(b for b in python_blocks(ROOT / "docs" / "detection.md") if "detect(net" in b)
+    shutil.copy(ROOT / "cfg" / "yolov4-tiny.cfg", tmp_path / "yolov4.cfg")
+    save_weights(build(tmp_path / "yolov4.cfg"), tmp_path / "yolov4.weights")
+    shutil.copy(ROOT / "docs" / "detect-trained.jpg", tmp_path / "dog.jpg")
+    (tmp_path / "coco.names").write_text("".join(f"class{i}\n" for i in range(80)))
+    done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def _documented_names() -> list[tuple[str, object]]:
+    """(dotted name, object) for each project name the docs' Python imports, each name of
+    cfgparse's and builders' __all__, what detect and export return, and the public methods
+    of those classes."""
+    import builders
+    import cfgparse
+
+    found = {}
+    for page in [README] + PAGES:
+        for body in python_blocks(page):
+            for node in ast.walk(ast.parse(body)):
+                if isinstance(node, ast.ImportFrom) and node.module and \
+                        node.module.split(".")[0] in ("cfgparse", "builders", "darkcfg"):
+                    module = importlib.import_module(node.module)
+                    for alias in node.names:
+                        if hasattr(module, alias.name):
+                            found[f"{node.module}.{alias.name}"] = getattr(module, alias.name)
+    for module in (cfgparse, builders):
+        found.update({f"{module.__name__}.{n}": getattr(module, n) for n in module.__all__})
+    from darkcfg.detect.decode import Detections
+    from darkcfg.export.onnx import ExportReport
+
+    found.update({"darkcfg.detect.decode.Detections": Detections,  # what the documented
+                  "darkcfg.export.onnx.ExportReport": ExportReport})  # functions return
+    for name, obj in list(found.items()):  # and the public methods of each class
+        if isinstance(obj, type) and obj.__module__.split(".")[0] in ("cfgparse", "builders",
+                                                                       "darkcfg"):
+            found.update({f"{name}.{n}": v for n, v in vars(obj).items()
+                          if not n.startswith("_") and (callable(v) or isinstance(v, property))})
+    return [(name, obj) for name, obj in sorted(found.items())
+            if callable(obj) or isinstance(obj, property)]
+
+
+def test_the_public_names_have_docstrings_of_their_own():
+    """help() on what the docs show a library user says what it is (builders.Network, Block,
+    Option and Diagnostic had none, or only the dataclass's generated signature)."""
+    bare = []
+    for name, obj in _documented_names():
+        doc = obj.__doc__
+        if isinstance(obj, type) and doc and doc.startswith(f"{obj.__name__}("):
+            doc = None  # a dataclass's or NamedTuple's generated signature
+        if isinstance(obj, type) and doc is not None and doc == obj.__mro__[1].__doc__:
+            doc = None  # inherited
+        if not (doc or "").strip():
+            bare.append(name)
+    assert bare == []
+
+
+def test_help_darkcfg_points_to_the_library_entry_points():
+    """`help(darkcfg)` lists where a library user starts, and each name it gives exists."""
+    import darkcfg
+
+    doc = darkcfg.__doc__
+    assert "From Python" in doc and "CfgError" in doc and "InputError" in doc
+    named = re.findall(r"^    ((?:cfgparse|builders|darkcfg)\.[\w.]+)\(", doc, re.M)
+    assert len(named) >= 6
+    for dotted in named:
+        module, _, attr = dotted.rpartition(".")
+        obj = getattr(importlib.import_module(module), attr)
+        assert obj.__doc__, dotted
+
+
 def _long_options(parser) -> set[str]:
     """Every --option of an argparse parser and of its subcommands' parsers."""
     import argparse

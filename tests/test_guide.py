@@ -46,6 +46,7 @@ def test_every_block_of_the_guide_runs(tmp_path):
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "OMP_NUM_THREADS": "1",
            "MPLBACKEND": "Agg"}
     ran = 0
+    printed: dict[str, str] = {}
     for n, (kind, body) in enumerate(blocks()):
         first = body.split("\n", 1)[0]
         if first.startswith("# file: "):
@@ -66,8 +67,17 @@ def test_every_block_of_the_guide_runs(tmp_path):
                               timeout=600)
         assert done.returncode == 0, f"block {n} ({kind}):\n{body}\n{done.stdout}\n{done.stderr}"
         assert "Traceback" not in done.stderr, f"block {n}:\n{done.stderr}"
+        if kind == "python":  # a reader copies these: no warning either (float(loss) gave one)
+            assert "Warning" not in done.stderr, f"block {n}:\n{done.stderr}"
+        printed[body] = done.stdout
         ran += 1
     assert ran >= 8
+    # the [channel_scale] edit keeps the network: the shortcut still adds layer 0 and the route
+    # still concatenates the two 16x16 paths (it once rewired both silently)
+    summary = next(out for body, out in printed.items() if "scaled.cfg --summary" in body)
+    rows = {line.split()[1]: line for line in summary.splitlines()[1:-1]}
+    assert rows["shortcut"].split()[3] == "-4"
+    assert rows["route"].split()[3] == "5,7" and "->   16 x  16 x   48" in rows["route"]
     assert (tmp_path / "runs" / "tiny-resnet" / "tiny-resnet_final.weights").exists()
     assert (tmp_path / "runs" / "scaled" / "scaled_final.weights").exists()
     # the plugin head trained and was validated through its own decoding (mAP in metrics.csv)

@@ -203,6 +203,48 @@ def test_cfgparse_and_the_linters_block_rules_import_no_torch():
     assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
 
 
+SETTINGS = """
+import logging, os, signal, sys, warnings
+import torch
+def settings():
+    return dict(
+        threads=torch.get_num_threads(), interop=torch.get_num_interop_threads(),
+        dtype=torch.get_default_dtype(), device=str(torch.get_default_device()),
+        deterministic=torch.are_deterministic_algorithms_enabled(),
+        cudnn=(torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic),
+        mkldnn=torch.backends.mkldnn.enabled, matmul=torch.get_float32_matmul_precision(),
+        grad=torch.is_grad_enabled(), rng=torch.random.get_rng_state().tolist(),
+        signals={s: signal.getsignal(s) for s in signal.valid_signals()
+                 if s not in (signal.SIGKILL, signal.SIGSTOP)},
+        logging=(logging.root.level, list(logging.root.handlers), logging.root.manager.disable),
+        warnings=list(warnings.filters), excepthook=sys.excepthook, env=dict(os.environ),
+        recursion=sys.getrecursionlimit())
+before = settings()
+"""
+
+
+def test_importing_the_packages_changes_nothing_global():
+    """A library user's `import darkcfg` / `from builders import build` (and the job packages
+    behind the documented functions) prints nothing and leaves torch's threads, dtype,
+    deterministic flags, random state, the signal handlers, logging and warnings filters as they
+    were (the darkcfg docstring promises it; training and the command line set what they need
+    when they run)."""
+    modules = ["cfgparse", "builders", "darkcfg", "builders.graph", "builders.weights",
+               "darkcfg.model", "darkcfg.detect.decode", "darkcfg.detect.run",
+               "darkcfg.export.onnx", "darkcfg.export.emit", "darkcfg.lint", "darkcfg.data",
+               "darkcfg.train", "darkcfg.train.loop", "darkcfg.cli", "darkcfg.stopping"]
+    script = (SETTINGS + "import importlib\n"
+              f"for name in {modules!r}:\n"
+              "    importlib.import_module(name)\n"
+              "after = settings()\n"
+              "changed = [k for k in before if before[k] != after[k]]\n"
+              "assert not changed, changed\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""
+
+
 # -- one home per rule -----------------------------------------------------------------------------
 
 def test_every_registered_section_has_a_test_case():
@@ -380,3 +422,13 @@ def test_box_geometry_has_one_home():
             for name in pattern.findall(path.read_text(encoding="utf-8")):
                 homes.setdefault(name, []).append(str(path.relative_to(ROOT)))
     assert homes and all(places == ["builders/boxes.py"] for places in homes.values()), homes
+
+
+def test_builders_lists_its_lazy_names():
+    """builders loads its names on first use: dir() (tab completion) missed `build`, and its
+    docstring announced "the names below" with none below."""
+    import builders
+
+    assert set(builders.__all__) <= set(dir(builders))
+    missing = [name for name in builders.__all__ if name not in builders.__doc__]
+    assert missing == []

@@ -616,3 +616,23 @@ def test_yaml_on_off_yes_no_are_read_as_written(tmp_path):
     settings = tmp_path / "settings.yaml"
     settings.write_text("cfg: m.cfg\noverrides:\n  convolutional.activation: on\n  x: no\n")
     assert read_settings(settings)["overrides"] == {"convolutional.activation": "on", "x": "no"}
+
+
+def test_yaml_given_as_cfg_text_is_one_error_that_says_so(tmp_path):
+    """YAML text passed to parse()/build() (or a YAML file named .cfg) was one 'option before
+    any section' per line; now one E103 naming YAML and how to read it."""
+    yaml_text = "# tiny\n- net:\n    width: 8\n    height: 8\n    channels: 3\n- maxpool:\n" \
+                "    size: 2\n"
+    named_cfg = tmp_path / "y.cfg"
+    named_cfg.write_text(yaml_text)
+    for source, where in ((yaml_text, "<string>"), (named_cfg, str(named_cfg))):
+        with pytest.raises(CfgError) as info:
+            parse(source)
+        errors = info.value.errors
+        assert located(errors) == [("E103", 2, 1)]
+        assert str(errors[0]).startswith(f"{where}:2:1: error[E103]: this is a YAML "
+                                         "architecture, read as cfg text")
+        assert "cfgparse.blocks_from_yaml(text)" in errors[0].hint
+    yaml_file = tmp_path / "y.yaml"
+    yaml_file.write_text(yaml_text)
+    assert [b.type for b in parse(yaml_file)] == ["net", "maxpool"]  # as a .yaml: read as YAML

@@ -223,3 +223,42 @@ def test_a_builder_that_returns_no_layer_and_shape_is_named(returned):
             build(f"[net]\nwidth=4\nheight=4\nchannels=1\n[{name}]\n")
     finally:
         _unregister(name)
+
+
+def test_a_builder_that_raises_is_named_in_the_error():
+    """A plugin builder's own bug (a KeyError in its code) keeps its type and message, and
+    says which layer and line it was building (it named only the plugin's line)."""
+    name = "test_raises"
+
+    def broken(block, ctx):
+        return {}["missing"]
+
+    try:
+        register_section(name, broken)
+        with pytest.raises(KeyError) as err:
+            build(f"[net]\nwidth=4\nheight=4\nchannels=1\n\n[{name}]\n")
+        assert err.value.__notes__ == [f"while building layer 0 [{name}] (<string>:6)"]
+    finally:
+        _unregister(name)
+
+
+class Failing(Layer):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_layer_error_that_is_not_about_sizes_passes_as_it_is():
+    """net(x) names the input shape when a layer fails on a size it cannot take; another
+    RuntimeError of a layer (here a plugin's), on any input size, is not relabelled."""
+    from builders import InputError
+
+    name = "test_failing"
+    try:
+        register_section(name, lambda block, ctx: (Failing(), ctx.input))
+        net = build(f"[net]\nwidth=8\nheight=8\nchannels=3\n[{name}]\n")
+        for size in (8, 16):
+            with pytest.raises(RuntimeError, match="^CUDA error") as err:
+                net(torch.rand(1, 3, size, size))
+            assert not isinstance(err.value, InputError)
+    finally:
+        _unregister(name)

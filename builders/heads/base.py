@@ -150,6 +150,9 @@ class HeadDecoding:
     letterbox: bool = True
 
     def predictions(self, layer: Layer, y: torch.Tensor, net_w: int, net_h: int) -> HeadParts:
+        """The head output `y` (N, C, H, W) decoded into HeadParts: boxes (N, K, 4) relative
+        centre/size, objectness (N, K), class scores (N, K, C), in get_network_boxes order.
+        Every head's decoding gives its own."""
         raise NotImplementedError
 
     def unsupported(self, layer: Layer) -> tuple[str, str] | None:

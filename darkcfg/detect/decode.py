@@ -153,6 +153,7 @@ class Detections:
 
     @property
     def classes(self) -> int:
+        """The number of classes (the columns of `probs`)."""
         return self.probs.shape[1]
 
     def pairs(self) -> set[tuple[int, int]]:
@@ -160,6 +161,7 @@ class Detections:
         return {(int(i), int(c)) for i, c in torch.nonzero(self.probs).tolist()}
 
     def to(self, device) -> Detections:
+        """A copy with every tensor on `device`."""
         return replace(self, **{k: getattr(self, k).to(device)
                                 for k in ("boxes", "objectness", "probs", "layer", "index")})
 
@@ -579,6 +581,11 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
     for name, value in (("thresh", thresh), ("nms", nms)):
         if not 0 <= value <= 1:  # NaN too: a NaN threshold silently found nothing
             raise ValueError(f"{name}={value!r}: a threshold lies in [0, 1]")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: a count of images, 1 or more")
+    if isinstance(names, (str, os.PathLike)):  # a .names file's path: its characters as names
+        raise TypeError(f"names={str(names)!r}: names is the list of class names, not a file; "
+                        "read a .names file with Path(f).read_text().splitlines()")
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
     if any(layer.training for layer in net.layers):  # a walk over every module costs 0.7 ms
         net.eval()
@@ -676,7 +683,10 @@ def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: boo
     (0: none), the objects in the order Darknet prints them. Batched, on the net's device, under
     autocast on CUDA. The net is put in eval mode. A path's EXIF orientation is applied (as
     cv::imread does); a PIL image is taken as stored, boxes in its own pixels (pass
-    ImageOps.exif_transpose(im) for a camera's upright picture)."""
+    ImageOps.exif_transpose(im) for a camera's upright picture). `names`: a list of class
+    names (a .names file's lines). An image that cannot be read raises OSError naming it; a
+    threshold outside [0, 1] or a batch_size below 1 ValueError; a network without a detection
+    head ValueError."""
     if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)) and \
             not (isinstance(images, torch.Tensor) and images.dim() == 4):
         images = [images]

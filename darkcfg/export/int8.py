@@ -41,6 +41,7 @@ from builders.atomic import staged_file, work_folder
 from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
 from darkcfg.export.onnx import (
+    cfg_name,
     check_output,
     export_onnx,
     failed,
@@ -503,7 +504,7 @@ def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
                      code="E100")
     with work_folder("darkcfg-int8-") as work:  # (and what a killed export left)
         fp32 = Path(work) / "fp32.onnx"
-        export_onnx(net, fp32, dynamic_batch=True, name=options.name or path.stem,
+        export_onnx(net, fp32, dynamic_batch=True, name=cfg_name(net, options.name, path),
                     opset=options.opset)
         quantizer = Quantizer(fp32, work, shown=str(path))
         if not quantizer.layers:

@@ -35,6 +35,7 @@ from builders.atomic import staged_file
 from builders.graph import Network
 from darkcfg.export.onnx import (
     ExportReport,
+    cfg_name,
     convert_opset,
     example_input,
     exporter_failure,
@@ -370,7 +371,7 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
                                              verbose=False)
     except Exception as exc:
         raise exporter_failure("ONNX export", exc, module, x, str(path)) from None
-    meta = metadata(net, name or path.stem, True)
+    meta = metadata(net, cfg_name(net, name, path), True)
     meta.update({"outputs": ",".join(NMS_OUTPUTS), "thresh": f"{thresh:g}", "nms": f"{nms:g}",
                  "nms_rule": f"DIoU, beta {beta:g} ({kind}: diounms_sort)" if diou else
                  "IoU (do_nms_sort)", "boxes": "left,top,right,bottom input pixels",

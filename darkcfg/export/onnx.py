@@ -201,6 +201,10 @@ def exporter_failure(what: str, exc: Exception, module: nn.Module, x: torch.Tens
 
 @dataclass
 class ExportReport:
+    """What an export wrote: the file, its format, the output names, the largest relative error
+    of the check run against the network, the ONNX opset and metadata; `str()` is the line
+    the command prints."""
+
     path: str
     format: str  # "onnx" or "pt2"
     outputs: list[str]
@@ -221,6 +225,15 @@ class ExportReport:
             text += (f" (XNOR layers take sign(x): PyTorch's own float32 and float64 outputs "
                      f"differ by {self.allowed / 2:.2e}, so up to {self.allowed:.2e} is allowed)")
         return text
+
+
+def cfg_name(net: Network, name: str, out: Path) -> str:
+    """The metadata's `cfg`: the name given (the command line's cfg file name), else the file
+    the network was built from, else (cfg text) the output's stem."""
+    if name:
+        return name
+    built_from = net.net_block.path
+    return out.stem if built_from.startswith("<") else Path(built_from).name
 
 
 def metadata(net: Network, name: str, decode: bool) -> dict[str, str]:
@@ -295,7 +308,7 @@ def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = No
     except Exception as exc:
         raise exporter_failure("ONNX export", exc, Exportable(net, decode).eval(), x,
                                str(path)) from None
-    meta = metadata(net, name or path.stem, decode)
+    meta = metadata(net, cfg_name(net, name, path), decode)
     onnx_program.model.metadata_props.update(meta)
     if dynamic_batch:
         name_batch_dim(onnx_program.model)
