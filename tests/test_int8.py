@@ -467,3 +467,23 @@ def test_an_undecodable_classifier_image_is_left_out_of_the_calibration(tmp_path
     assert f"{cut}: warning[W901]: cannot read image '{cut}'" in captured.err
     assert "left out of the calibration; the next image takes its place" in captured.err
     assert "calibrated on 4 images" in captured.out
+
+
+@pytest.mark.parametrize("cfg_text", [DETECTOR, SMALL], ids=["detector", "classifier"])
+@pytest.mark.parametrize("classes", ["0", "-2"])
+def test_classes_under_one_is_a_usage_error_before_the_build(tmp_path, capsys, monkeypatch,
+                                                             cfg_text, classes):
+    """--classes 0 with --int8 was an E901 from the embedded data, after the build; it is a
+    usage error (E100 at --classes) as `train --classes 0` is, before the build."""
+    import darkcfg.cli.export as command
+    from darkcfg.cli import main as darkcfg_main
+
+    monkeypatch.setattr(command, "sized_model", lambda *a: pytest.fail("built before the check"))
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text(cfg_text)
+    out = tmp_path / "m.onnx"
+    assert darkcfg_main(["export", str(cfg), "--out", str(out), "--int8", "--calibrate",
+                         "embedded", "--classes", classes]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"--classes: error[E100]: --classes {classes}: need at least 1"), err
+    assert "help: use --classes 1 or more" in err and not out.exists()
