@@ -467,3 +467,134 @@ def test_an_undecodable_classifier_image_is_left_out_of_the_calibration(tmp_path
     assert f"{cut}: warning[W901]: cannot read image '{cut}'" in captured.err
     assert "left out of the calibration; the next image takes its place" in captured.err
     assert "calibrated on 4 images" in captured.out
+
+
+@pytest.mark.parametrize("cfg_text", [DETECTOR, SMALL], ids=["detector", "classifier"])
+@pytest.mark.parametrize("classes", ["0", "-2"])
+def test_classes_under_one_is_a_usage_error_before_the_build(tmp_path, capsys, monkeypatch,
+                                                             cfg_text, classes):
+    """--classes 0 with --int8 was an E901 from the embedded data, after the build; it is a
+    usage error (E100 at --classes) as `train --classes 0` is, before the build."""
+    import darkcfg.cli.export as command
+    from darkcfg.cli import main as darkcfg_main
+
+    monkeypatch.setattr(command, "sized_model", lambda *a: pytest.fail("built before the check"))
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text(cfg_text)
+    out = tmp_path / "m.onnx"
+    assert darkcfg_main(["export", str(cfg), "--out", str(out), "--int8", "--calibrate",
+                         "embedded", "--classes", classes]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"--classes: error[E100]: --classes {classes}: need at least 1"), err
+    assert "help: use --classes 1 or more" in err and not out.exists()
+
+
+class _Split:
+    """A training split of `size` images (C, 4, 4) filled with their index; `bad` ones raise
+    DataError as a JPEG cut short does. `reads` counts every decode."""
+
+    def __init__(self, size: int, bad: set[int] = frozenset()):
+        self.size, self.bad, self.reads = size, set(bad), []
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from darkcfg.data import DataError
+
+        self.reads.append(i)
+        if i in self.bad:
+            raise DataError(f"cannot read image 'img/{i}.jpg': image file is truncated")
+        return torch.full((3, 4, 4), float(i))
+
+
+def test_calibration_images_are_read_a_batch_at_a_time():
+    """Every calibration image was decoded and stacked before the calibration (~2 MB each at
+    416x416: --calib-images 8192 needed 17 GB); onnxruntime's reader now reads a batch at a
+    time as it asks, and lets it go: memory is one batch whatever N."""
+    from darkcfg.export.int8 import CalibrationImages, _reader
+
+    split = _Split(1000)
+    images = CalibrationImages(split, 400, lambda s: s)
+    assert split.reads == [0]  # only the first pick, settled at once (E901 if none decodes)
+    reader = _reader(images, batch=8)
+    first = reader.get_next()["images"]
+    assert first.shape == (8, 3, 4, 4) and first.dtype == np.float32
+    assert len(split.reads) == 9  # the first again, and the next seven: not the 400
+    seen = [first]
+    while (batch := reader.get_next()) is not None:
+        seen.append(batch["images"])
+    values = np.concatenate(seen)[:, 0, 0, 0].astype(int).tolist()
+    assert values == np.linspace(0, 999, 400).round().astype(int).tolist()  # spread over it
+    assert len(images) == 400 and len(split.reads) == 401
+
+
+def test_undecodable_calibration_images_are_replaced_and_said_once(capsys):
+    """The stream keeps the W901 skip-and-replace: the next unused image of the split takes a
+    bad one's place, a pick with none left is dropped (len() then counts what was read), every
+    later pass reads the same images without a second warning, and `images[:k]` stacks the
+    first k."""
+    from darkcfg.export.int8 import CalibrationImages
+
+    split = _Split(10, bad={3, 7})
+    images = CalibrationImages(split, 4, lambda s: s)  # picks 0, 3, 6, 9
+    assert [int(x[0, 0, 0]) for x in images] == [0, 4, 6, 9]
+    assert [int(x[0, 0, 0]) for x in images[:3]] == [0, 4, 6]
+    assert [int(x[0, 0, 0]) for x in images] == [0, 4, 6, 9]
+    err = capsys.readouterr().err
+    assert err.count("warning[W901]") == 1 and "img/3.jpg: warning[W901]" in err, err
+    assert "left out of the calibration; the next image takes its place" in err
+    short = _Split(4, bad={1})
+    few = CalibrationImages(short, 4, lambda s: s)
+    assert len(few) == 4  # planned, until read
+    assert [int(x[0, 0, 0]) for x in few] == [0, 2, 3] and len(few) == 3
+
+
+def test_none_decoding_is_e901_when_opened():
+    from cfgparse import CfgError
+    from darkcfg.export.int8 import CalibrationImages
+
+    with pytest.raises(CfgError) as caught:
+        CalibrationImages(_Split(3, bad={0, 1, 2}), 2, lambda s: s, "set.data")
+    d = caught.value.diagnostics[0]
+    assert d.code == "E901" and d.path == "set.data"
+    assert d.message.startswith("cannot calibrate: not one training image decodes")
+
+
+def test_open_int8_data_decodes_nothing_ahead_and_batching_keeps_the_ranges(tmp_path,
+                                                                           monkeypatch):
+    """open_int8_data decoded all N images up front; it now decodes the first only. The
+    calibration reads 8 to a run: the MinMax ranges (per tensor, over the batch axis too) are
+    the ones of one image a run."""
+    from darkcfg.data import EmbeddedShapes
+    from darkcfg.export.int8 import Quantizer
+    from darkcfg.export.onnx import export_onnx
+
+    reads = []
+    real = EmbeddedShapes.__getitem__
+    monkeypatch.setattr(EmbeddedShapes, "__getitem__", lambda s, i: reads.append(i) or real(s, i))
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL)
+    net, netcfg, _ = build_network(str(cfg), [], "alexeyab", 0)
+    net.eval()
+    data = open_int8_data(net, netcfg, None, 0, calib_images=64)
+    assert len(reads) == 1
+    assert data.calibration[:3].shape == (3, 3, 32, 32)
+    export_onnx(net, tmp_path / "fp32.onnx", dynamic_batch=True)
+    ranges = []
+    for batch in (1, 8):
+        work = tmp_path / f"b{batch}"
+        work.mkdir()
+        Quantizer(tmp_path / "fp32.onnx", str(work)).calibrate(data.calibration, batch=batch)
+        ranges.append(_ranges(work / "ranges.json"))
+    assert ranges[0].keys() == ranges[1].keys() and len(data.calibration) == 64
+    for name, (low, high) in ranges[0].items():  # the same but for float rounding
+        assert ranges[1][name] == pytest.approx((low, high), rel=1e-5, abs=1e-6), name
+
+
+def _ranges(path) -> dict[str, tuple[float, float]]:
+    """{tensor: (lowest, highest)} of an onnxruntime calibration cache."""
+    import json
+
+    return {name: tuple(float(np.ravel(r[end]["data"])[0]) for end in ("lowest", "highest"))
+            for name, r in json.loads(path.read_text())["data"].items()}

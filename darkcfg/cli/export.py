@@ -20,7 +20,7 @@ from darkcfg.cli.common import (
     refuse_overwriting_inputs,
     usage_error,
 )
-from darkcfg.model import ModelSpec
+from darkcfg.model import ModelSpec, option_error
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,9 @@ def check_options(opts: ExportOptions) -> None:
         if opts.calib_images is not None and opts.calib_images < 1:
             raise usage_error(f"--calib-images must be >= 1, not {opts.calib_images}",
                               hint=f"e.g. --calib-images {DEFAULT_CALIB_IMAGES} (the default)")
+        if opts.classes is not None and opts.classes < 1:  # as RunOptions refuses it
+            raise option_error("--classes", f"--classes {opts.classes}: need at least 1",
+                               "use --classes 1 or more (or leave it out)")
         if opts.classes is not None and opts.calibrate != "embedded":
             raise usage_error(f"--classes {opts.classes} is for --calibrate embedded: other data "
                               "brings its own classes", hint="drop --classes")
