@@ -469,6 +469,44 @@ def test_an_undecodable_classifier_image_is_left_out_of_the_calibration(tmp_path
     assert "calibrated on 4 images" in captured.out
 
 
+def test_an_undecodable_classifier_validation_image_is_scored_blank(tmp_path, capsys):
+    """INT8's top-1 stopped with E901 at a validation image whose pixels do not decode; it
+    scores it as `darkcfg valid` now does: a blank image of its class (W901, said once over
+    the fp32 and INT8 passes), every image counted. The calibration still replaces a bad
+    training image itself (it reads the training split raising)."""
+    import io
+
+    from PIL import Image
+
+    noise = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k, name in enumerate(("cat", "dog")):
+            (tmp_path / "set" / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40, 40), (90 * k + 10, 40 * i + 10, 70)).save(
+                    tmp_path / "set" / split / name / f"{i}.jpg")
+    buffer = io.BytesIO()
+    Image.fromarray(noise.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    cut = tmp_path / "set" / "val" / "cat" / "1.jpg"
+    cut.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 3])
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL.replace("filters=4\n", "filters=2\n"))
+    net, netcfg, _ = build_network(str(cfg), [], "alexeyab", 0)
+    data = open_int8_data(net.eval(), netcfg, str(tmp_path / "set"), 0, calib_images=2)
+
+    def blank_is_cat(x):  # class 0 for an all-black input, else class 1
+        black = x.flatten(1).abs().amax(1) == 0
+        return [torch.stack([black.float(), (~black).float()], 1)]
+
+    for _ in range(2):  # fp32, then INT8
+        assert data.evaluation.score(blank_is_cat) == pytest.approx(100 * 4 / 6)
+    assert data.evaluation.images == 6
+    err = capsys.readouterr().err
+    assert err.count("warning[W901]") == 1, err
+    assert f"{cut}: warning[W901]: cannot read image '{cut}'" in err
+    assert "scored as a blank image of its class" in err
+
+
 @pytest.mark.parametrize("cfg_text", [DETECTOR, SMALL], ids=["detector", "classifier"])
 @pytest.mark.parametrize("classes", ["0", "-2"])
 def test_classes_under_one_is_a_usage_error_before_the_build(tmp_path, capsys, monkeypatch,

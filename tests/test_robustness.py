@@ -620,6 +620,71 @@ def test_an_image_that_fails_to_decode_later_is_skipped_with_a_warning(tmp_path,
     assert capsys.readouterr().err.count("scored as a blank image") == 1
 
 
+def cut_folder(root: Path, cut: tuple[str, ...]) -> dict[str, Path]:
+    """An ImageFolder with train/ and val/ of 3 noise JPEGs per class (cat, dog); the images
+    named in `cut` ('train/dog/2.jpg') keep their header but lose their last pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+                    root / split / name / f"{i}.jpg")
+    paths = {}
+    for name in cut:
+        path = paths[name] = root / name
+        whole = path.read_bytes()
+        path.write_bytes(whole[:len(whole) * 4 // 5])  # the header is intact, the pixels not
+    return paths
+
+
+def test_a_classifiers_undecodable_image_is_skipped_in_training_and_blank_in_validation(
+        tmp_path, capsys):
+    """A classifier's image whose header reads but whose pixels do not decode stopped training
+    and `valid` with E901 (ImageFiles had no W901 path; detection's had). Training now skips it
+    (the next image of the list, with its label, takes its place) and validation scores it as
+    the blank 10x10 image of its own label that Darknet's validate_classifier gets from
+    load_image; each said once."""
+    from darkcfg.data import image_folder, read_image
+
+    cut = cut_folder(tmp_path / "set", ("train/cat/1.jpg", "val/dog/0.jpg"))
+    splits = image_folder(tmp_path / "set", 3, 0)  # headers checked: they pass
+    train, val = splits.train, splits.val
+    at = [p for p, _ in train.items].index(str(cut["train/cat/1.jpg"]))
+    for _ in range(2):
+        image, label = train[at]
+        assert image.equal(read_image(train.items[at + 1][0], 3)) and label == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"{cut['train/cat/1.jpg']}: warning[W901]: cannot read image")
+    assert err.count("W901") == 1 and "skipped; the next image of the list" in err
+    at = [p for p, _ in val.items].index(str(cut["val/dog/0.jpg"]))
+    for _ in range(2):
+        image, label = val[at]
+        assert image.shape == (3, 10, 10) and not image.any() and label == 1
+    err = capsys.readouterr().err
+    assert err.count("W901") == 1 and "scored as a blank image of its class" in err
+    assert [val[i][1] for i in range(len(val))] == [0, 0, 0, 1, 1, 1]  # every image scored
+
+
+def test_a_classifier_trains_and_validates_past_an_undecodable_image(tmp_path, capsys,
+                                                                     tiny_classifier):
+    cut = cut_folder(tmp_path / "set", ("train/dog/2.jpg", "val/cat/1.jpg"))
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=2,
+                                burn_in=0)
+    out = tmp_path / "run"
+    assert run(cfg, "--train", "--data", tmp_path / "set", "--out", out, "--no-progress",
+               "--workers", "0") == 0
+    err = capsys.readouterr().err
+    assert f"{cut['train/dog/2.jpg']}: warning[W901]" in err and "error" not in err, err
+    assert f"{cut['val/cat/1.jpg']}: warning[W901]" in err
+    assert run(cfg, "--valid", "--data", tmp_path / "set", "--weights",
+               out / "c_final.weights", "--workers", "0") == 0
+    err = capsys.readouterr().err
+    assert f"{cut['val/cat/1.jpg']}: warning[W901]" in err and "error" not in err, err
+
+
 def test_native_cache_survives_a_bad_compiler_and_an_unwritable_home(tmp_path):
     """`CC=/bin/true` (exits 0, writes nothing) keeps the good library and says why it falls
     back (before: an empty "library" replaced it); a cache folder that cannot be written uses

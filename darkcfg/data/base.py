@@ -3,6 +3,7 @@ a decoded image (PIL or tensor) into the uint8 CHW tensor the loaders carry."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch.utils.data import Dataset
 
 from builders.atomic import atomic_open
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import WARNING
 
 
 class DataError(Exception):
@@ -176,6 +178,24 @@ def read_image(path: str, channels: int) -> torch.Tensor:
             raise DataError(f"cannot read image '{path}': it has more pixels than darkcfg "
                             f"reads ({exc}); resize it (or remove it from the list)") from None
         raise DataError(f"cannot read image '{path}': {exc}") from None
+
+
+def say_undecodable(exc: DataError, path: str, what: str) -> None:
+    """W901 on stderr for an image whose header reads but whose pixels do not decode (`exc`,
+    from `read_image`), and what becomes of it (`what`): every data source says it so, as
+    Darknet's load_image_mat_cv says "Cannot load image" and goes on."""
+    print(Diagnostic("W901", f"{exc} (Darknet: 'Cannot load image'): {what}", str(path),
+                     severity=WARNING, hint="remove it or convert it to JPEG/PNG").format(),
+          file=sys.stderr, flush=True)
+
+
+#: The blank picture an undecodable validation image is scored as: Darknet's load_image_cv
+#: returns make_image(10, 10, channels) (zeros) when the file does not load.
+BLANK_SIDE = 10
+
+
+def blank_image(channels: int) -> torch.Tensor:
+    return torch.zeros((channels, BLANK_SIDE, BLANK_SIDE), dtype=torch.uint8)
 
 
 HEADER_THREADS = 8  # reading headers waits on the disk, not the CPU

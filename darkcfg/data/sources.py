@@ -17,11 +17,14 @@ from torch.utils.data import Dataset
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.base import (
+    DataError,
     DataSplits,
+    blank_image,
     check_image_headers,
     data_error,
     image_tensor,
     read_image,
+    say_undecodable,
 )
 from darkcfg.data.datafile import (
     files_under,
@@ -70,17 +73,66 @@ def open_images(spec: str, inputs: tuple[int, ...], seed: int) -> DataSplits:
 
 # -- image files ----------------------------------------------------------------------------------
 class ImageFiles(Dataset):
-    """(path, label) pairs decoded with PIL into uint8 CHW tensors with the net's channels."""
+    """(path, label) pairs decoded with PIL into uint8 CHW tensors with the net's channels.
 
-    def __init__(self, items: Sequence[tuple[str, int]], channels: int):
-        self.items, self.channels = list(items), channels
+    Headers are checked at start (`check_image_headers`); an image whose pixels still do not
+    decode (a JPEG cut short after its header) is what `undecodable` says, with a W901 said once
+    per loader process, as detection's `LabelledImages` does and Darknet's load_image goes on:
+    "skip" (a training split): the next readable image of the list takes its place, with its
+    label; "blank" (a validation split): it keeps its place as a blank 10x10 image of its own
+    label, which Darknet's validate_classifier scores (load_image_cv gives make_image(10, 10,
+    c)); "raise": a DataError naming it (the caller replaces it, e.g. INT8's calibration)."""
+
+    def __init__(self, items: Sequence[tuple[str, int]], channels: int,
+                 undecodable: str = "raise"):
+        if undecodable not in ("skip", "blank", "raise"):
+            raise ValueError(f"undecodable={undecodable!r}: 'skip', 'blank' or 'raise'")
+        self.items, self.channels, self.undecodable = list(items), channels, undecodable
+        self.bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.items[index]
-        return read_image(path, self.channels), label
+        if self.undecodable == "raise":
+            path, label = self.items[index]
+            return read_image(path, self.channels), label
+        if self.undecodable == "blank":
+            image = self._read(index)
+            return (blank_image(self.channels) if image is None else image), \
+                self.items[index][1]
+        for step in range(len(self.items)):
+            at = (index + step) % len(self.items)
+            image = self._read(at)
+            if image is not None:
+                return image, self.items[at][1]
+        raise DataError(f"none of the {len(self.items)} images can be read")
+
+    def raising(self) -> ImageFiles:
+        """The same images, each undecodable one a DataError."""
+        return ImageFiles(self.items, self.channels)
+
+    def _read(self, at: int) -> torch.Tensor | None:
+        """Image `at`, or None when it does not decode (said once per loader process)."""
+        if at in self.bad:
+            return None
+        path = self.items[at][0]
+        try:
+            return read_image(path, self.channels)
+        except DataError as exc:
+            self.bad.add(at)
+            say_undecodable(exc, path, "scored as a blank image of its class"
+                            if self.undecodable == "blank" else
+                            "skipped; the next image of the list takes its place")
+            return None
+
+
+def image_splits(train: list[tuple[str, int]], val: list[tuple[str, int]], channels: int
+                 ) -> tuple[ImageFiles, ImageFiles | None]:
+    """A classifier's (train, validation) image splits: an image that does not decode is
+    skipped in training and scored as a blank image in validation (W901, `ImageFiles`)."""
+    return ImageFiles(train, channels, "skip"), \
+        ImageFiles(val, channels, "blank") if val else None
 
 
 def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
@@ -121,7 +173,7 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
                          "optionally under train/ and val/")
     # every header now: a corrupt file is an error before the first iteration, not hours in
     check_image_headers(dict.fromkeys(p for p, _ in train + val), str(root))
-    return DataSplits(ImageFiles(train, channels), ImageFiles(val, channels) if val else None,
+    return DataSplits(*image_splits(train, val, channels),
                       names, f"ImageFolder {where}: {len(names)} classes, {len(train)} train / "
                       f"{len(val)} val images")
 
@@ -182,7 +234,7 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
         raise data_error(f"the train list of '{path}' is empty", where, "list image paths")
     check_image_headers(dict.fromkeys(p for p, _ in train + val), where)
     backup = str(resolve(opts["backup"], path.parent)) if "backup" in opts else None
-    return DataSplits(ImageFiles(train, channels), ImageFiles(val, channels) if val else None,
+    return DataSplits(*image_splits(train, val, channels),
                       names[: len(labels)], f"Darknet data {path}: {classes} classes, "
                       f"{len(train)} train / {len(val)} valid images", backup=backup)
 

@@ -267,7 +267,7 @@ def _first_classes(dets, classes: int):
 
 
 def _classifier_data(net, cfg, source, seed, count, classes, batch) -> Int8Data:
-    from darkcfg.data import Augment, embedded_shapes, open_images
+    from darkcfg.data import Augment, ImageFiles, embedded_shapes, open_images
 
     shape = net.input_shape
     inputs = (shape.c, shape.h, shape.w)
@@ -286,8 +286,11 @@ def _classifier_data(net, cfg, source, seed, count, classes, batch) -> Int8Data:
         image = view(sample[0])
         return image.float().div(255) if image.dtype == torch.uint8 else image.float()
 
-    calibration = CalibrationImages(splits.train, count, image_of, source or "embedded")
-    val = splits.val
+    train = splits.train
+    if isinstance(train, ImageFiles):  # an undecodable image raises: the calibration takes
+        train = train.raising()        # the next unused one and says it left this one out
+    calibration = CalibrationImages(train, count, image_of, source or "embedded")
+    val = splits.val  # (an undecodable image is a blank one of its class: W901, as `valid`)
 
     def score(run) -> float:
         hits = total = 0

@@ -15,7 +15,6 @@ byte on a CPU.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,8 +26,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from builders.boxes import letterbox_image, resize_image
 from cfgparse import CfgError, Diagnostic
-from cfgparse.errors import WARNING
-from darkcfg.data.base import check_classes_option, check_image_headers, loader_worker_init
+from darkcfg.data.base import (
+    blank_image,
+    check_classes_option,
+    check_image_headers,
+    loader_worker_init,
+    say_undecodable,
+)
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
 from darkcfg.data.detection.labels import Labels, set_warnings
@@ -59,8 +63,8 @@ class LabelledImages(Dataset):
 
         if self.scored:
             image = self._read(index)
-            blank = torch.zeros((self.channels, 10, 10), dtype=torch.uint8)
-            return (blank if image is None else image), self.labels.boxes[index]
+            return (blank_image(self.channels) if image is None else image), \
+                self.labels.boxes[index]
         for step in range(len(self.paths)):
             at = (index + step) % len(self.paths)
             image = self._read(at)
@@ -78,12 +82,9 @@ class LabelledImages(Dataset):
             return read_image(self.paths[at], self.channels)
         except DataError as exc:
             self.bad.add(at)
-            what = "scored as a blank image with its labels" if self.scored else \
-                "skipped; the next image of the list takes its place"
-            print(Diagnostic("W901", f"{exc} (Darknet: 'Cannot load image'): {what}",
-                             str(self.paths[at]), severity=WARNING,
-                             hint="remove it or convert it to JPEG/PNG").format(),
-                  file=sys.stderr, flush=True)
+            say_undecodable(exc, self.paths[at], "scored as a blank image with its labels"
+                            if self.scored else
+                            "skipped; the next image of the list takes its place")
             return None
 
 
