@@ -1044,19 +1044,43 @@ def test_a_voc_or_yolo_list_that_names_an_image_twice_is_said_at_its_line(four):
         ("train.txt", 3, "W904"), ("data.yaml", 3, "W904")]
 
 
-def test_a_coco_picture_of_two_entries_is_a_repeat_and_convert_writes_one(four, tmp_path):
+def test_the_objects_of_a_coco_pictures_two_entries_are_merged(four, tmp_path):
+    """Two entries of one picture (two ids, one file_name) were two images, each with only its
+    own entry's objects: training drew it once per entry with half its objects, validation
+    scored it once with only the first entry's, and convert wrote the first entry's alone. Now
+    it is one image with the objects of both (each entry's boxes in its own stated size),
+    trained, scored and converted so; W904 says they were merged."""
     train, _ = four["coco"]
+    whole = open_set(train)
     doc = json.loads(train.read_text())
-    doc["images"].append(dict(doc["images"][0], id=999))
+    # the second entry states the picture at twice its size: its boxes are in those pixels
+    doc["images"].append(dict(doc["images"][0], id=999, width=128, height=64))
+    moved = doc["annotations"][1]  # im0's second object goes to the second entry
+    assert moved["image_id"] == 100
+    moved.update(image_id=999, bbox=[2 * v for v in moved["bbox"]], area=4 * moved["area"])
     train.write_text(json.dumps(doc, indent=1))
     found = open_set(train)
-    assert len(found.train) == 5
+    assert found.train.images == whole.train.images and len(found.train.boxes[0]) == 2
+    for got, want in zip(found.train.boxes, whole.train.boxes, strict=True):
+        assert np.array_equal(got, want)
     assert [(d.code, d.severity) for d in found.problems] == [("W904", "warning")]
-    assert "has a second entry (ids 100 and 999)" in found.problems[0].message
+    assert "has a second entry (ids 100 and 999): their objects are merged" in \
+        found.problems[0].message
     assert found.problems[0].line > 1  # at the second entry's file_name
-    out = convert(found, "coco", tmp_path / "out")[0]
-    assert [i["file_name"] for i in json.loads(out.read_text())["images"]] == [
+    assert found.image_ids["im0.png"] == 100
+    assert len(found.scored.images) == 4 and len(found.scored.boxes[0]) == 2  # validation
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    splits = detection_datasets(build(str(cfg)), str(train), seed=3)
+    assert len(splits.train) == 4 and len(splits.val) == 4
+    out = convert(found, "coco", tmp_path / "to-coco")[0]
+    written = json.loads(out.read_text())
+    assert [i["file_name"] for i in written["images"]] == [
         "im0.png", "im1.png", "im2.png", "im3.png"]
+    assert sum(a["image_id"] == 1 for a in written["annotations"]) == 2
+    convert(found, "darknet", tmp_path / "to-darknet")
+    assert len((tmp_path / "to-darknet" / "images" / "im0.txt").read_text().splitlines()) == 2
+    assert (tmp_path / "to-darknet" / "train.txt").read_text().count("im0.png") == 1
 
 
 def test_a_voc_folder_without_train_txt_trains_on_what_val_txt_holds_out(four, capsys):

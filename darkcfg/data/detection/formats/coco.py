@@ -13,7 +13,9 @@ names no split; `--valid --data instances_val2017.json` validates on that file's
     -> 80 classes), names from `categories`;
   * `iscrowd: 1` objects are not trained (ultralytics skips them) and are not scored: COCOeval
     (pycocotools/cocoeval.py evaluateImg) marks crowd truths `ignore`, so a detection matching
-    one is neither a TP nor an FP; they go to the set's `difficult` boxes, which the mAP treats so.
+    one is neither a TP nor an FP; they go to the set's `difficult` boxes, which the mAP treats so;
+  * two entries of one picture (one `file_name`, two ids) are one image with the objects of
+    both, each entry's boxes in its own width/height (W904 says so), known by the first id.
 Bad annotations are located errors (E903) at the line:column of the entry in the JSON.
 """
 
@@ -154,10 +156,11 @@ def read_coco(path: Path) -> DetectionSet:
     if split:  # COCO's own layout: annotations/instances_val2017.json beside val2017/
         folders += [path.parent.parent / split, path.parent.parent / "images" / split]
     images: list[str] = []
-    sizes: list[tuple[float, float]] = []
+    first_ids: list[object] = []  # per image: the id of its first entry
     declared: dict[str, DeclaredSize] = {}
-    index_of: dict[object, int] = {}
-    named: dict[str, object] = {}  # image file -> the id of its first entry
+    index_of: dict[object, int] = {}  # entry id -> its image (two entries of one picture: one)
+    named: dict[str, int] = {}  # image file -> its image
+    size_of: dict[object, tuple[float, float]] = {}  # entry id -> the size its boxes are in
     for i, entry in enumerate(doc["images"]):
         name = entry.get("file_name") if isinstance(entry, dict) else None
         if not isinstance(name, str) or "id" not in entry:
@@ -184,19 +187,24 @@ def read_coco(path: Path) -> DetectionSet:
             problems.append(where.at("images", i, "id", f"image id {entry['id']!r} is listed "
                                      "twice", hint="give every image its own id"))
             continue
-        if found in named:  # two entries, one picture: a repeat, as in a list (W904)
+        size_of[entry["id"]] = (float(width), float(height))  # (each entry's boxes in its own)
+        if found in named:  # two entries, one picture: one image with the objects of both
+            first = named[found]
             problems.append(replace(where.at(
                 "images", i, "file_name", f"image '{name}' has a second entry (ids "
-                f"{named[found]!r} and {entry['id']!r})", hint="training draws it once per "
-                "entry; validation scores it once, with the first entry's objects: merge the "
-                "entries"), code=SET_CODE, severity=WARNING))
-        named.setdefault(found, entry["id"])
+                f"{first_ids[first]!r} and {entry['id']!r}): their objects are merged",
+                hint="trained and scored once, with the objects of every entry of the picture "
+                "(detections.json names it by the first id)"), code=SET_CODE,
+                severity=WARNING))
+            index_of[entry["id"]] = first
+            continue
+        named[found] = len(images)
         if stated:  # `data check` compares it with the image it opens anyway
             declared[found] = DeclaredSize(float(width), float(height), partial(
                 where.at, "images", i, "width"))
         index_of[entry["id"]] = len(images)
         images.append(found)
-        sizes.append((float(width), float(height)))
+        first_ids.append(entry["id"])
 
     boxes: list[list[list[float]]] = [[] for _ in images]
     crowd: list[list[list[float]]] = [[] for _ in images]
@@ -225,7 +233,7 @@ def read_coco(path: Path) -> DetectionSet:
             problems.append(where.at("annotations", i, "bbox",
                                      "bbox is not [x, y, width, height] (four finite numbers)"))
             continue
-        width, height = sizes[image]
+        width, height = size_of[ann["image_id"]]
         x, y, w, h = (float(v) for v in box)
         if not (w > 0 and h > 0):
             problems.append(where.at("annotations", i, "bbox",
@@ -256,7 +264,7 @@ def read_coco(path: Path) -> DetectionSet:
                   declared=declared)
     return DetectionSet(path, "coco", names, split, None, problems=problems,
                         category_ids=[cid for cid, _, _ in categories],
-                        image_ids={Path(f).name: i for i, f in zip(index_of, images, strict=True)})
+                        image_ids={Path(f).name: i for i, f in zip(first_ids, images, strict=True)})
 
 
 # -- writing --------------------------------------------------------------------------------------
