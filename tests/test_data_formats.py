@@ -1083,6 +1083,25 @@ def test_the_objects_of_a_coco_pictures_two_entries_are_merged(four, tmp_path):
     assert (tmp_path / "to-darknet" / "train.txt").read_text().count("im0.png") == 1
 
 
+def test_a_coco_id_that_is_a_list_or_an_object_is_located(four):
+    """An image id, image_id or category_id that is a JSON list or object crashed the reader
+    with a TypeError traceback (unhashable); each is a located E903 now."""
+    train, _ = four["coco"]
+    doc = json.loads(train.read_text())
+    doc["images"][1]["id"] = [101]
+    doc["annotations"][0]["image_id"] = {"id": 100}
+    doc["annotations"][1]["category_id"] = [3]
+    train.write_text(json.dumps(doc, indent=1))
+    found = open_set(train, strict=False)
+    said = [(d.code, d.message) for d in found.problems]
+    assert ("E903", "image id [101] is not a number or a string") in said
+    assert ("E903", "image_id {'id': 100} is not in 'images'") in said
+    assert ("E903", "category_id [3] is not in 'categories'") in said
+    assert all(d.line > 1 for d in found.problems)
+    with pytest.raises(CfgError):
+        open_set(train)
+
+
 def test_a_voc_folder_without_train_txt_trains_on_what_val_txt_holds_out(four, capsys):
     """ImageSets/Main with val.txt and no train.txt trained on every annotation, the val
     images too, without a word. Now: every annotation (or trainval.txt's ids) less those

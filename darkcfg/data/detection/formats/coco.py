@@ -109,6 +109,11 @@ def _is_size(value) -> bool:
         math.isfinite(value) and value > 0
 
 
+def _is_key(value) -> bool:
+    """A JSON value that can be an id (a list or an object cannot: Python cannot key by it)."""
+    return not isinstance(value, (list, dict))
+
+
 def read_coco(path: Path) -> DetectionSet:
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -166,6 +171,10 @@ def read_coco(path: Path) -> DetectionSet:
         if not isinstance(name, str) or "id" not in entry:
             problems.append(where.at("images", i, None, "an image needs 'id' and 'file_name'"))
             continue
+        if not _is_key(entry["id"]):
+            problems.append(where.at("images", i, "id", f"image id {entry['id']!r} is not a "
+                                     "number or a string", hint="COCO image ids are integers"))
+            continue
         found = next((str(f / name) for f in folders if (f / name).is_file()), None)
         if found is None:
             problems.append(where.at("images", i, "file_name", f"image '{name}' not found",
@@ -208,18 +217,20 @@ def read_coco(path: Path) -> DetectionSet:
 
     boxes: list[list[list[float]]] = [[] for _ in images]
     crowd: list[list[list[float]]] = [[] for _ in images]
-    known_ids = {e.get("id") for e in doc["images"] if isinstance(e, dict)}
+    known_ids = {e.get("id") for e in doc["images"] if isinstance(e, dict) and
+                 _is_key(e.get("id"))}
     for i, ann in enumerate(doc["annotations"]):
         if not isinstance(ann, dict):
             problems.append(where.at("annotations", i, None, "an annotation is an object"))
             continue
-        image = index_of.get(ann.get("image_id"))
+        image = index_of.get(ann.get("image_id")) if _is_key(ann.get("image_id")) else None
         if image is None:
-            if ann.get("image_id") not in known_ids:  # (a missing image is reported once)
+            if not _is_key(ann.get("image_id")) or ann.get("image_id") not in known_ids:
+                # (an image reported already is not reported again at each of its objects)
                 problems.append(where.at("annotations", i, "image_id",
                                          f"image_id {ann.get('image_id')!r} is not in 'images'"))
             continue
-        cls = classes.get(ann.get("category_id"))
+        cls = classes.get(ann.get("category_id")) if _is_key(ann.get("category_id")) else None
         if cls is None:
             problems.append(where.at(
                 "annotations", i, "category_id",
