@@ -684,6 +684,25 @@ def test_a_classifier_trains_and_validates_past_an_undecodable_image(tmp_path, c
     assert f"{cut['val/cat/1.jpg']}: warning[W901]" in err and "error" not in err, err
 
 
+def test_predict_leaves_out_an_undecodable_image_and_goes_on(tmp_path, capsys,
+                                                             tiny_classifier):
+    """`predict` stopped with E901 at an image whose pixels do not decode, the images after it
+    unclassified; it now leaves it out with W901 and goes on, as `detect` does. A file whose
+    header does not read is still E901 before any work."""
+    cut = cut_folder(tmp_path / "set", ("val/cat/1.jpg",))
+    cfg = tiny_classifier.write(tmp_path / "c.cfg")
+    folder = tmp_path / "set" / "val" / "cat"
+    assert run(cfg, "--predict", folder, "--data", tmp_path / "set") == 0
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        str(folder / "0.jpg"), str(folder / "2.jpg")]
+    assert f"{cut['val/cat/1.jpg']}: warning[W901]" in err and "left out; predict goes on" in err
+    (folder / "3.jpg").write_bytes(b"not an image")
+    assert run(cfg, "--predict", folder, "--data", tmp_path / "set") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "error[E901]" in err and "3.jpg" in err
+
+
 def test_native_cache_survives_a_bad_compiler_and_an_unwritable_home(tmp_path):
     """`CC=/bin/true` (exits 0, writes nothing) keeps the good library and says why it falls
     back (before: an empty "library" replaced it); a cache folder that cannot be written uses

@@ -22,6 +22,7 @@ from darkcfg.data import (
     eval_loader,
     read_image,
 )
+from darkcfg.data.base import check_image_headers, say_undecodable
 from darkcfg.model import (
     build_network,
     check_count,
@@ -567,12 +568,14 @@ def predict(opts: RunOptions, images: list[str], top: int,
     view = Augment(cfg, train=False)
     net.eval()
     results = []
-    for path in map(str, image_paths(images)[0]):  # a folder: its images, as for detect
+    paths = [str(p) for p in image_paths(images)[0]]  # a folder: its images, as for detect
+    check_image_headers(paths, ", ".join(map(str, images)))  # E901 before any work, as detect
+    for path in paths:
         try:
             pixels = read_image(path, task.inputs[0])
-        except DataError as exc:
-            raise CfgError(Diagnostic("E901", str(exc), path, hint="remove it or convert it "
-                                      "to JPEG/PNG")) from None
+        except DataError as exc:  # its header reads, its pixels do not (a JPEG cut short)
+            say_undecodable(exc, path, "left out; predict goes on")
+            continue
         x = view(pixels)[None]
         probs = task.scores(trainer, x).reshape(-1)
         p, i = ranked(probs, top)
