@@ -328,3 +328,23 @@ def test_softmax_loss_refuses_fractional_class_indices(groups):
         net.layers[0].loss(x, torch.tensor([0.0, 0.7, 1.0]))
     whole = net.layers[0].loss(x, torch.tensor([0.0, 3.0, 1.0]))
     assert torch.equal(whole, net.layers[0].loss(x, torch.tensor([0, 3, 1])))
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:7", torch.device("cuda", 7), "mps", "xpu",
+                                    "bogus"])
+def test_build_on_a_device_this_machine_lacks_is_E100(device):
+    """build(cfg, device="cuda") without a GPU raised torch's "Found no NVIDIA driver" from deep
+    inside the first layer (mps: NotImplementedError, xpu: AssertionError); ModelSpec's
+    --device already said E100. Now build() says it too, named as its keyword."""
+    kind = torch.device(device).type if device != "bogus" else "bogus"
+    if kind == "cuda" and torch.cuda.device_count() > 7 or \
+            kind == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has the device")
+    with pytest.raises(CfgError) as err:
+        build("[net]\ninputs=4\n[softmax]\n", device=device)
+    text = str(err.value)
+    assert text.startswith("device: error[E100]: "), text
+    assert "help: use device='cpu'" in text, text
+    if kind == "cuda":
+        assert "CUDA GPU" in text, text
+    assert build("[net]\ninputs=4\n[softmax]\n", device="meta").input_shape.size == 4
