@@ -348,3 +348,21 @@ def test_build_on_a_device_this_machine_lacks_is_E100(device):
     if kind == "cuda":
         assert "CUDA GPU" in text, text
     assert build("[net]\ninputs=4\n[softmax]\n", device="meta").input_shape.size == 4
+
+
+@pytest.mark.parametrize("bad, shown", [(7, "7"), (-1, "-1"), (-100, "-100"), (7.0, "7")])
+def test_trainer_step_names_a_class_target_out_of_range(bad, shown):
+    """Trainer.step with class 7 for 5 classes was torch's IndexError "Target 7 is out of
+    bounds." (a device-side assert on CUDA), and -100 was cross-entropy's "ignore"."""
+    from darkcfg.config import NetConfig
+    from darkcfg.train.loop import Trainer
+
+    net = build("[net]\nbatch=4\ninputs=6\nmax_batches=10\n[connected]\noutput=5\n[softmax]\n")
+    trainer = Trainer(net, NetConfig.from_block(net.net_block))
+    good = torch.tensor([0, 4, 2, 3])
+    with pytest.raises(ValueError, match=rf"^class target {shown} is out of range: layer 1 "
+                       r"\(\[softmax\]\) has 5 classes, numbered 0\.\.4$"):
+        trainer.step(torch.randn(4, 6), good.to(torch.tensor(bad).dtype).index_fill(0,
+                     torch.tensor([1]), bad))
+    assert trainer.iteration == 0
+    assert torch.isfinite(trainer.step(torch.randn(4, 6), good)) and trainer.iteration == 1
