@@ -366,3 +366,25 @@ def test_trainer_step_names_a_class_target_out_of_range(bad, shown):
                      torch.tensor([1]), bad))
     assert trainer.iteration == 0
     assert torch.isfinite(trainer.step(torch.randn(4, 6), good)) and trainer.iteration == 1
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_export_gives_the_network_back_in_its_own_modes(tmp_path, suffix):
+    """export(net, ...) left a network being trained in eval mode (dropout off, batch-norm
+    statistics frozen from then on, silently); each module keeps its own flag."""
+    if suffix == ".onnx":
+        pytest.importorskip("onnxruntime")
+    from darkcfg.export.onnx import export
+
+    net = build("[net]\nwidth=16\nheight=16\nchannels=3\n[convolutional]\nfilters=4\nsize=3\n"
+                "batch_normalize=1\nactivation=leaky\n[dropout]\n[avgpool]\n[softmax]\n")
+    net.train()
+    net.layers[0].eval()  # a frozen batch-norm, say
+    before = [(name, m.training) for name, m in net.named_modules()]
+    grads = [(name, p.requires_grad) for name, p in net.named_parameters()]
+    export(net, tmp_path / f"m{suffix}")
+    assert [(name, m.training) for name, m in net.named_modules()] == before
+    assert [(name, p.requires_grad) for name, p in net.named_parameters()] == grads
+    net.eval()
+    export(net, tmp_path / f"again{suffix}")
+    assert not any(m.training for m in net.modules())
