@@ -388,3 +388,22 @@ def test_export_gives_the_network_back_in_its_own_modes(tmp_path, suffix):
     net.eval()
     export(net, tmp_path / f"again{suffix}")
     assert not any(m.training for m in net.modules())
+
+
+def test_detect_with_too_few_or_too_many_names(tmp_path):
+    """names= shorter than the heads' classes named the others '' silently, longer ones were
+    ignored; now as `darkcfg detect --names`: fewer warn and the rest are named by number,
+    more are refused (the command line's W302 and E304)."""
+    torch.manual_seed(0)
+    net = build(str(tiny_cfg(tmp_path))).eval()  # classes=7
+    image = write_images(tmp_path / "imgs")[0]
+    with pytest.raises(ValueError, match=r"names lists 9 class names, but the network's "
+                       r"\[yolo\] has classes=7"):
+        detect(net, image, names=[f"c{i}" for i in range(9)])
+    with pytest.warns(UserWarning, match=r"names lists 3 class names and the network has "
+                      r"classes=7: classes 3\.\.6 are named by number"):
+        found = detect(net, image, thresh=0.05, names=["a", "b", "c"])[0]
+    assert {f.class_id for f in found} == set(range(7)), found
+    assert all(f.name == ("abc"[f.class_id] if f.class_id < 3 else str(f.class_id))
+               for f in found), found
+    assert all(f.name == "" for f in detect(net, image, thresh=0.05)[0])  # no names: none
