@@ -28,7 +28,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from builders.boxes import letterbox_image, resize_image
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
-from darkcfg.data.base import check_classes_option, check_image_headers, loader_worker_init
+from darkcfg.data.base import (
+    check_classes_count,
+    check_classes_option,
+    check_image_headers,
+    loader_worker_init,
+)
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
 from darkcfg.data.detection.labels import Labels, set_warnings
@@ -311,10 +316,7 @@ def open_detection_source(source: str | Path | None, settings: DetectionSettings
 def embedded_detection(settings: DetectionSettings, seed: int, classes: int | None = None,
                        train_size: int = 0, val_size: int = 0) -> DetectionSplits:
     net_classes = settings.classes
-    if classes is not None and not 1 <= classes <= net_classes:
-        raise CfgError(Diagnostic("E901", f"--classes {classes}: the network detects "
-                                  f"{net_classes} classes", "--classes",
-                                  hint=f"use 1..{net_classes}"))
+    check_classes_count(classes, net_classes, f"detects {net_classes} classes")
     k = classes or min(net_classes, DEFAULT_CLASSES)
     s = settings
     train_size, val_size = train_size or EMBEDDED_TRAIN, val_size or EMBEDDED_VAL
