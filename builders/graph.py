@@ -393,17 +393,62 @@ def _no_reset(self) -> None:
     return None
 
 
+def checked_device(device: torch.device | str, option: str = "device",
+                   meta: bool = True) -> torch.device:
+    """`device` as a torch.device this machine has (cpu, cuda, cuda:N, mps; `meta` when `meta`),
+    else an E100 located at `option` ("--device" for the command line, "device" for build()):
+    torch would fail later, deep inside, with its own error. "cuda" stays unnumbered."""
+    cli = option.startswith("-")
+
+    def spelled(value: str) -> str:
+        return f"{option} {value}" if cli else f"{option}={value!r}"
+
+    leave_out = "or leave it out for the best available" if cli else "or leave it out for the CPU"
+    usable = (f"use {option} cpu, cuda, cuda:N or mps" if cli else
+              f"use {option}='cpu', 'cuda', 'cuda:N' or 'mps'") + f", {leave_out}"
+    on_cpu = f"use {spelled('cpu')} (or leave it out)"
+    name = str(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise CfgError(Diagnostic("E100", f"unknown device {name!r}", option,
+                                  hint=usable)) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()  # 0 without a driver; initialises nothing
+        if count == 0:
+            raise CfgError(Diagnostic("E100", f"{spelled(name)}: this machine has no CUDA GPU "
+                                      "(or no driver for it)", option, hint=on_cpu))
+        if device.index is not None and device.index >= count:
+            raise CfgError(Diagnostic("E100", f"{spelled(name)}: this machine has {count} CUDA "
+                                      f"GPU(s), numbered 0..{count - 1}", option, hint=usable))
+        return device
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise CfgError(Diagnostic("E100", f"{spelled('mps')}: Apple's MPS is not available "
+                                      "here", option, hint=on_cpu))
+        return device
+    if device.type != "cpu" and not (meta and device.type == "meta"):
+        raise CfgError(Diagnostic("E100", f"{spelled(name)}: darkcfg runs on cpu, cuda or mps"
+                                  + (" (and builds on meta)" if meta else ""), option,
+                                  hint=usable))
+    return device
+
+
 def build(source: str | os.PathLike | Sequence[Block], *, device: torch.device | str | None = None,
           flavor: str = "alexeyab") -> Network:
     """A Network from a cfg/yaml path (str or Path), cfg text or bytes, or blocks (parsed, from
     YAML or a preset). A bad path or cfg raises cfgparse.CfgError (its str() the located
-    diagnostic); `device="meta"` builds shapes only, allocating nothing.
+    diagnostic); `device="meta"` builds shapes only, allocating nothing; a device this machine
+    does not have (cuda without a GPU, cuda:7 with fewer, mps off Apple) is CfgError E100.
 
     `flavor="pjreddie"` selects the few formulas where pjreddie's Darknet differs from AlexeyAB's
     (BN epsilon, [batchnorm] weights, [region] layout, ...; pjreddie-only keys, marked [pj] in
     cfgparse.schema)."""
     if flavor not in ("alexeyab", "pjreddie"):
         raise ValueError(f"flavor must be 'alexeyab' or 'pjreddie', not {flavor!r}")
+    if device is not None:
+        device = checked_device(device)
     blocks = source if isinstance(source, Sequence) and \
         not isinstance(source, (str, bytes, bytearray)) else \
         parse(source, flavor=flavor)

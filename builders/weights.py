@@ -67,13 +67,13 @@ def not_weights_error(path: str, version: Sequence[int], head: bytes = b"") -> C
     # an ONNX ModelProto opens with ir_version (field 1) then producer_name (field 2)
     if path.lower().endswith(".onnx") or (head[:1] == b"\x08" and head[2:3] == b"\x12"):
         return _error("E901", f"'{path}' is an ONNX model, not Darknet .weights", path,
-                      "--weights takes Darknet .weights or a torch state_dict / darkcfg "
-                      "checkpoint; an ONNX file is an export: load the weights it was "
-                      "exported from")
+                      "load Darknet .weights or a torch state_dict / darkcfg checkpoint "
+                      "(--weights on the command line); an ONNX file is an export: load the "
+                      "weights it was exported from")
     return _error("E901", f"'{path}' is not a Darknet .weights file (implausible header: version "
                   f"{'.'.join(map(str, version))})", path,
-                  "--weights takes a Darknet .weights file (it starts with a small version, "
-                  "e.g. 0.2.5) or a torch state_dict / darkcfg checkpoint; check which file "
+                  "load a Darknet .weights file (it starts with a small version, e.g. "
+                  "0.2.5) or a torch state_dict / darkcfg checkpoint; check which file "
                   "was given")
 
 
@@ -188,6 +188,11 @@ def load_weights(net: Network, path: str | os.PathLike, cutoff: int | None = Non
     return {"version": header.version, "seen": header.seen, "floats": pos}
 
 
+def _cutoff(n: int) -> str:
+    """The cutoff option, as the library and the command line spell it."""
+    return f"cutoff={n} (--cutoff {n} on the command line)"
+
+
 def _size_error(net: Network, plan, path: str, header: Header, expected: int, actual: int,
                 odd: int, cutoff: int | None) -> None:
     what = f"the first {cutoff} layers of this network read" if cutoff is not None else \
@@ -196,7 +201,8 @@ def _size_error(net: Network, plan, path: str, header: Header, expected: int, ac
     message = (f"'{path}' holds {actual} floats{f' and {odd} stray bytes' if odd else ''} after "
                f"its {header.size}-byte header (version {version}), but {what} {expected}")
     hint = ("check that the cfg matches the weights (filters, classes, batch_normalize...); "
-            "to load only the first N layers of a longer file use --cutoff N")
+            "to load only the first N layers of a longer file pass cutoff=N (--cutoff N on "
+            "the command line)")
     if actual < expected:
         # where the file runs out tells a partial file from a wrong cfg
         start = 0
@@ -205,7 +211,7 @@ def _size_error(net: Network, plan, path: str, header: Header, expected: int, ac
             if start == actual:
                 message += f"; it ends exactly where layer {i} begins"
                 hint = (f"if it is a partial file (e.g. from `darknet partial`), load it with "
-                        f"--cutoff {i}; otherwise check that the cfg matches the weights")
+                        f"{_cutoff(i)}; otherwise check that the cfg matches the weights")
                 break
             if end > actual:
                 message += f"; it ends inside layer {i} ([{net.meta[i].type}])"
@@ -214,11 +220,11 @@ def _size_error(net: Network, plan, path: str, header: Header, expected: int, ac
             start = end
     # fine-tuning on another class count: every layer but the last with weights fits
     last = next((i for i, tensors in reversed(plan) if tensors), None)
-    if cutoff is None and last is not None and f"--cutoff {last}" not in hint and \
+    if cutoff is None and last is not None and _cutoff(last) not in hint and \
             sum(t.numel() for i, tensors in plan if i < last for t in tensors) <= actual:
         hint += (f"; to fine-tune on another class count, load all but the last layer with "
                  f"weights (layer {last}, [{net.meta[last].type}], starts from its initial "
-                 f"weights): --cutoff {last}")
+                 f"weights): {_cutoff(last)}")
     raise _error("E902", message, path, hint)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from builders.atomic import read_checked
+from builders.graph import checked_device
 from cfgparse import CfgError, Diagnostic, parse
 from darkcfg.config import NetConfig, apply_overrides_to_blocks
 
@@ -86,36 +87,12 @@ def device_memory(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-DEVICE_HINT = "use --device cpu, cuda, cuda:N or mps, or leave it out for the best available"
-
-
 def named_device(name: str, local_rank: int = 0) -> torch.device:
     """--device NAME, checked: a device this machine has, else a located E100 (torch would fail
-    later, deep inside, with a traceback)."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise option_error("--device", f"unknown device '{name}'", DEVICE_HINT) from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count()  # 0 without a driver; initialises nothing
-        if count == 0:
-            raise option_error("--device", f"--device {name}: this machine has no CUDA GPU "
-                               "(or no driver for it)", "use --device cpu (or leave it out)")
-        if device.index is None:
-            return torch.device("cuda", local_rank % count)
-        if device.index >= count:
-            raise option_error("--device", f"--device {name}: this machine has {count} CUDA "
-                               f"GPU(s), numbered 0..{count - 1}", DEVICE_HINT)
-        return device
-    if device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise option_error("--device", "--device mps: Apple's MPS is not available here",
-                               "use --device cpu (or leave it out)")
-        return device
-    if device.type != "cpu":
-        raise option_error("--device", f"--device {name}: darkcfg runs on cpu, cuda or mps",
-                           DEVICE_HINT)
+    later, deep inside, with a traceback). "cuda" is this process's GPU under torchrun."""
+    device = checked_device(name, "--device", meta=False)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
 
 

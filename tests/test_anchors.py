@@ -350,3 +350,15 @@ def test_write_keeps_the_cfgs_mode_and_owner(tmp_path, capsys):
     st = cfg.stat()
     assert cfg.read_text() != before
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o640, 4321, 4322)
+
+
+@pytest.mark.parametrize("classes", ["0", "-1", "3"])
+def test_classes_outside_the_networks_is_a_usage_error(tmp_path, capsys, classes):
+    """`anchors CFG --classes 0` (or more than the network detects) was an E901 from the
+    embedded data, as if a file were bad; it is a usage error (E100 at --classes)."""
+    cfg = tiny_cfg(tmp_path)  # classes=2
+    assert main(["anchors", str(cfg), "--classes", classes]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"--classes: error[E100]: --classes {classes}: the network detects 2 "
+                          "classes"), err
+    assert "help: use --classes 1..2 (or leave it out)" in err

@@ -328,3 +328,82 @@ def test_softmax_loss_refuses_fractional_class_indices(groups):
         net.layers[0].loss(x, torch.tensor([0.0, 0.7, 1.0]))
     whole = net.layers[0].loss(x, torch.tensor([0.0, 3.0, 1.0]))
     assert torch.equal(whole, net.layers[0].loss(x, torch.tensor([0, 3, 1])))
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:7", torch.device("cuda", 7), "mps", "xpu",
+                                    "bogus"])
+def test_build_on_a_device_this_machine_lacks_is_E100(device):
+    """build(cfg, device="cuda") without a GPU raised torch's "Found no NVIDIA driver" from deep
+    inside the first layer (mps: NotImplementedError, xpu: AssertionError); ModelSpec's
+    --device already said E100. Now build() says it too, named as its keyword."""
+    kind = torch.device(device).type if device != "bogus" else "bogus"
+    if kind == "cuda" and torch.cuda.device_count() > 7 or \
+            kind == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has the device")
+    with pytest.raises(CfgError) as err:
+        build("[net]\ninputs=4\n[softmax]\n", device=device)
+    text = str(err.value)
+    assert text.startswith("device: error[E100]: "), text
+    assert "help: use device='cpu'" in text, text
+    if kind == "cuda":
+        assert "CUDA GPU" in text, text
+    assert build("[net]\ninputs=4\n[softmax]\n", device="meta").input_shape.size == 4
+
+
+@pytest.mark.parametrize("bad, shown", [(7, "7"), (-1, "-1"), (-100, "-100"), (7.0, "7")])
+def test_trainer_step_names_a_class_target_out_of_range(bad, shown):
+    """Trainer.step with class 7 for 5 classes was torch's IndexError "Target 7 is out of
+    bounds." (a device-side assert on CUDA), and -100 was cross-entropy's "ignore"."""
+    from darkcfg.config import NetConfig
+    from darkcfg.train.loop import Trainer
+
+    net = build("[net]\nbatch=4\ninputs=6\nmax_batches=10\n[connected]\noutput=5\n[softmax]\n")
+    trainer = Trainer(net, NetConfig.from_block(net.net_block))
+    good = torch.tensor([0, 4, 2, 3])
+    with pytest.raises(ValueError, match=rf"^class target {shown} is out of range: layer 1 "
+                       r"\(\[softmax\]\) has 5 classes, numbered 0\.\.4$"):
+        trainer.step(torch.randn(4, 6), good.to(torch.tensor(bad).dtype).index_fill(0,
+                     torch.tensor([1]), bad))
+    assert trainer.iteration == 0
+    assert torch.isfinite(trainer.step(torch.randn(4, 6), good)) and trainer.iteration == 1
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_export_gives_the_network_back_in_its_own_modes(tmp_path, suffix):
+    """export(net, ...) left a network being trained in eval mode (dropout off, batch-norm
+    statistics frozen from then on, silently); each module keeps its own flag."""
+    if suffix == ".onnx":
+        pytest.importorskip("onnxruntime")
+    from darkcfg.export.onnx import export
+
+    net = build("[net]\nwidth=16\nheight=16\nchannels=3\n[convolutional]\nfilters=4\nsize=3\n"
+                "batch_normalize=1\nactivation=leaky\n[dropout]\n[avgpool]\n[softmax]\n")
+    net.train()
+    net.layers[0].eval()  # a frozen batch-norm, say
+    before = [(name, m.training) for name, m in net.named_modules()]
+    grads = [(name, p.requires_grad) for name, p in net.named_parameters()]
+    export(net, tmp_path / f"m{suffix}")
+    assert [(name, m.training) for name, m in net.named_modules()] == before
+    assert [(name, p.requires_grad) for name, p in net.named_parameters()] == grads
+    net.eval()
+    export(net, tmp_path / f"again{suffix}")
+    assert not any(m.training for m in net.modules())
+
+
+def test_detect_with_too_few_or_too_many_names(tmp_path):
+    """names= shorter than the heads' classes named the others '' silently, longer ones were
+    ignored; now as `darkcfg detect --names`: fewer warn and the rest are named by number,
+    more are refused (the command line's W302 and E304)."""
+    torch.manual_seed(0)
+    net = build(str(tiny_cfg(tmp_path))).eval()  # classes=7
+    image = write_images(tmp_path / "imgs")[0]
+    with pytest.raises(ValueError, match=r"names lists 9 class names, but the network's "
+                       r"\[yolo\] has classes=7"):
+        detect(net, image, names=[f"c{i}" for i in range(9)])
+    with pytest.warns(UserWarning, match=r"names lists 3 class names and the network has "
+                      r"classes=7: classes 3\.\.6 are named by number"):
+        found = detect(net, image, thresh=0.05, names=["a", "b", "c"])[0]
+    assert {f.class_id for f in found} == set(range(7)), found
+    assert all(f.name == ("abc"[f.class_id] if f.class_id < 3 else str(f.class_id))
+               for f in found), found
+    assert all(f.name == "" for f in detect(net, image, thresh=0.05)[0])  # no names: none

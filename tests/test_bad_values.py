@@ -1274,3 +1274,16 @@ def test_weights_or_a_checkpoint_that_is_a_pipe_says_so(tmp_path):
         with pytest.raises(CfgError) as err:
             load()
         assert "is not a regular file (a pipe or a device)" in err.value.first.message
+
+
+@pytest.mark.parametrize("which", ["tiny", "detector"])
+def test_classes_above_the_networks_count_is_a_usage_error(capsys, tmp_path, which, request):
+    """`train --classes 99` on the embedded data of a 4-output classifier (or a 2-class
+    detector) was an E901 from the data, as if a file were bad; it is a usage error, E100 at
+    --classes, as --classes 0 is."""
+    cfg = request.getfixturevalue(which)
+    out = tmp_path / "run"
+    code, err = run(capsys, cfg, "--train", "--no-progress", "--out", out, "--classes", "99")
+    assert code == 2 and err.startswith("--classes: error[E100]: --classes 99: the network "), err
+    assert "help: use --classes 1.." in err and "(or leave it out)" in err, err
+    assert not (out / "checkpoint.pt").exists()

@@ -636,3 +636,21 @@ def _ranges(path) -> dict[str, tuple[float, float]]:
 
     return {name: tuple(float(np.ravel(r[end]["data"])[0]) for end in ("lowest", "highest"))
             for name, r in json.loads(path.read_text())["data"].items()}
+
+
+@pytest.mark.parametrize("cfg_text, has", [(DETECTOR, "detects 2 classes"),
+                                           (SMALL, "has 4 outputs")],
+                         ids=["detector", "classifier"])
+def test_classes_above_the_networks_is_a_usage_error(tmp_path, capsys, cfg_text, has):
+    """--classes 99 with --int8 on the embedded data was an E901 from the data (as if a file
+    were bad); it is the usage error E100 at --classes, as --classes 0 is."""
+    from darkcfg.cli import main as darkcfg_main
+
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text(cfg_text)
+    out = tmp_path / "m.onnx"
+    assert darkcfg_main(["export", str(cfg), "--out", str(out), "--int8", "--calibrate",
+                         "embedded", "--classes", "99"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"--classes: error[E100]: --classes 99: the network {has}"), err
+    assert "help: use --classes 1.." in err and not out.exists()

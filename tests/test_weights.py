@@ -250,7 +250,9 @@ def test_partial_save_and_load(tmp_path):
     # a partial file does not fit the whole network...
     with pytest.raises(CfgError) as err:
         load_weights(fresh, part)
-    assert "where layer 2 begins" in str(err.value) and "--cutoff 2" in str(err.value)
+    assert "where layer 2 begins" in str(err.value)
+    # the hint fits a library call and the command line both
+    assert "load it with cutoff=2 (--cutoff 2 on the command line)" in str(err.value)
     assert_unchanged(fresh, before)
     # ...but loads with the cutoff, leaving the later layers alone
     assert load_weights(fresh, part, cutoff=2)["floats"] == 144
@@ -359,10 +361,24 @@ def test_a_classifier_of_another_class_count_is_told_the_fine_tuning_cutoff(tmp_
         with pytest.raises(CfgError) as err:
             load_weights(build(head.format(classes)), tmp_path / "four.weights")
         hint = err.value.first.hint
-        assert "fine-tune on another class count" in hint and hint.endswith("--cutoff 1"), hint
+        assert "fine-tune on another class count" in hint and hint.endswith(
+            ": cutoff=1 (--cutoff 1 on the command line)"), hint
         assert "[connected]" in hint
     # a file that does not even hold the layers before the last gets no such advice
     with pytest.raises(CfgError) as err:
         load_weights(build(head.replace("filters=2", "filters=100").format(4)),
                      tmp_path / "four.weights")
     assert "fine-tune" not in err.value.first.hint
+
+
+def test_a_file_that_is_no_weights_gets_a_hint_for_python_and_the_command_line(tmp_path):
+    """The hint said "--weights takes ..." to a load_weights() caller."""
+    net = build("[net]\ninputs=4\n[connected]\noutput=2\n")
+    for name, data in (("m.onnx", b"\x08\x07\x12\x07pytorch" + bytes(64)),
+                       ("x.weights", b"\xff" * 64)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CfgError) as err:
+            load_weights(net, tmp_path / name)
+        hint = err.value.first.hint
+        assert hint.startswith("load ") and "--weights takes" not in hint, hint
+        assert "a torch state_dict / darkcfg checkpoint" in hint, hint

@@ -33,6 +33,15 @@ def check_classes_option(classes: int | None, spec) -> None:
                          "the classes of --data come from the data")
 
 
+def check_classes_count(classes: int | None, count: int, has: str) -> None:
+    """`--classes N` of the embedded data: 1..count of the network's classes. A usage error (E100
+    at --classes, as `train --classes 0` is), not a problem of the data: `has` says what the
+    network has ("detects 80 classes")."""
+    if classes is not None and not 1 <= classes <= count:
+        raise CfgError(Diagnostic("E100", f"--classes {classes}: the network {has}", "--classes",
+                                  hint=f"use --classes 1..{count} (or leave it out)"))
+
+
 @dataclass
 class DataSplits:
     train: Dataset

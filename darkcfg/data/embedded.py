@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from darkcfg.data.base import DataSplits, data_error
+from darkcfg.data.base import DataSplits, check_classes_count
 
 # -- the embedded dataset -------------------------------------------------------------------------
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "diamond", "hstripes", "vstripes")
@@ -115,9 +115,7 @@ def embedded_shapes(inputs: tuple[int, int, int], outputs: int, seed: int,
                     val_size: int = 0) -> DataSplits:
     """The embedded classifier data for a network with (C, H, W) `inputs` and `outputs` classes,
     or only the first `classes` of them (a quick demo of a 1000-way net on a few classes)."""
-    if classes is not None and not 1 <= classes <= outputs:
-        raise data_error(f"--classes {classes}: the network has {outputs} outputs",
-                         "--classes", f"use 1..{outputs}")
+    check_classes_count(classes, outputs, f"has {outputs} outputs")
     k = classes or outputs
     c, h, w = inputs
     train_size = train_size or max(8192, 16 * k)

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -686,7 +687,10 @@ def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: boo
     ImageOps.exif_transpose(im) for a camera's upright picture). `names`: a list of class
     names (a .names file's lines). An image that cannot be read raises OSError naming it; a
     threshold outside [0, 1] or a batch_size below 1 ValueError; a network without a detection
-    head ValueError."""
+    head ValueError. More names than the heads' classes is a ValueError; fewer (the data a larger
+    cfg was trained on) a warning, the classes without one named by number, as `darkcfg
+    detect --names` shows them."""
+    names = class_names(net, names)
     if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)) and \
             not (isinstance(images, torch.Tensor) and images.dim() == 4):
         images = [images]
@@ -695,6 +699,26 @@ def detect(net, images, thresh: float = 0.25, nms: float = 0.45, letter_box: boo
                                       batch_size=batch_size, nms_kind=nms_kind):
         results += found
     return results
+
+
+def class_names(net, names: Sequence[str]) -> Sequence[str]:
+    """`names` for the classes of `net`'s heads: more is a ValueError (they cannot be the names
+    the weights were trained with); fewer are padded with the numbers of the classes they leave
+    unnamed, with a warning (the command line's W302). No names at all name nothing ("")."""
+    heads = head_indices(net)
+    if not names or isinstance(names, (str, os.PathLike)) or not heads:
+        return names  # (detect_batches refuses a path and a network without heads)
+    classes = net.layers[heads[0]].classes
+    if len(names) > classes:
+        raise ValueError(f"names lists {len(names)} class names, but the network's "
+                         f"[{net.meta[heads[0]].type}] has classes={classes}: pass the names "
+                         "the weights were trained with")
+    if len(names) < classes:
+        warnings.warn(f"names lists {len(names)} class names and the network has classes="
+                      f"{classes}: classes {len(names)}..{classes - 1} are named by number",
+                      UserWarning, stacklevel=3)
+        names = [*names, *map(str, range(len(names), classes))]
+    return names
 
 
 def run_heads(net, x: torch.Tensor, heads: list[int] | None = None) -> dict[int, torch.Tensor]:

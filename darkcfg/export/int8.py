@@ -48,6 +48,7 @@ from darkcfg.export.onnx import (
     check_output,
     export_onnx,
     failed,
+    keeps_modes,
     onnx_session,
     quiet_exporter,
     reference_outputs,
@@ -573,6 +574,7 @@ def _correlation(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
 
 
+@keeps_modes
 def export_int8(net: Network, path: str | os.PathLike, data: Int8Data,
                 options: Int8Options | None = None) -> Int8Report:
     """Write a calibrated INT8 QDQ ONNX model to `path` (atomically), checked in onnxruntime,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import logging
 import os
@@ -168,6 +169,25 @@ def quiet_exporter():
         logging.disable(before)
 
 
+def keeps_modes(export_function):
+    """`export_function(net, ...)` exports in eval mode, then gives every module of `net` back
+    the training flag it had (a caller's model in training stayed in eval mode: its dropout off,
+    its batch-norm statistics frozen, silently)."""
+
+    @functools.wraps(export_function)
+    def exported(net, *args, **kwargs):
+        modes = [(module, module.training) for module in net.modules()] \
+            if isinstance(net, nn.Module) else []
+        try:
+            return export_function(net, *args, **kwargs)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    return exported
+
+
+@keeps_modes
 def export_program(net: Network, x: torch.Tensor, dynamic_batch: bool = False,
                    decode: bool = False) -> torch.export.ExportedProgram:
     """A strict torch.export of the network in eval mode (batch dimension dynamic if asked;
@@ -286,6 +306,7 @@ def check_output(path: str | os.PathLike, flag: str = "--export") -> Path:
     return path
 
 
+@keeps_modes
 def export_onnx(net: Network, path: str | os.PathLike, *, opset: int | None = None,
                 dynamic_batch: bool = False, decode: bool = False, name: str = "",
                 check: bool = True, tolerance: float = 1e-4,
@@ -456,6 +477,7 @@ def _program_and_input(net: Network, program, dynamic_batch: bool, decode: bool)
     return program or export_program(net, x, dynamic_batch, decode), x
 
 
+@keeps_modes
 def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = False,
                decode: bool = False, check: bool = True, tolerance: float = 1e-6,
                program: torch.export.ExportedProgram | None = None,
@@ -483,7 +505,8 @@ def export(net: Network, path: str | os.PathLike, *, opset: int | None = None,
            dynamic_batch: bool = False, decode: bool = False, name: str = "",
            flag: str = "--export") -> ExportReport:
     """`.onnx` -> export_onnx, `.pt2` -> export_pt2 (by the file's suffix). `flag`: the option
-    that named `path`, for the errors."""
+    that named `path`, for the errors. The network is exported in eval mode and left in the
+    mode each of its modules had."""
     suffix = export_format(path)
     check_output(path, flag)  # before the (slow) export
     if suffix == ".onnx":

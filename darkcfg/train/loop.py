@@ -194,6 +194,7 @@ class Trainer:
         lr = self.cfg.lr_at(k)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
+        self.task.check_targets(self.net, targets)
         x, y = self.to_device(images), targets.to(self.device, non_blocking=True)
         parts = self.subdivisions
         xs, ys = (x.chunk(parts), y.chunk(parts)) if parts > 1 else ((x,), (y,))

@@ -159,6 +159,10 @@ class Task:
         total = sum(self.head_loss(net.layers[i], inputs[i], truth, seen) for i in self.heads)
         return total, {}
 
+    def check_targets(self, net, targets: torch.Tensor) -> None:
+        """Raise a ValueError for targets this task cannot train on (Trainer.step calls it on
+        the targets as given, before they move to the device)."""
+
     def truth(self, targets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """What the heads' `loss` compares with (the targets as collated, by default)."""
         return targets
@@ -261,6 +265,23 @@ class ClassifyTask(Task):
                              f"set the last [connected]/[convolutional] to "
                              f"{len(splits.names)} outputs")
         return splits
+
+    def check_targets(self, net, targets: torch.Tensor) -> None:
+        """Class indices (N,) lie in 0..outputs-1: torch's cross-entropy said "Target 7 is out of
+        bounds" (an IndexError; a device-side assert on CUDA) and took -100 as "ignore this
+        sample". Checked on CPU tensors only (as a loader gives them): a device tensor's check
+        would wait for the device every step."""
+        if targets.dim() != 1 or targets.device.type != "cpu" or not len(targets) or \
+                targets.dtype == torch.bool:
+            return
+        low, high = (float(v) for v in targets.aminmax())
+        if low >= 0 and high < self.outputs:
+            return
+        bad = low if low < 0 else high
+        head = self.heads[-1]
+        raise ValueError(f"class target {bad:g} is out of range: layer {head} "
+                         f"([{net.meta[head].type}]) has {self.outputs} classes, numbered "
+                         f"0..{self.outputs - 1}")
 
     def truth(self, targets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if not self.label_smooth_eps or targets.dim() != 1:

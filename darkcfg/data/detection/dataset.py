@@ -25,9 +25,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from builders.boxes import letterbox_image, resize_image
-from cfgparse import CfgError, Diagnostic
+from cfgparse import CfgError
 from darkcfg.data.base import (
     blank_image,
+    check_classes_count,
     check_classes_option,
     check_image_headers,
     loader_worker_init,
@@ -312,10 +313,7 @@ def open_detection_source(source: str | Path | None, settings: DetectionSettings
 def embedded_detection(settings: DetectionSettings, seed: int, classes: int | None = None,
                        train_size: int = 0, val_size: int = 0) -> DetectionSplits:
     net_classes = settings.classes
-    if classes is not None and not 1 <= classes <= net_classes:
-        raise CfgError(Diagnostic("E901", f"--classes {classes}: the network detects "
-                                  f"{net_classes} classes", "--classes",
-                                  hint=f"use 1..{net_classes}"))
+    check_classes_count(classes, net_classes, f"detects {net_classes} classes")
     k = classes or min(net_classes, DEFAULT_CLASSES)
     s = settings
     train_size, val_size = train_size or EMBEDDED_TRAIN, val_size or EMBEDDED_VAL
