@@ -662,7 +662,7 @@ def test_the_classes_rule_has_one_wording_for_every_task(tmp_path, tiny_classifi
     with pytest.raises(CfgError) as err:
         task.open_data("somewhere.data", 0, classes=2)
     (d,) = err.value.diagnostics
-    assert (d.code, d.message, d.path) == ("E901", "--classes is for the embedded dataset",
+    assert (d.code, d.message, d.path) == ("E100", "--classes is for the embedded dataset",
                                            "--classes")
 
 

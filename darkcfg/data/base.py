@@ -28,9 +28,10 @@ def data_error(message: str, where: str, hint: str = "") -> CfgError:
 def check_classes_option(classes: int | None, spec) -> None:
     """`--classes N` picks N of the network's classes for the embedded data; any other data
     brings its own classes. Every task's data dispatch asks here."""
-    if classes is not None and spec is not None:
-        raise data_error("--classes is for the embedded dataset", "--classes",
-                         "the classes of --data come from the data")
+    if classes is not None and spec is not None:  # a usage error, as check_classes_count's
+        raise CfgError(Diagnostic("E100", "--classes is for the embedded dataset", "--classes",
+                                  hint="leave --classes out: the classes of --data come from "
+                                  "the data"))
 
 
 def check_classes_count(classes: int | None, count: int, has: str) -> None:
