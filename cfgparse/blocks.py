@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from .characters import odd_space_problem, odd_spaces
 from .errors import ERROR, CfgError, Diagnostic, did_you_mean
 from .schema import _MISSING, SECTIONS, ValueProblem, convert, default_for
 
@@ -167,6 +168,10 @@ class Block:
                 raise self.error("E205", f"[{self.name}] has no key '{key}' to set", where,
                                  hint=did_you_mean(key, known) or
                                  f"see the keys of [{self.type}] in cfgparse/schema.py")
+            odd = odd_spaces(value) if isinstance(value, str) else []
+            if odd:  # str.split() below would drop them silently, as cfg text must not (E109)
+                message, hint = odd_space_problem(value, odd, f"the value of {key}")
+                raise self.error("E109", message, where, hint=hint)
             raw = "".join(value.split()) if isinstance(value, str) else format_value(
                 int(value) if isinstance(value, bool) else value)
             if not raw:

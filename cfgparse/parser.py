@@ -26,11 +26,10 @@ from .assembly import (
     ParseResult,
     duplicate_key,
     finish,
-    odd_space_diagnostic,
-    odd_spaces,
     typed_option,
 )
 from .blocks import Block, Option, make_block
+from .characters import odd_space_diagnostic, odd_spaces
 from .errors import ERROR, WARNING, CfgError, Collector, Diagnostic, did_you_mean
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")

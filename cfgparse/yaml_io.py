@@ -21,11 +21,10 @@ from .assembly import (
     ParseResult,
     duplicate_key,
     finish,
-    odd_space_diagnostic,
-    odd_spaces,
     typed_option,
 )
 from .blocks import Block, Option, make_block
+from .characters import odd_space_diagnostic, odd_spaces
 from .errors import ERROR, CfgError, Collector, Diagnostic, did_you_mean
 
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed: 10x faster

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from cfgparse import Block, CfgError, Diagnostic, schema
-from cfgparse.assembly import odd_space_diagnostic, odd_spaces
+from cfgparse.characters import odd_space_diagnostic, odd_spaces
 from cfgparse.errors import did_you_mean
 from cfgparse.rules import net_rules
 

@@ -453,6 +453,10 @@ def test_with_values_types_through_the_schema_and_keeps_the_original():
     ({"activation": "leeky"}, ("E204", 5, 1)),
     ({"filtres": 3}, ("E205", 5, 1)),
     ({"filters": ""}, ("E105", 6, 9)),
+    # a preset's or the Python API's value with a no-break space or a zero-width space: E109 as
+    # in cfg text and --set (str.split() dropped the first silently, the second made an E202)
+    ({"filters": "\u00a016"}, ("E109", 6, 9)),
+    ({"activation": "leaky\u200b"}, ("E109", 5, 1)),
 ])
 def test_with_values_errors_are_located(values, expected):
     block = parse(NET + "[convolutional]\nfilters=8\n")[1]
