@@ -439,27 +439,35 @@ def test_calibration_images_that_all_fail_to_decode_are_located(tmp_path, capsys
     assert not (tmp_path / "d.onnx").exists()
 
 
-def test_an_undecodable_classifier_image_is_left_out_of_the_calibration(tmp_path, capsys):
-    """One training image of a folder whose pixels do not decode stopped the INT8 export
-    (training skips such an image with a W901); it is left out, the next image takes its
-    place."""
+def classifier_set_with_a_cut_image(tmp_path, cut: str, shade: int) -> tuple[Path, Path]:
+    """An ImageFolder `tmp_path/set` (train/ and val/, 3 plain images per class, none black:
+    `shade` > 0 keeps every channel above 0) whose image `cut` ('val/cat/1.jpg') keeps its
+    header and loses its pixels, and a small classifier cfg for it."""
     import io
 
     from PIL import Image
 
-    noise = np.random.default_rng(0)
     for split in ("train", "val"):
         for k, name in enumerate(("cat", "dog")):
             (tmp_path / "set" / split / name).mkdir(parents=True)
             for i in range(3):
-                Image.new("RGB", (40, 40), (90 * k, 40 * i, 70)).save(
+                Image.new("RGB", (40, 40), (90 * k + shade, 40 * i + shade, 70)).save(
                     tmp_path / "set" / split / name / f"{i}.jpg")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(noise.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
-    cut = tmp_path / "set" / "train" / "cat" / "0.jpg"
-    cut.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 3])
+    Image.fromarray(noise).save(buffer, "JPEG")
+    path = tmp_path / "set" / cut
+    path.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 3])
     cfg = tmp_path / "small.cfg"
     cfg.write_text(SMALL.replace("filters=4\n", "filters=2\n"))
+    return path, cfg
+
+
+def test_an_undecodable_classifier_image_is_left_out_of_the_calibration(tmp_path, capsys):
+    """One training image of a folder whose pixels do not decode stopped the INT8 export
+    (training skips such an image with a W901); it is left out, the next image takes its
+    place."""
+    cut, cfg = classifier_set_with_a_cut_image(tmp_path, "train/cat/0.jpg", shade=0)
     rc = main([str(cfg), "--export", str(tmp_path / "m.onnx"), "--int8", "--calibrate",
                str(tmp_path / "set"), "--calib-images", "4"])
     captured = capsys.readouterr()
@@ -474,23 +482,7 @@ def test_an_undecodable_classifier_validation_image_is_scored_blank(tmp_path, ca
     scores it as `darkcfg valid` now does: a blank image of its class (W901, said once over
     the fp32 and INT8 passes), every image counted. The calibration still replaces a bad
     training image itself (it reads the training split raising)."""
-    import io
-
-    from PIL import Image
-
-    noise = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for k, name in enumerate(("cat", "dog")):
-            (tmp_path / "set" / split / name).mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (40, 40), (90 * k + 10, 40 * i + 10, 70)).save(
-                    tmp_path / "set" / split / name / f"{i}.jpg")
-    buffer = io.BytesIO()
-    Image.fromarray(noise.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
-    cut = tmp_path / "set" / "val" / "cat" / "1.jpg"
-    cut.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 3])
-    cfg = tmp_path / "small.cfg"
-    cfg.write_text(SMALL.replace("filters=4\n", "filters=2\n"))
+    cut, cfg = classifier_set_with_a_cut_image(tmp_path, "val/cat/1.jpg", shade=10)
     net, netcfg, _ = build_network(str(cfg), [], "alexeyab", 0)
     data = open_int8_data(net.eval(), netcfg, str(tmp_path / "set"), 0, calib_images=2)
 

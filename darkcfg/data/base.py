@@ -190,13 +190,17 @@ def read_image(path: str, channels: int) -> torch.Tensor:
         raise DataError(f"cannot read image '{path}': {exc}") from None
 
 
-def say_undecodable(exc: DataError, path: str, what: str) -> None:
-    """W901 on stderr for an image whose header reads but whose pixels do not decode (`exc`,
-    from `read_image`), and what becomes of it (`what`): every data source says it so, as
+def undecodable_warning(exc: DataError | OSError | str, path: str, what: str) -> str:
+    """The W901 text for an image whose header reads but whose pixels do not decode (`exc`,
+    from `read_image`), and what becomes of it (`what`): every reader says it so, as
     Darknet's load_image_mat_cv says "Cannot load image" and goes on."""
-    print(Diagnostic("W901", f"{exc} (Darknet: 'Cannot load image'): {what}", str(path),
-                     severity=WARNING, hint="remove it or convert it to JPEG/PNG").format(),
-          file=sys.stderr, flush=True)
+    return Diagnostic("W901", f"{exc} (Darknet: 'Cannot load image'): {what}", str(path),
+                      severity=WARNING, hint="remove it or convert it to JPEG/PNG").format()
+
+
+def say_undecodable(exc: DataError | str, path: str, what: str) -> None:
+    """undecodable_warning on stderr."""
+    print(undecodable_warning(exc, path, what), file=sys.stderr, flush=True)
 
 
 #: The blank picture an undecodable validation image is scored as: Darknet's load_image_cv

@@ -20,7 +20,7 @@ import torch
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING, printable
-from darkcfg.data.base import check_image_headers
+from darkcfg.data.base import check_image_headers, undecodable_warning
 from darkcfg.data.datafile import IMAGE_EXTENSIONS, files_under, is_image, read_data_file, resolve
 from darkcfg.detect.decode import (
     Found,
@@ -497,10 +497,7 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                 if isinstance(image, OSError):  # its header read (checked above), its pixels
                     # do not (a JPEG cut short): left out, as Darknet's load_image goes on
                     unreadable += 1
-                    warning = Diagnostic("W901", f"{image}: left out (Darknet: 'Cannot load "
-                                         "image'); detect goes on", str(path),
-                                         severity=WARNING, hint="remove it or convert it to "
-                                         "JPEG/PNG").format()
+                    warning = undecodable_warning(image, str(path), "left out; detect goes on")
                     if bar.disable:
                         say(warning)
                     else:

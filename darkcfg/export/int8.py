@@ -134,8 +134,8 @@ class CalibrationImages:
         unused one of the split that decodes; (None, None) when none is left."""
         import re
 
-        from cfgparse.errors import WARNING
         from darkcfg.data import DataError
+        from darkcfg.data.base import say_undecodable
 
         n = len(self.dataset)
         for step in range(n):
@@ -150,11 +150,9 @@ class CalibrationImages:
                 last = self._last = text.splitlines()[-1] if text else repr(exc)
                 if "none of the" not in last:
                     named = re.search(r"'([^']+)'", last)
-                    print(Diagnostic("W901", f"{last}: left out of the calibration; the next "
-                                     "image takes its place",
-                                     named.group(1) if named else self.where, severity=WARNING,
-                                     hint="remove it or convert it to JPEG/PNG").format(),
-                          file=sys.stderr)
+                    say_undecodable(last, named.group(1) if named else self.where,
+                                    "left out of the calibration; the next image takes its "
+                                    "place")
                 continue
             self._used.add(at)
             self._at.append(at)
