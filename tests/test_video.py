@@ -595,3 +595,30 @@ def test_a_stream_gone_silent_keeps_the_frames_read_and_says_why(cfg, tmp_path, 
                      r"(\d+) frame\(s\): no answer within 1 s \(the outputs hold those\)", err)
     assert said and int(said.group(1)) > 0, err
     assert len(read_jsonl(out / "live.jsonl")) == int(said.group(1))
+
+
+def test_ctrl_c_while_a_stream_is_opened_stops_at_once(cfg, tmp_path, monkeypatch, capsys):
+    # FFmpeg's open of a stream that does not answer blocked in C: Ctrl-C (SIGTERM, SIGHUP)
+    # waited out the 10 s timeout and the command ended with E901, exit 2, not 130
+    import os
+    import signal
+    import socket
+    import threading
+    import time
+
+    monkeypatch.setattr(video, "OPEN_TIMEOUT", 8.0)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    with socket.socket() as server:  # accepts (the kernel's backlog), never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/live.mp4"
+        start = time.perf_counter()
+        timer.start()
+        try:
+            rc = main(["detect", str(cfg), url, "--out", str(tmp_path / "out"),
+                       "--no-progress"])
+        finally:
+            timer.cancel()
+        took = time.perf_counter() - start
+    assert rc == 130 and "interrupted" in capsys.readouterr().err
+    assert took < 4, took

@@ -112,8 +112,8 @@ def open_source(target: str):
                                   hint="check the path: an image, a folder, a video, a "
                                   "stream URL or a camera index"))
     try:
-        container = av.open(where, format=fmt, options=options,
-                            timeout=(OPEN_TIMEOUT, READ_TIMEOUT))
+        container = _interruptible(lambda: av.open(where, format=fmt, options=options,
+                                                   timeout=(OPEN_TIMEOUT, READ_TIMEOUT)))
     except (av.FFmpegError, OSError, ValueError) as exc:
         stream = target.isdigit() or target.lower().startswith(STREAM_SCHEMES)
         what = f"camera {target} ({where})" if target.isdigit() and where != target else \
@@ -128,6 +128,41 @@ def open_source(target: str):
         raise CfgError(Diagnostic("E901", f"'{target}' has no video stream", target,
                                   hint="give a file or stream with video"))
     return container
+
+
+def _interruptible(open_container):
+    """`open_container()` in a thread of its own, waited for here: FFmpeg's open of a stream
+    that does not answer blocks in C for up to OPEN_TIMEOUT, where Ctrl-C and SIGTERM could not
+    stop it (the command waited out the timeout and said E901). Interrupted, the open is left
+    to end in its thread, which closes what it opened."""
+    done: dict = {}
+    lock = threading.Lock()  # whoever comes second closes an abandoned container
+
+    def run():
+        try:
+            container = open_container()
+        except BaseException as exc:  # noqa: BLE001 - raised by the waiting thread
+            done["error"] = exc
+            return
+        with lock:
+            done["container"] = container
+            if "abandoned" in done:
+                container.close()
+
+    opener = threading.Thread(target=run, daemon=True, name="darkcfg-open")
+    opener.start()
+    try:
+        while opener.is_alive():
+            opener.join(0.1)
+    except BaseException:
+        with lock:
+            done["abandoned"] = True
+            if "container" in done:
+                done["container"].close()
+        raise
+    if "error" in done:
+        raise done["error"]
+    return done["container"]
 
 
 def ffmpeg_reason(exc: BaseException, timeout: float) -> str:
