@@ -622,3 +622,36 @@ def test_ctrl_c_while_a_stream_is_opened_stops_at_once(cfg, tmp_path, monkeypatc
         took = time.perf_counter() - start
     assert rc == 130 and "interrupted" in capsys.readouterr().err
     assert took < 4, took
+
+
+def test_a_video_of_no_decodable_frame_writes_nothing(cfg, clip, tmp_path, capsys):
+    # every packet damaged: exit 0 with an empty .mp4 (0 bytes, no player opens it), an empty
+    # .jsonl and an empty labels folder under their final names
+    with av.open(str(clip)) as c:
+        count = sum(1 for p in c.demux(video=0) if p.size)
+    import re
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(clip.read_bytes())
+    for k in range(count):
+        damaged_clip(bad, bad, packet=k)
+    out = tmp_path / "out"
+    assert main([str(cfg), "--detect", str(bad), "--out", str(out), "--no-progress",
+                 "--save-labels"]) == 2
+    assert re.search(rf"{re.escape(str(bad))}: error\[E901\]: no frame of '{re.escape(str(bad))}' "
+                     r"could be decoded \(\d+ damaged packet\(s\) skipped\): nothing was "
+                     "written", capsys.readouterr().err)
+    assert list(out.iterdir()) == []
+
+
+def test_ctrl_c_before_the_first_frame_leaves_no_empty_video(cfg, clip, tmp_path, monkeypatch,
+                                                            capsys):
+    # the temp .mp4 (created empty, to be locked) was renamed to OUT/moving.mp4: 0 bytes
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video, "run_heads", interrupted)
+    out = tmp_path / "out"
+    assert main([str(cfg), "--detect", str(clip), "--out", str(out), "--no-progress"]) == 130
+    assert f"no frame of '{clip}' written before the interrupt" in capsys.readouterr().err
+    assert list(out.iterdir()) == []

@@ -384,7 +384,9 @@ def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, sour
     except KeyboardInterrupt as stop:
         r = stop.args[0] if stop.args else None
         if r is not None:
-            say(f"{r.frames} frame(s) written to {r.video} and {r.jsonl} before the interrupt")
+            say(f"{r.frames} frame(s) written to {r.video} and {r.jsonl} before the interrupt"
+                if r.frames else f"no frame of '{printable(r.source)}' written before the "
+                "interrupt")
         raise
     source, video, jsonl = (printable(str(p)) for p in (r.source, r.video, r.jsonl))
     skipped = f"; {r.skipped} damaged packet(s) skipped (W901 above)" if r.skipped else ""

@@ -513,6 +513,11 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
             for fd in held:
                 os.close(fd)
     seconds = time.perf_counter() - start
+    if not interrupted and not frames:
+        damaged = f" ({skipped} damaged packet(s) skipped)" if skipped else ""
+        raise CfgError(Diagnostic("E901", f"no frame of '{source}' could be decoded{damaged}: "
+                                  "nothing was written", source,
+                                  hint="the file may be damaged or the stream gone"))
     if not interrupted and frames < declared - 1 and (max_frames is None or frames < max_frames):
         # (one frame of slack: some containers count an estimate)
         print(f"warning: '{source}' declares {declared} frames but {frames} could be decoded: "
@@ -550,7 +555,8 @@ def _close_outputs(writer: _Writer, jsonl, container, out: Path,
             jsonl.close()
         container.close()
         for temp, final in outputs:
-            if keep and temp.exists():  # (no video file when no frame was written)
+            if keep and writer.frames and temp.exists():  # (no frame written: no outputs, not
+                # an empty .mp4 no player opens)
                 os.replace(temp, final)
             elif temp.is_dir():
                 shutil.rmtree(temp, ignore_errors=True)
