@@ -655,3 +655,18 @@ def test_ctrl_c_before_the_first_frame_leaves_no_empty_video(cfg, clip, tmp_path
     assert main([str(cfg), "--detect", str(clip), "--out", str(out), "--no-progress"]) == 130
     assert f"no frame of '{clip}' written before the interrupt" in capsys.readouterr().err
     assert list(out.iterdir()) == []
+
+
+def test_a_line_break_in_a_video_name_does_not_split_its_diagnostics(cfg, clip, tmp_path,
+                                                                    capsys):
+    # the messages quoted the raw name: 'cor<newline>rupt.mp4' broke the one-line
+    # `path: warning[W901]: message` in two (the path part was escaped, the message not)
+    bad = damaged_clip(clip, tmp_path / "cor\nrupt.mp4")
+    assert main([str(cfg), "--detect", str(bad), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning[W901]: a packet of '" + str(tmp_path) + "/cor\\nrupt.mp4' at " in err
+    missing = tmp_path / "miss\ning.mp4"
+    assert main([str(cfg), "--detect", str(missing), "--out", str(tmp_path / "out2")]) == 2
+    assert f"error[E901]: video '{tmp_path}/miss\\ning.mp4' does not exist" in \
+        capsys.readouterr().err

@@ -35,7 +35,7 @@ import torch
 
 from builders.atomic import ensure_folder, fitting, hold, remove_abandoned, write_error
 from cfgparse import CfgError, Diagnostic
-from cfgparse.errors import WARNING
+from cfgparse.errors import WARNING, printable
 from darkcfg.detect.decode import (
     check_run_arguments,
     detections_of_outputs,
@@ -108,7 +108,7 @@ def open_source(target: str):
     elif target.lower().startswith(("rtsp://", "rtsps://")):
         options = {"rtsp_transport": "tcp"}
     elif not target.lower().startswith(STREAM_SCHEMES) and not Path(target).is_file():
-        raise CfgError(Diagnostic("E901", f"video '{target}' does not exist", target,
+        raise CfgError(Diagnostic("E901", f"video '{printable(target)}' does not exist", target,
                                   hint="check the path: an image, a folder, a video, a "
                                   "stream URL or a camera index"))
     try:
@@ -117,7 +117,7 @@ def open_source(target: str):
     except (av.FFmpegError, OSError, ValueError) as exc:
         stream = target.isdigit() or target.lower().startswith(STREAM_SCHEMES)
         what = f"camera {target} ({where})" if target.isdigit() and where != target else \
-            f"video '{target}'"
+            f"video '{printable(target)}'"
         raise CfgError(Diagnostic(
             "E901", f"cannot open {what}: {ffmpeg_reason(exc, OPEN_TIMEOUT)}", target,
             hint="check the URL and that the stream or camera is on" if stream else
@@ -125,7 +125,7 @@ def open_source(target: str):
             "copy it again)")) from None
     if not container.streams.video:
         container.close()
-        raise CfgError(Diagnostic("E901", f"'{target}' has no video stream", target,
+        raise CfgError(Diagnostic("E901", f"'{printable(target)}' has no video stream", target,
                                   hint="give a file or stream with video"))
     return container
 
@@ -394,6 +394,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     from tqdm import tqdm
 
     source = _source_text(source)
+    shown = printable(source)  # (a line break in a name must not split a diagnostic)
     check_run_arguments(thresh, nms, batch_size, names)
     if max_frames is not None and (isinstance(max_frames, bool) or
                                    not isinstance(max_frames, int) or max_frames < 1):
@@ -411,14 +412,14 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     for written in (video_path, jsonl_path):
         if os.path.exists(source) and written.exists() and os.path.samefile(source, written):
             raise CfgError(Diagnostic(
-                "E901", f"--out '{out}' would replace the input video '{source}' with its "
+                "E901", f"--out '{out}' would replace the input video '{shown}' with its "
                 f"annotated copy '{written.name}'", str(out),
                 hint="give --out another folder (the default is runs/<cfg-name>/detect)"))
     labels = out / f"{name}_labels" if save_labels else None
     if labels is not None and os.path.lexists(labels):  # (its files would mix with ours)
         raise CfgError(Diagnostic(
-            "E901", f"'{out}' already holds '{labels.name}', which this detect would replace",
-            str(labels), hint="give --out a new or empty folder"))
+            "E901", f"'{out}' already holds '{printable(labels.name)}', which this detect would "
+            "replace", str(labels), hint="give --out a new or empty folder"))
     container = open_source(source)
     try:
         ensure_folder(out, "--out")
@@ -466,7 +467,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
         with contextlib.suppress(OSError):
             labels_tmp.rmdir()
         container.close()
-        raise write_error(out, exc, what=f"the outputs of '{source}' into '{out}'") from None
+        raise write_error(out, exc, what=f"the outputs of '{shown}' into '{out}'") from None
     writer = _Writer(net, video_tmp, jsonl, labels_tmp if labels is not None else None, name,
                      rate, video_codec(), thresh, nms, letter, names)
     bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr,
@@ -508,19 +509,19 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
         if labels is not None:
             outputs.append((labels_tmp, labels))
         try:
-            _close_outputs(writer, jsonl, container, out, outputs, source)
+            _close_outputs(writer, jsonl, container, out, outputs, shown)
         finally:
             for fd in held:
                 os.close(fd)
     seconds = time.perf_counter() - start
     if not interrupted and not frames:
         damaged = f" ({skipped} damaged packet(s) skipped)" if skipped else ""
-        raise CfgError(Diagnostic("E901", f"no frame of '{source}' could be decoded{damaged}: "
+        raise CfgError(Diagnostic("E901", f"no frame of '{shown}' could be decoded{damaged}: "
                                   "nothing was written", source,
                                   hint="the file may be damaged or the stream gone"))
     if not interrupted and frames < declared - 1 and (max_frames is None or frames < max_frames):
         # (one frame of slack: some containers count an estimate)
-        print(f"warning: '{source}' declares {declared} frames but {frames} could be decoded: "
+        print(f"warning: '{shown}' declares {declared} frames but {frames} could be decoded: "
               "the file ends early or is damaged (the outputs hold those frames)",
               file=sys.stderr)
     result = VideoResult(source, frames, writer.objects, seconds, video_path, jsonl_path, labels,
@@ -531,7 +532,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
 
 
 def _close_outputs(writer: _Writer, jsonl, container, out: Path,
-                   outputs: list[tuple[Path, Path]], source: str) -> None:
+                   outputs: list[tuple[Path, Path]], shown: str) -> None:
     """Stop the writer, close the files, and move each temp output (the video, the jsonl, the
     labels folder) to its name (the frames done when the run stopped early: a Ctrl-C, a
     damaged input); when writing them failed (a full disk or a file size limit under the
@@ -546,7 +547,7 @@ def _close_outputs(writer: _Writer, jsonl, container, out: Path,
     except OSError as exc:
         keep = False
         # (a buffered write's error names no file; FFmpeg's names the hidden temp file)
-        raise write_error(out, exc, what=f"the outputs of '{source}' into '{out}'") from None
+        raise write_error(out, exc, what=f"the outputs of '{shown}' into '{out}'") from None
     except BaseException:
         keep = False
         raise
@@ -569,16 +570,16 @@ def _read_error(exc: BaseException, source: str, frames: int) -> BaseException:
     decoding) as E901; the outputs keep those frames."""
     av = require_av()
     if isinstance(exc, (av.FFmpegError, OSError)):
-        return CfgError(Diagnostic("E901", f"cannot read '{source}' after {frames} frame(s): "
-                                   f"{ffmpeg_reason(exc, READ_TIMEOUT)} (the outputs hold "
-                                   "those)", source,
+        return CfgError(Diagnostic("E901", f"cannot read '{printable(source)}' after {frames} "
+                                   f"frame(s): {ffmpeg_reason(exc, READ_TIMEOUT)} (the outputs "
+                                   "hold those)", source,
                                    hint="the file may be damaged or the stream gone"))
     return exc
 
 
 def _skipped_warning(skipped: _Skipped, source: str) -> str:
     at = f" at {skipped.seconds:.2f} s" if skipped.seconds is not None else ""
-    return Diagnostic("W901", f"a packet of '{source}'{at} does not decode "
+    return Diagnostic("W901", f"a packet of '{printable(source)}'{at} does not decode "
                       f"({ffmpeg_reason(skipped.error, READ_TIMEOUT)}): skipped, and the frames "
                       "after it are detected (Darknet's cv::VideoCapture skips it too)", source,
                       severity=WARNING, hint="the file may be damaged: copy it again, or "
