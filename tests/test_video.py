@@ -670,3 +670,23 @@ def test_a_line_break_in_a_video_name_does_not_split_its_diagnostics(cfg, clip, 
     assert main([str(cfg), "--detect", str(missing), "--out", str(tmp_path / "out2")]) == 2
     assert f"error[E901]: video '{tmp_path}/miss\\ning.mp4' does not exist" in \
         capsys.readouterr().err
+
+
+def test_a_folder_named_like_a_video_is_a_folder_and_a_pipe_is_not_a_file(cfg, tmp_path,
+                                                                         monkeypatch, capsys):
+    # a folder of photos named trip.mov, and a FIFO named live.mp4, were both "video ... does
+    # not exist"
+    import os
+
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Path("trip.mov").mkdir()
+    Image.new("RGB", (40, 30), (90, 20, 140)).save("trip.mov/beach.jpg")
+    assert not is_video("trip.mov") and is_video("other.mov")
+    assert main([str(cfg), "--detect", "trip.mov", "--out", "out", "--no-progress"]) == 0
+    assert (tmp_path / "out" / "beach.jpg").is_file()
+    os.mkfifo("live.mp4")
+    assert main([str(cfg), "--detect", "live.mp4", "--out", "out2"]) == 2
+    assert "live.mp4: error[E901]: video 'live.mp4' is not a file (a pipe, a device or a " \
+        "socket)" in capsys.readouterr().err

@@ -59,10 +59,11 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 
 def is_video(target: str) -> bool:
     """A video file (by extension), a stream URL or a camera index ('0', '1', ...; a file or
-    folder of that name, such as a folder of photos named 2024, is that path, not a camera)."""
+    folder of that name, such as a folder of photos named 2024, is that path, not a camera; a
+    folder named like a video, trip.mov, is a folder of images)."""
     return (target.isdigit() and not os.path.exists(target)
             or target.lower().startswith(STREAM_SCHEMES)
-            or Path(target).suffix.lower() in VIDEO_EXTENSIONS)
+            or Path(target).suffix.lower() in VIDEO_EXTENSIONS and not os.path.isdir(target))
 
 
 def require_av(target: str = "video"):
@@ -108,7 +109,10 @@ def open_source(target: str):
     elif target.lower().startswith(("rtsp://", "rtsps://")):
         options = {"rtsp_transport": "tcp"}
     elif not target.lower().startswith(STREAM_SCHEMES) and not Path(target).is_file():
-        raise CfgError(Diagnostic("E901", f"video '{printable(target)}' does not exist", target,
+        # (a pipe or a device would block or never end: FFmpeg is not given one)
+        what = "is not a file (a pipe, a device or a socket)" if os.path.exists(target) else \
+            "does not exist"
+        raise CfgError(Diagnostic("E901", f"video '{printable(target)}' {what}", target,
                                   hint="check the path: an image, a folder, a video, a "
                                   "stream URL or a camera index"))
     try:
