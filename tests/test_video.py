@@ -690,3 +690,13 @@ def test_a_folder_named_like_a_video_is_a_folder_and_a_pipe_is_not_a_file(cfg, t
     assert main([str(cfg), "--detect", "live.mp4", "--out", "out2"]) == 2
     assert "live.mp4: error[E901]: video 'live.mp4' is not a file (a pipe, a device or a " \
         "socket)" in capsys.readouterr().err
+
+
+def test_a_streams_password_is_not_shown(cfg, tmp_path, capsys):
+    # rtsp://admin:secret@host/... was printed whole in the E901 (and so in CI and service logs)
+    url = "rtsp://admin:s3cret@127.0.0.1:1/live"
+    assert main([str(cfg), "--detect", url, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "rtsp://admin:***@127.0.0.1:1/live: error[E901]: cannot " \
+        "open video 'rtsp://admin:***@127.0.0.1:1/live'" in err
+    assert video.shown_source("http://u@h/x\n") == "http://u@h/x\\n"

@@ -375,7 +375,7 @@ def refuse_replacing(out: Path, names: list[str], videos: Sequence[str] = ()) ->
 
 def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, source: str,
                      name: str, progress: bool) -> None:
-    from darkcfg.detect.video import detect_video
+    from darkcfg.detect.video import detect_video, shown_source
 
     try:
         r = detect_video(net, source, out, thresh=opts.thresh, nms=opts.nms,
@@ -385,10 +385,11 @@ def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, sour
         r = stop.args[0] if stop.args else None
         if r is not None:
             say(f"{r.frames} frame(s) written to {r.video} and {r.jsonl} before the interrupt"
-                if r.frames else f"no frame of '{printable(r.source)}' written before the "
+                if r.frames else f"no frame of '{shown_source(r.source)}' written before the "
                 "interrupt")
         raise
-    source, video, jsonl = (printable(str(p)) for p in (r.source, r.video, r.jsonl))
+    source = shown_source(r.source)
+    video, jsonl = (printable(str(p)) for p in (r.video, r.jsonl))
     skipped = f"; {r.skipped} damaged packet(s) skipped (W901 above)" if r.skipped else ""
     print(f"{source}: {r.frames} frame(s), {r.objects} object(s) above thresh {opts.thresh:g} "
           f"in {r.seconds:.2f} s ({r.fps:.1f} frames/s){skipped} -> {video}, {jsonl}")

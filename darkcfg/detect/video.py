@@ -72,9 +72,24 @@ def require_av(target: str = "video"):
         import av
     except ImportError:
         raise CfgError(Diagnostic("E905", "video input needs PyAV, which is not installed",
-                                  target, hint="pip install 'darkcfg[video]' (or: pip "
-                                  "install av); it brings its own FFmpeg")) from None
+                                  shown_source(target), hint="pip install 'darkcfg[video]' "
+                                  "(or: pip install av); it brings its own FFmpeg")) from None
     return av
+
+
+def shown_source(target: str) -> str:
+    """`target` as a message shows it: control characters escaped (a line break in a name must
+    not split a diagnostic) and a URL's password as *** (`rtsp://admin:***@cam/live`: logs
+    keep what stderr shows)."""
+    if target.lower().startswith(STREAM_SCHEMES):
+        from urllib.parse import urlsplit
+
+        netloc = urlsplit(target).netloc
+        user, at, host = netloc.rpartition("@")
+        if at and ":" in user:
+            masked = f"{user.split(':', 1)[0]}:***@{host}"
+            target = target.replace(netloc, masked, 1)
+    return printable(target)
 
 
 def source_name(target: str) -> str:
@@ -112,7 +127,8 @@ def open_source(target: str):
         # (a pipe or a device would block or never end: FFmpeg is not given one)
         what = "is not a file (a pipe, a device or a socket)" if os.path.exists(target) else \
             "does not exist"
-        raise CfgError(Diagnostic("E901", f"video '{printable(target)}' {what}", target,
+        raise CfgError(Diagnostic("E901", f"video '{shown_source(target)}' {what}",
+                                  shown_source(target),
                                   hint="check the path: an image, a folder, a video, a "
                                   "stream URL or a camera index"))
     try:
@@ -121,15 +137,16 @@ def open_source(target: str):
     except (av.FFmpegError, OSError, ValueError) as exc:
         stream = target.isdigit() or target.lower().startswith(STREAM_SCHEMES)
         what = f"camera {target} ({where})" if target.isdigit() and where != target else \
-            f"video '{printable(target)}'"
+            f"video '{shown_source(target)}'"
         raise CfgError(Diagnostic(
-            "E901", f"cannot open {what}: {ffmpeg_reason(exc, OPEN_TIMEOUT)}", target,
+            "E901", f"cannot open {what}: {ffmpeg_reason(exc, OPEN_TIMEOUT)}", shown_source(target),
             hint="check the URL and that the stream or camera is on" if stream else
             "give a video FFmpeg reads (an .mp4 cut short has lost the index at its end: "
             "copy it again)")) from None
     if not container.streams.video:
         container.close()
-        raise CfgError(Diagnostic("E901", f"'{printable(target)}' has no video stream", target,
+        raise CfgError(Diagnostic("E901", f"'{shown_source(target)}' has no video stream",
+                                  shown_source(target),
                                   hint="give a file or stream with video"))
     return container
 
@@ -398,7 +415,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     from tqdm import tqdm
 
     source = _source_text(source)
-    shown = printable(source)  # (a line break in a name must not split a diagnostic)
+    shown = shown_source(source)
     check_run_arguments(thresh, nms, batch_size, names)
     if max_frames is not None and (isinstance(max_frames, bool) or
                                    not isinstance(max_frames, int) or max_frames < 1):
@@ -521,7 +538,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     if not interrupted and not frames:
         damaged = f" ({skipped} damaged packet(s) skipped)" if skipped else ""
         raise CfgError(Diagnostic("E901", f"no frame of '{shown}' could be decoded{damaged}: "
-                                  "nothing was written", source,
+                                  "nothing was written", shown,
                                   hint="the file may be damaged or the stream gone"))
     if not interrupted and frames < declared - 1 and (max_frames is None or frames < max_frames):
         # (one frame of slack: some containers count an estimate)
@@ -574,18 +591,19 @@ def _read_error(exc: BaseException, source: str, frames: int) -> BaseException:
     decoding) as E901; the outputs keep those frames."""
     av = require_av()
     if isinstance(exc, (av.FFmpegError, OSError)):
-        return CfgError(Diagnostic("E901", f"cannot read '{printable(source)}' after {frames} "
+        return CfgError(Diagnostic("E901", f"cannot read '{shown_source(source)}' after {frames} "
                                    f"frame(s): {ffmpeg_reason(exc, READ_TIMEOUT)} (the outputs "
-                                   "hold those)", source,
+                                   "hold those)", shown_source(source),
                                    hint="the file may be damaged or the stream gone"))
     return exc
 
 
 def _skipped_warning(skipped: _Skipped, source: str) -> str:
     at = f" at {skipped.seconds:.2f} s" if skipped.seconds is not None else ""
-    return Diagnostic("W901", f"a packet of '{printable(source)}'{at} does not decode "
+    return Diagnostic("W901", f"a packet of '{shown_source(source)}'{at} does not decode "
                       f"({ffmpeg_reason(skipped.error, READ_TIMEOUT)}): skipped, and the frames "
-                      "after it are detected (Darknet's cv::VideoCapture skips it too)", source,
+                      "after it are detected (Darknet's cv::VideoCapture skips it too)",
+                      shown_source(source),
                       severity=WARNING, hint="the file may be damaged: copy it again, or "
                       "re-encode it for all of its frames").format()
 
