@@ -700,3 +700,36 @@ def test_a_streams_password_is_not_shown(cfg, tmp_path, capsys):
     assert "s3cret" not in err and "rtsp://admin:***@127.0.0.1:1/live: error[E901]: cannot " \
         "open video 'rtsp://admin:***@127.0.0.1:1/live'" in err
     assert video.shown_source("http://u@h/x\n") == "http://u@h/x\\n"
+
+
+def test_a_stream_that_changes_size_is_detected_at_each_frames_size(net, tmp_path):
+    # (docs/anchors-and-video.md): a frame of another size than the first is detected at its
+    # own size, its .jsonl relative to it; the annotated video keeps the first frame's size
+    def raw(size, shade):
+        path = tmp_path / f"{size[0]}.h264"
+        with av.open(str(path), "w", format="h264") as c:
+            stream = c.add_stream(video.video_codec(), rate=10)
+            stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+            for _ in range(3):
+                frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), shade,
+                                                           np.uint8), format="rgb24")
+                for packet in stream.encode(frame):
+                    c.mux(packet)
+            for packet in stream.encode(None):
+                c.mux(packet)
+        return path.read_bytes()
+
+    both = tmp_path / "both.h264"
+    both.write_bytes(raw((160, 120), 60) + raw((96, 64), 200))
+    out = tmp_path / "out"
+    r = detect_video(net, str(both), out, thresh=THRESH, names=NAMES, batch_size=2,
+                     progress=False)
+    assert r.frames == 6
+    written = decoded_frames(out / "both.mp4")
+    assert [f.shape[1:] for f in written] == [(120, 160)] * 6
+    source = decoded_frames(both)
+    assert [f.shape[1:] for f in source] == [(120, 160)] * 3 + [(64, 96)] * 3
+    for k, (frame, rec) in enumerate(zip(source, read_jsonl(out / "both.jsonl"), strict=True)):
+        found = detect(net, frame, THRESH, names=NAMES)[0]
+        h, w = frame.shape[1:]
+        assert rec == json.loads(json.dumps(video.frame_json(k + 1, found, w, h)))
