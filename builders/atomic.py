@@ -34,10 +34,11 @@ def atomic_open(path: str | os.PathLike, parents: bool = False,
     refuse_special(target, f"'{target}'")
     if parents:
         ensure_folder(target.parent)
+    prefix = f".{fitting(target.name, 14)}."  # (+ mkstemp's 8 characters and .tmp)
     if sweep:
-        remove_abandoned(target.parent, f".{glob.escape(target.name)}.*.tmp")
+        remove_abandoned(target.parent, f"{glob.escape(prefix)}*.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise write_error(target, exc) from None
     hold(fd)
@@ -77,6 +78,10 @@ def write_error(target: str | os.PathLike, exc: BaseException, started: bool = F
         why, hint = "no space left on the device", "free some space (or write elsewhere)"
     elif code == errno.EDQUOT:
         why, hint = "disk quota exceeded", "free some space (or write elsewhere)"
+    elif code == errno.EFBIG:
+        why, hint = ("the file would be larger than this process may write (a file size limit: "
+                     "ulimit -f, or the file system's largest file)",
+                     "raise the limit (ulimit -f unlimited) or write elsewhere")
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
         why, hint = "permission denied", "write to a folder you may write to"
     elif code == errno.ENOENT:
@@ -303,6 +308,23 @@ def read_checked(path: str | os.PathLike, what: str = "file") -> bytes:
             hint="use an intact copy, or start over from the run's _last.weights with --weights "
             "and a new --out"))
     return payload
+
+
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
+
+def fitting(name: str, room: int) -> str:
+    """`name` cut short so that it and `room` more bytes fit one file name: the temp names made
+    from an output's name (`.NAME.XXXXXXXX.tmp`) must not fail where NAME itself fits."""
+    raw = os.fsencode(name)
+    if len(raw) + room <= NAME_MAX:
+        return name
+    raw = raw[:max(NAME_MAX - room, 1)]
+    lead = len(raw) - 1  # not half a UTF-8 character: drop a last one cut short
+    while lead > 0 and raw[lead] & 0xC0 == 0x80 and len(raw) - lead < 4:
+        lead -= 1
+    size = 4 if raw[lead] >= 0xF0 else 3 if raw[lead] >= 0xE0 else 2 if raw[lead] >= 0xC0 else 1
+    return os.fsdecode(raw[:lead] if len(raw) - lead < size and lead > 0 else raw)
 
 
 def hold(fd: int) -> int:

@@ -66,7 +66,8 @@ CODES = {
     "E500": "training stopped: the loss is not finite (diverged)",
     "E901": "cannot read file",
     "W901": "an image whose header reads but whose pixels do not decode: detect leaves it out, "
-            "training skips it, validation scores it as a blank image (Darknet goes on too)",
+            "training skips it, validation scores it as a blank image (Darknet goes on too); a "
+            "video packet that does not decode: detect skips it and goes on",
     "E902": "weights that do not fit the network (a .weights file's size; a state_dict that "
             "leaves tensors unfilled without --partial)",
     "E903": "bad detection label file (malformed line, class out of range, bad box)",

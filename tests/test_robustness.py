@@ -762,3 +762,19 @@ def test_a_hostile_settings_yaml_on_resume_is_an_unreadable_one(tmp_path, text):
     assert resume_changes(tmp_path / "settings.yaml", {"data": "digits", "seed": 0}) == [
         "seed: 0 (was 3)"]
     assert recorded_data(tmp_path) == "digits"
+
+
+def test_an_output_name_that_fits_is_written_whatever_its_temp_names_length(tmp_path):
+    """A name of 241-255 bytes fits a file name, but `.NAME.XXXXXXXX.tmp` did not: E901 'File
+    name too long' naming the hidden temp file. The temp name is now cut to fit (by bytes, not
+    inside a UTF-8 character); a killed writer's cut temp file is still swept."""
+    from builders.atomic import atomic_write, fitting
+
+    for name in ("x" * 250 + ".txt", "é" * 121 + ".jpg"):
+        assert len(os.fsencode(name)) <= 255
+        leftover = tmp_path / f".{fitting(name, 14)}.k1ll3d0.tmp"
+        leftover.write_text("half")
+        atomic_write(tmp_path / name, "done\n", sweep=True)
+        assert (tmp_path / name).read_text() == "done\n"
+        assert not leftover.exists()
+    assert fitting("é" * 200, 14).encode() == "é".encode() * 120

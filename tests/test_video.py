@@ -13,6 +13,7 @@ import torch
 
 av = pytest.importorskip("av")
 
+from cfgparse import CfgError  # noqa: E402
 from darkcfg.cli import main  # noqa: E402
 from darkcfg.detect import video  # noqa: E402
 from darkcfg.detect.decode import detect  # noqa: E402
@@ -269,20 +270,24 @@ def test_a_video_that_ends_early_is_said_to(cfg, tmp_path, capsys):
         capsys.readouterr().err
 
 
-def test_a_full_disk_is_one_error_and_leaves_nothing_half_written(cfg, clip, tmp_path, capsys):
+@pytest.mark.parametrize("labels", [[], ["--save-labels"]])
+def test_a_full_disk_is_one_error_and_leaves_nothing_half_written(cfg, clip, tmp_path, capsys,
+                                                                  labels):
     """The encoder's and the jsonl's writes fail with ENOSPC (their temp names point at
     /dev/full): one located E901 naming the output folder, no thread's traceback, no temp
-    files, no partial outputs (before: the writer thread's traceback, and its temp files)."""
+    files, no partial outputs (before: the writer thread's traceback, and its temp files; the
+    --save-labels folder of the frames done was left)."""
     import os
 
     out = tmp_path / "out"
     out.mkdir()
     for suffix in ("mp4", "jsonl"):
         os.symlink("/dev/full", out / f".moving.{os.getpid()}.tmp.{suffix}")
-    rc = main([str(cfg), "--detect", str(clip), "--out", str(out), "--no-progress"])
+    rc = main([str(cfg), "--detect", str(clip), "--out", str(out), "--no-progress", *labels])
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert f"{out}: error[E901]: No space left on device" in err and "help: free some" in err
+    assert f"{out}: error[E901]: cannot write the outputs of '{clip}' into '{out}': no space " \
+        "left on the device" in err and "help: free some" in err
     assert "Traceback" not in err and "Exception in thread" not in err
     assert list(out.iterdir()) == []
 
@@ -374,4 +379,357 @@ def test_a_rotated_clip_is_detected_upright(net, tmp_path, rotation):
                                          strict=True)):
         found = detect(net, torch.from_numpy(frame).permute(2, 0, 1), THRESH, names=NAMES)[0]
         h, w = frame.shape[:2]
+        assert rec == json.loads(json.dumps(video.frame_json(k + 1, found, w, h)))
+
+
+def damaged_clip(clip: Path, path: Path, packet: int = 5) -> Path:
+    """`clip` with the first bytes of its `packet`-th video packet overwritten: that packet no
+    longer decodes (FFmpeg's InvalidDataError), the others do."""
+    with av.open(str(clip)) as c:
+        places = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
+    data = bytearray(clip.read_bytes())
+    pos, size = places[packet]
+    data[pos:pos + min(size, 8)] = b"\xff" * min(size, 8)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_damaged_packet_is_skipped_and_the_frames_after_it_detected(net, cfg, clip, tmp_path,
+                                                                      capsys):
+    # a damaged packet in the middle stopped the whole video (E901, exit 2); cv::VideoCapture
+    # skips it for Darknet's demo and the frames after it are detected
+    bad = damaged_clip(clip, tmp_path / "bad.mp4")
+    out = tmp_path / "out"
+    r = detect_video(net, str(bad), out, thresh=THRESH, names=NAMES, batch_size=4,
+                     progress=False, save_labels=True)
+    err = capsys.readouterr().err
+    assert r.skipped == 1 and r.frames == FRAMES - 1, err
+    assert f"{bad}: warning[W901]: a packet of '{bad}' at " in err and "skipped" in err
+    assert len(read_jsonl(out / "bad.jsonl")) == len(decoded_frames(out / "bad.mp4")) \
+        == len(list((out / "bad_labels").iterdir())) == FRAMES - 1
+    assert main([str(cfg), "--detect", str(bad), "--out", str(tmp_path / "cli"),
+                 "--no-progress"]) == 0
+    assert "; 1 damaged packet(s) skipped (W901 above)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("kwargs", "error", "says"), [
+    ({"batch_size": 0}, ValueError, "batch_size=0"),  # was one batch of the whole video
+    ({"batch_size": 2.5}, ValueError, "batch_size=2.5"),
+    ({"max_frames": -1}, ValueError, "max_frames=-1"),  # was 1 frame
+    ({"max_frames": 0}, ValueError, "max_frames=0"),
+    ({"thresh": 1.5}, ValueError, "thresh=1.5"),  # was 0 objects, silently
+    ({"thresh": float("nan")}, ValueError, "thresh=nan"),
+    ({"nms": -0.1}, ValueError, "nms=-0.1"),
+    ({"names": "coco.names"}, TypeError, "not a file"),
+    ({"name": "a/b"}, ValueError, "not a path"),  # was FileNotFoundError of a temp file
+    ({"source": None}, TypeError, "source=None"),  # was AttributeError: 'isdigit'
+])
+def test_detect_video_refuses_arguments_no_run_can_use(net, clip, tmp_path, kwargs, error,
+                                                       says):
+    source = kwargs.pop("source", str(clip))
+    with pytest.raises(error, match=says.replace("(", r"\(").replace(".", r"\.")):
+        detect_video(net, source, tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_detect_video_takes_a_path_and_runs_in_eval_mode(cfg, clip, net, tmp_path):
+    # a Path source was an AttributeError; a net left in training mode gave other boxes than
+    # detect (batch-norm's batch statistics), silently
+    from darkcfg.model import build_network
+
+    training = build_network(str(cfg), [], "alexeyab", 1)[0].train()
+    r = detect_video(training, clip, tmp_path / "a", thresh=THRESH, progress=False)
+    expected = detect_video(net, str(clip), tmp_path / "b", thresh=THRESH, progress=False)
+    assert not training.training
+    assert read_jsonl(tmp_path / "a" / "moving.jsonl") == \
+        read_jsonl(tmp_path / "b" / "moving.jsonl") and r.objects == expected.objects > 0
+
+
+def test_a_name_that_fits_is_not_refused_for_its_temp_names(net, clip, tmp_path):
+    # a 240-character name (outputs of up to 251) failed: its temp file
+    # .NAME.PID.tmp.jsonl was longer than a file name may be
+    name = "m" * 240
+    out = tmp_path / "out"
+    r = detect_video(net, str(clip), out, thresh=THRESH, progress=False, save_labels=True,
+                     name=name)
+    assert r.frames == FRAMES
+    assert sorted(p.name for p in out.iterdir()) == [f"{name}.jsonl", f"{name}.mp4",
+                                                     f"{name}_labels"]
+    assert len(list((out / f"{name}_labels").iterdir())) == FRAMES
+
+
+def test_a_file_size_limit_leaves_no_labels_and_says_so(cfg, clip, tmp_path, capsys):
+    # RLIMIT_FSIZE (ulimit -f) under the outputs: E901 'File too large' with the hint "check
+    # the path", and the --save-labels folder of the frames done was left beside nothing
+    import resource
+    import signal
+
+    out = tmp_path / "out"
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, limits[1]))
+    try:
+        rc = main([str(cfg), "--detect", str(clip), "--out", str(out), "--thresh", str(THRESH),
+                   "--seed", "1", "--save-labels", "--no-progress"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"{out}: error[E901]: cannot write the outputs of '{clip}' into '{out}': the file " \
+        "would be larger than this process may write" in err and "ulimit -f" in err
+    assert list(out.iterdir()) == []
+
+
+def test_a_video_that_cannot_be_opened_stops_the_command_before_any_image(cfg, tmp_path,
+                                                                          capsys):
+    # the images before it were detected and written first, then E901 (and the --out then
+    # held an earlier detect's outputs); FFmpeg's "[Errno -1094995529]" was in the message
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "still.png")
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("not a video\n")
+    out = tmp_path / "out"
+    assert main([str(cfg), "--detect", str(tmp_path / "still.png"), str(fake), "--out",
+                 str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{fake}: error[E901]: cannot open video '{fake}': Invalid data found" in err
+    assert "Errno" not in err and not out.exists()
+
+
+def test_a_silent_stream_is_a_timeout_said_as_one(cfg, tmp_path, monkeypatch, capsys):
+    # FFmpeg's interrupt at the timeout read "Immediate exit requested"
+    import socket
+
+    monkeypatch.setattr(video, "OPEN_TIMEOUT", 0.5)
+    with socket.socket() as server:  # accepts (the kernel's backlog), never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/live.mp4"
+        assert main([str(cfg), "--detect", url, "--out", str(tmp_path / "out"),
+                     "--no-progress"]) == 2
+    assert f"{url}: error[E901]: cannot open video '{url}': no answer within 0.5 s" in \
+        capsys.readouterr().err
+
+
+def test_a_raw_h264_stream_is_a_video(cfg, tmp_path, capsys):
+    # an .h264 elementary stream (no container, no frame rate) was taken for an image
+    path = tmp_path / "raw.h264"
+    with av.open(str(path), "w", format="h264") as c:
+        stream = c.add_stream(video.video_codec(), rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8),
+                                               format="rgb24")
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    assert is_video(str(path)) and is_video("x.Y4M") and is_video("x.hevc")
+    assert main([str(cfg), "--detect", str(path), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    assert "raw.h264: 4 frame(s)" in capsys.readouterr().out
+    assert len(read_jsonl(tmp_path / "out" / "raw.jsonl")) == 4
+
+
+def test_a_labels_folder_in_the_way_is_refused_not_mixed(net, clip, tmp_path):
+    # detect_video wrote its label files into an existing OUT/<name>_labels among others
+    out = tmp_path / "out"
+    (out / "moving_labels").mkdir(parents=True)
+    (out / "moving_labels" / "mine.txt").write_text("0 .5 .5 .1 .1\n")
+    with pytest.raises(CfgError, match="already holds 'moving_labels'"):
+        detect_video(net, str(clip), out, progress=False, save_labels=True)
+    assert sorted(p.name for p in out.rglob("*")) == ["mine.txt", "moving_labels"]
+
+
+def test_a_stream_gone_silent_keeps_the_frames_read_and_says_why(cfg, tmp_path, monkeypatch,
+                                                                capsys):
+    # was "cannot decode URL: [Errno 1414092869] Immediate exit requested" (FFmpeg's read
+    # timeout); the frames the reader had not yet batched were lost
+    import re
+    import socket
+    import threading
+
+    ts = tmp_path / "live.ts"
+    with av.open(str(ts), "w", format="mpegts") as c:
+        stream = c.add_stream(video.video_codec(), rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (48, 64, 3), np.uint8),
+                                               format="rgb24")
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    data = ts.read_bytes()
+    done = threading.Event()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve_half_then_stall():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: video/mp2t\r\n\r\n"
+                         + data[:len(data) // 2])
+            done.wait(30)
+
+    thread = threading.Thread(target=serve_half_then_stall, daemon=True)
+    thread.start()
+    monkeypatch.setattr(video, "READ_TIMEOUT", 1.0)
+    monkeypatch.setattr(video, "OPEN_TIMEOUT", 1.0)  # (FFmpeg's probe waits for more too)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/live.ts"
+    out = tmp_path / "out"
+    try:
+        rc = main([str(cfg), "--detect", url, "--out", str(out), "--no-progress"])
+    finally:
+        done.set()
+        thread.join()
+        server.close()
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    said = re.search(rf"{re.escape(url)}: error\[E901\]: cannot read '{re.escape(url)}' after "
+                     r"(\d+) frame\(s\): no answer within 1 s \(the outputs hold those\)", err)
+    assert said and int(said.group(1)) > 0, err
+    assert len(read_jsonl(out / "live.jsonl")) == int(said.group(1))
+
+
+def test_ctrl_c_while_a_stream_is_opened_stops_at_once(cfg, tmp_path, monkeypatch, capsys):
+    # FFmpeg's open of a stream that does not answer blocked in C: Ctrl-C (SIGTERM, SIGHUP)
+    # waited out the 10 s timeout and the command ended with E901, exit 2, not 130
+    import os
+    import signal
+    import socket
+    import threading
+    import time
+
+    monkeypatch.setattr(video, "OPEN_TIMEOUT", 8.0)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    with socket.socket() as server:  # accepts (the kernel's backlog), never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/live.mp4"
+        start = time.perf_counter()
+        timer.start()
+        try:
+            rc = main(["detect", str(cfg), url, "--out", str(tmp_path / "out"),
+                       "--no-progress"])
+        finally:
+            timer.cancel()
+        took = time.perf_counter() - start
+    assert rc == 130 and "interrupted" in capsys.readouterr().err
+    assert took < 4, took
+
+
+def test_a_video_of_no_decodable_frame_writes_nothing(cfg, clip, tmp_path, capsys):
+    # every packet damaged: exit 0 with an empty .mp4 (0 bytes, no player opens it), an empty
+    # .jsonl and an empty labels folder under their final names
+    with av.open(str(clip)) as c:
+        count = sum(1 for p in c.demux(video=0) if p.size)
+    import re
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(clip.read_bytes())
+    for k in range(count):
+        damaged_clip(bad, bad, packet=k)
+    out = tmp_path / "out"
+    assert main([str(cfg), "--detect", str(bad), "--out", str(out), "--no-progress",
+                 "--save-labels"]) == 2
+    assert re.search(rf"{re.escape(str(bad))}: error\[E901\]: no frame of '{re.escape(str(bad))}' "
+                     r"could be decoded \(\d+ damaged packet\(s\) skipped\): nothing was "
+                     "written", capsys.readouterr().err)
+    assert list(out.iterdir()) == []
+
+
+def test_ctrl_c_before_the_first_frame_leaves_no_empty_video(cfg, clip, tmp_path, monkeypatch,
+                                                            capsys):
+    # the temp .mp4 (created empty, to be locked) was renamed to OUT/moving.mp4: 0 bytes
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video, "run_heads", interrupted)
+    out = tmp_path / "out"
+    assert main([str(cfg), "--detect", str(clip), "--out", str(out), "--no-progress"]) == 130
+    assert f"no frame of '{clip}' written before the interrupt" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_a_line_break_in_a_video_name_does_not_split_its_diagnostics(cfg, clip, tmp_path,
+                                                                    capsys):
+    # the messages quoted the raw name: 'cor<newline>rupt.mp4' broke the one-line
+    # `path: warning[W901]: message` in two (the path part was escaped, the message not)
+    bad = damaged_clip(clip, tmp_path / "cor\nrupt.mp4")
+    assert main([str(cfg), "--detect", str(bad), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning[W901]: a packet of '" + str(tmp_path) + "/cor\\nrupt.mp4' at " in err
+    missing = tmp_path / "miss\ning.mp4"
+    assert main([str(cfg), "--detect", str(missing), "--out", str(tmp_path / "out2")]) == 2
+    assert f"error[E901]: video '{tmp_path}/miss\\ning.mp4' does not exist" in \
+        capsys.readouterr().err
+
+
+def test_a_folder_named_like_a_video_is_a_folder_and_a_pipe_is_not_a_file(cfg, tmp_path,
+                                                                         monkeypatch, capsys):
+    # a folder of photos named trip.mov, and a FIFO named live.mp4, were both "video ... does
+    # not exist"
+    import os
+
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Path("trip.mov").mkdir()
+    Image.new("RGB", (40, 30), (90, 20, 140)).save("trip.mov/beach.jpg")
+    assert not is_video("trip.mov") and is_video("other.mov")
+    assert main([str(cfg), "--detect", "trip.mov", "--out", "out", "--no-progress"]) == 0
+    assert (tmp_path / "out" / "beach.jpg").is_file()
+    os.mkfifo("live.mp4")
+    assert main([str(cfg), "--detect", "live.mp4", "--out", "out2"]) == 2
+    assert "live.mp4: error[E901]: video 'live.mp4' is not a file (a pipe, a device or a " \
+        "socket)" in capsys.readouterr().err
+
+
+def test_a_streams_password_is_not_shown(cfg, tmp_path, capsys):
+    # rtsp://admin:secret@host/... was printed whole in the E901 (and so in CI and service logs)
+    url = "rtsp://admin:s3cret@127.0.0.1:1/live"
+    assert main([str(cfg), "--detect", url, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "rtsp://admin:***@127.0.0.1:1/live: error[E901]: cannot " \
+        "open video 'rtsp://admin:***@127.0.0.1:1/live'" in err
+    assert video.shown_source("http://u@h/x\n") == "http://u@h/x\\n"
+
+
+def test_a_stream_that_changes_size_is_detected_at_each_frames_size(net, tmp_path):
+    # (docs/anchors-and-video.md): a frame of another size than the first is detected at its
+    # own size, its .jsonl relative to it; the annotated video keeps the first frame's size
+    def raw(size, shade):
+        path = tmp_path / f"{size[0]}.h264"
+        with av.open(str(path), "w", format="h264") as c:
+            stream = c.add_stream(video.video_codec(), rate=10)
+            stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+            for _ in range(3):
+                frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), shade,
+                                                           np.uint8), format="rgb24")
+                for packet in stream.encode(frame):
+                    c.mux(packet)
+            for packet in stream.encode(None):
+                c.mux(packet)
+        return path.read_bytes()
+
+    both = tmp_path / "both.h264"
+    both.write_bytes(raw((160, 120), 60) + raw((96, 64), 200))
+    out = tmp_path / "out"
+    r = detect_video(net, str(both), out, thresh=THRESH, names=NAMES, batch_size=2,
+                     progress=False)
+    assert r.frames == 6
+    written = decoded_frames(out / "both.mp4")
+    assert [f.shape[1:] for f in written] == [(120, 160)] * 6
+    source = decoded_frames(both)
+    assert [f.shape[1:] for f in source] == [(120, 160)] * 3 + [(64, 96)] * 3
+    for k, (frame, rec) in enumerate(zip(source, read_jsonl(out / "both.jsonl"), strict=True)):
+        found = detect(net, frame, THRESH, names=NAMES)[0]
+        h, w = frame.shape[1:]
         assert rec == json.loads(json.dumps(video.frame_json(k + 1, found, w, h)))

@@ -568,6 +568,26 @@ def device_of(net) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def check_run_arguments(thresh: float, nms: float, batch_size: int,
+                        names: Sequence[str]) -> None:
+    """The library's refusal of arguments no run can use (`detect`, `detect_batches`,
+    `detect_video`): ValueError or TypeError naming the argument."""
+    for name, value in (("thresh", thresh), ("nms", nms)):
+        if not 0 <= value <= 1:  # NaN too: a NaN threshold silently found nothing
+            raise ValueError(f"{name}={value!r}: a threshold lies in [0, 1]")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: a count of images, 1 or more")
+    if isinstance(names, (str, os.PathLike)):  # a .names file's path: its characters as names
+        raise TypeError(f"names={str(names)!r}: names is the list of class names, not a file; "
+                        "read a .names file with Path(f).read_text().splitlines()")
+
+
+def in_eval_mode(net) -> None:
+    """Detection runs the network in eval mode (batch-norm's running statistics)."""
+    if any(layer.training for layer in net.layers):  # a walk over every module costs 0.7 ms
+        net.eval()
+
+
 @torch.no_grad()
 def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.45,
                    letter_box: bool | None = None, *, names: Sequence[str] = (),
@@ -579,17 +599,9 @@ def detect_batches(net, images: Sequence, thresh: float = 0.25, nms: float = 0.4
     path); with `skip_unreadable` it takes its place in `images` instead, with None for its
     Detections and no objects, and the batch goes on (Darknet's load_image says "Cannot load
     image" and goes on)."""
-    for name, value in (("thresh", thresh), ("nms", nms)):
-        if not 0 <= value <= 1:  # NaN too: a NaN threshold silently found nothing
-            raise ValueError(f"{name}={value!r}: a threshold lies in [0, 1]")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: a count of images, 1 or more")
-    if isinstance(names, (str, os.PathLike)):  # a .names file's path: its characters as names
-        raise TypeError(f"names={str(names)!r}: names is the list of class names, not a file; "
-                        "read a .names file with Path(f).read_text().splitlines()")
+    check_run_arguments(thresh, nms, batch_size, names)
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
-    if any(layer.training for layer in net.layers):  # a walk over every module costs 0.7 ms
-        net.eval()
+    in_eval_mode(net)
     device = device_of(net)
     heads = head_indices(net)
     if not heads:

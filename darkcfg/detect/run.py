@@ -289,11 +289,12 @@ def run_detect(opts: DetectOptions) -> None:
         check_writable(opts.detections, "--detections")  # before the (slow) build
     if opts.targets:
         out = check_folder(output_folder(opts.out, opts.model.name), "--out")
-        from darkcfg.detect.video import is_video, require_av
+        from darkcfg.detect.video import check_sources, is_video, require_av
 
         videos = [t for t in opts.targets if is_video(t)]
         if videos:
             require_av(videos[0])  # before the build and the images, not after them
+            check_sources(videos)  # (so is a video file that is missing or no video)
     names, names_where, coco = read_names(opts.names, opts.data)
     model = opts.model
     net = detector(model, opts.max_memory, opts.force)
@@ -374,7 +375,7 @@ def refuse_replacing(out: Path, names: list[str], videos: Sequence[str] = ()) ->
 
 def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, source: str,
                      name: str, progress: bool) -> None:
-    from darkcfg.detect.video import detect_video
+    from darkcfg.detect.video import detect_video, shown_source
 
     try:
         r = detect_video(net, source, out, thresh=opts.thresh, nms=opts.nms,
@@ -383,11 +384,15 @@ def detect_one_video(net, opts: DetectOptions, names: list[str], out: Path, sour
     except KeyboardInterrupt as stop:
         r = stop.args[0] if stop.args else None
         if r is not None:
-            say(f"{r.frames} frame(s) written to {r.video} and {r.jsonl} before the interrupt")
+            say(f"{r.frames} frame(s) written to {r.video} and {r.jsonl} before the interrupt"
+                if r.frames else f"no frame of '{shown_source(r.source)}' written before the "
+                "interrupt")
         raise
-    source, video, jsonl = (printable(str(p)) for p in (r.source, r.video, r.jsonl))
+    source = shown_source(r.source)
+    video, jsonl = (printable(str(p)) for p in (r.video, r.jsonl))
+    skipped = f"; {r.skipped} damaged packet(s) skipped (W901 above)" if r.skipped else ""
     print(f"{source}: {r.frames} frame(s), {r.objects} object(s) above thresh {opts.thresh:g} "
-          f"in {r.seconds:.2f} s ({r.fps:.1f} frames/s) -> {video}, {jsonl}")
+          f"in {r.seconds:.2f} s ({r.fps:.1f} frames/s){skipped} -> {video}, {jsonl}")
 
 
 def detections_json(net, opts: DetectOptions, names: list[str]) -> None:

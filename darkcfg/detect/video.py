@@ -33,13 +33,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from builders.atomic import hold, remove_abandoned
+from builders.atomic import ensure_folder, fitting, hold, remove_abandoned, write_error
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import WARNING, printable
 from darkcfg.detect.decode import (
+    check_run_arguments,
     detections_of_outputs,
     device_of,
     found_objects,
     head_indices,
+    in_eval_mode,
     load_pixels,
     net_letter_box,
     network_input,
@@ -47,17 +50,20 @@ from darkcfg.detect.decode import (
 )
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",
-                    ".flv", ".ts", ".mts", ".3gp", ".ogv")
+                    ".flv", ".ts", ".mts", ".m2ts", ".3gp", ".ogv", ".vob", ".y4m", ".ivf",
+                    ".mjpeg", ".mjpg", ".h264", ".264", ".h265", ".265", ".hevc")
+OPEN_TIMEOUT, READ_TIMEOUT = 10.0, 30.0  # seconds a stream may keep silent (opening, reading)
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
                   "srt://")
 
 
 def is_video(target: str) -> bool:
     """A video file (by extension), a stream URL or a camera index ('0', '1', ...; a file or
-    folder of that name, such as a folder of photos named 2024, is that path, not a camera)."""
+    folder of that name, such as a folder of photos named 2024, is that path, not a camera; a
+    folder named like a video, trip.mov, is a folder of images)."""
     return (target.isdigit() and not os.path.exists(target)
             or target.lower().startswith(STREAM_SCHEMES)
-            or Path(target).suffix.lower() in VIDEO_EXTENSIONS)
+            or Path(target).suffix.lower() in VIDEO_EXTENSIONS and not os.path.isdir(target))
 
 
 def require_av(target: str = "video"):
@@ -66,9 +72,24 @@ def require_av(target: str = "video"):
         import av
     except ImportError:
         raise CfgError(Diagnostic("E905", "video input needs PyAV, which is not installed",
-                                  target, hint="pip install 'darkcfg[video]' (or: pip "
-                                  "install av); it brings its own FFmpeg")) from None
+                                  shown_source(target), hint="pip install 'darkcfg[video]' "
+                                  "(or: pip install av); it brings its own FFmpeg")) from None
     return av
+
+
+def shown_source(target: str) -> str:
+    """`target` as a message shows it: control characters escaped (a line break in a name must
+    not split a diagnostic) and a URL's password as *** (`rtsp://admin:***@cam/live`: logs
+    keep what stderr shows)."""
+    if target.lower().startswith(STREAM_SCHEMES):
+        from urllib.parse import urlsplit
+
+        netloc = urlsplit(target).netloc
+        user, at, host = netloc.rpartition("@")
+        if at and ":" in user:
+            masked = f"{user.split(':', 1)[0]}:***@{host}"
+            target = target.replace(netloc, masked, 1)
+    return printable(target)
 
 
 def source_name(target: str) -> str:
@@ -103,20 +124,84 @@ def open_source(target: str):
     elif target.lower().startswith(("rtsp://", "rtsps://")):
         options = {"rtsp_transport": "tcp"}
     elif not target.lower().startswith(STREAM_SCHEMES) and not Path(target).is_file():
-        raise CfgError(Diagnostic("E901", f"video '{target}' does not exist", target,
+        # (a pipe or a device would block or never end: FFmpeg is not given one)
+        what = "is not a file (a pipe, a device or a socket)" if os.path.exists(target) else \
+            "does not exist"
+        raise CfgError(Diagnostic("E901", f"video '{shown_source(target)}' {what}",
+                                  shown_source(target),
                                   hint="check the path: an image, a folder, a video, a "
                                   "stream URL or a camera index"))
     try:
-        container = av.open(where, format=fmt, options=options, timeout=(10.0, 30.0))
+        container = _interruptible(lambda: av.open(where, format=fmt, options=options,
+                                                   timeout=(OPEN_TIMEOUT, READ_TIMEOUT)))
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise CfgError(Diagnostic("E901", f"cannot open video '{target}': {exc}", target,
-                                  hint="a video file, an rtsp:// or http:// stream, or a camera "
-                                  "index")) from None
+        stream = target.isdigit() or target.lower().startswith(STREAM_SCHEMES)
+        what = f"camera {target} ({where})" if target.isdigit() and where != target else \
+            f"video '{shown_source(target)}'"
+        raise CfgError(Diagnostic(
+            "E901", f"cannot open {what}: {ffmpeg_reason(exc, OPEN_TIMEOUT)}", shown_source(target),
+            hint="check the URL and that the stream or camera is on" if stream else
+            "give a video FFmpeg reads (an .mp4 cut short has lost the index at its end: "
+            "copy it again)")) from None
     if not container.streams.video:
         container.close()
-        raise CfgError(Diagnostic("E901", f"'{target}' has no video stream", target,
+        raise CfgError(Diagnostic("E901", f"'{shown_source(target)}' has no video stream",
+                                  shown_source(target),
                                   hint="give a file or stream with video"))
     return container
+
+
+def _interruptible(open_container):
+    """`open_container()` in a thread of its own, waited for here: FFmpeg's open of a stream
+    that does not answer blocks in C for up to OPEN_TIMEOUT, where Ctrl-C and SIGTERM could not
+    stop it (the command waited out the timeout and said E901). Interrupted, the open is left
+    to end in its thread, which closes what it opened."""
+    done: dict = {}
+    lock = threading.Lock()  # whoever comes second closes an abandoned container
+
+    def run():
+        try:
+            container = open_container()
+        except BaseException as exc:  # noqa: BLE001 - raised by the waiting thread
+            done["error"] = exc
+            return
+        with lock:
+            done["container"] = container
+            if "abandoned" in done:
+                container.close()
+
+    opener = threading.Thread(target=run, daemon=True, name="darkcfg-open")
+    opener.start()
+    try:
+        while opener.is_alive():
+            opener.join(0.1)
+    except BaseException:
+        with lock:
+            done["abandoned"] = True
+            if "container" in done:
+                done["container"].close()
+        raise
+    if "error" in done:
+        raise done["error"]
+    return done["container"]
+
+
+def ffmpeg_reason(exc: BaseException, timeout: float) -> str:
+    """An FFmpeg error as a reason to read: its text without `[Errno N]` and the path the
+    diagnostic names anyway; the timeout's interrupt (AVERROR_EXIT) as what it is."""
+    av = require_av()
+    if isinstance(exc, av.ExitError):  # (FFmpeg's text: "Immediate exit requested")
+        return f"no answer within {timeout:g} s"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def check_sources(targets: Sequence[str]) -> None:
+    """Open (and close) each video file of `targets`: one that is missing or is no video is a
+    located E901 before anything is built or detected, not after the images and videos before
+    it were. Streams and cameras are opened when their turn comes."""
+    for target in targets:
+        if not (target.isdigit() or target.lower().startswith(STREAM_SCHEMES)):
+            open_source(target).close()
 
 
 @dataclass
@@ -129,6 +214,7 @@ class VideoResult:
     jsonl: Path
     labels: Path | None
     interrupted: bool = False
+    skipped: int = 0  # damaged packets skipped (W901)
 
     @property
     def fps(self) -> float:
@@ -136,6 +222,14 @@ class VideoResult:
 
 
 _DONE = object()
+
+
+@dataclass
+class _Skipped:
+    """A packet that does not decode (the reader skipped it): the error and where it was."""
+
+    error: BaseException
+    seconds: float | None
 
 
 def frame_json(frame_id: int, found, image_w: int, image_h: int) -> dict:
@@ -153,6 +247,23 @@ def frame_json(frame_id: int, found, image_w: int, image_h: int) -> dict:
     return {"frame_id": frame_id, "objects": objects}
 
 
+def _decoded(container, out: queue.Queue):
+    """The video's frames, packet by packet: a packet that does not decode (a damaged part of
+    the file or stream) is put on `out` as _Skipped and the frames after it go on, as
+    cv::VideoCapture skips it for Darknet's demo (container.decode would stop there)."""
+    av = require_av()
+    stream = container.streams.video[0]
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.InvalidDataError as exc:
+            at = float(packet.pts * packet.time_base) if packet.pts is not None and \
+                packet.time_base is not None else None
+            out.put(_Skipped(exc, at))
+            continue
+        yield from frames
+
+
 def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
             max_frames: int | None) -> None:
     """Decode frames into batches of uint8 (3, H, W) tensors. No torch work here: a second
@@ -161,7 +272,7 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
     frames = []
     count = 0
     try:
-        for frame in container.decode(video=0):
+        for frame in _decoded(container, out):
             if stop.is_set():
                 break
             rgb = frame.to_ndarray(format="rgb24")
@@ -181,6 +292,8 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
             out.put(frames)
         out.put(_DONE)
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+        if frames:  # the frames read before it are detected and written
+            out.put(frames)
         out.put(exc)
 
 
@@ -295,26 +408,45 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     """Detect objects in every frame of `source` (a video file, an rtsp/http/... URL, or a
     camera index as a string) with the eval-mode detector `net`, writing OUT/<name>.mp4,
     OUT/<name>.jsonl (and per-frame labels with `save_labels`). Returns counts and timing.
-    Raises CfgError (E901) for a source that cannot be opened or read; KeyboardInterrupt after
-    closing the outputs properly."""
+    Raises CfgError (E901) for a source that cannot be opened or read, or outputs that cannot
+    be written; KeyboardInterrupt after closing the outputs properly; ValueError or TypeError
+    for arguments no run can use. A packet that does not decode is skipped with a warning
+    (W901), as Darknet's cv::VideoCapture skips it; `VideoResult.skipped` counts them."""
     from tqdm import tqdm
 
+    source = _source_text(source)
+    shown = shown_source(source)
+    check_run_arguments(thresh, nms, batch_size, names)
+    if max_frames is not None and (isinstance(max_frames, bool) or
+                                   not isinstance(max_frames, int) or max_frames < 1):
+        raise ValueError(f"max_frames={max_frames!r}: a count of frames, 1 or more (or None: "
+                         "all of them)")
+    if name is not None and (not isinstance(name, str) or name in (".", "..")
+                             or any(c in name for c in "/\0" + os.sep)):
+        raise ValueError(f"name={name!r}: the outputs' file stem, not a path")
     if not head_indices(net):
         raise ValueError("the network has no detection head")
+    in_eval_mode(net)  # as detect: the same frame gives the same boxes
     name = name or source_name(source)
     out = Path(out)
     video_path, jsonl_path = out / f"{name}.mp4", out / f"{name}.jsonl"
     for written in (video_path, jsonl_path):
         if os.path.exists(source) and written.exists() and os.path.samefile(source, written):
             raise CfgError(Diagnostic(
-                "E901", f"--out '{out}' would replace the input video '{source}' with its "
+                "E901", f"--out '{out}' would replace the input video '{shown}' with its "
                 f"annotated copy '{written.name}'", str(out),
                 hint="give --out another folder (the default is runs/<cfg-name>/detect)"))
-    container = open_source(source)
-    out.mkdir(parents=True, exist_ok=True)
     labels = out / f"{name}_labels" if save_labels else None
-    if labels is not None:
-        labels.mkdir(exist_ok=True)
+    if labels is not None and os.path.lexists(labels):  # (its files would mix with ours)
+        raise CfgError(Diagnostic(
+            "E901", f"'{out}' already holds '{printable(labels.name)}', which this detect would "
+            "replace", str(labels), hint="give --out a new or empty folder"))
+    container = open_source(source)
+    try:
+        ensure_folder(out, "--out")
+    except CfgError:
+        container.close()
+        raise
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # FFmpeg's own frame threads for decoding
     declared = stream.frames or 0  # what the container's header says (0: unknown, a stream)
@@ -325,27 +457,43 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
     device = device_of(net)
     heads = head_indices(net)
-    video_tmp = out / f".{name}.{os.getpid()}.tmp.mp4"
-    jsonl_tmp = out / f".{name}.{os.getpid()}.tmp.jsonl"
-    for suffix in ("mp4", "jsonl"):  # what a detect of this video that was killed left
-        remove_abandoned(out, f".{glob.escape(name)}.*.tmp.{suffix}")
+    # .NAME.PID.tmp.mp4, .jsonl and .labels (a folder): NAME cut where the whole would not fit
+    # a file name
+    stem = fitting(name, len(f"..{os.getpid()}.tmp.labels"))
+    video_tmp, jsonl_tmp, labels_tmp = (out / f".{stem}.{os.getpid()}.tmp.{suffix}"
+                                        for suffix in ("mp4", "jsonl", "labels"))
+    for suffix in ("mp4", "jsonl", "labels"):  # what a detect of this video that was killed left
+        remove_abandoned(out, f".{glob.escape(stem)}.*.tmp.{suffix}")
     batches: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
     reader = threading.Thread(target=_reader, daemon=True,
                               args=(container, batch_size, batches, stop, max_frames))
-    jsonl = open(jsonl_tmp, "w")  # noqa: SIM115 - closed in the finally below
-    hold(jsonl.fileno())  # both temp files locked while this process lives
+    held: list[int] = []  # the temp files (and folder) locked while this process lives
+    jsonl = None
     try:
-        video_held = hold(os.open(video_tmp, os.O_WRONLY | os.O_CREAT, 0o666))  # FFmpeg reopens it
-    except OSError:
-        jsonl.close()
-        os.unlink(jsonl_tmp)
-        raise
-    writer = _Writer(net, video_tmp, jsonl, labels, name, rate, video_codec(), thresh, nms,
-                     letter, names)
+        jsonl = open(jsonl_tmp, "w")  # noqa: SIM115 - closed in _close_outputs
+        held.append(hold(os.open(jsonl_tmp, os.O_RDONLY)))
+        held.append(hold(os.open(video_tmp, os.O_WRONLY | os.O_CREAT, 0o666)))  # FFmpeg
+        # reopens it by name
+        if labels is not None:  # the label files as one output, renamed when done
+            labels_tmp.mkdir()
+            held.append(hold(os.open(labels_tmp, os.O_RDONLY)))
+    except OSError as exc:
+        for fd in held:
+            os.close(fd)
+        if jsonl is not None:
+            jsonl.close()
+        for temp in (jsonl_tmp, video_tmp):
+            temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            labels_tmp.rmdir()
+        container.close()
+        raise write_error(out, exc, what=f"the outputs of '{shown}' into '{out}'") from None
+    writer = _Writer(net, video_tmp, jsonl, labels_tmp if labels is not None else None, name,
+                     rate, video_codec(), thresh, nms, letter, names)
     bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr,
                desc=name, dynamic_ncols=True)
-    frames = 0
+    frames = skipped = 0
     interrupted = False
     start = time.perf_counter()
     writer.start()
@@ -353,7 +501,12 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     try:
         while (item := batches.get()) is not _DONE:
             if isinstance(item, BaseException):
-                raise _read_error(item, source)
+                raise _read_error(item, source, frames)
+            if isinstance(item, _Skipped):
+                skipped += 1
+                if skipped == 1:  # (the count is in the result and the summary line)
+                    tqdm.write(_skipped_warning(item, source), file=sys.stderr)
+                continue
             if writer.error is not None:
                 break  # the outputs cannot be written (a full disk): finish() says why
             rgb = item
@@ -373,40 +526,49 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
             except queue.Empty:
                 pass
         bar.close()
+        outputs = [(video_tmp, video_path), (jsonl_tmp, jsonl_path)]
+        if labels is not None:
+            outputs.append((labels_tmp, labels))
         try:
-            _close_outputs(writer, jsonl, container, out,
-                           [(video_tmp, video_path), (jsonl_tmp, jsonl_path)])
+            _close_outputs(writer, jsonl, container, out, outputs, shown)
         finally:
-            os.close(video_held)
+            for fd in held:
+                os.close(fd)
     seconds = time.perf_counter() - start
+    if not interrupted and not frames:
+        damaged = f" ({skipped} damaged packet(s) skipped)" if skipped else ""
+        raise CfgError(Diagnostic("E901", f"no frame of '{shown}' could be decoded{damaged}: "
+                                  "nothing was written", shown,
+                                  hint="the file may be damaged or the stream gone"))
     if not interrupted and frames < declared - 1 and (max_frames is None or frames < max_frames):
         # (one frame of slack: some containers count an estimate)
-        print(f"warning: '{source}' declares {declared} frames but {frames} could be decoded: "
+        print(f"warning: '{shown}' declares {declared} frames but {frames} could be decoded: "
               "the file ends early or is damaged (the outputs hold those frames)",
               file=sys.stderr)
     result = VideoResult(source, frames, writer.objects, seconds, video_path, jsonl_path, labels,
-                         interrupted)
+                         interrupted, skipped)
     if interrupted:
         raise KeyboardInterrupt(result)
     return result
 
 
 def _close_outputs(writer: _Writer, jsonl, container, out: Path,
-                   outputs: list[tuple[Path, Path]]) -> None:
-    """Stop the writer, close the files, and move each temp output to its name (the frames done
-    when the run stopped early: a Ctrl-C, a damaged input); when writing them failed (a full
-    disk under the encoder or the jsonl) remove them instead, so nothing half-written is left,
-    and raise the failure naming the output folder."""
+                   outputs: list[tuple[Path, Path]], shown: str) -> None:
+    """Stop the writer, close the files, and move each temp output (the video, the jsonl, the
+    labels folder) to its name (the frames done when the run stopped early: a Ctrl-C, a
+    damaged input); when writing them failed (a full disk or a file size limit under the
+    encoder, the jsonl or a label file) remove them all instead, so nothing half-written is
+    left, and raise a located E901 naming the output folder."""
+    import shutil
+
     keep = True
     try:
         writer.finish()
         jsonl.close()  # its last flush can meet a full disk too
     except OSError as exc:
         keep = False
-        if exc.filename is None or Path(exc.filename) in {t for t, _ in outputs}:
-            # (a buffered write's error names no file; FFmpeg's names the hidden temp file)
-            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
-        raise
+        # (a buffered write's error names no file; FFmpeg's names the hidden temp file)
+        raise write_error(out, exc, what=f"the outputs of '{shown}' into '{out}'") from None
     except BaseException:
         keep = False
         raise
@@ -415,18 +577,45 @@ def _close_outputs(writer: _Writer, jsonl, container, out: Path,
             jsonl.close()
         container.close()
         for temp, final in outputs:
-            if keep and temp.exists():  # (no video file when no frame was written)
+            if keep and writer.frames and temp.exists():  # (no frame written: no outputs, not
+                # an empty .mp4 no player opens)
                 os.replace(temp, final)
+            elif temp.is_dir():
+                shutil.rmtree(temp, ignore_errors=True)
             else:
                 temp.unlink(missing_ok=True)
 
 
-def _read_error(exc: BaseException, source: str) -> BaseException:
+def _read_error(exc: BaseException, source: str, frames: int) -> BaseException:
+    """A read that failed after `frames` frames (a stream gone silent, a file damaged past
+    decoding) as E901; the outputs keep those frames."""
     av = require_av()
     if isinstance(exc, (av.FFmpegError, OSError)):
-        return CfgError(Diagnostic("E901", f"cannot decode '{source}': {exc}", source,
+        return CfgError(Diagnostic("E901", f"cannot read '{shown_source(source)}' after {frames} "
+                                   f"frame(s): {ffmpeg_reason(exc, READ_TIMEOUT)} (the outputs "
+                                   "hold those)", shown_source(source),
                                    hint="the file may be damaged or the stream gone"))
     return exc
+
+
+def _skipped_warning(skipped: _Skipped, source: str) -> str:
+    at = f" at {skipped.seconds:.2f} s" if skipped.seconds is not None else ""
+    return Diagnostic("W901", f"a packet of '{shown_source(source)}'{at} does not decode "
+                      f"({ffmpeg_reason(skipped.error, READ_TIMEOUT)}): skipped, and the frames "
+                      "after it are detected (Darknet's cv::VideoCapture skips it too)",
+                      shown_source(source),
+                      severity=WARNING, hint="the file may be damaged: copy it again, or "
+                      "re-encode it for all of its frames").format()
+
+
+def _source_text(source) -> str:
+    """`source` as detect_video takes it: a path (str or os.PathLike), a URL, or a camera index
+    (an int or its digits)."""
+    if isinstance(source, int) and not isinstance(source, bool) and source >= 0:
+        return str(source)
+    if isinstance(source, (str, os.PathLike)):
+        return os.fsdecode(os.fspath(source))
+    raise TypeError(f"source={source!r}: a video file's path, a stream URL or a camera index")
 
 
 # -- a generated clip (for trying the pipeline, the tests and bench/detect_video.py) -------------
