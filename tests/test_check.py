@@ -547,6 +547,33 @@ def test_one_bad_file_does_not_hide_the_next(tmp_path, capsys):
     assert [d["code"] for d in json.loads(out)] == ["E101", "E301", "E401", "W201"]
 
 
+def test_a_worker_that_dies_loses_no_other_files_report(tmp_path, monkeypatch):
+    """A file that kills its worker process (out of memory, a signal) broke the pool, and every
+    file was checked again in the main process: that file then killed darkcfg itself, and no
+    report at all came out. Now it is one E300, and the other files keep their findings."""
+    import os
+
+    import darkcfg.lint.graph_rules as graph_rules
+    import darkcfg.lint.pool as pool
+
+    parent = os.getpid()
+
+    def check(path, options):
+        if os.getpid() == parent:
+            pytest.fail(f"{path} was checked in the main process")
+        if Path(path).stem == "dies":
+            os._exit(9)
+        return [Diagnostic("W201", "checked", str(path), 1, 1, WARNING)]
+
+    monkeypatch.setattr(pool, "check_file", check)
+    monkeypatch.setattr(graph_rules, "prepare_workers", lambda: None)
+    files = [str(write(tmp_path, NET, f"{name}.cfg")) for name in ("a", "dies", "b", "c")]
+    found = pool.check_paths(files, jobs=2)
+    assert [(Path(d.path).stem, d.code) for d in found] == [
+        ("a", "W201"), ("dies", "E300"), ("b", "W201"), ("c", "W201")]
+    assert "died" in found[1].message
+
+
 def test_no_build_stays_torch_free(tmp_path):
     path = write(tmp_path, MUST_SHOW["route to a nonexistent layer"][0])
     script = ("import sys; from darkcfg.lint.cli import main; "

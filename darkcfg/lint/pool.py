@@ -37,13 +37,45 @@ def check_paths(paths: Iterable[str], options: Options | None = None,
 
         prepare_workers()  # import torch and every builder once, before forking
         context = multiprocessing.get_context("fork")  # workers inherit those imports
-        try:
-            with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-                return [d for found in pool.map(check_one, files, [options] * len(files))
-                        for d in found]
-        except BrokenProcessPool:  # a worker died (out of memory, a signal): go on serially
-            pass
+        return [d for found in in_workers(files, options, jobs, context) for d in found]
     return [d for path in files for d in check_one(path, options)]
+
+
+def in_workers(files: list[str], options: Options, jobs: int,
+               context) -> list[list[Diagnostic]]:
+    """check_one of each file in a pool of `jobs` forked processes. A worker that dies (out of
+    memory, a signal) breaks the pool: the files it left unchecked are checked again, each in a
+    process of its own, so the file that kills its checker is reported and the others are not
+    lost (never rerun here: it would kill this process and every report with it)."""
+    futures = []
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            futures = [pool.submit(check_one, path, options) for path in files]
+    except (BrokenProcessPool, OSError):  # broken while submitting, or no process could start
+        pass
+    results = []
+    for i, path in enumerate(files):
+        future = futures[i] if i < len(futures) else None
+        if future is not None and future.done() and not future.cancelled() \
+                and future.exception() is None:
+            results.append(future.result())
+        else:
+            results.append(alone(path, options, context))
+    return results
+
+
+def alone(path: str, options: Options, context) -> list[Diagnostic]:
+    """check_one in a forked process of its own; its death is this file's finding."""
+    try:
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            return pool.submit(check_one, path, options).result()
+    except BrokenProcessPool:
+        return [Diagnostic("E300", "darkcfg's process checking this file died (out of memory, "
+                           "or killed by a signal)", path,
+                           hint="check it alone (`darkcfg check --jobs 1 FILE`) to see why; "
+                           "if it is not memory, please report it with the cfg")]
+    except OSError:  # no process can start: check it here, as with --jobs 1
+        return check_one(path, options)
 
 
 def check_one(path: str, options: Options) -> list[Diagnostic]:
