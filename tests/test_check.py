@@ -627,6 +627,28 @@ def test_text_format_shows_source_caret_and_help(tmp_path, capsys):
     assert lines[-1] == "1 file checked: 1 error, 0 warnings"
 
 
+@pytest.mark.parametrize("encoding, name, fmt", [
+    ("ascii", "m\u00fcll.cfg", "text"),  # an ASCII terminal: a non-ASCII name or message
+    ("utf-8", "bad\udcff.cfg", "github"),  # PYTHONIOENCODING=utf-8: a file name's stray byte
+])
+def test_a_report_the_terminal_cannot_encode_is_escaped_not_a_traceback(
+        tmp_path, monkeypatch, encoding, name, fmt):
+    """The report was written as it was: an unencodable character raised UnicodeEncodeError,
+    a traceback and exit status 1, which CI reads as 'findings'."""
+    import io
+
+    try:
+        path = write(tmp_path, MUST_SHOW["unknown activation"][0], name)
+    except UnicodeEncodeError:
+        pytest.skip("this file system takes no such name")
+    out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["--no-build", "--format", fmt, str(path)]) == 1
+    shown = out.buffer.getvalue().decode(encoding)
+    assert name.encode(encoding, "backslashreplace").decode(encoding) in shown
+    assert "unknown activation 'lekay'" in shown
+
+
 def test_json_format(tmp_path, capsys):
     path = write(tmp_path, MUST_SHOW["typo'd key"][0])
     rc, out, _ = run_main(capsys, "--format", "json", str(path))

@@ -83,10 +83,25 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
     report = render(args.format, found, len(files))
     try:
         if report:
-            sys.stdout.write(report + "\n")
+            sys.stdout.write(writable(report + "\n", sys.stdout))
             sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: the reader left early; the exit status still counts
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if any(d.code in IO_CODES for d in found):
         return 2
     return 1 if any(d.severity == ERROR for d in found) else 0
+
+
+def writable(text: str, stream) -> str:
+    """`text` with what `stream` cannot encode escaped as Python writes it (`\\xfc`, `\\udcff`):
+    a non-ASCII name on an ASCII terminal, or a file name of bytes that are not UTF-8 (kept as
+    surrogates) under PYTHONIOENCODING=utf-8, must not end the report in a traceback (exit 1,
+    read as findings)."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+        return text
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # a stream with an encoding Python does not know
+        return text
