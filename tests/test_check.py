@@ -690,6 +690,36 @@ def test_sarif_is_valid_and_lists_rules(tmp_path, capsys):
     assert "region" not in results[3]["locations"][0]["physicalLocation"]  # no line: file only
 
 
+def test_sarif_locations_of_hostile_names_and_wide_characters(tmp_path, capsys, monkeypatch):
+    """A file name of bytes that are not UTF-8 was a traceback (urllib's quote of a surrogate);
+    relative URIs had no uriBaseId; columns were code points under a columnKind GitHub does not
+    read: now UTF-16 code units, SARIF's default (an emoji counts twice)."""
+    import os
+    import urllib.parse
+
+    monkeypatch.chdir(tmp_path)
+    names = ["a b,c:d%e \u00fc.cfg", "bad\udcff.cfg"]
+    text = NET + "[route]\nlayers=-1,\U0001f600x\n"  # E202 at the emoji, line 7 column 11
+    for name in names:
+        try:
+            write(tmp_path, text, name)
+        except UnicodeEncodeError:
+            pytest.skip("this file system takes no such name")
+    rc, out, _ = run_main(capsys, "--no-build", "--format", "sarif", *names)
+    log = json.loads(out)
+    assert rc == 1 and validate_sarif(log) == []
+    run = log["runs"][0]
+    assert "columnKind" not in run  # the default: utf16CodeUnits
+    assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == tmp_path.as_uri() + "/"
+    for name, result in zip(names, run["results"], strict=True):
+        where = result["locations"][0]["physicalLocation"]
+        uri = where["artifactLocation"]["uri"]
+        assert re.fullmatch(r"[A-Za-z0-9\-._~%!$&'()*+,;=@/]+", uri), uri  # no ':' first
+        assert urllib.parse.unquote_to_bytes(uri) == os.fsencode(name)
+        assert where["artifactLocation"]["uriBaseId"] == "%SRCROOT%"
+        assert (where["region"]["startColumn"], where["region"]["endColumn"]) == (11, 14)
+
+
 def test_strict_promotes_warnings_in_every_format(tmp_path, capsys):
     path = write(tmp_path, MUST_SHOW["typo'd key"][0])
     rc, out, _ = run_main(capsys, "--strict", "--format", "github", str(path))
