@@ -538,6 +538,43 @@ def test_directory_stands_for_its_cfg_files(tmp_path, capsys):
     assert rc == 1 and [Path(d["file"]).name for d in json.loads(out)] == ["b.cfg"]
 
 
+def test_a_folder_walk_takes_cfg_files_once_and_nothing_else(tmp_path, capsys):
+    """`darkcfg check .` checked a virtualenv's pyvenv.cfg and .git's files (errors), hung on a
+    FIFO named x.cfg, silently dropped a folder named x.cfg (counted, never reported), and
+    checked a file named twice twice."""
+    import os
+    import threading
+
+    write(tmp_path, NET + CONV, "good.cfg")
+    bad = write(tmp_path, MUST_SHOW["unknown activation"][0], "bad.cfg")
+    for hidden in (".venv", ".git"):
+        (tmp_path / hidden).mkdir()
+        write(tmp_path / hidden, "home = /usr/bin\n", "pyvenv.cfg")
+    write(tmp_path, "[net\n", ".#bad.cfg")  # an editor's lock file
+    (tmp_path / "folder.cfg").mkdir()
+    fifo, done = tmp_path / "pipe.cfg", threading.Event()
+    os.mkfifo(fifo)
+
+    def feed():  # whoever opens the FIFO reads an empty cfg (E100), so a regression cannot hang
+        while not done.is_set():
+            with open(fifo, "w"):
+                pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "gone.cfg").symlink_to(tmp_path / "nowhere.cfg")  # a broken link is reported
+    rc, out, _ = run_main(capsys, "--no-build", "--format", "json", str(tmp_path), str(bad),
+                          str(tmp_path / "." / "bad.cfg"))
+    assert rc == 2
+    assert [(Path(d["file"]).name, d["code"]) for d in json.loads(out)] == [
+        ("bad.cfg", "E204"), ("gone.cfg", "E901")]
+    rc, out, _ = run_main(capsys, "--no-build", str(tmp_path / "good.cfg"), str(tmp_path))
+    assert out.splitlines()[-1] == "3 files checked: 2 errors, 0 warnings"
+    done.set()
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets feed()'s last open return
+
+
 def test_one_bad_file_does_not_hide_the_next(tmp_path, capsys):
     files = [write(tmp_path, MUST_SHOW[name][0], f"{i}.cfg")
              for i, name in enumerate(["missing ']'", "route to a nonexistent layer",

@@ -10,19 +10,26 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from builders.atomic import files_under
 from cfgparse import Diagnostic
 from darkcfg.lint.stages import Options, check_file
 
 
 def expand(paths: Iterable[str]) -> list[str]:
-    """Files as given; a directory stands for the .cfg files under it."""
-    out: list[str] = []
+    """Files as given, each once; a directory stands for the .cfg files under it (the folder
+    walk: hidden names such as .git/, .venv/ or an editor's .#x.cfg left out, linked folders
+    followed, each once), files only: a folder or a FIFO named x.cfg is no cfg (a FIFO would
+    hang the check), a broken link is (E901)."""
+    out: dict[str, str] = {}
     for p in paths:
         if Path(p).is_dir():
-            out += sorted(str(f) for f in Path(p).rglob("*.cfg"))
+            found = sorted(str(f) for f in files_under(Path(p))
+                           if f.suffix == ".cfg" and (f.is_file() or not f.exists()))
         else:
-            out.append(p)
-    return out
+            found = [p]
+        for f in found:
+            out.setdefault(os.path.normpath(f), f)
+    return list(out.values())
 
 
 def check_paths(paths: Iterable[str], options: Options | None = None,
