@@ -864,6 +864,13 @@ def test_pre_commit_hook():
     assert re.search(hook["files"], "models/yolov4.cfg")
     assert not re.search(hook["files"], "models/yolov4.cfg.bak")
     assert not re.search(hook["files"], "README.md")
+    # a Python project's setup.cfg failed every commit that touched it (E201 [metadata])
+    for path in ("setup.cfg", "pkg/setup.cfg"):
+        assert re.search(hook["files"], path) and re.search(hook["exclude"], path)
+    assert not re.search(hook["exclude"], "models/setup-yolo.cfg")
+    assert not re.search(hook["exclude"], "models/yolov4.cfg")
+    # pre-commit would start one checker (a torch import, a worker per CPU) per CPU otherwise
+    assert hook["require_serial"] is True
 
 
 def test_docs_list_every_code_with_an_example():
