@@ -522,6 +522,16 @@ def test_missing_file_in_text_format(tmp_path, capsys):
                                    f"'{tmp_path / 'nope.cfg'}': No such file or directory")
 
 
+def test_an_empty_path_is_an_error_not_the_working_folder(tmp_path, capsys, monkeypatch):
+    """`darkcfg check "$MODELS"` with MODELS unset checked the working folder's cfgs instead (or
+    none: '0 files checked', exit 0), so a CI step passed without checking its models."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, NET + CONV, "clean.cfg")
+    rc, out, err = run_main(capsys, "--no-build", "--format", "json", "")
+    assert rc == 2 and "the path is empty" in err
+    assert [(d["code"], d["line"]) for d in json.loads(out)] == [("E901", 0)]
+
+
 def test_usage_errors(capsys):
     assert run_main(capsys)[0] == 2
     assert run_main(capsys, "--format", "xml", "a.cfg")[0] == 2

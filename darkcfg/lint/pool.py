@@ -22,7 +22,7 @@ def expand(paths: Iterable[str]) -> list[str]:
     hang the check), a broken link is (E901)."""
     out: dict[str, str] = {}
     for p in paths:
-        if Path(p).is_dir():
+        if p and Path(p).is_dir():  # Path('') is '.': an empty argument is no folder
             found = sorted(str(f) for f in files_under(Path(p))
                            if f.suffix == ".cfg" and (f.is_file() or not f.exists()))
         else:
