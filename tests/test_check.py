@@ -532,6 +532,20 @@ def test_an_empty_path_is_an_error_not_the_working_folder(tmp_path, capsys, monk
     assert [(d["code"], d["line"]) for d in json.loads(out)] == [("E901", 0)]
 
 
+def test_a_file_name_cannot_split_or_colour_the_report(tmp_path, capsys):
+    """An unreadable file's name went into the E901 message as it was: a line break in it split
+    the diagnostic (a fake `x.cfg: error` line), an escape sequence reached the terminal."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("new\nfake.cfg: error.cfg", "a\x1b[2Kb.cfg"):
+        (folder / name).symlink_to(tmp_path / "nowhere")  # a broken link: E901, named
+    rc, out, _ = run_main(capsys, "--no-build", str(folder))
+    assert rc == 2 and "\x1b" not in out
+    firsts = [line for line in out.splitlines() if "error[E901]" in line]
+    assert len(firsts) == 2 and all(line.startswith(str(folder)) for line in firsts)
+    assert "cannot read '" + str(folder) + "/new\\nfake.cfg: error.cfg'" in firsts[1]
+
+
 def test_usage_errors(capsys):
     assert run_main(capsys)[0] == 2
     assert run_main(capsys, "--format", "xml", "a.cfg")[0] == 2

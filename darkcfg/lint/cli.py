@@ -14,7 +14,7 @@ import os
 import sys
 
 from builders.memory import DEFAULT_MAX_MEMORY, parse_size
-from cfgparse.errors import ERROR, WARNING, Diagnostic
+from cfgparse.errors import ERROR, WARNING, Diagnostic, printable
 from cfgparse.usage import CommandParser
 from darkcfg.lint.pool import check_paths, default_jobs, expand
 from darkcfg.lint.report import FORMATS, render
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
     files = expand(args.files)
     found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
     # a folder with nothing to check would pass CI silently (a moved or misspelt folder)
-    found += [Diagnostic("E901", f"folder '{p}' holds no .cfg file", p,
+    found += [Diagnostic("E901", f"folder '{printable(p)}' holds no .cfg file", p,
                          hint="name the folder of the cfg files, or the files")
               for p in args.files if os.path.isdir(p) and not expand([p])]
     if args.strict:
