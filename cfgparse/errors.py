@@ -12,6 +12,7 @@ Codes are stable (tests, CI scripts and the README table depend on them).
 from __future__ import annotations
 
 import difflib
+import errno
 import functools
 import unicodedata
 from collections.abc import Iterable
@@ -149,6 +150,18 @@ class Diagnostic:
 
 
 _MAX_TEXT = 600  # characters of a message or hint
+
+
+STDOUT = "<stdout>"  # the path of a diagnostic about writing to standard output
+
+
+def stdout_error(exc: OSError) -> Diagnostic:
+    """E901 for a write to stdout that failed (`> /dev/full`, a full disk under a redirect):
+    every command line says it the same way, exit status 2."""
+    hint = "free some space where stdout goes, or redirect it elsewhere" \
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "redirect stdout elsewhere"
+    return Diagnostic("E901", f"cannot write the output to stdout: {exc.strerror or exc}",
+                      STDOUT, hint=hint)
 
 
 def printable(path: str) -> str:

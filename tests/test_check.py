@@ -661,6 +661,22 @@ def test_python_dash_m_entry_point(tmp_path):
     assert "`python -m darkcfg.lint --help`" in usage.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_a_full_disk_under_the_report_is_e901_not_a_traceback(tmp_path):
+    """`python -m darkcfg.lint --format sarif ... > darkcfg.sarif` (the pre-commit entry, the CI
+    recipe) on a full disk was a traceback and exit status 1, read as 'findings', with a cut
+    SARIF log; `darkcfg check` said E901, exit 2."""
+    path = write(tmp_path, MUST_SHOW["typo'd key"][0])
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "darkcfg.lint", "--no-build", "--format",
+                               "sarif", str(path)], stdout=full, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr == ("<stdout>: error[E901]: cannot write the output to stdout: No space "
+                           "left on device\nhelp: free some space where stdout goes, or "
+                           "redirect it elsewhere\n")
+
+
 @pytest.mark.parametrize("command", [["cfgparse", "check"], ["runner", "check"],
                                      ["runner", "--check"]])
 def test_other_entry_points(tmp_path, capsys, command):

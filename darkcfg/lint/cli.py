@@ -14,7 +14,7 @@ import os
 import sys
 
 from builders.memory import DEFAULT_MAX_MEMORY, parse_size
-from cfgparse.errors import ERROR, WARNING, Diagnostic, printable
+from cfgparse.errors import ERROR, WARNING, Diagnostic, printable, stdout_error
 from cfgparse.usage import CommandParser
 from darkcfg.lint.pool import check_paths, default_jobs, expand
 from darkcfg.lint.report import FORMATS, render
@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
             sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: the reader left early; the exit status still counts
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:  # `> darkcfg.sarif` on a full disk: the report is not all there
+        print(stdout_error(exc).format(), file=sys.stderr)
+        # what is still buffered would fail again, as a traceback, when Python exits
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 2
     if any(d.code in IO_CODES for d in found):
         return 2
     return 1 if any(d.severity == ERROR for d in found) else 0
