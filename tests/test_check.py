@@ -635,6 +635,28 @@ def test_a_worker_that_dies_loses_no_other_files_report(tmp_path, monkeypatch):
     assert "died" in found[1].message
 
 
+def test_ctrl_c_in_the_workers_stops_the_check(tmp_path, capsys, monkeypatch):
+    """Ctrl-C reaches the workers too: `python -m darkcfg.lint` (the pre-commit entry) ended in a
+    traceback; now it says 'interrupted' and exits 130, as every darkcfg command does."""
+    import os
+
+    import darkcfg.lint.graph_rules as graph_rules
+    import darkcfg.lint.pool as pool
+
+    parent = os.getpid()
+
+    def check(path, options):
+        if os.getpid() != parent and Path(path).stem == "stop":
+            raise KeyboardInterrupt
+        return []
+
+    monkeypatch.setattr(pool, "check_file", check)
+    monkeypatch.setattr(graph_rules, "prepare_workers", lambda: None)
+    files = [str(write(tmp_path, NET, f"{name}.cfg")) for name in ("a", "stop", "b")]
+    rc, out, err = run_main(capsys, "--jobs", "2", *files)
+    assert (rc, out, err) == (130, "", "interrupted\n")
+
+
 def test_no_build_stays_torch_free(tmp_path):
     path = write(tmp_path, MUST_SHOW["route to a nonexistent layer"][0])
     script = ("import sys; from darkcfg.lint.cli import main; "

@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
     options = Options(build=not args.no_build, max_memory=args.max_memory, flavor=args.flavor,
                       targets=tuple(dict.fromkeys(args.target)))
     files = expand(args.files)
-    found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
+    try:
+        found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
+    except KeyboardInterrupt:  # Ctrl-C, as every darkcfg command says it (no traceback)
+        print("interrupted", file=sys.stderr)
+        return 130
     # a folder with nothing to check would pass CI silently (a moved or misspelt folder)
     found += [Diagnostic("E901", f"folder '{printable(p)}' holds no .cfg file", p,
                          hint="name the folder of the cfg files, or the files")

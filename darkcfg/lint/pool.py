@@ -54,21 +54,23 @@ def in_workers(files: list[str], options: Options, jobs: int,
     memory, a signal) breaks the pool: the files it left unchecked are checked again, each in a
     process of its own, so the file that kills its checker is reported and the others are not
     lost (never rerun here: it would kill this process and every report with it)."""
-    futures = []
+    results: list[list[Diagnostic] | None] = [None] * len(files)
+    pool = ProcessPoolExecutor(jobs, mp_context=context)
     try:
-        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            futures = [pool.submit(check_one, path, options) for path in files]
+        futures = [pool.submit(check_one, path, options) for path in files]
+        for i, future in enumerate(futures):
+            try:
+                results[i] = future.result()  # a worker's Ctrl-C comes back here: raised
+            except BrokenProcessPool:
+                pass
     except (BrokenProcessPool, OSError):  # broken while submitting, or no process could start
         pass
-    results = []
-    for i, path in enumerate(files):
-        future = futures[i] if i < len(futures) else None
-        if future is not None and future.done() and not future.cancelled() \
-                and future.exception() is None:
-            results.append(future.result())
-        else:
-            results.append(alone(path, options, context))
-    return results
+    except BaseException:  # Ctrl-C: stop now, the files not started are dropped
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return [found if found is not None else alone(path, options, context)
+            for path, found in zip(files, results, strict=True)]
 
 
 def alone(path: str, options: Options, context) -> list[Diagnostic]:
