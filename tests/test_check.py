@@ -791,8 +791,9 @@ def test_sarif_is_valid_and_lists_rules(tmp_path, capsys):
 
 def test_sarif_locations_of_hostile_names_and_wide_characters(tmp_path, capsys, monkeypatch):
     """A file name of bytes that are not UTF-8 was a traceback (urllib's quote of a surrogate);
-    relative URIs had no uriBaseId; columns were code points under a columnKind GitHub does not
-    read: now UTF-16 code units, SARIF's default (an emoji counts twice)."""
+    relative URIs had no uriBaseId (%SRCROOT%, as CodeQL writes it); columns were code points
+    under a columnKind GitHub does not read: now UTF-16 code units, SARIF's default (an emoji
+    counts twice)."""
     import os
     import urllib.parse
 
@@ -809,7 +810,7 @@ def test_sarif_locations_of_hostile_names_and_wide_characters(tmp_path, capsys, 
     assert rc == 1 and validate_sarif(log) == []
     run = log["runs"][0]
     assert "columnKind" not in run  # the default: utf16CodeUnits
-    assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == tmp_path.as_uri() + "/"
+    assert str(tmp_path) not in out  # no absolute path of this machine (originalUriBaseIds)
     for name, result in zip(names, run["results"], strict=True):
         where = result["locations"][0]["physicalLocation"]
         uri = where["artifactLocation"]["uri"]

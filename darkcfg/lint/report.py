@@ -14,7 +14,7 @@ from cfgparse import Diagnostic
 from cfgparse.errors import CODES, ERROR
 
 FORMATS = ("text", "json", "github", "sarif")
-SRCROOT = "%SRCROOT%"  # SARIF's base of relative paths: the working folder
+SRCROOT = "%SRCROOT%"  # the uriBaseId of relative paths: the working folder
 
 
 def render(fmt: str, found: Sequence[Diagnostic], n_files: int) -> str:
@@ -65,7 +65,8 @@ def format_github(found: Sequence[Diagnostic]) -> str:
 def _artifact_location(path: str) -> dict:
     """A URI reference for the file, its bytes percent-encoded (a space, a non-ASCII letter, a
     name of bytes that are not UTF-8); a relative path is relative to SRCROOT, the working
-    folder (run.originalUriBaseIds)."""
+    folder. As in CodeQL's logs, no originalUriBaseIds: it would carry this machine's absolute
+    path, and GitHub reads relative paths from the repository's root anyway."""
     p = Path(path)
     if p.is_absolute():
         return {"uri": p.as_uri()}
@@ -116,16 +117,8 @@ def sarif_log(found: Sequence[Diagnostic]) -> dict:
         "runs": [{
             "tool": {"driver": {"name": "darkcfg", "version": _version(), "rules": rules}},
             "results": results,
-        } | _base_ids()],
+        }],
     }
-
-
-def _base_ids() -> dict:
-    try:
-        base = Path.cwd().as_uri()
-    except OSError:  # the working folder was removed: relative paths stay unresolved
-        return {}
-    return {"originalUriBaseIds": {SRCROOT: {"uri": base if base.endswith("/") else base + "/"}}}
 
 
 def _rule_name(description: str) -> str:
