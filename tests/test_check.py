@@ -697,6 +697,14 @@ def test_a_full_disk_under_the_report_is_e901_not_a_traceback(tmp_path):
     assert done.stderr == ("<stdout>: error[E901]: cannot write the output to stdout: No space "
                            "left on device\nhelp: free some space where stdout goes, or "
                            "redirect it elsewhere\n")
+    # started with stdout closed (`>&-`): sys.stdout is None, and was an AttributeError
+    import os
+
+    done = subprocess.run([sys.executable, "-m", "darkcfg.lint", "--no-build", str(path)],
+                          preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith(
+        "<stdout>: error[E901]: cannot write the output to stdout: stdout is closed"), done.stderr
 
 
 @pytest.mark.parametrize("command", [["cfgparse", "check"], ["runner", "check"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
 
@@ -87,14 +88,16 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
     report = render(args.format, found, len(files))
     try:
         if report:
+            if sys.stdout is None:  # started with stdout closed (`>&-`): the report is lost
+                raise OSError(errno.EBADF, "stdout is closed")
             sys.stdout.write(writable(report + "\n", sys.stdout))
             sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: the reader left early; the exit status still counts
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except OSError as exc:  # `> darkcfg.sarif` on a full disk: the report is not all there
         print(stdout_error(exc).format(), file=sys.stderr)
-        # what is still buffered would fail again, as a traceback, when Python exits
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if sys.stdout is not None:  # what is still buffered would fail again at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 2
     if any(d.code in IO_CODES for d in found):
         return 2
