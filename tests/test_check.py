@@ -684,7 +684,7 @@ def test_python_dash_m_entry_point(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
-def test_a_full_disk_under_the_report_is_e901_not_a_traceback(tmp_path):
+def test_a_report_that_cannot_be_written_is_e901_not_a_traceback(tmp_path):
     """`python -m darkcfg.lint --format sarif ... > darkcfg.sarif` (the pre-commit entry, the CI
     recipe) on a full disk was a traceback and exit status 1, read as 'findings', with a cut
     SARIF log; `darkcfg check` said E901, exit 2."""
