@@ -776,6 +776,13 @@ def test_github_format(tmp_path, capsys):
     assert re.fullmatch(r"::error file=.*a%2Cb\.cfg,line=7,col=9,title=E202::'filters' must be "
                         r"an integer, got 'abc'%0Ahelp: .*", lines[0]), lines[0]
     assert lines[1].startswith(f"::warning file={warn},line=9,col=1,title=W201::unknown key")
+    # every character GitHub's toolkit escapes, in a property and in the message
+    from darkcfg.lint.report import format_github
+
+    (line,) = format_github([Diagnostic("E202", "got '5%,:\r\n::x'", "a%b:c,d\r\ne.cfg", 2, 3,
+                                        hint="h")]).splitlines()
+    assert line == ("::error file=a%25b%3Ac%2Cd%0D%0Ae.cfg,line=2,col=3,title=E202::"
+                    "got '5%25,:%0D%0A::x'%0Ahelp: h")
 
 
 def test_sarif_is_valid_and_lists_rules(tmp_path, capsys):
