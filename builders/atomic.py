@@ -104,13 +104,15 @@ def hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def files_under(folder: Path) -> list[Path]:
+def files_under(folder: Path, unreadable: list[OSError] | None = None) -> list[Path]:
     """Every file below `folder` but hidden ones, through linked folders too (a data set's
     `images -> /data/..` link; Path.rglob does not follow them), each real folder once (a link
-    loop ends)."""
+    loop ends). A folder that cannot be listed is passed over, its error appended to
+    `unreadable` when given (the caller can say which files it could not see)."""
     seen: set[str] = set()
     files: list[Path] = []
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    onerror = unreadable.append if unreadable is not None else None
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=onerror):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []

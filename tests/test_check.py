@@ -599,6 +599,31 @@ def test_a_folder_walk_takes_cfg_files_once_and_nothing_else(tmp_path, capsys):
     os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets feed()'s last open return
 
 
+def test_a_folder_that_cannot_be_read_is_e901_not_skipped(tmp_path, capsys, monkeypatch):
+    """The walk passed over a folder it could not list (permissions): its cfgs went unchecked
+    and CI passed."""
+    import os
+
+    write(tmp_path, NET + CONV, "good.cfg")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    write(locked, MUST_SHOW["unknown activation"][0], "bad.cfg")
+    scandir = os.scandir
+
+    def refuse(path="."):  # as chmod 000 does for a user (the tests may run as root)
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    rc, out, err = run_main(capsys, "--no-build", "--format", "json", str(tmp_path))
+    assert rc == 2 and "cannot read the folder" in err
+    assert [(d["file"], d["code"]) for d in json.loads(out)] == [(str(locked), "E901")]
+    rc, out, _ = run_main(capsys, "--no-build", "--format", "json", str(locked))
+    assert rc == 2 and [d["message"] for d in json.loads(out)] == [
+        f"cannot read the folder '{locked}': Permission denied"]  # not also 'holds no .cfg'
+
+
 def test_one_bad_file_does_not_hide_the_next(tmp_path, capsys):
     files = [write(tmp_path, MUST_SHOW[name][0], f"{i}.cfg")
              for i, name in enumerate(["missing ']'", "route to a nonexistent layer",

@@ -68,16 +68,19 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
         return int(exc.code or 0)
     options = Options(build=not args.no_build, max_memory=args.max_memory, flavor=args.flavor,
                       targets=tuple(dict.fromkeys(args.target)))
-    files = expand(args.files)
+    unreadable: list[Diagnostic] = []
+    files = expand(args.files, unreadable)
     try:
         found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
+        found += unreadable
     except KeyboardInterrupt:  # Ctrl-C, as every darkcfg command says it (no traceback)
         print("interrupted", file=sys.stderr)
         return 130
     # a folder with nothing to check would pass CI silently (a moved or misspelt folder)
     found += [Diagnostic("E901", f"folder '{printable(p)}' holds no .cfg file", p,
                          hint="name the folder of the cfg files, or the files")
-              for p in args.files if os.path.isdir(p) and not expand([p])]
+              for p in args.files if os.path.isdir(p) and p not in {d.path for d in unreadable}
+              and not expand([p])]
     if args.strict:
         found = [dataclasses.replace(d, severity=ERROR) if d.severity == WARNING else d
                  for d in found]

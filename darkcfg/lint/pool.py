@@ -12,19 +12,24 @@ from pathlib import Path
 
 from builders.atomic import files_under
 from cfgparse import Diagnostic
+from cfgparse.errors import printable
 from darkcfg.lint.stages import Options, check_file
 
 
-def expand(paths: Iterable[str]) -> list[str]:
+def expand(paths: Iterable[str], unreadable: list[Diagnostic] | None = None) -> list[str]:
     """Files as given, each once; a directory stands for the .cfg files under it (the folder
     walk: hidden names such as .git/, .venv/ or an editor's .#x.cfg left out, linked folders
     followed, each once), files only: a folder or a FIFO named x.cfg is no cfg (a FIFO would
-    hang the check), a broken link is (E901)."""
+    hang the check), a broken link is (E901). A folder that cannot be listed is an E901 in
+    `unreadable`: its cfgs must not pass CI unchecked."""
     out: dict[str, str] = {}
     for p in paths:
         if p and Path(p).is_dir():  # Path('') is '.': an empty argument is no folder
-            found = sorted(str(f) for f in files_under(Path(p))
+            errors: list[OSError] = []
+            found = sorted(str(f) for f in files_under(Path(p), errors)
                            if f.suffix == ".cfg" and (f.is_file() or not f.exists()))
+            if unreadable is not None:
+                unreadable += [folder_error(exc) for exc in errors]
         else:
             found = [p]
         for f in found:
@@ -32,20 +37,31 @@ def expand(paths: Iterable[str]) -> list[str]:
     return list(out.values())
 
 
+def folder_error(exc: OSError) -> Diagnostic:
+    path = os.fsdecode(exc.filename) if exc.filename is not None else "<folder>"
+    return Diagnostic("E901", f"cannot read the folder '{printable(path)}': "
+                      f"{exc.strerror or exc}", path,
+                      hint="check the folder's permissions: its cfg files were not checked")
+
+
 def check_paths(paths: Iterable[str], options: Options | None = None,
                 jobs: int = 1) -> list[Diagnostic]:
-    """Findings for every file, in order; a file that fails unexpectedly does not stop the
-    others. With jobs > 1 the graph checks of several files run in forked worker processes."""
+    """Findings for every file, in order (then the folders that could not be read); a file
+    that fails unexpectedly does not stop the others. With jobs > 1 the graph checks of
+    several files run in forked worker processes."""
     options = options or Options()
-    files = expand(paths)
+    unreadable: list[Diagnostic] = []
+    files = expand(paths, unreadable)
     jobs = min(jobs, len(files))
     if jobs > 1 and options.build and "fork" in multiprocessing.get_all_start_methods():
         from darkcfg.lint.graph_rules import prepare_workers
 
         prepare_workers()  # import torch and every builder once, before forking
         context = multiprocessing.get_context("fork")  # workers inherit those imports
-        return [d for found in in_workers(files, options, jobs, context) for d in found]
-    return [d for path in files for d in check_one(path, options)]
+        results = in_workers(files, options, jobs, context)
+    else:
+        results = [check_one(path, options) for path in files]
+    return [d for found in results for d in found] + unreadable
 
 
 def in_workers(files: list[str], options: Options, jobs: int,
