@@ -624,6 +624,29 @@ def test_a_folder_that_cannot_be_read_is_e901_not_skipped(tmp_path, capsys, monk
         f"cannot read the folder '{locked}': Permission denied"]  # not also 'holds no .cfg'
 
 
+def test_a_folder_walk_never_reads_a_link_out_of_the_folder(tmp_path, capsys):
+    """A pull request's `models/x.cfg -> ~/.ssh/id_rsa`: `darkcfg check models/` in CI printed
+    the key's lines (E103, each with its source line) in the log. A link to a file outside the
+    folder is E901, not read; a link within it, and a file named on its own, are checked."""
+    secret = tmp_path / "home" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_text("-----BEGIN KEY-----\nc2VjcmV0LXRva2Vu\n-----END KEY-----\n")
+    models = tmp_path / "repo" / "models"
+    models.mkdir(parents=True)
+    (models / "key.cfg").symlink_to(secret)
+    write(models, MUST_SHOW["unknown activation"][0], "real.cfg")
+    (models / "same.cfg").symlink_to(models / "real.cfg")  # inside: checked (one more E204)
+    for fmt in ("text", "json", "github", "sarif"):
+        rc, out, err = run_main(capsys, "--no-build", "--format", fmt, str(models))
+        assert rc == 2 and "c2VjcmV0" not in out + err and "KEY" not in out + err
+    rc, out, _ = run_main(capsys, "--no-build", "--format", "json", str(models))
+    assert [(Path(d["file"]).name, d["code"]) for d in json.loads(out)] == [
+        ("real.cfg", "E204"), ("same.cfg", "E204"), ("key.cfg", "E901")]
+    assert "is a link to a file outside" in json.loads(out)[2]["message"]
+    rc, out, _ = run_main(capsys, "--no-build", "--format", "json", str(models / "key.cfg"))
+    assert rc == 1 and {d["code"] for d in json.loads(out)} == {"E103"}  # named: the user's call
+
+
 def test_one_bad_file_does_not_hide_the_next(tmp_path, capsys):
     files = [write(tmp_path, MUST_SHOW[name][0], f"{i}.cfg")
              for i, name in enumerate(["missing ']'", "route to a nonexistent layer",

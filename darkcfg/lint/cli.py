@@ -15,7 +15,7 @@ import os
 import sys
 
 from builders.memory import DEFAULT_MAX_MEMORY, parse_size
-from cfgparse.errors import ERROR, WARNING, Diagnostic, printable, stdout_error
+from cfgparse.errors import ERROR, WARNING, Diagnostic, stdout_error
 from cfgparse.usage import CommandParser
 from darkcfg.lint.pool import check_paths, default_jobs, expand
 from darkcfg.lint.report import FORMATS, render
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
         return int(exc.code or 0)
     options = Options(build=not args.no_build, max_memory=args.max_memory, flavor=args.flavor,
                       targets=tuple(dict.fromkeys(args.target)))
-    unreadable: list[Diagnostic] = []
+    unreadable: list[Diagnostic] = []  # folders with no cfg, or not all read (E901)
     files = expand(args.files, unreadable)
     try:
         found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
@@ -76,11 +76,6 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
     except KeyboardInterrupt:  # Ctrl-C, as every darkcfg command says it (no traceback)
         print("interrupted", file=sys.stderr)
         return 130
-    # a folder with nothing to check would pass CI silently (a moved or misspelt folder)
-    found += [Diagnostic("E901", f"folder '{printable(p)}' holds no .cfg file", p,
-                         hint="name the folder of the cfg files, or the files")
-              for p in args.files if os.path.isdir(p) and p not in {d.path for d in unreadable}
-              and not expand([p])]
     if args.strict:
         found = [dataclasses.replace(d, severity=ERROR) if d.severity == WARNING else d
                  for d in found]

@@ -20,28 +20,48 @@ def expand(paths: Iterable[str], unreadable: list[Diagnostic] | None = None) -> 
     """Files as given, each once; a directory stands for the .cfg files under it (the folder
     walk: hidden names such as .git/, .venv/ or an editor's .#x.cfg left out, linked folders
     followed, each once), files only: a folder or a FIFO named x.cfg is no cfg (a FIFO would
-    hang the check), a broken link is (E901). A folder that cannot be listed is an E901 in
-    `unreadable`: its cfgs must not pass CI unchecked."""
+    hang the check), a broken link is (E901). What a folder's walk cannot vouch for is an E901
+    in `unreadable`: a folder with no cfg (a moved or misspelt folder must not pass CI), one
+    that cannot be listed (its cfgs would go unchecked), a link to a file outside the folder
+    (not read: a pull request's `x.cfg -> ~/.ssh/id_rsa` would print the key's lines in the CI
+    log)."""
     out: dict[str, str] = {}
     for p in paths:
+        found = [p]
         if p and Path(p).is_dir():  # Path('') is '.': an empty argument is no folder
-            errors: list[OSError] = []
-            found = sorted(str(f) for f in files_under(Path(p), errors)
-                           if f.suffix == ".cfg" and (f.is_file() or not f.exists()))
+            found, refused = walk(p)
             if unreadable is not None:
-                unreadable += [folder_error(exc) for exc in errors]
-        else:
-            found = [p]
+                unreadable += refused
         for f in found:
             out.setdefault(os.path.normpath(f), f)
     return list(out.values())
 
 
-def folder_error(exc: OSError) -> Diagnostic:
-    path = os.fsdecode(exc.filename) if exc.filename is not None else "<folder>"
-    return Diagnostic("E901", f"cannot read the folder '{printable(path)}': "
-                      f"{exc.strerror or exc}", path,
-                      hint="check the folder's permissions: its cfg files were not checked")
+def walk(folder: str) -> tuple[list[str], list[Diagnostic]]:
+    """(the .cfg files of `folder` to check, sorted; the E901s of what it did not read)."""
+    errors: list[OSError] = []
+    root = Path(folder).resolve()
+    found: list[str] = []
+    refused = []
+    for f in sorted(files_under(Path(folder), errors)):
+        if f.suffix != ".cfg" or (f.exists() and not f.is_file()):
+            continue
+        if f.exists() and not f.resolve().is_relative_to(root):
+            refused.append(Diagnostic(
+                "E901", f"not read: '{printable(str(f))}' is a link to a file outside "
+                f"'{printable(folder)}'", str(f), hint="a folder's cfgs must lie inside it (a "
+                "link could show any file in the log); to check that file, name it or its folder"))
+            continue
+        found.append(str(f))
+    refused += [Diagnostic("E901", f"cannot read the folder "
+                           f"'{printable(os.fsdecode(exc.filename or folder))}': "
+                           f"{exc.strerror or exc}", os.fsdecode(exc.filename or folder),
+                           hint="check the folder's permissions: its cfg files were not checked")
+                for exc in errors]
+    if not found and not refused:
+        refused.append(Diagnostic("E901", f"folder '{printable(folder)}' holds no .cfg file",
+                                  folder, hint="name the folder of the cfg files, or the files"))
+    return found, refused
 
 
 def check_paths(paths: Iterable[str], options: Options | None = None,
