@@ -997,6 +997,8 @@ def test_pre_commit_hook():
     assert not re.search(hook["exclude"], "models/yolov4.cfg")
     # pre-commit would start one checker (a torch import, a worker per CPU) per CPU otherwise
     assert hook["require_serial"] is True
+    # pre-commit tags a link 'symlink', never 'text': the hook is not handed a link out
+    assert hook["types"] == ["text"]
 
 
 def test_docs_list_every_code_with_an_example():
