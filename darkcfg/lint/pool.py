@@ -43,7 +43,7 @@ def walk(folder: str) -> tuple[list[str], list[Diagnostic]]:
     root = Path(folder).resolve()
     found: list[str] = []
     refused = []
-    for f in sorted(files_under(Path(folder), errors)):
+    for f in sorted(files_under(Path(folder), errors), key=str):
         if f.suffix != ".cfg" or (f.exists() and not f.is_file()):
             continue
         if f.exists() and not f.resolve().is_relative_to(root):
@@ -66,8 +66,8 @@ def walk(folder: str) -> tuple[list[str], list[Diagnostic]]:
 
 def check_paths(paths: Iterable[str], options: Options | None = None,
                 jobs: int = 1) -> list[Diagnostic]:
-    """Findings for every file, in order (then the folders that could not be read); a file
-    that fails unexpectedly does not stop the others. With jobs > 1 the graph checks of
+    """Findings for every file, in order (then the E901s of the folders' walks, `expand`); a
+    file that fails unexpectedly does not stop the others. With jobs > 1 the graph checks of
     several files run in forked worker processes."""
     options = options or Options()
     unreadable: list[Diagnostic] = []
