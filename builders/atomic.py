@@ -1,5 +1,6 @@
 """The one atomic file writer: weights, checkpoints, charts, settings and metrics all go through
-it, so a crash, a kill or a full disk never leaves a truncated file under the real name."""
+it, so a crash, a kill or a full disk never leaves a truncated file under the real name. Also
+the one folder walk (`files_under`: a data set's images, detect's inputs, check's cfgs)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,31 @@ def write_error(target: str | os.PathLike, exc: BaseException, started: bool = F
                 else "; nothing was written under that name")
     return CfgError(Diagnostic("E901", f"cannot write {what or repr(str(target))}: {why}{kept}",
                                str(target), hint=hint))
+
+
+def hidden(name: str) -> bool:
+    """A dot name: macOS's `._x.jpg` Finder metadata and `.DS_Store`, `.ipynb_checkpoints`,
+    `.git` are no part of a data set (a shell glob and ultralytics' listing pass them over)."""
+    return name.startswith(".")
+
+
+def files_under(folder: Path, unreadable: list[OSError] | None = None) -> list[Path]:
+    """Every file below `folder` but hidden ones, through linked folders too (a data set's
+    `images -> /data/..` link; Path.rglob does not follow them), each real folder once (a link
+    loop ends). A folder that cannot be listed is passed over, its error appended to
+    `unreadable` when given (the caller can say which files it could not see)."""
+    seen: set[str] = set()
+    files: list[Path] = []
+    onerror = unreadable.append if unreadable is not None else None
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=onerror):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not hidden(d)]
+        files += [Path(root) / n for n in names if not hidden(n)]
+    return files
 
 
 def ensure_folder(folder: str | os.PathLike, flag: str = "") -> Path:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import schema
-from .errors import CfgError, Diagnostic
+from .errors import CfgError, stdout_error
 from .parser import parse
 from .usage import CommandParser
 from .writer import to_yaml, write
@@ -93,10 +93,7 @@ def dump(file: str, fmt: str, flavor: str | None) -> int:
     except BrokenPipeError:  # `... | head`: the reader left; not an error of ours
         sys.stderr.close()
     except OSError as exc:  # `> /dev/full`, a full disk under the redirect
-        print(Diagnostic("E901", "cannot write the output to stdout: "
-                         f"{exc.strerror or exc}", "<stdout>",
-                         hint="free some space where stdout goes, or redirect it elsewhere"
-                         ).format(), file=sys.stderr)
+        print(stdout_error(exc).format(), file=sys.stderr)
         # what is still buffered would fail again, as a traceback, when Python exits
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 2

@@ -12,7 +12,9 @@ Codes are stable (tests, CI scripts and the README table depend on them).
 from __future__ import annotations
 
 import difflib
+import errno
 import functools
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -135,10 +137,10 @@ class Diagnostic:
             lines.append(f"{gutter} | {before}{''.join(cells)}{after}")
             # keep the source's tabs in the indent, so the caret lands under the same character
             col = max(self.column - 1 - start, 0)
-            indent = " " * len(before) + "".join(c if c == "\t" else " " * len(c)
+            indent = " " * len(before) + "".join(c if c == "\t" else " " * _columns(c)
                                                  for c in cells[:col])
             span = min(max(self.span, 1), max(len(shown) - col, 1))
-            width = sum(len(c) for c in cells[col:col + span]) or span
+            width = sum(_columns(c) for c in cells[col:col + span]) or span
             lines.append(f"{pad} | {indent}{'^' * width}")
         if self.hint:
             lines.append(f"help: {self.hint}")
@@ -151,6 +153,18 @@ class Diagnostic:
 _MAX_TEXT = 600  # characters of a message or hint
 
 
+STDOUT = "<stdout>"  # the path of a diagnostic about writing to standard output
+
+
+def stdout_error(exc: OSError) -> Diagnostic:
+    """E901 for a write to stdout that failed (`> /dev/full`, a full disk under a redirect):
+    every command line says it the same way, exit status 2."""
+    hint = "free some space where stdout goes, or redirect it elsewhere" \
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "redirect stdout elsewhere"
+    return Diagnostic("E901", f"cannot write the output to stdout: {exc.strerror or exc}",
+                      STDOUT, hint=hint)
+
+
 def printable(path: str) -> str:
     """A path with its control characters (and other characters that do not print) escaped as
     Python writes them (`new\\nline.jpg`, `tab\\there.jpg`, `nul\\x00.jpg`), so a file name
@@ -158,6 +172,16 @@ def printable(path: str) -> str:
     of `detect` or `predict` (docs/detection.md)."""
     return path if path.isprintable() else "".join(
         c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
+
+
+def _columns(cell: str) -> int:
+    """Terminal columns of a shown character: 2 for a wide one (CJK, most emoji), 0 for a
+    combining mark, else its length (an escape such as `\\x00` is several)."""
+    if len(cell) != 1:
+        return len(cell)
+    if unicodedata.combining(cell):
+        return 0
+    return 2 if unicodedata.east_asian_width(cell) in "WF" else 1
 
 
 _MAX_SHOWN = 160  # characters of a source line shown under a diagnostic

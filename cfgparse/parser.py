@@ -30,7 +30,7 @@ from .assembly import (
 )
 from .blocks import Block, Option, make_block
 from .characters import odd_space_diagnostic, odd_spaces
-from .errors import ERROR, WARNING, CfgError, Collector, Diagnostic, did_you_mean
+from .errors import ERROR, WARNING, CfgError, Collector, Diagnostic, did_you_mean, printable
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
 _lark: Lark | None = None
@@ -83,7 +83,9 @@ def read_source(source: str | os.PathLike | bytes, path: str | None) -> tuple[st
         reason = exc.strerror or str(exc)
         if isinstance(exc, IsADirectoryError):
             reason = "it is a directory"
-        raise CfgError(Diagnostic("E901", f"cannot read '{name}': {reason}", name,
+        # the name escaped, as in the path: a line break or an escape sequence in a file name
+        # must not split the message or reach the terminal
+        raise CfgError(Diagnostic("E901", f"cannot read '{printable(name)}': {reason}", name,
                                   hint="check the path and its permissions")) from None
     except ValueError as exc:  # e.g. an embedded NUL in the path
         raise CfgError(Diagnostic("E901", f"cannot read {name!r}: {exc}", "<path>",

@@ -522,6 +522,30 @@ def test_missing_file_in_text_format(tmp_path, capsys):
                                    f"'{tmp_path / 'nope.cfg'}': No such file or directory")
 
 
+def test_an_empty_path_is_an_error_not_the_working_folder(tmp_path, capsys, monkeypatch):
+    """`darkcfg check "$MODELS"` with MODELS unset checked the working folder's cfgs instead (or
+    none: '0 files checked', exit 0), so a CI step passed without checking its models."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, NET + CONV, "clean.cfg")
+    rc, out, err = run_main(capsys, "--no-build", "--format", "json", "")
+    assert rc == 2 and "the path is empty" in err
+    assert [(d["code"], d["line"]) for d in json.loads(out)] == [("E901", 0)]
+
+
+def test_a_file_name_cannot_split_or_colour_the_report(tmp_path, capsys):
+    """An unreadable file's name went into the E901 message as it was: a line break in it split
+    the diagnostic (a fake `x.cfg: error` line), an escape sequence reached the terminal."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("new\nfake.cfg: error.cfg", "a\x1b[2Kb.cfg"):
+        (folder / name).symlink_to(tmp_path / "nowhere")  # a broken link: E901, named
+    rc, out, _ = run_main(capsys, "--no-build", str(folder))
+    assert rc == 2 and "\x1b" not in out
+    firsts = [line for line in out.splitlines() if "error[E901]" in line]
+    assert len(firsts) == 2 and all(line.startswith(str(folder)) for line in firsts)
+    assert "cannot read '" + str(folder) + "/new\\nfake.cfg: error.cfg'" in firsts[1]
+
+
 def test_usage_errors(capsys):
     assert run_main(capsys)[0] == 2
     assert run_main(capsys, "--format", "xml", "a.cfg")[0] == 2
@@ -538,6 +562,91 @@ def test_directory_stands_for_its_cfg_files(tmp_path, capsys):
     assert rc == 1 and [Path(d["file"]).name for d in json.loads(out)] == ["b.cfg"]
 
 
+def test_a_folder_walk_takes_cfg_files_once_and_nothing_else(tmp_path, capsys):
+    """`darkcfg check .` checked a virtualenv's pyvenv.cfg and .git's files (errors), hung on a
+    FIFO named x.cfg, silently dropped a folder named x.cfg (counted, never reported), and
+    checked a file named twice twice."""
+    import os
+    import threading
+
+    write(tmp_path, NET + CONV, "good.cfg")
+    bad = write(tmp_path, MUST_SHOW["unknown activation"][0], "bad.cfg")
+    for hidden in (".venv", ".git"):
+        (tmp_path / hidden).mkdir()
+        write(tmp_path / hidden, "home = /usr/bin\n", "pyvenv.cfg")
+    write(tmp_path, "[net\n", ".#bad.cfg")  # an editor's lock file
+    (tmp_path / "folder.cfg").mkdir()
+    fifo, done = tmp_path / "pipe.cfg", threading.Event()
+    os.mkfifo(fifo)
+
+    def feed():  # whoever opens the FIFO reads an empty cfg (E100), so a regression cannot hang
+        while not done.is_set():
+            with open(fifo, "w"):
+                pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "gone.cfg").symlink_to(tmp_path / "nowhere.cfg")  # a broken link is reported
+    rc, out, _ = run_main(capsys, "--no-build", "--format", "json", str(tmp_path), str(bad),
+                          str(tmp_path / "." / "bad.cfg"))
+    assert rc == 2
+    assert [(Path(d["file"]).name, d["code"]) for d in json.loads(out)] == [
+        ("bad.cfg", "E204"), ("gone.cfg", "E901")]
+    rc, out, _ = run_main(capsys, "--no-build", str(tmp_path / "good.cfg"), str(tmp_path))
+    assert out.splitlines()[-1] == "3 files checked: 2 errors, 0 warnings"
+    done.set()
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets feed()'s last open return
+
+
+def test_a_folder_that_cannot_be_read_is_e901_not_skipped(tmp_path, capsys, monkeypatch):
+    """The walk passed over a folder it could not list (permissions): its cfgs went unchecked
+    and CI passed."""
+    import os
+
+    write(tmp_path, NET + CONV, "good.cfg")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    write(locked, MUST_SHOW["unknown activation"][0], "bad.cfg")
+    scandir = os.scandir
+
+    def refuse(path="."):  # as chmod 000 does for a user (the tests may run as root)
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    rc, out, err = run_main(capsys, "--no-build", "--format", "json", str(tmp_path))
+    assert rc == 2 and "cannot read the folder" in err
+    assert [(d["file"], d["code"]) for d in json.loads(out)] == [(str(locked), "E901")]
+    rc, out, _ = run_main(capsys, "--no-build", "--format", "json", str(locked))
+    assert rc == 2 and [d["message"] for d in json.loads(out)] == [
+        f"cannot read the folder '{locked}': Permission denied"]  # not also 'holds no .cfg'
+
+
+def test_a_folder_walk_never_reads_a_link_out_of_the_folder(tmp_path, capsys):
+    """A pull request's `models/x.cfg -> ~/.ssh/id_rsa`: `darkcfg check models/` in CI printed
+    the key's lines (E103, each with its source line) in the log. A link to a file outside the
+    folder is E901, not read; a link within it, and a file named on its own, are checked."""
+    secret = tmp_path / "home" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_text("-----BEGIN KEY-----\nc2VjcmV0LXRva2Vu\n-----END KEY-----\n")
+    models = tmp_path / "repo" / "models"
+    models.mkdir(parents=True)
+    (models / "key.cfg").symlink_to(secret)
+    write(models, MUST_SHOW["unknown activation"][0], "real.cfg")
+    (models / "same.cfg").symlink_to(models / "real.cfg")  # inside: checked (one more E204)
+    for fmt in ("text", "json", "github", "sarif"):
+        rc, out, err = run_main(capsys, "--no-build", "--format", fmt, str(models))
+        assert rc == 2 and "c2VjcmV0" not in out + err and "KEY" not in out + err
+    rc, out, _ = run_main(capsys, "--no-build", "--format", "json", str(models))
+    assert [(Path(d["file"]).name, d["code"]) for d in json.loads(out)] == [
+        ("real.cfg", "E204"), ("same.cfg", "E204"), ("key.cfg", "E901")]
+    assert "is a link to a file outside" in json.loads(out)[2]["message"]
+    rc, out, _ = run_main(capsys, "--no-build", "--format", "json", str(models / "key.cfg"))
+    assert rc == 1 and {d["code"] for d in json.loads(out)} == {"E103"}  # named: the user's call
+
+
 def test_one_bad_file_does_not_hide_the_next(tmp_path, capsys):
     files = [write(tmp_path, MUST_SHOW[name][0], f"{i}.cfg")
              for i, name in enumerate(["missing ']'", "route to a nonexistent layer",
@@ -545,6 +654,55 @@ def test_one_bad_file_does_not_hide_the_next(tmp_path, capsys):
     rc, out, _ = run_main(capsys, "--format", "json", *map(str, files))
     assert rc == 1
     assert [d["code"] for d in json.loads(out)] == ["E101", "E301", "E401", "W201"]
+
+
+def test_a_worker_that_dies_loses_no_other_files_report(tmp_path, monkeypatch):
+    """A file that kills its worker process (out of memory, a signal) broke the pool, and every
+    file was checked again in the main process: that file then killed darkcfg itself, and no
+    report at all came out. Now it is one E300, and the other files keep their findings."""
+    import os
+
+    import darkcfg.lint.graph_rules as graph_rules
+    import darkcfg.lint.pool as pool
+
+    parent = os.getpid()
+
+    def check(path, options):
+        if os.getpid() == parent:
+            pytest.fail(f"{path} was checked in the main process")
+        if Path(path).stem == "dies":
+            os._exit(9)
+        return [Diagnostic("W201", "checked", str(path), 1, 1, WARNING)]
+
+    monkeypatch.setattr(pool, "check_file", check)
+    monkeypatch.setattr(graph_rules, "prepare_workers", lambda: None)
+    files = [str(write(tmp_path, NET, f"{name}.cfg")) for name in ("a", "dies", "b", "c")]
+    found = pool.check_paths(files, jobs=2)
+    assert [(Path(d.path).stem, d.code) for d in found] == [
+        ("a", "W201"), ("dies", "E300"), ("b", "W201"), ("c", "W201")]
+    assert "died" in found[1].message
+
+
+def test_ctrl_c_in_the_workers_stops_the_check(tmp_path, capsys, monkeypatch):
+    """Ctrl-C reaches the workers too: `python -m darkcfg.lint` (the pre-commit entry) ended in a
+    traceback; now it says 'interrupted' and exits 130, as every darkcfg command does."""
+    import os
+
+    import darkcfg.lint.graph_rules as graph_rules
+    import darkcfg.lint.pool as pool
+
+    parent = os.getpid()
+
+    def check(path, options):
+        if os.getpid() != parent and Path(path).stem == "stop":
+            raise KeyboardInterrupt
+        return []
+
+    monkeypatch.setattr(pool, "check_file", check)
+    monkeypatch.setattr(graph_rules, "prepare_workers", lambda: None)
+    files = [str(write(tmp_path, NET, f"{name}.cfg")) for name in ("a", "stop", "b")]
+    rc, out, err = run_main(capsys, "--jobs", "2", *files)
+    assert (rc, out, err) == (130, "", "interrupted\n")
 
 
 def test_no_build_stays_torch_free(tmp_path):
@@ -571,6 +729,30 @@ def test_python_dash_m_entry_point(tmp_path):
     assert usage.returncode == 2
     assert "python -m darkcfg.lint: unrecognized arguments" in usage.stderr
     assert "`python -m darkcfg.lint --help`" in usage.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_a_report_that_cannot_be_written_is_e901_not_a_traceback(tmp_path):
+    """`python -m darkcfg.lint --format sarif ... > darkcfg.sarif` (the pre-commit entry, the CI
+    recipe) on a full disk was a traceback and exit status 1, read as 'findings', with a cut
+    SARIF log; `darkcfg check` said E901, exit 2."""
+    path = write(tmp_path, MUST_SHOW["typo'd key"][0])
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "darkcfg.lint", "--no-build", "--format",
+                               "sarif", str(path)], stdout=full, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr == ("<stdout>: error[E901]: cannot write the output to stdout: No space "
+                           "left on device\nhelp: free some space where stdout goes, or "
+                           "redirect it elsewhere\n")
+    # started with stdout closed (`>&-`): sys.stdout is None, and was an AttributeError
+    import os
+
+    done = subprocess.run([sys.executable, "-m", "darkcfg.lint", "--no-build", str(path)],
+                          preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith(
+        "<stdout>: error[E901]: cannot write the output to stdout: stdout is closed"), done.stderr
 
 
 @pytest.mark.parametrize("command", [["cfgparse", "check"], ["runner", "check"],
@@ -600,6 +782,28 @@ def test_text_format_shows_source_caret_and_help(tmp_path, capsys):
     assert lines[-1] == "1 file checked: 1 error, 0 warnings"
 
 
+@pytest.mark.parametrize("encoding, name, fmt", [
+    ("ascii", "m\u00fcll.cfg", "text"),  # an ASCII terminal: a non-ASCII name or message
+    ("utf-8", "bad\udcff.cfg", "github"),  # PYTHONIOENCODING=utf-8: a file name's stray byte
+])
+def test_a_report_the_terminal_cannot_encode_is_escaped_not_a_traceback(
+        tmp_path, monkeypatch, encoding, name, fmt):
+    """The report was written as it was: an unencodable character raised UnicodeEncodeError,
+    a traceback and exit status 1, which CI reads as 'findings'."""
+    import io
+
+    try:
+        path = write(tmp_path, MUST_SHOW["unknown activation"][0], name)
+    except UnicodeEncodeError:
+        pytest.skip("this file system takes no such name")
+    out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["--no-build", "--format", fmt, str(path)]) == 1
+    shown = out.buffer.getvalue().decode(encoding)
+    assert name.encode(encoding, "backslashreplace").decode(encoding) in shown
+    assert "unknown activation 'lekay'" in shown
+
+
 def test_json_format(tmp_path, capsys):
     path = write(tmp_path, MUST_SHOW["typo'd key"][0])
     rc, out, _ = run_main(capsys, "--format", "json", str(path))
@@ -620,6 +824,13 @@ def test_github_format(tmp_path, capsys):
     assert re.fullmatch(r"::error file=.*a%2Cb\.cfg,line=7,col=9,title=E202::'filters' must be "
                         r"an integer, got 'abc'%0Ahelp: .*", lines[0]), lines[0]
     assert lines[1].startswith(f"::warning file={warn},line=9,col=1,title=W201::unknown key")
+    # every character GitHub's toolkit escapes, in a property and in the message
+    from darkcfg.lint.report import format_github
+
+    (line,) = format_github([Diagnostic("E202", "got '5%,:\r\n::x'", "a%b:c,d\r\ne.cfg", 2, 3,
+                                        hint="h")]).splitlines()
+    assert line == ("::error file=a%25b%3Ac%2Cd%0D%0Ae.cfg,line=2,col=3,title=E202::"
+                    "got '5%25,:%0D%0A::x'%0Ahelp: h")
 
 
 def test_sarif_is_valid_and_lists_rules(tmp_path, capsys):
@@ -639,6 +850,37 @@ def test_sarif_is_valid_and_lists_rules(tmp_path, capsys):
     region = results[1]["locations"][0]["physicalLocation"]["region"]
     assert (region["startLine"], region["startColumn"], region["endColumn"]) == (8, 6, 8)
     assert "region" not in results[3]["locations"][0]["physicalLocation"]  # no line: file only
+
+
+def test_sarif_locations_of_hostile_names_and_wide_characters(tmp_path, capsys, monkeypatch):
+    """A file name of bytes that are not UTF-8 was a traceback (urllib's quote of a surrogate);
+    relative URIs had no uriBaseId (%SRCROOT%, as CodeQL writes it); columns were code points
+    under a columnKind GitHub does not read: now UTF-16 code units, SARIF's default (an emoji
+    counts twice)."""
+    import os
+    import urllib.parse
+
+    monkeypatch.chdir(tmp_path)
+    names = ["a b,c:d%e \u00fc.cfg", "bad\udcff.cfg"]
+    text = NET + "[route]\nlayers=-1,\U0001f600x\n"  # E202 at the emoji, line 7 column 11
+    for name in names:
+        try:
+            write(tmp_path, text, name)
+        except UnicodeEncodeError:
+            pytest.skip("this file system takes no such name")
+    rc, out, _ = run_main(capsys, "--no-build", "--format", "sarif", *names)
+    log = json.loads(out)
+    assert rc == 1 and validate_sarif(log) == []
+    run = log["runs"][0]
+    assert "columnKind" not in run  # the default: utf16CodeUnits
+    assert str(tmp_path) not in out  # no absolute path of this machine (originalUriBaseIds)
+    for name, result in zip(names, run["results"], strict=True):
+        where = result["locations"][0]["physicalLocation"]
+        uri = where["artifactLocation"]["uri"]
+        assert re.fullmatch(r"[A-Za-z0-9\-._~%!$&'()*+,;=@/]+", uri), uri  # no ':' first
+        assert urllib.parse.unquote_to_bytes(uri) == os.fsencode(name)
+        assert where["artifactLocation"]["uriBaseId"] == "%SRCROOT%"
+        assert (where["region"]["startColumn"], where["region"]["endColumn"]) == (11, 14)
 
 
 def test_strict_promotes_warnings_in_every_format(tmp_path, capsys):
@@ -748,6 +990,15 @@ def test_pre_commit_hook():
     assert re.search(hook["files"], "models/yolov4.cfg")
     assert not re.search(hook["files"], "models/yolov4.cfg.bak")
     assert not re.search(hook["files"], "README.md")
+    # a Python project's setup.cfg failed every commit that touched it (E201 [metadata])
+    for path in ("setup.cfg", "pkg/setup.cfg"):
+        assert re.search(hook["files"], path) and re.search(hook["exclude"], path)
+    assert not re.search(hook["exclude"], "models/setup-yolo.cfg")
+    assert not re.search(hook["exclude"], "models/yolov4.cfg")
+    # pre-commit would start one checker (a torch import, a worker per CPU) per CPU otherwise
+    assert hook["require_serial"] is True
+    # pre-commit tags a link 'symlink', never 'text': the hook is not handed a link out
+    assert hook["types"] == ["text"]
 
 
 def test_docs_list_every_code_with_an_example():

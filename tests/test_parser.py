@@ -329,6 +329,21 @@ def test_a_path_with_a_line_break_keeps_the_diagnostic_line_whole():
     assert Diagnostic("E901", "m", "ünï cødé.jpg").format().startswith("ünï cødé.jpg: error")
 
 
+def test_the_caret_stays_under_wide_characters_and_combining_marks():
+    """A CJK character or an emoji takes two terminal columns, a combining accent none: the
+    caret counted one each and landed left of (or short of) what it points at."""
+    from cfgparse import Diagnostic
+
+    def caret(source: str, column: int, span: int) -> tuple[str, str]:
+        lines = Diagnostic("E202", "m", "a.cfg", 1, column, source=source, span=span).format()
+        return tuple(line.removeprefix("1 | ").removeprefix("  | ")
+                     for line in lines.splitlines()[2:4])
+
+    assert caret("\u6f22\u5b57=abc", 4, 3) == ("\u6f22\u5b57=abc", "     ^^^")
+    assert caret("layers=-1,\U0001f600", 11, 1) == ("layers=-1,\U0001f600", " " * 10 + "^^")
+    assert caret("e\u0301=xyz", 4, 3) == ("e\u0301=xyz", "  ^^^")  # an e and its accent
+
+
 def test_a_very_long_line_is_shown_around_its_caret_not_whole():
     """A 5 MB name or line made a 10 MB diagnostic (the line, then as many carets), and a
     several-minute did-you-mean over the name."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import STDOUT, stdout_error
 from cfgparse.usage import CommandParser
 from darkcfg.lint.cli import memory_size
 
@@ -123,7 +124,6 @@ def _same_file(a: object, b: object) -> bool:
         return False
 
 
-STDOUT = "<stdout>"  # the name a failed write to stdout gets (_NamedStdout)
 
 
 def file_error(exc: OSError) -> CfgError:
@@ -137,11 +137,8 @@ def file_error(exc: OSError) -> CfgError:
             errno.ENOTDIR: "a part of the path is a file, not a folder",
             errno.ENOSPC: "free some space (or write elsewhere)",
             errno.ENOENT: "check the path"}.get(exc.errno, "check the path")
-    if path == STDOUT:
-        return CfgError(Diagnostic("E901", f"cannot write the output to stdout: {reason}", path,
-                                   hint="free some space where stdout goes, or redirect it "
-                                   "elsewhere" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                                   else "redirect stdout elsewhere"))
+    if path == STDOUT:  # the name a failed write to stdout gets (_NamedStdout)
+        return CfgError(stdout_error(exc))
     return CfgError(Diagnostic("E901", f"{reason}: '{path}'{also}", str(path), hint=hint))
 
 

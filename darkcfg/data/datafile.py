@@ -160,24 +160,3 @@ def is_image(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def hidden(name: str) -> bool:
-    """A dot name: macOS's `._x.jpg` Finder metadata and `.DS_Store`, `.ipynb_checkpoints`,
-    `.git` are no part of a data set (a shell glob and ultralytics' listing pass them over)."""
-    return name.startswith(".")
-
-
-def files_under(folder: Path) -> list[Path]:
-    """Every file below `folder` but hidden ones, through linked folders too (a data set's
-    `images -> /data/..` link; Path.rglob does not follow them), each real folder once (a link
-    loop ends)."""
-    seen: set[str] = set()
-    files: list[Path] = []
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not hidden(d)]
-        files += [Path(root) / n for n in names if not hidden(n)]
-    return files

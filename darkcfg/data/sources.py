@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from builders.atomic import files_under, hidden
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.base import (
     DataError,
@@ -27,8 +28,6 @@ from darkcfg.data.base import (
     say_undecodable,
 )
 from darkcfg.data.datafile import (
-    files_under,
-    hidden,
     is_image,
     missing_path_hint,
     read_data_file,

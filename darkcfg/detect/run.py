@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from builders.atomic import files_under
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING, printable
 from darkcfg.data.base import check_image_headers, undecodable_warning
-from darkcfg.data.datafile import IMAGE_EXTENSIONS, files_under, is_image, read_data_file, resolve
+from darkcfg.data.datafile import IMAGE_EXTENSIONS, is_image, read_data_file, resolve
 from darkcfg.detect.decode import (
     Found,
     c_round,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
 
 from builders.memory import DEFAULT_MAX_MEMORY, parse_size
-from cfgparse.errors import ERROR, WARNING, Diagnostic
+from cfgparse.errors import ERROR, WARNING, Diagnostic, stdout_error
 from cfgparse.usage import CommandParser
 from darkcfg.lint.pool import check_paths, default_jobs, expand
 from darkcfg.lint.report import FORMATS, render
@@ -67,12 +68,14 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
         return int(exc.code or 0)
     options = Options(build=not args.no_build, max_memory=args.max_memory, flavor=args.flavor,
                       targets=tuple(dict.fromkeys(args.target)))
-    files = expand(args.files)
-    found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
-    # a folder with nothing to check would pass CI silently (a moved or misspelt folder)
-    found += [Diagnostic("E901", f"folder '{p}' holds no .cfg file", p,
-                         hint="name the folder of the cfg files, or the files")
-              for p in args.files if os.path.isdir(p) and not expand([p])]
+    unreadable: list[Diagnostic] = []  # folders with no cfg, or not all read (E901)
+    files = expand(args.files, unreadable)
+    try:
+        found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
+        found += unreadable
+    except KeyboardInterrupt:  # Ctrl-C, as every darkcfg command says it (no traceback)
+        print("interrupted", file=sys.stderr)
+        return 130
     if args.strict:
         found = [dataclasses.replace(d, severity=ERROR) if d.severity == WARNING else d
                  for d in found]
@@ -83,10 +86,32 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
     report = render(args.format, found, len(files))
     try:
         if report:
-            sys.stdout.write(report + "\n")
+            if sys.stdout is None:  # started with stdout closed (`>&-`): the report is lost
+                raise OSError(errno.EBADF, "stdout is closed")
+            sys.stdout.write(writable(report + "\n", sys.stdout))
             sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: the reader left early; the exit status still counts
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:  # `> darkcfg.sarif` on a full disk: the report is not all there
+        print(stdout_error(exc).format(), file=sys.stderr)
+        if sys.stdout is not None:  # what is still buffered would fail again at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 2
     if any(d.code in IO_CODES for d in found):
         return 2
     return 1 if any(d.severity == ERROR for d in found) else 0
+
+
+def writable(text: str, stream) -> str:
+    """`text` with what `stream` cannot encode escaped as Python writes it (`\\xfc`, `\\udcff`):
+    a non-ASCII name on an ASCII terminal, or a file name of bytes that are not UTF-8 (kept as
+    surrogates) under PYTHONIOENCODING=utf-8, must not end the report in a traceback (exit 1,
+    read as findings)."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+        return text
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # a stream with an encoding Python does not know
+        return text

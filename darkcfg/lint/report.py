@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.parse
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from cfgparse import Diagnostic
 from cfgparse.errors import CODES, ERROR
 
 FORMATS = ("text", "json", "github", "sarif")
+SRCROOT = "%SRCROOT%"  # the uriBaseId of relative paths: the working folder
 
 
 def render(fmt: str, found: Sequence[Diagnostic], n_files: int) -> str:
@@ -60,11 +62,29 @@ def format_github(found: Sequence[Diagnostic]) -> str:
     return "\n".join(lines)
 
 
-def _artifact_uri(path: str) -> str:
+def _artifact_location(path: str) -> dict:
+    """A URI reference for the file, its bytes percent-encoded (a space, a non-ASCII letter, a
+    name of bytes that are not UTF-8); a relative path is relative to SRCROOT, the working
+    folder. As in CodeQL's logs, no originalUriBaseIds: it would carry this machine's absolute
+    path, and GitHub reads relative paths from the repository's root anyway."""
     p = Path(path)
     if p.is_absolute():
-        return p.as_uri()
-    return urllib.parse.quote(p.as_posix())
+        return {"uri": p.as_uri()}
+    return {"uri": urllib.parse.quote(os.fsencode(p.as_posix())), "uriBaseId": SRCROOT}
+
+
+def _utf16_column(source: str, column: int) -> int:
+    """A 1-based column in code points as a column in UTF-16 code units (SARIF's default
+    columnKind, which GitHub reads): a character beyond U+FFFF counts twice."""
+    before = source[:column - 1]
+    return column + sum(ord(c) > 0xFFFF for c in before)
+
+
+def _region(d: Diagnostic) -> dict:
+    start = max(d.column, 1)
+    end = start + max(d.span, 1)
+    return {"startLine": d.line, "startColumn": _utf16_column(d.source, start),
+            "endColumn": _utf16_column(d.source, end)}
 
 
 def sarif_log(found: Sequence[Diagnostic]) -> dict:
@@ -79,10 +99,9 @@ def sarif_log(found: Sequence[Diagnostic]) -> dict:
     } for code in codes]
     results = []
     for d in found:
-        location: dict = {"artifactLocation": {"uri": _artifact_uri(d.path)}}
+        location: dict = {"artifactLocation": _artifact_location(d.path)}
         if d.line:
-            location["region"] = {"startLine": d.line, "startColumn": max(d.column, 1),
-                                  "endColumn": max(d.column, 1) + max(d.span, 1)}
+            location["region"] = _region(d)
         result = {
             "ruleId": d.code,
             "level": "error" if d.severity == ERROR else "warning",
@@ -97,7 +116,6 @@ def sarif_log(found: Sequence[Diagnostic]) -> dict:
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {"name": "darkcfg", "version": _version(), "rules": rules}},
-            "columnKind": "unicodeCodePoints",
             "results": results,
         }],
     }

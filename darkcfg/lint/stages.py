@@ -29,6 +29,9 @@ class Options:
 def check_file(path: str | Path, options: Options | None = None) -> list[Diagnostic]:
     """All findings for one file, sorted by position; never raises for bad input."""
     options = options or Options()
+    if not str(path):  # `darkcfg check "$MODELS"` with MODELS unset: not the working folder
+        return [Diagnostic("E901", "cannot read '': the path is empty", "<path>",
+                           hint="name a cfg file or folder (is a shell variable empty?)")]
     try:
         blocks = parse(Path(path), flavor=options.flavor)
     except CfgError as exc:

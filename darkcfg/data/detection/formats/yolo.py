@@ -25,13 +25,13 @@ from pathlib import Path
 
 import yaml
 
+from builders.atomic import files_under
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING, printable
 from cfgparse.parser import decode
 from cfgparse.yaml_io import load_yaml
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
-    files_under,
     is_image,
     missing_path_hint,
     text_hint,
