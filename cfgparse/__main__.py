@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import schema
-from .errors import CfgError, stdout_error
+from .errors import CfgError, stdout_error, tolerant_output
 from .parser import parse
 from .usage import CommandParser
 from .writer import to_yaml, write
@@ -40,6 +40,7 @@ def arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerant_output()
     try:
         return _main(argv)
     except BrokenPipeError:  # `python -m cfgparse dump X | head`: the reader left early

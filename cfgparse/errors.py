@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import errno
 import functools
+import sys
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -163,6 +164,21 @@ def stdout_error(exc: OSError) -> Diagnostic:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "redirect stdout elsewhere"
     return Diagnostic("E901", f"cannot write the output to stdout: {exc.strerror or exc}",
                       STDOUT, hint=hint)
+
+
+def tolerant_output() -> None:
+    """Let stdout and stderr escape what their encoding cannot hold (`\\xe9`, `\\udce9`), as
+    Python's stderr already does: a non-ASCII file name on an ASCII or cp1252 stdout (a
+    redirect on Windows, PYTHONIOENCODING=ascii), or a name of bytes that are not UTF-8 (kept
+    as surrogates), must not end a command in a UnicodeEncodeError traceback, exit 1. Every
+    command line calls it first."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream already closed or detached
+                pass
 
 
 def printable(path: str) -> str:

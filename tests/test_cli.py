@@ -809,3 +809,26 @@ def test_predict_lines_escape_line_breaks_in_file_names(work, capsys, monkeypatc
     assert code == 0, err
     lines = out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{tmp_path}/a\\nb\\tc.png: "), lines
+
+
+def test_a_name_stdout_cannot_encode_is_escaped_not_a_traceback(tmp_path):
+    """`darkcfg detect été.jpg` with an ASCII stdout (a redirect on a cp1252 Windows console,
+    PYTHONIOENCODING=ascii) printed half its lines, then a UnicodeEncodeError traceback, exit 1:
+    every command line lets stdout escape what it cannot encode (cfgparse.errors.tolerant_output)."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(DETECTOR)
+    Image.new("RGB", (64, 48), (90, 20, 20)).save(tmp_path / "été.jpg")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "darkcfg", "detect", str(cfg), "été.jpg",
+                           "--out", "out", "--no-progress"], cwd=tmp_path, env=env,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"Traceback" not in done.stderr
+    assert done.stdout.startswith(b"\\xe9t\\xe9.jpg: ")

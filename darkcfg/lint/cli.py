@@ -15,7 +15,7 @@ import os
 import sys
 
 from builders.memory import DEFAULT_MAX_MEMORY, parse_size
-from cfgparse.errors import ERROR, WARNING, Diagnostic, stdout_error
+from cfgparse.errors import ERROR, WARNING, Diagnostic, stdout_error, tolerant_output
 from cfgparse.usage import CommandParser
 from darkcfg.lint.pool import check_paths, default_jobs, expand
 from darkcfg.lint.report import FORMATS, render
@@ -59,6 +59,7 @@ def arg_parser(prog: str = "darkcfg check") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
+    tolerant_output()
     parser = arg_parser(prog)
     try:
         args = parser.parse_args(argv)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
         if report:
             if sys.stdout is None:  # started with stdout closed (`>&-`): the report is lost
                 raise OSError(errno.EBADF, "stdout is closed")
-            sys.stdout.write(writable(report + "\n", sys.stdout))
+            sys.stdout.write(report + "\n")
             sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: the reader left early; the exit status still counts
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -100,18 +101,3 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
     if any(d.code in IO_CODES for d in found):
         return 2
     return 1 if any(d.severity == ERROR for d in found) else 0
-
-
-def writable(text: str, stream) -> str:
-    """`text` with what `stream` cannot encode escaped as Python writes it (`\\xfc`, `\\udcff`):
-    a non-ASCII name on an ASCII terminal, or a file name of bytes that are not UTF-8 (kept as
-    surrogates) under PYTHONIOENCODING=utf-8, must not end the report in a traceback (exit 1,
-    read as findings)."""
-    encoding = getattr(stream, "encoding", None) or "utf-8"
-    try:
-        text.encode(encoding)
-        return text
-    except UnicodeEncodeError:
-        return text.encode(encoding, "backslashreplace").decode(encoding)
-    except LookupError:  # a stream with an encoding Python does not know
-        return text
