@@ -814,7 +814,7 @@ def test_predict_lines_escape_line_breaks_in_file_names(work, capsys, monkeypatc
 def test_a_name_stdout_cannot_encode_is_escaped_not_a_traceback(tmp_path):
     """`darkcfg detect été.jpg` with an ASCII stdout (a redirect on a cp1252 Windows console,
     PYTHONIOENCODING=ascii) printed half its lines, then a UnicodeEncodeError traceback, exit 1:
-    every command line lets stdout escape what it cannot encode (cfgparse.errors.tolerant_output)."""
+    every command line lets stdout escape what it cannot encode (errors.tolerant_output)."""
     import os
     import subprocess
     import sys
