@@ -76,6 +76,8 @@ def test_commands_take_a_shipped_cfg_by_name(tmp_path, monkeypatch, capsys):
     assert "Total: 28,842 params" in capsys.readouterr().out
     assert main(["digits.cfg", "--summary"]) == 0  # the flag form
     assert "Total: 28,842 params" in capsys.readouterr().out
+    assert main(["check", "cfg/digits.cfg"]) == 0  # docs/commands.md's line
+    assert "1 file checked: 0 errors, 0 warnings" in capsys.readouterr().out
 
 
 def test_anchors_write_never_edits_the_shipped_cfg(tmp_path, monkeypatch, capsys):
