@@ -7,6 +7,7 @@ from __future__ import annotations
 import configparser
 import fnmatch
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cfgparse import CfgError
 from darkcfg.bundled import FOLDER, resolve_cfg, shipped_cfg
 from darkcfg.cli import main
 from darkcfg.model import ModelSpec
@@ -116,3 +118,30 @@ def test_the_shipped_csv_is_found_as_the_cfgs_comment_names_it(tmp_path, monkeyp
                  "--set", "max_batches=2", "--out", "runs/lr", "--no-progress"]) == 0
     assert "data: CSV " in capsys.readouterr().err
     assert (tmp_path / "runs" / "lr" / "linear_regression_final.weights").exists()
+
+
+def extras() -> dict[str, str]:
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    return dict(setup["options.extras_require"])
+
+
+def test_every_extra_a_hint_names_exists():
+    named = set()
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            named |= set(re.findall(r"darkcfg\[(\w+)\]", path.read_text()))
+    assert {"detect", "export", "video", "digits"} <= named
+    assert named <= set(extras())
+
+
+def test_digits_without_scikit_learn_names_its_extra(monkeypatch):
+    from darkcfg.data.digits import digits_arrays
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # the import fails
+    with pytest.raises(CfgError) as err:
+        digits_arrays(0)
+    d = err.value.first
+    assert (d.code, d.path) == ("E905", "--data")
+    assert "pip install 'darkcfg[digits]'" in d.hint
+    assert "scikit-learn" in extras()["digits"]
