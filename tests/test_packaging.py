@@ -103,9 +103,11 @@ def test_the_wheel_holds_every_data_file(tmp_path):
         shutil.copytree(ROOT / package, src / package, ignore=ignore)
     for name in ("setup.cfg", "pyproject.toml", "README.md", "runner.py"):
         shutil.copy(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
-                   check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps",
+                            "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                           check=True, capture_output=True, text=True)
+    # setuptools warns that it will drop a data folder that is not in `packages`
+    assert "is absent from the `packages` configuration" not in built.stdout + built.stderr
     (wheel,) = (tmp_path / "dist").glob("darkcfg-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert set(data_files()) <= names
