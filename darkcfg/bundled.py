@@ -5,6 +5,7 @@ No torch: the linter's layer may use it."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 FOLDER = Path(__file__).with_name("cfg")
@@ -31,6 +32,16 @@ def shipped_cfg(arg: str) -> str | None:
     return str(FOLDER / name)
 
 
+_said: set[str] = set()
+
+
 def resolve_cfg(arg):
-    """`arg`, or the shipped cfg it names when there is no such file (see shipped_cfg)."""
-    return shipped_cfg(arg) or arg
+    """`arg`, or the shipped cfg it names when there is no such file (see shipped_cfg), said
+    once on stderr: a run in the wrong folder should not take the stock cfg unnoticed."""
+    shipped = shipped_cfg(arg)
+    if not shipped:
+        return arg
+    if shipped not in _said:
+        _said.add(shipped)
+        print(f"cfg: {arg} is darkcfg's shipped {shipped} (no such file here)", file=sys.stderr)
+    return shipped

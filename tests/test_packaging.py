@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cfgparse import CfgError
+from darkcfg import bundled
 from darkcfg.bundled import FOLDER, resolve_cfg, shipped_cfg
 from darkcfg.cli import main
 from darkcfg.model import ModelSpec
@@ -74,8 +75,12 @@ def test_a_shipped_cfg_is_found_by_name_where_no_such_file_is(tmp_path, monkeypa
 
 def test_commands_take_a_shipped_cfg_by_name(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    bundled._said.clear()
     assert main(["summary", "digits.cfg"]) == 0
-    assert "Total: 28,842 params" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "Total: 28,842 params" in out
+    said = f"cfg: digits.cfg is darkcfg's shipped {FOLDER / 'digits.cfg'} (no such file here)"
+    assert err == said + "\n"
     assert main(["digits.cfg", "--summary"]) == 0  # the flag form
     assert "Total: 28,842 params" in capsys.readouterr().out
     assert main(["check", "cfg/digits.cfg"]) == 0  # docs/commands.md's line
