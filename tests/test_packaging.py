@@ -83,8 +83,9 @@ def test_commands_take_a_shipped_cfg_by_name(tmp_path, monkeypatch, capsys):
     assert err == said + "\n"
     assert main(["digits.cfg", "--summary"]) == 0  # the flag form
     assert "Total: 28,842 params" in capsys.readouterr().out
-    assert main(["check", "cfg/digits.cfg"]) == 0  # docs/commands.md's line
-    assert "1 file checked: 0 errors, 0 warnings" in capsys.readouterr().out
+    # a linter checks the files named: a moved cfg must fail CI, not pass as the stock one
+    assert main(["check", "cfg/digits.cfg"]) == 2
+    assert "cfg/digits.cfg: error[E901]: cannot read 'cfg/digits.cfg'" in capsys.readouterr().out
 
 
 def test_anchors_write_never_edits_the_shipped_cfg(tmp_path, monkeypatch, capsys):

@@ -16,7 +16,6 @@ import sys
 from builders.memory import DEFAULT_MAX_MEMORY, parse_size
 from cfgparse.errors import ERROR, WARNING, Diagnostic
 from cfgparse.usage import CommandParser
-from darkcfg.bundled import resolve_cfg
 from darkcfg.lint.pool import check_paths, default_jobs, expand
 from darkcfg.lint.report import FORMATS, render
 from darkcfg.lint.stages import Options
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
         return int(exc.code or 0)
     options = Options(build=not args.no_build, max_memory=args.max_memory, flavor=args.flavor,
                       targets=tuple(dict.fromkeys(args.target)))
-    files = expand([resolve_cfg(f) for f in args.files])  # `darkcfg check yolov3-tiny.cfg`
+    files = expand(args.files)
     found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
     # a folder with nothing to check would pass CI silently (a moved or misspelt folder)
     found += [Diagnostic("E901", f"folder '{p}' holds no .cfg file", p,
