@@ -122,3 +122,12 @@ def test_a_bad_size_is_one_diagnostic_with_its_help_as_in_anchors(tmp_path, caps
         assert err == (f"--size: error[E100]: --size {size}: not WxH (two positive integers)\n"
                        "help: e.g. --size 416x416\n")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_check_takes_a_shipped_cfg_by_name(tmp_path, capsys, monkeypatch):
+    """`--cfg yolov4-tiny.cfg` away from a checkout: the package's copy (its 80 classes)."""
+    data = write_yolo(tmp_path / "y")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = check(capsys, data, "--cfg", "yolov4-tiny.cfg", "--plot", "c.png")
+    assert code == 0 and "error" not in err
+    assert "stride 32 (13x13 cells)" in out

@@ -110,7 +110,7 @@ def test_no_import_cycle_among_the_project_modules():
 LAYERS = {
     "cfgparse": 0,
     "builders": 1,
-    "darkcfg": 2, "darkcfg.config": 2, "darkcfg.model": 2, "darkcfg.lint": 2,
+    "darkcfg": 2, "darkcfg.bundled": 2, "darkcfg.config": 2, "darkcfg.model": 2, "darkcfg.lint": 2,
     "darkcfg.stopping": 2,
     "darkcfg.data": 3, "darkcfg.detect": 4, "darkcfg.export": 5,
     "darkcfg.train": 6,

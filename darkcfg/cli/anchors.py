@@ -60,10 +60,18 @@ def main(argv: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from builders.atomic import check_editable, check_writable
+    from darkcfg.bundled import shipped_cfg
     from darkcfg.data.detection import anchors as fit
     from darkcfg.model import build_network
 
     fit.check_restarts(args.restarts)  # before the build and the data read
+    shipped = shipped_cfg(args.cfg)
+    if shipped and args.write:  # never edit the installed package's copy
+        raise CfgError(Diagnostic("E100", f"--write would edit darkcfg's own {args.cfg} "
+                                  f"({shipped})", "--write",
+                                  hint=f"copy it and name the copy: cp {shipped} "
+                                  f"my-{Path(shipped).name}"))
+    args.cfg = shipped or args.cfg
     net, _, _ = build_network(args.cfg, [], "alexeyab", args.seed, device="meta")
     heads = anchored_heads(net)
     if not heads:

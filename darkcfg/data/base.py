@@ -21,8 +21,8 @@ class DataError(Exception):
     A plain-string exception, so it survives the trip back from DataLoader workers."""
 
 
-def data_error(message: str, where: str, hint: str = "") -> CfgError:
-    return CfgError(Diagnostic("E901", message, where, hint=hint))
+def data_error(message: str, where: str, hint: str = "", code: str = "E901") -> CfgError:
+    return CfgError(Diagnostic(code, message, where, hint=hint))
 
 
 def check_classes_option(classes: int | None, spec) -> None:

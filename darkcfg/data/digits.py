@@ -17,8 +17,9 @@ def digits_arrays(seed: int, val_share: float = 0.2):
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise data_error("--data digits needs scikit-learn", "--data",
-                         "pip install scikit-learn (or: pip install 'darkcfg[dev]')") from None
+        raise data_error("--data digits needs scikit-learn, which is not installed", "--data",
+                         "pip install 'darkcfg[digits]' (or: pip install scikit-learn)",
+                         code="E905") from None
     digits = load_digits()
     images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
     labels = digits.target.astype(np.int64)

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from builders.atomic import files_under, hidden
 from cfgparse import CfgError, Diagnostic
+from darkcfg.bundled import resolve_cfg
 from darkcfg.data.base import (
     DataError,
     DataSplits,
@@ -39,8 +40,8 @@ KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NA
 
 
 def data_path(spec: str) -> Path:
-    """--data SPEC as an existing path."""
-    path = Path(spec).expanduser()
+    """--data SPEC as an existing path (cfg/linear_regression.csv: the shipped one if missing)."""
+    path = Path(resolve_cfg(spec)).expanduser()
     if not path.exists():
         raise data_error(f"'{spec}' does not exist", "--data", KINDS_HINT)
     return path

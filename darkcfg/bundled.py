@@ -1,0 +1,47 @@
+"""The cfg files darkcfg ships (darkcfg/cfg/; a checkout's cfg/ links to it): the README's
+`cfg/yolov3-tiny.cfg` must work after `pip install`, where no cfg/ folder is at hand.
+No torch: the linter's layer may use it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+FOLDER = Path(__file__).with_name("cfg")
+
+
+def shipped_names() -> list[str]:
+    """The file names of the shipped cfgs (and the CSV of linear_regression.cfg)."""
+    try:
+        return sorted(os.listdir(FOLDER))
+    except OSError:  # a package installed without its data: nothing is shipped
+        return []
+
+
+def shipped_cfg(arg: str) -> str | None:
+    """The path of the shipped copy that `arg` names (`yolov3-tiny.cfg` or `cfg/yolov3-tiny.cfg`),
+    or None: a file at `arg` itself, or any other name, is taken as written."""
+    if isinstance(arg, os.PathLike):
+        arg = os.fspath(arg)
+    if not isinstance(arg, str) or os.path.lexists(arg):
+        return None
+    folder, _, name = arg.replace(os.sep, "/").rpartition("/")
+    if folder not in ("", "cfg", "./cfg") or name not in shipped_names():
+        return None
+    return str(FOLDER / name)
+
+
+_said: set[str] = set()
+
+
+def resolve_cfg(arg):
+    """`arg`, or the shipped cfg it names when there is no such file (see shipped_cfg), said
+    once on stderr: a run in the wrong folder should not take the stock cfg unnoticed."""
+    shipped = shipped_cfg(arg)
+    if not shipped:
+        return arg
+    if shipped not in _said:
+        _said.add(shipped)
+        print(f"cfg: {arg} is darkcfg's shipped {shipped} (no such file here)", file=sys.stderr)
+    return shipped

@@ -1,0 +1,155 @@
+"""What `pip install darkcfg` puts on a machine without a checkout: every file the code opens
+at run time (the grammar, the native kernels' C source, the cfgs the README names), and the
+cfgs found by name from any folder."""
+
+from __future__ import annotations
+
+import configparser
+import fnmatch
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from cfgparse import CfgError
+from darkcfg import bundled
+from darkcfg.bundled import FOLDER, resolve_cfg, shipped_cfg
+from darkcfg.cli import main
+from darkcfg.model import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("cfgparse", "builders", "darkcfg")
+
+
+def data_files() -> list[str]:
+    """The packages' files that are not Python (what package_data must carry)."""
+    found = []
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".py":
+                found.append(path.relative_to(ROOT).as_posix())
+    return sorted(found)
+
+
+def package_data_globs() -> list[str]:
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    globs = []
+    for package, patterns in setup["options.package_data"].items():
+        globs += [f"{package.replace('.', '/')}/{p.strip()}"
+                  for p in patterns.replace(",", "\n").split() if p.strip()]
+    return globs
+
+
+def test_package_data_covers_every_data_file():
+    files = data_files()
+    assert {"cfgparse/grammar.lark", "builders/native_kernels.c",
+            "darkcfg/cfg/yolov3-tiny.cfg"} <= set(files)
+    globs = package_data_globs()
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert missing == [], "add these to [options.package_data] in setup.cfg"
+
+
+def test_the_checkouts_cfg_folder_is_the_shipped_one():
+    assert (ROOT / "cfg").resolve() == FOLDER.resolve()
+
+
+def test_a_shipped_cfg_is_found_by_name_where_no_such_file_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = str(FOLDER / "yolov3-tiny.cfg")
+    assert resolve_cfg("yolov3-tiny.cfg") == shipped
+    assert resolve_cfg("cfg/yolov3-tiny.cfg") == shipped
+    assert resolve_cfg(Path("cfg/yolov3-tiny.cfg")) == shipped
+    assert ModelSpec("cfg/digits.cfg").cfg == str(FOLDER / "digits.cfg")
+    for other in ("models/yolov3-tiny.cfg", "nope.cfg", "[net]\nwidth=8", "", "a\0b.cfg"):
+        assert resolve_cfg(other) == other and shipped_cfg(other) is None
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "yolov3-tiny.cfg").write_text("[net]\n")
+    assert resolve_cfg("cfg/yolov3-tiny.cfg") == "cfg/yolov3-tiny.cfg"  # the user's file wins
+
+
+def test_commands_take_a_shipped_cfg_by_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bundled._said.clear()
+    assert main(["summary", "digits.cfg"]) == 0
+    out, err = capsys.readouterr()
+    assert "Total: 28,842 params" in out
+    said = f"cfg: digits.cfg is darkcfg's shipped {FOLDER / 'digits.cfg'} (no such file here)"
+    assert err == said + "\n"
+    assert main(["digits.cfg", "--summary"]) == 0  # the flag form
+    assert "Total: 28,842 params" in capsys.readouterr().out
+    # a linter checks the files named: a moved cfg must fail CI, not pass as the stock one
+    assert main(["check", "cfg/digits.cfg"]) == 2
+    assert "cfg/digits.cfg: error[E901]: cannot read 'cfg/digits.cfg'" in capsys.readouterr().out
+
+
+def test_anchors_write_never_edits_the_shipped_cfg(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shipped = FOLDER / "yolov3-tiny.cfg"
+    before = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert main(["anchors", "yolov3-tiny.cfg", "--write"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("--write: error[E100]: --write would edit darkcfg's own")
+    assert f"help: copy it and name the copy: cp {shipped} my-yolov3-tiny.cfg" in err
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_every_data_file(tmp_path):
+    """Built from a copy of the tree, as `pip wheel --no-deps .` does (about 15 s)."""
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, src / package, ignore=ignore)
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "runner.py"):
+        shutil.copy(ROOT / name, src / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps",
+                            "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                           check=True, capture_output=True, text=True)
+    # setuptools warns that it will drop a data folder that is not in `packages`
+    assert "is absent from the `packages` configuration" not in built.stdout + built.stderr
+    (wheel,) = (tmp_path / "dist").glob("darkcfg-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert set(data_files()) <= names
+    assert "runner.py" in names
+
+
+def test_the_shipped_csv_is_found_as_the_cfgs_comment_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "cfg/linear_regression.cfg", "--data", "cfg/linear_regression.csv",
+                 "--set", "max_batches=2", "--out", "runs/lr", "--no-progress"]) == 0
+    assert "data: CSV " in capsys.readouterr().err
+    assert (tmp_path / "runs" / "lr" / "linear_regression_final.weights").exists()
+
+
+def extras() -> dict[str, str]:
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    return dict(setup["options.extras_require"])
+
+
+def test_every_extra_a_hint_names_exists():
+    named = set()
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            named |= set(re.findall(r"darkcfg\[(\w+)\]", path.read_text()))
+    assert {"detect", "export", "video", "digits"} <= named
+    assert named <= set(extras())
+
+
+def test_digits_without_scikit_learn_names_its_extra(monkeypatch):
+    from darkcfg.data.digits import digits_arrays
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # the import fails
+    with pytest.raises(CfgError) as err:
+        digits_arrays(0)
+    d = err.value.first
+    assert (d.code, d.path) == ("E905", "--data")
+    assert "pip install 'darkcfg[digits]'" in d.hint
+    assert "scikit-learn" in extras()["digits"]
