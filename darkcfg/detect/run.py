@@ -216,11 +216,15 @@ def ext_output(found: list[Found], image_w: int, image_h: int) -> list[str]:
 def coco_results(found: list[Found], image_id, image_w: int, image_h: int,
                  category_ids: Sequence[int] | None = None) -> list[dict]:
     """COCO results entries (print_cocos): bbox [x, y, w, h] in pixels, clipped to the image;
-    `category_id` the class index, or `category_ids[class]` (a COCO --data's own ids)."""
+    `category_id` the class index, or `category_ids[class]` (a COCO --data's own ids). A box
+    with no area inside the image (one in a letterbox's padding) is left out: Darknet writes it
+    with a negative width or height, which COCOeval ignores and no COCO tool takes as a box."""
     out = []
     for f in found:
         left, top = max(f.box[0], 0.0), max(f.box[1], 0.0)
         right, bottom = min(f.box[2], float(image_w)), min(f.box[3], float(image_h))
+        if right <= left or bottom <= top:
+            continue
         category = category_ids[f.class_id] if category_ids is not None and \
             f.class_id < len(category_ids) else f.class_id
         out.append({"image_id": image_id, "category_id": category,
