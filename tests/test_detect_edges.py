@@ -43,3 +43,80 @@ def test_letterboxed_detections_json_holds_only_boxes_inside_the_image(tmp_path,
     results = json.loads((out / "detections.json").read_text())
     assert results and all(r["bbox"][2] > 0 and r["bbox"][3] > 0 for r in results)
     assert len(results) < printed  # the boxes in the padding are printed, not in the JSON
+
+
+def never_built(monkeypatch):
+    """Building a network fails the test: what is checked must be said before the build."""
+    def build_network(*args, **kw):
+        raise AssertionError("the network was built before the inputs were checked")
+
+    monkeypatch.setattr("darkcfg.model.build_network", build_network)
+
+
+def test_a_missing_image_is_said_before_the_build_and_leaves_no_out_folder(
+        tmp_path, capsys, monkeypatch):
+    # found after the build and the weights (seconds for yolov4), leaving an empty
+    # runs/<cfg>/detect behind
+    cfg = tiny_cfg(tmp_path)
+    save(tmp_path / "imgs" / "a.jpg", 20, 30)
+    never_built(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(cfg, "--detect", "imgs", "missing.jpg") == 2
+    assert "missing.jpg' does not exist" in capsys.readouterr().err
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    assert run_cli(cfg, "--detect", "imgs") == 2
+    assert "bad.png: cannot identify image file" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_broken_link_or_fifo_is_not_called_missing(tmp_path, capsys, monkeypatch):
+    import os
+
+    cfg = tiny_cfg(tmp_path)
+    folder = tmp_path / "imgs"
+    save(folder / "a.jpg", 20, 30)
+    (folder / "gone.jpg").symlink_to("nowhere.jpg")
+    os.mkfifo(folder / "pipe.png")
+    never_built(monkeypatch)
+    assert run_cli(cfg, "--detect", folder / "gone.jpg") == 2
+    assert "'nowhere.jpg', which does not exist" in capsys.readouterr().err
+    assert run_cli(cfg, "--detect", folder / "pipe.png") == 2
+    assert "is not a file (a FIFO, socket or device)" in capsys.readouterr().err
+    # in a folder they were passed over without a word
+    from darkcfg.detect.run import image_paths
+
+    assert image_paths([str(folder)]) == ([folder / "a.jpg"], True)
+    assert "skipped 2 image name(s) that are not files (e.g. " in capsys.readouterr().err
+
+
+def test_predict_image_typo_is_said_before_training(tmp_path, capsys, monkeypatch,
+                                                     tiny_classifier):
+    # runner.py CFG --train --predict typo.png trained to the end, then said it
+    import darkcfg.cli.train
+
+    cfg = tiny_classifier.write(tmp_path / "tiny.cfg")
+    monkeypatch.setattr(darkcfg.cli.train, "run", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("trained before the --predict images were checked")))
+    assert run_cli(cfg, "--train", "--predict", tmp_path / "typo.png") == 2
+    assert "typo.png' does not exist" in capsys.readouterr().err
+
+
+def test_predict_prints_each_image_as_it_is_classified(tmp_path, capsys, monkeypatch,
+                                                        tiny_classifier):
+    # a folder of thousands printed nothing until the last image was classified
+    import darkcfg.train.session as session
+    from darkcfg.cli import main
+
+    cfg = tiny_classifier.write(tmp_path / "tiny.cfg")
+    for i in range(3):
+        save(tmp_path / "imgs" / f"{i}.png", 12, 12, seed=i)
+    printed = []
+    read_image = session.read_image
+
+    def reading(path, channels):
+        printed.append(capsys.readouterr().out.count("%"))
+        return read_image(path, channels)
+
+    monkeypatch.setattr(session, "read_image", reading)
+    assert main(["predict", str(cfg), str(tmp_path / "imgs"), "--top", "2"]) == 0
+    assert printed == [0, 2, 2]  # image 1's line is out before image 2 is read

@@ -76,12 +76,15 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
     files inside folders are skipped with one warning line. Returns (paths, any folder?)."""
     paths: list[Path] = []
     skipped: list[Path] = []
+    unreadable: list[Path] = []  # broken links, FIFOs, sockets under an image's name
     folder = False
     for target in targets:
         p = Path(target)
         if p.is_dir():
             folder = True
-            found = sorted(q for q in files_under(p) if q.is_file())
+            listed = files_under(p)
+            found = sorted(q for q in listed if q.is_file())
+            unreadable += sorted(q for q in listed if is_image(q) and not q.is_file())
             images = {f.with_suffix("") for f in found if is_image(f)}
             for f in found:
                 if is_image(f):
@@ -92,15 +95,35 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
         elif p.is_file():
             paths.append(p)
         else:
-            raise CfgError(Diagnostic("E901", f"image or folder '{target}' does not exist",
+            raise CfgError(Diagnostic("E901", f"image or folder '{target}' {not_there(p)}",
                                       target, hint="check the path: an image, a folder, a "
                                       "video, a stream URL or a camera index"))
+    if unreadable:
+        say(f"warning: skipped {len(unreadable)} image name(s) that are not files "
+            f"(e.g. {printable(str(unreadable[0]))}: {not_there(unreadable[0])})")
     if skipped:
         say(f"warning: skipped {len(skipped)} file(s) that are not images "
             f"(e.g. {skipped[0]}; images end in {', '.join(IMAGE_EXTENSIONS)})")
     if not paths:
         raise CfgError(Diagnostic("E901", "no images to run", " ".join(targets),
                                   hint="give image files or folders that hold some"))
+    return paths, folder
+
+
+def not_there(path: Path) -> str:
+    """Why a path named as an image is neither a file nor a folder."""
+    if path.is_symlink() and not path.exists():
+        return f"is a link to '{os.readlink(path)}', which does not exist"
+    if os.path.exists(path):  # a FIFO, a socket or a device: reading it could wait forever
+        return "is not a file (a FIFO, socket or device): save the image to a file"
+    return "does not exist"
+
+
+def checked_images(targets: list[str]) -> tuple[list[Path], bool]:
+    """`image_paths`, every image's header read (check_image_headers): a missing or unreadable
+    image is an E901 before the (slow) build and weights, and before --out is made."""
+    paths, folder = image_paths(targets)
+    check_image_headers([str(p) for p in paths], ", ".join(targets))
     return paths, folder
 
 
@@ -298,6 +321,9 @@ def run_detect(opts: DetectOptions) -> None:
         videos = [t for t in opts.targets if is_video(t)]
         if videos:
             require_av(videos[0])  # before the build and the images, not after them
+        images = [t for t in opts.targets if not is_video(t)]
+        found = checked_images(images) if images else ([], False)
+        refuse_output_over_inputs(out, found[0])
     names, names_where, coco = read_names(opts.names, opts.data)
     model = opts.model
     net = detector(model, opts.max_memory, opts.force)
@@ -306,14 +332,10 @@ def run_detect(opts: DetectOptions) -> None:
         detections_json(net, opts, names)
     if opts.targets:
         from builders.atomic import lock_folder
-        from darkcfg.detect.video import is_video, source_name
+        from darkcfg.detect.video import source_name
 
-        videos = [t for t in opts.targets if is_video(t)]
-        images = [t for t in opts.targets if not is_video(t)]
         lock = lock_folder(out, "--out")  # two detects into one folder would mix their files
         try:
-            found = image_paths(images) if images else ([], False)
-            refuse_output_over_inputs(out, found[0])
             taken: set[str] = set()
             stems = [unique_stem(p, taken) for p in found[0]]
             # clip.mp4 and sub/clip.mp4: clip and clip_1
@@ -470,20 +492,20 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                   found: tuple[list[Path], bool] | None = None) -> set[str]:
     """Detect in the images and folders `targets` (`found`: their `image_paths`, if the
     caller has them), writing OUT/<name>.jpg (and .txt) and OUT/detections.json (with a COCO
-    --data's ids when it lists every image). Returns the output names used."""
+    --data's ids when it lists every image; `found` is checked_images' answer). Returns the
+    output names used."""
     from tqdm import tqdm
 
-    paths, folder = found or image_paths(list(opts.targets) if targets is None else targets)
+    # fail on an unreadable image before any work, with its path: the header check training
+    # makes (Pillow's verify() also refused a PNG whose IDAT checksum alone is wrong, which
+    # training, validation and data check read)
+    paths, folder = found or checked_images(list(opts.targets) if targets is None else targets)
     refuse_output_over_inputs(out, paths)
     from builders.atomic import ensure_folder
 
     ensure_folder(out, "--out")
     letter = opts.letter_box or net_letter_box(net)
-    # fail on an unreadable image before any work, with its path: the header check training
-    # makes (Pillow's verify() also refused a PNG whose IDAT checksum alone is wrong, which
-    # training, validation and data check read)
     loaded = [str(p) for p in paths]
-    check_image_headers(loaded, ", ".join(opts.targets if targets is None else targets))
     results, taken, objects = [], set(), 0
     numbered = numbered_images(paths)
     listed = coco is not None and all(p.name in coco.images for p in paths)
