@@ -120,3 +120,15 @@ def test_predict_prints_each_image_as_it_is_classified(tmp_path, capsys, monkeyp
     monkeypatch.setattr(session, "read_image", reading)
     assert main(["predict", str(cfg), str(tmp_path / "imgs"), "--top", "2"]) == 0
     assert printed == [0, 2, 2]  # image 1's line is out before image 2 is read
+
+
+def test_a_names_file_breaks_lines_at_line_breaks_only(tmp_path, capsys):
+    # str.splitlines also broke at a form feed and U+2028: every class after one was printed
+    # under its neighbour's name (Darknet's get_labels breaks at '\n' only)
+    from darkcfg.detect.run import read_names
+
+    path = tmp_path / "odd.names"
+    path.write_text("zero \r\none\u2028x\r\n\r\nthree\x0cfour\r\nfive\n", encoding="utf-8")
+    names, _, _ = read_names(str(path), None)
+    assert names == ["zero", "one\u2028x", "", "three\x0cfour", "five"]
+    assert "line 3 of" in capsys.readouterr().err

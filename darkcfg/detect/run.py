@@ -21,7 +21,15 @@ import torch
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING, printable
 from darkcfg.data.base import check_image_headers, undecodable_warning
-from darkcfg.data.datafile import IMAGE_EXTENSIONS, files_under, is_image, read_data_file, resolve
+from darkcfg.data.datafile import (
+    IMAGE_EXTENSIONS,
+    files_under,
+    is_image,
+    names_in,
+    read_data_file,
+    resolve,
+    split_lines,
+)
 from darkcfg.detect.decode import (
     Found,
     c_round,
@@ -157,13 +165,11 @@ def read_names(names_file: str | None, data_file: str | None
     if names_file is None:
         return [], None, None
     try:
-        lines = Path(names_file).read_text(encoding="utf-8-sig").splitlines()
+        text = Path(names_file).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CfgError(Diagnostic("E901", f"cannot read the names file '{names_file}': {exc}",
                                   names_file, hint="one class name per line")) from None
-    names = [line.strip() for line in lines]
-    while names and not names[-1]:  # blank lines at the end name nothing
-        names.pop()
+    names = names_in(split_lines(text))
     blank = [n for n, name in enumerate(names) if not name]
     if blank:  # Darknet's get_labels keeps a blank line's place: the names after it keep theirs
         say(f"warning: line {blank[0] + 1} of '{names_file}' is blank"
