@@ -4,6 +4,7 @@ did to them (docs/robustness.md, "Detection")."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -132,3 +133,25 @@ def test_a_names_file_breaks_lines_at_line_breaks_only(tmp_path, capsys):
     names, _, _ = read_names(str(path), None)
     assert names == ["zero", "one\u2028x", "", "three\x0cfour", "five"]
     assert "line 3 of" in capsys.readouterr().err
+
+
+def test_an_image_list_is_read_as_darknets_lists(tmp_path, capsys, monkeypatch):
+    # a list.txt (Darknet's `detector test ... < list.txt`) was an image that Pillow could not
+    # identify: "convert it to JPEG/PNG"
+    from darkcfg.detect.run import image_paths
+
+    monkeypatch.chdir(tmp_path)
+    save(tmp_path / "data" / "sub" / "a.jpg", 20, 30)
+    save(tmp_path / "b.png", 20, 30)
+    listed = tmp_path / "data" / "list.txt"
+    # a BOM, CRLF, a blank line, spaces; one path next to the list, one from the working folder
+    listed.write_bytes(b"\xef\xbb\xbfsub/a.jpg\r\n\r\n  b.png \r\n")
+    assert image_paths(["data/list.txt"]) == ([Path("data/sub/a.jpg"), Path("b.png")], True)
+    listed.write_text("sub/a.jpg\nnope.jpg\n")
+    cfg = tiny_cfg(tmp_path)
+    assert run_cli(cfg, "--detect", "data/list.txt") == 2
+    err = capsys.readouterr().err
+    assert "data/list.txt:2:1: error[E901]: listed image 'nope.jpg' does not exist" in err
+    listed.write_text("sub/a.jpg\n")
+    assert run_cli(cfg, "--detect", "data/list.txt", "--out", "o", "--no-progress") == 0
+    assert (tmp_path / "o" / "a.jpg").is_file()

@@ -24,9 +24,12 @@ from darkcfg.data.base import check_image_headers, undecodable_warning
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
     files_under,
+    found_under,
     is_image,
+    missing_path_hint,
     names_in,
     read_data_file,
+    read_text,
     resolve,
     split_lines,
 )
@@ -80,8 +83,9 @@ def say(message: str) -> None:
 # -- inputs ---------------------------------------------------------------------------------------
 
 def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
-    """The images to run: files as given, folders' image files (recursive, sorted). Non-image
-    files inside folders are skipped with one warning line. Returns (paths, any folder?)."""
+    """The images to run: files as given, folders' image files (recursive, sorted), the lines
+    of a `.txt` list (`listed_images`). Non-image files inside folders are skipped with one
+    warning line. Returns (paths, any folder or list?)."""
     paths: list[Path] = []
     skipped: list[Path] = []
     unreadable: list[Path] = []  # broken links, FIFOs, sockets under an image's name
@@ -100,6 +104,9 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
                 elif not (f.suffix == ".txt" and f.with_suffix("") in images):
                     skipped.append(f)  # (an image's label file beside it, Darknet's layout,
                     #                     is skipped without a word)
+        elif p.is_file() and p.suffix.lower() == IMAGE_LIST:
+            folder = True  # (a progress bar, as for a folder)
+            paths += listed_images(p)
         elif p.is_file():
             paths.append(p)
         else:
@@ -116,6 +123,31 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
         raise CfgError(Diagnostic("E901", "no images to run", " ".join(targets),
                                   hint="give image files or folders that hold some"))
     return paths, folder
+
+
+IMAGE_LIST = ".txt"  # an image list given to detect or predict: one path a line
+
+
+def listed_images(path: Path) -> list[Path]:
+    """The images of a list file (what Darknet's `detector test ... < list.txt` reads one line
+    at a time), read as a .data file's lists are: a path as written (relative to the working
+    folder), else next to the list; blank lines, a BOM and CRLF ends skipped. A listed path
+    that is no file is E901 at its line."""
+    out = []
+    for n, line in enumerate(split_lines(read_text(path)), 1):
+        raw = line.strip()
+        if not raw:
+            continue
+        base = found_under(raw, (path.parent,))
+        image = Path(os.path.join(base, raw)) if base else Path(raw)
+        if not image.is_file():
+            raise CfgError(Diagnostic(
+                "E901", f"listed image '{printable(raw)}' {not_there(image)}", str(path), n,
+                len(line) - len(line.lstrip()) + 1, source=line.rstrip(), span=len(raw),
+                hint=missing_path_hint(raw, "paths are tried relative to the current "
+                                       f"directory, then to {path.parent or '.'}")))
+        out.append(image)
+    return out
 
 
 def not_there(path: Path) -> str:
