@@ -155,3 +155,75 @@ def test_an_image_list_is_read_as_darknets_lists(tmp_path, capsys, monkeypatch):
     listed.write_text("sub/a.jpg\n")
     assert run_cli(cfg, "--detect", "data/list.txt", "--out", "o", "--no-progress") == 0
     assert (tmp_path / "o" / "a.jpg").is_file()
+
+
+class ClosedAfter:
+    """A stdout whose reader leaves after the result lines of `images` images."""
+
+    def __init__(self, images: int, spare):
+        self.images, self.spare = images, spare
+
+    def write(self, text):
+        if " object(s)" in text:
+            if self.images <= 0:
+                raise BrokenPipeError(32, "Broken pipe")
+            self.images -= 1
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def fileno(self):  # what guarded points at /dev/null afterwards: a file of the test's own
+        return self.spare.fileno()
+
+
+def test_a_closed_stdout_keeps_the_detections_of_the_images_drawn(tmp_path, capsys,
+                                                                  monkeypatch):
+    # `darkcfg detect DIR | head` stopped at the first line it could not print and left the
+    # drawn images without a detections.json
+    import sys
+
+    cfg = tiny_cfg(tmp_path)
+    for i in range(3):
+        save(tmp_path / "imgs" / f"{i}.png", 20, 30, seed=i)
+    out = tmp_path / "o"
+    with open(tmp_path / "spare", "w") as spare:
+        monkeypatch.setattr(sys, "stdout", ClosedAfter(1, spare))
+        assert run_cli(cfg, "--detect", tmp_path / "imgs", "--out", out, "--thresh", "0.3",
+                       "--no-progress") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0.jpg", "detections.json"]
+    found = json.loads((out / "detections.json").read_text())
+    assert found and {d["image_id"] for d in found} == {0}
+    assert "1 of 3 image(s) written" in capsys.readouterr().err
+
+
+def test_detections_json_is_written_as_it_comes_and_a_failed_write_leaves_nothing(
+        tmp_path, monkeypatch):
+    import errno
+
+    from cfgparse import CfgError
+    from darkcfg.detect.run import JsonList
+
+    entries = [{"image_id": 1, "bbox": [0.5, 1, 2, 3], "score": 0.25}, {"image_id": "x"}]
+    written = JsonList(tmp_path / "a.json")
+    written.add(entries[:1])
+    written.add([])
+    written.add(entries[1:])
+    written.close()
+    assert (tmp_path / "a.json").read_text() == json.dumps(entries) + "\n"
+    left = JsonList(tmp_path / "b.json")
+    left.add(entries)
+    left.discard()
+    full = JsonList(tmp_path / "c.json")
+
+    def no_space(data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(full._file, "write", no_space)
+    try:
+        full.add(entries)
+    except CfgError as exc:
+        assert "cannot write" in str(exc) and "c.json" in str(exc) and "no space" in str(exc)
+    else:
+        raise AssertionError("a full disk was not said")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]

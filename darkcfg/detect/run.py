@@ -305,6 +305,50 @@ def save_jpeg(path: Path, rgb: torch.Tensor) -> None:
         Image.fromarray(rgb.permute(1, 2, 0).numpy()).save(fh, format="JPEG", quality=90)
 
 
+class _Discarded(Exception):
+    """Thrown into atomic_open to leave no file (JsonList.discard)."""
+
+
+class JsonList:
+    """A JSON list written as its entries come (detections.json: a folder of thousands at a low
+    --thresh held millions of entries in memory until its last image): into a temp file beside
+    `path` that `close()` renames into place, `discard()` removes. The same bytes as
+    json.dumps(entries) + newline."""
+
+    def __init__(self, path: Path):
+        from builders.atomic import atomic_open
+
+        self.path, self.count = path, 0
+        self._writer = atomic_open(path)
+        self._file = self._writer.__enter__()
+        self._write(b"[")
+
+    def add(self, entries: list[dict]) -> None:
+        for entry in entries:
+            self._write((b", " if self.count else b"") + json.dumps(entry).encode())
+            self.count += 1
+
+    def _write(self, data: bytes) -> None:
+        from builders.atomic import write_error
+
+        try:
+            self._file.write(data)
+        except OSError as exc:  # a full disk: said at detections.json, not at an image
+            self.discard()
+            raise write_error(self.path, exc, started=True) from None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._write(b"]\n")
+            writer, self._writer = self._writer, None
+            writer.__exit__(None, None, None)
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.__exit__(_Discarded, _Discarded(), None)
+
+
 def write_text(path: Path, text: str) -> None:
     from builders.atomic import atomic_write
 
@@ -544,12 +588,13 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
     ensure_folder(out, "--out")
     letter = opts.letter_box or net_letter_box(net)
     loaded = [str(p) for p in paths]
-    results, taken, objects = [], set(), 0
+    taken, objects = set(), 0
     numbered = numbered_images(paths)
     listed = coco is not None and all(p.name in coco.images for p in paths)
     bar = tqdm(total=len(paths), unit="img", disable=not (progress and folder), file=sys.stderr)
     start = time.perf_counter()
     done, unreadable, written = 0, 0, 0
+    results = JsonList(out / "detections.json")
     try:
         batches = detect_batches(net, loaded, opts.thresh, opts.nms, letter, names=names,
                                  skip_unreadable=True)
@@ -582,22 +627,28 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                 written += 1
                 iid = coco.images[path.name] if listed else \
                     image_id(path) if numbered else stem
-                results += coco_results(objs, iid, w, h,
-                                        coco.categories if coco is not None else None)
+                results.add(coco_results(objs, iid, w, h,
+                                         coco.categories if coco is not None else None))
                 if opts.save_labels:
                     labels = label_lines(det, opts.thresh)
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))
             bar.update(len(images))
-    except KeyboardInterrupt:  # (and SIGTERM, SIGHUP): what is drawn gets its detections.json
+    except (KeyboardInterrupt, BrokenPipeError) as stop:
+        # (and SIGTERM, SIGHUP, a `| head` that stopped reading): what is drawn gets its
+        # detections.json
         bar.close()
-        write_text(out / "detections.json", json.dumps(results) + "\n")
+        results.close()
+        why = "the interrupt" if isinstance(stop, KeyboardInterrupt) else "stdout closed"
         say(f"{written} of {len(paths)} image(s) written to {out}/ (and their "
-            "detections.json) before the interrupt")
+            f"detections.json) before {why}")
+        raise
+    except BaseException:
+        results.discard()
         raise
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    write_text(out / "detections.json", json.dumps(results) + "\n")
+    results.close()
     how = "letterbox" if letter else "resize"
     read = done - unreadable
     left_out = f"; {unreadable} image(s) left out that do not decode (W901 above)" \
