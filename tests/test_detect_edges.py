@@ -152,6 +152,9 @@ def test_an_image_list_is_read_as_darknets_lists(tmp_path, capsys, monkeypatch):
     assert run_cli(cfg, "--detect", "data/list.txt") == 2
     err = capsys.readouterr().err
     assert "data/list.txt:2:1: error[E901]: listed image 'nope.jpg' does not exist" in err
+    listed.write_text("sub\n")
+    assert run_cli(cfg, "--detect", "data/list.txt") == 2
+    assert "listed image 'sub' is a folder, not an image file" in capsys.readouterr().err
     listed.write_text("sub/a.jpg\n")
     assert run_cli(cfg, "--detect", "data/list.txt", "--out", "o", "--no-progress") == 0
     assert (tmp_path / "o" / "a.jpg").is_file()

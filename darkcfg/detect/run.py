@@ -154,6 +154,8 @@ def not_there(path: Path) -> str:
     """Why a path named as an image is neither a file nor a folder."""
     if path.is_symlink() and not path.exists():
         return f"is a link to '{os.readlink(path)}', which does not exist"
+    if path.is_dir():  # (a list's line: a list names image files)
+        return "is a folder, not an image file"
     if os.path.exists(path):  # a FIFO, a socket or a device: reading it could wait forever
         return "is not a file (a FIFO, socket or device): save the image to a file"
     return "does not exist"
