@@ -230,3 +230,20 @@ def test_detections_json_is_written_as_it_comes_and_a_failed_write_leaves_nothin
     else:
         raise AssertionError("a full disk was not said")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_an_image_wider_than_jpeg_allows_is_drawn_scaled_down(tmp_path, capsys):
+    # a 66000x2 PNG is an image (132k pixels); its drawn JPEG failed in the encoder ("Maximum
+    # supported image dimension is 65500 pixels"), which stopped the run with "cannot write
+    # ...: broken data stream" and no detections.json
+    from PIL import Image
+
+    cfg = tiny_cfg(tmp_path)
+    wide = save(tmp_path / "imgs" / "wide.png", 2, 66000)
+    save(tmp_path / "imgs" / "z.png", 20, 30)
+    out = tmp_path / "o"
+    assert run_cli(cfg, "--detect", wide.parent, "--out", out, "--thresh", "1",
+                   "--no-progress") == 0, capsys.readouterr().err
+    with Image.open(out / "wide.jpg") as im:
+        assert im.size == (65500, 2)
+    assert (out / "z.jpg").is_file() and (out / "detections.json").is_file()

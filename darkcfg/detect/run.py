@@ -296,15 +296,25 @@ def coco_results(found: list[Found], image_id, image_w: int, image_h: int,
     return out
 
 
+JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION
+
+
 def save_jpeg(path: Path, rgb: torch.Tensor) -> None:
     """The drawn image, atomically (a full disk is a located error naming `path`: the caller's
-    handler of images that do not decode must not blame an input for it)."""
+    handler of images that do not decode must not blame an input for it). A side past JPEG's
+    65500 pixels (a PNG panorama) is drawn scaled down to fit: the encoder refused it, which
+    stopped the run with a misleading write error."""
     from PIL import Image
 
     from builders.atomic import atomic_open
 
+    image = Image.fromarray(rgb.permute(1, 2, 0).numpy())
+    if max(image.size) > JPEG_MAX_SIDE:
+        scale = JPEG_MAX_SIDE / max(image.size)
+        image = image.resize(tuple(min(JPEG_MAX_SIDE, max(1, round(side * scale)))
+                                   for side in image.size), Image.Resampling.BILINEAR)
     with atomic_open(path) as fh:
-        Image.fromarray(rgb.permute(1, 2, 0).numpy()).save(fh, format="JPEG", quality=90)
+        image.save(fh, format="JPEG", quality=90)
 
 
 class _Discarded(Exception):
