@@ -247,3 +247,23 @@ def test_an_image_wider_than_jpeg_allows_is_drawn_scaled_down(tmp_path, capsys):
     with Image.open(out / "wide.jpg") as im:
         assert im.size == (65500, 2)
     assert (out / "z.jpg").is_file() and (out / "detections.json").is_file()
+
+
+def test_a_class_name_stdout_cannot_encode_is_escaped_not_a_traceback(tmp_path, monkeypatch):
+    # a CJK names file with stdout in cp1252 (Windows, redirected) or PYTHONIOENCODING=ascii:
+    # UnicodeEncodeError, a traceback after the first image
+    import io
+    import re
+    import sys
+
+    cfg = tiny_cfg(tmp_path)
+    image = save(tmp_path / "猫.png", 20, 30)
+    names = tmp_path / "cjk.names"
+    names.write_text("".join(f"猫{i}\n" for i in range(7)), encoding="utf-8")
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert run_cli(cfg, "--detect", image, "--names", names, "--out", tmp_path / "o",
+                   "--thresh", "0.3", "--no-progress") == 0
+    stdout.flush()
+    text = stdout.buffer.getvalue().decode("ascii")
+    assert "\\u732b.png: " in text and re.search(r"^\\u732b\d: \d+%", text, re.M), text

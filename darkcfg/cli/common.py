@@ -154,7 +154,13 @@ class _NamedStdout:
         self.stream = stream
 
     def write(self, text):
-        return self._named(self.stream.write, text)
+        try:
+            return self._named(self.stream.write, text)
+        except UnicodeEncodeError:  # a character stdout's encoding lacks (a CJK class name on
+            # a cp1252 console or redirect, PYTHONIOENCODING=ascii): its escape, not a traceback
+            encoding = getattr(self.stream, "encoding", None) or "ascii"
+            return self._named(self.stream.write,
+                               text.encode(encoding, "backslashreplace").decode(encoding))
 
     def flush(self):
         return self._named(self.stream.flush)
