@@ -267,3 +267,14 @@ def test_a_class_name_stdout_cannot_encode_is_escaped_not_a_traceback(tmp_path, 
     stdout.flush()
     text = stdout.buffer.getvalue().decode("ascii")
     assert "\\u732b.png: " in text and re.search(r"^\\u732b\d: \d+%", text, re.M), text
+
+
+def test_the_skipped_files_warning_escapes_a_name_that_does_not_print(tmp_path, capsys):
+    # an ANSI escape in a skipped file's name reached the terminal (result lines escape it)
+    from darkcfg.detect.run import image_paths
+
+    save(tmp_path / "imgs" / "a.png", 4, 4)
+    (tmp_path / "imgs" / "notes\x1b[2J.md").write_text("x")
+    image_paths([str(tmp_path / "imgs")])
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "notes\\x1b[2J.md" in err

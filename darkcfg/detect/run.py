@@ -118,7 +118,7 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
             f"(e.g. {printable(str(unreadable[0]))}: {not_there(unreadable[0])})")
     if skipped:
         say(f"warning: skipped {len(skipped)} file(s) that are not images "
-            f"(e.g. {skipped[0]}; images end in {', '.join(IMAGE_EXTENSIONS)})")
+            f"(e.g. {printable(str(skipped[0]))}; images end in {', '.join(IMAGE_EXTENSIONS)})")
     if not paths:
         raise CfgError(Diagnostic("E901", "no images to run", " ".join(targets),
                                   hint="give image files or folders that hold some"))
