@@ -278,3 +278,30 @@ def test_the_skipped_files_warning_escapes_a_name_that_does_not_print(tmp_path, 
     image_paths([str(tmp_path / "imgs")])
     err = capsys.readouterr().err
     assert "\x1b" not in err and "notes\\x1b[2J.md" in err
+
+
+def test_a_damaged_exif_block_still_turns_the_image_it_does_not_crash(tmp_path):
+    # a field whose tag says another type (a byte flipped: Make became PlanarConfiguration)
+    # made ImageOps.exif_transpose's rewrite of the block raise struct.error: a traceback
+    # from detect, predict and training for an image whose pixels read
+    from PIL import Image
+
+    from darkcfg.data.base import read_image
+    from darkcfg.detect.decode import decoded
+
+    im = Image.new("RGB", (30, 20), (200, 10, 10))
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored sideways: turn 90 degrees
+    exif[0x010F] = "maker"
+    data = exif.tobytes()
+    assert data.count(b"\x01\x0f\x00\x02") == 1  # Make, ASCII: the field to damage
+    damaged = data.replace(b"\x01\x0f\x00\x02", b"\x01\x1c\x00\x02")
+    for ext in ("webp", "jpg", "png"):
+        path = tmp_path / f"x.{ext}"
+        im.save(path, exif=damaged)
+        with Image.open(path) as check:
+            assert check.getexif().get(0x0112) == 6
+        assert tuple(read_image(str(path), 3).shape) == (3, 30, 20)
+        got = decoded(str(path), 3)
+        assert (got.size if isinstance(got, Image.Image) else tuple(got.shape[:0:-1])) == \
+            (20, 30)

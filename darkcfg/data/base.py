@@ -158,12 +158,19 @@ EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 upright; 2-8 mirrored and/or rotate
 def upright(im):
     """A PIL image turned as its EXIF orientation says, as Darknet sees it: its loader
     (src/image_opencv.cpp `load_image_mat_cv`) reads with cv::imread, which applies the tag (a
-    phone photo shot upright is stored sideways with the tag). Without a tag: the image itself."""
-    from PIL import ImageOps
+    phone photo shot upright is stored sideways with the tag). Without a tag: the image itself.
+    ImageOps.exif_transpose's turns, without its rewrite of the EXIF block: a damaged block
+    (one field of another type) made that raise struct.error, a traceback for pixels that read."""
+    from PIL import Image
 
     if im.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
         return im
-    return ImageOps.exif_transpose(im)
+    im.load()  # (a TIFF turns itself as it loads, and drops the tag)
+    turn = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}.get(im.getexif().get(EXIF_ORIENTATION, 1))
+    return im.transpose(turn) if turn is not None else im
 
 
 def upright_size(im) -> tuple[int, int]:
