@@ -305,3 +305,28 @@ def test_a_damaged_exif_block_still_turns_the_image_it_does_not_crash(tmp_path):
         got = decoded(str(path), 3)
         assert (got.size if isinstance(got, Image.Image) else tuple(got.shape[:0:-1])) == \
             (20, 30)
+
+
+def test_an_exif_block_that_does_not_read_leaves_the_pixels_as_stored(tmp_path, capsys):
+    # Pillow's getexif raised "not a TIFF file" for a damaged block header, and detect left
+    # the image out as one that does not decode (W901) although its pixels read; OpenCV's
+    # reader ignores such a block
+    from PIL import Image
+
+    from darkcfg.data.base import read_image, upright_size
+    from darkcfg.detect.decode import decoded
+
+    im = Image.new("RGB", (30, 20), (10, 200, 10))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    data = exif.tobytes()
+    assert data.count(b"MM\x00*") == 1
+    path = tmp_path / "x.webp"
+    im.save(path, exif=data.replace(b"MM\x00*", b"MM\x00\x16"))
+    assert tuple(read_image(str(path), 3).shape) == (3, 20, 30)
+    assert decoded(str(path), 3).size == (30, 20)
+    with Image.open(path) as opened:
+        assert upright_size(opened) == (30, 20)
+    cfg = tiny_cfg(tmp_path)
+    assert run_cli(cfg, "--detect", path, "--out", tmp_path / "o", "--no-progress") == 0
+    assert "W901" not in capsys.readouterr().err and (tmp_path / "o" / "x.jpg").is_file()

@@ -163,19 +163,29 @@ def upright(im):
     (one field of another type) made that raise struct.error, a traceback for pixels that read."""
     from PIL import Image
 
-    if im.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+    if orientation(im) == 1:
         return im
     im.load()  # (a TIFF turns itself as it loads, and drops the tag)
     turn = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
             6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}.get(im.getexif().get(EXIF_ORIENTATION, 1))
+            8: Image.Transpose.ROTATE_90}.get(orientation(im))
     return im.transpose(turn) if turn is not None else im
+
+
+def orientation(im) -> int:
+    """A PIL image's EXIF orientation: 1 (as stored) without the tag, or when its EXIF block
+    does not read (Pillow's "not a TIFF file"), as OpenCV's reader takes it: the pixels, which
+    read, were left out as an image that does not decode."""
+    try:
+        return im.getexif().get(EXIF_ORIENTATION, 1) or 1
+    except Exception:  # noqa: BLE001 - whatever the damage, the block says nothing
+        return 1
 
 
 def upright_size(im) -> tuple[int, int]:
     """(width, height) of a PIL image as `upright` turns it, from the header only."""
-    turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # 90 or 270 degrees
+    turned = orientation(im) in (5, 6, 7, 8)  # 90 or 270 degrees
     # Pillow's TIFF reader turns the picture itself and reports the turned size, keeping the
     # stored one as _tile_size: turn the stored size, or a TIFF's would be turned twice
     width, height = getattr(im, "_tile_size", None) or im.size
