@@ -330,3 +330,26 @@ def test_an_exif_block_that_does_not_read_leaves_the_pixels_as_stored(tmp_path, 
     cfg = tiny_cfg(tmp_path)
     assert run_cli(cfg, "--detect", path, "--out", tmp_path / "o", "--no-progress") == 0
     assert "W901" not in capsys.readouterr().err and (tmp_path / "o" / "x.jpg").is_file()
+
+
+def test_an_eps_file_named_as_an_image_never_reaches_ghostscript(tmp_path, capsys, monkeypatch):
+    # Pillow reads a file by its content: an EPS named x.jpg went to Ghostscript, a PostScript
+    # interpreter, wherever one is installed (hostile data runs code there)
+    from PIL import EpsImagePlugin
+
+    from darkcfg.data.base import read_image
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs", raising=False)
+    eps = tmp_path / "x.jpg"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+                    b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n")
+    cfg = tiny_cfg(tmp_path)
+    assert run_cli(cfg, "--detect", eps, "--out", tmp_path / "o") == 2
+    assert "cannot identify image file" in capsys.readouterr().err
+    try:
+        read_image(str(eps), 3)
+    except Exception:  # noqa: BLE001 - a DataError naming the file
+        pass
+    assert ran == []

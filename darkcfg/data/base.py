@@ -3,6 +3,7 @@ a decoded image (PIL or tensor) into the uint8 CHW tensor the loaders carry."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,23 @@ def eight_bit(image):
         # source line) that such palette images "should be converted to RGBA"
         return image.convert("RGBA")
     return image
+
+
+def open_image(path):
+    """Image.open for every format Pillow reads but EPS: Pillow hands an EPS file, whatever its
+    name (a hostile data set's `x.jpg`), to Ghostscript, a PostScript interpreter, wherever one
+    is installed. Neither Darknet's reader reads EPS. The one way darkcfg opens an image file."""
+    from PIL import Image
+
+    return Image.open(path, formats=_readable_formats())
+
+
+@functools.cache
+def _readable_formats() -> tuple[str, ...]:
+    from PIL import Image
+
+    Image.init()  # every plugin registered, a third-party one (HEIF, AVIF) included
+    return tuple(f for f in Image.OPEN if f != "EPS")
 
 
 #: What a broken or hostile image file may raise while being opened or decoded.
@@ -198,7 +216,7 @@ def read_image(path: str, channels: int) -> torch.Tensor:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return image_tensor(upright(im), channels)
     except image_errors() as exc:
         if isinstance(exc, Image.DecompressionBombError):
@@ -238,12 +256,11 @@ def check_image_headers(paths, where: str, max_listed: int = 5) -> None:
     lists is an E901 error now, not a crash hours into the run."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from PIL import Image
 
     def problem(path: str) -> tuple[str, bool] | None:
         """What is wrong with the image, and whether it is only its permissions."""
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 w, h = im.size
             return None if w > 0 and h > 0 else (f"size {w}x{h}", False)
         except Exception as exc:  # Pillow raises many kinds (OSError, DecompressionBomb, ...)
