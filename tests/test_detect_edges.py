@@ -353,3 +353,18 @@ def test_an_eps_file_named_as_an_image_never_reaches_ghostscript(tmp_path, capsy
     except Exception:  # noqa: BLE001 - a DataError naming the file
         pass
     assert ran == []
+
+
+def test_predict_with_a_labels_file_shorter_than_classes_is_located_at_classes(
+        tmp_path, capsys, monkeypatch, tiny_classifier):
+    from darkcfg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_classifier.write(tmp_path / "tiny.cfg")
+    save(tmp_path / "cat" / "a.png", 12, 12)
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    (tmp_path / "train.txt").write_text("cat/a.png\n")
+    (tmp_path / "c.data").write_text("train=train.txt\nclasses=4\nlabels=labels.txt\n")
+    assert main(["predict", str(cfg), "cat/a.png", "--data", "c.data"]) == 2
+    err = capsys.readouterr().err
+    assert "c.data:2:1: error[E901]: 'c.data' says classes=4 but labels.txt lists 2" in err
