@@ -368,3 +368,13 @@ def test_predict_with_a_labels_file_shorter_than_classes_is_located_at_classes(
     assert main(["predict", str(cfg), "cat/a.png", "--data", "c.data"]) == 2
     err = capsys.readouterr().err
     assert "c.data:2:1: error[E901]: 'c.data' says classes=4 but labels.txt lists 2" in err
+
+
+def test_an_empty_out_is_the_default_folder_as_for_train(tmp_path, monkeypatch):
+    # `--out "$DIR"` with DIR unset wrote the drawn images into the working folder
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_cfg(tmp_path)
+    image = save(tmp_path / "imgs" / "a.png", 20, 30)
+    assert run_cli(cfg, "--detect", image, "--out", "", "--no-progress") == 0
+    assert (tmp_path / "runs" / "tiny" / "detect" / "a.jpg").is_file()
+    assert not (tmp_path / "a.jpg").exists()

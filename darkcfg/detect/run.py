@@ -452,12 +452,14 @@ EARLIER_OUTPUTS = ("detections.json", "*.jsonl")  # what every image or video de
 def output_folder(out: str | None, cfg_name: str) -> Path:
     """Where a detect writes. `--out` as given, unless it holds an earlier detect's outputs
     (they would be replaced: E901, as for a second --train into a run's folder); by default
-    runs/<cfg>/detect, or detect2, detect3 ... the first that is missing or empty."""
+    runs/<cfg>/detect, or detect2, detect3 ... the first that is missing or empty. An empty
+    --out (an unset `--out "$DIR"`) is the default, as for train: it wrote into the working
+    folder."""
     def earlier(folder: Path) -> str | None:
         return next((p.name for pattern in EARLIER_OUTPUTS for p in folder.glob(pattern)
                      if not p.name.startswith(".")), None)  # (not a temp file)
 
-    if out is not None:
+    if out:
         found = earlier(Path(out)) if Path(out).is_dir() else None
         if found:
             raise CfgError(Diagnostic(
