@@ -378,3 +378,24 @@ def test_an_empty_out_is_the_default_folder_as_for_train(tmp_path, monkeypatch):
     assert run_cli(cfg, "--detect", image, "--out", "", "--no-progress") == 0
     assert (tmp_path / "runs" / "tiny" / "detect" / "a.jpg").is_file()
     assert not (tmp_path / "a.jpg").exists()
+
+
+def test_a_folder_it_may_not_list_is_said_not_passed_over(tmp_path, capsys, monkeypatch):
+    # os.walk drops a folder it may not list without a word: its images were silently not run
+    import os
+
+    from darkcfg.detect.run import image_paths
+
+    save(tmp_path / "imgs" / "a.png", 4, 4)
+    save(tmp_path / "imgs" / "locked" / "b.png", 4, 4)
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    assert image_paths([str(tmp_path / "imgs")]) == ([tmp_path / "imgs" / "a.png"], True)
+    err = capsys.readouterr().err
+    assert "skipped 1 folder(s) that cannot be listed" in err and "locked: Permission" in err

@@ -177,13 +177,15 @@ def hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def files_under(folder: Path) -> list[Path]:
+def files_under(folder: Path, unread: list[OSError] | None = None) -> list[Path]:
     """Every file below `folder` but hidden ones, through linked folders too (a data set's
     `images -> /data/..` link; Path.rglob does not follow them), each real folder once (a link
-    loop ends)."""
+    loop ends). A folder that cannot be listed (its permissions) is passed over; `unread`, if
+    given, gets its error (os.walk drops it without a word)."""
     seen: set[str] = set()
     files: list[Path] = []
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    for root, dirs, names in os.walk(folder, followlinks=True,
+                                     onerror=None if unread is None else unread.append):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []

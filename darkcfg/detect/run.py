@@ -89,12 +89,13 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
     paths: list[Path] = []
     skipped: list[Path] = []
     unreadable: list[Path] = []  # broken links, FIFOs, sockets under an image's name
+    unlisted: list[OSError] = []  # folders it may not list
     folder = False
     for target in targets:
         p = Path(target)
         if p.is_dir():
             folder = True
-            listed = files_under(p)
+            listed = files_under(p, unlisted)
             found = sorted(q for q in listed if q.is_file())
             unreadable += sorted(q for q in listed if is_image(q) and not q.is_file())
             images = {f.with_suffix("") for f in found if is_image(f)}
@@ -113,6 +114,11 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
             raise CfgError(Diagnostic("E901", f"image or folder '{target}' {not_there(p)}",
                                       target, hint="check the path: an image, a folder, a "
                                       "video, a stream URL or a camera index"))
+    if unlisted:
+        said = unlisted[0]
+        say(f"warning: skipped {len(unlisted)} folder(s) that cannot be listed (e.g. "
+            f"{printable(str(said.filename))}: {said.strerror or said}): their images are "
+            "not run")
     if unreadable:
         say(f"warning: skipped {len(unreadable)} image name(s) that are not files "
             f"(e.g. {printable(str(unreadable[0]))}: {not_there(unreadable[0])})")
