@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
-from cfgparse.errors import STDOUT, stdout_error
+from cfgparse.errors import STDOUT, stdout_error, tolerant_output
 from cfgparse.usage import CommandParser
 from darkcfg.lint.cli import memory_size
 
@@ -150,7 +150,7 @@ class _NamedStdout:
     def __init__(self, stream):
         self.stream = stream
 
-    def write(self, text):
+    def write(self, text):  # (what stdout cannot encode, it escapes: tolerant_output)
         return self._named(self.stream.write, text)
 
     def flush(self):
@@ -182,6 +182,7 @@ def guarded(run: Callable[[], int]) -> int:
     diagnostics and returns 2; a non-finite loss returns 1; Ctrl-C 130; a closed stdout
     (`darkcfg summary CFG | head`) 0; a stdout that takes no more (`> /dev/full`) E901 at
     <stdout>, 2. Every command goes through here."""
+    tolerant_output()
     stdout = sys.stdout
     if stdout is not None and not isinstance(stdout, _NamedStdout):
         sys.stdout = _NamedStdout(stdout)

@@ -261,6 +261,11 @@ def unread_diagnostic(flag: str, steps: list[str], parser: argparse.ArgumentPars
 def execute(steps: list[tuple[str, object]]) -> int:
     """Run planned steps with the subcommands' own `run`; the network a `train` step trained is
     the one a following `valid`/`predict` step evaluates."""
+    predicted = [options.images for name, options in steps if name == "predict"]
+    if predicted and len(steps) > 1:  # a typo in --predict's images is said before a training
+        from darkcfg.detect.run import checked_images
+
+        checked_images(list(predicted[0]))
     trainer = None
     for name, options in steps:
         command = importlib.import_module(f"darkcfg.cli.{name}")  # = darkcfg.cli.COMMANDS[name]

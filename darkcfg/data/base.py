@@ -3,6 +3,7 @@ a decoded image (PIL or tensor) into the uint8 CHW tensor the loaders carry."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,23 @@ def eight_bit(image):
     return image
 
 
+def open_image(path):
+    """Image.open for every format Pillow reads but EPS: Pillow hands an EPS file, whatever its
+    name (a hostile data set's `x.jpg`), to Ghostscript, a PostScript interpreter, wherever one
+    is installed. Neither Darknet's reader reads EPS. The one way darkcfg opens an image file."""
+    from PIL import Image
+
+    return Image.open(path, formats=_readable_formats())
+
+
+@functools.cache
+def _readable_formats() -> tuple[str, ...]:
+    from PIL import Image
+
+    Image.init()  # every plugin registered, a third-party one (HEIF, AVIF) included
+    return tuple(f for f in Image.OPEN if f != "EPS")
+
+
 #: What a broken or hostile image file may raise while being opened or decoded.
 def image_errors() -> tuple[type[BaseException], ...]:
     from PIL import Image, UnidentifiedImageError
@@ -158,17 +176,34 @@ EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 upright; 2-8 mirrored and/or rotate
 def upright(im):
     """A PIL image turned as its EXIF orientation says, as Darknet sees it: its loader
     (src/image_opencv.cpp `load_image_mat_cv`) reads with cv::imread, which applies the tag (a
-    phone photo shot upright is stored sideways with the tag). Without a tag: the image itself."""
-    from PIL import ImageOps
+    phone photo shot upright is stored sideways with the tag). Without a tag: the image itself.
+    ImageOps.exif_transpose's turns, without its rewrite of the EXIF block: a damaged block
+    (one field of another type) made that raise struct.error, a traceback for pixels that read."""
+    from PIL import Image
 
-    if im.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+    if orientation(im) == 1:
         return im
-    return ImageOps.exif_transpose(im)
+    im.load()  # (a TIFF turns itself as it loads, and drops the tag)
+    turn = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}.get(orientation(im))
+    return im.transpose(turn) if turn is not None else im
+
+
+def orientation(im) -> int:
+    """A PIL image's EXIF orientation: 1 (as stored) without the tag, or when its EXIF block
+    does not read (Pillow's "not a TIFF file"), as OpenCV's reader takes it: the pixels, which
+    read, were left out as an image that does not decode."""
+    try:
+        return im.getexif().get(EXIF_ORIENTATION, 1) or 1
+    except Exception:  # noqa: BLE001 - whatever the damage, the block says nothing
+        return 1
 
 
 def upright_size(im) -> tuple[int, int]:
     """(width, height) of a PIL image as `upright` turns it, from the header only."""
-    turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # 90 or 270 degrees
+    turned = orientation(im) in (5, 6, 7, 8)  # 90 or 270 degrees
     # Pillow's TIFF reader turns the picture itself and reports the turned size, keeping the
     # stored one as _tile_size: turn the stored size, or a TIFF's would be turned twice
     width, height = getattr(im, "_tile_size", None) or im.size
@@ -181,7 +216,7 @@ def read_image(path: str, channels: int) -> torch.Tensor:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return image_tensor(upright(im), channels)
     except image_errors() as exc:
         if isinstance(exc, Image.DecompressionBombError):
@@ -221,12 +256,11 @@ def check_image_headers(paths, where: str, max_listed: int = 5) -> None:
     lists is an E901 error now, not a crash hours into the run."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from PIL import Image
 
     def problem(path: str) -> tuple[str, bool] | None:
         """What is wrong with the image, and whether it is only its permissions."""
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 w, h = im.size
             return None if w > 0 and h > 0 else (f"size {w}x{h}", False)
         except Exception as exc:  # Pillow raises many kinds (OSError, DecompressionBomb, ...)

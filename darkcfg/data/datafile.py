@@ -94,10 +94,23 @@ def read_list(path: Path, where: str, key: str, keep_blank: bool = False) -> lis
     blank lines at the end are dropped)."""
     if not keep_blank:
         return [line.strip() for _, line in numbered_list(path, where, key)]
-    names = [line.strip() for line in _list_lines(path, where, key)]
+    return names_in(_list_lines(path, where, key))
+
+
+def names_in(lines: list[str]) -> list[str]:
+    """A names file's class names (its `split_lines`): ends trimmed, a blank line keeping its
+    class's place, blank lines at the end dropped."""
+    names = [line.strip() for line in lines]
     while names and not names[-1]:
         names.pop()
     return names
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines broken at line breaks only, as Darknet's fgetl reads them (str.splitlines also
+    breaks at a vertical tab, a form feed, \\x1c-\\x1e, U+0085 and U+2028: wrong line numbers
+    after one, and a names file's later classes shifted by one)."""
+    return text.split("\n")
 
 
 def numbered_list(path: Path, where: str, key: str) -> list[tuple[int, str]]:
@@ -109,9 +122,7 @@ def numbered_list(path: Path, where: str, key: str) -> list[tuple[int, str]]:
 
 def _list_lines(path: Path, where: str, key: str) -> list[str]:
     try:
-        # lines end at line breaks only, as Darknet's fgetl reads them (str.splitlines also
-        # breaks at \v, \f, \x1c-\x1e and U+2028: wrong line numbers after one)
-        lines = Path(path).read_text(encoding="utf-8-sig").split("\n")
+        lines = split_lines(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as exc:
         _, raw = line_of(where, key)
         hint = f"fix the '{key}=' line of the .data file"

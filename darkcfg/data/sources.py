@@ -29,6 +29,7 @@ from darkcfg.data.base import (
     say_undecodable,
 )
 from darkcfg.data.datafile import (
+    data_diagnostic,
     is_image,
     missing_path_hint,
     read_data_file,
@@ -201,12 +202,14 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
     except ValueError:
         raise data_error(f"classes={opts['classes']} is not an integer", where,
                          "write classes=N") from None
-    if classes != len(labels):
+    if classes != len(labels):  # (at the classes= line when there is one)
         said = f"says classes={classes}" if "classes" in opts else \
             f"has no classes= line (Darknet's default: {classes})"
-        raise data_error(f"'{path}' {said} but {labels_path} lists {len(labels)} labels", where,
-                         f"add classes={len(labels)} to '{path}'" if "classes" not in opts
-                         else "make classes= match the labels file")
+        raise CfgError(data_diagnostic(
+            "E901", f"'{path}' {said} but {labels_path} lists {len(labels)} labels", where,
+            "classes" if "classes" in opts else None,
+            f"add classes={len(labels)} to '{path}'" if "classes" not in opts
+            else "make classes= match the labels file"))
 
     def items(key: str) -> list[tuple[str, int]]:
         list_path = resolve(opts[key], path.parent)

@@ -364,12 +364,10 @@ def decoded(image, channels: int = 3):
     fast = _jpeg_bytes(image, channels)
     if fast is not None:
         return fast
-    from PIL import Image
-
-    from darkcfg.data.base import eight_bit, image_errors, upright
+    from darkcfg.data.base import eight_bit, image_errors, open_image, upright
 
     try:
-        with Image.open(image) as im:
+        with open_image(image) as im:
             out = eight_bit(upright(im)).convert("L" if channels == 1 else "RGB")
             out.load()
             return out

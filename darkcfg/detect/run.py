@@ -22,7 +22,17 @@ from builders.atomic import files_under
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING, printable
 from darkcfg.data.base import check_image_headers, undecodable_warning
-from darkcfg.data.datafile import IMAGE_EXTENSIONS, is_image, read_data_file, resolve
+from darkcfg.data.datafile import (
+    IMAGE_EXTENSIONS,
+    found_under,
+    is_image,
+    missing_path_hint,
+    names_in,
+    read_data_file,
+    read_text,
+    resolve,
+    split_lines,
+)
 from darkcfg.detect.decode import (
     Found,
     c_round,
@@ -73,16 +83,21 @@ def say(message: str) -> None:
 # -- inputs ---------------------------------------------------------------------------------------
 
 def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
-    """The images to run: files as given, folders' image files (recursive, sorted). Non-image
-    files inside folders are skipped with one warning line. Returns (paths, any folder?)."""
+    """The images to run: files as given, folders' image files (recursive, sorted), the lines
+    of a `.txt` list (`listed_images`). Non-image files inside folders are skipped with one
+    warning line. Returns (paths, any folder or list?)."""
     paths: list[Path] = []
     skipped: list[Path] = []
+    unreadable: list[Path] = []  # broken links, FIFOs, sockets under an image's name
+    unlisted: list[OSError] = []  # folders it may not list
     folder = False
     for target in targets:
         p = Path(target)
         if p.is_dir():
             folder = True
-            found = sorted(q for q in files_under(p) if q.is_file())
+            listed = files_under(p, unlisted)
+            found = sorted(q for q in listed if q.is_file())
+            unreadable += sorted(q for q in listed if is_image(q) and not q.is_file())
             images = {f.with_suffix("") for f in found if is_image(f)}
             for f in found:
                 if is_image(f):
@@ -90,18 +105,73 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
                 elif not (f.suffix == ".txt" and f.with_suffix("") in images):
                     skipped.append(f)  # (an image's label file beside it, Darknet's layout,
                     #                     is skipped without a word)
+        elif p.is_file() and p.suffix.lower() == IMAGE_LIST:
+            folder = True  # (a progress bar, as for a folder)
+            paths += listed_images(p)
         elif p.is_file():
             paths.append(p)
         else:
-            raise CfgError(Diagnostic("E901", f"image or folder '{target}' does not exist",
+            raise CfgError(Diagnostic("E901", f"image or folder '{target}' {not_there(p)}",
                                       target, hint="check the path: an image, a folder, a "
                                       "video, a stream URL or a camera index"))
+    if unlisted:
+        said = unlisted[0]
+        say(f"warning: skipped {len(unlisted)} folder(s) that cannot be listed (e.g. "
+            f"{printable(str(said.filename))}: {said.strerror or said}): their images are "
+            "not run")
+    if unreadable:
+        say(f"warning: skipped {len(unreadable)} image name(s) that are not files "
+            f"(e.g. {printable(str(unreadable[0]))}: {not_there(unreadable[0])})")
     if skipped:
         say(f"warning: skipped {len(skipped)} file(s) that are not images "
-            f"(e.g. {skipped[0]}; images end in {', '.join(IMAGE_EXTENSIONS)})")
+            f"(e.g. {printable(str(skipped[0]))}; images end in {', '.join(IMAGE_EXTENSIONS)})")
     if not paths:
         raise CfgError(Diagnostic("E901", "no images to run", " ".join(targets),
                                   hint="give image files or folders that hold some"))
+    return paths, folder
+
+
+IMAGE_LIST = ".txt"  # an image list given to detect or predict: one path a line
+
+
+def listed_images(path: Path) -> list[Path]:
+    """The images of a list file (what Darknet's `detector test ... < list.txt` reads one line
+    at a time), read as a .data file's lists are: a path as written (relative to the working
+    folder), else next to the list; blank lines, a BOM and CRLF ends skipped. A listed path
+    that is no file is E901 at its line."""
+    out = []
+    for n, line in enumerate(split_lines(read_text(path)), 1):
+        raw = line.strip()
+        if not raw:
+            continue
+        base = found_under(raw, (path.parent,))
+        image = Path(os.path.join(base, raw)) if base else Path(raw)
+        if not image.is_file():
+            raise CfgError(Diagnostic(
+                "E901", f"listed image '{printable(raw)}' {not_there(image)}", str(path), n,
+                len(line) - len(line.lstrip()) + 1, source=line.rstrip(), span=len(raw),
+                hint=missing_path_hint(raw, "paths are tried relative to the current "
+                                       f"directory, then to {path.parent or '.'}")))
+        out.append(image)
+    return out
+
+
+def not_there(path: Path) -> str:
+    """Why a path named as an image is neither a file nor a folder."""
+    if path.is_symlink() and not path.exists():
+        return f"is a link to '{os.readlink(path)}', which does not exist"
+    if path.is_dir():  # (a list's line: a list names image files)
+        return "is a folder, not an image file"
+    if os.path.exists(path):  # a FIFO, a socket or a device: reading it could wait forever
+        return "is not a file (a FIFO, socket or device): save the image to a file"
+    return "does not exist"
+
+
+def checked_images(targets: list[str]) -> tuple[list[Path], bool]:
+    """`image_paths`, every image's header read (check_image_headers): a missing or unreadable
+    image is an E901 before the (slow) build and weights, and before --out is made."""
+    paths, folder = image_paths(targets)
+    check_image_headers([str(p) for p in paths], ", ".join(targets))
     return paths, folder
 
 
@@ -135,13 +205,11 @@ def read_names(names_file: str | None, data_file: str | None
     if names_file is None:
         return [], None, None
     try:
-        lines = Path(names_file).read_text(encoding="utf-8-sig").splitlines()
+        text = Path(names_file).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CfgError(Diagnostic("E901", f"cannot read the names file '{names_file}': {exc}",
                                   names_file, hint="one class name per line")) from None
-    names = [line.strip() for line in lines]
-    while names and not names[-1]:  # blank lines at the end name nothing
-        names.pop()
+    names = names_in(split_lines(text))
     blank = [n for n, name in enumerate(names) if not name]
     if blank:  # Darknet's get_labels keeps a blank line's place: the names after it keep theirs
         say(f"warning: line {blank[0] + 1} of '{names_file}' is blank"
@@ -217,11 +285,15 @@ def ext_output(found: list[Found], image_w: int, image_h: int) -> list[str]:
 def coco_results(found: list[Found], image_id, image_w: int, image_h: int,
                  category_ids: Sequence[int] | None = None) -> list[dict]:
     """COCO results entries (print_cocos): bbox [x, y, w, h] in pixels, clipped to the image;
-    `category_id` the class index, or `category_ids[class]` (a COCO --data's own ids)."""
+    `category_id` the class index, or `category_ids[class]` (a COCO --data's own ids). A box
+    with no area inside the image (one in a letterbox's padding) is left out: Darknet writes it
+    with a negative width or height, which COCOeval ignores and no COCO tool takes as a box."""
     out = []
     for f in found:
         left, top = max(f.box[0], 0.0), max(f.box[1], 0.0)
         right, bottom = min(f.box[2], float(image_w)), min(f.box[3], float(image_h))
+        if right <= left or bottom <= top:
+            continue
         category = category_ids[f.class_id] if category_ids is not None and \
             f.class_id < len(category_ids) else f.class_id
         out.append({"image_id": image_id, "category_id": category,
@@ -230,15 +302,69 @@ def coco_results(found: list[Found], image_id, image_w: int, image_h: int,
     return out
 
 
+JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION
+
+
 def save_jpeg(path: Path, rgb: torch.Tensor) -> None:
     """The drawn image, atomically (a full disk is a located error naming `path`: the caller's
-    handler of images that do not decode must not blame an input for it)."""
+    handler of images that do not decode must not blame an input for it). A side past JPEG's
+    65500 pixels (a PNG panorama) is drawn scaled down to fit: the encoder refused it, which
+    stopped the run with a misleading write error."""
     from PIL import Image
 
     from builders.atomic import atomic_open
 
+    image = Image.fromarray(rgb.permute(1, 2, 0).numpy())
+    if max(image.size) > JPEG_MAX_SIDE:
+        scale = JPEG_MAX_SIDE / max(image.size)
+        image = image.resize(tuple(min(JPEG_MAX_SIDE, max(1, round(side * scale)))
+                                   for side in image.size), Image.Resampling.BILINEAR)
     with atomic_open(path) as fh:
-        Image.fromarray(rgb.permute(1, 2, 0).numpy()).save(fh, format="JPEG", quality=90)
+        image.save(fh, format="JPEG", quality=90)
+
+
+class _Discarded(Exception):
+    """Thrown into atomic_open to leave no file (JsonList.discard)."""
+
+
+class JsonList:
+    """A JSON list written as its entries come (detections.json: a folder of thousands at a low
+    --thresh held millions of entries in memory until its last image): into a temp file beside
+    `path` that `close()` renames into place, `discard()` removes. The same bytes as
+    json.dumps(entries) + newline."""
+
+    def __init__(self, path: Path):
+        from builders.atomic import atomic_open
+
+        self.path, self.count = path, 0
+        self._writer = atomic_open(path)
+        self._file = self._writer.__enter__()
+        self._write(b"[")
+
+    def add(self, entries: list[dict]) -> None:
+        for entry in entries:
+            self._write((b", " if self.count else b"") + json.dumps(entry).encode())
+            self.count += 1
+
+    def _write(self, data: bytes) -> None:
+        from builders.atomic import write_error
+
+        try:
+            self._file.write(data)
+        except OSError as exc:  # a full disk: said at detections.json, not at an image
+            self.discard()
+            raise write_error(self.path, exc, started=True) from None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._write(b"]\n")
+            writer, self._writer = self._writer, None
+            writer.__exit__(None, None, None)
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.__exit__(_Discarded, _Discarded(), None)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -296,6 +422,9 @@ def run_detect(opts: DetectOptions) -> None:
         if videos:
             require_av(videos[0])  # before the build and the images, not after them
             check_sources(videos)  # (so is a video file that is missing or no video)
+        images = [t for t in opts.targets if not is_video(t)]
+        found = checked_images(images) if images else ([], False)
+        refuse_output_over_inputs(out, found[0])
     names, names_where, coco = read_names(opts.names, opts.data)
     model = opts.model
     net = detector(model, opts.max_memory, opts.force)
@@ -304,14 +433,10 @@ def run_detect(opts: DetectOptions) -> None:
         detections_json(net, opts, names)
     if opts.targets:
         from builders.atomic import lock_folder
-        from darkcfg.detect.video import is_video, source_name
+        from darkcfg.detect.video import source_name
 
-        videos = [t for t in opts.targets if is_video(t)]
-        images = [t for t in opts.targets if not is_video(t)]
         lock = lock_folder(out, "--out")  # two detects into one folder would mix their files
         try:
-            found = image_paths(images) if images else ([], False)
-            refuse_output_over_inputs(out, found[0])
             taken: set[str] = set()
             stems = [unique_stem(p, taken) for p in found[0]]
             # clip.mp4 and sub/clip.mp4: clip and clip_1
@@ -334,12 +459,14 @@ EARLIER_OUTPUTS = ("detections.json", "*.jsonl")  # what every image or video de
 def output_folder(out: str | None, cfg_name: str) -> Path:
     """Where a detect writes. `--out` as given, unless it holds an earlier detect's outputs
     (they would be replaced: E901, as for a second --train into a run's folder); by default
-    runs/<cfg>/detect, or detect2, detect3 ... the first that is missing or empty."""
+    runs/<cfg>/detect, or detect2, detect3 ... the first that is missing or empty. An empty
+    --out (an unset `--out "$DIR"`) is the default, as for train: it wrote into the working
+    folder."""
     def earlier(folder: Path) -> str | None:
         return next((p.name for pattern in EARLIER_OUTPUTS for p in folder.glob(pattern)
                      if not p.name.startswith(".")), None)  # (not a temp file)
 
-    if out is not None:
+    if out:
         found = earlier(Path(out)) if Path(out).is_dir() else None
         if found:
             raise CfgError(Diagnostic(
@@ -472,26 +599,27 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                   found: tuple[list[Path], bool] | None = None) -> set[str]:
     """Detect in the images and folders `targets` (`found`: their `image_paths`, if the
     caller has them), writing OUT/<name>.jpg (and .txt) and OUT/detections.json (with a COCO
-    --data's ids when it lists every image). Returns the output names used."""
+    --data's ids when it lists every image; `found` is checked_images' answer). Returns the
+    output names used."""
     from tqdm import tqdm
 
-    paths, folder = found or image_paths(list(opts.targets) if targets is None else targets)
+    # fail on an unreadable image before any work, with its path: the header check training
+    # makes (Pillow's verify() also refused a PNG whose IDAT checksum alone is wrong, which
+    # training, validation and data check read)
+    paths, folder = found or checked_images(list(opts.targets) if targets is None else targets)
     refuse_output_over_inputs(out, paths)
     from builders.atomic import ensure_folder
 
     ensure_folder(out, "--out")
     letter = opts.letter_box or net_letter_box(net)
-    # fail on an unreadable image before any work, with its path: the header check training
-    # makes (Pillow's verify() also refused a PNG whose IDAT checksum alone is wrong, which
-    # training, validation and data check read)
     loaded = [str(p) for p in paths]
-    check_image_headers(loaded, ", ".join(opts.targets if targets is None else targets))
-    results, taken, objects = [], set(), 0
+    taken, objects = set(), 0
     numbered = numbered_images(paths)
     listed = coco is not None and all(p.name in coco.images for p in paths)
     bar = tqdm(total=len(paths), unit="img", disable=not (progress and folder), file=sys.stderr)
     start = time.perf_counter()
     done, unreadable, written = 0, 0, 0
+    results = JsonList(out / "detections.json")
     try:
         batches = detect_batches(net, loaded, opts.thresh, opts.nms, letter, names=names,
                                  skip_unreadable=True)
@@ -524,22 +652,28 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                 written += 1
                 iid = coco.images[path.name] if listed else \
                     image_id(path) if numbered else stem
-                results += coco_results(objs, iid, w, h,
-                                        coco.categories if coco is not None else None)
+                results.add(coco_results(objs, iid, w, h,
+                                         coco.categories if coco is not None else None))
                 if opts.save_labels:
                     labels = label_lines(det, opts.thresh)
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))
             bar.update(len(images))
-    except KeyboardInterrupt:  # (and SIGTERM, SIGHUP): what is drawn gets its detections.json
+    except (KeyboardInterrupt, BrokenPipeError) as stop:
+        # (and SIGTERM, SIGHUP, a `| head` that stopped reading): what is drawn gets its
+        # detections.json
         bar.close()
-        write_text(out / "detections.json", json.dumps(results) + "\n")
+        results.close()
+        why = "the interrupt" if isinstance(stop, KeyboardInterrupt) else "stdout closed"
         say(f"{written} of {len(paths)} image(s) written to {out}/ (and their "
-            "detections.json) before the interrupt")
+            f"detections.json) before {why}")
+        raise
+    except BaseException:
+        results.discard()
         raise
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    write_text(out / "detections.json", json.dumps(results) + "\n")
+    results.close()
     how = "letterbox" if letter else "resize"
     read = done - unreadable
     left_out = f"; {unreadable} image(s) left out that do not decode (W901 above)" \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from darkcfg.data import (
     eval_loader,
     read_image,
 )
-from darkcfg.data.base import check_image_headers, say_undecodable
+from darkcfg.data.base import say_undecodable
 from darkcfg.model import (
     build_network,
     check_count,
@@ -546,9 +547,20 @@ def no_validation_hint(spec: str) -> str:
     return "add a val/<class>/ folder beside train/ (or drop train/ for a seeded 90/10 split)"
 
 
-@torch.no_grad()
-def predict(opts: RunOptions, images: list[str], top: int,
-            trainer: Trainer | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+def predict(opts: RunOptions, images: list[str], top: int, trainer: Trainer | None = None
+            ) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+    """Each image's `top` classes with their names, as it is classified (a folder of
+    thousands prints from its first image on). A missing or unreadable image is an E901
+    before the build and the weights."""
+    from darkcfg.detect.run import checked_images  # the one expansion of files and folders
+
+    # a folder: its images, as for detect
+    paths = [str(p) for p in checked_images([str(i) for i in images])[0]]
+    yield from _predicted(opts, paths, top, trainer)
+
+
+@torch.no_grad()  # (torch re-enters it at each resume of a generator, and leaves it at a yield)
+def _predicted(opts: RunOptions, paths: list[str], top: int, trainer: Trainer | None):
     if trainer is None:  # (chained after --train: the data it trained on)
         opts = weights_run_data(opts)
         trainer, _ = prepare_eval(opts)
@@ -562,14 +574,9 @@ def predict(opts: RunOptions, images: list[str], top: int,
                           "[net] width, height and channels"))
         raise CfgError(Diagnostic("E300", f"--predict is for image classifiers; this network "
                                   f"is {kind}", opts.cfg_path, hint=hint))
-    from darkcfg.detect.run import image_paths  # the one expansion of files and folders
-
     names = class_names(opts, task)
     view = Augment(cfg, train=False)
     net.eval()
-    results = []
-    paths = [str(p) for p in image_paths(images)[0]]  # a folder: its images, as for detect
-    check_image_headers(paths, ", ".join(map(str, images)))  # E901 before any work, as detect
     for path in paths:
         try:
             pixels = read_image(path, task.inputs[0])
@@ -579,9 +586,8 @@ def predict(opts: RunOptions, images: list[str], top: int,
         x = view(pixels)[None]
         probs = task.scores(trainer, x).reshape(-1)
         p, i = ranked(probs, top)
-        results.append((path, [(names[j] if j < len(names) else f"class {j}", float(q))
-                               for q, j in zip(p.tolist(), i.tolist(), strict=True)]))
-    return results
+        yield path, [(names[j] if j < len(names) else f"class {j}", float(q))
+                     for q, j in zip(p.tolist(), i.tolist(), strict=True)]
 
 
 def class_names(opts: RunOptions, task: Task) -> list[str]:

@@ -149,12 +149,11 @@ def box_rows(rows: Sequence[Sequence[float]]) -> np.ndarray:
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) of an image file as darkcfg reads it (turned by its EXIF orientation,
     `darkcfg.data.base.upright`), from its header only."""
-    from PIL import Image
 
-    from darkcfg.data.base import image_errors, upright_size
+    from darkcfg.data.base import image_errors, open_image, upright_size
 
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return upright_size(im)
     except image_errors() as exc:  # a decompression bomb too (not an OSError)
         raise CfgError(Diagnostic("E901", f"cannot read image '{path}': {exc}", path,

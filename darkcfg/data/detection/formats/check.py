@@ -165,7 +165,7 @@ def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
               classes: int | None = None) -> CheckReport:
     """Read `source` keeping every problem, open every image; the report. classes: the
     network's (--cfg), checked as training checks it."""
-    from PIL import Image
+    from darkcfg.data.base import open_image
 
     data = open_set(source, strict=False)
     report = CheckReport(data, net_size, tuple(sorted(set(strides))),
@@ -182,7 +182,7 @@ def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),
                 continue
             seen.add(image)
             try:
-                with Image.open(image) as im:
+                with open_image(image) as im:
                     im.load()
                     stated = declared.get(image)
                     if stated is not None:

@@ -237,12 +237,11 @@ def _darknet_extension(ext: str) -> tuple[str, bool]:
 def _write_png(source: str, target: Path) -> None:
     """`source` as the PNG of the pixels darkcfg reads from it (turned by its EXIF orientation,
     16-bit and float scaled to 8 bits): a PNG keeps no orientation tag."""
-    from PIL import Image
 
-    from darkcfg.data.base import eight_bit, image_errors, upright
+    from darkcfg.data.base import eight_bit, image_errors, open_image, upright
 
     try:
-        with Image.open(source) as im:
+        with open_image(source) as im:
             picture = eight_bit(upright(im))
             if picture.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
                 picture = picture.convert("RGB")  # CMYK, YCbCr ...: what training reads
