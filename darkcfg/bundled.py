@@ -1,6 +1,6 @@
-"""The cfg files darkcfg ships (darkcfg/cfg/; a checkout's cfg/ links to it): the README's
-`cfg/yolov3-tiny.cfg` must work after `pip install`, where no cfg/ folder is at hand.
-No torch: the linter's layer may use it."""
+"""The cfg files darkcfg ships (a checkout's cfg/, which darkcfg/cfg links to; a wheel holds
+the files): the README's `cfg/yolov3-tiny.cfg` must work after `pip install`, where no cfg/
+folder is at hand. No torch: the linter's layer may use it."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import configparser
 import fnmatch
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -29,10 +30,12 @@ PACKAGES = ("cfgparse", "builders", "darkcfg")
 def data_files() -> list[str]:
     """The packages' files that are not Python (what package_data must carry)."""
     found = []
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*"):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".py":
-                found.append(path.relative_to(ROOT).as_posix())
+    for package in PACKAGES:  # through darkcfg/cfg, a link to the checkout's cfg/
+        for folder, _, names in os.walk(ROOT / package, followlinks=True):
+            for name in names:
+                path = Path(folder) / name
+                if "__pycache__" not in path.parts and path.suffix != ".py":
+                    found.append(path.relative_to(ROOT).as_posix())
     return sorted(found)
 
 
@@ -56,6 +59,8 @@ def test_package_data_covers_every_data_file():
 
 
 def test_the_checkouts_cfg_folder_is_the_shipped_one():
+    # cfg/ is the design card's folder; the package's darkcfg/cfg points at it
+    assert (ROOT / "cfg").is_dir() and not (ROOT / "cfg").is_symlink()
     assert (ROOT / "cfg").resolve() == FOLDER.resolve()
 
 
