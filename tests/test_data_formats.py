@@ -1180,3 +1180,24 @@ def test_one_image_extension_rule_for_every_folder_and_every_list(four, tmp_path
         Image.new("RGB", (8, 8)).save(tmp_path / "cls" / name / "b.jpg")
     splits = image_folder(tmp_path / "cls", 3, 0)
     assert len(splits.train) + len(splits.val or []) == 4
+
+
+# -- the data sets people have ---------------------------------------------------------------------
+def test_a_coco_box_of_no_size_is_left_out_with_a_warning(tmp_path):
+    """COCO's own instances_train2017.json holds two boxes of height 0 (ids 918, 2206849): the
+    official set must train, as ultralytics' converter and Darknet's loader leave such a box
+    out. A negative size stays an error (a broken annotation)."""
+    train, _ = write_coco(tmp_path / "c")
+    doc = json.loads(train.read_text())
+    objects = sum(len(b) for b in open_set(train).train.boxes)
+    doc["annotations"][0]["bbox"] = [296.65 / 10, 3.5, 1.03, 0.0]
+    train.write_text(json.dumps(doc, indent=1))
+    data = open_set(train)
+    assert sum(len(b) for b in data.train.boxes) == objects - 1
+    (warning,) = data.problems
+    assert warning.code == "W903" and warning.severity == "warning" and \
+        "has no size: left out" in warning.message
+    assert train.read_text().splitlines()[warning.line - 1].strip().startswith('"bbox"')
+    doc["annotations"][0]["bbox"] = [3, 3, -2, 0]
+    train.write_text(json.dumps(doc, indent=1))
+    assert "has no area" in first_error(train)

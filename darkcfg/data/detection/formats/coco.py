@@ -41,7 +41,7 @@ from darkcfg.data.detection.formats.base import (
     located,
     relative_box,
 )
-from darkcfg.data.detection.labels import SET_CODE
+from darkcfg.data.detection.labels import EDGE_CODE, SET_CODE
 
 OUTSIDE_TOLERANCE = 1.0  # pixels a bbox may exceed the image by (then clipped)
 _WS = re.compile(r"\s*")
@@ -246,6 +246,14 @@ def read_coco(path: Path) -> DetectionSet:
             continue
         width, height = size_of[ann["image_id"]]
         x, y, w, h = (float(v) for v in box)
+        if w == 0 and h >= 0 or h == 0 and w >= 0:
+            # COCO's own train2017 has two (ids 918 and 2206849): left out, as ultralytics'
+            # convert_coco and Darknet's loader leave out a box of no size; not a set error
+            problems.append(replace(where.at(
+                "annotations", i, "bbox", f"bbox {box} has no size: left out",
+                hint="a box of width or height 0 marks no object; ultralytics' converter "
+                "drops it too"), code=EDGE_CODE, severity=WARNING))
+            continue
         if not (w > 0 and h > 0):
             problems.append(where.at("annotations", i, "bbox",
                                      f"bbox {box} has no area (width and height must be > 0)"))
