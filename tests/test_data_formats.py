@@ -1201,3 +1201,16 @@ def test_a_coco_box_of_no_size_is_left_out_with_a_warning(tmp_path):
     doc["annotations"][0]["bbox"] = [3, 3, -2, 0]
     train.write_text(json.dumps(doc, indent=1))
     assert "has no area" in first_error(train)
+
+
+def test_a_yolo_segment_set_trains_its_polygons_boxes(tmp_path):
+    """A data.yaml of segment labels (coco8-seg's layout) reads each polygon as its box, as
+    ultralytics' detection training does; `convert --to darknet` writes the boxes."""
+    path = write_yolo(tmp_path / "y")
+    (tmp_path / "y" / "labels" / "train" / "im1.txt").write_text(
+        "1 0.25 0.25 0.75 0.25 0.75 0.5 0.25 0.5\n")
+    data = open_set(path)
+    np.testing.assert_allclose(data.train.boxes[1], [[0.5, 0.375, 0.5, 0.25, 1]])
+    out = tmp_path / "dn"
+    assert cli(["data", "convert", str(path), "--to", "darknet", str(out)]) == 0
+    np.testing.assert_allclose(open_set(out / "obj.data").train.boxes[1], data.train.boxes[1])

@@ -275,12 +275,13 @@ _LINE_HINT = ("a label line is 'class x y w h' (class id, then the box centre an
 DATA_CLASSES = "the 'classes' of the .data file"
 
 
-def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CLASSES
-                 ) -> tuple[np.ndarray, list[Diagnostic]]:
+def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CLASSES,
+                 polygons: bool = False) -> tuple[np.ndarray, list[Diagnostic]]:
     """Boxes (n, 5) float32 `[x, y, w, h, class]` of a label file's text, and a diagnostic for
     each bad line (errors: the line is left out) or box at the image edge (warnings W903: kept
     or left out as Darknet does, see the module doc). classes_from: where the class count comes
-    from, for the hint of a class id out of range."""
+    from, for the hint of a class id out of range. polygons: a line `class x1 y1 x2 y2 x3 y3
+    ...` (ultralytics' segment labels) is the box around its points, as ultralytics reads it."""
     boxes: list[list[float]] = []
     problems: list[Diagnostic] = []
     # lines end at a line break only (str.splitlines also breaks at \v, \f, \x1c-\x1e, \x85
@@ -294,7 +295,7 @@ def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CL
         if not found:
             continue
         words = [w for _, w in found]
-        box, problem = _parse_line(words, classes, classes_from)
+        box, problem = _parse_line(words, classes, classes_from, polygons)
         if box is not None:
             boxes.append(box)
         if problem is None:
@@ -347,12 +348,20 @@ _EDGE_HINT = ("coordinates are fractions of the image size: centre x, y and widt
               "(0, 1]; fix the label if the box is not meant to reach past the image")
 
 
-def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES):
+_POLYGON_HINT = ("a segment label line is 'class x1 y1 x2 y2 x3 y3 ...' (three or more points, "
+                 "as fractions of the image)")
+
+
+def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES,
+                polygons: bool = False):
     """(box or None, problem or None); problem = (message, index of the word or None, hint,
-    severity). An error leaves the line out; a warning says what Darknet does with the box."""
+    severity). An error leaves the line out; a warning says what Darknet does with the box.
+    polygons: see parse_labels."""
+    if polygons and len(words) > 6:
+        return _polygon_line(words, classes, classes_from)
     if len(words) != 5:
         return None, (f"{len(words)} value{'s' if len(words) != 1 else ''}, expected 5 "
-                      "(class x y w h)", None, "", ERROR)
+                      "(class x y w h)", None, _count_hint(len(words), polygons), ERROR)
     try:
         cls = int(_c_number(words[0]))
     except ValueError:
@@ -386,6 +395,41 @@ def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES
         return box, (f"{'xywh'[k - 1]} = {words[k]} is outside (0, 1]: trained as Darknet "
                      "does (the box clipped to the image)", k, _EDGE_HINT, WARNING)
     return box, None
+
+
+def _count_hint(count: int, polygons: bool) -> str:
+    """The hint for a label line of `count` values, when the count says what it is ('': the
+    usual one)."""
+    if count == 6:  # ultralytics' predictions saved with save_conf: class x y w h conf
+        return ("a sixth value is no part of a label (a confidence, as saved predictions have): "
+                "drop it; " + _LINE_HINT)
+    if count > 6 and not polygons:  # ultralytics' segment labels in a Darknet .data set
+        return ("a line of a class and x y pairs is an ultralytics segment polygon, which "
+                "Darknet does not read: give the set as its data.yaml (darkcfg reads a polygon "
+                "as its box) or `darkcfg data convert` it from there")
+    return ""
+
+
+def _polygon_line(words: list[str], classes: int, classes_from: str):
+    """ultralytics' segments2boxes: a class and x y pairs -> the box around the points, then
+    the checks of a box line (a problem with one of its values is said of the whole line)."""
+    if len(words) % 2 == 0:
+        return None, (f"{len(words)} values: a class and x y pairs is an odd count", None,
+                      _POLYGON_HINT, ERROR)
+    k = next((k for k in range(1, len(words)) if not _is_float(words[k])), None)
+    if k is not None:
+        return None, (f"'{printable(words[k])}' is not a number", k, _POLYGON_HINT, ERROR)
+    points = [float(_c_number(v)) for v in words[1:]]
+    if not all(map(math.isfinite, points)):
+        k = next(k for k, v in enumerate(points, 1) if not math.isfinite(v))
+        return None, (f"{words[k]} is not a finite number", k, _POLYGON_HINT, ERROR)
+    xs, ys = points[0::2], points[1::2]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    box, problem = _parse_line([words[0], repr((x0 + x1) / 2), repr((y0 + y1) / 2),
+                                repr(x1 - x0), repr(y1 - y0)], classes, classes_from)
+    if problem is not None and problem[1]:  # a value of the box: not a word of the line
+        problem = (f"the polygon's box: {problem[0]}", None, *problem[2:])
+    return box, problem
 
 
 def _c_number(word: str) -> str:
@@ -440,11 +484,11 @@ def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 
     return labels
 
 
-def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str = DATA_CLASSES
-                   ) -> tuple[Labels, list[Diagnostic]]:
+def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str = DATA_CLASSES,
+                   polygons: bool = False) -> tuple[Labels, list[Diagnostic]]:
     """Every label file's boxes (bad lines left out) and a located diagnostic for each problem
-    (`darkcfg data check` shows them all; `validate_labels` raises them). classes_from: see
-    parse_labels."""
+    (`darkcfg data check` shows them all; `validate_labels` raises them). classes_from and
+    polygons: see parse_labels."""
     boxes: list[np.ndarray] = []
     missing, first_missing = 0, -1
     missing_at: set[int] = set()
@@ -465,7 +509,7 @@ def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str =
                                        hint=text_hint(exc, "a label file is plain text")))
             boxes.append(empty)
             continue
-        found, bad = parse_labels(text, path, classes, classes_from)
+        found, bad = parse_labels(text, path, classes, classes_from, polygons)
         boxes.append(found)
         problems += bad
     return Labels(boxes, missing, first_missing, frozenset(missing_at)), problems

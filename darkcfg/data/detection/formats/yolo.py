@@ -12,8 +12,9 @@ The rules are ultralytics' (`ultralytics/data/utils.py` check_det_dataset and im
   * the label file of `.../images/.../x.jpg` is `.../labels/.../x.txt` (the last `/images/`
     becomes `/labels/`, the extension `.txt`);
   * `names` is a list or a {id: name} mapping (ids 0..n-1); `nc`, when given, must agree.
-Label lines are Darknet's `class x y w h` and get its checks (E903). Without `val`, validation
-falls back to the train images (Darknet's rule for a .data file without valid=).
+Label lines are Darknet's `class x y w h` and get its checks (E903); a segment line (a class
+and x y points) is the box around its points (ultralytics' segments2boxes). Without `val`,
+validation falls back to the train images (Darknet's rule for a .data file without valid=).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def read_yolo(path: Path) -> DetectionSet:
         images = _images(doc, key, root, problems)
         labels = [label_path(p) for p in images]
         found, bad = collect_labels(labels, len(names),
-                                    f"the {len(names)} names: in {path.name}")
+                                    f"the {len(names)} names: in {path.name}", polygons=True)
         problems.extend(bad)
         return Split.labelled(images, labels, found)
 
