@@ -1214,3 +1214,30 @@ def test_a_yolo_segment_set_trains_its_polygons_boxes(tmp_path):
     out = tmp_path / "dn"
     assert cli(["data", "convert", str(path), "--to", "darknet", str(out)]) == 0
     np.testing.assert_allclose(open_set(out / "obj.data").train.boxes[1], data.train.boxes[1])
+
+
+def test_a_roboflow_grouping_category_is_no_class(tmp_path):
+    """Roboflow's COCO export lists its project (id 0, no objects) as the supercategory of
+    every class: it is dropped with W904, so the classes are the real ones, in id order. A
+    category of no objects that groups none (a COCO subset's) stays a class."""
+    train, _ = write_coco(tmp_path / "c")
+    doc = json.loads(train.read_text())
+    want = open_set(train)
+    for c in doc["categories"]:
+        c["supercategory"] = "shapes"
+    doc["categories"].insert(1, {"id": 0, "name": "shapes", "supercategory": "none"})
+    train.write_text(json.dumps(doc, indent=1))
+    data = open_set(train)
+    assert data.names == want.names
+    assert as_samples(data) == as_samples(want)
+    (warning,) = data.problems
+    assert warning.code == "W904" and "category 0 'shapes' is the supercategory" in \
+        warning.message
+    assert '"id": 0' in train.read_text().splitlines()[warning.line - 1]
+    out = tmp_path / "back"
+    assert cli(["data", "convert", str(train), "--to", "coco", str(out)]) == 0
+    ids = [c["id"] for c in json.loads((out / "instances_train.json").read_text())["categories"]]
+    assert ids == [3, 7, 11]
+    doc["categories"][1]["name"] = "unused"
+    train.write_text(json.dumps(doc, indent=1))
+    assert open_set(train).names == ["unused", *want.names] and not open_set(train).problems

@@ -114,6 +114,30 @@ def _is_key(value) -> bool:
     return not isinstance(value, (list, dict))
 
 
+def _classes_of(categories: list, annotations: list, where: _Locator,
+                problems: list[Diagnostic]) -> list:
+    """The categories that are classes: all but a grouping one, which other categories name
+    as their `supercategory` and no annotation uses (Roboflow's export puts its project's name
+    first, id 0, as the parent of every class: an empty class that would shift every class id
+    by one and need an extra network output). W904 says which were dropped."""
+    used = {a.get("category_id") for a in annotations if isinstance(a, dict)
+            and _is_key(a.get("category_id"))}
+    parents = {c.get("supercategory") for _, _, c in categories}
+    grouping = [(cid, i, c) for cid, i, c in categories if cid not in used
+                and _is_key(c.get("name")) and c.get("name") in parents
+                and any(o.get("supercategory") == c.get("name") and o is not c
+                        for _, _, o in categories)]
+    if not grouping or len(grouping) == len(categories):
+        return categories
+    for cid, i, c in grouping:
+        problems.append(replace(where.at(
+            "categories", i, "id", f"category {cid} '{c.get('name')}' is the supercategory of "
+            "other categories and has no objects: not a class",
+            hint="a grouping category (Roboflow's export adds one); the classes are the other "
+            f"{len(categories) - len(grouping)} categories"), code=SET_CODE, severity=WARNING))
+    return [t for t in categories if t not in grouping]
+
+
 def read_coco(path: Path) -> DetectionSet:
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -142,16 +166,20 @@ def read_coco(path: Path) -> DetectionSet:
     categories = sorted(((c.get("id"), i, c) for i, c in enumerate(doc["categories"])
                          if isinstance(c, dict) and isinstance(c.get("id"), int)),
                         key=lambda t: t[0])
-    for k, (cid, i, c) in enumerate(categories):
-        if cid in classes:  # two classes under one id: its boxes would go to one of them
-            raise CfgError(where.at("categories", i, "id", f"category id {cid} is listed twice",
-                                    hint="give every category its own id"))
-        classes[cid] = k
-        names.append(str(c.get("name", cid)))
     if len(categories) != len(doc["categories"]):
         bad = next(i for i, c in enumerate(doc["categories"])
                    if not (isinstance(c, dict) and isinstance(c.get("id"), int)))
         raise CfgError(where.at("categories", bad, "id", "a category needs an integer 'id'"))
+    seen: set[int] = set()
+    for cid, i, _ in categories:
+        if cid in seen:  # two classes under one id: its boxes would go to one of them
+            raise CfgError(where.at("categories", i, "id", f"category id {cid} is listed twice",
+                                    hint="give every category its own id"))
+        seen.add(cid)
+    categories = _classes_of(categories, doc["annotations"], where, problems)
+    for k, (cid, _, c) in enumerate(categories):
+        classes[cid] = k
+        names.append(str(c.get("name", cid)))
     if not names:
         raise CfgError(Diagnostic("E901", f"'{path}' has no categories", str(path),
                                   hint="list the classes in 'categories' ({id, name})"))
