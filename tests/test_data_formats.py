@@ -1241,3 +1241,20 @@ def test_a_roboflow_grouping_category_is_no_class(tmp_path):
     doc["categories"][1]["name"] = "unused"
     train.write_text(json.dumps(doc, indent=1))
     assert open_set(train).names == ["unused", *want.names] and not open_set(train).problems
+
+
+def test_a_folder_above_a_set_names_the_sets_in_it(tmp_path):
+    """`--data VOCdevkit` (for VOCdevkit/VOC2007), `--data coco` (for coco/annotations/x.json)
+    or a yolo folder whose yaml is not data.yaml (ultralytics names it coco8.yaml): the error
+    says which set to pass."""
+    write_voc(tmp_path / "VOCdevkit" / "VOC2007")
+    write_coco(tmp_path / "coco" / "annotations")
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "coco8.yaml").write_text("train: images\nnames: [a]\n")
+    said = {name: first_error(tmp_path / name) for name in ("VOCdevkit", "coco", "y")}
+    assert said["VOCdevkit"].endswith(f"help: pass a set inside it: {tmp_path}/VOCdevkit/VOC2007")
+    assert f"{tmp_path}/coco/annotations/instances_train.json, {tmp_path}/coco/annotations/" \
+        "instances_val.json" in said["coco"]
+    assert f"pass a set inside it: {tmp_path}/y/coco8.yaml" in said["y"]
+    (tmp_path / "empty").mkdir()
+    assert "a Pascal VOC folder holds" in first_error(tmp_path / "empty")
