@@ -309,6 +309,9 @@ def test_a_coco_bbox_that_is_no_number_is_refused(tmp_path, bbox):
     (lambda d: d["annotations"][0].update(bbox=[d["images"][0]["width"] + 0.5, 2, 0.3, 4]),
      "is outside the image"),
     (lambda d: d["annotations"][0].update(bbox=[-0.9, 2, 0.5, 4]), "is outside the image"),
+    # a segmentation-only export: said as such, not as a malformed bbox
+    (lambda d: d["annotations"][0].pop("bbox") and d["annotations"][0].update(
+        segmentation=[[1, 1, 9, 1, 9, 9]]), "annotation has no bbox (only a segmentation)"),
 ])
 def test_coco_ids_and_crowd_flags_that_cannot_mean_one_thing(tmp_path, edit, message):
     train, _ = write_coco(tmp_path / "c")

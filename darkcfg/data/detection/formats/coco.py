@@ -266,6 +266,13 @@ def read_coco(path: Path) -> DetectionSet:
                 hint=f"the categories' ids are {sorted(classes)[:12]}"))
             continue
         box = ann.get("bbox")
+        if box is None or box == []:  # a segmentation-only export: no box to train
+            problems.append(where.at(
+                "annotations", i, None, "annotation has no bbox" + (
+                    " (only a segmentation)" if ann.get("segmentation") else ""),
+                hint="a detector trains on bbox [x, y, width, height] in pixels; pycocotools' "
+                "mask.toBbox gives it from a segmentation"))
+            continue
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                         and math.isfinite(v) for v in box)):
