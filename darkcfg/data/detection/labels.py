@@ -276,12 +276,13 @@ DATA_CLASSES = "the 'classes' of the .data file"
 
 
 def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CLASSES,
-                 polygons: bool = False) -> tuple[np.ndarray, list[Diagnostic]]:
+                 ultralytics: bool = False) -> tuple[np.ndarray, list[Diagnostic]]:
     """Boxes (n, 5) float32 `[x, y, w, h, class]` of a label file's text, and a diagnostic for
     each bad line (errors: the line is left out) or box at the image edge (warnings W903: kept
     or left out as Darknet does, see the module doc). classes_from: where the class count comes
-    from, for the hint of a class id out of range. polygons: a line `class x1 y1 x2 y2 x3 y3
-    ...` (ultralytics' segment labels) is the box around its points, as ultralytics reads it."""
+    from, for the hint of a class id out of range. ultralytics: read a line as ultralytics
+    does (a data.yaml set): `class x1 y1 x2 y2 x3 y3 ...` (its segment labels) is the box around
+    the points, and a class may be written as a whole float (`1.0`, numpy's savetxt `1e+00`)."""
     boxes: list[list[float]] = []
     problems: list[Diagnostic] = []
     # lines end at a line break only (str.splitlines also breaks at \v, \f, \x1c-\x1e, \x85
@@ -295,7 +296,7 @@ def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CL
         if not found:
             continue
         words = [w for _, w in found]
-        box, problem = _parse_line(words, classes, classes_from, polygons)
+        box, problem = _parse_line(words, classes, classes_from, ultralytics)
         if box is not None:
             boxes.append(box)
         if problem is None:
@@ -353,19 +354,21 @@ _POLYGON_HINT = ("a segment label line is 'class x1 y1 x2 y2 x3 y3 ...' (three o
 
 
 def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES,
-                polygons: bool = False):
+                ultralytics: bool = False):
     """(box or None, problem or None); problem = (message, index of the word or None, hint,
     severity). An error leaves the line out; a warning says what Darknet does with the box.
-    polygons: see parse_labels."""
-    if polygons and len(words) > 6:
+    ultralytics: see parse_labels."""
+    if ultralytics and len(words) > 6:
         return _polygon_line(words, classes, classes_from)
     if len(words) != 5:
         return None, (f"{len(words)} value{'s' if len(words) != 1 else ''}, expected 5 "
-                      "(class x y w h)", None, _count_hint(len(words), polygons), ERROR)
+                      "(class x y w h)", None, _count_hint(len(words), ultralytics), ERROR)
     try:
         cls = int(_c_number(words[0]))
     except ValueError:
-        return None, (f"class '{printable(words[0])}' is not an integer", 0, "", ERROR)
+        cls = _whole(words[0]) if ultralytics else None  # ultralytics reads labels as floats
+        if cls is None:
+            return None, (f"class '{printable(words[0])}' is not an integer", 0, "", ERROR)
     try:
         x, y, w, h = (float(_c_number(v)) for v in words[1:])
     except ValueError:
@@ -397,13 +400,13 @@ def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES
     return box, None
 
 
-def _count_hint(count: int, polygons: bool) -> str:
+def _count_hint(count: int, ultralytics: bool) -> str:
     """The hint for a label line of `count` values, when the count says what it is ('': the
     usual one)."""
     if count == 6:  # ultralytics' predictions saved with save_conf: class x y w h conf
         return ("a sixth value is no part of a label (a confidence, as saved predictions have): "
                 "drop it; " + _LINE_HINT)
-    if count > 6 and not polygons:  # ultralytics' segment labels in a Darknet .data set
+    if count > 6 and not ultralytics:  # ultralytics' segment labels in a Darknet .data set
         return ("a line of a class and x y pairs is an ultralytics segment polygon, which "
                 "Darknet does not read: give the set as its data.yaml (darkcfg reads a polygon "
                 "as its box) or `darkcfg data convert` it from there")
@@ -426,10 +429,18 @@ def _polygon_line(words: list[str], classes: int, classes_from: str):
     xs, ys = points[0::2], points[1::2]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     box, problem = _parse_line([words[0], repr((x0 + x1) / 2), repr((y0 + y1) / 2),
-                                repr(x1 - x0), repr(y1 - y0)], classes, classes_from)
+                                repr(x1 - x0), repr(y1 - y0)], classes, classes_from, True)
     if problem is not None and problem[1]:  # a value of the box: not a word of the line
         problem = (f"the polygon's box: {problem[0]}", None, *problem[2:])
     return box, problem
+
+
+def _whole(word: str) -> int | None:
+    """The class id a float word is (`1.0`, `1e+00`), or None (not a number, not whole)."""
+    if not _is_float(word):
+        return None
+    value = float(word)
+    return int(value) if math.isfinite(value) and value == int(value) else None
 
 
 def _c_number(word: str) -> str:
@@ -485,10 +496,10 @@ def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 
 
 
 def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str = DATA_CLASSES,
-                   polygons: bool = False) -> tuple[Labels, list[Diagnostic]]:
+                   ultralytics: bool = False) -> tuple[Labels, list[Diagnostic]]:
     """Every label file's boxes (bad lines left out) and a located diagnostic for each problem
     (`darkcfg data check` shows them all; `validate_labels` raises them). classes_from and
-    polygons: see parse_labels."""
+    ultralytics: see parse_labels."""
     boxes: list[np.ndarray] = []
     missing, first_missing = 0, -1
     missing_at: set[int] = set()
@@ -509,7 +520,7 @@ def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str =
                                        hint=text_hint(exc, "a label file is plain text")))
             boxes.append(empty)
             continue
-        found, bad = parse_labels(text, path, classes, classes_from, polygons)
+        found, bad = parse_labels(text, path, classes, classes_from, ultralytics)
         boxes.append(found)
         problems += bad
     return Labels(boxes, missing, first_missing, frozenset(missing_at)), problems

@@ -112,7 +112,7 @@ def read_yolo(path: Path) -> DetectionSet:
         images = _images(doc, key, root, problems)
         labels = [label_path(p) for p in images]
         found, bad = collect_labels(labels, len(names),
-                                    f"the {len(names)} names: in {path.name}", polygons=True)
+                                    f"the {len(names)} names: in {path.name}", ultralytics=True)
         problems.extend(bad)
         return Split.labelled(images, labels, found)
 
