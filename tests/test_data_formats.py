@@ -363,6 +363,9 @@ def test_coco_errors_are_located(tmp_path):
     d = err.value.first
     assert d.line == 1 and train.read_text()[d.column - 1:].startswith('"file_name"')
     assert "image 'gone.png' not found" in d.message
+    doc["images"][0]["file_name"] = "images\\im0.png"  # a file written on Windows
+    train.write_text(json.dumps(doc))
+    assert "has Windows backslashes" in first_error(train)
     train.write_text('{"images": [}')
     assert "invalid JSON" in first_error(train) and ":1:13:" in first_error(train)
 

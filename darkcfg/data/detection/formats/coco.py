@@ -32,6 +32,7 @@ import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
+from darkcfg.data.datafile import missing_path_hint
 from darkcfg.data.detection.formats.base import (
     DeclaredSize,
     DetectionSet,
@@ -206,7 +207,8 @@ def read_coco(path: Path) -> DetectionSet:
         found = next((str(f / name) for f in folders if (f / name).is_file()), None)
         if found is None:
             problems.append(where.at("images", i, "file_name", f"image '{name}' not found",
-                                     hint="looked in " + ", ".join(map(str, folders))))
+                                     hint=missing_path_hint(name, "looked in " + ", ".join(
+                                         map(str, folders)))))
             continue
         width, height = entry.get("width"), entry.get("height")
         bad = next((k for k, v in (("width", width), ("height", height))
