@@ -1264,3 +1264,13 @@ def test_a_folder_above_a_set_names_the_sets_in_it(tmp_path):
     assert f"pass a set inside it: {tmp_path}/y/coco8.yaml" in said["y"]
     (tmp_path / "empty").mkdir()
     assert "a Pascal VOC folder holds" in first_error(tmp_path / "empty")
+
+
+def test_coco_keypoint_files_find_cocos_image_folder(tmp_path):
+    """person_keypoints_val2017.json (its person boxes train a detector) lies beside
+    instances_val2017.json: its images are in coco/val2017/ too."""
+    train, _ = write_coco(tmp_path / "coco" / "annotations")
+    train = train.rename(train.with_name("person_keypoints_train2017.json"))
+    (tmp_path / "coco" / "annotations" / "images").rename(tmp_path / "coco" / "train2017")
+    data = open_set(train)
+    assert [Path(p).parent for p in data.train.images] == [tmp_path / "coco" / "train2017"] * 4

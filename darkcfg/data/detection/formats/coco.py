@@ -186,9 +186,11 @@ def read_coco(path: Path) -> DetectionSet:
                                   hint="list the classes in 'categories' ({id, name})"))
 
     folders = [path.parent, path.parent / "images"]
-    split = path.stem.split("_", 1)[1] if "_" in path.stem else ""
-    if split:  # COCO's own layout: annotations/instances_val2017.json beside val2017/
-        folders += [path.parent.parent / split, path.parent.parent / "images" / split]
+    # COCO's own layout: annotations/instances_val2017.json beside val2017/; the split is
+    # after the first '_' or the last (person_keypoints_val2017.json, instances_my_val.json)
+    for split in dict.fromkeys([path.stem.split("_", 1)[-1], path.stem.rsplit("_", 1)[-1]]):
+        if "_" in path.stem:
+            folders += [path.parent.parent / split, path.parent.parent / "images" / split]
     images: list[str] = []
     first_ids: list[object] = []  # per image: the id of its first entry
     declared: dict[str, DeclaredSize] = {}
