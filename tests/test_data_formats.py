@@ -1274,3 +1274,23 @@ def test_coco_keypoint_files_find_cocos_image_folder(tmp_path):
     (tmp_path / "coco" / "annotations" / "images").rename(tmp_path / "coco" / "train2017")
     data = open_set(train)
     assert [Path(p).parent for p in data.train.images] == [tmp_path / "coco" / "train2017"] * 4
+
+
+def test_darknets_own_layout_reads_from_any_directory(tmp_path, monkeypatch):
+    """AlexeyAB's README layout, run from the darknet folder: data/obj.data names
+    data/train.txt, which lists data/obj/x.jpg. Read from elsewhere, each path is also tried
+    under the folder above the .data file (datafile.data_folders)."""
+    root = tmp_path / "darknet"
+    (root / "data" / "obj").mkdir(parents=True)
+    for i in range(2):
+        picture(i, 16, 16).save(root / "data" / "obj" / f"{i}.jpg")
+        (root / "data" / "obj" / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "data" / "train.txt").write_text("data/obj/0.jpg\ndata/obj/1.jpg\n")
+    (root / "data" / "obj.names").write_text("widget\n")
+    (root / "data" / "obj.data").write_text("classes = 1\ntrain = data/train.txt\n"
+                                            "names = data/obj.names\n")
+    monkeypatch.chdir(tmp_path)
+    data = open_set(Path("darknet/data/obj.data"))
+    assert data.names == ["widget"]
+    assert [Path(p).resolve() for p in data.train.images] == \
+        [root / "data" / "obj" / f"{i}.jpg" for i in range(2)]

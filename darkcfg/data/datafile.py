@@ -69,6 +69,15 @@ def read_data_file(path: Path) -> dict[str, str]:
     return options
 
 
+def data_folders(data_file: Path | str) -> tuple[Path, Path]:
+    """Where a `.data` file's relative paths are tried after the current directory (Darknet's
+    only one): its folder, then the folder above it, so Darknet's own layouts read from any
+    directory (they are run from the darknet folder: `cfg/coco.data` names `data/coco.names`,
+    AlexeyAB's `data/obj.data` names `data/train.txt` listing `data/obj/x.jpg`)."""
+    folder = Path(data_file).parent
+    return folder, folder.parent
+
+
 def resolve(raw: str, *fallbacks: Path) -> Path:
     """`raw` as Darknet opens it (absolute, or relative to the current directory), else under
     the first fallback folder where it exists; the Darknet reading when it exists nowhere."""

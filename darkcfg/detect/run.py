@@ -22,7 +22,13 @@ from builders.atomic import files_under
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING, printable
 from darkcfg.data.base import check_image_headers, undecodable_warning
-from darkcfg.data.datafile import IMAGE_EXTENSIONS, is_image, read_data_file, resolve
+from darkcfg.data.datafile import (
+    IMAGE_EXTENSIONS,
+    data_folders,
+    is_image,
+    read_data_file,
+    resolve,
+)
 from darkcfg.detect.decode import (
     Found,
     c_round,
@@ -131,7 +137,7 @@ def read_names(names_file: str | None, data_file: str | None
         options = read_data_file(path)
         if "names" not in options:
             return [], None, None
-        names_file = str(resolve(options["names"], path.parent))
+        names_file = str(resolve(options["names"], *data_folders(path)))
     if names_file is None:
         return [], None, None
     try:

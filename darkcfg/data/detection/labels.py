@@ -48,6 +48,7 @@ from cfgparse.errors import ERROR, WARNING, printable
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
     data_diagnostic,
+    data_folders,
     found_under,
     missing_path_hint,
     numbered_list,
@@ -178,9 +179,9 @@ def repeated(listed: Sequence[tuple[str, int, str]], where: Path | str, use: str
                       source=line, span=max(len(line.strip()), 1))
 
 
-def _count_names(opts: dict[str, str], here: Path, where: str) -> int:
+def _count_names(opts: dict[str, str], folders: Sequence[Path], where: str) -> int:
     """Without classes=: the names file's line count (0: no names file), with a warning."""
-    count = len(read_list(resolve(opts["names"], here), where, "names", keep_blank=True)) \
+    count = len(read_list(resolve(opts["names"], *folders), where, "names", keep_blank=True)) \
         if "names" in opts else 0
     print(Diagnostic("W904", f"'{where}' has no classes= line: using "
                      + (f"the {count} names of its names file" if count else
@@ -196,6 +197,7 @@ def open_detection_data(path: Path) -> DetectionData:
     opts = read_data_file(path)
     where = str(path)
     here = path.parent
+    folders = data_folders(path)
     if "train" not in opts:
         raise _error(f"'{path}' has no 'train' list", where,
                      hint="add train=path/to/train.txt (one image path per line)")
@@ -203,7 +205,7 @@ def open_detection_data(path: Path) -> DetectionData:
         # Darknet's default is 20 (src/detector.c option_find_int(options, "classes", 20)); a
         # names file says better how many there are
         classes = int(opts["classes"]) if "classes" in opts else \
-            _count_names(opts, here, where) or 20
+            _count_names(opts, folders, where) or 20
     except ValueError:
         raise _error(f"classes={opts['classes']} is not an integer", where, "write classes=N",
                      key="classes") from None
@@ -215,13 +217,13 @@ def open_detection_data(path: Path) -> DetectionData:
     lists: dict[str, Path] = {}
 
     def images(key: str) -> tuple[list[str], list[str]]:
-        list_path = resolve(opts[key], here)
+        list_path = resolve(opts[key], *folders)
         out, labels = [], []
         missing = []
         listed = []
         for n, line in numbered_list(list_path, where, key):
             raw = line.strip()
-            base = found_under(raw, (list_path.parent, here))
+            base = found_under(raw, (list_path.parent, *folders))
             image = os.path.join(base, raw) if base else raw
             if not os.path.isfile(image):
                 missing.append(raw)
@@ -241,8 +243,8 @@ def open_detection_data(path: Path) -> DetectionData:
             raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "
                          f"'{printable(missing[0])}'", where,
                          hint=missing_path_hint(missing[0], "paths are tried relative to the "
-                                                f"current directory, {list_path.parent} and "
-                                                f"{here}"), key=key)
+                                                f"current directory, {list_path.parent}, "
+                                                f"{here} and {folders[1]}"), key=key)
         if not out:
             raise _error(f"the {key} list '{list_path}' is empty", where,
                          hint="list one image path per line", key=key)
@@ -252,7 +254,7 @@ def open_detection_data(path: Path) -> DetectionData:
     valid, valid_labels = images("valid") if "valid" in opts else ([], [])
     difficult = images("difficult")[1] if "difficult" in opts else []
     if "names" in opts:
-        names = read_list(resolve(opts["names"], here), where, "names", keep_blank=True)
+        names = read_list(resolve(opts["names"], *folders), where, "names", keep_blank=True)
         names = [name or str(i) for i, name in enumerate(names)]  # a blank line: its number
         if len(names) < classes:
             raise _error(f"'{path}' says classes={classes} but its names file lists "
