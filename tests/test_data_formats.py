@@ -1294,3 +1294,23 @@ def test_darknets_own_layout_reads_from_any_directory(tmp_path, monkeypatch):
     assert data.names == ["widget"]
     assert [Path(p).resolve() for p in data.train.images] == \
         [root / "data" / "obj" / f"{i}.jpg" for i in range(2)]
+
+
+def test_a_cvat_yolo_export_unpacked_elsewhere_says_to_name_its_folder_data(tmp_path):
+    """CVAT's "YOLO 1.1" zip (obj.data, train.txt, obj_train_data/) writes every path as
+    data/...: unpacked into export/, the error says to rename it data/, after which it reads
+    from any directory (the folder above the .data file is tried)."""
+    root = tmp_path / "export"
+    (root / "obj_train_data").mkdir(parents=True)
+    picture(0, 16, 16).save(root / "obj_train_data" / "0.jpg")
+    (root / "obj_train_data" / "0.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "train.txt").write_text("data/obj_train_data/0.jpg\n")
+    (root / "obj.names").write_text("widget\n")
+    (root / "obj.data").write_text("classes = 1\ntrain = data/train.txt\n"
+                                   "names = data/obj.names\nbackup = backup/\n")
+    msg = first_error(root / "obj.data")
+    assert "obj.data:2:1: error[E901]: cannot read the train file 'data/train.txt'" in msg
+    assert f"help: '{root}/train.txt' exists" in msg and \
+        "rename the folder 'export' to 'data'" in msg
+    root.rename(tmp_path / "data")
+    assert open_set(tmp_path / "data" / "obj.data").names == ["widget"]
