@@ -20,6 +20,7 @@ from cfgparse import CfgError
 from darkcfg.cli import main as cli
 from darkcfg.data.detection.dataset import Slot, detection_datasets
 from darkcfg.data.detection.formats import detect_format, open_set
+from darkcfg.data.detection.formats.check import missing_label_files
 from darkcfg.data.detection.formats.convert import convert, label_text
 
 NAMES = ["circle", "square", "triangle"]
@@ -1314,3 +1315,19 @@ def test_a_cvat_yolo_export_unpacked_elsewhere_says_to_name_its_folder_data(tmp_
         "rename the folder 'export' to 'data'" in msg
     root.rename(tmp_path / "data")
     assert open_set(tmp_path / "data" / "obj.data").names == ["widget"]
+
+
+def test_labels_beside_the_images_of_a_yaml_set_are_pointed_at(tmp_path):
+    """A data.yaml set whose .txt files lie beside the images (Roboflow's "YOLO Darknet"
+    export, a labelImg folder) has none where ultralytics' rule looks: check's error and
+    training's warning name the file beside the image and where it must go."""
+    path = write_yolo(tmp_path / "y")
+    for label in (tmp_path / "y" / "labels" / "train").iterdir():
+        label.rename(tmp_path / "y" / "images" / "train" / label.name)
+    data = open_set(path)
+    said = f"'{tmp_path}/y/images/train/im0.txt' lies beside its image but the label is read " \
+        f"from '{tmp_path}/y/labels/train/im0.txt': move the label files there"
+    assert data.train.missing_warning("train images").endswith("; " + said)
+    (error,) = [d for d in missing_label_files(data) if d.severity == "error"]
+    assert error.hint == said
+    assert data.valid.label_beside() == ""  # its labels are where the rule looks
