@@ -1331,3 +1331,12 @@ def test_labels_beside_the_images_of_a_yaml_set_are_pointed_at(tmp_path):
     (error,) = [d for d in missing_label_files(data) if d.severity == "error"]
     assert error.hint == said
     assert data.valid.label_beside() == ""  # its labels are where the rule looks
+
+
+def test_a_yaml_with_nc_and_no_names_names_its_classes_as_ultralytics(tmp_path):
+    path = write_yolo(tmp_path / "y")
+    text = path.read_text()
+    path.write_text(text[:text.index("names:")] + "nc: 3\n")
+    assert open_set(path).names == ["class_0", "class_1", "class_2"]
+    path.write_text(text[:text.index("names:")] + "nc: 0\n")
+    assert "needs names:" in first_error(path)
