@@ -20,6 +20,7 @@ from cfgparse import CfgError
 from darkcfg.cli import main as cli
 from darkcfg.data.detection.dataset import Slot, detection_datasets
 from darkcfg.data.detection.formats import detect_format, open_set
+from darkcfg.data.detection.formats.check import missing_label_files
 from darkcfg.data.detection.formats.convert import convert, label_text
 
 NAMES = ["circle", "square", "triangle"]
@@ -309,6 +310,9 @@ def test_a_coco_bbox_that_is_no_number_is_refused(tmp_path, bbox):
     (lambda d: d["annotations"][0].update(bbox=[d["images"][0]["width"] + 0.5, 2, 0.3, 4]),
      "is outside the image"),
     (lambda d: d["annotations"][0].update(bbox=[-0.9, 2, 0.5, 4]), "is outside the image"),
+    # a segmentation-only export: said as such, not as a malformed bbox
+    (lambda d: d["annotations"][0].pop("bbox") and d["annotations"][0].update(
+        segmentation=[[1, 1, 9, 1, 9, 9]]), "annotation has no bbox (only a segmentation)"),
 ])
 def test_coco_ids_and_crowd_flags_that_cannot_mean_one_thing(tmp_path, edit, message):
     train, _ = write_coco(tmp_path / "c")
@@ -360,6 +364,9 @@ def test_coco_errors_are_located(tmp_path):
     d = err.value.first
     assert d.line == 1 and train.read_text()[d.column - 1:].startswith('"file_name"')
     assert "image 'gone.png' not found" in d.message
+    doc["images"][0]["file_name"] = "images\\im0.png"  # a file written on Windows
+    train.write_text(json.dumps(doc))
+    assert "has Windows backslashes" in first_error(train)
     train.write_text('{"images": [}')
     assert "invalid JSON" in first_error(train) and ":1:13:" in first_error(train)
 
@@ -1180,3 +1187,156 @@ def test_one_image_extension_rule_for_every_folder_and_every_list(four, tmp_path
         Image.new("RGB", (8, 8)).save(tmp_path / "cls" / name / "b.jpg")
     splits = image_folder(tmp_path / "cls", 3, 0)
     assert len(splits.train) + len(splits.val or []) == 4
+
+
+# -- the data sets people have ---------------------------------------------------------------------
+def test_a_coco_box_of_no_size_is_left_out_with_a_warning(tmp_path):
+    """COCO's own instances_train2017.json holds two boxes of height 0 (ids 918, 2206849): the
+    official set must train, as ultralytics' converter and Darknet's loader leave such a box
+    out. A negative size stays an error (a broken annotation)."""
+    train, _ = write_coco(tmp_path / "c")
+    doc = json.loads(train.read_text())
+    objects = sum(len(b) for b in open_set(train).train.boxes)
+    doc["annotations"][0]["bbox"] = [296.65 / 10, 3.5, 1.03, 0.0]
+    train.write_text(json.dumps(doc, indent=1))
+    data = open_set(train)
+    assert sum(len(b) for b in data.train.boxes) == objects - 1
+    (warning,) = data.problems
+    assert warning.code == "W903" and warning.severity == "warning" and \
+        "has no size: left out" in warning.message
+    assert train.read_text().splitlines()[warning.line - 1].strip().startswith('"bbox"')
+    doc["annotations"][0]["bbox"] = [3, 3, -2, 0]
+    train.write_text(json.dumps(doc, indent=1))
+    assert "has no area" in first_error(train)
+
+
+def test_a_yolo_segment_set_trains_its_polygons_boxes(tmp_path):
+    """A data.yaml of segment labels (coco8-seg's layout) reads each polygon as its box, as
+    ultralytics' detection training does; `convert --to darknet` writes the boxes."""
+    path = write_yolo(tmp_path / "y")
+    (tmp_path / "y" / "labels" / "train" / "im1.txt").write_text(
+        "1 0.25 0.25 0.75 0.25 0.75 0.5 0.25 0.5\n")
+    data = open_set(path)
+    np.testing.assert_allclose(data.train.boxes[1], [[0.5, 0.375, 0.5, 0.25, 1]])
+    out = tmp_path / "dn"
+    assert cli(["data", "convert", str(path), "--to", "darknet", str(out)]) == 0
+    np.testing.assert_allclose(open_set(out / "obj.data").train.boxes[1], data.train.boxes[1])
+
+
+def test_a_roboflow_grouping_category_is_no_class(tmp_path):
+    """Roboflow's COCO export lists its project (id 0, no objects) as the supercategory of
+    every class: it is dropped with W904, so the classes are the real ones, in id order. A
+    category of no objects that groups none (a COCO subset's) stays a class."""
+    train, _ = write_coco(tmp_path / "c")
+    doc = json.loads(train.read_text())
+    want = open_set(train)
+    for c in doc["categories"]:
+        c["supercategory"] = "shapes"
+    doc["categories"].insert(1, {"id": 0, "name": "shapes", "supercategory": "none"})
+    train.write_text(json.dumps(doc, indent=1))
+    data = open_set(train)
+    assert data.names == want.names
+    assert as_samples(data) == as_samples(want)
+    (warning,) = data.problems
+    assert warning.code == "W904" and "category 0 'shapes' is the supercategory" in \
+        warning.message
+    assert '"id": 0' in train.read_text().splitlines()[warning.line - 1]
+    out = tmp_path / "back"
+    assert cli(["data", "convert", str(train), "--to", "coco", str(out)]) == 0
+    ids = [c["id"] for c in json.loads((out / "instances_train.json").read_text())["categories"]]
+    assert ids == [3, 7, 11]
+    doc["categories"][1]["name"] = "unused"
+    train.write_text(json.dumps(doc, indent=1))
+    assert open_set(train).names == ["unused", *want.names] and not open_set(train).problems
+
+
+def test_a_folder_above_a_set_names_the_sets_in_it(tmp_path):
+    """`--data VOCdevkit` (for VOCdevkit/VOC2007), `--data coco` (for coco/annotations/x.json)
+    or a yolo folder whose yaml is not data.yaml (ultralytics names it coco8.yaml): the error
+    says which set to pass."""
+    write_voc(tmp_path / "VOCdevkit" / "VOC2007")
+    write_coco(tmp_path / "coco" / "annotations")
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "coco8.yaml").write_text("train: images\nnames: [a]\n")
+    said = {name: first_error(tmp_path / name) for name in ("VOCdevkit", "coco", "y")}
+    assert said["VOCdevkit"].endswith(f"help: pass a set inside it: {tmp_path}/VOCdevkit/VOC2007")
+    assert f"{tmp_path}/coco/annotations/instances_train.json, {tmp_path}/coco/annotations/" \
+        "instances_val.json" in said["coco"]
+    assert f"pass a set inside it: {tmp_path}/y/coco8.yaml" in said["y"]
+    (tmp_path / "empty").mkdir()
+    assert "a Pascal VOC folder holds" in first_error(tmp_path / "empty")
+
+
+def test_coco_keypoint_files_find_cocos_image_folder(tmp_path):
+    """person_keypoints_val2017.json (its person boxes train a detector) lies beside
+    instances_val2017.json: its images are in coco/val2017/ too."""
+    train, _ = write_coco(tmp_path / "coco" / "annotations")
+    train = train.rename(train.with_name("person_keypoints_train2017.json"))
+    (tmp_path / "coco" / "annotations" / "images").rename(tmp_path / "coco" / "train2017")
+    data = open_set(train)
+    assert [Path(p).parent for p in data.train.images] == [tmp_path / "coco" / "train2017"] * 4
+
+
+def test_darknets_own_layout_reads_from_any_directory(tmp_path, monkeypatch):
+    """AlexeyAB's README layout, run from the darknet folder: data/obj.data names
+    data/train.txt, which lists data/obj/x.jpg. Read from elsewhere, each path is also tried
+    under the folder above the .data file (datafile.data_folders)."""
+    root = tmp_path / "darknet"
+    (root / "data" / "obj").mkdir(parents=True)
+    for i in range(2):
+        picture(i, 16, 16).save(root / "data" / "obj" / f"{i}.jpg")
+        (root / "data" / "obj" / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "data" / "train.txt").write_text("data/obj/0.jpg\ndata/obj/1.jpg\n")
+    (root / "data" / "obj.names").write_text("widget\n")
+    (root / "data" / "obj.data").write_text("classes = 1\ntrain = data/train.txt\n"
+                                            "names = data/obj.names\n")
+    monkeypatch.chdir(tmp_path)
+    data = open_set(Path("darknet/data/obj.data"))
+    assert data.names == ["widget"]
+    assert [Path(p).resolve() for p in data.train.images] == \
+        [root / "data" / "obj" / f"{i}.jpg" for i in range(2)]
+
+
+def test_a_cvat_yolo_export_unpacked_elsewhere_says_to_name_its_folder_data(tmp_path):
+    """CVAT's "YOLO 1.1" zip (obj.data, train.txt, obj_train_data/) writes every path as
+    data/...: unpacked into export/, the error says to rename it data/, after which it reads
+    from any directory (the folder above the .data file is tried)."""
+    root = tmp_path / "export"
+    (root / "obj_train_data").mkdir(parents=True)
+    picture(0, 16, 16).save(root / "obj_train_data" / "0.jpg")
+    (root / "obj_train_data" / "0.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "train.txt").write_text("data/obj_train_data/0.jpg\n")
+    (root / "obj.names").write_text("widget\n")
+    (root / "obj.data").write_text("classes = 1\ntrain = data/train.txt\n"
+                                   "names = data/obj.names\nbackup = backup/\n")
+    msg = first_error(root / "obj.data")
+    assert "obj.data:2:1: error[E901]: cannot read the train file 'data/train.txt'" in msg
+    assert f"help: '{root}/train.txt' exists" in msg and \
+        "rename the folder 'export' to 'data'" in msg
+    root.rename(tmp_path / "data")
+    assert open_set(tmp_path / "data" / "obj.data").names == ["widget"]
+
+
+def test_labels_beside_the_images_of_a_yaml_set_are_pointed_at(tmp_path):
+    """A data.yaml set whose .txt files lie beside the images (Roboflow's "YOLO Darknet"
+    export, a labelImg folder) has none where ultralytics' rule looks: check's error and
+    training's warning name the file beside the image and where it must go."""
+    path = write_yolo(tmp_path / "y")
+    for label in (tmp_path / "y" / "labels" / "train").iterdir():
+        label.rename(tmp_path / "y" / "images" / "train" / label.name)
+    data = open_set(path)
+    said = f"'{tmp_path}/y/images/train/im0.txt' lies beside its image but the label is read " \
+        f"from '{tmp_path}/y/labels/train/im0.txt': move the label files there"
+    assert data.train.missing_warning("train images").endswith("; " + said)
+    (error,) = [d for d in missing_label_files(data) if d.severity == "error"]
+    assert error.hint == said
+    assert data.valid.label_beside() == ""  # its labels are where the rule looks
+
+
+def test_a_yaml_with_nc_and_no_names_names_its_classes_as_ultralytics(tmp_path):
+    path = write_yolo(tmp_path / "y")
+    text = path.read_text()
+    path.write_text(text[:text.index("names:")] + "nc: 3\n")
+    assert open_set(path).names == ["class_0", "class_1", "class_2"]
+    path.write_text(text[:text.index("names:")] + "nc: 0\n")
+    assert "needs names:" in first_error(path)

@@ -122,6 +122,42 @@ def test_bad_label_lines_are_located_errors(line, message, column):
     assert line in shown and "help:" in shown  # the source line with a caret, and a fix
 
 
+def test_a_yolo_sets_class_may_be_a_whole_float_as_ultralytics_reads_it():
+    """ultralytics reads a label file as float32 numbers, so `1.0` or numpy savetxt's
+    `1.000000000000000000e+00` is class 1 in a data.yaml set; `1.5` is no class. A .data set
+    keeps Darknet's `%d` (test_bad_label_lines_are_located_errors)."""
+    text = "1.0 0.5 0.5 0.2 0.2\n2.000000000000000000e+00 5e-01 5e-01 2e-01 2e-01\n" \
+        "1.0 0.1 0.2 0.5 0.2 0.4 0.6\n1.5 0.5 0.5 0.2 0.2\n"
+    boxes, problems = parse_labels(text, "labels/x.txt", 3, ultralytics=True)
+    assert boxes[:, 4].tolist() == [1, 2, 1]
+    assert [(d.line, d.message) for d in problems] == [(4, "class '1.5' is not an integer")]
+
+
+def test_segment_polygons_are_their_box_in_a_yolo_set_and_an_error_in_darknets():
+    """ultralytics' segment labels (`class x1 y1 x2 y2 x3 y3 ...`, coco8-seg, Roboflow's
+    instance-segmentation export) train a detector as the box around the points
+    (segments2boxes); Darknet reads 5 values a box, so a .data set says what the line is."""
+    text = "0 0.1 0.2 0.5 0.2 0.4 0.6\n1 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.5 0.3 0.5 0.7 0.3 0.7\n"
+    boxes, problems = parse_labels(text, "labels/x.txt", 2, ultralytics=True)
+    assert not problems
+    np.testing.assert_allclose(boxes, [[0.3, 0.4, 0.4, 0.4, 0], [0.5, 0.5, 0.2, 0.2, 1],
+                                       [0.4, 0.5, 0.2, 0.4, 1]], rtol=1e-6)
+    bad = "0 0.1 0.2 0.5 0.2 0.4\n0 0.1 0.2 0.5 zz 0.4 0.6\n5 0.1 0.2 0.5 0.2 0.4 0.6\n" \
+        "0 0.1 0.2 1.5 0.2 0.4 0.6\n"
+    boxes, problems = parse_labels(bad, "labels/x.txt", 2, ultralytics=True)
+    assert [(d.line, d.column, d.code) for d in problems] == [
+        (1, 1, "E903"), (2, 15, "E903"), (3, 1, "E903"), (4, 1, "W903")]
+    assert "6 values" in problems[0].message and "confidence" in problems[0].hint
+    assert "'zz' is not a number" in problems[1].message
+    assert problems[2].message == "class 5 but classes=2"
+    assert problems[3].message.startswith("the polygon's box: w = ")
+    assert len(boxes) == 1  # the box past the edge, clipped as Darknet trains it
+    boxes, problems = parse_labels(text, "labels/x.txt", 2)
+    assert len(boxes) == 1 and [d.line for d in problems] == [1, 3]
+    assert "7 values, expected 5" in problems[0].message and \
+        "ultralytics segment polygon" in problems[0].hint
+
+
 @pytest.mark.parametrize("line, column, said", [
     ("0 0.5 0.5\x00 0.2 0.2", 10, "a NUL byte (\\x00)"),  # Python read 0.5\x00 as a word
     ("\x000 0.5 0.5 0.2 0.2", 1, "a NUL byte (\\x00)"),

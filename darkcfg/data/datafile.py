@@ -69,6 +69,15 @@ def read_data_file(path: Path) -> dict[str, str]:
     return options
 
 
+def data_folders(data_file: Path | str) -> tuple[Path, Path]:
+    """Where a `.data` file's relative paths are tried after the current directory (Darknet's
+    only one): its folder, then the folder above it, so Darknet's own layouts read from any
+    directory (they are run from the darknet folder: `cfg/coco.data` names `data/coco.names`,
+    AlexeyAB's `data/obj.data` names `data/train.txt` listing `data/obj/x.jpg`)."""
+    folder = Path(data_file).parent
+    return folder, folder.parent
+
+
 def resolve(raw: str, *fallbacks: Path) -> Path:
     """`raw` as Darknet opens it (absolute, or relative to the current directory), else under
     the first fallback folder where it exists; the Darknet reading when it exists nowhere."""
@@ -120,6 +129,20 @@ def numbered_list(path: Path, where: str, key: str) -> list[tuple[int, str]]:
             if line.strip()]
 
 
+def _export_hint(path: Path, data_file: Path) -> str:
+    """For `data/train.txt` not found where `train.txt` lies beside the .data file: a set
+    exported for Darknet's `data/` folder (CVAT's "YOLO 1.1" zip: obj.data, train.txt and
+    obj_train_data/, every path written data/...), unpacked into a folder of another name."""
+    parts = path.parts
+    folder = data_file.parent
+    if path.is_absolute() or len(parts) < 2 or path.exists() or \
+            not (folder / Path(*parts[1:])).exists() or folder.resolve().name == parts[0]:
+        return ""
+    return (f"'{folder / Path(*parts[1:])}' exists: this set was written to lie in a "
+            f"'{parts[0]}/' folder (CVAT's YOLO 1.1 export is, for Darknet's data/): rename the "
+            f"folder '{folder.resolve().name}' to '{parts[0]}'")
+
+
 def _list_lines(path: Path, where: str, key: str) -> list[str]:
     try:
         lines = split_lines(Path(path).read_text(encoding="utf-8-sig"))
@@ -130,6 +153,7 @@ def _list_lines(path: Path, where: str, key: str) -> list[str]:
             # "names = my names.txt": Darknet's read_data_cfg strips every space of the line
             hint = (f"Darknet removes every space of a .data line, so '{raw.strip()}' names "
                     f"'{path}': give the file (and its folders) a name without spaces")
+        hint = _export_hint(Path(path), Path(where)) or hint
         raise CfgError(data_diagnostic("E901", f"cannot read the {key} file '{path}': {exc}",
                                        where, key, text_hint(exc, hint))) from None
     return lines

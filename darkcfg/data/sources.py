@@ -30,6 +30,7 @@ from darkcfg.data.base import (
 )
 from darkcfg.data.datafile import (
     data_diagnostic,
+    data_folders,
     is_image,
     missing_path_hint,
     read_data_file,
@@ -182,10 +183,11 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
 def darknet_data(path: Path, channels: int) -> DataSplits:
     opts = read_data_file(path)
     where = str(path)
+    folders = data_folders(path)
     if "train" not in opts:
         raise data_error(f"'{path}' has no 'train' list", where,
                          "add train=path/to/train.list (one image path per line)")
-    labels_path = resolve(opts.get("labels", "data/labels.list"), path.parent)
+    labels_path = resolve(opts.get("labels", "data/labels.list"), *folders)
     if "labels" not in opts and not labels_path.exists():
         detection = "names" in opts or "backup" in opts  # what a detector's .data has
         raise data_error(
@@ -195,7 +197,7 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
             "[yolo]/[region] heads for this detection .data" if detection else
             "add labels=path/to/labels.list (one class name per line)")
     labels = _read_list(labels_path, where, "labels")
-    names_path = resolve(opts["names"], path.parent) if "names" in opts else labels_path
+    names_path = resolve(opts["names"], *folders) if "names" in opts else labels_path
     names = _read_list(names_path, where, "names") if names_path != labels_path else labels
     try:
         classes = int(opts.get("classes", 2))  # src/classifier.c: option_find_int(.., 2)
@@ -212,7 +214,7 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
             else "make classes= match the labels file"))
 
     def items(key: str) -> list[tuple[str, int]]:
-        list_path = resolve(opts[key], path.parent)
+        list_path = resolve(opts[key], *folders)
         out = []
         for raw in _read_list(list_path, where, key):
             # Darknet's fill_truth: the label whose text occurs in the path as written
@@ -222,12 +224,12 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
                                  f"({', '.join(labels[i] for i in hits) or 'none'})", where,
                                  "each image path must contain exactly one label string "
                                  "(Darknet: 'Too many or too few labels')")
-            image = resolve(raw, list_path.parent, path.parent)
+            image = resolve(raw, list_path.parent, *folders)
             if not image.is_file():
                 raise data_error(f"image '{raw}' (listed in {list_path}) does not exist", where,
                                  missing_path_hint(raw, "paths are tried relative to the "
-                                                   f"current directory, {list_path.parent} "
-                                                   f"and {path.parent}"))
+                                                   f"current directory, {list_path.parent}, "
+                                                   f"{path.parent} and {folders[1]}"))
             out.append((str(image), hits[0]))
         return out
 

@@ -24,6 +24,7 @@ from cfgparse.errors import WARNING, printable
 from darkcfg.data.base import check_image_headers, undecodable_warning
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
+    data_folders,
     found_under,
     is_image,
     missing_path_hint,
@@ -201,7 +202,7 @@ def read_names(names_file: str | None, data_file: str | None
         options = read_data_file(path)
         if "names" not in options:
             return [], None, None
-        names_file = str(resolve(options["names"], path.parent))
+        names_file = str(resolve(options["names"], *data_folders(path)))
     if names_file is None:
         return [], None, None
     try:

@@ -48,6 +48,7 @@ from cfgparse.errors import ERROR, WARNING, printable
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
     data_diagnostic,
+    data_folders,
     found_under,
     missing_path_hint,
     numbered_list,
@@ -178,9 +179,9 @@ def repeated(listed: Sequence[tuple[str, int, str]], where: Path | str, use: str
                       source=line, span=max(len(line.strip()), 1))
 
 
-def _count_names(opts: dict[str, str], here: Path, where: str) -> int:
+def _count_names(opts: dict[str, str], folders: Sequence[Path], where: str) -> int:
     """Without classes=: the names file's line count (0: no names file), with a warning."""
-    count = len(read_list(resolve(opts["names"], here), where, "names", keep_blank=True)) \
+    count = len(read_list(resolve(opts["names"], *folders), where, "names", keep_blank=True)) \
         if "names" in opts else 0
     print(Diagnostic("W904", f"'{where}' has no classes= line: using "
                      + (f"the {count} names of its names file" if count else
@@ -196,6 +197,7 @@ def open_detection_data(path: Path) -> DetectionData:
     opts = read_data_file(path)
     where = str(path)
     here = path.parent
+    folders = data_folders(path)
     if "train" not in opts:
         raise _error(f"'{path}' has no 'train' list", where,
                      hint="add train=path/to/train.txt (one image path per line)")
@@ -203,7 +205,7 @@ def open_detection_data(path: Path) -> DetectionData:
         # Darknet's default is 20 (src/detector.c option_find_int(options, "classes", 20)); a
         # names file says better how many there are
         classes = int(opts["classes"]) if "classes" in opts else \
-            _count_names(opts, here, where) or 20
+            _count_names(opts, folders, where) or 20
     except ValueError:
         raise _error(f"classes={opts['classes']} is not an integer", where, "write classes=N",
                      key="classes") from None
@@ -215,13 +217,13 @@ def open_detection_data(path: Path) -> DetectionData:
     lists: dict[str, Path] = {}
 
     def images(key: str) -> tuple[list[str], list[str]]:
-        list_path = resolve(opts[key], here)
+        list_path = resolve(opts[key], *folders)
         out, labels = [], []
         missing = []
         listed = []
         for n, line in numbered_list(list_path, where, key):
             raw = line.strip()
-            base = found_under(raw, (list_path.parent, here))
+            base = found_under(raw, (list_path.parent, *folders))
             image = os.path.join(base, raw) if base else raw
             if not os.path.isfile(image):
                 missing.append(raw)
@@ -241,8 +243,8 @@ def open_detection_data(path: Path) -> DetectionData:
             raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "
                          f"'{printable(missing[0])}'", where,
                          hint=missing_path_hint(missing[0], "paths are tried relative to the "
-                                                f"current directory, {list_path.parent} and "
-                                                f"{here}"), key=key)
+                                                f"current directory, {list_path.parent}, "
+                                                f"{here} and {folders[1]}"), key=key)
         if not out:
             raise _error(f"the {key} list '{list_path}' is empty", where,
                          hint="list one image path per line", key=key)
@@ -252,7 +254,7 @@ def open_detection_data(path: Path) -> DetectionData:
     valid, valid_labels = images("valid") if "valid" in opts else ([], [])
     difficult = images("difficult")[1] if "difficult" in opts else []
     if "names" in opts:
-        names = read_list(resolve(opts["names"], here), where, "names", keep_blank=True)
+        names = read_list(resolve(opts["names"], *folders), where, "names", keep_blank=True)
         names = [name or str(i) for i, name in enumerate(names)]  # a blank line: its number
         if len(names) < classes:
             raise _error(f"'{path}' says classes={classes} but its names file lists "
@@ -275,12 +277,14 @@ _LINE_HINT = ("a label line is 'class x y w h' (class id, then the box centre an
 DATA_CLASSES = "the 'classes' of the .data file"
 
 
-def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CLASSES
-                 ) -> tuple[np.ndarray, list[Diagnostic]]:
+def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CLASSES,
+                 ultralytics: bool = False) -> tuple[np.ndarray, list[Diagnostic]]:
     """Boxes (n, 5) float32 `[x, y, w, h, class]` of a label file's text, and a diagnostic for
     each bad line (errors: the line is left out) or box at the image edge (warnings W903: kept
     or left out as Darknet does, see the module doc). classes_from: where the class count comes
-    from, for the hint of a class id out of range."""
+    from, for the hint of a class id out of range. ultralytics: read a line as ultralytics
+    does (a data.yaml set): `class x1 y1 x2 y2 x3 y3 ...` (its segment labels) is the box around
+    the points, and a class may be written as a whole float (`1.0`, numpy's savetxt `1e+00`)."""
     boxes: list[list[float]] = []
     problems: list[Diagnostic] = []
     # lines end at a line break only (str.splitlines also breaks at \v, \f, \x1c-\x1e, \x85
@@ -294,7 +298,7 @@ def parse_labels(text: str, path: str, classes: int, classes_from: str = DATA_CL
         if not found:
             continue
         words = [w for _, w in found]
-        box, problem = _parse_line(words, classes, classes_from)
+        box, problem = _parse_line(words, classes, classes_from, ultralytics)
         if box is not None:
             boxes.append(box)
         if problem is None:
@@ -347,16 +351,26 @@ _EDGE_HINT = ("coordinates are fractions of the image size: centre x, y and widt
               "(0, 1]; fix the label if the box is not meant to reach past the image")
 
 
-def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES):
+_POLYGON_HINT = ("a segment label line is 'class x1 y1 x2 y2 x3 y3 ...' (three or more points, "
+                 "as fractions of the image)")
+
+
+def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES,
+                ultralytics: bool = False):
     """(box or None, problem or None); problem = (message, index of the word or None, hint,
-    severity). An error leaves the line out; a warning says what Darknet does with the box."""
+    severity). An error leaves the line out; a warning says what Darknet does with the box.
+    ultralytics: see parse_labels."""
+    if ultralytics and len(words) > 6:
+        return _polygon_line(words, classes, classes_from)
     if len(words) != 5:
         return None, (f"{len(words)} value{'s' if len(words) != 1 else ''}, expected 5 "
-                      "(class x y w h)", None, "", ERROR)
+                      "(class x y w h)", None, _count_hint(len(words), ultralytics), ERROR)
     try:
         cls = int(_c_number(words[0]))
     except ValueError:
-        return None, (f"class '{printable(words[0])}' is not an integer", 0, "", ERROR)
+        cls = _whole(words[0]) if ultralytics else None  # ultralytics reads labels as floats
+        if cls is None:
+            return None, (f"class '{printable(words[0])}' is not an integer", 0, "", ERROR)
     try:
         x, y, w, h = (float(_c_number(v)) for v in words[1:])
     except ValueError:
@@ -386,6 +400,49 @@ def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES
         return box, (f"{'xywh'[k - 1]} = {words[k]} is outside (0, 1]: trained as Darknet "
                      "does (the box clipped to the image)", k, _EDGE_HINT, WARNING)
     return box, None
+
+
+def _count_hint(count: int, ultralytics: bool) -> str:
+    """The hint for a label line of `count` values, when the count says what it is ('': the
+    usual one)."""
+    if count == 6:  # ultralytics' predictions saved with save_conf: class x y w h conf
+        return ("a sixth value is no part of a label (a confidence, as saved predictions have): "
+                "drop it; " + _LINE_HINT)
+    if count > 6 and not ultralytics:  # ultralytics' segment labels in a Darknet .data set
+        return ("a line of a class and x y pairs is an ultralytics segment polygon, which "
+                "Darknet does not read: give the set as its data.yaml (darkcfg reads a polygon "
+                "as its box) or `darkcfg data convert` it from there")
+    return ""
+
+
+def _polygon_line(words: list[str], classes: int, classes_from: str):
+    """ultralytics' segments2boxes: a class and x y pairs -> the box around the points, then
+    the checks of a box line (a problem with one of its values is said of the whole line)."""
+    if len(words) % 2 == 0:
+        return None, (f"{len(words)} values: a class and x y pairs is an odd count", None,
+                      _POLYGON_HINT, ERROR)
+    k = next((k for k in range(1, len(words)) if not _is_float(words[k])), None)
+    if k is not None:
+        return None, (f"'{printable(words[k])}' is not a number", k, _POLYGON_HINT, ERROR)
+    points = [float(_c_number(v)) for v in words[1:]]
+    if not all(map(math.isfinite, points)):
+        k = next(k for k, v in enumerate(points, 1) if not math.isfinite(v))
+        return None, (f"{words[k]} is not a finite number", k, _POLYGON_HINT, ERROR)
+    xs, ys = points[0::2], points[1::2]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    box, problem = _parse_line([words[0], repr((x0 + x1) / 2), repr((y0 + y1) / 2),
+                                repr(x1 - x0), repr(y1 - y0)], classes, classes_from, True)
+    if problem is not None and problem[1]:  # a value of the box: not a word of the line
+        problem = (f"the polygon's box: {problem[0]}", None, *problem[2:])
+    return box, problem
+
+
+def _whole(word: str) -> int | None:
+    """The class id a float word is (`1.0`, `1e+00`), or None (not a number, not whole)."""
+    if not _is_float(word):
+        return None
+    value = float(word)
+    return int(value) if math.isfinite(value) and value == int(value) else None
 
 
 def _c_number(word: str) -> str:
@@ -440,11 +497,11 @@ def validate_labels(label_paths: Sequence[str], classes: int, max_errors: int = 
     return labels
 
 
-def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str = DATA_CLASSES
-                   ) -> tuple[Labels, list[Diagnostic]]:
+def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str = DATA_CLASSES,
+                   ultralytics: bool = False) -> tuple[Labels, list[Diagnostic]]:
     """Every label file's boxes (bad lines left out) and a located diagnostic for each problem
-    (`darkcfg data check` shows them all; `validate_labels` raises them). classes_from: see
-    parse_labels."""
+    (`darkcfg data check` shows them all; `validate_labels` raises them). classes_from and
+    ultralytics: see parse_labels."""
     boxes: list[np.ndarray] = []
     missing, first_missing = 0, -1
     missing_at: set[int] = set()
@@ -465,7 +522,7 @@ def collect_labels(label_paths: Sequence[str], classes: int, classes_from: str =
                                        hint=text_hint(exc, "a label file is plain text")))
             boxes.append(empty)
             continue
-        found, bad = parse_labels(text, path, classes, classes_from)
+        found, bad = parse_labels(text, path, classes, classes_from, ultralytics)
         boxes.append(found)
         problems += bad
     return Labels(boxes, missing, first_missing, frozenset(missing_at)), problems

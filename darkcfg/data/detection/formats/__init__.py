@@ -29,6 +29,19 @@ from darkcfg.data.detection.labels import raise_problems
 READERS = {"darknet": read_darknet, "yolo": read_yolo, "coco": read_coco, "voc": read_voc}
 
 
+def _sets_inside(folder: Path) -> list[Path]:
+    """What in `folder` is a set (for the error when `folder` is none): the usual one level up,
+    `VOCdevkit/` for `VOCdevkit/VOC2007`, `coco/` for `coco/annotations/instances_val2017.json`."""
+    try:
+        entries = sorted(folder.iterdir())
+        notes = sorted((folder / "annotations").glob("*.json"))
+    except OSError:
+        return []
+    return [p for p in entries if p.is_dir() and (p / "Annotations").is_dir()] + \
+        [p for p in entries if p.is_file() and p.suffix.lower() in (".data", ".yaml", ".yml",
+                                                                     ".json")] + notes
+
+
 def detect_format(path: Path) -> str:
     """The format of `path` from its shape; a located error when it is none of them."""
     path = Path(path)
@@ -38,10 +51,13 @@ def detect_format(path: Path) -> str:
         for name in ("data.yaml", "data.yml"):
             if (path / name).is_file():
                 return "yolo"
+        inside = _sets_inside(path)
         raise CfgError(Diagnostic(
             "E901", f"'{path}' is a folder but not a detection data set", str(path),
-            hint="a Pascal VOC folder holds Annotations/, JPEGImages/ and ImageSets/Main/; "
-            "otherwise pass a .data file, a data.yaml or a COCO .json"))
+            hint=f"pass a set inside it: {', '.join(map(str, inside[:4]))}"
+            f"{' ...' if len(inside) > 4 else ''}" if inside else "a Pascal VOC folder holds "
+            "Annotations/, JPEGImages/ and ImageSets/Main/; otherwise pass a .data file, a "
+            "data.yaml or a COCO .json"))
     if not path.exists():
         raise CfgError(Diagnostic("E901", f"'{path}' does not exist", str(path),
                                   hint="--data takes a Darknet .data file, an ultralytics "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -69,7 +70,20 @@ class Split:
     def missing_warning(self, what: str) -> str:
         """The training warning for images without a label file ('' when none is missing)."""
         message = missing_labels(self.missing, len(self.images), what)
-        return f"warning: {message}" if message else ""
+        beside = self.label_beside()
+        return f"warning: {message}" + (f"; {beside}" if beside else "") if message else ""
+
+    def label_beside(self) -> str:
+        """When the first image without a label file has a .txt beside it (labels kept next to
+        the images, where a data.yaml looks under labels/): what to do ('' otherwise)."""
+        if self.missing_example is None:
+            return ""
+        image, label = self.missing_example
+        beside = os.path.splitext(image)[0] + ".txt"
+        if beside == label or not os.path.isfile(beside):
+            return ""
+        return (f"'{beside}' lies beside its image but the label is read from '{label}': "
+                "move the label files there")
 
 
 @dataclass

@@ -233,7 +233,8 @@ def missing_label_files(data: DetectionSet) -> list[Diagnostic]:
         if split is None or not split.missing:
             continue
         image, label = split.missing_example
-        hint = (f"e.g. '{image}' has no '{label}' ({_LABEL_RULE.get(data.format, '')})")
+        hint = split.label_beside() or \
+            (f"e.g. '{image}' has no '{label}' ({_LABEL_RULE.get(data.format, '')})")
         if name == "train" and split.missing == len(split):
             found.append(Diagnostic(
                 "E901", f"none of the {len(split)} train images has a label file: nothing to "

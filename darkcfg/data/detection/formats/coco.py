@@ -32,6 +32,7 @@ import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
+from darkcfg.data.datafile import missing_path_hint
 from darkcfg.data.detection.formats.base import (
     DeclaredSize,
     DetectionSet,
@@ -41,7 +42,7 @@ from darkcfg.data.detection.formats.base import (
     located,
     relative_box,
 )
-from darkcfg.data.detection.labels import SET_CODE
+from darkcfg.data.detection.labels import EDGE_CODE, SET_CODE
 
 OUTSIDE_TOLERANCE = 1.0  # pixels a bbox may exceed the image by (then clipped)
 _WS = re.compile(r"\s*")
@@ -114,6 +115,30 @@ def _is_key(value) -> bool:
     return not isinstance(value, (list, dict))
 
 
+def _classes_of(categories: list, annotations: list, where: _Locator,
+                problems: list[Diagnostic]) -> list:
+    """The categories that are classes: all but a grouping one, which other categories name
+    as their `supercategory` and no annotation uses (Roboflow's export puts its project's name
+    first, id 0, as the parent of every class: an empty class that would shift every class id
+    by one and need an extra network output). W904 says which were dropped."""
+    used = {a.get("category_id") for a in annotations if isinstance(a, dict)
+            and _is_key(a.get("category_id"))}
+    parents = {c.get("supercategory") for _, _, c in categories}
+    grouping = [(cid, i, c) for cid, i, c in categories if cid not in used
+                and _is_key(c.get("name")) and c.get("name") in parents
+                and any(o.get("supercategory") == c.get("name") and o is not c
+                        for _, _, o in categories)]
+    if not grouping or len(grouping) == len(categories):
+        return categories
+    for cid, i, c in grouping:
+        problems.append(replace(where.at(
+            "categories", i, "id", f"category {cid} '{c.get('name')}' is the supercategory of "
+            "other categories and has no objects: not a class",
+            hint="a grouping category (Roboflow's export adds one); the classes are the other "
+            f"{len(categories) - len(grouping)} categories"), code=SET_CODE, severity=WARNING))
+    return [t for t in categories if t not in grouping]
+
+
 def read_coco(path: Path) -> DetectionSet:
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -142,24 +167,30 @@ def read_coco(path: Path) -> DetectionSet:
     categories = sorted(((c.get("id"), i, c) for i, c in enumerate(doc["categories"])
                          if isinstance(c, dict) and isinstance(c.get("id"), int)),
                         key=lambda t: t[0])
-    for k, (cid, i, c) in enumerate(categories):
-        if cid in classes:  # two classes under one id: its boxes would go to one of them
-            raise CfgError(where.at("categories", i, "id", f"category id {cid} is listed twice",
-                                    hint="give every category its own id"))
-        classes[cid] = k
-        names.append(str(c.get("name", cid)))
     if len(categories) != len(doc["categories"]):
         bad = next(i for i, c in enumerate(doc["categories"])
                    if not (isinstance(c, dict) and isinstance(c.get("id"), int)))
         raise CfgError(where.at("categories", bad, "id", "a category needs an integer 'id'"))
+    seen: set[int] = set()
+    for cid, i, _ in categories:
+        if cid in seen:  # two classes under one id: its boxes would go to one of them
+            raise CfgError(where.at("categories", i, "id", f"category id {cid} is listed twice",
+                                    hint="give every category its own id"))
+        seen.add(cid)
+    categories = _classes_of(categories, doc["annotations"], where, problems)
+    for k, (cid, _, c) in enumerate(categories):
+        classes[cid] = k
+        names.append(str(c.get("name", cid)))
     if not names:
         raise CfgError(Diagnostic("E901", f"'{path}' has no categories", str(path),
                                   hint="list the classes in 'categories' ({id, name})"))
 
     folders = [path.parent, path.parent / "images"]
-    split = path.stem.split("_", 1)[1] if "_" in path.stem else ""
-    if split:  # COCO's own layout: annotations/instances_val2017.json beside val2017/
-        folders += [path.parent.parent / split, path.parent.parent / "images" / split]
+    # COCO's own layout: annotations/instances_val2017.json beside val2017/; the split is
+    # after the first '_' or the last (person_keypoints_val2017.json, instances_my_val.json)
+    for split in dict.fromkeys([path.stem.split("_", 1)[-1], path.stem.rsplit("_", 1)[-1]]):
+        if "_" in path.stem:
+            folders += [path.parent.parent / split, path.parent.parent / "images" / split]
     images: list[str] = []
     first_ids: list[object] = []  # per image: the id of its first entry
     declared: dict[str, DeclaredSize] = {}
@@ -178,7 +209,8 @@ def read_coco(path: Path) -> DetectionSet:
         found = next((str(f / name) for f in folders if (f / name).is_file()), None)
         if found is None:
             problems.append(where.at("images", i, "file_name", f"image '{name}' not found",
-                                     hint="looked in " + ", ".join(map(str, folders))))
+                                     hint=missing_path_hint(name, "looked in " + ", ".join(
+                                         map(str, folders)))))
             continue
         width, height = entry.get("width"), entry.get("height")
         bad = next((k for k, v in (("width", width), ("height", height))
@@ -238,6 +270,13 @@ def read_coco(path: Path) -> DetectionSet:
                 hint=f"the categories' ids are {sorted(classes)[:12]}"))
             continue
         box = ann.get("bbox")
+        if box is None or box == []:  # a segmentation-only export: no box to train
+            problems.append(where.at(
+                "annotations", i, None, "annotation has no bbox" + (
+                    " (only a segmentation)" if ann.get("segmentation") else ""),
+                hint="a detector trains on bbox [x, y, width, height] in pixels; pycocotools' "
+                "mask.toBbox gives it from a segmentation"))
+            continue
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                         and math.isfinite(v) for v in box)):
@@ -246,6 +285,14 @@ def read_coco(path: Path) -> DetectionSet:
             continue
         width, height = size_of[ann["image_id"]]
         x, y, w, h = (float(v) for v in box)
+        if w == 0 and h >= 0 or h == 0 and w >= 0:
+            # COCO's own train2017 has two (ids 918 and 2206849): left out, as ultralytics'
+            # convert_coco and Darknet's loader leave out a box of no size; not a set error
+            problems.append(replace(where.at(
+                "annotations", i, "bbox", f"bbox {box} has no size: left out",
+                hint="a box of width or height 0 marks no object; ultralytics' converter "
+                "drops it too"), code=EDGE_CODE, severity=WARNING))
+            continue
         if not (w > 0 and h > 0):
             problems.append(where.at("annotations", i, "bbox",
                                      f"bbox {box} has no area (width and height must be > 0)"))

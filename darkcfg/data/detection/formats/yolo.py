@@ -11,9 +11,11 @@ The rules are ultralytics' (`ultralytics/data/utils.py` check_det_dataset and im
     directory, then the list's folder); images are sorted by path;
   * the label file of `.../images/.../x.jpg` is `.../labels/.../x.txt` (the last `/images/`
     becomes `/labels/`, the extension `.txt`);
-  * `names` is a list or a {id: name} mapping (ids 0..n-1); `nc`, when given, must agree.
-Label lines are Darknet's `class x y w h` and get its checks (E903). Without `val`, validation
-falls back to the train images (Darknet's rule for a .data file without valid=).
+  * `names` is a list or a {id: name} mapping (ids 0..n-1); `nc`, when given, must agree;
+    `nc` alone names the classes class_0, class_1, ...
+Label lines are Darknet's `class x y w h` and get its checks (E903); a segment line (a class
+and x y points) is the box around its points (ultralytics' segments2boxes). Without `val`,
+validation falls back to the train images (Darknet's rule for a .data file without valid=).
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def read_yolo(path: Path) -> DetectionSet:
         images = _images(doc, key, root, problems)
         labels = [label_path(p) for p in images]
         found, bad = collect_labels(labels, len(names),
-                                    f"the {len(names)} names: in {path.name}")
+                                    f"the {len(names)} names: in {path.name}", ultralytics=True)
         problems.extend(bad)
         return Split.labelled(images, labels, found)
 
@@ -142,6 +144,9 @@ def _names(doc: _Yaml) -> list[str]:
     elif isinstance(node, yaml.SequenceNode):
         items = node.value
     else:
+        nc = doc.data.get("nc")
+        if node is None and isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
+            return [f"class_{i}" for i in range(nc)]  # ultralytics' names for nc: alone
         raise doc.error("names", f"'{doc.path}' needs names: (a list of class names, or "
                         "{0: name, ...})")
     for item in items:  # a nested list or mapping is no class name (a misplaced bracket)
