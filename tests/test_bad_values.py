@@ -1027,6 +1027,40 @@ def test_resume_continues_on_the_runs_recorded_data(capsys, tiny, tmp_path, monk
     assert code == 0 and "the run's data, imgs" in err and "other settings" not in err, err
 
 
+def test_resume_takes_the_data_of_the_run_it_continues(capsys, tiny, tmp_path, monkeypatch):
+    """`--resume RUN --out NEW` read the data record of NEW (none) and trained RUN on the
+    embedded set without a word; a run whose data moved went on with the embedded set behind a
+    one-line warning; a run on the embedded set's first N classes went on with all of them."""
+    from PIL import Image as PILImage
+
+    monkeypatch.chdir(tmp_path)
+    for cls in ("a", "b", "c", "d"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for k in range(4):
+            PILImage.fromarray(np.full((12, 12, 3), 60 * "abcd".index(cls) + k, np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{k}.png")
+    common = ("--no-progress", "--valid-every", "0")
+    assert run(capsys, "train", tiny, "--data", "imgs", "--out", "run", *common)[0] == 0
+    code, err = run(capsys, "train", tiny, "--out", "copy", "--resume", "run", *common,
+                    "--set", "max_batches=3")
+    assert code == 0 and "the run's data, imgs" in err and "embedded" not in err, err
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    code, err = run(capsys, "train", tiny, "--out", "run", "--resume", *common,
+                    "--set", "max_batches=3")
+    assert code == 2 and "run/settings.yaml: error[E901]: --resume: the run in 'run' trained " \
+        "on 'imgs'" in err and "pass --data" in err, err
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    code, err = run(capsys, "train", tiny, "--out", "run", "--resume", "--data", "moved",
+                    *common, "--set", "max_batches=3")
+    assert code == 0 and "data: moved (was imgs)" in err, err
+    assert run(capsys, "train", tiny, "--classes", "2", "--out", "two", *common)[0] == 0
+    code, err = run(capsys, "train", tiny, "--out", "two", "--resume", *common,
+                    "--set", "max_batches=3")
+    assert code == 0 and "embedded set's first 2 classes" in err, err
+    assert "other settings" not in err, err
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
 def test_sigterm_stops_any_command_as_ctrl_c_does(capsys, monkeypatch, tmp_path, name):
     """Outside training's loop SIGTERM used to kill a command on the spot, its temp files left

@@ -155,14 +155,39 @@ def recorded_settings(out: Path) -> dict:
     return read_settings(out / "settings.yaml") or {}
 
 
-def recorded_data(out: Path) -> str | None:
+def recorded_data(out: Path, resuming: bool = False) -> str | None:
     """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
-    can still be opened from here (a path that exists, or `digits`); else None."""
+    can still be opened from here (a path that exists, or `digits`); else None. `resuming`: a
+    recorded path that does not open (moved, or relative to another working folder) is E901,
+    not None: --resume went on with the embedded set, behind a one-line warning."""
     data = recorded_settings(out).get("data")
     if not isinstance(data, str) or data == "embedded":
         return None
-    return data if data == "digits" or data.startswith("torchvision:") or \
-        os.path.exists(data) else None
+    if data == "digits" or data.startswith("torchvision:") or os.path.exists(data):
+        return data
+    if not resuming:
+        return None
+    raise CfgError(Diagnostic(
+        "E901", f"--resume: the run in '{out}' trained on '{data}' (its settings.yaml), which "
+        "does not exist from here", str(out / "settings.yaml"),
+        hint=f"pass --data with where '{data}' is now (a relative path is taken from the "
+        "working folder; the run started in another one, or the data moved)"))
+
+
+def _embedded_classes(out: Path) -> int | None:
+    """The --classes of a run in `out` on the embedded set (settings.yaml), else None."""
+    classes = recorded_settings(out).get("classes")
+    return classes if isinstance(classes, int) and not isinstance(classes, bool) and \
+        classes > 0 else None
+
+
+def run_folder(resume: str | bool, out: Path) -> Path:
+    """The folder of the run `--resume` continues: its own --out, or the folder of the
+    checkpoint (or the run folder) named."""
+    if not isinstance(resume, str):
+        return out
+    source = Path(resume)
+    return source if source.is_dir() else source.parent
 
 
 def refuse_existing_run(out: Path, dist: distributed.Dist, device) -> None:
@@ -214,8 +239,7 @@ def refuse_resuming_over_another_run(resume: str | bool, out: Path, dist: distri
     its checkpoint replaced and its metrics.csv mixed with this run's rows."""
     if not isinstance(resume, str):
         return  # out's own checkpoint.pt
-    source = Path(resume)
-    folder = source if source.is_dir() else source.parent
+    folder = run_folder(resume, out)
     try:
         elsewhere = folder.resolve() != out.resolve()
     except OSError:
@@ -295,11 +319,17 @@ def train(opts: RunOptions) -> tuple[str, Trainer]:
 def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if opts.explicit_out and dist.main:
         check_folder(opts.out, "--out")  # a file in the way fails now, not after the build
+    source = run_folder(opts.resume, opts.out)  # (its settings.yaml says how it ran)
     if opts.resume and opts.data is None:
-        data = recorded_data(opts.out)
+        data = recorded_data(source, resuming=True)
         if data is not None:  # `--resume` continues the run: on its data, unless told otherwise
             say(f"--resume: the run's data, {data} (its settings.yaml)", dist)
             opts = replace(opts, data=data)
+        elif opts.classes is None and _embedded_classes(source):  # `make train`'s 10 of 1000
+            classes = _embedded_classes(source)
+            say(f"--resume: the run's data, the embedded set's first {classes} classes (its "
+                "settings.yaml)", dist)
+            opts = replace(opts, classes=classes)
     if opts.deterministic:
         make_deterministic()
     need = check_memory(opts, device)
@@ -387,7 +417,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                     "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor,
                     "darknet_build": opts.darknet_build}
         if opts.resume and dist.main:
-            changed = resume_changes(out / "settings.yaml", settings)
+            changed = resume_changes(source / "settings.yaml", settings)
             if changed:
                 say("warning: resuming with other settings than the run had: " + "; ".join(changed)
                     + " (the continuation differs from the run it would have been; pass the "
@@ -490,9 +520,8 @@ def weights_run_data(opts: RunOptions) -> RunOptions:
         say(f"data: {data}, the data of the run that wrote {opts.weights} (its settings.yaml; "
             "--data to choose other data)")
         return replace(opts, data=data)
-    classes = recorded.get("classes")
-    if opts.classes is None and isinstance(classes, int) and not isinstance(classes, bool) \
-            and classes > 0:  # `make train`: 10 of VGG-16's 1000 embedded classes
+    classes = _embedded_classes(run)
+    if opts.classes is None and classes:  # `make train`: 10 of VGG-16's 1000 embedded classes
         say(f"data: the embedded set's first {classes} classes, as the run that wrote "
             f"{opts.weights} trained (its settings.yaml; --classes to choose)")
         return replace(opts, classes=classes)
