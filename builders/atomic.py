@@ -294,6 +294,12 @@ def read_checked(path: str | os.PathLike, what: str = "file") -> bytes:
                                   str(path))) from None
     tail = data[-CHECKSUM_SIZE:]
     if len(data) < CHECKSUM_SIZE or not tail.startswith(CHECKSUM_TRAILER):
+        if _cut_trailer(tail):
+            raise CfgError(Diagnostic(
+                "E901", f"{what} '{path}' is cut short ({len(data):,} bytes): its checksum line "
+                "is incomplete, so its content cannot be verified", str(path),
+                hint="use an intact copy (compare its size with the original), or start over "
+                "from the run's _last.weights with --weights and a new --out"))
         return data
     payload, expected = data[:-CHECKSUM_SIZE], tail[len(CHECKSUM_TRAILER):-1]
     if hashlib.sha256(payload).hexdigest().encode() != expected:
@@ -303,6 +309,19 @@ def read_checked(path: str | os.PathLike, what: str = "file") -> bytes:
             hint="use an intact copy, or start over from the run's _last.weights with --weights "
             "and a new --out"))
     return payload
+
+
+def _cut_trailer(tail: bytes) -> bool:
+    """Whether `tail` ends with the start of a checksum trailer: a copy cut inside that line
+    (an archive itself never ends in one: a zip ends with its directory's fixed fields)."""
+    start = tail.rfind(CHECKSUM_TRAILER[:2])
+    if start < 0:
+        return False
+    rest = tail[start:]
+    if len(rest) <= len(CHECKSUM_TRAILER):
+        return CHECKSUM_TRAILER.startswith(rest)
+    digest = rest[len(CHECKSUM_TRAILER):]
+    return rest.startswith(CHECKSUM_TRAILER) and all(c in b"0123456789abcdef" for c in digest)
 
 
 def hold(fd: int) -> int:

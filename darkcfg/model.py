@@ -101,9 +101,11 @@ def load_torch_payload(payload: bytes, path: Path, what: str, hint: str):
     """torch.load of a file's bytes with weights_only=True: a pickle that would run code (or
     build any object but tensors and plain containers) is refused, never run. Every failure is
     one E901 line: the refused global named, else the reader's first line."""
-    # a zip archive ends with its directory (and at most a 64 KiB comment): a copy cut short
-    # lacks it ('negative seek value -3079' from the reader)
-    if payload.startswith(b"PK") and b"PK\x05\x06" not in payload[-(22 + 65535):]:
+    # a zip archive ends with its directory's 22-byte end record (and at most a 64 KiB
+    # comment): a copy cut short lacks it, or its end ('negative seek value -3079' from the
+    # reader)
+    end = payload.rfind(b"PK\x05\x06", max(len(payload) - 22 - 65535, 0))
+    if payload.startswith(b"PK") and (end < 0 or len(payload) - end < 22):
         raise CfgError(Diagnostic("E901", f"'{path}' is cut short ({len(payload):,} bytes): "
                                   "the end of its torch archive is missing", str(path),
                                   hint=hint))

@@ -914,6 +914,21 @@ def test_resume_from_a_checkpoint_with_damaged_fields(capsys, tiny, trained, tmp
     assert code == 2 and f"cannot resume from '{bad}'" in err and why in err, err
 
 
+@pytest.mark.parametrize("cut", [1, 40, 70, 83, 100, 2000])
+def test_a_checkpoint_cut_short_anywhere_is_refused_as_cut(tmp_path, cut):
+    """A copy cut inside the checksum line (the last 82 bytes) loaded unverified, and one cut
+    inside the zip's end record was 'negative seek value -2443'."""
+    from darkcfg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    whole = tmp_path / "checkpoint.pt"
+    save_checkpoint(whole, {"iteration": 3, "w": torch.arange(1000.0)})
+    assert load_checkpoint(whole)["iteration"] == 3
+    data = whole.read_bytes()
+    whole.write_bytes(data[:-cut])
+    with pytest.raises(CfgError, match=f"is cut short \\({len(data) - cut:,} bytes\\)"):
+        load_checkpoint(whole)
+
+
 def test_resume_takes_the_run_folder_and_explains_a_weights_file(capsys, tiny, trained,
                                                                  tmp_path):
     code, err = run(capsys, "train", tiny, "--out", trained, "--no-progress", "--resume",
