@@ -79,6 +79,10 @@ def write_error(target: str | os.PathLike, exc: BaseException, started: bool = F
         why, hint = "disk quota exceeded", "free some space (or write elsewhere)"
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
         why, hint = "permission denied", "write to a folder you may write to"
+    elif code == errno.EFBIG:  # a file system's size cap (FAT32: 4 GiB) or `ulimit -f`
+        why = "the file is larger than this file system (or the file size limit) allows"
+        hint = ("write to a file system that takes files this large, or raise the limit "
+                "(ulimit -f)")
     elif code == errno.ENOENT:
         why, hint = "its folder does not exist", "create the folder first, or name another one"
     elif code == errno.ENOTDIR:

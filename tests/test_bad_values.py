@@ -372,6 +372,34 @@ def test_torch_write_failure_and_a_full_disk_under_a_checkpoint(tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
+def test_a_file_size_limit_under_a_checkpoint_says_so(tmp_path):
+    """A real EFBIG from the kernel (`ulimit -f`; FAT32's 4 GiB cap is the same error): the
+    hint said 'check that the folder exists and is writable'. The old checkpoint stays whole."""
+    import subprocess
+    import sys
+
+    from darkcfg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"iteration": 1})
+    script = ("import resource, sys, torch\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+              "from cfgparse import CfgError\n"
+              "from darkcfg.train.checkpoint import save_checkpoint\n"
+              "try:\n"
+              f"    save_checkpoint({str(path)!r}, {{'iteration': 2, 'w': torch.zeros(10000)}})\n"
+              "except CfgError as exc:\n"
+              "    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ,
+                                            "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert "error[E901]: cannot write" in done.stdout, done.stdout + done.stderr
+    assert "larger than this file system (or the file size limit) allows; the previous file " \
+        "is intact" in done.stdout and "ulimit -f" in done.stdout, done.stdout
+    assert load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
 def test_a_full_disk_under_metrics_csv_is_reported_as_its(tiny, tmp_path, monkeypatch, capsys):
     """metrics.csv's rows stop fitting after one: the error names metrics.csv (it named
     chart.png, whose write in the cleanup replaced the first error, or no file at all), and
