@@ -31,6 +31,16 @@ class NonFiniteLoss(RuntimeError):
         self.iteration, self.value = iteration, value
 
 
+class NonFiniteWeights(NonFiniteLoss):
+    """The loss of the last step was finite but its update left NaN or Inf in the weights or
+    batch-norm statistics (a diverging run's last finite step): not checkpointed."""
+
+    def __init__(self, iteration: int, found: str):
+        RuntimeError.__init__(self, f"the network is not finite after iteration {iteration} "
+                              f"({found})")
+        self.iteration, self.value = iteration, float("nan")
+
+
 class _NoCudaRuntimeNotice(logging.Filter):
     """torch.compile on a CPU-only host makes torch.utils.cpp_extension log 'No CUDA runtime is
     found, using CUDA_HOME=...' (a warning meant for CUDA extension builds) into a training run's

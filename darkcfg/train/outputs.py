@@ -18,9 +18,10 @@ import yaml
 from builders.atomic import atomic_write
 from cfgparse import CfgError
 from cfgparse.yaml_io import load_yaml
+from darkcfg.model import non_finite
 from darkcfg.train.checkpoint import rng_states, save_checkpoint
-from darkcfg.train.distributed import Dist
-from darkcfg.train.loop import NonFiniteLoss, Trainer
+from darkcfg.train.distributed import Dist, broadcast_flag
+from darkcfg.train.loop import NonFiniteLoss, NonFiniteWeights, Trainer
 from darkcfg.train.tasks import Task
 
 CHECKPOINT = "checkpoint.pt"
@@ -192,6 +193,12 @@ class RunLog:
     def checkpoint(self, trainer: Trainer) -> None:
         """Checkpoint + _last.weights + chart, after checking the pending loss is finite."""
         self.flush()
+        # a finite loss does not make the update that followed it finite: a diverging run's
+        # last finite step left Inf in a batch-norm's running_var, and --resume from that
+        # "last good checkpoint" was NaN at once (checked on every rank: buffers differ)
+        bad = non_finite(trainer.net)
+        if broadcast_flag(self.dist, bool(bad), trainer.device):
+            raise NonFiniteWeights(trainer.iteration, bad or "on another rank")
         states = gather(self.dist, rng_states())
         if not self.main:
             return
