@@ -1084,8 +1084,10 @@ def test_resume_takes_the_data_of_the_run_it_continues(capsys, tiny, tmp_path, m
                 tmp_path / "imgs" / cls / f"{k}.png")
     common = ("--no-progress", "--valid-every", "0")
     assert run(capsys, "train", tiny, "--data", "imgs", "--out", "run", *common)[0] == 0
-    code, err = run(capsys, "train", tiny, "--out", "copy", "--resume", "run", *common,
-                    "--set", "max_batches=3")
+    code, err = run(capsys, "train", tiny, "--out", "copy", "--resume", "run", *common)
+    assert code == 0 and "nothing to train" in err and "embedded" not in err, err
+    code, err = run(capsys, "train", tiny, "--out", "copy", "--resume", *common,
+                    "--set", "max_batches=3")  # (its settings.yaml was written, though idle)
     assert code == 0 and "the run's data, imgs" in err and "embedded" not in err, err
     (tmp_path / "imgs").rename(tmp_path / "moved")
     before = (tmp_path / "run" / "checkpoint.pt").read_bytes()

@@ -432,8 +432,10 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                                          "ranks.txt", "*.weights"])
         if stale:  # a run killed (SIGKILL, power) while writing one of them
             say(f"removed {len(stale)} temp file(s) left by an interrupted write in {out}", dist)
-        if not (opts.resume and trainer.iteration >= cfg.max_batches):
-            # (a resume with nothing left to train keeps the run's record as it was)
+        if not (opts.resume and trainer.iteration >= cfg.max_batches) or \
+                not (out / "settings.yaml").exists():
+            # (a resume with nothing left to train keeps the run's record as it was; into a
+            # new folder it writes one, or a later --resume there lost the run's data)
             write_settings(out / "settings.yaml", settings)
     log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train), task,
                  start=trainer.iteration, state=state and state.get("log"),
