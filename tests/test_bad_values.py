@@ -942,6 +942,18 @@ def test_resume_from_a_checkpoint_with_damaged_fields(capsys, tiny, trained, tmp
     assert code == 2 and f"cannot resume from '{bad}'" in err and why in err, err
 
 
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_so(capsys, tiny, tmp_path):
+    """Its hint said 'run --train first (or without --resume)', which that folder refuses."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("iteration,epoch,loss\n1,0.1,1.5\n")
+    code, err = run(capsys, "train", tiny, "--out", out, "--no-progress", "--resume")
+    assert code == 2 and "no checkpoint to resume from" in err, err
+    assert f"help: the run in '{out}' stopped before its first checkpoint, so there is " \
+        "nothing to resume" in err and "run --train first" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv"]
+
+
 @pytest.mark.parametrize("cut", [1, 40, 70, 83, 100, 2000])
 def test_a_checkpoint_cut_short_anywhere_is_refused_as_cut(tmp_path, cut):
     """A copy cut inside the checksum line (the last 82 bytes) loaded unverified, and one cut
