@@ -969,6 +969,25 @@ def test_a_checkpoint_cut_short_anywhere_is_refused_as_cut(tmp_path, cut):
         load_checkpoint(whole)
 
 
+def test_resume_uses_the_optimizer_settings_it_is_given(capsys, tiny, trained):
+    """torch's Optimizer.load_state_dict restores the saved groups' momentum, decay, betas...:
+    a `--set momentum=` (or a cfg edit) for the resume was silently the run's old value. And a
+    resume that switched adam= was torch's KeyError 'step' (or 'momentum') traceback."""
+    from darkcfg.model import build_network
+    from darkcfg.train.checkpoint import load_checkpoint
+    from darkcfg.train.loop import Trainer
+
+    net, cfg, _ = build_network(str(tiny), ["momentum=0.5", "decay=0.01"], "alexeyab", 0)
+    trainer = Trainer(net, cfg, "cpu")
+    trainer.load_state_dict(load_checkpoint(trained / "checkpoint.pt"))
+    assert [(g["momentum"], g["weight_decay"]) for g in trainer.optimizer.param_groups] == \
+        [(0.5, 0.01), (0.5, 0.0)]
+    assert trainer.optimizer.state  # the run's momentum buffers are still loaded
+    code, err = run(capsys, "train", tiny, "--out", trained, "--no-progress", "--resume",
+                    "--set", "adam=1", "--set", "max_batches=4")
+    assert code == 2 and "its optimizer state is SGD's and this run's optimizer is Adam" in err
+
+
 def test_resume_takes_the_run_folder_and_explains_a_weights_file(capsys, tiny, trained,
                                                                  tmp_path):
     code, err = run(capsys, "train", tiny, "--out", trained, "--no-progress", "--resume",

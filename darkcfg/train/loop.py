@@ -269,11 +269,18 @@ class Trainer:
                     f"missing or of another shape, {len(extra)} unknown; first: {first})")
         groups = state["optimizer"].get("param_groups") if isinstance(state["optimizer"],
                                                                        dict) else None
+        if isinstance(groups, list) and groups and all(isinstance(g, dict) for g in groups):
+            saved, own_kind = optimizer_kind(groups[0]), optimizer_kind(
+                self.optimizer.param_groups[0])
+            if saved != own_kind:  # (torch's load then failed on a missing 'step' or 'momentum')
+                return (f"its optimizer state is {saved}'s and this run's optimizer is "
+                        f"{own_kind} (adam={int(own_kind == 'Adam')}): the state of one does "
+                        "not continue the other")
         if not isinstance(groups, list) or len(groups) != len(self.optimizer.param_groups) or \
-                any(len(a.get("params", ())) != len(b["params"])
+                any(not isinstance(a, dict) or len(a.get("params", ())) != len(b["params"])
                     for a, b in zip(groups, self.optimizer.param_groups, strict=True)):
-            return ("its optimizer state belongs to another setup (other frozen layers or "
-                    "another optimizer)")
+            return ("its optimizer state belongs to another setup (other frozen layers, "
+                    "per-layer learning_rate=, or decay switched between 0 and not 0)")
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         slots = state["optimizer"].get("state", {})
         for index, slot in (slots.items() if isinstance(slots, dict) else ()):
@@ -315,9 +322,21 @@ class Trainer:
                 hint="--resume takes the checkpoint.pt of a darkcfg run of this cfg; to start "
                 "from other weights use --weights (without --resume)"))
         self.net.load_state_dict(state["model"])
+        # torch restores the saved groups' settings too: a momentum=, decay=, B1= ... changed
+        # in the cfg or by --set for the resume was silently the old one (Darknet reads them
+        # from the cfg it resumes with); only the per-parameter state is the run's
+        settings = [{k: v for k, v in g.items() if k != "params"}
+                    for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(own)
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.images_seen = state["iteration"], state["images_seen"]
+
+
+def optimizer_kind(group: dict) -> str:
+    """'Adam' or 'SGD' from a param group's settings (make_optimizer makes one or the other)."""
+    return "Adam" if "betas" in group else "SGD"
 
 
 def amp_dtype_for(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
