@@ -923,6 +923,8 @@ def test_export_and_emit_refuse_a_size_that_cannot_fit(capsys, tiny, tmp_path, m
     ({"images_seen": None}, "its 'images_seen' is None, not a count"),
     ({"rng": []}, "random generator states ('rng') are missing or damaged"),
     ({"format": "other-9"}, "its format is 'other-9'"),
+    ({"optimizer_params": ["x"]}, "its optimizer's parameter names ('optimizer_params') are "
+     "damaged"),
     ("momentum", "its optimizer's momentum_buffer of parameter 0 has shape (3,)"),
 ])
 def test_resume_from_a_checkpoint_with_damaged_fields(capsys, tiny, trained, tmp_path, change,
@@ -986,6 +988,23 @@ def test_resume_uses_the_optimizer_settings_it_is_given(capsys, tiny, trained):
     code, err = run(capsys, "train", tiny, "--out", trained, "--no-progress", "--resume",
                     "--set", "adam=1", "--set", "max_batches=4")
     assert code == 2 and "its optimizer state is SGD's and this run's optimizer is Adam" in err
+
+
+@pytest.mark.parametrize("first, then", [(["--freeze", "1"], []), ([], ["--freeze", "1"]),
+                                         ([], ["--set", "decay=0"])],
+                         ids=["unfreeze", "freeze", "decay-0"])
+def test_resume_with_other_frozen_layers_or_decay_groups_continues(capsys, tiny, tmp_path,
+                                                                   first, then):
+    """Documented to continue with a warning, a resume with other frozen layers was refused
+    ('its optimizer state belongs to another setup'), and so was decay=0: the optimizer's
+    state is found by parameter name now (a layer trained from now on starts without)."""
+    out = tmp_path / "run"
+    common = ("--out", out, "--no-progress", "--valid-every", "0")
+    assert run(capsys, "train", tiny, *common, *first)[0] == 0
+    code, err = run(capsys, "train", tiny, *common, "--resume", "--set", "max_batches=4", *then)
+    assert code == 0 and "finished 4 iterations" in err, err
+    if "--freeze" in first + then:
+        assert "frozen_layers: " in err, err
 
 
 def test_resume_takes_the_run_folder_and_explains_a_weights_file(capsys, tiny, trained,
