@@ -1148,7 +1148,11 @@ def test_resume_takes_the_data_of_the_run_it_continues(capsys, tiny, tmp_path, m
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
     code, err = run(capsys, "train", tiny, "--out", "run", "--resume", "--data", "moved",
                     *common, "--set", "max_batches=3")
-    assert code == 0 and "data: moved (was imgs)" in err, err
+    assert code == 0 and "data: moved (was imgs)" in err and "class 0" not in err, err
+    (tmp_path / "moved" / "a").rename(tmp_path / "moved" / "z")  # every class index moves
+    code, err = run(capsys, "train", tiny, "--out", "run", "--resume", *common,
+                    "--set", "max_batches=4")
+    assert code == 0 and "class 0: 'b' (was 'a'; later indices may have moved too)" in err, err
     assert run(capsys, "train", tiny, "--classes", "2", "--out", "two", *common)[0] == 0
     code, err = run(capsys, "train", tiny, "--out", "two", "--resume", *common,
                     "--set", "max_batches=3")

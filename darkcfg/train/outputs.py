@@ -58,6 +58,19 @@ def resume_changes(path: Path, now: dict) -> list[str]:
             if key in before and before.get(key) != now.get(key)]
 
 
+def names_change(before, now: list[str]) -> list[str]:
+    """The class list of a resume against its checkpoint's ('names'), as resume_changes words
+    a change: an ImageFolder's classes are its sorted folder names, so a folder renamed or
+    added moves every later class index (the run went on training them as the old classes).
+    [] when they agree or the checkpoint has none."""
+    if not isinstance(before, list) or list(before) == list(now):
+        return []
+    if len(before) != len(now):
+        return [f"classes: {len(now)} names (was {len(before)})"]
+    k = next(i for i, (a, b) in enumerate(zip(before, now, strict=True)) if a != b)
+    return [f"class {k}: {now[k]!r} (was {before[k]!r}; later indices may have moved too)"]
+
+
 class RunLog:
     """metrics.csv (the task's columns), the progress bar, chart.png and every file of a run;
     `<cfg>_best.weights` follows `task.score` of each validation."""

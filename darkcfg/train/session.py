@@ -41,6 +41,7 @@ from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit, make_determ
 from darkcfg.train.outputs import (
     CHECKPOINT,
     RunLog,
+    names_change,
     read_settings,
     resume_changes,
     write_settings,
@@ -417,7 +418,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                     "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor,
                     "darknet_build": opts.darknet_build}
         if opts.resume and dist.main:
-            changed = resume_changes(source / "settings.yaml", settings)
+            changed = resume_changes(source / "settings.yaml", settings) + \
+                names_change(state.get("names"), splits.names)
             if changed:
                 say("warning: resuming with other settings than the run had: " + "; ".join(changed)
                     + " (the continuation differs from the run it would have been; pass the "
