@@ -472,6 +472,37 @@ def test_a_stop_signal_while_the_run_finishes_keeps_its_last_checkpoint(tmp_path
     assert (out / "c_final.weights").exists()
 
 
+def test_a_stop_signal_in_the_last_iteration_finishes_the_run(tmp_path, tiny_classifier,
+                                                              monkeypatch, capsys):
+    """A SIGTERM during the last iteration 'stopped' the run (continue with --resume) without
+    its _final.weights; the resume then had nothing to train. The run is complete: it
+    finishes (the final weights, 'finished 3 iterations') and exits 0."""
+    from darkcfg.cli import main
+    from darkcfg.train.loop import Trainer
+
+    real = Trainer.step
+
+    def step(self, images, targets):
+        if self.iteration == 2:  # the step that makes iteration 3 = max_batches
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=3,
+                                burn_in=0, second_conv=False)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        code = main(["train", str(cfg), "--out", str(out), "--no-progress", "--workers", "0",
+                     "--checkpoint-every", "1000", "--valid-every", "0"])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert code == 0 and "finished 3 iterations" in err and "stopped by" not in err, err
+    assert (out / "c_final.weights").exists()
+
+
 @pytest.mark.slow
 def test_a_closed_terminal_stops_training_as_sigterm_does(tmp_path, tiny_classifier):
     """Closing the terminal (or losing the ssh session) sends SIGHUP, which killed a run on the

@@ -496,6 +496,8 @@ def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
                         broadcast_flag(dist, stop.requested, trainer.device))
             if schedule.save_every and k % schedule.save_every == 0:
                 log.save_numbered(trainer)
+            if stopping and k >= cfg.max_batches:
+                break  # stopped in the last iteration: the run is complete, finish it (below)
             if stopping or (schedule.checkpoint_every and k % schedule.checkpoint_every == 0):
                 log.checkpoint(trainer)
             if stopping:
