@@ -1146,6 +1146,9 @@ def test_resume_takes_the_data_of_the_run_it_continues(capsys, tiny, tmp_path, m
     assert code == 2 and "run/settings.yaml: error[E901]: --resume: the run in 'run' trained " \
         "on 'imgs'" in err and "pass --data" in err, err
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    code, err = run(capsys, "valid", tiny, "--weights", "run/tiny_final.weights")
+    assert code == 2 and "error[E901]: --weights: the run in 'run' trained on 'imgs'" in err, \
+        err  # (it scored the embedded set instead, without a word)
     code, err = run(capsys, "train", tiny, "--out", "run", "--resume", "--data", "moved",
                     *common, "--set", "max_batches=3")
     assert code == 0 and "data: moved (was imgs)" in err and "class 0" not in err, err

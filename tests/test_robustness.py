@@ -788,8 +788,8 @@ def test_a_hostile_settings_yaml_on_resume_is_an_unreadable_one(tmp_path, text):
 
     (tmp_path / "settings.yaml").write_text(text)
     assert resume_changes(tmp_path / "settings.yaml", {"data": "digits", "seed": 0}) == []
-    assert recorded_data(tmp_path) is None
+    assert recorded_data(tmp_path, "--resume") is None
     (tmp_path / "settings.yaml").write_text("data: digits\nseed: 3\n")
     assert resume_changes(tmp_path / "settings.yaml", {"data": "digits", "seed": 0}) == [
         "seed: 0 (was 3)"]
-    assert recorded_data(tmp_path) == "digits"
+    assert recorded_data(tmp_path, "--resume") == "digits"

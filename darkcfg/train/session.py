@@ -156,20 +156,18 @@ def recorded_settings(out: Path) -> dict:
     return read_settings(out / "settings.yaml") or {}
 
 
-def recorded_data(out: Path, resuming: bool = False) -> str | None:
-    """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
-    can still be opened from here (a path that exists, or `digits`); else None. `resuming`: a
-    recorded path that does not open (moved, or relative to another working folder) is E901,
-    not None: --resume went on with the embedded set, behind a one-line warning."""
+def recorded_data(out: Path, flag: str) -> str | None:
+    """The --data a run in `out` recorded (settings.yaml) for `flag` (--resume, --weights) to
+    take, if it was not the embedded set; else None. A recorded path that does not open from
+    here (moved, or relative to another working folder) is E901: --resume went on with the
+    embedded set behind a one-line warning, and valid scored it without a word."""
     data = recorded_settings(out).get("data")
     if not isinstance(data, str) or data == "embedded":
         return None
     if data == "digits" or data.startswith("torchvision:") or os.path.exists(data):
         return data
-    if not resuming:
-        return None
     raise CfgError(Diagnostic(
-        "E901", f"--resume: the run in '{out}' trained on '{data}' (its settings.yaml), which "
+        "E901", f"{flag}: the run in '{out}' trained on '{data}' (its settings.yaml), which "
         "does not exist from here", str(out / "settings.yaml"),
         hint=f"pass --data with where '{data}' is now (a relative path is taken from the "
         "working folder; the run started in another one, or the data moved)"))
@@ -322,7 +320,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         check_folder(opts.out, "--out")  # a file in the way fails now, not after the build
     source = run_folder(opts.resume, opts.out)  # (its settings.yaml says how it ran)
     if opts.resume and opts.data is None:
-        data = recorded_data(source, resuming=True)
+        data = recorded_data(source, "--resume")
         if data is not None:  # `--resume` continues the run: on its data, unless told otherwise
             say(f"--resume: the run's data, {data} (its settings.yaml)", dist)
             opts = replace(opts, data=data)
@@ -519,7 +517,7 @@ def weights_run_data(opts: RunOptions) -> RunOptions:
     opts = _run_seed(opts, recorded.get("seed"))
     if opts.data is not None:
         return opts
-    data = recorded_data(run)
+    data = recorded_data(run, "--weights")
     if data is not None:
         say(f"data: {data}, the data of the run that wrote {opts.weights} (its settings.yaml; "
             "--data to choose other data)")
