@@ -1156,6 +1156,14 @@ def test_resume_takes_the_data_of_the_run_it_continues(capsys, tiny, tmp_path, m
     code, err = run(capsys, "train", tiny, "--out", "run", "--resume", *common,
                     "--set", "max_batches=4")
     assert code == 0 and "class 0: 'b' (was 'a'; later indices may have moved too)" in err, err
+    for cls in ("b", "c", "d", "z"):  # the same folder, more images: another epoch, order
+        PILImage.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "moved" / cls /
+                                                                 "new.png")
+    code, err = run(capsys, "train", tiny, "--out", "run", "--resume", *common,
+                    "--set", "max_batches=5")
+    assert code == 0 and "the data: ImageFolder moved (split 90/10 by seed 0): 4 classes, 18 " \
+        "train / 2 val images (was ImageFolder moved (split 90/10 by seed 0): 4 classes, 15 " \
+        "train / 1 val images)" in err, err
     assert run(capsys, "train", tiny, "--classes", "2", "--out", "two", *common)[0] == 0
     code, err = run(capsys, "train", tiny, "--out", "two", "--resume", *common,
                     "--set", "max_batches=3")

@@ -54,8 +54,13 @@ def resume_changes(path: Path, now: dict) -> list[str]:
     before = read_settings(path)
     if before is None:
         return []
-    return [f"{key}: {now.get(key)} (was {before.get(key)})" for key in RESUME_SETTINGS
-            if key in before and before.get(key) != now.get(key)]
+    changed = [f"{key}: {now.get(key)} (was {before.get(key)})" for key in RESUME_SETTINGS
+               if key in before and before.get(key) != now.get(key)]
+    if not changed and before.get("data_description", now.get("data_description")) != \
+            now.get("data_description"):  # the same path, other content (images added...)
+        changed.append(f"the data: {now.get('data_description')} (was "
+                       f"{before.get('data_description')})")
+    return changed
 
 
 def names_change(before, now: list[str]) -> list[str]:
