@@ -1019,6 +1019,20 @@ def test_resume_takes_the_run_folder_and_explains_a_weights_file(capsys, tiny, t
     assert weights.exists()
 
 
+def test_resume_of_a_named_run_continues_it_in_its_folder(capsys, tiny, trained, tmp_path,
+                                                         monkeypatch):
+    """`--resume RUN` without --out continued into runs/<cfg-name>: a new folder without the
+    run's metrics, and RUN stayed at its iteration."""
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capsys, "train", tiny, "--no-progress", "--resume", trained / "checkpoint.pt",
+                    "--set", "max_batches=3", "--valid-every", "0")
+    assert code == 0 and err.rstrip().endswith(f"outputs in {trained}"), err
+    assert "finished 3 iterations" in err and not (tmp_path / "runs").exists()
+    assert load_checkpoint(trained / "checkpoint.pt")["iteration"] == 3
+
+
 def test_resume_never_replaces_another_run(capsys, tiny, trained, tmp_path):
     """--resume A --out B, B holding a run of its own: B's checkpoint was replaced and its
     metrics.csv mixed with A's rows. Into a new folder (or A's own) it continues."""

@@ -348,11 +348,14 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     task.use_options(opts)
     task.check_training(net)
     splits = task.open_data(opts.data, opts.seed, opts.classes)
-    out = opts.out
+    out, named = opts.out, "--out"
     if splits.backup and not opts.explicit_out:
-        out = Path(splits.backup)
-    lock = hold_folder(out, "--out" if opts.explicit_out else "backup=") if dist.main \
-        else None
+        out, named = Path(splits.backup), "backup="
+    elif isinstance(opts.resume, str) and not opts.explicit_out:
+        # `--resume RUN` continues RUN where it is: it went on in runs/<cfg-name>, a new
+        # folder without the run's history, and RUN stayed where it was
+        out, named = source, "--resume"
+    lock = hold_folder(out, named) if dist.main else None
     try:  # until the run writes: a run refused here leaves no trace (lock file, new folders)
         if not opts.resume:
             refuse_existing_run(out, dist, device)
@@ -427,7 +430,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
             lock.release_unused()
         raise
     if dist.main:
-        ensure_folder(out, "--out" if opts.explicit_out else "backup=")
+        ensure_folder(out, named)
         stale = remove_stale_temps(out, [CHECKPOINT, "metrics.csv", "settings.yaml", "chart.png",
                                          "ranks.txt", "*.weights"])
         if stale:  # a run killed (SIGKILL, power) while writing one of them
