@@ -324,8 +324,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         if data is not None:  # `--resume` continues the run: on its data, unless told otherwise
             say(f"--resume: the run's data, {data} (its settings.yaml)", dist)
             opts = replace(opts, data=data)
-        elif opts.classes is None and _embedded_classes(source):  # `make train`'s 10 of 1000
-            classes = _embedded_classes(source)
+        elif opts.classes is None and (classes := _embedded_classes(source)):
+            # (`make train` trains the embedded set's first 10 of VGG-16's 1000 classes)
             say(f"--resume: the run's data, the embedded set's first {classes} classes (its "
                 "settings.yaml)", dist)
             opts = replace(opts, classes=classes)
