@@ -1031,6 +1031,12 @@ def test_resume_of_a_named_run_continues_it_in_its_folder(capsys, tiny, trained,
     assert code == 0 and err.rstrip().endswith(f"outputs in {trained}"), err
     assert "finished 3 iterations" in err and not (tmp_path / "runs").exists()
     assert load_checkpoint(trained / "checkpoint.pt")["iteration"] == 3
+    # a kept copy in the folder is not the run's checkpoint: resuming it goes elsewhere
+    (trained / "old.pt").write_bytes((trained / "checkpoint.pt").read_bytes())
+    code, err = run(capsys, "train", tiny, "--no-progress", "--resume", trained / "old.pt",
+                    "--set", "max_batches=4", "--valid-every", "0")
+    assert code == 0 and err.rstrip().endswith("outputs in runs/tiny"), err
+    assert load_checkpoint(trained / "checkpoint.pt")["iteration"] == 3
 
 
 def test_resume_never_replaces_another_run(capsys, tiny, trained, tmp_path):

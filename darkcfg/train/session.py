@@ -351,9 +351,11 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     out, named = opts.out, "--out"
     if splits.backup and not opts.explicit_out:
         out, named = Path(splits.backup), "backup="
-    elif isinstance(opts.resume, str) and not opts.explicit_out:
+    elif isinstance(opts.resume, str) and not opts.explicit_out and (
+            Path(opts.resume).is_dir() or Path(opts.resume).name == CHECKPOINT):
         # `--resume RUN` continues RUN where it is: it went on in runs/<cfg-name>, a new
-        # folder without the run's history, and RUN stayed where it was
+        # folder without the run's history, and RUN stayed where it was. (Not from a copy
+        # such as RUN/old.pt: that would rewind RUN and replace its newer checkpoint.pt.)
         out, named = source, "--resume"
     lock = hold_folder(out, named) if dist.main else None
     try:  # until the run writes: a run refused here leaves no trace (lock file, new folders)
