@@ -235,6 +235,19 @@ def test_a_finite_loss_whose_update_diverged_is_not_checkpointed(capsys, tmp_pat
                if t.is_floating_point())
 
 
+def test_non_finite_reads_a_sum_that_overflows_as_finite():
+    """non_finite (checked at every checkpoint) sums each tensor first: a NaN or Inf makes the
+    sum non-finite, and a sum of finite floats that overflows is counted exactly."""
+    from darkcfg.model import non_finite
+
+    net = torch.nn.Module()
+    net.register_buffer("big", torch.tensor([3e38, 3e38]))
+    net.register_buffer("low", torch.ones(3, dtype=torch.float16))
+    assert non_finite(net) == ""
+    net.low[1] = float("-inf")
+    assert non_finite(net) == "1 of its 5 floats are NaN or Inf (first: low)"
+
+
 def test_plot_lr(tiny_cfg, tmp_path, capsys):
     code, _, _ = run(capsys, tiny_cfg, "--plot-lr", tmp_path / "lr.png", "--set", "policy=sgdr")
     assert code == 0 and (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
