@@ -81,8 +81,9 @@ def write_error(target: str | os.PathLike, exc: BaseException, started: bool = F
         why, hint = "disk quota exceeded", "free some space (or write elsewhere)"
     elif code == errno.EFBIG:
         why, hint = ("the file would be larger than this process may write (a file size limit: "
-                     "ulimit -f, or the file system's largest file)",
-                     "raise the limit (ulimit -f unlimited) or write elsewhere")
+                     "ulimit -f, or the file system's largest file, FAT32's 4 GiB)",
+                     "raise the limit (ulimit -f unlimited) or write to a file system that "
+                     "takes files this large")
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
         why, hint = "permission denied", "write to a folder you may write to"
     elif code == errno.ENOENT:
@@ -325,6 +326,12 @@ def read_checked(path: str | os.PathLike, what: str = "file") -> bytes:
                                   str(path))) from None
     tail = data[-CHECKSUM_SIZE:]
     if len(data) < CHECKSUM_SIZE or not tail.startswith(CHECKSUM_TRAILER):
+        if _cut_trailer(tail):
+            raise CfgError(Diagnostic(
+                "E901", f"{what} '{path}' is cut short ({len(data):,} bytes): its checksum line "
+                "is incomplete, so its content cannot be verified", str(path),
+                hint="use an intact copy (compare its size with the original), or start over "
+                "from the run's _last.weights with --weights and a new --out"))
         return data
     payload, expected = data[:-CHECKSUM_SIZE], tail[len(CHECKSUM_TRAILER):-1]
     if hashlib.sha256(payload).hexdigest().encode() != expected:
@@ -351,6 +358,19 @@ def fitting(name: str, room: int) -> str:
         lead -= 1
     size = 4 if raw[lead] >= 0xF0 else 3 if raw[lead] >= 0xE0 else 2 if raw[lead] >= 0xC0 else 1
     return os.fsdecode(raw[:lead] if len(raw) - lead < size and lead > 0 else raw)
+
+
+def _cut_trailer(tail: bytes) -> bool:
+    """Whether `tail` ends with the start of a checksum trailer: a copy cut inside that line
+    (an archive itself never ends in one: a zip ends with its directory's fixed fields)."""
+    start = tail.rfind(CHECKSUM_TRAILER[:2])
+    if start < 0:
+        return False
+    rest = tail[start:]
+    if len(rest) <= len(CHECKSUM_TRAILER):
+        return CHECKSUM_TRAILER.startswith(rest)
+    digest = rest[len(CHECKSUM_TRAILER):]
+    return rest.startswith(CHECKSUM_TRAILER) and all(c in b"0123456789abcdef" for c in digest)
 
 
 def hold(fd: int) -> int:

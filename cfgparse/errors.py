@@ -66,7 +66,9 @@ CODES = {
     "W602": "activation the deployment target does not have",
     "W603": "key value the deployment target refuses",
     "W604": "key the deployment target reads past (loads, computes without it)",
-    "E500": "training stopped: the loss is not finite (diverged)",
+    "E500": "training stopped: the loss or the network is not finite (diverged)",
+    "E501": "a data loader process died under the command (killed: often the out-of-memory "
+            "killer)",
     "E901": "cannot read file",
     "W901": "an image whose header reads but whose pixels do not decode: detect leaves it out, "
             "training skips it, validation scores it as a blank image (Darknet goes on too); a "

@@ -372,6 +372,34 @@ def test_torch_write_failure_and_a_full_disk_under_a_checkpoint(tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
+def test_a_file_size_limit_under_a_checkpoint_says_so(tmp_path):
+    """A real EFBIG from the kernel (`ulimit -f`; FAT32's 4 GiB cap is the same error): the
+    hint said 'check that the folder exists and is writable'. The old checkpoint stays whole."""
+    import subprocess
+    import sys
+
+    from darkcfg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"iteration": 1})
+    script = ("import resource, sys, torch\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+              "from cfgparse import CfgError\n"
+              "from darkcfg.train.checkpoint import save_checkpoint\n"
+              "try:\n"
+              f"    save_checkpoint({str(path)!r}, {{'iteration': 2, 'w': torch.zeros(10000)}})\n"
+              "except CfgError as exc:\n"
+              "    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ,
+                                            "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert "error[E901]: cannot write" in done.stdout, done.stdout + done.stderr
+    assert "larger than this process may write (a file size limit" in done.stdout \
+        and "the previous file is intact" in done.stdout and "ulimit -f" in done.stdout, done.stdout
+    assert load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
 def test_a_full_disk_under_metrics_csv_is_reported_as_its(tiny, tmp_path, monkeypatch, capsys):
     """metrics.csv's rows stop fitting after one: the error names metrics.csv (it named
     chart.png, whose write in the cleanup replaced the first error, or no file at all), and
@@ -895,6 +923,8 @@ def test_export_and_emit_refuse_a_size_that_cannot_fit(capsys, tiny, tmp_path, m
     ({"images_seen": None}, "its 'images_seen' is None, not a count"),
     ({"rng": []}, "random generator states ('rng') are missing or damaged"),
     ({"format": "other-9"}, "its format is 'other-9'"),
+    ({"optimizer_params": ["x"]}, "its optimizer's parameter names ('optimizer_params') are "
+     "damaged"),
     ("momentum", "its optimizer's momentum_buffer of parameter 0 has shape (3,)"),
 ])
 def test_resume_from_a_checkpoint_with_damaged_fields(capsys, tiny, trained, tmp_path, change,
@@ -914,6 +944,69 @@ def test_resume_from_a_checkpoint_with_damaged_fields(capsys, tiny, trained, tmp
     assert code == 2 and f"cannot resume from '{bad}'" in err and why in err, err
 
 
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_so(capsys, tiny, tmp_path):
+    """Its hint said 'run --train first (or without --resume)', which that folder refuses."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("iteration,epoch,loss\n1,0.1,1.5\n")
+    code, err = run(capsys, "train", tiny, "--out", out, "--no-progress", "--resume")
+    assert code == 2 and "no checkpoint to resume from" in err, err
+    assert f"help: the run in '{out}' stopped before its first checkpoint, so there is " \
+        "nothing to resume" in err and "run --train first" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv"]
+
+
+@pytest.mark.parametrize("cut", [1, 40, 70, 83, 100, 2000])
+def test_a_checkpoint_cut_short_anywhere_is_refused_as_cut(tmp_path, cut):
+    """A copy cut inside the checksum line (the last 82 bytes) loaded unverified, and one cut
+    inside the zip's end record was 'negative seek value -2443'."""
+    from darkcfg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    whole = tmp_path / "checkpoint.pt"
+    save_checkpoint(whole, {"iteration": 3, "w": torch.arange(1000.0)})
+    assert load_checkpoint(whole)["iteration"] == 3
+    data = whole.read_bytes()
+    whole.write_bytes(data[:-cut])
+    with pytest.raises(CfgError, match=f"is cut short \\({len(data) - cut:,} bytes\\)"):
+        load_checkpoint(whole)
+
+
+def test_resume_uses_the_optimizer_settings_it_is_given(capsys, tiny, trained):
+    """torch's Optimizer.load_state_dict restores the saved groups' momentum, decay, betas...:
+    a `--set momentum=` (or a cfg edit) for the resume was silently the run's old value. And a
+    resume that switched adam= was torch's KeyError 'step' (or 'momentum') traceback."""
+    from darkcfg.model import build_network
+    from darkcfg.train.checkpoint import load_checkpoint
+    from darkcfg.train.loop import Trainer
+
+    net, cfg, _ = build_network(str(tiny), ["momentum=0.5", "decay=0.01"], "alexeyab", 0)
+    trainer = Trainer(net, cfg, "cpu")
+    trainer.load_state_dict(load_checkpoint(trained / "checkpoint.pt"))
+    assert [(g["momentum"], g["weight_decay"]) for g in trainer.optimizer.param_groups] == \
+        [(0.5, 0.01), (0.5, 0.0)]
+    assert trainer.optimizer.state  # the run's momentum buffers are still loaded
+    code, err = run(capsys, "train", tiny, "--out", trained, "--no-progress", "--resume",
+                    "--set", "adam=1", "--set", "max_batches=4")
+    assert code == 2 and "its optimizer state is SGD's and this run's optimizer is Adam" in err
+
+
+@pytest.mark.parametrize("first, then", [(["--freeze", "1"], []), ([], ["--freeze", "1"]),
+                                         ([], ["--set", "decay=0"])],
+                         ids=["unfreeze", "freeze", "decay-0"])
+def test_resume_with_other_frozen_layers_or_decay_groups_continues(capsys, tiny, tmp_path,
+                                                                   first, then):
+    """Documented to continue with a warning, a resume with other frozen layers was refused
+    ('its optimizer state belongs to another setup'), and so was decay=0: the optimizer's
+    state is found by parameter name now (a layer trained from now on starts without)."""
+    out = tmp_path / "run"
+    common = ("--out", out, "--no-progress", "--valid-every", "0")
+    assert run(capsys, "train", tiny, *common, *first)[0] == 0
+    code, err = run(capsys, "train", tiny, *common, "--resume", "--set", "max_batches=4", *then)
+    assert code == 0 and "finished 4 iterations" in err, err
+    if "--freeze" in first + then:
+        assert "frozen_layers: " in err, err
+
+
 def test_resume_takes_the_run_folder_and_explains_a_weights_file(capsys, tiny, trained,
                                                                  tmp_path):
     code, err = run(capsys, "train", tiny, "--out", trained, "--no-progress", "--resume",
@@ -924,6 +1017,26 @@ def test_resume_takes_the_run_folder_and_explains_a_weights_file(capsys, tiny, t
                     weights)
     assert code == 2 and "is not a darkcfg checkpoint" in err and "--weights" in err, err
     assert weights.exists()
+
+
+def test_resume_of_a_named_run_continues_it_in_its_folder(capsys, tiny, trained, tmp_path,
+                                                         monkeypatch):
+    """`--resume RUN` without --out continued into runs/<cfg-name>: a new folder without the
+    run's metrics, and RUN stayed at its iteration."""
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capsys, "train", tiny, "--no-progress", "--resume", trained / "checkpoint.pt",
+                    "--set", "max_batches=3", "--valid-every", "0")
+    assert code == 0 and err.rstrip().endswith(f"outputs in {trained}"), err
+    assert "finished 3 iterations" in err and not (tmp_path / "runs").exists()
+    assert load_checkpoint(trained / "checkpoint.pt")["iteration"] == 3
+    # a kept copy in the folder is not the run's checkpoint: resuming it goes elsewhere
+    (trained / "old.pt").write_bytes((trained / "checkpoint.pt").read_bytes())
+    code, err = run(capsys, "train", tiny, "--no-progress", "--resume", trained / "old.pt",
+                    "--set", "max_batches=4", "--valid-every", "0")
+    assert code == 0 and err.rstrip().endswith("outputs in runs/tiny"), err
+    assert load_checkpoint(trained / "checkpoint.pt")["iteration"] == 3
 
 
 def test_resume_never_replaces_another_run(capsys, tiny, trained, tmp_path):
@@ -1025,6 +1138,57 @@ def test_resume_continues_on_the_runs_recorded_data(capsys, tiny, tmp_path, monk
     code, err = run(capsys, "train", tiny, "--out", "run", "--resume", "--no-progress",
                     "--set", "max_batches=4", "--valid-every", "0")
     assert code == 0 and "the run's data, imgs" in err and "other settings" not in err, err
+
+
+def test_resume_takes_the_data_of_the_run_it_continues(capsys, tiny, tmp_path, monkeypatch):
+    """`--resume RUN --out NEW` read the data record of NEW (none) and trained RUN on the
+    embedded set without a word; a run whose data moved went on with the embedded set behind a
+    one-line warning; a run on the embedded set's first N classes went on with all of them."""
+    from PIL import Image as PILImage
+
+    monkeypatch.chdir(tmp_path)
+    for cls in ("a", "b", "c", "d"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for k in range(4):
+            PILImage.fromarray(np.full((12, 12, 3), 60 * "abcd".index(cls) + k, np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{k}.png")
+    common = ("--no-progress", "--valid-every", "0")
+    assert run(capsys, "train", tiny, "--data", "imgs", "--out", "run", *common)[0] == 0
+    code, err = run(capsys, "train", tiny, "--out", "copy", "--resume", "run", *common)
+    assert code == 0 and "nothing to train" in err and "embedded" not in err, err
+    code, err = run(capsys, "train", tiny, "--out", "copy", "--resume", *common,
+                    "--set", "max_batches=3")  # (its settings.yaml was written, though idle)
+    assert code == 0 and "the run's data, imgs" in err and "embedded" not in err, err
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    code, err = run(capsys, "train", tiny, "--out", "run", "--resume", *common,
+                    "--set", "max_batches=3")
+    assert code == 2 and "run/settings.yaml: error[E901]: --resume: the run in 'run' trained " \
+        "on 'imgs'" in err and "pass --data" in err, err
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    code, err = run(capsys, "valid", tiny, "--weights", "run/tiny_final.weights")
+    assert code == 2 and "error[E901]: --weights: the run in 'run' trained on 'imgs'" in err, \
+        err  # (it scored the embedded set instead, without a word)
+    code, err = run(capsys, "train", tiny, "--out", "run", "--resume", "--data", "moved",
+                    *common, "--set", "max_batches=3")
+    assert code == 0 and "data: moved (was imgs)" in err and "class 0" not in err, err
+    (tmp_path / "moved" / "a").rename(tmp_path / "moved" / "z")  # every class index moves
+    code, err = run(capsys, "train", tiny, "--out", "run", "--resume", *common,
+                    "--set", "max_batches=4")
+    assert code == 0 and "class 0: 'b' (was 'a'; later indices may have moved too)" in err, err
+    for cls in ("b", "c", "d", "z"):  # the same folder, more images: another epoch, order
+        PILImage.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "moved" / cls /
+                                                                 "new.png")
+    code, err = run(capsys, "train", tiny, "--out", "run", "--resume", *common,
+                    "--set", "max_batches=5")
+    assert code == 0 and "the data: ImageFolder moved (split 90/10 by seed 0): 4 classes, 18 " \
+        "train / 2 val images (was ImageFolder moved (split 90/10 by seed 0): 4 classes, 15 " \
+        "train / 1 val images)" in err, err
+    assert run(capsys, "train", tiny, "--classes", "2", "--out", "two", *common)[0] == 0
+    code, err = run(capsys, "train", tiny, "--out", "two", "--resume", *common,
+                    "--set", "max_batches=3")
+    assert code == 0 and "embedded set's first 2 classes" in err, err
+    assert "other settings" not in err, err
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])

@@ -61,12 +61,14 @@ def cfg(tmp_path, tiny_classifier) -> Path:
 DEVICES = [("--device", "cpu"),
            # loader processes: each restarts the sample stream at the checkpoint's iteration
            pytest.param(("--device", "cpu", "--workers", "2"), marks=pytest.mark.slow),
+           # bfloat16 autocast and channels-last (its native kernels where built)
+           pytest.param(("--device", "cpu", "--amp"), marks=pytest.mark.slow),
            pytest.param(("--device", "cuda", "--deterministic"),
                         marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                  reason="needs a CUDA device"))]
 
 
-@pytest.mark.parametrize("device", DEVICES, ids=["cpu", "cpu-workers", "cuda"])
+@pytest.mark.parametrize("device", DEVICES, ids=["cpu", "cpu-workers", "cpu-amp", "cuda"])
 def test_sigkill_then_resume_is_byte_identical(cfg, tmp_path, device):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     proc = start(command(cfg, killed, *device))

@@ -472,6 +472,96 @@ def test_a_stop_signal_while_the_run_finishes_keeps_its_last_checkpoint(tmp_path
     assert (out / "c_final.weights").exists()
 
 
+def test_a_stop_signal_in_the_last_iteration_finishes_the_run(tmp_path, tiny_classifier,
+                                                              monkeypatch, capsys):
+    """A SIGTERM during the last iteration 'stopped' the run (continue with --resume) without
+    its _final.weights; the resume then had nothing to train. The run is complete: it
+    finishes (the final weights, 'finished 3 iterations') and exits 0."""
+    from darkcfg.cli import main
+    from darkcfg.train.loop import Trainer
+
+    real = Trainer.step
+
+    def step(self, images, targets):
+        if self.iteration == 2:  # the step that makes iteration 3 = max_batches
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=3,
+                                burn_in=0, second_conv=False)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        code = main(["train", str(cfg), "--out", str(out), "--no-progress", "--workers", "0",
+                     "--checkpoint-every", "1000", "--valid-every", "0"])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert code == 0 and "finished 3 iterations" in err and "stopped by" not in err, err
+    assert (out / "c_final.weights").exists()
+
+
+def test_a_data_loader_process_that_died_is_one_diagnostic(monkeypatch, capsys):
+    """A loader process killed under training (the out-of-memory killer's SIGKILL) was torch's
+    RuntimeError traceback, raised wherever the main process was (in backward), or, when it
+    died while passing a batch over, '<file>: error[E901]: Connection reset by peer' with the
+    hint 'check the path'. Now E501, exit 1, whichever way it surfaces."""
+    import multiprocessing
+
+    import darkcfg.data.base  # noqa: F401 - loaded in any run that has loader processes
+    from darkcfg.cli import main
+    from darkcfg.cli import summary as command
+
+    def sigchld(argv):  # what torch's SIGCHLD handler raises in the main process
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+
+    def broken_pipe(argv):  # a batch's connection to the dead process
+        ours, theirs = multiprocessing.Pipe()
+        theirs.close()
+        ours.recv()
+
+    for fails in (sigchld, broken_pipe):
+        monkeypatch.setattr(command, "main", fails)
+        assert main(["summary", "x.cfg"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("<data loader>: error[E501]: a data loader process died (") and \
+            "out-of-memory killer" in err and "Traceback" not in err, err
+    assert "pid 4242" not in err  # (the second one)
+
+    def reset_elsewhere(argv):  # not a loader's: the file error it was
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(command, "main", reset_elsewhere)
+    assert main(["summary", "x.cfg"]) == 2 and "E501" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_loader_process_killed_mid_run_keeps_the_checkpoint(tmp_path, tiny_classifier):
+    """The real thing: SIGKILL to a --workers process of a running training."""
+    cfg = tiny_classifier.write(tmp_path / "w.cfg", batch=4, subdivisions=1, burn_in=0,
+                                max_batches=100000, second_conv=False)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out", str(out),
+         "--no-progress", "--workers", "2", "--valid-every", "0", "--checkpoint-every", "3"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    os.kill(int(children[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "error[E501]" in err and "Traceback" not in err, err
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] >= 3
+
+
 @pytest.mark.slow
 def test_a_closed_terminal_stops_training_as_sigterm_does(tmp_path, tiny_classifier):
     """Closing the terminal (or losing the ssh session) sends SIGHUP, which killed a run on the
@@ -757,11 +847,11 @@ def test_a_hostile_settings_yaml_on_resume_is_an_unreadable_one(tmp_path, text):
 
     (tmp_path / "settings.yaml").write_text(text)
     assert resume_changes(tmp_path / "settings.yaml", {"data": "digits", "seed": 0}) == []
-    assert recorded_data(tmp_path) is None
+    assert recorded_data(tmp_path, "--resume") is None
     (tmp_path / "settings.yaml").write_text("data: digits\nseed: 3\n")
     assert resume_changes(tmp_path / "settings.yaml", {"data": "digits", "seed": 0}) == [
         "seed: 0 (was 3)"]
-    assert recorded_data(tmp_path) == "digits"
+    assert recorded_data(tmp_path, "--resume") == "digits"
 
 
 def test_an_output_name_that_fits_is_written_whatever_its_temp_names_length(tmp_path):

@@ -219,6 +219,35 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(capsys, tmp_path):
     assert not (tmp_path / "linear_regression_final.weights").exists()
 
 
+def test_a_finite_loss_whose_update_diverged_is_not_checkpointed(capsys, tmp_path,
+                                                                  tiny_classifier):
+    """The last step with a finite loss can leave Inf in a batch-norm's running_var (here at
+    lr 1e6): it was checkpointed as "the last good checkpoint", and --resume from it with a
+    sane learning rate was NaN at once."""
+    cfg = tiny_classifier.write(tmp_path / "d.cfg", batch=8, burn_in=0)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, cfg, "--train", "--set", "learning_rate=1e6", "--checkpoint-every",
+                       "1", "--valid-every", "0", "--out", out, "--no-progress")
+    assert code == 1 and "<training>: error[E500]: the network is not finite after iteration" \
+        in err and "NaN or Inf (first: layers." in err, err
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values()
+               if t.is_floating_point())
+
+
+def test_non_finite_reads_a_sum_that_overflows_as_finite():
+    """non_finite (checked at every checkpoint) sums each tensor first: a NaN or Inf makes the
+    sum non-finite, and a sum of finite floats that overflows is counted exactly."""
+    from darkcfg.model import non_finite
+
+    net = torch.nn.Module()
+    net.register_buffer("big", torch.tensor([3e38, 3e38]))
+    net.register_buffer("low", torch.ones(3, dtype=torch.float16))
+    assert non_finite(net) == ""
+    net.low[1] = float("-inf")
+    assert non_finite(net) == "1 of its 5 floats are NaN or Inf (first: low)"
+
+
 def test_plot_lr(tiny_cfg, tmp_path, capsys):
     code, _, _ = run(capsys, tiny_cfg, "--plot-lr", tmp_path / "lr.png", "--set", "policy=sgdr")
     assert code == 0 and (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"

@@ -207,6 +207,8 @@ def _guarded(run: Callable[[], int]) -> int:
         return 0
     except OSError as exc:  # a file the checks before it could not foresee (permissions, a
         # folder where a file was expected, a full disk): the path and the reason, no traceback
+        if _loader_died(exc):  # (a ConnectionResetError was "<file>: ... check the path")
+            return 1
         print(file_error(exc).first.format(), file=sys.stderr)
         if exc.filename == STDOUT:
             _stdout_to_devnull()
@@ -232,12 +234,28 @@ def _guarded(run: Callable[[], int]) -> int:
                              "the CPU it was slower than eager anyway (docs/training.md)"
                              ).format(), file=sys.stderr)
             return 2
+        if _loader_died(exc):
+            return 1
         if loop is not None and isinstance(exc, loop.NonFiniteLoss):
             print(Diagnostic("E500", f"{exc}; training stopped, the last good checkpoint (if "
                              "any) is kept", "<training>", hint="lower learning_rate or check "
                              "the data, then --resume").format(), file=sys.stderr)
             return 1
         raise
+
+
+def _loader_died(exc: BaseException) -> bool:
+    """E501 for a DataLoader process that died under the command (the out-of-memory killer,
+    a kill -9): torch's traceback, or '<file>: Connection reset by peer', before."""
+    base = sys.modules.get("darkcfg.data.base")
+    how = base.loader_death(exc) if base is not None else ""
+    if how:
+        print(Diagnostic("E501", f"{how}; the command stopped (a training run keeps its last "
+                         "checkpoint)", "<data loader>", hint="a process killed by SIGKILL is "
+                         "most often the out-of-memory killer (see `dmesg`): give the machine "
+                         "more memory or use fewer --workers, then --resume").format(),
+              file=sys.stderr)
+    return bool(how)
 
 
 def add_run_arguments(p, verb: str, need: str) -> None:

@@ -141,6 +141,25 @@ def loader_worker_init(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def loader_death(exc: BaseException) -> str:
+    """How a DataLoader process died, from what torch raised in the main process ('' when
+    `exc` is something else): its SIGCHLD handler's RuntimeError ('DataLoader worker (pid N)
+    is killed by signal: Killed.', raised wherever the main process was, even in backward),
+    or a connection to it that broke while a batch was passed over (EOFError, or
+    ConnectionResetError from multiprocessing's own code, which a kill -9 -- the
+    out-of-memory killer's -- leaves)."""
+    import traceback
+
+    text = str(exc).strip()
+    if isinstance(exc, RuntimeError) and text.startswith("DataLoader worker"):
+        return f"a data loader process died ({text.splitlines()[0].rstrip('. ')})"
+    if isinstance(exc, (EOFError, ConnectionError)) and any(
+            "multiprocessing" in frame.filename
+            for frame in traceback.extract_tb(exc.__traceback__)):
+        return f"a data loader process died (its connection broke: {text or type(exc).__name__})"
+    return ""
+
+
 def _stop_loader_processes() -> None:
     """At exit, kill the daemonic child processes still running (DataLoader processes: a
     daemonic process ends with its parent, multiprocessing's rule). A run that ends on an error

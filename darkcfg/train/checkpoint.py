@@ -58,12 +58,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if path.is_dir() and (path / "checkpoint.pt").is_file():
         path = path / "checkpoint.pt"
     if not path.is_file():
+        folder = path if path.is_dir() else path.parent
+        # a run stopped before its first checkpoint: a fresh --train there is refused too
+        started = path.name in ("checkpoint.pt", folder.name) and \
+            (folder / "metrics.csv").is_file()
         raise CfgError(Diagnostic("E901", f"no checkpoint to resume from: '{path}' "
                                   + ("holds no checkpoint.pt" if path.is_dir()
                                      else "is not a regular file (a pipe or a device)"
                                      if path.exists() else "does not exist"),
-                                  str(path), hint="run --train first (or without --resume), or "
-                                  "pass the --out folder of the run to resume"))
+                                  str(path), hint=f"the run in '{folder}' stopped before its "
+                                  "first checkpoint, so there is nothing to resume: start a new "
+                                  "run with --out NEW_FOLDER (without --resume), or delete the "
+                                  "folder" if started else "run --train first (or without "
+                                  "--resume), or pass the --out folder of the run to resume"))
     payload = read_checked(path, "checkpoint")
     weights = ("it looks like Darknet .weights: start a new run from them with --weights "
                "(--resume takes a run folder or its checkpoint.pt)")

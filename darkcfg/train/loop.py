@@ -31,6 +31,16 @@ class NonFiniteLoss(RuntimeError):
         self.iteration, self.value = iteration, value
 
 
+class NonFiniteWeights(NonFiniteLoss):
+    """The loss of the last step was finite but its update left NaN or Inf in the weights or
+    batch-norm statistics (a diverging run's last finite step): not checkpointed."""
+
+    def __init__(self, iteration: int, found: str):
+        RuntimeError.__init__(self, f"the network is not finite after iteration {iteration} "
+                              f"({found})")
+        self.iteration, self.value = iteration, float("nan")
+
+
 class _NoCudaRuntimeNotice(logging.Filter):
     """torch.compile on a CPU-only host makes torch.utils.cpp_extension log 'No CUDA runtime is
     found, using CUDA_HOME=...' (a warning meant for CUDA extension builds) into a training run's
@@ -229,6 +239,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "optimizer_params": self._param_names(),  # what each optimizer index is
                 "scaler": self.scaler.state_dict(), "iteration": self.iteration,
                 "images_seen": self.images_seen}
 
@@ -257,18 +268,21 @@ class Trainer:
             first = (differ or extra)[0]
             return (f"it was saved from another network ({len(differ)} of {len(own)} tensors "
                     f"missing or of another shape, {len(extra)} unknown; first: {first})")
-        groups = state["optimizer"].get("param_groups") if isinstance(state["optimizer"],
-                                                                       dict) else None
-        if not isinstance(groups, list) or len(groups) != len(self.optimizer.param_groups) or \
-                any(len(a.get("params", ())) != len(b["params"])
-                    for a, b in zip(groups, self.optimizer.param_groups, strict=True)):
-            return ("its optimizer state belongs to another setup (other frozen layers or "
-                    "another optimizer)")
+        optimizer = state["optimizer"]
+        groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+        if isinstance(groups, list) and groups and all(isinstance(g, dict) for g in groups):
+            saved, own_kind = optimizer_kind(groups[0]), optimizer_kind(
+                self.optimizer.param_groups[0])
+            if saved != own_kind:  # (torch's load then failed on a missing 'step' or 'momentum')
+                return (f"its optimizer state is {saved}'s and this run's optimizer is "
+                        f"{own_kind} (adam={int(own_kind == 'Adam')}): the state of one does "
+                        "not continue the other")
+        slots = self._optimizer_slots(state)
+        if isinstance(slots, str):
+            return slots
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        slots = state["optimizer"].get("state", {})
-        for index, slot in (slots.items() if isinstance(slots, dict) else ()):
-            if not isinstance(index, int) or not 0 <= index < len(params) or \
-                    not isinstance(slot, dict):
+        for index, slot in slots.items():
+            if not isinstance(slot, dict):
                 return "its optimizer state is damaged"
             for name, value in slot.items():
                 if isinstance(value, torch.Tensor) and value.dim() and \
@@ -276,6 +290,46 @@ class Trainer:
                     return (f"its optimizer's {name} of parameter {index} has shape "
                             f"{tuple(value.shape)}, the parameter {tuple(params[index].shape)}")
         return ""
+
+    def _param_names(self) -> list[str]:
+        """The network's name of each parameter the optimizer holds, in its order (the indices
+        of its state_dict); '' for the placeholder of a network with nothing to train."""
+        names = {id(p): name for name, p in self.net.named_parameters()}
+        return [names.get(id(p), "") for group in self.optimizer.param_groups
+                for p in group["params"]]
+
+    def _optimizer_slots(self, state: dict) -> dict | str:
+        """The checkpoint's per-parameter optimizer state keyed by this optimizer's indices
+        (or why it cannot be). A checkpoint names its optimizer's parameters, so a resume with
+        other frozen layers, per-layer learning_rate= or decay= groups its parameters
+        differently and still finds each one's momentum (a newly trained one starts without,
+        as Darknet's always do); one without the names needs the same groups."""
+        optimizer = state["optimizer"]
+        slots = optimizer.get("state", {}) if isinstance(optimizer, dict) else None
+        groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+        names = state.get("optimizer_params")
+        if not isinstance(slots, dict) or not isinstance(groups, list) or \
+                not all(isinstance(g, dict) for g in groups):
+            return "its optimizer state is damaged"
+        count = sum(len(g.get("params", ())) for g in groups)
+        if names is None:  # (written before the names: the groups must match one to one)
+            if len(groups) != len(self.optimizer.param_groups) or any(
+                    len(a.get("params", ())) != len(b["params"])
+                    for a, b in zip(groups, self.optimizer.param_groups, strict=True)):
+                return ("its optimizer state belongs to another setup (other frozen layers, "
+                        "per-layer learning_rate=, or decay switched between 0 and not 0)")
+            names = self._param_names()
+        if not isinstance(names, list) or len(names) != count or \
+                not all(isinstance(n, str) for n in names):
+            return "its optimizer's parameter names ('optimizer_params') are damaged"
+        where = {name: i for i, name in enumerate(self._param_names()) if name}
+        mapped = {}
+        for index, slot in slots.items():
+            if not isinstance(index, int) or not 0 <= index < count:
+                return "its optimizer state is damaged"
+            if names[index] in where:  # (a parameter frozen now keeps no state)
+                mapped[where[names[index]]] = slot
+        return mapped
 
     def check_trainable(self, freeze: int = 0) -> None:
         """Training needs one layer that takes a gradient (else backward has nothing to do)."""
@@ -305,9 +359,26 @@ class Trainer:
                 hint="--resume takes the checkpoint.pt of a darkcfg run of this cfg; to start "
                 "from other weights use --weights (without --resume)"))
         self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # this run's groups: torch's load would put back the saved groups' settings too, and a
+        # momentum=, decay=, B1= ... changed in the cfg or by --set for the resume was silently
+        # the old one (Darknet reads them from the cfg it resumes with); only the
+        # per-parameter state (momentum, Adam's moments) is the run's
+        slots = self._optimizer_slots(state)
+        params = [(p, group) for group in self.optimizer.param_groups for p in group["params"]]
+        for index, (p, group) in enumerate(params):
+            if slots and index not in slots and group.get("momentum"):
+                # a layer trained only from now on (unfrozen): torch's fused SGD takes no
+                # mixture of buffers and none; a zero buffer is the first step's own value
+                slots[index] = {"momentum_buffer": torch.zeros_like(p)}
+        self.optimizer.load_state_dict({"state": slots, "param_groups":
+                                        self.optimizer.state_dict()["param_groups"]})
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.images_seen = state["iteration"], state["images_seen"]
+
+
+def optimizer_kind(group: dict) -> str:
+    """'Adam' or 'SGD' from a param group's settings (make_optimizer makes one or the other)."""
+    return "Adam" if "betas" in group else "SGD"
 
 
 def amp_dtype_for(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
@@ -425,6 +496,8 @@ def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
                         broadcast_flag(dist, stop.requested, trainer.device))
             if schedule.save_every and k % schedule.save_every == 0:
                 log.save_numbered(trainer)
+            if stopping and k >= cfg.max_batches:
+                break  # stopped in the last iteration: the run is complete, finish it (below)
             if stopping or (schedule.checkpoint_every and k % schedule.checkpoint_every == 0):
                 log.checkpoint(trainer)
             if stopping:

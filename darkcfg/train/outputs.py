@@ -18,9 +18,10 @@ import yaml
 from builders.atomic import atomic_write
 from cfgparse import CfgError
 from cfgparse.yaml_io import load_yaml
+from darkcfg.model import non_finite
 from darkcfg.train.checkpoint import rng_states, save_checkpoint
-from darkcfg.train.distributed import Dist
-from darkcfg.train.loop import NonFiniteLoss, Trainer
+from darkcfg.train.distributed import Dist, broadcast_flag
+from darkcfg.train.loop import NonFiniteLoss, NonFiniteWeights, Trainer
 from darkcfg.train.tasks import Task
 
 CHECKPOINT = "checkpoint.pt"
@@ -53,8 +54,26 @@ def resume_changes(path: Path, now: dict) -> list[str]:
     before = read_settings(path)
     if before is None:
         return []
-    return [f"{key}: {now.get(key)} (was {before.get(key)})" for key in RESUME_SETTINGS
-            if key in before and before.get(key) != now.get(key)]
+    changed = [f"{key}: {now.get(key)} (was {before.get(key)})" for key in RESUME_SETTINGS
+               if key in before and before.get(key) != now.get(key)]
+    if not changed and before.get("data_description", now.get("data_description")) != \
+            now.get("data_description"):  # the same path, other content (images added...)
+        changed.append(f"the data: {now.get('data_description')} (was "
+                       f"{before.get('data_description')})")
+    return changed
+
+
+def names_change(before, now: list[str]) -> list[str]:
+    """The class list of a resume against its checkpoint's ('names'), as resume_changes words
+    a change: an ImageFolder's classes are its sorted folder names, so a folder renamed or
+    added moves every later class index (the run went on training them as the old classes).
+    [] when they agree or the checkpoint has none."""
+    if not isinstance(before, list) or list(before) == list(now):
+        return []
+    if len(before) != len(now):
+        return [f"classes: {len(now)} names (was {len(before)})"]
+    k = next(i for i, (a, b) in enumerate(zip(before, now, strict=True)) if a != b)
+    return [f"class {k}: {now[k]!r} (was {before[k]!r}; later indices may have moved too)"]
 
 
 class RunLog:
@@ -192,6 +211,12 @@ class RunLog:
     def checkpoint(self, trainer: Trainer) -> None:
         """Checkpoint + _last.weights + chart, after checking the pending loss is finite."""
         self.flush()
+        # a finite loss does not make the update that followed it finite: a diverging run's
+        # last finite step left Inf in a batch-norm's running_var, and --resume from that
+        # "last good checkpoint" was NaN at once (checked on every rank: buffers differ)
+        bad = non_finite(trainer.net)
+        if broadcast_flag(self.dist, bool(bad), trainer.device):
+            raise NonFiniteWeights(trainer.iteration, bad or "on another rank")
         states = gather(self.dist, rng_states())
         if not self.main:
             return

@@ -42,6 +42,7 @@ from darkcfg.train.loop import Schedule, Trainer, darknet_init, fit, make_determ
 from darkcfg.train.outputs import (
     CHECKPOINT,
     RunLog,
+    names_change,
     read_settings,
     resume_changes,
     write_settings,
@@ -156,14 +157,37 @@ def recorded_settings(out: Path) -> dict:
     return read_settings(out / "settings.yaml") or {}
 
 
-def recorded_data(out: Path) -> str | None:
-    """The --data a run in `out` recorded (settings.yaml), if it was not the embedded set and
-    can still be opened from here (a path that exists, or `digits`); else None."""
+def recorded_data(out: Path, flag: str) -> str | None:
+    """The --data a run in `out` recorded (settings.yaml) for `flag` (--resume, --weights) to
+    take, if it was not the embedded set; else None. A recorded path that does not open from
+    here (moved, or relative to another working folder) is E901: --resume went on with the
+    embedded set behind a one-line warning, and valid scored it without a word."""
     data = recorded_settings(out).get("data")
     if not isinstance(data, str) or data == "embedded":
         return None
-    return data if data == "digits" or data.startswith("torchvision:") or \
-        os.path.exists(data) else None
+    if data == "digits" or data.startswith("torchvision:") or os.path.exists(data):
+        return data
+    raise CfgError(Diagnostic(
+        "E901", f"{flag}: the run in '{out}' trained on '{data}' (its settings.yaml), which "
+        "does not exist from here", str(out / "settings.yaml"),
+        hint=f"pass --data with where '{data}' is now (a relative path is taken from the "
+        "working folder; the run started in another one, or the data moved)"))
+
+
+def _embedded_classes(out: Path) -> int | None:
+    """The --classes of a run in `out` on the embedded set (settings.yaml), else None."""
+    classes = recorded_settings(out).get("classes")
+    return classes if isinstance(classes, int) and not isinstance(classes, bool) and \
+        classes > 0 else None
+
+
+def run_folder(resume: str | bool, out: Path) -> Path:
+    """The folder of the run `--resume` continues: its own --out, or the folder of the
+    checkpoint (or the run folder) named."""
+    if not isinstance(resume, str):
+        return out
+    source = Path(resume)
+    return source if source.is_dir() else source.parent
 
 
 def refuse_existing_run(out: Path, dist: distributed.Dist, device) -> None:
@@ -215,8 +239,7 @@ def refuse_resuming_over_another_run(resume: str | bool, out: Path, dist: distri
     its checkpoint replaced and its metrics.csv mixed with this run's rows."""
     if not isinstance(resume, str):
         return  # out's own checkpoint.pt
-    source = Path(resume)
-    folder = source if source.is_dir() else source.parent
+    folder = run_folder(resume, out)
     try:
         elsewhere = folder.resolve() != out.resolve()
     except OSError:
@@ -296,11 +319,17 @@ def train(opts: RunOptions) -> tuple[str, Trainer]:
 def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if opts.explicit_out and dist.main:
         check_folder(opts.out, "--out")  # a file in the way fails now, not after the build
+    source = run_folder(opts.resume, opts.out)  # (its settings.yaml says how it ran)
     if opts.resume and opts.data is None:
-        data = recorded_data(opts.out)
+        data = recorded_data(source, "--resume")
         if data is not None:  # `--resume` continues the run: on its data, unless told otherwise
             say(f"--resume: the run's data, {data} (its settings.yaml)", dist)
             opts = replace(opts, data=data)
+        elif opts.classes is None and (classes := _embedded_classes(source)):
+            # (`make train` trains the embedded set's first 10 of VGG-16's 1000 classes)
+            say(f"--resume: the run's data, the embedded set's first {classes} classes (its "
+                "settings.yaml)", dist)
+            opts = replace(opts, classes=classes)
     if opts.deterministic:
         make_deterministic()
     need = check_memory(opts, device)
@@ -320,11 +349,16 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     task.use_options(opts)
     task.check_training(net)
     splits = task.open_data(opts.data, opts.seed, opts.classes)
-    out = opts.out
+    out, named = opts.out, "--out"
     if splits.backup and not opts.explicit_out:
-        out = Path(splits.backup)
-    lock = hold_folder(out, "--out" if opts.explicit_out else "backup=") if dist.main \
-        else None
+        out, named = Path(splits.backup), "backup="
+    elif isinstance(opts.resume, str) and not opts.explicit_out and (
+            Path(opts.resume).is_dir() or Path(opts.resume).name == CHECKPOINT):
+        # `--resume RUN` continues RUN where it is: it went on in runs/<cfg-name>, a new
+        # folder without the run's history, and RUN stayed where it was. (Not from a copy
+        # such as RUN/old.pt: that would rewind RUN and replace its newer checkpoint.pt.)
+        out, named = source, "--resume"
+    lock = hold_folder(out, named) if dist.main else None
     try:  # until the run writes: a run refused here leaves no trace (lock file, new folders)
         if not opts.resume:
             refuse_existing_run(out, dist, device)
@@ -388,7 +422,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                     "compile": opts.compile, "weights": opts.weights, "flavor": opts.flavor,
                     "darknet_build": opts.darknet_build}
         if opts.resume and dist.main:
-            changed = resume_changes(out / "settings.yaml", settings)
+            changed = resume_changes(source / "settings.yaml", settings) + \
+                names_change(state.get("names"), splits.names)
             if changed:
                 say("warning: resuming with other settings than the run had: " + "; ".join(changed)
                     + " (the continuation differs from the run it would have been; pass the "
@@ -398,13 +433,15 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
             lock.release_unused()
         raise
     if dist.main:
-        ensure_folder(out, "--out" if opts.explicit_out else "backup=")
+        ensure_folder(out, named)
         stale = remove_stale_temps(out, [CHECKPOINT, "metrics.csv", "settings.yaml", "chart.png",
                                          "ranks.txt", "*.weights"])
         if stale:  # a run killed (SIGKILL, power) while writing one of them
             say(f"removed {len(stale)} temp file(s) left by an interrupted write in {out}", dist)
-        if not (opts.resume and trainer.iteration >= cfg.max_batches):
-            # (a resume with nothing left to train keeps the run's record as it was)
+        if not (opts.resume and trainer.iteration >= cfg.max_batches) or \
+                not (out / "settings.yaml").exists():
+            # (a resume with nothing left to train keeps the run's record as it was; into a
+            # new folder it writes one, or a later --resume there lost the run's data)
             write_settings(out / "settings.yaml", settings)
     log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train), task,
                  start=trainer.iteration, state=state and state.get("log"),
@@ -486,14 +523,13 @@ def weights_run_data(opts: RunOptions) -> RunOptions:
     opts = _run_seed(opts, recorded.get("seed"))
     if opts.data is not None:
         return opts
-    data = recorded_data(run)
+    data = recorded_data(run, "--weights")
     if data is not None:
         say(f"data: {data}, the data of the run that wrote {opts.weights} (its settings.yaml; "
             "--data to choose other data)")
         return replace(opts, data=data)
-    classes = recorded.get("classes")
-    if opts.classes is None and isinstance(classes, int) and not isinstance(classes, bool) \
-            and classes > 0:  # `make train`: 10 of VGG-16's 1000 embedded classes
+    classes = _embedded_classes(run)
+    if opts.classes is None and classes:  # `make train`: 10 of VGG-16's 1000 embedded classes
         say(f"data: the embedded set's first {classes} classes, as the run that wrote "
             f"{opts.weights} trained (its settings.yaml; --classes to choose)")
         return replace(opts, classes=classes)
