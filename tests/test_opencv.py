@@ -101,7 +101,9 @@ def compare(ours, cv, x: torch.Tensor) -> float:
     worst = 0.0
     for o, r in zip(got, refs, strict=True):
         o = np.asarray(o).reshape(r.shape)
-        worst = max(worst, float(np.abs(o - r).max() / max(np.abs(r).max(), 1e-30)))
+        err = float(np.abs(o - r).max() / max(np.abs(r).max(), 1e-30))
+        # max(0.0, nan) is 0.0: a NaN output (a misread variance) must count as the worst
+        worst = max(worst, err if np.isfinite(err) else np.inf)
     return worst
 
 
@@ -271,3 +273,46 @@ def test_trained_yolov4_tiny_same_detections_through_opencv(tmp_path):
     assert len(only_ours) + len(only_theirs) <= max(2, len(ours) // 1000), \
         ([ours[k] for k in only_ours], [theirs[k] for k in only_theirs])
     assert worst <= 1e-3
+
+
+CONNECTED = """[net]
+width=8
+height=8
+channels=3
+
+[convolutional]
+filters=4
+size=3
+pad=1
+activation=leaky
+
+[connected]
+output=6
+batch_normalize={bn}
+activation=leaky
+
+[connected]
+output=3
+activation=linear
+"""
+
+
+@pytest.mark.parametrize("bn", [0, 1])
+def test_opencv_connected_batch_norm(bn, tmp_path):
+    """Without batch-norm OpenCV reads darkcfg's (Darknet's) [connected] layers right; with it,
+    OpenCV reads the batch-norm arrays from before the matrix, Darknet stores them after: its
+    output is wrong, and `check --target opencv` says so (W603)."""
+    cfg = tmp_path / "fc.cfg"
+    cfg.write_text(CONNECTED.format(bn=bn))
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    perturb_normalization(net)
+    net.eval()
+    save_weights(net, tmp_path / "fc.weights")
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    err = compare(net, opencv_net(cfg, tmp_path / "fc.weights"), x)
+    named = [d.code for d in check_target(parse(cfg), "opencv")]
+    if bn:
+        assert not err <= 1e-2, "OpenCV now reads [connected] batch-norm as Darknet stores it"
+        assert named == ["W603"]
+    else:
+        assert err <= 1e-4 and named == []

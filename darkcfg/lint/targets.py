@@ -78,6 +78,11 @@ OPENCV_KEYS = (
     KeyRule("convolutional", "flipped", "W603", "OpenCV does not transpose convolution "
             "weights (flipped=1)", _not(0)),
     KeyRule("softmax", "groups", "W603", "OpenCV's softmax takes groups=1 only", _not(1)),
+    # measured, OpenCV 4.14: it reads scales, mean, variance before the matrix, as for a
+    # convolution; Darknet stores them after it (src/parser.c load_connected_weights)
+    KeyRule("connected", "batch_normalize", "W603", "OpenCV reads a [connected] layer's "
+            "batch-norm arrays from before its weights (Darknet's .weights store them after): "
+            "it loads the layer's weights misplaced", _not(0)),
     KeyRule("region", "tree", "W603", "OpenCV's [region] has no softmax tree decoding "
             "(yolo9000)", lambda v: bool(v)),
     KeyRule("convolutional", "xnor", "W604", "OpenCV runs the convolution in float (no "
