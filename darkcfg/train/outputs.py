@@ -31,6 +31,18 @@ def write_settings(path: Path, settings: dict) -> None:
     atomic_write(path, yaml.safe_dump(settings, sort_keys=False))
 
 
+def write_run_cfg(path: Path, cfg_path: str, sets) -> None:
+    """`<name>.cfg` beside the run's .weights: the cfg with the run's --set values written in,
+    what Darknet and OpenCV need to read them (the cfg on disk may be another network: e.g.
+    --set convolutional.batch_normalize=1). Never over the input cfg itself."""
+    from darkcfg.config import cfg_with_overrides
+
+    source = Path(cfg_path)
+    if source.is_file() and path.exists() and path.resolve() == source.resolve():
+        return
+    atomic_write(path, cfg_with_overrides(cfg_path, sets))
+
+
 def read_settings(path: Path) -> dict | None:
     """A run's settings.yaml, or None when it is missing or unreadable (damaged, edited into
     something else, an alias bomb: read with cfgparse's bounds, never a traceback)."""

@@ -43,6 +43,7 @@ from darkcfg.train.outputs import (
     RunLog,
     read_settings,
     resume_changes,
+    write_run_cfg,
     write_settings,
 )
 from darkcfg.train.tasks import Task, ranked, task_for
@@ -399,12 +400,13 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if dist.main:
         ensure_folder(out, "--out" if opts.explicit_out else "backup=")
         stale = remove_stale_temps(out, [CHECKPOINT, "metrics.csv", "settings.yaml", "chart.png",
-                                         "ranks.txt", "*.weights"])
+                                         "ranks.txt", "*.weights", f"{opts.name}.cfg"])
         if stale:  # a run killed (SIGKILL, power) while writing one of them
             say(f"removed {len(stale)} temp file(s) left by an interrupted write in {out}", dist)
         if not (opts.resume and trainer.iteration >= cfg.max_batches):
             # (a resume with nothing left to train keeps the run's record as it was)
             write_settings(out / "settings.yaml", settings)
+            write_run_cfg(out / f"{opts.name}.cfg", opts.cfg_path, opts.sets)
     log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train), task,
                  start=trainer.iteration, state=state and state.get("log"),
                  progress=opts.progress, meta={"names": splits.names})
