@@ -316,3 +316,39 @@ def test_opencv_connected_batch_norm(bn, tmp_path):
         assert named == ["W603"]
     else:
         assert err <= 1e-4 and named == []
+
+
+def test_opencv_reads_converted_and_cut_weights(tmp_path, capsys):
+    """`darkcfg weights --save-weights` (a 64-bit `seen` past 2**32 kept) and `--cutoff N`
+    through OpenCV: the whole file with the cfg, the cut file with the cfg of its first N
+    sections. With the whole cfg OpenCV reads a cut file without a word (the later layers
+    keep whatever they had), where darkcfg refuses it (E902) unless told --cutoff."""
+    from darkcfg.cli import main as darkcfg_main
+
+    cfg = tmp_path / "fc.cfg"
+    cfg.write_text(CONNECTED.format(bn=0))
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    perturb_normalization(net)
+    net.eval()
+    save_weights(net, tmp_path / "in.weights", seen=2**33 + 5)
+    out, cut = tmp_path / "out.weights", tmp_path / "cut.weights"
+    assert darkcfg_main(["weights", str(cfg), "--weights", str(tmp_path / "in.weights"),
+                         "--save-weights", str(out)]) == 0
+    assert darkcfg_main(["weights", str(cfg), "--weights", str(out), "--save-weights",
+                         str(cut), "--cutoff", "1"]) == 0
+    head = np.frombuffer(out.read_bytes()[:20], "<i4", 3).tolist(), \
+        int(np.frombuffer(out.read_bytes()[12:20], "<u8")[0])
+    assert head == ([0, 2, 5], 2**33 + 5)
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    assert compare(net, opencv_net(cfg, out), x) <= 1e-4
+    first = tmp_path / "first.cfg"  # [net] and the first section
+    first.write_text(CONNECTED.split("[connected]")[0])
+    ours, _, _ = build_network(str(first), [], "alexeyab", 0)
+    load_any_weights(ours, str(cut))
+    assert compare(ours.eval(), opencv_net(first, cut), x) <= 1e-4
+    opencv_net(cfg, cut)  # no error from OpenCV
+    capsys.readouterr()
+    assert darkcfg_main(["weights", str(cfg), "--weights", str(cut), "--save-weights",
+                         str(tmp_path / "x.weights")]) == 2
+    err = capsys.readouterr().err
+    assert "error[E902]" in err and "--cutoff 1" in err and "Traceback" not in err
