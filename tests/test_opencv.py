@@ -192,9 +192,10 @@ def test_opencv_reads_darkcfg_weights(name, tmp_path, record_property):
         return
     # W604: keys and shapes OpenCV computes differently (e.g. go.cfg's [softmax] over a 1x19x19
     # input, cifar.test.cfg's temperature=3: both measured, both named by the check)
+    # (and W603s OpenCV runs anyway: weights it loads misplaced, e.g. share_index)
     ignored = list(dict.fromkeys(d.message.split(": ", 1)[1]
                                  for d in check_file(copy, Options(targets=("opencv",)))
-                                 if d.code == "W604"))
+                                 if d.code in ("W603", "W604")))
     record_property("max_rel_error", err)
     if ignored:  # OpenCV computes without these keys: a difference is expected, not required
         print(f"{name}: OpenCV ignores {ignored}; max rel. error {err:.2e}")
@@ -352,3 +353,39 @@ def test_opencv_reads_converted_and_cut_weights(tmp_path, capsys):
                          str(tmp_path / "x.weights")]) == 2
     err = capsys.readouterr().err
     assert "error[E902]" in err and "--cutoff 1" in err and "Traceback" not in err
+
+
+MISPLACING = {
+    "shortcut": "[convolutional]\nfilters=3\nsize=3\npad=1\nactivation=leaky\n\n"
+                "[shortcut]\nfrom=-2\nweights_type=per_feature\nactivation=linear\n\n",
+    "share_index": "[convolutional]\nfilters=3\nsize=3\npad=1\nshare_index=0\n"
+                   "activation=leaky\n\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MISPLACING))
+def test_opencv_misplaces_the_weights_after_unread_or_shared_arrays(kind, tmp_path):
+    """OpenCV reads no [shortcut] weights and reads a share_index layer's own: from there on
+    every layer's .weights are misplaced (W603, not a key it merely computes without). The
+    shortcut's weights set to 1 (a plain sum) still break it; the same file without those
+    floats matches."""
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n[convolutional]\nfilters=3\n"
+                   "size=3\npad=1\nactivation=leaky\n\n" + MISPLACING[kind]
+                   + "[convolutional]\nfilters=5\nsize=1\nactivation=linear\n")
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    arrays = [net.layers[i].darknet_arrays() for i in range(len(net.layers))]
+    with torch.no_grad():
+        for t in arrays[2]:
+            t.fill_(1.0)  # the shortcut's weights: 1 x each input, what OpenCV computes
+    net.eval()
+    save_weights(net, tmp_path / "m.weights")
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    assert not compare(net, opencv_net(cfg, tmp_path / "m.weights"), x) <= 1e-2
+    assert [d.code for d in check_target(parse(cfg), "opencv")] == ["W603"]
+    if kind == "shortcut":
+        data = (tmp_path / "m.weights").read_bytes()
+        start = 20 + 4 * sum(t.numel() for layer in arrays[:2] for t in layer)
+        end = start + 4 * sum(t.numel() for t in arrays[2])
+        (tmp_path / "skip.weights").write_bytes(data[:start] + data[end:])
+        assert compare(net, opencv_net(cfg, tmp_path / "skip.weights"), x) <= 1e-4
