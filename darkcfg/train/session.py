@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -408,7 +409,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if dist.main:
         ensure_folder(out, "--out" if opts.explicit_out else "backup=")
         stale = remove_stale_temps(out, [CHECKPOINT, "metrics.csv", "settings.yaml", "chart.png",
-                                         "ranks.txt", "*.weights", f"{opts.name}.cfg"])
+                                         "ranks.txt", "*.weights",
+                                         f"{glob.escape(opts.name)}.cfg"])
         if stale:  # a run killed (SIGKILL, power) while writing one of them
             say(f"removed {len(stale)} temp file(s) left by an interrupted write in {out}", dist)
         if not (opts.resume and trainer.iteration >= cfg.max_batches):
