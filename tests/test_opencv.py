@@ -389,3 +389,20 @@ def test_opencv_misplaces_the_weights_after_unread_or_shared_arrays(kind, tmp_pa
         end = start + 4 * sum(t.numel() for t in arrays[2])
         (tmp_path / "skip.weights").write_bytes(data[:start] + data[end:])
         assert compare(net, opencv_net(cfg, tmp_path / "skip.weights"), x) <= 1e-4
+
+
+def test_opencv_reads_a_runs_weights_with_the_runs_cfg(tmp_path, tiny_classifier):
+    """A run with --set values that change the network: its <name>.cfg and _final.weights go
+    through OpenCV as through darkcfg."""
+    from darkcfg.cli.flags import main as runner_main
+
+    cfg = tiny_classifier.write(tmp_path / "tiny.cfg", batch=4, subdivisions=1, burn_in=0,
+                                second_conv=False, max_batches=2)
+    out = tmp_path / "run"
+    assert runner_main([str(cfg), "--train", "--out", str(out), "--no-progress", "--workers",
+                        "0", "--valid-every", "0", "--set", "convolutional.filters=6",
+                        "--set", "width=16", "--set", "height=16"]) == 0
+    net, _, _ = build_network(str(out / "tiny.cfg"), [], "alexeyab", 0)
+    load_any_weights(net, str(out / "tiny_final.weights"))
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    assert compare(net.eval(), opencv_net(out / "tiny.cfg", out / "tiny_final.weights"), x) <= 1e-4
