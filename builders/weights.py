@@ -218,9 +218,15 @@ def _size_error(net: Network, plan, path: str, header: Header, expected: int, ac
                 hint = "check that the cfg matches the weights, and that the file is complete"
                 break
             start = end
+    if odd:
+        # no writer leaves a part of a float: cut short or appended to, whatever the cfg says
+        message += (f"; its {header.size + 4 * actual + odd} bytes are no whole number of "
+                    "floats after the header")
+        hint = ("the file was cut short inside a float or has bytes appended (Darknet loads "
+                "what it can, darkcfg refuses a damaged file): use an intact copy")
     # fine-tuning on another class count: every layer but the last with weights fits
     last = next((i for i, tensors in reversed(plan) if tensors), None)
-    if cutoff is None and last is not None and _cutoff(last) not in hint and \
+    if cutoff is None and not odd and last is not None and _cutoff(last) not in hint and \
             sum(t.numel() for i, tensors in plan if i < last for t in tensors) <= actual:
         hint += (f"; to fine-tune on another class count, load all but the last layer with "
                  f"weights (layer {last}, [{net.meta[last].type}], starts from its initial "

@@ -229,6 +229,24 @@ def apply_overrides_to_blocks(blocks: list[Block], assignments: Iterable[str]
     return blocks, values
 
 
+def cfg_with_overrides(cfg_path: str, assignments: Iterable[str]) -> str:
+    """The cfg text a run's weights go with: `cfg_path` with its `--set` values written in
+    (every other byte kept; a YAML cfg as canonical cfg text), so that Darknet and OpenCV
+    build the network the weights were trained as."""
+    from cfgparse import edit, parse, write
+    from cfgparse.parser import read_source
+
+    text, path = read_source(cfg_path, None)
+    blocks = list(parse(text, path=path))
+    changed, _ = apply_overrides_to_blocks(blocks, assignments)
+    if path.lower().endswith((".yaml", ".yml")):
+        return write(changed)
+    edits = [(old, key, opt.raw) for old, new in zip(blocks, changed, strict=True)
+             if new is not old for key, opt in new.options.items()
+             if key not in old.options or old.options[key].raw != opt.raw]
+    return edit(text, edits)
+
+
 def split_assignment(text: str) -> tuple[str, str]:
     """(KEY, VALUE) of `--set KEY=VALUE`. A non-ASCII space or invisible character in it is
     E109 as in a cfg file: str.split() would drop it silently, Darknet would keep it."""

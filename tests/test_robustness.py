@@ -281,7 +281,7 @@ def test_a_fresh_train_never_replaces_an_existing_run(classifier_run, capsys):
     assert [int(r["iteration"]) for r in rows(out)] == list(range(1, 7))
 
 
-@pytest.mark.parametrize("name", ["chart.png", "c_last.weights", "settings.yaml"])
+@pytest.mark.parametrize("name", ["chart.png", "c_last.weights", "settings.yaml", "c.cfg"])
 def test_a_fresh_train_never_replaces_a_file_it_would_write(tmp_path, tiny_classifier, capsys,
                                                             name):
     """--out (or backup=) a folder with no run but a file under a name the run writes: a

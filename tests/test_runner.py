@@ -46,6 +46,33 @@ def metrics(out: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def test_run_writes_the_cfg_its_weights_go_with(tmp_path, tiny_classifier, capsys):
+    """--set may change the network (filters, batch-norm): the run's <name>.cfg has the values
+    written in, comments kept, so Darknet and OpenCV read its .weights; the input cfg is never
+    written over, even when --out is its folder."""
+    from cfgparse import CfgError
+    from darkcfg.model import build_network
+
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text("# my classifier\n" + tiny_classifier.text())
+    source = cfg.read_bytes()
+    out = tmp_path / "run"
+    code, _, _ = run(capsys, cfg, "--train", "--out", out, "--no-progress", "--valid-every", "0",
+                     "--set", "max_batches=2", "--set", "convolutional.filters=6",
+                     "--set", "connected.batch_normalize=1")
+    assert code == 0
+    written = (out / "tiny.cfg").read_text()
+    assert written.startswith("# my classifier\n") and "max_batches=2\n" in written
+    assert written.count("filters=6\n") == 2 and "batch_normalize=1\n\n[softmax]" in written
+    net, _, _ = build_network(str(out / "tiny.cfg"), [], "alexeyab", 0)
+    assert load_weights(net, out / "tiny_final.weights")["seen"] == 32
+    with pytest.raises(CfgError, match="E902"):  # the cfg on disk is another network
+        load_weights(build_network(str(cfg), [], "alexeyab", 0)[0], out / "tiny_final.weights")
+    code, _, _ = run(capsys, cfg, "--train", "--out", tmp_path, "--no-progress",
+                     "--valid-every", "0", "--set", "max_batches=1")
+    assert code == 0 and cfg.read_bytes() == source and (tmp_path / "tiny_final.weights").exists()
+
+
 def test_training_learns_the_embedded_data(trained):
     rows = metrics(trained)
     assert [int(r["iteration"]) for r in rows] == list(range(1, 31))
@@ -64,7 +91,8 @@ def test_training_learns_the_embedded_data(trained):
 
 def test_run_outputs(trained, tiny_cfg):
     names = {p.name for p in trained.iterdir()}
-    assert {"settings.yaml", "metrics.csv", "chart.png", "checkpoint.pt", "tiny_last.weights",
+    assert {"settings.yaml", "tiny.cfg", "metrics.csv", "chart.png", "checkpoint.pt",
+            "tiny_last.weights",
             "tiny_final.weights", "tiny_best.weights", "tiny_10.weights", "tiny_20.weights",
             "tiny_30.weights"} <= names
     assert not [n for n in names if n.endswith(".tmp")]

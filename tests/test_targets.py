@@ -117,6 +117,21 @@ def test_opencv_crop_needs_noadjust(tmp_path):
         assert codes(path, "opencv") == want
 
 
+def test_opencv_connected_batch_norm_is_named(tmp_path):
+    """OpenCV 4.x loads a batch-normalized [connected] layer's .weights misplaced (measured in
+    tests/test_opencv.py): W603 on its batch_normalize line."""
+    path = cfg(tmp_path, """
+        [connected]
+        output=4
+        batch_normalize=1
+
+        [connected]
+        output=2
+        batch_normalize=0
+        """)
+    assert codes(path, "opencv") == [("W603", 14)]
+
+
 def test_recurrent_sections_for_onnx(tmp_path):
     path = cfg(tmp_path, """
         [rnn]

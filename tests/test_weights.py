@@ -223,6 +223,21 @@ def test_too_long_file_is_an_error_and_loads_nothing(tmp_path, extra):
     assert_unchanged(net, before)
 
 
+@pytest.mark.parametrize("floats, extra", [(TOTAL, b"\0\0"), (TOTAL - 1, b"\0\0")])
+def test_a_part_of_a_float_is_named_damage_not_a_cfg_mismatch(tmp_path, floats, extra):
+    """All the floats and 2 bytes more (or a file cut inside its last float): no cfg and no
+    cutoff makes it load, so the hint says the file is damaged, not to try --cutoff."""
+    net = make_net()
+    path = write(tmp_path / "odd.weights", header(), random_floats(floats), extra)
+    for cutoff in (None, 3):
+        with pytest.raises(CfgError) as err:
+            load_weights(net, path, cutoff=cutoff)
+        d = err.value.first
+        assert d.code == "E902" and "2 stray bytes" in d.message
+        assert "no whole number of floats" in d.message
+        assert "intact copy" in d.hint and "cutoff" not in d.hint
+
+
 def test_truncated_header_and_missing_file(tmp_path):
     net = make_net()
     (tmp_path / "tiny.weights").write_bytes(header()[:14])

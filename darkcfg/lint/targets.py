@@ -78,6 +78,11 @@ OPENCV_KEYS = (
     KeyRule("convolutional", "flipped", "W603", "OpenCV does not transpose convolution "
             "weights (flipped=1)", _not(0)),
     KeyRule("softmax", "groups", "W603", "OpenCV's softmax takes groups=1 only", _not(1)),
+    # measured, OpenCV 4.14: it reads scales, mean, variance before the matrix, as for a
+    # convolution; Darknet stores them after it (src/parser.c load_connected_weights)
+    KeyRule("connected", "batch_normalize", "W603", "OpenCV reads a [connected] layer's "
+            "batch-norm arrays from before its weights (Darknet's .weights store them after): "
+            "it loads the layer's weights misplaced", _not(0)),
     KeyRule("region", "tree", "W603", "OpenCV's [region] has no softmax tree decoding "
             "(yolo9000)", lambda v: bool(v)),
     KeyRule("convolutional", "xnor", "W604", "OpenCV runs the convolution in float (no "
@@ -86,14 +91,18 @@ OPENCV_KEYS = (
             "weights)", _not(0)),
     KeyRule("convolutional", "antialiasing", "W604", "OpenCV's importer adds no blur "
             "after the convolution", _not(0)),
-    KeyRule("convolutional", "share_index", "W604", "OpenCV's importer does not share "
-            "weights between layers", lambda v: True),
+    # measured, OpenCV 4.14: both leave the file's floats misaligned from that layer on
+    KeyRule("convolutional", "share_index", "W603", "OpenCV's importer does not share "
+            "weights between layers: it reads this layer's own weights, which the .weights "
+            "file does not hold, so this and every later layer load misplaced",
+            lambda v: True),
     KeyRule("convolutional", "deform", "W604", "OpenCV has no deformable convolution",
             _not(0)),
     KeyRule("maxpool", "maxpool_depth", "W604", "OpenCV pools over space only", _not(0)),
     KeyRule("maxpool", "antialiasing", "W604", "OpenCV's importer adds no blur after pooling",
             _not(0)),
-    KeyRule("shortcut", "weights_type", "W604", "OpenCV's [shortcut] has no learned weights",
+    KeyRule("shortcut", "weights_type", "W603", "OpenCV's [shortcut] has no learned weights "
+            "and reads past them in the .weights file: every later layer loads misplaced",
             _any({"none"})),
     KeyRule("yolo", "new_coords", "W604", "OpenCV's [yolo] decodes the logistic box "
             "(new_coords=0)", _not(0)),

@@ -32,6 +32,30 @@ def write_settings(path: Path, settings: dict) -> None:
     atomic_write(path, yaml.safe_dump(settings, sort_keys=False))
 
 
+def run_cfg_replaces(path: Path, cfg_path: str, text: str) -> bool:
+    """Whether writing the run's cfg `text` to `path` would replace a file that holds something
+    else (the input cfg itself is never written: see write_run_cfg)."""
+    if not path.is_file() or _is_input(path, cfg_path):
+        return False
+    try:
+        return path.read_text(encoding="utf-8") != text
+    except (OSError, UnicodeDecodeError):
+        return True
+
+
+def write_run_cfg(path: Path, cfg_path: str, text: str) -> None:
+    """`<name>.cfg` beside the run's .weights: the cfg with the run's --set values written in,
+    what Darknet and OpenCV need to read them (the cfg on disk may be another network: e.g.
+    --set convolutional.batch_normalize=1). Never over the input cfg itself."""
+    if not _is_input(path, cfg_path):
+        atomic_write(path, text)
+
+
+def _is_input(path: Path, cfg_path: str) -> bool:
+    source = Path(cfg_path)
+    return source.is_file() and path.exists() and path.resolve() == source.resolve()
+
+
 def read_settings(path: Path) -> dict | None:
     """A run's settings.yaml, or None when it is missing or unreadable (damaged, edited into
     something else, an alias bomb: read with cfgparse's bounds, never a traceback)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from builders.atomic import check_folder, ensure_folder, hold_folder, remove_sta
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
 from cfgparse.rules import net_rules
+from darkcfg.config import cfg_with_overrides
 from darkcfg.data import (
     Augment,
     DataError,
@@ -45,6 +47,8 @@ from darkcfg.train.outputs import (
     names_change,
     read_settings,
     resume_changes,
+    run_cfg_replaces,
+    write_run_cfg,
     write_settings,
 )
 from darkcfg.train.tasks import Task, ranked, task_for
@@ -253,14 +257,18 @@ def refuse_resuming_over_another_run(resume: str | bool, out: Path, dist: distri
             hint=f"continue it in its own folder (--out {folder}), or give a new --out"))
 
 
-def refuse_replacing_files(out: Path, name: str, dist: distributed.Dist, device) -> None:
-    """A fresh run writes settings.yaml, chart.png and `<name>_{last,final,best,N}.weights`:
+def refuse_replacing_files(out: Path, name: str, dist: distributed.Dist, device,
+                           replaces_cfg=lambda path: True) -> None:
+    """A fresh run writes settings.yaml, chart.png, `<name>.cfg` (where `replaces_cfg` says
+    that would replace another file) and `<name>_{last,final,best,N}.weights`:
     an --out (or backup=) folder that already holds one of them without a run (an image of the
     data set named chart.png, the weights of a Darknet run in its backup folder) would lose it.
     Refused before anything is written, as a folder holding a run is."""
     def written(path: Path) -> bool:
         if path.name in ("settings.yaml", "chart.png"):
             return True
+        if path.name == f"{name}.cfg":
+            return replaces_cfg(path)
         suffix = path.stem[len(name) + 1:] if path.stem.startswith(f"{name}_") else ""
         return path.suffix == ".weights" and (suffix in ("last", "final", "best")
                                               or suffix.isdecimal())
@@ -365,8 +373,10 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         else:
             refuse_resuming_over_another_run(opts.resume, out, dist, device)
         refuse_weights_the_run_replaces(opts.weights, out, opts.name)
+        run_cfg = cfg_with_overrides(opts.cfg_path, opts.sets)  # <name>.cfg, the weights' cfg
         if not opts.resume:  # (after the --weights check: it says more about that file)
-            refuse_replacing_files(out, opts.name, dist, device)
+            refuse_replacing_files(out, opts.name, dist, device,
+                                   lambda p: run_cfg_replaces(p, opts.cfg_path, run_cfg))
         say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
              + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
         darknet_init(net)  # before --weights, which may load only some layers
@@ -435,7 +445,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     if dist.main:
         ensure_folder(out, named)
         stale = remove_stale_temps(out, [CHECKPOINT, "metrics.csv", "settings.yaml", "chart.png",
-                                         "ranks.txt", "*.weights"])
+                                         "ranks.txt", "*.weights",
+                                         f"{glob.escape(opts.name)}.cfg"])
         if stale:  # a run killed (SIGKILL, power) while writing one of them
             say(f"removed {len(stale)} temp file(s) left by an interrupted write in {out}", dist)
         if not (opts.resume and trainer.iteration >= cfg.max_batches) or \
@@ -443,6 +454,7 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
             # (a resume with nothing left to train keeps the run's record as it was; into a
             # new folder it writes one, or a later --resume there lost the run's data)
             write_settings(out / "settings.yaml", settings)
+            write_run_cfg(out / f"{opts.name}.cfg", opts.cfg_path, run_cfg)
     log = RunLog(out, opts.name, dist, cfg.max_batches, len(splits.train), task,
                  start=trainer.iteration, state=state and state.get("log"),
                  progress=opts.progress, meta={"names": splits.names})
