@@ -138,6 +138,35 @@ def test_darknet_data_file_labels_by_substring(tmp_path, monkeypatch):
     assert "says" not in err.value.first.message and "classes=3" in err.value.first.hint
 
 
+def test_darknet_labels_that_match_wrongly_are_located(tmp_path, monkeypatch):
+    """A path matching two labels or none was an E901 at the .data file with no line: which of
+    10,000 list lines, and why ('cat' inside 'wildcat', a label in a folder name, a label
+    listed twice), was left to the user."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("0_cat.png", "0_wildcat.png", "0_bird.png"):
+        save_png(tmp_path / "data" / name, (1, 2, 3))
+    data = tmp_path / "c.data"
+    data.write_text("classes=2\ntrain=train.list\nlabels=labels.txt\n")
+
+    def first(labels: str, listed: str):
+        (tmp_path / "labels.txt").write_text(labels)
+        (tmp_path / "train.list").write_text(listed)
+        with pytest.raises(CfgError) as err:
+            open_data(str(data), ClassifyTask(2, (3, 12, 12)), 0)
+        return err.value.first
+
+    d = first("cat\nwildcat\n", "data/0_cat.png\n  data/0_wildcat.png\n")
+    assert (Path(d.path).name, d.line, d.column, d.span) == ("train.list", 2, 10, 7)
+    assert "matches 2 labels ('cat', 'wildcat')" in d.message
+    assert "'cat' is part of the label 'wildcat'" in d.hint
+    d = first("cat\ndata\n", "data/0_cat.png\n")
+    assert (d.line, d.column) == (1, 1) and "'data' occurs in the folders" in d.hint
+    d = first("cat\ndog\n", "data/0_cat.png\ndata/0_bird.png\n")
+    assert (d.line, d.column) == (2, 1) and "no label" in d.message
+    d = first("cat\n\ncat\n", "data/0_cat.png\n")
+    assert (Path(d.path).name, d.line) == ("labels.txt", 3) and "listed twice" in d.message
+
+
 def test_regression_csv(tmp_path):
     task = RegressTask(1, (2,))
     path = tmp_path / "d.csv"

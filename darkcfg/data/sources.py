@@ -33,6 +33,7 @@ from darkcfg.data.datafile import (
     data_folders,
     is_image,
     missing_path_hint,
+    numbered_list,
     read_data_file,
     read_list,
     resolve,
@@ -197,6 +198,7 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
             "[yolo]/[region] heads for this detection .data" if detection else
             "add labels=path/to/labels.list (one class name per line)")
     labels = _read_list(labels_path, where, "labels")
+    _check_labels(labels_path, where)
     names_path = resolve(opts["names"], *folders) if "names" in opts else labels_path
     names = _read_list(names_path, where, "names") if names_path != labels_path else labels
     try:
@@ -216,14 +218,16 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
     def items(key: str) -> list[tuple[str, int]]:
         list_path = resolve(opts[key], *folders)
         out = []
-        for raw in _read_list(list_path, where, key):
+        lines = numbered_list(list_path, where, key)
+        if not lines:
+            raise _empty_list(list_path, where, key)
+        for n, line in lines:
+            raw = line.strip()
             # Darknet's fill_truth: the label whose text occurs in the path as written
             hits = [i for i, label in enumerate(labels) if label in raw]
             if len(hits) != 1:
-                raise data_error(f"'{raw}' in {list_path} matches {len(hits)} labels "
-                                 f"({', '.join(labels[i] for i in hits) or 'none'})", where,
-                                 "each image path must contain exactly one label string "
-                                 "(Darknet: 'Too many or too few labels')")
+                raise _label_match_error(list_path, n, line, [labels[i] for i in hits],
+                                         labels_path)
             image = resolve(raw, list_path.parent, *folders)
             if not image.is_file():
                 raise data_error(f"image '{raw}' (listed in {list_path}) does not exist", where,
@@ -244,11 +248,59 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
                       f"{len(train)} train / {len(val)} valid images", backup=backup)
 
 
+def _check_labels(labels_path: Path, where: str) -> None:
+    """A label listed twice matches every path of its class twice: E901 at the repeat."""
+    seen: dict[str, int] = {}
+    for n, line in numbered_list(labels_path, where, "labels"):
+        label = line.strip()
+        if label in seen:
+            raise CfgError(Diagnostic(
+                "E901", f"the label '{label}' is listed twice (lines {seen[label]} and {n}): "
+                "every path of its class would match two labels", str(labels_path), n,
+                line.index(label) + 1, hint="remove the repeated line", source=line,
+                span=len(label)))
+        seen[label] = n
+
+
+def _label_match_error(list_path: Path, n: int, line: str, hits: list[str],
+                       labels_path: Path) -> CfgError:
+    """E901 at a list line whose path holds no label's text, or more than one (Darknet's
+    fill_truth prints 'Too many or too few labels' and trains on a wrong truth)."""
+    raw = line.strip()
+    start = len(line) - len(line.lstrip())
+    if not hits:
+        return CfgError(Diagnostic(
+            "E901", f"'{raw}' holds the text of no label of {labels_path}", str(list_path),
+            n, start + 1, hint="Darknet finds an image's class by its label's text in the "
+            "path: name the file or its folder with its label, or add the label",
+            source=line, span=len(raw) or 1))
+    inner = [(a, b) for a in hits for b in hits if a != b and a in b]
+    folder = [h for h in hits if h in os.path.dirname(raw)]
+    if inner:
+        hint = (f"'{inner[0][0]}' is part of the label '{inner[0][1]}', so every "
+                f"'{inner[0][1]}' path matches both: rename labels so that none holds another")
+    elif folder and len(folder) < len(hits):
+        hint = (f"'{folder[0]}' occurs in the folders of the path, not only in the file "
+                "name: rename that folder or the label")
+    else:
+        hint = "each image path must hold exactly one label's text"
+    at, first = min((raw.index(h), h) for h in hits)
+    quoted = ", ".join(f"'{h}'" for h in hits)
+    return CfgError(Diagnostic(
+        "E901", f"'{raw}' matches {len(hits)} labels ({quoted}): Darknet finds a label's "
+        "text anywhere in the path (fill_truth: 'Too many or too few labels')", str(list_path),
+        n, start + at + 1, hint=hint, source=line, span=len(first)))
+
+
 def _read_list(path: Path, where: str, key: str) -> list[str]:
     out = read_list(path, where, key)
     if not out:
-        raise data_error(f"the {key} file '{path}' is empty", where, "add one entry per line")
+        raise _empty_list(path, where, key)
     return out
+
+
+def _empty_list(path: Path, where: str, key: str) -> CfgError:
+    return data_error(f"the {key} file '{path}' is empty", where, "add one entry per line")
 
 
 # -- regression CSV -------------------------------------------------------------------------------
