@@ -167,6 +167,20 @@ def test_darknet_labels_that_match_wrongly_are_located(tmp_path, monkeypatch):
     assert (Path(d.path).name, d.line) == ("labels.txt", 3) and "listed twice" in d.message
 
 
+def test_darknet_classifier_names_keep_a_blank_lines_place(tmp_path, monkeypatch):
+    """names= with a blank line: Darknet's get_labels keeps its place (as detection's names=
+    does here); the classifier's reader dropped it, naming every later class by the next."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("0_cat.png", "0_dog.png", "0_fox.png"):
+        save_png(tmp_path / name, (1, 2, 3))
+    (tmp_path / "labels.txt").write_text("cat\ndog\nfox\n")
+    (tmp_path / "names.txt").write_text("a cat\n\na dog\na fox\n\n")
+    (tmp_path / "train.list").write_text("0_cat.png\n0_dog.png\n0_fox.png\n")
+    data = tmp_path / "c.data"
+    data.write_text("classes=3\ntrain=train.list\nlabels=labels.txt\nnames=names.txt\n")
+    assert open_data(str(data), IMAGES, 0).names == ["a cat", "1", "a dog"]
+
+
 def test_regression_csv(tmp_path):
     task = RegressTask(1, (2,))
     path = tmp_path / "d.csv"

@@ -200,7 +200,12 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
     labels = _read_list(labels_path, where, "labels")
     _check_labels(labels_path, where)
     names_path = resolve(opts["names"], *folders) if "names" in opts else labels_path
-    names = _read_list(names_path, where, "names") if names_path != labels_path else labels
+    names = labels
+    if names_path != labels_path:  # a blank line keeps its class's place (Darknet's get_labels)
+        names = [name or str(i) for i, name in
+                 enumerate(read_list(names_path, where, "names", keep_blank=True))]
+        if not names:
+            raise _empty_list(names_path, where, "names")
     try:
         classes = int(opts.get("classes", 2))  # src/classifier.c: option_find_int(.., 2)
     except ValueError:
