@@ -211,6 +211,13 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
     except ValueError:
         raise data_error(f"classes={opts['classes']} is not an integer", where,
                          "write classes=N") from None
+    top = None
+    if "top" in opts:  # src/classifier.c predict_classifier: option_find_int(.., "top", 1)
+        top = int(opts["top"]) if opts["top"].isdigit() else 0
+        if top < 1:
+            raise CfgError(data_diagnostic(
+                "E901", f"top={opts['top']} is not a whole number of classes of at least 1",
+                where, "top", "write top=N (the classes predict shows)"))
     if classes != len(labels):  # (at the classes= line when there is one)
         said = f"says classes={classes}" if "classes" in opts else \
             f"has no classes= line (Darknet's default: {classes})"
@@ -250,7 +257,8 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
     backup = str(resolve(opts["backup"], path.parent)) if "backup" in opts else None
     return DataSplits(*image_splits(train, val, channels),
                       names[: len(labels)], f"Darknet data {path}: {classes} classes, "
-                      f"{len(train)} train / {len(val)} valid images", backup=backup)
+                      f"{len(train)} train / {len(val)} valid images", backup=backup,
+                      top=top)
 
 
 def _check_labels(labels_path: Path, where: str) -> None:

@@ -595,7 +595,7 @@ def no_validation_hint(spec: str) -> str:
     return "add a val/<class>/ folder beside train/ (or drop train/ for a seeded 90/10 split)"
 
 
-def predict(opts: RunOptions, images: list[str], top: int, trainer: Trainer | None = None
+def predict(opts: RunOptions, images: list[str], top: int | None, trainer: Trainer | None = None
             ) -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """Each image's `top` classes with their names, as it is classified (a folder of
     thousands prints from its first image on). A missing or unreadable image is an E901
@@ -608,7 +608,7 @@ def predict(opts: RunOptions, images: list[str], top: int, trainer: Trainer | No
 
 
 @torch.no_grad()  # (torch re-enters it at each resume of a generator, and leaves it at a yield)
-def _predicted(opts: RunOptions, paths: list[str], top: int, trainer: Trainer | None):
+def _predicted(opts: RunOptions, paths: list[str], top: int | None, trainer: Trainer | None):
     if trainer is None:  # (chained after --train: the data it trained on)
         opts = weights_run_data(opts)
         trainer, _ = prepare_eval(opts)
@@ -622,7 +622,10 @@ def _predicted(opts: RunOptions, paths: list[str], top: int, trainer: Trainer | 
                           "[net] width, height and channels"))
         raise CfgError(Diagnostic("E300", f"--predict is for image classifiers; this network "
                                   f"is {kind}", opts.cfg_path, hint=hint))
-    names = class_names(opts, task)
+    splits = class_data(opts, task)
+    names = splits.names if splits else []
+    if top is None:  # (Darknet: a .data file's top=)
+        top = splits.top if splits and splits.top else 5
     view = Augment(cfg, train=False)
     net.eval()
     for path in paths:
@@ -638,10 +641,11 @@ def _predicted(opts: RunOptions, paths: list[str], top: int, trainer: Trainer | 
                      for q, j in zip(p.tolist(), i.tolist(), strict=True)]
 
 
-def class_names(opts: RunOptions, task: Task) -> list[str]:
+def class_data(opts: RunOptions, task: Task) -> DataSplits | None:
+    """The data whose class names predict shows (None: none opens, and no --data asked)."""
     try:
-        return task.open_data(opts.data, opts.seed, opts.classes).names
+        return task.open_data(opts.data, opts.seed, opts.classes)
     except CfgError:
         if opts.data is not None:
             raise
-        return []
+        return None
