@@ -91,6 +91,21 @@ def test_image_folder_val_classes_train_lacks_are_named(tmp_path, capsys):
     assert "warning:" in err and "1 class folder(s)" in err and "(fox)" in err
 
 
+def test_image_folder_class_without_images_is_said(tmp_path, capsys):
+    """An empty class folder (torchvision's ImageFolder refuses one) became a class the network
+    never learns, without a word."""
+    for name in ("cat", "dog"):
+        save_png(tmp_path / "train" / name / "a.png", (1, 2, 3))
+    (tmp_path / "train" / "emu").mkdir()
+    splits = open_data(str(tmp_path), IMAGES, 0)
+    assert splits.names == ["cat", "dog", "emu"] and len(splits.train) == 2  # places kept
+    err = capsys.readouterr().err
+    assert "warning: 1 class(es)" in err and "(emu)" in err and "never learns" in err
+    (tmp_path / "train" / "emu" / "a.png").write_bytes((tmp_path / "train/cat/a.png").read_bytes())
+    open_data(str(tmp_path), IMAGES, 0)
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_image_folder_split_is_seeded(tmp_path):
     for i in range(20):
         save_png(tmp_path / ("a" if i % 2 else "b") / f"{i}.png", (i, i, i))

@@ -170,6 +170,11 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
         val = [items[i] for i in sorted(order[:nval])]
         train = [items[i] for i in sorted(order[nval:])]
         where = f"{root} (split 90/10 by seed {seed})"
+    empty = [name for k, name in enumerate(names) if k not in {y for _, y in train}]
+    if empty and train:  # torchvision's ImageFolder refuses it; a class kept in its place
+        print(f"warning: {len(empty)} class(es) of {where} have no training image "
+              f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}): the network "
+              "never learns them (a class is a folder of images)", file=sys.stderr)
     if not names or not train:
         raise data_error(f"no images in '{root}'", str(root),
                          "an ImageFolder holds one sub-folder of images per class, "
