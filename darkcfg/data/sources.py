@@ -379,8 +379,8 @@ def _csv_table(path: Path, n_in: int, outputs: int, targets: str, hint: str
             raise _csv_error(path, n, raw, f"{len(row)} columns: this network "
                              f"needs {n_in} input numbers and {targets}", hint)
         for cell in row:
-            try:
-                number = float(cell)
+            try:  # Python reads '1_000' as 1000, a C reader (atof) as 1: neither is meant
+                number = None if "_" in cell else float(cell)
             except ValueError:
                 number = None
             if number is None or not math.isfinite(number):  # NaN trained into a NaN loss
