@@ -196,6 +196,24 @@ def test_darknet_classifier_names_keep_a_blank_lines_place(tmp_path, monkeypatch
     assert open_data(str(data), IMAGES, 0).names == ["a cat", "1", "a dog"]
 
 
+def test_logistic_head_on_image_data_says_what_trains(tmp_path, tiny_classifier):
+    """Darknet's multi-label classifier ends in [logistic]: on an image set it was told "this
+    network regresses ... pass --data X.csv", with no word of [logistic] or [softmax]."""
+    from builders import build
+    from darkcfg.train.tasks import task_for
+
+    for name in ("cat", "dog"):
+        save_png(tmp_path / "train" / name / "a.png", (1, 2, 3))
+    for head, said in (("[logistic]\n", "[logistic] head"), ("[logistic]\n\n[cost]\n", "X.csv")):
+        text = tiny_classifier.text(cost=False).replace("[softmax]\n", head)
+        net = build(text)
+        task = task_for(net, NetConfig.from_block(net.net_block))
+        with pytest.raises(CfgError) as err:
+            task.open_data(str(tmp_path), 0)
+        assert said in err.value.first.hint and ("softmax" in err.value.first.hint) == \
+            (said != "X.csv")
+
+
 def test_regression_csv(tmp_path):
     task = RegressTask(1, (2,))
     path = tmp_path / "d.csv"
