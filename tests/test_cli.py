@@ -854,3 +854,18 @@ def test_predict_takes_top_from_the_data_file(work, capsys, monkeypatch, tmp_pat
     Path("c.data").write_text("classes=4\ntrain=train.list\nlabels=labels.txt\ntop=0\n")
     code, _, err = call(capsys, ["predict", *model, "a.png"])
     assert code == 2 and "c.data:4:1: error[E901]: top=0" in err
+
+
+def test_train_says_outputs_no_class_of_the_data_reaches(work, capsys, monkeypatch, tmp_path):
+    """cfg/vgg16.cfg (1000 outputs) on a 2-class set trained without a word, where Darknet needs
+    classes= to equal the outputs: 998 outputs never a target."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("cat", "dog"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        Image.new("RGB", (12, 12), (9, 9, 9)).save(tmp_path / "set" / name / "a.png")
+    code, _, err = call(capsys, ["train", work / "tiny.cfg", "--data", "set", "--set",
+                                 "max_batches=1", "--out", "run", "--no-progress"])
+    assert code == 0, err
+    assert "warning: the data has 2 classes but the network outputs 4" in err

@@ -379,6 +379,12 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                                    lambda p: run_cfg_replaces(p, opts.cfg_path, run_cfg))
         say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
              + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
+        if task.name == "classify" and opts.data is not None and \
+                0 < len(splits.names) < task.outputs:  # (Darknet needs them equal)
+            say(f"warning: the data has {len(splits.names)} classes but the network outputs "
+                f"{task.outputs}: the last {task.outputs - len(splits.names)} outputs are never "
+                f"a target (set the last [connected]/[convolutional] to "
+                f"{len(splits.names)} outputs)", dist)
         darknet_init(net)  # before --weights, which may load only some layers
         if opts.weights:
             report = load_any_weights(net, opts.weights, opts.cutoff, opts.partial)
