@@ -318,7 +318,9 @@ def _read_list(path: Path, where: str, key: str) -> list[str]:
 
 
 def _empty_list(path: Path, where: str, key: str) -> CfgError:
-    return data_error(f"the {key} file '{path}' is empty", where, "add one entry per line")
+    """E901 at the .data line naming an empty list."""
+    return CfgError(data_diagnostic("E901", f"the {key} file '{path}' is empty", where, key,
+                                    "add one entry per line"))
 
 
 # -- regression CSV -------------------------------------------------------------------------------
