@@ -180,6 +180,9 @@ def test_darknet_labels_that_match_wrongly_are_located(tmp_path, monkeypatch):
     assert (d.line, d.column) == (2, 1) and "no label" in d.message
     d = first("cat\n\ncat\n", "data/0_cat.png\n")
     assert (Path(d.path).name, d.line) == ("labels.txt", 3) and "listed twice" in d.message
+    d = first("cat\ndog\n", "data/0_cat.png\n\n data/9_dog.png\n")  # at its list line
+    assert (Path(d.path).name, d.line, d.column) == ("train.list", 3, 2) and \
+        "'data/9_dog.png' does not exist" in d.message
     d = first("cat\ndog\n", "\n \n")  # an empty list: at its line of the .data file
     assert (Path(d.path).name, d.line) == ("c.data", 2) and "is empty" in d.message
 

@@ -247,10 +247,12 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
                                          labels_path)
             image = resolve(raw, list_path.parent, *folders)
             if not image.is_file():
-                raise data_error(f"image '{raw}' (listed in {list_path}) does not exist", where,
-                                 missing_path_hint(raw, "paths are tried relative to the "
-                                                   f"current directory, {list_path.parent}, "
-                                                   f"{path.parent} and {folders[1]}"))
+                start = len(line) - len(line.lstrip())
+                raise CfgError(Diagnostic(
+                    "E901", f"image '{raw}' does not exist", str(list_path), n, start + 1,
+                    hint=missing_path_hint(raw, "paths are tried relative to the current "
+                                           f"directory, {list_path.parent}, {path.parent} "
+                                           f"and {folders[1]}"), source=line, span=len(raw)))
             out.append((str(image), hits[0]))
         return out
 
