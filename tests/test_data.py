@@ -106,6 +106,21 @@ def test_image_folder_class_without_images_is_said(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().err
 
 
+def test_image_folder_images_outside_class_folders_are_said(tmp_path, capsys):
+    """A folder of images with no class folders was "no images in 'DIR'"; an image beside the
+    class folders was left out without a word."""
+    save_png(tmp_path / "a.png", (1, 2, 3))
+    with pytest.raises(CfgError) as err:
+        open_data(str(tmp_path), IMAGES, 0)
+    assert "holds 1 image(s) but no class folder" in err.value.first.message
+    assert "<class>" in err.value.first.hint
+    save_png(tmp_path / "cat" / "b.png", (1, 2, 3))
+    splits = open_data(str(tmp_path), IMAGES, 0)
+    assert len(splits.train) == 1 and splits.val is None
+    err = capsys.readouterr().err
+    assert "warning: 1 image(s) lie in" in err and "(a.png)" in err
+
+
 def test_image_folder_split_is_seeded(tmp_path):
     for i in range(20):
         save_png(tmp_path / ("a" if i % 2 else "b") / f"{i}.png", (i, i, i))
