@@ -170,22 +170,23 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
         val = [items[i] for i in sorted(order[:nval])]
         train = [items[i] for i in sorted(order[nval:])]
         where = f"{root} (split 90/10 by seed {seed})"
-    empty = [name for k, name in enumerate(names) if k not in {y for _, y in train}]
+    trained = {y for _, y in train}
+    empty = [name for k, name in enumerate(names) if k not in trained]
     if empty and train:  # torchvision's ImageFolder refuses it; a class kept in its place
         print(f"warning: {len(empty)} class(es) of {where} have no training image "
               f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}): the network "
               "never learns them (a class is a folder of images)", file=sys.stderr)
-    top = train_dir if train_dir.is_dir() else root
-    loose = sorted(p.name for p in top.iterdir() if p.is_file() and is_image(p)
+    holder = train_dir if train_dir.is_dir() else root
+    loose = sorted(p.name for p in holder.iterdir() if p.is_file() and is_image(p)
                    and not hidden(p.name))
     if loose and train:  # an image beside the class folders has no class
-        print(f"warning: {len(loose)} image(s) lie in {top} itself, in no class folder "
+        print(f"warning: {len(loose)} image(s) lie in {holder} itself, in no class folder "
               f"({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}): they are left "
               "out (a class is a folder of images)", file=sys.stderr)
     if loose and not train:
-        raise data_error(f"'{top}' holds {len(loose)} image(s) but no class folder of them",
+        raise data_error(f"'{holder}' holds {len(loose)} image(s) but no class folder of them",
                          str(root), "an ImageFolder holds one sub-folder of images per class "
-                         f"(e.g. {top / '<class>' / loose[0]})")
+                         f"(e.g. {holder / '<class>' / loose[0]})")
     if not names or not train:
         raise data_error(f"no images in '{root}'", str(root),
                          "an ImageFolder holds one sub-folder of images per class, "
