@@ -869,3 +869,21 @@ def test_train_says_outputs_no_class_of_the_data_reaches(work, capsys, monkeypat
                                  "max_batches=1", "--out", "run", "--no-progress"])
     assert code == 0, err
     assert "warning: the data has 2 classes but the network outputs 4" in err
+
+
+def test_train_then_valid_refuses_data_without_validation_first(work, capsys, monkeypatch,
+                                                                 tmp_path):
+    """`--train --valid` on a .data without valid=: the whole training ran, then valid said
+    "no validation split"."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for name in "ab":
+        Image.new("RGB", (12, 12), (9, 9, 9)).save(f"{name}.png")
+    Path("labels.txt").write_text("a\nb\n")
+    Path("train.list").write_text("a.png\nb.png\n")
+    Path("c.data").write_text("classes=2\ntrain=train.list\nlabels=labels.txt\n")
+    code, out, err = call(capsys, [work / "tiny.cfg", "--train", "--valid", "--data", "c.data",
+                                   "--out", "run", "--no-progress", "--set", "max_batches=1"])
+    assert code == 2 and "has no validation split" in err
+    assert "finished" not in out + err and not Path("run").exists()

@@ -159,7 +159,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, object]]:
     if args.export:
         steps.append(("export", export.options_from(model, args.export, args)))
     if args.train:
-        steps.append(("train", train.run_options(model, args, schedule=True)))
+        steps.append(("train", replace(train.run_options(model, args, schedule=True),
+                                       then_valid=bool(args.valid))))
     if args.valid or args.predict:
         run = train.run_options(model, args)
         if args.valid:

@@ -98,6 +98,9 @@ class RunOptions:
     # the task-specific options given on the command line (--map-points, --darknet-build):
     # refused when the network's task does not read them (refuse_unread_options)
     given: tuple[str, ...] = ()
+    # a validation follows the training (the flag form's --train --valid): a data set without
+    # a validation split is refused before the training, not after it
+    then_valid: bool = False
 
     def __post_init__(self) -> None:
         """Values no run can use are refused here, whichever command built the options."""
@@ -357,6 +360,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     task.use_options(opts)
     task.check_training(net)
     splits = task.open_data(opts.data, opts.seed, opts.classes)
+    if opts.then_valid and (splits.val is None or not len(splits.val)):
+        raise no_validation_error(opts, splits)
     out, named = opts.out, "--out"
     if splits.backup and not opts.explicit_out:
         out, named = Path(splits.backup), "backup="
@@ -580,13 +585,17 @@ def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, di
     splits = task.open_data(opts.data, opts.seed, opts.classes)
     _, val_set = task.prepare(splits, cfg, opts.seed)
     if val_set is None or not len(val_set):
-        raise CfgError(Diagnostic("E901", f"'{opts.data}' has no validation split "
-                                  f"({splits.description})", opts.data or "--data",
-                                  hint=no_validation_hint(opts.data or "")))
+        raise no_validation_error(opts, splits)
     loader = eval_loader(val_set, max(cfg.mini_batch, 1), trainer.device,
                          workers_for(opts, splits, val_set, trainer.device, 1),
                          collate=task.collate)
     return task, task.evaluate(trainer, loader)
+
+
+def no_validation_error(opts: RunOptions, splits: DataSplits) -> CfgError:
+    return CfgError(Diagnostic("E901", f"'{opts.data}' has no validation split "
+                               f"({splits.description})", opts.data or "--data",
+                               hint=no_validation_hint(opts.data or "")))
 
 
 def no_validation_hint(spec: str) -> str:
