@@ -832,3 +832,58 @@ def test_a_name_stdout_cannot_encode_is_escaped_not_a_traceback(tmp_path):
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert b"Traceback" not in done.stderr
     assert done.stdout.startswith(b"\\xe9t\\xe9.jpg: ")
+
+
+def test_predict_takes_top_from_the_data_file(work, capsys, monkeypatch, tmp_path):
+    """A classifier .data's top= (Darknet's classifier predict default) was ignored: 5 classes
+    shown whatever it said."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for name in "abcd":
+        Image.new("RGB", (12, 12), (9, 9, 9)).save(f"{name}.png")
+    Path("labels.txt").write_text("a\nb\nc\nd\n")
+    Path("train.list").write_text("a.png\nb.png\nc.png\nd.png\n")
+    Path("c.data").write_text("classes=4\ntrain=train.list\nlabels=labels.txt\ntop=2\n")
+    model = [work / "tiny.cfg", "--weights", work / "tiny.weights", "--data", "c.data"]
+    for argv, shown in (([*model[:1], "--predict", "a.png", *model[1:]], 2),
+                        (["predict", *model, "a.png"], 2),
+                        (["predict", *model, "a.png", "--top", "3"], 3)):
+        code, out, _ = call(capsys, argv)
+        assert code == 0 and out.count("%") == shown, (argv, out)
+    Path("c.data").write_text("classes=4\ntrain=train.list\nlabels=labels.txt\ntop=0\n")
+    code, _, err = call(capsys, ["predict", *model, "a.png"])
+    assert code == 2 and "c.data:4:1: error[E901]: top=0" in err
+
+
+def test_train_says_outputs_no_class_of_the_data_reaches(work, capsys, monkeypatch, tmp_path):
+    """cfg/vgg16.cfg (1000 outputs) on a 2-class set trained without a word, where Darknet needs
+    classes= to equal the outputs: 998 outputs never a target."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("cat", "dog"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        Image.new("RGB", (12, 12), (9, 9, 9)).save(tmp_path / "set" / name / "a.png")
+    code, _, err = call(capsys, ["train", work / "tiny.cfg", "--data", "set", "--set",
+                                 "max_batches=1", "--out", "run", "--no-progress"])
+    assert code == 0, err
+    assert "warning: the data has 2 classes but the network outputs 4" in err
+
+
+def test_train_then_valid_refuses_data_without_validation_first(work, capsys, monkeypatch,
+                                                                 tmp_path):
+    """`--train --valid` on a .data without valid=: the whole training ran, then valid said
+    "no validation split"."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for name in "ab":
+        Image.new("RGB", (12, 12), (9, 9, 9)).save(f"{name}.png")
+    Path("labels.txt").write_text("a\nb\n")
+    Path("train.list").write_text("a.png\nb.png\n")
+    Path("c.data").write_text("classes=2\ntrain=train.list\nlabels=labels.txt\n")
+    code, out, err = call(capsys, [work / "tiny.cfg", "--train", "--valid", "--data", "c.data",
+                                   "--out", "run", "--no-progress", "--set", "max_batches=1"])
+    assert code == 2 and "has no validation split" in err
+    assert "finished" not in out + err and not Path("run").exists()

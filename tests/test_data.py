@@ -91,6 +91,36 @@ def test_image_folder_val_classes_train_lacks_are_named(tmp_path, capsys):
     assert "warning:" in err and "1 class folder(s)" in err and "(fox)" in err
 
 
+def test_image_folder_class_without_images_is_said(tmp_path, capsys):
+    """An empty class folder (torchvision's ImageFolder refuses one) became a class the network
+    never learns, without a word."""
+    for name in ("cat", "dog"):
+        save_png(tmp_path / "train" / name / "a.png", (1, 2, 3))
+    (tmp_path / "train" / "emu").mkdir()
+    splits = open_data(str(tmp_path), IMAGES, 0)
+    assert splits.names == ["cat", "dog", "emu"] and len(splits.train) == 2  # places kept
+    err = capsys.readouterr().err
+    assert "warning: 1 class(es)" in err and "(emu)" in err and "never learns" in err
+    (tmp_path / "train" / "emu" / "a.png").write_bytes((tmp_path / "train/cat/a.png").read_bytes())
+    open_data(str(tmp_path), IMAGES, 0)
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_image_folder_images_outside_class_folders_are_said(tmp_path, capsys):
+    """A folder of images with no class folders was "no images in 'DIR'"; an image beside the
+    class folders was left out without a word."""
+    save_png(tmp_path / "a.png", (1, 2, 3))
+    with pytest.raises(CfgError) as err:
+        open_data(str(tmp_path), IMAGES, 0)
+    assert "holds 1 image(s) but no class folder" in err.value.first.message
+    assert "<class>" in err.value.first.hint
+    save_png(tmp_path / "cat" / "b.png", (1, 2, 3))
+    splits = open_data(str(tmp_path), IMAGES, 0)
+    assert len(splits.train) == 1 and splits.val is None
+    err = capsys.readouterr().err
+    assert "warning: 1 image(s) lie in" in err and "(a.png)" in err
+
+
 def test_image_folder_split_is_seeded(tmp_path):
     for i in range(20):
         save_png(tmp_path / ("a" if i % 2 else "b") / f"{i}.png", (i, i, i))
@@ -138,6 +168,72 @@ def test_darknet_data_file_labels_by_substring(tmp_path, monkeypatch):
     assert "says" not in err.value.first.message and "classes=3" in err.value.first.hint
 
 
+def test_darknet_labels_that_match_wrongly_are_located(tmp_path, monkeypatch):
+    """A path matching two labels or none was an E901 at the .data file with no line: which of
+    10,000 list lines, and why ('cat' inside 'wildcat', a label in a folder name, a label
+    listed twice), was left to the user."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("0_cat.png", "0_wildcat.png", "0_bird.png"):
+        save_png(tmp_path / "data" / name, (1, 2, 3))
+    data = tmp_path / "c.data"
+    data.write_text("classes=2\ntrain=train.list\nlabels=labels.txt\n")
+
+    def first(labels: str, listed: str):
+        (tmp_path / "labels.txt").write_text(labels)
+        (tmp_path / "train.list").write_text(listed)
+        with pytest.raises(CfgError) as err:
+            open_data(str(data), ClassifyTask(2, (3, 12, 12)), 0)
+        return err.value.first
+
+    d = first("cat\nwildcat\n", "data/0_cat.png\n  data/0_wildcat.png\n")
+    assert (Path(d.path).name, d.line, d.column, d.span) == ("train.list", 2, 10, 7)
+    assert "matches 2 labels ('cat', 'wildcat')" in d.message
+    assert "'cat' is part of the label 'wildcat'" in d.hint
+    d = first("cat\ndata\n", "data/0_cat.png\n")
+    assert (d.line, d.column) == (1, 1) and "'data' occurs in the folders" in d.hint
+    d = first("cat\ndog\n", "data/0_cat.png\ndata/0_bird.png\n")
+    assert (d.line, d.column) == (2, 1) and "no label" in d.message
+    d = first("cat\n\ncat\n", "data/0_cat.png\n")
+    assert (Path(d.path).name, d.line) == ("labels.txt", 3) and "listed twice" in d.message
+    d = first("cat\ndog\n", "data/0_cat.png\n\n data/9_dog.png\n")  # at its list line
+    assert (Path(d.path).name, d.line, d.column) == ("train.list", 3, 2) and \
+        "'data/9_dog.png' does not exist" in d.message
+    d = first("cat\ndog\n", "\n \n")  # an empty list: at its line of the .data file
+    assert (Path(d.path).name, d.line) == ("c.data", 2) and "is empty" in d.message
+
+
+def test_darknet_classifier_names_keep_a_blank_lines_place(tmp_path, monkeypatch):
+    """names= with a blank line: Darknet's get_labels keeps its place (as detection's names=
+    does here); the classifier's reader dropped it, naming every later class by the next."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("0_cat.png", "0_dog.png", "0_fox.png"):
+        save_png(tmp_path / name, (1, 2, 3))
+    (tmp_path / "labels.txt").write_text("cat\ndog\nfox\n")
+    (tmp_path / "names.txt").write_text("a cat\n\na dog\na fox\n\n")
+    (tmp_path / "train.list").write_text("0_cat.png\n0_dog.png\n0_fox.png\n")
+    data = tmp_path / "c.data"
+    data.write_text("classes=3\ntrain=train.list\nlabels=labels.txt\nnames=names.txt\n")
+    assert open_data(str(data), IMAGES, 0).names == ["a cat", "1", "a dog"]
+
+
+def test_logistic_head_on_image_data_says_what_trains(tmp_path, tiny_classifier):
+    """Darknet's multi-label classifier ends in [logistic]: on an image set it was told "this
+    network regresses ... pass --data X.csv", with no word of [logistic] or [softmax]."""
+    from builders import build
+    from darkcfg.train.tasks import task_for
+
+    for name in ("cat", "dog"):
+        save_png(tmp_path / "train" / name / "a.png", (1, 2, 3))
+    for head, said in (("[logistic]\n", "[logistic] head"), ("[logistic]\n\n[cost]\n", "X.csv")):
+        text = tiny_classifier.text(cost=False).replace("[softmax]\n", head)
+        net = build(text)
+        task = task_for(net, NetConfig.from_block(net.net_block))
+        with pytest.raises(CfgError) as err:
+            task.open_data(str(tmp_path), 0)
+        assert said in err.value.first.hint and ("softmax" in err.value.first.hint) == \
+            (said != "X.csv")
+
+
 def test_regression_csv(tmp_path):
     task = RegressTask(1, (2,))
     path = tmp_path / "d.csv"
@@ -150,7 +246,7 @@ def test_regression_csv(tmp_path):
         open_data(str(path), task, 0)
     # NaN or inf trained into "the loss is nan ... lower learning_rate"; a row after a header was
     # numbered from the header (row 1 was line 2)
-    for bad in ("nan", "inf", "-inf", "x"):
+    for bad in ("nan", "inf", "-inf", "x", "1_000"):  # (float() reads '1_000' as 1000)
         path.write_text(f"a,b,target\n1,2,3\n4,{bad},9\n")
         with pytest.raises(CfgError) as err:
             open_data(str(path), task, 0)

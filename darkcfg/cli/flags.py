@@ -84,7 +84,8 @@ def arg_parser() -> argparse.ArgumentParser:
     add_map_points(g)
     g.add_argument("--predict", nargs="+", default=None, metavar="IMG_OR_DIR",
                    help="classify images (top-k with class names)")
-    g.add_argument("--top", type=int, default=5, help="classes shown by --predict (5)")
+    g.add_argument("--top", type=int, default=None,
+                   help="classes shown by --predict (a .data file's top=, else 5)")
     g.add_argument("--plot-lr", default=None, metavar="PNG",
                    help="plot the learning-rate schedule over max_batches")
 
@@ -158,7 +159,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, object]]:
     if args.export:
         steps.append(("export", export.options_from(model, args.export, args)))
     if args.train:
-        steps.append(("train", train.run_options(model, args, schedule=True)))
+        steps.append(("train", replace(train.run_options(model, args, schedule=True),
+                                       then_valid=bool(args.valid))))
     if args.valid or args.predict:
         run = train.run_options(model, args)
         if args.valid:

@@ -13,10 +13,10 @@ from darkcfg.cli.train import add_data_arguments, run_options
 class PredictOptions:
     run: object  # darkcfg.train.session.RunOptions
     images: tuple[str, ...]
-    top: int = 5
+    top: int | None = None  # None: the .data file's top=, else 5
 
     def __post_init__(self):
-        if self.top < 1:
+        if self.top is not None and self.top < 1:
             raise usage_error(f"--top {self.top}: show at least 1 class")
         if not self.images:
             raise usage_error("no images to classify", hint="give image files or folders")
@@ -27,7 +27,8 @@ def arg_parser():
     add_model_arguments(p)
     add_data_arguments(p)
     p.add_argument("images", nargs="+", metavar="IMG_OR_DIR")
-    p.add_argument("--top", type=int, default=5, help="classes shown (5)")
+    p.add_argument("--top", type=int, default=None,
+                   help="classes shown (a .data file's top=, else 5)")
     return p
 
 

@@ -53,6 +53,7 @@ class DataSplits:
     backup: str | None = None  # a .data file's backup directory
     augment: bool = True  # image data takes [net] augmentations
     in_memory: bool = False  # samples cost no decoding (the loader needs no helper process)
+    top: int | None = None  # a .data file's top=: predict's default count (Darknet's)
 
 
 def image_tensor(image, channels: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ from darkcfg.data.datafile import (
     data_folders,
     is_image,
     missing_path_hint,
+    numbered_list,
     read_data_file,
     read_list,
     resolve,
@@ -169,6 +170,23 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
         val = [items[i] for i in sorted(order[:nval])]
         train = [items[i] for i in sorted(order[nval:])]
         where = f"{root} (split 90/10 by seed {seed})"
+    trained = {y for _, y in train}
+    empty = [name for k, name in enumerate(names) if k not in trained]
+    if empty and train:  # torchvision's ImageFolder refuses it; a class kept in its place
+        print(f"warning: {len(empty)} class(es) of {where} have no training image "
+              f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}): the network "
+              "never learns them (a class is a folder of images)", file=sys.stderr)
+    holder = train_dir if train_dir.is_dir() else root
+    loose = sorted(p.name for p in holder.iterdir() if p.is_file() and is_image(p)
+                   and not hidden(p.name))
+    if loose and train:  # an image beside the class folders has no class
+        print(f"warning: {len(loose)} image(s) lie in {holder} itself, in no class folder "
+              f"({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}): they are left "
+              "out (a class is a folder of images)", file=sys.stderr)
+    if loose and not train:
+        raise data_error(f"'{holder}' holds {len(loose)} image(s) but no class folder of them",
+                         str(root), "an ImageFolder holds one sub-folder of images per class "
+                         f"(e.g. {holder / '<class>' / loose[0]})")
     if not names or not train:
         raise data_error(f"no images in '{root}'", str(root),
                          "an ImageFolder holds one sub-folder of images per class, "
@@ -197,13 +215,26 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
             "[yolo]/[region] heads for this detection .data" if detection else
             "add labels=path/to/labels.list (one class name per line)")
     labels = _read_list(labels_path, where, "labels")
+    _check_labels(labels_path, where)
     names_path = resolve(opts["names"], *folders) if "names" in opts else labels_path
-    names = _read_list(names_path, where, "names") if names_path != labels_path else labels
+    names = labels
+    if names_path != labels_path:  # a blank line keeps its class's place (Darknet's get_labels)
+        names = [name or str(i) for i, name in
+                 enumerate(read_list(names_path, where, "names", keep_blank=True))]
+        if not names:
+            raise _empty_list(names_path, where, "names")
     try:
         classes = int(opts.get("classes", 2))  # src/classifier.c: option_find_int(.., 2)
     except ValueError:
         raise data_error(f"classes={opts['classes']} is not an integer", where,
                          "write classes=N") from None
+    top = None
+    if "top" in opts:  # src/classifier.c predict_classifier: option_find_int(.., "top", 1)
+        top = int(opts["top"]) if opts["top"].isdigit() else 0
+        if top < 1:
+            raise CfgError(data_diagnostic(
+                "E901", f"top={opts['top']} is not a whole number of classes of at least 1",
+                where, "top", "write top=N (the classes predict shows)"))
     if classes != len(labels):  # (at the classes= line when there is one)
         said = f"says classes={classes}" if "classes" in opts else \
             f"has no classes= line (Darknet's default: {classes})"
@@ -216,20 +247,24 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
     def items(key: str) -> list[tuple[str, int]]:
         list_path = resolve(opts[key], *folders)
         out = []
-        for raw in _read_list(list_path, where, key):
+        lines = numbered_list(list_path, where, key)
+        if not lines:
+            raise _empty_list(list_path, where, key)
+        for n, line in lines:
+            raw = line.strip()
             # Darknet's fill_truth: the label whose text occurs in the path as written
             hits = [i for i, label in enumerate(labels) if label in raw]
             if len(hits) != 1:
-                raise data_error(f"'{raw}' in {list_path} matches {len(hits)} labels "
-                                 f"({', '.join(labels[i] for i in hits) or 'none'})", where,
-                                 "each image path must contain exactly one label string "
-                                 "(Darknet: 'Too many or too few labels')")
+                raise _label_match_error(list_path, n, line, [labels[i] for i in hits],
+                                         labels_path)
             image = resolve(raw, list_path.parent, *folders)
             if not image.is_file():
-                raise data_error(f"image '{raw}' (listed in {list_path}) does not exist", where,
-                                 missing_path_hint(raw, "paths are tried relative to the "
-                                                   f"current directory, {list_path.parent}, "
-                                                   f"{path.parent} and {folders[1]}"))
+                start = len(line) - len(line.lstrip())
+                raise CfgError(Diagnostic(
+                    "E901", f"image '{raw}' does not exist", str(list_path), n, start + 1,
+                    hint=missing_path_hint(raw, "paths are tried relative to the current "
+                                           f"directory, {list_path.parent}, {path.parent} "
+                                           f"and {folders[1]}"), source=line, span=len(raw)))
             out.append((str(image), hits[0]))
         return out
 
@@ -241,14 +276,65 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
     backup = str(resolve(opts["backup"], path.parent)) if "backup" in opts else None
     return DataSplits(*image_splits(train, val, channels),
                       names[: len(labels)], f"Darknet data {path}: {classes} classes, "
-                      f"{len(train)} train / {len(val)} valid images", backup=backup)
+                      f"{len(train)} train / {len(val)} valid images", backup=backup,
+                      top=top)
+
+
+def _check_labels(labels_path: Path, where: str) -> None:
+    """A label listed twice matches every path of its class twice: E901 at the repeat."""
+    seen: dict[str, int] = {}
+    for n, line in numbered_list(labels_path, where, "labels"):
+        label = line.strip()
+        if label in seen:
+            raise CfgError(Diagnostic(
+                "E901", f"the label '{label}' is listed twice (lines {seen[label]} and {n}): "
+                "every path of its class would match two labels", str(labels_path), n,
+                line.index(label) + 1, hint="remove the repeated line", source=line,
+                span=len(label)))
+        seen[label] = n
+
+
+def _label_match_error(list_path: Path, n: int, line: str, hits: list[str],
+                       labels_path: Path) -> CfgError:
+    """E901 at a list line whose path holds no label's text, or more than one (Darknet's
+    fill_truth prints 'Too many or too few labels' and trains on a wrong truth)."""
+    raw = line.strip()
+    start = len(line) - len(line.lstrip())
+    if not hits:
+        return CfgError(Diagnostic(
+            "E901", f"'{raw}' holds the text of no label of {labels_path}", str(list_path),
+            n, start + 1, hint="Darknet finds an image's class by its label's text in the "
+            "path: name the file or its folder with its label, or add the label",
+            source=line, span=len(raw) or 1))
+    inner = [(a, b) for a in hits for b in hits if a != b and a in b]
+    folder = [h for h in hits if h in os.path.dirname(raw)]
+    if inner:
+        hint = (f"'{inner[0][0]}' is part of the label '{inner[0][1]}', so every "
+                f"'{inner[0][1]}' path matches both: rename labels so that none holds another")
+    elif folder and len(folder) < len(hits):
+        hint = (f"'{folder[0]}' occurs in the folders of the path, not only in the file "
+                "name: rename that folder or the label")
+    else:
+        hint = "each image path must hold exactly one label's text"
+    at, first = min((raw.index(h), h) for h in hits)
+    quoted = ", ".join(f"'{h}'" for h in hits)
+    return CfgError(Diagnostic(
+        "E901", f"'{raw}' matches {len(hits)} labels ({quoted}): Darknet finds a label's "
+        "text anywhere in the path (fill_truth: 'Too many or too few labels')", str(list_path),
+        n, start + at + 1, hint=hint, source=line, span=len(first)))
 
 
 def _read_list(path: Path, where: str, key: str) -> list[str]:
     out = read_list(path, where, key)
     if not out:
-        raise data_error(f"the {key} file '{path}' is empty", where, "add one entry per line")
+        raise _empty_list(path, where, key)
     return out
+
+
+def _empty_list(path: Path, where: str, key: str) -> CfgError:
+    """E901 at the .data line naming an empty list."""
+    return CfgError(data_diagnostic("E901", f"the {key} file '{path}' is empty", where, key,
+                                    "add one entry per line"))
 
 
 # -- regression CSV -------------------------------------------------------------------------------
@@ -309,8 +395,8 @@ def _csv_table(path: Path, n_in: int, outputs: int, targets: str, hint: str
             raise _csv_error(path, n, raw, f"{len(row)} columns: this network "
                              f"needs {n_in} input numbers and {targets}", hint)
         for cell in row:
-            try:
-                number = float(cell)
+            try:  # Python reads '1_000' as 1000, a C reader (atof) as 1: neither is meant
+                number = None if "_" in cell else float(cell)
             except ValueError:
                 number = None
             if number is None or not math.isfinite(number):  # NaN trained into a NaN loss

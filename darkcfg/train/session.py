@@ -98,6 +98,9 @@ class RunOptions:
     # the task-specific options given on the command line (--map-points, --darknet-build):
     # refused when the network's task does not read them (refuse_unread_options)
     given: tuple[str, ...] = ()
+    # a validation follows the training (the flag form's --train --valid): a data set without
+    # a validation split is refused before the training, not after it
+    then_valid: bool = False
 
     def __post_init__(self) -> None:
         """Values no run can use are refused here, whichever command built the options."""
@@ -357,6 +360,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
     task.use_options(opts)
     task.check_training(net)
     splits = task.open_data(opts.data, opts.seed, opts.classes)
+    if opts.then_valid and (splits.val is None or not len(splits.val)):
+        raise no_validation_error(opts, splits)
     out, named = opts.out, "--out"
     if splits.backup and not opts.explicit_out:
         out, named = Path(splits.backup), "backup="
@@ -379,6 +384,12 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
                                    lambda p: run_cfg_replaces(p, opts.cfg_path, run_cfg))
         say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
              + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
+        if task.name == "classify" and opts.data is not None and \
+                0 < len(splits.names) < task.outputs:  # (Darknet needs them equal)
+            say(f"warning: the data has {len(splits.names)} classes but the network outputs "
+                f"{task.outputs}: the last {task.outputs - len(splits.names)} outputs are never "
+                f"a target (set the last [connected]/[convolutional] to "
+                f"{len(splits.names)} outputs)", dist)
         darknet_init(net)  # before --weights, which may load only some layers
         if opts.weights:
             report = load_any_weights(net, opts.weights, opts.cutoff, opts.partial)
@@ -574,13 +585,17 @@ def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, di
     splits = task.open_data(opts.data, opts.seed, opts.classes)
     _, val_set = task.prepare(splits, cfg, opts.seed)
     if val_set is None or not len(val_set):
-        raise CfgError(Diagnostic("E901", f"'{opts.data}' has no validation split "
-                                  f"({splits.description})", opts.data or "--data",
-                                  hint=no_validation_hint(opts.data or "")))
+        raise no_validation_error(opts, splits)
     loader = eval_loader(val_set, max(cfg.mini_batch, 1), trainer.device,
                          workers_for(opts, splits, val_set, trainer.device, 1),
                          collate=task.collate)
     return task, task.evaluate(trainer, loader)
+
+
+def no_validation_error(opts: RunOptions, splits: DataSplits) -> CfgError:
+    return CfgError(Diagnostic("E901", f"'{opts.data}' has no validation split "
+                               f"({splits.description})", opts.data or "--data",
+                               hint=no_validation_hint(opts.data or "")))
 
 
 def no_validation_hint(spec: str) -> str:
@@ -595,7 +610,7 @@ def no_validation_hint(spec: str) -> str:
     return "add a val/<class>/ folder beside train/ (or drop train/ for a seeded 90/10 split)"
 
 
-def predict(opts: RunOptions, images: list[str], top: int, trainer: Trainer | None = None
+def predict(opts: RunOptions, images: list[str], top: int | None, trainer: Trainer | None = None
             ) -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """Each image's `top` classes with their names, as it is classified (a folder of
     thousands prints from its first image on). A missing or unreadable image is an E901
@@ -608,7 +623,7 @@ def predict(opts: RunOptions, images: list[str], top: int, trainer: Trainer | No
 
 
 @torch.no_grad()  # (torch re-enters it at each resume of a generator, and leaves it at a yield)
-def _predicted(opts: RunOptions, paths: list[str], top: int, trainer: Trainer | None):
+def _predicted(opts: RunOptions, paths: list[str], top: int | None, trainer: Trainer | None):
     if trainer is None:  # (chained after --train: the data it trained on)
         opts = weights_run_data(opts)
         trainer, _ = prepare_eval(opts)
@@ -622,7 +637,10 @@ def _predicted(opts: RunOptions, paths: list[str], top: int, trainer: Trainer | 
                           "[net] width, height and channels"))
         raise CfgError(Diagnostic("E300", f"--predict is for image classifiers; this network "
                                   f"is {kind}", opts.cfg_path, hint=hint))
-    names = class_names(opts, task)
+    splits = class_data(opts, task)
+    names = splits.names if splits else []
+    if top is None:  # (Darknet: a .data file's top=)
+        top = splits.top if splits and splits.top else 5
     view = Augment(cfg, train=False)
     net.eval()
     for path in paths:
@@ -638,10 +656,11 @@ def _predicted(opts: RunOptions, paths: list[str], top: int, trainer: Trainer | 
                      for q, j in zip(p.tolist(), i.tolist(), strict=True)]
 
 
-def class_names(opts: RunOptions, task: Task) -> list[str]:
+def class_data(opts: RunOptions, task: Task) -> DataSplits | None:
+    """The data whose class names predict shows (None: none opens, and no --data asked)."""
     try:
-        return task.open_data(opts.data, opts.seed, opts.classes).names
+        return task.open_data(opts.data, opts.seed, opts.classes)
     except CfgError:
         if opts.data is not None:
             raise
-        return []
+        return None

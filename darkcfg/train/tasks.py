@@ -323,6 +323,13 @@ class RegressTask(Task):
 
     name = "regress"
     kind = "a regressor (its metric is the loss)"
+    logistic: bool = False  # the last head is a [logistic] (Darknet's multi-label classifier)
+
+    @classmethod
+    def for_network(cls, net, heads: tuple[int, ...], cfg=None) -> RegressTask:
+        task = super().for_network(net, heads, cfg)
+        task.logistic = net.meta[heads[-1]].type == "logistic"
+        return task
 
     def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
         check_classes_option(classes, spec)
@@ -334,7 +341,11 @@ class RegressTask(Task):
             return regression_csv(data_path(spec), self.inputs, self.outputs)
         splits = open_images(spec, self.inputs, seed)
         raise data_error(f"{splits.description.split(':')[0]} holds labelled images, but this "
-                         "network regresses", spec, "pass --data X.csv")
+                         "network regresses", spec,
+                         "a [logistic] head (Darknet's multi-label classifier) trains here on "
+                         "X.csv rows only (the inputs, then a 0/1 target per output): for one "
+                         "class per image end the network with [softmax]" if self.logistic
+                         else "pass --data X.csv")
 
 
 #: Layer.loss_target -> the task that trains such heads.
