@@ -116,7 +116,14 @@ def _readable_formats() -> tuple[str, ...]:
     from PIL import Image
 
     Image.init()  # every plugin registered, a third-party one (HEIF, AVIF) included
-    return tuple(f for f in Image.OPEN if f != "EPS")
+    # the common formats first, as Pillow's own open tries them: in plugin order a JPEG was
+    # tried as 23 formats first, 3 of them (IM, IMT, IPTC) parsing it, half an open's time
+    readable = [f for f in Image.OPEN if f != "EPS"]
+    return tuple(sorted(readable, key=lambda f: f not in COMMON_FORMATS))
+
+
+#: The formats Pillow's Image.open tries before all others (its `preinit` plugins).
+COMMON_FORMATS = frozenset({"BMP", "DIB", "GIF", "JPEG", "PPM", "PNG"})
 
 
 #: What a broken or hostile image file may raise while being opened or decoded.
