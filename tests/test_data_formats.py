@@ -1388,3 +1388,40 @@ def test_diagnostics_of_a_long_annotation_file_read_it_about_once():
         again = locator.located("m", "a.json", at)
         assert (again.line, again.column, again.source) == (d.line, d.column, d.source)
     assert any(d.source for d in found) and not all(d.source for d in found)
+
+
+def test_convert_names_many_images_of_one_name_without_retrying_every_suffix(tmp_path):
+    # frame_0001.jpg of each of 1000 clips: the k-th tried x, x_1, ... x_k (quadratic)
+    from darkcfg.data.detection.formats.convert import _Writer
+
+    class Counted(set):
+        asked = 0
+
+        def __contains__(self, key):
+            type(self).asked += 1
+            return super().__contains__(key)
+
+    first = tmp_path / "src" / "0" / "x.jpg"
+    first.parent.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(first)
+    sources = [first]
+    for k in range(1, 400):
+        path = tmp_path / "src" / str(k) / ("X.jpg" if k % 2 else "x.jpg")
+        path.parent.mkdir()
+        path.hardlink_to(first)
+        sources.append(path)
+    (tmp_path / "out").mkdir()
+    writer = _Writer(tmp_path / "out", link=True)
+    writer.taken = Counted()
+    names = [writer.image(str(s), "images") for s in sources]
+    assert Counted.asked < 3 * len(sources)
+    stems = [Path(n).stem for n in names]
+    assert stems[:4] == ["x", "X_1", "x_2", "X_3"] and len({s.casefold() for s in stems}) == 400
+    # a name already taken by another image is passed over, not written twice
+    other = tmp_path / "src" / "x_400.jpg"
+    other.hardlink_to(first)
+    assert writer.image(str(other), "images") == "images/x_400.jpg"
+    late = tmp_path / "src" / "late" / "x.jpg"
+    late.parent.mkdir()
+    late.hardlink_to(first)
+    assert writer.image(str(late), "images") == "images/x_401.jpg"
