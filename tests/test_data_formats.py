@@ -1340,3 +1340,88 @@ def test_a_yaml_with_nc_and_no_names_names_its_classes_as_ultralytics(tmp_path):
     assert open_set(path).names == ["class_0", "class_1", "class_2"]
     path.write_text(text[:text.index("names:")] + "nc: 0\n")
     assert "needs names:" in first_error(path)
+
+
+class _Scanned(str):
+    """A text that counts the characters its searches cover."""
+
+    scanned = 0
+
+    def _cover(self, start, end):
+        end = len(self) if end is None else min(end, len(self))
+        type(self).scanned += max(end - start, 0)
+
+    def count(self, sub, start=0, end=None):
+        self._cover(start, end)
+        return super().count(sub, start, end)
+
+    def find(self, sub, start=0, end=None):
+        self._cover(start, end)
+        return super().find(sub, start, end)
+
+    def rfind(self, sub, start=0, end=None):
+        self._cover(start, end)
+        return super().rfind(sub, start, end)
+
+
+def test_diagnostics_of_a_long_annotation_file_read_it_about_once():
+    # each COCO problem counted the lines from the top of the file: 20k warnings in a 6 MB
+    # one-line JSON took 48 s, twice the warnings four times as long
+    from darkcfg.data.detection.formats.base import TextLocator, located
+
+    plain = "".join(f'{{"id": {i}, "bbox": [1, 2, 0, 4]}},\n' if i % 3 else
+                    f'{{"id": {i}, "file_name": "{"x" * 200}.jpg"}}, ' for i in range(3000))
+    text = _Scanned(plain)
+    offsets = [plain.index(f'"id": {i},') for i in range(0, 3000, 2)]
+    locator = TextLocator(text)
+    found = [locator.located("m", "a.json", at) for at in offsets]
+    assert _Scanned.scanned < 3 * len(plain)
+    # the same place and source line as one diagnostic on its own, also asked out of order
+    for at, d in [*zip(offsets, found, strict=True)][::97]:
+        alone = located("m", "a.json", plain, at)
+        assert (d.line, d.column, d.source) == (alone.line, alone.column, alone.source)
+        line = plain.count("\n", 0, at) + 1
+        start = plain.rfind("\n", 0, at) + 1
+        end = plain.find("\n", at)
+        assert (d.line, d.column) == (line, at - start + 1)
+        assert d.source == (plain[start:end] if end - start <= 160 else "")
+        again = locator.located("m", "a.json", at)
+        assert (again.line, again.column, again.source) == (d.line, d.column, d.source)
+    assert any(d.source for d in found) and not all(d.source for d in found)
+
+
+def test_convert_names_many_images_of_one_name_without_retrying_every_suffix(tmp_path):
+    # frame_0001.jpg of each of 1000 clips: the k-th tried x, x_1, ... x_k (quadratic)
+    from darkcfg.data.detection.formats.convert import _Writer
+
+    class Counted(set):
+        asked = 0
+
+        def __contains__(self, key):
+            type(self).asked += 1
+            return super().__contains__(key)
+
+    first = tmp_path / "src" / "0" / "x.jpg"
+    first.parent.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(first)
+    sources = [first]
+    for k in range(1, 400):
+        path = tmp_path / "src" / str(k) / ("X.jpg" if k % 2 else "x.jpg")
+        path.parent.mkdir()
+        path.hardlink_to(first)
+        sources.append(path)
+    (tmp_path / "out").mkdir()
+    writer = _Writer(tmp_path / "out", link=True)
+    writer.taken = Counted()
+    names = [writer.image(str(s), "images") for s in sources]
+    assert Counted.asked < 3 * len(sources)
+    stems = [Path(n).stem for n in names]
+    assert stems[:4] == ["x", "X_1", "x_2", "X_3"] and len({s.casefold() for s in stems}) == 400
+    # a name already taken by another image is passed over, not written twice
+    other = tmp_path / "src" / "x_400.jpg"
+    other.hardlink_to(first)
+    assert writer.image(str(other), "images") == "images/x_400.jpg"
+    late = tmp_path / "src" / "late" / "x.jpg"
+    late.parent.mkdir()
+    late.hardlink_to(first)
+    assert writer.image(str(late), "images") == "images/x_401.jpg"

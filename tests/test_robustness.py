@@ -868,3 +868,55 @@ def test_an_output_name_that_fits_is_written_whatever_its_temp_names_length(tmp_
         assert (tmp_path / name).read_text() == "done\n"
         assert not leftover.exists()
     assert fitting("é" * 200, 14).encode() == "é".encode() * 120
+
+
+def test_header_check_of_a_long_list_submits_chunks_not_one_task_per_image(tmp_path,
+                                                                          monkeypatch):
+    # 200k images were 200k futures: the pool's locks cost 7x the header reads
+    from concurrent.futures import ThreadPoolExecutor
+
+    from darkcfg.data.base import check_image_headers
+
+    _, paths = detection_data(tmp_path)
+    good = [str(p) for p in paths]
+    listed = [good[i % len(good)] for i in range(20_000)]
+    listed[7000] = str(tmp_path / "gone-b.jpg")
+    listed[3] = str(tmp_path / "gone-a.jpg")
+    submitted = []
+    real_submit = ThreadPoolExecutor.submit
+    monkeypatch.setattr(ThreadPoolExecutor, "submit",
+                        lambda self, *a, **k: submitted.append(1) or real_submit(self, *a, **k))
+    with pytest.raises(CfgError) as caught:
+        check_image_headers(listed, "list")
+    assert len(submitted) < 100
+    text = str(caught.value)
+    # the bad ones in list order, every image counted
+    assert "2 of the 20000 images of 'list'" in text
+    assert text.index("gone-a.jpg") < text.index("gone-b.jpg")
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_open_image_tries_the_common_formats_first(tmp_path, monkeypatch, suffix):
+    # in plugin order a JPEG was parsed by IM, IMT and IPTC before JPEG (4 opens, not 1): the
+    # header check of 200k images paid it 200k times
+    from PIL import Image, ImageFile
+
+    from darkcfg.data.base import _readable_formats, open_image
+
+    path = tmp_path / f"x{suffix}"
+    Image.new("RGB", (8, 6)).save(path)
+    # the plugins as a fresh process registers them (by name), whatever this one imported
+    Image.init()
+    monkeypatch.setattr(Image, "OPEN", dict(sorted(Image.OPEN.items())))
+    _readable_formats.cache_clear()
+    made = []
+    real_init = ImageFile.ImageFile.__init__
+    monkeypatch.setattr(ImageFile.ImageFile, "__init__",
+                        lambda self, *a, **k: made.append(type(self).__name__)
+                        or real_init(self, *a, **k))
+    try:
+        with open_image(path) as im:
+            assert im.size == (8, 6)
+    finally:
+        _readable_formats.cache_clear()  # the next caller reads the real plugin order
+    assert len(made) == 1, made

@@ -117,7 +117,14 @@ def _readable_formats() -> tuple[str, ...]:
     from PIL import Image
 
     Image.init()  # every plugin registered, a third-party one (HEIF, AVIF) included
-    return tuple(f for f in Image.OPEN if f != "EPS")
+    # the common formats first, as Pillow's own open tries them: in plugin order a JPEG was
+    # tried as 23 formats first, 3 of them (IM, IMT, IPTC) parsing it, half an open's time
+    readable = [f for f in Image.OPEN if f != "EPS"]
+    return tuple(sorted(readable, key=lambda f: f not in COMMON_FORMATS))
+
+
+#: The formats Pillow's Image.open tries before all others (its `preinit` plugins).
+COMMON_FORMATS = frozenset({"BMP", "DIB", "GIF", "JPEG", "PPM", "PNG"})
 
 
 #: What a broken or hostile image file may raise while being opened or decoded.
@@ -268,6 +275,7 @@ def blank_image(channels: int) -> torch.Tensor:
 
 
 HEADER_THREADS = 8  # reading headers waits on the disk, not the CPU
+HEADER_CHUNK = 256  # images a header-check task reads (in list order)
 
 
 def check_image_headers(paths, where: str, max_listed: int = 5) -> None:
@@ -287,10 +295,16 @@ def check_image_headers(paths, where: str, max_listed: int = 5) -> None:
             why = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
             return why, isinstance(exc, PermissionError)
 
+    def problems(chunk: list[str]) -> list[tuple[str, str, bool]]:
+        return [(p, *found) for p in chunk if (found := problem(p))]
+
     paths = list(paths)
+    # one task per chunk: a future per image cost more than the header read (200k images:
+    # 22 s of the pool's locks against 3 s of reading)
+    step = HEADER_CHUNK
+    chunks = [paths[i:i + step] for i in range(0, len(paths), step)]
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
-        bad = [(p, *found) for p, found in zip(paths, pool.map(problem, paths), strict=True)
-               if found]
+        bad = [entry for found in pool.map(problems, chunks) for entry in found]
     if bad:
         shown = "\n".join(f"  {p}: {why}" for p, why, _ in bad[:max_listed])
         more = f"\n  ... and {len(bad) - max_listed} more" if len(bad) > max_listed else ""

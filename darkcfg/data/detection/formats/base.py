@@ -137,16 +137,38 @@ class DetectionSet:
                 f"({self.train.objects} objects), {valid}")
 
 
+SHOWN_LINE = 160  # the longest source line a diagnostic shows (a one-line JSON file: none)
+
+
 def located(message: str, path: str, text: str, offset: int, span: int = 1,
             hint: str = "", code: str = LABEL_CODE) -> Diagnostic:
     """A diagnostic at character `offset` of a file's `text` (line and column from it; the
     source line shown unless it is too long to read, as in a one-line JSON file)."""
-    line = text.count("\n", 0, offset) + 1
-    start = text.rfind("\n", 0, offset) + 1
-    end = text.find("\n", offset)
-    source = text[start:end if end >= 0 else len(text)]
-    return Diagnostic(code, message, path, line, offset - start + 1, hint=hint,
-                      source=source if len(source) <= 160 else "", span=span)
+    return TextLocator(text).located(message, path, offset, span, hint, code)
+
+
+class TextLocator:
+    """`located` for many diagnostics in one text: lines are counted on from the offset asked
+    last (a reader reports in file order), so N diagnostics read the text about once, not N
+    times (20k warnings in a 6 MB COCO file took 48 s, 40k in 12 MB 192 s)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._at = (0, 1, 0)  # an offset, its line, where that line starts
+
+    def located(self, message: str, path: str, offset: int, span: int = 1, hint: str = "",
+                code: str = LABEL_CODE) -> Diagnostic:
+        text = self.text
+        at, line, start = self._at if offset >= self._at[0] else (0, 1, 0)
+        breaks = text.count("\n", at, offset)
+        if breaks:
+            line, start = line + breaks, text.rfind("\n", at, offset) + 1
+        self._at = (offset, line, start)
+        # the source line only when it is short enough to show: never read a long one whole
+        end = text.find("\n", offset, start + SHOWN_LINE + 1)
+        end = end if end >= 0 else len(text) if len(text) - start <= SHOWN_LINE else -1
+        return Diagnostic(code, message, path, line, offset - start + 1, hint=hint,
+                          source=text[start:end] if end >= 0 else "", span=span)
 
 
 def relative_box(x0: float, y0: float, x1: float, y1: float, width: float, height: float

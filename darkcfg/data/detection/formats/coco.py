@@ -37,6 +37,7 @@ from darkcfg.data.detection.formats.base import (
     DeclaredSize,
     DetectionSet,
     Split,
+    TextLocator,
     box_rows,
     image_size,
     located,
@@ -55,6 +56,7 @@ class _Locator:
     def __init__(self, path: Path, text: str):
         self.path, self.text = path, text
         self._offsets: dict[str, list[int]] | None = None
+        self._lines = TextLocator(text)
 
     def offsets(self, key: str) -> list[int]:
         if self._offsets is None:
@@ -101,7 +103,7 @@ class _Locator:
             found = self.text.find(f'"{field}"', offset, end)
             if found >= 0:
                 offset, span = found, len(field) + 2
-        return located(message, str(self.path), self.text, offset, span, hint=hint)
+        return self._lines.located(message, str(self.path), offset, span, hint=hint)
 
 
 def _is_size(value) -> bool:

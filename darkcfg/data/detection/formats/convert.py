@@ -108,6 +108,7 @@ class _Writer:
         self.out, self.link = out, link
         self.placed: dict[tuple[str, str], str] = {}  # (folder, source) -> name written
         self.taken: set[tuple[str, str]] = set()  # (folder, stem casefolded): one label file each
+        self.suffixes: dict[tuple[str, str], int] = {}  # (folder, stem casefolded): next k
         self.target = ""  # darknet, yolo: extensions that format reads (set by its writer)
 
     def image(self, source: str, folder: str) -> str:
@@ -127,10 +128,13 @@ class _Writer:
             ext, reencode = _darknet_extension(ext)
         elif self.target == "yolo" and ext.lower().lstrip(".") not in ULTRALYTICS_IMG_FORMATS:
             ext, reencode = f"{ext}.png", True  # ultralytics takes only its IMG_FORMATS
-        k = 1
         base = stem
+        # the first free `base_k`, from where the last image of this name stopped (k from 1
+        # on each time was quadratic in the images of one name: frame_0001.jpg of 1000 clips)
+        k = self.suffixes.get((folder, base.casefold()), 1)
         while (folder, stem.casefold()) in self.taken:
             stem, k = f"{base}_{k}", k + 1
+        self.suffixes[(folder, base.casefold())] = k
         self.taken.add((folder, stem.casefold()))
         relative = f"{folder}/{stem}{ext}"
         target = self.out / relative
