@@ -25,7 +25,6 @@ from darkcfg.data.base import check_image_headers, undecodable_warning
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
     data_folders,
-    found_under,
     is_image,
     missing_path_hint,
     names_in,
@@ -145,8 +144,7 @@ def listed_images(path: Path) -> list[Path]:
         raw = line.strip()
         if not raw:
             continue
-        base = found_under(raw, (path.parent,))
-        image = Path(os.path.join(base, raw)) if base else Path(raw)
+        image = resolve(raw, path.parent)
         if not image.is_file():
             raise CfgError(Diagnostic(
                 "E901", f"listed image '{printable(raw)}' {not_there(image)}", str(path), n,
