@@ -15,6 +15,28 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_with_stacks_on_hang(argv: list[str], env: dict, timeout: float = 300):
+    """subprocess.run, but a run past `timeout` fails with every rank's Python stacks (SIGABRT
+    to the process group: faulthandler prints them) instead of a bare TimeoutExpired: this
+    test hung twice in a day under load (2026-12-05) and never when looped alone."""
+    import signal
+
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**env, "PYTHONFAULTHANDLER": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        try:
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun hung past {timeout} s; the ranks' stacks:\n{stderr[-12000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch built without gloo")
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp"])
@@ -27,12 +49,11 @@ def test_two_processes_on_gloo_keep_equal_parameters(tmp_path, tiny_classifier, 
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    result = subprocess.run(
+    result = run_with_stacks_on_hang(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(ROOT / "runner.py"), str(cfg), "--train", "--device", "cpu", "--out", str(out),
          "--no-progress", "--checkpoint-every", "3", "--valid-every", "6"]
-        + (["--amp"] if amp else []),
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        + (["--amp"] if amp else []), env)
     assert result.returncode == 0, result.stderr[-3000:]
     fingerprints = (out / "ranks.txt").read_text().split()
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
