@@ -1121,17 +1121,22 @@ def test_a_plot_is_named_png_so_it_never_lands_on_a_data_file(capsys, tiny, tmp_
     assert label.read_text() == "0 0.5 0.5 0.1 0.1\n"
 
 
+def four_class_folder(root) -> None:
+    """An ImageFolder of 4 classes (a-d), 4 small PNGs each, of distinct colours."""
+    from PIL import Image as PILImage
+
+    for cls in ("a", "b", "c", "d"):
+        (root / cls).mkdir(parents=True)
+        for k in range(4):
+            PILImage.fromarray(np.full((12, 12, 3), 60 * "abcd".index(cls) + k, np.uint8)).save(
+                root / cls / f"{k}.png")
+
+
 def test_resume_continues_on_the_runs_recorded_data(capsys, tiny, tmp_path, monkeypatch):
     """`--resume` without --data takes the data the run recorded (settings.yaml), as a
     continuation should; before, it went on with the embedded set and a warning."""
-    from PIL import Image as PILImage
-
     monkeypatch.chdir(tmp_path)
-    for cls in ("a", "b", "c", "d"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for k in range(4):
-            PILImage.fromarray(np.full((12, 12, 3), 60 * "abcd".index(cls) + k, np.uint8)).save(
-                tmp_path / "imgs" / cls / f"{k}.png")
+    four_class_folder(tmp_path / "imgs")
     code, err = run(capsys, "train", tiny, "--data", "imgs", "--out", "run", "--no-progress",
                     "--valid-every", "0")
     assert code == 0, err
@@ -1147,11 +1152,7 @@ def test_resume_takes_the_data_of_the_run_it_continues(capsys, tiny, tmp_path, m
     from PIL import Image as PILImage
 
     monkeypatch.chdir(tmp_path)
-    for cls in ("a", "b", "c", "d"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for k in range(4):
-            PILImage.fromarray(np.full((12, 12, 3), 60 * "abcd".index(cls) + k, np.uint8)).save(
-                tmp_path / "imgs" / cls / f"{k}.png")
+    four_class_folder(tmp_path / "imgs")
     common = ("--no-progress", "--valid-every", "0")
     assert run(capsys, "train", tiny, "--data", "imgs", "--out", "run", *common)[0] == 0
     code, err = run(capsys, "train", tiny, "--out", "copy", "--resume", "run", *common)
