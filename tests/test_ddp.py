@@ -15,11 +15,27 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def child_processes(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def run_with_stacks_on_hang(argv: list[str], env: dict, timeout: float = 300):
-    """subprocess.run, but a run past `timeout` fails with every rank's Python stacks (SIGABRT
-    to the process group: faulthandler prints them) instead of a bare TimeoutExpired: this
-    test hung twice in a day under load (2026-12-05) and never when looped alone."""
+    """subprocess.run, but a run past `timeout` fails with every rank's Python stacks instead
+    of a bare TimeoutExpired: this test hung twice in a day under load (2026-12-05) and never
+    when looped alone. torchrun starts each rank in a session of its own, so the ranks are
+    found as its children and sent SIGABRT (faulthandler prints their stacks to the stderr
+    they share with torchrun), then everything is killed."""
     import signal
+    import time
 
     proc = subprocess.Popen(argv, cwd=ROOT, env={**env, "PYTHONFAULTHANDLER": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -27,13 +43,18 @@ def run_with_stacks_on_hang(argv: list[str], env: dict, timeout: float = 300):
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGABRT)
-        try:
-            stdout, stderr = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun hung past {timeout} s; the ranks' stacks:\n{stderr[-12000:]}")
+        ranks = child_processes(proc.pid)
+        for pid in ranks:
+            os.kill(pid, signal.SIGABRT)
+        time.sleep(5)
+        for pid in [*ranks, -proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"torchrun hung past {timeout} s; ranks {ranks}' stacks:\n"
+                    f"{stderr[-12000:]}")
     return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
