@@ -122,3 +122,46 @@ def test_only_a_process_that_joined_a_group_ends_early():
 
     assert not distributed.joined()
     assert main(["--version"]) == 0
+
+
+def test_loader_processes_start_from_a_forkserver_in_a_process_group(tmp_path, tiny_classifier):
+    """In a rank (a process that joined a group: gloo's and DDP's threads run), loader
+    processes are not forked from it: CPython before 3.11.10 can leave such a fork stuck in
+    os.fork() (gh-112275; seen under torchrun: a validation loader hung the run). Classifier
+    and detector training still run with forkserver processes (their datasets pickle)."""
+    from test_detection_train import CFG
+
+    classifier = tiny_classifier.write(tmp_path / "c.cfg", max_batches=2, second_conv=False)
+    detector = tmp_path / "d.cfg"
+    detector.write_text(CFG.format(max_batches=2))
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import sys, torch.distributed as dist\n"
+        "from torch.utils.data import DataLoader\n"
+        "from darkcfg.cli import main\n"
+        "if __name__ == '__main__':  # loader processes import this file again\n"
+        f"    dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}',\n"
+        "                            rank=0, world_size=1)\n"
+        "    starts, init = [], DataLoader.__init__\n"
+        "    def recording(self, *args, **kwargs):\n"
+        "        init(self, *args, **kwargs)\n"
+        "        if self.num_workers:\n"
+        "            starts.append(self.multiprocessing_context.get_start_method())\n"
+        "    DataLoader.__init__ = recording\n"
+        "    for cfg, out in ((sys.argv[1], sys.argv[2]), (sys.argv[3], sys.argv[4])):\n"
+        "        code = main(['train', cfg, '--out', out, '--no-progress', '--workers', '1',\n"
+        "                     '--device', 'cpu', '--valid-every', '2'])\n"
+        "        assert code == 0, code\n"
+        "    print(' '.join(starts))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+               OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    done = subprocess.run([sys.executable, str(script), str(classifier), str(tmp_path / "c"),
+                           str(detector), str(tmp_path / "d")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    starts = done.stdout.split()
+    assert len(starts) >= 3 and set(starts) == {"forkserver"}, starts
+    assert (tmp_path / "c" / "c_final.weights").exists()
+    assert (tmp_path / "d" / "d_final.weights").exists()

@@ -149,6 +149,23 @@ def loader_worker_init(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def loader_processes(workers: int) -> dict:
+    """The DataLoader arguments for `workers` loader processes: they ignore stop signals
+    (loader_worker_init) and, in a process that joined a torch.distributed group, start from a
+    forkserver instead of a fork of the rank. There gloo's and DDP's threads run beside the main
+    one, and a fork that lands while one of them holds CPython's thread-state lock leaves the
+    child stuck inside os.fork() for good (CPython gh-112275, fixed in 3.11.10 and 3.12; 3.12
+    warns on any fork of a threaded process): the rank then waits forever for its first batch
+    and the other ranks in their next collective. Seen under torchrun with Python 3.11.7: a
+    validation loader's process stuck so in about one run of 50 on a loaded host."""
+    import torch.distributed as dist
+
+    options = {"num_workers": workers, "worker_init_fn": loader_worker_init}
+    if workers and dist.is_available() and dist.is_initialized():
+        options["multiprocessing_context"] = "forkserver"
+    return options
+
+
 def loader_death(exc: BaseException) -> str:
     """How a DataLoader process died, from what torch raised in the main process ('' when
     `exc` is something else): its SIGCHLD handler's RuntimeError ('DataLoader worker (pid N)

@@ -31,7 +31,7 @@ from darkcfg.data.base import (
     check_classes_count,
     check_classes_option,
     check_image_headers,
-    loader_worker_init,
+    loader_processes,
     say_undecodable,
 )
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
@@ -173,11 +173,11 @@ class DetectionStream:
         sampler = IterationSampler(self.batch, self.rank, start_iteration)
         generator = torch.Generator().manual_seed(self.dataset.seed)  # global RNG untouched
         loader = DataLoader(self.dataset, batch_size=self.batch, sampler=sampler,
-                            num_workers=self.workers, collate_fn=collate,
+                            collate_fn=collate,
                             pin_memory=self.pin_memory,
                             prefetch_factor=2 if self.workers else None,
                             persistent_workers=False, generator=generator,
-                            worker_init_fn=loader_worker_init)
+                            **loader_processes(self.workers))
         batches = iter(loader)
         try:
             yield from batches
