@@ -133,10 +133,7 @@ def ensure_folder(folder: str | os.PathLike, flag: str = "") -> Path:
     """Create `folder` (and its parents) for output; a file in the way, a missing permission or a
     full disk is a located E901 naming the folder (and the flag that chose it)."""
     folder = Path(folder)
-    named = f"{flag} folder '{folder}'" if flag else f"folder '{folder}'"
-    if folder.exists() and not folder.is_dir():
-        raise CfgError(Diagnostic("E901", f"cannot use {named}: it is a file", str(folder),
-                                  hint="name a folder (or a new path) for the outputs"))
+    named = _output_folder_named(folder, flag)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -239,12 +236,18 @@ def check_folder(folder: str | os.PathLike, flag: str = "") -> Path:
     """Before any slow work, without creating anything: `folder` is, or can be made, a writable
     folder. Raises a located E901 otherwise (ensure_folder creates it later)."""
     folder = Path(folder)
+    named = _output_folder_named(folder, flag)
+    check_creatable(folder, f"use {named}", f"write to {named}", folder)
+    return folder
+
+
+def _output_folder_named(folder: Path, flag: str) -> str:
+    """How messages name output `folder` (chosen by `flag`); E901 where it is a file."""
     named = f"{flag} folder '{folder}'" if flag else f"folder '{folder}'"
     if folder.exists() and not folder.is_dir():
         raise CfgError(Diagnostic("E901", f"cannot use {named}: it is a file", str(folder),
                                   hint="name a folder (or a new path) for the outputs"))
-    check_creatable(folder, f"use {named}", f"write to {named}", folder)
-    return folder
+    return named
 
 
 def check_creatable(start: Path, use: str, write: str, path: Path) -> None:

@@ -111,6 +111,13 @@ def fast_inference_ok(x: torch.Tensor, weight: torch.Tensor | None = None) -> bo
             and torch.backends.mkldnn.enabled and not native.torch_ops_needed())
 
 
+def fast_path_runs(module: nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
+    """Whether `module` (a `Network`, or a layer with a fast forward) takes the inference fast
+    path on `x`: in eval mode, not switched off (`Network.use_fast_inference(False)`), and
+    `fast_inference_ok`."""
+    return not module.training and module.fast_inference and fast_inference_ok(x, weight)
+
+
 def version_key(tensors) -> tuple:
     """Identifies the values of `tensors` for a cache: their storage and version counters (every
     in-place update bumps them: optimizer steps, load_state_dict, .weights loading)."""
@@ -352,8 +359,7 @@ class PlainConv(Convolutional):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.training and self.fast_inference and \
-                fast_inference_ok(x, self.conv._parameters["weight"]):
+        if fast_path_runs(self, x, self.conv._parameters["weight"]):
             return self.inference_forward(x, residual, out)
         return _finish(self.act(self.conv(x)), residual, out)
 
@@ -364,8 +370,7 @@ class PlainConvBN(Convolutional):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.training and self.fast_inference and \
-                fast_inference_ok(x, self.conv._parameters["weight"]):
+        if fast_path_runs(self, x, self.conv._parameters["weight"]):
             return self.inference_forward(x, residual, out)
         y = self.conv(x)
         slope = _FUSED_SLOPES.get(self.activation)

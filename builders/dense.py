@@ -19,7 +19,7 @@ from torch import nn
 from cfgparse import Block, CfgError
 
 from .activations import CONV_POST_OPS, activation_module
-from .conv import FastPathCache, fast_inference_ok, version_key
+from .conv import FastPathCache, fast_path_runs, version_key
 from .layer import Layer
 from .norm import batch_norm
 from .registry import BuildContext, Shape, register
@@ -89,8 +89,7 @@ class Connected(FastPathCache, Layer):
         self.fast_inference = True  # Network.use_fast_inference(False) selects the plain path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and self.fast_inference and \
-                fast_inference_ok(x, self.unit.linear.weight):
+        if fast_path_runs(self, x, self.unit.linear.weight):
             return self.inference_forward(x)
         return self.unit(x).view(x.shape[0], self.outputs, 1, 1)
 

@@ -19,7 +19,7 @@ from cfgparse import Block, CfgError, Diagnostic, parse, schema
 from cfgparse.errors import WARNING
 from cfgparse.rules import input_size_rule
 
-from .conv import fast_inference_ok
+from .conv import fast_path_runs
 from .layer import Layer
 from .plan import plan_liveness
 from .registry import BuildContext, NetInfo, Shape, builder_for
@@ -298,7 +298,7 @@ class Network(nn.Module):
         saved: dict[int, torch.Tensor] = {}
         # fast path: convolutions hand channels-last tensors on; a layer that may not take them
         # gets NCHW ones (a no-op for tensors that already are)
-        fast = self.fast_inference and not self.training and fast_inference_ok(x)
+        fast = fast_path_runs(self, x)
         fusing = fast and wanted is None
         adds_next = self._adds_next if fusing else frozenset()
         writes_into = self._writes_into if fusing else {}

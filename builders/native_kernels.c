@@ -1184,53 +1184,132 @@ static inline void wino_column(const float **z, int rows, const float *x, int64_
     }
 }
 
+/* The transforms, each written once and applied to the columns, then to the rows of a tile:
+ * out[i] = sum_j T[i][j] in[j] on vectors of n channels (+ bias[q] after A^T's rows). Inlined
+ * where the tile side is a constant, so that the vector loops stay as if written out. */
+#define WINO_INLINE static inline __attribute__((always_inline))
+
+/* F(4x4, 3x3): B^T (6x6) */
+WINO_INLINE void wino43_bt(const float *const *in, float *const *out, int64_t n) {
+#pragma omp simd
+    for (int64_t q = 0; q < n; q++) {
+        float z0 = in[0][q], z1 = in[1][q], z2 = in[2][q];
+        float z3 = in[3][q], z4 = in[4][q], z5 = in[5][q];
+        out[0][q] = 4 * z0 - 5 * z2 + z4;
+        out[1][q] = -4 * (z1 + z2) + z3 + z4;
+        out[2][q] = 4 * (z1 - z2) - z3 + z4;
+        out[3][q] = 2 * (z3 - z1) - z2 + z4;
+        out[4][q] = 2 * (z1 - z3) - z2 + z4;
+        out[5][q] = 4 * z1 - 5 * z3 + z5;
+    }
+}
+
+/* F(4x4, 3x3): A^T (4x6) */
+WINO_INLINE void wino43_at(const float *const *in, float *const *out, const float *bias,
+                           int64_t n) {
+#pragma omp simd
+    for (int64_t q = 0; q < n; q++) {
+        float z0 = in[0][q], z1 = in[1][q], z2 = in[2][q];
+        float z3 = in[3][q], z4 = in[4][q], z5 = in[5][q];
+        float a = z1 + z2, d = z1 - z2, e = z3 + z4, f = z3 - z4;
+        float r0 = z0 + a + e, r1 = d + 2 * f, r2 = a + 4 * e, r3 = d + 8 * f + z5;
+        if (bias) {
+            float bq = bias[q];
+            r0 += bq, r1 += bq, r2 += bq, r3 += bq;
+        }
+        out[0][q] = r0, out[1][q] = r1, out[2][q] = r2, out[3][q] = r3;
+    }
+}
+
+/* F(2x2, 3x3): B^T (4x4) */
+WINO_INLINE void wino23_bt(const float *const *in, float *const *out, int64_t n) {
+#pragma omp simd
+    for (int64_t q = 0; q < n; q++) {
+        float z0 = in[0][q], z1 = in[1][q], z2 = in[2][q], z3 = in[3][q];
+        out[0][q] = z0 - z2;
+        out[1][q] = z1 + z2;
+        out[2][q] = z2 - z1;
+        out[3][q] = z1 - z3;
+    }
+}
+
+/* F(2x2, 3x3): A^T (2x4) */
+WINO_INLINE void wino23_at(const float *const *in, float *const *out, const float *bias,
+                           int64_t n) {
+#pragma omp simd
+    for (int64_t q = 0; q < n; q++) {
+        float z0 = in[0][q], z1 = in[1][q], z2 = in[2][q], z3 = in[3][q];
+        float r0 = z0 + z1 + z2, r1 = z1 - z2 - z3;
+        if (bias) {
+            float bq = bias[q];
+            r0 += bq, r1 += bq;
+        }
+        out[0][q] = r0, out[1][q] = r1;
+    }
+}
+
+/* the transform of output tile side m (4: F(4x4, 3x3), 2: F(2x2, 3x3)) */
+WINO_INLINE void wino_bt(int m, const float *const *in, float *const *out, int64_t n) {
+    if (m == 4)
+        wino43_bt(in, out, n);
+    else
+        wino23_bt(in, out, n);
+}
+
+WINO_INLINE void wino_at(int m, const float *const *in, float *const *out, const float *bias,
+                         int64_t n) {
+    if (m == 4)
+        wino43_at(in, out, bias, n);
+    else
+        wino23_at(in, out, bias, n);
+}
+
+/* threads for `tiles` tiles: one where there are too few to share */
+static inline int wino_threads(int threads, int64_t tiles) {
+    return threads < 1 || tiles < 4 * threads ? 1 : threads;
+}
+
+/* B^T d B of tile t (the tt-th of `tiles`) for output tiles of side m: (m + 2)^2 vectors of
+ * c channels at v[i * (m + 2) + j][tt] */
+WINO_INLINE void wino_input_tile(int m, const float *x, int64_t ldx, float *v, int64_t h,
+                                 int64_t w, int64_t c, int64_t pad, int64_t th, int64_t tw,
+                                 int64_t t, int64_t tt, int64_t tiles) {
+    const int a = m + 2;
+    int64_t b = t / (th * tw), r = t % (th * tw);
+    int64_t y0 = (r / tw) * m - pad, x0 = (r % tw) * m - pad;
+    float u[6][6][WINO_CB];
+    for (int64_t c0 = 0; c0 < c; c0 += WINO_CB) {
+        int64_t cb = c - c0 < WINO_CB ? c - c0 : WINO_CB;
+        /* u = B^T d: the rows of each column (zeros outside the image) */
+        for (int j = 0; j < a; j++) {
+            const float *z[6];
+            float *out[6];
+            wino_column(z, a, x, ldx, b, h, w, y0, x0 + j, c0);
+            for (int i = 0; i < a; i++) out[i] = u[i][j];
+            wino_bt(m, z, out, cb);
+        }
+        /* (B^T d) B: the columns of each row, stored at v[i * a + j][tt][c0 ..] */
+        for (int i = 0; i < a; i++) {
+            const float *row[6];
+            float *out[6];
+            for (int j = 0; j < a; j++) {
+                row[j] = u[i][j];
+                out[j] = v + ((int64_t)(i * a + j) * tiles + tt) * c + c0;
+            }
+            wino_bt(m, row, out, cb);
+        }
+    }
+}
+
 void darkcfg_wino43_input(const float *x, int64_t ldx, float *v, int64_t n, int64_t h,
                           int64_t w, int64_t c, int64_t pad, int64_t th, int64_t tw, int64_t t0,
                           int64_t t1, int threads) {
     int64_t tiles = t1 - t0;
     (void)n;
-    if (threads < 1 || tiles < 4 * threads) threads = 1;
+    threads = wino_threads(threads, tiles);
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = t0; t < t1; t++) {
-        int64_t b = t / (th * tw), r = t % (th * tw);
-        int64_t y0 = (r / tw) * 4 - pad, x0 = (r % tw) * 4 - pad;
-        float u[6][6][WINO_CB];
-        for (int64_t c0 = 0; c0 < c; c0 += WINO_CB) {
-            int64_t cb = c - c0 < WINO_CB ? c - c0 : WINO_CB;
-            /* u = B^T d: the rows of each column (zeros outside the image) */
-            for (int j = 0; j < 6; j++) {
-                const float *z[6];
-                wino_column(z, 6, x, ldx, b, h, w, y0, x0 + j, c0);
-#pragma omp simd
-                for (int64_t q = 0; q < cb; q++) {
-                    float z0 = z[0][q], z1 = z[1][q], z2 = z[2][q];
-                    float z3 = z[3][q], z4 = z[4][q], z5 = z[5][q];
-                    u[0][j][q] = 4 * z0 - 5 * z2 + z4;
-                    u[1][j][q] = -4 * (z1 + z2) + z3 + z4;
-                    u[2][j][q] = 4 * (z1 - z2) - z3 + z4;
-                    u[3][j][q] = 2 * (z3 - z1) - z2 + z4;
-                    u[4][j][q] = 2 * (z1 - z3) - z2 + z4;
-                    u[5][j][q] = 4 * z1 - 5 * z3 + z5;
-                }
-            }
-            /* (B^T d) B: the columns of each row, stored at v[i * 6 + j][t - t0][c0 ..] */
-            for (int i = 0; i < 6; i++) {
-                float *o = v + ((int64_t)(i * 6) * tiles + (t - t0)) * c + c0;
-                int64_t step = tiles * c;
-#pragma omp simd
-                for (int64_t q = 0; q < cb; q++) {
-                    float z0 = u[i][0][q], z1 = u[i][1][q], z2 = u[i][2][q];
-                    float z3 = u[i][3][q], z4 = u[i][4][q], z5 = u[i][5][q];
-                    o[q] = 4 * z0 - 5 * z2 + z4;
-                    o[step + q] = -4 * (z1 + z2) + z3 + z4;
-                    o[2 * step + q] = 4 * (z1 - z2) - z3 + z4;
-                    o[3 * step + q] = 2 * (z3 - z1) - z2 + z4;
-                    o[4 * step + q] = 2 * (z1 - z3) - z2 + z4;
-                    o[5 * step + q] = 4 * z1 - 5 * z3 + z5;
-                }
-            }
-        }
-    }
+    for (int64_t t = t0; t < t1; t++)
+        wino_input_tile(4, x, ldx, v, h, w, c, pad, th, tw, t, t - t0, tiles);
 }
 
 static inline void wino_activate(float *o, int64_t cb, int act, float slope) {
@@ -1257,54 +1336,51 @@ static inline void wino_store(float *o, int64_t kb, int act, float slope, const 
     memcpy(y + pixel * ldy + k0, o, (size_t)kb * sizeof(float));
 }
 
+/* A^T M A of tile t (the tt-th of `tiles`) for output tiles of side m, + bias, the
+ * activation, + res, into y */
+WINO_INLINE void wino_output_tile(int m, const float *mt, const float *bias, const float *res,
+                                  float *y, int64_t ldy, int64_t oh, int64_t ow, int64_t k,
+                                  int64_t th, int64_t tw, int64_t t, int64_t tt, int64_t tiles,
+                                  int act, float slope) {
+    const int a = m + 2;
+    int64_t b = t / (th * tw), r = t % (th * tw);
+    int64_t y0 = (r / tw) * m, x0 = (r % tw) * m;
+    float u[4][6][WINO_CB];
+    for (int64_t k0 = 0; k0 < k; k0 += WINO_CB) {
+        int64_t kb = k - k0 < WINO_CB ? k - k0 : WINO_CB;
+        /* u = A^T m: the rows of each column */
+        for (int j = 0; j < a; j++) {
+            const float *z[6];
+            float *out[4];
+            for (int i = 0; i < a; i++) z[i] = mt + ((int64_t)(i * a + j) * tiles + tt) * k + k0;
+            for (int i = 0; i < m; i++) out[i] = u[i][j];
+            wino_at(m, z, out, NULL, kb);
+        }
+        /* o = u A: the columns of each row, + bias, then the activation, + res */
+        for (int i = 0; i < m && y0 + i < oh; i++) {
+            float o[4][WINO_CB];
+            const float *row[6];
+            float *out[4];
+            for (int j = 0; j < a; j++) row[j] = u[i][j];
+            for (int j = 0; j < m; j++) out[j] = o[j];
+            wino_at(m, row, out, bias + k0, kb);
+            for (int j = 0; j < m && x0 + j < ow; j++)
+                wino_store(o[j], kb, act, slope, res, y, ldy, k,
+                           (b * oh + y0 + i) * ow + x0 + j, k0);
+        }
+    }
+}
+
 void darkcfg_wino43_output(const float *m, const float *bias, const float *res, float *y,
                            int64_t ldy, int64_t oh, int64_t ow, int64_t k, int64_t th,
                            int64_t tw, int64_t t0, int64_t t1, int act, float slope,
                            int threads) {
     int64_t tiles = t1 - t0;
-    if (threads < 1 || tiles < 4 * threads) threads = 1;
+    threads = wino_threads(threads, tiles);
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = t0; t < t1; t++) {
-        int64_t b = t / (th * tw), r = t % (th * tw);
-        int64_t y0 = (r / tw) * 4, x0 = (r % tw) * 4;
-        float u[4][6][WINO_CB];
-        for (int64_t k0 = 0; k0 < k; k0 += WINO_CB) {
-            int64_t kb = k - k0 < WINO_CB ? k - k0 : WINO_CB;
-            /* u = A^T m: the rows of each column */
-            for (int j = 0; j < 6; j++) {
-                const float *z = m + ((int64_t)j * tiles + (t - t0)) * k + k0;
-                int64_t step = 6 * tiles * k;
-#pragma omp simd
-                for (int64_t q = 0; q < kb; q++) {
-                    float z0 = z[q], z1 = z[step + q], z2 = z[2 * step + q];
-                    float z3 = z[3 * step + q], z4 = z[4 * step + q], z5 = z[5 * step + q];
-                    float a = z1 + z2, d = z1 - z2, e = z3 + z4, f = z3 - z4;
-                    u[0][j][q] = z0 + a + e;
-                    u[1][j][q] = d + 2 * f;
-                    u[2][j][q] = a + 4 * e;
-                    u[3][j][q] = d + 8 * f + z5;
-                }
-            }
-            /* o = u A: the columns of each row, + bias, then the activation */
-            for (int i = 0; i < 4 && y0 + i < oh; i++) {
-                float o[4][WINO_CB];
-                const float *bb = bias + k0;
-#pragma omp simd
-                for (int64_t q = 0; q < kb; q++) {
-                    float z0 = u[i][0][q], z1 = u[i][1][q], z2 = u[i][2][q];
-                    float z3 = u[i][3][q], z4 = u[i][4][q], z5 = u[i][5][q];
-                    float a = z1 + z2, d = z1 - z2, e = z3 + z4, f = z3 - z4;
-                    o[0][q] = z0 + a + e + bb[q];
-                    o[1][q] = d + 2 * f + bb[q];
-                    o[2][q] = a + 4 * e + bb[q];
-                    o[3][q] = d + 8 * f + z5 + bb[q];
-                }
-                for (int j = 0; j < 4 && x0 + j < ow; j++)
-                    wino_store(o[j], kb, act, slope, res, y, ldy, k,
-                               (b * oh + y0 + i) * ow + x0 + j, k0);
-            }
-        }
-    }
+    for (int64_t t = t0; t < t1; t++)
+        wino_output_tile(4, m, bias, res, y, ldy, oh, ow, k, th, tw, t, t - t0, tiles, act,
+                         slope);
 }
 
 /* wino23: Winograd F(2x2, 3x3), the same scheme on 4x4 input tiles at a stride of 2: 16
@@ -1321,42 +1397,10 @@ void darkcfg_wino23_input(const float *x, int64_t ldx, float *v, int64_t n, int6
                           int64_t t1, int threads) {
     int64_t tiles = t1 - t0;
     (void)n;
-    if (threads < 1 || tiles < 4 * threads) threads = 1;
+    threads = wino_threads(threads, tiles);
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = t0; t < t1; t++) {
-        int64_t b = t / (th * tw), r = t % (th * tw);
-        int64_t y0 = (r / tw) * 2 - pad, x0 = (r % tw) * 2 - pad;
-        float u[4][4][WINO_CB];
-        for (int64_t c0 = 0; c0 < c; c0 += WINO_CB) {
-            int64_t cb = c - c0 < WINO_CB ? c - c0 : WINO_CB;
-            /* u = B^T d: the rows of each column */
-            for (int j = 0; j < 4; j++) {
-                const float *z[4];
-                wino_column(z, 4, x, ldx, b, h, w, y0, x0 + j, c0);
-#pragma omp simd
-                for (int64_t q = 0; q < cb; q++) {
-                    float z0 = z[0][q], z1 = z[1][q], z2 = z[2][q], z3 = z[3][q];
-                    u[0][j][q] = z0 - z2;
-                    u[1][j][q] = z1 + z2;
-                    u[2][j][q] = z2 - z1;
-                    u[3][j][q] = z1 - z3;
-                }
-            }
-            /* (B^T d) B: the columns of each row, stored at v[i * 4 + j][t - t0][c0 ..] */
-            for (int i = 0; i < 4; i++) {
-                float *o = v + ((int64_t)(i * 4) * tiles + (t - t0)) * c + c0;
-                int64_t step = tiles * c;
-#pragma omp simd
-                for (int64_t q = 0; q < cb; q++) {
-                    float z0 = u[i][0][q], z1 = u[i][1][q], z2 = u[i][2][q], z3 = u[i][3][q];
-                    o[q] = z0 - z2;
-                    o[step + q] = z1 + z2;
-                    o[2 * step + q] = z2 - z1;
-                    o[3 * step + q] = z1 - z3;
-                }
-            }
-        }
-    }
+    for (int64_t t = t0; t < t1; t++)
+        wino_input_tile(2, x, ldx, v, h, w, c, pad, th, tw, t, t - t0, tiles);
 }
 
 void darkcfg_wino23_output(const float *m, const float *bias, const float *res, float *y,
@@ -1364,42 +1408,11 @@ void darkcfg_wino23_output(const float *m, const float *bias, const float *res, 
                            int64_t tw, int64_t t0, int64_t t1, int act, float slope,
                            int threads) {
     int64_t tiles = t1 - t0;
-    if (threads < 1 || tiles < 4 * threads) threads = 1;
+    threads = wino_threads(threads, tiles);
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = t0; t < t1; t++) {
-        int64_t b = t / (th * tw), r = t % (th * tw);
-        int64_t y0 = (r / tw) * 2, x0 = (r % tw) * 2;
-        float u[2][4][WINO_CB];
-        for (int64_t k0 = 0; k0 < k; k0 += WINO_CB) {
-            int64_t kb = k - k0 < WINO_CB ? k - k0 : WINO_CB;
-            /* u = A^T m: the rows of each column */
-            for (int j = 0; j < 4; j++) {
-                const float *z = m + ((int64_t)j * tiles + (t - t0)) * k + k0;
-                int64_t step = 4 * tiles * k;
-#pragma omp simd
-                for (int64_t q = 0; q < kb; q++) {
-                    float z0 = z[q], z1 = z[step + q], z2 = z[2 * step + q];
-                    float z3 = z[3 * step + q];
-                    u[0][j][q] = z0 + z1 + z2;
-                    u[1][j][q] = z1 - z2 - z3;
-                }
-            }
-            /* o = u A: the columns of each row, + bias, the activation, + res */
-            for (int i = 0; i < 2 && y0 + i < oh; i++) {
-                float o[2][WINO_CB];
-                const float *bb = bias + k0;
-#pragma omp simd
-                for (int64_t q = 0; q < kb; q++) {
-                    float z0 = u[i][0][q], z1 = u[i][1][q], z2 = u[i][2][q], z3 = u[i][3][q];
-                    o[0][q] = z0 + z1 + z2 + bb[q];
-                    o[1][q] = z1 - z2 - z3 + bb[q];
-                }
-                for (int j = 0; j < 2 && x0 + j < ow; j++)
-                    wino_store(o[j], kb, act, slope, res, y, ldy, k,
-                               (b * oh + y0 + i) * ow + x0 + j, k0);
-            }
-        }
-    }
+    for (int64_t t = t0; t < t1; t++)
+        wino_output_tile(2, m, bias, res, y, ldy, oh, ow, k, th, tw, t, t - t0, tiles, act,
+                         slope);
 }
 
 /* pointwise: a 1x1 stride-1 convolution on a channels-last map, the matrix product

@@ -56,19 +56,7 @@ class PjreddieBatchNorm(DarknetBatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        if self.training:
-            dims = [0] + list(range(2, x.dim()))
-            mean = x.mean(dims)
-            var = x.var(dims, unbiased=True)  # Darknet's CPU code normalises with /(N-1)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(var.detach(), self.momentum)
-                self.num_batches_tracked += 1
-        else:
-            mean, var = self.running_mean, self.running_var
-        return ((x - mean.view(view)) / (var.sqrt().view(view) + self.eps) * self.weight.view(view)
-                + self.bias.view(view))
+        return _pjreddie_forward(self, x)
 
     def emitted(self, ctx, ndim: int | None) -> str:
         """No torch class computes this: a copy of it at the top of the emitted module."""
@@ -97,6 +85,12 @@ _PJREDDIE_SOURCE = '''class PjreddieBatchNorm(nn.BatchNorm2d):
         return ((x - mean.view(view)) / (var.sqrt().view(view) + self.eps)
                 * self.weight.view(view) + self.bias.view(view))
 '''
+# the emitted copy is also what PjreddieBatchNorm runs: one home for the formula (the unbiased
+# batch variance is Darknet's CPU code's, /(N-1))
+_emitted: dict = {}
+exec(compile(_PJREDDIE_SOURCE, f"{__file__}:_PJREDDIE_SOURCE", "exec"),
+     {"torch": torch, "nn": nn}, _emitted)
+_pjreddie_forward = _emitted["PjreddieBatchNorm"].forward
 
 
 def batch_norm(num_features: int, flavor: str = "alexeyab",

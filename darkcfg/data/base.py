@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from builders.atomic import atomic_open
+from builders.atomic import atomic_open, atomic_write
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
 
@@ -342,6 +342,26 @@ def write_image(path: str, tensor: torch.Tensor) -> None:
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     with atomic_open(path) as fh:
         image.save(fh, format=fmt)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: the plots are files, no display is opened."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_figure(fig, path: str | Path, dpi: int | None = None) -> None:
+    """A matplotlib figure as a PNG file, written atomically (its folders made), then closed."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **({} if dpi is None else {"dpi": dpi}))
+    pyplot().close(fig)
+    atomic_write(path, buf.getvalue())
 
 
 def read_array(path: str) -> np.ndarray:

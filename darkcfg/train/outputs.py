@@ -18,6 +18,7 @@ import yaml
 from builders.atomic import atomic_write
 from cfgparse import CfgError
 from cfgparse.yaml_io import load_yaml
+from darkcfg.data.base import pyplot, write_figure
 from darkcfg.model import non_finite
 from darkcfg.train.checkpoint import rng_states, save_checkpoint
 from darkcfg.train.distributed import Dist, broadcast_flag
@@ -281,11 +282,7 @@ class RunLog:
     def chart(self) -> None:
         if not self.rows:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         its = [r["iteration"] for r in self.rows]
         val = [(r["iteration"], r) for r in self.rows
                if any(r.get(m) is not None for m in self.task.metrics)]
@@ -317,10 +314,7 @@ class RunLog:
         axes[-1].set_xlabel("iteration")
         axes[0].set_title(self.name)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        atomic_write(self.out / "chart.png", buf.getvalue())
+        write_figure(fig, self.out / "chart.png", dpi=100)
         self.charted, self.charted_rows = time.monotonic(), len(self.rows)
 
 
@@ -365,11 +359,7 @@ def plot_lr(cfg, path: Path, title: str = "") -> None:
     """The learning rate of the updates 1..max_batches: every one up to LR_POINTS, else
     LR_POINTS evenly spaced plus the first ones (burn-in) and both sides of every step (a
     figure 800 pixels wide shows no more; max_batches=2**31 would need tens of GB)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = max(cfg.max_batches, 1)
     if n <= LR_POINTS:
         its = list(range(1, n + 1))
@@ -383,7 +373,4 @@ def plot_lr(cfg, path: Path, title: str = "") -> None:
     ax.set_ylabel("learning rate")
     ax.set_title(title or f"policy={cfg.policy}")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    write_figure(fig, path, dpi=100)

@@ -211,13 +211,9 @@ def split_masks(k: int, strides: list[float]) -> list[list[int]]:
 def plot_anchors(path, boxes: np.ndarray, anchors: np.ndarray, current: np.ndarray | None,
                  title: str) -> None:
     """Scatter PNG of the boxes' w,h coloured by nearest anchor, the anchors as crosses."""
-    import matplotlib
+    from darkcfg.data.base import pyplot, write_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from builders.atomic import atomic_open
-
+    plt = pyplot()
     nearest = corner_iou(boxes, anchors).argmax(1) if len(boxes) else np.zeros(0, int)
     fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
     shown = boxes if len(boxes) <= 20000 else boxes[np.linspace(0, len(boxes) - 1, 20000,
@@ -235,6 +231,4 @@ def plot_anchors(path, boxes: np.ndarray, anchors: np.ndarray, current: np.ndarr
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    with atomic_open(path, parents=True) as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    write_figure(fig, path)

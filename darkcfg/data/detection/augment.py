@@ -472,34 +472,34 @@ def _bound_mosaic(b: np.ndarray, quad: tuple[int, int, int, int], s: DetectionSe
                   w: int, h: int) -> np.ndarray:
     """blend_truth_mosaic's clipping and keep test for one quadrant's shifted boxes."""
     kept = []
+    qx0, qy0, qx1, qy1 = quad
     for xb, yb, wb, hb, cls in b:
-        left, right = int((xb - wb / 2) * w), int((xb + wb / 2) * w)
-        top, bot = int((yb - hb / 2) * h), int((yb + hb / 2) * h)
-        if s.mosaic_bound:
-            qx0, qy0, qx1, qy1 = quad
-            left, right = min(max(left, qx0), qx1), min(max(right, qx0), qx1)
-            top, bot = min(max(top, qy0), qy1), min(max(bot, qy0), qy1)
-            xb, wb = (right + left) / 2 / w, (right - left) / w
-            yb, hb = (bot + top) / 2 / h, (bot - top) / h
-        else:
-            if left < 0:
-                d = left / w
-                xb, wb = xb - d / 2, wb + d
-            if right > w:
-                d = (right - w) / w
-                xb, wb = xb - d / 2, wb - d
-            if top < 0:
-                d = top / h
-                yb, hb = yb - d / 2, hb + d
-            if bot > h:
-                d = (bot - h) / h
-                yb, hb = yb - d / 2, hb - d
-            left, right = int((xb - wb / 2) * w), int((xb + wb / 2) * w)
-            top, bot = int((yb - hb / 2) * h), int((yb + hb / 2) * h)
-        if (left >= 0 and right <= w and top >= 0 and bot <= h and 0 < wb < 1 and 0 < hb < 1
-                and 0 < xb < 1 and 0 < yb < 1 and wb > 1 / w and hb > 1 / h):
+        xb, wb, x_kept = _mosaic_axis(xb, wb, w, qx0, qx1, s.mosaic_bound)
+        yb, hb, y_kept = _mosaic_axis(yb, hb, h, qy0, qy1, s.mosaic_bound)
+        if x_kept and y_kept:
             kept.append([xb, yb, wb, hb, cls])
     return np.asarray(kept, np.float64).reshape(-1, 5)
+
+
+def _mosaic_axis(c: float, size: float, pixels: int, lo: int, hi: int, bound: bool
+                 ) -> tuple[float, float, bool]:
+    """One axis of blend_truth_mosaic (x with the width, y with the height): the box's centre
+    and size clipped to the quadrant [lo, hi] (mosaic_bound) or cut at the canvas's edges, and
+    whether that axis lets it stay."""
+    low, high = int((c - size / 2) * pixels), int((c + size / 2) * pixels)
+    if bound:
+        low, high = min(max(low, lo), hi), min(max(high, lo), hi)
+        c, size = (high + low) / 2 / pixels, (high - low) / pixels
+    else:
+        if low < 0:
+            d = low / pixels
+            c, size = c - d / 2, size + d
+        if high > pixels:
+            d = (high - pixels) / pixels
+            c, size = c - d / 2, size - d
+        low, high = int((c - size / 2) * pixels), int((c + size / 2) * pixels)
+    return c, size, (low >= 0 and high <= pixels and 0 < size < 1 and 0 < c < 1
+                     and size > 1 / pixels)
 
 
 def training_sample(load: Loader, count: int, netw: int, neth: int, s: DetectionSettings,

@@ -12,7 +12,6 @@ warning; an error when no train image has one), more data classes than the netwo
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -112,13 +111,9 @@ class CheckReport:
 
     def plot(self, path: Path) -> None:
         """The class and box-size histograms and a w-h scatter with the strides, as a PNG."""
-        import matplotlib
+        from darkcfg.data.base import pyplot, write_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from builders.atomic import atomic_write
-
+        plt = pyplot()
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
         d = self.data
         x = np.arange(d.classes)
@@ -154,10 +149,7 @@ class CheckReport:
                           f"{', '.join(map(str, self.strides))}")
         fig.suptitle(f"darkcfg data check {d.path}")
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        plt.close(fig)
-        atomic_write(path, buf.getvalue())
+        write_figure(fig, path, dpi=90)
 
 
 def check_set(source: str | Path, net_size: tuple[int, int] = (416, 416),

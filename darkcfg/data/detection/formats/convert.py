@@ -154,28 +154,24 @@ class _Writer:
         written = []
         self.target = "darknet"
 
-        def split(s: Split, list_name: str) -> Path:
+        def listed(images, boxes, folder: str, list_name: str) -> Path:
+            """The images under `folder`, a label file each, and the list naming them."""
             lines = []
-            for image, boxes in zip(s.images, s.boxes, strict=True):
-                relative = self.image(image, "images")
-                atomic_write(self.out / label_path(relative), label_text(boxes))
+            for image, found in zip(images, boxes, strict=True):
+                relative = self.image(image, folder)
+                atomic_write(self.out / label_path(relative), label_text(found))
                 lines.append(relative)
             atomic_write(self.out / list_name, "".join(f"{x}\n" for x in lines))
             return self.out / list_name
 
         lines = [f"classes={data.classes}", "train=train.txt"]
-        written.append(split(data.train, "train.txt"))
+        written.append(listed(data.train.images, data.train.boxes, "images", "train.txt"))
         if data.valid is not None:
-            written.append(split(data.valid, "valid.txt"))
+            written.append(listed(data.valid.images, data.valid.boxes, "images", "valid.txt"))
             lines.append("valid=valid.txt")
         scored = data.valid_or_train
         if scored.difficult is not None:
-            hard = []
-            for image, boxes in zip(scored.images, scored.difficult, strict=True):
-                relative = self.image(image, "difficult")
-                atomic_write(self.out / label_path(relative), label_text(boxes))
-                hard.append(relative)
-            atomic_write(self.out / "difficult.txt", "".join(f"{x}\n" for x in hard))
+            listed(scored.images, scored.difficult, "difficult", "difficult.txt")
             lines.append("difficult=difficult.txt")
         atomic_write(self.out / "obj.names", "".join(f"{n}\n" for n in data.names))
         lines += ["names=obj.names", "backup=backup/"]
