@@ -158,11 +158,18 @@ def loader_processes(workers: int) -> dict:
     warns on any fork of a threaded process): the rank then waits forever for its first batch
     and the other ranks in their next collective. Seen under torchrun with Python 3.11.7: a
     validation loader's process stuck so in about one run of 50 on a loaded host."""
+    import multiprocessing
+
     import torch.distributed as dist
 
     options = {"num_workers": workers, "worker_init_fn": loader_worker_init}
     if workers and dist.is_available() and dist.is_initialized():
-        options["multiprocessing_context"] = "forkserver"
+        context = multiprocessing.get_context("forkserver")
+        # the server imports torch and the data sets once, and each loader process is a fork of
+        # it: unloaded, every process imported torch anew (20 s a validation on a loaded host)
+        context.set_forkserver_preload(["__main__", "torch", "darkcfg.data.sampling",
+                                        "darkcfg.data.detection.dataset"])
+        options["multiprocessing_context"] = context
     return options
 
 
