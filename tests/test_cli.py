@@ -887,3 +887,54 @@ def test_train_then_valid_refuses_data_without_validation_first(work, capsys, mo
                                    "--out", "run", "--no-progress", "--set", "max_batches=1"])
     assert code == 2 and "has no validation split" in err
     assert "finished" not in out + err and not Path("run").exists()
+
+
+def test_predict_and_valid_of_a_data_file_read_only_the_lists_they_use(work, capsys,
+                                                                       monkeypatch, tmp_path):
+    """predict and valid of a classifier .data checked every training image's header (and
+    stopped at a bad one) to get the class names: minutes on ImageNet's list. Now predict reads
+    the labels (and top=), valid the valid= list; what they read keeps its located errors."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("cat", "dog", "owl", "elk"):
+        Image.new("RGB", (12, 12), (9, 9, 9)).save(f"{name}.png")
+    Path("cat_bad.png").write_text("not an image")  # in the train list only
+    Path("labels.txt").write_text("cat\ndog\nowl\nelk\n")
+    Path("train.list").write_text("cat.png\ncat_bad.png\ndog_missing.png\n")
+    Path("valid.list").write_text("cat.png\ndog.png\nowl.png\nelk.png\n")
+    Path("c.data").write_text("classes=4\ntrain=train.list\nvalid=valid.list\n"
+                              "labels=labels.txt\ntop=2\n")
+    model = [work / "tiny.cfg", "--weights", work / "tiny.weights", "--data", "c.data"]
+    code, out, err = call(capsys, ["predict", *model, "cat.png"])
+    assert code == 0 and out.count("%") == 2, err
+    code, out, err = call(capsys, ["valid", *model])
+    assert code == 0 and "val_top1" in out, err
+    code, _, err = call(capsys, ["train", *model, "--out", "run", "--no-progress"])
+    assert code == 2 and "train.list:3:1: error[E901]: image 'dog_missing.png'" in err
+    Path("valid.list").write_text("cat.png\ncat_bad.png\n")  # what valid reads is still checked
+    code, _, err = call(capsys, ["valid", *model])
+    assert code == 2 and "error[E901]: 1 of the 2 images of 'c.data' cannot be read" in err
+    code, out, err = call(capsys, ["predict", *model, "cat.png"])
+    assert code == 0, err
+
+
+def test_predict_and_valid_of_an_image_folder_check_only_the_headers_they_use(
+        work, capsys, monkeypatch, tmp_path):
+    """An ImageFolder's bad training image stopped predict and valid too (E901)."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / "set" / split / name).mkdir(parents=True)
+            Image.new("RGB", (12, 12), (9, 9, 9)).save(f"set/{split}/{name}/1.png")
+    Path("set/train/cat/bad.png").write_text("not an image")
+    model = [work / "tiny.cfg", "--weights", work / "tiny.weights", "--data", "set"]
+    code, out, err = call(capsys, ["predict", *model, "set/val/cat/1.png"])
+    assert code == 0 and "cat" in out, err
+    code, out, err = call(capsys, ["valid", *model])
+    assert code == 0 and "val_top1" in out, err
+    Path("set/val/dog/bad.png").write_text("not an image")
+    code, _, err = call(capsys, ["valid", *model])
+    assert code == 2 and "bad.png" in err and "error[E901]" in err

@@ -112,7 +112,10 @@ class Task:
         return (*STEP_COLUMNS, *self.stats, *self.metrics)
 
     # -- data ---------------------------------------------------------------------------------
-    def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
+    def open_data(self, spec: str | None, seed: int, classes: int | None = None,
+                  need: str = "all") -> DataSplits:
+        """`need`: what the command uses ("all", "valid", "names": darkcfg.data.sources.NEEDS);
+        a source may read less for less."""
         raise NotImplementedError
 
     def prepare(self, splits: DataSplits, cfg, seed: int):
@@ -247,7 +250,8 @@ class ClassifyTask(Task):
     def options(cls, cfg) -> dict:
         return {"label_smooth_eps": cfg.label_smooth_eps}
 
-    def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
+    def open_data(self, spec: str | None, seed: int, classes: int | None = None,
+                  need: str = "all") -> DataSplits:
         check_classes_option(classes, spec)
         if spec is None:
             if len(self.inputs) != 3:
@@ -258,7 +262,7 @@ class ClassifyTask(Task):
         if len(self.inputs) == 1 and not spec.startswith("torchvision:") and \
                 data_path(spec).suffix == ".csv":
             return class_csv(data_path(spec), self.inputs, self.outputs)
-        splits = open_images(spec, self.inputs, seed)
+        splits = open_images(spec, self.inputs, seed, need)
         if len(splits.names) > self.outputs:
             raise data_error(f"the data has {len(splits.names)} classes but the network "
                              f"outputs {self.outputs}", spec,
@@ -331,7 +335,8 @@ class RegressTask(Task):
         task.logistic = net.meta[heads[-1]].type == "logistic"
         return task
 
-    def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
+    def open_data(self, spec: str | None, seed: int, classes: int | None = None,
+                  need: str = "all") -> DataSplits:
         check_classes_option(classes, spec)
         if spec is None:
             raise data_error("the embedded dataset is images for a classifier; this network "
