@@ -243,7 +243,7 @@ def darknet_data(path: Path, channels: int, need: str = "all") -> DataSplits:
         if top < 1:
             raise CfgError(data_diagnostic(
                 "E901", f"top={opts['top']} is not a whole number of classes of at least 1",
-                where, "top", "write top=N (the classes predict shows)"))
+                where, "top", "write top=N (the classes predict shows; valid's top-N)"))
     if classes != len(labels):  # (at the classes= line when there is one)
         said = f"says classes={classes}" if "classes" in opts else \
             f"has no classes= line (Darknet's default: {classes})"

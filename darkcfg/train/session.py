@@ -583,6 +583,7 @@ def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, di
         trainer, _ = prepare_eval(opts)
     cfg, task = trainer.cfg, trainer.task
     splits = task.open_data(opts.data, opts.seed, opts.classes, need="valid")
+    task.use_top(splits.top)  # (Darknet's validate_classifier: top-k with k = top=)
     _, val_set = task.prepare(splits, cfg, opts.seed)
     if val_set is None or not len(val_set):
         raise no_validation_error(opts, splits)
