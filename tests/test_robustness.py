@@ -920,3 +920,22 @@ def test_open_image_tries_the_common_formats_first(tmp_path, monkeypatch, suffix
     finally:
         _readable_formats.cache_clear()  # the next caller reads the real plugin order
     assert len(made) == 1, made
+
+
+def test_synced_together_syncs_each_folder_once_at_the_end(tmp_path, monkeypatch):
+    """Inside `synced_together` (data convert's many files) a file's bytes are synced before
+    its rename and its folder at the end of the outermost block, also when the block fails."""
+    from builders import atomic
+
+    folders = []
+    monkeypatch.setattr(atomic, "sync_folder", lambda folder: folders.append(folder))
+    with pytest.raises(KeyboardInterrupt), atomic.synced_together():
+        for i in range(3):
+            atomic.atomic_write(tmp_path / "a" / f"{i}.txt", "x")
+        with atomic.synced_together():
+            atomic.atomic_write(tmp_path / "b" / "0.txt", "y")
+        assert folders == []
+        raise KeyboardInterrupt
+    assert folders == [tmp_path / "a", tmp_path / "b"]
+    atomic.atomic_write(tmp_path / "c.txt", "z")  # outside a block: at once
+    assert folders[-1] == tmp_path and (tmp_path / "a" / "2.txt").read_text() == "x"
