@@ -101,3 +101,61 @@ def test_only_a_process_that_joined_a_group_ends_early():
 
     assert not distributed.joined()
     assert main(["--version"]) == 0
+
+
+def test_a_rank_above_0_leaves_shared_warnings_to_rank_0(capsys):
+    """Every torchrun rank said each warning about the cfg and data they all read (4 copies on
+    4 GPUs); a rank > 0 now drops those and keeps its errors and its own warnings (W901: an
+    image of its shard that does not decode)."""
+    from cfgparse.errors import ERROR, WARNING, Diagnostic
+    from darkcfg.train.distributed import _QuietSharedWarnings, shared_warning
+
+    w301 = Diagnostic("W301", "darkcfg ignores 'foo' in [convolutional]", "x.cfg", 3, 1,
+                      WARNING, source="foo=1", hint="remove it").format()
+    w901 = Diagnostic("W901", "cannot read image 'a.jpg': broken data stream", "a.jpg",
+                      severity=WARNING).format()
+    e901 = Diagnostic("E901", "warning: a file named so", "warning: x.jpg", severity=ERROR,
+                      hint="warning: hint").format()
+    plain = "warning: 1 of 6 train images have no label file (trained as images without objects)"
+    assert shared_warning(w301) and shared_warning(plain)
+    assert not shared_warning(w901) and not shared_warning(e901)
+    assert not shared_warning("x.py:3: UserWarning: torch says")
+    assert not shared_warning("finished 2 iterations: no warning: here")  # not a severity
+    stream = _QuietSharedWarnings(sys.stderr)
+    for text in (w301, plain, w901, e901, "finished 2 iterations"):
+        print(text, file=stream, flush=True)
+    assert capsys.readouterr().err == f"{w901}\n{e901}\nfinished 2 iterations\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch built without gloo")
+def test_two_ranks_say_a_data_warning_once(tmp_path):
+    """The warnings of the data both ranks read (here: a train image without a label file)
+    came twice under torchrun; the cfg's warnings once (rank 0 says them)."""
+    from PIL import Image
+    from test_detect import TINY
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(TINY.format(letter="batch=4\nsubdivisions=1\nmax_batches=1\n")
+                   .replace("nms_kind=greedynms", "nms_kind=greedynms\nfoo=1"))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.new("RGB", (64, 48), (40 * i, 9, 9)).save(images / f"{i}.jpg")
+        if i:
+            (images / f"{i}.txt").write_text("1 0.5 0.5 0.2 0.3\n")
+    (tmp_path / "train.txt").write_text("".join(f"images/{i}.jpg\n" for i in range(4)))
+    (tmp_path / "obj.names").write_text("".join(f"c{i}\n" for i in range(7)))
+    (tmp_path / "obj.data").write_text("classes=7\ntrain=train.txt\nnames=obj.names\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    result = run_with_stacks_on_hang(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(ROOT / "runner.py"), str(cfg), "--train", "--device", "cpu", "--data",
+         str(tmp_path / "obj.data"), "--out", str(tmp_path / "run"), "--no-progress",
+         "--workers", "0", "--valid-every", "0"], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("have no label file") == 1, result.stderr
+    assert result.stderr.count("warning[W301]") == 1, result.stderr
