@@ -675,11 +675,15 @@ def test_a_classifiers_corrupt_image_anywhere_is_found_before_the_first_iteratio
         data.write_text("classes=2\ntrain=train.txt\nlabels=labels.txt\n")
     cfg = tiny_classifier.write(tmp_path / "c.cfg", max_batches=2, burn_in=0)
     out = tmp_path / "run"
-    for action in (("--train", "--out", out, "--no-progress"), ("--valid",)):
-        assert run(cfg, *action, "--data", data, "--workers", "0") == 2
-        err = capsys.readouterr().err
-        assert f"{images[-1]}: error[E901]: 1 of the 4 images of " in err, err
-        assert "Traceback" not in err and not out.exists()
+    assert run(cfg, "--train", "--out", out, "--no-progress", "--data", data,
+               "--workers", "0") == 2
+    err = capsys.readouterr().err
+    assert f"{images[-1]}: error[E901]: 1 of the 4 images of " in err, err
+    assert "Traceback" not in err and not out.exists()
+    # --valid reads the validation images only (none here: 4 images split 90/10, no valid=)
+    assert run(cfg, "--valid", "--data", data, "--workers", "0") == 2
+    err = capsys.readouterr().err
+    assert "has no validation split" in err and str(images[-1]) not in err, err
 
 
 def test_an_image_that_fails_to_decode_later_is_skipped_with_a_warning(tmp_path, capsys):
