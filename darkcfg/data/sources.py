@@ -55,10 +55,10 @@ def data_path(spec: str) -> Path:
 def open_images(spec: str, inputs: tuple[int, ...], seed: int, need: str = "all") -> DataSplits:
     """Labelled images from a --data argument: torchvision:NAME:ROOT, an ImageFolder or a
     Darknet classifier .data file, decoded with the network's channels. `need`: "all"
-    (training), "valid" (the validation list and the names, as
-    Darknet's validate_classifier) or "names" (the names and top=, as predict_classifier): the
-    lists a command does not use are not read, nor their images' headers checked (an
-    ImageFolder is walked whole, its names being its folders, but checks only those headers)."""
+    (training), "valid" (the validation list and the names, as Darknet's validate_classifier)
+    or "names" (the names and top=, as its predict_classifier): the lists a command does not
+    use are not read, nor their images' headers checked (an ImageFolder is still walked whole,
+    its names being its folders, but checks only the headers used)."""
     if need not in NEEDS:
         raise ValueError(f"need={need!r}: one of {', '.join(NEEDS)}")
     if len(inputs) != 3:
