@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import re
 import sys
 from dataclasses import dataclass
 from typing import NoReturn
@@ -53,53 +52,7 @@ def setup(device_name: str | None) -> tuple[Dist, torch.device]:
                                 device_id=device if device.type == "cuda" else None)
     global _joined
     _joined = True
-    if rank > 0:
-        quiet_shared_warnings()
     return Dist(rank, world, local_rank), device
-
-
-#: warnings about what only this rank reads (W901: an image of its shard that does not decode):
-#: every rank says its own
-OWN_WARNINGS = frozenset({"W901"})
-#: a diagnostic's severity and code (`where: warning[W301]: ...`; the first one of its line)
-_SEVERITY = re.compile(r"(?:^|: )(?P<severity>error|warning)\[(?P<code>\w+)\]: ")
-
-
-def shared_warning(text: str) -> bool:
-    """Whether `text` (what one print writes) is a warning every rank prints alike: the ranks
-    read the same cfg and data lists, so rank 0's copy says it. Errors, and a rank's own
-    warnings (OWN_WARNINGS), are not."""
-    first = text.split("\n", 1)[0]
-    found = _SEVERITY.search(first)
-    if found is None:  # a line said without a code: `warning: 3 images have no label file`
-        return first.startswith("warning: ")
-    return found["severity"] == "warning" and found["code"] not in OWN_WARNINGS
-
-
-class _QuietSharedWarnings:
-    """stderr of a rank > 0: what it writes, less the shared warnings (`shared_warning`). A
-    print writes its text, then the line end: a dropped warning's line end goes too."""
-
-    def __init__(self, stream):
-        self._stream, self._dropped = stream, False
-
-    def write(self, text: str) -> int:
-        if self._dropped and text == "\n":
-            self._dropped = False
-            return len(text)
-        self._dropped = shared_warning(text)
-        return len(text) if self._dropped else self._stream.write(text)
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-def quiet_shared_warnings() -> None:
-    """Under torchrun every rank reads the same cfg and data and said each warning about them
-    once per rank (4 GPUs: 4 copies of every W2xx and data warning): a rank > 0 leaves them to
-    rank 0, and still says its errors and its own warnings (a loader failure in its shard)."""
-    if sys.stderr is not None and not isinstance(sys.stderr, _QuietSharedWarnings):
-        sys.stderr = _QuietSharedWarnings(sys.stderr)
 
 
 _joined = False  # this process joined a process group (a torchrun worker): see end_process
