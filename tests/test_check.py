@@ -667,7 +667,7 @@ def test_a_worker_that_dies_loses_no_other_files_report(tmp_path, monkeypatch):
 
     parent = os.getpid()
 
-    def check(path, options):
+    def check(path, options, source=None):
         if os.getpid() == parent:
             pytest.fail(f"{path} was checked in the main process")
         if Path(path).stem == "dies":
@@ -693,7 +693,7 @@ def test_ctrl_c_in_the_workers_stops_the_check(tmp_path, capsys, monkeypatch):
 
     parent = os.getpid()
 
-    def check(path, options):
+    def check(path, options, source=None):
         if os.getpid() != parent and Path(path).stem == "stop":
             raise KeyboardInterrupt
         return []
@@ -1050,3 +1050,36 @@ def test_a_folder_with_no_cfg_is_an_error_not_a_pass(tmp_path, capsys):
     assert main([str(tmp_path / "empty")]) == 2
     shown = capsys.readouterr()
     assert "holds no .cfg file" in shown.out + shown.err
+
+
+def test_check_dash_reads_one_cfg_from_stdin(tmp_path, capsys, monkeypatch):
+    """`darkcfg check -` (as ruff and flake8 take it) was `E901 cannot read '-'`. It reads the
+    cfg from stdin, named `<stdin>` in every format, beside files and with --jobs."""
+    import io
+
+    def stdin(text: str):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+
+    bad = NET + "[convolutional]\nfilters=8\nsize=3\nactivation=lekay\n"
+    stdin(bad)
+    rc, out, _ = run_main(capsys, "-")
+    assert rc == 1 and out.startswith("<stdin>:9:12: error[E204]: unknown activation 'lekay'")
+    assert "1 file checked: 1 error" in out
+    good = write(tmp_path, NET + CONV)
+    for fmt in ("json", "sarif", "github"):
+        stdin(bad)
+        rc, out, _ = run_main(capsys, "--format", fmt, str(good), "-", "--jobs", "2")
+        assert rc == 1, out
+        if fmt == "json":
+            assert [(d["file"], d["code"]) for d in json.loads(out)] == [("<stdin>", "E204")]
+        elif fmt == "sarif":
+            uris = [r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+                    for r in json.loads(out)["runs"][0]["results"]]
+            assert uris == ["%3Cstdin%3E"]
+        else:
+            assert out.startswith("::error file=<stdin>,line=9,col=12,title=E204::")
+    stdin(NET + CONV)
+    assert run_main(capsys, "-", "-")[:2] == (0, "1 file checked: 0 errors, 0 warnings\n")
+    monkeypatch.setattr(sys, "stdin", None)  # `<&-`
+    rc, out, err = run_main(capsys, "-")
+    assert rc == 2 and "<stdin>: error[E901]: cannot read <stdin>: stdin is closed" in out

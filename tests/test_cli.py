@@ -887,3 +887,100 @@ def test_train_then_valid_refuses_data_without_validation_first(work, capsys, mo
                                    "--out", "run", "--no-progress", "--set", "max_batches=1"])
     assert code == 2 and "has no validation split" in err
     assert "finished" not in out + err and not Path("run").exists()
+
+
+def test_predict_and_valid_of_a_data_file_read_only_the_lists_they_use(work, capsys,
+                                                                       monkeypatch, tmp_path):
+    """predict and valid of a classifier .data checked every training image's header (and
+    stopped at a bad one) to get the class names: minutes on ImageNet's list. Now predict reads
+    the labels (and top=), valid the valid= list; what they read keeps its located errors."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("cat", "dog", "owl", "elk"):
+        Image.new("RGB", (12, 12), (9, 9, 9)).save(f"{name}.png")
+    Path("cat_bad.png").write_text("not an image")  # in the train list only
+    Path("labels.txt").write_text("cat\ndog\nowl\nelk\n")
+    Path("train.list").write_text("cat.png\ncat_bad.png\ndog_missing.png\n")
+    Path("valid.list").write_text("cat.png\ndog.png\nowl.png\nelk.png\n")
+    Path("c.data").write_text("classes=4\ntrain=train.list\nvalid=valid.list\n"
+                              "labels=labels.txt\ntop=2\n")
+    model = [work / "tiny.cfg", "--weights", work / "tiny.weights", "--data", "c.data"]
+    code, out, err = call(capsys, ["predict", *model, "cat.png"])
+    assert code == 0 and out.count("%") == 2, err
+    code, out, err = call(capsys, ["valid", *model])
+    assert code == 0 and "val_top1" in out, err
+    code, _, err = call(capsys, ["train", *model, "--out", "run", "--no-progress"])
+    assert code == 2 and "train.list:3:1: error[E901]: image 'dog_missing.png'" in err
+    Path("valid.list").write_text("cat.png\ncat_bad.png\n")  # what valid reads is still checked
+    code, _, err = call(capsys, ["valid", *model])
+    assert code == 2 and "error[E901]: 1 of the 2 images of 'c.data' cannot be read" in err
+    code, out, err = call(capsys, ["predict", *model, "cat.png"])
+    assert code == 0, err
+
+
+def test_predict_and_valid_of_an_image_folder_check_only_the_headers_they_use(
+        work, capsys, monkeypatch, tmp_path):
+    """An ImageFolder's bad training image stopped predict and valid too (E901)."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / "set" / split / name).mkdir(parents=True)
+            Image.new("RGB", (12, 12), (9, 9, 9)).save(f"set/{split}/{name}/1.png")
+    Path("set/train/cat/bad.png").write_text("not an image")
+    model = [work / "tiny.cfg", "--weights", work / "tiny.weights", "--data", "set"]
+    code, out, err = call(capsys, ["predict", *model, "set/val/cat/1.png"])
+    assert code == 0 and "cat" in out, err
+    code, out, err = call(capsys, ["valid", *model])
+    assert code == 0 and "val_top1" in out, err
+    Path("set/val/dog/bad.png").write_text("not an image")
+    code, _, err = call(capsys, ["valid", *model])
+    assert code == 2 and "bad.png" in err and "error[E901]" in err
+
+
+def test_valid_reports_top_k_of_the_data_files_top(work, capsys, monkeypatch, tmp_path):
+    """Darknet's classifier valid prints top-1 and top-k with k = the .data's top=; darkcfg's
+    valid ignored top= (top-1/top-5 only). top=1 and top=5 add nothing."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("cat", "dog", "owl", "elk"):
+        Image.new("RGB", (12, 12), (9, 9, 9)).save(f"{name}.png")
+    Path("labels.txt").write_text("cat\ndog\nowl\nelk\n")
+    Path("valid.list").write_text("cat.png\ndog.png\nowl.png\nelk.png\n")
+    model = [work / "tiny.cfg", "--weights", work / "tiny.weights", "--data", "c.data"]
+    for top in (3, 2, 5, 1, None):
+        Path("c.data").write_text("classes=4\nvalid=valid.list\nlabels=labels.txt\n" +
+                                  (f"top={top}\n" if top else ""))
+        code, out, err = call(capsys, ["valid", *model])
+        assert code == 0, err
+        assert ("val_top1" in out and "val_top5" in out and
+                ("  val_top3 " in out) == (top == 3) and ("val_top2" in out) == (top == 2)), out
+        code, out, err = call(capsys, ["valid", *model, "--format", "json"])
+        found = json.loads(out)
+        assert set(found) == {"val_loss", "val_top1", "val_top5",
+                              *([f"val_top{top}"] if top in (2, 3) else [])}, found
+        if top in (2, 3):
+            assert found["val_top1"] <= found[f"val_top{top}"] <= found["val_top5"]
+
+
+def test_classify_task_counts_top_k_hits(monkeypatch):
+    """top-k counts an image whose class is among its k highest scores (ties: lower class)."""
+    import torch
+
+    from darkcfg.train.tasks import ClassifyTask, Task
+
+    monkeypatch.setattr(Task, "batch_sums", lambda *a: torch.zeros(1, dtype=torch.float64))
+    task = ClassifyTask(6, (3, 8, 8), heads=(0,))
+    task.use_top(2)
+    assert task.summed == ("val_loss", "val_top1", "val_top5", "val_top2")
+    scores = torch.tensor([[0.9, 0.5, 0.1, 0, 0, 0],   # class 1: 2nd
+                           [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],   # class 2: 4th
+                           [0.2, 0.2, 0.2, 0.2, 0.2, 0.2]])  # class 1: tied, 2nd
+    y = torch.tensor([1, 2, 1])
+    got = task.batch_sums(None, scores, y, {0: scores}).tolist()
+    assert got == [0.0, 0.0, 3.0, 2.0]
+    task.use_top(5)
+    assert task.summed == ClassifyTask.sums

@@ -1425,3 +1425,31 @@ def test_convert_names_many_images_of_one_name_without_retrying_every_suffix(tmp
     late.parent.mkdir()
     late.hardlink_to(first)
     assert writer.image(str(late), "images") == "images/x_401.jpg"
+
+
+def test_convert_makes_each_file_durable_once(four, tmp_path, monkeypatch):
+    """Each label file and image copy was fsynced, then its folder: two fsyncs a file (7 ms on
+    the project's disk, 90% of a convert). Now each file's bytes are synced once before its
+    rename and each folder once, before the set is renamed into place (and its parent after)."""
+    import os
+    import stat
+
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.append(("dir" if stat.S_ISDIR(st.st_mode) else "file",
+                       os.readlink(f"/proc/self/fd/{fd}")))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "sets" / "out"
+    written = convert(open_set(four["voc"]), "darknet", out)
+    assert written and all(p.exists() for p in written)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    folders = [p for p in out.rglob("*") if p.is_dir()]
+    dirs = [p for kind, p in synced if kind == "dir"]
+    assert len([1 for kind, _ in synced if kind == "file"]) == len(files) > 6
+    assert len(dirs) == len(set(dirs)) == len(folders) + 2, dirs  # + the set's, its parent
+    assert dirs[-1] == str(out.parent)

@@ -675,11 +675,15 @@ def test_a_classifiers_corrupt_image_anywhere_is_found_before_the_first_iteratio
         data.write_text("classes=2\ntrain=train.txt\nlabels=labels.txt\n")
     cfg = tiny_classifier.write(tmp_path / "c.cfg", max_batches=2, burn_in=0)
     out = tmp_path / "run"
-    for action in (("--train", "--out", out, "--no-progress"), ("--valid",)):
-        assert run(cfg, *action, "--data", data, "--workers", "0") == 2
-        err = capsys.readouterr().err
-        assert f"{images[-1]}: error[E901]: 1 of the 4 images of " in err, err
-        assert "Traceback" not in err and not out.exists()
+    assert run(cfg, "--train", "--out", out, "--no-progress", "--data", data,
+               "--workers", "0") == 2
+    err = capsys.readouterr().err
+    assert f"{images[-1]}: error[E901]: 1 of the 4 images of " in err, err
+    assert "Traceback" not in err and not out.exists()
+    # --valid reads the validation images only (none here: 4 images split 90/10, no valid=)
+    assert run(cfg, "--valid", "--data", data, "--workers", "0") == 2
+    err = capsys.readouterr().err
+    assert "has no validation split" in err and str(images[-1]) not in err, err
 
 
 def test_an_image_that_fails_to_decode_later_is_skipped_with_a_warning(tmp_path, capsys):
@@ -920,3 +924,22 @@ def test_open_image_tries_the_common_formats_first(tmp_path, monkeypatch, suffix
     finally:
         _readable_formats.cache_clear()  # the next caller reads the real plugin order
     assert len(made) == 1, made
+
+
+def test_synced_together_syncs_each_folder_once_at_the_end(tmp_path, monkeypatch):
+    """Inside `synced_together` (data convert's many files) a file's bytes are synced before
+    its rename and its folder at the end of the outermost block, also when the block fails."""
+    from builders import atomic
+
+    folders = []
+    monkeypatch.setattr(atomic, "sync_folder", lambda folder: folders.append(folder))
+    with pytest.raises(KeyboardInterrupt), atomic.synced_together():
+        for i in range(3):
+            atomic.atomic_write(tmp_path / "a" / f"{i}.txt", "x")
+        with atomic.synced_together():
+            atomic.atomic_write(tmp_path / "b" / "0.txt", "y")
+        assert folders == []
+        raise KeyboardInterrupt
+    assert folders == [tmp_path / "a", tmp_path / "b"]
+    atomic.atomic_write(tmp_path / "c.txt", "z")  # outside a block: at once
+    assert folders[-1] == tmp_path and (tmp_path / "a" / "2.txt").read_text() == "x"

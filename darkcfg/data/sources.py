@@ -39,6 +39,8 @@ from darkcfg.data.datafile import (
     resolve,
 )
 
+#: What a command reads of a classifier .data file (open_images's `need`).
+NEEDS = ("all", "valid", "names")
 KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
 
 
@@ -50,9 +52,15 @@ def data_path(spec: str) -> Path:
     return path
 
 
-def open_images(spec: str, inputs: tuple[int, ...], seed: int) -> DataSplits:
+def open_images(spec: str, inputs: tuple[int, ...], seed: int, need: str = "all") -> DataSplits:
     """Labelled images from a --data argument: torchvision:NAME:ROOT, an ImageFolder or a
-    Darknet classifier .data file, decoded with the network's channels."""
+    Darknet classifier .data file, decoded with the network's channels. `need`: "all"
+    (training), "valid" (the validation list and the names, as Darknet's validate_classifier)
+    or "names" (the names and top=, as its predict_classifier): the lists a command does not
+    use are not read, nor their images' headers checked (an ImageFolder is still walked whole,
+    its names being its folders, but checks only the headers used)."""
+    if need not in NEEDS:
+        raise ValueError(f"need={need!r}: one of {', '.join(NEEDS)}")
     if len(inputs) != 3:
         raise data_error("image data needs a [net] with width, height and channels", "--data",
                          "set width/height/channels in [net], or give this network of flat "
@@ -68,9 +76,9 @@ def open_images(spec: str, inputs: tuple[int, ...], seed: int) -> DataSplits:
                          "regressors and classifiers of numbers", spec,
                          "use an ImageFolder or a .data file for an image classifier")
     if path.is_dir():
-        return image_folder(path, channels, seed)
+        return image_folder(path, channels, seed, need)
     if path.suffix == ".data":
-        return darknet_data(path, channels)
+        return darknet_data(path, channels, need)
     raise data_error(f"cannot tell what kind of data '{spec}' is", spec, KINDS_HINT)
 
 
@@ -138,7 +146,7 @@ def image_splits(train: list[tuple[str, int]], val: list[tuple[str, int]], chann
         ImageFiles(val, channels, "blank") if val else None
 
 
-def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
+def image_folder(root: Path, channels: int, seed: int, need: str = "all") -> DataSplits:
     def scan(folder: Path, classes: list[str] | None = None):
         found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not hidden(d.name)) \
             if classes is None else classes
@@ -191,18 +199,19 @@ def image_folder(root: Path, channels: int, seed: int) -> DataSplits:
         raise data_error(f"no images in '{root}'", str(root),
                          "an ImageFolder holds one sub-folder of images per class, "
                          "optionally under train/ and val/")
-    # every header now: a corrupt file is an error before the first iteration, not hours in
-    check_image_headers(dict.fromkeys(p for p, _ in train + val), str(root))
+    # every header used now: a corrupt file is an error before the first iteration, not hours in
+    checked = {"all": train + val, "valid": val, "names": []}[need]
+    check_image_headers(dict.fromkeys(p for p, _ in checked), str(root))
     return DataSplits(*image_splits(train, val, channels),
                       names, f"ImageFolder {where}: {len(names)} classes, {len(train)} train / "
                       f"{len(val)} val images")
 
 
-def darknet_data(path: Path, channels: int) -> DataSplits:
+def darknet_data(path: Path, channels: int, need: str = "all") -> DataSplits:
     opts = read_data_file(path)
     where = str(path)
     folders = data_folders(path)
-    if "train" not in opts:
+    if "train" not in opts and need == "all":
         raise data_error(f"'{path}' has no 'train' list", where,
                          "add train=path/to/train.list (one image path per line)")
     labels_path = resolve(opts.get("labels", "data/labels.list"), *folders)
@@ -234,7 +243,7 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
         if top < 1:
             raise CfgError(data_diagnostic(
                 "E901", f"top={opts['top']} is not a whole number of classes of at least 1",
-                where, "top", "write top=N (the classes predict shows)"))
+                where, "top", "write top=N (the classes predict shows; valid's top-N)"))
     if classes != len(labels):  # (at the classes= line when there is one)
         said = f"says classes={classes}" if "classes" in opts else \
             f"has no classes= line (Darknet's default: {classes})"
@@ -268,16 +277,18 @@ def darknet_data(path: Path, channels: int) -> DataSplits:
             out.append((str(image), hits[0]))
         return out
 
-    train = items("train")
-    val = items("valid") if "valid" in opts else []
-    if not train:
+    # only the lists the command uses: an ImageNet train list's headers cost minutes
+    train = items("train") if need == "all" else []
+    val = items("valid") if "valid" in opts and need != "names" else []
+    if not train and need == "all":
         raise data_error(f"the train list of '{path}' is empty", where, "list image paths")
     check_image_headers(dict.fromkeys(p for p, _ in train + val), where)
     backup = str(resolve(opts["backup"], path.parent)) if "backup" in opts else None
+    counts = {"all": f"{len(train)} train / {len(val)} valid images",
+              "valid": f"{len(val)} valid images", "names": "lists not read"}[need]
     return DataSplits(*image_splits(train, val, channels),
-                      names[: len(labels)], f"Darknet data {path}: {classes} classes, "
-                      f"{len(train)} train / {len(val)} valid images", backup=backup,
-                      top=top)
+                      names[: len(labels)], f"Darknet data {path}: {classes} classes, {counts}",
+                      backup=backup, top=top)
 
 
 def _check_labels(labels_path: Path, where: str) -> None:

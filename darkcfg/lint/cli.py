@@ -19,7 +19,7 @@ from cfgparse.errors import ERROR, WARNING, Diagnostic, stdout_error, tolerant_o
 from cfgparse.usage import CommandParser
 from darkcfg.lint.pool import check_paths, default_jobs, expand
 from darkcfg.lint.report import FORMATS, render
-from darkcfg.lint.stages import Options
+from darkcfg.lint.stages import STDIN, STDIN_NAME, Options
 from darkcfg.lint.targets import TARGETS
 
 IO_CODES = frozenset({"E901"})  # findings that mean "could not check", not "the cfg is wrong"
@@ -39,7 +39,8 @@ def arg_parser(prog: str = "darkcfg check") -> argparse.ArgumentParser:
         description="Check Darknet .cfg files: syntax, schema, graph (meta-device build) and "
         "memory. Exit 0 clean, 1 findings, 2 usage or I/O error.")
     p.add_argument("files", nargs="*", metavar="FILE",
-                   help="cfg files (a directory stands for the .cfg files under it)")
+                   help="cfg files (a directory stands for the .cfg files under it; - reads "
+                   "one cfg from stdin)")
     p.add_argument("--format", choices=FORMATS, default="text", help="output format")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     p.add_argument("--no-build", action="store_true",
@@ -71,8 +72,15 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
                       targets=tuple(dict.fromkeys(args.target)))
     unreadable: list[Diagnostic] = []  # folders with no cfg, or not all read (E901)
     files = expand(args.files, unreadable)
+    stdin = None
+    if STDIN in files:
+        stdin, failed = read_stdin()
+        if failed is not None:
+            files.remove(STDIN)
+            unreadable.insert(0, failed)
     try:
-        found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs())
+        found = check_paths(files, options, args.jobs if args.jobs > 0 else default_jobs(),
+                            stdin)
         found += unreadable
     except KeyboardInterrupt:  # Ctrl-C, as every darkcfg command says it (no traceback)
         print("interrupted", file=sys.stderr)
@@ -101,3 +109,15 @@ def main(argv: list[str] | None = None, prog: str = "darkcfg check") -> int:
     if any(d.code in IO_CODES for d in found):
         return 2
     return 1 if any(d.severity == ERROR for d in found) else 0
+
+
+def read_stdin() -> tuple[bytes | None, Diagnostic | None]:
+    """The cfg `-` stands for: stdin's bytes, or the E901 of a stdin that cannot be read."""
+    try:
+        if sys.stdin is None:  # started with stdin closed (`<&-`)
+            raise OSError(errno.EBADF, "stdin is closed")
+        return sys.stdin.buffer.read(), None
+    except OSError as exc:
+        return None, Diagnostic("E901", f"cannot read {STDIN_NAME}: {exc.strerror or exc}",
+                                STDIN_NAME, hint="pipe the cfg in (`darkcfg check - < x.cfg`) or "
+                                "name the file")

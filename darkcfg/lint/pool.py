@@ -13,7 +13,7 @@ from pathlib import Path
 from builders.atomic import files_under
 from cfgparse import Diagnostic
 from cfgparse.errors import printable
-from darkcfg.lint.stages import Options, check_file
+from darkcfg.lint.stages import STDIN, STDIN_NAME, Options, check_file
 
 
 def expand(paths: Iterable[str], unreadable: list[Diagnostic] | None = None) -> list[str]:
@@ -24,11 +24,11 @@ def expand(paths: Iterable[str], unreadable: list[Diagnostic] | None = None) -> 
     in `unreadable`: a folder with no cfg (a moved or misspelt folder must not pass CI), one
     that cannot be listed (its cfgs would go unchecked), a link to a file outside the folder
     (not read: a pull request's `x.cfg -> ~/.ssh/id_rsa` would print the key's lines in the CI
-    log)."""
+    log). `-` (stdin) is kept as it is."""
     out: dict[str, str] = {}
     for p in paths:
         found = [p]
-        if p and Path(p).is_dir():  # Path('') is '.': an empty argument is no folder
+        if p and p != STDIN and Path(p).is_dir():  # Path('') is '.': an empty argument is no folder
             found, refused = walk(p)
             if unreadable is not None:
                 unreadable += refused
@@ -65,13 +65,15 @@ def walk(folder: str) -> tuple[list[str], list[Diagnostic]]:
 
 
 def check_paths(paths: Iterable[str], options: Options | None = None,
-                jobs: int = 1) -> list[Diagnostic]:
+                jobs: int = 1, stdin: bytes | None = None) -> list[Diagnostic]:
     """Findings for every file, in order (then the E901s of the folders' walks, `expand`); a
     file that fails unexpectedly does not stop the others. With jobs > 1 the graph checks of
-    several files run in forked worker processes."""
+    several files run in forked worker processes. `stdin`: the bytes a `-` path stands for
+    (read by the caller, once), checked under the name `<stdin>`."""
     options = options or Options()
     unreadable: list[Diagnostic] = []
-    files = expand(paths, unreadable)
+    files = [(STDIN_NAME, stdin) if p == STDIN else (p, None)
+             for p in expand(paths, unreadable)]
     jobs = min(jobs, len(files))
     if jobs > 1 and options.build and "fork" in multiprocessing.get_all_start_methods():
         from darkcfg.lint.graph_rules import prepare_workers
@@ -80,11 +82,11 @@ def check_paths(paths: Iterable[str], options: Options | None = None,
         context = multiprocessing.get_context("fork")  # workers inherit those imports
         results = in_workers(files, options, jobs, context)
     else:
-        results = [check_one(path, options) for path in files]
+        results = [check_one(path, options, source) for path, source in files]
     return [d for found in results for d in found] + unreadable
 
 
-def in_workers(files: list[str], options: Options, jobs: int,
+def in_workers(files: list[tuple[str, bytes | None]], options: Options, jobs: int,
                context) -> list[list[Diagnostic]]:
     """check_one of each file in a pool of `jobs` forked processes. A worker that dies (out of
     memory, a signal) breaks the pool: the files it left unchecked are checked again, each in a
@@ -93,7 +95,7 @@ def in_workers(files: list[str], options: Options, jobs: int,
     results: list[list[Diagnostic] | None] = [None] * len(files)
     pool = ProcessPoolExecutor(jobs, mp_context=context)
     try:
-        futures = [pool.submit(check_one, path, options) for path in files]
+        futures = [pool.submit(check_one, path, options, source) for path, source in files]
         for i, future in enumerate(futures):
             try:
                 results[i] = future.result()  # a worker's Ctrl-C comes back here: raised
@@ -105,27 +107,28 @@ def in_workers(files: list[str], options: Options, jobs: int,
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
-    return [found if found is not None else alone(path, options, context)
-            for path, found in zip(files, results, strict=True)]
+    return [found if found is not None else alone(path, options, context, source)
+            for (path, source), found in zip(files, results, strict=True)]
 
 
-def alone(path: str, options: Options, context) -> list[Diagnostic]:
+def alone(path: str, options: Options, context, source: bytes | None = None
+          ) -> list[Diagnostic]:
     """check_one in a forked process of its own; its death is this file's finding."""
     try:
         with ProcessPoolExecutor(1, mp_context=context) as pool:
-            return pool.submit(check_one, path, options).result()
+            return pool.submit(check_one, path, options, source).result()
     except BrokenProcessPool:
         return [Diagnostic("E300", "darkcfg's process checking this file died (out of memory, "
                            "or killed by a signal)", path,
                            hint="check it alone (`darkcfg check --jobs 1 FILE`) to see why; "
                            "if it is not memory, please report it with the cfg")]
     except OSError:  # no process can start: check it here, as with --jobs 1
-        return check_one(path, options)
+        return check_one(path, options, source)
 
 
-def check_one(path: str, options: Options) -> list[Diagnostic]:
+def check_one(path: str, options: Options, source: bytes | None = None) -> list[Diagnostic]:
     try:
-        return check_file(path, options)
+        return check_file(path, options, source)
     except Exception as exc:  # a darkcfg bug: report it as a finding and go on
         return [Diagnostic("E300", f"darkcfg failed on this file: {type(exc).__name__}: {exc}",
                            path, hint="this is a darkcfg bug; please report it with the cfg")]

@@ -26,14 +26,22 @@ class Options:
     targets: tuple[str, ...] = ()  # deployment runtimes to check against (darkcfg.lint.targets)
 
 
-def check_file(path: str | Path, options: Options | None = None) -> list[Diagnostic]:
-    """All findings for one file, sorted by position; never raises for bad input."""
+#: the FILE argument that reads the cfg from stdin (as ruff and flake8 take it), and its name
+STDIN, STDIN_NAME = "-", "<stdin>"
+
+
+def check_file(path: str | Path, options: Options | None = None,
+               source: bytes | None = None) -> list[Diagnostic]:
+    """All findings for one file, sorted by position; never raises for bad input. `source`:
+    the cfg's bytes, already read (stdin), with `path` the name diagnostics give it."""
     options = options or Options()
-    if not str(path):  # `darkcfg check "$MODELS"` with MODELS unset: not the working folder
+    # `darkcfg check "$MODELS"` with MODELS unset: not the working folder
+    if source is None and not str(path):
         return [Diagnostic("E901", "cannot read '': the path is empty", "<path>",
                            hint="name a cfg file or folder (is a shell variable empty?)")]
     try:
-        blocks = parse(Path(path), flavor=options.flavor)
+        blocks = parse(Path(path) if source is None else source,
+                       path=None if source is None else str(path), flavor=options.flavor)
     except CfgError as exc:
         return ordered(exc.diagnostics)
     found = list(blocks.warnings) + check_blocks(blocks)

@@ -121,7 +121,8 @@ class DetectionTask(Task):
                     "32), or random=0") from None
 
     # -- data ---------------------------------------------------------------------------------
-    def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
+    def open_data(self, spec: str | None, seed: int, classes: int | None = None,
+                  need: str = "all") -> DataSplits:
         splits = open_detection_source(spec, self.settings, seed, classes)
         for line in splits.warnings:
             print(line, file=sys.stderr)

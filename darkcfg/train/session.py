@@ -582,7 +582,8 @@ def validate(opts: RunOptions, trainer: Trainer | None = None) -> tuple[Task, di
         opts = weights_run_data(opts)
         trainer, _ = prepare_eval(opts)
     cfg, task = trainer.cfg, trainer.task
-    splits = task.open_data(opts.data, opts.seed, opts.classes)
+    splits = task.open_data(opts.data, opts.seed, opts.classes, need="valid")
+    task.use_top(splits.top)  # (Darknet's validate_classifier: top-k with k = top=)
     _, val_set = task.prepare(splits, cfg, opts.seed)
     if val_set is None or not len(val_set):
         raise no_validation_error(opts, splits)
@@ -659,7 +660,7 @@ def _predicted(opts: RunOptions, paths: list[str], top: int | None, trainer: Tra
 def class_data(opts: RunOptions, task: Task) -> DataSplits | None:
     """The data whose class names predict shows (None: none opens, and no --data asked)."""
     try:
-        return task.open_data(opts.data, opts.seed, opts.classes)
+        return task.open_data(opts.data, opts.seed, opts.classes, need="names")
     except CfgError:
         if opts.data is not None:
             raise

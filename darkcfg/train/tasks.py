@@ -102,6 +102,15 @@ class Task:
     def use_options(self, opts: TaskOptions) -> None:
         """Read the run's command-line options that concern this task (RunOptions)."""
 
+    def use_top(self, top: int | None) -> None:
+        """A .data file's top= (Darknet's validate_classifier reports top-k with k = top=):
+        tasks that rank classes add it to what `evaluate` reports."""
+
+    @property
+    def summed(self) -> tuple[str, ...]:
+        """The names of `batch_sums`' values: `sums`, and what the run's options add."""
+        return self.sums
+
     def check_training(self, net) -> None:
         """Raise a located CfgError, before any data is read, for what `net` cannot train with
         this task (validation does not call it)."""
@@ -112,7 +121,10 @@ class Task:
         return (*STEP_COLUMNS, *self.stats, *self.metrics)
 
     # -- data ---------------------------------------------------------------------------------
-    def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
+    def open_data(self, spec: str | None, seed: int, classes: int | None = None,
+                  need: str = "all") -> DataSplits:
+        """`need`: what the command uses ("all", "valid", "names": darkcfg.data.sources.NEEDS);
+        a source may read less for less."""
         raise NotImplementedError
 
     def prepare(self, splits: DataSplits, cfg, seed: int):
@@ -176,7 +188,7 @@ class Task:
         """The validation metrics over `loader` (this rank's share, summed over ranks)."""
         net = trainer.net
         net.eval()
-        sums = torch.zeros(1 + len(self.sums), dtype=torch.float64, device=trainer.device)
+        sums = torch.zeros(1 + len(self.summed), dtype=torch.float64, device=trainer.device)
         for images, targets in loader:
             x, y = trainer.to_device(images), targets.to(trainer.device)
             with trainer.autocast():
@@ -186,10 +198,10 @@ class Task:
         net.train()
         totals = all_sum(trainer.dist, sums).tolist()
         n = max(totals[0], 1)
-        return {name: total / n for name, total in zip(self.sums, totals[1:], strict=True)}
+        return {name: total / n for name, total in zip(self.summed, totals[1:], strict=True)}
 
     def batch_sums(self, net, x, y, out: dict) -> torch.Tensor:
-        """One validation batch's sums, in `sums` order (float64 tensor)."""
+        """One validation batch's sums, in `summed` order (float64 tensor)."""
         inputs = {i: v.float() for i, v in self.head_inputs(net, x, out).items()}
         # against the targets as given (no label smoothing): the loss a reader expects
         loss = sum(self.head_loss(net.layers[i], inputs[i], y, 0) for i in self.heads)
@@ -233,6 +245,7 @@ class ClassifyTask(Task):
     class, eps / (k - 1) for every other one)."""
 
     label_smooth_eps: float = 0.0
+    top_k: int | None = None  # a .data file's top= besides 1 and 5: validation adds top-k
 
     name = "classify"
     kind = "a classifier (its metrics are top-1/top-5 accuracy)"
@@ -247,7 +260,8 @@ class ClassifyTask(Task):
     def options(cls, cfg) -> dict:
         return {"label_smooth_eps": cfg.label_smooth_eps}
 
-    def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
+    def open_data(self, spec: str | None, seed: int, classes: int | None = None,
+                  need: str = "all") -> DataSplits:
         check_classes_option(classes, spec)
         if spec is None:
             if len(self.inputs) != 3:
@@ -258,7 +272,7 @@ class ClassifyTask(Task):
         if len(self.inputs) == 1 and not spec.startswith("torchvision:") and \
                 data_path(spec).suffix == ".csv":
             return class_csv(data_path(spec), self.inputs, self.outputs)
-        splits = open_images(spec, self.inputs, seed)
+        splits = open_images(spec, self.inputs, seed, need)
         if len(splits.names) > self.outputs:
             raise data_error(f"the data has {len(splits.names)} classes but the network "
                              f"outputs {self.outputs}", spec,
@@ -290,12 +304,22 @@ class ClassifyTask(Task):
         smooth = torch.full((len(targets), k), eps / max(k - 1, 1), device=like.device)
         return smooth.scatter_(1, targets.long().view(-1, 1), 1 - eps)
 
+    def use_top(self, top: int | None) -> None:
+        self.top_k = top if top not in (None, 1, 5) else None
+
+    @property
+    def summed(self) -> tuple[str, ...]:
+        return (*self.sums, f"val_top{self.top_k}") if self.top_k else self.sums
+
     def batch_sums(self, net, x, y, out: dict) -> torch.Tensor:
         loss = super().batch_sums(net, x, y, out)
         scores = out[self.heads[-1]].float().reshape(len(x), -1)
-        _, top = ranked(scores, 5)
+        _, top = ranked(scores, max(5, self.top_k or 0))
         hit = top == y.view(-1, 1)
-        return torch.stack([loss[0], hit[:, :1].sum().double(), hit.any(1).sum().double()])
+        found = [loss[0], hit[:, :1].sum().double(), hit[:, :5].any(1).sum().double()]
+        if self.top_k:
+            found.append(hit[:, :self.top_k].any(1).sum().double())
+        return torch.stack(found)
 
     def summary(self, row: dict) -> str:
         return f"val top-1 {row['val_top1']:.3f} top-5 {row['val_top5']:.3f}"
@@ -331,7 +355,8 @@ class RegressTask(Task):
         task.logistic = net.meta[heads[-1]].type == "logistic"
         return task
 
-    def open_data(self, spec: str | None, seed: int, classes: int | None = None) -> DataSplits:
+    def open_data(self, spec: str | None, seed: int, classes: int | None = None,
+                  need: str = "all") -> DataSplits:
         check_classes_option(classes, spec)
         if spec is None:
             raise data_error("the embedded dataset is images for a classifier; this network "

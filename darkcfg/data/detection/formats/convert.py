@@ -30,7 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from builders.atomic import atomic_open, atomic_write, check_folder, hold, remove_abandoned
+from builders.atomic import (
+    atomic_open,
+    atomic_write,
+    check_folder,
+    hold,
+    remove_abandoned,
+    sync_folder,
+    synced_together,
+)
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.formats.yolo import ULTRALYTICS_IMG_FORMATS
@@ -64,7 +72,10 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
     held = hold(os.open(partial, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
     try:
         writer = _Writer(partial, link)
-        written = {"darknet": writer.darknet, "yolo": writer.yolo, "coco": writer.coco}[to](data)
+        # each file synced once; its folder once at the end, before the set gets its name
+        with synced_together():
+            written = {"darknet": writer.darknet, "yolo": writer.yolo,
+                       "coco": writer.coco}[to](data)
         os.chmod(partial, 0o777 & ~_umask())  # mkdtemp's 0700 -> what mkdir would have made
         try:
             os.replace(partial, out)  # an empty `out` folder is replaced too
@@ -73,6 +84,7 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
                 raise
             # another convert to `out` finished first: its set stays, this one goes
             raise taken(out, " (another convert wrote it while this one ran)") from None
+        sync_folder(out.parent)  # the set's own rename
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
