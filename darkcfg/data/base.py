@@ -4,6 +4,7 @@ a decoded image (PIL or tensor) into the uint8 CHW tensor the loaders carry."""
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,23 +150,67 @@ def loader_worker_init(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def loader_death(exc: BaseException) -> str:
-    """How a DataLoader process died, from what torch raised in the main process ('' when
-    `exc` is something else): its SIGCHLD handler's RuntimeError ('DataLoader worker (pid N)
-    is killed by signal: Killed.', raised wherever the main process was, even in backward),
-    or a connection to it that broke while a batch was passed over (EOFError, or
-    ConnectionResetError from multiprocessing's own code, which a kill -9 -- the
-    out-of-memory killer's -- leaves)."""
+def loader_death(exc: BaseException) -> tuple[str, str]:
+    """How a DataLoader process died or failed, from what torch raised in the main process, and
+    what to do about it (('', '') when `exc` is something else): its SIGCHLD handler's
+    RuntimeError ('DataLoader worker (pid N) is killed by signal: Killed.', raised wherever the
+    main process was, even in backward), a connection to it that broke while a batch was passed
+    over (EOFError, or ConnectionResetError from multiprocessing's own code, which a kill -9 --
+    the out-of-memory killer's -- leaves), or a batch that did not fit in shared memory (the
+    worker's 'unable to allocate shared memory(shm)', re-raised here with its traceback)."""
     import traceback
 
     text = str(exc).strip()
+    shm = re.search(r"unable to [^\n]*</torch_[^\n]*", text) \
+        if isinstance(exc, RuntimeError) else None
+    if shm:
+        if "(24)" in shm.group(0):  # EMFILE: each batch in flight holds descriptors
+            return (f"a data loader process could not pass a batch over ({shm.group(0)})",
+                    "raise the open-file limit (ulimit -n 65536) or use fewer --workers "
+                    "(--workers 0: no loader processes), then --resume")
+        return (f"a data loader process could not pass a batch over: the shared memory is "
+                f"full ({shm.group(0)})", _shm_hint())
+    how = ""
     if isinstance(exc, RuntimeError) and text.startswith("DataLoader worker"):
-        return f"a data loader process died ({text.splitlines()[0].rstrip('. ')})"
-    if isinstance(exc, (EOFError, ConnectionError)) and any(
+        how = f"a data loader process died ({text.splitlines()[0].rstrip('. ')})"
+    elif isinstance(exc, (EOFError, ConnectionError)) and any(
             "multiprocessing" in frame.filename
             for frame in traceback.extract_tb(exc.__traceback__)):
-        return f"a data loader process died (its connection broke: {text or type(exc).__name__})"
-    return ""
+        how = f"a data loader process died (its connection broke: {text or type(exc).__name__})"
+    if not how:
+        return "", ""
+    oom = ("a process killed by SIGKILL is most often the out-of-memory killer (see `dmesg`): "
+           "give the machine more memory or use fewer --workers, then --resume")
+    if "Bus error" in text:  # SIGBUS: a write past the end of a full /dev/shm
+        return how, _shm_hint()
+    if "Killed" not in text and 0 < _shm_total() < SMALL_SHM:
+        # no signal named ('exited unexpectedly'; torch's worker said "bus error" on stderr)
+        return how, f"{_shm_hint()}; or {oom}"
+    return how, oom
+
+
+# Docker gives a container 64 MB of /dev/shm unless told otherwise, where one batch of 64
+# images of 416x416 (float32) is 133 MB
+SMALL_SHM = 1 << 30
+
+
+def _shm_total() -> int:
+    import shutil
+
+    try:
+        return shutil.disk_usage("/dev/shm").total
+    except OSError:  # no /dev/shm (macOS, Windows)
+        return 0
+
+
+def _shm_hint() -> str:
+    from builders.memory import format_bytes
+
+    total = _shm_total()
+    here = f", {format_bytes(total)} here" if total else ""
+    return (f"loader processes (--workers) pass each batch through shared memory (/dev/shm"
+            f"{here}; a Docker container has 64 MB unless given more): use --workers 0, or give "
+            "it more (docker run --shm-size=8g, or --ipc=host), then --resume")
 
 
 def _stop_loader_processes() -> None:
