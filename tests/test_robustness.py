@@ -608,6 +608,29 @@ def test_training_with_a_tiny_dev_shm_is_e501_not_a_traceback(tmp_path, tiny_cla
         "/dev/shm, 1.0 MiB here" in err and "Traceback" not in err, err
 
 @pytest.mark.slow
+def test_a_killed_loader_process_leaves_no_temp_folder(tmp_path):
+    """A loader process makes multiprocessing's TMPDIR/pymp-* folder (a socket in it) for the
+    batches it passes over; killed (the out-of-memory killer), it left the folder in TMPDIR for
+    good, one per kill. The folder is the training process's now, which removes it at exit."""
+    script = """if True:
+        import os, signal, torch
+        from darkcfg.data.sampling import eval_loader
+        loader = eval_loader(torch.utils.data.TensorDataset(torch.zeros(64, 3)), 4,
+                             torch.device("cpu"), 1)
+        batches = iter(loader)
+        next(batches)  # the worker has passed a batch over
+        os.kill(batches._workers[0].pid, signal.SIGKILL)
+        batches._workers[0].join()
+        """
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, TMPDIR=str(tmp),
+                                                           PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("pymp-")] == []
+
+@pytest.mark.slow
 def test_a_loader_process_killed_mid_run_keeps_the_checkpoint(tmp_path, tiny_classifier):
     """The real thing: SIGKILL to a --workers process of a running training."""
     cfg = tiny_classifier.write(tmp_path / "w.cfg", batch=4, subdivisions=1, burn_in=0,

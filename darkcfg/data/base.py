@@ -150,6 +150,19 @@ def loader_worker_init(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def before_loader_processes(workers: int) -> int:
+    """Call before a DataLoader of `workers` processes starts them (returns `workers`). A loader
+    process makes multiprocessing's temp folder (TMPDIR/pymp-*, a socket in it) for a batch it
+    passes over; one killed (the out-of-memory killer, SIGBUS) left it there for good, one per
+    kill. Made here first, the folder is the processes' too, and this process removes it at
+    exit, whatever became of them."""
+    if workers > 0:
+        import multiprocessing.util
+
+        multiprocessing.util.get_temp_dir()
+    return workers
+
+
 def loader_death(exc: BaseException) -> tuple[str, str]:
     """How a DataLoader process died or failed, from what torch raised in the main process, and
     what to do about it (('', '') when `exc` is something else): its SIGCHLD handler's

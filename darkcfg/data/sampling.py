@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from darkcfg.data.base import loader_worker_init
+from darkcfg.data.base import before_loader_processes, loader_worker_init
 
 
 class Samples(Dataset):
@@ -112,7 +112,8 @@ def make_stream(dataset: Dataset, batch: int, world: int, rank: int, seed: int,
     sampler = ResumableSampler(dataset, world, rank, seed)
     generator = torch.Generator().manual_seed(seed)  # keeps the global RNG out of the loader
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
+        dataset, batch_size=batch, sampler=sampler, drop_last=True,
+        num_workers=before_loader_processes(workers),
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None, generator=generator, collate_fn=collate,
         worker_init_fn=loader_worker_init)
@@ -139,6 +140,7 @@ def eval_loader(dataset: Dataset, batch: int, device: torch.device, workers: int
     """Validation batches (this rank's share, in order)."""
     indices = list(range(rank, len(dataset), world))
     return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices),
-                                       batch_size=batch, shuffle=False, num_workers=workers,
+                                       batch_size=batch, shuffle=False,
+                                       num_workers=before_loader_processes(workers),
                                        pin_memory=device.type == "cuda", collate_fn=collate,
                                        worker_init_fn=loader_worker_init)

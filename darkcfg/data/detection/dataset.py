@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from builders.boxes import letterbox_image, resize_image
 from cfgparse import CfgError
 from darkcfg.data.base import (
+    before_loader_processes,
     blank_image,
     check_classes_count,
     check_classes_option,
@@ -173,7 +174,8 @@ class DetectionStream:
         sampler = IterationSampler(self.batch, self.rank, start_iteration)
         generator = torch.Generator().manual_seed(self.dataset.seed)  # global RNG untouched
         loader = DataLoader(self.dataset, batch_size=self.batch, sampler=sampler,
-                            num_workers=self.workers, collate_fn=collate,
+                            num_workers=before_loader_processes(self.workers),
+                            collate_fn=collate,
                             pin_memory=self.pin_memory,
                             prefetch_factor=2 if self.workers else None,
                             persistent_workers=False, generator=generator,
