@@ -564,6 +564,7 @@ def test_a_full_shared_memory_is_one_diagnostic_saying_what_to_do(monkeypatch, c
             "Traceback" not in err, err
         errs.append(err)
     assert "the shared memory is full (unable to allocate shared memory(shm)" in errs[0]
+    assert "(DataLoader worker (pid 4242) is killed by signal: Bus error); the command" in errs[1]
 
     # no signal named ('exited unexpectedly'): both causes where /dev/shm is small
     def unexpected(argv):

@@ -185,7 +185,8 @@ def loader_death(exc: BaseException) -> tuple[str, str]:
                 f"full ({shm.group(0)})", _shm_hint())
     how = ""
     if isinstance(exc, RuntimeError) and text.startswith("DataLoader worker"):
-        how = f"a data loader process died ({text.splitlines()[0].rstrip('. ')})"
+        # its first sentence (SIGBUS adds torch's own advice, which the hint replaces)
+        how = f"a data loader process died ({text.splitlines()[0].split('. ')[0].rstrip('. ')})"
     elif isinstance(exc, (EOFError, ConnectionError)) and any(
             "multiprocessing" in frame.filename
             for frame in traceback.extract_tb(exc.__traceback__)):
