@@ -68,7 +68,7 @@ CODES = {
     "W604": "key the deployment target reads past (loads, computes without it)",
     "E500": "training stopped: the loss or the network is not finite (diverged)",
     "E501": "a data loader process died under the command (killed: often the out-of-memory "
-            "killer)",
+            "killer) or could not pass a batch over (a full /dev/shm)",
     "E901": "cannot read file",
     "W901": "an image whose header reads but whose pixels do not decode: detect leaves it out, "
             "training skips it, validation scores it as a blank image (Darknet goes on too); a "

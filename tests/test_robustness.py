@@ -537,6 +537,100 @@ def test_a_data_loader_process_that_died_is_one_diagnostic(monkeypatch, capsys):
     assert main(["summary", "x.cfg"]) == 2 and "E501" not in capsys.readouterr().err
 
 
+def test_a_full_shared_memory_is_one_diagnostic_saying_what_to_do(monkeypatch, capsys):
+    """Docker's 64 MB /dev/shm under --workers: a batch that did not fit was the worker's
+    'unable to allocate shared memory(shm)' RuntimeError, a Python traceback; a worker killed
+    by SIGBUS (a write past a full /dev/shm) was E501 with the out-of-memory killer's hint.
+    Both are E501 now, whose hint says --workers 0 and docker's --shm-size."""
+    import darkcfg.data.base as base
+    from darkcfg.cli import main
+    from darkcfg.cli import summary as command
+
+    worker = ("Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most "
+              "recent call last):\n  File \"x.py\", line 1, in f\nRuntimeError: unable to "
+              "allocate shared memory(shm) for file </torch_7_8_2>: No space left on device (28)"
+              "\n")
+    errs = []
+    for text in (worker, "DataLoader worker (pid 4242) is killed by signal: Bus error. It is "
+                 "possible that dataloader's workers are out of shared memory."):
+        def fails(argv, text=text):
+            raise RuntimeError(text)
+
+        monkeypatch.setattr(command, "main", fails)
+        assert main(["summary", "x.cfg"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("<data loader>: error[E501]: a data loader process ") and \
+            "--workers 0" in err and "--shm-size" in err and "out-of-memory" not in err and \
+            "Traceback" not in err, err
+        errs.append(err)
+    assert "the shared memory is full (unable to allocate shared memory(shm)" in errs[0]
+    assert "(DataLoader worker (pid 4242) is killed by signal: Bus error); the command" in errs[1]
+
+    # no signal named ('exited unexpectedly'): both causes where /dev/shm is small
+    def unexpected(argv):
+        raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+
+    monkeypatch.setattr(command, "main", unexpected)
+    monkeypatch.setattr(base, "_shm_total", lambda: 64 << 20)
+    assert main(["summary", "x.cfg"]) == 1
+    err = capsys.readouterr().err
+    assert "/dev/shm, 64.0 MiB here" in err and "--shm-size" in err and "out-of-memory" in err
+    monkeypatch.setattr(base, "_shm_total", lambda: 64 << 30)  # large: the killer's hint only
+    assert main(["summary", "x.cfg"]) == 1
+    err = capsys.readouterr().err
+    assert "out-of-memory killer" in err and "--shm-size" not in err, err
+
+
+def _tiny_shm_available() -> bool:
+    """A private mount namespace with its own /dev/shm (root, or user namespaces allowed)."""
+    probe = ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.slow
+def test_training_with_a_tiny_dev_shm_is_e501_not_a_traceback(tmp_path, tiny_classifier):
+    """The real thing: --workers 2 with a 1 MB /dev/shm (Docker's is 64 MB) and batches of 1.7
+    MB, in a mount namespace of its own."""
+    if not _tiny_shm_available():
+        pytest.skip("cannot mount a private /dev/shm here (unshare -m)")
+    cfg = tiny_classifier.write(tmp_path / "s.cfg", batch=64, subdivisions=1, width=48,
+                                height=48, max_batches=5, second_conv=False)
+    command = (f"mount -t tmpfs -o size=1m tmpfs /dev/shm && exec {sys.executable} "
+               f"{ROOT / 'runner.py'} {cfg} --train --out {tmp_path / 'run'} --no-progress "
+               "--workers 2 --valid-every 0")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", command], cwd=ROOT, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 1 and "error[E501]" in err and "--workers 0" in err and \
+        "/dev/shm, 1.0 MiB here" in err and "Traceback" not in err, err
+
+@pytest.mark.slow
+def test_a_killed_loader_process_leaves_no_temp_folder(tmp_path):
+    """A loader process makes multiprocessing's TMPDIR/pymp-* folder (a socket in it) for the
+    batches it passes over; killed (the out-of-memory killer), it left the folder in TMPDIR for
+    good, one per kill. The folder is the training process's now, which removes it at exit."""
+    script = """if True:
+        import os, signal, torch
+        from darkcfg.data.sampling import eval_loader
+        loader = eval_loader(torch.utils.data.TensorDataset(torch.zeros(64, 3)), 4,
+                             torch.device("cpu"), 1)
+        batches = iter(loader)
+        next(batches)  # the worker has passed a batch over
+        os.kill(batches._workers[0].pid, signal.SIGKILL)
+        batches._workers[0].join()
+        """
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, TMPDIR=str(tmp),
+                                                           PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("pymp-")] == []
+
 @pytest.mark.slow
 def test_a_loader_process_killed_mid_run_keeps_the_checkpoint(tmp_path, tiny_classifier):
     """The real thing: SIGKILL to a --workers process of a running training."""

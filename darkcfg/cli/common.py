@@ -246,15 +246,13 @@ def _guarded(run: Callable[[], int]) -> int:
 
 def _loader_died(exc: BaseException) -> bool:
     """E501 for a DataLoader process that died under the command (the out-of-memory killer,
-    a kill -9): torch's traceback, or '<file>: Connection reset by peer', before."""
+    a kill -9) or could not pass a batch over (a full /dev/shm): torch's traceback, or
+    '<file>: Connection reset by peer', before."""
     base = sys.modules.get("darkcfg.data.base")
-    how = base.loader_death(exc) if base is not None else ""
+    how, hint = base.loader_death(exc) if base is not None else ("", "")
     if how:
         print(Diagnostic("E501", f"{how}; the command stopped (a training run keeps its last "
-                         "checkpoint)", "<data loader>", hint="a process killed by SIGKILL is "
-                         "most often the out-of-memory killer (see `dmesg`): give the machine "
-                         "more memory or use fewer --workers, then --resume").format(),
-              file=sys.stderr)
+                         "checkpoint)", "<data loader>", hint=hint).format(), file=sys.stderr)
     return bool(how)
 
 

@@ -4,6 +4,7 @@ a decoded image (PIL or tensor) into the uint8 CHW tensor the loaders carry."""
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,11 +159,16 @@ def loader_processes(workers: int) -> dict:
     warns on any fork of a threaded process): the rank then waits forever for its first batch
     and the other ranks in their next collective. Seen under torchrun with Python 3.11.7: a
     validation loader's process stuck so in about one run of 50 on a loaded host."""
-    import multiprocessing
+    import multiprocessing.util
 
     import torch.distributed as dist
 
     options = {"num_workers": workers, "worker_init_fn": loader_worker_init}
+    if workers:
+        # a loader process makes multiprocessing's temp folder (TMPDIR/pymp-*, a socket in it)
+        # for a batch it passes over, and one killed (the out-of-memory killer, SIGBUS) left it
+        # there for good; made here first, it is this process's, removed at its exit
+        multiprocessing.util.get_temp_dir()
     if workers and dist.is_available() and dist.is_initialized():
         context = multiprocessing.get_context("forkserver")
         # the server imports torch and the data sets once, and each loader process is a fork of
@@ -173,23 +179,68 @@ def loader_processes(workers: int) -> dict:
     return options
 
 
-def loader_death(exc: BaseException) -> str:
-    """How a DataLoader process died, from what torch raised in the main process ('' when
-    `exc` is something else): its SIGCHLD handler's RuntimeError ('DataLoader worker (pid N)
-    is killed by signal: Killed.', raised wherever the main process was, even in backward),
-    or a connection to it that broke while a batch was passed over (EOFError, or
-    ConnectionResetError from multiprocessing's own code, which a kill -9 -- the
-    out-of-memory killer's -- leaves)."""
+def loader_death(exc: BaseException) -> tuple[str, str]:
+    """How a DataLoader process died or failed, from what torch raised in the main process, and
+    what to do about it (('', '') when `exc` is something else): its SIGCHLD handler's
+    RuntimeError ('DataLoader worker (pid N) is killed by signal: Killed.', raised wherever the
+    main process was, even in backward), a connection to it that broke while a batch was passed
+    over (EOFError, or ConnectionResetError from multiprocessing's own code, which a kill -9 --
+    the out-of-memory killer's -- leaves), or a batch that did not fit in shared memory (the
+    worker's 'unable to allocate shared memory(shm)', re-raised here with its traceback)."""
     import traceback
 
     text = str(exc).strip()
+    shm = re.search(r"unable to [^\n]*</torch_[^\n]*", text) \
+        if isinstance(exc, RuntimeError) else None
+    if shm:
+        if "(24)" in shm.group(0):  # EMFILE: each batch in flight holds descriptors
+            return (f"a data loader process could not pass a batch over ({shm.group(0)})",
+                    "raise the open-file limit (ulimit -n 65536) or use fewer --workers "
+                    "(--workers 0: no loader processes), then --resume")
+        return (f"a data loader process could not pass a batch over: the shared memory is "
+                f"full ({shm.group(0)})", _shm_hint())
+    how = ""
     if isinstance(exc, RuntimeError) and text.startswith("DataLoader worker"):
-        return f"a data loader process died ({text.splitlines()[0].rstrip('. ')})"
-    if isinstance(exc, (EOFError, ConnectionError)) and any(
+        # its first sentence (SIGBUS adds torch's own advice, which the hint replaces)
+        how = f"a data loader process died ({text.splitlines()[0].split('. ')[0].rstrip('. ')})"
+    elif isinstance(exc, (EOFError, ConnectionError)) and any(
             "multiprocessing" in frame.filename
             for frame in traceback.extract_tb(exc.__traceback__)):
-        return f"a data loader process died (its connection broke: {text or type(exc).__name__})"
-    return ""
+        how = f"a data loader process died (its connection broke: {text or type(exc).__name__})"
+    if not how:
+        return "", ""
+    oom = ("a process killed by SIGKILL is most often the out-of-memory killer (see `dmesg`): "
+           "give the machine more memory or use fewer --workers, then --resume")
+    if "Bus error" in text:  # SIGBUS: a write past the end of a full /dev/shm
+        return how, _shm_hint()
+    if "Killed" not in text and 0 < _shm_total() < SMALL_SHM:
+        # no signal named ('exited unexpectedly'; torch's worker said "bus error" on stderr)
+        return how, f"{_shm_hint()}; or {oom}"
+    return how, oom
+
+
+# Docker gives a container 64 MB of /dev/shm unless told otherwise, where one batch of 64
+# images of 416x416 (float32) is 133 MB
+SMALL_SHM = 1 << 30
+
+
+def _shm_total() -> int:
+    import shutil
+
+    try:
+        return shutil.disk_usage("/dev/shm").total
+    except OSError:  # no /dev/shm (macOS, Windows)
+        return 0
+
+
+def _shm_hint() -> str:
+    from builders.memory import format_bytes
+
+    total = _shm_total()
+    here = f", {format_bytes(total)} here" if total else ""
+    return (f"loader processes (--workers) pass each batch through shared memory (/dev/shm"
+            f"{here}; a Docker container has 64 MB unless given more): use --workers 0, or give "
+            "it more (docker run --shm-size=8g, or --ipc=host), then --resume")
 
 
 def _stop_loader_processes() -> None:

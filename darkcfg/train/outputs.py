@@ -10,6 +10,8 @@ import io
 import math
 import sys
 import time
+from array import array
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -101,6 +103,31 @@ def names_change(before, now: list[str]) -> list[str]:
     return [f"class {k}: {now[k]!r} (was {before[k]!r}; later indices may have moved too)"]
 
 
+class History:
+    """What the chart and the last words need of metrics.csv, held compactly: each step's
+    iteration, loss, avg loss and lr as float arrays (32 bytes a step), the validation rows
+    whole, the last row. A dict a step was 430 bytes (a classifier) to 860 (yolov3-tiny's two
+    heads' statistics): 430 MB of a yolov3's 500k iterations, and read back at --resume."""
+
+    CURVE = ("iteration", "loss", "avg_loss", "lr")
+
+    def __init__(self, metrics: tuple[str, ...]):
+        self.metrics = metrics
+        self.curve = {key: array("d") for key in self.CURVE}
+        self.validations: list[dict] = []
+        self.last: dict | None = None
+
+    def add(self, row: dict) -> None:
+        for key, column in self.curve.items():
+            column.append(row[key])
+        if any(row.get(m) is not None for m in self.metrics):
+            self.validations.append(row)
+        self.last = row
+
+    def __len__(self) -> int:
+        return len(self.curve["iteration"])
+
+
 class RunLog:
     """metrics.csv (the task's columns), the progress bar, chart.png and every file of a run;
     `<cfg>_best.weights` follows `task.score` of each validation."""
@@ -117,14 +144,14 @@ class RunLog:
         self.avg_loss = -1.0
         self.best: float | None = None
         self.speed = 0.0
-        self.rows: list[dict] = []
+        self.rows = History(task.metrics)
         self.charted = time.monotonic()  # when chart.png was last drawn
         self.charted_rows = 0  # and how many rows it showed
         if state:
             self.avg_loss, self.best = state["avg_loss"], state["best"]
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
-            self.rows = self._read_metrics(start)
+            self._read_metrics(start)
             self._csv = open(out / "metrics.csv", "a", newline="", buffering=1)
             self._writer = csv.DictWriter(self._csv, self.columns, extrasaction="ignore")
             if not self.rows:
@@ -148,29 +175,31 @@ class RunLog:
             raise OSError(exc.errno, exc.strerror or str(exc),
                           str(self.out / "metrics.csv")) from exc
 
-    def _read_metrics(self, start: int) -> list[dict]:
+    def _read_metrics(self, start: int) -> None:
         """On resume keep the rows up to the checkpoint (later ones are redone). A row that does
         not parse -- the torn last line of a run killed while writing it -- is dropped."""
         path = self.out / "metrics.csv"
         if not start or not path.exists():
             path.unlink(missing_ok=True)
-            return []
+            return
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, self.columns, extrasaction="ignore")
+        writer.writeheader()
+        lines = 0
         with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-            lines = list(csv.DictReader(fh))
-        rows = [row for row in map(parse_metrics_row, lines)
-                if row is not None and row["iteration"] <= start]
-        if not rows:  # nothing of it parses: started over (the caller writes the header)
+            for line in csv.DictReader(fh):  # one at a time: a long run's file is large
+                lines += 1
+                row = parse_metrics_row(line)
+                if row is not None and row["iteration"] <= start:
+                    writer.writerow(row)
+                    self.rows.add(row)
+        if not self.rows:  # nothing of it parses: started over (the caller writes the header)
             if lines:
                 print(f"warning: {path} has no readable row up to iteration {start}; it "
                       "starts over from this iteration", file=sys.stderr)
             path.unlink()
-            return []
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, self.columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+            return
         atomic_write(path, buf.getvalue())
-        return rows
 
     # -- per step ----------------------------------------------------------------------------------
     def step(self, iteration: int, loss: torch.Tensor, lr: float, images: int,
@@ -197,7 +226,7 @@ class RunLog:
                "loss": value, "avg_loss": self.avg_loss, "lr": lr, "images_per_s": round(rate, 2),
                **{k: float(v) for k, v in stats.items()}, **(val or {})}
         if self.main:
-            self.rows.append(row)
+            self.rows.add(row)
             with self._naming_metrics():
                 self._writer.writerow(row)
             shown = self.task.progress(stats)
@@ -283,25 +312,25 @@ class RunLog:
         if not self.rows:
             return
         plt = pyplot()
-        its = [r["iteration"] for r in self.rows]
-        val = [(r["iteration"], r) for r in self.rows
-               if any(r.get(m) is not None for m in self.task.metrics)]
+        curve = self.rows.curve
+        its = curve["iteration"]
+        val = [(r["iteration"], r) for r in self.rows.validations]
         losses = [(i, r) for i, r in val if r.get("val_loss") is not None]
         plots = self.task.plots
         scored = [(i, r) for i, r in val if plots and r.get(plots[0][0]) is not None]
         panels = 3 if scored else 2
         fig, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels), sharex=True)
-        axes[0].plot(its, [r["loss"] for r in self.rows], lw=0.6, alpha=0.5, label="loss")
-        axes[0].plot(its, [r["avg_loss"] for r in self.rows], lw=1.5, label="avg loss")
+        axes[0].plot(its, curve["loss"], lw=0.6, alpha=0.5, label="loss")
+        axes[0].plot(its, curve["avg_loss"], lw=1.5, label="avg loss")
         if losses:
             axes[0].plot([i for i, _ in losses], [r["val_loss"] for _, r in losses], "o-",
                          label="val loss")
         axes[0].set_ylabel("loss")
-        if loss_axis_scale([r["loss"] for r in self.rows]) == "log":
+        if loss_axis_scale(curve["loss"]) == "log":
             axes[0].set_yscale("log")
             axes[0].set_ylabel("loss (log scale)")
         axes[0].legend(loc="upper right")
-        axes[1].plot(its, [r["lr"] for r in self.rows], color="tab:green")
+        axes[1].plot(its, curve["lr"], color="tab:green")
         axes[1].set_ylabel("learning rate")
         if scored:
             for key, label in plots:
@@ -344,7 +373,7 @@ def gather(dist: Dist, obj):
     return out
 
 
-def loss_axis_scale(losses: list[float]) -> str:
+def loss_axis_scale(losses: Sequence[float]) -> str:
     """"log" when every loss is positive and they span over two decades (a detector's loss
     falls from hundreds to a few units: a linear axis flattens the whole tail), else "linear"."""
     if losses and min(losses) > 0 and max(losses) > 100 * min(losses):
