@@ -1,0 +1,49 @@
+"""darkcfg in hostile environments, not on hostile files: closed standard streams, `python -OO`,
+odd locales, limits (docs/robustness.md, "Environments")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import darkcfg.cli.flags as runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*argv) -> int:
+    return runner.main([str(a) for a in argv])
+
+
+def test_training_with_stderr_closed_writes_its_run(tmp_path, tiny_classifier, monkeypatch):
+    # `darkcfg train ... 2>&-` (a daemon, a cron job): sys.stderr is None, and the progress bar
+    # stopped the run with an AttributeError (exit 1) after it had made its folder
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=1,
+                                burn_in=0, second_conv=False)
+    monkeypatch.setattr(sys, "stderr", None)
+    assert run(cfg, "--train", "--out", tmp_path / "run", "--workers", "0",
+               "--valid-every", "0") == 0
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_closed_standard_descriptors_get_devnull_not_the_next_file(tmp_path):
+    # with fd 2 closed, the next file opened took number 2, and whatever wrote to fd 2 (torch's
+    # C++ warnings, FFmpeg, a compiler) wrote into it; a usage error's sys.stderr.write was an
+    # AttributeError (exit 1)
+    probe = ("import os, sys; from cfgparse.errors import tolerant_output; tolerant_output(); "
+             "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); os.write(fd, str(fd).encode()); "
+             "os.write(2, b'LEAK'); sys.stderr.write('LEAK'); sys.stdin.read()")
+    out = tmp_path / "out.txt"
+
+    def closed():
+        for fd in (0, 1, 2):
+            os.close(fd)
+
+    subprocess.run([sys.executable, "-c", probe, str(out)], preexec_fn=closed, check=True,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    assert int(out.read_text()) > 2
+    done = subprocess.run([sys.executable, "-m", "darkcfg", "check", "--bogus"],
+                          preexec_fn=lambda: os.close(2), cwd=ROOT, timeout=60)
+    assert done.returncode == 2
