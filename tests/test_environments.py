@@ -47,3 +47,17 @@ def test_closed_standard_descriptors_get_devnull_not_the_next_file(tmp_path):
     done = subprocess.run([sys.executable, "-m", "darkcfg", "check", "--bogus"],
                           preexec_fn=lambda: os.close(2), cwd=ROOT, timeout=60)
     assert done.returncode == 2
+
+
+def test_a_run_closes_its_folder_lock(tmp_path, tiny_classifier):
+    # the lock file was left to the garbage collector: `python -X dev` printed a ResourceWarning
+    # after every run, PYTHONWARNINGS=error an "Exception ignored ... Traceback"
+    import warnings
+
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=1,
+                                burn_in=0, second_conv=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        assert run(cfg, "--train", "--out", tmp_path / "run", "--workers", "0", "--no-progress",
+                   "--valid-every", "0") == 0
+    assert not [w for w in caught if ".darkcfg.lock" in str(w.message)], caught
