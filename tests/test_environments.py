@@ -61,3 +61,16 @@ def test_a_run_closes_its_folder_lock(tmp_path, tiny_classifier):
         assert run(cfg, "--train", "--out", tmp_path / "run", "--workers", "0", "--no-progress",
                    "--valid-every", "0") == 0
     assert not [w for w in caught if ".darkcfg.lock" in str(w.message)], caught
+
+
+def test_preview_help_without_docstrings(monkeypatch, capsys):
+    # `python -OO` strips docstrings: preview's --help read its description from __doc__
+    import pytest
+
+    from darkcfg.data.detection import preview
+
+    monkeypatch.setattr(preview, "__doc__", None)
+    with pytest.raises(SystemExit) as exc:
+        preview.main(["--help"])
+    assert exc.value.code == 0
+    assert "A picture of what a detector trains on" in capsys.readouterr().out
