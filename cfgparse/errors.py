@@ -62,7 +62,7 @@ CODES = {
     "W303": "shortcut resamples a layer of another size (pjreddie only; AlexeyAB aborts)",
     "W304": "anchors, num and mask disagree (Darknet pads or reads past the anchors)",
     "W310": "a detection head's loss reads this key but does not honour it",
-    "E401": "estimated memory over the limit",
+    "E401": "estimated memory over the limit (at run time: out of memory)",
     "W601": "section the deployment target (--target) cannot load or run",
     "W602": "activation the deployment target does not have",
     "W603": "key value the deployment target refuses",

@@ -74,3 +74,41 @@ def test_preview_help_without_docstrings(monkeypatch, capsys):
         preview.main(["--help"])
     assert exc.value.code == 0
     assert "A picture of what a detector trains on" in capsys.readouterr().out
+
+
+def test_out_of_memory_is_one_diagnostic(capsys):
+    # under `ulimit -v` (or a container's limit) torch's allocator failed inside a layer: a
+    # traceback ending in "DefaultCPUAllocator: can't allocate memory"
+    from darkcfg.cli.common import guarded
+
+    def allocator():
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 805699632 bytes. "
+                           "Error code 12 (Cannot allocate memory)")
+
+    def python():
+        raise MemoryError
+
+    assert guarded(allocator) == 2
+    assert capsys.readouterr().err.startswith(
+        "<memory>: error[E401]: out of memory: could not allocate 768.4 MiB; the command stopped")
+    assert guarded(python) == 2
+    assert "error[E401]: out of memory: no memory left" in capsys.readouterr().err
+
+
+def test_the_memory_guard_counts_the_processs_address_space_limit(monkeypatch):
+    # `ulimit -v 5000000` on a 23 GiB machine: the guard allowed 23 GiB, so a detect whose
+    # estimate was over the limit started and failed in torch's allocator
+    import resource
+
+    import torch
+
+    from darkcfg.model import device_memory
+
+    with open("/proc/self/statm") as fh:
+        mapped = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    real = resource.getrlimit
+    limit = mapped + 2 ** 28  # 256 MiB left to map
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (limit, resource.RLIM_INFINITY)
+                        if which == resource.RLIMIT_AS else real(which))
+    assert device_memory(torch.device("cpu")) < 2 ** 29

@@ -236,12 +236,36 @@ def _guarded(run: Callable[[], int]) -> int:
             return 2
         if _loader_died(exc):
             return 1
+        if _out_of_memory(exc):
+            return 2
         if loop is not None and isinstance(exc, loop.NonFiniteLoss):
             print(Diagnostic("E500", f"{exc}; training stopped, the last good checkpoint (if "
                              "any) is kept", "<training>", hint="lower learning_rate or check "
                              "the data, then --resume").format(), file=sys.stderr)
             return 1
         raise
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """E401 for memory the command could not get (a MemoryError, torch's allocator under `ulimit
+    -v`, a container's limit, a GPU's): it was torch's traceback from deep inside a layer."""
+    text = str(exc)
+    torch = sys.modules.get("torch")
+    if not (isinstance(exc, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text
+            or (torch is not None and isinstance(exc, torch.OutOfMemoryError))):
+        return False
+    tried = re.search(r"tried to allocate (\d+) bytes", text)
+    if tried:
+        from builders.memory import format_bytes
+
+        what = f"could not allocate {format_bytes(int(tried.group(1)))}"
+    else:
+        what = text.strip().splitlines()[0] if text.strip() else "no memory left"
+    print(Diagnostic("E401", f"out of memory: {what}; the command stopped (a training run keeps "
+                     "its last checkpoint)", "<memory>", hint="use a smaller width, height or "
+                     "batch (--set), or give the process more memory (ulimit -v, the "
+                     "container's limit)").format(), file=sys.stderr)
+    return True
 
 
 def _loader_died(exc: BaseException) -> bool:
