@@ -216,6 +216,13 @@ def printable(path: str) -> str:
         c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
 
 
+def plot_text(text: str) -> str:
+    """A name as matplotlib draws it literally: printable (a file name of bytes that are not
+    UTF-8, kept as surrogates, stopped the run at its chart.png with a TypeError) and with its
+    `$` escaped (a pair is mathtext: `a$\\frac$b.cfg` was a ValueError)."""
+    return printable(text).replace("$", r"\$")
+
+
 def _columns(cell: str) -> int:
     """Terminal columns of a shown character: 2 for a wide one (CJK, most emoji), 0 for a
     combining mark, else its length (an escape such as `\\x00` is several)."""

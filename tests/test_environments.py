@@ -112,3 +112,26 @@ def test_the_memory_guard_counts_the_processs_address_space_limit(monkeypatch):
     monkeypatch.setattr(resource, "getrlimit", lambda which: (limit, resource.RLIM_INFINITY)
                         if which == resource.RLIMIT_AS else real(which))
     assert device_memory(torch.device("cpu")) < 2 ** 29
+
+
+def test_charts_draw_any_file_name(tmp_path, tiny_classifier):
+    # a cfg named with bytes that are not UTF-8 (b'\xff\xfe.cfg': kept as surrogates) stopped the
+    # run at its last step, chart.png, with matplotlib's TypeError (exit 1, no chart); a '$'
+    # pair in a name is mathtext to matplotlib (`\frac` alone: a ValueError)
+    from darkcfg.cli import main
+
+    folder = os.fsencode(tmp_path)
+    for i, stem in enumerate([b"\xff\xfe", rb"a$\frac$b"]):
+        cfg = folder + b"/" + stem + b".cfg"
+        tiny_classifier.write(Path(os.fsdecode(cfg)), batch=4, subdivisions=1, max_batches=1,
+                              burn_in=0, second_conv=False)
+        out = tmp_path / f"run{i}"
+        assert run(os.fsdecode(cfg), "--train", "--out", out, "--workers", "0",
+                   "--no-progress", "--valid-every", "0") == 0
+        assert (out / "chart.png").stat().st_size > 0
+        assert main(["summary", os.fsdecode(cfg), "--plot-lr", str(tmp_path / f"lr{i}.png")]) == 0
+    from tests.test_data_formats import write_yolo
+
+    data = write_yolo(tmp_path / "y")  # data check's title names the set
+    data = data.rename(data.with_name(os.fsdecode(b"\xff.yaml")))
+    assert main(["data", "check", str(data), "--plot", str(tmp_path / "check.png")]) == 0

@@ -17,6 +17,7 @@ import yaml
 
 from builders.atomic import atomic_write
 from cfgparse import CfgError
+from cfgparse.errors import plot_text
 from cfgparse.yaml_io import load_yaml
 from darkcfg.model import non_finite
 from darkcfg.train.checkpoint import rng_states, save_checkpoint
@@ -315,7 +316,7 @@ class RunLog:
             axes[2].set_ylim(0, 1)
             axes[2].legend(loc="lower right")
         axes[-1].set_xlabel("iteration")
-        axes[0].set_title(self.name)
+        axes[0].set_title(plot_text(self.name))
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
@@ -381,7 +382,7 @@ def plot_lr(cfg, path: Path, title: str = "") -> None:
     ax.plot(its, [cfg.lr_at(k) for k in its])
     ax.set_xlabel("iteration (batch_num)")
     ax.set_ylabel("learning rate")
-    ax.set_title(title or f"policy={cfg.policy}")
+    ax.set_title(plot_text(title or f"policy={cfg.policy}"))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
