@@ -30,7 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from builders.atomic import atomic_open, atomic_write, check_folder, hold, remove_abandoned
+from builders.atomic import (
+    atomic_open,
+    atomic_write,
+    check_folder,
+    hold,
+    remove_abandoned,
+    temp_prefix,
+)
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.formats.yolo import ULTRALYTICS_IMG_FORMATS
@@ -58,8 +65,9 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
                                       for image in split.images), str(data.path))
     out.parent.mkdir(parents=True, exist_ok=True)
     # the hidden folders of converts to `out` that were killed outright
-    remove_abandoned(out.parent, f".{glob.escape(out.name)}.*.partial")
-    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    prefix = temp_prefix(out.name, ".partial")
+    remove_abandoned(out.parent, f"{glob.escape(prefix)}*.partial")
+    partial = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=out.parent))
     # held until the rename: a later convert sees the folder is not abandoned
     held = hold(os.open(partial, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
     try:
