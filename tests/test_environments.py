@@ -135,3 +135,42 @@ def test_charts_draw_any_file_name(tmp_path, tiny_classifier):
     data = write_yolo(tmp_path / "y")  # data check's title names the set
     data = data.rename(data.with_name(os.fsdecode(b"\xff.yaml")))
     assert main(["data", "check", str(data), "--plot", str(tmp_path / "check.png")]) == 0
+
+
+def test_long_output_names_get_temp_names_that_fit(tmp_path):
+    # an output name of 241-255 bytes fits, but `.NAME.XXXXXXXX.onnx` (export's staged file),
+    # `.OUT.XXXXXXXX.partial` (data convert) and `.CFG.XXXXXXXX.cfg` (anchors --write's lint)
+    # did not: "File name too long" (atomic_open's were cut to fit already)
+    from builders.atomic import staged_file
+    from darkcfg.cli import main
+    from darkcfg.cli.anchors import lint_text
+    from tests.test_data_formats import write_yolo
+
+    onnx = tmp_path / ("L" * 245 + ".onnx")
+    with staged_file(onnx, "--out") as tmp:
+        Path(tmp).write_bytes(b"model")
+    assert onnx.read_bytes() == b"model"
+    data = write_yolo(tmp_path / "y")
+    out = tmp_path / ("C" * 250)
+    assert main(["data", "convert", str(data), "--to", "darknet", str(out)]) == 0
+    assert (out / "obj.data").exists()
+    cfg = tmp_path / ("A" * 246 + ".cfg")
+    assert lint_text("[net]\nwidth=8\nheight=8\nchannels=3\n", cfg) == []
+
+
+
+def test_onnx_metadata_of_a_cfg_named_with_non_utf8_bytes(tmp_path, tiny_classifier):
+    # the ONNX metadata's `cfg` is the cfg's file name, and protobuf takes only UTF-8: a name of
+    # other bytes (kept as surrogates) was onnx_ir's SerdeError traceback after the export
+    import onnx
+
+    from builders import build
+    from darkcfg.export.onnx import metadata
+
+    cfg = os.fsdecode(os.fsencode(tmp_path) + b"/\xff\xfe.cfg")
+    tiny_classifier.write(Path(cfg), second_conv=False)
+    meta = metadata(build(cfg, device="meta"), Path(cfg).name, False)
+    model = onnx.ModelProto()
+    model.metadata_props.add(key="cfg", value=meta["cfg"])
+    assert onnx.ModelProto.FromString(model.SerializeToString()).metadata_props[0].value == \
+        r"\udcff\udcfe.cfg"
