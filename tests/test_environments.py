@@ -174,3 +174,14 @@ def test_onnx_metadata_of_a_cfg_named_with_non_utf8_bytes(tmp_path, tiny_classif
     model.metadata_props.add(key="cfg", value=meta["cfg"])
     assert onnx.ModelProto.FromString(model.SerializeToString()).metadata_props[0].value == \
         r"\udcff\udcfe.cfg"
+
+
+def test_a_cfg_whose_name_holds_a_line_break_is_read_as_a_file(tmp_path, tiny_classifier):
+    # `darkcfg summary 'new<LF>line.cfg'`: a str with a line break was taken for cfg text, so
+    # every command said E103 "option before any section" at the path's own text
+    from cfgparse import parse
+
+    cfg = tiny_classifier.write(tmp_path / "new\nline.cfg", second_conv=False)
+    assert [b.name for b in parse(str(cfg))][:2] == ["net", "convolutional"]
+    assert run(cfg, "--summary") == 0
+    assert [b.name for b in parse("[net]\nwidth=8\n")] == ["net"]  # text is still text
