@@ -185,3 +185,22 @@ def test_a_cfg_whose_name_holds_a_line_break_is_read_as_a_file(tmp_path, tiny_cl
     assert [b.name for b in parse(str(cfg))][:2] == ["net", "convolutional"]
     assert run(cfg, "--summary") == 0
     assert [b.name for b in parse("[net]\nwidth=8\n")] == ["net"]  # text is still text
+
+
+def test_too_many_open_files_says_which_limit(capsys):
+    # `ulimit -n 32` with --workers 2: "<file>: error[E901]: Too many open files", hint "check
+    # the path" (no path was wrong)
+    import errno
+
+    from darkcfg.cli.common import guarded
+
+    def loader():
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    def torch_loader():
+        raise RuntimeError("Too many open files. Communication with the workers is no longer "
+                           "possible. Please increase the limit using `ulimit -n` in the shell")
+
+    for raised in (loader, torch_loader):
+        assert guarded(raised) == 2
+        assert "help: raise the limit on open files (ulimit -n, now" in capsys.readouterr().err

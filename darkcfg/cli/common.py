@@ -136,10 +136,23 @@ def file_error(exc: OSError) -> CfgError:
             errno.EISDIR: "name a file, not a folder",
             errno.ENOTDIR: "a part of the path is a file, not a folder",
             errno.ENOSPC: "free some space (or write elsewhere)",
+            errno.EMFILE: f"raise the limit on open files (ulimit -n, now {_open_files_limit()}) "
+                          "or use fewer --workers (each loader process holds files)",
+            errno.ENFILE: "the system's table of open files is full: close other programs, "
+                          "or use fewer --workers",
             errno.ENOENT: "check the path"}.get(exc.errno, "check the path")
     if path == STDOUT:  # the name a failed write to stdout gets (_NamedStdout)
         return CfgError(stdout_error(exc))
     return CfgError(Diagnostic("E901", f"{reason}: '{path}'{also}", str(path), hint=hint))
+
+
+def _open_files_limit() -> str:
+    try:
+        import resource
+
+        return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (ImportError, OSError, ValueError):
+        return "?"
 
 
 class _NamedStdout:
@@ -237,6 +250,10 @@ def _guarded(run: Callable[[], int]) -> int:
         if _loader_died(exc):
             return 1
         if _out_of_memory(exc):
+            return 2
+        if "Too many open files" in str(exc):  # torch's loader says it as a RuntimeError
+            print(file_error(OSError(errno.EMFILE, "Too many open files")).first.format(),
+                  file=sys.stderr)
             return 2
         if loop is not None and isinstance(exc, loop.NonFiniteLoss):
             print(Diagnostic("E500", f"{exc}; training stopped, the last good checkpoint (if "
