@@ -1,5 +1,6 @@
 """darkcfg in hostile environments, not on hostile files: closed standard streams, `python -OO`,
-odd locales, limits (docs/robustness.md, "Environments")."""
+`-X dev`, memory and open-file limits, file names that are not UTF-8, hold a line break or are
+long (docs/robustness.md, "Environments")."""
 
 from __future__ import annotations
 
