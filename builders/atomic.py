@@ -36,7 +36,7 @@ def atomic_open(path: str | os.PathLike, parents: bool = False,
     refuse_special(target, f"'{target}'")
     if parents:
         ensure_folder(target.parent)
-    prefix = f".{fitting(target.name, 14)}."  # (+ mkstemp's 8 characters and .tmp)
+    prefix = temp_prefix(target.name, ".tmp")
     if sweep:
         remove_abandoned(target.parent, f"{glob.escape(prefix)}*.tmp")
     try:
@@ -384,6 +384,12 @@ def read_checked(path: str | os.PathLike, what: str = "file") -> bytes:
 NAME_MAX = 255  # bytes in one file name (Linux, macOS)
 
 
+def temp_prefix(name: str, suffix: str) -> str:
+    """`.NAME.`, the prefix of a temp file (or folder) `.NAME.XXXXXXXX<suffix>` made beside the
+    output NAME by mkstemp/mkdtemp, NAME cut so that the whole fits one file name."""
+    return f".{fitting(name, 2 + 8 + len(os.fsencode(suffix)))}."
+
+
 def fitting(name: str, room: int) -> str:
     """`name` cut short so that it and `room` more bytes fit one file name: the temp names made
     from an output's name (`.NAME.XXXXXXXX.tmp`) must not fail where NAME itself fits."""
@@ -497,9 +503,10 @@ def staged_file(path: str | os.PathLike, flag: str = "") -> Iterator[str]:
     Ctrl-C): `path` is either the old file or the whole new one."""
     path = Path(path)
     check_writable(path, flag)
-    remove_abandoned(path.parent, f".{glob.escape(path.name)}.*{glob.escape(path.suffix)}")
+    prefix = temp_prefix(path.name, path.suffix)
+    remove_abandoned(path.parent, f"{glob.escape(prefix)}*{glob.escape(path.suffix)}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
     except OSError as exc:
         raise write_error(path, exc) from None
     hold(fd)  # open (and locked) until the end: the library writes the same file by its path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import errno
 import functools
+import os
 import sys
 import unicodedata
 from collections.abc import Iterable
@@ -61,7 +62,7 @@ CODES = {
     "W303": "shortcut resamples a layer of another size (pjreddie only; AlexeyAB aborts)",
     "W304": "anchors, num and mask disagree (Darknet pads or reads past the anchors)",
     "W310": "a detection head's loss reads this key but does not honour it",
-    "E401": "estimated memory over the limit",
+    "E401": "estimated memory over the limit (at run time: out of memory)",
     "W601": "section the deployment target (--target) cannot load or run",
     "W602": "activation the deployment target does not have",
     "W603": "key value the deployment target refuses",
@@ -174,6 +175,7 @@ def tolerant_output() -> None:
     redirect on Windows, PYTHONIOENCODING=ascii), or a name of bytes that are not UTF-8 (kept
     as surrogates), must not end a command in a UnicodeEncodeError traceback, exit 1. Every
     command line calls it first."""
+    _closed_streams_to_devnull()
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
@@ -183,6 +185,28 @@ def tolerant_output() -> None:
                 pass
 
 
+def _closed_streams_to_devnull() -> None:
+    """A command started with stdin, stdout or stderr closed (`2>&-`, a daemon or cron job)
+    gets /dev/null on that descriptor: else the next file opened takes its number, and what
+    torch, FFmpeg or a loader writes to fd 2 lands in a checkpoint or detections.json. A closed
+    stderr reads as `2>/dev/null` (training stopped at its progress bar, exit 1); sys.stdout
+    stays None, so that a command whose output is lost can still say so (check's E901)."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:  # closed
+            pass
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if name != "stdout" and getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+    if sys.stderr is None:  # no descriptor 2 at all (pythonw): messages go nowhere
+        sys.stderr = open(os.devnull, "w")
+
+
 def printable(path: str) -> str:
     """A path with its control characters (and other characters that do not print) escaped as
     Python writes them (`new\\nline.jpg`, `tab\\there.jpg`, `nul\\x00.jpg`), so a file name
@@ -190,6 +214,13 @@ def printable(path: str) -> str:
     of `detect` or `predict` (docs/detection.md)."""
     return path if path.isprintable() else "".join(
         c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path)
+
+
+def plot_text(text: str) -> str:
+    """A name as matplotlib draws it literally: printable (a file name of bytes that are not
+    UTF-8, kept as surrogates, stopped the run at its chart.png with a TypeError) and with its
+    `$` escaped (a pair is mathtext: `a$\\frac$b.cfg` was a ValueError)."""
+    return printable(text).replace("$", r"\$")
 
 
 def _columns(cell: str) -> int:

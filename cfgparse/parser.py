@@ -59,8 +59,8 @@ def parse(source: str | os.PathLike | bytes, *, path: str | None = None,
 
 def looks_like_text(source: str) -> bool:
     """True when a str passed to parse() is cfg text rather than a path."""
-    if "\n" in source or "\r" in source:
-        return True
+    if "\n" in source or "\r" in source:  # (unless a file has that name: `new\nline.cfg`)
+        return not os.path.isfile(source)
     stripped = source.strip()
     if not stripped or stripped[0] in "[#;":
         return True  # '' and blanks: an empty cfg (E100), not the current directory

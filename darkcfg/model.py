@@ -82,10 +82,30 @@ def pick_device(name: str | None, local_rank: int = 0) -> torch.device:
 
 
 def device_memory(device: torch.device) -> int:
-    """Bytes the device has: the GPU's memory, else the machine's physical memory."""
+    """Bytes the device has: the GPU's memory, else the machine's physical memory, or less
+    where this process may map less (`ulimit -v`/`-d`: what it has mapped already, torch's
+    libraries, counts against that limit)."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    page = os.sysconf("SC_PAGE_SIZE")
+    return min(page * os.sysconf("SC_PHYS_PAGES"), mappable_memory(page))
+
+
+def mappable_memory(page: int) -> int:
+    """What RLIMIT_AS and RLIMIT_DATA leave this process to allocate (no limit: a huge number).
+    Without it the memory guard passed and torch's allocator failed deep in the first layer."""
+    try:
+        import resource
+
+        limits = {name: resource.getrlimit(getattr(resource, name))[0]
+                  for name in ("RLIMIT_AS", "RLIMIT_DATA")}
+        with open("/proc/self/statm") as fh:  # pages: total mapped, resident, shared, text,
+            fields = [int(x) * page for x in fh.read().split()]  # lib, data + stack, dirty
+    except (ImportError, OSError, ValueError, AttributeError):
+        return 2 ** 63
+    used = {"RLIMIT_AS": fields[0], "RLIMIT_DATA": fields[5] if len(fields) > 5 else 0}
+    return min([max(limit - used[name], 0) for name, limit in limits.items()
+                if limit != resource.RLIM_INFINITY] or [2 ** 63])
 
 
 def named_device(name: str, local_rank: int = 0) -> torch.device:

@@ -15,6 +15,7 @@ import threading
 import warnings
 from pathlib import Path
 
+from cfgparse.errors import tolerant_output
 from darkcfg.stopping import drop_hung_up_terminal, stop_signals
 
 #: command -> the module whose main(argv) runs it.
@@ -82,6 +83,7 @@ def version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run `darkcfg ARGV` and return its exit code. A torchrun worker (it joined a process
     group) ends here instead: darkcfg.train.distributed.end_process."""
+    tolerant_output()  # (a closed stderr before the first usage error too)
     _stop_on_sigterm()
     # Pillow's DecompressionBombWarning (an image of 1-2x its 89M-pixel limit: an aerial photo
     # reads fine) is a raw Python warning line with a PIL source line; past 2x it refuses the

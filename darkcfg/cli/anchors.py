@@ -226,12 +226,13 @@ def lint_text(text: str, path: Path) -> list[Diagnostic]:
     import glob
     import tempfile
 
-    from builders.atomic import hold, remove_abandoned
+    from builders.atomic import hold, remove_abandoned, temp_prefix
     from darkcfg.lint.stages import check_file
 
     # beside the cfg (its relative paths resolve the same); what a killed --write left goes
-    remove_abandoned(path.parent, f".{glob.escape(path.name)}.*.cfg")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".cfg", dir=path.parent)
+    prefix = temp_prefix(path.name, ".cfg")
+    remove_abandoned(path.parent, f"{glob.escape(prefix)}*.cfg")
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".cfg", dir=path.parent)
     hold(fd)
     try:
         with os.fdopen(fd, "w") as fh:

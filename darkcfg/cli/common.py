@@ -136,10 +136,23 @@ def file_error(exc: OSError) -> CfgError:
             errno.EISDIR: "name a file, not a folder",
             errno.ENOTDIR: "a part of the path is a file, not a folder",
             errno.ENOSPC: "free some space (or write elsewhere)",
+            errno.EMFILE: f"raise the limit on open files (ulimit -n, now {_open_files_limit()}) "
+                          "or use fewer --workers (each loader process holds files)",
+            errno.ENFILE: "the system's table of open files is full: close other programs, "
+                          "or use fewer --workers",
             errno.ENOENT: "check the path"}.get(exc.errno, "check the path")
     if path == STDOUT:  # the name a failed write to stdout gets (_NamedStdout)
         return CfgError(stdout_error(exc))
     return CfgError(Diagnostic("E901", f"{reason}: '{path}'{also}", str(path), hint=hint))
+
+
+def _open_files_limit() -> str:
+    try:
+        import resource
+
+        return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (ImportError, OSError, ValueError):
+        return "?"
 
 
 class _NamedStdout:
@@ -236,12 +249,40 @@ def _guarded(run: Callable[[], int]) -> int:
             return 2
         if _loader_died(exc):
             return 1
+        if _out_of_memory(exc):
+            return 2
+        if "Too many open files" in str(exc):  # torch's loader says it as a RuntimeError
+            print(file_error(OSError(errno.EMFILE, "Too many open files")).first.format(),
+                  file=sys.stderr)
+            return 2
         if loop is not None and isinstance(exc, loop.NonFiniteLoss):
             print(Diagnostic("E500", f"{exc}; training stopped, the last good checkpoint (if "
                              "any) is kept", "<training>", hint="lower learning_rate or check "
                              "the data, then --resume").format(), file=sys.stderr)
             return 1
         raise
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """E401 for memory the command could not get (a MemoryError, torch's allocator under `ulimit
+    -v`, a container's limit, a GPU's): it was torch's traceback from deep inside a layer."""
+    text = str(exc)
+    torch = sys.modules.get("torch")
+    if not (isinstance(exc, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text
+            or (torch is not None and isinstance(exc, torch.OutOfMemoryError))):
+        return False
+    tried = re.search(r"tried to allocate (\d+) bytes", text)
+    if tried:
+        from builders.memory import format_bytes
+
+        what = f"could not allocate {format_bytes(int(tried.group(1)))}"
+    else:
+        what = text.strip().splitlines()[0] if text.strip() else "no memory left"
+    print(Diagnostic("E401", f"out of memory: {what}; the command stopped (a training run keeps "
+                     "its last checkpoint)", "<memory>", hint="use a smaller width, height or "
+                     "batch (--set), or give the process more memory (ulimit -v, the "
+                     "container's limit)").format(), file=sys.stderr)
+    return True
 
 
 def _loader_died(exc: BaseException) -> bool:

@@ -33,6 +33,7 @@ from torch import nn
 from builders.atomic import check_writable, is_torch_write_failure, staged_file, write_error
 from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import printable
 
 EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 DECODED_NAMES = ("boxes", "objectness", "class_scores")
@@ -267,7 +268,7 @@ def metadata(net: Network, name: str, decode: bool) -> dict[str, str]:
     shape = net.input_shape
     return {
         "darkcfg_version": version,
-        "cfg": name,
+        "cfg": printable(name),  # (protobuf takes only UTF-8: other bytes were a traceback)
         "input_size": f"{shape.w}x{shape.h}x{shape.c}" if shape.c * shape.h * shape.w
         else str(shape.size),
         "classes": str(heads[0].classes if heads else _classifier_outputs(net)),

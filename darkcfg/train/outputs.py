@@ -19,6 +19,7 @@ import yaml
 
 from builders.atomic import atomic_write
 from cfgparse import CfgError
+from cfgparse.errors import plot_text
 from cfgparse.yaml_io import load_yaml
 from darkcfg.data.base import pyplot, write_figure
 from darkcfg.model import non_finite
@@ -341,7 +342,7 @@ class RunLog:
             axes[2].set_ylim(0, 1)
             axes[2].legend(loc="lower right")
         axes[-1].set_xlabel("iteration")
-        axes[0].set_title(self.name)
+        axes[0].set_title(plot_text(self.name))
         fig.tight_layout()
         write_figure(fig, self.out / "chart.png", dpi=100)
         self.charted, self.charted_rows = time.monotonic(), len(self.rows)
@@ -400,6 +401,6 @@ def plot_lr(cfg, path: Path, title: str = "") -> None:
     ax.plot(its, [cfg.lr_at(k) for k in its])
     ax.set_xlabel("iteration (batch_num)")
     ax.set_ylabel("learning rate")
-    ax.set_title(title or f"policy={cfg.policy}")
+    ax.set_title(plot_text(title or f"policy={cfg.policy}"))
     fig.tight_layout()
     write_figure(fig, path, dpi=100)

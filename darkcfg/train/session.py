@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import sys
@@ -322,12 +323,13 @@ def refuse_weights_the_run_replaces(weights: str | None, out: Path, name: str) -
 def train(opts: RunOptions) -> tuple[str, Trainer]:
     dist, device = distributed.setup(opts.device)
     try:
-        return _train(opts, dist, device)
+        with contextlib.ExitStack() as held:
+            return _train(opts, dist, device, held)
     finally:
         distributed.teardown(dist)
 
 
-def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
+def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[str, Trainer]:
     if opts.explicit_out and dist.main:
         check_folder(opts.out, "--out")  # a file in the way fails now, not after the build
     source = run_folder(opts.resume, opts.out)  # (its settings.yaml says how it ran)
@@ -372,6 +374,8 @@ def _train(opts: RunOptions, dist, device) -> tuple[str, Trainer]:
         # such as RUN/old.pt: that would rewind RUN and replace its newer checkpoint.pt.)
         out, named = source, "--resume"
     lock = hold_folder(out, named) if dist.main else None
+    if lock is not None:  # released when the run ends (left to the collector, a ResourceWarning)
+        held.callback(lock.handle.close)
     try:  # until the run writes: a run refused here leaves no trace (lock file, new folders)
         if not opts.resume:
             refuse_existing_run(out, dist, device)

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import torch
 
+#: the module docstring's first line, which `python -OO` strips (--help was an AttributeError)
+DESCRIPTION = "A picture of what a detector trains on: augmented training samples with their " \
+    "truth boxes."
+
 #: what --out may be: an image Pillow writes (a .cfg, .data or label file given by mistake is
 #: refused before it could be written over)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # usage errors as one E100 diagnostic, as every darkcfg command line
     ap = CommandParser(prog="python -m darkcfg.data.detection.preview",
-                       description=__doc__.split("\n")[0])
+                       description=DESCRIPTION)
     ap.add_argument("cfg")
     ap.add_argument("--data", default=None)
     ap.add_argument("--classes", type=int, default=None)

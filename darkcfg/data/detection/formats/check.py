@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cfgparse import Diagnostic
-from cfgparse.errors import ERROR, WARNING
+from cfgparse.errors import ERROR, WARNING, plot_text
 from darkcfg.data.detection.formats import DetectionSet, open_set
 from darkcfg.data.detection.formats.base import DeclaredSize
 from darkcfg.data.detection.labels import SET_CODE, missing_labels
@@ -122,7 +122,7 @@ class CheckReport:
         for i, (name, s) in enumerate(splits):
             axes[0].bar(x + i * bar, self.class_counts(s), bar, label=name)
         axes[0].set_xticks(x + bar * (len(splits) - 1) / 2,
-                           [n if len(n) <= 12 else n[:11] + "…" for n in d.names],
+                           [plot_text(n if len(n) <= 12 else n[:11] + "…") for n in d.names],
                            rotation=45 if d.classes > 6 else 0, ha="right" if d.classes > 6
                            else "center", fontsize=8 if d.classes > 20 else 10)
         axes[0].set_title("objects per class")
@@ -147,7 +147,7 @@ class CheckReport:
         axes[2].set_ylabel("height (px)")
         axes[2].set_title(f"box width x height at {w}x{h}; dashed: strides "
                           f"{', '.join(map(str, self.strides))}")
-        fig.suptitle(f"darkcfg data check {d.path}")
+        fig.suptitle(plot_text(f"darkcfg data check {d.path}"))
         fig.tight_layout()
         write_figure(fig, path, dpi=90)
 

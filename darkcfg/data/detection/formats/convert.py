@@ -38,6 +38,7 @@ from builders.atomic import (
     remove_abandoned,
     sync_folder,
     synced_together,
+    temp_prefix,
 )
 from cfgparse import CfgError, Diagnostic
 from darkcfg.data.detection.formats.base import DetectionSet, Split
@@ -66,8 +67,9 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
                                       for image in split.images), str(data.path))
     out.parent.mkdir(parents=True, exist_ok=True)
     # the hidden folders of converts to `out` that were killed outright
-    remove_abandoned(out.parent, f".{glob.escape(out.name)}.*.partial")
-    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    prefix = temp_prefix(out.name, ".partial")
+    remove_abandoned(out.parent, f"{glob.escape(prefix)}*.partial")
+    partial = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=out.parent))
     # held until the rename: a later convert sees the folder is not abandoned
     held = hold(os.open(partial, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
     try:
