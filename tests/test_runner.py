@@ -443,7 +443,8 @@ def test_a_long_run_keeps_a_few_bytes_a_step_for_its_chart(tmp_path, tiny_classi
     log.close()
     assert per_step < 100, per_step  # 410 with a dict a row (measured: 50 now)
     resumed, _ = run(2000, 2100)  # --resume from iteration 2000 reads rows 1..2000 back
-    assert len(resumed.rows) == 2100 and list(resumed.rows.curve["iteration"][-2:]) == [2099, 2100]
-    assert [r["iteration"] for r in resumed.rows.validations] == [2100]
+    assert len(resumed.history) == 2100
+    assert list(resumed.history.curve["iteration"][-2:]) == [2099, 2100]
+    assert [r["iteration"] for r in resumed.history.validations] == [2100]
     resumed.close()  # draws the chart of every row
     assert (tmp_path / "run" / "chart.png").stat().st_size > 0

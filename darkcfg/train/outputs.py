@@ -145,7 +145,7 @@ class RunLog:
         self.avg_loss = -1.0
         self.best: float | None = None
         self.speed = 0.0
-        self.rows = History(task.metrics)
+        self.history = History(task.metrics)
         self.charted = time.monotonic()  # when chart.png was last drawn
         self.charted_rows = 0  # and how many rows it showed
         if state:
@@ -155,7 +155,7 @@ class RunLog:
             self._read_metrics(start)
             self._csv = open(out / "metrics.csv", "a", newline="", buffering=1)
             self._writer = csv.DictWriter(self._csv, self.columns, extrasaction="ignore")
-            if not self.rows:
+            if not self.history:
                 with self._naming_metrics():
                     self._writer.writeheader()
         from tqdm import tqdm
@@ -193,8 +193,8 @@ class RunLog:
                 row = parse_metrics_row(line)
                 if row is not None and row["iteration"] <= start:
                     writer.writerow(row)
-                    self.rows.add(row)
-        if not self.rows:  # nothing of it parses: started over (the caller writes the header)
+                    self.history.add(row)
+        if not self.history:  # nothing of it parses: started over (the caller writes the header)
             if lines:
                 print(f"warning: {path} has no readable row up to iteration {start}; it "
                       "starts over from this iteration", file=sys.stderr)
@@ -227,7 +227,7 @@ class RunLog:
                "loss": value, "avg_loss": self.avg_loss, "lr": lr, "images_per_s": round(rate, 2),
                **{k: float(v) for k, v in stats.items()}, **(val or {})}
         if self.main:
-            self.rows.add(row)
+            self.history.add(row)
             with self._naming_metrics():
                 self._writer.writerow(row)
             shown = self.task.progress(stats)
@@ -295,7 +295,7 @@ class RunLog:
         if not self.main:
             return
         try:
-            if len(self.rows) != self.charted_rows:
+            if len(self.history) != self.charted_rows:
                 self.chart()
         except (OSError, CfgError):
             if not failing:
@@ -310,12 +310,12 @@ class RunLog:
                     raise
 
     def chart(self) -> None:
-        if not self.rows:
+        if not self.history:
             return
         plt = pyplot()
-        curve = self.rows.curve
+        curve = self.history.curve
         its = curve["iteration"]
-        val = [(r["iteration"], r) for r in self.rows.validations]
+        val = [(r["iteration"], r) for r in self.history.validations]
         losses = [(i, r) for i, r in val if r.get("val_loss") is not None]
         plots = self.task.plots
         scored = [(i, r) for i, r in val if plots and r.get(plots[0][0]) is not None]
@@ -345,7 +345,7 @@ class RunLog:
         axes[0].set_title(plot_text(self.name))
         fig.tight_layout()
         write_figure(fig, self.out / "chart.png", dpi=100)
-        self.charted, self.charted_rows = time.monotonic(), len(self.rows)
+        self.charted, self.charted_rows = time.monotonic(), len(self.history)
 
 
 def parse_metrics_row(raw: dict) -> dict | None:

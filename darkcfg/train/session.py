@@ -492,11 +492,11 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
         say(f"stopped by {how} at iteration {trainer.iteration}; checkpoint saved in {out} "
             "(continue with --resume)", dist)
     else:
-        last = log.rows.last or {}
+        last = log.history.last or {}
         summary = f"finished {trainer.iteration} iterations"
         if last:
             summary += f": loss {last['loss']:.4f}, avg loss {last['avg_loss']:.4f}"
-        val = [r for r in log.rows.validations if r.get(task.best) is not None]
+        val = [r for r in log.history.validations if r.get(task.best) is not None]
         if val and task.summary(val[-1]):
             summary += ", " + task.summary(val[-1])
             if val[-1]["iteration"] != trainer.iteration:  # no validation at the end
