@@ -307,6 +307,34 @@ def test_top_level_help_lists_every_command_without_torch():
     assert all("Traceback" not in r.stderr for r in runs.values())
 
 
+def test_every_command_help_and_usage_error_come_without_torch():
+    """`darkcfg COMMAND --help` and a mistyped option answer in a tenth of a second: no command
+    module imports torch before its options are read (it took 2 s per `--help` before)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = ("import sys, contextlib, io\nfrom darkcfg.cli import COMMANDS, main\n"
+              "def code(*argv):\n"
+              "    try:\n"
+              "        with contextlib.redirect_stdout(io.StringIO()):\n"
+              "            return main(list(argv))\n"
+              "    except SystemExit as stop:  # argparse's exit for --help and usage errors\n"
+              "        return stop.code\n"
+              "for name in COMMANDS:\n"
+              "    assert code(name, '--help') == 0, name\n"
+              "    assert 'torch' not in sys.modules, name + ' --help imported torch'\n"
+              "for name in ('train', 'detect', 'export', 'weights', 'summary', 'emit'):\n"
+              "    assert code(name, 'cfg/yolov3-tiny.cfg', '--no-such-flag') == 2, name\n"
+              "    assert 'torch' not in sys.modules, name + ' usage error imported torch'\n"
+              "assert code('cfg/yolov3-tiny.cfg', '--help') == 0\n"
+              "assert 'torch' not in sys.modules, 'CFG --help imported torch'\n"
+              "print('checked')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "checked\n", done.stderr[-2000:]
+
+
 # -- errors: one handler, exit 2, located, no traceback --------------------------------------------
 
 @pytest.mark.parametrize("argv,message", [

@@ -4,6 +4,8 @@ what `darknet detector test -ext_output` does, plus drawn images, COCO JSON and 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from darkcfg.cli.common import (
     add_model_arguments,
     add_run_arguments,
@@ -13,7 +15,9 @@ from darkcfg.cli.common import (
     model_spec,
     refuse_overwriting_inputs,
 )
-from darkcfg.detect.run import DetectOptions, run_detect
+
+if TYPE_CHECKING:  # (torch comes with them: `--help` stays quick)
+    from darkcfg.detect.run import DetectOptions
 
 
 def arg_parser():
@@ -56,6 +60,8 @@ def add_detect_arguments(p, raw_input: bool = True) -> None:
 
 
 def detect_options(model, args, targets) -> DetectOptions:
+    from darkcfg.detect.run import DetectOptions
+
     return DetectOptions(model, tuple(targets or ()), args.names, args.data, args.out,
                          args.thresh, 0.45 if args.nms is None else args.nms,
                          args.letter_box, args.save_labels, args.input,
@@ -73,6 +79,8 @@ def run(opts: DetectOptions) -> int:
     refuse_overwriting_inputs({"--detections": opts.detections},
                               {**model_inputs(opts.model), "the --input file": opts.input,
                                "the --names file": opts.names, "the --data file": opts.data})
+    from darkcfg.detect.run import run_detect
+
     run_detect(opts)
     return 0
 

@@ -9,6 +9,7 @@ import contextlib
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.cli.common import (
@@ -20,7 +21,9 @@ from darkcfg.cli.common import (
     refuse_overwriting_inputs,
     usage_error,
 )
-from darkcfg.model import ModelSpec, option_error
+
+if TYPE_CHECKING:  # (torch comes with them: `--help` stays quick)
+    from darkcfg.model import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,8 @@ def check_options(opts: ExportOptions) -> None:
             raise usage_error(f"--calib-images must be >= 1, not {opts.calib_images}",
                               hint=f"e.g. --calib-images {DEFAULT_CALIB_IMAGES} (the default)")
         if opts.classes is not None and opts.classes < 1:  # as RunOptions refuses it
+            from darkcfg.model import option_error
+
             raise option_error("--classes", f"--classes {opts.classes}: need at least 1",
                                "use --classes 1 or more (or leave it out)")
         if opts.classes is not None and opts.calibrate != "embedded":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from darkcfg.cli.common import (
     add_model_arguments,
@@ -16,7 +17,9 @@ from darkcfg.cli.common import (
     refuse_overwriting_inputs,
     require_png,
 )
-from darkcfg.model import ModelSpec
+
+if TYPE_CHECKING:  # (torch comes with them: `--help` stays quick)
+    from darkcfg.model import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from darkcfg.cli.common import (
     add_model_arguments,
@@ -14,7 +15,9 @@ from darkcfg.cli.common import (
     guarded,
     model_spec,
 )
-from darkcfg.model import ModelSpec
+
+if TYPE_CHECKING:  # (torch comes with them: `--help` stays quick)
+    from darkcfg.model import ModelSpec
 
 
 def add_data_arguments(p) -> None:

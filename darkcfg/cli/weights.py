@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cfgparse import CfgError, Diagnostic
 from darkcfg.cli.common import (
@@ -17,7 +18,9 @@ from darkcfg.cli.common import (
     refuse_overwriting_inputs,
     usage_error,
 )
-from darkcfg.model import ModelSpec, read_any_weights
+
+if TYPE_CHECKING:  # (torch comes with them: `--help` stays quick)
+    from darkcfg.model import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ def run(opts: WeightsOptions) -> int:
                        ("--dump-outputs", opts.dump_outputs)):
         if path:
             check_writable(path, flag)  # before the build and the weights' read
+    from darkcfg.model import read_any_weights
+
     net = model.build()
     loaded = read_any_weights(net, model.weights, model.cutoff, model.partial)
     print(loaded.report, file=sys.stderr)
