@@ -23,6 +23,7 @@ from darkcfg.cli.common import (
     refuse_plot_over_images,
     require_png,
 )
+from darkcfg.console import warn
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     boxes, dropped = fit.scaled(relative, width, height)
     print(f"data: {description}", file=sys.stderr)
     if dropped:
-        print(f"warning: {dropped} box(es) with no width or height left out", file=sys.stderr)
+        warn(f"{dropped} box(es) with no width or height left out")
     result = fit.fit_anchors(boxes, k, width, args.seed, args.restarts)
     print(f"{len(boxes)} boxes at {width}x{height}, {k} anchors: k-means with 1 - IoU, "
           f"{result.starts} starts from seed {args.seed}", file=sys.stderr)
