@@ -58,7 +58,6 @@ def _write(text: str) -> None:
     # a progress bar on screen: the line goes above it (tqdm.write clears and redraws the bar)
     tqdm = sys.modules.get("tqdm")
     if tqdm is not None and getattr(tqdm.tqdm, "_instances", None):
-        tqdm.tqdm.write(text, file=sys.stderr)
-        sys.stderr.flush()
+        tqdm.tqdm.write(text, file=sys.stderr)  # (stderr is line-buffered: no flush needed)
     else:
         print(text, file=sys.stderr, flush=True)

@@ -21,10 +21,10 @@ JOB = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 @pytest.fixture
 def job(monkeypatch):
-    """Sets this process's torchrun environment: job(rank, world) (None: unset)."""
+    """Sets this process's torchrun environment: job(rank, world) (None: unset). (No test
+    here joins a process group: the environment decides.)"""
     for key in JOB:
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.delitem(sys.modules, "torch.distributed", raising=False)
 
     def place(rank: int | None, world: int | None = 2) -> None:
         for key, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", world)):
@@ -93,6 +93,7 @@ def test_a_warning_goes_above_a_progress_bar(job, monkeypatch, capsys):
 
     job(None)
     written = []
+    monkeypatch.setattr(tqdm, "_instances", type(tqdm._instances)())  # no other test's bar
     monkeypatch.setattr(tqdm, "write", classmethod(
         lambda cls, text, file=None: written.append((text, file))))
     bar = tqdm(total=3, file=sys.stderr)

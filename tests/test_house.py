@@ -416,7 +416,9 @@ def test_warnings_are_said_through_the_console():
     above a progress bar): no print or write of a "warning..." text elsewhere, no second say or
     warn, no say of a warning. (The diagnostics a command reports, `check`'s and `data
     check`'s, are its output.)"""
-    def says_warning(node: ast.AST) -> bool:
+    def says_warning(node: ast.AST) -> bool:  # "warning...", f"warning...", severity=WARNING
+        if isinstance(node, ast.keyword):
+            return node.arg == "severity" and getattr(node.value, "id", "") == "WARNING"
         text = node.values[0] if isinstance(node, ast.JoinedStr) and node.values else node
         return isinstance(text, ast.Constant) and isinstance(text.value, str) and \
             text.value.lstrip().startswith("warning")

@@ -201,12 +201,11 @@ def _write_locked(data: bytes, target: Path, cfg_path: str, net, heads: list[int
                 and value(feeding, need.feeding_key) == need.count and new_need != need.count):
             changes.append((feeding, need.feeding_key, str(new_need)))
         elif new_need != need.count:
-            print(block.diagnostic(
+            warn(block.diagnostic(
                 "W304", f"[{block.name}] now needs {new_need} input channels (len(mask)="
                 f"{len(as_list(mask))}), and the layer before it is not the "
                 f"[{need.feeding_section}] that sets them", "mask", severity=WARNING,
-                hint=f"set {need.feeding_key}={new_need} in the layer that feeds it").format(),
-                file=sys.stderr)
+                hint=f"set {need.feeding_key}={new_need} in the layer that feeds it"))
     new_text = edit(text, changes)
     problems = lint_text(new_text, Path(cfg_path))
     if problems:
