@@ -5,8 +5,9 @@ folder is at hand. No torch: the linter's layer may use it."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
+
+from darkcfg.console import say
 
 FOLDER = Path(__file__).with_name("cfg")
 
@@ -43,5 +44,5 @@ def resolve_cfg(arg):
         return arg
     if shipped not in _said:
         _said.add(shipped)
-        print(f"cfg: {arg} is darkcfg's shipped {shipped} (no such file here)", file=sys.stderr)
+        say(f"cfg: {arg} is darkcfg's shipped {shipped} (no such file here)")
     return shipped

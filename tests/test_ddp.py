@@ -165,3 +165,31 @@ def test_loader_processes_start_from_a_forkserver_in_a_process_group(tmp_path, t
     assert len(starts) >= 3 and set(starts) == {"forkserver"}, starts
     assert (tmp_path / "c" / "c_final.weights").exists()
     assert (tmp_path / "d" / "d_final.weights").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch built without gloo")
+def test_under_torchrun_rank_0_warns_and_every_rank_says_its_error(tmp_path, tiny_classifier):
+    """Both ranks read the data: its warning (a class folder without images) came twice, one
+    per rank; now rank 0 says it. The error that follows (no validation split for --valid) is
+    each rank's: both say why they stop."""
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+    for k in range(3):  # 3 images: a 90/10 split leaves no validation image
+        Image.new("RGB", (12, 12), (40 * k, 0, 0)).save(tmp_path / "set" / "a" / f"{k}.png")
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", max_batches=2, second_conv=False)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    result = run_with_stacks_on_hang(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(ROOT / "runner.py"), str(cfg), "--train", "--valid", "--data", str(tmp_path / "set"),
+         "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress", "--workers", "0"],
+        env, timeout=180)
+    assert result.returncode != 0
+    assert result.stderr.count("warning: 1 class(es) of") == 1, result.stderr[-3000:]
+    assert result.stderr.count("error[E901]: ") == 2, result.stderr[-3000:]
+    assert result.stderr.count("has no validation split") == 2

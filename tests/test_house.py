@@ -111,7 +111,7 @@ LAYERS = {
     "cfgparse": 0,
     "builders": 1,
     "darkcfg": 2, "darkcfg.bundled": 2, "darkcfg.config": 2, "darkcfg.model": 2, "darkcfg.lint": 2,
-    "darkcfg.stopping": 2,
+    "darkcfg.stopping": 2, "darkcfg.console": 2,
     "darkcfg.data": 3, "darkcfg.detect": 4, "darkcfg.export": 5,
     "darkcfg.train": 6,
     "darkcfg.cli": 7,
@@ -185,7 +185,8 @@ TORCH_FREE = ["cfgparse", "cfgparse.parser", "cfgparse.yaml_io", "cfgparse.write
               "darkcfg.lint",
               "darkcfg.lint.block_rules", "darkcfg.lint.stages", "darkcfg.lint.pool",
               "darkcfg.lint.report", "darkcfg.lint.cli",
-              "builders.memory", "builders.plan", "darkcfg.stopping"]
+              "builders.memory", "builders.plan", "darkcfg.stopping", "darkcfg.console",
+              "darkcfg.bundled"]
 
 
 def test_cfgparse_and_the_linters_block_rules_import_no_torch():
@@ -408,6 +409,35 @@ def test_losses_hand_results_back_by_value_and_the_trainer_asks_no_layer_its_typ
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance":
                 target = ast.unparse(node.args[0])
                 assert "layer" not in target, f"{path.relative_to(ROOT)}: isinstance({target})"
+
+
+def test_warnings_are_said_through_the_console():
+    """One printer of info and warning lines (darkcfg/console.py: rank 0 of a torchrun job,
+    above a progress bar): no print or write of a "warning..." text elsewhere, no second say or
+    warn, no say of a warning. (The diagnostics a command reports, `check`'s and `data
+    check`'s, are its output.)"""
+    def says_warning(node: ast.AST) -> bool:  # "warning...", f"warning...", severity=WARNING
+        if isinstance(node, ast.keyword):
+            return node.arg == "severity" and getattr(node.value, "id", "") == "WARNING"
+        text = node.values[0] if isinstance(node, ast.JoinedStr) and node.values else node
+        return isinstance(text, ast.Constant) and isinstance(text.value, str) and \
+            text.value.lstrip().startswith("warning")
+
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            where = str(path.relative_to(ROOT))
+            if where == "darkcfg/console.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.FunctionDef) and node.name in ("say", "warn"):
+                    found.append(f"{where}:{node.lineno}: def {node.name}")
+                elif isinstance(node, ast.Call) and \
+                        getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                            "print", "write", "say") and \
+                        any(says_warning(a) for arg in node.args for a in ast.walk(arg)):
+                    found.append(f"{where}:{node.lineno}: {ast.unparse(node)[:60]}")
+    assert found == [], "\n".join(found)
 
 
 def test_box_geometry_has_one_home():

@@ -23,6 +23,7 @@ from darkcfg.cli.common import (
     refuse_plot_over_images,
     require_png,
 )
+from darkcfg.console import warn
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     boxes, dropped = fit.scaled(relative, width, height)
     print(f"data: {description}", file=sys.stderr)
     if dropped:
-        print(f"warning: {dropped} box(es) with no width or height left out", file=sys.stderr)
+        warn(f"{dropped} box(es) with no width or height left out")
     result = fit.fit_anchors(boxes, k, width, args.seed, args.restarts)
     print(f"{len(boxes)} boxes at {width}x{height}, {k} anchors: k-means with 1 - IoU, "
           f"{result.starts} starts from seed {args.seed}", file=sys.stderr)
@@ -200,12 +201,11 @@ def _write_locked(data: bytes, target: Path, cfg_path: str, net, heads: list[int
                 and value(feeding, need.feeding_key) == need.count and new_need != need.count):
             changes.append((feeding, need.feeding_key, str(new_need)))
         elif new_need != need.count:
-            print(block.diagnostic(
+            warn(block.diagnostic(
                 "W304", f"[{block.name}] now needs {new_need} input channels (len(mask)="
                 f"{len(as_list(mask))}), and the layer before it is not the "
                 f"[{need.feeding_section}] that sets them", "mask", severity=WARNING,
-                hint=f"set {need.feeding_key}={new_need} in the layer that feeds it").format(),
-                file=sys.stderr)
+                hint=f"set {need.feeding_key}={new_need} in the layer that feeds it"))
     new_text = edit(text, changes)
     problems = lint_text(new_text, Path(cfg_path))
     if problems:

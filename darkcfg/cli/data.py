@@ -22,6 +22,7 @@ from darkcfg.cli.common import (
     refuse_plot_over_images,
     require_png,
 )
+from darkcfg.console import warn
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -61,7 +62,7 @@ def convert(src: str, to: str, out: Path, link: bool) -> int:
 
     data = open_set(src)
     for warning in set_warnings(data.problems):
-        print(warning, file=sys.stderr)
+        warn(warning)
     written = write(data, to, out, link)
     valid = f", {len(data.valid)} valid" if data.valid is not None else ""
     print(f"read {data.describe()}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,11 +332,6 @@ def undecodable_warning(exc: DataError | OSError | str, path: str, what: str) ->
     Darknet's load_image_mat_cv says "Cannot load image" and goes on."""
     return Diagnostic("W901", f"{exc} (Darknet: 'Cannot load image'): {what}", str(path),
                       severity=WARNING, hint="remove it or convert it to JPEG/PNG").format()
-
-
-def say_undecodable(exc: DataError | str, path: str, what: str) -> None:
-    """undecodable_warning on stderr."""
-    print(undecodable_warning(exc, path, what), file=sys.stderr, flush=True)
 
 
 #: The blank picture an undecodable validation image is scored as: Darknet's load_image_cv

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from torch.utils.data import Dataset
 from builders.atomic import files_under, hidden
 from cfgparse import CfgError, Diagnostic
 from darkcfg.bundled import resolve_cfg
+from darkcfg.console import warn
 from darkcfg.data.base import (
     DataError,
     DataSplits,
@@ -26,7 +26,7 @@ from darkcfg.data.base import (
     data_error,
     image_tensor,
     read_image,
-    say_undecodable,
+    undecodable_warning,
 )
 from darkcfg.data.datafile import (
     data_diagnostic,
@@ -132,9 +132,11 @@ class ImageFiles(Dataset):
             return read_image(path, self.channels)
         except DataError as exc:
             self.bad.add(at)
-            say_undecodable(exc, path, "scored as a blank image of its class"
-                            if self.undecodable == "blank" else
-                            "skipped; the next image of the list takes its place")
+            # (a rank reads its own share: only it can say so)
+            warn(undecodable_warning(exc, path, "scored as a blank image of its class"
+                                     if self.undecodable == "blank" else
+                                     "skipped; the next image of the list takes its place"),
+                 every_rank=True)
             return None
 
 
@@ -166,10 +168,9 @@ def image_folder(root: Path, channels: int, seed: int, need: str = "all") -> Dat
         unknown = sorted(d.name for d in val_dir.iterdir() if d.is_dir() and d.name not in
                          names and not hidden(d.name)) if val_dir.is_dir() else []
         if unknown:  # a class train/ lacks (a typo, a case): its images would be dropped unseen
-            print(f"warning: {val_dir} has {len(unknown)} class folder(s) that {train_dir} "
-                  f"lacks ({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}): "
-                  "their images are not validated (a class is a folder of train/)",
-                  file=sys.stderr)
+            warn(f"{val_dir} has {len(unknown)} class folder(s) that {train_dir} "
+                 f"lacks ({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}): "
+                 "their images are not validated (a class is a folder of train/)")
         where = f"{train_dir} (+ {val_dir.name}/)" if val else str(train_dir)
     else:
         names, items = scan(root)
@@ -181,16 +182,16 @@ def image_folder(root: Path, channels: int, seed: int, need: str = "all") -> Dat
     trained = {y for _, y in train}
     empty = [name for k, name in enumerate(names) if k not in trained]
     if empty and train:  # torchvision's ImageFolder refuses it; a class kept in its place
-        print(f"warning: {len(empty)} class(es) of {where} have no training image "
-              f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}): the network "
-              "never learns them (a class is a folder of images)", file=sys.stderr)
+        warn(f"{len(empty)} class(es) of {where} have no training image "
+             f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}): the network "
+             "never learns them (a class is a folder of images)")
     holder = train_dir if train_dir.is_dir() else root
     loose = sorted(p.name for p in holder.iterdir() if p.is_file() and is_image(p)
                    and not hidden(p.name))
     if loose and train:  # an image beside the class folders has no class
-        print(f"warning: {len(loose)} image(s) lie in {holder} itself, in no class folder "
-              f"({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}): they are left "
-              "out (a class is a folder of images)", file=sys.stderr)
+        warn(f"{len(loose)} image(s) lie in {holder} itself, in no class folder "
+             f"({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}): they are left "
+             "out (a class is a folder of images)")
     if loose and not train:
         raise data_error(f"'{holder}' holds {len(loose)} image(s) but no class folder of them",
                          str(root), "an ImageFolder holds one sub-folder of images per class "

@@ -21,6 +21,7 @@ import torch
 from builders.atomic import files_under
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING, printable
+from darkcfg.console import say, warn
 from darkcfg.data.base import check_image_headers, undecodable_warning
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
@@ -76,10 +77,6 @@ class DetectOptions:
                                           hint=f"e.g. --{name} {example}"))
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # -- inputs ---------------------------------------------------------------------------------------
 
 def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
@@ -116,15 +113,15 @@ def image_paths(targets: list[str]) -> tuple[list[Path], bool]:
                                       "video, a stream URL or a camera index"))
     if unlisted:
         said = unlisted[0]
-        say(f"warning: skipped {len(unlisted)} folder(s) that cannot be listed (e.g. "
-            f"{printable(str(said.filename))}: {said.strerror or said}): their images are "
-            "not run")
+        warn(f"skipped {len(unlisted)} folder(s) that cannot be listed (e.g. "
+             f"{printable(str(said.filename))}: {said.strerror or said}): their images are "
+             "not run")
     if unreadable:
-        say(f"warning: skipped {len(unreadable)} image name(s) that are not files "
-            f"(e.g. {printable(str(unreadable[0]))}: {not_there(unreadable[0])})")
+        warn(f"skipped {len(unreadable)} image name(s) that are not files "
+             f"(e.g. {printable(str(unreadable[0]))}: {not_there(unreadable[0])})")
     if skipped:
-        say(f"warning: skipped {len(skipped)} file(s) that are not images "
-            f"(e.g. {printable(str(skipped[0]))}; images end in {', '.join(IMAGE_EXTENSIONS)})")
+        warn(f"skipped {len(skipped)} file(s) that are not images "
+             f"(e.g. {printable(str(skipped[0]))}; images end in {', '.join(IMAGE_EXTENSIONS)})")
     if not paths:
         raise CfgError(Diagnostic("E901", "no images to run", " ".join(targets),
                                   hint="give image files or folders that hold some"))
@@ -211,10 +208,10 @@ def read_names(names_file: str | None, data_file: str | None
     names = names_in(split_lines(text))
     blank = [n for n, name in enumerate(names) if not name]
     if blank:  # Darknet's get_labels keeps a blank line's place: the names after it keep theirs
-        say(f"warning: line {blank[0] + 1} of '{names_file}' is blank"
-            + (f" (and {len(blank) - 1} more)" if len(blank) > 1 else "")
-            + f": class {blank[0]} has no name and is shown by number; the names after it "
-            "keep their lines' classes")
+        warn(f"line {blank[0] + 1} of '{names_file}' is blank"
+             + (f" (and {len(blank) - 1} more)" if len(blank) > 1 else "")
+             + f": class {blank[0]} has no name and is shown by number; the names after it "
+             "keep their lines' classes")
     return names, names_file, None
 
 
@@ -232,10 +229,10 @@ def check_names(net, names: list[str], where: str | None) -> None:
                           f"[{block.name}] has classes={classes}", "classes",
                           hint="use the names file the weights were trained with, or fix "
                           "classes= in every head")
-    say(block.diagnostic("W302", f"'{where}' names {len(names)} classes and [{block.name}] has "
-                         f"classes={classes}: classes {len(names)}..{classes - 1} are shown by "
-                         "number", "classes", severity=WARNING,
-                         hint="use the names file the weights were trained with").format())
+    warn(block.diagnostic("W302", f"'{where}' names {len(names)} classes and [{block.name}] has "
+                          f"classes={classes}: classes {len(names)}..{classes - 1} are shown by "
+                          "number", "classes", severity=WARNING,
+                          hint="use the names file the weights were trained with"))
 
 
 def detector(model: ModelSpec, max_memory: int | None = None, force: bool = False):
@@ -263,7 +260,7 @@ def detector(model: ModelSpec, max_memory: int | None = None, force: bool = Fals
     if model.weights:
         say(load_any_weights(net, model.weights, model.cutoff, model.partial))
     else:
-        say(f"warning: no --weights: the initial weights of seed {model.seed} (boxes are noise)")
+        warn(f"no --weights: the initial weights of seed {model.seed} (boxes are noise)")
     return net.to(device).eval()
 
 
@@ -630,11 +627,7 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                 if isinstance(image, OSError):  # its header read (checked above), its pixels
                     # do not (a JPEG cut short): left out, as Darknet's load_image goes on
                     unreadable += 1
-                    warning = undecodable_warning(image, str(path), "left out; detect goes on")
-                    if bar.disable:
-                        say(warning)
-                    else:
-                        bar.write(warning, file=sys.stderr)
+                    warn(undecodable_warning(image, str(path), "left out; detect goes on"))
                     continue
                 h, w = image.shape[-2:]
                 lines = ext_output(objs, w, h)

@@ -36,6 +36,7 @@ import torch
 from builders.atomic import ensure_folder, fitting, hold, remove_abandoned, write_error
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING, printable
+from darkcfg.console import warn
 from darkcfg.detect.decode import (
     check_run_arguments,
     detections_of_outputs,
@@ -505,7 +506,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
             if isinstance(item, _Skipped):
                 skipped += 1
                 if skipped == 1:  # (the count is in the result and the summary line)
-                    tqdm.write(_skipped_warning(item, source), file=sys.stderr)
+                    warn(_skipped_warning(item, source))
                 continue
             if writer.error is not None:
                 break  # the outputs cannot be written (a full disk): finish() says why
@@ -542,9 +543,8 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
                                   hint="the file may be damaged or the stream gone"))
     if not interrupted and frames < declared - 1 and (max_frames is None or frames < max_frames):
         # (one frame of slack: some containers count an estimate)
-        print(f"warning: '{shown}' declares {declared} frames but {frames} could be decoded: "
-              "the file ends early or is damaged (the outputs hold those frames)",
-              file=sys.stderr)
+        warn(f"'{shown}' declares {declared} frames but {frames} could be decoded: the file "
+             "ends early or is damaged (the outputs hold those frames)")
     result = VideoResult(source, frames, writer.objects, seconds, video_path, jsonl_path, labels,
                          interrupted, skipped)
     if interrupted:

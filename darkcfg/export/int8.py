@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import torch
 from builders.atomic import staged_file, work_folder
 from builders.graph import Network
 from cfgparse import CfgError, Diagnostic
+from darkcfg.console import warn
 from darkcfg.export.onnx import (
     cfg_name,
     check_output,
@@ -112,9 +112,8 @@ class CalibrationImages:
             raise _failed("no images to calibrate with", where,
                           hint="give a data source with training images")
         if count < asked:
-            print(f"warning: {asked} calibration images asked (--calib-images), but the "
-                  f"training split of '{where}' holds {count}: calibrating on all {count}",
-                  file=sys.stderr)
+            warn(f"{asked} calibration images asked (--calib-images), but the training "
+                 f"split of '{where}' holds {count}: calibrating on all {count}")
         self.dataset, self.image_of, self.where = dataset, image_of, where
         # spread over the split, not its first images (a sorted folder starts with one class)
         self.picks = [int(p) for p in np.linspace(0, len(dataset) - 1, count).round()]
@@ -135,7 +134,7 @@ class CalibrationImages:
         import re
 
         from darkcfg.data import DataError
-        from darkcfg.data.base import say_undecodable
+        from darkcfg.data.base import undecodable_warning
 
         n = len(self.dataset)
         for step in range(n):
@@ -150,9 +149,9 @@ class CalibrationImages:
                 last = self._last = text.splitlines()[-1] if text else repr(exc)
                 if "none of the" not in last:
                     named = re.search(r"'([^']+)'", last)
-                    say_undecodable(last, named.group(1) if named else self.where,
-                                    "left out of the calibration; the next image takes its "
-                                    "place")
+                    warn(undecodable_warning(last, named.group(1) if named else self.where,
+                                             "left out of the calibration; the next image "
+                                             "takes its place"))
                 continue
             self._used.add(at)
             self._at.append(at)
@@ -220,10 +219,9 @@ def _detection_data(net, source, seed, count, classes, batch) -> Int8Data:
         # training images, as Darknet's `detector map` does: the very images INT8 was
         # calibrated on flatter it, so say so
         split = "training"
-        print(f"warning: '{source}' has no separate validation split (no valid=, or valid= "
-              "is the train list): fp32 and INT8 are scored on the training images, the ones "
-              "INT8 was calibrated on; add a valid= list of other images for a fair score",
-              file=sys.stderr)
+        warn(f"'{source}' has no separate validation split (no valid=, or valid= is the "
+             "train list): fp32 and INT8 are scored on the training images, the ones INT8 "
+             "was calibrated on; add a valid= list of other images for a fair score")
 
     def score(run) -> float:
         return detection_map(net, run, loader, names)

@@ -18,13 +18,13 @@ mAP@0.5."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
 from cfgparse import CfgError
+from darkcfg.console import warn
 from darkcfg.data import DataSplits
 from darkcfg.data.detection.augment import DetectionSettings
 from darkcfg.data.detection.dataset import collate as detection_collate
@@ -83,9 +83,9 @@ class DetectionTask(Task):
         self.settings = self.settings.for_build(opts.darknet_build)
         if self.coco and not coco_available():  # said once, at start-up, not at a validation
             self.coco = False
-            print("warning: pycocotools is not installed: validation reports Darknet's mAP@0.5, "
-                  "precision, recall and F1 but not COCO mAP@[.5:.95] (pip install "
-                  "'darkcfg[detect]' to add it)", file=sys.stderr)
+            warn("pycocotools is not installed: validation reports Darknet's mAP@0.5, "
+                 "precision, recall and F1 but not COCO mAP@[.5:.95] (pip install "
+                 "'darkcfg[detect]' to add it)")
 
     def check_training(self, net) -> None:
         """`random=` multi-scale trains at sizes other than the cfg's: refuse (E305) a
@@ -125,7 +125,7 @@ class DetectionTask(Task):
                   need: str = "all") -> DataSplits:
         splits = open_detection_source(spec, self.settings, seed, classes)
         for line in splits.warnings:
-            print(line, file=sys.stderr)
+            warn(line)
         self.names = list(splits.names)
         return DataSplits(splits.train, splits.val, self.names, splits.description,
                           backup=splits.backup, augment=True, in_memory=False)

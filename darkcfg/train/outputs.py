@@ -21,6 +21,7 @@ from builders.atomic import atomic_write
 from cfgparse import CfgError
 from cfgparse.errors import plot_text
 from cfgparse.yaml_io import load_yaml
+from darkcfg.console import warn
 from darkcfg.data.base import pyplot, write_figure
 from darkcfg.model import non_finite
 from darkcfg.train.checkpoint import rng_states, save_checkpoint
@@ -196,8 +197,8 @@ class RunLog:
                     self.history.add(row)
         if not self.history:  # nothing of it parses: started over (the caller writes the header)
             if lines:
-                print(f"warning: {path} has no readable row up to iteration {start}; it "
-                      "starts over from this iteration", file=sys.stderr)
+                warn(f"{path} has no readable row up to iteration {start}; it starts over "
+                     "from this iteration")
             path.unlink()
             return
         atomic_write(path, buf.getvalue())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
 from cfgparse.rules import net_rules
 from darkcfg.config import cfg_with_overrides
+from darkcfg.console import say, warn
 from darkcfg.data import (
     Augment,
     DataError,
@@ -26,7 +26,7 @@ from darkcfg.data import (
     eval_loader,
     read_image,
 )
-from darkcfg.data.base import say_undecodable
+from darkcfg.data.base import undecodable_warning
 from darkcfg.model import (
     build_network,
     check_count,
@@ -53,11 +53,6 @@ from darkcfg.train.outputs import (
     write_settings,
 )
 from darkcfg.train.tasks import Task, ranked, task_for
-
-
-def say(message: str, dist: distributed.Dist | None = None) -> None:
-    if dist is None or dist.main:
-        print(message, file=sys.stderr, flush=True)
 
 
 def workers_for(opts, splits: DataSplits, train_set: Samples, device, world: int) -> int:
@@ -336,12 +331,12 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
     if opts.resume and opts.data is None:
         data = recorded_data(source, "--resume")
         if data is not None:  # `--resume` continues the run: on its data, unless told otherwise
-            say(f"--resume: the run's data, {data} (its settings.yaml)", dist)
+            say(f"--resume: the run's data, {data} (its settings.yaml)")
             opts = replace(opts, data=data)
         elif opts.classes is None and (classes := _embedded_classes(source)):
             # (`make train` trains the embedded set's first 10 of VGG-16's 1000 classes)
             say(f"--resume: the run's data, the embedded set's first {classes} classes (its "
-                "settings.yaml)", dist)
+                "settings.yaml)")
             opts = replace(opts, classes=classes)
     if opts.deterministic:
         make_deterministic()
@@ -352,7 +347,7 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
         keep_freed_memory()
     net, cfg, overrides = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
     for w in net.warnings:
-        say(w.format(), dist)
+        warn(w)
     if cfg.max_batches <= 0:
         raise net.net_block.error("E305", "max_batches is 0 (Darknet: train forever); darkcfg "
                                   "needs a stop", "max_batches",
@@ -387,31 +382,31 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
             refuse_replacing_files(out, opts.name, dist, device,
                                    lambda p: run_cfg_replaces(p, opts.cfg_path, run_cfg))
         say(("=" * 78 + f"\n  no --data: training on the embedded dataset\n  {splits.description}\n"
-             + "=" * 78) if opts.data is None else f"data: {splits.description}", dist)
+             + "=" * 78) if opts.data is None else f"data: {splits.description}")
         if task.name == "classify" and opts.data is not None and \
                 0 < len(splits.names) < task.outputs:  # (Darknet needs them equal)
-            say(f"warning: the data has {len(splits.names)} classes but the network outputs "
-                f"{task.outputs}: the last {task.outputs - len(splits.names)} outputs are never "
-                f"a target (set the last [connected]/[convolutional] to "
-                f"{len(splits.names)} outputs)", dist)
+            warn(f"the data has {len(splits.names)} classes but the network outputs "
+                 f"{task.outputs}: the last {task.outputs - len(splits.names)} outputs are never "
+                 f"a target (set the last [connected]/[convolutional] to "
+                 f"{len(splits.names)} outputs)")
         darknet_init(net)  # before --weights, which may load only some layers
         if opts.weights:
             report = load_any_weights(net, opts.weights, opts.cutoff, opts.partial)
             refuse_non_finite_weights(net, opts.weights)  # (its error says what the warning would)
-            say(report, dist)
+            say(report)
         trainer = Trainer(net, cfg, device, dist=dist, freeze=opts.freeze, compile=opts.compile,
                           amp=opts.amp, batch_is_global=not opts.batch_per_process, task=task)
         trainer.check_trainable(opts.freeze)
         for problem in unhonoured_layer_keys(net):
-            say(problem.format(), dist)
+            warn(problem)
         for problem in net_rules(net.net_block):  # the fatal ones were refused by NetConfig.check
             # settings Darknet trains with, but not as written (a partial mini-batch, burn_in past
             # the end, steps without scales...): the linter's E305 errors, the trainer's W306
-            say(replace(problem, code="W306", severity=WARNING).format(), dist)
+            warn(replace(problem, code="W306", severity=WARNING))
         if trainer.amp_dtype == torch.bfloat16 and device.type == "cpu" and \
                 not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            say("warning: --amp on a CPU without native bfloat16 (AVX512-BF16 or AMX): oneDNN "
-                "emulates it, which is usually slower than float32; drop --amp here", dist)
+            warn("--amp on a CPU without native bfloat16 (AVX512-BF16 or AMX): oneDNN "
+                 "emulates it, which is usually slower than float32; drop --amp here")
         train_set, val_set = task.prepare(splits, cfg, opts.seed)
         workers = workers_for(opts, splits, train_set, device, dist.world)
         stream = task.stream(train_set, trainer.batch, dist.world, dist.rank, opts.seed, device,
@@ -431,11 +426,11 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
                     hint="--resume takes the checkpoint.pt of a darkcfg run of this cfg; to "
                     "start from other weights use --weights (without --resume)"))
             trainer.load_state_dict(state, str(path))
-            say(f"resuming from {path} at iteration {trainer.iteration}", dist)
+            say(f"resuming from {path} at iteration {trainer.iteration}")
             if trainer.iteration >= cfg.max_batches:  # the run is over: say so, not "finished"
                 say(f"nothing to train: the checkpoint is at iteration {trainer.iteration} and "
                     f"max_batches={cfg.max_batches} (raise max_batches, e.g. --set max_batches="
-                    f"{max(2 * trainer.iteration, trainer.iteration + 1)}, to train on)", dist)
+                    f"{max(2 * trainer.iteration, trainer.iteration + 1)}, to train on)")
         settings = {"cfg": str(opts.cfg_path), "overrides": overrides, "net": cfg.to_dict(),
                     "data": opts.data or "embedded", "classes": opts.classes,
                     "data_description": splits.description,
@@ -450,9 +445,9 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
             changed = resume_changes(source / "settings.yaml", settings) + \
                 names_change(state.get("names"), splits.names)
             if changed:
-                say("warning: resuming with other settings than the run had: " + "; ".join(changed)
-                    + " (the continuation differs from the run it would have been; pass the "
-                    "run's options to continue it exactly)", dist)
+                warn("resuming with other settings than the run had: " + "; ".join(changed)
+                     + " (the continuation differs from the run it would have been; pass the "
+                     "run's options to continue it exactly)")
     except BaseException:
         if lock is not None:
             lock.release_unused()
@@ -463,7 +458,7 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
                                          "ranks.txt", "*.weights",
                                          f"{glob.escape(opts.name)}.cfg"])
         if stale:  # a run killed (SIGKILL, power) while writing one of them
-            say(f"removed {len(stale)} temp file(s) left by an interrupted write in {out}", dist)
+            say(f"removed {len(stale)} temp file(s) left by an interrupted write in {out}")
         if not (opts.resume and trainer.iteration >= cfg.max_batches) or \
                 not (out / "settings.yaml").exists():
             # (a resume with nothing left to train keeps the run's record as it was; into a
@@ -490,7 +485,7 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
     if how != "done":
         log.close()
         say(f"stopped by {how} at iteration {trainer.iteration}; checkpoint saved in {out} "
-            "(continue with --resume)", dist)
+            "(continue with --resume)")
     else:
         last = log.history.last or {}
         summary = f"finished {trainer.iteration} iterations"
@@ -501,13 +496,13 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
             summary += ", " + task.summary(val[-1])
             if val[-1]["iteration"] != trainer.iteration:  # no validation at the end
                 summary += f" (at iteration {val[-1]['iteration']})"
-        say(summary + f"; outputs in {out}", dist)
+        say(summary + f"; outputs in {out}")
         if dist.enabled:
             prints = distributed.parameter_fingerprints(dist, trainer.net)
             if dist.main:
                 same = len(set(prints)) == 1
                 say(f"DDP: parameters {'identical' if same else 'DIFFER'} on all "
-                    f"{dist.world} ranks", dist)
+                    f"{dist.world} ranks")
                 from builders.atomic import atomic_write
 
                 atomic_write(out / "ranks.txt", "\n".join(prints) + "\n")
@@ -523,8 +518,8 @@ def prepare_eval(opts: RunOptions):
     if opts.weights:
         say(load_any_weights(net, opts.weights, opts.cutoff, opts.partial))
     else:  # as detect says: scores of untrained weights are easily taken for a model's
-        say(f"warning: no --weights: the initial weights of seed {opts.seed} (the scores are "
-            "chance)")
+        warn(f"no --weights: the initial weights of seed {opts.seed} (the scores are "
+             "chance)")
     task.use_options(opts)
     trainer = Trainer(net, cfg, device, dist=dist, amp=opts.amp, task=task)
     return trainer, cfg
@@ -570,9 +565,9 @@ def _run_seed(opts: RunOptions, seed) -> RunOptions:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed == opts.seed:
         return opts
     if opts.explicit_seed:
-        say(f"warning: --seed {opts.seed}: the run that wrote {opts.weights} trained with seed "
-            f"{seed} (its settings.yaml); data split by the seed then validates on other images, "
-            "some of which it trained on")
+        warn(f"--seed {opts.seed}: the run that wrote {opts.weights} trained with seed "
+             f"{seed} (its settings.yaml); data split by the seed then validates on other images, "
+             "some of which it trained on")
         return opts
     say(f"--seed {seed}: the seed of the run that wrote {opts.weights} (its settings.yaml: "
         "the same validation split; give --seed to choose)")
@@ -652,7 +647,7 @@ def _predicted(opts: RunOptions, paths: list[str], top: int | None, trainer: Tra
         try:
             pixels = read_image(path, task.inputs[0])
         except DataError as exc:  # its header reads, its pixels do not (a JPEG cut short)
-            say_undecodable(exc, path, "left out; predict goes on")
+            warn(undecodable_warning(exc, path, "left out; predict goes on"))
             continue
         x = view(pixels)[None]
         probs = task.scores(trainer, x).reshape(-1)

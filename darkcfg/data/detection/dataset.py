@@ -26,13 +26,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from builders.boxes import letterbox_image, resize_image
 from cfgparse import CfgError
+from darkcfg.console import warn
 from darkcfg.data.base import (
     blank_image,
     check_classes_count,
     check_classes_option,
     check_image_headers,
     loader_processes,
-    say_undecodable,
+    undecodable_warning,
 )
 from darkcfg.data.detection.augment import DetectionSettings, training_sample
 from darkcfg.data.detection.embedded import DEFAULT_CLASSES, DISTINCT, EmbeddedDetection
@@ -83,9 +84,11 @@ class LabelledImages(Dataset):
             return read_image(self.paths[at], self.channels)
         except DataError as exc:
             self.bad.add(at)
-            say_undecodable(exc, self.paths[at], "scored as a blank image with its labels"
-                            if self.scored else
-                            "skipped; the next image of the list takes its place")
+            # (a rank reads its own share: only it can say so)
+            warn(undecodable_warning(exc, self.paths[at], "scored as a blank image with its "
+                                     "labels" if self.scored else
+                                     "skipped; the next image of the list takes its place"),
+                 every_rank=True)
             return None
 
 

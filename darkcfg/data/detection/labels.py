@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ import numpy as np
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import ERROR, WARNING, printable
+from darkcfg.console import warn
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
     data_diagnostic,
@@ -183,10 +183,10 @@ def _count_names(opts: dict[str, str], folders: Sequence[Path], where: str) -> i
     """Without classes=: the names file's line count (0: no names file), with a warning."""
     count = len(read_list(resolve(opts["names"], *folders), where, "names", keep_blank=True)) \
         if "names" in opts else 0
-    print(Diagnostic("W904", f"'{where}' has no classes= line: using "
-                     + (f"the {count} names of its names file" if count else
-                        "Darknet's default, 20"), where, severity=WARNING,
-                     hint=f"add classes={count or 20}").format(), file=sys.stderr)
+    warn(Diagnostic("W904", f"'{where}' has no classes= line: using "
+                    + (f"the {count} names of its names file" if count else
+                       "Darknet's default, 20"), where, severity=WARNING,
+                    hint=f"add classes={count or 20}"))
     return count
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from darkcfg.console import warn
+
 #: the module docstring's first line, which `python -OO` strips (--help was an AttributeError)
 DESCRIPTION = "A picture of what a detector trains on: augmented training samples with their " \
     "truth boxes."
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                                     args.classes)
         print(splits.banner(), file=sys.stderr)
         for line in splits.warnings:
-            print(line, file=sys.stderr)
+            warn(line)
         refuse_out_in_set(args.out, set_images(splits))
         write_image(args.out, preview_grid(splits, args.count, args.iteration))
     except CfgError as exc:
