@@ -17,20 +17,28 @@ import sys
 _WARNING_LINE = re.compile(r"warning[:\[]|[^\n]*: warning\[W\d+\]: ")
 
 
+def torchrun_job() -> tuple[int, int, int]:
+    """(rank, world size, local rank) that torchrun gave this process in its environment
+    (RANK, WORLD_SIZE, LOCAL_RANK, set before a rank starts: what it says before it joins the
+    group, the data scan, counts, and so do its loader processes, which inherit them); (0, 1, 0)
+    outside a job. A WORLD_SIZE of 1 or less, or values that are not whole numbers (torchrun
+    writes them), are no job: the command runs alone (darkcfg.train.distributed)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        pass
+    return 0, 1, 0
+
+
 def rank() -> int:
-    """This process's rank in a torch.distributed job, 0 outside one. torchrun sets RANK and
-    WORLD_SIZE before a rank starts (so what it says before it joins the group, the data scan,
-    counts, and so do its loader processes, which inherit them); a joined group's rank wins.
-    RANK without a WORLD_SIZE above 1 is no job (darkcfg.train.distributed trains alone)."""
+    """This process's rank in a torch.distributed job, 0 outside one: a joined group's rank,
+    else torchrun's (torchrun_job)."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            return int(os.environ.get("RANK", "0"))
-    except ValueError:  # not torchrun's: no job
-        pass
-    return 0
+    return torchrun_job()[0]
 
 
 def is_main() -> bool:

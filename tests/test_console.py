@@ -145,3 +145,19 @@ def test_two_ranks_scanning_the_data_say_its_warning_once(tmp_path):
     assert [proc.returncode for proc in ranks] == [0, 0], said
     assert "warning: 1 class(es) of" in said[0][1] and "(b)" in said[0][1]
     assert said[1][1] == ""
+
+
+@pytest.mark.parametrize("world, rank", [("abc", "1"), ("2", "one"), ("", "1"), ("1.5", "0")])
+def test_an_environment_torchrun_did_not_write_is_no_job(job, monkeypatch, world, rank):
+    """WORLD_SIZE=abc (or a RANK that is no number) was a ValueError traceback out of training's
+    setup; torchrun writes whole numbers, so anything else is a command run alone."""
+    from darkcfg.train import distributed
+
+    job(None, None)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("RANK", rank)
+    assert console.torchrun_job() == (0, 1, 0)
+    assert console.rank() == 0
+    assert not distributed.launched_by_torchrun()
+    dist, device = distributed.setup("cpu")
+    assert (dist.rank, dist.world, dist.enabled, device.type) == (0, 1, False, "cpu")

@@ -4,7 +4,6 @@ trains on N processes."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,10 +118,10 @@ def parse(argv: list[str]):
 def run(opts):
     """Train; the Trainer when the run finished here (for a validation or prediction that
     follows, in the flag form), None when it stopped early or ran under torchrun."""
-    from darkcfg.train import session
+    from darkcfg.train import distributed, session
 
     how, trainer = session.train(opts)
-    if how != "done" or os.environ.get("WORLD_SIZE", "1") != "1":
+    if how != "done" or distributed.launched_by_torchrun():
         return None
     return trainer
 

@@ -16,6 +16,7 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
+from darkcfg.console import torchrun_job
 from darkcfg.model import pick_device
 
 
@@ -36,14 +37,13 @@ class Dist:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return torchrun_job()[1] > 1
 
 
 def setup(device_name: str | None) -> tuple[Dist, torch.device]:
     if not launched_by_torchrun():
         return Dist(), pick_device(device_name)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = torchrun_job()
     device = pick_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
