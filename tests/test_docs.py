@@ -181,3 +181,50 @@ def test_every_help_option_is_in_commands_md(command):
     text = (ROOT / "docs" / "commands.md").read_text()
     documented = set(re.findall(r"--[a-z][a-z0-9-]*", text))
     assert sorted(_long_options(module.arg_parser()) - documented) == []
+
+
+def _transcript(page: Path, heading: str) -> list[tuple[str, list[str]]]:
+    """The (command, printed lines) pairs of the first console block under `heading`."""
+    text = page.read_text().split(f"\n{heading}\n", 1)[1]
+    body = next(b for kind, b in FENCE.findall(text) if kind == "console")
+    pairs: list[tuple[str, list[str]]] = []
+    for line in body.splitlines():
+        if line.startswith("$ "):
+            pairs.append((line[2:], []))
+        else:
+            pairs[-1][1].append(line)
+    return pairs
+
+
+@pytest.mark.slow
+def test_the_commands_md_digits_transcript_prints_its_lines(tmp_path):
+    """docs/commands.md's train, valid and predict, run as written but for a shorter schedule
+    (50 iterations: still four validations, burn-in 45 still below it), print the lines shown,
+    numbers aside (they move with the schedule and the machine). valid and predict of a run's
+    weights gained a line saying they build the run's --set values, which the page lacked."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from darkcfg.data.digits import digits_arrays
+
+    pytest.importorskip("sklearn")
+    (tmp_path / "cfg").symlink_to(ROOT / "cfg")
+    Image.fromarray(digits_arrays(0)[2][0, 0].numpy()).save(tmp_path / "eight.png")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}
+
+    def masked(lines):
+        return [re.sub(r"\d+(\.\d+)?", "N", line) for line in lines]
+
+    pairs = _transcript(ROOT / "docs" / "commands.md", "## train, valid, predict")
+    assert [c.split()[1] for c, _ in pairs] == ["train", "valid", "predict"]
+    for command, shown in pairs:
+        argv = command.replace("max_batches=200", "max_batches=50").split()[1:]
+        done = subprocess.run([sys.executable, "-m", "darkcfg", *argv], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stdout
+        assert masked(done.stdout.splitlines()) == masked(shown), command
