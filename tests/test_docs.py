@@ -228,3 +228,33 @@ def test_the_commands_md_digits_transcript_prints_its_lines(tmp_path):
                               timeout=600)
         assert done.returncode == 0, done.stdout
         assert masked(done.stdout.splitlines()) == masked(shown), command
+
+
+def test_the_cfgparse_block_of_cfg_files_md_returns_what_it_says(tmp_path, monkeypatch):
+    """docs/cfg-files.md's cfgparse block, run line by line: a comment that starts with quoted
+    values is what the line returns, and `Option(...)` names the fields of an Option (the page
+    said `blocks[1].name` was 'conv' for yolov3-tiny's [convolutional], and lacked `origin`)."""
+    import shutil
+
+    block = next(b for b in python_blocks(ROOT / "docs" / "cfg-files.md")
+                 if "from cfgparse import parse" in b)
+    (tmp_path / "cfg").symlink_to(ROOT / "cfg")
+    shutil.copy(ROOT / "cfg" / "digits.cfg", tmp_path / "model.cfg")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    checked = 0
+    for line in block.splitlines():
+        code, _, said = line.partition("  #")
+        exec(code, scope)  # each line is a statement of its own
+        said = said.strip()
+        values = re.match(r"((?:'[^']*'(?:, )?)+)", said)
+        if values:
+            assert eval(code, scope) == ast.literal_eval(values.group(1)), line
+            checked += 1
+        fields = re.match(r"(\w+)\(([\w, ]+)\)$", said)
+        if fields:
+            obj = eval(code, scope)
+            assert type(obj).__name__ == fields.group(1), line
+            assert list(obj._fields) == fields.group(2).split(", "), line  # a NamedTuple
+            checked += 1
+    assert checked == 2
