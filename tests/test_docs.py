@@ -184,9 +184,9 @@ def test_every_help_option_is_in_commands_md(command):
 
 
 def _transcript(page: Path, heading: str) -> list[tuple[str, list[str]]]:
-    """The (command, printed lines) pairs of the first console block under `heading`."""
+    """The (command, printed lines) pairs of the first console or text block under `heading`."""
     text = page.read_text().split(f"\n{heading}\n", 1)[1]
-    body = next(b for kind, b in FENCE.findall(text) if kind == "console")
+    body = next(b for kind, b in FENCE.findall(text) if kind in ("console", "text"))
     pairs: list[tuple[str, list[str]]] = []
     for line in body.splitlines():
         if line.startswith("$ "):
@@ -258,3 +258,54 @@ def test_the_cfgparse_block_of_cfg_files_md_returns_what_it_says(tmp_path, monke
             assert list(obj._fields) == fields.group(2).split(", "), line  # a NamedTuple
             checked += 1
     assert checked == 2
+
+
+@pytest.mark.parametrize("heading", ["### Options", "### Where outputs go"])
+def test_the_robustness_md_transcripts_print_their_lines(heading, tmp_path, monkeypatch, capsys,
+                                                         tiny_classifier):
+    """docs/robustness.md's `darkcfg tiny.cfg ...` transcripts, run on the TinyClassifier cfg
+    the page names: each shown line is printed, in order (the freeze hint named layer 2 of
+    another cfg; a banner the page leaves out may come between)."""
+    import shlex
+
+    import torch
+
+    from darkcfg.cli import main
+
+    tiny_classifier.write(tmp_path / "tiny.cfg")
+    (tmp_path / "afile").write_text("")
+    monkeypatch.chdir(tmp_path)
+    pairs = _transcript(ROOT / "docs" / "robustness.md", heading)
+    assert pairs
+    for command, shown in pairs:
+        argv = shlex.split(command)
+        assert argv[:2] == ["darkcfg", "tiny.cfg"], command
+        if "cuda" in argv and torch.cuda.is_available():
+            continue  # the transcript is of a machine without a GPU
+        assert main(argv[1:]) == 2, command
+        printed = iter(capsys.readouterr().err.splitlines())
+        assert all(line in printed for line in shown), command  # in order
+
+
+def test_the_robustness_md_detect_over_its_input_transcript(tmp_path, monkeypatch, capsys):
+    """The `--detect images --out images` transcript of docs/robustness.md: the refusal comes
+    before the weights warning and the folder scan's, which the page still showed."""
+    import shlex
+    import shutil
+
+    from darkcfg.cli import main
+
+    cfg = (ROOT / "cfg" / "yolov3-tiny.cfg").read_text()
+    (tmp_path / "tiny-yolo.cfg").write_text(cfg.replace("width=416", "width=64")
+                                            .replace("height=416", "height=64"))
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        shutil.copy(ROOT / "docs" / "detect-trained.jpg", tmp_path / "images" / f"im{i}.jpg")
+        (tmp_path / "images" / f"im{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    monkeypatch.chdir(tmp_path)
+    (command, shown), status = _transcript(ROOT / "docs" / "robustness.md",
+                                           "### `--detect` never writes over an input")
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "runner.py"] and status == ("echo $?", ["2"])
+    assert main(argv[2:]) == 2
+    assert capsys.readouterr().err.splitlines() == shown
