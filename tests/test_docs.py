@@ -208,9 +208,9 @@ def test_the_commands_md_digits_transcript_prints_its_lines(tmp_path):
 
     from PIL import Image
 
+    pytest.importorskip("sklearn")  # --data digits
     from darkcfg.data.digits import digits_arrays
 
-    pytest.importorskip("sklearn")
     (tmp_path / "cfg").symlink_to(ROOT / "cfg")
     Image.fromarray(digits_arrays(0)[2][0, 0].numpy()).save(tmp_path / "eight.png")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
