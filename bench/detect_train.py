@@ -1,7 +1,7 @@
 """Detector training on a CPU: images/s and validation mAP after a fixed training budget.
 
     python bench/detect_train.py [--cfg CFG ...] [--size 160] [--budget-min 20] [--threads 2]
-                                 [--batch 16] [--lr 0.002] [--set KEY=VALUE ...] [--out DIR]
+                                 [--batch 16] [--lr 0.001] [--set KEY=VALUE ...] [--out DIR]
                                  [--data X.data] [--random 0] [--iterations N] [--burn-in N]
                                  [--subdivisions 1] [--darknet-build opencv|native] [--amp]
 

@@ -81,9 +81,10 @@ def _too_large(block: Block, exc: RuntimeError) -> CfgError:
 
 class InputError(ValueError, RuntimeError):
     """`net(x)` was given an input the network cannot take: not (N, C, H, W) with the cfg's C,
-    not floating point, or a height and width its routes, pools or heads cannot run at. The
-    message names the shape the network expects. A ValueError, and a RuntimeError as torch's own
-    errors for these inputs were, so code catching either still does."""
+    not floating point or not its weights' dtype, or a height and width its routes, pools or
+    heads cannot run at. The message names the shape (or dtype) the network expects. A
+    ValueError, and a RuntimeError as torch's own errors for these inputs were, so code catching
+    either still does."""
 
 
 def _where(exc: BaseException, index: int, block: Block) -> None:
@@ -264,6 +265,17 @@ class Network(nn.Module):
                                  f"(0..{n - 1}, counted from 0 as in the summary; the last "
                                  f"layer is len(net.layers) - 1)")
 
+    def _input_dtype_error(self, x: torch.Tensor, exc: RuntimeError) -> InputError | None:
+        """A layer failed on a floating-point input of another dtype than the weights' (numpy's
+        float64, a half tensor): say which dtype the network takes, or None. Asked only after
+        torch failed, so autocast and dtype-free layers are never refused."""
+        want = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+        if want is None or x.dtype == want or "type" not in str(exc).lower():
+            return None
+        fix = "x.float()" if want == torch.float32 else f"x.to({want})"
+        return InputError(f"the network takes {want} input (its weights' dtype), got {x.dtype} "
+                          f"({fix})")
+
     def _input_size_error(self, x: torch.Tensor, i: int, exc: RuntimeError) -> InputError | None:
         """A layer failed on an input of another height or width than the cfg's: say so (the
         usual cause: a size the routes, pools or heads cannot take), or None to let the
@@ -329,7 +341,7 @@ class Network(nn.Module):
                     if wanted is None or j not in wanted:
                         del saved[j]
         except RuntimeError as exc:
-            error = self._input_size_error(given, i, exc)
+            error = self._input_dtype_error(given, exc) or self._input_size_error(given, i, exc)
             if error is None:
                 raise
             raise error from exc

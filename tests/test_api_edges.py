@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 
 import numpy as np
 import pytest
@@ -210,6 +211,7 @@ def test_a_forward_on_the_wrong_input_names_the_shape_it_takes(grad):
     from builders import InputError
 
     net = build(ROUTED).eval()
+    wide = build(ROUTED).double().eval()
     rgb = torch.rand(3, 32, 32)
     cases = [(rgb, "got (3, 32, 32); add the batch dimension"),
              (rgb[None, :1], "got (1, 1, 32, 32)"),
@@ -223,6 +225,15 @@ def test_a_forward_on_the_wrong_input_names_the_shape_it_takes(grad):
             assert isinstance(err.value, ValueError) and isinstance(err.value, RuntimeError)
             if bad.dtype != torch.uint8:
                 assert "takes input of shape (N, 3, 32, 32)" in str(err.value)
+        # numpy's float64 (torch.from_numpy), a half tensor, a float32 input to a .double() net:
+        # torch's 'Input type (double) and bias type (float) should be the same' before
+        for bad, model, says in [(rgb[None].double(), net, "takes torch.float32 input (its "
+                                  "weights' dtype), got torch.float64 (x.float())"),
+                                 (rgb[None].half(), net, "got torch.float16 (x.float())"),
+                                 (rgb[None], wide, "takes torch.float64 input (its weights' "
+                                  "dtype), got torch.float32 (x.to(torch.float64))")]:
+            with pytest.raises(InputError, match=re.escape(says)):
+                model(bad)
         with pytest.raises(TypeError, match=r"torch.Tensor of shape \(N, 3, 32, 32\), not "
                            r"numpy.ndarray \(torch.from_numpy"):
             net(rgb[None].numpy())

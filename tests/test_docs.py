@@ -181,3 +181,131 @@ def test_every_help_option_is_in_commands_md(command):
     text = (ROOT / "docs" / "commands.md").read_text()
     documented = set(re.findall(r"--[a-z][a-z0-9-]*", text))
     assert sorted(_long_options(module.arg_parser()) - documented) == []
+
+
+def _transcript(page: Path, heading: str) -> list[tuple[str, list[str]]]:
+    """The (command, printed lines) pairs of the first console or text block under `heading`."""
+    text = page.read_text().split(f"\n{heading}\n", 1)[1]
+    body = next(b for kind, b in FENCE.findall(text) if kind in ("console", "text"))
+    pairs: list[tuple[str, list[str]]] = []
+    for line in body.splitlines():
+        if line.startswith("$ "):
+            pairs.append((line[2:], []))
+        else:
+            pairs[-1][1].append(line)
+    return pairs
+
+
+@pytest.mark.slow
+def test_the_commands_md_digits_transcript_prints_its_lines(tmp_path):
+    """docs/commands.md's train, valid and predict, run as written but for a shorter schedule
+    (50 iterations: still four validations, burn-in 45 still below it), print the lines shown,
+    numbers aside (they move with the schedule and the machine). valid and predict of a run's
+    weights gained a line saying they build the run's --set values, which the page lacked."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    pytest.importorskip("sklearn")  # --data digits
+    from darkcfg.data.digits import digits_arrays
+
+    (tmp_path / "cfg").symlink_to(ROOT / "cfg")
+    Image.fromarray(digits_arrays(0)[2][0, 0].numpy()).save(tmp_path / "eight.png")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}
+
+    def masked(lines):
+        return [re.sub(r"\d+(\.\d+)?", "N", line) for line in lines]
+
+    pairs = _transcript(ROOT / "docs" / "commands.md", "## train, valid, predict")
+    assert [c.split()[1] for c, _ in pairs] == ["train", "valid", "predict"]
+    for command, shown in pairs:
+        argv = command.replace("max_batches=200", "max_batches=50").split()[1:]
+        done = subprocess.run([sys.executable, "-m", "darkcfg", *argv], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stdout
+        assert masked(done.stdout.splitlines()) == masked(shown), command
+
+
+def test_the_cfgparse_block_of_cfg_files_md_returns_what_it_says(tmp_path, monkeypatch):
+    """docs/cfg-files.md's cfgparse block, run line by line: a comment that starts with quoted
+    values is what the line returns, and `Option(...)` names the fields of an Option (the page
+    said `blocks[1].name` was 'conv' for yolov3-tiny's [convolutional], and lacked `origin`)."""
+    import shutil
+
+    block = next(b for b in python_blocks(ROOT / "docs" / "cfg-files.md")
+                 if "from cfgparse import parse" in b)
+    (tmp_path / "cfg").symlink_to(ROOT / "cfg")
+    shutil.copy(ROOT / "cfg" / "digits.cfg", tmp_path / "model.cfg")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    checked = 0
+    for line in block.splitlines():
+        code, _, said = line.partition("  #")
+        exec(code, scope)  # each line is a statement of its own
+        said = said.strip()
+        values = re.match(r"((?:'[^']*'(?:, )?)+)", said)
+        if values:
+            assert eval(code, scope) == ast.literal_eval(values.group(1)), line
+            checked += 1
+        fields = re.match(r"(\w+)\(([\w, ]+)\)$", said)
+        if fields:
+            obj = eval(code, scope)
+            assert type(obj).__name__ == fields.group(1), line
+            assert list(obj._fields) == fields.group(2).split(", "), line  # a NamedTuple
+            checked += 1
+    assert checked == 2
+
+
+@pytest.mark.parametrize("heading", ["### Options", "### Where outputs go"])
+def test_the_robustness_md_transcripts_print_their_lines(heading, tmp_path, monkeypatch, capsys,
+                                                         tiny_classifier):
+    """docs/robustness.md's `darkcfg tiny.cfg ...` transcripts, run on the TinyClassifier cfg
+    the page names: each shown line is printed, in order (the freeze hint named layer 2 of
+    another cfg; a banner the page leaves out may come between)."""
+    import shlex
+
+    import torch
+
+    from darkcfg.cli import main
+
+    tiny_classifier.write(tmp_path / "tiny.cfg")
+    (tmp_path / "afile").write_text("")
+    monkeypatch.chdir(tmp_path)
+    pairs = _transcript(ROOT / "docs" / "robustness.md", heading)
+    assert pairs
+    for command, shown in pairs:
+        argv = shlex.split(command)
+        assert argv[:2] == ["darkcfg", "tiny.cfg"], command
+        if "cuda" in argv and torch.cuda.is_available():
+            continue  # the transcript is of a machine without a GPU
+        assert main(argv[1:]) == 2, command
+        printed = iter(capsys.readouterr().err.splitlines())
+        assert all(line in printed for line in shown), command  # in order
+
+
+def test_the_robustness_md_detect_over_its_input_transcript(tmp_path, monkeypatch, capsys):
+    """The `--detect images --out images` transcript of docs/robustness.md: the refusal comes
+    before the weights warning and the folder scan's, which the page still showed."""
+    import shlex
+    import shutil
+
+    from darkcfg.cli import main
+
+    cfg = (ROOT / "cfg" / "yolov3-tiny.cfg").read_text()
+    (tmp_path / "tiny-yolo.cfg").write_text(cfg.replace("width=416", "width=64")
+                                            .replace("height=416", "height=64"))
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        shutil.copy(ROOT / "docs" / "detect-trained.jpg", tmp_path / "images" / f"im{i}.jpg")
+        (tmp_path / "images" / f"im{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    monkeypatch.chdir(tmp_path)
+    (command, shown), status = _transcript(ROOT / "docs" / "robustness.md",
+                                           "### `--detect` never writes over an input")
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "runner.py"] and status == ("echo $?", ["2"])
+    assert main(argv[2:]) == 2
+    assert capsys.readouterr().err.splitlines() == shown

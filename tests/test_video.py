@@ -4,6 +4,7 @@ detector; outputs, equality with still-image detection, Ctrl-C, flag form and er
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -236,6 +237,10 @@ def test_missing_pyav_says_how_to_install(cfg, clip, tmp_path, monkeypatch, caps
         err = capsys.readouterr().err
         assert f"{clip}: error[E905]: video input needs PyAV" in err and "darkcfg[video]" in err
         assert not out.exists()
+    # the page quotes the line as it is printed (it said `--detect: error[E905]: ...`)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "anchors-and-video.md").read_text()
+    quoted = re.search(r"`(clip\.mp4: error\[E905\]: [^`]+)`", page)
+    assert quoted and quoted.group(1).replace("clip.mp4", str(clip)) in err.splitlines()
 
 
 def test_a_video_that_ends_early_is_said_to(cfg, tmp_path, capsys):
