@@ -373,10 +373,12 @@ def write_text(path: Path, text: str) -> None:
 
 
 def image_id(path: Path) -> int | None:
-    """The file name's number (Darknet's atoi(basename): COCO's val2017/000000397133.jpg is
-    image 397133), or None when the name is not a number."""
-    stem = path.stem  # isdigit() alone also takes '²' and other scripts' digits
-    return int(stem) if stem.isascii() and stem.isdigit() and len(stem) < 19 else None
+    """The file name's number, after its last '_' if it has one (Darknet's get_coco_image_id:
+    COCO 2017's 000000397133.jpg is image 397133, COCO 2014's COCO_val2014_000000000139.jpg
+    image 139), or None when that part is not a number. Only the file name is read: Darknet
+    takes the last '_' of the whole path, so a folder's '_' gave it 0."""
+    number = path.stem.rsplit("_", 1)[-1]  # isdigit() alone also takes '²' and other digits
+    return int(number) if number.isascii() and number.isdigit() and len(number) < 19 else None
 
 
 def numbered_images(paths: Sequence[Path]) -> bool:
