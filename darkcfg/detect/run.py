@@ -180,7 +180,8 @@ class CocoIds:
     tools as they are (category ids with gaps, image ids by file name)."""
 
     categories: list[int]  # class index -> category id
-    images: dict[str, object]  # image file name -> image id
+    # image file name -> (image id, the size its boxes are in) of each of its entries
+    images: dict[str, list[tuple[object, tuple[float, float]]]]
 
 
 def read_names(names_file: str | None, data_file: str | None
@@ -282,11 +283,15 @@ def ext_output(found: list[Found], image_w: int, image_h: int) -> list[str]:
 
 
 def coco_results(found: list[Found], image_id, image_w: int, image_h: int,
-                 category_ids: Sequence[int] | None = None) -> list[dict]:
+                 category_ids: Sequence[int] | None = None,
+                 stated: tuple[float, float] | None = None) -> list[dict]:
     """COCO results entries (print_cocos): bbox [x, y, w, h] in pixels, clipped to the image;
     `category_id` the class index, or `category_ids[class]` (a COCO --data's own ids). A box
     with no area inside the image (one in a letterbox's padding) is left out: Darknet writes it
-    with a negative width or height, which COCOeval ignores and no COCO tool takes as a box."""
+    with a negative width or height, which COCOeval ignores and no COCO tool takes as a box.
+    `stated`: the size a COCO entry gives the image, which its annotations' pixels are in
+    (the reader takes them so): the boxes are scaled to it."""
+    sx, sy = (stated[0] / image_w, stated[1] / image_h) if stated else (1.0, 1.0)
     out = []
     for f in found:
         left, top = max(f.box[0], 0.0), max(f.box[1], 0.0)
@@ -296,8 +301,9 @@ def coco_results(found: list[Found], image_id, image_w: int, image_h: int,
         category = category_ids[f.class_id] if category_ids is not None and \
             f.class_id < len(category_ids) else f.class_id
         out.append({"image_id": image_id, "category_id": category,
-                    "bbox": [round(left, 3), round(top, 3), round(right - left, 3),
-                             round(bottom - top, 3)], "score": round(f.score, 6)})
+                    "bbox": [round(left * sx, 3), round(top * sy, 3),
+                             round((right - left) * sx, 3), round((bottom - top) * sy, 3)],
+                    "score": round(f.score, 6)})
     return out
 
 
@@ -651,10 +657,13 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                 stem = unique_stem(path, taken)
                 save_jpeg(out / f"{stem}.jpg", drawn(image, objs))
                 written += 1
-                iid = coco.images[path.name] if listed else \
-                    image_id(path) if numbered else stem
-                results.add(coco_results(objs, iid, w, h,
-                                         coco.categories if coco is not None else None))
+                # a picture with two COCO entries (merged in training and valid) has its
+                # boxes under each id: COCOeval on the JSON as it is scores each entry
+                entries = coco.images[path.name] if listed else \
+                    [(image_id(path) if numbered else stem, None)]
+                for iid, stated in entries:
+                    results.add(coco_results(objs, iid, w, h, coco.categories
+                                             if coco is not None else None, stated))
                 if opts.save_labels:
                     labels = label_lines(det, opts.thresh)
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))
