@@ -8,6 +8,7 @@ relative value is exact in binary and "the same" means bit for bit."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -931,6 +932,21 @@ def test_detect_with_a_coco_json_writes_its_ids(four, tmp_path):
     coco = pytest.importorskip("pycocotools.coco")
     truth = coco.COCO(str(train_json))
     assert len(truth.loadRes(str(out / "detections.json")).getAnnIds()) == len(results)
+
+
+def test_detect_with_a_data_yaml_reads_its_names_only(four, tmp_path):
+    """detect --data data.yaml read both splits' images and labels for the class names: a
+    copied model folder without the training set was an error. Now it reads the names."""
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    yolo = four["yolo"]
+    image = tmp_path / "one.png"
+    shutil.copy(next((yolo.parent / "images" / "val").iterdir()), image)
+    shutil.rmtree(yolo.parent / "images")
+    shutil.rmtree(yolo.parent / "labels")
+    out = tmp_path / "out"
+    assert cli(["detect", str(cfg), str(image), "--data", str(yolo), "--thresh", "0.01",
+                "--out", str(out), "--no-progress"]) == 0
 
 
 def test_detect_writes_a_coco_pictures_boxes_under_each_of_its_ids(four, tmp_path):

@@ -192,7 +192,7 @@ def read_names(names_file: str | None, data_file: str | None
     if names_file is None and data_file is not None and not data_file.endswith(".data"):
         from darkcfg.data.detection.formats import open_set
 
-        found = open_set(data_file, strict=False)
+        found = open_set(data_file, strict=False, need="names")  # (a data.yaml: no list read)
         ids = CocoIds(found.category_ids, found.image_ids or {}) \
             if found.category_ids is not None else None
         return found.names, data_file, ids
