@@ -313,6 +313,9 @@ def test_valid_reads_only_the_validation_list_of_detection_data(cfg, tmp_path, c
     assert runner.main([str(cfg), "--valid", "--data", str(data), "--format", "json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["fn"] + result["tp"] == 1
+    data.write_text("classes=2\nvalid=valid.txt\nnames=obj.names\n")  # no train= at all
+    assert runner.main([str(cfg), "--valid", "--data", str(data)]) == 0
+    capsys.readouterr()
     yaml = folder / "data.yaml"
     yaml.write_text(f"path: {folder}\ntrain: gone/\nval: valid.txt\nnames: [cat, dog]\n")
     (folder / "labels").mkdir()

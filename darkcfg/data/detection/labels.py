@@ -202,7 +202,7 @@ def open_detection_data(path: Path, need: str = "all") -> DetectionData:
     here = path.parent
     folders = data_folders(path)
     read_train = need == "all" or (need == "valid" and "valid" not in opts)
-    if "train" not in opts and (read_train or need == "valid"):
+    if "train" not in opts and read_train:
         raise _error(f"'{path}' has no 'train' list", where,
                      hint="add train=path/to/train.txt (one image path per line)")
     try:
