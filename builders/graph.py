@@ -403,30 +403,44 @@ def _compiled_size_check(net: Network, args: tuple, kwargs: dict) -> None:
     (forward catches torch's error from the layer that fails) never came: the compiler fails
     first, tracing, with its own TorchRuntimeError. There a size other than the cfg's is tried
     first, eagerly on the meta device (builders.compiled), outside the graph: torch runs a
-    module's hooks before the frame it compiles, and the compiler skips this one's from its
-    first call on, so the graph is the same and a compiled call costs a comparison. Inline
-    checks only: a function it called would be a frame the compiler traces."""
-    if torch.compiler.is_exporting():
-        return  # (an exporter records the ops: forward's own checks are what it sees)
-    traced = torch.compiler.is_compiling()  # its first compiled call
-    if not traced and (_compile_callback is None or _compile_callback() in (None, False)):
+    module's hooks before the frame it compiles, and the compiler never traces this one's
+    (`_untraced`), so the graph is the same (fullgraph=True too) and a compiled call costs a
+    comparison. Inline checks only: a function of ours it called would be a frame the compiler
+    traces."""
+    if torch.compiler.is_compiling():
+        return  # traced: inlined by torch.export (strict), or a torch without the skip
+    if _compile_callback is None or _compile_callback() in (None, False):
         return  # eager (torch's own test for a compiled region): forward says it itself
     x = args[0] if args else kwargs.get("x")
     s = net.input_shape
-    other = isinstance(x, torch.Tensor) and s.c * s.h * s.w > 0 and x.dim() == 4 and \
-        x.shape[1] == s.c and tuple(x.shape[2:]) != (s.h, s.w) and x.is_floating_point()
-    if other or traced:
+    if isinstance(x, torch.Tensor) and s.c * s.h * s.w > 0 and x.dim() == 4 and \
+            x.shape[1] == s.c and tuple(x.shape[2:]) != (s.h, s.w) and x.is_floating_point():
         from .compiled import check_size
 
-        check_size(net, x if other else None,
-                   args[1] if len(args) > 1 else kwargs.get("collect"),
-                   skip=_compiled_size_check if traced else None)
+        check_size(net, x, args[1] if len(args) > 1 else kwargs.get("collect"))
+
+
+def _untraced(function) -> None:
+    """Have the compiler run `function`'s frame as it is, never traced (what it calls is still
+    seen), through torch's C hooks: `torch._dynamo`'s own helpers would load it (~2 s) at
+    import. Private torch API: where it is missing the function is traced (and returns)."""
+    try:
+        from torch._C._dynamo.eval_frame import (
+            _FrameAction,
+            _FrameExecStrategy,
+            set_code_exec_strategy,
+        )
+    except ImportError:  # pragma: no cover (an older torch)
+        return
+    set_code_exec_strategy(function.__code__,
+                           _FrameExecStrategy(_FrameAction.SKIP, _FrameAction.DEFAULT))
 
 
 try:  # (private, as torch.compiler has no public test for "in a compiled call")
     from torch._C._dynamo.eval_frame import get_eval_frame_callback as _compile_callback
 except ImportError:  # pragma: no cover
     _compile_callback = None
+_untraced(_compiled_size_check)
 
 
 @contextlib.contextmanager

@@ -273,8 +273,15 @@ def test_a_compiled_network_names_the_size_it_cannot_take_with_the_same_graph():
         assert list(compiled(torch.rand(1, 3, 31, 31), collect=[0])) == [0]  # before the route
         with pytest.raises(InputError, match="got torch.uint8"):  # forward's own checks
             compiled((x * 255).to(torch.uint8))
-    # the hook's frame, skipped by the compiler from its first compiled call on, is still
-    # inlined by torch.export (marking it disabled made every later export fail)
+    # fullgraph=True (no break allowed) too, after a reset of the compiler's caches
+    torch._dynamo.reset()
+    whole = torch.compile(net, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(whole(x)[0], net(x)[0])
+        with pytest.raises(InputError, match="cannot run on a 31x31"):
+            whole(torch.rand(1, 3, 31, 31))
+    # the hook, which the compiler does not trace, is still inlined by torch.export (marking
+    # it disabled made every later export fail)
     for strict in (True, False):
         exported = torch.export.export(net, (x,), strict=strict).module()
         assert torch.allclose(exported(x)[0], net(x)[0])
