@@ -185,6 +185,7 @@ class Network(nn.Module):
         self._sources = [m.sources for m in self.meta]
         self._plan(outputs)
         self.fast_inference = True
+        self.register_forward_pre_hook(_compiled_size_check, with_kwargs=True)
 
     def use_fast_inference(self, enabled: bool = True) -> Network:
         """Select (default) or turn off the inference fast path that eval mode without autograd
@@ -293,6 +294,30 @@ class Network(nn.Module):
             f"{first}. The cfg's input is {self.expected_input()}: use that size, or another "
             "that every stride of the network divides")
 
+    def _size_error(self, x: torch.Tensor, collect) -> InputError | None:
+        """The InputError `forward` raises for x's size, found by running it on the meta device
+        (shapes only, no values; once per batch and size): None where it runs, or fails for
+        a reason other than its size (as under torch.compile before: the compiler says)."""
+        if collect is not None and not hasattr(collect, "__len__"):
+            return None  # (an iterator: reading it here would empty it for forward)
+        key = (tuple(x.shape), None if collect is None else tuple(collect))
+        tried = self.__dict__.setdefault("_sizes_tried", {})
+        if key not in tried:
+            from torch.func import functional_call
+
+            tried[key] = None  # (the call below comes back through the hook)
+            state = {name: torch.empty_like(t, device="meta") for name, t in
+                     [*self.named_parameters(), *self.named_buffers()]}
+            try:
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    functional_call(self, state, (torch.empty_like(x, device="meta"),),
+                                    {"collect": collect}, strict=True)
+            except InputError as exc:
+                tried[key] = str(exc)
+            except Exception:  # noqa: BLE001 (not the size's fault: the compiled run says)
+                pass
+        return InputError(tried[key]) if tried[key] is not None else None
+
     def forward(self, x: torch.Tensor, collect: Iterable[int] | None = None):
         """Run the network on x of shape (N, C, H, W) (`expected_input()`: the cfg's channels;
         H and W the cfg's or another size every layer can take; (N, inputs) for a flat [net]
@@ -383,6 +408,51 @@ class Network(nn.Module):
     def bflops(self) -> float:
         """Darknet's BFLOPs of one forward pass of one image at the cfg's size."""
         return sum(float(layer.bflops) for layer in self.layers)
+
+
+def _compiled_size_check(net: Network, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook: under torch.compile the InputError of a size the layers cannot take
+    (forward catches torch's error from the layer that fails) never came: the compiler fails
+    first, tracing, with its own TorchRuntimeError. There a size other than the cfg's is tried
+    first, eagerly on the meta device (builders.compiled), outside the graph: torch runs a
+    module's hooks before the frame it compiles, and the compiler never traces this one's
+    (`_untraced`), so the graph is the same (fullgraph=True too) and a compiled call costs a
+    comparison. Inline checks only: a function of ours it called would be a frame the compiler
+    traces."""
+    if torch.compiler.is_compiling():
+        return  # traced: inlined by torch.export (strict), or a torch without the skip
+    if _compile_callback is None or _compile_callback() in (None, False):
+        return  # eager (torch's own test for a compiled region): forward says it itself
+    x = args[0] if args else kwargs.get("x")
+    s = net.input_shape
+    if isinstance(x, torch.Tensor) and s.c * s.h * s.w > 0 and x.dim() == 4 and \
+            x.shape[1] == s.c and tuple(x.shape[2:]) != (s.h, s.w) and x.is_floating_point():
+        from .compiled import check_size
+
+        check_size(net, x, args[1] if len(args) > 1 else kwargs.get("collect"))
+
+
+def _untraced(function) -> None:
+    """Have the compiler run `function`'s frame as it is, never traced (what it calls is still
+    seen), through torch's C hooks: `torch._dynamo`'s own helpers would load it (~2 s) at
+    import. Private torch API: where it is missing the function is traced (and returns)."""
+    try:
+        from torch._C._dynamo.eval_frame import (
+            _FrameAction,
+            _FrameExecStrategy,
+            set_code_exec_strategy,
+        )
+    except ImportError:  # pragma: no cover (an older torch)
+        return
+    set_code_exec_strategy(function.__code__,
+                           _FrameExecStrategy(_FrameAction.SKIP, _FrameAction.DEFAULT))
+
+
+try:  # (private, as torch.compiler has no public test for "in a compiled call")
+    from torch._C._dynamo.eval_frame import get_eval_frame_callback as _compile_callback
+except ImportError:  # pragma: no cover
+    _compile_callback = None
+_untraced(_compiled_size_check)
 
 
 @contextlib.contextmanager

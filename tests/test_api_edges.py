@@ -257,6 +257,47 @@ def test_a_size_the_layers_cannot_take_names_the_layer_and_the_cfg_size(grad):
     assert isinstance(err.value.__cause__, RuntimeError)
 
 
+def test_a_compiled_network_names_the_size_it_cannot_take_with_the_same_graph():
+    """torch.compile(net) on a 31x31 input raised the compiler's TorchRuntimeError ("when
+    making fake tensor call"): forward's InputError comes from catching the layer's error,
+    which the compiler's tracing never reaches. A forward pre-hook tries the size first on the
+    meta device, outside the compiled graph: the same InputError; the graph is unchanged (one,
+    no break) and a size that fits still runs, with collect= too."""
+    from torch._dynamo.testing import CompileCounter
+
+    from builders import InputError
+
+    net = build(ROUTED).eval()
+    counter = CompileCounter()
+    compiled = torch.compile(net, backend=counter)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        for _ in range(3):
+            assert torch.equal(compiled(x)[0], net(x)[0])
+        assert (counter.frame_count, counter.op_count) == (1, 7)  # one graph: no break
+        with pytest.raises(InputError) as err:
+            compiled(torch.rand(2, 3, 31, 31))
+        assert str(err.value).startswith("layer 3 [route] cannot run on a 31x31 (WxH) input: "
+                                         "Sizes of tensors must match"), err.value
+        assert "The cfg's input is (N, 3, 32, 32)" in str(err.value)
+        assert compiled(torch.rand(1, 3, 64, 48))[0].shape == (1, 8, 64, 48)
+        assert list(compiled(torch.rand(1, 3, 31, 31), collect=[0])) == [0]  # before the route
+        with pytest.raises(InputError, match="got torch.uint8"):  # forward's own checks
+            compiled((x * 255).to(torch.uint8))
+    # fullgraph=True (no break allowed) too, after a reset of the compiler's caches
+    torch._dynamo.reset()
+    whole = torch.compile(net, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(whole(x)[0], net(x)[0])
+        with pytest.raises(InputError, match="cannot run on a 31x31"):
+            whole(torch.rand(1, 3, 31, 31))
+    # the hook, which the compiler does not trace, is still inlined by torch.export (marking
+    # it disabled made every later export fail)
+    for strict in (True, False):
+        exported = torch.export.export(net, (x,), strict=strict).module()
+        assert torch.allclose(exported(x)[0], net(x)[0])
+
+
 def test_collect_refuses_an_index_that_is_no_layer():
     """collect=[99] ran the whole network, then a bare KeyError: 99; -1 the same."""
     net = build(ROUTED).eval()

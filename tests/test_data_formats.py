@@ -8,6 +8,7 @@ relative value is exact in binary and "the same" means bit for bit."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -933,6 +934,51 @@ def test_detect_with_a_coco_json_writes_its_ids(four, tmp_path):
     assert len(truth.loadRes(str(out / "detections.json")).getAnnIds()) == len(results)
 
 
+def test_detect_with_a_data_yaml_reads_its_names_only(four, tmp_path):
+    """detect --data data.yaml read both splits' images and labels for the class names: a
+    copied model folder without the training set was an error. Now it reads the names."""
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    yolo = four["yolo"]
+    image = tmp_path / "one.png"
+    shutil.copy(next((yolo.parent / "images" / "val").iterdir()), image)
+    shutil.rmtree(yolo.parent / "images")
+    shutil.rmtree(yolo.parent / "labels")
+    out = tmp_path / "out"
+    assert cli(["detect", str(cfg), str(image), "--data", str(yolo), "--thresh", "0.01",
+                "--out", str(out), "--no-progress"]) == 0
+
+
+def test_detect_writes_a_coco_pictures_boxes_under_each_of_its_ids(four, tmp_path):
+    """A picture with two COCO entries (merged in training and valid) had its detections
+    under the first id only: COCOeval on that JSON counted the second entry's objects as
+    missed. Now they are under each id, in the pixels of each entry's stated size."""
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    train_json = four["coco"][0]
+    doc = json.loads(train_json.read_text())
+    first = doc["images"][0]
+    doc["images"].append(dict(first, id=999, width=2 * first["width"],
+                              height=2 * first["height"]))
+    moved = doc["annotations"][1]
+    moved.update(image_id=999, bbox=[2 * v for v in moved["bbox"]], area=4 * moved["area"])
+    train_json.write_text(json.dumps(doc))
+    image = train_json.parent / "images" / first["file_name"]
+    out = tmp_path / "out"
+    assert cli(["detect", str(cfg), str(image), "--data", str(train_json), "--thresh", "0.01",
+                "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "detections.json").read_text())
+    by_id = {i: [r for r in results if r["image_id"] == i] for i in (first["id"], 999)}
+    assert by_id[first["id"]] and len(by_id[999]) == len(by_id[first["id"]]) == \
+        len(results) // 2
+    for one, two in zip(by_id[first["id"]], by_id[999], strict=True):
+        assert (one["category_id"], one["score"]) == (two["category_id"], two["score"])
+        assert two["bbox"] == pytest.approx([2 * v for v in one["bbox"]], abs=2e-3)
+    coco = pytest.importorskip("pycocotools.coco")
+    truth = coco.COCO(str(train_json))
+    assert len(truth.loadRes(str(out / "detections.json")).getAnnIds()) == len(results)
+
+
 BOMB = ("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
         + "".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 10)))
 
@@ -1074,7 +1120,7 @@ def test_the_objects_of_a_coco_pictures_two_entries_are_merged(four, tmp_path):
     assert "has a second entry (ids 100 and 999): their objects are merged" in \
         found.problems[0].message
     assert found.problems[0].line > 1  # at the second entry's file_name
-    assert found.image_ids["im0.png"] == 100
+    assert [i for i, _ in found.image_ids["im0.png"]] == [100, 999]
     assert len(found.scored.images) == 4 and len(found.scored.boxes[0]) == 2  # validation
     cfg = tmp_path / "det.cfg"
     cfg.write_text(DETECTOR_CFG)

@@ -879,14 +879,23 @@ def test_image_ids_are_numbers_only_when_every_image_is_one(tmp_path, capsys):
     from PIL import Image
 
     cfg = tiny_cfg(tmp_path)
-    for folder, names in (("nums", ["000012.jpg", "7.png"]), ("twice", ["a/5.png", "b/005.png"])):
+    # COCO 2014's names (Darknet's 5k.txt) are numbered after their last '_' (its
+    # get_coco_image_id): they were string ids that pycocotools matched to no image
+    cases = {"nums": (["000012.jpg", "7.png"], {12, 7}),
+             "twice": (["a/5.png", "b/005.png"], {"5", "005"}),
+             "coco2014": (["COCO_val2014_000000000139.jpg", "COCO_val2014_000000000285.jpg"],
+                          {139, 285}),
+             "clash": (["COCO_val2014_000000000139.jpg", "139.png"],
+                       {"COCO_val2014_000000000139", "139"}),
+             "named": (["cat_dog.png", "000031.png"], {"cat_dog", "000031"})}
+    for folder, (names, expected) in cases.items():
         for name in names:
             (tmp_path / folder / name).parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / folder / name)
         out = tmp_path / f"out-{folder}"
         assert run_cli(cfg, "--detect", tmp_path / folder, "--out", out, "--thresh", "0.01") == 0
         ids = {r["image_id"] for r in json.loads((out / "detections.json").read_text())}
-        assert ids == ({12, 7} if folder == "nums" else {"5", "005"}), ids
+        assert ids == expected, (folder, ids)
 
 
 def test_letterboxed_sliver_image_has_no_boxes_instead_of_a_crash(tmp_path):

@@ -738,3 +738,39 @@ def test_a_stream_that_changes_size_is_detected_at_each_frames_size(net, tmp_pat
         found = detect(net, frame, THRESH, names=NAMES)[0]
         h, w = frame.shape[1:]
         assert rec == json.loads(json.dumps(video.frame_json(k + 1, found, w, h)))
+
+
+def test_a_variable_frame_rate_clip_keeps_its_frames_times(net, tmp_path):
+    """A phone's clip has a variable frame rate: its frames were written 1/rate apart (as
+    Darknet's cv::VideoWriter writes them), at the header's average rate, so the annotated video
+    drifted from the input (a frame 0.5 s in was shown at 0.39 s). Each frame keeps its time."""
+    from fractions import Fraction
+
+    times_ms = [0, 40, 80, 200, 240, 500, 530, 560, 1000]
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w", format="mp4") as c:
+        stream = c.add_stream(video.video_codec(), rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        for k, ms in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 96, 3), 20 * k, np.uint8),
+                                               format="rgb24")
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+
+    def times(video_path: Path) -> list[float]:
+        with av.open(str(video_path)) as c:
+            return [round(float(f.time), 4) for f in c.decode(video=0)]
+
+    assert times(path) == [ms / 1000 for ms in times_ms]  # the clip is what the test means
+    out = tmp_path / "out"
+    r = detect_video(net, str(path), out, thresh=THRESH, batch_size=4, progress=False)
+    assert r.frames == len(times_ms)
+    assert times(out / "phone.mp4") == times(path)
+    # a time base finer than MPEG-4 part 2 takes is coarsened by a whole factor
+    assert video.output_time_base(Fraction(1, 90000)) == Fraction(1, 45000)
+    assert video.output_time_base(Fraction(1, 1_000_000)) == Fraction(1, 62500)
+    assert video.output_time_base(Fraction(1001, 30000)) == Fraction(1001, 30000)

@@ -18,6 +18,16 @@ from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
 
+#: What a command reads of a data set (`need`): "all" (training), "valid" (the validation list
+#: and the names: valid, map) or "names" (the names: predict); a reader skips the lists it need
+#: not read, as Darknet's valid and predict commands open only those.
+NEEDS = ("all", "valid", "names")
+
+
+def check_need(need: str) -> None:
+    if need not in NEEDS:
+        raise ValueError(f"need={need!r}: one of {', '.join(NEEDS)}")
+
 
 def text_hint(exc: BaseException, hint: str) -> str:
     """`hint`, or for text that is UTF-16 (what Windows PowerShell's `>` and Notepad's "Unicode"

@@ -29,6 +29,7 @@ from darkcfg.data.base import (
     undecodable_warning,
 )
 from darkcfg.data.datafile import (
+    check_need,
     data_diagnostic,
     data_folders,
     is_image,
@@ -39,8 +40,6 @@ from darkcfg.data.datafile import (
     resolve,
 )
 
-#: What a command reads of a classifier .data file (open_images's `need`).
-NEEDS = ("all", "valid", "names")
 KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
 
 
@@ -59,8 +58,7 @@ def open_images(spec: str, inputs: tuple[int, ...], seed: int, need: str = "all"
     or "names" (the names and top=, as its predict_classifier): the lists a command does not
     use are not read, nor their images' headers checked (an ImageFolder is still walked whole,
     its names being its folders, but checks only the headers used)."""
-    if need not in NEEDS:
-        raise ValueError(f"need={need!r}: one of {', '.join(NEEDS)}")
+    check_need(need)
     if len(inputs) != 3:
         raise data_error("image data needs a [net] with width, height and channels", "--data",
                          "set width/height/channels in [net], or give this network of flat "

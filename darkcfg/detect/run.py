@@ -177,7 +177,8 @@ class CocoIds:
     tools as they are (category ids with gaps, image ids by file name)."""
 
     categories: list[int]  # class index -> category id
-    images: dict[str, object]  # image file name -> image id
+    # image file name -> (image id, the size its boxes are in) of each of its entries
+    images: dict[str, list[tuple[object, tuple[float, float]]]]
 
 
 def read_names(names_file: str | None, data_file: str | None
@@ -188,7 +189,7 @@ def read_names(names_file: str | None, data_file: str | None
     if names_file is None and data_file is not None and not data_file.endswith(".data"):
         from darkcfg.data.detection.formats import open_set
 
-        found = open_set(data_file, strict=False)
+        found = open_set(data_file, strict=False, need="names")  # (a data.yaml: no list read)
         ids = CocoIds(found.category_ids, found.image_ids or {}) \
             if found.category_ids is not None else None
         return found.names, data_file, ids
@@ -279,11 +280,15 @@ def ext_output(found: list[Found], image_w: int, image_h: int) -> list[str]:
 
 
 def coco_results(found: list[Found], image_id, image_w: int, image_h: int,
-                 category_ids: Sequence[int] | None = None) -> list[dict]:
+                 category_ids: Sequence[int] | None = None,
+                 stated: tuple[float, float] | None = None) -> list[dict]:
     """COCO results entries (print_cocos): bbox [x, y, w, h] in pixels, clipped to the image;
     `category_id` the class index, or `category_ids[class]` (a COCO --data's own ids). A box
     with no area inside the image (one in a letterbox's padding) is left out: Darknet writes it
-    with a negative width or height, which COCOeval ignores and no COCO tool takes as a box."""
+    with a negative width or height, which COCOeval ignores and no COCO tool takes as a box.
+    `stated`: the size a COCO entry gives the image, which its annotations' pixels are in
+    (the reader takes them so): the boxes are scaled to it."""
+    sx, sy = (stated[0] / image_w, stated[1] / image_h) if stated else (1.0, 1.0)
     out = []
     for f in found:
         left, top = max(f.box[0], 0.0), max(f.box[1], 0.0)
@@ -293,8 +298,9 @@ def coco_results(found: list[Found], image_id, image_w: int, image_h: int,
         category = category_ids[f.class_id] if category_ids is not None and \
             f.class_id < len(category_ids) else f.class_id
         out.append({"image_id": image_id, "category_id": category,
-                    "bbox": [round(left, 3), round(top, 3), round(right - left, 3),
-                             round(bottom - top, 3)], "score": round(f.score, 6)})
+                    "bbox": [round(left * sx, 3), round(top * sy, 3),
+                             round((right - left) * sx, 3), round((bottom - top) * sy, 3)],
+                    "score": round(f.score, 6)})
     return out
 
 
@@ -370,10 +376,12 @@ def write_text(path: Path, text: str) -> None:
 
 
 def image_id(path: Path) -> int | None:
-    """The file name's number (Darknet's atoi(basename): COCO's val2017/000000397133.jpg is
-    image 397133), or None when the name is not a number."""
-    stem = path.stem  # isdigit() alone also takes '²' and other scripts' digits
-    return int(stem) if stem.isascii() and stem.isdigit() and len(stem) < 19 else None
+    """The file name's number, after its last '_' if it has one (Darknet's get_coco_image_id:
+    COCO 2017's 000000397133.jpg is image 397133, COCO 2014's COCO_val2014_000000000139.jpg
+    image 139), or None when that part is not a number. Only the file name is read: Darknet
+    takes the last '_' of the whole path, so a folder's '_' gave it 0."""
+    number = path.stem.rsplit("_", 1)[-1]  # isdigit() alone also takes '²' and other digits
+    return int(number) if number.isascii() and number.isdigit() and len(number) < 19 else None
 
 
 def numbered_images(paths: Sequence[Path]) -> bool:
@@ -642,10 +650,13 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                 stem = unique_stem(path, taken)
                 save_jpeg(out / f"{stem}.jpg", drawn(image, objs))
                 written += 1
-                iid = coco.images[path.name] if listed else \
-                    image_id(path) if numbered else stem
-                results.add(coco_results(objs, iid, w, h,
-                                         coco.categories if coco is not None else None))
+                # a picture with two COCO entries (merged in training and valid) has its
+                # boxes under each id: COCOeval on the JSON as it is scores each entry
+                entries = coco.images[path.name] if listed else \
+                    [(image_id(path) if numbered else stem, None)]
+                for iid, stated in entries:
+                    results.add(coco_results(objs, iid, w, h, coco.categories
+                                             if coco is not None else None, stated))
                 if opts.save_labels:
                     labels = label_lines(det, opts.thresh)
                     write_text(out / f"{stem}.txt", "".join(f"{li}\n" for li in labels))

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -269,8 +270,9 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
             max_frames: int | None) -> None:
     """Decode frames into batches of uint8 (3, H, W) tensors. No torch work here: a second
     OpenMP pool beside the network's slows both on a small CPU (the preparation, bytes to
-    floats and resize, runs on the calling thread: decode.network_input)."""
-    frames = []
+    floats and resize, runs on the calling thread: decode.network_input). A batch is
+    (frames, their times in seconds: a Fraction, None where a frame has no timestamp)."""
+    frames, times = [], []
     count = 0
     try:
         for frame in _decoded(container, out):
@@ -283,28 +285,38 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
                 # counter-clockwise (numpy's copy: no torch work in this thread)
                 rgb = np.ascontiguousarray(np.rot90(rgb, turn))
             frames.append(torch.from_numpy(rgb).permute(2, 0, 1))
+            times.append(frame.pts * frame.time_base if frame.pts is not None and
+                         frame.time_base is not None else None)
             count += 1
             if len(frames) == batch:
-                out.put(frames)
-                frames = []
+                out.put((frames, times))
+                frames, times = [], []
             if max_frames is not None and count >= max_frames:
                 break
         if frames:
-            out.put(frames)
+            out.put((frames, times))
         out.put(_DONE)
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
         if frames:  # the frames read before it are detected and written
-            out.put(frames)
+            out.put((frames, times))
         out.put(exc)
 
 
 class _Writer(threading.Thread):
-    """Draws, encodes and writes the detected frames in order (its own thread)."""
+    """Draws, encodes and writes the detected frames in order (its own thread). Each frame
+    keeps its input's time (from the first frame's): a variable frame rate (a phone's clip)
+    and the gap of a skipped packet are kept, where Darknet's cv::VideoWriter writes every
+    frame 1/rate after the one before, so the output drifted from the input. A frame without
+    a time (a raw stream's) comes 1/rate after the one before."""
 
     def __init__(self, net, video_tmp: Path, jsonl, labels: Path | None, name: str, rate,
                  codec: str, thresh: float, nms_thresh: float, letter: bool,
-                 names: Sequence[str]):
+                 names: Sequence[str], time_base: Fraction | None = None):
         super().__init__(daemon=True)
+        self.time_base = output_time_base(time_base or 1 / Fraction(rate))
+        self.tick = max(1, round(1 / (Fraction(rate) * self.time_base)))  # 1/rate in it
+        self.first = None  # the first frame's time (the output's 0)
+        self.pts = -1  # the last frame's, in time_base
         self.net, self.nms, self.letter, self.names = net, nms_thresh, letter, names
         self.objects = 0
         self.jobs: queue.Queue = queue.Queue(maxsize=4)
@@ -332,13 +344,24 @@ class _Writer(threading.Thread):
         av = require_av()
         self.container = av.open(str(self.video_tmp), "w", format="mp4")
         self.stream = self.container.add_stream(self.codec, rate=self.rate)
+        self.stream.codec_context.time_base = self.stream.time_base = self.time_base
         self.stream.width, self.stream.height = width + width % 2, height + height % 2
         self.stream.pix_fmt = "yuv420p"  # what players expect (it needs even sizes)
         if self.codec == "libx264":  # a quarter of the default preset's encoding time
             self.stream.options = {"preset": "ultrafast"}
 
+    def stamp(self, time: Fraction | None) -> int:
+        """A frame's pts in time_base: its time from the first frame's, else (no time, or one
+        not after the frame before) one 1/rate after the frame before."""
+        if time is not None and self.first is None:
+            self.first = time
+        pts = round((time - self.first) / self.time_base) if time is not None else -1
+        self.pts = pts if pts > self.pts else self.pts + self.tick if self.pts >= 0 else 0
+        return self.pts
+
     @torch.no_grad()
-    def write(self, frames, outputs, sizes, input_size, first_id: int) -> None:
+    def write(self, frames, outputs, sizes, input_size, first_id: int,
+              times: Sequence[Fraction | None] = ()) -> None:
         from darkcfg.detect.draw import drawn, label_lines
 
         av = require_av()
@@ -360,6 +383,8 @@ class _Writer(threading.Thread):
                                                   (0, w % 2, 0, h % 2), mode="replicate"
                                                   )[0].to(torch.uint8).permute(1, 2, 0)
             frame = av.VideoFrame.from_ndarray(picture.contiguous().numpy(), format="rgb24")
+            frame.pts = self.stamp(times[k] if k < len(times) else None)
+            frame.time_base = self.time_base
             for packet in self.stream.encode(frame):
                 self.container.mux(packet)
             self.jsonl.write(json.dumps(frame_json(frame_id, objs, w, h)) + "\n")
@@ -383,6 +408,17 @@ class _Writer(threading.Thread):
         self.join()
         if self.error is not None:
             raise self.error
+
+
+def output_time_base(time_base: Fraction) -> Fraction:
+    """The input's time base for the output, coarsened by a whole factor where its denominator
+    is past 65535 (MPEG-TS's 1/90000 -> 1/45000, a camera's microseconds): MPEG-4 part 2, the
+    codec without H.264, takes none finer."""
+    time_base = Fraction(time_base)
+    if time_base.denominator <= 65535:
+        return time_base
+    return Fraction(time_base.numerator,
+                    time_base.denominator // -(-time_base.denominator // 65535))
 
 
 def video_codec() -> str:
@@ -491,7 +527,8 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
         container.close()
         raise write_error(out, exc, what=f"the outputs of '{shown}' into '{out}'") from None
     writer = _Writer(net, video_tmp, jsonl, labels_tmp if labels is not None else None, name,
-                     rate, video_codec(), thresh, nms, letter, names)
+                     rate, video_codec(), thresh, nms, letter, names,
+                     time_base=stream.time_base)
     bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr,
                desc=name, dynamic_ncols=True)
     frames = skipped = 0
@@ -510,11 +547,12 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
                 continue
             if writer.error is not None:
                 break  # the outputs cannot be written (a full disk): finish() says why
-            rgb = item
+            rgb, times = item
             x = network_input(net, [load_pixels(f, net.info.channels) for f in rgb], letter)
             sizes = [(f.shape[-1], f.shape[-2]) for f in rgb]
             outputs = run_heads(net, x.to(device), heads)
-            writer.jobs.put((rgb, outputs, sizes, (x.shape[-1], x.shape[-2]), frames + 1))
+            writer.jobs.put((rgb, outputs, sizes, (x.shape[-1], x.shape[-2]), frames + 1,
+                             times))
             frames += len(rgb)
             bar.update(len(rgb))
     except KeyboardInterrupt:

@@ -123,7 +123,7 @@ class DetectionTask(Task):
     # -- data ---------------------------------------------------------------------------------
     def open_data(self, spec: str | None, seed: int, classes: int | None = None,
                   need: str = "all") -> DataSplits:
-        splits = open_detection_source(spec, self.settings, seed, classes)
+        splits = open_detection_source(spec, self.settings, seed, classes, need=need)
         for line in splits.warnings:
             warn(line)
         self.names = list(splits.names)

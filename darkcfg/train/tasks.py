@@ -123,7 +123,7 @@ class Task:
     # -- data ---------------------------------------------------------------------------------
     def open_data(self, spec: str | None, seed: int, classes: int | None = None,
                   need: str = "all") -> DataSplits:
-        """`need`: what the command uses ("all", "valid", "names": darkcfg.data.sources.NEEDS);
+        """`need`: what the command uses ("all", "valid", "names": darkcfg.data.datafile.NEEDS);
         a source may read less for less."""
         raise NotImplementedError
 

@@ -303,14 +303,14 @@ def detection_datasets(net, source: str | Path | None, seed: int, classes: int |
 
 
 def open_detection_source(source: str | Path | None, settings: DetectionSettings, seed: int,
-                          classes: int | None = None, train_size: int = 0, val_size: int = 0
-                          ) -> DetectionSplits:
+                          classes: int | None = None, train_size: int = 0, val_size: int = 0,
+                          need: str = "all") -> DetectionSplits:
     """Where detection `--data` is dispatched: None is the embedded set, a `.data` file is
-    Darknet's detection data (see detection_datasets)."""
+    Darknet's detection data (see detection_datasets). `need`: what open_set reads."""
     check_classes_option(classes, source)
     if source is None:
         return embedded_detection(settings, seed, classes, train_size, val_size)
-    return file_detection(source, settings, seed)
+    return file_detection(source, settings, seed, need)
 
 
 def embedded_detection(settings: DetectionSettings, seed: int, classes: int | None = None,
@@ -333,12 +333,13 @@ def embedded_detection(settings: DetectionSettings, seed: int, classes: int | No
                            warnings=list(s.notes))
 
 
-def file_detection(source: str | Path, settings: DetectionSettings, seed: int) -> DetectionSplits:
+def file_detection(source: str | Path, settings: DetectionSettings, seed: int,
+                   need: str = "all") -> DetectionSplits:
     """Splits of a data set on disk in any format darkcfg.data.detection.formats reads (a
     Darknet .data file, a data.yaml, a COCO JSON, a VOC folder); every label checked first."""
     from darkcfg.data.detection.formats import open_set
 
-    return set_detection(open_set(source), settings, seed)
+    return set_detection(open_set(source, need=need), settings, seed)
 
 
 def set_detection(data, settings: DetectionSettings, seed: int) -> DetectionSplits:

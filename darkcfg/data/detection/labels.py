@@ -138,6 +138,7 @@ class DetectionData:
     valid_is_train: bool = False  # no valid= key: Darknet's map falls back to train
     difficult_labels: list[str] = field(default_factory=list)  # `difficult` list's label paths
     repeats: list[Diagnostic] = field(default_factory=list)  # W904 at a list's repeated image
+    train_read: bool = True  # False: a `need` that does not use the train list left it unread
 
 
 def same_image(path: str) -> str:
@@ -190,15 +191,18 @@ def _count_names(opts: dict[str, str], folders: Sequence[Path], where: str) -> i
     return count
 
 
-def open_detection_data(path: Path) -> DetectionData:
+def open_detection_data(path: Path, need: str = "all") -> DetectionData:
     """Read a detection `.data` file: its lists, names and backup, and where each image's labels
-    are. Raises a located CfgError for a missing key, list or image."""
+    are. Raises a located CfgError for a missing key, list or image. `need` (NEEDS): "valid"
+    reads the train list only where there is no valid= (Darknet's map scores it then), "names"
+    no list; `train_read` says whether it was read."""
     path = Path(path)
     opts = read_data_file(path)
     where = str(path)
     here = path.parent
     folders = data_folders(path)
-    if "train" not in opts:
+    read_train = need == "all" or (need == "valid" and "valid" not in opts)
+    if "train" not in opts and read_train:
         raise _error(f"'{path}' has no 'train' list", where,
                      hint="add train=path/to/train.txt (one image path per line)")
     try:
@@ -250,9 +254,9 @@ def open_detection_data(path: Path) -> DetectionData:
                          hint="list one image path per line", key=key)
         return out, labels
 
-    train, train_labels = images("train")
-    valid, valid_labels = images("valid") if "valid" in opts else ([], [])
-    difficult = images("difficult")[1] if "difficult" in opts else []
+    train, train_labels = images("train") if read_train else ([], [])
+    valid, valid_labels = images("valid") if "valid" in opts and need != "names" else ([], [])
+    difficult = images("difficult")[1] if "difficult" in opts and need != "names" else []
     if "names" in opts:
         names = read_list(resolve(opts["names"], *folders), where, "names", keep_blank=True)
         names = [name or str(i) for i, name in enumerate(names)]  # a blank line: its number
@@ -266,7 +270,7 @@ def open_detection_data(path: Path) -> DetectionData:
     backup = str(resolve(opts["backup"], here)) if "backup" in opts else None
     return DetectionData(path, classes, train, valid, names, backup, train_labels,
                          valid_labels, valid_is_train="valid" not in opts,
-                         difficult_labels=difficult, repeats=repeats)
+                         difficult_labels=difficult, repeats=repeats, train_read=read_train)
 
 
 # -- label files ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
+from darkcfg.data.datafile import check_need
 from darkcfg.data.detection.formats.base import FORMATS, DetectionSet, Split
 from darkcfg.data.detection.formats.coco import read_coco
 from darkcfg.data.detection.formats.darknet import read_darknet
@@ -75,15 +76,18 @@ def detect_format(path: Path) -> str:
         ".json or a Pascal VOC folder (Annotations/, JPEGImages/, ImageSets/Main/)"))
 
 
-def open_set(path: str | Path, strict: bool = True) -> DetectionSet:
+def open_set(path: str | Path, strict: bool = True, need: str = "all") -> DetectionSet:
     """Read a detection set in any supported format. strict: raise the located errors (bad
     labels, boxes, classes) as one CfgError; else keep them in `.problems` (bad objects left
     out) for `darkcfg data check`. Warnings (W903: label boxes at the image edge, handled as
     Darknet does) stay in `.problems` either way. Missing files and unreadable annotation files
-    always raise."""
+    always raise. `need` (darkcfg.data.datafile.NEEDS): a .data file or data.yaml leaves the
+    lists it does not use unread (valid: the train list where there is a validation list); a
+    COCO JSON is one file, and a VOC folder's class names come from every annotation."""
+    check_need(need)
     path = Path(path).expanduser()
     fmt = detect_format(path)
-    data = READERS[fmt](path)
+    data = READERS[fmt](path, need) if fmt in ("darknet", "yolo") else READERS[fmt](path)
     # a label file in two splits (a .data whose valid= is its train list, an id in VOC's
     # train.txt and val.txt) is read twice: each of its problems is said once
     data.problems = list(dict.fromkeys(data.problems))

@@ -98,7 +98,10 @@ class DetectionSet:
     backup: str | None = None
     problems: list[Diagnostic] = field(default_factory=list)  # located, bad objects left out
     category_ids: list[int] | None = None  # COCO: each class's category id (a COCO out keeps them)
-    image_ids: dict[str, object] | None = None  # COCO: file name -> image id (detect's results)
+    # COCO: file name -> (image id, the size its boxes are in) of each entry of the picture,
+    # the first first (detect's results, scored against the JSON as it is)
+    image_ids: dict[str, list[tuple[object, tuple[float, float]]]] | None = None
+    train_read: bool = True  # False: open_set's `need` left the train images unread
 
     @property
     def classes(self) -> int:
@@ -133,8 +136,9 @@ class DetectionSet:
             "validation on the train images"
         kind = {"darknet": "Darknet detection data", "yolo": "YOLO data.yaml",
                 "coco": "COCO annotations", "voc": "Pascal VOC folder"}[self.format]
-        return (f"{kind} {self.path}: {self.classes} classes, {len(self.train)} train images "
-                f"({self.train.objects} objects), {valid}")
+        train = f"{len(self.train)} train images ({self.train.objects} objects)" \
+            if self.train_read else "train images not read"
+        return f"{kind} {self.path}: {self.classes} classes, {train}, {valid}"
 
 
 SHOWN_LINE = 160  # the longest source line a diagnostic shows (a one-line JSON file: none)

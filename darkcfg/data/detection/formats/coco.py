@@ -194,7 +194,8 @@ def read_coco(path: Path) -> DetectionSet:
         if "_" in path.stem:
             folders += [path.parent.parent / split, path.parent.parent / "images" / split]
     images: list[str] = []
-    first_ids: list[object] = []  # per image: the id of its first entry
+    # per image: (id, the size its boxes are in) of each of its entries, the first first
+    entry_ids: list[list[tuple[object, tuple[float, float]]]] = []
     declared: dict[str, DeclaredSize] = {}
     index_of: dict[object, int] = {}  # entry id -> its image (two entries of one picture: one)
     named: dict[str, int] = {}  # image file -> its image
@@ -235,11 +236,12 @@ def read_coco(path: Path) -> DetectionSet:
             first = named[found]
             problems.append(replace(where.at(
                 "images", i, "file_name", f"image '{name}' has a second entry (ids "
-                f"{first_ids[first]!r} and {entry['id']!r}): their objects are merged",
+                f"{entry_ids[first][0][0]!r} and {entry['id']!r}): their objects are merged",
                 hint="trained and scored once, with the objects of every entry of the picture "
-                "(detections.json names it by the first id)"), code=SET_CODE,
+                "(detect's detections.json has its boxes under each id)"), code=SET_CODE,
                 severity=WARNING))
             index_of[entry["id"]] = first
+            entry_ids[first].append((entry["id"], size_of[entry["id"]]))
             continue
         named[found] = len(images)
         if stated:  # `data check` compares it with the image it opens anyway
@@ -247,7 +249,7 @@ def read_coco(path: Path) -> DetectionSet:
                 where.at, "images", i, "width"))
         index_of[entry["id"]] = len(images)
         images.append(found)
-        first_ids.append(entry["id"])
+        entry_ids.append([(entry["id"], size_of[entry["id"]])])
 
     boxes: list[list[list[float]]] = [[] for _ in images]
     crowd: list[list[list[float]]] = [[] for _ in images]
@@ -324,7 +326,7 @@ def read_coco(path: Path) -> DetectionSet:
                   declared=declared)
     return DetectionSet(path, "coco", names, split, None, problems=problems,
                         category_ids=[cid for cid, _, _ in categories],
-                        image_ids={Path(f).name: i for i, f in zip(first_ids, images, strict=True)})
+                        image_ids={Path(f).name: i for i, f in zip(entry_ids, images, strict=True)})
 
 
 # -- writing --------------------------------------------------------------------------------------

@@ -11,14 +11,14 @@ from darkcfg.data.detection.formats.base import DetectionSet, Split
 from darkcfg.data.detection.labels import collect_labels, open_detection_data
 
 
-def read_darknet(path: Path) -> DetectionSet:
-    data = open_detection_data(path)
+def read_darknet(path: Path, need: str = "all") -> DetectionSet:
+    data = open_detection_data(path, need)
     problems = list(data.repeats)
     train_labels, bad = collect_labels(data.train_labels, data.classes)
     problems += bad
     train = Split.labelled(data.train, data.train_labels, train_labels)
     valid = None
-    if not data.valid_is_train:
+    if not data.valid_is_train and data.valid:
         labels, bad = collect_labels(data.valid_labels, data.classes)
         problems += bad
         valid = Split.labelled(data.valid, data.valid_labels, labels)
@@ -35,4 +35,4 @@ def read_darknet(path: Path) -> DetectionSet:
                                       hint="list the difficult images parallel to valid="))
         target.difficult = hard.boxes
     return DetectionSet(Path(path), "darknet", list(data.names), train, valid,
-                        backup=data.backup, problems=problems)
+                        backup=data.backup, problems=problems, train_read=data.train_read)

@@ -98,14 +98,16 @@ class _Yaml:
                                    span=max(len(source.rstrip()) - mark.column, 1)))
 
 
-def read_yolo(path: Path) -> DetectionSet:
+def read_yolo(path: Path, need: str = "all") -> DetectionSet:
+    """`need` (NEEDS): the train images are read for "all", and for "valid" without val:."""
     if path.is_dir():
         path = next(p for p in (path / "data.yaml", path / "data.yml") if p.is_file())
     doc = _Yaml(path)
     data = doc.data
     names = _names(doc)
     root = _root(doc)
-    if "train" not in data:
+    read_train = need == "all" or (need == "valid" and not data.get("val"))
+    if "train" not in data and read_train:
         raise doc.error("train", f"'{path}' has no 'train' key")
     problems = []
 
@@ -117,11 +119,12 @@ def read_yolo(path: Path) -> DetectionSet:
         problems.extend(bad)
         return Split.labelled(images, labels, found)
 
-    train = split("train")
-    valid = split("val") if data.get("val") else None
-    if valid is not None and valid.images == train.images:
+    train = split("train") if read_train else Split([], [])
+    valid = split("val") if data.get("val") and need != "names" else None
+    if valid is not None and read_train and valid.images == train.images:
         valid = None  # the same images: Darknet's fallback, said once
-    return DetectionSet(path, "yolo", names, train, valid, problems=problems)
+    return DetectionSet(path, "yolo", names, train, valid, problems=problems,
+                        train_read=read_train)
 
 
 def _names(doc: _Yaml) -> list[str]:
