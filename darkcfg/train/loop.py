@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import time
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -444,12 +444,31 @@ class Schedule:
                                           f"use {flag} 1 or more"))
 
 
+class StopWhileWaiting(BaseException):  # noqa: N818 - a signal, as KeyboardInterrupt is
+    """A stop signal that came while the run waited for data (the next batch, a validation):
+    raised by the handler, so that a loader that is slow or stuck cannot hold up the stop.
+    A BaseException, so that no `except Exception` on the way (torch's loader has some) eats it."""
+
+
 class StopFlag:
-    """SIGTERM, SIGINT and SIGHUP ask for a clean stop at the end of the current iteration."""
+    """SIGTERM, SIGINT and SIGHUP ask for a clean stop at the end of the current iteration, or
+    at once while the run waits for data (`waiting`)."""
 
     def __init__(self):
         self.requested, self.signal = False, None
         self._old = {}
+        self._waiting = False
+
+    @contextmanager
+    def waiting(self, interruptible: bool = True):
+        """A wait for data that a stop signal ends (StopWhileWaiting), the last iteration
+        complete. Not under DDP (`interruptible` False): a rank that stopped there would miss
+        the collectives the others are in, the checkpoint's included."""
+        self._waiting = interruptible
+        try:
+            yield
+        finally:
+            self._waiting = False
 
     def __enter__(self):
         for sig in stop_signals():
@@ -466,6 +485,9 @@ class StopFlag:
         if self.requested:  # a second signal: stop now
             raise KeyboardInterrupt
         self.requested, self.signal = True, signal.Signals(signum).name
+        if self._waiting:
+            self._waiting = False
+            raise StopWhileWaiting
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -478,17 +500,28 @@ def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
     `log` (darkcfg.train.outputs.RunLog) records, plots and saves; only rank 0 writes files."""
     cfg, dist = trainer.cfg, trainer.dist
     batches = stream.batches(trainer.iteration)
+    alone = not dist.enabled
     with closing(batches), StopFlag() as stop:  # closing: the loader's workers stop
         while trainer.iteration < cfg.max_batches:
-            images, targets = next(batches)
+            try:
+                with stop.waiting(alone):
+                    images, targets = next(batches)
+            except StopWhileWaiting:  # (a loader that never delivered used to hold the run)
+                log.checkpoint(trainer)
+                return stop.signal or "signal"
             started = time.perf_counter()
             loss = trainer.step(images, targets)
             log.step(trainer.iteration, loss, trainer.lr, trainer.global_batch, started,
                      trainer.stats)
             k = trainer.iteration
-            val = trainer.task.evaluate(trainer, val_loader) if val_loader is not None and (
-                schedule.valid_every and (k % schedule.valid_every == 0 or
-                                          k == cfg.max_batches)) else None
+            val = None
+            if val_loader is not None and schedule.valid_every and (
+                    k % schedule.valid_every == 0 or k == cfg.max_batches):
+                try:
+                    with stop.waiting(alone):
+                        val = trainer.task.evaluate(trainer, val_loader)
+                except StopWhileWaiting:  # the validation is dropped; the step is kept below
+                    trainer.net.train()
             if val is not None:
                 log.validated(k, val, trainer)
             stopping = (stop.requested if not dist.enabled else
