@@ -1039,21 +1039,30 @@ def test_synced_together_syncs_each_folder_once_at_the_end(tmp_path, monkeypatch
     assert folders[-1] == tmp_path and (tmp_path / "a" / "2.txt").read_text() == "x"
 
 
-@pytest.mark.parametrize("wait", ["batch", "validation"])
+@pytest.mark.parametrize("wait", ["batch", "validation", "receiving"])
 def test_a_stop_signal_while_waiting_for_data_stops_at_once(tmp_path, tiny_classifier,
                                                            monkeypatch, capsys, wait):
     """A loader that never delivers (its batch lost: `ulimit -n 32` did that) or a slow one held
     the stop: SIGTERM only set the flag checked after the next step, which never came. A stop
     signal during the wait for the next batch or a validation now checkpoints the iterations
-    done and exits 0 at once."""
+    done and exits 0 at once; one that comes half way through receiving a batch (the loader
+    process's end then printed a BrokenPipeError traceback) ends the wait right after it."""
     import threading
 
     from darkcfg.cli import main
     from darkcfg.data.sampling import Stream
     from darkcfg.train.tasks import Task
 
+    receiving = {}  # a function that runs as multiprocessing's code does, by its file name
+    exec(compile("import os, signal\ndef receive():\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+                 "    sum(range(10000))\n", "/lib/multiprocessing/connection.py", "exec"),
+         receiving)
+
     def stuck():
-        os.kill(os.getpid(), signal.SIGTERM)
+        if wait == "receiving":
+            receiving["receive"]()
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
         threading.Event().wait(20)  # (never set: only the signal can end the wait)
         raise AssertionError("the stop signal did not end the wait")
 
@@ -1061,7 +1070,7 @@ def test_a_stop_signal_while_waiting_for_data_stops_at_once(tmp_path, tiny_class
 
     def batches(self, start):
         for k, batch in enumerate(real(self, start)):
-            if k == 2 and wait == "batch":
+            if k == 2 and wait != "validation":
                 stuck()
             yield batch
 

@@ -454,10 +454,12 @@ class StopFlag:
     """SIGTERM, SIGINT and SIGHUP ask for a clean stop at the end of the current iteration, or
     at once while the run waits for data (`waiting`)."""
 
+    RETRY_S = 0.05  # a signal that came while a batch was being received: look again then
+
     def __init__(self):
         self.requested, self.signal = False, None
         self._old = {}
-        self._waiting = False
+        self._waiting = self._retrying = False
 
     @contextmanager
     def waiting(self, interruptible: bool = True):
@@ -469,6 +471,7 @@ class StopFlag:
             yield
         finally:
             self._waiting = False
+            self._stop_retrying()
 
     def __enter__(self):
         for sig in stop_signals():
@@ -478,6 +481,9 @@ class StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
                 pass
+        alarm = getattr(signal, "SIGALRM", None)
+        if self._old and alarm is not None and signal.getsignal(alarm) is signal.SIG_DFL:
+            self._old[alarm] = signal.signal(alarm, lambda signum, frame: self._end_wait(frame))
         return self
 
     def _handle(self, signum, frame):
@@ -485,14 +491,49 @@ class StopFlag:
         if self.requested:  # a second signal: stop now
             raise KeyboardInterrupt
         self.requested, self.signal = True, signal.Signals(signum).name
-        if self._waiting:
+        self._end_wait(frame)
+
+    def _end_wait(self, frame) -> None:
+        """StopWhileWaiting, where the wait may end (a stop was asked for during `waiting`);
+        elsewhere in the wait, a SIGALRM to look again shortly."""
+        self._retrying = False
+        if not (self._waiting and self.requested):
+            return
+        if _may_end_wait_at(frame):
             self._waiting = False
             raise StopWhileWaiting
+        if getattr(signal, "SIGALRM", None) in self._old:
+            self._retrying = True
+            signal.setitimer(signal.ITIMER_REAL, self.RETRY_S)
+
+    def _stop_retrying(self) -> None:
+        if self._retrying:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._retrying = False
 
     def __exit__(self, *exc):
+        self._stop_retrying()
         for sig, old in self._old.items():
             signal.signal(sig, old)
         return False
+
+
+def _may_end_wait_at(frame) -> bool:
+    """Whether an exception raised at `frame` (where a signal's handler runs) leaves no transfer
+    half done: blocked on the loader's pipe (selectors) or queue (threading: pin_memory's), or
+    outside the loader's and multiprocessing's code (a validation's forward). Half way through
+    receiving a batch it is not: the loader process's side of the connection then printed a
+    BrokenPipeError traceback."""
+    code = frame.f_code if frame is not None else None
+    if code is not None and (os.path.basename(code.co_filename), code.co_name) in (
+            ("selectors.py", "select"), ("threading.py", "wait")):
+        return True
+    while frame is not None:
+        where = frame.f_code.co_filename
+        if "multiprocessing" in where or os.path.join("torch", "utils", "data") in where:
+            return False
+        frame = frame.f_back
+    return True
 
 
 def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
