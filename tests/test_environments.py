@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import darkcfg.cli.flags as runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,4 +206,77 @@ def test_too_many_open_files_says_which_limit(capsys):
 
     for raised in (loader, torch_loader):
         assert guarded(raised) == 2
-        assert "help: raise the limit on open files (ulimit -n, now" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        # no file was wrong: it was "<file>: error[E901]: Too many open files: '<file>'"
+        assert err.startswith("<open files>: error[E901]: Too many open files\n"), err
+        assert "help: raise the limit on open files (ulimit -n, now" in err
+
+
+def test_loader_processes_fit_the_open_file_limit():
+    # torch's default sharing needs a descriptor per tensor in flight, three times over; where
+    # the limit cannot hold that, the processes hand batches over as named files, and fewer of
+    # them start where even that does not fit (none at all: the run still trains)
+    from darkcfg.data.base import loader_plan
+
+    assert loader_plan(2, 1024, 10) == (2, None)  # a desktop's default: nothing changes
+    assert loader_plan(16, 1024, 10) == (16, "file_system")  # a GPU machine's 16
+    assert loader_plan(2, 32, 7) == (1, "file_system")  # `ulimit -n 32`
+    assert loader_plan(2, 16, 7) == (0, "file_system")
+    assert loader_plan(4, 8, 20) == (0, "file_system")  # more open than the limit: none
+
+
+def test_the_soft_open_file_limit_is_raised_to_the_hard_one():
+    # `ulimit -Sn 64` under a hard limit of thousands is a default, not a choice (the JVM and
+    # Go's runtime raise it at start); a hard limit is left as it is
+    import resource
+
+    from darkcfg.data.base import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        raise_open_files_limit()
+        now = resource.getrlimit(resource.RLIMIT_NOFILE)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert now == (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit", [16, 32])
+def test_training_with_workers_under_a_low_open_file_limit_ends(tmp_path, tiny_classifier,
+                                                                limit):
+    # `ulimit -n 32` (soft and hard) with --workers 2: the loader processes' threads failed to
+    # hand a batch over (tracebacks from torch's threads, the batch lost) and the main process
+    # waited for it for good, SIGTERM or not; or the run stopped with E901 when a validation's
+    # processes started. It trains now, with the processes the limit leaves room for
+    import resource
+
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=4,
+                                burn_in=0, second_conv=False)
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "runner.py"), str(cfg), "--train", "--out",
+         str(tmp_path / "run"), "--no-progress", "--workers", "2", "--valid-every", "2"],
+        preexec_fn=low, capture_output=True, text=True, timeout=150,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "finished 4 iterations" in done.stderr and "Traceback" not in done.stderr
+    assert f"do not fit in the limit on open files (ulimit -n {limit})" in done.stderr
+
+
+def test_a_loader_process_shares_its_detection_batch_itself(monkeypatch):
+    # the detection batch was put in shared memory by the thread that hands it over, where a
+    # failure (no descriptor left) dropped it with a traceback and the main process waited on
+    # it for good; torch's default_collate (a classifier's) shares in the process's own thread
+    import torch
+
+    from darkcfg.data.detection.dataset import collate
+
+    samples = [(torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(2, 5)) for _ in range(2)]
+    assert not any(t.is_shared() for t in collate(samples))  # in the main process: no need
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    assert all(t.is_shared() for t in collate(samples))

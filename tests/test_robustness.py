@@ -1037,3 +1037,60 @@ def test_synced_together_syncs_each_folder_once_at_the_end(tmp_path, monkeypatch
     assert folders == [tmp_path / "a", tmp_path / "b"]
     atomic.atomic_write(tmp_path / "c.txt", "z")  # outside a block: at once
     assert folders[-1] == tmp_path and (tmp_path / "a" / "2.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("wait", ["batch", "validation", "receiving"])
+def test_a_stop_signal_while_waiting_for_data_stops_at_once(tmp_path, tiny_classifier,
+                                                           monkeypatch, capsys, wait):
+    """A loader that never delivers (its batch lost: `ulimit -n 32` did that) or a slow one held
+    the stop: SIGTERM only set the flag checked after the next step, which never came. A stop
+    signal during the wait for the next batch or a validation now checkpoints the iterations
+    done and exits 0 at once; one that comes half way through receiving a batch (the loader
+    process's end then printed a BrokenPipeError traceback) ends the wait right after it."""
+    import threading
+
+    from darkcfg.cli import main
+    from darkcfg.data.sampling import Stream
+    from darkcfg.train.tasks import Task
+
+    receiving = {}  # a function that runs as multiprocessing's code does, by its file name
+    exec(compile("import os, signal\ndef receive():\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+                 "    sum(range(10000))\n", "/lib/multiprocessing/connection.py", "exec"),
+         receiving)
+
+    def stuck():
+        if wait == "receiving":
+            receiving["receive"]()
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+        threading.Event().wait(20)  # (never set: only the signal can end the wait)
+        raise AssertionError("the stop signal did not end the wait")
+
+    real = Stream.batches
+
+    def batches(self, start):
+        for k, batch in enumerate(real(self, start)):
+            if k == 2 and wait != "validation":
+                stuck()
+            yield batch
+
+    monkeypatch.setattr(Stream, "batches", batches)
+    monkeypatch.setattr(Task, "evaluate", lambda self, trainer, loader: stuck())
+    cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=100,
+                                burn_in=0, second_conv=False)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process: main() installs its own
+    started = time.monotonic()
+    try:
+        code = main(["train", str(cfg), "--out", str(out), "--no-progress", "--workers", "0",
+                     "--checkpoint-every", "1000",
+                     "--valid-every", "2" if wait == "validation" else "0"])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert code == 0 and "stopped by SIGTERM at iteration 2" in err, err
+    assert time.monotonic() - started < 15
+    from darkcfg.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 2

@@ -128,6 +128,10 @@ def _same_file(a: object, b: object) -> bool:
 
 def file_error(exc: OSError) -> CfgError:
     """An OSError as a located E901: the file it names and the system's reason."""
+    if exc.filename is None and exc.errno in (errno.EMFILE, errno.ENFILE):
+        # no file was wrong: the limit was ('<file>: ... Too many open files: '<file>'')
+        return CfgError(Diagnostic("E901", exc.strerror or "Too many open files",
+                                   "<open files>", hint=_open_files_hint(exc.errno)))
     path = exc.filename if exc.filename is not None else "<file>"
     reason = exc.strerror or str(exc) or type(exc).__name__
     also = f" (and '{exc.filename2}')" if exc.filename2 is not None else ""
@@ -136,14 +140,20 @@ def file_error(exc: OSError) -> CfgError:
             errno.EISDIR: "name a file, not a folder",
             errno.ENOTDIR: "a part of the path is a file, not a folder",
             errno.ENOSPC: "free some space (or write elsewhere)",
-            errno.EMFILE: f"raise the limit on open files (ulimit -n, now {_open_files_limit()}) "
-                          "or use fewer --workers (each loader process holds files)",
-            errno.ENFILE: "the system's table of open files is full: close other programs, "
-                          "or use fewer --workers",
+            errno.EMFILE: _open_files_hint(errno.EMFILE),
+            errno.ENFILE: _open_files_hint(errno.ENFILE),
             errno.ENOENT: "check the path"}.get(exc.errno, "check the path")
     if path == STDOUT:  # the name a failed write to stdout gets (_NamedStdout)
         return CfgError(stdout_error(exc))
     return CfgError(Diagnostic("E901", f"{reason}: '{path}'{also}", str(path), hint=hint))
+
+
+def _open_files_hint(number: int) -> str:
+    if number == errno.ENFILE:
+        return "the system's table of open files is full: close other programs, or use fewer " \
+               "--workers"
+    return (f"raise the limit on open files (ulimit -n, now {_open_files_limit()}) or use fewer "
+            "--workers (each loader process holds files)")
 
 
 def _open_files_limit() -> str:

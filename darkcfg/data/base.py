@@ -135,35 +135,114 @@ def image_errors() -> tuple[type[BaseException], ...]:
             SyntaxError, EOFError)
 
 
-def loader_worker_init(worker_id: int) -> None:
+def loader_worker_init(worker_id: int, sharing: str | None = None) -> None:
     """DataLoader worker_init_fn: loader processes ignore the stop signals (SIGTERM, SIGINT,
     SIGHUP). A stop signal sent to the whole process group (systemd, Slurm, `kill -- -PGID`,
     Ctrl-C or a closed terminal) must not kill them under the training process, which finishes
     its iteration, checkpoints and then stops them itself (and they exit on their own should it
-    die)."""
+    die). `sharing`: torch's strategy for the tensors this process hands over (loader_plan)."""
     import signal
 
     from darkcfg.stopping import stop_signals
 
     for sig in stop_signals():
         signal.signal(sig, signal.SIG_IGN)
+    if sharing is not None:  # the sender's strategy decides: the main process keeps its own
+        import torch.multiprocessing
+
+        torch.multiprocessing.set_sharing_strategy(sharing)
 
 
-def loader_processes(workers: int) -> dict:
-    """The DataLoader arguments for `workers` loader processes: they ignore stop signals
-    (loader_worker_init) and, in a process that joined a torch.distributed group, start from a
-    forkserver instead of a fork of the rank. There gloo's and DDP's threads run beside the main
-    one, and a fork that lands while one of them holds CPython's thread-state lock leaves the
-    child stuck inside os.fork() for good (CPython gh-112275, fixed in 3.11.10 and 3.12; 3.12
-    warns on any fork of a threaded process): the rank then waits forever for its first batch
-    and the other ranks in their next collective. Seen under torchrun with Python 3.11.7: a
-    validation loader's process stuck so in about one run of 50 on a loaded host."""
+# Open files the loader processes cost, per process (measured with torch 2.14, Python 3.11). With
+# torch's default sharing ('file_descriptor') every tensor in flight holds a descriptor in the
+# loader process, its duplicate while it is handed over and one in the main process: up to 4
+# batches (prefetch_factor) of up to 4 tensors, and the process's pipes; measured 20-38.
+FILES_PER_PROCESS_FD_SHARING = 40
+# With 'file_system' a tensor is a named shared-memory file, open only while it is mapped: what
+# stays is the process's pipes and its socket to torch's shared-memory manager; measured 6-7.
+FILES_PER_PROCESS = 7
+# A run has at most two loaders at once: training's (its processes stay) and a validation's.
+LOADERS_AT_ONCE = 2
+# What the main process opens besides (the run's lock, metrics.csv, a checkpoint being written).
+FILES_SPARE = 6
+
+
+def loader_plan(workers: int, limit: int, open_now: int) -> tuple[int, str | None]:
+    """How many of `workers` loader processes the open-file limit `limit` leaves room for, with
+    `open_now` files open, and the sharing strategy they hand batches over with (None: torch's
+    default). Under a low limit torch's default strategy runs out of descriptors in the thread
+    that hands a batch over, which drops the batch without a word and leaves the main process
+    waiting for it for good; 'file_system' (what torch advises there) needs a descriptor only
+    while it maps a batch, so a shortfall is an error where it happens. Not the default: each
+    loader process then starts torch's manager process (torch_shm_manager, in its own session),
+    which removes the files once their processes are gone; should it be killed too, they stay
+    in /dev/shm."""
+    room = limit - open_now - FILES_SPARE
+    if workers * FILES_PER_PROCESS_FD_SHARING * LOADERS_AT_ONCE <= room:
+        return workers, None
+    return max(0, min(workers, room // (FILES_PER_PROCESS * LOADERS_AT_ONCE))), "file_system"
+
+
+def _open_files() -> tuple[int, int]:
+    """(the soft limit on open files, how many are open); a huge limit where there is none."""
+    import os
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            count = len(os.listdir(folder)) - 1  # (less the one listdir opened)
+            break
+        except OSError:
+            continue
+    else:
+        count = FILES_SPARE
+    return (1 << 30 if soft == resource.RLIM_INFINITY else soft), count
+
+
+def raise_open_files_limit() -> None:
+    """The soft limit on open files up to the hard one (as the JVM and Go's runtime do at start):
+    `ulimit -Sn 1024` with a higher hard limit is a default, not a choice. RLIM_INFINITY's hard
+    limit is more than the kernel takes (fs.nr_open): 2**20 then."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError):  # (a kernel below 2**20) the limit stays as it was
+            pass
+
+
+_said: set[str] = set()
+
+
+def loader_processes(workers: int, prefetch_factor: int | None = None,
+                     persistent: bool = False) -> dict:
+    """The DataLoader arguments for `workers` loader processes (`prefetch_factor` batches each
+    in flight, processes kept between epochs if `persistent`): as many as the limit on open
+    files leaves room for, handing batches over as it allows (loader_plan); they ignore stop
+    signals (loader_worker_init) and, in a process that joined a torch.distributed group,
+    start from a forkserver instead of a fork of the rank. There gloo's and DDP's threads run
+    beside the main one, and a fork that lands while one of them holds CPython's thread-state
+    lock leaves the child stuck inside os.fork() for good (CPython gh-112275, fixed in 3.11.10
+    and 3.12; 3.12 warns on any fork of a threaded process): the rank then waits forever for
+    its first batch and the other ranks in their next collective. Seen under torchrun with
+    Python 3.11.7: a validation loader's process stuck so in about one run of 50 on a loaded
+    host."""
     import multiprocessing.util
 
     import torch.distributed as dist
 
     options = {"num_workers": workers, "worker_init_fn": loader_worker_init}
     if workers:
+        workers, sharing = _fitting_workers(workers)
+        options["num_workers"] = workers
+        if sharing is not None:
+            options["worker_init_fn"] = functools.partial(loader_worker_init, sharing=sharing)
+    if workers:  # (torch refuses these without loader processes)
+        options.update(prefetch_factor=prefetch_factor, persistent_workers=persistent)
         # a loader process makes multiprocessing's temp folder (TMPDIR/pymp-*, a socket in it)
         # for a batch it passes over, and one killed (the out-of-memory killer, SIGBUS) left it
         # there for good; made here first, it is this process's, removed at its exit
@@ -176,6 +255,28 @@ def loader_processes(workers: int) -> dict:
                                         "darkcfg.data.detection.dataset"])
         options["multiprocessing_context"] = context
     return options
+
+
+def _fitting_workers(workers: int) -> tuple[int, str | None]:
+    """loader_plan under this process's limit, raised to the hard limit first where it falls
+    short; fewer processes said once on stderr."""
+    try:
+        import resource  # noqa: F401 - POSIX only
+    except ImportError:
+        return workers, None
+    plan = loader_plan(workers, *_open_files())
+    if plan != (workers, None):
+        raise_open_files_limit()
+        plan = loader_plan(workers, *_open_files())
+    if plan[0] < workers:
+        limit = _open_files()[0]
+        line = (f"warning: {workers} loader process(es) (--workers) do not fit in the limit on "
+                f"open files (ulimit -n {limit}): using {plan[0]} (raise the limit, e.g. ulimit "
+                f"-n 4096, to use more)")
+        if line not in _said:
+            _said.add(line)
+            print(line, file=sys.stderr, flush=True)
+    return plan
 
 
 def loader_death(exc: BaseException) -> tuple[str, str]:

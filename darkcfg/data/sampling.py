@@ -113,9 +113,8 @@ def make_stream(dataset: Dataset, batch: int, world: int, rank: int, seed: int,
     generator = torch.Generator().manual_seed(seed)  # keeps the global RNG out of the loader
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch, sampler=sampler, drop_last=True,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=4 if workers else None, generator=generator, collate_fn=collate,
-        **loader_processes(workers))
+        pin_memory=device.type == "cuda", generator=generator, collate_fn=collate,
+        **loader_processes(workers, prefetch_factor=4, persistent=True))
     return Stream(loader, sampler, batch)
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import time
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -444,12 +444,34 @@ class Schedule:
                                           f"use {flag} 1 or more"))
 
 
+class StopWhileWaiting(BaseException):  # noqa: N818 - a signal, as KeyboardInterrupt is
+    """A stop signal that came while the run waited for data (the next batch, a validation):
+    raised by the handler, so that a loader that is slow or stuck cannot hold up the stop.
+    A BaseException, so that no `except Exception` on the way (torch's loader has some) eats it."""
+
+
 class StopFlag:
-    """SIGTERM, SIGINT and SIGHUP ask for a clean stop at the end of the current iteration."""
+    """SIGTERM, SIGINT and SIGHUP ask for a clean stop at the end of the current iteration, or
+    at once while the run waits for data (`waiting`)."""
+
+    RETRY_S = 0.05  # a signal that came while a batch was being received: look again then
 
     def __init__(self):
         self.requested, self.signal = False, None
         self._old = {}
+        self._waiting = self._retrying = False
+
+    @contextmanager
+    def waiting(self, interruptible: bool = True):
+        """A wait for data that a stop signal ends (StopWhileWaiting), the last iteration
+        complete. Not under DDP (`interruptible` False): a rank that stopped there would miss
+        the collectives the others are in, the checkpoint's included."""
+        self._waiting = interruptible
+        try:
+            yield
+        finally:
+            self._waiting = False
+            self._stop_retrying()
 
     def __enter__(self):
         for sig in stop_signals():
@@ -459,6 +481,9 @@ class StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
                 pass
+        alarm = getattr(signal, "SIGALRM", None)
+        if self._old and alarm is not None and signal.getsignal(alarm) is signal.SIG_DFL:
+            self._old[alarm] = signal.signal(alarm, lambda signum, frame: self._end_wait(frame))
         return self
 
     def _handle(self, signum, frame):
@@ -466,11 +491,49 @@ class StopFlag:
         if self.requested:  # a second signal: stop now
             raise KeyboardInterrupt
         self.requested, self.signal = True, signal.Signals(signum).name
+        self._end_wait(frame)
+
+    def _end_wait(self, frame) -> None:
+        """StopWhileWaiting, where the wait may end (a stop was asked for during `waiting`);
+        elsewhere in the wait, a SIGALRM to look again shortly."""
+        self._retrying = False
+        if not (self._waiting and self.requested):
+            return
+        if _may_end_wait_at(frame):
+            self._waiting = False
+            raise StopWhileWaiting
+        if getattr(signal, "SIGALRM", None) in self._old:
+            self._retrying = True
+            signal.setitimer(signal.ITIMER_REAL, self.RETRY_S)
+
+    def _stop_retrying(self) -> None:
+        if self._retrying:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._retrying = False
 
     def __exit__(self, *exc):
+        self._stop_retrying()
         for sig, old in self._old.items():
             signal.signal(sig, old)
         return False
+
+
+def _may_end_wait_at(frame) -> bool:
+    """Whether an exception raised at `frame` (where a signal's handler runs) leaves no transfer
+    half done: blocked on the loader's pipe (selectors) or queue (threading: pin_memory's), or
+    outside the loader's and multiprocessing's code (a validation's forward). Half way through
+    receiving a batch it is not: the loader process's side of the connection then printed a
+    BrokenPipeError traceback."""
+    code = frame.f_code if frame is not None else None
+    if code is not None and (os.path.basename(code.co_filename), code.co_name) in (
+            ("selectors.py", "select"), ("threading.py", "wait")):
+        return True
+    while frame is not None:
+        where = frame.f_code.co_filename
+        if "multiprocessing" in where or os.path.join("torch", "utils", "data") in where:
+            return False
+        frame = frame.f_back
+    return True
 
 
 def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
@@ -478,17 +541,28 @@ def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
     `log` (darkcfg.train.outputs.RunLog) records, plots and saves; only rank 0 writes files."""
     cfg, dist = trainer.cfg, trainer.dist
     batches = stream.batches(trainer.iteration)
+    alone = not dist.enabled
     with closing(batches), StopFlag() as stop:  # closing: the loader's workers stop
         while trainer.iteration < cfg.max_batches:
-            images, targets = next(batches)
+            try:
+                with stop.waiting(alone):
+                    images, targets = next(batches)
+            except StopWhileWaiting:  # (a loader that never delivered used to hold the run)
+                log.checkpoint(trainer)
+                return stop.signal or "signal"
             started = time.perf_counter()
             loss = trainer.step(images, targets)
             log.step(trainer.iteration, loss, trainer.lr, trainer.global_batch, started,
                      trainer.stats)
             k = trainer.iteration
-            val = trainer.task.evaluate(trainer, val_loader) if val_loader is not None and (
-                schedule.valid_every and (k % schedule.valid_every == 0 or
-                                          k == cfg.max_batches)) else None
+            val = None
+            if val_loader is not None and schedule.valid_every and (
+                    k % schedule.valid_every == 0 or k == cfg.max_batches):
+                try:
+                    with stop.waiting(alone):
+                        val = trainer.task.evaluate(trainer, val_loader)
+                except StopWhileWaiting:  # the validation is dropped; the step is kept below
+                    trainer.net.train()
             if val is not None:
                 log.validated(k, val, trainer)
             stopping = (stop.requested if not dist.enabled else

@@ -177,10 +177,8 @@ class DetectionStream:
         generator = torch.Generator().manual_seed(self.dataset.seed)  # global RNG untouched
         loader = DataLoader(self.dataset, batch_size=self.batch, sampler=sampler,
                             collate_fn=collate,
-                            pin_memory=self.pin_memory,
-                            prefetch_factor=2 if self.workers else None,
-                            persistent_workers=False, generator=generator,
-                            **loader_processes(self.workers))
+                            pin_memory=self.pin_memory, generator=generator,
+                            **loader_processes(self.workers, prefetch_factor=2))
         batches = iter(loader)
         try:
             yield from batches
@@ -241,7 +239,14 @@ def collate(samples: list[tuple]) -> tuple[torch.Tensor, ...]:
     for k in (1, 3) if len(columns) == 4 else (1,) if len(columns) == 3 else ():
         most = max(len(d) for d in columns[k])
         columns[k] = [torch.cat([d, d.new_zeros(most - len(d), 5)]) for d in columns[k]]
-    return (images, *(torch.stack(c) for c in columns[1:]))
+    batch = (images, *(torch.stack(c) for c in columns[1:]))
+    if torch.utils.data.get_worker_info() is not None:
+        # into shared memory here, as torch's default_collate puts its batches, not in the
+        # thread that hands the batch over: a failure there (no file descriptor left) dropped the
+        # batch with a traceback on stderr and left the main process waiting for it for good
+        for t in batch:
+            t.share_memory_()
+    return batch
 
 
 # -- entry point ----------------------------------------------------------------------------------
