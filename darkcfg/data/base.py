@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from builders.atomic import atomic_open, atomic_write
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
+from darkcfg.console import warn
 
 
 class DataError(Exception):
@@ -270,12 +271,12 @@ def _fitting_workers(workers: int) -> tuple[int, str | None]:
         plan = loader_plan(workers, *_open_files())
     if plan[0] < workers:
         limit = _open_files()[0]
-        line = (f"warning: {workers} loader process(es) (--workers) do not fit in the limit on "
-                f"open files (ulimit -n {limit}): using {plan[0]} (raise the limit, e.g. ulimit "
-                f"-n 4096, to use more)")
+        line = (f"{workers} loader process(es) (--workers) do not fit in the limit on open "
+                f"files (ulimit -n {limit}): using {plan[0]} (raise the limit, e.g. ulimit -n "
+                "4096, to use more)")
         if line not in _said:
             _said.add(line)
-            print(line, file=sys.stderr, flush=True)
+            warn(line)
     return plan
 
 
