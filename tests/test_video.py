@@ -103,9 +103,10 @@ def test_outputs_one_video_and_one_jsonl_a_line_per_frame(net, clip, tmp_path):
     assert len(frames) == FRAMES and frames[0].shape == (3, 120, 160)
     lines = read_jsonl(out / "moving.jsonl")
     assert [rec["frame_id"] for rec in lines] == list(range(1, FRAMES + 1))
+    assert [rec["time"] for rec in lines] == [round(k / 24, 6) for k in range(FRAMES)]  # 24 fps
     assert sum(len(rec["objects"]) for rec in lines) == r.objects > 0
     for rec in lines:
-        assert set(rec) == {"frame_id", "objects"}
+        assert set(rec) == {"frame_id", "objects", "time"}
         for obj in rec["objects"]:
             assert set(obj) == {"class_id", "name", "relative_coordinates", "confidence"}
             assert obj["name"] == NAMES[obj["class_id"]] and obj["confidence"] > THRESH
@@ -384,7 +385,7 @@ def test_a_rotated_clip_is_detected_upright(net, tmp_path, rotation):
                                          strict=True)):
         found = detect(net, torch.from_numpy(frame).permute(2, 0, 1), THRESH, names=NAMES)[0]
         h, w = frame.shape[:2]
-        assert rec == json.loads(json.dumps(video.frame_json(k + 1, found, w, h)))
+        assert rec == json.loads(json.dumps(video.frame_json(k + 1, found, w, h, rec["time"])))
 
 
 def damaged_clip(clip: Path, path: Path, packet: int = 5) -> Path:
@@ -737,7 +738,7 @@ def test_a_stream_that_changes_size_is_detected_at_each_frames_size(net, tmp_pat
     for k, (frame, rec) in enumerate(zip(source, read_jsonl(out / "both.jsonl"), strict=True)):
         found = detect(net, frame, THRESH, names=NAMES)[0]
         h, w = frame.shape[1:]
-        assert rec == json.loads(json.dumps(video.frame_json(k + 1, found, w, h)))
+        assert rec == json.loads(json.dumps(video.frame_json(k + 1, found, w, h, rec["time"])))
 
 
 def test_a_variable_frame_rate_clip_keeps_its_frames_times(net, tmp_path):
@@ -770,6 +771,8 @@ def test_a_variable_frame_rate_clip_keeps_its_frames_times(net, tmp_path):
     r = detect_video(net, str(path), out, thresh=THRESH, batch_size=4, progress=False)
     assert r.frames == len(times_ms)
     assert times(out / "phone.mp4") == times(path)
+    # and each frame's record says when it is shown (frame_id alone does not, here)
+    assert [rec["time"] for rec in read_jsonl(out / "phone.jsonl")] == times(path)
     # a time base finer than MPEG-4 part 2 takes is coarsened by a whole factor
     assert video.output_time_base(Fraction(1, 90000)) == Fraction(1, 45000)
     assert video.output_time_base(Fraction(1, 1_000_000)) == Fraction(1, 62500)

@@ -5,7 +5,8 @@
 - `OUT/<name>.jsonl`: one line per frame with Darknet's `-json_port` fields (`frame_id` from 1,
   `objects`: `class_id`, `name`, `relative_coordinates` {`center_x`, `center_y`, `width`,
   `height`}, `confidence`; src/demo.c sends them with `++frame_id`, an object per class above
-  the threshold as src/http_stream.cpp send_json does);
+  the threshold as src/http_stream.cpp send_json does) and the frame's `time` in the written
+  video (seconds; not Darknet's);
 - with `save_labels`, `OUT/<name>_labels/<name>_<frame>.txt`: Darknet label lines per frame.
 
 Three stages overlap: a reader thread decodes and prepares (resize or letterbox) the next batch,
@@ -234,8 +235,11 @@ class _Skipped:
     seconds: float | None
 
 
-def frame_json(frame_id: int, found, image_w: int, image_h: int) -> dict:
-    """Darknet's -json_port record for one frame (relative centre and size, from the box)."""
+def frame_json(frame_id: int, found, image_w: int, image_h: int,
+               time: float | None = None) -> dict:
+    """Darknet's -json_port record for one frame (relative centre and size, from the box), and
+    `time`: the frame's time in the written video in seconds (not Darknet's: with a variable
+    frame rate frame_id alone does not say when a frame is shown)."""
     objects = []
     for f in found:
         left, top, right, bottom = f.box
@@ -246,7 +250,10 @@ def frame_json(frame_id: int, found, image_w: int, image_h: int) -> dict:
                             "width": (right - left) / image_w,
                             "height": (bottom - top) / image_h},
                         "confidence": f.score})
-    return {"frame_id": frame_id, "objects": objects}
+    record = {"frame_id": frame_id, "objects": objects}
+    if time is not None:
+        record["time"] = round(time, 6)
+    return record
 
 
 def _decoded(container, out: queue.Queue):
@@ -387,7 +394,8 @@ class _Writer(threading.Thread):
             frame.time_base = self.time_base
             for packet in self.stream.encode(frame):
                 self.container.mux(packet)
-            self.jsonl.write(json.dumps(frame_json(frame_id, objs, w, h)) + "\n")
+            self.jsonl.write(json.dumps(frame_json(frame_id, objs, w, h,
+                                                   float(frame.pts * self.time_base))) + "\n")
             if self.labels is not None:
                 lines = label_lines(det, self.thresh)
                 (self.labels / f"{self.name}_{frame_id:06d}.txt").write_text(
