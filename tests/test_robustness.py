@@ -1039,18 +1039,20 @@ def test_synced_together_syncs_each_folder_once_at_the_end(tmp_path, monkeypatch
     assert folders[-1] == tmp_path and (tmp_path / "a" / "2.txt").read_text() == "x"
 
 
-@pytest.mark.parametrize("wait", ["batch", "validation", "receiving"])
+@pytest.mark.parametrize("wait", ["batch", "validation", "receiving", "step"])
 def test_a_stop_signal_while_waiting_for_data_stops_at_once(tmp_path, tiny_classifier,
                                                            monkeypatch, capsys, wait):
     """A loader that never delivers (its batch lost: `ulimit -n 32` did that) or a slow one held
     the stop: SIGTERM only set the flag checked after the next step, which never came. A stop
     signal during the wait for the next batch or a validation now checkpoints the iterations
     done and exits 0 at once; one that comes half way through receiving a batch (the loader
-    process's end then printed a BrokenPipeError traceback) ends the wait right after it."""
+    process's end then printed a BrokenPipeError traceback) ends the wait right after it. One
+    that comes during the step before a validation skips it (the whole validation ran)."""
     import threading
 
     from darkcfg.cli import main
     from darkcfg.data.sampling import Stream
+    from darkcfg.train.loop import Trainer
     from darkcfg.train.tasks import Task
 
     receiving = {}  # a function that runs as multiprocessing's code does, by its file name
@@ -1066,16 +1068,28 @@ def test_a_stop_signal_while_waiting_for_data_stops_at_once(tmp_path, tiny_class
         threading.Event().wait(20)  # (never set: only the signal can end the wait)
         raise AssertionError("the stop signal did not end the wait")
 
-    real = Stream.batches
+    real, real_step = Stream.batches, Trainer.step
 
     def batches(self, start):
         for k, batch in enumerate(real(self, start)):
-            if k == 2 and wait != "validation":
+            if k == 2 and wait in ("batch", "receiving"):
                 stuck()
             yield batch
 
+    def step(self, images, targets):
+        if wait == "step" and self.iteration == 1:  # the step of iteration 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, images, targets)
+
+    def evaluate(self, trainer, loader):
+        if wait == "step":  # a long validation that the signal came before
+            threading.Event().wait(20)
+            raise AssertionError("the validation ran after the stop signal")
+        stuck()
+
     monkeypatch.setattr(Stream, "batches", batches)
-    monkeypatch.setattr(Task, "evaluate", lambda self, trainer, loader: stuck())
+    monkeypatch.setattr(Trainer, "step", step)
+    monkeypatch.setattr(Task, "evaluate", evaluate)
     cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=4, subdivisions=1, max_batches=100,
                                 burn_in=0, second_conv=False)
     out = tmp_path / "run"
@@ -1085,7 +1099,7 @@ def test_a_stop_signal_while_waiting_for_data_stops_at_once(tmp_path, tiny_class
     try:
         code = main(["train", str(cfg), "--out", str(out), "--no-progress", "--workers", "0",
                      "--checkpoint-every", "1000",
-                     "--valid-every", "2" if wait == "validation" else "0"])
+                     "--valid-every", "2" if wait in ("validation", "step") else "0"])
     finally:
         signal.signal(signal.SIGTERM, before)
     err = capsys.readouterr().err

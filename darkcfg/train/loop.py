@@ -466,6 +466,8 @@ class StopFlag:
         """A wait for data that a stop signal ends (StopWhileWaiting), the last iteration
         complete. Not under DDP (`interruptible` False): a rank that stopped there would miss
         the collectives the others are in, the checkpoint's included."""
+        if interruptible and self.requested:  # asked for before it: no wait (a validation
+            raise StopWhileWaiting  # after the signal's step ran in full)
         self._waiting = interruptible
         try:
             yield
