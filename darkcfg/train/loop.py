@@ -458,7 +458,7 @@ class StopFlag:
 
     def __init__(self):
         self.requested, self.signal = False, None
-        self._old = {}
+        self._old, self._pid = {}, os.getpid()
         self._waiting = self._retrying = False
 
     @contextmanager
@@ -489,6 +489,8 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        if os.getpid() != self._pid:  # a loader process forked here, before its init ignores
+            return  # the stop signals (loader_worker_init): the stop is the trainer's
         drop_hung_up_terminal(signum)
         if self.requested:  # a second signal: stop now
             raise KeyboardInterrupt
