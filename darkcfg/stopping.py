@@ -22,9 +22,10 @@ def stop_signals() -> list[signal.Signals]:
 
 
 def takes_over(sig: signal.Signals) -> bool:
-    """Whether darkcfg handles `sig` here: not a SIGHUP that the caller ignores (nohup)."""
-    return not (sig == getattr(signal, "SIGHUP", None)
-                and signal.getsignal(sig) is signal.SIG_IGN)
+    """Whether darkcfg handles `sig` here: not a signal the caller ignores (nohup's SIGHUP; the
+    SIGINT a shell script's background job `cmd &` gets ignored, so that Ctrl-C stops the
+    script's foreground command only), as Python and the other commands leave it ignored."""
+    return signal.getsignal(sig) is not signal.SIG_IGN
 
 
 def drop_hung_up_terminal(signum: int) -> None:

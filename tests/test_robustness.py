@@ -691,14 +691,17 @@ def test_a_closed_terminal_stops_training_as_sigterm_does(tmp_path, tiny_classif
 
 
 @pytest.mark.slow
-def test_nohup_keeps_a_run_going_when_the_terminal_closes(tmp_path, tiny_classifier):
-    """`nohup darkcfg train ...` ignores SIGHUP: darkcfg keeps it ignored (the loop takes over
-    SIGTERM and SIGINT only), and SIGTERM still stops the run cleanly."""
+@pytest.mark.parametrize("ignored", ["SIGHUP", "SIGINT"])
+def test_an_ignored_signal_keeps_a_run_going(tmp_path, tiny_classifier, ignored):
+    """`nohup darkcfg train ...` ignores SIGHUP, and a shell script's background job (`cmd &`)
+    SIGINT (Ctrl-C then stops the script's foreground command, not the run): darkcfg keeps it
+    ignored (the loop took SIGINT over before), and SIGTERM still stops the run cleanly."""
     cfg = tiny_classifier.write(tmp_path / "c.cfg", batch=8, max_batches=100000,
                                 second_conv=False)
     out = tmp_path / "run"
-    proc = start_training(cfg, out,  # what nohup does:
-                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    sig = getattr(signal, ignored)
+    proc = start_training(cfg, out,  # what nohup / the shell does:
+                          preexec_fn=lambda: signal.signal(sig, signal.SIG_IGN))
 
     def wait_for(n):
         deadline = time.monotonic() + 120
@@ -709,7 +712,7 @@ def test_nohup_keeps_a_run_going_when_the_terminal_closes(tmp_path, tiny_classif
             time.sleep(0.05)
 
     wait_for(2)
-    os.killpg(proc.pid, signal.SIGHUP)  # the loader process too
+    os.killpg(proc.pid, sig)  # the loader process too
     wait_for(len(rows(out)) + 3)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
