@@ -52,13 +52,21 @@ def say(message: str) -> None:
         _write(message)
 
 
-def warn(message, every_rank: bool = False) -> None:
+_said: set[str] = set()  # the `once` warnings this process has said
+
+
+def warn(message, every_rank: bool = False, once: bool = False) -> None:
     """A warning on stderr, from the main process only: `message` is prefixed `warning: ` unless
     it already says it is one; a Diagnostic (a W code) is printed in its own format.
     `every_rank`: a finding about this rank's own share of the data (an image only it read),
-    which rank 0 cannot say for it."""
+    which rank 0 cannot say for it. `once`: not again in this process (a setting every loader
+    start would repeat)."""
     if every_rank or is_main():
         text = message if isinstance(message, str) else message.format()
+        if once:
+            if text in _said:
+                return
+            _said.add(text)
         _write(text if _WARNING_LINE.match(text) else f"warning: {text}")
 
 

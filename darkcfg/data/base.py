@@ -216,9 +216,6 @@ def raise_open_files_limit() -> None:
             pass
 
 
-_said: set[str] = set()
-
-
 def loader_processes(workers: int, prefetch_factor: int | None = None,
                      persistent: bool = False) -> dict:
     """The DataLoader arguments for `workers` loader processes (`prefetch_factor` batches each
@@ -274,9 +271,7 @@ def _fitting_workers(workers: int) -> tuple[int, str | None]:
         line = (f"{workers} loader process(es) (--workers) do not fit in the limit on open "
                 f"files (ulimit -n {limit}): using {plan[0]} (raise the limit, e.g. ulimit -n "
                 "4096, to use more)")
-        if line not in _said:
-            _said.add(line)
-            warn(line)
+        warn(line, once=True)
     return plan
 
 
