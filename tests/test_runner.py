@@ -448,3 +448,28 @@ def test_a_long_run_keeps_a_few_bytes_a_step_for_its_chart(tmp_path, tiny_classi
     assert [r["iteration"] for r in resumed.history.validations] == [2100]
     resumed.close()  # draws the chart of every row
     assert (tmp_path / "run" / "chart.png").stat().st_size > 0
+
+
+def test_a_validation_is_not_counted_in_its_iterations_img_per_s(tmp_path, tiny_cfg, capsys,
+                                                                 monkeypatch):
+    """Each step is timed to the next one's start; a validation between them was counted in
+    the validated iteration's img/s (metrics.csv, the bar), 10x too low in a detector run."""
+    import time
+
+    from darkcfg.train.tasks import Task
+
+    validate = Task.evaluate
+
+    def slow(self, trainer, loader):
+        time.sleep(2.0)  # far longer than a tiny step
+        return validate(self, trainer, loader)
+
+    monkeypatch.setattr(Task, "evaluate", slow)
+    code, _, _ = run(capsys, tiny_cfg, "--train", "--out", tmp_path / "r", "--no-progress",
+                     "--valid-every", "2", "--set", "max_batches=6", "--workers", "0")
+    assert code == 0
+    rows = metrics(tmp_path / "r")
+    validated = [float(r["images_per_s"]) for r in rows if r["val_top1"]]
+    assert [int(r["iteration"]) for r in rows if r["val_top1"]] == [2, 4, 6]
+    # 16 images a step: a step that took the validation's 2 s would show at most 8 img/s
+    assert min(validated) > 10, rows

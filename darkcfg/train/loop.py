@@ -562,6 +562,7 @@ def fit(trainer: Trainer, stream, val_loader, log, schedule: Schedule) -> str:
             val = None
             if val_loader is not None and schedule.valid_every and (
                     k % schedule.valid_every == 0 or k == cfg.max_batches):
+                log.pause()
                 try:
                     with stop.waiting(alone):
                         val = trainer.task.evaluate(trainer, val_loader)

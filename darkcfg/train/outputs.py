@@ -143,6 +143,7 @@ class RunLog:
         self.epoch_images = max(epoch_images, 1)
         self.meta = meta or {}  # saved into checkpoints (settings, names, ...)
         self.pending = None  # the last step, read one step late: no host sync in the step
+        self.pending_end: float | None = None  # when the pending step's time stopped (a pause)
         self.avg_loss = -1.0
         self.best: float | None = None
         self.speed = 0.0
@@ -209,18 +210,27 @@ class RunLog:
         self.flush(next_started=started)
         self.pending = (iteration, loss, lr, images, started, stats or {})
 
+    def pause(self) -> None:
+        """The pending step's time ends here: what comes before the next step (a validation)
+        is not training, and counting it made the validated iteration's img/s 10x too low."""
+        if self.pending is not None and self.pending_end is None:
+            float(self.pending[1])  # the device has finished the step (the deferred read)
+            self.pending_end = time.perf_counter()
+
     def flush(self, val: dict | None = None, next_started: float | None = None) -> None:
         """Record the pending step (the .item() here is one step behind the device). Its time
-        runs from its start to the next step's start (or now, when flushed early: validation,
+        runs from its start to the next step's start (or to a pause, or now when flushed early:
         checkpoints), so every step is timed once, whenever it is recorded."""
         if self.pending is None:
             return
         iteration, loss, lr, images, started, stats = self.pending
-        self.pending = None
+        ended, self.pending, self.pending_end = self.pending_end, None, None
         value = float(loss)
         if not math.isfinite(value):
             raise NonFiniteLoss(iteration, value)
-        elapsed = (next_started if next_started is not None else time.perf_counter()) - started
+        if ended is None:
+            ended = next_started if next_started is not None else time.perf_counter()
+        elapsed = ended - started
         rate = images / max(elapsed, 1e-9)
         self.speed = rate if self.speed == 0 else 0.9 * self.speed + 0.1 * rate
         self.avg_loss = value if self.avg_loss < 0 else 0.9 * self.avg_loss + 0.1 * value
