@@ -4,9 +4,12 @@ folder is at hand. No torch: the linter's layer may use it."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
+from cfgparse import CfgError, Diagnostic
+from cfgparse.errors import printable
 from darkcfg.console import say
 
 FOLDER = Path(__file__).with_name("cfg")
@@ -46,3 +49,25 @@ def resolve_cfg(arg):
         _said.add(shipped)
         say(f"cfg: {arg} is darkcfg's shipped {shipped} (no such file here)")
     return shipped
+
+
+def resolve_model_cfg(arg):
+    """resolve_cfg for a command's CFG argument; a missing name close to a shipped cfg's
+    (`yolov4-tiny`, `yolov4_tiny.cfg`) is E901 with that name as the hint, not the bare
+    "cannot read" (`--data digits` goes through resolve_cfg alone: it names a data set)."""
+    resolved = resolve_cfg(arg)
+    if resolved is not arg or not isinstance(arg, str) or "\n" in arg or os.path.lexists(arg):
+        return resolved
+    folder, _, name = arg.replace(os.sep, "/").rpartition("/")
+    if folder not in ("", "cfg", "./cfg"):
+        return resolved
+    cfgs = [n for n in shipped_names() if n.endswith(".cfg")]
+    near = [name + ".cfg"] if name + ".cfg" in cfgs else \
+        difflib.get_close_matches(name, cfgs, n=1, cutoff=0.8)
+    if near:
+        raise CfgError(Diagnostic(
+            "E901", f"cannot read '{printable(arg)}': No such file or directory", arg,
+            hint=f"did you mean '{folder + '/' if folder else ''}{near[0]}'? (a cfg darkcfg "
+                 "ships, taken by that name "
+                 "where no such file is)"))
+    return resolved

@@ -18,7 +18,7 @@ import torch
 from builders.atomic import read_checked
 from builders.graph import checked_device
 from cfgparse import CfgError, Diagnostic, parse
-from darkcfg.bundled import resolve_cfg
+from darkcfg.bundled import resolve_model_cfg
 from darkcfg.config import NetConfig, apply_overrides_to_blocks
 
 
@@ -334,7 +334,7 @@ class ModelSpec:
         """Values no command can use are refused here, whichever command built the spec."""
         if isinstance(self.sets, str):  # one override, not its characters
             object.__setattr__(self, "sets", (self.sets,))
-        object.__setattr__(self, "cfg", resolve_cfg(self.cfg))  # `yolov3-tiny.cfg` anywhere
+        object.__setattr__(self, "cfg", resolve_model_cfg(self.cfg))  # `yolov3-tiny.cfg` anywhere
         check_seed(self.seed)
         check_count("--cutoff", self.cutoff, "the number of layers")
         if self.device and self.device != "auto":

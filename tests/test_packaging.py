@@ -158,3 +158,20 @@ def test_digits_without_scikit_learn_names_its_extra(monkeypatch):
     assert (d.code, d.path) == ("E905", "--data")
     assert "pip install 'darkcfg[digits]'" in d.hint
     assert "scikit-learn" in extras()["digits"]
+
+
+def test_a_cfg_name_near_a_shipped_one_is_told_the_shipped_name(tmp_path, monkeypatch, capsys):
+    """`darkcfg summary yolov4-tiny` was a bare "cannot read": a stranger's first try with the
+    README's name without its .cfg (or _ for -) now hears which shipped cfg is meant."""
+    monkeypatch.chdir(tmp_path)
+    for typed, meant in (("yolov4-tiny", "yolov4-tiny.cfg"), ("yolov4_tiny.cfg", "yolov4-tiny.cfg"),
+                         ("cfg/yolov3-tiny", "cfg/yolov3-tiny.cfg")):
+        assert main(["summary", typed]) == 2
+        err = capsys.readouterr().err
+        assert f"{typed}: error[E901]: cannot read '{typed}'" in err, err
+        assert f"help: did you mean '{meant}'?" in err, err
+    assert main(["summary", "nothing-like-it.cfg"]) == 2  # no near name: the usual hint
+    assert "help: check the path and its permissions" in capsys.readouterr().err
+    (tmp_path / "yolov4-tiny").write_text("[net]\nwidth=8\nheight=8\nchannels=1\n"
+                                          "[convolutional]\nfilters=1\n")
+    assert main(["summary", "yolov4-tiny"]) == 0  # a file of that name is taken as written

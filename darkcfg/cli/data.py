@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.usage import CommandParser
-from darkcfg.bundled import resolve_cfg
+from darkcfg.bundled import resolve_model_cfg
 from darkcfg.cli.common import (
     parse_wxh,
     refuse_overwriting_inputs,
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     args = arg_parser().parse_args(argv)
     if args.command == "convert":
         return convert(args.src, args.to, Path(args.out), args.link)
-    return check(args.src, resolve_cfg(args.cfg), args.size, Path(args.plot))
+    return check(args.src, resolve_model_cfg(args.cfg), args.size, Path(args.plot))
 
 
 def convert(src: str, to: str, out: Path, link: bool) -> int:
