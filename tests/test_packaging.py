@@ -158,3 +158,17 @@ def test_digits_without_scikit_learn_names_its_extra(monkeypatch):
     assert (d.code, d.path) == ("E905", "--data")
     assert "pip install 'darkcfg[digits]'" in d.hint
     assert "scikit-learn" in extras()["digits"]
+
+
+def test_a_missing_video_is_said_as_missing_without_pyav(tmp_path, monkeypatch, capsys):
+    """A mistyped video name on a base install (no `video` extra) is E901 at the name, not an
+    install hint for PyAV that, once followed, only leads to the same E901."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "av", None)  # the import fails
+    assert main(["detect", "yolov3-tiny.cfg", "clip.mp4", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "clip.mp4: error[E901]: video 'clip.mp4' does not exist" in err
+    assert "E905" not in err and not (tmp_path / "out").exists()
+    (tmp_path / "clip.mp4").write_bytes(b"\0" * 64)  # there: now PyAV is what is missing
+    assert main(["detect", "yolov3-tiny.cfg", "clip.mp4", "--out", "out"]) == 2
+    assert "clip.mp4: error[E905]: video input needs PyAV" in capsys.readouterr().err
