@@ -90,7 +90,14 @@ def test_commands_take_a_shipped_cfg_by_name(tmp_path, monkeypatch, capsys):
     assert "Total: 28,842 params" in capsys.readouterr().out
     # a linter checks the files named: a moved cfg must fail CI, not pass as the stock one
     assert main(["check", "cfg/digits.cfg"]) == 2
-    assert "cfg/digits.cfg: error[E901]: cannot read 'cfg/digits.cfg'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cfg/digits.cfg: error[E901]: cannot read 'cfg/digits.cfg'" in out
+    # ... and says where the stock one is: the docs' `check cfg/digits.cfg`, run away from a
+    # checkout, said only "check the path and its permissions"
+    assert f"darkcfg ships {FOLDER / 'digits.cfg'}" in out
+    assert f"cp {FOLDER / 'digits.cfg'} digits.cfg" in out
+    assert main(["check", "other.cfg"]) == 2  # a name darkcfg does not ship: as before
+    assert "help: check the path and its permissions" in capsys.readouterr().out
 
 
 def test_anchors_write_never_edits_the_shipped_cfg(tmp_path, monkeypatch, capsys):
