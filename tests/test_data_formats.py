@@ -497,6 +497,23 @@ def test_convert_never_writes_over_anything(four, tmp_path, capsys):
     assert sorted(p.stat().st_mtime_ns for p in target.rglob("*")) == before
 
 
+def test_convert_refuses_its_out_before_reading_the_source(four, tmp_path, monkeypatch, capsys):
+    """An OUT that is taken is E901 at once, not after the source set (a COCO file of 100k
+    images, read in minutes) was read and checked."""
+    import darkcfg.data.detection.formats as formats
+
+    def never(*args, **kwargs):
+        raise AssertionError("the source set was read")
+
+    monkeypatch.setattr(formats, "open_set", never)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("")
+    assert cli(["data", "convert", str(four["voc"]), "--to", "coco", str(taken)]) == 2
+    assert f"{taken}: error[E901]: '{taken}' exists and is not an empty folder" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(28, "No space left on device")])
 def test_an_interrupted_convert_leaves_nothing_in_the_way(four, tmp_path, monkeypatch, failure):
     """A convert stopped midway (Ctrl-C, a full disk) leaves neither OUT nor a hidden partial

@@ -90,7 +90,14 @@ def test_commands_take_a_shipped_cfg_by_name(tmp_path, monkeypatch, capsys):
     assert "Total: 28,842 params" in capsys.readouterr().out
     # a linter checks the files named: a moved cfg must fail CI, not pass as the stock one
     assert main(["check", "cfg/digits.cfg"]) == 2
-    assert "cfg/digits.cfg: error[E901]: cannot read 'cfg/digits.cfg'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cfg/digits.cfg: error[E901]: cannot read 'cfg/digits.cfg'" in out
+    # ... and says where the stock one is: the docs' `check cfg/digits.cfg`, run away from a
+    # checkout, said only "check the path and its permissions"
+    assert f"darkcfg ships {FOLDER / 'digits.cfg'}" in out
+    assert f"cp {FOLDER / 'digits.cfg'} digits.cfg" in out
+    assert main(["check", "other.cfg"]) == 2  # a name darkcfg does not ship: as before
+    assert "help: check the path and its permissions" in capsys.readouterr().out
 
 
 def test_anchors_write_never_edits_the_shipped_cfg(tmp_path, monkeypatch, capsys):
@@ -175,3 +182,17 @@ def test_a_cfg_name_near_a_shipped_one_is_told_the_shipped_name(tmp_path, monkey
     (tmp_path / "yolov4-tiny").write_text("[net]\nwidth=8\nheight=8\nchannels=1\n"
                                           "[convolutional]\nfilters=1\n")
     assert main(["summary", "yolov4-tiny"]) == 0  # a file of that name is taken as written
+
+
+def test_a_missing_video_is_said_as_missing_without_pyav(tmp_path, monkeypatch, capsys):
+    """A mistyped video name on a base install (no `video` extra) is E901 at the name, not an
+    install hint for PyAV that, once followed, only leads to the same E901."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "av", None)  # the import fails
+    assert main(["detect", "yolov3-tiny.cfg", "clip.mp4", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "clip.mp4: error[E901]: video 'clip.mp4' does not exist" in err
+    assert "E905" not in err and not (tmp_path / "out").exists()
+    (tmp_path / "clip.mp4").write_bytes(b"\0" * 64)  # there: now PyAV is what is missing
+    assert main(["detect", "yolov3-tiny.cfg", "clip.mp4", "--out", "out"]) == 2
+    assert "clip.mp4: error[E905]: video input needs PyAV" in capsys.readouterr().err

@@ -57,9 +57,11 @@ def main(argv: list[str]) -> int:
 
 def convert(src: str, to: str, out: Path, link: bool) -> int:
     from darkcfg.data.detection.formats import open_set
+    from darkcfg.data.detection.formats.convert import check_new_folder
     from darkcfg.data.detection.formats.convert import convert as write
     from darkcfg.data.detection.labels import set_warnings
 
+    check_new_folder(out)  # before the source set, however large, is read
     data = open_set(src)
     for warning in set_warnings(data.problems):
         warn(warning)

@@ -420,12 +420,11 @@ def run_detect(opts: DetectOptions) -> None:
         check_writable(opts.detections, "--detections")  # before the (slow) build
     if opts.targets:
         out = check_folder(output_folder(opts.out, opts.model.name), "--out")
-        from darkcfg.detect.video import check_sources, is_video, require_av
+        from darkcfg.detect.video import check_sources, is_video
 
         videos = [t for t in opts.targets if is_video(t)]
-        if videos:
-            require_av(videos[0])  # before the build and the images, not after them
-            check_sources(videos)  # (so is a video file that is missing or no video)
+        if videos:  # a missing file, PyAV, a file that is no video: before the build and images
+            check_sources(videos)
         images = [t for t in opts.targets if not is_video(t)]
         found = checked_images(images) if images else ([], False)
         refuse_output_over_inputs(out, found[0])

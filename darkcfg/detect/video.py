@@ -108,8 +108,23 @@ def source_name(target: str) -> str:
     return Path(target).stem
 
 
+def check_video_file(target: str) -> None:
+    """E901 for a video file `target` that is missing or no plain file (a pipe or a device
+    would block or never end: FFmpeg is not given one); said before PyAV is needed, so a
+    mistyped name is not answered with an install hint."""
+    if target.isdigit() or target.lower().startswith(STREAM_SCHEMES) or Path(target).is_file():
+        return
+    what = "is not a file (a pipe, a device or a socket)" if os.path.exists(target) else \
+        "does not exist"
+    raise CfgError(Diagnostic("E901", f"video '{shown_source(target)}' {what}",
+                              shown_source(target),
+                              hint="check the path: an image, a folder, a video, a "
+                              "stream URL or a camera index"))
+
+
 def open_source(target: str):
     """A PyAV input container for a file, URL or camera index; E901 when it cannot be opened."""
+    check_video_file(target)
     av = require_av(target)
     options: dict[str, str] = {}
     fmt = None
@@ -126,14 +141,6 @@ def open_source(target: str):
                                       "device through FFmpeg instead"))
     elif target.lower().startswith(("rtsp://", "rtsps://")):
         options = {"rtsp_transport": "tcp"}
-    elif not target.lower().startswith(STREAM_SCHEMES) and not Path(target).is_file():
-        # (a pipe or a device would block or never end: FFmpeg is not given one)
-        what = "is not a file (a pipe, a device or a socket)" if os.path.exists(target) else \
-            "does not exist"
-        raise CfgError(Diagnostic("E901", f"video '{shown_source(target)}' {what}",
-                                  shown_source(target),
-                                  hint="check the path: an image, a folder, a video, a "
-                                  "stream URL or a camera index"))
     try:
         container = _interruptible(lambda: av.open(where, format=fmt, options=options,
                                                    timeout=(OPEN_TIMEOUT, READ_TIMEOUT)))
@@ -201,7 +208,12 @@ def ffmpeg_reason(exc: BaseException, timeout: float) -> str:
 def check_sources(targets: Sequence[str]) -> None:
     """Open (and close) each video file of `targets`: one that is missing or is no video is a
     located E901 before anything is built or detected, not after the images and videos before
-    it were. Streams and cameras are opened when their turn comes."""
+    it were. Streams and cameras are opened when their turn comes. A missing file is said
+    before a missing PyAV."""
+    for target in targets:
+        check_video_file(target)
+    if targets:
+        require_av(targets[0])
     for target in targets:
         if not (target.isdigit() or target.lower().startswith(STREAM_SCHEMES)):
             open_source(target).close()

@@ -43,7 +43,8 @@ def check_file(path: str | Path, options: Options | None = None,
         blocks = parse(Path(path) if source is None else source,
                        path=None if source is None else str(path), flavor=options.flavor)
     except CfgError as exc:
-        return ordered(exc.diagnostics)
+        return ordered(exc.diagnostics if source is not None else
+                       pointing_to_shipped(exc.diagnostics, str(path)))
     found = list(blocks.warnings) + check_blocks(blocks)
     if options.targets:
         from darkcfg.lint.targets import check_target
@@ -56,6 +57,20 @@ def check_file(path: str | Path, options: Options | None = None,
         found += check_graph(blocks, flavor=options.flavor or "alexeyab",
                              max_memory=options.max_memory, targets=options.targets)
     return ordered(dedupe(found))
+
+
+def pointing_to_shipped(found: Sequence[Diagnostic], path: str) -> list[Diagnostic]:
+    """`found`, its E901 saying where darkcfg's own copy of a missing `path` is (the docs'
+    `check cfg/digits.cfg` away from a checkout): not linted in its place, as a moved cfg must
+    not pass CI as the stock one."""
+    from darkcfg.bundled import shipped_cfg
+
+    shipped = shipped_cfg(path)
+    if not shipped:
+        return list(found)
+    hint = (f"no such file here; darkcfg ships {shipped}, which check does not take in its "
+            f"place: to lint it, cp {shipped} {Path(shipped).name}")
+    return [dataclasses.replace(d, hint=hint) if d.code == "E901" else d for d in found]
 
 
 def dedupe(found: Sequence[Diagnostic]) -> list[Diagnostic]:

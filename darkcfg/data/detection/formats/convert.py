@@ -56,10 +56,7 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
     if to not in TARGETS:
         raise CfgError(Diagnostic("E100", f"--to {to}: use one of {', '.join(TARGETS)}",
                                   "<command line>"))
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise taken(out)
-    check_folder(out, "OUT")
+    out = check_new_folder(out)
     from darkcfg.data.base import check_image_headers
 
     # the images training would refuse, refused before anything is written (as training does)
@@ -93,6 +90,16 @@ def convert(data: DetectionSet, to: str, out: Path, link: bool = False) -> list[
     finally:
         os.close(held)
     return [out / path.relative_to(partial) for path in written]
+
+
+def check_new_folder(out: Path | str) -> Path:
+    """`out` as a Path, or E901 when it is a file or a folder that is not empty, or cannot be
+    made: a command checks it before it reads the source set (a COCO file of 100k images)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise taken(out)
+    check_folder(out, "OUT")
+    return out
 
 
 def taken(out: Path, why: str = "") -> CfgError:
