@@ -47,6 +47,7 @@ from cfgparse.errors import ERROR, WARNING, printable
 from darkcfg.console import warn
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
+    MAX_UNNAMED_CLASSES,
     data_diagnostic,
     data_folders,
     found_under,
@@ -205,16 +206,23 @@ def open_detection_data(path: Path, need: str = "all") -> DetectionData:
     if "train" not in opts and read_train:
         raise _error(f"'{path}' has no 'train' list", where,
                      hint="add train=path/to/train.txt (one image path per line)")
-    try:
-        # Darknet's default is 20 (src/detector.c option_find_int(options, "classes", 20)); a
-        # names file says better how many there are
-        classes = int(opts["classes"]) if "classes" in opts else \
-            _count_names(opts, folders, where) or 20
-    except ValueError:
-        raise _error(f"classes={opts['classes']} is not an integer", where, "write classes=N",
-                     key="classes") from None
+    # Darknet's default is 20 (src/detector.c option_find_int(options, "classes", 20)); a
+    # names file says better how many there are
+    if "classes" not in opts:
+        classes = _count_names(opts, folders, where) or 20
+    else:
+        try:
+            classes = int(opts["classes"])
+        except ValueError:
+            raise _error(f"classes={opts['classes']} is not an integer", where,
+                         "write classes=N", key="classes") from None
     if classes < 1:
         raise _error(f"classes={classes}: a detector needs at least one class", where,
+                     key="classes")
+    if classes > MAX_UNNAMED_CLASSES and "names" not in opts:
+        raise _error(f"classes={classes} without a names file: more classes than any data set "
+                     f"has (at most {MAX_UNNAMED_CLASSES} without names=)", where,
+                     "write the number of classes, or name them with names=FILE",
                      key="classes")
 
     repeats: list[Diagnostic] = []
