@@ -136,7 +136,7 @@ def _names(doc: _Yaml) -> list[str]:
         by_id: dict[int, yaml.Node] = {}
         for key, value in node.value:
             text = key.value.strip() if isinstance(key, yaml.ScalarNode) else "?"
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):  # ('²' and '١' are digits to Python)
                 raise doc.error("names", "names: the keys of a names mapping are class ids "
                                 f"0, 1, ..., not '{text}'")
             if by_id.setdefault(int(text), value) is not value:
