@@ -128,7 +128,11 @@ class Diagnostic:
         `help: hint`; a finding about a whole file or the command line has no line:col."""
         path = printable(self.path)
         where = f"{path}:{self.line}:{self.column}" if self.line else path
-        lines = [f"{where}: {self.severity}[{self.code}]: {self.message}"]
+        # a message or hint quoting a file's text (a VOC id with a BOM, a name with an escape)
+        # shows what does not print escaped too; its own line breaks stay
+        message, hint = ("\n".join(map(printable, text.split("\n")))
+                         for text in (self.message, self.hint))
+        lines = [f"{where}: {self.severity}[{self.code}]: {message}"]
         if self.line and self.source:
             gutter = str(self.line)
             pad = " " * len(gutter)
@@ -146,8 +150,8 @@ class Diagnostic:
             span = min(max(self.span, 1), max(len(shown) - col, 1))
             width = sum(_columns(c) for c in cells[col:col + span]) or span
             lines.append(f"{pad} | {indent}{'^' * width}")
-        if self.hint:
-            lines.append(f"help: {self.hint}")
+        if hint:
+            lines.append(f"help: {hint}")
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -18,6 +18,7 @@ import torch
 from builders.atomic import read_checked
 from builders.graph import checked_device
 from cfgparse import CfgError, Diagnostic, parse
+from cfgparse.errors import printable
 from darkcfg.bundled import resolve_model_cfg
 from darkcfg.config import NetConfig, apply_overrides_to_blocks
 
@@ -180,8 +181,8 @@ def _is_counter(name: str) -> bool:
 def _names(names: list[str], shapes: dict | None = None, own: dict | None = None) -> str:
     """The first three names (with the file's and the network's shapes for a shape mismatch)."""
     def one(name):
-        if shapes is None or own is None:
-            return name
+        if shapes is None or own is None:  # (a file's key may be any object: 5, (1, 2))
+            return printable(name if isinstance(name, str) else repr(name))
         return (f"{name}: {tuple(getattr(shapes[name], 'shape', ()))} in the file, "
                 f"{tuple(own[name].shape)} here")
     return ", ".join(map(one, names[:3])) + (", ..." if len(names) > 3 else "")
@@ -298,9 +299,9 @@ def with_non_finite(net, path: Path, report: str) -> str:
 def _layer_of(name: str) -> float:
     """The layer index of a Network state_dict name ('layers.5.unit.linear.weight' -> 5); inf
     for a name outside the layers."""
-    parts = name.split(".")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit() \
-        else math.inf
+    parts = name.split(".") if isinstance(name, str) else []  # (a file's key: any object)
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "layers" and parts[1].isascii() \
+        and parts[1].isdigit() else math.inf
 
 
 def load_model(cfg_path: str, weights: str | os.PathLike | None = None, *,

@@ -65,7 +65,7 @@ FLAGS: dict[str, list[str] | None] = {
     "--set": ["batch=2", "subdivisions=4", "width=0", "nokey=1", "batch", "=", "width=1e26",
               "convolutional.filters=-3", "max_batches=99999999999", "time_steps=0"],
     "--max-memory": ["1K", "8G", "-1", "lots", "0"],
-    "--input-size": ["16x16", "0x0", "axb", "100000x100000", "7"],
+    "--input-size": ["16x16", "0x0", "axb", "100000x100000", "7", "²x²"],
     "--out": PATHS, "--data": PATHS + ["digits", "torchvision:NOPE:x"],
     "--weights": PATHS, "--resume": PATHS, "--names": PATHS, "--input": PATHS,
     "--export": ["m.onnx", "m.pt2", "m.txt", "afile/m.pt2", "folder"],

@@ -103,7 +103,9 @@ def refuse_plot_over_images(flag: str, plot, images) -> None:
 def parse_wxh(flag: str, text: str) -> tuple[int, int]:
     """A `--size WxH` value (`data check`, `anchors`): two positive integers."""
     w, x, h = text.lower().partition("x")
-    if not x or not w.isdigit() or not h.isdigit() or int(w) < 1 or int(h) < 1:
+    # (ASCII digits: '²'.isdigit() is true and int('²') a ValueError)
+    if not x or not (w + h).isascii() or not w.isdigit() or not h.isdigit() or int(w) < 1 \
+            or int(h) < 1:
         raise CfgError(Diagnostic("E100", f"{flag} {text}: not WxH (two positive integers)",
                                   flag, hint=f"e.g. {flag} 416x416"))
     return int(w), int(h)

@@ -24,6 +24,12 @@ from cfgparse import CfgError, Diagnostic
 NEEDS = ("all", "valid", "names")
 
 
+#: The most classes a data set may declare without naming them (a .data file's classes= without
+#: names=, a data.yaml's nc: without names:): each gets a made-up name, and a count past this
+#: (1000 times LVIS's 1203 classes) is a typo that took minutes and gigabytes to name.
+MAX_UNNAMED_CLASSES = 2**20
+
+
 def check_need(need: str) -> None:
     if need not in NEEDS:
         raise ValueError(f"need={need!r}: one of {', '.join(NEEDS)}")
@@ -70,6 +76,11 @@ def read_data_file(path: Path) -> dict[str, str]:
         line = "".join(raw.split())
         if not line or line[0] in "#;":
             continue
+        if "\x00" in line:  # no path holds one (open() would refuse it with a ValueError)
+            raise CfgError(Diagnostic("E104", "a NUL byte in a .data line: this looks like a "
+                                      "binary file", str(path), n, raw.index("\x00") + 1,
+                                      hint="a .data file is key=value text lines",
+                                      source=raw, span=1))
         key, eq, value = line.partition("=")
         if not eq:
             raise CfgError(Diagnostic("E102", f"missing '=' in '{line}'", str(path), n, 1,

@@ -238,7 +238,7 @@ def darknet_data(path: Path, channels: int, need: str = "all") -> DataSplits:
                          "write classes=N") from None
     top = None
     if "top" in opts:  # src/classifier.c predict_classifier: option_find_int(.., "top", 1)
-        top = int(opts["top"]) if opts["top"].isdigit() else 0
+        top = int(opts["top"]) if opts["top"].isascii() and opts["top"].isdigit() else 0
         if top < 1:
             raise CfgError(data_diagnostic(
                 "E901", f"top={opts['top']} is not a whole number of classes of at least 1",

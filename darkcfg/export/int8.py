@@ -658,7 +658,7 @@ def parse_keep_fp32(text: str | None) -> int | str:
         return 0
     if text == "auto":
         return "auto"
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     raise _failed(f"--keep-fp32 takes a number of layers or 'auto', not '{text}'",
                  "<command line>", hint="e.g. --keep-fp32 2 or --keep-fp32 auto", code="E100")

@@ -81,7 +81,7 @@ def parse_input_size(text: str | None) -> list[str]:
     if text is None:
         return []
     parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
         raise failed(f"--input-size must be WxH with positive integers, got '{text}'",
                      "<command line>", hint="e.g. --input-size 416x416")
     return [f"width={int(parts[0])}", f"height={int(parts[1])}"]

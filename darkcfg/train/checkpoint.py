@@ -9,6 +9,7 @@ from wrong numbers. Checkpoints of earlier versions (no trailer) still load."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import random
 from pathlib import Path
@@ -33,13 +34,36 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
+    _restore(states, torch.set_rng_state, np.random.set_state, random.setstate)
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _restore(states: dict, torch_set, numpy_set, python_set) -> None:
+    torch_set(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    numpy_set((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    python_set((version, tuple(internal), gauss))
+
+
+def rng_damaged(states: dict) -> bool:
+    """Whether set_rng_states would fail on `states`: tried on generators of their own, so a
+    damaged checkpoint is refused before the run writes anything (it was a traceback after
+    the run's settings were written)."""
+    try:
+        _restore(states, torch.Generator().set_state, np.random.RandomState().set_state,
+                 random.Random().setstate)
+    except Exception:  # noqa: BLE001 - any of the three readers' errors: damaged
+        return True
+    cuda = states.get("cuda", [])
+    return not (isinstance(cuda, list) and all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda))
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -99,10 +123,13 @@ def format_problem(state) -> str:
         return f"its format is {state.get('format')!r}, not {FORMAT!r}"
     rng = state.get("rng")
     if not isinstance(rng, list) or not rng or not all(
-            isinstance(r, dict) and {"torch", "numpy", "python"} <= set(r) for r in rng):
+            isinstance(r, dict) and {"torch", "numpy", "python"} <= set(r)
+            and not rng_damaged(r) for r in rng):
         return "its random generator states ('rng') are missing or damaged"
     log = state.get("log")
-    if log is not None and not (isinstance(log, dict) and {"avg_loss", "best"} <= set(log)):
+    if log is not None and not (isinstance(log, dict) and {"avg_loss", "best"} <= set(log)
+                                and _finite(log["avg_loss"])
+                                and (log["best"] is None or _finite(log["best"]))):
         return "its log state ('log') is damaged"
     return ""
 

@@ -32,6 +32,7 @@ darkcfg as they do in Darknet.
 
 from __future__ import annotations
 
+import array
 import math
 import os
 import re
@@ -47,6 +48,7 @@ from cfgparse.errors import ERROR, WARNING, printable
 from darkcfg.console import warn
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
+    MAX_UNNAMED_CLASSES,
     data_diagnostic,
     data_folders,
     found_under,
@@ -205,16 +207,23 @@ def open_detection_data(path: Path, need: str = "all") -> DetectionData:
     if "train" not in opts and read_train:
         raise _error(f"'{path}' has no 'train' list", where,
                      hint="add train=path/to/train.txt (one image path per line)")
-    try:
-        # Darknet's default is 20 (src/detector.c option_find_int(options, "classes", 20)); a
-        # names file says better how many there are
-        classes = int(opts["classes"]) if "classes" in opts else \
-            _count_names(opts, folders, where) or 20
-    except ValueError:
-        raise _error(f"classes={opts['classes']} is not an integer", where, "write classes=N",
-                     key="classes") from None
+    # Darknet's default is 20 (src/detector.c option_find_int(options, "classes", 20)); a
+    # names file says better how many there are
+    if "classes" not in opts:
+        classes = _count_names(opts, folders, where) or 20
+    else:
+        try:
+            classes = int(opts["classes"])
+        except ValueError:
+            raise _error(f"classes={opts['classes']} is not an integer", where,
+                         "write classes=N", key="classes") from None
     if classes < 1:
         raise _error(f"classes={classes}: a detector needs at least one class", where,
+                     key="classes")
+    if classes > MAX_UNNAMED_CLASSES and "names" not in opts:
+        raise _error(f"classes={classes} without a names file: more classes than any data set "
+                     f"has (at most {MAX_UNNAMED_CLASSES} without names=)", where,
+                     "write the number of classes, or name them with names=FILE",
                      key="classes")
 
     repeats: list[Diagnostic] = []
@@ -387,6 +396,12 @@ def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES
     if not all(map(math.isfinite, (x, y, w, h))):  # math, not numpy: once per label line
         k = next(k for k, v in enumerate((x, y, w, h), 1) if not math.isfinite(v))
         return None, (f"{'xywh'[k - 1]} = {words[k]} is not a finite number", k, "", ERROR)
+    # as Darknet stores them (fscanf %f: 32-bit floats): 1e39 is inf, 1e-46 is 0 (no size)
+    x, y, w, h = array.array("f", (x, y, w, h))
+    if not all(map(math.isfinite, (x, y, w, h))):
+        k = next(k for k, v in enumerate((x, y, w, h), 1) if not math.isfinite(v))
+        return None, (f"{'xywh'[k - 1]} = {words[k]} is too large for a 32-bit float (Darknet "
+                      "reads label values as floats)", k, "", ERROR)
     box = [x, y, w, h, float(cls)]
     if w <= 0 or h <= 0:  # fill_truth_detection: w < 1/net_w or h < 1/net_h is dropped
         k = 3 if w <= 0 else 4

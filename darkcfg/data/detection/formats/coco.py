@@ -47,6 +47,7 @@ from darkcfg.data.detection.labels import EDGE_CODE, SET_CODE
 
 OUTSIDE_TOLERANCE = 1.0  # pixels a bbox may exceed the image by (then clipped)
 _WS = re.compile(r"\s*")
+_LONG_NUMBER = re.compile(r"\d{4000,}")
 
 
 class _Locator:
@@ -106,10 +107,20 @@ class _Locator:
         return self._lines.located(message, str(self.path), offset, span, hint=hint)
 
 
+def _is_number(value) -> bool:
+    """A JSON value that is a finite number as a float (true is not one, nor an integer of
+    400 digits: math.isfinite and float() raise OverflowError for it)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _is_size(value) -> bool:
-    """A JSON width or height that is a size: a finite number > 0 (true is not one)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value) and value > 0
+    """A JSON width or height that is a size: a finite number > 0."""
+    return _is_number(value) and value > 0
 
 
 def _is_key(value) -> bool:
@@ -125,7 +136,8 @@ def _classes_of(categories: list, annotations: list, where: _Locator,
     by one and need an extra network output). W904 says which were dropped."""
     used = {a.get("category_id") for a in annotations if isinstance(a, dict)
             and _is_key(a.get("category_id"))}
-    parents = {c.get("supercategory") for _, _, c in categories}
+    parents = {c.get("supercategory") for _, _, c in categories
+               if _is_key(c.get("supercategory"))}  # (a list or an object names no category)
     grouping = [(cid, i, c) for cid, i, c in categories if cid not in used
                 and _is_key(c.get("name")) and c.get("name") in parents
                 and any(o.get("supercategory") == c.get("name") and o is not c
@@ -156,6 +168,12 @@ def read_coco(path: Path) -> DetectionSet:
         raise CfgError(located("invalid JSON: nested too deeply", str(path), text, 0,
                                code="E901", hint="a COCO annotation file is one JSON object "
                                "with images, annotations and categories")) from None
+    except ValueError as exc:  # an integer past Python's digit limit (4300): no COCO value
+        long = _LONG_NUMBER.search(text)
+        raise CfgError(located(f"invalid JSON: {exc}".split(";")[0], str(path), text,
+                               long.start() if long else 0, code="E901",
+                               hint="a COCO value is an id, a size or a pixel coordinate: "
+                               "no number has thousands of digits")) from None
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list)
                                             for k in ("images", "annotations", "categories")):
         raise CfgError(Diagnostic("E901", f"'{path}' is not a COCO annotation file", str(path),
@@ -281,9 +299,7 @@ def read_coco(path: Path) -> DetectionSet:
                 hint="a detector trains on bbox [x, y, width, height] in pixels; pycocotools' "
                 "mask.toBbox gives it from a segmentation"))
             continue
-        if not (isinstance(box, list) and len(box) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and math.isfinite(v) for v in box)):
+        if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box))):
             problems.append(where.at("annotations", i, "bbox",
                                      "bbox is not [x, y, width, height] (four finite numbers)"))
             continue

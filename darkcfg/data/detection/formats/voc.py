@@ -40,7 +40,7 @@ from darkcfg.data.detection.formats.base import (
     box_rows,
     image_size,
 )
-from darkcfg.data.detection.labels import LABEL_CODE, SET_CODE, repeated
+from darkcfg.data.detection.labels import LABEL_CODE, SET_CODE, raise_problems, repeated
 
 VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
              "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -73,6 +73,11 @@ class _Annotation:
                                       str(path), exc.lineno, exc.offset + 1, source=source,
                                       hint="a VOC annotation is an <annotation> XML "
                                       "document")) from None
+        except LookupError as exc:  # <?xml encoding="..."?> naming no codec Python has
+            raise CfgError(Diagnostic(LABEL_CODE, f"malformed XML: {exc}", str(path), 1, 1,
+                                      source=self._source(1), hint="write the annotation as "
+                                      "UTF-8 (<?xml version=\"1.0\" encoding=\"utf-8\"?>)")
+                           ) from None
         self.root = builder.close()
         if self.root.tag != "annotation":
             raise CfgError(self.error(self.root, f"the document is <{self.root.tag}>, not a VOC "
@@ -234,6 +239,7 @@ def _names(root: Path, parsed: dict[str, _Annotation | None], problems) -> list[
             found.add((obj.findtext("name") or "").strip())
     found.discard("")
     if not found:
+        raise_problems(problems)  # annotations that do not parse: what to fix first
         raise CfgError(Diagnostic("E901", f"no object in the annotations of '{root}'", str(root),
                                   hint="or list the class names in classes.txt"))
     return sorted(found)  # all 20 VOC classes: VOC_NAMES, voc.names' order (alphabetical)

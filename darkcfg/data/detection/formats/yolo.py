@@ -34,6 +34,7 @@ from cfgparse.parser import decode
 from cfgparse.yaml_io import load_yaml
 from darkcfg.data.datafile import (
     IMAGE_EXTENSIONS,
+    MAX_UNNAMED_CLASSES,
     is_image,
     missing_path_hint,
     text_hint,
@@ -135,7 +136,7 @@ def _names(doc: _Yaml) -> list[str]:
         by_id: dict[int, yaml.Node] = {}
         for key, value in node.value:
             text = key.value.strip() if isinstance(key, yaml.ScalarNode) else "?"
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):  # ('²' and '١' are digits to Python)
                 raise doc.error("names", "names: the keys of a names mapping are class ids "
                                 f"0, 1, ..., not '{text}'")
             if by_id.setdefault(int(text), value) is not value:
@@ -149,6 +150,10 @@ def _names(doc: _Yaml) -> list[str]:
     else:
         nc = doc.data.get("nc")
         if node is None and isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
+            if nc > MAX_UNNAMED_CLASSES:
+                raise doc.error("nc", f"nc: {nc} without names: more classes than any data "
+                                f"set has (at most {MAX_UNNAMED_CLASSES} without names:)",
+                                hint="write the number of classes, or name them with names:")
             return [f"class_{i}" for i in range(nc)]  # ultralytics' names for nc: alone
         raise doc.error("names", f"'{doc.path}' needs names: (a list of class names, or "
                         "{0: name, ...})")
