@@ -97,15 +97,16 @@ def test_two_processes_on_gloo_keep_equal_parameters(tmp_path, tiny_classifier, 
 
 
 def test_a_worker_ends_with_its_code_after_exit_handlers_and_flushed_streams(tmp_path):
-    # end_process skips the interpreter's teardown (gloo threads DDP leaves running), so it
-    # must itself run what a normal exit would have: atexit handlers, buffered output
+    # end_process (every command's process ends through it) skips the interpreter's teardown
+    # (gloo threads DDP leaves running), so it must itself run what a normal exit would have:
+    # atexit handlers, buffered output
     script = tmp_path / "worker.py"
     script.write_text(
         "import atexit, sys\n"
-        "from darkcfg.train import distributed\n"
+        "from darkcfg import stopping\n"
         "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
         "sys.stdout.write('unflushed line')\n"
-        "distributed.end_process(3)\n"
+        "stopping.end_process(3)\n"
         "print('never reached')\n")
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
                             text=True, timeout=120,
