@@ -14,6 +14,7 @@ import errno
 import os
 import signal
 import sys
+import threading
 from typing import NoReturn
 
 
@@ -53,9 +54,9 @@ def end_process(code: int) -> NoReturn:
     action when that teardown starts, and with torch loaded the teardown takes 1-2 s (its
     modules, C++ statics; DDP's gloo threads made a finished worker abort now and then): a stop
     signal then killed the process (exit -15, -2, -1) instead of the documented 130. Here the
-    exit handlers run and both streams are flushed, as a normal exit does, under a handler that
-    notes a stop signal (exit 130, the outputs complete) and ends the process at a second one
-    (an exit handler that hangs still yields to Ctrl-C)."""
+    threads are joined, the exit handlers run and both streams are flushed, as a normal exit
+    does, under a handler that notes a stop signal (exit 130, the outputs complete) and ends
+    the process at a second one (an exit that hangs still yields to Ctrl-C)."""
     stopped = []
 
     def note(signum, frame):
@@ -70,6 +71,9 @@ def end_process(code: int) -> NoReturn:
                 signal.signal(sig, note)
             except ValueError:  # not the main thread: leave signals alone
                 break
+    shutdown = getattr(threading, "_shutdown", None)  # as a normal exit first: the threads
+    if shutdown is not None and threading.current_thread() is threading.main_thread():
+        shutdown()  # not daemonic joined, concurrent.futures' pools ended
     atexit._run_exitfuncs()
     if stopped:
         print("interrupted (after the command had finished: its outputs are complete)",
