@@ -183,19 +183,23 @@ class CocoIds:
     images: dict[str, list[tuple[object, tuple[float, float]]]]
 
     def entries(self, path: Path) -> list[tuple[object, tuple[float, float]]] | None:
-        """The entries of the picture at `path`: the JSON's file itself, else the one picture
-        of its file name (a copy of the images elsewhere). A name that two of its pictures
-        share (a/000001.jpg, b/000001.jpg) is none: by name they took one id, merged."""
-        return self._by_file.get(os.path.realpath(path)) or self._by_name.get(path.name)
+        """The entries of the picture of `path`'s file name (a copy of the images elsewhere
+        too); of a name that two of its pictures share (a/000001.jpg, b/000001.jpg: by name
+        they took one id, merged), the entries of the JSON's file at `path` itself."""
+        unique, shared = self._by_name
+        if path.name in unique:
+            return unique[path.name]
+        return shared.get(os.path.realpath(path)) if shared else None
 
     @functools.cached_property
-    def _by_file(self) -> dict[str, list]:
-        return {os.path.realpath(f): e for f, e in self.images.items()}
-
-    @functools.cached_property
-    def _by_name(self) -> dict[str, list]:
-        names = Counter(Path(f).name for f in self.images)
-        return {Path(f).name: e for f, e in self.images.items() if names[Path(f).name] == 1}
+    def _by_name(self) -> tuple[dict[str, list], dict[str, list]]:
+        """{file name: entries} of the names one picture has, {real path: entries} of those
+        that several share (no path resolved for the others: COCO's 118k are one name each)."""
+        count = Counter(Path(f).name for f in self.images)
+        unique = {Path(f).name: e for f, e in self.images.items() if count[Path(f).name] == 1}
+        shared = {os.path.realpath(f): e for f, e in self.images.items()
+                  if count[Path(f).name] > 1}
+        return unique, shared
 
 
 def read_names(names_file: str | None, data_file: str | None
@@ -410,14 +414,17 @@ def coco_image_ids(paths: Sequence[Path]) -> list[int] | None:
     numbers = [image_id(p) for p in paths]
     if None in numbers:
         return None
-    owner: dict[int, str] = {}  # a number -> the file that keeps it
+    owner: dict[int, Path] = {}  # a number -> the file that keeps it
+    given: dict[str, int] = {}  # a file that could not keep its number -> its id
     ids, moved, spare = [], [], max(numbers, default=0) + 1
     for path, number in zip(paths, numbers, strict=True):
-        file = os.path.realpath(path)
-        if owner.setdefault(number, file) != file:
-            moved.append((path, number))
-            number, spare = spare, spare + 1
-            owner[number] = file
+        first = owner.setdefault(number, path)
+        if first != path and os.path.realpath(first) != os.path.realpath(path):
+            file = os.path.realpath(path)
+            if file not in given:
+                moved.append((path, number))
+                given[file], spare = spare, spare + 1
+            number = given[file]
         ids.append(number)
     if moved:
         path, number = moved[0]
