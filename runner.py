@@ -1,9 +1,9 @@
 """The design card's entry point, kept as a shim: `python runner.py CFG --train ...` is
 `darkcfg CFG --train ...` (darkcfg.cli)."""
 
-import sys
+from darkcfg.cli import main, run
 
-from darkcfg.cli import main
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

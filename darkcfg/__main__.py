@@ -1,7 +1,5 @@
 """`python -m darkcfg ...` is the `darkcfg` console script."""
 
-import sys
+from darkcfg.cli import run
 
-from darkcfg.cli import main
-
-sys.exit(main())
+run()

@@ -1314,6 +1314,36 @@ def test_a_stdout_that_takes_no_more(detector, tmp_path):
     assert code == 0 and "E901" not in err, err
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_a_buffered_stdout_that_takes_no_more(tmp_path):
+    """Where stdout is buffered (a redirect, without PYTHONUNBUFFERED) a short output is written
+    at the end: `> /dev/full` was Python's 'Exception ignored ... No space left on device' and
+    exit 120 (and `| head`'s broken pipe alike), not the E901 of a stdout that takes no more."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(root)
+
+    def darkcfg(stdout):
+        return subprocess.run([sys.executable, "-m", "darkcfg", "--version"], stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, timeout=60, env=env)
+
+    with open("/dev/full", "w") as full:
+        done = darkcfg(full)
+    assert done.returncode == 2 and done.stderr == (
+        "<stdout>: error[E901]: cannot write the output to stdout: No space left on device\n"
+        "help: free some space where stdout goes, or redirect it elsewhere\n")
+    read, write = os.pipe()
+    os.close(read)  # the reader left
+    try:
+        done = darkcfg(write)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == ""
+
+
 def test_a_rewritten_file_keeps_its_permissions(tmp_path):
     """anchors --write (any atomic rewrite) once turned a private 0600 cfg into 0644."""
     from builders.atomic import atomic_write

@@ -951,6 +951,32 @@ def test_detect_with_a_coco_json_writes_its_ids(four, tmp_path):
     assert len(truth.loadRes(str(out / "detections.json")).getAnnIds()) == len(results)
 
 
+def test_detect_with_a_coco_json_keeps_two_pictures_of_one_name_apart(tmp_path, capsys):
+    """A COCO JSON of a/000001.png (id 11) and b/000001.png (id 22): its ids were looked up by
+    file name alone, so both pictures' boxes went under 22 and COCO scoring merged them."""
+    from PIL import Image
+
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTOR_CFG)
+    doc = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    for i, folder in ((11, "a"), (22, "b")):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (48, 40), (30 * i % 255, 90, 40)).save(tmp_path / folder / "000001.png")
+        doc["images"].append({"id": i, "file_name": f"{folder}/000001.png", "width": 48,
+                              "height": 40})
+        doc["annotations"].append({"id": i, "image_id": i, "category_id": 1, "iscrowd": 0,
+                                   "bbox": [5, 5, 20, 20], "area": 400})
+    truth = tmp_path / "instances.json"
+    truth.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    assert cli(["detect", str(cfg), str(tmp_path / "a"), str(tmp_path / "b"), "--data",
+                str(truth), "--thresh", "0", "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "detections.json").read_text())
+    per_id = {i: sum(r["image_id"] == i for r in results) for i in (11, 22)}
+    assert per_id[11] and per_id[22] and sum(per_id.values()) == len(results), per_id
+    assert "file number" not in capsys.readouterr().err  # the JSON's ids, not the numbers
+
+
 def test_detect_with_a_data_yaml_reads_its_names_only(four, tmp_path):
     """detect --data data.yaml read both splits' images and labels for the class names: a
     copied model folder without the training set was an error. Now it reads the names."""
@@ -1137,7 +1163,7 @@ def test_the_objects_of_a_coco_pictures_two_entries_are_merged(four, tmp_path):
     assert "has a second entry (ids 100 and 999): their objects are merged" in \
         found.problems[0].message
     assert found.problems[0].line > 1  # at the second entry's file_name
-    assert [i for i, _ in found.image_ids["im0.png"]] == [100, 999]
+    assert [i for i, _ in found.image_ids[found.train.images[0]]] == [100, 999]
     assert len(found.scored.images) == 4 and len(found.scored.boxes[0]) == 2  # validation
     cfg = tmp_path / "det.cfg"
     cfg.write_text(DETECTOR_CFG)

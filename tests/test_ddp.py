@@ -97,15 +97,18 @@ def test_two_processes_on_gloo_keep_equal_parameters(tmp_path, tiny_classifier, 
 
 
 def test_a_worker_ends_with_its_code_after_exit_handlers_and_flushed_streams(tmp_path):
-    # end_process skips the interpreter's teardown (gloo threads DDP leaves running), so it
-    # must itself run what a normal exit would have: atexit handlers, buffered output
+    # end_process (every command's process ends through it) skips the interpreter's teardown
+    # (gloo threads DDP leaves running), so it must itself run what a normal exit would have:
+    # threads still running, atexit handlers, buffered output
     script = tmp_path / "worker.py"
     script.write_text(
-        "import atexit, sys\n"
-        "from darkcfg.train import distributed\n"
+        "import atexit, sys, threading, time\n"
+        "from darkcfg import stopping\n"
         "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), print('thread ran', file=sys.stderr))"
+        ").start()\n"
         "sys.stdout.write('unflushed line')\n"
-        "distributed.end_process(3)\n"
+        "stopping.end_process(3)\n"
         "print('never reached')\n")
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
                             text=True, timeout=120,
@@ -113,6 +116,7 @@ def test_a_worker_ends_with_its_code_after_exit_handlers_and_flushed_streams(tmp
     assert result.returncode == 3
     assert result.stdout == "unflushed line"
     assert "handler ran" in result.stderr
+    assert "thread ran" in result.stderr  # a thread still running is joined, as Python does
 
 
 def test_only_a_process_that_joined_a_group_ends_early():

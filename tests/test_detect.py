@@ -874,19 +874,18 @@ def test_an_earlier_detect_is_never_replaced(tmp_path, capsys, monkeypatch):
 
 def test_image_ids_are_numbers_only_when_every_image_is_one(tmp_path, capsys):
     """COCO's val2017/000000397133.jpg is image 397133 (Darknet's atoi); a folder mixing
-    numbered and named images, or a number twice, gets every image_id as its drawn name: one
-    type in one file (a mix broke sorting)."""
+    numbered and named images gets every image_id as its drawn name: one type in one file (a
+    mix broke sorting). A number twice: the second file gets a number above all (see below)."""
     from PIL import Image
 
     cfg = tiny_cfg(tmp_path)
     # COCO 2014's names (Darknet's 5k.txt) are numbered after their last '_' (its
     # get_coco_image_id): they were string ids that pycocotools matched to no image
     cases = {"nums": (["000012.jpg", "7.png"], {12, 7}),
-             "twice": (["a/5.png", "b/005.png"], {"5", "005"}),
+             "twice": (["a/5.png", "b/005.png"], {5, 6}),
              "coco2014": (["COCO_val2014_000000000139.jpg", "COCO_val2014_000000000285.jpg"],
                           {139, 285}),
-             "clash": (["COCO_val2014_000000000139.jpg", "139.png"],
-                       {"COCO_val2014_000000000139", "139"}),
+             "clash": (["COCO_val2014_000000000139.jpg", "139.png"], {139, 140}),
              "named": (["cat_dog.png", "000031.png"], {"cat_dog", "000031"})}
     for folder, (names, expected) in cases.items():
         for name in names:
@@ -896,6 +895,33 @@ def test_image_ids_are_numbers_only_when_every_image_is_one(tmp_path, capsys):
         assert run_cli(cfg, "--detect", tmp_path / folder, "--out", out, "--thresh", "0.01") == 0
         ids = {r["image_id"] for r in json.loads((out / "detections.json").read_text())}
         assert ids == expected, (folder, ids)
+
+
+def test_two_files_of_one_number_get_two_coco_ids(tmp_path, capsys):
+    """a/000001.jpg and b/000001.jpg in one list: Darknet's get_coco_image_id gives both 1,
+    which COCO scoring merges; darkcfg then gave every image its name as a string id, which a
+    COCO annotation file's ids never match. Now the first keeps its number, the other gets one
+    above every image's, said once; one file listed twice keeps its one id."""
+    import shutil
+
+    cfg = tiny_cfg(tmp_path)
+    first = write_images(tmp_path / "src")[0]
+    for name in ("a/000001.jpg", "b/000001.jpg", "a/000007.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy(first, tmp_path / name)
+    listed = tmp_path / "list.txt"
+    listed.write_text("a/000001.jpg\nb/000001.jpg\na/000007.jpg\na/000001.jpg\n"
+                      "b/000001.jpg\n")
+    out = tmp_path / "out"
+    assert run_cli(cfg, "--detect", listed, "--out", out, "--thresh", "0", "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert err.count("have the file number of another image") == 1, err
+    assert "'b/000001.jpg' and 'a/000001.jpg' are both 1): detections.json gives them the " \
+           "image_id 8 instead" in err.replace(str(tmp_path) + "/", "")
+    results = json.loads((out / "detections.json").read_text())
+    per_id = {i: sum(r["image_id"] == i for r in results) for i in {r["image_id"] for r in results}}
+    boxes = len(results) // 5  # one picture five times: the same boxes each time
+    assert per_id == {1: 2 * boxes, 8: 2 * boxes, 7: boxes}, per_id
 
 
 def test_letterboxed_sliver_image_has_no_boxes_instead_of_a_crash(tmp_path):

@@ -112,6 +112,28 @@ def test_anchors_write_never_edits_the_shipped_cfg(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "runs").exists()
 
 
+def test_anchors_says_which_cfg_it_took_when_it_fails_too(tmp_path, monkeypatch, capsys):
+    """anchors took the shipped cfg by name without a word (other commands say it first), so
+    a failure left the user guessing which cfg, and a run in the wrong folder went unnoticed."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    bundled._said.clear()
+    said = (f"cfg: yolov3-tiny.cfg is darkcfg's shipped {FOLDER / 'yolov3-tiny.cfg'} (no such "
+            "file here)\n")
+    assert main(["anchors", "yolov3-tiny.cfg", "--data", "missing.data"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and "error[E901]: 'missing.data' does not exist" in err, err
+    for i in range(3):
+        Image.new("RGB", (40, 30)).save(tmp_path / f"im{i}.jpg")
+        (tmp_path / f"im{i}.txt").write_text(f"0 0.5 0.5 0.{i + 2} 0.{i + 3}\n")
+    (tmp_path / "list.txt").write_text("".join(f"im{i}.jpg\n" for i in range(3)))
+    (tmp_path / "obj.data").write_text("classes=80\ntrain=list.txt\n")
+    bundled._said.clear()
+    assert main(["anchors", "yolov3-tiny.cfg", "--data", "obj.data", "--num", "2"]) == 0
+    assert capsys.readouterr().err.startswith(said)
+
+
 @pytest.mark.slow
 def test_the_wheel_holds_every_data_file(tmp_path):
     """Built from a copy of the tree, as `pip wheel --no-deps .` does (about 15 s)."""

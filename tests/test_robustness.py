@@ -719,6 +719,56 @@ def test_an_ignored_signal_keeps_a_run_going(tmp_path, tiny_classifier, ignored)
     assert proc.returncode == 0 and "stopped by SIGTERM" in err, err
 
 
+def entry_with_exit_handler(tmp_path, entry: str, handler: str, *argv) -> list[str]:
+    """A command line through a real entry point (runner.py or `python -m darkcfg`) whose
+    process gets `handler` as its last exit handler: the last Python code before it ends."""
+    script = tmp_path / "entry.py"
+    target = (f"runpy.run_path({str(ROOT / 'runner.py')!r}, run_name='__main__')"
+              if entry == "runner.py" else "runpy.run_module('darkcfg', run_name='__main__')")
+    script.write_text(
+        "import atexit, os, runpy, signal, sys, time\n"
+        f"atexit.register(lambda: {handler})  # first registered: runs last\n"
+        f"sys.argv = ['darkcfg', *{[str(a) for a in argv]!r}]\n"
+        f"{target}\n")
+    return [sys.executable, str(script)]
+
+
+@pytest.mark.parametrize("entry", ["runner.py", "-m darkcfg"])
+def test_a_stop_signal_as_the_process_ends_is_exit_130(tmp_path, entry):
+    """A stop that came after the command's last output, while the process ended (its exit
+    handlers; Python's teardown, 1-2 s with torch, where Python has reset the signals to their
+    default action), ended it by the signal (exit -15) or, in an exit handler, with a
+    KeyboardInterrupt traceback and exit 0. Now it is the documented exit 130, outputs whole."""
+    cfg = detector_cfg(tmp_path)
+    done = subprocess.run(
+        entry_with_exit_handler(tmp_path, entry, "os.kill(os.getpid(), signal.SIGTERM)",
+                                "summary", cfg),
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert "interrupted (after the command had finished" in done.stderr
+    assert "BFLOPs" in done.stdout and done.stdout.rstrip().splitlines()[-1].startswith("Total")
+
+
+def test_a_hung_exit_still_ends_at_a_second_stop_signal(tmp_path):
+    """The first stop signal in the exit is noted (exit 130 once the exit is done); an exit that
+    hangs there (here an exit handler that sleeps) ends at the second one, as Ctrl-C twice."""
+    hang = ("(os.kill(os.getpid(), signal.SIGTERM), print('hung', file=sys.stderr, flush=True),"
+            " time.sleep(60))")
+    proc = subprocess.Popen(entry_with_exit_handler(tmp_path, "runner.py", hang, "--version"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert proc.stderr.readline() == "hung\n"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert time.monotonic() - started < 10
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_a_detector_trains_and_validates_without_pycocotools(tmp_path, monkeypatch, capsys):
     for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed (even if imported)

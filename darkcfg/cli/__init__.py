@@ -14,9 +14,10 @@ import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from cfgparse.errors import tolerant_output
-from darkcfg.stopping import drop_hung_up_terminal, stop_signals
+from darkcfg.stopping import drop_hung_up_terminal, end_process, stop_signals
 
 #: command -> the module whose main(argv) runs it.
 COMMANDS = {
@@ -80,9 +81,22 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+def run() -> NoReturn:
+    """The process's entry point (the `darkcfg` script, `python -m darkcfg`, runner.py): main(),
+    then the process ends with its code, a stop signal until the last moment exit 130
+    (darkcfg.stopping.end_process)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:  # (a stop in the instant after the command returned)
+        code = 130
+    end_process(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run `darkcfg ARGV` and return its exit code. A torchrun worker (it joined a process
-    group) ends here instead: darkcfg.train.distributed.end_process."""
+    """Run `darkcfg ARGV` and return its exit code (library callers and tests go on). A
+    torchrun worker (it joined a process group) ends here instead: DDP leaves gloo's threads
+    running, and the interpreter's teardown under them aborted a finished worker now and then
+    ("terminate called without an active exception", exit -6: one CI run in 30)."""
     tolerant_output()  # (a closed stderr before the first usage error too)
     _stop_on_sigterm()
     # Pillow's DecompressionBombWarning (an image of 1-2x its 89M-pixel limit: an aerial photo
@@ -96,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     distributed = sys.modules.get("darkcfg.train.distributed")  # loaded only if a run used it
     if distributed is not None and distributed.joined():
-        distributed.end_process(code)
+        end_process(code)
     return code
 
 
@@ -159,4 +173,4 @@ def looks_like_a_model(arg: str) -> bool:
     return Path(arg).exists() or Path(arg).suffix.lower() in (".cfg", ".yaml", ".yml")
 
 
-__all__ = ["COMMANDS", "SUMMARIES", "main", "top_help"]
+__all__ = ["COMMANDS", "SUMMARIES", "main", "run", "top_help"]

@@ -219,7 +219,10 @@ def guarded(run: Callable[[], int]) -> int:
 
 def _guarded(run: Callable[[], int]) -> int:
     try:
-        return int(run() or 0)
+        code = int(run() or 0)
+        if sys.stdout is not None:  # its last lines, here where a failure is said: at exit it
+            sys.stdout.flush()  # was Python's "Exception ignored", exit 120 (> /dev/full, | head)
+        return code
     except CfgError as exc:
         for d in exc.diagnostics:
             print(d.format(), file=sys.stderr)

@@ -8,10 +8,12 @@ match `classes`) raises a located CfgError: the command prints it and exits 2. T
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,11 +176,30 @@ def checked_images(targets: list[str]) -> tuple[list[Path], bool]:
 @dataclass(frozen=True)
 class CocoIds:
     """A COCO `--data`'s own ids, for detections.json: scored against that JSON by COCO's
-    tools as they are (category ids with gaps, image ids by file name)."""
+    tools as they are (category ids with gaps, image ids by file)."""
 
     categories: list[int]  # class index -> category id
-    # image file name -> (image id, the size its boxes are in) of each of its entries
+    # image path -> (image id, the size its boxes are in) of each of its entries
     images: dict[str, list[tuple[object, tuple[float, float]]]]
+
+    def entries(self, path: Path) -> list[tuple[object, tuple[float, float]]] | None:
+        """The entries of the picture of `path`'s file name (a copy of the images elsewhere
+        too); of a name that two of its pictures share (a/000001.jpg, b/000001.jpg: by name
+        they took one id, merged), the entries of the JSON's file at `path` itself."""
+        unique, shared = self._by_name
+        if path.name in unique:
+            return unique[path.name]
+        return shared.get(os.path.realpath(path)) if shared else None
+
+    @functools.cached_property
+    def _by_name(self) -> tuple[dict[str, list], dict[str, list]]:
+        """{file name: entries} of the names one picture has, {real path: entries} of those
+        that several share (no path resolved for the others: COCO's 118k are one name each)."""
+        count = Counter(Path(f).name for f in self.images)
+        unique = {Path(f).name: e for f, e in self.images.items() if count[Path(f).name] == 1}
+        shared = {os.path.realpath(f): e for f, e in self.images.items()
+                  if count[Path(f).name] > 1}
+        return unique, shared
 
 
 def read_names(names_file: str | None, data_file: str | None
@@ -384,12 +405,37 @@ def image_id(path: Path) -> int | None:
     return int(number) if number.isascii() and number.isdigit() and len(number) < 19 else None
 
 
-def numbered_images(paths: Sequence[Path]) -> bool:
-    """Whether every image is named by a distinct number: then detections.json's image_id is
-    that number (an int, as COCO's tools need), else every image_id is the image's drawn name
-    (a string): one type in one file."""
-    ids = [image_id(p) for p in paths]
-    return None not in ids and len(set(ids)) == len(ids)
+def coco_image_ids(paths: Sequence[Path]) -> list[int] | None:
+    """detections.json's image_id of each image: its file name's number (image_id), an int as
+    COCO's tools need; None where some name is no number (then every image_id is the image's
+    drawn name: one type in one file). Two files of one number (a/000001.jpg, b/000001.jpg;
+    Darknet gives them one id, so COCO scoring merged them): the first keeps it, the others get
+    numbers above every image's, said once. One file listed twice keeps its one id."""
+    numbers = [image_id(p) for p in paths]
+    if None in numbers:
+        return None
+    owner: dict[int, Path] = {}  # a number -> the file that keeps it
+    given: dict[str, int] = {}  # a file that could not keep its number -> its id
+    ids, moved, spare = [], [], max(numbers, default=0) + 1
+    for path, number in zip(paths, numbers, strict=True):
+        first = owner.setdefault(number, path)
+        if first != path and os.path.realpath(first) != os.path.realpath(path):
+            file = os.path.realpath(path)
+            if file not in given:
+                moved.append((path, number))
+                given[file], spare = spare, spare + 1
+            number = given[file]
+        ids.append(number)
+    if moved:
+        path, number = moved[0]
+        kept = paths[numbers.index(number)]
+        given = spare - len(moved)
+        warn(f"{len(moved)} image(s) have the file number of another image, Darknet's COCO "
+             f"image_id ('{printable(str(path))}' and '{printable(str(kept))}' are both "
+             f"{number}): detections.json gives them the image_id {given}"
+             + (f" to {spare - 1}" if len(moved) > 1 else "")
+             + " instead, so that COCO scoring keeps them apart")
+    return ids
 
 
 def unique_stem(path: Path, taken: set[str]) -> str:
@@ -617,8 +663,10 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
     letter = opts.letter_box or net_letter_box(net)
     loaded = [str(p) for p in paths]
     taken, objects = set(), 0
-    numbered = numbered_images(paths)
-    listed = coco is not None and all(p.name in coco.images for p in paths)
+    listed = [coco.entries(p) for p in paths] if coco is not None else []
+    coco_ids = None
+    if not (listed and all(listed)):  # (a COCO --data that misses one: the file numbers)
+        listed, coco_ids = [], coco_image_ids(paths)
     bar = tqdm(total=len(paths), unit="img", disable=not (progress and folder), file=sys.stderr)
     start = time.perf_counter()
     done, unreadable, written = 0, 0, 0
@@ -651,8 +699,8 @@ def detect_images(net, opts: DetectOptions, names: list[str], out: Path,
                 written += 1
                 # a picture with two COCO entries (merged in training and valid) has its
                 # boxes under each id: COCOeval on the JSON as it is scores each entry
-                entries = coco.images[path.name] if listed else \
-                    [(image_id(path) if numbered else stem, None)]
+                entries = listed[done - 1] if listed else \
+                    [(coco_ids[done - 1] if coco_ids is not None else stem, None)]
                 for iid, stated in entries:
                     results.add(coco_results(objs, iid, w, h, coco.categories
                                              if coco is not None else None, stated))

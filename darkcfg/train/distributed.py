@@ -7,11 +7,7 @@ on CPU) and picks this process's device.
 
 from __future__ import annotations
 
-import atexit
-import os
-import sys
 from dataclasses import dataclass
-from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -55,29 +51,12 @@ def setup(device_name: str | None) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local_rank), device
 
 
-_joined = False  # this process joined a process group (a torchrun worker): see end_process
+_joined = False  # this process joined a process group (a torchrun worker): darkcfg.cli.main
 
 
 def joined() -> bool:
     """Whether this process joined a torch.distributed process group (`setup` under torchrun)."""
     return _joined
-
-
-def end_process(code: int) -> NoReturn:
-    """End a torchrun worker without the interpreter's own teardown. Wrapping a module in DDP
-    keeps the gloo group and its three threads (gloo_tcp_loop, 2x pt_gloo_runloop) alive after
-    destroy_process_group, even once the DDP module is deleted (measured, torch 2.14); with
-    them still running while Python and the C++ statics are torn down, a worker whose run had
-    finished and written its files aborted now and then ("terminate called without an active
-    exception", exit -6: about one fully loaded CI run in 30). Python's exit handlers run and
-    both streams are flushed first, so nothing said or written is lost; the exit code is kept."""
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed or gone (a reader that left): nothing to keep
-            pass
-    os._exit(code)
 
 
 def teardown(ctx: Dist) -> None:

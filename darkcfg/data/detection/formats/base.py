@@ -98,7 +98,7 @@ class DetectionSet:
     backup: str | None = None
     problems: list[Diagnostic] = field(default_factory=list)  # located, bad objects left out
     category_ids: list[int] | None = None  # COCO: each class's category id (a COCO out keeps them)
-    # COCO: file name -> (image id, the size its boxes are in) of each entry of the picture,
+    # COCO: image path -> (image id, the size its boxes are in) of each entry of the picture,
     # the first first (detect's results, scored against the JSON as it is)
     image_ids: dict[str, list[tuple[object, tuple[float, float]]]] | None = None
     train_read: bool = True  # False: open_set's `need` left the train images unread

@@ -342,7 +342,7 @@ def read_coco(path: Path) -> DetectionSet:
                   declared=declared)
     return DetectionSet(path, "coco", names, split, None, problems=problems,
                         category_ids=[cid for cid, _, _ in categories],
-                        image_ids={Path(f).name: i for i, f in zip(entry_ids, images, strict=True)})
+                        image_ids=dict(zip(images, entry_ids, strict=True)))
 
 
 # -- writing --------------------------------------------------------------------------------------
