@@ -199,6 +199,8 @@ def test_a_cfg_name_near_a_shipped_one_is_told_the_shipped_name(tmp_path, monkey
         err = capsys.readouterr().err
         assert f"{typed}: error[E901]: cannot read '{typed}'" in err, err
         assert f"help: did you mean '{meant}'?" in err, err
+    assert main(["anchors", "yolov4-tiny", "--data", "x.data"]) == 2  # its own cfg reading
+    assert "help: did you mean 'yolov4-tiny.cfg'?" in capsys.readouterr().err
     assert main(["summary", "nothing-like-it.cfg"]) == 2  # no near name: the usual hint
     assert "help: check the path and its permissions" in capsys.readouterr().err
     (tmp_path / "yolov4-tiny").write_text("[net]\nwidth=8\nheight=8\nchannels=1\n"

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from builders.atomic import check_editable, check_writable
-    from darkcfg.bundled import resolve_cfg, shipped_cfg
+    from darkcfg.bundled import resolve_model_cfg, shipped_cfg
     from darkcfg.data.detection import anchors as fit
     from darkcfg.model import build_network
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                                   f"({shipped})", "--write",
                                   hint=f"copy it and name the copy: cp {shipped} "
                                   f"my-{Path(shipped).name}"))
-    args.cfg = resolve_cfg(args.cfg)  # said first, so that a failure below names it too
+    args.cfg = resolve_model_cfg(args.cfg)  # said first, so that a failure below names it too
     net, _, _ = build_network(args.cfg, [], "alexeyab", args.seed, device="meta")
     heads = anchored_heads(net)
     if not heads:
