@@ -599,48 +599,21 @@ def test_image_bytes(playground, seed, data, suffix):
 
 # -- .weights and state_dicts ----------------------------------------------------------------------
 
-TINY_CFG = """[net]
-width=12
-height=12
-channels=3
-batch=4
-subdivisions=1
-learning_rate=0.05
-momentum=0.9
-decay=0.0005
-max_batches=2
-policy=constant
-
-[convolutional]
-filters=4
-size=3
-pad=1
-batch_normalize=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[connected]
-output=3
-activation=linear
-
-[softmax]
-
-[cost]
-"""
+def tiny_cfg(tiny_classifier) -> str:
+    """The shared tiny classifier, one conv, two iterations of batch 4."""
+    return tiny_classifier.text(second_conv=False, batch=4, subdivisions=1, max_batches=2,
+                                policy="constant", steps=None, scales=None, burn_in=None)
 
 
 @pytest.fixture(scope="module")
-def tiny_net(playground):
+def tiny_net(playground, tiny_classifier):
     from builders import build
     from builders.weights import save_weights
 
-    net = build(TINY_CFG)
+    net = build(tiny_cfg(tiny_classifier))
     net.pristine = {k: v.clone() for k, v in net.state_dict().items()}
     save_weights(net, playground / "tiny.weights")
-    other = build(TINY_CFG.replace("output=3", "output=5"))
+    other = build(tiny_cfg(tiny_classifier).replace("output=4", "output=5"))
     save_weights(other, playground / "other.weights")
     torch.save(net.state_dict(), playground / "tiny.pt")
     return net
@@ -755,11 +728,11 @@ FIELD_VALUES = [None, "x", -1, 2**70, float("nan"), float("inf"), 1.5, [], {}, (
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
+def trained_run(tmp_path_factory, tiny_classifier) -> Path:
     from darkcfg.cli import main
 
     root = tmp_path_factory.mktemp("run")
-    (root / "tiny.cfg").write_text(TINY_CFG)
+    (root / "tiny.cfg").write_text(tiny_cfg(tiny_classifier))
     with quiet():
         assert main([str(root / "tiny.cfg"), "--train", "--no-progress", "--out",
                      str(root / "run"), "--checkpoint-every", "1", "--valid-every", "0"]) == 0
