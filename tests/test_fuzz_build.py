@@ -1,0 +1,285 @@
+"""Fuzzing what runs after a successful parse: a mutated corpus or shipped cfg that parses is
+built, summarised, checked, run at its size and another, trained one step (detectors), emitted
+as PyTorch and round-tripped through .weights, and nothing but CfgError / InputError escapes
+(the CLI's exit 2), nothing hangs, and the linter agrees with the builder: a cfg `check` passes
+without an error builds, and one that does not build has a `check` error.
+
+Each example is shrunk first with `--set`-style overrides (width/height, batch), bounded by the
+memory guard and a compute limit, and stopped by an alarm if it runs too long."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_fuzz import CORPUS, SEEDS, mutated
+
+from builders import InputError, build
+from builders.memory import guard_memory
+from builders.summary import summary_json, summary_text
+from builders.weights import load_weights, save_weights
+from cfgparse import CfgError, parse_text, schema
+from cfgparse.errors import ERROR
+from darkcfg.config import cfg_with_overrides
+from darkcfg.lint.stages import check_file
+from darkcfg.model import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+# more section types than test_fuzz's seeds: region/detection/gaussian heads, recurrent layers,
+# reorg, sam, scale_channels; the shipped cfgs
+EXTRA_SEEDS = ["alexeyab/yolov2-tiny.cfg", "pjreddie/yolov1-tiny.cfg", "alexeyab/rnn.cfg",
+               "alexeyab/Gaussian_yolov3_BDD.cfg", "pjreddie/gru.cfg", "pjreddie/resnet18.cfg",
+               "alexeyab/yolov4-tiny_contrastive.cfg", "alexeyab/yolov3-tiny_3l.cfg"]
+SHIPPED = ["yolov3-tiny.cfg", "yolov4-tiny.cfg", "digits.cfg", "vgg11.cfg"]
+BUILD_SEEDS = SEEDS + [(CORPUS / f).read_text() for f in EXTRA_SEEDS if (CORPUS / f).is_file()] \
+    + [(ROOT / "cfg" / f).read_text() for f in SHIPPED]
+
+EXAMPLES = int(os.environ.get("DARKCFG_FUZZ_EXAMPLES", "40"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SECONDS = 60  # one example, all steps: a hang fails the test instead of holding the suite
+MEMORY = 96 * 2**20  # what one example may build (inference, batch 1); more is skipped
+BFLOPS = 0.5  # what one forward may cost; more is skipped (not a finding: just slow)
+
+# values worth trying in any key: zero, negative, huge, fractions, odd and small sizes
+VALUES = ["0", "-1", "-2", "1", "2", "3", "5", "7", "13", "0.5", "1.5", "-0.5", "1000",
+          "65536", "2147483647", "99999999999", "1e9", "nan", "inf", "-1,-2", "0,1,2",
+          "-1,0", "1,100", "-100", "10,13, 16,30", "3,4,5,6,7,8,9"]
+# keys every fuzzed section may get, beside its own schema keys
+REFERENCES = ["layers", "from", "mask", "anchors", "classes", "num", "groups", "group_id"]
+
+
+@st.composite
+def value_mutated(draw) -> str:
+    """A seed with 1..4 `key=value` lines changed, added or removed, keys from the section's
+    schema (or the ones that reference other layers and anchors), values from VALUES."""
+    text = draw(st.sampled_from(BUILD_SEEDS))
+    lines = text.split("\n")
+    headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\w+\]", line)]
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.sampled_from(headers))
+        section = schema.canonical_section(lines[at].strip()[1:].split("]")[0]) or "net"
+        keys = sorted(schema.SECTIONS.get(section, {})) + REFERENCES
+        end = next((h for h in headers if h > at), len(lines))
+        own = [i for i in range(at + 1, end) if "=" in lines[i] and
+               not lines[i].lstrip().startswith(("#", ";"))]
+        op = draw(st.sampled_from(["set", "set", "add", "del"])) if own else "add"
+        if op == "set":
+            i = draw(st.sampled_from(own))
+            lines[i] = lines[i].split("=")[0] + "=" + draw(st.sampled_from(VALUES))
+        elif op == "del":
+            lines[draw(st.sampled_from(own))] = ""
+        else:
+            key = draw(st.sampled_from(keys))
+            lines.insert(at + 1, f"{key}={draw(st.sampled_from(VALUES))}")
+            headers = [h + (h > at) for h in headers]
+    return "\n".join(lines)
+
+
+# the size an example runs at, and the other size its forward is tried at
+SIZES = st.tuples(st.sampled_from([32, 64, 33, 17, 96, 8]), st.sampled_from([32, 48, 64, 31]),
+                  st.sampled_from([(64, 96), (31, 45), (128, 64), (3, 3)]))
+
+
+class Hang(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def alarm(seconds: int):
+    def ring(signum, frame):
+        raise Hang(f"one example ran over {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def errors(diagnostics) -> list:
+    return [d for d in diagnostics if d.severity == ERROR]
+
+
+def agree(path: Path, built: CfgError | None) -> None:
+    """A cfg that does not build has a `check` error; one `check` passes builds (an error
+    about training settings, E305, or the memory estimate, E401, is the linter's own verdict
+    on a cfg that builds). `check` never reports a builder's crash (its E300 "a darkcfg
+    bug")."""
+    found = errors(check_file(path))
+    crashed = [d for d in found if "darkcfg bug" in d.hint]
+    assert not crashed, crashed[0].format()
+    if built is not None:
+        assert found, f"check passes a cfg whose build fails:\n{built.first.format()}"
+
+
+def exercise(text: str, sizes, folder: Path) -> None:
+    """Everything a user runs on a cfg that parses; raises what escapes the contract."""
+    try:
+        blocks = parse_text(text, "fuzz.cfg")
+    except CfgError:
+        return
+    path = folder / "fuzz.cfg"
+    path.write_text(text)
+    # the cfg as written: summary and check on the meta device (allocates nothing)
+    try:
+        full = ModelSpec(str(path)).build(device="meta")
+    except CfgError as exc:
+        agree(path, exc)
+        return
+    agree(path, None)
+    summary_text(full)
+    summary_json(full)
+    # shrunk with --set to a size that runs in milliseconds
+    w, h, other = sizes
+    sets = ["batch=2", "subdivisions=1"]
+    if full.input_shape.w and full.input_shape.h:
+        sets += [f"width={w}", f"height={h}"]
+    if blocks[0].int("time_steps") > 2:
+        sets.append("time_steps=2")
+    try:
+        small_text = cfg_with_overrides(str(path), sets)
+    except CfgError:
+        return
+    small = folder / "small.cfg"
+    small.write_text(small_text)
+    spec = ModelSpec(str(small))
+    try:
+        meta = spec.build(device="meta")
+        guard_memory(meta, MEMORY, batch=1, training=False)
+    except CfgError as exc:
+        if exc.code != "E401":
+            agree(small, exc)
+        return
+    agree(small, None)
+    if meta.bflops() > BFLOPS:
+        return
+    net = spec.build()
+    run(net, other, folder)
+
+
+def example(net, size=None, batch: int = 1) -> torch.Tensor:
+    shape = net.input_shape
+    if not shape.c * shape.h * shape.w:
+        return torch.rand(batch * max(net.info.time_steps, 1), shape.size)
+    h, w = size or (shape.h, shape.w)
+    return torch.rand(batch * max(net.info.time_steps, 1), shape.c, h, w)
+
+
+def forward(net, x):
+    try:
+        with torch.no_grad():
+            return net(x)
+    except InputError:
+        return None
+
+
+def run(net, other, folder: Path) -> None:
+    from darkcfg.export.emit import EmitError, emit_module
+    from darkcfg.export.onnx import max_rel_error
+
+    net.eval()
+    x = example(net)
+    out = forward(net, x)
+    forward(net, example(net, other))
+    if out is None:
+        return
+    # .weights written by darkcfg load into the same cfg and give the same outputs
+    save_weights(net, folder / "w.weights")
+    torch.manual_seed(1)
+    again = build(net.blocks, flavor=net.info.flavor).eval()
+    load_weights(again, folder / "w.weights")
+    assert max_rel_error(forward(again, x), out) <= 1e-5
+    # the emitted module compiles and gives the same outputs
+    net.use_fast_inference(False)
+    try:
+        source = emit_module(net, "fuzz")
+    except EmitError:
+        return
+    scope: dict = {}
+    exec(compile(source, "fuzz_emitted.py", "exec"), scope)
+    emitted = scope["Net"]().eval()
+    emitted.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert max_rel_error(emitted(x), net(x)) <= 1e-5
+    train_step(net)
+
+
+def train_step(net) -> None:
+    """One Trainer.step of a detector on two images with one truth box each."""
+    from darkcfg.config import NetConfig
+    from darkcfg.train.detection import DetectionTask
+    from darkcfg.train.loop import Trainer
+    from darkcfg.train.tasks import task_for
+
+    if not net.loss_layers or net.info.time_steps > 1:
+        return
+    net.train()
+    try:
+        cfg = NetConfig.from_block(net.net_block)
+        task = task_for(net, cfg)
+    except CfgError:
+        return
+    if not isinstance(task, DetectionTask):
+        return
+    try:
+        task.check_training(net)
+    except CfgError:
+        return
+    trainer = Trainer(net, cfg, task=task)
+    truth = torch.zeros(2, 1, 5)
+    truth[:, 0] = torch.tensor([0.5, 0.5, 0.3, 0.4, 0])
+    x = example(net, batch=2)
+    try:
+        loss = trainer.step(x, truth)
+    except InputError:
+        return
+    assert loss.dim() == 0
+
+
+def check_example(text: str, sizes, tmp_path_factory) -> None:
+    folder = tmp_path_factory.mktemp("fb")
+    torch.manual_seed(0)
+    with alarm(SECONDS), contextlib.redirect_stderr(io.StringIO()):
+        exercise(text, sizes, folder)
+
+
+@FUZZ
+@given(value_mutated(), SIZES)
+def test_value_mutated_cfgs_build_run_and_check_or_say_why(text, sizes, tmp_path_factory):
+    check_example(text, sizes, tmp_path_factory)
+
+
+@FUZZ
+@given(mutated(), SIZES)
+def test_mutated_cfgs_that_parse_build_run_and_check_or_say_why(text, sizes, tmp_path_factory):
+    check_example(text, sizes, tmp_path_factory)
+
+
+@pytest.mark.parametrize("index", range(len(BUILD_SEEDS)))
+def test_seeds_run_every_step(index, tmp_path_factory):
+    check_example(BUILD_SEEDS[index], (32, 32, (64, 96)), tmp_path_factory)
+
+
+# -- what the fuzzing found: each the exact input, as a plain test --------------------------------
+
+def test_a_connected_layer_at_another_input_size_is_an_input_error():
+    """pjreddie/yolov1-tiny.cfg at another size: the [connected] layer's oneDNN fast path said
+    'could not create a primitive descriptor' (a RuntimeError naming no size), not InputError."""
+    net = build("[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=2\nsize=3\n"
+                "pad=1\nactivation=leaky\n[connected]\noutput=3\nactivation=linear\n").eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 8, 8))[0].shape == (1, 3, 1, 1)
+        with pytest.raises(InputError, match=r"layer 1 \[connected\] cannot run on a 16x12 "
+                           r"\(WxH\) input: .*The cfg's input is \(N, 3, 8, 8\)"):
+            net(torch.rand(1, 3, 12, 16))
