@@ -283,3 +283,39 @@ def test_a_connected_layer_at_another_input_size_is_an_input_error():
         with pytest.raises(InputError, match=r"layer 1 \[connected\] cannot run on a 16x12 "
                            r"\(WxH\) input: .*The cfg's input is \(N, 3, 8, 8\)"):
             net(torch.rand(1, 3, 12, 16))
+
+
+HUGE = "[net]\nwidth=64\nheight=64\nchannels=3\n[connected]\noutput=2000000\nactivation=linear\n"
+
+
+@pytest.mark.parametrize("command", [["weights", "--weights", "w.weights", "--save-weights",
+                                      "o.weights"], ["valid", "--weights", "w.weights"],
+                                     ["emit", "--out", "m.py"]])
+def test_a_small_cfg_claiming_a_huge_layer_is_refused_before_it_is_allocated(
+        tmp_path, monkeypatch, capsys, command):
+    """A 7-line cfg whose [connected] needs 92 GiB: `weights`, `valid` and `predict` built it
+    on the CPU with no guard (the allocator's unlocated '<memory>: out of memory', or where it
+    fits the virtual memory the OOM killer); now the located E401 of the memory estimate, from
+    a meta build, as `check`, `detect` and `train` say it."""
+    from darkcfg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "huge.cfg").write_text(HUGE)
+    (tmp_path / "w.weights").write_bytes(bytes(100))
+    assert main([command[0], "huge.cfg", *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("huge.cfg:6:8: error[E401]: estimated inference memory 91.6 GiB"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.cfg", "w.weights"]
+
+
+def test_the_library_load_paths_guard_the_memory_of_the_build(tmp_path, monkeypatch):
+    import darkcfg.model as model
+
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text(HUGE.replace("2000000", "100"))  # 4.7 MiB of weights
+    monkeypatch.setattr(model, "device_memory", lambda device: 2**20)
+    for load in (lambda: model.ModelSpec(str(cfg)).build(), lambda: model.load_model(str(cfg))):
+        with pytest.raises(CfgError) as err:
+            load()
+        assert (err.value.code, err.value.first.line) == ("E401", 6)
+    assert model.ModelSpec(str(cfg)).build(device="meta").layers[0].outputs == 100
