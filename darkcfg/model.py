@@ -78,10 +78,11 @@ def guard_build(blocks, flavor: str, device: str | None = None) -> None:
     """E401 (located at the layer that needs the most) for blocks whose network would not fit
     `device` (None: the CPU), from a meta build's shapes: a small cfg claiming a huge layer
     was allocated and initialised first (the allocator's unlocated error, or the OOM killer)."""
-    from builders.memory import guard_memory, meta_build
+    from builders.memory import guard_memory, meta_build, one_forward
 
     where = torch.device("cpu") if device is None else checked_device(device)
-    guard_memory(meta_build(blocks, flavor), device_memory(where), batch=1, training=False)
+    meta = meta_build(blocks, flavor)
+    guard_memory(meta, device_memory(where), batch=one_forward(meta), training=False)
 
 
 def pick_device(name: str | None, local_rank: int = 0) -> torch.device:

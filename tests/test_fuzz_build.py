@@ -53,8 +53,11 @@ BFLOPS = 0.5  # what one forward may cost; more is skipped (not a finding: just 
 VALUES = ["0", "-1", "-2", "1", "2", "3", "5", "7", "13", "0.5", "1.5", "-0.5", "1000",
           "65536", "2147483647", "99999999999", "1e9", "nan", "inf", "-1,-2", "0,1,2",
           "-1,0", "1,100", "-100", "10,13, 16,30", "3,4,5,6,7,8,9"]
-# keys every fuzzed section may get, beside its own schema keys
-REFERENCES = ["layers", "from", "mask", "anchors", "classes", "num", "groups", "group_id"]
+# the keys that shape a network, tried most: sizes, strides, groups, references, heads
+SHAPING = ["filters", "size", "stride", "stride_x", "stride_y", "pad", "padding", "groups",
+           "group_id", "dilation", "layers", "from", "mask", "anchors", "classes", "num",
+           "coords", "side", "output", "width", "height", "channels", "inputs", "time_steps",
+           "batch_normalize", "reverse", "flatten", "extra", "spatial", "tree", "outputs"]
 
 
 @st.composite
@@ -67,18 +70,21 @@ def value_mutated(draw) -> str:
     for _ in range(draw(st.integers(1, 4))):
         at = draw(st.sampled_from(headers))
         section = schema.canonical_section(lines[at].strip()[1:].split("]")[0]) or "net"
-        keys = sorted(schema.SECTIONS.get(section, {})) + REFERENCES
+        own_keys = schema.SECTIONS.get(section, {})
+        keys = st.sampled_from(sorted(own_keys) + SHAPING[:17]) if draw(st.booleans()) else \
+            st.sampled_from([k for k in SHAPING if k in own_keys] or SHAPING[:17])
         end = next((h for h in headers if h > at), len(lines))
         own = [i for i in range(at + 1, end) if "=" in lines[i] and
                not lines[i].lstrip().startswith(("#", ";"))]
         op = draw(st.sampled_from(["set", "set", "add", "del"])) if own else "add"
         if op == "set":
-            i = draw(st.sampled_from(own))
+            shaping = [i for i in own if lines[i].split("=")[0].strip() in SHAPING]
+            i = draw(st.sampled_from(shaping if shaping and draw(st.booleans()) else own))
             lines[i] = lines[i].split("=")[0] + "=" + draw(st.sampled_from(VALUES))
         elif op == "del":
             lines[draw(st.sampled_from(own))] = ""
         else:
-            key = draw(st.sampled_from(keys))
+            key = draw(keys)
             lines.insert(at + 1, f"{key}={draw(st.sampled_from(VALUES))}")
             headers = [h + (h > at) for h in headers]
     return "\n".join(lines)
@@ -123,12 +129,13 @@ def agree(path: Path, built: CfgError | None) -> None:
         assert found, f"check passes a cfg whose build fails:\n{built.first.format()}"
 
 
-def exercise(text: str, sizes, folder: Path) -> None:
-    """Everything a user runs on a cfg that parses; raises what escapes the contract."""
+def exercise(text: str, sizes, folder: Path) -> str:
+    """Everything a user runs on a cfg that parses; raises what escapes the contract, returns
+    how far the example got (the seeds' test asserts they get to the end)."""
     try:
         blocks = parse_text(text, "fuzz.cfg")
     except CfgError:
-        return
+        return "parse error"
     path = folder / "fuzz.cfg"
     path.write_text(text)
     # the cfg as written: summary and check on the meta device (allocates nothing)
@@ -136,7 +143,7 @@ def exercise(text: str, sizes, folder: Path) -> None:
         full = ModelSpec(str(path)).build(device="meta")
     except CfgError as exc:
         agree(path, exc)
-        return
+        return f"build {exc.code}"
     agree(path, None)
     summary_text(full)
     summary_json(full)
@@ -149,8 +156,8 @@ def exercise(text: str, sizes, folder: Path) -> None:
         sets.append("time_steps=2")
     try:
         small_text = cfg_with_overrides(str(path), sets)
-    except CfgError:
-        return
+    except CfgError as exc:
+        return f"--set {exc.code}"
     small = folder / "small.cfg"
     small.write_text(small_text)
     spec = ModelSpec(str(small))
@@ -160,12 +167,11 @@ def exercise(text: str, sizes, folder: Path) -> None:
     except CfgError as exc:
         if exc.code != "E401":
             agree(small, exc)
-        return
+        return f"small {exc.code}"
     agree(small, None)
     if meta.bflops() > BFLOPS:
-        return
-    net = spec.build()
-    run(net, other, folder)
+        return "too slow"
+    return run(spec.build(), other, folder)
 
 
 def example(net, size=None, batch: int = 1) -> torch.Tensor:
@@ -177,14 +183,16 @@ def example(net, size=None, batch: int = 1) -> torch.Tensor:
 
 
 def forward(net, x):
+    """The outputs, or None for what the contract allows: an InputError (a size the layers
+    cannot take), a CfgError (a layer that cannot run: a `tree=` file that is absent)."""
     try:
         with torch.no_grad():
             return net(x)
-    except InputError:
+    except (InputError, CfgError):
         return None
 
 
-def run(net, other, folder: Path) -> None:
+def run(net, other, folder: Path) -> str:
     from darkcfg.export.emit import EmitError, emit_module
     from darkcfg.export.onnx import max_rel_error
 
@@ -193,7 +201,7 @@ def run(net, other, folder: Path) -> None:
     out = forward(net, x)
     forward(net, example(net, other))
     if out is None:
-        return
+        return "forward refused"
     # .weights written by darkcfg load into the same cfg and give the same outputs
     save_weights(net, folder / "w.weights")
     torch.manual_seed(1)
@@ -205,17 +213,19 @@ def run(net, other, folder: Path) -> None:
     try:
         source = emit_module(net, "fuzz")
     except EmitError:
-        return
-    scope: dict = {}
-    exec(compile(source, "fuzz_emitted.py", "exec"), scope)
-    emitted = scope["Net"]().eval()
-    emitted.load_state_dict(net.state_dict())
-    with torch.no_grad():
-        assert max_rel_error(emitted(x), net(x)) <= 1e-5
-    train_step(net)
+        emitted = "not emitted"
+    else:
+        scope: dict = {}
+        exec(compile(source, "fuzz_emitted.py", "exec"), scope)
+        module = scope["Net"]().eval()
+        module.load_state_dict(net.state_dict())
+        with torch.no_grad():
+            assert max_rel_error(module(x), net(x)) <= 1e-5
+        emitted = "emitted"
+    return f"ran, {emitted}, {train_step(net)}"
 
 
-def train_step(net) -> None:
+def train_step(net) -> str:
     """One Trainer.step of a detector on two images with one truth box each."""
     from darkcfg.config import NetConfig
     from darkcfg.train.detection import DetectionTask
@@ -223,35 +233,35 @@ def train_step(net) -> None:
     from darkcfg.train.tasks import task_for
 
     if not net.loss_layers or net.info.time_steps > 1:
-        return
+        return "no detector"
     net.train()
     try:
         cfg = NetConfig.from_block(net.net_block)
         task = task_for(net, cfg)
-    except CfgError:
-        return
+    except CfgError as exc:
+        return f"train {exc.code}"
     if not isinstance(task, DetectionTask):
-        return
+        return "no detector"
     try:
         task.check_training(net)
-    except CfgError:
-        return
+    except CfgError as exc:
+        return f"train {exc.code}"
     trainer = Trainer(net, cfg, task=task)
     truth = torch.zeros(2, 1, 5)
     truth[:, 0] = torch.tensor([0.5, 0.5, 0.3, 0.4, 0])
-    x = example(net, batch=2)
     try:
-        loss = trainer.step(x, truth)
-    except InputError:
-        return
+        loss = trainer.step(example(net, batch=2), truth)
+    except (InputError, CfgError) as exc:
+        return f"train {type(exc).__name__}"
     assert loss.dim() == 0
+    return "trained"
 
 
-def check_example(text: str, sizes, tmp_path_factory) -> None:
+def check_example(text: str, sizes, tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("fb")
     torch.manual_seed(0)
     with alarm(SECONDS), contextlib.redirect_stderr(io.StringIO()):
-        exercise(text, sizes, folder)
+        return exercise(text, sizes, folder)
 
 
 @FUZZ
@@ -319,3 +329,27 @@ def test_the_library_load_paths_guard_the_memory_of_the_build(tmp_path, monkeypa
             load()
         assert (err.value.code, err.value.first.line) == ("E401", 6)
     assert model.ModelSpec(str(cfg)).build(device="meta").layers[0].outputs == 100
+
+
+def test_a_recurrent_cfgs_time_steps_count_in_the_memory_estimate(tmp_path, monkeypatch,
+                                                                   capsys):
+    """A recurrent net's one forward is time_steps images (emit and export run 1 and 2
+    sequences): the guard estimated one image, so `time_steps=1000000` on a 64x64 input passed
+    `check` and had `emit` allocate 46 GiB of example input (the allocator's unlocated error,
+    or the OOM killer). Now both count time_steps images: a located E401."""
+    import darkcfg.model as model
+    from darkcfg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ts.cfg").write_text("[net]\nwidth=64\nheight=64\nchannels=3\ntime_steps=1000\n"
+                                     "[convolutional]\nfilters=4\nsize=3\npad=1\n"
+                                     "activation=leaky\n")
+    monkeypatch.setattr(model, "device_memory", lambda device: 64 * 2**20)
+    assert main(["emit", "ts.cfg", "--out", "m.py"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ts.cfg:7:9: error[E401]: estimated inference memory 109.4 MiB is "
+                          "over the 64.0 MiB limit"), err
+    assert "at batch 1000: time_steps=1000 images a sequence" in err
+    assert not (tmp_path / "m.py").exists()
+    assert main(["check", "ts.cfg", "--max-memory", "64M"]) == 1
+    assert "ts.cfg:7:9: error[E401]" in capsys.readouterr().out
