@@ -14,6 +14,8 @@ import io
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -510,3 +512,25 @@ def test_a_recurrent_convolution_that_changes_its_state_size_is_refused(tmp_path
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n" + fixed + "pad=1\n")  # size=3
     with torch.no_grad():
         assert build(str(cfg)).eval()(torch.rand(1, 3, 8, 8))[0].shape == (1, 4, 8, 8)
+
+
+def test_a_size_pooled_to_nothing_is_an_input_error_not_a_crash():
+    """net(x) of a 1x1 image through conv 3x3, a 2x2 [maxpool] (0x0 out) and a 1x1 conv: the
+    inference fast path handed the empty map to the native 1x1 kernel, which divided by its
+    pixel count: SIGFPE, the process killed without a word (the fuzzing's hunts died so).
+    Empty maps take torch's ops, whose error is the network's InputError. (A subprocess: the
+    crash would take pytest with it.)"""
+    script = (
+        "import torch\nfrom builders import InputError, build\n"
+        "net = build('[net]\\nwidth=8\\nheight=8\\nchannels=3\\n[convolutional]\\nfilters=4\\n"
+        "size=3\\npad=1\\nactivation=leaky\\n[maxpool]\\nsize=2\\nstride=2\\n"
+        "[convolutional]\\nfilters=4\\nsize=1\\nactivation=linear\\n').eval()\n"
+        "with torch.no_grad():\n"
+        "    assert net(torch.rand(1, 3, 8, 8))[0].shape == (1, 4, 4, 4)\n"
+        "    try:\n        net(torch.rand(1, 3, 1, 1))\n"
+        "    except InputError as exc:\n        print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("layer 2 [convolutional] cannot run on a 1x1 (WxH) input"), \
+        done.stdout
