@@ -192,6 +192,48 @@ def value_mutated(draw) -> str:
     return "\n".join(lines)
 
 
+# sections to insert anywhere: references to any layer, pools and strides that shrink a map
+# to nothing, flat layers between spatial ones, heads with their filters or without
+SECTIONS = st.one_of(
+    st.builds("[route]\nlayers={}\n".format, st.sampled_from(["-1", "-2", "-3,-1", "0", "-1,0",
+                                                                "2", "-5", "-1,-4"])),
+    st.builds("[shortcut]\nfrom={}\nactivation=linear\n".format,
+              st.sampled_from(["-1", "-2", "-3", "0", "1", "-1,-2"])),
+    st.builds("[maxpool]\nsize={}\nstride={}\n".format, st.sampled_from(["1", "2", "3", "5"]),
+              st.sampled_from(["1", "2", "3", "8"])),
+    st.builds("[convolutional]\nfilters={}\nsize={}\nstride={}\npad=1\nactivation=leaky\n"
+              .format, st.sampled_from(["1", "3", "4", "18", "30"]),
+              st.sampled_from(["1", "2", "3"]), st.sampled_from(["1", "2", "5"])),
+    st.builds("[{}]\nfrom={}\n".format, st.sampled_from(["sam", "scale_channels"]),
+              st.sampled_from(["-1", "-2", "-3"])),
+    st.sampled_from(["[upsample]\nstride=2\n", "[upsample]\nstride=-2\n",
+                     "[reorg]\nstride=2\n", "[avgpool]\n", "[connected]\noutput=8\n",
+                     "[dropout]\nprobability=.3\n", "[batchnorm]\n", "[softmax]\n",
+                     "[crop]\ncrop_width=4\ncrop_height=4\n", "[l2norm]\n", "[empty]\n",
+                     "[local]\nfilters=2\nsize=3\nstride=1\n", "[logistic]\n",
+                     "[yolo]\nmask=0,1,2\nanchors=4,4, 8,8, 12,12\nclasses=1\nnum=3\n",
+                     "[region]\nanchors=1,1, 2,2\nclasses=1\nnum=2\ncoords=4\n",
+                     "[conv_lstm]\noutput=2\nsize=3\npad=1\n", "[implicit]\nfilters=4\n",
+                     "[cost]\n", "[normalization]\n"]))
+
+
+@st.composite
+def section_mutated(draw) -> str:
+    """A seed with 1..3 sections inserted before any section (or at the end) or removed."""
+    text = draw(st.sampled_from(BUILD_SEEDS))
+    for _ in range(draw(st.integers(1, 3))):
+        lines = text.split("\n")
+        headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\w+\]", line)]
+        at = draw(st.sampled_from(headers[1:] + [len(lines)]))
+        if draw(st.integers(0, 3)) == 0 and at < len(lines):  # remove that section
+            end = next((h for h in headers if h > at), len(lines))
+            del lines[at:end]
+        else:
+            lines[at:at] = draw(SECTIONS).split("\n")
+        text = "\n".join(lines)
+    return text
+
+
 # the size an example runs at, and the other size its forward is tried at
 SIZES = st.tuples(st.sampled_from([32, 64, 33, 17, 96, 8]), st.sampled_from([32, 48, 64, 31]),
                   st.sampled_from([(64, 96), (31, 45), (128, 64), (3, 3)]))
@@ -273,7 +315,11 @@ def exercise(text: str, sizes, folder: Path) -> str:
     agree(small, None)
     if meta.bflops() > BFLOPS:
         return "too slow"
-    return run(spec.build(), other, folder)
+    try:
+        net = spec.build()
+    except CfgError as exc:  # what check (a meta build) passed must build on the CPU too
+        raise AssertionError(f"builds on the meta device, not on the CPU:\n{exc}") from exc
+    return run(net, other, folder)
 
 
 def example(net, size=None, batch: int = 1) -> torch.Tensor:
@@ -382,6 +428,14 @@ def check_example(text: str, sizes, tmp_path_factory) -> str:
 @FUZZ
 @given(text=value_mutated(), sizes=SIZES)
 def test_value_mutated_cfgs_build_run_and_check_or_say_why(text, sizes, tmp_path_factory):
+    check_example(text, sizes, tmp_path_factory)
+
+
+@pytest.mark.slow  # ~20 s, as above
+@FUZZ
+@given(text=section_mutated(), sizes=SIZES)
+def test_cfgs_with_sections_inserted_anywhere_build_run_and_check_or_say_why(
+        text, sizes, tmp_path_factory):
     check_example(text, sizes, tmp_path_factory)
 
 
