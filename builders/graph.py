@@ -389,6 +389,11 @@ class Network(nn.Module):
         if whole is None:
             whole = concatenated[route] = torch.empty(
                 n, self.shapes[route].c, h, w, memory_format=torch.channels_last)
+        elif tuple(whole.shape[2:]) != (h, w):  # an input size the route's layers disagree on:
+            # torch.cat's error, which forward turns into the InputError naming the size
+            raise RuntimeError(f"Sizes of tensors must match except in dimension 1: the [route] "
+                               f"(layer {route}) has {whole.shape[3]}x{whole.shape[2]} (WxH), "
+                               f"this layer gives {w}x{h}")
         return layer(x, out=whole[:, first:first + self.shapes[i].c])
 
     # -- conveniences ---------------------------------------------------------------------------

@@ -588,3 +588,22 @@ def test_a_size_pooled_to_nothing_is_an_input_error_not_a_crash():
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.startswith("layer 2 [convolutional] cannot run on a 1x1 (WxH) input"), \
         done.stdout
+
+
+def test_a_route_whose_inputs_disagree_at_another_size_is_an_input_error():
+    """At 7x7 the [route]'s two inputs are 3x3 (a pool without padding) and 4x4 (a stride-2
+    conv): the fast path, which has each convolution write into its channels of the route's
+    output, raised the kernel's ValueError 'out must be float32 [1, 4, 4, 4] ...' (forward
+    turns only RuntimeErrors into InputError). Now the InputError naming the size."""
+    net = build("[net]\nwidth=8\nheight=8\nchannels=3\n"
+                "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n"
+                "[maxpool]\nsize=2\nstride=2\npadding=0\n"
+                "[convolutional]\nfilters=4\nsize=1\nactivation=leaky\n"
+                "[route]\nlayers=0\n"
+                "[convolutional]\nfilters=4\nsize=3\nstride=2\npad=1\nactivation=leaky\n"
+                "[route]\nlayers=2,4\n").eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 8, 8))[0].shape == (1, 8, 4, 4)
+        with pytest.raises(InputError, match=r"cannot run on a 7x7 \(WxH\) input: Sizes of "
+                           r"tensors must match"):
+            net(torch.rand(1, 3, 7, 7))
