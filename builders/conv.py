@@ -104,9 +104,12 @@ _ONEDNN = torch.backends.mkldnn.is_available() and all(
 def fast_inference_ok(x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
     """Whether the inference fast path may run on input `x` (and a layer's `weight`): no
     autograd, plain CPU float32 tensors, oneDNN present, and no tracer, compiler, exporter or
-    autocast watching (they need the plain modules' ops)."""
+    autocast watching (they need the plain modules' ops). Not on an empty map (a size the
+    network's pools shrink to nothing): the native kernels divide by its pixel count (SIGFPE),
+    where torch's ops say what is wrong."""
     return (_ONEDNN and not torch.is_grad_enabled() and type(x) is torch.Tensor
             and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.numel() > 0
             and (weight is None or weight.dtype == torch.float32)
             and torch.backends.mkldnn.enabled and not native.torch_ops_needed())
 

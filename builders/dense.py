@@ -9,6 +9,7 @@ Darknet reports 1x1xoutput); layers that only set `outputs` ([softmax], [cost], 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -89,7 +90,10 @@ class Connected(FastPathCache, Layer):
         self.fast_inference = True  # Network.use_fast_inference(False) selects the plain path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast_path_runs(self, x, self.unit.linear.weight):
+        # an input of another item size goes the plain way, whose shape error the network
+        # turns into an InputError (oneDNN's names no size)
+        if fast_path_runs(self, x, self.unit.linear.weight) and \
+                math.prod(x.shape[1:]) == self.unit.linear.in_features:
             return self.inference_forward(x)
         return self.unit(x).view(x.shape[0], self.outputs, 1, 1)
 

@@ -67,16 +67,19 @@ def collector_paused():
             gc.enable()
 
 
-def _too_large(block: Block, exc: RuntimeError) -> CfgError:
+def _too_large(block: Block, given: Shape, exc: Exception) -> CfgError:
     """E401 for a layer whose tensors torch cannot even describe (their element count overflows
-    64 bits, e.g. `size=2147483647`), at its largest size value, not a traceback."""
+    64 bits, e.g. `size=2147483647`, or an input that large), at its largest size value, not a
+    traceback."""
     sizes = [o for o in block.options.values()
              if isinstance(o.value, int) and not isinstance(o.value, bool) and o.value > 1]
     key = max(sizes, key=lambda o: o.value).key if sizes else None
     return block.error(
         "E401", f"[{block.name}] is too large to build: its tensors would need more than "
-        f"2^63 bytes ({str(exc).splitlines()[0]})", key,
-        hint="use smaller size/filters/output values")
+        f"2^63 bytes (its input: {given.c}x{given.h}x{given.w}; "
+        f"{str(exc).splitlines()[0][:120]})", key,
+        hint="use smaller size/filters/output values here, or in the layers before that make "
+        "its input this large")
 
 
 class InputError(ValueError, RuntimeError):
@@ -136,14 +139,14 @@ class Network(nn.Module):
                                    previous=blocks[index] if index else None)
                 try:
                     built = builder_for(block)(block, ctx)
-                except RuntimeError as exc:
-                    if "overflow" not in str(exc):
-                        _where(exc, index, block)
-                        raise
-                    raise _too_large(block, exc) from None
                 except CfgError:
                     raise
                 except Exception as exc:  # a plugin's builder is user code: name its section
+                    # torch's overflow: a RuntimeError, or a TypeError for a size over 2^63
+                    # (a [connected] after a `padding=2147483647` pool)
+                    if isinstance(exc, (RuntimeError, TypeError)) and \
+                            "overflow" in str(exc).lower():
+                        raise _too_large(block, ctx.input, exc) from None
                     _where(exc, index, block)
                     raise
                 # a plugin's builder is user code: say what it returned, not "cannot unpack"
@@ -386,6 +389,11 @@ class Network(nn.Module):
         if whole is None:
             whole = concatenated[route] = torch.empty(
                 n, self.shapes[route].c, h, w, memory_format=torch.channels_last)
+        elif tuple(whole.shape[2:]) != (h, w):  # an input size the route's layers disagree on:
+            # torch.cat's error, which forward turns into the InputError naming the size
+            raise RuntimeError(f"Sizes of tensors must match except in dimension 1: the [route] "
+                               f"(layer {route}) has {whole.shape[3]}x{whole.shape[2]} (WxH), "
+                               f"this layer gives {w}x{h}")
         return layer(x, out=whole[:, first:first + self.shapes[i].c])
 
     # -- conveniences ---------------------------------------------------------------------------

@@ -38,6 +38,12 @@ def mini_batch(net: Network) -> int:
     return max(int(batch or 1) // max(int(subdivisions or 1), 1), 1)
 
 
+def one_forward(net: Network) -> int:
+    """The images of the smallest forward `net` runs: a recurrent net's batch is time_steps x
+    sequences (step-major), so one sequence is time_steps images; else 1."""
+    return max(int(net.info.time_steps or 1), 1)
+
+
 def meta_build(blocks: Sequence[Block], flavor: str = "alexeyab") -> Network:
     from .graph import build  # torch: only when there is something to build
 
@@ -169,7 +175,9 @@ def memory_diagnostic(net: Network, estimate: dict, what: str, limit: int,
     message = (f"estimated {what} memory {format_bytes(total)} is over the "
                f"{format_bytes(limit)} limit (parameters {format_bytes(estimate['params_bytes'])}"
                f" = {estimate['params']:,} values, activations {format_bytes(activations)} at "
-               f"batch {estimate['batch']})")
+               f"batch {estimate['batch']}"
+               + (f": time_steps={one_forward(net)} images a sequence)" if one_forward(net) > 1
+                  else ")"))
     if estimate.get("size_note"):
         message += " " + estimate["size_note"]
     if index is not None:

@@ -150,6 +150,18 @@ def _out_size(block: Block, in_size: int, size: int, stride: int, padding: int,
     return darknet
 
 
+def _check_state_grid(block: Block, size: int, padding: int) -> None:
+    """The convolutions over the recurrent state (stride 1) must give back the state's grid:
+    2 x padding = size - 1. Darknet makes them for the input's grid (one buffer size for all),
+    so another padding has no meaning there; torch failed at the first step."""
+    if 2 * padding != size - 1:
+        key = next((k for k in ("pad", "padding", "size") if k in block), None)
+        raise block.error(
+            "E302", f"[{block.name}] size={size} with padding={padding}: the convolutions over "
+            f"its recurrent state would change the state's size from step to step", key,
+            hint="use an odd size with pad=1 (padding = size/2)")
+
+
 def _check_groups(block: Block, groups: int, *channels: int) -> None:
     bad = [c for c in channels if c % groups]
     if bad:
@@ -170,6 +182,7 @@ def build_crnn(block: Block, ctx: BuildContext):
         size, stride, padding, dilation, groups = _conv_geometry(block)
         hidden, output = block.int("hidden"), block.int("output")
         block.mark_read("xnor")  # XNOR is a GPU speed-up; the .weights layout is unchanged
+    _check_state_grid(block, size, padding)
     _check_groups(block, groups, c, hidden, output)
     oh = _out_size(block, h, size, stride, padding, dilation)
     ow = _out_size(block, w, size, stride, padding, dilation)
@@ -303,6 +316,7 @@ def build_conv_lstm(block: Block, ctx: BuildContext):
                           hint="remove bottleneck=1")
     size, stride, padding, dilation, groups = _conv_geometry(block)
     output = block.int("output")
+    _check_state_grid(block, size, padding)
     _check_groups(block, groups, c, output)
     oh = _out_size(block, h, size, stride, padding, dilation)
     ow = _out_size(block, w, size, stride, padding, dilation)

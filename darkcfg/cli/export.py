@@ -121,16 +121,11 @@ def options_from(model: ModelSpec, out: str, args) -> ExportOptions:
 def sized_model(model: ModelSpec, input_size: str | None):
     """The network at --input-size with its weights (the report line goes to stderr). Export
     and emit run one image through it on the CPU: a size whose feature maps cannot fit is
-    refused from the shapes first (E401), not by the allocator."""
-    import torch
-
-    from builders.memory import guard_memory
+    refused from the shapes first (E401, `build_network`'s guard), not by the allocator."""
     from darkcfg.export.onnx import parse_input_size
-    from darkcfg.model import device_memory, load_any_weights
+    from darkcfg.model import load_any_weights
 
     sets = parse_input_size(input_size)
-    guard_memory(model.build(sets, device="meta"), device_memory(torch.device("cpu")), batch=1,
-                 training=False)  # from the shapes alone: the parameters may not fit either
     net = model.build(sets)
     report = load_any_weights(net, model.weights, model.cutoff, model.partial) \
         if model.weights else ""

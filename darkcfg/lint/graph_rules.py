@@ -12,7 +12,13 @@ import traceback
 from collections.abc import Sequence
 
 from builders.graph import Network
-from builders.memory import DEFAULT_MAX_MEMORY, estimate_memory, memory_diagnostic, meta_build
+from builders.memory import (
+    DEFAULT_MAX_MEMORY,
+    estimate_memory,
+    memory_diagnostic,
+    meta_build,
+    one_forward,
+)
 from builders.registry import Shape
 from cfgparse import Block, CfgError, Diagnostic
 from cfgparse.errors import ERROR
@@ -115,8 +121,9 @@ def shortcut_rule(net: Network, meta) -> list[Diagnostic]:
 # -- memory --------------------------------------------------------------------------------------
 
 def memory_rule(net: Network, limit: int) -> list[Diagnostic]:
-    """The check's guard: can this network be instantiated and run once (batch 1 forward)?"""
-    estimate = estimate_memory(net, batch=1)
+    """The check's guard: can this network be instantiated and run once (one item: time_steps
+    images for a recurrent net)?"""
+    estimate = estimate_memory(net, batch=one_forward(net))
     total = estimate["inference_bytes"]
     if total <= limit:
         return []

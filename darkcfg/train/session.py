@@ -345,7 +345,8 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
         # the step's big tensors keep their pages (darkcfg.train.allocator); that raises the
         # peak (up to +38% measured), so only with room for it, and not under --force
         keep_freed_memory()
-    net, cfg, overrides = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    net, cfg, overrides = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed,
+                                        guard=False)  # check_memory's is training's
     for w in net.warnings:
         warn(w)
     if cfg.max_batches <= 0:
@@ -512,7 +513,8 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
 # -- evaluation and prediction without training ---------------------------------------------------
 def prepare_eval(opts: RunOptions):
     dist, device = distributed.Dist(), pick_device(opts.device)
-    net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed)
+    net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed,
+                                guard=not opts.force)
     task = task_for(net, cfg)
     refuse_unread_options(opts, task)  # before the weights are read
     if opts.weights:
