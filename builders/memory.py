@@ -187,21 +187,24 @@ def memory_diagnostic(net: Network, estimate: dict, what: str, limit: int,
 
 
 def guard_memory(net: Network, limit_bytes: int, *, batch: int | None = None,
-                 training: bool = True, cpu: bool = False) -> dict:
+                 training: bool = True, cpu: bool = False, forceable: bool = True) -> dict:
     """Raise CfgError E401 when `net` (built on any device, or meta) would need more than
     `limit_bytes` to train (or, with training=False, to run: with `cpu`, the fast path's derived
     weights counted); return the estimate otherwise. The runner calls this before allocating,
-    unless forced. Training is estimated at the largest input it reaches (`random=`
-    multi-scale: multiscale_network), where the estimate's `size_note` says so."""
+    unless forced (`forceable`: the help offers that). Training is estimated at the largest
+    input it reaches (`random=` multi-scale: multiscale_network), where the estimate's
+    `size_note` says so."""
     bigger = multiscale_network(net) if training else None
     if bigger is not None:
         net = bigger[0]
     estimate = estimate_memory(net, batch=batch)
-    hint = "reduce batch/subdivisions, filters, width or height, raise the limit, or force it"
+    hint = "reduce batch/subdivisions, filters, width or height, raise the limit"
     if bigger is not None:
         estimate["size_note"] = bigger[1]
         hint = ("reduce batch/subdivisions, filters, width or height, or random= (multi-scale "
-                "up to 1.4x: random=0 trains at the cfg's size), raise the limit, or force it")
+                "up to 1.4x: random=0 trains at the cfg's size), raise the limit")
+    hint += ", or force it" if forceable else ""
+
     what = "training" if training else ("cpu inference" if cpu else "inference")
     total = estimate[_ESTIMATE_KEYS[what]]
     if total > limit_bytes:

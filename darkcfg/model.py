@@ -58,24 +58,25 @@ def load_blocks(cfg_path: str, assignments: list[str]):
 
 
 def build_network(cfg_path: str, assignments: list[str], flavor: str, seed: int,
-                  device: str | None = None, guard: bool = True):
+                  device: str | None = None, guard: bool = True, forceable: bool = False):
     """(net, NetConfig, overrides) for a cfg path or text with `--set`-style `KEY=VALUE`
     assignments applied, the initial weights drawn from `seed`; no weights loaded, not moved to a
     device beyond `device`'s build (`ModelSpec.build()` calls it). Unless `guard` is False (a
     caller that guarded already, or --force), a network whose parameters and one image's
-    feature maps do not fit the device's memory is E401 before anything is allocated."""
+    feature maps do not fit the device's memory is E401 before anything is allocated; its help
+    offers --force where the command has it (`forceable`)."""
     from builders import build
 
     blocks, overrides = load_blocks(cfg_path, assignments)
     if guard and (device is None or checked_device(device).type != "meta"):
-        guard_build(blocks, flavor, device)
+        guard_build(blocks, flavor, device, forceable)
     seed_everything(seed)  # the initial weights depend on the seed only
     net = build(blocks, flavor=flavor, device=device)
     cfg = NetConfig.from_block(net.net_block, seed=seed)
     return net, cfg, overrides
 
 
-def guard_build(blocks, flavor: str, device: str | None = None) -> None:
+def guard_build(blocks, flavor: str, device: str | None = None, forceable: bool = False) -> None:
     """E401 (located at the layer that needs the most) for blocks whose network would not fit
     `device` (None: the CPU), from a meta build's shapes: a small cfg claiming a huge layer
     was allocated and initialised first (the allocator's unlocated error, or the OOM killer)."""
@@ -83,7 +84,8 @@ def guard_build(blocks, flavor: str, device: str | None = None) -> None:
 
     where = torch.device("cpu") if device is None else checked_device(device)
     meta = meta_build(blocks, flavor)
-    guard_memory(meta, device_memory(where), batch=one_forward(meta), training=False)
+    guard_memory(meta, device_memory(where), batch=one_forward(meta), training=False,
+                 forceable=forceable)
 
 
 def pick_device(name: str | None, local_rank: int = 0) -> torch.device:

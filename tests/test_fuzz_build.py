@@ -489,6 +489,8 @@ def test_a_small_cfg_claiming_a_huge_layer_is_refused_before_it_is_allocated(
     err = capsys.readouterr().err
     assert err.startswith("huge.cfg:6:8: error[E401]: estimated inference memory 91.6 GiB"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.cfg", "w.weights"]
+    # the help offers forcing only where the command has --force
+    assert ("or force it" in err) == (command[0] == "valid"), err
 
 
 def test_the_library_load_paths_guard_the_memory_of_the_build(tmp_path, monkeypatch):

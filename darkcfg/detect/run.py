@@ -265,7 +265,7 @@ def detector(model: ModelSpec, max_memory: int | None = None, force: bool = Fals
     from darkcfg.model import build_network, load_any_weights, pick_device
 
     net = build_network(model.cfg, ["time_steps=1", *model.sets], model.flavor, model.seed,
-                        guard=not force)[0]
+                        guard=not force, forceable=True)[0]
     if not head_indices(net):
         raise CfgError(Diagnostic(
             "E300", f"'{model.cfg}' has no detection head", model.cfg,

@@ -514,7 +514,7 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
 def prepare_eval(opts: RunOptions):
     dist, device = distributed.Dist(), pick_device(opts.device)
     net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed,
-                                guard=not opts.force)
+                                guard=not opts.force, forceable=True)
     task = task_for(net, cfg)
     refuse_unread_options(opts, task)  # before the weights are read
     if opts.weights:
