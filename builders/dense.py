@@ -37,7 +37,7 @@ def as_shape(t: torch.Tensor, shape: Shape) -> torch.Tensor:
         if t.dim() == 4 and t.shape[1] == shape.c:
             return t  # as is (a same-shape reshape of batch 1 would also lose channels-last)
         return t.reshape(t.shape[0], shape.c, shape.h, shape.w)
-    return t.reshape(t.shape[0], -1)
+    return t.flatten(1)  # (not reshape(n, -1): an empty batch has no -1)
 
 
 def flat_input(block: Block, ctx: BuildContext) -> int:
@@ -64,7 +64,7 @@ class DarknetLinear(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x.reshape(x.shape[0], -1))
+        y = self.linear(x.flatten(1))
         if self.bn is not None:
             y = self.bn(y)
         return self.act(y)
@@ -124,7 +124,7 @@ class Connected(FastPathCache, Layer):
         25088 layer is DRAM-bound: 411 MB per image), and 2.6x at batch 4."""
         weight, bias = self._inference_params()
         post_op, scalars = CONV_POST_OPS.get(self.unit.activation, ("none", []))
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(x.shape[0], -1), weight, bias,
+        y = torch.ops.mkldnn._linear_pointwise(x.flatten(1), weight, bias,
                                                post_op, scalars, "")
         if self.unit.activation not in CONV_POST_OPS:
             y = self.unit.act(y)
@@ -241,7 +241,7 @@ def grouped_log_softmax(x: torch.Tensor, sizes: list[int], temperature: float) -
     """log-softmax of (N, K) `x / temperature` over consecutive groups of the given sizes."""
     if len(set(sizes)) == 1:
         n = x.shape[0]
-        return F.log_softmax(x.reshape(n, len(sizes), sizes[0]) / temperature, -1).reshape(n, -1)
+        return F.log_softmax(x.reshape(n, len(sizes), sizes[0]) / temperature, -1).flatten(1)
     return torch.cat([F.log_softmax(part / temperature, -1)
                       for part in torch.split(x, sizes, dim=1)], 1)
 
@@ -273,15 +273,17 @@ class Softmax(Layer):
         """Per-value log-probabilities, flattened in Darknet's order: (N, inputs)."""
         n = x.shape[0]
         if self.spatial:  # softmax over the channels of each location (Darknet's GPU path)
-            y = F.log_softmax(x.reshape(n, self.channels, -1) / self.temperature, 1)
-            return y.reshape(n, -1)
-        return grouped_log_softmax(x.reshape(n, -1), self._sizes(), self.temperature)
+            y = F.log_softmax(x.reshape(n, self.channels, self.inputs // self.channels)
+                              / self.temperature, 1)
+            return y.flatten(1)
+        return grouped_log_softmax(x.flatten(1), self._sizes(), self.temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         if self.tree is None and not self.spatial and self.tree_error is None:
-            y = torch.softmax(x.reshape(n, self.groups, -1) / self.temperature, -1)
-            return y.reshape(n, -1)
+            y = torch.softmax(x.reshape(n, self.groups, self.inputs // self.groups)
+                              / self.temperature, -1)
+            return y.flatten(1)
         return self.log_probs(x).exp()
 
     def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,7 @@ class Layer(nn.Module):
 
     def darknet_output(self, y: torch.Tensor) -> torch.Tensor:
         """`y` flattened in Darknet's memory order (per batch item), for --dump-outputs."""
-        return y.reshape(y.shape[0], -1)
+        return y.flatten(1)
 
     def emit(self, ctx) -> str:
         """This layer as code in an emitted module (darkcfg/export/emit.py): register submodules and

@@ -250,7 +250,7 @@ class PadFlat(Layer):
         self.extra = extra
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(x.shape[0], -1)
+        flat = x.flatten(1)
         return torch.cat([flat, flat.new_zeros(flat.shape[0], self.extra)], dim=1)
 
 

@@ -459,3 +459,41 @@ def test_detect_with_too_few_or_too_many_names(tmp_path):
     assert all(f.name == ("abc"[f.class_id] if f.class_id < 3 else str(f.class_id))
                for f in found), found
     assert all(f.name == "" for f in detect(net, image, thresh=0.05)[0])  # no names: none
+
+
+GROUPED = """[net]
+width=6
+height=6
+channels=2
+[convolutional]
+filters=4
+size=3
+pad=1
+activation=leaky
+[local_avgpool]
+size=2
+stride=2
+[connected]
+output=6
+activation=relu
+[dropout]
+probability=0.2
+[softmax]
+groups=2
+[cost]
+"""
+
+
+@pytest.mark.parametrize("cfg", ["digits.cfg", "yolov3-tiny.cfg", GROUPED])
+@pytest.mark.parametrize("training", [False, True])
+def test_an_empty_batch_gives_empty_outputs(cfg, training):
+    """torch modules take a batch of 0; a cfg with [connected] or [softmax] failed on one
+    ("cannot reshape tensor of 0 elements into shape [0, -1]") where conv nets worked."""
+    from darkcfg.bundled import FOLDER
+
+    net = build(FOLDER / cfg if cfg.endswith(".cfg") else cfg).train(training)
+    c, h, w = (net.net_block.int(k) for k in ("channels", "height", "width"))
+    one = net(torch.rand(1, c, h, w))
+    empty = net(torch.rand(0, c, h, w))
+    one, empty = ([y] if torch.is_tensor(y) else y for y in (one, empty))
+    assert [tuple(y.shape) for y in empty] == [(0, *y.shape[1:]) for y in one]
