@@ -68,6 +68,5 @@ def resolve_model_cfg(arg):
         raise CfgError(Diagnostic(
             "E901", f"cannot read '{printable(arg)}': No such file or directory", arg,
             hint=f"did you mean '{folder + '/' if folder else ''}{near[0]}'? (a cfg darkcfg "
-                 "ships, taken by that name "
-                 "where no such file is)"))
+                 "ships, taken by that name where no such file is)"))
     return resolved

@@ -430,10 +430,10 @@ def coco_image_ids(paths: Sequence[Path]) -> list[int] | None:
     if moved:
         path, number = moved[0]
         kept = paths[numbers.index(number)]
-        given = spare - len(moved)
+        first_new = spare - len(moved)
         warn(f"{len(moved)} image(s) have the file number of another image, Darknet's COCO "
              f"image_id ('{printable(str(path))}' and '{printable(str(kept))}' are both "
-             f"{number}): detections.json gives them the image_id {given}"
+             f"{number}): detections.json gives them the image_id {first_new}"
              + (f" to {spare - 1}" if len(moved) > 1 else "")
              + " instead, so that COCO scoring keeps them apart")
     return ids
