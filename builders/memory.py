@@ -204,7 +204,6 @@ def guard_memory(net: Network, limit_bytes: int, *, batch: int | None = None,
         hint = ("reduce batch/subdivisions, filters, width or height, or random= (multi-scale "
                 "up to 1.4x: random=0 trains at the cfg's size), raise the limit")
     hint += ", or force it" if forceable else ""
-
     what = "training" if training else ("cpu inference" if cpu else "inference")
     total = estimate[_ESTIMATE_KEYS[what]]
     if total > limit_bytes:

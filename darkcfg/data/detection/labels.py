@@ -393,15 +393,14 @@ def _parse_line(words: list[str], classes: int, classes_from: str = DATA_CLASSES
         return None, (f"class {cls} but classes={classes}", 0,
                       f"class ids run from 0 to {classes - 1} ({classes_from})",
                       ERROR)
+    # as Darknet stores them (fscanf %f: 32-bit floats): 1e39 is inf, 1e-46 is 0 (no size)
+    read = (x, y, w, h)
+    x, y, w, h = array.array("f", read)
     if not all(map(math.isfinite, (x, y, w, h))):  # math, not numpy: once per label line
         k = next(k for k, v in enumerate((x, y, w, h), 1) if not math.isfinite(v))
-        return None, (f"{'xywh'[k - 1]} = {words[k]} is not a finite number", k, "", ERROR)
-    # as Darknet stores them (fscanf %f: 32-bit floats): 1e39 is inf, 1e-46 is 0 (no size)
-    x, y, w, h = array.array("f", (x, y, w, h))
-    if not all(map(math.isfinite, (x, y, w, h))):
-        k = next(k for k, v in enumerate((x, y, w, h), 1) if not math.isfinite(v))
-        return None, (f"{'xywh'[k - 1]} = {words[k]} is too large for a 32-bit float (Darknet "
-                      "reads label values as floats)", k, "", ERROR)
+        why = "is too large for a 32-bit float (Darknet reads label values as floats)" \
+            if math.isfinite(read[k - 1]) else "is not a finite number"
+        return None, (f"{'xywh'[k - 1]} = {words[k]} {why}", k, "", ERROR)
     box = [x, y, w, h, float(cls)]
     if w <= 0 or h <= 0:  # fill_truth_detection: w < 1/net_w or h < 1/net_h is dropped
         k = 3 if w <= 0 else 4
