@@ -36,6 +36,25 @@ def shipped_cfg(arg: str) -> str | None:
     return str(FOLDER / name)
 
 
+def docs_folder() -> Path | None:
+    """The folder holding README.md and docs/: a checkout's root, or where the wheel put them
+    ({prefix}/share/doc/darkcfg, setup.cfg's data_files); None when neither is there."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "README.md").is_file() and (root / "docs" / "commands.md").is_file():
+        return root
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        files = distribution("darkcfg").files or []
+    except PackageNotFoundError:
+        return None
+    for file in files:
+        if file.as_posix().endswith("share/doc/darkcfg/README.md"):
+            folder = Path(file.locate()).resolve().parent
+            return folder if (folder / "docs" / "commands.md").is_file() else None
+    return None
+
+
 _said: set[str] = set()
 
 

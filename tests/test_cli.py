@@ -301,6 +301,8 @@ def test_top_level_help_lists_every_command_without_torch():
     for name, summary in SUMMARIES.items():
         assert f"  {name} " in listing and summary in listing
     assert "darkcfg COMMAND --help" in listing and "darkcfg CFG --help" in listing
+    # a checkout's own pages (a wheel's: tests/test_packaging.py)
+    assert f"docs: {root / 'README.md'} and {root / 'docs' / 'commands.md'}" in listing
     assert runs[()].returncode == 2 and runs[()].stderr.strip() == listing.strip()
     assert runs[("--version",)].returncode == 0
     assert runs[("--version",)].stdout.startswith("darkcfg ")

@@ -141,6 +141,7 @@ def test_the_wheel_holds_every_data_file(tmp_path):
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
     for package in PACKAGES:
         shutil.copytree(ROOT / package, src / package, ignore=ignore)
+    shutil.copytree(ROOT / "docs", src / "docs")
     for name in ("setup.cfg", "pyproject.toml", "README.md", "runner.py"):
         shutil.copy(ROOT / name, src / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps",
@@ -152,6 +153,22 @@ def test_the_wheel_holds_every_data_file(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert set(data_files()) <= names
     assert "runner.py" in names
+    # the README and every docs/ page (with its pictures), for `darkcfg --help` to point at
+    shared = "darkcfg-0.1.0.data/data/share/doc/darkcfg/"
+    assert shared + "README.md" in names
+    assert {shared + "docs/" + page.name for page in (ROOT / "docs").iterdir()} <= names
+
+    # installed away from a checkout, `darkcfg --help` names the installed pages
+    prefix = tmp_path / "prefix"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--prefix", str(prefix), str(wheel)], check=True, capture_output=True)
+    (site,) = prefix.glob("lib/python*/site-packages")
+    shown = subprocess.run([sys.executable, "-m", "darkcfg", "--help"], cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True,
+                           text=True, check=True).stdout
+    docs = (prefix / "share" / "doc" / "darkcfg").resolve()
+    assert f"docs: {docs / 'README.md'} and {docs / 'docs' / 'commands.md'}" in shown
+    assert (docs / "docs" / "commands.md").read_bytes() == (ROOT / "docs/commands.md").read_bytes()
 
 
 def test_the_shipped_csv_is_found_as_the_cfgs_comment_names_it(tmp_path, monkeypatch, capsys):

@@ -66,9 +66,18 @@ def top_help() -> str:
         "  -h, --help   this list",
         "  --version    the installed version",
         "",
-        "docs: README.md and docs/commands.md",
+        docs_line(),
     ]
     return "\n".join(lines)
+
+
+def docs_line() -> str:
+    from darkcfg.bundled import docs_folder
+
+    folder = docs_folder()
+    if folder is None:  # installed without its data files
+        return "docs: README.md and docs/commands.md in darkcfg's source"
+    return f"docs: {folder / 'README.md'} and {folder / 'docs' / 'commands.md'}"
 
 
 def version() -> str:
