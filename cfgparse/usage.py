@@ -24,6 +24,23 @@ class CommandParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown option after a subcommand is that subcommand's error
+        (`darkcfg data check: ...`, with its options' nearest), not the top parser's."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            (self._chosen_subcommand(parsed) or self).error(
+                f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _chosen_subcommand(self, parsed: argparse.Namespace) -> CommandParser | None:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None))
+                if isinstance(chosen, CommandParser):
+                    return chosen._chosen_subcommand(parsed) or chosen
+        return None
+
     def error(self, message: str):
         sys.stderr.write(f"<command line>: error[E100]: {self.prog}: {message}\n"
                          f"help: {self._hint(message)}\n")

@@ -466,6 +466,16 @@ def test_unread_flags_through_the_command_line(work, capsys, monkeypatch):
     assert "unrecognized arguments: --thresh 0.3" in capsys.readouterr().err
 
 
+def test_an_unknown_option_after_a_sub_subcommand_is_that_subcommands_error(capsys):
+    """`darkcfg data check SRC --plott x` was the top parser's error ("darkcfg data: ...",
+    `darkcfg data --help`), which knows no `--plot` to suggest."""
+    with pytest.raises(SystemExit) as stop:
+        darkcfg(["data", "check", "obj.data", "--plott", "x.png"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "<command line>: error[E100]: darkcfg data check: " \
+        "unrecognized arguments: --plott x.png\nhelp: did you mean '--plot'?\n"
+
+
 @pytest.mark.parametrize("argv, flag, reader", [
     (["weights", "tiny.cfg", "--weights", "tiny.weights", "--save-weights", "o.weights",
       "--input", "x.npy"], "--input", "--dump-outputs"),

@@ -690,8 +690,15 @@ def test_difficult_list_is_read_parallel_to_valid(tmp_path):
     np.testing.assert_allclose(splits.difficult[1], [[0.3, 0.3, 0.1, 0.1, 1]])
 
 
+def preview_command(argv: list[str]) -> int:
+    """`darkcfg data preview ARGV`."""
+    from darkcfg.cli import main
+
+    return main(["data", "preview", *argv])
+
+
 def test_preview_draws_training_samples_with_boxes(tmp_path, capsys):
-    from darkcfg.data.detection.preview import main
+    main = preview_command
 
     cfg = tmp_path / "det.cfg"
     cfg.write_text(DETECTOR_CFG.format(net="", yolo=""))
@@ -707,7 +714,7 @@ def test_preview_draws_training_samples_with_boxes(tmp_path, capsys):
 def test_preview_refuses_a_non_image_out_and_a_typo_as_diagnostics(tmp_path, capsys):
     """docs/detection.md's preview command: `--out x.txt` (or the cfg itself) was a Pillow
     traceback after the data was read, and a misspelt option argparse's own message."""
-    from darkcfg.data.detection.preview import main
+    main = preview_command
 
     cfg = tmp_path / "det.cfg"
     cfg.write_text(DETECTOR_CFG.format(net="", yolo=""))
@@ -724,7 +731,8 @@ def test_preview_refuses_a_non_image_out_and_a_typo_as_diagnostics(tmp_path, cap
     with pytest.raises(SystemExit) as exc:
         main([str(cfg), "--iterration", "3"])
     assert exc.value.code == 2
-    assert "error[E100]" in capsys.readouterr().err
+    assert "error[E100]: darkcfg data preview: unrecognized arguments: --iterration 3\n" \
+        "help: did you mean '--iteration'?" in capsys.readouterr().err
     assert main([str(cfg), "--count", "1", "--out", str(tmp_path / "p.jpg")]) == 0
     assert Image.open(tmp_path / "p.jpg").format == "JPEG"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
@@ -734,7 +742,7 @@ def test_preview_refuses_an_out_that_is_an_image_of_the_set_or_beside_them(tmp_p
     """`--out` naming an image of the --data set wrote the preview over it (a .jpg passes the
     suffix check); one beside the images would join the set a folder scan reads. Both E100,
     nothing written."""
-    from darkcfg.data.detection.preview import main
+    main = preview_command
 
     cfg = tmp_path / "det.cfg"
     cfg.write_text(DETECTOR_CFG.format(net="", yolo=""))

@@ -158,10 +158,12 @@ def test_the_wheel_holds_every_data_file(tmp_path):
     assert shared + "README.md" in names
     assert {shared + "docs/" + page.name for page in (ROOT / "docs").iterdir()} <= names
 
-    # installed away from a checkout, `darkcfg --help` names the installed pages
+    # installed away from a checkout, `darkcfg --help` names the installed pages (--ignore-
+    # installed: else pip uninstalls the environment's darkcfg, which the other tests import)
     prefix = tmp_path / "prefix"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--prefix", str(prefix), str(wheel)], check=True, capture_output=True)
+                    "--ignore-installed", "--prefix", str(prefix), str(wheel)], check=True,
+                   capture_output=True)
     (site,) = prefix.glob("lib/python*/site-packages")
     shown = subprocess.run([sys.executable, "-m", "darkcfg", "--help"], cwd=tmp_path,
                            env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True,

@@ -2,6 +2,8 @@
 
     darkcfg data convert SRC --to darknet|yolo|coco OUT [--link]
     darkcfg data check SRC [--cfg CFG] [--size WxH] [--plot PNG]
+    darkcfg data preview CFG [--data SRC] [--classes K] [--set KEY=VALUE] [--seed N]
+                             [--iteration I] [--count N] [--out PNG]
 
 SRC is anything `--data` takes for a detector: a Darknet .data file, an ultralytics data.yaml,
 a COCO annotation .json or a Pascal VOC folder (darkcfg.data.detection.formats).
@@ -44,6 +46,21 @@ def arg_parser() -> argparse.ArgumentParser:
                    "heads', else 8, 16, 32)")
     k.add_argument("--plot", default="data_check.png", metavar="PNG",
                    help="where to write the histograms (data_check.png)")
+    v = sub.add_parser("preview", help="draw training samples with their truth boxes, as "
+                       "`darkcfg train CFG` with the same options gets them")
+    v.add_argument("cfg", help="a detector cfg (its size and augmentation keys)")
+    v.add_argument("--data", default=None, metavar="SRC",
+                   help="as train's --data (default: the embedded detection set)")
+    v.add_argument("--classes", type=int, default=None, metavar="K",
+                   help="the embedded set's first K classes (as train's --classes)")
+    v.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                   help="override a cfg value, as train's --set (repeatable)")
+    v.add_argument("--seed", type=int, default=0, metavar="N", help="as train's --seed (0)")
+    v.add_argument("--iteration", type=int, default=0, metavar="I",
+                   help="the first iteration drawn (0); 8 samples an iteration")
+    v.add_argument("--count", type=int, default=16, metavar="N", help="how many samples (16)")
+    v.add_argument("--out", default="preview.png", metavar="PNG",
+                   help="where to write the picture (.png or .jpg; preview.png)")
     return p
 
 
@@ -52,6 +69,9 @@ def main(argv: list[str]) -> int:
     args = arg_parser().parse_args(argv)
     if args.command == "convert":
         return convert(args.src, args.to, Path(args.out), args.link)
+    if args.command == "preview":
+        return preview(resolve_model_cfg(args.cfg), args.data, args.classes, args.sets,
+                       args.seed, args.iteration, args.count, args.out)
     return check(args.src, resolve_model_cfg(args.cfg), args.size, Path(args.plot))
 
 
@@ -112,3 +132,33 @@ def network_geometry(cfg: str) -> tuple[tuple[int, int], tuple[int, ...], int]:
     w, h = net.info.width, net.info.height
     return ((w, h), tuple(sorted({w // net.shapes[i].w for i in heads if net.shapes[i].w})),
             DetectionSettings.from_network(net).classes)
+
+
+def preview(cfg: str, data: str | None, classes: int | None, sets: list[str], seed: int,
+            iteration: int, count: int, out: str) -> int:
+    """Write a grid of `count` training samples from `iteration` on, boxes drawn."""
+    from darkcfg.data.detection.preview import IMAGE_SUFFIXES
+
+    if Path(out).suffix.lower() not in IMAGE_SUFFIXES:  # before the data is read
+        raise CfgError(Diagnostic("E100", f"--out '{out}': the preview is an image (.png or "
+                                  ".jpg)", "<command line>",
+                                  hint=f"e.g. --out {Path(out).stem or 'preview'}.png"))
+    for flag, value, least in (("--count", count, 1), ("--iteration", iteration, 0)):
+        if value < least:
+            raise CfgError(Diagnostic("E100", f"{flag} {value}: must be {least} or more",
+                                      "<command line>", hint=f"e.g. {flag} {least + 7}"))
+    from builders import build
+    from darkcfg.data.base import write_image
+    from darkcfg.data.detection.dataset import detection_datasets
+    from darkcfg.data.detection.preview import preview_grid, refuse_out_in_set, set_images
+    from darkcfg.model import load_blocks
+
+    blocks, _ = load_blocks(cfg, sets)
+    splits = detection_datasets(build(blocks, device="meta"), data, seed, classes)
+    print(splits.banner(), file=sys.stderr)
+    for line in splits.warnings:
+        warn(line)
+    refuse_out_in_set(out, set_images(splits))
+    write_image(out, preview_grid(splits, count, iteration))
+    print(out)
+    return 0

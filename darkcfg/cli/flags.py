@@ -281,6 +281,3 @@ def execute(steps: list[tuple[str, object]]) -> int:
             command.run(options)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
