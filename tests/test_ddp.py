@@ -197,3 +197,82 @@ def test_under_torchrun_rank_0_warns_and_every_rank_says_its_error(tmp_path, tin
     assert result.stderr.count("warning: 1 class(es) of") == 1, result.stderr[-3000:]
     assert result.stderr.count("error[E901]: ") == 2, result.stderr[-3000:]
     assert result.stderr.count("has no validation split") == 2
+
+
+def clean_environment(tmp_path: Path) -> dict:
+    """No torchrun variables, and a temp dir of the test's own (torch's launcher would leave a
+    `torchelastic_*` folder there per run)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                "TORCHELASTIC_SIGNALS_TO_HANDLE"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch built without gloo")
+def test_train_processes_runs_the_ranks_itself_without_torchruns_traceback(tmp_path,
+                                                                           tiny_classifier):
+    """`darkcfg train CFG --processes 2` is torchrun's two-rank run in one command; a rank's
+    error is its own diagnostic and exit code, without torchrun's ChildFailedError traceback
+    and log lines after it, and no `torchelastic_*` folder is left in the temp dir."""
+    cfg = tiny_classifier.write(tmp_path / "ddp.cfg", max_batches=4, second_conv=False)
+    env = clean_environment(tmp_path)
+    done = run_with_stacks_on_hang(
+        [sys.executable, "-m", "darkcfg", "train", str(cfg), "--processes", "2", "--device",
+         "cpu", "--out", str(tmp_path / "run"), "--no-progress", "--valid-every", "4"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fingerprints = (tmp_path / "run" / "ranks.txt").read_text().split()
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    assert done.stderr.count("no --data: training on the embedded dataset") == 1
+    assert "finished 4 iterations" in done.stderr
+
+    failed = run_with_stacks_on_hang(  # both ranks stop on the data: no validation images
+        [sys.executable, "-m", "darkcfg", "train", str(cfg), "--processes", "2", "--device",
+         "cpu", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run2")], env)
+    assert failed.returncode == 2
+    assert "error[E901]" in failed.stderr
+    for noise in ("Traceback", "ChildFailedError", "torch/distributed", "exitcode"):
+        assert noise not in failed.stderr, failed.stderr[-3000:]
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+    usage = subprocess.run([sys.executable, "-m", "darkcfg", "train", str(cfg), "--processes",
+                            "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2 and "error[E100]: --processes 0: must be 1 or more" in \
+        usage.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch built without gloo")
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_to_train_processes_reaches_every_rank(tmp_path, tiny_classifier, stop):
+    """torch starts the ranks in sessions of their own, so Ctrl-C reaches the launching
+    process alone: it passes the signal on, the ranks checkpoint, and the command exits 0 as
+    a single process's training does (torch's own handling raised in the launcher: 130)."""
+    import signal
+    import time
+
+    cfg = tiny_classifier.write(tmp_path / "ddp.cfg", max_batches=100000, second_conv=False)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "darkcfg", "train", str(cfg), "--processes", "2", "--device",
+         "cpu", "--out", str(out), "--no-progress", "--valid-every", "0"],
+        env=clean_environment(tmp_path), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (out / "metrics.csv").exists() or \
+            len((out / "metrics.csv").read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, stop))
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"stopped by {stop} at iteration" in stderr
+    assert (out / "checkpoint.pt").exists()
+    assert "Traceback" not in stderr

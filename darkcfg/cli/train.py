@@ -72,6 +72,9 @@ def arg_parser():
     add_data_arguments(p)
     add_schedule_arguments(p)
     add_map_points(p)
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="train data-parallel on N processes of this machine (one a GPU on "
+                   "CUDA, else gloo on the CPU), as torchrun --standalone --nproc-per-node N")
     return p
 
 
@@ -128,7 +131,33 @@ def run(opts):
 
 def main(argv: list[str]) -> int:
     def train() -> int:
-        run(parse(argv))
+        args = arg_parser().parse_args(argv)  # a bad command line is said once, before any
+        opts = run_options(model_spec(args), args, schedule=True)  # rank starts
+        processes = checked_processes(args.processes)
+        if processes > 1:
+            from darkcfg.train.launch import launch
+
+            # the ranks take the cfg found here (a shipped one is said once)
+            cfg = str(opts.cfg_path)
+            ranks = [cfg if word == args.cfg else word for word in argv] \
+                if argv.count(args.cfg) == 1 else argv
+            return launch(ranks, processes)
+        run(opts)
         return 0
 
     return guarded(train)
+
+
+def checked_processes(processes: int) -> int:
+    """--processes N: 1 or more; under torchrun (and in the ranks `launch` starts) the world
+    size it already has, so 1 there."""
+    from cfgparse import CfgError, Diagnostic
+    from darkcfg.console import torchrun_job
+
+    world = torchrun_job()[1]
+    if processes < 1 or world > 1 and processes not in (1, world):
+        what = "must be 1 or more" if processes < 1 else f"but torchrun started {world}"
+        raise CfgError(Diagnostic("E100", f"--processes {processes}: {what}", "<command line>",
+                                  hint="e.g. --processes 2" if processes < 1 else
+                                  "leave --processes out under torchrun"))
+    return 1 if world > 1 else processes

@@ -1,0 +1,121 @@
+"""`darkcfg train CFG --processes N`: one command for a data-parallel run on this machine, as
+Darknet's `-gpus 0,1,2,3` is (src/detector.c `train_detector`), without knowing torchrun.
+
+It is `torchrun --standalone --nproc-per-node N -m darkcfg train ...` through torch's own
+launcher (torch.distributed.launcher.api.elastic_launch, which torchrun calls): the same
+rendezvous, environment and DDP run (darkcfg.train.distributed). What differs is at the edges:
+a failed rank is the rank's own diagnostic and exit code (not torchrun's ChildFailedError
+traceback after it), no `torchelastic_*` folder is left in the temp dir per run, and a stop
+signal is passed on to the ranks, whose clean stop (a checkpoint, exit 0) is the command's."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+from darkcfg.stopping import drop_hung_up_terminal, stop_signals, takes_over
+
+#: torch's elastic agent logs a failed rank (and the SIGTERM it sends the others) as warnings
+#: and errors with torch's log prefix; each rank says its own error
+_AGENT_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher")
+
+
+def launch(argv: list[str], processes: int) -> int:
+    """Run `darkcfg train ARGV` as `processes` ranks on this machine (each rank takes cuda:RANK
+    on a CUDA machine, else gloo on the CPU) and return their exit code: 0 (a run stopped by a
+    signal included, as a single process's), or the first failed rank's."""
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith(_AGENT_LOGGERS) and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
+    # as torchrun, no rank takes every core; unlike its fixed 1, each its share
+    threads = str(max(1, (os.cpu_count() or 1) // processes))
+    with _environment(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads),
+                      TORCHELASTIC_SIGNALS_TO_HANDLE=None), _signals_passed_on() as passed_on:
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes,
+                              run_id=str(uuid.uuid4()), rdzv_backend="c10d",
+                              rdzv_endpoint="localhost:0", max_restarts=0,
+                              monitor_interval=0.1, logs_specs=DefaultLogsSpecs(os.devnull),
+                              # (torch's default: SIGTERM,SIGINT,SIGHUP,SIGQUIT)
+                              **({"signals_to_handle": "SIGQUIT"} if passed_on else {}))
+        try:
+            elastic_launch(config, sys.executable)("-m", "darkcfg", "train", *argv)
+        except ChildFailedError as failed:
+            rank, failure = failed.get_first_failure()
+            if failure.exitcode >= 0:  # the rank said why
+                return failure.exitcode
+            print(f"darkcfg train: rank {rank} of {processes} was killed by signal "
+                  f"{-failure.exitcode} (out of memory?); the run folder keeps its last "
+                  "checkpoint", file=sys.stderr)
+            return 1
+        except SignalException:  # SIGQUIT (where the ranks cannot be found: any stop signal)
+            return 130
+    return 0
+
+
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    """os.environ with `values` (None: kept as it is, but put back after: torch's launcher sets
+    TORCHELASTIC_SIGNALS_TO_HANDLE for good)."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: value for key, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _signals_passed_on():
+    """While the ranks run, a stop signal to this process goes on to each rank (torch starts
+    them in sessions of their own, so Ctrl-C reaches this process alone), which stops as a
+    single run does; a second one stops them at once, as it would stop one. torch's own
+    handling (SIGTERM to every rank and, 30 s later, SIGKILL; a SignalException here, whatever
+    the ranks did) is left to SIGQUIT. Needs /proc to find the ranks, and the main thread;
+    yields whether it took the signals over."""
+    if not Path(f"/proc/{os.getpid()}/stat").exists() or \
+            threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    signals = [sig for sig in stop_signals() if takes_over(sig)]
+    before = {sig: signal.getsignal(sig) for sig in signals}
+
+    def pass_on(signum, frame):
+        drop_hung_up_terminal(signum)
+        for pid in child_processes(os.getpid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for sig in signals:
+        signal.signal(sig, pass_on)
+    try:
+        yield True
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def child_processes(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc): the ranks torch's agent started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
