@@ -93,7 +93,8 @@ class InputError(ValueError, RuntimeError):
 def _where(exc: BaseException, index: int, block: Block) -> None:
     """Adds "while building layer N [name] (path:line)" to an error a builder raised: a
     plugin's bug then names its section, not only a line of the plugin."""
-    exc.add_note(f"while building layer {index} [{block.name}] ({block.path}:{block.line})")
+    if hasattr(exc, "add_note"):  # Python 3.11+ (3.10 shows the error without it)
+        exc.add_note(f"while building layer {index} [{block.name}] ({block.path}:{block.line})")
 
 
 def _layer_name(layer_info: LayerInfo) -> str:
