@@ -272,3 +272,26 @@ def test_a_stop_signal_to_train_processes_reaches_every_rank(tmp_path, tiny_clas
     assert f"stopped by {stop} at iteration" in stderr
     assert (out / "checkpoint.pt").exists()
     assert "Traceback" not in stderr
+
+
+def test_train_processes_takes_no_more_ranks_than_gpus(monkeypatch):
+    """One GPU to a rank: a third rank on two GPUs would share one (NCCL refuses it deep in
+    the run); said before any rank starts. --device cpu takes any number."""
+    import torch
+
+    from cfgparse import CfgError
+    from darkcfg.cli.train import checked_processes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert checked_processes(2) == 2 and checked_processes(3, "cpu") == 3
+    with pytest.raises(CfgError, match=r"--processes 3: this machine has 2 GPU\(s\)"):
+        checked_processes(3, "cuda")
+    with pytest.raises(CfgError, match="must be 1 or more"):
+        checked_processes(0)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # a rank of torchrun's (or of --processes 4)
+    assert checked_processes(4) == 1 and checked_processes(1) == 1
+    with pytest.raises(CfgError, match="but torchrun started 4"):
+        checked_processes(2)

@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
     def train() -> int:
         args = arg_parser().parse_args(argv)  # a bad command line is said once, before any
         opts = run_options(model_spec(args), args, schedule=True)  # rank starts
-        processes = checked_processes(args.processes)
+        processes = checked_processes(args.processes, args.device)
         if processes > 1:
             from darkcfg.train.launch import launch
 
@@ -148,16 +148,27 @@ def main(argv: list[str]) -> int:
     return guarded(train)
 
 
-def checked_processes(processes: int) -> int:
-    """--processes N: 1 or more; under torchrun (and in the ranks `launch` starts) the world
-    size it already has, so 1 there."""
-    from cfgparse import CfgError, Diagnostic
+def checked_processes(processes: int, device: str | None = None) -> int:
+    """--processes N: 1 or more, and on CUDA no more than the GPUs (one to a rank: two ranks
+    on one GPU fail in NCCL); under torchrun (and in the ranks `launch` starts) the world size
+    it already has, so 1 there."""
+    from darkcfg.cli.common import usage_error
     from darkcfg.console import torchrun_job
 
     world = torchrun_job()[1]
-    if processes < 1 or world > 1 and processes not in (1, world):
-        what = "must be 1 or more" if processes < 1 else f"but torchrun started {world}"
-        raise CfgError(Diagnostic("E100", f"--processes {processes}: {what}", "<command line>",
-                                  hint="e.g. --processes 2" if processes < 1 else
-                                  "leave --processes out under torchrun"))
-    return 1 if world > 1 else processes
+    if processes < 1:
+        raise usage_error(f"--processes {processes}: must be 1 or more", "e.g. --processes 2")
+    if world > 1:
+        if processes not in (1, world):
+            raise usage_error(f"--processes {processes}: but torchrun started {world}",
+                              "leave --processes out under torchrun")
+        return 1
+    if processes > 1 and (device is None or device == "auto" or device.startswith("cuda")):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if 0 < gpus < processes:
+            raise usage_error(f"--processes {processes}: this machine has {gpus} GPU(s), one "
+                              "to a rank", f"--processes {gpus}, or --device cpu for ranks on "
+                              "the CPU")
+    return processes
