@@ -1072,7 +1072,48 @@ def test_a_classifier_top_in_non_ascii_digits(playground):
     with pytest.raises(CfgError) as exc:
         darknet_data(case / "c.data", 3)
     d = exc.value.diagnostics[0]
-    assert (d.line, d.message) == (4, "top=² is not a whole number of classes of at least 1")
+    assert (d.line, d.message) == (4, "'top=²' is not an integer in decimal digits: Darknet's "
+                                   "atoi reads 0")
+
+
+@pytest.mark.parametrize("value, message, hint", [
+    ("1_0", "'classes=1_0' is not an integer in decimal digits: Darknet's atoi reads 1, not 10",
+     "write classes=10"),
+    ("\u0661\u0660", "Darknet's atoi reads 0, not 10", "write classes=10"),
+    ("\uff12", "Darknet's atoi reads 0, not 2", "write classes=2"),
+    ("1e1", "Darknet's atoi reads 1, not 10", "write classes=10"),
+    ("2abc", "Darknet's atoi reads 2", "write classes=2"),
+])
+@pytest.mark.parametrize("task", ["detector", "classifier"])
+def test_data_file_integers_python_alone_reads(playground, value, message, hint, task):
+    """`classes=1_0` in a .data file trained 10 classes (Python's int()), where Darknet's
+    option_find_int (atoi) reads 1; `classes=١٠` likewise 10 where atoi reads 0. A .data
+    integer is decimal digits now (datafile.data_int): E901 at the line, saying both."""
+    from darkcfg.data.detection.labels import open_detection_data
+    from darkcfg.data.sources import darknet_data
+
+    case = fresh_case(playground)
+    data = case / "o.data"
+    data.write_text(f"train=../train.txt\nclasses={value}\nnames=../obj.names\n"
+                    "labels=../obj.names\n", encoding="utf-8")
+    with pytest.raises(CfgError) as exc:
+        open_detection_data(data) if task == "detector" else darknet_data(data, 3)
+    d = exc.value.diagnostics[0]
+    assert (d.code, d.line) == ("E901", 2) and message in d.message and d.hint == hint, d
+
+
+def test_data_file_odd_spaces_are_e109(playground):
+    """`classes=\u00a010` (a no-break space pasted from a web page): the reader removed it
+    with every other space and read 10; Darknet keeps it (its strip() removes ASCII spaces
+    only) and atoi reads 0. E109 at the character, as in a cfg."""
+    from darkcfg.data.detection.labels import open_detection_data
+
+    case = fresh_case(playground)
+    (case / "o.data").write_text("train=../train.txt\nclasses=\u00a010\n", encoding="utf-8")
+    with pytest.raises(CfgError) as exc:
+        open_detection_data(case / "o.data")
+    d = exc.value.diagnostics[0]
+    assert (d.code, d.line, d.column) == ("E109", 2, 9) and "U+00A0" in d.message
 
 
 @pytest.mark.parametrize("parse", ["size", "input-size", "keep-fp32"])

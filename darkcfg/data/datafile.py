@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.characters import odd_space_diagnostic, odd_spaces
+from cfgparse.schema import ValueProblem, read_number
 
 #: What a command reads of a data set (`need`): "all" (training), "valid" (the validation list
 #: and the names: valid, map) or "names" (the names: predict); a reader skips the lists it need
@@ -81,6 +83,10 @@ def read_data_file(path: Path) -> dict[str, str]:
                                       "binary file", str(path), n, raw.index("\x00") + 1,
                                       hint="a .data file is key=value text lines",
                                       source=raw, span=1))
+        odd = odd_spaces(raw)
+        if odd:  # "".join(split()) drops them; Darknet keeps them (`classes=\u00a010` is 0)
+            raise CfgError(odd_space_diagnostic(raw, odd, "a .data line", str(path), n,
+                                                odd[0] + 1, raw))
         key, eq, value = line.partition("=")
         if not eq:
             raise CfgError(Diagnostic("E102", f"missing '=' in '{line}'", str(path), n, 1,
@@ -178,6 +184,16 @@ def _list_lines(path: Path, where: str, key: str) -> list[str]:
         raise CfgError(data_diagnostic("E901", f"cannot read the {key} file '{path}': {exc}",
                                        where, key, text_hint(exc, hint))) from None
     return lines
+
+
+def data_int(opts: dict[str, str], key: str, data_file: str) -> int:
+    """The integer value of `key` (Darknet's option_find_int): decimal digits only, an E901
+    at its line otherwise. Python's int() also reads `1_0` and `١٠` as 10 where Darknet's atoi
+    reads 1 and 0; what atoi would read is said (cfgparse.schema.read_number)."""
+    try:
+        return int(read_number(opts[key], integer=True, name=f"{key}="))
+    except ValueProblem as exc:
+        raise CfgError(data_diagnostic("E901", str(exc), data_file, key, exc.hint)) from None
 
 
 def data_diagnostic(code: str, message: str, data_file: str, key: str | None = None,

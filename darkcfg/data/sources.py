@@ -32,6 +32,7 @@ from darkcfg.data.datafile import (
     check_need,
     data_diagnostic,
     data_folders,
+    data_int,
     is_image,
     missing_path_hint,
     numbered_list,
@@ -231,14 +232,12 @@ def darknet_data(path: Path, channels: int, need: str = "all") -> DataSplits:
                  enumerate(read_list(names_path, where, "names", keep_blank=True))]
         if not names:
             raise _empty_list(names_path, where, "names")
-    try:
-        classes = int(opts.get("classes", 2))  # src/classifier.c: option_find_int(.., 2)
-    except ValueError:
-        raise data_error(f"classes={opts['classes']} is not an integer", where,
-                         "write classes=N") from None
+    # src/classifier.c: option_find_int(.., "classes", 2)
+    classes = data_int(opts, "classes", where) \
+        if "classes" in opts else 2
     top = None
     if "top" in opts:  # src/classifier.c predict_classifier: option_find_int(.., "top", 1)
-        top = int(opts["top"]) if opts["top"].isascii() and opts["top"].isdigit() else 0
+        top = data_int(opts, "top", where)
         if top < 1:
             raise CfgError(data_diagnostic(
                 "E901", f"top={opts['top']} is not a whole number of classes of at least 1",

@@ -24,7 +24,6 @@ parser's position.
 
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
 from functools import partial
 from pathlib import Path
@@ -32,6 +31,7 @@ from xml.parsers import expat
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
+from cfgparse.schema import ValueProblem, read_number
 from darkcfg.data.datafile import IMAGE_EXTENSIONS, read_text
 from darkcfg.data.detection.formats.base import (
     DeclaredSize,
@@ -288,11 +288,16 @@ def _number(ann: _Annotation, parent: ET.Element, tag: str, problems) -> float |
         problems.append(ann.error(parent, f"<{parent.tag}> has no <{tag}>"))
         return None
     try:
-        return float((element.text or "").strip())
-    except ValueError:
-        problems.append(ann.error(element, f"<{tag}> '{(element.text or '').strip()}' is not a "
-                                  "number"))
+        return _decimal(element)
+    except ValueProblem as exc:
+        problems.append(ann.error(element, f"<{tag}>: {exc}", exc.hint))
         return None
+
+
+def _decimal(element: ET.Element) -> float:
+    """An element's number: decimal digits, a sign, a point, an exponent (voc_label.py's
+    float() also reads `1_0` as 10, `１０`, `nan` and `inf`; C's atof 1, 0, NaN, inf)."""
+    return read_number((element.text or "").strip(" \t\r\n"), reader="C's")  # XML's spaces
 
 
 def _boxes(ann: _Annotation, image: str, classes: dict[str, int], problems):
@@ -351,10 +356,11 @@ def _size(ann: _Annotation, size: ET.Element, tag: str, problems) -> float | Non
     if not text:
         return None
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
+        value = _decimal(element)
+    except ValueProblem as exc:
+        problems.append(ann.error(element, f"<{tag}>: {exc}", exc.hint))
+        return None
+    if value < 0:
         problems.append(ann.error(element, f"<{tag}> '{text}' is not an image size",
                                   hint="the image's size in pixels, or leave it out"))
         return None
