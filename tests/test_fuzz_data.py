@@ -879,6 +879,55 @@ def test_a_names_key_that_python_alone_takes_for_a_digit(playground):
         assert d.line == 2 and f"not '{key}'" in d.message, d
 
 
+@pytest.mark.parametrize("nc, read", [("1_0", 10), ("010", 8), ("0x10", 16), ("1:20", 80)])
+@pytest.mark.parametrize("names", ["", "names: [a, b]\n"])
+def test_a_data_yaml_nc_not_in_decimal_digits(playground, nc, read, names):
+    """`nc: 1_0` read as 10, `nc: 010` as 8 (octal), `nc: 1:20` as 80 (base 60): YAML 1.1's
+    readings, which ultralytics shares and YAML 1.2 does not (text, or 10). With names: it
+    was "nc: 8 but names: lists 2", alone 8 made-up classes. Now a located E901 saying the
+    reading."""
+    from darkcfg.data.detection.formats import open_set
+
+    case = fresh_case(playground)
+    (case / "data.yaml").write_text(f"train: ../images\n{names}nc: {nc}\n")
+    with pytest.raises(CfgError) as exc:
+        open_set(case / "data.yaml")
+    d = exc.value.diagnostics[0]
+    assert (d.line, d.column) == (3 if names else 2, 5), d
+    assert d.message == f"nc: {nc} is not written in decimal digits: YAML 1.1 (ultralytics' " \
+        f"reader) reads it as {read}", d
+
+
+@pytest.mark.parametrize("tag, text, message, hint", [
+    ("xmin", "1_0", "<xmin>: '1_0' is not a number in decimal digits: C's atof reads 1, not 10",
+     "write 10"),
+    ("xmax", "\uff16", "<xmax>: '\uff16' is not a number in decimal digits: C's atof reads 0, "
+     "not 6", "write 6"),
+    ("ymax", "nan", "C's atof reads nan (not a number)", "write a number in decimal digits"),
+    ("ymin", "0x2", "C's atof reads 2 (a hexadecimal number", "write 2"),
+    ("width", "1_0", "<width>: '1_0' is not a number in decimal digits: C's atof reads 1, "
+     "not 10", "write 10"),
+])
+def test_voc_numbers_python_alone_reads(playground, tag, text, message, hint):
+    """`<xmin>1_0</xmin>` was 10 (Python's float(), as voc_label.py), where a C reader takes 1;
+    `<xmax>６</xmax>` 6 where C takes 0; `<ymin>0x2</ymin>` "not a number" though C's atof reads
+    2. A VOC number is decimal digits now: E903 at the element, saying both readings."""
+    import re
+
+    from darkcfg.data.detection.formats import open_set
+
+    case = fresh_case(playground)
+    for sub in ("Annotations", "JPEGImages"):
+        (case / sub).mkdir()
+    shutil.copy(playground / "images" / "im0.jpg", case / "JPEGImages" / "im0.jpg")
+    xml = re.sub(rf"<{tag}>[^<]*</{tag}>", f"<{tag}>{text}</{tag}>", VOC_XML)
+    (case / "Annotations" / "im0.xml").write_text(xml, encoding="utf-8")
+    got = open_set(case, strict=False)
+    (d,) = [d for d in got.problems if d.code == "E903"]
+    line = next(n for n, s in enumerate(xml.splitlines(), 1) if f"<{tag}>" in s)
+    assert d.line == line and message in d.message and d.hint.startswith(hint), d
+
+
 def test_a_coco_integer_of_thousands_of_digits(playground):
     """Python's int limit (4300 digits) made json.loads raise a plain ValueError."""
     from darkcfg.data.detection.formats import open_set
@@ -1009,7 +1058,8 @@ def test_a_class_count_without_names_that_no_set_has(playground):
     fuzzing ran out of memory there; `nc: 2**70` alone in a data.yaml the same. (In a child
     process with its memory bounded: without the check it fails instead of filling memory.)"""
     case = fresh_case(playground)
-    (case / "x.data").write_text("classes=" + "9" * 30 + "\ntrain=../train.txt\n")
+    # (30 digits are past a C int now, E203: 2**21 still names 2 million classes)
+    (case / "x.data").write_text(f"classes={2**21}\ntrain=../train.txt\n")
     (case / "data.yaml").write_text(f"train: ../images\nnc: {2**70}\n")
     (case / "small.yaml").write_text("train: ../images\nnc: 2\n")
     script = ("import resource, sys\nfrom cfgparse import CfgError\n"
