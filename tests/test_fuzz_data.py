@@ -1113,6 +1113,32 @@ def test_a_diagnostic_shows_a_files_control_characters_escaped(playground):
     assert d.format() == "p: error[E901]: two lines\n  x\\x1b[2J.jpg: bad\nhelp: h\\x00"
 
 
+@pytest.mark.parametrize("odd", ["\x0c", "\u2028", "\x85", "\x1c"])
+def test_a_voc_id_list_shows_the_line_it_numbers(playground, odd):
+    """A form feed or U+2028 in ImageSets/Main/train.txt: the ids were numbered by line
+    breaks, the source line under a message taken from str.splitlines (which also breaks
+    there), so 'no annotation for id im9' at line 2 showed the text after the form feed.
+    Both read lines as datafile.split_lines does now; so do an annotation's lines (expat's
+    line breaks)."""
+    from darkcfg.data.detection.formats import open_set
+
+    case = fresh_case(playground)
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (case / sub).mkdir(parents=True)
+    shutil.copy(playground / "images" / "im0.jpg", case / "JPEGImages" / "im0.jpg")
+    in_xml = odd if odd in "\u2028\x85" else "\u2028"  # (XML holds no control character)
+    xml = VOC_XML.replace("<filename>", f"<!-- a{in_xml}b --><filename>").replace(
+        "<difficult>0", "<difficult>2")
+    (case / "Annotations" / "im0.xml").write_text(xml, encoding="utf-8")
+    (case / "ImageSets" / "Main" / "train.txt").write_text(f"im0 {odd} x\r\nim9\r\n",
+                                                           encoding="utf-8")
+    got = open_set(case, strict=False)
+    listed = next(d for d in got.problems if "im9" in d.message)
+    assert (listed.line, listed.source) == (2, "im9"), listed
+    hard = next(d for d in got.problems if "<difficult>" in d.message)
+    assert hard.source.strip() == "<difficult>2</difficult>", hard
+
+
 def test_a_classifier_top_in_non_ascii_digits(playground):
     """`top=²` in a classifier's .data: '²'.isdigit() is true, int('²') was a ValueError."""
     from darkcfg.data.sources import darknet_data

@@ -24,6 +24,7 @@ parser's position.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from functools import partial
 from pathlib import Path
@@ -32,7 +33,7 @@ from xml.parsers import expat
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
 from cfgparse.schema import ValueProblem, read_number
-from darkcfg.data.datafile import IMAGE_EXTENSIONS, read_text
+from darkcfg.data.datafile import IMAGE_EXTENSIONS, read_text, split_lines
 from darkcfg.data.detection.formats.base import (
     DeclaredSize,
     DetectionSet,
@@ -53,7 +54,9 @@ class _Annotation:
     def __init__(self, path: Path):
         self.path = path
         data = path.read_bytes()
-        self.lines = data.decode("utf-8", "replace").splitlines()
+        # XML's line breaks (\r\n, \r, \n), as expat counts lines; str.splitlines also breaks
+        # at U+2028, \x85 ...: the wrong source line under the right number after one
+        self.lines = re.split(r"\r\n|\r|\n", data.decode("utf-8", "replace"))
         parser = expat.ParserCreate()
         builder = ET.TreeBuilder()
         self.where: dict[ET.Element, tuple[int, int]] = {}
@@ -128,7 +131,7 @@ def read_voc(root: Path) -> DetectionSet:
         path = main / name
         if not path.is_file():
             return None
-        lines = read_text(path).split("\n")  # (line breaks only: the lines an editor shows)
+        lines = split_lines(read_text(path))  # (the rule of _listed's source line)
         found = [(line.split()[0], path, n, line) for n, line in enumerate(lines, 1)
                  if line.split()]
         again = repeated([(i, n, line) for i, _, n, line in found], path,
@@ -217,7 +220,8 @@ def _train_ids(root: Path, ids, valid_ids, problems: list[Diagnostic]):
 
 
 def _listed(path: Path, line: int, message: str) -> Diagnostic:
-    source = read_text(path).splitlines()[line - 1] if line else ""
+    # the line `ids` numbered (str.splitlines also breaks at a form feed, U+2028 ...)
+    source = split_lines(read_text(path))[line - 1].rstrip("\r") if line else ""
     return Diagnostic(LABEL_CODE, message, str(path), line, 1 if line else 0, source=source,
                       span=max(len(source.strip()), 1),
                       hint="each id of ImageSets/Main/*.txt needs Annotations/<id>.xml and its "
@@ -228,7 +232,7 @@ def _names(root: Path, parsed: dict[str, _Annotation | None], problems) -> list[
     listed = next((p for p in (root / "classes.txt", root / "Annotations" / "classes.txt")
                    if p.is_file()), None)
     if listed is not None:
-        names = [s.strip() for s in read_text(listed).splitlines() if s.strip()]
+        names = [s.strip() for s in split_lines(read_text(listed)) if s.strip()]
         if not names:
             raise CfgError(Diagnostic("E901", f"'{listed}' is empty", str(listed),
                                       hint="one class name per line"))
