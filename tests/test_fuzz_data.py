@@ -928,6 +928,28 @@ def test_voc_numbers_python_alone_reads(playground, tag, text, message, hint):
     assert d.line == line and message in d.message and d.hint.startswith(hint), d
 
 
+def test_a_coco_top_level_key_given_twice(playground):
+    """Two "annotations" arrays (two files merged by hand): json keeps the last, so the first
+    array's boxes were dropped without a word, and an error about the second array's third
+    entry was located in the first (the locator appended both copies' entries). Refused now,
+    E901 at the second copy naming the first's line; nothing of the file is read silently."""
+    from darkcfg.data.detection.formats import open_set
+
+    case = coco_case(playground)
+    doc = coco_seed()
+    first = json.dumps(doc["annotations"][:1])
+    text = json.dumps(doc, indent=1).replace('"categories"',
+                                             f'"annotations": {first},\n "categories"', 1)
+    (case / "c.json").write_text(text)
+    with pytest.raises(CfgError) as exc:
+        open_set(case / "c.json")
+    d = exc.value.diagnostics[0]
+    at = [n for n, s in enumerate(text.split("\n"), 1) if s.startswith(' "annotations"')]
+    assert (d.code, d.line, d.column, d.span) == ("E901", at[1], 2, len('"annotations"')), d
+    assert d.message == (f"'annotations' is given twice (first on line {at[0]}): json keeps "
+                         "this one and drops the first without a word"), d
+
+
 def test_a_coco_integer_of_thousands_of_digits(playground):
     """Python's int limit (4300 digits) made json.loads raise a plain ValueError."""
     from darkcfg.data.detection.formats import open_set
