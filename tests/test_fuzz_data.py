@@ -1075,6 +1075,39 @@ def test_a_state_dict_key_that_is_no_layer_name(tiny_net, playground, key):
             assert "\n" not in report.split("left out: ")[1], report
 
 
+@pytest.mark.parametrize("convert, said, hint", [
+    (lambda t: t.to(torch.complex64), "complex64 values", "real part"),
+    (lambda t: t.to(torch.int8), "int8 values", "quantized export"),
+    (lambda t: t > 0, "bool values", "integers where a float weight goes"),
+    (lambda t: t.to_sparse(), "sparse float32 values", "to_dense()"),
+])
+def test_a_state_dict_tensor_that_is_not_real_floats(tiny_net, playground, convert, said, hint):
+    """A complex tensor of the right shape loaded its real part with torch's UserWarning; an
+    int8 or bool one was cast to the weights without a word (a quantized export's int8 levels
+    as float weights); a sparse one was torch's RuntimeError traceback. E901 now, naming the
+    tensor, the network unchanged. (float64 and float16 load, rounded, as torch does.)"""
+    import warnings
+
+    from darkcfg.model import read_any_weights
+
+    tiny_net.load_state_dict(tiny_net.pristine)
+    own = tiny_net.state_dict()
+    name = next(k for k, v in own.items() if v.dim() > 1)
+    path = fresh_case(playground) / "s.pt"
+    torch.save({**own, name: convert(own[name] + 1)}, path)
+    before = {k: v.clone() for k, v in own.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", "Validating sparse tensor")  # (torch.load's note)
+        with pytest.raises(CfgError) as exc:
+            read_any_weights(tiny_net, path)
+    d = exc.value.diagnostics[0]
+    assert d.code == "E901" and f"holds {name} as {said}" in d.message and hint in d.hint, d
+    assert all(torch.equal(before[k], v) for k, v in tiny_net.state_dict().items())
+    torch.save({k: v.double() if v.is_floating_point() else v for k, v in own.items()}, path)
+    assert "loaded" in read_any_weights(tiny_net, path).report
+
+
 def test_a_class_count_without_names_that_no_set_has(playground):
     """`classes=999...9` (30 digits) without names= named each class, 10**30 strings: the
     fuzzing ran out of memory there; `nc: 2**70` alone in a data.yaml the same. (In a child
