@@ -950,6 +950,51 @@ def test_a_coco_top_level_key_given_twice(playground):
                          "this one and drops the first without a word"), d
 
 
+def test_voc_entity_declarations_are_refused_before_expansion(playground):
+    """A billion-laughs annotation (nested <!ENTITY> declarations) waited for expat's
+    amplification limit (0.3 s here after 8 MB of expansion; versions before expat 2.4 have
+    none) and one of 3 levels x 90 (2 MB) became a 2 MB class name. An entity declaration
+    is refused at its line:column before anything expands (an external one too)."""
+    import time
+
+    from darkcfg.data.detection.formats import open_set
+
+    case = fresh_case(playground)
+    for sub in ("Annotations", "JPEGImages"):
+        (case / sub).mkdir()
+    shutil.copy(playground / "images" / "im0.jpg", case / "JPEGImages" / "im0.jpg")
+    levels = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">\n' for i in range(1, 10))
+    for doctype in (f'<!DOCTYPE annotation [\n<!ENTITY l0 "lol">\n{levels}]>',
+                    '<!DOCTYPE annotation [\n<!ENTITY l0 SYSTEM "file:///etc/passwd">\n]>'):
+        xml = VOC_XML.replace("?>\n", f"?>\n{doctype}\n").replace("<name>cat", "<name>&l9;")
+        (case / "Annotations" / "im0.xml").write_text(xml)
+        start = time.perf_counter()
+        with pytest.raises(CfgError) as exc:
+            open_set(case)
+        assert time.perf_counter() - start < 0.5
+        d = exc.value.diagnostics[0]
+        assert (d.code, d.line) == ("E903", 3), d
+        assert d.message.startswith("an XML entity declaration ('l0')"), d
+
+
+def test_a_data_yaml_list_nested_in_train(playground):
+    """`train: [[a, b]]` (or aliases nesting lists, `train: *a3`): str() of the list was
+    taken as a path, an OSError traceback (file name too long) past 255 bytes."""
+    from darkcfg.data.detection.formats import open_set
+
+    case = fresh_case(playground)
+    nest = "a0: &a0 [" + ", ".join(["../images"] * 10) + "]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in (1, 2))
+    for train, what, line in (("*a2", "a list", 3), ("[../images, {a: b}]", "a mapping", 4),
+                              ("[../images, ~]", "empty", 4)):  # (an alias: at its anchor)
+        (case / "data.yaml").write_text(f"{nest}train: {train}\nnames: [cat, dog]\n")
+        with pytest.raises(CfgError) as exc:
+            open_set(case / "data.yaml")
+        d = exc.value.diagnostics[0]
+        assert (d.line, d.message) == (line, f"train: an entry is {what}, not a folder or list "
+                                       "file name"), d
+
+
 def test_a_coco_integer_of_thousands_of_digits(playground):
     """Python's int limit (4300 digits) made json.loads raise a plain ValueError."""
     from darkcfg.data.detection.formats import open_set

@@ -48,6 +48,10 @@ VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "ca
              "sheep", "sofa", "train", "tvmonitor")
 
 
+class _Entity(Exception):
+    """An XML entity declaration, refused: (name, line, column)."""
+
+
 class _Annotation:
     """One parsed XML file and the line:column of each element."""
 
@@ -65,11 +69,23 @@ class _Annotation:
             element = builder.start(tag, attrs)
             self.where[element] = (parser.CurrentLineNumber, parser.CurrentColumnNumber + 1)
 
+        def entity(name, *_):  # stops the parse before any expansion (billion laughs: a few
+            # nested declarations expand to gigabytes; expat's own limit depends on its version)
+            raise _Entity(name, parser.CurrentLineNumber, parser.CurrentColumnNumber + 1)
+
         parser.StartElementHandler = start
         parser.EndElementHandler = builder.end
         parser.CharacterDataHandler = builder.data
+        parser.EntityDeclHandler = entity
         try:
             parser.Parse(data, True)
+        except _Entity as exc:
+            name, line, col = exc.args
+            raise CfgError(Diagnostic(LABEL_CODE, f"an XML entity declaration ('{name}'): "
+                                      "darkcfg reads none (nested ones expand a small file to "
+                                      "gigabytes)", str(path), line, col,
+                                      source=self._source(line), hint="a VOC annotation has no "
+                                      "<!DOCTYPE> of its own entities: delete it")) from None
         except expat.ExpatError as exc:
             source = self._source(exc.lineno)
             raise CfgError(Diagnostic(LABEL_CODE, f"malformed XML: {expat.ErrorString(exc.code)}",

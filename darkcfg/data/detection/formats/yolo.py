@@ -221,6 +221,12 @@ def _images(doc: _Yaml, key: str, root: Path, problems: list[Diagnostic]) -> lis
         if isinstance(entries, list) else [_as_written(entries, node)]
     listed: list[tuple[str, Path | None, int, str]] = []  # (image, list file, line, text)
     for entry in entries:
+        if isinstance(entry, (list, dict)) or entry is None:  # `train: [[a, b]]`, or aliases
+            # nesting lists: str() of it was the path (an OSError traceback past 255 bytes)
+            what = "empty" if entry is None else "a mapping" if isinstance(entry, dict) else \
+                "a list"
+            raise doc.error(key, f"{key}: an entry is {what}, not a folder or list file name",
+                            hint=f"{key}: is a path, or a list of paths (not nested)")
         raw = str(entry)
         where = root / raw
         if not where.exists() and raw.startswith("../"):
