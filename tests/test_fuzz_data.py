@@ -1292,6 +1292,28 @@ def test_data_file_odd_spaces_are_e109(playground):
     assert (d.code, d.line, d.column) == ("E109", 2, 9) and "U+00A0" in d.message
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--seed", "1_0"], "'1_0' is not an integer in decimal digits: Darknet's atoi reads 1, "
+     "not 10; write 10"),
+    (["--seed", "\u0661"], "Darknet's atoi reads 0, not 1; write 1"),
+    (["--thresh", "0.2_5"], "Darknet's atof reads 0.2, not 0.25; write 0.25"),
+    (["--thresh", "nan"], "Darknet's atof reads nan (not a number)"),
+])
+def test_command_line_numbers_python_alone_reads(argv, said, capsys):
+    """`type=int` / `type=float` flags took `--seed 1_0` as 10, `--seed ١` as 1 and `--thresh
+    0.2_5` as 0.25 (Python's int()/float()); Darknet's own flags are atoi/atof. The command
+    parser maps both types to decimal digits now (E100); a 64-bit seed still reads."""
+    from cfgparse.usage import CommandParser
+
+    parser = CommandParser(prog="darkcfg x")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--thresh", type=float)
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    assert said in capsys.readouterr().err
+    assert parser.parse_args(["--seed", str(2**63), "--thresh=-.5e-1"]).seed == 2**63
+
+
 @pytest.mark.parametrize("parse", ["size", "input-size", "keep-fp32"])
 def test_command_line_numbers_in_non_ascii_digits(parse):
     """The same digits in `--size ²x²` (data check, anchors), `--input-size ²x²` (export) and
