@@ -246,7 +246,7 @@ def test_regression_csv(tmp_path):
         open_data(str(path), task, 0)
     # NaN or inf trained into "the loss is nan ... lower learning_rate"; a row after a header was
     # numbered from the header (row 1 was line 2)
-    for bad in ("nan", "inf", "-inf", "x", "1_000"):  # (float() reads '1_000' as 1000)
+    for bad in ("nan", "inf", "-inf", "x", "1_000", "\u0661"):  # (float(): 1000, 1)
         path.write_text(f"a,b,target\n1,2,3\n4,{bad},9\n")
         with pytest.raises(CfgError) as err:
             open_data(str(path), task, 0)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from builders.atomic import files_under, hidden
 from cfgparse import CfgError, Diagnostic
+from cfgparse.schema import ValueProblem, read_number
 from darkcfg.bundled import resolve_cfg
 from darkcfg.console import warn
 from darkcfg.data.base import (
@@ -404,13 +405,11 @@ def _csv_table(path: Path, n_in: int, outputs: int, targets: str, hint: str
             raise _csv_error(path, n, raw, f"{len(row)} columns: this network "
                              f"needs {n_in} input numbers and {targets}", hint)
         for cell in row:
-            try:  # Python reads '1_000' as 1000, a C reader (atof) as 1: neither is meant
-                number = None if "_" in cell else float(cell)
-            except ValueError:
-                number = None
-            if number is None or not math.isfinite(number):  # NaN trained into a NaN loss
-                raise _csv_error(path, n, raw, f"'{cell.strip()}' is not a finite "
-                                 "number", "every column holds a number")
+            try:  # Python reads '1_000' as 1000 and '١' as 1, C's atof 1 and 0; NaN trained
+                read_number(cell.strip(" \t"))  # into a NaN loss
+            except ValueProblem as exc:
+                raise _csv_error(path, n, raw, f"'{cell.strip()}' is not a finite number",
+                                 f"every column holds a number ({exc}; {exc.hint})") from None
         values.append([float(c) for c in row])
     return torch.tensor(values, dtype=torch.float32), [(n, raw) for n, raw, _ in rows]
 
