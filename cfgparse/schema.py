@@ -505,7 +505,7 @@ def _ill_typed(key: str, raw: str, t: str, text: str | None = None) -> ValueProb
     special = None if integer else _C_SPECIAL.match(text)
     if special is not None and special.end() == len(text):  # nan, inf, 0x10: atof reads them
         value = c_reading(text, False)
-        return ValueProblem("E202", f"{message}: Darknet's atof reads it as {value} ("
+        return ValueProblem("E202", f"{message}: Darknet's atof reads it as {_decimal(value)} ("
                             f"{_SPECIAL_NAME[special.lastgroup]})",
                             f"write {key}={_decimal(value)}" if math.isfinite(value) else hint)
     number = (_INT_PREFIX if integer else _FLOAT_PREFIX).match(text)
@@ -527,8 +527,7 @@ _C_SPECIAL = re.compile(r"[+-]?(?:(?P<inf>[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)
                         r"(?P<nan>[nN][aA][nN](?:\([0-9A-Za-z_]*\))?)|"
                         r"(?P<hex>0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)"
                         r"(?:[pP][+-]?[0-9]+)?))")
-_SPECIAL_NAME = {"inf": "infinity", "nan": "not a number",
-                 "hex": "a hexadecimal number, which Python's float() does not read"}
+_SPECIAL_NAME = {"inf": "infinity", "nan": "not a number", "hex": "a hexadecimal number"}
 
 
 def c_reading(text: str, integer: bool) -> int | float:
@@ -541,7 +540,10 @@ def c_reading(text: str, integer: bool) -> int | float:
     if special is not None:
         word = special.group()
         if special.lastgroup == "hex":
-            return float.fromhex(word)
+            try:
+                return float.fromhex(word)
+            except OverflowError:  # (strtod: HUGE_VAL)
+                return math.copysign(math.inf, -1.0 if word[0] == "-" else 1.0)
         return float(word.split("(")[0])  # Python's float() reads inf/infinity/nan too
     number = _FLOAT_PREFIX.match(text)
     return float(number.group()) if number else 0.0
