@@ -1290,6 +1290,13 @@ def test_data_file_odd_spaces_are_e109(playground):
         open_detection_data(case / "o.data")
     d = exc.value.diagnostics[0]
     assert (d.code, d.line, d.column) == ("E109", 2, 9) and "U+00A0" in d.message
+    # a U+2028 was a line break to str.splitlines (classes=2 read from the same line as
+    # train=); Darknet's fgetl breaks at \n only, so it is part of the train= path
+    (case / "o.data").write_text("train=../train.txt\u2028classes=2\n", encoding="utf-8")
+    with pytest.raises(CfgError) as exc:
+        open_detection_data(case / "o.data")
+    d = exc.value.diagnostics[0]
+    assert (d.code, d.line, d.column) == ("E109", 1, 19) and "U+2028" in d.message
 
 
 @pytest.mark.parametrize("argv, said", [

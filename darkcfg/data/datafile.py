@@ -74,7 +74,8 @@ def read_data_file(path: Path) -> dict[str, str]:
         raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path),
                                   hint=text_hint(exc, ""))) from None
     options: dict[str, str] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(split_lines(text), 1):  # (line_of's lines: U+2028 breaks neither)
+        raw = raw.removesuffix("\r")
         line = "".join(raw.split())
         if not line or line[0] in "#;":
             continue
@@ -212,9 +213,9 @@ def line_of(data_file: str, key: str) -> tuple[int, str]:
         text = Path(data_file).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError, ValueError):
         return 0, ""
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(split_lines(text), 1):
         if "".join(raw.split()).partition("=")[0] == key and "=" in raw:
-            return n, raw
+            return n, raw.removesuffix("\r")
     return 0, ""
 
 

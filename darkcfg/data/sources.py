@@ -40,6 +40,7 @@ from darkcfg.data.datafile import (
     read_data_file,
     read_list,
     resolve,
+    split_lines,
 )
 
 KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
@@ -390,7 +391,8 @@ def _csv_table(path: Path, n_in: int, outputs: int, targets: str, hint: str
     except (OSError, UnicodeDecodeError) as exc:
         raise data_error(f"cannot read '{path}': {exc}", str(path)) from None
     rows = []
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(split_lines(text), 1):  # (a U+2028 in a cell breaks no row)
+        raw = raw.removesuffix("\r")
         cells = next(csv.reader([raw]), [])
         if any(c.strip() for c in cells):  # blank lines and ",," are no rows
             rows.append((n, raw, cells))
@@ -405,10 +407,11 @@ def _csv_table(path: Path, n_in: int, outputs: int, targets: str, hint: str
             raise _csv_error(path, n, raw, f"{len(row)} columns: this network "
                              f"needs {n_in} input numbers and {targets}", hint)
         for cell in row:
+            word = cell.strip(" \t")
             try:  # Python reads '1_000' as 1000 and '١' as 1, C's atof 1 and 0; NaN trained
-                read_number(cell.strip(" \t"))  # into a NaN loss
+                read_number(word)  # into a NaN loss
             except ValueProblem as exc:
-                raise _csv_error(path, n, raw, f"'{cell.strip()}' is not a finite number",
+                raise _csv_error(path, n, raw, f"'{word}' is not a finite number",
                                  f"every column holds a number ({exc}; {exc.hint})") from None
         values.append([float(c) for c in row])
     return torch.tensor(values, dtype=torch.float32), [(n, raw) for n, raw, _ in rows]
