@@ -612,15 +612,17 @@ def _bad_item(key: str, raw: str, t: str, text: str, item: str) -> ValueProblem:
             break
         start += len(part) + 1
     want = "an integer" if t == "I" else "a number"
+    meant = python_reading(item, t == "I")  # `1_0`: 10, as in _ill_typed
     number = (_INT_PREFIX if t == "I" else _FLOAT_PREFIX).match(item)
     if number is None:
         return ValueProblem("E202", f"'{key}' must be {_WANT[t]}, got '{raw}': '{item}' is "
-                            f"not {want}", f"write {key}={_EXAMPLE[t]}", start, len(item))
+                            f"not {want}", f"write {meant} there" if meant is not None else
+                            f"write {key}={_EXAMPLE[t]}", start, len(item))
     junk = item[number.end():]
     return ValueProblem(
         "E202", f"'{key}' must be {_WANT[t]}, got '{raw}': '{junk}' follows the number "
-        f"{number.group()}", f"write {number.group()} there (a note goes after a '#')",
-        start + number.end(), len(junk))
+        f"{number.group()}", f"write {meant or number.group()} there (Darknet reads "
+        f"{number.group()}; a note goes after a '#')", start + number.end(), len(junk))
 
 
 def coerce_text(section: str, key: str, raw: str) -> Any:

@@ -623,6 +623,8 @@ def test_text_after_a_number_is_pointed_at(line, col, width, message, hint):
     ("momentum=-Infinity", "Darknet's atof reads it as -inf (infinity)", "write momentum=<number>"),
     ("momentum=0x1p-1", "Darknet's atof reads it as 0.5 (a hexadecimal number",
      "write momentum=0.5"),
+    ("steps=1_0,200", "'_0' follows the number 1", "write 10 there (Darknet reads 1"),
+    ("scales=.1,\uff12", "'\uff12' is not a number", "write 2 there"),
 ])
 def test_numbers_python_reads_and_c_reads_otherwise(line, message, hint):
     """`height=1_0` and `height=１６` said the number to write was Darknet's reading (1, and an
