@@ -1297,6 +1297,11 @@ def test_data_file_odd_spaces_are_e109(playground):
         open_detection_data(case / "o.data")
     d = exc.value.diagnostics[0]
     assert (d.code, d.line, d.column) == ("E109", 1, 19) and "U+2028" in d.message
+    # a zero-width non-joiner (Persian names) is no space: split() keeps it, as Darknet does
+    (case / "o.data").write_text("train=../train.txt\nclasses=2\nnames=n\u200cx.txt\n",
+                                 encoding="utf-8")
+    (case / "n\u200cx.txt").write_text("cat\ndog\n")
+    assert open_detection_data(case / "o.data").names == ["cat", "dog"]
 
 
 @pytest.mark.parametrize("argv, said", [

@@ -84,8 +84,11 @@ def read_data_file(path: Path) -> dict[str, str]:
                                       "binary file", str(path), n, raw.index("\x00") + 1,
                                       hint="a .data file is key=value text lines",
                                       source=raw, span=1))
-        odd = odd_spaces(raw)
-        if odd:  # "".join(split()) drops them; Darknet keeps them (`classes=\u00a010` is 0)
+        # the non-ASCII spaces "".join(split()) drops, where Darknet keeps them (`classes=
+        # \u00a010` is atoi's 0, a path loses a character); an invisible one (a Persian name's
+        # U+200C) stays in the path as in Darknet's
+        odd = [i for i in odd_spaces(raw) if raw[i].isspace()]
+        if odd:
             raise CfgError(odd_space_diagnostic(raw, odd, "a .data line", str(path), n,
                                                 odd[0] + 1, raw))
         key, eq, value = line.partition("=")
