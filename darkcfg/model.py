@@ -273,12 +273,12 @@ def read_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
     matched = {k: v for k, v in state.items()
                if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
     for name, value in matched.items():
-        kind, dtype = _odd_tensor(value, own[name])
-        if kind:  # torch's copy_ took a complex tensor's real part (a UserWarning), cast ints
+        odd, dtype = _odd_tensor(value, own[name])
+        if odd:  # torch's copy_ took a complex tensor's real part (a UserWarning), cast ints
             # and bools, and raised a RuntimeError for a quantized or sparse one
             raise CfgError(Diagnostic("E901", f"'{path}' holds {printable(name)} as {dtype} "
                                       "values: the network's weights are real floating-point "
-                                      "numbers", str(path), hint=_ODD_HINT[kind]))
+                                      "numbers", str(path), hint=_ODD_HINT[odd]))
     wrong_shape = [k for k, v in state.items() if k in own and k not in matched]
     unexpected = [k for k in state if k not in own]
     missing = [k for k in own if k not in state and not _is_counter(k)]
