@@ -219,7 +219,8 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*\Z", re.IGNORECASE)
+# ASCII digits (re's \d also takes '٤', which float() reads as 4)
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*\Z", re.IGNORECASE | re.ASCII)
 
 
 def parse_size(text: str) -> int:

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from .characters import odd_space_problem, odd_spaces
 from .errors import ERROR, CfgError, Diagnostic, did_you_mean
-from .schema import _MISSING, SECTIONS, ValueProblem, convert, default_for
+from .schema import _MISSING, SECTIONS, ValueProblem, convert, default_for, read_number
 
 
 class Option(NamedTuple):  # a NamedTuple: immutable and cheap to make in the parse loop
@@ -274,6 +274,8 @@ def format_value(value: Any) -> str:
 def _coerce(block: Block, opt: Option, kind: str) -> Any:
     """Convert an already-typed value to what the getter asks for; error at the value if not."""
     value = opt.value
+    want = {"int": "an integer", "float": "a number", "ints": "a list of integers",
+            "floats": "a list of numbers", "str": "text"}[kind]
     try:
         if kind == "int":
             if isinstance(value, bool):
@@ -282,21 +284,22 @@ def _coerce(block: Block, opt: Option, kind: str) -> Any:
                 return value
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            return int(str(opt.raw))
+            return int(read_number(str(opt.raw), True))  # (a key the schema does not type)
         if kind == "float":
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
-            return float(opt.raw)
+            return read_number(str(opt.raw))
         if kind == "str":
             return opt.raw if not isinstance(value, str) else value
         if kind in ("ints", "floats"):
             items = value if isinstance(value, list) else [value]
-            conv = int if kind == "ints" else float
-            return [conv(v) for v in items]
+            return [read_number(v, kind == "ints") if isinstance(v, str) else
+                    (int if kind == "ints" else float)(v) for v in items]
+    except ValueProblem as exc:  # Python's int() read `1_0` as 10 where Darknet's atoi reads 1
+        raise block.error(exc.code, f"'{opt.key}' must be {want}: {exc}", opt.key,
+                          hint=exc.hint) from None
     except (TypeError, ValueError):
         pass
-    want = {"int": "an integer", "float": "a number", "ints": "a list of integers",
-            "floats": "a list of numbers", "str": "text"}[kind]
     raise block.error("E202", f"'{opt.key}' must be {want}, got '{opt.raw}'", opt.key,
                       hint=f"write {opt.key}=<{kind}>")
 

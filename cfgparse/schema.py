@@ -10,6 +10,7 @@ W201 falls on exactly the keys that Darknet reported as "Unused field" (tests/te
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -493,20 +494,114 @@ def _float(text: str, key: str, raw: str, t: str) -> float:
 
 def _ill_typed(key: str, raw: str, t: str, text: str | None = None) -> ValueProblem:
     """E202 for `raw`; `text`: the value as a number is read (raw up to a '#'), for what C's
-    atoi/atof would make of it: text after a number is pointed at, with the number to write."""
+    atoi/atof would make of it: text after a number is pointed at, with the number to write
+    (Python's reading where Python reads the whole text: `1_0`, `１６`)."""
     message, hint = f"'{key}' must be {_WANT[t]}, got '{raw}'", f"write {key}={_EXAMPLE[t]}"
     if text is None:
         return ValueProblem("E202", message, hint)
-    reader = "atoi" if t in ("i", "b") else "atof"
-    number = (_INT_PREFIX if t in ("i", "b") else _FLOAT_PREFIX).match(text)
+    integer = t in ("i", "b")
+    reader = "atoi" if integer else "atof"
+    meant = python_reading(text, integer)
+    special = None if integer else _C_SPECIAL.match(text)
+    if special is not None and special.end() == len(text):  # nan, inf, 0x10: atof reads them
+        value = c_reading(text, False)
+        return ValueProblem("E202", f"{message}: Darknet's atof reads it as {_decimal(value)} ("
+                            f"{_SPECIAL_NAME[special.lastgroup]})",
+                            f"write {key}={_decimal(value)}" if math.isfinite(value) else hint)
+    number = (_INT_PREFIX if integer else _FLOAT_PREFIX).match(text)
     if number is None:
-        return ValueProblem("E202", message, f"{hint} (Darknet's {reader} would read '{text}' "
+        write = f"write {key}={meant}" if meant is not None else hint
+        return ValueProblem("E202", message, f"{write} (Darknet's {reader} would read '{text}' "
                             "as 0)")
     junk = text[number.end():]
+    write = meant if meant is not None else number.group()
     return ValueProblem(
         "E202", f"{message}: '{junk}' follows the number {number.group()}",
-        f"write {key}={number.group()} (Darknet's {reader} stops at '{junk[0]}' and reads "
+        f"write {key}={write} (Darknet's {reader} stops at '{junk[0]}' and reads "
         f"{number.group()}; a note goes after a '#')", number.end(), len(junk))
+
+
+# what C's strtod (Darknet's atof) reads besides decimals: inf, infinity, nan, nan(...) in any
+# case, and hexadecimal floats (0x1.8p3)
+_C_SPECIAL = re.compile(r"[+-]?(?:(?P<inf>[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)|"
+                        r"(?P<nan>[nN][aA][nN](?:\([0-9A-Za-z_]*\))?)|"
+                        r"(?P<hex>0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)"
+                        r"(?:[pP][+-]?[0-9]+)?))")
+_SPECIAL_NAME = {"inf": "infinity", "nan": "not a number", "hex": "a hexadecimal number"}
+
+
+def c_reading(text: str, integer: bool) -> int | float:
+    """The number C's atoi (`integer`) or atof reads at the start of `text` (Darknet's readers
+    of cfg, .data and label values; they stop at the first other character, 0 when none)."""
+    if integer:
+        number = _INT_PREFIX.match(text)
+        return int(number.group()) if number else 0
+    special = _C_SPECIAL.match(text)
+    if special is not None:
+        word = special.group()
+        if special.lastgroup == "hex":
+            try:
+                return float.fromhex(word)
+            except OverflowError:  # (strtod: HUGE_VAL)
+                return math.copysign(math.inf, -1.0 if word[0] == "-" else 1.0)
+        return float(word.split("(")[0])  # Python's float() reads inf/infinity/nan too
+    number = _FLOAT_PREFIX.match(text)
+    return float(number.group()) if number else 0.0
+
+
+def python_reading(text: str, integer: bool) -> str | None:
+    """`text` in plain decimal digits when Python's float() reads it whole as a finite number
+    and C's atoi/atof would not (`1_0`, `１６`, `١٠`; `1e3` or `10.0` for an integer, when
+    whole), else None: what the writer most likely meant."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    if integer:
+        return str(int(value)) if value.is_integer() and abs(value) <= INT_MAX else None
+    return _decimal(value)
+
+
+def _decimal(value: float) -> str:
+    shown = repr(value)
+    return shown[:-2] if shown.endswith(".0") else shown
+
+
+def read_number(text: str, integer: bool = False, name: str = "",
+                reader: str = "Darknet's") -> int | float:
+    """A number of a data file (`.data` values, VOC XML, data.yaml's nc:), read only where C's
+    atoi/atof (Darknet's readers) and Python read it alike: ASCII digits with a sign, for a
+    float a point and an exponent, finite (an integer within a C int). Anything else is a
+    ValueProblem (E202, E203 too large) saying what C reads instead and what to write. `name`:
+    written before the value in the message ('top=' gives "'top=1_0' is not ..."); `reader`:
+    whose atoi/atof the message names."""
+    what = f"'{name}{text}'"
+    if integer and _INT.match(text):
+        return _int(text, name.rstrip("=") or "the value")
+    if not integer and _FLOAT.match(text):
+        value = float(text)
+        if value - value == 0.0:
+            return value
+        raise ValueProblem("E203", f"{what} is too large for a number", "write a smaller number")
+    want = "an integer" if integer else "a number"
+    c_value = c_reading(text, integer)
+    shown = _decimal(c_value) if isinstance(c_value, float) else str(c_value)
+    reads = f"{reader} {'atoi' if integer else 'atof'} reads {shown}"
+    special = None if integer else _C_SPECIAL.fullmatch(text)
+    if special is not None:  # nan, inf, 0x10: atof reads them, Python (but hex) too
+        meant = shown if math.isfinite(c_value) else None
+        reads += f" ({_SPECIAL_NAME[special.lastgroup]})"
+    else:
+        meant = python_reading(text, integer)
+        reads += f", not {meant}" if meant not in (None, shown) else ""
+        if meant is None and c_value:
+            meant = shown  # `10abc`: the number C reads
+    raise ValueProblem("E202", f"{what} is not {want} in decimal digits: {reads}",
+                       f"write {name}{meant}" if meant is not None else
+                       f"write {name}<{want} in decimal digits>" if name else
+                       f"write {want} in decimal digits")
 
 
 def _bad_item(key: str, raw: str, t: str, text: str, item: str) -> ValueProblem:
@@ -517,15 +612,17 @@ def _bad_item(key: str, raw: str, t: str, text: str, item: str) -> ValueProblem:
             break
         start += len(part) + 1
     want = "an integer" if t == "I" else "a number"
+    meant = python_reading(item, t == "I")  # `1_0`: 10, as in _ill_typed
     number = (_INT_PREFIX if t == "I" else _FLOAT_PREFIX).match(item)
     if number is None:
         return ValueProblem("E202", f"'{key}' must be {_WANT[t]}, got '{raw}': '{item}' is "
-                            f"not {want}", f"write {key}={_EXAMPLE[t]}", start, len(item))
+                            f"not {want}", f"write {meant} there" if meant is not None else
+                            f"write {key}={_EXAMPLE[t]}", start, len(item))
     junk = item[number.end():]
     return ValueProblem(
         "E202", f"'{key}' must be {_WANT[t]}, got '{raw}': '{junk}' follows the number "
-        f"{number.group()}", f"write {number.group()} there (a note goes after a '#')",
-        start + number.end(), len(junk))
+        f"{number.group()}", f"write {meant or number.group()} there (Darknet reads "
+        f"{number.group()}; a note goes after a '#')", start + number.end(), len(junk))
 
 
 def coerce_text(section: str, key: str, raw: str) -> Any:

@@ -9,6 +9,8 @@ import difflib
 import re
 import sys
 
+from .schema import ValueProblem, read_number
+
 
 class CommandParser(argparse.ArgumentParser):
     """argparse.ArgumentParser whose usage errors print one diagnostic and exit 2, as every
@@ -23,6 +25,11 @@ class CommandParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # argparse looks a type up in this registry first: `type=int` / `type=float` take
+        # decimal digits, as Darknet's atoi/atof read its flags (Python's int() reads `1_0` as
+        # 10 and `١` as 1, float() `nan` and `0.2_5`)
+        self.register("type", int, _flag_int)
+        self.register("type", float, _flag_float)
 
     def parse_args(self, args=None, namespace=None):
         """As argparse's, but an unknown option after a subcommand is that subcommand's error
@@ -73,3 +80,23 @@ class CommandParser(argparse.ArgumentParser):
             except (KeyError, TypeError, ValueError):
                 return f"{what}: {action.help}"
         return f"`{self.prog} --help` lists the options"
+
+
+def _flag_number(text: str, integer: bool):
+    try:
+        return read_number(text, integer)
+    except ValueProblem as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; {exc.hint}") from None
+
+
+def _flag_int(text: str) -> int:
+    if _DIGITS.match(text):  # (no C int bound: --seed takes 64 bits; each flag checks its range)
+        return int(text)
+    return _flag_number(text, True)
+
+
+_DIGITS = re.compile(r"[+-]?[0-9]{1,4000}\Z")
+
+
+def _flag_float(text: str) -> float:
+    return _flag_number(text, False)

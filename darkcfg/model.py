@@ -272,6 +272,13 @@ def read_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
         own, state = first(own), first(state)
     matched = {k: v for k, v in state.items()
                if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
+    for name, value in matched.items():
+        odd, dtype = _odd_tensor(value, own[name])
+        if odd:  # torch's copy_ took a complex tensor's real part (a UserWarning), cast ints
+            # and bools, and raised a RuntimeError for a quantized or sparse one
+            raise CfgError(Diagnostic("E901", f"'{path}' holds {printable(name)} as {dtype} "
+                                      "values: the network's weights are real floating-point "
+                                      "numbers", str(path), hint=_ODD_HINT[odd]))
     wrong_shape = [k for k, v in state.items() if k in own and k not in matched]
     unexpected = [k for k in state if k not in own]
     missing = [k for k in own if k not in state and not _is_counter(k)]
@@ -304,6 +311,31 @@ def read_any_weights(net, path: str | os.PathLike, cutoff: int | None = None,
         report += (f"\nwarning: '{path}' holds {len(unexpected)} tensor(s) this network does "
                    f"not have, left out: {_names(unexpected)}")
     return LoadedWeights(with_non_finite(net, path, report), seen)
+
+
+def _odd_tensor(value: torch.Tensor, own: torch.Tensor) -> tuple[str, str]:
+    """(kind, dtype) of a file's tensor that does not load into `own` as its values, ('', '')
+    for one that does: a sparse or quantized tensor, a complex one, or for a floating-point
+    weight an integer or bool one (float64 and float16 are rounded, as torch does)."""
+    dtype = str(value.dtype).removeprefix("torch.")
+    if value.layout != torch.strided:
+        return "sparse", f"sparse {dtype}"
+    if value.is_quantized:
+        return "quantized", dtype
+    if value.is_complex():
+        return "complex", dtype
+    if own.is_floating_point() and not value.is_floating_point():
+        return "integer", dtype
+    return "", ""
+
+
+_ODD_HINT = {
+    "complex": "torch would keep only the real part: save the real tensors you mean "
+               "(t.real) from a copy you trust",
+    "integer": "integers where a float weight goes (a quantized export's int8 values?): load "
+               "the float weights it was made from",
+    "quantized": "save its float values (t.dequantize()) and load those",
+    "sparse": "save it dense (t.to_dense()) and load that"}
 
 
 def with_non_finite(net, path: Path, report: str) -> str:

@@ -486,7 +486,8 @@ def test_parse_size(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("bad", ["", "G", "-1G", "8X", "0"])
+# (\u0664 and \uff18: 4 and 8 to float(), which re's \d let through)
+@pytest.mark.parametrize("bad", ["", "G", "-1G", "8X", "0", "\u0664G", "\uff18G"])
 def test_bad_max_memory_is_a_usage_error(tmp_path, capsys, bad):
     rc, _, err = run_main(capsys, "--max-memory", bad, str(write(tmp_path, NET + CONV)))
     assert rc == 2 and "max-memory" in err

@@ -246,12 +246,20 @@ def test_regression_csv(tmp_path):
         open_data(str(path), task, 0)
     # NaN or inf trained into "the loss is nan ... lower learning_rate"; a row after a header was
     # numbered from the header (row 1 was line 2)
-    for bad in ("nan", "inf", "-inf", "x", "1_000"):  # (float() reads '1_000' as 1000)
+    for bad in ("nan", "inf", "-inf", "x", "1_000", "\u0661"):  # (float(): 1000, 1)
         path.write_text(f"a,b,target\n1,2,3\n4,{bad},9\n")
         with pytest.raises(CfgError) as err:
             open_data(str(path), task, 0)
         first = err.value.first
         assert f"'{bad}' is not a finite number" in first.message and first.line == 3, first
+    # a U+2028 after a row: str.splitlines broke the line there, so the bad row after it was
+    # called line 4; lines end at line breaks only (datafile.split_lines), and the character
+    # is part of its cell (Darknet's atof reads 3 and stops)
+    path.write_text("a,b,target\n1,2,3\u2028\n4,x,9\n", encoding="utf-8")
+    with pytest.raises(CfgError) as err:
+        open_data(str(path), task, 0)
+    assert (err.value.first.line, err.value.first.message) == (
+        2, "'3\u2028' is not a finite number"), err.value.first
     path.write_text("a,b,c\n")
     with pytest.raises(CfgError, match="no data rows"):
         open_data(str(path), task, 0)

@@ -383,7 +383,8 @@ def test_voc_errors_are_located(tmp_path):
     lines = xml.read_text().splitlines()
     assert outside.path == str(xml) and "<bndbox>" in lines[outside.line - 1]
     assert "not inside the image (64x32)" in outside.message
-    assert number.message == "<ymin> 'two' is not a number" and \
+    assert number.message == "<ymin>: 'two' is not a number in decimal digits: C's atof " \
+        "reads 0" and \
         "<ymin>two" in lines[number.line - 1][number.column - 1:]
     xml.write_text("<annotation>\n  <object><name>circle</name>\n</annotation>\n")
     d = CfgError  # malformed XML: the parser's line and column

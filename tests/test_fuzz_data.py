@@ -879,6 +879,122 @@ def test_a_names_key_that_python_alone_takes_for_a_digit(playground):
         assert d.line == 2 and f"not '{key}'" in d.message, d
 
 
+@pytest.mark.parametrize("nc, read", [("1_0", 10), ("010", 8), ("0x10", 16), ("1:20", 80)])
+@pytest.mark.parametrize("names", ["", "names: [a, b]\n"])
+def test_a_data_yaml_nc_not_in_decimal_digits(playground, nc, read, names):
+    """`nc: 1_0` read as 10, `nc: 010` as 8 (octal), `nc: 1:20` as 80 (base 60): YAML 1.1's
+    readings, which ultralytics shares and YAML 1.2 does not (text, or 10). With names: it
+    was "nc: 8 but names: lists 2", alone 8 made-up classes. Now a located E901 saying the
+    reading."""
+    from darkcfg.data.detection.formats import open_set
+
+    case = fresh_case(playground)
+    (case / "data.yaml").write_text(f"train: ../images\n{names}nc: {nc}\n")
+    with pytest.raises(CfgError) as exc:
+        open_set(case / "data.yaml")
+    d = exc.value.diagnostics[0]
+    assert (d.line, d.column) == (3 if names else 2, 5), d
+    assert d.message == f"nc: {nc} is not written in decimal digits: YAML 1.1 (ultralytics' " \
+        f"reader) reads it as {read}", d
+
+
+@pytest.mark.parametrize("tag, text, message, hint", [
+    ("xmin", "1_0", "<xmin>: '1_0' is not a number in decimal digits: C's atof reads 1, not 10",
+     "write 10"),
+    ("xmax", "\uff16", "<xmax>: '\uff16' is not a number in decimal digits: C's atof reads 0, "
+     "not 6", "write 6"),
+    ("ymax", "nan", "C's atof reads nan (not a number)", "write a number in decimal digits"),
+    ("ymin", "0x2", "C's atof reads 2 (a hexadecimal number", "write 2"),
+    ("width", "1_0", "<width>: '1_0' is not a number in decimal digits: C's atof reads 1, "
+     "not 10", "write 10"),
+])
+def test_voc_numbers_python_alone_reads(playground, tag, text, message, hint):
+    """`<xmin>1_0</xmin>` was 10 (Python's float(), as voc_label.py), where a C reader takes 1;
+    `<xmax>６</xmax>` 6 where C takes 0; `<ymin>0x2</ymin>` "not a number" though C's atof reads
+    2. A VOC number is decimal digits now: E903 at the element, saying both readings."""
+    import re
+
+    from darkcfg.data.detection.formats import open_set
+
+    case = fresh_case(playground)
+    for sub in ("Annotations", "JPEGImages"):
+        (case / sub).mkdir()
+    shutil.copy(playground / "images" / "im0.jpg", case / "JPEGImages" / "im0.jpg")
+    xml = re.sub(rf"<{tag}>[^<]*</{tag}>", f"<{tag}>{text}</{tag}>", VOC_XML)
+    (case / "Annotations" / "im0.xml").write_text(xml, encoding="utf-8")
+    got = open_set(case, strict=False)
+    (d,) = [d for d in got.problems if d.code == "E903"]
+    line = next(n for n, s in enumerate(xml.splitlines(), 1) if f"<{tag}>" in s)
+    assert d.line == line and message in d.message and d.hint.startswith(hint), d
+
+
+def test_a_coco_top_level_key_given_twice(playground):
+    """Two "annotations" arrays (two files merged by hand): json keeps the last, so the first
+    array's boxes were dropped without a word, and an error about the second array's third
+    entry was located in the first (the locator appended both copies' entries). Refused now,
+    E901 at the second copy naming the first's line; nothing of the file is read silently."""
+    from darkcfg.data.detection.formats import open_set
+
+    case = coco_case(playground)
+    doc = coco_seed()
+    first = json.dumps(doc["annotations"][:1])
+    text = json.dumps(doc, indent=1).replace('"categories"',
+                                             f'"annotations": {first},\n "categories"', 1)
+    (case / "c.json").write_text(text)
+    with pytest.raises(CfgError) as exc:
+        open_set(case / "c.json")
+    d = exc.value.diagnostics[0]
+    at = [n for n, s in enumerate(text.split("\n"), 1) if s.startswith(' "annotations"')]
+    assert (d.code, d.line, d.column, d.span) == ("E901", at[1], 2, len('"annotations"')), d
+    assert d.message == (f"'annotations' is given twice (first on line {at[0]}): json keeps "
+                         "this one and drops the first without a word"), d
+
+
+def test_voc_entity_declarations_are_refused_before_expansion(playground):
+    """A billion-laughs annotation (nested <!ENTITY> declarations) waited for expat's
+    amplification limit (0.3 s here after 8 MB of expansion; versions before expat 2.4 have
+    none) and one of 3 levels x 90 (2 MB) became a 2 MB class name. An entity declaration
+    is refused at its line:column before anything expands (an external one too)."""
+    import time
+
+    from darkcfg.data.detection.formats import open_set
+
+    case = fresh_case(playground)
+    for sub in ("Annotations", "JPEGImages"):
+        (case / sub).mkdir()
+    shutil.copy(playground / "images" / "im0.jpg", case / "JPEGImages" / "im0.jpg")
+    levels = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">\n' for i in range(1, 10))
+    for doctype in (f'<!DOCTYPE annotation [\n<!ENTITY l0 "lol">\n{levels}]>',
+                    '<!DOCTYPE annotation [\n<!ENTITY l0 SYSTEM "file:///etc/passwd">\n]>'):
+        xml = VOC_XML.replace("?>\n", f"?>\n{doctype}\n").replace("<name>cat", "<name>&l9;")
+        (case / "Annotations" / "im0.xml").write_text(xml)
+        start = time.perf_counter()
+        with pytest.raises(CfgError) as exc:
+            open_set(case)
+        assert time.perf_counter() - start < 0.5
+        d = exc.value.diagnostics[0]
+        assert (d.code, d.line) == ("E903", 3), d
+        assert d.message.startswith("an XML entity declaration ('l0')"), d
+
+
+def test_a_data_yaml_list_nested_in_train(playground):
+    """`train: [[a, b]]` (or aliases nesting lists, `train: *a3`): str() of the list was
+    taken as a path, an OSError traceback (file name too long) past 255 bytes."""
+    from darkcfg.data.detection.formats import open_set
+
+    case = fresh_case(playground)
+    nest = "a0: &a0 [" + ", ".join(["../images"] * 10) + "]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in (1, 2))
+    for train, what, line in (("*a2", "a list", 3), ("[../images, {a: b}]", "a mapping", 4),
+                              ("[../images, ~]", "empty", 4)):  # (an alias: at its anchor)
+        (case / "data.yaml").write_text(f"{nest}train: {train}\nnames: [cat, dog]\n")
+        with pytest.raises(CfgError) as exc:
+            open_set(case / "data.yaml")
+        d = exc.value.diagnostics[0]
+        assert (d.line, d.message) == (line, f"train: an entry is {what}, not a folder or list "
+                                       "file name"), d
+
+
 def test_a_coco_integer_of_thousands_of_digits(playground):
     """Python's int limit (4300 digits) made json.loads raise a plain ValueError."""
     from darkcfg.data.detection.formats import open_set
@@ -1004,12 +1120,46 @@ def test_a_state_dict_key_that_is_no_layer_name(tiny_net, playground, key):
             assert "\n" not in report.split("left out: ")[1], report
 
 
+@pytest.mark.parametrize("convert, said, hint", [
+    (lambda t: t.to(torch.complex64), "complex64 values", "real part"),
+    (lambda t: t.to(torch.int8), "int8 values", "quantized export"),
+    (lambda t: t > 0, "bool values", "integers where a float weight goes"),
+    (lambda t: t.to_sparse(), "sparse float32 values", "to_dense()"),
+])
+def test_a_state_dict_tensor_that_is_not_real_floats(tiny_net, playground, convert, said, hint):
+    """A complex tensor of the right shape loaded its real part with torch's UserWarning; an
+    int8 or bool one was cast to the weights without a word (a quantized export's int8 levels
+    as float weights); a sparse one was torch's RuntimeError traceback. E901 now, naming the
+    tensor, the network unchanged. (float64 and float16 load, rounded, as torch does.)"""
+    import warnings
+
+    from darkcfg.model import read_any_weights
+
+    tiny_net.load_state_dict(tiny_net.pristine)
+    own = tiny_net.state_dict()
+    name = next(k for k, v in own.items() if v.dim() > 1)
+    path = fresh_case(playground) / "s.pt"
+    torch.save({**own, name: convert(own[name] + 1)}, path)
+    before = {k: v.clone() for k, v in own.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", "Validating sparse tensor")  # (torch.load's note)
+        with pytest.raises(CfgError) as exc:
+            read_any_weights(tiny_net, path)
+    d = exc.value.diagnostics[0]
+    assert d.code == "E901" and f"holds {name} as {said}" in d.message and hint in d.hint, d
+    assert all(torch.equal(before[k], v) for k, v in tiny_net.state_dict().items())
+    torch.save({k: v.double() if v.is_floating_point() else v for k, v in own.items()}, path)
+    assert read_any_weights(tiny_net, path).report.endswith("(a torch state_dict)")
+
+
 def test_a_class_count_without_names_that_no_set_has(playground):
     """`classes=999...9` (30 digits) without names= named each class, 10**30 strings: the
     fuzzing ran out of memory there; `nc: 2**70` alone in a data.yaml the same. (In a child
     process with its memory bounded: without the check it fails instead of filling memory.)"""
     case = fresh_case(playground)
-    (case / "x.data").write_text("classes=" + "9" * 30 + "\ntrain=../train.txt\n")
+    # (30 digits are past a C int now, E203: 2**21 still names 2 million classes)
+    (case / "x.data").write_text(f"classes={2**21}\ntrain=../train.txt\n")
     (case / "data.yaml").write_text(f"train: ../images\nnc: {2**70}\n")
     (case / "small.yaml").write_text("train: ../images\nnc: 2\n")
     script = ("import resource, sys\nfrom cfgparse import CfgError\n"
@@ -1063,6 +1213,32 @@ def test_a_diagnostic_shows_a_files_control_characters_escaped(playground):
     assert d.format() == "p: error[E901]: two lines\n  x\\x1b[2J.jpg: bad\nhelp: h\\x00"
 
 
+@pytest.mark.parametrize("odd", ["\x0c", "\u2028", "\x85", "\x1c"])
+def test_a_voc_id_list_shows_the_line_it_numbers(playground, odd):
+    """A form feed or U+2028 in ImageSets/Main/train.txt: the ids were numbered by line
+    breaks, the source line under a message taken from str.splitlines (which also breaks
+    there), so 'no annotation for id im9' at line 2 showed the text after the form feed.
+    Both read lines as datafile.split_lines does now; so do an annotation's lines (expat's
+    line breaks)."""
+    from darkcfg.data.detection.formats import open_set
+
+    case = fresh_case(playground)
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (case / sub).mkdir(parents=True)
+    shutil.copy(playground / "images" / "im0.jpg", case / "JPEGImages" / "im0.jpg")
+    in_xml = odd if odd in "\u2028\x85" else "\u2028"  # (XML holds no control character)
+    xml = VOC_XML.replace("<filename>", f"<!-- a{in_xml}b --><filename>").replace(
+        "<difficult>0", "<difficult>2")
+    (case / "Annotations" / "im0.xml").write_text(xml, encoding="utf-8")
+    (case / "ImageSets" / "Main" / "train.txt").write_text(f"im0 {odd} x\r\nim9\r\n",
+                                                           encoding="utf-8")
+    got = open_set(case, strict=False)
+    listed = next(d for d in got.problems if "im9" in d.message)
+    assert (listed.line, listed.source) == (2, "im9"), listed
+    hard = next(d for d in got.problems if "<difficult>" in d.message)
+    assert hard.source.strip() == "<difficult>2</difficult>", hard
+
+
 def test_a_classifier_top_in_non_ascii_digits(playground):
     """`top=²` in a classifier's .data: '²'.isdigit() is true, int('²') was a ValueError."""
     from darkcfg.data.sources import darknet_data
@@ -1072,7 +1248,82 @@ def test_a_classifier_top_in_non_ascii_digits(playground):
     with pytest.raises(CfgError) as exc:
         darknet_data(case / "c.data", 3)
     d = exc.value.diagnostics[0]
-    assert (d.line, d.message) == (4, "top=² is not a whole number of classes of at least 1")
+    assert (d.line, d.message) == (4, "'top=²' is not an integer in decimal digits: Darknet's "
+                                   "atoi reads 0")
+
+
+@pytest.mark.parametrize("value, message, hint", [
+    ("1_0", "'classes=1_0' is not an integer in decimal digits: Darknet's atoi reads 1, not 10",
+     "write classes=10"),
+    ("\u0661\u0660", "Darknet's atoi reads 0, not 10", "write classes=10"),
+    ("\uff12", "Darknet's atoi reads 0, not 2", "write classes=2"),
+    ("1e1", "Darknet's atoi reads 1, not 10", "write classes=10"),
+    ("2abc", "Darknet's atoi reads 2", "write classes=2"),
+])
+@pytest.mark.parametrize("task", ["detector", "classifier"])
+def test_data_file_integers_python_alone_reads(playground, value, message, hint, task):
+    """`classes=1_0` in a .data file trained 10 classes (Python's int()), where Darknet's
+    option_find_int (atoi) reads 1; `classes=١٠` likewise 10 where atoi reads 0. A .data
+    integer is decimal digits now (datafile.data_int): E901 at the line, saying both."""
+    from darkcfg.data.detection.labels import open_detection_data
+    from darkcfg.data.sources import darknet_data
+
+    case = fresh_case(playground)
+    data = case / "o.data"
+    data.write_text(f"train=../train.txt\nclasses={value}\nnames=../obj.names\n"
+                    "labels=../obj.names\n", encoding="utf-8")
+    with pytest.raises(CfgError) as exc:
+        open_detection_data(data) if task == "detector" else darknet_data(data, 3)
+    d = exc.value.diagnostics[0]
+    assert (d.code, d.line) == ("E901", 2) and message in d.message and d.hint == hint, d
+
+
+def test_data_file_odd_spaces_are_e109(playground):
+    """`classes=\u00a010` (a no-break space pasted from a web page): the reader removed it
+    with every other space and read 10; Darknet keeps it (its strip() removes ASCII spaces
+    only) and atoi reads 0. E109 at the character, as in a cfg."""
+    from darkcfg.data.detection.labels import open_detection_data
+
+    case = fresh_case(playground)
+    (case / "o.data").write_text("train=../train.txt\nclasses=\u00a010\n", encoding="utf-8")
+    with pytest.raises(CfgError) as exc:
+        open_detection_data(case / "o.data")
+    d = exc.value.diagnostics[0]
+    assert (d.code, d.line, d.column) == ("E109", 2, 9) and "U+00A0" in d.message
+    # a U+2028 was a line break to str.splitlines (classes=2 read from the same line as
+    # train=); Darknet's fgetl breaks at \n only, so it is part of the train= path
+    (case / "o.data").write_text("train=../train.txt\u2028classes=2\n", encoding="utf-8")
+    with pytest.raises(CfgError) as exc:
+        open_detection_data(case / "o.data")
+    d = exc.value.diagnostics[0]
+    assert (d.code, d.line, d.column) == ("E109", 1, 19) and "U+2028" in d.message
+    # a zero-width non-joiner (Persian names) is no space: split() keeps it, as Darknet does
+    (case / "o.data").write_text("train=../train.txt\nclasses=2\nnames=n\u200cx.txt\n",
+                                 encoding="utf-8")
+    (case / "n\u200cx.txt").write_text("cat\ndog\n")
+    assert open_detection_data(case / "o.data").names == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--seed", "1_0"], "'1_0' is not an integer in decimal digits: Darknet's atoi reads 1, "
+     "not 10; write 10"),
+    (["--seed", "\u0661"], "Darknet's atoi reads 0, not 1; write 1"),
+    (["--thresh", "0.2_5"], "Darknet's atof reads 0.2, not 0.25; write 0.25"),
+    (["--thresh", "nan"], "Darknet's atof reads nan (not a number)"),
+])
+def test_command_line_numbers_python_alone_reads(argv, said, capsys):
+    """`type=int` / `type=float` flags took `--seed 1_0` as 10, `--seed ١` as 1 and `--thresh
+    0.2_5` as 0.25 (Python's int()/float()); Darknet's own flags are atoi/atof. The command
+    parser maps both types to decimal digits now (E100); a 64-bit seed still reads."""
+    from cfgparse.usage import CommandParser
+
+    parser = CommandParser(prog="darkcfg x")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--thresh", type=float)
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    assert said in capsys.readouterr().err
+    assert parser.parse_args(["--seed", str(2**63), "--thresh=-.5e-1"]).seed == 2**63
 
 
 @pytest.mark.parametrize("parse", ["size", "input-size", "keep-fp32"])

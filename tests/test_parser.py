@@ -611,6 +611,32 @@ def test_text_after_a_number_is_pointed_at(line, col, width, message, hint):
     assert message in d.message and d.hint.startswith(hint)
 
 
+# -- numbers only Python reads, and what C's atof reads besides decimals -------------------------
+@pytest.mark.parametrize("line, message, hint", [
+    ("height=1_0", "got '1_0': '_0' follows the number 1",
+     "write height=10 (Darknet's atoi stops at '_' and reads 1"),
+    ("height=\uff11\uff16", "'height' must be an integer, got '\uff11\uff16'",
+     "write height=16 (Darknet's atoi would read"),
+    ("height=\u0661\u0660", "got '\u0661\u0660'", "write height=10 (Darknet's atoi would read"),
+    ("momentum=nan", "got 'nan': Darknet's atof reads it as nan (not a number)",
+     "write momentum=<number>"),
+    ("momentum=-Infinity", "Darknet's atof reads it as -inf (infinity)", "write momentum=<number>"),
+    ("momentum=0x1p-1", "Darknet's atof reads it as 0.5 (a hexadecimal number",
+     "write momentum=0.5"),
+    ("steps=1_0,200", "'_0' follows the number 1", "write 10 there (Darknet reads 1"),
+    ("scales=.1,\uff12", "'\uff12' is not a number", "write 2 there"),
+])
+def test_numbers_python_reads_and_c_reads_otherwise(line, message, hint):
+    """`height=1_0` and `height=１６` said the number to write was Darknet's reading (1, and an
+    <integer>) where the writer meant 10 and 16; `momentum=nan` and `momentum=0x1p-1` said
+    "Darknet's atof would read it as 0", but strtod reads NaN and 0.5. Still E202, with what
+    atof really reads and the decimal to write."""
+    err = error_of("[net]\nwidth=8\nchannels=3\n" + line + "\n")
+    (d,) = err.errors
+    assert d.code == "E202" and d.line == 4
+    assert message in d.message and d.hint.startswith(hint), (d.message, d.hint)
+
+
 # -- YAML 1.2 booleans: yes/no/on/off are text ---------------------------------------------------
 def test_yaml_on_off_yes_no_are_read_as_written(tmp_path):
     """YAML 1.1 (PyYAML's default) read `activation: on` as True, i.e. the cfg value '1' (E204

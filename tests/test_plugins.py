@@ -197,6 +197,27 @@ def _unregister(name: str) -> None:
         found.pop(name, None)
 
 
+def test_a_key_the_schema_does_not_type_reads_as_darknet_would():
+    """A section registered without `keys` (its values typed by guess): `times=1_0` was a
+    str, and `block.int("times")` Python's int() of it, 10 (Darknet's atoi: 1); `scale=nan`
+    NaN. E202 at the value now, as a typed key's."""
+    name = "test_untyped"
+    try:
+        register_section(name, build_doubler)
+        text = f"[net]\nwidth=4\nheight=4\nchannels=1\n[{name}]\ntimes=1_0\nscale=nan\n"
+        block = parse_text(text)[1]
+        for get, key, said in ((block.int, "times", "atoi reads 1, not 10"),
+                               (block.float, "scale", "atof reads nan"),
+                               (block.ints, "times", "atoi reads 1, not 10")):
+            with pytest.raises(CfgError) as err:
+                get(key)
+            d = err.value.first
+            assert (d.code, d.line) == ("E202", 6 if key == "times" else 7), d
+            assert said in d.message, d
+    finally:
+        _unregister(name)
+
+
 @pytest.mark.parametrize("name,builder,error", [
     ("test_notfn", 42, TypeError),            # was registered, then "'int' is not callable"
     ("", build_doubler, ValueError),          # no header can name these: registered, unusable

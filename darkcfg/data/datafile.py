@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cfgparse import CfgError, Diagnostic
+from cfgparse.characters import odd_space_diagnostic, odd_spaces
+from cfgparse.schema import ValueProblem, read_number
 
 #: What a command reads of a data set (`need`): "all" (training), "valid" (the validation list
 #: and the names: valid, map) or "names" (the names: predict); a reader skips the lists it need
@@ -72,7 +74,8 @@ def read_data_file(path: Path) -> dict[str, str]:
         raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path),
                                   hint=text_hint(exc, ""))) from None
     options: dict[str, str] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(split_lines(text), 1):  # (line_of's lines: U+2028 breaks neither)
+        raw = raw.removesuffix("\r")
         line = "".join(raw.split())
         if not line or line[0] in "#;":
             continue
@@ -81,6 +84,13 @@ def read_data_file(path: Path) -> dict[str, str]:
                                       "binary file", str(path), n, raw.index("\x00") + 1,
                                       hint="a .data file is key=value text lines",
                                       source=raw, span=1))
+        # the non-ASCII spaces "".join(split()) drops, where Darknet keeps them (`classes=
+        # \u00a010` is atoi's 0, a path loses a character); an invisible one (a Persian name's
+        # U+200C) stays in the path as in Darknet's
+        odd = [i for i in odd_spaces(raw) if raw[i].isspace()]
+        if odd:
+            raise CfgError(odd_space_diagnostic(raw, odd, "a .data line", str(path), n,
+                                                odd[0] + 1, raw))
         key, eq, value = line.partition("=")
         if not eq:
             raise CfgError(Diagnostic("E102", f"missing '=' in '{line}'", str(path), n, 1,
@@ -180,6 +190,16 @@ def _list_lines(path: Path, where: str, key: str) -> list[str]:
     return lines
 
 
+def data_int(opts: dict[str, str], key: str, data_file: str) -> int:
+    """The integer value of `key` (Darknet's option_find_int): decimal digits only, an E901
+    at its line otherwise. Python's int() also reads `1_0` and `١٠` as 10 where Darknet's atoi
+    reads 1 and 0; what atoi would read is said (cfgparse.schema.read_number)."""
+    try:
+        return int(read_number(opts[key], integer=True, name=f"{key}="))
+    except ValueProblem as exc:
+        raise CfgError(data_diagnostic("E901", str(exc), data_file, key, exc.hint)) from None
+
+
 def data_diagnostic(code: str, message: str, data_file: str, key: str | None = None,
                     hint: str = "") -> Diagnostic:
     """A diagnostic at the line of a .data file that gives `key` (the file as a whole when
@@ -196,9 +216,9 @@ def line_of(data_file: str, key: str) -> tuple[int, str]:
         text = Path(data_file).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError, ValueError):
         return 0, ""
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(split_lines(text), 1):
         if "".join(raw.split()).partition("=")[0] == key and "=" in raw:
-            return n, raw
+            return n, raw.removesuffix("\r")
     return 0, ""
 
 

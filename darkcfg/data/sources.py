@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from builders.atomic import files_under, hidden
 from cfgparse import CfgError, Diagnostic
+from cfgparse.schema import ValueProblem, read_number
 from darkcfg.bundled import resolve_cfg
 from darkcfg.console import warn
 from darkcfg.data.base import (
@@ -32,12 +33,14 @@ from darkcfg.data.datafile import (
     check_need,
     data_diagnostic,
     data_folders,
+    data_int,
     is_image,
     missing_path_hint,
     numbered_list,
     read_data_file,
     read_list,
     resolve,
+    split_lines,
 )
 
 KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
@@ -231,14 +234,12 @@ def darknet_data(path: Path, channels: int, need: str = "all") -> DataSplits:
                  enumerate(read_list(names_path, where, "names", keep_blank=True))]
         if not names:
             raise _empty_list(names_path, where, "names")
-    try:
-        classes = int(opts.get("classes", 2))  # src/classifier.c: option_find_int(.., 2)
-    except ValueError:
-        raise data_error(f"classes={opts['classes']} is not an integer", where,
-                         "write classes=N") from None
+    # src/classifier.c: option_find_int(.., "classes", 2)
+    classes = data_int(opts, "classes", where) \
+        if "classes" in opts else 2
     top = None
     if "top" in opts:  # src/classifier.c predict_classifier: option_find_int(.., "top", 1)
-        top = int(opts["top"]) if opts["top"].isascii() and opts["top"].isdigit() else 0
+        top = data_int(opts, "top", where)
         if top < 1:
             raise CfgError(data_diagnostic(
                 "E901", f"top={opts['top']} is not a whole number of classes of at least 1",
@@ -390,7 +391,8 @@ def _csv_table(path: Path, n_in: int, outputs: int, targets: str, hint: str
     except (OSError, UnicodeDecodeError) as exc:
         raise data_error(f"cannot read '{path}': {exc}", str(path)) from None
     rows = []
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(split_lines(text), 1):  # (a U+2028 in a cell breaks no row)
+        raw = raw.removesuffix("\r")
         cells = next(csv.reader([raw]), [])
         if any(c.strip() for c in cells):  # blank lines and ",," are no rows
             rows.append((n, raw, cells))
@@ -405,13 +407,12 @@ def _csv_table(path: Path, n_in: int, outputs: int, targets: str, hint: str
             raise _csv_error(path, n, raw, f"{len(row)} columns: this network "
                              f"needs {n_in} input numbers and {targets}", hint)
         for cell in row:
-            try:  # Python reads '1_000' as 1000, a C reader (atof) as 1: neither is meant
-                number = None if "_" in cell else float(cell)
-            except ValueError:
-                number = None
-            if number is None or not math.isfinite(number):  # NaN trained into a NaN loss
-                raise _csv_error(path, n, raw, f"'{cell.strip()}' is not a finite "
-                                 "number", "every column holds a number")
+            word = cell.strip(" \t")
+            try:  # Python reads '1_000' as 1000 and '١' as 1, C's atof 1 and 0; NaN trained
+                read_number(word)  # into a NaN loss
+            except ValueProblem as exc:
+                raise _csv_error(path, n, raw, f"'{word}' is not a finite number",
+                                 f"every column holds a number ({exc}; {exc.hint})") from None
         values.append([float(c) for c in row])
     return torch.tensor(values, dtype=torch.float32), [(n, raw) for n, raw, _ in rows]
 

@@ -51,6 +51,7 @@ from darkcfg.data.datafile import (
     MAX_UNNAMED_CLASSES,
     data_diagnostic,
     data_folders,
+    data_int,
     found_under,
     missing_path_hint,
     numbered_list,
@@ -212,11 +213,7 @@ def open_detection_data(path: Path, need: str = "all") -> DetectionData:
     if "classes" not in opts:
         classes = _count_names(opts, folders, where) or 20
     else:
-        try:
-            classes = int(opts["classes"])
-        except ValueError:
-            raise _error(f"classes={opts['classes']} is not an integer", where,
-                         "write classes=N", key="classes") from None
+        classes = data_int(opts, "classes", where)
     if classes < 1:
         raise _error(f"classes={classes}: a detector needs at least one class", where,
                      key="classes")

@@ -57,6 +57,7 @@ class _Locator:
     def __init__(self, path: Path, text: str):
         self.path, self.text = path, text
         self._offsets: dict[str, list[int]] | None = None
+        self._keys: list[tuple[str, int]] = []  # each top-level key and its offset
         self._lines = TextLocator(text)
 
     def offsets(self, key: str) -> list[int]:
@@ -72,11 +73,13 @@ class _Locator:
             i = _WS.match(text, i).end()
             if text[i] == "}":
                 return out
+            start = i
             key, i = decode(text, i)
+            self._keys.append((key, start))
             i = _WS.match(text, i).end() + 1  # past ':'
             i = _WS.match(text, i).end()
             if text[i] == "[" and key in ("images", "annotations", "categories"):
-                starts = out.setdefault(key, [])
+                starts = out[key] = []  # (json keeps a key's last value)
                 i += 1
                 while True:
                     i = _WS.match(text, i).end()
@@ -94,6 +97,21 @@ class _Locator:
             if text[i] == ",":
                 i += 1
 
+    def given_twice(self) -> Diagnostic:
+        """E901 at the second copy of the first top-level key given twice, naming the line of
+        the first."""
+        self.offsets("")
+        first: dict[str, int] = {}
+        for key, offset in self._keys:
+            if key in first:
+                line = self.text.count("\n", 0, first[key]) + 1
+                return self._lines.located(
+                    f"'{key}' is given twice (first on line {line}): json keeps this one and "
+                    "drops the first without a word", str(self.path), offset, len(key) + 2,
+                    hint="merge the two into one (or delete the one not meant)", code="E901")
+            first[key] = offset
+        raise AssertionError("no key is given twice")
+
     def at(self, key: str, index: int, field: str | None, message: str, hint: str = ""
            ) -> Diagnostic:
         starts = self.offsets(key)
@@ -105,6 +123,13 @@ class _Locator:
             if found >= 0:
                 offset, span = found, len(field) + 2
         return self._lines.located(message, str(self.path), offset, span, hint=hint)
+
+
+def _pairs(last: list, pairs: list) -> dict:
+    """json's object_pairs_hook: the object, with its pairs kept in `last` (only the last
+    object's)."""
+    last[:] = [pairs]
+    return dict(pairs)
 
 
 def _is_number(value) -> bool:
@@ -158,8 +183,9 @@ def read_coco(path: Path) -> DetectionSet:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CfgError(Diagnostic("E901", f"cannot read '{path}': {exc}", str(path))) from None
+    top: list = []  # the last object's pairs: the document's own (it closes last)
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=partial(_pairs, top))
     except json.JSONDecodeError as exc:
         raise CfgError(located(f"invalid JSON: {exc.msg}", str(path), text, exc.pos,
                                code="E901", hint="a COCO annotation file is one JSON object "
@@ -180,6 +206,8 @@ def read_coco(path: Path) -> DetectionSet:
                                   hint="a COCO annotation file has the lists 'images', "
                                   "'annotations' and 'categories'"))
     where = _Locator(path, text)
+    if len(top[0]) != len(doc):  # two "annotations" arrays (files merged by hand): json keeps
+        raise CfgError(where.given_twice())  # the last without a word, pycocotools too
     problems: list[Diagnostic] = []
 
     classes: dict[int, int] = {}

@@ -24,7 +24,7 @@ parser's position.
 
 from __future__ import annotations
 
-import math
+import re
 import xml.etree.ElementTree as ET
 from functools import partial
 from pathlib import Path
@@ -32,7 +32,8 @@ from xml.parsers import expat
 
 from cfgparse import CfgError, Diagnostic
 from cfgparse.errors import WARNING
-from darkcfg.data.datafile import IMAGE_EXTENSIONS, read_text
+from cfgparse.schema import ValueProblem, read_number
+from darkcfg.data.datafile import IMAGE_EXTENSIONS, read_text, split_lines
 from darkcfg.data.detection.formats.base import (
     DeclaredSize,
     DetectionSet,
@@ -47,13 +48,19 @@ VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "ca
              "sheep", "sofa", "train", "tvmonitor")
 
 
+class _Entity(Exception):
+    """An XML entity declaration, refused: (name, line, column)."""
+
+
 class _Annotation:
     """One parsed XML file and the line:column of each element."""
 
     def __init__(self, path: Path):
         self.path = path
         data = path.read_bytes()
-        self.lines = data.decode("utf-8", "replace").splitlines()
+        # XML's line breaks (\r\n, \r, \n), as expat counts lines; str.splitlines also breaks
+        # at U+2028, \x85 ...: the wrong source line under the right number after one
+        self.lines = re.split(r"\r\n|\r|\n", data.decode("utf-8", "replace"))
         parser = expat.ParserCreate()
         builder = ET.TreeBuilder()
         self.where: dict[ET.Element, tuple[int, int]] = {}
@@ -62,11 +69,23 @@ class _Annotation:
             element = builder.start(tag, attrs)
             self.where[element] = (parser.CurrentLineNumber, parser.CurrentColumnNumber + 1)
 
+        def entity(name, *_):  # stops the parse before any expansion (billion laughs: a few
+            # nested declarations expand to gigabytes; expat's own limit depends on its version)
+            raise _Entity(name, parser.CurrentLineNumber, parser.CurrentColumnNumber + 1)
+
         parser.StartElementHandler = start
         parser.EndElementHandler = builder.end
         parser.CharacterDataHandler = builder.data
+        parser.EntityDeclHandler = entity
         try:
             parser.Parse(data, True)
+        except _Entity as exc:
+            name, line, col = exc.args
+            raise CfgError(Diagnostic(LABEL_CODE, f"an XML entity declaration ('{name}'): "
+                                      "darkcfg reads none (nested ones expand a small file to "
+                                      "gigabytes)", str(path), line, col,
+                                      source=self._source(line), hint="a VOC annotation has no "
+                                      "<!DOCTYPE> of its own entities: delete it")) from None
         except expat.ExpatError as exc:
             source = self._source(exc.lineno)
             raise CfgError(Diagnostic(LABEL_CODE, f"malformed XML: {expat.ErrorString(exc.code)}",
@@ -128,7 +147,7 @@ def read_voc(root: Path) -> DetectionSet:
         path = main / name
         if not path.is_file():
             return None
-        lines = read_text(path).split("\n")  # (line breaks only: the lines an editor shows)
+        lines = split_lines(read_text(path))  # (the rule of _listed's source line)
         found = [(line.split()[0], path, n, line) for n, line in enumerate(lines, 1)
                  if line.split()]
         again = repeated([(i, n, line) for i, _, n, line in found], path,
@@ -217,7 +236,8 @@ def _train_ids(root: Path, ids, valid_ids, problems: list[Diagnostic]):
 
 
 def _listed(path: Path, line: int, message: str) -> Diagnostic:
-    source = read_text(path).splitlines()[line - 1] if line else ""
+    # the line `ids` numbered (str.splitlines also breaks at a form feed, U+2028 ...)
+    source = split_lines(read_text(path))[line - 1].rstrip("\r") if line else ""
     return Diagnostic(LABEL_CODE, message, str(path), line, 1 if line else 0, source=source,
                       span=max(len(source.strip()), 1),
                       hint="each id of ImageSets/Main/*.txt needs Annotations/<id>.xml and its "
@@ -228,7 +248,7 @@ def _names(root: Path, parsed: dict[str, _Annotation | None], problems) -> list[
     listed = next((p for p in (root / "classes.txt", root / "Annotations" / "classes.txt")
                    if p.is_file()), None)
     if listed is not None:
-        names = [s.strip() for s in read_text(listed).splitlines() if s.strip()]
+        names = [s.strip() for s in split_lines(read_text(listed)) if s.strip()]
         if not names:
             raise CfgError(Diagnostic("E901", f"'{listed}' is empty", str(listed),
                                       hint="one class name per line"))
@@ -288,11 +308,16 @@ def _number(ann: _Annotation, parent: ET.Element, tag: str, problems) -> float |
         problems.append(ann.error(parent, f"<{parent.tag}> has no <{tag}>"))
         return None
     try:
-        return float((element.text or "").strip())
-    except ValueError:
-        problems.append(ann.error(element, f"<{tag}> '{(element.text or '').strip()}' is not a "
-                                  "number"))
+        return _decimal(element)
+    except ValueProblem as exc:
+        problems.append(ann.error(element, f"<{tag}>: {exc}", exc.hint))
         return None
+
+
+def _decimal(element: ET.Element) -> float:
+    """An element's number: decimal digits, a sign, a point, an exponent (voc_label.py's
+    float() also reads `1_0` as 10, `１０`, `nan` and `inf`; C's atof 1, 0, NaN, inf)."""
+    return read_number((element.text or "").strip(" \t\r\n"), reader="C's")  # XML's spaces
 
 
 def _boxes(ann: _Annotation, image: str, classes: dict[str, int], problems):
@@ -351,10 +376,11 @@ def _size(ann: _Annotation, size: ET.Element, tag: str, problems) -> float | Non
     if not text:
         return None
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
+        value = _decimal(element)
+    except ValueProblem as exc:
+        problems.append(ann.error(element, f"<{tag}>: {exc}", exc.hint))
+        return None
+    if value < 0:
         problems.append(ann.error(element, f"<{tag}> '{text}' is not an image size",
                                   hint="the image's size in pixels, or leave it out"))
         return None

@@ -21,6 +21,7 @@ validation falls back to the train images (Darknet's rule for a .data file witho
 from __future__ import annotations
 
 import os
+import re
 import reprlib
 from dataclasses import replace
 from pathlib import Path
@@ -148,7 +149,7 @@ def _names(doc: _Yaml) -> list[str]:
     elif isinstance(node, yaml.SequenceNode):
         items = node.value
     else:
-        nc = doc.data.get("nc")
+        nc = _nc(doc)
         if node is None and isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
             if nc > MAX_UNNAMED_CLASSES:
                 raise doc.error("nc", f"nc: {nc} without names: more classes than any data "
@@ -167,7 +168,7 @@ def _names(doc: _Yaml) -> list[str]:
     names = [item.value for item in items]
     if not names:
         raise doc.error("names", "names: is empty", hint="list one name per class")
-    nc = doc.data.get("nc")
+    nc = _nc(doc)
     if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int)):
         raise doc.error("nc", "nc: must be the number of classes, a whole number",
                         hint="drop nc: or make it the number of names")
@@ -175,6 +176,22 @@ def _names(doc: _Yaml) -> list[str]:
         raise doc.error("nc", f"nc: {nc} but names: lists {len(names)} classes",
                         hint="drop nc: or make it the number of names")
     return names
+
+
+def _nc(doc: _Yaml):
+    """nc: as read (ultralytics' YAML 1.1), refused where that is not its decimal digits:
+    `1_0` is 10, `010` octal 8, `0x10` 16 and `1:20` 80 to YAML 1.1, text or 10 to YAML 1.2."""
+    nc, node = doc.data.get("nc"), doc.nodes.get("nc")
+    if isinstance(nc, int) and not isinstance(nc, bool) and isinstance(node, yaml.ScalarNode) \
+            and not _DECIMAL.match(node.value):
+        raise doc.error("nc", f"nc: {node.value} is not written in decimal digits: YAML 1.1 "
+                        f"(ultralytics' reader) reads it as {nc}",
+                        hint=f"write the number of classes in decimal digits (nc: {nc} is what "
+                        "ultralytics reads)")
+    return nc
+
+
+_DECIMAL = re.compile(r"[+-]?(0|[1-9][0-9]*)\Z")
 
 
 def _root(doc: _Yaml) -> Path:
@@ -204,6 +221,12 @@ def _images(doc: _Yaml, key: str, root: Path, problems: list[Diagnostic]) -> lis
         if isinstance(entries, list) else [_as_written(entries, node)]
     listed: list[tuple[str, Path | None, int, str]] = []  # (image, list file, line, text)
     for entry in entries:
+        if isinstance(entry, (list, dict)) or entry is None:  # `train: [[a, b]]`, or aliases
+            # nesting lists: str() of it was the path (an OSError traceback past 255 bytes)
+            what = "empty" if entry is None else "a mapping" if isinstance(entry, dict) else \
+                "a list"
+            raise doc.error(key, f"{key}: an entry is {what}, not a folder or list file name",
+                            hint=f"{key}: is a path, or a list of paths (not nested)")
         raw = str(entry)
         where = root / raw
         if not where.exists() and raw.startswith("../"):
