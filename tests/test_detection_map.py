@@ -307,6 +307,22 @@ def test_coco_map_is_pycocotools_on_every_box(seed):
     assert coco_map(ds, gts, 9) == (every_box[0], every_box[1])
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_darknet_map_pairs_each_entry_with_its_own_images_truths(seed):
+    """All images are scored at once; the counts at conf_thresh are each image's own (an
+    entry never matches a truth or a difficult object of another image)."""
+    ds, gts = crowded_scene(seed)
+    names = [str(c) for c in range(9)]
+    together = darknet_map(ds, gts, names, conf_thresh=0.3)
+    alone = [darknet_map([d], [g], names, conf_thresh=0.3) for d, g in zip(ds, gts, strict=True)]
+    assert together.tp > 5 and together.fp > 100
+    for c in range(9):
+        assert together.per_class[c].tp == sum(m.per_class[c].tp for m in alone)
+        assert together.per_class[c].fp == sum(m.per_class[c].fp for m in alone)
+    iou_sum = sum(m.avg_iou * (m.tp + m.fp) for m in alone)
+    assert together.avg_iou * (together.tp + together.fp) == pytest.approx(iou_sum, rel=1e-12)
+
+
 def test_coco_map_evaluates_only_the_area_range_it_reads(monkeypatch):
     from pycocotools.cocoeval import COCOeval
 
