@@ -222,8 +222,8 @@ def _cat(tensors, empty_shape, dtype) -> torch.Tensor:
 
 
 def _stacked(parts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(image index, boxes, classes, flag) rows of every (image index, boxes, classes, flag)
-    part, in order."""
+    """Parts (image index, boxes (K, 4), classes (K,), flag) concatenated in order: (each row's
+    image index, boxes, classes, each row's flag)."""
     if not parts:
         return (torch.zeros(0, dtype=torch.long), torch.zeros(0, 4, dtype=torch.float64),
                 torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
@@ -365,9 +365,9 @@ def coco_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
     sizes = [gt.size or det.size or (1, 1) for det, gt in zip(detections, truths, strict=True)]
     images = [{"id": i, "width": w, "height": h} for i, (w, h) in enumerate(sizes, start=1)]
     scale = torch.tensor([[w, h, w, h] for w, h in sizes], dtype=torch.float64).reshape(-1, 4)
-    # all images' boxes in one conversion and one tolist (per image they cost more than COCOeval)
-    # per image: its truths, then the objects not to score as COCO's crowd regions (COCOeval
-    # ignores what matches them); COCOeval breaks IoU ties in this order
+    # all images' boxes in one conversion and one tolist (per image, the small tensor ops cost
+    # more than their work). Per image: its truths, then the objects not to score as COCO's
+    # crowd regions (COCOeval ignores what matches them); COCOeval breaks IoU ties in this order
     truth_parts = []
     for i, gt in enumerate(truths):
         truth_parts.append((i, gt.boxes, gt.classes, 0))
@@ -381,8 +381,7 @@ def coco_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
                        crowd.tolist(), strict=True), start=1)]
     image, boxes, cls, _ = _stacked([(i, det.boxes, det.classes, 0)
                                      for i, det in enumerate(detections)])
-    scores = torch.cat([det.scores.reshape(-1) for det in detections]) if detections else \
-        torch.zeros(0, dtype=torch.float64)
+    scores = _cat([det.scores.reshape(-1) for det in detections], (0,), torch.float64)
     top = _top_per_class(scores, cls, COCO_MAX_DETS, image)
     image = image[top]
     # the fields COCO.loadRes adds to a bbox result, given here: its polygon of each box
