@@ -412,6 +412,27 @@ def test_batch_decode_is_per_image():
     assert torch.equal(dets[0].boxes, decoded("yolov4-tiny", 2).boxes)
 
 
+@pytest.mark.parametrize("cfg", ["yolov4-tiny.cfg", "yolov3-tiny.cfg"])
+def test_a_batch_decodes_as_its_images_one_by_one(cfg):
+    """Each image's candidates are cut out of the batch's (one gather, then views): the same
+    tensors, in the same order, as decoding the image alone, letterbox undone per image size."""
+    net = small_build(Path(__file__).resolve().parents[1] / "cfg" / cfg, "alexeyab")
+    gen = torch.Generator().manual_seed(1)
+    outputs = {}
+    for i in head_indices(net):
+        s = net.meta[i].input
+        outputs[i] = net.layers[i](torch.randn(5, s.c, s.h, s.w, generator=gen) * 2 - 2)
+    sizes = [(320, 200), (64, 64), (1, 300), (500, 90), (128, 640)]
+    together = decode(net, outputs, 0.25, image_size=sizes, letter_box=True)
+    assert 0 < len(together[4]) != len(together[0])  # images differ; the sliver has none
+    assert len(together[2]) == 0
+    for b, dets in enumerate(together):
+        alone = decode(net, {i: y[b:b + 1] for i, y in outputs.items()}, 0.25,
+                       image_size=[sizes[b]], letter_box=True)[0]
+        for key in ("boxes", "objectness", "probs", "layer", "index"):
+            assert torch.equal(getattr(dets, key), getattr(alone, key)), key
+
+
 # -- every detector cfg of the corpus -----------------------------------------------------------
 
 CORPUS = SHARED / "corpus"

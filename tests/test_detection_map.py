@@ -2,6 +2,8 @@
 cases, and the
 101-point variant against pycocotools' AP50 on the same detections."""
 
+import contextlib
+import io
 import math
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from darkcfg.detect.metrics import (
     ImageBoxes,
+    _top_per_class,
     average_precision,
     coco_map,
     darknet_map,
@@ -223,6 +226,122 @@ def test_darknet_101_point_equals_pycocotools_ap50(seed):
     assert darknet == pytest.approx(coco_ap50, abs=1e-9)
     # all-point AP is close to, not equal to, the 101-point one
     assert darknet_map(ds, gts, NAMES).map50 == pytest.approx(darknet, abs=0.02)
+
+
+def crowded_scene(seed, images=12, classes=9):
+    """Detections COCOeval cuts: up to 160 per image and class (more than its maxDets 100),
+    scores from 6 values (ties within and across images), boxes near the truths (matches at
+    every IoU threshold), objects not to score, images of different sizes."""
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(*shape, low=0.0, high=1.0):
+        return low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    ds, gts = [], []
+    for i in range(images):
+        n = int(torch.randint(0, 8, (1,), generator=g))
+        truth_boxes = torch.cat([uniform(n, 2, low=0.2, high=0.8),
+                                 uniform(n, 2, low=0.05, high=0.3)], 1)
+        truth_classes = torch.randint(classes, (n,), generator=g)
+        k = int(torch.randint(0, 400, (1,), generator=g))
+        near = truth_boxes[torch.randint(n, (k,), generator=g)] if n else uniform(k, 4)
+        boxes = (near * uniform(k, 4, low=0.8, high=1.2)).clamp(0.01, 1)
+        few = torch.randint(4, (k,), generator=g)  # most boxes in a few classes: > 100 each
+        cls = torch.where(few < 3, few, torch.randint(classes, (k,), generator=g))
+        scores = torch.randint(1, 7, (k,), generator=g).double() / 8
+        hard = torch.cat([uniform(2, 4, low=0.1, high=0.5),
+                          torch.randint(classes, (2, 1), generator=g).double()], 1)
+        size = (int(torch.randint(64, 640, (1,), generator=g)), 320 + 16 * i)
+        gts.append(ImageBoxes.of(truth_boxes, truth_classes,
+                                 difficult=hard if i % 3 == 0 else None, size=size))
+        ds.append(ImageBoxes.of(boxes, cls, scores))
+    return ds, gts
+
+
+def pycocotools_stats(ds, gts, classes, cut=False):
+    """COCOeval's 12 stats the plain way (every box its own annotation, COCO.loadRes, the
+    default parameters); `cut`: only the entries `_top_per_class` keeps."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, annotations, results = [], [], []
+    for image_id, (det, gt) in enumerate(zip(ds, gts, strict=True), start=1):
+        w, h = gt.size
+        images.append({"id": image_id, "width": w, "height": h})
+        hard = gt.difficult if gt.difficult is not None else torch.zeros(0, 5)
+        for rows, crowd in ((torch.cat([gt.boxes, gt.classes[:, None]], 1), 0), (hard, 1)):
+            for cx, cy, bw, bh, c in rows.tolist():
+                box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": round(c) + 1, "bbox": box,
+                                    "area": box[2] * box[3], "iscrowd": crowd})
+        keep = _top_per_class(det.scores, det.classes, 100) if cut else range(len(det.scores))
+        for j in keep:
+            cx, cy, bw, bh = det.boxes[j].tolist()
+            results.append({"image_id": image_id, "category_id": int(det.classes[j]) + 1,
+                            "bbox": [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h],
+                            "score": float(det.scores[j])})
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt_api = COCO()
+        gt_api.dataset = {"images": images, "annotations": annotations,
+                          "categories": [{"id": c + 1} for c in range(classes)]}
+        gt_api.createIndex()
+        evaluator = COCOeval(gt_api, gt_api.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats.tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_coco_map_is_pycocotools_on_every_box(seed):
+    """The cut to each image and class's top 100 (ties: entry order, as COCOeval's mergesort)
+    changes none of COCOeval's 12 stats; coco_map, which also skips the area ranges and
+    maxDets it does not read, gives its two exactly."""
+    ds, gts = crowded_scene(seed)
+    counts = torch.bincount(torch.cat([d.classes + 9 * i for i, d in enumerate(ds)]))
+    assert int(counts.max()) > 100  # the cut cuts
+    every_box = pycocotools_stats(ds, gts, 9)
+    assert 0 < every_box[0] < every_box[1] < 1  # a non-trivial scene
+    assert pycocotools_stats(ds, gts, 9, cut=True) == every_box
+    assert coco_map(ds, gts, 9) == (every_box[0], every_box[1])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_darknet_map_pairs_each_entry_with_its_own_images_truths(seed):
+    """All images are scored at once; the counts at conf_thresh are each image's own (an
+    entry never matches a truth or a difficult object of another image)."""
+    ds, gts = crowded_scene(seed)
+    names = [str(c) for c in range(9)]
+    together = darknet_map(ds, gts, names, conf_thresh=0.3)
+    alone = [darknet_map([d], [g], names, conf_thresh=0.3) for d, g in zip(ds, gts, strict=True)]
+    assert together.tp > 5 and together.fp > 100
+    for c in range(9):
+        assert together.per_class[c].tp == sum(m.per_class[c].tp for m in alone)
+        assert together.per_class[c].fp == sum(m.per_class[c].fp for m in alone)
+    iou_sum = sum(m.avg_iou * (m.tp + m.fp) for m in alone)
+    assert together.avg_iou * (together.tp + together.fp) == pytest.approx(iou_sum, rel=1e-12)
+
+
+def test_coco_map_evaluates_only_the_area_range_it_reads(monkeypatch):
+    from pycocotools.cocoeval import COCOeval
+
+    calls = []
+    evaluate_image = COCOeval.evaluateImg
+    monkeypatch.setattr(COCOeval, "evaluateImg",
+                        lambda self, *a: calls.append(a[2]) or evaluate_image(self, *a))
+    ds, gts = crowded_scene(0, images=4, classes=3)
+    coco_map(ds, gts, 3)
+    assert calls == [[0, 1e10]] * (4 * 3)  # 'all' only, once per image and class
+
+
+def test_top_per_class_per_image_keeps_entry_order_and_the_first_of_ties():
+    scores = torch.tensor([0.5, 0.5, 0.9, 0.5, 0.0, 0.5, 0.7])
+    classes = torch.tensor([0, 0, 0, 0, 0, 1, 0])
+    images = torch.tensor([0, 0, 0, 0, 0, 0, 1])
+    assert _top_per_class(scores, classes, 2).tolist() == [2, 5, 6]  # one image: .9 and .7
+    assert _top_per_class(scores, classes, 2, images).tolist() == [0, 2, 5, 6]
+    assert _top_per_class(scores, classes, 3, images).tolist() == [0, 1, 2, 5, 6]  # no 0 score
 
 
 def test_where_darknet_and_coco_differ():

@@ -209,16 +209,14 @@ def decode(net, outputs: dict[int, torch.Tensor], thresh: float = 0.25, *, image
                              f"{classes}: Darknet decodes with the first head's count")
         obj, probs = decoding.threshold(layer, parts.objectness, parts.scores,
                                         t.to(y.device))
-        per_head.append((i, decoding, image, index + start, parts.boxes, obj, probs,
-                         net_size))
+        per_head.append((i, decoding, _per_image((parts.boxes, obj, probs, index + start),
+                                                  image, batch), net_size))
         start += count
     results = []
     for b in range(batch):
         pieces = []
-        for i, decoding, image, index, bx, obj, probs, net_size in per_head:
-            if batch > 1:
-                sel = torch.nonzero(image == b).flatten()
-                bx, obj, probs, index = bx[sel], obj[sel], probs[sel], index[sel]
+        for i, decoding, images, net_size in per_head:
+            bx, obj, probs, index = images[b]
             if decoding.letterbox:
                 if letter_box and sizes[b] is not None and 0 in letterbox_size(
                         int(sizes[b][0]), int(sizes[b][1]), *map(int, net_size)):
@@ -232,6 +230,17 @@ def decode(net, outputs: dict[int, torch.Tensor], thresh: float = 0.25, *, image
         cat = [torch.cat([p[j] for p in pieces]) for j in range(5)]
         results.append(Detections(cat[0], cat[1], cat[2], cat[4], cat[3], kind, beta))
     return results
+
+
+def _per_image(tensors, image: torch.Tensor, batch: int) -> list[tuple[torch.Tensor, ...]]:
+    """Each image's rows of `tensors` (rows in order, image (K,) the image of each): one gather
+    and views, not a selection per image (each a pass over the whole batch's candidates)."""
+    if batch == 1:
+        return [tuple(tensors)]
+    order = torch.sort(image, stable=True).indices  # (candidates come image by image: no move)
+    counts = torch.bincount(image, minlength=batch).tolist()
+    split = [t[order].split(counts) for t in tensors]
+    return list(zip(*split, strict=True))
 
 
 # -- NMS ------------------------------------------------------------------------------------------

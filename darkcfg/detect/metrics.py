@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torchvision.ops import box_convert
 
-from builders.boxes import pairwise_iou
+from builders.boxes import box_iou
 
 # What `detector map` and training's -map use (src/detector.c test_detector; src/detector.c
 # validate_detector_map).
@@ -199,6 +199,56 @@ def _first_claims(keys: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _check_classes(detections, truths, classes: int) -> None:
+    """ValueError for detections without scores or a class outside 0..classes-1 (the first
+    image's, truth before detections)."""
+    every = [c for det, gt in zip(detections, truths, strict=True) for c in (gt.classes,
+                                                                            det.classes)]
+    every = _cat([c.reshape(-1) for c in every], (0,), torch.long)
+    if all(det.scores is not None for det in detections) and \
+            (not len(every) or (int(every.min()) >= 0 and int(every.max()) < classes)):
+        return
+    for det, gt in zip(detections, truths, strict=True):  # the first image at fault's error
+        for what, c in (("truth", gt.classes), ("detection", det.classes)):
+            if len(c) and (int(c.min()) < 0 or int(c.max()) >= classes):
+                bad = int(c.max()) if int(c.max()) >= classes else int(c.min())
+                raise ValueError(f"{what} class {bad} outside 0..{classes - 1}")
+        if det.scores is None:
+            raise ValueError("detections need scores")
+
+
+def _cat(tensors, empty_shape, dtype) -> torch.Tensor:
+    return torch.cat(tensors) if tensors else torch.zeros(empty_shape, dtype=dtype)
+
+
+def _stacked(parts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Parts (image index, boxes (K, 4), classes (K,), flag) concatenated in order: (each row's
+    image index, boxes, classes, each row's flag)."""
+    if not parts:
+        return (torch.zeros(0, dtype=torch.long), torch.zeros(0, 4, dtype=torch.float64),
+                torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    counts = torch.tensor([len(boxes) for _, boxes, _, _ in parts])
+    index = torch.tensor([i for i, _, _, _ in parts])
+    flags = torch.tensor([flag for _, _, _, flag in parts])
+    return (index.repeat_interleave(counts),
+            torch.cat([boxes.reshape(-1, 4) for _, boxes, _, _ in parts]),
+            torch.cat([cls.reshape(-1) for _, _, cls, _ in parts]).long(),
+            flags.repeat_interleave(counts))
+
+
+def _own_image_pairs(images: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entry, other) index pairs: each entry (of image `images[entry]`) with each of its
+    image's `counts[image]` others, numbered across images in image order; entry-major."""
+    counts = torch.tensor(counts, dtype=torch.long)
+    offsets = torch.cumsum(counts, 0) - counts
+    per_entry = counts[images] if len(counts) else images
+    entry = torch.arange(len(images)).repeat_interleave(per_entry)
+    block_start = torch.cumsum(per_entry, 0) - per_entry
+    other = offsets[images].repeat_interleave(per_entry) + \
+        torch.arange(len(entry)) - block_start.repeat_interleave(per_entry)
+    return entry, other
+
+
 def darknet_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
                 names: Sequence[str], iou_thresh: float = MAP_IOU_THRESH,
                 conf_thresh: float = MAP_CONF_THRESH, map_points: int = 0) -> DetectionMetrics:
@@ -212,49 +262,55 @@ def darknet_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
     if len(detections) != len(truths):
         raise ValueError(f"{len(detections)} detection lists but {len(truths)} truth lists")
     classes = len(names)
-    truth_count = torch.zeros(classes, dtype=torch.long)
-    class_tp = torch.zeros(classes, dtype=torch.long)
-    class_fp = torch.zeros(classes, dtype=torch.long)
+    _check_classes(detections, truths, classes)
+    # every image at once (a few small ops per image cost more than their work: an untrained
+    # network's validation has hundreds of entries an image); entries and truths concatenated
+    # in image order, each entry paired with its own image's truths only
+    image, boxes, cls, _ = _stacked([(i, det.boxes, det.classes, 0)
+                                     for i, det in enumerate(detections)])
+    scores = _cat([det.scores.reshape(-1) for det in detections], (0,), torch.float64)
+    live = scores > 0
+    image, boxes, cls, scores = image[live], boxes[live], cls[live], scores[live]
+    _, truth_boxes, truth_classes, _ = _stacked([(i, gt.boxes, gt.classes, 0)
+                                                for i, gt in enumerate(truths)])
+    truth_count = torch.bincount(truth_classes, minlength=classes)
+    # per entry: the same-class truth of largest IoU (the first of equal maxima, as Darknet's
+    # `>` scan), its global index where that IoU > iou_thresh
+    entry, which = _own_image_pairs(image, [len(gt.boxes) for gt in truths])
+    same = cls[entry] == truth_classes[which]  # another class's truth counts IoU 0
+    entry, which = entry[same], which[same]
+    ious = box_iou(boxes[entry], truth_boxes[which])
+    best = torch.zeros(len(boxes), dtype=torch.float64).scatter_reduce(
+        0, entry, ious, "amax", include_self=False)
+    best[entry[ious.isnan()]] = torch.nan  # (max propagates NaN)
+    first = torch.full((len(boxes),), len(truth_boxes), dtype=torch.long).scatter_reduce(
+        0, entry, torch.where(ious == best[entry], which, len(truth_boxes)), "amin")
+    truth = torch.where(best > iou_thresh, first, -1)
+    # conf_thresh statistics in entry order: TP if no earlier entry claimed the truth (truths
+    # of different images are different keys, so this is per image)
+    above = scores > conf_thresh
+    tp = above & _first_claims(truth)
+    fp = above & ~tp
+    class_tp = torch.bincount(cls[tp], minlength=classes)
+    class_fp = torch.bincount(cls[fp], minlength=classes)
+    # summed per image, then over images: the order (and so the rounding) of the sum
+    tp_images = torch.bincount(image[tp], minlength=len(detections)).tolist()
     iou_sum = 0.0
-    kept_scores, kept_classes, kept_truths = [], [], []
-    offset = 0
-    for det, gt in zip(detections, truths, strict=True):
-        for what, c in (("truth", gt.classes), ("detection", det.classes)):
-            if len(c) and (int(c.min()) < 0 or int(c.max()) >= classes):
-                bad = int(c.max()) if int(c.max()) >= classes else int(c.min())
-                raise ValueError(f"{what} class {bad} outside 0..{classes - 1}")
-        if det.scores is None:
-            raise ValueError("detections need scores")
-        truth_count += torch.bincount(gt.classes, minlength=classes)
-        live = det.scores > 0
-        boxes, cls, score = det.boxes[live], det.classes[live], det.scores[live]
-        truth = torch.full((len(boxes),), -1, dtype=torch.long)
-        best = torch.zeros(len(boxes), dtype=torch.float64)
-        if len(boxes) and len(gt.boxes):
-            ious = pairwise_iou(boxes, gt.boxes)
-            ious = torch.where(cls[:, None] == gt.classes[None, :], ious, 0.0)
-            best, j = ious.max(1)  # the first of equal maxima, as Darknet's `>` scan
-            truth = torch.where(best > iou_thresh, j, -1)
-        # conf_thresh statistics in entry order: TP if no earlier entry claimed the truth
-        above = score > conf_thresh
-        tp = above & _first_claims(truth)
-        fp = above & ~tp
-        class_tp += torch.bincount(cls[tp], minlength=classes)
-        class_fp += torch.bincount(cls[fp], minlength=classes)
-        iou_sum += float(best[tp].sum())
-        keep = torch.ones(len(boxes), dtype=torch.bool)
-        if gt.difficult is not None and len(gt.difficult) and len(boxes):
-            hard = (pairwise_iou(boxes, gt.difficult[:, :4]) > iou_thresh) & \
-                (cls[:, None] == gt.difficult[None, :, 4].round().long())
-            keep = (truth >= 0) | ~hard.any(1)  # only a difficult object matched: dropped
-        kept_scores.append(score[keep])
-        kept_classes.append(cls[keep])
-        kept_truths.append(torch.where(truth[keep] >= 0, truth[keep] + offset, -1))
-        offset += len(gt.boxes)
+    for part in best[tp].split(tp_images):
+        iou_sum += float(part.sum())
+    keep = torch.ones(len(boxes), dtype=torch.bool)
+    hard = [gt.difficult.reshape(-1, 5) if gt.difficult is not None else
+            torch.zeros(0, 5, dtype=torch.float64) for gt in truths]
+    if any(len(h) for h in hard):  # only a difficult object matched: dropped
+        entry, which = _own_image_pairs(image, [len(h) for h in hard])
+        hard = torch.cat(hard)
+        matched = (box_iou(boxes[entry], hard[which, :4]) > iou_thresh) & \
+            (cls[entry] == hard[which, 4].round().long())
+        near_hard = torch.zeros(len(boxes), dtype=torch.bool)
+        near_hard[entry[matched]] = True
+        keep = (truth >= 0) | ~near_hard
+    entry_class, entry_truth, scores = cls[keep], truth[keep], scores[keep]
 
-    scores = torch.cat(kept_scores) if kept_scores else torch.zeros(0, dtype=torch.float64)
-    entry_class = torch.cat(kept_classes) if kept_classes else torch.zeros(0, dtype=torch.long)
-    entry_truth = torch.cat(kept_truths) if kept_truths else torch.zeros(0, dtype=torch.long)
     order = torch.sort(scores, descending=True, stable=True).indices
     hit = _first_claims(entry_truth[order])  # ranked: a truth is taken by its first entry
     ranked_class = entry_class[order]
@@ -302,56 +358,81 @@ def coco_map(detections: Sequence[ImageBoxes], truths: Sequence[ImageBoxes],
     without truth are left out of the mean (COCO's rule; Darknet counts them 0). 0 when there is
     no truth or no detection at all."""
     COCO, COCOeval = _pycocotools()
-    images, annotations, results = [], [], []
-    for image_id, (det, gt) in enumerate(zip(detections, truths, strict=True), start=1):
-        width, height = gt.size or det.size or (1, 1)
-        images.append({"id": image_id, "width": width, "height": height})
-        scale = torch.tensor([width, height, width, height], dtype=torch.float64)
-        for box, c in zip((_xywh(gt.boxes) * scale).tolist(), gt.classes.tolist(), strict=True):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": int(c) + 1, "bbox": box,
-                                "area": box[2] * box[3], "iscrowd": 0})
+    if len(detections) != len(truths):
+        raise ValueError(f"{len(detections)} detection lists but {len(truths)} truth lists")
+    if any(det.scores is None for det in detections):
+        raise ValueError("detections need scores")
+    sizes = [gt.size or det.size or (1, 1) for det, gt in zip(detections, truths, strict=True)]
+    images = [{"id": i, "width": w, "height": h} for i, (w, h) in enumerate(sizes, start=1)]
+    scale = torch.tensor([[w, h, w, h] for w, h in sizes], dtype=torch.float64).reshape(-1, 4)
+    # all images' boxes in one conversion and one tolist (per image, the small tensor ops cost
+    # more than their work). Per image: its truths, then the objects not to score as COCO's
+    # crowd regions (COCOeval ignores what matches them); COCOeval breaks IoU ties in this order
+    truth_parts = []
+    for i, gt in enumerate(truths):
+        truth_parts.append((i, gt.boxes, gt.classes, 0))
         if gt.difficult is not None and len(gt.difficult):
-            # objects not to score are COCO's crowd regions: COCOeval ignores what matches them
-            hard = _xywh(gt.difficult[:, :4]) * scale
-            for box, c in zip(hard.tolist(), gt.difficult[:, 4].round().long().tolist(),
-                              strict=True):
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": int(c) + 1, "bbox": box,
-                                    "area": box[2] * box[3], "iscrowd": 1})
-        if det.scores is None:
-            raise ValueError("detections need scores")
-        top = _top_per_class(det.scores, det.classes, COCO_MAX_DETS)
-        for box, c, p in zip((_xywh(det.boxes[top]) * scale).tolist(), det.classes[top].tolist(),
-                             det.scores[top].tolist(), strict=True):
-            results.append({"image_id": image_id, "category_id": int(c) + 1, "bbox": box,
-                            "score": p})
+            truth_parts.append((i, gt.difficult[:, :4], gt.difficult[:, 4].round(), 1))
+    image, boxes, cls, crowd = _stacked(truth_parts)
+    annotations = [{"id": n, "image_id": i + 1, "category_id": c + 1, "bbox": box,
+                    "area": box[2] * box[3], "iscrowd": k}
+                   for n, (i, c, box, k) in enumerate(zip(
+                       image.tolist(), cls.tolist(), (_xywh(boxes) * scale[image]).tolist(),
+                       crowd.tolist(), strict=True), start=1)]
+    image, boxes, cls, _ = _stacked([(i, det.boxes, det.classes, 0)
+                                     for i, det in enumerate(detections)])
+    scores = _cat([det.scores.reshape(-1) for det in detections], (0,), torch.float64)
+    top = _top_per_class(scores, cls, COCO_MAX_DETS, image)
+    image = image[top]
+    # the fields COCO.loadRes adds to a bbox result, given here: its polygon of each box
+    # (unused by a bbox evaluation) cost more than the rest of it
+    results = [{"id": n, "image_id": i + 1, "category_id": c + 1, "bbox": box, "score": p,
+                "area": box[2] * box[3], "iscrowd": 0}
+               for n, (i, c, box, p) in enumerate(zip(
+                   image.tolist(), cls[top].tolist(), (_xywh(boxes[top]) * scale[image]).tolist(),
+                   scores[top].tolist(), strict=True), start=1)]
     if not annotations or not results:
         return 0.0, 0.0
+    categories = [{"id": c + 1, "name": str(c)} for c in range(classes)]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        gt_api = COCO()
-        gt_api.dataset = {"images": images, "annotations": annotations,
-                          "categories": [{"id": c + 1, "name": str(c)} for c in range(classes)]}
-        gt_api.createIndex()
-        dt_api = gt_api.loadRes(results)
+        gt_api, dt_api = COCO(), COCO()
+        for api, boxes in ((gt_api, annotations), (dt_api, results)):
+            api.dataset = {"images": images, "annotations": boxes, "categories": categories}
+            api.createIndex()
         evaluator = COCOeval(gt_api, dt_api, "bbox")
+        # only what is read below: COCOeval evaluates each area range and accumulates each
+        # maxDets on its own, so the others (3/4 of evaluate, 11/12 of accumulate) change nothing
+        params = evaluator.params
+        everywhere = params.areaRngLbl.index("all")
+        params.areaRng, params.areaRngLbl = [params.areaRng[everywhere]], ["all"]
+        params.maxDets = [COCO_MAX_DETS]
         evaluator.evaluate()
         evaluator.accumulate()
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [iou, recall, class] all areas, 100
     return _mean_valid(precision), _mean_valid(precision[0])
 
 
-def _top_per_class(scores: torch.Tensor, classes: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of each class's k best entries with score > 0 (stable: ties keep entry order).
-    COCOeval looks at no more than maxDets per image and class; cutting them here is the same
-    result at a fraction of the cost for an untrained network's thousands of boxes."""
+def _top_per_class(scores: torch.Tensor, classes: torch.Tensor, k: int,
+                   images: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of the k best entries with score > 0 of each class (of each image, when
+    `images` gives each entry's), in entry order; ties keep entry order. COCOeval looks at no
+    more than maxDets per image and class, the first of its stable (mergesort) sort by score,
+    so cutting the rest is the same result at a fraction of the cost for an untrained
+    network's thousands of boxes."""
     live = torch.nonzero(scores > 0).flatten()
-    by_score = live[torch.sort(scores[live], descending=True, stable=True).indices]
-    grouped = by_score[torch.sort(classes[by_score], stable=True).indices]
-    cls = classes[grouped]
-    start = torch.searchsorted(cls, cls)  # first position of each entry's class
-    rank = torch.arange(len(grouped)) - start
-    return grouped[rank < k].sort().values
+    order = live[torch.sort(scores[live], descending=True, stable=True).indices]
+    order = order[torch.sort(classes[order], stable=True).indices]
+    if images is not None:
+        order = order[torch.sort(images[order], stable=True).indices]
+    cls = classes[order]
+    first = torch.ones(len(order), dtype=torch.bool)  # where an (image, class) group starts
+    first[1:] = cls[1:] != cls[:-1]
+    if images is not None:
+        image = images[order]
+        first[1:] |= image[1:] != image[:-1]
+    position = torch.arange(len(order))
+    start = torch.where(first, position, 0).cummax(0).values
+    return order[position - start < k].sort().values
 
 
 def _mean_valid(values) -> float:
