@@ -12,20 +12,9 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+from darkcfg.train.launch import child_processes
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def child_processes(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def run_with_stacks_on_hang(argv: list[str], env: dict, timeout: float = 300):
