@@ -158,6 +158,13 @@ def open_source(target: str):
         raise CfgError(Diagnostic("E901", f"'{shown_source(target)}' has no video stream",
                                   shown_source(target),
                                   hint="give a file or stream with video"))
+    if container.streams.video[0].codec_context is None:  # (an unknown or damaged codec tag:
+        # said here, before the network is built, not as a read error after 0 frames)
+        container.close()
+        raise CfgError(Diagnostic("E901", f"the video stream of '{shown_source(target)}' is in "
+                                  "a codec this FFmpeg has no decoder for", shown_source(target),
+                                  hint="re-encode it (e.g. to H.264), or the file may be "
+                                  "damaged: copy it again"))
     return container
 
 
@@ -277,7 +284,8 @@ def _decoded(container, out: queue.Queue):
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
-        except av.InvalidDataError as exc:
+        except av.FFmpegError as exc:  # (not only InvalidDataError: a damaged packet or codec
+            # tag can be EPERM, EINVAL, PATCHWELCOME ... for that packet alone)
             at = float(packet.pts * packet.time_base) if packet.pts is not None and \
                 packet.time_base is not None else None
             out.put(_Skipped(exc, at))
@@ -649,9 +657,11 @@ def _read_error(exc: BaseException, source: str, frames: int) -> BaseException:
     decoding) as E901; the outputs keep those frames."""
     av = require_av()
     if isinstance(exc, (av.FFmpegError, OSError)):
-        return CfgError(Diagnostic("E901", f"cannot read '{shown_source(source)}' after {frames} "
-                                   f"frame(s): {ffmpeg_reason(exc, READ_TIMEOUT)} (the outputs "
-                                   "hold those)", shown_source(source),
+        reason = ffmpeg_reason(exc, READ_TIMEOUT)
+        said = f"after {frames} frame(s): {reason} (the outputs hold those)" if frames else \
+            f"{reason}: no frame was read, nothing was written"
+        return CfgError(Diagnostic("E901", f"cannot read '{shown_source(source)}' {said}",
+                                   shown_source(source),
                                    hint="the file may be damaged or the stream gone"))
     return exc
 

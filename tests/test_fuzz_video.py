@@ -1,0 +1,273 @@
+"""Fuzzing detect's video input (test_fuzz_data.py does the other data files): tiny valid
+videos of many kinds (H.264 in MP4 and Matroska, MJPEG in AVI, VP9 in WebM, a GIF, FFV1 1x1
+gray, 33x17 4:4:4, 2x96, 10-bit, a variable frame rate, a display rotation, a raw stream that
+changes size, Y4M), cut short, bit-flipped, zeroed, their headers damaged, bytes repeated, and
+run through `detect_video` (what `--detect VIDEO` calls). The contract (docs/robustness.md,
+"Videos, fuzzed"): a result or E901 naming the file, never another exception, never a hang
+(a watchdog); the outputs complete (the video plays, with as many frames as the .jsonl has
+lines and the labels folder files) or absent; the input unchanged; no temp file left.
+Derandomized and database-free; DARKCFG_FUZZ_EXAMPLES=500 DARKCFG_FUZZ_RANDOM=1 for a longer
+hunt. Below the fuzz tests: one plain test per input the fuzzing found."""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import os
+from datetime import timedelta
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+av = pytest.importorskip("av")
+
+from test_video import CFG, NAMES, THRESH, read_jsonl  # noqa: E402
+
+from cfgparse import CfgError  # noqa: E402
+from darkcfg.cli import main  # noqa: E402
+from darkcfg.detect.video import check_sources, detect_video, video_codec  # noqa: E402
+
+EXAMPLES = int(os.environ.get("DARKCFG_FUZZ_EXAMPLES", "20"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=20),
+                derandomize=not os.environ.get("DARKCFG_FUZZ_RANDOM"), database=None,
+                suppress_health_check=list(HealthCheck))
+HANG = 120  # seconds: past this a run is taken as hung (the stacks are printed, pytest ends)
+
+
+def write_clip(path: Path, fmt: str, codec: str, width: int, height: int, frames: int = 8,
+               pix_fmt: str = "yuv420p", times_ms: list[int] | None = None,
+               rotation: int = 0) -> Path:
+    """A small clip of a bright box moving over a changing grey."""
+    with av.open(str(path), "w", format=fmt) as c:
+        stream = c.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast"}
+        if times_ms is not None:
+            stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for k in range(frames):
+            img = np.full((height, width, 3), 20 * k, np.uint8)
+            img[k % height:k % height + max(1, height // 3),
+                k % width:k % width + max(1, width // 3)] = (200, 40, 90)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if times_ms is not None:
+                frame.pts, frame.time_base = times_ms[k], Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    return path
+
+
+class Seeds(dict):
+    """name -> bytes; shown by name (a failing example prints its arguments)."""
+
+    def __repr__(self) -> str:
+        return f"Seeds({sorted(self)})"
+
+
+class Case(bytes):
+    """A damaged seed's bytes, shown as the seed and what was done to it."""
+
+    name: str
+    done: list[str]
+
+    def __repr__(self) -> str:
+        return f"Case({self.name!r}, {len(self)} bytes: {'; '.join(self.done)})"
+
+
+def seed_videos(folder: Path) -> Seeds:
+    """name -> bytes of each valid seed this FFmpeg can write."""
+    h264 = video_codec()
+    made = [
+        ("h264.mp4", "mp4", h264, 48, 32, 10, "yuv420p", None, 0),
+        ("odd.mkv", "matroska", h264, 33, 17, 8, "yuv444p", None, 0),
+        ("mjpeg.avi", "avi", "mjpeg", 40, 30, 8, "yuvj420p", None, 0),
+        ("vp9.webm", "webm", "libvpx-vp9", 32, 32, 8, "yuv420p", None, 0),
+        ("anim.gif", "gif", "gif", 32, 24, 8, "rgb8", None, 0),
+        ("one.mkv", "matroska", "ffv1", 1, 1, 8, "gray", None, 0),
+        ("tall.mp4", "mp4", "mpeg4", 2, 96, 8, "yuv420p", None, 0),
+        ("ten.mkv", "matroska", h264, 32, 32, 8, "yuv420p10le", None, 0),
+        ("vfr.mp4", "mp4", h264, 32, 32, 9, "yuv420p", [0, 40, 80, 200, 240, 500, 530, 560,
+                                                         1000], 0),
+        ("turned.mp4", "mp4", h264, 48, 32, 6, "yuv420p", None, 90),
+        ("clip.y4m", "yuv4mpegpipe", "rawvideo", 16, 8, 8, "yuv420p", None, 0),
+    ]
+    seeds = Seeds()
+    for name, fmt, codec, w, h, n, pix, times, turn in made:
+        with contextlib.suppress(av.FFmpegError, ValueError):  # (an encoder this FFmpeg lacks)
+            seeds[name] = write_clip(folder / name, fmt, codec, w, h, n, pix, times,
+                                     turn).read_bytes()
+    # a raw stream whose frames change size midway
+    seeds["grows.h264"] = b"".join(
+        write_clip(folder / f"{w}.h264", "h264", h264, w, h, 4).read_bytes()
+        for w, h in ((32, 24), (18, 34)))
+    return seeds
+
+
+@st.composite
+def damaged(draw, seeds: Seeds) -> Case:
+    """A seed cut short, bits flipped, a range zeroed, its header overwritten or a range
+    repeated elsewhere, one to three times."""
+    name = draw(st.sampled_from(sorted(seeds)))
+    data = bytearray(seeds[name])
+    done = []
+    for _ in range(draw(st.integers(1, 3))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        kind = draw(st.sampled_from(["cut", "flip", "zero", "header", "repeat"]))
+        if kind == "cut":
+            del data[at:]
+        elif kind == "flip":
+            bit = draw(st.integers(0, 7))
+            data[at] ^= 1 << bit
+            kind += f" bit {bit}"
+        elif kind == "zero":
+            size = draw(st.integers(1, 256))
+            data[at:at + size] = bytes(len(data[at:at + size]))
+            kind += f" {size}"
+        elif kind == "header":
+            at %= 128
+            size, value = draw(st.integers(1, 4)), draw(st.sampled_from([0, 0x7F, 0x80, 0xFF]))
+            data[at:at + size] = bytes([value]) * len(data[at:at + size])
+            kind += f" {size} x {value:#x}"
+        else:
+            size, to = draw(st.integers(1, 512)), draw(st.integers(0, len(data)))
+            data[to:to] = data[at:at + size]
+            kind += f" {size} to {to}"
+        done.append(f"{kind} at {at}")
+    case = Case(data)
+    case.name, case.done = name, done
+    return case
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory) -> Seeds:
+    return seed_videos(tmp_path_factory.mktemp("seeds"))
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    from darkcfg.model import build_network
+
+    path = tmp_path_factory.mktemp("cfg") / "tiny.cfg"
+    path.write_text(CFG)
+    built, _, _ = build_network(str(path), [], "alexeyab", 1)
+    return built.eval()
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float):
+    """Print every thread's stack and end the process when the body runs past `seconds`: a
+    hang in FFmpeg's C code cannot be interrupted from Python."""
+    faulthandler.dump_traceback_later(seconds, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def frame_count(video: Path) -> int:
+    with av.open(str(video)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def contract(net, path: Path, out: Path) -> int | None:
+    """detect_video on `path` into `out` keeps the contract; the frames detected (None: E901)."""
+    before = path.read_bytes()
+    frames = None
+    with watchdog(HANG):
+        try:
+            result = detect_video(net, str(path), out, thresh=THRESH, names=NAMES,
+                                  batch_size=4, progress=False, save_labels=True)
+        except CfgError as exc:
+            assert [(d.code, d.path) for d in exc.diagnostics] == [("E901", str(path))], exc
+            kept = "the outputs hold those" in str(exc)  # a read error after some frames
+        else:
+            kept, frames = True, result.frames
+    assert path.read_bytes() == before
+    files = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert not [f for f in files if f.startswith(".")], files  # no temp file left
+    if not kept:
+        assert files == []
+        return None
+    stem = path.stem
+    assert files == [f"{stem}.jsonl", f"{stem}.mp4", f"{stem}_labels"]
+    written = frame_count(out / f"{stem}.mp4")
+    assert written == len(read_jsonl(out / f"{stem}.jsonl")) \
+        == len(list((out / f"{stem}_labels").iterdir())) > 0
+    assert frames in (None, written)
+    return written
+
+
+@pytest.mark.slow  # (~5 s: a dozen videos through the whole pipeline)
+def test_the_seeds_are_videos_detected_whole(net, seeds, tmp_path):
+    for name, data in seeds.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with av.open(str(path)) as c:
+            count = sum(1 for _ in c.decode(video=0))
+        assert contract(net, path, tmp_path / f"out-{name}") == count >= 6, name
+
+
+def fuzz_once(net, case: Case, tmp_path_factory) -> None:
+    folder = tmp_path_factory.mktemp("case")
+    path = folder / case.name
+    path.write_bytes(case)
+    contract(net, path, folder / "out")
+
+
+@FUZZ
+@given(case=st.data())
+def test_damaged_videos_keep_the_contract(net, seeds, tmp_path_factory, case):
+    fuzz_once(net, case.draw(damaged(seeds)), tmp_path_factory)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=10 * EXAMPLES)
+@given(case=st.data())
+def test_damaged_videos_keep_the_contract_longer(net, seeds, tmp_path_factory, case):
+    fuzz_once(net, case.draw(damaged(seeds)), tmp_path_factory)
+
+
+# -- one plain test per input the fuzzing found ---------------------------------------------------
+
+
+def test_a_video_stream_of_a_codec_without_decoder_is_said_before_the_network_is_built(
+        seeds, tmp_path, capsys):
+    # (a damaged codec tag, avc1 -> zzz1): opened, the network built, then "cannot read after 0
+    # frame(s): Decoder not found (the outputs hold those)"
+    path = tmp_path / "tag.mp4"
+    path.write_bytes(seeds["h264.mp4"].replace(b"avc1", b"zzz1"))
+    with pytest.raises(CfgError, match="is in a codec this FFmpeg has no decoder for"):
+        check_sources([str(path)])  # what --detect runs before the build
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(CFG)
+    out = tmp_path / "out"
+    assert main([str(cfg), "--detect", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: error[E901]: the video stream of '{path}' is in a codec this FFmpeg has " \
+        "no decoder for" in err, err
+    assert not out.exists()
+
+
+def test_a_packet_refused_with_another_ffmpeg_error_is_skipped_too(seeds, net, tmp_path):
+    # (a codec tag damaged into another codec's, avc1 -> s263: FFmpeg's h263 decoder refuses
+    # each packet with EPERM, not InvalidDataError): the first such packet ended the video with
+    # "cannot read after 0 frame(s): Operation not permitted (the outputs hold those)", and
+    # nothing held them. Every refused packet is skipped (W901) as a damaged one is.
+    path = tmp_path / "s263.mp4"
+    path.write_bytes(seeds["h264.mp4"].replace(b"avc1", b"s263"))
+    with av.open(str(path)) as c:
+        packets = sum(1 for p in c.demux(video=0) if p.size)
+    with pytest.raises(CfgError, match=rf"no frame of '.*' could be decoded \({packets} "
+                       r"damaged packet\(s\) skipped\): nothing was written"):
+        detect_video(net, str(path), tmp_path / "out", progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
