@@ -189,7 +189,7 @@ def contract(net, path: Path, out: Path) -> int | None:
                                   batch_size=4, progress=False, save_labels=True)
         except CfgError as exc:
             assert [(d.code, d.path) for d in exc.diagnostics] == [("E901", str(path))], exc
-            kept = "the outputs hold those" in str(exc)  # a read error after some frames
+            kept = "the outputs hold" in str(exc)  # a read error after some frames
         else:
             kept, frames = True, result.frames
     assert path.read_bytes() == before
@@ -271,3 +271,73 @@ def test_a_packet_refused_with_another_ffmpeg_error_is_skipped_too(seeds, net, t
                        r"damaged packet\(s\) skipped\): nothing was written"):
         detect_video(net, str(path), tmp_path / "out", progress=False)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def gif_canvas(path: Path, width: int, height: int, frames: int = 3) -> Path:
+    """A GIF of 1x1 frames on a canvas of width x height (its logical screen): FFmpeg decodes
+    each frame at the canvas's size."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    pictures = [Image.new("P", (1, 1), k % 2) for k in range(frames)]
+    buf = io.BytesIO()
+    pictures[0].save(buf, "GIF", save_all=True, append_images=pictures[1:], duration=100)
+    data = bytearray(buf.getvalue())
+    data[6:10] = struct.pack("<HH", width, height)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_frames_of_more_pixels_than_an_image_may_have_are_refused(tmp_path, capsys):
+    # a 150-byte GIF claiming a 16000x16000 canvas was decoded frame by frame at 1 GB each,
+    # up to 72 of them in flight (batches queued, detected and drawn): the memory ran out
+    path = gif_canvas(tmp_path / "canvas.gif", 16000, 16000)
+    assert path.stat().st_size < 200
+    with pytest.raises(CfgError, match=r"the frames of '.*canvas.gif' are 16000x16000: more "
+                       r"pixels than darkcfg reads in an image \(178956970\)"):
+        check_sources([str(path)])  # before the network is built
+
+
+def test_a_stream_that_grows_past_the_limit_keeps_the_frames_before(net, tmp_path, monkeypatch):
+    from PIL import Image
+    from test_fuzz_video import write_clip as clip  # (the frames' sizes: 16x16, then 32x24)
+
+    path = tmp_path / "grows.h264"
+    path.write_bytes(b"".join(clip(tmp_path / f"{w}.h264", "h264", video_codec(), w, h,
+                                   4).read_bytes() for w, h in ((16, 16), (32, 24))))
+    from darkcfg.detect import video
+
+    real = video.open_source
+
+    def opened_then_limited(target):  # (the header, probed to the end, says 32x24 already)
+        container = real(target)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 256 < 600 < 768 pixels
+        return container
+
+    monkeypatch.setattr(video, "open_source", opened_then_limited)
+    out = tmp_path / "out"
+    with pytest.raises(CfgError, match=r"frame 5 of '.*' is 32x24: more pixels than darkcfg "
+                       r"reads in an image \(600\) \(the outputs hold the frames before it\)"):
+        detect_video(net, str(path), out, thresh=THRESH, batch_size=3, progress=False)
+    assert len(read_jsonl(out / "grows.jsonl")) == frame_count(out / "grows.mp4") == 4
+
+
+def test_a_batch_of_big_frames_is_cut_short(net, seeds, tmp_path, monkeypatch):
+    # batches were batch_size frames whatever their size: with ~9 batches in flight, 72 frames
+    # of 8K video (7 GB)
+    from darkcfg.detect import video
+
+    path = tmp_path / "h264.mp4"
+    path.write_bytes(seeds["h264.mp4"])  # 10 frames of 48x32
+    whole = detect_video(net, str(path), tmp_path / "whole", thresh=THRESH, batch_size=8,
+                         progress=False)
+    sizes = []
+    real = video.run_heads
+    monkeypatch.setattr(video, "run_heads", lambda n, x, h: sizes.append(len(x)) or real(n, x, h))
+    monkeypatch.setattr(video, "BATCH_PIXELS", 3 * 48 * 32)
+    cut = detect_video(net, str(path), tmp_path / "cut", thresh=THRESH, batch_size=8,
+                       progress=False)
+    assert sizes == [3, 3, 3, 1]
+    assert read_jsonl(cut.jsonl) == read_jsonl(whole.jsonl) and cut.frames == 10

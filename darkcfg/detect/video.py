@@ -55,6 +55,8 @@ from darkcfg.detect.decode import (
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts", ".mts", ".m2ts", ".3gp", ".ogv", ".vob", ".y4m", ".ivf",
                     ".mjpeg", ".mjpg", ".h264", ".264", ".h265", ".265", ".hevc")
+BATCH_PIXELS = 8 * 1920 * 1080  # a batch of bigger frames is cut short: the ~9 batches in
+# flight (queued, detected, drawn) hold ~9 frames of an 8K video or a GIF's huge canvas
 OPEN_TIMEOUT, READ_TIMEOUT = 10.0, 30.0  # seconds a stream may keep silent (opening, reading)
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
                   "srt://")
@@ -165,7 +167,31 @@ def open_source(target: str):
                                   "a codec this FFmpeg has no decoder for", shown_source(target),
                                   hint="re-encode it (e.g. to H.264), or the file may be "
                                   "damaged: copy it again"))
+    context = container.streams.video[0].codec_context
+    try:
+        check_frame_size(context.width, context.height, target)
+    except CfgError:
+        container.close()
+        raise
     return container
+
+
+def check_frame_size(width: int, height: int, target: str, frame: int = 0) -> None:
+    """E901 for frames of more pixels than darkcfg reads in an image (the stream's header
+    says, or `frame`, counted from 1, is): decoded and queued they would take more memory
+    than the machine has."""
+    from darkcfg.data.base import pixel_limit
+
+    limit = pixel_limit()
+    if limit is None or width * height <= limit:
+        return
+    what = f"frame {frame} of '{shown_source(target)}' is" if frame else \
+        f"the frames of '{shown_source(target)}' are"
+    kept = " (the outputs hold the frames before it)" if frame > 1 else ""
+    raise CfgError(Diagnostic("E901", f"{what} {width}x{height}: more pixels than darkcfg "
+                              f"reads in an image ({limit}){kept}", shown_source(target),
+                              hint="scale the video down (ffmpeg -vf scale=...); the limit is "
+                              "Pillow's Image.MAX_IMAGE_PIXELS x 2"))
 
 
 def _interruptible(open_container):
@@ -294,17 +320,20 @@ def _decoded(container, out: queue.Queue):
 
 
 def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
-            max_frames: int | None) -> None:
+            max_frames: int | None, source: str = "") -> None:
     """Decode frames into batches of uint8 (3, H, W) tensors. No torch work here: a second
     OpenMP pool beside the network's slows both on a small CPU (the preparation, bytes to
     floats and resize, runs on the calling thread: decode.network_input). A batch is
-    (frames, their times in seconds: a Fraction, None where a frame has no timestamp)."""
+    (frames, their times in seconds: a Fraction, None where a frame has no timestamp), cut
+    short past BATCH_PIXELS."""
     frames, times = [], []
-    count = 0
+    count = pixels = 0
     try:
         for frame in _decoded(container, out):
             if stop.is_set():
                 break
+            check_frame_size(frame.width, frame.height, source, count + 1)  # (a stream that
+            # grows midway)
             rgb = frame.to_ndarray(format="rgb24")
             turn = round((frame.rotation or 0) / 90) % 4
             if turn:  # a phone's portrait clip: shown upright, as cv::VideoCapture gives it to
@@ -315,9 +344,11 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
             times.append(frame.pts * frame.time_base if frame.pts is not None and
                          frame.time_base is not None else None)
             count += 1
-            if len(frames) == batch:
+            pixels += frame.width * frame.height
+            if len(frames) == batch or pixels >= BATCH_PIXELS:
                 out.put((frames, times))
                 frames, times = [], []
+                pixels = 0
             if max_frames is not None and count >= max_frames:
                 break
         if frames:
@@ -532,7 +563,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     batches: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
     reader = threading.Thread(target=_reader, daemon=True,
-                              args=(container, batch_size, batches, stop, max_frames))
+                              args=(container, batch_size, batches, stop, max_frames, source))
     held: list[int] = []  # the temp files (and folder) locked while this process lives
     jsonl = None
     try:
