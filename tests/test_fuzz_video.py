@@ -175,8 +175,12 @@ def watchdog(seconds: float):
 
 
 def frame_count(video: Path) -> int:
+    return len(frame_times(video))
+
+
+def frame_times(video: Path) -> list[float]:
     with av.open(str(video)) as c:
-        return sum(1 for _ in c.decode(video=0))
+        return [float(f.time) for f in c.decode(video=0)]
 
 
 def contract(net, path: Path, out: Path) -> int | None:
@@ -200,11 +204,13 @@ def contract(net, path: Path, out: Path) -> int | None:
         return None
     stem = path.stem
     assert files == [f"{stem}.jsonl", f"{stem}.mp4", f"{stem}_labels"]
-    written = frame_count(out / f"{stem}.mp4")
-    assert written == len(read_jsonl(out / f"{stem}.jsonl")) \
-        == len(list((out / f"{stem}_labels").iterdir())) > 0
-    assert frames in (None, written)
-    return written
+    times = frame_times(out / f"{stem}.mp4")
+    records = read_jsonl(out / f"{stem}.jsonl")
+    assert len(times) == len(records) == len(list((out / f"{stem}_labels").iterdir())) > 0
+    # each record's time is its frame's in the written video
+    assert [r["time"] for r in records] == pytest.approx(times, abs=1e-5)
+    assert frames in (None, len(times))
+    return len(times)
 
 
 @pytest.mark.slow  # (~5 s: a dozen videos through the whole pipeline)
@@ -341,3 +347,16 @@ def test_a_batch_of_big_frames_is_cut_short(net, seeds, tmp_path, monkeypatch):
                        progress=False)
     assert sizes == [3, 3, 3, 1]
     assert read_jsonl(cut.jsonl) == read_jsonl(whole.jsonl) and cut.frames == 10
+
+
+def test_a_damaged_timestamp_jump_is_written_where_the_jsonl_says(net, tmp_path):
+    # a frame 2^40 ms (35 years) after the one before: FFmpeg's MP4 muxer wrote it 1/16000 s
+    # after it, the .jsonl said 1099511627.776 s. A frame more than an MP4 holds after the one
+    # before comes 1/rate after it, as a frame without a time does.
+    path = write_clip(tmp_path / "jump.mkv", "matroska", video_codec(), 32, 32, 5,
+                      times_ms=[0, 40, 80, 2**40, 2**40 + 40])
+    assert frame_times(path)[3] > 10**9  # the clip is what the test means
+    result = detect_video(net, str(path), tmp_path / "out", thresh=THRESH, progress=False)
+    expected = [0.0, 0.04, 0.08, 0.18, 0.28]  # (the clip's rate: 10 a second)
+    assert frame_times(result.video) == pytest.approx(expected)
+    assert [r["time"] for r in read_jsonl(result.jsonl)] == pytest.approx(expected)

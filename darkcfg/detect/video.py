@@ -57,6 +57,8 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".m
                     ".mjpeg", ".mjpg", ".h264", ".264", ".h265", ".265", ".hevc")
 BATCH_PIXELS = 8 * 1920 * 1080  # a batch of bigger frames is cut short: the ~9 batches in
 # flight (queued, detected, drawn) hold ~9 frames of an 8K video or a GIF's huge canvas
+LONGEST_FRAME = Fraction(2**31 - 1, 65535)  # seconds (~9 h): an MP4 track holds a frame of up
+# to 2^31 - 1 ticks, and FFmpeg's muxer picks up to 65535 ticks a second
 OPEN_TIMEOUT, READ_TIMEOUT = 10.0, 30.0  # seconds a stream may keep silent (opening, reading)
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
                   "srt://")
@@ -372,7 +374,8 @@ class _Writer(threading.Thread):
                  names: Sequence[str], time_base: Fraction | None = None):
         super().__init__(daemon=True)
         self.time_base = output_time_base(time_base or 1 / Fraction(rate))
-        self.tick = max(1, round(1 / (Fraction(rate) * self.time_base)))  # 1/rate in it
+        self.tick = max(1, round(min(1 / Fraction(rate), LONGEST_FRAME) / self.time_base))  # 1/rate
+        # in it (a damaged header's rate of 1 frame in years too: no frame longer than MP4 holds)
         self.first = None  # the first frame's time (the output's 0)
         self.pts = -1  # the last frame's, in time_base
         self.net, self.nms, self.letter, self.names = net, nms_thresh, letter, names
@@ -409,11 +412,14 @@ class _Writer(threading.Thread):
             self.stream.options = {"preset": "ultrafast"}
 
     def stamp(self, time: Fraction | None) -> int:
-        """A frame's pts in time_base: its time from the first frame's, else (no time, or one
-        not after the frame before) one 1/rate after the frame before."""
+        """A frame's pts in time_base: its time from the first frame's, else (no time, one not
+        after the frame before, or one more than LONGEST_FRAME after it: a damaged timestamp)
+        one 1/rate after the frame before."""
         if time is not None and self.first is None:
             self.first = time
         pts = round((time - self.first) / self.time_base) if time is not None else -1
+        if self.pts >= 0 and (pts - self.pts) * self.time_base > LONGEST_FRAME:
+            pts = -1  # (FFmpeg's MP4 muxer wrote it at another time than the .jsonl said)
         self.pts = pts if pts > self.pts else self.pts + self.tick if self.pts >= 0 else 0
         return self.pts
 
