@@ -360,3 +360,25 @@ def test_a_damaged_timestamp_jump_is_written_where_the_jsonl_says(net, tmp_path)
     expected = [0.0, 0.04, 0.08, 0.18, 0.28]  # (the clip's rate: 10 a second)
     assert frame_times(result.video) == pytest.approx(expected)
     assert [r["time"] for r in read_jsonl(result.jsonl)] == pytest.approx(expected)
+
+
+def test_a_rotation_that_is_no_quarter_turn_is_not_applied(net, seeds, tmp_path):
+    # a display matrix of zeros (damaged: PyAV reads its NaN rotation as -2^31) turned every
+    # frame 270 degrees, a 45-degree one by 0 and a 135-degree one by 180; cv::VideoCapture
+    # turns only by 90, 180 and 270
+    from darkcfg.detect.video import quarter_turns
+
+    data = bytearray(seeds["turned.mp4"])
+    matrix = data.find(b"tkhd") + 4 + 4 + 4 * 4 + 4 + 8 + 8  # (version 0: 32-bit times)
+    assert data[matrix:matrix + 36] == b"".join(
+        v.to_bytes(4, "big", signed=True) for v in (0, -65536, 0, 65536, 0, 0, 0, 0, 1 << 30))
+    data[matrix:matrix + 36] = bytes(36)
+    path = tmp_path / "zeros.mp4"
+    path.write_bytes(bytes(data))
+    with av.open(str(path)) as c:
+        assert next(c.decode(video=0)).rotation == -2**31
+    result = detect_video(net, str(path), tmp_path / "out", thresh=THRESH, progress=False)
+    with av.open(str(result.video)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (48, 32)  # as stored
+    assert [quarter_turns(r) for r in (45, 135, -135, 89, 90, -90, 180, -180, 270, 0, None,
+                                       -2**31)] == [0, 0, 0, 1, 1, 3, 2, 2, 3, 0, 0, 0]

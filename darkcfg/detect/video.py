@@ -337,7 +337,7 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
             check_frame_size(frame.width, frame.height, source, count + 1)  # (a stream that
             # grows midway)
             rgb = frame.to_ndarray(format="rgb24")
-            turn = round((frame.rotation or 0) / 90) % 4
+            turn = quarter_turns(frame.rotation)
             if turn:  # a phone's portrait clip: shown upright, as cv::VideoCapture gives it to
                 # Darknet (CAP_PROP_ORIENTATION_AUTO): its display matrix turns it turn x 90°
                 # counter-clockwise (numpy's copy: no torch work in this thread)
@@ -360,6 +360,15 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
         if frames:  # the frames read before it are detected and written
             out.put((frames, times))
         out.put(exc)
+
+
+def quarter_turns(rotation) -> int:
+    """A display matrix's rotation (degrees counter-clockwise) as quarter turns, 0 for one that
+    is no multiple of 90 (within a degree): cv::VideoCapture turns only by 90, 180 and 270, and
+    a matrix of zeros (damaged) reads as -2^31."""
+    rotation = rotation or 0
+    turns = round(rotation / 90)
+    return turns % 4 if abs(rotation - 90 * turns) <= 1 else 0
 
 
 class _Writer(threading.Thread):
