@@ -382,3 +382,34 @@ def test_a_rotation_that_is_no_quarter_turn_is_not_applied(net, seeds, tmp_path)
         assert (c.streams.video[0].width, c.streams.video[0].height) == (48, 32)  # as stored
     assert [quarter_turns(r) for r in (45, 135, -135, 89, 90, -90, 180, -180, 270, 0, None,
                                        -2**31)] == [0, 0, 0, 1, 1, 3, 2, 2, 3, 0, 0, 0]
+
+
+def test_a_header_rate_of_one_frame_in_days_is_taken_as_none(net, seeds, tmp_path):
+    # an `stts` duration damaged to 2^31 ticks (58 h a frame at 1/10240): the stream's rate,
+    # 5/1048576 a second, was the encoder's, whose last packet the MP4 muxer refused as too
+    # long: av.error.ArgumentError (EINVAL), a traceback
+    data = bytearray(seeds["h264.mp4"])
+    at = data.find(b"stts") + 4 + 4 + 4 + 4  # version/flags, entry count, the first count
+    data[at:at + 4] = (2**31).to_bytes(4, "big")  # the first entry's duration
+    path = tmp_path / "stts.mp4"
+    path.write_bytes(bytes(data))
+    with av.open(str(path)) as c:
+        assert 1 / c.streams.video[0].average_rate > 3600  # the clip is what the test means
+    assert contract(net, path, tmp_path / "out") >= 1
+
+
+def test_an_error_of_the_encoder_or_muxer_is_a_located_error(net, seeds, tmp_path, monkeypatch):
+    # any other FFmpeg error the writer met (not a disk's: those are OSError) was a traceback
+    from darkcfg.detect import video
+
+    def refused(self):
+        raise av.error.ArgumentError(22, "Invalid argument")
+
+    monkeypatch.setattr(video._Writer, "close", refused)
+    path = tmp_path / "h264.mp4"
+    path.write_bytes(seeds["h264.mp4"])
+    out = tmp_path / "out"
+    with pytest.raises(CfgError, match=r"cannot write the annotated video of '.*h264.mp4': "
+                       "Invalid argument: nothing was written"):
+        detect_video(net, str(path), out, thresh=THRESH, progress=False)
+    assert list(out.iterdir()) == []

@@ -565,6 +565,8 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
     rate = stream.average_rate or stream.guessed_rate or 25
+    if rate <= 0 or 1 / Fraction(rate) > LONGEST_FRAME:  # a damaged header's (a frame in 58 h:
+        rate = 25  # the MP4 muxer refused the encoder's last packet as too long), as for none
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
     device = device_of(net)
     heads = head_indices(net)
@@ -681,8 +683,16 @@ def _close_outputs(writer: _Writer, jsonl, container, out: Path,
         keep = False
         # (a buffered write's error names no file; FFmpeg's names the hidden temp file)
         raise write_error(out, exc, what=f"the outputs of '{shown}' into '{out}'") from None
-    except BaseException:
+    except BaseException as exc:
         keep = False
+        av = sys.modules.get("av")
+        if av is not None and isinstance(exc, av.FFmpegError):  # (EINVAL ...: the encoder or
+            # muxer refused what a damaged input gave it, not the disk; a traceback otherwise)
+            raise CfgError(Diagnostic(
+                "E901", f"cannot write the annotated video of '{shown}': "
+                f"{ffmpeg_reason(exc, READ_TIMEOUT)}: nothing was written", shown,
+                hint="the video's timestamps may be damaged: re-encode it "
+                "(ffmpeg -i IN -c:v libx264 OUT.mp4)")) from None
         raise
     finally:
         with contextlib.suppress(OSError):
