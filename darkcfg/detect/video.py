@@ -162,14 +162,14 @@ def open_source(target: str):
         raise CfgError(Diagnostic("E901", f"'{shown_source(target)}' has no video stream",
                                   shown_source(target),
                                   hint="give a file or stream with video"))
-    if container.streams.video[0].codec_context is None:  # (an unknown or damaged codec tag:
-        # said here, before the network is built, not as a read error after 0 frames)
+    context = container.streams.video[0].codec_context
+    if context is None:  # (an unknown or damaged codec tag: said here, before the network is
+        # built, not as a read error after 0 frames)
         container.close()
         raise CfgError(Diagnostic("E901", f"the video stream of '{shown_source(target)}' is in "
                                   "a codec this FFmpeg has no decoder for", shown_source(target),
                                   hint="re-encode it (e.g. to H.264), or the file may be "
                                   "damaged: copy it again"))
-    context = container.streams.video[0].codec_context
     try:
         check_frame_size(context.width, context.height, target)
     except CfgError:
@@ -383,8 +383,7 @@ class _Writer(threading.Thread):
                  names: Sequence[str], time_base: Fraction | None = None):
         super().__init__(daemon=True)
         self.time_base = output_time_base(time_base or 1 / Fraction(rate))
-        self.tick = max(1, round(min(1 / Fraction(rate), LONGEST_FRAME) / self.time_base))  # 1/rate
-        # in it (a damaged header's rate of 1 frame in years too: no frame longer than MP4 holds)
+        self.tick = max(1, round(1 / (Fraction(rate) * self.time_base)))  # 1/rate in it
         self.first = None  # the first frame's time (the output's 0)
         self.pts = -1  # the last frame's, in time_base
         self.net, self.nms, self.letter, self.names = net, nms_thresh, letter, names
