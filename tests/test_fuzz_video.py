@@ -5,7 +5,8 @@ changes size, Y4M), cut short, bit-flipped, zeroed, their headers damaged, bytes
 run through `detect_video` (what `--detect VIDEO` calls). The contract (docs/robustness.md,
 "Videos, fuzzed"): a result or E901 naming the file, never another exception, never a hang
 (a watchdog); the outputs complete (the video plays, with as many frames as the .jsonl has
-lines and the labels folder files) or absent; the input unchanged; no temp file left.
+lines and the labels folder files, each record's time its frame's) or absent; the input
+unchanged; no temp file left.
 Derandomized and database-free; DARKCFG_FUZZ_EXAMPLES=500 DARKCFG_FUZZ_RANDOM=1 for a longer
 hunt. Below the fuzz tests: one plain test per input the fuzzing found."""
 
@@ -307,14 +308,14 @@ def test_frames_of_more_pixels_than_an_image_may_have_are_refused(tmp_path, caps
 
 
 def test_a_stream_that_grows_past_the_limit_keeps_the_frames_before(net, tmp_path, monkeypatch):
+    # (a raw stream whose frames are 16x16, then 32x24)
     from PIL import Image
-    from test_fuzz_video import write_clip as clip  # (the frames' sizes: 16x16, then 32x24)
 
-    path = tmp_path / "grows.h264"
-    path.write_bytes(b"".join(clip(tmp_path / f"{w}.h264", "h264", video_codec(), w, h,
-                                   4).read_bytes() for w, h in ((16, 16), (32, 24))))
     from darkcfg.detect import video
 
+    path = tmp_path / "grows.h264"
+    path.write_bytes(b"".join(write_clip(tmp_path / f"{w}.h264", "h264", video_codec(), w, h,
+                                         4).read_bytes() for w, h in ((16, 16), (32, 24))))
     real = video.open_source
 
     def opened_then_limited(target):  # (the header, probed to the end, says 32x24 already)
