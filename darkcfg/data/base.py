@@ -136,6 +136,15 @@ def image_errors() -> tuple[type[BaseException], ...]:
             SyntaxError, EOFError)
 
 
+def pixel_limit() -> int | None:
+    """The most pixels an image or a video frame may have: Pillow's decompression-bomb error,
+    past twice its MAX_IMAGE_PIXELS (None where a user lifted it). A few bytes of GIF or H.264
+    can claim a frame of 16000x16000."""
+    from PIL import Image
+
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+
+
 def loader_worker_init(worker_id: int, sharing: str | None = None) -> None:
     """DataLoader worker_init_fn: loader processes ignore the stop signals (SIGTERM, SIGINT,
     SIGHUP). A stop signal sent to the whole process group (systemd, Slurm, `kill -- -PGID`,

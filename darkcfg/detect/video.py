@@ -55,6 +55,10 @@ from darkcfg.detect.decode import (
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts", ".mts", ".m2ts", ".3gp", ".ogv", ".vob", ".y4m", ".ivf",
                     ".mjpeg", ".mjpg", ".h264", ".264", ".h265", ".265", ".hevc")
+BATCH_PIXELS = 8 * 1920 * 1080  # a batch of bigger frames is cut short: the ~9 batches in
+# flight (queued, detected, drawn) hold ~9 frames of an 8K video or a GIF's huge canvas
+LONGEST_FRAME = Fraction(2**31 - 1, 65535)  # seconds (~9 h): an MP4 track holds a frame of up
+# to 2^31 - 1 ticks, and FFmpeg's muxer picks up to 65535 ticks a second
 OPEN_TIMEOUT, READ_TIMEOUT = 10.0, 30.0  # seconds a stream may keep silent (opening, reading)
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
                   "srt://")
@@ -158,7 +162,38 @@ def open_source(target: str):
         raise CfgError(Diagnostic("E901", f"'{shown_source(target)}' has no video stream",
                                   shown_source(target),
                                   hint="give a file or stream with video"))
+    context = container.streams.video[0].codec_context
+    if context is None:  # (an unknown or damaged codec tag: said here, before the network is
+        # built, not as a read error after 0 frames)
+        container.close()
+        raise CfgError(Diagnostic("E901", f"the video stream of '{shown_source(target)}' is in "
+                                  "a codec this FFmpeg has no decoder for", shown_source(target),
+                                  hint="re-encode it (e.g. to H.264), or the file may be "
+                                  "damaged: copy it again"))
+    try:
+        check_frame_size(context.width, context.height, target)
+    except CfgError:
+        container.close()
+        raise
     return container
+
+
+def check_frame_size(width: int, height: int, target: str, frame: int = 0) -> None:
+    """E901 for frames of more pixels than darkcfg reads in an image (the stream's header
+    says, or `frame`, counted from 1, is): decoded and queued they would take more memory
+    than the machine has."""
+    from darkcfg.data.base import pixel_limit
+
+    limit = pixel_limit()
+    if limit is None or width * height <= limit:
+        return
+    what = f"frame {frame} of '{shown_source(target)}' is" if frame else \
+        f"the frames of '{shown_source(target)}' are"
+    kept = " (the outputs hold the frames before it)" if frame > 1 else ""
+    raise CfgError(Diagnostic("E901", f"{what} {width}x{height}: more pixels than darkcfg "
+                              f"reads in an image ({limit}){kept}", shown_source(target),
+                              hint="scale the video down (ffmpeg -vf scale=...); the limit is "
+                              "Pillow's Image.MAX_IMAGE_PIXELS x 2"))
 
 
 def _interruptible(open_container):
@@ -277,7 +312,8 @@ def _decoded(container, out: queue.Queue):
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
-        except av.InvalidDataError as exc:
+        except av.FFmpegError as exc:  # (not only InvalidDataError: a damaged packet or codec
+            # tag can be EPERM, EINVAL, PATCHWELCOME ... for that packet alone)
             at = float(packet.pts * packet.time_base) if packet.pts is not None and \
                 packet.time_base is not None else None
             out.put(_Skipped(exc, at))
@@ -286,19 +322,22 @@ def _decoded(container, out: queue.Queue):
 
 
 def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
-            max_frames: int | None) -> None:
+            max_frames: int | None, source: str = "") -> None:
     """Decode frames into batches of uint8 (3, H, W) tensors. No torch work here: a second
     OpenMP pool beside the network's slows both on a small CPU (the preparation, bytes to
     floats and resize, runs on the calling thread: decode.network_input). A batch is
-    (frames, their times in seconds: a Fraction, None where a frame has no timestamp)."""
+    (frames, their times in seconds: a Fraction, None where a frame has no timestamp), cut
+    short past BATCH_PIXELS."""
     frames, times = [], []
-    count = 0
+    count = pixels = 0
     try:
         for frame in _decoded(container, out):
             if stop.is_set():
                 break
+            check_frame_size(frame.width, frame.height, source, count + 1)  # (a stream that
+            # grows midway)
             rgb = frame.to_ndarray(format="rgb24")
-            turn = round((frame.rotation or 0) / 90) % 4
+            turn = quarter_turns(frame.rotation)
             if turn:  # a phone's portrait clip: shown upright, as cv::VideoCapture gives it to
                 # Darknet (CAP_PROP_ORIENTATION_AUTO): its display matrix turns it turn x 90°
                 # counter-clockwise (numpy's copy: no torch work in this thread)
@@ -307,9 +346,11 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
             times.append(frame.pts * frame.time_base if frame.pts is not None and
                          frame.time_base is not None else None)
             count += 1
-            if len(frames) == batch:
+            pixels += frame.width * frame.height
+            if len(frames) == batch or pixels >= BATCH_PIXELS:
                 out.put((frames, times))
                 frames, times = [], []
+                pixels = 0
             if max_frames is not None and count >= max_frames:
                 break
         if frames:
@@ -319,6 +360,15 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
         if frames:  # the frames read before it are detected and written
             out.put((frames, times))
         out.put(exc)
+
+
+def quarter_turns(rotation) -> int:
+    """A display matrix's rotation (degrees counter-clockwise) as quarter turns, 0 for one that
+    is no multiple of 90 (within a degree): cv::VideoCapture turns only by 90, 180 and 270, and
+    a matrix of zeros (damaged) reads as -2^31."""
+    rotation = rotation or 0
+    turns = round(rotation / 90)
+    return turns % 4 if abs(rotation - 90 * turns) <= 1 else 0
 
 
 class _Writer(threading.Thread):
@@ -370,11 +420,14 @@ class _Writer(threading.Thread):
             self.stream.options = {"preset": "ultrafast"}
 
     def stamp(self, time: Fraction | None) -> int:
-        """A frame's pts in time_base: its time from the first frame's, else (no time, or one
-        not after the frame before) one 1/rate after the frame before."""
+        """A frame's pts in time_base: its time from the first frame's, else (no time, one not
+        after the frame before, or one more than LONGEST_FRAME after it: a damaged timestamp)
+        one 1/rate after the frame before."""
         if time is not None and self.first is None:
             self.first = time
         pts = round((time - self.first) / self.time_base) if time is not None else -1
+        if self.pts >= 0 and (pts - self.pts) * self.time_base > LONGEST_FRAME:
+            pts = -1  # (FFmpeg's MP4 muxer wrote it at another time than the .jsonl said)
         self.pts = pts if pts > self.pts else self.pts + self.tick if self.pts >= 0 else 0
         return self.pts
 
@@ -511,6 +564,8 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
     rate = stream.average_rate or stream.guessed_rate or 25
+    if rate <= 0 or 1 / Fraction(rate) > LONGEST_FRAME:  # a damaged header's (a frame in 58 h:
+        rate = 25  # the MP4 muxer refused the encoder's last packet as too long), as for none
     letter = net_letter_box(net) if letter_box is None else bool(letter_box)
     device = device_of(net)
     heads = head_indices(net)
@@ -524,7 +579,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     batches: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
     reader = threading.Thread(target=_reader, daemon=True,
-                              args=(container, batch_size, batches, stop, max_frames))
+                              args=(container, batch_size, batches, stop, max_frames, source))
     held: list[int] = []  # the temp files (and folder) locked while this process lives
     jsonl = None
     try:
@@ -627,8 +682,16 @@ def _close_outputs(writer: _Writer, jsonl, container, out: Path,
         keep = False
         # (a buffered write's error names no file; FFmpeg's names the hidden temp file)
         raise write_error(out, exc, what=f"the outputs of '{shown}' into '{out}'") from None
-    except BaseException:
+    except BaseException as exc:
         keep = False
+        av = sys.modules.get("av")
+        if av is not None and isinstance(exc, av.FFmpegError):  # (EINVAL ...: the encoder or
+            # muxer refused what a damaged input gave it, not the disk; a traceback otherwise)
+            raise CfgError(Diagnostic(
+                "E901", f"cannot write the annotated video of '{shown}': "
+                f"{ffmpeg_reason(exc, READ_TIMEOUT)}: nothing was written", shown,
+                hint="the video's timestamps may be damaged: re-encode it "
+                "(ffmpeg -i IN -c:v libx264 OUT.mp4)")) from None
         raise
     finally:
         with contextlib.suppress(OSError):
@@ -649,9 +712,11 @@ def _read_error(exc: BaseException, source: str, frames: int) -> BaseException:
     decoding) as E901; the outputs keep those frames."""
     av = require_av()
     if isinstance(exc, (av.FFmpegError, OSError)):
-        return CfgError(Diagnostic("E901", f"cannot read '{shown_source(source)}' after {frames} "
-                                   f"frame(s): {ffmpeg_reason(exc, READ_TIMEOUT)} (the outputs "
-                                   "hold those)", shown_source(source),
+        reason = ffmpeg_reason(exc, READ_TIMEOUT)
+        said = f"after {frames} frame(s): {reason} (the outputs hold those)" if frames else \
+            f"{reason}: no frame was read, nothing was written"
+        return CfgError(Diagnostic("E901", f"cannot read '{shown_source(source)}' {said}",
+                                   shown_source(source),
                                    hint="the file may be damaged or the stream gone"))
     return exc
 
