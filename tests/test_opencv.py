@@ -319,6 +319,48 @@ def test_opencv_connected_batch_norm(bn, tmp_path):
         assert err <= 1e-4 and named == []
 
 
+@pytest.mark.parametrize("section", ["[convolutional]\nfilters=4\nsize=1\n",
+                                     "[connected]\noutput=4\n"])
+def test_opencv_applies_no_default_activation(section, tmp_path):
+    """Found by fuzzing: without `activation=` Darknet (and darkcfg) apply logistic to a
+    [convolutional] or [connected] layer, OpenCV applies none; with activation=logistic written
+    out both match. `check --target opencv` names the first (W604)."""
+    cfg = tmp_path / "act.cfg"
+    errors = []
+    for activation in ("", "activation=logistic\n"):
+        cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section + activation)
+        net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+        save_weights(net.eval(), tmp_path / "act.weights")
+        x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+        errors.append(compare(net, opencv_net(cfg, tmp_path / "act.weights"), x))
+        errors.append([d.code for d in check_target(parse(cfg), "opencv")])
+    assert errors[1:] == [["W604"], pytest.approx(0, abs=1e-4), []], errors
+    assert not errors[0] <= 1e-2, "OpenCV now applies Darknet's default activation"
+
+
+def test_opencv_does_not_run_a_flat_input(tmp_path):
+    """Found by fuzzing: a [net] with inputs= alone (flat data) loads in OpenCV, but its
+    [connected] layer asserts on every input shape; with width=1 height=1 channels=N the same
+    network runs and matches. `check --target opencv` names the first (W603)."""
+    cfg = tmp_path / "flat.cfg"
+    body = "[connected]\noutput=4\nactivation=linear\n"
+    cfg.write_text("[net]\ninputs=16\n\n" + body)
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    save_weights(net.eval(), tmp_path / "flat.weights")
+    cv = opencv_net(cfg, tmp_path / "flat.weights")
+    for shape in ((1, 16), (1, 16, 1, 1)):
+        cv.setInput(np.random.rand(*shape).astype(np.float32))
+        with pytest.raises(cv2.error):
+            cv.forward()
+    assert [d.code for d in check_target(parse(cfg), "opencv")] == ["W603"]
+    cfg.write_text("[net]\ninputs=16\nwidth=1\nheight=1\nchannels=16\n\n" + body)
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    save_weights(net.eval(), tmp_path / "image.weights")
+    x = torch.rand(1, 16, 1, 1, generator=torch.Generator().manual_seed(9))
+    assert compare(net, opencv_net(cfg, tmp_path / "image.weights"), x) <= 1e-4
+    assert check_target(parse(cfg), "opencv") == []
+
+
 def test_opencv_reads_converted_and_cut_weights(tmp_path, capsys):
     """`darkcfg weights --save-weights` (a 64-bit `seen` past 2**32 kept) and `--cutoff N`
     through OpenCV: the whole file with the cfg, the cut file with the cfg of its first N

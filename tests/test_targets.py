@@ -113,7 +113,8 @@ def test_opencv_crop_needs_noadjust(tmp_path):
     for noadjust, want in (("", [("W603", 6)]), ("noadjust=1", [])):
         path = tmp_path / "c.cfg"
         path.write_text(f"[net]\nwidth=32\nheight=32\nchannels=3\n\n[crop]\ncrop_width=28\n"
-                        f"crop_height=28\n{noadjust}\n\n[convolutional]\nfilters=4\nsize=1\n")
+                        f"crop_height=28\n{noadjust}\n\n[convolutional]\nfilters=4\nsize=1\n"
+                        "activation=linear\n")
         assert codes(path, "opencv") == want
 
 
@@ -124,12 +125,51 @@ def test_opencv_connected_batch_norm_is_named(tmp_path):
         [connected]
         output=4
         batch_normalize=1
+        activation=leaky
 
         [connected]
         output=2
         batch_normalize=0
+        activation=leaky
         """)
     assert codes(path, "opencv") == [("W603", 14)]
+
+
+def test_opencv_default_activation_and_flat_input_are_named(tmp_path):
+    """Found by fuzzing .weights through OpenCV 4.14 (tests/test_opencv.py measures both): a
+    [convolutional]/[connected] without activation= is logistic in Darknet and linear in OpenCV
+    (W604 at the section), and a flat [net] (inputs= alone) loads in OpenCV but does not run
+    (W603 at inputs)."""
+    path = cfg(tmp_path, """
+        [convolutional]
+        filters=4
+        size=1
+
+        [connected]
+        output=2
+        """)
+    assert codes(path, "opencv") == [("W604", 12), ("W604", 16)]
+    assert codes(path, "onnx") == codes(path, "tensorrt") == []
+    assert "Darknet applies its default, logistic" in check_target(parse(path), "opencv")[0].message
+    flat = tmp_path / "flat.cfg"
+    flat.write_text("[net]\ninputs=16\n\n[connected]\noutput=2\nactivation=linear\n")
+    assert codes(flat, "opencv") == [("W603", 2)]
+    flat.write_text("[net]\ninputs=16\nwidth=1\nheight=1\nchannels=16\n\n[connected]\n"
+                    "output=2\nactivation=linear\n")
+    assert codes(flat, "opencv") == []
+
+
+def test_a_cfg_of_no_layers_is_checked_for_every_target(tmp_path):
+    """`[net]` alone (fuzzing's minimised flat net): the shape rules' zip of the layers with
+    their inputs was one longer than the layers, a ValueError reported as E300 'a darkcfg
+    bug' by `check --target opencv|onnx|tensorrt`."""
+    from darkcfg.lint.stages import Options, check_file
+
+    path = tmp_path / "empty.cfg"
+    path.write_text("[net]\ninputs=256\n")
+    for target in ("onnx", "tensorrt"):
+        assert check_file(path, Options(targets=(target,))) == []
+    assert [d.code for d in check_file(path, Options(targets=("opencv",)))] == ["W603"]
 
 
 def test_recurrent_sections_for_onnx(tmp_path):

@@ -168,7 +168,32 @@ def _crop_adjust(block: Block) -> str | None:
             "then loads the following layers' weights misplaced and refuses to run")
 
 
-OPENCV_BLOCK_RULES = ((_anchor_count, "anchors"), (_crop_adjust, None))
+def _default_activation(block: Block) -> str | None:
+    """A [convolutional]/[connected] without `activation=`: Darknet applies its default, logistic
+    (src/parser.c parse_convolutional, parse_connected); OpenCV's importer applies none
+    (measured, OpenCV 4.14: the output is the linear one)."""
+    if block.type not in ("convolutional", "connected") or "activation" in block.options:
+        return None
+    return ("no activation= given: Darknet applies its default, logistic; OpenCV's importer "
+            "applies none (linear). Write activation=logistic to have both apply it")
+
+
+def _flat_input(block: Block) -> str | None:
+    """[net] inputs=N without width, height and channels (flat data): OpenCV sizes its input
+    from those three only (measured, OpenCV 4.14: the cfg loads, and its first [connected]
+    asserts on any input shape; the same net with width=1 height=1 channels=N runs)."""
+    if block.type != "net" or "inputs" not in block.options:
+        return None
+    size = [_option(block, key, 0) for key in ("width", "height", "channels")]
+    if all(isinstance(v, int) and v > 0 for v in size):
+        return None
+    return ("a flat input (inputs= without width, height and channels): OpenCV's importer takes "
+            "the input size from width, height and channels only, and the network does not run")
+
+
+#: (rule, key at fault, code)
+OPENCV_BLOCK_RULES = ((_anchor_count, "anchors", "W603"), (_crop_adjust, None, "W603"),
+                      (_default_activation, None, "W604"), (_flat_input, "inputs", "W603"))
 
 # -- ONNX (darkcfg's exporter) --------------------------------------------------------------------
 RECURRENT = frozenset({"rnn", "lstm", "gru", "crnn", "conv_lstm", "history"})
@@ -215,7 +240,7 @@ class Target:
     sections: dict  # section -> why (only unsupported ones), or a frozenset of supported ones
     activations: dict  # activation -> why (unsupported), or a frozenset of supported ones
     keys: tuple
-    block_rules: tuple = ()  # (callable block -> why or None, key at fault): W603
+    block_rules: tuple = ()  # (callable block -> why or None, key at fault, code)
     shape_rules: tuple = ()  # ((block, c, h, w of its input, source shapes) -> why, code)
     exported: bool = False  # made from darkcfg's export: it runs the network's forward
 
@@ -263,10 +288,10 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
                 found.append(block.diagnostic(
                     "W602", f"{label}: activation={opt.value} {why}", "activation",
                     hint=_hint(target), severity=WARNING))
-        for rule, key in rules.block_rules:
+        for rule, key, code in rules.block_rules:
             why = rule(block)
             if why is not None:
-                found.append(block.diagnostic("W603", f"{label}: {why}", key,
+                found.append(block.diagnostic(code, f"{label}: {why}", key,
                                               hint=_hint(target), severity=WARNING))
         for rule in rules.keys:
             if rule.applies(block):
