@@ -319,23 +319,68 @@ def test_opencv_connected_batch_norm(bn, tmp_path):
         assert err <= 1e-4 and named == []
 
 
-@pytest.mark.parametrize("section", ["[convolutional]\nfilters=4\nsize=1\n",
-                                     "[connected]\noutput=4\n"])
-def test_opencv_applies_no_default_activation(section, tmp_path):
-    """Found by fuzzing: without `activation=` Darknet (and darkcfg) apply logistic to a
-    [convolutional] or [connected] layer, OpenCV applies none; with activation=logistic written
-    out both match. `check --target opencv` names the first (W604)."""
-    cfg = tmp_path / "act.cfg"
-    errors = []
-    for activation in ("", "activation=logistic\n"):
-        cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section + activation)
-        net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
-        save_weights(net.eval(), tmp_path / "act.weights")
-        x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(8))
-        errors.append(compare(net, opencv_net(cfg, tmp_path / "act.weights"), x))
-        errors.append([d.code for d in check_target(parse(cfg), "opencv")])
-    assert errors[1:] == [["W604"], pytest.approx(0, abs=1e-4), []], errors
-    assert not errors[0] <= 1e-2, "OpenCV now applies Darknet's default activation"
+_CONV4 = "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n"
+_HEAD = _CONV4 + "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yolo]\n" \
+    "anchors=1,1, 2,2, 3,3\nnum=3\nclasses=1\n"
+#: found by fuzzing: (sections as written, the same with Darknet's reading written out, the
+#: code of `check --target opencv` on the first)
+DEFAULTS = {
+    "conv-activation": ("[convolutional]\nfilters=4\nsize=1\n", "activation=logistic", "W604"),
+    "connected-activation": ("[connected]\noutput=4\n", "activation=logistic", "W604"),
+    "conv-filters": ("[convolutional]\nsize=1\nactivation=linear\n", "filters=1", "W603"),
+    "conv-size": ("[convolutional]\nfilters=2\nactivation=linear\n", "size=1", "W603"),
+    "maxpool-stride": ("[maxpool]\nsize=2\n", "stride=1", "W604"),
+    "maxpool-size": ("[maxpool]\nstride=1\n", "size=1", "W604"),
+    "upsample-stride": ("[upsample]\n", "stride=2", "W604"),
+    "reorg-stride": (_CONV4 + "[reorg]\n", "stride=1", "W604"),
+    "yolo-mask": (_HEAD, "mask=0,1,2", "W603"),
+}
+
+
+def _opencv_error(cfg: Path, tmp_path: Path) -> float:
+    """OpenCV's max rel. error against darkcfg on darkcfg's .weights; inf where OpenCV refuses
+    the cfg or gives outputs of another shape."""
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    perturb_normalization(net)
+    save_weights(net.eval(), tmp_path / "m.weights")
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    try:
+        return compare(net, opencv_net(cfg, tmp_path / "m.weights"), x)
+    except (cv2.error, ValueError):  # (ValueError: OpenCV's output has another size)
+        return float("inf")
+
+
+@pytest.mark.parametrize("case", sorted(DEFAULTS))
+def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
+    """A key left out where OpenCV's importer has another default than Darknet (activation
+    logistic, [maxpool] stride 1 and size = stride, [upsample] stride 2 ...): OpenCV refuses the
+    layer or computes otherwise, and `check --target opencv` says so; with Darknet's value
+    written out, both compute the same and the check is quiet."""
+    text, written, code = DEFAULTS[case]
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + text)
+    assert [d.code for d in check_target(parse(cfg), "opencv")] == [code]
+    assert not _opencv_error(cfg, tmp_path) <= 1e-2, f"OpenCV now reads {case} as Darknet"
+    cfg.write_text(cfg.read_text() + written + "\n")
+    assert check_target(parse(cfg), "opencv") == []
+    assert _opencv_error(cfg, tmp_path) <= 1e-4
+
+
+def test_opencv_reads_no_stride_x_or_stride_y(tmp_path):
+    """[convolutional] and [maxpool] stride_x/stride_y: OpenCV's importer reads `stride` only
+    (found by fuzzing; W604 from `check --target opencv`)."""
+    cfg = tmp_path / "m.cfg"
+    for section, code in (("[convolutional]\nfilters=2\nsize=3\nactivation=linear\n"
+                           "stride_x=2\nstride_y=2\n", "W604"),
+                          ("[maxpool]\nsize=2\nstride=2\nstride_x=1\nstride_y=1\n", "W604"),
+                          ("[maxpool]\nsize=2\nstride_x=2\nstride_y=2\n", None)):
+        cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
+        named = [d.code for d in check_target(parse(cfg), "opencv")]
+        err = _opencv_error(cfg, tmp_path)
+        if code is None:  # Darknet's stride_x/stride_y 2 are OpenCV's default stride 2
+            assert named == [] and err <= 1e-4
+        else:
+            assert named == [code] and not err <= 1e-2, section
 
 
 def test_opencv_does_not_run_a_flat_input(tmp_path):

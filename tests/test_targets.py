@@ -159,6 +159,25 @@ def test_opencv_default_activation_and_flat_input_are_named(tmp_path):
     assert codes(flat, "opencv") == []
 
 
+@pytest.mark.parametrize("section, code", [
+    ("[convolutional]\nsize=1\nactivation=linear\n", "W603"),  # filters: OpenCV refuses
+    ("[convolutional]\nfilters=2\nactivation=linear\n", "W603"),  # size
+    ("[convolutional]\nfilters=2\nsize=3\nstride_x=2\nstride_y=1\nactivation=linear\n",
+     "W604"),
+    ("[maxpool]\nsize=2\n", "W604"), ("[maxpool]\nstride=1\n", "W604"),
+    ("[maxpool]\nsize=2\nstride=2\nstride_y=1\n", "W604"),
+    ("[maxpool]\nsize=2\nstride=2\n", None), ("[maxpool]\nstride=2\n", None),
+    ("[upsample]\n", "W604"), ("[upsample]\nstride=2\n", None), ("[reorg]\n", "W604"),
+    ("[yolo]\nanchors=1,1\nnum=1\nclasses=1\n", "W603"),
+])
+def test_opencv_defaults_that_differ_from_darknets(section, code, tmp_path):
+    """Keys left out whose OpenCV default is not Darknet's (measured in tests/test_opencv.py)."""
+    path = tmp_path / "m.cfg"
+    path.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
+    assert [c for c, _ in codes(path, "opencv")] == ([code] if code else [])
+    assert codes(path, "onnx") == []
+
+
 def test_a_cfg_of_no_layers_is_checked_for_every_target(tmp_path):
     """`[net]` alone (fuzzing's minimised flat net): the shape rules' zip of the layers with
     their inputs was one longer than the layers, a ValueError reported as E300 'a darkcfg

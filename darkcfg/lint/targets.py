@@ -168,14 +168,72 @@ def _crop_adjust(block: Block) -> str | None:
             "then loads the following layers' weights misplaced and refuses to run")
 
 
-def _default_activation(block: Block) -> str | None:
-    """A [convolutional]/[connected] without `activation=`: Darknet applies its default, logistic
-    (src/parser.c parse_convolutional, parse_connected); OpenCV's importer applies none
-    (measured, OpenCV 4.14: the output is the linear one)."""
-    if block.type not in ("convolutional", "connected") or "activation" in block.options:
+@dataclass(frozen=True)
+class DefaultRule:
+    """`key` absent from [section]: Darknet's default and the target's differ (measured, OpenCV
+    4.14: one-layer cfgs with and without the key). Called on a block: why, or None."""
+
+    section: str
+    key: str
+    why: str
+    agrees: object = None  # block -> True where the two defaults give the same after all
+
+    def __call__(self, block: Block) -> str | None:
+        if block.type != self.section or self.key in block.options:
+            return None
+        if self.agrees is not None and self.agrees(block):
+            return None
+        return f"no {self.key}= given: {self.why}"
+
+
+_LOGISTIC = ("Darknet applies its default, logistic; OpenCV's importer applies none (linear). "
+             "Write activation=logistic to have both apply it")
+#: (rule, code): W603 where OpenCV refuses the layer, W604 where it computes otherwise
+OPENCV_DEFAULTS = (
+    (DefaultRule("convolutional", "activation", _LOGISTIC), "W604"),
+    (DefaultRule("connected", "activation", _LOGISTIC), "W604"),
+    (DefaultRule("convolutional", "filters", "Darknet's default is 1; OpenCV's importer refuses "
+                 "the layer (it asserts filters > 0)"), "W603"),
+    (DefaultRule("convolutional", "size", "Darknet's default is 1; OpenCV's importer refuses "
+                 "the layer (it asserts size > 0)"), "W603"),
+    (DefaultRule("upsample", "stride", "Darknet's default is 2; OpenCV's importer does not "
+                 "resize (factor 1)"), "W604"),
+    (DefaultRule("reorg", "stride", "Darknet's default is 1 (a copy); OpenCV's importer "
+                 "reorganises with another stride"), "W604"),
+    (DefaultRule("yolo", "mask", "Darknet uses all num anchors; OpenCV's importer refuses the "
+                 "layer (it asserts a mask)"), "W603"),
+)
+
+
+def _pool_window(block: Block) -> str | None:
+    """OpenCV's [maxpool] defaults are size 2 and stride 2, and it reads no stride_x/stride_y;
+    Darknet's are stride 1 and size = stride (src/parser.c parse_maxpool). Measured, OpenCV
+    4.14: `stride=1` alone, `size=2` alone and `stride=2 stride_x=1 stride_y=1` differ."""
+    if block.type != "maxpool":
         return None
-    return ("no activation= given: Darknet applies its default, logistic; OpenCV's importer "
-            "applies none (linear). Write activation=logistic to have both apply it")
+    stride = _option(block, "stride", 1)
+    size = _option(block, "size", stride)
+    ours = (size, _option(block, "stride_x", stride), _option(block, "stride_y", stride))
+    theirs = (_option(block, "size", 2), _option(block, "stride", 2))
+    if ours == (theirs[0], theirs[1], theirs[1]):
+        return None
+    return (f"OpenCV's importer pools {theirs[0]}x{theirs[0]} with stride {theirs[1]} (its "
+            f"defaults are size 2 and stride 2, and it reads no stride_x/stride_y), Darknet "
+            f"{size}x{size} with stride {ours[1]}x{ours[2]} (x, y)")
+
+
+def _conv_strides(block: Block) -> str | None:
+    """Darknet's [convolutional] takes stride_x/stride_y where both are given (src/parser.c
+    parse_convolutional); OpenCV's importer reads `stride` only (measured, OpenCV 4.14)."""
+    if block.type != "convolutional":
+        return None
+    stride = _option(block, "stride", 1)
+    sx, sy = _option(block, "stride_x", -1), _option(block, "stride_y", -1)
+    if not (isinstance(sx, int) and isinstance(sy, int)) or sx < 1 or sy < 1 or \
+            sx == sy == stride:
+        return None
+    return (f"stride_x={sx} stride_y={sy}: OpenCV's importer reads stride={stride} only and "
+            "computes another output size")
 
 
 def _flat_input(block: Block) -> str | None:
@@ -193,7 +251,9 @@ def _flat_input(block: Block) -> str | None:
 
 #: (rule, key at fault, code)
 OPENCV_BLOCK_RULES = ((_anchor_count, "anchors", "W603"), (_crop_adjust, None, "W603"),
-                      (_default_activation, None, "W604"), (_flat_input, "inputs", "W603"))
+                      (_flat_input, "inputs", "W603"), (_pool_window, None, "W604"),
+                      (_conv_strides, "stride_x", "W604"),
+                      *((rule, None, code) for rule, code in OPENCV_DEFAULTS))
 
 # -- ONNX (darkcfg's exporter) --------------------------------------------------------------------
 RECURRENT = frozenset({"rnn", "lstm", "gru", "crnn", "conv_lstm", "history"})
