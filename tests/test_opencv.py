@@ -334,6 +334,8 @@ DEFAULTS = {
     "upsample-stride": ("[upsample]\n", "stride=2", "W604"),
     "reorg-stride": (_CONV4 + "[reorg]\n", "stride=1", "W604"),
     "yolo-mask": (_HEAD, "mask=0,1,2", "W603"),
+    "yolo-anchors": (_HEAD.replace("anchors=1,1, 2,2, 3,3\n", "mask=0,1,2\n"),
+                     "anchors=1,1, 2,2, 3,3", "W603"),
 }
 
 
@@ -366,21 +368,26 @@ def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
     assert _opencv_error(cfg, tmp_path) <= 1e-4
 
 
-def test_opencv_reads_no_stride_x_or_stride_y(tmp_path):
-    """[convolutional] and [maxpool] stride_x/stride_y: OpenCV's importer reads `stride` only
-    (found by fuzzing; W604 from `check --target opencv`)."""
+@pytest.mark.parametrize("section, code", [
+    ("[convolutional]\nfilters=2\nsize=3\nactivation=linear\nstride_x=2\nstride_y=2\n", "W604"),
+    ("[maxpool]\nsize=2\nstride=2\nstride_x=1\nstride_y=1\n", "W604"),
+    ("[maxpool]\nsize=2\nstride_x=2\nstride_y=2\n", None),  # = OpenCV's default stride 2
+    (_CONV4 * 3 + "[shortcut]\nfrom=-2,-3\nactivation=linear\n", "W604"),
+    (_CONV4 * 3 + "[shortcut]\nfrom=-3\nactivation=linear\n", None),
+    (_CONV4 + "[upsample]\nstride=-2\n", "W603"),
+])
+def test_opencv_computes_these_otherwise(section, code, tmp_path):
+    """Found by fuzzing: OpenCV's importer reads `stride` only (no stride_x/stride_y), adds
+    several `from=` layers of a [shortcut] otherwise, and cannot downsample in [upsample]; `check
+    --target opencv` names each."""
     cfg = tmp_path / "m.cfg"
-    for section, code in (("[convolutional]\nfilters=2\nsize=3\nactivation=linear\n"
-                           "stride_x=2\nstride_y=2\n", "W604"),
-                          ("[maxpool]\nsize=2\nstride=2\nstride_x=1\nstride_y=1\n", "W604"),
-                          ("[maxpool]\nsize=2\nstride_x=2\nstride_y=2\n", None)):
-        cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
-        named = [d.code for d in check_target(parse(cfg), "opencv")]
-        err = _opencv_error(cfg, tmp_path)
-        if code is None:  # Darknet's stride_x/stride_y 2 are OpenCV's default stride 2
-            assert named == [] and err <= 1e-4
-        else:
-            assert named == [code] and not err <= 1e-2, section
+    cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
+    named = [d.code for d in check_target(parse(cfg), "opencv")]
+    err = _opencv_error(cfg, tmp_path)
+    if code is None:
+        assert named == [] and err <= 1e-4
+    else:
+        assert named == [code] and not err <= 1e-2, section
 
 
 def test_opencv_does_not_run_a_flat_input(tmp_path):

@@ -106,6 +106,13 @@ OPENCV_KEYS = (
             _any({"none"})),
     KeyRule("yolo", "new_coords", "W604", "OpenCV's [yolo] decodes the logistic box "
             "(new_coords=0)", _not(0)),
+    # measured, OpenCV 4.14 (found by fuzzing): `from=-2,-3` gives other sums; a negative
+    # [upsample] stride (Darknet's downsampling) an empty output OpenCV refuses
+    KeyRule("shortcut", "from", "W604", "OpenCV's importer does not add several from= layers "
+            "as Darknet does", lambda v: isinstance(v, (list, tuple)) and len(v) > 1),
+    KeyRule("upsample", "stride", "W603", "OpenCV's importer cannot downsample (a negative "
+            "stride): the layer's output is empty and OpenCV refuses the net",
+            lambda v: v < 0),
     KeyRule("softmax", "temperature", "W604", "OpenCV's softmax ignores the temperature "
             "(Darknet divides its input by it: src/softmax_layer.c forward_softmax_layer)",
             _not(1)),
@@ -202,6 +209,8 @@ OPENCV_DEFAULTS = (
                  "reorganises with another stride"), "W604"),
     (DefaultRule("yolo", "mask", "Darknet uses all num anchors; OpenCV's importer refuses the "
                  "layer (it asserts a mask)"), "W603"),
+    (DefaultRule("yolo", "anchors", "Darknet's anchors are then 0; OpenCV's importer refuses "
+                 "the layer (it asserts anchors)"), "W603"),
 )
 
 
