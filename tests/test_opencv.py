@@ -375,11 +375,16 @@ def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
     (_CONV4 * 3 + "[shortcut]\nfrom=-2,-3\nactivation=linear\n", "W604"),
     (_CONV4 * 3 + "[shortcut]\nfrom=-3\nactivation=linear\n", None),
     (_CONV4 + "[upsample]\nstride=-2\n", "W603"),
+    ("[connected]\noutput=8\nactivation=linear\n[convolutional]\nfilters=2\nsize=1\n"
+     "activation=linear\n", "W603"),
+    ("[connected]\noutput=8\nactivation=linear\n[maxpool]\nsize=1\nstride=1\n", "W603"),
+    ("[avgpool]\n[convolutional]\nfilters=2\nsize=1\nactivation=linear\n", None),
 ])
 def test_opencv_computes_these_otherwise(section, code, tmp_path):
     """Found by fuzzing: OpenCV's importer reads `stride` only (no stride_x/stride_y), adds
-    several `from=` layers of a [shortcut] otherwise, and cannot downsample in [upsample]; `check
-    --target opencv` names each."""
+    several `from=` layers of a [shortcut] otherwise, cannot downsample in [upsample], and its
+    [connected] output is (N, C), which its spatial layers refuse (Darknet's is a 1x1xC image);
+    `check --target opencv` names each."""
     cfg = tmp_path / "m.cfg"
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     named = [d.code for d in check_target(parse(cfg), "opencv")]

@@ -169,9 +169,15 @@ def test_opencv_default_activation_and_flat_input_are_named(tmp_path):
     ("[maxpool]\nsize=2\nstride=2\n", None), ("[maxpool]\nstride=2\n", None),
     ("[upsample]\n", "W604"), ("[upsample]\nstride=2\n", None), ("[reorg]\n", "W604"),
     ("[yolo]\nanchors=1,1\nnum=1\nclasses=1\n", "W603"),
+    ("[yolo]\nmask=0\nnum=1\nclasses=1\n", "W603"),
+    ("[upsample]\nstride=-2\n", "W603"),
+    ("[connected]\noutput=8\nactivation=linear\n[maxpool]\nsize=1\nstride=1\n", "W603"),
+    ("[connected]\noutput=8\nactivation=linear\n[connected]\noutput=2\nactivation=linear\n",
+     None),
 ])
 def test_opencv_defaults_that_differ_from_darknets(section, code, tmp_path):
-    """Keys left out whose OpenCV default is not Darknet's (measured in tests/test_opencv.py)."""
+    """Keys left out whose OpenCV default is not Darknet's, and what OpenCV computes otherwise
+    (found by fuzzing; each measured in tests/test_opencv.py)."""
     path = tmp_path / "m.cfg"
     path.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     assert [c for c, _ in codes(path, "opencv")] == ([code] if code else [])

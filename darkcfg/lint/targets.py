@@ -258,6 +258,20 @@ def _flat_input(block: Block) -> str | None:
             "the input size from width, height and channels only, and the network does not run")
 
 
+#: OpenCV layers that need an image (N, C, H, W) input (measured, OpenCV 4.14: each asserts on
+#: a [connected] layer's (N, C) output)
+OPENCV_SPATIAL = frozenset({"convolutional", "maxpool", "avgpool", "upsample", "reorg"})
+
+
+def _after_connected(block: Block, previous: Block | None) -> str | None:
+    """Darknet's [connected] output is a 1x1xC image to the next layer; OpenCV's is (N, C),
+    which its spatial layers refuse (found by fuzzing: [connected] then [convolutional])."""
+    if previous is None or previous.type != "connected" or block.type not in OPENCV_SPATIAL:
+        return None
+    return (f"[{block.name}] after a [connected] layer: OpenCV's fully connected output is "
+            f"(N, C), not Darknet's 1x1xC image, and its [{block.name}] refuses it")
+
+
 #: (rule, key at fault, code)
 OPENCV_BLOCK_RULES = ((_anchor_count, "anchors", "W603"), (_crop_adjust, None, "W603"),
                       (_flat_input, "inputs", "W603"), (_pool_window, None, "W604"),
@@ -311,12 +325,13 @@ class Target:
     keys: tuple
     block_rules: tuple = ()  # (callable block -> why or None, key at fault, code)
     shape_rules: tuple = ()  # ((block, c, h, w of its input, source shapes) -> why, code)
+    pair_rules: tuple = ()  # ((block, the block before it) -> why, code)
     exported: bool = False  # made from darkcfg's export: it runs the network's forward
 
 
 TARGET_RULES = {
     "opencv": Target("opencv", OPENCV_SECTIONS, OPENCV_ACTIVATIONS, OPENCV_KEYS,
-                     OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES),
+                     OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES, ((_after_connected, "W603"),)),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS, exported=True),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
                        (REGION_TREE,) + TENSORRT_KEYS, exported=True),
@@ -343,7 +358,13 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
     rules = TARGET_RULES[target]
     label = _label(target)
     found: list[Diagnostic] = []
-    for block in blocks:
+    for previous, block in zip([None, *list(blocks)[:-1]], blocks, strict=True):
+        for rule, code in rules.pair_rules:
+            why = rule(block, previous if previous is not None and previous.type != "net"
+                       else None)
+            if why is not None:
+                found.append(block.diagnostic(code, f"{label}: {why}", None,
+                                              hint=_hint(target), severity=WARNING))
         why = _section_problem(rules, block.type)
         if why is not None:
             found.append(block.diagnostic(
