@@ -171,6 +171,7 @@ def test_opencv_default_activation_and_flat_input_are_named(tmp_path):
     ("[yolo]\nanchors=1,1\nnum=1\nclasses=1\n", "W603"),
     ("[yolo]\nmask=0\nnum=1\nclasses=1\n", "W603"),
     ("[upsample]\nstride=-2\n", "W603"),
+    ("[convolutional]\nfilters=2\nsize=3\npad=1\ndilation=2\nactivation=linear\n", "W604"),
     ("[connected]\noutput=8\nactivation=linear\n[maxpool]\nsize=1\nstride=1\n", "W603"),
     ("[connected]\noutput=8\nactivation=linear\n[connected]\noutput=2\nactivation=linear\n",
      None),
@@ -182,6 +183,23 @@ def test_opencv_defaults_that_differ_from_darknets(section, code, tmp_path):
     path.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     assert [c for c, _ in codes(path, "opencv")] == ([code] if code else [])
     assert codes(path, "onnx") == []
+
+
+def test_opencv_sam_of_two_shapes_needs_the_graph(tmp_path):
+    """[sam] of a [reorg] output (32x3x3) and a 8x6x6 layer: Darknet multiplies the 288 values
+    in turn, OpenCV's Eltwise refuses (measured in tests/test_opencv.py); only the build knows
+    the shapes."""
+    from darkcfg.lint.stages import Options, check_file
+
+    path = tmp_path / "sam.cfg"
+    path.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n[convolutional]\nfilters=8\n"
+                    "size=3\nactivation=linear\n\n[convolutional]\nfilters=8\nsize=1\n"
+                    "activation=linear\n\n[reorg]\nstride=2\n\n[sam]\nfrom=-3\n")
+    assert codes(path, "opencv") == []
+    found = [(d.code, d.line) for d in check_file(path, Options(targets=("opencv",)))]
+    assert found == [("W603", 19)]
+    assert "[sam] multiplies a 8x6x6 layer by a 32x3x3 one" in \
+        check_file(path, Options(targets=("opencv",)))[0].message
 
 
 def test_a_cfg_of_no_layers_is_checked_for_every_target(tmp_path):

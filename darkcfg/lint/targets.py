@@ -113,6 +113,8 @@ OPENCV_KEYS = (
     KeyRule("upsample", "stride", "W603", "OpenCV's importer cannot downsample (a negative "
             "stride): the layer's output is empty and OpenCV refuses the net",
             lambda v: v < 0),
+    KeyRule("convolutional", "dilation", "W604", "OpenCV's importer reads no dilation: it "
+            "convolves the undilated kernel", lambda v: v != 1),
     KeyRule("softmax", "temperature", "W604", "OpenCV's softmax ignores the temperature "
             "(Darknet divides its input by it: src/softmax_layer.c forward_softmax_layer)",
             _not(1)),
@@ -146,8 +148,20 @@ def _spatial_softmax(block: Block, c: int, h: int, w: int, sources=()) -> str | 
             f"of the {h}x{w} positions, Darknet all {c * h * w} values together")
 
 
+def _sam_shapes(block: Block, c: int, h: int, w: int, sources) -> str | None:
+    """Darknet's [sam] multiplies its two inputs value by value, the same count in any shape;
+    OpenCV's Eltwise asserts equal channels (measured, OpenCV 4.14, found by fuzzing: a
+    [reorg] output times the layer before the reorg)."""
+    if block.type != "sam" or all(src == (c, h, w) for src in sources):
+        return None
+    other = next(src for src in sources if src != (c, h, w))
+    return (f"[sam] multiplies a {other[0]}x{other[1]}x{other[2]} layer by a {c}x{h}x{w} one "
+            "(CxHxW): OpenCV's Eltwise asserts equal shapes")
+
+
 #: (rule, code): rules that need the layer shapes (the graph check's build)
-OPENCV_SHAPE_RULES = ((_spatial_softmax, "W604"), (_resampling_shortcut, "W603"))
+OPENCV_SHAPE_RULES = ((_spatial_softmax, "W604"), (_resampling_shortcut, "W603"),
+                      (_sam_shapes, "W603"))
 
 
 def _anchor_count(block: Block) -> str | None:
