@@ -334,6 +334,7 @@ DEFAULTS = {
     "upsample-stride": ("[upsample]\n", "stride=2", "W604"),
     "reorg-stride": (_CONV4 + "[reorg]\n", "stride=1", "W604"),
     "yolo-mask": (_HEAD, "mask=0,1,2", "W603"),
+    "yolo-num": (_HEAD.replace("num=3\n", "mask=0,1,2\n"), "num=3", "W603"),
     "yolo-anchors": (_HEAD.replace("anchors=1,1, 2,2, 3,3\n", "mask=0,1,2\n"),
                      "anchors=1,1, 2,2, 3,3", "W603"),
 }
@@ -383,6 +384,8 @@ def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
     ("[convolutional]\nfilters=8\nsize=3\nactivation=linear\n[convolutional]\nfilters=8\n"
      "size=1\nactivation=linear\n[reorg]\nstride=2\n[sam]\nfrom=-3\n", "W603"),
     (_CONV4 * 2 + "[sam]\nfrom=-2\n", None),
+    ("[convolutional]\nbatch_normalize=2\nfilters=8\nsize=1\nactivation=relu\n", "W603"),
+    ("[convolutional]\nbatch_normalize=1\nfilters=8\nsize=1\nactivation=relu\n", None),
 ])
 def test_opencv_computes_these_otherwise(section, code, tmp_path):
     """Found by fuzzing: OpenCV's importer reads `stride` only (no stride_x/stride_y), adds

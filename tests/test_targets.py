@@ -170,6 +170,9 @@ def test_opencv_default_activation_and_flat_input_are_named(tmp_path):
     ("[upsample]\n", "W604"), ("[upsample]\nstride=2\n", None), ("[reorg]\n", "W604"),
     ("[yolo]\nanchors=1,1\nnum=1\nclasses=1\n", "W603"),
     ("[yolo]\nmask=0\nnum=1\nclasses=1\n", "W603"),
+    ("[yolo]\nmask=0\nanchors=1,1, 2,2\nclasses=1\n", "W603"),  # num: Darknet's 1
+    ("[yolo]\nmask=0\nanchors=1,1\nclasses=1\n", None),
+    ("[convolutional]\nbatch_normalize=2\nfilters=2\nsize=1\nactivation=linear\n", "W603"),
     ("[upsample]\nstride=-2\n", "W603"),
     ("[convolutional]\nfilters=2\nsize=3\npad=1\ndilation=2\nactivation=linear\n", "W604"),
     ("[connected]\noutput=8\nactivation=linear\n[maxpool]\nsize=1\nstride=1\n", "W603"),

@@ -113,6 +113,11 @@ OPENCV_KEYS = (
     KeyRule("upsample", "stride", "W603", "OpenCV's importer cannot downsample (a negative "
             "stride): the layer's output is empty and OpenCV refuses the net",
             lambda v: v < 0),
+    # measured, OpenCV 4.14 (found by fuzzing): Darknet loads batch-norm arrays for any
+    # non-zero value (cbn=1 sets 2), OpenCV only for 1, so the layer's floats are misread
+    KeyRule("convolutional", "batch_normalize", "W603", "OpenCV's importer reads batch-norm "
+            "arrays only for batch_normalize=1 (Darknet for any non-zero value): it loads this "
+            "and every later layer misplaced", lambda v: v not in (0, 1)),
     KeyRule("convolutional", "dilation", "W604", "OpenCV's importer reads no dilation: it "
             "convolves the undilated kernel", lambda v: v != 1),
     KeyRule("softmax", "temperature", "W604", "OpenCV's softmax ignores the temperature "
@@ -170,7 +175,7 @@ def _anchor_count(block: Block) -> str | None:
         return None
     anchors = block.options["anchors"].value
     count = len(anchors) if isinstance(anchors, (list, tuple)) else 1
-    num = _option(block, "num")
+    num = _option(block, "num", 1)  # (Darknet's default, found by fuzzing)
     if isinstance(num, int) and num * 2 != count:
         return f"num={num} with {count} anchor values: OpenCV asserts num * 2 == anchors"
     return None
