@@ -385,13 +385,16 @@ def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
      "size=1\nactivation=linear\n[reorg]\nstride=2\n[sam]\nfrom=-3\n", "W603"),
     (_CONV4 * 2 + "[sam]\nfrom=-2\n", None),
     ("[convolutional]\nbatch_normalize=2\nfilters=8\nsize=1\nactivation=relu\n", "W603"),
+    (_HEAD.replace("num=3\n", "num=3\nmask=0,1,2\n") + "[convolutional]\nfilters=3\nsize=1\n"
+     "activation=leaky\n", "W603"),
     ("[convolutional]\nbatch_normalize=1\nfilters=8\nsize=1\nactivation=relu\n", None),
 ])
 def test_opencv_computes_these_otherwise(section, code, tmp_path):
     """Found by fuzzing: OpenCV's importer reads `stride` only (no stride_x/stride_y), adds
     several `from=` layers of a [shortcut] otherwise, cannot downsample in [upsample], reads no
     dilation, refuses a [sam] of two shapes, and its [connected] output is (N, C), which its
-    spatial layers refuse (Darknet's is a 1x1xC image); `check --target opencv` names each."""
+    spatial layers refuse (Darknet's is a 1x1xC image), as its [yolo] output is the decoded
+    boxes; `check --target opencv` names each."""
     cfg = tmp_path / "m.cfg"
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     named = [d.code for d in check_file(cfg, Options(targets=("opencv",)))

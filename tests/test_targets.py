@@ -173,6 +173,10 @@ def test_opencv_default_activation_and_flat_input_are_named(tmp_path):
     ("[yolo]\nmask=0\nanchors=1,1, 2,2\nclasses=1\n", "W603"),  # num: Darknet's 1
     ("[yolo]\nmask=0\nanchors=1,1\nclasses=1\n", None),
     ("[convolutional]\nbatch_normalize=2\nfilters=2\nsize=1\nactivation=linear\n", "W603"),
+    ("[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nmask=0\nanchors=1,1\n"
+     "num=1\nclasses=1\n[maxpool]\nsize=2\nstride=2\n", "W603"),
+    ("[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nmask=0\nanchors=1,1\n"
+     "num=1\nclasses=1\n[route]\nlayers=-2\n", None),
     ("[upsample]\nstride=-2\n", "W603"),
     ("[convolutional]\nfilters=2\nsize=3\npad=1\ndilation=2\nactivation=linear\n", "W604"),
     ("[connected]\noutput=8\nactivation=linear\n[maxpool]\nsize=1\nstride=1\n", "W603"),

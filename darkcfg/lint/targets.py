@@ -291,6 +291,16 @@ def _after_connected(block: Block, previous: Block | None) -> str | None:
             f"(N, C), not Darknet's 1x1xC image, and its [{block.name}] refuses it")
 
 
+def _after_head(block: Block, previous: Block | None) -> str | None:
+    """Darknet's [yolo]/[region] output is its input's CxHxW shape, which a next layer may read;
+    OpenCV's is the decoded boxes, (boxes, 5 + classes) (measured, OpenCV 4.14, found by
+    fuzzing: a [convolutional] after a [yolo] is refused). A [route] reads other layers."""
+    if previous is None or previous.type not in ("yolo", "region") or block.type == "route":
+        return None
+    return (f"[{block.name}] reads the [{previous.name}] before it: OpenCV's [{previous.name}] "
+            "outputs decoded boxes, not Darknet's CxHxW map, and the layer cannot take them")
+
+
 #: (rule, key at fault, code)
 OPENCV_BLOCK_RULES = ((_anchor_count, "anchors", "W603"), (_crop_adjust, None, "W603"),
                       (_flat_input, "inputs", "W603"), (_pool_window, None, "W604"),
@@ -350,7 +360,8 @@ class Target:
 
 TARGET_RULES = {
     "opencv": Target("opencv", OPENCV_SECTIONS, OPENCV_ACTIVATIONS, OPENCV_KEYS,
-                     OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES, ((_after_connected, "W603"),)),
+                     OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES,
+                     ((_after_connected, "W603"), (_after_head, "W603"))),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS, exported=True),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
                        (REGION_TREE,) + TENSORRT_KEYS, exported=True),
