@@ -162,10 +162,10 @@ SHAPING = ["filters", "size", "stride", "stride_x", "stride_y", "pad", "padding"
 
 
 @st.composite
-def value_mutated(draw) -> str:
+def value_mutated(draw, seeds: list[str] = BUILD_SEEDS) -> str:
     """A seed with 1..4 `key=value` lines changed, added or removed, keys from the section's
     schema (or the ones that reference other layers and anchors), values from VALUES."""
-    text = draw(st.sampled_from(BUILD_SEEDS))
+    text = draw(st.sampled_from(seeds))
     lines = text.split("\n")
     headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\w+\]", line)]
     for _ in range(draw(st.integers(1, 4))):
@@ -218,9 +218,9 @@ SECTIONS = st.one_of(
 
 
 @st.composite
-def section_mutated(draw) -> str:
+def section_mutated(draw, seeds: list[str] = BUILD_SEEDS) -> str:
     """A seed with 1..3 sections inserted before any section (or at the end) or removed."""
-    text = draw(st.sampled_from(BUILD_SEEDS))
+    text = draw(st.sampled_from(seeds))
     for _ in range(draw(st.integers(1, 3))):
         lines = text.split("\n")
         headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\w+\]", line)]
@@ -273,9 +273,10 @@ def agree(path: Path, built: CfgError | None) -> None:
         assert found, f"check passes a cfg whose build fails:\n{built.first.format()}"
 
 
-def exercise(text: str, sizes, folder: Path) -> str:
+def exercise(text: str, sizes, folder: Path, then=None) -> str:
     """Everything a user runs on a cfg that parses; raises what escapes the contract, returns
-    how far the example got (the seeds' test asserts they get to the end)."""
+    how far the example got (the seeds' test asserts they get to the end). `then(net, other,
+    folder)`: what runs on the built network (default `run`; folder holds it as small.cfg)."""
     try:
         blocks = parse_text(text, "fuzz.cfg")
     except CfgError:
@@ -319,7 +320,7 @@ def exercise(text: str, sizes, folder: Path) -> str:
         net = spec.build()
     except CfgError as exc:  # what check (a meta build) passed must build on the CPU too
         raise AssertionError(f"builds on the meta device, not on the CPU:\n{exc}") from exc
-    return run(net, other, folder)
+    return (then or run)(net, other, folder)
 
 
 def example(net, size=None, batch: int = 1) -> torch.Tensor:

@@ -319,6 +319,116 @@ def test_opencv_connected_batch_norm(bn, tmp_path):
         assert err <= 1e-4 and named == []
 
 
+_CONV4 = "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n"
+_HEAD = _CONV4 + "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yolo]\n" \
+    "anchors=1,1, 2,2, 3,3\nnum=3\nclasses=1\n"
+#: found by fuzzing: (sections as written, the same with Darknet's reading written out, the
+#: code of `check --target opencv` on the first)
+DEFAULTS = {
+    "conv-activation": ("[convolutional]\nfilters=4\nsize=1\n", "activation=logistic", "W604"),
+    "connected-activation": ("[connected]\noutput=4\n", "activation=logistic", "W604"),
+    "conv-filters": ("[convolutional]\nsize=1\nactivation=linear\n", "filters=1", "W603"),
+    "conv-size": ("[convolutional]\nfilters=2\nactivation=linear\n", "size=1", "W603"),
+    "maxpool-stride": ("[maxpool]\nsize=2\n", "stride=1", "W604"),
+    "maxpool-size": ("[maxpool]\nstride=1\n", "size=1", "W604"),
+    "upsample-stride": ("[upsample]\n", "stride=2", "W604"),
+    "reorg-stride": (_CONV4 + "[reorg]\n", "stride=1", "W604"),
+    "yolo-mask": (_HEAD, "mask=0,1,2", "W603"),
+    "yolo-num": (_HEAD.replace("num=3\n", "mask=0,1,2\n"), "num=3", "W603"),
+    "yolo-anchors": (_HEAD.replace("anchors=1,1, 2,2, 3,3\n", "mask=0,1,2\n"),
+                     "anchors=1,1, 2,2, 3,3", "W603"),
+}
+
+
+def _opencv_error(cfg: Path, tmp_path: Path) -> float:
+    """OpenCV's max rel. error against darkcfg on darkcfg's .weights; inf where OpenCV refuses
+    the cfg or gives outputs of another shape."""
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    perturb_normalization(net)
+    save_weights(net.eval(), tmp_path / "m.weights")
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    try:
+        return compare(net, opencv_net(cfg, tmp_path / "m.weights"), x)
+    except (cv2.error, ValueError):  # (ValueError: OpenCV's output has another size)
+        return float("inf")
+
+
+@pytest.mark.parametrize("case", sorted(DEFAULTS))
+def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
+    """A key left out where OpenCV's importer has another default than Darknet (activation
+    logistic, [maxpool] stride 1 and size = stride, [upsample] stride 2 ...): OpenCV refuses the
+    layer or computes otherwise, and `check --target opencv` says so; with Darknet's value
+    written out, both compute the same and the check is quiet."""
+    text, written, code = DEFAULTS[case]
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + text)
+    assert [d.code for d in check_target(parse(cfg), "opencv")] == [code]
+    assert not _opencv_error(cfg, tmp_path) <= 1e-2, f"OpenCV now reads {case} as Darknet"
+    cfg.write_text(cfg.read_text() + written + "\n")
+    assert check_target(parse(cfg), "opencv") == []
+    assert _opencv_error(cfg, tmp_path) <= 1e-4
+
+
+@pytest.mark.parametrize("section, code", [
+    ("[convolutional]\nfilters=2\nsize=3\nactivation=linear\nstride_x=2\nstride_y=2\n", "W604"),
+    ("[maxpool]\nsize=2\nstride=2\nstride_x=1\nstride_y=1\n", "W604"),
+    ("[maxpool]\nsize=2\nstride_x=2\nstride_y=2\n", None),  # = OpenCV's default stride 2
+    (_CONV4 * 3 + "[shortcut]\nfrom=-2,-3\nactivation=linear\n", "W604"),
+    (_CONV4 * 3 + "[shortcut]\nfrom=-3\nactivation=linear\n", None),
+    (_CONV4 + "[upsample]\nstride=-2\n", "W603"),
+    ("[connected]\noutput=8\nactivation=linear\n[convolutional]\nfilters=2\nsize=1\n"
+     "activation=linear\n", "W603"),
+    ("[connected]\noutput=8\nactivation=linear\n[maxpool]\nsize=1\nstride=1\n", "W603"),
+    ("[avgpool]\n[convolutional]\nfilters=2\nsize=1\nactivation=linear\n", None),
+    ("[convolutional]\nfilters=4\nsize=3\npad=1\ndilation=2\nactivation=linear\n", "W604"),
+    ("[convolutional]\nfilters=8\nsize=3\nactivation=linear\n[convolutional]\nfilters=8\n"
+     "size=1\nactivation=linear\n[reorg]\nstride=2\n[sam]\nfrom=-3\n", "W603"),
+    (_CONV4 * 2 + "[sam]\nfrom=-2\n", None),
+    ("[convolutional]\nbatch_normalize=2\nfilters=8\nsize=1\nactivation=relu\n", "W603"),
+    (_HEAD.replace("num=3\n", "num=3\nmask=0,1,2\n") + "[convolutional]\nfilters=3\nsize=1\n"
+     "activation=leaky\n", "W603"),
+    ("[convolutional]\nbatch_normalize=1\nfilters=8\nsize=1\nactivation=relu\n", None),
+])
+def test_opencv_computes_these_otherwise(section, code, tmp_path):
+    """Found by fuzzing: OpenCV's importer reads `stride` only (no stride_x/stride_y), adds
+    several `from=` layers of a [shortcut] otherwise, cannot downsample in [upsample], reads no
+    dilation, refuses a [sam] of two shapes, and its [connected] output is (N, C), which its
+    spatial layers refuse (Darknet's is a 1x1xC image), as its [yolo] output is the decoded
+    boxes; `check --target opencv` names each."""
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
+    named = [d.code for d in check_file(cfg, Options(targets=("opencv",)))
+             if d.code.startswith("W60")]  # (the shape rules need the graph check)
+    err = _opencv_error(cfg, tmp_path)
+    if code is None:
+        assert named == [] and err <= 1e-4
+    else:
+        assert named == [code] and not err <= 1e-2, section
+
+
+def test_opencv_does_not_run_a_flat_input(tmp_path):
+    """Found by fuzzing: a [net] with inputs= alone (flat data) loads in OpenCV, but its
+    [connected] layer asserts on every input shape; with width=1 height=1 channels=N the same
+    network runs and matches. `check --target opencv` names the first (W603)."""
+    cfg = tmp_path / "flat.cfg"
+    body = "[connected]\noutput=4\nactivation=linear\n"
+    cfg.write_text("[net]\ninputs=16\n\n" + body)
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    save_weights(net.eval(), tmp_path / "flat.weights")
+    cv = opencv_net(cfg, tmp_path / "flat.weights")
+    for shape in ((1, 16), (1, 16, 1, 1)):
+        cv.setInput(np.random.rand(*shape).astype(np.float32))
+        with pytest.raises(cv2.error):
+            cv.forward()
+    assert [d.code for d in check_target(parse(cfg), "opencv")] == ["W603"]
+    cfg.write_text("[net]\ninputs=16\nwidth=1\nheight=1\nchannels=16\n\n" + body)
+    net, _, _ = build_network(str(cfg), [], "alexeyab", 0)
+    save_weights(net.eval(), tmp_path / "image.weights")
+    x = torch.rand(1, 16, 1, 1, generator=torch.Generator().manual_seed(9))
+    assert compare(net, opencv_net(cfg, tmp_path / "image.weights"), x) <= 1e-4
+    assert check_target(parse(cfg), "opencv") == []
+
+
 def test_opencv_reads_converted_and_cut_weights(tmp_path, capsys):
     """`darkcfg weights --save-weights` (a 64-bit `seen` past 2**32 kept) and `--cutoff N`
     through OpenCV: the whole file with the cfg, the cut file with the cfg of its first N

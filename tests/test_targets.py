@@ -113,7 +113,8 @@ def test_opencv_crop_needs_noadjust(tmp_path):
     for noadjust, want in (("", [("W603", 6)]), ("noadjust=1", [])):
         path = tmp_path / "c.cfg"
         path.write_text(f"[net]\nwidth=32\nheight=32\nchannels=3\n\n[crop]\ncrop_width=28\n"
-                        f"crop_height=28\n{noadjust}\n\n[convolutional]\nfilters=4\nsize=1\n")
+                        f"crop_height=28\n{noadjust}\n\n[convolutional]\nfilters=4\nsize=1\n"
+                        "activation=linear\n")
         assert codes(path, "opencv") == want
 
 
@@ -124,12 +125,101 @@ def test_opencv_connected_batch_norm_is_named(tmp_path):
         [connected]
         output=4
         batch_normalize=1
+        activation=leaky
 
         [connected]
         output=2
         batch_normalize=0
+        activation=leaky
         """)
     assert codes(path, "opencv") == [("W603", 14)]
+
+
+def test_opencv_default_activation_and_flat_input_are_named(tmp_path):
+    """Found by fuzzing .weights through OpenCV 4.14 (tests/test_opencv.py measures both): a
+    [convolutional]/[connected] without activation= is logistic in Darknet and linear in OpenCV
+    (W604 at the section), and a flat [net] (inputs= alone) loads in OpenCV but does not run
+    (W603 at inputs)."""
+    path = cfg(tmp_path, """
+        [convolutional]
+        filters=4
+        size=1
+
+        [connected]
+        output=2
+        """)
+    assert codes(path, "opencv") == [("W604", 12), ("W604", 16)]
+    assert codes(path, "onnx") == codes(path, "tensorrt") == []
+    assert "Darknet applies its default, logistic" in check_target(parse(path), "opencv")[0].message
+    flat = tmp_path / "flat.cfg"
+    flat.write_text("[net]\ninputs=16\n\n[connected]\noutput=2\nactivation=linear\n")
+    assert codes(flat, "opencv") == [("W603", 2)]
+    flat.write_text("[net]\ninputs=16\nwidth=1\nheight=1\nchannels=16\n\n[connected]\n"
+                    "output=2\nactivation=linear\n")
+    assert codes(flat, "opencv") == []
+
+
+@pytest.mark.parametrize("section, code", [
+    ("[convolutional]\nsize=1\nactivation=linear\n", "W603"),  # filters: OpenCV refuses
+    ("[convolutional]\nfilters=2\nactivation=linear\n", "W603"),  # size
+    ("[convolutional]\nfilters=2\nsize=3\nstride_x=2\nstride_y=1\nactivation=linear\n",
+     "W604"),
+    ("[maxpool]\nsize=2\n", "W604"), ("[maxpool]\nstride=1\n", "W604"),
+    ("[maxpool]\nsize=2\nstride=2\nstride_y=1\n", "W604"),
+    ("[maxpool]\nsize=2\nstride=2\n", None), ("[maxpool]\nstride=2\n", None),
+    ("[upsample]\n", "W604"), ("[upsample]\nstride=2\n", None), ("[reorg]\n", "W604"),
+    ("[yolo]\nanchors=1,1\nnum=1\nclasses=1\n", "W603"),
+    ("[yolo]\nmask=0\nnum=1\nclasses=1\n", "W603"),
+    ("[yolo]\nmask=0\nanchors=1,1, 2,2\nclasses=1\n", "W603"),  # num: Darknet's 1
+    ("[yolo]\nmask=0\nanchors=1,1\nclasses=1\n", None),
+    ("[convolutional]\nbatch_normalize=2\nfilters=2\nsize=1\nactivation=linear\n", "W603"),
+    ("[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nmask=0\nanchors=1,1\n"
+     "num=1\nclasses=1\n[maxpool]\nsize=2\nstride=2\n", "W603"),
+    ("[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nmask=0\nanchors=1,1\n"
+     "num=1\nclasses=1\n[route]\nlayers=-2\n", None),
+    ("[upsample]\nstride=-2\n", "W603"),
+    ("[convolutional]\nfilters=2\nsize=3\npad=1\ndilation=2\nactivation=linear\n", "W604"),
+    ("[connected]\noutput=8\nactivation=linear\n[maxpool]\nsize=1\nstride=1\n", "W603"),
+    ("[connected]\noutput=8\nactivation=linear\n[connected]\noutput=2\nactivation=linear\n",
+     None),
+])
+def test_opencv_defaults_that_differ_from_darknets(section, code, tmp_path):
+    """Keys left out whose OpenCV default is not Darknet's, and what OpenCV computes otherwise
+    (found by fuzzing; each measured in tests/test_opencv.py)."""
+    path = tmp_path / "m.cfg"
+    path.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
+    assert [c for c, _ in codes(path, "opencv")] == ([code] if code else [])
+    assert codes(path, "onnx") == []
+
+
+def test_opencv_sam_of_two_shapes_needs_the_graph(tmp_path):
+    """[sam] of a [reorg] output (32x3x3) and a 8x6x6 layer: Darknet multiplies the 288 values
+    in turn, OpenCV's Eltwise refuses (measured in tests/test_opencv.py); only the build knows
+    the shapes."""
+    from darkcfg.lint.stages import Options, check_file
+
+    path = tmp_path / "sam.cfg"
+    path.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n[convolutional]\nfilters=8\n"
+                    "size=3\nactivation=linear\n\n[convolutional]\nfilters=8\nsize=1\n"
+                    "activation=linear\n\n[reorg]\nstride=2\n\n[sam]\nfrom=-3\n")
+    assert codes(path, "opencv") == []
+    found = [(d.code, d.line) for d in check_file(path, Options(targets=("opencv",)))]
+    assert found == [("W603", 19)]
+    assert "[sam] multiplies a 8x6x6 layer by a 32x3x3 one" in \
+        check_file(path, Options(targets=("opencv",)))[0].message
+
+
+def test_a_cfg_of_no_layers_is_checked_for_every_target(tmp_path):
+    """`[net]` alone (fuzzing's minimised flat net): the shape rules' zip of the layers with
+    their inputs was one longer than the layers, a ValueError reported as E300 'a darkcfg
+    bug' by `check --target opencv|onnx|tensorrt`."""
+    from darkcfg.lint.stages import Options, check_file
+
+    path = tmp_path / "empty.cfg"
+    path.write_text("[net]\ninputs=256\n")
+    for target in ("onnx", "tensorrt"):
+        assert check_file(path, Options(targets=(target,))) == []
+    assert [d.code for d in check_file(path, Options(targets=("opencv",)))] == ["W603"]
 
 
 def test_recurrent_sections_for_onnx(tmp_path):

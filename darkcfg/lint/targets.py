@@ -106,6 +106,20 @@ OPENCV_KEYS = (
             _any({"none"})),
     KeyRule("yolo", "new_coords", "W604", "OpenCV's [yolo] decodes the logistic box "
             "(new_coords=0)", _not(0)),
+    # measured, OpenCV 4.14 (found by fuzzing): `from=-2,-3` gives other sums; a negative
+    # [upsample] stride (Darknet's downsampling) an empty output OpenCV refuses
+    KeyRule("shortcut", "from", "W604", "OpenCV's importer does not add several from= layers "
+            "as Darknet does", lambda v: isinstance(v, (list, tuple)) and len(v) > 1),
+    KeyRule("upsample", "stride", "W603", "OpenCV's importer cannot downsample (a negative "
+            "stride): the layer's output is empty and OpenCV refuses the net",
+            lambda v: v < 0),
+    # measured, OpenCV 4.14 (found by fuzzing): Darknet loads batch-norm arrays for any
+    # non-zero value (cbn=1 sets 2), OpenCV only for 1, so the layer's floats are misread
+    KeyRule("convolutional", "batch_normalize", "W603", "OpenCV's importer reads batch-norm "
+            "arrays only for batch_normalize=1 (Darknet for any non-zero value): it loads this "
+            "and every later layer misplaced", lambda v: v not in (0, 1)),
+    KeyRule("convolutional", "dilation", "W604", "OpenCV's importer reads no dilation: it "
+            "convolves the undilated kernel", lambda v: v != 1),
     KeyRule("softmax", "temperature", "W604", "OpenCV's softmax ignores the temperature "
             "(Darknet divides its input by it: src/softmax_layer.c forward_softmax_layer)",
             _not(1)),
@@ -139,8 +153,20 @@ def _spatial_softmax(block: Block, c: int, h: int, w: int, sources=()) -> str | 
             f"of the {h}x{w} positions, Darknet all {c * h * w} values together")
 
 
+def _sam_shapes(block: Block, c: int, h: int, w: int, sources) -> str | None:
+    """Darknet's [sam] multiplies its two inputs value by value, the same count in any shape;
+    OpenCV's Eltwise asserts equal channels (measured, OpenCV 4.14, found by fuzzing: a
+    [reorg] output times the layer before the reorg)."""
+    if block.type != "sam" or all(src == (c, h, w) for src in sources):
+        return None
+    other = next(src for src in sources if src != (c, h, w))
+    return (f"[sam] multiplies a {other[0]}x{other[1]}x{other[2]} layer by a {c}x{h}x{w} one "
+            "(CxHxW): OpenCV's Eltwise asserts equal shapes")
+
+
 #: (rule, code): rules that need the layer shapes (the graph check's build)
-OPENCV_SHAPE_RULES = ((_spatial_softmax, "W604"), (_resampling_shortcut, "W603"))
+OPENCV_SHAPE_RULES = ((_spatial_softmax, "W604"), (_resampling_shortcut, "W603"),
+                      (_sam_shapes, "W603"))
 
 
 def _anchor_count(block: Block) -> str | None:
@@ -149,7 +175,7 @@ def _anchor_count(block: Block) -> str | None:
         return None
     anchors = block.options["anchors"].value
     count = len(anchors) if isinstance(anchors, (list, tuple)) else 1
-    num = _option(block, "num")
+    num = _option(block, "num", 1)  # (Darknet's default, found by fuzzing)
     if isinstance(num, int) and num * 2 != count:
         return f"num={num} with {count} anchor values: OpenCV asserts num * 2 == anchors"
     return None
@@ -168,7 +194,118 @@ def _crop_adjust(block: Block) -> str | None:
             "then loads the following layers' weights misplaced and refuses to run")
 
 
-OPENCV_BLOCK_RULES = ((_anchor_count, "anchors"), (_crop_adjust, None))
+@dataclass(frozen=True)
+class DefaultRule:
+    """`key` absent from [section]: Darknet's default and the target's differ (measured, OpenCV
+    4.14: one-layer cfgs with and without the key). Called on a block: why, or None."""
+
+    section: str
+    key: str
+    why: str
+    agrees: object = None  # block -> True where the two defaults give the same after all
+
+    def __call__(self, block: Block) -> str | None:
+        if block.type != self.section or self.key in block.options:
+            return None
+        if self.agrees is not None and self.agrees(block):
+            return None
+        return f"no {self.key}= given: {self.why}"
+
+
+_LOGISTIC = ("Darknet applies its default, logistic; OpenCV's importer applies none (linear). "
+             "Write activation=logistic to have both apply it")
+#: (rule, code): W603 where OpenCV refuses the layer, W604 where it computes otherwise
+OPENCV_DEFAULTS = (
+    (DefaultRule("convolutional", "activation", _LOGISTIC), "W604"),
+    (DefaultRule("connected", "activation", _LOGISTIC), "W604"),
+    (DefaultRule("convolutional", "filters", "Darknet's default is 1; OpenCV's importer refuses "
+                 "the layer (it asserts filters > 0)"), "W603"),
+    (DefaultRule("convolutional", "size", "Darknet's default is 1; OpenCV's importer refuses "
+                 "the layer (it asserts size > 0)"), "W603"),
+    (DefaultRule("upsample", "stride", "Darknet's default is 2; OpenCV's importer does not "
+                 "resize (factor 1)"), "W604"),
+    (DefaultRule("reorg", "stride", "Darknet's default is 1 (a copy); OpenCV's importer "
+                 "reorganises with another stride"), "W604"),
+    (DefaultRule("yolo", "mask", "Darknet uses all num anchors; OpenCV's importer refuses the "
+                 "layer (it asserts a mask)"), "W603"),
+    (DefaultRule("yolo", "anchors", "Darknet's anchors are then 0; OpenCV's importer refuses "
+                 "the layer (it asserts anchors)"), "W603"),
+)
+
+
+def _pool_window(block: Block) -> str | None:
+    """OpenCV's [maxpool] defaults are size 2 and stride 2, and it reads no stride_x/stride_y;
+    Darknet's are stride 1 and size = stride (src/parser.c parse_maxpool). Measured, OpenCV
+    4.14: `stride=1` alone, `size=2` alone and `stride=2 stride_x=1 stride_y=1` differ."""
+    if block.type != "maxpool":
+        return None
+    stride = _option(block, "stride", 1)
+    size = _option(block, "size", stride)
+    ours = (size, _option(block, "stride_x", stride), _option(block, "stride_y", stride))
+    theirs = (_option(block, "size", 2), _option(block, "stride", 2))
+    if ours == (theirs[0], theirs[1], theirs[1]):
+        return None
+    return (f"OpenCV's importer pools {theirs[0]}x{theirs[0]} with stride {theirs[1]} (its "
+            f"defaults are size 2 and stride 2, and it reads no stride_x/stride_y), Darknet "
+            f"{size}x{size} with stride {ours[1]}x{ours[2]} (x, y)")
+
+
+def _conv_strides(block: Block) -> str | None:
+    """Darknet's [convolutional] takes stride_x/stride_y where both are given (src/parser.c
+    parse_convolutional); OpenCV's importer reads `stride` only (measured, OpenCV 4.14)."""
+    if block.type != "convolutional":
+        return None
+    stride = _option(block, "stride", 1)
+    sx, sy = _option(block, "stride_x", -1), _option(block, "stride_y", -1)
+    if not (isinstance(sx, int) and isinstance(sy, int)) or sx < 1 or sy < 1 or \
+            sx == sy == stride:
+        return None
+    return (f"stride_x={sx} stride_y={sy}: OpenCV's importer reads stride={stride} only and "
+            "computes another output size")
+
+
+def _flat_input(block: Block) -> str | None:
+    """[net] inputs=N without width, height and channels (flat data): OpenCV sizes its input
+    from those three only (measured, OpenCV 4.14: the cfg loads, and its first [connected]
+    asserts on any input shape; the same net with width=1 height=1 channels=N runs)."""
+    if block.type != "net" or "inputs" not in block.options:
+        return None
+    size = [_option(block, key, 0) for key in ("width", "height", "channels")]
+    if all(isinstance(v, int) and v > 0 for v in size):
+        return None
+    return ("a flat input (inputs= without width, height and channels): OpenCV's importer takes "
+            "the input size from width, height and channels only, and the network does not run")
+
+
+#: OpenCV layers that need an image (N, C, H, W) input (measured, OpenCV 4.14: each asserts on
+#: a [connected] layer's (N, C) output)
+OPENCV_SPATIAL = frozenset({"convolutional", "maxpool", "avgpool", "upsample", "reorg"})
+
+
+def _after_connected(block: Block, previous: Block | None) -> str | None:
+    """Darknet's [connected] output is a 1x1xC image to the next layer; OpenCV's is (N, C),
+    which its spatial layers refuse (found by fuzzing: [connected] then [convolutional])."""
+    if previous is None or previous.type != "connected" or block.type not in OPENCV_SPATIAL:
+        return None
+    return (f"[{block.name}] after a [connected] layer: OpenCV's fully connected output is "
+            f"(N, C), not Darknet's 1x1xC image, and its [{block.name}] refuses it")
+
+
+def _after_head(block: Block, previous: Block | None) -> str | None:
+    """Darknet's [yolo]/[region] output is its input's CxHxW shape, which a next layer may read;
+    OpenCV's is the decoded boxes, (boxes, 5 + classes) (measured, OpenCV 4.14, found by
+    fuzzing: a [convolutional] after a [yolo] is refused). A [route] reads other layers."""
+    if previous is None or previous.type not in ("yolo", "region") or block.type == "route":
+        return None
+    return (f"[{block.name}] reads the [{previous.name}] before it: OpenCV's [{previous.name}] "
+            "outputs decoded boxes, not Darknet's CxHxW map, and the layer cannot take them")
+
+
+#: (rule, key at fault, code)
+OPENCV_BLOCK_RULES = ((_anchor_count, "anchors", "W603"), (_crop_adjust, None, "W603"),
+                      (_flat_input, "inputs", "W603"), (_pool_window, None, "W604"),
+                      (_conv_strides, "stride_x", "W604"),
+                      *((rule, None, code) for rule, code in OPENCV_DEFAULTS))
 
 # -- ONNX (darkcfg's exporter) --------------------------------------------------------------------
 RECURRENT = frozenset({"rnn", "lstm", "gru", "crnn", "conv_lstm", "history"})
@@ -215,14 +352,16 @@ class Target:
     sections: dict  # section -> why (only unsupported ones), or a frozenset of supported ones
     activations: dict  # activation -> why (unsupported), or a frozenset of supported ones
     keys: tuple
-    block_rules: tuple = ()  # (callable block -> why or None, key at fault): W603
+    block_rules: tuple = ()  # (callable block -> why or None, key at fault, code)
     shape_rules: tuple = ()  # ((block, c, h, w of its input, source shapes) -> why, code)
+    pair_rules: tuple = ()  # ((block, the block before it) -> why, code)
     exported: bool = False  # made from darkcfg's export: it runs the network's forward
 
 
 TARGET_RULES = {
     "opencv": Target("opencv", OPENCV_SECTIONS, OPENCV_ACTIVATIONS, OPENCV_KEYS,
-                     OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES),
+                     OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES,
+                     ((_after_connected, "W603"), (_after_head, "W603"))),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS, exported=True),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
                        (REGION_TREE,) + TENSORRT_KEYS, exported=True),
@@ -249,7 +388,13 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
     rules = TARGET_RULES[target]
     label = _label(target)
     found: list[Diagnostic] = []
-    for block in blocks:
+    for previous, block in zip([None, *list(blocks)[:-1]], blocks, strict=True):
+        for rule, code in rules.pair_rules:
+            why = rule(block, previous if previous is not None and previous.type != "net"
+                       else None)
+            if why is not None:
+                found.append(block.diagnostic(code, f"{label}: {why}", None,
+                                              hint=_hint(target), severity=WARNING))
         why = _section_problem(rules, block.type)
         if why is not None:
             found.append(block.diagnostic(
@@ -263,10 +408,10 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
                 found.append(block.diagnostic(
                     "W602", f"{label}: activation={opt.value} {why}", "activation",
                     hint=_hint(target), severity=WARNING))
-        for rule, key in rules.block_rules:
+        for rule, key, code in rules.block_rules:
             why = rule(block)
             if why is not None:
-                found.append(block.diagnostic("W603", f"{label}: {why}", key,
+                found.append(block.diagnostic(code, f"{label}: {why}", key,
                                               hint=_hint(target), severity=WARNING))
         for rule in rules.keys:
             if rule.applies(block):
