@@ -349,6 +349,20 @@ def anchor_pairs(anchors: Sequence[float] | None, num: int) -> list[float]:
     return given + [0.5] * (2 * pairs - len(given))
 
 
+#: The most anchor pairs a head may have: each truth is matched against every one of them, and
+#: Darknet allocates 2*num biases (num=2147483647 was a MemoryError deep in the build)
+MAX_ANCHORS = 2 ** 16
+
+
+def num_problem(block: Block) -> Diagnostic | None:
+    """E203 at a head's `num` past MAX_ANCHORS."""
+    if block.type not in ANCHORED_HEADS or value(block, "num") <= MAX_ANCHORS:
+        return None
+    return block.diagnostic("E203", f"num={value(block, 'num')} anchor pairs: darkcfg builds at "
+                            f"most {MAX_ANCHORS} (each truth is matched against every anchor)",
+                            "num", hint="num is the number of anchors= pairs: give that")
+
+
 def mask_problem(block: Block) -> Diagnostic | None:
     """E304 at the first mask index that names no anchor pair (Darknet keeps num pairs, more
     when anchors lists more)."""
@@ -374,6 +388,9 @@ def anchor_rules(block: Block) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     if block.type not in ANCHORED_HEADS:
         return out
+    problem = num_problem(block)
+    if problem is not None:
+        return [problem]
     num = value(block, "num")
     anchors = as_list(value(block, "anchors")) if "anchors" in block else None
     if anchors is not None and len(anchors) != 2 * num:

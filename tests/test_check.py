@@ -1084,3 +1084,25 @@ def test_check_dash_reads_one_cfg_from_stdin(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", None)  # `<&-`
     rc, out, err = run_main(capsys, "-")
     assert rc == 2 and "<stdin>: error[E901]: cannot read <stdin>: stdin is closed" in out
+
+
+def test_a_head_of_billions_of_anchors_is_e203_at_num(tmp_path):
+    """`[yolo] num=2147483647` built a list of 2*num anchor numbers: `check` said E300
+    "darkcfg bug" (a MemoryError in the build), `summary` an unlocated out-of-memory E401."""
+    from cfgparse import CfgError
+    from cfgparse.rules import MAX_ANCHORS
+
+    text = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=18\nsize=1\n"
+            "activation=linear\n[yolo]\nmask=0,1,2\nnum={num}\nclasses=1\n")
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text(text.format(num=2147483647))
+    from builders import build
+
+    report = check_file(cfg)
+    assert [(d.code, d.line) for d in report] == [("E203", 11)]
+    assert f"darkcfg builds at most {MAX_ANCHORS}" in report[0].message
+    with pytest.raises(CfgError) as exc:
+        build(str(cfg), device="meta")
+    assert exc.value.diagnostics[0].code == "E203"
+    cfg.write_text(text.format(num=MAX_ANCHORS))  # the most: built
+    assert build(str(cfg), device="meta") is not None

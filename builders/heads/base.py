@@ -22,7 +22,7 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from cfgparse import Block, CfgError, schema
-from cfgparse.rules import anchor_pairs, head_input_problem, mask_problem
+from cfgparse.rules import anchor_pairs, head_input_problem, mask_problem, num_problem
 
 from ..boxes import box_iou
 from ..layer import Layer
@@ -50,6 +50,9 @@ def read_keys(block: Block, flavor: str, skip: frozenset[str] | set[str],
 
 
 def anchors_of(block: Block, num: int) -> list[float]:
+    problem = num_problem(block)
+    if problem is not None:
+        raise CfgError(problem)
     return anchor_pairs(block.floats("anchors", None), num)
 
 
