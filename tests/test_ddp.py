@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,34 @@ def test_train_processes_takes_no_more_ranks_than_gpus(monkeypatch):
     assert checked_processes(4) == 1 and checked_processes(1) == 1
     with pytest.raises(CfgError, match="but torchrun started 4"):
         checked_processes(2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch built without gloo")
+def test_a_rank_killed_under_train_processes_is_e501(tmp_path, tiny_classifier):
+    """A rank the out-of-memory killer ends says nothing itself: the launcher says which rank
+    and how (E501, exit 1), and the others are stopped."""
+    import signal
+    import time
+
+    cfg = tiny_classifier.write(tmp_path / "ddp.cfg", max_batches=100000, second_conv=False)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "darkcfg", "train", str(cfg), "--processes", "2", "--device",
+         "cpu", "--out", str(out), "--no-progress", "--valid-every", "0"],
+        env=clean_environment(tmp_path), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (out / "metrics.csv").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
+    ranks = child_processes(proc.pid)
+    assert len(ranks) == 2
+    os.kill(max(ranks), signal.SIGKILL)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    assert re.search(r"<rank \d>: error\[E501\]: rank \d of 2 was killed by SIGKILL", stderr)
+    assert "Traceback" not in stderr and child_processes(proc.pid) == []

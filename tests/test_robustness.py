@@ -1188,3 +1188,25 @@ def test_a_stop_signal_while_waiting_for_data_stops_at_once(tmp_path, tiny_class
     from darkcfg.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 2
+
+
+def test_a_loader_process_of_a_rank_ends_when_the_rank_does(tmp_path):
+    """A rank's loader processes are children of a forkserver, which outlives a rank killed by
+    SIGKILL; torch's loader process watches only its parent, so they ran on for good (with the
+    forkserver and resource tracker, holding the command's stderr open). `owner` ends them."""
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    script = ("import sys, time\nfrom darkcfg.data.base import loader_worker_init\n"
+              f"loader_worker_init(0, owner={owner.pid})\nprint('watching', flush=True)\n"
+              "time.sleep(60)\n")
+    loader = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert loader.stdout.readline() == "watching\n"
+        time.sleep(0.5)
+        assert loader.poll() is None  # the owner lives: so does the loader
+        owner.kill()
+        owner.wait()
+        assert loader.wait(timeout=20) == 0
+    finally:
+        owner.kill()
+        loader.kill()

@@ -4,6 +4,7 @@ a decoded image (PIL or tensor) into the uint8 CHW tensor the loaders carry."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,12 +146,15 @@ def pixel_limit() -> int | None:
     return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
 
 
-def loader_worker_init(worker_id: int, sharing: str | None = None) -> None:
+def loader_worker_init(worker_id: int, sharing: str | None = None,
+                       owner: int | None = None) -> None:
     """DataLoader worker_init_fn: loader processes ignore the stop signals (SIGTERM, SIGINT,
     SIGHUP). A stop signal sent to the whole process group (systemd, Slurm, `kill -- -PGID`,
     Ctrl-C or a closed terminal) must not kill them under the training process, which finishes
     its iteration, checkpoints and then stops them itself (and they exit on their own should it
-    die). `sharing`: torch's strategy for the tensors this process hands over (loader_plan)."""
+    die). `sharing`: torch's strategy for the tensors this process hands over (loader_plan).
+    `owner`: the process whose loader this is, where that is not the parent (a forkserver's
+    child): this process ends when the owner does."""
     import signal
 
     from darkcfg.stopping import stop_signals
@@ -161,6 +165,39 @@ def loader_worker_init(worker_id: int, sharing: str | None = None) -> None:
         import torch.multiprocessing
 
         torch.multiprocessing.set_sharing_strategy(sharing)
+    if owner is not None and owner != os.getppid():
+        _end_with(owner)
+
+
+def _end_with(owner: int) -> None:
+    """End this process once `owner` has ended. torch's loader process watches its parent
+    only, and a forkserver's child has the forkserver as parent, which lives as long as any
+    process holds its "alive" pipe, its children included: a rank killed by SIGKILL (the
+    out-of-memory killer) left its loader processes, forkserver and resource tracker running
+    for good, holding the command's stderr open."""
+    import select
+    import threading
+    import time
+
+    def watch() -> None:
+        try:
+            handle = os.pidfd_open(owner)  # Linux 5.3+: readable once the process ends
+        except (AttributeError, OSError):
+            handle = None
+        if handle is not None:
+            select.select([handle], [], [])
+        else:
+            while True:
+                try:
+                    os.kill(owner, 0)
+                except ProcessLookupError:
+                    break
+                except OSError:  # alive, another user's
+                    pass
+                time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="darkcfg-owner-watch", daemon=True).start()
 
 
 # Open files the loader processes cost, per process (measured with torch 2.14, Python 3.11). With
@@ -255,6 +292,8 @@ def loader_processes(workers: int, prefetch_factor: int | None = None,
         # there for good; made here first, it is this process's, removed at its exit
         multiprocessing.util.get_temp_dir()
     if workers and dist.is_available() and dist.is_initialized():
+        options["worker_init_fn"] = functools.partial(loader_worker_init, sharing=sharing,
+                                                      owner=os.getpid())
         context = multiprocessing.get_context("forkserver")
         # the server imports torch and the data sets once, and each loader process is a fork of
         # it: unloaded, every process imported torch anew (20 s a validation on a loaded host)

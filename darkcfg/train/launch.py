@@ -53,9 +53,17 @@ def launch(argv: list[str], processes: int) -> int:
             rank, failure = failed.get_first_failure()
             if failure.exitcode >= 0:  # the rank said why
                 return failure.exitcode
-            print(f"darkcfg train: rank {rank} of {processes} was killed by signal "
-                  f"{-failure.exitcode} (out of memory?); the run folder keeps its last "
-                  "checkpoint", file=sys.stderr)
+            from cfgparse import Diagnostic
+
+            try:
+                name = signal.Signals(-failure.exitcode).name
+            except ValueError:
+                name = f"signal {-failure.exitcode}"
+            print(Diagnostic("E501", f"rank {rank} of {processes} was killed by {name}; the "
+                             "command stopped (a training run keeps its last checkpoint)",
+                             f"<rank {rank}>", hint="SIGKILL is often the out-of-memory killer: "
+                             "fewer --processes, a smaller batch (--set), or more memory"
+                             ).format(), file=sys.stderr)
             return 1
         except SignalException:  # SIGQUIT (where the ranks cannot be found: any stop signal)
             return 130
