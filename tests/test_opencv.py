@@ -388,13 +388,19 @@ def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
     (_HEAD.replace("num=3\n", "num=3\nmask=0,1,2\n") + "[convolutional]\nfilters=3\nsize=1\n"
      "activation=leaky\n", "W603"),
     ("[convolutional]\nbatch_normalize=1\nfilters=8\nsize=1\nactivation=relu\n", None),
+    # Darknet's [cost] outputs zeros at inference, OpenCV's its input
+    (_CONV4 + "[cost]\n[softmax]\n", "W604"),
+    (_CONV4 + "[avgpool]\n[cost]\n[softmax]\n", "W604"),
+    (_CONV4 + "[cost]\n[route]\nlayers=-1\n", "W604"),
+    (_CONV4 + "[avgpool]\n[softmax]\n[cost]\n", None),
 ])
 def test_opencv_computes_these_otherwise(section, code, tmp_path):
     """Found by fuzzing: OpenCV's importer reads `stride` only (no stride_x/stride_y), adds
     several `from=` layers of a [shortcut] otherwise, cannot downsample in [upsample], reads no
     dilation, refuses a [sam] of two shapes, and its [connected] output is (N, C), which its
     spatial layers refuse (Darknet's is a 1x1xC image), as its [yolo] output is the decoded
-    boxes; `check --target opencv` names each."""
+    boxes; its [cost] passes its input on (Darknet's outputs zeros); `check --target opencv`
+    names each."""
     cfg = tmp_path / "m.cfg"
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     named = [d.code for d in check_file(cfg, Options(targets=("opencv",)))

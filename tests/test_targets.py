@@ -209,6 +209,27 @@ def test_opencv_sam_of_two_shapes_needs_the_graph(tmp_path):
         check_file(path, Options(targets=("opencv",)))[0].message
 
 
+_C4 = "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n"
+
+
+@pytest.mark.parametrize("section, code, line", [
+    (_C4 + "[cost]\n[softmax]\n", "W604", 12),  # Darknet: the softmax of zeros
+    (_C4 + "[cost]\n[route]\nlayers=-1\n", "W604", 12),  # only the graph resolves layers=
+    (_C4 + "[cost]\n[route]\nlayers=-2\n", None, 0),
+    (_C4 + "[avgpool]\n[softmax]\n[cost]\n", None, 0),
+])
+def test_opencv_layers_reading_what_opencv_outputs_otherwise(section, code, line, tmp_path):
+    """A layer reading a [cost] (Darknet: zeros at inference; OpenCV: its input), the one after
+    it or one naming it in layers=/from= (measured in tests/test_opencv.py)."""
+    from darkcfg.lint.stages import Options, check_file
+
+    path = tmp_path / "m.cfg"
+    path.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
+    found = [(d.code, d.line) for d in check_file(path, Options(targets=("opencv",)))
+             if d.code.startswith("W60")]
+    assert found == ([(code, line)] if code else [])
+
+
 def test_a_cfg_of_no_layers_is_checked_for_every_target(tmp_path):
     """`[net]` alone (fuzzing's minimised flat net): the shape rules' zip of the layers with
     their inputs was one longer than the layers, a ValueError reported as E300 'a darkcfg

@@ -44,7 +44,7 @@ def check_graph(blocks: Sequence[Block], *, flavor: str = "alexeyab",
             return shape.c, shape.h, shape.w
 
         inputs = [net.input_shape, *net.shapes][:len(net.meta)]  # (a cfg of no layers: none)
-        layers = [(m.block, chw(s), [chw(net.shapes[j]) for j in m.sources])
+        layers = [(m.block, chw(s), [chw(net.shapes[j]) for j in m.sources], m.sources)
                   for m, s in zip(net.meta, inputs, strict=True)]
         stops = [layer.run_error for layer in net.layers if layer.run_error is not None]
         for target in targets:

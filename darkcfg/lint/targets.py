@@ -294,11 +294,22 @@ def _after_connected(block: Block, previous: Block | None) -> str | None:
 def _after_head(block: Block, previous: Block | None) -> str | None:
     """Darknet's [yolo]/[region] output is its input's CxHxW shape, which a next layer may read;
     OpenCV's is the decoded boxes, (boxes, 5 + classes) (measured, OpenCV 4.14, found by
-    fuzzing: a [convolutional] after a [yolo] is refused). A [route] reads other layers."""
-    if previous is None or previous.type not in ("yolo", "region") or block.type == "route":
+    fuzzing: a [convolutional] after a [yolo], a [shortcut] from= one, are refused)."""
+    if previous is None or previous.type not in ("yolo", "region"):
         return None
-    return (f"[{block.name}] reads the [{previous.name}] before it: OpenCV's [{previous.name}] "
-            "outputs decoded boxes, not Darknet's CxHxW map, and the layer cannot take them")
+    return (f"[{block.name}] reads a [{previous.name}]: OpenCV's [{previous.name}] outputs "
+            "decoded boxes, not Darknet's CxHxW map, and the layer cannot take them")
+
+
+def _after_cost(block: Block, previous: Block | None) -> str | None:
+    """Darknet's [cost] output stays zero at inference (no truth: src/cost_layer.c
+    forward_cost_layer returns early; SEMANTICS.md 7.19); OpenCV's is its input (measured,
+    OpenCV 4.14, found by fuzzing: a [softmax] after a [cost] gives OpenCV's softmax of the
+    input, Darknet's of zeros)."""
+    if previous is None or previous.type != "cost":
+        return None
+    return (f"[{block.name}] reads a [cost]: Darknet's [cost] outputs zeros at inference, "
+            "OpenCV's passes its input on")
 
 
 #: (rule, key at fault, code)
@@ -354,14 +365,17 @@ class Target:
     keys: tuple
     block_rules: tuple = ()  # (callable block -> why or None, key at fault, code)
     shape_rules: tuple = ()  # ((block, c, h, w of its input, source shapes) -> why, code)
-    pair_rules: tuple = ()  # ((block, the block before it) -> why, code)
+    # ((block, a block it reads: the one before it, or one it names in layers=/from=) -> why,
+    # code)
+    pair_rules: tuple = ()
     exported: bool = False  # made from darkcfg's export: it runs the network's forward
 
 
 TARGET_RULES = {
     "opencv": Target("opencv", OPENCV_SECTIONS, OPENCV_ACTIVATIONS, OPENCV_KEYS,
                      OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES,
-                     ((_after_connected, "W603"), (_after_head, "W603"))),
+                     ((_after_connected, "W603"), (_after_head, "W603"),
+                      (_after_cost, "W604"))),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS, exported=True),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
                        (REGION_TREE,) + TENSORRT_KEYS, exported=True),
@@ -389,9 +403,11 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
     label = _label(target)
     found: list[Diagnostic] = []
     for previous, block in zip([None, *list(blocks)[:-1]], blocks, strict=True):
+        # a [route] reads only its layers= (check_target_shapes: the graph resolves them)
+        reads = previous if previous is not None and previous.type != "net" and \
+            block.type != "route" else None
         for rule, code in rules.pair_rules:
-            why = rule(block, previous if previous is not None and previous.type != "net"
-                       else None)
+            why = rule(block, reads)
             if why is not None:
                 found.append(block.diagnostic(code, f"{label}: {why}", None,
                                               hint=_hint(target), severity=WARNING))
@@ -421,18 +437,29 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
     return found
 
 
-def check_target_shapes(layers: Iterable[tuple], target: str) -> list[Diagnostic]:
-    """Warnings that need layer shapes: `layers` = (block, (c, h, w) of its input, [(c, h, w)
-    of each layer it reads by reference (route/shortcut `from`)]), from the graph check's
-    build."""
+def check_target_shapes(layers: Sequence[tuple], target: str) -> list[Diagnostic]:
+    """Warnings that need the built graph: `layers` = (block, (c, h, w) of its input, [(c, h,
+    w) of each layer it reads by reference (route `layers`, shortcut/sam `from`)], [the
+    indices of those layers]), from the graph check's build. The pair rules see each layer read
+    by reference (check_target gave them the layer before)."""
     rules = TARGET_RULES[target]
     found = []
-    for block, (c, h, w), sources in layers:
+
+    def warn(block, code, why):
+        found.append(block.diagnostic(code, f"{_label(target)}: {why}", None,
+                                      hint=_hint(target), severity=WARNING))
+
+    for i, (block, (c, h, w), sources, refs) in enumerate(layers):
         for rule, code in rules.shape_rules:
             why = rule(block, c, h, w, sources)
             if why is not None:
-                found.append(block.diagnostic(code, f"{_label(target)}: {why}", None,
-                                              hint=_hint(target), severity=WARNING))
+                warn(block, code, why)
+        named = {j for j in refs if j != i - 1 or block.type == "route"}
+        for rule, code in rules.pair_rules:
+            why = next((w for w in (rule(block, layers[j][0]) for j in sorted(named)) if w),
+                       None)
+            if why is not None:
+                warn(block, code, why)
     return found
 
 
