@@ -369,6 +369,10 @@ def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
     assert _opencv_error(cfg, tmp_path) <= 1e-4
 
 
+_FC = "[connected]\noutput=6\nactivation=linear\n"
+_CONV2 = "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
+
+
 @pytest.mark.parametrize("section, code", [
     ("[convolutional]\nfilters=2\nsize=3\nactivation=linear\nstride_x=2\nstride_y=2\n", "W604"),
     ("[maxpool]\nsize=2\nstride=2\nstride_x=1\nstride_y=1\n", "W604"),
@@ -393,14 +397,21 @@ def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
     (_CONV4 + "[avgpool]\n[cost]\n[softmax]\n", "W604"),
     (_CONV4 + "[cost]\n[route]\nlayers=-1\n", "W604"),
     (_CONV4 + "[avgpool]\n[softmax]\n[cost]\n", None),
+    # OpenCV counts the layer before a [connected] as c*h*w channels: a [route] to it, then a
+    # [convolutional]
+    (_CONV4 + _FC + "[route]\nlayers=-2\n" + _CONV2, "W603"),
+    (_CONV4 + _FC + "[route]\nlayers=-2\n[maxpool]\nsize=2\nstride=2\n" + _CONV2, "W603"),
+    (_CONV4 + _FC + "[route]\nlayers=-2\n" + _FC, None),
+    (_CONV4 + "[avgpool]\n" + _FC + "[route]\nlayers=-2\n" + _CONV2, None),
+    (_CONV4 * 2 + _FC + "[route]\nlayers=-3\n" + _CONV2, None),
 ])
 def test_opencv_computes_these_otherwise(section, code, tmp_path):
     """Found by fuzzing: OpenCV's importer reads `stride` only (no stride_x/stride_y), adds
     several `from=` layers of a [shortcut] otherwise, cannot downsample in [upsample], reads no
     dilation, refuses a [sam] of two shapes, and its [connected] output is (N, C), which its
     spatial layers refuse (Darknet's is a 1x1xC image), as its [yolo] output is the decoded
-    boxes; its [cost] passes its input on (Darknet's outputs zeros); `check --target opencv`
-    names each."""
+    boxes; its [cost] passes its input on (Darknet's outputs zeros); it counts the layer before
+    a [connected] as c*h*w channels for a [route] to it; `check --target opencv` names each."""
     cfg = tmp_path / "m.cfg"
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     named = [d.code for d in check_file(cfg, Options(targets=("opencv",)))

@@ -210,6 +210,8 @@ def test_opencv_sam_of_two_shapes_needs_the_graph(tmp_path):
 
 
 _C4 = "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n"
+_C2 = "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
+_FC = "[connected]\noutput=6\nactivation=linear\n"
 
 
 @pytest.mark.parametrize("section, code, line", [
@@ -217,10 +219,15 @@ _C4 = "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n"
     (_C4 + "[cost]\n[route]\nlayers=-1\n", "W604", 12),  # only the graph resolves layers=
     (_C4 + "[cost]\n[route]\nlayers=-2\n", None, 0),
     (_C4 + "[avgpool]\n[softmax]\n[cost]\n", None, 0),
+    # OpenCV counts a 4x8x8 layer before a [connected] as 256 channels (only the graph knows)
+    (_C4 + _FC + "[route]\nlayers=-2\n[maxpool]\nsize=2\nstride=2\n" + _C2, "W603", 14),
+    (_C4 + _FC + "[route]\nlayers=-2\n" + _FC, None, 0),
+    (_C4 + "[avgpool]\n" + _FC + "[route]\nlayers=-2\n" + _C2, None, 0),
 ])
 def test_opencv_layers_reading_what_opencv_outputs_otherwise(section, code, line, tmp_path):
     """A layer reading a [cost] (Darknet: zeros at inference; OpenCV: its input), the one after
-    it or one naming it in layers=/from= (measured in tests/test_opencv.py)."""
+    it or one naming it in layers=/from=; a [route] to the layer before a [connected], then a
+    [convolutional] (measured in tests/test_opencv.py)."""
     from darkcfg.lint.stages import Options, check_file
 
     path = tmp_path / "m.cfg"
