@@ -371,6 +371,8 @@ def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
 
 _FC = "[connected]\noutput=6\nactivation=linear\n"
 _CONV2 = "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
+_YOLO1 = _CONV4 + "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nmask=0\n" \
+    "anchors=1,1\nnum=1\nclasses=1\n"
 
 
 @pytest.mark.parametrize("section, code", [
@@ -404,14 +406,20 @@ _CONV2 = "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
     (_CONV4 + _FC + "[route]\nlayers=-2\n" + _FC, None),
     (_CONV4 + "[avgpool]\n" + _FC + "[route]\nlayers=-2\n" + _CONV2, None),
     (_CONV4 * 2 + _FC + "[route]\nlayers=-3\n" + _CONV2, None),
+    # a [shortcut] naming the [yolo] before (OpenCV: its decoded boxes)
+    (_YOLO1 + "[route]\nlayers=-2\n[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
+     "[shortcut]\nfrom=-3\nactivation=linear\n", "W603"),
+    (_YOLO1 + "[route]\nlayers=-2\n[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
+     "[shortcut]\nfrom=-2\nactivation=linear\n", None),
 ])
 def test_opencv_computes_these_otherwise(section, code, tmp_path):
     """Found by fuzzing: OpenCV's importer reads `stride` only (no stride_x/stride_y), adds
     several `from=` layers of a [shortcut] otherwise, cannot downsample in [upsample], reads no
     dilation, refuses a [sam] of two shapes, and its [connected] output is (N, C), which its
     spatial layers refuse (Darknet's is a 1x1xC image), as its [yolo] output is the decoded
-    boxes; its [cost] passes its input on (Darknet's outputs zeros); it counts the layer before
-    a [connected] as c*h*w channels for a [route] to it; `check --target opencv` names each."""
+    boxes (also to a [shortcut] naming it); its [cost] passes its input on (Darknet's outputs
+    zeros); it counts the layer before a [connected] as c*h*w channels for a [route] to it;
+    `check --target opencv` names each."""
     cfg = tmp_path / "m.cfg"
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     named = [d.code for d in check_file(cfg, Options(targets=("opencv",)))

@@ -212,6 +212,8 @@ def test_opencv_sam_of_two_shapes_needs_the_graph(tmp_path):
 _C4 = "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n"
 _C2 = "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
 _FC = "[connected]\noutput=6\nactivation=linear\n"
+_C6 = "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
+_YOLO = _C4 + _C6 + "[yolo]\nmask=0\nanchors=1,1\nnum=1\nclasses=1\n"
 
 
 @pytest.mark.parametrize("section, code, line", [
@@ -223,11 +225,18 @@ _FC = "[connected]\noutput=6\nactivation=linear\n"
     (_C4 + _FC + "[route]\nlayers=-2\n[maxpool]\nsize=2\nstride=2\n" + _C2, "W603", 14),
     (_C4 + _FC + "[route]\nlayers=-2\n" + _FC, None, 0),
     (_C4 + "[avgpool]\n" + _FC + "[route]\nlayers=-2\n" + _C2, None, 0),
+    # OpenCV's [yolo] outputs the decoded boxes, also to a layer naming it
+    (_YOLO + "[route]\nlayers=-2\n" + _C6 + "[shortcut]\nfrom=-3\nactivation=linear\n",
+     "W603", 26),
+    (_YOLO + "[route]\nlayers=-2\n" + _C6 + "[shortcut]\nfrom=-2\nactivation=linear\n",
+     None, 0),
+    (_YOLO + "[route]\nlayers=-1\n", "W603", 20),
 ])
 def test_opencv_layers_reading_what_opencv_outputs_otherwise(section, code, line, tmp_path):
     """A layer reading a [cost] (Darknet: zeros at inference; OpenCV: its input), the one after
     it or one naming it in layers=/from=; a [route] to the layer before a [connected], then a
-    [convolutional] (measured in tests/test_opencv.py)."""
+    [convolutional]; a layer naming a [yolo] (OpenCV: the decoded boxes) (measured in
+    tests/test_opencv.py)."""
     from darkcfg.lint.stages import Options, check_file
 
     path = tmp_path / "m.cfg"
