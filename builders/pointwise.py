@@ -121,8 +121,9 @@ def conv_gather(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor,
     in `out` if given (`output_rows`). Only where `enabled()`."""
     n, c, h, w = x.shape
     (kh, kw), (sy, sx), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    x = x.contiguous()
-    padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    # F.pad keeps a 1x1 map's ambiguous strides as channels-last (a [maxpool] whose stride
+    # passes its input leaves (c, 1, c, c)): the kernel reads NCHW
+    padded = (F.pad(x, (pw, pw, ph, ph)) if ph or pw else x).contiguous()
     hp, wp = h + 2 * ph, w + 2 * pw
     oh, ow = (hp - kh) // sy + 1, (wp - kw) // sx + 1
     k = conv.out_channels

@@ -406,6 +406,10 @@ _YOLO1 = _CONV4 + "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]
     (_CONV4 + _FC + "[route]\nlayers=-2\n" + _FC, None),
     (_CONV4 + "[avgpool]\n" + _FC + "[route]\nlayers=-2\n" + _CONV2, None),
     (_CONV4 * 2 + _FC + "[route]\nlayers=-3\n" + _CONV2, None),
+    # a [maxpool] whose stride passes its input, then a 3x3 convolution of the 1x1 map: OpenCV
+    # was right, darkcfg's gathered convolution read the map's strides wrong (fixed)
+    (_CONV4 + "[maxpool]\nsize=2\nstride=13\n[convolutional]\nbatch_normalize=1\nfilters=8\n"
+     "size=3\npad=1\nactivation=mish\n", None),
     # a [shortcut] naming the [yolo] before (OpenCV: its decoded boxes)
     (_YOLO1 + "[route]\nlayers=-2\n[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
      "[shortcut]\nfrom=-3\nactivation=linear\n", "W603"),

@@ -390,6 +390,20 @@ def test_gathered_convolution_is_the_convolution(n, c, k, size, stride, pad, h, 
 
 
 @needs_kernel
+def test_gathered_convolution_of_a_1x1_map_with_channels_last_strides():
+    """Found by fuzzing against OpenCV: a [maxpool] whose stride passes its 8x8 input leaves a
+    4x1x1 map of strides (4, 1, 4, 4); padding it kept them (channels-last) and the kernel read
+    it as NCHW, so the next 3x3 convolution computed other values than Darknet's."""
+    x = torch.as_strided(torch.randn(4, generator=torch.Generator().manual_seed(3)),
+                         (1, 4, 1, 1), (4, 1, 4, 4))
+    conv = torch.nn.Conv2d(4, 16, 3, 1, 1)
+    packed = pointwise.pack_weights(conv.weight.detach().reshape(16, -1, 1, 1))
+    bias = conv.bias.detach()
+    ref = F.conv2d(x.double(), conv.weight.detach().double(), bias.double(), 1, 1)
+    assert relative_error(pointwise.conv_gather(x, packed, bias, conv, "linear"), ref) < 2e-6
+
+
+@needs_kernel
 def test_gathered_convolution_writes_into_a_concatenation():
     x = torch.randn(1, 3, 10, 11)
     conv = torch.nn.Conv2d(3, 20, 3, 1, 1)
