@@ -370,6 +370,7 @@ def test_opencv_reads_darknets_defaults_otherwise(case, tmp_path):
 
 
 _FC = "[connected]\noutput=6\nactivation=linear\n"
+_FC4 = "[connected]\noutput=4\nactivation=linear\n"
 _CONV2 = "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
 _YOLO1 = _CONV4 + "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nmask=0\n" \
     "anchors=1,1\nnum=1\nclasses=1\n"
@@ -410,6 +411,14 @@ _YOLO1 = _CONV4 + "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]
     # was right, darkcfg's gathered convolution read the map's strides wrong (fixed)
     (_CONV4 + "[maxpool]\nsize=2\nstride=13\n[convolutional]\nbatch_normalize=1\nfilters=8\n"
      "size=3\npad=1\nactivation=mish\n", None),
+    # a [shortcut]/[sam] of a [connected] output (OpenCV: (N, C)) and an image
+    (_CONV4 + "[avgpool]\n" + _FC4 + "[shortcut]\nfrom=-2\nactivation=linear\n", "W603"),
+    (_CONV4 + "[avgpool]\n" + _FC4 + "[route]\nlayers=-2\n[shortcut]\nfrom=-2\n"
+     "activation=linear\n", "W603"),
+    (_CONV4 + "[avgpool]\n" + _FC4 + "[sam]\nfrom=-2\n", "W603"),
+    (_CONV4 + "[avgpool]\n" + _FC4 + "[dropout]\n[shortcut]\nfrom=-2\nactivation=linear\n",
+     None),
+    (_CONV4 + "[avgpool]\n" + _FC4 * 2 + "[shortcut]\nfrom=-2\nactivation=linear\n", None),
     # a [shortcut] naming the [yolo] before (OpenCV: its decoded boxes)
     (_YOLO1 + "[route]\nlayers=-2\n[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
      "[shortcut]\nfrom=-3\nactivation=linear\n", "W603"),
@@ -422,8 +431,8 @@ def test_opencv_computes_these_otherwise(section, code, tmp_path):
     dilation, refuses a [sam] of two shapes, and its [connected] output is (N, C), which its
     spatial layers refuse (Darknet's is a 1x1xC image), as its [yolo] output is the decoded
     boxes (also to a [shortcut] naming it); its [cost] passes its input on (Darknet's outputs
-    zeros); it counts the layer before a [connected] as c*h*w channels for a [route] to it;
-    `check --target opencv` names each."""
+    zeros); it counts the layer before a [connected] as c*h*w channels for a [route] to it; its
+    Eltwise refuses a [connected] output with an image; `check --target opencv` names each."""
     cfg = tmp_path / "m.cfg"
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     named = [d.code for d in check_file(cfg, Options(targets=("opencv",)))

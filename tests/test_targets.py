@@ -231,12 +231,16 @@ _YOLO = _C4 + _C6 + "[yolo]\nmask=0\nanchors=1,1\nnum=1\nclasses=1\n"
     (_YOLO + "[route]\nlayers=-2\n" + _C6 + "[shortcut]\nfrom=-2\nactivation=linear\n",
      None, 0),
     (_YOLO + "[route]\nlayers=-1\n", "W603", 20),
+    # OpenCV's Eltwise refuses its [connected] output, (N, C), with an image
+    (_C4 + "[avgpool]\n" + _FC + "[shortcut]\nfrom=-2\nactivation=linear\n", "W603", 15),
+    (_C4 + "[avgpool]\n" + _FC + "[dropout]\n[shortcut]\nfrom=-2\nactivation=linear\n",
+     None, 0),
 ])
 def test_opencv_layers_reading_what_opencv_outputs_otherwise(section, code, line, tmp_path):
     """A layer reading a [cost] (Darknet: zeros at inference; OpenCV: its input), the one after
     it or one naming it in layers=/from=; a [route] to the layer before a [connected], then a
-    [convolutional]; a layer naming a [yolo] (OpenCV: the decoded boxes) (measured in
-    tests/test_opencv.py)."""
+    [convolutional]; a layer naming a [yolo] (OpenCV: the decoded boxes); a [shortcut] of a
+    [connected] output and an image (measured in tests/test_opencv.py)."""
     from darkcfg.lint.stages import Options, check_file
 
     path = tmp_path / "m.cfg"

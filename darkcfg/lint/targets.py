@@ -331,6 +331,39 @@ def _route_before_connected(layers: Sequence[tuple], i: int, j: int) -> str | No
             "route loads misplaced weights (OpenCV refuses the net)")
 
 
+#: layers whose OpenCV output has their input's dimensions
+_OPENCV_PASSING = frozenset({"dropout", "softmax", "cost", "shortcut", "sam"})
+
+
+def _opencv_flat(layers: Sequence[tuple], k: int) -> bool:
+    """Whether OpenCV's output of layer k is a [connected] layer's (N, C), not (N, C, H, W)."""
+    while k >= 0:
+        kind = layers[k][0].type
+        if kind == "connected":
+            return True
+        if kind == "route" and layers[k][3]:
+            k = layers[k][3][0]
+        elif kind in _OPENCV_PASSING:
+            k -= 1
+        else:
+            return False
+    return False
+
+
+def _eltwise_of_flat_and_map(layers: Sequence[tuple], i: int, j: int) -> str | None:
+    """Darknet adds or multiplies a [connected] output (a 1x1xC image) with any other layer;
+    OpenCV's Eltwise asserts equal dimensions, and its [connected] output is (N, C) (measured,
+    OpenCV 4.14, found by fuzzing: [avgpool], [connected], [shortcut] from=-2 is refused; a
+    [shortcut] of two [connected] outputs runs and matches)."""
+    block = layers[i][0]
+    if block.type not in ("shortcut", "sam") or i == 0 or \
+            _opencv_flat(layers, i - 1) == _opencv_flat(layers, j):
+        return None
+    return (f"[{block.name}] joins a [connected] output with an image: OpenCV's fully connected "
+            "output is (N, C), not Darknet's 1x1xC image, and its Eltwise asserts equal "
+            "dimensions")
+
+
 #: (rule, key at fault, code)
 OPENCV_BLOCK_RULES = ((_anchor_count, "anchors", "W603"), (_crop_adjust, None, "W603"),
                       (_flat_input, "inputs", "W603"), (_pool_window, None, "W604"),
@@ -398,7 +431,7 @@ TARGET_RULES = {
                      OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES,
                      ((_after_connected, "W603"), (_after_head, "W603"),
                       (_after_cost, "W604")),
-                     ((_route_before_connected, "W603"),)),
+                     ((_route_before_connected, "W603"), (_eltwise_of_flat_and_map, "W603"))),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS, exported=True),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
                        (REGION_TREE,) + TENSORRT_KEYS, exported=True),
