@@ -419,6 +419,12 @@ _YOLO1 = _CONV4 + "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]
     (_CONV4 + "[avgpool]\n" + _FC4 + "[dropout]\n[shortcut]\nfrom=-2\nactivation=linear\n",
      None),
     (_CONV4 + "[avgpool]\n" + _FC4 * 2 + "[shortcut]\nfrom=-2\nactivation=linear\n", None),
+    # a [scale_channels] of a larger map than its input, then a [connected]: OpenCV keeps the
+    # input's size for the [connected]
+    (_CONV4 + "[avgpool]\n[scale_channels]\nfrom=-2\n" + _FC4, "W603"),
+    (_CONV4 + "[avgpool]\n[scale_channels]\nfrom=-2\n[maxpool]\nsize=2\nstride=2\n" + _FC4,
+     "W603"),
+    (_CONV4 + "[avgpool]\n[scale_channels]\nfrom=-2\n[avgpool]\n" + _FC4, None),
     # a [shortcut] naming the [yolo] before (OpenCV: its decoded boxes)
     (_YOLO1 + "[route]\nlayers=-2\n[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
      "[shortcut]\nfrom=-3\nactivation=linear\n", "W603"),
@@ -432,7 +438,8 @@ def test_opencv_computes_these_otherwise(section, code, tmp_path):
     spatial layers refuse (Darknet's is a 1x1xC image), as its [yolo] output is the decoded
     boxes (also to a [shortcut] naming it); its [cost] passes its input on (Darknet's outputs
     zeros); it counts the layer before a [connected] as c*h*w channels for a [route] to it; its
-    Eltwise refuses a [connected] output with an image; `check --target opencv` names each."""
+    Eltwise refuses a [connected] output with an image; it sizes a [connected] after a
+    [scale_channels] by the scales; `check --target opencv` names each."""
     cfg = tmp_path / "m.cfg"
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     named = [d.code for d in check_file(cfg, Options(targets=("opencv",)))

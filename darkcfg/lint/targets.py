@@ -364,6 +364,24 @@ def _eltwise_of_flat_and_map(layers: Sequence[tuple], i: int, j: int) -> str | N
             "dimensions")
 
 
+def _scaled_map_then_connected(layers: Sequence[tuple], i: int, j: int) -> str | None:
+    """Darknet's [scale_channels] output is its from= layer's map; OpenCV's importer keeps the
+    width and height of its input (the scales), which a later [connected] sizes its weights by
+    (measured, OpenCV 4.14, found by fuzzing: a 4x8x8 map scaled by its [avgpool], then a
+    [connected], with or without a [convolutional] or [maxpool] between, is refused; an
+    [avgpool] between runs and matches)."""
+    block, (_, h, w) = layers[i][0], layers[i][1]
+    _, mh, mw = layers[j + 1][1]
+    if block.type != "scale_channels" or (mh, mw) == (h, w):
+        return None
+    later = (b.type for b, *_ in layers[i + 1:])
+    if next((t for t in later if t in ("connected", "avgpool", "route")), None) != "connected":
+        return None
+    return (f"[scale_channels] scales a {mw}x{mh} map by a {w}x{h} input: OpenCV's importer "
+            f"keeps the {w}x{h} size, and the [connected] after it expects another input size "
+            "(OpenCV refuses the net)")
+
+
 #: (rule, key at fault, code)
 OPENCV_BLOCK_RULES = ((_anchor_count, "anchors", "W603"), (_crop_adjust, None, "W603"),
                       (_flat_input, "inputs", "W603"), (_pool_window, None, "W604"),
@@ -431,7 +449,8 @@ TARGET_RULES = {
                      OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES,
                      ((_after_connected, "W603"), (_after_head, "W603"),
                       (_after_cost, "W604")),
-                     ((_route_before_connected, "W603"), (_eltwise_of_flat_and_map, "W603"))),
+                     ((_route_before_connected, "W603"), (_eltwise_of_flat_and_map, "W603"),
+                      (_scaled_map_then_connected, "W603"))),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS, exported=True),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
                        (REGION_TREE,) + TENSORRT_KEYS, exported=True),
