@@ -420,11 +420,15 @@ _YOLO1 = _CONV4 + "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]
      None),
     (_CONV4 + "[avgpool]\n" + _FC4 * 2 + "[shortcut]\nfrom=-2\nactivation=linear\n", None),
     # a [scale_channels] of a larger map than its input, then a [connected]: OpenCV keeps the
-    # input's size for the [connected]
+    # input's width and height for the [connected]
     (_CONV4 + "[avgpool]\n[scale_channels]\nfrom=-2\n" + _FC4, "W603"),
     (_CONV4 + "[avgpool]\n[scale_channels]\nfrom=-2\n[maxpool]\nsize=2\nstride=2\n" + _FC4,
      "W603"),
     (_CONV4 + "[avgpool]\n[scale_channels]\nfrom=-2\n[avgpool]\n" + _FC4, None),
+    # the same for a [route] back to a larger map
+    (_CONV4 + "[maxpool]\nsize=2\nstride=2\n[route]\nlayers=-2\n" + _CONV2 + _FC4, "W603"),
+    (_CONV4 + "[avgpool]\n[route]\nlayers=-2\n[avgpool]\n" + _FC4, None),
+    (_CONV4 + _FC + "[route]\nlayers=-2\n" + _FC, None),
     # a [shortcut] naming the [yolo] before (OpenCV: its decoded boxes)
     (_YOLO1 + "[route]\nlayers=-2\n[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
      "[shortcut]\nfrom=-3\nactivation=linear\n", "W603"),
@@ -439,7 +443,7 @@ def test_opencv_computes_these_otherwise(section, code, tmp_path):
     boxes (also to a [shortcut] naming it); its [cost] passes its input on (Darknet's outputs
     zeros); it counts the layer before a [connected] as c*h*w channels for a [route] to it; its
     Eltwise refuses a [connected] output with an image; it sizes a [connected] after a
-    [scale_channels] by the scales; `check --target opencv` names each."""
+    [scale_channels] or [route] by the layer before them; `check --target opencv` names each."""
     cfg = tmp_path / "m.cfg"
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     named = [d.code for d in check_file(cfg, Options(targets=("opencv",)))

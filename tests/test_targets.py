@@ -238,13 +238,14 @@ _YOLO = _C4 + _C6 + "[yolo]\nmask=0\nanchors=1,1\nnum=1\nclasses=1\n"
     # OpenCV sizes a [connected] after a [scale_channels] by the scales (1x1), not the 8x8 map
     (_C4 + "[avgpool]\n[scale_channels]\nfrom=-2\n" + _C2 + _FC, "W603", 12),
     (_C4 + "[avgpool]\n[scale_channels]\nfrom=-2\n[avgpool]\n" + _FC, None, 0),
+    (_C4 + "[avgpool]\n[route]\nlayers=-2\n" + _FC, "W603", 12),  # (the same for a [route])
 ])
 def test_opencv_layers_reading_what_opencv_outputs_otherwise(section, code, line, tmp_path):
     """A layer reading a [cost] (Darknet: zeros at inference; OpenCV: its input), the one after
     it or one naming it in layers=/from=; a [route] to the layer before a [connected], then a
     [convolutional]; a layer naming a [yolo] (OpenCV: the decoded boxes); a [shortcut] of a
-    [connected] output and an image; a [connected] after a [scale_channels] of a larger map
-    (measured in tests/test_opencv.py)."""
+    [connected] output and an image; a [connected] after a [scale_channels] or [route] of a larger
+    map (measured in tests/test_opencv.py)."""
     from darkcfg.lint.stages import Options, check_file
 
     path = tmp_path / "m.cfg"

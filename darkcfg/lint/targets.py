@@ -364,20 +364,24 @@ def _eltwise_of_flat_and_map(layers: Sequence[tuple], i: int, j: int) -> str | N
             "dimensions")
 
 
-def _scaled_map_then_connected(layers: Sequence[tuple], i: int, j: int) -> str | None:
-    """Darknet's [scale_channels] output is its from= layer's map; OpenCV's importer keeps the
-    width and height of its input (the scales), which a later [connected] sizes its weights by
-    (measured, OpenCV 4.14, found by fuzzing: a 4x8x8 map scaled by its [avgpool], then a
+def _untracked_size_then_connected(layers: Sequence[tuple], i: int, j: int) -> str | None:
+    """Darknet's [route] and [scale_channels] output the map of the layer they name; OpenCV's
+    importer keeps the width and height of the layer before them, and a later [connected]
+    sizes its weights by those (measured, OpenCV 4.14, found by fuzzing: a 4x8x8 map scaled
+    by its [avgpool], or a [route] back to it after an [avgpool] or [maxpool], then a
     [connected], with or without a [convolutional] or [maxpool] between, is refused; an
-    [avgpool] between runs and matches)."""
+    [avgpool] between, or a [route] to the layer right before a [connected], runs and
+    matches)."""
     block, (_, h, w) = layers[i][0], layers[i][1]
     _, mh, mw = layers[j + 1][1]
-    if block.type != "scale_channels" or (mh, mw) == (h, w):
+    # (a layer right before a [connected]: OpenCV counts it flattened, c*h*w channels of 1x1)
+    if block.type not in ("route", "scale_channels") or i == 0 or (mh, mw) == (h, w) or \
+            layers[j + 1][0].type == "connected":
         return None
     later = (b.type for b, *_ in layers[i + 1:])
-    if next((t for t in later if t in ("connected", "avgpool", "route")), None) != "connected":
+    if next((t for t in later if t in ("connected", "avgpool")), None) != "connected":
         return None
-    return (f"[scale_channels] scales a {mw}x{mh} map by a {w}x{h} input: OpenCV's importer "
+    return (f"[{block.name}] outputs a {mw}x{mh} map after a {w}x{h} layer: OpenCV's importer "
             f"keeps the {w}x{h} size, and the [connected] after it expects another input size "
             "(OpenCV refuses the net)")
 
@@ -450,7 +454,7 @@ TARGET_RULES = {
                      ((_after_connected, "W603"), (_after_head, "W603"),
                       (_after_cost, "W604")),
                      ((_route_before_connected, "W603"), (_eltwise_of_flat_and_map, "W603"),
-                      (_scaled_map_then_connected, "W603"))),
+                      (_untracked_size_then_connected, "W603"))),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS, exported=True),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
                        (REGION_TREE,) + TENSORRT_KEYS, exported=True),
