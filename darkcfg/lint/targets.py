@@ -524,7 +524,7 @@ def check_target_shapes(layers: Sequence[tuple], target: str) -> list[Diagnostic
     rules = TARGET_RULES[target]
     found = []
 
-    def warn(block, code, why):
+    def flag(block, code, why):
         found.append(block.diagnostic(code, f"{_label(target)}: {why}", None,
                                       hint=_hint(target), severity=WARNING))
 
@@ -532,17 +532,17 @@ def check_target_shapes(layers: Sequence[tuple], target: str) -> list[Diagnostic
         for rule, code in rules.shape_rules:
             why = rule(block, c, h, w, sources)
             if why is not None:
-                warn(block, code, why)
+                flag(block, code, why)
         named = {j for j in refs if j != i - 1 or block.type == "route"}
         for rule, code in rules.pair_rules:
             why = next((w for w in (rule(block, layers[j][0]) for j in sorted(named)) if w),
                        None)
             if why is not None:
-                warn(block, code, why)
+                flag(block, code, why)
         for rule, code in rules.ref_rules:
             why = next((w for w in (rule(layers, i, j) for j in refs) if w), None)
             if why is not None:
-                warn(block, code, why)
+                flag(block, code, why)
     return found
 
 
