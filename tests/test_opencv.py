@@ -429,6 +429,11 @@ _YOLO1 = _CONV4 + "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]
     (_CONV4 + "[maxpool]\nsize=2\nstride=2\n[route]\nlayers=-2\n" + _CONV2 + _FC4, "W603"),
     (_CONV4 + "[avgpool]\n[route]\nlayers=-2\n[avgpool]\n" + _FC4, None),
     (_CONV4 + _FC + "[route]\nlayers=-2\n" + _FC, None),
+    (_CONV4 + "[avgpool]\n" + _FC4 + "[route]\nlayers=-2,-1\n", "W603"),  # Concat, the same
+    (_CONV4 + "[avgpool]\n" + _FC4 * 2 + "[route]\nlayers=-2,-1\n", None),
+    # OpenCV reads no [reorg] reverse=
+    (_CONV4 + "[reorg]\nstride=2\nreverse=1\n", "W604"),
+    (_CONV4 + "[reorg]\nstride=2\nreverse=0\n", None),
     # a [shortcut] naming the [yolo] before (OpenCV: its decoded boxes)
     (_YOLO1 + "[route]\nlayers=-2\n[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
      "[shortcut]\nfrom=-3\nactivation=linear\n", "W603"),
@@ -442,8 +447,9 @@ def test_opencv_computes_these_otherwise(section, code, tmp_path):
     spatial layers refuse (Darknet's is a 1x1xC image), as its [yolo] output is the decoded
     boxes (also to a [shortcut] naming it); its [cost] passes its input on (Darknet's outputs
     zeros); it counts the layer before a [connected] as c*h*w channels for a [route] to it; its
-    Eltwise refuses a [connected] output with an image; it sizes a [connected] after a
-    [scale_channels] or [route] by the layer before them; `check --target opencv` names each."""
+    Eltwise and Concat refuse a [connected] output with an image; it reads no [reorg]
+    reverse=; it sizes a [connected] after a [scale_channels] or [route] by the layer before
+    them; `check --target opencv` names each."""
     cfg = tmp_path / "m.cfg"
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n" + section)
     named = [d.code for d in check_file(cfg, Options(targets=("opencv",)))

@@ -178,6 +178,7 @@ def test_opencv_default_activation_and_flat_input_are_named(tmp_path):
     ("[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nmask=0\nanchors=1,1\n"
      "num=1\nclasses=1\n[route]\nlayers=-2\n", None),
     ("[upsample]\nstride=-2\n", "W603"),
+    ("[reorg]\nstride=2\nreverse=1\n", "W604"), ("[reorg]\nstride=2\nreverse=0\n", None),
     ("[convolutional]\nfilters=2\nsize=3\npad=1\ndilation=2\nactivation=linear\n", "W604"),
     ("[connected]\noutput=8\nactivation=linear\n[maxpool]\nsize=1\nstride=1\n", "W603"),
     ("[connected]\noutput=8\nactivation=linear\n[connected]\noutput=2\nactivation=linear\n",
@@ -239,6 +240,7 @@ _YOLO = _C4 + _C6 + "[yolo]\nmask=0\nanchors=1,1\nnum=1\nclasses=1\n"
     (_C4 + "[avgpool]\n[scale_channels]\nfrom=-2\n" + _C2 + _FC, "W603", 12),
     (_C4 + "[avgpool]\n[scale_channels]\nfrom=-2\n[avgpool]\n" + _FC, None, 0),
     (_C4 + "[avgpool]\n[route]\nlayers=-2\n" + _FC, "W603", 12),  # (the same for a [route])
+    (_C4 + "[avgpool]\n" + _FC + "[route]\nlayers=-2,-1\n", "W603", 15),  # Concat, as Eltwise
 ])
 def test_opencv_layers_reading_what_opencv_outputs_otherwise(section, code, line, tmp_path):
     """A layer reading a [cost] (Darknet: zeros at inference; OpenCV: its input), the one after

@@ -120,6 +120,9 @@ OPENCV_KEYS = (
             "and every later layer misplaced", lambda v: v not in (0, 1)),
     KeyRule("convolutional", "dilation", "W604", "OpenCV's importer reads no dilation: it "
             "convolves the undilated kernel", lambda v: v != 1),
+    # measured, OpenCV 4.14 (found by fuzzing): it reorganises forwards whatever reverse= says
+    KeyRule("reorg", "reverse", "W604", "OpenCV's importer reads no reverse=: it runs the "
+            "forward reorganisation", _not(0)),
     KeyRule("softmax", "temperature", "W604", "OpenCV's softmax ignores the temperature "
             "(Darknet divides its input by it: src/softmax_layer.c forward_softmax_layer)",
             _not(1)),
@@ -353,15 +356,17 @@ def _opencv_flat(layers: Sequence[tuple], k: int) -> bool:
 def _eltwise_of_flat_and_map(layers: Sequence[tuple], i: int, j: int) -> str | None:
     """Darknet adds or multiplies a [connected] output (a 1x1xC image) with any other layer;
     OpenCV's Eltwise asserts equal dimensions, and its [connected] output is (N, C) (measured,
-    OpenCV 4.14, found by fuzzing: [avgpool], [connected], [shortcut] from=-2 is refused; a
-    [shortcut] of two [connected] outputs runs and matches)."""
+    OpenCV 4.14, found by fuzzing: [avgpool], [connected], [shortcut] from=-2 or [route]
+    layers=-2,-1 is refused; of two [connected] outputs both run and match)."""
     block = layers[i][0]
-    if block.type not in ("shortcut", "sam") or i == 0 or \
-            _opencv_flat(layers, i - 1) == _opencv_flat(layers, j):
+    # a [route] of several layers: OpenCV's Concat asserts the same (measured)
+    other = layers[i][3][0] if block.type == "route" else i - 1
+    if block.type not in ("shortcut", "sam", "route") or other < 0 or \
+            _opencv_flat(layers, other) == _opencv_flat(layers, j):
         return None
     return (f"[{block.name}] joins a [connected] output with an image: OpenCV's fully connected "
-            "output is (N, C), not Darknet's 1x1xC image, and its Eltwise asserts equal "
-            "dimensions")
+            "output is (N, C), not Darknet's 1x1xC image, and its "
+            f"{'Concat' if block.type == 'route' else 'Eltwise'} asserts equal dimensions")
 
 
 def _untracked_size_then_connected(layers: Sequence[tuple], i: int, j: int) -> str | None:
