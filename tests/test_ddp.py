@@ -292,7 +292,8 @@ def test_train_processes_takes_no_more_ranks_than_gpus(monkeypatch):
                     reason="torch built without gloo")
 def test_a_rank_killed_under_train_processes_is_e501(tmp_path, tiny_classifier):
     """A rank the out-of-memory killer ends says nothing itself: the launcher says which rank
-    and how (E501, exit 1), and the others are stopped."""
+    and how (E501, exit 1), and the others are stopped. Its loader processes' semaphores are
+    freed without the resource tracker's warning (Python source lines after the E501)."""
     import signal
     import time
 
@@ -300,8 +301,8 @@ def test_a_rank_killed_under_train_processes_is_e501(tmp_path, tiny_classifier):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "darkcfg", "train", str(cfg), "--processes", "2", "--device",
-         "cpu", "--out", str(out), "--no-progress", "--valid-every", "0"],
-        env=clean_environment(tmp_path), stderr=subprocess.PIPE, text=True)
+         "cpu", "--out", str(out), "--no-progress", "--valid-every", "0",
+         "--workers", "2"], env=clean_environment(tmp_path), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (out / "metrics.csv").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
@@ -316,6 +317,7 @@ def test_a_rank_killed_under_train_processes_is_e501(tmp_path, tiny_classifier):
     assert proc.returncode == 1, stderr[-3000:]
     assert re.search(r"<rank \d>: error\[E501\]: rank \d of 2 was killed by SIGKILL", stderr)
     assert "Traceback" not in stderr and child_processes(proc.pid) == []
+    assert "resource_tracker" not in stderr, stderr[-3000:]
 
 
 @pytest.mark.parametrize("extra, said", [
