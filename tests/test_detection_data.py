@@ -729,6 +729,9 @@ def test_preview_refuses_a_non_image_out_and_a_typo_as_diagnostics(tmp_path, cap
     for bad in (["--count", "0"], ["--iteration", "-1"]):  # were torch/numpy tracebacks
         assert main([str(cfg), *bad, "--out", str(tmp_path / "p.png")]) == 2
         assert f"error[E100]: {bad[0]} {bad[1]}: must be" in capsys.readouterr().err
+    # (train refuses it; preview drew with it)
+    assert main([str(cfg), "--seed", "-1", "--out", str(tmp_path / "p.png")]) == 2
+    assert "error[E100]: --seed -1 is out of range" in capsys.readouterr().err
     # (drew and held every sample first: 2.5 GB after minutes, still drawing)
     import darkcfg.data.detection.preview as preview
 

@@ -71,8 +71,10 @@ def main(argv: list[str]) -> int:
     if args.command == "convert":
         return convert(args.src, args.to, Path(args.out), args.link)
     if args.command == "preview":
+        from darkcfg.model import check_seed
+
         return preview(resolve_model_cfg(args.cfg), args.data, args.classes, args.sets,
-                       args.seed, args.iteration, args.count, args.out)
+                       check_seed(args.seed), args.iteration, args.count, args.out)
     return check(args.src, resolve_model_cfg(args.cfg), args.size, Path(args.plot))
 
 
