@@ -216,7 +216,7 @@ def test_train_processes_runs_the_ranks_itself_without_torchruns_traceback(tmp_p
     assert done.stderr.count("no --data: training on the embedded dataset") == 1
     assert "finished 4 iterations" in done.stderr
 
-    failed = run_with_stacks_on_hang(  # both ranks stop on the data: no validation images
+    failed = run_with_stacks_on_hang(  # said before any rank starts: no such --data
         [sys.executable, "-m", "darkcfg", "train", str(cfg), "--processes", "2", "--device",
          "cpu", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run2")], env)
     assert failed.returncode == 2
@@ -292,7 +292,8 @@ def test_train_processes_takes_no_more_ranks_than_gpus(monkeypatch):
                     reason="torch built without gloo")
 def test_a_rank_killed_under_train_processes_is_e501(tmp_path, tiny_classifier):
     """A rank the out-of-memory killer ends says nothing itself: the launcher says which rank
-    and how (E501, exit 1), and the others are stopped."""
+    and how (E501, exit 1), and the others are stopped. Its loader processes' semaphores are
+    freed without the resource tracker's warning (Python source lines after the E501)."""
     import signal
     import time
 
@@ -300,8 +301,8 @@ def test_a_rank_killed_under_train_processes_is_e501(tmp_path, tiny_classifier):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "darkcfg", "train", str(cfg), "--processes", "2", "--device",
-         "cpu", "--out", str(out), "--no-progress", "--valid-every", "0"],
-        env=clean_environment(tmp_path), stderr=subprocess.PIPE, text=True)
+         "cpu", "--out", str(out), "--no-progress", "--valid-every", "0",
+         "--workers", "2"], env=clean_environment(tmp_path), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (out / "metrics.csv").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
@@ -316,3 +317,26 @@ def test_a_rank_killed_under_train_processes_is_e501(tmp_path, tiny_classifier):
     assert proc.returncode == 1, stderr[-3000:]
     assert re.search(r"<rank \d>: error\[E501\]: rank \d of 2 was killed by SIGKILL", stderr)
     assert "Traceback" not in stderr and child_processes(proc.pid) == []
+    assert "resource_tracker" not in stderr, stderr[-3000:]
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--data", "nope.data"], "error[E901]: 'nope.data' does not exist"),
+    (["--set", "bogus_key=3"], "error[E205]: [net] has no key 'bogus_key'"),
+    (["--set", "max_batches=0"], "error[E305]: max_batches is 0"),
+    (["--map-points", "11"], "error[E100]: --map-points sets"),
+])
+def test_train_processes_says_what_every_rank_would_refuse_once_before_they_start(
+        tmp_path, monkeypatch, capsys, tiny_classifier, extra, said):
+    """A bad --data, --set or task option was each rank's error, said once a rank (N times
+    for --processes N) after N processes had started."""
+    import darkcfg.train.launch
+    from darkcfg.cli import main
+
+    cfg = tiny_classifier.write(tmp_path / "ddp.cfg", max_batches=4, second_conv=False)
+    monkeypatch.chdir(tmp_path)
+    started = []
+    monkeypatch.setattr(darkcfg.train.launch, "launch", lambda *a: started.append(a) or 0)
+    assert main(["train", str(cfg), "--processes", "2", "--device", "cpu", *extra]) == 2
+    assert started == []
+    assert capsys.readouterr().err.count(said) == 1

@@ -711,7 +711,8 @@ def test_preview_draws_training_samples_with_boxes(tmp_path, capsys):
     assert main([str(cfg), "--data", str(tmp_path / "none.data")]) == 2  # located error
 
 
-def test_preview_refuses_a_non_image_out_and_a_typo_as_diagnostics(tmp_path, capsys):
+def test_preview_refuses_a_non_image_out_and_a_typo_as_diagnostics(tmp_path, capsys,
+                                                                   monkeypatch):
     """docs/detection.md's preview command: `--out x.txt` (or the cfg itself) was a Pillow
     traceback after the data was read, and a misspelt option argparse's own message."""
     main = preview_command
@@ -728,6 +729,17 @@ def test_preview_refuses_a_non_image_out_and_a_typo_as_diagnostics(tmp_path, cap
     for bad in (["--count", "0"], ["--iteration", "-1"]):  # were torch/numpy tracebacks
         assert main([str(cfg), *bad, "--out", str(tmp_path / "p.png")]) == 2
         assert f"error[E100]: {bad[0]} {bad[1]}: must be" in capsys.readouterr().err
+    # (train refuses it; preview drew with it)
+    assert main([str(cfg), "--seed", "-1", "--out", str(tmp_path / "p.png")]) == 2
+    assert "error[E100]: --seed -1 is out of range" in capsys.readouterr().err
+    # (drew and held every sample first: 2.5 GB after minutes, still drawing)
+    import darkcfg.data.detection.preview as preview
+
+    with monkeypatch.context() as patch:
+        patch.setattr(preview, "preview_grid", lambda *a: pytest.fail("drew the samples"))
+        assert main([str(cfg), "--count", "100000", "--out", str(tmp_path / "p.png")]) == 2
+    assert "error[E100]: --count 100000: a preview draws at most 256" in \
+        capsys.readouterr().err and not (tmp_path / "p.png").exists()
     with pytest.raises(SystemExit) as exc:
         main([str(cfg), "--iterration", "3"])
     assert exc.value.code == 2

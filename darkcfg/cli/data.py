@@ -58,7 +58,8 @@ def arg_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0, metavar="N", help="as train's --seed (0)")
     v.add_argument("--iteration", type=int, default=0, metavar="I",
                    help="the first iteration drawn (0); 8 samples an iteration")
-    v.add_argument("--count", type=int, default=16, metavar="N", help="how many samples (16)")
+    v.add_argument("--count", type=int, default=16, metavar="N",
+                   help="how many samples (16; at most 256)")
     v.add_argument("--out", default="preview.png", metavar="PNG",
                    help="where to write the picture (.png or .jpg; preview.png)")
     return p
@@ -70,8 +71,10 @@ def main(argv: list[str]) -> int:
     if args.command == "convert":
         return convert(args.src, args.to, Path(args.out), args.link)
     if args.command == "preview":
+        from darkcfg.model import check_seed
+
         return preview(resolve_model_cfg(args.cfg), args.data, args.classes, args.sets,
-                       args.seed, args.iteration, args.count, args.out)
+                       check_seed(args.seed), args.iteration, args.count, args.out)
     return check(args.src, resolve_model_cfg(args.cfg), args.size, Path(args.plot))
 
 
@@ -137,7 +140,7 @@ def network_geometry(cfg: str) -> tuple[tuple[int, int], tuple[int, ...], int]:
 def preview(cfg: str, data: str | None, classes: int | None, sets: list[str], seed: int,
             iteration: int, count: int, out: str) -> int:
     """Write a grid of `count` training samples from `iteration` on, boxes drawn."""
-    from darkcfg.data.detection.preview import IMAGE_SUFFIXES
+    from darkcfg.data.detection.preview import IMAGE_SUFFIXES, MAX_COUNT
 
     if Path(out).suffix.lower() not in IMAGE_SUFFIXES:  # before the data is read
         raise CfgError(Diagnostic("E100", f"--out '{out}': the preview is an image (.png or "
@@ -147,6 +150,11 @@ def preview(cfg: str, data: str | None, classes: int | None, sets: list[str], se
         if value < least:
             raise CfgError(Diagnostic("E100", f"{flag} {value}: must be {least} or more",
                                       "<command line>", hint=f"e.g. {flag} {least + 7}"))
+    if count > MAX_COUNT:
+        raise CfgError(Diagnostic("E100", f"--count {count}: a preview draws at most "
+                                  f"{MAX_COUNT} samples", "<command line>",
+                                  hint="--iteration I starts the picture at a later iteration "
+                                  "(8 samples each)"))
     from builders import build
     from darkcfg.data.base import write_image
     from darkcfg.data.detection.dataset import detection_datasets

@@ -136,6 +136,9 @@ def main(argv: list[str]) -> int:
         processes = checked_processes(args.processes, args.device)
         if processes > 1:
             from darkcfg.train.launch import launch
+            from darkcfg.train.session import check_before_ranks
+
+            check_before_ranks(opts)
 
             # the ranks take the cfg found here (a shipped one is said once)
             cfg = str(opts.cfg_path)

@@ -19,6 +19,7 @@ mAP@0.5."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -129,6 +130,11 @@ class DetectionTask(Task):
         self.names = list(splits.names)
         return DataSplits(splits.train, splits.val, self.names, splits.description,
                           backup=splits.backup, augment=True, in_memory=False)
+
+    def check_source(self, spec: str) -> None:
+        from darkcfg.data.detection.formats import detect_format
+
+        detect_format(Path(spec).expanduser())
 
     def prepare(self, splits: DataSplits, cfg, seed: int):
         """The detection sets augment (train) and resize (val) themselves."""

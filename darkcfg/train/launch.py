@@ -25,6 +25,9 @@ from darkcfg.stopping import drop_hung_up_terminal, stop_signals, takes_over
 #: and errors with torch's log prefix; each rank says its own error
 _AGENT_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher")
 
+#: (PYTHONWARNINGS: the start of the message, no colon in it; the module)
+_TRACKER_WARNING = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
+
 
 def launch(argv: list[str], processes: int) -> int:
     """Run `darkcfg train ARGV` as `processes` ranks on this machine (each rank takes cuda:RANK
@@ -39,8 +42,12 @@ def launch(argv: list[str], processes: int) -> int:
             logger.setLevel(logging.CRITICAL)
     # as torchrun, no rank takes every core; unlike its fixed 1, each its share
     threads = str(max(1, (os.cpu_count() or 1) // processes))
+    # a rank killed outright leaves its loader queues' semaphores to its resource tracker,
+    # which frees them and warns, with a line of Python's source, after the launcher's E501
+    warnings = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), _TRACKER_WARNING)))
     with _environment(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads),
-                      TORCHELASTIC_SIGNALS_TO_HANDLE=None), _signals_passed_on() as passed_on:
+                      PYTHONWARNINGS=warnings, TORCHELASTIC_SIGNALS_TO_HANDLE=None), \
+            _signals_passed_on() as passed_on:
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes,
                               run_id=str(uuid.uuid4()), rdzv_backend="c10d",
                               rdzv_endpoint="localhost:0", max_restarts=0,

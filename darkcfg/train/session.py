@@ -138,6 +138,26 @@ def refuse_unread_options(opts: RunOptions, task: Task) -> None:
                                "[detection] heads)")
 
 
+def refuse_endless(net, cfg) -> None:
+    if cfg.max_batches <= 0:
+        raise net.net_block.error("E305", "max_batches is 0 (Darknet: train forever); darkcfg "
+                                  "needs a stop", "max_batches",
+                                  hint="set max_batches=N in [net] or pass --set max_batches=N")
+
+
+def check_before_ranks(opts: RunOptions) -> None:
+    """What every rank of `train --processes N` would refuse alike, said once before they
+    start: the cfg with its --set values, a network no task trains, an option its task does not
+    read, a --data that is not there (the data itself is read by each rank)."""
+    net, cfg, _ = build_network(opts.cfg_path, list(opts.sets), opts.flavor, opts.seed,
+                                device="meta", guard=False)
+    refuse_endless(net, cfg)
+    task = task_for(net, cfg)
+    refuse_unread_options(opts, task)
+    if opts.data is not None:
+        task.check_source(opts.data)
+
+
 def check_memory(opts: RunOptions, device: torch.device) -> tuple[int, int] | None:
     """Refuse, before allocating anything, a network whose training would not fit (the
     checker's estimate from a meta build: E401), unless --force. Returns (the estimated bytes
@@ -349,10 +369,7 @@ def _train(opts: RunOptions, dist, device, held: contextlib.ExitStack) -> tuple[
                                         guard=False)  # check_memory's is training's
     for w in net.warnings:
         warn(w)
-    if cfg.max_batches <= 0:
-        raise net.net_block.error("E305", "max_batches is 0 (Darknet: train forever); darkcfg "
-                                  "needs a stop", "max_batches",
-                                  hint="set max_batches=N in [net] or pass --set max_batches=N")
+    refuse_endless(net, cfg)
     task = task_for(net, cfg)
     refuse_unread_options(opts, task)
     task.use_options(opts)

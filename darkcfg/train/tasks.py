@@ -127,6 +127,12 @@ class Task:
         a source may read less for less."""
         raise NotImplementedError
 
+    def check_source(self, spec: str) -> None:
+        """open_data's error for a --data naming nothing there, without reading any data (for
+        `train --processes N`, whose ranks would each say it)."""
+        if spec != "digits" and not spec.startswith("torchvision:"):
+            data_path(spec)
+
     def prepare(self, splits: DataSplits, cfg, seed: int):
         """(train, val) datasets: [net]'s augmentations on training images, the evaluation
         resize on validation images; plain samples for non-image data."""

@@ -17,6 +17,10 @@ import torch
 #: refused before it could be written over)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
+#: the most samples a preview draws: 32 rows of 8 (all of them are held, as tiles and then as
+#: the picture: --count 100000 grew past 2.5 GB for minutes before it could fail)
+MAX_COUNT = 256
+
 
 def preview_grid(splits, count: int = 16, iteration: int = 0, per_row: int = 8
                  ) -> torch.Tensor:
