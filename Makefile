@@ -25,7 +25,7 @@ train: $(STAMP)
 		--set convolutional.batch_normalize=1 --set connected.batch_normalize=1 --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --durations=20 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

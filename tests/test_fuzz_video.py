@@ -238,7 +238,7 @@ def test_damaged_videos_keep_the_contract(net, seeds, tmp_path_factory, case):
 
 
 @pytest.mark.slow
-@settings(FUZZ, max_examples=10 * EXAMPLES)
+@settings(FUZZ, max_examples=5 * EXAMPLES)
 @given(case=st.data())
 def test_damaged_videos_keep_the_contract_longer(net, seeds, tmp_path_factory, case):
     fuzz_once(net, case.draw(damaged(seeds)), tmp_path_factory)
