@@ -1,7 +1,15 @@
 """Shared test setup."""
 
+import os
+import signal
+
 import pytest
 import torch
+
+# the handlers a test may install in the test process (an in-process `main()` takes SIGTERM and
+# SIGHUP over, training's stop flag SIGALRM too), put back after each test
+GUARDED_SIGNALS = [getattr(signal, name) for name in
+                   ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGALRM") if hasattr(signal, name)]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -25,6 +33,37 @@ def seeded():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def signals_restored():
+    """Each test starts with the signal handlers the test process started with: a handler a
+    test left (an in-process `main()` turns SIGTERM into KeyboardInterrupt) made a stray signal
+    during a later test end the whole pytest-xdist run (INTERNALERROR) instead of one test. An
+    interval timer a test left armed is that test's error."""
+    before = {sig: signal.getsignal(sig) for sig in GUARDED_SIGNALS}
+    yield
+    left = signal.getitimer(signal.ITIMER_REAL)[0] if hasattr(signal, "ITIMER_REAL") else 0
+    if left:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    for sig, handler in before.items():
+        if signal.getsignal(sig) is not handler and handler is not None:
+            signal.signal(sig, handler)
+    assert not left, f"the test left an interval timer armed ({left:.3f} s to go)"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Under pytest-xdist, a KeyboardInterrupt that escapes a test (darkcfg raised it, or a
+    stop signal reached the worker) fails that test: it ended the worker's session instead,
+    and the controller's INTERNALERROR hid every result (a Ctrl-C reaches the controller,
+    which stops the run itself)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return (yield)
+    try:
+        return (yield)
+    except KeyboardInterrupt as exc:
+        raise AssertionError(f"KeyboardInterrupt{exc.args or ''} escaped the test") from exc
 
 
 class TinyClassifier:

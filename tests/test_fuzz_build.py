@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -422,7 +423,9 @@ def check_example(text: str, sizes, tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("fb")
     torch.manual_seed(0)
     with alarm(SECONDS), contextlib.redirect_stderr(io.StringIO()):
-        return exercise(text, sizes, folder)
+        reached = exercise(text, sizes, folder)
+    shutil.rmtree(folder)  # (up to 45 MB of weights an example; a failed one's stays)
+    return reached
 
 
 @pytest.mark.slow  # ~20 s: 40 networks built, run, emitted, trained

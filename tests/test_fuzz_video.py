@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import shutil
 from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -229,6 +230,7 @@ def fuzz_once(net, case: Case, tmp_path_factory) -> None:
     path = folder / case.name
     path.write_bytes(case)
     contract(net, path, folder / "out")
+    shutil.rmtree(folder)  # (a failed example's stays)
 
 
 @FUZZ
