@@ -50,6 +50,14 @@ def signals_restored():
         if signal.getsignal(sig) is not handler and handler is not None:
             signal.signal(sig, handler)
     assert not left, f"the test left an interval timer armed ({left:.3f} s to go)"
+    # a process that joined a group ends at its command's end (darkcfg.cli.main: os._exit),
+    # which in the test process ended the pytest-xdist worker at the next in-process main()
+    import sys
+
+    joined = sys.modules.get("darkcfg.train.distributed")
+    assert not (joined and joined.joined()), "the test process joined a process group"
+    assert not (torch.distributed.is_available() and torch.distributed.is_initialized()), \
+        "the test left a torch.distributed process group"
 
 
 @pytest.hookimpl(wrapper=True)
