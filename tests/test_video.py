@@ -777,3 +777,127 @@ def test_a_variable_frame_rate_clip_keeps_its_frames_times(net, tmp_path):
     assert video.output_time_base(Fraction(1, 90000)) == Fraction(1, 45000)
     assert video.output_time_base(Fraction(1, 1_000_000)) == Fraction(1, 62500)
     assert video.output_time_base(Fraction(1001, 30000)) == Fraction(1001, 30000)
+
+
+# A file of a video's name whose content FFmpeg takes for a list or script naming other files or
+# URLs (it probes the content, not the name): {url} is a local server's, other.mp4 a clip beside.
+LISTS = {
+    "an ffconcat list": "ffconcat version 1.0\nfile other.mp4\n",
+    "an M3U (HLS) playlist": "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{url}/seg.ts\n"
+                             "#EXTINF:10,\nother.mp4\n#EXT-X-ENDLIST\n",
+    "a DASH manifest": '<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" '
+                       'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011" type="static">'
+                       '<BaseURL>{url}/</BaseURL><Period><AdaptationSet mimeType="video/mp4">'
+                       '<Representation id="1" bandwidth="1000"><BaseURL>other.mp4</BaseURL>'
+                       '</Representation></AdaptationSet></Period></MPD>\n',
+    "an SDP session description": "v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\n"
+                                  "t=0 0\nm=video {port} RTP/AVP 96\na=rtpmap:96 H264/90000\n",
+    "a VobSub index": "# VobSub index file, v7 (do not modify this line!)\nsize: 64x48\n"
+                      "id: en, index: 0\ntimestamp: 00:00:00:000, filepos: 000000000\n",
+}
+
+
+@pytest.mark.parametrize("kind", LISTS)
+def test_a_video_file_that_names_other_files_or_urls_is_refused_before_ffmpeg_opens_it(
+        cfg, clip, tmp_path, monkeypatch, capsys, kind):
+    # an ffconcat list named clip.mp4 was detected as the clip beside it (a link there to a
+    # private photo went into the annotated video), a VobSub index read its .sub; the others
+    # FFmpeg refused by chance (HLS for its name, SDP for its whitelist), saying "Invalid data"
+    import select
+    import shutil
+    import socket
+
+    shutil.copy(clip, tmp_path / "other.mp4")
+    (tmp_path / "clip.sub").write_bytes(bytes(2048))
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        path = tmp_path / "clip.mp4"
+        path.write_text(LISTS[kind].format(url=f"http://127.0.0.1:{port}", port=port))
+        assert main([str(cfg), "--detect", str(path), "--out", str(tmp_path / "out"),
+                     "--no-progress"]) == 2
+        assert not select.select([server], [], [], 0)[0]  # nobody connected
+    err = capsys.readouterr().err
+    assert f"{path}: error[E901]: video '{path}' is {kind}" in err
+    assert "not a video: FFmpeg would open the files or URLs it names" in err
+    assert "help: give the videos it names themselves" in err
+    assert opened == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, named", [("ffconcat version 1.0\nfile other.mp4\n", "other.mp4"),
+                                         (LISTS["a VobSub index"], "clip.sub")])
+def test_ffmpeg_opens_no_file_beside_a_video_file(tmp_path, monkeypatch, text, named):
+    # what the list check above does not know (FFmpeg has more demuxers than it names) FFmpeg
+    # itself may not open: the video file is handed over as a file object and no protocol is
+    # whitelisted. The file it names is a FIFO: FFmpeg's open of it would wait for a writer,
+    # which the test then is (and sees it)
+    import errno
+    import os
+    import threading
+
+    monkeypatch.setattr(video, "list_kind", lambda head: None)
+    path = tmp_path / "clip.mp4"
+    path.write_text(text)
+    os.mkfifo(tmp_path / named)
+    result = {}
+
+    def opening():
+        try:
+            video.close_source(video.open_source(str(path)))
+        except CfgError as exc:
+            result["error"] = str(exc)
+
+    opener = threading.Thread(target=opening, daemon=True)
+    opener.start()
+    read = False
+    while opener.is_alive():
+        try:
+            os.close(os.open(tmp_path / named, os.O_WRONLY | os.O_NONBLOCK))
+            read = True  # (closed at once: FFmpeg reads an end of file)
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO  # no reader
+        opener.join(0.05)
+    assert not read
+    assert f"{path}: error[E901]: cannot open video '{path}'" in result["error"]
+
+
+@pytest.mark.parametrize("name", ["cache:a.mp4", "subfile,,start,0,end,0,,:a.mp4"])
+def test_a_video_named_like_an_ffmpeg_protocol_is_that_file(net, tmp_path, monkeypatch, name):
+    # FFmpeg took the name's prefix for a protocol: 'cache:a.mp4' detected a.mp4's frames
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    moving_shapes_clip("a.mp4", frames=4, width=64, height=48)
+    moving_shapes_clip("named.mp4", frames=6, width=64, height=48)
+    os.rename("named.mp4", name)
+    r = detect_video(net, name, tmp_path / "out", thresh=THRESH, progress=False)
+    assert r.frames == 6
+
+
+@pytest.mark.parametrize("fmt, suffix, codec", [("mp4", "mp4", None), ("matroska", "mkv", None),
+                                               ("avi", "avi", "mpeg4"), ("h264", "h264", None),
+                                               ("yuv4mpegpipe", "y4m", "rawvideo")])
+def test_a_video_file_of_each_kind_is_read_and_let_go(net, tmp_path, fmt, suffix, codec):
+    # (opened as a file object with no protocol allowed: nothing a plain file needs is lost,
+    # and the file is closed with the video)
+    path = tmp_path / f"clip.{suffix}"
+    with av.open(str(path), "w", format=fmt) as c:
+        stream = c.add_stream(codec or video.video_codec(), rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 60 * i, np.uint8),
+                                               format="rgb24")
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    r = detect_video(net, str(path), tmp_path / "out", thresh=THRESH, progress=False)
+    assert r.frames == 3
+    container = video.open_source(str(path))
+    file = container.file.file
+    video.close_source(container)
+    assert file.closed and file.name == str(path)

@@ -116,14 +116,46 @@ def check_video_file(target: str) -> None:
     """E901 for a video file `target` that is missing or no plain file (a pipe or a device
     would block or never end: FFmpeg is not given one); said before PyAV is needed, so a
     mistyped name is not answered with an install hint."""
-    if target.isdigit() or target.lower().startswith(STREAM_SCHEMES) or Path(target).is_file():
+    if target.isdigit() or target.lower().startswith(STREAM_SCHEMES):
         return
-    what = "is not a file (a pipe, a device or a socket)" if os.path.exists(target) else \
-        "does not exist"
-    raise CfgError(Diagnostic("E901", f"video '{shown_source(target)}' {what}",
-                              shown_source(target),
-                              hint="check the path: an image, a folder, a video, a "
-                              "stream URL or a camera index"))
+    if not Path(target).is_file():
+        what = "is not a file (a pipe, a device or a socket)" if os.path.exists(target) else \
+            "does not exist"
+        raise CfgError(Diagnostic("E901", f"video '{shown_source(target)}' {what}",
+                                  shown_source(target),
+                                  hint="check the path: an image, a folder, a video, a "
+                                  "stream URL or a camera index"))
+    try:
+        with open(target, "rb") as file:
+            kind = list_kind(file.read(4096))
+    except OSError:  # (said by the open that follows, as for any video)
+        return
+    if kind:
+        raise CfgError(Diagnostic(
+            "E901", f"video '{shown_source(target)}' is {kind}, not a video: FFmpeg would open "
+            "the files or URLs it names, which darkcfg refuses for a video file",
+            shown_source(target), hint="give the videos it names themselves, or a live "
+            "stream's playlist as its URL (http://.../list.m3u8)"))
+
+
+def list_kind(head: bytes) -> str | None:
+    """What FFmpeg takes the file starting with `head` for when that is a list or script naming
+    other files or URLs to open (libavformat's concat_probe, hls_probe, dash_probe, sdp_probe,
+    vobsub_probe), else None. FFmpeg probes a file's content, not its name: a `clip.mp4` of
+    `ffconcat version 1.0` / `file x` read the files beside it (a link there, a private photo,
+    went into the annotated video), a VobSub index its `.sub`."""
+    if head.startswith(b"ffconcat version"):
+        return "an ffconcat list"
+    if head.startswith(b"#EXTM3U"):
+        return "an M3U (HLS) playlist"
+    if head.startswith(b"# VobSub index file,"):
+        return "a VobSub index (it names its .sub file)"
+    text = head.split(b"\0", 1)[0]  # (the probes read the text up to its first NUL)
+    if b"<mpd" in text.lower() and b"dash:profile" in text.lower():
+        return "a DASH manifest"
+    if any(line.lstrip(b"\r").startswith(b"c=IN IP") for line in text.split(b"\n")):
+        return "an SDP session description (it names network streams)"
+    return None
 
 
 def open_source(target: str):
@@ -145,9 +177,12 @@ def open_source(target: str):
                                       "device through FFmpeg instead"))
     elif target.lower().startswith(("rtsp://", "rtsps://")):
         options = {"rtsp_transport": "tcp"}
+    local = not (target.isdigit() or target.lower().startswith(STREAM_SCHEMES))
     try:
-        container = _interruptible(lambda: av.open(where, format=fmt, options=options,
-                                                   timeout=(OPEN_TIMEOUT, READ_TIMEOUT)))
+        container = _interruptible(
+            (lambda: _open_file(av, target)) if local else
+            (lambda: av.open(where, format=fmt, options=options,
+                             timeout=(OPEN_TIMEOUT, READ_TIMEOUT))))
     except (av.FFmpegError, OSError, ValueError) as exc:
         stream = target.isdigit() or target.lower().startswith(STREAM_SCHEMES)
         what = f"camera {target} ({where})" if target.isdigit() and where != target else \
@@ -158,14 +193,14 @@ def open_source(target: str):
             "give a video FFmpeg reads (an .mp4 cut short has lost the index at its end: "
             "copy it again)")) from None
     if not container.streams.video:
-        container.close()
+        close_source(container)
         raise CfgError(Diagnostic("E901", f"'{shown_source(target)}' has no video stream",
                                   shown_source(target),
                                   hint="give a file or stream with video"))
     context = container.streams.video[0].codec_context
     if context is None:  # (an unknown or damaged codec tag: said here, before the network is
         # built, not as a read error after 0 frames)
-        container.close()
+        close_source(container)
         raise CfgError(Diagnostic("E901", f"the video stream of '{shown_source(target)}' is in "
                                   "a codec this FFmpeg has no decoder for", shown_source(target),
                                   hint="re-encode it (e.g. to H.264), or the file may be "
@@ -173,9 +208,31 @@ def open_source(target: str):
     try:
         check_frame_size(context.width, context.height, target)
     except CfgError:
-        container.close()
+        close_source(container)
         raise
     return container
+
+
+def _open_file(av, path: str):
+    """The video file `path` opened by Python and handed to FFmpeg as a file object, with no
+    protocol FFmpeg may open beside it (an empty `protocol_whitelist`): its name selects no
+    protocol (a file named `cache:a.mp4` or `subfile,,...,,:a.mp4` read `a.mp4`), and what its
+    content names (an ffconcat list's files, a VobSub's `.sub`, an HLS segment, an SDP's RTP
+    streams) is not opened. A video file needs nothing else."""
+    file = open(path, "rb")  # noqa: SIM115 - closed with the container (close_source)
+    try:
+        return av.open(file, options={"protocol_whitelist": ""})
+    except BaseException:
+        file.close()
+        raise
+
+
+def close_source(container) -> None:
+    """Close an input `container` and the file object it reads, if any (PyAV leaves that to
+    whoever opened it)."""
+    container.close()
+    if container.file is not None:
+        container.file.file.close()
 
 
 def check_frame_size(width: int, height: int, target: str, frame: int = 0) -> None:
@@ -213,7 +270,7 @@ def _interruptible(open_container):
         with lock:
             done["container"] = container
             if "abandoned" in done:
-                container.close()
+                close_source(container)
 
     opener = threading.Thread(target=run, daemon=True, name="darkcfg-open")
     opener.start()
@@ -224,7 +281,7 @@ def _interruptible(open_container):
         with lock:
             done["abandoned"] = True
             if "container" in done:
-                done["container"].close()
+                close_source(done["container"])
         raise
     if "error" in done:
         raise done["error"]
@@ -251,7 +308,7 @@ def check_sources(targets: Sequence[str]) -> None:
         require_av(targets[0])
     for target in targets:
         if not (target.isdigit() or target.lower().startswith(STREAM_SCHEMES)):
-            open_source(target).close()
+            close_source(open_source(target))
 
 
 @dataclass
@@ -555,7 +612,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     try:
         ensure_folder(out, "--out")
     except CfgError:
-        container.close()
+        close_source(container)
         raise
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # FFmpeg's own frame threads for decoding
@@ -599,7 +656,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
             temp.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             labels_tmp.rmdir()
-        container.close()
+        close_source(container)
         raise write_error(out, exc, what=f"the outputs of '{shown}' into '{out}'") from None
     writer = _Writer(net, video_tmp, jsonl, labels_tmp if labels is not None else None, name,
                      rate, video_codec(), thresh, nms, letter, names,
@@ -696,7 +753,7 @@ def _close_outputs(writer: _Writer, jsonl, container, out: Path,
     finally:
         with contextlib.suppress(OSError):
             jsonl.close()
-        container.close()
+        close_source(container)
         for temp, final in outputs:
             if keep and writer.frames and temp.exists():  # (no frame written: no outputs, not
                 # an empty .mp4 no player opens)
