@@ -114,8 +114,9 @@ def source_name(target: str) -> str:
 
 def check_video_file(target: str) -> None:
     """E901 for a video file `target` that is missing or no plain file (a pipe or a device
-    would block or never end: FFmpeg is not given one); said before PyAV is needed, so a
-    mistyped name is not answered with an install hint."""
+    would block or never end: FFmpeg is not given one), or whose content is a list or script
+    naming other files or URLs (`list_kind`: FFmpeg would open them); said before PyAV is
+    needed, so a mistyped name is not answered with an install hint."""
     if target.isdigit() or target.lower().startswith(STREAM_SCHEMES):
         return
     if not Path(target).is_file():
