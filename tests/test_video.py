@@ -276,6 +276,56 @@ def test_a_video_that_ends_early_is_said_to(cfg, tmp_path, capsys):
         capsys.readouterr().err
 
 
+def write_frames(path: Path, fmt: str, codec: str, frames: int, pix_fmt: str = "yuv420p"):
+    """`frames` frames of 64x48 at 10 a second, each another grey with a moving box."""
+    with av.open(str(path), "w", format=fmt) as c:
+        stream = c.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        for i in range(frames):
+            img = np.full((48, 64, 3), 8 * i, np.uint8)
+            img[i % 38:i % 38 + 10, i:i + 10] = (200, 40, 90)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+
+
+@pytest.mark.parametrize("fmt, suffix, codec", [("webm", "webm", "libvpx-vp9"),
+                                               ("matroska", "mkv", None)])
+def test_a_matroska_that_ends_before_its_declared_duration_is_said_to(cfg, tmp_path, capsys,
+                                                                      fmt, suffix, codec):
+    # a WebM or MKV cut short (it counts no frames) gave no warning where an MP4 or AVI did: its
+    # video track's DURATION tag says where the frames should end
+    whole = tmp_path / f"whole.{suffix}"
+    try:
+        write_frames(whole, fmt, codec or video.video_codec(), 30)
+    except (av.FFmpegError, ValueError):
+        pytest.skip(f"this FFmpeg has no {codec} encoder")
+    cut = tmp_path / f"cut.{suffix}"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 7 // 10])
+    assert main([str(cfg), "--detect", str(whole), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    assert "ends early" not in capsys.readouterr().err  # all 30 frames: they end at 3.000 s
+    assert main([str(cfg), "--detect", str(cut), "--out", str(tmp_path / "out2"),
+                 "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    frames = int(re.search(r"cut\.\w+: (\d+) frame\(s\)", out).group(1))
+    assert 0 < frames < 28
+    assert f"warning: '{cut}' declares 3.000 s of video but the {frames} frame(s) that could " \
+        f"be decoded end at {frames / 10:.3f} s: the file ends early or is damaged" in err
+
+
+def test_a_gif_cut_short_declares_nothing_and_is_not_said_to_end_early(net, tmp_path, capsys):
+    # (FFmpeg counts a GIF's frames and its duration by reading them: no count to compare; a
+    # GIF is a video to detect_video, an image to --detect)
+    whole = tmp_path / "whole.gif"
+    write_frames(whole, "gif", "gif", 30, pix_fmt="rgb8")
+    cut = tmp_path / "cut.gif"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    r = detect_video(net, cut, tmp_path / "out", thresh=THRESH, progress=False)
+    assert 10 <= r.frames < 20 and "ends early" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("labels", [[], ["--save-labels"]])
 def test_a_full_disk_is_one_error_and_leaves_nothing_half_written(cfg, clip, tmp_path, capsys,
                                                                   labels):

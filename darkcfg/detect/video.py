@@ -384,9 +384,9 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
     """Decode frames into batches of uint8 (3, H, W) tensors. No torch work here: a second
     OpenMP pool beside the network's slows both on a small CPU (the preparation, bytes to
     floats and resize, runs on the calling thread: decode.network_input). A batch is
-    (frames, their times in seconds: a Fraction, None where a frame has no timestamp), cut
-    short past BATCH_PIXELS."""
-    frames, times = [], []
+    (frames, their times in seconds: a Fraction, None where a frame has no timestamp, and
+    their durations: None where the container says none), cut short past BATCH_PIXELS."""
+    frames, times, lengths = [], [], []
     count = pixels = 0
     try:
         for frame in _decoded(container, out):
@@ -403,20 +403,22 @@ def _reader(container, batch: int, out: queue.Queue, stop: threading.Event,
             frames.append(torch.from_numpy(rgb).permute(2, 0, 1))
             times.append(frame.pts * frame.time_base if frame.pts is not None and
                          frame.time_base is not None else None)
+            lengths.append(frame.duration * frame.time_base if getattr(frame, "duration", 0)
+                           and frame.time_base is not None else None)
             count += 1
             pixels += frame.width * frame.height
             if len(frames) == batch or pixels >= BATCH_PIXELS:
-                out.put((frames, times))
-                frames, times = [], []
+                out.put((frames, times, lengths))
+                frames, times, lengths = [], [], []
                 pixels = 0
             if max_frames is not None and count >= max_frames:
                 break
         if frames:
-            out.put((frames, times))
+            out.put((frames, times, lengths))
         out.put(_DONE)
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
         if frames:  # the frames read before it are detected and written
-            out.put((frames, times))
+            out.put((frames, times, lengths))
         out.put(exc)
 
 
@@ -618,6 +620,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # FFmpeg's own frame threads for decoding
     declared = stream.frames or 0  # what the container's header says (0: unknown, a stream)
+    declared_end = None if declared else declared_duration(container, stream)
     total = declared or None
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
@@ -665,6 +668,7 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
     bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr,
                desc=name, dynamic_ncols=True)
     frames = skipped = 0
+    end = None  # where the frames decoded end (seconds: the latest time + duration)
     interrupted = False
     start = time.perf_counter()
     writer.start()
@@ -680,7 +684,10 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
                 continue
             if writer.error is not None:
                 break  # the outputs cannot be written (a full disk): finish() says why
-            rgb, times = item
+            rgb, times, lengths = item
+            for t, length in zip(times, lengths, strict=True):
+                if t is not None:
+                    end = max(end or t, t + (length or 1 / Fraction(rate)))
             x = network_input(net, [load_pixels(f, net.info.channels) for f in rgb], letter)
             sizes = [(f.shape[-1], f.shape[-2]) for f in rgb]
             outputs = run_heads(net, x.to(device), heads)
@@ -716,11 +723,36 @@ def detect_video(net, source: str, out: Path, *, thresh: float = 0.25, nms: floa
         # (one frame of slack: some containers count an estimate)
         warn(f"'{shown}' declares {declared} frames but {frames} could be decoded: the file "
              "ends early or is damaged (the outputs hold those frames)")
+    elif not interrupted and declared_end is not None and end is not None and \
+            (max_frames is None or frames < max_frames) and end + 1 / Fraction(rate) < declared_end:
+        # (one frame of slack, as for a count)
+        warn(f"'{shown}' declares {float(declared_end):.3f} s of video but the {frames} frame(s) "
+             f"that could be decoded end at {float(end):.3f} s: the file ends early or is "
+             "damaged (the outputs hold those frames)")
     result = VideoResult(source, frames, writer.objects, seconds, video_path, jsonl_path, labels,
                          interrupted, skipped)
     if interrupted:
         raise KeyboardInterrupt(result)
     return result
+
+
+def declared_duration(container, stream) -> Fraction | None:
+    """The end of the video track that a Matroska or WebM file declares (seconds), else None.
+    Those count no frames (`stream.frames` is 0), but their muxers (FFmpeg's, mkvmerge) write
+    each track's duration in its DURATION tag, `HH:MM:SS.nnnnnnnnn`, when the file is closed;
+    a recording that never closed has none. Other containers' durations are left alone: a GIF's
+    and an MPEG-TS's are FFmpeg's estimates from what it read, not declared."""
+    import re
+
+    if "matroska" not in container.format.name.split(","):
+        return None
+    match = re.fullmatch(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)",
+                         str(stream.metadata.get("DURATION", "")).strip())
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    end = (int(hours) * 60 + int(minutes)) * 60 + Fraction(seconds)
+    return end if end > 0 else None
 
 
 def _close_outputs(writer: _Writer, jsonl, container, out: Path,
