@@ -340,3 +340,49 @@ def test_train_processes_says_what_every_rank_would_refuse_once_before_they_star
     assert main(["train", str(cfg), "--processes", "2", "--device", "cpu", *extra]) == 2
     assert started == []
     assert capsys.readouterr().err.count(said) == 1
+
+
+def test_a_ranks_forkserver_outlives_a_sigterm_to_its_process_group(tmp_path):
+    """torch's agent stops a failed job's other ranks with SIGTERM to each one's process group:
+    it killed the rank's forkserver, which ignored SIGINT alone, its loader processes ended
+    with it, and the rank said "a data loader process died" after the E501 of the rank that
+    had failed. The server ignores the stop signals as its loader processes do; the rank's
+    own handlers are as they were."""
+    script = ("import multiprocessing.forkserver as fs, signal, sys, time\n"
+              "from darkcfg.data.base import _start_forkserver\n"
+              "def mine(signum, frame): pass\n"
+              "signal.signal(signal.SIGTERM, mine)\n"
+              "_start_forkserver()\n"
+              "assert signal.getsignal(signal.SIGTERM) is mine\n"
+              "pid = fs._forkserver._forkserver_pid\n"
+              "import os\n"
+              "os.kill(pid, signal.SIGTERM)\n"
+              "time.sleep(1)\n"
+              "state = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0]\n"
+              "print(state)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() in ("S", "R"), done.stdout  # not Z: it is still serving
+
+
+def test_a_loader_process_says_nothing_of_a_rank_killed_while_taking_a_batch():
+    """A rank killed (kill -9, the out-of-memory killer) while it took a batch's file
+    descriptors over left the loader process's resource sharer thread to print a
+    ConnectionResetError traceback after the launcher's E501; anything else is still said."""
+    import functools
+
+    from darkcfg.data.base import _handover_error
+
+    said = []
+    hook = functools.partial(_handover_error, lambda *args: said.append(args[0]))
+    code = compile("raise ConnectionResetError(104, 'Connection reset by peer')",
+                   "/usr/lib/python3.11/multiprocessing/resource_sharer.py", "exec")
+    for raising, expected in ((code, []), ("raise ConnectionResetError(104, 'x')",
+                                           [ConnectionResetError]), ("1 / 0", [ZeroDivisionError])):
+        said.clear()
+        try:
+            exec(raising)
+        except Exception as exc:  # noqa: BLE001 - what the thread's excepthook gets
+            hook(type(exc), exc, exc.__traceback__)
+        assert said == expected
