@@ -275,6 +275,11 @@ def _guarded(run: Callable[[], int]) -> int:
                              "any) is kept", "<training>", hint="lower learning_rate or check "
                              "the data, then --resume").format(), file=sys.stderr)
             return 1
+        distributed = sys.modules.get("darkcfg.train.distributed")
+        if distributed is not None and distributed.joined() and distributed.peer_lost(exc):
+            # another rank ended (its error, a signal): it, torchrun or `train --processes` says
+            # why; this rank's failed collective (gloo's traceback) says nothing more
+            return 1
         raise
 
 

@@ -59,6 +59,27 @@ def joined() -> bool:
     return _joined
 
 
+#: what gloo says when the connection to another rank broke: that rank ended (its own error, a
+#: signal), and the launcher, torchrun or that rank says why
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
+def peer_lost(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an exception it was raised while handling, is a collective that failed
+    because another rank of the job ended (gloo's RuntimeError). A rank stopped so has nothing
+    of its own to say; torch's agent then stops it with SIGTERM, which must not make it say
+    "interrupted" (darkcfg.cli) either."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if isinstance(exc, RuntimeError) and "gloo" in text and any(
+                gone in text for gone in _PEER_GONE):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def teardown(ctx: Dist) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()

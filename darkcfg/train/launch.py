@@ -69,7 +69,8 @@ def launch(argv: list[str], processes: int) -> int:
             print(Diagnostic("E501", f"rank {rank} of {processes} was killed by {name}; the "
                              "command stopped (a training run keeps its last checkpoint)",
                              f"<rank {rank}>", hint="SIGKILL is often the out-of-memory killer: "
-                             "fewer --processes, a smaller batch (--set), or more memory"
+                             "fewer --processes, a smaller batch (--set), or more memory, then "
+                             "--resume"
                              ).format(), file=sys.stderr)
             return 1
         except SignalException:  # SIGQUIT (where the ranks cannot be found: any stop signal)
