@@ -174,10 +174,12 @@ def test_loader_processes_start_from_a_forkserver_in_a_process_group(tmp_path, t
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch built without gloo")
-def test_under_torchrun_rank_0_warns_and_every_rank_says_its_error(tmp_path, tiny_classifier):
+def test_under_torchrun_rank_0_says_a_warning_and_an_error_every_rank_has(tmp_path,
+                                                                          tiny_classifier):
     """Both ranks read the data: its warning (a class folder without images) came twice, one
-    per rank; now rank 0 says it. The error that follows (no validation split for --valid) is
-    each rank's: both say why they stop."""
+    per rank; now rank 0 says it. So the error that follows (no validation split for --valid):
+    every rank stops on it, and it was said once a rank; rank 0 says it, the others find it
+    the same (darkcfg.train.distributed.error_said_by_rank_0) and exit non-zero in silence."""
     from PIL import Image
 
     for name in ("a", "b"):
@@ -193,8 +195,8 @@ def test_under_torchrun_rank_0_warns_and_every_rank_says_its_error(tmp_path, tin
         env, timeout=180)
     assert result.returncode != 0
     assert result.stderr.count("warning: 1 class(es) of") == 1, result.stderr[-3000:]
-    assert result.stderr.count("error[E901]: ") == 2, result.stderr[-3000:]
-    assert result.stderr.count("has no validation split") == 2
+    assert result.stderr.count("error[E901]: ") == 1, result.stderr[-3000:]
+    assert result.stderr.count("has no validation split") == 1
 
 
 @pytest.mark.slow
@@ -364,11 +366,14 @@ def gloo_peer_error() -> RuntimeError:
 
 @pytest.fixture
 def joined_rank(monkeypatch):
-    """This process as a rank that joined a group."""
+    """This process as a rank that joined a group, with an in-memory store for the job's."""
     from darkcfg.train import distributed
 
+    store = dist.HashStore()
     monkeypatch.setattr(distributed, "_joined", True)
+    monkeypatch.setattr(distributed, "_store", store)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    return store
 
 
 def test_a_rank_whose_collective_lost_its_peer_stops_without_a_word(joined_rank, monkeypatch,
@@ -405,6 +410,59 @@ def test_a_rank_whose_collective_lost_its_peer_stops_without_a_word(joined_rank,
 
     assert guarded(fails) == 1
     assert capsys.readouterr().err == ""
+
+
+def test_an_error_every_rank_hits_is_said_by_rank_0_alone(joined_rank, monkeypatch, capsys):
+    """A data set that does not read was each rank's E901, N times for N ranks: rank 0 says it,
+    the others find rank 0's the same and stay silent (exit 2 all the same); an error that
+    is not rank 0's is said by its rank."""
+    from cfgparse import CfgError, Diagnostic
+    from darkcfg.cli.common import guarded
+    from darkcfg.train import distributed
+
+    def fails(message):
+        def run():
+            raise CfgError(Diagnostic("E901", message, "train.txt", 1, 1))
+        return run
+
+    monkeypatch.setattr(distributed, "SHARED_ERROR_WAIT_S", 0.3)
+    monkeypatch.setenv("RANK", "1")
+    assert guarded(fails("image 'a.png' does not exist")) == 2  # rank 0 has said nothing
+    assert capsys.readouterr().err.count("error[E901]: image 'a.png' does not exist") == 1
+
+    monkeypatch.setenv("RANK", "0")
+    assert guarded(fails("image 'b.png' does not exist")) == 2
+    assert capsys.readouterr().err.count("error[E901]: image 'b.png' does not exist") == 1
+    monkeypatch.setenv("RANK", "1")
+    assert guarded(fails("image 'b.png' does not exist")) == 2
+    assert capsys.readouterr().err == ""
+    assert guarded(fails("image 'c.png' does not exist")) == 2  # this rank's own
+    assert capsys.readouterr().err.count("error[E901]: image 'c.png' does not exist") == 1
+
+
+def test_a_rank_waiting_for_rank_0s_error_stops_waiting_at_a_stop_signal(joined_rank,
+                                                                         monkeypatch):
+    """torch's agent SIGTERMs the other ranks once rank 0 has failed: the wait ends there
+    (rank 0 posted its error before it ended), and the signal is not "interrupted"."""
+    import signal
+    import threading
+    import time
+
+    from darkcfg import cli
+    from darkcfg.train.distributed import error_said_by_rank_0
+
+    monkeypatch.setenv("RANK", "1")
+    signal.signal(signal.SIGTERM, cli._interrupt)
+    def agent():  # once the wait has taken the signal over
+        while signal.getsignal(signal.SIGTERM) is cli._interrupt:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=agent, daemon=True).start()
+    started = time.monotonic()
+    assert not error_said_by_rank_0("E", wait_s=60)
+    assert time.monotonic() - started < 10
+    assert signal.getsignal(signal.SIGTERM) is cli._interrupt
 
 
 def test_a_ranks_forkserver_outlives_a_sigterm_to_its_process_group(tmp_path):
