@@ -509,3 +509,19 @@ def test_a_loader_process_says_nothing_of_a_rank_killed_while_taking_a_batch():
         except Exception as exc:  # noqa: BLE001 - what the thread's excepthook gets
             hook(type(exc), exc, exc.__traceback__)
         assert said == expected
+
+
+def test_train_processes_reports_the_rank_that_failed_not_the_one_it_stopped():
+    """torch's first failure goes by whole seconds: rank 1's own error (exit 2) and rank 0,
+    whose collective lost rank 1 (exit 1, silent), tied, and the command exited 1 as rank 0."""
+    from types import SimpleNamespace
+
+    from darkcfg.train.launch import failing_rank
+
+    def failed(code, at=100):
+        return SimpleNamespace(exitcode=code, timestamp=at)
+
+    assert failing_rank({0: failed(1), 1: failed(2)})[0] == 1
+    assert failing_rank({0: failed(1), 1: failed(-9)})[0] == 1  # a kill comes first
+    assert failing_rank({0: failed(2, 101), 1: failed(2, 100)})[0] == 1  # then the earliest
+    assert failing_rank({0: failed(1), 1: failed(1)})[0] == 0

@@ -278,7 +278,7 @@ def _guarded(run: Callable[[], int]) -> int:
         if distributed is not None and distributed.joined() and distributed.peer_lost(exc):
             # another rank ended (its error, a signal): it, torchrun or `train --processes` says
             # why; this rank's failed collective (gloo's traceback) says nothing more
-            return 1
+            return distributed.PEER_LOST_EXIT
         raise
 
 

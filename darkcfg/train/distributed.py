@@ -70,6 +70,10 @@ def joined() -> bool:
 _PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
 
 
+#: the exit code of a rank that `peer_lost` stopped
+PEER_LOST_EXIT = 1
+
+
 def peer_lost(exc: BaseException | None) -> bool:
     """Whether `exc`, or an exception it was raised while handling, is a collective that failed
     because another rank of the job ended (gloo's RuntimeError). A rank stopped so has nothing
