@@ -2,9 +2,10 @@
 does: the data it reads, a file it wrote) and `warn` (what the user should look at).
 
 Under torchrun every rank runs the same command and reads the same data, so these lines come
-from the main process alone (rank 0); errors (located diagnostics, exit 2) are printed by every
-rank where they happen, so a rank that fails says why. Torch-free: the rank is read from
-torchrun's environment, or from torch.distributed only when the program has imported it."""
+from the main process alone (rank 0); errors (located diagnostics, exit 2) are printed by the
+rank where they happen, so a rank that fails says why, and one every rank hits by rank 0 alone
+(darkcfg.train.distributed.error_said_by_rank_0). Torch-free: the rank is read from torchrun's
+environment, or from torch.distributed only when the program has imported it."""
 
 from __future__ import annotations
 

@@ -138,6 +138,12 @@ def _stop_on_sigterm() -> None:
 
 def _interrupt(signum, frame):
     drop_hung_up_terminal(signum)
+    distributed = sys.modules.get("darkcfg.train.distributed")
+    if distributed is not None and distributed.joined() and \
+            distributed.peer_lost(sys.exc_info()[1]):
+        # torch's agent stops the other ranks once one ended: this rank is already ending
+        # with that (its collective failed), not "interrupted" by the user
+        return
     raise KeyboardInterrupt
 
 

@@ -224,8 +224,8 @@ def _guarded(run: Callable[[], int]) -> int:
             sys.stdout.flush()  # was Python's "Exception ignored", exit 120 (> /dev/full, | head)
         return code
     except CfgError as exc:
-        for d in exc.diagnostics:
-            print(d.format(), file=sys.stderr)
+        if exc.diagnostics:
+            _say_error("\n".join(d.format() for d in exc.diagnostics))
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -249,9 +249,8 @@ def _guarded(run: Callable[[], int]) -> int:
             text = str(exc).strip().splitlines()
             message = text[-1].split("DataError: ")[-1] if text else str(exc)
             quoted = re.search(r"'([^']+)'", message)  # the file the message names
-            print(Diagnostic("E901", message, quoted.group(1) if quoted else "<data>",
-                             hint="fix or remove that file from the data").format(),
-                  file=sys.stderr)
+            _say_error(Diagnostic("E901", message, quoted.group(1) if quoted else "<data>",
+                                  hint="fix or remove that file from the data").format())
             return 2
         dynamo = sys.modules.get("torch._dynamo.exc")
         if dynamo is not None and isinstance(exc, dynamo.TorchDynamoException):
@@ -271,11 +270,27 @@ def _guarded(run: Callable[[], int]) -> int:
                   file=sys.stderr)
             return 2
         if loop is not None and isinstance(exc, loop.NonFiniteLoss):
-            print(Diagnostic("E500", f"{exc}; training stopped, the last good checkpoint (if "
-                             "any) is kept", "<training>", hint="lower learning_rate or check "
-                             "the data, then --resume").format(), file=sys.stderr)
+            _say_error(Diagnostic("E500", f"{exc}; training stopped, the last good checkpoint "
+                                  "(if any) is kept", "<training>", hint="lower learning_rate or "
+                                  "check the data, then --resume").format())
             return 1
+        distributed = sys.modules.get("darkcfg.train.distributed")
+        if distributed is not None and distributed.joined() and distributed.peer_lost(exc):
+            # another rank ended (its error, a signal): it, torchrun or `train --processes` says
+            # why; this rank's failed collective (gloo's traceback) says nothing more
+            return distributed.PEER_LOST_EXIT
         raise
+
+
+def _say_error(text: str) -> None:
+    """An error's lines on stderr. In a rank of a torch.distributed job, an error every rank
+    hits (a data set that does not read) is rank 0's to say; an error of this rank's own is
+    said here (darkcfg.train.distributed.error_said_by_rank_0)."""
+    distributed = sys.modules.get("darkcfg.train.distributed")
+    if distributed is not None and distributed.joined() and \
+            distributed.error_said_by_rank_0(text):
+        return
+    print(text, file=sys.stderr)
 
 
 def _out_of_memory(exc: BaseException) -> bool:

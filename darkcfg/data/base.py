@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,12 +162,26 @@ def loader_worker_init(worker_id: int, sharing: str | None = None,
 
     for sig in stop_signals():
         signal.signal(sig, signal.SIG_IGN)
+    sys.excepthook = functools.partial(_handover_error, sys.excepthook)
     if sharing is not None:  # the sender's strategy decides: the main process keeps its own
         import torch.multiprocessing
 
         torch.multiprocessing.set_sharing_strategy(sharing)
     if owner is not None and owner != os.getppid():
         _end_with(owner)
+
+
+def _handover_error(hook, kind, exc, tb) -> None:
+    """A loader process's sys.excepthook. multiprocessing's resource sharer (the thread that
+    hands a batch's file descriptors over) reports there a process that died while it took one:
+    a rank killed (kill -9, the out-of-memory killer), whose end is said by the launcher; its
+    traceback came after that. Anything else goes on to `hook`."""
+    import traceback
+
+    if issubclass(kind, (ConnectionError, EOFError)) and any(
+            "resource_sharer" in frame.filename for frame in traceback.extract_tb(tb)):
+        return
+    hook(kind, exc, tb)
 
 
 def _end_with(owner: int) -> None:
@@ -299,8 +314,35 @@ def loader_processes(workers: int, prefetch_factor: int | None = None,
         # it: unloaded, every process imported torch anew (20 s a validation on a loaded host)
         context.set_forkserver_preload(["__main__", "torch", "darkcfg.data.sampling",
                                         "darkcfg.data.detection.dataset"])
+        _start_forkserver()
         options["multiprocessing_context"] = context
     return options
+
+
+def _start_forkserver() -> None:
+    """Start multiprocessing's forkserver (once a process) ignoring the stop signals, as the
+    loader processes it forks do: it ignores only SIGINT itself, and a SIGTERM to the rank's
+    process group (torch's agent stops the other ranks so when one fails; Slurm, `kill --
+    -PGID`) killed it, its loader processes ended with it, and the rank said a data loader
+    process had died. An ignored signal stays ignored across exec; the server ends with the
+    rank all the same (its "alive" pipe closes)."""
+    import multiprocessing.forkserver
+    import signal
+    import threading
+
+    from darkcfg.stopping import stop_signals
+
+    if threading.current_thread() is not threading.main_thread():
+        multiprocessing.forkserver.ensure_running()  # (no signal to set off the main thread)
+        return
+    # (a stop signal in the instant of the start is lost: the user's second one still stops)
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stop_signals()
+              if signal.getsignal(sig) is not None}  # (None: not Python's to put back)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _fitting_workers(workers: int) -> tuple[int, str | None]:

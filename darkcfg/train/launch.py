@@ -57,7 +57,7 @@ def launch(argv: list[str], processes: int) -> int:
         try:
             elastic_launch(config, sys.executable)("-m", "darkcfg", "train", *argv)
         except ChildFailedError as failed:
-            rank, failure = failed.get_first_failure()
+            rank, failure = failing_rank(failed.failures)
             if failure.exitcode >= 0:  # the rank said why
                 return failure.exitcode
             from cfgparse import Diagnostic
@@ -69,12 +69,25 @@ def launch(argv: list[str], processes: int) -> int:
             print(Diagnostic("E501", f"rank {rank} of {processes} was killed by {name}; the "
                              "command stopped (a training run keeps its last checkpoint)",
                              f"<rank {rank}>", hint="SIGKILL is often the out-of-memory killer: "
-                             "fewer --processes, a smaller batch (--set), or more memory"
+                             "fewer --processes, a smaller batch (--set), or more memory, then "
+                             "--resume"
                              ).format(), file=sys.stderr)
             return 1
         except SignalException:  # SIGQUIT (where the ranks cannot be found: any stop signal)
             return 130
     return 0
+
+
+def failing_rank(failures: dict) -> tuple[int, object]:
+    """The rank whose failure ended the job (rank -> torch's ProcessFailure): one killed by a
+    signal, else one that did not exit as a rank whose collective lost its peer does
+    (darkcfg.train.distributed.PEER_LOST_EXIT: it ended because of the other), else the first.
+    torch's own first failure goes by whole seconds, and the ranks that fail in one of its
+    polls tie: it named rank 0, stopped by rank 1's error, with rank 0's exit code."""
+    from darkcfg.train.distributed import PEER_LOST_EXIT
+
+    return min(failures.items(), key=lambda item: (
+        item[1].exitcode >= 0, item[1].exitcode == PEER_LOST_EXIT, item[1].timestamp, item[0]))
 
 
 @contextlib.contextmanager
