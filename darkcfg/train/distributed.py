@@ -51,8 +51,12 @@ def setup(device_name: str | None) -> tuple[Dist, torch.device]:
                                 device_id=device if device.type == "cuda" else None)
     global _joined, _store
     _joined = True
-    # kept past destroy_process_group: an error every rank hits is said once (see below)
-    _store = dist.distributed_c10d._get_default_store()
+    # kept past destroy_process_group: an error every rank hits is said once (see below);
+    # torch's own accessor is private: without it each rank says its error, as before
+    try:
+        _store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        _store = None
     return Dist(rank, world, local_rank), device
 
 
