@@ -436,7 +436,8 @@ def convert(spec: KeySpec | None, key: str, raw: str) -> tuple[Any, str]:
         if _INT.match(text):
             value: Any = _int(text, key)
         elif _FLOAT.match(text):
-            value = int(_ATOI.match(text).group().lstrip("+") or 0)  # C atoi stops at '.', 'e'
+            digits = _ATOI.match(text).group().lstrip("+-")  # C atoi stops at '.', 'e'
+            value = -int(digits or 0) if text.startswith("-") else int(digits or 0)  # ('-.5': 0)
             note = f"'{key}' is an integer; Darknet reads '{text}' as {value}"
         else:
             raise _ill_typed(key, raw, t, text)

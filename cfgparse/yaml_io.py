@@ -92,9 +92,10 @@ def compose_yaml(text: str, path: str, lines: list[str], hint: str,
                  code: str = "E108") -> yaml.Node | None:
     """The node tree of one YAML document (aliases not expanded: shared nodes), or a located
     `code` error for bad syntax (libyaml also refuses nesting over 1000 levels)."""
-    loader = _SafeLoader(text)
+    loader = None
     try:
-        return loader.get_single_node()
+        loader = _SafeLoader(text)  # (libyaml's parser encodes the text here: a lone surrogate
+        return loader.get_single_node()  # raises then, before any parsing)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
@@ -116,7 +117,8 @@ def compose_yaml(text: str, path: str, lines: list[str], hint: str,
                                   ERROR, "save the file as UTF-8 text", _line(lines, line),
                                   1)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def check_expansion(root: yaml.Node, path: str, lines: list[str], hint: str,
@@ -170,7 +172,8 @@ def load_yaml(text: str, path: str, hint: str, code: str = "E901") -> tuple[Any,
                                   mark.column + 1, ERROR, hint, _line(lines, mark.line + 1),
                                   1)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

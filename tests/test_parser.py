@@ -681,3 +681,17 @@ def test_yaml_given_as_cfg_text_is_one_error_that_says_so(tmp_path):
     yaml_file = tmp_path / "y.yaml"
     yaml_file.write_text(yaml_text)
     assert [b.type for b in parse(yaml_file)] == ["net", "maxpool"]  # as a .yaml: read as YAML
+
+
+
+@pytest.mark.parametrize("raw, value", [("-.5", 0), ("+.5", 0), ("-1.5", -1), ("2e3", 2),
+                                        ("-0.9", 0)])
+def test_an_integer_written_as_a_signed_fraction_reads_as_atoi(raw, value):
+    """`batch=-.5` was int('-') ValueError out of the schema: a traceback ("darkcfg bug") from
+    check and the build; C atoi reads a sign and no digits as 0 (found by fuzzing)."""
+    spec = schema.KeySpec(type="i", default=0, min=None, choices=None, doc="", fork="")
+    typed, note = schema.convert(spec, "k", raw)
+    assert typed == value and f"Darknet reads '{raw}' as {value}" in note
+    with pytest.raises(CfgError) as caught:  # then batch's range says the rest, located
+        parse_text("[net]\nbatch=-.5\n")[0].get("batch")
+    assert caught.value.code == "E203"

@@ -105,6 +105,8 @@ def test_a_yaml_path_is_accepted_wherever_a_cfg_is(tmp_path):
     ("- net: 3\n", [("E108", 1, 8)]),
     ("- net: {'#x': 1}\n", [("E108", 1, 9)]),
     ("- net: {a=b: 1}\n", [("E108", 1, 9)]),
+    ("\ud800", [("E104", 1, 1)]),  # a lone surrogate: libyaml's UnicodeEncodeError, found by
+    ("- net:\n    batch: 1\ud800\n", [("E104", 2, 13)]),  # fuzzing (a traceback)
 ])
 def test_yaml_errors_are_located_in_the_yaml(text, expected):
     with pytest.raises(CfgError) as info:
