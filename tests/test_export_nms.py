@@ -50,14 +50,14 @@ def oracle_detector(name: str):
     return net.eval()
 
 
-def check_against_detect(name: str, tmp_path, thresh: float):
+def check_against_detect(name: str, tmp_path, thresh: float, mirrored: bool = True):
     net = oracle_detector(name)
     path = tmp_path / f"{name}.onnx"
     report = export_image_to_boxes(net, path, thresh=thresh, nms=0.45, dynamic_batch=True)
     assert report.outputs == ["boxes", "scores", "classes", "batch_index"]
     x = torch.from_numpy(oracle_input(name))
     # two images: the oracle input and its mirror, to check the batch index too
-    x = torch.cat([x, x.flip(-1)])
+    x = torch.cat([x, x.flip(-1)]) if mirrored else x
     ours = run_image_to_boxes(onnx_session(path), x)
     kind, _ = check_decodable(net)  # what --detect runs: greedynms for yolov4-tiny
     theirs = detect_reference(net, x, thresh, 0.45, kind=kind)
@@ -100,7 +100,9 @@ def test_nms_graph_equals_detect(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW)
 def test_nms_graph_equals_detect_large(name, tmp_path):
-    check_against_detect(name, tmp_path, 0.005)
+    # one image: the batch index is the small nets' check (yolov3 keeps ~17k pairs an image:
+    # the mirror took half of the suite's slowest test, 64 s)
+    check_against_detect(name, tmp_path, 0.005, mirrored=False)
 
 
 def test_greedynms_graph_is_not_iou_nms(tmp_path):
