@@ -934,16 +934,7 @@ def test_a_video_file_of_each_kind_is_read_and_let_go(net, tmp_path, fmt, suffix
     # (opened as a file object with no protocol allowed: nothing a plain file needs is lost,
     # and the file is closed with the video)
     path = tmp_path / f"clip.{suffix}"
-    with av.open(str(path), "w", format=fmt) as c:
-        stream = c.add_stream(codec or video.video_codec(), rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(3):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 60 * i, np.uint8),
-                                               format="rgb24")
-            for packet in stream.encode(frame):
-                c.mux(packet)
-        for packet in stream.encode(None):
-            c.mux(packet)
+    write_frames(path, fmt, codec or video.video_codec(), 3)
     r = detect_video(net, str(path), tmp_path / "out", thresh=THRESH, progress=False)
     assert r.frames == 3
     container = video.open_source(str(path))
