@@ -292,8 +292,13 @@ def test_data_file_paths_are_relative_to_the_current_directory_first(tmp_path, m
 def test_data_file_errors_are_located(tmp_path):
     path = make_data_set(tmp_path / "set")
     (tmp_path / "set" / "train.txt").write_text("JPEGImages/0.jpg\nJPEGImages/nope.jpg\n")
-    with pytest.raises(CfgError, match="1 image.* do not exist, e.g. 'JPEGImages/nope.jpg'"):
+    with pytest.raises(CfgError, match="1 image.* do not exist, e.g. 'JPEGImages/nope.jpg'") \
+            as caught:
         open_detection_data(path)
+    # each folder tried once (the list and its .data file are one folder here; the help said
+    # "relative to the current directory, SET, SET and ROOT")
+    assert caught.value.diagnostics[0].hint == ("paths are tried relative to the current "
+                                                f"directory, then to {path.parent} and {tmp_path}")
     (tmp_path / "set" / "obj.data").write_text("classes=2\nvalid=train.txt\n")
     with pytest.raises(CfgError, match="has no 'train' list"):
         open_detection_data(path)

@@ -55,6 +55,25 @@ def missing_path_hint(raw: str, hint: str) -> str:
     return hint
 
 
+def tried_folders_hint(*folders) -> str:
+    """Where a listed relative path was looked for: the current directory, then each other
+    folder once (a list, its .data file and the data root are often one folder)."""
+    cwd = Path.cwd().resolve()
+    seen, others = {cwd}, []
+    for folder in folders:
+        try:
+            resolved = Path(folder).resolve()
+        except (OSError, RuntimeError, ValueError):
+            resolved = Path(folder)
+        if resolved not in seen:
+            seen.add(resolved)
+            others.append(str(folder))
+    where = ", ".join(others[:-1]) + (" and " if len(others) > 1 else "") + (others[-1]
+                                                                               if others else "")
+    return "paths are tried relative to the current directory" + (f", then to {where}"
+                                                                   if others else "")
+
+
 def read_text(path: Path) -> str:
     """A text file of a data set (a list, names, ids): UTF-8, an optional BOM (Windows tools
     write one) dropped; E901 naming the file, UTF-16 said, when it cannot be read."""

@@ -41,6 +41,7 @@ from darkcfg.data.datafile import (
     read_list,
     resolve,
     split_lines,
+    tried_folders_hint,
 )
 
 KINDS_HINT = "pass a folder, a .data file, a .csv file, digits or torchvision:NAME:ROOT"
@@ -271,9 +272,8 @@ def darknet_data(path: Path, channels: int, need: str = "all") -> DataSplits:
                 start = len(line) - len(line.lstrip())
                 raise CfgError(Diagnostic(
                     "E901", f"image '{raw}' does not exist", str(list_path), n, start + 1,
-                    hint=missing_path_hint(raw, "paths are tried relative to the current "
-                                           f"directory, {list_path.parent}, {path.parent} "
-                                           f"and {folders[1]}"), source=line, span=len(raw)))
+                    hint=missing_path_hint(raw, tried_folders_hint(
+                        list_path.parent, path.parent, folders[1])), source=line, span=len(raw)))
             out.append((str(image), hits[0]))
         return out
 

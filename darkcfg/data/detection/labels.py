@@ -59,6 +59,7 @@ from darkcfg.data.datafile import (
     read_list,
     resolve,
     text_hint,
+    tried_folders_hint,
 )
 
 LABEL_CODE = "E903"  # a bad label file (cfgparse.errors.CODES)
@@ -252,9 +253,8 @@ def open_detection_data(path: Path, need: str = "all") -> DetectionData:
         if missing:
             raise _error(f"{len(missing)} image(s) listed in {list_path} do not exist, e.g. "
                          f"'{printable(missing[0])}'", where,
-                         hint=missing_path_hint(missing[0], "paths are tried relative to the "
-                                                f"current directory, {list_path.parent}, "
-                                                f"{here} and {folders[1]}"), key=key)
+                         hint=missing_path_hint(missing[0], tried_folders_hint(
+                             list_path.parent, here, folders[1])), key=key)
         if not out:
             raise _error(f"the {key} list '{list_path}' is empty", where,
                          hint="list one image path per line", key=key)
