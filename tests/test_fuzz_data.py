@@ -971,7 +971,7 @@ def test_voc_entity_declarations_are_refused_before_expansion(playground):
         start = time.perf_counter()
         with pytest.raises(CfgError) as exc:
             open_set(case)
-        assert time.perf_counter() - start < 0.5
+        assert time.perf_counter() - start < 5  # (expanded: 10**9 characters, minutes)
         d = exc.value.diagnostics[0]
         assert (d.code, d.line) == ("E903", 3), d
         assert d.message.startswith("an XML entity declaration ('l0')"), d
