@@ -68,10 +68,11 @@ def tried_folders_hint(*folders) -> str:
         if resolved not in seen:
             seen.add(resolved)
             others.append(str(folder))
-    where = ", ".join(others[:-1]) + (" and " if len(others) > 1 else "") + (others[-1]
-                                                                               if others else "")
-    return "paths are tried relative to the current directory" + (f", then to {where}"
-                                                                   if others else "")
+    said = "paths are tried relative to the current directory"
+    if not others:
+        return said
+    where = others[0] if len(others) == 1 else ", ".join(others[:-1]) + " and " + others[-1]
+    return f"{said}, then to {where}"
 
 
 def read_text(path: Path) -> str:
