@@ -365,7 +365,7 @@ def export_image_to_boxes(net: Network, path: str | os.PathLike, *, thresh: floa
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
     try:
         with quiet_exporter(), torch.no_grad():
-            program = torch.export.export(module, (x,), dynamic_shapes=dynamic, strict=True)
+            program = torch.export.export(module, (x,), dynamic_shapes=dynamic, strict=False)
             onnx_program = torch.onnx.export(program, (x,), dynamo=True, input_names=["images"],
                                              output_names=["candidate_boxes", "candidate_probs"],
                                              verbose=False)

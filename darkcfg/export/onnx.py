@@ -191,14 +191,16 @@ def keeps_modes(export_function):
 @keeps_modes
 def export_program(net: Network, x: torch.Tensor, dynamic_batch: bool = False,
                    decode: bool = False) -> torch.export.ExportedProgram:
-    """A strict torch.export of the network in eval mode (batch dimension dynamic if asked;
+    """A torch.export of the network in eval mode (batch dimension dynamic if asked;
     `x` must then have a batch of at least 2, so that the exporter does not specialise it)."""
     net.eval()
     module = Exportable(net, decode)
     dynamic = _dynamic_shapes(dynamic_batch, net)
     try:
         with quiet_exporter():
-            return torch.export.export(module, (x,), dynamic_shapes=dynamic, strict=True)
+            # non-strict: tracing the Python itself is 2-4x faster than dynamo's strict capture
+            # (yolov3 1.7 s against 6 s) and gave the same ONNX graph, node for node
+            return torch.export.export(module, (x,), dynamic_shapes=dynamic, strict=False)
     except Exception as exc:  # the exporter's own errors are long; keep the first line
         raise exporter_failure("torch.export", exc, module, x, "<export>") from None
 
@@ -483,7 +485,7 @@ def export_pt2(net: Network, path: str | os.PathLike, *, dynamic_batch: bool = F
                decode: bool = False, check: bool = True, tolerance: float = 1e-6,
                program: torch.export.ExportedProgram | None = None,
                flag: str = "--export") -> ExportReport:
-    """Save a strict torch.export ExportedProgram; reload it and compare with the network."""
+    """Save a torch.export ExportedProgram; reload it and compare with the network."""
     path = Path(path)
     program, x = _program_and_input(net, program, dynamic_batch, decode)
     with staged_file(path, flag) as tmp:
