@@ -195,6 +195,11 @@ REFERENCE_KEYS: dict[str, tuple[tuple[str, bool], ...]] = {
 }
 
 
+#: Sections whose input is only the layers they name (Darknet's [route]: src/route_layer.c
+#: forward_route_layer copies its layers= outputs); the others read the layer before them too.
+REFERENCES_ONLY = frozenset({"route"})
+
+
 def absolute_reference(index: int, ref: int) -> int:
     """Darknet's rule: a negative reference is relative to the layer, else absolute."""
     return index + ref if ref < 0 else ref

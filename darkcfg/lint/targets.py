@@ -25,11 +25,12 @@ Sources of the data:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from cfgparse import Block, CfgError, Diagnostic
 from cfgparse.errors import WARNING
+from cfgparse.rules import REFERENCES_ONLY
 
 TARGETS = ("opencv", "onnx", "tensorrt")
 
@@ -52,6 +53,28 @@ class KeyRule:
             return bool(self.flagged(block.options[self.key].value))
         except (TypeError, ValueError):
             return False
+
+
+@dataclass(frozen=True)
+class SectionRule:
+    """`rule` for the layers of `sections` (None: any) that read a layer of `reads` (a pair
+    rule; None: not one): it says why the target differs, or None. `code` W603 (refused) or
+    W604 (computed otherwise); `key` the key at fault, where one is. The dispatch is here, so
+    a rule is about its sections only (no `block.type` test inside)."""
+
+    sections: frozenset | None
+    rule: Callable
+    code: str
+    key: str | None = None
+    reads: frozenset | None = None
+
+    def applies(self, block: Block, read: Block | None = None) -> bool:
+        return (self.sections is None or block.type in self.sections) and \
+            (self.reads is None or (read is not None and read.type in self.reads))
+
+
+def _sections(*names: str) -> frozenset:
+    return frozenset(names)
 
 
 def _option(block: Block, key: str, default=None):
@@ -133,8 +156,6 @@ def _resampling_shortcut(block: Block, c: int, h: int, w: int, sources) -> str |
     """pjreddie's [shortcut] adds layers of different width/height by striding over the larger
     (src/blas.c shortcut_cpu); OpenCV's Eltwise asserts equal sizes (eltwise_layer.cpp;
     measured: it refuses a 16x16 + 32x32 shortcut, takes 8 + 16 channels)."""
-    if block.type != "shortcut":
-        return None
     odd = [(sw, sh) for _, sh, sw in sources if (sh, sw) != (h, w)]
     if not odd:
         return None
@@ -147,7 +168,7 @@ def _spatial_softmax(block: Block, c: int, h: int, w: int, sources=()) -> str | 
     (src/softmax_layer.c forward_softmax_layer: inputs/groups values per group); OpenCV's
     Softmax layer normalises the channels at each position (measured: pjreddie/go.cfg's
     1x19x19 input gives 1.0 everywhere)."""
-    if block.type != "softmax" or h * w <= 1:
+    if h * w <= 1:
         return None
     groups = _option(block, "groups", 1)
     if groups != 1:
@@ -160,21 +181,22 @@ def _sam_shapes(block: Block, c: int, h: int, w: int, sources) -> str | None:
     """Darknet's [sam] multiplies its two inputs value by value, the same count in any shape;
     OpenCV's Eltwise asserts equal channels (measured, OpenCV 4.14, found by fuzzing: a
     [reorg] output times the layer before the reorg)."""
-    if block.type != "sam" or all(src == (c, h, w) for src in sources):
+    if all(src == (c, h, w) for src in sources):
         return None
     other = next(src for src in sources if src != (c, h, w))
     return (f"[sam] multiplies a {other[0]}x{other[1]}x{other[2]} layer by a {c}x{h}x{w} one "
             "(CxHxW): OpenCV's Eltwise asserts equal shapes")
 
 
-#: (rule, code): rules that need the layer shapes (the graph check's build)
-OPENCV_SHAPE_RULES = ((_spatial_softmax, "W604"), (_resampling_shortcut, "W603"),
-                      (_sam_shapes, "W603"))
+#: rules that need the layer shapes (the graph check's build)
+OPENCV_SHAPE_RULES = (SectionRule(_sections("softmax"), _spatial_softmax, "W604"),
+                      SectionRule(_sections("shortcut"), _resampling_shortcut, "W603"),
+                      SectionRule(_sections("sam"), _sam_shapes, "W603"))
 
 
 def _anchor_count(block: Block) -> str | None:
     """OpenCV asserts num * 2 == the number of anchor values (Darknet pads or reads past)."""
-    if block.type not in ("yolo", "region") or "anchors" not in block.options:
+    if "anchors" not in block.options:
         return None
     anchors = block.options["anchors"].value
     count = len(anchors) if isinstance(anchors, (list, tuple)) else 1
@@ -189,8 +211,6 @@ def _crop_adjust(block: Block) -> str | None:
     forward_crop_layer). OpenCV's importer then misplaces the weights of the layers after it
     (measured, OpenCV 4.14: a [crop] + [convolutional] cfg is refused at getMemoryShapes with
     and without batch-norm; the same with noadjust=1 runs and matches): vgg-16.cfg."""
-    if block.type != "crop":
-        return None
     if _option(block, "noadjust", 0):
         return None
     return ("[crop] without noadjust=1 (Darknet scales its output to 2x - 1): OpenCV's importer "
@@ -200,7 +220,8 @@ def _crop_adjust(block: Block) -> str | None:
 @dataclass(frozen=True)
 class DefaultRule:
     """`key` absent from [section]: Darknet's default and the target's differ (measured, OpenCV
-    4.14: one-layer cfgs with and without the key). Called on a block: why, or None."""
+    4.14: one-layer cfgs with and without the key). Called on a [section] block: why, or
+    None."""
 
     section: str
     key: str
@@ -208,7 +229,7 @@ class DefaultRule:
     agrees: object = None  # block -> True where the two defaults give the same after all
 
     def __call__(self, block: Block) -> str | None:
-        if block.type != self.section or self.key in block.options:
+        if self.key in block.options:
             return None
         if self.agrees is not None and self.agrees(block):
             return None
@@ -240,8 +261,6 @@ def _pool_window(block: Block) -> str | None:
     """OpenCV's [maxpool] defaults are size 2 and stride 2, and it reads no stride_x/stride_y;
     Darknet's are stride 1 and size = stride (src/parser.c parse_maxpool). Measured, OpenCV
     4.14: `stride=1` alone, `size=2` alone and `stride=2 stride_x=1 stride_y=1` differ."""
-    if block.type != "maxpool":
-        return None
     stride = _option(block, "stride", 1)
     size = _option(block, "size", stride)
     ours = (size, _option(block, "stride_x", stride), _option(block, "stride_y", stride))
@@ -256,8 +275,6 @@ def _pool_window(block: Block) -> str | None:
 def _conv_strides(block: Block) -> str | None:
     """Darknet's [convolutional] takes stride_x/stride_y where both are given (src/parser.c
     parse_convolutional); OpenCV's importer reads `stride` only (measured, OpenCV 4.14)."""
-    if block.type != "convolutional":
-        return None
     stride = _option(block, "stride", 1)
     sx, sy = _option(block, "stride_x", -1), _option(block, "stride_y", -1)
     if not (isinstance(sx, int) and isinstance(sy, int)) or sx < 1 or sy < 1 or \
@@ -271,7 +288,7 @@ def _flat_input(block: Block) -> str | None:
     """[net] inputs=N without width, height and channels (flat data): OpenCV sizes its input
     from those three only (measured, OpenCV 4.14: the cfg loads, and its first [connected]
     asserts on any input shape; the same net with width=1 height=1 channels=N runs)."""
-    if block.type != "net" or "inputs" not in block.options:
+    if "inputs" not in block.options:
         return None
     size = [_option(block, key, 0) for key in ("width", "height", "channels")]
     if all(isinstance(v, int) and v > 0 for v in size):
@@ -288,8 +305,6 @@ OPENCV_SPATIAL = frozenset({"convolutional", "maxpool", "avgpool", "upsample", "
 def _after_connected(block: Block, previous: Block | None) -> str | None:
     """Darknet's [connected] output is a 1x1xC image to the next layer; OpenCV's is (N, C),
     which its spatial layers refuse (found by fuzzing: [connected] then [convolutional])."""
-    if previous is None or previous.type != "connected" or block.type not in OPENCV_SPATIAL:
-        return None
     return (f"[{block.name}] after a [connected] layer: OpenCV's fully connected output is "
             f"(N, C), not Darknet's 1x1xC image, and its [{block.name}] refuses it")
 
@@ -298,8 +313,6 @@ def _after_head(block: Block, previous: Block | None) -> str | None:
     """Darknet's [yolo]/[region] output is its input's CxHxW shape, which a next layer may read;
     OpenCV's is the decoded boxes, (boxes, 5 + classes) (measured, OpenCV 4.14, found by
     fuzzing: a [convolutional] after a [yolo], a [shortcut] from= one, are refused)."""
-    if previous is None or previous.type not in ("yolo", "region"):
-        return None
     return (f"[{block.name}] reads a [{previous.name}]: OpenCV's [{previous.name}] outputs "
             "decoded boxes, not Darknet's CxHxW map, and the layer cannot take them")
 
@@ -309,8 +322,6 @@ def _after_cost(block: Block, previous: Block | None) -> str | None:
     forward_cost_layer returns early; SEMANTICS.md 7.19); OpenCV's is its input (measured,
     OpenCV 4.14, found by fuzzing: a [softmax] after a [cost] gives OpenCV's softmax of the
     input, Darknet's of zeros)."""
-    if previous is None or previous.type != "cost":
-        return None
     return (f"[{block.name}] reads a [cost]: Darknet's [cost] outputs zeros at inference, "
             "OpenCV's passes its input on")
 
@@ -323,7 +334,7 @@ def _route_before_connected(layers: Sequence[tuple], i: int, j: int) -> str | No
     multiple of 256"; a [connected] or no layer with weights after the route, a route to
     another layer or to a 1x1 one: runs and matches)."""
     c, h, w = layers[j + 1][1]
-    if layers[i][0].type != "route" or layers[j + 1][0].type != "connected" or h * w <= 1:
+    if layers[j + 1][0].type != "connected" or h * w <= 1:
         return None
     later = (b.type for b, *_ in layers[i + 1:])
     if next((t for t in later if t in ("convolutional", "connected", "route")), None) != \
@@ -353,20 +364,28 @@ def _opencv_flat(layers: Sequence[tuple], k: int) -> bool:
     return False
 
 
-def _eltwise_of_flat_and_map(layers: Sequence[tuple], i: int, j: int) -> str | None:
-    """Darknet adds or multiplies a [connected] output (a 1x1xC image) with any other layer;
-    OpenCV's Eltwise asserts equal dimensions, and its [connected] output is (N, C) (measured,
-    OpenCV 4.14, found by fuzzing: [avgpool], [connected], [shortcut] from=-2 or [route]
-    layers=-2,-1 is refused; of two [connected] outputs both run and match)."""
-    block = layers[i][0]
-    # a [route] of several layers: OpenCV's Concat asserts the same (measured)
-    other = layers[i][3][0] if block.type == "route" else i - 1
-    if block.type not in ("shortcut", "sam", "route") or other < 0 or \
-            _opencv_flat(layers, other) == _opencv_flat(layers, j):
+def _joins_flat_and_map(layers: Sequence[tuple], i: int, other: int, j: int,
+                        joiner: str) -> str | None:
+    """Darknet adds, multiplies or concatenates a [connected] output (a 1x1xC image) with any
+    other layer; OpenCV's Eltwise and Concat assert equal dimensions, and its [connected]
+    output is (N, C) (measured, OpenCV 4.14, found by fuzzing: [avgpool], [connected],
+    [shortcut] from=-2 or [route] layers=-2,-1 is refused; of two [connected] outputs both run
+    and match)."""
+    if other < 0 or _opencv_flat(layers, other) == _opencv_flat(layers, j):
         return None
-    return (f"[{block.name}] joins a [connected] output with an image: OpenCV's fully connected "
-            "output is (N, C), not Darknet's 1x1xC image, and its "
-            f"{'Concat' if block.type == 'route' else 'Eltwise'} asserts equal dimensions")
+    return (f"[{layers[i][0].name}] joins a [connected] output with an image: OpenCV's fully "
+            f"connected output is (N, C), not Darknet's 1x1xC image, and its {joiner} asserts "
+            "equal dimensions")
+
+
+def _eltwise_of_flat_and_map(layers: Sequence[tuple], i: int, j: int) -> str | None:
+    """[shortcut]/[sam]: the layer before and a from= layer (OpenCV's Eltwise)."""
+    return _joins_flat_and_map(layers, i, i - 1, j, "Eltwise")
+
+
+def _concat_of_flat_and_map(layers: Sequence[tuple], i: int, j: int) -> str | None:
+    """[route] of several layers: its first and another (OpenCV's Concat; measured)."""
+    return _joins_flat_and_map(layers, i, layers[i][3][0], j, "Concat")
 
 
 def _untracked_size_then_connected(layers: Sequence[tuple], i: int, j: int) -> str | None:
@@ -380,7 +399,7 @@ def _untracked_size_then_connected(layers: Sequence[tuple], i: int, j: int) -> s
     block, (_, h, w) = layers[i][0], layers[i][1]
     _, mh, mw = layers[j + 1][1]
     # (a layer right before a [connected]: OpenCV counts it flattened, c*h*w channels of 1x1)
-    if block.type not in ("route", "scale_channels") or i == 0 or (mh, mw) == (h, w) or \
+    if i == 0 or (mh, mw) == (h, w) or \
             layers[j + 1][0].type == "connected":
         return None
     later = (b.type for b, *_ in layers[i + 1:])
@@ -391,11 +410,24 @@ def _untracked_size_then_connected(layers: Sequence[tuple], i: int, j: int) -> s
             "(OpenCV refuses the net)")
 
 
-#: (rule, key at fault, code)
-OPENCV_BLOCK_RULES = ((_anchor_count, "anchors", "W603"), (_crop_adjust, None, "W603"),
-                      (_flat_input, "inputs", "W603"), (_pool_window, None, "W604"),
-                      (_conv_strides, "stride_x", "W604"),
-                      *((rule, None, code) for rule, code in OPENCV_DEFAULTS))
+OPENCV_BLOCK_RULES = (
+    SectionRule(_sections("yolo", "region"), _anchor_count, "W603", "anchors"),
+    SectionRule(_sections("crop"), _crop_adjust, "W603"),
+    SectionRule(_sections("net"), _flat_input, "W603", "inputs"),
+    SectionRule(_sections("maxpool"), _pool_window, "W604"),
+    SectionRule(_sections("convolutional"), _conv_strides, "W604", "stride_x"),
+    *(SectionRule(_sections(rule.section), rule, code) for rule, code in OPENCV_DEFAULTS))
+#: (block, the layer it reads) rules: keyed by the section read
+OPENCV_PAIR_RULES = (
+    SectionRule(OPENCV_SPATIAL, _after_connected, "W603", reads=_sections("connected")),
+    SectionRule(None, _after_head, "W603", reads=_sections("yolo", "region")),
+    SectionRule(None, _after_cost, "W604", reads=_sections("cost")))
+#: (layers, layer index, index of a layer it names) rules: the graph check's
+OPENCV_REF_RULES = (
+    SectionRule(_sections("route"), _route_before_connected, "W603"),
+    SectionRule(_sections("shortcut", "sam"), _eltwise_of_flat_and_map, "W603"),
+    SectionRule(_sections("route"), _concat_of_flat_and_map, "W603"),
+    SectionRule(_sections("route", "scale_channels"), _untracked_size_then_connected, "W603"))
 
 # -- ONNX (darkcfg's exporter) --------------------------------------------------------------------
 RECURRENT = frozenset({"rnn", "lstm", "gru", "crnn", "conv_lstm", "history"})
@@ -442,24 +474,20 @@ class Target:
     sections: dict  # section -> why (only unsupported ones), or a frozenset of supported ones
     activations: dict  # activation -> why (unsupported), or a frozenset of supported ones
     keys: tuple
-    block_rules: tuple = ()  # (callable block -> why or None, key at fault, code)
-    shape_rules: tuple = ()  # ((block, c, h, w of its input, source shapes) -> why, code)
-    # ((block, a block it reads: the one before it, or one it names in layers=/from=) -> why,
-    # code)
+    # SectionRules, by what their rule is called with:
+    block_rules: tuple = ()  # block -> why or None
+    shape_rules: tuple = ()  # (block, c, h, w of its input, source shapes) -> why
+    # (block, a block it reads: the one before it, or one it names in layers=/from=) -> why
     pair_rules: tuple = ()
-    # ((check_target_shapes's layers, index of a layer, index of a layer it names in
-    # layers=/from=) -> why, code): the graph check's
+    # (check_target_shapes's layers, index of a layer, index of a layer it names) -> why
     ref_rules: tuple = ()
     exported: bool = False  # made from darkcfg's export: it runs the network's forward
 
 
 TARGET_RULES = {
     "opencv": Target("opencv", OPENCV_SECTIONS, OPENCV_ACTIVATIONS, OPENCV_KEYS,
-                     OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES,
-                     ((_after_connected, "W603"), (_after_head, "W603"),
-                      (_after_cost, "W604")),
-                     ((_route_before_connected, "W603"), (_eltwise_of_flat_and_map, "W603"),
-                      (_untracked_size_then_connected, "W603"))),
+                     OPENCV_BLOCK_RULES, OPENCV_SHAPE_RULES, OPENCV_PAIR_RULES,
+                     OPENCV_REF_RULES),
     "onnx": Target("onnx", ONNX_SECTIONS, {}, ONNX_KEYS, exported=True),
     "tensorrt": Target("tensorrt", TENSORRT_SECTIONS, TENSORRT_ACTIVATIONS,
                        (REGION_TREE,) + TENSORRT_KEYS, exported=True),
@@ -489,11 +517,11 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
     for previous, block in zip([None, *list(blocks)[:-1]], blocks, strict=True):
         # a [route] reads only its layers= (check_target_shapes: the graph resolves them)
         reads = previous if previous is not None and previous.type != "net" and \
-            block.type != "route" else None
-        for rule, code in rules.pair_rules:
-            why = rule(block, reads)
+            block.type not in REFERENCES_ONLY else None
+        for rule in rules.pair_rules:
+            why = rule.rule(block, reads) if rule.applies(block, reads) else None
             if why is not None:
-                found.append(block.diagnostic(code, f"{label}: {why}", None,
+                found.append(block.diagnostic(rule.code, f"{label}: {why}", None,
                                               hint=_hint(target), severity=WARNING))
         why = _section_problem(rules, block.type)
         if why is not None:
@@ -508,10 +536,10 @@ def check_target(blocks: Sequence[Block], target: str) -> list[Diagnostic]:
                 found.append(block.diagnostic(
                     "W602", f"{label}: activation={opt.value} {why}", "activation",
                     hint=_hint(target), severity=WARNING))
-        for rule, key, code in rules.block_rules:
-            why = rule(block)
+        for rule in rules.block_rules:
+            why = rule.rule(block) if rule.applies(block) else None
             if why is not None:
-                found.append(block.diagnostic(code, f"{label}: {why}", key,
+                found.append(block.diagnostic(rule.code, f"{label}: {why}", rule.key,
                                               hint=_hint(target), severity=WARNING))
         for rule in rules.keys:
             if rule.applies(block):
@@ -534,20 +562,23 @@ def check_target_shapes(layers: Sequence[tuple], target: str) -> list[Diagnostic
                                       hint=_hint(target), severity=WARNING))
 
     for i, (block, (c, h, w), sources, refs) in enumerate(layers):
-        for rule, code in rules.shape_rules:
-            why = rule(block, c, h, w, sources)
+        for rule in rules.shape_rules:
+            why = rule.rule(block, c, h, w, sources) if rule.applies(block) else None
             if why is not None:
-                flag(block, code, why)
-        named = {j for j in refs if j != i - 1 or block.type == "route"}
-        for rule, code in rules.pair_rules:
-            why = next((w for w in (rule(block, layers[j][0]) for j in sorted(named)) if w),
-                       None)
+                flag(block, rule.code, why)
+        # (the layer before: check_target's, except for a section that reads only its refs)
+        named = [layers[j][0] for j in sorted(refs)
+                 if j != i - 1 or block.type in REFERENCES_ONLY]
+        for rule in rules.pair_rules:
+            why = next((w for w in (rule.rule(block, read) for read in named
+                                    if rule.applies(block, read)) if w), None)
             if why is not None:
-                flag(block, code, why)
-        for rule, code in rules.ref_rules:
-            why = next((w for w in (rule(layers, i, j) for j in refs) if w), None)
+                flag(block, rule.code, why)
+        for rule in rules.ref_rules:
+            why = next((w for w in (rule.rule(layers, i, j) for j in refs) if w), None) \
+                if rule.applies(block) else None
             if why is not None:
-                flag(block, code, why)
+                flag(block, rule.code, why)
     return found
 
 
