@@ -82,7 +82,7 @@ def eight_bit(image):
     """A PIL image with 8 bits a channel. Pillow's convert() clips 16-bit grey ('I;16', and 'I'
     from 16-bit PNGs and TIFFs) at 255, which makes nearly every pixel white: scale instead, as
     a 16-bit reader would (value / 257, so 65535 -> 255). 32-bit float images ('F') are taken
-    as 0..1 when they fit, else 0..255."""
+    as 0..1 when they fit, else 0..255; NaN pixels are 0."""
     from PIL import Image
 
     mode = image.mode
@@ -95,7 +95,9 @@ def eight_bit(image):
         return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
     if mode == "F":
         arr = np.asarray(image, dtype=np.float64)
-        if arr.size and np.nanmax(arr) <= 1.0:
+        # (not np.nanmax: an all-NaN picture made it print numpy's raw RuntimeWarning line)
+        numbers = arr[~np.isnan(arr)]
+        if numbers.size and numbers.max() <= 1.0:
             arr = arr * 255.0
         return Image.fromarray(np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8),
                                "L")
