@@ -299,6 +299,7 @@ def loader_processes(workers: int, prefetch_factor: int | None = None,
     options = {"num_workers": workers, "worker_init_fn": loader_worker_init}
     if workers:
         workers, sharing = _fitting_workers(workers)
+        workers = _within_cores(workers)
         options["num_workers"] = workers
         if sharing is not None:
             options["worker_init_fn"] = functools.partial(loader_worker_init, sharing=sharing)
@@ -365,6 +366,20 @@ def _fitting_workers(workers: int) -> tuple[int, str | None]:
                 "4096, to use more)")
         warn(line, once=True)
     return plan
+
+
+def _within_cores(workers: int) -> int:
+    """At most one loader process a CPU core this process may use, fewer said once on stderr:
+    more only compete for the cores (torch said so in two raw UserWarning lines), and a
+    mistyped `--workers 1000` started 1000 processes, minutes before the first batch and over
+    a minute more to stop."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    if workers <= cores:
+        return workers
+    warn(f"--workers {workers}: more loader processes than the {cores} CPU core(s) this process "
+         f"may use: using {cores}", once=True)
+    return cores
 
 
 def loader_death(exc: BaseException) -> tuple[str, str]:
