@@ -748,8 +748,8 @@ def quiet() -> contextlib.ExitStack:
     return stack
 
 
-@settings(max_examples=min(EXAMPLES, 30), deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(FUZZ, max_examples=min(EXAMPLES // 2, len(CHECKPOINT_FIELDS) * len(FIELD_VALUES)),
+          deadline=None)
 @given(field=st.sampled_from(CHECKPOINT_FIELDS), value=st.sampled_from(FIELD_VALUES))
 def test_resume_from_damaged_checkpoint_fields(trained_run, field, value):
     """A hand-edited checkpoint (no checksum trailer) through a real `train --resume`: exit 0
@@ -1105,6 +1105,30 @@ def test_resume_from_damaged_generator_states_writes_nothing(trained_run):
     assert code == 2 and "random generator states ('rng') are missing or damaged" in \
         err.getvalue() and "Traceback" not in err.getvalue(), err.getvalue()
     assert not out.exists()
+
+
+def test_resume_from_a_checkpoint_that_saw_more_images_than_weights_hold(trained_run):
+    """images_seen = 2**70 resumed, trained, and was a traceback at the first .weights save
+    (ValueError: seen does not fit the 64-bit header field): E901 at --resume, no --out."""
+    from darkcfg.cli import main
+
+    state = torch.load(trained_run / "run" / "checkpoint.pt", weights_only=True)
+    for seen, refused in ((2**64, True), (2**64 - 2**20, False)):
+        state["images_seen"] = seen
+        torch.save(state, trained_run / "many_seen.pt")
+        out = trained_run / f"again_seen{int(refused)}"
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["train", str(trained_run / "tiny.cfg"), "--out", str(out),
+                         "--no-progress", "--resume", str(trained_run / "many_seen.pt"), "--set",
+                         "max_batches=2", "--valid-every", "0"])
+        text = err.getvalue()
+        assert "Traceback" not in text, text
+        if refused:
+            assert code == 2 and "error[E901]" in text and f"'images_seen' is {seen}" in text \
+                and "help:" in text and not out.exists(), text
+        else:
+            assert code == 0, text
 
 
 @pytest.mark.parametrize("key", [5, (1, 2), "layers.².conv.weight", "new\nline"])
