@@ -1131,6 +1131,24 @@ def test_resume_from_a_checkpoint_that_saw_more_images_than_weights_hold(trained
             assert code == 0, text
 
 
+def test_a_torch_file_with_a_damaged_pickle_protocol_byte(tiny_net, playground):
+    """data.pkl's protocol byte changed (2 -> 9): the tensors read, and torch printed a raw
+    UserWarning line ("Detected pickle protocol 9 ... please file an issue")."""
+    import warnings
+
+    from darkcfg.model import read_any_weights
+
+    raw = bytearray((playground / "tiny.pt").read_bytes())
+    at = raw.find(b"\x80\x02", raw.find(b"data.pkl"))
+    raw[at + 1] = 9
+    path = playground / "protocol9.pt"
+    path.write_bytes(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_any_weights(tiny_net, path)
+    assert all(torch.equal(v, tiny_net.pristine[k]) for k, v in tiny_net.state_dict().items())
+
+
 @pytest.mark.parametrize("key", [5, (1, 2), "layers.².conv.weight", "new\nline"])
 def test_a_state_dict_key_that_is_no_layer_name(tiny_net, playground, key):
     """An int or tuple key was a TypeError in the report (str.join), and an AttributeError
