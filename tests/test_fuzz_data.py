@@ -76,15 +76,24 @@ def check_diagnostics(diagnostics) -> None:
 
 
 def contract(root: Path, call):
-    """call() returns or raises CfgError with sound diagnostics; nothing under root changes.
-    Returns what call returned (None after a CfgError)."""
+    """call() returns or raises CfgError with sound diagnostics; nothing under root changes;
+    no Python warning line (numpy's, torch's) but Pillow's EXIF/TIFF tag ones, which the
+    command line filters. Returns what call returned (None after a CfgError)."""
+    import warnings
+
     before = tree(root)
-    try:
-        result = call()
-    except CfgError as exc:
-        check_diagnostics(exc.diagnostics)
-        result = None
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+        try:
+            result = call()
+        except CfgError as exc:
+            check_diagnostics(exc.diagnostics)
+            result = None
     assert tree(root) == before, "a reader wrote or removed a file"
+    raw = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in seen]
+    assert not raw, "Python's own warning lines:\n" + "\n".join(raw)
     return result
 
 
