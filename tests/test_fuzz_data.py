@@ -86,6 +86,7 @@ def contract(root: Path, call):
         warnings.simplefilter("always")
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # (as the CLI does)
         try:
             result = call()
         except CfgError as exc:
@@ -1114,6 +1115,42 @@ def test_resume_from_damaged_generator_states_writes_nothing(trained_run):
     assert code == 2 and "random generator states ('rng') are missing or damaged" in \
         err.getvalue() and "Traceback" not in err.getvalue(), err.getvalue()
     assert not out.exists()
+
+
+def test_a_data_yaml_path_too_long_for_the_file_system(playground):
+    """A path: of 5000 characters was OSError 'File name too long' out of Path.exists, one of
+    5000 digits (a YAML integer) int()'s ValueError 'Exceeds the limit': tracebacks."""
+    from darkcfg.data.detection.formats import open_set
+
+    path = playground / "long_path.yaml"
+    for value, said in (("9" * 4999 + "x", "cannot be a folder: File name too long"),
+                        ("9" * 5000, "invalid YAML: Exceeds the limit (4300 digits)")):
+        path.write_text(f"nc: 2\npath: {value}\ntrain: train.txt\nval: valid.txt\n"
+                        "names: ['cat', 'dog']\n")
+        with pytest.raises(CfgError) as caught:
+            open_set(path, strict=False)
+        line = caught.value.first.format()
+        assert "long_path.yaml:2:7" in line and said in line and "help:" in line, line
+
+
+def test_a_voc_annotation_declaring_utf16(tmp_path):
+    """<?xml encoding="utf16"?> was expat's ValueError 'multi-byte encodings are not
+    supported' (a traceback): a located label error, the image left out."""
+    from darkcfg.data.detection.formats import open_set
+
+    root = tmp_path / "voc"
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(root / "JPEGImages" / "im0.jpg")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("im0\n")
+    (root / "Annotations" / "im0.xml").write_text(
+        '<?xml version="1.0" encoding="utf16"?>\n<annotation><filename>im0.jpg</filename>'
+        "</annotation>\n")
+    with pytest.raises(CfgError) as caught:
+        open_set(root, strict=False)
+    said = [d.format() for d in caught.value.diagnostics]
+    assert any("im0.xml:1:1" in d and "multi-byte encodings" in d and "help:" in d
+               for d in said), said
 
 
 def test_resume_from_a_checkpoint_that_saw_more_images_than_weights_hold(trained_run):
