@@ -171,9 +171,28 @@ def load_yaml(text: str, path: str, hint: str, code: str = "E901") -> tuple[Any,
         raise CfgError(Diagnostic(code, f"invalid YAML: {problem}", path, mark.line + 1,
                                   mark.column + 1, ERROR, hint, _line(lines, mark.line + 1),
                                   1)) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4300)
+        node = _first_huge_int(root) or root
+        raise _located(code, f"invalid YAML: {str(exc).split(';')[0]}", path, lines, node,
+                       "write fewer digits (no count or size is that large)") from None
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _first_huge_int(root: yaml.Node) -> yaml.Node | None:
+    """The first integer scalar with more digits than int() takes, or None."""
+    import sys
+
+    limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+    stack = [root]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":int") and limit and \
+                sum(c.isdigit() for c in node.value) > limit:
+            return node
+        stack.extend(_children(node))
+    return None
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -9,6 +9,7 @@ import math
 import os
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +150,11 @@ def load_torch_payload(payload: bytes, path: Path, what: str, hint: str):
                                   "the end of its torch archive is missing", str(path),
                                   hint=hint))
     try:
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a damaged pickle's protocol byte: torch's raw UserWarning line ("please file an
+            # issue"); the tensors read, or the file is the E901 below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling problem means a file we cannot use
         text = str(exc)
         if "Weights only load failed" in text:

@@ -362,3 +362,12 @@ def test_classes_outside_the_networks_is_a_usage_error(tmp_path, capsys, classes
     assert err.startswith(f"--classes: error[E100]: --classes {classes}: the network detects 2 "
                           "classes"), err
     assert "help: use --classes 1..2 (or leave it out)" in err
+
+
+@pytest.mark.parametrize("restarts", ["1001", str(2**64 + 1)])
+def test_a_huge_restarts_is_refused_before_any_work(tmp_path, capsys, restarts):
+    # --restarts 18446744073709551617 ran k-means starts for ever (deaf to a SIGTERM)
+    cfg = tiny_cfg(tmp_path)
+    assert main(["anchors", str(cfg), "--restarts", restarts]) == 2
+    err = capsys.readouterr().err
+    assert f"--restarts: error[E100]: --restarts {restarts}: at most 1000" in err and "help:" in err

@@ -392,6 +392,24 @@ def gradient_image() -> torch.Tensor:
     return torch.stack([x, x.flip(1), 255 - x]).to(torch.uint8)
 
 
+@pytest.mark.parametrize("pixels, grey", [
+    ([np.nan, np.nan], [0, 0]),     # all NaN: numpy's raw "All-NaN slice" RuntimeWarning was said
+    ([np.nan, 0.5], [0, 128]),      # 0..1 with a NaN: still scaled to 0..255
+    ([np.nan, 200.0], [0, 200]),    # 0..255 with a NaN
+])
+def test_float_images_with_nan_pixels_read_without_a_python_warning(tmp_path, pixels, grey):
+    import warnings
+
+    from darkcfg.data.base import read_image
+
+    path = tmp_path / "f.tif"
+    Image.fromarray(np.array([pixels] * 2, np.float32), "F").save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = read_image(str(path), 1)
+    assert image[0, 0].tolist() == grey
+
+
 def test_eval_view_resizes_the_shorter_side_and_centre_crops():
     out = Augment(net_cfg(), train=False)(gradient_image())
     assert out.shape == (3, 12, 12) and out.dtype == torch.uint8

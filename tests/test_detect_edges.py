@@ -332,6 +332,33 @@ def test_an_exif_block_that_does_not_read_leaves_the_pixels_as_stored(tmp_path, 
     assert "W901" not in capsys.readouterr().err and (tmp_path / "o" / "x.jpg").is_file()
 
 
+def test_a_damaged_exif_tag_prints_no_pillow_warning_line(tmp_path, capsys):
+    # Pillow skips a tag whose data lies past the block's end, and printed "TiffImagePlugin.py:
+    # 946: UserWarning: Tag data larger than file. Skipping tag 274" with its source line
+    import warnings
+
+    from PIL import Image
+
+    from darkcfg.cli import main
+
+    im = Image.new("RGB", (30, 20), (10, 200, 10))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    data = exif.tobytes()
+    entry = b"\x01\x12\x00\x03\x00\x00\x00\x01"  # orientation, SHORT, 1 value
+    assert data.count(entry) == 1
+    path = tmp_path / "x.jpg"
+    im.save(path, exif=data.replace(entry, b"\x01\x12\x00\x03\x00\x00\x01\x00"))  # 256
+    cfg = tiny_cfg(tmp_path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["detect", str(cfg), str(path), "--out", str(tmp_path / "o"),
+                     "--no-progress"]) == 0
+    assert not [str(w.message) for w in seen if "PIL" in w.filename]
+    assert (tmp_path / "o" / "x.jpg").is_file()  # the pixels, as stored (the tag skipped)
+    assert "W901" not in capsys.readouterr().err
+
+
 def test_an_eps_file_named_as_an_image_never_reaches_ghostscript(tmp_path, capsys, monkeypatch):
     # Pillow reads a file by its content: an EPS named x.jpg went to Ghostscript, a PostScript
     # interpreter, wherever one is installed (hostile data runs code there)

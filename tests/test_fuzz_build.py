@@ -5,7 +5,8 @@ as PyTorch and round-tripped through .weights, and nothing but CfgError / InputE
 without an error builds, and one that does not build has a `check` error.
 
 Each example is shrunk first with `--set`-style overrides (width/height, batch), bounded by the
-memory guard and a compute limit, and stopped by an alarm if it runs too long."""
+memory guard and a compute limit, and stopped by an alarm if it runs too long. Derandomized in
+the suite; DARKCFG_FUZZ_EXAMPLES=200 DARKCFG_FUZZ_RANDOM=1 for a longer hunt."""
 
 from __future__ import annotations
 
@@ -129,7 +130,9 @@ BUILD_SEEDS = SEEDS + [(CORPUS / f).read_text() for f in EXTRA_SEEDS if (CORPUS 
     + [(ROOT / "cfg" / f).read_text() for f in SHIPPED] + [GAUSSIAN, LOCAL]
 
 EXAMPLES = int(os.environ.get("DARKCFG_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+# DARKCFG_FUZZ_RANDOM=1: other examples each run (a hunt), not the suite's fixed ones
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                derandomize=not os.environ.get("DARKCFG_FUZZ_RANDOM"),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SECONDS = 60  # one example, all steps: a hang fails the test instead of holding the suite
 MEMORY = 96 * 2**20  # what one example may build (inference, batch 1); more is skipped

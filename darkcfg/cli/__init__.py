@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     # reads fine) is a raw Python warning line with a PIL source line; past 2x it refuses the
     # image, which is a located E901
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+    # Pillow's EXIF and TIFF tag reader says a damaged tag ("Corrupt EXIF data", "Tag data
+    # larger than file") as raw UserWarning lines with its source line, and skips the tag: the
+    # pixels read (or are a W901), as OpenCV's reader reads them, silently
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
     try:
         code = dispatch(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:  # Ctrl-C while a command's modules (torch) are still loading

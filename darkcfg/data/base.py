@@ -82,7 +82,7 @@ def eight_bit(image):
     """A PIL image with 8 bits a channel. Pillow's convert() clips 16-bit grey ('I;16', and 'I'
     from 16-bit PNGs and TIFFs) at 255, which makes nearly every pixel white: scale instead, as
     a 16-bit reader would (value / 257, so 65535 -> 255). 32-bit float images ('F') are taken
-    as 0..1 when they fit, else 0..255."""
+    as 0..1 when they fit, else 0..255; NaN pixels are 0."""
     from PIL import Image
 
     mode = image.mode
@@ -95,7 +95,9 @@ def eight_bit(image):
         return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
     if mode == "F":
         arr = np.asarray(image, dtype=np.float64)
-        if arr.size and np.nanmax(arr) <= 1.0:
+        # (not np.nanmax: an all-NaN picture made it print numpy's raw RuntimeWarning line)
+        numbers = arr[~np.isnan(arr)]
+        if numbers.size and numbers.max() <= 1.0:
             arr = arr * 255.0
         return Image.fromarray(np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8),
                                "L")
@@ -297,6 +299,7 @@ def loader_processes(workers: int, prefetch_factor: int | None = None,
     options = {"num_workers": workers, "worker_init_fn": loader_worker_init}
     if workers:
         workers, sharing = _fitting_workers(workers)
+        workers = _within_cores(workers)
         options["num_workers"] = workers
         if sharing is not None:
             options["worker_init_fn"] = functools.partial(loader_worker_init, sharing=sharing)
@@ -363,6 +366,20 @@ def _fitting_workers(workers: int) -> tuple[int, str | None]:
                 "4096, to use more)")
         warn(line, once=True)
     return plan
+
+
+def _within_cores(workers: int) -> int:
+    """At most one loader process a CPU core this process may use, fewer said once on stderr:
+    more only compete for the cores (torch said so in two raw UserWarning lines), and a
+    mistyped `--workers 1000` started 1000 processes, minutes before the first batch and over
+    a minute more to stop."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    if workers <= cores:
+        return workers
+    warn(f"--workers {workers}: more loader processes than the {cores} CPU core(s) this process "
+         f"may use: using {cores}", once=True)
+    return cores
 
 
 def loader_death(exc: BaseException) -> tuple[str, str]:

@@ -257,6 +257,9 @@ class Trainer:
             value = state[key]
             if type(value) is not int or value < 0:
                 return f"its {key!r} is {value!r}, not a count"
+        if state["images_seen"] >= 2**64:  # (each save writes it in the .weights header)
+            return (f"its 'images_seen' is {state['images_seen']}, more than the 64-bit 'seen' "
+                    "of a .weights file holds")
         model = state["model"]
         if not isinstance(model, dict):
             return "its 'model' is not a state_dict"

@@ -131,6 +131,14 @@ def check_restarts(restarts: int) -> None:
         raise CfgError(Diagnostic("E100", f"--restarts {restarts}: cannot be negative",
                                   "--restarts", hint="--restarts 0 runs Darknet's own start "
                                   "only; the default is 10 k-means++ starts besides it"))
+    if restarts > MAX_RESTARTS:  # (2**64 + 1 ran k-means for ever, deaf to Ctrl-C)
+        raise CfgError(Diagnostic("E100", f"--restarts {restarts}: at most {MAX_RESTARTS}",
+                                  "--restarts", hint="each start is a k-means over every box; "
+                                  "the default is 10"))
+
+
+#: --restarts above this is refused: 1000 starts take seconds on a few thousand boxes
+MAX_RESTARTS = 1000
 
 
 def fit_anchors(boxes: np.ndarray, k: int, width: int, seed: int = 0, restarts: int = 10

@@ -92,7 +92,9 @@ class _Annotation:
                                       str(path), exc.lineno, exc.offset + 1, source=source,
                                       hint="a VOC annotation is an <annotation> XML "
                                       "document")) from None
-        except LookupError as exc:  # <?xml encoding="..."?> naming no codec Python has
+        # <?xml encoding="..."?> naming no codec Python has (LookupError), or a multi-byte one
+        # (UTF-16: expat's ValueError "multi-byte encodings are not supported")
+        except (LookupError, ValueError) as exc:
             raise CfgError(Diagnostic(LABEL_CODE, f"malformed XML: {exc}", str(path), 1, 1,
                                       source=self._source(1), hint="write the annotation as "
                                       "UTF-8 (<?xml version=\"1.0\" encoding=\"utf-8\"?>)")

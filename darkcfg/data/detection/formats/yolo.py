@@ -201,10 +201,15 @@ def _root(doc: _Yaml) -> Path:
         return here
     raw = _as_written(raw, doc.nodes["path"])
     root = Path(str(raw)).expanduser()
-    if root.is_absolute() or root.exists():
-        return root
-    if (here / root).exists():
-        return here / root
+    try:
+        if root.is_absolute() or root.exists():
+            return root
+        if (here / root).exists():
+            return here / root
+    except OSError as exc:  # (a name too long for the file system: ENAMETOOLONG)
+        shown = str(raw) if len(str(raw)) <= 80 else f"{str(raw)[:60]}... ({len(str(raw))} chars)"
+        raise doc.error("path", f"path: '{shown}' cannot be a folder: {exc.strerror}",
+                        hint="path: names the folder the train/val lists are under") from None
     raise doc.error("path", f"path: '{raw}' does not exist",
                     hint=f"tried the current directory and {here}")
 
