@@ -207,7 +207,8 @@ def _root(doc: _Yaml) -> Path:
         if (here / root).exists():
             return here / root
     except OSError as exc:  # (a name too long for the file system: ENAMETOOLONG)
-        shown = str(raw) if len(str(raw)) <= 80 else f"{str(raw)[:60]}... ({len(str(raw))} chars)"
+        text = str(raw)
+        shown = text if len(text) <= 80 else f"{text[:60]}... ({len(text)} chars)"
         raise doc.error("path", f"path: '{shown}' cannot be a folder: {exc.strerror}",
                         hint="path: names the folder the train/val lists are under") from None
     raise doc.error("path", f"path: '{raw}' does not exist",
